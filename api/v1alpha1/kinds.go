@@ -1,0 +1,124 @@
+package v1alpha1
+
+import "strings"
+
+// Column is one printer column of `rakhsh get`. Path is a dotted path into the object
+// (e.g. "status.phase", "spec.cpu.cores"); Format says how to print it.
+type Column struct {
+	Name   string
+	Path   string
+	Format string // "" (as is), "age" (from a timestamp), "bytes" (a byte count made human), "bool"
+	Wide   bool   // shown only with -o wide
+}
+
+// KindInfo describes one kind for clients: its REST resource, scope and printer columns.
+type KindInfo struct {
+	Kind       string
+	Resource   string // plural, lower case: the path segment
+	Singular   string
+	ShortNames []string
+	Namespaced bool
+	// HasStatus says the kind has a status subresource.
+	HasStatus bool
+	Columns   []Column
+}
+
+var ageCol = Column{Name: "AGE", Path: "metadata.creationTimestamp", Format: "age"}
+var phaseCol = Column{Name: "PHASE", Path: "status.phase"}
+
+// Kinds lists every kind the API serves.
+var Kinds = []KindInfo{
+	{Kind: "Project", Resource: "projects", ShortNames: []string{"proj"}, HasStatus: true,
+		Columns: []Column{phaseCol, ageCol}},
+	{Kind: "Node", Resource: "nodes", ShortNames: []string{"no"}, HasStatus: true,
+		Columns: []Column{{Name: "STATUS", Path: "status.phase"}, {Name: "CPU", Path: "status.capacity.cpu"},
+			{Name: "MEMORY", Path: "status.capacity.memory"}, {Name: "ACCELERATOR", Path: "status.accelerator"}, ageCol}},
+	{Kind: "ClusterVirtualImage", Resource: "clustervirtualimages", ShortNames: []string{"cvi", "cvis"}, HasStatus: true,
+		Columns: imageColumns()},
+	{Kind: "VirtualImage", Resource: "virtualimages", ShortNames: []string{"vi", "vis"}, Namespaced: true, HasStatus: true,
+		Columns: imageColumns()},
+	{Kind: "VirtualDisk", Resource: "virtualdisks", ShortNames: []string{"vd", "vds"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{phaseCol, {Name: "CAPACITY", Path: "status.capacity"},
+			{Name: "VIRTUALMACHINE", Path: "status.attachedToVirtualMachines.0.name"}, ageCol}},
+	{Kind: "VirtualMachine", Resource: "virtualmachines", ShortNames: []string{"vm", "vms"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{phaseCol, {Name: "CORES", Path: "spec.cpu.cores"},
+			{Name: "COREFRACTION", Path: "spec.cpu.coreFraction", Wide: true},
+			{Name: "MEMORY", Path: "spec.memory.size"}, {Name: "NODE", Path: "status.nodeName"},
+			{Name: "IPADDRESS", Path: "status.ipAddress"}, ageCol}},
+	{Kind: "VirtualMachineClass", Resource: "virtualmachineclasses", ShortNames: []string{"vmc", "vmcs", "vmclass"}, HasStatus: true,
+		Columns: []Column{phaseCol, ageCol}},
+	{Kind: "VirtualMachineIPAddress", Resource: "virtualmachineipaddresses", ShortNames: []string{"vmip", "vmips"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{{Name: "ADDRESS", Path: "status.address"}, phaseCol, {Name: "VIRTUALMACHINE", Path: "status.virtualMachineName"}, ageCol}},
+	{Kind: "VirtualMachineIPAddressLease", Resource: "virtualmachineipaddressleases", ShortNames: []string{"vmipl", "vmipls", "vmiplease"}, HasStatus: true,
+		Columns: []Column{{Name: "VIRTUALMACHINEIPADDRESS", Path: "spec.virtualMachineIPAddressRef.name"}, phaseCol, ageCol}},
+	{Kind: "VirtualMachineMACAddress", Resource: "virtualmachinemacaddresses", ShortNames: []string{"vmmac", "vmmacs"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{{Name: "ADDRESS", Path: "status.address"}, phaseCol, {Name: "VIRTUALMACHINE", Path: "status.virtualMachineName"}, ageCol}},
+	{Kind: "VirtualMachineMACAddressLease", Resource: "virtualmachinemacaddressleases", ShortNames: []string{"vmmacl", "vmmacls", "vmmaclease"}, HasStatus: true,
+		Columns: []Column{{Name: "VIRTUALMACHINEMACADDRESS", Path: "spec.virtualMachineMACAddressRef.name"}, phaseCol, ageCol}},
+	{Kind: "VirtualMachineOperation", Resource: "virtualmachineoperations", ShortNames: []string{"vmop", "vmops"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{phaseCol, {Name: "TYPE", Path: "spec.type"}, {Name: "VIRTUALMACHINE", Path: "spec.virtualMachineName"}, ageCol}},
+	{Kind: "VirtualMachineBlockDeviceAttachment", Resource: "virtualmachineblockdeviceattachments", ShortNames: []string{"vmbda", "vmbdas"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{phaseCol, {Name: "VIRTUALMACHINE", Path: "spec.virtualMachineName"}, ageCol}},
+	{Kind: "VirtualDiskSnapshot", Resource: "virtualdisksnapshots", ShortNames: []string{"vdsnapshot", "vdsnapshots"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{phaseCol, {Name: "CONSISTENT", Path: "status.consistent"}, {Name: "VIRTUALDISK", Path: "spec.virtualDiskName"}, ageCol}},
+	{Kind: "VirtualMachineSnapshot", Resource: "virtualmachinesnapshots", ShortNames: []string{"vmsnapshot", "vmsnapshots"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{phaseCol, {Name: "CONSISTENT", Path: "status.consistent"}, {Name: "VIRTUALMACHINE", Path: "spec.virtualMachineName"}, ageCol}},
+	{Kind: "ClusterNetwork", Resource: "clusternetworks", ShortNames: []string{"cnet", "cnets"}, HasStatus: true,
+		Columns: []Column{{Name: "TYPE", Path: "spec.type"}, {Name: "SUBNET", Path: "spec.subnet"}, phaseCol, ageCol}},
+	{Kind: "Secret", Resource: "secrets", ShortNames: []string{"secret"}, Namespaced: true,
+		Columns: []Column{{Name: "TYPE", Path: "type"}, ageCol}},
+	{Kind: "Event", Resource: "events", ShortNames: []string{"ev"}, Namespaced: true,
+		Columns: []Column{{Name: "TYPE", Path: "type"}, {Name: "REASON", Path: "reason"},
+			{Name: "OBJECT", Path: "involvedObject.name"}, {Name: "MESSAGE", Path: "message"}, {Name: "LAST SEEN", Path: "lastTimestamp", Format: "age"}}},
+}
+
+func imageColumns() []Column {
+	return []Column{phaseCol, {Name: "CDROM", Path: "status.cdrom", Format: "bool"}, {Name: "PROGRESS", Path: "status.progress"},
+		{Name: "STOREDSIZE", Path: "status.size.stored"}, {Name: "UNPACKEDSIZE", Path: "status.size.unpacked"}, ageCol}
+}
+
+func init() {
+	for i := range Kinds {
+		k := &Kinds[i]
+		if k.Singular == "" {
+			k.Singular = strings.ToLower(k.Kind)
+		}
+	}
+}
+
+// LookupKind finds a kind by its name, plural, singular or short name (case-insensitive).
+func LookupKind(name string) (*KindInfo, bool) {
+	n := strings.ToLower(name)
+	for i := range Kinds {
+		k := &Kinds[i]
+		if strings.ToLower(k.Kind) == n || k.Resource == n || k.Singular == n {
+			return k, true
+		}
+		for _, s := range k.ShortNames {
+			if s == n {
+				return k, true
+			}
+		}
+	}
+	return nil, false
+}
+
+// KindByResource finds a kind by its REST resource name.
+func KindByResource(resource string) (*KindInfo, bool) {
+	for i := range Kinds {
+		if Kinds[i].Resource == resource {
+			return &Kinds[i], true
+		}
+	}
+	return nil, false
+}
+
+// KindByName finds a kind by its exact Kind name.
+func KindByName(kind string) (*KindInfo, bool) {
+	for i := range Kinds {
+		if Kinds[i].Kind == kind {
+			return &Kinds[i], true
+		}
+	}
+	return nil, false
+}

@@ -1,0 +1,113 @@
+package v1alpha1
+
+// Node is a host that runs VMs (cluster-scoped). Its agent registers it, heartbeats and
+// reports capacity, CPU model and features, and the hypervisor it found (status); operators
+// set taints, schedulability and overcommit ratios (spec).
+type Node struct {
+	TypeMeta   `json:",inline"`
+	ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   NodeSpec   `json:"spec"`
+	Status NodeStatus `json:"status,omitempty"`
+}
+
+// Default overcommit ratios of a node.
+const (
+	DefaultCPUAllocationRatio    = 4.0
+	DefaultMemoryAllocationRatio = 1.0
+)
+
+// NodeSpec is what operators control of a node.
+type NodeSpec struct {
+	// Unschedulable keeps new VMs off the node (running ones stay).
+	Unschedulable bool `json:"unschedulable,omitempty"`
+	// Taints repel VMs that do not tolerate them.
+	Taints []Taint `json:"taints,omitempty"`
+	// AllocationRatios are the overcommit ratios: allocatable = capacity × ratio.
+	AllocationRatios AllocationRatios `json:"allocationRatios,omitempty"`
+	// Address is where the API server reaches the node's agent (consoles, uploads): host,
+	// host:port or an http(s) URL. Set by the agent when it registers.
+	Address string `json:"address,omitempty"`
+}
+
+// AllocationRatios are the overcommit ratios of a node. A zero (unset) ratio is defaulted.
+type AllocationRatios struct {
+	// CPU is virtual cores per physical core (thread); default 4.0.
+	CPU float64 `json:"cpu,omitempty"`
+	// Memory is guest memory per byte of host memory; default 1.0.
+	Memory float64 `json:"memory,omitempty"`
+}
+
+// Taint marks a node so that only VMs tolerating it run there.
+type Taint struct {
+	Key    string      `json:"key"`
+	Value  string      `json:"value,omitempty"`
+	Effect TaintEffect `json:"effect"`
+}
+
+// NodePhase is the state of a node.
+type NodePhase string
+
+// Node phases.
+const (
+	// NodePhaseReady: the agent heartbeats and the node can run VMs.
+	NodePhaseReady NodePhase = "Ready"
+	// NodePhaseNotReady: the agent reports a problem.
+	NodePhaseNotReady NodePhase = "NotReady"
+	// NodePhaseUnknown: the agent stopped heartbeating.
+	NodePhaseUnknown NodePhase = "Unknown"
+)
+
+// Accelerator is the way QEMU runs guest code on a node.
+type Accelerator string
+
+// Accelerators.
+const (
+	// AcceleratorKVM is hardware virtualization through /dev/kvm.
+	AcceleratorKVM Accelerator = "KVM"
+	// AcceleratorTCG is QEMU's software emulation (slow; for hosts without KVM).
+	AcceleratorTCG Accelerator = "TCG"
+)
+
+// Node condition types.
+const (
+	// NodeConditionReady is True while the agent heartbeats and reports the node healthy.
+	NodeConditionReady = "Ready"
+)
+
+// NodeStatus is what the agent and the controllers observe of a node.
+type NodeStatus struct {
+	Phase NodePhase `json:"phase,omitempty"`
+	// Capacity is the whole host.
+	Capacity *NodeResources `json:"capacity,omitempty"`
+	// Allocatable is what VMs may use: capacity less reservations, times the allocation ratios.
+	Allocatable *NodeResources `json:"allocatable,omitempty"`
+	// Allocated is the sum of the VMs bound to the node.
+	Allocated *NodeResources `json:"allocated,omitempty"`
+	// QemuVersion is the version of the QEMU binary.
+	QemuVersion string `json:"qemuVersion,omitempty"`
+	// Accelerator is KVM or TCG.
+	Accelerator Accelerator `json:"accelerator,omitempty"`
+	// CPUModel is the host CPU model name.
+	CPUModel string `json:"cpuModel,omitempty"`
+	// CPUFeatures are the host CPU features (as QEMU names them), sorted.
+	CPUFeatures []string `json:"cpuFeatures,omitempty"`
+	// KernelVersion is the host kernel release.
+	KernelVersion string `json:"kernelVersion,omitempty"`
+	// AgentVersion is the version of the Rakhsh agent.
+	AgentVersion string `json:"agentVersion,omitempty"`
+	// LastHeartbeatTime is the last time the agent reported.
+	LastHeartbeatTime  *Time       `json:"lastHeartbeatTime,omitempty"`
+	Conditions         []Condition `json:"conditions,omitempty"`
+	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+}
+
+// NodeResources is an amount of node resources.
+type NodeResources struct {
+	// CPU is in cores (threads for capacity; virtual cores for allocatable and allocated).
+	CPU int64 `json:"cpu"`
+	// Memory is bytes, as a quantity such as "64Gi".
+	Memory Quantity `json:"memory,omitempty"`
+	// Storage is the space of the node's storage pools.
+	Storage Quantity `json:"storage,omitempty"`
+}

@@ -1,0 +1,543 @@
+package v1alpha1
+
+import "encoding/json"
+
+// VirtualMachine is a virtual machine of a project: its CPU, memory, disks, networks, firmware,
+// provisioning and placement (spec), and what the controllers and the node agent observe of it
+// (status). Field names follow Deckhouse Virtualization's VirtualMachine.
+type VirtualMachine struct {
+	TypeMeta   `json:",inline"`
+	ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   VirtualMachineSpec   `json:"spec"`
+	Status VirtualMachineStatus `json:"status,omitempty"`
+}
+
+// VirtualMachineSpec is the desired state of a virtual machine.
+type VirtualMachineSpec struct {
+	// VirtualMachineClassName names the VirtualMachineClass (CPU model, placement, sizing
+	// policies). Optional for now: without it the VM gets the host CPU model and no sizing policy.
+	VirtualMachineClassName string `json:"virtualMachineClassName,omitempty"`
+	// RunPolicy says when the VM runs; default AlwaysOnUnlessStoppedManually.
+	RunPolicy RunPolicy `json:"runPolicy,omitempty"`
+	// CPU is the number of cores and the guaranteed share of each.
+	CPU VirtualMachineCPU `json:"cpu"`
+	// Memory is the guest memory.
+	Memory VirtualMachineMemory `json:"memory"`
+	// BlockDeviceRefs are the disks and images of the VM. Without bootOrder on any entry the
+	// list order is the boot order.
+	BlockDeviceRefs []BlockDeviceSpecRef `json:"blockDeviceRefs,omitempty"`
+	// Networks are the network interfaces; without any, the VM gets one Main interface.
+	Networks []NetworkSpec `json:"networks,omitempty"`
+	// VirtualMachineIPAddressName names the VirtualMachineIPAddress claim to use for the Main
+	// network; when empty a claim named after the VM is created.
+	VirtualMachineIPAddressName string `json:"virtualMachineIPAddressName,omitempty"`
+	// OSType selects the virtual hardware set; default Generic.
+	OSType OSType `json:"osType,omitempty"`
+	// Bootloader selects the firmware; default BIOS.
+	Bootloader Bootloader `json:"bootloader,omitempty"`
+	// EnableParavirtualization connects disks and NICs over virtio; default true.
+	EnableParavirtualization *bool `json:"enableParavirtualization,omitempty"`
+	// Provisioning is the cloud-init or sysprep configuration handed to the guest.
+	Provisioning *Provisioning `json:"provisioning,omitempty"`
+	// LiveMigrationPolicy says how migrations are made; default PreferSafe.
+	LiveMigrationPolicy LiveMigrationPolicy `json:"liveMigrationPolicy,omitempty"`
+	// Disruptions says how changes that need a restart are applied; default restartApprovalMode Manual.
+	Disruptions *Disruptions `json:"disruptions,omitempty"`
+	// NodeSelector must match a node's labels for the VM to run there.
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Affinity holds node affinity and affinity/anti-affinity to other VMs.
+	Affinity *VMAffinity `json:"affinity,omitempty"`
+	// Tolerations let the VM run on nodes with matching taints.
+	Tolerations []Toleration `json:"tolerations,omitempty"`
+	// PriorityClassName is a scheduling priority class name (accepted for compatibility).
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+	// TerminationGracePeriodSeconds is how long a stop waits for the guest to shut down before
+	// the VM is powered off; default 60.
+	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`
+}
+
+// VirtualMachineCPU is the CPU of a VM.
+type VirtualMachineCPU struct {
+	// Cores is the number of virtual cores, at least 1.
+	Cores int `json:"cores"`
+	// CoreFraction is the guaranteed share of each core, "1%".."100%". When empty it comes from
+	// the class's sizing policy (defaultCoreFraction); a VM without a class defaults to "100%".
+	CoreFraction string `json:"coreFraction,omitempty"`
+}
+
+// VirtualMachineMemory is the memory of a VM.
+type VirtualMachineMemory struct {
+	// Size is the guest memory, at least 16Mi.
+	Size Quantity `json:"size"`
+}
+
+// RunPolicy says when a VM runs.
+type RunPolicy string
+
+// Run policies.
+const (
+	// RunPolicyAlwaysOnUnlessStoppedManually starts the VM and restarts it after failures, but
+	// not after a shutdown from inside the guest or a Stop operation. The default.
+	RunPolicyAlwaysOnUnlessStoppedManually RunPolicy = "AlwaysOnUnlessStoppedManually"
+	// RunPolicyAlwaysOn keeps the VM running whatever happens.
+	RunPolicyAlwaysOn RunPolicy = "AlwaysOn"
+	// RunPolicyAlwaysOff keeps the VM stopped.
+	RunPolicyAlwaysOff RunPolicy = "AlwaysOff"
+	// RunPolicyManual leaves starting and stopping to operations and the guest.
+	RunPolicyManual RunPolicy = "Manual"
+)
+
+// OSType selects the virtual hardware suited to a guest family.
+type OSType string
+
+// OS types.
+const (
+	OSTypeGeneric OSType = "Generic"
+	OSTypeWindows OSType = "Windows"
+	// OSTypeLegacy is for guests without AHCI or virtio drivers: i440fx and BIOS only.
+	OSTypeLegacy OSType = "Legacy"
+)
+
+// Bootloader selects the VM firmware.
+type Bootloader string
+
+// Bootloaders.
+const (
+	BootloaderBIOS              Bootloader = "BIOS"
+	BootloaderEFI               Bootloader = "EFI"
+	BootloaderEFIWithSecureBoot Bootloader = "EFIWithSecureBoot"
+)
+
+// LiveMigrationPolicy says how live migrations of a VM are made.
+type LiveMigrationPolicy string
+
+// Live migration policies.
+const (
+	// LiveMigrationPolicyManual: only migrations asked for by an operation.
+	LiveMigrationPolicyManual LiveMigrationPolicy = "Manual"
+	// LiveMigrationPolicyNever: the VM is never live-migrated.
+	LiveMigrationPolicyNever LiveMigrationPolicy = "Never"
+	// LiveMigrationPolicyAlwaysSafe: never throttle the guest CPU to make a migration converge.
+	LiveMigrationPolicyAlwaysSafe LiveMigrationPolicy = "AlwaysSafe"
+	// LiveMigrationPolicyPreferSafe: no throttling unless an operation asks with force. The default.
+	LiveMigrationPolicyPreferSafe LiveMigrationPolicy = "PreferSafe"
+	// LiveMigrationPolicyAlwaysForced: always throttle when needed.
+	LiveMigrationPolicyAlwaysForced LiveMigrationPolicy = "AlwaysForced"
+	// LiveMigrationPolicyPreferForced: throttle unless an operation says force=false.
+	LiveMigrationPolicyPreferForced LiveMigrationPolicy = "PreferForced"
+)
+
+// Disruptions says how changes that need a restart of the VM are applied.
+type Disruptions struct {
+	// RestartApprovalMode is Manual (default: wait for a restart by the user) or Automatic.
+	RestartApprovalMode RestartApprovalMode `json:"restartApprovalMode,omitempty"`
+}
+
+// RestartApprovalMode says who restarts a VM to apply a change.
+type RestartApprovalMode string
+
+// Restart approval modes.
+const (
+	RestartApprovalModeManual    RestartApprovalMode = "Manual"
+	RestartApprovalModeAutomatic RestartApprovalMode = "Automatic"
+)
+
+// BlockDeviceKind is the kind of object a block device reference names.
+type BlockDeviceKind string
+
+// Block device kinds.
+const (
+	BlockDeviceKindVirtualDisk         BlockDeviceKind = "VirtualDisk"
+	BlockDeviceKindVirtualImage        BlockDeviceKind = "VirtualImage"
+	BlockDeviceKindClusterVirtualImage BlockDeviceKind = "ClusterVirtualImage"
+)
+
+// BlockDeviceSpecRef references a disk or image of a VM.
+type BlockDeviceSpecRef struct {
+	Kind BlockDeviceKind `json:"kind"`
+	Name string          `json:"name"`
+	// BootOrder is the boot priority, 1 first. Rakhsh addition; when no entry has one, the list
+	// order is the boot order.
+	BootOrder *int `json:"bootOrder,omitempty"`
+}
+
+// NetworkType is the kind of network an interface is connected to.
+type NetworkType string
+
+// Network types.
+const (
+	// NetworkTypeMain is the project's default network (NAT); at most one, without a name.
+	NetworkTypeMain NetworkType = "Main"
+	// NetworkTypeNetwork is a network of the project, by name.
+	NetworkTypeNetwork NetworkType = "Network"
+	// NetworkTypeClusterNetwork is a ClusterNetwork, by name.
+	NetworkTypeClusterNetwork NetworkType = "ClusterNetwork"
+)
+
+// NetworkSpec is one network interface of a VM.
+type NetworkSpec struct {
+	Type NetworkType `json:"type"`
+	// Name of the network; required unless Type is Main.
+	Name string `json:"name,omitempty"`
+	// VirtualMachineMACAddressName names the MAC claim to use; one is created when empty.
+	VirtualMachineMACAddressName string `json:"virtualMachineMACAddressName,omitempty"`
+}
+
+// ProvisioningType is the kind of guest provisioning.
+type ProvisioningType string
+
+// Provisioning types.
+const (
+	// ProvisioningTypeUserData: inline cloud-init user data in provisioning.userData.
+	ProvisioningTypeUserData ProvisioningType = "UserData"
+	// ProvisioningTypeUserDataRef: cloud-init user data in a Secret (key userData).
+	ProvisioningTypeUserDataRef ProvisioningType = "UserDataRef"
+	// ProvisioningTypeSysprepRef: Windows unattend files in a Secret.
+	ProvisioningTypeSysprepRef ProvisioningType = "SysprepRef"
+)
+
+// MaxUserDataBytes is the largest inline cloud-init user data accepted.
+const MaxUserDataBytes = 2 << 20
+
+// Provisioning is what the guest gets on first boot. Only the field matching Type may be set.
+type Provisioning struct {
+	Type ProvisioningType `json:"type"`
+	// UserData is an inline cloud-init document (at most 2 MiB).
+	UserData    string              `json:"userData,omitempty"`
+	UserDataRef *ProvisioningSecret `json:"userDataRef,omitempty"`
+	SysprepRef  *ProvisioningSecret `json:"sysprepRef,omitempty"`
+}
+
+// ProvisioningSecret references a Secret of the project holding provisioning data.
+type ProvisioningSecret struct {
+	// Kind is Secret (the default and only value).
+	Kind string `json:"kind,omitempty"`
+	Name string `json:"name"`
+}
+
+// ProvisioningSecretKind is the only kind a provisioning reference may name.
+const ProvisioningSecretKind = "Secret"
+
+// TaintEffect is what a taint does to VMs that do not tolerate it.
+type TaintEffect string
+
+// Taint effects.
+const (
+	TaintEffectNoSchedule       TaintEffect = "NoSchedule"
+	TaintEffectPreferNoSchedule TaintEffect = "PreferNoSchedule"
+	TaintEffectNoExecute        TaintEffect = "NoExecute"
+)
+
+// TolerationOperator compares a toleration to a taint.
+type TolerationOperator string
+
+// Toleration operators. An empty operator means Equal.
+const (
+	TolerationOpExists TolerationOperator = "Exists"
+	TolerationOpEqual  TolerationOperator = "Equal"
+)
+
+// Toleration lets a VM run on a node with a matching taint, as in Kubernetes.
+type Toleration struct {
+	// Key is the taint key; empty with operator Exists matches every taint.
+	Key string `json:"key,omitempty"`
+	// Operator is Exists or Equal (the default when empty).
+	Operator TolerationOperator `json:"operator,omitempty"`
+	// Value must match the taint value with Equal; empty with Exists.
+	Value string `json:"value,omitempty"`
+	// Effect to match; empty matches all effects.
+	Effect TaintEffect `json:"effect,omitempty"`
+	// TolerationSeconds bounds how long a NoExecute taint is tolerated.
+	TolerationSeconds *int64 `json:"tolerationSeconds,omitempty"`
+}
+
+// SelectorOperator relates a label key to values in selector requirements.
+type SelectorOperator string
+
+// Selector operators. Gt and Lt are only allowed in node selector requirements.
+const (
+	SelectorOpIn           SelectorOperator = "In"
+	SelectorOpNotIn        SelectorOperator = "NotIn"
+	SelectorOpExists       SelectorOperator = "Exists"
+	SelectorOpDoesNotExist SelectorOperator = "DoesNotExist"
+	SelectorOpGt           SelectorOperator = "Gt"
+	SelectorOpLt           SelectorOperator = "Lt"
+)
+
+// NodeSelectorRequirement is a requirement on node labels (operators In, NotIn, Exists,
+// DoesNotExist, Gt, Lt).
+type NodeSelectorRequirement struct {
+	Key      string           `json:"key"`
+	Operator SelectorOperator `json:"operator"`
+	Values   []string         `json:"values,omitempty"`
+}
+
+// LabelSelectorRequirement is a requirement on object labels (operators In, NotIn, Exists,
+// DoesNotExist).
+type LabelSelectorRequirement struct {
+	Key      string           `json:"key"`
+	Operator SelectorOperator `json:"operator"`
+	Values   []string         `json:"values,omitempty"`
+}
+
+// LabelSelector selects objects by labels; all requirements are ANDed, and an empty selector
+// selects everything.
+type LabelSelector struct {
+	MatchLabels      map[string]string          `json:"matchLabels,omitempty"`
+	MatchExpressions []LabelSelectorRequirement `json:"matchExpressions,omitempty"`
+}
+
+// VMAffinity is the affinity of a VM, as Kubernetes pod affinity with podAffinity renamed
+// virtualMachineAndPodAffinity. Rakhsh supports: nodeAffinity (required nodeSelectorTerms with
+// matchExpressions/matchFields, and weighted preferred terms) and VM affinity/anti-affinity
+// terms with labelSelector, namespaces, namespaceSelector and topologyKey.
+type VMAffinity struct {
+	NodeAffinity                     *NodeAffinity           `json:"nodeAffinity,omitempty"`
+	VirtualMachineAndPodAffinity     *VirtualMachineAffinity `json:"virtualMachineAndPodAffinity,omitempty"`
+	VirtualMachineAndPodAntiAffinity *VirtualMachineAffinity `json:"virtualMachineAndPodAntiAffinity,omitempty"`
+}
+
+// NodeAffinity constrains the nodes a VM may run on.
+type NodeAffinity struct {
+	RequiredDuringSchedulingIgnoredDuringExecution  *NodeSelectorTerms        `json:"requiredDuringSchedulingIgnoredDuringExecution,omitempty"`
+	PreferredDuringSchedulingIgnoredDuringExecution []PreferredSchedulingTerm `json:"preferredDuringSchedulingIgnoredDuringExecution,omitempty"`
+}
+
+// NodeSelectorTerms is a list of terms, ORed.
+type NodeSelectorTerms struct {
+	NodeSelectorTerms []NodeSelectorTerm `json:"nodeSelectorTerms"`
+}
+
+// NodeSelectorTerm is a set of requirements, ANDed. matchFields supports the key
+// metadata.name only.
+type NodeSelectorTerm struct {
+	MatchExpressions []NodeSelectorRequirement `json:"matchExpressions,omitempty"`
+	MatchFields      []NodeSelectorRequirement `json:"matchFields,omitempty"`
+}
+
+// PreferredSchedulingTerm is a weighted node preference.
+type PreferredSchedulingTerm struct {
+	// Weight is 1..100.
+	Weight     int32            `json:"weight"`
+	Preference NodeSelectorTerm `json:"preference"`
+}
+
+// VirtualMachineAffinity is a set of affinity (or anti-affinity) terms towards other VMs.
+type VirtualMachineAffinity struct {
+	RequiredDuringSchedulingIgnoredDuringExecution  []VirtualMachineAffinityTerm         `json:"requiredDuringSchedulingIgnoredDuringExecution,omitempty"`
+	PreferredDuringSchedulingIgnoredDuringExecution []WeightedVirtualMachineAffinityTerm `json:"preferredDuringSchedulingIgnoredDuringExecution,omitempty"`
+}
+
+// VirtualMachineAffinityTerm selects VMs by labels (in the listed projects, or those matching
+// namespaceSelector, or the VM's own project) and a node label that defines the topology domain.
+type VirtualMachineAffinityTerm struct {
+	LabelSelector     *LabelSelector `json:"labelSelector,omitempty"`
+	Namespaces        []string       `json:"namespaces,omitempty"`
+	NamespaceSelector *LabelSelector `json:"namespaceSelector,omitempty"`
+	TopologyKey       string         `json:"topologyKey"`
+}
+
+// WeightedVirtualMachineAffinityTerm is a weighted preferred affinity term.
+type WeightedVirtualMachineAffinityTerm struct {
+	// Weight is 1..100.
+	Weight                           int32                      `json:"weight"`
+	VirtualMachineAndPodAffinityTerm VirtualMachineAffinityTerm `json:"virtualMachineAndPodAffinityTerm"`
+}
+
+// VirtualMachinePhase is the lifecycle phase of a VM.
+type VirtualMachinePhase string
+
+// VM phases.
+const (
+	VMPhasePending     VirtualMachinePhase = "Pending"
+	VMPhaseStarting    VirtualMachinePhase = "Starting"
+	VMPhaseRunning     VirtualMachinePhase = "Running"
+	VMPhaseStopping    VirtualMachinePhase = "Stopping"
+	VMPhaseStopped     VirtualMachinePhase = "Stopped"
+	VMPhaseMigrating   VirtualMachinePhase = "Migrating"
+	VMPhasePause       VirtualMachinePhase = "Pause"
+	VMPhaseDegraded    VirtualMachinePhase = "Degraded"
+	VMPhaseTerminating VirtualMachinePhase = "Terminating"
+)
+
+// VM condition types.
+const (
+	VMConditionIPAddressReady                      = "IPAddressReady"
+	VMConditionMACAddressReady                     = "MACAddressReady"
+	VMConditionClassReady                          = "ClassReady"
+	VMConditionBlockDevicesReady                   = "BlockDevicesReady"
+	VMConditionRunning                             = "Running"
+	VMConditionMigrating                           = "Migrating"
+	VMConditionMigratable                          = "Migratable"
+	VMConditionProvisioningReady                   = "ProvisioningReady"
+	VMConditionAgentReady                          = "AgentReady"
+	VMConditionConfigurationApplied                = "ConfigurationApplied"
+	VMConditionAwaitingRestartToApplyConfiguration = "AwaitingRestartToApplyConfiguration"
+	VMConditionSizingPolicyMatched                 = "SizingPolicyMatched"
+	VMConditionSnapshotting                        = "Snapshotting"
+	VMConditionFilesystemFrozen                    = "FilesystemFrozen"
+	// VMConditionSoftwareEmulation is True when the VM runs under TCG (no KVM on its node).
+	VMConditionSoftwareEmulation = "SoftwareEmulation"
+)
+
+// VirtualMachineStatus is the observed state of a VM.
+type VirtualMachineStatus struct {
+	Phase VirtualMachinePhase `json:"phase,omitempty"`
+	// NodeName is the node the VM is bound to (set by the scheduler).
+	NodeName string `json:"nodeName,omitempty"`
+	// IPAddress is the address of the Main interface.
+	IPAddress string `json:"ipAddress,omitempty"`
+	// VirtualMachineIPAddressName is the IP claim in use.
+	VirtualMachineIPAddressName string `json:"virtualMachineIPAddressName,omitempty"`
+	// BlockDeviceRefs are the block devices as attached (spec ones and hot-plugged ones).
+	BlockDeviceRefs []BlockDeviceStatusRef `json:"blockDeviceRefs,omitempty"`
+	// BlockDevicesCount is the number of attached block devices.
+	BlockDevicesCount int `json:"blockDevicesCount,omitempty"`
+	// Networks are the interfaces as configured.
+	Networks []NetworkStatus `json:"networks,omitempty"`
+	// GuestOSInfo is what the guest agent reports of the guest OS.
+	GuestOSInfo *GuestOSInfo `json:"guestOSInfo,omitempty"`
+	// Stats are phase history and launch timings.
+	Stats *VirtualMachineStats `json:"stats,omitempty"`
+	// MigrationState describes the last or current live migration.
+	MigrationState *VirtualMachineMigrationState `json:"migrationState,omitempty"`
+	// RestartAwaitingChanges are spec changes that wait for a restart to be applied.
+	RestartAwaitingChanges []RestartAwaitingChange `json:"restartAwaitingChanges,omitempty"`
+	// Resources are the resources the running VM has.
+	Resources *VirtualMachineResources `json:"resources,omitempty"`
+	// Versions are the hypervisor versions the VM runs under.
+	Versions           *VirtualMachineVersions `json:"versions,omitempty"`
+	Conditions         []Condition             `json:"conditions,omitempty"`
+	ObservedGeneration int64                   `json:"observedGeneration,omitempty"`
+}
+
+// BlockDeviceStatusRef is one block device as attached to the VM.
+type BlockDeviceStatusRef struct {
+	Kind BlockDeviceKind `json:"kind"`
+	Name string          `json:"name"`
+	// Size is the device size, e.g. "10Gi".
+	Size Quantity `json:"size,omitempty"`
+	// Target is the device name inside QEMU (e.g. "vda", "sdb").
+	Target string `json:"target,omitempty"`
+	// Attached says the device is attached to the running VM.
+	Attached bool `json:"attached"`
+	// Hotplugged says the device came from a VirtualMachineBlockDeviceAttachment.
+	Hotplugged bool `json:"hotplugged,omitempty"`
+	// VirtualMachineBlockDeviceAttachmentName names the attachment of a hot-plugged device.
+	VirtualMachineBlockDeviceAttachmentName string `json:"virtualMachineBlockDeviceAttachmentName,omitempty"`
+	// BootOrder is the boot priority given to the device.
+	BootOrder *int `json:"bootOrder,omitempty"`
+}
+
+// NetworkStatus is one interface of the VM as configured.
+type NetworkStatus struct {
+	Type                         NetworkType `json:"type"`
+	Name                         string      `json:"name,omitempty"`
+	MACAddress                   string      `json:"macAddress,omitempty"`
+	VirtualMachineMACAddressName string      `json:"virtualMachineMACAddressName,omitempty"`
+	IPAddress                    string      `json:"ipAddress,omitempty"`
+}
+
+// GuestOSInfo is the guest OS as reported by the guest agent.
+type GuestOSInfo struct {
+	Name          string `json:"name,omitempty"`
+	PrettyName    string `json:"prettyName,omitempty"`
+	Version       string `json:"version,omitempty"`
+	VersionID     string `json:"versionId,omitempty"`
+	KernelRelease string `json:"kernelRelease,omitempty"`
+	KernelVersion string `json:"kernelVersion,omitempty"`
+	Machine       string `json:"machine,omitempty"`
+	ID            string `json:"id,omitempty"`
+	Hostname      string `json:"hostname,omitempty"`
+}
+
+// VirtualMachineStats are the phase history and launch timings of a VM.
+type VirtualMachineStats struct {
+	PhasesTransitions  []VirtualMachinePhaseTransition   `json:"phasesTransitions,omitempty"`
+	LaunchTimeDuration *VirtualMachineLaunchTimeDuration `json:"launchTimeDuration,omitempty"`
+	// LastStartTime is when the VM last started running.
+	LastStartTime *Time `json:"lastStartTime,omitempty"`
+}
+
+// VirtualMachinePhaseTransition records when a VM entered a phase.
+type VirtualMachinePhaseTransition struct {
+	Phase     VirtualMachinePhase `json:"phase"`
+	Timestamp Time                `json:"timestamp"`
+}
+
+// VirtualMachineLaunchTimeDuration are the durations of the launch steps, as Go duration
+// strings such as "1.5s" or "2m3s".
+type VirtualMachineLaunchTimeDuration struct {
+	// WaitingForDependencies is Pending → Starting.
+	WaitingForDependencies string `json:"waitingForDependencies,omitempty"`
+	// VirtualMachineStarting is Starting → Running.
+	VirtualMachineStarting string `json:"virtualMachineStarting,omitempty"`
+	// GuestOSAgentStarting is Running → guest agent connected.
+	GuestOSAgentStarting string `json:"guestOSAgentStarting,omitempty"`
+}
+
+// MigrationResult is how a live migration ended.
+type MigrationResult string
+
+// Migration results.
+const (
+	MigrationResultSucceeded MigrationResult = "Succeeded"
+	MigrationResultFailed    MigrationResult = "Failed"
+)
+
+// VirtualMachineMigrationState describes a live migration.
+type VirtualMachineMigrationState struct {
+	StartTimestamp *Time                  `json:"startTimestamp,omitempty"`
+	EndTimestamp   *Time                  `json:"endTimestamp,omitempty"`
+	Source         VirtualMachineLocation `json:"source,omitempty"`
+	Target         VirtualMachineLocation `json:"target,omitempty"`
+	Result         MigrationResult        `json:"result,omitempty"`
+}
+
+// VirtualMachineLocation is where a VM runs during a migration.
+type VirtualMachineLocation struct {
+	Node string `json:"node,omitempty"`
+}
+
+// RestartAwaitingChange is one spec change that waits for a restart, as a JSON-patch-like
+// operation (add, remove, replace) on a spec path.
+type RestartAwaitingChange struct {
+	Operation    string          `json:"operation"`
+	Path         string          `json:"path"`
+	CurrentValue json.RawMessage `json:"currentValue,omitempty"`
+	DesiredValue json.RawMessage `json:"desiredValue,omitempty"`
+}
+
+// VirtualMachineResources are the resources a running VM has.
+type VirtualMachineResources struct {
+	CPU    VirtualMachineCPUStatus    `json:"cpu"`
+	Memory VirtualMachineMemoryStatus `json:"memory"`
+}
+
+// VirtualMachineCPUStatus is the CPU a running VM has.
+type VirtualMachineCPUStatus struct {
+	Cores        int    `json:"cores"`
+	CoreFraction string `json:"coreFraction,omitempty"`
+	// RequestedCores is cores × coreFraction, e.g. "500m".
+	RequestedCores Quantity                  `json:"requestedCores,omitempty"`
+	Topology       VirtualMachineCPUTopology `json:"topology"`
+}
+
+// VirtualMachineCPUTopology is the CPU topology given to the guest.
+type VirtualMachineCPUTopology struct {
+	CoresPerSocket int `json:"coresPerSocket"`
+	Sockets        int `json:"sockets"`
+}
+
+// VirtualMachineMemoryStatus is the memory a running VM has.
+type VirtualMachineMemoryStatus struct {
+	Size Quantity `json:"size"`
+	// RuntimeOverhead is the memory QEMU uses beyond the guest memory.
+	RuntimeOverhead Quantity `json:"runtimeOverhead,omitempty"`
+}
+
+// VirtualMachineVersions are the versions of the hypervisor a VM runs under.
+type VirtualMachineVersions struct {
+	Qemu string `json:"qemu,omitempty"`
+}

@@ -1,0 +1,63 @@
+package v1alpha1
+
+// VirtualMachineSnapshot is a point-in-time copy of a VM: its configuration and a
+// VirtualDiskSnapshot of each of its disks. Its spec is immutable.
+type VirtualMachineSnapshot struct {
+	TypeMeta   `json:",inline"`
+	ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   VirtualMachineSnapshotSpec   `json:"spec"`
+	Status VirtualMachineSnapshotStatus `json:"status,omitempty"`
+}
+
+// VirtualMachineSnapshotSpec names the VM.
+type VirtualMachineSnapshotSpec struct {
+	// VirtualMachineName is the VM of the same project to snapshot.
+	VirtualMachineName string `json:"virtualMachineName"`
+	// RequiredConsistency (default true) allows the snapshot only when the VM is stopped or its
+	// guest filesystems could be frozen through the guest agent.
+	RequiredConsistency *bool `json:"requiredConsistency,omitempty"`
+	// KeepIPAddress (default Always) keeps the VM's IP address with the snapshot.
+	KeepIPAddress KeepIPAddress `json:"keepIPAddress,omitempty"`
+}
+
+// KeepIPAddress says whether a VM snapshot keeps the VM's IP address.
+type KeepIPAddress string
+
+// KeepIPAddress values.
+const (
+	// KeepIPAddressAlways turns an Auto IP claim into a Static one so a restore gets it back.
+	KeepIPAddressAlways KeepIPAddress = "Always"
+	// KeepIPAddressNever leaves the IP claim as it is.
+	KeepIPAddressNever KeepIPAddress = "Never"
+)
+
+// VM snapshot condition types.
+const (
+	// VMSnapshotConditionVirtualMachineReady is True when the VM can be snapshotted.
+	VMSnapshotConditionVirtualMachineReady = "VirtualMachineReady"
+	// VMSnapshotConditionBlockDevicesReady is True when every disk of the VM can be snapshotted.
+	VMSnapshotConditionBlockDevicesReady = "BlockDevicesReady"
+	// VMSnapshotConditionReady is True when the snapshot is complete and usable.
+	VMSnapshotConditionReady = "VirtualMachineSnapshotReady"
+)
+
+// VirtualMachineSnapshotStatus is the observed state of a VM snapshot.
+type VirtualMachineSnapshotStatus struct {
+	Phase SnapshotPhase `json:"phase,omitempty"`
+	// Consistent says the guest filesystems were frozen (or the VM was stopped) when taken.
+	Consistent *bool `json:"consistent,omitempty"`
+	// VirtualDiskSnapshotNames are the disk snapshots taken with the VM.
+	VirtualDiskSnapshotNames []string `json:"virtualDiskSnapshotNames,omitempty"`
+	// Resources are the objects captured in the snapshot (the VM, its IP claim, secrets, ...).
+	Resources          []SnapshotResourceRef `json:"resources,omitempty"`
+	Conditions         []Condition           `json:"conditions,omitempty"`
+	ObservedGeneration int64                 `json:"observedGeneration,omitempty"`
+}
+
+// SnapshotResourceRef names one object captured in a VM snapshot.
+type SnapshotResourceRef struct {
+	APIVersion string `json:"apiVersion,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+	Name       string `json:"name,omitempty"`
+}

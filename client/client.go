@@ -1,0 +1,439 @@
+// Package client is the Go client of the Rakhsh API. The CLI, the node agent, the tests and
+// third-party programs use it. It speaks plain HTTP/JSON to a server reached either over the
+// local unix socket (no token needed: local root is admin) or over HTTPS with a bearer token.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// DefaultSocket is where `rakhsh serve` listens by default.
+const DefaultSocket = "/var/lib/rakhsh/rakhsh.sock"
+
+// Config says how to reach the server.
+type Config struct {
+	// Server is unix:///path/to/rakhsh.sock or https://host:port. Empty means the default socket.
+	Server string
+	// Token is the bearer token for TCP connections.
+	Token string
+	// CAFile is a PEM file of CA certificates to trust for https (e.g. the server's tls.crt).
+	CAFile string
+	// Insecure skips TLS verification (for self-signed test servers only).
+	Insecure bool
+	// Timeout bounds each non-streaming request; 0 means 60 s.
+	Timeout time.Duration
+}
+
+// Client talks to one Rakhsh API server.
+type Client struct {
+	base    string // scheme://host for building URLs
+	token   string
+	http    *http.Client // non-streaming calls
+	stream  *http.Client // watches and streams: no overall timeout
+	timeout time.Duration
+	dialer  func(ctx context.Context) (net.Conn, error)
+}
+
+// New builds a client from cfg.
+func New(cfg Config) (*Client, error) {
+	server := cfg.Server
+	if server == "" {
+		server = "unix://" + DefaultSocket
+	}
+	u, err := url.Parse(server)
+	if err != nil {
+		return nil, fmt.Errorf("server address %q: %w", server, err)
+	}
+	c := &Client{token: cfg.Token, timeout: cfg.Timeout}
+	if c.timeout == 0 {
+		c.timeout = 60 * time.Second
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
+	switch u.Scheme {
+	case "unix":
+		path := u.Path
+		if path == "" {
+			path = u.Opaque
+		}
+		if path == "" {
+			return nil, fmt.Errorf("server address %q: a unix address needs a path, e.g. unix:///var/lib/rakhsh/rakhsh.sock", server)
+		}
+		d := &net.Dialer{}
+		c.dialer = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "unix", path) }
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return c.dialer(ctx) }
+		c.base = "http://rakhsh"
+	case "https":
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.Insecure} //nolint:gosec // opt-in flag
+		if cfg.CAFile != "" {
+			pem, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("reading CA file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
+			}
+			tc.RootCAs = pool
+		}
+		tr.TLSClientConfig = tc
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		host := u.Host
+		c.dialer = func(ctx context.Context) (net.Conn, error) {
+			conn, err := d.DialContext(ctx, "tcp", host)
+			if err != nil {
+				return nil, err
+			}
+			cfg := tc.Clone()
+			if cfg.ServerName == "" {
+				cfg.ServerName, _, _ = net.SplitHostPort(host)
+			}
+			tconn := tls.Client(conn, cfg)
+			if err := tconn.HandshakeContext(ctx); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return tconn, nil
+		}
+		c.base = "https://" + u.Host
+	case "http":
+		// Plain HTTP is only for tests behind a proxy; the server itself never listens on it.
+		c.base = "http://" + u.Host
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		host := u.Host
+		c.dialer = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", host) }
+	default:
+		return nil, fmt.Errorf("server address %q: scheme must be unix or https", server)
+	}
+	c.http = &http.Client{Transport: tr}
+	c.stream = &http.Client{Transport: tr}
+	return c, nil
+}
+
+// DialRaw opens a raw connection to the server (used for websocket upgrades).
+func (c *Client) DialRaw(ctx context.Context) (net.Conn, error) { return c.dialer(ctx) }
+
+// BaseURL is scheme://host the client builds request URLs on.
+func (c *Client) BaseURL() string { return c.base }
+
+// Token returns the bearer token, if any.
+func (c *Client) Token() string { return c.token }
+
+// Path returns the REST path of a resource collection or object. namespace "" means
+// cluster-scoped, or all projects for a project-scoped list.
+func Path(resource, namespace, name string, sub ...string) string {
+	var b strings.Builder
+	b.WriteString("/apis/" + v1alpha1.APIVersion)
+	if namespace != "" {
+		b.WriteString("/namespaces/" + url.PathEscape(namespace))
+	}
+	b.WriteString("/" + resource)
+	if name != "" {
+		b.WriteString("/" + url.PathEscape(name))
+	}
+	for _, s := range sub {
+		b.WriteString("/" + s)
+	}
+	return b.String()
+}
+
+// Error is a failed call: the server's Status.
+type Error struct {
+	Status v1alpha1.Status
+}
+
+func (e *Error) Error() string {
+	if e.Status.Message != "" {
+		return e.Status.Message
+	}
+	return fmt.Sprintf("server answered %d %s", e.Status.Code, e.Status.Reason)
+}
+
+// Reason returns the Status reason of err, or "" when err is not an API error.
+func Reason(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status.Reason
+	}
+	return ""
+}
+
+// IsNotFound, IsConflict, IsAlreadyExists and IsInvalid classify API errors.
+func IsNotFound(err error) bool      { return Reason(err) == v1alpha1.ReasonNotFound }
+func IsConflict(err error) bool      { return Reason(err) == v1alpha1.ReasonConflict }
+func IsAlreadyExists(err error) bool { return Reason(err) == v1alpha1.ReasonAlreadyExists }
+func IsInvalid(err error) bool       { return Reason(err) == v1alpha1.ReasonInvalid }
+
+// Do sends one request. body may be nil, []byte, or a value to encode as JSON; out, when
+// non-nil, receives the decoded JSON answer (or, for *[]byte, the raw body).
+func (c *Client) Do(ctx context.Context, method, path string, query url.Values, contentType string, body, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	resp, err := c.send(ctx, c.http, method, path, query, contentType, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 512<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: reading answer: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		return decodeError(resp.StatusCode, data)
+	}
+	switch o := out.(type) {
+	case nil:
+		return nil
+	case *[]byte:
+		*o = data
+		return nil
+	default:
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decoding answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, query url.Values, contentType string, body any) (*http.Response, error) {
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	case io.Reader:
+		rd = b
+	default:
+		data, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("encoding request: %w", err)
+		}
+		rd = bytes.NewReader(data)
+	}
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, err
+	}
+	if rd != nil {
+		if contentType == "" {
+			contentType = "application/json"
+		}
+		req.Header.Set("Content-Type", contentType)
+	}
+	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	return resp, nil
+}
+
+func decodeError(code int, data []byte) error {
+	var st v1alpha1.Status
+	if err := json.Unmarshal(data, &st); err != nil || st.Kind != "Status" {
+		msg := strings.TrimSpace(string(data))
+		if len(msg) > 512 {
+			msg = msg[:512]
+		}
+		st = v1alpha1.Status{Status: "Failure", Code: code, Message: fmt.Sprintf("server answered %d: %s", code, msg)}
+	}
+	if st.Code == 0 {
+		st.Code = code
+	}
+	return &Error{Status: st}
+}
+
+// Get reads one object into out.
+func (c *Client) Get(ctx context.Context, resource, namespace, name string, out any) error {
+	return c.Do(ctx, http.MethodGet, Path(resource, namespace, name), nil, "", nil, out)
+}
+
+// ListOptions restricts List and Watch.
+type ListOptions struct {
+	LabelSelector   string
+	Limit           int64
+	Continue        string
+	ResourceVersion string
+}
+
+func (o ListOptions) query() url.Values {
+	q := url.Values{}
+	if o.LabelSelector != "" {
+		q.Set("labelSelector", o.LabelSelector)
+	}
+	if o.Limit > 0 {
+		q.Set("limit", strconv.FormatInt(o.Limit, 10))
+	}
+	if o.Continue != "" {
+		q.Set("continue", o.Continue)
+	}
+	if o.ResourceVersion != "" {
+		q.Set("resourceVersion", o.ResourceVersion)
+	}
+	return q
+}
+
+// List returns one page of objects; namespace "" lists across all projects.
+func (c *Client) List(ctx context.Context, resource, namespace string, opts ListOptions) (*v1alpha1.List, error) {
+	var l v1alpha1.List
+	if err := c.Do(ctx, http.MethodGet, Path(resource, namespace, ""), opts.query(), "", nil, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// ListAll follows continue tokens and returns every object.
+func (c *Client) ListAll(ctx context.Context, resource, namespace string, opts ListOptions) (*v1alpha1.List, error) {
+	var all *v1alpha1.List
+	for {
+		l, err := c.List(ctx, resource, namespace, opts)
+		if err != nil {
+			return nil, err
+		}
+		if all == nil {
+			all = l
+		} else {
+			all.Items = append(all.Items, l.Items...)
+			all.Metadata = l.Metadata
+		}
+		if l.Metadata.Continue == "" {
+			all.Metadata.Continue = ""
+			return all, nil
+		}
+		opts.Continue = l.Metadata.Continue
+	}
+}
+
+// Create stores a new object and decodes the stored form into out.
+func (c *Client) Create(ctx context.Context, resource, namespace string, obj, out any) error {
+	return c.Do(ctx, http.MethodPost, Path(resource, namespace, ""), nil, "", obj, out)
+}
+
+// Update replaces an object; its metadata.resourceVersion must be current.
+func (c *Client) Update(ctx context.Context, resource, namespace, name string, obj, out any) error {
+	return c.Do(ctx, http.MethodPut, Path(resource, namespace, name), nil, "", obj, out)
+}
+
+// UpdateStatus replaces an object's status through the status subresource.
+func (c *Client) UpdateStatus(ctx context.Context, resource, namespace, name string, obj, out any) error {
+	return c.Do(ctx, http.MethodPut, Path(resource, namespace, name, "status"), nil, "", obj, out)
+}
+
+// Patch applies a JSON merge patch (RFC 7386).
+func (c *Client) Patch(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
+	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name), nil, "application/merge-patch+json", patch, out)
+}
+
+// PatchStatus applies a JSON merge patch to the status subresource.
+func (c *Client) PatchStatus(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
+	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name, "status"), nil, "application/merge-patch+json", patch, out)
+}
+
+// Delete deletes an object. With finalizers, it is only marked (deletionTimestamp) and goes
+// once they are removed.
+func (c *Client) Delete(ctx context.Context, resource, namespace, name string) error {
+	return c.Do(ctx, http.MethodDelete, Path(resource, namespace, name), nil, "", nil, nil)
+}
+
+// Watcher is an open watch stream.
+type Watcher struct {
+	ch     chan v1alpha1.WatchEvent
+	cancel context.CancelFunc
+	err    error
+	done   chan struct{}
+}
+
+// Events delivers events until the stream ends; then Err says why.
+func (w *Watcher) Events() <-chan v1alpha1.WatchEvent { return w.ch }
+
+// Stop ends the stream.
+func (w *Watcher) Stop() { w.cancel() }
+
+// Err returns why the stream ended (nil after Stop or a clean end).
+func (w *Watcher) Err() error { <-w.done; return w.err }
+
+// Watch opens a watch stream. With opts.ResourceVersion set, events after that version are
+// replayed first; an expired version gives an ERROR event with a Status of reason Expired
+// (HTTP 410 Gone): list again and watch from the list's resourceVersion.
+func (c *Client) Watch(ctx context.Context, resource, namespace string, opts ListOptions) (*Watcher, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	q := opts.query()
+	q.Set("watch", "true")
+	resp, err := c.send(ctx, c.stream, http.MethodGet, Path(resource, namespace, ""), q, "", nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		cancel()
+		return nil, decodeError(resp.StatusCode, data)
+	}
+	w := &Watcher{ch: make(chan v1alpha1.WatchEvent, 64), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		defer close(w.ch)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 16<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			if len(bytes.TrimSpace(line)) == 0 {
+				continue
+			}
+			var ev v1alpha1.WatchEvent
+			if err := json.Unmarshal(line, &ev); err != nil {
+				w.err = fmt.Errorf("watch: bad event: %w", err)
+				return
+			}
+			ev.Object = append(json.RawMessage(nil), ev.Object...)
+			select {
+			case w.ch <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if err := sc.Err(); err != nil && ctx.Err() == nil {
+			w.err = fmt.Errorf("watch: %w", err)
+		}
+	}()
+	return w, nil
+}
+
+// Stream opens a request whose body is read by the caller (logs, downloads).
+func (c *Client) Stream(ctx context.Context, method, path string, query url.Values, body io.Reader) (*http.Response, error) {
+	resp, err := c.send(ctx, c.stream, method, path, query, "application/octet-stream", body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		return nil, decodeError(resp.StatusCode, data)
+	}
+	return resp, nil
+}

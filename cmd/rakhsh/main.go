@@ -1,0 +1,15 @@
+// Command rakhsh is the Rakhsh CLI and server in one binary.
+package main
+
+import (
+	"os"
+
+	"github.com/rakhsh/rakhsh/internal/cli"
+	"github.com/rakhsh/rakhsh/internal/server"
+)
+
+func main() {
+	root := cli.NewRootCommand()
+	root.AddCommand(server.NewServeCommand())
+	os.Exit(cli.Execute(root))
+}

@@ -1,0 +1,79 @@
+package apiserver
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+)
+
+// statusFor maps an error class to the HTTP code and Status reason at the API edge.
+func statusFor(err error) v1alpha1.Status {
+	st := v1alpha1.Status{TypeMeta: v1alpha1.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure", Message: err.Error()}
+	var inv *errs.InvalidError
+	switch {
+	case errors.As(err, &inv):
+		st.Code, st.Reason = http.StatusUnprocessableEntity, v1alpha1.ReasonInvalid
+		st.Details = &v1alpha1.StatusDetails{Name: inv.Name, Kind: inv.Kind, Group: v1alpha1.Group}
+		for _, c := range inv.Causes {
+			st.Details.Causes = append(st.Details.Causes, v1alpha1.StatusCause{Type: c.Type, Message: c.Message, Field: c.Field})
+		}
+	case errors.Is(err, errs.ErrNotFound):
+		st.Code, st.Reason = http.StatusNotFound, v1alpha1.ReasonNotFound
+	case errors.Is(err, errs.ErrAlreadyExists):
+		st.Code, st.Reason = http.StatusConflict, v1alpha1.ReasonAlreadyExists
+	case errors.Is(err, errs.ErrConflict):
+		st.Code, st.Reason = http.StatusConflict, v1alpha1.ReasonConflict
+	case errors.Is(err, errs.ErrInvalid):
+		st.Code, st.Reason = http.StatusUnprocessableEntity, v1alpha1.ReasonInvalid
+	case errors.Is(err, errs.ErrForbidden):
+		st.Code, st.Reason = http.StatusForbidden, v1alpha1.ReasonForbidden
+	case errors.Is(err, errs.ErrUnauthorized):
+		st.Code, st.Reason = http.StatusUnauthorized, v1alpha1.ReasonUnauthorized
+	case errors.Is(err, errs.ErrCompacted):
+		st.Code, st.Reason = http.StatusGone, v1alpha1.ReasonExpired
+	case errors.Is(err, errs.ErrTooLarge):
+		st.Code, st.Reason = http.StatusRequestEntityTooLarge, v1alpha1.ReasonRequestTooLarge
+	case errors.Is(err, errs.ErrBadRequest):
+		st.Code, st.Reason = http.StatusBadRequest, v1alpha1.ReasonBadRequest
+	case errors.Is(err, errs.ErrUnavailable):
+		st.Code, st.Reason = http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable
+	default:
+		st.Code, st.Reason = http.StatusInternalServerError, v1alpha1.ReasonInternalError
+	}
+	return st
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	writeRaw(w, code, data)
+}
+
+func writeRaw(w http.ResponseWriter, code int, data []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(data)
+	_, _ = w.Write([]byte("\n"))
+}
+
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	st := statusFor(err)
+	if st.Code >= 500 {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	} else {
+		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "code", st.Code, "err", err)
+	}
+	if st.Code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="rakhsh"`)
+	}
+	writeJSON(w, st.Code, st)
+}
+
+var _ = slog.LevelDebug

@@ -1,0 +1,285 @@
+package apiserver
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/labels"
+	"github.com/rakhsh/rakhsh/internal/store"
+)
+
+func storeListLimit(n int64) store.ListOptions { return store.ListOptions{Limit: n} }
+
+func lastSegment(k string) string { return k[strings.LastIndexByte(k, '/')+1:] }
+
+// continueToken is what a list's continue string holds: the last key returned.
+type continueToken struct {
+	Key string `json:"k"`
+	Rev int64  `json:"r"`
+}
+
+func encodeContinue(t continueToken) string {
+	data, _ := json.Marshal(t)
+	return base64.RawURLEncoding.EncodeToString(data)
+}
+
+func decodeContinue(s, pfx string) (continueToken, error) {
+	var t continueToken
+	data, err := base64.RawURLEncoding.DecodeString(s)
+	if err == nil {
+		err = json.Unmarshal(data, &t)
+	}
+	if err != nil || !strings.HasPrefix(t.Key, pfx) {
+		return t, errs.New(errs.ErrBadRequest, "the continue token is not valid for this list: start the list again without it")
+	}
+	return t, nil
+}
+
+// labelsOf reads metadata.labels of a stored object without decoding the rest.
+func labelsOf(data []byte) map[string]string {
+	var o struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+	}
+	_ = json.Unmarshal(data, &o)
+	return o.Metadata.Labels
+}
+
+func parseSelector(r *http.Request) (labels.Selector, error) {
+	sel, err := labels.Parse(r.URL.Query().Get("labelSelector"))
+	if err != nil {
+		return nil, errs.New(errs.ErrBadRequest, "%v", err)
+	}
+	if fs := r.URL.Query().Get("fieldSelector"); fs != "" {
+		return nil, errs.New(errs.ErrBadRequest, "fieldSelector is not supported; use labelSelector")
+	}
+	return sel, nil
+}
+
+func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
+	sel, err := parseSelector(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	var limit int64
+	if l := q.Get("limit"); l != "" {
+		limit, err = strconv.ParseInt(l, 10, 64)
+		if err != nil || limit < 0 {
+			s.writeError(w, r, errs.New(errs.ErrBadRequest, "limit %q must be a non-negative integer", l))
+			return
+		}
+	}
+	pfx := prefix(t.st.Info, t.namespace)
+	opts := store.ListOptions{}
+	if c := q.Get("continue"); c != "" {
+		tok, err := decodeContinue(c, pfx)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		opts.After = tok.Key
+	}
+	items, rev, more, err := s.listItems(r.Context(), pfx, opts, limit, sel)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw.WriteString(`{"apiVersion":"` + v1alpha1.APIVersion + `","kind":"` + t.st.Info.Kind + `List","metadata":{"resourceVersion":"` + strconv.FormatInt(rev, 10) + `"`)
+	if more && len(items) > 0 {
+		bw.WriteString(`,"continue":"` + encodeContinue(continueToken{Key: items[len(items)-1].Key, Rev: rev}) + `"`)
+	}
+	bw.WriteString(`},"items":[`)
+	for i, kv := range items {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		bw.Write(withRV(kv.Value, kv.ModRevision))
+	}
+	bw.WriteString("]}\n")
+	_ = bw.Flush()
+}
+
+// listItems pages through the store until limit matching items are found (0: all).
+func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptions, limit int64, sel labels.Selector) ([]store.KV, int64, bool, error) {
+	var out []store.KV
+	var rev int64
+	for {
+		o := opts
+		if limit > 0 {
+			o.Limit = limit - int64(len(out))
+			if !sel.Empty() && o.Limit < 100 {
+				o.Limit = 100
+			}
+		}
+		res, err := s.store.List(ctx, pfx, o)
+		if err != nil {
+			return nil, 0, false, err
+		}
+		if rev == 0 {
+			rev = res.Revision
+		}
+		for i, kv := range res.KVs {
+			if !sel.Empty() && !sel.Matches(labelsOf(kv.Value)) {
+				continue
+			}
+			out = append(out, kv)
+			if limit > 0 && int64(len(out)) == limit {
+				more := res.More || i < len(res.KVs)-1
+				return out, rev, more, nil
+			}
+		}
+		if !res.More || len(res.KVs) == 0 {
+			return out, rev, false, nil
+		}
+		opts.After = res.KVs[len(res.KVs)-1].Key
+	}
+}
+
+// serveWatch streams newline-delimited watch events. Without a resourceVersion (or with "0")
+// it first sends the current objects as ADDED, then changes. With a resourceVersion it
+// replays changes after it; a version the store no longer keeps ends the stream with an
+// ERROR event carrying a Status of reason Expired (code 410): list again and watch from the
+// list's resourceVersion.
+func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
+	sel, err := parseSelector(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	pfx := prefix(t.st.Info, t.namespace)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+
+	rvText := r.URL.Query().Get("resourceVersion")
+	var from int64
+	var initial []store.KV
+	if rvText == "" || rvText == "0" {
+		items, rev, _, err := s.listItems(ctx, pfx, store.ListOptions{}, 0, sel)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		initial, from = items, rev
+	} else {
+		from, err = strconv.ParseInt(rvText, 10, 64)
+		if err != nil || from < 0 {
+			s.writeError(w, r, errs.New(errs.ErrBadRequest, "resourceVersion %q must be a non-negative integer", rvText))
+			return
+		}
+	}
+	events := s.store.Watch(ctx, pfx, from)
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	flush := func() bool {
+		if err := bw.Flush(); err != nil {
+			return false
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return true
+	}
+	for _, kv := range initial {
+		writeEvent(bw, v1alpha1.WatchAdded, withRV(kv.Value, kv.ModRevision))
+	}
+	if !flush() {
+		return
+	}
+	last := from
+	ticker := time.NewTicker(s.bookmark)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			bm := `{"apiVersion":"` + v1alpha1.APIVersion + `","kind":"` + t.st.Info.Kind + `","metadata":{"resourceVersion":"` + strconv.FormatInt(last, 10) + `"}}`
+			writeEvent(bw, v1alpha1.WatchBookmark, []byte(bm))
+			if !flush() {
+				return
+			}
+		case res, ok := <-events:
+			if !ok {
+				return
+			}
+			if res.Err != nil {
+				st := statusFor(res.Err)
+				if errors.Is(res.Err, errs.ErrCompacted) {
+					st.Message = "too old resource version: " + strconv.FormatInt(from, 10) + ": list again and watch from the list's resourceVersion"
+				}
+				data, _ := json.Marshal(st)
+				writeEvent(bw, v1alpha1.WatchError, data)
+				flush()
+				return
+			}
+			for _, ev := range res.Events {
+				last = ev.KV.ModRevision
+				typ, obj := translate(ev, sel)
+				if typ == "" {
+					continue
+				}
+				writeEvent(bw, typ, obj)
+			}
+			if !flush() {
+				return
+			}
+		}
+	}
+}
+
+// translate maps a store event to a watch event type and object, applying a label selector
+// the way Kubernetes does: an object leaving the selection is DELETED, one entering ADDED.
+func translate(ev store.Event, sel labels.Selector) (string, []byte) {
+	switch ev.Type {
+	case store.Delete:
+		if ev.PrevValue == nil || (!sel.Empty() && !sel.Matches(labelsOf(ev.PrevValue))) {
+			return "", nil
+		}
+		return v1alpha1.WatchDeleted, withRV(ev.PrevValue, ev.KV.ModRevision)
+	case store.Put:
+		obj := withRV(ev.KV.Value, ev.KV.ModRevision)
+		if sel.Empty() {
+			if ev.Created {
+				return v1alpha1.WatchAdded, obj
+			}
+			return v1alpha1.WatchModified, obj
+		}
+		now := sel.Matches(labelsOf(ev.KV.Value))
+		before := !ev.Created && ev.PrevValue != nil && sel.Matches(labelsOf(ev.PrevValue))
+		switch {
+		case now && before:
+			return v1alpha1.WatchModified, obj
+		case now:
+			return v1alpha1.WatchAdded, obj
+		case before:
+			return v1alpha1.WatchDeleted, obj
+		}
+	}
+	return "", nil
+}
+
+func writeEvent(bw *bufio.Writer, typ string, obj []byte) {
+	bw.WriteString(`{"type":"` + typ + `","object":`)
+	bw.Write(obj)
+	bw.WriteString("}\n")
+}

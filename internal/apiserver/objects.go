@@ -1,0 +1,475 @@
+package apiserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"reflect"
+	"strconv"
+
+	"github.com/google/uuid"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/registry"
+)
+
+// DefaultProject always exists and cannot be deleted.
+const DefaultProject = "default"
+
+func (s *Server) serveCreate(w http.ResponseWriter, r *http.Request, t target) {
+	data, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	obj, err := DecodeObject(data, t.st)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out, rev, err := s.Create(r.Context(), t.st, t.namespace, obj)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeRaw(w, http.StatusCreated, withRV(out, rev))
+}
+
+// Create validates and stores a new object. namespace is the project from the path ("" for
+// cluster-scoped kinds). It returns the stored bytes and revision.
+func (s *Server) Create(ctx context.Context, st *registry.Strategy, namespace string, obj v1alpha1.Object) ([]byte, int64, error) {
+	m := obj.GetObjectMeta()
+	if st.Info.Namespaced {
+		if m.Namespace != "" && m.Namespace != namespace {
+			return nil, 0, errs.New(errs.ErrBadRequest, "the object's metadata.namespace %q does not match the project %q of the request", m.Namespace, namespace)
+		}
+		m.Namespace = namespace
+	}
+	if m.Name == "" && m.GenerateName != "" {
+		m.Name = m.GenerateName + randomSuffix()
+	}
+	// Fields only the server sets.
+	m.UID = uuid.NewString()
+	m.ResourceVersion = ""
+	m.Generation = 1
+	now := v1alpha1.NewTime(s.now())
+	m.CreationTimestamp = &now
+	m.DeletionTimestamp = nil
+	resetField(obj, "Status")
+	if st.Default != nil {
+		st.Default(obj)
+	}
+	if err := validate(st, obj, nil); err != nil {
+		return nil, 0, err
+	}
+	if st.Info.Namespaced {
+		if err := s.checkProject(ctx, namespace); err != nil {
+			return nil, 0, err
+		}
+	}
+	data, err := encodeStored(obj)
+	if err != nil {
+		return nil, 0, err
+	}
+	rev, err := s.store.Create(ctx, key(st.Info, namespace, m.Name), data)
+	if err != nil {
+		if errors.Is(err, errs.ErrAlreadyExists) {
+			return nil, 0, errs.New(errs.ErrAlreadyExists, "%s %q already exists%s", st.Info.Singular, m.Name, inProject(namespace))
+		}
+		return nil, 0, err
+	}
+	return data, rev, nil
+}
+
+func inProject(ns string) string {
+	if ns == "" {
+		return ""
+	}
+	return " in project " + strconv.Quote(ns)
+}
+
+// checkProject refuses objects in a missing or terminating project.
+func (s *Server) checkProject(ctx context.Context, ns string) error {
+	kv, err := s.store.Get(ctx, "/projects/"+ns)
+	if err != nil {
+		if errors.Is(err, errs.ErrNotFound) {
+			return errs.New(errs.ErrNotFound, "project %q not found: create it first (kind Project)", ns)
+		}
+		return err
+	}
+	var p struct {
+		Metadata v1alpha1.ObjectMeta `json:"metadata"`
+	}
+	if err := json.Unmarshal(kv.Value, &p); err == nil && p.Metadata.DeletionTimestamp != nil {
+		return errs.New(errs.ErrForbidden, "project %q is being deleted: no new objects may be created in it", ns)
+	}
+	return nil
+}
+
+func validate(st *registry.Strategy, obj, old v1alpha1.Object) error {
+	fe := registry.ValidateMeta(obj.GetObjectMeta(), st.Info.Namespaced)
+	if st.Validate != nil {
+		fe = append(fe, st.Validate(obj)...)
+	}
+	if old != nil && st.ValidateUpdate != nil {
+		fe = append(fe, st.ValidateUpdate(obj, old)...)
+	}
+	return errs.NewInvalid(st.Info.Kind, obj.GetObjectMeta().Name, fe)
+}
+
+const suffixChars = "bcdfghjklmnpqrstvwxz2456789"
+
+func randomSuffix() string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = suffixChars[int(b[i])%len(suffixChars)]
+	}
+	return string(b)
+}
+
+// resetField zeroes a named struct field (Status) if the kind has it.
+func resetField(obj v1alpha1.Object, name string) {
+	f := reflect.ValueOf(obj).Elem().FieldByName(name)
+	if f.IsValid() && f.CanSet() {
+		f.Set(reflect.Zero(f.Type()))
+	}
+}
+
+// copyField sets dst's named field to src's.
+func copyField(dst, src v1alpha1.Object, name string) {
+	d := reflect.ValueOf(dst).Elem().FieldByName(name)
+	sv := reflect.ValueOf(src).Elem().FieldByName(name)
+	if d.IsValid() && sv.IsValid() && d.CanSet() {
+		d.Set(sv)
+	}
+}
+
+// specBytes encodes everything of obj but metadata and status: what a generation counts.
+func specBytes(obj v1alpha1.Object) []byte {
+	v := reflect.ValueOf(obj).Elem()
+	c := reflect.New(v.Type()).Elem()
+	c.Set(v)
+	for _, n := range []string{"ObjectMeta", "Status"} {
+		if f := c.FieldByName(n); f.IsValid() {
+			f.Set(reflect.Zero(f.Type()))
+		}
+	}
+	data, _ := json.Marshal(c.Addr().Interface())
+	return data
+}
+
+func (s *Server) serveUpdate(w http.ResponseWriter, r *http.Request, t target, status bool) {
+	data, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	obj, err := DecodeObject(data, t.st)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out, rev, code, err := s.Update(r.Context(), t, obj, status)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeRaw(w, code, withRV(out, rev))
+}
+
+// Update replaces an object (status=false: everything but status; status=true: only status).
+// An empty resourceVersion means "whatever is stored now". It returns the stored bytes,
+// revision and HTTP code.
+func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, status bool) ([]byte, int64, int, error) {
+	m := obj.GetObjectMeta()
+	if m.Name != "" && m.Name != t.name {
+		return nil, 0, 0, errs.New(errs.ErrBadRequest, "the object's metadata.name %q does not match the name %q in the path", m.Name, t.name)
+	}
+	if t.st.Info.Namespaced && m.Namespace != "" && m.Namespace != t.namespace {
+		return nil, 0, 0, errs.New(errs.ErrBadRequest, "the object's metadata.namespace %q does not match the project %q of the request", m.Namespace, t.namespace)
+	}
+	k := key(t.st.Info, t.namespace, t.name)
+	kv, err := s.store.Get(ctx, k)
+	if err != nil {
+		return nil, 0, 0, s.notFound(err, t)
+	}
+	if m.ResourceVersion != "" {
+		want, err := strconv.ParseInt(m.ResourceVersion, 10, 64)
+		if err != nil {
+			return nil, 0, 0, errs.NewInvalid(t.st.Info.Kind, t.name, errs.FieldErrors{{Field: "metadata.resourceVersion", Type: errs.FieldValueInvalid, Message: "must be a number given by the server"}})
+		}
+		if want != kv.ModRevision {
+			return nil, 0, 0, conflict(t)
+		}
+	}
+	old, err := decodeStored(t.st, kv.Value, kv.ModRevision)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	om := old.GetObjectMeta()
+	if status {
+		// Only status comes from the request.
+		next := t.st.New()
+		copyAll(next, old)
+		copyField(next, obj, "Status")
+		obj = next
+		m = obj.GetObjectMeta()
+	} else {
+		copyField(obj, old, "Status")
+		m.Namespace = om.Namespace
+		m.Name = om.Name
+		m.Generation = om.Generation
+		if !bytes.Equal(specBytes(obj), specBytes(old)) {
+			m.Generation = om.Generation + 1
+		}
+	}
+	m.UID = om.UID
+	m.CreationTimestamp = om.CreationTimestamp
+	m.DeletionTimestamp = om.DeletionTimestamp
+	m.GenerateName = om.GenerateName
+	if om.DeletionTimestamp != nil && len(m.Finalizers) > 0 {
+		for _, f := range m.Finalizers {
+			if !contains(om.Finalizers, f) {
+				return nil, 0, 0, errs.New(errs.ErrForbidden, "%s %q is being deleted: finalizer %q may not be added", t.st.Info.Singular, t.name, f)
+			}
+		}
+	}
+	if t.st.Default != nil {
+		t.st.Default(obj)
+	}
+	if err := validate(t.st, obj, old); err != nil {
+		return nil, 0, 0, err
+	}
+	m.ResourceVersion = ""
+	data, err := encodeStored(obj)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if bytes.Equal(data, kv.Value) {
+		return kv.Value, kv.ModRevision, http.StatusOK, nil
+	}
+	if om.DeletionTimestamp != nil && len(m.Finalizers) == 0 {
+		// The last finalizer went: the object goes.
+		rev, _, err := s.store.Delete(ctx, k, kv.ModRevision)
+		if err != nil {
+			return nil, 0, 0, s.casError(err, t)
+		}
+		return data, rev, http.StatusOK, nil
+	}
+	rev, err := s.store.Update(ctx, k, data, kv.ModRevision)
+	if err != nil {
+		return nil, 0, 0, s.casError(err, t)
+	}
+	return data, rev, http.StatusOK, nil
+}
+
+func copyAll(dst, src v1alpha1.Object) {
+	reflect.ValueOf(dst).Elem().Set(reflect.ValueOf(src).Elem())
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func conflict(t target) error {
+	return errs.New(errs.ErrConflict, "Operation cannot be fulfilled on %s %q: the object has been modified; please apply your changes to the latest version and try again", t.st.Info.Resource, t.name)
+}
+
+func (s *Server) casError(err error, t target) error {
+	if errors.Is(err, errs.ErrConflict) {
+		return conflict(t)
+	}
+	return s.notFound(err, t)
+}
+
+func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, status bool) {
+	ct := r.Header.Get("Content-Type")
+	if ct != "" && ct != "application/merge-patch+json" && ct != "application/json" {
+		st := v1alpha1.Status{TypeMeta: v1alpha1.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure",
+			Reason: v1alpha1.ReasonUnsupportedMedia, Code: http.StatusUnsupportedMediaType,
+			Message: "only JSON merge patch (Content-Type: application/merge-patch+json) is supported"}
+		writeJSON(w, st.Code, st)
+		return
+	}
+	data, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var patch any
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(&patch); err != nil {
+		s.writeError(w, r, errs.New(errs.ErrBadRequest, "malformed JSON merge patch: %s", jsonErrorText(data, err)))
+		return
+	}
+	if _, ok := patch.(map[string]any); !ok {
+		s.writeError(w, r, errs.New(errs.ErrBadRequest, "a JSON merge patch must be an object"))
+		return
+	}
+	// A patch without a resourceVersion applies to whatever is current: retry lost races.
+	for attempt := 0; ; attempt++ {
+		kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
+		if err != nil {
+			s.writeError(w, r, s.notFound(err, t))
+			return
+		}
+		var cur any
+		dec := json.NewDecoder(bytes.NewReader(withRV(kv.Value, kv.ModRevision)))
+		dec.UseNumber()
+		if err := dec.Decode(&cur); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		merged, err := json.Marshal(MergePatch(cur, deepCopyJSON(patch)))
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		obj, err := DecodeObject(merged, t.st)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		out, rev, code, err := s.Update(r.Context(), t, obj, status)
+		if err != nil {
+			if errors.Is(err, errs.ErrConflict) && !patchHasRV(patch) && attempt < 5 {
+				continue
+			}
+			s.writeError(w, r, err)
+			return
+		}
+		writeRaw(w, code, withRV(out, rev))
+		return
+	}
+}
+
+func patchHasRV(p any) bool {
+	m, _ := p.(map[string]any)
+	md, _ := m["metadata"].(map[string]any)
+	_, ok := md["resourceVersion"]
+	return ok
+}
+
+func deepCopyJSON(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[k] = deepCopyJSON(e)
+		}
+		return m
+	case []any:
+		l := make([]any, len(x))
+		for i, e := range x {
+			l[i] = deepCopyJSON(e)
+		}
+		return l
+	}
+	return v
+}
+
+func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request, t target) {
+	out, rev, err := s.Delete(r.Context(), t)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeRaw(w, http.StatusOK, withRV(out, rev))
+}
+
+// Delete removes an object, or marks it with a deletionTimestamp while finalizers remain.
+func (s *Server) Delete(ctx context.Context, t target) ([]byte, int64, error) {
+	k := key(t.st.Info, t.namespace, t.name)
+	for attempt := 0; ; attempt++ {
+		kv, err := s.store.Get(ctx, k)
+		if err != nil {
+			return nil, 0, s.notFound(err, t)
+		}
+		if t.st.Info.Kind == "Project" {
+			if err := s.checkProjectEmpty(ctx, t.name); err != nil {
+				return nil, 0, err
+			}
+		}
+		obj, err := decodeStored(t.st, kv.Value, kv.ModRevision)
+		if err != nil {
+			return nil, 0, err
+		}
+		m := obj.GetObjectMeta()
+		var rev int64
+		var data []byte
+		if len(m.Finalizers) > 0 {
+			if m.DeletionTimestamp != nil {
+				return kv.Value, kv.ModRevision, nil
+			}
+			now := v1alpha1.NewTime(s.now())
+			m.DeletionTimestamp = &now
+			data, err = encodeStored(obj)
+			if err != nil {
+				return nil, 0, err
+			}
+			rev, err = s.store.Update(ctx, k, data, kv.ModRevision)
+		} else {
+			data = kv.Value
+			rev, _, err = s.store.Delete(ctx, k, kv.ModRevision)
+		}
+		if err != nil {
+			if errors.Is(err, errs.ErrConflict) && attempt < 5 {
+				continue
+			}
+			return nil, 0, s.casError(err, t)
+		}
+		return data, rev, nil
+	}
+}
+
+// checkProjectEmpty refuses to delete the default project or one that still holds objects;
+// its events are removed with it.
+func (s *Server) checkProjectEmpty(ctx context.Context, ns string) error {
+	if ns == DefaultProject {
+		return errs.New(errs.ErrForbidden, "project %q is the default project and cannot be deleted", ns)
+	}
+	for _, st := range registry.All() {
+		if !st.Info.Namespaced || st.Info.Kind == "Event" {
+			continue
+		}
+		res, err := s.store.List(ctx, prefix(st.Info, ns), storeListLimit(1))
+		if err != nil {
+			return err
+		}
+		if len(res.KVs) > 0 {
+			return errs.New(errs.ErrForbidden, "project %q still holds %s objects (e.g. %q): delete them first", ns, st.Info.Kind, lastSegment(res.KVs[0].Key))
+		}
+	}
+	evs, err := s.store.List(ctx, "/events/"+ns+"/", storeListLimit(0))
+	if err != nil {
+		return err
+	}
+	for _, kv := range evs.KVs {
+		_, _, _ = s.store.Delete(ctx, kv.Key, 0)
+	}
+	return nil
+}
+
+// EnsureProject creates a project if it does not exist (used for the default project).
+func (s *Server) EnsureProject(ctx context.Context, name string) error {
+	st, _ := registry.ByKind("Project")
+	obj := st.New()
+	obj.GetObjectMeta().Name = name
+	setTypeMeta(obj, "Project")
+	_, _, err := s.Create(ctx, st, "", obj)
+	if err != nil && !errors.Is(err, errs.ErrAlreadyExists) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,342 @@
+// Package apiserver is the HTTP edge of Rakhsh: Kubernetes-style REST paths, codecs, errors,
+// watch streams and authentication. It is the only component that reads and writes the store.
+package apiserver
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/registry"
+	"github.com/rakhsh/rakhsh/internal/store"
+)
+
+// MaxBodyBytes is the largest request body the API accepts.
+const MaxBodyBytes = 3 << 20
+
+// Version is reported by /version; set by the build.
+var Version = "dev"
+
+// Config holds what a Server needs.
+type Config struct {
+	Store store.Store
+	Log   *slog.Logger
+	// AdminToken is the bearer token that grants admin over TCP. Requests over the unix
+	// socket are admin without a token.
+	AdminToken string
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+	// BookmarkInterval is how often a watch stream gets a BOOKMARK; 0 means 30 s.
+	BookmarkInterval time.Duration
+}
+
+// Server serves the API.
+type Server struct {
+	store    store.Store
+	log      *slog.Logger
+	token    string
+	now      func() time.Time
+	bookmark time.Duration
+	ctx      context.Context // ends when the server shuts down: ends watches
+	cancel   context.CancelFunc
+}
+
+// New returns a Server.
+func New(cfg Config) *Server {
+	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.bookmark == 0 {
+		s.bookmark = 30 * time.Second
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+// Shutdown ends every open watch stream so an http.Server can shut down.
+func (s *Server) Shutdown() { s.cancel() }
+
+type ctxKey int
+
+const identityKey ctxKey = 1
+
+// Identity says who makes a request.
+type Identity struct {
+	Name  string
+	Admin bool
+}
+
+// LocalHandler serves the unix socket: every caller is admin (the socket is mode 0600).
+func (s *Server) LocalHandler() http.Handler {
+	mux := s.routes()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.WithContext(context.WithValue(r.Context(), identityKey, Identity{Name: "local-admin", Admin: true}))
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// RemoteHandler serves TCP: a bearer token is required for everything but health checks.
+func (s *Server) RemoteHandler() http.Handler {
+	mux := s.routes()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		id, err := s.authenticate(r)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		r = r.WithContext(context.WithValue(r.Context(), identityKey, id))
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) authenticate(r *http.Request) (Identity, error) {
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || tok == "" {
+		return Identity{}, errs.New(errs.ErrUnauthorized, "Unauthorized: a bearer token is required (Authorization: Bearer TOKEN)")
+	}
+	if s.token != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) == 1 {
+		return Identity{Name: "admin", Admin: true}, nil
+	}
+	return Identity{}, errs.New(errs.ErrUnauthorized, "Unauthorized: the bearer token is not valid")
+}
+
+func (s *Server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeText(w, "ok") })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, map[string]string{"gitVersion": Version})
+	})
+	mux.HandleFunc("GET /apis", s.discoveryGroups)
+	mux.HandleFunc("GET /apis/{$}", s.discoveryGroups)
+	gv := "/apis/" + v1alpha1.APIVersion
+	mux.HandleFunc("GET "+gv, s.discoveryResources)
+	mux.HandleFunc("GET "+gv+"/{$}", s.discoveryResources)
+	mux.HandleFunc(gv+"/namespaces/{ns}/{resource}", s.collection)
+	mux.HandleFunc(gv+"/namespaces/{ns}/{resource}/{name}", s.object)
+	mux.HandleFunc(gv+"/namespaces/{ns}/{resource}/{name}/{sub}", s.subresource)
+	mux.HandleFunc(gv+"/{resource}", s.collection)
+	mux.HandleFunc(gv+"/{resource}/{name}", s.object)
+	mux.HandleFunc(gv+"/{resource}/{name}/{sub}", s.subresource)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, errs.New(errs.ErrNotFound, "the server could not find the requested resource %s", r.URL.Path))
+	})
+	return mux
+}
+
+func writeText(w http.ResponseWriter, text string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte(text))
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if _, err := s.store.Revision(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		writeText(w, "store: "+err.Error())
+		return
+	}
+	writeText(w, "ok")
+}
+
+func (s *Server) discoveryGroups(w http.ResponseWriter, r *http.Request) {
+	gv := map[string]string{"groupVersion": v1alpha1.APIVersion, "version": v1alpha1.Version}
+	writeJSON(w, 200, map[string]any{
+		"kind": "APIGroupList", "apiVersion": "v1",
+		"groups": []any{map[string]any{"name": v1alpha1.Group, "versions": []any{gv}, "preferredVersion": gv}},
+	})
+}
+
+type apiResource struct {
+	Name         string   `json:"name"`
+	SingularName string   `json:"singularName"`
+	Namespaced   bool     `json:"namespaced"`
+	Kind         string   `json:"kind"`
+	Verbs        []string `json:"verbs"`
+	ShortNames   []string `json:"shortNames,omitempty"`
+}
+
+func (s *Server) discoveryResources(w http.ResponseWriter, r *http.Request) {
+	var res []apiResource
+	verbs := []string{"create", "delete", "get", "list", "patch", "update", "watch"}
+	for _, st := range registry.All() {
+		k := st.Info
+		res = append(res, apiResource{Name: k.Resource, SingularName: k.Singular, Namespaced: k.Namespaced, Kind: k.Kind, Verbs: verbs, ShortNames: k.ShortNames})
+		if k.HasStatus {
+			res = append(res, apiResource{Name: k.Resource + "/status", SingularName: "", Namespaced: k.Namespaced, Kind: k.Kind, Verbs: []string{"get", "patch", "update"}})
+		}
+	}
+	writeJSON(w, 200, map[string]any{"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": v1alpha1.APIVersion, "resources": res})
+}
+
+// target is what a request path names.
+type target struct {
+	st        *registry.Strategy
+	namespace string // "" for cluster-scoped kinds and cross-project lists
+	name      string
+	sub       string
+}
+
+func (s *Server) resolve(r *http.Request) (target, error) {
+	res := r.PathValue("resource")
+	st, ok := registry.ByResource(res)
+	if !ok {
+		return target{}, errs.New(errs.ErrNotFound, "the server does not know the resource %q", res)
+	}
+	t := target{st: st, namespace: r.PathValue("ns"), name: r.PathValue("name"), sub: r.PathValue("sub")}
+	if t.namespace != "" {
+		if !st.Info.Namespaced {
+			return target{}, errs.New(errs.ErrNotFound, "%s is cluster-scoped: use /apis/%s/%s", st.Info.Resource, v1alpha1.APIVersion, st.Info.Resource)
+		}
+		if msg := registry.ValidateName(t.namespace); msg != "" {
+			return target{}, errs.New(errs.ErrBadRequest, "project name %q is not valid: %s", t.namespace, msg)
+		}
+	}
+	if t.name != "" {
+		if st.Info.Namespaced && t.namespace == "" {
+			return target{}, errs.New(errs.ErrNotFound, "%s are project-scoped: use /apis/%s/namespaces/PROJECT/%s/%s", st.Info.Resource, v1alpha1.APIVersion, st.Info.Resource, t.name)
+		}
+		if msg := registry.ValidateName(t.name); msg != "" {
+			return target{}, errs.New(errs.ErrBadRequest, "name %q is not valid: %s", t.name, msg)
+		}
+	}
+	return t, nil
+}
+
+// key is the store key of one object.
+func key(info *v1alpha1.KindInfo, namespace, name string) string {
+	if info.Namespaced {
+		return "/" + info.Resource + "/" + namespace + "/" + name
+	}
+	return "/" + info.Resource + "/" + name
+}
+
+// prefix is the store prefix of a list: one project, all projects, or a cluster kind.
+func prefix(info *v1alpha1.KindInfo, namespace string) string {
+	if info.Namespaced && namespace != "" {
+		return "/" + info.Resource + "/" + namespace + "/"
+	}
+	return "/" + info.Resource + "/"
+}
+
+func (s *Server) collection(w http.ResponseWriter, r *http.Request) {
+	t, err := s.resolve(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	switch r.Method {
+	case http.MethodGet:
+		if r.URL.Query().Get("watch") == "true" || r.URL.Query().Get("watch") == "1" {
+			s.serveWatch(w, r, t)
+			return
+		}
+		s.serveList(w, r, t)
+	case http.MethodPost:
+		if t.st.Info.Namespaced && t.namespace == "" {
+			s.writeError(w, r, errs.New(errs.ErrBadRequest, "%s are project-scoped: POST to /apis/%s/namespaces/PROJECT/%s", t.st.Info.Resource, v1alpha1.APIVersion, t.st.Info.Resource))
+			return
+		}
+		s.serveCreate(w, r, t)
+	default:
+		s.methodNotAllowed(w, r, "GET, POST")
+	}
+}
+
+func (s *Server) object(w http.ResponseWriter, r *http.Request) {
+	t, err := s.resolve(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	switch r.Method {
+	case http.MethodGet:
+		s.serveGet(w, r, t)
+	case http.MethodPut:
+		s.serveUpdate(w, r, t, false)
+	case http.MethodPatch:
+		s.servePatch(w, r, t, false)
+	case http.MethodDelete:
+		s.serveDelete(w, r, t)
+	default:
+		s.methodNotAllowed(w, r, "GET, PUT, PATCH, DELETE")
+	}
+}
+
+func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
+	t, err := s.resolve(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if t.sub != "status" || !t.st.Info.HasStatus {
+		s.writeError(w, r, errs.New(errs.ErrNotFound, "%s has no subresource %q", t.st.Info.Resource, t.sub))
+		return
+	}
+	switch r.Method {
+	case http.MethodGet:
+		s.serveGet(w, r, t)
+	case http.MethodPut:
+		s.serveUpdate(w, r, t, true)
+	case http.MethodPatch:
+		s.servePatch(w, r, t, true)
+	default:
+		s.methodNotAllowed(w, r, "GET, PUT, PATCH")
+	}
+}
+
+func (s *Server) methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed string) {
+	w.Header().Set("Allow", allowed)
+	st := v1alpha1.Status{TypeMeta: v1alpha1.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure",
+		Reason: v1alpha1.ReasonMethodNotAllowed, Code: http.StatusMethodNotAllowed,
+		Message: fmt.Sprintf("method %s is not allowed here; allowed: %s", r.Method, allowed)}
+	writeJSON(w, st.Code, st)
+}
+
+func (s *Server) serveGet(w http.ResponseWriter, r *http.Request, t target) {
+	kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
+	if err != nil {
+		s.writeError(w, r, s.notFound(err, t))
+		return
+	}
+	writeRaw(w, 200, withRV(kv.Value, kv.ModRevision))
+}
+
+// notFound turns a store NotFound into the API's message.
+func (s *Server) notFound(err error, t target) error {
+	if errors.Is(err, errs.ErrNotFound) {
+		if t.namespace != "" {
+			return errs.New(errs.ErrNotFound, "%s %q not found in project %q", t.st.Info.Singular, t.name, t.namespace)
+		}
+		return errs.New(errs.ErrNotFound, "%s %q not found", t.st.Info.Singular, t.name)
+	}
+	return err
+}
+
+// writeObject encodes obj (whose stored form has no resourceVersion) and answers with it.
+func encodeStored(obj v1alpha1.Object) ([]byte, error) {
+	m := obj.GetObjectMeta()
+	rv := m.ResourceVersion
+	m.ResourceVersion = ""
+	data, err := json.Marshal(obj)
+	m.ResourceVersion = rv
+	return data, err
+}

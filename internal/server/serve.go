@@ -1,0 +1,224 @@
+// Package server assembles `rakhsh serve`: the store, the API server on a unix socket (and on
+// TCP with TLS and a bearer token when asked), and, in later stages, the controllers and the
+// node agent of the all-in-one mode.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rakhsh/rakhsh/internal/apiserver"
+	"github.com/rakhsh/rakhsh/internal/store"
+	"github.com/rakhsh/rakhsh/internal/store/bolt"
+	"github.com/rakhsh/rakhsh/internal/store/etcd"
+)
+
+// Config is the validated configuration of `rakhsh serve`.
+type Config struct {
+	DataDir  string
+	Listen   string // TCP address; empty: unix socket only
+	Store    string // "" or "bolt" (embedded), or etcd://host:port[,host:port...]
+	TLSCert  string
+	TLSKey   string
+	LogLevel string
+}
+
+// NewServeCommand returns the `serve` command.
+func NewServeCommand() *cobra.Command {
+	var cfg Config
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the Rakhsh server (all-in-one: API, store, controllers, node agent)",
+		Long: `Run the Rakhsh server in the foreground.
+
+The API listens on the unix socket DATA-DIR/rakhsh.sock (mode 0600: local root is admin) and,
+with --listen, on TCP with TLS and a bearer token (DATA-DIR/admin.token, made on first start).
+Objects are kept in DATA-DIR/rakhsh.db, or in etcd with --store etcd://host:port[,...].
+SIGTERM or SIGINT shuts the server down gracefully.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(cfg.LogLevel, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return Run(ctx, cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/rakhsh", "directory for the socket, the embedded store, tokens and certificates")
+	f.StringVar(&cfg.Listen, "listen", "", "also serve the API on this TCP address (e.g. :8443), with TLS and a bearer token")
+	f.StringVar(&cfg.Store, "store", "bolt", "object store: bolt (embedded file in the data dir) or etcd://host:port[,host:port...]")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) for --listen; default: a self-signed one made in the data dir")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
+	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
+
+func newLogger(level string, w interface{ Write([]byte) (int, error) }) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// validate checks the configuration and fills derived defaults.
+func (c *Config) validate() error {
+	if c.DataDir == "" {
+		return errors.New("--data-dir must not be empty")
+	}
+	abs, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return err
+	}
+	c.DataDir = abs
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key must be given together")
+	}
+	if c.TLSCert != "" && c.Listen == "" {
+		return errors.New("--tls-cert needs --listen")
+	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			return fmt.Errorf("--listen %q: %w", c.Listen, err)
+		}
+	}
+	if c.Store != "bolt" && c.Store != "" && !strings.HasPrefix(c.Store, "etcd://") {
+		return fmt.Errorf("--store %q: use bolt or etcd://host:port[,host:port...]", c.Store)
+	}
+	return nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+	st, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	token, err := ensureToken(filepath.Join(cfg.DataDir, "admin.token"))
+	if err != nil {
+		return err
+	}
+	api := apiserver.New(apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token})
+	defer api.Shutdown()
+	initCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = api.EnsureProject(initCtx, apiserver.DefaultProject)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("creating the default project: %w", err)
+	}
+
+	sockPath := filepath.Join(cfg.DataDir, "rakhsh.sock")
+	ul, err := listenUnix(sockPath)
+	if err != nil {
+		return err
+	}
+	servers := []*http.Server{{Handler: api.LocalHandler(), ReadHeaderTimeout: 10 * time.Second}}
+	listeners := []net.Listener{ul}
+	if cfg.Listen != "" {
+		tl, err := listenTLS(cfg)
+		if err != nil {
+			ul.Close()
+			return err
+		}
+		servers = append(servers, &http.Server{Handler: api.RemoteHandler(), ReadHeaderTimeout: 10 * time.Second})
+		listeners = append(listeners, tl)
+		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", filepath.Join(cfg.DataDir, "admin.token"))
+	}
+	errc := make(chan error, len(servers))
+	for i := range servers {
+		go func(s *http.Server, l net.Listener) {
+			if err := s.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}(servers[i], listeners[i])
+	}
+	log.Info("rakhsh serve started", "data-dir", cfg.DataDir, "socket", sockPath, "store", storeName(cfg))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+		log.Error("server failed", "err", runErr)
+	}
+	api.Shutdown()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	_ = os.Remove(sockPath)
+	log.Info("stopped")
+	return runErr
+}
+
+func storeName(cfg Config) string {
+	if strings.HasPrefix(cfg.Store, "etcd://") {
+		return cfg.Store
+	}
+	return "bolt"
+}
+
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
+	if strings.HasPrefix(cfg.Store, "etcd://") {
+		var eps []string
+		for _, e := range strings.Split(strings.TrimPrefix(cfg.Store, "etcd://"), ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				eps = append(eps, "http://"+e)
+			}
+		}
+		if len(eps) == 0 {
+			return nil, fmt.Errorf("--store %q names no etcd endpoint", cfg.Store)
+		}
+		return etcd.New(ctx, etcd.Config{Endpoints: eps, Prefix: "/rakhsh"})
+	}
+	return bolt.Open(filepath.Join(cfg.DataDir, "rakhsh.db"), bolt.Options{})
+}
+
+// listenUnix listens on the socket path, replacing a stale socket file but refusing to
+// start when another server answers on it.
+func listenUnix(path string) (net.Listener, error) {
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another rakhsh serve is already listening on %s", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
+		}
+	}
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}

@@ -1,0 +1,104 @@
+// Package store defines the key-value store behind the API server: revisions, compare-and-swap
+// updates and watches. Two implementations exist: store/bolt (embedded, the default) and
+// store/etcd (a real etcd v3 cluster). store/storetest holds the conformance suite both pass.
+//
+// Keys are slash-separated strings such as "/virtualmachines/default/vm1". Values are opaque
+// bytes (the API server stores JSON). Every successful write advances one global revision; each
+// key carries the revision of its last write (ModRevision), which the API server exposes as
+// metadata.resourceVersion.
+package store
+
+import (
+	"context"
+)
+
+// KV is one stored value with the revision of its last write.
+type KV struct {
+	Key         string
+	Value       []byte
+	ModRevision int64
+}
+
+// EventType says what happened to a key.
+type EventType int
+
+const (
+	Put    EventType = iota + 1 // created or updated
+	Delete                      // deleted
+)
+
+func (t EventType) String() string {
+	switch t {
+	case Put:
+		return "PUT"
+	case Delete:
+		return "DELETE"
+	}
+	return "UNKNOWN"
+}
+
+// Event is one change seen by a watch. For Put, KV holds the new value and PrevValue the old
+// one (nil when the key was created). For Delete, KV.Value is nil, KV.ModRevision is the
+// revision of the delete, and PrevValue holds the last value before the delete.
+type Event struct {
+	Type      EventType
+	KV        KV
+	PrevValue []byte
+	// Created is true for a Put that created the key.
+	Created bool
+}
+
+// ListOptions restricts a List.
+type ListOptions struct {
+	// Limit caps the number of items returned; 0 means no limit.
+	Limit int64
+	// After, when set, returns only keys strictly greater than it (for paging).
+	After string
+	// Revision, when non-zero, reads as of that revision (used to page consistently).
+	// Implementations that cannot read the past return errs.ErrCompacted when it is gone.
+	Revision int64
+}
+
+// ListResult is a page of a List.
+type ListResult struct {
+	KVs []KV
+	// Revision is the store revision the list was read at.
+	Revision int64
+	// More is true when keys past the page remain.
+	More bool
+}
+
+// Store is what the API server needs from a key-value store.
+//
+// Errors are classified with the sentinels of package errs: ErrNotFound, ErrAlreadyExists,
+// ErrConflict (compare-and-swap lost), ErrCompacted (watch or list revision too old),
+// ErrUnavailable (backend not reachable).
+type Store interface {
+	// Get returns the value at key.
+	Get(ctx context.Context, key string) (KV, error)
+	// List returns the keys starting with prefix, in key order.
+	List(ctx context.Context, prefix string, opts ListOptions) (ListResult, error)
+	// Create writes key only if it does not exist, and returns the new revision.
+	Create(ctx context.Context, key string, value []byte) (int64, error)
+	// Update writes key only if its current ModRevision equals expectRev, and returns the
+	// new revision. A missing key gives ErrNotFound; a different revision gives ErrConflict.
+	Update(ctx context.Context, key string, value []byte, expectRev int64) (int64, error)
+	// Delete removes key; when expectRev is non-zero it must match the current ModRevision.
+	// It returns the revision of the delete and the last value.
+	Delete(ctx context.Context, key string, expectRev int64) (int64, []byte, error)
+	// Watch streams the events on keys with the given prefix that happen after revision
+	// fromRev (exclusive), in revision order. fromRev 0 means "from now". When fromRev is
+	// older than the store keeps, the channel delivers a single WatchResult with Err wrapping
+	// errs.ErrCompacted and is closed. The channel is closed when ctx ends.
+	Watch(ctx context.Context, prefix string, fromRev int64) <-chan WatchResult
+	// Revision returns the current store revision.
+	Revision(ctx context.Context) (int64, error)
+	// Close releases the store.
+	Close() error
+}
+
+// WatchResult carries either events or a terminal error.
+type WatchResult struct {
+	Events []Event
+	Err    error
+}

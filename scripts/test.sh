@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: vet, unit and conformance tests (bolt and a real etcd), end-to-end
+# tests against a real `rakhsh serve`, and a short run of every fuzz target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export RAKHSH_BIN="$PWD/bin/rakhsh"
+export RAKHSH_GUEST_DIR="$PWD/test/guest/out"
+FUZZTIME="${FUZZTIME:-4s}"
+
+echo "== go vet"
+go vet ./...
+
+echo "== go test"
+go test -count=1 -timeout 20m ./... 2>&1 | tee /tmp/rakhsh-go-test.log
+
+echo "== fuzz targets (${FUZZTIME} each)"
+fuzz_pass=0
+fuzz_fail=0
+while IFS= read -r line; do
+  file=${line%%:*}
+  name=$(sed -E 's/.*func (Fuzz[A-Za-z0-9_]*).*/\1/' <<<"$line")
+  pkg="./$(dirname "$file")"
+  if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/rakhsh-fuzz.log 2>&1; then
+    fuzz_pass=$((fuzz_pass + 1))
+  else
+    fuzz_fail=$((fuzz_fail + 1))
+    echo "fuzz target $name in $pkg failed:"
+    tail -n 30 /tmp/rakhsh-fuzz.log
+  fi
+done < <(grep -rn --include='*_test.go' -E '^func Fuzz[A-Za-z0-9_]*\(' . | grep -v '/test/guest/out/')
+echo "fuzz: ${fuzz_pass} passed, ${fuzz_fail} failed"
+[ "$fuzz_fail" -eq 0 ]

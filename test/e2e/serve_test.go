@@ -1,0 +1,236 @@
+// Package e2e holds end-to-end tests against a real `rakhsh serve` process, driven through
+// the CLI binary and the Go client.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/client"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// rakhshBin returns the binary under test: $RAKHSH_BIN, or one built once for this run.
+func rakhshBin(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		if p := os.Getenv("RAKHSH_BIN"); p != "" {
+			binPath = p
+			return
+		}
+		dir, err := os.MkdirTemp("", "rakhsh-e2e-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "rakhsh")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/rakhsh/rakhsh/cmd/rakhsh").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("building rakhsh: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// Serve is one running `rakhsh serve` process.
+type Serve struct {
+	t       *testing.T
+	DataDir string
+	Args    []string
+	cmd     *exec.Cmd
+	logs    *lockedBuffer
+	done    chan struct{}
+	Listen  string // TCP address when started with --listen
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// StartServe starts `rakhsh serve` on a new data dir and waits until it is ready.
+func StartServe(t *testing.T, extra ...string) *Serve {
+	t.Helper()
+	s := &Serve{t: t, DataDir: t.TempDir(), Args: extra}
+	s.Start()
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("rakhsh serve log:\n%s", s.logs.String())
+		}
+	})
+	return s
+}
+
+// Start (re)starts the process on the same data dir.
+func (s *Serve) Start() {
+	s.t.Helper()
+	args := append([]string{"serve", "--data-dir", s.DataDir, "--log-level", "debug"}, s.Args...)
+	cmd := exec.Command(rakhshBin(s.t), args...)
+	if s.logs == nil {
+		s.logs = &lockedBuffer{}
+	}
+	cmd.Stdout = s.logs
+	cmd.Stderr = s.logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("starting rakhsh serve: %v", err)
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(s.done) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			s.t.Fatalf("rakhsh serve exited early:\n%s", s.logs.String())
+		default:
+		}
+		if c, err := net.DialTimeout("unix", s.Socket(), 200*time.Millisecond); err == nil {
+			c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var out []byte
+			err := s.Client().Do(ctx, "GET", "/readyz", nil, "", nil, &out)
+			cancel()
+			if err == nil {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.t.Fatalf("rakhsh serve did not become ready in 30s:\n%s", s.logs.String())
+}
+
+// Stop sends SIGTERM and waits for a graceful exit.
+func (s *Serve) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(20 * time.Second):
+		s.t.Errorf("rakhsh serve did not stop within 20s of SIGTERM")
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+	s.cmd = nil
+}
+
+// Kill9 kills the process with SIGKILL, as a crash would.
+func (s *Serve) Kill9() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+}
+
+// ExitCode returns the exit code after Stop.
+func (s *Serve) Logs() string { return s.logs.String() }
+
+// Socket is the unix socket path.
+func (s *Serve) Socket() string { return filepath.Join(s.DataDir, "rakhsh.sock") }
+
+// Server is the --server value for the unix socket.
+func (s *Serve) Server() string { return "unix://" + s.Socket() }
+
+// Client returns an API client over the unix socket.
+func (s *Serve) Client() *client.Client {
+	c, err := client.New(client.Config{Server: s.Server()})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return c
+}
+
+// CLIResult is the outcome of one CLI run.
+type CLIResult struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// CLI runs the rakhsh CLI against this server with optional standard input.
+func (s *Serve) CLI(stdin string, args ...string) CLIResult {
+	s.t.Helper()
+	return runCLI(s.t, s.Server(), "", stdin, args...)
+}
+
+func runCLI(t *testing.T, server, token, stdin string, args ...string) CLIResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, rakhshBin(t), args...)
+	cmd.Env = append(os.Environ(), "RAKHSH_SERVER="+server, "RAKHSH_TOKEN="+token)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else {
+			t.Fatalf("running rakhsh %v: %v", args, err)
+		}
+	}
+	return CLIResult{Stdout: out.String(), Stderr: errb.String(), Code: code}
+}
+
+// MustCLI runs the CLI and fails the test on a non-zero exit.
+func (s *Serve) MustCLI(stdin string, args ...string) string {
+	s.t.Helper()
+	r := s.CLI(stdin, args...)
+	if r.Code != 0 {
+		s.t.Fatalf("rakhsh %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
+	}
+	return r.Stdout
+}
+
+// readLines returns a scanner-fed channel of lines from r (for watch output).
+func readLines(r io.Reader) <-chan string {
+	ch := make(chan string, 100)
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			ch <- sc.Text()
+		}
+	}()
+	return ch
+}

@@ -1,0 +1,223 @@
+#!/bin/bash
+# Build the Rakhsh test guest from Debian packages.
+#
+#   test/guest/build.sh OUTDIR
+#
+# Outputs in OUTDIR: guest.iso (hybrid: CD-ROM or hard disk, BIOS or UEFI),
+# guest.qcow2 (the same image as qcow2), vmlinuz and initrd.img (for -kernel).
+# Downloads are cached in OUTDIR/cache. Nothing is rebuilt while every output
+# is newer than this script and the files under rootfs/.
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+	echo "usage: $0 OUTDIR" >&2
+	exit 2
+fi
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUT=$(mkdir -p "$1" && cd "$1" && pwd)
+CACHE=$OUT/cache
+
+# Host tools needed to build (Debian package names).
+BUILD_PKGS=(grub-common grub-pc-bin grub-efi-amd64-bin mtools xorriso qemu-utils cpio gzip)
+# Guest contents: downloaded and unpacked, never installed on the host.
+KERNEL_META=linux-image-amd64
+BUSYBOX_PKG=busybox-static
+
+# Kernel modules the guest loads (dependencies are added automatically).
+# The generic kernel is used rather than the cloud one: the cloud kernel has
+# no AHCI (the q35 CD-ROM controller) and no e1000/e1000e.
+MODULES=(
+	virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
+	scsi_mod sd_mod sr_mod cdrom libata ahci ata_piix nvme
+	isofs fat vfat nls_cp437 nls_iso8859_1 nls_utf8 nls_ascii
+	e1000 e1000e
+	button evdev
+)
+
+log() { echo "build.sh: $*" >&2; }
+
+# ---------------------------------------------------------------- up to date?
+outputs=("$OUT/guest.iso" "$OUT/guest.qcow2" "$OUT/vmlinuz" "$OUT/initrd.img")
+inputs=("$HERE/build.sh")
+while IFS= read -r -d '' f; do inputs+=("$f"); done < <(find "$HERE/rootfs" -print0)
+up_to_date=1
+for o in "${outputs[@]}"; do
+	[ -e "$o" ] || { up_to_date=0; break; }
+	for i in "${inputs[@]}"; do
+		[ "$o" -nt "$i" ] || { up_to_date=0; break 2; }
+	done
+done
+if [ $up_to_date = 1 ]; then
+	log "outputs in $OUT are up to date"
+	exit 0
+fi
+
+# ---------------------------------------------------------------- apt helpers
+# Another apt run may be going on (e.g. a provisioning step logging to
+# /tmp/apt.log and ending it with a "done" line): wait for it, and let apt
+# itself wait for the dpkg lock.
+wait_for_other_apt() {
+	local n=0
+	if [ -f /tmp/apt.log ]; then
+		while ! grep -q '^done' /tmp/apt.log 2>/dev/null; do
+			[ $n -eq 0 ] && log "waiting for the apt run logging to /tmp/apt.log"
+			n=$((n + 1))
+			[ $n -gt 600 ] && { log "gave up waiting for /tmp/apt.log"; break; }
+			sleep 1
+		done
+	fi
+}
+
+APT_OPTS=(-o DPkg::Lock::Timeout=300 -o APT::Sandbox::User=root -q)
+apt_updated=0
+apt_update() {
+	[ $apt_updated = 1 ] && return 0
+	log "apt-get update"
+	apt-get "${APT_OPTS[@]}" update >&2 || return 1
+	apt_updated=1
+}
+
+apt_install() {
+	local missing=() p try
+	for p in "$@"; do
+		[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" = "install ok installed" ] || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	wait_for_other_apt
+	log "apt-get install ${missing[*]}"
+	for try in 1 2 3 4 5; do
+		if DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" install -y \
+			--no-install-recommends "${missing[@]}" >&2; then
+			return 0
+		fi
+		apt_update || true
+		sleep $((try * 2))
+	done
+	log "could not install ${missing[*]}"
+	return 1
+}
+
+# apt_download PKG: fetch PKG's .deb into $CACHE (once) and print its path.
+apt_download() {
+	local pkg=$1 f try
+	f=$(find "$CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
+	if [ -n "$f" ]; then echo "$f"; return 0; fi
+	for try in 1 2 3; do
+		if (cd "$CACHE" && apt-get "${APT_OPTS[@]}" download "$pkg" >&2); then
+			find "$CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1
+			return 0
+		fi
+		wait_for_other_apt
+		apt_update || true
+		sleep $try
+	done
+	log "could not download $pkg"
+	return 1
+}
+
+# ---------------------------------------------------------------- build
+start=$(date +%s)
+apt_install "${BUILD_PKGS[@]}"
+mkdir -p "$CACHE"
+
+# The kernel metapackage is only looked at to learn the real image package;
+# once that is cached it is used as is (no network needed).
+kdeb=$(find "$CACHE" -maxdepth 1 -name 'linux-image-[0-9]*-amd64_*.deb' | sort -V | tail -n 1)
+if [ -z "$kdeb" ]; then
+	meta=$(apt_download "$KERNEL_META")
+	kpkg=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-[0-9][^ ]*\).*/\1/p')
+	kpkg=${kpkg%%$'\n'*}
+	[ -n "$kpkg" ] || { log "cannot find the kernel package in $meta"; exit 1; }
+	kdeb=$(apt_download "$kpkg")
+fi
+bbdeb=$(apt_download "$BUSYBOX_PKG")
+log "kernel: $(basename "$kdeb"); busybox: $(basename "$bbdeb")"
+
+WORK=$OUT/.work
+rm -rf "$WORK"
+mkdir -p "$WORK/kernel" "$WORK/busybox" "$WORK/root" "$WORK/iso/boot/grub"
+trap 'rm -rf "$WORK"' EXIT
+
+dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$WORK/kernel" --wildcards './boot/vmlinuz-*' './lib/modules/*'
+dpkg-deb -x "$bbdeb" "$WORK/busybox"
+vmlinuz=$(find "$WORK/kernel/boot" -name 'vmlinuz-*' | sort -V | tail -n 1)
+kver=${vmlinuz##*/vmlinuz-}
+moddir=$WORK/kernel/lib/modules/$kver
+
+# Map module names (with '-' folded to '_') to their files.
+declare -A modpath=()
+while IFS= read -r f; do
+	n=${f##*/}; n=${n%.ko}; n=${n//-/_}
+	modpath[$n]=$f
+done < <(find "$moddir/kernel" -name '*.ko')
+
+# Depth-first walk over the "depends=" entries of each module's .modinfo
+# section, so every module comes after the modules it needs.
+declare -A seen=()
+load_order=()
+add_module() {
+	local n=${1//-/_} f deps d
+	[ -n "${seen[$n]:-}" ] && return 0
+	seen[$n]=1
+	f=${modpath[$n]:-}
+	if [ -z "$f" ]; then
+		log "module $n: not a module in $kver (built in or absent), skipped"
+		return 0
+	fi
+	deps=$(tr '\0' '\n' <"$f" | sed -n 's/^depends=//p')
+	deps=${deps%%$'\n'*}
+	for d in ${deps//,/ }; do add_module "$d"; done
+	load_order+=("$f")
+}
+for m in "${MODULES[@]}"; do add_module "$m"; done
+
+R=$WORK/root
+mkdir -p "$R"/{bin,dev,etc,lib/modules,proc,root,run,sys,tmp,mnt}
+ln -s bin "$R/sbin"
+mkdir -p "$R/usr"
+ln -s ../bin "$R/usr/bin"
+ln -s ../bin "$R/usr/sbin"
+cp "$WORK/busybox/bin/busybox" "$R/bin/busybox"
+for a in $("$R/bin/busybox" --list); do
+	[ "$a" = busybox ] || ln -s busybox "$R/bin/$a"
+done
+: >"$R/lib/modules/load.order"
+for f in "${load_order[@]}"; do
+	cp "$f" "$R/lib/modules/"
+	n=${f##*/}
+	case $n in
+	scsi_mod.ko) echo "$n scan=sync" ;;  # SCSI devices exist when insmod returns
+	*) echo "$n" ;;
+	esac >>"$R/lib/modules/load.order"
+done
+cp -a "$HERE/rootfs/." "$R/"
+chmod 755 "$R/init" "$R/etc/acpi/PWRF/00000080" "$R/etc/rakhsh/dhcp"
+mknod -m 600 "$R/dev/console" c 5 1 2>/dev/null || true
+echo "$kver" >"$R/etc/rakhsh/kernel-version"
+
+(cd "$R" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 -n) >"$WORK/initrd.img"
+cp "$vmlinuz" "$WORK/vmlinuz"
+
+# ISO: GRUB for BIOS (El Torito + hybrid MBR) and UEFI (EFI system partition),
+# both on the serial console, booting at once.
+cp "$WORK/vmlinuz" "$WORK/initrd.img" "$WORK/iso/boot/"
+cat >"$WORK/iso/boot/grub/grub.cfg" <<'EOF'
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=0
+set default=0
+menuentry "Rakhsh test guest" {
+	linux /boot/vmlinuz console=ttyS0,115200
+	initrd /boot/initrd.img
+}
+EOF
+grub-mkrescue -o "$WORK/guest.iso" --compress=xz --fonts= --locales= --themes= \
+	"$WORK/iso" -- -volid RAKHSH_GUEST >"$WORK/grub-mkrescue.log" 2>&1 ||
+	{ cat "$WORK/grub-mkrescue.log" >&2; exit 1; }
+qemu-img convert -f raw -O qcow2 "$WORK/guest.iso" "$WORK/guest.qcow2"
+
+for o in vmlinuz initrd.img guest.iso guest.qcow2; do mv -f "$WORK/$o" "$OUT/$o"; done
+log "built in $(($(date +%s) - start))s: kernel $kver, ${#load_order[@]} modules"
+ls -l "${outputs[@]}" >&2
