@@ -169,3 +169,11 @@ func resolveTargets(args []string) ([]target, error) {
 
 // ref renders `<singular>/<name>`.
 func ref(k *v1alpha1.KindInfo, name string) string { return k.Singular + "/" + name }
+
+// preferredName is the shortest way to name a kind on the command line.
+func preferredName(k *v1alpha1.KindInfo) string {
+	if len(k.ShortNames) > 0 {
+		return k.ShortNames[0]
+	}
+	return k.Singular
+}

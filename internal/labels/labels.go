@@ -159,6 +159,9 @@ func (p *parser) word() string {
 }
 
 func (p *parser) requirement() (Requirement, error) {
+	if p.eof() {
+		return Requirement{}, fmt.Errorf("expected a requirement after ','")
+	}
 	if p.s[p.i] == '!' {
 		p.i++
 		p.skipSpace()

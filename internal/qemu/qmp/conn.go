@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -159,8 +160,12 @@ func (c *Conn) readGreeting(ctx context.Context) error {
 	release()
 	c.uc.SetReadDeadline(time.Time{})
 	if err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The socket deadline is the context's, or its cancellation.
+			err = context.DeadlineExceeded
+			if ctx.Err() != nil {
+				err = ctx.Err()
+			}
 		}
 		return fmt.Errorf("qmp: reading greeting: %w", err)
 	}
@@ -314,34 +319,37 @@ func (c *Conn) execute(ctx context.Context, command string, args, result any, fi
 	return nil
 }
 
-type request struct {
-	Execute   string          `json:"execute"`
-	Arguments json.RawMessage `json:"arguments,omitempty"`
-	ID        uint64          `json:"id"`
-}
-
+// encodeRequest builds {"execute": command, "arguments": args, "id": id}
+// followed by a newline. Arguments are left out when args is nil or encodes
+// to null or {}.
 func encodeRequest(command string, args any, id uint64) ([]byte, error) {
-	r := request{Execute: command, ID: id}
+	name, err := json.Marshal(command)
+	if err != nil {
+		return nil, callErr(command, err)
+	}
+	var a []byte
 	if args != nil {
-		a, err := json.Marshal(args)
+		a, err = json.Marshal(args)
 		if err != nil {
 			return nil, callErr(command, fmt.Errorf("encoding arguments: %w", err))
 		}
 		switch {
-		case string(a) == "null":
-		case len(a) > 0 && a[0] == '{':
-			if string(a) != "{}" {
-				r.Arguments = a
-			}
-		default:
+		case string(a) == "null", string(a) == "{}":
+			a = nil
+		case a[0] != '{':
 			return nil, callErr(command, fmt.Errorf("arguments must encode to a JSON object, got %.20s", a))
 		}
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return nil, callErr(command, err)
+	b := make([]byte, 0, len(name)+len(a)+64)
+	b = append(b, `{"execute":`...)
+	b = append(b, name...)
+	if a != nil {
+		b = append(b, `,"arguments":`...)
+		b = append(b, a...)
 	}
-	return append(b, '\n'), nil
+	b = append(b, `,"id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	return append(b, "}\n"...), nil
 }
 
 // write sends one request. If nothing could be written before ctx ended the

@@ -295,7 +295,7 @@ func TestEventsToSeveralSubscribers(t *testing.T) {
 
 func TestTimeoutDoesNotBreakOthers(t *testing.T) {
 	c, fc := dialFake(t, WithDefaultTimeout(150*time.Millisecond))
-	slowReqs := make(chan fakeRequest, 2)
+	slowReqs := make(chan fakeRequest, 8)
 	fc.serve(func(r fakeRequest) {
 		if r.Execute == "slow" {
 			slowReqs <- r // never answered in time
@@ -340,9 +340,8 @@ func TestTimeoutDoesNotBreakOthers(t *testing.T) {
 	}
 
 	// The late replies arrive now and are discarded; the connection works.
-	close(slowReqs)
-	for r := range slowReqs {
-		fc.reply(r, map[string]string{"cmd": "late"})
+	for range 3 {
+		fc.reply(<-slowReqs, map[string]string{"cmd": "late"})
 	}
 	var out map[string]string
 	if err := c.Execute(testCtx(t), "after", nil, &out); err != nil || out["cmd"] != "after" {
@@ -589,14 +588,19 @@ func TestWriteBlockedByPeer(t *testing.T) {
 	fc.gate.Lock()
 	defer fc.gate.Unlock()
 
-	big := map[string]string{"pad": strings.Repeat("p", 8<<20)} // far beyond socket buffers
+	big := map[string]string{"pad": strings.Repeat("p", 4<<20)} // far beyond socket buffers
 	bigErr := make(chan error, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		bigErr <- c.Execute(ctx, "big", big, nil)
 	}()
-	time.Sleep(100 * time.Millisecond) // let "big" take the write lock
+	// Wait until "big" holds the write lock (and is stuck writing).
+	for deadline := time.Now().Add(5 * time.Second); len(c.wmu) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("big never started writing")
+		}
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()

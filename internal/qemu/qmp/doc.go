@@ -35,7 +35,11 @@
 // unbounded queue between the connection's reader and its channel, so a slow
 // subscriber never blocks the reader, other subscribers or command replies,
 // and no event is ever dropped; the price is memory while a subscriber lags
-// (a warning is logged when a queue grows large). When the connection ends,
+// (a warning is logged when a queue grows large). Events are not replayed:
+// subscribe before issuing the commands whose events matter. An event QEMU
+// sent before a command's reply is already queued to every subscriber when
+// that command's Execute returns (so after Cont returns, RESUME is at most a
+// channel receive away). When the connection ends,
 // for any reason, every subscriber receives a final synthetic event named
 // [EventDisconnected] and then its channel is closed.
 //

@@ -173,6 +173,23 @@ func decodeRecord(key string, b []byte) (mod, create int64, value []byte, err er
 	return int64(binary.BigEndian.Uint64(b[0:8])), int64(binary.BigEndian.Uint64(b[8:16])), b[recordHeader:], nil
 }
 
+// checkKey accepts keys that start with a slash and fit bbolt's key size limit. Both stores
+// require the slash so that a key's namespace is unambiguous on a shared etcd.
+func checkKey(op, key string) error {
+	if !strings.HasPrefix(key, "/") || len(key) > bbolt.MaxKeySize {
+		return fmt.Errorf("%s %q: key must start with / and have at most %d bytes: %w", op, key, bbolt.MaxKeySize, errs.ErrInvalid)
+	}
+	return nil
+}
+
+// checkPrefix accepts the List and Watch prefixes that can match a key: "" or "/...".
+func checkPrefix(op, prefix string) error {
+	if prefix != "" && !strings.HasPrefix(prefix, "/") {
+		return fmt.Errorf("%s %q: prefix must be empty or start with /: %w", op, prefix, errs.ErrInvalid)
+	}
+	return nil
+}
+
 // check fails fast on a cancelled context or a closed store.
 func (s *Store) check(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
@@ -242,6 +259,9 @@ func (s *Store) List(ctx context.Context, prefix string, opts store.ListOptions)
 	}
 	if opts.Limit < 0 || opts.Revision < 0 {
 		return store.ListResult{}, fmt.Errorf("list %q: negative limit or revision: %w", prefix, errs.ErrInvalid)
+	}
+	if err := checkPrefix("list", prefix); err != nil {
+		return store.ListResult{}, err
 	}
 	var res store.ListResult
 	err := s.view(func(tx *bbolt.Tx) error {
@@ -360,6 +380,9 @@ func (s *Store) Delete(ctx context.Context, key string, expectRev int64) (int64,
 
 // Watch streams changes under prefix after fromRev; see store.Store.
 func (s *Store) Watch(ctx context.Context, prefix string, fromRev int64) <-chan store.WatchResult {
+	if err := checkPrefix("watch", prefix); err != nil {
+		return endedWatch(err)
+	}
 	return s.hub.watch(ctx, prefix, fromRev)
 }
 
@@ -419,8 +442,8 @@ func (s *Store) write(ctx context.Context, r *writeReq) writeRes {
 	if err := s.check(ctx); err != nil {
 		return writeRes{err: fmt.Errorf("%s %q: %w", r.op, r.key, err)}
 	}
-	if r.key == "" || len(r.key) > bbolt.MaxKeySize {
-		return writeRes{err: fmt.Errorf("%s %q: key must have 1 to %d bytes: %w", r.op, r.key, bbolt.MaxKeySize, errs.ErrInvalid)}
+	if err := checkKey(r.op.String(), r.key); err != nil {
+		return writeRes{err: err}
 	}
 	if len(r.value) > bbolt.MaxValueSize-recordHeader {
 		return writeRes{err: fmt.Errorf("%s %q: value of %d bytes: %w", r.op, r.key, len(r.value), errs.ErrTooLarge)}

@@ -163,13 +163,6 @@ func TestLocked(t *testing.T) {
 	}
 }
 
-func TestInvalidKey(t *testing.T) {
-	s := open(t, filepath.Join(t.TempDir(), "rakhsh.db"), Options{})
-	if _, err := s.Create(context.Background(), "", []byte("v")); !errors.Is(err, errs.ErrInvalid) {
-		t.Fatalf("Create with empty key: err = %v, want ErrInvalid", err)
-	}
-}
-
 // TestListPastRandom checks lists at past revisions against a model of every revision.
 func TestListPastRandom(t *testing.T) {
 	ctx := context.Background()

@@ -24,7 +24,10 @@ import (
 // NewStore returns a fresh, empty store for one test and registers its cleanup on t.
 type NewStore func(t testing.TB) store.Store
 
-// Compactor is implemented by stores that can forget revisions up to and including rev.
+// Compactor is implemented by stores that can forget old revisions. After Compact(rev),
+// watches from before rev-1 and lists before rev fail with ErrCompacted (a store may forget
+// a little more: watching from rev-1 or listing at rev-1 may fail too), while lists at rev and
+// watches from rev on keep working.
 type Compactor interface {
 	Compact(ctx context.Context, rev int64) error
 }
@@ -58,6 +61,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"ListCompacted", testListCompacted},
 		{"ConcurrentCreate", testConcurrentCreate},
 		{"ConcurrentUpdate", testConcurrentUpdate},
+		{"InvalidKeys", testInvalidKeys},
 		{"CanceledContext", testCanceledContext},
 		{"Closed", testClosed},
 	}
@@ -740,6 +744,37 @@ func testConcurrentUpdate(t *testing.T, s store.Store) {
 	wg.Wait()
 	if kv := mustGet(t, s, "/cu/counter"); string(kv.Value) != fmt.Sprint(workers*increments) {
 		t.Fatalf("counter = %s after %d increments: lost updates", kv.Value, workers*increments)
+	}
+}
+
+func testInvalidKeys(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	for _, key := range []string{"", "nokey", "a/b"} {
+		if _, err := s.Create(ctx, key, []byte("v")); !errors.Is(err, errs.ErrInvalid) {
+			t.Errorf("Create %q: err = %v, want ErrInvalid", key, err)
+		}
+		if _, err := s.Update(ctx, key, []byte("v"), 1); !errors.Is(err, errs.ErrInvalid) {
+			t.Errorf("Update %q: err = %v, want ErrInvalid", key, err)
+		}
+		if _, _, err := s.Delete(ctx, key, 0); !errors.Is(err, errs.ErrInvalid) {
+			t.Errorf("Delete %q: err = %v, want ErrInvalid", key, err)
+		}
+	}
+	if _, err := s.List(ctx, "x", store.ListOptions{}); !errors.Is(err, errs.ErrInvalid) {
+		t.Errorf("List prefix without slash: err = %v, want ErrInvalid", err)
+	}
+	if _, err := s.List(ctx, "/", store.ListOptions{Limit: -1}); !errors.Is(err, errs.ErrInvalid) {
+		t.Errorf("List with negative limit: err = %v, want ErrInvalid", err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	select {
+	case r := <-s.Watch(wctx, "x", 0):
+		if !errors.Is(r.Err, errs.ErrInvalid) {
+			t.Errorf("Watch prefix without slash: %+v, want ErrInvalid", r)
+		}
+	case <-time.After(waitTime):
+		t.Errorf("Watch prefix without slash: no result")
 	}
 }
 

@@ -1,0 +1,46 @@
+package registry
+
+import (
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+)
+
+func init() {
+	register("VirtualDiskSnapshot", Strategy{
+		New: func() v1alpha1.Object { return &v1alpha1.VirtualDiskSnapshot{} },
+		Default: func(o v1alpha1.Object) {
+			s := o.(*v1alpha1.VirtualDiskSnapshot)
+			defaultTrue(&s.Spec.RequiredConsistency)
+		},
+		Validate: func(o v1alpha1.Object) errs.FieldErrors {
+			s := o.(*v1alpha1.VirtualDiskSnapshot)
+			var fe errs.FieldErrors
+			chkRefName(&fe, "spec.virtualDiskName", s.Spec.VirtualDiskName, true)
+			return fe
+		},
+		ValidateUpdate: func(o, old v1alpha1.Object) errs.FieldErrors {
+			n, p := o.(*v1alpha1.VirtualDiskSnapshot), old.(*v1alpha1.VirtualDiskSnapshot)
+			var fe errs.FieldErrors
+			const kind = "VirtualDiskSnapshot"
+			chkImmutable(&fe, "spec.virtualDiskName", n.Spec.VirtualDiskName, p.Spec.VirtualDiskName, kind)
+			chkImmutable(&fe, "spec.requiredConsistency", boolOr(n.Spec.RequiredConsistency, true), boolOr(p.Spec.RequiredConsistency, true), kind)
+			return fe
+		},
+	})
+}
+
+// defaultTrue sets *p to true when it is unset.
+func defaultTrue(p **bool) {
+	if *p == nil {
+		t := true
+		*p = &t
+	}
+}
+
+// boolOr returns *p, or def when p is nil.
+func boolOr(p *bool, def bool) bool {
+	if p == nil {
+		return def
+	}
+	return *p
+}

@@ -1,0 +1,122 @@
+package registry
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+func tkDiskFrom(kind, name string) *v1alpha1.DataSource {
+	return &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,
+		ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceObjectKind(kind), Name: name}}
+}
+
+func TestVirtualDiskDefault(t *testing.T) {
+	s := tkStrategy(t, "VirtualDisk")
+	tests := []struct {
+		name string
+		ds   *v1alpha1.DataSource
+		mode v1alpha1.CloneMode
+		want v1alpha1.CloneMode
+	}{
+		{"blank", nil, "", ""},
+		{"from cluster image", tkDiskFrom("ClusterVirtualImage", "debian"), "", v1alpha1.CloneModeLinked},
+		{"from image", tkDiskFrom("VirtualImage", "i"), "", v1alpha1.CloneModeLinked},
+		{"from snapshot", tkDiskFrom("VirtualDiskSnapshot", "s"), "", v1alpha1.CloneModeLinked},
+		{"from disk", tkDiskFrom("VirtualDisk", "d"), "", v1alpha1.CloneModeFull},
+		{"explicit full kept", tkDiskFrom("VirtualImage", "i"), v1alpha1.CloneModeFull, v1alpha1.CloneModeFull},
+		{"http", &v1alpha1.DataSource{Type: "HTTP", HTTP: &v1alpha1.DataSourceHTTP{URL: "https://h/x"}}, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &v1alpha1.VirtualDisk{Spec: v1alpha1.VirtualDiskSpec{DataSource: tt.ds, CloneMode: tt.mode}}
+			s.Default(d)
+			s.Default(d)
+			if d.Spec.CloneMode != tt.want {
+				t.Errorf("cloneMode = %q, want %q", d.Spec.CloneMode, tt.want)
+			}
+		})
+	}
+}
+
+func TestVirtualDiskValidate(t *testing.T) {
+	s := tkStrategy(t, "VirtualDisk")
+	disk := func(ds *v1alpha1.DataSource, size, class string, mode v1alpha1.CloneMode) *v1alpha1.VirtualDisk {
+		return &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "root", Namespace: "proj"},
+			Spec: v1alpha1.VirtualDiskSpec{DataSource: ds, CloneMode: mode,
+				PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: v1alpha1.Quantity(size), StorageClassName: class}}}
+	}
+	upload := &v1alpha1.DataSource{Type: "Upload"}
+	tests := []struct {
+		name string
+		obj  *v1alpha1.VirtualDisk
+		want []tkCause
+	}{
+		{"blank", disk(nil, "10Gi", "local", ""), nil},
+		{"blank needs size", disk(nil, "", "", ""), []tkCause{tkRequired("spec.persistentVolumeClaim.size")}},
+		{"from image without size", disk(tkDiskFrom("ClusterVirtualImage", "debian"), "", "", ""), nil},
+		{"from image bigger", disk(tkDiskFrom("VirtualImage", "win"), "100Gi", "fast-nvme", "Full"), nil},
+		{"from disk", disk(tkDiskFrom("VirtualDisk", "other"), "", "", ""), nil},
+		{"upload", disk(upload, "20G", "", ""), nil},
+		{"bad size", disk(nil, "ten gigs", "", ""), []tkCause{tkInvalid("spec.persistentVolumeClaim.size")}},
+		{"tiny size", disk(nil, "512Ki", "", ""), []tkCause{tkInvalid("spec.persistentVolumeClaim.size")}},
+		{"bad class", disk(nil, "1Gi", "Fast_Pool", ""), []tkCause{tkInvalid("spec.persistentVolumeClaim.storageClassName")}},
+		{"bad clone mode", disk(tkDiskFrom("VirtualImage", "i"), "", "", "Thin"), []tkCause{tkNotSupported("spec.cloneMode")}},
+		{"clone mode on blank", disk(nil, "1Gi", "", "Full"), []tkCause{tkForbidden("spec.cloneMode")}},
+		{"clone mode on upload", disk(upload, "", "", "Linked"), []tkCause{tkForbidden("spec.cloneMode")}},
+		{"linked from a disk", disk(tkDiskFrom("VirtualDisk", "d"), "", "", "Linked"), []tkCause{tkInvalid("spec.cloneMode")}},
+		{"objectRef kind", disk(tkDiskFrom("VirtualMachine", "vm"), "", "", ""), []tkCause{tkNotSupported("spec.dataSource.objectRef.kind")}},
+		{"objectRef other project", disk(&v1alpha1.DataSource{Type: "ObjectRef", ObjectRef: &v1alpha1.DataSourceObjectRef{
+			Kind: "VirtualImage", Name: "i", Namespace: "other"}}, "", "", ""), []tkCause{tkForbidden("spec.dataSource.objectRef.namespace")}},
+		{"from itself", disk(tkDiskFrom("VirtualDisk", "root"), "", "", ""), []tkCause{tkInvalid("spec.dataSource.objectRef.name")}},
+		{"type mismatch", disk(&v1alpha1.DataSource{Type: "Upload", HTTP: &v1alpha1.DataSourceHTTP{URL: "https://h/x"}}, "", "", ""),
+			[]tkCause{tkForbidden("spec.dataSource.http")}},
+		{"many problems at once", disk(&v1alpha1.DataSource{Type: "HTTP", HTTP: &v1alpha1.DataSourceHTTP{URL: "gopher://x"}}, "-1Gi", "UP", "Full"),
+			[]tkCause{tkInvalid("spec.dataSource.http.url"), tkInvalid("spec.persistentVolumeClaim.size"),
+				tkInvalid("spec.persistentVolumeClaim.storageClassName"), tkForbidden("spec.cloneMode")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s.Default(tt.obj)
+			tkCheck(t, s.Validate(tt.obj), tt.want...)
+		})
+	}
+}
+
+func TestVirtualDiskUpdate(t *testing.T) {
+	s := tkStrategy(t, "VirtualDisk")
+	mk := func(size string) *v1alpha1.VirtualDisk {
+		return &v1alpha1.VirtualDisk{Spec: v1alpha1.VirtualDiskSpec{DataSource: tkDiskFrom("VirtualImage", "i"),
+			CloneMode: "Linked", PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: v1alpha1.Quantity(size), StorageClassName: "p"}}}
+	}
+	tkCheck(t, s.ValidateUpdate(mk("10Gi"), mk("10Gi")))
+	tkCheck(t, s.ValidateUpdate(mk("20Gi"), mk("10Gi")))
+	tkCheck(t, s.ValidateUpdate(mk("10240Mi"), mk("10Gi")))
+	tkCheck(t, s.ValidateUpdate(mk("20Gi"), mk("")))
+	shrink := s.ValidateUpdate(mk("5Gi"), mk("10Gi"))
+	tkCheck(t, shrink, tkForbidden("spec.persistentVolumeClaim.size"))
+	if len(shrink) == 1 && !strings.Contains(shrink[0].Message, "shrinking a disk is not supported") {
+		t.Errorf("message = %q", shrink[0].Message)
+	}
+	tkCheck(t, s.ValidateUpdate(mk(""), mk("10Gi")), tkForbidden("spec.persistentVolumeClaim.size"))
+
+	n := mk("10Gi")
+	n.Spec.DataSource = tkDiskFrom("VirtualImage", "j")
+	n.Spec.CloneMode = "Full"
+	n.Spec.PersistentVolumeClaim.StorageClassName = "q"
+	tkCheck(t, s.ValidateUpdate(n, mk("10Gi")), tkForbidden("spec.dataSource"), tkForbidden("spec.cloneMode"),
+		tkForbidden("spec.persistentVolumeClaim.storageClassName"))
+}
+
+func FuzzValidateVirtualDisk(f *testing.F) {
+	for _, s := range []string{
+		`{"metadata":{"name":"d","namespace":"p"},"spec":{"persistentVolumeClaim":{"size":"10Gi"}}}`,
+		`{"spec":{"dataSource":{"type":"ObjectRef","objectRef":{"kind":"ClusterVirtualImage","name":"debian"}},"persistentVolumeClaim":{"size":20}}}`,
+		`{"spec":{"dataSource":{"type":"HTTP","http":{"url":"http://h/x","checksum":{"sha256":"AA"}}},"cloneMode":"Linked"}}`,
+		`{"spec":{"dataSource":{"type":"ObjectRef","objectRef":{"kind":"VirtualDisk","name":"x"}},"persistentVolumeClaim":{"size":"1Mi","storageClassName":"local"}}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "VirtualDisk", data) })
+}

@@ -1,0 +1,28 @@
+package registry
+
+import (
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+)
+
+func init() {
+	register("VirtualMachineBlockDeviceAttachment", Strategy{
+		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineBlockDeviceAttachment{} },
+		Validate: func(o v1alpha1.Object) errs.FieldErrors {
+			a := o.(*v1alpha1.VirtualMachineBlockDeviceAttachment)
+			var fe errs.FieldErrors
+			chkRefName(&fe, "spec.virtualMachineName", a.Spec.VirtualMachineName, true)
+			chkEnum(&fe, "spec.blockDeviceRef.kind", a.Spec.BlockDeviceRef.Kind, true, blockDeviceKinds...)
+			chkRefName(&fe, "spec.blockDeviceRef.name", a.Spec.BlockDeviceRef.Name, true)
+			return fe
+		},
+		ValidateUpdate: func(o, old v1alpha1.Object) errs.FieldErrors {
+			n, p := o.(*v1alpha1.VirtualMachineBlockDeviceAttachment), old.(*v1alpha1.VirtualMachineBlockDeviceAttachment)
+			var fe errs.FieldErrors
+			const kind = "VirtualMachineBlockDeviceAttachment"
+			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, kind)
+			chkImmutable(&fe, "spec.blockDeviceRef", n.Spec.BlockDeviceRef, p.Spec.BlockDeviceRef, kind)
+			return fe
+		},
+	})
+}

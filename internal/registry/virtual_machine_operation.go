@@ -1,0 +1,132 @@
+package registry
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+)
+
+func init() {
+	register("VirtualMachineOperation", Strategy{
+		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineOperation{} },
+		Validate: func(o v1alpha1.Object) errs.FieldErrors {
+			return validateVMOP(o.(*v1alpha1.VirtualMachineOperation))
+		},
+		ValidateUpdate: func(o, old v1alpha1.Object) errs.FieldErrors {
+			n, p := o.(*v1alpha1.VirtualMachineOperation), old.(*v1alpha1.VirtualMachineOperation)
+			var fe errs.FieldErrors
+			chkImmutable(&fe, "spec.type", n.Spec.Type, p.Spec.Type, "VirtualMachineOperation")
+			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, "VirtualMachineOperation")
+			chkImmutable(&fe, "spec.force", n.Spec.Force, p.Spec.Force, "VirtualMachineOperation")
+			chkImmutable(&fe, "spec.restore", n.Spec.Restore, p.Spec.Restore, "VirtualMachineOperation")
+			chkImmutable(&fe, "spec.clone", n.Spec.Clone, p.Spec.Clone, "VirtualMachineOperation")
+			chkImmutable(&fe, "spec.migrate", n.Spec.Migrate, p.Spec.Migrate, "VirtualMachineOperation")
+			chkImmutable(&fe, "spec.evict", n.Spec.Evict, p.Spec.Evict, "VirtualMachineOperation")
+			return fe
+		},
+	})
+}
+
+// chkImmutable reports a Forbidden change of path when n and old differ (by JSON form).
+func chkImmutable(fe *errs.FieldErrors, path string, n, old any, kind string) {
+	if !jsonEqual(n, old) {
+		fe.Forbidden(path, fmt.Sprintf("the field is immutable: %s cannot be changed once the %s is created", path, kind))
+	}
+}
+
+const maxCloneName = 59
+
+var (
+	clonePrefixRE = regexp.MustCompile(`^[a-z0-9][-a-z0-9]*$`)
+	cloneSuffixRE = regexp.MustCompile(`^[-a-z0-9]*[a-z0-9]$`)
+	kindNameRE    = regexp.MustCompile(`^[A-Z][A-Za-z0-9]{0,62}$`)
+)
+
+var snapshotOperationModes = []v1alpha1.SnapshotOperationMode{
+	v1alpha1.SnapshotOperationModeDryRun, v1alpha1.SnapshotOperationModeStrict, v1alpha1.SnapshotOperationModeBestEffort,
+}
+
+func validateVMOP(op *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
+	var fe errs.FieldErrors
+	s := &op.Spec
+	chkEnum(&fe, "spec.type", s.Type, true, v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart,
+		v1alpha1.VMOPTypeMigrate, v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone)
+	chkRefName(&fe, "spec.virtualMachineName", s.VirtualMachineName, true)
+	if s.Type == v1alpha1.VMOPTypeStart && s.Force != nil && *s.Force {
+		fe.Forbidden("spec.force", "a Start operation cannot be forced")
+	}
+
+	// restore
+	switch {
+	case s.Type == v1alpha1.VMOPTypeRestore && s.Restore == nil:
+		fe.Required("spec.restore", "a Restore operation needs restore {mode, virtualMachineSnapshotName}")
+	case s.Type != v1alpha1.VMOPTypeRestore && s.Restore != nil:
+		fe.Forbidden("spec.restore", "only allowed with type Restore")
+	}
+	if r := s.Restore; r != nil {
+		chkEnum(&fe, "spec.restore.mode", r.Mode, true, snapshotOperationModes...)
+		chkRefName(&fe, "spec.restore.virtualMachineSnapshotName", r.VirtualMachineSnapshotName, true)
+	}
+
+	// clone
+	switch {
+	case s.Type == v1alpha1.VMOPTypeClone && s.Clone == nil:
+		fe.Required("spec.clone", "a Clone operation needs clone {mode, customization or nameReplacement}")
+	case s.Type != v1alpha1.VMOPTypeClone && s.Clone != nil:
+		fe.Forbidden("spec.clone", "only allowed with type Clone")
+	}
+	if c := s.Clone; c != nil {
+		validateVMOPClone(&fe, c)
+	}
+
+	// migrate / evict
+	migrating := s.Type == v1alpha1.VMOPTypeMigrate || s.Type == v1alpha1.VMOPTypeEvict
+	for _, m := range []struct {
+		spec *v1alpha1.VMOPMigrateSpec
+		path string
+	}{{s.Migrate, "spec.migrate"}, {s.Evict, "spec.evict"}} {
+		if m.spec == nil {
+			continue
+		}
+		if !migrating {
+			fe.Forbidden(m.path, "only allowed with type Migrate or Evict")
+		}
+		chkLabelMap(&fe, m.path+".nodeSelector", m.spec.NodeSelector)
+	}
+	if s.Migrate != nil && s.Evict != nil {
+		fe.Forbidden("spec.evict", "give the target node selector in migrate or in evict, not both")
+	}
+	return fe
+}
+
+func validateVMOPClone(fe *errs.FieldErrors, c *v1alpha1.VMOPCloneSpec) {
+	chkEnum(fe, "spec.clone.mode", c.Mode, true, snapshotOperationModes...)
+	for i, nr := range c.NameReplacement {
+		p := fmt.Sprintf("spec.clone.nameReplacement[%d]", i)
+		if nr.From.Kind != "" && !kindNameRE.MatchString(nr.From.Kind) {
+			fe.Invalid(p+".from.kind", nr.From.Kind, "must be a kind name such as VirtualDisk")
+		}
+		chkRefName(fe, p+".from.name", nr.From.Name, true)
+		chkRefName(fe, p+".to", nr.To, true)
+		if len(nr.To) > maxCloneName {
+			fe.Invalid(p+".to", nr.To, fmt.Sprintf("must be at most %d characters", maxCloneName))
+		}
+	}
+	var prefix, suffix string
+	if cu := c.Customization; cu != nil {
+		prefix, suffix = cu.NamePrefix, cu.NameSuffix
+		if prefix != "" && (len(prefix) > maxCloneName || !clonePrefixRE.MatchString(prefix)) {
+			fe.Invalid("spec.clone.customization.namePrefix", prefix,
+				fmt.Sprintf("must be 1-%d lower case alphanumerics or '-', starting with an alphanumeric", maxCloneName))
+		}
+		if suffix != "" && (len(suffix) > maxCloneName || !cloneSuffixRE.MatchString(suffix)) {
+			fe.Invalid("spec.clone.customization.nameSuffix", suffix,
+				fmt.Sprintf("must be 1-%d lower case alphanumerics or '-', ending with an alphanumeric", maxCloneName))
+		}
+	}
+	if prefix == "" && suffix == "" && len(c.NameReplacement) == 0 {
+		fe.Required("spec.clone", "set customization.namePrefix, customization.nameSuffix or nameReplacement, so the clones get new names")
+	}
+}
