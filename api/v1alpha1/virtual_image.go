@@ -160,7 +160,7 @@ type ImageStatus struct {
 	// Format of the stored file: qcow2, raw or iso.
 	Format string `json:"format,omitempty"`
 	// CDROM is true when the image is an ISO and is attached as a CD-ROM.
-	CDROM           bool             `json:"cdrom,omitempty"`
+	CDROM           bool             `json:"cdrom"`
 	ImageUploadURLs *ImageUploadURLs `json:"imageUploadURLs,omitempty"`
 	Conditions      []Condition      `json:"conditions,omitempty"`
 	// UsedInNamespaces lists the projects whose objects use this image (ClusterVirtualImage).

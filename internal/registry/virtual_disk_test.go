@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -119,4 +121,39 @@ func FuzzValidateVirtualDisk(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "VirtualDisk", data) })
+}
+
+// A manifest written for Deckhouse applies unchanged (but for apiVersion): no unknown
+// fields, and it defaults and validates cleanly.
+func TestDeckhouseManifestsDecode(t *testing.T) {
+	docs := map[string]string{
+		"VirtualDisk": `{"apiVersion":"virtualization.deckhouse.io/v1alpha2","kind":"VirtualDisk","metadata":{"name":"linux-vm-root","namespace":"lab"},
+			"spec":{"persistentVolumeClaim":{"size":"10Gi","storageClassName":"local-path"},
+			"dataSource":{"type":"ObjectRef","objectRef":{"kind":"VirtualImage","name":"ubuntu-22-04"}}}}`,
+		"VirtualImage": `{"apiVersion":"virtualization.deckhouse.io/v1alpha2","kind":"VirtualImage","metadata":{"name":"ubuntu-22-04","namespace":"lab"},
+			"spec":{"storage":"ContainerRegistry","dataSource":{"type":"HTTP","http":{"url":"https://cloud-images.ubuntu.com/jammy/current/jammy-server-cloudimg-amd64.img"}}}}`,
+		"ClusterVirtualImage": `{"apiVersion":"virtualization.deckhouse.io/v1alpha2","kind":"ClusterVirtualImage","metadata":{"name":"alpine"},
+			"spec":{"dataSource":{"type":"ContainerImage","containerImage":{"image":"registry.example.com/images/alpine:3.20",
+			"imagePullSecret":{"name":"regcred","namespace":"ops"}}}}}`,
+		"VirtualMachineIPAddress": `{"apiVersion":"virtualization.deckhouse.io/v1alpha2","kind":"VirtualMachineIPAddress","metadata":{"name":"vm-ip","namespace":"lab"},
+			"spec":{"type":"Static","staticIP":"10.66.10.14"}}`,
+		"Secret": `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"sysprep","namespace":"lab"},"type":"provisioning.virtualization.deckhouse.io/sysprep",
+			"stringData":{"unattend.xml":"<unattend xmlns=\"urn:schemas-microsoft-com:unattend\"/>"}}`,
+	}
+	for kind, doc := range docs {
+		t.Run(kind, func(t *testing.T) {
+			s := tkStrategy(t, kind)
+			var generic any
+			if err := json.Unmarshal([]byte(doc), &generic); err != nil {
+				t.Fatal(err)
+			}
+			obj := s.New()
+			tkCheck(t, CheckUnknownFields(generic, reflect.TypeOf(obj).Elem()))
+			if err := json.Unmarshal([]byte(doc), obj); err != nil {
+				t.Fatal(err)
+			}
+			s.Default(obj)
+			tkCheck(t, s.Validate(obj))
+		})
+	}
 }

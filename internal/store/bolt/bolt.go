@@ -44,6 +44,9 @@ const (
 // maxBatch caps the number of writes committed in one transaction.
 const maxBatch = 512
 
+// initialMmapSize is the address space mapped for the file when it is opened.
+const initialMmapSize = 1 << 30
+
 var (
 	bucketKV   = []byte("kv")
 	bucketMeta = []byte("meta")
@@ -57,7 +60,8 @@ var errClosed = fmt.Errorf("bolt store is closed: %w", errs.ErrUnavailable)
 // Options tune a Store. The zero value uses the defaults.
 type Options struct {
 	// HistorySize is how many recent events are kept in memory for watches and lists that
-	// start at a past revision. Default DefaultHistorySize.
+	// start at a past revision. Each kept event holds the new and the previous value, so
+	// 10,000 events of 1.5 KB values take about 30 MB. Default DefaultHistorySize.
 	HistorySize int
 	// WatchQueue is how many undelivered events one watch may hold before it is ended with
 	// errs.ErrCompacted (its consumer then relists). Writers never wait for watchers.
@@ -100,6 +104,9 @@ func Open(path string, opts Options) (*Store, error) {
 		Timeout:        opts.LockTimeout,
 		NoFreelistSync: true,
 		FreelistType:   bbolt.FreelistMapType,
+		// Map far more than the file needs (address space only, the file grows as written)
+		// so that growing the file rarely has to wait for long reads such as big lists.
+		InitialMmapSize: initialMmapSize,
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
