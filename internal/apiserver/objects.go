@@ -223,6 +223,9 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 		copyField(obj, old, "Status")
 		m.Namespace = om.Namespace
 		m.Name = om.Name
+		if t.st.Default != nil {
+			t.st.Default(obj)
+		}
 		m.Generation = om.Generation
 		if !bytes.Equal(specBytes(obj), specBytes(old)) {
 			m.Generation = om.Generation + 1
@@ -238,9 +241,6 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 				return nil, 0, 0, errs.New(errs.ErrForbidden, "%s %q is being deleted: finalizer %q may not be added", t.st.Info.Singular, t.name, f)
 			}
 		}
-	}
-	if t.st.Default != nil {
-		t.st.Default(obj)
 	}
 	if err := validate(t.st, obj, old); err != nil {
 		return nil, 0, 0, err
