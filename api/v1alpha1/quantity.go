@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -43,6 +44,8 @@ var quantitySuffixes = []struct {
 	{"m", big.NewRat(1, 1000)},
 }
 
+var quantityNumber = regexp.MustCompile(`^([0-9]+(\.[0-9]*)?|\.[0-9]+)$`)
+
 // ParseQuantity returns the value of s rounded up to an integer (bytes for sizes).
 // It rejects negative values, empty strings, exponents and values over int64.
 func ParseQuantity(s string) (int64, error) {
@@ -61,7 +64,7 @@ func ParseQuantity(s string) (int64, error) {
 			break
 		}
 	}
-	if num == "" || strings.ContainsAny(num, "eE+-_ ") {
+	if !quantityNumber.MatchString(num) {
 		return 0, fmt.Errorf("quantity %q must be a non-negative number with an optional suffix (Ki, Mi, Gi, Ti, k, M, G, T)", s)
 	}
 	r, ok := new(big.Rat).SetString(num)
