@@ -90,6 +90,7 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
 			return
 		}
 		opts.After = tok.Key
+		opts.Revision = tok.Rev
 	}
 	items, rev, more, err := s.listItems(r.Context(), pfx, opts, limit, sel)
 	if err != nil {
@@ -128,10 +129,15 @@ func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptio
 		}
 		res, err := s.store.List(ctx, pfx, o)
 		if err != nil {
+			if errors.Is(err, errs.ErrCompacted) && opts.Revision != 0 {
+				return nil, 0, false, errs.New(errs.ErrCompacted, "the continue token has expired (the store no longer keeps revision %d): start the list again", opts.Revision)
+			}
 			return nil, 0, false, err
 		}
 		if rev == 0 {
 			rev = res.Revision
+			// Later pages read the same snapshot.
+			opts.Revision = rev
 		}
 		for i, kv := range res.KVs {
 			if !sel.Empty() && !sel.Matches(labelsOf(kv.Value)) {

@@ -348,6 +348,16 @@ func TestListPagingAndSelectors(t *testing.T) {
 			break
 		}
 		opts.Continue = l.Metadata.Continue
+		if pages == 1 {
+			// Written after the first page: later pages come from the first page's snapshot.
+			obj := map[string]any{"kind": "Secret", "metadata": map[string]any{"name": "s20a"}}
+			if err := c.Create(ctx, "secrets", "default", obj, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if seen["s20a"] {
+		t.Fatalf("a paged list showed an object created after its first page")
 	}
 	if len(seen) != 25 || pages != 4 {
 		t.Fatalf("paging saw %d objects in %d pages, want 25 in 4", len(seen), pages)
@@ -360,7 +370,7 @@ func TestListPagingAndSelectors(t *testing.T) {
 		t.Fatalf("tier=db selected %d, want 5", len(l.Items))
 	}
 	l, err = c.List(ctx, "secrets", "default", client.ListOptions{LabelSelector: "tier notin (db)"})
-	if err != nil || len(l.Items) != 20 {
+	if err != nil || len(l.Items) != 21 {
 		t.Fatalf("tier notin (db): %v, %d items", err, len(l.Items))
 	}
 	if _, err := c.List(ctx, "secrets", "default", client.ListOptions{LabelSelector: "tier in (db"}); client.Reason(err) != v1alpha1.ReasonBadRequest {
