@@ -407,9 +407,53 @@ type VirtualMachineStatus struct {
 	// Resources are the resources the running VM has.
 	Resources *VirtualMachineResources `json:"resources,omitempty"`
 	// Versions are the hypervisor versions the VM runs under.
-	Versions           *VirtualMachineVersions `json:"versions,omitempty"`
-	Conditions         []Condition             `json:"conditions,omitempty"`
-	ObservedGeneration int64                   `json:"observedGeneration,omitempty"`
+	Versions *VirtualMachineVersions `json:"versions,omitempty"`
+	// PowerRequest is what the control plane asks the node agent to do with the VM
+	// (a Rakhsh addition, written by the VM controller, read by the agent).
+	PowerRequest *VMPowerRequest `json:"powerRequest,omitempty"`
+	// LastExit records how the VM's QEMU process last ended (a Rakhsh addition, written by
+	// the node agent, read by the VM controller to apply the runPolicy).
+	LastExit *VMExit `json:"lastExit,omitempty"`
+	// ObservedRestartID is the last PowerRequest.RestartID the agent carried out.
+	ObservedRestartID  string      `json:"observedRestartID,omitempty"`
+	Conditions         []Condition `json:"conditions,omitempty"`
+	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+}
+
+// Power states the control plane may ask for.
+const (
+	PowerStateRunning = "Running"
+	PowerStateStopped = "Stopped"
+	PowerStatePaused  = "Paused"
+)
+
+// VMPowerRequest is the desired power state of a VM.
+type VMPowerRequest struct {
+	// State is Running, Stopped or Paused.
+	State string `json:"state"`
+	// Force asks for a hard stop (or a hard reset with RestartID) instead of a graceful one.
+	Force bool `json:"force,omitempty"`
+	// RestartID, when it changes while the VM runs, asks the agent to restart it once.
+	RestartID string `json:"restartID,omitempty"`
+	// Operation names the VirtualMachineOperation that asked, if any.
+	Operation string `json:"operation,omitempty"`
+}
+
+// Reasons a VM's QEMU process ended.
+const (
+	ExitGuestShutdown = "GuestShutdown" // the guest powered itself off
+	ExitStopped       = "Stopped"       // the agent stopped it as asked
+	ExitCrashed       = "Crashed"       // QEMU died or the guest panicked
+	ExitStartFailed   = "StartFailed"   // QEMU did not start
+)
+
+// VMExit is how the VM's QEMU process last ended.
+type VMExit struct {
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
+	Time    *Time  `json:"time,omitempty"`
+	// Count is how many unplanned exits (crashes, failed starts) happened in a row.
+	Count int `json:"count,omitempty"`
 }
 
 // BlockDeviceStatusRef is one block device as attached to the VM.

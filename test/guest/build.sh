@@ -19,10 +19,11 @@ OUT=$(mkdir -p "$1" && cd "$1" && pwd)
 CACHE=$OUT/cache
 
 # Host tools needed to build (Debian package names).
-BUILD_PKGS=(grub-common grub-pc-bin grub-efi-amd64-bin mtools xorriso qemu-utils cpio gzip)
+BUILD_PKGS=(grub-common grub-pc-bin grub-efi-amd64-bin mtools xorriso qemu-utils cpio gzip binutils)
 # Guest contents: downloaded and unpacked, never installed on the host.
 KERNEL_META=linux-image-amd64
 BUSYBOX_PKG=busybox-static
+STUB_PKG=systemd-boot-efi   # linuxx64.efi.stub, for the UEFI boot path
 
 # Kernel modules the guest loads (dependencies are added automatically).
 # The generic kernel is used rather than the cloud one: the cloud kernel has
@@ -132,6 +133,7 @@ if [ -z "$kdeb" ]; then
 	kdeb=$(apt_download "$kpkg")
 fi
 bbdeb=$(apt_download "$BUSYBOX_PKG")
+stubdeb=$(apt_download "$STUB_PKG")
 log "kernel: $(basename "$kdeb"); busybox: $(basename "$bbdeb")"
 
 WORK=$OUT/.work
@@ -141,6 +143,9 @@ trap 'rm -rf "$WORK"' EXIT
 
 dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$WORK/kernel" --wildcards './boot/vmlinuz-*' './lib/modules/*'
 dpkg-deb -x "$bbdeb" "$WORK/busybox"
+mkdir -p "$WORK/stub"
+dpkg-deb --fsys-tarfile "$stubdeb" | tar -x -C "$WORK/stub" --wildcards '*/linuxx64.efi.stub'
+stub=$(find "$WORK/stub" -name linuxx64.efi.stub)
 vmlinuz=$(find "$WORK/kernel/boot" -name 'vmlinuz-*' | sort -V | tail -n 1)
 kver=${vmlinuz##*/vmlinuz-}
 moddir=$WORK/kernel/lib/modules/$kver
@@ -199,19 +204,45 @@ echo "$kver" >"$R/etc/rakhsh/kernel-version"
 (cd "$R" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 -n) >"$WORK/initrd.img"
 cp "$vmlinuz" "$WORK/vmlinuz"
 
+CMDLINE="console=ttyS0,115200"
+
+# UEFI path: a unified kernel image (systemd-stub + kernel + initrd + command
+# line in one PE file) that GRUB chainloads. GRUB's own "linux" command on
+# UEFI reads the kernel into GRUB's heap, which is too small with -m 256
+# ("error: out of memory"); the stub instead gets its memory from the firmware.
+printf '%s' "$CMDLINE" >"$WORK/cmdline.txt"
+stub_end=0
+while read -r size vma; do
+	e=$((16#$vma + 16#$size))
+	[ $e -gt $stub_end ] && stub_end=$e
+done < <(objdump -h "$stub" | awk '$1 ~ /^[0-9]+$/ { print $3, $4 }')
+next=$(((stub_end + 0xfff) & ~0xfff))
+uki_args=()
+for sec in cmdline:"$WORK/cmdline.txt" linux:"$WORK/vmlinuz" initrd:"$WORK/initrd.img"; do
+	uki_args+=(--add-section ".${sec%%:*}=${sec#*:}" --change-section-vma ".${sec%%:*}=$(printf '0x%x' $next)")
+	next=$(((next + $(stat -c %s "${sec#*:}") + 0xfff) & ~0xfff))
+done
+objcopy "${uki_args[@]}" "$stub" "$WORK/iso/boot/rakhsh.efi"
+
 # ISO: GRUB for BIOS (El Torito + hybrid MBR) and UEFI (EFI system partition),
 # both on the serial console, booting at once.
 cp "$WORK/vmlinuz" "$WORK/initrd.img" "$WORK/iso/boot/"
-cat >"$WORK/iso/boot/grub/grub.cfg" <<'EOF'
+cat >"$WORK/iso/boot/grub/grub.cfg" <<EOF
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
 set timeout=0
 set default=0
-menuentry "Rakhsh test guest" {
-	linux /boot/vmlinuz console=ttyS0,115200
-	initrd /boot/initrd.img
-}
+if [ "\$grub_platform" = efi ]; then
+	menuentry "Rakhsh test guest (UEFI)" {
+		chainloader /boot/rakhsh.efi
+	}
+else
+	menuentry "Rakhsh test guest" {
+		linux /boot/vmlinuz $CMDLINE
+		initrd /boot/initrd.img
+	}
+fi
 EOF
 grub-mkrescue -o "$WORK/guest.iso" --compress=xz --fonts= --locales= --themes= \
 	"$WORK/iso" -- -volid RAKHSH_GUEST >"$WORK/grub-mkrescue.log" 2>&1 ||

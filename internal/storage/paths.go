@@ -1,0 +1,47 @@
+// Package storage holds the layout of Rakhsh's files on a host and the qemu-img wrappers that
+// create and inspect them. Every path is derived from object uids, never from names a user
+// typed, so nothing from a request becomes a path.
+package storage
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+)
+
+// DefaultPool is the storage pool every installation has: a directory of qcow2 files.
+const DefaultPool = "default"
+
+var uidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// CheckUID refuses anything but a canonical uid before it becomes part of a path.
+func CheckUID(uid string) error {
+	if !uidRe.MatchString(uid) {
+		return fmt.Errorf("uid %q is not a canonical uid", uid)
+	}
+	return nil
+}
+
+// ImagePath is where an imported image's file lives: DATA-DIR/images/UID.
+// Its format (qcow2, or raw for ISOs) is in the image's status.format.
+func ImagePath(dataDir, uid string) string {
+	return filepath.Join(dataDir, "images", uid)
+}
+
+// PoolDir is the directory of a storage pool.
+func PoolDir(dataDir, pool string) string {
+	if pool == "" {
+		pool = DefaultPool
+	}
+	return filepath.Join(dataDir, "pools", pool)
+}
+
+// DiskPath is where a VirtualDisk's qcow2 file lives: DATA-DIR/pools/POOL/disks/UID.qcow2.
+func DiskPath(dataDir, pool, uid string) string {
+	return filepath.Join(PoolDir(dataDir, pool), "disks", uid+".qcow2")
+}
+
+// VMRunDir is a VM's runtime directory (sockets, pidfile, logs): DATA-DIR/run/vms/UID (0700).
+func VMRunDir(dataDir, uid string) string {
+	return filepath.Join(dataDir, "run", "vms", uid)
+}
