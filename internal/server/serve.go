@@ -33,6 +33,12 @@ type Config struct {
 	TLSCert  string
 	TLSKey   string
 	LogLevel string
+	// NoAgent runs no node agent in this process (control-plane-only mode).
+	NoAgent bool
+	// NoControllers runs no controllers in this process.
+	NoControllers bool
+	// NodeName is the name of this host's Node; default the hostname.
+	NodeName string
 }
 
 // NewServeCommand returns the `serve` command.
@@ -65,6 +71,9 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) for --listen; default: a self-signed one made in the data dir")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.BoolVar(&cfg.NoAgent, "no-agent", false, "run no node agent in this process (control plane only)")
+	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process")
+	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	return cmd
 }
 
@@ -157,12 +166,37 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log.Info("rakhsh serve started", "data-dir", cfg.DataDir, "socket", sockPath, "store", storeName(cfg))
 
+	// Controllers and the node agent talk to the API like any other client, over the socket.
+	compCtx, compCancel := context.WithCancel(ctx)
+	defer compCancel()
+	comps, err := components(cfg, sockPath, log)
+	if err != nil {
+		compCancel()
+		return err
+	}
+	compDone := make(chan struct{}, len(comps))
+	for _, c := range comps {
+		go func(c component) {
+			defer func() { compDone <- struct{}{} }()
+			if err := c.run(compCtx); err != nil && compCtx.Err() == nil {
+				log.Error("component stopped", "component", c.name, "err", err)
+			}
+		}(c)
+	}
+
 	var runErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
 	case runErr = <-errc:
 		log.Error("server failed", "err", runErr)
+	}
+	compCancel()
+	for range comps {
+		select {
+		case <-compDone:
+		case <-time.After(10 * time.Second):
+		}
 	}
 	api.Shutdown()
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
