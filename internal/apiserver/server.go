@@ -36,6 +36,10 @@ type Config struct {
 	Now func() time.Time
 	// BookmarkInterval is how often a watch stream gets a BOOKMARK; 0 means 30 s.
 	BookmarkInterval time.Duration
+	// DataDir and NodeName locate the VM run directories of the node agent that shares this
+	// process's host (all-in-one mode), for consoles and logs. Empty: not available.
+	DataDir  string
+	NodeName string
 }
 
 // Server serves the API.
@@ -45,13 +49,15 @@ type Server struct {
 	token    string
 	now      func() time.Time
 	bookmark time.Duration
+	dataDir  string
+	nodeName string
 	ctx      context.Context // ends when the server shuts down: ends watches
 	cancel   context.CancelFunc
 }
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval}
+	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, dataDir: cfg.DataDir, nodeName: cfg.NodeName}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -285,6 +291,10 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 	t, err := s.resolve(r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if t.st.Info.Kind == "VirtualMachine" && (t.sub == SubConsole || t.sub == SubVNC || t.sub == SubLog) {
+		s.serveStream(w, r, t)
 		return
 	}
 	if t.sub != "status" || !t.st.Info.HasStatus {

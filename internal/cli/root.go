@@ -170,6 +170,9 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newWaitCommand(cc),
 		newVersionCommand(cc),
 		newAPIResourcesCommand(cc),
+		newConsoleCommand(cc),
+		newVNCCommand(cc),
+		newLogsCommand(cc),
 	)
 	return root
 }

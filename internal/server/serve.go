@@ -130,7 +130,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	api := apiserver.New(apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token})
+	if cfg.NodeName == "" {
+		cfg.NodeName, _ = os.Hostname()
+	}
+	acfg := apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token}
+	if !cfg.NoAgent {
+		// The agent in this process shares the data dir: the API serves its consoles and logs.
+		acfg.DataDir, acfg.NodeName = cfg.DataDir, cfg.NodeName
+	}
+	api := apiserver.New(acfg)
 	defer api.Shutdown()
 	initCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = api.EnsureProject(initCtx, apiserver.DefaultProject)

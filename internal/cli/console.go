@@ -1,0 +1,147 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rakhsh/rakhsh/client"
+	"golang.org/x/term"
+)
+
+// detachKey is Ctrl-], which ends `rakhsh console` without touching the VM.
+const detachKey = 0x1d
+
+func newConsoleCommand(cc *cliContext) *cobra.Command {
+	return &cobra.Command{
+		Use:   "console NAME",
+		Short: "Attach to a VM's serial console (Ctrl-] detaches)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			conn, err := c.DialStream(cmd.Context(), "virtualmachines", cc.Namespace(), args[0], "console")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			in := cmd.InOrStdin()
+			if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+				old, err := term.MakeRaw(int(f.Fd()))
+				if err == nil {
+					defer term.Restore(int(f.Fd()), old)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "Connected to %s's serial console; Ctrl-] detaches.\r\n", args[0])
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				_, _ = io.Copy(cmd.OutOrStdout(), conn)
+			}()
+			go func() {
+				buf := make([]byte, 1024)
+				for {
+					n, err := in.Read(buf)
+					for i := 0; i < n; i++ {
+						if buf[i] == detachKey {
+							_, _ = conn.Write(buf[:i])
+							conn.Close()
+							return
+						}
+					}
+					if n > 0 {
+						if _, werr := conn.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						// Standard input ended (a pipe): keep printing until the server or Ctrl-C ends.
+						return
+					}
+				}
+			}()
+			select {
+			case <-done:
+			case <-cmd.Context().Done():
+			}
+			return nil
+		},
+	}
+}
+
+func newVNCCommand(cc *cliContext) *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:   "vnc NAME",
+		Short: "Open a local TCP port that any VNC viewer can connect to for a VM's display",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "VNC of %s on %s (Ctrl-C to stop)\n", args[0], l.Addr())
+			go func() { <-cmd.Context().Done(); l.Close() }()
+			for {
+				tcp, err := l.Accept()
+				if err != nil {
+					return nil
+				}
+				go func() {
+					defer tcp.Close()
+					ctx, cancel := context.WithCancel(cmd.Context())
+					defer cancel()
+					ws, err := c.DialStream(ctx, "virtualmachines", cc.Namespace(), args[0], "vnc")
+					if err != nil {
+						fmt.Fprintf(cmd.ErrOrStderr(), "error: %v\n", err)
+						return
+					}
+					defer ws.Close()
+					go func() { _, _ = io.Copy(ws, tcp); ws.Close() }()
+					_, _ = io.Copy(tcp, ws)
+				}()
+			}
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "local address to listen on, e.g. 127.0.0.1:5900")
+	return cmd
+}
+
+func newLogsCommand(cc *cliContext) *cobra.Command {
+	var limit int64
+	cmd := &cobra.Command{
+		Use:   "logs vm NAME",
+		Short: "Print a VM's kept serial console output",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "vm" && args[0] != "virtualmachine" && args[0] != "virtualmachines" {
+				return fmt.Errorf("logs are kept for VMs only: use `rakhsh logs vm NAME`")
+			}
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			var out []byte
+			q := url.Values{"limitBytes": {fmt.Sprint(limit)}}
+			if err := c.Do(cmd.Context(), "GET", client.Path("virtualmachines", cc.Namespace(), args[1], "log"), q, "", nil, &out); err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(out)
+			return err
+		},
+	}
+	cmd.Flags().Int64Var(&limit, "limit-bytes", 1<<20, "print at most this many bytes from the end")
+	return cmd
+}
