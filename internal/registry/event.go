@@ -27,6 +27,11 @@ func defaultEvent(e *v1alpha1.Event) {
 	if e.Count == 0 {
 		e.Count = 1
 	}
+	if e.FirstTimestamp == nil && e.LastTimestamp == nil && e.CreationTimestamp != nil {
+		// An event written without times happened when it was stored.
+		t := *e.CreationTimestamp
+		e.FirstTimestamp = &t
+	}
 	if e.FirstTimestamp == nil && e.LastTimestamp != nil {
 		t := *e.LastTimestamp
 		e.FirstTimestamp = &t
