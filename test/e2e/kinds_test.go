@@ -75,7 +75,9 @@ func TestEveryKind(t *testing.T) {
 		t.Errorf("second apply should leave all %d unchanged:\n%s", len(fx), out)
 	}
 
-	for _, f := range fx {
+	// Users before what they use: a VM goes before its disk, a disk before its image.
+	for i := len(fx) - 1; i >= 0; i-- {
+		f := fx[i]
 		t.Run(f.kind.Kind, func(t *testing.T) {
 			short := f.kind.Resource
 			if len(f.kind.ShortNames) > 0 {
@@ -118,22 +120,33 @@ func TestEveryKind(t *testing.T) {
 			if err := c.Patch(ctx, f.kind.Resource, f.namespace, f.name, []byte(`{"metadata":{"labels":{"touched":"yes"}}}`), nil); err != nil {
 				t.Fatalf("patch: %v", err)
 			}
-			del := s.MustCLI("", "delete", short, f.name)
+			del := s.MustCLI("", "delete", short, f.name, "--wait", "--timeout", "30s")
 			if !strings.Contains(del, f.kind.Singular+"/"+f.name+" deleted") {
 				t.Fatalf("delete output: %q", del)
 			}
-			for _, typ := range []string{"MODIFIED", "DELETED"} {
+			// Controllers may write status and finalizers too: MODIFIED events (at least the
+			// label change) come first, and the stream ends with DELETED.
+			modified := 0
+			for deleted := false; !deleted; {
 				select {
 				case ev, ok := <-w.Events():
 					if !ok {
 						t.Fatalf("watch ended: %v", w.Err())
 					}
-					if ev.Type != typ {
-						t.Fatalf("watch: got %s, want %s", ev.Type, typ)
+					switch ev.Type {
+					case "MODIFIED":
+						modified++
+					case "DELETED":
+						deleted = true
+					default:
+						t.Fatalf("watch: unexpected %s", ev.Type)
 					}
-				case <-time.After(10 * time.Second):
-					t.Fatalf("watch: no %s within 10s", typ)
+				case <-time.After(20 * time.Second):
+					t.Fatalf("watch: no DELETED within 20s (%d MODIFIED)", modified)
 				}
+			}
+			if modified == 0 {
+				t.Fatalf("watch: the label change gave no MODIFIED event")
 			}
 			r := s.CLI("", "get", short, f.name)
 			if r.Code == 0 || !strings.Contains(r.Stderr, "NotFound") {

@@ -1,0 +1,493 @@
+// Package disk is the reconciler of VirtualDisks: it creates each disk's qcow2 file in the
+// default storage pool (DATA-DIR/pools/default/disks/UID.qcow2) — blank, or from a Ready
+// image as a linked clone (a copy-on-write overlay over the image file, O(1)) or a full copy —
+// and reports phase, capacity and timings in status. On delete it removes the file unless a
+// VM still lists the disk in spec.blockDeviceRefs.
+//
+// It is idempotent and restart-safe: files are written to a temporary name and renamed into
+// place, so a disk file either is complete or does not exist; a file found without a Ready
+// status (a crash before the status write) is adopted.
+package disk
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/images"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// Finalizer keeps a disk until its file is removed.
+const Finalizer = "virtualization.rakhsh.io/disk-cleanup"
+
+// Condition reasons this controller sets.
+const (
+	ReasonProvisioning        = "Provisioning"
+	ReasonReady               = "Ready"
+	ReasonImageNotFound       = "ImageNotFound"
+	ReasonImageNotReady       = "ImageNotReady"
+	ReasonSizeTooSmall        = "SizeTooSmall"
+	ReasonNotSupported        = "NotSupported"
+	ReasonStorageClassMissing = "StorageClassNotFound"
+	ReasonProvisioningFailed  = "ProvisioningFailed"
+	ReasonDiskLost            = "DiskLost"
+	ReasonInUse               = "InUse"
+	ReasonDataSourceReady     = "DataSourceReady"
+)
+
+// Config configures the controller.
+type Config struct {
+	Client  *client.Client
+	DataDir string
+	Log     *slog.Logger
+	// Workers is how many disks are provisioned at once; default 2.
+	Workers int
+}
+
+// Controller reconciles VirtualDisks.
+type Controller struct {
+	cfg   Config
+	c     *client.Client
+	log   *slog.Logger
+	rec   *runtime.Recorder
+	q     *runtime.Queue
+	disks *runtime.Informer
+	cvis  *runtime.Informer
+	vis   *runtime.Informer
+	vms   *runtime.Informer
+}
+
+// New returns a controller; Run starts it.
+func New(cfg Config) *Controller {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 2
+	}
+	log := cfg.Log.With("controller", "disk")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log,
+		rec:   &runtime.Recorder{C: cfg.Client, Component: "disk-controller", Log: log},
+		q:     runtime.NewQueue("virtualdisks", log),
+		disks: runtime.NewInformer(cfg.Client, "virtualdisks", "", log),
+		cvis:  runtime.NewInformer(cfg.Client, "clustervirtualimages", "", log),
+		vis:   runtime.NewInformer(cfg.Client, "virtualimages", "", log),
+		vms:   runtime.NewInformer(cfg.Client, "virtualmachines", "", log),
+	}
+	c.disks.OnChange(c.q.Add)
+	c.cvis.OnChange(func(k runtime.Key) { c.enqueueUsersOf(v1alpha1.DataSourceKindClusterVirtualImage, k) })
+	c.vis.OnChange(func(k runtime.Key) { c.enqueueUsersOf(v1alpha1.DataSourceKindVirtualImage, k) })
+	c.vms.OnChange(c.enqueueTerminatingIn)
+	return c
+}
+
+// Run reconciles until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	if c.c == nil || c.cfg.DataDir == "" {
+		return errors.New("disk controller: Client and DataDir are required")
+	}
+	dir := disksDir(c.cfg.DataDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("disk controller: %w", err)
+	}
+	if err := storage.CleanTemp(dir); err != nil {
+		c.log.Warn("removing leftover temporary files", "dir", dir, "err", err)
+	}
+	var wg sync.WaitGroup
+	infs := []*runtime.Informer{c.disks, c.cvis, c.vis, c.vms}
+	for _, inf := range infs {
+		wg.Add(1)
+		go func() { defer wg.Done(); inf.Run(ctx) }()
+	}
+	for _, inf := range infs {
+		select {
+		case <-inf.Synced():
+		case <-ctx.Done():
+		}
+	}
+	c.q.Run(ctx, c.cfg.Workers, c.reconcile)
+	wg.Wait()
+	return nil
+}
+
+func disksDir(dataDir string) string {
+	d := storage.DiskPath(dataDir, storage.DefaultPool, "x")
+	return d[:strings.LastIndexByte(d, '/')]
+}
+
+// enqueueUsersOf queues the disks made from the image key of kind k.
+func (c *Controller) enqueueUsersOf(k v1alpha1.DataSourceObjectKind, key runtime.Key) {
+	ns, name := key.Split()
+	for _, raw := range c.disks.Raw() {
+		var d v1alpha1.VirtualDisk
+		if json.Unmarshal(raw, &d) != nil || d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil {
+			continue
+		}
+		r := d.Spec.DataSource.ObjectRef
+		if r.Kind != k || r.Name != name {
+			continue
+		}
+		if k == v1alpha1.DataSourceKindVirtualImage && refNamespace(r, d.Namespace) != ns {
+			continue
+		}
+		c.q.Add(runtime.NewKey(d.Namespace, d.Name))
+	}
+}
+
+// enqueueTerminatingIn queues the disks being deleted in the VM's project (the VM may have
+// let go of one).
+func (c *Controller) enqueueTerminatingIn(vmKey runtime.Key) {
+	ns, _ := vmKey.Split()
+	for _, raw := range c.disks.Raw() {
+		var m struct {
+			Metadata v1alpha1.ObjectMeta `json:"metadata"`
+		}
+		if json.Unmarshal(raw, &m) == nil && m.Metadata.Namespace == ns && m.Metadata.DeletionTimestamp != nil {
+			c.q.Add(runtime.NewKey(ns, m.Metadata.Name))
+		}
+	}
+}
+
+func refNamespace(r *v1alpha1.DataSourceObjectRef, own string) string {
+	if r.Kind == v1alpha1.DataSourceKindClusterVirtualImage {
+		return ""
+	}
+	if r.Namespace != "" {
+		return r.Namespace
+	}
+	return own
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+func pool(d *v1alpha1.VirtualDisk) string {
+	if p := d.Spec.PersistentVolumeClaim.StorageClassName; p != "" {
+		return p
+	}
+	return storage.DefaultPool
+}
+
+func (c *Controller) writeStatus(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus) error {
+	old, _ := json.Marshal(d.Status)
+	now, _ := json.Marshal(st)
+	if string(old) == string(now) {
+		return nil
+	}
+	d.Status = st
+	d.ResourceVersion = ""
+	err := c.c.UpdateStatus(ctx, "virtualdisks", d.Namespace, d.Name, d, nil)
+	if client.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func setCond(st *v1alpha1.VirtualDiskStatus, d *v1alpha1.VirtualDisk, typ, status, reason, msg string) {
+	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: typ, Status: status, Reason: reason,
+		Message: msg, ObservedGeneration: d.Generation})
+}
+
+func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+	ns, name := key.Split()
+	var d v1alpha1.VirtualDisk
+	if err := c.c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
+		if client.IsNotFound(err) {
+			return runtime.Result{}, nil
+		}
+		return runtime.Result{}, err
+	}
+	if err := storage.CheckUID(d.UID); err != nil {
+		return runtime.Result{}, err
+	}
+	if d.DeletionTimestamp != nil {
+		return c.finalize(ctx, &d)
+	}
+	if !slices.Contains(d.Finalizers, Finalizer) {
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+			"finalizers": append(slices.Clone(d.Finalizers), Finalizer), "resourceVersion": d.ResourceVersion}})
+		if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil {
+			return runtime.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		}
+		return runtime.Result{}, nil // the change requeues the disk
+	}
+	st := d.Status
+	if pool(&d) != storage.DefaultPool {
+		st.Phase = v1alpha1.DiskPhasePending
+		st.ObservedGeneration = d.Generation
+		msg := fmt.Sprintf("storage class %q does not exist: only the %q pool exists for now", pool(&d), storage.DefaultPool)
+		setCond(&st, &d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonStorageClassMissing, msg)
+		return runtime.Result{}, c.writeStatus(ctx, &d, st)
+	}
+	path := storage.DiskPath(c.cfg.DataDir, storage.DefaultPool, d.UID)
+	exists := fileExists(path)
+	switch {
+	case st.Phase == v1alpha1.DiskPhaseReady && exists:
+		// Growing a Ready disk (spec size above capacity) comes with the resize issue.
+		return runtime.Result{}, nil
+	case st.Phase == v1alpha1.DiskPhaseReady:
+		st.Phase = v1alpha1.DiskPhaseFailed
+		setCond(&st, &d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonDiskLost,
+			"the disk was Ready but its file "+path+" is gone")
+		c.rec.Event(ctx, "VirtualDisk", &d, "Warning", ReasonDiskLost, "the disk file is gone")
+		return runtime.Result{}, c.writeStatus(ctx, &d, st)
+	case st.Phase == v1alpha1.DiskPhaseFailed && st.ObservedGeneration == d.Generation:
+		return runtime.Result{}, nil // waits for a spec change
+	case exists:
+		info, err := storage.Info(ctx, path, "qcow2")
+		if err == nil {
+			c.log.Info("adopting a disk file", "disk", key, "path", path)
+			return runtime.Result{}, c.writeStatus(ctx, &d, c.readyStatus(&d, st, info.VirtualSize))
+		}
+		c.log.Warn("a disk file does not check; creating it again", "disk", key, "err", err)
+		if err := os.Remove(path); err != nil {
+			return runtime.Result{}, err
+		}
+	}
+	return c.provision(ctx, &d, st, path)
+}
+
+// source is what a disk is made from.
+type source struct {
+	path, format string // image file and its status.format
+	virtualSize  int64
+	readySince   time.Time
+}
+
+// provision creates the disk file, or says what the disk waits for.
+func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, path string) (runtime.Result, error) {
+	var requested int64
+	if q := d.Spec.PersistentVolumeClaim.Size; q != "" {
+		n, err := q.Value()
+		if err != nil {
+			return runtime.Result{}, c.fail(ctx, d, st, ReasonProvisioningFailed, "spec.persistentVolumeClaim.size: "+err.Error())
+		}
+		requested = n
+	}
+	var src *source
+	ds := d.Spec.DataSource
+	switch {
+	case ds == nil:
+		if requested <= 0 {
+			return runtime.Result{}, c.fail(ctx, d, st, ReasonProvisioningFailed, "a blank disk needs spec.persistentVolumeClaim.size")
+		}
+	case ds.Type == v1alpha1.DataSourceTypeObjectRef && ds.ObjectRef != nil &&
+		(ds.ObjectRef.Kind == v1alpha1.DataSourceKindClusterVirtualImage || ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualImage):
+		var wait, reason string
+		src, reason, wait = c.imageSource(d)
+		if src == nil {
+			st.Phase = v1alpha1.DiskPhasePending
+			st.ObservedGeneration = d.Generation
+			setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, reason, wait)
+			setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, reason, wait)
+			return runtime.Result{}, c.writeStatus(ctx, d, st)
+		}
+	default:
+		what := string(ds.Type)
+		if ds.ObjectRef != nil {
+			what += " " + string(ds.ObjectRef.Kind)
+		}
+		st.Phase = v1alpha1.DiskPhasePending
+		st.ObservedGeneration = d.Generation
+		msg := fmt.Sprintf("disks from a %s data source are not supported yet (blank disks and disks from a ClusterVirtualImage or VirtualImage are)", what)
+		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, ReasonNotSupported, msg)
+		setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonNotSupported, msg)
+		return runtime.Result{}, c.writeStatus(ctx, d, st)
+	}
+
+	size := requested
+	if src != nil {
+		if requested > 0 && requested < src.virtualSize {
+			return runtime.Result{}, c.fail(ctx, d, st, ReasonSizeTooSmall, fmt.Sprintf(
+				"spec.persistentVolumeClaim.size %s is smaller than the image's virtual size %s (%d bytes); ask for at least %s",
+				d.Spec.PersistentVolumeClaim.Size, images.HumanBytes(src.virtualSize), src.virtualSize, images.HumanBytes(storage.RoundSize(src.virtualSize))))
+		}
+		size = max(requested, src.virtualSize)
+	}
+
+	started := time.Now()
+	st.Phase = v1alpha1.DiskPhaseProvisioning
+	st.ObservedGeneration = d.Generation
+	st.StorageClassName = storage.DefaultPool
+	if src != nil {
+		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
+	}
+	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, "creating the disk file")
+	if err := c.writeStatus(ctx, d, st); err != nil {
+		return runtime.Result{}, err
+	}
+	storage.CleanTempFor(path)
+	var err error
+	mode := "blank"
+	switch {
+	case src == nil:
+		err = storage.CreateBlank(ctx, path, size)
+	case d.Spec.CloneMode == v1alpha1.CloneModeFull:
+		mode = "full copy"
+		resizeTo := int64(0)
+		if size > src.virtualSize {
+			resizeTo = size
+		}
+		err = storage.ConvertResize(ctx, src.path, storage.DriveFormat(src.format), path, "qcow2", resizeTo)
+	default:
+		// Linked clone, for every image format: an ISO (a raw file) is a fine backing file
+		// too, and the clone is O(1) whatever the image size.
+		mode = "linked clone"
+		err = storage.CreateLinkedClone(ctx, path, src.path, storage.DriveFormat(src.format), size)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return runtime.Result{}, ctx.Err()
+		}
+		c.log.Warn("creating the disk file failed", "disk", d.Namespace+"/"+d.Name, "err", err)
+		// The image may have gone meanwhile: retry (with backoff) rather than fail for good.
+		return runtime.Result{}, fmt.Errorf("creating %s: %w", mode, err)
+	}
+	took := time.Since(started)
+	st = c.readyStatus(d, st, size)
+	if src != nil && !src.readySince.IsZero() && d.CreationTimestamp != nil && src.readySince.After(d.CreationTimestamp.Time) {
+		st.Stats.CreationDuration.WaitingForDependencies = src.readySince.Sub(d.CreationTimestamp.Time).Round(time.Second).String()
+	}
+	c.log.Info("disk ready", "disk", d.Namespace+"/"+d.Name, "mode", mode, "size", size, "took", took.Round(time.Millisecond))
+	c.rec.Event(ctx, "VirtualDisk", d, "Normal", ReasonReady, fmt.Sprintf("created a %s disk of %s in %s", mode, images.HumanBytes(size), took.Round(time.Millisecond)))
+	return runtime.Result{}, c.writeStatus(ctx, d, st)
+}
+
+func (c *Controller) readyStatus(d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, size int64) v1alpha1.VirtualDiskStatus {
+	st.Phase = v1alpha1.DiskPhaseReady
+	st.Capacity = images.HumanBytes(storage.RoundSize(size))
+	st.Format = "qcow2"
+	st.Progress = "100%"
+	st.StorageClassName = storage.DefaultPool
+	st.ObservedGeneration = d.Generation
+	cd := &v1alpha1.VirtualDiskCreationDuration{}
+	if d.CreationTimestamp != nil {
+		// CreationTimestamp has second precision: round the total the same way.
+		cd.TotalProvisioning = time.Since(d.CreationTimestamp.Time).Round(time.Second).String()
+	}
+	st.Stats = &v1alpha1.VirtualDiskStats{CreationDuration: cd}
+	if d.Spec.DataSource != nil {
+		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
+	}
+	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionTrue, ReasonReady, "")
+	return st
+}
+
+func (c *Controller) fail(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, reason, msg string) error {
+	st.Phase = v1alpha1.DiskPhaseFailed
+	st.ObservedGeneration = d.Generation
+	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, reason, msg)
+	if d.Status.Phase != v1alpha1.DiskPhaseFailed {
+		c.rec.Event(ctx, "VirtualDisk", d, "Warning", reason, msg)
+	}
+	return c.writeStatus(ctx, d, st)
+}
+
+// imageSource returns the Ready image a disk is made from, or why it waits.
+func (c *Controller) imageSource(d *v1alpha1.VirtualDisk) (src *source, reason, msg string) {
+	r := d.Spec.DataSource.ObjectRef
+	inf := c.cvis
+	ns := refNamespace(r, d.Namespace)
+	what := fmt.Sprintf("%s %q", r.Kind, r.Name)
+	if r.Kind == v1alpha1.DataSourceKindVirtualImage {
+		inf = c.vis
+		what = fmt.Sprintf("%s %q in project %q", r.Kind, r.Name, ns)
+	}
+	var img struct {
+		Metadata v1alpha1.ObjectMeta  `json:"metadata"`
+		Status   v1alpha1.ImageStatus `json:"status"`
+	}
+	found, err := inf.Get(runtime.NewKey(ns, r.Name), &img)
+	switch {
+	case err != nil:
+		return nil, ReasonImageNotReady, fmt.Sprintf("reading %s: %v", what, err)
+	case !found:
+		return nil, ReasonImageNotFound, fmt.Sprintf("waiting for %s: not found", what)
+	case img.Metadata.DeletionTimestamp != nil:
+		return nil, ReasonImageNotReady, fmt.Sprintf("%s is being deleted", what)
+	case img.Status.Phase != v1alpha1.ImagePhaseReady:
+		phase := string(img.Status.Phase)
+		if phase == "" {
+			phase = "not reconciled yet"
+		}
+		msg := fmt.Sprintf("waiting for %s to be Ready (it is %s", what, phase)
+		if img.Status.Progress != "" && img.Status.Phase == v1alpha1.ImagePhaseProvisioning {
+			msg += ", " + img.Status.Progress
+		}
+		return nil, ReasonImageNotReady, msg + ")"
+	case storage.CheckUID(img.Metadata.UID) != nil || img.Status.Size == nil || img.Status.Size.UnpackedBytes <= 0:
+		return nil, ReasonImageNotReady, fmt.Sprintf("%s reports no size", what)
+	}
+	src = &source{path: storage.ImagePath(c.cfg.DataDir, img.Metadata.UID), format: img.Status.Format,
+		virtualSize: img.Status.Size.UnpackedBytes}
+	if cond := v1alpha1.FindCondition(img.Status.Conditions, v1alpha1.ImageConditionReady); cond != nil && cond.LastTransitionTime != nil {
+		src.readySince = cond.LastTransitionTime.Time
+	}
+	if src.format != "qcow2" && src.format != "iso" && src.format != "raw" {
+		return nil, ReasonNotSupported, fmt.Sprintf("%s has format %q, which disks cannot be made from", what, src.format)
+	}
+	return src, "", ""
+}
+
+// finalize removes the disk's file once no VM lists the disk, then the finalizer.
+func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (runtime.Result, error) {
+	if !slices.Contains(d.Finalizers, Finalizer) {
+		return runtime.Result{}, nil
+	}
+	if users := c.vmsUsing(d); len(users) > 0 {
+		st := d.Status
+		st.Phase = v1alpha1.DiskPhaseTerminating
+		msg := "the disk is used by " + strings.Join(users, ", ") + "; remove it from their spec.blockDeviceRefs (or delete them) and the disk goes"
+		setCond(&st, d, v1alpha1.DiskConditionInUse, v1alpha1.ConditionTrue, ReasonInUse, msg)
+		return runtime.Result{RequeueAfter: 30 * time.Second}, c.writeStatus(ctx, d, st)
+	}
+	path := storage.DiskPath(c.cfg.DataDir, pool(d), d.UID)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return runtime.Result{}, fmt.Errorf("removing %s: %w", path, err)
+	}
+	storage.CleanTempFor(path)
+	rest := slices.DeleteFunc(slices.Clone(d.Finalizers), func(f string) bool { return f == Finalizer })
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": d.ResourceVersion}})
+	if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {
+		return runtime.Result{}, fmt.Errorf("removing finalizer: %w", err)
+	}
+	c.log.Info("disk deleted", "disk", d.Namespace+"/"+d.Name, "path", path)
+	return runtime.Result{}, nil
+}
+
+// vmsUsing lists the VMs of the disk's project whose spec.blockDeviceRefs name it.
+func (c *Controller) vmsUsing(d *v1alpha1.VirtualDisk) []string {
+	var out []string
+	for _, raw := range c.vms.Raw() {
+		var vm struct {
+			Metadata v1alpha1.ObjectMeta `json:"metadata"`
+			Spec     struct {
+				BlockDeviceRefs []v1alpha1.BlockDeviceSpecRef `json:"blockDeviceRefs"`
+			} `json:"spec"`
+		}
+		if json.Unmarshal(raw, &vm) != nil || vm.Metadata.Namespace != d.Namespace {
+			continue
+		}
+		for _, b := range vm.Spec.BlockDeviceRefs {
+			if b.Kind == v1alpha1.BlockDeviceKindVirtualDisk && b.Name == d.Name {
+				out = append(out, "VirtualMachine "+vm.Metadata.Name)
+				break
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}

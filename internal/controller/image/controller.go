@@ -1,0 +1,696 @@
+// Package image is the reconciler of ClusterVirtualImages and VirtualImages: it imports each
+// image's data source into the image store (DATA-DIR/images/UID) and reports progress, size
+// and format in status; on delete it removes the file, unless a disk still uses the file as
+// the backing of a linked clone (or a VM uses the image directly).
+//
+// The import runs in the control plane process (all-in-one mode: the same host as the node
+// agent). It is idempotent and restart-safe: a Ready image whose file exists is left alone; a
+// file that exists without a Ready status (a crash between the rename and the status write)
+// is adopted after a check; an interrupted import starts again; temporary files of writers
+// killed mid-way are removed at start.
+package image
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/images"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// Finalizer keeps an image until its file is removed.
+const Finalizer = "virtualization.rakhsh.io/image-cleanup"
+
+// Condition reasons this controller sets (besides the images.Reason* failure reasons).
+const (
+	ReasonProvisioning   = "Provisioning"
+	ReasonReady          = "Ready"
+	ReasonNotSupported   = "NotSupported"
+	ReasonWaitForSource  = "WaitingForDataSource"
+	ReasonImageLost      = "ImageLost"
+	ReasonInUse          = "InUse"
+	ReasonDataSourceOK   = "DataSourceReady"
+	ReasonRetryScheduled = "RetryScheduled"
+)
+
+// Config configures the controller.
+type Config struct {
+	Client  *client.Client
+	DataDir string
+	Log     *slog.Logger
+	// Workers is how many images are reconciled at once (imports run in the background and
+	// do not hold a worker); default 2.
+	Workers int
+	// ProgressInterval is how often import progress is written to status; default 1 s.
+	ProgressInterval time.Duration
+	// RetryDelay is how long a transiently failed import (network error, HTTP 5xx) waits
+	// before it is tried again; default 1 min.
+	RetryDelay time.Duration
+}
+
+// kind is one of the two image kinds.
+type kind struct {
+	name       string // ClusterVirtualImage or VirtualImage
+	resource   string
+	namespaced bool
+	inf        *runtime.Informer
+	q          *runtime.Queue
+}
+
+// Controller reconciles images.
+type Controller struct {
+	cfg   Config
+	c     *client.Client
+	log   *slog.Logger
+	rec   *runtime.Recorder
+	cvi   *kind
+	vi    *kind
+	disks *runtime.Informer
+	vms   *runtime.Informer
+
+	mu   sync.Mutex
+	jobs map[string]*job // by image uid
+}
+
+type job struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a controller; Run starts it.
+func New(cfg Config) *Controller {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 2
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Second
+	}
+	if cfg.RetryDelay <= 0 {
+		cfg.RetryDelay = time.Minute
+	}
+	log := cfg.Log.With("controller", "image")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: map[string]*job{},
+		rec: &runtime.Recorder{C: cfg.Client, Component: "image-controller", Log: log}}
+	c.cvi = &kind{name: string(v1alpha1.DataSourceKindClusterVirtualImage), resource: "clustervirtualimages",
+		inf: runtime.NewInformer(cfg.Client, "clustervirtualimages", "", log), q: runtime.NewQueue("clustervirtualimages", log)}
+	c.vi = &kind{name: string(v1alpha1.DataSourceKindVirtualImage), resource: "virtualimages", namespaced: true,
+		inf: runtime.NewInformer(cfg.Client, "virtualimages", "", log), q: runtime.NewQueue("virtualimages", log)}
+	c.disks = runtime.NewInformer(cfg.Client, "virtualdisks", "", log)
+	c.vms = runtime.NewInformer(cfg.Client, "virtualmachines", "", log)
+	for _, k := range []*kind{c.cvi, c.vi} {
+		k.inf.OnChange(func(key runtime.Key) {
+			k.q.Add(key)
+			c.enqueueDependents(k, key)
+		})
+	}
+	// A disk or VM that goes away may free an image that waits to be deleted.
+	c.disks.OnChange(func(runtime.Key) { c.enqueueTerminating() })
+	c.vms.OnChange(func(runtime.Key) { c.enqueueTerminating() })
+	return c
+}
+
+// ImagesDir is where the controller keeps image files.
+func (c *Controller) imagesDir() string { return filepath.Dir(storage.ImagePath(c.cfg.DataDir, "x")) }
+
+// Run reconciles until ctx ends, then stops the imports in flight (they restart on the next
+// start).
+func (c *Controller) Run(ctx context.Context) error {
+	if c.c == nil || c.cfg.DataDir == "" {
+		return errors.New("image controller: Client and DataDir are required")
+	}
+	if err := os.MkdirAll(c.imagesDir(), 0o700); err != nil {
+		return fmt.Errorf("image controller: %w", err)
+	}
+	// No import runs yet: whatever temporary file is there was left by a crash.
+	if err := storage.CleanTemp(c.imagesDir()); err != nil {
+		c.log.Warn("removing leftover temporary files", "dir", c.imagesDir(), "err", err)
+	}
+	var wg sync.WaitGroup
+	for _, inf := range []*runtime.Informer{c.cvi.inf, c.vi.inf, c.disks, c.vms} {
+		wg.Add(1)
+		go func() { defer wg.Done(); inf.Run(ctx) }()
+	}
+	for _, inf := range []*runtime.Informer{c.cvi.inf, c.vi.inf, c.disks, c.vms} {
+		select {
+		case <-inf.Synced():
+		case <-ctx.Done():
+		}
+	}
+	for _, k := range []*kind{c.cvi, c.vi} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k.q.Run(ctx, c.cfg.Workers, func(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+				return c.reconcile(ctx, k, key)
+			})
+		}()
+	}
+	<-ctx.Done()
+	c.stopAllJobs()
+	wg.Wait()
+	return nil
+}
+
+// enqueueDependents queues images made from the image key of kind k (they wait for it).
+func (c *Controller) enqueueDependents(k *kind, key runtime.Key) {
+	ns, name := key.Split()
+	for _, other := range []*kind{c.cvi, c.vi} {
+		for _, raw := range other.inf.Raw() {
+			var img struct {
+				Metadata v1alpha1.ObjectMeta `json:"metadata"`
+				Spec     struct {
+					DataSource v1alpha1.DataSource `json:"dataSource"`
+				} `json:"spec"`
+			}
+			if json.Unmarshal(raw, &img) != nil {
+				continue
+			}
+			r := img.Spec.DataSource.ObjectRef
+			if r == nil || string(r.Kind) != k.name || r.Name != name {
+				continue
+			}
+			rns := r.Namespace
+			if rns == "" && k.namespaced {
+				rns = img.Metadata.Namespace
+			}
+			if rns == ns {
+				other.q.Add(runtime.NewKey(img.Metadata.Namespace, img.Metadata.Name))
+			}
+		}
+	}
+}
+
+// enqueueTerminating queues every image that is being deleted.
+func (c *Controller) enqueueTerminating() {
+	for _, k := range []*kind{c.cvi, c.vi} {
+		for _, raw := range k.inf.Raw() {
+			var m struct {
+				Metadata v1alpha1.ObjectMeta `json:"metadata"`
+			}
+			if json.Unmarshal(raw, &m) == nil && m.Metadata.DeletionTimestamp != nil {
+				k.q.Add(runtime.NewKey(m.Metadata.Namespace, m.Metadata.Name))
+			}
+		}
+	}
+}
+
+// image is either kind, seen through pointers into the decoded object.
+type image struct {
+	kind   *kind
+	obj    v1alpha1.Object
+	meta   *v1alpha1.ObjectMeta
+	ds     *v1alpha1.DataSource
+	status *v1alpha1.ImageStatus
+}
+
+func (c *Controller) get(ctx context.Context, k *kind, key runtime.Key) (*image, error) {
+	ns, name := key.Split()
+	img := &image{kind: k}
+	if k.namespaced {
+		var vi v1alpha1.VirtualImage
+		if err := c.c.Get(ctx, k.resource, ns, name, &vi); err != nil {
+			return nil, err
+		}
+		img.obj, img.meta, img.ds, img.status = &vi, &vi.ObjectMeta, &vi.Spec.DataSource, &vi.Status
+	} else {
+		var cvi v1alpha1.ClusterVirtualImage
+		if err := c.c.Get(ctx, k.resource, "", name, &cvi); err != nil {
+			return nil, err
+		}
+		img.obj, img.meta, img.ds, img.status = &cvi, &cvi.ObjectMeta, &cvi.Spec.DataSource, &cvi.Status
+	}
+	return img, nil
+}
+
+func (img *image) String() string {
+	if img.meta.Namespace != "" {
+		return fmt.Sprintf("%s %s/%s", img.kind.name, img.meta.Namespace, img.meta.Name)
+	}
+	return fmt.Sprintf("%s %s", img.kind.name, img.meta.Name)
+}
+
+// writeStatus replaces the image's status with st (the controller owns the whole status).
+func (c *Controller) writeStatus(ctx context.Context, img *image, st v1alpha1.ImageStatus) error {
+	*img.status = st
+	img.meta.ResourceVersion = ""
+	err := c.c.UpdateStatus(ctx, img.kind.resource, img.meta.Namespace, img.meta.Name, img.obj, nil)
+	if client.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (runtime.Result, error) {
+	img, err := c.get(ctx, k, key)
+	if client.IsNotFound(err) {
+		return runtime.Result{}, nil // gone: its finalizer already ran
+	}
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	m := img.meta
+	if err := storage.CheckUID(m.UID); err != nil {
+		return runtime.Result{}, err
+	}
+	if m.DeletionTimestamp != nil {
+		return c.finalize(ctx, img)
+	}
+	if !slices.Contains(m.Finalizers, Finalizer) {
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+			"finalizers": append(slices.Clone(m.Finalizers), Finalizer), "resourceVersion": m.ResourceVersion}})
+		if err := c.c.Patch(ctx, k.resource, m.Namespace, m.Name, patch, nil); err != nil {
+			return runtime.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		}
+		return runtime.Result{}, nil // the change requeues the image
+	}
+	if c.running(m.UID) {
+		return runtime.Result{}, nil
+	}
+	st := *img.status
+	path := storage.ImagePath(c.cfg.DataDir, m.UID)
+	exists := fileExists(path)
+	switch {
+	case st.Phase == v1alpha1.ImagePhaseReady && exists:
+		return runtime.Result{}, nil
+	case st.Phase == v1alpha1.ImagePhaseImageLost:
+		return runtime.Result{}, nil
+	case st.Phase == v1alpha1.ImagePhaseReady:
+		st.Phase = v1alpha1.ImagePhaseImageLost
+		setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, ReasonImageLost,
+			"the image was Ready but its file "+path+" is gone; delete and re-create the image")
+		c.rec.Event(ctx, k.name, img.obj, "Warning", ReasonImageLost, "the image file is gone")
+		return runtime.Result{}, c.writeStatus(ctx, img, st)
+	case st.Phase == v1alpha1.ImagePhaseFailed && st.ObservedGeneration == m.Generation:
+		cond := v1alpha1.FindCondition(st.Conditions, v1alpha1.ImageConditionReady)
+		if cond == nil || !transientReason(cond.Reason) {
+			return runtime.Result{}, nil // a permanent failure: nothing changes until the spec does
+		}
+		if cond.LastTransitionTime != nil {
+			if wait := time.Until(cond.LastTransitionTime.Add(c.cfg.RetryDelay)); wait > 0 {
+				return runtime.Result{RequeueAfter: wait}, nil
+			}
+		}
+	case exists:
+		// The import finished but its status was not written: check and adopt the file.
+		res, err := images.Describe(ctx, path)
+		if err == nil {
+			c.log.Info("adopting a stored image file", "image", img.String(), "path", path)
+			return runtime.Result{}, c.writeStatus(ctx, img, readyStatus(st, m, res))
+		}
+		c.log.Warn("a stored image file does not check; importing again", "image", img.String(), "err", err)
+		if err := os.Remove(path); err != nil {
+			return runtime.Result{}, err
+		}
+	}
+	return c.start(ctx, img, st)
+}
+
+// transientReason says whether a failure with this reason is retried after RetryDelay: a
+// network error, an HTTP error (the operator may fix the server) or a local processing error.
+// Checksum mismatches, unsupported formats and rejected images are not: they wait for a new
+// image object.
+func transientReason(r string) bool {
+	return r == images.ReasonDownloadFailed || r == images.ReasonHTTPError || r == images.ReasonProcessingFailed
+}
+
+// start begins the import of img's data source, or explains why it cannot start.
+func (c *Controller) start(ctx context.Context, img *image, st v1alpha1.ImageStatus) (runtime.Result, error) {
+	m := img.meta
+	ds := img.ds
+	switch ds.Type {
+	case v1alpha1.DataSourceTypeHTTP:
+		if ds.HTTP == nil {
+			return runtime.Result{}, c.pending(ctx, img, st, ReasonNotSupported, "spec.dataSource.http is missing")
+		}
+		src := images.HTTPSource{URL: ds.HTTP.URL, CABundle: ds.HTTP.CABundle, Checksum: ds.HTTP.Checksum}
+		c.launch(img, func(ctx context.Context, dst string, opts images.Options) (*images.Result, error) {
+			return images.ImportHTTP(ctx, src, dst, opts)
+		})
+		return runtime.Result{}, nil
+	case v1alpha1.DataSourceTypeObjectRef:
+		r := ds.ObjectRef
+		if r == nil {
+			return runtime.Result{}, c.pending(ctx, img, st, ReasonNotSupported, "spec.dataSource.objectRef is missing")
+		}
+		var srcKind *kind
+		ns := r.Namespace
+		switch r.Kind {
+		case v1alpha1.DataSourceKindClusterVirtualImage:
+			srcKind, ns = c.cvi, ""
+		case v1alpha1.DataSourceKindVirtualImage:
+			srcKind = c.vi
+			if ns == "" {
+				ns = m.Namespace
+			}
+		default:
+			return runtime.Result{}, c.pending(ctx, img, st, ReasonNotSupported,
+				fmt.Sprintf("images made from a %s are not supported yet", r.Kind))
+		}
+		var src struct {
+			Metadata v1alpha1.ObjectMeta  `json:"metadata"`
+			Status   v1alpha1.ImageStatus `json:"status"`
+		}
+		found, err := srcKind.inf.Get(runtime.NewKey(ns, r.Name), &src)
+		if err != nil {
+			return runtime.Result{}, err
+		}
+		what := fmt.Sprintf("%s %q", r.Kind, r.Name)
+		if ns != "" {
+			what = fmt.Sprintf("%s %q in project %q", r.Kind, r.Name, ns)
+		}
+		switch {
+		case !found:
+			return runtime.Result{}, c.pending(ctx, img, st, ReasonWaitForSource, "waiting for "+what+": not found")
+		case src.Metadata.DeletionTimestamp != nil:
+			return runtime.Result{}, c.pending(ctx, img, st, ReasonWaitForSource, what+" is being deleted")
+		case src.Status.Phase != v1alpha1.ImagePhaseReady:
+			return runtime.Result{}, c.pending(ctx, img, st, ReasonWaitForSource,
+				fmt.Sprintf("waiting for %s to be Ready (it is %s)", what, orUnknown(string(src.Status.Phase))))
+		}
+		if err := storage.CheckUID(src.Metadata.UID); err != nil {
+			return runtime.Result{}, err
+		}
+		srcPath := storage.ImagePath(c.cfg.DataDir, src.Metadata.UID)
+		srcFormat := src.Status.Format
+		c.launch(img, func(ctx context.Context, dst string, _ images.Options) (*images.Result, error) {
+			return images.CopyStored(ctx, srcPath, srcFormat, dst)
+		})
+		return runtime.Result{}, nil
+	default:
+		return runtime.Result{}, c.pending(ctx, img, st, ReasonNotSupported,
+			fmt.Sprintf("data source type %s is not supported yet (HTTP and ObjectRef to an image are)", orUnknown(string(ds.Type))))
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "not reconciled yet"
+	}
+	return s
+}
+
+// pending sets phase Pending with a condition saying what the image waits for.
+func (c *Controller) pending(ctx context.Context, img *image, st v1alpha1.ImageStatus, reason, msg string) error {
+	old := *img.status
+	st.Phase = v1alpha1.ImagePhasePending
+	st.ObservedGeneration = img.meta.Generation
+	setCond(&st, img.meta, v1alpha1.ImageConditionDatasourceReady, v1alpha1.ConditionFalse, reason, msg)
+	setCond(&st, img.meta, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, reason, msg)
+	if statusEqual(old, st) {
+		return nil
+	}
+	return c.writeStatus(ctx, img, st)
+}
+
+func statusEqual(a, b v1alpha1.ImageStatus) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}
+
+func setCond(st *v1alpha1.ImageStatus, m *v1alpha1.ObjectMeta, typ, status, reason, msg string) {
+	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: typ, Status: status, Reason: reason,
+		Message: msg, ObservedGeneration: m.Generation})
+}
+
+func readyStatus(st v1alpha1.ImageStatus, m *v1alpha1.ObjectMeta, res *images.Result) v1alpha1.ImageStatus {
+	st.Phase = v1alpha1.ImagePhaseReady
+	st.Progress = "100%"
+	st.ObservedGeneration = m.Generation
+	res.Status(&st)
+	setCond(&st, m, v1alpha1.ImageConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceOK, "")
+	setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionTrue, ReasonReady, "")
+	return st
+}
+
+type importFunc func(ctx context.Context, dst string, opts images.Options) (*images.Result, error)
+
+func (c *Controller) running(uid string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.jobs[uid]
+	return ok
+}
+
+// launch runs an import of img in the background; when it ends the image is queued again.
+func (c *Controller) launch(img *image, run importFunc) {
+	m := img.meta
+	uid := m.UID
+	key := runtime.NewKey(m.Namespace, m.Name)
+	ctx, cancel := context.WithCancel(context.Background())
+	j := &job{cancel: cancel, done: make(chan struct{})}
+	c.mu.Lock()
+	if _, dup := c.jobs[uid]; dup {
+		c.mu.Unlock()
+		cancel()
+		return
+	}
+	c.jobs[uid] = j
+	c.mu.Unlock()
+	go func() {
+		defer func() {
+			cancel()
+			c.mu.Lock()
+			delete(c.jobs, uid)
+			c.mu.Unlock()
+			close(j.done)
+			img.kind.q.Add(key)
+		}()
+		c.runImport(ctx, img, run)
+	}()
+}
+
+func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) {
+	m := img.meta
+	log := c.log.With("image", img.String(), "uid", m.UID)
+	dst := storage.ImagePath(c.cfg.DataDir, m.UID)
+	storage.CleanTempFor(dst)
+	start := time.Now()
+
+	st := *img.status
+	st.Phase = v1alpha1.ImagePhaseProvisioning
+	st.Progress = "0%"
+	st.DownloadSpeed = nil
+	st.Size = nil
+	st.Format, st.CDROM, st.SHA256 = "", false, ""
+	st.ObservedGeneration = m.Generation
+	setCond(&st, m, v1alpha1.ImageConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceOK, "")
+	setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, "importing the image")
+	if err := c.writeStatus(ctx, img, st); err != nil {
+		log.Warn("writing status", "err", err)
+		return // requeued; the import starts again
+	}
+	log.Info("import started", "source", string(img.ds.Type))
+	c.rec.Event(ctx, img.kind.name, img.obj, "Normal", "ImportStarted", "importing from a "+string(img.ds.Type)+" source")
+
+	var lastPatch time.Time
+	opts := images.Options{ProgressInterval: c.cfg.ProgressInterval, Progress: func(p images.Progress) {
+		if time.Since(lastPatch) < c.cfg.ProgressInterval/2 {
+			return
+		}
+		lastPatch = time.Now()
+		s := map[string]any{"phase": v1alpha1.ImagePhaseProvisioning, "downloadSpeed": v1alpha1.DownloadSpeed{
+			Avg: images.HumanSpeed(p.AvgBPS), AvgBytes: p.AvgBPS, Current: images.HumanSpeed(p.CurrentBPS), CurrentBytes: p.CurrentBPS}}
+		if pct := p.Percent(); pct != "" {
+			s["progress"] = pct
+		}
+		patch, _ := json.Marshal(map[string]any{"status": s})
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := c.c.PatchStatus(pctx, img.kind.resource, m.Namespace, m.Name, patch, nil); err != nil && ctx.Err() == nil {
+			log.Debug("writing progress", "err", err)
+		}
+	}}
+	res, err := run(ctx, dst, opts)
+	if ctx.Err() != nil {
+		log.Info("import stopped", "err", err)
+		return
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Keep the last progress the patches wrote (download speed) in the final status.
+	if fresh, gerr := c.get(wctx, img.kind, runtime.NewKey(m.Namespace, m.Name)); gerr == nil && fresh.meta.UID == m.UID {
+		st.DownloadSpeed = fresh.status.DownloadSpeed
+		st.Progress = fresh.status.Progress
+	}
+	if err != nil {
+		reason := images.ReasonProcessingFailed
+		var ie *images.Error
+		if errors.As(err, &ie) {
+			reason = ie.Reason
+		}
+		msg := err.Error()
+		if transientReason(reason) {
+			msg += fmt.Sprintf(" (retrying in %s)", c.cfg.RetryDelay)
+		}
+		st.Phase = v1alpha1.ImagePhaseFailed
+		setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, reason, msg)
+		log.Warn("import failed", "reason", reason, "err", err)
+		c.rec.Event(wctx, img.kind.name, img.obj, "Warning", reason, msg)
+		if err := c.writeStatus(wctx, img, st); err != nil {
+			log.Warn("writing status", "err", err)
+		}
+		return
+	}
+	st = readyStatus(st, m, res)
+	log.Info("image ready", "format", res.Format, "virtual-size", res.VirtualSize, "stored-size", res.StoredSize,
+		"took", time.Since(start).Round(time.Millisecond))
+	c.rec.Event(wctx, img.kind.name, img.obj, "Normal", "Ready",
+		fmt.Sprintf("imported in %s: %s, %s stored, %s virtual", time.Since(start).Round(time.Second), res.Format,
+			images.HumanBytes(res.StoredSize), images.HumanBytes(res.VirtualSize)))
+	if err := c.writeStatus(wctx, img, st); err != nil {
+		log.Warn("writing status", "err", err)
+	}
+}
+
+// stopJob cancels the import of uid, if any, and waits for it to end.
+func (c *Controller) stopJob(uid string) {
+	c.mu.Lock()
+	j := c.jobs[uid]
+	c.mu.Unlock()
+	if j != nil {
+		j.cancel()
+		<-j.done
+	}
+}
+
+func (c *Controller) stopAllJobs() {
+	c.mu.Lock()
+	js := make([]*job, 0, len(c.jobs))
+	for _, j := range c.jobs {
+		js = append(js, j)
+	}
+	c.mu.Unlock()
+	for _, j := range js {
+		j.cancel()
+		<-j.done
+	}
+}
+
+// finalize removes the image's file once nothing uses it, then the finalizer.
+func (c *Controller) finalize(ctx context.Context, img *image) (runtime.Result, error) {
+	m := img.meta
+	if !slices.Contains(m.Finalizers, Finalizer) {
+		return runtime.Result{}, nil
+	}
+	c.stopJob(m.UID)
+	if users := c.users(img); len(users) > 0 {
+		st := *img.status
+		st.Phase = v1alpha1.ImagePhaseTerminating
+		msg := "the image is in use by " + strings.Join(users, ", ") + "; it is deleted when they are"
+		setCond(&st, m, v1alpha1.ImageConditionInUse, v1alpha1.ConditionTrue, ReasonInUse, msg)
+		if !statusEqual(*img.status, st) {
+			if err := c.writeStatus(ctx, img, st); err != nil {
+				return runtime.Result{}, err
+			}
+		}
+		return runtime.Result{RequeueAfter: 30 * time.Second}, nil
+	}
+	path := storage.ImagePath(c.cfg.DataDir, m.UID)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return runtime.Result{}, fmt.Errorf("removing %s: %w", path, err)
+	}
+	storage.CleanTempFor(path)
+	rest := slices.DeleteFunc(slices.Clone(m.Finalizers), func(f string) bool { return f == Finalizer })
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": m.ResourceVersion}})
+	if err := c.c.Patch(ctx, img.kind.resource, m.Namespace, m.Name, patch, nil); err != nil && !client.IsNotFound(err) {
+		return runtime.Result{}, fmt.Errorf("removing finalizer: %w", err)
+	}
+	c.log.Info("image deleted", "image", img.String(), "path", path)
+	return runtime.Result{}, nil
+}
+
+// users lists what still needs the image's file: disks that are (or are being made) linked
+// clones of it, images being copied from it, and VMs that use it directly.
+func (c *Controller) users(img *image) []string {
+	var out []string
+	refersTo := func(k, name, ns, ownNS string) bool {
+		if k != img.kind.name || name != img.meta.Name {
+			return false
+		}
+		if !img.kind.namespaced {
+			return true
+		}
+		if ns == "" {
+			ns = ownNS
+		}
+		return ns == img.meta.Namespace
+	}
+	for _, raw := range c.disks.Raw() {
+		var d v1alpha1.VirtualDisk
+		if json.Unmarshal(raw, &d) != nil || d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil {
+			continue
+		}
+		r := d.Spec.DataSource.ObjectRef
+		if !refersTo(string(r.Kind), r.Name, r.Namespace, d.Namespace) || d.Spec.CloneMode == v1alpha1.CloneModeFull {
+			continue
+		}
+		if storage.CheckUID(d.UID) != nil {
+			continue
+		}
+		pool := d.Status.StorageClassName
+		if pool == "" {
+			pool = d.Spec.PersistentVolumeClaim.StorageClassName
+		}
+		if d.Status.Phase == v1alpha1.DiskPhaseProvisioning || fileExists(storage.DiskPath(c.cfg.DataDir, pool, d.UID)) {
+			out = append(out, fmt.Sprintf("VirtualDisk %s/%s", d.Namespace, d.Name))
+		}
+	}
+	for _, k := range []*kind{c.cvi, c.vi} {
+		for _, raw := range k.inf.Raw() {
+			var o struct {
+				Metadata v1alpha1.ObjectMeta `json:"metadata"`
+				Spec     struct {
+					DataSource v1alpha1.DataSource `json:"dataSource"`
+				} `json:"spec"`
+				Status v1alpha1.ImageStatus `json:"status"`
+			}
+			if json.Unmarshal(raw, &o) != nil || o.Spec.DataSource.ObjectRef == nil || o.Status.Phase != v1alpha1.ImagePhaseProvisioning {
+				continue
+			}
+			r := o.Spec.DataSource.ObjectRef
+			if refersTo(string(r.Kind), r.Name, r.Namespace, o.Metadata.Namespace) {
+				out = append(out, fmt.Sprintf("%s %s (copying)", k.name, runtime.NewKey(o.Metadata.Namespace, o.Metadata.Name)))
+			}
+		}
+	}
+	for _, raw := range c.vms.Raw() {
+		var vm struct {
+			Metadata v1alpha1.ObjectMeta `json:"metadata"`
+			Spec     struct {
+				BlockDeviceRefs []v1alpha1.BlockDeviceSpecRef `json:"blockDeviceRefs"`
+			} `json:"spec"`
+		}
+		if json.Unmarshal(raw, &vm) != nil {
+			continue
+		}
+		for _, b := range vm.Spec.BlockDeviceRefs {
+			if refersTo(string(b.Kind), b.Name, "", vm.Metadata.Namespace) {
+				out = append(out, fmt.Sprintf("VirtualMachine %s/%s", vm.Metadata.Namespace, vm.Metadata.Name))
+				break
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,119 @@
+// Package imagetest makes small image files (qcow2, raw, ISO, hostile qcow2s) for tests with
+// the real tools, and serves them over HTTP on 127.0.0.1.
+package imagetest
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// Need fails the test when a tool is missing, saying which Debian package has it.
+func Need(t testing.TB, tools ...string) {
+	t.Helper()
+	pkgs := map[string]string{"qemu-img": "qemu-utils", "prlimit": "util-linux", "xorriso": "xorriso"}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed for this test: apt-get install %s", tool, pkgs[tool])
+		}
+	}
+}
+
+func run(t testing.TB, name string, args ...string) {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+// QCOW2 makes a qcow2 image of size (e.g. "64M") in dir with some data written at its
+// start, and returns its path.
+func QCOW2(t testing.TB, dir, name, size string) string {
+	t.Helper()
+	Need(t, "qemu-img")
+	raw := Raw(t, dir, name+".src.raw", 1<<20)
+	p := filepath.Join(dir, name)
+	run(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, p)
+	run(t, "qemu-img", "resize", "-q", "-f", "qcow2", p, size)
+	os.Remove(raw)
+	return p
+}
+
+// Raw makes a raw disk of n bytes (n a multiple of 512) with a recognisable pattern in its
+// first megabyte.
+func Raw(t testing.TB, dir, name string, n int64) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pat := make([]byte, min(n, 1<<20))
+	for i := range pat {
+		pat[i] = byte(i*7 + 1)
+	}
+	if _, err := f.Write(pat); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(n); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// ISO makes an ISO 9660 image with one file and returns its path.
+func ISO(t testing.TB, dir, name string) string {
+	t.Helper()
+	Need(t, "xorriso")
+	src := filepath.Join(dir, name+".d")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "README.TXT"), []byte("rakhsh test iso\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	run(t, "xorriso", "-as", "mkisofs", "-quiet", "-V", "TEST", "-o", p, src)
+	return p
+}
+
+// WithBacking makes a qcow2 overlay whose backing file is a host file (what a hostile
+// upload would do to read /etc/shadow).
+func WithBacking(t testing.TB, dir, name string) string {
+	t.Helper()
+	base := QCOW2(t, dir, name+".base", "16M")
+	p := filepath.Join(dir, name)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, p, "16M")
+	return p
+}
+
+// WithDataFile makes a qcow2 with an external data file (OSSA-2024-001).
+func WithDataFile(t testing.TB, dir, name string) string {
+	t.Helper()
+	Need(t, "qemu-img")
+	p := filepath.Join(dir, name)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, name+".data"), p, "16M")
+	return p
+}
+
+// VMDK makes a VMDK image.
+func VMDK(t testing.TB, dir, name string) string {
+	t.Helper()
+	Need(t, "qemu-img")
+	p := filepath.Join(dir, name)
+	run(t, "qemu-img", "create", "-q", "-f", "vmdk", p, "16M")
+	return p
+}
+
+// Serve serves dir over HTTP on 127.0.0.1 until the test ends and returns the base URL.
+func Serve(t testing.TB, dir string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}

@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/images/imagetest"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// waitObj polls an object through the API until cond holds or 60 s pass.
+func waitObj[T any](t *testing.T, s *Serve, resource, ns, name, what string, cond func(*T) bool) *T {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var last T
+	for time.Now().Before(deadline) {
+		var obj T
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := s.Client().Get(ctx, resource, ns, name, &obj)
+		cancel()
+		if err == nil {
+			last = obj
+			if cond(&obj) {
+				return &obj
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s %s: not %s within 60s; last seen: %+v", resource, name, what, last)
+	return nil
+}
+
+// TestImageImportAndDisks drives the image and disk controllers of a real `rakhsh serve`
+// through manifests: an HTTP qcow2 image, a checksum mismatch, a linked-clone disk, and the
+// cleanup order (the image outlives the disk cloned from it).
+func TestImageImportAndDisks(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "prlimit")
+	s := StartServe(t)
+	src := t.TempDir()
+	imagetest.QCOW2(t, src, "debian.qcow2", "64M")
+	base := imagetest.Serve(t, src)
+
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: ClusterVirtualImage
+metadata: {name: debian}
+spec:
+  dataSource:
+    type: HTTP
+    http: {url: "`+base+`/debian.qcow2"}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: ClusterVirtualImage
+metadata: {name: corrupt}
+spec:
+  dataSource:
+    type: HTTP
+    http:
+      url: "`+base+`/debian.qcow2"
+      checksum: {sha256: "`+strings.Repeat("ab", 32)+`"}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: root}
+spec:
+  persistentVolumeClaim: {size: 10Gi}
+  dataSource:
+    type: ObjectRef
+    objectRef: {kind: ClusterVirtualImage, name: debian}
+`, "apply", "-f", "-")
+
+	img := waitObj(t, s, "clustervirtualimages", "", "debian", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
+		return i.Status.Phase == v1alpha1.ImagePhaseReady
+	})
+	if img.Status.Format != "qcow2" || img.Status.Size == nil || img.Status.Size.Unpacked != "64Mi" {
+		t.Fatalf("image status: %+v", img.Status)
+	}
+	imgPath := storage.ImagePath(s.DataDir, img.UID)
+	if _, err := os.Stat(imgPath); err != nil {
+		t.Fatalf("image file: %v", err)
+	}
+	out := s.MustCLI("", "get", "cvi", "debian")
+	if !strings.Contains(out, "Ready") || !strings.Contains(out, "64Mi") {
+		t.Fatalf("rakhsh get cvi:\n%s", out)
+	}
+
+	bad := waitObj(t, s, "clustervirtualimages", "", "corrupt", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
+		return i.Status.Phase == v1alpha1.ImagePhaseFailed
+	})
+	if c := v1alpha1.FindCondition(bad.Status.Conditions, "Ready"); c == nil || c.Reason != "ChecksumMismatch" {
+		t.Fatalf("checksum mismatch: conditions %+v", bad.Status.Conditions)
+	}
+
+	d := waitObj(t, s, "virtualdisks", "default", "root", "Ready", func(d *v1alpha1.VirtualDisk) bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseReady
+	})
+	if d.Status.Capacity != "10Gi" || d.Status.Format != "qcow2" {
+		t.Fatalf("disk status: %+v", d.Status)
+	}
+	diskPath := storage.DiskPath(s.DataDir, "default", d.UID)
+	info, err := storage.Info(context.Background(), diskPath, "qcow2")
+	if err != nil || info.BackingFile != imgPath || info.VirtualSize != 10<<30 {
+		t.Fatalf("disk file: %+v %v", info, err)
+	}
+
+	// The image is in use by the disk: deleting it waits for the disk.
+	s.MustCLI("", "delete", "cvi", "debian")
+	waitObj(t, s, "clustervirtualimages", "", "debian", "InUse", func(i *v1alpha1.ClusterVirtualImage) bool {
+		c := v1alpha1.FindCondition(i.Status.Conditions, "InUse")
+		return c != nil && c.Status == "True"
+	})
+	if _, err := os.Stat(imgPath); err != nil {
+		t.Fatal("the image file went while a disk is cloned from it")
+	}
+
+	// A restart leaves the Ready image and disk alone.
+	s.Stop()
+	s.Start()
+	d2 := waitObj(t, s, "virtualdisks", "default", "root", "Ready", func(d *v1alpha1.VirtualDisk) bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseReady
+	})
+	if d2.UID != d.UID {
+		t.Fatal("the disk changed identity across a restart")
+	}
+
+	s.MustCLI("", "delete", "vd", "root", "--wait", "--timeout", "60s")
+	waitGone := func(resource, ns, name string) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := s.Client().Get(ctx, resource, ns, name, &map[string]any{})
+			cancel()
+			if client.IsNotFound(err) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("%s %s was not deleted within 60s", resource, name)
+	}
+	waitGone("virtualdisks", "default", "root")
+	waitGone("clustervirtualimages", "", "debian")
+	for _, p := range []string{diskPath, imgPath} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s was not removed", p)
+		}
+	}
+}
