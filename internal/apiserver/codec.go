@@ -198,6 +198,28 @@ func withRV(stored []byte, rev int64) []byte {
 	return out
 }
 
+// writeWithRV writes what withRV returns straight into w, without building a copy.
+func writeWithRV(w interface {
+	Write([]byte) (int, error)
+	WriteString(string) (int, error)
+}, stored []byte, rev int64) {
+	i := bytes.Index(stored, metadataOpen)
+	if i < 0 {
+		_, _ = w.Write(stored)
+		return
+	}
+	i += len(metadataOpen)
+	_, _ = w.Write(stored[:i])
+	_, _ = w.WriteString(`"resourceVersion":"`)
+	_, _ = w.WriteString(strconv.FormatInt(rev, 10))
+	if stored[i] != '}' {
+		_, _ = w.WriteString(`",`)
+	} else {
+		_, _ = w.WriteString(`"`)
+	}
+	_, _ = w.Write(stored[i:])
+}
+
 // decodeStored reads a stored value into a typed object and sets its resourceVersion.
 func decodeStored(st *registry.Strategy, data []byte, rev int64) (v1alpha1.Object, error) {
 	obj := st.New()

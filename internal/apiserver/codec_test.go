@@ -129,3 +129,13 @@ func FuzzDecodeObject(f *testing.F) {
 		}
 	})
 }
+
+func TestWriteWithRVMatchesWithRV(t *testing.T) {
+	for _, in := range []string{`{"apiVersion":"a","kind":"K","metadata":{"name":"x"},"spec":{}}`, `{"kind":"K","metadata":{}}`, `{"kind":"K"}`} {
+		var b strings.Builder
+		writeWithRV(&b, []byte(in), 7)
+		if b.String() != string(withRV([]byte(in), 7)) {
+			t.Errorf("writeWithRV(%s) = %s, withRV gives %s", in, b.String(), withRV([]byte(in), 7))
+		}
+	}
+}

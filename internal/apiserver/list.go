@@ -109,11 +109,14 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
 		if i > 0 {
 			bw.WriteByte(',')
 		}
-		bw.Write(withRV(kv.Value, kv.ModRevision))
+		writeWithRV(bw, kv.Value, kv.ModRevision)
 	}
 	bw.WriteString("]}\n")
 	_ = bw.Flush()
 }
+
+// listPageSize is how many objects one store read returns while serving a list.
+const listPageSize = 1000
 
 // listItems pages through the store until limit matching items are found (0: all).
 func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptions, limit int64, sel labels.Selector) ([]store.KV, int64, bool, error) {
@@ -121,6 +124,8 @@ func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptio
 	var rev int64
 	for {
 		o := opts
+		// Read big lists in pages from one snapshot, so no single store call holds them all.
+		o.Limit = listPageSize
 		if limit > 0 {
 			o.Limit = limit - int64(len(out))
 			if !sel.Empty() && o.Limit < 100 {
@@ -206,7 +211,9 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
 		return true
 	}
 	for _, kv := range initial {
-		writeEvent(bw, v1alpha1.WatchAdded, withRV(kv.Value, kv.ModRevision))
+		bw.WriteString(`{"type":"` + v1alpha1.WatchAdded + `","object":`)
+		writeWithRV(bw, kv.Value, kv.ModRevision)
+		bw.WriteString("}\n")
 	}
 	if !flush() {
 		return
