@@ -17,6 +17,7 @@ for f in guest.iso guest.qcow2 vmlinuz initrd.img; do
 	[ -f "$OUT/$f" ] || { echo "boot-test.sh: $OUT/$f missing; run build.sh first" >&2; exit 2; }
 done
 
+RUNS=${RUNS:-}                      # only these runs (space-separated names), default all
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}   # seconds from QEMU start to the ready marker
 OFF_TIMEOUT=${OFF_TIMEOUT:-30}      # seconds from system_powerdown to QEMU exit
 OVMF_CODE=/usr/share/OVMF/OVMF_CODE.fd
@@ -42,8 +43,10 @@ apt_install() {
 	done
 	return 1
 }
+# QMP client: python3 where there is one, else socat (QMP_CLIENT overrides).
+QMP_CLIENT=${QMP_CLIENT:-$(command -v python3 >/dev/null && echo python3 || echo socat)}
 pkgs=(qemu-system-x86 qemu-utils xorriso ovmf)
-command -v python3 >/dev/null || pkgs+=(socat)
+[ "$QMP_CLIENT" = socat ] && pkgs+=(socat)
 apt_install "${pkgs[@]}"
 
 # ---------------------------------------------------------------- bookkeeping
@@ -60,6 +63,7 @@ cleanup() {
 	if [ "${KEEP_LOGS:-0}" = 1 ]; then log "logs kept in $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 secs() { printf '%d.%01d' $(($1 / 1000)) $((($1 % 1000) / 100)); }
@@ -91,6 +95,8 @@ start_vm() {
 	VMPID[$name]=$!; STARTED+=($!)
 }
 
+want() { [ -z "$RUNS" ] || [[ " $RUNS " == *" $1 "* ]]; }
+
 alive() { kill -0 "${VMPID[$1]}" 2>/dev/null; }
 
 # wait_for NAME REGEX TIMEOUT: wait for a serial line; prints ms since start.
@@ -109,11 +115,12 @@ wait_for() {
 
 has() { grep -aqE -- "$2" "$TMP/$1/serial.log" 2>/dev/null; }
 
-# qmp NAME COMMAND: send one QMP command (after capabilities negotiation).
+# qmp NAME COMMAND [ARGUMENTS-JSON]: send one QMP command (after capabilities
+# negotiation); fails if QEMU answers with an error.
 qmp() {
-	local sock=$TMP/$1/qmp.sock
-	if command -v python3 >/dev/null; then
-		python3 - "$sock" "$2" <<'PY'
+	local sock=$TMP/$1/qmp.sock args=${3:-'{}'} n
+	if [ "$QMP_CLIENT" = python3 ]; then
+		python3 - "$sock" "$2" "$args" <<'PY'
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(10)
@@ -125,15 +132,17 @@ def reply():
         if "return" in msg or "error" in msg:
             return msg
 f.readline()  # greeting
-for cmd in ("qmp_capabilities", sys.argv[2]):
-    f.write(json.dumps({"execute": cmd}) + "\n"); f.flush()
+for cmd, args in (("qmp_capabilities", {}), (sys.argv[2], json.loads(sys.argv[3]))):
+    f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n"); f.flush()
     r = reply()
     if "error" in r:
         sys.exit("qmp %s: %s" % (cmd, r["error"]))
 PY
 	else
-		printf '{"execute":"qmp_capabilities"}\n{"execute":"%s"}\n' "$2" |
-			socat -t 2 - "UNIX-CONNECT:$sock" | grep -q '"return"'
+		# Both commands must be answered with "return".
+		n=$(printf '{"execute":"qmp_capabilities"}\n{"execute":"%s","arguments":%s}\n' "$2" "$args" |
+			socat -t 2 - "UNIX-CONNECT:$sock" | grep -c '"return"' || true)
+		[ "${n:-0}" -ge 2 ]
 	fi
 }
 
@@ -144,7 +153,7 @@ stop_vm() {
 	if ! qmp "$name" system_powerdown; then
 		check "$name/powerdown" 1 "(QMP system_powerdown failed)"
 	else
-		if ms=$(wait_for "$name" 'RAKHSH-GUEST: powerdown' "$OFF_TIMEOUT"); then
+		if ms=$(wait_for "$name" '^RAKHSH-GUEST: powerdown' "$OFF_TIMEOUT"); then
 			check "$name/powerdown-marker" 0
 		else
 			check "$name/powerdown-marker" 1
@@ -167,8 +176,10 @@ stop_vm() {
 boot() {
 	local name=$1 ms
 	start_vm "$@"
+	local b=?
+	b=$(wait_for "$name" '^RAKHSH-GUEST: booted' "$BOOT_TIMEOUT") && b=$(secs "$b") || true
 	if ms=$(wait_for "$name" '^RAKHSH-GUEST: ready' "$BOOT_TIMEOUT"); then
-		check "$name/ready" 0 "($(secs "$ms")s to ready)"
+		check "$name/ready" 0 "(/init started at ${b}s, ready at $(secs "$ms")s)"
 		return 0
 	fi
 	check "$name/ready" 1 "(no ready marker within ${BOOT_TIMEOUT}s)"
@@ -186,29 +197,10 @@ expect() { # expect NAME CHECK REGEX
 
 ISO=$OUT/guest.iso
 QCOW=$OUT/guest.qcow2
-cdrom() { echo "-drive file=$1,if=none,id=$2,media=cdrom,readonly=on -device ide-cd,drive=$2,bus=ide.$3"; }
+# cdrom FILE ID PORT: sets CD to the QEMU arguments of a CD-ROM on AHCI port PORT.
+cdrom() { CD=(-drive "file=$1,if=none,id=$2,media=cdrom,readonly=on" -device "ide-cd,drive=$2,bus=ide.$3"); }
 
-# 1. ISO as a CD-ROM (AHCI), BIOS; no NIC; interactive shell; power button.
-if boot bios-cdrom $(cdrom "$ISO" cd0 0); then
-	expect bios-cdrom booted '^RAKHSH-GUEST: booted'
-	expect bios-cdrom tpm-absent '^RAKHSH-GUEST: tpm=absent'
-	expect bios-cdrom cidata-absent '^RAKHSH-GUEST: cidata=absent'
-	sleep 1
-	printf 'echo hi-from-$((6*7))\n' >"$TMP/bios-cdrom/serial.in"
-	if wait_for bios-cdrom '^hi-from-42' 20 >/dev/null; then check bios-cdrom/console-shell 0; else check bios-cdrom/console-shell 1; fi
-	stop_vm bios-cdrom
-fi
-
-# 2. qcow2 as a virtio disk, BIOS; virtio-net on user networking (DHCP).
-if boot bios-disk-net \
-	-drive "file=$QCOW,if=none,id=hd0,format=qcow2,snapshot=on" -device virtio-blk-pci,drive=hd0 \
-	-netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0; then
-	expect bios-disk-net ip '^RAKHSH-GUEST: ip=10\.0\.2\.15 iface=eth0'
-	expect bios-disk-net disk-vda "^RAKHSH-GUEST: disk vda $(stat -c %s "$ISO")([^0-9]|$)"
-	stop_vm bios-disk-net
-fi
-
-# 3. ISO CD-ROM plus a NoCloud "cidata" CD; e1000 with DHCP, a second NIC without.
+# NoCloud seed used by runs 2 and 3: user-data is a shell script.
 seed=$TMP/seed
 mkdir -p "$seed"
 cat >"$seed/user-data" <<'EOF'
@@ -218,9 +210,41 @@ echo "script ran on $(hostname)"
 EOF
 printf 'instance-id: boot-test-0001\nlocal-hostname: seeded-guest\n' >"$seed/meta-data"
 xorriso -as mkisofs -quiet -o "$TMP/cidata.iso" -V cidata -J -r "$seed" 2>/dev/null
-if boot cidata $(cdrom "$ISO" cd0 0) $(cdrom "$TMP/cidata.iso" cd1 1) \
+
+# 1. ISO as a CD-ROM (AHCI), BIOS; no NIC; interactive shell; power button.
+cdrom "$ISO" cd0 0
+if want bios-cdrom && boot bios-cdrom "${CD[@]}"; then
+	expect bios-cdrom booted '^RAKHSH-GUEST: booted'
+	expect bios-cdrom tpm-absent '^RAKHSH-GUEST: tpm=absent'
+	expect bios-cdrom cidata-absent '^RAKHSH-GUEST: cidata=absent'
+	sleep 1
+	printf 'echo hi-from-$((6*7))\n' >"$TMP/bios-cdrom/serial.in"
+	if wait_for bios-cdrom '^hi-from-42' 20 >/dev/null; then check bios-cdrom/console-shell 0; else check bios-cdrom/console-shell 1; fi
+	stop_vm bios-cdrom
+fi
+
+# 2. qcow2 as a virtio disk, BIOS; virtio-net on user networking (DHCP);
+#    the cidata ISO as a second virtio disk.
+if want bios-disk-net && boot bios-disk-net \
+	-drive "file=$QCOW,if=none,id=hd0,format=qcow2,snapshot=on" -device virtio-blk-pci,drive=hd0 \
+	-drive "file=$TMP/cidata.iso,if=none,id=hd1,format=raw,readonly=on" -device virtio-blk-pci,drive=hd1 \
+	-netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0; then
+	expect bios-disk-net ip '^RAKHSH-GUEST: ip=10\.0\.2\.15 iface=eth0'
+	expect bios-disk-net cidata-vdb '^RAKHSH-GUEST: cidata dev=/dev/vdb'
+	expect bios-disk-net userdata '^RAKHSH-GUEST: userdata # RAKHSH-MARKER hello-from-user-data'
+	expect bios-disk-net disk-vda "^RAKHSH-GUEST: disk vda $(stat -c %s "$ISO")([^0-9]|$)"
+	stop_vm bios-disk-net
+fi
+
+# 3. ISO CD-ROM plus the cidata ISO as a second CD-ROM; e1000 with DHCP and a
+#    virtio NIC with nothing behind it (no DHCP).
+cdrom "$ISO" cd0 0
+cd0=("${CD[@]}")
+cdrom "$TMP/cidata.iso" cd1 1
+if want cidata && boot cidata "${cd0[@]}" "${CD[@]}" \
 	-netdev user,id=n0,restrict=on -device e1000,netdev=n0 \
 	-device virtio-net-pci,mac=52:54:00:00:00:99; then
+	expect cidata cidata-sr1 '^RAKHSH-GUEST: cidata dev=/dev/sr1'
 	expect cidata userdata '^RAKHSH-GUEST: userdata # RAKHSH-MARKER hello-from-user-data'
 	expect cidata userscript '^RAKHSH-GUEST: userscript script ran on seeded-guest'
 	expect cidata instance-id '^RAKHSH-GUEST: instance-id boot-test-0001'
@@ -230,18 +254,45 @@ if boot cidata $(cdrom "$ISO" cd0 0) $(cdrom "$TMP/cidata.iso" cd1 1) \
 fi
 
 # 4. Direct kernel boot (what unit tests use).
-if boot kernel -kernel "$OUT/vmlinuz" -initrd "$OUT/initrd.img" -append console=ttyS0; then
+if want kernel && boot kernel -kernel "$OUT/vmlinuz" -initrd "$OUT/initrd.img" -append console=ttyS0; then
 	stop_vm kernel
 fi
 
-# 5. UEFI (OVMF): the ISO as a CD-ROM, and the qcow2 as a virtio disk.
+# 5. DHCP that only answers later: the NIC's link is down at boot (no-dhcp),
+#    then comes up; udhcpc, still trying in the background, gets the lease.
+if want dhcp-late; then
+	start_vm dhcp-late -S -kernel "$OUT/vmlinuz" -initrd "$OUT/initrd.img" -append console=ttyS0 \
+		-netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
+	for i in $(seq 50); do [ -S "$TMP/dhcp-late/qmp.sock" ] && break; sleep 0.1; done
+	if qmp dhcp-late set_link '{"name":"n0","up":false}' && qmp dhcp-late cont; then
+		if wait_for dhcp-late '^RAKHSH-GUEST: ready' "$BOOT_TIMEOUT" >/dev/null; then
+			expect dhcp-late no-dhcp-first '^RAKHSH-GUEST: no-dhcp iface=eth0'
+			qmp dhcp-late set_link '{"name":"n0","up":true}'
+			if wait_for dhcp-late '^RAKHSH-GUEST: ip=10\.0\.2\.15 iface=eth0' 90 >/dev/null; then
+				check dhcp-late/ip-later 0
+			else
+				check dhcp-late/ip-later 1 "(no ip= marker within 90s of the link coming up)"
+			fi
+		else
+			check dhcp-late/ready 1
+		fi
+		stop_vm dhcp-late
+	else
+		check dhcp-late/qmp 1 "(set_link/cont failed)"
+		kill "${VMPID[dhcp-late]}" 2>/dev/null || true
+	fi
+fi
+
+# 6. UEFI (OVMF): the ISO as a CD-ROM, and the qcow2 as a virtio disk.
 if [ -f "$OVMF_CODE" ] && [ -f "$OVMF_VARS" ]; then
 	for kind in cdrom disk; do
+		want "uefi-$kind" || continue
 		cp "$OVMF_VARS" "$TMP/vars-$kind.fd"
 		fw=(-drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE"
 			-drive "if=pflash,format=raw,file=$TMP/vars-$kind.fd")
 		if [ $kind = cdrom ]; then
-			media=($(cdrom "$ISO" cd0 0))
+			cdrom "$ISO" cd0 0
+			media=("${CD[@]}")
 		else
 			media=(-drive "file=$QCOW,if=none,id=hd0,format=qcow2,snapshot=on" -device virtio-blk-pci,drive=hd0)
 		fi
@@ -253,8 +304,10 @@ else
 	echo "SKIP uefi (ovmf not installed)"
 fi
 
-# 6. TPM, only where swtpm is installed.
-if command -v swtpm >/dev/null; then
+# 7. TPM, only where swtpm is installed.
+if ! want tpm; then
+	:
+elif command -v swtpm >/dev/null; then
 	mkdir -p "$TMP/tpmstate"
 	swtpm socket --tpm2 --tpmstate "dir=$TMP/tpmstate" --ctrl "type=unixio,path=$TMP/swtpm.sock" \
 		--daemon --pid "file=$TMP/swtpm.pid" 2>/dev/null || true
