@@ -6,7 +6,9 @@ PKGS=(
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools   # hypervisor, disk tools, firmware, vTPM
   dnsmasq-base nftables iproute2                       # networking
   etcd-server                                          # the etcd store (tests start their own)
-  xorriso genisoimage cpio busybox-static             # test guest and config ISOs
+  xorriso genisoimage cpio mtools                      # test guest and config ISOs
+  grub-common grub-pc-bin grub-efi-amd64-bin binutils  # test guest boot loaders
+  util-linux                                           # prlimit for qemu-img under rlimits
   make git ca-certificates curl
 )
 
