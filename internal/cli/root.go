@@ -173,6 +173,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newConsoleCommand(cc),
 		newVNCCommand(cc),
 		newLogsCommand(cc),
+		newVMCommand(cc),
 	)
 	return root
 }

@@ -5,8 +5,11 @@ import (
 	"log/slog"
 
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
+	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
+	"github.com/rakhsh/rakhsh/internal/controller/vm"
 )
 
 // component is one long-running part of `rakhsh serve` next to the API server: a controller
@@ -27,10 +30,27 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 	if !cfg.NoControllers {
 		ic := image.New(image.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "image-controller")})
 		dc := disk.New(disk.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller")})
+		sch, err := scheduler.New(scheduler.Config{Client: cl, Log: log.With("component", "scheduler")})
+		if err != nil {
+			return nil, err
+		}
+		vmc, err := vm.New(vm.Config{Client: cl, Log: log.With("component", "vm-controller")})
+		if err != nil {
+			return nil, err
+		}
 		comps = append(comps,
 			component{name: "image-controller", run: ic.Run},
 			component{name: "disk-controller", run: dc.Run},
+			component{name: "scheduler", run: sch.Run},
+			component{name: "vm-controller", run: vmc.Run},
 		)
+	}
+	if !cfg.NoAgent {
+		a, err := agent.New(agent.Config{Client: cl, NodeName: cfg.NodeName, DataDir: cfg.DataDir, Log: log.With("component", "agent", "node", cfg.NodeName)})
+		if err != nil {
+			return nil, err
+		}
+		comps = append(comps, component{name: "agent", run: a.Run})
 	}
 	return comps, nil
 }

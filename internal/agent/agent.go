@@ -1,0 +1,291 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+)
+
+// Finalizer keeps a VM object until its QEMU is stopped and its run directory removed.
+// The VM controller adds it; the agent adds it too before it first starts a VM.
+const Finalizer = "virtualization.rakhsh.io/vm-cleanup"
+
+// Version is reported as the Node's status.agentVersion.
+var Version = "dev"
+
+// Config configures an Agent.
+type Config struct {
+	// Client talks to the API server; required.
+	Client *client.Client
+	// NodeName is the name of this host's Node; default the hostname.
+	NodeName string
+	// DataDir is the data directory holding disks, images and VM run directories; required.
+	DataDir string
+	// Log receives structured logs; default slog.Default().
+	Log *slog.Logger
+	// QEMUBinary is the QEMU program; default qemu-system-x86_64 from PATH.
+	QEMUBinary string
+	// HeartbeatInterval is how often the Node status is refreshed; default 10 s.
+	HeartbeatInterval time.Duration
+	// Workers is the number of VMs reconciled at once; default 4.
+	Workers int
+	// GCInterval is how often run directories of deleted VMs are looked for; default 30 s.
+	GCInterval time.Duration
+	// KillTimeout is how long QEMU gets to exit after quit before SIGKILL; default 10 s.
+	KillTimeout time.Duration
+	// Now returns the current time; default time.Now.
+	Now func() time.Time
+}
+
+// Agent is the node agent.
+type Agent struct {
+	cfg   Config
+	c     *client.Client
+	log   *slog.Logger
+	facts hostFacts
+	rec   *runtime.Recorder
+
+	vms    *runtime.Informer
+	queue  *runtime.Queue
+	runCtx context.Context
+
+	mu    sync.Mutex
+	insts map[string]*instance // by VM uid
+}
+
+// New checks cfg and returns an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("agent: a client is required")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: a data dir is required")
+	}
+	abs, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = abs
+	if cfg.NodeName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("agent: no node name and no hostname: %w", err)
+		}
+		cfg.NodeName = strings.ToLower(h)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.QEMUBinary == "" {
+		cfg.QEMUBinary = qemu.DefaultBinary
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 10 * time.Second
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.GCInterval <= 0 {
+		cfg.GCInterval = 30 * time.Second
+	}
+	if cfg.KillTimeout <= 0 {
+		cfg.KillTimeout = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Log.With("component", "agent", "node", cfg.NodeName)
+	return &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{},
+		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-agent", Host: cfg.NodeName, Log: log}}, nil
+}
+
+// NodeName is the name of the Node this agent runs.
+func (a *Agent) NodeName() string { return a.cfg.NodeName }
+
+// Run registers the node, re-adopts running VMs and reconciles until ctx ends. It never
+// stops a VM because it is itself stopping: QEMU processes outlive it.
+func (a *Agent) Run(ctx context.Context) error {
+	a.runCtx = ctx
+	a.facts = probeHost(ctx, a.cfg.QEMUBinary)
+	if a.facts.qemuErr != nil {
+		a.log.Error("QEMU is not usable: the node registers as NotReady", "err", a.facts.qemuErr)
+	}
+	if err := os.MkdirAll(filepath.Join(a.cfg.DataDir, "run", "vms"), 0o700); err != nil {
+		return fmt.Errorf("agent: creating run directory: %w", err)
+	}
+	for {
+		err := a.heartbeat(ctx)
+		if err == nil {
+			break
+		}
+		a.log.Warn("registering node failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	a.log.Info("node registered", "accelerator", a.facts.accelerator(), "qemu", a.facts.qemu.QEMUVersion)
+
+	a.queue = runtime.NewQueue("agent", a.log)
+	a.queue.MaxBackoff = 10 * time.Second
+	a.vms = runtime.NewInformer(a.c, "virtualmachines", "", a.log)
+	a.vms.OnChange(a.queue.Add)
+	go a.vms.Run(ctx)
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-a.vms.Synced():
+	}
+	a.adoptAll(ctx)
+	a.queueOrphans()
+	go a.loop(ctx, a.cfg.HeartbeatInterval, func() {
+		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("heartbeat failed", "err", err)
+		}
+	})
+	go a.loop(ctx, a.cfg.GCInterval, a.queueOrphans)
+	for _, k := range a.vms.Keys() {
+		a.queue.Add(k)
+	}
+	a.queue.Run(ctx, a.cfg.Workers, a.reconcile)
+
+	// Stop watching, leave QEMU running.
+	a.mu.Lock()
+	for _, in := range a.insts {
+		in.detach()
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) loop(ctx context.Context, every time.Duration, f func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
+func (a *Agent) now() v1alpha1.Time { return v1alpha1.NewTime(a.cfg.Now()) }
+
+var uidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// orphanPrefix marks queue keys that name a run directory (by VM uid) rather than a VM.
+const orphanPrefix = "\x00orphan/"
+
+func orphanKey(uid string) runtime.Key { return runtime.Key(orphanPrefix + uid) }
+
+// vmKeysByUID maps the uid of every cached VM to its key.
+func (a *Agent) vmKeysByUID() map[string]runtime.Key {
+	out := map[string]runtime.Key{}
+	for _, raw := range a.vms.Raw() {
+		var m struct {
+			Metadata v1alpha1.ObjectMeta `json:"metadata"`
+		}
+		if json.Unmarshal(raw, &m) == nil && m.Metadata.UID != "" {
+			out[m.Metadata.UID] = runtime.NewKey(m.Metadata.Namespace, m.Metadata.Name)
+		}
+	}
+	return out
+}
+
+// queueOrphans queues every run directory whose VM object no longer exists.
+func (a *Agent) queueOrphans() {
+	entries, err := os.ReadDir(filepath.Join(a.cfg.DataDir, "run", "vms"))
+	if err != nil {
+		return
+	}
+	byUID := a.vmKeysByUID()
+	for _, e := range entries {
+		if _, ok := byUID[e.Name()]; !ok && uidRe.MatchString(e.Name()) {
+			a.queue.Add(orphanKey(e.Name()))
+		}
+	}
+}
+
+// heartbeat creates the Node if needed and writes its status.
+func (a *Agent) heartbeat(ctx context.Context) error {
+	var node v1alpha1.Node
+	err := a.c.Get(ctx, "nodes", "", a.cfg.NodeName, &node)
+	if client.IsNotFound(err) {
+		n := v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"},
+			ObjectMeta: v1alpha1.ObjectMeta{Name: a.cfg.NodeName}}
+		err = a.c.Create(ctx, "nodes", "", &n, &node)
+		if client.IsAlreadyExists(err) {
+			err = a.c.Get(ctx, "nodes", "", a.cfg.NodeName, &node)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	f := a.facts
+	cpuRatio, memRatio := node.Spec.AllocationRatios.CPU, node.Spec.AllocationRatios.Memory
+	if cpuRatio <= 0 {
+		cpuRatio = v1alpha1.DefaultCPUAllocationRatio
+	}
+	if memRatio <= 0 {
+		memRatio = v1alpha1.DefaultMemoryAllocationRatio
+	}
+	storageFree := freeBytes(a.cfg.DataDir)
+	now := a.now()
+	st := v1alpha1.NodeStatus{
+		Phase: v1alpha1.NodePhaseReady,
+		Capacity: &v1alpha1.NodeResources{CPU: f.cpus, Memory: v1alpha1.BytesQuantity(f.memoryBytes),
+			Storage: v1alpha1.BytesQuantity(storageFree)},
+		Allocatable: &v1alpha1.NodeResources{CPU: int64(float64(f.cpus) * cpuRatio),
+			Memory: v1alpha1.BytesQuantity(int64(float64(f.memoryBytes) * memRatio)), Storage: v1alpha1.BytesQuantity(storageFree)},
+		QemuVersion: f.qemu.QEMUVersion, Accelerator: f.accelerator(), CPUModel: f.cpuModel, CPUFeatures: f.cpuFeatures,
+		KernelVersion: f.kernelVersion, AgentVersion: Version, LastHeartbeatTime: &now,
+		Conditions: node.Status.Conditions, ObservedGeneration: node.Generation,
+	}
+	if a.vms != nil {
+		st.Allocated = a.allocated()
+	}
+	ready := v1alpha1.Condition{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionTrue, Reason: "AgentReady",
+		Message: "the node agent heartbeats and QEMU " + f.qemu.QEMUVersion + " is usable"}
+	if f.qemuErr != nil {
+		st.Phase = v1alpha1.NodePhaseNotReady
+		ready = v1alpha1.Condition{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionFalse, Reason: "QEMUUnusable", Message: f.qemuErr.Error()}
+	}
+	v1alpha1.SetCondition(&st.Conditions, ready)
+	body, err := json.Marshal(map[string]any{"status": st})
+	if err != nil {
+		return err
+	}
+	return a.c.PatchStatus(ctx, "nodes", "", a.cfg.NodeName, body, nil)
+}
+
+// allocated sums the VMs bound to this node.
+func (a *Agent) allocated() *v1alpha1.NodeResources {
+	var cpu, mem int64
+	for _, raw := range a.vms.Raw() {
+		var vm v1alpha1.VirtualMachine
+		if json.Unmarshal(raw, &vm) != nil || vm.Status.NodeName != a.cfg.NodeName {
+			continue
+		}
+		cpu += int64(vm.Spec.CPU.Cores)
+		if n, err := vm.Spec.Memory.Size.Value(); err == nil {
+			mem += n
+		}
+	}
+	return &v1alpha1.NodeResources{CPU: cpu, Memory: v1alpha1.BytesQuantity(mem)}
+}

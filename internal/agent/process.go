@@ -1,0 +1,388 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rakhsh/rakhsh/internal/console"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+)
+
+// Files the agent keeps in a VM's run directory next to QEMU's sockets and pidfile.
+const (
+	// qemuLogName receives QEMU's stdout and stderr; the previous start's is qemuLogName+".1".
+	qemuLogName = "qemu.log"
+	// exitFileName records why the agent is about to end QEMU, so the reason survives an
+	// agent restart between the quit and the status write.
+	exitFileName = "exit.json"
+	// restartFileName marks a graceful restart under way: the next exit starts QEMU again.
+	// It lives in the run directory so that an agent restart in the middle keeps the intent.
+	restartFileName = "restarting"
+)
+
+// monitor is the part of a QMP connection the agent uses (*qmp.Conn implements it).
+type monitor interface {
+	QueryStatus(ctx context.Context) (qmp.StatusInfo, error)
+	Cont(ctx context.Context) error
+	Stop(ctx context.Context) error
+	SystemPowerdown(ctx context.Context) error
+	SystemReset(ctx context.Context) error
+	Quit(ctx context.Context) error
+	Subscribe(buffer int) (<-chan qmp.Event, func())
+	Done() <-chan struct{}
+	Close() error
+}
+
+// instance is the agent's handle on one QEMU process (started or adopted).
+type instance struct {
+	uid    string
+	key    runtime.Key
+	runDir string
+	pid    int
+	child  bool // started by this agent (reaped by cmd.Wait), else adopted (polled)
+
+	exited   chan struct{} // closed once the process is gone
+	exitOnce sync.Once
+	cancel   context.CancelFunc // ends the watchers (events, serial mux, poller), never QEMU
+
+	mu            sync.Mutex
+	mon           monitor
+	guestShutdown bool
+	panicked      bool
+	powerdownAt   time.Time // when a graceful stop pressed the power button
+	quitAt        time.Time // when the agent asked QEMU to quit
+	restarting    bool      // a graceful restart: start again once QEMU is gone
+}
+
+func (in *instance) markExited() { in.exitOnce.Do(func() { close(in.exited) }) }
+
+func (in *instance) isExited() bool {
+	select {
+	case <-in.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+func (in *instance) monitor() monitor {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.mon == nil {
+		return nil
+	}
+	select {
+	case <-in.mon.Done():
+		return nil
+	default:
+		return in.mon
+	}
+}
+
+// exitRecord is the content of exit.json.
+type exitRecord struct {
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
+}
+
+func writeExitRecord(runDir string, r exitRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(runDir, exitFileName), b, 0o600)
+}
+
+func readExitRecord(runDir string) *exitRecord {
+	b, err := os.ReadFile(filepath.Join(runDir, exitFileName))
+	if err != nil {
+		return nil
+	}
+	var r exitRecord
+	if json.Unmarshal(b, &r) != nil || r.Reason == "" {
+		return nil
+	}
+	return &r
+}
+
+// readPID reads RUNDIR/qemu.pid.
+func readPID(runDir string) int {
+	b, err := os.ReadFile(filepath.Join(runDir, qemu.PIDFileName))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0
+	}
+	return pid
+}
+
+// isVMProcess reports whether pid is a live (not zombie) QEMU process of the VM with uid:
+// its command line names a qemu binary and carries -uuid UID.
+func isVMProcess(pid int, uid string) bool {
+	if pid <= 1 {
+		return false
+	}
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || len(cmdline) == 0 {
+		return false // gone, or a zombie (whose cmdline is empty)
+	}
+	argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+	if !strings.Contains(filepath.Base(argv0), "qemu") {
+		return false
+	}
+	if stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil {
+		// state is the field after the ")" that closes the command name
+		if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X') {
+			return false
+		}
+	}
+	return qemu.MatchesCmdline(cmdline, uid)
+}
+
+// findQEMU returns the pid of the running QEMU of the VM with uid, or 0.
+func findQEMU(runDir, uid string) int {
+	pid := readPID(runDir)
+	if isVMProcess(pid, uid) {
+		return pid
+	}
+	return 0
+}
+
+// signalVM sends sig to pid only if it is still the VM's QEMU.
+func signalVM(pid int, uid string, sig syscall.Signal) error {
+	if !isVMProcess(pid, uid) {
+		return nil
+	}
+	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	return nil
+}
+
+// watchProcess closes in.exited when an adopted process is gone (it is not our child, so it
+// is polled).
+func (a *Agent) watchProcess(ctx context.Context, in *instance) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if !isVMProcess(in.pid, in.uid) {
+			in.markExited()
+			a.queue.Add(in.key)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// attach connects QMP (retrying for up to wait), subscribes to its events and starts the
+// serial mux. It is called for new and adopted processes; a failed QMP connect is retried
+// by later reconciles.
+func (a *Agent) attach(ctx context.Context, in *instance, wait time.Duration) error {
+	if in.monitor() != nil {
+		return nil
+	}
+	sock := filepath.Join(in.runDir, qemu.QMPSocketName)
+	deadline := time.Now().Add(wait)
+	var conn *qmp.Conn
+	var err error
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err = qmp.Dial(dctx, sock, qmp.WithLogger(a.log))
+		cancel()
+		if err == nil {
+			break
+		}
+		if in.isExited() || time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("connecting QMP at %s: %w", sock, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	events, unsub := conn.Subscribe(64)
+	in.mu.Lock()
+	in.mon = conn
+	in.mu.Unlock()
+	go a.eventLoop(in, conn, events, unsub)
+	return nil
+}
+
+// eventLoop turns QMP events into reconciles.
+func (a *Agent) eventLoop(in *instance, conn *qmp.Conn, events <-chan qmp.Event, unsub func()) {
+	defer unsub()
+	for ev := range events {
+		switch ev.Name {
+		case qmp.EventShutdown:
+			var d struct {
+				Guest  bool   `json:"guest"`
+				Reason string `json:"reason"`
+			}
+			_ = ev.DecodeData(&d)
+			if d.Guest {
+				in.mu.Lock()
+				in.guestShutdown = true
+				in.mu.Unlock()
+			}
+			a.log.Info("QMP event", "vm", string(in.key), "event", ev.Name, "guest", d.Guest, "reason", d.Reason)
+		case qmp.EventGuestPanicked:
+			in.mu.Lock()
+			in.panicked = true
+			in.mu.Unlock()
+			a.log.Warn("guest panicked", "vm", string(in.key))
+		case qmp.EventDisconnected:
+			if !in.child && !isVMProcess(in.pid, in.uid) {
+				in.markExited()
+			}
+		case qmp.EventStop, qmp.EventResume, qmp.EventReset, qmp.EventPowerdown:
+			a.log.Debug("QMP event", "vm", string(in.key), "event", ev.Name)
+		default:
+			continue
+		}
+		a.queue.Add(in.key)
+	}
+	_ = conn
+}
+
+// startWatchers starts the serial mux and, for adopted processes, the liveness poller.
+func (a *Agent) startWatchers(in *instance) {
+	ctx, cancel := context.WithCancel(a.runCtx)
+	in.cancel = cancel
+	if !in.child {
+		go a.watchProcess(ctx, in)
+	}
+	go func() {
+		m := &console.Mux{RunDir: in.runDir, Log: a.log.With("vm", string(in.key))}
+		if err := m.Run(ctx); err != nil && ctx.Err() == nil {
+			a.log.Debug("serial console ended", "vm", string(in.key), "err", err)
+		}
+	}()
+}
+
+// detach stops watching an instance (QEMU keeps running).
+func (in *instance) detach() {
+	if in.cancel != nil {
+		in.cancel()
+	}
+	in.mu.Lock()
+	m := in.mon
+	in.mon = nil
+	in.mu.Unlock()
+	if m != nil {
+		_ = m.Close()
+	}
+}
+
+// adoptAll re-adopts the QEMU processes found in the run directories. It runs once at start,
+// before any reconcile, with the VM informer synced.
+func (a *Agent) adoptAll(ctx context.Context) {
+	root := filepath.Join(a.cfg.DataDir, "run", "vms")
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	byUID := a.vmKeysByUID()
+	for _, e := range entries {
+		uid := e.Name()
+		if !e.IsDir() || !uidRe.MatchString(uid) {
+			continue
+		}
+		runDir := filepath.Join(root, uid)
+		pid := findQEMU(runDir, uid)
+		if pid == 0 {
+			continue
+		}
+		key, ok := byUID[uid]
+		if !ok {
+			key = orphanKey(uid)
+		}
+		in := &instance{uid: uid, key: key, runDir: runDir, pid: pid, exited: make(chan struct{}), restarting: restartMarked(runDir)}
+		a.mu.Lock()
+		a.insts[uid] = in
+		a.mu.Unlock()
+		a.startWatchers(in)
+		if err := a.attach(ctx, in, 3*time.Second); err != nil {
+			a.log.Warn("re-adopted QEMU without QMP (will retry)", "vm", string(key), "pid", pid, "err", err)
+		} else {
+			a.log.Info("re-adopted running QEMU", "vm", string(key), "pid", pid)
+		}
+	}
+}
+
+// launch starts QEMU for cfg in its own session, detached from the agent: stdin is
+// /dev/null, stdout and stderr go to RUNDIR/qemu.log. It returns the new instance.
+func (a *Agent) launch(key runtime.Key, uid, runDir string, cfg qemu.Config) (*instance, error) {
+	logPath := filepath.Join(runDir, qemuLogName)
+	_ = os.Rename(logPath, logPath+".1")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	proc, err := startDetached(cfg.Binary, cfg.Args, runDir, logf)
+	if err != nil {
+		return nil, err
+	}
+	in := &instance{uid: uid, key: key, runDir: runDir, pid: proc.Pid, child: true, exited: make(chan struct{})}
+	go func() {
+		// Reap the child; QEMU is not tied to any context and outlives the agent.
+		_, _ = proc.Wait()
+		in.markExited()
+		a.queue.Add(in.key)
+	}()
+	return in, nil
+}
+
+// startDetached starts binary in a new session (so signals to the agent's process group
+// never reach it).
+func startDetached(binary string, args []string, dir string, out *os.File) (*os.Process, error) {
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	attr := &os.ProcAttr{
+		Dir:   dir,
+		Env:   []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"},
+		Files: []*os.File{devnull, out, out},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	}
+	return os.StartProcess(binary, append([]string{binary}, args...), attr)
+}
+
+// qemuLogTail returns the last lines of QEMU's stderr for the current start.
+func qemuLogTail(runDir string) string {
+	b, err := os.ReadFile(filepath.Join(runDir, qemuLogName))
+	if err != nil {
+		return ""
+	}
+	return tail(b, 2000)
+}
+
+// removeRuntimeFiles removes what a dead QEMU left behind (sockets, pidfile, exit record),
+// keeping the logs.
+func removeRuntimeFiles(runDir string) {
+	for _, n := range []string{qemu.PIDFileName, qemu.QMPSocketName, qemu.SerialSocketName, qemu.VNCSocketName,
+		qemu.GuestAgentSocketName, console.ConsoleSocket, exitFileName, restartFileName} {
+		_ = os.Remove(filepath.Join(runDir, n))
+	}
+}
+
+func restartMarked(runDir string) bool {
+	_, err := os.Stat(filepath.Join(runDir, restartFileName))
+	return err == nil
+}

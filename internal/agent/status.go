@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+)
+
+// errNoChange, returned by a mutate function, skips the write.
+var errNoChange = errors.New("no change")
+
+// errGone says the VM object went away or was replaced by another with the same name.
+var errGone = errors.New("virtual machine is gone")
+
+// agentStatusFields are the VM status fields the agent writes.
+var agentStatusFields = []string{"phase", "nodeName", "conditions", "stats", "versions", "resources", "lastExit", "observedRestartID"}
+
+// ownedPatch returns the merge patch that turns before into after for the given top-level
+// keys only (null for a key that after lacks), or nil when they are equal.
+func ownedPatch(before, after []byte, keys []string) (map[string]any, error) {
+	var b, a map[string]json.RawMessage
+	if err := json.Unmarshal(before, &b); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(after, &a); err != nil {
+		return nil, err
+	}
+	patch := map[string]any{}
+	for _, k := range keys {
+		av, aok := a[k]
+		bv, bok := b[k]
+		switch {
+		case aok && (!bok || !bytes.Equal(av, bv)):
+			patch[k] = av
+		case !aok && bok:
+			patch[k] = nil
+		}
+	}
+	if len(patch) == 0 {
+		return nil, nil
+	}
+	return patch, nil
+}
+
+// patchVMStatus reads the VM, lets mutate change it, and writes the changed fields among
+// owned with a merge patch guarded by the resourceVersion it read, retrying conflicts. uid,
+// when set, must match (errGone otherwise). It returns the VM as written (or as read when
+// nothing changed).
+func patchVMStatus(ctx context.Context, c *client.Client, ns, name, uid string, owned []string, mutate func(vm *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+	var lastErr error
+	for attempt := 0; attempt < 8; attempt++ {
+		var vm v1alpha1.VirtualMachine
+		if err := c.Get(ctx, "virtualmachines", ns, name, &vm); err != nil {
+			if client.IsNotFound(err) {
+				return nil, errGone
+			}
+			return nil, err
+		}
+		if uid != "" && vm.UID != uid {
+			return nil, errGone
+		}
+		before, err := json.Marshal(vm.Status)
+		if err != nil {
+			return nil, err
+		}
+		if err := mutate(&vm); err != nil {
+			if errors.Is(err, errNoChange) {
+				return &vm, nil
+			}
+			return nil, err
+		}
+		after, err := json.Marshal(vm.Status)
+		if err != nil {
+			return nil, err
+		}
+		p, err := ownedPatch(before, after, owned)
+		if err != nil {
+			return nil, err
+		}
+		if p == nil {
+			return &vm, nil
+		}
+		body, err := json.Marshal(map[string]any{
+			"metadata": map[string]any{"resourceVersion": vm.ResourceVersion},
+			"status":   p,
+		})
+		if err != nil {
+			return nil, err
+		}
+		var out v1alpha1.VirtualMachine
+		err = c.PatchStatus(ctx, "virtualmachines", ns, name, body, &out)
+		if err == nil {
+			return &out, nil
+		}
+		if client.IsNotFound(err) {
+			return nil, errGone
+		}
+		if !client.IsConflict(err) {
+			return nil, err
+		}
+		lastErr = err
+	}
+	return nil, fmt.Errorf("updating status of %s/%s: %w", ns, name, lastErr)
+}
+
+// setFinalizer adds (add=true) or removes the finalizer f with a merge patch of
+// metadata.finalizers guarded by resourceVersion.
+func setFinalizer(ctx context.Context, c *client.Client, resource, ns, name, uid, f string, add bool) error {
+	for attempt := 0; attempt < 8; attempt++ {
+		var obj struct {
+			Metadata v1alpha1.ObjectMeta `json:"metadata"`
+		}
+		if err := c.Get(ctx, resource, ns, name, &obj); err != nil {
+			if client.IsNotFound(err) {
+				return nil
+			}
+			return err
+		}
+		if uid != "" && obj.Metadata.UID != uid {
+			return nil
+		}
+		has := false
+		fins := []string{}
+		for _, x := range obj.Metadata.Finalizers {
+			if x == f {
+				has = true
+				continue
+			}
+			fins = append(fins, x)
+		}
+		if has == add {
+			return nil
+		}
+		if add {
+			if obj.Metadata.DeletionTimestamp != nil {
+				return nil
+			}
+			fins = append(fins, f)
+		}
+		body, err := json.Marshal(map[string]any{"metadata": map[string]any{
+			"resourceVersion": obj.Metadata.ResourceVersion, "finalizers": fins}})
+		if err != nil {
+			return err
+		}
+		err = c.Patch(ctx, resource, ns, name, body, nil)
+		if err == nil || client.IsNotFound(err) {
+			return nil
+		}
+		if !client.IsConflict(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("updating finalizers of %s %s/%s: too many conflicts", resource, ns, name)
+}
+
+// addTransition appends a phase transition to stats (bounded), when the phase changes.
+func setPhase(vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, now v1alpha1.Time) {
+	if vm.Status.Phase == p {
+		return
+	}
+	vm.Status.Phase = p
+	if vm.Status.Stats == nil {
+		vm.Status.Stats = &v1alpha1.VirtualMachineStats{}
+	}
+	tr := append(vm.Status.Stats.PhasesTransitions, v1alpha1.VirtualMachinePhaseTransition{Phase: p, Timestamp: now})
+	if len(tr) > maxTransitions {
+		tr = tr[len(tr)-maxTransitions:]
+	}
+	vm.Status.Stats.PhasesTransitions = tr
+}
+
+// maxTransitions bounds stats.phasesTransitions.
+const maxTransitions = 10
+
+// lastTransition returns when the VM last entered phase p, or the zero time.
+func lastTransition(vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase) v1alpha1.Time {
+	if vm.Status.Stats == nil {
+		return v1alpha1.Time{}
+	}
+	tr := vm.Status.Stats.PhasesTransitions
+	for i := len(tr) - 1; i >= 0; i-- {
+		if tr[i].Phase == p {
+			return tr[i].Timestamp
+		}
+	}
+	return v1alpha1.Time{}
+}

@@ -1,0 +1,196 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+)
+
+// vmPausedAnnotation is the annotation the VM controller turns into power state Paused.
+const vmPausedAnnotation = "virtualization.rakhsh.io/paused"
+
+// newVMCommand returns `rakhsh vm`: shortcuts for power operations on a VM.
+func newVMCommand(cc *cliContext) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vm",
+		Short: "Start, stop, restart, pause or resume a virtual machine",
+		Long: "Shortcuts for power actions on a virtual machine.\n\n" +
+			"start, stop and restart create a VirtualMachineOperation (named NAME-start-XXXXX etc.)\n" +
+			"and print its name; with --wait they wait until it completes and fail if it fails.\n" +
+			"pause and resume set or remove the annotation " + vmPausedAnnotation + " on the VM.",
+		Args: cobra.NoArgs,
+		Run:  func(cmd *cobra.Command, _ []string) { _ = cmd.Help() },
+	}
+	for _, t := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart} {
+		cmd.AddCommand(newVMOpCommand(cc, t))
+	}
+	cmd.AddCommand(newVMPauseCommand(cc, true), newVMPauseCommand(cc, false))
+	return cmd
+}
+
+func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
+	var force, wait bool
+	var timeout time.Duration
+	verb := strings.ToLower(string(typ))
+	short := map[v1alpha1.VMOPType]string{
+		v1alpha1.VMOPTypeStart:   "Start a virtual machine",
+		v1alpha1.VMOPTypeStop:    "Stop a virtual machine (ACPI power button, then power off after its grace period; --force powers off at once)",
+		v1alpha1.VMOPTypeRestart: "Restart a virtual machine (graceful stop and start; --force resets at once)",
+	}[typ]
+	cmd := &cobra.Command{
+		Use:     verb + " NAME",
+		Short:   short,
+		Args:    cobra.ExactArgs(1),
+		Example: fmt.Sprintf("  rakhsh vm %s vm1 --wait", verb),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if force && typ == v1alpha1.VMOPTypeStart {
+				return usageErrorf("--force is not allowed with start")
+			}
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ns, name := cc.Namespace(), args[0]
+			if err := c.Get(ctx, "virtualmachines", ns, name, &struct{}{}); err != nil {
+				return err
+			}
+			op := v1alpha1.VirtualMachineOperation{
+				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
+				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: name + "-" + verb + "-", Namespace: ns},
+				Spec:       v1alpha1.VirtualMachineOperationSpec{Type: typ, VirtualMachineName: name},
+			}
+			if force {
+				op.Spec.Force = &force
+			}
+			var out v1alpha1.VirtualMachineOperation
+			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
+			if !wait {
+				return nil
+			}
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			final, err := waitOperation(ctx, c, ns, out.Name)
+			if err != nil {
+				return err
+			}
+			msg := ""
+			if cnd := v1alpha1.FindCondition(final.Status.Conditions, v1alpha1.VMOPConditionCompleted); cnd != nil {
+				msg = cnd.Message
+			}
+			if final.Status.Phase != v1alpha1.VMOPPhaseCompleted {
+				return fmt.Errorf("operation %s %s: %s", out.Name, final.Status.Phase, msg)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "%s completed: %s\n", out.Name, msg)
+			return nil
+		},
+	}
+	if typ != v1alpha1.VMOPTypeStart {
+		cmd.Flags().BoolVar(&force, "force", false, "power off (stop) or reset (restart) at once instead of asking the guest")
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the operation completes; fail if it fails")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "with --wait, how long to wait (0: no limit)")
+	return cmd
+}
+
+// waitOperation polls an operation until it reaches a final phase.
+func waitOperation(ctx context.Context, c *client.Client, ns, name string) (*v1alpha1.VirtualMachineOperation, error) {
+	for {
+		var op v1alpha1.VirtualMachineOperation
+		if err := c.Get(ctx, "virtualmachineoperations", ns, name, &op); err != nil {
+			return nil, err
+		}
+		switch op.Status.Phase {
+		case v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPPhaseSuperseded:
+			return &op, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for operation %s (phase %s): %w", name, orPending(string(op.Status.Phase)), ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func orPending(s string) string {
+	if s == "" {
+		return "Pending"
+	}
+	return s
+}
+
+func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
+	var wait bool
+	var timeout time.Duration
+	use, short, want := "resume NAME", "Resume a paused virtual machine", v1alpha1.VMPhaseRunning
+	if pause {
+		use, short, want = "pause NAME", "Pause a running virtual machine (its vCPUs stop; memory is kept)", v1alpha1.VMPhasePause
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ns, name := cc.Namespace(), args[0]
+			var val any
+			if pause {
+				val = "true"
+			}
+			body, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{vmPausedAnnotation: val}}})
+			if err != nil {
+				return err
+			}
+			if err := c.Patch(ctx, "virtualmachines", ns, name, body, nil); err != nil {
+				return err
+			}
+			verb := "resumed"
+			if pause {
+				verb = "paused"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "virtualmachine/%s %s\n", name, verb)
+			if !wait {
+				return nil
+			}
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			for {
+				var vm v1alpha1.VirtualMachine
+				if err := c.Get(ctx, "virtualmachines", ns, name, &vm); err != nil {
+					return err
+				}
+				if vm.Status.Phase == want {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("waiting for %s to be %s (phase %s): %w", name, want, vm.Status.Phase, ctx.Err())
+				case <-time.After(250 * time.Millisecond):
+				}
+			}
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the VM's phase is "+string(want))
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait, how long to wait (0: no limit)")
+	return cmd
+}

@@ -1,0 +1,249 @@
+package scheduler
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// Reasons a node does not fit a VM, as counted in the Scheduled condition's message.
+const (
+	whyNotReady       = "not ready"
+	whyStale          = "not heartbeating"
+	whyUnschedulable  = "unschedulable"
+	whyTaint          = "with an untolerated taint"
+	whySelector       = "not matching nodeSelector"
+	whyAffinity       = "not matching node affinity"
+	whyCPU            = "insufficient cpu"
+	whyMemory         = "insufficient memory"
+	whyNoCapacity     = "without reported capacity"
+	whyDiskOnAnotherN = "not holding the VM's disks"
+)
+
+// nodeState is a node with what is allocated on it.
+type nodeState struct {
+	node     *v1alpha1.Node
+	usedCPU  int64
+	usedMem  int64
+	allocCPU int64
+	allocMem int64
+}
+
+// newNodeState computes allocatable = capacity × allocation ratio.
+func newNodeState(n *v1alpha1.Node) *nodeState {
+	s := &nodeState{node: n}
+	if c := n.Status.Capacity; c != nil {
+		cr, mr := n.Spec.AllocationRatios.CPU, n.Spec.AllocationRatios.Memory
+		if cr <= 0 {
+			cr = v1alpha1.DefaultCPUAllocationRatio
+		}
+		if mr <= 0 {
+			mr = v1alpha1.DefaultMemoryAllocationRatio
+		}
+		s.allocCPU = int64(float64(c.CPU) * cr)
+		if m, err := c.Memory.Value(); err == nil {
+			s.allocMem = int64(float64(m) * mr)
+		}
+	}
+	return s
+}
+
+// vmRequest is what a VM needs of a node.
+func vmRequest(vm *v1alpha1.VirtualMachine) (cpu, mem int64) {
+	mem, _ = vm.Spec.Memory.Size.Value()
+	return int64(vm.Spec.CPU.Cores), mem
+}
+
+// fits says why n cannot take vm ("" when it can). diskNode, when set, is the node that
+// holds the VM's local disks.
+func fits(vm *v1alpha1.VirtualMachine, n *nodeState, now time.Time, staleAfter time.Duration, diskNode string) string {
+	node := n.node
+	if node.Status.Phase != v1alpha1.NodePhaseReady {
+		return whyNotReady
+	}
+	if hb := node.Status.LastHeartbeatTime; hb == nil || now.Sub(hb.Time) > staleAfter {
+		return whyStale
+	}
+	if node.Spec.Unschedulable {
+		return whyUnschedulable
+	}
+	if diskNode != "" && diskNode != node.Name {
+		return whyDiskOnAnotherN
+	}
+	for _, t := range node.Spec.Taints {
+		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule {
+			continue
+		}
+		if !tolerated(t, vm.Spec.Tolerations) {
+			return whyTaint
+		}
+	}
+	for k, v := range vm.Spec.NodeSelector {
+		if node.Labels[k] != v {
+			return whySelector
+		}
+	}
+	if a := vm.Spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		terms := a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+		ok := len(terms) == 0
+		for _, t := range terms {
+			if matchTerm(t, node) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return whyAffinity
+		}
+	}
+	if node.Status.Capacity == nil {
+		return whyNoCapacity
+	}
+	cpu, mem := vmRequest(vm)
+	if n.usedCPU+cpu > n.allocCPU {
+		return whyCPU
+	}
+	if n.usedMem+mem > n.allocMem {
+		return whyMemory
+	}
+	return ""
+}
+
+// tolerated says whether one of the tolerations matches the taint.
+func tolerated(t v1alpha1.Taint, tols []v1alpha1.Toleration) bool {
+	for _, tol := range tols {
+		if tol.Effect != "" && tol.Effect != t.Effect {
+			continue
+		}
+		switch tol.Operator {
+		case v1alpha1.TolerationOpExists:
+			if tol.Key == "" || tol.Key == t.Key {
+				return true
+			}
+		default:
+			if tol.Key == t.Key && tol.Value == t.Value {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// matchTerm evaluates a node selector term (all requirements ANDed).
+func matchTerm(t v1alpha1.NodeSelectorTerm, node *v1alpha1.Node) bool {
+	for _, r := range t.MatchExpressions {
+		v, has := node.Labels[r.Key]
+		if !matchReq(r, v, has) {
+			return false
+		}
+	}
+	for _, r := range t.MatchFields {
+		if r.Key != "metadata.name" || !matchReq(r, node.Name, true) {
+			return false
+		}
+	}
+	return true
+}
+
+func matchReq(r v1alpha1.NodeSelectorRequirement, v string, has bool) bool {
+	in := func() bool {
+		for _, x := range r.Values {
+			if x == v {
+				return true
+			}
+		}
+		return false
+	}
+	switch r.Operator {
+	case v1alpha1.SelectorOpIn:
+		return has && in()
+	case v1alpha1.SelectorOpNotIn:
+		return !has || !in()
+	case v1alpha1.SelectorOpExists:
+		return has
+	case v1alpha1.SelectorOpDoesNotExist:
+		return !has
+	case v1alpha1.SelectorOpGt, v1alpha1.SelectorOpLt:
+		if !has || len(r.Values) != 1 {
+			return false
+		}
+		a, err1 := strconv.ParseInt(v, 10, 64)
+		b, err2 := strconv.ParseInt(r.Values[0], 10, 64)
+		if err1 != nil || err2 != nil {
+			return false
+		}
+		if r.Operator == v1alpha1.SelectorOpGt {
+			return a > b
+		}
+		return a < b
+	}
+	return false
+}
+
+// score ranks a fitting node: least allocated after placing the VM (the mean free share of
+// cpu and memory, 0..100), plus preferred node affinity weights, minus a penalty for
+// PreferNoSchedule taints not tolerated.
+func score(vm *v1alpha1.VirtualMachine, n *nodeState) float64 {
+	cpu, mem := vmRequest(vm)
+	free := func(used, req, alloc int64) float64 {
+		if alloc <= 0 {
+			return 0
+		}
+		return float64(alloc-used-req) / float64(alloc)
+	}
+	s := 50 * (free(n.usedCPU, cpu, n.allocCPU) + free(n.usedMem, mem, n.allocMem))
+	if a := vm.Spec.Affinity; a != nil && a.NodeAffinity != nil {
+		for _, p := range a.NodeAffinity.PreferredDuringSchedulingIgnoredDuringExecution {
+			if matchTerm(p.Preference, n.node) {
+				s += float64(p.Weight)
+			}
+		}
+	}
+	for _, t := range n.node.Spec.Taints {
+		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule && !tolerated(t, vm.Spec.Tolerations) {
+			s -= 100
+		}
+	}
+	return s
+}
+
+// pick returns the best node for vm, or "" and the reason nothing fits.
+func pick(vm *v1alpha1.VirtualMachine, nodes []*nodeState, now time.Time, staleAfter time.Duration, diskNode string) (string, string) {
+	if len(nodes) == 0 {
+		return "", "0/0 nodes are available: no node is registered"
+	}
+	counts := map[string]int{}
+	best, bestScore := "", 0.0
+	for _, n := range nodes {
+		if why := fits(vm, n, now, staleAfter, diskNode); why != "" {
+			counts[why]++
+			continue
+		}
+		s := score(vm, n)
+		if best == "" || s > bestScore || (s == bestScore && n.node.Name < best) {
+			best, bestScore = n.node.Name, s
+		}
+	}
+	if best != "" {
+		return best, ""
+	}
+	whys := make([]string, 0, len(counts))
+	for w := range counts {
+		whys = append(whys, w)
+	}
+	sort.Slice(whys, func(i, j int) bool {
+		if counts[whys[i]] != counts[whys[j]] {
+			return counts[whys[i]] > counts[whys[j]]
+		}
+		return whys[i] < whys[j]
+	})
+	parts := make([]string, len(whys))
+	for i, w := range whys {
+		parts[i] = fmt.Sprintf("%d %s", counts[w], w)
+	}
+	return "", fmt.Sprintf("0/%d nodes are available: %s", len(nodes), strings.Join(parts, ", "))
+}

@@ -1,0 +1,472 @@
+// Package vm is the VirtualMachine controller: it applies the lifecycle policy. From
+// spec.runPolicy, the VM's VirtualMachineOperations (Start, Stop, Restart), the paused
+// annotation and what the node agent reported (status.lastExit) it writes
+// status.powerRequest, which the agent of the VM's node carries out. It also checks the
+// VM's block devices (condition BlockDevicesReady), writes the phase of VMs not bound to a
+// node (Pending, Stopped, Terminating), keeps the cleanup finalizer and drives the
+// operations' phases.
+//
+// It owns these VM status fields: powerRequest, the BlockDevicesReady condition, and phase
+// while status.nodeName is empty. Writes are merge patches of those fields guarded by the
+// resourceVersion.
+package vm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+)
+
+// Finalizer keeps a VM object until its node agent has stopped its QEMU and removed its run
+// directory (the same name the agent uses).
+const Finalizer = "virtualization.rakhsh.io/vm-cleanup"
+
+// Reasons of the BlockDevicesReady condition.
+const (
+	ReasonBlockDevicesReady    = "BlockDevicesReady"
+	ReasonBlockDevicesNotReady = "BlockDevicesNotReady"
+)
+
+// Config configures the controller.
+type Config struct {
+	Client *client.Client
+	Log    *slog.Logger
+	// Workers is the number of VMs reconciled at once; default 4.
+	Workers int
+	// BaseBackoff and MaxBackoff bound the delay of restarts after crashes; defaults 1 s, 5 min.
+	BaseBackoff, MaxBackoff time.Duration
+	// Now and NewID are injected for tests; defaults time.Now and random hex.
+	Now   func() time.Time
+	NewID func() string
+}
+
+// Controller is the VM controller.
+type Controller struct {
+	cfg Config
+	c   *client.Client
+	log *slog.Logger
+	rec *runtime.Recorder
+
+	vms, ops, disks, images, cimages *runtime.Informer
+	queue                            *runtime.Queue
+}
+
+// New returns a controller; Run starts it.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("vm controller: a client is required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.BaseBackoff <= 0 {
+		cfg.BaseBackoff = DefaultBaseBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.NewID == nil {
+		cfg.NewID = randomID
+	}
+	log := cfg.Log.With("component", "vm-controller")
+	return &Controller{cfg: cfg, c: cfg.Client, log: log,
+		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-vm-controller", Log: log}}, nil
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Run reconciles until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	c.queue = runtime.NewQueue("vm", c.log)
+	c.queue.MaxBackoff = 10 * time.Second
+	c.vms = runtime.NewInformer(c.c, "virtualmachines", "", c.log)
+	c.ops = runtime.NewInformer(c.c, "virtualmachineoperations", "", c.log)
+	c.disks = runtime.NewInformer(c.c, "virtualdisks", "", c.log)
+	c.images = runtime.NewInformer(c.c, "virtualimages", "", c.log)
+	c.cimages = runtime.NewInformer(c.c, "clustervirtualimages", "", c.log)
+	c.vms.OnChange(c.queue.Add)
+	c.ops.OnChange(func(k runtime.Key) {
+		var op v1alpha1.VirtualMachineOperation
+		if ok, err := c.ops.Get(k, &op); ok && err == nil {
+			c.queue.Add(runtime.NewKey(op.Namespace, op.Spec.VirtualMachineName))
+		}
+	})
+	c.disks.OnChange(func(k runtime.Key) { c.queueUsers(k, v1alpha1.BlockDeviceKindVirtualDisk) })
+	c.images.OnChange(func(k runtime.Key) { c.queueUsers(k, v1alpha1.BlockDeviceKindVirtualImage) })
+	c.cimages.OnChange(func(k runtime.Key) { c.queueUsers(k, v1alpha1.BlockDeviceKindClusterVirtualImage) })
+	for _, inf := range []*runtime.Informer{c.vms, c.ops, c.disks, c.images, c.cimages} {
+		go inf.Run(ctx)
+	}
+	for _, inf := range []*runtime.Informer{c.vms, c.ops, c.disks, c.images, c.cimages} {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-inf.Synced():
+		}
+	}
+	for _, k := range c.vms.Keys() {
+		c.queue.Add(k)
+	}
+	c.queue.Run(ctx, c.cfg.Workers, c.reconcile)
+	return nil
+}
+
+// queueUsers queues the VMs that reference a changed disk or image.
+func (c *Controller) queueUsers(k runtime.Key, kind v1alpha1.BlockDeviceKind) {
+	ns, name := k.Split()
+	for _, raw := range c.vms.Raw() {
+		var vm v1alpha1.VirtualMachine
+		if json.Unmarshal(raw, &vm) != nil {
+			continue
+		}
+		if kind != v1alpha1.BlockDeviceKindClusterVirtualImage && vm.Namespace != ns {
+			continue
+		}
+		for _, r := range vm.Spec.BlockDeviceRefs {
+			if r.Kind == kind && r.Name == name {
+				c.queue.Add(runtime.KeyOf(&vm))
+				break
+			}
+		}
+	}
+}
+
+// opsFor returns the operations naming the VM.
+func (c *Controller) opsFor(ns, name string) []*v1alpha1.VirtualMachineOperation {
+	var out []*v1alpha1.VirtualMachineOperation
+	for _, raw := range c.ops.Raw() {
+		op := &v1alpha1.VirtualMachineOperation{}
+		if json.Unmarshal(raw, op) != nil {
+			continue
+		}
+		if op.Namespace == ns && op.Spec.VirtualMachineName == name && op.DeletionTimestamp == nil {
+			out = append(out, op)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+	ns, name := key.Split()
+	var vm v1alpha1.VirtualMachine
+	ok, err := c.vms.Get(key, &vm)
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	if !ok {
+		for _, op := range c.opsFor(ns, name) {
+			if isPowerOp(op.Spec.Type) && isActive(op.Status.Phase) {
+				if err := c.writeOp(ctx, op, opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseFailed,
+					reason: v1alpha1.VMOPReasonVirtualMachineNotFound, message: fmt.Sprintf("virtual machine %q not found", name)}); err != nil {
+					return runtime.Result{}, err
+				}
+			}
+		}
+		return runtime.Result{}, nil
+	}
+	if vm.DeletionTimestamp != nil {
+		return runtime.Result{}, c.finishDelete(ctx, &vm)
+	}
+	if !hasFinalizer(&vm) {
+		if err := c.addFinalizer(ctx, &vm); err != nil {
+			return runtime.Result{}, err
+		}
+	}
+
+	ops := c.opsFor(ns, name)
+	var d decision
+	var bdCond v1alpha1.Condition
+	written, err := c.patchStatus(ctx, &vm, func(v *v1alpha1.VirtualMachine) error {
+		pol := policy{now: c.cfg.Now(), newID: c.cfg.NewID, baseBackoff: c.cfg.BaseBackoff, maxBackoff: c.cfg.MaxBackoff}
+		d = pol.decide(v, ops)
+		v.Status.PowerRequest = d.power
+		bdCond = c.blockDevicesCondition(v)
+		v1alpha1.SetCondition(&v.Status.Conditions, bdCond)
+		if v.Status.NodeName == "" {
+			p := v1alpha1.VMPhaseStopped
+			if wantsRunning(d.power) {
+				p = v1alpha1.VMPhasePending
+			}
+			setPhase(v, p, v1alpha1.NewTime(c.cfg.Now()))
+		}
+		return nil
+	})
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	for _, u := range d.ops {
+		for _, op := range ops {
+			if op.Name == u.name {
+				if err := c.writeOp(ctx, op, u); err != nil {
+					return runtime.Result{}, err
+				}
+			}
+		}
+	}
+	if written != nil && bdCond.Status == v1alpha1.ConditionFalse {
+		c.log.Debug("block devices not ready", "vm", string(key), "why", bdCond.Message)
+	}
+	return runtime.Result{RequeueAfter: d.requeue}, nil
+}
+
+// blockDevicesCondition checks that every referenced disk and image exists and is Ready.
+func (c *Controller) blockDevicesCondition(vm *v1alpha1.VirtualMachine) v1alpha1.Condition {
+	var problems []string
+	for _, r := range vm.Spec.BlockDeviceRefs {
+		var inf *runtime.Informer
+		k := runtime.NewKey(vm.Namespace, r.Name)
+		switch r.Kind {
+		case v1alpha1.BlockDeviceKindVirtualDisk:
+			inf = c.disks
+		case v1alpha1.BlockDeviceKindVirtualImage:
+			inf = c.images
+		case v1alpha1.BlockDeviceKindClusterVirtualImage:
+			inf, k = c.cimages, runtime.NewKey("", r.Name)
+		default:
+			problems = append(problems, fmt.Sprintf("%s %q: unsupported kind", r.Kind, r.Name))
+			continue
+		}
+		var obj struct {
+			Status struct {
+				Phase string `json:"phase"`
+			} `json:"status"`
+		}
+		found, err := inf.Get(k, &obj)
+		switch {
+		case err != nil || !found:
+			problems = append(problems, fmt.Sprintf("%s %q not found", r.Kind, r.Name))
+		case obj.Status.Phase != "Ready":
+			ph := obj.Status.Phase
+			if ph == "" {
+				ph = "Pending"
+			}
+			problems = append(problems, fmt.Sprintf("%s %q is %s, not Ready", r.Kind, r.Name, ph))
+		}
+	}
+	if len(problems) > 0 {
+		return v1alpha1.Condition{Type: v1alpha1.VMConditionBlockDevicesReady, Status: v1alpha1.ConditionFalse,
+			Reason: ReasonBlockDevicesNotReady, Message: strings.Join(problems, "; "), ObservedGeneration: vm.Generation}
+	}
+	return v1alpha1.Condition{Type: v1alpha1.VMConditionBlockDevicesReady, Status: v1alpha1.ConditionTrue,
+		Reason: ReasonBlockDevicesReady, Message: fmt.Sprintf("all %d block devices are ready", len(vm.Spec.BlockDeviceRefs)), ObservedGeneration: vm.Generation}
+}
+
+func setPhase(vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, now v1alpha1.Time) {
+	if vm.Status.Phase == p {
+		return
+	}
+	vm.Status.Phase = p
+	if vm.Status.Stats == nil {
+		vm.Status.Stats = &v1alpha1.VirtualMachineStats{}
+	}
+	tr := append(vm.Status.Stats.PhasesTransitions, v1alpha1.VirtualMachinePhaseTransition{Phase: p, Timestamp: now})
+	if len(tr) > 10 {
+		tr = tr[len(tr)-10:]
+	}
+	vm.Status.Stats.PhasesTransitions = tr
+}
+
+// controllerFields are the status fields this controller writes (phase and stats only for
+// VMs without a node; the mutate function leaves them alone otherwise).
+var controllerFields = []string{"powerRequest", "conditions", "phase", "stats"}
+
+// patchStatus reads the VM fresh, applies mutate, and writes the owned fields guarded by
+// the resourceVersion read; it retries conflicts. It returns nil when nothing changed.
+func (c *Controller) patchStatus(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+	var last error
+	for attempt := 0; attempt < 8; attempt++ {
+		var v v1alpha1.VirtualMachine
+		if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
+			if client.IsNotFound(err) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		if v.UID != vm.UID {
+			return nil, nil
+		}
+		before, _ := json.Marshal(v.Status)
+		if err := mutate(&v); err != nil {
+			return nil, err
+		}
+		after, _ := json.Marshal(v.Status)
+		patch, err := ownedPatch(before, after, controllerFields)
+		if err != nil || patch == nil {
+			return nil, err
+		}
+		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": v.ResourceVersion}, "status": patch})
+		var out v1alpha1.VirtualMachine
+		err = c.c.PatchStatus(ctx, "virtualmachines", v.Namespace, v.Name, body, &out)
+		if err == nil {
+			return &out, nil
+		}
+		if client.IsNotFound(err) {
+			return nil, nil
+		}
+		if !client.IsConflict(err) {
+			return nil, err
+		}
+		last = err
+	}
+	return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, last)
+}
+
+func ownedPatch(before, after []byte, keys []string) (map[string]any, error) {
+	var b, a map[string]json.RawMessage
+	if err := json.Unmarshal(before, &b); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(after, &a); err != nil {
+		return nil, err
+	}
+	patch := map[string]any{}
+	for _, k := range keys {
+		av, aok := a[k]
+		bv, bok := b[k]
+		switch {
+		case aok && (!bok || !bytes.Equal(av, bv)):
+			patch[k] = av
+		case !aok && bok:
+			patch[k] = nil
+		}
+	}
+	if len(patch) == 0 {
+		return nil, nil
+	}
+	return patch, nil
+}
+
+func hasFinalizer(vm *v1alpha1.VirtualMachine) bool {
+	for _, f := range vm.Finalizers {
+		if f == Finalizer {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Controller) addFinalizer(ctx context.Context, vm *v1alpha1.VirtualMachine) error {
+	fins := append(append([]string{}, vm.Finalizers...), Finalizer)
+	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": vm.ResourceVersion, "finalizers": fins}})
+	err := c.c.Patch(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
+	if client.IsConflict(err) || client.IsNotFound(err) {
+		return nil // a newer version is on its way through the informer
+	}
+	return err
+}
+
+// finishDelete handles a VM being deleted: operations fail; a VM bound to no node loses its
+// finalizer here (a bound one is cleaned up by its node's agent).
+func (c *Controller) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachine) error {
+	for _, op := range c.opsFor(vm.Namespace, vm.Name) {
+		if isPowerOp(op.Spec.Type) && isActive(op.Status.Phase) {
+			if err := c.writeOp(ctx, op, opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseFailed,
+				reason: v1alpha1.VMOPReasonNotApplicableForPhase, message: "the virtual machine is being deleted"}); err != nil {
+				return err
+			}
+		}
+	}
+	if vm.Status.NodeName != "" || !hasFinalizer(vm) {
+		return nil
+	}
+	if vm.Status.Phase != v1alpha1.VMPhaseTerminating {
+		_, err := c.patchStatus(ctx, vm, func(v *v1alpha1.VirtualMachine) error {
+			if v.Status.NodeName == "" {
+				setPhase(v, v1alpha1.VMPhaseTerminating, v1alpha1.NewTime(c.cfg.Now()))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	// Remove the finalizer only while no node holds the VM: the patch is guarded by the
+	// resourceVersion of a read that saw no node, so a concurrent binding makes it fail.
+	var v v1alpha1.VirtualMachine
+	if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
+		if client.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	if v.UID != vm.UID || v.Status.NodeName != "" {
+		return nil
+	}
+	var fins []string
+	for _, f := range v.Finalizers {
+		if f != Finalizer {
+			fins = append(fins, f)
+		}
+	}
+	if fins == nil {
+		fins = []string{}
+	}
+	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": v.ResourceVersion, "finalizers": fins}})
+	err := c.c.Patch(ctx, "virtualmachines", v.Namespace, v.Name, body, nil)
+	if client.IsNotFound(err) {
+		return nil
+	}
+	if client.IsConflict(err) {
+		return fmt.Errorf("removing the finalizer of %s/%s: %w", v.Namespace, v.Name, err)
+	}
+	return err
+}
+
+// writeOp writes an operation's phase and conditions.
+func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOperation, u opUpdate) error {
+	st := op.Status
+	st.Conditions = append([]v1alpha1.Condition(nil), st.Conditions...)
+	st.Phase = u.phase
+	st.ObservedGeneration = op.Generation
+	switch u.phase {
+	case v1alpha1.VMOPPhaseInProgress:
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VMOPConditionCompleted, Status: v1alpha1.ConditionFalse, Reason: "InProgress", Message: u.message})
+	case v1alpha1.VMOPPhaseCompleted:
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VMOPConditionCompleted, Status: v1alpha1.ConditionTrue, Reason: u.reason, Message: u.message})
+	default:
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VMOPConditionCompleted, Status: v1alpha1.ConditionFalse, Reason: u.reason, Message: u.message})
+	}
+	if u.signal {
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VMOPConditionSignalSent, Status: v1alpha1.ConditionTrue, Reason: "SignalSent", Message: u.message})
+	}
+	body, _ := json.Marshal(map[string]any{"status": map[string]any{"phase": st.Phase, "conditions": st.Conditions, "observedGeneration": st.ObservedGeneration}})
+	err := c.c.PatchStatus(ctx, "virtualmachineoperations", op.Namespace, op.Name, body, nil)
+	if client.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	typ := "Normal"
+	if u.phase == v1alpha1.VMOPPhaseFailed {
+		typ = "Warning"
+	}
+	if u.phase != v1alpha1.VMOPPhaseInProgress {
+		c.rec.Event(ctx, "VirtualMachineOperation", op, typ, string(u.phase), u.message)
+	}
+	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", u.phase, "message", u.message)
+	return nil
+}

@@ -1,0 +1,358 @@
+package vm
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// PausedAnnotation pauses a VM: with "true" the controller asks for power state Paused
+// (the vCPUs stop, memory stays), without it (or with any other value) Running again.
+// VirtualMachineOperation has no pause type, and users do not write status, so pausing is
+// an annotation on the VM (`rakhsh vm pause|resume NAME` sets and removes it).
+const PausedAnnotation = "virtualization.rakhsh.io/paused"
+
+// Backoff bounds of restarts after crashes and failed starts: BaseBackoff doubling per
+// consecutive failure (lastExit.count) up to MaxBackoff.
+const (
+	DefaultBaseBackoff = time.Second
+	DefaultMaxBackoff  = 5 * time.Minute
+)
+
+// opUpdate is a new status for one operation.
+type opUpdate struct {
+	name    string
+	phase   v1alpha1.VMOPPhase
+	reason  string // reason of the Completed condition
+	message string
+	signal  bool // set SignalSent=True
+}
+
+// decision is what the policy wants written.
+type decision struct {
+	power   *v1alpha1.VMPowerRequest
+	requeue time.Duration
+	ops     []opUpdate
+}
+
+// policy holds the knobs of decide.
+type policy struct {
+	now         time.Time
+	newID       func() string
+	baseBackoff time.Duration
+	maxBackoff  time.Duration
+}
+
+func isPowerOp(t v1alpha1.VMOPType) bool {
+	return t == v1alpha1.VMOPTypeStart || t == v1alpha1.VMOPTypeStop || t == v1alpha1.VMOPTypeRestart
+}
+
+func isActive(p v1alpha1.VMOPPhase) bool {
+	return p == "" || p == v1alpha1.VMOPPhasePending || p == v1alpha1.VMOPPhaseInProgress
+}
+
+func wantsRunning(pr *v1alpha1.VMPowerRequest) bool {
+	return pr != nil && (pr.State == v1alpha1.PowerStateRunning || pr.State == v1alpha1.PowerStatePaused)
+}
+
+// opRestartID is the RestartID an operation asks for: deterministic, so applying an
+// operation twice (after a crash between two writes) asks for the same thing.
+func opRestartID(op *v1alpha1.VirtualMachineOperation) string { return "op-" + op.UID }
+
+// backoff is the delay before restart number count (1, 2, ...) after unplanned exits.
+func (p policy) backoff(count int) time.Duration {
+	if count < 1 {
+		count = 1
+	}
+	d := p.baseBackoff
+	for i := 1; i < count && d < p.maxBackoff; i++ {
+		d *= 2
+	}
+	if d > p.maxBackoff {
+		d = p.maxBackoff
+	}
+	return d
+}
+
+// isRunningNow says the VM runs as its power request asks (nothing pending).
+func isRunningNow(vm *v1alpha1.VirtualMachine) bool {
+	pr := vm.Status.PowerRequest
+	return wantsRunning(pr) && pr.RestartID == vm.Status.ObservedRestartID &&
+		(vm.Status.Phase == v1alpha1.VMPhaseRunning || vm.Status.Phase == v1alpha1.VMPhasePause)
+}
+
+func isStoppedNow(vm *v1alpha1.VirtualMachine) bool {
+	switch vm.Status.Phase {
+	case "", v1alpha1.VMPhasePending, v1alpha1.VMPhaseStopped:
+		return !wantsRunning(vm.Status.PowerRequest) || vm.Status.NodeName == ""
+	}
+	return false
+}
+
+// decide computes the VM's next power request and the operations' new statuses from the
+// VM (spec.runPolicy, status.powerRequest, status.lastExit, the paused annotation) and its
+// power operations. It is pure: the same input always gives the same decision.
+//
+// Order: (1) in-progress operations are checked against the status the agent reported;
+// (2) the run policy (initial state, AlwaysOff/AlwaysOn, what to do after an exit);
+// (3) operations: the newest active one wins, older active ones are superseded;
+// (4) the paused annotation.
+func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachineOperation) decision {
+	var d decision
+	st := &vm.Status
+	var pr v1alpha1.VMPowerRequest
+	if st.PowerRequest != nil {
+		pr = *st.PowerRequest
+	}
+	rp := vm.Spec.RunPolicy
+	if rp == "" {
+		rp = v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually
+	}
+
+	// Active power operations, oldest first.
+	var active []*v1alpha1.VirtualMachineOperation
+	for _, op := range ops {
+		if isPowerOp(op.Spec.Type) && isActive(op.Status.Phase) {
+			active = append(active, op)
+		}
+	}
+	sort.SliceStable(active, func(i, j int) bool {
+		ti, tj := creation(active[i]), creation(active[j])
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		return active[i].Name < active[j].Name
+	})
+
+	// (1) In-progress operations: done, failed or still going.
+	var newest *v1alpha1.VirtualMachineOperation
+	if len(active) > 0 {
+		newest = active[len(active)-1]
+	}
+	for _, op := range active {
+		if op.Status.Phase != v1alpha1.VMOPPhaseInProgress {
+			continue
+		}
+		if op != newest {
+			continue // superseded below
+		}
+		if u, done := p.progress(vm, op); done {
+			d.ops = append(d.ops, u)
+			active = active[:len(active)-1]
+			newest = nil
+		}
+	}
+
+	// (2) Run policy.
+	if st.PowerRequest == nil {
+		switch rp {
+		case v1alpha1.RunPolicyAlwaysOn, v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually:
+			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning}
+		default:
+			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped}
+		}
+	}
+	switch rp {
+	case v1alpha1.RunPolicyAlwaysOff:
+		if wantsRunning(&pr) {
+			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped}
+		}
+	case v1alpha1.RunPolicyAlwaysOn:
+		if !wantsRunning(&pr) {
+			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: p.newID()}
+		}
+	}
+	// An exit the policy has not answered yet: the agent reported it (phase Stopped with
+	// lastExit) while the request still says run, and no new start was asked for since.
+	if ex := st.LastExit; ex != nil && wantsRunning(&pr) && st.PowerRequest != nil && wantsRunning(st.PowerRequest) &&
+		pr.RestartID == st.ObservedRestartID && st.Phase == v1alpha1.VMPhaseStopped {
+		restart, stop := false, false
+		switch ex.Reason {
+		case v1alpha1.ExitGuestShutdown:
+			if rp == v1alpha1.RunPolicyAlwaysOn {
+				restart = true
+			} else {
+				stop = true
+			}
+		case v1alpha1.ExitCrashed, v1alpha1.ExitStartFailed:
+			if rp == v1alpha1.RunPolicyManual {
+				stop = true
+			} else {
+				due := p.now
+				if ex.Time != nil {
+					due = ex.Time.Add(p.backoff(ex.Count))
+				}
+				if !p.now.Before(due) {
+					restart = true
+				} else {
+					d.requeue = due.Sub(p.now)
+				}
+			}
+		default: // Stopped while a start was wanted (a race between operations): start.
+			restart = true
+		}
+		if stop {
+			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped}
+		}
+		if restart {
+			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: p.newID()}
+		}
+	}
+
+	// (3) Operations: the newest active one wins.
+	for _, op := range active {
+		if op == newest {
+			continue
+		}
+		d.ops = append(d.ops, opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseSuperseded, reason: v1alpha1.VMOPReasonSuperseded,
+			message: fmt.Sprintf("superseded by the newer operation %q", newest.Name)})
+	}
+	if newest != nil && newest.Status.Phase != v1alpha1.VMOPPhaseInProgress {
+		u, next := p.begin(vm, rp, newest, pr)
+		pr = next
+		d.ops = append(d.ops, u)
+	}
+	// An in-progress operation keeps the request it made; if the policy replaced it (e.g.
+	// runPolicy became AlwaysOff), the next check fails the operation.
+
+	// (4) Pause.
+	paused := vm.Annotations[PausedAnnotation] == "true"
+	switch {
+	case paused && pr.State == v1alpha1.PowerStateRunning:
+		pr.State = v1alpha1.PowerStatePaused
+	case !paused && pr.State == v1alpha1.PowerStatePaused:
+		pr.State = v1alpha1.PowerStateRunning
+	}
+	d.power = &pr
+	return d
+}
+
+func creation(op *v1alpha1.VirtualMachineOperation) time.Time {
+	if op.CreationTimestamp == nil {
+		return time.Time{}
+	}
+	return op.CreationTimestamp.Time
+}
+
+// apply returns the power request an operation asks for.
+func (p policy) apply(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMachineOperation, pr v1alpha1.VMPowerRequest) v1alpha1.VMPowerRequest {
+	force := op.Spec.Force != nil && *op.Spec.Force
+	switch op.Spec.Type {
+	case v1alpha1.VMOPTypeStart:
+		if pr.Operation == op.Name {
+			return pr
+		}
+		if wantsRunning(&pr) && !isStoppedNow(vm) && vm.Status.Phase != v1alpha1.VMPhaseStopped {
+			// Already on its way up: adopt the start under way rather than restart it.
+			return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: pr.RestartID, Operation: op.Name}
+		}
+		return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: opRestartID(op), Operation: op.Name}
+	case v1alpha1.VMOPTypeStop:
+		return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped, Force: force, RestartID: pr.RestartID, Operation: op.Name}
+	case v1alpha1.VMOPTypeRestart:
+		return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, Force: force, RestartID: opRestartID(op), Operation: op.Name}
+	}
+	return pr
+}
+
+// begin validates a pending operation against the VM and returns its new status and the
+// power request it leads to.
+func (p policy) begin(vm *v1alpha1.VirtualMachine, rp v1alpha1.RunPolicy, op *v1alpha1.VirtualMachineOperation, pr v1alpha1.VMPowerRequest) (opUpdate, v1alpha1.VMPowerRequest) {
+	fail := func(reason, msg string) (opUpdate, v1alpha1.VMPowerRequest) {
+		return opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseFailed, reason: reason, message: msg}, pr
+	}
+	done := func(msg string) (opUpdate, v1alpha1.VMPowerRequest) {
+		return opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseCompleted, reason: v1alpha1.VMOPReasonOperationCompleted, message: msg}, pr
+	}
+	if vm.DeletionTimestamp != nil {
+		return fail(v1alpha1.VMOPReasonNotApplicableForPhase, "the virtual machine is being deleted")
+	}
+	applied := pr.Operation == op.Name // a crash came between the two writes: just continue
+	switch op.Spec.Type {
+	case v1alpha1.VMOPTypeStart:
+		if rp == v1alpha1.RunPolicyAlwaysOff {
+			return fail(v1alpha1.VMOPReasonNotApplicableForPolicy, "runPolicy AlwaysOff keeps the virtual machine stopped; change the runPolicy to start it")
+		}
+		if !applied && isRunningNow(vm) && wantsRunning(&pr) {
+			return done("the virtual machine is already running")
+		}
+	case v1alpha1.VMOPTypeStop:
+		if rp == v1alpha1.RunPolicyAlwaysOn {
+			return fail(v1alpha1.VMOPReasonNotApplicableForPolicy, "runPolicy AlwaysOn keeps the virtual machine running; change the runPolicy to AlwaysOnUnlessStoppedManually or Manual to stop it")
+		}
+		if !applied && isStoppedNow(vm) && !wantsRunning(&pr) {
+			return done("the virtual machine is already stopped")
+		}
+	case v1alpha1.VMOPTypeRestart:
+		if rp == v1alpha1.RunPolicyAlwaysOff {
+			return fail(v1alpha1.VMOPReasonNotApplicableForPolicy, "runPolicy AlwaysOff keeps the virtual machine stopped")
+		}
+	}
+	return opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseInProgress, signal: true,
+		message: fmt.Sprintf("asked the node agent to %s the virtual machine", opVerb(op.Spec.Type))}, p.apply(vm, op, pr)
+}
+
+func opVerb(t v1alpha1.VMOPType) string {
+	switch t {
+	case v1alpha1.VMOPTypeStart:
+		return "start"
+	case v1alpha1.VMOPTypeStop:
+		return "stop"
+	}
+	return "restart"
+}
+
+// progress checks an in-progress operation against the VM's status.
+func (p policy) progress(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMachineOperation) (opUpdate, bool) {
+	st := &vm.Status
+	pr := st.PowerRequest
+	completed := func(msg string) (opUpdate, bool) {
+		return opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseCompleted, reason: v1alpha1.VMOPReasonOperationCompleted, message: msg}, true
+	}
+	failed := func(msg string) (opUpdate, bool) {
+		return opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseFailed, reason: v1alpha1.VMOPReasonOperationFailed, message: msg}, true
+	}
+	if vm.DeletionTimestamp != nil {
+		return failed("the virtual machine is being deleted")
+	}
+	if pr == nil || pr.Operation != op.Name {
+		return failed("the power request was changed (by the runPolicy or another request) before the operation finished")
+	}
+	signalled := signalTime(op)
+	switch op.Spec.Type {
+	case v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeRestart:
+		if st.ObservedRestartID != pr.RestartID {
+			return opUpdate{}, false
+		}
+		graceful := op.Spec.Type == v1alpha1.VMOPTypeRestart && !pr.Force
+		startedSince := st.Stats != nil && st.Stats.LastStartTime != nil && !st.Stats.LastStartTime.Before(signalled)
+		if (st.Phase == v1alpha1.VMPhaseRunning || st.Phase == v1alpha1.VMPhasePause) && (!graceful || startedSince) {
+			return completed(fmt.Sprintf("the virtual machine runs (%s)", opVerb(op.Spec.Type)))
+		}
+		if ex := st.LastExit; ex != nil && st.Phase == v1alpha1.VMPhaseStopped && ex.Time != nil && !ex.Time.Before(signalled) {
+			msg := "the virtual machine did not start"
+			if ex.Reason == v1alpha1.ExitStartFailed {
+				msg = "QEMU failed to start"
+			}
+			if ex.Message != "" {
+				msg += ": " + ex.Message
+			}
+			return failed(msg)
+		}
+	case v1alpha1.VMOPTypeStop:
+		if st.Phase == v1alpha1.VMPhaseStopped || (st.NodeName == "" && st.Phase != v1alpha1.VMPhaseRunning) {
+			return completed("the virtual machine is stopped")
+		}
+	}
+	return opUpdate{}, false
+}
+
+// signalTime is when the operation's request was handed to the agent.
+func signalTime(op *v1alpha1.VirtualMachineOperation) time.Time {
+	if c := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionSignalSent); c != nil && c.LastTransitionTime != nil {
+		return c.LastTransitionTime.Time
+	}
+	return creation(op)
+}

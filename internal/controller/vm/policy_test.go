@@ -1,0 +1,299 @@
+package vm
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func testPolicy(now time.Time) policy {
+	n := 0
+	return policy{now: now, baseBackoff: time.Second, maxBackoff: 5 * time.Minute,
+		newID: func() string { n++; return fmt.Sprintf("new%d", n) }}
+}
+
+func tm(t time.Time) *v1alpha1.Time { x := v1alpha1.NewTime(t); return &x }
+
+func newVM(rp v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
+	return &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p", UID: "u"},
+		Spec: v1alpha1.VirtualMachineSpec{RunPolicy: rp}}
+}
+
+// exited is a VM whose QEMU ended for reason while the power request said run.
+func exited(rp v1alpha1.RunPolicy, reason string, count int, at time.Time) *v1alpha1.VirtualMachine {
+	vm := newVM(rp)
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: "r1"}
+	vm.Status.ObservedRestartID = "r1"
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	vm.Status.NodeName = "n1"
+	vm.Status.LastExit = &v1alpha1.VMExit{Reason: reason, Time: tm(at), Count: count}
+	return vm
+}
+
+func TestInitialPowerRequest(t *testing.T) {
+	for rp, want := range map[v1alpha1.RunPolicy]string{
+		"": v1alpha1.PowerStateRunning, v1alpha1.RunPolicyAlwaysOn: v1alpha1.PowerStateRunning,
+		v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually: v1alpha1.PowerStateRunning,
+		v1alpha1.RunPolicyAlwaysOff:                     v1alpha1.PowerStateStopped, v1alpha1.RunPolicyManual: v1alpha1.PowerStateStopped,
+	} {
+		d := testPolicy(t0).decide(newVM(rp), nil)
+		if d.power.State != want {
+			t.Errorf("%q: initial state %s, want %s", rp, d.power.State, want)
+		}
+	}
+}
+
+// TestExitPolicy is the runPolicy × exit reason table.
+func TestExitPolicy(t *testing.T) {
+	const restart, stay, wait = "restart", "stay stopped", "wait"
+	cases := []struct {
+		rp     v1alpha1.RunPolicy
+		reason string
+		want   string
+	}{
+		{v1alpha1.RunPolicyAlwaysOn, v1alpha1.ExitGuestShutdown, restart},
+		{v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually, v1alpha1.ExitGuestShutdown, stay},
+		{v1alpha1.RunPolicyManual, v1alpha1.ExitGuestShutdown, stay},
+		{v1alpha1.RunPolicyAlwaysOn, v1alpha1.ExitCrashed, restart},
+		{v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually, v1alpha1.ExitCrashed, restart},
+		{v1alpha1.RunPolicyManual, v1alpha1.ExitCrashed, stay},
+		{v1alpha1.RunPolicyAlwaysOn, v1alpha1.ExitStartFailed, restart},
+		{v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually, v1alpha1.ExitStartFailed, restart},
+		{v1alpha1.RunPolicyManual, v1alpha1.ExitStartFailed, stay},
+		{v1alpha1.RunPolicyAlwaysOff, v1alpha1.ExitCrashed, stay},
+		{v1alpha1.RunPolicyAlwaysOff, v1alpha1.ExitGuestShutdown, stay},
+	}
+	for _, c := range cases {
+		t.Run(string(c.rp)+"/"+c.reason, func(t *testing.T) {
+			// One second after the exit: the first backoff step has passed.
+			d := testPolicy(t0.Add(time.Second)).decide(exited(c.rp, c.reason, 1, t0), nil)
+			got := wait
+			switch {
+			case d.power.State == v1alpha1.PowerStateStopped:
+				got = stay
+			case d.power.RestartID != "r1":
+				got = restart
+			}
+			if got != c.want {
+				t.Fatalf("got %s (%+v), want %s", got, d.power, c.want)
+			}
+		})
+	}
+}
+
+func TestCrashBackoff(t *testing.T) {
+	for _, c := range []struct {
+		count int
+		after time.Duration
+		wait  time.Duration // 0: restart now
+	}{
+		{1, 0, time.Second},
+		{1, time.Second, 0},
+		{2, time.Second, time.Second},
+		{3, 3 * time.Second, time.Second},
+		{4, 8 * time.Second, 0},
+		{20, 4 * time.Minute, time.Minute},
+		{20, 5 * time.Minute, 0},
+	} {
+		vm := exited(v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually, v1alpha1.ExitCrashed, c.count, t0)
+		d := testPolicy(t0.Add(c.after)).decide(vm, nil)
+		if c.wait == 0 {
+			if d.power.RestartID == "r1" || d.requeue != 0 {
+				t.Errorf("count %d after %s: no restart (%+v, requeue %s)", c.count, c.after, d.power, d.requeue)
+			}
+			continue
+		}
+		if d.power.RestartID != "r1" || d.requeue != c.wait {
+			t.Errorf("count %d after %s: %+v requeue %s, want wait %s", c.count, c.after, d.power, d.requeue, c.wait)
+		}
+	}
+}
+
+// An exit the policy already answered (a new RestartID the agent has not carried out, or a
+// VM still running) is not answered twice.
+func TestExitAnsweredOnce(t *testing.T) {
+	vm := exited(v1alpha1.RunPolicyAlwaysOn, v1alpha1.ExitCrashed, 1, t0)
+	vm.Status.PowerRequest.RestartID = "r2"
+	if d := testPolicy(t0.Add(time.Hour)).decide(vm, nil); d.power.RestartID != "r2" {
+		t.Fatalf("restart asked twice: %+v", d.power)
+	}
+	vm = exited(v1alpha1.RunPolicyAlwaysOn, v1alpha1.ExitCrashed, 1, t0)
+	vm.Status.Phase = v1alpha1.VMPhaseRunning // restarted since
+	if d := testPolicy(t0.Add(time.Hour)).decide(vm, nil); d.power.RestartID != "r1" {
+		t.Fatalf("a running VM was restarted for an old exit: %+v", d.power)
+	}
+}
+
+func TestRunPolicyChanges(t *testing.T) {
+	vm := newVM(v1alpha1.RunPolicyAlwaysOff)
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning}
+	if d := testPolicy(t0).decide(vm, nil); d.power.State != v1alpha1.PowerStateStopped {
+		t.Errorf("AlwaysOff: %+v", d.power)
+	}
+	vm = newVM(v1alpha1.RunPolicyAlwaysOn)
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped, RestartID: "r1"}
+	vm.Status.ObservedRestartID = "r1"
+	if d := testPolicy(t0).decide(vm, nil); d.power.State != v1alpha1.PowerStateRunning || d.power.RestartID == "r1" {
+		t.Errorf("AlwaysOn from stopped: %+v", d.power)
+	}
+}
+
+func newOp(name string, typ v1alpha1.VMOPType, created time.Time, phase v1alpha1.VMOPPhase) *v1alpha1.VirtualMachineOperation {
+	return &v1alpha1.VirtualMachineOperation{
+		ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p", UID: "uid-" + name, CreationTimestamp: tm(created)},
+		Spec:       v1alpha1.VirtualMachineOperationSpec{Type: typ, VirtualMachineName: "vm"},
+		Status:     v1alpha1.VirtualMachineOperationStatus{Phase: phase},
+	}
+}
+
+func running(rp v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
+	vm := newVM(rp)
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: "r1"}
+	vm.Status.ObservedRestartID = "r1"
+	vm.Status.Phase = v1alpha1.VMPhaseRunning
+	vm.Status.NodeName = "n1"
+	return vm
+}
+
+func findUpdate(d decision, name string) *opUpdate {
+	for i := range d.ops {
+		if d.ops[i].name == name {
+			return &d.ops[i]
+		}
+	}
+	return nil
+}
+
+func TestOperations(t *testing.T) {
+	yes := true
+	cases := []struct {
+		name      string
+		vm        *v1alpha1.VirtualMachine
+		op        *v1alpha1.VirtualMachineOperation
+		force     bool
+		wantPhase v1alpha1.VMOPPhase
+		wantState string
+		wantID    string
+		reason    string
+	}{
+		{name: "stop running", vm: running(v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually), op: newOp("o", v1alpha1.VMOPTypeStop, t0, ""),
+			wantPhase: v1alpha1.VMOPPhaseInProgress, wantState: v1alpha1.PowerStateStopped},
+		{name: "force stop", vm: running(v1alpha1.RunPolicyManual), op: newOp("o", v1alpha1.VMOPTypeStop, t0, ""), force: true,
+			wantPhase: v1alpha1.VMOPPhaseInProgress, wantState: v1alpha1.PowerStateStopped},
+		{name: "stop AlwaysOn refused", vm: running(v1alpha1.RunPolicyAlwaysOn), op: newOp("o", v1alpha1.VMOPTypeStop, t0, ""),
+			wantPhase: v1alpha1.VMOPPhaseFailed, wantState: v1alpha1.PowerStateRunning, wantID: "r1", reason: v1alpha1.VMOPReasonNotApplicableForPolicy},
+		{name: "start AlwaysOff refused", vm: newVM(v1alpha1.RunPolicyAlwaysOff), op: newOp("o", v1alpha1.VMOPTypeStart, t0, ""),
+			wantPhase: v1alpha1.VMOPPhaseFailed, wantState: v1alpha1.PowerStateStopped, reason: v1alpha1.VMOPReasonNotApplicableForPolicy},
+		{name: "start running completes at once", vm: running(v1alpha1.RunPolicyManual), op: newOp("o", v1alpha1.VMOPTypeStart, t0, ""),
+			wantPhase: v1alpha1.VMOPPhaseCompleted, wantState: v1alpha1.PowerStateRunning, wantID: "r1", reason: v1alpha1.VMOPReasonOperationCompleted},
+		{name: "start manual", vm: newVM(v1alpha1.RunPolicyManual), op: newOp("o", v1alpha1.VMOPTypeStart, t0, ""),
+			wantPhase: v1alpha1.VMOPPhaseInProgress, wantState: v1alpha1.PowerStateRunning, wantID: "op-uid-o"},
+		{name: "restart running", vm: running(v1alpha1.RunPolicyAlwaysOn), op: newOp("o", v1alpha1.VMOPTypeRestart, t0, ""),
+			wantPhase: v1alpha1.VMOPPhaseInProgress, wantState: v1alpha1.PowerStateRunning, wantID: "op-uid-o"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.force {
+				c.op.Spec.Force = &yes
+			}
+			d := testPolicy(t0).decide(c.vm, []*v1alpha1.VirtualMachineOperation{c.op})
+			u := findUpdate(d, "o")
+			if u == nil || u.phase != c.wantPhase || (c.reason != "" && u.reason != c.reason) {
+				t.Fatalf("op update %+v, want phase %s reason %s", u, c.wantPhase, c.reason)
+			}
+			if d.power.State != c.wantState || (c.wantID != "" && d.power.RestartID != c.wantID) {
+				t.Fatalf("power %+v, want %s %s", d.power, c.wantState, c.wantID)
+			}
+			if c.wantPhase == v1alpha1.VMOPPhaseInProgress && (d.power.Operation != "o" || d.power.Force != c.force) {
+				t.Fatalf("power %+v does not name the operation (force %t)", d.power, c.force)
+			}
+		})
+	}
+}
+
+func TestOperationProgress(t *testing.T) {
+	op := newOp("o", v1alpha1.VMOPTypeStart, t0, v1alpha1.VMOPPhaseInProgress)
+	op.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.VMOPConditionSignalSent, Status: "True", LastTransitionTime: tm(t0)}}
+	vm := newVM(v1alpha1.RunPolicyManual)
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: "op-uid-o", Operation: "o"}
+	vm.Status.Phase = v1alpha1.VMPhasePending
+	ops := []*v1alpha1.VirtualMachineOperation{op}
+	if d := testPolicy(t0).decide(vm, ops); findUpdate(d, "o") != nil {
+		t.Fatalf("completed before the agent started the VM: %+v", d.ops)
+	}
+	vm.Status.ObservedRestartID = "op-uid-o"
+	vm.Status.Phase = v1alpha1.VMPhaseRunning
+	if u := findUpdate(testPolicy(t0).decide(vm, ops), "o"); u == nil || u.phase != v1alpha1.VMOPPhaseCompleted {
+		t.Fatalf("not completed when running: %+v", u)
+	}
+	// A failed start fails the operation with the agent's message.
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	vm.Status.LastExit = &v1alpha1.VMExit{Reason: v1alpha1.ExitStartFailed, Message: "qemu: boom", Time: tm(t0.Add(time.Second)), Count: 1}
+	u := findUpdate(testPolicy(t0.Add(2*time.Second)).decide(vm, ops), "o")
+	if u == nil || u.phase != v1alpha1.VMOPPhaseFailed || u.message != "QEMU failed to start: qemu: boom" {
+		t.Fatalf("failed start: %+v", u)
+	}
+	// A stop completes when the VM is stopped.
+	stop := newOp("s", v1alpha1.VMOPTypeStop, t0, v1alpha1.VMOPPhaseInProgress)
+	vm = newVM(v1alpha1.RunPolicyManual)
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped, Operation: "s"}
+	vm.Status.Phase = v1alpha1.VMPhaseStopping
+	vm.Status.NodeName = "n1"
+	if d := testPolicy(t0).decide(vm, []*v1alpha1.VirtualMachineOperation{stop}); findUpdate(d, "s") != nil {
+		t.Fatalf("stop completed while stopping")
+	}
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	if u := findUpdate(testPolicy(t0).decide(vm, []*v1alpha1.VirtualMachineOperation{stop}), "s"); u == nil || u.phase != v1alpha1.VMOPPhaseCompleted {
+		t.Fatalf("stop not completed: %+v", u)
+	}
+}
+
+func TestSupersede(t *testing.T) {
+	vm := running(v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually)
+	older := newOp("a-stop", v1alpha1.VMOPTypeStop, t0, v1alpha1.VMOPPhaseInProgress)
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped, Operation: "a-stop"}
+	vm.Status.Phase = v1alpha1.VMPhaseStopping
+	mid := newOp("b-stop", v1alpha1.VMOPTypeStop, t0.Add(time.Second), v1alpha1.VMOPPhasePending)
+	newest := newOp("c-start", v1alpha1.VMOPTypeStart, t0.Add(2*time.Second), "")
+	other := newOp("d-migrate", v1alpha1.VMOPTypeMigrate, t0.Add(3*time.Second), "")
+	done := newOp("e-old", v1alpha1.VMOPTypeStop, t0.Add(-time.Hour), v1alpha1.VMOPPhaseCompleted)
+	d := testPolicy(t0).decide(vm, []*v1alpha1.VirtualMachineOperation{newest, other, mid, done, older})
+	for _, n := range []string{"a-stop", "b-stop"} {
+		if u := findUpdate(d, n); u == nil || u.phase != v1alpha1.VMOPPhaseSuperseded || u.reason != v1alpha1.VMOPReasonSuperseded {
+			t.Errorf("%s: %+v, want Superseded", n, u)
+		}
+	}
+	if u := findUpdate(d, "c-start"); u == nil || u.phase != v1alpha1.VMOPPhaseInProgress {
+		t.Errorf("newest: %+v", u)
+	}
+	if findUpdate(d, "d-migrate") != nil || findUpdate(d, "e-old") != nil {
+		t.Errorf("touched operations that are not active power operations: %+v", d.ops)
+	}
+	if d.power.State != v1alpha1.PowerStateRunning || d.power.Operation != "c-start" {
+		t.Errorf("power %+v", d.power)
+	}
+}
+
+func TestPauseAnnotation(t *testing.T) {
+	vm := running(v1alpha1.RunPolicyAlwaysOn)
+	vm.Annotations = map[string]string{PausedAnnotation: "true"}
+	d := testPolicy(t0).decide(vm, nil)
+	if d.power.State != v1alpha1.PowerStatePaused || d.power.RestartID != "r1" {
+		t.Fatalf("paused: %+v", d.power)
+	}
+	vm.Status.PowerRequest = d.power
+	vm.Annotations = nil
+	if d := testPolicy(t0).decide(vm, nil); d.power.State != v1alpha1.PowerStateRunning || d.power.RestartID != "r1" {
+		t.Fatalf("resumed: %+v", d.power)
+	}
+	// A stopped VM stays stopped when paused.
+	vm = newVM(v1alpha1.RunPolicyManual)
+	vm.Annotations = map[string]string{PausedAnnotation: "true"}
+	if d := testPolicy(t0).decide(vm, nil); d.power.State != v1alpha1.PowerStateStopped {
+		t.Fatalf("paused stopped VM: %+v", d.power)
+	}
+}
