@@ -50,10 +50,10 @@ func guestImage(t *testing.T) string {
 	}
 	img := filepath.Join(p, "guest.qcow2")
 	if _, err := os.Stat(img); err != nil {
-		t.Skipf("test guest missing (%v): build it with test/guest/build.sh %s", err, p)
+		skipOrFail(t, "test guest missing (%v): build it with test/guest/build.sh %s", err, p)
 	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 missing: apt-get install qemu-system-x86")
+		skipOrFail(t, "qemu-system-x86_64 missing: apt-get install qemu-system-x86")
 	}
 	return img
 }
@@ -400,4 +400,14 @@ func mustJSON(v any) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// skipOrFail skips a test whose tool or file is missing, except in CI (CI set), where
+// everything is installed and a missing piece is a failure.
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
 }

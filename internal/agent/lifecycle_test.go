@@ -123,7 +123,7 @@ func (e *env) annotate(name, paused string) {
 func TestEFIBoot(t *testing.T) {
 	img := guestImage(t)
 	if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.fd"); err != nil {
-		t.Skip("OVMF missing: apt-get install ovmf")
+		skipOrFail(t, "OVMF missing: apt-get install ovmf")
 	}
 	e := newEnv(t)
 	e.readyDisk("efi", img)

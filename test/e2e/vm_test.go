@@ -34,11 +34,11 @@ func vmGuestDir(t *testing.T) string {
 		dir = filepath.Join(wd, "..", "guest", "out")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "guest.qcow2")); err != nil {
-		t.Skipf("test guest missing (%v): build it with test/guest/build.sh %s", err, dir)
+		skipOrFail(t, "test guest missing (%v): build it with test/guest/build.sh %s", err, dir)
 	}
 	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "prlimit"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s missing: apt-get install qemu-system-x86 qemu-utils util-linux", tool)
+			skipOrFail(t, "%s missing: apt-get install qemu-system-x86 qemu-utils util-linux", tool)
 		}
 	}
 	return dir
@@ -482,4 +482,14 @@ func vmMarkCorrupt(t *testing.T, path string) {
 	if _, err := f.WriteAt(b[:], 72); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// skipOrFail skips a test whose tool or file is missing, except in CI (CI set), where
+// everything is installed and a missing piece is a failure.
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
 }
