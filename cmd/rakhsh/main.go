@@ -10,6 +10,6 @@ import (
 
 func main() {
 	root := cli.NewRootCommand()
-	root.AddCommand(server.NewServeCommand())
+	root.AddCommand(server.NewServeCommand(), server.NewAgentCommand())
 	os.Exit(cli.Execute(root))
 }

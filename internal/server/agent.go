@@ -1,0 +1,93 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/agent"
+)
+
+// AgentConfig is the validated configuration of `rakhsh agent`.
+type AgentConfig struct {
+	Server   string
+	Token    string
+	CAFile   string
+	DataDir  string
+	NodeName string
+	LogLevel string
+}
+
+// NewAgentCommand returns the `agent` command: the node agent alone, for a host that joins a
+// control plane running elsewhere.
+func NewAgentCommand() *cobra.Command {
+	var cfg AgentConfig
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent of this host against a Rakhsh control plane",
+		Long: `Run the node agent in the foreground: register this host as a Node, heartbeat, and run
+the VMs the scheduler binds to it. QEMU processes outlive the agent; a restarted agent adopts
+them again. The all-in-one 'rakhsh serve' runs the same agent in-process.
+
+Note: consoles of VMs on a separate agent host are not reachable through the API yet.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(cfg.LogLevel, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if cfg.Server == "" {
+				cfg.Server = os.Getenv("RAKHSH_SERVER")
+			}
+			if cfg.Token == "" {
+				cfg.Token = os.Getenv("RAKHSH_TOKEN")
+			}
+			if cfg.Server == "" {
+				return errors.New("--server is required (https://host:port of the control plane, or unix:///path/rakhsh.sock)")
+			}
+			abs, err := filepath.Abs(cfg.DataDir)
+			if err != nil {
+				return err
+			}
+			cfg.DataDir = abs
+			if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+				return fmt.Errorf("creating data dir: %w", err)
+			}
+			c, err := client.New(client.Config{Server: cfg.Server, Token: cfg.Token, CAFile: cfg.CAFile})
+			if err != nil {
+				return err
+			}
+			if cfg.NodeName == "" {
+				cfg.NodeName, _ = os.Hostname()
+			}
+			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, Log: log.With("component", "agent", "node", cfg.NodeName)})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			log.Info("rakhsh agent started", "server", cfg.Server, "node", cfg.NodeName, "data-dir", cfg.DataDir)
+			err = a.Run(ctx)
+			if ctx.Err() != nil {
+				log.Info("stopped; running VMs keep running")
+				return nil
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Server, "server", "", "control plane API: https://host:port or unix:///path/rakhsh.sock (env RAKHSH_SERVER)")
+	f.StringVar(&cfg.Token, "token", "", "bearer token for the control plane (env RAKHSH_TOKEN)")
+	f.StringVar(&cfg.CAFile, "ca-file", "", "PEM CA certificates to trust for https")
+	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/rakhsh", "directory for disks, images and VM run directories")
+	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
+	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
