@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 )
 
 // errNoChange, returned by a mutate function, skips the write.
@@ -19,33 +19,6 @@ var errGone = errors.New("virtual machine is gone")
 
 // agentStatusFields are the VM status fields the agent writes.
 var agentStatusFields = []string{"phase", "nodeName", "conditions", "stats", "versions", "resources", "lastExit", "observedRestartID"}
-
-// ownedPatch returns the merge patch that turns before into after for the given top-level
-// keys only (null for a key that after lacks), or nil when they are equal.
-func ownedPatch(before, after []byte, keys []string) (map[string]any, error) {
-	var b, a map[string]json.RawMessage
-	if err := json.Unmarshal(before, &b); err != nil {
-		return nil, err
-	}
-	if err := json.Unmarshal(after, &a); err != nil {
-		return nil, err
-	}
-	patch := map[string]any{}
-	for _, k := range keys {
-		av, aok := a[k]
-		bv, bok := b[k]
-		switch {
-		case aok && (!bok || !bytes.Equal(av, bv)):
-			patch[k] = av
-		case !aok && bok:
-			patch[k] = nil
-		}
-	}
-	if len(patch) == 0 {
-		return nil, nil
-	}
-	return patch, nil
-}
 
 // patchVMStatus reads the VM, lets mutate change it, and writes the changed fields among
 // owned with a merge patch guarded by the resourceVersion it read, retrying conflicts. uid,
@@ -78,7 +51,7 @@ func patchVMStatus(ctx context.Context, c *client.Client, ns, name, uid string, 
 		if err != nil {
 			return nil, err
 		}
-		p, err := ownedPatch(before, after, owned)
+		p, err := runtime.OwnedPatch(before, after, owned)
 		if err != nil {
 			return nil, err
 		}

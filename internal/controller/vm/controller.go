@@ -12,7 +12,6 @@
 package vm
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -313,7 +312,7 @@ func (c *Controller) patchStatus(ctx context.Context, vm *v1alpha1.VirtualMachin
 			return nil, err
 		}
 		after, _ := json.Marshal(v.Status)
-		patch, err := ownedPatch(before, after, controllerFields)
+		patch, err := runtime.OwnedPatch(before, after, controllerFields)
 		if err != nil || patch == nil {
 			return nil, err
 		}
@@ -332,31 +331,6 @@ func (c *Controller) patchStatus(ctx context.Context, vm *v1alpha1.VirtualMachin
 		last = err
 	}
 	return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, last)
-}
-
-func ownedPatch(before, after []byte, keys []string) (map[string]any, error) {
-	var b, a map[string]json.RawMessage
-	if err := json.Unmarshal(before, &b); err != nil {
-		return nil, err
-	}
-	if err := json.Unmarshal(after, &a); err != nil {
-		return nil, err
-	}
-	patch := map[string]any{}
-	for _, k := range keys {
-		av, aok := a[k]
-		bv, bok := b[k]
-		switch {
-		case aok && (!bok || !bytes.Equal(av, bv)):
-			patch[k] = av
-		case !aok && bok:
-			patch[k] = nil
-		}
-	}
-	if len(patch) == 0 {
-		return nil, nil
-	}
-	return patch, nil
 }
 
 func hasFinalizer(vm *v1alpha1.VirtualMachine) bool {
