@@ -121,6 +121,11 @@ func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine,
 			return runtime.Result{}, err
 		}
 		if !r {
+			if deleting {
+				// No status write happened (the object is going away), so no event would
+				// bring another reconcile: finish the deletion now.
+				return runtime.Result{}, a.finishDelete(ctx, vm)
+			}
 			return runtime.Result{}, nil // the status write brings the next reconcile
 		}
 		relaunch, in = true, nil

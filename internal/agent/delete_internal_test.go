@@ -1,0 +1,92 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/apiserver"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/store/bolt"
+)
+
+// A reconcile that finds the QEMU of a VM being deleted already exited must finish the
+// deletion itself: it writes no status, so no further event would come to do it.
+func TestExitedInstanceOfDeletingVMFinishesDelete(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, err := bolt.Open(filepath.Join(dir, "rakhsh.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	api := apiserver.New(apiserver.Config{Store: st, Log: log, DataDir: dir, NodeName: "node1"})
+	defer api.Shutdown()
+	if err := api.EnsureProject(ctx, apiserver.DefaultProject); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(dir, "rakhsh.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: api.LocalHandler()}
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Close()
+	c, err := client.New(client.Config{Server: "unix://" + filepath.Join(dir, "rakhsh.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{Client: c, NodeName: "node1", DataDir: dir, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "gone", Namespace: "default", Finalizers: []string{Finalizer}},
+		Spec: v1alpha1.VirtualMachineSpec{RunPolicy: v1alpha1.RunPolicyAlwaysOn, CPU: v1alpha1.VirtualMachineCPU{Cores: 1},
+			Memory: v1alpha1.VirtualMachineMemory{Size: "128Mi"}}}
+	if err := c.Create(ctx, "virtualmachines", "default", vm, vm); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, "virtualmachines", "default", "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, "virtualmachines", "default", "gone", vm); err != nil {
+		t.Fatal(err)
+	}
+	if vm.DeletionTimestamp == nil {
+		t.Fatal("the VM has no deletionTimestamp after delete with a finalizer")
+	}
+	runDir := a.runDir(vm.UID)
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	in := &instance{uid: vm.UID, key: runtime.KeyOf(vm), runDir: runDir, exited: make(chan struct{})}
+	in.markExited()
+	a.mu.Lock()
+	a.insts[vm.UID] = in
+	a.mu.Unlock()
+
+	if _, err := a.reconcileBound(ctx, vm, in); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if err := c.Get(ctx, "virtualmachines", "default", "gone", vm); !client.IsNotFound(err) {
+		t.Fatalf("the VM still exists after the reconcile (err=%v, finalizers=%v)", err, vm.Finalizers)
+	}
+	if _, err := os.Stat(runDir); !os.IsNotExist(err) {
+		t.Fatalf("run directory %s still exists (stat err=%v)", runDir, err)
+	}
+	if a.inst(vm.UID) != nil {
+		t.Fatal("the exited instance is still tracked")
+	}
+}
