@@ -868,11 +868,11 @@ func (a *Agent) backingChain(ctx context.Context, path string) ([]qemu.BackingFi
 		if format != qemu.FormatQCOW2 {
 			return chain, nil
 		}
-		info, err := storage.Info(ctx, cur, format)
+		info, err := readQCOW2Link(cur)
 		if err != nil {
 			return nil, err
 		}
-		if info.DataFile != "" {
+		if info.DataFile {
 			return nil, fmt.Errorf("%s has an external data file, which is not allowed", cur)
 		}
 		if info.BackingFile == "" {
