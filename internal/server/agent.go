@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -23,6 +24,8 @@ type AgentConfig struct {
 	DataDir  string
 	NodeName string
 	LogLevel string
+	// HeartbeatInterval is how often the Node status is refreshed.
+	HeartbeatInterval time.Duration
 }
 
 // NewAgentCommand returns the `agent` command: the node agent alone, for a host that joins a
@@ -67,7 +70,7 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 			if cfg.NodeName == "" {
 				cfg.NodeName, _ = os.Hostname()
 			}
-			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, Log: log.With("component", "agent", "node", cfg.NodeName)})
+			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval, Log: log.With("component", "agent", "node", cfg.NodeName)})
 			if err != nil {
 				return err
 			}
@@ -89,5 +92,6 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/rakhsh", "directory for disks, images and VM run directories")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "how often the Node status is refreshed; keep it well under the control plane's --node-grace-period")
 	return cmd
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
+	"github.com/rakhsh/rakhsh/internal/controller/node"
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
 )
@@ -43,6 +44,8 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 			component{name: "disk-controller", run: dc.Run},
 			component{name: "scheduler", run: sch.Run},
 			component{name: "vm-controller", run: vmc.Run},
+			component{name: "node-lifecycle", run: node.New(node.Config{Client: cl, GracePeriod: cfg.NodeGracePeriod,
+				Log: log.With("component", "node-lifecycle")}).Run},
 		)
 	}
 	if !cfg.NoAgent {

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/internal/apiserver"
+	"github.com/rakhsh/rakhsh/internal/controller/node"
 	"github.com/rakhsh/rakhsh/internal/store"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 	"github.com/rakhsh/rakhsh/internal/store/etcd"
@@ -39,6 +40,8 @@ type Config struct {
 	NoControllers bool
 	// NodeName is the name of this host's Node; default the hostname.
 	NodeName string
+	// NodeGracePeriod is how long a Node may miss heartbeats before it is marked Unknown.
+	NodeGracePeriod time.Duration
 }
 
 // NewServeCommand returns the `serve` command.
@@ -74,6 +77,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.BoolVar(&cfg.NoAgent, "no-agent", false, "run no node agent in this process (control plane only)")
 	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
+	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
 	return cmd
 }
 
