@@ -24,6 +24,7 @@ test: deps build guest
 
 guest:
 	./test/guest/build.sh test/guest/out
+	./test/guest/build-secureboot.sh test/guest/out
 
 fuzz: build
 	./scripts/fuzz.sh

@@ -9,6 +9,8 @@ PKGS=(
   xorriso genisoimage cpio mtools                      # test guest and config ISOs
   grub-common grub-pc-bin grub-efi-amd64-bin binutils  # test guest boot loaders
   util-linux                                           # prlimit for qemu-img under rlimits
+  xz-utils gzip                                        # .xz image imports (xz --memlimit), test images
+  docker-registry python3                              # OCI registry for containerdisk tests (python3: htpasswd)
   make git ca-certificates curl
 )
 

@@ -64,6 +64,10 @@ type VirtualMachineCPU struct {
 	// CoreFraction is the guaranteed share of each core, "1%".."100%". When empty it comes from
 	// the class's sizing policy (defaultCoreFraction); a VM without a class defaults to "100%".
 	CoreFraction string `json:"coreFraction,omitempty"`
+	// DedicatedCores pins each vCPU to a host core of its own that no other dedicated VM
+	// gets (a Rakhsh addition; the class's sizing policy says whether it is allowed). A VM
+	// whose policy allows only dedicated cores gets true at admission.
+	DedicatedCores bool `json:"dedicatedCores,omitempty"`
 }
 
 // VirtualMachineMemory is the memory of a VM.
@@ -182,6 +186,19 @@ type NetworkSpec struct {
 	Name string `json:"name,omitempty"`
 	// VirtualMachineMACAddressName names the MAC claim to use; one is created when empty.
 	VirtualMachineMACAddressName string `json:"virtualMachineMACAddressName,omitempty"`
+	// PortForwards publish ports of the VM on the host it runs on (a Rakhsh addition; NAT
+	// networks only, and only interfaces with an IP address).
+	PortForwards []PortForward `json:"portForwards,omitempty"`
+}
+
+// PortForward sends traffic to HostPort on any address of the VM's host to Port of the VM.
+type PortForward struct {
+	// Protocol is TCP (default) or UDP.
+	Protocol string `json:"protocol,omitempty"`
+	// HostPort is the port on the host, 1..65535; unique per protocol on a host.
+	HostPort int `json:"hostPort"`
+	// Port is the port in the VM, 1..65535.
+	Port int `json:"port"`
 }
 
 // ProvisioningType is the kind of guest provisioning.

@@ -48,6 +48,11 @@ type Config struct {
 	KillTimeout time.Duration
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
+	// HostNetworking connects VM NICs to taps on their ClusterNetworks' bridges (see
+	// network.go); false gives every VM one isolated QEMU user-mode NIC.
+	HostNetworking bool
+	// NoUpstreamDNS keeps the networks' dnsmasq from forwarding to the host's resolvers.
+	NoUpstreamDNS bool
 }
 
 // Agent is the node agent.
@@ -64,6 +69,8 @@ type Agent struct {
 
 	mu    sync.Mutex
 	insts map[string]*instance // by VM uid
+
+	net *netState // host networking (network.go); nil without HostNetworking
 }
 
 // New checks cfg and returns an agent; Run starts it.
@@ -151,6 +158,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-a.vms.Synced():
 	}
 	a.adoptAll(ctx)
+	a.startNetworking(ctx)   // host networking: network.go
+	go a.runDiskResizer(ctx) // online disk resize: resize.go
 	a.queueOrphans()
 	go a.loop(ctx, a.cfg.HeartbeatInterval, func() {
 		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {

@@ -69,6 +69,7 @@ func probeHost(ctx context.Context, binary string) hostFacts {
 	}
 	f.memoryBytes = memTotal()
 	f.cpuModel, f.cpuFeatures = cpuInfo()
+	f.cpuFeatures = qemuKnownFeatures(ctx, f.qemu.QEMUBinary, f.cpuFeatures)
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		f.kernelVersion = strings.TrimSpace(string(b))
 	}

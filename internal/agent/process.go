@@ -61,6 +61,7 @@ type instance struct {
 	guestShutdown bool
 	panicked      bool
 	powerdownAt   time.Time // when a graceful stop pressed the power button
+	powerdown2    bool      // the second press a Windows guest gets was made
 	quitAt        time.Time // when the agent asked QEMU to quit
 	restarting    bool      // a graceful restart: start again once QEMU is gone
 }
@@ -320,6 +321,7 @@ func (a *Agent) adoptAll(ctx context.Context) {
 		} else {
 			a.log.Info("re-adopted running QEMU", "vm", string(key), "pid", pid)
 		}
+		a.adoptTPM(runDir, string(key))
 	}
 }
 
@@ -374,8 +376,9 @@ func qemuLogTail(runDir string) string {
 }
 
 // removeRuntimeFiles removes what a dead QEMU left behind (sockets, pidfile, exit record),
-// keeping the logs.
+// keeping the logs, and stops its swtpm (tpm.go).
 func removeRuntimeFiles(runDir string) {
+	stopTPM(runDir)
 	for _, n := range []string{qemu.PIDFileName, qemu.QMPSocketName, qemu.SerialSocketName, qemu.VNCSocketName,
 		qemu.GuestAgentSocketName, console.ConsoleSocket, exitFileName, restartFileName} {
 		_ = os.Remove(filepath.Join(runDir, n))

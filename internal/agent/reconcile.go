@@ -241,6 +241,7 @@ func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine,
 	}
 	in.mu.Lock()
 	in.powerdownAt = time.Time{} // a stop that is no longer wanted (the button press cannot be undone)
+	in.powerdown2 = false
 	in.mu.Unlock()
 
 	phase := v1alpha1.VMPhaseRunning
@@ -349,7 +350,7 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, ph
 		if topo, err := qemu.CPUTopology(v.Spec.CPU.Cores); err == nil {
 			v.Status.Resources = &v1alpha1.VirtualMachineResources{
 				CPU: v1alpha1.VirtualMachineCPUStatus{Cores: v.Spec.CPU.Cores, CoreFraction: v.Spec.CPU.CoreFraction,
-					Topology: v1alpha1.VirtualMachineCPUTopology{CoresPerSocket: topo.CoresPerSocket, Sockets: topo.Sockets}},
+					RequestedCores: requestedCores(v), Topology: v1alpha1.VirtualMachineCPUTopology{CoresPerSocket: topo.CoresPerSocket, Sockets: topo.Sockets}},
 				Memory: v1alpha1.VirtualMachineMemoryStatus{Size: v.Spec.Memory.Size},
 			}
 		}
@@ -400,9 +401,42 @@ func (a *Agent) stopVM(ctx context.Context, vm *v1alpha1.VirtualMachine, in *ins
 				return runtime.Result{}, err
 			}
 		}
+		if d := secondPressAfter(vm, in); d > 0 && d < grace {
+			return runtime.Result{RequeueAfter: d}, nil
+		}
 		return runtime.Result{RequeueAfter: grace}, nil
 	}
+	if d := secondPressAfter(vm, in); d > 0 {
+		if now.Sub(powerdownAt) < d {
+			return runtime.Result{RequeueAfter: d - now.Sub(powerdownAt)}, nil
+		}
+		// Windows ignores the first press while its display is off or no one is logged on
+		// (the first press only wakes it); the second one starts the shutdown.
+		if err := mon.SystemPowerdown(ctx); err != nil {
+			return runtime.Result{}, fmt.Errorf("system_powerdown: %w", err)
+		}
+		in.mu.Lock()
+		in.powerdown2 = true
+		in.mu.Unlock()
+		a.log.Info("pressed the ACPI power button a second time (Windows)", "vm", string(in.key))
+	}
 	return runtime.Result{RequeueAfter: grace - now.Sub(powerdownAt)}, nil
+}
+
+// windowsSecondPress is how long after the first ACPI power button press a Windows guest gets
+// the second one.
+const windowsSecondPress = 5 * time.Second
+
+// secondPressAfter is, for a Windows VM whose graceful stop has pressed the power button only
+// once, the delay of the second press after the first; 0 otherwise.
+func secondPressAfter(vm *v1alpha1.VirtualMachine, in *instance) time.Duration {
+	in.mu.Lock()
+	done := in.powerdown2
+	in.mu.Unlock()
+	if done || vm.Spec.OSType != v1alpha1.OSTypeWindows {
+		return 0
+	}
+	return windowsSecondPress
 }
 
 // quitWith records why QEMU ends (exit.json) and asks it to quit; SIGTERM when there is no
@@ -575,6 +609,7 @@ func (a *Agent) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachine) e
 	if findQEMU(runDir, vm.UID) > 0 {
 		return fmt.Errorf("QEMU of %s/%s still runs", vm.Namespace, vm.Name)
 	}
+	stopTPM(runDir)
 	if err := os.RemoveAll(runDir); err != nil {
 		return err
 	}
@@ -621,6 +656,7 @@ func (a *Agent) reconcileOrphan(ctx context.Context, uid string) (runtime.Result
 	if findQEMU(runDir, uid) > 0 {
 		return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
 	}
+	stopTPM(runDir)
 	if err := os.RemoveAll(runDir); err != nil {
 		return runtime.Result{}, err
 	}
@@ -650,11 +686,26 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 		}
 		return runtime.Result{}, a.startFailed(ctx, vm, nil, err.Error())
 	}
+	if d, err := a.provisioningDisk(ctx, vm, runDir); err != nil { // cloud-init/sysprep CD-ROM (provision.go)
+		return runtime.Result{}, a.startFailed(ctx, vm, nil, err.Error())
+	} else if d != nil {
+		disks = append(disks, *d)
+	}
+	nics, res, err := a.prepareNICs(ctx, vm) // network.go
+	if nics == nil {
+		return res, err
+	}
 	removeRuntimeFiles(runDir)
-	in0 := qemu.Input{VM: vm, Node: a.facts.qemu, RunDir: runDir, Disks: disks, NICs: defaultNICs(vm)}
+	in0 := qemu.Input{VM: vm, Node: a.facts.qemu, RunDir: runDir, Disks: disks, NICs: nics}
+	if err := a.applyClassCPU(ctx, vm, &in0); err != nil { // the class's CPU model (cgroup_cpumodel.go)
+		return runtime.Result{}, a.startFailed(ctx, vm, nil, err.Error())
+	}
 	if vm.Spec.Bootloader == v1alpha1.BootloaderEFI || vm.Spec.Bootloader == v1alpha1.BootloaderEFIWithSecureBoot {
 		// The UEFI variable store lives as long as the VM: in its run directory.
 		in0.NVRAMPath = filepath.Join(runDir, nvramFileName)
+	}
+	if needsTPM(vm) {
+		in0.TPMSocket = tpmSocketPath(runDir) // swtpm starts right before QEMU (tpm.go)
 	}
 	cfg, err := qemu.Build(in0)
 	if err != nil {
@@ -682,6 +733,11 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 		return runtime.Result{}, nil
 	}
 	started := time.Now()
+	if in0.TPMSocket != "" {
+		if err := a.startTPM(ctx, runDir); err != nil {
+			return runtime.Result{}, a.startFailed(ctx, vm, nil, "starting the TPM: "+err.Error())
+		}
+	}
 	in, err := a.launch(key, vm.UID, runDir, cfg)
 	if err != nil {
 		return runtime.Result{}, a.startFailed(ctx, vm, nil, fmt.Sprintf("starting %s: %v", cfg.Binary, err))
@@ -703,6 +759,9 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 	mon := in.monitor()
 	if mon == nil {
 		return runtime.Result{}, a.startFailed(ctx, vm, in, "QEMU closed its QMP socket")
+	}
+	if err := a.enforceLimits(ctx, vm, in); err != nil { // cgroup limits and pinning (cgroup.go)
+		return runtime.Result{}, a.startFailed(ctx, vm, in, "applying the VM's CPU and memory limits: "+err.Error())
 	}
 	phase := v1alpha1.VMPhaseRunning
 	if pr.State == v1alpha1.PowerStatePaused {

@@ -71,6 +71,11 @@ func (s *Server) Create(ctx context.Context, st *registry.Strategy, namespace st
 			return nil, 0, err
 		}
 	}
+	unlock, err := s.admit(ctx, namespace, obj, nil) // class and quota admission (quota_admission.go)
+	defer unlock()
+	if err != nil {
+		return nil, 0, err
+	}
 	data, err := encodeStored(obj)
 	if err != nil {
 		return nil, 0, err
@@ -244,6 +249,13 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 	}
 	if err := validate(t.st, obj, old); err != nil {
 		return nil, 0, 0, err
+	}
+	if !status {
+		unlock, err := s.admit(ctx, t.namespace, obj, old) // class and quota admission (quota_admission.go)
+		defer unlock()
+		if err != nil {
+			return nil, 0, 0, err
+		}
 	}
 	m.ResourceVersion = ""
 	data, err := encodeStored(obj)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/registry"
 	"github.com/rakhsh/rakhsh/internal/store"
 )
@@ -40,6 +41,8 @@ type Config struct {
 	// process's host (all-in-one mode), for consoles and logs. Empty: not available.
 	DataDir  string
 	NodeName string
+	// Uploads receives the files PUT to upload URLs; nil: uploads are refused.
+	Uploads *images.Uploads
 }
 
 // Server serves the API.
@@ -51,13 +54,14 @@ type Server struct {
 	bookmark time.Duration
 	dataDir  string
 	nodeName string
+	uploads  *images.Uploads
 	ctx      context.Context // ends when the server shuts down: ends watches
 	cancel   context.CancelFunc
 }
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, dataDir: cfg.DataDir, nodeName: cfg.NodeName}
+	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, dataDir: cfg.DataDir, nodeName: cfg.NodeName, uploads: cfg.Uploads}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -97,7 +101,7 @@ func (s *Server) LocalHandler() http.Handler {
 func (s *Server) RemoteHandler() http.Handler {
 	mux := s.routes()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || isUploadPath(r.URL.Path) {
 			mux.ServeHTTP(w, r)
 			return
 		}
@@ -130,6 +134,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, map[string]string{"gitVersion": Version})
 	})
+	mux.HandleFunc(images.UploadPathPrefix+"{token}", s.serveUpload)
 	mux.HandleFunc("GET /apis", s.discoveryGroups)
 	mux.HandleFunc("GET /apis/{$}", s.discoveryGroups)
 	gv := "/apis/" + v1alpha1.APIVersion

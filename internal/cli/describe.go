@@ -176,6 +176,9 @@ func describeObject(w io.Writer, k *v1alpha1.KindInfo, obj object, events []obje
 	if spec, ok := obj["spec"]; ok {
 		writeSection(w, "Spec", spec)
 	}
+	if k.Kind == "Project" {
+		writeProjectQuota(w, obj) // label_quota.go
+	}
 	var conds []any
 	if st, ok := obj["status"].(map[string]any); ok {
 		rest := make(map[string]any, len(st))

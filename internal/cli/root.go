@@ -174,6 +174,8 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newVNCCommand(cc),
 		newLogsCommand(cc),
 		newVMCommand(cc),
+		newImageCommand(cc),
+		newLabelCommand(cc),
 	)
 	return root
 }

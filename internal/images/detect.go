@@ -16,8 +16,9 @@ import (
 // Format is a file format as detected from a file's first bytes.
 type Format string
 
-// Formats. Only qcow2, raw and iso are imported now; the others are recognised so that they
-// are refused with a clear message instead of being taken for raw disks.
+// Formats. qcow2, raw, iso, vmdk, vdi, vhd and vhdx are imported, each also gzip- or
+// xz-compressed; zstd and bzip2 are recognised so that they are refused with a clear message
+// instead of being taken for raw disks.
 const (
 	FormatQCOW2 Format = "qcow2"
 	FormatRaw   Format = "raw"
@@ -91,15 +92,17 @@ var ErrUnsupportedFormat = errors.New("unsupported image format")
 var ErrUnsafeImage = errors.New("unsafe image")
 
 // CheckSupported returns an ErrUnsupportedFormat error for a detected format that cannot be
-// imported now.
+// imported (after decompression: a compressed format here is a file compressed twice).
 func CheckSupported(f Format) error {
 	switch f {
-	case FormatQCOW2, FormatRaw, FormatISO:
+	case FormatQCOW2, FormatRaw, FormatISO, FormatVMDK, FormatVDI, FormatVHD, FormatVHDX:
 		return nil
-	case FormatGzip, FormatXz, FormatZstd, FormatBzip2:
-		return fmt.Errorf("%w: the file is %s-compressed; compressed images are not supported yet: publish the uncompressed qcow2, raw or ISO file", ErrUnsupportedFormat, f)
+	case FormatGzip, FormatXz:
+		return fmt.Errorf("%w: the file is %s-compressed inside its compression; compress the image once (gzip or xz)", ErrUnsupportedFormat, f)
+	case FormatZstd, FormatBzip2:
+		return fmt.Errorf("%w: %s-compressed images are not supported: publish the file uncompressed or compressed with gzip or xz", ErrUnsupportedFormat, f)
 	default:
-		return fmt.Errorf("%w: %s images are not supported yet: convert it with `qemu-img convert -f %s -O qcow2 IN OUT.qcow2` and publish the qcow2", ErrUnsupportedFormat, f, f)
+		return fmt.Errorf("%w: %s", ErrUnsupportedFormat, f)
 	}
 }
 

@@ -204,8 +204,7 @@ func TestImportHTTP(t *testing.T) {
 		{"one of two checksums wrong", "disk.qcow2", images.ReasonChecksumMismatch, &v1alpha1.Checksum{SHA256: qsha, SHA512: strings.Repeat("a", 128)}},
 		{"backing file", "backed.qcow2", images.ReasonImageRejected, nil},
 		{"data file", "datafile.qcow2", images.ReasonImageRejected, nil},
-		{"vmdk", "disk.vmdk", images.ReasonUnsupportedFormat, nil},
-		{"gzip", "disk.gz", images.ReasonUnsupportedFormat, nil},
+		{"corrupt gzip", "disk.gz", images.ReasonImageRejected, nil},
 		{"404", "missing.qcow2", images.ReasonHTTPError, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

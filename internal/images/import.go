@@ -2,10 +2,7 @@ package images
 
 import (
 	"context"
-	"crypto/md5"  //nolint:gosec // checksums given by the operator, not a security boundary by themselves
-	"crypto/sha1" //nolint:gosec // idem
 	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -20,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -35,6 +33,14 @@ const (
 	ReasonHTTPError         = "HTTPError"
 	ReasonInvalidSource     = "InvalidSource"
 	ReasonProcessingFailed  = "ProcessingFailed"
+	// ReasonImageTooLarge: the (decompressed) image exceeds the maximum unpacked size.
+	ReasonImageTooLarge = "ImageTooLarge"
+	// ReasonInsufficientStorage: the image store or pool ran out of space.
+	ReasonInsufficientStorage = "InsufficientStorage"
+	// ReasonUploadFailed: an upload was cut short or stalled.
+	ReasonUploadFailed = "UploadFailed"
+	// ReasonUploadTimeout: nobody uploaded the file in time.
+	ReasonUploadTimeout = "UploadTimeout"
 )
 
 // Error is a failed import: a reason for the status condition, and whether retrying the same
@@ -68,7 +74,9 @@ type HTTPSource struct {
 type Progress struct {
 	Received int64
 	// Total is the Content-Length, or -1 when the server did not send one.
-	Total      int64
+	Total int64
+	// Unpacked is how many bytes were written so far (after decompression).
+	Unpacked   int64
 	AvgBPS     int64
 	CurrentBPS int64
 }
@@ -95,16 +103,23 @@ type Options struct {
 	StallTimeout time.Duration
 	// Transport overrides the HTTP transport (tests); nil builds one from the source.
 	Transport http.RoundTripper
+	// MaxUnpackedSize bounds the bytes an import writes (after decompression); default
+	// DefaultMaxUnpackedSize.
+	MaxUnpackedSize int64
 }
 
 // Result describes an image as stored.
 type Result struct {
 	// Format is the stored form: qcow2, or iso (a raw file attached as a CD-ROM).
-	Format      Format
-	CDROM       bool
-	VirtualSize int64
-	StoredSize  int64
-	SHA256      string
+	Format Format
+	// SourceFormat is the format the file arrived in (e.g. vmdk), and Compression gzip or xz
+	// when it arrived compressed.
+	SourceFormat Format
+	Compression  Format
+	CDROM        bool
+	VirtualSize  int64
+	StoredSize   int64
+	SHA256       string
 }
 
 // Status fills the size, format, cdrom and digest fields of an image status from r.
@@ -138,14 +153,33 @@ func ImportHTTP(ctx context.Context, src HTTPSource, dst string, opts Options) (
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // after a successful commit tmp no longer exists
-	sum, err := download(ctx, tr, src, f, opts)
+	in, err := download(ctx, tr, src, f, opts)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = transient(ReasonProcessingFailed, "writing the download: %w", cerr)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return store(ctx, tmp, dst, sum)
+	return store(ctx, tmp, dst, in)
+}
+
+// ImportStream stores the image read from body (an upload: total is its length, or -1) at
+// dst, like ImportHTTP does with a download.
+func ImportStream(ctx context.Context, body io.Reader, total int64, cs *v1alpha1.Checksum, dst string, opts Options) (*Result, error) {
+	f, err := storage.TempFile(dst)
+	if err != nil {
+		return nil, transient(ReasonProcessingFailed, "creating a temporary file: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	in, err := ingest(ctx, source{body: body, total: total, checksum: cs, what: "the upload"}, f, opts)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = transient(ReasonProcessingFailed, "writing the upload: %w", cerr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return store(ctx, tmp, dst, in)
 }
 
 func newTransport(caBundle string) (*http.Transport, error) {
@@ -183,7 +217,7 @@ type checksum struct {
 	h          hash.Hash
 }
 
-func download(ctx context.Context, tr http.RoundTripper, src HTTPSource, f *os.File, opts Options) (sha256hex string, err error) {
+func download(ctx context.Context, tr http.RoundTripper, src HTTPSource, f *os.File, opts Options) (*ingested, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	hc := &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
@@ -197,129 +231,26 @@ func download(ctx context.Context, tr http.RoundTripper, src HTTPSource, f *os.F
 	}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.URL, nil)
 	if err != nil {
-		return "", permanent(ReasonInvalidSource, "bad URL: %v", err)
+		return nil, permanent(ReasonInvalidSource, "bad URL: %v", err)
 	}
 	req.Header.Set("User-Agent", "rakhsh-image-importer")
 	resp, err := hc.Do(req)
 	if err != nil {
-		if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
-			return "", err
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		return "", transient(ReasonDownloadFailed, "downloading %s: %w", redact(src.URL), unwrapURLError(err))
+		return nil, transient(ReasonDownloadFailed, "downloading %s: %w", redact(src.URL), unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		e := &Error{Reason: ReasonHTTPError, Err: fmt.Errorf("downloading %s: the server answered %s", redact(src.URL), resp.Status)}
 		e.Transient = resp.StatusCode >= 500 || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests
-		return "", e
+		return nil, e
 	}
-
-	sums := []*checksum{}
-	sha := sha256.New()
-	if c := src.Checksum; c != nil {
-		add := func(name, want string, h hash.Hash) {
-			if want != "" {
-				sums = append(sums, &checksum{name: name, want: strings.ToLower(want), h: h})
-			}
-		}
-		add("md5", c.MD5, md5.New()) //nolint:gosec
-		add("sha1", c.SHA1, sha1.New())
-		add("sha256", c.SHA256, nil) // shares sha
-		add("sha512", c.SHA512, sha512.New())
-	}
-	writers := []io.Writer{f, sha}
-	for _, s := range sums {
-		if s.h != nil {
-			writers = append(writers, s.h)
-		}
-	}
-
-	total := resp.ContentLength
-	var received, lastRead atomic.Int64
-	start := time.Now()
-	lastRead.Store(start.UnixNano())
-	stall := opts.StallTimeout
-	if stall <= 0 {
-		stall = 2 * time.Minute
-	}
-	interval := opts.ProgressInterval
-	if interval <= 0 {
-		interval = time.Second
-	}
-	progress := func(prevBytes int64, prevTime time.Time) Progress {
-		now := time.Now()
-		n := received.Load()
-		p := Progress{Received: n, Total: total}
-		if el := now.Sub(start).Seconds(); el > 0 {
-			p.AvgBPS = int64(float64(n) / el)
-		}
-		if el := now.Sub(prevTime).Seconds(); el > 0 {
-			p.CurrentBPS = int64(float64(n-prevBytes) / el)
-		}
-		return p
-	}
-	done := make(chan struct{})
-	watcherDone := make(chan struct{})
-	go func() {
-		defer close(watcherDone)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		prevBytes, prevTime := int64(0), start
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case now := <-t.C:
-				if now.Sub(time.Unix(0, lastRead.Load())) > stall {
-					cancel(fmt.Errorf("nothing received for %s", stall))
-					return
-				}
-				if opts.Progress != nil {
-					p := progress(prevBytes, prevTime)
-					prevBytes, prevTime = p.Received, now
-					opts.Progress(p)
-				}
-			}
-		}
-	}()
-	cw := &countWriter{n: &received, last: &lastRead}
-	writers = append(writers, cw)
-	buf := make([]byte, 1<<20)
-	n, err := io.CopyBuffer(io.MultiWriter(writers...), resp.Body, buf)
-	close(done)
-	<-watcherDone
-	if err != nil {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			return "", transient(ReasonDownloadFailed, "downloading %s: %v", redact(src.URL), cause)
-		}
-		if ctx.Err() != nil {
-			return "", ctx.Err()
-		}
-		return "", transient(ReasonDownloadFailed, "downloading %s after %d bytes: %w", redact(src.URL), n, err)
-	}
-	if total >= 0 && n != total {
-		return "", transient(ReasonDownloadFailed, "downloading %s: got %d bytes of %d", redact(src.URL), n, total)
-	}
-	if opts.Progress != nil {
-		p := progress(0, start)
-		if p.Total < 0 {
-			p.Total = p.Received
-		}
-		opts.Progress(p)
-	}
-	shaHex := hex.EncodeToString(sha.Sum(nil))
-	for _, s := range sums {
-		got := shaHex
-		if s.h != nil {
-			got = hex.EncodeToString(s.h.Sum(nil))
-		}
-		if got != s.want {
-			return "", permanent(ReasonChecksumMismatch, "the %s of the downloaded file is %s, not the %s the image's checksum asks for", s.name, got, s.want)
-		}
-	}
-	return shaHex, nil
+	body := newResumingBody(ctx, hc, req, resp)
+	defer body.Close()
+	return ingest(ctx, source{body: body, total: resp.ContentLength, checksum: src.Checksum,
+		what: "downloading " + redact(src.URL), truncatedIsTransient: true, abort: cancel}, f, opts)
 }
 
 type countWriter struct {
@@ -353,21 +284,39 @@ func redact(s string) string {
 	return u.String()
 }
 
-// store checks the downloaded file tmp and puts the stored form at dst: a qcow2 as it is, an
-// ISO as it is (raw, CD-ROM), a raw disk converted to qcow2. sum is tmp's sha256.
-func store(ctx context.Context, tmp, dst, sum string) (*Result, error) {
+// store checks the received (and decompressed) file tmp and puts the stored form at dst: a
+// qcow2 as it is, an ISO as it is (raw, CD-ROM), every other disk format converted to qcow2.
+func store(ctx context.Context, tmp, dst string, in *ingested) (*Result, error) {
 	format, info, err := inspect(ctx, tmp)
 	if err != nil {
+		if in.compression != "" {
+			var ie *Error
+			if errors.As(err, &ie) {
+				ie.Err = fmt.Errorf("after %s decompression: %w", in.compression, ie.Err)
+			}
+		}
 		return nil, err
 	}
-	res := &Result{Format: format, VirtualSize: info.VirtualSize, SHA256: sum}
+	res := &Result{Format: format, SourceFormat: format, Compression: in.compression, VirtualSize: info.VirtualSize, SHA256: in.sha256}
 	switch format {
 	case FormatQCOW2:
+		if in.compression == "" {
+			break
+		}
+		// The digest of the stored file is not that of the compressed download.
+		if res.SHA256, err = fileSHA256(tmp); err != nil {
+			return nil, processingError(ctx, "hashing the stored image: %w", err)
+		}
 	case FormatISO:
 		res.CDROM = true
-	case FormatRaw:
-		if err := storage.Convert(ctx, tmp, "raw", dst, "qcow2"); err != nil {
-			return nil, processingError(ctx, "converting the raw image to qcow2: %w", err)
+		if in.compression != "" {
+			if res.SHA256, err = fileSHA256(tmp); err != nil {
+				return nil, processingError(ctx, "hashing the stored image: %w", err)
+			}
+		}
+	default:
+		if err := storage.Convert(ctx, tmp, qemuDriver(format), dst, "qcow2"); err != nil {
+			return nil, processingError(ctx, fmt.Sprintf("converting the %s image to qcow2: %%w", format), err)
 		}
 		res.Format = FormatQCOW2
 		if res.SHA256, err = fileSHA256(dst); err != nil {
@@ -394,35 +343,56 @@ func processingError(ctx context.Context, format string, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if IsNoSpace(err) {
+		return transient(ReasonInsufficientStorage, "the image store is full (no space left on device): "+format, err)
+	}
 	return transient(ReasonProcessingFailed, format, err)
 }
 
+// IsNoSpace says whether err is (or a tool's message reports) a full file system.
+func IsNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "No space left on device")
+}
+
 // inspect detects the format of the file at path from its bytes, refuses unsupported and
-// unsafe images, and checks it with qemu-img info (given the detected format).
+// unsafe images, and checks it with qemu-img info (always given the detected format).
 func inspect(ctx context.Context, path string) (Format, *storage.ImageInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", nil, transient(ReasonProcessingFailed, "%v", err)
 	}
+	defer f.Close()
 	h, err := ReadHeader(f)
-	f.Close()
 	if err != nil {
 		return "", nil, transient(ReasonProcessingFailed, "reading the image header: %v", err)
-	}
-	format := DetectFormat(h)
-	if err := CheckSupported(format); err != nil {
-		return "", nil, &Error{Reason: ReasonUnsupportedFormat, Err: err}
 	}
 	if len(h) == 0 {
 		return "", nil, permanent(ReasonUnsupportedFormat, "the file is empty")
 	}
-	qf := "raw"
-	if format == FormatQCOW2 {
-		qf = "qcow2"
+	format := DetectFormat(h)
+	if format == FormatRaw {
+		fi, err := f.Stat()
+		if err != nil {
+			return "", nil, transient(ReasonProcessingFailed, "%v", err)
+		}
+		if isFixedVHD(f, fi.Size()) {
+			format = FormatVHD
+		}
+	}
+	if err := CheckSupported(format); err != nil {
+		return "", nil, &Error{Reason: ReasonUnsupportedFormat, Err: err}
+	}
+	switch format {
+	case FormatQCOW2:
 		if _, err := CheckQCOW2Header(h); err != nil {
 			return "", nil, &Error{Reason: ReasonImageRejected, Err: err}
 		}
+	case FormatVMDK:
+		if err := CheckVMDK(f); err != nil {
+			return "", nil, &Error{Reason: ReasonImageRejected, Err: err}
+		}
 	}
+	qf := qemuDriver(format)
 	info, err := storage.Info(ctx, path, qf)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -430,18 +400,31 @@ func inspect(ctx context.Context, path string) (Format, *storage.ImageInfo, erro
 		}
 		return "", nil, &Error{Reason: ReasonImageRejected, Err: fmt.Errorf("qemu-img cannot read the %s image: %w", format, err)}
 	}
-	if err := checkInfo(info, qf); err != nil {
+	if err := checkInfo(info, qf, path); err != nil {
 		return "", nil, &Error{Reason: ReasonImageRejected, Err: err}
 	}
 	return format, info, nil
 }
 
-// checkInfo is the second line of defence after CheckQCOW2Header: what qemu-img reports.
-func checkInfo(info *storage.ImageInfo, format string) error {
+// qemuDriver is qemu's block driver name for a detected format.
+func qemuDriver(f Format) string {
+	switch f {
+	case FormatISO, FormatRaw:
+		return "raw"
+	case FormatVHD:
+		return "vpc"
+	}
+	return string(f)
+}
+
+// checkInfo is the second line of defence after the header checks: what qemu-img reports.
+func checkInfo(info *storage.ImageInfo, format, path string) error {
 	switch {
 	case info.Format != format:
 		return fmt.Errorf("%w: qemu-img reads the file as %q, not %q", ErrUnsafeImage, info.Format, format)
-	case info.BackingFile != "":
+	case strings.HasPrefix(info.BackingFile, "json:") || strings.HasPrefix(info.Filename, "json:"):
+		return fmt.Errorf("%w: json: file names are refused", ErrUnsafeImage)
+	case info.BackingFile != "" || info.FullBackingFile != "":
 		return fmt.Errorf("%w: the image has a backing file; images must be self-contained", ErrUnsafeImage)
 	case info.DataFile != "":
 		return fmt.Errorf("%w: the image has an external data file; images must be self-contained", ErrUnsafeImage)
@@ -449,10 +432,13 @@ func checkInfo(info *storage.ImageInfo, format string) error {
 		return fmt.Errorf("%w: encrypted images are not supported", ErrUnsafeImage)
 	case info.FormatSpecific.Data.Corrupt:
 		return fmt.Errorf("%w: the image is marked corrupt", ErrUnsafeImage)
-	case strings.HasPrefix(info.BackingFile, "json:"):
-		return fmt.Errorf("%w: json: file names are refused", ErrUnsafeImage)
 	case info.VirtualSize <= 0:
 		return fmt.Errorf("%w: the image has no virtual size", ErrUnsafeImage)
+	}
+	for _, e := range info.FormatSpecific.Data.Extents {
+		if e.Filename != path {
+			return fmt.Errorf("%w: the VMDK has an extent in another file (%q); only single-file VMDKs are accepted", ErrUnsafeImage, e.Filename)
+		}
 	}
 	return nil
 }
@@ -474,7 +460,7 @@ func Describe(ctx context.Context, path string) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Format: format, CDROM: format == FormatISO, VirtualSize: info.VirtualSize}
+	res := &Result{Format: format, SourceFormat: format, CDROM: format == FormatISO, VirtualSize: info.VirtualSize}
 	if res.SHA256, err = fileSHA256(path); err != nil {
 		return nil, transient(ReasonProcessingFailed, "hashing %s: %v", path, err)
 	}

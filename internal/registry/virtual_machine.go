@@ -60,11 +60,9 @@ func defaultVirtualMachine(vm *v1alpha1.VirtualMachine) {
 		g := defaultVMGracePeriod
 		s.TerminationGracePeriodSeconds = &g
 	}
-	// With a class the default core fraction comes from its sizing policy (at admission);
-	// without one the VM gets whole cores.
-	if s.CPU.CoreFraction == "" && s.VirtualMachineClassName == "" {
-		s.CPU.CoreFraction = defaultCoreFraction
-	}
+	// The core fraction is left empty here: admission (internal/apiserver) first gives a
+	// classless VM the default class, then takes the fraction from the class's sizing policy
+	// (defaultCoreFraction), or 100% without a class.
 	if p := s.Provisioning; p != nil {
 		if p.UserDataRef != nil && p.UserDataRef.Kind == "" {
 			p.UserDataRef.Kind = v1alpha1.ProvisioningSecretKind
@@ -191,6 +189,7 @@ func validateVMNetworks(fe *errs.FieldErrors, nets []v1alpha1.NetworkSpec) {
 	mainAt := -1
 	seen := map[string]bool{}
 	macs := map[string]bool{}
+	fwds := map[string]string{}
 	for i, n := range nets {
 		p := fmt.Sprintf("spec.networks[%d]", i)
 		chkEnum(fe, p+".type", n.Type, true,
@@ -217,6 +216,7 @@ func validateVMNetworks(fe *errs.FieldErrors, nets []v1alpha1.NetworkSpec) {
 				seen[k] = true
 			}
 		}
+		validatePortForwards(fe, p, n, fwds)
 		if m := n.VirtualMachineMACAddressName; m != "" {
 			chkRefName(fe, p+".virtualMachineMACAddressName", m, false)
 			if macs[m] {

@@ -222,8 +222,8 @@ func TestVirtualMachineDefaults(t *testing.T) {
 	if s.TerminationGracePeriodSeconds == nil || *s.TerminationGracePeriodSeconds != 60 {
 		t.Fatal("terminationGracePeriodSeconds not defaulted to 60")
 	}
-	if s.CPU.CoreFraction != "100%" {
-		t.Fatalf("coreFraction without class = %q, want 100%%", s.CPU.CoreFraction)
+	if s.CPU.CoreFraction != "" {
+		t.Fatalf("coreFraction without class = %q, want it left to admission", s.CPU.CoreFraction)
 	}
 
 	// With a class the core fraction is left to the class; explicit values are kept.

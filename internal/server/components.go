@@ -2,15 +2,19 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
+	netctl "github.com/rakhsh/rakhsh/internal/controller/network"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
+	"github.com/rakhsh/rakhsh/internal/controller/vmclass"
+	"github.com/rakhsh/rakhsh/internal/network"
 )
 
 // component is one long-running part of `rakhsh serve` next to the API server: a controller
@@ -29,8 +33,10 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 	}
 	var comps []component
 	if !cfg.NoControllers {
-		ic := image.New(image.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "image-controller")})
-		dc := disk.New(disk.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller")})
+		ic := image.New(image.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
+			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout})
+		dc := disk.New(disk.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
+			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout})
 		sch, err := scheduler.New(scheduler.Config{Client: cl, Log: log.With("component", "scheduler")})
 		if err != nil {
 			return nil, err
@@ -39,7 +45,24 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 		if err != nil {
 			return nil, err
 		}
+		vcc, err := vmclass.New(vmclass.Config{Client: cl, Log: log.With("component", "vmclass-controller")})
+		if err != nil {
+			return nil, err
+		}
+		var macRanges []network.MACRange
+		if cfg.MACRanges != "" {
+			if macRanges, err = network.ParseMACRanges(cfg.MACRanges); err != nil {
+				return nil, fmt.Errorf("--mac-ranges: %w", err)
+			}
+		}
+		nc, err := netctl.New(netctl.Config{Client: cl, Log: log.With("component", "network-controller"),
+			MACRanges: macRanges, DefaultSubnet: cfg.DefaultSubnet})
+		if err != nil {
+			return nil, err
+		}
 		comps = append(comps,
+			component{name: "network-controller", run: nc.Run},
+			component{name: "vmclass-controller", run: vcc.Run},
 			component{name: "image-controller", run: ic.Run},
 			component{name: "disk-controller", run: dc.Run},
 			component{name: "scheduler", run: sch.Run},
@@ -49,7 +72,8 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 		)
 	}
 	if !cfg.NoAgent {
-		a, err := agent.New(agent.Config{Client: cl, NodeName: cfg.NodeName, DataDir: cfg.DataDir, Log: log.With("component", "agent", "node", cfg.NodeName)})
+		a, err := agent.New(agent.Config{Client: cl, NodeName: cfg.NodeName, DataDir: cfg.DataDir,
+			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Log: log.With("component", "agent", "node", cfg.NodeName)})
 		if err != nil {
 			return nil, err
 		}

@@ -19,8 +19,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
+	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/store"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 	"github.com/rakhsh/rakhsh/internal/store/etcd"
@@ -42,6 +44,20 @@ type Config struct {
 	NodeName string
 	// NodeGracePeriod is how long a Node may miss heartbeats before it is marked Unknown.
 	NodeGracePeriod time.Duration
+	// UploadTimeout is how long an image or disk with an Upload data source waits for its file.
+	UploadTimeout time.Duration
+	// VMNetworking is how VM NICs are connected: "user" (QEMU user-mode, isolated) or
+	// "host" (taps on the ClusterNetworks' bridges, nftables, dnsmasq; see docs/networking.md).
+	VMNetworking string
+	// MACRanges is the cluster's MAC pool ("first-last[,first-last...]").
+	MACRanges string
+	// DefaultSubnet is the subnet of the "main" network made on first start.
+	DefaultSubnet string
+	// NoUpstreamDNS keeps the networks' dnsmasq from forwarding to the host's resolvers.
+	NoUpstreamDNS bool
+
+	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
+	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
 }
 
 // NewServeCommand returns the `serve` command.
@@ -78,6 +94,11 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
+	f.DurationVar(&cfg.UploadTimeout, "upload-timeout", images.DefaultUploadTimeout, "how long an image or disk with an Upload data source waits for its file before it fails")
+	f.StringVar(&cfg.VMNetworking, "vm-networking", "user", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated)")
+	f.StringVar(&cfg.MACRanges, "mac-ranges", "", "the cluster's MAC address pool, first-last[,first-last...] (default 02:72:6b:00:00:00-02:72:6b:ff:ff:ff)")
+	f.StringVar(&cfg.DefaultSubnet, "default-subnet", "", "subnet of the default NAT network main when it is created on first start (default 10.66.0.0/24)")
+	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
 	return cmd
 }
 
@@ -110,6 +131,9 @@ func (c *Config) validate() error {
 			return fmt.Errorf("--listen %q: %w", c.Listen, err)
 		}
 	}
+	if c.VMNetworking != "" && c.VMNetworking != "user" && c.VMNetworking != "host" {
+		return fmt.Errorf("--vm-networking %q: use host or user", c.VMNetworking)
+	}
 	if c.Store != "bolt" && c.Store != "" && !strings.HasPrefix(c.Store, "etcd://") {
 		return fmt.Errorf("--store %q: use bolt or etcd://host:port[,host:port...]", c.Store)
 	}
@@ -137,7 +161,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}
-	acfg := apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token}
+	if !cfg.NoControllers {
+		cfg.uploads = &images.Uploads{}
+	}
+	acfg := apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token, Uploads: cfg.uploads}
 	if !cfg.NoAgent {
 		// The agent in this process shares the data dir: the API serves its consoles and logs.
 		acfg.DataDir, acfg.NodeName = cfg.DataDir, cfg.NodeName
@@ -166,6 +193,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		servers = append(servers, &http.Server{Handler: api.RemoteHandler(), ReadHeaderTimeout: 10 * time.Second})
 		listeners = append(listeners, tl)
+		cfg.uploadBases = uploadBases(cfg.Listen, tl.Addr())
 		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", filepath.Join(cfg.DataDir, "admin.token"))
 	}
 	errc := make(chan error, len(servers))

@@ -145,13 +145,15 @@ func runQemuImg(ctx context.Context, lim Limits, timeout time.Duration, args ...
 
 // ImageInfo is what `qemu-img info` says about an image.
 type ImageInfo struct {
+	Filename    string `json:"filename"`
 	Format      string `json:"format"`
 	VirtualSize int64  `json:"virtual-size"`
 	ActualSize  int64  `json:"actual-size"`
 	// BackingFile is the backing file named in the image header, if any.
-	BackingFile   string `json:"backing-filename"`
-	BackingFormat string `json:"backing-filename-format"`
-	DirtyFlag     bool   `json:"dirty-flag"`
+	BackingFile     string `json:"backing-filename"`
+	BackingFormat   string `json:"backing-filename-format"`
+	FullBackingFile string `json:"full-backing-filename"`
+	DirtyFlag       bool   `json:"dirty-flag"`
 	// DataFile is the external data file of a qcow2 image, if any.
 	DataFile string `json:"-"`
 	// Encrypted is true for an encrypted image.
@@ -161,6 +163,10 @@ type ImageInfo struct {
 		Data struct {
 			DataFile string `json:"data-file"`
 			Corrupt  bool   `json:"corrupt"`
+			// Extents are a VMDK's data files (a single-file VMDK has one: itself).
+			Extents []struct {
+				Filename string `json:"filename"`
+			} `json:"extents"`
 		} `json:"data"`
 	} `json:"format-specific"`
 }
@@ -174,9 +180,19 @@ func checkFormat(f string) error {
 	return fmt.Errorf("image format %q is not supported (qcow2 or raw)", f)
 }
 
+// checkSourceFormat refuses source format names other than the disk formats Rakhsh imports
+// (qemu driver names: vpc is VHD).
+func checkSourceFormat(f string) error {
+	switch f {
+	case "qcow2", "raw", "vmdk", "vdi", "vpc", "vhdx":
+		return nil
+	}
+	return fmt.Errorf("image format %q is not supported (qcow2, raw, vmdk, vdi, vpc or vhdx)", f)
+}
+
 // Info inspects path as format (always explicit: qemu-img never probes).
 func Info(ctx context.Context, path, format string) (*ImageInfo, error) {
-	if err := checkFormat(format); err != nil {
+	if err := checkSourceFormat(format); err != nil {
 		return nil, err
 	}
 	if !filepath.IsAbs(path) {
@@ -192,6 +208,34 @@ func Info(ctx context.Context, path, format string) (*ImageInfo, error) {
 	}
 	info.DataFile = info.FormatSpecific.Data.DataFile
 	return &info, nil
+}
+
+// InfoShared is Info for an image another process (a running VM) may have open for
+// writing: qemu-img reads it without taking the image lock (-U). What it reports may be a
+// moment old; it is used to read the virtual size of a disk a VM grows.
+func InfoShared(ctx context.Context, path, format string) (*ImageInfo, error) {
+	if err := checkFormat(format); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("image path %q must be absolute", path)
+	}
+	out, err := runQemuImg(ctx, InfoLimits, InfoTimeout, "info", "-U", "-f", format, "--output=json", path)
+	if err != nil {
+		return nil, err
+	}
+	var info ImageInfo
+	if err := json.Unmarshal(out, &info); err != nil {
+		return nil, fmt.Errorf("qemu-img info %s: decoding output: %w", path, err)
+	}
+	info.DataFile = info.FormatSpecific.Data.DataFile
+	return &info, nil
+}
+
+// IsLocked says whether a qemu-img error is QEMU's image lock: another process (a running
+// VM) has the image open for writing.
+func IsLocked(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "lock")
 }
 
 // RoundSize rounds a disk size up to a whole 512-byte sector.
@@ -211,7 +255,7 @@ func CreateBlank(ctx context.Context, path string, sizeBytes int64) error {
 
 // CreateLinkedClone creates at path a qcow2 overlay of sizeBytes over the read-only
 // backingPath (of backingFormat, qcow2 or raw). It takes constant time whatever the size of
-// the backing image. The backing path is stored in the overlay, so it must be absolute and
+// the backing image (and of the overlay). The backing path is stored in the overlay, so it must be absolute and
 // must not move.
 func CreateLinkedClone(ctx context.Context, path, backingPath, backingFormat string, sizeBytes int64) error {
 	if err := checkFormat(backingFormat); err != nil {
@@ -223,10 +267,16 @@ func CreateLinkedClone(ctx context.Context, path, backingPath, backingFormat str
 	if sizeBytes <= 0 {
 		return fmt.Errorf("disk size %d must be positive", sizeBytes)
 	}
+	if fi, err := os.Stat(backingPath); err != nil {
+		return fmt.Errorf("backing file: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return fmt.Errorf("backing file %s is not a regular file", backingPath)
+	}
+	// The overlay is written in-process (qcow2create.go): a qemu-img process start would cost
+	// more than the whole clone. The backing file is not opened; the caller names a checked
+	// image and its format.
 	return writeAtomically(path, func(tmp string) error {
-		_, err := runQemuImg(ctx, CreateLimits, CreateTimeout, "create", "-q", "-f", "qcow2",
-			"-F", backingFormat, "-b", backingPath, tmp, strconv.FormatInt(RoundSize(sizeBytes), 10))
-		return err
+		return writeQCOW2Overlay(tmp, backingPath, backingFormat, RoundSize(sizeBytes))
 	})
 }
 
@@ -238,7 +288,7 @@ func Convert(ctx context.Context, src, srcFmt, dst, dstFmt string) error {
 // ConvertResize is Convert that then grows the new image to sizeBytes (0: keep the size)
 // before it appears at dst.
 func ConvertResize(ctx context.Context, src, srcFmt, dst, dstFmt string, sizeBytes int64) error {
-	if err := checkFormat(srcFmt); err != nil {
+	if err := checkSourceFormat(srcFmt); err != nil {
 		return err
 	}
 	if err := checkFormat(dstFmt); err != nil {
@@ -258,6 +308,21 @@ func ConvertResize(ctx context.Context, src, srcFmt, dst, dstFmt string, sizeByt
 		}
 		return nil
 	})
+}
+
+// Resize grows the image at path (of format qcow2 or raw), which no process has open, to
+// sizeBytes. It never shrinks: qemu-img refuses a smaller size without --shrink.
+func Resize(ctx context.Context, path, format string, sizeBytes int64) error {
+	if err := checkFormat(format); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("image path %q must be absolute", path)
+	}
+	if sizeBytes <= 0 {
+		return fmt.Errorf("disk size %d must be positive", sizeBytes)
+	}
+	return resize(ctx, path, format, sizeBytes)
 }
 
 // resize grows an image (that nobody uses) to sizeBytes.

@@ -72,16 +72,25 @@ func TestQemuImgWrappers(t *testing.T) {
 
 	// Failures leave neither the destination nor a temporary file, and carry stderr.
 	bad := filepath.Join(dir, "bad.qcow2")
-	err = storage.CreateLinkedClone(ctx, bad, filepath.Join(dir, "missing.qcow2"), "qcow2", 1<<20)
+	if err := storage.CreateLinkedClone(ctx, bad, filepath.Join(dir, "missing.qcow2"), "qcow2", 1<<20); err == nil {
+		t.Fatal("a clone of a missing backing file was made")
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Fatal("a failed clone left its destination")
+	}
+	err = storage.Convert(ctx, filepath.Join(dir, "missing.qcow2"), "qcow2", bad, "qcow2")
 	var te *storage.ToolError
 	if err == nil || !errors.As(err, &te) || te.Stderr == "" {
-		t.Fatalf("clone of a missing backing file: %v", err)
+		t.Fatalf("convert of a missing file: %v", err)
 	}
 	if _, err := os.Stat(bad); !os.IsNotExist(err) {
 		t.Fatal("a failed create left its destination")
 	}
-	if err := storage.Convert(ctx, raw, "vmdk", bad, "qcow2"); err == nil {
-		t.Fatal("a format other than qcow2/raw was accepted")
+	if err := storage.Convert(ctx, raw, "iso", bad, "qcow2"); err == nil {
+		t.Fatal("a format qemu-img is never given was accepted")
+	}
+	if err := storage.Convert(ctx, raw, "raw", bad, "vmdk"); err == nil {
+		t.Fatal("a destination format other than qcow2/raw was accepted")
 	}
 	if _, err := storage.Info(ctx, "relative.qcow2", "qcow2"); err == nil {
 		t.Fatal("a relative path was accepted")

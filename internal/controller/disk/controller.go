@@ -44,7 +44,40 @@ const (
 	ReasonDiskLost            = "DiskLost"
 	ReasonInUse               = "InUse"
 	ReasonDataSourceReady     = "DataSourceReady"
+	ReasonInsufficientStorage = "InsufficientStorage"
 )
+
+// NoSpaceRetryDelay is how long a disk that failed for lack of space in its pool (or whose
+// import failed for a network or server error) waits before it is tried again.
+var NoSpaceRetryDelay = time.Minute
+
+// retryAfterNoSpace says whether a Failed disk failed for lack of space, or its import for a
+// network or server error (it is retried), and how long it still waits. The time of the failure is kept in memory (after a restart the disk
+// is tried at once).
+func (c *Controller) retryAfterNoSpace(uid string, st v1alpha1.VirtualDiskStatus) (time.Duration, bool) {
+	cond := v1alpha1.FindCondition(st.Conditions, v1alpha1.DiskConditionReady)
+	if cond == nil {
+		return 0, false
+	}
+	switch cond.Reason {
+	case ReasonInsufficientStorage, images.ReasonDownloadFailed, images.ReasonHTTPError, images.ReasonProcessingFailed:
+	default:
+		return 0, false
+	}
+	c.mu.Lock()
+	at, ok := c.noSpaceAt[uid]
+	c.mu.Unlock()
+	if !ok {
+		return 0, true
+	}
+	return max(time.Until(at.Add(NoSpaceRetryDelay)), 0), true
+}
+
+func (c *Controller) noteNoSpace(uid string) {
+	c.mu.Lock()
+	c.noSpaceAt[uid] = time.Now()
+	c.mu.Unlock()
+}
 
 // Config configures the controller.
 type Config struct {
@@ -53,6 +86,13 @@ type Config struct {
 	Log     *slog.Logger
 	// Workers is how many disks are provisioned at once; default 2.
 	Workers int
+	// Uploads, UploadBaseURLs and UploadTimeout serve disks with an Upload data source, as
+	// for images (see the image controller); nil Uploads leaves such disks Pending.
+	Uploads        *images.Uploads
+	UploadBaseURLs v1alpha1.ImageUploadURLs
+	UploadTimeout  time.Duration
+	// ProgressInterval is how often upload progress is written to status; default 1 s.
+	ProgressInterval time.Duration
 }
 
 // Controller reconciles VirtualDisks.
@@ -66,6 +106,10 @@ type Controller struct {
 	cvis  *runtime.Informer
 	vis   *runtime.Informer
 	vms   *runtime.Informer
+
+	mu        sync.Mutex
+	jobs      map[string]*job      // background uploads, by disk uid
+	noSpaceAt map[string]time.Time // when a disk last failed for lack of space, by uid
 }
 
 // New returns a controller; Run starts it.
@@ -76,8 +120,14 @@ func New(cfg Config) *Controller {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 2
 	}
+	if cfg.UploadTimeout <= 0 {
+		cfg.UploadTimeout = images.DefaultUploadTimeout
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Second
+	}
 	log := cfg.Log.With("controller", "disk")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log,
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: map[string]*job{}, noSpaceAt: map[string]time.Time{},
 		rec:   &runtime.Recorder{C: cfg.Client, Component: "disk-controller", Log: log},
 		q:     runtime.NewQueue("virtualdisks", log),
 		disks: runtime.NewInformer(cfg.Client, "virtualdisks", "", log),
@@ -85,10 +135,13 @@ func New(cfg Config) *Controller {
 		vis:   runtime.NewInformer(cfg.Client, "virtualimages", "", log),
 		vms:   runtime.NewInformer(cfg.Client, "virtualmachines", "", log),
 	}
-	c.disks.OnChange(c.q.Add)
+	c.disks.OnChange(func(k runtime.Key) {
+		c.q.Add(k)
+		c.enqueueUsersOf(v1alpha1.DataSourceKindVirtualDisk, k) // disks copied from it
+	})
 	c.cvis.OnChange(func(k runtime.Key) { c.enqueueUsersOf(v1alpha1.DataSourceKindClusterVirtualImage, k) })
 	c.vis.OnChange(func(k runtime.Key) { c.enqueueUsersOf(v1alpha1.DataSourceKindVirtualImage, k) })
-	c.vms.OnChange(c.enqueueTerminatingIn)
+	c.vms.OnChange(c.enqueueProject)
 	return c
 }
 
@@ -117,6 +170,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	c.q.Run(ctx, c.cfg.Workers, c.reconcile)
+	c.stopAllJobs()
 	wg.Wait()
 	return nil
 }
@@ -138,24 +192,10 @@ func (c *Controller) enqueueUsersOf(k v1alpha1.DataSourceObjectKind, key runtime
 		if r.Kind != k || r.Name != name {
 			continue
 		}
-		if k == v1alpha1.DataSourceKindVirtualImage && refNamespace(r, d.Namespace) != ns {
+		if (k == v1alpha1.DataSourceKindVirtualImage || k == v1alpha1.DataSourceKindVirtualDisk) && refNamespace(r, d.Namespace) != ns {
 			continue
 		}
 		c.q.Add(runtime.NewKey(d.Namespace, d.Name))
-	}
-}
-
-// enqueueTerminatingIn queues the disks being deleted in the VM's project (the VM may have
-// let go of one).
-func (c *Controller) enqueueTerminatingIn(vmKey runtime.Key) {
-	ns, _ := vmKey.Split()
-	for _, raw := range c.disks.Raw() {
-		var m struct {
-			Metadata v1alpha1.ObjectMeta `json:"metadata"`
-		}
-		if json.Unmarshal(raw, &m) == nil && m.Metadata.Namespace == ns && m.Metadata.DeletionTimestamp != nil {
-			c.q.Add(runtime.NewKey(ns, m.Metadata.Name))
-		}
 	}
 }
 
@@ -214,7 +254,14 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		return runtime.Result{}, err
 	}
 	if d.DeletionTimestamp != nil {
+		c.stopJob(d.UID)
 		return c.finalize(ctx, &d)
+	}
+	if c.running(d.UID) {
+		return runtime.Result{}, nil // an upload job owns the disk's status
+	}
+	if err := c.syncAttached(ctx, &d); err != nil {
+		return runtime.Result{}, err
 	}
 	if !slices.Contains(d.Finalizers, Finalizer) {
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
@@ -235,16 +282,21 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	path := storage.DiskPath(c.cfg.DataDir, storage.DefaultPool, d.UID)
 	exists := fileExists(path)
 	switch {
-	case st.Phase == v1alpha1.DiskPhaseReady && exists:
-		// Growing a Ready disk (spec size above capacity) comes with the resize issue.
-		return runtime.Result{}, nil
-	case st.Phase == v1alpha1.DiskPhaseReady:
+	case (st.Phase == v1alpha1.DiskPhaseReady || st.Phase == v1alpha1.DiskPhaseResizing) && exists:
+		return c.reconcileSize(ctx, &d, st, path)
+	case st.Phase == v1alpha1.DiskPhaseReady || st.Phase == v1alpha1.DiskPhaseResizing:
 		st.Phase = v1alpha1.DiskPhaseFailed
 		setCond(&st, &d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonDiskLost,
 			"the disk was Ready but its file "+path+" is gone")
 		c.rec.Event(ctx, "VirtualDisk", &d, "Warning", ReasonDiskLost, "the disk file is gone")
 		return runtime.Result{}, c.writeStatus(ctx, &d, st)
 	case st.Phase == v1alpha1.DiskPhaseFailed && st.ObservedGeneration == d.Generation:
+		if wait, retry := c.retryAfterNoSpace(d.UID, st); retry {
+			if wait > 0 {
+				return runtime.Result{RequeueAfter: wait}, nil
+			}
+			break // the pool may have room now: try again
+		}
 		return runtime.Result{}, nil // waits for a spec change
 	case exists:
 		info, err := storage.Info(ctx, path, "qcow2")
@@ -265,6 +317,8 @@ type source struct {
 	path, format string // image file and its status.format
 	virtualSize  int64
 	readySince   time.Time
+	// fromDisk: the source is another VirtualDisk, which keeps changing: always a full copy.
+	fromDisk bool
 }
 
 // provision creates the disk file, or says what the disk waits for.
@@ -285,9 +339,14 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 			return runtime.Result{}, c.fail(ctx, d, st, ReasonProvisioningFailed, "a blank disk needs spec.persistentVolumeClaim.size")
 		}
 	case ds.Type == v1alpha1.DataSourceTypeObjectRef && ds.ObjectRef != nil &&
-		(ds.ObjectRef.Kind == v1alpha1.DataSourceKindClusterVirtualImage || ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualImage):
+		(ds.ObjectRef.Kind == v1alpha1.DataSourceKindClusterVirtualImage || ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualImage ||
+			ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDisk):
 		var wait, reason string
-		src, reason, wait = c.imageSource(d)
+		if ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDisk {
+			src, reason, wait = c.diskSource(d)
+		} else {
+			src, reason, wait = c.imageSource(d)
+		}
 		if src == nil {
 			st.Phase = v1alpha1.DiskPhasePending
 			st.ObservedGeneration = d.Generation
@@ -295,6 +354,10 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 			setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, reason, wait)
 			return runtime.Result{}, c.writeStatus(ctx, d, st)
 		}
+	case ds.Type == v1alpha1.DataSourceTypeUpload:
+		return c.startUpload(ctx, d, st, path, requested)
+	case ds.Type == v1alpha1.DataSourceTypeHTTP || ds.Type == v1alpha1.DataSourceTypeContainerImage:
+		return c.startImport(ctx, d, st, path, requested)
 	default:
 		what := string(ds.Type)
 		if ds.ObjectRef != nil {
@@ -335,7 +398,7 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 	switch {
 	case src == nil:
 		err = storage.CreateBlank(ctx, path, size)
-	case d.Spec.CloneMode == v1alpha1.CloneModeFull:
+	case d.Spec.CloneMode == v1alpha1.CloneModeFull || src.fromDisk:
 		mode = "full copy"
 		resizeTo := int64(0)
 		if size > src.virtualSize {
@@ -353,6 +416,13 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 			return runtime.Result{}, ctx.Err()
 		}
 		c.log.Warn("creating the disk file failed", "disk", d.Namespace+"/"+d.Name, "err", err)
+		if images.IsNoSpace(err) {
+			storage.CleanTempFor(path)
+			c.noteNoSpace(d.UID)
+			return runtime.Result{RequeueAfter: NoSpaceRetryDelay}, c.fail(ctx, d, st, ReasonInsufficientStorage, fmt.Sprintf(
+				"the storage pool %q is full: creating the %s (%s) needs more space than is free; free space and the disk is tried again within %s",
+				storage.DefaultPool, mode, images.HumanBytes(size), NoSpaceRetryDelay))
+		}
 		// The image may have gone meanwhile: retry (with backoff) rather than fail for good.
 		return runtime.Result{}, fmt.Errorf("creating %s: %w", mode, err)
 	}

@@ -451,9 +451,10 @@ func TestProgressAndStreaming(t *testing.T) {
 	e.create("clustervirtualimages", "", httpCVI("slow", srv+"/slow.raw", nil))
 	mid := waitFor(e, "clustervirtualimages", "", "slow", "in progress", func(i *v1alpha1.ClusterVirtualImage) bool {
 		return i.Status.Phase == v1alpha1.ImagePhaseProvisioning && i.Status.Progress != "" && i.Status.Progress != "0%" &&
-			i.Status.Progress != "100%" && i.Status.DownloadSpeed != nil && i.Status.DownloadSpeed.AvgBytes > 0
+			i.Status.Progress != "100%" && i.Status.DownloadSpeed != nil && i.Status.DownloadSpeed.AvgBytes > 0 &&
+			i.Status.Size != nil && i.Status.Size.StoredBytes > 0 && i.Status.Size.StoredBytes < size
 	})
-	t.Logf("mid-import status: progress %s speed %+v", mid.Status.Progress, *mid.Status.DownloadSpeed)
+	t.Logf("mid-import status: progress %s speed %+v size %+v", mid.Status.Progress, *mid.Status.DownloadSpeed, *mid.Status.Size)
 	done := waitFor(e, "clustervirtualimages", "", "slow", "Ready", cviReady)
 	if done.Status.Progress != "100%" || done.Status.Size.UnpackedBytes != size {
 		t.Fatalf("final status %+v", done.Status)

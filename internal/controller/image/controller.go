@@ -58,6 +58,18 @@ type Config struct {
 	// RetryDelay is how long a transiently failed import (network error, HTTP 5xx) waits
 	// before it is tried again; default 1 min.
 	RetryDelay time.Duration
+	// MaxUnpackedSize bounds what one import writes (after decompression); default
+	// images.DefaultMaxUnpackedSize.
+	MaxUnpackedSize int64
+	// UploadTimeout is how long an Upload image waits for its file; default 15 min.
+	UploadTimeout time.Duration
+	// Uploads connects the API server's upload URLs to waiting imports; nil: Upload data
+	// sources stay Pending.
+	Uploads *images.Uploads
+	// UploadBaseURLs are the external and in-cluster bases (scheme://host:port) of upload
+	// URLs; empty External means the API has no TCP listener (upload over the socket with
+	// the CLI).
+	UploadBaseURLs v1alpha1.ImageUploadURLs
 }
 
 // kind is one of the two image kinds.
@@ -80,8 +92,16 @@ type Controller struct {
 	disks *runtime.Informer
 	vms   *runtime.Informer
 
-	mu   sync.Mutex
-	jobs map[string]*job // by image uid
+	mu     sync.Mutex
+	jobs   map[string]*job      // by image uid
+	failed map[string]time.Time // when an import last failed transiently, by image uid
+}
+
+func (c *Controller) failedAt(uid string) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.failed[uid]
+	return t, ok
 }
 
 type job struct {
@@ -103,8 +123,11 @@ func New(cfg Config) *Controller {
 	if cfg.RetryDelay <= 0 {
 		cfg.RetryDelay = time.Minute
 	}
+	if cfg.UploadTimeout <= 0 {
+		cfg.UploadTimeout = images.DefaultUploadTimeout
+	}
 	log := cfg.Log.With("controller", "image")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: map[string]*job{},
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: map[string]*job{}, failed: map[string]time.Time{},
 		rec: &runtime.Recorder{C: cfg.Client, Component: "image-controller", Log: log}}
 	c.cvi = &kind{name: string(v1alpha1.DataSourceKindClusterVirtualImage), resource: "clustervirtualimages",
 		inf: runtime.NewInformer(cfg.Client, "clustervirtualimages", "", log), q: runtime.NewQueue("clustervirtualimages", log)}
@@ -119,7 +142,11 @@ func New(cfg Config) *Controller {
 		})
 	}
 	// A disk or VM that goes away may free an image that waits to be deleted.
-	c.disks.OnChange(func(runtime.Key) { c.enqueueTerminating() })
+	diskKind := &kind{name: string(v1alpha1.DataSourceKindVirtualDisk), namespaced: true}
+	c.disks.OnChange(func(key runtime.Key) {
+		c.enqueueTerminating()
+		c.enqueueDependents(diskKind, key) // images copied from the disk
+	})
 	c.vms.OnChange(func(runtime.Key) { c.enqueueTerminating() })
 	return c
 }
@@ -305,8 +332,10 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 		if cond == nil || !transientReason(cond.Reason) {
 			return runtime.Result{}, nil // a permanent failure: nothing changes until the spec does
 		}
-		if cond.LastTransitionTime != nil {
-			if wait := time.Until(cond.LastTransitionTime.Add(c.cfg.RetryDelay)); wait > 0 {
+		// The Ready condition stays False across retries, so its transition time is not the
+		// time of the last failure: that is kept in memory (after a restart, retry at once).
+		if at, ok := c.failedAt(m.UID); ok {
+			if wait := time.Until(at.Add(c.cfg.RetryDelay)); wait > 0 {
 				return runtime.Result{RequeueAfter: wait}, nil
 			}
 		}
@@ -330,7 +359,8 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 // Checksum mismatches, unsupported formats and rejected images are not: they wait for a new
 // image object.
 func transientReason(r string) bool {
-	return r == images.ReasonDownloadFailed || r == images.ReasonHTTPError || r == images.ReasonProcessingFailed
+	return r == images.ReasonDownloadFailed || r == images.ReasonHTTPError || r == images.ReasonProcessingFailed ||
+		r == images.ReasonInsufficientStorage
 }
 
 // start begins the import of img's data source, or explains why it cannot start.
@@ -362,6 +392,8 @@ func (c *Controller) start(ctx context.Context, img *image, st v1alpha1.ImageSta
 			if ns == "" {
 				ns = m.Namespace
 			}
+		case v1alpha1.DataSourceKindVirtualDisk:
+			return c.startFromDisk(ctx, img, st, r)
 		default:
 			return runtime.Result{}, c.pending(ctx, img, st, ReasonNotSupported,
 				fmt.Sprintf("images made from a %s are not supported yet", r.Kind))
@@ -396,9 +428,13 @@ func (c *Controller) start(ctx context.Context, img *image, st v1alpha1.ImageSta
 			return images.CopyStored(ctx, srcPath, srcFormat, dst)
 		})
 		return runtime.Result{}, nil
+	case v1alpha1.DataSourceTypeUpload:
+		return c.startUpload(ctx, img, st)
+	case v1alpha1.DataSourceTypeContainerImage:
+		return c.startOCI(ctx, img, st)
 	default:
 		return runtime.Result{}, c.pending(ctx, img, st, ReasonNotSupported,
-			fmt.Sprintf("data source type %s is not supported yet (HTTP and ObjectRef to an image are)", orUnknown(string(ds.Type))))
+			fmt.Sprintf("data source type %s is not supported yet (HTTP, ContainerImage, Upload and ObjectRef to an image are)", orUnknown(string(ds.Type))))
 	}
 }
 
@@ -454,6 +490,11 @@ func (c *Controller) running(uid string) bool {
 
 // launch runs an import of img in the background; when it ends the image is queued again.
 func (c *Controller) launch(img *image, run importFunc) {
+	c.launchJob(img, func(ctx context.Context) { c.runImport(ctx, img, run) })
+}
+
+// launchJob runs fn as img's background job (one per image at a time).
+func (c *Controller) launchJob(img *image, fn func(ctx context.Context)) {
 	m := img.meta
 	uid := m.UID
 	key := runtime.NewKey(m.Namespace, m.Name)
@@ -476,7 +517,7 @@ func (c *Controller) launch(img *image, run importFunc) {
 			close(j.done)
 			img.kind.q.Add(key)
 		}()
-		c.runImport(ctx, img, run)
+		fn(ctx)
 	}()
 }
 
@@ -493,6 +534,7 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 	st.DownloadSpeed = nil
 	st.Size = nil
 	st.Format, st.CDROM, st.SHA256 = "", false, ""
+	st.ImageUploadURLs = nil // an upload URL is single-use
 	st.ObservedGeneration = m.Generation
 	setCond(&st, m, v1alpha1.ImageConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceOK, "")
 	setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, "importing the image")
@@ -504,7 +546,7 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 	c.rec.Event(ctx, img.kind.name, img.obj, "Normal", "ImportStarted", "importing from a "+string(img.ds.Type)+" source")
 
 	var lastPatch time.Time
-	opts := images.Options{ProgressInterval: c.cfg.ProgressInterval, Progress: func(p images.Progress) {
+	opts := images.Options{ProgressInterval: c.cfg.ProgressInterval, MaxUnpackedSize: c.cfg.MaxUnpackedSize, Progress: func(p images.Progress) {
 		if time.Since(lastPatch) < c.cfg.ProgressInterval/2 {
 			return
 		}
@@ -514,6 +556,10 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 		if pct := p.Percent(); pct != "" {
 			s["progress"] = pct
 		}
+		// During the import the sizes are what has arrived (stored) and what it unpacked to
+		// so far; the final sizes replace them when the image is stored.
+		s["size"] = v1alpha1.ImageSize{Stored: images.HumanBytes(p.Received), StoredBytes: p.Received,
+			Unpacked: images.HumanBytes(p.Unpacked), UnpackedBytes: p.Unpacked}
 		patch, _ := json.Marshal(map[string]any{"status": s})
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -546,6 +592,9 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 		st.Phase = v1alpha1.ImagePhaseFailed
 		setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, reason, msg)
 		log.Warn("import failed", "reason", reason, "err", err)
+		c.mu.Lock()
+		c.failed[m.UID] = time.Now()
+		c.mu.Unlock()
 		c.rec.Event(wctx, img.kind.name, img.obj, "Warning", reason, msg)
 		if err := c.writeStatus(wctx, img, st); err != nil {
 			log.Warn("writing status", "err", err)
@@ -616,6 +665,9 @@ func (c *Controller) finalize(ctx context.Context, img *image) (runtime.Result, 
 	if err := c.c.Patch(ctx, img.kind.resource, m.Namespace, m.Name, patch, nil); err != nil && !client.IsNotFound(err) {
 		return runtime.Result{}, fmt.Errorf("removing finalizer: %w", err)
 	}
+	c.mu.Lock()
+	delete(c.failed, m.UID)
+	c.mu.Unlock()
 	c.log.Info("image deleted", "image", img.String(), "path", path)
 	return runtime.Result{}, nil
 }

@@ -22,6 +22,9 @@ const (
 	whyMemory         = "insufficient memory"
 	whyNoCapacity     = "without reported capacity"
 	whyDiskOnAnotherN = "not holding the VM's disks"
+	whyClassSelector  = "not matching the class's nodeSelector"
+	whyCPUFeatures    = "lacking the class's CPU features"
+	whyDedicated      = "insufficient free cores for dedicated cores"
 )
 
 // nodeState is a node with what is allocated on it.
@@ -31,6 +34,10 @@ type nodeState struct {
 	usedMem  int64
 	allocCPU int64
 	allocMem int64
+	// physCPU is the host's cores (threads); usedDedicated the ones dedicated VMs hold.
+	physCPU       int64
+	usedDedicated int64
+	cpuRatio      float64
 }
 
 // newNodeState computes allocatable = capacity × allocation ratio.
@@ -45,6 +52,7 @@ func newNodeState(n *v1alpha1.Node) *nodeState {
 			mr = v1alpha1.DefaultMemoryAllocationRatio
 		}
 		s.allocCPU = int64(float64(c.CPU) * cr)
+		s.physCPU, s.cpuRatio = c.CPU, cr
 		if m, err := c.Memory.Value(); err == nil {
 			s.allocMem = int64(float64(m) * mr)
 		}
@@ -52,15 +60,80 @@ func newNodeState(n *v1alpha1.Node) *nodeState {
 	return s
 }
 
-// vmRequest is what a VM needs of a node.
+// vmRequest is what a VM needs of a node: virtual cores and memory. Scheduling counts whole
+// cores whatever the core fraction: the fraction caps a VM's CPU time, and overcommit is
+// what the node's cpu allocation ratio is for.
 func vmRequest(vm *v1alpha1.VirtualMachine) (cpu, mem int64) {
 	mem, _ = vm.Spec.Memory.Size.Value()
 	return int64(vm.Spec.CPU.Cores), mem
 }
 
+// nodeCPURequest is the share of the node's virtual cores a VM takes: its cores, or for
+// dedicated cores the virtual cores those physical cores stand for (cores × ratio), since a
+// dedicated core is never shared.
+func (n *nodeState) cpuRequest(r request) int64 {
+	if r.dedicated && n.cpuRatio > 1 {
+		return int64(float64(r.cores) * n.cpuRatio)
+	}
+	return r.cores
+}
+
+// take adds a VM bound to the node to what is used.
+func (n *nodeState) take(vm *v1alpha1.VirtualMachine) {
+	n.takeRequest(requestOf(vm))
+}
+
+// request is what a bound VM holds of its node.
+type request struct {
+	cores     int64
+	mem       int64
+	dedicated bool
+}
+
+func requestOf(vm *v1alpha1.VirtualMachine) request {
+	cpu, mem := vmRequest(vm)
+	return request{cores: cpu, mem: mem, dedicated: vm.Spec.CPU.DedicatedCores}
+}
+
+func (n *nodeState) takeRequest(r request) {
+	var u usageSum
+	u.add(r, 1)
+	n.takeSum(u)
+}
+
+// usageSum is what the VMs bound to one node hold: shared cores, dedicated cores, memory.
+type usageSum struct {
+	shared, dedicated, mem int64
+}
+
+func (u *usageSum) add(r request, sign int64) {
+	if r.dedicated {
+		u.dedicated += sign * r.cores
+	} else {
+		u.shared += sign * r.cores
+	}
+	u.mem += sign * r.mem
+}
+
+// takeSum adds what bound VMs hold; a dedicated core stands for ratio virtual cores.
+func (n *nodeState) takeSum(u usageSum) {
+	ded := u.dedicated
+	if n.cpuRatio > 1 {
+		ded = int64(float64(u.dedicated) * n.cpuRatio)
+	}
+	n.usedCPU += u.shared + ded
+	n.usedDedicated += u.dedicated
+	n.usedMem += u.mem
+}
+
 // fits says why n cannot take vm ("" when it can). diskNode, when set, is the node that
 // holds the VM's local disks.
-func fits(vm *v1alpha1.VirtualMachine, n *nodeState, now time.Time, staleAfter time.Duration, diskNode string) string {
+func fits(vm *v1alpha1.VirtualMachine, class *v1alpha1.VirtualMachineClass, n *nodeState, now time.Time, staleAfter time.Duration, diskNode string) string {
+	return fitsReq(vm, requestOf(vm), classTolerations(vm, class), class, n, now, staleAfter, diskNode)
+}
+
+// fitsReq is fits with the VM's request and tolerations worked out once per placement.
+func fitsReq(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleration, class *v1alpha1.VirtualMachineClass, n *nodeState, now time.Time, staleAfter time.Duration, diskNode string) string {
 	node := n.node
 	if node.Status.Phase != v1alpha1.NodePhaseReady {
 		return whyNotReady
@@ -78,8 +151,16 @@ func fits(vm *v1alpha1.VirtualMachine, n *nodeState, now time.Time, staleAfter t
 		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule {
 			continue
 		}
-		if !tolerated(t, vm.Spec.Tolerations) {
+		if !tolerated(t, tols) {
 			return whyTaint
+		}
+	}
+	if class != nil {
+		if !MatchClassSelector(class.Spec.NodeSelector, node) {
+			return whyClassSelector
+		}
+		if want := classFeatures(class); len(want) > 0 && !HasFeatures(node, want) {
+			return whyCPUFeatures
 		}
 	}
 	for k, v := range vm.Spec.NodeSelector {
@@ -103,10 +184,13 @@ func fits(vm *v1alpha1.VirtualMachine, n *nodeState, now time.Time, staleAfter t
 	if node.Status.Capacity == nil {
 		return whyNoCapacity
 	}
-	cpu, mem := vmRequest(vm)
-	if n.usedCPU+cpu > n.allocCPU {
+	if req.dedicated && n.usedDedicated+req.cores > n.physCPU {
+		return whyDedicated
+	}
+	if n.usedCPU+n.cpuRequest(req) > n.allocCPU {
 		return whyCPU
 	}
+	mem := req.mem
 	if n.usedMem+mem > n.allocMem {
 		return whyMemory
 	}
@@ -187,8 +271,8 @@ func matchReq(r v1alpha1.NodeSelectorRequirement, v string, has bool) bool {
 // score ranks a fitting node: least allocated after placing the VM (the mean free share of
 // cpu and memory, 0..100), plus preferred node affinity weights, minus a penalty for
 // PreferNoSchedule taints not tolerated.
-func score(vm *v1alpha1.VirtualMachine, n *nodeState) float64 {
-	cpu, mem := vmRequest(vm)
+func score(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleration, n *nodeState) float64 {
+	mem, cpu := req.mem, n.cpuRequest(req)
 	free := func(used, req, alloc int64) float64 {
 		if alloc <= 0 {
 			return 0
@@ -204,7 +288,7 @@ func score(vm *v1alpha1.VirtualMachine, n *nodeState) float64 {
 		}
 	}
 	for _, t := range n.node.Spec.Taints {
-		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule && !tolerated(t, vm.Spec.Tolerations) {
+		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule && !tolerated(t, tols) {
 			s -= 100
 		}
 	}
@@ -212,18 +296,19 @@ func score(vm *v1alpha1.VirtualMachine, n *nodeState) float64 {
 }
 
 // pick returns the best node for vm, or "" and the reason nothing fits.
-func pick(vm *v1alpha1.VirtualMachine, nodes []*nodeState, now time.Time, staleAfter time.Duration, diskNode string) (string, string) {
+func pick(vm *v1alpha1.VirtualMachine, class *v1alpha1.VirtualMachineClass, nodes []*nodeState, now time.Time, staleAfter time.Duration, diskNode string) (string, string) {
 	if len(nodes) == 0 {
 		return "", "0/0 nodes are available: no node is registered"
 	}
 	counts := map[string]int{}
 	best, bestScore := "", 0.0
+	req, tols := requestOf(vm), classTolerations(vm, class)
 	for _, n := range nodes {
-		if why := fits(vm, n, now, staleAfter, diskNode); why != "" {
+		if why := fitsReq(vm, req, tols, class, n, now, staleAfter, diskNode); why != "" {
 			counts[why]++
 			continue
 		}
-		s := score(vm, n)
+		s := score(vm, req, tols, n)
 		if best == "" || s > bestScore || (s == bestScore && n.node.Name < best) {
 			best, bestScore = n.node.Name, s
 		}
@@ -246,4 +331,18 @@ func pick(vm *v1alpha1.VirtualMachine, nodes []*nodeState, now time.Time, staleA
 		parts[i] = fmt.Sprintf("%d %s", counts[w], w)
 	}
 	return "", fmt.Sprintf("0/%d nodes are available: %s", len(nodes), strings.Join(parts, ", "))
+}
+
+// classFeatures are the CPU features a node needs for the class's CPU: the listed ones for
+// type Features, the discovered common ones for Discovery.
+func classFeatures(c *v1alpha1.VirtualMachineClass) []string {
+	switch c.Spec.CPU.Type {
+	case v1alpha1.CPUTypeFeatures:
+		return c.Spec.CPU.Features
+	case v1alpha1.CPUTypeDiscovery:
+		if c.Status.CPUFeatures != nil {
+			return c.Status.CPUFeatures.Enabled
+		}
+	}
+	return nil
 }

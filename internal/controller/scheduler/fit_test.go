@@ -80,7 +80,7 @@ func TestFits(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := fits(c.vm, c.n, now, 40*time.Second, ""); got != c.why {
+			if got := fits(c.vm, nil, c.n, now, 40*time.Second, ""); got != c.why {
 				t.Fatalf("fits = %q, want %q", got, c.why)
 			}
 		})
@@ -90,10 +90,10 @@ func TestFits(t *testing.T) {
 func TestUsedCounts(t *testing.T) {
 	n := node("a", 1, "2Gi")
 	n.usedCPU, n.usedMem = 3, 1<<30
-	if why := fits(vmOf(1, "1Gi"), n, now, time.Minute, ""); why != "" {
+	if why := fits(vmOf(1, "1Gi"), nil, n, now, time.Minute, ""); why != "" {
 		t.Fatalf("exact fit refused: %s", why)
 	}
-	if why := fits(vmOf(2, "512Mi"), n, now, time.Minute, ""); why != whyCPU {
+	if why := fits(vmOf(2, "512Mi"), nil, n, now, time.Minute, ""); why != whyCPU {
 		t.Fatalf("cpu over allocatable: %q", why)
 	}
 }
@@ -103,17 +103,17 @@ func TestPickLeastAllocated(t *testing.T) {
 	busy.usedCPU, busy.usedMem = 8, 6<<30
 	idle := node("b", 4, "8Gi")
 	small := node("c", 1, "1Gi")
-	got, why := pick(vmOf(1, "512Mi"), []*nodeState{busy, idle, small}, now, time.Minute, "")
+	got, why := pick(vmOf(1, "512Mi"), nil, []*nodeState{busy, idle, small}, now, time.Minute, "")
 	if got != "b" {
 		t.Fatalf("picked %q (%s), want the least allocated b", got, why)
 	}
 	// Equal scores: the name decides, so the choice is stable.
-	got, _ = pick(vmOf(1, "512Mi"), []*nodeState{node("y", 2, "2Gi"), node("x", 2, "2Gi")}, now, time.Minute, "")
+	got, _ = pick(vmOf(1, "512Mi"), nil, []*nodeState{node("y", 2, "2Gi"), node("x", 2, "2Gi")}, now, time.Minute, "")
 	if got != "x" {
 		t.Fatalf("tie broken to %q", got)
 	}
 	// Local disks pin the VM to their node.
-	got, _ = pick(vmOf(1, "512Mi"), []*nodeState{busy, idle}, now, time.Minute, "a")
+	got, _ = pick(vmOf(1, "512Mi"), nil, []*nodeState{busy, idle}, now, time.Minute, "a")
 	if got != "a" {
 		t.Fatalf("disk node ignored: %q", got)
 	}
@@ -125,7 +125,7 @@ func TestWhyNot(t *testing.T) {
 		node("c", 64, "64Gi", func(n *v1alpha1.Node) { n.Labels["zone"] = "z2" }),
 	}
 	vm := vmOf(1, "4Gi", func(v *v1alpha1.VirtualMachine) { v.Spec.NodeSelector = map[string]string{"zone": "z1"} })
-	got, why := pick(vm, nodes, now, time.Minute, "")
+	got, why := pick(vm, nil, nodes, now, time.Minute, "")
 	if got != "" {
 		t.Fatalf("picked %s", got)
 	}
@@ -134,11 +134,11 @@ func TestWhyNot(t *testing.T) {
 		t.Fatalf("why = %q", why)
 	}
 	nodes[0].node.Labels["zone"], nodes[1].node.Labels["zone"] = "z1", "z1"
-	_, why = pick(vm, nodes, now, time.Minute, "")
+	_, why = pick(vm, nil, nodes, now, time.Minute, "")
 	if why != "0/3 nodes are available: 2 insufficient memory, 1 not matching nodeSelector" {
 		t.Fatalf("why = %q", why)
 	}
-	if _, why := pick(vm, nil, now, time.Minute, ""); !strings.Contains(why, "no node is registered") {
+	if _, why := pick(vm, nil, nil, now, time.Minute, ""); !strings.Contains(why, "no node is registered") {
 		t.Fatalf("no nodes: %q", why)
 	}
 }

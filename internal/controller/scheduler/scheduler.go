@@ -2,8 +2,11 @@
 // or before the VM controller wrote one its runPolicy), whose block devices are ready and that
 // has no node yet, is bound to the Ready node with the most room left (least allocated)
 // among those that fit: fresh heartbeat, schedulable, taints tolerated, nodeSelector and
-// required node affinity matched, and enough allocatable cpu and memory (capacity ×
-// allocation ratio − the VMs bound to it). The binding is a merge patch of status.nodeName
+// required node affinity matched, the VM class's nodeSelector, tolerations and CPU features
+// honoured, and enough allocatable cpu and memory (capacity × allocation ratio − the VMs bound
+// to it) and, for dedicated cores, free physical cores (never overcommitted). Nodes and VMs
+// are decoded once per change into caches with per-node usage sums, so a placement costs
+// O(nodes). The binding is a merge patch of status.nodeName
 // guarded by the VM's resourceVersion, so two schedulers never bind one VM twice. A VM that
 // fits nowhere gets condition Scheduled=False saying why, node by node.
 package scheduler
@@ -51,16 +54,28 @@ type Scheduler struct {
 	log *slog.Logger
 	rec *runtime.Recorder
 
-	vms, nodes, disks *runtime.Informer
-	queue             *runtime.Queue
+	vms, nodes, disks, classes *runtime.Informer
+	queue                      *runtime.Queue
 
 	mu      sync.Mutex
 	assumed map[runtime.Key]assumption // bindings written but not yet seen by the informer
+	// The informers' objects decoded once per change, so a placement costs no JSON decoding:
+	// the nodes by name, what each bound VM holds of its node, and the VMs without a node.
+	nodeCache map[string]*nodeState // allocatable computed, nothing used
+	bound     map[runtime.Key]boundVM
+	usage     map[string]*usageSum // by node: the sum of bound
+	pending   map[runtime.Key]bool
+}
+
+// boundVM is a VM with a node and what it holds there.
+type boundVM struct {
+	node string
+	req  request
 }
 
 type assumption struct {
 	uid, node string
-	cpu, mem  int64
+	req       request
 	at        time.Time
 }
 
@@ -83,6 +98,7 @@ func New(cfg Config) (*Scheduler, error) {
 	}
 	log := cfg.Log.With("component", "scheduler")
 	return &Scheduler{cfg: cfg, c: cfg.Client, log: log, assumed: map[runtime.Key]assumption{},
+		nodeCache: map[string]*nodeState{}, bound: map[runtime.Key]boundVM{}, usage: map[string]*usageSum{}, pending: map[runtime.Key]bool{},
 		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-scheduler", Log: log}}, nil
 }
 
@@ -93,12 +109,20 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.vms = runtime.NewInformer(s.c, "virtualmachines", "", s.log)
 	s.nodes = runtime.NewInformer(s.c, "nodes", "", s.log)
 	s.disks = runtime.NewInformer(s.c, "virtualdisks", "", s.log)
-	s.vms.OnChange(s.queue.Add)
-	s.nodes.OnChange(func(runtime.Key) { s.queuePending() })
-	for _, inf := range []*runtime.Informer{s.vms, s.nodes, s.disks} {
+	s.classes = runtime.NewInformer(s.c, "virtualmachineclasses", "", s.log)
+	s.vms.OnChange(func(k runtime.Key) {
+		s.noteVM(k)
+		s.queue.Add(k)
+	})
+	s.nodes.OnChange(func(k runtime.Key) {
+		s.noteNode(k)
+		s.queuePending()
+	})
+	s.classes.OnChange(func(runtime.Key) { s.queuePending() })
+	for _, inf := range []*runtime.Informer{s.vms, s.nodes, s.disks, s.classes} {
 		go inf.Run(ctx)
 	}
-	for _, inf := range []*runtime.Informer{s.vms, s.nodes, s.disks} {
+	for _, inf := range []*runtime.Informer{s.vms, s.nodes, s.disks, s.classes} {
 		select {
 		case <-ctx.Done():
 			return nil
@@ -112,12 +136,67 @@ func (s *Scheduler) Run(ctx context.Context) error {
 
 // queuePending queues every VM waiting for a node.
 func (s *Scheduler) queuePending() {
-	for _, raw := range s.vms.Raw() {
-		var vm v1alpha1.VirtualMachine
-		if json.Unmarshal(raw, &vm) == nil && vm.Status.NodeName == "" {
-			s.queue.Add(runtime.KeyOf(&vm))
-		}
+	s.mu.Lock()
+	keys := make([]runtime.Key, 0, len(s.pending))
+	for k := range s.pending {
+		keys = append(keys, k)
 	}
+	s.mu.Unlock()
+	for _, k := range keys {
+		s.queue.Add(k)
+	}
+}
+
+// noteVM updates the caches from the informer's copy of one VM.
+func (s *Scheduler) noteVM(k runtime.Key) {
+	var vm v1alpha1.VirtualMachine
+	ok, err := s.vms.Get(k, &vm)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !ok || err != nil {
+		s.setBoundLocked(k, nil)
+		return
+	}
+	s.setBoundLocked(k, &vm)
+}
+
+// setBoundLocked records vm (nil: gone) under k, keeping the per-node sums.
+func (s *Scheduler) setBoundLocked(k runtime.Key, vm *v1alpha1.VirtualMachine) {
+	if old, had := s.bound[k]; had {
+		if u := s.usage[old.node]; u != nil {
+			u.add(old.req, -1)
+		}
+		delete(s.bound, k)
+	}
+	delete(s.pending, k)
+	switch {
+	case vm == nil:
+	case vm.Status.NodeName != "":
+		b := boundVM{node: vm.Status.NodeName, req: requestOf(vm)}
+		s.bound[k] = b
+		u := s.usage[b.node]
+		if u == nil {
+			u = &usageSum{}
+			s.usage[b.node] = u
+		}
+		u.add(b.req, 1)
+	default:
+		s.pending[k] = true
+	}
+}
+
+// noteNode updates the node cache from the informer.
+func (s *Scheduler) noteNode(k runtime.Key) {
+	var n v1alpha1.Node
+	ok, err := s.nodes.Get(k, &n)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, name := k.Split()
+	if !ok || err != nil {
+		delete(s.nodeCache, name)
+		return
+	}
+	s.nodeCache[name] = newNodeState(&n)
 }
 
 // wantsNode says whether the VM should be placed now.
@@ -161,11 +240,15 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	now := s.cfg.Now()
 	nodes := s.nodeStates()
 	diskNode, derr := s.diskNode(&vm)
+	class, cerr := s.class(&vm)
 	var node, why string
-	if derr != "" {
+	switch {
+	case derr != "":
 		why = derr
-	} else {
-		node, why = pick(&vm, nodes, now, s.cfg.NodeStaleAfter, diskNode)
+	case cerr != "":
+		why = cerr
+	default:
+		node, why = pick(&vm, class, nodes, now, s.cfg.NodeStaleAfter, diskNode)
 	}
 	if node == "" {
 		cond := v1alpha1.Condition{Type: ConditionScheduled, Status: v1alpha1.ConditionFalse, Reason: ReasonUnschedulable, Message: why}
@@ -186,9 +269,8 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	if err := s.patch(ctx, &vm, map[string]any{"nodeName": node, "conditions": conds}); err != nil {
 		return runtime.Result{}, err
 	}
-	cpu, mem := vmRequest(&vm)
 	s.mu.Lock()
-	s.assumed[key] = assumption{uid: vm.UID, node: node, cpu: cpu, mem: mem, at: time.Now()}
+	s.assumed[key] = assumption{uid: vm.UID, node: node, req: requestOf(&vm), at: time.Now()}
 	s.mu.Unlock()
 	s.log.Info("VM scheduled", "vm", string(key), "node", node)
 	return runtime.Result{}, nil
@@ -215,43 +297,41 @@ func (s *Scheduler) patch(ctx context.Context, vm *v1alpha1.VirtualMachine, stat
 	return err
 }
 
-// nodeStates returns every node with the resources its VMs use.
+// nodeStates returns every node with the resources its VMs use, from the caches.
 func (s *Scheduler) nodeStates() []*nodeState {
-	byName := map[string]*nodeState{}
-	var out []*nodeState
-	for _, k := range s.nodes.Keys() {
-		var n v1alpha1.Node
-		if ok, err := s.nodes.Get(k, &n); !ok || err != nil {
-			continue
-		}
-		st := newNodeState(&n)
-		byName[n.Name] = st
-		out = append(out, st)
-	}
-	seen := map[runtime.Key]bool{}
-	for _, raw := range s.vms.Raw() {
-		var vm v1alpha1.VirtualMachine
-		if json.Unmarshal(raw, &vm) != nil || vm.Status.NodeName == "" {
-			continue
-		}
-		seen[runtime.KeyOf(&vm)] = true
-		if n := byName[vm.Status.NodeName]; n != nil {
-			cpu, mem := vmRequest(&vm)
-			n.usedCPU += cpu
-			n.usedMem += mem
-		}
-	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodeStatesLocked()
+}
+
+func (s *Scheduler) nodeStatesLocked() []*nodeState {
+	out := make([]*nodeState, 0, len(s.nodeCache))
+	var byName map[string]*nodeState
+	if len(s.assumed) > 0 {
+		byName = make(map[string]*nodeState, len(s.nodeCache))
+	}
+	states := make([]nodeState, len(s.nodeCache)) // one allocation for all nodes
+	i := 0
+	for name, base := range s.nodeCache {
+		st := &states[i]
+		i++
+		*st = *base
+		if u := s.usage[name]; u != nil {
+			st.takeSum(*u)
+		}
+		out = append(out, st)
+		if byName != nil {
+			byName[name] = st
+		}
+	}
 	for k, a := range s.assumed {
-		if seen[k] {
+		if _, seen := s.bound[k]; seen {
 			continue
 		}
 		if n := byName[a.node]; n != nil {
-			n.usedCPU += a.cpu
-			n.usedMem += a.mem
+			n.takeRequest(a.req)
 		}
 	}
-	s.mu.Unlock()
 	return out
 }
 
@@ -273,4 +353,20 @@ func (s *Scheduler) diskNode(vm *v1alpha1.VirtualMachine) (string, string) {
 		node = d.Status.NodeName
 	}
 	return node, ""
+}
+
+// class returns the VM's class (nil without one), or why the VM cannot be placed.
+func (s *Scheduler) class(vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachineClass, string) {
+	name := vm.Spec.VirtualMachineClassName
+	if name == "" {
+		return nil, ""
+	}
+	var c v1alpha1.VirtualMachineClass
+	if ok, err := s.classes.Get(runtime.NewKey("", name), &c); !ok || err != nil {
+		return nil, fmt.Sprintf("VirtualMachineClass %q not found", name)
+	}
+	if c.Spec.CPU.Type == v1alpha1.CPUTypeDiscovery && (c.Status.CPUFeatures == nil || len(c.Status.CPUFeatures.Enabled) == 0) {
+		return nil, fmt.Sprintf("VirtualMachineClass %q has not discovered its CPU features yet (no node matches its discovery selector, or the nodes report no CPU features)", name)
+	}
+	return &c, ""
 }

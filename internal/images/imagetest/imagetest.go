@@ -14,7 +14,7 @@ import (
 // Need fails the test when a tool is missing, saying which Debian package has it.
 func Need(t testing.TB, tools ...string) {
 	t.Helper()
-	pkgs := map[string]string{"qemu-img": "qemu-utils", "prlimit": "util-linux", "xorriso": "xorriso"}
+	pkgs := map[string]string{"qemu-img": "qemu-utils", "prlimit": "util-linux", "xorriso": "xorriso", "curl": "curl", "gzip": "gzip", "xz": "xz-utils"}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is needed for this test: apt-get install %s", tool, pkgs[tool])
@@ -116,4 +116,68 @@ func Serve(t testing.TB, dir string) string {
 	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// Convert makes dst (in dir) from the raw file src with qemu-img convert -O format plus the
+// given options (e.g. "subformat=streamOptimized"), and returns its path.
+func Convert(t testing.TB, src, dir, name, format string, opts ...string) string {
+	t.Helper()
+	Need(t, "qemu-img")
+	p := filepath.Join(dir, name)
+	args := []string{"convert", "-q", "-f", "raw", "-O", format}
+	for _, o := range opts {
+		args = append(args, "-o", o)
+	}
+	run(t, "qemu-img", append(args, src, p)...)
+	return p
+}
+
+// Gzip writes p+".gz" with gzip(1) and returns its path; the original stays.
+func Gzip(t testing.TB, p string) string {
+	t.Helper()
+	Need(t, "gzip")
+	run(t, "gzip", "-k", "-f", "-1", p)
+	return p + ".gz"
+}
+
+// Xz writes p+".xz" with xz(1) and returns its path; the original stays.
+func Xz(t testing.TB, p string) string {
+	t.Helper()
+	Need(t, "xz")
+	run(t, "xz", "-k", "-f", "-0", "-T1", p)
+	return p + ".xz"
+}
+
+// VMDKDescriptor makes a VMDK descriptor file (a text file) whose flat extent is target, a
+// host file the descriptor would make qemu-img read.
+func VMDKDescriptor(t testing.TB, dir, name, target string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	desc := "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n" +
+		"# Extent description\nRW 2048 FLAT \"" + target + "\" 0\n\nddb.virtualHWVersion = \"4\"\n"
+	if err := os.WriteFile(p, []byte(desc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// VMDKWithParent makes a sparse VMDK whose embedded descriptor names a parent file.
+func VMDKWithParent(t testing.TB, dir, name string) string {
+	t.Helper()
+	Need(t, "qemu-img")
+	base := filepath.Join(dir, name+".parent.vmdk")
+	run(t, "qemu-img", "create", "-q", "-f", "vmdk", base, "16M")
+	p := filepath.Join(dir, name)
+	run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-F", "vmdk", "-b", base, p)
+	return p
+}
+
+// JSONBacking makes a qcow2 whose backing file is a json: name that opens a host file.
+func JSONBacking(t testing.TB, dir, name, target string) string {
+	t.Helper()
+	Need(t, "qemu-img")
+	p := filepath.Join(dir, name)
+	run(t, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-F", "raw",
+		"-b", `json:{"driver":"raw","file":{"driver":"file","filename":"`+target+`"}}`, p, "16M")
+	return p
 }

@@ -1,0 +1,298 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/network"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+)
+
+// NetworkResyncInterval is how often the host side of the networks is checked and repaired.
+const NetworkResyncInterval = 15 * time.Second
+
+// netState is the agent's host networking: the ClusterNetworks it watches and the manager
+// of bridges, taps, nftables and dnsmasq.
+type netState struct {
+	m     *network.Manager
+	cnets *runtime.Informer
+	tools error // missing programs, reported when a VM starts
+	// mu serializes changes of the host's networking (a start and a resync never
+	// interleave).
+	mu sync.Mutex
+}
+
+// errNetNotReady says a VM's addresses are not allocated yet: its start waits.
+var errNetNotReady = errors.New("network addresses are not ready")
+
+// startNetworking starts host networking (with Config.HostNetworking): it watches the
+// ClusterNetworks, brings the host in line with the running VMs at once (re-adopting
+// dnsmasq and leaving taps and rules of running VMs as they are, so a restart of the agent
+// does not interrupt them), then repairs drift every NetworkResyncInterval.
+func (a *Agent) startNetworking(ctx context.Context) {
+	if !a.cfg.HostNetworking {
+		return
+	}
+	ns := &netState{m: network.NewManager(network.Config{DataDir: a.cfg.DataDir, Log: a.log, NoUpstreamDNS: a.cfg.NoUpstreamDNS}),
+		cnets: runtime.NewInformer(a.c, "clusternetworks", "", a.log)}
+	ns.tools = ns.m.CheckTools()
+	if ns.tools != nil {
+		a.log.Error("host networking is not usable: VMs will not start", "err", ns.tools)
+	}
+	a.net = ns
+	go ns.cnets.Run(ctx)
+	select {
+	case <-ctx.Done():
+		return
+	case <-ns.cnets.Synced():
+	}
+	ns.cnets.OnChange(func(runtime.Key) { go a.resyncNetworks(ctx) })
+	a.resyncNetworks(ctx)
+	go a.loop(ctx, NetworkResyncInterval, func() { a.resyncNetworks(ctx) })
+}
+
+// plannedNIC is one NIC of a VM on this host.
+type plannedNIC struct {
+	index    int
+	netName  string
+	net      *v1alpha1.ClusterNetwork
+	tap, mac string
+	ip       netip.Addr
+	forwards []v1alpha1.PortForward
+}
+
+// planNICs resolves a VM's interfaces from its status (written by the network controller)
+// and the ClusterNetworks. errNetNotReady (wrapped) means the addresses are still being
+// allocated.
+func (a *Agent) planNICs(vm *v1alpha1.VirtualMachine) ([]plannedNIC, error) {
+	specs := vm.Spec.Networks
+	if len(specs) == 0 {
+		specs = []v1alpha1.NetworkSpec{{Type: v1alpha1.NetworkTypeMain}}
+	}
+	if len(vm.Status.Networks) != len(specs) {
+		return nil, fmt.Errorf("%w: %d of %d interfaces have addresses", errNetNotReady, len(vm.Status.Networks), len(specs))
+	}
+	var out []plannedNIC
+	for i, s := range specs {
+		st := vm.Status.Networks[i]
+		name := v1alpha1.DefaultClusterNetworkName
+		if s.Type != v1alpha1.NetworkTypeMain {
+			name = s.Name
+		}
+		if st.Type != s.Type || (s.Type != v1alpha1.NetworkTypeMain && st.Name != s.Name) {
+			return nil, fmt.Errorf("%w: interface %d is being reconfigured", errNetNotReady, i)
+		}
+		var n v1alpha1.ClusterNetwork
+		if ok, err := a.net.cnets.Get(runtime.NewKey("", name), &n); err != nil || !ok {
+			return nil, fmt.Errorf("%w: ClusterNetwork %q does not exist", errNetNotReady, name)
+		}
+		if st.MACAddress == "" {
+			return nil, fmt.Errorf("%w: interface %d has no MAC address yet", errNetNotReady, i)
+		}
+		p := plannedNIC{index: i, netName: name, net: &n, tap: network.TapName(vm.UID, i), mac: st.MACAddress, forwards: s.PortForwards}
+		if n.Spec.Subnet != "" {
+			ip, err := netip.ParseAddr(st.IPAddress)
+			if err != nil {
+				return nil, fmt.Errorf("%w: interface %d has no IP address yet", errNetNotReady, i)
+			}
+			p.ip = ip
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// activeVMs are the VMs of this node whose networking must exist: those asked to run and
+// those whose QEMU still runs, with their planned NICs. unsure is true when a VM whose QEMU
+// runs has interfaces that cannot be resolved now (its ClusterNetwork was deleted, its spec
+// is being changed): nothing is taken down then.
+func (a *Agent) activeVMs() (out map[string][]plannedNIC, unsure bool) {
+	out = map[string][]plannedNIC{}
+	for _, raw := range a.vms.Raw() {
+		var vm v1alpha1.VirtualMachine
+		if json.Unmarshal(raw, &vm) != nil || vm.Status.NodeName != a.cfg.NodeName {
+			continue
+		}
+		in := a.inst(vm.UID)
+		alive := in != nil && !in.isExited()
+		if !alive && (vm.DeletionTimestamp != nil || !wantsRunning(vm.Status.PowerRequest)) {
+			continue
+		}
+		plan, err := a.planNICs(&vm)
+		if err != nil {
+			if alive {
+				unsure = true
+			}
+			continue
+		}
+		key := vm.Namespace + "/" + vm.Name
+		out[key] = plan
+	}
+	return out, unsure
+}
+
+// desired is the host state of one network from the active VMs' NICs.
+func desired(name string, n *v1alpha1.ClusterNetwork, active map[string][]plannedNIC, warn func(string)) network.Desired {
+	d := network.Desired{Name: name, Spec: n.Spec}
+	keys := make([]string, 0, len(active))
+	for k := range active {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	hostnames := map[string]int{}
+	for _, k := range keys {
+		for _, p := range active[k] {
+			if p.netName == name && p.ip.IsValid() {
+				hostnames[hostLabel(k)]++
+			}
+		}
+	}
+	taken := map[string]string{}
+	for _, k := range keys {
+		for _, p := range active[k] {
+			if p.netName != name {
+				continue
+			}
+			port := network.Port{Tap: p.tap, MAC: p.mac}
+			if p.ip.IsValid() {
+				port.IPs = []netip.Addr{p.ip}
+				h := network.Host{MAC: p.mac, IP: p.ip}
+				if hostnames[hostLabel(k)] == 1 {
+					h.Hostname = hostLabel(k)
+				}
+				d.Hosts = append(d.Hosts, h)
+			}
+			d.Ports = append(d.Ports, port)
+			if n.Spec.Type != v1alpha1.ClusterNetworkTypeNAT || !p.ip.IsValid() {
+				if len(p.forwards) > 0 {
+					warn(fmt.Sprintf("%s: port forwards of interface %d are ignored: ClusterNetwork %q is not a NAT network with addresses", k, p.index, name))
+				}
+				continue
+			}
+			for _, f := range p.forwards {
+				proto := strings.ToLower(f.Protocol)
+				if proto == "" {
+					proto = "tcp"
+				}
+				id := fmt.Sprintf("%s/%d", proto, f.HostPort)
+				if other, ok := taken[id]; ok {
+					warn(fmt.Sprintf("%s: host port %s is already forwarded to %s; this forward is ignored", k, id, other))
+					continue
+				}
+				taken[id] = k
+				d.Forwards = append(d.Forwards, network.Forward{Protocol: proto, HostPort: f.HostPort, GuestIP: p.ip, GuestPort: f.Port})
+			}
+		}
+	}
+	return d
+}
+
+// hostLabel is the DNS name of a VM ("namespace/name" → name, dots made dashes).
+func hostLabel(key string) string {
+	_, name, _ := strings.Cut(key, "/")
+	return strings.ReplaceAll(name, ".", "-")
+}
+
+// resyncNetworks makes the host match the active VMs: every network they use exists and
+// is repaired, taps of VMs no longer active are deleted, networks no VM here uses are
+// removed.
+func (a *Agent) resyncNetworks(ctx context.Context) {
+	ns := a.net
+	if ns == nil || ctx.Err() != nil {
+		return
+	}
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	active, unsure := a.activeVMs()
+	used := map[string]*v1alpha1.ClusterNetwork{}
+	taps := map[string]bool{}
+	for _, plan := range active {
+		for _, p := range plan {
+			used[p.netName] = p.net
+			taps[p.tap] = true
+		}
+	}
+	for name, n := range used {
+		_ = a.ensureNetwork(ctx, name, n, active)
+	}
+	if unsure {
+		a.log.Warn("a running VM's interfaces cannot be resolved (ClusterNetwork deleted or spec changing): no tap or network is taken down")
+		return
+	}
+	for _, t := range ns.m.Taps() {
+		if !taps[t] {
+			if err := ns.m.DeleteTap(t); err != nil {
+				a.log.Warn("deleting an unused tap", "tap", t, "err", err)
+			} else {
+				a.log.Info("deleted the tap of a VM that no longer runs here", "tap", t)
+			}
+		}
+	}
+	for _, name := range ns.m.Networks() {
+		if _, ok := used[name]; !ok {
+			if err := ns.m.Remove(ctx, name); err != nil {
+				a.log.Warn("removing an unused network", "network", name, "err", err)
+			} else {
+				a.log.Info("removed the host side of a network no VM here uses", "network", name)
+			}
+		}
+	}
+}
+
+func (a *Agent) ensureNetwork(ctx context.Context, name string, n *v1alpha1.ClusterNetwork, active map[string][]plannedNIC) error {
+	d := desired(name, n, active, func(msg string) { a.log.Warn(msg, "network", name) })
+	changed, err := a.net.m.Ensure(ctx, d)
+	if err != nil {
+		a.log.Error("network setup failed", "network", name, "err", err)
+		return err
+	}
+	if len(changed) > 0 {
+		a.log.Info("network brought in line", "network", name, "changes", strings.Join(changed, "; "))
+	}
+	return nil
+}
+
+// prepareNICs returns the QEMU NICs of a VM about to start. With host networking it makes
+// the VM's networks and taps first. nil NICs mean the start does not go on: res and err
+// are what start returns (a retry while addresses are allocated, or a recorded failure).
+func (a *Agent) prepareNICs(ctx context.Context, vm *v1alpha1.VirtualMachine) ([]qemu.NIC, runtime.Result, error) {
+	if a.net == nil {
+		return defaultNICs(vm), runtime.Result{}, nil
+	}
+	if a.net.tools != nil {
+		return nil, runtime.Result{}, a.startFailed(ctx, vm, nil, "host networking: "+a.net.tools.Error())
+	}
+	plan, err := a.planNICs(vm)
+	if err != nil {
+		a.log.Info("start waits for network addresses", "vm", vm.Namespace+"/"+vm.Name, "why", err)
+		return nil, runtime.Result{RequeueAfter: time.Second}, nil
+	}
+	a.net.mu.Lock()
+	defer a.net.mu.Unlock()
+	active, _ := a.activeVMs()
+	active[vm.Namespace+"/"+vm.Name] = plan
+	done := map[string]bool{}
+	var nics []qemu.NIC
+	for _, p := range plan {
+		if !done[p.netName] {
+			done[p.netName] = true
+			if err := a.ensureNetwork(ctx, p.netName, p.net, active); err != nil {
+				return nil, runtime.Result{}, a.startFailed(ctx, vm, nil, err.Error())
+			}
+		}
+		if err := a.net.m.EnsureTap(p.tap, p.net.Spec.Bridge, p.net.Spec.MTU, p.mac); err != nil {
+			return nil, runtime.Result{}, a.startFailed(ctx, vm, nil, fmt.Sprintf("network interface %d: %v", p.index, err))
+		}
+		nics = append(nics, qemu.NIC{ID: fmt.Sprintf("net%d", p.index), MAC: p.mac, Tap: p.tap, MTU: p.net.Spec.MTU})
+	}
+	return nics, runtime.Result{}, nil
+}

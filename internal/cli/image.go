@@ -1,0 +1,232 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/images"
+)
+
+func newImageCommand(cc *cliContext) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "image",
+		Short: "Work with image and disk files (upload)",
+	}
+	cmd.AddCommand(newImageUploadCommand(cc))
+	return cmd
+}
+
+func newImageUploadCommand(cc *cliContext) *cobra.Command {
+	var waitURL time.Duration
+	var noProgress bool
+	cmd := &cobra.Command{
+		Use:   "upload KIND/NAME FILE",
+		Short: "Upload FILE to an image or disk whose data source is Upload",
+		Long: `Upload FILE to a ClusterVirtualImage, VirtualImage or VirtualDisk created with
+dataSource.type Upload. The command waits for the object's upload URL, sends the file over the
+connection to the API server (the unix socket or --server) and returns when the server has
+checked and stored the image. The file may be qcow2, raw, vmdk, vdi, vhd, vhdx or iso, each also
+gzip- or xz-compressed.
+
+Examples:
+  rakhsh image upload cvi/debian-12 debian-12.qcow2
+  rakhsh -n research image upload vd/scratch disk.vmdk.xz`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kindName, name, ok := strings.Cut(args[0], "/")
+			if !ok || name == "" {
+				return usageErrorf("name the object as KIND/NAME, e.g. cvi/debian-12; got %q", args[0])
+			}
+			k, err := lookupKind(kindName)
+			if err != nil {
+				return err
+			}
+			switch k.Kind {
+			case "ClusterVirtualImage", "VirtualImage", "VirtualDisk":
+			default:
+				return usageErrorf("only ClusterVirtualImages, VirtualImages and VirtualDisks take uploads, not %s", k.Kind)
+			}
+			f, err := os.Open(args[1])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			fi, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			if !fi.Mode().IsRegular() {
+				return fmt.Errorf("%s is not a regular file", args[1])
+			}
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ns := scopeNS(k, cc.Namespace())
+			path, err := waitUploadPath(ctx, c, k.Resource, ns, name, ref(k, name), waitURL)
+			if err != nil {
+				return err
+			}
+			stderr := cmd.ErrOrStderr()
+			tty := false
+			if fe, ok := stderr.(*os.File); ok && !noProgress {
+				tty = term.IsTerminal(int(fe.Fd()))
+			}
+			start := time.Now()
+			err = putFile(ctx, c, path, f, fi.Size(), stderr, tty)
+			if err != nil {
+				return fmt.Errorf("uploading %s to %s: %w", args[1], ref(k, name), err)
+			}
+			el := time.Since(start)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: uploaded %s (%s in %s, %s)\n", ref(k, name), args[1],
+				images.HumanBytes(fi.Size()), el.Round(100*time.Millisecond), images.HumanSpeed(int64(float64(fi.Size())/max(el.Seconds(), 0.001))))
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&waitURL, "timeout", 2*time.Minute, "how long to wait for the object's upload URL")
+	cmd.Flags().BoolVar(&noProgress, "no-progress", false, "do not draw a progress bar")
+	return cmd
+}
+
+// waitUploadPath waits until the object publishes an upload URL and returns its path.
+func waitUploadPath(ctx context.Context, c *client.Client, resource, ns, name, what string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		var obj struct {
+			Status struct {
+				Phase           string `json:"phase"`
+				ImageUploadURLs *struct {
+					External  string `json:"external"`
+					InCluster string `json:"inCluster"`
+				} `json:"imageUploadURLs"`
+				Conditions []struct {
+					Type, Message string
+				} `json:"conditions"`
+			} `json:"status"`
+		}
+		if err := c.Get(ctx, resource, ns, name, &obj); err != nil {
+			return "", err
+		}
+		st := obj.Status
+		if st.ImageUploadURLs != nil {
+			if tok := images.UploadToken(st.ImageUploadURLs.External); tok != "" {
+				return images.UploadPathPrefix + tok, nil
+			}
+		}
+		switch st.Phase {
+		case "Ready", "Failed", "Terminating":
+			msg := ""
+			for _, cd := range st.Conditions {
+				if cd.Type == "Ready" && cd.Message != "" {
+					msg = ": " + cd.Message
+				}
+			}
+			return "", fmt.Errorf("%s is %s and takes no upload%s", what, st.Phase, msg)
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%s published no upload URL within %s (phase %q); is its dataSource.type Upload?", what, timeout, st.Phase)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// putFile PUTs size bytes of r to path on the API server, drawing a progress bar on w.
+func putFile(ctx context.Context, c *client.Client, path string, r io.Reader, size int64, w io.Writer, tty bool) error {
+	tr := &http.Transport{
+		DialContext:    func(ctx context.Context, _, _ string) (net.Conn, error) { return c.DialRaw(ctx) },
+		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return c.DialRaw(ctx) },
+	}
+	defer tr.CloseIdleConnections()
+	var sent atomic.Int64
+	body := &countingReader{r: r, n: &sent}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.BaseURL()+path, body)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	done := make(chan struct{})
+	barDone := make(chan struct{})
+	go func() {
+		defer close(barDone)
+		if !tty {
+			<-done
+			return
+		}
+		start := time.Now()
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprintf(w, "\r%s\n", progressBar(sent.Load(), size, time.Since(start)))
+				return
+			case <-t.C:
+				fmt.Fprintf(w, "\r%s", progressBar(sent.Load(), size, time.Since(start)))
+			}
+		}
+	}()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	close(done)
+	<-barDone
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		text := strings.TrimSpace(string(msg))
+		if text == "" {
+			text = resp.Status
+		}
+		return errors.New(text)
+	}
+	return nil
+}
+
+// progressBar renders "[=========>          ]  45%  120Mi/260Mi  50Mi/s".
+func progressBar(n, total int64, el time.Duration) string {
+	const width = 30
+	pct := int64(100)
+	if total > 0 {
+		pct = min(n*100/total, 100)
+	}
+	fill := int(pct * width / 100)
+	bar := strings.Repeat("=", fill)
+	if fill < width {
+		bar += ">" + strings.Repeat(" ", width-fill-1)
+	}
+	speed := int64(0)
+	if s := el.Seconds(); s > 0 {
+		speed = int64(float64(n) / s)
+	}
+	return fmt.Sprintf("[%s] %3d%%  %s/%s  %s  ", bar, pct, images.HumanBytes(n), images.HumanBytes(total), images.HumanSpeed(speed))
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}

@@ -1,0 +1,126 @@
+package disk
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// attachedVMs lists the VMs of the disk's project whose spec.blockDeviceRefs name it, sorted
+// by name; Mounted is true while the VM's QEMU may have the disk open (Starting, Running,
+// Pause, Stopping, Migrating, Degraded).
+func (c *Controller) attachedVMs(d *v1alpha1.VirtualDisk) []v1alpha1.AttachedVirtualMachine {
+	var out []v1alpha1.AttachedVirtualMachine
+	for _, raw := range c.vms.Raw() {
+		var vm v1alpha1.VirtualMachine
+		if json.Unmarshal(raw, &vm) != nil || vm.Namespace != d.Namespace {
+			continue
+		}
+		for _, b := range vm.Spec.BlockDeviceRefs {
+			if b.Kind == v1alpha1.BlockDeviceKindVirtualDisk && b.Name == d.Name {
+				switch vm.Status.Phase {
+				case v1alpha1.VMPhaseStarting, v1alpha1.VMPhaseRunning, v1alpha1.VMPhasePause, v1alpha1.VMPhaseStopping,
+					v1alpha1.VMPhaseMigrating, v1alpha1.VMPhaseDegraded:
+					out = append(out, v1alpha1.AttachedVirtualMachine{Name: vm.Name, Mounted: true})
+				default:
+					out = append(out, v1alpha1.AttachedVirtualMachine{Name: vm.Name})
+				}
+				break
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b v1alpha1.AttachedVirtualMachine) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// syncAttached writes status.attachedToVirtualMachines when it changed (a merge patch of that
+// field only) and keeps d's copy current for the status writes that follow.
+func (c *Controller) syncAttached(ctx context.Context, d *v1alpha1.VirtualDisk) error {
+	now := c.attachedVMs(d)
+	if slices.Equal(now, d.Status.AttachedToVirtualMachines) {
+		return nil
+	}
+	val := any(now)
+	if len(now) == 0 {
+		val = nil // removes the field
+	}
+	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"attachedToVirtualMachines": val}})
+	if err := c.c.PatchStatus(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil {
+		return err
+	}
+	d.Status.AttachedToVirtualMachines = now
+	return nil
+}
+
+// enqueueProject queues every disk of the VM's project: a VM that changes may attach, detach,
+// mount or unmount any of them, or let go of one being deleted.
+func (c *Controller) enqueueProject(vmKey runtime.Key) {
+	ns, _ := vmKey.Split()
+	for _, raw := range c.disks.Raw() {
+		var m struct {
+			Metadata v1alpha1.ObjectMeta `json:"metadata"`
+		}
+		if json.Unmarshal(raw, &m) == nil && m.Metadata.Namespace == ns {
+			c.q.Add(runtime.NewKey(ns, m.Metadata.Name))
+		}
+	}
+}
+
+// diskSource returns the VirtualDisk of the same project a disk is copied from, or why it
+// waits: the source must be Ready and no running VM may have it open (the copy would not be
+// consistent).
+func (c *Controller) diskSource(d *v1alpha1.VirtualDisk) (src *source, reason, msg string) {
+	r := d.Spec.DataSource.ObjectRef
+	if r.Namespace != "" && r.Namespace != d.Namespace {
+		return nil, ReasonNotSupported, fmt.Sprintf("a disk may copy only disks of its own project %q, not %q", d.Namespace, r.Namespace)
+	}
+	what := fmt.Sprintf("VirtualDisk %q", r.Name)
+	if r.Name == d.Name {
+		return nil, ReasonNotSupported, "a disk cannot be copied from itself"
+	}
+	var sd v1alpha1.VirtualDisk
+	found, err := c.disks.Get(runtime.NewKey(d.Namespace, r.Name), &sd)
+	switch {
+	case err != nil:
+		return nil, ReasonImageNotReady, fmt.Sprintf("reading %s: %v", what, err)
+	case !found:
+		return nil, ReasonImageNotFound, fmt.Sprintf("waiting for %s: not found", what)
+	case sd.DeletionTimestamp != nil:
+		return nil, ReasonImageNotReady, what + " is being deleted"
+	case sd.Status.Phase != v1alpha1.DiskPhaseReady:
+		phase := string(sd.Status.Phase)
+		if phase == "" {
+			phase = "not provisioned yet"
+		}
+		return nil, ReasonImageNotReady, fmt.Sprintf("waiting for %s to be Ready (it is %s)", what, phase)
+	case storage.CheckUID(sd.UID) != nil:
+		return nil, ReasonImageNotReady, what + " has no valid uid"
+	}
+	for _, a := range sd.Status.AttachedToVirtualMachines {
+		if a.Mounted {
+			return nil, ReasonImageNotReady, fmt.Sprintf("waiting for VirtualMachine %q to stop: %s is in use, and a copy of a disk in use would not be consistent", a.Name, what)
+		}
+	}
+	size, err := v1alpha1.Quantity(sd.Status.Capacity).Value()
+	if err != nil || size <= 0 {
+		return nil, ReasonImageNotReady, what + " reports no capacity"
+	}
+	pool := sd.Status.StorageClassName
+	if pool == "" {
+		pool = storage.DefaultPool
+	}
+	return &source{path: storage.DiskPath(c.cfg.DataDir, pool, sd.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
+}

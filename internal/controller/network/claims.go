@@ -1,0 +1,282 @@
+package network
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/network"
+)
+
+// claimResult is the outcome of an allocation attempt, written to the claim's Bound
+// condition.
+type claimResult struct {
+	address string
+	reason  string
+	message string
+}
+
+// reconcileIP binds a VirtualMachineIPAddress to an address: it creates the address's
+// lease, whose name is the address, so the API server's uniqueness of names is the
+// cluster-wide uniqueness of addresses.
+func (c *Controller) reconcileIP(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+	var ip v1alpha1.VirtualMachineIPAddress
+	ok, err := c.ips.Get(key, &ip)
+	if err != nil || !ok {
+		return runtime.Result{}, err
+	}
+	if ip.DeletionTimestamp != nil {
+		return runtime.Result{}, nil
+	}
+	ref := &v1alpha1.VirtualMachineIPAddressRef{Name: ip.Name, Namespace: ip.Namespace}
+	var res claimResult
+	if ip.Status.Address != "" {
+		// Bound: make sure the lease still says so (repair a deleted lease).
+		addr := parseIP(ip.Status.Address)
+		res = c.takeIPLease(ctx, addr, ref, true)
+		if res.reason == ReasonAddressInUse {
+			c.log.Warn("the lease of a bound address is held by another claim", "claim", string(key), "address", ip.Status.Address, "msg", res.message)
+		}
+	} else {
+		res = c.allocateIP(ctx, &ip, ref)
+	}
+	phase := v1alpha1.VirtualMachineIPAddressPhasePending
+	if res.reason == ReasonBound {
+		phase = v1alpha1.VirtualMachineIPAddressPhaseBound
+		if ip.Status.VirtualMachineName != "" {
+			phase = v1alpha1.VirtualMachineIPAddressPhaseAttached
+		}
+	}
+	st := ip.Status
+	if res.address != "" {
+		st.Address = res.address
+	}
+	prevMsg := ""
+	if p := v1alpha1.FindCondition(st.Conditions, v1alpha1.AddressConditionBound); p != nil {
+		prevMsg = p.Message
+	}
+	changedCond := v1alpha1.SetCondition(&st.Conditions, cond(v1alpha1.AddressConditionBound, res.reason == ReasonBound, res.reason, res.message, ip.Generation))
+	if st.Address == ip.Status.Address && st.Phase == phase && !changedCond && st.ObservedGeneration == ip.Generation {
+		return runtime.Result{}, nil
+	}
+	if res.reason != ReasonBound && prevMsg != res.message {
+		c.rec.Event(ctx, "VirtualMachineIPAddress", &ip, "Warning", res.reason, res.message)
+	}
+	st.Phase = phase
+	st.ObservedGeneration = ip.Generation
+	if err := c.patchStatus(ctx, "virtualmachineipaddresses", ip.Namespace, ip.Name, ip.ResourceVersion, st); err != nil {
+		if client.IsConflict(err) || client.IsNotFound(err) {
+			return runtime.Result{}, nil
+		}
+		return runtime.Result{}, err
+	}
+	if res.reason == ReasonPoolExhausted {
+		// A lease may be released later: look again now and then.
+		return runtime.Result{RequeueAfter: c.cfg.SweepInterval}, nil
+	}
+	return runtime.Result{}, nil
+}
+
+func (c *Controller) allocateIP(ctx context.Context, ip *v1alpha1.VirtualMachineIPAddress, ref *v1alpha1.VirtualMachineIPAddressRef) claimResult {
+	netName := ip.Spec.Network
+	if netName == "" {
+		netName = v1alpha1.DefaultClusterNetworkName
+	}
+	n, ok := c.network(netName)
+	if !ok {
+		return claimResult{reason: ReasonNetworkNotFound, message: fmt.Sprintf("ClusterNetwork %q does not exist", netName)}
+	}
+	pool, err := network.PoolOf(n.Spec)
+	if err != nil {
+		return claimResult{reason: ReasonNoAddressing, message: fmt.Sprintf("ClusterNetwork %q: %v", netName, err)}
+	}
+	if ip.Spec.Type == v1alpha1.VirtualMachineIPAddressTypeStatic {
+		addr := parseIP(ip.Spec.StaticIP)
+		if !addr.IsValid() || !pool.Contains(addr) {
+			return claimResult{reason: ReasonInvalidAddress, message: fmt.Sprintf("static IP %s is not a host address of ClusterNetwork %q (subnet %s, gateway %s)",
+				ip.Spec.StaticIP, netName, pool.Subnet, pool.Gateway)}
+		}
+		return c.takeIPLease(ctx, addr, ref, true)
+	}
+	tried := map[netip.Addr]bool{}
+	for {
+		addr, ok := pool.NextFree(func(a netip.Addr) bool {
+			if tried[a] {
+				return true
+			}
+			var l v1alpha1.VirtualMachineIPAddressLease
+			found, _ := c.ipls.Get(runtime.NewKey("", v1alpha1.IPLeaseName(a)), &l)
+			return found
+		})
+		if !ok {
+			return claimResult{reason: ReasonPoolExhausted, message: fmt.Sprintf("the address pool of ClusterNetwork %q is exhausted: all %d addresses of %s-%s are leased",
+				netName, pool.Size(), pool.First, pool.Last)}
+		}
+		tried[addr] = true
+		r := c.takeIPLease(ctx, addr, ref, false)
+		if r.reason == ReasonBound || r.reason != ReasonAddressInUse {
+			return r
+		}
+	}
+}
+
+// takeIPLease creates the lease of addr for ref, or finds it already ours. A Released lease
+// is taken over only when takeReleased (a Static claim asks for exactly this address).
+func (c *Controller) takeIPLease(ctx context.Context, addr netip.Addr, ref *v1alpha1.VirtualMachineIPAddressRef, takeReleased bool) claimResult {
+	name := v1alpha1.IPLeaseName(addr)
+	bound := claimResult{address: addr.String(), reason: ReasonBound, message: "address " + addr.String() + " is leased"}
+	l := v1alpha1.VirtualMachineIPAddressLease{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineIPAddressLease"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: v1alpha1.VirtualMachineIPAddressLeaseSpec{VirtualMachineIPAddressRef: ref}}
+	err := c.c.Create(ctx, "virtualmachineipaddressleases", "", &l, &l)
+	if err == nil {
+		_ = c.patchStatus(ctx, "virtualmachineipaddressleases", "", name, "", v1alpha1.VirtualMachineIPAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
+		return bound
+	}
+	if !client.IsAlreadyExists(err) {
+		return claimResult{reason: "Error", message: err.Error()}
+	}
+	// A fresh object: decoding into l would write through its spec's pointer into ref.
+	l = v1alpha1.VirtualMachineIPAddressLease{}
+	if err := c.c.Get(ctx, "virtualmachineipaddressleases", "", name, &l); err != nil {
+		return claimResult{reason: "Error", message: err.Error()}
+	}
+	cur := l.Spec.VirtualMachineIPAddressRef
+	switch {
+	case cur != nil && *cur == *ref:
+		if l.Status.Phase != v1alpha1.LeasePhaseBound {
+			_ = c.patchStatus(ctx, "virtualmachineipaddressleases", "", name, "", v1alpha1.VirtualMachineIPAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
+		}
+		return bound
+	case cur == nil && takeReleased:
+		l.Spec.VirtualMachineIPAddressRef = ref
+		delete(l.Annotations, AnnotationReleasedAt)
+		if err := c.c.Update(ctx, "virtualmachineipaddressleases", "", name, &l, &l); err != nil {
+			return claimResult{reason: "Error", message: err.Error()}
+		}
+		_ = c.patchStatus(ctx, "virtualmachineipaddressleases", "", name, "", v1alpha1.VirtualMachineIPAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
+		return bound
+	case cur == nil:
+		return claimResult{reason: ReasonAddressInUse, message: fmt.Sprintf("address %s was released recently and is not reused yet", addr)}
+	}
+	return claimResult{reason: ReasonAddressInUse, message: fmt.Sprintf("IP address %s is already leased to VirtualMachineIPAddress %s/%s", addr, cur.Namespace, cur.Name)}
+}
+
+// reconcileMAC binds a VirtualMachineMACAddress to an address of the MAC pool (or to the
+// address it names) through the address's lease.
+func (c *Controller) reconcileMAC(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+	var m v1alpha1.VirtualMachineMACAddress
+	ok, err := c.macs.Get(key, &m)
+	if err != nil || !ok || m.DeletionTimestamp != nil {
+		return runtime.Result{}, err
+	}
+	ref := &v1alpha1.VirtualMachineMACAddressRef{Name: m.Name, Namespace: m.Namespace}
+	var res claimResult
+	switch {
+	case m.Status.Address != "":
+		res = c.takeMACLease(ctx, m.Status.Address, ref, true)
+	case m.Spec.Address != "":
+		res = c.takeMACLease(ctx, m.Spec.Address, ref, true)
+	default:
+		tried := map[string]bool{}
+		for {
+			mac, ok := network.NextFreeMAC(c.cfg.MACRanges, macStart(m.Namespace, m.Name, m.UID), func(mac string) bool {
+				if tried[mac] {
+					return true
+				}
+				n, _ := v1alpha1.MACLeaseName(mac)
+				var l v1alpha1.VirtualMachineMACAddressLease
+				found, _ := c.macls.Get(runtime.NewKey("", n), &l)
+				return found
+			})
+			if !ok {
+				res = claimResult{reason: ReasonPoolExhausted, message: fmt.Sprintf("the MAC address pool is exhausted: all %d addresses are leased", network.Size(c.cfg.MACRanges))}
+				break
+			}
+			tried[mac] = true
+			res = c.takeMACLease(ctx, mac, ref, false)
+			if res.reason != ReasonAddressInUse {
+				break
+			}
+		}
+	}
+	phase := v1alpha1.VirtualMachineMACAddressPhasePending
+	if res.reason == ReasonBound {
+		phase = v1alpha1.VirtualMachineMACAddressPhaseBound
+		if m.Status.VirtualMachineName != "" {
+			phase = v1alpha1.VirtualMachineMACAddressPhaseAttached
+		}
+	}
+	st := m.Status
+	if res.address != "" {
+		st.Address = res.address
+	}
+	prevMsg := ""
+	if p := v1alpha1.FindCondition(st.Conditions, v1alpha1.AddressConditionBound); p != nil {
+		prevMsg = p.Message
+	}
+	changedCond := v1alpha1.SetCondition(&st.Conditions, cond(v1alpha1.AddressConditionBound, res.reason == ReasonBound, res.reason, res.message, m.Generation))
+	if st.Address == m.Status.Address && st.Phase == phase && !changedCond && st.ObservedGeneration == m.Generation {
+		return runtime.Result{}, nil
+	}
+	if res.reason != ReasonBound && prevMsg != res.message {
+		c.rec.Event(ctx, "VirtualMachineMACAddress", &m, "Warning", res.reason, res.message)
+	}
+	st.Phase = phase
+	st.ObservedGeneration = m.Generation
+	if err := c.patchStatus(ctx, "virtualmachinemacaddresses", m.Namespace, m.Name, m.ResourceVersion, st); err != nil {
+		if client.IsConflict(err) || client.IsNotFound(err) {
+			return runtime.Result{}, nil
+		}
+		return runtime.Result{}, err
+	}
+	if res.reason == ReasonPoolExhausted {
+		return runtime.Result{RequeueAfter: c.cfg.SweepInterval}, nil
+	}
+	return runtime.Result{}, nil
+}
+
+func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1.VirtualMachineMACAddressRef, takeReleased bool) claimResult {
+	norm, err := v1alpha1.NormalizeMAC(mac)
+	if err != nil {
+		return claimResult{reason: ReasonInvalidAddress, message: err.Error()}
+	}
+	name, _ := v1alpha1.MACLeaseName(norm)
+	bound := claimResult{address: norm, reason: ReasonBound, message: "MAC address " + norm + " is leased"}
+	l := v1alpha1.VirtualMachineMACAddressLease{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineMACAddressLease"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: v1alpha1.VirtualMachineMACAddressLeaseSpec{VirtualMachineMACAddressRef: ref}}
+	err = c.c.Create(ctx, "virtualmachinemacaddressleases", "", &l, &l)
+	if err == nil {
+		_ = c.patchStatus(ctx, "virtualmachinemacaddressleases", "", name, "", v1alpha1.VirtualMachineMACAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
+		return bound
+	}
+	if !client.IsAlreadyExists(err) {
+		return claimResult{reason: "Error", message: err.Error()}
+	}
+	// A fresh object: decoding into l would write through its spec's pointer into ref.
+	l = v1alpha1.VirtualMachineMACAddressLease{}
+	if err := c.c.Get(ctx, "virtualmachinemacaddressleases", "", name, &l); err != nil {
+		return claimResult{reason: "Error", message: err.Error()}
+	}
+	cur := l.Spec.VirtualMachineMACAddressRef
+	switch {
+	case cur != nil && *cur == *ref:
+		if l.Status.Phase != v1alpha1.LeasePhaseBound {
+			_ = c.patchStatus(ctx, "virtualmachinemacaddressleases", "", name, "", v1alpha1.VirtualMachineMACAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
+		}
+		return bound
+	case cur == nil && takeReleased:
+		l.Spec.VirtualMachineMACAddressRef = ref
+		delete(l.Annotations, AnnotationReleasedAt)
+		if err := c.c.Update(ctx, "virtualmachinemacaddressleases", "", name, &l, &l); err != nil {
+			return claimResult{reason: "Error", message: err.Error()}
+		}
+		_ = c.patchStatus(ctx, "virtualmachinemacaddressleases", "", name, "", v1alpha1.VirtualMachineMACAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
+		return bound
+	case cur == nil:
+		return claimResult{reason: ReasonAddressInUse, message: fmt.Sprintf("MAC address %s was released recently and is not reused yet", norm)}
+	}
+	return claimResult{reason: ReasonAddressInUse, message: fmt.Sprintf("MAC address %s is already leased to VirtualMachineMACAddress %s/%s", norm, cur.Namespace, cur.Name)}
+}

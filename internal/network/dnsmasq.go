@@ -1,0 +1,195 @@
+package network
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Host is one static DHCP entry: the NIC with MAC always gets IP.
+type Host struct {
+	MAC      string
+	IP       netip.Addr
+	Hostname string // a DNS label or ""
+}
+
+// dnsmasqInput is what the dnsmasq of one network is configured from.
+type dnsmasqInput struct {
+	Dir        string // state directory of the network
+	Bridge     string
+	Subnet     netip.Prefix
+	Gateway    netip.Addr // announced router; invalid: none
+	DNS        []netip.Addr
+	LeaseTime  time.Duration
+	MTU        int
+	Upstreams  []string // resolvers dnsmasq forwards to; none: it answers local names only
+	ListenAddr netip.Addr
+}
+
+const (
+	dnsmasqConf  = "dnsmasq.conf"
+	dnsmasqPid   = "dnsmasq.pid"
+	dnsmasqHosts = "dhcp-hosts"
+	dnsmasqLease = "dnsmasq.leases"
+	dnsmasqLog   = "dnsmasq.log"
+)
+
+// dnsmasqConfig returns the configuration file. Addresses are only handed out to the MACs
+// in the hosts file ("static" range), so an unknown NIC never takes an address of the
+// pool: the address a VM gets is always its VirtualMachineIPAddress.
+func dnsmasqConfig(in dnsmasqInput) string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	w("# Written by rakhsh; rewritten on every change.")
+	w("interface=%s", in.Bridge)
+	w("bind-interfaces")
+	w("except-interface=lo")
+	w("no-resolv")
+	w("no-hosts")
+	w("no-poll")
+	// It stays root: its files are under the data directory, which only root may enter, and
+	// it re-reads the hosts file on SIGHUP after it would have dropped privileges.
+	w("user=root")
+	for _, u := range in.Upstreams {
+		w("server=%s", u)
+	}
+	w("pid-file=%s", filepath.Join(in.Dir, dnsmasqPid))
+	w("dhcp-leasefile=%s", filepath.Join(in.Dir, dnsmasqLease))
+	w("dhcp-hostsfile=%s", filepath.Join(in.Dir, dnsmasqHosts))
+	w("log-facility=%s", filepath.Join(in.Dir, dnsmasqLog))
+	w("dhcp-authoritative")
+	lt := int(in.LeaseTime / time.Second)
+	if lt < 120 {
+		lt = 3600
+	}
+	w("dhcp-range=%s,static,%s,%d", in.Subnet.Masked().Addr(), maskOf(in.Subnet), lt)
+	if in.Gateway.IsValid() {
+		w("dhcp-option=option:router,%s", in.Gateway)
+	} else {
+		w("dhcp-option=option:router")
+	}
+	if len(in.DNS) > 0 {
+		s := make([]string, len(in.DNS))
+		for i, d := range in.DNS {
+			s[i] = d.String()
+		}
+		w("dhcp-option=option:dns-server,%s", strings.Join(s, ","))
+	}
+	if in.MTU > 0 {
+		w("dhcp-option=option:mtu,%d", in.MTU)
+	}
+	return b.String()
+}
+
+// hostsFile returns the dhcp-hostsfile: "mac,ip[,hostname]" per line, sorted.
+func hostsFile(hosts []Host) string {
+	lines := make([]string, 0, len(hosts))
+	for _, h := range hosts {
+		l := h.MAC + "," + h.IP.String()
+		if h.Hostname != "" {
+			l += "," + h.Hostname
+		}
+		lines = append(lines, l)
+	}
+	sort.Strings(lines)
+	if len(lines) == 0 {
+		return ""
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+func maskOf(p netip.Prefix) string {
+	bits := p.Bits()
+	m := uint32(0xffffffff) << (32 - bits)
+	if bits == 0 {
+		m = 0
+	}
+	return fmt.Sprintf("%d.%d.%d.%d", byte(m>>24), byte(m>>16), byte(m>>8), byte(m))
+}
+
+// writeIfChanged writes data to path atomically and reports whether the content changed.
+func writeIfChanged(path string, data []byte) (bool, error) {
+	old, err := os.ReadFile(path)
+	if err == nil && bytes.Equal(old, data) {
+		return false, nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return false, err
+	}
+	return true, os.Rename(tmp, path)
+}
+
+// dnsmasqPID returns the pid of the dnsmasq serving the network whose state is in dir, or 0.
+// A pid counts only when the process is a dnsmasq started with this directory's
+// configuration, so a recycled pid is never signalled.
+func dnsmasqPID(dir string) int {
+	data, err := os.ReadFile(filepath.Join(dir, dnsmasqPid))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return 0
+	}
+	want := "--conf-file=" + filepath.Join(dir, dnsmasqConf)
+	for _, arg := range strings.Split(string(cmdline), "\x00") {
+		if arg == want {
+			return pid
+		}
+	}
+	return 0
+}
+
+// DnsmasqPID returns the pid of the dnsmasq of a network (0 when none runs). Tests use it to
+// stop the daemons their `rakhsh serve` left behind.
+func DnsmasqPID(dataDir, network string) int { return dnsmasqPID(stateDir(dataDir, network)) }
+
+// startDnsmasq starts dnsmasq as a daemon (it forks and leaves this process's session, so it
+// outlives `rakhsh serve`) and waits for its pid file.
+func (m *Manager) startDnsmasq(ctx context.Context, dir string) (int, error) {
+	_ = os.Remove(filepath.Join(dir, dnsmasqPid))
+	cmd := exec.CommandContext(ctx, m.dnsmasqBin, "--conf-file="+filepath.Join(dir, dnsmasqConf))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("starting dnsmasq: %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	for i := 0; i < 100; i++ {
+		if pid := dnsmasqPID(dir); pid > 0 {
+			return pid, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return 0, errors.New("dnsmasq started but wrote no pid file")
+}
+
+// stopDnsmasq ends the network's dnsmasq (if it runs) and waits for it to go.
+func stopDnsmasq(dir string) {
+	pid := dnsmasqPID(dir)
+	if pid <= 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 100 && dnsmasqPID(dir) == pid; i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if dnsmasqPID(dir) == pid {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}

@@ -1,0 +1,184 @@
+package network
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"sort"
+	"strings"
+)
+
+// TablePrefix starts the name of every nftables table Rakhsh owns; the network name follows.
+const TablePrefix = "rakhsh-"
+
+// Port is one VM NIC on a network as the anti-spoofing rules see it.
+type Port struct {
+	// Tap is the host tap device of the NIC.
+	Tap string
+	// MAC is the only source MAC the NIC may send.
+	MAC string
+	// IPs are the only IPv4 source addresses it may send (and claim in ARP). Empty: any
+	// address (a network without IP address management), the MAC is still enforced.
+	IPs []netip.Addr
+}
+
+// Forward is one port forward of a NAT network: traffic to HostPort on any local address of
+// the host is sent to GuestIP:GuestPort.
+type Forward struct {
+	Protocol  string // "tcp" or "udp"
+	HostPort  int
+	GuestIP   netip.Addr
+	GuestPort int
+}
+
+// rulesetInput is what the nftables tables of one network are made from.
+type rulesetInput struct {
+	Network string
+	NAT     bool
+	Bridge  string
+	Subnet  netip.Prefix // NAT only
+	Uplink  string       // NAT: "" masquerades out of every interface but the bridge
+	Ports   []Port
+	Forward []Forward
+}
+
+func tableName(network string) string { return TablePrefix + network }
+
+// quote writes s as an nft double-quoted string; callers pass only interface names, which
+// are validated to [A-Za-z0-9_.-].
+func quote(s string) string { return `"` + s + `"` }
+
+// ruleset returns the nft script that atomically replaces the tables of one network. The
+// "table X; delete table X" pair makes the delete succeed whether or not the table exists.
+func ruleset(in rulesetInput) string {
+	var b strings.Builder
+	t := tableName(in.Network)
+	for _, fam := range []string{"ip", "bridge"} {
+		fmt.Fprintf(&b, "table %s %s\ndelete table %s %s\n", fam, t, fam, t)
+	}
+	if in.NAT {
+		b.WriteString(natTable(in))
+	}
+	b.WriteString(bridgeTable(in))
+	return b.String()
+}
+
+// natTable masquerades the subnet towards the uplink, lets replies and forwarded ports in
+// and keeps everything else out of the bridge.
+func natTable(in rulesetInput) string {
+	var b strings.Builder
+	br := quote(in.Bridge)
+	fmt.Fprintf(&b, "table ip %s {\n", tableName(in.Network))
+	b.WriteString("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
+	out := "oifname != " + br
+	if in.Uplink != "" {
+		out = "oifname " + quote(in.Uplink)
+	}
+	fmt.Fprintf(&b, "\t\tip saddr %s ip daddr != %s %s masquerade\n\t}\n", in.Subnet, in.Subnet, out)
+	fw := sortedForwards(in.Forward)
+	b.WriteString("\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n")
+	for _, f := range fw {
+		fmt.Fprintf(&b, "\t\tiifname != %s fib daddr type local %s dport %d dnat to %s:%d\n", br, f.Protocol, f.HostPort, f.GuestIP, f.GuestPort)
+	}
+	b.WriteString("\t}\n")
+	b.WriteString("\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n")
+	for _, f := range fw {
+		fmt.Fprintf(&b, "\t\tfib daddr type local %s dport %d dnat to %s:%d\n", f.Protocol, f.HostPort, f.GuestIP, f.GuestPort)
+	}
+	b.WriteString("\t}\n")
+	b.WriteString("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n")
+	fmt.Fprintf(&b, "\t\tiifname %s accept\n", br)
+	fmt.Fprintf(&b, "\t\toifname %s ct state established,related accept\n", br)
+	fmt.Fprintf(&b, "\t\toifname %s ct status dnat accept\n", br)
+	fmt.Fprintf(&b, "\t\toifname %s drop\n", br)
+	b.WriteString("\t}\n}\n")
+	return b.String()
+}
+
+// bridgeTable holds one chain per VM port: frames entering the bridge from a VM's tap must
+// carry its MAC, and IPv4 packets and ARP its leased addresses (0.0.0.0 is allowed as the
+// source of DHCP requests and ARP probes). Other ethertypes (IPv6, VLAN tags) are dropped:
+// address management is IPv4 only.
+func bridgeTable(in rulesetInput) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table bridge %s {\n", tableName(in.Network))
+	ports := append([]Port(nil), in.Ports...)
+	sort.Slice(ports, func(i, j int) bool { return ports[i].Tap < ports[j].Tap })
+	b.WriteString("\tchain prerouting {\n\t\ttype filter hook prerouting priority -200; policy accept;\n")
+	for _, p := range ports {
+		fmt.Fprintf(&b, "\t\tiifname %s jump port-%s\n", quote(p.Tap), p.Tap)
+	}
+	b.WriteString("\t}\n")
+	for _, p := range ports {
+		fmt.Fprintf(&b, "\tchain port-%s {\n", p.Tap)
+		fmt.Fprintf(&b, "\t\tether saddr != %s drop\n", p.MAC)
+		fmt.Fprintf(&b, "\t\tether type arp arp saddr ether != %s drop\n", p.MAC)
+		if len(p.IPs) > 0 {
+			set := addrSet(p.IPs)
+			fmt.Fprintf(&b, "\t\tether type arp arp saddr ip != { 0.0.0.0, %s } drop\n", set)
+			b.WriteString("\t\tether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept\n")
+			fmt.Fprintf(&b, "\t\tether type ip ip saddr != { %s } drop\n", set)
+		}
+		b.WriteString("\t\tether type != { ip, arp } drop\n")
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func addrSet(ips []netip.Addr) string {
+	s := make([]string, 0, len(ips))
+	seen := map[netip.Addr]bool{}
+	for _, ip := range ips {
+		if !seen[ip] {
+			seen[ip] = true
+			s = append(s, ip.String())
+		}
+	}
+	sort.Strings(s)
+	return strings.Join(s, ", ")
+}
+
+func sortedForwards(f []Forward) []Forward {
+	out := append([]Forward(nil), f...)
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Protocol != out[j].Protocol {
+			return out[i].Protocol < out[j].Protocol
+		}
+		return out[i].HostPort < out[j].HostPort
+	})
+	return out
+}
+
+// nft runs the nft binary with the script on stdin.
+func (m *Manager) nftApply(ctx context.Context, script string) error {
+	cmd := exec.CommandContext(ctx, m.nftBin, "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("nft -f: %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// nftList returns the listing of a table, or ok=false when it does not exist.
+func (m *Manager) nftList(ctx context.Context, family, table string) (string, bool) {
+	out, err := exec.CommandContext(ctx, m.nftBin, "list", "table", family, table).Output()
+	if err != nil {
+		return "", false
+	}
+	return string(out), true
+}
+
+// nftDelete removes the tables of a network (missing ones are fine).
+func (m *Manager) nftDelete(ctx context.Context, network string) error {
+	t := tableName(network)
+	var b strings.Builder
+	for _, fam := range []string{"ip", "bridge"} {
+		fmt.Fprintf(&b, "table %s %s\ndelete table %s %s\n", fam, t, fam, t)
+	}
+	return m.nftApply(ctx, b.String())
+}

@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/rakhsh/rakhsh/internal/network"
+)
+
+// netnsLab is a pair of network namespaces made for one test: "in", where `rakhsh serve`
+// runs (its VMs' bridges, taps, nftables and dnsmasq live there), and "out", a stand-in for
+// the world beyond the host's uplink, joined to "in" by a veth pair. Nothing of the host's
+// own network is touched; the namespaces are deleted at the end.
+type netnsLab struct {
+	In, Out       string
+	InIP, OutIP   string // the two ends of the veth pair
+	InLink        string
+	servesStarted []*Serve
+}
+
+func needNetTools(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("network tests make network namespaces and need root")
+	}
+	for _, p := range []string{"ip", "nft", "dnsmasq", "nsenter"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("%s is missing: run scripts/install-deps.sh (apt-get install iproute2 nftables dnsmasq-base util-linux)", p)
+		}
+	}
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// newNetnsLab makes the namespaces: in has 172.31.250.1/30 and a default route to out's
+// 172.31.250.2.
+func newNetnsLab(t *testing.T) *netnsLab {
+	t.Helper()
+	needNetTools(t)
+	id := os.Getpid() % 100000
+	l := &netnsLab{In: fmt.Sprintf("rk-in%d", id), Out: fmt.Sprintf("rk-out%d", id), InIP: "172.31.250.1", OutIP: "172.31.250.2",
+		InLink: "rkvin"}
+	run(t, "ip", "netns", "add", l.In)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.In).Run() })
+	run(t, "ip", "netns", "add", l.Out)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.Out).Run() })
+	run(t, "ip", "-n", l.In, "link", "add", l.InLink, "type", "veth", "peer", "name", "rkvout", "netns", l.Out)
+	run(t, "ip", "-n", l.In, "addr", "add", l.InIP+"/30", "dev", l.InLink)
+	run(t, "ip", "-n", l.Out, "addr", "add", l.OutIP+"/30", "dev", "rkvout")
+	for _, ns := range []string{l.In, l.Out} {
+		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	run(t, "ip", "-n", l.In, "link", "set", l.InLink, "up")
+	run(t, "ip", "-n", l.Out, "link", "set", "rkvout", "up")
+	run(t, "ip", "-n", l.In, "route", "add", "default", "via", l.OutIP)
+	return l
+}
+
+// inNS runs f on a thread switched into the named namespace: sockets f opens belong there.
+func inNS(t *testing.T, name string, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := netns.Set(h); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic("cannot return to the original network namespace: " + err.Error())
+		}
+	}()
+	f()
+}
+
+// listenIn opens a TCP listener inside a namespace.
+func listenIn(t *testing.T, ns, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	inNS(t, ns, func() { ln, err = net.Listen("tcp", addr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// dialIn connects to addr from inside a namespace.
+func dialIn(t *testing.T, ns, addr string, timeout time.Duration) (net.Conn, error) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	inNS(t, ns, func() {
+		d := net.Dialer{Timeout: timeout}
+		c, err = d.DialContext(context.Background(), "tcp", addr)
+	})
+	return c, err
+}
+
+// startServeIn starts `rakhsh serve` inside the lab's "in" namespace (the same harness as
+// StartServe, with `ip netns exec` in front). At the end of the test it stops serve, kills
+// the QEMUs and the dnsmasq daemons it left (by pid, verified by command line).
+func (l *netnsLab) startServeIn(t *testing.T, extra ...string) *Serve {
+	t.Helper()
+	s := &Serve{t: t, DataDir: t.TempDir(), Args: extra}
+	l.restartServe(s)
+	t.Cleanup(func() {
+		s.Stop()
+		for uid, pid := range vmQEMUPIDs(s.DataDir) {
+			_ = uid
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		entries, _ := os.ReadDir(s.DataDir + "/run/networks")
+		for _, e := range entries {
+			if pid := network.DnsmasqPID(s.DataDir, e.Name()); pid > 0 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if t.Failed() {
+			t.Logf("rakhsh serve log:\n%s", s.logs.String())
+		}
+	})
+	return s
+}
+
+// restartServe (re)starts the process of s in the "in" namespace.
+func (l *netnsLab) restartServe(s *Serve) {
+	t := s.t
+	t.Helper()
+	// nsenter switches only the network namespace: `ip netns exec` would also remount /sys,
+	// hiding the cgroup hierarchy the agent puts VMs in.
+	args := append([]string{"--net=/run/netns/" + l.In, rakhshBin(t), "serve", "--data-dir", s.DataDir, "--log-level", "debug"}, s.Args...)
+	cmd := exec.Command("nsenter", args...)
+	if s.logs == nil {
+		s.logs = &lockedBuffer{}
+	}
+	cmd.Stdout, cmd.Stderr = s.logs, s.logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting rakhsh serve: %v", err)
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(s.done) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			t.Fatalf("rakhsh serve exited early:\n%s", s.logs.String())
+		default:
+		}
+		if c, err := net.DialTimeout("unix", s.Socket(), 200*time.Millisecond); err == nil {
+			c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var out []byte
+			err := s.Client().Do(ctx, "GET", "/readyz", nil, "", nil, &out)
+			cancel()
+			if err == nil {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("rakhsh serve did not become ready in 30s:\n%s", s.logs.String())
+}
+
+// nsLinkExists says whether an interface exists in a namespace.
+func nsLinkExists(ns, name string) bool {
+	return exec.Command("ip", "-n", ns, "link", "show", name).Run() == nil
+}
+
+func atoiOr0(s string) int { n, _ := strconv.Atoi(strings.TrimSpace(s)); return n }
