@@ -129,6 +129,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.facts = probeHost(ctx, a.cfg.QEMUBinary)
 	if a.facts.qemuErr != nil {
 		a.log.Error("QEMU is not usable: the node registers as NotReady", "err", a.facts.qemuErr)
+	} else if a.facts.kvmErr != nil {
+		a.log.Warn("KVM is not usable: VMs run under TCG (software emulation)", "reason", a.facts.kvmErr)
 	}
 	if err := os.MkdirAll(filepath.Join(a.cfg.DataDir, "run", "vms"), 0o700); err != nil {
 		return fmt.Errorf("agent: creating run directory: %w", err)

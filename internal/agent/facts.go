@@ -23,6 +23,7 @@ import (
 type hostFacts struct {
 	qemu          qemu.NodeFacts
 	qemuErr       error // why QEMU is unusable, if it is
+	kvmErr        error // why KVM is not used (nil when it is)
 	cpus          int64
 	memoryBytes   int64
 	cpuModel      string
@@ -51,7 +52,12 @@ func probeHost(ctx context.Context, binary string) hostFacts {
 			f.qemu.HasSandbox = strings.Contains(help, "\n-sandbox")
 		}
 	}
-	f.qemu.KVM = usableDevice("/dev/kvm")
+	if f.qemuErr == nil {
+		f.kvmErr = qemu.ProbeKVM(ctx, f.qemu.QEMUBinary)
+	} else {
+		f.kvmErr = f.qemuErr
+	}
+	f.qemu.KVM = f.kvmErr == nil
 	f.qemu.VhostNet = usableDevice("/dev/vhost-net")
 	f.qemu.HostCPUs = runtime.NumCPU()
 	for _, p := range []struct {

@@ -340,8 +340,12 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, ph
 		}
 		emu := v1alpha1.Condition{Type: v1alpha1.VMConditionSoftwareEmulation, Status: v1alpha1.ConditionFalse, Reason: "KVM", Message: "hardware virtualization (KVM)"}
 		if !a.facts.qemu.KVM {
+			why := "the node has no usable /dev/kvm"
+			if a.facts.kvmErr != nil {
+				why = a.facts.kvmErr.Error()
+			}
 			emu = v1alpha1.Condition{Type: v1alpha1.VMConditionSoftwareEmulation, Status: v1alpha1.ConditionTrue, Reason: "NoKVM",
-				Message: "the node has no usable /dev/kvm: QEMU emulates the CPU in software (TCG), which is much slower"}
+				Message: why + ": QEMU emulates the CPU in software (TCG), which is much slower"}
 		}
 		v1alpha1.SetCondition(&v.Status.Conditions, emu)
 		if a.facts.qemu.QEMUVersion != "" {

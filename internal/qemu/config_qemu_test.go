@@ -220,7 +220,7 @@ func TestRealQEMU(t *testing.T) {
 	}
 	bin := needTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	needTool(t, "qemu-img", "qemu-utils")
-	_, kvmErr := os.Stat("/dev/kvm")
+	kvmErr := ProbeKVM(context.Background(), bin)
 	_, vhostErr := os.Stat("/dev/vhost-net")
 	netnsErr := canUnshareNet()
 
@@ -244,7 +244,7 @@ func TestRealQEMU(t *testing.T) {
 			in := c.input(e)
 			in.Node.QEMUBinary = bin
 			if in.Node.KVM && kvmErr != nil {
-				t.Logf("no /dev/kvm: running this KVM case under TCG (-cpu host, Hyper-V flags and vhost are not exercised)")
+				t.Logf("%v: running this KVM case under TCG (-cpu host, Hyper-V flags and vhost are not exercised)", kvmErr)
 				in.Node.KVM = false
 			}
 			if in.Node.VhostNet && vhostErr != nil {
