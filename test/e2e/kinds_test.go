@@ -158,35 +158,71 @@ func TestEveryKind(t *testing.T) {
 }
 
 // TestRestartKeepsEveryObject: a graceful restart and a kill -9 on the same data dir keep
-// every object with its uid and resourceVersion.
+// every object: the same uid, labels, generation and spec, and a resourceVersion that never
+// goes backwards. Controllers may write status after a restart (a failed import is retried,
+// a condition catches up), so status and resourceVersion may move forwards.
 func TestRestartKeepsEveryObject(t *testing.T) {
 	s := StartServe(t)
 	s.MustCLI("", "apply", "-f", "testdata/all-kinds.yaml")
-	snapshot := func() map[string]string {
-		got := map[string]string{}
+	type kept struct {
+		identity string // uid, generation, labels and spec
+		rv       int64
+	}
+	snapshot := func() map[string]kept {
+		got := map[string]kept{}
 		for _, f := range allKindsFixtures(t) {
 			var obj struct {
 				Metadata v1alpha1.ObjectMeta `json:"metadata"`
+				Spec     json.RawMessage     `json:"spec"`
+				Data     json.RawMessage     `json:"data"`
 			}
 			if err := s.Client().Get(ctxT(t), f.kind.Resource, f.namespace, f.name, &obj); err != nil {
-				t.Fatalf("%s/%s after restart: %v", f.kind.Kind, f.name, err)
+				t.Fatalf("%s/%s: %v", f.kind.Kind, f.name, err)
 			}
-			got[f.kind.Kind+"/"+f.name] = obj.Metadata.UID + "@" + obj.Metadata.ResourceVersion
+			labels, _ := json.Marshal(obj.Metadata.Labels)
+			var rv int64
+			fmt.Sscanf(obj.Metadata.ResourceVersion, "%d", &rv)
+			got[f.kind.Kind+"/"+f.name] = kept{
+				identity: fmt.Sprintf("uid=%s gen=%d labels=%s spec=%s data=%s", obj.Metadata.UID, obj.Metadata.Generation, labels, obj.Spec, obj.Data),
+				rv:       rv,
+			}
 		}
 		return got
 	}
+	// Let the controllers settle first (defaults they fill in, leases they bind).
 	before := snapshot()
-	s.Stop()
-	s.Start()
-	after := snapshot()
-	s.Kill9()
-	s.Start()
-	afterKill := snapshot()
-	for k, v := range before {
-		if after[k] != v || afterKill[k] != v {
-			t.Errorf("%s: %s before, %s after restart, %s after kill -9", k, v, after[k], afterKill[k])
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(time.Second)
+		again := snapshot()
+		same := true
+		for k, v := range before {
+			same = same && again[k].identity == v.identity
+		}
+		before = again
+		if same {
+			break
 		}
 	}
+	check := func(when string, now map[string]kept) {
+		t.Helper()
+		if len(now) != len(before) {
+			t.Fatalf("%s: %d objects, want %d", when, len(now), len(before))
+		}
+		for k, v := range before {
+			if now[k].identity != v.identity {
+				t.Errorf("%s: %s changed:\n before %s\n now    %s", when, k, v.identity, now[k].identity)
+			}
+			if now[k].rv < v.rv {
+				t.Errorf("%s: %s resourceVersion went backwards: %d -> %d", when, k, v.rv, now[k].rv)
+			}
+		}
+	}
+	s.Stop()
+	s.Start()
+	check("after a graceful restart", snapshot())
+	s.Kill9()
+	s.Start()
+	check("after kill -9", snapshot())
 	// New writes after a restart get higher versions than anything before.
 	var obj struct {
 		Metadata v1alpha1.ObjectMeta `json:"metadata"`
@@ -195,8 +231,7 @@ func TestRestartKeepsEveryObject(t *testing.T) {
 		t.Fatal(err)
 	}
 	for k, v := range before {
-		var rv int64
-		fmt.Sscanf(v[strings.Index(v, "@")+1:], "%d", &rv)
+		rv := v.rv
 		var now int64
 		fmt.Sscanf(obj.Metadata.ResourceVersion, "%d", &now)
 		if now <= rv {
