@@ -12,7 +12,7 @@ echo "== go vet"
 go vet ./...
 
 echo "== go test"
-go test -count=1 -timeout 20m ./... 2>&1 | tee /tmp/rakhsh-go-test.log
+go test -count=1 -timeout 45m ./... 2>&1 | tee /tmp/rakhsh-go-test.log
 
 echo "== fuzz targets (${FUZZTIME} each)"
 fuzz_pass=0

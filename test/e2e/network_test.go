@@ -308,16 +308,19 @@ spec: {network: tiny}
 	}
 	t.Logf("full pool: %s: %s", cd.Reason, cd.Message)
 
-	// Stop and start: the same MAC and IP, by DHCP again.
+	// Stop and start: the same MAC and IP, by DHCP again. The serial log outlives a stop, so
+	// the new boot's lines are the ones past what the log held before it.
+	bootsBefore := strings.Count(vmLog(t, s, "vm1"), "RAKHSH-GUEST: ready")
+	leasesBefore := strings.Count(vmLog(t, s, "vm1"), "RAKHSH-GUEST: ip=")
 	s.MustCLI("", "vm", "stop", "vm1", "--wait")
 	s.MustCLI("", "vm", "start", "vm1", "--wait")
-	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
+	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", bootsBefore+1)
 	v1b := vmWait(t, s, "vm1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	if v1b.Status.Networks[0].MACAddress != mac1 || v1b.Status.IPAddress != ip1 {
 		t.Fatalf("after stop/start: %s %s, want %s %s", v1b.Status.Networks[0].MACAddress, v1b.Status.IPAddress, mac1, ip1)
 	}
-	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ip=", 1)
-	if g := guestIPs(vmLog(t, s, "vm1")); len(g) == 0 || g[len(g)-1] != ip1+"/eth0" {
+	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ip=", leasesBefore+1)
+	if g := guestIPs(vmLog(t, s, "vm1")); len(g) != leasesBefore+1 || g[len(g)-1] != ip1+"/eth0" {
 		t.Fatalf("after stop/start the guest got %v, want %s", g, ip1)
 	}
 
