@@ -189,6 +189,27 @@ type NetworkSpec struct {
 	// PortForwards publish ports of the VM on the host it runs on (a Rakhsh addition; NAT
 	// networks only, and only interfaces with an IP address).
 	PortForwards []PortForward `json:"portForwards,omitempty"`
+	// Inbound, when set, is a basic security group of the interface (a Rakhsh addition): only
+	// traffic a rule allows, plus replies to the VM's own traffic, reaches the VM. Unset: all.
+	Inbound *InboundPolicy `json:"inbound,omitempty"`
+}
+
+// InboundPolicy lists what may reach a VM interface. An empty rule list lets nothing in but
+// replies (and DHCP and DNS answers).
+type InboundPolicy struct {
+	Rules []InboundRule `json:"rules,omitempty"`
+}
+
+// InboundRule allows one protocol, on a port or a range of ports, from some source networks.
+type InboundRule struct {
+	// Protocol is TCP (default), UDP or ICMP (echo requests; no ports).
+	Protocol string `json:"protocol,omitempty"`
+	// Port is the first allowed destination port (TCP and UDP; required).
+	Port int `json:"port,omitempty"`
+	// EndPort, when set, makes the rule a range Port..EndPort.
+	EndPort int `json:"endPort,omitempty"`
+	// From lists source IPv4 addresses or CIDRs; empty: from anywhere.
+	From []string `json:"from,omitempty"`
 }
 
 // PortForward sends traffic to HostPort on any address of the VM's host to Port of the VM.

@@ -15,6 +15,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/registry"
 )
 
 // NetworkResyncInterval is how often the host side of the networks is checked and repaired.
@@ -68,6 +69,7 @@ type plannedNIC struct {
 	tap, mac string
 	ip       netip.Addr
 	forwards []v1alpha1.PortForward
+	inbound  *v1alpha1.InboundPolicy
 }
 
 // planNICs resolves a VM's interfaces from its status (written by the network controller)
@@ -98,7 +100,7 @@ func (a *Agent) planNICs(vm *v1alpha1.VirtualMachine) ([]plannedNIC, error) {
 		if st.MACAddress == "" {
 			return nil, fmt.Errorf("%w: interface %d has no MAC address yet", errNetNotReady, i)
 		}
-		p := plannedNIC{index: i, netName: name, net: &n, tap: network.TapName(vm.UID, i), mac: st.MACAddress, forwards: s.PortForwards}
+		p := plannedNIC{index: i, netName: name, net: &n, tap: network.TapName(vm.UID, i), mac: st.MACAddress, forwards: s.PortForwards, inbound: s.Inbound}
 		if n.Spec.Subnet != "" {
 			ip, err := netip.ParseAddr(st.IPAddress)
 			if err != nil {
@@ -163,6 +165,10 @@ func desired(name string, n *v1alpha1.ClusterNetwork, active map[string][]planne
 				continue
 			}
 			port := network.Port{Tap: p.tap, MAC: p.mac}
+			if p.inbound != nil {
+				port.Filtered = true
+				port.Inbound = inboundRules(p.inbound)
+			}
 			if p.ip.IsValid() {
 				port.IPs = []netip.Addr{p.ip}
 				h := network.Host{MAC: p.mac, IP: p.ip}
@@ -194,6 +200,32 @@ func desired(name string, n *v1alpha1.ClusterNetwork, active map[string][]planne
 		}
 	}
 	return d
+}
+
+// inboundRules converts an interface's inbound policy (validated at admission) to the rules
+// of its port; a source that does not parse is left out rather than widening the rule.
+func inboundRules(in *v1alpha1.InboundPolicy) []network.InboundRule {
+	var out []network.InboundRule
+	for _, r := range in.Rules {
+		proto := strings.ToLower(r.Protocol)
+		if proto == "" {
+			proto = "tcp"
+		}
+		nr := network.InboundRule{Protocol: proto, Port: r.Port, EndPort: r.EndPort}
+		bad := false
+		for _, src := range r.From {
+			pf, err := registry.ParseInboundSource(src)
+			if err != nil {
+				bad = true
+				break
+			}
+			nr.From = append(nr.From, pf)
+		}
+		if !bad {
+			out = append(out, nr)
+		}
+	}
+	return out
 }
 
 // hostLabel is the DNS name of a VM ("namespace/name" → name, dots made dashes).

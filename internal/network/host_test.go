@@ -192,6 +192,14 @@ func TestRulesetIsValidNft(t *testing.T) {
 				{Tap: "rkt0011223301", MAC: "02:72:6b:00:00:02"}},
 			Forward: []Forward{{Protocol: "udp", HostPort: 5353, GuestIP: netip.MustParseAddr("10.66.0.2"), GuestPort: 53}}},
 		{Network: "lan", Bridge: "br0", Ports: []Port{{Tap: "rkt0011223300", MAC: "02:72:6b:00:00:01"}}},
+		{Network: "guarded", NAT: true, Bridge: "rk-guarded", Subnet: netip.MustParsePrefix("10.66.0.0/24"),
+			Ports: []Port{
+				{Tap: "rkt0011223300", MAC: "02:72:6b:00:00:01", IPs: []netip.Addr{netip.MustParseAddr("10.66.0.2")}, Filtered: true,
+					Inbound: []InboundRule{{Protocol: "tcp", Port: 3389}, {Protocol: "udp", Port: 5000, EndPort: 5100,
+						From: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32")}}, {Protocol: "icmp"}}},
+				{Tap: "rkt0011223301", MAC: "02:72:6b:00:00:02", Filtered: true}, // nothing in but replies
+				{Tap: "rkt0011223302", MAC: "02:72:6b:00:00:03"},
+			}},
 		{Network: "empty", NAT: true, Bridge: "rk-empty", Subnet: netip.MustParsePrefix("10.1.0.0/16"), Uplink: "eth0"},
 	} {
 		cmd := exec.Command("nft", "-c", "-f", "-")

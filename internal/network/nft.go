@@ -22,6 +22,18 @@ type Port struct {
 	// IPs are the only IPv4 source addresses it may send (and claim in ARP). Empty: any
 	// address (a network without IP address management), the MAC is still enforced.
 	IPs []netip.Addr
+	// Filtered says the NIC has an inbound policy: only Inbound's rules, replies and DHCP and
+	// DNS answers reach it. Unfiltered NICs receive everything.
+	Filtered bool
+	Inbound  []InboundRule
+}
+
+// InboundRule lets one protocol in to a filtered port.
+type InboundRule struct {
+	Protocol string // "tcp", "udp" or "icmp"
+	Port     int    // tcp and udp: the first destination port
+	EndPort  int    // 0 or the last port of a range
+	From     []netip.Prefix
 }
 
 // Forward is one port forward of a NAT network: traffic to HostPort on any local address of
@@ -124,7 +136,70 @@ func bridgeTable(in rulesetInput) string {
 		b.WriteString("\t\tether type != { ip, arp } drop\n")
 		b.WriteString("\t}\n")
 	}
+	var filtered []Port
+	for _, p := range ports {
+		if p.Filtered {
+			filtered = append(filtered, p)
+		}
+	}
+	if len(filtered) > 0 {
+		// Frames towards a VM come through the forward hook (from another port of the bridge)
+		// or the output hook (routed by the host: NAT replies, port forwards, the gateway).
+		for _, hook := range []string{"forward", "output"} {
+			fmt.Fprintf(&b, "\tchain %s {\n\t\ttype filter hook %s priority -200; policy accept;\n", hook, hook)
+			for _, p := range filtered {
+				fmt.Fprintf(&b, "\t\toifname %s jump in-%s\n", quote(p.Tap), p.Tap)
+			}
+			b.WriteString("\t}\n")
+		}
+		for _, p := range filtered {
+			b.WriteString(inboundChain(p))
+		}
+	}
 	b.WriteString("}\n")
+	return b.String()
+}
+
+// inboundChain is the inbound policy of one port. The bridge family has no connection
+// tracking on the kernels Rakhsh supports, so the policy is stateless, as a router's ACLs
+// are: a TCP segment that opens a connection (SYN without ACK) needs a rule, every other
+// segment belongs to a connection the VM opened or to one a rule allowed (a stray one can
+// only make the guest answer with a reset). ICMP errors and echo replies, DHCP and DNS
+// answers always pass; other UDP and ICMP need a rule.
+func inboundChain(p Port) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\tchain in-%s {\n", p.Tap)
+	b.WriteString("\t\tether type arp accept\n")
+	b.WriteString("\t\tether type != ip drop\n")
+	b.WriteString("\t\tip protocol tcp tcp flags & (syn | ack) != syn accept\n")
+	b.WriteString("\t\tip protocol icmp icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept\n")
+	b.WriteString("\t\tudp sport 67 udp dport 68 accept\n")
+	b.WriteString("\t\tudp sport 53 accept\n")
+	for _, r := range p.Inbound {
+		var m strings.Builder
+		if len(r.From) > 0 {
+			srcs := make([]string, 0, len(r.From))
+			for _, f := range r.From {
+				srcs = append(srcs, f.String())
+			}
+			sort.Strings(srcs)
+			fmt.Fprintf(&m, "ip saddr { %s } ", strings.Join(srcs, ", "))
+		}
+		switch r.Protocol {
+		case "icmp":
+			m.WriteString("icmp type echo-request")
+		case "tcp", "udp":
+			ports := fmt.Sprint(r.Port)
+			if r.EndPort > r.Port {
+				ports = fmt.Sprintf("%d-%d", r.Port, r.EndPort)
+			}
+			fmt.Fprintf(&m, "%s dport %s", r.Protocol, ports)
+		default:
+			continue
+		}
+		fmt.Fprintf(&b, "\t\t%s accept\n", m.String())
+	}
+	b.WriteString("\t\tdrop\n\t}\n")
 	return b.String()
 }
 

@@ -217,6 +217,7 @@ func validateVMNetworks(fe *errs.FieldErrors, nets []v1alpha1.NetworkSpec) {
 			}
 		}
 		validatePortForwards(fe, p, n, fwds)
+		validateInbound(fe, p, n)
 		if m := n.VirtualMachineMACAddressName; m != "" {
 			chkRefName(fe, p+".virtualMachineMACAddressName", m, false)
 			if macs[m] {

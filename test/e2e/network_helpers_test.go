@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -198,4 +197,12 @@ func nsLinkExists(ns, name string) bool {
 	return exec.Command("ip", "-n", ns, "link", "show", name).Run() == nil
 }
 
-func atoiOr0(s string) int { n, _ := strconv.Atoi(strings.TrimSpace(s)); return n }
+// nsRun runs a command inside a namespace and returns its output.
+func nsRun(t *testing.T, ns string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in %s: %s: %v: %s", ns, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}

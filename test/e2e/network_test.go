@@ -143,7 +143,8 @@ spec:
 
 	// vm1: no networks named (one Main NIC, automatic claims) and a port forward needs the
 	// Main NIC spelled out; vm2: the Static claim "fixed" on Main and a second NIC on the
-	// Bridge network lab, with paravirtualization off (e1000 NICs).
+	// Bridge network lab, with paravirtualization off (e1000 NICs). vm2's Main NIC has an
+	// inbound policy: ICMP from the subnet and TCP port 80 only.
 	s.MustCLI(netVMManifest("vm1", "d1", `  networks:
   - type: Main
     portForwards:
@@ -152,6 +153,10 @@ spec:
   enableParavirtualization: false
   networks:
   - type: Main
+    inbound:
+      rules:
+      - {protocol: ICMP, from: [10.66.0.0/24]}
+      - {protocol: TCP, port: 80}
   - {type: ClusterNetwork, name: lab}
 `), "apply", "-f", "-")
 
@@ -234,6 +239,26 @@ spec:
 		t.Fatalf("port forward answered %q, want the guest's FWD-42", body)
 	}
 
+	// vm2's inbound policy: port 80 is open, port 81 (also served) is not, and vm2's own
+	// connection to vm1 gets its replies. (vm1 pinging vm2 above was the ICMP rule, vm2
+	// pinging vm1 the echo replies passing.)
+	vmConsoleType(t, s, v2.UID, "mkdir -p /www && echo IN-$((6*7)) > /www/index.html && httpd -p 80 -h /www && httpd -p 81 -h /www && echo HTTPD-$((2+2))")
+	netWaitLine(t, s, "vm2", "HTTPD-4", 30*time.Second)
+	probe := func(port int, okMark, closedMark string) string {
+		return fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 %s %d | grep -q IN-42 && echo %s || echo %s`, ip2, port, okMark, closedMark)
+	}
+	vmConsoleType(t, s, v1.UID, probe(80, "P80-$((10+1))", "P80-$((10+2))"))
+	netWaitLine(t, s, "vm1", "P80-11", time.Minute)
+	vmConsoleType(t, s, v1.UID, probe(81, "P81-$((10+1))", "P81-$((10+2))"))
+	netWaitLine(t, s, "vm1", "P81-12", time.Minute)
+	vmConsoleType(t, s, v2.UID, fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 %s 80 | grep -q FWD-42 && echo OUT2-$((20+1)) || echo OUT2-$((20+2))`, ip1))
+	netWaitLine(t, s, "vm2", "OUT2-21", time.Minute)
+	// The rules are on vm2's tap: a filtered chain for it, none for vm1's.
+	rules := nsRun(t, lab.In, "nft", "list", "table", "bridge", "rakhsh-main")
+	if !strings.Contains(rules, "chain in-"+network.TapName(v2.UID, 0)) || strings.Contains(rules, "chain in-"+network.TapName(v1.UID, 0)) {
+		t.Errorf("bridge table of main: want an inbound chain for vm2's tap only:\n%s", rules)
+	}
+
 	// Anti-spoofing. A spoofed source IP: the request never reaches the outside.
 	vmConsoleType(t, s, v1.UID, fmt.Sprintf("ip addr add 10.66.0.99/24 dev eth0; ip route add %s/32 via 10.66.0.1 src 10.66.0.99", lab.OutIP))
 	vmConsoleType(t, s, v1.UID, "get /spoof-ip; echo SPOOFIP-$((2+3))")
@@ -270,6 +295,32 @@ spec: {type: Static, staticIP: 10.66.0.50}
 		t.Fatalf("duplicate Static claim: phase %s, condition %+v", dup.Status.Phase, cd)
 	}
 	t.Logf("duplicate Static IP: %s: %s", cd.Reason, cd.Message)
+	// A second VM asking for the same Static IP (through the refused claim) reports it on
+	// its IPAddressReady condition and gets no address.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: vm3}
+spec:
+  runPolicy: AlwaysOff
+  cpu: {cores: 1}
+  memory: {size: 192Mi}
+  virtualMachineIPAddressName: fixed-again
+  blockDeviceRefs:
+  - {kind: VirtualDisk, name: d2}
+`, "apply", "-f", "-")
+	v3 := vmWait(t, s, "vm3", time.Minute, "IPAddressReady=False", func(v *v1alpha1.VirtualMachine) bool {
+		if v == nil {
+			return false
+		}
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionIPAddressReady)
+		return c != nil && c.Status == v1alpha1.ConditionFalse
+	})
+	c3 := v1alpha1.FindCondition(v3.Status.Conditions, v1alpha1.VMConditionIPAddressReady)
+	if !strings.Contains(c3.Message, "10.66.0.50 is already leased to VirtualMachineIPAddress default/fixed") || v3.Status.IPAddress != "" {
+		t.Fatalf("vm3 asking for the taken Static IP: ip %q, condition %+v", v3.Status.IPAddress, c3)
+	}
+	t.Logf("vm3: IPAddressReady=False %s: %s", c3.Reason, c3.Message)
+	s.MustCLI("", "delete", "vm", "vm3")
 
 	// A full pool: a network of two addresses and three claims.
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
