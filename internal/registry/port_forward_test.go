@@ -28,6 +28,6 @@ func TestValidateVMInbound(t *testing.T) {
 			want: []string{"spec.networks[0].inbound.rules[0].port FieldValueForbidden"}},
 		{name: "bad sources", patch: `{"spec":{"networks":[{"type":"Main","inbound":{"rules":[{"port":22,"from":["10.0.0.1/8","2001:db8::/32","x"]}]}}]}}`,
 			want: []string{"spec.networks[0].inbound.rules[0].from[0] FieldValueInvalid", "spec.networks[0].inbound.rules[0].from[1] FieldValueInvalid", "spec.networks[0].inbound.rules[0].from[2] FieldValueInvalid"},
-			msg: "did you mean 10.0.0.0/8?"},
+			msg:  "did you mean 10.0.0.0/8?"},
 	})
 }

@@ -26,6 +26,9 @@ type AgentConfig struct {
 	LogLevel string
 	// HeartbeatInterval is how often the Node status is refreshed.
 	HeartbeatInterval time.Duration
+	// VMNetworking is "host" or "user", as for serve.
+	VMNetworking  string
+	NoUpstreamDNS bool
 }
 
 // NewAgentCommand returns the `agent` command: the node agent alone, for a host that joins a
@@ -52,6 +55,9 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("RAKHSH_TOKEN")
 			}
+			if cfg.VMNetworking != "host" && cfg.VMNetworking != "user" {
+				return fmt.Errorf("--vm-networking %q: use host or user", cfg.VMNetworking)
+			}
 			if cfg.Server == "" {
 				return errors.New("--server is required (https://host:port of the control plane, or unix:///path/rakhsh.sock)")
 			}
@@ -70,7 +76,8 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 			if cfg.NodeName == "" {
 				cfg.NodeName, _ = os.Hostname()
 			}
-			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval, Log: log.With("component", "agent", "node", cfg.NodeName)})
+			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval,
+				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Log: log.With("component", "agent", "node", cfg.NodeName)})
 			if err != nil {
 				return err
 			}
@@ -93,5 +100,7 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "how often the Node status is refreshed; keep it well under the control plane's --node-grace-period")
+	f.StringVar(&cfg.VMNetworking, "vm-networking", "user", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated); use the control plane's setting")
+	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
 	return cmd
 }
