@@ -111,6 +111,7 @@ func TestImportRejectsHostileImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	imagetest.WithBacking(t, src, "backed.qcow2")
+	imagetest.QCOW2(t, src, "huge.qcow2", "1G") // a few hundred KiB on disk, 1 GiB virtual
 	imagetest.WithDataFile(t, src, "datafile.qcow2")
 	imagetest.JSONBacking(t, src, "json.qcow2", canary)
 	imagetest.VMDKDescriptor(t, src, "descriptor.vmdk", canary)
@@ -132,6 +133,7 @@ func TestImportRejectsHostileImages(t *testing.T) {
 		{"vmdk with a parent", "child.vmdk", images.ReasonImageRejected, true},
 		{"gzip bomb", filepath.Base(gz), images.ReasonImageTooLarge, false},
 		{"xz bomb", filepath.Base(xz), images.ReasonImageTooLarge, false},
+		{"qcow2 bomb: virtual size over the maximum", "huge.qcow2", images.ReasonImageTooLarge, false},
 		{"gzip inside gzip", filepath.Base(double), images.ReasonUnsupportedFormat, false},
 		{"truncated gzip", "cut.gz", images.ReasonImageRejected, false},
 		{"zstd", "disk.zst", images.ReasonUnsupportedFormat, false},

@@ -297,6 +297,10 @@ func store(ctx context.Context, tmp, dst string, in *ingested) (*Result, error) 
 		}
 		return nil, err
 	}
+	if in.maxUnpacked > 0 && info.VirtualSize > in.maxUnpacked {
+		return nil, permanent(ReasonImageTooLarge, "the image's virtual size %s (%d bytes) is over the maximum unpacked image size %s",
+			HumanBytes(info.VirtualSize), info.VirtualSize, HumanBytes(in.maxUnpacked))
+	}
 	res := &Result{Format: format, SourceFormat: format, Compression: in.compression, VirtualSize: info.VirtualSize, SHA256: in.sha256}
 	switch format {
 	case FormatQCOW2:

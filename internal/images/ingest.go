@@ -61,6 +61,9 @@ type ingested struct {
 	compression Format
 	received    int64
 	unpacked    int64
+	// maxUnpacked is the bound the import ran with; store applies it to the virtual size
+	// too, so a qcow2 or VMDK that expands when converted or used is refused as well.
+	maxUnpacked int64
 }
 
 // ingest copies src into f once: it hashes the bytes as they arrive (the checksums apply to
@@ -153,7 +156,7 @@ func ingest(ctx context.Context, src source, f *os.File, opts Options) (*ingeste
 		max = DefaultMaxUnpackedSize
 	}
 	out := &limitWriter{w: f, max: max, n: &unpacked}
-	res := &ingested{}
+	res := &ingested{maxUnpacked: max}
 	br := bufio.NewReaderSize(raw, 1<<20)
 	magic, _ := br.Peek(6)
 	res.compression = DetectFormat(magic)

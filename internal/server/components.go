@@ -34,9 +34,11 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 	var comps []component
 	if !cfg.NoControllers {
 		ic := image.New(image.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
-			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout})
+			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
+			MaxUnpackedSize: cfg.MaxImageSize})
 		dc := disk.New(disk.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
-			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout})
+			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
+			MaxUnpackedSize: cfg.MaxImageSize})
 		sch, err := scheduler.New(scheduler.Config{Client: cl, Log: log.With("component", "scheduler")})
 		if err != nil {
 			return nil, err

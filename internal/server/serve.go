@@ -46,6 +46,9 @@ type Config struct {
 	NodeGracePeriod time.Duration
 	// UploadTimeout is how long an image or disk with an Upload data source waits for its file.
 	UploadTimeout time.Duration
+	// MaxImageSize bounds an imported image's unpacked bytes and virtual size (0: default).
+	MaxImageSize int64
+	maxImageSize string
 	// VMNetworking is how VM NICs are connected: "user" (QEMU user-mode, isolated) or
 	// "host" (taps on the ClusterNetworks' bridges, nftables, dnsmasq; see docs/networking.md).
 	VMNetworking string
@@ -94,6 +97,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
+	f.StringVar(&cfg.maxImageSize, "max-image-size", "512Gi", "the largest image or imported disk accepted: its bytes after decompression and its virtual size (a quantity, e.g. 200Gi)")
 	f.DurationVar(&cfg.UploadTimeout, "upload-timeout", images.DefaultUploadTimeout, "how long an image or disk with an Upload data source waits for its file before it fails")
 	f.StringVar(&cfg.VMNetworking, "vm-networking", "user", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated)")
 	f.StringVar(&cfg.MACRanges, "mac-ranges", "", "the cluster's MAC address pool, first-last[,first-last...] (default 02:72:6b:00:00:00-02:72:6b:ff:ff:ff)")
@@ -133,6 +137,13 @@ func (c *Config) validate() error {
 	}
 	if c.VMNetworking != "" && c.VMNetworking != "user" && c.VMNetworking != "host" {
 		return fmt.Errorf("--vm-networking %q: use host or user", c.VMNetworking)
+	}
+	if c.maxImageSize != "" {
+		n, err := v1alpha1.Quantity(c.maxImageSize).Value()
+		if err != nil || n < 1<<20 {
+			return fmt.Errorf("--max-image-size %q: want a size of at least 1Mi, such as 200Gi", c.maxImageSize)
+		}
+		c.MaxImageSize = n
 	}
 	if c.Store != "bolt" && c.Store != "" && !strings.HasPrefix(c.Store, "etcd://") {
 		return fmt.Errorf("--store %q: use bolt or etcd://host:port[,host:port...]", c.Store)

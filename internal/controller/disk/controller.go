@@ -91,6 +91,9 @@ type Config struct {
 	Uploads        *images.Uploads
 	UploadBaseURLs v1alpha1.ImageUploadURLs
 	UploadTimeout  time.Duration
+	// MaxUnpackedSize bounds what one import writes and the virtual size it may have;
+	// default images.DefaultMaxUnpackedSize.
+	MaxUnpackedSize int64
 	// ProgressInterval is how often upload progress is written to status; default 1 s.
 	ProgressInterval time.Duration
 }
@@ -438,7 +441,7 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 
 func (c *Controller) readyStatus(d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, size int64) v1alpha1.VirtualDiskStatus {
 	st.Phase = v1alpha1.DiskPhaseReady
-	st.Capacity = images.HumanBytes(storage.RoundSize(size))
+	st.Capacity = string(v1alpha1.BytesQuantity(storage.RoundSize(size))) // exact, not rounded for display
 	st.Format = "qcow2"
 	st.Progress = "100%"
 	st.StorageClassName = storage.DefaultPool

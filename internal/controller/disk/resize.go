@@ -87,7 +87,7 @@ func (c *Controller) reconcileSize(ctx context.Context, d *v1alpha1.VirtualDisk,
 func (c *Controller) resized(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, size int64) error {
 	old := st.Capacity
 	st.Phase = v1alpha1.DiskPhaseReady
-	st.Capacity = images.HumanBytes(size)
+	st.Capacity = string(v1alpha1.BytesQuantity(size)) // exact: a later resize compares against it
 	st.ObservedGeneration = d.Generation
 	setCond(&st, d, v1alpha1.DiskConditionResizing, v1alpha1.ConditionFalse, ReasonResized, "the disk is "+st.Capacity)
 	c.log.Info("disk resized", "disk", d.Namespace+"/"+d.Name, "from", old, "to", st.Capacity)

@@ -181,7 +181,7 @@ func (c *Controller) importDisk(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	staged := filepath.Join(filepath.Dir(path), storage.TempPrefix+filepath.Base(path)+"-import")
 	defer os.Remove(staged)
 	var lastPatch time.Time
-	opts := images.Options{ProgressInterval: c.cfg.ProgressInterval, Progress: func(p images.Progress) {
+	opts := images.Options{ProgressInterval: c.cfg.ProgressInterval, MaxUnpackedSize: c.cfg.MaxUnpackedSize, Progress: func(p images.Progress) {
 		if time.Since(lastPatch) < c.cfg.ProgressInterval/2 {
 			return
 		}
