@@ -212,6 +212,10 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 }
 
 func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, query url.Values, contentType string, body any) (*http.Response, error) {
+	return c.sendHeader(ctx, hc, method, path, query, contentType, body, nil)
+}
+
+func (c *Client) sendHeader(ctx context.Context, hc *http.Client, method, path string, query url.Values, contentType string, body any, header http.Header) (*http.Response, error) {
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -241,6 +245,9 @@ func (c *Client) send(ctx context.Context, hc *http.Client, method, path string,
 		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
@@ -422,6 +429,23 @@ func (c *Client) Watch(ctx context.Context, resource, namespace string, opts Lis
 		}
 	}()
 	return w, nil
+}
+
+// Download GETs path (an image's data subresource) with extra request headers, such as
+// Range and If-Range. A 200 or 206 answer is returned for the caller to read and close;
+// 416 (the range starts at the end) too, so that a finished download can be recognised.
+func (c *Client) Download(ctx context.Context, path string, header http.Header) (*http.Response, error) {
+	resp, err := c.sendHeader(ctx, c.stream, http.MethodGet, path, nil, "", nil, header)
+	if err != nil {
+		return nil, err
+	}
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusPartialContent, http.StatusRequestedRangeNotSatisfiable:
+		return resp, nil
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	return nil, decodeError(resp.StatusCode, data)
 }
 
 // Stream opens a request whose body is read by the caller (logs, downloads).

@@ -57,11 +57,12 @@ type Config struct {
 
 // Agent is the node agent.
 type Agent struct {
-	cfg   Config
-	c     *client.Client
-	log   *slog.Logger
-	facts hostFacts
-	rec   *runtime.Recorder
+	cfg     Config
+	c       *client.Client
+	log     *slog.Logger
+	facts   hostFacts
+	fetches imageFetches // images fetched into this host's cache (imagecache.go)
+	rec     *runtime.Recorder
 
 	vms    *runtime.Informer
 	queue  *runtime.Queue

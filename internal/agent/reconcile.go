@@ -889,7 +889,11 @@ func (a *Agent) resolveDisks(ctx context.Context, vm *v1alpha1.VirtualMachine) (
 				return nil, err
 			}
 			d.ID = short + ref.Name
-			d.Path = storage.ImagePath(a.cfg.DataDir, img.Metadata.UID)
+			p, err := a.imageFile(ctx, resource, ns, ref.Name, img.Metadata.UID, img.Status.SHA256)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q: %w", ref.Kind, ref.Name, err)
+			}
+			d.Path = p
 			d.Format = storage.DriveFormat(img.Status.Format)
 			if d.Format == "" {
 				d.Format = qemu.FormatRaw

@@ -43,6 +43,9 @@ type Config struct {
 	NodeName string
 	// Uploads receives the files PUT to upload URLs; nil: uploads are refused.
 	Uploads *images.Uploads
+	// ImageDataDir is the data dir whose image store the image controllers of this process
+	// fill; the images' data subresource serves it. Empty: not available.
+	ImageDataDir string
 }
 
 // Server serves the API.
@@ -55,13 +58,14 @@ type Server struct {
 	dataDir  string
 	nodeName string
 	uploads  *images.Uploads
+	imageDir string
 	ctx      context.Context // ends when the server shuts down: ends watches
 	cancel   context.CancelFunc
 }
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, dataDir: cfg.DataDir, nodeName: cfg.NodeName, uploads: cfg.Uploads}
+	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, dataDir: cfg.DataDir, nodeName: cfg.NodeName, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -300,6 +304,10 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.st.Info.Kind == "VirtualMachine" && (t.sub == SubConsole || t.sub == SubVNC || t.sub == SubLog) {
 		s.serveStream(w, r, t)
+		return
+	}
+	if isImageKind(t.st.Info.Kind) && t.sub == SubData {
+		s.serveImageData(w, r, t)
 		return
 	}
 	if t.sub != "status" || !t.st.Info.HasStatus {

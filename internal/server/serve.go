@@ -176,6 +176,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		cfg.uploads = &images.Uploads{}
 	}
 	acfg := apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token, Uploads: cfg.uploads}
+	if !cfg.NoControllers {
+		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
+	}
 	if !cfg.NoAgent {
 		// The agent in this process shares the data dir: the API serves its consoles and logs.
 		acfg.DataDir, acfg.NodeName = cfg.DataDir, cfg.NodeName

@@ -45,3 +45,10 @@ func DiskPath(dataDir, pool, uid string) string {
 func VMRunDir(dataDir, uid string) string {
 	return filepath.Join(dataDir, "run", "vms", uid)
 }
+
+// ImageCachePath is where a node agent keeps its copy of an image it fetched from the
+// control plane: DATA-DIR/pools/POOL/cache/SHA256 (content-addressed: one copy per content,
+// whichever images share it). The caller checks sha256Hex.
+func ImageCachePath(dataDir, pool, sha256Hex string) string {
+	return filepath.Join(PoolDir(dataDir, pool), "cache", sha256Hex)
+}
