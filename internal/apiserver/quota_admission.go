@@ -30,6 +30,7 @@ func (s *Server) admit(ctx context.Context, namespace string, obj, old v1alpha1.
 	noop := func() {}
 	var kind, name string
 	var add v1alpha1.ProjectUsage
+	unknownDiskSize := false
 	switch o := obj.(type) {
 	case *v1alpha1.VirtualMachine:
 		var ov *v1alpha1.VirtualMachine
@@ -52,6 +53,13 @@ func (s *Server) admit(ctx context.Context, namespace string, obj, old v1alpha1.
 		n := registry.DiskQuotaUsage(o)
 		if old != nil {
 			n -= registry.DiskQuotaUsage(old.(*v1alpha1.VirtualDisk))
+		} else if n == 0 {
+			// No size asked for: the disk gets its source's size.
+			src, known, err := s.diskSourceSize(ctx, namespace, o)
+			if err != nil {
+				return noop, err
+			}
+			n, unknownDiskSize = src, !known
 		}
 		kind, name = "VirtualDisk", o.Name
 		add.Disk = v1alpha1.BytesQuantity(max(n, 0))
@@ -63,12 +71,15 @@ func (s *Server) admit(ctx context.Context, namespace string, obj, old v1alpha1.
 	case *v1alpha1.VirtualMachineClass:
 		return noop, s.admitDefaultClass(ctx, o)
 	}
-	if kind == "" || usageIsZero(add) {
+	if kind == "" || (usageIsZero(add) && !unknownDiskSize) {
 		return noop, nil // nothing more is asked for
 	}
 	quota, err := s.projectQuota(ctx, namespace)
 	if err != nil || quota == nil {
 		return noop, err
+	}
+	if unknownDiskSize && quota.Disk != "" {
+		return noop, errs.New(errs.ErrForbidden, "VirtualDisk %q is forbidden: project %q has a disk quota and the size of the disk's source is not known yet: set spec.persistentVolumeClaim.size, or create the disk once its source is Ready", name, namespace)
 	}
 	admitMu.Lock()
 	u, err := s.ProjectUsage(ctx, namespace)
@@ -275,4 +286,56 @@ func (s *Server) ProjectUsage(ctx context.Context, project string) (v1alpha1.Pro
 func usageIsZero(u v1alpha1.ProjectUsage) bool {
 	zero := func(q v1alpha1.Quantity) bool { n, _ := q.Value(); return q == "" || n == 0 }
 	return u.Cores == 0 && u.VirtualMachines == 0 && u.Images == 0 && zero(u.Memory) && zero(u.Disk)
+}
+
+// diskSourceSize is the size a new disk without spec.persistentVolumeClaim.size gets: the
+// unpacked size of its source image, or the capacity of its source disk. known is false when
+// the source is not Ready yet or is an import (HTTP, registry, upload) whose size comes later;
+// a blank disk has no size to take (validation requires one).
+func (s *Server) diskSourceSize(ctx context.Context, namespace string, d *v1alpha1.VirtualDisk) (int64, bool, error) {
+	ds := d.Spec.DataSource
+	if ds == nil || ds.ObjectRef == nil {
+		return 0, ds == nil, nil
+	}
+	ref := ds.ObjectRef
+	ns := ref.Namespace
+	if ns == "" {
+		ns = namespace
+	}
+	var k string
+	switch ref.Kind {
+	case v1alpha1.DataSourceKindClusterVirtualImage:
+		k = "/clustervirtualimages/" + ref.Name
+	case v1alpha1.DataSourceKindVirtualImage:
+		k = "/virtualimages/" + ns + "/" + ref.Name
+	case v1alpha1.DataSourceKindVirtualDisk:
+		k = "/virtualdisks/" + ns + "/" + ref.Name
+	default:
+		return 0, false, nil
+	}
+	kv, err := s.store.Get(ctx, k)
+	if errors.Is(err, errs.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if ref.Kind == v1alpha1.DataSourceKindVirtualDisk {
+		var src v1alpha1.VirtualDisk
+		if err := json.Unmarshal(kv.Value, &src); err != nil {
+			return 0, false, err
+		}
+		n := registry.DiskQuotaUsage(&src)
+		return n, n > 0, nil
+	}
+	var img struct {
+		Status v1alpha1.ImageStatus `json:"status"`
+	}
+	if err := json.Unmarshal(kv.Value, &img); err != nil {
+		return 0, false, err
+	}
+	if img.Status.Phase != v1alpha1.ImagePhaseReady || img.Status.Size == nil || img.Status.Size.UnpackedBytes <= 0 {
+		return 0, false, nil
+	}
+	return img.Status.Size.UnpackedBytes, true, nil
 }

@@ -58,6 +58,14 @@ spec:
 	must(disk("d1", "2Gi"))
 	refused("disk", disk("d2", "2Gi"), `exceeded quota disk of project "team": requested 2Gi, used 2Gi, limited to 3Gi`)
 	refused("disk growth", disk("d1", "4Gi"), "exceeded quota disk", "requested 2Gi, used 2Gi")
+	// A disk without a size takes its source's: a clone of d1 asks for 2Gi too, and a disk
+	// from an image that is not Ready yet cannot be counted, so it needs a size.
+	clone := func(name, kind, src string) string {
+		return "apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: " + name + "}\nspec:\n  dataSource:\n    type: ObjectRef\n    objectRef: {kind: " + kind + ", name: " + src + "}\n"
+	}
+	refused("disk clone without a size", clone("d3", "VirtualDisk", "d1"), `exceeded quota disk of project "team": requested 2Gi, used 2Gi, limited to 3Gi`)
+	refused("disk from an image not Ready", clone("d4", "ClusterVirtualImage", "not-there-yet"),
+		"the size of the disk's source is not known yet: set spec.persistentVolumeClaim.size")
 
 	img := func(name string) string {
 		return "apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualImage\nmetadata: {name: " + name + "}\nspec:\n  storage: ContainerRegistry\n  dataSource:\n    type: HTTP\n    http: {url: \"http://127.0.0.1:9/x.qcow2\"}\n"
