@@ -765,7 +765,15 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 		return runtime.Result{}, a.startFailed(ctx, vm, in, "QEMU closed its QMP socket")
 	}
 	if err := a.enforceLimits(ctx, vm, in); err != nil { // cgroup limits and pinning (cgroup.go)
-		return runtime.Result{}, a.startFailed(ctx, vm, in, "applying the VM's CPU and memory limits: "+err.Error())
+		// A CPU share below 100 % or dedicated cores are what the VM's class sells: without
+		// them the VM does not start. A VM that asks for neither only loses its memory cap,
+		// so it runs, and the node says why it is not confined.
+		if lim := computeLimits(vm, !a.facts.qemu.KVM); lim.cpuQuotaUsec > 0 || lim.dedicated > 0 {
+			return runtime.Result{}, a.startFailed(ctx, vm, in, "applying the VM's CPU and memory limits: "+err.Error())
+		}
+		a.log.Warn("the VM runs without its cgroup memory limit", "vm", string(key), "err", err)
+		a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "LimitsNotApplied",
+			"the VM runs without a cgroup memory limit on node "+a.cfg.NodeName+": "+err.Error())
 	}
 	phase := v1alpha1.VMPhaseRunning
 	if pr.State == v1alpha1.PowerStatePaused {
