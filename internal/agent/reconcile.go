@@ -716,8 +716,14 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 		return runtime.Result{}, a.startFailed(ctx, vm, nil, err.Error())
 	}
 	if in0.NVRAMPath != "" && cfg.NVRAMTemplate != "" {
-		if err := copyIfMissing(cfg.NVRAMTemplate, in0.NVRAMPath); err != nil {
+		replaced, err := ensureNVRAM(cfg.NVRAMTemplate, in0.NVRAMPath)
+		if err != nil {
 			return runtime.Result{}, a.startFailed(ctx, vm, nil, "creating the UEFI variable store: "+err.Error())
+		}
+		if replaced {
+			a.log.Info("the bootloader changed: the UEFI variable store was made anew from its template", "vm", string(key), "template", cfg.NVRAMTemplate)
+			a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "NVRAMReset",
+				"spec.bootloader changed: the UEFI variables were reset from "+filepath.Base(cfg.NVRAMTemplate)+" (boot entries are found again on the next boot)")
 		}
 	}
 	for name, data := range cfg.Files {
@@ -983,6 +989,32 @@ func (a *Agent) insideDataDir(p string) bool {
 
 // nvramFileName is a VM's UEFI variable store in its run directory.
 const nvramFileName = "efivars.fd"
+
+// ensureNVRAM makes the VM's UEFI variable store from template on first boot and remembers
+// which template it came from (path + ".template"). When the template changes (EFI to
+// EFIWithSecureBoot or back), the store is made anew: a store from the plain template has no
+// Secure Boot keys, so keeping it would silently leave Secure Boot off. A store made before
+// the marker existed is taken to come from the current template.
+func ensureNVRAM(template, path string) (replaced bool, err error) {
+	marker := path + ".template"
+	prev, merr := os.ReadFile(marker)
+	_, serr := os.Stat(path)
+	switch {
+	case serr == nil && merr == nil && string(prev) == template:
+		return false, nil
+	case serr == nil && merr == nil:
+		if err := os.Remove(path); err != nil {
+			return false, err
+		}
+		replaced = true
+	case serr == nil: // no marker yet
+		return false, os.WriteFile(marker, []byte(template), 0o600)
+	}
+	if err := copyIfMissing(template, path); err != nil {
+		return false, err
+	}
+	return replaced, os.WriteFile(marker, []byte(template), 0o600)
+}
 
 // copyIfMissing copies src to dst (0600) unless dst exists, through a temporary file.
 func copyIfMissing(src, dst string) error {

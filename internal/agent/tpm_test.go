@@ -56,3 +56,45 @@ func TestNeedsTPMAndSecondPress(t *testing.T) {
 		t.Error("a third press")
 	}
 }
+
+// TestEnsureNVRAM: the variable store is copied once, kept across starts, and made anew when
+// the template (the bootloader) changes.
+func TestEnsureNVRAM(t *testing.T) {
+	dir := t.TempDir()
+	plain, secure := filepath.Join(dir, "VARS.fd"), filepath.Join(dir, "VARS.ms.fd")
+	if err := os.WriteFile(plain, []byte("plain"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(secure, []byte("secure-keys"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nv := filepath.Join(dir, "vm", "nvram.fd")
+	if err := os.MkdirAll(filepath.Dir(nv), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	read := func() string { b, _ := os.ReadFile(nv); return string(b) }
+	if r, err := ensureNVRAM(plain, nv); err != nil || r || read() != "plain" {
+		t.Fatalf("first boot: replaced %v err %v content %q", r, err, read())
+	}
+	// The guest writes its variables; the next start keeps them.
+	if err := os.WriteFile(nv, []byte("plain+boot-entries"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ensureNVRAM(plain, nv); err != nil || r || read() != "plain+boot-entries" {
+		t.Fatalf("second boot: replaced %v err %v content %q", r, err, read())
+	}
+	// EFI -> EFIWithSecureBoot: a new store with the keys.
+	if r, err := ensureNVRAM(secure, nv); err != nil || !r || read() != "secure-keys" {
+		t.Fatalf("bootloader change: replaced %v err %v content %q", r, err, read())
+	}
+	// A store from before the marker: kept, and the marker written.
+	if err := os.Remove(nv + ".template"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ensureNVRAM(secure, nv); err != nil || r || read() != "secure-keys" {
+		t.Fatalf("no marker: replaced %v err %v content %q", r, err, read())
+	}
+	if b, _ := os.ReadFile(nv + ".template"); string(b) != secure {
+		t.Fatalf("marker %q", b)
+	}
+}
