@@ -43,6 +43,12 @@ type formatNode struct {
 
 var jsonNull = json.RawMessage("null")
 
+// AHCI controllers of a q35 VM: the chipset's own, plus up to maxExtraAHCI added ones.
+const (
+	ahciPorts    = 6
+	maxExtraAHCI = 3
+)
+
 // maxShortID bounds the id part of node names: QEMU node names have at most 31 bytes, and the
 // longest is "file-" + id + ".b16".
 const maxShortID = 20
@@ -209,10 +215,21 @@ func (b *build) disk(d Disk, id, short, who string) error {
 		port := b.idePort
 		b.idePort++
 		if b.m == machineQ35 {
-			if port >= 6 {
-				return fmt.Errorf("%s: the AHCI controller has only 6 ports", who)
+			// The q35 chipset's AHCI controller ("ide") has 6 ports; more SATA disks and
+			// CD-ROMs (an install ISO, a driver ISO, a provisioning CD, ...) go to extra AHCI
+			// controllers, 6 ports each, added as they are needed.
+			ctrl, p := port/ahciPorts, port%ahciPorts
+			bus := "ide"
+			if ctrl > 0 {
+				if ctrl > maxExtraAHCI {
+					return fmt.Errorf("%s: at most %d SATA disks and CD-ROMs", who, (maxExtraAHCI+1)*ahciPorts)
+				}
+				bus = "sata" + strconv.Itoa(ctrl)
+				if p == 0 {
+					b.add("-device", "ahci,id="+bus)
+				}
 			}
-			o.set("bus", "ide."+strconv.Itoa(port))
+			o.set("bus", bus+"."+strconv.Itoa(p))
 		} else {
 			if port >= 4 {
 				return fmt.Errorf("%s: the IDE controller has only 4 slots", who)

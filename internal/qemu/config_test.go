@@ -414,10 +414,10 @@ func TestBuildErrors(t *testing.T) {
 		}, "backing chain longer"},
 		{"too many sata", func(in *Input) {
 			in.VM.Spec.EnableParavirtualization = ptr(false)
-			for i := 0; i < 6; i++ {
+			for i := 0; i < 24; i++ {
 				in.Disks = append(in.Disks, Disk{ID: "d" + strconv.Itoa(i), Path: "/x/d" + strconv.Itoa(i), Format: FormatRaw})
 			}
-		}, "only 6 ports"},
+		}, "at most 24 SATA disks and CD-ROMs"},
 		{"too many ide", func(in *Input) {
 			in.VM.Spec.OSType = v1alpha1.OSTypeLegacy
 			for i := 0; i < 4; i++ {
@@ -455,6 +455,22 @@ func TestBuildErrors(t *testing.T) {
 }
 
 func TestBuildDerived(t *testing.T) {
+	t.Run("more than 6 SATA devices get a second AHCI controller", func(t *testing.T) {
+		in := validInput()
+		in.VM.Spec.EnableParavirtualization = ptr(false)
+		for i := 0; i < 8; i++ {
+			in.Disks = append(in.Disks, Disk{ID: "c" + strconv.Itoa(i), Path: "/x/c" + strconv.Itoa(i), Format: FormatRaw, ReadOnly: true, CDROM: true})
+		}
+		cfg, err := Build(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs := strings.Join(argValues(cfg.Args, "-device"), "\n")
+		if strings.Count(devs, "ahci,id=sata1") != 1 || strings.Contains(devs, "sata2") ||
+			!strings.Contains(devs, "bus=ide.5") || !strings.Contains(devs, "bus=sata1.0") || strings.Contains(devs, "bus=ide.6") {
+			t.Fatalf("devices:\n%s", devs)
+		}
+	})
 	t.Run("windows under TCG has no Hyper-V flags", func(t *testing.T) {
 		in := validInput()
 		in.VM.Spec.OSType = v1alpha1.OSTypeWindows
