@@ -87,6 +87,30 @@ spec:
 	if !strings.Contains(out, "Ready") || !strings.Contains(out, "64Mi") {
 		t.Fatalf("rakhsh get cvi:\n%s", out)
 	}
+	// The store is content-addressed: a second image of the same file shares its inode, and
+	// the content name goes with the last image that has it.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: ClusterVirtualImage
+metadata: {name: debian-again}
+spec:
+  dataSource:
+    type: HTTP
+    http: {url: "`+base+`/debian.qcow2"}
+`, "apply", "-f", "-")
+	again := waitObj(t, s, "clustervirtualimages", "", "debian-again", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
+		return i.Status.Phase == v1alpha1.ImagePhaseReady
+	})
+	contentPath := storage.ContentPath(s.DataDir, img.Status.SHA256)
+	st1, err1 := os.Stat(imgPath)
+	st2, err2 := os.Stat(storage.ImagePath(s.DataDir, again.UID))
+	st3, err3 := os.Stat(contentPath)
+	if err1 != nil || err2 != nil || err3 != nil || again.Status.SHA256 != img.Status.SHA256 || !os.SameFile(st1, st2) || !os.SameFile(st1, st3) {
+		t.Fatalf("two images of one file: %v %v %v, sha256 %s and %s: not one stored file", err1, err2, err3, img.Status.SHA256, again.Status.SHA256)
+	}
+	s.MustCLI("", "delete", "cvi", "debian-again", "--wait", "--timeout", "60s")
+	if _, err := os.Stat(contentPath); err != nil {
+		t.Fatalf("the content name went while image debian still has it: %v", err)
+	}
 
 	bad := waitObj(t, s, "clustervirtualimages", "", "corrupt", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
 		return i.Status.Phase == v1alpha1.ImagePhaseFailed
@@ -144,7 +168,7 @@ spec:
 	}
 	waitGone("virtualdisks", "default", "root")
 	waitGone("clustervirtualimages", "", "debian")
-	for _, p := range []string{diskPath, imgPath} {
+	for _, p := range []string{diskPath, imgPath, contentPath} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s was not removed", p)
 		}

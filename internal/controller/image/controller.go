@@ -527,6 +527,11 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 	dst := storage.ImagePath(c.cfg.DataDir, m.UID)
 	storage.CleanTempFor(dst)
 	start := time.Now()
+	if prev := img.status.SHA256; prev != "" {
+		// A re-import replaces the file: the previous content's name goes once no image
+		// links to it any more.
+		defer func() { _ = storage.ReleaseContent(c.cfg.DataDir, prev) }()
+	}
 
 	st := *img.status
 	st.Phase = v1alpha1.ImagePhaseProvisioning
@@ -601,6 +606,14 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 		}
 		return
 	}
+	if res.SHA256 != "" {
+		// Content-addressed: an image whose content is already stored shares that file.
+		if shared, err := storage.LinkContent(c.cfg.DataDir, dst, res.SHA256); err != nil {
+			log.Warn("giving the image its content-addressed name", "err", err)
+		} else if shared {
+			log.Info("the image's content is already stored: the two share one file", "sha256", res.SHA256)
+		}
+	}
 	st = readyStatus(st, m, res)
 	log.Info("image ready", "format", res.Format, "virtual-size", res.VirtualSize, "stored-size", res.StoredSize,
 		"took", time.Since(start).Round(time.Millisecond))
@@ -660,6 +673,9 @@ func (c *Controller) finalize(ctx context.Context, img *image) (runtime.Result, 
 		return runtime.Result{}, fmt.Errorf("removing %s: %w", path, err)
 	}
 	storage.CleanTempFor(path)
+	if err := storage.ReleaseContent(c.cfg.DataDir, img.status.SHA256); err != nil {
+		c.log.Warn("releasing the content-addressed name", "image", img.String(), "err", err)
+	}
 	rest := slices.DeleteFunc(slices.Clone(m.Finalizers), func(f string) bool { return f == Finalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": m.ResourceVersion}})
 	if err := c.c.Patch(ctx, img.kind.resource, m.Namespace, m.Name, patch, nil); err != nil && !client.IsNotFound(err) {

@@ -1,0 +1,97 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+)
+
+// contentMu serialises the links and releases of content names (one process, the image
+// controller's, owns the image store).
+var contentMu sync.Mutex
+
+var contentRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// ContentPath is the content-addressed name of a stored image file:
+// DATA-DIR/images/sha256/HEX. It is a hard link to the file of every image with that
+// content (DATA-DIR/images/UID), so images of equal content share one copy on disk.
+func ContentPath(dataDir, sha256Hex string) string {
+	return filepath.Join(dataDir, "images", "sha256", sha256Hex)
+}
+
+// LinkContent gives the freshly stored image file at path its content-addressed name. When a
+// file of the same content is already stored, path is replaced (atomically, by rename) by a
+// hard link to it and the new copy's space is freed; shared says so. Call it before anything
+// refers to path: the content is the same, but the inode changes.
+func LinkContent(dataDir, path, sha256Hex string) (shared bool, err error) {
+	if !contentRe.MatchString(sha256Hex) {
+		return false, fmt.Errorf("sha256 %q is not a hex digest", sha256Hex)
+	}
+	contentMu.Lock()
+	defer contentMu.Unlock()
+	cp := ContentPath(dataDir, sha256Hex)
+	if err := os.MkdirAll(filepath.Dir(cp), 0o700); err != nil {
+		return false, err
+	}
+	mine, err := os.Stat(path)
+	if err != nil {
+		return false, err
+	}
+	if have, err := os.Stat(cp); err == nil {
+		if os.SameFile(have, mine) {
+			return false, nil
+		}
+		if have.Size() != mine.Size() {
+			return false, fmt.Errorf("%s has %d bytes, but the stored file of the same sha256 has %d", path, mine.Size(), have.Size())
+		}
+		tmp := filepath.Join(filepath.Dir(path), TempPrefix+filepath.Base(path)+"-link")
+		os.Remove(tmp)
+		if err := os.Link(cp, tmp); err != nil {
+			return false, err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			os.Remove(tmp)
+			return false, err
+		}
+		return true, syncDir(filepath.Dir(path))
+	}
+	if err := os.Link(path, cp); err != nil && !errors.Is(err, os.ErrExist) {
+		return false, err
+	}
+	return false, syncDir(filepath.Dir(cp))
+}
+
+// ReleaseContent removes the content-addressed name of sha256Hex when no image file links
+// to it any more (its link count is 1).
+func ReleaseContent(dataDir, sha256Hex string) error {
+	if !contentRe.MatchString(sha256Hex) {
+		return nil
+	}
+	contentMu.Lock()
+	defer contentMu.Unlock()
+	cp := ContentPath(dataDir, sha256Hex)
+	st, err := os.Stat(cp)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if s, ok := st.Sys().(*syscall.Stat_t); ok && s.Nlink <= 1 {
+		return os.Remove(cp)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
