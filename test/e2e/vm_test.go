@@ -427,6 +427,26 @@ func TestVMCannotStart(t *testing.T) {
 	if !strings.Contains(c.Message, `VirtualDisk "missing" not found`) || v.Status.Phase != v1alpha1.VMPhasePending || v.Status.NodeName != "" {
 		t.Fatalf("VM with a missing disk: phase %s node %q condition %+v", v.Status.Phase, v.Status.NodeName, c)
 	}
+	// The same for a missing image.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: noimage}
+spec:
+  runPolicy: AlwaysOnUnlessStoppedManually
+  cpu: {cores: 1}
+  memory: {size: 128Mi}
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: not-published}
+`, "apply", "-f", "-")
+	v = vmWait(t, s, "noimage", 30*time.Second, "BlockDevicesReady=False", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionBlockDevicesReady)
+		return c != nil && c.Status == "False"
+	})
+	c = v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionBlockDevicesReady)
+	if !strings.Contains(c.Message, `ClusterVirtualImage "not-published" not found`) || v.Status.Phase != v1alpha1.VMPhasePending || v.Status.NodeName != "" {
+		t.Fatalf("VM with a missing image: phase %s node %q condition %+v", v.Status.Phase, v.Status.NodeName, c)
+	}
+	s.MustCLI("", "delete", "vm", "noimage")
 
 	vmSetupGuest(t, s, "big-disk", "bad-disk")
 	s.MustCLI(vmManifest("huge", "big-disk", "AlwaysOnUnlessStoppedManually", "64Ti"), "apply", "-f", "-")
