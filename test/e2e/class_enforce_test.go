@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // qemuCgroup returns the cgroup path of pid in the hierarchy that has controller ("" for
@@ -178,6 +180,38 @@ spec:
 	if th1-th0 == 0 {
 		t.Errorf("the cgroup was never throttled: the busy loop did not hit the limit (use %.1f%%)", 100*share)
 	}
+
+	// The operator drops 20% from the class: the running VM is out of policy, says so, and
+	// keeps running; an edit that keeps it out is refused, one that fixes it is taken.
+	s.MustCLI(`apiVersion: virtualization.deckhouse.io/v1alpha2
+kind: VirtualMachineClass
+metadata: {name: slow}
+spec:
+  cpu: {type: Model, model: Nehalem}
+  sizingPolicies:
+  - cores: {min: 1, max: 2}
+    coreFractions: [50, 100]
+    defaultCoreFraction: "100%"
+`, "apply", "-f", "-")
+	out := vmWait(t, s, "busy", time.Minute, "SizingPolicyMatched=False", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSizingPolicyMatched)
+		return c != nil && c.Status == v1alpha1.ConditionFalse
+	})
+	if out.Status.Phase != v1alpha1.VMPhaseRunning || vmQEMUPIDs(s.DataDir)[v.UID] != pid {
+		t.Fatalf("a VM put out of policy by its class was disturbed: phase %s, QEMU pid %d (was %d)", out.Status.Phase, vmQEMUPIDs(s.DataDir)[v.UID], pid)
+	}
+	ctx := context.Background()
+	err := s.Client().Patch(ctx, "virtualmachines", "default", "busy", []byte(`{"spec":{"terminationGracePeriodSeconds":6}}`), nil)
+	if !client.IsInvalid(err) || !strings.Contains(err.Error(), "spec.cpu.coreFraction") {
+		t.Fatalf("an edit that leaves the VM out of policy: got %v, want Invalid naming spec.cpu.coreFraction", err)
+	}
+	if err := s.Client().Patch(ctx, "virtualmachines", "default", "busy", []byte(`{"spec":{"cpu":{"coreFraction":"50%"}}}`), nil); err != nil {
+		t.Fatalf("an edit that brings the VM back into policy was refused: %v", err)
+	}
+	vmWait(t, s, "busy", time.Minute, "SizingPolicyMatched=True", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSizingPolicyMatched)
+		return c != nil && c.Status == v1alpha1.ConditionTrue
+	})
 	s.MustCLI("", "delete", "vm", "busy", "--wait", "--timeout", "1m")
 }
 
