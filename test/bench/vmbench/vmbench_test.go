@@ -160,6 +160,11 @@ func BenchmarkVM(b *testing.B) {
 	var m *massResult
 	if mass > 0 {
 		m = massRun(b, s, mass, memMass)
+		settle()
+		memBytes, err := v1alpha1.Quantity(memMass).Value()
+		must(b, err)
+		m.bareRunning, m.bareReady = bareMass(b, tmpl, filepath.Join(tmp, "bare-mass"),
+			storage.DiskPath(s.dataDir, "default", diskUIDs["bare"]), mass, memBytes)
 	}
 	b.StopTimer()
 	report(b, rk, bare, m, runs, memSeq, memMass)
@@ -600,6 +605,7 @@ type massResult struct {
 	serveCPU                time.Duration // `rakhsh serve` CPU time from the creates to all ready
 	stuck                   []string      // VMs not gone 2 min after their deletion
 	loadBefore, loadRunning string
+	bareRunning, bareReady  []time.Duration // the same burst of bare QEMUs, sorted
 }
 
 func sampleRSS(pid int) (rss, anon int64) {
@@ -825,6 +831,12 @@ func report(b *testing.B, rk, bare []runResult, m *massResult, runs int, memSeq,
 	fmt.Fprintf(w, "| all %d create calls returned | %s ms | |\n", m.n, ms(m.createdAll))
 	fmt.Fprintf(w, "| create → Running: first / p50 / all | %s / %s / %s s | |\n", sec(m.running[0]), sec(pct(m.running, 50)), sec(m.running[len(m.running)-1]))
 	fmt.Fprintf(w, "| create → ready marker: first / p50 / all | %s / %s / %s s | |\n", sec(m.ready[0]), sec(pct(m.ready, 50)), sec(m.ready[len(m.ready)-1]))
+	if len(m.bareRunning) > 0 {
+		fmt.Fprintf(w, "| bare QEMU, %d exec'd at once: exec → running: first / p50 / all | %s / %s / %s s | |\n", len(m.bareRunning),
+			sec(m.bareRunning[0]), sec(pct(m.bareRunning, 50)), sec(m.bareRunning[len(m.bareRunning)-1]))
+		fmt.Fprintf(w, "| bare QEMU, %d exec'd at once: exec → ready marker: first / p50 / all | %s / %s / %s s | |\n", len(m.bareReady),
+			sec(m.bareReady[0]), sec(pct(m.bareReady, 50)), sec(m.bareReady[len(m.bareReady)-1]))
+	}
 	fmt.Fprintf(w, "| `rakhsh serve` VmRSS: no VM / all Running / all ready | %s / %s / %s MiB | |\n", mib(m.rss0), mib(m.rssRun), mib(m.rssReady))
 	fmt.Fprintf(w, "| `rakhsh serve` RssAnon: no VM / all Running / all ready | %s / %s / %s MiB | |\n", mib(m.anon0), mib(m.anonRun), mib(m.anonReady))
 	fmt.Fprintf(w, "| serve RSS per running VM (all ready − none) / %d | %.0f KiB (anon %.0f KiB) | ≤ 1 MiB: %s |\n", m.n, perVM/1024, float64(m.anonReady-m.anon0)/float64(m.n)/1024, v)
@@ -840,4 +852,123 @@ func report(b *testing.B, rk, bare []runResult, m *massResult, runs int, memSeq,
 	b.ReportMetric(m.running[len(m.running)-1].Seconds(), "mass-all-running-s")
 	b.ReportMetric(m.ready[len(m.ready)-1].Seconds(), "mass-all-ready-s")
 	b.ReportMetric(perVM/1024, "serve-rss-KiB/VM")
+}
+
+// bareMass starts n bare QEMUs at once from the agent's command line (as bareRun does one),
+// each on its own copy of a fresh linked clone, with mem bytes of memory, and times each from
+// the common start to running (QMP cont answered) and to the ready marker on its serial port.
+func bareMass(b *testing.B, t *template, dir, freshDisk string, n int, mem int64) (running, ready []time.Duration) {
+	must(b, os.MkdirAll(dir, 0o700))
+	defer os.RemoveAll(dir)
+	type vm struct {
+		dir  string
+		argv []string
+	}
+	vms := make([]vm, n)
+	for i := range vms {
+		d := filepath.Join(dir, strconv.Itoa(i))
+		must(b, os.MkdirAll(d, 0o700))
+		disk := filepath.Join(d, "disk.qcow2")
+		must(b, copyFile(freshDisk, disk))
+		uid := uuid.NewString()
+		argv := make([]string, len(t.argv))
+		for j, a := range t.argv {
+			a = strings.ReplaceAll(a, t.diskPath, disk)
+			a = strings.ReplaceAll(a, t.runDir, d)
+			argv[j] = strings.ReplaceAll(a, t.uid, uid)
+		}
+		for j := 0; j+1 < len(argv); j++ {
+			if argv[j] == "-m" {
+				argv[j+1] = strconv.FormatInt(mem, 10)
+			}
+		}
+		vms[i] = vm{dir: d, argv: argv}
+	}
+	devnull, err := os.Open(os.DevNull)
+	must(b, err)
+	defer devnull.Close()
+	runningAt := make([]time.Duration, n)
+	readyAt := make([]time.Duration, n)
+	errs := make([]error, n)
+	var procs []*os.Process
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := range vms {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			v := vms[i]
+			logf, err := os.Create(filepath.Join(v.dir, "qemu.log"))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer logf.Close()
+			proc, err := os.StartProcess(v.argv[0], v.argv, &os.ProcAttr{Dir: v.dir,
+				Env:   []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"},
+				Files: []*os.File{devnull, logf, logf}, Sys: &syscall.SysProcAttr{Setsid: true}})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			mu.Lock()
+			procs = append(procs, proc)
+			mu.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+			defer cancel()
+			var mon *qmp.Conn
+			for {
+				dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+				mon, err = qmp.Dial(dctx, filepath.Join(v.dir, "qmp.sock"))
+				dcancel()
+				if err == nil {
+					break
+				}
+				if time.Since(t0) > 2*time.Minute {
+					errs[i] = fmt.Errorf("bare QEMU %d: no QMP within 2 min: %v", i, err)
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			defer mon.Close()
+			serial, err := net.Dial("unix", filepath.Join(v.dir, "serial.sock"))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer serial.Close()
+			if err := mon.Cont(ctx); err != nil {
+				errs[i] = err
+				return
+			}
+			if _, err := mon.QueryStatus(ctx); err != nil {
+				errs[i] = err
+				return
+			}
+			runningAt[i] = time.Since(t0)
+			_ = serial.SetReadDeadline(time.Now().Add(30 * time.Minute))
+			sc := bufio.NewScanner(serial)
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), readyMarker) {
+					readyAt[i] = time.Since(t0)
+					break
+				}
+			}
+			if readyAt[i] == 0 {
+				errs[i] = fmt.Errorf("bare QEMU %d: no ready marker: %v", i, sc.Err())
+			}
+			_ = mon.Quit(ctx)
+		}(i)
+	}
+	wg.Wait()
+	for _, p := range procs {
+		_, _ = p.Wait()
+	}
+	for _, err := range errs {
+		must(b, err)
+	}
+	sort.Slice(runningAt, func(i, j int) bool { return runningAt[i] < runningAt[j] })
+	sort.Slice(readyAt, func(i, j int) bool { return readyAt[i] < readyAt[j] })
+	return runningAt, readyAt
 }
