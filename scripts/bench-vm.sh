@@ -26,8 +26,17 @@ if [ ! -f "$guest/guest.qcow2" ]; then
   test/guest/build.sh "$guest"
 fi
 
+# The agent uses KVM only when QEMU can run a vCPU under it (nested KVM is often broken);
+# the same probe here.
 accel="TCG (no /dev/kvm)"
-[ -w /dev/kvm ] && accel="KVM"
+if [ -w /dev/kvm ]; then
+  if echo quit | timeout 20 qemu-system-x86_64 -machine q35,accel=kvm -cpu host -m 16 -nodefaults \
+      -no-user-config -display none -S -monitor stdio >/dev/null 2>&1; then
+    accel="KVM"
+  else
+    accel="TCG (/dev/kvm is present but QEMU cannot run a vCPU under it)"
+  fi
+fi
 echo "== machine"
 echo "cpu:    $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"

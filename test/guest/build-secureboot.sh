@@ -59,7 +59,7 @@ grub=$work/x/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed
 for f in "$shim" "$grub"; do
 	[ -f "$f" ] || { log "$f not found in the packages"; exit 1; }
 done
-printf 'set timeout=0\nlinux /vmlinuz console=ttyS0\ninitrd /initrd.img\nboot\n' >"$work/grub.cfg"
+printf 'set timeout=0\nlinux /vmlinuz console=ttyS0 no_timer_check\ninitrd /initrd.img\nboot\n' >"$work/grub.cfg"
 
 tmp=$IMG.tmp
 rm -f "$tmp"
