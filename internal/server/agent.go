@@ -100,7 +100,7 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "how often the Node status is refreshed; keep it well under the control plane's --node-grace-period")
-	f.StringVar(&cfg.VMNetworking, "vm-networking", "user", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated); use the control plane's setting")
+	f.StringVar(&cfg.VMNetworking, "vm-networking", "host", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated); use the control plane's setting")
 	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
 	return cmd
 }

@@ -49,8 +49,9 @@ type Config struct {
 	// MaxImageSize bounds an imported image's unpacked bytes and virtual size (0: default).
 	MaxImageSize int64
 	maxImageSize string
-	// VMNetworking is how VM NICs are connected: "user" (QEMU user-mode, isolated) or
-	// "host" (taps on the ClusterNetworks' bridges, nftables, dnsmasq; see docs/networking.md).
+	// VMNetworking is how VM NICs are connected: "host" (the default: taps on the
+	// ClusterNetworks' bridges, nftables, dnsmasq; see docs/networking.md) or "user" (QEMU
+	// user-mode, isolated: for tests).
 	VMNetworking string
 	// MACRanges is the cluster's MAC pool ("first-last[,first-last...]").
 	MACRanges string
@@ -99,7 +100,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
 	f.StringVar(&cfg.maxImageSize, "max-image-size", "512Gi", "the largest image or imported disk accepted: its bytes after decompression and its virtual size (a quantity, e.g. 200Gi)")
 	f.DurationVar(&cfg.UploadTimeout, "upload-timeout", images.DefaultUploadTimeout, "how long an image or disk with an Upload data source waits for its file before it fails")
-	f.StringVar(&cfg.VMNetworking, "vm-networking", "user", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated)")
+	f.StringVar(&cfg.VMNetworking, "vm-networking", "host", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork; needs root) or user (QEMU user-mode, isolated: for tests)")
 	f.StringVar(&cfg.MACRanges, "mac-ranges", "", "the cluster's MAC address pool, first-last[,first-last...] (default 02:72:6b:00:00:00-02:72:6b:ff:ff:ff)")
 	f.StringVar(&cfg.DefaultSubnet, "default-subnet", "", "subnet of the default NAT network main when it is created on first start (default 10.66.0.0/24)")
 	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")

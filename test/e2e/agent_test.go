@@ -29,7 +29,7 @@ func TestSeparateAgentJoins(t *testing.T) {
 	logs := &lockedBuffer{}
 	startAgent := func() *exec.Cmd {
 		cmd := exec.Command(rakhshBin(t), "agent", "--server", "https://"+addr, "--ca-file", filepath.Join(s.DataDir, "tls.crt"),
-			"--node-name", "joined-host", "--data-dir", agentDir, "--heartbeat-interval", "1s")
+			"--node-name", "joined-host", "--data-dir", agentDir, "--heartbeat-interval", "1s", "--vm-networking", "user")
 		cmd.Env = append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token)))
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {

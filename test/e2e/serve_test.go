@@ -97,7 +97,9 @@ func StartServe(t *testing.T, extra ...string) *Serve {
 // Start (re)starts the process on the same data dir.
 func (s *Serve) Start() {
 	s.t.Helper()
-	args := append([]string{"serve", "--data-dir", s.DataDir, "--log-level", "debug"}, s.Args...)
+	// User-mode networking unless a test asks for more: host networking builds bridges and
+	// nftables tables, which only tests inside their own network namespaces may do.
+	args := append([]string{"serve", "--data-dir", s.DataDir, "--log-level", "debug", "--vm-networking", "user"}, s.Args...)
 	cmd := exec.Command(rakhshBin(s.t), args...)
 	if s.logs == nil {
 		s.logs = &lockedBuffer{}
