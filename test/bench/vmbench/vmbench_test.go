@@ -879,7 +879,7 @@ func bareMass(b *testing.B, t *template, dir, freshDisk string, n int, mem int64
 		}
 		for j := 0; j+1 < len(argv); j++ {
 			if argv[j] == "-m" {
-				argv[j+1] = strconv.FormatInt(mem, 10)
+				argv[j+1] = strconv.FormatInt(mem>>20, 10) // MiB, as the agent writes it
 			}
 		}
 		vms[i] = vm{dir: d, argv: argv}
@@ -926,7 +926,8 @@ func bareMass(b *testing.B, t *template, dir, freshDisk string, n int, mem int64
 					break
 				}
 				if time.Since(t0) > 2*time.Minute {
-					errs[i] = fmt.Errorf("bare QEMU %d: no QMP within 2 min: %v", i, err)
+					log, _ := os.ReadFile(filepath.Join(v.dir, "qemu.log"))
+					errs[i] = fmt.Errorf("bare QEMU %d: no QMP within 2 min: %v; its log: %s", i, err, log)
 					return
 				}
 				time.Sleep(5 * time.Millisecond)
