@@ -145,4 +145,3 @@ func fetchResumable(ctx context.Context, c *client.Client, path, dst, wantSHA st
 	}
 	return nil
 }
-
