@@ -9,15 +9,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"sync"
 
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
-
-var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // imageFetches serialises the fetches of one content: two VMs starting on the same image
 // download it once.
@@ -50,7 +47,7 @@ func (a *Agent) imageFile(ctx context.Context, resource, namespace, name, uid, s
 	if p := storage.ImagePath(a.cfg.DataDir, uid); fileExists(p) {
 		return p, nil
 	}
-	if !sha256Re.MatchString(sha) {
+	if !storage.IsSHA256Hex(sha) {
 		return "", fmt.Errorf("its file is not on this host and it has no sha256 to fetch it by")
 	}
 	dst := storage.ImageCachePath(a.cfg.DataDir, storage.DefaultPool, sha)
@@ -133,15 +130,6 @@ func fetchResumable(ctx context.Context, c *client.Client, path, dst, wantSHA st
 		os.Remove(part)
 		return fmt.Errorf("the fetched file has sha256 %s, not the image's %s; it was discarded", got, wantSHA)
 	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := os.Rename(part, dst); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(dst)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	f.Close()
+	return storage.Commit(part, dst)
 }

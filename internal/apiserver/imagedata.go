@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"os"
-	"regexp"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
@@ -17,8 +16,6 @@ import (
 // their cache through it. The ETag is the file's sha256 (status.sha256), so a resumed
 // download with If-Range never mixes two versions of a file.
 const SubData = "data"
-
-var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 func isImageKind(kind string) bool {
 	return kind == "ClusterVirtualImage" || kind == "VirtualImage"
@@ -70,7 +67,7 @@ func (s *Server) serveImageData(w http.ResponseWriter, r *http.Request, t target
 		s.writeError(w, r, err)
 		return
 	}
-	if sha256Hex.MatchString(img.Status.SHA256) {
+	if storage.IsSHA256Hex(img.Status.SHA256) {
 		w.Header().Set("ETag", `"`+img.Status.SHA256+`"`)
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")

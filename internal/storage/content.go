@@ -14,7 +14,11 @@ import (
 // controller's, owns the image store).
 var contentMu sync.Mutex
 
-var contentRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var sha256HexRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// IsSHA256Hex says whether s is a lower-case hex SHA-256 digest, as status.sha256 holds; only
+// such a digest may become part of a path or a header.
+func IsSHA256Hex(s string) bool { return sha256HexRe.MatchString(s) }
 
 // ContentPath is the content-addressed name of a stored image file:
 // DATA-DIR/images/sha256/HEX. It is a hard link to the file of every image with that
@@ -28,7 +32,7 @@ func ContentPath(dataDir, sha256Hex string) string {
 // hard link to it and the new copy's space is freed; shared says so. Call it before anything
 // refers to path: the content is the same, but the inode changes.
 func LinkContent(dataDir, path, sha256Hex string) (shared bool, err error) {
-	if !contentRe.MatchString(sha256Hex) {
+	if !IsSHA256Hex(sha256Hex) {
 		return false, fmt.Errorf("sha256 %q is not a hex digest", sha256Hex)
 	}
 	contentMu.Lock()
@@ -68,7 +72,7 @@ func LinkContent(dataDir, path, sha256Hex string) (shared bool, err error) {
 // ReleaseContent removes the content-addressed name of sha256Hex when no image file links
 // to it any more (its link count is 1).
 func ReleaseContent(dataDir, sha256Hex string) error {
-	if !contentRe.MatchString(sha256Hex) {
+	if !IsSHA256Hex(sha256Hex) {
 		return nil
 	}
 	contentMu.Lock()

@@ -361,10 +361,7 @@ func Commit(tmp, dst string) error {
 	if err := os.Rename(tmp, dst); err != nil {
 		return err
 	}
-	if d, err := os.Open(filepath.Dir(dst)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
+	_ = syncDir(filepath.Dir(dst))
 	return nil
 }
 
