@@ -265,38 +265,5 @@ func (c *Controller) adopt(ctx context.Context, resource string, vm *v1alpha1.Vi
 
 // patchVM writes the owned status fields of a VM, guarded by its resourceVersion.
 func (c *Controller) patchVM(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachine, error) {
-	var last error
-	for attempt := 0; attempt < 8; attempt++ {
-		var v v1alpha1.VirtualMachine
-		if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
-			if client.IsNotFound(err) {
-				return nil, nil
-			}
-			return nil, err
-		}
-		if v.UID != vm.UID {
-			return nil, nil
-		}
-		before, _ := json.Marshal(v.Status)
-		mutate(&v)
-		after, _ := json.Marshal(v.Status)
-		patch, err := runtime.OwnedPatch(before, after, vmStatusFields)
-		if err != nil || patch == nil {
-			return nil, err
-		}
-		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": v.ResourceVersion}, "status": patch})
-		var out v1alpha1.VirtualMachine
-		err = c.c.PatchStatus(ctx, "virtualmachines", v.Namespace, v.Name, body, &out)
-		if err == nil {
-			return &out, nil
-		}
-		if client.IsNotFound(err) {
-			return nil, nil
-		}
-		if !client.IsConflict(err) {
-			return nil, err
-		}
-		last = err
-	}
-	return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, last)
+	return runtime.PatchVMStatus(ctx, c.c, vm, vmStatusFields, func(v *v1alpha1.VirtualMachine) error { mutate(v); return nil })
 }

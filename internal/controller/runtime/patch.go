@@ -2,7 +2,12 @@ package runtime
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // OwnedPatch returns the JSON merge patch that turns before into after for the given
@@ -32,4 +37,47 @@ func OwnedPatch(before, after []byte, keys []string) (map[string]any, error) {
 		return nil, nil
 	}
 	return patch, nil
+}
+
+// PatchVMStatus reads the VM fresh, applies mutate, and writes the owned status fields
+// (OwnedPatch) guarded by the resourceVersion it read, retrying conflicts a few times. It
+// returns the written VM, or nil (and no error) when nothing changed, the VM is gone, or a
+// VM of another uid now has its name.
+func PatchVMStatus(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine, owned []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+	var last error
+	for attempt := 0; attempt < 8; attempt++ {
+		var v v1alpha1.VirtualMachine
+		if err := c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
+			if client.IsNotFound(err) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		if v.UID != vm.UID {
+			return nil, nil
+		}
+		before, _ := json.Marshal(v.Status)
+		if err := mutate(&v); err != nil {
+			return nil, err
+		}
+		after, _ := json.Marshal(v.Status)
+		patch, err := OwnedPatch(before, after, owned)
+		if err != nil || patch == nil {
+			return nil, err
+		}
+		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": v.ResourceVersion}, "status": patch})
+		var out v1alpha1.VirtualMachine
+		err = c.PatchStatus(ctx, "virtualmachines", v.Namespace, v.Name, body, &out)
+		if err == nil {
+			return &out, nil
+		}
+		if client.IsNotFound(err) {
+			return nil, nil
+		}
+		if !client.IsConflict(err) {
+			return nil, err
+		}
+		last = err
+	}
+	return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, last)
 }

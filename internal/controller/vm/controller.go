@@ -295,42 +295,7 @@ var controllerFields = []string{"powerRequest", "conditions", "phase", "stats"}
 // patchStatus reads the VM fresh, applies mutate, and writes the owned fields guarded by
 // the resourceVersion read; it retries conflicts. It returns nil when nothing changed.
 func (c *Controller) patchStatus(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
-	var last error
-	for attempt := 0; attempt < 8; attempt++ {
-		var v v1alpha1.VirtualMachine
-		if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
-			if client.IsNotFound(err) {
-				return nil, nil
-			}
-			return nil, err
-		}
-		if v.UID != vm.UID {
-			return nil, nil
-		}
-		before, _ := json.Marshal(v.Status)
-		if err := mutate(&v); err != nil {
-			return nil, err
-		}
-		after, _ := json.Marshal(v.Status)
-		patch, err := runtime.OwnedPatch(before, after, controllerFields)
-		if err != nil || patch == nil {
-			return nil, err
-		}
-		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": v.ResourceVersion}, "status": patch})
-		var out v1alpha1.VirtualMachine
-		err = c.c.PatchStatus(ctx, "virtualmachines", v.Namespace, v.Name, body, &out)
-		if err == nil {
-			return &out, nil
-		}
-		if client.IsNotFound(err) {
-			return nil, nil
-		}
-		if !client.IsConflict(err) {
-			return nil, err
-		}
-		last = err
-	}
-	return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, last)
+	return runtime.PatchVMStatus(ctx, c.c, vm, controllerFields, mutate)
 }
 
 func hasFinalizer(vm *v1alpha1.VirtualMachine) bool {
