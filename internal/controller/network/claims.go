@@ -43,41 +43,10 @@ func (c *Controller) reconcileIP(ctx context.Context, key runtime.Key) (runtime.
 	} else {
 		res = c.allocateIP(ctx, &ip, ref)
 	}
-	phase := v1alpha1.VirtualMachineIPAddressPhasePending
-	if res.reason == ReasonBound {
-		phase = v1alpha1.VirtualMachineIPAddressPhaseBound
-		if ip.Status.VirtualMachineName != "" {
-			phase = v1alpha1.VirtualMachineIPAddressPhaseAttached
-		}
-	}
 	st := ip.Status
-	if res.address != "" {
-		st.Address = res.address
-	}
-	prevMsg := ""
-	if p := v1alpha1.FindCondition(st.Conditions, v1alpha1.AddressConditionBound); p != nil {
-		prevMsg = p.Message
-	}
-	changedCond := v1alpha1.SetCondition(&st.Conditions, cond(v1alpha1.AddressConditionBound, res.reason == ReasonBound, res.reason, res.message, ip.Generation))
-	if st.Address == ip.Status.Address && st.Phase == phase && !changedCond && st.ObservedGeneration == ip.Generation {
-		return runtime.Result{}, nil
-	}
-	if res.reason != ReasonBound && prevMsg != res.message {
-		c.rec.Event(ctx, "VirtualMachineIPAddress", &ip, "Warning", res.reason, res.message)
-	}
-	st.Phase = phase
-	st.ObservedGeneration = ip.Generation
-	if err := c.patchStatus(ctx, "virtualmachineipaddresses", ip.Namespace, ip.Name, ip.ResourceVersion, st); err != nil {
-		if client.IsConflict(err) || client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
-		return runtime.Result{}, err
-	}
-	if res.reason == ReasonPoolExhausted {
-		// A lease may be released later: look again now and then.
-		return runtime.Result{RequeueAfter: c.cfg.SweepInterval}, nil
-	}
-	return runtime.Result{}, nil
+	return c.writeClaimStatus(ctx, "VirtualMachineIPAddress", "virtualmachineipaddresses", &ip, res, claimStatus{
+		Address: st.Address, VirtualMachineName: st.VirtualMachineName, Phase: string(st.Phase),
+		Conditions: st.Conditions, ObservedGeneration: st.ObservedGeneration})
 }
 
 func (c *Controller) allocateIP(ctx context.Context, ip *v1alpha1.VirtualMachineIPAddress, ref *v1alpha1.VirtualMachineIPAddressRef) claimResult {
@@ -202,40 +171,10 @@ func (c *Controller) reconcileMAC(ctx context.Context, key runtime.Key) (runtime
 			}
 		}
 	}
-	phase := v1alpha1.VirtualMachineMACAddressPhasePending
-	if res.reason == ReasonBound {
-		phase = v1alpha1.VirtualMachineMACAddressPhaseBound
-		if m.Status.VirtualMachineName != "" {
-			phase = v1alpha1.VirtualMachineMACAddressPhaseAttached
-		}
-	}
 	st := m.Status
-	if res.address != "" {
-		st.Address = res.address
-	}
-	prevMsg := ""
-	if p := v1alpha1.FindCondition(st.Conditions, v1alpha1.AddressConditionBound); p != nil {
-		prevMsg = p.Message
-	}
-	changedCond := v1alpha1.SetCondition(&st.Conditions, cond(v1alpha1.AddressConditionBound, res.reason == ReasonBound, res.reason, res.message, m.Generation))
-	if st.Address == m.Status.Address && st.Phase == phase && !changedCond && st.ObservedGeneration == m.Generation {
-		return runtime.Result{}, nil
-	}
-	if res.reason != ReasonBound && prevMsg != res.message {
-		c.rec.Event(ctx, "VirtualMachineMACAddress", &m, "Warning", res.reason, res.message)
-	}
-	st.Phase = phase
-	st.ObservedGeneration = m.Generation
-	if err := c.patchStatus(ctx, "virtualmachinemacaddresses", m.Namespace, m.Name, m.ResourceVersion, st); err != nil {
-		if client.IsConflict(err) || client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
-		return runtime.Result{}, err
-	}
-	if res.reason == ReasonPoolExhausted {
-		return runtime.Result{RequeueAfter: c.cfg.SweepInterval}, nil
-	}
-	return runtime.Result{}, nil
+	return c.writeClaimStatus(ctx, "VirtualMachineMACAddress", "virtualmachinemacaddresses", &m, res, claimStatus{
+		Address: st.Address, VirtualMachineName: st.VirtualMachineName, Phase: string(st.Phase),
+		Conditions: st.Conditions, ObservedGeneration: st.ObservedGeneration})
 }
 
 func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1.VirtualMachineMACAddressRef, takeReleased bool) claimResult {
@@ -279,4 +218,58 @@ func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1
 		return claimResult{reason: ReasonAddressInUse, message: fmt.Sprintf("MAC address %s was released recently and is not reused yet", norm)}
 	}
 	return claimResult{reason: ReasonAddressInUse, message: fmt.Sprintf("MAC address %s is already leased to VirtualMachineMACAddress %s/%s", norm, cur.Namespace, cur.Name)}
+}
+
+// claimStatus is the status of a VirtualMachineIPAddress or VirtualMachineMACAddress: the two
+// kinds have the same fields, and this type marshals to either.
+type claimStatus struct {
+	Address            string               `json:"address,omitempty"`
+	VirtualMachineName string               `json:"virtualMachineName,omitempty"`
+	Phase              string               `json:"phase,omitempty"`
+	Conditions         []v1alpha1.Condition `json:"conditions,omitempty"`
+	ObservedGeneration int64                `json:"observedGeneration,omitempty"`
+}
+
+// writeClaimStatus records the outcome of a claim's reconcile: the address, the phase (Bound,
+// or Attached when a VM uses it; else Pending) and the Bound condition, with a Warning event
+// when the reason for not binding changes. Nothing is written when nothing changed; a full
+// pool is looked at again after the sweep interval.
+func (c *Controller) writeClaimStatus(ctx context.Context, kind, resource string, obj v1alpha1.Object, res claimResult, cur claimStatus) (runtime.Result, error) {
+	md := obj.GetObjectMeta()
+	phase := "Pending"
+	if res.reason == ReasonBound {
+		phase = "Bound"
+		if cur.VirtualMachineName != "" {
+			phase = "Attached"
+		}
+	}
+	st := cur
+	st.Conditions = append([]v1alpha1.Condition(nil), cur.Conditions...)
+	if res.address != "" {
+		st.Address = res.address
+	}
+	prevMsg := ""
+	if p := v1alpha1.FindCondition(st.Conditions, v1alpha1.AddressConditionBound); p != nil {
+		prevMsg = p.Message
+	}
+	changedCond := v1alpha1.SetCondition(&st.Conditions, cond(v1alpha1.AddressConditionBound, res.reason == ReasonBound, res.reason, res.message, md.Generation))
+	if st.Address == cur.Address && st.Phase == phase && !changedCond && st.ObservedGeneration == md.Generation {
+		return runtime.Result{}, nil
+	}
+	if res.reason != ReasonBound && prevMsg != res.message {
+		c.rec.Event(ctx, kind, obj, "Warning", res.reason, res.message)
+	}
+	st.Phase = phase
+	st.ObservedGeneration = md.Generation
+	if err := c.patchStatus(ctx, resource, md.Namespace, md.Name, md.ResourceVersion, st); err != nil {
+		if client.IsConflict(err) || client.IsNotFound(err) {
+			return runtime.Result{}, nil
+		}
+		return runtime.Result{}, err
+	}
+	if res.reason == ReasonPoolExhausted {
+		// A lease may be released later: look again now and then.
+		return runtime.Result{RequeueAfter: c.cfg.SweepInterval}, nil
+	}
+	return runtime.Result{}, nil
 }
