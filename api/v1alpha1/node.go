@@ -73,6 +73,10 @@ const (
 const (
 	// NodeConditionReady is True while the agent heartbeats and reports the node healthy.
 	NodeConditionReady = "Ready"
+	// NodeConditionKVM is True while VMs start under KVM on the node; its reason and message
+	// say how the accelerator was chosen (--accelerator auto|kvm|tcg, the probe's finding, a
+	// KVM failure at run time).
+	NodeConditionKVM = "KVM"
 )
 
 // NodeStatus is what the agent and the controllers observe of a node.

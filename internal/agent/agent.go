@@ -17,6 +17,7 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 )
 
 // Finalizer keeps a VM object until its QEMU is stopped and its run directory removed.
@@ -53,6 +54,9 @@ type Config struct {
 	HostNetworking bool
 	// NoUpstreamDNS keeps the networks' dnsmasq from forwarding to the host's resolvers.
 	NoUpstreamDNS bool
+	// Accelerator is how VMs run guest code: auto (default: KVM when the probe boots real
+	// guest code under it), kvm or tcg. See package accel.
+	Accelerator accel.Mode
 }
 
 // Agent is the node agent.
@@ -61,6 +65,8 @@ type Agent struct {
 	c       *client.Client
 	log     *slog.Logger
 	facts   hostFacts
+	accelMu sync.Mutex
+	choice  accel.Choice // KVM or TCG, and why (accelerator.go)
 	fetches imageFetches // images fetched into this host's cache (imagecache.go)
 	rec     *runtime.Recorder
 
@@ -115,6 +121,11 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	mode, err := accel.ParseMode(string(cfg.Accelerator))
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	cfg.Accelerator = mode
 	log := cfg.Log.With("component", "agent", "node", cfg.NodeName)
 	return &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{},
 		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-agent", Host: cfg.NodeName, Log: log}}, nil
@@ -130,12 +141,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.facts = probeHost(ctx, a.cfg.QEMUBinary)
 	if a.facts.qemuErr != nil {
 		a.log.Error("QEMU is not usable: the node registers as NotReady", "err", a.facts.qemuErr)
-	} else if a.facts.kvmErr != nil {
-		a.log.Warn("KVM is not usable: VMs run under TCG (software emulation)", "reason", a.facts.kvmErr)
 	}
 	if err := os.MkdirAll(filepath.Join(a.cfg.DataDir, "run", "vms"), 0o700); err != nil {
 		return fmt.Errorf("agent: creating run directory: %w", err)
 	}
+	a.chooseAccelerator(ctx)
 	for {
 		err := a.heartbeat(ctx)
 		if err == nil {
@@ -148,7 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
-	a.log.Info("node registered", "accelerator", a.facts.accelerator(), "qemu", a.facts.qemu.QEMUVersion)
+	a.log.Info("node registered", "kvm", a.kvm(), "qemu", a.facts.qemu.QEMUVersion)
 
 	a.queue = runtime.NewQueue("agent", a.log)
 	a.queue.MaxBackoff = 10 * time.Second
@@ -265,7 +275,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			Storage: v1alpha1.BytesQuantity(storageFree)},
 		Allocatable: &v1alpha1.NodeResources{CPU: int64(float64(f.cpus) * cpuRatio),
 			Memory: v1alpha1.BytesQuantity(int64(float64(f.memoryBytes) * memRatio)), Storage: v1alpha1.BytesQuantity(storageFree)},
-		QemuVersion: f.qemu.QEMUVersion, Accelerator: f.accelerator(), CPUModel: f.cpuModel, CPUFeatures: f.cpuFeatures,
+		QemuVersion: f.qemu.QEMUVersion, Accelerator: a.acceleratorName(), CPUModel: f.cpuModel, CPUFeatures: f.cpuFeatures,
 		KernelVersion: f.kernelVersion, AgentVersion: Version, LastHeartbeatTime: &now,
 		Conditions: node.Status.Conditions, ObservedGeneration: node.Generation,
 	}
@@ -279,6 +289,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		ready = v1alpha1.Condition{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionFalse, Reason: "QEMUUnusable", Message: f.qemuErr.Error()}
 	}
 	v1alpha1.SetCondition(&st.Conditions, ready)
+	v1alpha1.SetCondition(&st.Conditions, a.kvmCondition())
 	body, err := json.Marshal(map[string]any{"status": st})
 	if err != nil {
 		return err

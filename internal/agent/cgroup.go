@@ -165,7 +165,7 @@ func (a *Agent) enforceLimits(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 	if err != nil {
 		return err
 	}
-	lim := computeLimits(vm, !a.facts.qemu.KVM)
+	lim := computeLimits(vm, in.accel != "kvm")
 	ded := lim.dedicated > 0
 	cleanupEmptyCgroups(l)
 	ctrls := []string{"cpu", "cpuacct", "memory"}

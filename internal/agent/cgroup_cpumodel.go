@@ -39,7 +39,7 @@ func (a *Agent) applyClassCPU(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 		}
 		return err
 	}
-	model, feats, err := classCPU(&cl, a.facts.qemu.KVM)
+	model, feats, err := classCPU(&cl, in.Node.KVM)
 	if err != nil {
 		return err
 	}

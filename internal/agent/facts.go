@@ -23,7 +23,6 @@ import (
 type hostFacts struct {
 	qemu          qemu.NodeFacts
 	qemuErr       error // why QEMU is unusable, if it is
-	kvmErr        error // why KVM is not used (nil when it is)
 	cpus          int64
 	memoryBytes   int64
 	cpuModel      string
@@ -52,12 +51,6 @@ func probeHost(ctx context.Context, binary string) hostFacts {
 			f.qemu.HasSandbox = strings.Contains(help, "\n-sandbox")
 		}
 	}
-	if f.qemuErr == nil {
-		f.kvmErr = qemu.ProbeKVM(ctx, f.qemu.QEMUBinary)
-	} else {
-		f.kvmErr = f.qemuErr
-	}
-	f.qemu.KVM = f.kvmErr == nil
 	f.qemu.VhostNet = usableDevice("/dev/vhost-net")
 	f.qemu.HostCPUs = runtime.NumCPU()
 	for _, p := range []struct {
@@ -82,8 +75,9 @@ func probeHost(ctx context.Context, binary string) hostFacts {
 	return f
 }
 
-func (f hostFacts) accelerator() v1alpha1.Accelerator {
-	if f.qemu.KVM {
+// acceleratorName is the Node's status.accelerator.
+func (a *Agent) acceleratorName() v1alpha1.Accelerator {
+	if a.kvm() {
 		return v1alpha1.AcceleratorKVM
 	}
 	return v1alpha1.AcceleratorTCG

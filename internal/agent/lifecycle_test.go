@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -25,8 +26,21 @@ func TestLifecycle(t *testing.T) {
 	if v.Status.NodeName != "node1" {
 		t.Fatalf("nodeName = %q", v.Status.NodeName)
 	}
-	if c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSoftwareEmulation); c == nil || c.Status != v1alpha1.ConditionTrue {
-		t.Errorf("SoftwareEmulation condition = %+v, want True under TCG", c)
+	// SoftwareEmulation says what the node chose (KVM where the probe boots under it).
+	var node v1alpha1.Node
+	if err := e.c.Get(context.Background(), "nodes", "", "node1", &node); err != nil {
+		t.Fatal(err)
+	}
+	kvmCond := v1alpha1.FindCondition(node.Status.Conditions, v1alpha1.NodeConditionKVM)
+	if kvmCond == nil || (kvmCond.Status == v1alpha1.ConditionTrue) != (node.Status.Accelerator == v1alpha1.AcceleratorKVM) || kvmCond.Message == "" {
+		t.Fatalf("node accelerator %q with KVM condition %+v", node.Status.Accelerator, kvmCond)
+	}
+	wantEmu := v1alpha1.ConditionTrue
+	if node.Status.Accelerator == v1alpha1.AcceleratorKVM {
+		wantEmu = v1alpha1.ConditionFalse
+	}
+	if c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSoftwareEmulation); c == nil || c.Status != wantEmu {
+		t.Errorf("SoftwareEmulation condition = %+v, want %s on a node with accelerator %s (%s)", c, wantEmu, node.Status.Accelerator, kvmCond.Message)
 	}
 	e.waitSerial(uid, "RAKHSH-GUEST: ready", 1, bootTimeout)
 	pid1 := qemuPIDs(e.dir)[uid]

@@ -16,6 +16,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/console"
 	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 )
 
@@ -50,7 +51,8 @@ type instance struct {
 	key    runtime.Key
 	runDir string
 	pid    int
-	child  bool // started by this agent (reaped by cmd.Wait), else adopted (polled)
+	child  bool   // started by this agent (reaped by cmd.Wait), else adopted (polled)
+	accel  string // "kvm" or "tcg": what this QEMU runs under
 
 	exited   chan struct{} // closed once the process is gone
 	exitOnce sync.Once
@@ -151,6 +153,22 @@ func isVMProcess(pid int, uid string) bool {
 		}
 	}
 	return qemu.MatchesCmdline(cmdline, uid)
+}
+
+// accelOf returns the -accel of a running QEMU ("kvm" or "tcg"), read from its command line.
+func accelOf(pid int) string {
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return ""
+	}
+	args := strings.Split(string(cmdline), "\x00")
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-accel" {
+			name, _, _ := strings.Cut(args[i+1], ",")
+			return name
+		}
+	}
+	return ""
 }
 
 // findQEMU returns the pid of the running QEMU of the VM with uid, or 0.
@@ -311,7 +329,7 @@ func (a *Agent) adoptAll(ctx context.Context) {
 		if !ok {
 			key = orphanKey(uid)
 		}
-		in := &instance{uid: uid, key: key, runDir: runDir, pid: pid, exited: make(chan struct{}), restarting: restartMarked(runDir)}
+		in := &instance{uid: uid, key: key, runDir: runDir, pid: pid, accel: accelOf(pid), exited: make(chan struct{}), restarting: restartMarked(runDir)}
 		a.mu.Lock()
 		a.insts[uid] = in
 		a.mu.Unlock()
@@ -339,7 +357,7 @@ func (a *Agent) launch(key runtime.Key, uid, runDir string, cfg qemu.Config) (*i
 	if err != nil {
 		return nil, err
 	}
-	in := &instance{uid: uid, key: key, runDir: runDir, pid: proc.Pid, child: true, exited: make(chan struct{})}
+	in := &instance{uid: uid, key: key, runDir: runDir, pid: proc.Pid, child: true, accel: cfg.Accelerator, exited: make(chan struct{})}
 	go func() {
 		// Reap the child; QEMU is not tied to any context and outlives the agent.
 		_, _ = proc.Wait()
@@ -372,7 +390,22 @@ func qemuLogTail(runDir string) string {
 	if err != nil {
 		return ""
 	}
-	return tail(b, 2000)
+	return tail(b, 16<<10) // a KVM internal error is followed by some 2 KiB of register dump
+}
+
+// qemuErrorSummary is ": " and QEMU's own error lines of the current start (after a KVM
+// failure its error lines without the register dump, else its last lines), or "" when QEMU
+// wrote nothing.
+func qemuErrorSummary(runDir string) string {
+	t := qemuLogTail(runDir)
+	s := accel.LastLines(t, 3)
+	if accel.HasKVMFailure(t) {
+		s = accel.ErrorLines(t, 3)
+	}
+	if s == "" {
+		return ""
+	}
+	return ": " + s
 }
 
 // removeRuntimeFiles removes what a dead QEMU left behind (sockets, pidfile, exit record),

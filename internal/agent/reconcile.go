@@ -134,7 +134,7 @@ func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine,
 	if in == nil {
 		// Never a second QEMU: a process we do not know yet is adopted first.
 		if pid := findQEMU(runDir, vm.UID); pid > 0 {
-			in = &instance{uid: vm.UID, key: runtime.KeyOf(vm), runDir: runDir, pid: pid, exited: make(chan struct{}), restarting: restartMarked(runDir)}
+			in = &instance{uid: vm.UID, key: runtime.KeyOf(vm), runDir: runDir, pid: pid, accel: accelOf(pid), exited: make(chan struct{}), restarting: restartMarked(runDir)}
 			a.mu.Lock()
 			a.insts[vm.UID] = in
 			a.mu.Unlock()
@@ -157,8 +157,9 @@ func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine,
 				if vm.Status.Phase == v1alpha1.VMPhaseStopping || (pr != nil && pr.State == v1alpha1.PowerStateStopped) {
 					def = &exitRecord{Reason: v1alpha1.ExitStopped}
 				}
-				if t := qemuLogTail(runDir); t != "" && def.Reason == v1alpha1.ExitCrashed {
-					def.Message += ": " + t
+				if def.Reason == v1alpha1.ExitCrashed {
+					def.Message += qemuErrorSummary(runDir)
+					a.noteQEMUFailure(ctx, vm, qemuLogTail(runDir))
 				}
 				_, err := a.handleExit(ctx, vm, dead, def)
 				return runtime.Result{}, err
@@ -225,7 +226,9 @@ func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine,
 	case qmp.StatusGuestPanicked:
 		return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitCrashed, Message: "the guest kernel panicked"})
 	case qmp.StatusInternalError:
-		return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitCrashed, Message: "QEMU reported an internal error"})
+		// A KVM internal error stops the guest; QEMU's own lines say what it was.
+		a.noteQEMUFailure(ctx, vm, qemuLogTail(in.runDir))
+		return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitCrashed, Message: "QEMU reported an internal error" + qemuErrorSummary(in.runDir)})
 	}
 	if pr == nil {
 		return runtime.Result{}, nil
@@ -260,7 +263,7 @@ func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine,
 			return runtime.Result{}, fmt.Errorf("cont: %w", err)
 		}
 	}
-	_, err = a.markRunning(ctx, vm, phase)
+	_, err = a.markRunning(ctx, vm, in, phase)
 	return runtime.Result{}, ignoreGone(err)
 }
 
@@ -309,7 +312,8 @@ func (a *Agent) writePhase(ctx context.Context, vm *v1alpha1.VirtualMachine, p v
 
 // markRunning records a running (or paused) VM: phase, conditions, versions, resources and
 // launch timings.
-func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, phase v1alpha1.VirtualMachinePhase) (*v1alpha1.VirtualMachine, error) {
+func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, phase v1alpha1.VirtualMachinePhase) (*v1alpha1.VirtualMachine, error) {
+	kvm := in.accel == "kvm"
 	return patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName {
 			return errNoChange
@@ -338,16 +342,7 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, ph
 		} else {
 			setRunningCond(v, v1alpha1.ConditionTrue, ReasonRunning, "QEMU runs the guest")
 		}
-		emu := v1alpha1.Condition{Type: v1alpha1.VMConditionSoftwareEmulation, Status: v1alpha1.ConditionFalse, Reason: "KVM", Message: "hardware virtualization (KVM)"}
-		if !a.facts.qemu.KVM {
-			why := "the node has no usable /dev/kvm"
-			if a.facts.kvmErr != nil {
-				why = a.facts.kvmErr.Error()
-			}
-			emu = v1alpha1.Condition{Type: v1alpha1.VMConditionSoftwareEmulation, Status: v1alpha1.ConditionTrue, Reason: "NoKVM",
-				Message: why + ": QEMU emulates the CPU in software (TCG), which is much slower"}
-		}
-		v1alpha1.SetCondition(&v.Status.Conditions, emu)
+		v1alpha1.SetCondition(&v.Status.Conditions, a.emulationCondition(kvm))
 		if a.facts.qemu.QEMUVersion != "" {
 			v.Status.Versions = &v1alpha1.VirtualMachineVersions{Qemu: a.facts.qemu.QEMUVersion}
 		}
@@ -521,10 +516,8 @@ func (a *Agent) handleExit(ctx context.Context, vm *v1alpha1.VirtualMachine, in 
 		case guestShutdown:
 			rec = &exitRecord{Reason: v1alpha1.ExitGuestShutdown}
 		default:
-			rec = &exitRecord{Reason: v1alpha1.ExitCrashed, Message: "QEMU exited unexpectedly"}
-			if t := qemuLogTail(in.runDir); t != "" {
-				rec.Message += ": " + t
-			}
+			rec = &exitRecord{Reason: v1alpha1.ExitCrashed, Message: "QEMU exited unexpectedly" + qemuErrorSummary(in.runDir)}
+			a.noteQEMUFailure(ctx, vm, qemuLogTail(in.runDir))
 		}
 	}
 	deleting := vm.DeletionTimestamp != nil
@@ -700,7 +693,7 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 		return res, err
 	}
 	removeRuntimeFiles(runDir)
-	in0 := qemu.Input{VM: vm, Node: a.facts.qemu, RunDir: runDir, Disks: disks, NICs: nics}
+	in0 := qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: runDir, Disks: disks, NICs: nics}
 	if err := a.applyClassCPU(ctx, vm, &in0); err != nil { // the class's CPU model (cgroup_cpumodel.go)
 		return runtime.Result{}, a.startFailed(ctx, vm, nil, err.Error())
 	}
@@ -774,7 +767,7 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 		// A CPU share below 100 % or dedicated cores are what the VM's class sells: without
 		// them the VM does not start. A VM that asks for neither only loses its memory cap,
 		// so it runs, and the node says why it is not confined.
-		if lim := computeLimits(vm, !a.facts.qemu.KVM); lim.cpuQuotaUsec > 0 || lim.dedicated > 0 {
+		if lim := computeLimits(vm, in.accel != "kvm"); lim.cpuQuotaUsec > 0 || lim.dedicated > 0 {
 			return runtime.Result{}, a.startFailed(ctx, vm, in, "applying the VM's CPU and memory limits: "+err.Error())
 		}
 		a.log.Warn("the VM runs without its cgroup memory limit", "vm", string(key), "err", err)
@@ -788,7 +781,7 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 		return runtime.Result{}, a.startFailed(ctx, vm, in, "cont: "+err.Error())
 	}
 	a.log.Info("VM started", "vm", string(key), "pid", in.pid, "accel", cfg.Accelerator, "took", time.Since(started).Round(time.Millisecond))
-	v, err := a.markRunning(ctx, vm, phase)
+	v, err := a.markRunning(ctx, vm, in, phase)
 	if err != nil {
 		return runtime.Result{}, ignoreGone(err)
 	}
@@ -813,9 +806,8 @@ func (a *Agent) startFailed(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 			case <-time.After(a.cfg.KillTimeout):
 			}
 		}
-		if t := qemuLogTail(runDir); t != "" {
-			msg += ": " + t
-		}
+		msg += qemuErrorSummary(runDir)
+		a.noteQEMUFailure(ctx, vm, qemuLogTail(runDir))
 		a.forget(in)
 	}
 	removeRuntimeFiles(runDir)

@@ -48,10 +48,12 @@ package qemu
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 )
 
 // DefaultBinary is the QEMU binary used when NodeFacts.QEMUBinary is empty; the caller looks it
@@ -109,8 +111,12 @@ const (
 // NodeFacts are the facts about the host that shape the command line. The agent probes them
 // once at start-up.
 type NodeFacts struct {
-	// KVM says /dev/kvm is usable; otherwise the VM runs under TCG (software emulation).
+	// KVM says VMs run under KVM; otherwise under TCG (software emulation). The agent
+	// decides it with package accel.
 	KVM bool
+	// HypervRefused are the Hyper-V enlightenments the host's KVM refuses (see
+	// accel.Choice); Windows guests get the others.
+	HypervRefused []string
 	// VhostNet says /dev/vhost-net is usable; tap NICs then get vhost=on (KVM only).
 	VhostNet bool
 	// HostCPUs is the number of logical CPUs of the host; under KVM a VM may not have more
@@ -565,11 +571,16 @@ func (b *build) machine() error {
 	return nil
 }
 
-// hypervEnlightenments are the Hyper-V features given to Windows guests under KVM. TCG
-// implements none of them (QEMU refuses, e.g. "kernel doesn't allow setting HyperV VP_INDEX").
-var hypervEnlightenments = []string{
-	"hv_relaxed", "hv_vapic", "hv_spinlocks=0x1fff", "hv_vpindex", "hv_runtime", "hv_time",
-	"hv_synic", "hv_stimer", "hv_frequencies", "hv_reset", "hv_tlbflush", "hv_ipi",
+// hyperv returns the Hyper-V enlightenments a Windows guest gets under KVM: all of
+// accel.HypervEnlightenments but those the node refuses. TCG implements none of them.
+func (b *build) hyperv() []string {
+	var out []string
+	for _, f := range accel.HypervEnlightenments {
+		if !slices.Contains(b.in.Node.HypervRefused, f) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // cpu returns the -cpu value.
@@ -604,7 +615,7 @@ func (b *build) cpu() (string, error) {
 		parts = append(parts, name+"="+val)
 	}
 	if b.windows && b.kvm {
-		parts = append(parts, hypervEnlightenments...)
+		parts = append(parts, b.hyperv()...)
 	}
 	return strings.Join(parts, ","), nil
 }

@@ -146,6 +146,15 @@ var configCases = []configCase{
 			NVRAMPath: e.disk("nvram.fd"), TPMSocket: filepath.Join(e.run, "tpm.sock"),
 		}
 	}},
+	{name: "windows-kvm-hyperv-refused", input: func(e caseEnv) Input {
+		// A host whose KVM refuses VP_INDEX (and so what depends on it) keeps the others.
+		n := kvmNode()
+		n.HypervRefused = []string{"hv_vpindex", "hv_synic", "hv_stimer", "hv_tlbflush", "hv_ipi"}
+		return Input{
+			VM:   testVM(func(vm *v1alpha1.VirtualMachine) { vm.Spec.OSType = v1alpha1.OSTypeWindows }),
+			Node: n, RunDir: e.run, Disks: []Disk{rootDisk(e)},
+		}
+	}},
 	{name: "windows-tcg-install", input: func(e caseEnv) Input {
 		return Input{
 			VM: testVM(func(vm *v1alpha1.VirtualMachine) {

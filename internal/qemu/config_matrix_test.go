@@ -9,17 +9,19 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
-// The matrix cases cover every valid osType × bootloader × enableParavirtualization
-// combination with the same hardware: a qcow2 root disk, a raw data disk, an install ISO that
-// boots first, a second (driver) ISO and one NIC. Windows VMs also get a TPM. They run on a
-// KVM node, the production setting (the real-QEMU test runs them under TCG where /dev/kvm is
-// missing). Legacy allows only BIOS, so there are 2×3×2 + 2 = 14 cases, each with a golden file
-// testdata/matrix-OSTYPE-BOOTLOADER-pvon|pvoff.golden.
+// The matrix cases cover every valid osType × bootloader × enableParavirtualization ×
+// accelerator combination with the same hardware: a qcow2 root disk, a raw data disk, an
+// install ISO that boots first, a second (driver) ISO and one NIC. Windows VMs also get a TPM.
+// Legacy allows only BIOS, so there are (2×3×2 + 2) × 2 = 28 cases, each with a golden file
+// testdata/matrix-OSTYPE-BOOTLOADER-pvon|pvoff[-tcg].golden (no suffix: KVM, the production
+// setting; the real-QEMU test runs the KVM cases under TCG where the host's KVM fails the
+// accelerator probe).
 
 type matrixCombo struct {
 	os   v1alpha1.OSType
 	boot v1alpha1.Bootloader
 	pv   bool
+	tcg  bool
 }
 
 func (m matrixCombo) name() string {
@@ -27,7 +29,11 @@ func (m matrixCombo) name() string {
 	if m.pv {
 		pv = "pvon"
 	}
-	return fmt.Sprintf("matrix-%s-%s-%s", strings.ToLower(string(m.os)), strings.ToLower(string(m.boot)), pv)
+	accel := ""
+	if m.tcg {
+		accel = "-tcg"
+	}
+	return fmt.Sprintf("matrix-%s-%s-%s%s", strings.ToLower(string(m.os)), strings.ToLower(string(m.boot)), pv, accel)
 }
 
 func matrixCombos() []matrixCombo {
@@ -38,7 +44,9 @@ func matrixCombos() []matrixCombo {
 				continue
 			}
 			for _, pv := range []bool{true, false} {
-				out = append(out, matrixCombo{os, boot, pv})
+				for _, tcg := range []bool{false, true} {
+					out = append(out, matrixCombo{os, boot, pv, tcg})
+				}
 			}
 		}
 	}
@@ -63,6 +71,9 @@ func (m matrixCombo) input(e caseEnv) Input {
 		},
 		NICs: []NIC{userNIC()},
 	}
+	if m.tcg {
+		in.Node = tcgNode()
+	}
 	if m.boot != v1alpha1.BootloaderBIOS {
 		in.NVRAMPath = e.disk("efivars.fd")
 	}
@@ -82,8 +93,8 @@ func init() {
 // contain.
 func TestMatrixProperties(t *testing.T) {
 	combos := matrixCombos()
-	if len(combos) != 14 {
-		t.Fatalf("%d combinations, want 14", len(combos))
+	if len(combos) != 28 {
+		t.Fatalf("%d combinations, want 28", len(combos))
 	}
 	for _, m := range combos {
 		t.Run(m.name(), func(t *testing.T) {
@@ -107,14 +118,16 @@ func TestMatrixProperties(t *testing.T) {
 
 			want(legacy, "-machine\npc,")
 			want(!legacy, "-machine\nq35,")
-			// Windows: Hyper-V enlightenments (KVM node), local-time RTC, TPM, no HPET.
+			// Windows: Hyper-V enlightenments (KVM only), local-time RTC, TPM, no HPET.
 			cpu := argValues(cfg.Args, "-cpu")
 			for _, hv := range []string{"hv_relaxed", "hv_vapic", "hv_spinlocks=0x1fff", "hv_vpindex", "hv_runtime",
 				"hv_time", "hv_synic", "hv_stimer", "hv_frequencies", "hv_reset", "hv_tlbflush", "hv_ipi"} {
-				if got := len(cpu) == 1 && strings.Contains(","+cpu[0]+",", ","+hv+","); got != win {
-					t.Errorf("-cpu %v: %s present = %v, want %v", cpu, hv, got, win)
+				if got := len(cpu) == 1 && strings.Contains(","+cpu[0]+",", ","+hv+","); got != (win && !m.tcg) {
+					t.Errorf("-cpu %v: %s present = %v, want %v", cpu, hv, got, win && !m.tcg)
 				}
 			}
+			want(!m.tcg, "-accel\nkvm")
+			want(m.tcg, "-accel\ntcg,thread=multi")
 			want(win, "-rtc\nbase=localtime,driftfix=slew")
 			want(!win, "-rtc\nbase=utc")
 			want(win, "hpet=off")

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 )
 
@@ -220,7 +221,8 @@ func TestRealQEMU(t *testing.T) {
 	}
 	bin := needTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	needTool(t, "qemu-img", "qemu-utils")
-	kvmErr := ProbeKVM(context.Background(), bin)
+	choice := accel.Prober{Binary: bin}.Choose(context.Background(), accel.ModeAuto)
+	t.Logf("accelerator on this host: KVM=%t (%s: %s)", choice.KVM, choice.Reason, choice.Message)
 	_, vhostErr := os.Stat("/dev/vhost-net")
 	netnsErr := canUnshareNet()
 
@@ -243,9 +245,12 @@ func TestRealQEMU(t *testing.T) {
 			}
 			in := c.input(e)
 			in.Node.QEMUBinary = bin
-			if in.Node.KVM && kvmErr != nil {
-				t.Logf("%v: running this KVM case under TCG (-cpu host, Hyper-V flags and vhost are not exercised)", kvmErr)
+			if in.Node.KVM && !choice.KVM {
+				t.Logf("running this KVM case under TCG (-cpu host, Hyper-V flags and vhost are not exercised): %s", choice.Message)
 				in.Node.KVM = false
+			}
+			if in.Node.KVM {
+				in.Node.HypervRefused = choice.HypervRefused
 			}
 			if in.Node.VhostNet && vhostErr != nil {
 				in.Node.VhostNet = false

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
+	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 )
 
 // AgentConfig is the validated configuration of `rakhsh agent`.
@@ -29,6 +30,8 @@ type AgentConfig struct {
 	// VMNetworking is "host" or "user", as for serve.
 	VMNetworking  string
 	NoUpstreamDNS bool
+	// Accelerator is auto, kvm or tcg, as for serve.
+	Accelerator string
 }
 
 // NewAgentCommand returns the `agent` command: the node agent alone, for a host that joins a
@@ -76,8 +79,12 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 			if cfg.NodeName == "" {
 				cfg.NodeName, _ = os.Hostname()
 			}
+			mode, err := accel.ParseMode(cfg.Accelerator)
+			if err != nil {
+				return fmt.Errorf("--accelerator: %w", err)
+			}
 			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval,
-				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Log: log.With("component", "agent", "node", cfg.NodeName)})
+				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode, Log: log})
 			if err != nil {
 				return err
 			}
@@ -102,5 +109,6 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "how often the Node status is refreshed; keep it well under the control plane's --node-grace-period")
 	f.StringVar(&cfg.VMNetworking, "vm-networking", "host", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated); use the control plane's setting")
 	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
+	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }

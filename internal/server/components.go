@@ -7,6 +7,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
+	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
 	netctl "github.com/rakhsh/rakhsh/internal/controller/network"
@@ -75,7 +76,7 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 	}
 	if !cfg.NoAgent {
 		a, err := agent.New(agent.Config{Client: cl, NodeName: cfg.NodeName, DataDir: cfg.DataDir,
-			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Log: log.With("component", "agent", "node", cfg.NodeName)})
+			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), Log: log})
 		if err != nil {
 			return nil, err
 		}
