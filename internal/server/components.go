@@ -7,7 +7,6 @@ import (
 
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
-	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
 	netctl "github.com/rakhsh/rakhsh/internal/controller/network"
@@ -16,6 +15,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
 	"github.com/rakhsh/rakhsh/internal/controller/vmclass"
 	"github.com/rakhsh/rakhsh/internal/network"
+	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 )
 
 // component is one long-running part of `rakhsh serve` next to the API server: a controller

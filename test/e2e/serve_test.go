@@ -60,7 +60,8 @@ type Serve struct {
 	cmd     *exec.Cmd
 	logs    *lockedBuffer
 	done    chan struct{}
-	Listen  string // TCP address when started with --listen
+	Listen  string   // TCP address when started with --listen
+	Env     []string // extra environment of the process (e.g. a PATH with a QEMU shim first)
 }
 
 type lockedBuffer struct {
@@ -101,6 +102,9 @@ func (s *Serve) Start() {
 	// nftables tables, which only tests inside their own network namespaces may do.
 	args := append([]string{"serve", "--data-dir", s.DataDir, "--log-level", "debug", "--vm-networking", "user"}, s.Args...)
 	cmd := exec.Command(rakhshBin(s.t), args...)
+	if len(s.Env) > 0 {
+		cmd.Env = append(os.Environ(), s.Env...)
+	}
 	if s.logs == nil {
 		s.logs = &lockedBuffer{}
 	}
