@@ -6,6 +6,7 @@ package v1alpha1
 
 import (
 	"encoding/json"
+	"strconv"
 	"time"
 )
 
@@ -25,21 +26,26 @@ type TypeMeta struct {
 	Kind       string `json:"kind,omitempty"`
 }
 
-// Time is a timestamp serialised as RFC 3339 in UTC with second precision, as Kubernetes does.
+// Time is a timestamp serialised as RFC 3339 in UTC with microseconds, as Kubernetes'
+// MicroTime is (its metav1.Time has seconds): events and transitions within one second keep
+// their order for the people who read them. Readers of RFC 3339 accept the fraction.
 type Time struct{ time.Time }
 
-// Now returns the current time truncated to seconds.
-func Now() Time { return Time{time.Now().UTC().Truncate(time.Second)} }
+// TimeFormat is how Time is written.
+const TimeFormat = "2006-01-02T15:04:05.000000Z07:00"
 
-// NewTime wraps t.
-func NewTime(t time.Time) Time { return Time{t.UTC().Truncate(time.Second)} }
+// Now returns the current time truncated to microseconds.
+func Now() Time { return NewTime(time.Now()) }
 
-// MarshalJSON writes RFC 3339, or null for the zero time.
+// NewTime wraps t, in UTC, truncated to microseconds (what the JSON form keeps).
+func NewTime(t time.Time) Time { return Time{t.UTC().Truncate(time.Microsecond)} }
+
+// MarshalJSON writes RFC 3339 with microseconds, or null for the zero time.
 func (t Time) MarshalJSON() ([]byte, error) {
 	if t.IsZero() {
 		return []byte("null"), nil
 	}
-	return json.Marshal(t.UTC().Format(time.RFC3339))
+	return json.Marshal(t.UTC().Format(TimeFormat))
 }
 
 // UnmarshalJSON reads RFC 3339 (with or without fractional seconds) or null.
@@ -66,11 +72,15 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 
 // ObjectMeta is the metadata every stored object carries.
 type ObjectMeta struct {
-	Name              string            `json:"name,omitempty"`
-	GenerateName      string            `json:"generateName,omitempty"`
-	Namespace         string            `json:"namespace,omitempty"`
-	UID               string            `json:"uid,omitempty"`
-	ResourceVersion   string            `json:"resourceVersion,omitempty"`
+	Name            string `json:"name,omitempty"`
+	GenerateName    string `json:"generateName,omitempty"`
+	Namespace       string `json:"namespace,omitempty"`
+	UID             string `json:"uid,omitempty"`
+	ResourceVersion string `json:"resourceVersion,omitempty"`
+	// CreationRevision is the store revision that created the object, set by the server.
+	// Revisions are totally ordered, so it orders objects by creation exactly where
+	// creationTimestamp may tie (a user's Stop and Start within one second).
+	CreationRevision  string            `json:"creationRevision,omitempty"`
 	Generation        int64             `json:"generation,omitempty"`
 	CreationTimestamp *Time             `json:"creationTimestamp,omitempty"`
 	DeletionTimestamp *Time             `json:"deletionTimestamp,omitempty"`
@@ -78,6 +88,27 @@ type ObjectMeta struct {
 	Annotations       map[string]string `json:"annotations,omitempty"`
 	Finalizers        []string          `json:"finalizers,omitempty"`
 	OwnerReferences   []OwnerReference  `json:"ownerReferences,omitempty"`
+}
+
+// CreatedBefore says whether m was created before o: by creationRevision when both have
+// one, else by creationTimestamp, and by name when those tie.
+func (m *ObjectMeta) CreatedBefore(o *ObjectMeta) bool {
+	mr, merr := strconv.ParseInt(m.CreationRevision, 10, 64)
+	or, oerr := strconv.ParseInt(o.CreationRevision, 10, 64)
+	if merr == nil && oerr == nil && mr != or {
+		return mr < or
+	}
+	var mt, ot time.Time
+	if m.CreationTimestamp != nil {
+		mt = m.CreationTimestamp.Time
+	}
+	if o.CreationTimestamp != nil {
+		ot = o.CreationTimestamp.Time
+	}
+	if !mt.Equal(ot) {
+		return mt.Before(ot)
+	}
+	return m.Name < o.Name
 }
 
 // GetObjectMeta lets every kind that embeds ObjectMeta satisfy Object.

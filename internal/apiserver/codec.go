@@ -181,13 +181,13 @@ var metadataOpen = []byte(`"metadata":{`)
 // withRV returns the stored JSON with metadata.resourceVersion set to rev. Stored values are
 // encoded by the server without a resourceVersion, and metadata always follows apiVersion and
 // kind, so this is a splice, not a re-encode.
-func withRV(stored []byte, rev int64) []byte {
+func withRV(stored []byte, rev, created int64) []byte {
 	i := bytes.Index(stored, metadataOpen)
 	if i < 0 {
 		return stored
 	}
 	i += len(metadataOpen)
-	rv := `"resourceVersion":"` + strconv.FormatInt(rev, 10) + `"`
+	rv := revFields(rev, created)
 	out := make([]byte, 0, len(stored)+len(rv)+1)
 	out = append(out, stored[:i]...)
 	out = append(out, rv...)
@@ -202,7 +202,7 @@ func withRV(stored []byte, rev int64) []byte {
 func writeWithRV(w interface {
 	Write([]byte) (int, error)
 	WriteString(string) (int, error)
-}, stored []byte, rev int64) {
+}, stored []byte, rev, created int64) {
 	i := bytes.Index(stored, metadataOpen)
 	if i < 0 {
 		_, _ = w.Write(stored)
@@ -210,23 +210,36 @@ func writeWithRV(w interface {
 	}
 	i += len(metadataOpen)
 	_, _ = w.Write(stored[:i])
-	_, _ = w.WriteString(`"resourceVersion":"`)
-	_, _ = w.WriteString(strconv.FormatInt(rev, 10))
+	_, _ = w.WriteString(revFields(rev, created))
 	if stored[i] != '}' {
-		_, _ = w.WriteString(`",`)
-	} else {
-		_, _ = w.WriteString(`"`)
+		_, _ = w.WriteString(`,`)
 	}
 	_, _ = w.Write(stored[i:])
 }
 
+// revFields is the metadata the server adds to a stored object: its resourceVersion and,
+// when known, its creationRevision (the store revision that created it, which orders
+// objects by creation exactly).
+func revFields(rev, created int64) string {
+	s := `"resourceVersion":"` + strconv.FormatInt(rev, 10) + `"`
+	if created > 0 {
+		s += `,"creationRevision":"` + strconv.FormatInt(created, 10) + `"`
+	}
+	return s
+}
+
 // decodeStored reads a stored value into a typed object and sets its resourceVersion.
-func decodeStored(st *registry.Strategy, data []byte, rev int64) (v1alpha1.Object, error) {
+func decodeStored(st *registry.Strategy, data []byte, rev, created int64) (v1alpha1.Object, error) {
 	obj := st.New()
 	if err := json.Unmarshal(data, obj); err != nil {
 		return nil, fmt.Errorf("decoding stored %s: %w", st.Info.Kind, err)
 	}
-	obj.GetObjectMeta().ResourceVersion = strconv.FormatInt(rev, 10)
+	m := obj.GetObjectMeta()
+	m.ResourceVersion = strconv.FormatInt(rev, 10)
+	m.CreationRevision = ""
+	if created > 0 {
+		m.CreationRevision = strconv.FormatInt(created, 10)
+	}
 	return obj, nil
 }
 

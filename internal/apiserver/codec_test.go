@@ -13,11 +13,11 @@ import (
 
 func TestWithRV(t *testing.T) {
 	cases := map[string]string{
-		`{"apiVersion":"a","kind":"K","metadata":{"name":"x"},"spec":{}}`: `{"apiVersion":"a","kind":"K","metadata":{"resourceVersion":"42","name":"x"},"spec":{}}`,
-		`{"apiVersion":"a","kind":"K","metadata":{}}`:                     `{"apiVersion":"a","kind":"K","metadata":{"resourceVersion":"42"}}`,
+		`{"apiVersion":"a","kind":"K","metadata":{"name":"x"},"spec":{}}`: `{"apiVersion":"a","kind":"K","metadata":{"resourceVersion":"42","creationRevision":"7","name":"x"},"spec":{}}`,
+		`{"apiVersion":"a","kind":"K","metadata":{}}`:                     `{"apiVersion":"a","kind":"K","metadata":{"resourceVersion":"42","creationRevision":"7"}}`,
 	}
 	for in, want := range cases {
-		got := string(withRV([]byte(in), 42))
+		got := string(withRV([]byte(in), 42, 7))
 		if got != want {
 			t.Errorf("withRV(%s) = %s, want %s", in, got, want)
 		}
@@ -119,7 +119,7 @@ func FuzzDecodeObject(f *testing.F) {
 		if err != nil {
 			t.Fatalf("encoding a decoded %s: %v", st.Info.Kind, err)
 		}
-		back, err := decodeStored(st, stored, 1)
+		back, err := decodeStored(st, stored, 1, 1)
 		if err != nil {
 			t.Fatalf("decoding the stored form of %s: %v\n%s", st.Info.Kind, err, stored)
 		}
@@ -133,9 +133,12 @@ func FuzzDecodeObject(f *testing.F) {
 func TestWriteWithRVMatchesWithRV(t *testing.T) {
 	for _, in := range []string{`{"apiVersion":"a","kind":"K","metadata":{"name":"x"},"spec":{}}`, `{"kind":"K","metadata":{}}`, `{"kind":"K"}`} {
 		var b strings.Builder
-		writeWithRV(&b, []byte(in), 7)
-		if b.String() != string(withRV([]byte(in), 7)) {
-			t.Errorf("writeWithRV(%s) = %s, withRV gives %s", in, b.String(), withRV([]byte(in), 7))
+		for _, created := range []int64{0, 3} {
+			b.Reset()
+			writeWithRV(&b, []byte(in), 7, created)
+			if b.String() != string(withRV([]byte(in), 7, created)) {
+				t.Errorf("writeWithRV(%s) = %s, withRV gives %s", in, b.String(), withRV([]byte(in), 7, created))
+			}
 		}
 	}
 }

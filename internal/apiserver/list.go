@@ -109,7 +109,7 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
 		if i > 0 {
 			bw.WriteByte(',')
 		}
-		writeWithRV(bw, kv.Value, kv.ModRevision)
+		writeWithRV(bw, kv.Value, kv.ModRevision, kv.CreateRevision)
 	}
 	bw.WriteString("]}\n")
 	_ = bw.Flush()
@@ -212,7 +212,7 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
 	}
 	for _, kv := range initial {
 		bw.WriteString(`{"type":"` + v1alpha1.WatchAdded + `","object":`)
-		writeWithRV(bw, kv.Value, kv.ModRevision)
+		writeWithRV(bw, kv.Value, kv.ModRevision, kv.CreateRevision)
 		bw.WriteString("}\n")
 	}
 	if !flush() {
@@ -268,9 +268,9 @@ func translate(ev store.Event, sel labels.Selector) (string, []byte) {
 		if ev.PrevValue == nil || (!sel.Empty() && !sel.Matches(labelsOf(ev.PrevValue))) {
 			return "", nil
 		}
-		return v1alpha1.WatchDeleted, withRV(ev.PrevValue, ev.KV.ModRevision)
+		return v1alpha1.WatchDeleted, withRV(ev.PrevValue, ev.KV.ModRevision, ev.KV.CreateRevision)
 	case store.Put:
-		obj := withRV(ev.KV.Value, ev.KV.ModRevision)
+		obj := withRV(ev.KV.Value, ev.KV.ModRevision, ev.KV.CreateRevision)
 		if sel.Empty() {
 			if ev.Created {
 				return v1alpha1.WatchAdded, obj

@@ -36,7 +36,7 @@ func (s *Server) serveCreate(w http.ResponseWriter, r *http.Request, t target) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeRaw(w, http.StatusCreated, withRV(out, rev))
+	writeRaw(w, http.StatusCreated, withRV(out, rev, rev))
 }
 
 // Create validates and stores a new object. namespace is the project from the path ("" for
@@ -54,7 +54,7 @@ func (s *Server) Create(ctx context.Context, st *registry.Strategy, namespace st
 	}
 	// Fields only the server sets.
 	m.UID = uuid.NewString()
-	m.ResourceVersion = ""
+	m.ResourceVersion, m.CreationRevision = "", ""
 	m.Generation = 1
 	now := v1alpha1.NewTime(s.now())
 	m.CreationTimestamp = &now
@@ -184,37 +184,37 @@ func (s *Server) serveUpdate(w http.ResponseWriter, r *http.Request, t target, s
 		s.writeError(w, r, err)
 		return
 	}
-	writeRaw(w, code, withRV(out, rev))
+	writeRaw(w, code, withRV(out, rev.mod, rev.created))
 }
 
 // Update replaces an object (status=false: everything but status; status=true: only status).
 // An empty resourceVersion means "whatever is stored now". It returns the stored bytes,
 // revision and HTTP code.
-func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, status bool) ([]byte, int64, int, error) {
+func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, status bool) ([]byte, revs, int, error) {
 	m := obj.GetObjectMeta()
 	if m.Name != "" && m.Name != t.name {
-		return nil, 0, 0, errs.New(errs.ErrBadRequest, "the object's metadata.name %q does not match the name %q in the path", m.Name, t.name)
+		return nil, revs{}, 0, errs.New(errs.ErrBadRequest, "the object's metadata.name %q does not match the name %q in the path", m.Name, t.name)
 	}
 	if t.st.Info.Namespaced && m.Namespace != "" && m.Namespace != t.namespace {
-		return nil, 0, 0, errs.New(errs.ErrBadRequest, "the object's metadata.namespace %q does not match the project %q of the request", m.Namespace, t.namespace)
+		return nil, revs{}, 0, errs.New(errs.ErrBadRequest, "the object's metadata.namespace %q does not match the project %q of the request", m.Namespace, t.namespace)
 	}
 	k := key(t.st.Info, t.namespace, t.name)
 	kv, err := s.store.Get(ctx, k)
 	if err != nil {
-		return nil, 0, 0, s.notFound(err, t)
+		return nil, revs{}, 0, s.notFound(err, t)
 	}
 	if m.ResourceVersion != "" {
 		want, err := strconv.ParseInt(m.ResourceVersion, 10, 64)
 		if err != nil {
-			return nil, 0, 0, errs.NewInvalid(t.st.Info.Kind, t.name, errs.FieldErrors{{Field: "metadata.resourceVersion", Type: errs.FieldValueInvalid, Message: "must be a number given by the server"}})
+			return nil, revs{}, 0, errs.NewInvalid(t.st.Info.Kind, t.name, errs.FieldErrors{{Field: "metadata.resourceVersion", Type: errs.FieldValueInvalid, Message: "must be a number given by the server"}})
 		}
 		if want != kv.ModRevision {
-			return nil, 0, 0, conflict(t)
+			return nil, revs{}, 0, conflict(t)
 		}
 	}
-	old, err := decodeStored(t.st, kv.Value, kv.ModRevision)
+	old, err := decodeStored(t.st, kv.Value, kv.ModRevision, kv.CreateRevision)
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, revs{}, 0, err
 	}
 	om := old.GetObjectMeta()
 	if status {
@@ -243,42 +243,45 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 	if om.DeletionTimestamp != nil && len(m.Finalizers) > 0 {
 		for _, f := range m.Finalizers {
 			if !contains(om.Finalizers, f) {
-				return nil, 0, 0, errs.New(errs.ErrForbidden, "%s %q is being deleted: finalizer %q may not be added", t.st.Info.Singular, t.name, f)
+				return nil, revs{}, 0, errs.New(errs.ErrForbidden, "%s %q is being deleted: finalizer %q may not be added", t.st.Info.Singular, t.name, f)
 			}
 		}
 	}
 	if err := validate(t.st, obj, old); err != nil {
-		return nil, 0, 0, err
+		return nil, revs{}, 0, err
 	}
 	if !status {
 		unlock, err := s.admit(ctx, t.namespace, obj, old) // class and quota admission (quota_admission.go)
 		defer unlock()
 		if err != nil {
-			return nil, 0, 0, err
+			return nil, revs{}, 0, err
 		}
 	}
-	m.ResourceVersion = ""
+	m.ResourceVersion, m.CreationRevision = "", ""
 	data, err := encodeStored(obj)
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, revs{}, 0, err
 	}
 	if bytes.Equal(data, kv.Value) {
-		return kv.Value, kv.ModRevision, http.StatusOK, nil
+		return kv.Value, revs{kv.ModRevision, kv.CreateRevision}, http.StatusOK, nil
 	}
 	if om.DeletionTimestamp != nil && len(m.Finalizers) == 0 {
 		// The last finalizer went: the object goes.
 		rev, _, err := s.store.Delete(ctx, k, kv.ModRevision)
 		if err != nil {
-			return nil, 0, 0, s.casError(err, t)
+			return nil, revs{}, 0, s.casError(err, t)
 		}
-		return data, rev, http.StatusOK, nil
+		return data, revs{rev, kv.CreateRevision}, http.StatusOK, nil
 	}
 	rev, err := s.store.Update(ctx, k, data, kv.ModRevision)
 	if err != nil {
-		return nil, 0, 0, s.casError(err, t)
+		return nil, revs{}, 0, s.casError(err, t)
 	}
-	return data, rev, http.StatusOK, nil
+	return data, revs{rev, kv.CreateRevision}, http.StatusOK, nil
 }
+
+// revs are the revisions of a stored object: its last write and its creation.
+type revs struct{ mod, created int64 }
 
 func copyAll(dst, src v1alpha1.Object) {
 	reflect.ValueOf(dst).Elem().Set(reflect.ValueOf(src).Elem())
@@ -337,7 +340,7 @@ func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, st
 			return
 		}
 		var cur any
-		dec := json.NewDecoder(bytes.NewReader(withRV(kv.Value, kv.ModRevision)))
+		dec := json.NewDecoder(bytes.NewReader(withRV(kv.Value, kv.ModRevision, kv.CreateRevision)))
 		dec.UseNumber()
 		if err := dec.Decode(&cur); err != nil {
 			s.writeError(w, r, err)
@@ -361,7 +364,7 @@ func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, st
 			s.writeError(w, r, err)
 			return
 		}
-		writeRaw(w, code, withRV(out, rev))
+		writeRaw(w, code, withRV(out, rev.mod, rev.created))
 		return
 	}
 }
@@ -397,38 +400,38 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request, t target) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeRaw(w, http.StatusOK, withRV(out, rev))
+	writeRaw(w, http.StatusOK, withRV(out, rev.mod, rev.created))
 }
 
 // Delete removes an object, or marks it with a deletionTimestamp while finalizers remain.
-func (s *Server) Delete(ctx context.Context, t target) ([]byte, int64, error) {
+func (s *Server) Delete(ctx context.Context, t target) ([]byte, revs, error) {
 	k := key(t.st.Info, t.namespace, t.name)
 	for attempt := 0; ; attempt++ {
 		kv, err := s.store.Get(ctx, k)
 		if err != nil {
-			return nil, 0, s.notFound(err, t)
+			return nil, revs{}, s.notFound(err, t)
 		}
 		if t.st.Info.Kind == "Project" {
 			if err := s.checkProjectEmpty(ctx, t.name); err != nil {
-				return nil, 0, err
+				return nil, revs{}, err
 			}
 		}
-		obj, err := decodeStored(t.st, kv.Value, kv.ModRevision)
+		obj, err := decodeStored(t.st, kv.Value, kv.ModRevision, kv.CreateRevision)
 		if err != nil {
-			return nil, 0, err
+			return nil, revs{}, err
 		}
 		m := obj.GetObjectMeta()
 		var rev int64
 		var data []byte
 		if len(m.Finalizers) > 0 {
 			if m.DeletionTimestamp != nil {
-				return kv.Value, kv.ModRevision, nil
+				return kv.Value, revs{kv.ModRevision, kv.CreateRevision}, nil
 			}
 			now := v1alpha1.NewTime(s.now())
 			m.DeletionTimestamp = &now
 			data, err = encodeStored(obj)
 			if err != nil {
-				return nil, 0, err
+				return nil, revs{}, err
 			}
 			rev, err = s.store.Update(ctx, k, data, kv.ModRevision)
 		} else {
@@ -439,9 +442,9 @@ func (s *Server) Delete(ctx context.Context, t target) ([]byte, int64, error) {
 			if errors.Is(err, errs.ErrConflict) && attempt < 5 {
 				continue
 			}
-			return nil, 0, s.casError(err, t)
+			return nil, revs{}, s.casError(err, t)
 		}
-		return data, rev, nil
+		return data, revs{rev, kv.CreateRevision}, nil
 	}
 }
 

@@ -340,7 +340,7 @@ func (s *Server) serveGet(w http.ResponseWriter, r *http.Request, t target) {
 		s.writeError(w, r, s.notFound(err, t))
 		return
 	}
-	writeRaw(w, 200, withRV(kv.Value, kv.ModRevision))
+	writeRaw(w, 200, withRV(kv.Value, kv.ModRevision, kv.CreateRevision))
 }
 
 // notFound turns a store NotFound into the API's message.
@@ -357,9 +357,9 @@ func (s *Server) notFound(err error, t target) error {
 // writeObject encodes obj (whose stored form has no resourceVersion) and answers with it.
 func encodeStored(obj v1alpha1.Object) ([]byte, error) {
 	m := obj.GetObjectMeta()
-	rv := m.ResourceVersion
-	m.ResourceVersion = ""
+	rv, cr := m.ResourceVersion, m.CreationRevision
+	m.ResourceVersion, m.CreationRevision = "", ""
 	data, err := json.Marshal(obj)
-	m.ResourceVersion = rv
+	m.ResourceVersion, m.CreationRevision = rv, cr
 	return data, err
 }

@@ -12,11 +12,15 @@ import (
 	"context"
 )
 
-// KV is one stored value with the revision of its last write.
+// KV is one stored value with the revision of its last write and of its creation.
 type KV struct {
 	Key         string
 	Value       []byte
 	ModRevision int64
+	// CreateRevision is the revision of the write that created the key (for a Delete event,
+	// of the key that was deleted). Revisions are totally ordered, so it orders objects by
+	// creation exactly, where timestamps may tie.
+	CreateRevision int64
 }
 
 // EventType says what happened to a key.

@@ -448,7 +448,7 @@ func (c *Controller) readyStatus(d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDis
 	st.ObservedGeneration = d.Generation
 	cd := &v1alpha1.VirtualDiskCreationDuration{}
 	if d.CreationTimestamp != nil {
-		// CreationTimestamp has second precision: round the total the same way.
+		// Shown to people: whole seconds.
 		cd.TotalProvisioning = time.Since(d.CreationTimestamp.Time).Round(time.Second).String()
 	}
 	st.Stats = &v1alpha1.VirtualDiskStats{CreationDuration: cd}

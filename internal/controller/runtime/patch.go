@@ -10,10 +10,12 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 )
 
-// OwnedPatch returns the JSON merge patch that turns before into after for the given
-// top-level keys only (null for a key that after lacks), or nil when they are equal. Each
-// writer of a status (scheduler, VM controller, node agent) patches only the fields it owns,
-// so none overwrites another's.
+// OwnedPatch returns the JSON merge patch (RFC 7386) that turns before into after for the
+// given top-level keys only, or nil when they are equal. Each writer of a status (scheduler,
+// VM controller, node agent) patches only the fields it owns, so none overwrites another's.
+// Within an owned key the patch is a true diff: a nested field that after lacks is sent as
+// null, so the server drops it instead of merging the old value back in (a merge patch of
+// {"powerRequest":{"state":"Stopped"}} would keep an earlier "force":true).
 func OwnedPatch(before, after []byte, keys []string) (map[string]any, error) {
 	var b, a map[string]json.RawMessage
 	if err := json.Unmarshal(before, &b); err != nil {
@@ -27,8 +29,14 @@ func OwnedPatch(before, after []byte, keys []string) (map[string]any, error) {
 		av, aok := a[k]
 		bv, bok := b[k]
 		switch {
-		case aok && (!bok || !bytes.Equal(av, bv)):
+		case aok && !bok:
 			patch[k] = av
+		case aok && !bytes.Equal(av, bv):
+			d, err := mergeDiff(bv, av)
+			if err != nil {
+				return nil, err
+			}
+			patch[k] = d
 		case !aok && bok:
 			patch[k] = nil
 		}
@@ -37,6 +45,36 @@ func OwnedPatch(before, after []byte, keys []string) (map[string]any, error) {
 		return nil, nil
 	}
 	return patch, nil
+}
+
+// mergeDiff returns the merge patch turning the JSON value before into after: for two
+// objects, the changed keys (recursively) and null for removed ones; otherwise after itself
+// (a merge patch replaces arrays and scalars whole).
+func mergeDiff(before, after json.RawMessage) (any, error) {
+	var b, a map[string]json.RawMessage
+	if json.Unmarshal(before, &b) != nil || json.Unmarshal(after, &a) != nil || b == nil || a == nil {
+		return after, nil
+	}
+	out := map[string]any{}
+	for k, av := range a {
+		bv, ok := b[k]
+		switch {
+		case !ok:
+			out[k] = av
+		case !bytes.Equal(av, bv):
+			d, err := mergeDiff(bv, av)
+			if err != nil {
+				return nil, err
+			}
+			out[k] = d
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out[k] = nil
+		}
+	}
+	return out, nil
 }
 
 // PatchVMStatus reads the VM fresh, applies mutate, and writes the owned status fields

@@ -118,13 +118,9 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 			active = append(active, op)
 		}
 	}
-	sort.SliceStable(active, func(i, j int) bool {
-		ti, tj := creation(active[i]), creation(active[j])
-		if !ti.Equal(tj) {
-			return ti.Before(tj)
-		}
-		return active[i].Name < active[j].Name
-	})
+	// Creation order is the store revision of each create (creationRevision): exact, where
+	// timestamps of requests made within one second tie.
+	sort.SliceStable(active, func(i, j int) bool { return active[i].CreatedBefore(&active[j].ObjectMeta) })
 
 	// (1) In-progress operations: done, failed or still going.
 	var newest *v1alpha1.VirtualMachineOperation
@@ -207,7 +203,8 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 			continue
 		}
 		d.ops = append(d.ops, opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseSuperseded, reason: v1alpha1.VMOPReasonSuperseded,
-			message: fmt.Sprintf("superseded by the newer operation %q", newest.Name)})
+			message: fmt.Sprintf("superseded by the newer operation %q (creation revision %s, after this one's %s)",
+				newest.Name, orUnknown(newest.CreationRevision), orUnknown(op.CreationRevision))})
 	}
 	if newest != nil && newest.Status.Phase != v1alpha1.VMOPPhaseInProgress {
 		u, next := p.begin(vm, rp, newest, pr)
@@ -227,6 +224,13 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 	}
 	d.power = &pr
 	return d
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 func creation(op *v1alpha1.VirtualMachineOperation) time.Time {

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -295,5 +296,66 @@ func TestPauseAnnotation(t *testing.T) {
 	vm.Annotations = map[string]string{PausedAnnotation: "true"}
 	if d := testPolicy(t0).decide(vm, nil); d.power.State != v1alpha1.PowerStateStopped {
 		t.Fatalf("paused stopped VM: %+v", d.power)
+	}
+}
+
+// TestSupersedeByCreationRevision: operations made within one second have equal timestamps,
+// and their names sort the other way ("o-stop" after "o-start"); the creation revision the
+// store assigned decides which is newer.
+func TestSupersedeByCreationRevision(t *testing.T) {
+	for _, c := range []struct {
+		first, second v1alpha1.VMOPType
+		wantState     string
+	}{
+		{v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeStart, v1alpha1.PowerStateRunning},
+		{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.PowerStateStopped},
+		{v1alpha1.VMOPTypeRestart, v1alpha1.VMOPTypeStop, v1alpha1.PowerStateStopped},
+	} {
+		name := func(typ v1alpha1.VMOPType, suffix string) string {
+			// Names that sort against creation order.
+			if typ == c.first {
+				return "o-z-" + string(typ) + suffix
+			}
+			return "o-a-" + string(typ) + suffix
+		}
+		vm := running(v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually)
+		first := newOp(name(c.first, "-1"), c.first, t0, "")
+		first.CreationRevision = "99"
+		second := newOp(name(c.second, "-2"), c.second, t0, "")
+		second.CreationRevision = "100"
+		d := testPolicy(t0).decide(vm, []*v1alpha1.VirtualMachineOperation{second, first})
+		u := findUpdate(d, first.Name)
+		if u == nil || u.phase != v1alpha1.VMOPPhaseSuperseded || !strings.Contains(u.message, second.Name) ||
+			!strings.Contains(u.message, "creation revision 100, after this one's 99") {
+			t.Errorf("%s then %s: the first: %+v, want Superseded by %s", c.first, c.second, u, second.Name)
+		}
+		if u := findUpdate(d, second.Name); u == nil || u.phase == v1alpha1.VMOPPhaseSuperseded {
+			t.Errorf("%s then %s: the second: %+v", c.first, c.second, u)
+		}
+		if d.power.State != c.wantState {
+			t.Errorf("%s then %s: power request %+v, want %s", c.first, c.second, d.power, c.wantState)
+		}
+	}
+}
+
+func TestCreatedBefore(t *testing.T) {
+	at := v1alpha1.NewTime(t0)
+	later := v1alpha1.NewTime(t0.Add(time.Second))
+	m := func(name, rev string, ts *v1alpha1.Time) *v1alpha1.ObjectMeta {
+		return &v1alpha1.ObjectMeta{Name: name, CreationRevision: rev, CreationTimestamp: ts}
+	}
+	for _, c := range []struct {
+		a, b *v1alpha1.ObjectMeta
+		want bool
+	}{
+		{m("z", "5", &at), m("a", "6", &at), true},     // revision beats name
+		{m("a", "6", &at), m("z", "5", &at), false},    // and both ways
+		{m("z", "9", &at), m("a", "2", &later), false}, // revision beats timestamp
+		{m("z", "", &at), m("a", "", &later), true},    // no revision: timestamp
+		{m("a", "", &at), m("b", "", &at), true},       // then name
+	} {
+		if got := c.a.CreatedBefore(c.b); got != c.want {
+			t.Errorf("%+v before %+v = %t, want %t", c.a, c.b, got, c.want)
+		}
 	}
 }

@@ -228,11 +228,11 @@ func (s *Store) Get(ctx context.Context, key string) (store.KV, error) {
 		if b == nil {
 			return fmt.Errorf("get %q: %w", key, errs.ErrNotFound)
 		}
-		mod, _, v, err := decodeRecord(key, b)
+		mod, create, v, err := decodeRecord(key, b)
 		if err != nil {
 			return err
 		}
-		kv = store.KV{Key: key, Value: bytes.Clone(v), ModRevision: mod}
+		kv = store.KV{Key: key, Value: bytes.Clone(v), ModRevision: mod, CreateRevision: create}
 		return nil
 	})
 	if err != nil {
@@ -254,6 +254,7 @@ type pastKey struct {
 	exists bool
 	value  []byte
 	mod    int64
+	create int64
 }
 
 // List returns the keys under prefix in key order. With opts.Revision set to a past revision
@@ -299,7 +300,7 @@ func (s *Store) List(ctx context.Context, prefix string, opts store.ListOptions)
 					continue // the first change after the revision tells the state at it
 				}
 				created := c.ev.Type == store.Put && c.ev.Created
-				past[k] = pastKey{exists: !created, value: c.ev.PrevValue, mod: c.prevRev}
+				past[k] = pastKey{exists: !created, value: c.ev.PrevValue, mod: c.prevRev, create: c.prevCreate}
 				if !created && b.Get([]byte(k)) == nil {
 					extra = append(extra, k)
 				}
@@ -317,7 +318,7 @@ func (s *Store) List(ctx context.Context, prefix string, opts store.ListOptions)
 		}
 		full := func() bool { return want > 0 && len(res.KVs) >= want }
 		addPast := func(k string, p pastKey) {
-			res.KVs = append(res.KVs, store.KV{Key: k, Value: bytes.Clone(p.value), ModRevision: p.mod})
+			res.KVs = append(res.KVs, store.KV{Key: k, Value: bytes.Clone(p.value), ModRevision: p.mod, CreateRevision: p.create})
 		}
 
 		start := prefix
@@ -345,11 +346,11 @@ func (s *Store) List(ctx context.Context, prefix string, opts store.ListOptions)
 				}
 				continue
 			}
-			mod, _, val, err := decodeRecord(ks, v)
+			mod, create, val, err := decodeRecord(ks, v)
 			if err != nil {
 				return err
 			}
-			res.KVs = append(res.KVs, store.KV{Key: ks, Value: bytes.Clone(val), ModRevision: mod})
+			res.KVs = append(res.KVs, store.KV{Key: ks, Value: bytes.Clone(val), ModRevision: mod, CreateRevision: create})
 		}
 		for len(extra) > 0 && !full() {
 			addPast(extra[0], past[extra[0]])
@@ -576,8 +577,8 @@ func apply(b *bbolt.Bucket, r *writeReq, rev int64) (entry, error) {
 			return entry{}, fmt.Errorf("%s %q: revision is %d, not %d: %w", r.op, r.key, oldMod, r.expect, errs.ErrConflict)
 		}
 	}
-	e := entry{prevRev: oldMod}
-	e.ev.KV = store.KV{Key: r.key, ModRevision: rev}
+	e := entry{prevRev: oldMod, prevCreate: oldCreate}
+	e.ev.KV = store.KV{Key: r.key, ModRevision: rev, CreateRevision: oldCreate}
 	e.ev.PrevValue = oldVal
 	if r.op == opDelete {
 		e.ev.Type = store.Delete
@@ -588,6 +589,7 @@ func apply(b *bbolt.Bucket, r *writeReq, rev int64) (entry, error) {
 		create = rev
 		e.ev.Created = true
 	}
+	e.ev.KV.CreateRevision = create
 	rec := encodeRecord(rev, create, r.value)
 	e.ev.Type = store.Put
 	e.ev.KV.Value = rec[recordHeader:len(rec):len(rec)]

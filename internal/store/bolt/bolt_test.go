@@ -195,7 +195,11 @@ func TestListPastRandom(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !deleted {
-			next[k] = store.KV{Key: k, Value: val, ModRevision: rev}
+			created := rev
+			if exists {
+				created = old.CreateRevision
+			}
+			next[k] = store.KV{Key: k, Value: val, ModRevision: rev, CreateRevision: created}
 		}
 		cur = next
 		snaps[rev] = cur

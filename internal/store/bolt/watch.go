@@ -16,6 +16,8 @@ type entry struct {
 	// prevRev is the ModRevision of ev.PrevValue, 0 when the key did not exist before.
 	// Lists at a past revision use it to rebuild the key as it was.
 	prevRev int64
+	// prevCreate is the CreateRevision of ev.PrevValue.
+	prevCreate int64
 }
 
 // hub keeps the recent history of committed changes and fans them out to watchers.

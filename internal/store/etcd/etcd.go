@@ -176,7 +176,7 @@ func (s *Store) Get(ctx context.Context, key string) (store.KV, error) {
 		return store.KV{}, fmt.Errorf("get %q: %w", key, errs.ErrNotFound)
 	}
 	kv := resp.Kvs[0]
-	return store.KV{Key: key, Value: kv.Value, ModRevision: kv.ModRevision}, nil
+	return store.KV{Key: key, Value: kv.Value, ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}, nil
 }
 
 // List returns the keys under prefix in key order, at opts.Revision when set (until etcd
@@ -225,7 +225,7 @@ func (s *Store) List(ctx context.Context, prefix string, opts store.ListOptions)
 	res.More = resp.More
 	res.KVs = make([]store.KV, len(resp.Kvs))
 	for i, kv := range resp.Kvs {
-		res.KVs[i] = store.KV{Key: string(kv.Key[len(s.base):]), Value: kv.Value, ModRevision: kv.ModRevision}
+		res.KVs[i] = store.KV{Key: string(kv.Key[len(s.base):]), Value: kv.Value, ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
 	}
 	return res, nil
 }
@@ -405,9 +405,12 @@ func (s *Store) Watch(ctx context.Context, prefix string, fromRev int64) <-chan 
 			}
 			evs := make([]store.Event, len(resp.Events))
 			for i, ev := range resp.Events {
-				e := store.Event{KV: store.KV{Key: string(ev.Kv.Key[len(s.base):]), ModRevision: ev.Kv.ModRevision}}
+				e := store.Event{KV: store.KV{Key: string(ev.Kv.Key[len(s.base):]), ModRevision: ev.Kv.ModRevision, CreateRevision: ev.Kv.CreateRevision}}
 				if ev.PrevKv != nil {
 					e.PrevValue = ev.PrevKv.Value
+					if ev.Type == clientv3.EventTypeDelete {
+						e.KV.CreateRevision = ev.PrevKv.CreateRevision // a delete's Kv carries none
+					}
 				}
 				if ev.Type == clientv3.EventTypeDelete {
 					e.Type = store.Delete

@@ -48,6 +48,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Delete", testDelete},
 		{"DeleteExpectRev", testDeleteExpectRev},
 		{"Revisions", testRevisions},
+		{"CreateRevision", testCreateRevision},
 		{"ListPrefix", testListPrefix},
 		{"ListEmpty", testListEmpty},
 		{"ListPaging", testListPaging},
@@ -324,6 +325,39 @@ func testRevisions(t *testing.T, s store.Store) {
 	}
 }
 
+// testCreateRevision: every read and event carries the revision that created the key, which
+// updates keep and a re-creation renews.
+func testCreateRevision(t *testing.T, s store.Store) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := s.Watch(ctx, "/c/", mustRevision(t, s))
+	ra := mustCreate(t, s, "/c/a", "1")
+	rb := mustCreate(t, s, "/c/b", "1")
+	ra2 := mustUpdate(t, s, "/c/a", "2", ra)
+	if kv := mustGet(t, s, "/c/a"); kv.CreateRevision != ra || kv.ModRevision != ra2 {
+		t.Fatalf("get after update: created %d mod %d, want %d and %d", kv.CreateRevision, kv.ModRevision, ra, ra2)
+	}
+	res, err := s.List(ctx, "/c/", store.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkKVs(t, res.KVs, []store.KV{{Key: "/c/a", Value: []byte("2"), ModRevision: ra2, CreateRevision: ra},
+		{Key: "/c/b", Value: []byte("1"), ModRevision: rb, CreateRevision: rb}})
+	if _, _, err := s.Delete(ctx, "/c/a", 0); err != nil {
+		t.Fatal(err)
+	}
+	ra3 := mustCreate(t, s, "/c/a", "3")
+	if kv := mustGet(t, s, "/c/a"); kv.CreateRevision != ra3 {
+		t.Fatalf("re-created key: created %d, want %d", kv.CreateRevision, ra3)
+	}
+	evs := collect(t, ch, 5)
+	for i, want := range []int64{ra, rb, ra, ra, ra3} {
+		if evs[i].KV.CreateRevision != want {
+			t.Errorf("event %d (%s %s@%d): created %d, want %d", i, evs[i].Type, evs[i].KV.Key, evs[i].KV.ModRevision, evs[i].KV.CreateRevision, want)
+		}
+	}
+}
+
 func testListPrefix(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	want := map[string]int64{}
@@ -474,9 +508,9 @@ func testListPastRevision(t *testing.T, s store.Store) {
 	}
 	mustCreate(t, s, "/l/3", "3")
 
-	want := []store.KV{{Key: "/l/1", Value: []byte("one"), ModRevision: r1},
-		{Key: "/l/2", Value: []byte("two"), ModRevision: r2},
-		{Key: "/l/3", Value: []byte("three"), ModRevision: r3}}
+	want := []store.KV{{Key: "/l/1", Value: []byte("one"), ModRevision: r1, CreateRevision: r1},
+		{Key: "/l/2", Value: []byte("two"), ModRevision: r2, CreateRevision: r2},
+		{Key: "/l/3", Value: []byte("three"), ModRevision: r3, CreateRevision: r3}}
 	res, err := s.List(ctx, "/l/", store.ListOptions{Revision: past})
 	if err != nil {
 		t.Fatalf("List at past revision: %v", err)
@@ -941,7 +975,8 @@ func checkKVs(t testing.TB, got, want []store.KV) {
 	t.Helper()
 	ok := len(got) == len(want)
 	for i := 0; ok && i < len(got); i++ {
-		ok = got[i].Key == want[i].Key && bytes.Equal(got[i].Value, want[i].Value) && got[i].ModRevision == want[i].ModRevision
+		ok = got[i].Key == want[i].Key && bytes.Equal(got[i].Value, want[i].Value) && got[i].ModRevision == want[i].ModRevision &&
+			(want[i].CreateRevision == 0 || got[i].CreateRevision == want[i].CreateRevision)
 	}
 	if !ok {
 		t.Fatalf("got %s, want %s", fmtKVs(got), fmtKVs(want))
@@ -951,7 +986,7 @@ func checkKVs(t testing.TB, got, want []store.KV) {
 func fmtKVs(kvs []store.KV) string {
 	parts := make([]string, len(kvs))
 	for i, kv := range kvs {
-		parts[i] = fmt.Sprintf("%s=%q@%d", kv.Key, kv.Value, kv.ModRevision)
+		parts[i] = fmt.Sprintf("%s=%q@%d(created %d)", kv.Key, kv.Value, kv.ModRevision, kv.CreateRevision)
 	}
 	return "[" + strings.Join(parts, " ") + "]"
 }
