@@ -237,7 +237,16 @@ func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		return a.stopVM(ctx, vm, in, pr.Force, v1alpha1.ExitStopped)
 	}
 	if restarting {
-		return a.stopVM(ctx, vm, in, false, v1alpha1.ExitStopped)
+		// A graceful restart waits for the guest; a forced restart asked for meanwhile (a new
+		// RestartID with force) ends the wait at once: QEMU quits and starts again.
+		force := pr.Force && pr.RestartID != vm.Status.ObservedRestartID
+		in.mu.Lock()
+		quitting := !in.quitAt.IsZero()
+		in.mu.Unlock()
+		if force && !quitting {
+			a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Restarting", "a forced restart takes over the graceful one: QEMU quits now and starts again")
+		}
+		return a.stopVM(ctx, vm, in, force, v1alpha1.ExitStopped)
 	}
 	if pr.RestartID != vm.Status.ObservedRestartID {
 		return a.restart(ctx, vm, in, pr, st)

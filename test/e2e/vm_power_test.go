@@ -1,0 +1,218 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+)
+
+// powerIgnoreACPI stops the guest's acpid through its serial console, so the ACPI power
+// button does nothing: a guest that ignores graceful requests.
+func powerIgnoreACPI(t *testing.T, s *Serve, name, uid string, n int) {
+	t.Helper()
+	vmConsoleType(t, s, uid, "")
+	vmConsoleType(t, s, uid, "kill $(cat /run/acpid.pid) && echo ACPI-$((40+2))-IGNORED")
+	vmWaitSerial(t, s, name, "ACPI-42-IGNORED", n)
+}
+
+// timedCLI runs a CLI command that must succeed and returns how long it took.
+func timedCLI(t *testing.T, s *Serve, args ...string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	s.MustCLI("", args...)
+	return time.Since(start)
+}
+
+// TestPowerGracefulStaysGraceful: with a guest that ignores the ACPI power button and a grace
+// period of 10 s, a graceful stop waits out the grace period, a forced stop does not, and a
+// graceful stop after a forced one waits again (a forced request once made every later
+// graceful one forced: a guest that is never asked loses data). A graceful restart returns
+// only once the new QEMU runs; a forced restart during a pending graceful one resets at once.
+func TestPowerGracefulStaysGraceful(t *testing.T) {
+	vmGuestDir(t)
+	s := vmServe(t)
+	vmSetupGuest(t, s, "root")
+	m := strings.Replace(vmManifest("vm1", "root", "AlwaysOnUnlessStoppedManually", "256Mi"), "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds: 10", 1)
+	s.MustCLI(m, "apply", "-f", "-")
+	v := vmWait(t, s, "vm1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	uid := v.UID
+	boots := 1
+	up := func() {
+		t.Helper()
+		vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", boots)
+		powerIgnoreACPI(t, s, "vm1", uid, boots)
+	}
+	const grace = 10 * time.Second
+	up()
+
+	if d := timedCLI(t, s, "vm", "stop", "vm1", "--wait"); d < grace-time.Second {
+		t.Errorf("graceful stop of a guest that ignores ACPI took %s, want the grace period %s", d, grace)
+	}
+	s.MustCLI("", "vm", "start", "vm1", "--wait")
+	boots++
+	up()
+	if d := timedCLI(t, s, "vm", "stop", "vm1", "--force", "--wait"); d >= grace {
+		t.Errorf("forced stop took %s: it waited for the guest", d)
+	}
+	s.MustCLI("", "vm", "start", "vm1", "--wait")
+	boots++
+	up()
+	if v := vmGet(t, s, "vm1"); v.Status.PowerRequest == nil || v.Status.PowerRequest.Force {
+		t.Errorf("after a start the power request is %+v: a forced stop's force stayed", v.Status.PowerRequest)
+	}
+	if d := timedCLI(t, s, "vm", "stop", "vm1", "--wait"); d < grace-time.Second {
+		t.Errorf("graceful stop after a forced one took %s, want the grace period %s: it was forced", d, grace)
+	}
+
+	// Graceful restart: the operation completes after the new QEMU runs, not before.
+	s.MustCLI("", "vm", "start", "vm1", "--wait")
+	boots++
+	up()
+	pid := vmQEMUPIDs(s.DataDir)[uid]
+	if d := timedCLI(t, s, "vm", "restart", "vm1", "--wait"); d < grace-time.Second {
+		t.Errorf("graceful restart of a guest that ignores ACPI completed after %s, before its grace period %s ended", d, grace)
+	}
+	if p := vmQEMUPIDs(s.DataDir)[uid]; p == pid || p == 0 {
+		t.Errorf("graceful restart completed with QEMU pid %d (before: %d): no new run", p, pid)
+	}
+	boots++
+	up()
+
+	// A forced restart during a pending graceful one takes over at once.
+	pid = vmQEMUPIDs(s.DataDir)[uid]
+	s.MustCLI("", "vm", "restart", "vm1")
+	time.Sleep(500 * time.Millisecond) // the graceful restart has pressed the button
+	if d := timedCLI(t, s, "vm", "restart", "vm1", "--force", "--wait"); d >= grace {
+		t.Errorf("forced restart during a graceful one took %s: it waited out the grace period", d)
+	}
+	boots++
+	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", boots)
+	if p := vmQEMUPIDs(s.DataDir)[uid]; p == 0 {
+		t.Errorf("no QEMU after the forced restart (before: %d)", pid)
+	}
+	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
+	s.MustCLI("", "delete", "vm", "vm1")
+	vmWait(t, s, "vm1", time.Minute, "deleted", func(v *v1alpha1.VirtualMachine) bool { return v == nil })
+}
+
+// opsOf returns the VM's operations by name.
+func opsOf(t *testing.T, s *Serve, names ...string) []v1alpha1.VirtualMachineOperation {
+	t.Helper()
+	var out []v1alpha1.VirtualMachineOperation
+	for _, n := range names {
+		var op v1alpha1.VirtualMachineOperation
+		if err := s.Client().Get(context.Background(), "virtualmachineoperations", "default", n, &op); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, op)
+	}
+	return out
+}
+
+func finalPhase(p v1alpha1.VMOPPhase) bool {
+	return p == v1alpha1.VMOPPhaseCompleted || p == v1alpha1.VMOPPhaseFailed || p == v1alpha1.VMOPPhaseSuperseded
+}
+
+// TestOperationOrderBackToBack: two power operations made back to back (within one second,
+// where their timestamps tie and their names sort either way) end in the state of the later
+// one, and only the earlier one is ever superseded. 20 rounds of each pair on a VM without a
+// disk and a grace period of 0, so each round takes a moment.
+func TestOperationOrderBackToBack(t *testing.T) {
+	vmGuestDir(t)
+	s := vmServe(t)
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: o}
+spec:
+  runPolicy: AlwaysOnUnlessStoppedManually
+  cpu: {cores: 1}
+  memory: {size: 64Mi}
+  terminationGracePeriodSeconds: 0
+`, "apply", "-f", "-")
+	v := vmWait(t, s, "o", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	uid := v.UID
+	settle := func(round int, pair string, want v1alpha1.VirtualMachinePhase, ops []string) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			all := opsOf(t, s, ops...)
+			done := true
+			for _, op := range all {
+				done = done && finalPhase(op.Status.Phase)
+			}
+			v := vmGet(t, s, "o")
+			if done && v.Status.Phase == want {
+				// The later operation is never the superseded one; the earlier one may be.
+				if all[1].Status.Phase == v1alpha1.VMOPPhaseSuperseded {
+					t.Fatalf("round %d %s: the later operation %s was superseded (by the earlier %s, created at revision %s vs %s)",
+						round, pair, all[1].Name, all[0].Name, all[0].CreationRevision, all[1].CreationRevision)
+				}
+				if all[1].Status.Phase != v1alpha1.VMOPPhaseCompleted {
+					b, _ := json.Marshal(all[1].Status)
+					t.Fatalf("round %d %s: the later operation %s: %s", round, pair, all[1].Name, b)
+				}
+				if a, b := all[0].CreationRevision, all[1].CreationRevision; a == "" || b == "" || !all[0].CreatedBefore(&all[1].ObjectMeta) {
+					t.Fatalf("round %d %s: creation revisions %q and %q do not order the operations", round, pair, a, b)
+				}
+				n := vmCountQEMU(uid)
+				if (want == v1alpha1.VMPhaseRunning) != (n == 1) || n > 1 {
+					t.Fatalf("round %d %s: %d QEMU processes with the VM %s", round, pair, n, want)
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				b, _ := json.MarshalIndent(map[string]any{"vm": v.Status, "ops": all}, "", "  ")
+				t.Fatalf("round %d %s: not settled in %s within a minute:\n%s", round, pair, want, b)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	pairs := []struct {
+		first, second string
+		want          v1alpha1.VirtualMachinePhase
+	}{
+		{"stop", "start", v1alpha1.VMPhaseRunning},
+		{"start", "stop", v1alpha1.VMPhaseStopped},
+		{"restart", "stop", v1alpha1.VMPhaseStopped},
+	}
+	for _, p := range pairs {
+		for round := 1; round <= 20; round++ {
+			// Each round starts from a running VM.
+			if v := vmGet(t, s, "o"); v.Status.Phase != v1alpha1.VMPhaseRunning {
+				s.MustCLI("", "vm", "start", "o", "--wait")
+			}
+			a := strings.TrimSpace(s.MustCLI("", "vm", p.first, "o"))
+			b := strings.TrimSpace(s.MustCLI("", "vm", p.second, "o"))
+			settle(round, p.first+"→"+p.second, p.want, []string{a, b})
+		}
+	}
+	// Superseded operations name the one that superseded them and its creation revision.
+	l, err := s.Client().List(context.Background(), "virtualmachineoperations", "default", client.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	superseded := 0
+	for _, raw := range l.Items {
+		var op v1alpha1.VirtualMachineOperation
+		if err := json.Unmarshal(raw, &op); err != nil {
+			t.Fatal(err)
+		}
+		if op.Status.Phase != v1alpha1.VMOPPhaseSuperseded {
+			continue
+		}
+		superseded++
+		c := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted)
+		if c == nil || !strings.Contains(c.Message, "superseded by the newer operation") || !strings.Contains(c.Message, fmt.Sprintf("after this one's %s", op.CreationRevision)) {
+			t.Errorf("superseded %s: condition %+v", op.Name, c)
+		}
+	}
+	t.Logf("%d of %d operations were superseded", superseded, len(l.Items))
+	s.MustCLI("", "delete", "vm", "o")
+	vmWait(t, s, "o", time.Minute, "deleted", func(v *v1alpha1.VirtualMachine) bool { return v == nil })
+}
