@@ -181,6 +181,17 @@ func SetCondition(conds *[]Condition, c Condition) bool {
 	return true
 }
 
+// RemoveCondition drops the condition of type t; it returns true when there was one.
+func RemoveCondition(conds *[]Condition, t string) bool {
+	for i := range *conds {
+		if (*conds)[i].Type == t {
+			*conds = append((*conds)[:i], (*conds)[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
 // LocalObjectReference names an object in the same project.
 type LocalObjectReference struct {
 	Name string `json:"name"`

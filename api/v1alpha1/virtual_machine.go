@@ -417,6 +417,10 @@ const (
 	VMConditionFilesystemFrozen                    = "FilesystemFrozen"
 	// VMConditionSoftwareEmulation is True when the VM runs under TCG (no KVM on its node).
 	VMConditionSoftwareEmulation = "SoftwareEmulation"
+	// VMConditionRestartBackoff is True while a VM that crashed or failed to start waits for
+	// its automatic restart; the message gives the time of the next attempt and the last
+	// exit's cause. The VM controller owns it and removes it when no restart is pending.
+	VMConditionRestartBackoff = "RestartBackoff"
 )
 
 // VirtualMachineStatus is the observed state of a VM.

@@ -23,7 +23,7 @@ import (
 // Files the agent keeps in a VM's run directory next to QEMU's sockets and pidfile.
 const (
 	// qemuLogName receives QEMU's stdout and stderr; the previous start's is qemuLogName+".1".
-	qemuLogName = "qemu.log"
+	qemuLogName = console.QEMULog
 	// exitFileName records why the agent is about to end QEMU, so the reason survives an
 	// agent restart between the quit and the status write.
 	exitFileName = "exit.json"

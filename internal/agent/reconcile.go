@@ -291,9 +291,15 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 		if v.Status.NodeName != a.cfg.NodeName || wantsRunning(v.Status.PowerRequest) || v.DeletionTimestamp != nil {
 			return errNoChange
 		}
-		setPhase(v, v1alpha1.VMPhaseStopped, a.now())
+		now := a.now()
+		setPhase(v, v1alpha1.VMPhaseStopped, now)
 		v.Status.NodeName = ""
 		setRunningCond(v, v1alpha1.ConditionFalse, "Stopped", "the VM is stopped")
+		if ex := v.Status.LastExit; ex != nil && unplanned(ex.Reason) {
+			// Stopped by request while it waited to restart after crashes: the crash count
+			// and message belong to the events now, not to a VM that was asked to stop.
+			v.Status.LastExit = &v1alpha1.VMExit{Reason: v1alpha1.ExitStopped, Time: &now}
+		}
 		return nil
 	})
 	if err == nil {

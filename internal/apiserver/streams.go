@@ -77,9 +77,18 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, t target) {
 			}
 			limit = n
 		}
-		data, err := console.ReadLog(dir, limit)
+		name, what := console.LogFile, "serial log"
+		switch src := r.URL.Query().Get("source"); src {
+		case "", "serial":
+		case "qemu":
+			name, what = console.QEMULog, "QEMU log"
+		default:
+			s.writeError(w, r, errs.New(errs.ErrBadRequest, "source %q: want serial or qemu", src))
+			return
+		}
+		data, err := console.ReadLogs(dir, name, limit)
 		if errors.Is(err, os.ErrNotExist) {
-			s.writeError(w, r, errs.New(errs.ErrNotFound, "virtual machine %q has no serial log yet: it has not run on this node", t.name))
+			s.writeError(w, r, errs.New(errs.ErrNotFound, "virtual machine %q has no %s yet: it has not run on this node", t.name, what))
 			return
 		}
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"golang.org/x/term"
 )
@@ -87,6 +88,19 @@ func newVNCCommand(cc *cliContext) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Say it now, not at the first connection: a VM that does not run has no display.
+			var vm v1alpha1.VirtualMachine
+			if err := c.Get(cmd.Context(), "virtualmachines", cc.Namespace(), args[0], &vm); err != nil {
+				return err
+			}
+			if p := vm.Status.Phase; p != v1alpha1.VMPhaseRunning && p != v1alpha1.VMPhasePause {
+				return fmt.Errorf("virtual machine %q is %s: it has no display now (start it with `rakhsh vm start %s`)", args[0], orDash(string(p)), args[0])
+			}
+			probe, err := c.DialStream(cmd.Context(), "virtualmachines", cc.Namespace(), args[0], "vnc")
+			if err != nil {
+				return err
+			}
+			probe.Close()
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
@@ -121,9 +135,10 @@ func newVNCCommand(cc *cliContext) *cobra.Command {
 
 func newLogsCommand(cc *cliContext) *cobra.Command {
 	var limit int64
+	var qemuLog bool
 	cmd := &cobra.Command{
 		Use:   "logs vm NAME",
-		Short: "Print a VM's kept serial console output",
+		Short: "Print a VM's kept serial console output (--qemu: QEMU's own log of this and the previous run)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] != "vm" && args[0] != "virtualmachine" && args[0] != "virtualmachines" {
@@ -135,6 +150,9 @@ func newLogsCommand(cc *cliContext) *cobra.Command {
 			}
 			var out []byte
 			q := url.Values{"limitBytes": {fmt.Sprint(limit)}}
+			if qemuLog {
+				q.Set("source", "qemu")
+			}
 			if err := c.Do(cmd.Context(), "GET", client.Path("virtualmachines", cc.Namespace(), args[1], "log"), q, "", nil, &out); err != nil {
 				return err
 			}
@@ -143,5 +161,13 @@ func newLogsCommand(cc *cliContext) *cobra.Command {
 		},
 	}
 	cmd.Flags().Int64Var(&limit, "limit-bytes", 1<<20, "print at most this many bytes from the end")
+	cmd.Flags().BoolVar(&qemuLog, "qemu", false, "print QEMU's own output (errors, warnings) of the current and the previous run instead of the serial console")
 	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

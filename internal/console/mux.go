@@ -201,10 +201,18 @@ func (m *Mux) closeClients() {
 
 // ReadLog returns the kept serial output (serial.log.1 then serial.log), at most limit bytes
 // from the end.
-func ReadLog(runDir string, limit int64) ([]byte, error) {
+func ReadLog(runDir string, limit int64) ([]byte, error) { return ReadLogs(runDir, LogFile, limit) }
+
+// QEMULog is QEMU's own standard output and error in a VM's run directory (the agent starts
+// each run with a fresh one and keeps the previous run's as QEMULog.1).
+const QEMULog = "qemu.log"
+
+// ReadLogs returns the previous run's name.1 followed by the current name of runDir, at most
+// limit bytes from the end (os.ErrNotExist when neither exists).
+func ReadLogs(runDir, name string, limit int64) ([]byte, error) {
 	var out []byte
 	found := false
-	for _, name := range []string{LogFile + ".1", LogFile} {
+	for _, name := range []string{name + ".1", name} {
 		data, err := os.ReadFile(filepath.Join(runDir, name))
 		if err == nil {
 			found = true

@@ -476,10 +476,38 @@ spec:
 	if v.Status.LastExit == nil || v.Status.LastExit.Reason != v1alpha1.ExitStartFailed || !strings.Contains(c.Message, "Image is corrupt") {
 		t.Fatalf("failed start: Running condition %+v, lastExit %+v", c, v.Status.LastExit)
 	}
-	// The policy retries with backoff: the failure count grows.
-	vmWait(t, s, "bad", time.Minute, "a second failed start", func(v *v1alpha1.VirtualMachine) bool {
-		return v.Status.LastExit != nil && v.Status.LastExit.Count >= 2
+	// The policy retries with backoff: the failure count grows, and while the VM waits the
+	// RestartBackoff condition says when the next attempt comes and why the last one failed.
+	v = vmWait(t, s, "bad", time.Minute, "a second failed start, waiting", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionRestartBackoff)
+		return v.Status.LastExit != nil && v.Status.LastExit.Count >= 2 && c != nil && c.Status == v1alpha1.ConditionTrue
 	})
+	bo := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionRestartBackoff)
+	if bo.Reason != "CrashLoopBackOff" || !strings.Contains(bo.Message, "restart at ") || !strings.Contains(bo.Message, "Image is corrupt") {
+		t.Errorf("RestartBackoff = %+v", bo)
+	}
+	desc := s.MustCLI("", "describe", "vm", "bad")
+	for _, w := range []string{"RestartBackoff", "CrashLoopBackOff", "Image is corrupt"} {
+		if !strings.Contains(desc, w) {
+			t.Errorf("describe vm bad lacks %q:\n%s", w, desc)
+		}
+	}
+	if ev := s.MustCLI("", "get", "events"); !strings.Contains(ev, "Image is corrupt") {
+		t.Errorf("events lack QEMU's error:\n%s", ev)
+	}
+	// QEMU's own log of this and the previous run.
+	if ql := s.MustCLI("", "logs", "vm", "bad", "--qemu"); strings.Count(ql, "Image is corrupt") < 2 {
+		t.Errorf("logs --qemu does not hold both runs' error:\n%s", ql)
+	}
+	// A stop ends the loop and the crash noise.
+	s.MustCLI("", "vm", "stop", "bad", "--wait")
+	v = vmWait(t, s, "bad", 30*time.Second, "stopped for good", func(v *v1alpha1.VirtualMachine) bool {
+		return v.Status.Phase == v1alpha1.VMPhaseStopped && v.Status.NodeName == "" &&
+			v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionRestartBackoff) == nil
+	})
+	if ex := v.Status.LastExit; ex == nil || ex.Reason != v1alpha1.ExitStopped || ex.Count != 0 || ex.Message != "" {
+		t.Errorf("lastExit after a stop of a crash-looping VM: %+v", ex)
+	}
 	s.MustCLI("", "delete", "vm", "nodisk", "huge", "bad", "--wait", "--timeout", "90s")
 	if pids := vmQEMUPIDs(s.DataDir); len(pids) != 0 {
 		t.Fatalf("QEMU left: %v", pids)

@@ -204,6 +204,11 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		v.Status.PowerRequest = d.power
 		bdCond = c.blockDevicesCondition(v)
 		v1alpha1.SetCondition(&v.Status.Conditions, bdCond)
+		if d.backoff != nil && wantsRunning(d.power) {
+			v1alpha1.SetCondition(&v.Status.Conditions, d.backoff.condition())
+		} else {
+			v1alpha1.RemoveCondition(&v.Status.Conditions, v1alpha1.VMConditionRestartBackoff)
+		}
 		if v.Status.NodeName == "" {
 			p := v1alpha1.VMPhaseStopped
 			if wantsRunning(d.power) {

@@ -35,6 +35,24 @@ type decision struct {
 	power   *v1alpha1.VMPowerRequest
 	requeue time.Duration
 	ops     []opUpdate
+	// backoff is set while a crashed VM waits for its automatic restart.
+	backoff *backoffState
+}
+
+// backoffState is a pending automatic restart after unplanned exits.
+type backoffState struct {
+	until time.Time
+	exit  v1alpha1.VMExit
+}
+
+// condition is the VM's RestartBackoff condition for b.
+func (b *backoffState) condition() v1alpha1.Condition {
+	msg := fmt.Sprintf("restart at %s after %d unplanned exit(s) in a row",
+		b.until.UTC().Format(time.RFC3339), b.exit.Count)
+	if b.exit.Message != "" {
+		msg += "; last: " + b.exit.Message
+	}
+	return v1alpha1.Condition{Type: v1alpha1.VMConditionRestartBackoff, Status: v1alpha1.ConditionTrue, Reason: "CrashLoopBackOff", Message: msg}
 }
 
 // policy holds the knobs of decide.
@@ -184,6 +202,7 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 					restart = true
 				} else {
 					d.requeue = due.Sub(p.now)
+					d.backoff = &backoffState{until: due, exit: *ex}
 				}
 			}
 		default: // Stopped while a start was wanted (a race between operations): start.
