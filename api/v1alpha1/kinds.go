@@ -21,6 +21,9 @@ type KindInfo struct {
 	// HasStatus says the kind has a status subresource.
 	HasStatus bool
 	Columns   []Column
+	// Phases and Conditions are the values status.phase and the condition types may take
+	// (nil: not listed); `rakhsh wait` refuses others.
+	Phases, Conditions []string
 }
 
 var ageCol = Column{Name: "AGE", Path: "metadata.creationTimestamp", Format: "age"}
@@ -77,11 +80,33 @@ func imageColumns() []Column {
 		{Name: "STOREDSIZE", Path: "status.size.stored"}, {Name: "UNPACKEDSIZE", Path: "status.size.unpacked"}, ageCol}
 }
 
+// kindStates lists the phases and condition types of the kinds that have them.
+var kindStates = map[string][2][]string{
+	"Project":     {{"Active", "Terminating"}, {"QuotaExceeded"}},
+	"Node":        {{"Ready", "NotReady", "Unknown"}, {NodeConditionReady, NodeConditionKVM}},
+	"VirtualDisk": {{"Pending", "Provisioning", "WaitForUserUpload", "WaitForFirstConsumer", "Ready", "Resizing", "Failed", "Terminating", "Migrating"}, {"DatasourceReady", "Ready", "Resizing", "Snapshotting", "InUse", "Migrating", "Terminating"}},
+	"VirtualImage": {{"Pending", "Provisioning", "WaitForUserUpload", "Ready", "Failed", "Terminating", "ImageLost"},
+		{"DatasourceReady", "Ready", "InUse", "Terminating"}},
+	"ClusterVirtualImage": {{"Pending", "Provisioning", "WaitForUserUpload", "Ready", "Failed", "Terminating", "ImageLost"},
+		{"DatasourceReady", "Ready", "InUse", "Terminating"}},
+	"VirtualMachine": {{"Pending", "Starting", "Running", "Stopping", "Stopped", "Migrating", "Pause", "Degraded", "Terminating"},
+		{VMConditionIPAddressReady, VMConditionMACAddressReady, VMConditionClassReady, VMConditionBlockDevicesReady, VMConditionRunning,
+			VMConditionMigrating, VMConditionMigratable, VMConditionProvisioningReady, VMConditionAgentReady, VMConditionConfigurationApplied,
+			VMConditionAwaitingRestartToApplyConfiguration, VMConditionSizingPolicyMatched, VMConditionSnapshotting, VMConditionFilesystemFrozen,
+			VMConditionSoftwareEmulation, VMConditionRestartBackoff, "Scheduled"}},
+	"VirtualMachineClass":     {{"Pending", "Ready", "Terminating"}, {"Discovered", "InUse"}},
+	"VirtualMachineOperation": {{"Pending", "InProgress", "Completed", "Failed", "Terminating", "Superseded"}, {"Completed", "SignalSent", "SnapshotReady"}},
+	"ClusterNetwork":          {{"Pending", "Ready", "Failed"}, {"Ready"}},
+}
+
 func init() {
 	for i := range Kinds {
 		k := &Kinds[i]
 		if k.Singular == "" {
 			k.Singular = strings.ToLower(k.Kind)
+		}
+		if st, ok := kindStates[k.Kind]; ok {
+			k.Phases, k.Conditions = st[0], st[1]
 		}
 	}
 }

@@ -391,10 +391,10 @@ func TestWait(t *testing.T) {
 		f.expireBelow = 0
 		f.mu.Unlock()
 		s := f.get("virtualmachines", "default", "vm2")
-		s["status"] = map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Ready", "status": "True"}}}
+		s["status"] = map[string]any{"phase": "Running", "conditions": []any{map[string]any{"type": "Running", "status": "True"}}}
 		f.put("virtualmachines", s)
 	}()
-	out, errOut, code = f.run(t, "", "wait", "vm/vm2", "--for=condition=ready", "--timeout", "10s")
+	out, errOut, code = f.run(t, "", "wait", "vm/vm2", "--for=condition=running", "--timeout", "10s")
 	if code != 0 || out != "virtualmachine/vm2 condition met\n" {
 		t.Errorf("condition: code %d out %q err %q", code, out, errOut)
 	}
@@ -402,7 +402,7 @@ func TestWait(t *testing.T) {
 	// timeout
 	start := time.Now()
 	_, errOut, code = f.run(t, "", "wait", "vm", "vm1", "--for", "phase=Stopped", "--timeout", "300ms")
-	if code != 1 || errOut != "error: timed out waiting for the condition on virtualmachine/vm1\n" {
+	if code != 1 || !strings.HasPrefix(errOut, "error: timed out waiting for phase=Stopped on virtualmachine/vm1; now: phase Running") {
 		t.Errorf("timeout: code %d err %q", code, errOut)
 	}
 	if time.Since(start) > 3*time.Second {
@@ -427,6 +427,22 @@ func TestWait(t *testing.T) {
 	_, errOut, code = f.run(t, "", "wait", "vm", "vm1", "--for", "colour=blue")
 	if code != 1 || !strings.Contains(errOut, "--for") {
 		t.Errorf("bad --for: code %d err %q", code, errOut)
+	}
+	// A phase or condition the kind never has is refused at once, with the nearest one.
+	for arg, want := range map[string]string{
+		"phase=Runing":                 `VirtualMachine has no phase "Runing"; did you mean "Running"?`,
+		"condition=Scheduld":           `VirtualMachine has no condition type "Scheduld"; did you mean "Scheduled"?`,
+		"condition=Running=Yes":        `a condition status is True, False or Unknown`,
+		"condition=NoSuchThingAtAll=1": `a condition status is True, False or Unknown`,
+	} {
+		start := time.Now()
+		_, errOut, code = f.run(t, "", "wait", "vm", "vm1", "--for", arg, "--timeout", "30s")
+		if code != 1 || !strings.Contains(errOut, want) {
+			t.Errorf("--for %s: code %d err %q, want %q", arg, code, errOut, want)
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Errorf("--for %s waited %s before refusing", arg, time.Since(start))
+		}
 	}
 }
 

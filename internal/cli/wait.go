@@ -70,6 +70,97 @@ func parseWaitFor(s string) (waitCond, error) {
 	return waitCond{}, usageErrorf("--for %q: use phase=PHASE, condition=TYPE[=True|False|Unknown], delete or jsonpath={.path}=VALUE", s)
 }
 
+// check refuses a phase or condition type kind k never has (a typo would otherwise wait
+// until the timeout), suggesting the closest one.
+func (w waitCond) check(k *v1alpha1.KindInfo) error {
+	var list []string
+	var what, got string
+	switch w.what {
+	case "phase":
+		list, what, got = k.Phases, "phase", w.value
+	case "condition":
+		list, what, got = k.Conditions, "condition type", w.key
+		switch strings.ToLower(w.value) {
+		case "true", "false", "unknown":
+		default:
+			return usageErrorf("--for %s: a condition status is True, False or Unknown", w)
+		}
+	default:
+		return nil
+	}
+	if list == nil {
+		return nil
+	}
+	for _, v := range list {
+		if strings.EqualFold(v, got) {
+			return nil
+		}
+	}
+	msg := fmt.Sprintf("--for %s: %s has no %s %q", w, k.Kind, what, got)
+	if s := closest(got, list); s != "" {
+		msg += fmt.Sprintf("; did you mean %q?", s)
+	}
+	return usageErrorf("%s (%ss: %s)", msg, what, strings.Join(list, ", "))
+}
+
+// closest returns the candidate nearest to s by edit distance, if it is near enough to be a
+// typo (at most a third of its length, at least 2).
+func closest(s string, candidates []string) string {
+	best, bestD := "", 1<<30
+	for _, c := range candidates {
+		if d := editDistance(strings.ToLower(s), strings.ToLower(c)); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	if bestD <= max(2, len(s)/3) {
+		return best
+	}
+	return ""
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// describeState is the object's phase and conditions in one line, for a timeout message.
+func describeState(obj object) string {
+	if obj == nil {
+		return "it does not exist"
+	}
+	parts := []string{"phase " + orDash(str(obj, "status.phase"))}
+	conds, _ := lookupPath(obj, "status.conditions")
+	list, _ := conds.([]any)
+	for _, c := range list {
+		cm, _ := c.(map[string]any)
+		t, _ := cm["type"].(string)
+		st, _ := cm["status"].(string)
+		reason, _ := cm["reason"].(string)
+		p := t + "=" + st
+		if reason != "" {
+			p += " (" + reason + ")"
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
+}
+
 // satisfied reports whether obj (nil: it does not exist) meets the condition.
 func (w waitCond) satisfied(obj object) bool {
 	if w.what == "delete" {
@@ -257,6 +348,9 @@ func newWaitCommand(cc *cliContext) *cobra.Command {
 				if len(t.names) == 0 {
 					return usageErrorf("wait needs the names of the objects, e.g. rakhsh wait %s NAME --for %s", preferredName(t.kind), forFlag)
 				}
+				if err := cond.check(t.kind); err != nil {
+					return err
+				}
 			}
 			c, err := cc.Client()
 			if err != nil {
@@ -272,7 +366,12 @@ func newWaitCommand(cc *cliContext) *cobra.Command {
 				for _, name := range t.names {
 					err := waitForObject(ctx, c, t.kind, cc.Namespace(), name, cond, timeout == 0)
 					if errors.Is(err, errWaitTimeout) {
-						return fmt.Errorf("timed out waiting for the condition on %s", ref(t.kind, name))
+						now, gerr := getObject(context.Background(), c, t.kind, scopeNS(t.kind, cc.Namespace()), name)
+						state := describeState(now)
+						if gerr != nil && !client.IsNotFound(gerr) {
+							state = gerr.Error()
+						}
+						return fmt.Errorf("timed out waiting for %s on %s; now: %s", cond, ref(t.kind, name), state)
 					}
 					if err != nil {
 						return err
