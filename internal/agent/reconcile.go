@@ -361,13 +361,17 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 		if a.facts.qemu.QEMUVersion != "" {
 			v.Status.Versions = &v1alpha1.VirtualMachineVersions{Qemu: a.facts.qemu.QEMUVersion}
 		}
-		if topo, err := qemu.CPUTopology(v.Spec.CPU.Cores); err == nil {
+		// What runs, which may differ from the spec until a restart.
+		running := readRunSpec(in.runDir, v)
+		if topo, err := qemu.CPUTopology(running.CPU.Cores); err == nil {
+			ran := &v1alpha1.VirtualMachine{Spec: *running}
 			v.Status.Resources = &v1alpha1.VirtualMachineResources{
-				CPU: v1alpha1.VirtualMachineCPUStatus{Cores: v.Spec.CPU.Cores, CoreFraction: v.Spec.CPU.CoreFraction,
-					RequestedCores: requestedCores(v), Topology: v1alpha1.VirtualMachineCPUTopology{CoresPerSocket: topo.CoresPerSocket, Sockets: topo.Sockets}},
-				Memory: v1alpha1.VirtualMachineMemoryStatus{Size: v.Spec.Memory.Size},
+				CPU: v1alpha1.VirtualMachineCPUStatus{Cores: running.CPU.Cores, CoreFraction: running.CPU.CoreFraction,
+					RequestedCores: requestedCores(ran), Topology: v1alpha1.VirtualMachineCPUTopology{CoresPerSocket: topo.CoresPerSocket, Sockets: topo.Sockets}},
+				Memory: v1alpha1.VirtualMachineMemoryStatus{Size: running.Memory.Size},
 			}
 		}
+		v1alpha1.SetCondition(&v.Status.Conditions, restartCondition(pendingChanges(running, &v.Spec)))
 		return nil
 	})
 }
@@ -733,6 +737,9 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 			a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "NVRAMReset",
 				"spec.bootloader changed: the UEFI variables were reset from "+filepath.Base(cfg.NVRAMTemplate)+" (boot entries are found again on the next boot)")
 		}
+	}
+	if err := writeRunSpec(runDir, vm); err != nil {
+		return runtime.Result{}, err
 	}
 	for name, data := range cfg.Files {
 		if err := os.WriteFile(filepath.Join(runDir, name), data, 0o600); err != nil {

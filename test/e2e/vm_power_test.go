@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -215,4 +216,76 @@ spec:
 	t.Logf("%d of %d operations were superseded", superseded, len(l.Items))
 	s.MustCLI("", "delete", "vm", "o")
 	vmWait(t, s, "o", time.Minute, "deleted", func(v *v1alpha1.VirtualMachine) bool { return v == nil })
+}
+
+// TestPendingChangesShown: a change that needs a restart shows in the status as pending, and
+// status.resources keeps saying what runs, until the restart applies it.
+func TestPendingChangesShown(t *testing.T) {
+	vmGuestDir(t)
+	s := vmServe(t)
+	manifest := func(mem string, cores int) string {
+		return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: p}
+spec:
+  runPolicy: AlwaysOnUnlessStoppedManually
+  cpu: {cores: %d}
+  memory: {size: %s}
+  terminationGracePeriodSeconds: 0
+`, cores, mem)
+	}
+	s.MustCLI(manifest("64Mi", 1), "apply", "-f", "-")
+	v := vmWait(t, s, "p", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	uid := v.UID
+	cmdlineMem := func() string {
+		t.Helper()
+		pid := vmQEMUPIDs(s.DataDir)[uid]
+		args := strings.Split(readCmdline(t, pid), "\x00")
+		for i := range args {
+			if args[i] == "-m" && i+1 < len(args) {
+				return args[i+1]
+			}
+		}
+		t.Fatalf("no -m in QEMU's command line %q", args)
+		return ""
+	}
+	s.MustCLI(manifest("96Mi", 2), "apply", "-f", "-")
+	v = vmWait(t, s, "p", 30*time.Second, "AwaitingRestartToApplyConfiguration=True", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionAwaitingRestartToApplyConfiguration)
+		return c != nil && c.Status == v1alpha1.ConditionTrue
+	})
+	c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionAwaitingRestartToApplyConfiguration)
+	for _, w := range []string{"spec.memory.size (runs with 64Mi)", "spec.cpu.cores (runs with 1)"} {
+		if !strings.Contains(c.Message, w) {
+			t.Errorf("AwaitingRestartToApplyConfiguration message %q lacks %q", c.Message, w)
+		}
+	}
+	if r := v.Status.Resources; r == nil || r.Memory.Size != "64Mi" || r.CPU.Cores != 1 {
+		t.Errorf("status.resources = %+v, want what runs (64Mi, 1 core)", r)
+	}
+	if m := cmdlineMem(); m != "64" {
+		t.Errorf("QEMU runs with -m %s", m)
+	}
+	s.MustCLI("", "vm", "restart", "p", "--wait")
+	v = vmWait(t, s, "p", time.Minute, "restarted with the new spec", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionAwaitingRestartToApplyConfiguration)
+		return v.Status.Phase == v1alpha1.VMPhaseRunning && c != nil && c.Status == v1alpha1.ConditionFalse
+	})
+	if r := v.Status.Resources; r == nil || r.Memory.Size != "96Mi" || r.CPU.Cores != 2 {
+		t.Errorf("status.resources after the restart = %+v, want 96Mi and 2 cores", r)
+	}
+	if m := cmdlineMem(); m != "96" {
+		t.Errorf("after the restart QEMU runs with -m %s, want 96", m)
+	}
+	s.MustCLI("", "delete", "vm", "p")
+	vmWait(t, s, "p", time.Minute, "deleted", func(v *v1alpha1.VirtualMachine) bool { return v == nil })
+}
+
+func readCmdline(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
