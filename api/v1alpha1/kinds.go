@@ -72,7 +72,8 @@ var Kinds = []KindInfo{
 		Columns: []Column{{Name: "TYPE", Path: "type"}, ageCol}},
 	{Kind: "Event", Resource: "events", ShortNames: []string{"ev"}, Namespaced: true,
 		Columns: []Column{{Name: "TYPE", Path: "type"}, {Name: "REASON", Path: "reason"},
-			{Name: "OBJECT", Path: "involvedObject.name"}, {Name: "MESSAGE", Path: "message"}, {Name: "LAST SEEN", Path: "lastTimestamp", Format: "age"}}},
+			{Name: "OBJECT", Path: "involvedObject.name"}, {Name: "COUNT", Path: "count"}, {Name: "MESSAGE", Path: "message"},
+			{Name: "LAST SEEN", Path: "lastTimestamp", Format: "age"}}},
 }
 
 func imageColumns() []Column {

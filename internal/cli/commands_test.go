@@ -519,3 +519,39 @@ func TestErrorsAndGlobalFlags(t *testing.T) {
 		t.Errorf("namespace %q", cc.Namespace())
 	}
 }
+
+func TestGetEventsFor(t *testing.T) {
+	f := newFakeServer(t)
+	now := time.Now().UTC()
+	ev := func(name, kind, obj, reason string, ago time.Duration, count int) {
+		ts := now.Add(-ago).Format(time.RFC3339)
+		f.put("events", object{"apiVersion": "virtualization.rakhsh.io/v1alpha1", "kind": "Event",
+			"metadata":       map[string]any{"name": name, "namespace": "default", "creationTimestamp": ts},
+			"involvedObject": map[string]any{"kind": kind, "name": obj, "namespace": "default"},
+			"reason":         reason, "message": reason + " happened", "type": "Normal", "count": count,
+			"firstTimestamp": ts, "lastTimestamp": ts})
+	}
+	ev("a", "VirtualMachine", "vm1", "Started", 30*time.Second, 1)
+	ev("b", "VirtualMachine", "vm1", "Crashed", 90*time.Second, 7)
+	ev("c", "VirtualMachine", "vm2", "Started", 10*time.Second, 1)
+	ev("d", "VirtualDisk", "vm1", "Ready", 5*time.Second, 1)
+	out, errOut, code := f.run(t, "", "get", "events", "--for", "vm/vm1")
+	if code != 0 {
+		t.Fatalf("code %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "COUNT") || !strings.Contains(lines[1], "Crashed") ||
+		!strings.Contains(lines[1], " 7 ") || !strings.Contains(lines[2], "Started") {
+		t.Errorf("get events --for vm/vm1 (oldest first, vm1's only, with counts):\n%s", out)
+	}
+	// All events, oldest first.
+	out, _, _ = f.run(t, "", "get", "events")
+	if i, j := strings.Index(out, "Crashed"), strings.Index(out, "Ready"); i < 0 || j < 0 || i > j {
+		t.Errorf("get events not sorted by time:\n%s", out)
+	}
+	for _, bad := range [][]string{{"get", "events", "--for", "vm1"}, {"get", "events", "--for", "nokind/x"}, {"get", "vm", "--for", "vm/vm1"}} {
+		if _, errOut, code := f.run(t, "", bad...); code == 0 || !strings.Contains(errOut, "--for") {
+			t.Errorf("%v: code %d err %q", bad, code, errOut)
+		}
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -103,16 +102,7 @@ func objectEvents(ctx context.Context, c *client.Client, k *v1alpha1.KindInfo, o
 		}
 		out = append(out, ev)
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		ti, tj := eventTime(out[i]), eventTime(out[j])
-		if !ti.Equal(tj) {
-			return ti.Before(tj)
-		}
-		// Events of one instant: the order the server created them in.
-		ri, _ := strconv.ParseInt(str(out[i], "metadata.creationRevision"), 10, 64)
-		rj, _ := strconv.ParseInt(str(out[j], "metadata.creationRevision"), 10, 64)
-		return ri < rj
-	})
+	out = sortEvents(out)
 	if len(out) > maxDescribeEvents {
 		out = out[len(out)-maxDescribeEvents:]
 	}

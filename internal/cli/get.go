@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +22,7 @@ type getOptions struct {
 	all       bool // -A
 	watch     bool
 	noHeaders bool
+	forObject string // events only: KIND/NAME of the object they are about
 }
 
 func newGetCommand(cc *cliContext) *cobra.Command {
@@ -27,7 +31,7 @@ func newGetCommand(cc *cliContext) *cobra.Command {
 		Use:   "get KIND[,KIND...] [NAME...] | KIND/NAME...",
 		Short: "List objects or show some of them",
 		Example: "  rakhsh get vm\n  rakhsh get vm vm1 -o yaml\n  rakhsh get vd,vi -A\n  rakhsh get vm/vm1 vd/disk1\n" +
-			"  rakhsh get vm -l app=web -o wide\n  rakhsh get vm -w",
+			"  rakhsh get vm -l app=web -o wide\n  rakhsh get vm -w\n  rakhsh get events --for vm/vm1",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch o.output {
 			case "", "wide", "yaml", "json", "name":
@@ -40,6 +44,17 @@ func newGetCommand(cc *cliContext) *cobra.Command {
 			}
 			if o.watch && len(targets) > 1 {
 				return usageErrorf("--watch works with one kind at a time")
+			}
+			if o.forObject != "" {
+				if len(targets) != 1 || targets[0].kind.Kind != "Event" {
+					return usageErrorf("--for works with `rakhsh get events` only")
+				}
+				kind, name, ok := strings.Cut(o.forObject, "/")
+				k, known := v1alpha1.LookupKind(kind)
+				if !ok || name == "" || !known {
+					return usageErrorf("--for %q: use KIND/NAME, e.g. --for vm/vm1", o.forObject)
+				}
+				o.forObject = k.Kind + "/" + name
 			}
 			c, err := cc.Client()
 			if err != nil {
@@ -54,6 +69,7 @@ func newGetCommand(cc *cliContext) *cobra.Command {
 	f.BoolVarP(&o.all, "all-projects", "A", false, "list across all projects")
 	f.BoolVarP(&o.watch, "watch", "w", false, "after listing, print changes as they happen (until interrupted)")
 	f.BoolVar(&o.noHeaders, "no-headers", false, "do not print the table header")
+	f.StringVar(&o.forObject, "for", "", "with events: only those about this object, KIND/NAME (e.g. vm/vm1)")
 	return cmd
 }
 
@@ -95,6 +111,9 @@ func runGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut i
 				return err
 			}
 			listRV = l.Metadata.ResourceVersion
+			if k.Kind == "Event" {
+				objs = sortEvents(filterEvents(objs, o.forObject))
+			}
 			if len(objs) == 0 && !o.watch {
 				printNoResources(errOut, cc, k, o.all)
 			}
@@ -302,4 +321,34 @@ func decodeStatus(raw json.RawMessage) v1alpha1.Status {
 		st = v1alpha1.Status{Status: "Failure", Message: "watch failed: " + string(raw)}
 	}
 	return st
+}
+
+// filterEvents keeps the events about forObject ("Kind/name"; "" keeps all).
+func filterEvents(objs []object, forObject string) []object {
+	if forObject == "" {
+		return objs
+	}
+	kind, name, _ := strings.Cut(forObject, "/")
+	var out []object
+	for _, ev := range objs {
+		if str(ev, "involvedObject.kind") == kind && str(ev, "involvedObject.name") == name {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// sortEvents orders events by their last occurrence, oldest first, as kubectl does; events of
+// one instant in the order the server created them.
+func sortEvents(objs []object) []object {
+	sort.SliceStable(objs, func(i, j int) bool {
+		ti, tj := eventTime(objs[i]), eventTime(objs[j])
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		ri, _ := strconv.ParseInt(str(objs[i], "metadata.creationRevision"), 10, 64)
+		rj, _ := strconv.ParseInt(str(objs[j], "metadata.creationRevision"), 10, 64)
+		return ri < rj
+	})
+	return objs
 }

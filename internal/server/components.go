@@ -8,6 +8,7 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
+	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
 	netctl "github.com/rakhsh/rakhsh/internal/controller/network"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
@@ -72,6 +73,8 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 			component{name: "vm-controller", run: vmc.Run},
 			component{name: "node-lifecycle", run: node.New(node.Config{Client: cl, GracePeriod: cfg.NodeGracePeriod,
 				Log: log.With("component", "node-lifecycle")}).Run},
+			component{name: "event-gc", run: eventgc.New(eventgc.Config{Client: cl, TTL: cfg.EventTTL,
+				Log: log.With("component", "event-gc")}).Run},
 		)
 	}
 	if !cfg.NoAgent {
