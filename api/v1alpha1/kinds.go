@@ -35,7 +35,7 @@ var Kinds = []KindInfo{
 		Columns: []Column{phaseCol, ageCol}},
 	{Kind: "Node", Resource: "nodes", ShortNames: []string{"no"}, HasStatus: true,
 		Columns: []Column{{Name: "STATUS", Path: "status.phase"}, {Name: "CPU", Path: "status.capacity.cpu"},
-			{Name: "MEMORY", Path: "status.capacity.memory"}, {Name: "ACCELERATOR", Path: "status.accelerator"}, ageCol}},
+			{Name: "MEMORY", Path: "status.capacity.memory", Format: "bytes"}, {Name: "ACCELERATOR", Path: "status.accelerator"}, ageCol}},
 	{Kind: "ClusterVirtualImage", Resource: "clustervirtualimages", ShortNames: []string{"cvi", "cvis"}, HasStatus: true,
 		Columns: imageColumns()},
 	{Kind: "VirtualImage", Resource: "virtualimages", ShortNames: []string{"vi", "vis"}, Namespaced: true, HasStatus: true,

@@ -11,7 +11,13 @@ import (
 
 func init() {
 	register("Project", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.Project{} },
+		New: func() v1alpha1.Object { return &v1alpha1.Project{} },
+		// A project is Active from its creation (it is deleted only once empty, at once).
+		Default: func(o v1alpha1.Object) {
+			if p := o.(*v1alpha1.Project); p.Status.Phase == "" {
+				p.Status.Phase = v1alpha1.ProjectPhaseActive
+			}
+		},
 		Validate: func(o v1alpha1.Object) errs.FieldErrors { return validateProject(o.(*v1alpha1.Project)) },
 		// Nothing of a project's spec is immutable.
 	})
