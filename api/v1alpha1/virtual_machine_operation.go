@@ -134,6 +134,8 @@ const (
 	VMOPReasonOtherOperationInProgress            = "OtherOperationInProgress"
 	VMOPReasonOperationCompleted                  = "OperationCompleted"
 	VMOPReasonOperationFailed                     = "OperationFailed"
+	// VMOPReasonNotImplemented fails an operation type this version does not carry out yet.
+	VMOPReasonNotImplemented = "NotImplemented"
 )
 
 // VirtualMachineOperationStatus is the observed state of an operation.

@@ -196,6 +196,16 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	}
 
 	ops := c.opsFor(ns, name)
+	for _, op := range ops {
+		// Migrate, Evict, Restore and Clone are part of the API but not carried out yet: say
+		// so at once rather than leave the operation without a phase.
+		if !isPowerOp(op.Spec.Type) && op.Status.Phase == "" {
+			if err := c.writeOp(ctx, op, opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseFailed, reason: v1alpha1.VMOPReasonNotImplemented,
+				message: fmt.Sprintf("operation type %s is not implemented in this version of Rakhsh yet; only Start, Stop and Restart are", op.Spec.Type)}); err != nil {
+				return runtime.Result{}, err
+			}
+		}
+	}
 	var d decision
 	var bdCond v1alpha1.Condition
 	written, err := c.patchStatus(ctx, &vm, func(v *v1alpha1.VirtualMachine) error {
