@@ -365,6 +365,13 @@ func (c *Client) Delete(ctx context.Context, resource, namespace, name string) e
 	return c.Do(ctx, http.MethodDelete, Path(resource, namespace, name), nil, "", nil, nil)
 }
 
+// DeleteWithGrace deletes an object with a grace period: a VM being deleted gets at most
+// grace to shut down (0: it is powered off at once).
+func (c *Client) DeleteWithGrace(ctx context.Context, resource, namespace, name string, grace time.Duration) error {
+	q := url.Values{"gracePeriodSeconds": {strconv.FormatInt(int64(grace/time.Second), 10)}}
+	return c.Do(ctx, http.MethodDelete, Path(resource, namespace, name), q, "", nil, nil)
+}
+
 // Watcher is an open watch stream.
 type Watcher struct {
 	ch     chan v1alpha1.WatchEvent

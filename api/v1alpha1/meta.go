@@ -84,6 +84,9 @@ type ObjectMeta struct {
 	Generation        int64             `json:"generation,omitempty"`
 	CreationTimestamp *Time             `json:"creationTimestamp,omitempty"`
 	DeletionTimestamp *Time             `json:"deletionTimestamp,omitempty"`
+	// DeletionGracePeriodSeconds is the grace period a delete asked for (?gracePeriodSeconds=N,
+	// or 0 with --force): a VM being deleted gets at most this long to shut down.
+	DeletionGracePeriodSeconds *int64 `json:"deletionGracePeriodSeconds,omitempty"`
 	Labels            map[string]string `json:"labels,omitempty"`
 	Annotations       map[string]string `json:"annotations,omitempty"`
 	Finalizers        []string          `json:"finalizers,omitempty"`

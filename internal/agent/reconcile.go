@@ -397,6 +397,10 @@ func (a *Agent) stopVM(ctx context.Context, vm *v1alpha1.VirtualMachine, in *ins
 	if g := vm.Spec.TerminationGracePeriodSeconds; g != nil && *g >= 0 {
 		grace = time.Duration(*g) * time.Second
 	}
+	if g := vm.DeletionGracePeriodSeconds; vm.DeletionTimestamp != nil && g != nil && time.Duration(*g)*time.Second < grace {
+		// `delete --grace-period N` (or --force, N=0) shortens the wait.
+		grace = time.Duration(*g) * time.Second
+	}
 	mon := in.monitor()
 	running := false
 	if mon != nil && !force {

@@ -6,10 +6,14 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"reflect"
 	"strconv"
+	"strings"
 
+	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/google/uuid"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -58,7 +62,7 @@ func (s *Server) Create(ctx context.Context, st *registry.Strategy, namespace st
 	m.Generation = 1
 	now := v1alpha1.NewTime(s.now())
 	m.CreationTimestamp = &now
-	m.DeletionTimestamp = nil
+	m.DeletionTimestamp, m.DeletionGracePeriodSeconds = nil, nil
 	resetField(obj, "Status")
 	if st.Default != nil {
 		st.Default(obj)
@@ -239,6 +243,7 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 	m.UID = om.UID
 	m.CreationTimestamp = om.CreationTimestamp
 	m.DeletionTimestamp = om.DeletionTimestamp
+	m.DeletionGracePeriodSeconds = om.DeletionGracePeriodSeconds
 	m.GenerateName = om.GenerateName
 	if om.DeletionTimestamp != nil && len(m.Finalizers) > 0 {
 		for _, f := range m.Finalizers {
@@ -308,11 +313,16 @@ func (s *Server) casError(err error, t target) error {
 }
 
 func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, status bool) {
-	ct := r.Header.Get("Content-Type")
-	if ct != "" && ct != "application/merge-patch+json" && ct != "application/json" {
+	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
+	switch strings.TrimSpace(ct) {
+	case "", "application/merge-patch+json", "application/json":
+	case "application/json-patch+json":
+		s.serveJSONPatch(w, r, t, status)
+		return
+	default:
 		st := v1alpha1.Status{TypeMeta: v1alpha1.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure",
 			Reason: v1alpha1.ReasonUnsupportedMedia, Code: http.StatusUnsupportedMediaType,
-			Message: "only JSON merge patch (Content-Type: application/merge-patch+json) is supported"}
+			Message: fmt.Sprintf("patch type %q is not supported: use a JSON merge patch (application/merge-patch+json) or a JSON patch (application/json-patch+json)", ct)}
 		writeJSON(w, st.Code, st)
 		return
 	}
@@ -369,6 +379,50 @@ func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, st
 	}
 }
 
+// serveJSONPatch applies an RFC 6902 JSON patch (a list of add, remove, replace, move, copy
+// and test operations) to the current object. A patch that tests or sets
+// /metadata/resourceVersion applies only to that version; others are retried on conflicts.
+func (s *Server) serveJSONPatch(w http.ResponseWriter, r *http.Request, t target, status bool) {
+	data, err := readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	patch, err := jsonpatch.DecodePatch(data)
+	if err != nil {
+		s.writeError(w, r, errs.New(errs.ErrBadRequest, "malformed JSON patch: %v", err))
+		return
+	}
+	pinned := bytes.Contains(data, []byte(`"/metadata/resourceVersion"`))
+	for attempt := 0; ; attempt++ {
+		kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
+		if err != nil {
+			s.writeError(w, r, s.notFound(err, t))
+			return
+		}
+		patched, err := patch.Apply(withRV(kv.Value, kv.ModRevision, kv.CreateRevision))
+		if err != nil {
+			s.writeError(w, r, errs.New(errs.ErrInvalid, "the JSON patch does not apply to %s %q: %v", t.st.Info.Singular, t.name, err))
+			return
+		}
+		obj, err := DecodeObject(patched, t.st)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		out, rev, code, err := s.Update(r.Context(), t, obj, status)
+		if err != nil {
+			if errors.Is(err, errs.ErrConflict) && !pinned && attempt < 5 {
+				continue
+			}
+			s.writeError(w, r, err)
+			return
+		}
+		writeRaw(w, code, withRV(out, rev.mod, rev.created))
+		return
+	}
+}
+
 func patchHasRV(p any) bool {
 	m, _ := p.(map[string]any)
 	md, _ := m["metadata"].(map[string]any)
@@ -395,7 +449,12 @@ func deepCopyJSON(v any) any {
 }
 
 func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request, t target) {
-	out, rev, err := s.Delete(r.Context(), t)
+	grace, err := deleteGracePeriod(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out, rev, err := s.Delete(r.Context(), t, grace)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -403,8 +462,41 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request, t target) {
 	writeRaw(w, http.StatusOK, withRV(out, rev.mod, rev.created))
 }
 
+// deleteGracePeriod reads the grace period of a delete: ?gracePeriodSeconds=N, or
+// gracePeriodSeconds in a DeleteOptions body (what kubectl sends); nil when not given.
+func deleteGracePeriod(r *http.Request) (*int64, error) {
+	if v := r.URL.Query().Get("gracePeriodSeconds"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return nil, errs.New(errs.ErrBadRequest, "gracePeriodSeconds %q must be a whole number of seconds, 0 or more", v)
+		}
+		return &n, nil
+	}
+	if r.ContentLength == 0 || r.Body == nil {
+		return nil, nil
+	}
+	var opts struct {
+		GracePeriodSeconds *int64 `json:"gracePeriodSeconds"`
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil {
+		return nil, err
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, nil
+	}
+	if err := json.Unmarshal(body, &opts); err != nil {
+		return nil, errs.New(errs.ErrBadRequest, "malformed DeleteOptions: %v", err)
+	}
+	if g := opts.GracePeriodSeconds; g != nil && *g < 0 {
+		return nil, errs.New(errs.ErrBadRequest, "gracePeriodSeconds must be 0 or more")
+	}
+	return opts.GracePeriodSeconds, nil
+}
+
 // Delete removes an object, or marks it with a deletionTimestamp while finalizers remain.
-func (s *Server) Delete(ctx context.Context, t target) ([]byte, revs, error) {
+// grace, when set, is recorded as metadata.deletionGracePeriodSeconds (it may only shrink).
+func (s *Server) Delete(ctx context.Context, t target, grace *int64) ([]byte, revs, error) {
 	k := key(t.st.Info, t.namespace, t.name)
 	for attempt := 0; ; attempt++ {
 		kv, err := s.store.Get(ctx, k)
@@ -424,11 +516,17 @@ func (s *Server) Delete(ctx context.Context, t target) ([]byte, revs, error) {
 		var rev int64
 		var data []byte
 		if len(m.Finalizers) > 0 {
-			if m.DeletionTimestamp != nil {
+			shrinks := grace != nil && (m.DeletionGracePeriodSeconds == nil || *grace < *m.DeletionGracePeriodSeconds)
+			if m.DeletionTimestamp != nil && !shrinks {
 				return kv.Value, revs{kv.ModRevision, kv.CreateRevision}, nil
 			}
-			now := v1alpha1.NewTime(s.now())
-			m.DeletionTimestamp = &now
+			if shrinks {
+				m.DeletionGracePeriodSeconds = grace
+			}
+			if m.DeletionTimestamp == nil {
+				now := v1alpha1.NewTime(s.now())
+				m.DeletionTimestamp = &now
+			}
 			data, err = encodeStored(obj)
 			if err != nil {
 				return nil, revs{}, err

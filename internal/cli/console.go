@@ -135,7 +135,7 @@ func newVNCCommand(cc *cliContext) *cobra.Command {
 
 func newLogsCommand(cc *cliContext) *cobra.Command {
 	var limit int64
-	var qemuLog bool
+	var qemuLog, follow bool
 	cmd := &cobra.Command{
 		Use:   "logs vm NAME",
 		Short: "Print a VM's kept serial console output (--qemu: QEMU's own log of this and the previous run)",
@@ -156,10 +156,24 @@ func newLogsCommand(cc *cliContext) *cobra.Command {
 			if err := c.Do(cmd.Context(), "GET", client.Path("virtualmachines", cc.Namespace(), args[1], "log"), q, "", nil, &out); err != nil {
 				return err
 			}
-			_, err = cmd.OutOrStdout().Write(out)
-			return err
+			if _, err := cmd.OutOrStdout().Write(out); err != nil || !follow {
+				return err
+			}
+			if qemuLog {
+				return usageErrorf("--follow works with the serial console only")
+			}
+			// Then the live console, read-only, until the VM stops or Ctrl-C.
+			conn, err := c.DialStream(cmd.Context(), "virtualmachines", cc.Namespace(), args[1], "console")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			go func() { <-cmd.Context().Done(); conn.Close() }()
+			_, _ = io.Copy(cmd.OutOrStdout(), conn)
+			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing the console output as the guest writes it, until the VM stops or Ctrl-C")
 	cmd.Flags().Int64Var(&limit, "limit-bytes", 1<<20, "print at most this many bytes from the end")
 	cmd.Flags().BoolVar(&qemuLog, "qemu", false, "print QEMU's own output (errors, warnings) of the current and the previous run instead of the serial console")
 	return cmd

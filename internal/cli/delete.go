@@ -19,6 +19,8 @@ type deleteOptions struct {
 	ignoreNotFound bool
 	wait           bool
 	timeout        time.Duration
+	gracePeriod    int
+	force          bool
 }
 
 // deletion is one object to delete.
@@ -119,9 +121,20 @@ func newDeleteCommand(cc *cliContext) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if o.force {
+				if cmd.Flags().Changed("grace-period") && o.gracePeriod != 0 {
+					return usageErrorf("--force means --grace-period 0; give one of them")
+				}
+				o.gracePeriod = 0
+			}
 			var deleted []deletion
 			for _, d := range dels {
-				err := cl.Delete(cmd.Context(), d.kind.Resource, d.namespace, d.name)
+				var err error
+				if o.gracePeriod >= 0 {
+					err = cl.DeleteWithGrace(cmd.Context(), d.kind.Resource, d.namespace, d.name, time.Duration(o.gracePeriod)*time.Second)
+				} else {
+					err = cl.Delete(cmd.Context(), d.kind.Resource, d.namespace, d.name)
+				}
 				if client.IsNotFound(err) && o.ignoreNotFound {
 					continue
 				}
@@ -163,5 +176,7 @@ func newDeleteCommand(cc *cliContext) *cobra.Command {
 	f.BoolVar(&o.ignoreNotFound, "ignore-not-found", false, "do not fail for objects that do not exist")
 	f.BoolVar(&o.wait, "wait", false, "wait until the objects are gone (their finalizers done)")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "with --wait, how long to wait (0: forever)")
+	f.IntVar(&o.gracePeriod, "grace-period", -1, "seconds a VM gets to shut down before it is powered off (-1: its spec.terminationGracePeriodSeconds)")
+	f.BoolVar(&o.force, "force", false, "power VMs off at once instead of asking their guests to shut down (--grace-period 0)")
 	return cmd
 }

@@ -164,6 +164,9 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 
 	root.AddCommand(
 		newApplyCommand(cc),
+		newCreateCommand(cc),
+		newPatchCommand(cc),
+		newEditCommand(cc),
 		newGetCommand(cc),
 		newDescribeCommand(cc),
 		newDeleteCommand(cc),

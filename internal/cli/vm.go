@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -83,7 +84,11 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
 			}
-			final, err := waitOperation(ctx, c, ns, out.Name)
+			var progress func(*v1alpha1.VirtualMachine)
+			if typ != v1alpha1.VMOPTypeStart && !force {
+				progress = graceCountdown(cmd.ErrOrStderr(), name, verb)
+			}
+			final, err := waitOperation(ctx, c, ns, out.Name, progress)
 			if err != nil {
 				return err
 			}
@@ -107,7 +112,8 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 }
 
 // waitOperation polls an operation until it reaches a final phase.
-func waitOperation(ctx context.Context, c *client.Client, ns, name string) (*v1alpha1.VirtualMachineOperation, error) {
+// progress, when set, sees the VM at each poll.
+func waitOperation(ctx context.Context, c *client.Client, ns, name string, progress func(*v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachineOperation, error) {
 	for {
 		var op v1alpha1.VirtualMachineOperation
 		if err := c.Get(ctx, "virtualmachineoperations", ns, name, &op); err != nil {
@@ -117,12 +123,58 @@ func waitOperation(ctx context.Context, c *client.Client, ns, name string) (*v1a
 		case v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPPhaseSuperseded:
 			return &op, nil
 		}
+		if progress != nil {
+			var vm v1alpha1.VirtualMachine
+			if err := c.Get(ctx, "virtualmachines", ns, op.Spec.VirtualMachineName, &vm); err == nil {
+				progress(&vm)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for operation %s (phase %s): %w", name, orPending(string(op.Status.Phase)), ctx.Err())
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// graceCountdown returns a progress function that, while the guest is asked to shut down
+// (phase Stopping), says every 10 s how long the grace period has left and how to cut it.
+func graceCountdown(w io.Writer, name, verb string) func(*v1alpha1.VirtualMachine) {
+	var last time.Time
+	return func(vm *v1alpha1.VirtualMachine) {
+		if vm.Status.Phase != v1alpha1.VMPhaseStopping || time.Since(last) < 10*time.Second {
+			return
+		}
+		last = time.Now()
+		grace := int64(60)
+		if g := vm.Spec.TerminationGracePeriodSeconds; g != nil {
+			grace = *g
+		}
+		since := time.Duration(0)
+		if t := stoppingSince(vm); !t.IsZero() {
+			since = time.Since(t)
+		}
+		left := time.Duration(grace)*time.Second - since
+		if left < 0 {
+			left = 0
+		}
+		fmt.Fprintf(w, "waiting for the guest of %s to shut down: %s left of its %ds grace period (rakhsh vm %s %s --force does it now)\n",
+			name, left.Round(time.Second), grace, verb, name)
+	}
+}
+
+// stoppingSince is when the VM last entered phase Stopping (zero when unknown).
+func stoppingSince(vm *v1alpha1.VirtualMachine) time.Time {
+	if vm.Status.Stats == nil {
+		return time.Time{}
+	}
+	tr := vm.Status.Stats.PhasesTransitions
+	for i := len(tr) - 1; i >= 0; i-- {
+		if tr[i].Phase == v1alpha1.VMPhaseStopping && !tr[i].Timestamp.IsZero() {
+			return tr[i].Timestamp.Time
+		}
+	}
+	return time.Time{}
 }
 
 func orPending(s string) string {
