@@ -80,17 +80,17 @@ type ObjectMeta struct {
 	// CreationRevision is the store revision that created the object, set by the server.
 	// Revisions are totally ordered, so it orders objects by creation exactly where
 	// creationTimestamp may tie (a user's Stop and Start within one second).
-	CreationRevision  string            `json:"creationRevision,omitempty"`
-	Generation        int64             `json:"generation,omitempty"`
-	CreationTimestamp *Time             `json:"creationTimestamp,omitempty"`
-	DeletionTimestamp *Time             `json:"deletionTimestamp,omitempty"`
+	CreationRevision  string `json:"creationRevision,omitempty"`
+	Generation        int64  `json:"generation,omitempty"`
+	CreationTimestamp *Time  `json:"creationTimestamp,omitempty"`
+	DeletionTimestamp *Time  `json:"deletionTimestamp,omitempty"`
 	// DeletionGracePeriodSeconds is the grace period a delete asked for (?gracePeriodSeconds=N,
 	// or 0 with --force): a VM being deleted gets at most this long to shut down.
-	DeletionGracePeriodSeconds *int64 `json:"deletionGracePeriodSeconds,omitempty"`
-	Labels            map[string]string `json:"labels,omitempty"`
-	Annotations       map[string]string `json:"annotations,omitempty"`
-	Finalizers        []string          `json:"finalizers,omitempty"`
-	OwnerReferences   []OwnerReference  `json:"ownerReferences,omitempty"`
+	DeletionGracePeriodSeconds *int64            `json:"deletionGracePeriodSeconds,omitempty"`
+	Labels                     map[string]string `json:"labels,omitempty"`
+	Annotations                map[string]string `json:"annotations,omitempty"`
+	Finalizers                 []string          `json:"finalizers,omitempty"`
+	OwnerReferences            []OwnerReference  `json:"ownerReferences,omitempty"`
 }
 
 // CreatedBefore says whether m was created before o: by creationRevision when both have
