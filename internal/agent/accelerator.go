@@ -40,7 +40,7 @@ func (a *Agent) chooseAccelerator(ctx context.Context) {
 				m.Message, m.Time.UTC().Format(time.RFC3339), a.kvmUnreliablePath())}
 	default:
 		dir := filepath.Join(a.cfg.DataDir, "run")
-		c = accel.Prober{Binary: a.facts.qemu.QEMUBinary, Dir: dir}.Choose(ctx, mode)
+		c = accel.Prober{Binary: a.facts.qemu.QEMUBinary, Dir: dir, DevKVM: a.cfg.KVMDevice}.Choose(ctx, mode)
 	}
 	a.accelMu.Lock()
 	a.choice = c

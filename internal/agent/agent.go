@@ -57,6 +57,9 @@ type Config struct {
 	// Accelerator is how VMs run guest code: auto (default: KVM when the probe boots real
 	// guest code under it), kvm or tcg. See package accel.
 	Accelerator accel.Mode
+	// KVMDevice is the KVM device the accelerator probe checks; default /dev/kvm (tests point
+	// it elsewhere).
+	KVMDevice string
 }
 
 // Agent is the node agent.

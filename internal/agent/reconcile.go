@@ -295,9 +295,10 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 		setPhase(v, v1alpha1.VMPhaseStopped, now)
 		v.Status.NodeName = ""
 		setRunningCond(v, v1alpha1.ConditionFalse, "Stopped", "the VM is stopped")
-		if ex := v.Status.LastExit; ex != nil && unplanned(ex.Reason) {
-			// Stopped by request while it waited to restart after crashes: the crash count
-			// and message belong to the events now, not to a VM that was asked to stop.
+		if ex := v.Status.LastExit; ex != nil && unplanned(ex.Reason) && v.Status.PowerRequest != nil && v.Status.PowerRequest.Operation != "" {
+			// Stopped by a user's operation while it waited to restart after crashes: the
+			// crash count and message belong to the events now, not to a VM that was asked
+			// to stop. (A run policy that keeps a crashed VM stopped keeps its lastExit.)
 			v.Status.LastExit = &v1alpha1.VMExit{Reason: v1alpha1.ExitStopped, Time: &now}
 		}
 		return nil

@@ -79,7 +79,7 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 	}
 	if !cfg.NoAgent {
 		a, err := agent.New(agent.Config{Client: cl, NodeName: cfg.NodeName, DataDir: cfg.DataDir,
-			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), Log: log})
+			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice, Log: log})
 		if err != nil {
 			return nil, err
 		}

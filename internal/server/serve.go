@@ -65,6 +65,8 @@ type Config struct {
 	Accelerator string
 	// EventTTL is how long an Event is kept after its last occurrence.
 	EventTTL time.Duration
+	// KVMDevice is the KVM device the accelerator probe checks (hidden flag, for tests).
+	KVMDevice string
 
 	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
 	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
@@ -110,6 +112,8 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.MACRanges, "mac-ranges", "", "the cluster's MAC address pool, first-last[,first-last...] (default 02:72:6b:00:00:00-02:72:6b:ff:ff:ff)")
 	f.StringVar(&cfg.DefaultSubnet, "default-subnet", "", "subnet of the default NAT network main when it is created on first start (default 10.66.0.0/24)")
 	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
+	f.StringVar(&cfg.KVMDevice, "kvm-device", "/dev/kvm", "the KVM device the accelerator probe checks")
+	_ = f.MarkHidden("kvm-device")
 	f.DurationVar(&cfg.EventTTL, "event-ttl", eventgc.DefaultTTL, "how long an Event is kept after it last happened (at most 50 Events are kept per object)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd

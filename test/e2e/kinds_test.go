@@ -65,6 +65,10 @@ func TestEveryKind(t *testing.T) {
 	out := s.MustCLI("", "apply", "-f", "testdata/all-kinds.yaml")
 	for _, f := range fx {
 		want := f.kind.Singular + "/" + f.name + " created"
+		if f.kind.Kind == "VirtualMachineIPAddressLease" && strings.Contains(out, f.kind.Singular+"/"+f.name+" configured") {
+			// The network controller may lease the address for vm1 (applied above it) first.
+			continue
+		}
 		if !strings.Contains(out, want) {
 			t.Errorf("apply output lacks %q:\n%s", want, out)
 		}
