@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -552,6 +553,56 @@ func TestGetEventsFor(t *testing.T) {
 	for _, bad := range [][]string{{"get", "events", "--for", "vm1"}, {"get", "events", "--for", "nokind/x"}, {"get", "vm", "--for", "vm/vm1"}} {
 		if _, errOut, code := f.run(t, "", bad...); code == 0 || !strings.Contains(errOut, "--for") {
 			t.Errorf("%v: code %d err %q", bad, code, errOut)
+		}
+	}
+}
+
+// TestCompletion: cobra's __complete (what the bash, zsh and fish scripts call) offers kinds
+// and the names of objects on the server.
+func TestCompletion(t *testing.T) {
+	f := newFakeServer(t)
+	seedVMs(t, f)
+	lines := func(args ...string) []string {
+		t.Helper()
+		out, errOut, code := f.run(t, "", append([]string{"__complete"}, args...)...)
+		if code != 0 {
+			t.Fatalf("__complete %v: code %d: %s", args, code, errOut)
+		}
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if !strings.HasPrefix(l, ":") {
+				got = append(got, l)
+			}
+		}
+		return got
+	}
+	if got := lines("get", "virtualm"); !slices.Contains(got, "virtualmachines") || !slices.Contains(got, "virtualmachineoperations") {
+		t.Errorf("kinds for virtualm: %v", got)
+	}
+	if got := lines("get", "vm", ""); !slices.Equal(got, []string{"vm1", "vm2"}) {
+		t.Errorf("names of vm in default: %v", got)
+	}
+	if got := lines("-n", "other", "describe", "vm", ""); !slices.Equal(got, []string{"vm3"}) {
+		t.Errorf("names in project other: %v", got)
+	}
+	if got := lines("delete", "vm/v"); !slices.Equal(got, []string{"vm/vm1", "vm/vm2"}) {
+		t.Errorf("KIND/NAME: %v", got)
+	}
+	if got := lines("get", "vm", "vm1", ""); !slices.Equal(got, []string{"vm2"}) {
+		t.Errorf("names already given are not offered again: %v", got)
+	}
+	if got := lines("vm", "start", "vm"); !slices.Equal(got, []string{"vm1", "vm2"}) {
+		t.Errorf("vm start: %v", got)
+	}
+	if got := lines("logs", "vm", ""); !slices.Equal(got, []string{"vm1", "vm2"}) {
+		t.Errorf("logs vm: %v", got)
+	}
+	if _, errOut, _ := f.run(t, "", "get", "virtualmachin"); !strings.Contains(errOut, `did you mean "virtualmachine"?`) {
+		t.Errorf("unknown kind without a suggestion: %q", errOut)
+	}
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		if out, _, code := f.run(t, "", "completion", shell); code != 0 || !strings.Contains(out, "__complete") {
+			t.Errorf("completion %s: code %d, script lacks __complete", shell, code)
 		}
 	}
 }

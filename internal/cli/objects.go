@@ -10,6 +10,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/suggest"
 )
 
 // object is a decoded API object. Numbers are json.Number so they survive a round trip.
@@ -108,7 +109,16 @@ func lookupKind(name string) (*v1alpha1.KindInfo, error) {
 	if k, ok := v1alpha1.LookupKind(name); ok {
 		return k, nil
 	}
-	return nil, fmt.Errorf("the server doesn't have a resource type %q (see 'rakhsh api-resources')", name)
+	var names []string
+	for _, k := range v1alpha1.Kinds {
+		names = append(names, k.Resource, k.Singular)
+		names = append(names, k.ShortNames...)
+	}
+	hint := ""
+	if s := suggest.Closest(name, names); s != "" {
+		hint = fmt.Sprintf("; did you mean %q?", s)
+	}
+	return nil, fmt.Errorf("the server doesn't have a resource type %q%s (see 'rakhsh api-resources')", name, hint)
 }
 
 // resolveTargets reads `KIND[,KIND...] [NAME...]` or `KIND/NAME...` arguments.

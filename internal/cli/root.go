@@ -180,6 +180,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newImageCommand(cc),
 		newLabelCommand(cc),
 	)
+	addCompletions(cc, root)
 	return root
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/suggest"
 )
 
 // waitCond is what `wait --for` waits for.
@@ -97,46 +98,10 @@ func (w waitCond) check(k *v1alpha1.KindInfo) error {
 		}
 	}
 	msg := fmt.Sprintf("--for %s: %s has no %s %q", w, k.Kind, what, got)
-	if s := closest(got, list); s != "" {
+	if s := suggest.Closest(got, list); s != "" {
 		msg += fmt.Sprintf("; did you mean %q?", s)
 	}
 	return usageErrorf("%s (%ss: %s)", msg, what, strings.Join(list, ", "))
-}
-
-// closest returns the candidate nearest to s by edit distance, if it is near enough to be a
-// typo (at most a third of its length, at least 2).
-func closest(s string, candidates []string) string {
-	best, bestD := "", 1<<30
-	for _, c := range candidates {
-		if d := editDistance(strings.ToLower(s), strings.ToLower(c)); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	if bestD <= max(2, len(s)/3) {
-		return best
-	}
-	return ""
-}
-
-// editDistance is the Levenshtein distance of a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // describeState is the object's phase and conditions in one line, for a timeout message.

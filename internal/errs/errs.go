@@ -94,9 +94,14 @@ func (l *FieldErrors) Duplicate(field string, value any) {
 	*l = append(*l, FieldError{Field: field, Type: FieldValueDuplicate, Message: fmt.Sprintf("Duplicate value: %s", quote(value))})
 }
 
-// Unknown records a field the schema does not have.
-func (l *FieldErrors) Unknown(field string) {
-	*l = append(*l, FieldError{Field: field, Type: FieldUnknown, Message: "unknown field; Rakhsh does not support it"})
+// Unknown records a field the schema does not have; didYouMean, when not empty, is the
+// known field it is likely a typo of.
+func (l *FieldErrors) Unknown(field, didYouMean string) {
+	msg := "unknown field; Rakhsh does not support it"
+	if didYouMean != "" {
+		msg = fmt.Sprintf("unknown field; did you mean %q?", didYouMean)
+	}
+	*l = append(*l, FieldError{Field: field, Type: FieldUnknown, Message: msg})
 }
 
 func quote(v any) string {

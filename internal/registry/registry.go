@@ -13,6 +13,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/suggest"
 )
 
 // Strategy is how the API server treats one kind.
@@ -198,7 +199,12 @@ func checkUnknown(doc any, t reflect.Type, path string, fe *errs.FieldErrors, de
 			for _, k := range keys {
 				ft, ok := fields[k]
 				if !ok {
-					fe.Unknown(join(path, k))
+					known := make([]string, 0, len(fields))
+					for f := range fields {
+						known = append(known, f)
+					}
+					sort.Strings(known)
+					fe.Unknown(join(path, k), suggest.Closest(k, known))
 					continue
 				}
 				checkUnknown(d[k], ft, join(path, k), fe, depth+1)

@@ -417,3 +417,25 @@ func FuzzValidateVirtualMachine(f *testing.F) {
 	f.Add([]byte(`{"spec":{"virtualMachineClassName":"c","affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"k","operator":"Lt","values":["3"]}]}]}}},"disruptions":{}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "VirtualMachine", data) })
 }
+
+// TestUnknownFieldSuggests: a misspelt field names the field it was likely meant to be.
+func TestUnknownFieldSuggests(t *testing.T) {
+	var doc any
+	if err := json.Unmarshal([]byte(`{"spec":{"memroy":{"size":"1Gi"},"cpu":{"cores":1,"corFraction":"10%"},"zzzzzzzz":1}}`), &doc); err != nil {
+		t.Fatal(err)
+	}
+	fe := CheckUnknownFields(doc, reflect.TypeOf(v1alpha1.VirtualMachine{}))
+	want := map[string]string{
+		"spec.memroy":          `did you mean "memory"?`,
+		"spec.cpu.corFraction": `did you mean "coreFraction"?`,
+		"spec.zzzzzzzz":        "Rakhsh does not support it",
+	}
+	if len(fe) != len(want) {
+		t.Fatalf("errors %v, want %d", fe, len(want))
+	}
+	for _, e := range fe {
+		if w, ok := want[e.Field]; !ok || !strings.Contains(e.Message, w) {
+			t.Errorf("%s: %q, want %q", e.Field, e.Message, w)
+		}
+	}
+}
