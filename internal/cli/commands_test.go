@@ -234,6 +234,10 @@ func TestGetWatch(t *testing.T) {
 	s := f.get("virtualmachines", "default", "vm2")
 	s["status"] = map[string]any{"phase": "Starting"}
 	f.put("virtualmachines", s)
+	// A change no column shows prints nothing.
+	s = f.get("virtualmachines", "default", "vm2")
+	s["status"] = map[string]any{"phase": "Starting", "conditions": []any{map[string]any{"type": "Running", "status": "False"}}}
+	f.put("virtualmachines", s)
 	f.put("virtualmachines", vmObj(t, "other", "elsewhere", "Pending", "2025-06-01T11:59:15Z"))
 	f.remove("virtualmachines", "default", "vm1")
 	time.Sleep(200 * time.Millisecond)
@@ -245,6 +249,10 @@ func TestGetWatch(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(r.out), "\n")
 	if len(lines) != 5 || !strings.HasPrefix(lines[3], "vm2    Starting") || !strings.HasPrefix(lines[4], "vm1    Running") {
 		t.Errorf("watch output:\n%s", r.out)
+	}
+	// Later rows line up with the first table: the table left room for the longest phase.
+	if col := strings.Index(lines[0], "CORES"); col < 0 || len(lines[3]) <= col || lines[3][col] != '2' || lines[3][col-1] != ' ' {
+		t.Errorf("watch rows not aligned with the header:\n%s", r.out)
 	}
 }
 

@@ -119,7 +119,7 @@ func runGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut i
 			}
 		}
 		tp := &tablePrinter{kind: k, wide: o.output == "wide", project: o.all && k.Namespaced,
-			kindName: len(targets) > 1, noHeaders: o.noHeaders, now: cc.now()}
+			kindName: len(targets) > 1, noHeaders: o.noHeaders, now: cc.now(), reserve: o.watch}
 		switch o.output {
 		case "yaml", "json":
 			collected = append(collected, objs...)
@@ -153,7 +153,7 @@ func runGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut i
 				}
 				listRV = l.Metadata.ResourceVersion
 			}
-			if err := watchGet(ctx, cc, c, out, errOut, k, t.names, listRV, len(objs) > 0 && !o.noHeaders, tp, o); err != nil {
+			if err := watchGet(ctx, cc, c, out, errOut, k, t.names, listRV, len(objs) > 0 && !o.noHeaders, tp, o, objs); err != nil {
 				return err
 			}
 		}
@@ -195,7 +195,25 @@ func printStream(w io.Writer, format string, objs []object) error {
 // watchGet prints a row (or object) per watch event until ctx ends. It watches from rv,
 // and lists again when the version has expired.
 func watchGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut io.Writer, k *v1alpha1.KindInfo,
-	names []string, rv string, headerPrinted bool, tp *tablePrinter, o *getOptions) error {
+	names []string, rv string, headerPrinted bool, tp *tablePrinter, o *getOptions, shown []object) error {
+	// A row is printed again only when a column it shows changed (an age column always
+	// changes and is not compared): status writes that touch nothing shown print nothing.
+	last := map[string]string{}
+	rowKey := func(obj object) (string, string) {
+		var b strings.Builder
+		row := tp.row(obj)
+		for i, col := range tp.columns() {
+			if col.Format != "age" {
+				b.WriteString(row[i+tp.leading()])
+				b.WriteByte(0)
+			}
+		}
+		return str(obj, "metadata.namespace") + "/" + objName(obj), b.String()
+	}
+	for _, obj := range shown {
+		k, v := rowKey(obj)
+		last[k] = v
+	}
 	want := map[string]bool{}
 	for _, n := range names {
 		want[n] = true
@@ -204,7 +222,7 @@ func watchGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut
 	if len(names) > 0 {
 		ns = scopeNS(k, cc.Namespace())
 	}
-	emit := func(obj object) error {
+	emit := func(obj object, deleted bool) error {
 		if len(want) > 0 && !want[objName(obj)] {
 			return nil
 		}
@@ -215,6 +233,16 @@ func watchGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut
 		case "name":
 			_, err := fmt.Fprintln(out, ref(k, objName(obj)))
 			return err
+		}
+		if o.output == "" || o.output == "wide" {
+			k, v := rowKey(obj)
+			if last[k] == v && !deleted {
+				return nil
+			}
+			last[k] = v
+			if deleted {
+				delete(last, k)
+			}
 		}
 		if !headerPrinted && !o.noHeaders {
 			tp.grow(tp.header())
@@ -241,7 +269,7 @@ func watchGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut
 				return err
 			}
 			for _, obj := range objs {
-				if err := emit(obj); err != nil {
+				if err := emit(obj, false); err != nil {
 					return err
 				}
 			}
@@ -284,7 +312,7 @@ func watchGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut
 				if v := str(obj, "metadata.resourceVersion"); v != "" {
 					rv = v
 				}
-				if err := emit(obj); err != nil {
+				if err := emit(obj, ev.Type == v1alpha1.WatchDeleted); err != nil {
 					w.Stop()
 					return err
 				}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 	"unicode/utf8"
 
@@ -198,6 +197,8 @@ type tablePrinter struct {
 	now       time.Time
 
 	widths []int // of the printed table, to align later rows (watch)
+	// reserve makes the table as wide as the values columns may take later (watch).
+	reserve bool
 }
 
 func (p *tablePrinter) columns() []v1alpha1.Column {
@@ -209,6 +210,14 @@ func (p *tablePrinter) columns() []v1alpha1.Column {
 		cols = append(cols, c)
 	}
 	return cols
+}
+
+// leading is the number of cells before the kind's columns (PROJECT, NAME).
+func (p *tablePrinter) leading() int {
+	if p.project {
+		return 2
+	}
+	return 1
 }
 
 func (p *tablePrinter) header() []string {
@@ -252,14 +261,34 @@ func (p *tablePrinter) printTable(w io.Writer, objs []object) error {
 		rows = append(rows, p.row(o))
 	}
 	p.widths = nil
+	if p.reserve {
+		p.grow(p.widest())
+	}
 	for _, r := range rows {
 		p.grow(r)
 	}
-	tw := tabwriter.NewWriter(w, 0, 8, colPadding, ' ', 0)
 	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		if err := p.printRowCells(w, r); err != nil {
+			return err
+		}
 	}
-	return tw.Flush()
+	return nil
+}
+
+// widest is a row of blanks as wide as the widest value a column can take where the kind
+// lists them (its phases), so that a table printed before a watch has room for later rows.
+func (p *tablePrinter) widest() []string {
+	r := make([]string, p.leading())
+	for _, c := range p.columns() {
+		n := 0
+		if c.Path == "status.phase" {
+			for _, ph := range p.kind.Phases {
+				n = max(n, len(ph))
+			}
+		}
+		r = append(r, strings.Repeat(" ", n))
+	}
+	return r
 }
 
 func (p *tablePrinter) grow(r []string) {
