@@ -119,7 +119,7 @@ func newVNCCommand(cc *cliContext) *cobra.Command {
 					defer cancel()
 					ws, err := c.DialStream(ctx, "virtualmachines", cc.Namespace(), args[0], "vnc")
 					if err != nil {
-						fmt.Fprintf(cmd.ErrOrStderr(), "error: %v\n", err)
+						printError(cmd.ErrOrStderr(), err)
 						return
 					}
 					defer ws.Close()
