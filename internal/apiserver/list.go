@@ -55,15 +55,91 @@ func labelsOf(data []byte) map[string]string {
 	return o.Metadata.Labels
 }
 
-func parseSelector(r *http.Request) (labels.Selector, error) {
+// selector is what a list or watch selects by: a label selector and field requirements.
+type selector struct {
+	labels labels.Selector
+	fields []fieldReq
+}
+
+// fieldReq is one term of a fieldSelector: a dotted path into the object (metadata.name,
+// metadata.namespace, spec.nodeName, status.nodeName, status.phase, ...), = or !=, a value.
+type fieldReq struct {
+	path  []string
+	not   bool
+	value string
+}
+
+func (s selector) Empty() bool { return s.labels.Empty() && len(s.fields) == 0 }
+
+// Matches says whether the stored object data is selected.
+func (s selector) Matches(data []byte) bool {
+	if !s.labels.Empty() && !s.labels.Matches(labelsOf(data)) {
+		return false
+	}
+	if len(s.fields) == 0 {
+		return true
+	}
+	var obj map[string]any
+	if json.Unmarshal(data, &obj) != nil {
+		return false
+	}
+	for _, f := range s.fields {
+		var cur any = obj
+		for _, seg := range f.path {
+			m, _ := cur.(map[string]any)
+			cur = m[seg]
+		}
+		got := ""
+		switch v := cur.(type) {
+		case string:
+			got = v
+		case nil:
+		default:
+			b, _ := json.Marshal(v)
+			got = string(b)
+		}
+		if (got == f.value) == f.not {
+			return false
+		}
+	}
+	return true
+}
+
+func parseSelector(r *http.Request) (selector, error) {
 	sel, err := labels.Parse(r.URL.Query().Get("labelSelector"))
 	if err != nil {
-		return nil, errs.New(errs.ErrBadRequest, "%v", err)
+		return selector{}, errs.New(errs.ErrBadRequest, "%v", err)
 	}
-	if fs := r.URL.Query().Get("fieldSelector"); fs != "" {
-		return nil, errs.New(errs.ErrBadRequest, "fieldSelector is not supported; use labelSelector")
+	out := selector{labels: sel}
+	fs := strings.TrimSpace(r.URL.Query().Get("fieldSelector"))
+	if fs == "" {
+		return out, nil
 	}
-	return sel, nil
+	for _, term := range strings.Split(fs, ",") {
+		var f fieldReq
+		var key string
+		switch {
+		case strings.Contains(term, "!="):
+			key, f.value, _ = strings.Cut(term, "!=")
+			f.not = true
+		case strings.Contains(term, "=="):
+			key, f.value, _ = strings.Cut(term, "==")
+		case strings.Contains(term, "="):
+			key, f.value, _ = strings.Cut(term, "=")
+		default:
+			return selector{}, errs.New(errs.ErrBadRequest, "fieldSelector term %q: use FIELD=VALUE, FIELD==VALUE or FIELD!=VALUE", term)
+		}
+		key = strings.TrimSpace(key)
+		f.value = strings.TrimSpace(f.value)
+		f.path = strings.Split(key, ".")
+		for _, seg := range f.path {
+			if seg == "" {
+				return selector{}, errs.New(errs.ErrBadRequest, "fieldSelector term %q: the field %q is not a dotted path such as metadata.name or status.nodeName", term, key)
+			}
+		}
+		out.fields = append(out.fields, f)
+	}
+	return out, nil
 }
 
 func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
@@ -97,6 +173,19 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
 		s.writeError(w, r, err)
 		return
 	}
+	if wantsTable(r) {
+		cont := ""
+		if more && len(items) > 0 {
+			cont = encodeContinue(continueToken{Key: items[len(items)-1].Key, Rev: rev})
+		}
+		data, err := newTable(t.st.Info, items, tableMeta(rev, cont), s.now())
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeRaw(w, http.StatusOK, data)
+		return
+	}
 	bw := bufio.NewWriterSize(w, 64<<10)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
@@ -119,7 +208,7 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
 const listPageSize = 1000
 
 // listItems pages through the store until limit matching items are found (0: all).
-func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptions, limit int64, sel labels.Selector) ([]store.KV, int64, bool, error) {
+func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptions, limit int64, sel selector) ([]store.KV, int64, bool, error) {
 	var out []store.KV
 	var rev int64
 	for {
@@ -145,7 +234,7 @@ func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptio
 			opts.Revision = rev
 		}
 		for i, kv := range res.KVs {
-			if !sel.Empty() && !sel.Matches(labelsOf(kv.Value)) {
+			if !sel.Empty() && !sel.Matches(kv.Value) {
 				continue
 			}
 			out = append(out, kv)
@@ -210,7 +299,20 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
 		}
 		return true
 	}
+	asTable := wantsTable(r)
+	// tableOf turns a watched object into a one-row Table (kubectl get -w asks for Tables).
+	tableOf := func(kv store.KV) []byte {
+		data, err := newTable(t.st.Info, []store.KV{kv}, tableMeta(kv.ModRevision, ""), s.now())
+		if err != nil {
+			return withRV(kv.Value, kv.ModRevision, kv.CreateRevision)
+		}
+		return data
+	}
 	for _, kv := range initial {
+		if asTable {
+			writeEvent(bw, v1alpha1.WatchAdded, tableOf(kv))
+			continue
+		}
 		bw.WriteString(`{"type":"` + v1alpha1.WatchAdded + `","object":`)
 		writeWithRV(bw, kv.Value, kv.ModRevision, kv.CreateRevision)
 		bw.WriteString("}\n")
@@ -251,6 +353,13 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
 				if typ == "" {
 					continue
 				}
+				if asTable {
+					val := ev.KV.Value
+					if ev.Type == store.Delete {
+						val = ev.PrevValue
+					}
+					obj = tableOf(store.KV{Key: ev.KV.Key, Value: val, ModRevision: ev.KV.ModRevision, CreateRevision: ev.KV.CreateRevision})
+				}
 				writeEvent(bw, typ, obj)
 			}
 			if !flush() {
@@ -262,10 +371,10 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
 
 // translate maps a store event to a watch event type and object, applying a label selector
 // the way Kubernetes does: an object leaving the selection is DELETED, one entering ADDED.
-func translate(ev store.Event, sel labels.Selector) (string, []byte) {
+func translate(ev store.Event, sel selector) (string, []byte) {
 	switch ev.Type {
 	case store.Delete:
-		if ev.PrevValue == nil || (!sel.Empty() && !sel.Matches(labelsOf(ev.PrevValue))) {
+		if ev.PrevValue == nil || (!sel.Empty() && !sel.Matches(ev.PrevValue)) {
 			return "", nil
 		}
 		return v1alpha1.WatchDeleted, withRV(ev.PrevValue, ev.KV.ModRevision, ev.KV.CreateRevision)
@@ -277,8 +386,8 @@ func translate(ev store.Event, sel labels.Selector) (string, []byte) {
 			}
 			return v1alpha1.WatchModified, obj
 		}
-		now := sel.Matches(labelsOf(ev.KV.Value))
-		before := !ev.Created && ev.PrevValue != nil && sel.Matches(labelsOf(ev.PrevValue))
+		now := sel.Matches(ev.KV.Value)
+		before := !ev.Created && ev.PrevValue != nil && sel.Matches(ev.PrevValue)
 		switch {
 		case now && before:
 			return v1alpha1.WatchModified, obj

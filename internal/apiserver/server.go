@@ -150,10 +150,28 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc(gv+"/{resource}", s.collection)
 	mux.HandleFunc(gv+"/{resource}/{name}", s.object)
 	mux.HandleFunc(gv+"/{resource}/{name}/{sub}", s.subresource)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, errs.New(errs.ErrNotFound, "the server could not find the requested resource %s", r.URL.Path))
+	dh := "/apis/" + DeckhouseGroup + "/" + DeckhouseVersion
+	mux.HandleFunc("GET "+dh, s.discoveryResources)
+	mux.HandleFunc("GET "+dh+"/{$}", s.discoveryResources)
+	mux.HandleFunc(dh+"/namespaces/{ns}/{resource}", asDeckhouse(s.collection))
+	mux.HandleFunc(dh+"/namespaces/{ns}/{resource}/{name}", asDeckhouse(s.object))
+	mux.HandleFunc(dh+"/namespaces/{ns}/{resource}/{name}/{sub}", asDeckhouse(s.subresource))
+	mux.HandleFunc(dh+"/{resource}", asDeckhouse(s.collection))
+	mux.HandleFunc(dh+"/{resource}/{name}", asDeckhouse(s.object))
+	mux.HandleFunc(dh+"/{resource}/{name}/{sub}", asDeckhouse(s.subresource))
+	mux.HandleFunc("GET /openapi/v3", s.serveOpenAPIV3)
+	mux.HandleFunc("GET /openapi/v3/", s.serveOpenAPIV3)
+	mux.HandleFunc("GET /openapi/v2", s.serveOpenAPIV2)
+	mux.HandleFunc("GET /api", func(w http.ResponseWriter, r *http.Request) {
+		// No core group: kubectl asks for it in discovery.
+		writeJSON(w, 200, map[string]any{"kind": "APIVersions", "versions": []string{}, "serverAddressByClientCIDRs": []any{}})
 	})
+	mux.HandleFunc("/", s.notFoundPath)
 	return mux
+}
+
+func (s *Server) notFoundPath(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, errs.New(errs.ErrNotFound, "the server could not find the requested resource %s", r.URL.Path))
 }
 
 func writeText(w http.ResponseWriter, text string) {
@@ -173,11 +191,13 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) discoveryGroups(w http.ResponseWriter, r *http.Request) {
-	gv := map[string]string{"groupVersion": v1alpha1.APIVersion, "version": v1alpha1.Version}
-	writeJSON(w, 200, map[string]any{
-		"kind": "APIGroupList", "apiVersion": "v1",
-		"groups": []any{map[string]any{"name": v1alpha1.Group, "versions": []any{gv}, "preferredVersion": gv}},
-	})
+	// Rakhsh's group first: kubectl resolves a short name such as "vm" to the first group.
+	var groups []any
+	for _, g := range servedGroupVersions {
+		gv := map[string]string{"groupVersion": g.group + "/" + g.version, "version": g.version}
+		groups = append(groups, map[string]any{"name": g.group, "versions": []any{gv}, "preferredVersion": gv})
+	}
+	writeJSON(w, 200, map[string]any{"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 type apiResource struct {
@@ -192,14 +212,23 @@ type apiResource struct {
 func (s *Server) discoveryResources(w http.ResponseWriter, r *http.Request) {
 	var res []apiResource
 	verbs := []string{"create", "delete", "get", "list", "patch", "update", "watch"}
+	groupVersion := v1alpha1.APIVersion
+	deckhouse := strings.HasPrefix(r.URL.Path, "/apis/"+DeckhouseGroup+"/")
+	if deckhouse {
+		groupVersion = v1alpha1.DeckhouseAPI
+	}
 	for _, st := range registry.All() {
 		k := st.Info
-		res = append(res, apiResource{Name: k.Resource, SingularName: k.Singular, Namespaced: k.Namespaced, Kind: k.Kind, Verbs: verbs, ShortNames: k.ShortNames})
+		short := k.ShortNames
+		if deckhouse {
+			short = nil // the short names stay Rakhsh's group's, so "vm" is not ambiguous
+		}
+		res = append(res, apiResource{Name: k.Resource, SingularName: k.Singular, Namespaced: k.Namespaced, Kind: k.Kind, Verbs: verbs, ShortNames: short})
 		if k.HasStatus {
 			res = append(res, apiResource{Name: k.Resource + "/status", SingularName: "", Namespaced: k.Namespaced, Kind: k.Kind, Verbs: []string{"get", "patch", "update"}})
 		}
 	}
-	writeJSON(w, 200, map[string]any{"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": v1alpha1.APIVersion, "resources": res})
+	writeJSON(w, 200, map[string]any{"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": groupVersion, "resources": res})
 }
 
 // target is what a request path names.
@@ -338,6 +367,15 @@ func (s *Server) serveGet(w http.ResponseWriter, r *http.Request, t target) {
 	kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
 	if err != nil {
 		s.writeError(w, r, s.notFound(err, t))
+		return
+	}
+	if wantsTable(r) {
+		data, err := newTable(t.st.Info, []store.KV{kv}, tableMeta(kv.ModRevision, ""), s.now())
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeRaw(w, 200, data)
 		return
 	}
 	writeRaw(w, 200, withRV(kv.Value, kv.ModRevision, kv.CreateRevision))
