@@ -21,6 +21,9 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# kubectl for the kubectl compatibility tests: Debian's kubernetes-client, unless a kubectl
+# is on PATH already (some images ship a newer one).
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#missing[@]} -gt 0 ]; then
