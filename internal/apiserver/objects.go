@@ -343,40 +343,15 @@ func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, st
 		return
 	}
 	// A patch without a resourceVersion applies to whatever is current: retry lost races.
-	for attempt := 0; ; attempt++ {
-		kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
-		if err != nil {
-			s.writeError(w, r, s.notFound(err, t))
-			return
-		}
+	s.applyPatch(w, r, t, status, patchHasRV(patch), func(current []byte) ([]byte, error) {
 		var cur any
-		dec := json.NewDecoder(bytes.NewReader(withRV(kv.Value, kv.ModRevision, kv.CreateRevision)))
+		dec := json.NewDecoder(bytes.NewReader(current))
 		dec.UseNumber()
 		if err := dec.Decode(&cur); err != nil {
-			s.writeError(w, r, err)
-			return
+			return nil, err
 		}
-		merged, err := json.Marshal(MergePatch(cur, deepCopyJSON(patch)))
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		obj, err := DecodeObject(merged, t.st)
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		out, rev, code, err := s.Update(r.Context(), t, obj, status)
-		if err != nil {
-			if errors.Is(err, errs.ErrConflict) && !patchHasRV(patch) && attempt < 5 {
-				continue
-			}
-			s.writeError(w, r, err)
-			return
-		}
-		writeRaw(w, code, withRV(out, rev.mod, rev.created))
-		return
-	}
+		return json.Marshal(MergePatch(cur, deepCopyJSON(patch)))
+	})
 }
 
 // serveJSONPatch applies an RFC 6902 JSON patch (a list of add, remove, replace, move, copy
@@ -394,15 +369,27 @@ func (s *Server) serveJSONPatch(w http.ResponseWriter, r *http.Request, t target
 		return
 	}
 	pinned := bytes.Contains(data, []byte(`"/metadata/resourceVersion"`))
+	s.applyPatch(w, r, t, status, pinned, func(current []byte) ([]byte, error) {
+		patched, err := patch.Apply(current)
+		if err != nil {
+			return nil, errs.New(errs.ErrInvalid, "the JSON patch does not apply to %s %q: %v", t.st.Info.Singular, t.name, err)
+		}
+		return patched, nil
+	})
+}
+
+// applyPatch reads the object, applies patch to its JSON, and stores the result, reading again
+// after a lost race unless the patch is pinned to a resourceVersion.
+func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request, t target, status, pinned bool, patch func(current []byte) ([]byte, error)) {
 	for attempt := 0; ; attempt++ {
 		kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
 		if err != nil {
 			s.writeError(w, r, s.notFound(err, t))
 			return
 		}
-		patched, err := patch.Apply(withRV(kv.Value, kv.ModRevision, kv.CreateRevision))
+		patched, err := patch(withRV(kv.Value, kv.ModRevision, kv.CreateRevision))
 		if err != nil {
-			s.writeError(w, r, errs.New(errs.ErrInvalid, "the JSON patch does not apply to %s %q: %v", t.st.Info.Singular, t.name, err))
+			s.writeError(w, r, err)
 			return
 		}
 		obj, err := DecodeObject(patched, t.st)
