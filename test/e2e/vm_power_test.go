@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -51,6 +52,26 @@ func TestPowerGracefulStaysGraceful(t *testing.T) {
 	}
 	const grace = 10 * time.Second
 	up()
+
+	// logs -f follows the live console.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	follow := exec.CommandContext(ctx, rakhshBin(t), "logs", "vm", "vm1", "-f")
+	follow.Env = append(os.Environ(), "RAKHSH_SERVER="+s.Server())
+	var followed lockedBuffer
+	follow.Stdout = &followed
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	vmConsoleType(t, s, uid, "echo FOLLOW-$((40+2))-LIVE")
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(followed.String(), "FOLLOW-42-LIVE") && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	cancel()
+	_ = follow.Wait()
+	if out := followed.String(); !strings.Contains(out, "RAKHSH-GUEST: ready") || !strings.Contains(out, "FOLLOW-42-LIVE") {
+		t.Errorf("logs -f lacks the kept log or the live line:\n%s", out)
+	}
 
 	if d := timedCLI(t, s, "vm", "stop", "vm1", "--wait"); d < grace-time.Second {
 		t.Errorf("graceful stop of a guest that ignores ACPI took %s, want the grace period %s", d, grace)
