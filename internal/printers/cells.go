@@ -13,7 +13,7 @@ import (
 )
 
 // None is what an empty cell shows.
-const None = "<None>"
+const None = "<none>"
 
 // LookupPath follows a dotted path through maps; digit segments index arrays.
 func LookupPath(o any, path string) (any, bool) {
