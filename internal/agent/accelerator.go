@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -39,8 +42,18 @@ func (a *Agent) chooseAccelerator(ctx context.Context) {
 			Message: fmt.Sprintf("%s (since %s; remembered in %s until QEMU or the kernel changes)",
 				m.Message, m.Time.UTC().Format(time.RFC3339), a.kvmUnreliablePath())}
 	default:
+		key := a.probeKey(mode)
+		if r := a.rememberedChoice(key); r != nil {
+			c = r.Choice
+			c.Message += fmt.Sprintf(" (probed at %s; kept in %s until the host reboots or QEMU or the KVM device changes)",
+				r.Time.UTC().Format(time.RFC3339), a.acceleratorPath())
+			break
+		}
 		dir := filepath.Join(a.cfg.DataDir, "run")
-		c = accel.Prober{Binary: a.facts.qemu.QEMUBinary, Dir: dir, DevKVM: a.cfg.KVMDevice}.Choose(ctx, mode)
+		c = accel.Prober{Binary: a.facts.qemu.QEMUBinary, Dir: dir, DevKVM: a.kvmDevice()}.Choose(ctx, mode)
+		if c.Conclusive && ctx.Err() == nil {
+			a.rememberChoice(key, c)
+		}
 	}
 	a.accelMu.Lock()
 	a.choice = c
@@ -49,6 +62,95 @@ func (a *Agent) chooseAccelerator(ctx context.Context) {
 		a.log.Info("VMs run under KVM", "mode", c.Mode, "reason", c.Reason, "detail", c.Message)
 	} else {
 		a.log.Warn("VMs run under TCG (software emulation)", "mode", c.Mode, "reason", c.Reason, "detail", c.Message)
+	}
+}
+
+// acceleratorFile, in the data dir's run directory, keeps the last conclusive probe result, so
+// that a restarted agent re-adopts its VMs and registers at once instead of probing again
+// (up to ten seconds on a host whose KVM is broken). The result is reused only on the same
+// boot of the host, with the same QEMU binary, KVM device, probe payload and agent version.
+const acceleratorFile = "accelerator.json"
+
+// probeIdentity names what a probe result depends on.
+type probeIdentity struct {
+	Mode         accel.Mode `json:"mode"`
+	BootID       string     `json:"bootID"`
+	QEMU         string     `json:"qemu"`
+	KVMDevice    string     `json:"kvmDevice"`
+	Payload      string     `json:"payload"`
+	AgentVersion string     `json:"agentVersion"`
+}
+
+type rememberedChoice struct {
+	Identity probeIdentity `json:"identity"`
+	Choice   accel.Choice  `json:"choice"`
+	Time     v1alpha1.Time `json:"time"`
+}
+
+func (a *Agent) acceleratorPath() string {
+	return filepath.Join(a.cfg.DataDir, "run", acceleratorFile)
+}
+
+func (a *Agent) kvmDevice() string {
+	if a.cfg.KVMDevice != "" {
+		return a.cfg.KVMDevice
+	}
+	return "/dev/kvm"
+}
+
+// probeKey identifies this host, QEMU and KVM device; an empty BootID means none could be
+// read, and then nothing is remembered.
+func (a *Agent) probeKey(mode accel.Mode) probeIdentity {
+	id := probeIdentity{Mode: mode, Payload: accel.PayloadDigest(), AgentVersion: Version}
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		id.BootID = strings.TrimSpace(string(b))
+	}
+	bin := a.facts.qemu.QEMUBinary
+	if p, err := exec.LookPath(bin); err == nil {
+		bin = p
+	}
+	id.QEMU = fileIdentity(bin)
+	id.KVMDevice = fileIdentity(a.kvmDevice())
+	return id
+}
+
+// fileIdentity is a file's path, device, inode, size and change time; "" when it is missing.
+func fileIdentity(path string) string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s dev=%d ino=%d rdev=%d size=%d ctime=%d.%09d", path, st.Dev, st.Ino, st.Rdev, st.Size, st.Ctim.Sec, st.Ctim.Nsec)
+}
+
+func (a *Agent) rememberedChoice(key probeIdentity) *rememberedChoice {
+	if key.BootID == "" || key.QEMU == "" {
+		return nil
+	}
+	b, err := os.ReadFile(a.acceleratorPath())
+	if err != nil {
+		return nil
+	}
+	var r rememberedChoice
+	if json.Unmarshal(b, &r) != nil || r.Identity != key || !r.Choice.Conclusive {
+		return nil
+	}
+	return &r
+}
+
+func (a *Agent) rememberChoice(key probeIdentity, c accel.Choice) {
+	if key.BootID == "" || key.QEMU == "" {
+		return
+	}
+	b, err := json.MarshalIndent(rememberedChoice{Identity: key, Choice: c, Time: a.now()}, "", "  ")
+	if err == nil {
+		tmp := a.acceleratorPath() + ".tmp"
+		if err = os.WriteFile(tmp, b, 0o600); err == nil {
+			err = os.Rename(tmp, a.acceleratorPath())
+		}
+	}
+	if err != nil {
+		a.log.Warn("could not keep the accelerator probe's result", "err", err)
 	}
 }
 
@@ -131,8 +233,11 @@ func (a *Agent) kvmCondition() v1alpha1.Condition {
 	if c.KVM {
 		st = v1alpha1.ConditionTrue
 	}
-	return v1alpha1.Condition{Type: v1alpha1.NodeConditionKVM, Status: st, Reason: c.Reason,
-		Message: fmt.Sprintf("--accelerator %s: %s", c.Mode, c.Message)}
+	msg := c.Message
+	if !strings.HasPrefix(msg, "--accelerator ") {
+		msg = fmt.Sprintf("--accelerator %s: %s", c.Mode, msg)
+	}
+	return v1alpha1.Condition{Type: v1alpha1.NodeConditionKVM, Status: st, Reason: c.Reason, Message: msg}
 }
 
 // emulationCondition is a running VM's SoftwareEmulation condition.

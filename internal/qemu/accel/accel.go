@@ -17,7 +17,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -74,6 +76,10 @@ type Choice struct {
 	// HypervRefused are the Hyper-V enlightenments (of HypervEnlightenments) that the host
 	// refuses; Windows guests get the others under KVM.
 	HypervRefused []string
+	// Conclusive says the choice rests on a probe that ran to its end (not on an error
+	// starting it, nor on a missing device), so it holds for as long as the host, its
+	// /dev/kvm and the QEMU binary stay the same.
+	Conclusive bool
 }
 
 // HypervEnlightenments are the Hyper-V features a Windows guest gets under KVM when the host
@@ -86,6 +92,13 @@ var HypervEnlightenments = []string{
 
 //go:embed probe.bin
 var payload []byte
+
+// PayloadDigest identifies the probe payload (a short SHA-256), so that a remembered probe
+// result is not reused once the payload changes.
+func PayloadDigest() string {
+	sum := sha256.Sum256(payload)
+	return hex.EncodeToString(sum[:8])
+}
 
 // The probe's markers (see probe.S).
 const (
@@ -200,8 +213,10 @@ func (p Prober) Choose(ctx context.Context, mode Mode) Choice {
 		case r.Passed():
 			c.HypervRefused = p.hypervRefused(ctx)
 			c.Message = "--accelerator kvm; " + r.Explain() + " under KVM" + refusedNote(c.HypervRefused)
+			c.Conclusive = true
 		default:
 			c.Message = "--accelerator kvm, although under KVM " + r.Explain()
+			c.Conclusive = true
 		}
 		return c
 	}
@@ -215,6 +230,7 @@ func (p Prober) Choose(ctx context.Context, mode Mode) Choice {
 		c.Reason, c.Message = ReasonProbeFailed, "the KVM probe could not run: "+err.Error()
 		return c
 	}
+	c.Conclusive = true
 	if !r.Passed() {
 		c.Reason, c.Message = ReasonProbeFailed, "/dev/kvm is present, but under KVM "+r.Explain()+"; QEMU emulates the CPU in software (TCG)"
 		return c
