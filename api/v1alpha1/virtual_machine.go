@@ -92,6 +92,12 @@ const (
 	RunPolicyManual RunPolicy = "Manual"
 )
 
+// VMCleanupFinalizer keeps a VM object until the agent of its node has stopped its QEMU and
+// removed its run directory. The VM controller alone adds and removes it: the agent, when it
+// has cleaned up, releases the VM (clears status.nodeName), and the scheduler binds only VMs
+// that carry it.
+const VMCleanupFinalizer = "virtualization.rakhsh.io/vm-cleanup"
+
 // OSType selects the virtual hardware suited to a guest family.
 type OSType string
 

@@ -20,10 +20,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 )
 
-// Finalizer keeps a VM object until its QEMU is stopped and its run directory removed.
-// The VM controller adds it; the agent adds it too before it first starts a VM.
-const Finalizer = "virtualization.rakhsh.io/vm-cleanup"
-
 // Version is reported as the Node's status.agentVersion.
 var Version = "dev"
 

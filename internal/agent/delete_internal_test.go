@@ -19,7 +19,8 @@ import (
 )
 
 // A reconcile that finds the QEMU of a VM being deleted already exited must finish the
-// deletion itself: it writes no status, so no further event would come to do it.
+// deletion itself (remove the run directory and release the VM, so that the VM controller
+// removes the finalizer): it writes no status, so no further event would come to do it.
 func TestExitedInstanceOfDeletingVMFinishesDelete(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -52,10 +53,13 @@ func TestExitedInstanceOfDeletingVMFinishesDelete(t *testing.T) {
 	}
 
 	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
-		ObjectMeta: v1alpha1.ObjectMeta{Name: "gone", Namespace: "default", Finalizers: []string{Finalizer}},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "gone", Namespace: "default", Finalizers: []string{v1alpha1.VMCleanupFinalizer}},
 		Spec: v1alpha1.VirtualMachineSpec{RunPolicy: v1alpha1.RunPolicyAlwaysOn, CPU: v1alpha1.VirtualMachineCPU{Cores: 1},
 			Memory: v1alpha1.VirtualMachineMemory{Size: "128Mi"}}}
 	if err := c.Create(ctx, "virtualmachines", "default", vm, vm); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PatchStatus(ctx, "virtualmachines", "default", "gone", []byte(`{"status":{"nodeName":"node1","phase":"Running"}}`), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Delete(ctx, "virtualmachines", "default", "gone"); err != nil {
@@ -80,8 +84,12 @@ func TestExitedInstanceOfDeletingVMFinishesDelete(t *testing.T) {
 	if _, err := a.reconcileBound(ctx, vm, in); err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
-	if err := c.Get(ctx, "virtualmachines", "default", "gone", vm); !client.IsNotFound(err) {
-		t.Fatalf("the VM still exists after the reconcile (err=%v, finalizers=%v)", err, vm.Finalizers)
+	vm = &v1alpha1.VirtualMachine{}
+	if err := c.Get(ctx, "virtualmachines", "default", "gone", vm); err != nil {
+		t.Fatal(err)
+	}
+	if vm.Status.NodeName != "" || len(vm.Finalizers) != 1 {
+		t.Fatalf("after the reconcile: nodeName %q, finalizers %v; want the VM released, the finalizer left to the VM controller", vm.Status.NodeName, vm.Finalizers)
 	}
 	if _, err := os.Stat(runDir); !os.IsNotExist(err) {
 		t.Fatalf("run directory %s still exists (stat err=%v)", runDir, err)

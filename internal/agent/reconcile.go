@@ -623,8 +623,8 @@ func exitMessage(reason string) string {
 	return reason
 }
 
-// finishDelete removes the run directory of a deleted VM whose QEMU is gone, then its
-// finalizer.
+// finishDelete removes the run directory of a deleted VM whose QEMU is gone, then releases
+// the VM (clears status.nodeName) so that the VM controller removes its finalizer.
 func (a *Agent) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachine) error {
 	runDir := a.runDir(vm.UID)
 	if findQEMU(runDir, vm.UID) > 0 {
@@ -634,10 +634,17 @@ func (a *Agent) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachine) e
 	if err := os.RemoveAll(runDir); err != nil {
 		return err
 	}
-	if err := setFinalizer(ctx, a.c, "virtualmachines", vm.Namespace, vm.Name, vm.UID, Finalizer, false); err != nil {
+	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.NodeName != a.cfg.NodeName {
+			return errNoChange
+		}
+		v.Status.NodeName = ""
+		return nil
+	})
+	if err := ignoreGone(err); err != nil {
 		return err
 	}
-	a.log.Info("VM deleted: QEMU stopped, run directory removed", "vm", vm.Namespace+"/"+vm.Name)
+	a.log.Info("VM deleted: QEMU stopped, run directory removed, VM released", "vm", vm.Namespace+"/"+vm.Name)
 	return nil
 }
 
@@ -691,9 +698,6 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 	key := runtime.KeyOf(vm)
 	if a.facts.qemuErr != nil {
 		return runtime.Result{}, a.startFailed(ctx, vm, nil, a.facts.qemuErr.Error())
-	}
-	if err := setFinalizer(ctx, a.c, "virtualmachines", vm.Namespace, vm.Name, vm.UID, Finalizer, true); err != nil {
-		return runtime.Result{}, err
 	}
 	runDir := a.runDir(vm.UID)
 	if err := os.MkdirAll(runDir, 0o700); err != nil {

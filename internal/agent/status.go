@@ -81,56 +81,6 @@ func patchVMStatus(ctx context.Context, c *client.Client, ns, name, uid string, 
 	return nil, fmt.Errorf("updating status of %s/%s: %w", ns, name, lastErr)
 }
 
-// setFinalizer adds (add=true) or removes the finalizer f with a merge patch of
-// metadata.finalizers guarded by resourceVersion.
-func setFinalizer(ctx context.Context, c *client.Client, resource, ns, name, uid, f string, add bool) error {
-	for attempt := 0; attempt < 8; attempt++ {
-		var obj struct {
-			Metadata v1alpha1.ObjectMeta `json:"metadata"`
-		}
-		if err := c.Get(ctx, resource, ns, name, &obj); err != nil {
-			if client.IsNotFound(err) {
-				return nil
-			}
-			return err
-		}
-		if uid != "" && obj.Metadata.UID != uid {
-			return nil
-		}
-		has := false
-		fins := []string{}
-		for _, x := range obj.Metadata.Finalizers {
-			if x == f {
-				has = true
-				continue
-			}
-			fins = append(fins, x)
-		}
-		if has == add {
-			return nil
-		}
-		if add {
-			if obj.Metadata.DeletionTimestamp != nil {
-				return nil
-			}
-			fins = append(fins, f)
-		}
-		body, err := json.Marshal(map[string]any{"metadata": map[string]any{
-			"resourceVersion": obj.Metadata.ResourceVersion, "finalizers": fins}})
-		if err != nil {
-			return err
-		}
-		err = c.Patch(ctx, resource, ns, name, body, nil)
-		if err == nil || client.IsNotFound(err) {
-			return nil
-		}
-		if !client.IsConflict(err) {
-			return err
-		}
-	}
-	return fmt.Errorf("updating finalizers of %s %s/%s: too many conflicts", resource, ns, name)
-}
-
 // addTransition appends a phase transition to stats (bounded), when the phase changes.
 func setPhase(vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, now v1alpha1.Time) {
 	if vm.Status.Phase == p {

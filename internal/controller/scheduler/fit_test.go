@@ -148,6 +148,10 @@ func TestWantsNode(t *testing.T) {
 	vm := vmOf(1, "1Gi")
 	vm.Status.Conditions = ready
 	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning}
+	if ok, _ := wantsNode(vm); ok {
+		t.Fatal("a VM without the VM controller's cleanup finalizer is placed")
+	}
+	vm.Finalizers = []string{v1alpha1.VMCleanupFinalizer}
 	if ok, _ := wantsNode(vm); !ok {
 		t.Fatal("a VM to run is not placed")
 	}

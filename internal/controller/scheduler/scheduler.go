@@ -204,6 +204,11 @@ func wantsNode(vm *v1alpha1.VirtualMachine) (bool, string) {
 	if vm.DeletionTimestamp != nil || vm.Status.NodeName != "" {
 		return false, ""
 	}
+	if !hasCleanupFinalizer(vm) {
+		// The VM controller adds it first: a VM bound without it could be deleted while its
+		// QEMU runs.
+		return false, ""
+	}
 	run := false
 	if pr := vm.Status.PowerRequest; pr != nil {
 		run = pr.State == v1alpha1.PowerStateRunning || pr.State == v1alpha1.PowerStatePaused
@@ -369,4 +374,13 @@ func (s *Scheduler) class(vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine
 		return nil, fmt.Sprintf("VirtualMachineClass %q has not discovered its CPU features yet (no node matches its discovery selector, or the nodes report no CPU features)", name)
 	}
 	return &c, ""
+}
+
+func hasCleanupFinalizer(vm *v1alpha1.VirtualMachine) bool {
+	for _, f := range vm.Finalizers {
+		if f == v1alpha1.VMCleanupFinalizer {
+			return true
+		}
+	}
+	return false
 }

@@ -29,8 +29,8 @@ import (
 )
 
 // Finalizer keeps a VM object until its node agent has stopped its QEMU and removed its run
-// directory (the same name the agent uses).
-const Finalizer = "virtualization.rakhsh.io/vm-cleanup"
+// directory; this controller alone adds and removes it.
+const Finalizer = v1alpha1.VMCleanupFinalizer
 
 // Reasons of the BlockDevicesReady condition.
 const (
