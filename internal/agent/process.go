@@ -119,40 +119,12 @@ func readExitRecord(runDir string) *exitRecord {
 	return &r
 }
 
-// readPID reads RUNDIR/qemu.pid.
-func readPID(runDir string) int {
-	b, err := os.ReadFile(filepath.Join(runDir, qemu.PIDFileName))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return 0
-	}
-	return pid
-}
-
 // isVMProcess reports whether pid is a live (not zombie) QEMU process of the VM with uid:
 // its command line names a qemu binary and carries -uuid UID.
 func isVMProcess(pid int, uid string) bool {
-	if pid <= 1 {
-		return false
-	}
-	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil || len(cmdline) == 0 {
-		return false // gone, or a zombie (whose cmdline is empty)
-	}
-	argv0, _, _ := strings.Cut(string(cmdline), "\x00")
-	if !strings.Contains(filepath.Base(argv0), "qemu") {
-		return false
-	}
-	if stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil {
-		// state is the field after the ")" that closes the command name
-		if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X') {
-			return false
-		}
-	}
-	return qemu.MatchesCmdline(cmdline, uid)
+	return liveProcess(pid, func(argv []string) bool {
+		return strings.Contains(filepath.Base(argv[0]), "qemu") && qemu.MatchesCmdline([]byte(strings.Join(argv, "\x00")), uid)
+	})
 }
 
 // accelOf returns the -accel of a running QEMU ("kvm" or "tcg"), read from its command line.
@@ -173,11 +145,9 @@ func accelOf(pid int) string {
 
 // findQEMU returns the pid of the running QEMU of the VM with uid, or 0.
 func findQEMU(runDir, uid string) int {
-	pid := readPID(runDir)
-	if isVMProcess(pid, uid) {
-		return pid
-	}
-	return 0
+	return livePID(filepath.Join(runDir, qemu.PIDFileName), func(argv []string) bool {
+		return strings.Contains(filepath.Base(argv[0]), "qemu") && qemu.MatchesCmdline([]byte(strings.Join(argv, "\x00")), uid)
+	})
 }
 
 // signalVM sends sig to pid only if it is still the VM's QEMU.

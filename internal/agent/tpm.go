@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -141,46 +140,30 @@ func manufactureTPM(ctx context.Context, dir string, log *os.File) error {
 }
 
 // readTPMPID reads RUNDIR/swtpm.pid.
-func readTPMPID(runDir string) int {
-	b, err := os.ReadFile(filepath.Join(runDir, tpmPIDName))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return 0
-	}
-	return pid
-}
+func readTPMPID(runDir string) int { return readPIDFile(filepath.Join(runDir, tpmPIDName)) }
 
 // isTPMProcess reports whether pid is a live swtpm serving the TPM state of runDir.
-func isTPMProcess(pid int, runDir string) bool {
-	if pid <= 1 {
-		return false
-	}
-	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil || len(cmdline) == 0 {
-		return false // gone, or a zombie
-	}
-	args := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
-	if filepath.Base(args[0]) != "swtpm" {
-		return false
-	}
+func isTPMProcess(pid int, runDir string) bool { return liveProcess(pid, tpmMatch(runDir)) }
+
+// tpmMatch accepts the command line of the swtpm serving the TPM state of runDir.
+func tpmMatch(runDir string) func(argv []string) bool {
 	want := "dir=" + filepath.Join(runDir, tpmStateDirName) + ","
-	for _, a := range args[1:] {
-		if strings.HasPrefix(a, want) {
-			return true
+	return func(argv []string) bool {
+		if filepath.Base(argv[0]) != "swtpm" {
+			return false
 		}
+		for _, a := range argv[1:] {
+			if strings.HasPrefix(a, want) {
+				return true
+			}
+		}
+		return false
 	}
-	return false
 }
 
 // findTPM returns the pid of the swtpm of runDir, or 0.
 func findTPM(runDir string) int {
-	if pid := readTPMPID(runDir); isTPMProcess(pid, runDir) {
-		return pid
-	}
-	return 0
+	return livePID(filepath.Join(runDir, tpmPIDName), tpmMatch(runDir))
 }
 
 // stopTPM ends the swtpm of runDir, if one runs (SIGTERM, SIGKILL after 3 s), and removes its
