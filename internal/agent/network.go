@@ -15,7 +15,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/qemu"
-	"github.com/rakhsh/rakhsh/internal/registry"
 )
 
 // NetworkResyncInterval is how often the host side of the networks is checked and repaired.
@@ -214,7 +213,7 @@ func inboundRules(in *v1alpha1.InboundPolicy) []network.InboundRule {
 		nr := network.InboundRule{Protocol: proto, Port: r.Port, EndPort: r.EndPort}
 		bad := false
 		for _, src := range r.From {
-			pf, err := registry.ParseInboundSource(src)
+			pf, err := v1alpha1.ParseInboundSource(src)
 			if err != nil {
 				bad = true
 				break

@@ -2,8 +2,6 @@ package registry
 
 import (
 	"fmt"
-	"net/netip"
-	"strings"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
@@ -53,29 +51,9 @@ func validateInbound(fe *errs.FieldErrors, p string, n v1alpha1.NetworkSpec) {
 			continue
 		}
 		for k, src := range r.From {
-			if _, err := ParseInboundSource(src); err != nil {
+			if _, err := v1alpha1.ParseInboundSource(src); err != nil {
 				fe.Invalid(fmt.Sprintf("%s.from[%d]", rp, k), src, err.Error())
 			}
 		}
 	}
-}
-
-// ParseInboundSource parses one source of an inbound rule: an IPv4 address (a /32) or an
-// IPv4 CIDR whose host bits are zero.
-func ParseInboundSource(s string) (netip.Prefix, error) {
-	if !strings.Contains(s, "/") {
-		a, err := netip.ParseAddr(s)
-		if err != nil || !a.Is4() {
-			return netip.Prefix{}, fmt.Errorf("must be an IPv4 address or CIDR such as 192.0.2.0/24")
-		}
-		return netip.PrefixFrom(a, 32), nil
-	}
-	pf, err := netip.ParsePrefix(s)
-	if err != nil || !pf.Addr().Is4() {
-		return netip.Prefix{}, fmt.Errorf("must be an IPv4 address or CIDR such as 192.0.2.0/24")
-	}
-	if pf.Masked() != pf {
-		return netip.Prefix{}, fmt.Errorf("has host bits set: did you mean %s?", pf.Masked())
-	}
-	return pf, nil
 }
