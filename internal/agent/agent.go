@@ -15,9 +15,9 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // Version is reported as the Node's status.agentVersion.

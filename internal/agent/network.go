@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // NetworkResyncInterval is how often the host side of the networks is checked and repaired.

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/console"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // Files the agent keeps in a VM's run directory next to QEMU's sockets and pidfile.

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/images"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 

@@ -14,7 +14,7 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 

@@ -5,8 +5,8 @@ import (
 	"fmt"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/images"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/images"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // ReasonWaitForUserUpload is the condition reason of an image that waits for its file.

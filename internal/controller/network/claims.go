@@ -7,8 +7,8 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/network"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // claimResult is the outcome of an allocation attempt, written to the claim's Bound

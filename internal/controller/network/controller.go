@@ -30,8 +30,8 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/network"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // Labels and annotations on the claims this controller creates.

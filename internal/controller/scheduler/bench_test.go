@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // benchCluster builds a scheduler whose caches hold nodes fake Node objects (Ready, fresh

@@ -22,7 +22,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // ConditionScheduled is the VM condition the scheduler owns (a Rakhsh addition, like

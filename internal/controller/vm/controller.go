@@ -25,7 +25,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // Finalizer keeps a VM object until its node agent has stopped its QEMU and removed its run

@@ -28,9 +28,9 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/controller/runtime"
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/registry"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // GenericClass is the class created at start-up when missing.
