@@ -359,6 +359,13 @@ func (c *Client) PatchStatus(ctx context.Context, resource, namespace, name stri
 	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name, "status"), nil, "application/merge-patch+json", patch, out)
 }
 
+// PatchStatusStrategic applies a strategic merge patch to the status subresource: a merge
+// patch whose conditions lists merge by type, so a writer sends only the conditions it owns
+// ({"type": T, "$patch": "delete"} removes one).
+func (c *Client) PatchStatusStrategic(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
+	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name, "status"), nil, "application/strategic-merge-patch+json", patch, out)
+}
+
 // Delete deletes an object. With finalizers, it is only marked (deletionTimestamp) and goes
 // once they are removed.
 func (c *Client) Delete(ctx context.Context, resource, namespace, name string) error {

@@ -315,14 +315,14 @@ func (s *Server) casError(err error, t target) error {
 func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, status bool) {
 	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
 	switch strings.TrimSpace(ct) {
-	case "", "application/merge-patch+json", "application/json":
+	case "", "application/merge-patch+json", "application/json", "application/strategic-merge-patch+json":
 	case "application/json-patch+json":
 		s.serveJSONPatch(w, r, t, status)
 		return
 	default:
 		st := v1alpha1.Status{TypeMeta: v1alpha1.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure",
 			Reason: v1alpha1.ReasonUnsupportedMedia, Code: http.StatusUnsupportedMediaType,
-			Message: fmt.Sprintf("patch type %q is not supported: use a JSON merge patch (application/merge-patch+json) or a JSON patch (application/json-patch+json)", ct)}
+			Message: fmt.Sprintf("patch type %q is not supported: use a JSON merge patch (application/merge-patch+json), a strategic merge patch (application/strategic-merge-patch+json: a merge patch whose conditions lists merge by type) or a JSON patch (application/json-patch+json)", ct)}
 		writeJSON(w, st.Code, st)
 		return
 	}
@@ -349,6 +349,13 @@ func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, st
 		dec.UseNumber()
 		if err := dec.Decode(&cur); err != nil {
 			return nil, err
+		}
+		if strings.TrimSpace(ct) == "application/strategic-merge-patch+json" {
+			merged, err := StrategicMergePatch(cur, deepCopyJSON(patch))
+			if err != nil {
+				return nil, err
+			}
+			return json.Marshal(merged)
 		}
 		return json.Marshal(MergePatch(cur, deepCopyJSON(patch)))
 	})

@@ -119,3 +119,35 @@ func PatchVMStatus(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMa
 	}
 	return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, last)
 }
+
+// ConditionsPatch returns the conditions list of a strategic merge patch (see
+// client.PatchStatusStrategic) that makes the conditions of the owned types in current equal
+// to want: each wanted condition that is new or changed (keeping its last transition time
+// while its status stays), and {"type": T, "$patch": "delete"} for each owned type present
+// but no longer wanted. Conditions of other types are not sent, so writers of different types
+// never overwrite each other and need no resourceVersion guard. It returns nil when nothing
+// changes.
+func ConditionsPatch(current, want []v1alpha1.Condition, owned []string, now v1alpha1.Time) []any {
+	var out []any
+	wanted := map[string]bool{}
+	for _, w := range want {
+		wanted[w.Type] = true
+		old := v1alpha1.FindCondition(current, w.Type)
+		switch {
+		case old == nil || old.Status != w.Status:
+			t := now
+			w.LastTransitionTime = &t
+		case old.Reason == w.Reason && old.Message == w.Message && old.ObservedGeneration == w.ObservedGeneration:
+			continue
+		default:
+			w.LastTransitionTime = old.LastTransitionTime
+		}
+		out = append(out, w)
+	}
+	for _, t := range owned {
+		if !wanted[t] && v1alpha1.FindCondition(current, t) != nil {
+			out = append(out, map[string]string{"type": t, "$patch": "delete"})
+		}
+	}
+	return out
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
@@ -56,5 +57,51 @@ func TestOwnedPatchDropsRemovedFields(t *testing.T) {
 	a, _ := json.Marshal(after)
 	if p, err := runtime.OwnedPatch(b, a, []string{"powerRequest"}); err != nil || p != nil {
 		t.Errorf("patch of a field not owned: %v, %v", p, err)
+	}
+}
+
+func TestConditionsPatch(t *testing.T) {
+	t0 := v1alpha1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	now := v1alpha1.NewTime(time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC))
+	cur := []v1alpha1.Condition{
+		{Type: "A", Status: "True", Reason: "Ok", LastTransitionTime: &t0},
+		{Type: "B", Status: "False", Reason: "No", LastTransitionTime: &t0},
+		{Type: "Other", Status: "True", LastTransitionTime: &t0},
+	}
+	owned := []string{"A", "B", "C"}
+	enc := func(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+	if p := runtime.ConditionsPatch(cur, []v1alpha1.Condition{{Type: "A", Status: "True", Reason: "Ok"}, {Type: "B", Status: "False", Reason: "No"}}, owned, now); p != nil {
+		t.Errorf("no change gave %s", enc(p))
+	}
+	// A's message changes (time kept), B flips (time now), C is new, nothing about Other.
+	p := runtime.ConditionsPatch(cur, []v1alpha1.Condition{{Type: "A", Status: "True", Reason: "Ok", Message: "m"},
+		{Type: "B", Status: "True", Reason: "Yes"}, {Type: "C", Status: "Unknown"}}, owned, now)
+	want := `[{"type":"A","status":"True","reason":"Ok","message":"m","lastTransitionTime":"2026-01-01T00:00:00.000000Z"},` +
+		`{"type":"B","status":"True","reason":"Yes","lastTransitionTime":"2026-01-02T00:00:00.000000Z"},` +
+		`{"type":"C","status":"Unknown","lastTransitionTime":"2026-01-02T00:00:00.000000Z"}]`
+	if got := enc(p); got != want {
+		t.Errorf("patch\n got %s\nwant %s", got, want)
+	}
+	// Owned types no longer wanted are deleted; unowned ones never are.
+	p = runtime.ConditionsPatch(cur, []v1alpha1.Condition{{Type: "A", Status: "True", Reason: "Ok"}}, owned, now)
+	if got := enc(p); got != `[{"$patch":"delete","type":"B"}]` {
+		t.Errorf("delete patch %s", got)
+	}
+
+	// Applied by the server, the patch leaves Other and the order alone.
+	var target, patch any
+	_ = json.Unmarshal([]byte(`{"conditions":`+enc(cur)+`}`), &target)
+	_ = json.Unmarshal([]byte(`{"conditions":`+enc(p)+`}`), &patch)
+	got, err := apiserver.StrategicMergePatch(target, patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, c := range got.(map[string]any)["conditions"].([]any) {
+		types = append(types, c.(map[string]any)["type"].(string))
+	}
+	if !reflect.DeepEqual(types, []string{"A", "Other"}) {
+		t.Errorf("after the server applied it: %v", types)
 	}
 }

@@ -441,39 +441,19 @@ func (c *Controller) syncVM(ctx context.Context, k runtime.Key) error {
 			want = append(want, sz)
 		}
 	}
-	owned := map[string]bool{v1alpha1.VMConditionClassReady: true, v1alpha1.VMConditionSizingPolicyMatched: true}
-	conds := make([]v1alpha1.Condition, 0, len(vm.Status.Conditions)+2)
-	changed := false
-	for _, x := range vm.Status.Conditions {
-		if !owned[x.Type] {
-			conds = append(conds, x)
-		}
-	}
-	for _, w := range want {
-		old := v1alpha1.FindCondition(vm.Status.Conditions, w.Type)
-		switch {
-		case old == nil || old.Status != w.Status:
-			t := v1alpha1.NewTime(time.Now())
-			w.LastTransitionTime = &t
-			changed = true
-		default:
-			w.LastTransitionTime = old.LastTransitionTime
-			changed = changed || old.Reason != w.Reason || old.Message != w.Message
-		}
-		conds = append(conds, w)
-	}
-	if len(conds) != len(vm.Status.Conditions) {
-		changed = true
-	}
-	if !changed {
+	// The class controller owns these two conditions of the VM status: it sends only them,
+	// merged by type on the server, so it needs no resourceVersion guard and meets no 409.
+	owned := []string{v1alpha1.VMConditionClassReady, v1alpha1.VMConditionSizingPolicyMatched}
+	conds := runtime.ConditionsPatch(vm.Status.Conditions, want, owned, v1alpha1.NewTime(time.Now()))
+	if conds == nil {
 		return nil
 	}
-	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": vm.ResourceVersion}, "status": map[string]any{"conditions": conds}})
+	body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": conds}})
 	if err != nil {
 		return err
 	}
-	err = c.c.PatchStatus(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
-	if client.IsNotFound(err) || client.IsConflict(err) {
+	err = c.c.PatchStatusStrategic(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
+	if client.IsNotFound(err) {
 		return nil
 	}
 	return err
