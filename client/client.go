@@ -49,6 +49,15 @@ type Client struct {
 	stream  *http.Client // watches and streams: no overall timeout
 	timeout time.Duration
 	dialer  func(ctx context.Context) (net.Conn, error)
+	agent   string // User-Agent; empty: Go's default
+}
+
+// WithUserAgent returns a client that shares c's connections and names itself ua in the
+// User-Agent header, so the server's logs tell which component sent a request.
+func (c *Client) WithUserAgent(ua string) *Client {
+	c2 := *c
+	c2.agent = ua
+	return &c2
 }
 
 // New builds a client from cfg.
@@ -251,6 +260,9 @@ func (c *Client) sendHeader(ctx context.Context, hc *http.Client, method, path s
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	if c.agent != "" {
+		req.Header.Set("User-Agent", c.agent)
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
@@ -364,6 +376,12 @@ func (c *Client) PatchStatus(ctx context.Context, resource, namespace, name stri
 // ({"type": T, "$patch": "delete"} removes one).
 func (c *Client) PatchStatusStrategic(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
 	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name, "status"), nil, "application/strategic-merge-patch+json", patch, out)
+}
+
+// Bind binds a VM to a node through its binding subresource (see
+// v1alpha1.VirtualMachineBinding); out, if not nil, receives the bound VM.
+func (c *Client) Bind(ctx context.Context, namespace, name string, b *v1alpha1.VirtualMachineBinding, out any) error {
+	return c.Do(ctx, http.MethodPost, Path("virtualmachines", namespace, name, "binding"), nil, "", b, out)
 }
 
 // Delete deletes an object. With finalizers, it is only marked (deletionTimestamp) and goes

@@ -633,3 +633,25 @@ type VirtualMachineMemoryStatus struct {
 type VirtualMachineVersions struct {
 	Qemu string `json:"qemu,omitempty"`
 }
+
+// VMConditionScheduled is True with the node the VM is bound to, or False with why no node
+// fits (a Rakhsh addition, like Kubernetes' PodScheduled).
+const VMConditionScheduled = "Scheduled"
+
+// VirtualMachineBinding places a VM on a node: the body of POST
+// .../virtualmachines/NAME/binding, the scheduler's one way of setting status.nodeName. The
+// server binds only a VM that is not deleted, not bound elsewhere, of the given uid, and whose
+// status.powerRequest is still the one the decision was made on; it sets the Scheduled
+// condition with the binding.
+type VirtualMachineBinding struct {
+	TypeMeta   `json:",inline"`
+	ObjectMeta `json:"metadata,omitempty"`
+
+	// NodeName is the node the VM goes to.
+	NodeName string `json:"nodeName"`
+	// PowerRequest is the VM's status.powerRequest when the scheduler decided; the binding is
+	// refused (409) once it has changed, e.g. by a stop in between.
+	PowerRequest *VMPowerRequest `json:"powerRequest,omitempty"`
+	// Message, when set, is the Scheduled condition's message.
+	Message string `json:"message,omitempty"`
+}

@@ -68,7 +68,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if st.Code >= 500 {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	} else {
-		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "code", st.Code, "err", err)
+		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "code", st.Code, "err", err, "userAgent", r.UserAgent())
 	}
 	if st.Code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="rakhsh"`)

@@ -335,6 +335,10 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 		s.serveStream(w, r, t)
 		return
 	}
+	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubBinding {
+		s.serveBinding(w, r, t)
+		return
+	}
 	if isImageKind(t.st.Info.Kind) && t.sub == SubData {
 		s.serveImageData(w, r, t)
 		return

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -118,6 +119,72 @@ func PatchVMStatus(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMa
 		last = err
 	}
 	return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, last)
+}
+
+// PatchVMStatusSoleOwner writes status fields and condition types that no other component
+// writes: it reads the VM, lets mutate change it, and sends only the changed fields and
+// conditions as a strategic merge patch without a resourceVersion (conditions merge by type
+// on the server). With no other writer of these fields there is nothing to guard against, so
+// the write never meets a 409, whatever the other writers of the VM do at the same moment.
+// It returns the VM as written, or nil when it is gone or nothing changed.
+func PatchVMStatusSoleOwner(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine, fields, conditions []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+	var v v1alpha1.VirtualMachine
+	if err := c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
+		if client.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	if v.UID != vm.UID {
+		return nil, nil
+	}
+	beforeConds := append([]v1alpha1.Condition(nil), v.Status.Conditions...)
+	before, _ := json.Marshal(v.Status)
+	if err := mutate(&v); err != nil {
+		return nil, err
+	}
+	after, _ := json.Marshal(v.Status)
+	patch, err := OwnedPatch(before, after, fields)
+	if err != nil {
+		return nil, err
+	}
+	if cp := ConditionsDiff(beforeConds, v.Status.Conditions, conditions); cp != nil {
+		if patch == nil {
+			patch = map[string]any{}
+		}
+		patch["conditions"] = cp
+	}
+	if patch == nil {
+		return nil, nil
+	}
+	body, _ := json.Marshal(map[string]any{"status": patch})
+	var out v1alpha1.VirtualMachine
+	err = c.PatchStatusStrategic(ctx, "virtualmachines", v.Namespace, v.Name, body, &out)
+	if client.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, err)
+	}
+	return &out, nil
+}
+
+// ConditionsDiff returns the conditions list of a strategic merge patch turning the owned
+// condition types of before into those of after (each changed or new one whole, a delete
+// directive for each one gone), or nil when they are the same.
+func ConditionsDiff(before, after []v1alpha1.Condition, owned []string) []any {
+	var out []any
+	for _, t := range owned {
+		b, a := v1alpha1.FindCondition(before, t), v1alpha1.FindCondition(after, t)
+		switch {
+		case a == nil && b != nil:
+			out = append(out, map[string]string{"type": t, "$patch": "delete"})
+		case a == nil:
+		case b == nil || !reflect.DeepEqual(*a, *b):
+			out = append(out, *a)
+		}
+	}
+	return out
 }
 
 // ConditionsPatch returns the conditions list of a strategic merge patch (see

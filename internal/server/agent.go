@@ -76,6 +76,7 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 			if err != nil {
 				return err
 			}
+			c = c.WithUserAgent("rakhsh/agent")
 			if cfg.NodeName == "" {
 				cfg.NodeName, _ = os.Hostname()
 			}

@@ -33,23 +33,26 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 	if err != nil {
 		return nil, err
 	}
+	// Each component names itself in the User-Agent of its requests (seen in the server's
+	// debug log of refused requests).
+	as := func(name string) *client.Client { return cl.WithUserAgent("rakhsh/" + name) }
 	var comps []component
 	if !cfg.NoControllers {
-		ic := image.New(image.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
+		ic := image.New(image.Config{Client: as("image-controller"), DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
 			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 			MaxUnpackedSize: cfg.MaxImageSize})
-		dc := disk.New(disk.Config{Client: cl, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
+		dc := disk.New(disk.Config{Client: as("disk-controller"), DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
 			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 			MaxUnpackedSize: cfg.MaxImageSize})
-		sch, err := scheduler.New(scheduler.Config{Client: cl, Log: log.With("component", "scheduler")})
+		sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Log: log.With("component", "scheduler")})
 		if err != nil {
 			return nil, err
 		}
-		vmc, err := vm.New(vm.Config{Client: cl, Log: log.With("component", "vm-controller")})
+		vmc, err := vm.New(vm.Config{Client: as("vm-controller"), Log: log.With("component", "vm-controller")})
 		if err != nil {
 			return nil, err
 		}
-		vcc, err := vmclass.New(vmclass.Config{Client: cl, Log: log.With("component", "vmclass-controller")})
+		vcc, err := vmclass.New(vmclass.Config{Client: as("vmclass-controller"), Log: log.With("component", "vmclass-controller")})
 		if err != nil {
 			return nil, err
 		}
@@ -59,7 +62,7 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 				return nil, fmt.Errorf("--mac-ranges: %w", err)
 			}
 		}
-		nc, err := netctl.New(netctl.Config{Client: cl, Log: log.With("component", "network-controller"),
+		nc, err := netctl.New(netctl.Config{Client: as("network-controller"), Log: log.With("component", "network-controller"),
 			MACRanges: macRanges, DefaultSubnet: cfg.DefaultSubnet})
 		if err != nil {
 			return nil, err
@@ -71,14 +74,14 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 			component{name: "disk-controller", run: dc.Run},
 			component{name: "scheduler", run: sch.Run},
 			component{name: "vm-controller", run: vmc.Run},
-			component{name: "node-lifecycle", run: node.New(node.Config{Client: cl, GracePeriod: cfg.NodeGracePeriod,
+			component{name: "node-lifecycle", run: node.New(node.Config{Client: as("node-lifecycle"), GracePeriod: cfg.NodeGracePeriod,
 				Log: log.With("component", "node-lifecycle")}).Run},
-			component{name: "event-gc", run: eventgc.New(eventgc.Config{Client: cl, TTL: cfg.EventTTL,
+			component{name: "event-gc", run: eventgc.New(eventgc.Config{Client: as("event-gc"), TTL: cfg.EventTTL,
 				Log: log.With("component", "event-gc")}).Run},
 		)
 	}
 	if !cfg.NoAgent {
-		a, err := agent.New(agent.Config{Client: cl, NodeName: cfg.NodeName, DataDir: cfg.DataDir,
+		a, err := agent.New(agent.Config{Client: as("agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
 			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice, Log: log})
 		if err != nil {
 			return nil, err

@@ -97,6 +97,12 @@ func (c *Controller) allocateIP(ctx context.Context, ip *v1alpha1.VirtualMachine
 func (c *Controller) takeIPLease(ctx context.Context, addr netip.Addr, ref *v1alpha1.VirtualMachineIPAddressRef, takeReleased bool) claimResult {
 	name := v1alpha1.IPLeaseName(addr)
 	bound := claimResult{address: addr.String(), reason: ReasonBound, message: "address " + addr.String() + " is leased"}
+	// Already ours and bound in the cache: no create that would only meet AlreadyExists.
+	var cached v1alpha1.VirtualMachineIPAddressLease
+	if found, _ := c.ipls.Get(runtime.NewKey("", name), &cached); found && cached.DeletionTimestamp == nil &&
+		cached.Spec.VirtualMachineIPAddressRef != nil && *cached.Spec.VirtualMachineIPAddressRef == *ref && cached.Status.Phase == v1alpha1.LeasePhaseBound {
+		return bound
+	}
 	l := v1alpha1.VirtualMachineIPAddressLease{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineIPAddressLease"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: v1alpha1.VirtualMachineIPAddressLeaseSpec{VirtualMachineIPAddressRef: ref}}
 	err := c.c.Create(ctx, "virtualmachineipaddressleases", "", &l, &l)
@@ -184,6 +190,11 @@ func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1
 	}
 	name, _ := v1alpha1.MACLeaseName(norm)
 	bound := claimResult{address: norm, reason: ReasonBound, message: "MAC address " + norm + " is leased"}
+	var cached v1alpha1.VirtualMachineMACAddressLease
+	if found, _ := c.macls.Get(runtime.NewKey("", name), &cached); found && cached.DeletionTimestamp == nil &&
+		cached.Spec.VirtualMachineMACAddressRef != nil && *cached.Spec.VirtualMachineMACAddressRef == *ref && cached.Status.Phase == v1alpha1.LeasePhaseBound {
+		return bound
+	}
 	l := v1alpha1.VirtualMachineMACAddressLease{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineMACAddressLease"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: v1alpha1.VirtualMachineMACAddressLeaseSpec{VirtualMachineMACAddressRef: ref}}
 	err = c.c.Create(ctx, "virtualmachinemacaddressleases", "", &l, &l)

@@ -10,8 +10,12 @@ import (
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
-// vmStatusFields are the VM status fields this controller writes.
-var vmStatusFields = []string{"networks", "ipAddress", "virtualMachineIPAddressName", "conditions"}
+// vmStatusFields are the VM status fields this controller alone writes, and vmConditions the
+// condition types.
+var (
+	vmStatusFields = []string{"networks", "ipAddress", "virtualMachineIPAddressName"}
+	vmConditions   = []string{v1alpha1.VMConditionMACAddressReady, v1alpha1.VMConditionIPAddressReady}
+)
 
 // Iface is one network interface of a VM as the control plane resolves it.
 type Iface struct {
@@ -265,5 +269,5 @@ func (c *Controller) adopt(ctx context.Context, resource string, vm *v1alpha1.Vi
 
 // patchVM writes the owned status fields of a VM, guarded by its resourceVersion.
 func (c *Controller) patchVM(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachine, error) {
-	return runtime.PatchVMStatus(ctx, c.c, vm, vmStatusFields, func(v *v1alpha1.VirtualMachine) error { mutate(v); return nil })
+	return runtime.PatchVMStatusSoleOwner(ctx, c.c, vm, vmStatusFields, vmConditions, func(v *v1alpha1.VirtualMachine) error { mutate(v); return nil })
 }

@@ -27,7 +27,7 @@ import (
 
 // ConditionScheduled is the VM condition the scheduler owns (a Rakhsh addition, like
 // Kubernetes' PodScheduled): True with the node, or False with why no node fits.
-const ConditionScheduled = "Scheduled"
+const ConditionScheduled = v1alpha1.VMConditionScheduled
 
 // Reasons of the Scheduled condition.
 const (
@@ -242,6 +242,23 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	if want, _ := wantsNode(&vm); !want {
 		return runtime.Result{}, nil
 	}
+	// Decide on the stored VM, not the cached one: other components write its status just
+	// after it is created, and a binding guarded by a cached resourceVersion would mostly
+	// meet a 409. One read per pending VM leaves a 409 only to a write in between.
+	var fresh v1alpha1.VirtualMachine
+	if err := s.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &fresh); err != nil {
+		if client.IsNotFound(err) {
+			return runtime.Result{}, nil
+		}
+		return runtime.Result{}, err
+	}
+	if fresh.UID != vm.UID {
+		return runtime.Result{}, nil
+	}
+	vm = fresh
+	if want, _ := wantsNode(&vm); !want {
+		return runtime.Result{}, nil
+	}
 	now := s.cfg.Now()
 	nodes := s.nodeStates()
 	diskNode, derr := s.diskNode(&vm)
@@ -268,10 +285,19 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 		}
 		return runtime.Result{RequeueAfter: s.cfg.RetryInterval}, nil
 	}
-	conds := append([]v1alpha1.Condition(nil), vm.Status.Conditions...)
-	v1alpha1.SetCondition(&conds, v1alpha1.Condition{Type: ConditionScheduled, Status: v1alpha1.ConditionTrue, Reason: ReasonScheduled,
-		Message: fmt.Sprintf("bound to node %s", node)})
-	if err := s.patch(ctx, &vm, map[string]any{"nodeName": node, "conditions": conds}); err != nil {
+	b := v1alpha1.VirtualMachineBinding{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineBinding"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: vm.Name, Namespace: vm.Namespace, UID: vm.UID},
+		NodeName:   node, PowerRequest: vm.Status.PowerRequest, Message: fmt.Sprintf("bound to node %s", node)}
+	if err := s.c.Bind(ctx, vm.Namespace, vm.Name, &b, nil); err != nil {
+		if client.IsNotFound(err) {
+			// The VM or the node went in between: look again.
+			return runtime.Result{RequeueAfter: s.cfg.RetryInterval}, nil
+		}
+		if client.IsConflict(err) {
+			// A precondition failed (a stop, a deletion, another binding): the change is on
+			// its way to the cache and queues the VM again; retry soon anyway.
+			return runtime.Result{}, fmt.Errorf("binding %s/%s: %w (%v)", vm.Namespace, vm.Name, errStale, err)
+		}
 		return runtime.Result{}, err
 	}
 	s.mu.Lock()
