@@ -1,53 +1,21 @@
-package apiserver_test
+package apiserver
 
 import (
 	"context"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/apiserver"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
-
-func bindingServer(t *testing.T) *client.Client {
-	t.Helper()
-	dir := t.TempDir()
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	api := apiserver.New(apiserver.Config{Store: st})
-	t.Cleanup(api.Shutdown)
-	if err := api.EnsureProject(context.Background(), apiserver.DefaultProject); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "s.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: api.LocalHandler()}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	c, err := client.New(client.Config{Server: "unix://" + sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // TestBinding: the binding subresource binds a VM whatever else was written to its status
 // meanwhile, and refuses (409, saying why) a VM that was replaced, is being deleted, is bound
 // elsewhere, or whose power request changed since the decision.
 func TestBinding(t *testing.T) {
-	c := bindingServer(t)
+	c := localTestServer(t, t.TempDir(), Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, n := range []string{"n1", "n2"} {

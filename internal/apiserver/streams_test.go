@@ -18,24 +18,20 @@ import (
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
-// TestConsoleAndLogStreams serves a VM's console over a websocket and its kept log over
-// plain GET, from a run dir whose serial socket is faked.
-func TestConsoleAndLogStreams(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "rk-streams")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
+// localTestServer runs an API server with a bolt store in dir, on the unix socket dir/api.sock
+// (dir must be short enough for a socket path), with the default project; all of it ends
+// with the test.
+func localTestServer(t *testing.T, dir string, cfg Config) *client.Client {
+	t.Helper()
 	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	s := New(Config{Store: st, DataDir: dir, NodeName: "n1"})
-	defer s.Shutdown()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := s.EnsureProject(ctx, "default"); err != nil {
+	t.Cleanup(func() { st.Close() })
+	cfg.Store = st
+	s := New(cfg)
+	t.Cleanup(s.Shutdown)
+	if err := s.EnsureProject(context.Background(), DefaultProject); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "api.sock")
@@ -44,12 +40,26 @@ func TestConsoleAndLogStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	hs := &http.Server{Handler: s.LocalHandler()}
-	go hs.Serve(l)
-	defer hs.Close()
+	go func() { _ = hs.Serve(l) }()
+	t.Cleanup(func() { hs.Close() })
 	c, err := client.New(client.Config{Server: "unix://" + sock})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+// TestConsoleAndLogStreams serves a VM's console over a websocket and its kept log over
+// plain GET, from a run dir whose serial socket is faked.
+func TestConsoleAndLogStreams(t *testing.T) {
+	dir, err := os.MkdirTemp("/tmp", "rk-streams")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	c := localTestServer(t, dir, Config{DataDir: dir, NodeName: "n1"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	var vm v1alpha1.VirtualMachine
 	err = c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "vm1"},
 		"spec": map[string]any{"runPolicy": "AlwaysOff", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, &vm)
@@ -126,7 +136,7 @@ func TestConsoleAndLogStreams(t *testing.T) {
 	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
 	req.Header.Set("Origin", "http://evil.example")
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "api.sock"))
 	}}}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -78,6 +78,22 @@ func mergeDiff(before, after json.RawMessage) (any, error) {
 	return out, nil
 }
 
+// readVM reads the stored VM of vm's name: nil without an error when it is gone or a VM of
+// another uid now has its name.
+func readVM(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine, error) {
+	var v v1alpha1.VirtualMachine
+	if err := c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
+		if client.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	if v.UID != vm.UID {
+		return nil, nil
+	}
+	return &v, nil
+}
+
 // PatchVMStatus reads the VM fresh, applies mutate, and writes the owned status fields
 // (OwnedPatch) guarded by the resourceVersion it read, retrying conflicts a few times. It
 // returns the written VM, or nil (and no error) when nothing changed, the VM is gone, or a
@@ -85,18 +101,12 @@ func mergeDiff(before, after json.RawMessage) (any, error) {
 func PatchVMStatus(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine, owned []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
 	var last error
 	for attempt := 0; attempt < 8; attempt++ {
-		var v v1alpha1.VirtualMachine
-		if err := c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
-			if client.IsNotFound(err) {
-				return nil, nil
-			}
+		v, err := readVM(ctx, c, vm)
+		if v == nil {
 			return nil, err
 		}
-		if v.UID != vm.UID {
-			return nil, nil
-		}
 		before, _ := json.Marshal(v.Status)
-		if err := mutate(&v); err != nil {
+		if err := mutate(v); err != nil {
 			return nil, err
 		}
 		after, _ := json.Marshal(v.Status)
@@ -128,19 +138,13 @@ func PatchVMStatus(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMa
 // the write never meets a 409, whatever the other writers of the VM do at the same moment.
 // It returns the VM as written, or nil when it is gone or nothing changed.
 func PatchVMStatusSoleOwner(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine, fields, conditions []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
-	var v v1alpha1.VirtualMachine
-	if err := c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
-		if client.IsNotFound(err) {
-			return nil, nil
-		}
+	v, err := readVM(ctx, c, vm)
+	if v == nil {
 		return nil, err
-	}
-	if v.UID != vm.UID {
-		return nil, nil
 	}
 	beforeConds := append([]v1alpha1.Condition(nil), v.Status.Conditions...)
 	before, _ := json.Marshal(v.Status)
-	if err := mutate(&v); err != nil {
+	if err := mutate(v); err != nil {
 		return nil, err
 	}
 	after, _ := json.Marshal(v.Status)
