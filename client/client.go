@@ -366,6 +366,12 @@ func (c *Client) Patch(ctx context.Context, resource, namespace, name string, pa
 	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name), nil, "application/merge-patch+json", patch, out)
 }
 
+// JSONPatch applies a JSON patch (RFC 6902). Its test operations are preconditions: a failed
+// one is a 409 Conflict.
+func (c *Client) JSONPatch(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
+	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name), nil, "application/json-patch+json", patch, out)
+}
+
 // PatchStatus applies a JSON merge patch to the status subresource.
 func (c *Client) PatchStatus(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
 	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name, "status"), nil, "application/merge-patch+json", patch, out)

@@ -94,3 +94,38 @@ func TestBinding(t *testing.T) {
 	err = c.Do(ctx, http.MethodPost, client.Path("virtualdisks", "default", "d", "binding"), nil, "", []byte(`{"nodeName":"n1"}`), nil)
 	wantErr("a disk", err, false, `no subresource "binding"`)
 }
+
+// TestJSONPatchTestIsPrecondition: a JSON patch's failed test operation is a 409 Conflict (a
+// failed precondition), and a test of null passes on an absent field, so a writer can add the
+// first finalizer without a resourceVersion and without losing one added meanwhile.
+func TestJSONPatchTestIsPrecondition(t *testing.T) {
+	c := localTestServer(t, t.TempDir(), Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "vm1"},
+		Spec: v1alpha1.VirtualMachineSpec{RunPolicy: v1alpha1.RunPolicyAlwaysOff, CPU: v1alpha1.VirtualMachineCPU{Cores: 1},
+			Memory: v1alpha1.VirtualMachineMemory{Size: "128Mi"}}}
+	if err := c.Create(ctx, "virtualmachines", "default", vm, vm); err != nil {
+		t.Fatal(err)
+	}
+	addFirst := func(f string) error {
+		return c.JSONPatch(ctx, "virtualmachines", "default", "vm1", []byte(`[{"op":"test","path":"/metadata/uid","value":"`+vm.UID+`"},`+
+			`{"op":"test","path":"/metadata/finalizers","value":null},{"op":"add","path":"/metadata/finalizers","value":["`+f+`"]}]`), nil)
+	}
+	if err := addFirst("example.org/a"); err != nil {
+		t.Fatalf("first finalizer: %v", err)
+	}
+	if err := addFirst("example.org/b"); !client.IsConflict(err) || !strings.Contains(err.Error(), "does not apply") {
+		t.Fatalf("a second writer that saw no finalizers: %v, want a 409", err)
+	}
+	var got v1alpha1.VirtualMachine
+	if err := c.Get(ctx, "virtualmachines", "default", "vm1", &got); err != nil || len(got.Finalizers) != 1 || got.Finalizers[0] != "example.org/a" {
+		t.Fatalf("finalizers %v (%v)", got.Finalizers, err)
+	}
+	// A patch that is wrong, not stale, stays a 422.
+	err := c.JSONPatch(ctx, "virtualmachines", "default", "vm1", []byte(`[{"op":"remove","path":"/spec/nothing"}]`), nil)
+	if err == nil || client.IsConflict(err) || !strings.Contains(err.Error(), "does not apply") {
+		t.Fatalf("removing a missing field: %v, want a 422", err)
+	}
+}

@@ -379,7 +379,12 @@ func (s *Server) serveJSONPatch(w http.ResponseWriter, r *http.Request, t target
 	s.applyPatch(w, r, t, status, pinned, func(current []byte) ([]byte, error) {
 		patched, err := patch.Apply(current)
 		if err != nil {
-			return nil, errs.New(errs.ErrInvalid, "the JSON patch does not apply to %s %q: %v", t.st.Info.Singular, t.name, err)
+			// A failed test operation is a failed precondition, like a stale resourceVersion.
+			class := errs.ErrInvalid
+			if errors.Is(err, jsonpatch.ErrTestFailed) {
+				class = errs.ErrConflict
+			}
+			return nil, errs.New(class, "the JSON patch does not apply to %s %q: %v", t.st.Info.Singular, t.name, err)
 		}
 		return patched, nil
 	})

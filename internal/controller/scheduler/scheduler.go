@@ -275,9 +275,17 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	if node == "" {
 		cond := v1alpha1.Condition{Type: ConditionScheduled, Status: v1alpha1.ConditionFalse, Reason: ReasonUnschedulable, Message: why}
 		if old := v1alpha1.FindCondition(vm.Status.Conditions, ConditionScheduled); old == nil || old.Status != cond.Status || old.Message != cond.Message {
-			conds := append([]v1alpha1.Condition(nil), vm.Status.Conditions...)
-			v1alpha1.SetCondition(&conds, cond)
-			if err := s.patch(ctx, &vm, map[string]any{"conditions": conds}); err != nil {
+			// The Scheduled condition is the scheduler's alone, and one VM is reconciled at a
+			// time, so its binding cannot pass this write: no resourceVersion guard.
+			conds := runtime.ConditionsPatch(vm.Status.Conditions, []v1alpha1.Condition{cond}, nil, v1alpha1.NewTime(now))
+			body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": conds}})
+			if err != nil {
+				return runtime.Result{}, err
+			}
+			if err := s.c.PatchStatusStrategic(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil); err != nil {
+				if client.IsNotFound(err) {
+					return runtime.Result{}, nil
+				}
 				return runtime.Result{}, err
 			}
 			s.log.Info("VM is unschedulable", "vm", string(key), "why", why)
@@ -307,26 +315,9 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	return runtime.Result{}, nil
 }
 
-// errStale says the cached VM is older than the stored one; the informer brings the new one.
+// errStale says a binding's precondition failed: the VM changed since the decision; the
+// informer brings the change.
 var errStale = errors.New("stale")
-
-// patch writes status fields guarded by the cached resourceVersion.
-func (s *Scheduler) patch(ctx context.Context, vm *v1alpha1.VirtualMachine, status map[string]any) error {
-	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": vm.ResourceVersion}, "status": status})
-	if err != nil {
-		return err
-	}
-	err = s.c.PatchStatus(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	if client.IsConflict(err) {
-		// Someone changed the VM since the informer saw it: the change is on its way and
-		// queues the VM again; retry soon anyway.
-		return fmt.Errorf("binding %s/%s: %w", vm.Namespace, vm.Name, errStale)
-	}
-	return err
-}
 
 // nodeStates returns every node with the resources its VMs use, from the caches.
 func (s *Scheduler) nodeStates() []*nodeState {

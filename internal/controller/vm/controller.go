@@ -323,9 +323,20 @@ func hasFinalizer(vm *v1alpha1.VirtualMachine) bool {
 }
 
 func (c *Controller) addFinalizer(ctx context.Context, vm *v1alpha1.VirtualMachine) error {
+	// A JSON patch whose tests are the preconditions (the same object, the finalizers as the
+	// cache saw them: null when there are none) instead of the cached resourceVersion, which
+	// the status writes of the first milliseconds of a VM make stale.
+	var seen any
+	if len(vm.Finalizers) > 0 {
+		seen = vm.Finalizers
+	}
 	fins := append(append([]string{}, vm.Finalizers...), Finalizer)
-	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": vm.ResourceVersion, "finalizers": fins}})
-	err := c.c.Patch(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
+	body, _ := json.Marshal([]map[string]any{
+		{"op": "test", "path": "/metadata/uid", "value": vm.UID},
+		{"op": "test", "path": "/metadata/finalizers", "value": seen},
+		{"op": "add", "path": "/metadata/finalizers", "value": fins},
+	})
+	err := c.c.JSONPatch(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
 	if client.IsConflict(err) || client.IsNotFound(err) {
 		return nil // a newer version is on its way through the informer
 	}

@@ -503,12 +503,15 @@ func (c *Controller) syncProject(ctx context.Context, name string) error {
 		return nil
 	}
 	v1alpha1.SetCondition(&conds, qc)
-	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": p.ResourceVersion}, "status": map[string]any{"used": u, "conditions": conds}})
+	// This controller alone writes the usage and the QuotaExceeded condition: a strategic
+	// patch of just those needs no resourceVersion guard, and one reconcile of a project at a
+	// time keeps the newest computation last.
+	body, err := json.Marshal(map[string]any{"status": map[string]any{"used": u, "conditions": []v1alpha1.Condition{*v1alpha1.FindCondition(conds, qc.Type)}}})
 	if err != nil {
 		return err
 	}
-	err = c.c.PatchStatus(ctx, "projects", "", name, body, nil)
-	if client.IsNotFound(err) || client.IsConflict(err) {
+	err = c.c.PatchStatusStrategic(ctx, "projects", "", name, body, nil)
+	if client.IsNotFound(err) {
 		return nil
 	}
 	return err
