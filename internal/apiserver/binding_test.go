@@ -26,11 +26,14 @@ func TestBinding(t *testing.T) {
 	}
 	newVM := func(name string) *v1alpha1.VirtualMachine {
 		vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
-			ObjectMeta: v1alpha1.ObjectMeta{Name: name, Finalizers: []string{v1alpha1.VMCleanupFinalizer}},
+			ObjectMeta: v1alpha1.ObjectMeta{Name: name},
 			Spec: v1alpha1.VirtualMachineSpec{RunPolicy: v1alpha1.RunPolicyAlwaysOn, CPU: v1alpha1.VirtualMachineCPU{Cores: 1},
 				Memory: v1alpha1.VirtualMachineMemory{Size: "128Mi"}}}
 		if err := c.Create(ctx, "virtualmachines", "default", vm, vm); err != nil {
 			t.Fatal(err)
+		}
+		if len(vm.Finalizers) != 1 || vm.Finalizers[0] != v1alpha1.VMCleanupFinalizer {
+			t.Fatalf("a new VM's finalizers: %v, want the server to put %s on", vm.Finalizers, v1alpha1.VMCleanupFinalizer)
 		}
 		return vm
 	}
@@ -102,15 +105,13 @@ func TestJSONPatchTestIsPrecondition(t *testing.T) {
 	c := localTestServer(t, t.TempDir(), Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
-		ObjectMeta: v1alpha1.ObjectMeta{Name: "vm1"},
-		Spec: v1alpha1.VirtualMachineSpec{RunPolicy: v1alpha1.RunPolicyAlwaysOff, CPU: v1alpha1.VirtualMachineCPU{Cores: 1},
-			Memory: v1alpha1.VirtualMachineMemory{Size: "128Mi"}}}
-	if err := c.Create(ctx, "virtualmachines", "default", vm, vm); err != nil {
+	obj := &v1alpha1.Secret{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Secret"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "s1"}}
+	if err := c.Create(ctx, "secrets", "default", obj, obj); err != nil {
 		t.Fatal(err)
 	}
 	addFirst := func(f string) error {
-		return c.JSONPatch(ctx, "virtualmachines", "default", "vm1", []byte(`[{"op":"test","path":"/metadata/uid","value":"`+vm.UID+`"},`+
+		return c.JSONPatch(ctx, "secrets", "default", "s1", []byte(`[{"op":"test","path":"/metadata/uid","value":"`+obj.UID+`"},`+
 			`{"op":"test","path":"/metadata/finalizers","value":null},{"op":"add","path":"/metadata/finalizers","value":["`+f+`"]}]`), nil)
 	}
 	if err := addFirst("example.org/a"); err != nil {
@@ -119,12 +120,12 @@ func TestJSONPatchTestIsPrecondition(t *testing.T) {
 	if err := addFirst("example.org/b"); !client.IsConflict(err) || !strings.Contains(err.Error(), "does not apply") {
 		t.Fatalf("a second writer that saw no finalizers: %v, want a 409", err)
 	}
-	var got v1alpha1.VirtualMachine
-	if err := c.Get(ctx, "virtualmachines", "default", "vm1", &got); err != nil || len(got.Finalizers) != 1 || got.Finalizers[0] != "example.org/a" {
+	var got v1alpha1.Secret
+	if err := c.Get(ctx, "secrets", "default", "s1", &got); err != nil || len(got.Finalizers) != 1 || got.Finalizers[0] != "example.org/a" {
 		t.Fatalf("finalizers %v (%v)", got.Finalizers, err)
 	}
 	// A patch that is wrong, not stale, stays a 422.
-	err := c.JSONPatch(ctx, "virtualmachines", "default", "vm1", []byte(`[{"op":"remove","path":"/spec/nothing"}]`), nil)
+	err := c.JSONPatch(ctx, "secrets", "default", "s1", []byte(`[{"op":"remove","path":"/data/nothing"}]`), nil)
 	if err == nil || client.IsConflict(err) || !strings.Contains(err.Error(), "does not apply") {
 		t.Fatalf("removing a missing field: %v, want a 422", err)
 	}

@@ -67,6 +67,11 @@ func (s *Server) Create(ctx context.Context, st *registry.Strategy, namespace st
 	if st.Default != nil {
 		st.Default(obj)
 	}
+	for _, f := range st.Finalizers {
+		if !contains(m.Finalizers, f) {
+			m.Finalizers = append(m.Finalizers, f)
+		}
+	}
 	if err := validate(st, obj, nil); err != nil {
 		return nil, 0, err
 	}

@@ -23,6 +23,9 @@ type Strategy struct {
 	New func() v1alpha1.Object
 	// Default fills in defaults in place. It may be nil.
 	Default func(obj v1alpha1.Object)
+	// Finalizers are put on every new object of the kind by the server at create, so that no
+	// controller has to add them in a second write that races the object's first uses.
+	Finalizers []string
 	// Validate checks the whole object (spec and everything but metadata, which the server
 	// checks itself) and returns one error per bad field. It may be nil.
 	Validate func(obj v1alpha1.Object) errs.FieldErrors
