@@ -427,6 +427,10 @@ const (
 	// its automatic restart; the message gives the time of the next attempt and the last
 	// exit's cause. The VM controller owns it and removes it when no restart is pending.
 	VMConditionRestartBackoff = "RestartBackoff"
+	// VMConditionGuestReady (a Rakhsh addition) is True once the guest has written to its
+	// serial console since QEMU started or was reset: the guest's own code runs, beyond the
+	// firmware. False (NoSerialOutputYet) until then. The node agent owns it.
+	VMConditionGuestReady = "GuestReady"
 )
 
 // VirtualMachineStatus is the observed state of a VM.

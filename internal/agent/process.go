@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -66,6 +67,10 @@ type instance struct {
 	powerdown2    bool      // the second press a Windows guest gets was made
 	quitAt        time.Time // when the agent asked QEMU to quit
 	restarting    bool      // a graceful restart: start again once QEMU is gone
+
+	// guestOutput says the guest wrote to its serial console since this agent watched it,
+	// or since the last reset; the first output sets the GuestReady condition.
+	guestOutput atomic.Bool
 }
 
 func (in *instance) markExited() { in.exitOnce.Do(func() { close(in.exited) }) }
@@ -255,7 +260,11 @@ func (a *Agent) startWatchers(in *instance) {
 		go a.watchProcess(ctx, in)
 	}
 	go func() {
-		m := &console.Mux{RunDir: in.runDir, Log: a.log.With("vm", string(in.key))}
+		m := &console.Mux{RunDir: in.runDir, Log: a.log.With("vm", string(in.key)), OnOutput: func() {
+			if !in.guestOutput.Swap(true) {
+				go a.noteGuestOutput(ctx, in)
+			}
+		}}
 		if err := m.Run(ctx); err != nil && ctx.Err() == nil {
 			a.log.Debug("serial console ended", "vm", string(in.key), "err", err)
 		}

@@ -309,8 +309,12 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 	return ignoreGone(err)
 }
 
+// setRunningCond sets the Running condition; a VM whose QEMU does not run has no GuestReady.
 func setRunningCond(vm *v1alpha1.VirtualMachine, status, reason, msg string) {
 	v1alpha1.SetCondition(&vm.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionRunning, Status: status, Reason: reason, Message: msg})
+	if status != v1alpha1.ConditionTrue {
+		v1alpha1.RemoveCondition(&vm.Status.Conditions, v1alpha1.VMConditionGuestReady)
+	}
 }
 
 func (a *Agent) writePhase(ctx context.Context, vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, more func(v *v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachine, error) {
@@ -359,6 +363,14 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 			setRunningCond(v, v1alpha1.ConditionTrue, ReasonRunning, "QEMU runs the guest")
 		}
 		v1alpha1.SetCondition(&v.Status.Conditions, a.emulationCondition(kvm))
+		switch {
+		case in.guestOutput.Load():
+			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(true))
+		case in.child || v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionGuestReady) == nil:
+			// Started by this agent and silent so far. (An adopted QEMU keeps what an
+			// earlier agent saw: its guest need not write again.)
+			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(false))
+		}
 		if a.facts.qemu.QEMUVersion != "" {
 			v.Status.Versions = &v1alpha1.VirtualMachineVersions{Qemu: a.facts.qemu.QEMUVersion}
 		}
@@ -504,8 +516,18 @@ func (a *Agent) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, in *in
 	a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Restarting", fmt.Sprintf("restarting the VM (force=%t)", pr.Force))
 	mon := in.monitor()
 	if pr.Force && mon != nil {
+		in.guestOutput.Store(false)
 		if err := mon.SystemReset(ctx); err != nil {
 			return runtime.Result{}, fmt.Errorf("system_reset: %w", err)
+		}
+		if _, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+			if in.guestOutput.Load() {
+				return errNoChange // the guest has spoken again already
+			}
+			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(false))
+			return nil
+		}); ignoreGone(err) != nil {
+			return runtime.Result{}, err
 		}
 		if st.Status != qmp.StatusRunning && pr.State == v1alpha1.PowerStateRunning {
 			if err := mon.Cont(ctx); err != nil {
@@ -1053,4 +1075,34 @@ func copyIfMissing(src, dst string) error {
 		return err
 	}
 	return os.Rename(tmp, dst)
+}
+
+// guestReadyCondition is the GuestReady condition: whether the guest has written to its
+// serial console since QEMU started or was reset.
+func guestReadyCondition(spoke bool) v1alpha1.Condition {
+	if spoke {
+		return v1alpha1.Condition{Type: v1alpha1.VMConditionGuestReady, Status: v1alpha1.ConditionTrue, Reason: "SerialOutput",
+			Message: "the guest has written to its serial console"}
+	}
+	return v1alpha1.Condition{Type: v1alpha1.VMConditionGuestReady, Status: v1alpha1.ConditionFalse, Reason: "NoSerialOutputYet",
+		Message: "QEMU runs, but the guest has not written to its serial console yet (a guest that never uses it, such as Windows, stays so)"}
+}
+
+// noteGuestOutput sets GuestReady once the guest of a running instance writes to its serial
+// console.
+func (a *Agent) noteGuestOutput(ctx context.Context, in *instance) {
+	if strings.HasPrefix(string(in.key), orphanPrefix) {
+		return
+	}
+	ns, name := in.key.Split()
+	_, err := patchVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.NodeName != a.cfg.NodeName || !in.guestOutput.Load() {
+			return errNoChange
+		}
+		v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(true))
+		return nil
+	})
+	if err := ignoreGone(err); err != nil && ctx.Err() == nil {
+		a.log.Warn("could not set GuestReady", "vm", string(in.key), "err", err)
+	}
 }

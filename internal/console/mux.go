@@ -36,6 +36,8 @@ type Mux struct {
 	RunDir   string
 	LogLimit int64
 	Log      *slog.Logger
+	// OnOutput, when set, is called after each piece of guest output is logged and sent.
+	OnOutput func()
 
 	mu      sync.Mutex
 	clients map[net.Conn]chan []byte
@@ -84,6 +86,9 @@ func (m *Mux) Run(ctx context.Context) error {
 		n, err := serial.Read(buf)
 		if n > 0 {
 			m.output(buf[:n])
+			if m.OnOutput != nil {
+				m.OnOutput()
+			}
 		}
 		if err != nil {
 			m.closeClients()

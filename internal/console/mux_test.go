@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -30,7 +31,8 @@ func TestMuxSharesSerial(t *testing.T) {
 			guest <- c
 		}
 	}()
-	m := &Mux{RunDir: dir, LogLimit: 64}
+	var outputs atomic.Int32
+	m := &Mux{RunDir: dir, LogLimit: 64, OnOutput: func() { outputs.Add(1) }}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -51,6 +53,9 @@ func TestMuxSharesSerial(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	time.Sleep(100 * time.Millisecond) // both registered
+	if n := outputs.Load(); n != 0 {
+		t.Fatalf("OnOutput called %d times before the guest wrote", n)
+	}
 	if _, err := g.Write([]byte("RAKHSH-GUEST: ready\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +65,12 @@ func TestMuxSharesSerial(t *testing.T) {
 		if err != nil || line != "RAKHSH-GUEST: ready\n" {
 			t.Fatalf("client got %q, %v", line, err)
 		}
+	}
+	for i := 0; outputs.Load() == 0; i++ { // called just after the clients got the output
+		if i == 250 {
+			t.Fatal("the guest wrote, and OnOutput was not called")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if _, err := b.Write([]byte("echo hi\n")); err != nil {
 		t.Fatal(err)

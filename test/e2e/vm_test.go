@@ -239,6 +239,8 @@ func TestVMLifecycle(t *testing.T) {
 	if v.Status.Stats == nil || v.Status.Stats.LaunchTimeDuration == nil || v.Status.Stats.LaunchTimeDuration.VirtualMachineStarting == "" {
 		t.Errorf("no launch timings: %+v", v.Status.Stats)
 	}
+	// GuestReady: the guest's own code writes to the serial console.
+	s.MustCLI("", "wait", "vm", "vm1", "--for", "condition=GuestReady", "--timeout", "2m")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
 	if out := s.MustCLI("", "get", "vm", "vm1"); !strings.Contains(out, "Running") {
 		t.Errorf("rakhsh get vm:\n%s", out)
@@ -252,6 +254,9 @@ func TestVMLifecycle(t *testing.T) {
 	v = vmWait(t, s, "vm1", 30*time.Second, "Stopped", vmPhase(v1alpha1.VMPhaseStopped))
 	if v.Status.LastExit == nil || v.Status.LastExit.Reason != v1alpha1.ExitStopped {
 		t.Errorf("lastExit after stop: %+v", v.Status.LastExit)
+	}
+	if c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionGuestReady); c != nil {
+		t.Errorf("a stopped VM has GuestReady %+v", c)
 	}
 	if !strings.Contains(vmLog(t, s, "vm1"), "RAKHSH-GUEST: powerdown") {
 		t.Errorf("the guest did not see the power button; log:\n%s", vmLog(t, s, "vm1"))
@@ -272,10 +277,16 @@ func TestVMLifecycle(t *testing.T) {
 	s.MustCLI("", "vm", "pause", "vm1", "--wait")
 	s.MustCLI("", "vm", "resume", "vm1", "--wait")
 
-	// A forced restart resets the machine in place.
+	// A forced restart resets the machine in place; GuestReady goes False at the reset and
+	// True again when the guest writes anew.
 	pid = vmQEMUPIDs(s.DataDir)[uid]
+	resetAt := time.Now()
 	s.MustCLI("", "vm", "restart", "vm1", "--force", "--wait")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 4)
+	vmWait(t, s, "vm1", time.Minute, "GuestReady again after the reset", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionGuestReady)
+		return c != nil && c.Status == v1alpha1.ConditionTrue && c.LastTransitionTime != nil && !c.LastTransitionTime.Before(resetAt)
+	})
 	if p := vmQEMUPIDs(s.DataDir)[uid]; p != pid {
 		t.Errorf("forced restart changed the pid %d -> %d", pid, p)
 	}
