@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"regexp"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
@@ -43,6 +44,11 @@ func NATBridgeName(network string) string {
 	b := v1alpha1.ClusterNetworkBridgePrefix + network
 	if len(b) > maxIfName {
 		b = b[:maxIfName]
+		// Never cut a character in half: the half would not survive a JSON round trip, and
+		// the stored name would differ from the one derived again.
+		for len(b) > 0 && !utf8.ValidString(b) {
+			b = b[:len(b)-1]
+		}
 	}
 	return b
 }
