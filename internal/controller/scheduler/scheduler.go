@@ -205,8 +205,8 @@ func wantsNode(vm *v1alpha1.VirtualMachine) (bool, string) {
 		return false, ""
 	}
 	if !hasCleanupFinalizer(vm) {
-		// The VM controller adds it first: a VM bound without it could be deleted while its
-		// QEMU runs.
+		// The API server puts it on at create (the VM controller restores a removed one): a
+		// VM bound without it could be deleted while its QEMU runs.
 		return false, ""
 	}
 	run := false
