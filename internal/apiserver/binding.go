@@ -94,7 +94,7 @@ func (s *Server) serveBinding(w http.ResponseWriter, r *http.Request, t target) 
 			Status: v1alpha1.ConditionTrue, Reason: "Scheduled", Message: msg, LastTransitionTime: timePtr(v1alpha1.NewTime(s.now()))})
 		out, rev, code, err := s.Update(r.Context(), t, vm, true)
 		if err != nil {
-			if errors.Is(err, errs.ErrConflict) && attempt < 10 {
+			if errors.Is(err, errs.ErrConflict) && retryLostRace(r.Context(), attempt) {
 				continue // another write in between: check again on what is stored now
 			}
 			s.writeError(w, r, err)

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net/http"
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/google/uuid"
@@ -416,7 +418,7 @@ func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request, t target, st
 		}
 		out, rev, code, err := s.Update(r.Context(), t, obj, status)
 		if err != nil {
-			if errors.Is(err, errs.ErrConflict) && !pinned && attempt < 5 {
+			if errors.Is(err, errs.ErrConflict) && !pinned && retryLostRace(r.Context(), attempt) {
 				continue
 			}
 			s.writeError(w, r, err)
@@ -426,6 +428,30 @@ func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request, t target, st
 		return
 	}
 }
+
+// retryLostRace says whether a write that lost a race with another writer on its attempt-th
+// try should read again and retry, after a short random pause that grows with the attempts
+// (so writers racing on one object, possibly through several API servers sharing an etcd,
+// spread out rather than collide again). It gives up after maxRaceRetries or when the
+// request ends; the client then gets the 409.
+func retryLostRace(ctx context.Context, attempt int) bool {
+	if attempt >= maxRaceRetries {
+		return false
+	}
+	pause := time.Duration(1+mathrand.IntN(2*(attempt+1))) * time.Millisecond
+	t := time.NewTimer(pause)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// maxRaceRetries bounds the retries of a write without a precondition; with the pauses of
+// retryLostRace they add up to about half a second at most.
+const maxRaceRetries = 20
 
 func patchHasRV(p any) bool {
 	m, _ := p.(map[string]any)
@@ -541,7 +567,7 @@ func (s *Server) Delete(ctx context.Context, t target, grace *int64) ([]byte, re
 			rev, _, err = s.store.Delete(ctx, k, kv.ModRevision)
 		}
 		if err != nil {
-			if errors.Is(err, errs.ErrConflict) && attempt < 5 {
+			if errors.Is(err, errs.ErrConflict) && retryLostRace(ctx, attempt) {
 				continue
 			}
 			return nil, revs{}, s.casError(err, t)

@@ -23,7 +23,8 @@ func TestEtcdStore(t *testing.T) {
 	if strings.Count(out, " created")+strings.Count(out, " configured") != len(v1alpha1.Kinds) {
 		t.Fatalf("apply on etcd:\n%s", out)
 	}
-	b := StartServe(t, "--store", storeFlag)
+	// Each server runs an agent; two hosts of one cluster have different node names.
+	b := StartServe(t, "--store", storeFlag, "--node-name", "second-host")
 	ctx := ctxT(t)
 	var vm v1alpha1.VirtualMachine
 	if err := b.Client().Get(ctx, "virtualmachines", "default", "vm1", &vm); err != nil {
