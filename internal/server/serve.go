@@ -213,7 +213,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	servers := []*http.Server{{Handler: api.LocalHandler(), ReadHeaderTimeout: 10 * time.Second}}
+	servers := []*http.Server{newHTTPServer(api.LocalHandler(), false)}
 	listeners := []net.Listener{ul}
 	if cfg.Listen != "" {
 		tl, err := listenTLS(cfg)
@@ -221,7 +221,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			ul.Close()
 			return err
 		}
-		servers = append(servers, &http.Server{Handler: api.RemoteHandler(), ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, newHTTPServer(api.RemoteHandler(), true))
 		listeners = append(listeners, tl)
 		cfg.uploadBases = uploadBases(cfg.Listen, tl.Addr())
 		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", filepath.Join(cfg.DataDir, "admin.token"))
