@@ -47,7 +47,7 @@ func TestImportEveryFormat(t *testing.T) {
 			}
 			t.Run(strings.TrimSpace(name+" "+comp), func(t *testing.T) {
 				dst := filepath.Join(store, strings.NewReplacer(" ", "-").Replace(name)+"-"+comp)
-				res, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/" + filepath.Base(file)}, dst, images.Options{})
+				res, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/" + filepath.Base(file)}, dst, images.Options{Network: imagetest.AllowLoopback()})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -145,7 +145,7 @@ func TestImportRejectsHostileImages(t *testing.T) {
 				max = 16 << 20
 			}
 			_, err := images.ImportHTTP(context.Background(), images.HTTPSource{URL: base + "/" + tc.file}, dst,
-				images.Options{MaxUnpackedSize: max})
+				images.Options{MaxUnpackedSize: max, Network: imagetest.AllowLoopback()})
 			var ie *images.Error
 			if !errors.As(err, &ie) || ie.Reason != tc.reason || ie.Transient {
 				t.Fatalf("got %v (%+v), want the permanent reason %s", err, ie, tc.reason)

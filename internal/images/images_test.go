@@ -156,7 +156,7 @@ func TestImportHTTP(t *testing.T) {
 		var last images.Progress
 		res, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/disk.qcow2",
 			Checksum: &v1alpha1.Checksum{MD5: qmd5, SHA256: strings.ToUpper(qsha)}}, dst,
-			images.Options{ProgressInterval: 10 * time.Millisecond, Progress: func(p images.Progress) { mu.Lock(); last = p; mu.Unlock() }})
+			images.Options{Network: imagetest.AllowLoopback(), ProgressInterval: 10 * time.Millisecond, Progress: func(p images.Progress) { mu.Lock(); last = p; mu.Unlock() }})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +174,7 @@ func TestImportHTTP(t *testing.T) {
 	})
 	t.Run("raw converted to qcow2", func(t *testing.T) {
 		dst := filepath.Join(store, "r")
-		res, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/disk.raw"}, dst, images.Options{})
+		res, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/disk.raw"}, dst, images.Options{Network: imagetest.AllowLoopback()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -188,7 +188,7 @@ func TestImportHTTP(t *testing.T) {
 	})
 	t.Run("iso kept raw as cdrom", func(t *testing.T) {
 		dst := filepath.Join(store, "i")
-		res, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/cd.iso"}, dst, images.Options{})
+		res, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/cd.iso"}, dst, images.Options{Network: imagetest.AllowLoopback()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -209,7 +209,7 @@ func TestImportHTTP(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := filepath.Join(store, "fail-"+strings.ReplaceAll(tc.name, " ", "-"))
-			_, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/" + tc.file, Checksum: tc.sum}, dst, images.Options{})
+			_, err := images.ImportHTTP(ctx, images.HTTPSource{URL: base + "/" + tc.file, Checksum: tc.sum}, dst, images.Options{Network: imagetest.AllowLoopback()})
 			var ie *images.Error
 			if !errors.As(err, &ie) || ie.Reason != tc.reason {
 				t.Fatalf("got %v, want reason %s", err, tc.reason)
@@ -244,16 +244,16 @@ func TestImportHTTPSTruncatedAndCABundle(t *testing.T) {
 	ca := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
 	ctx := context.Background()
 	// Without the CA bundle the self-signed server is not trusted.
-	_, err := images.ImportHTTP(ctx, images.HTTPSource{URL: srv.URL + "/ok"}, filepath.Join(dir, "x"), images.Options{})
+	_, err := images.ImportHTTP(ctx, images.HTTPSource{URL: srv.URL + "/ok"}, filepath.Join(dir, "x"), images.Options{Network: imagetest.AllowLoopback()})
 	var ie *images.Error
 	var cve *tls.CertificateVerificationError
 	if !errors.As(err, &ie) || ie.Reason != images.ReasonDownloadFailed || !errors.As(err, &cve) {
 		t.Fatalf("untrusted server: got %v", err)
 	}
-	if _, err := images.ImportHTTP(ctx, images.HTTPSource{URL: srv.URL + "/ok", CABundle: ca}, filepath.Join(dir, "y"), images.Options{}); err != nil {
+	if _, err := images.ImportHTTP(ctx, images.HTTPSource{URL: srv.URL + "/ok", CABundle: ca}, filepath.Join(dir, "y"), images.Options{Network: imagetest.AllowLoopback()}); err != nil {
 		t.Fatalf("with caBundle: %v", err)
 	}
-	_, err = images.ImportHTTP(ctx, images.HTTPSource{URL: srv.URL + "/short", CABundle: ca}, filepath.Join(dir, "z"), images.Options{})
+	_, err = images.ImportHTTP(ctx, images.HTTPSource{URL: srv.URL + "/short", CABundle: ca}, filepath.Join(dir, "z"), images.Options{Network: imagetest.AllowLoopback()})
 	if !errors.As(err, &ie) || ie.Reason != images.ReasonDownloadFailed || !ie.Transient {
 		t.Fatalf("truncated download: got %v", err)
 	}

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -106,6 +105,12 @@ type Options struct {
 	// MaxUnpackedSize bounds the bytes an import writes (after decompression); default
 	// DefaultMaxUnpackedSize.
 	MaxUnpackedSize int64
+	// Network decides which addresses the import may dial; nil: DefaultNetworkPolicy (set
+	// by serve --allow-import-from). Not used with Transport.
+	Network *NetworkPolicy
+	// Space keeps the free-space reserve of the store's file system; nil:
+	// DefaultSpaceGuard (set by serve --min-free-space).
+	Space *SpaceGuard
 }
 
 // Result describes an image as stored.
@@ -140,7 +145,7 @@ func ImportHTTP(ctx context.Context, src HTTPSource, dst string, opts Options) (
 	}
 	tr := opts.Transport
 	if tr == nil {
-		t, err := newTransport(src.CABundle)
+		t, err := newTransport(src.CABundle, opts.networkPolicy())
 		if err != nil {
 			return nil, err
 		}
@@ -160,7 +165,7 @@ func ImportHTTP(ctx context.Context, src HTTPSource, dst string, opts Options) (
 	if err != nil {
 		return nil, err
 	}
-	return store(ctx, tmp, dst, in)
+	return store(ctx, tmp, dst, in, opts.spaceGuard())
 }
 
 // ImportStream stores the image read from body (an upload: total is its length, or -1) at
@@ -179,10 +184,11 @@ func ImportStream(ctx context.Context, body io.Reader, total int64, cs *v1alpha1
 	if err != nil {
 		return nil, err
 	}
-	return store(ctx, tmp, dst, in)
+	return store(ctx, tmp, dst, in, opts.spaceGuard())
 }
 
-func newTransport(caBundle string) (*http.Transport, error) {
+// newTransport is the HTTP transport of an import: it dials only what the policy allows.
+func newTransport(caBundle string, policy *NetworkPolicy) (*http.Transport, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caBundle != "" {
 		pemBytes, err := base64.StdEncoding.DecodeString(caBundle)
@@ -198,10 +204,9 @@ func newTransport(caBundle string) (*http.Transport, error) {
 		}
 		tc.RootCAs = pool
 	}
-	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           d.DialContext,
+		Proxy:                 policy.proxyFunc,
+		DialContext:           policy.dialer(proxyAddrs()),
 		TLSClientConfig:       tc,
 		TLSHandshakeTimeout:   30 * time.Second,
 		ResponseHeaderTimeout: 2 * time.Minute,
@@ -238,6 +243,9 @@ func download(ctx context.Context, tr http.RoundTripper, src HTTPSource, f *os.F
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if e := refusal(err, src.URL); e != nil {
+			return nil, e
 		}
 		return nil, transient(ReasonDownloadFailed, "downloading %s: %w", redact(src.URL), unwrapURLError(err))
 	}
@@ -286,7 +294,7 @@ func redact(s string) string {
 
 // store checks the received (and decompressed) file tmp and puts the stored form at dst: a
 // qcow2 as it is, an ISO as it is (raw, CD-ROM), every other disk format converted to qcow2.
-func store(ctx context.Context, tmp, dst string, in *ingested) (*Result, error) {
+func store(ctx context.Context, tmp, dst string, in *ingested, space *SpaceGuard) (*Result, error) {
 	format, info, err := inspect(ctx, tmp)
 	if err != nil {
 		if in.compression != "" {
@@ -319,7 +327,10 @@ func store(ctx context.Context, tmp, dst string, in *ingested) (*Result, error) 
 			}
 		}
 	default:
-		if err := storage.Convert(ctx, tmp, qemuDriver(format), dst, "qcow2"); err != nil {
+		err := guardedConvert(ctx, space, tmp, dst, func(ctx context.Context) error {
+			return storage.Convert(ctx, tmp, qemuDriver(format), dst, "qcow2")
+		})
+		if err != nil {
 			return nil, processingError(ctx, fmt.Sprintf("converting the %s image to qcow2: %%w", format), err)
 		}
 		res.Format = FormatQCOW2
@@ -344,6 +355,10 @@ func statSize(path string, res *Result) error {
 }
 
 func processingError(ctx context.Context, format string, err error) error {
+	var se *SpaceError
+	if errors.As(err, &se) {
+		return transient(ReasonInsufficientStorage, "%v", se)
+	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -451,7 +466,10 @@ func checkInfo(info *storage.ImageInfo, format, path string) error {
 // image made from another image. The source was checked when it was imported.
 func CopyStored(ctx context.Context, src string, srcFormat string, dst string) (*Result, error) {
 	qf := storage.DriveFormat(srcFormat)
-	if err := storage.Convert(ctx, src, qf, dst, qf); err != nil {
+	err := guardedConvert(ctx, DefaultSpaceGuard(), src, dst, func(ctx context.Context) error {
+		return storage.Convert(ctx, src, qf, dst, qf)
+	})
+	if err != nil {
 		return nil, processingError(ctx, "copying the image: %w", err)
 	}
 	return Describe(ctx, dst)

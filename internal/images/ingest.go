@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -25,8 +26,11 @@ import (
 )
 
 // DefaultMaxUnpackedSize bounds what an import may write to the store when Options does not
-// say: the decompressed bytes of a compressed file, or the file itself.
-const DefaultMaxUnpackedSize int64 = 512 << 30
+// say: the decompressed bytes of a compressed file, or the file itself (and the image's
+// virtual size). 128 GiB is above the 127 GiB virtual disk of Windows images made for
+// Hyper-V and Azure and far above cloud images (2-20 GiB); a larger bound mostly lets a
+// decompression bomb run longer. Operators with bigger images raise it (--max-image-size).
+const DefaultMaxUnpackedSize int64 = 128 << 30
 
 // XzPath is the xz (xz-utils) binary that decompresses .xz images.
 var XzPath = "xz"
@@ -155,12 +159,21 @@ func ingest(ctx context.Context, src source, f *os.File, opts Options) (*ingeste
 	if max <= 0 {
 		max = DefaultMaxUnpackedSize
 	}
-	out := &limitWriter{w: f, max: max, n: &unpacked}
 	res := &ingested{maxUnpacked: max}
 	br := bufio.NewReaderSize(raw, 1<<20)
 	magic, _ := br.Peek(6)
 	res.compression = DetectFormat(magic)
-	var err error
+	// The published length is what this import expects to write at least (a compressed
+	// file unpacks to more): it must fit above the free-space reserve before anything is
+	// written, and stays claimed against other imports while this one runs.
+	space, err := opts.spaceGuard().Reserve(filepath.Dir(f.Name()), min(max, src.total))
+	if err != nil {
+		close(done)
+		<-watcherDone
+		return nil, transient(ReasonInsufficientStorage, "%s: %v", src.what, err)
+	}
+	defer space.Release()
+	out := &imageWriter{f: f, max: max, n: &unpacked, space: space}
 	switch res.compression {
 	case FormatGzip:
 		err = gunzip(br, out)
@@ -173,6 +186,11 @@ func ingest(ctx context.Context, src source, f *os.File, opts Options) (*ingeste
 	if err == nil && res.compression != "" {
 		// Whatever follows the compressed stream is still part of the published file: hash it.
 		_, err = io.Copy(io.Discard, br)
+	}
+	if err == nil {
+		if ferr := out.finish(); ferr != nil {
+			err = &writeError{ferr}
+		}
 	}
 	close(done)
 	<-watcherDone
@@ -228,6 +246,12 @@ func ingestError(ctx context.Context, src source, res *ingested, err error) erro
 		return err
 	case errors.Is(err, ErrTooLarge):
 		return permanent(ReasonImageTooLarge, "%s: %v", src.what, err)
+	case errors.As(err, new(*SpaceError)):
+		return transient(ReasonInsufficientStorage, "%s: %v", src.what, err)
+	case errors.As(err, new(*RefusedError)):
+		var re *RefusedError
+		errors.As(err, &re)
+		return permanent(ReasonImportRefused, "%s refused: %v", src.what, re)
 	case errors.Is(err, syscall.ENOSPC):
 		return transient(ReasonInsufficientStorage, "%s: the image store is full (no space left on device)", src.what)
 	}
@@ -343,25 +367,6 @@ func (e *writeError) Unwrap() error { return e.err }
 func isWriteError(err error) bool {
 	var we *writeError
 	return errors.As(err, &we)
-}
-
-// limitWriter writes to w until max bytes, then fails with ErrTooLarge.
-type limitWriter struct {
-	w   io.Writer
-	max int64
-	n   *atomic.Int64
-}
-
-func (l *limitWriter) Write(p []byte) (int, error) {
-	if l.n.Load()+int64(len(p)) > l.max {
-		return 0, &writeError{fmt.Errorf("%w (%s)", ErrTooLarge, HumanBytes(l.max))}
-	}
-	n, err := l.w.Write(p)
-	l.n.Add(int64(n))
-	if err != nil {
-		return n, &writeError{err}
-	}
-	return n, nil
 }
 
 // ctxReader ends reads once ctx is done (a blocked read of a network body returns when its

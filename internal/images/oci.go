@@ -111,7 +111,7 @@ func ImportOCI(ctx context.Context, src OCISource, dst string, opts Options) (*R
 	}
 	var tr http.RoundTripper = opts.Transport
 	if tr == nil {
-		t, err := newTransport(src.CABundle)
+		t, err := newTransport(src.CABundle, opts.networkPolicy())
 		if err != nil {
 			return nil, err
 		}
@@ -148,7 +148,7 @@ func ImportOCI(ctx context.Context, src OCISource, dst string, opts Options) (*R
 		if err := f.Close(); err != nil {
 			return nil, transient(ReasonProcessingFailed, "writing the image: %v", err)
 		}
-		return store(ctx, tmp, dst, in)
+		return store(ctx, tmp, dst, in, opts.spaceGuard())
 	}
 	return nil, permanent(ReasonInvalidSource, "%s: no layer of the image has a file under /%s (a containerdisk keeps its disk file there)", what, OCIDiskDir)
 }
@@ -190,6 +190,10 @@ func diskFromLayer(ctx context.Context, l v1.Layer, what string, f *os.File, opt
 func registryError(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return permanent(ReasonImportRefused, "%s refused: %v", what, re)
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {

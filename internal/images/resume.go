@@ -61,7 +61,7 @@ func (r *resumingBody) Read(p []byte) (int, error) {
 			return n, nil // hand over what came; the next Read sees the error again and resumes
 		}
 		if rerr := r.resume(err); rerr != nil {
-			return 0, fmt.Errorf("%w (resuming at byte %d: %v)", err, r.offset, rerr)
+			return 0, fmt.Errorf("%w (resuming at byte %d: %w)", err, r.offset, rerr)
 		}
 	}
 }

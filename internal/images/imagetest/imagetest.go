@@ -5,10 +5,13 @@ package imagetest
 import (
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/rakhsh/rakhsh/internal/images"
 )
 
 // Need fails the test when a tool is missing, saying which Debian package has it.
@@ -110,9 +113,19 @@ func VMDK(t testing.TB, dir, name string) string {
 	return p
 }
 
-// Serve serves dir over HTTP on 127.0.0.1 until the test ends and returns the base URL.
+// AllowLoopback is the network policy of imports from test servers: loopback addresses are
+// allowed, as with serve --allow-import-from 127.0.0.0/8,::1/128.
+func AllowLoopback() *images.NetworkPolicy {
+	return &images.NetworkPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+}
+
+// Serve serves dir over HTTP on 127.0.0.1 until the test ends and returns the base URL. It
+// allows imports from loopback addresses in the test's process from then on (the default
+// network policy, as serve --allow-import-from 127.0.0.0/8 would), so that controllers that
+// import with the default policy can reach it; tests of the policy itself name their own.
 func Serve(t testing.TB, dir string) string {
 	t.Helper()
+	images.SetDefaultNetworkPolicy(AllowLoopback())
 	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
 	t.Cleanup(srv.Close)
 	return srv.URL
