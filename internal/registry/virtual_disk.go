@@ -72,6 +72,22 @@ func validateVirtualDisk(d *v1alpha1.VirtualDisk) errs.FieldErrors {
 			fe.Invalid("spec.persistentVolumeClaim.storageClassName", pvc.StorageClassName, msg)
 		}
 	}
+	// Status values name files (the pool) and hosts: only what the server could have made.
+	if sc := d.Status.StorageClassName; sc != "" {
+		if msg := ValidateName(sc); msg != "" {
+			fe.Invalid("status.storageClassName", sc, msg)
+		}
+	}
+	if n := d.Status.NodeName; n != "" {
+		if msg := ValidateName(n); msg != "" {
+			fe.Invalid("status.nodeName", n, msg)
+		}
+	}
+	switch d.Status.Format {
+	case "", "qcow2", "raw":
+	default:
+		fe.NotSupported("status.format", d.Status.Format, []string{"qcow2", "raw"})
+	}
 	switch d.Spec.CloneMode {
 	case "":
 	case v1alpha1.CloneModeLinked, v1alpha1.CloneModeFull:

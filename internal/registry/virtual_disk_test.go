@@ -2,6 +2,7 @@ package registry
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -155,5 +156,50 @@ func TestDeckhouseManifestsDecode(t *testing.T) {
 			s.Default(obj)
 			tkCheck(t, s.Validate(obj))
 		})
+	}
+}
+
+// Status values that later name files are checked like spec values: a status write cannot
+// make the disk controller look outside the data dir.
+func TestStatusValuesThatNameFiles(t *testing.T) {
+	disk := tkStrategy(t, "VirtualDisk")
+	img := tkStrategy(t, "ClusterVirtualImage")
+	vimg := tkStrategy(t, "VirtualImage")
+	good := func() *v1alpha1.VirtualDisk {
+		return &v1alpha1.VirtualDisk{Spec: v1alpha1.VirtualDiskSpec{PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: "1Gi"}},
+			Status: v1alpha1.VirtualDiskStatus{StorageClassName: "default", NodeName: "host-a", Format: "qcow2"}}
+	}
+	if fe := disk.Validate(good()); len(fe) != 0 {
+		t.Fatalf("a status the disk controller writes: %v", fe)
+	}
+	for _, c := range []struct {
+		field string
+		edit  func(*v1alpha1.VirtualDiskStatus)
+	}{
+		{"status.storageClassName", func(s *v1alpha1.VirtualDiskStatus) { s.StorageClassName = "../../../../tmp/x" }},
+		{"status.storageClassName", func(s *v1alpha1.VirtualDiskStatus) { s.StorageClassName = ".." }},
+		{"status.nodeName", func(s *v1alpha1.VirtualDiskStatus) { s.NodeName = "a/b" }},
+		{"status.format", func(s *v1alpha1.VirtualDiskStatus) { s.Format = "vmdk" }},
+	} {
+		d := good()
+		c.edit(&d.Status)
+		if fe := disk.Validate(d); len(fe) != 1 || !strings.Contains(fmt.Sprint(fe), c.field) {
+			t.Errorf("disk status %+v: got %v, want one error on %s", d.Status, fe, c.field)
+		}
+	}
+	for _, st := range []v1alpha1.ImageStatus{
+		{Format: "qcow2;rm"},
+		{SHA256: "../../etc"},
+		{UsedInNamespaces: []string{"ok", "Not/Ok"}},
+	} {
+		ci := &v1alpha1.ClusterVirtualImage{Spec: v1alpha1.ClusterVirtualImageSpec{DataSource: v1alpha1.DataSource{Type: "Upload"}}, Status: st}
+		if fe := img.Validate(ci); len(fe) != 1 || !strings.Contains(fmt.Sprint(fe), "status.") {
+			t.Errorf("cluster image status %+v: got %v, want one status error", st, fe)
+		}
+		vi := &v1alpha1.VirtualImage{Spec: v1alpha1.VirtualImageSpec{DataSource: v1alpha1.DataSource{Type: "Upload"}}, Status: st}
+		vimg.Default(vi)
+		if fe := vimg.Validate(vi); len(fe) != 1 || !strings.Contains(fmt.Sprint(fe), "status.") {
+			t.Errorf("image status %+v: got %v, want one status error", st, fe)
+		}
 	}
 }

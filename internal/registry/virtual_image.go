@@ -30,6 +30,7 @@ func init() {
 				selfKind:     v1alpha1.DataSourceKindClusterVirtualImage,
 				selfName:     img.Name,
 			})
+			validateImageStatus(&fe, &img.Status)
 			return fe
 		},
 		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
@@ -64,6 +65,7 @@ func init() {
 				selfKind:     v1alpha1.DataSourceKindVirtualImage,
 				selfName:     img.Name,
 			})
+			validateImageStatus(&fe, &img.Status)
 			return fe
 		},
 		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
@@ -420,3 +422,23 @@ func immutableDataSource(fe *errs.FieldErrors, n, o *v1alpha1.DataSource, path s
 		fe.Forbidden(path, "cannot be changed after creation")
 	}
 }
+
+// validateImageStatus checks what controllers write to an image's status: values that later
+// name files or formats must be ones the server could have made.
+func validateImageStatus(fe *errs.FieldErrors, st *v1alpha1.ImageStatus) {
+	switch st.Format {
+	case "", "qcow2", "raw", "iso":
+	default:
+		fe.NotSupported("status.format", st.Format, []string{"qcow2", "raw", "iso"})
+	}
+	if st.SHA256 != "" && !sha256Re.MatchString(st.SHA256) {
+		fe.Invalid("status.sha256", st.SHA256, "must be 64 lowercase hex digits")
+	}
+	for i, ns := range st.UsedInNamespaces {
+		if msg := ValidateName(ns); msg != "" {
+			fe.Invalid(fmt.Sprintf("status.usedInNamespaces[%d]", i), ns, msg)
+		}
+	}
+}
+
+var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)

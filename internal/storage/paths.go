@@ -28,13 +28,20 @@ func ImagePath(dataDir, uid string) string {
 	return filepath.Join(dataDir, "images", uid)
 }
 
-// PoolDir is the directory of a storage pool.
+// PoolDir is the directory of a storage pool. Pool names are DNS labels (the API refuses
+// others, in spec and status alike); any other name, which could climb out of the pools
+// directory, maps to a directory that no pool can have and nothing creates.
 func PoolDir(dataDir, pool string) string {
 	if pool == "" {
 		pool = DefaultPool
 	}
+	if !poolRe.MatchString(pool) {
+		pool = ".invalid-pool-name"
+	}
 	return filepath.Join(dataDir, "pools", pool)
 }
+
+var poolRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // DiskPath is where a VirtualDisk's qcow2 file lives: DATA-DIR/pools/POOL/disks/UID.qcow2.
 func DiskPath(dataDir, pool, uid string) string {

@@ -297,10 +297,21 @@ func ConvertResize(ctx context.Context, src, srcFmt, dst, dstFmt string, sizeByt
 	if !filepath.IsAbs(src) {
 		return fmt.Errorf("source path %q must be absolute", src)
 	}
+	source := []string{"-f", srcFmt, src}
+	if srcFmt == "qcow2" || srcFmt == "raw" {
+		// A stored file: its backing chain is checked here and pinned, so qemu-img opens
+		// exactly the files checked, whatever a header says.
+		name, err := pinned(src, srcFmt)
+		if err != nil {
+			return err
+		}
+		source = []string{name}
+	}
 	return writeAtomically(dst, func(tmp string) error {
 		// -n is not used: qemu-img creates the target itself. Without -S, zero runs are skipped
 		// (the default minimum sparse size of 4 KiB), so sparse sources stay sparse.
-		if _, err := runQemuImg(ctx, ConvertLimits, 0, "convert", "-q", "-f", srcFmt, "-O", dstFmt, src, tmp); err != nil {
+		args := append(append([]string{"convert", "-q"}, source...), "-O", dstFmt, tmp)
+		if _, err := runQemuImg(ctx, ConvertLimits, 0, args...); err != nil {
 			return err
 		}
 		if sizeBytes > 0 {
@@ -322,14 +333,31 @@ func Resize(ctx context.Context, path, format string, sizeBytes int64) error {
 	if sizeBytes <= 0 {
 		return fmt.Errorf("disk size %d must be positive", sizeBytes)
 	}
-	return resize(ctx, path, format, sizeBytes)
+	name, err := pinned(path, format)
+	if err != nil {
+		return err
+	}
+	_, err = runQemuImg(ctx, CreateLimits, CreateTimeout, "resize", "-q", name,
+		strconv.FormatInt(RoundSize(sizeBytes), 10))
+	return err
 }
 
-// resize grows an image (that nobody uses) to sizeBytes.
+// resize grows an image that this process has just written (so has no backing file) to
+// sizeBytes.
 func resize(ctx context.Context, path, format string, sizeBytes int64) error {
 	_, err := runQemuImg(ctx, CreateLimits, CreateTimeout, "resize", "-q", "-f", format, path,
 		strconv.FormatInt(RoundSize(sizeBytes), 10))
 	return err
+}
+
+// pinned checks the backing chain of path (CheckChain) and returns the json: name that
+// opens exactly that chain.
+func pinned(path, format string) (string, error) {
+	chain, err := CheckChain(path, format)
+	if err != nil {
+		return "", err
+	}
+	return pinnedName(chain)
 }
 
 // TempFile creates an empty temporary file beside dst for a writer that commits it with

@@ -36,7 +36,8 @@ func TestQemuImgWrappers(t *testing.T) {
 	need(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	base := filepath.Join(dir, "base.qcow2")
+	// A linked clone is a stored disk whose backing file is an image of the same data dir.
+	base := storage.ImagePath(dir, "11111111-2222-3333-4444-555555555555")
 	if err := storage.CreateBlank(ctx, base, 1000); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +49,7 @@ func TestQemuImgWrappers(t *testing.T) {
 		t.Fatalf("blank: %+v (size must be rounded up to a sector)", info)
 	}
 
-	clone := filepath.Join(dir, "clone.qcow2")
+	clone := storage.DiskPath(dir, storage.DefaultPool, "66666666-7777-8888-9999-000000000000")
 	start := time.Now()
 	if err := storage.CreateLinkedClone(ctx, clone, base, "qcow2", 10<<30); err != nil {
 		t.Fatal(err)
@@ -78,10 +79,13 @@ func TestQemuImgWrappers(t *testing.T) {
 	if _, err := os.Stat(bad); !os.IsNotExist(err) {
 		t.Fatal("a failed clone left its destination")
 	}
-	err = storage.Convert(ctx, filepath.Join(dir, "missing.qcow2"), "qcow2", bad, "qcow2")
+	err = storage.Convert(ctx, filepath.Join(dir, "missing.vmdk"), "vmdk", bad, "qcow2")
 	var te *storage.ToolError
 	if err == nil || !errors.As(err, &te) || te.Stderr == "" {
 		t.Fatalf("convert of a missing file: %v", err)
+	}
+	if err := storage.Convert(ctx, filepath.Join(dir, "missing.qcow2"), "qcow2", bad, "qcow2"); err == nil || !strings.Contains(err.Error(), "missing.qcow2") {
+		t.Fatalf("convert of a missing qcow2: %v", err)
 	}
 	if _, err := os.Stat(bad); !os.IsNotExist(err) {
 		t.Fatal("a failed create left its destination")

@@ -118,9 +118,6 @@ func (c *Controller) diskSource(d *v1alpha1.VirtualDisk) (src *source, reason, m
 	if err != nil || size <= 0 {
 		return nil, ReasonImageNotReady, what + " reports no capacity"
 	}
-	pool := sd.Status.StorageClassName
-	if pool == "" {
-		pool = storage.DefaultPool
-	}
-	return &source{path: storage.DiskPath(c.cfg.DataDir, pool, sd.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
+	// The pool comes from the validated, immutable spec, never from the status.
+	return &source{path: storage.DiskPath(c.cfg.DataDir, pool(&sd), sd.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
 }
