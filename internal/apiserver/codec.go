@@ -16,6 +16,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/registry"
+	"github.com/rakhsh/rakhsh/internal/yamlcheck"
 )
 
 // readBody reads a request body of at most MaxBodyBytes, converting YAML to JSON when the
@@ -35,13 +36,39 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	}
 	ct := r.Header.Get("Content-Type")
 	if strings.Contains(ct, "yaml") {
-		j, err := yaml.YAMLToJSON(data)
-		if err != nil {
-			return nil, errs.New(errs.ErrBadRequest, "malformed YAML: %v", err)
-		}
-		data = j
+		return yamlBodyToJSON(data)
 	}
 	return data, nil
+}
+
+// MaxConvertedBytes bounds the JSON a YAML request body converts to. Without aliases (which
+// are refused) JSON is at most a small factor larger than its YAML (quotes, brackets), so
+// this only stops what the alias check missed.
+const MaxConvertedBytes = 2 * MaxBodyBytes
+
+// yamlBodyToJSON converts a YAML request body to JSON. Aliases (*name) are refused before
+// anything is expanded: a body of a few MiB whose aliases repeat a large anchored node would
+// expand to gigabytes in the conversion. Clients that like anchors expand them locally
+// (rakhsh apply and kubectl send JSON).
+func yamlBodyToJSON(data []byte) ([]byte, error) {
+	rep, err := yamlcheck.Inspect(data, MaxConvertedBytes)
+	if err != nil {
+		if errors.Is(err, yamlcheck.ErrRecursive) {
+			return nil, errs.New(errs.ErrBadRequest, "YAML aliases are not accepted in request bodies: %v", err)
+		}
+		return nil, errs.New(errs.ErrBadRequest, "malformed YAML: %v", err)
+	}
+	if rep.Aliases > 0 {
+		return nil, errs.New(errs.ErrBadRequest, "YAML aliases are not accepted in request bodies (found %d, the first %s): expand them, or send JSON", rep.Aliases, rep.First)
+	}
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, errs.New(errs.ErrBadRequest, "malformed YAML: %v", err)
+	}
+	if len(j) > MaxConvertedBytes {
+		return nil, errs.New(errs.ErrTooLarge, "the YAML request body converts to %d bytes of JSON, more than the %d MiB limit", len(j), MaxConvertedBytes>>20)
+	}
+	return j, nil
 }
 
 // DecodeObject turns a JSON document into a typed object of the strategy's kind. It checks

@@ -77,6 +77,9 @@ func newPatchCommand(cc *cliContext) *cobra.Command {
 				return usageErrorf("patch needs -p PATCH")
 			}
 			var v any
+			if err := checkYAMLAliases([]byte(patch)); err != nil {
+				return usageErrorf("-p: %v", err)
+			}
 			if err := yaml.Unmarshal([]byte(patch), &v); err != nil {
 				return usageErrorf("-p: the patch is neither JSON nor YAML: %v", err)
 			}
@@ -176,6 +179,9 @@ func newEditCommand(cc *cliContext) *cobra.Command {
 				return nil
 			}
 			var next object
+			if err := checkYAMLAliases(body); err != nil {
+				return fmt.Errorf("the edited file: %v (kept at %s)", err, path)
+			}
 			if err := yaml.Unmarshal(body, &next); err != nil {
 				return fmt.Errorf("the edited file is not valid YAML: %v (kept at %s)", err, path)
 			}

@@ -14,10 +14,31 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/rakhsh/rakhsh/internal/yamlcheck"
 )
 
 // maxManifestSize bounds what apply/delete -f read from one file or stdin.
 const maxManifestSize = 64 << 20
+
+// maxAliasExpansion bounds the size a YAML document that uses aliases (*name) may expand to.
+// Aliases repeat their anchored node, so a small document can stand for gigabytes; the size
+// is computed from the node tree before anything is expanded. (One object the server accepts
+// is at most a few MiB.)
+const maxAliasExpansion = 16 << 20
+
+// checkYAMLAliases refuses YAML whose aliases would expand it past maxAliasExpansion, or
+// whose alias refers to a node containing it. YAML without aliases is not parsed here.
+func checkYAMLAliases(data []byte) error {
+	rep, err := yamlcheck.Inspect(data, maxAliasExpansion)
+	if err != nil {
+		return err
+	}
+	if rep.Aliases > 0 && rep.Expanded > maxAliasExpansion {
+		return fmt.Errorf("its %d YAML aliases (the first %s) would expand it to more than %d MiB", rep.Aliases, rep.First, maxAliasExpansion>>20)
+	}
+	return nil
+}
 
 // Manifest is one object read from a file: a YAML document, a JSON value of a stream, or one
 // item of a List. Exactly one of Object and Err is set.
@@ -183,7 +204,11 @@ func splitYAML(source string, data []byte) []Manifest {
 	var out []Manifest
 	index := 0
 	for _, ch := range splitYAMLChunks(data) {
-		j, err := yaml.YAMLToJSONStrict(ch.text)
+		var j []byte
+		err := checkYAMLAliases(ch.text)
+		if err == nil {
+			j, err = yaml.YAMLToJSONStrict(ch.text)
+		}
 		if err == nil && (len(bytes.TrimSpace(j)) == 0 || string(bytes.TrimSpace(j)) == "null") {
 			continue // empty document
 		}
