@@ -140,6 +140,10 @@ func (e *SpaceError) Error() string {
 	if e.Others > 0 {
 		others = fmt.Sprintf(", %s of it promised to other imports running", HumanBytes(e.Others))
 	}
+	if e.Need <= 0 {
+		return fmt.Sprintf("not enough space for the image: the file system of %s has less free space than the free-space reserve of %s (%s of %s): %s free%s; free some space, or change serve %s",
+			e.Dir, HumanBytes(e.Reserve), e.MinFree, HumanBytes(e.Total), HumanBytes(e.Avail), others, MinFreeFlag)
+	}
 	return fmt.Sprintf("not enough space for the image: writing %s more would leave less than the free-space reserve of %s (%s of %s) on the file system of %s (%s free%s); free some space, or change serve %s",
 		HumanBytes(e.Need), HumanBytes(e.Reserve), e.MinFree, HumanBytes(e.Total), e.Dir, HumanBytes(e.Avail), others, MinFreeFlag)
 }
@@ -193,13 +197,20 @@ func (g *SpaceGuard) Reserve(dir string, expected int64) (*Reservation, error) {
 
 // check says whether need more bytes of r fit above the reserve. g.mu is held.
 func (g *SpaceGuard) check(r *Reservation, need int64) error {
+	_, err := g.room(r, need)
+	return err
+}
+
+// room returns how many bytes r may write above the reserve, less what other imports have
+// claimed, or a SpaceError when that is less than need. g.mu is held.
+func (g *SpaceGuard) room(r *Reservation, need int64) (int64, error) {
 	sf := g.Statfs
 	if sf == nil {
 		sf = statfs
 	}
 	sp, err := sf(r.dir)
 	if err != nil {
-		return fmt.Errorf("checking the free space of %s: %w", r.dir, err)
+		return 0, fmt.Errorf("checking the free space of %s: %w", r.dir, err)
 	}
 	var others int64
 	for o := range g.res[r.fs] {
@@ -208,14 +219,16 @@ func (g *SpaceGuard) check(r *Reservation, need int64) error {
 		}
 	}
 	reserve := g.MinFree.of(sp.Total)
-	if sp.Avail-others-need < reserve {
-		return &SpaceError{Dir: r.dir, Avail: sp.Avail, Total: sp.Total, Others: others, Need: need, Reserve: reserve, MinFree: g.MinFree}
+	room := sp.Avail - others - reserve
+	if room < need || room < 0 {
+		return 0, &SpaceError{Dir: r.dir, Avail: sp.Avail, Total: sp.Total, Others: others, Need: need, Reserve: reserve, MinFree: g.MinFree}
 	}
-	return nil
+	return room, nil
 }
 
 // Grow is called before r writes n more bytes of data; past what was granted it checks the
-// free space again and grants the next step (or what the import still expects, if more).
+// free space again and grants the next step (or what the import still expects, if more; or
+// only what is left above the reserve, if less).
 func (r *Reservation) Grow(n int64) error {
 	g := r.g
 	g.mu.Lock()
@@ -225,17 +238,20 @@ func (r *Reservation) Grow(n int64) error {
 		if step <= 0 {
 			step = DefaultSpaceStep
 		}
-		need := max(step, n, r.expected-r.written)
-		if err := g.check(r, need); err != nil {
+		// What must fit: these bytes, or what the import still expects; what is granted: a
+		// step more when there is room, so that the next check comes a step later.
+		need := max(n, r.expected-r.written)
+		room, err := g.room(r, need)
+		if err != nil {
 			return err
 		}
-		r.granted = r.written + need
+		r.granted = r.written + max(need, min(step, room))
 	}
 	r.written += n
 	return nil
 }
 
-// Stillfits checks, without writing, that the reserve is not crossed: the free space less
+// stillFits checks, without writing, that the reserve is not crossed: the free space less
 // the other imports' claims (a tool writing on r's behalf, e.g. qemu-img convert, cannot call
 // Grow).
 func (r *Reservation) stillFits() error {
