@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -51,6 +52,13 @@ type Config struct {
 	// MaxImageSize bounds an imported image's unpacked bytes and virtual size (0: default).
 	MaxImageSize int64
 	maxImageSize string
+	// AllowImportFrom lists internal networks (loopback, private, link-local, ...) that image
+	// and disk imports may reach, e.g. an operator's mirror; the others are refused.
+	AllowImportFrom []netip.Prefix
+	allowImportFrom []string
+	// MinFreeSpace is the free space imports leave on the image store's file system.
+	MinFreeSpace images.MinFree
+	minFreeSpace string
 	// VMNetworking is how VM NICs are connected: "host" (the default: taps on the
 	// ClusterNetworks' bridges, nftables, dnsmasq; see docs/networking.md) or "user" (QEMU
 	// user-mode, isolated: for tests).
@@ -106,7 +114,9 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
-	f.StringVar(&cfg.maxImageSize, "max-image-size", "512Gi", "the largest image or imported disk accepted: its bytes after decompression and its virtual size (a quantity, e.g. 200Gi)")
+	f.StringVar(&cfg.maxImageSize, "max-image-size", "128Gi", "the largest image or imported disk accepted: its bytes after decompression and its virtual size (a quantity, e.g. 200Gi)")
+	f.StringSliceVar(&cfg.allowImportFrom, "allow-import-from", nil, "internal networks (CIDR, repeatable or comma-separated, e.g. 10.20.0.0/16) that HTTP and registry imports may reach; loopback, private, link-local, CGNAT, multicast and cloud metadata addresses are refused otherwise")
+	f.StringVar(&cfg.minFreeSpace, "min-free-space", images.DefaultMinFree.String(), "free space imports leave on the image store's file system: a percentage of its size (10%) or a size (20Gi); an import that would cross it fails")
 	f.DurationVar(&cfg.UploadTimeout, "upload-timeout", images.DefaultUploadTimeout, "how long an image or disk with an Upload data source waits for its file before it fails")
 	f.StringVar(&cfg.VMNetworking, "vm-networking", "host", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork; needs root) or user (QEMU user-mode, isolated: for tests)")
 	f.StringVar(&cfg.MACRanges, "mac-ranges", "", "the cluster's MAC address pool, first-last[,first-last...] (default 02:72:6b:00:00:00-02:72:6b:ff:ff:ff)")
@@ -161,6 +171,16 @@ func (c *Config) validate() error {
 		}
 		c.MaxImageSize = n
 	}
+	if c.AllowImportFrom, err = images.ParseAllowList(c.allowImportFrom); err != nil {
+		return err
+	}
+	if c.minFreeSpace != "" {
+		if c.MinFreeSpace, err = images.ParseMinFree(c.minFreeSpace); err != nil {
+			return err
+		}
+	} else if c.MinFreeSpace == (images.MinFree{}) {
+		c.MinFreeSpace = images.DefaultMinFree
+	}
 	if c.Store != "bolt" && c.Store != "" && !strings.HasPrefix(c.Store, "etcd://") {
 		return fmt.Errorf("--store %q: use bolt or etcd://host:port[,host:port...]", c.Store)
 	}
@@ -171,6 +191,12 @@ func (c *Config) validate() error {
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.validate(); err != nil {
 		return err
+	}
+	// Process-wide: the image and disk controllers import with these.
+	images.SetDefaultNetworkPolicy(&images.NetworkPolicy{Allow: cfg.AllowImportFrom})
+	images.SetDefaultSpaceGuard(&images.SpaceGuard{MinFree: cfg.MinFreeSpace})
+	if len(cfg.AllowImportFrom) > 0 {
+		log.Info("imports may reach these internal networks", "allow-import-from", fmt.Sprint(cfg.AllowImportFrom))
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("creating data dir: %w", err)
