@@ -93,7 +93,7 @@ func TestDecompressionBombKeepsReserve(t *testing.T) {
 	if !errors.As(err, &ie) || ie.Reason != images.ReasonInsufficientStorage {
 		t.Fatalf("got %v, want %s", err, images.ReasonInsufficientStorage)
 	}
-	for _, s := range []string{"not enough space", "free-space reserve of 6.4Mi (10% of 64Mi)", "--min-free-space"} {
+	for _, s := range []string{"the image store is full", "free-space reserve of 6.4Mi (10% of 64Mi)", "--min-free-space"} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("the message %q does not say %q", err, s)
 		}

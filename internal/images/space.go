@@ -141,10 +141,10 @@ func (e *SpaceError) Error() string {
 		others = fmt.Sprintf(", %s of it promised to other imports running", HumanBytes(e.Others))
 	}
 	if e.Need <= 0 {
-		return fmt.Sprintf("not enough space for the image: the file system of %s has less free space than the free-space reserve of %s (%s of %s): %s free%s; free some space, or change serve %s",
+		return fmt.Sprintf("the image store is full: the file system of %s has less free space than the free-space reserve of %s (%s of %s): %s free%s; free some space, or change serve %s",
 			e.Dir, HumanBytes(e.Reserve), e.MinFree, HumanBytes(e.Total), HumanBytes(e.Avail), others, MinFreeFlag)
 	}
-	return fmt.Sprintf("not enough space for the image: writing %s more would leave less than the free-space reserve of %s (%s of %s) on the file system of %s (%s free%s); free some space, or change serve %s",
+	return fmt.Sprintf("the image store is full: writing %s more would leave less than the free-space reserve of %s (%s of %s) on the file system of %s (%s free%s); free some space, or change serve %s",
 		HumanBytes(e.Need), HumanBytes(e.Reserve), e.MinFree, HumanBytes(e.Total), e.Dir, HumanBytes(e.Avail), others, MinFreeFlag)
 }
 

@@ -189,7 +189,7 @@ func TestIngestChecksSpaceFirst(t *testing.T) {
 	_, err = ingest(context.Background(), source{body: r, total: 200 << 20, what: "test"}, f,
 		Options{Space: &SpaceGuard{MinFree: MinFree{Percent: 5}, Statfs: fs.statfs}})
 	var ie *Error
-	if !errors.As(err, &ie) || ie.Reason != ReasonInsufficientStorage || !strings.Contains(err.Error(), "not enough space") {
+	if !errors.As(err, &ie) || ie.Reason != ReasonInsufficientStorage || !strings.Contains(err.Error(), "the image store is full") {
 		t.Fatalf("got %v, want %s", err, ReasonInsufficientStorage)
 	}
 	if r.n > 1<<20 {

@@ -62,6 +62,9 @@ type Serve struct {
 	done    chan struct{}
 	Listen  string   // TCP address when started with --listen
 	Env     []string // extra environment of the process (e.g. a PATH with a QEMU shim first)
+	// NoImportAllowList leaves out the default --allow-import-from of loopback (the tests'
+	// image servers listen there), so imports get the production policy.
+	NoImportAllowList bool
 }
 
 type lockedBuffer struct {
@@ -100,7 +103,13 @@ func (s *Serve) Start() {
 	s.t.Helper()
 	// User-mode networking unless a test asks for more: host networking builds bridges and
 	// nftables tables, which only tests inside their own network namespaces may do.
-	args := append([]string{"serve", "--data-dir", s.DataDir, "--log-level", "debug", "--vm-networking", "user"}, s.Args...)
+	args := []string{"serve", "--data-dir", s.DataDir, "--log-level", "debug", "--vm-networking", "user"}
+	if !s.NoImportAllowList {
+		// The tests' image servers and registries listen on loopback, which imports may not
+		// reach by default.
+		args = append(args, "--allow-import-from", "127.0.0.0/8,::1/128")
+	}
+	args = append(args, s.Args...)
 	cmd := exec.Command(rakhshBin(s.t), args...)
 	if len(s.Env) > 0 {
 		cmd.Env = append(os.Environ(), s.Env...)
