@@ -88,6 +88,8 @@ func listenTLS(cfg Config) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
+	// Connections are counted per client under the TLS layer (see httpLimits).
+	l = limitConns(l, defaultHTTPLimits.ConnsPerClient)
 	return tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}), nil
 }
 
