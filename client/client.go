@@ -31,7 +31,8 @@ const DefaultSocket = "/var/lib/rakhsh/rakhsh.sock"
 type Config struct {
 	// Server is unix:///path/to/rakhsh.sock or https://host:port. Empty means the default socket.
 	Server string
-	// Token is the bearer token for TCP connections.
+	// Token is the bearer token for TCP connections. It is sent only over https (or the
+	// unix socket): New refuses a token with a plain http:// server.
 	Token string
 	// CAFile is a PEM file of CA certificates to trust for https (e.g. the server's tls.crt).
 	CAFile string
@@ -123,6 +124,11 @@ func New(cfg Config) (*Client, error) {
 		c.base = "https://" + u.Host
 	case "http":
 		// Plain HTTP is only for tests behind a proxy; the server itself never listens on it.
+		// A bearer token would travel in clear text, readable and replayable by anyone on
+		// the path, loopback included (other local users can capture it).
+		if cfg.Token != "" {
+			return nil, fmt.Errorf("server address %q: refusing to send the bearer token over plain http, where anyone on the path can read it: use https://%s (or the unix socket)", server, u.Host)
+		}
 		c.base = "http://" + u.Host
 		d := &net.Dialer{Timeout: 10 * time.Second}
 		host := u.Host
@@ -133,6 +139,30 @@ func New(cfg Config) (*Client, error) {
 	c.http = &http.Client{Transport: tr}
 	c.stream = &http.Client{Transport: tr}
 	return c, nil
+}
+
+// ReadTokenFile reads a bearer token from a file (the first line, without surrounding
+// space). A token in a file stays out of the process list, where --token is visible to every
+// local user (/proc/PID/cmdline).
+func ReadTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("reading the token file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return "", fmt.Errorf("reading the token file %s: %w", path, err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	tok := strings.TrimSpace(line)
+	if tok == "" {
+		return "", fmt.Errorf("the token file %s is empty: it should hold the bearer token on its first line", path)
+	}
+	if strings.ContainsAny(tok, " \t\r") {
+		return "", fmt.Errorf("the token file %s holds space inside its first line: it should hold only the bearer token", path)
+	}
+	return tok, nil
 }
 
 // DialRaw opens a raw connection to the server (used for websocket upgrades).

@@ -27,9 +27,10 @@ var Version = "dev"
 
 // Environment variables that provide defaults for the global flags.
 const (
-	EnvServer = "RAKHSH_SERVER"
-	EnvToken  = "RAKHSH_TOKEN"
-	EnvCAFile = "RAKHSH_CA_FILE"
+	EnvServer    = "RAKHSH_SERVER"
+	EnvToken     = "RAKHSH_TOKEN"
+	EnvTokenFile = "RAKHSH_TOKEN_FILE"
+	EnvCAFile    = "RAKHSH_CA_FILE"
 )
 
 // DefaultProject is the project used when -n is not given.
@@ -41,6 +42,7 @@ const DefaultProject = "default"
 type cliContext struct {
 	server         string
 	token          string
+	tokenFile      string
 	caFile         string
 	insecure       bool
 	namespace      string
@@ -89,8 +91,23 @@ func (cc *cliContext) Config() (client.Config, error) {
 	if !cc.flagChanged("server") && cfg.Server == "" {
 		cfg.Server = cc.getenv(EnvServer)
 	}
-	if !cc.flagChanged("token") && cfg.Token == "" {
+	// The token: --token, --token-file, $RAKHSH_TOKEN, $RAKHSH_TOKEN_FILE, in this order.
+	if cc.token != "" && cc.tokenFile != "" {
+		return cfg, usageErrorf("--token and --token-file are exclusive: give one (--token-file keeps the token out of the process list)")
+	}
+	tokenFile := cc.tokenFile
+	if cfg.Token == "" && tokenFile == "" {
 		cfg.Token = cc.getenv(EnvToken)
+		if cfg.Token == "" {
+			tokenFile = cc.getenv(EnvTokenFile)
+		}
+	}
+	if cfg.Token == "" && tokenFile != "" {
+		tok, err := client.ReadTokenFile(tokenFile)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Token = tok
 	}
 	if !cc.flagChanged("ca-file") && cfg.CAFile == "" {
 		cfg.CAFile = cc.getenv(EnvCAFile)
@@ -155,7 +172,8 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 	cc.root = root
 	pf := root.PersistentFlags()
 	pf.StringVar(&cc.server, "server", "", "API server: unix:///path/rakhsh.sock or https://host:port (env "+EnvServer+"; default unix://"+client.DefaultSocket+")")
-	pf.StringVar(&cc.token, "token", "", "bearer token for https servers (env "+EnvToken+")")
+	pf.StringVar(&cc.token, "token", "", "bearer token for https servers (env "+EnvToken+"); other local users can read it in the process list: prefer --token-file")
+	pf.StringVar(&cc.tokenFile, "token-file", "", "file holding the bearer token for https servers on its first line (env "+EnvTokenFile+")")
 	pf.StringVar(&cc.caFile, "ca-file", "", "PEM file of CA certificates to trust for https (env "+EnvCAFile+")")
 	pf.BoolVar(&cc.insecure, "insecure-skip-tls-verify", false, "do not verify the server's certificate (insecure; for tests only)")
 	pf.StringVarP(&cc.namespace, "namespace", "n", "", "project to work in (default \""+DefaultProject+"\")")

@@ -19,12 +19,14 @@ import (
 
 // AgentConfig is the validated configuration of `rakhsh agent`.
 type AgentConfig struct {
-	Server   string
-	Token    string
-	CAFile   string
-	DataDir  string
-	NodeName string
-	LogLevel string
+	Server string
+	Token  string
+	// TokenFile holds the token (the safe way: --token shows in the process list).
+	TokenFile string
+	CAFile    string
+	DataDir   string
+	NodeName  string
+	LogLevel  string
 	// HeartbeatInterval is how often the Node status is refreshed.
 	HeartbeatInterval time.Duration
 	// VMNetworking is "host" or "user", as for serve.
@@ -55,8 +57,21 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 			if cfg.Server == "" {
 				cfg.Server = os.Getenv("RAKHSH_SERVER")
 			}
-			if cfg.Token == "" {
+			if cfg.Token != "" && cfg.TokenFile != "" {
+				return errors.New("--token and --token-file are exclusive: give one (--token-file keeps the token out of the process list)")
+			}
+			if cfg.Token == "" && cfg.TokenFile == "" {
 				cfg.Token = os.Getenv("RAKHSH_TOKEN")
+				if cfg.Token == "" {
+					cfg.TokenFile = os.Getenv("RAKHSH_TOKEN_FILE")
+				}
+			}
+			if cfg.Token == "" && cfg.TokenFile != "" {
+				tok, err := client.ReadTokenFile(cfg.TokenFile)
+				if err != nil {
+					return err
+				}
+				cfg.Token = tok
 			}
 			if cfg.VMNetworking != "host" && cfg.VMNetworking != "user" {
 				return fmt.Errorf("--vm-networking %q: use host or user", cfg.VMNetworking)
@@ -102,7 +117,8 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Server, "server", "", "control plane API: https://host:port or unix:///path/rakhsh.sock (env RAKHSH_SERVER)")
-	f.StringVar(&cfg.Token, "token", "", "bearer token for the control plane (env RAKHSH_TOKEN)")
+	f.StringVar(&cfg.Token, "token", "", "bearer token for the control plane (env RAKHSH_TOKEN); other local users can read it in the process list: prefer --token-file")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the bearer token for the control plane on its first line (env RAKHSH_TOKEN_FILE)")
 	f.StringVar(&cfg.CAFile, "ca-file", "", "PEM CA certificates to trust for https")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/rakhsh", "directory for disks, images and VM run directories")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
