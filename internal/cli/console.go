@@ -12,17 +12,34 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/console"
 	"golang.org/x/term"
 )
 
 // detachKey is Ctrl-], which ends `rakhsh console` without touching the VM.
 const detachKey = 0x1d
 
+// guestOutput returns the writer guest output goes through to w: the terminal filter of
+// mode (see console.TermFilter), or w itself with raw.
+func guestOutput(w io.Writer, raw bool, mode console.FilterMode) io.Writer {
+	if raw {
+		return w
+	}
+	return console.NewTermFilter(w, mode)
+}
+
 func newConsoleCommand(cc *cliContext) *cobra.Command {
-	return &cobra.Command{
+	var raw bool
+	cmd := &cobra.Command{
 		Use:   "console NAME",
 		Short: "Attach to a VM's serial console (Ctrl-] detaches)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Attach to a VM's serial console (Ctrl-] detaches).
+
+What the guest prints is filtered before it reaches your terminal: text, colours and cursor
+movement pass; escape sequences that make a terminal do more than draw (window titles,
+clipboard writes with OSC 52, device reports, DCS/APC strings, other control characters)
+are dropped. --raw passes everything, for a guest you trust.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cc.Client()
 			if err != nil {
@@ -44,7 +61,7 @@ func newConsoleCommand(cc *cliContext) *cobra.Command {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				_, _ = io.Copy(cmd.OutOrStdout(), conn)
+				_, _ = io.Copy(guestOutput(cmd.OutOrStdout(), raw, console.FilterConsole), conn)
 			}()
 			go func() {
 				buf := make([]byte, 1024)
@@ -75,6 +92,8 @@ func newConsoleCommand(cc *cliContext) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&raw, "raw", false, "pass the guest's output to the terminal unfiltered, escape sequences included (only for a guest you trust)")
+	return cmd
 }
 
 func newVNCCommand(cc *cliContext) *cobra.Command {
@@ -135,7 +154,7 @@ func newVNCCommand(cc *cliContext) *cobra.Command {
 
 func newLogsCommand(cc *cliContext) *cobra.Command {
 	var limit int64
-	var qemuLog, follow bool
+	var qemuLog, follow, raw bool
 	cmd := &cobra.Command{
 		Use:   "logs vm NAME",
 		Short: "Print a VM's kept serial console output (--qemu: QEMU's own log of this and the previous run)",
@@ -156,7 +175,8 @@ func newLogsCommand(cc *cliContext) *cobra.Command {
 			if err := c.Do(cmd.Context(), "GET", client.Path("virtualmachines", cc.Namespace(), args[1], "log"), q, "", nil, &out); err != nil {
 				return err
 			}
-			if _, err := cmd.OutOrStdout().Write(out); err != nil || !follow {
+			w := guestOutput(cmd.OutOrStdout(), raw, console.FilterText)
+			if _, err := w.Write(out); err != nil || !follow {
 				return err
 			}
 			if qemuLog {
@@ -169,10 +189,11 @@ func newLogsCommand(cc *cliContext) *cobra.Command {
 			}
 			defer conn.Close()
 			go func() { <-cmd.Context().Done(); conn.Close() }()
-			_, _ = io.Copy(cmd.OutOrStdout(), conn)
+			_, _ = io.Copy(w, conn)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&raw, "raw", false, "print the output unfiltered, escape sequences and control characters included (by default only text, newlines and tabs pass, so the guest cannot retitle the terminal or write the clipboard)")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing the console output as the guest writes it, until the VM stops or Ctrl-C")
 	cmd.Flags().Int64Var(&limit, "limit-bytes", 1<<20, "print at most this many bytes from the end")
 	cmd.Flags().BoolVar(&qemuLog, "qemu", false, "print QEMU's own output (errors, warnings) of the current and the previous run instead of the serial console")
