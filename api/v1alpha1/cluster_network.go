@@ -68,6 +68,18 @@ type ClusterNetworkSpec struct {
 	// Uplink is the host interface NAT traffic leaves by (NAT only). Empty means the
 	// interface of the host's default route, found on each host.
 	Uplink string `json:"uplink,omitempty"`
+	// NAT holds the outbound policy of a NAT network (Rakhsh addition).
+	NAT *ClusterNetworkNAT `json:"nat,omitempty"`
+}
+
+// ClusterNetworkNAT is what guests of a NAT network may reach through the host. Link-local
+// addresses (169.254.0.0/16, with the cloud metadata service 169.254.169.254) are always
+// denied.
+type ClusterNetworkNAT struct {
+	// DenyDestinations are IPv4 ranges (CIDR) the host does not route guests' packets to,
+	// e.g. the host's LAN or all private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16).
+	// Guests get an ICMP "administratively prohibited" answer.
+	DenyDestinations []string `json:"denyDestinations,omitempty"`
 }
 
 // ClusterNetworkDHCP configures address assignment.

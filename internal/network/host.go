@@ -184,6 +184,24 @@ func (m *Manager) Ensure(ctx context.Context, d Desired) ([]string, error) {
 	in := rulesetInput{Network: d.Name, NAT: nat, Bridge: s.Bridge, Subnet: subnet, Uplink: uplink, Ports: d.Ports}
 	if nat {
 		in.Forward = d.Forwards
+		in.Gateway = gw
+		in.DHCPServer = gw
+		if s.NAT != nil {
+			for _, x := range s.NAT.DenyDestinations {
+				if p, err := netip.ParsePrefix(x); err == nil {
+					in.Deny = append(in.Deny, p)
+				}
+			}
+		}
+	}
+	if s.DNS != nil && len(s.DNS.Servers) > 0 {
+		for _, x := range s.DNS.Servers {
+			if a, err := netip.ParseAddr(x); err == nil {
+				in.DNSServers = append(in.DNSServers, a)
+			}
+		}
+	} else if nat {
+		in.DNSServers = []netip.Addr{gw}
 	}
 	script := ruleset(in)
 	prev, known := m.applied[d.Name]

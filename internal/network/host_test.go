@@ -188,11 +188,15 @@ func TestRulesetIsValidNft(t *testing.T) {
 	}
 	for _, in := range []rulesetInput{
 		{Network: "main", NAT: true, Bridge: "rk-main", Subnet: netip.MustParsePrefix("10.66.0.0/24"),
+			Gateway: netip.MustParseAddr("10.66.0.1"), DHCPServer: netip.MustParseAddr("10.66.0.1"), DNSServers: []netip.Addr{netip.MustParseAddr("10.66.0.1")},
+			Deny: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("169.254.169.254/32"), netip.MustParsePrefix("10.1.0.0/16")},
 			Ports: []Port{{Tap: "rkt0011223300", MAC: "02:72:6b:00:00:01", IPs: []netip.Addr{netip.MustParseAddr("10.66.0.2")}},
 				{Tap: "rkt0011223301", MAC: "02:72:6b:00:00:02"}},
 			Forward: []Forward{{Protocol: "udp", HostPort: 5353, GuestIP: netip.MustParseAddr("10.66.0.2"), GuestPort: 53}}},
 		{Network: "lan", Bridge: "br0", Ports: []Port{{Tap: "rkt0011223300", MAC: "02:72:6b:00:00:01"}}},
 		{Network: "guarded", NAT: true, Bridge: "rk-guarded", Subnet: netip.MustParsePrefix("10.66.0.0/24"),
+			Gateway: netip.MustParseAddr("10.66.0.1"), DHCPServer: netip.MustParseAddr("10.66.0.1"),
+			DNSServers: []netip.Addr{netip.MustParseAddr("10.66.0.1"), netip.MustParseAddr("192.0.2.53")},
 			Ports: []Port{
 				{Tap: "rkt0011223300", MAC: "02:72:6b:00:00:01", IPs: []netip.Addr{netip.MustParseAddr("10.66.0.2")}, Filtered: true,
 					Inbound: []InboundRule{{Protocol: "tcp", Port: 3389}, {Protocol: "udp", Port: 5000, EndPort: 5100,

@@ -54,6 +54,15 @@ type rulesetInput struct {
 	Uplink  string       // NAT: "" masquerades out of every interface but the bridge
 	Ports   []Port
 	Forward []Forward
+	// Gateway is the host's address on a NAT bridge: where dnsmasq answers DHCP and DNS.
+	Gateway netip.Addr
+	// DHCPServer, when valid, is the only source filtered ports take DHCP answers from.
+	DHCPServer netip.Addr
+	// DNSServers, when set, are the only sources filtered ports take DNS answers from.
+	DNSServers []netip.Addr
+	// Deny are destinations a NAT network's guests may not reach through the host, besides
+	// the link-local range (with cloud metadata addresses) that is always denied.
+	Deny []netip.Prefix
 }
 
 func tableName(network string) string { return TablePrefix + network }
@@ -100,7 +109,24 @@ func natTable(in rulesetInput) string {
 		fmt.Fprintf(&b, "\t\tfib daddr type local %s dport %d dnat to %s:%d\n", f.Protocol, f.HostPort, f.GuestIP, f.GuestPort)
 	}
 	b.WriteString("\t}\n")
+	// Guests reach the host itself only for DHCP, DNS and ping of the gateway: not sshd, the
+	// API or an etcd that listens on every address.
+	b.WriteString("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n")
+	fmt.Fprintf(&b, "\t\tiifname %s jump from-guests\n\t}\n", br)
+	b.WriteString("\tchain from-guests {\n")
+	b.WriteString("\t\tct state established,related accept\n")
+	b.WriteString("\t\tudp sport 68 udp dport 67 accept\n")
+	if in.Gateway.IsValid() {
+		fmt.Fprintf(&b, "\t\tip daddr %s udp dport 53 accept\n", in.Gateway)
+		fmt.Fprintf(&b, "\t\tip daddr %s tcp dport 53 accept\n", in.Gateway)
+		fmt.Fprintf(&b, "\t\tip daddr %s icmp type echo-request accept\n", in.Gateway)
+	}
+	b.WriteString("\t\tdrop\n\t}\n")
 	b.WriteString("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n")
+	// Link-local destinations (169.254.169.254 is the cloud metadata service of the host's
+	// provider) and the operator's denied ranges are never routed for guests.
+	deny := disjoint(append([]netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")}, in.Deny...))
+	fmt.Fprintf(&b, "\t\tiifname %s ip daddr { %s } reject with icmp type admin-prohibited\n", br, strings.Join(deny, ", "))
 	fmt.Fprintf(&b, "\t\tiifname %s accept\n", br)
 	fmt.Fprintf(&b, "\t\toifname %s ct state established,related accept\n", br)
 	fmt.Fprintf(&b, "\t\toifname %s ct status dnat accept\n", br)
@@ -127,6 +153,9 @@ func bridgeTable(in rulesetInput) string {
 		fmt.Fprintf(&b, "\tchain port-%s {\n", p.Tap)
 		fmt.Fprintf(&b, "\t\tether saddr != %s drop\n", p.MAC)
 		fmt.Fprintf(&b, "\t\tether type arp arp saddr ether != %s drop\n", p.MAC)
+		// A guest is a DHCP client, never a server: its OFFERs and ACKs would make it its
+		// neighbours' router and DNS. (DHCPv6 goes with the rest of IPv6, below.)
+		b.WriteString("\t\tether type ip udp sport 67 drop\n")
 		if len(p.IPs) > 0 {
 			set := addrSet(p.IPs)
 			fmt.Fprintf(&b, "\t\tether type arp arp saddr ip != { 0.0.0.0, %s } drop\n", set)
@@ -153,7 +182,7 @@ func bridgeTable(in rulesetInput) string {
 			b.WriteString("\t}\n")
 		}
 		for _, p := range filtered {
-			b.WriteString(inboundChain(p))
+			b.WriteString(inboundChain(p, in.DHCPServer, in.DNSServers))
 		}
 	}
 	b.WriteString("}\n")
@@ -165,16 +194,26 @@ func bridgeTable(in rulesetInput) string {
 // are: a TCP segment that opens a connection (SYN without ACK) needs a rule, every other
 // segment belongs to a connection the VM opened or to one a rule allowed (a stray one can
 // only make the guest answer with a reset). ICMP errors and echo replies, DHCP and DNS
-// answers always pass; other UDP and ICMP need a rule.
-func inboundChain(p Port) string {
+// answers always pass; other UDP and ICMP need a rule. DHCP answers pass only from dhcp and
+// DNS answers only from dns when those are known (a network whose DHCP and DNS are on the
+// LAN has none: then any source may answer, and dns.servers in the spec closes that).
+func inboundChain(p Port, dhcp netip.Addr, dns []netip.Addr) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\tchain in-%s {\n", p.Tap)
 	b.WriteString("\t\tether type arp accept\n")
 	b.WriteString("\t\tether type != ip drop\n")
 	b.WriteString("\t\tip protocol tcp tcp flags & (syn | ack) != syn accept\n")
 	b.WriteString("\t\tip protocol icmp icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept\n")
-	b.WriteString("\t\tudp sport 67 udp dport 68 accept\n")
-	b.WriteString("\t\tudp sport 53 accept\n")
+	if dhcp.IsValid() {
+		fmt.Fprintf(&b, "\t\tip saddr %s udp sport 67 udp dport 68 accept\n", dhcp)
+	} else {
+		b.WriteString("\t\tudp sport 67 udp dport 68 accept\n")
+	}
+	if len(dns) > 0 {
+		fmt.Fprintf(&b, "\t\tip saddr { %s } udp sport 53 accept\n", addrSet(dns))
+	} else {
+		b.WriteString("\t\tudp sport 53 accept\n")
+	}
 	for _, r := range p.Inbound {
 		var m strings.Builder
 		if len(r.From) > 0 {
@@ -214,6 +253,31 @@ func addrSet(ips []netip.Addr) string {
 	}
 	sort.Strings(s)
 	return strings.Join(s, ", ")
+}
+
+// disjoint returns the IPv4 prefixes of ps that no other one covers, sorted: an nftables
+// interval set refuses overlapping elements.
+func disjoint(ps []netip.Prefix) []string {
+	var out []string
+	for i, p := range ps {
+		p = p.Masked()
+		if !p.Addr().Is4() {
+			continue
+		}
+		covered := false
+		for j, q := range ps {
+			q = q.Masked()
+			if i != j && q.Addr().Is4() && q.Bits() <= p.Bits() && q.Contains(p.Addr()) && (q.Bits() < p.Bits() || j < i) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, p.String())
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func sortedForwards(f []Forward) []Forward {

@@ -258,8 +258,31 @@ func validateClusterNetwork(n *v1alpha1.ClusterNetwork) errs.FieldErrors {
 			fe.Invalid("spec.uplink", s.Uplink, "must differ from spec.bridge")
 		}
 	}
+	if s.NAT != nil {
+		if s.Type == v1alpha1.ClusterNetworkTypeBridge {
+			fe.Forbidden("spec.nat", "applies only to NAT networks")
+		}
+		if len(s.NAT.DenyDestinations) > MaxDenyDestinations {
+			fe.Invalid("spec.nat.denyDestinations", len(s.NAT.DenyDestinations), fmt.Sprintf("at most %d ranges", MaxDenyDestinations))
+		}
+		for i, d := range s.NAT.DenyDestinations {
+			path := fmt.Sprintf("spec.nat.denyDestinations[%d]", i)
+			p, err := netip.ParsePrefix(d)
+			switch {
+			case err != nil:
+				fe.Invalid(path, d, "must be an IPv4 range in CIDR form, e.g. 192.168.0.0/16")
+			case !p.Addr().Is4():
+				fe.Invalid(path, d, "must be an IPv4 range (guests of NAT networks have IPv4 only)")
+			case p.Masked() != p:
+				fe.Invalid(path, d, fmt.Sprintf("has host bits set (did you mean %s?)", p.Masked()))
+			}
+		}
+	}
 	return fe
 }
+
+// MaxDenyDestinations bounds spec.nat.denyDestinations of a ClusterNetwork.
+const MaxDenyDestinations = 64
 
 // lastAddr returns the last address of p (the broadcast address of an IPv4 subnet).
 func lastAddr(p netip.Prefix) netip.Addr {
