@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -82,5 +84,27 @@ func TestYAMLAliasBomb(t *testing.T) {
 	ok := []byte("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: Secret\nmetadata: {name: plain}\nstringData: {a: 'x * y'}\n")
 	if err := c.Do(ctx, "POST", path, nil, "application/yaml", ok, nil); err != nil {
 		t.Fatalf("POST of plain YAML: %v", err)
+	}
+}
+
+// TestTokenFileOverTCP: the CLI reads the admin token from --token-file or
+// RAKHSH_TOKEN_FILE over TLS, and refuses to send a token to a plain http address.
+func TestTokenFileOverTCP(t *testing.T) {
+	addr := freeAddr(t)
+	s := StartServe(t, "--listen", addr)
+	tokenFile := filepath.Join(s.DataDir, "admin.token")
+	ca := filepath.Join(s.DataDir, "tls.crt")
+	r := runCLI(t, "https://"+addr, "", "", "get", "proj", "--ca-file", ca, "--token-file", tokenFile)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "default") {
+		t.Fatalf("CLI with --token-file: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
+	}
+	cmd := exec.Command(rakhshBin(t), "get", "proj", "--ca-file", ca)
+	cmd.Env = append(os.Environ(), "RAKHSH_SERVER=https://"+addr, "RAKHSH_TOKEN=", "RAKHSH_TOKEN_FILE="+tokenFile)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "default") {
+		t.Fatalf("CLI with RAKHSH_TOKEN_FILE: %v\n%s", err, out)
+	}
+	r = runCLI(t, "http://"+addr, "", "", "get", "proj", "--token-file", tokenFile)
+	if r.Code == 0 || !strings.Contains(r.Stderr, "refusing to send the bearer token over plain http") {
+		t.Fatalf("CLI with a token to http://: code %d, stderr %q", r.Code, r.Stderr)
 	}
 }
