@@ -34,7 +34,7 @@ type Config struct {
 	// Token is the bearer token for TCP connections. It is sent only over https (or the
 	// unix socket): New refuses a token with a plain http:// server.
 	Token string
-	// CAFile is a PEM file of CA certificates to trust for https (e.g. the server's tls.crt).
+	// CAFile is a PEM file of CA certificates to trust for https (e.g. the server's ca.crt).
 	CAFile string
 	// Insecure skips TLS verification (for self-signed test servers only).
 	Insecure bool

@@ -217,17 +217,13 @@ func checkTooMany(t *testing.T, resp *http.Response, what string) {
 // request is answered 429 with Retry-After; past twice the limit a connection is closed at
 // once; a closed connection frees its place. Through TLS, as serve's TCP listener.
 func TestConnectionLimitPerClient(t *testing.T) {
-	dir := t.TempDir()
-	certFile, keyFile := dir+"/tls.crt", dir+"/tls.key"
-	if err := ensureSelfSigned(certFile, keyFile, "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	ss := &selfSigned{dir: t.TempDir(), listen: "127.0.0.1:0", now: time.Now}
+	cert, err := ss.certificate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := serveTest(t, http.HandlerFunc(okHandler), true, testLimits, func(l net.Listener) net.Listener {
-		return tls.NewListener(limitConns(l, testLimits.ConnsPerClient), &tls.Config{Certificates: []tls.Certificate{cert}})
+		return tls.NewListener(limitConns(l, testLimits.ConnsPerClient), &tls.Config{Certificates: []tls.Certificate{*cert}})
 	})
 	dial := func() (*tls.Conn, *bufio.Reader) {
 		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // test server

@@ -93,7 +93,7 @@ func TestTokenFileOverTCP(t *testing.T) {
 	addr := freeAddr(t)
 	s := StartServe(t, "--listen", addr)
 	tokenFile := filepath.Join(s.DataDir, "admin.token")
-	ca := filepath.Join(s.DataDir, "tls.crt")
+	ca := filepath.Join(s.DataDir, "ca.crt") // the self-signed CA; tls.crt is the 90-day serving certificate
 	r := runCLI(t, "https://"+addr, "", "", "get", "proj", "--ca-file", ca, "--token-file", tokenFile)
 	if r.Code != 0 || !strings.Contains(r.Stdout, "default") {
 		t.Fatalf("CLI with --token-file: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
