@@ -66,7 +66,7 @@ base="http://127.0.0.1:$port"
 
 data="$work/data"
 apiport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$root/bin/rakhsh" serve --data-dir "$data" --listen "127.0.0.1:$apiport" --log-level info --vm-networking user >"$work/serve.log" 2>&1 &
+"$root/bin/rakhsh" serve --data-dir "$data" --listen "127.0.0.1:$apiport" --log-level info --vm-networking user --allow-import-from 127.0.0.0/8 >"$work/serve.log" 2>&1 &
 serve=$!
 pids+=($serve)
 export RAKHSH_SERVER="unix://$data/rakhsh.sock"

@@ -157,7 +157,9 @@ func (l *netnsLab) restartServe(s *Serve) {
 	t.Helper()
 	// nsenter switches only the network namespace: `ip netns exec` would also remount /sys,
 	// hiding the cgroup hierarchy the agent puts VMs in.
-	args := append([]string{"--net=/run/netns/" + l.In, rakhshBin(t), "serve", "--data-dir", s.DataDir, "--log-level", "debug"}, s.Args...)
+	// The guest image is served on the namespace's loopback.
+	args := append([]string{"--net=/run/netns/" + l.In, rakhshBin(t), "serve", "--data-dir", s.DataDir, "--log-level", "debug",
+		"--allow-import-from", "127.0.0.0/8"}, s.Args...)
 	cmd := exec.Command("nsenter", args...)
 	if s.logs == nil {
 		s.logs = &lockedBuffer{}

@@ -80,7 +80,7 @@ spec:
 
 // TestNetworkNAT runs `rakhsh serve --vm-networking host` in a network namespace and shows
 // on real guests: leased addresses by DHCP, VM-to-VM traffic, NAT to an outside namespace,
-// a port forward into a guest, anti-spoofing, stable MAC and IP across stop/start and a
+// a port forward into a guest, anti-spoofing, the guest attacks of guestAttacks, stable MAC and IP across stop/start and a
 // serve restart, a rejected duplicate Static IP and a reported full pool.
 func TestNetworkNAT(t *testing.T) {
 	dir := vmGuestDir(t)
@@ -258,6 +258,9 @@ spec:
 	if !strings.Contains(rules, "chain in-"+network.TapName(v2.UID, 0)) || strings.Contains(rules, "chain in-"+network.TapName(v1.UID, 0)) {
 		t.Errorf("bridge table of main: want an inbound chain for vm2's tap only:\n%s", rules)
 	}
+
+	// What a guest cannot do to its neighbours and the host (network_attack_test.go).
+	guestAttacks(t, lab, s, v1, v2)
 
 	// Anti-spoofing. A spoofed source IP: the request never reaches the outside.
 	vmConsoleType(t, s, v1.UID, fmt.Sprintf("ip addr add 10.66.0.99/24 dev eth0; ip route add %s/32 via 10.66.0.1 src 10.66.0.99", lab.OutIP))

@@ -207,7 +207,8 @@ func startServe(b *testing.B, bin, dataDir, logPath string) *serve {
 		b.Fatal(err)
 	}
 	s := &serve{dataDir: dataDir, logPath: logPath, node: "vmbench", done: make(chan struct{})}
-	s.cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--node-name", s.node, "--log-level", "info", "--vm-networking", "user")
+	s.cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--node-name", s.node, "--log-level", "info", "--vm-networking", "user",
+		"--allow-import-from", "127.0.0.0/8") // the guest image is served on loopback
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
