@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -35,7 +34,8 @@ import (
 type Config struct {
 	DataDir  string
 	Listen   string // TCP address; empty: unix socket only
-	Store    string // "" or "bolt" (embedded), or etcd://host:port[,host:port...]
+	Store    string // "" or "bolt" (embedded), etcd://host:port[,...] or etcd+https://host:port[,...]
+	Etcd     EtcdTLS
 	TLSCert  string
 	TLSKey   string
 	LogLevel string
@@ -106,7 +106,11 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/rakhsh", "directory for the socket, the embedded store, tokens and certificates")
 	f.StringVar(&cfg.Listen, "listen", "", "also serve the API on this TCP address (e.g. :8443), with TLS and a bearer token")
-	f.StringVar(&cfg.Store, "store", "bolt", "object store: bolt (embedded file in the data dir) or etcd://host:port[,host:port...]")
+	f.StringVar(&cfg.Store, "store", "bolt", "object store: bolt (embedded file in the data dir), etcd+https://host:port[,host:port...] or etcd://host:port[,...] (plain http: loopback only unless --insecure-etcd)")
+	f.StringVar(&cfg.Etcd.CA, "etcd-ca", "", "CA bundle (PEM) that signs the etcd servers' certificates (etcd+https; default: the system's roots)")
+	f.StringVar(&cfg.Etcd.Cert, "etcd-cert", "", "client certificate (PEM) for etcd (etcd+https)")
+	f.StringVar(&cfg.Etcd.Key, "etcd-key", "", "private key (PEM) of --etcd-cert")
+	f.BoolVar(&cfg.Etcd.Insecure, "insecure-etcd", false, "accept an etcd:// (plain http) store that is not on loopback")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) for --listen; default: a self-signed one made in the data dir")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -181,8 +185,10 @@ func (c *Config) validate() error {
 	} else if c.MinFreeSpace == (images.MinFree{}) {
 		c.MinFreeSpace = images.DefaultMinFree
 	}
-	if c.Store != "bolt" && c.Store != "" && !strings.HasPrefix(c.Store, "etcd://") {
-		return fmt.Errorf("--store %q: use bolt or etcd://host:port[,host:port...]", c.Store)
+	if c.Store != "bolt" && c.Store != "" {
+		if _, _, err := etcdEndpoints(c.Store, c.Etcd.Insecure); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -306,24 +312,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 }
 
 func storeName(cfg Config) string {
-	if strings.HasPrefix(cfg.Store, "etcd://") {
+	if cfg.Store != "" && cfg.Store != "bolt" {
 		return cfg.Store
 	}
 	return "bolt"
 }
 
 func openStore(ctx context.Context, cfg Config) (store.Store, error) {
-	if strings.HasPrefix(cfg.Store, "etcd://") {
-		var eps []string
-		for _, e := range strings.Split(strings.TrimPrefix(cfg.Store, "etcd://"), ",") {
-			if e = strings.TrimSpace(e); e != "" {
-				eps = append(eps, "http://"+e)
+	if cfg.Store != "" && cfg.Store != "bolt" {
+		eps, useTLS, err := etcdEndpoints(cfg.Store, cfg.Etcd.Insecure)
+		if err != nil {
+			return nil, err
+		}
+		ec := etcd.Config{Endpoints: eps, Prefix: "/rakhsh"}
+		if useTLS {
+			if ec.TLS, err = cfg.Etcd.tlsConfig(); err != nil {
+				return nil, err
 			}
 		}
-		if len(eps) == 0 {
-			return nil, fmt.Errorf("--store %q names no etcd endpoint", cfg.Store)
-		}
-		return etcd.New(ctx, etcd.Config{Endpoints: eps, Prefix: "/rakhsh"})
+		return etcd.New(ctx, ec)
 	}
 	return bolt.Open(filepath.Join(cfg.DataDir, "rakhsh.db"), bolt.Options{})
 }
