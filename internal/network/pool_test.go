@@ -96,3 +96,13 @@ func FuzzParseMACRanges(f *testing.F) {
 		}
 	})
 }
+
+func TestDisjointDenySet(t *testing.T) {
+	ps := []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("169.254.169.254/32"), netip.MustParsePrefix("10.1.0.0/16"),
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.0.0/16")}
+	got := strings.Join(disjoint(ps), " ")
+	if want := "10.0.0.0/8 169.254.0.0/16 192.168.0.0/16"; got != want {
+		t.Errorf("disjoint = %q, want %q", got, want)
+	}
+}

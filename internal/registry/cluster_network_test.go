@@ -113,6 +113,16 @@ func TestClusterNetworkValidate(t *testing.T) {
 		{"uplink on bridge", bridge(func(s *v1alpha1.ClusterNetworkSpec) { s.Uplink = "eth0" }), []tkCause{tkForbidden("spec.uplink")}},
 		{"uplink bad", nat(func(s *v1alpha1.ClusterNetworkSpec) { s.Uplink = "eth 0" }), []tkCause{tkInvalid("spec.uplink")}},
 		{"uplink is bridge", nat(func(s *v1alpha1.ClusterNetworkSpec) { s.Uplink = "rk-main" }), []tkCause{tkInvalid("spec.uplink")}},
+		{"deny ok", nat(func(s *v1alpha1.ClusterNetworkSpec) {
+			s.NAT = &v1alpha1.ClusterNetworkNAT{DenyDestinations: []string{"10.0.0.0/8", "192.168.1.0/24"}}
+		}), nil},
+		{"deny on bridge", bridge(func(s *v1alpha1.ClusterNetworkSpec) {
+			s.NAT = &v1alpha1.ClusterNetworkNAT{DenyDestinations: []string{"10.0.0.0/8"}}
+		}), []tkCause{tkForbidden("spec.nat")}},
+		{"deny bad", nat(func(s *v1alpha1.ClusterNetworkSpec) {
+			s.NAT = &v1alpha1.ClusterNetworkNAT{DenyDestinations: []string{"10.0.0.0/33", "fd00::/8", "10.1.2.3/16", "lan"}}
+		}), []tkCause{tkInvalid("spec.nat.denyDestinations[0]"), tkInvalid("spec.nat.denyDestinations[1]"),
+			tkInvalid("spec.nat.denyDestinations[2]"), tkInvalid("spec.nat.denyDestinations[3]")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
