@@ -124,9 +124,29 @@ var internalRanges = []struct {
 // nat64 is the well-known NAT64 prefix: its last 32 bits are an IPv4 address.
 var nat64 = netip.MustParsePrefix("64:ff9b::/96")
 
+var (
+	localNAT64     = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215: any IPv4 behind a local translator
+	sixToFour      = netip.MustParsePrefix("2002::/16")      // bits 16..47 are an IPv4 address
+	ipv4Compatible = netip.MustParsePrefix("::/96")          // deprecated ::a.b.c.d
+)
+
 // Classify says why imports may not reach a, or "" when a is a public address.
 func Classify(a netip.Addr) string {
-	a = a.Unmap() // ::ffff:127.0.0.1 is 127.0.0.1
+	// ::ffff:127.0.0.1 is 127.0.0.1, and ::1%lo is ::1 (a prefix never contains a zoned
+	// address, and the kernel ignores the zone of a loopback or unique local address).
+	a = a.Unmap().WithZone("")
+	if a.Is6() && ipv4Compatible.Contains(a) && a != netip.IPv6Unspecified() && a != netip.IPv6Loopback() {
+		return "an IPv4-compatible IPv6 address"
+	}
+	if a.Is6() && localNAT64.Contains(a) {
+		return "a local-use NAT64 address"
+	}
+	if a.Is6() && sixToFour.Contains(a) {
+		b := a.As16()
+		if c := Classify(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})); c != "" {
+			return c + " (inside a 6to4 address)"
+		}
+	}
 	if a.Is6() && nat64.Contains(a) {
 		b := a.As16()
 		if c := Classify(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})); c != "" {
@@ -151,7 +171,7 @@ func Classify(a netip.Addr) string {
 
 // Check returns a *RefusedError when imports may not dial a.
 func (p *NetworkPolicy) Check(a netip.Addr) error {
-	a = a.Unmap()
+	a = a.Unmap().WithZone("")
 	class := Classify(a)
 	if class == "" {
 		return nil
@@ -236,19 +256,39 @@ func (p *NetworkPolicy) dialer(trusted map[string]bool) func(ctx context.Context
 // itself refuse internal destinations.
 func (p *NetworkPolicy) proxyFunc(req *http.Request) (*url.URL, error) {
 	u, err := http.ProxyFromEnvironment(req)
-	if err != nil || u == nil {
-		return u, err
-	}
-	addrs, err := p.lookup(req.Context(), req.URL.Hostname())
 	if err != nil {
 		return nil, err
 	}
-	for _, a := range addrs {
-		if err := p.Check(a); err != nil {
-			return nil, err
+	if u == nil {
+		// Not proxied (NO_PROXY): the dialer does not check a proxy's own address, so a direct
+		// request to that address is checked here.
+		port := req.URL.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[req.URL.Scheme]
 		}
+		if proxyAddrs()[net.JoinHostPort(req.URL.Hostname(), port)] {
+			return nil, p.checkHost(req.Context(), req.URL.Hostname())
+		}
+		return nil, nil
+	}
+	if err := p.checkHost(req.Context(), req.URL.Hostname()); err != nil {
+		return nil, err
 	}
 	return u, nil
+}
+
+// checkHost resolves host and refuses it when any of its addresses is refused.
+func (p *NetworkPolicy) checkHost(ctx context.Context, host string) error {
+	addrs, err := p.lookup(ctx, host)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if err := p.Check(a); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // proxyAddrs are the host:port of the proxies the environment names, for http and https.

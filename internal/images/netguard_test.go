@@ -247,6 +247,14 @@ func TestClassify(t *testing.T) {
 		"100.127.255.255":        "a carrier-grade NAT (shared) address",
 		"169.254.169.254":        "a cloud metadata address",
 		"::ffff:169.254.169.254": "a cloud metadata address",
+		"::1%lo":                 "a loopback address",
+		"fe80::1%eth0":           "a link-local address",
+		"fd12::5%eth0":           "a private (unique local) address",
+		"fd00:ec2::254%eth0":     "a cloud metadata address",
+		"64:ff9b:1::a00:1":       "a local-use NAT64 address",
+		"2002:7f00:1::":          "a loopback address (inside a 6to4 address)",
+		"2002:808:808::1":        "", // 6to4 of the public 8.8.8.8
+		"::127.0.0.1":            "an IPv4-compatible IPv6 address",
 		"fc00::1":                "a private (unique local) address",
 		"255.255.255.255":        "a reserved (or broadcast) address",
 	} {

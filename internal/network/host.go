@@ -195,12 +195,15 @@ func (m *Manager) Ensure(ctx context.Context, d Desired) ([]string, error) {
 		}
 	}
 	if s.DNS != nil && len(s.DNS.Servers) > 0 {
+		// Guests are IPv4 only: IPv6 resolvers cannot answer them (and an IPv6 address in
+		// an IPv4 set would fail the whole ruleset).
 		for _, x := range s.DNS.Servers {
-			if a, err := netip.ParseAddr(x); err == nil {
-				in.DNSServers = append(in.DNSServers, a)
+			if a, err := netip.ParseAddr(x); err == nil && a.Unmap().Is4() {
+				in.DNSServers = append(in.DNSServers, a.Unmap())
 			}
 		}
-	} else if nat {
+	}
+	if len(in.DNSServers) == 0 && nat {
 		in.DNSServers = []netip.Addr{gw}
 	}
 	script := ruleset(in)

@@ -196,7 +196,7 @@ func TestRulesetIsValidNft(t *testing.T) {
 		{Network: "lan", Bridge: "br0", Ports: []Port{{Tap: "rkt0011223300", MAC: "02:72:6b:00:00:01"}}},
 		{Network: "guarded", NAT: true, Bridge: "rk-guarded", Subnet: netip.MustParsePrefix("10.66.0.0/24"),
 			Gateway: netip.MustParseAddr("10.66.0.1"), DHCPServer: netip.MustParseAddr("10.66.0.1"),
-			DNSServers: []netip.Addr{netip.MustParseAddr("10.66.0.1"), netip.MustParseAddr("192.0.2.53")},
+			DNSServers: []netip.Addr{netip.MustParseAddr("10.66.0.1"), netip.MustParseAddr("192.0.2.53"), netip.MustParseAddr("2001:db8::53"), netip.MustParseAddr("::ffff:192.0.2.54")},
 			Ports: []Port{
 				{Tap: "rkt0011223300", MAC: "02:72:6b:00:00:01", IPs: []netip.Addr{netip.MustParseAddr("10.66.0.2")}, Filtered: true,
 					Inbound: []InboundRule{{Protocol: "tcp", Port: 3389}, {Protocol: "udp", Port: 5000, EndPort: 5100,

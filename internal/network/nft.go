@@ -209,8 +209,8 @@ func inboundChain(p Port, dhcp netip.Addr, dns []netip.Addr) string {
 	} else {
 		b.WriteString("\t\tudp sport 67 udp dport 68 accept\n")
 	}
-	if len(dns) > 0 {
-		fmt.Fprintf(&b, "\t\tip saddr { %s } udp sport 53 accept\n", addrSet(dns))
+	if set := addrSet(dns); set != "" {
+		fmt.Fprintf(&b, "\t\tip saddr { %s } udp sport 53 accept\n", set)
 	} else {
 		b.WriteString("\t\tudp sport 53 accept\n")
 	}
@@ -242,11 +242,14 @@ func inboundChain(p Port, dhcp netip.Addr, dns []netip.Addr) string {
 	return b.String()
 }
 
+// addrSet lists the IPv4 addresses of ips for an nft set (others are left out: the sets are
+// of IPv4 addresses).
 func addrSet(ips []netip.Addr) string {
 	s := make([]string, 0, len(ips))
 	seen := map[netip.Addr]bool{}
 	for _, ip := range ips {
-		if !seen[ip] {
+		ip = ip.Unmap()
+		if ip.Is4() && !seen[ip] {
 			seen[ip] = true
 			s = append(s, ip.String())
 		}

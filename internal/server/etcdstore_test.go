@@ -43,6 +43,15 @@ func TestEtcdStoreFlag(t *testing.T) {
 	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "--insecure-etcd") {
 		t.Errorf("validate: %v", err)
 	}
+	// TLS files with a plain-http store would be ignored: refused instead.
+	cfg = Config{DataDir: t.TempDir(), Store: "etcd://192.0.2.1:2379", Etcd: EtcdTLS{Insecure: true, CA: "/etc/ssl/ca.pem"}}
+	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "apply to an etcd+https:// store") {
+		t.Errorf("validate with --etcd-ca on etcd://: %v", err)
+	}
+	cfg = Config{DataDir: t.TempDir(), Store: "bolt", Etcd: EtcdTLS{Insecure: true}}
+	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "apply only to an etcd store") {
+		t.Errorf("validate with --insecure-etcd on bolt: %v", err)
+	}
 }
 
 func TestEtcdTLSFiles(t *testing.T) {

@@ -186,9 +186,15 @@ func (c *Config) validate() error {
 		c.MinFreeSpace = images.DefaultMinFree
 	}
 	if c.Store != "bolt" && c.Store != "" {
-		if _, _, err := etcdEndpoints(c.Store, c.Etcd.Insecure); err != nil {
+		_, useTLS, err := etcdEndpoints(c.Store, c.Etcd.Insecure)
+		if err != nil {
 			return err
 		}
+		if !useTLS && (c.Etcd.CA != "" || c.Etcd.Cert != "" || c.Etcd.Key != "") {
+			return fmt.Errorf("--etcd-ca, --etcd-cert and --etcd-key apply to an etcd+https:// store, not %q (plain http)", c.Store)
+		}
+	} else if c.Etcd != (EtcdTLS{}) {
+		return fmt.Errorf("--etcd-ca, --etcd-cert, --etcd-key and --insecure-etcd apply only to an etcd store (--store etcd+https://...)")
 	}
 	return nil
 }
