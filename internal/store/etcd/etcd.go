@@ -12,6 +12,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,13 +96,175 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("etcd store %v: %w: %w", cfg.Endpoints, errs.ErrUnavailable, err)
 	}
 	s := &Store{client: client, base: strings.TrimRight(cfg.Prefix, "/"), timeout: cfg.RequestTimeout}
-	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
-	if _, err := s.revision(pctx); err != nil {
+	if err := s.connect(ctx, cfg); err != nil {
 		_ = client.Close()
-		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, s.mapErr(ctx, "connect", "", err))
+		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, err)
 	}
 	return s, nil
+}
+
+// connect checks that etcd answers within the dial timeout. gRPC waits for a connection until
+// the deadline and then reports only "context deadline exceeded", so each endpoint is also
+// dialled directly, alongside: a TLS handshake that fails (etcd's certificate does not verify,
+// or etcd refuses the client certificate) fails at once with the reason, and any other
+// failure of the direct dial (connection refused, no TLS handshake) is reported if the
+// deadline passes.
+func (s *Store) connect(ctx context.Context, cfg Config) error {
+	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	revErr := make(chan error, 1)
+	go func() {
+		_, err := s.revision(pctx)
+		revErr <- err
+	}()
+	probes := make(chan probeResult, len(cfg.Endpoints))
+	for _, ep := range cfg.Endpoints {
+		go func() { probes <- probe(pctx, ep, cfg.TLS) }()
+	}
+	var found []probeResult
+	tlsFailures := 0
+	for pending := len(cfg.Endpoints); ; {
+		select {
+		case err := <-revErr:
+			if err == nil {
+				return nil
+			}
+			if pctx.Err() == nil || ctx.Err() != nil {
+				// etcd answered with an error (authentication, say), or the caller gave up.
+				return s.mapErr(ctx, "connect", "", err)
+			}
+			// The dial timeout passed: the probes say what they found by then.
+			for ; pending > 0; pending-- {
+				if r := <-probes; r.err != nil {
+					found = append(found, r)
+				}
+			}
+			if len(found) == 0 {
+				return s.mapErr(ctx, "connect", "", err)
+			}
+			return fmt.Errorf("connect: %w: %w", errs.ErrUnavailable, joinProbes(found))
+		case r := <-probes:
+			pending--
+			if r.err == nil {
+				continue
+			}
+			found = append(found, r)
+			if r.tls {
+				tlsFailures++
+			}
+			if tlsFailures == len(cfg.Endpoints) {
+				// No endpoint will accept this TLS configuration: waiting does not help.
+				cancel()
+				<-revErr
+				return fmt.Errorf("connect: %w: %w", errs.ErrUnavailable, joinProbes(found))
+			}
+		}
+	}
+}
+
+// probeResult is what a direct dial of one endpoint found: err is nil when the dial (and TLS
+// handshake) succeeded or when it could not finish before the check ended; tls says err is a
+// TLS failure that retrying will not cure.
+type probeResult struct {
+	err error
+	tls bool
+}
+
+func joinProbes(rs []probeResult) error {
+	errl := make([]error, len(rs))
+	for i, r := range rs {
+		errl[i] = r.err
+	}
+	if len(errl) == 1 {
+		return errl[0]
+	}
+	return errors.Join(errl...)
+}
+
+// probe dials endpoint (a client URL or host:port) and, when it is reached over TLS, does the
+// handshake and waits for etcd's verdict on the client certificate: under TLS 1.3 a server
+// refuses it only after the client's side of the handshake is complete, with an alert the
+// client reads. A probe that is still waiting when ctx ends found nothing wrong.
+func probe(ctx context.Context, endpoint string, tc *tls.Config) probeResult {
+	addr, useTLS := endpoint, tc != nil
+	if scheme, rest, ok := strings.Cut(endpoint, "://"); ok {
+		switch scheme {
+		case "http":
+			useTLS = false
+		case "https":
+		default: // unix sockets and the like: gRPC's own error will do
+			return probeResult{}
+		}
+		addr = rest
+	}
+	addr, _, _ = strings.Cut(addr, "/")
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return probeResult{}
+	}
+	d := &net.Dialer{}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		if ctx.Err() != nil {
+			// The check ended first: the client's request failed, or succeeded over another
+			// endpoint (then this result is not used).
+			return probeResult{err: fmt.Errorf("%s: no TCP connection before the dial timeout", endpoint)}
+		}
+		return probeResult{err: fmt.Errorf("%s: %w", endpoint, err)}
+	}
+	defer conn.Close()
+	if !useTLS {
+		return probeResult{}
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	c := tc.Clone()
+	if c.ServerName == "" {
+		c.ServerName = host
+	}
+	c.NextProtos = []string{"h2"} // as gRPC offers
+	tconn := tls.Client(conn, c)
+	err = tconn.HandshakeContext(ctx)
+	if err != nil && ctx.Err() != nil {
+		return probeResult{err: fmt.Errorf("%s: connected, but no TLS handshake before the dial timeout (is the server speaking TLS?)", endpoint)}
+	}
+	if errors.Is(err, io.EOF) {
+		// Not conclusive (a busy server may drop a connection), so not fatal either.
+		return probeResult{err: fmt.Errorf("%s: the server closed the connection during the TLS handshake (is it speaking TLS?)", endpoint)}
+	}
+	if err == nil {
+		// A refused client certificate arrives as an alert once the handshake is done;
+		// etcd itself sends nothing before the client speaks, so this read ends with that
+		// alert, or when the check ends.
+		_, err = tconn.Read(make([]byte, 1))
+	}
+	if err == nil || ctx.Err() != nil {
+		return probeResult{}
+	}
+	var verr *tls.CertificateVerificationError
+	var rerr tls.RecordHeaderError
+	var oerr *net.OpError
+	switch {
+	case errors.As(err, &verr):
+		return probeResult{tls: true, err: fmt.Errorf("%s: TLS handshake failed: etcd's server certificate did not verify against the trusted CAs (wrong CA bundle, or a certificate not valid for %s): %w", endpoint, host, err)}
+	case errors.As(err, &rerr):
+		return probeResult{tls: true, err: fmt.Errorf("%s: TLS handshake failed: the server does not speak TLS (is etcd serving plain http there?): %w", endpoint, err)}
+	case errors.As(err, &oerr) && oerr.Op == "remote error":
+		// The alert says what etcd disliked; every alert about certificates names them.
+		why := "etcd refused the TLS handshake"
+		switch {
+		case !strings.Contains(err.Error(), "certificate"):
+		case len(c.Certificates) == 0 && c.GetClientCertificate == nil:
+			why += ": it requires a client certificate and none is configured"
+		default:
+			why += ": it did not accept the client certificate (is it signed by a CA in etcd's --trusted-ca-file, and valid now?)"
+		}
+		return probeResult{tls: true, err: fmt.Errorf("%s: %s: %w", endpoint, why, err)}
+	case errors.Is(err, io.EOF):
+		return probeResult{}
+	default:
+		return probeResult{err: fmt.Errorf("%s: TLS: %w", endpoint, err)}
+	}
 }
 
 // Client returns the underlying etcd client, for tests and administration.
