@@ -74,7 +74,7 @@ func (s *Server) Create(ctx context.Context, st *registry.Strategy, namespace st
 			m.Finalizers = append(m.Finalizers, f)
 		}
 	}
-	if err := validate(st, obj, nil); err != nil {
+	if err := validate(st, obj, nil, s.policyErrors(obj, nil)); err != nil {
 		return nil, 0, err
 	}
 	if st.Info.Namespaced {
@@ -126,7 +126,7 @@ func (s *Server) checkProject(ctx context.Context, ns string) error {
 	return nil
 }
 
-func validate(st *registry.Strategy, obj, old v1alpha1.Object) error {
+func validate(st *registry.Strategy, obj, old v1alpha1.Object, policy errs.FieldErrors) error {
 	fe := registry.ValidateMeta(obj.GetObjectMeta(), st.Info.Namespaced)
 	if st.Validate != nil {
 		fe = append(fe, st.Validate(obj)...)
@@ -134,6 +134,7 @@ func validate(st *registry.Strategy, obj, old v1alpha1.Object) error {
 	if old != nil && st.ValidateUpdate != nil {
 		fe = append(fe, st.ValidateUpdate(obj, old)...)
 	}
+	fe = append(fe, policy...)
 	return errs.NewInvalid(st.Info.Kind, obj.GetObjectMeta().Name, fe)
 }
 
@@ -259,7 +260,7 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 			}
 		}
 	}
-	if err := validate(t.st, obj, old); err != nil {
+	if err := validate(t.st, obj, old, s.policyErrors(obj, old)); err != nil {
 		return nil, revs{}, 0, err
 	}
 	if !status {

@@ -46,6 +46,8 @@ type Config struct {
 	// ImageDataDir is the data dir whose image store the image controllers of this process
 	// fill; the images' data subresource serves it. Empty: not available.
 	ImageDataDir string
+	// PortForwardRange is the host ports new port forwards may take; zero: any.
+	PortForwardRange PortRange
 }
 
 // Server serves the API.
@@ -58,6 +60,8 @@ type Server struct {
 	dataDir  string
 	nodeName string
 	uploads  *images.Uploads
+	// forwardRange is Config.PortForwardRange.
+	forwardRange PortRange
 	imageDir string
 	ctx      context.Context // ends when the server shuts down: ends watches
 	cancel   context.CancelFunc
@@ -65,7 +69,7 @@ type Server struct {
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, dataDir: cfg.DataDir, nodeName: cfg.NodeName, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir}
+	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, dataDir: cfg.DataDir, nodeName: cfg.NodeName, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, forwardRange: cfg.PortForwardRange}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

@@ -47,6 +47,8 @@ type Manager struct {
 	// applied remembers, per network, the listing of its nftables tables right after the
 	// last apply, so drift (a flushed or edited table) is noticed and repaired.
 	applied map[string]appliedRules
+	// refused are the forwards per network left out because the host listens on their port.
+	refused map[string]map[string]bool
 }
 
 type appliedRules struct {
@@ -183,7 +185,7 @@ func (m *Manager) Ensure(ctx context.Context, d Desired) ([]string, error) {
 	}
 	in := rulesetInput{Network: d.Name, NAT: nat, Bridge: s.Bridge, Subnet: subnet, Uplink: uplink, Ports: d.Ports}
 	if nat {
-		in.Forward = d.Forwards
+		in.Forward = m.usableForwards(d.Name, d.Forwards)
 		in.Gateway = gw
 		in.DHCPServer = gw
 		if s.NAT != nil {
@@ -574,4 +576,41 @@ func checkIfName(s string) error {
 		}
 	}
 	return nil
+}
+
+// usableForwards leaves out the forwards whose host port a socket of the host listens on (a
+// forward would capture sshd, the API or etcd there), logging each once when it is first
+// left out and when it comes back.
+func (m *Manager) usableForwards(network string, fw []Forward) []Forward {
+	if len(fw) == 0 {
+		return nil
+	}
+	busy, err := hostListeners()
+	if err != nil {
+		m.log.Warn("cannot read the host's listening sockets; port forwards are applied unchecked", "network", network, "err", err)
+		return fw
+	}
+	if m.refused == nil {
+		m.refused = map[string]map[string]bool{}
+	}
+	was := m.refused[network]
+	now := map[string]bool{}
+	var out []Forward
+	for _, f := range fw {
+		id := fmt.Sprintf("%s/%d", f.Protocol, f.HostPort)
+		if busy[id] {
+			now[id] = true
+			if !was[id] {
+				m.log.Warn("port forward refused: the host already listens on its port", "network", network,
+					"hostPort", id, "guest", fmt.Sprintf("%s:%d", f.GuestIP, f.GuestPort))
+			}
+			continue
+		}
+		if was[id] {
+			m.log.Info("port forward applied: the host no longer listens on its port", "network", network, "hostPort", id)
+		}
+		out = append(out, f)
+	}
+	m.refused[network] = now
+	return out
 }

@@ -1,6 +1,8 @@
 package network
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -104,5 +106,36 @@ func TestDisjointDenySet(t *testing.T) {
 	got := strings.Join(disjoint(ps), " ")
 	if want := "10.0.0.0/8 169.254.0.0/16 192.168.0.0/16"; got != want {
 		t.Errorf("disjoint = %q, want %q", got, want)
+	}
+}
+
+func TestParseSockets(t *testing.T) {
+	table := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:0CEA 0100007F:B5F2 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:094B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 100 0 0 10 0
+`
+	out := map[string]bool{}
+	if err := parseSockets(strings.NewReader(table), "tcp", "0A", out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || !out["tcp/22"] || !out["tcp/2379"] || out["tcp/3306"] {
+		t.Errorf("listening: %v, want tcp/22 and tcp/2379 (3306 is an established connection)", out)
+	}
+	if err := parseSockets(strings.NewReader("h\n 0: 00000000:ZZZZ 00000000:0000 0A\n"), "tcp", "0A", out); err == nil {
+		t.Error("a malformed port was accepted")
+	}
+	// The real tables of this process's namespace parse; a listener opened here is in them.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got, err := hostListeners()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if port := l.Addr().(*net.TCPAddr).Port; !got[fmt.Sprintf("tcp/%d", port)] {
+		t.Errorf("the listener on port %d is not among the host's: %d entries", port, len(got))
 	}
 }

@@ -65,6 +65,9 @@ type Config struct {
 	VMNetworking string
 	// MACRanges is the cluster's MAC pool ("first-last[,first-last...]").
 	MACRanges string
+	// PortForwardRange is the host ports new port forwards may take (default 20000-32767).
+	PortForwardRange apiserver.PortRange
+	portForwardRange string
 	// DefaultSubnet is the subnet of the "main" network made on first start.
 	DefaultSubnet string
 	// NoUpstreamDNS keeps the networks' dnsmasq from forwarding to the host's resolvers.
@@ -123,6 +126,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.minFreeSpace, "min-free-space", images.DefaultMinFree.String(), "free space imports leave on the image store's file system: a percentage of its size (10%) or a size (20Gi); an import that would cross it fails")
 	f.DurationVar(&cfg.UploadTimeout, "upload-timeout", images.DefaultUploadTimeout, "how long an image or disk with an Upload data source waits for its file before it fails")
 	f.StringVar(&cfg.VMNetworking, "vm-networking", "host", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork; needs root) or user (QEMU user-mode, isolated: for tests)")
+	f.StringVar(&cfg.portForwardRange, "port-forward-range", apiserver.DefaultPortForwardRange.String(), "host ports VM port forwards may take, FIRST-LAST (a forward on a lower port could capture a host service such as sshd or the API)")
 	f.StringVar(&cfg.MACRanges, "mac-ranges", "", "the cluster's MAC address pool, first-last[,first-last...] (default 02:72:6b:00:00:00-02:72:6b:ff:ff:ff)")
 	f.StringVar(&cfg.DefaultSubnet, "default-subnet", "", "subnet of the default NAT network main when it is created on first start (default 10.66.0.0/24)")
 	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
@@ -178,6 +182,13 @@ func (c *Config) validate() error {
 	if c.AllowImportFrom, err = images.ParseAllowList(c.allowImportFrom); err != nil {
 		return err
 	}
+	if c.portForwardRange != "" {
+		if c.PortForwardRange, err = apiserver.ParsePortRange(c.portForwardRange); err != nil {
+			return fmt.Errorf("--port-forward-range: %w", err)
+		}
+	} else if c.PortForwardRange == (apiserver.PortRange{}) {
+		c.PortForwardRange = apiserver.DefaultPortForwardRange
+	}
 	if c.minFreeSpace != "" {
 		if c.MinFreeSpace, err = images.ParseMinFree(c.minFreeSpace); err != nil {
 			return err
@@ -229,7 +240,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if !cfg.NoControllers {
 		cfg.uploads = &images.Uploads{}
 	}
-	acfg := apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token, Uploads: cfg.uploads}
+	acfg := apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token, Uploads: cfg.uploads,
+		PortForwardRange: cfg.PortForwardRange}
 	if !cfg.NoControllers {
 		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
 	}

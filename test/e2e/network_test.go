@@ -141,6 +141,19 @@ spec:
 		t.Fatalf("main: %+v", mainNet.Spec)
 	}
 
+	// A host port outside --port-forward-range (default 20000-32767) is refused at admission:
+	// a forward of port 22 would capture the host's sshd.
+	if r := s.CLI(netVMManifest("vm-ssh", "d1", `  networks:
+  - type: Main
+    portForwards:
+    - {protocol: TCP, hostPort: 22, port: 22}
+`), "apply", "-f", "-"); r.Code == 0 || !strings.Contains(r.Stderr, "must be in 20000-32767, the host ports this cluster gives to port forwards") {
+		t.Fatalf("a port forward of host port 22 was not refused: %+v", r)
+	}
+	// A host service on a port inside the range: vm1's forward of it is left out, the host
+	// keeps its service.
+	listenIn(t, lab.In, "0.0.0.0:20080")
+
 	// vm1: no networks named (one Main NIC, automatic claims) and a port forward needs the
 	// Main NIC spelled out; vm2: the Static claim "fixed" on Main and a second NIC on the
 	// Bridge network lab, with paravirtualization off (e1000 NICs). vm2's Main NIC has an
@@ -148,7 +161,8 @@ spec:
 	s.MustCLI(netVMManifest("vm1", "d1", `  networks:
   - type: Main
     portForwards:
-    - {protocol: TCP, hostPort: 8022, port: 80}
+    - {protocol: TCP, hostPort: 20022, port: 80}
+    - {protocol: TCP, hostPort: 20080, port: 80}
 `)+"---\n"+netVMManifest("vm2", "d2", `  virtualMachineIPAddressName: fixed
   enableParavirtualization: false
   networks:
@@ -223,13 +237,13 @@ spec:
 		t.Errorf("the outside server saw %q, want the masqueraded %s", from, lab.InIP)
 	}
 
-	// A port forward: host port 8022 on the uplink reaches the guest's httpd on port 80,
+	// A port forward: host port 20022 on the uplink reaches the guest's httpd on port 80,
 	// from the outside namespace.
 	vmConsoleType(t, s, v1.UID, "mkdir -p /www && echo FWD-$((6*7)) > /www/index.html && httpd -p 80 -h /www && echo HTTPD-$((1+1))")
 	netWaitLine(t, s, "vm1", "HTTPD-2", 30*time.Second)
-	conn, err := dialIn(t, lab.Out, lab.InIP+":8022", 10*time.Second)
+	conn, err := dialIn(t, lab.Out, lab.InIP+":20022", 10*time.Second)
 	if err != nil {
-		t.Fatalf("port forward %s:8022 from the outside: %v", lab.InIP, err)
+		t.Fatalf("port forward %s:20022 from the outside: %v", lab.InIP, err)
 	}
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	fmt.Fprintf(conn, "GET / HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -237,6 +251,13 @@ spec:
 	conn.Close()
 	if !strings.Contains(string(body), "FWD-42") {
 		t.Fatalf("port forward answered %q, want the guest's FWD-42", body)
+	}
+	natRules := nsRun(t, lab.In, "nft", "list", "table", "ip", "rakhsh-main")
+	if !strings.Contains(natRules, "dport 20022") || strings.Contains(natRules, "dport 20080") {
+		t.Errorf("NAT table of main: want the forward of 20022 and none of 20080 (the host listens there):\n%s", natRules)
+	}
+	if !regexp.MustCompile(`msg="port forward refused: the host already listens on its port" .*network=main hostPort=tcp/20080`).MatchString(s.Logs()) {
+		t.Errorf("the serve log does not tell that the forward of 20080 was refused")
 	}
 
 	// vm2's inbound policy: port 80 is open, port 81 (also served) is not, and vm2's own
