@@ -62,9 +62,9 @@ type Server struct {
 	uploads  *images.Uploads
 	// forwardRange is Config.PortForwardRange.
 	forwardRange PortRange
-	imageDir string
-	ctx      context.Context // ends when the server shuts down: ends watches
-	cancel   context.CancelFunc
+	imageDir     string
+	ctx          context.Context // ends when the server shuts down: ends watches
+	cancel       context.CancelFunc
 }
 
 // New returns a Server.
