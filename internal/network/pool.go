@@ -168,3 +168,34 @@ func broadcast(p netip.Prefix) netip.Addr {
 }
 
 func prev(a netip.Addr) netip.Addr { return a.Prev() }
+
+// InRanges says whether mac ("aa:bb:cc:dd:ee:ff") lies in one of rs (none: the default
+// range).
+func InRanges(rs []MACRange, mac string) bool {
+	v, err := macNum(mac)
+	if err != nil {
+		return false
+	}
+	for _, r := range rangesOrDefault(rs) {
+		if v >= r.First && v <= r.Last {
+			return true
+		}
+	}
+	return false
+}
+
+// RangesString writes rs as --mac-ranges takes them (none: the default range).
+func RangesString(rs []MACRange) string {
+	parts := []string{}
+	for _, r := range rangesOrDefault(rs) {
+		parts = append(parts, MACString(r.First)+"-"+MACString(r.Last))
+	}
+	return strings.Join(parts, ",")
+}
+
+func rangesOrDefault(rs []MACRange) []MACRange {
+	if len(rs) == 0 {
+		rs, _ = ParseMACRanges(DefaultMACRange)
+	}
+	return rs
+}

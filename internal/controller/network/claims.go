@@ -152,6 +152,10 @@ func (c *Controller) reconcileMAC(ctx context.Context, key runtime.Key) (runtime
 	switch {
 	case m.Status.Address != "":
 		res = c.takeMACLease(ctx, m.Status.Address, ref, true)
+	case m.Spec.Address != "" && !c.macAllowed(m.Spec.Address, ref):
+		res = claimResult{reason: ReasonOutsideMACRanges, message: fmt.Sprintf("MAC address %s is outside the cluster's MAC ranges (%s): "+
+			"a VM could take the address of a router or another host of a bridged LAN; a cluster administrator may grant it by creating "+
+			"the VirtualMachineMACAddressLease %s for this claim", m.Spec.Address, network.RangesString(c.cfg.MACRanges), leaseNameOf(m.Spec.Address))}
 	case m.Spec.Address != "":
 		res = c.takeMACLease(ctx, m.Spec.Address, ref, true)
 	default:
@@ -178,9 +182,15 @@ func (c *Controller) reconcileMAC(ctx context.Context, key runtime.Key) (runtime
 		}
 	}
 	st := m.Status
-	return c.writeClaimStatus(ctx, "VirtualMachineMACAddress", "virtualmachinemacaddresses", &m, res, claimStatus{
+	r, err := c.writeClaimStatus(ctx, "VirtualMachineMACAddress", "virtualmachinemacaddresses", &m, res, claimStatus{
 		Address: st.Address, VirtualMachineName: st.VirtualMachineName, Phase: string(st.Phase),
 		Conditions: st.Conditions, ObservedGeneration: st.ObservedGeneration})
+	if err == nil && res.reason == ReasonOutsideMACRanges {
+		// An administrator may grant the address by making its lease: look again now and then
+		// (lease events do not queue claims).
+		r.RequeueAfter = c.cfg.SweepInterval
+	}
+	return r, err
 }
 
 func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1.VirtualMachineMACAddressRef, takeReleased bool) claimResult {
@@ -283,4 +293,30 @@ func (c *Controller) writeClaimStatus(ctx context.Context, kind, resource string
 		return runtime.Result{RequeueAfter: c.cfg.SweepInterval}, nil
 	}
 	return runtime.Result{}, nil
+}
+
+// macAllowed says whether a claim may take the explicit address mac: one inside the
+// cluster's MAC ranges, or one whose lease a cluster administrator made for this claim (a
+// lease is cluster-scoped: granting an address outside the ranges is an administrator's act).
+func (c *Controller) macAllowed(mac string, ref *v1alpha1.VirtualMachineMACAddressRef) bool {
+	norm, err := v1alpha1.NormalizeMAC(mac)
+	if err != nil {
+		return true // takeMACLease reports the bad address
+	}
+	if network.InRanges(c.cfg.MACRanges, norm) {
+		return true
+	}
+	name, _ := v1alpha1.MACLeaseName(norm)
+	var l v1alpha1.VirtualMachineMACAddressLease
+	found, _ := c.macls.Get(runtime.NewKey("", name), &l)
+	return found && l.DeletionTimestamp == nil && l.Spec.VirtualMachineMACAddressRef != nil && *l.Spec.VirtualMachineMACAddressRef == *ref
+}
+
+func leaseNameOf(mac string) string {
+	norm, err := v1alpha1.NormalizeMAC(mac)
+	if err != nil {
+		return "(invalid address)"
+	}
+	n, _ := v1alpha1.MACLeaseName(norm)
+	return n
 }

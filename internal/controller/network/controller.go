@@ -51,6 +51,8 @@ const (
 	ReasonAddressInUse    = "AddressInUse"
 	ReasonPoolExhausted   = "PoolExhausted"
 	ReasonInvalidAddress  = "InvalidAddress"
+	// ReasonOutsideMACRanges: an explicit MAC outside --mac-ranges that no administrator granted.
+	ReasonOutsideMACRanges = "OutsideMACRanges"
 	ReasonNetworkNotFound = "NetworkNotFound"
 	ReasonNoAddressing    = "NoAddressManagement"
 	ReasonClaimNotFound   = "ClaimNotFound"
