@@ -47,19 +47,19 @@ const (
 
 // Condition reasons.
 const (
-	ReasonBound           = "Bound"
-	ReasonAddressInUse    = "AddressInUse"
-	ReasonPoolExhausted   = "PoolExhausted"
-	ReasonInvalidAddress  = "InvalidAddress"
+	ReasonBound          = "Bound"
+	ReasonAddressInUse   = "AddressInUse"
+	ReasonPoolExhausted  = "PoolExhausted"
+	ReasonInvalidAddress = "InvalidAddress"
 	// ReasonOutsideMACRanges: an explicit MAC outside --mac-ranges that no administrator granted.
 	ReasonOutsideMACRanges = "OutsideMACRanges"
-	ReasonNetworkNotFound = "NetworkNotFound"
-	ReasonNoAddressing    = "NoAddressManagement"
-	ReasonClaimNotFound   = "ClaimNotFound"
-	ReasonClaimPending    = "ClaimPending"
-	ReasonClaimInUse      = "ClaimInUse"
-	ReasonUnsupported     = "Unsupported"
-	ReasonAddressesReady  = "AddressesReady"
+	ReasonNetworkNotFound  = "NetworkNotFound"
+	ReasonNoAddressing     = "NoAddressManagement"
+	ReasonClaimNotFound    = "ClaimNotFound"
+	ReasonClaimPending     = "ClaimPending"
+	ReasonClaimInUse       = "ClaimInUse"
+	ReasonUnsupported      = "Unsupported"
+	ReasonAddressesReady   = "AddressesReady"
 )
 
 // Defaults.
