@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -195,11 +196,22 @@ func tooMany(w http.ResponseWriter, lim httpLimits, msg string) {
 	_, _ = w.Write(append(data, '\n'))
 }
 
+// clientIP is the key the per-client limits count under: the IPv4 address, or the /64 of an
+// IPv6 address (one host commonly holds a whole /64 and may pick any address of it).
 func clientIP(addr string) string {
-	if h, _, err := net.SplitHostPort(addr); err == nil {
+	h := addr
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		h = host
+	}
+	a, err := netip.ParseAddr(h)
+	if err != nil {
 		return h
 	}
-	return addr
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		return netip.PrefixFrom(a, 64).Masked().String()
+	}
+	return a.String()
 }
 
 // limitConns counts the open connections of l per remote IP. A connection past max is

@@ -372,3 +372,19 @@ func TestStreamLimitPerClient(t *testing.T) {
 	}
 	close(release)
 }
+
+func TestClientKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7:4242":             "192.0.2.7",
+		"[::ffff:192.0.2.7]:1":       "192.0.2.7",
+		"[2001:db8:1:2:aaaa::1]:443": "2001:db8:1:2::/64",
+		"[2001:db8:1:2:ffff::9]:443": "2001:db8:1:2::/64",
+		"[fe80::1%eth0]:80":          "fe80::/64",
+		"@":                          "@", // a unix socket peer
+		"[2001:db8:1:3::1]:443":      "2001:db8:1:3::/64",
+	} {
+		if got := clientIP(in); got != want {
+			t.Errorf("clientIP(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -137,7 +137,14 @@ func (s *selfSigned) certificate() (*tls.Certificate, error) {
 		}
 	}
 	caCert, caKey, err := s.ensureCA()
+	if err == nil && !now.Before(caCert.NotAfter) {
+		err = fmt.Errorf("the self-signed CA in %s expired on %s: remove ca.crt, ca.key, tls.crt and tls.key to make new ones, then give clients the new ca.crt",
+			s.dir, caCert.NotAfter.UTC().Format(time.DateOnly))
+	}
 	if err != nil {
+		if s.cert != nil {
+			return s.cert, nil
+		}
 		return nil, err
 	}
 	cert, renewAt, err := s.issue(caCert, caKey, now)
@@ -294,7 +301,13 @@ func (s *selfSigned) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, now ti
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	return &cert, renewalTime(leaf), nil
+	// In the CA's last months the serving certificate ends with the CA, and its renewal time
+	// comes sooner each time: at most one renewal an hour, not one per handshake.
+	renewAt := renewalTime(leaf)
+	if soonest := now.Add(time.Hour); renewAt.Before(soonest) {
+		renewAt = soonest
+	}
+	return &cert, renewAt, nil
 }
 
 func newSerial() (*big.Int, error) {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -132,5 +133,35 @@ func TestSelfSignedAdoptsOldCA(t *testing.T) {
 	}
 	if err := verify(t, old, cert, "localhost", time.Now()); err != nil {
 		t.Errorf("a client trusting the old tls.crt: %v", err)
+	}
+}
+
+// TestSelfSignedCAEnd: in the CA's last days the serving certificate is renewed at most once
+// an hour (not at every handshake), and an expired CA is an error that says what to do.
+func TestSelfSignedCAEnd(t *testing.T) {
+	dir := t.TempDir()
+	start := time.Now()
+	clock := start
+	ss := &selfSigned{dir: dir, listen: "127.0.0.1:8443", now: func() time.Time { return clock }}
+	if _, err := ss.certificate(); err != nil {
+		t.Fatal(err)
+	}
+	ca, _, err := loadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = ca.NotAfter.Add(-2 * time.Hour)
+	c1, err := ss.certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(time.Minute)
+	if c2, _ := ss.certificate(); c2 != c1 {
+		t.Error("a handshake a minute later renewed the serving certificate again")
+	}
+	clock = ca.NotAfter.Add(time.Hour)
+	fresh := &selfSigned{dir: dir, listen: "127.0.0.1:8443", now: func() time.Time { return clock }}
+	if _, err := fresh.certificate(); err == nil || !strings.Contains(err.Error(), "expired on") || !strings.Contains(err.Error(), "remove ca.crt") {
+		t.Errorf("a start with an expired CA: %v", err)
 	}
 }
