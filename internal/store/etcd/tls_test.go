@@ -76,6 +76,11 @@ func TestTLSRefused(t *testing.T) {
 		tls:  &tls.Config{RootCAs: certPool(t, other.CA), Certificates: srv.TLS.Certificates},
 		want: []string{srv.Endpoints[0], "server certificate did not verify", "x509: certificate signed by unknown authority"},
 	}, {
+		// The server certificate names only the IP 127.0.0.1.
+		name: "name not in the server certificate", endpoints: []string{"https://localhost:" + srv.Addr[strings.LastIndex(srv.Addr, ":")+1:]},
+		tls:  srv.TLS,
+		want: []string{"server certificate did not verify", "not valid for localhost"},
+	}, {
 		name: "TLS to a plain http etcd", endpoints: []string{"https://" + plain.Addr},
 		tls:  srv.TLS,
 		want: []string{"https://" + plain.Addr, "TLS handshake", "speaking TLS?"},
