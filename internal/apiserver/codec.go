@@ -46,11 +46,34 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 // this only stops what the alias check missed.
 const MaxConvertedBytes = 2 * MaxBodyBytes
 
+// MaxYAMLNodes bounds the nodes of a YAML request body (a VM with every field set has a few
+// hundred).
+const MaxYAMLNodes = 100_000
+
+// yamlNodeBound counts the bytes that may separate YAML nodes: flow separators and
+// collection starts, block sequence dashes, mapping colons and line ends.
+func yamlNodeBound(data []byte) int {
+	n := 0
+	for _, b := range data {
+		switch b {
+		case ',', '[', '{', '-', ':', '\n':
+			n++
+		}
+	}
+	return n
+}
+
 // yamlBodyToJSON converts a YAML request body to JSON. Aliases (*name) are refused before
 // anything is expanded: a body of a few MiB whose aliases repeat a large anchored node would
 // expand to gigabytes in the conversion. Clients that like anchors expand them locally
 // (rakhsh apply and kubectl send JSON).
 func yamlBodyToJSON(data []byte) ([]byte, error) {
+	// Parsing costs a few hundred bytes per node: a body of 3 MiB of "[1,1,1,..." would take
+	// hundreds of MB. Every node but the first is preceded by one of these bytes, so their
+	// count bounds the nodes without parsing.
+	if n := yamlNodeBound(data); n > MaxYAMLNodes {
+		return nil, errs.New(errs.ErrTooLarge, "the YAML request body has up to %d items, more than the limit of %d: send JSON, or split the object", n, MaxYAMLNodes)
+	}
 	rep, err := yamlcheck.Inspect(data, MaxConvertedBytes)
 	if err != nil {
 		if errors.Is(err, yamlcheck.ErrRecursive) {

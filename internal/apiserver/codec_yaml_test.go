@@ -84,3 +84,31 @@ func TestReadBodyYAML(t *testing.T) {
 		t.Errorf("malformed YAML: err %v", err)
 	}
 }
+
+// TestReadBodyRefusesDenseYAML: a body of a million tiny nodes is refused before it is parsed
+// (parsing it took about 360 MB), with the limit named; a large manifest of ordinary shape
+// (long strings, a few hundred keys) passes.
+func TestReadBodyRefusesDenseYAML(t *testing.T) {
+	dense := []byte("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\ndata: [" + strings.Repeat("1,", 1<<20) + "1]\n")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	w, r := yamlRequest(dense)
+	_, err := readBody(w, r)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, errs.ErrTooLarge) || !strings.Contains(err.Error(), "more than the limit of 100000") {
+		t.Fatalf("dense YAML: %v", err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
+		t.Errorf("refusing a %d-byte body allocated %d MiB", len(dense), grew>>20)
+	}
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\nstringData:\n")
+	for i := range 500 {
+		fmt.Fprintf(&b, "  key%d: %s\n", i, strings.Repeat("v", 2000))
+	}
+	w, r = yamlRequest([]byte(b.String()))
+	if _, err := readBody(w, r); err != nil {
+		t.Errorf("a 1 MB manifest of 500 keys: %v", err)
+	}
+}
