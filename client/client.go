@@ -213,11 +213,12 @@ func Reason(err error) string {
 	return ""
 }
 
-// IsNotFound, IsConflict, IsAlreadyExists and IsInvalid classify API errors.
+// IsNotFound, IsConflict, IsAlreadyExists, IsInvalid and IsForbidden classify API errors.
 func IsNotFound(err error) bool      { return Reason(err) == v1alpha1.ReasonNotFound }
 func IsConflict(err error) bool      { return Reason(err) == v1alpha1.ReasonConflict }
 func IsAlreadyExists(err error) bool { return Reason(err) == v1alpha1.ReasonAlreadyExists }
 func IsInvalid(err error) bool       { return Reason(err) == v1alpha1.ReasonInvalid }
+func IsForbidden(err error) bool     { return Reason(err) == v1alpha1.ReasonForbidden }
 
 // Do sends one request. body may be nil, []byte, or a value to encode as JSON; out, when
 // non-nil, receives the decoded JSON answer (or, for *[]byte, the raw body).

@@ -5,19 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"strings"
-	"sync"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/registry"
 )
-
-// admitMu serialises the admissions that take more of a project's quota, from the usage read
-// to the store write, so two creates cannot both take the last free core. It is per API
-// server process: with several API servers on one etcd the check is best effort (the project
-// status then shows QuotaExceeded). Writes to projects without a quota never take it.
-var admitMu sync.Mutex
 
 // admit runs the checks that need other objects than the one written: the VM class (default
 // class, sizing policies), a single default class, and project quotas. It runs after
@@ -25,7 +20,7 @@ var admitMu sync.Mutex
 // other objects (the VM's class and what the class's sizing policy defaults).
 //
 // The caller calls the returned unlock (never nil) after its store write: when the write
-// takes more of a quota, admitMu is held until then.
+// takes more of a quota, the project's quota lock (lockQuota) is held until then.
 func (s *Server) admit(ctx context.Context, namespace string, obj, old v1alpha1.Object) (func(), error) {
 	noop := func() {}
 	var kind, name string
@@ -81,17 +76,80 @@ func (s *Server) admit(ctx context.Context, namespace string, obj, old v1alpha1.
 	if unknownDiskSize && quota.Disk != "" {
 		return noop, errs.New(errs.ErrForbidden, "VirtualDisk %q is forbidden: project %q has a disk quota and the size of the disk's source is not known yet: set spec.persistentVolumeClaim.size, or create the disk once its source is Ready", name, namespace)
 	}
-	admitMu.Lock()
+	unlock, err := s.lockQuota(ctx, namespace)
+	if err != nil {
+		return noop, err
+	}
 	u, err := s.ProjectUsage(ctx, namespace)
 	if err == nil {
 		err = (&quotaUse{project: namespace, quota: quota, used: u}).check(kind, name, add)
 	}
 	if err != nil {
-		admitMu.Unlock()
+		unlock()
 		return noop, err
 	}
-	return admitMu.Unlock, nil
+	return unlock, nil
 }
+
+// lockQuota serialises the admissions that take more of a project's quota, from the usage
+// read to the store write, so two creates cannot both take the last free core, through this
+// API server or another one on the same store. Within the process a mutex orders them; across
+// processes a lock key in the store does (/locks/quota/PROJECT, created by the holder and
+// deleted when its write is done; one left by a server that died is taken over once its
+// time, quotaLockTTL, has passed). Writes to projects without a quota never take it.
+func (s *Server) lockQuota(ctx context.Context, project string) (func(), error) {
+	s.admitMu.Lock()
+	key := "/locks/quota/" + project
+	deadline := time.Now().Add(quotaLockWait)
+	for attempt := 0; ; attempt++ {
+		holder, _ := json.Marshal(quotaLock{Holder: s.instance, Until: time.Now().Add(quotaLockTTL)})
+		rev, err := s.store.Create(ctx, key, holder)
+		if errors.Is(err, errs.ErrAlreadyExists) {
+			// Held: take it over if its holder's time is up, else wait.
+			if kv, gerr := s.store.Get(ctx, key); gerr == nil {
+				var cur quotaLock
+				if json.Unmarshal(kv.Value, &cur) != nil || time.Now().After(cur.Until) {
+					rev, err = s.store.Update(ctx, key, holder, kv.ModRevision)
+				}
+			}
+		}
+		if err == nil {
+			return func() {
+				// Not the request's context: a cancelled request must still release the lock.
+				dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if _, _, err := s.store.Delete(dctx, key, rev); err != nil && !errors.Is(err, errs.ErrNotFound) {
+					s.log.Warn("releasing the quota lock failed; it expires by itself", "project", project, "err", err)
+				}
+				s.admitMu.Unlock()
+			}, nil
+		}
+		busy := errors.Is(err, errs.ErrAlreadyExists) || errors.Is(err, errs.ErrConflict) || errors.Is(err, errs.ErrNotFound)
+		if !busy && ctx.Err() == nil {
+			s.admitMu.Unlock()
+			return nil, err
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			s.admitMu.Unlock()
+			return nil, errs.New(errs.ErrConflict, "the quota of project %q is being taken by another request; try again", project)
+		}
+		time.Sleep(time.Duration(1+mathrand.IntN(2*min(attempt+1, 10))) * time.Millisecond)
+	}
+}
+
+// quotaLock is the value of a project's quota lock key.
+type quotaLock struct {
+	Holder string    `json:"holder"`
+	Until  time.Time `json:"until"`
+}
+
+const (
+	// quotaLockTTL is how long a quota lock holds when its holder does not release it (a
+	// server that died between its usage read and its write).
+	quotaLockTTL = 10 * time.Second
+	// quotaLockWait is how long an admission waits for another one's lock.
+	quotaLockWait = 5 * time.Second
+)
 
 // admitVMClass gives a VM without a class the project's default class or else the cluster's
 // default class, fills in what the class's sizing policy defaults and checks the sizing

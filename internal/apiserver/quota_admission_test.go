@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -17,7 +18,9 @@ import (
 )
 
 // TestQuotaConcurrentCreates: 20 concurrent creates into a project with room for 5 VMs admit
-// exactly 5; the others are Forbidden with the quota named.
+// exactly 5; the others are Forbidden with the quota named. The creates go through two API
+// servers that share the store (each with its own process-local ordering, as two serve
+// processes on one etcd have), so only the lock in the store keeps the count.
 func TestQuotaConcurrentCreates(t *testing.T) {
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
 	if err != nil {
@@ -26,6 +29,8 @@ func TestQuotaConcurrentCreates(t *testing.T) {
 	defer st.Close()
 	s := New(Config{Store: st})
 	defer s.Shutdown()
+	other := New(Config{Store: st})
+	defer other.Shutdown()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pst, _ := registry.ByKind("Project")
@@ -48,7 +53,11 @@ func TestQuotaConcurrentCreates(t *testing.T) {
 			vm.Spec.RunPolicy = v1alpha1.RunPolicyAlwaysOff
 			vm.Spec.CPU.Cores = 1
 			vm.Spec.Memory.Size = "128Mi"
-			_, _, err := s.Create(ctx, vst, "team", vm)
+			srv := s
+			if i%2 == 1 {
+				srv = other
+			}
+			_, _, err := srv.Create(ctx, vst, "team", vm)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -68,5 +77,33 @@ func TestQuotaConcurrentCreates(t *testing.T) {
 	u, err := s.ProjectUsage(ctx, "team")
 	if err != nil || u.VirtualMachines != 5 || u.Cores != 5 || u.Memory != "640Mi" {
 		t.Fatalf("usage %+v %v", u, err)
+	}
+	if _, err := st.Get(ctx, "/locks/quota/team"); !errors.Is(err, errs.ErrNotFound) {
+		t.Errorf("the quota lock was left in the store: %v", err)
+	}
+
+	// A lock left by a server that died before releasing it: taken over once its time is up,
+	// refused with a clear message before.
+	held, _ := json.Marshal(quotaLock{Holder: "gone", Until: time.Now().Add(time.Hour)})
+	if _, err := st.Create(ctx, "/locks/quota/team", held); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	if _, err := s.lockQuota(short, "team"); !errors.Is(err, errs.ErrConflict) || !strings.Contains(err.Error(), `the quota of project "team" is being taken by another request`) {
+		t.Fatalf("a held lock: %v", err)
+	}
+	kv, _ := st.Get(ctx, "/locks/quota/team")
+	expired, _ := json.Marshal(quotaLock{Holder: "gone", Until: time.Now().Add(-time.Second)})
+	if _, err := st.Update(ctx, "/locks/quota/team", expired, kv.ModRevision); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := other.lockQuota(ctx, "team")
+	if err != nil {
+		t.Fatalf("an expired lock was not taken over: %v", err)
+	}
+	unlock()
+	if _, err := st.Get(ctx, "/locks/quota/team"); !errors.Is(err, errs.ErrNotFound) {
+		t.Errorf("the taken-over lock was not released: %v", err)
 	}
 }

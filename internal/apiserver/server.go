@@ -10,8 +10,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
@@ -62,9 +66,12 @@ type Server struct {
 	uploads  *images.Uploads
 	// forwardRange is Config.PortForwardRange.
 	forwardRange PortRange
-	imageDir     string
-	ctx          context.Context // ends when the server shuts down: ends watches
-	cancel       context.CancelFunc
+	// admitMu orders this server's quota admissions; instance names it in quota locks.
+	admitMu  sync.Mutex
+	instance string
+	imageDir string
+	ctx      context.Context // ends when the server shuts down: ends watches
+	cancel   context.CancelFunc
 }
 
 // New returns a Server.
@@ -80,6 +87,8 @@ func New(cfg Config) *Server {
 		s.bookmark = 30 * time.Second
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	host, _ := os.Hostname()
+	s.instance = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8])
 	return s
 }
 

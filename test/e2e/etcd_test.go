@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,6 +58,40 @@ func TestEtcdStore(t *testing.T) {
 	stale.Spec.CPU.Cores = 4
 	if err := b.Client().Update(ctx, "virtualmachines", "default", "vm1", &stale, nil); !client.IsConflict(err) {
 		t.Fatalf("stale update through etcd: got %v, want Conflict", err)
+	}
+	// Quota admission through both servers at once: the lock in etcd keeps the count.
+	two := int64(2)
+	proj := &v1alpha1.Project{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Project"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "quota-race"}, Spec: v1alpha1.ProjectSpec{Quota: &v1alpha1.ProjectQuota{VirtualMachines: &two}}}
+	if err := a.Client().Create(ctx, "projects", "", proj, nil); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var admitted atomic.Int32
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			srv := a
+			if i%2 == 1 {
+				srv = b
+			}
+			v := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
+				ObjectMeta: v1alpha1.ObjectMeta{Name: fmt.Sprintf("q%d", i)},
+				Spec: v1alpha1.VirtualMachineSpec{RunPolicy: v1alpha1.RunPolicyAlwaysOff, CPU: v1alpha1.VirtualMachineCPU{Cores: 1},
+					Memory: v1alpha1.VirtualMachineMemory{Size: "64Mi"}}}
+			err := srv.Client().Create(ctx, "virtualmachines", "quota-race", v, nil)
+			switch {
+			case err == nil:
+				admitted.Add(1)
+			case !client.IsForbidden(err) || !strings.Contains(err.Error(), "exceeded quota virtualMachines"):
+				t.Errorf("create q%d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := admitted.Load(); n != 2 {
+		t.Errorf("two servers on one etcd admitted %d VMs into a project with room for 2", n)
 	}
 	a.Stop()
 	b.Stop()
