@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -348,7 +349,11 @@ func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 				return nil, err
 			}
 		}
-		return etcd.New(ctx, ec)
+		st, err := etcd.New(ctx, ec)
+		if err != nil && useTLS && strings.Contains(err.Error(), "TLS") {
+			return nil, fmt.Errorf("%w (check --etcd-ca, --etcd-cert and --etcd-key)", err)
+		}
+		return st, err
 	}
 	return bolt.Open(filepath.Join(cfg.DataDir, "rakhsh.db"), bolt.Options{})
 }
