@@ -63,4 +63,34 @@ spec: {address: "52:54:00:aa:bb:02"}
 			t.Errorf("%s: address %q, condition %+v, want Bound", name, m.Status.Address, c)
 		}
 	}
+
+	// Granted after the refusal: the lease an administrator makes binds the waiting claim.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachineMACAddressLease
+metadata: {name: mac-52-54-00-aa-bb-01}
+spec:
+  virtualMachineMACAddressRef: {name: router, namespace: default}
+`, "apply", "-f", "-")
+	waitFor(t, "the claim router bound after its lease was made", func() bool {
+		m, c := bound("router")
+		return c.Status == v1alpha1.ConditionTrue && m.Status.Address == "52:54:00:aa:bb:01"
+	})
+	// A bound claim's lease deleted by hand is made again (the address stays taken).
+	s.MustCLI("", "delete", "vmmacl", "mac-02-72-6b-00-42-42")
+	waitFor(t, "the lease of the bound claim inside made again", func() bool {
+		var l v1alpha1.VirtualMachineMACAddressLease
+		err := s.Client().Get(context.Background(), "virtualmachinemacaddressleases", "", "mac-02-72-6b-00-42-42", &l)
+		return err == nil && l.DeletionTimestamp == nil && l.Spec.VirtualMachineMACAddressRef != nil && l.Spec.VirtualMachineMACAddressRef.Name == "inside"
+	})
+}
+
+// waitFor polls cond for up to a minute.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("%s: not within a minute", what)
 }

@@ -158,6 +158,21 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.queue.Add(kindMAC + k)
 		c.queueVMsOf(c.macs, k)
 	})
+	c.ipls.OnChange(func(k runtime.Key) {
+		c.queueClaimOfLease(c.ipls, c.ips, kindIP, k, func(addr string) string {
+			a, err := netip.ParseAddr(addr)
+			if err != nil {
+				return ""
+			}
+			return v1alpha1.IPLeaseName(a)
+		})
+	})
+	c.macls.OnChange(func(k runtime.Key) {
+		c.queueClaimOfLease(c.macls, c.macs, kindMAC, k, func(addr string) string {
+			n, _ := v1alpha1.MACLeaseName(addr)
+			return n
+		})
+	})
 	c.cnets.OnChange(func(runtime.Key) { c.queueAll() })
 	infs := []*runtime.Informer{c.vms, c.ips, c.ipls, c.macs, c.macls, c.cnets}
 	for _, inf := range infs {
@@ -201,6 +216,38 @@ func (c *Controller) queueAll() {
 		c.queue.Add(kindMAC + k)
 	}
 	c.queue.Add(sweep)
+}
+
+// queueClaimOfLease queues the claim a lease names or, for a lease that is gone, the claims
+// that hold its address: a lease deleted by hand under a bound claim is made again at once,
+// and a lease an administrator makes for a waiting claim binds it at once.
+func (c *Controller) queueClaimOfLease(leases, claims *runtime.Informer, kind, k runtime.Key, leaseName func(addr string) string) {
+	var l struct {
+		Spec struct {
+			IP  *v1alpha1.VirtualMachineIPAddressRef  `json:"virtualMachineIPAddressRef"`
+			MAC *v1alpha1.VirtualMachineMACAddressRef `json:"virtualMachineMACAddressRef"`
+		} `json:"spec"`
+	}
+	if ok, _ := leases.Get(k, &l); ok {
+		switch {
+		case l.Spec.IP != nil:
+			c.queue.Add(kind + runtime.NewKey(l.Spec.IP.Namespace, l.Spec.IP.Name))
+		case l.Spec.MAC != nil:
+			c.queue.Add(kind + runtime.NewKey(l.Spec.MAC.Namespace, l.Spec.MAC.Name))
+		}
+		return
+	}
+	_, name := k.Split()
+	for _, ck := range claims.Keys() {
+		var cl struct {
+			Status struct {
+				Address string `json:"address"`
+			} `json:"status"`
+		}
+		if ok, _ := claims.Get(ck, &cl); ok && cl.Status.Address != "" && leaseName(cl.Status.Address) == name {
+			c.queue.Add(kind + ck)
+		}
+	}
 }
 
 // queueVMsOf queues the VM a claim is labelled with or attached to (or, for a claim that is
