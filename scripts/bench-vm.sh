@@ -26,22 +26,11 @@ if [ ! -f "$guest/guest.qcow2" ]; then
   test/guest/build.sh "$guest"
 fi
 
-# The agent uses KVM only when QEMU can run a vCPU under it (nested KVM is often broken);
-# the same probe here.
-accel="TCG (no /dev/kvm)"
-if [ -w /dev/kvm ]; then
-  if echo quit | timeout 20 qemu-system-x86_64 -machine q35,accel=kvm -cpu host -m 16 -nodefaults \
-      -no-user-config -display none -S -monitor stdio >/dev/null 2>&1; then
-    accel="KVM"
-  else
-    accel="TCG (/dev/kvm is present but QEMU cannot run a vCPU under it)"
-  fi
-fi
 echo "== machine"
 echo "cpu:    $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 echo "kernel: $(uname -r)"
-echo "qemu:   $(qemu-system-x86_64 --version | head -1), $accel"
+echo "qemu:   $(qemu-system-x86_64 --version | head -1) (the accelerator the agent's probe chose is printed by the run)"
 echo "go:     $(go version | awk '{print $3}')"
 echo "load:   $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, before the run)"
 echo

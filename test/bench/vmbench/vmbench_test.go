@@ -225,7 +225,13 @@ func startServe(b *testing.B, bin, dataDir, logPath string) *serve {
 		var n v1alpha1.Node
 		err := s.c.Get(ctx, "nodes", "", s.node, &n)
 		cancel()
-		if err == nil && n.Status.Phase == v1alpha1.NodePhaseReady {
+		if err == nil && n.Status.Phase == v1alpha1.NodePhaseReady && n.Status.Accelerator != "" {
+			// What the agent's probe chose, which is what the VMs of the run use.
+			why := ""
+			if c := v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionKVM); c != nil {
+				why = " (" + c.Reason + ": " + c.Message + ")"
+			}
+			fmt.Printf("accelerator: %s%s\n", n.Status.Accelerator, why)
 			return s
 		}
 		select {
