@@ -15,6 +15,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/runtime"
@@ -56,6 +57,13 @@ type Config struct {
 	// KVMDevice is the KVM device the accelerator probe checks; default /dev/kvm (tests point
 	// it elsewhere).
 	KVMDevice string
+	// QEMUUser is the user QEMU runs as; default DefaultQEMUUser, created when missing. QEMU
+	// then opens no path of the data directory: its files, sockets and taps are passed as
+	// descriptors (qemu.Input.PassFDs). "root" runs QEMU as root with paths, as before.
+	QEMUUser string
+	// DnsmasqUser is the user the networks' dnsmasq drops to; default
+	// network.DefaultDnsmasqUser, created when missing; "root" keeps it root.
+	DnsmasqUser string
 }
 
 // Agent is the node agent.
@@ -77,6 +85,8 @@ type Agent struct {
 	insts map[string]*instance // by VM uid
 
 	net *netState // host networking (network.go); nil without HostNetworking
+
+	qemuAs *runAs // the user QEMU runs as (users.go); nil: root
 }
 
 // New checks cfg and returns an agent; Run starts it.
@@ -120,6 +130,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.QEMUUser == "" {
+		cfg.QEMUUser = DefaultQEMUUser
+	}
+	if cfg.DnsmasqUser == "" {
+		cfg.DnsmasqUser = network.DefaultDnsmasqUser
+	}
 	mode, err := accel.ParseMode(string(cfg.Accelerator))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -143,6 +159,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := os.MkdirAll(filepath.Join(a.cfg.DataDir, "run", "vms"), 0o700); err != nil {
 		return fmt.Errorf("agent: creating run directory: %w", err)
+	}
+	if err := a.resolveUsers(ctx); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	a.chooseAccelerator(ctx)
 	for {
@@ -310,4 +329,30 @@ func (a *Agent) allocated() *v1alpha1.NodeResources {
 		}
 	}
 	return &v1alpha1.NodeResources{CPU: cpu, Memory: v1alpha1.BytesQuantity(mem)}
+}
+
+// resolveUsers finds (or creates) the users QEMU and dnsmasq run as.
+func (a *Agent) resolveUsers(ctx context.Context) error {
+	as, err := qemuIdentity(ctx, a.log, a.cfg.QEMUUser, a.kvmDevice())
+	if err != nil {
+		return fmt.Errorf("the QEMU user: %w", err)
+	}
+	a.qemuAs = as
+	if as == nil {
+		a.log.Warn("QEMU runs as root (--qemu-user root): a guest that escapes QEMU owns the host")
+	} else {
+		a.log.Info("QEMU runs unprivileged", "user", as.name, "uid", as.cred.Uid, "groups", as.cred.Groups)
+		if _, err := os.Stat(a.kvmDevice()); err == nil && !canOpenAs(as.cred, a.kvmDevice()) {
+			a.log.Warn("the QEMU user cannot open the KVM device: VMs fail under KVM (give the device to group kvm, mode 0660, as udev does)",
+				"device", a.kvmDevice(), "user", as.name)
+		}
+	}
+	if a.cfg.HostNetworking && a.cfg.DnsmasqUser != "root" {
+		if _, err := ensureSystemUser(ctx, a.log, a.cfg.DnsmasqUser); err != nil {
+			return fmt.Errorf("the dnsmasq user: %w", err)
+		}
+	} else if a.cfg.HostNetworking {
+		a.log.Warn("dnsmasq runs as root (--dnsmasq-user root)")
+	}
+	return nil
 }

@@ -42,7 +42,7 @@ func (a *Agent) startNetworking(ctx context.Context) {
 	if !a.cfg.HostNetworking {
 		return
 	}
-	ns := &netState{m: network.NewManager(network.Config{DataDir: a.cfg.DataDir, Log: a.log, NoUpstreamDNS: a.cfg.NoUpstreamDNS}),
+	ns := &netState{m: network.NewManager(network.Config{DataDir: a.cfg.DataDir, Log: a.log, NoUpstreamDNS: a.cfg.NoUpstreamDNS, DnsmasqUser: a.cfg.DnsmasqUser}),
 		cnets: runtime.NewInformer(a.c, "clusternetworks", "", a.log)}
 	ns.tools = ns.m.CheckTools()
 	if ns.tools != nil {

@@ -155,6 +155,24 @@ func findQEMU(runDir, uid string) int {
 	})
 }
 
+// scanQEMU looks through /proc for the QEMU of the VM with uid and returns its pid, or 0.
+func scanQEMU(uid string) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 1 {
+			continue
+		}
+		if isVMProcess(pid, uid) {
+			return pid
+		}
+	}
+	return 0
+}
+
 // signalVM sends sig to pid only if it is still the VM's QEMU.
 func signalVM(pid int, uid string, sig syscall.Signal) error {
 	if !isVMProcess(pid, uid) {
@@ -302,7 +320,14 @@ func (a *Agent) adoptAll(ctx context.Context) {
 		runDir := filepath.Join(root, uid)
 		pid := findQEMU(runDir, uid)
 		if pid == 0 {
-			continue
+			// An agent that ended between starting QEMU and writing its pidfile (QEMU writes
+			// none of its own when it runs unprivileged) leaves it without one.
+			if pid = scanQEMU(uid); pid == 0 {
+				continue
+			}
+			if err := qemu.WritePIDFile(filepath.Join(runDir, qemu.PIDFileName), pid); err != nil {
+				a.log.Warn("writing the pidfile of a QEMU found without one", "uid", uid, "pid", pid, "err", err)
+			}
 		}
 		key, ok := byUID[uid]
 		if !ok {
@@ -332,9 +357,33 @@ func (a *Agent) launch(key runtime.Key, uid, runDir string, cfg qemu.Config) (*i
 		return nil, err
 	}
 	defer logf.Close()
-	proc, err := startDetached(cfg.Binary, cfg.Args, runDir, logf)
+	// With an unprivileged QEMU (cfg.PassFDs) the agent opens what QEMU uses, as root, and
+	// QEMU inherits the descriptors; it starts in / since it may not enter the run directory.
+	extra, err := cfg.OpenPassed()
 	if err != nil {
 		return nil, err
+	}
+	defer func() {
+		for _, f := range extra {
+			_ = f.Close()
+		}
+	}()
+	dir := runDir
+	var cred *syscall.Credential
+	if cfg.PassFDs {
+		dir, cred = "/", a.qemuAs.credential()
+	}
+	proc, err := startDetached(cfg.Binary, cfg.Args, dir, logf, cred, extra...)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.PassFDs {
+		// QEMU writes no pidfile in this mode; re-adoption finds it by this one.
+		if err := qemu.WritePIDFile(cfg.PIDFile, proc.Pid); err != nil {
+			_ = proc.Kill()
+			_, _ = proc.Wait()
+			return nil, fmt.Errorf("writing the pidfile: %w", err)
+		}
 	}
 	in := &instance{uid: uid, key: key, runDir: runDir, pid: proc.Pid, child: true, accel: cfg.Accelerator, exited: make(chan struct{})}
 	go func() {
@@ -347,8 +396,8 @@ func (a *Agent) launch(key runtime.Key, uid, runDir string, cfg qemu.Config) (*i
 }
 
 // startDetached starts binary in a new session (so signals to the agent's process group
-// never reach it).
-func startDetached(binary string, args []string, dir string, out *os.File) (*os.Process, error) {
+// never reach it), as cred (nil: as the agent), with extra as descriptors 3, 4, ...
+func startDetached(binary string, args []string, dir string, out *os.File, cred *syscall.Credential, extra ...*os.File) (*os.Process, error) {
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, err
@@ -357,8 +406,8 @@ func startDetached(binary string, args []string, dir string, out *os.File) (*os.
 	attr := &os.ProcAttr{
 		Dir:   dir,
 		Env:   []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"},
-		Files: []*os.File{devnull, out, out},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
+		Files: append([]*os.File{devnull, out, out}, extra...),
+		Sys:   &syscall.SysProcAttr{Setsid: true, Credential: cred},
 	}
 	return os.StartProcess(binary, append([]string{binary}, args...), attr)
 }

@@ -743,7 +743,7 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 		return res, err
 	}
 	removeRuntimeFiles(runDir)
-	in0 := qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: runDir, Disks: disks, NICs: nics}
+	in0 := qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: runDir, Disks: disks, NICs: nics, PassFDs: a.qemuAs != nil}
 	if err := a.applyClassCPU(ctx, vm, &in0); err != nil { // the class's CPU model (cgroup_cpumodel.go)
 		return runtime.Result{}, a.startFailed(ctx, vm, nil, err.Error())
 	}
@@ -815,6 +815,15 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 	mon := in.monitor()
 	if mon == nil {
 		return runtime.Result{}, a.startFailed(ctx, vm, in, "QEMU closed its QMP socket")
+	}
+	if cfg.LateVNC {
+		vmon, ok := mon.(qemu.VNCMonitor)
+		if !ok {
+			return runtime.Result{}, a.startFailed(ctx, vm, in, "starting VNC: the monitor cannot pass descriptors")
+		}
+		if err := cfg.StartVNC(ctx, vmon); err != nil {
+			return runtime.Result{}, a.startFailed(ctx, vm, in, "starting VNC: "+err.Error())
+		}
 	}
 	if err := a.enforceLimits(ctx, vm, in); err != nil { // cgroup limits and pinning (cgroup.go)
 		// A CPU share below 100 % or dedicated cores are what the VM's class sells: without

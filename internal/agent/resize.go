@@ -9,6 +9,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
@@ -97,6 +98,16 @@ func usesDisk(vm *v1alpha1.VirtualMachine, disk string) bool {
 	return false
 }
 
+// namesFile says whether a block node's file name is one of names, or a json: name holding one.
+func namesFile(file string, names []string) bool {
+	for _, p := range names {
+		if file == p || strings.Contains(file, `"`+p+`"`) {
+			return true
+		}
+	}
+	return false
+}
+
 // growInVM finds the writable qcow2 node of the disk file at path and grows it to size.
 func growInVM(ctx context.Context, mon qmpExecutor, path string, size int64) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -105,10 +116,28 @@ func growInVM(ctx context.Context, mon qmpExecutor, path string, size int64) err
 	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		return fmt.Errorf("query-named-block-nodes: %w", err)
 	}
+	// A QEMU that got its files as descriptors names them /dev/fdset/N; the fd set's opaque
+	// string ("NODE:PATH") says which path it is.
+	names := []string{path}
+	var sets []struct {
+		ID  int `json:"fdset-id"`
+		FDs []struct {
+			Opaque string `json:"opaque"`
+		} `json:"fds"`
+	}
+	if err := mon.Execute(ctx, "query-fdsets", nil, &sets); err == nil {
+		for _, s := range sets {
+			for _, fd := range s.FDs {
+				if strings.HasSuffix(fd.Opaque, ":"+path) {
+					names = append(names, qemu.FDSetPath(s.ID))
+				}
+			}
+		}
+	}
 	for _, n := range nodes {
 		// A node whose backing was given explicitly may report a json: file name that holds
 		// the path; the writable qcow2 node is the disk itself, its backing layers are read-only.
-		if n.Driver != "qcow2" || n.ReadOnly || (n.File != path && !strings.Contains(n.File, `"`+path+`"`)) {
+		if n.Driver != "qcow2" || n.ReadOnly || !namesFile(n.File, names) {
 			continue
 		}
 		if n.Image.VirtualSize >= size {

@@ -83,7 +83,7 @@ func (a *Agent) startTPM(ctx context.Context, runDir string) error {
 		"--log", "fd=1,level=1",
 		"--terminate",
 	}
-	proc, err := startDetached(swtpm, args, runDir, logf)
+	proc, err := startDetached(swtpm, args, runDir, logf, nil)
 	if err != nil {
 		return fmt.Errorf("starting swtpm: %w", err)
 	}

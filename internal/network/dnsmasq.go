@@ -34,6 +34,7 @@ type dnsmasqInput struct {
 	MTU        int
 	Upstreams  []string // resolvers dnsmasq forwards to; none: it answers local names only
 	ListenAddr netip.Addr
+	User       string // the user dnsmasq drops to after binding; "" or "root": it stays root
 }
 
 const (
@@ -57,9 +58,15 @@ func dnsmasqConfig(in dnsmasqInput) string {
 	w("no-resolv")
 	w("no-hosts")
 	w("no-poll")
-	// It stays root: its files are under the data directory, which only root may enter, and
-	// it re-reads the hosts file on SIGHUP after it would have dropped privileges.
-	w("user=root")
+	// dnsmasq opens its pid, lease and log files and reads the hosts file as root, then drops
+	// to this user (keeping only the capabilities DHCP needs). It never opens a path under the
+	// root-only data directory afterwards: the lease file is rewritten through the descriptor
+	// it opened, and a changed hosts file restarts it instead of SIGHUP (see ensureDnsmasq).
+	user := in.User
+	if user == "" {
+		user = "root"
+	}
+	w("user=%s", user)
 	for _, u := range in.Upstreams {
 		w("server=%s", u)
 	}
@@ -154,6 +161,10 @@ func dnsmasqPID(dir string) int {
 	}
 	return 0
 }
+
+// dropsPrivileges says the dnsmasq of in runs as a user other than root, so it cannot
+// re-read its hosts file under the root-only data directory on SIGHUP.
+func (in dnsmasqInput) dropsPrivileges() bool { return in.User != "" && in.User != "root" }
 
 // DnsmasqPID returns the pid of the dnsmasq of a network (0 when none runs). Tests use it to
 // stop the daemons their `rakhsh serve` left behind.

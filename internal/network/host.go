@@ -33,7 +33,14 @@ type Config struct {
 	// NoUpstreamDNS keeps dnsmasq from forwarding names it does not know to the host's
 	// resolvers (by default it forwards to the nameservers of /etc/resolv.conf).
 	NoUpstreamDNS bool
+	// DnsmasqUser is the user dnsmasq drops to after binding its sockets; default
+	// DefaultDnsmasqUser, "root" keeps it root (dnsmasq.go).
+	DnsmasqUser string
 }
+
+// DefaultDnsmasqUser is the user dnsmasq runs as unless Config.DnsmasqUser says otherwise;
+// Debian's dnsmasq-base package creates it.
+const DefaultDnsmasqUser = "dnsmasq"
 
 // Manager creates, repairs and removes the host side of networks. It is safe for
 // concurrent use.
@@ -67,6 +74,9 @@ func NewManager(cfg Config) *Manager {
 	}
 	if m.dnsmasqBin == "" {
 		m.dnsmasqBin = "dnsmasq"
+	}
+	if m.cfg.DnsmasqUser == "" {
+		m.cfg.DnsmasqUser = DefaultDnsmasqUser
 	}
 	return m
 }
@@ -264,7 +274,7 @@ func (m *Manager) ensureDnsmasq(ctx context.Context, dir string, d Desired, subn
 			lt = v
 		}
 	}
-	in := dnsmasqInput{Dir: dir, Bridge: s.Bridge, Subnet: subnet, Gateway: gw, LeaseTime: lt, MTU: s.MTU}
+	in := dnsmasqInput{Dir: dir, Bridge: s.Bridge, Subnet: subnet, Gateway: gw, LeaseTime: lt, MTU: s.MTU, User: m.cfg.DnsmasqUser}
 	if s.DNS != nil && len(s.DNS.Servers) > 0 {
 		for _, x := range s.DNS.Servers {
 			if a, err := netip.ParseAddr(x); err == nil {
@@ -293,6 +303,14 @@ func (m *Manager) ensureDnsmasq(ctx context.Context, dir string, d Desired, subn
 			return nil, err
 		}
 		changed = append(changed, "dnsmasq restarted with a new configuration")
+	case pid > 0 && hostsChanged && in.dropsPrivileges():
+		// Without root it cannot read the hosts file again: start it anew (leases are kept
+		// in the lease file; a DHCP packet in the gap is retried by the client).
+		stopDnsmasq(dir)
+		if _, err := m.startDnsmasq(ctx, dir); err != nil {
+			return nil, err
+		}
+		changed = append(changed, "dnsmasq restarted with new hosts")
 	case pid > 0 && hostsChanged:
 		// dnsmasq re-reads its dhcp-hostsfile on SIGHUP.
 		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {

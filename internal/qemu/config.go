@@ -218,6 +218,13 @@ type Input struct {
 	// TPMSocket is the control socket of the VM's swtpm (TPM 2.0 emulator). Empty: no TPM.
 	// Any osType may have one; Windows 11 needs it.
 	TPMSocket string
+	// PassFDs makes QEMU open no host path of the VM itself, so that it can run as an
+	// unprivileged user with no access to the data directory: disk and firmware files, the
+	// UEFI variable store, taps and /dev/vhost-net are passed as descriptors, QMP, serial and
+	// guest-agent sockets as listening sockets the caller binds, the TPM socket as a connected
+	// one (Config.Passed); VNC is handed over after start (Config.LateVNC); and QEMU writes no
+	// pidfile (the caller writes Config.PIDFile).
+	PassFDs bool
 }
 
 // Config is the result of Build.
@@ -243,6 +250,15 @@ type Config struct {
 	Topology Topology
 	// MemoryMiB is the guest memory.
 	MemoryMiB int64
+	// Passed are the descriptors QEMU inherits with Input.PassFDs, in descriptor order: the
+	// caller opens each (see OpenPassed) and starts QEMU with Passed[i] as descriptor
+	// Passed[i].FD (3+i). Empty without PassFDs.
+	Passed []Passed
+	// LateVNC says QEMU starts with -vnc none: the caller binds VNCSocket and hands it to QEMU
+	// over QMP (see StartVNC) before the guest runs.
+	LateVNC bool
+	// PassFDs is Input.PassFDs: the caller opens Passed, and writes PIDFile itself.
+	PassFDs bool
 	// Disks and NICs map each Input disk and NIC to the QEMU objects made for it, in input order.
 	Disks []DiskObjects
 	NICs  []NICObjects
@@ -347,6 +363,7 @@ func (b *build) run() error {
 		b.cfg.Binary = DefaultBinary
 	}
 	b.cfg.Files = map[string][]byte{}
+	b.cfg.PassFDs = b.in.PassFDs
 	b.cfg.PIDFile = b.in.RunDir + "/" + PIDFileName
 	b.cfg.QMPSocket = b.in.RunDir + "/" + QMPSocketName
 	b.cfg.SerialSocket = b.in.RunDir + "/" + SerialSocketName
@@ -397,7 +414,9 @@ func (b *build) run() error {
 
 	// Process behaviour.
 	b.add("-nodefaults", "-no-user-config", "-S")
-	b.add("-pidfile", b.cfg.PIDFile)
+	if !b.in.PassFDs {
+		b.add("-pidfile", b.cfg.PIDFile)
+	}
 	b.add("-action", "shutdown=pause,panic=pause")
 	if b.in.Node.HasSandbox {
 		b.add("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
@@ -426,10 +445,15 @@ func (b *build) run() error {
 	b.add("-display", "none")
 	// The path goes under the explicit key "vnc": as an implied first value, a path with an
 	// '=' before any ',' would be read as key=value.
-	b.add("-vnc", newOpts("").set("vnc", "unix:"+b.cfg.VNCSocket).String())
-	b.add("-chardev", serverSocket("qmp", b.cfg.QMPSocket))
+	if b.in.PassFDs {
+		b.cfg.LateVNC = true
+		b.add("-vnc", "none")
+	} else {
+		b.add("-vnc", newOpts("").set("vnc", "unix:"+b.cfg.VNCSocket).String())
+	}
+	b.add("-chardev", b.serverSocket("qmp", b.cfg.QMPSocket))
 	b.add("-mon", "chardev=qmp,mode=control")
-	b.add("-chardev", serverSocket("serial0", b.cfg.SerialSocket))
+	b.add("-chardev", b.serverSocket("serial0", b.cfg.SerialSocket))
 	b.add("-serial", "chardev:serial0")
 
 	if err := b.firmware(); err != nil {
@@ -450,14 +474,19 @@ func (b *build) run() error {
 	b.add("-device", "usb-tablet,id=tablet0,bus=usb.0")
 	if b.paravirt {
 		b.add("-device", "virtio-serial-pci,id=vserial0")
-		b.add("-chardev", serverSocket("qga0", b.cfg.GuestAgentSocket))
+		b.add("-chardev", b.serverSocket("qga0", b.cfg.GuestAgentSocket))
 		b.add("-device", "virtserialport,id=qga0port,bus=vserial0.0,chardev=qga0,name="+GuestAgentChannel)
 		b.add("-object", "rng-random,id=rng0,filename=/dev/urandom")
 		b.add("-device", "virtio-rng-pci,id=rng0dev,rng=rng0")
 	}
 	b.add("-device", "pvpanic,id=pvpanic0")
 	if b.in.TPMSocket != "" {
-		b.add("-chardev", newOpts("socket").set("id", "chrtpm").set("path", b.in.TPMSocket).String())
+		if b.in.PassFDs {
+			fd := b.pass(PassConnect, b.in.TPMSocket, false)
+			b.add("-chardev", newOpts("socket").set("id", "chrtpm").set("fd", strconv.Itoa(fd)).String())
+		} else {
+			b.add("-chardev", newOpts("socket").set("id", "chrtpm").set("path", b.in.TPMSocket).String())
+		}
 		b.add("-tpmdev", "emulator,id=tpm0,chardev=chrtpm")
 		if b.m == machineQ35 {
 			b.add("-device", "tpm-crb,id=tpm0dev,tpmdev=tpm0")
@@ -646,9 +675,9 @@ func (b *build) firmware() error {
 	b.cfg.NVRAMTemplate = tmpl
 	// The firmware code is read-only; the variable store is the VM's own raw file.
 	for _, bd := range []any{
-		fileNode{Driver: "file", NodeName: "fw-code-file", Filename: code, AIO: "threads", Cache: defaultCache, ReadOnly: true},
+		fileNode{Driver: "file", NodeName: "fw-code-file", Filename: b.file(code, "fw-code-file", false), AIO: "threads", Cache: defaultCache, ReadOnly: true},
 		formatNode{Driver: FormatRaw, NodeName: "fw-code", File: "fw-code-file", Cache: defaultCache, ReadOnly: true},
-		fileNode{Driver: "file", NodeName: "fw-vars-file", Filename: b.in.NVRAMPath, AIO: "threads", Cache: defaultCache},
+		fileNode{Driver: "file", NodeName: "fw-vars-file", Filename: b.file(b.in.NVRAMPath, "fw-vars-file", true), AIO: "threads", Cache: defaultCache},
 		formatNode{Driver: FormatRaw, NodeName: "fw-vars", File: "fw-vars-file", Cache: defaultCache},
 	} {
 		b.add("-blockdev", mustJSON(bd))
@@ -717,9 +746,19 @@ func (b *build) nics() error {
 			if !isIfName(n.Tap) {
 				return fmt.Errorf("%s: tap name %q must be 1-15 of [A-Za-z0-9_.-]", who, n.Tap)
 			}
-			nd = newOpts("tap").set("id", netdev).set("ifname", n.Tap).set("script", "no").set("downscript", "no")
-			if b.kvm && b.in.Node.VhostNet {
-				nd.set("vhost", "on")
+			switch {
+			case b.in.PassFDs:
+				// QEMU takes the tap the caller opened (and /dev/vhost-net): an unprivileged
+				// QEMU may open neither /dev/net/tun nor the vhost device.
+				nd = newOpts("tap").set("id", netdev).set("fd", strconv.Itoa(b.pass(PassTap, n.Tap, true)))
+				if b.kvm && b.in.Node.VhostNet {
+					nd.set("vhost", "on").set("vhostfd", strconv.Itoa(b.pass(PassVhost, VhostNetDevice, true)))
+				}
+			default:
+				nd = newOpts("tap").set("id", netdev).set("ifname", n.Tap).set("script", "no").set("downscript", "no")
+				if b.kvm && b.in.Node.VhostNet {
+					nd.set("vhost", "on")
+				}
 			}
 		}
 		b.add("-netdev", nd.String())

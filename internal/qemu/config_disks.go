@@ -182,7 +182,7 @@ func (b *build) disk(d Disk, id, short, who string) error {
 		for j := len(d.Backing) - 1; j >= 0; j-- {
 			l := d.Backing[j]
 			file, node := "file-"+short+names[j], "fmt-"+short+names[j]
-			b.add("-blockdev", mustJSON(fileNode{Driver: "file", NodeName: file, Filename: l.Path, AIO: "threads", Cache: defaultCache, ReadOnly: true}))
+			b.add("-blockdev", mustJSON(fileNode{Driver: "file", NodeName: file, Filename: b.file(l.Path, file, false), AIO: "threads", Cache: defaultCache, ReadOnly: true}))
 			fn := formatNode{Driver: l.Format, NodeName: node, File: file, Cache: defaultCache, ReadOnly: true}
 			if l.Format == FormatQCOW2 {
 				fn.Backing = jsonNull
@@ -196,7 +196,7 @@ func (b *build) disk(d Disk, id, short, who string) error {
 	}
 
 	file, node, dev := "file-"+short, "fmt-"+short, "disk-"+id
-	fnode := fileNode{Driver: "file", NodeName: file, Filename: d.Path, AIO: "threads", Cache: defaultCache, ReadOnly: readOnly}
+	fnode := fileNode{Driver: "file", NodeName: file, Filename: b.file(d.Path, file, !readOnly), AIO: "threads", Cache: defaultCache, ReadOnly: readOnly}
 	fmtNode := formatNode{Driver: d.Format, NodeName: node, File: file, Cache: defaultCache, ReadOnly: readOnly}
 	if !readOnly {
 		// Guest discards punch holes in the image; zero writes become discards too.

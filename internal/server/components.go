@@ -82,7 +82,8 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 	}
 	if !cfg.NoAgent {
 		a, err := agent.New(agent.Config{Client: as("agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
-			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice, Log: log})
+			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
+			QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, Log: log})
 		if err != nil {
 			return nil, err
 		}
