@@ -231,16 +231,20 @@ func checkInvariants(t testing.TB, in Input, cfg Config) {
 			t.Fatalf("-chardev %s: %v", c, err)
 		}
 		got[o["id"]] = o["path"]
+		if cfg.PassFDs {
+			got[o["id"]] = passedPath(t, cfg, o["fd"])
+		}
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("chardev paths %v, want %v", got, want)
 	}
-	if v := argValues(args, "-vnc"); len(v) != 1 {
+	if cfg.PassFDs {
+		checkFDInvariants(t, in, cfg)
+	} else if v := argValues(args, "-vnc"); len(v) != 1 {
 		t.Fatalf("-vnc %v", v)
 	} else if o, _ := parseOpts(v[0]); o["vnc"] != "unix:"+cfg.VNCSocket {
 		t.Fatalf("-vnc %s does not parse back to %s", v[0], cfg.VNCSocket)
-	}
-	if p := argValues(args, "-pidfile"); len(p) != 1 || p[0] != filepath.Join(in.RunDir, PIDFileName) {
+	} else if p := argValues(args, "-pidfile"); len(p) != 1 || p[0] != filepath.Join(in.RunDir, PIDFileName) {
 		t.Fatalf("-pidfile %v", p)
 	}
 	if n := argValues(args, "-name"); len(n) != 1 {
@@ -610,5 +614,112 @@ func TestMatchesCmdline(t *testing.T) {
 	// The uid must be a whole argument.
 	if MatchesCmdline([]byte("q\x00-uuid\x00"+testUID+"x\x00"), testUID) {
 		t.Error("match on a prefix")
+	}
+}
+
+// passedPath is the path of the passed descriptor named by an fd=N option value.
+func passedPath(t testing.TB, cfg Config, fd string) string {
+	t.Helper()
+	n, err := strconv.Atoi(fd)
+	if err != nil || n < firstPassedFD || n-firstPassedFD >= len(cfg.Passed) {
+		t.Fatalf("fd=%q is not a passed descriptor (%d passed)", fd, len(cfg.Passed))
+	}
+	return cfg.Passed[n-firstPassedFD].Path
+}
+
+// checkFDInvariants checks a PassFDs command line: QEMU is told no path of the run directory
+// or of any disk, layer or variable store (only the opaque label of an fd set names it); every
+// file node opens an fd set made by -add-fd from a descriptor passed with the right access
+// mode; every NIC takes a passed tap; VNC is handed over later and there is no -pidfile.
+func checkFDInvariants(t testing.TB, in Input, cfg Config) {
+	t.Helper()
+	args := cfg.Args
+	private := []string{in.RunDir, in.NVRAMPath}
+	for _, d := range in.Disks {
+		private = append(private, d.Path)
+		for _, l := range d.Backing {
+			private = append(private, l.Path)
+		}
+	}
+	for i, a := range args {
+		if i > 0 && args[i-1] == "-add-fd" {
+			continue
+		}
+		for _, p := range private {
+			if p != "" && strings.Contains(a, p) {
+				t.Fatalf("argument %q names the private path %s", a, p)
+			}
+		}
+	}
+	if len(argValues(args, "-pidfile")) != 0 {
+		t.Fatalf("-pidfile with PassFDs")
+	}
+	if v := argValues(args, "-vnc"); len(v) != 1 || v[0] != "none" || !cfg.LateVNC {
+		t.Fatalf("-vnc %v, LateVNC %v; want none, true", v, cfg.LateVNC)
+	}
+	for i, p := range cfg.Passed {
+		if p.FD != firstPassedFD+i {
+			t.Fatalf("Passed[%d] is fd %d", i, p.FD)
+		}
+	}
+	sets := map[string]Passed{}
+	for _, a := range argValues(args, "-add-fd") {
+		o, err := parseOpts(a)
+		if err != nil {
+			t.Fatalf("-add-fd %s: %v", a, err)
+		}
+		passedPath(t, cfg, o["fd"])
+		n, _ := strconv.Atoi(o["fd"])
+		p := cfg.Passed[n-firstPassedFD]
+		if o["set"] != o["fd"] || p.Kind != PassFile || !strings.HasSuffix(o["opaque"], ":"+p.Path) {
+			t.Fatalf("-add-fd %s does not match passed %+v", a, p)
+		}
+		sets[FDSetPath(n)] = p
+	}
+	files := 0
+	for _, bd := range argValues(args, "-blockdev") {
+		var n map[string]any
+		if err := json.Unmarshal([]byte(bd), &n); err != nil {
+			t.Fatal(err)
+		}
+		if n["driver"] != "file" {
+			continue
+		}
+		files++
+		fn, _ := n["filename"].(string)
+		p, ok := sets[fn]
+		ro, _ := n["read-only"].(bool)
+		if !ok || p.Write == ro {
+			t.Fatalf("-blockdev %s: filename is not a passed file with the node's access mode (%+v)", bd, p)
+		}
+	}
+	if files != len(sets) {
+		t.Fatalf("%d file nodes for %d fd sets", files, len(sets))
+	}
+	taps := 0
+	for _, nd := range argValues(args, "-netdev") {
+		o, err := parseOpts(nd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := o["tap"]; ok || strings.HasPrefix(nd, "tap,") {
+			taps++
+			if o["ifname"] != "" || o["script"] != "" {
+				t.Fatalf("-netdev %s: a passed tap takes no ifname or script", nd)
+			}
+			passedPath(t, cfg, o["fd"])
+			if o["vhost"] == "on" && passedPath(t, cfg, o["vhostfd"]) != VhostNetDevice {
+				t.Fatalf("-netdev %s: vhost without a passed vhost device", nd)
+			}
+		}
+	}
+	want := 0
+	for _, n := range in.NICs {
+		if n.Tap != "" {
+			want++
+		}
+	}
+	if taps != want {
+		t.Fatalf("%d tap netdevs for %d tap NICs", taps, want)
 	}
 }
