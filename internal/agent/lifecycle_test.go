@@ -44,6 +44,7 @@ func TestLifecycle(t *testing.T) {
 	}
 	e.waitSerial(uid, "RAKHSH-GUEST: ready", 1, bootTimeout)
 	pid1 := qemuPIDs(e.dir)[uid]
+	requireQEMUUser(t, pid1) // it booted as the unprivileged user, with passed descriptors
 
 	// Stop: the guest powers off on the ACPI button; the VM is released from its node.
 	op := e.op("vm1", v1alpha1.VMOPTypeStop, false)
