@@ -35,6 +35,7 @@ type dnsmasqInput struct {
 	Upstreams  []string // resolvers dnsmasq forwards to; none: it answers local names only
 	ListenAddr netip.Addr
 	User       string // the user dnsmasq drops to after binding; "" or "root": it stays root
+	Hosts      []Host // the static leases; in the configuration itself when User is not root
 }
 
 const (
@@ -58,10 +59,11 @@ func dnsmasqConfig(in dnsmasqInput) string {
 	w("no-resolv")
 	w("no-hosts")
 	w("no-poll")
-	// dnsmasq opens its pid, lease and log files and reads the hosts file as root, then drops
-	// to this user (keeping only the capabilities DHCP needs). It never opens a path under the
+	// dnsmasq reads this file and opens its pid, lease and log files as root, then drops to
+	// this user (keeping only the capabilities DHCP needs). It opens no path under the
 	// root-only data directory afterwards: the lease file is rewritten through the descriptor
-	// it opened, and a changed hosts file restarts it instead of SIGHUP (see ensureDnsmasq).
+	// it opened. A dhcp-hostsfile is read only after the drop, so an unprivileged dnsmasq gets
+	// its static leases as dhcp-host lines here, and a change restarts it (ensureDnsmasq).
 	user := in.User
 	if user == "" {
 		user = "root"
@@ -72,7 +74,13 @@ func dnsmasqConfig(in dnsmasqInput) string {
 	}
 	w("pid-file=%s", filepath.Join(in.Dir, dnsmasqPid))
 	w("dhcp-leasefile=%s", filepath.Join(in.Dir, dnsmasqLease))
-	w("dhcp-hostsfile=%s", filepath.Join(in.Dir, dnsmasqHosts))
+	if in.dropsPrivileges() {
+		for _, l := range hostLines(in.Hosts) {
+			w("dhcp-host=%s", l)
+		}
+	} else {
+		w("dhcp-hostsfile=%s", filepath.Join(in.Dir, dnsmasqHosts))
+	}
 	w("log-facility=%s", filepath.Join(in.Dir, dnsmasqLog))
 	w("dhcp-authoritative")
 	lt := int(in.LeaseTime / time.Second)
@@ -100,8 +108,22 @@ func dnsmasqConfig(in dnsmasqInput) string {
 
 // hostsFile returns the dhcp-hostsfile: "mac,ip[,hostname]" per line, sorted.
 func hostsFile(hosts []Host) string {
+	lines := hostLines(hosts)
+	if len(lines) == 0 {
+		return ""
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// hostLines returns "mac,ip[,hostname]" per host, sorted.
+func hostLines(hosts []Host) []string {
 	lines := make([]string, 0, len(hosts))
 	for _, h := range hosts {
+		// A line ends an entry (and, as dhcp-host, a configuration option): an entry that
+		// could carry one is left out.
+		if !safeHostField(h.MAC) || !safeHostField(h.Hostname) || !h.IP.IsValid() {
+			continue
+		}
 		l := h.MAC + "," + h.IP.String()
 		if h.Hostname != "" {
 			l += "," + h.Hostname
@@ -109,10 +131,17 @@ func hostsFile(hosts []Host) string {
 		lines = append(lines, l)
 	}
 	sort.Strings(lines)
-	if len(lines) == 0 {
-		return ""
+	return lines
+}
+
+// safeHostField says s has only the characters of a MAC or a DNS label.
+func safeHostField(s string) bool {
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r == ':' || r == '-' || r == '.') {
+			return false
+		}
 	}
-	return strings.Join(lines, "\n") + "\n"
+	return true
 }
 
 func maskOf(p netip.Prefix) string {

@@ -274,7 +274,7 @@ func (m *Manager) ensureDnsmasq(ctx context.Context, dir string, d Desired, subn
 			lt = v
 		}
 	}
-	in := dnsmasqInput{Dir: dir, Bridge: s.Bridge, Subnet: subnet, Gateway: gw, LeaseTime: lt, MTU: s.MTU, User: m.cfg.DnsmasqUser}
+	in := dnsmasqInput{Dir: dir, Bridge: s.Bridge, Subnet: subnet, Gateway: gw, LeaseTime: lt, MTU: s.MTU, User: m.cfg.DnsmasqUser, Hosts: d.Hosts}
 	if s.DNS != nil && len(s.DNS.Servers) > 0 {
 		for _, x := range s.DNS.Servers {
 			if a, err := netip.ParseAddr(x); err == nil {
@@ -303,16 +303,10 @@ func (m *Manager) ensureDnsmasq(ctx context.Context, dir string, d Desired, subn
 			return nil, err
 		}
 		changed = append(changed, "dnsmasq restarted with a new configuration")
-	case pid > 0 && hostsChanged && in.dropsPrivileges():
-		// Without root it cannot read the hosts file again: start it anew (leases are kept
-		// in the lease file; a DHCP packet in the gap is retried by the client).
-		stopDnsmasq(dir)
-		if _, err := m.startDnsmasq(ctx, dir); err != nil {
-			return nil, err
-		}
-		changed = append(changed, "dnsmasq restarted with new hosts")
-	case pid > 0 && hostsChanged:
-		// dnsmasq re-reads its dhcp-hostsfile on SIGHUP.
+	case pid > 0 && hostsChanged && !in.dropsPrivileges():
+		// A root dnsmasq re-reads its dhcp-hostsfile on SIGHUP. (An unprivileged one has its
+		// hosts in the configuration: a change restarted it above; leases are kept in the
+		// lease file, and a DHCP packet in the gap is retried by the client.)
 		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
 			return nil, fmt.Errorf("reloading dnsmasq: %w", err)
 		}
