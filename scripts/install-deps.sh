@@ -69,6 +69,18 @@ if ! go_ok; then
   go_ok || { echo "install-deps: Go ${GO_VERSION} did not install" >&2; exit 1; }
 fi
 
+# The unprivileged users QEMU and dnsmasq run as (rakhsh serve --qemu-user, --dnsmasq-user).
+# The agent makes them too when they are missing; dnsmasq-base already made "dnsmasq".
+if ! getent passwd rakhsh-qemu >/dev/null; then
+  groups=()
+  getent group kvm >/dev/null && groups=(--groups kvm)
+  echo "install-deps: creating the system user rakhsh-qemu"
+  $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+    --comment "Rakhsh unprivileged service user" "${groups[@]}" rakhsh-qemu
+fi
+getent passwd dnsmasq >/dev/null || $SUDO useradd --system --no-create-home --home-dir /nonexistent \
+  --shell /usr/sbin/nologin --comment "Rakhsh unprivileged service user" dnsmasq
+
 # Debian's etcd-server enables a system etcd on 2379; the tests start their own on free ports.
 if systemctl is-enabled etcd >/dev/null 2>&1; then
   systemctl disable --now etcd >/dev/null 2>&1 || true
