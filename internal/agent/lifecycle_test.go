@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,12 @@ func TestLifecycle(t *testing.T) {
 	// The agent goes away and comes back: the same QEMU is adopted.
 	pid3 := qemuPIDs(e.dir)[uid]
 	e.stopAgent()
+	// The unprivileged QEMU writes no pidfile: the agent does, right after starting it. An
+	// agent killed in between finds the QEMU by its -uuid (and writes the pidfile then).
+	pidfile := filepath.Join(e.dir, "run", "vms", uid, "qemu.pid")
+	if err := os.Remove(pidfile); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(500 * time.Millisecond)
 	e.startAgent()
 	time.Sleep(2 * time.Second)

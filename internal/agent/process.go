@@ -155,22 +155,33 @@ func findQEMU(runDir, uid string) int {
 	})
 }
 
-// scanQEMU looks through /proc for the QEMU of the VM with uid and returns its pid, or 0.
-func scanQEMU(uid string) int {
+// scanQEMUs maps the -uuid of every QEMU process in /proc to its pid.
+func scanQEMUs() map[string]int {
+	out := map[string]int{}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0
+		return out
 	}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid <= 1 {
 			continue
 		}
-		if isVMProcess(pid, uid) {
-			return pid
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		argv := strings.Split(string(b), "\x00")
+		if !strings.Contains(filepath.Base(argv[0]), "qemu") {
+			continue
+		}
+		for i := 0; i+1 < len(argv); i++ {
+			if argv[i] == "-uuid" {
+				out[argv[i+1]] = pid
+			}
 		}
 	}
-	return 0
+	return out
 }
 
 // signalVM sends sig to pid only if it is still the VM's QEMU.
@@ -312,6 +323,7 @@ func (a *Agent) adoptAll(ctx context.Context) {
 		return
 	}
 	byUID := a.vmKeysByUID()
+	var scanned map[string]int // QEMU pids by -uuid, read from /proc once if needed
 	for _, e := range entries {
 		uid := e.Name()
 		if !e.IsDir() || !uidRe.MatchString(uid) {
@@ -322,7 +334,10 @@ func (a *Agent) adoptAll(ctx context.Context) {
 		if pid == 0 {
 			// An agent that ended between starting QEMU and writing its pidfile (QEMU writes
 			// none of its own when it runs unprivileged) leaves it without one.
-			if pid = scanQEMU(uid); pid == 0 {
+			if scanned == nil {
+				scanned = scanQEMUs()
+			}
+			if pid = scanned[uid]; pid == 0 || !isVMProcess(pid, uid) {
 				continue
 			}
 			if err := qemu.WritePIDFile(filepath.Join(runDir, qemu.PIDFileName), pid); err != nil {

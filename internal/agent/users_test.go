@@ -6,11 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestEnsureSystemUser(t *testing.T) {
@@ -125,5 +127,29 @@ func TestCanOpenAs(t *testing.T) {
 	}
 	if canOpenAs(other, filepath.Join(t.TempDir(), "missing")) {
 		t.Errorf("a missing file opens")
+	}
+}
+
+func TestScanQEMUs(t *testing.T) {
+	// A process whose argv[0] names qemu and carries -uuid is found by that uuid.
+	uid := "3c0ffee0-1111-4222-8333-444455556666"
+	cmd := exec.Command("/bin/sleep", "30")
+	cmd.Args = []string{"qemu-system-fake", "-uuid", uid, "30"}
+	cmd.Path = "/bin/sleep"
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if got := scanQEMUs()[uid]; got == cmd.Process.Pid {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("scanQEMUs()[%s] = %d, want %d", uid, got, cmd.Process.Pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if pid, ok := scanQEMUs()["00000000-0000-4000-8000-000000000000"]; ok {
+		t.Fatalf("an unknown uuid maps to %d", pid)
 	}
 }

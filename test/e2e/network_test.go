@@ -405,6 +405,16 @@ spec: {network: tiny}
 	if dnsPID <= 0 || !nsLinkExists(lab.In, tap1) || !nsLinkExists(lab.In, "rk-main") {
 		t.Fatalf("before the restart: dnsmasq pid %d, tap %s exists %v", dnsPID, tap1, nsLinkExists(lab.In, tap1))
 	}
+	// Least privilege: the leases, DNS and traffic above came from a dnsmasq and QEMUs that
+	// run as unprivileged users.
+	requireRunsAs(t, "dnsmasq of main", dnsPID, dnsmasqUser)
+	qpids := vmQEMUPIDs(s.DataDir)
+	if len(qpids) < 2 {
+		t.Fatalf("QEMU processes %v, want those of vm1 and vm2", qpids)
+	}
+	for uid, pid := range qpids {
+		requireRunsAs(t, "QEMU of "+uid, pid, qemuUser)
+	}
 	s.Stop()
 	if !nsLinkExists(lab.In, tap1) || network.DnsmasqPID(s.DataDir, "main") != dnsPID {
 		t.Fatal("stopping serve took down the tap or dnsmasq of a running VM")

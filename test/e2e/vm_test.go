@@ -242,6 +242,14 @@ func TestVMLifecycle(t *testing.T) {
 	// GuestReady: the guest's own code writes to the serial console.
 	s.MustCLI("", "wait", "vm", "vm1", "--for", "condition=GuestReady", "--timeout", "2m")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
+	// Least privilege: the guest boots under a QEMU that runs as an unprivileged user and
+	// got its disk and sockets as descriptors: that user cannot open the disk files by path.
+	requireRunsAs(t, "QEMU", vmQEMUPIDs(s.DataDir)[uid], qemuUser)
+	disks, _ := filepath.Glob(filepath.Join(s.DataDir, "pools", "*", "*"))
+	if len(disks) == 0 {
+		t.Fatalf("no disk files under %s/pools", s.DataDir)
+	}
+	requireDeniedTo(t, qemuUser, append(disks, filepath.Join(storage.VMRunDir(s.DataDir, uid), "qemu.log"))...)
 	if out := s.MustCLI("", "get", "vm", "vm1"); !strings.Contains(out, "Running") {
 		t.Errorf("rakhsh get vm:\n%s", out)
 	}
