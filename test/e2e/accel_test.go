@@ -189,7 +189,16 @@ func accelShim(t *testing.T) string {
 	if err != nil {
 		skipOrFail(t, "qemu-system-x86_64 missing: apt-get install qemu-system-x86")
 	}
-	dir := t.TempDir()
+	// QEMU runs as the unprivileged QEMU user, which must reach the stand-in: not in
+	// t.TempDir(), whose parent is root's (0700).
+	dir, err := os.MkdirTemp("", "rakhsh-accel-shim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	script := `#!/bin/bash
 # A host whose KVM boots the probe but kills guests (test stand-in; see accel_test.go).
 args=("$@")
