@@ -24,6 +24,11 @@
 //     vnc.sock (VNC, no TCP listener) and, with paravirtualization, qga.sock (the
 //     qemu-guest-agent channel). Serial output is not logged by QEMU: a logfile= would grow
 //     without bound, so the agent reads serial.sock and keeps a bounded ring itself.
+//   - With [Input.PassFDs] (the agent's default: QEMU runs as an unprivileged user) QEMU opens
+//     no host path of the VM: every file node opens /dev/fdset/N of a descriptor passed with
+//     -add-fd, taps and /dev/vhost-net come as fd=, the sockets above are bound by the caller
+//     and passed listening (VNC over QMP after start, see [Config.StartVNC]), the swtpm
+//     connection is passed connected, and the caller writes the pidfile. See [Config.Passed].
 //   - The VM is identified on the command line by -name guest=PROJECT_NAME and -uuid UID (the
 //     object's metadata.uid, also the SMBIOS system UUID); see [MatchesCmdline].
 //   - Every disk is opened with -blockdev in JSON form: a "file" protocol node and an explicit
@@ -201,7 +206,8 @@ type Input struct {
 	// Node are the facts about the host.
 	Node NodeFacts
 	// RunDir is the per-VM directory, absolute, created by the caller with tight permissions.
-	// QEMU creates its pidfile and sockets there; see the *Name constants.
+	// Its pidfile and sockets are there (made by QEMU, or with PassFDs by the caller); see the
+	// *Name constants.
 	RunDir string
 	// Disks are the block devices in command-line order (which fixes their PCI addresses).
 	Disks []Disk
@@ -237,7 +243,8 @@ type Config struct {
 	// currently needs none; the map is always empty.
 	Files map[string][]byte
 
-	// PIDFile, QMPSocket, SerialSocket and VNCSocket are the paths QEMU creates in RunDir.
+	// PIDFile, QMPSocket, SerialSocket and VNCSocket are the pidfile and sockets in RunDir
+	// (made by QEMU, or with PassFDs by the caller).
 	PIDFile, QMPSocket, SerialSocket, VNCSocket string
 	// GuestAgentSocket is the qemu-guest-agent channel; empty without paravirtualization.
 	GuestAgentSocket string
