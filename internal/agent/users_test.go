@@ -133,9 +133,9 @@ func TestCanOpenAs(t *testing.T) {
 func TestScanQEMUs(t *testing.T) {
 	// A process whose argv[0] names qemu and carries -uuid is found by that uuid.
 	uid := "3c0ffee0-1111-4222-8333-444455556666"
-	cmd := exec.Command("/bin/sleep", "30")
-	cmd.Args = []string{"qemu-system-fake", "-uuid", uid, "30"}
-	cmd.Path = "/bin/sleep"
+	// bash takes "-uuid" and uid as $0 and $1; the "; :" keeps it from exec'ing sleep.
+	cmd := exec.Command("/bin/bash", "-c", "sleep 30; :", "-uuid", uid)
+	cmd.Args[0] = "qemu-system-fake"
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
