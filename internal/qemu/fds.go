@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -15,6 +16,9 @@ import (
 
 // VhostNetDevice is the vhost-net device a tap NIC under KVM is accelerated with.
 const VhostNetDevice = "/dev/vhost-net"
+
+// connectRetry is how long a refused PassConnect connection is retried.
+const connectRetry = 3 * time.Second
 
 // firstPassedFD is the descriptor of Config.Passed[0] in QEMU: 0-2 are stdin, stdout, stderr.
 const firstPassedFD = 3
@@ -150,7 +154,16 @@ func openPassed(p Passed) (*os.File, error) {
 		defer l.Close()
 		return l.File()
 	case PassConnect:
-		conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: p.Path, Net: "unix"})
+		// A server's socket file appears at bind(), a moment before it listens: a refused
+		// connection is retried briefly.
+		var conn *net.UnixConn
+		var err error
+		for deadline := time.Now().Add(connectRetry); ; time.Sleep(20 * time.Millisecond) {
+			conn, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: p.Path, Net: "unix"})
+			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+				break
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
