@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -245,7 +246,13 @@ func TestVMLifecycle(t *testing.T) {
 	// Least privilege: the guest boots under a QEMU that runs as an unprivileged user and
 	// got its disk and sockets as descriptors: that user cannot open the disk files by path.
 	requireRunsAs(t, "QEMU", vmQEMUPIDs(s.DataDir)[uid], qemuUser)
-	disks, _ := filepath.Glob(filepath.Join(s.DataDir, "pools", "*", "*"))
+	var disks []string
+	_ = filepath.WalkDir(filepath.Join(s.DataDir, "pools"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			disks = append(disks, p)
+		}
+		return nil
+	})
 	if len(disks) == 0 {
 		t.Fatalf("no disk files under %s/pools", s.DataDir)
 	}
