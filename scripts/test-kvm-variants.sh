@@ -6,6 +6,8 @@
 #   slowkvm    a /dev/kvm that starts vCPUs but barely runs guests: QEMU's -cpu host is turned
 #              into qemu64, which on a nested host without EPT support for it runs the probe
 #              hundreds of times slower than TCG (needs a working /dev/kvm)
+# In deadkvm and slowkvm the device is open to every user (as group kvm with mode 0660 is on
+# a host where KVM works), since QEMU runs as its own user and must be able to open it.
 # Usage: scripts/test-kvm-variants.sh VARIANT [make target, default test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,7 @@ variant=${1:?usage: $0 nokvm|deadkvm|slowkvm [make target]}
 target=${2:-test}
 [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
 work=$(mktemp -d /tmp/rakhsh-kvm-variant.XXXXXX)
+chmod 755 "$work" # the QEMU user runs the slowkvm shim from here
 trap 'rm -rf "$work"' EXIT
 
 case "$variant" in
@@ -35,6 +38,7 @@ deadkvm)
   exec unshare -m --propagation private bash -euo pipefail -c '
     work=$1; target=$2
     : >"$work/kvm"
+    chmod 666 "$work/kvm"
     mount --bind "$work/kvm" /dev/kvm
     echo "test-kvm-variants: /dev/kvm is an empty file"
     make "$target"' _ "$work" "$target"
@@ -51,9 +55,19 @@ for i in "\${!args[@]}"; do
 done
 exec $real "\${args[@]}"
 SHIM
-  chmod +x "$work/bin/qemu-system-x86_64"
+  chmod 755 "$work/bin" "$work/bin/qemu-system-x86_64"
   echo "test-kvm-variants: -cpu host runs as qemu64"
-  PATH="$work/bin:$PATH" make "$target"
+  exec unshare -m --propagation private bash -euo pipefail -c '
+    work=$1; target=$2
+    mkdir "$work/dev"
+    mount -t tmpfs -o mode=755 tmpfs "$work/dev"
+    cp -a /dev/. "$work/dev/" 2>/dev/null || true
+    chmod 666 "$work/dev/kvm"
+    for m in pts shm mqueue hugepages; do
+      if mountpoint -q "/dev/$m"; then mkdir -p "$work/dev/$m"; mount --rbind "/dev/$m" "$work/dev/$m"; fi
+    done
+    mount --rbind "$work/dev" /dev
+    PATH="$work/bin:$PATH" make "$target"' _ "$work" "$target"
   ;;
 *)
   echo "unknown variant $variant: nokvm, deadkvm or slowkvm" >&2

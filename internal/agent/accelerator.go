@@ -36,6 +36,10 @@ func (a *Agent) chooseAccelerator(ctx context.Context) {
 	switch {
 	case a.facts.qemuErr != nil:
 		c = accel.Choice{Mode: mode, Reason: accel.ReasonProbeFailed, Message: a.facts.qemuErr.Error()}
+	case mode == accel.ModeAuto && a.qemuAs != nil && a.kvmDeviceClosedTo(a.qemuAs) != "":
+		// The probe runs as root; VMs run as the QEMU user, who must be able to open the device.
+		c = accel.Choice{Mode: mode, Reason: accel.ReasonNoDevice, Message: a.kvmDeviceClosedTo(a.qemuAs) +
+			"; QEMU emulates the CPU in software (TCG)"}
 	case mode == accel.ModeAuto && a.rememberedKVMFailure() != nil:
 		m := a.rememberedKVMFailure()
 		c = accel.Choice{Mode: mode, Reason: accel.ReasonFailedAtRuntime,
@@ -248,4 +252,20 @@ func (a *Agent) emulationCondition(kvm bool) v1alpha1.Condition {
 	c := a.accelerator()
 	return v1alpha1.Condition{Type: v1alpha1.VMConditionSoftwareEmulation, Status: v1alpha1.ConditionTrue, Reason: "NoKVM",
 		Message: "the node uses software emulation (TCG), much slower than KVM: " + c.Message}
+}
+
+// kvmDeviceClosedTo says why the user as cannot open the KVM device, or "" when it can (or
+// when there is no device: the probe says so itself).
+func (a *Agent) kvmDeviceClosedTo(as *runAs) string {
+	dev := a.kvmDevice()
+	fi, err := os.Stat(dev)
+	if err != nil || canOpenAs(as.cred, dev) {
+		return ""
+	}
+	owner := ""
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		owner = fmt.Sprintf(", owner %d:%d", st.Uid, st.Gid)
+	}
+	return fmt.Sprintf("%s is present, but the QEMU user %s cannot open it (mode %04o%s): give it to group %s with mode 0660, as udev does (chgrp %s %s; chmod 0660 %s)",
+		dev, as.name, fi.Mode().Perm(), owner, kvmGroup, kvmGroup, dev, dev)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,5 +138,44 @@ func TestAcceleratorChoiceRemembered(t *testing.T) {
 	a.chooseAccelerator(ctx)
 	if _, err := os.Stat(filepath.Join(data, "run", acceleratorFile)); !os.IsNotExist(err) {
 		t.Fatalf("a cancelled probe was kept: %v", err)
+	}
+}
+
+// TestAcceleratorDeviceClosedToQEMUUser: the probe runs as root, but VMs run as the QEMU user;
+// when that user cannot open the device, auto picks TCG without probing and says how to give
+// the user the device. Forced kvm stays forced.
+func TestAcceleratorDeviceClosedToQEMUUser(t *testing.T) {
+	dir := t.TempDir()
+	bin, runs := fakeProbeQEMU(t, dir)
+	dev := filepath.Join(dir, "kvm")
+	if err := os.WriteFile(dev, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(filepath.Join(data, "run"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	newAgent := func(mode accel.Mode) *Agent {
+		a := &Agent{cfg: Config{DataDir: data, KVMDevice: dev, Accelerator: mode, Now: time.Now},
+			log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+			qemuAs: &runAs{name: "rakhsh-qemu", cred: &syscall.Credential{Uid: 4242, Gid: 4242}}}
+		a.facts.qemu.QEMUBinary = bin
+		a.chooseAccelerator(context.Background())
+		return a
+	}
+	c := newAgent(accel.ModeAuto).accelerator()
+	if c.KVM || c.Reason != accel.ReasonNoDevice || !strings.Contains(c.Message, "the QEMU user rakhsh-qemu cannot open it (mode 0600") ||
+		!strings.Contains(c.Message, "chmod 0660") || countRuns(t, runs) != 0 {
+		t.Fatalf("a device only root opens: %+v, %d probe runs", c, countRuns(t, runs))
+	}
+	if c := newAgent(accel.ModeKVM).accelerator(); !c.KVM || c.Reason != accel.ReasonForced {
+		t.Fatalf("forced kvm: %+v", c)
+	}
+	// Open to the user (mode 0666 here stands for group kvm with 0660): the probe decides.
+	if err := os.Chmod(dev, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if c := newAgent(accel.ModeAuto).accelerator(); !c.KVM || c.Reason != accel.ReasonProbed || countRuns(t, runs) == 0 {
+		t.Fatalf("a device the user opens: %+v", c)
 	}
 }

@@ -233,7 +233,11 @@ func TestAcceleratorRuntimeFallback(t *testing.T) {
 	// A KVM device that opens, so that the probe runs on hosts without one too (the shim
 	// never lets QEMU use it).
 	dev := filepath.Join(t.TempDir(), "kvm")
-	if err := os.WriteFile(dev, nil, 0o600); err != nil {
+	// Open to the QEMU user, as /dev/kvm of group kvm with mode 0660 is on a host where KVM works.
+	if err := os.WriteFile(dev, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dev, 0o666); err != nil { // past the umask
 		t.Fatal(err)
 	}
 	s := &Serve{t: t, DataDir: t.TempDir(), Env: []string{"PATH=" + shim + ":" + os.Getenv("PATH")}, Args: []string{"--kvm-device", dev}}
