@@ -79,7 +79,8 @@ func TestEveryKind(t *testing.T) {
 		t.Errorf("second apply should leave all %d unchanged:\n%s", len(fx), out)
 	}
 
-	// Users before what they use: a VM goes before its disk, a disk before its image.
+	// Users before what they use: a VM goes before its disk, a disk before its image, an
+	// address claim before its lease (a lease deleted under a bound claim is made again).
 	for i := len(fx) - 1; i >= 0; i-- {
 		f := fx[i]
 		t.Run(f.kind.Kind, func(t *testing.T) {
