@@ -79,6 +79,21 @@ func TestEveryKind(t *testing.T) {
 		t.Errorf("second apply should leave all %d unchanged:\n%s", len(fx), out)
 	}
 
+	// A status write cannot name a path: the disk controller would have converted a file
+	// outside the data dir. The disk's status is as it was.
+	var before v1alpha1.VirtualDisk
+	if err := c.Get(ctx, "virtualdisks", "default", "root", &before); err != nil {
+		t.Fatal(err)
+	}
+	err := c.PatchStatus(ctx, "virtualdisks", "default", "root", []byte(`{"status":{"storageClassName":"../../../../tmp/x"}}`), nil)
+	if !client.IsInvalid(err) || !strings.Contains(err.Error(), "status.storageClassName") {
+		t.Errorf("a status patch naming a path: %v, want Invalid on status.storageClassName", err)
+	}
+	var after v1alpha1.VirtualDisk
+	if err := c.Get(ctx, "virtualdisks", "default", "root", &after); err != nil || after.Status.StorageClassName != before.Status.StorageClassName {
+		t.Errorf("the disk's status changed: %q → %q (%v)", before.Status.StorageClassName, after.Status.StorageClassName, err)
+	}
+
 	// Users before what they use: a VM goes before its disk, a disk before its image, an
 	// address claim before its lease (a lease deleted under a bound claim is made again).
 	for i := len(fx) - 1; i >= 0; i-- {
