@@ -155,9 +155,10 @@ func findQEMU(runDir, uid string) int {
 	})
 }
 
-// scanQEMUs maps the -uuid of every QEMU process in /proc to its pid.
-func scanQEMUs() map[string]int {
-	out := map[string]int{}
+// scanQEMUs maps the -uuid of every QEMU process in /proc to their pids (agents with other
+// data dirs on the same host may run QEMUs of the same uid).
+func scanQEMUs() map[string][]int {
+	out := map[string][]int{}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return out
@@ -177,11 +178,26 @@ func scanQEMUs() map[string]int {
 		}
 		for i := 0; i+1 < len(argv); i++ {
 			if argv[i] == "-uuid" {
-				out[argv[i+1]] = pid
+				out[argv[i+1]] = append(out[argv[i+1]], pid)
 			}
 		}
 	}
 	return out
+}
+
+// startedFor says whether the process pid was started for runDir (its environment names it).
+func startedFor(pid int, runDir string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	want := runDirEnv + "=" + runDir
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if kv == want {
+			return true
+		}
+	}
+	return false
 }
 
 // signalVM sends sig to pid only if it is still the VM's QEMU.
@@ -323,7 +339,7 @@ func (a *Agent) adoptAll(ctx context.Context) {
 		return
 	}
 	byUID := a.vmKeysByUID()
-	var scanned map[string]int // QEMU pids by -uuid, read from /proc once if needed
+	var scanned map[string][]int // QEMU pids by -uuid, read from /proc once if needed
 	for _, e := range entries {
 		uid := e.Name()
 		if !e.IsDir() || !uidRe.MatchString(uid) {
@@ -337,7 +353,12 @@ func (a *Agent) adoptAll(ctx context.Context) {
 			if scanned == nil {
 				scanned = scanQEMUs()
 			}
-			if pid = scanned[uid]; pid == 0 || !isVMProcess(pid, uid) {
+			for _, p := range scanned[uid] {
+				if isVMProcess(p, uid) && startedFor(p, runDir) {
+					pid = p
+				}
+			}
+			if pid == 0 {
 				continue
 			}
 			if err := qemu.WritePIDFile(filepath.Join(runDir, qemu.PIDFileName), pid); err != nil {
@@ -388,7 +409,7 @@ func (a *Agent) launch(key runtime.Key, uid, runDir string, cfg qemu.Config) (*i
 	if cfg.PassFDs {
 		dir, cred = "/", a.qemuAs.credential()
 	}
-	proc, err := startDetached(cfg.Binary, cfg.Args, dir, logf, cred, extra...)
+	proc, err := startDetachedEnv(cfg.Binary, cfg.Args, dir, []string{runDirEnv + "=" + runDir}, logf, cred, extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -413,6 +434,16 @@ func (a *Agent) launch(key runtime.Key, uid, runDir string, cfg qemu.Config) (*i
 // startDetached starts binary in a new session (so signals to the agent's process group
 // never reach it), as cred (nil: as the agent), with extra as descriptors 3, 4, ...
 func startDetached(binary string, args []string, dir string, out *os.File, cred *syscall.Credential, extra ...*os.File) (*os.Process, error) {
+	return startDetachedEnv(binary, args, dir, nil, out, cred, extra...)
+}
+
+// runDirEnv, in a QEMU's environment, names the run directory of the agent that started it:
+// a QEMU found in /proc without a pidfile is adopted only by the agent whose run directory it
+// names (another agent on the same host, with another data dir, may run the same VM uid).
+const runDirEnv = "RAKHSH_RUN_DIR"
+
+// startDetachedEnv is startDetached with env added to the child's environment.
+func startDetachedEnv(binary string, args []string, dir string, env []string, out *os.File, cred *syscall.Credential, extra ...*os.File) (*os.Process, error) {
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, err
@@ -420,7 +451,7 @@ func startDetached(binary string, args []string, dir string, out *os.File, cred 
 	defer devnull.Close()
 	attr := &os.ProcAttr{
 		Dir:   dir,
-		Env:   []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"},
+		Env:   append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}, env...),
 		Files: append([]*os.File{devnull, out, out}, extra...),
 		Sys:   &syscall.SysProcAttr{Setsid: true, Credential: cred},
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -267,7 +268,17 @@ func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		phase = v1alpha1.VMPhasePause
 	case st.Status != qmp.StatusRunning:
 		// prelaunch (a start the agent did not finish), paused by us, or stopped for another
-		// reason (e.g. an I/O error): resume.
+		// reason (e.g. an I/O error): resume. A start cut short before VNC was handed over
+		// (QEMU started with -vnc none) gets it now, or the VM would have no graphical console
+		// for the rest of its life.
+		if st.Status == qmp.StatusPrelaunch && startedWithoutVNC(in.pid) {
+			cfg := qemu.Config{LateVNC: true, VNCSocket: filepath.Join(in.runDir, qemu.VNCSocketName)}
+			if vmon, ok := mon.(qemu.VNCMonitor); !ok {
+				a.log.Warn("the adopted VM has no VNC: the monitor cannot pass descriptors", "vm", vm.Namespace+"/"+vm.Name)
+			} else if err := cfg.StartVNC(ctx, vmon); err != nil {
+				a.log.Warn("handing VNC to the adopted VM failed", "vm", vm.Namespace+"/"+vm.Name, "err", err)
+			}
+		}
 		if err := mon.Cont(ctx); err != nil {
 			return runtime.Result{}, fmt.Errorf("cont: %w", err)
 		}
@@ -1114,4 +1125,11 @@ func (a *Agent) noteGuestOutput(ctx context.Context, in *instance) {
 	if err := ignoreGone(err); err != nil && ctx.Err() == nil {
 		a.log.Warn("could not set GuestReady", "vm", string(in.key), "err", err)
 	}
+}
+
+// startedWithoutVNC says whether the QEMU process pid was started with -vnc none (VNC is then
+// handed over by the agent after start).
+func startedWithoutVNC(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return err == nil && strings.Contains("\x00"+string(b), "\x00-vnc\x00none\x00")
 }

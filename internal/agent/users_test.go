@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -134,22 +135,65 @@ func TestScanQEMUs(t *testing.T) {
 	// A process whose argv[0] names qemu and carries -uuid is found by that uuid.
 	uid := "3c0ffee0-1111-4222-8333-444455556666"
 	// bash takes "-uuid" and uid as $0 and $1; the "; :" keeps it from exec'ing sleep.
-	cmd := exec.Command("/bin/bash", "-c", "sleep 30; :", "-uuid", uid)
-	cmd.Args[0] = "qemu-system-fake"
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	// Two of them, as two agents with different data dirs on one host would run: each is
+	// found, and each is tied to the run directory in its environment.
+	var cmds []*exec.Cmd
+	for _, dir := range []string{"/data-a/run/vms/" + uid, "/data-b/run/vms/" + uid} {
+		cmd := exec.Command("/bin/bash", "-c", "sleep 30; :", "-uuid", uid)
+		cmd.Args[0] = "qemu-system-fake"
+		cmd.Env = append(os.Environ(), runDirEnv+"="+dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		cmds = append(cmds, cmd)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if got := scanQEMUs()[uid]; got == cmd.Process.Pid {
+		if got := scanQEMUs()[uid]; len(got) == 2 {
 			break
 		} else if time.Now().After(deadline) {
-			t.Fatalf("scanQEMUs()[%s] = %d, want %d", uid, got, cmd.Process.Pid)
+			t.Fatalf("scanQEMUs()[%s] = %v, want the pids %d and %d", uid, got, cmds[0].Process.Pid, cmds[1].Process.Pid)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if pid, ok := scanQEMUs()["00000000-0000-4000-8000-000000000000"]; ok {
-		t.Fatalf("an unknown uuid maps to %d", pid)
+	if !startedFor(cmds[0].Process.Pid, "/data-a/run/vms/"+uid) || startedFor(cmds[0].Process.Pid, "/data-b/run/vms/"+uid) ||
+		!startedFor(cmds[1].Process.Pid, "/data-b/run/vms/"+uid) {
+		t.Errorf("startedFor does not tell the two run directories apart")
+	}
+	if pids, ok := scanQEMUs()["00000000-0000-4000-8000-000000000000"]; ok {
+		t.Fatalf("an unknown uuid maps to %v", pids)
+	}
+}
+
+func TestStartedWithoutVNC(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"-vnc", "none", "-uuid", "x"}, true},
+		{[]string{"-vnc", "unix:/run/vnc.sock"}, false},
+		{[]string{"-name", "none", "-vnc"}, false},
+	} {
+		cmd := exec.Command("/bin/bash", append([]string{"-c", "sleep 30; :"}, c.args...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Right after exec the kernel may not show the new argv yet.
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid)); len(b) > 0 {
+				break
+			}
+		}
+		got := startedWithoutVNC(cmd.Process.Pid)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if got != c.want {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+			t.Errorf("%v: startedWithoutVNC = %v, want %v (cmdline %q)", c.args, got, c.want, b)
+		}
+	}
+	if startedWithoutVNC(1 << 30) {
+		t.Error("a missing process was started without VNC")
 	}
 }
