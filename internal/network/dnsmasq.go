@@ -3,11 +3,14 @@ package network
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -35,7 +38,13 @@ type dnsmasqInput struct {
 	Upstreams  []string // resolvers dnsmasq forwards to; none: it answers local names only
 	ListenAddr netip.Addr
 	User       string // the user dnsmasq drops to after binding; "" or "root": it stays root
-	Hosts      []Host // the static leases; in the configuration itself when User is not root
+	// HostsFile is the dhcp-hostsfile with the static leases; default Dir/dnsmasqHosts. An
+	// unprivileged dnsmasq reads it (at start and on SIGHUP) after dropping privileges, so
+	// it lives where that user may read it (Manager.hostsPath).
+	HostsFile string
+	// Group is the group dnsmasq drops to with User: the one its hosts file is readable by
+	// (dnsmasq's own default is "dip"). Empty: dnsmasq's default.
+	Group string
 }
 
 const (
@@ -62,25 +71,26 @@ func dnsmasqConfig(in dnsmasqInput) string {
 	// dnsmasq reads this file and opens its pid, lease and log files as root, then drops to
 	// this user (keeping only the capabilities DHCP needs). It opens no path under the
 	// root-only data directory afterwards: the lease file is rewritten through the descriptor
-	// it opened. A dhcp-hostsfile is read only after the drop, so an unprivileged dnsmasq gets
-	// its static leases as dhcp-host lines here, and a change restarts it (ensureDnsmasq).
+	// it opened. The dhcp-hostsfile is read after the drop (and again on SIGHUP), so an
+	// unprivileged dnsmasq's lives in a directory of its group outside the data directory.
 	user := in.User
 	if user == "" {
 		user = "root"
 	}
 	w("user=%s", user)
+	if in.Group != "" && user != "root" {
+		w("group=%s", in.Group)
+	}
 	for _, u := range in.Upstreams {
 		w("server=%s", u)
 	}
 	w("pid-file=%s", filepath.Join(in.Dir, dnsmasqPid))
 	w("dhcp-leasefile=%s", filepath.Join(in.Dir, dnsmasqLease))
-	if in.dropsPrivileges() {
-		for _, l := range hostLines(in.Hosts) {
-			w("dhcp-host=%s", l)
-		}
-	} else {
-		w("dhcp-hostsfile=%s", filepath.Join(in.Dir, dnsmasqHosts))
+	hostsFile := in.HostsFile
+	if hostsFile == "" {
+		hostsFile = filepath.Join(in.Dir, dnsmasqHosts)
 	}
+	w("dhcp-hostsfile=%s", hostsFile)
 	w("log-facility=%s", filepath.Join(in.Dir, dnsmasqLog))
 	w("dhcp-authoritative")
 	lt := int(in.LeaseTime / time.Second)
@@ -191,9 +201,47 @@ func dnsmasqPID(dir string) int {
 	return 0
 }
 
-// dropsPrivileges says the dnsmasq of in runs as a user other than root, so it cannot
-// re-read its hosts file under the root-only data directory on SIGHUP.
-func (in dnsmasqInput) dropsPrivileges() bool { return in.User != "" && in.User != "root" }
+// dnsmasqShareDir holds, per network of each data dir, the hosts file of an unprivileged
+// dnsmasq: /run/rakhsh-dnsmasq/HASH/hosts, the directory 0750 and the file 0640, both root's
+// and of the dnsmasq user's group.
+var dnsmasqShareDir = "/run/rakhsh-dnsmasq"
+
+// hostsPath returns the hosts file of the dnsmasq of the network whose state is in dir, and
+// the group that must read it (-1: root's own, in dir).
+func (m *Manager) hostsPath(dir string) (string, int, error) {
+	if m.cfg.DnsmasqUser == "" || m.cfg.DnsmasqUser == "root" {
+		return filepath.Join(dir, dnsmasqHosts), -1, nil
+	}
+	u, err := user.Lookup(m.cfg.DnsmasqUser)
+	if err != nil {
+		return "", 0, fmt.Errorf("the dnsmasq user: %w", err)
+	}
+	gid, err := strconv.Atoi(u.Gid)
+	if err != nil {
+		return "", 0, fmt.Errorf("the dnsmasq user's group %q: %w", u.Gid, err)
+	}
+	sum := sha256.Sum256([]byte(dir))
+	share := filepath.Join(dnsmasqShareDir, hex.EncodeToString(sum[:8]))
+	if err := os.MkdirAll(dnsmasqShareDir, 0o755); err != nil {
+		return "", 0, err
+	}
+	if err := os.Mkdir(share, 0o750); err != nil && !os.IsExist(err) {
+		return "", 0, err
+	}
+	if err := os.Chown(share, 0, gid); err != nil {
+		return "", 0, err
+	}
+	if err := os.Chmod(share, 0o750); err != nil {
+		return "", 0, err
+	}
+	return filepath.Join(share, dnsmasqHosts), gid, nil
+}
+
+// removeShare removes the hosts directory of the network whose state is in dir.
+func removeShare(dir string) {
+	sum := sha256.Sum256([]byte(dir))
+	_ = os.RemoveAll(filepath.Join(dnsmasqShareDir, hex.EncodeToString(sum[:8])))
+}
 
 // DnsmasqPID returns the pid of the dnsmasq of a network (0 when none runs). Tests use it to
 // stop the daemons their `rakhsh serve` left behind.

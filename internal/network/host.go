@@ -12,7 +12,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -274,7 +276,18 @@ func (m *Manager) ensureDnsmasq(ctx context.Context, dir string, d Desired, subn
 			lt = v
 		}
 	}
-	in := dnsmasqInput{Dir: dir, Bridge: s.Bridge, Subnet: subnet, Gateway: gw, LeaseTime: lt, MTU: s.MTU, User: m.cfg.DnsmasqUser, Hosts: d.Hosts}
+	hostsPath, hostsGroup, err := m.hostsPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	in := dnsmasqInput{Dir: dir, Bridge: s.Bridge, Subnet: subnet, Gateway: gw, LeaseTime: lt, MTU: s.MTU, User: m.cfg.DnsmasqUser, HostsFile: hostsPath}
+	if hostsGroup >= 0 {
+		g, err := user.LookupGroupId(strconv.Itoa(hostsGroup))
+		if err != nil {
+			return nil, fmt.Errorf("the dnsmasq user's group %d: %w", hostsGroup, err)
+		}
+		in.Group = g.Name
+	}
 	if s.DNS != nil && len(s.DNS.Servers) > 0 {
 		for _, x := range s.DNS.Servers {
 			if a, err := netip.ParseAddr(x); err == nil {
@@ -291,9 +304,18 @@ func (m *Manager) ensureDnsmasq(ctx context.Context, dir string, d Desired, subn
 	if err != nil {
 		return nil, err
 	}
-	hostsChanged, err := writeIfChanged(filepath.Join(dir, dnsmasqHosts), []byte(hostsFile(d.Hosts)))
+	hostsChanged, err := writeIfChanged(hostsPath, []byte(hostsFile(d.Hosts)))
 	if err != nil {
 		return nil, err
+	}
+	if hostsGroup >= 0 {
+		// Readable by the dnsmasq user's group only.
+		if err := os.Chown(hostsPath, 0, hostsGroup); err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(hostsPath, 0o640); err != nil {
+			return nil, err
+		}
 	}
 	pid := dnsmasqPID(dir)
 	switch {
@@ -303,10 +325,9 @@ func (m *Manager) ensureDnsmasq(ctx context.Context, dir string, d Desired, subn
 			return nil, err
 		}
 		changed = append(changed, "dnsmasq restarted with a new configuration")
-	case pid > 0 && hostsChanged && !in.dropsPrivileges():
-		// A root dnsmasq re-reads its dhcp-hostsfile on SIGHUP. (An unprivileged one has its
-		// hosts in the configuration: a change restarted it above; leases are kept in the
-		// lease file, and a DHCP packet in the gap is retried by the client.)
+	case pid > 0 && hostsChanged:
+		// dnsmasq re-reads its dhcp-hostsfile on SIGHUP (as its own user, from a file its
+		// group reads).
 		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
 			return nil, fmt.Errorf("reloading dnsmasq: %w", err)
 		}
@@ -332,6 +353,7 @@ func (m *Manager) Remove(ctx context.Context, network string) error {
 		_ = json.Unmarshal(data, &st)
 	}
 	stopDnsmasq(dir)
+	removeShare(dir)
 	if err := m.nftDelete(ctx, network); err != nil {
 		return err
 	}
