@@ -135,13 +135,28 @@ func hostLines(hosts []Host) []string {
 			continue
 		}
 		l := h.MAC + "," + h.IP.String()
-		if h.Hostname != "" {
+		if h.Hostname != "" && !dhcpHostKeyword(h.Hostname) {
 			l += "," + h.Hostname
 		}
 		lines = append(lines, l)
 	}
 	sort.Strings(lines)
 	return lines
+}
+
+// dhcpHostKeyword says whether dnsmasq would read name, in a dhcp-host entry, as something
+// other than a host name: "ignore" (no DHCP at all), "infinite" or a lease time (3600, 1h).
+// Such a VM gets its address without a name.
+func dhcpHostKeyword(name string) bool {
+	n := strings.ToLower(name)
+	if n == "ignore" || n == "infinite" {
+		return true
+	}
+	n = strings.TrimRight(n, "smhdw")
+	if n == "" || len(strings.TrimRight(n, "0123456789")) != 0 {
+		return false
+	}
+	return true
 }
 
 // safeHostField says s has only the characters of a MAC or a DNS label.

@@ -35,8 +35,13 @@ func TestDnsmasqConfigHosts(t *testing.T) {
 		{MAC: "02:00:00:00:00:01", IP: netip.MustParseAddr("10.0.0.1")},
 		{MAC: "02:00:00:00:00:03", IP: netip.MustParseAddr("10.0.0.3"), Hostname: "x\ndhcp-script=/bin/sh"},
 	}
-	if got, want := hostsFile(hosts), "02:00:00:00:00:01,10.0.0.1\n02:00:00:00:00:02,10.0.0.2,vm2\n"; got != want {
-		t.Errorf("hosts file %q, want %q (an entry that could carry a line is left out)", got, want)
+	hosts = append(hosts, Host{MAC: "02:00:00:00:00:04", IP: netip.MustParseAddr("10.0.0.4"), Hostname: "ignore"},
+		Host{MAC: "02:00:00:00:00:05", IP: netip.MustParseAddr("10.0.0.5"), Hostname: "3600"},
+		Host{MAC: "02:00:00:00:00:06", IP: netip.MustParseAddr("10.0.0.6"), Hostname: "1h"},
+		Host{MAC: "02:00:00:00:00:07", IP: netip.MustParseAddr("10.0.0.7"), Hostname: "h1"})
+	if got, want := hostsFile(hosts), "02:00:00:00:00:01,10.0.0.1\n02:00:00:00:00:02,10.0.0.2,vm2\n"+
+		"02:00:00:00:00:04,10.0.0.4\n02:00:00:00:00:05,10.0.0.5\n02:00:00:00:00:06,10.0.0.6\n02:00:00:00:00:07,10.0.0.7,h1\n"; got != want {
+		t.Errorf("hosts file %q, want %q (an entry that could carry a line is left out; a name dnsmasq reads as a keyword or lease time is dropped)", got, want)
 	}
 	in := dnsmasqInput{Dir: "/d", Bridge: "rk-main", Subnet: netip.MustParsePrefix("10.0.0.0/24"), User: "dnsmasq", Group: "nogroup", HostsFile: "/run/rakhsh-dnsmasq/ab/dhcp-hosts"}
 	if c := dnsmasqConfig(in); !strings.Contains(c, "\ndhcp-hostsfile=/run/rakhsh-dnsmasq/ab/dhcp-hosts\n") || !strings.Contains(c, "\ngroup=nogroup\n") {
