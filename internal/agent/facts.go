@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"os/exec"
 	"regexp"
 	"runtime"
@@ -62,8 +63,12 @@ func probeHost(ctx context.Context, binary string) hostFacts {
 		{&f.qemu.OVMFSecureCode, "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"},
 		{&f.qemu.OVMFSecureVarsTemplate, "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"},
 	} {
-		if _, err := os.Stat(p.path); err == nil {
-			*p.dst = p.path
+		// A distribution may ship the firmware as symlinks; QEMU gets the file itself (the
+		// descriptors handed to QEMU are opened without following a symlink).
+		if real, err := filepath.EvalSymlinks(p.path); err == nil {
+			if fi, err := os.Stat(real); err == nil && fi.Mode().IsRegular() {
+				*p.dst = real
+			}
 		}
 	}
 	f.memoryBytes = memTotal()
