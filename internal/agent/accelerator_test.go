@@ -33,6 +33,32 @@ exit 67
 	return bin, runs
 }
 
+// probeSetup makes a scratch dir with a fake QEMU (fakeProbeQEMU), a KVM device file (0600)
+// and a data dir.
+func probeSetup(t *testing.T) (dir, bin, runs, dev string) {
+	t.Helper()
+	dir = t.TempDir()
+	bin, runs = fakeProbeQEMU(t, dir)
+	dev = filepath.Join(dir, "kvm")
+	if err := os.WriteFile(dev, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "data", "run"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return dir, bin, runs, dev
+}
+
+// probeAgent is an agent of probeSetup's dir that has chosen its accelerator in mode; QEMU
+// runs as as (nil: root).
+func probeAgent(dir, bin, dev string, mode accel.Mode, as *runAs) *Agent {
+	a := &Agent{cfg: Config{DataDir: filepath.Join(dir, "data"), KVMDevice: dev, Accelerator: mode, Now: time.Now},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), qemuAs: as}
+	a.facts.qemu.QEMUBinary = bin
+	a.chooseAccelerator(context.Background())
+	return a
+}
+
 func countRuns(t *testing.T, path string) int {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -51,23 +77,9 @@ func TestAcceleratorChoiceRemembered(t *testing.T) {
 	if _, err := os.Stat("/proc/sys/kernel/random/boot_id"); err != nil {
 		t.Fatalf("no boot id on this host: %v", err)
 	}
-	dir := t.TempDir()
-	bin, runs := fakeProbeQEMU(t, dir)
-	dev := filepath.Join(dir, "kvm")
-	if err := os.WriteFile(dev, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin, runs, dev := probeSetup(t)
 	data := filepath.Join(dir, "data")
-	if err := os.MkdirAll(filepath.Join(data, "run"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	newAgent := func(mode accel.Mode) *Agent {
-		a := &Agent{cfg: Config{DataDir: data, KVMDevice: dev, Accelerator: mode, Now: time.Now},
-			log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		a.facts.qemu.QEMUBinary = bin
-		a.chooseAccelerator(context.Background())
-		return a
-	}
+	newAgent := func(mode accel.Mode) *Agent { return probeAgent(dir, bin, dev, mode, nil) }
 
 	a := newAgent(accel.ModeAuto)
 	first := countRuns(t, runs)
@@ -145,24 +157,9 @@ func TestAcceleratorChoiceRemembered(t *testing.T) {
 // when that user cannot open the device, auto picks TCG without probing and says how to give
 // the user the device. Forced kvm stays forced.
 func TestAcceleratorDeviceClosedToQEMUUser(t *testing.T) {
-	dir := t.TempDir()
-	bin, runs := fakeProbeQEMU(t, dir)
-	dev := filepath.Join(dir, "kvm")
-	if err := os.WriteFile(dev, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	data := filepath.Join(dir, "data")
-	if err := os.MkdirAll(filepath.Join(data, "run"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	newAgent := func(mode accel.Mode) *Agent {
-		a := &Agent{cfg: Config{DataDir: data, KVMDevice: dev, Accelerator: mode, Now: time.Now},
-			log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-			qemuAs: &runAs{name: "rakhsh-qemu", cred: &syscall.Credential{Uid: 4242, Gid: 4242}}}
-		a.facts.qemu.QEMUBinary = bin
-		a.chooseAccelerator(context.Background())
-		return a
-	}
+	dir, bin, runs, dev := probeSetup(t)
+	as := &runAs{name: "rakhsh-qemu", cred: &syscall.Credential{Uid: 4242, Gid: 4242}}
+	newAgent := func(mode accel.Mode) *Agent { return probeAgent(dir, bin, dev, mode, as) }
 	c := newAgent(accel.ModeAuto).accelerator()
 	if c.KVM || c.Reason != accel.ReasonNoDevice || !strings.Contains(c.Message, "the QEMU user rakhsh-qemu cannot open it (mode 0600") ||
 		!strings.Contains(c.Message, "chmod 0660") || countRuns(t, runs) != 0 {
