@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -109,7 +108,12 @@ func TestHostNATNetwork(t *testing.T) {
 	if pid <= 0 {
 		t.Fatal("dnsmasq does not run")
 	}
-	hosts, _ := os.ReadFile(filepath.Join(stateDir(dir, "test"), dnsmasqHosts))
+	// dnsmasq runs as its own user, which reads the hosts file outside the data dir.
+	hostsPath, _, err := m.hostsPath(stateDir(dir, "test"))
+	if err != nil || strings.HasPrefix(hostsPath, dir) {
+		t.Fatalf("hosts path %s %v: want one outside the data dir", hostsPath, err)
+	}
+	hosts, _ := os.ReadFile(hostsPath)
 	if string(hosts) != "02:72:6b:00:00:01,10.77.0.10,vm1\n" {
 		t.Errorf("hosts file %q", hosts)
 	}

@@ -118,6 +118,7 @@ func TestSlowWatcherEnded(t *testing.T) {
 	slow := s.Watch(ctx, "/", 0)
 	fast := s.Watch(ctx, "/", 0)
 	got := make(chan int, 1)
+	seen := make(chan int, 50) // the fast watcher's count after each result
 	go func() {
 		n := 0
 		for r := range fast {
@@ -125,19 +126,30 @@ func TestSlowWatcherEnded(t *testing.T) {
 				t.Errorf("fast watcher: %v", r.Err)
 			}
 			n += len(r.Events)
+			seen <- n
 			if n == 50 {
 				break
 			}
 		}
 		got <- n
 	}()
+	// Each write waits until the fast watcher has its event (a loaded machine may not run its
+	// goroutine for a while, and it would fall behind too); a write blocked by the slow
+	// watcher, which never reads, would hang here.
 	t0 := time.Now()
 	for i := range 50 {
 		if _, err := s.Create(ctx, fmt.Sprintf("/k/%02d", i), []byte("v")); err != nil {
 			t.Fatal(err)
 		}
+		for n := 0; n < i+1; {
+			select {
+			case n = <-seen:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the fast watcher did not get write %d within 30 s (a write blocked by the slow watcher?)", i)
+			}
+		}
 	}
-	if d := time.Since(t0); d > 5*time.Second {
+	if d := time.Since(t0); d > 30*time.Second {
 		t.Fatalf("writes took %v with a stuck watcher", d)
 	}
 	if n := <-got; n != 50 {
