@@ -32,14 +32,17 @@ type kvmUnreliable struct {
 // records the choice.
 func (a *Agent) chooseAccelerator(ctx context.Context) {
 	mode := a.cfg.Accelerator
+	closed := "" // why the QEMU user cannot open the KVM device
+	if a.qemuAs != nil {
+		closed = a.kvmDeviceClosedTo(a.qemuAs)
+	}
 	var c accel.Choice
 	switch {
 	case a.facts.qemuErr != nil:
 		c = accel.Choice{Mode: mode, Reason: accel.ReasonProbeFailed, Message: a.facts.qemuErr.Error()}
-	case mode == accel.ModeAuto && a.qemuAs != nil && a.kvmDeviceClosedTo(a.qemuAs) != "":
+	case mode == accel.ModeAuto && closed != "":
 		// The probe runs as root; VMs run as the QEMU user, who must be able to open the device.
-		c = accel.Choice{Mode: mode, Reason: accel.ReasonNoDevice, Message: a.kvmDeviceClosedTo(a.qemuAs) +
-			"; QEMU emulates the CPU in software (TCG)"}
+		c = accel.Choice{Mode: mode, Reason: accel.ReasonNoDevice, Message: closed + "; QEMU emulates the CPU in software (TCG)"}
 	case mode == accel.ModeAuto && a.rememberedKVMFailure() != nil:
 		m := a.rememberedKVMFailure()
 		c = accel.Choice{Mode: mode, Reason: accel.ReasonFailedAtRuntime,
