@@ -106,7 +106,8 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			// The command's context ends the server too: tests run the same command in-process.
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			return Run(ctx, cfg, log)
 		},

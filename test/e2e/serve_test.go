@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/server"
 )
 
 var (
@@ -52,16 +53,23 @@ func rakhshBin(t *testing.T) string {
 	return binPath
 }
 
-// Serve is one running `rakhsh serve` process.
+// Serve is one running `rakhsh serve`: a process of the binary under test, or, with
+// InProcess, the same serve command run inside the test process (the same component wiring,
+// flags and data dir layout), so that one test body can run against both.
 type Serve struct {
 	t       *testing.T
 	DataDir string
 	Args    []string
-	cmd     *exec.Cmd
-	logs    *lockedBuffer
-	done    chan struct{}
-	Listen  string   // TCP address when started with --listen
-	Env     []string // extra environment of the process (e.g. a PATH with a QEMU shim first)
+	// InProcess runs the serve command in the test process instead of the binary. Stop and
+	// Kill9 then both end it through its context: a test that needs a real crash runs only
+	// against a process.
+	InProcess bool
+	cmd       *exec.Cmd
+	cancel    context.CancelFunc
+	logs      *lockedBuffer
+	done      chan struct{}
+	Listen    string   // TCP address when started with --listen
+	Env       []string // extra environment of the process (e.g. a PATH with a QEMU shim first)
 	// NoImportAllowList leaves out the default --allow-import-from of loopback (the tests'
 	// image servers listen there), so imports get the production policy.
 	NoImportAllowList bool
@@ -87,7 +95,41 @@ func (l *lockedBuffer) String() string {
 // StartServe starts `rakhsh serve` on a new data dir and waits until it is ready.
 func StartServe(t *testing.T, extra ...string) *Serve {
 	t.Helper()
-	s := &Serve{t: t, DataDir: t.TempDir(), Args: extra}
+	return startServe(t, ServeProcess, extra...)
+}
+
+// ServeMode says how a test runs `rakhsh serve`.
+type ServeMode string
+
+// The two ways a test body can run the server.
+const (
+	ServeProcess   ServeMode = "process"
+	ServeInProcess ServeMode = "inprocess"
+)
+
+// eachServeMode runs body once against a serve process and once against the serve command
+// run in the test process.
+func eachServeMode(t *testing.T, body func(t *testing.T, mode ServeMode)) {
+	for _, m := range []ServeMode{ServeProcess, ServeInProcess} {
+		t.Run(string(m), func(t *testing.T) { body(t, m) })
+	}
+}
+
+// shortTempDir is a temporary directory whose path does not grow with the test's name: a VM's
+// sockets live under the data dir, and a unix socket path holds at most 107 bytes.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rk-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+func startServe(t *testing.T, mode ServeMode, extra ...string) *Serve {
+	t.Helper()
+	s := &Serve{t: t, DataDir: shortTempDir(t), Args: extra, InProcess: mode == ServeInProcess}
 	s.Start()
 	t.Cleanup(func() {
 		s.Stop()
@@ -110,12 +152,22 @@ func (s *Serve) Start() {
 		args = append(args, "--allow-import-from", "127.0.0.0/8,::1/128")
 	}
 	args = append(args, s.Args...)
+	if s.logs == nil {
+		s.logs = &lockedBuffer{}
+	}
+	if s.InProcess {
+		s.startInProcess(args[1:])
+	} else {
+		s.startProcess(args)
+	}
+	s.waitReady()
+}
+
+func (s *Serve) startProcess(args []string) {
+	s.t.Helper()
 	cmd := exec.Command(rakhshBin(s.t), args...)
 	if len(s.Env) > 0 {
 		cmd.Env = append(os.Environ(), s.Env...)
-	}
-	if s.logs == nil {
-		s.logs = &lockedBuffer{}
 	}
 	cmd.Stdout = s.logs
 	cmd.Stderr = s.logs
@@ -126,6 +178,35 @@ func (s *Serve) Start() {
 	s.cmd = cmd
 	s.done = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(s.done) }()
+}
+
+// startInProcess runs the serve command of the binary's own code in this process.
+func (s *Serve) startInProcess(args []string) {
+	s.t.Helper()
+	if len(s.Env) > 0 {
+		s.t.Fatalf("an in-process server cannot have its own environment %v", s.Env)
+	}
+	cmd := server.NewServeCommand()
+	cmd.SetArgs(args)
+	cmd.SetOut(s.logs)
+	cmd.SetErr(s.logs)
+	cmd.SilenceUsage = true
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.done = make(chan struct{})
+	go func() {
+		if err := cmd.ExecuteContext(ctx); err != nil {
+			fmt.Fprintf(s.logs, "serve command ended: %v\n", err)
+		}
+		close(s.done)
+	}()
+}
+
+// running says whether the server (process or in-process command) was started and not stopped.
+func (s *Serve) running() bool { return s.cmd != nil || s.cancel != nil }
+
+func (s *Serve) waitReady() {
+	s.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -148,9 +229,19 @@ func (s *Serve) Start() {
 	s.t.Fatalf("rakhsh serve did not become ready in 30s:\n%s", s.logs.String())
 }
 
-// Stop sends SIGTERM and waits for a graceful exit.
+// Stop sends SIGTERM (or ends the in-process command's context) and waits for a graceful exit.
 func (s *Serve) Stop() {
-	if s.cmd == nil {
+	if !s.running() {
+		return
+	}
+	if s.cancel != nil {
+		s.cancel()
+		select {
+		case <-s.done:
+		case <-time.After(20 * time.Second):
+			s.t.Errorf("the in-process rakhsh serve did not stop within 20s")
+		}
+		s.cancel = nil
 		return
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
@@ -164,9 +255,14 @@ func (s *Serve) Stop() {
 	s.cmd = nil
 }
 
-// Kill9 kills the process with SIGKILL, as a crash would.
+// Kill9 kills the process with SIGKILL, as a crash would. An in-process server cannot crash
+// without its test: it is stopped instead.
 func (s *Serve) Kill9() {
-	if s.cmd == nil {
+	if !s.running() {
+		return
+	}
+	if s.cancel != nil {
+		s.Stop()
 		return
 	}
 	_ = s.cmd.Process.Kill()

@@ -254,9 +254,11 @@ spec: {type: Migrate, virtualMachineName: o}
 
 // TestPendingChangesShown: a change that needs a restart shows in the status as pending, and
 // status.resources keeps saying what runs, until the restart applies it.
-func TestPendingChangesShown(t *testing.T) {
+func TestPendingChangesShown(t *testing.T) { eachServeMode(t, testPendingChangesShown) }
+
+func testPendingChangesShown(t *testing.T, mode ServeMode) {
 	vmGuestDir(t)
-	s := vmServe(t)
+	s := vmServeMode(t, mode)
 	manifest := func(mem string, cores int) string {
 		return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachine

@@ -49,7 +49,13 @@ func vmGuestDir(t *testing.T) string {
 // pid, verified by the VM uid on the command line) any QEMU its agent left running.
 func vmServe(t *testing.T) *Serve {
 	t.Helper()
-	s := StartServe(t)
+	return vmServeMode(t, ServeProcess)
+}
+
+// vmServeMode is vmServe with the server run as mode says.
+func vmServeMode(t *testing.T, mode ServeMode) *Serve {
+	t.Helper()
+	s := startServe(t, mode)
 	t.Cleanup(func() {
 		s.Stop()
 		for uid, pid := range vmQEMUPIDs(s.DataDir) {
@@ -224,9 +230,11 @@ spec:
 // TestVMLifecycle drives VMs of a real `rakhsh serve` through the CLI: start from an
 // imported image, stop, start, restart, pause, resume, force stop, guest-initiated power-off
 // under both AlwaysOn policies, and deletion.
-func TestVMLifecycle(t *testing.T) {
+func TestVMLifecycle(t *testing.T) { eachServeMode(t, testVMLifecycle) }
+
+func testVMLifecycle(t *testing.T, mode ServeMode) {
 	vmGuestDir(t)
-	s := vmServe(t)
+	s := vmServeMode(t, mode)
 	vmSetupGuest(t, s, "root", "root2")
 	s.MustCLI(vmManifest("vm1", "root", "AlwaysOnUnlessStoppedManually", "256Mi"), "apply", "-f", "-")
 	v := vmWait(t, s, "vm1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
@@ -440,9 +448,11 @@ func TestVMKill9(t *testing.T) {
 // TestVMCannotStart covers VMs that must not or cannot start: a missing disk (Pending, with
 // a condition naming it), a VM larger than any node (Pending, Scheduled=False saying why),
 // and a disk QEMU refuses (StartFailed, with QEMU's stderr in the condition).
-func TestVMCannotStart(t *testing.T) {
+func TestVMCannotStart(t *testing.T) { eachServeMode(t, testVMCannotStart) }
+
+func testVMCannotStart(t *testing.T, mode ServeMode) {
 	vmGuestDir(t)
-	s := vmServe(t)
+	s := vmServeMode(t, mode)
 
 	s.MustCLI(vmManifest("nodisk", "missing", "AlwaysOnUnlessStoppedManually", "128Mi"), "apply", "-f", "-")
 	v := vmWait(t, s, "nodisk", 30*time.Second, "BlockDevicesReady=False", func(v *v1alpha1.VirtualMachine) bool {
