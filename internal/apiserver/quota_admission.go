@@ -11,7 +11,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
-	"github.com/rakhsh/rakhsh/internal/registry"
+	"github.com/rakhsh/rakhsh/internal/placement"
 )
 
 // admit runs the checks that need other objects than the one written: the VM class (default
@@ -35,9 +35,9 @@ func (s *Server) admit(ctx context.Context, namespace string, obj, old v1alpha1.
 		if err := s.admitVMClass(ctx, o, ov); err != nil {
 			return noop, err
 		}
-		c, m := registry.VMQuotaUsage(o)
+		c, m := placement.VMQuotaUsage(o)
 		if ov != nil {
-			oc, om := registry.VMQuotaUsage(ov)
+			oc, om := placement.VMQuotaUsage(ov)
 			c, m = c-oc, m-om
 		} else {
 			add.VirtualMachines = 1
@@ -45,9 +45,9 @@ func (s *Server) admit(ctx context.Context, namespace string, obj, old v1alpha1.
 		kind, name = "VirtualMachine", o.Name
 		add.Cores, add.Memory = max(c, 0), v1alpha1.BytesQuantity(max(m, 0))
 	case *v1alpha1.VirtualDisk:
-		n := registry.DiskQuotaUsage(o)
+		n := placement.DiskQuotaUsage(o)
 		if old != nil {
-			n -= registry.DiskQuotaUsage(old.(*v1alpha1.VirtualDisk))
+			n -= placement.DiskQuotaUsage(old.(*v1alpha1.VirtualDisk))
 		} else if n == 0 {
 			// No size asked for: the disk gets its source's size.
 			src, known, err := s.diskSourceSize(ctx, namespace, o)
@@ -196,8 +196,8 @@ func (s *Server) admitVMClass(ctx context.Context, vm, old *v1alpha1.VirtualMach
 	if old != nil && jsonEqual(vm.Spec, old.Spec) {
 		return nil // not a spec edit (metadata, finalizers): the class is not consulted
 	}
-	registry.DefaultFromClass(vm, class)
-	return errs.NewInvalid("VirtualMachine", vm.Name, registry.CheckSizing(vm, class))
+	placement.DefaultFromClass(vm, class)
+	return errs.NewInvalid("VirtualMachine", vm.Name, placement.CheckSizing(vm, class))
 }
 
 func jsonEqual(a, b any) bool {
@@ -250,7 +250,7 @@ func (s *Server) defaultClasses(ctx context.Context, skip string) ([]string, err
 		if json.Unmarshal(kv.Value, &c) != nil || c.Name == skip || c.DeletionTimestamp != nil {
 			continue
 		}
-		if registry.IsDefaultClass(&c) {
+		if placement.IsDefaultClass(&c) {
 			out = append(out, c.Name)
 		}
 	}
@@ -259,7 +259,7 @@ func (s *Server) defaultClasses(ctx context.Context, skip string) ([]string, err
 
 // admitDefaultClass refuses a second default class.
 func (s *Server) admitDefaultClass(ctx context.Context, c *v1alpha1.VirtualMachineClass) error {
-	if !registry.IsDefaultClass(c) {
+	if !placement.IsDefaultClass(c) {
 		return nil
 	}
 	others, err := s.defaultClasses(ctx, c.Name)
@@ -279,7 +279,7 @@ type quotaUse struct {
 }
 
 func (u *quotaUse) check(kind, name string, add v1alpha1.ProjectUsage) error {
-	msgs := registry.QuotaExceeded(u.project, u.quota, u.used, add)
+	msgs := placement.QuotaExceeded(u.project, u.quota, u.used, add)
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -321,7 +321,7 @@ func (s *Server) ProjectUsage(ctx context.Context, project string) (v1alpha1.Pro
 				if json.Unmarshal(kv.Value, &vm) != nil {
 					continue
 				}
-				c, m := registry.VMQuotaUsage(&vm)
+				c, m := placement.VMQuotaUsage(&vm)
 				u.Cores += c
 				mem += m
 				u.VirtualMachines++
@@ -330,7 +330,7 @@ func (s *Server) ProjectUsage(ctx context.Context, project string) (v1alpha1.Pro
 				if json.Unmarshal(kv.Value, &d) != nil {
 					continue
 				}
-				disk += registry.DiskQuotaUsage(&d)
+				disk += placement.DiskQuotaUsage(&d)
 			case "virtualimages":
 				u.Images++
 			}
@@ -383,7 +383,7 @@ func (s *Server) diskSourceSize(ctx context.Context, namespace string, d *v1alph
 		if err := json.Unmarshal(kv.Value, &src); err != nil {
 			return 0, false, err
 		}
-		n := registry.DiskQuotaUsage(&src)
+		n := placement.DiskQuotaUsage(&src)
 		return n, n > 0, nil
 	}
 	var img struct {

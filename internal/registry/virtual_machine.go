@@ -3,12 +3,12 @@ package registry
 import (
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"sort"
 	"strconv"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/placement"
 )
 
 func init() {
@@ -32,7 +32,6 @@ const (
 	maxVMNetworks        = 16
 	maxLegacyBlockDevs   = 4
 	defaultVMGracePeriod = int64(60)
-	defaultCoreFraction  = "100%"
 )
 
 func defaultVirtualMachine(vm *v1alpha1.VirtualMachine) {
@@ -94,7 +93,7 @@ func validateVirtualMachine(vm *v1alpha1.VirtualMachine) errs.FieldErrors {
 		fe.Invalid("spec.cpu.cores", s.CPU.Cores, fmt.Sprintf("must be at most %d", maxVMCores))
 	}
 	if s.CPU.CoreFraction != "" {
-		if _, msg := parseCoreFraction(s.CPU.CoreFraction); msg != "" {
+		if _, msg := placement.ParseCoreFraction(s.CPU.CoreFraction); msg != "" {
 			fe.Invalid("spec.cpu.coreFraction", s.CPU.CoreFraction, msg)
 		}
 	}
@@ -467,20 +466,6 @@ func chkTolerations(fe *errs.FieldErrors, path string, ts []v1alpha1.Toleration)
 			fe.Invalid(p+".effect", string(t.Effect), "must be NoExecute when tolerationSeconds is set")
 		}
 	}
-}
-
-var coreFractionRE = regexp.MustCompile(`^(100|[1-9][0-9]?)%$`)
-
-// parseCoreFraction parses "1%".."100%"; it returns the percentage or a message.
-func parseCoreFraction(s string) (int, string) {
-	if s == "Auto" {
-		return 0, "Auto (autoscaled core fraction) is not supported; give a percentage from 1% to 100%"
-	}
-	if !coreFractionRE.MatchString(s) {
-		return 0, "must be a percentage from 1% to 100%, such as \"10%\""
-	}
-	n, _ := strconv.Atoi(s[:len(s)-1])
-	return n, ""
 }
 
 // jsonEqual compares two values by their JSON form (so nil and empty slices are equal).

@@ -6,6 +6,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/placement"
 )
 
 func init() {
@@ -112,7 +113,7 @@ func validateSizingPolicies(fe *errs.FieldErrors, ps []v1alpha1.SizingPolicy) {
 			dseen[d] = true
 		}
 		if p.DefaultCoreFraction != "" {
-			n, msg := parseCoreFraction(p.DefaultCoreFraction)
+			n, msg := placement.ParseCoreFraction(p.DefaultCoreFraction)
 			switch {
 			case msg != "":
 				fe.Invalid(path+".defaultCoreFraction", p.DefaultCoreFraction, msg)

@@ -3,11 +3,11 @@ package scheduler
 import (
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/placement"
 )
 
 // Reasons a node does not fit a VM, as counted in the Scheduled condition's message.
@@ -43,20 +43,7 @@ type nodeState struct {
 // newNodeState computes allocatable = capacity × allocation ratio.
 func newNodeState(n *v1alpha1.Node) *nodeState {
 	s := &nodeState{node: n}
-	if c := n.Status.Capacity; c != nil {
-		cr, mr := n.Spec.AllocationRatios.CPU, n.Spec.AllocationRatios.Memory
-		if cr <= 0 {
-			cr = v1alpha1.DefaultCPUAllocationRatio
-		}
-		if mr <= 0 {
-			mr = v1alpha1.DefaultMemoryAllocationRatio
-		}
-		s.allocCPU = int64(float64(c.CPU) * cr)
-		s.physCPU, s.cpuRatio = c.CPU, cr
-		if m, err := c.Memory.Value(); err == nil {
-			s.allocMem = int64(float64(m) * mr)
-		}
-	}
+	s.allocCPU, s.allocMem, s.physCPU, s.cpuRatio = placement.Allocatable(n)
 	return s
 }
 
@@ -129,7 +116,7 @@ func (n *nodeState) takeSum(u usageSum) {
 // fits says why n cannot take vm ("" when it can). diskNode, when set, is the node that
 // holds the VM's local disks.
 func fits(vm *v1alpha1.VirtualMachine, class *v1alpha1.VirtualMachineClass, n *nodeState, now time.Time, staleAfter time.Duration, diskNode string) string {
-	return fitsReq(vm, requestOf(vm), classTolerations(vm, class), class, n, now, staleAfter, diskNode)
+	return fitsReq(vm, requestOf(vm), placement.ClassTolerations(vm, class), class, n, now, staleAfter, diskNode)
 }
 
 // fitsReq is fits with the VM's request and tolerations worked out once per placement.
@@ -151,15 +138,15 @@ func fitsReq(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleratio
 		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule {
 			continue
 		}
-		if !tolerated(t, tols) {
+		if !placement.Tolerated(t, tols) {
 			return whyTaint
 		}
 	}
 	if class != nil {
-		if !MatchClassSelector(class.Spec.NodeSelector, node) {
+		if !placement.MatchClassSelector(class.Spec.NodeSelector, node) {
 			return whyClassSelector
 		}
-		if want := classFeatures(class); len(want) > 0 && !HasFeatures(node, want) {
+		if want := placement.ClassFeatures(class); len(want) > 0 && !placement.HasFeatures(node, want) {
 			return whyCPUFeatures
 		}
 	}
@@ -172,7 +159,7 @@ func fitsReq(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleratio
 		terms := a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
 		ok := len(terms) == 0
 		for _, t := range terms {
-			if matchTerm(t, node) {
+			if placement.MatchTerm(t, node) {
 				ok = true
 				break
 			}
@@ -197,77 +184,6 @@ func fitsReq(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleratio
 	return ""
 }
 
-// tolerated says whether one of the tolerations matches the taint.
-func tolerated(t v1alpha1.Taint, tols []v1alpha1.Toleration) bool {
-	for _, tol := range tols {
-		if tol.Effect != "" && tol.Effect != t.Effect {
-			continue
-		}
-		switch tol.Operator {
-		case v1alpha1.TolerationOpExists:
-			if tol.Key == "" || tol.Key == t.Key {
-				return true
-			}
-		default:
-			if tol.Key == t.Key && tol.Value == t.Value {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// matchTerm evaluates a node selector term (all requirements ANDed).
-func matchTerm(t v1alpha1.NodeSelectorTerm, node *v1alpha1.Node) bool {
-	for _, r := range t.MatchExpressions {
-		v, has := node.Labels[r.Key]
-		if !matchReq(r, v, has) {
-			return false
-		}
-	}
-	for _, r := range t.MatchFields {
-		if r.Key != "metadata.name" || !matchReq(r, node.Name, true) {
-			return false
-		}
-	}
-	return true
-}
-
-func matchReq(r v1alpha1.NodeSelectorRequirement, v string, has bool) bool {
-	in := func() bool {
-		for _, x := range r.Values {
-			if x == v {
-				return true
-			}
-		}
-		return false
-	}
-	switch r.Operator {
-	case v1alpha1.SelectorOpIn:
-		return has && in()
-	case v1alpha1.SelectorOpNotIn:
-		return !has || !in()
-	case v1alpha1.SelectorOpExists:
-		return has
-	case v1alpha1.SelectorOpDoesNotExist:
-		return !has
-	case v1alpha1.SelectorOpGt, v1alpha1.SelectorOpLt:
-		if !has || len(r.Values) != 1 {
-			return false
-		}
-		a, err1 := strconv.ParseInt(v, 10, 64)
-		b, err2 := strconv.ParseInt(r.Values[0], 10, 64)
-		if err1 != nil || err2 != nil {
-			return false
-		}
-		if r.Operator == v1alpha1.SelectorOpGt {
-			return a > b
-		}
-		return a < b
-	}
-	return false
-}
-
 // score ranks a fitting node: least allocated after placing the VM (the mean free share of
 // cpu and memory, 0..100), plus preferred node affinity weights, minus a penalty for
 // PreferNoSchedule taints not tolerated.
@@ -282,13 +198,13 @@ func score(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleration,
 	s := 50 * (free(n.usedCPU, cpu, n.allocCPU) + free(n.usedMem, mem, n.allocMem))
 	if a := vm.Spec.Affinity; a != nil && a.NodeAffinity != nil {
 		for _, p := range a.NodeAffinity.PreferredDuringSchedulingIgnoredDuringExecution {
-			if matchTerm(p.Preference, n.node) {
+			if placement.MatchTerm(p.Preference, n.node) {
 				s += float64(p.Weight)
 			}
 		}
 	}
 	for _, t := range n.node.Spec.Taints {
-		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule && !tolerated(t, tols) {
+		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule && !placement.Tolerated(t, tols) {
 			s -= 100
 		}
 	}
@@ -302,7 +218,7 @@ func pick(vm *v1alpha1.VirtualMachine, class *v1alpha1.VirtualMachineClass, node
 	}
 	counts := map[string]int{}
 	best, bestScore := "", 0.0
-	req, tols := requestOf(vm), classTolerations(vm, class)
+	req, tols := requestOf(vm), placement.ClassTolerations(vm, class)
 	for _, n := range nodes {
 		if why := fitsReq(vm, req, tols, class, n, now, staleAfter, diskNode); why != "" {
 			counts[why]++
@@ -331,18 +247,4 @@ func pick(vm *v1alpha1.VirtualMachine, class *v1alpha1.VirtualMachineClass, node
 		parts[i] = fmt.Sprintf("%d %s", counts[w], w)
 	}
 	return "", fmt.Sprintf("0/%d nodes are available: %s", len(nodes), strings.Join(parts, ", "))
-}
-
-// classFeatures are the CPU features a node needs for the class's CPU: the listed ones for
-// type Features, the discovered common ones for Discovery.
-func classFeatures(c *v1alpha1.VirtualMachineClass) []string {
-	switch c.Spec.CPU.Type {
-	case v1alpha1.CPUTypeFeatures:
-		return c.Spec.CPU.Features
-	case v1alpha1.CPUTypeDiscovery:
-		if c.Status.CPUFeatures != nil {
-			return c.Status.CPUFeatures.Enabled
-		}
-	}
-	return nil
 }

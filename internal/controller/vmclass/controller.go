@@ -28,8 +28,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
-	"github.com/rakhsh/rakhsh/internal/registry"
+	"github.com/rakhsh/rakhsh/internal/placement"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
@@ -218,7 +217,7 @@ func ClassStatus(cl *v1alpha1.VirtualMachineClass, nodes []v1alpha1.Node, vms []
 		sel := cl.Spec.CPU.Discovery.Selector()
 		for i := range nodes {
 			n := &nodes[i]
-			if !scheduler.MatchLabelSelector(sel, n) || len(n.Status.CPUFeatures) == 0 {
+			if !placement.MatchLabelSelector(sel, n) || len(n.Status.CPUFeatures) == 0 {
 				continue
 			}
 			if common == nil {
@@ -271,17 +270,17 @@ func ClassStatus(cl *v1alpha1.VirtualMachineClass, nodes []v1alpha1.Node, vms []
 		if hb := n.Status.LastHeartbeatTime; hb == nil || now.Sub(hb.Time) > staleAfter {
 			continue
 		}
-		if !scheduler.MatchClassSelector(cl.Spec.NodeSelector, n) || !scheduler.ToleratesNode(n, cl.Spec.Tolerations) {
+		if !placement.MatchClassSelector(cl.Spec.NodeSelector, n) || !placement.ToleratesNode(n, cl.Spec.Tolerations) {
 			continue
 		}
 		if cl.Spec.CPU.Type == v1alpha1.CPUTypeDiscovery && len(want) == 0 {
 			continue
 		}
-		if len(want) > 0 && !scheduler.HasFeatures(n, want) {
+		if len(want) > 0 && !placement.HasFeatures(n, want) {
 			continue
 		}
 		st.AvailableNodes = append(st.AvailableNodes, n.Name)
-		cpu, mem, _ := scheduler.NodeAllocatable(n)
+		cpu, mem, _ := placement.NodeAllocatable(n)
 		u := used[n.Name]
 		maxCPU = max(maxCPU, cpu-u[0])
 		maxMem = max(maxMem, mem-u[1])
@@ -430,7 +429,7 @@ func (c *Controller) syncVM(ctx context.Context, k runtime.Key) error {
 		if ok {
 			sz := v1alpha1.Condition{Type: v1alpha1.VMConditionSizingPolicyMatched, Status: v1alpha1.ConditionTrue, Reason: ReasonSizingMatched,
 				Message: fmt.Sprintf("the VM matches a sizing policy of class %q", name)}
-			if fe := registry.CheckSizing(&vm, &cl); len(fe) > 0 {
+			if fe := placement.CheckSizing(&vm, &cl); len(fe) > 0 {
 				msgs := make([]string, len(fe))
 				for i, f := range fe {
 					msgs[i] = f.Error()
@@ -472,7 +471,7 @@ func (c *Controller) syncProject(ctx context.Context, name string) error {
 		var vm v1alpha1.VirtualMachine
 		if strings.HasPrefix(string(k), pfx) {
 			if ok, _ := c.vms.Get(k, &vm); ok {
-				cores, m := registry.VMQuotaUsage(&vm)
+				cores, m := placement.VMQuotaUsage(&vm)
 				u.Cores += cores
 				mem += m
 				u.VirtualMachines++
@@ -483,7 +482,7 @@ func (c *Controller) syncProject(ctx context.Context, name string) error {
 		var d v1alpha1.VirtualDisk
 		if strings.HasPrefix(string(k), pfx) {
 			if ok, _ := c.disks.Get(k, &d); ok {
-				disk += registry.DiskQuotaUsage(&d)
+				disk += placement.DiskQuotaUsage(&d)
 			}
 		}
 	}
@@ -494,7 +493,7 @@ func (c *Controller) syncProject(ctx context.Context, name string) error {
 	}
 	u.Memory, u.Disk = v1alpha1.BytesQuantity(mem), v1alpha1.BytesQuantity(disk)
 	conds := append([]v1alpha1.Condition(nil), p.Status.Conditions...)
-	over := registry.OverQuota(p.Spec.Quota, u)
+	over := placement.OverQuota(p.Spec.Quota, u)
 	qc := v1alpha1.Condition{Type: v1alpha1.ProjectConditionQuotaExceeded, Status: v1alpha1.ConditionFalse, Reason: "WithinQuota", Message: "usage is within the quota"}
 	if len(over) > 0 {
 		qc.Status, qc.Reason, qc.Message = v1alpha1.ConditionTrue, "QuotaExceeded", "usage is over the quota of "+strings.Join(over, ", ")

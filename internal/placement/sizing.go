@@ -1,7 +1,9 @@
-package registry
+package placement
 
 import (
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -33,7 +35,7 @@ func FindSizingPolicy(c *v1alpha1.VirtualMachineClass, cores int) *v1alpha1.Sizi
 func DefaultFromClass(vm *v1alpha1.VirtualMachine, c *v1alpha1.VirtualMachineClass) {
 	p := FindSizingPolicy(c, vm.Spec.CPU.Cores)
 	if vm.Spec.CPU.CoreFraction == "" {
-		vm.Spec.CPU.CoreFraction = defaultCoreFraction
+		vm.Spec.CPU.CoreFraction = DefaultCoreFraction
 		if p != nil && p.DefaultCoreFraction != "" {
 			vm.Spec.CPU.CoreFraction = p.DefaultCoreFraction
 			if !strings.HasSuffix(p.DefaultCoreFraction, "%") {
@@ -100,7 +102,7 @@ func CheckSizing(vm *v1alpha1.VirtualMachine, c *v1alpha1.VirtualMachineClass) e
 		}
 	}
 	if len(p.CoreFractions) > 0 && vm.Spec.CPU.CoreFraction != "" {
-		n, msg := parseCoreFraction(vm.Spec.CPU.CoreFraction)
+		n, msg := ParseCoreFraction(vm.Spec.CPU.CoreFraction)
 		ok := msg != ""
 		allowed := make([]string, len(p.CoreFractions))
 		for i, f := range p.CoreFractions {
@@ -129,4 +131,21 @@ func CheckSizing(vm *v1alpha1.VirtualMachine, c *v1alpha1.VirtualMachineClass) e
 		}
 	}
 	return fe
+}
+
+// DefaultCoreFraction is the core fraction of a VM whose class policy names none.
+const DefaultCoreFraction = "100%"
+
+var coreFractionRE = regexp.MustCompile(`^(100|[1-9][0-9]?)%$`)
+
+// ParseCoreFraction parses "1%".."100%"; it returns the percentage or a message.
+func ParseCoreFraction(s string) (int, string) {
+	if s == "Auto" {
+		return 0, "Auto (autoscaled core fraction) is not supported; give a percentage from 1% to 100%"
+	}
+	if !coreFractionRE.MatchString(s) {
+		return 0, "must be a percentage from 1% to 100%, such as \"10%\""
+	}
+	n, _ := strconv.Atoi(s[:len(s)-1])
+	return n, ""
 }
