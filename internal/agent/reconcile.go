@@ -611,6 +611,11 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 			}
 		}
 		v.Status.LastExit = &v1alpha1.VMExit{Reason: rec.Reason, Message: rec.Message, Time: &now, Count: count}
+		if rec.Reason == v1alpha1.ExitStartFailed && vm.Status.PowerRequest != nil {
+			// The attempt carried out its restart request even when it failed before the
+			// Starting write: the next try waits for the controller's backoff and new request.
+			v.Status.ObservedRestartID = vm.Status.PowerRequest.RestartID
+		}
 		setPhase(v, v1alpha1.VMPhaseStopped, now)
 		msg := rec.Message
 		if msg == "" {
