@@ -14,6 +14,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/console"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
@@ -57,7 +58,7 @@ func TestConsoleAndLogStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	c := localTestServer(t, dir, Config{DataDir: dir, NodeName: "n1"})
+	c := localTestServer(t, dir, Config{LocalStreams: &nodestream.Service{DataDir: dir}, NodeName: "n1"})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var vm v1alpha1.VirtualMachine
@@ -72,6 +73,11 @@ func TestConsoleAndLogStreams(t *testing.T) {
 	}
 	if err := c.Do(ctx, "GET", client.Path("virtualmachines", "default", "vm1", "log"), nil, "", nil, nil); !client.IsNotFound(err) {
 		t.Fatalf("log of a VM that never ran: %v", err)
+	}
+	// Bound to this server's own node: its agent's streams are called directly.
+	bindVM(t, c, "vm1", "n1")
+	if _, err := c.DialStream(ctx, "virtualmachines", "default", "vm1", "console"); client.Reason(err) != v1alpha1.ReasonServiceUnavailable {
+		t.Fatalf("console of a bound VM that does not run: %v", err)
 	}
 	run := storage.VMRunDir(dir, vm.UID)
 	if err := os.MkdirAll(run, 0o700); err != nil {
@@ -145,5 +151,18 @@ func TestConsoleAndLogStreams(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("cross-origin websocket: %d, want 403", resp.StatusCode)
+	}
+}
+
+// bindVM registers node (if needed) and binds the VM to it.
+func bindVM(t *testing.T, c *client.Client, vm, node string) {
+	t.Helper()
+	ctx := context.Background()
+	err := c.Create(ctx, "nodes", "", map[string]any{"kind": "Node", "metadata": map[string]any{"name": node}}, nil)
+	if err != nil && !client.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if err := c.Bind(ctx, "default", vm, &v1alpha1.VirtualMachineBinding{NodeName: node}, nil); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/node"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/network"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/store"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
@@ -253,8 +254,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
 	}
 	if !cfg.NoAgent {
-		// The agent in this process shares the data dir: the API serves its consoles and logs.
-		acfg.DataDir, acfg.NodeName = cfg.DataDir, cfg.NodeName
+		// The agent in this process serves its VMs' consoles and logs to this API server
+		// directly, without a network hop; other nodes' through their stream endpoints.
+		acfg.LocalStreams, acfg.NodeName = &nodestream.Service{DataDir: cfg.DataDir}, cfg.NodeName
 	}
 	api := apiserver.New(acfg)
 	defer api.Shutdown()
