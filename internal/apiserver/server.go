@@ -48,6 +48,9 @@ type Config struct {
 	// agent.
 	LocalStreams nodestream.Streams
 	NodeName     string
+	// DataDir, when LocalStreams is nil and NodeName is set, is the data dir of the agent in
+	// this process: LocalStreams becomes that agent's stream service on it.
+	DataDir string
 	// Uploads receives the files PUT to upload URLs; nil: uploads are refused.
 	Uploads *images.Uploads
 	// ImageDataDir is the data dir whose image store the image controllers of this process
@@ -86,6 +89,9 @@ func New(cfg Config) *Server {
 	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, nodeName: cfg.NodeName, localStreams: cfg.LocalStreams, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, forwardRange: cfg.PortForwardRange}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.localStreams == nil && cfg.DataDir != "" && cfg.NodeName != "" {
+		s.localStreams = &nodestream.Service{DataDir: cfg.DataDir}
 	}
 	if s.now == nil {
 		s.now = time.Now
