@@ -67,7 +67,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 	wait := time.Second
 	for {
-		done, err := p.publishOnce(ctx)
+		done, err := p.PublishOnce(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			log.Warn("publishing the stream endpoint failed; retrying", "node", p.Node, "err", err)
@@ -90,8 +90,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
-// publishOnce writes the endpoint if the Node lacks it; done says it wrote.
-func (p *Publisher) publishOnce(ctx context.Context) (bool, error) {
+// PublishOnce writes the endpoint if the Node lacks it; done says it wrote.
+func (p *Publisher) PublishOnce(ctx context.Context) (bool, error) {
 	var n v1alpha1.Node
 	if err := p.Client.Get(ctx, "nodes", "", p.Node, &n); err != nil {
 		if client.IsNotFound(err) {
