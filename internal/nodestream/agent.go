@@ -65,22 +65,21 @@ func (p *Publisher) Run(ctx context.Context) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	wait := time.Second
+	backoff := 500 * time.Millisecond
 	for {
 		done, err := p.PublishOnce(ctx)
+		wait := interval
 		switch {
+		case errors.Is(err, errNotRegistered):
+			// The agent's first heartbeat registers the Node.
+			log.Debug("waiting for the node to be registered to publish the stream endpoint", "node", p.Node)
+			wait = time.Second
 		case err != nil && ctx.Err() == nil:
 			log.Warn("publishing the stream endpoint failed; retrying", "node", p.Node, "err", err)
+			backoff = min(2*backoff, interval)
+			wait = backoff
 		case done:
 			log.Info("stream endpoint published", "node", p.Node, "address", p.Endpoint.Address, "certificateSHA256", p.Endpoint.CertificateSHA256)
-		}
-		if err == nil && !done {
-			wait = interval
-		} else if err != nil {
-			wait = min(2*wait, interval)
-		}
-		if done {
-			wait = interval
 		}
 		select {
 		case <-ctx.Done():
@@ -90,12 +89,14 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
+var errNotRegistered = errors.New("not registered yet")
+
 // PublishOnce writes the endpoint if the Node lacks it; done says it wrote.
 func (p *Publisher) PublishOnce(ctx context.Context) (bool, error) {
 	var n v1alpha1.Node
 	if err := p.Client.Get(ctx, "nodes", "", p.Node, &n); err != nil {
 		if client.IsNotFound(err) {
-			return false, fmt.Errorf("node %q is not registered yet", p.Node)
+			return false, fmt.Errorf("node %q: %w", p.Node, errNotRegistered)
 		}
 		return false, err
 	}
@@ -130,6 +131,9 @@ func AdvertiseAddress(l net.Addr, advertise, server string) (string, error) {
 	}
 	if !tcp.IP.IsUnspecified() {
 		return tcp.String(), nil
+	}
+	if server == "" {
+		return "", errors.New("the stream service listens on all addresses: give the address to publish (--stream-advertise)")
 	}
 	u, err := url.Parse(server)
 	if err != nil {
