@@ -2,9 +2,7 @@ package apiserver
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -145,11 +143,10 @@ func (s *Server) lastAgentNode(ctx context.Context, namespace, uid string) strin
 // The store keeps only the ticket's SHA-256, so reading the store does not give it away.
 func (s *Server) issueTicket(ctx context.Context, g nodestream.Grant) (string, error) {
 	s.sweepTickets(ctx)
-	var raw [32]byte
-	if _, err := rand.Read(raw[:]); err != nil {
+	ticket, err := nodestream.NewTicket()
+	if err != nil {
 		return "", err
 	}
-	ticket := base64.RawURLEncoding.EncodeToString(raw[:])
 	g.Expires = s.now().Add(ticketTTL).UTC()
 	data, err := json.Marshal(g)
 	if err != nil {

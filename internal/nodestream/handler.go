@@ -2,6 +2,8 @@ package nodestream
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,6 +87,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok || ticket == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="rakhsh-node-streams"`)
 		writeError(w, errs.New(errs.ErrUnauthorized, "a stream ticket is required (Authorization: Bearer TICKET); streams are reached through the API server"))
+		return
+	}
+	if !WellFormedTicket(ticket) {
+		// Not one an API server issued: refused without asking the API.
+		writeError(w, errs.New(errs.ErrForbidden, "the stream ticket is not valid"))
 		return
 	}
 	if h.Redeemer == nil {
@@ -198,4 +205,22 @@ func errorFromStatus(code int, body []byte) error {
 		return fmt.Errorf("stream service answered %d: %s", code, msg)
 	}
 	return errs.New(class, "%s", msg)
+}
+
+// ticketBytes is the random length of a ticket.
+const ticketBytes = 32
+
+// NewTicket returns a fresh random ticket value.
+func NewTicket() (string, error) {
+	var raw [ticketBytes]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(raw[:]), nil
+}
+
+// WellFormedTicket reports whether s has the form of a ticket NewTicket makes.
+func WellFormedTicket(s string) bool {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	return err == nil && len(b) == ticketBytes
 }

@@ -3,6 +3,8 @@ package nodestream
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"net"
 	"net/http"
@@ -128,7 +130,7 @@ func (n *testNode) remote(fp string, g Grant, issued *[]string) *Remote {
 	i := 0
 	return &Remote{Node: "n1", Address: n.addr, Fingerprint: fp, Ticket: func(ctx context.Context, uid, stream string) (string, error) {
 		i++
-		ticket := "ticket-" + stream + "-" + string(rune('a'+i))
+		ticket := tk("ticket-" + stream + "-" + string(rune('a'+i)))
 		gg := g
 		if gg.UID == "" {
 			gg.UID = uid
@@ -256,20 +258,26 @@ func TestTicketsAreSingleUseAndShortLived(t *testing.T) {
 	if code := n.get(t, "", logPath); code != http.StatusUnauthorized {
 		t.Fatalf("no ticket: %d, want 401", code)
 	}
-	if code := n.get(t, "never-issued", logPath); code != http.StatusForbidden {
+	if code := n.get(t, tk("never-issued"), logPath); code != http.StatusForbidden {
 		t.Fatalf("unknown ticket: %d, want 403", code)
 	}
+	if code := n.get(t, "not-a-ticket", logPath); code != http.StatusForbidden {
+		t.Fatalf("malformed ticket: %d, want 403", code)
+	}
+	if len(n.tickets.redeemed) != 1 {
+		t.Fatalf("redeemed %d tickets, want 1 (a malformed ticket is refused without asking the API)", len(n.tickets.redeemed))
+	}
 	good := Grant{Node: "n1", UID: testUID, Stream: StreamLog}
-	n.tickets.issue("t1", good)
-	if code := n.get(t, "t1", logPath); code != http.StatusOK {
+	n.tickets.issue(tk("t1"), good)
+	if code := n.get(t, tk("t1"), logPath); code != http.StatusOK {
 		t.Fatalf("fresh ticket: %d, want 200", code)
 	}
-	if code := n.get(t, "t1", logPath); code != http.StatusForbidden {
+	if code := n.get(t, tk("t1"), logPath); code != http.StatusForbidden {
 		t.Fatalf("replayed ticket: %d, want 403", code)
 	}
-	n.tickets.issue("t2", good)
+	n.tickets.issue(tk("t2"), good)
 	n.tickets.advance(31 * time.Second)
-	if code := n.get(t, "t2", logPath); code != http.StatusForbidden {
+	if code := n.get(t, tk("t2"), logPath); code != http.StatusForbidden {
 		t.Fatalf("expired ticket: %d, want 403", code)
 	}
 	for name, g := range map[string]Grant{
@@ -277,8 +285,8 @@ func TestTicketsAreSingleUseAndShortLived(t *testing.T) {
 		"other VM":     {Node: "n1", UID: "7d0f3b7e-2b1c-4f55-9a1e-0c2d3e4f5a6b", Stream: StreamLog},
 		"other stream": {Node: "n1", UID: testUID, Stream: StreamConsole},
 	} {
-		n.tickets.issue("t-"+name, g)
-		if code := n.get(t, "t-"+name, logPath); code != http.StatusForbidden {
+		n.tickets.issue(tk("t-"+name), g)
+		if code := n.get(t, tk("t-"+name), logPath); code != http.StatusForbidden {
 			t.Fatalf("ticket for %s: %d, want 403", name, code)
 		}
 	}
@@ -332,7 +340,7 @@ func TestUnreachableNamesNodeAndAddress(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	_, fp, _ := SelfSignedCertificate("n1")
-	r := &Remote{Node: "n1", Address: addr, Fingerprint: fp, Ticket: func(context.Context, string, string) (string, error) { return "t", nil }}
+	r := &Remote{Node: "n1", Address: addr, Fingerprint: fp, Ticket: func(context.Context, string, string) (string, error) { return tk("t"), nil }}
 	_, err = r.Dial(context.Background(), testUID, StreamConsole)
 	if !errors.Is(err, errs.ErrUnavailable) || !strings.Contains(err.Error(), `node "n1"`) || !strings.Contains(err.Error(), addr) {
 		t.Fatalf("unreachable service: %v", err)
@@ -356,6 +364,28 @@ func TestAdvertiseAddress(t *testing.T) {
 		got, err := AdvertiseAddress(c.l, c.advertise, c.server)
 		if err != nil || got != c.want {
 			t.Errorf("AdvertiseAddress(%s, %q, %q) = %q, %v; want %q", c.l, c.advertise, c.server, got, err, c.want)
+		}
+	}
+}
+
+// tk is a well-formed ticket derived from name.
+func tk(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+func TestNewTicket(t *testing.T) {
+	a, err := NewTicket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := NewTicket()
+	if a == b || !WellFormedTicket(a) || len(a) != 43 {
+		t.Fatalf("tickets %q %q", a, b)
+	}
+	for _, bad := range []string{"", "short", a + "A", a[:42] + "+", strings.Repeat("A", 44)} {
+		if WellFormedTicket(bad) {
+			t.Errorf("%q is well-formed", bad)
 		}
 	}
 }

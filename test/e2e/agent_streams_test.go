@@ -16,17 +16,29 @@ import (
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 )
 
-// TestJoinedHostConsoleAndLogs: a VM runs on a host that joined with `rakhsh agent` (its own
-// data dir) under a control plane that runs no agent and so has no node files at all. Its
-// serial log (`rakhsh logs`), its QEMU log and its serial console (the API websocket and
-// `rakhsh console`) work through the API server, which proxies them to the agent's stream
-// service at the endpoint the Node publishes. The stream service itself refuses requests
-// without a ticket and with a made-up one (replays and expiry: unit tests).
-func TestJoinedHostConsoleAndLogs(t *testing.T) {
+// TestJoinedHostStreams: a VM runs on a host that joined with `rakhsh agent` (its own
+// data dir), under a control plane that runs no agent and so has no node files at all
+// (subtest cp), and under an all-in-one `rakhsh serve` whose own agent runs on another
+// node (subtest aio; the VM is held to the joined host by a node selector). Its serial log
+// (`rakhsh logs`), its QEMU log and its serial console (the API websocket and `rakhsh
+// console`) work through the API server, which proxies them to the agent's stream service at
+// the endpoint the Node publishes. The stream service itself refuses requests without a ticket
+// and with a made-up one (replays and expiry: unit tests).
+func TestJoinedHostStreams(t *testing.T) {
 	dir := vmGuestDir(t)
 	base := vmImageServer(t, dir)
+	t.Run("cp", func(t *testing.T) { joinedHostStreams(t, base, false) })
+	t.Run("aio", func(t *testing.T) { joinedHostStreams(t, base, true) })
+}
+
+func joinedHostStreams(t *testing.T, base string, allInOne bool) {
 	addr := freeAddr(t)
-	s := StartServe(t, "--no-agent", "--listen", addr)
+	var s *Serve
+	if allInOne {
+		s = vmServe(t, "--listen", addr)
+	} else {
+		s = StartServe(t, "--no-agent", "--listen", addr)
+	}
 	token, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
 	if err != nil {
 		t.Fatal(err)
@@ -80,6 +92,7 @@ spec:
 	if !strings.HasPrefix(ep.Address, "127.0.0.1:") || len(ep.CertificateSHA256) != 64 {
 		t.Fatalf("stream endpoint %+v: want 127.0.0.1:PORT and a hex SHA-256", ep)
 	}
+	s.MustCLI("", "label", "node", "joined-host", "rakhsh.test/host=joined")
 
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachine
@@ -89,6 +102,7 @@ spec:
   cpu: {cores: 1}
   memory: {size: 256Mi}
   terminationGracePeriodSeconds: 10
+  nodeSelector: {rakhsh.test/host: joined}
   blockDeviceRefs:
   - {kind: ClusterVirtualImage, name: guest-iso}
 `, "apply", "-f", "-")
@@ -149,7 +163,7 @@ spec:
 		t.Fatalf("rakhsh console did not end within 10s of Ctrl-]; output:\n%s", cliOut.String())
 	}
 
-	// The stream service itself: no ticket, a made-up ticket, a replayed ticket are refused.
+	// The stream service itself: no ticket and a made-up ticket are refused.
 	tc, err := nodestream.PinnedTLSConfig(ep.CertificateSHA256)
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +184,7 @@ spec:
 	if code := get(""); code != http.StatusUnauthorized {
 		t.Fatalf("stream service without a ticket: %d, want 401", code)
 	}
-	if code := get("made-up-ticket"); code != http.StatusForbidden {
+	if code := get(strings.Repeat("A", 43)); code != http.StatusForbidden { // well-formed, never issued
 		t.Fatalf("stream service with a made-up ticket: %d, want 403", code)
 	}
 	if err := s.Client().Get(ctx, "nodes", "", "joined-host", &node); err != nil || node.Status.StreamEndpoint == nil || *node.Status.StreamEndpoint != ep {

@@ -47,9 +47,9 @@ func vmGuestDir(t *testing.T) string {
 
 // vmServe starts `rakhsh serve` for VM tests; at the end it stops it and then kills (by
 // pid, verified by the VM uid on the command line) any QEMU its agent left running.
-func vmServe(t *testing.T) *Serve {
+func vmServe(t *testing.T, extra ...string) *Serve {
 	t.Helper()
-	s := StartServe(t)
+	s := StartServe(t, extra...)
 	t.Cleanup(func() {
 		s.Stop()
 		for uid, pid := range vmQEMUPIDs(s.DataDir) {
