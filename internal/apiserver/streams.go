@@ -56,7 +56,8 @@ func (s *Server) streamsFor(ctx context.Context, t target, vm *streamVM) (nodest
 	if node == "" && t.sub == SubLog {
 		node = s.lastAgentNode(ctx, t.namespace, vm.Metadata.UID)
 		if node == "" && s.localStreams != nil {
-			// Its events are gone; the all-in-one server's own agent is where it ran.
+			// No event names a node (none was recorded, or they expired): the agent in this
+			// process is the one place left to look.
 			node = s.nodeName
 		}
 		if node == "" {
@@ -105,6 +106,9 @@ func mustStrategy(resource string) *registry.Strategy {
 	return st
 }
 
+// agentEventComponent is the source.component of the events node agents record.
+const agentEventComponent = "rakhsh-agent"
+
 // lastAgentNode returns the node whose agent last recorded an event of the VM uid, or "".
 func (s *Server) lastAgentNode(ctx context.Context, namespace, uid string) string {
 	events, ok := registry.ByResource("events")
@@ -121,7 +125,7 @@ func (s *Server) lastAgentNode(ctx context.Context, namespace, uid string) strin
 		}
 		for _, kv := range res.KVs {
 			var ev v1alpha1.Event
-			if json.Unmarshal(kv.Value, &ev) != nil || ev.InvolvedObject.UID != uid || ev.Source.Host == "" || ev.Source.Component != "rakhsh-agent" {
+			if json.Unmarshal(kv.Value, &ev) != nil || ev.InvolvedObject.UID != uid || ev.Source.Host == "" || ev.Source.Component != agentEventComponent {
 				continue
 			}
 			at := ev.CreationTimestamp.Time

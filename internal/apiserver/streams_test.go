@@ -384,4 +384,27 @@ func TestStreamsProxiedToNodeAgent(t *testing.T) {
 	if client.Reason(err) != v1alpha1.ReasonServiceUnavailable || !strings.Contains(err.Error(), `node "far"`) || !strings.Contains(err.Error(), goneAddr) {
 		t.Fatalf("log through an unreachable node: %v", err)
 	}
+
+	// Stopped and unbound: the log comes from the node whose agent last reported on the VM.
+	publish(v1alpha1.NodeStreamEndpoint{Address: tl.Addr().String(), CertificateSHA256: fp})
+	if err := c.PatchStatus(ctx, "virtualmachines", "default", "vm1", []byte(`{"status":{"nodeName":null,"phase":"Stopped"}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Do(ctx, "GET", client.Path("virtualmachines", "default", "vm1", "log"), nil, "", nil, nil)
+	if !client.IsNotFound(err) || !strings.Contains(err.Error(), "no node reported") {
+		t.Fatalf("log of an unbound VM no agent reported on: %v", err)
+	}
+	if _, err := c.DialStream(ctx, "virtualmachines", "default", "vm1", "console"); client.Reason(err) != v1alpha1.ReasonServiceUnavailable || !strings.Contains(err.Error(), "Stopped") {
+		t.Fatalf("console of a stopped VM: %v", err)
+	}
+	ev := map[string]any{"kind": "Event", "metadata": map[string]any{"name": "vm1-stopped"}, "reason": "Stopped", "type": "Normal",
+		"involvedObject": map[string]any{"kind": "VirtualMachine", "name": "vm1", "namespace": "default", "uid": vm.UID},
+		"source":         map[string]any{"component": agentEventComponent, "host": "far"}}
+	if err := c.Create(ctx, "events", "default", ev, nil); err != nil {
+		t.Fatal(err)
+	}
+	logData = nil
+	if err := c.Do(ctx, "GET", client.Path("virtualmachines", "default", "vm1", "log"), nil, "", nil, &logData); err != nil || string(logData) != "RAKHSH-GUEST: ready\n" {
+		t.Fatalf("log of a stopped VM from the node that last ran it: %q %v", logData, err)
+	}
 }
