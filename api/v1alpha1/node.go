@@ -100,10 +100,23 @@ type NodeStatus struct {
 	KernelVersion string `json:"kernelVersion,omitempty"`
 	// AgentVersion is the version of the Rakhsh agent.
 	AgentVersion string `json:"agentVersion,omitempty"`
+	// StreamEndpoint is where the node agent serves its VMs' consoles, VNC and logs to the
+	// API servers, which proxy them; written by the agent (see docs/operations.md).
+	StreamEndpoint *NodeStreamEndpoint `json:"streamEndpoint,omitempty"`
 	// LastHeartbeatTime is the last time the agent reported.
 	LastHeartbeatTime  *Time       `json:"lastHeartbeatTime,omitempty"`
 	Conditions         []Condition `json:"conditions,omitempty"`
 	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+}
+
+// NodeStreamEndpoint is the address of a node agent's stream service and the certificate it
+// serves there.
+type NodeStreamEndpoint struct {
+	// Address is host:port, reached over TLS.
+	Address string `json:"address"`
+	// CertificateSHA256 is the SHA-256 of the DER form of the agent's serving certificate, in
+	// lowercase hex: the API servers accept no other certificate there.
+	CertificateSHA256 string `json:"certificateSHA256"`
 }
 
 // NodeResources is an amount of node resources.

@@ -20,6 +20,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/images"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/registry"
 	"github.com/rakhsh/rakhsh/internal/store"
 )
@@ -41,10 +42,15 @@ type Config struct {
 	Now func() time.Time
 	// BookmarkInterval is how often a watch stream gets a BOOKMARK; 0 means 30 s.
 	BookmarkInterval time.Duration
-	// DataDir and NodeName locate the VM run directories of the node agent that shares this
-	// process's host (all-in-one mode), for consoles and logs. Empty: not available.
-	DataDir  string
-	NodeName string
+	// LocalStreams serves the consoles, VNC and logs of the VMs on node NodeName, whose agent
+	// runs in this process (all-in-one mode); it is called directly. The streams of VMs on
+	// other nodes (and on this one when LocalStreams is nil) are proxied to their node's
+	// agent.
+	LocalStreams nodestream.Streams
+	NodeName     string
+	// DataDir, when LocalStreams is nil and NodeName is set, is the data dir of the agent in
+	// this process: LocalStreams becomes that agent's stream service on it.
+	DataDir string
 	// Uploads receives the files PUT to upload URLs; nil: uploads are refused.
 	Uploads *images.Uploads
 	// ImageDataDir is the data dir whose image store the image controllers of this process
@@ -61,9 +67,13 @@ type Server struct {
 	token    string
 	now      func() time.Time
 	bookmark time.Duration
-	dataDir  string
 	nodeName string
-	uploads  *images.Uploads
+	// localStreams is Config.LocalStreams.
+	localStreams nodestream.Streams
+	// ticketMu guards ticketSweep, when expired stream tickets were last deleted.
+	ticketMu    sync.Mutex
+	ticketSweep time.Time
+	uploads     *images.Uploads
 	// forwardRange is Config.PortForwardRange.
 	forwardRange PortRange
 	// admitMu orders this server's quota admissions; instance names it in quota locks.
@@ -76,9 +86,12 @@ type Server struct {
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, dataDir: cfg.DataDir, nodeName: cfg.NodeName, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, forwardRange: cfg.PortForwardRange}
+	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, nodeName: cfg.NodeName, localStreams: cfg.LocalStreams, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, forwardRange: cfg.PortForwardRange}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.localStreams == nil && cfg.DataDir != "" && cfg.NodeName != "" {
+		s.localStreams = &nodestream.Service{DataDir: cfg.DataDir}
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -346,6 +359,10 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.st.Info.Kind == "VirtualMachine" && (t.sub == SubConsole || t.sub == SubVNC || t.sub == SubLog) {
 		s.serveStream(w, r, t)
+		return
+	}
+	if t.st.Info.Kind == "Node" && t.sub == nodestream.SubStreamTickets {
+		s.serveRedeem(w, r, t)
 		return
 	}
 	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubBinding {

@@ -37,6 +37,10 @@ type AgentConfig struct {
 	Accelerator string
 	// QEMUUser and DnsmasqUser are the users QEMU and dnsmasq run as, as for serve.
 	QEMUUser, DnsmasqUser string
+	// StreamListen is the TCP address of the stream service (consoles, VNC, logs of this
+	// host's VMs, for the API servers); empty: none. StreamAdvertise is the host[:port]
+	// published in the Node's status for it; empty: derived.
+	StreamListen, StreamAdvertise string
 }
 
 // NewAgentCommand returns the `agent` command: the node agent alone, for a host that joins a
@@ -50,7 +54,14 @@ func NewAgentCommand() *cobra.Command {
 the VMs the scheduler binds to it. QEMU processes outlive the agent; a restarted agent adopts
 them again. The all-in-one 'rakhsh serve' runs the same agent in-process.
 
-Note: consoles of VMs on a separate agent host are not reachable through the API yet.`,
+The consoles, VNC displays and logs of this host's VMs are served to the API servers, which
+proxy them to users, by the agent's stream service on --stream-listen (TLS, default :8444;
+the control plane must reach it). The agent makes a fresh self-signed certificate at every
+start and publishes the address (--stream-advertise, default: the address this host reaches
+--server from) and the certificate's SHA-256 in its Node's status.streamEndpoint, which the
+API servers pin. Every stream request carries a single-use ticket, valid for 30 s, that an API
+server recorded; the agent redeems it through the API with its own credential before it
+touches the VM, so nothing reaches a console without passing the API's authentication.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(cfg.LogLevel, cmd.ErrOrStderr())
@@ -102,14 +113,25 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 			if err != nil {
 				return fmt.Errorf("--accelerator: %w", err)
 			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			if cfg.StreamListen != "" {
+				wait, err := streamService{Listen: cfg.StreamListen, Advertise: cfg.StreamAdvertise, Server: cfg.Server,
+					Node: cfg.NodeName, DataDir: cfg.DataDir, Client: c.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams")}.start(ctx)
+				if err != nil {
+					return err
+				}
+				defer wait()
+				defer stop()
+			} else {
+				log.Warn("no --stream-listen: the consoles and logs of this host's VMs cannot be reached through the API")
+			}
 			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval,
 				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode,
 				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, Log: log})
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
 			log.Info("rakhsh agent started", "server", cfg.Server, "node", cfg.NodeName, "data-dir", cfg.DataDir)
 			err = a.Run(ctx)
 			if ctx.Err() != nil {
@@ -132,6 +154,8 @@ Note: consoles of VMs on a separate agent host are not reachable through the API
 	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.DefaultQEMUUser, "user QEMU runs as; created (useradd --system, group kvm) when missing. QEMU then gets its disks, sockets and taps as descriptors and cannot open the data directory; root runs QEMU as root (not recommended)")
 	f.StringVar(&cfg.DnsmasqUser, "dnsmasq-user", network.DefaultDnsmasqUser, "user the networks' dnsmasq drops to after binding; created when missing; root keeps it root")
+	f.StringVar(&cfg.StreamListen, "stream-listen", DefaultStreamListen, "TCP address of the stream service that serves this host's VM consoles, VNC and logs to the API servers (TLS, ticket per request); empty: none")
+	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for the stream service (default: the listen address, or when it is all addresses the local IP this host reaches --server from)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }

@@ -21,12 +21,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/network"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/store"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
@@ -83,6 +85,10 @@ type Config struct {
 	KVMDevice string
 	// QEMUUser and DnsmasqUser are the users the in-process agent runs QEMU and dnsmasq as.
 	QEMUUser, DnsmasqUser string
+	// StreamListen, when set, serves the in-process agent's streams to other API servers
+	// (several serve processes on one etcd store), published as StreamAdvertise (host[:port];
+	// needed when StreamListen is all addresses).
+	StreamListen, StreamAdvertise string
 
 	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
 	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
@@ -141,6 +147,8 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.DnsmasqUser, "dnsmasq-user", network.DefaultDnsmasqUser, "user the networks' dnsmasq drops to after binding; created when missing; root keeps it root")
 	_ = f.MarkHidden("kvm-device")
 	f.DurationVar(&cfg.EventTTL, "event-ttl", eventgc.DefaultTTL, "how long an Event is kept after it last happened (at most 50 Events are kept per object)")
+	f.StringVar(&cfg.StreamListen, "stream-listen", "", "also serve the in-process agent's VM consoles, VNC and logs to other API servers on this TCP address (TLS, ticket per request), for several serve processes on one etcd store; this server itself calls its agent directly")
+	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for --stream-listen (default: its address when it names one IP)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }
@@ -176,6 +184,12 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			return fmt.Errorf("--listen %q: %w", c.Listen, err)
 		}
+	}
+	if c.StreamListen != "" && c.NoAgent {
+		return errors.New("--stream-listen serves the in-process agent's streams: it does not go with --no-agent")
+	}
+	if c.StreamAdvertise != "" && c.StreamListen == "" {
+		return errors.New("--stream-advertise needs --stream-listen")
 	}
 	if c.VMNetworking != "" && c.VMNetworking != "user" && c.VMNetworking != "host" {
 		return fmt.Errorf("--vm-networking %q: use host or user", c.VMNetworking)
@@ -254,8 +268,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
 	}
 	if !cfg.NoAgent {
-		// The agent in this process shares the data dir: the API serves its consoles and logs.
-		acfg.DataDir, acfg.NodeName = cfg.DataDir, cfg.NodeName
+		// The agent in this process serves its VMs' consoles and logs to this API server
+		// directly, without a network hop; other nodes' through their stream endpoints.
+		acfg.LocalStreams, acfg.NodeName = &nodestream.Service{DataDir: cfg.DataDir}, cfg.NodeName
 	}
 	api := apiserver.New(acfg)
 	defer api.Shutdown()
@@ -301,6 +316,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		compCancel()
 		return err
+	}
+	if cfg.StreamListen != "" {
+		sc, err := client.New(client.Config{Server: "unix://" + sockPath})
+		if err != nil {
+			compCancel()
+			return err
+		}
+		wait, err := streamService{Listen: cfg.StreamListen, Advertise: cfg.StreamAdvertise, Node: cfg.NodeName, DataDir: cfg.DataDir,
+			Client: sc.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams")}.start(compCtx)
+		if err != nil {
+			compCancel()
+			return err
+		}
+		defer wait()
+		defer compCancel()
 	}
 	compDone := make(chan struct{}, len(comps))
 	for _, c := range comps {

@@ -29,7 +29,8 @@ func TestSeparateAgentJoins(t *testing.T) {
 	logs := &lockedBuffer{}
 	startAgent := func() *exec.Cmd {
 		cmd := exec.Command(rakhshBin(t), "agent", "--server", "https://"+addr, "--ca-file", filepath.Join(s.DataDir, "tls.crt"),
-			"--node-name", "joined-host", "--data-dir", agentDir, "--heartbeat-interval", "1s", "--vm-networking", "user")
+			"--node-name", "joined-host", "--data-dir", agentDir, "--heartbeat-interval", "1s", "--vm-networking", "user",
+			"--stream-listen", "127.0.0.1:0")
 		cmd.Env = append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token)))
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {

@@ -47,15 +47,15 @@ func vmGuestDir(t *testing.T) string {
 
 // vmServe starts `rakhsh serve` for VM tests; at the end it stops it and then kills (by
 // pid, verified by the VM uid on the command line) any QEMU its agent left running.
-func vmServe(t *testing.T) *Serve {
+func vmServe(t *testing.T, extra ...string) *Serve {
 	t.Helper()
-	return vmServeMode(t, ServeProcess)
+	return vmServeMode(t, ServeProcess, extra...)
 }
 
 // vmServeMode is vmServe with the server run as mode says.
-func vmServeMode(t *testing.T, mode ServeMode) *Serve {
+func vmServeMode(t *testing.T, mode ServeMode, extra ...string) *Serve {
 	t.Helper()
-	s := startServe(t, mode)
+	s := startServe(t, mode, extra...)
 	t.Cleanup(func() {
 		s.Stop()
 		for uid, pid := range vmQEMUPIDs(s.DataDir) {

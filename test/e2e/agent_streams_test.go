@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
+)
+
+// TestJoinedHostStreams: a VM runs on a host that joined with `rakhsh agent` (its own
+// data dir), under a control plane that runs no agent and so has no node files at all
+// (subtest cp), and under an all-in-one `rakhsh serve` whose own agent runs on another
+// node (subtest aio; the VM is held to the joined host by a node selector). Its serial log
+// (`rakhsh logs`), its QEMU log and its serial console (the API websocket and `rakhsh
+// console`) work through the API server, which proxies them to the agent's stream service at
+// the endpoint the Node publishes. The stream service itself refuses requests without a ticket
+// and with a made-up one (replays and expiry: unit tests).
+func TestJoinedHostStreams(t *testing.T) {
+	dir := vmGuestDir(t)
+	base := vmImageServer(t, dir)
+	t.Run("cp", func(t *testing.T) { joinedHostStreams(t, base, false) })
+	t.Run("aio", func(t *testing.T) { joinedHostStreams(t, base, true) })
+}
+
+func joinedHostStreams(t *testing.T, base string, allInOne bool) {
+	addr := freeAddr(t)
+	var s *Serve
+	if allInOne {
+		s = vmServe(t, "--listen", addr)
+	} else {
+		s = StartServe(t, "--no-agent", "--listen", addr)
+	}
+	token, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: ClusterVirtualImage
+metadata: {name: guest-iso}
+spec:
+  dataSource:
+    type: HTTP
+    http: {url: "`+base+`/guest.iso"}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "cvi", "guest-iso", "--for", "phase=Ready", "--timeout", "2m")
+
+	agentDir := t.TempDir()
+	logs := &lockedBuffer{}
+	cmd := exec.Command(rakhshBin(t), "agent", "--server", "https://"+addr, "--ca-file", filepath.Join(s.DataDir, "tls.crt"),
+		"--node-name", "joined-host", "--data-dir", agentDir, "--heartbeat-interval", "1s", "--vm-networking", "user",
+		"--stream-listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token)))
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		for uid, pid := range vmQEMUPIDs(agentDir) {
+			t.Errorf("QEMU of %s (pid %d) still runs at the end of the test: killing it", uid, pid)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", logs.String())
+		}
+	}()
+	waitNodePhase(t, s.Client(), "joined-host", v1alpha1.NodePhaseReady, time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var node v1alpha1.Node
+	for {
+		err := s.Client().Get(ctx, "nodes", "", "joined-host", &node)
+		if err == nil && node.Status.StreamEndpoint != nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the joined host published no stream endpoint: %v %+v", err, node.Status)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	ep := *node.Status.StreamEndpoint
+	if !strings.HasPrefix(ep.Address, "127.0.0.1:") || len(ep.CertificateSHA256) != 64 {
+		t.Fatalf("stream endpoint %+v: want 127.0.0.1:PORT and a hex SHA-256", ep)
+	}
+	s.MustCLI("", "label", "node", "joined-host", "rakhsh.test/host=joined")
+
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: remote}
+spec:
+  runPolicy: AlwaysOnUnlessStoppedManually
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 10
+  nodeSelector: {rakhsh.test/host: joined}
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: guest-iso}
+`, "apply", "-f", "-")
+	v := vmWait(t, s, "remote", 2*time.Minute, "Running on the joined host", vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != "joined-host" {
+		t.Fatalf("the VM runs on %q, want joined-host", v.Status.NodeName)
+	}
+	// `rakhsh logs` through the control plane, which has no copy of the file.
+	vmWaitSerial(t, s, "remote", "RAKHSH-GUEST: ready", 1)
+	if r := s.CLI("", "logs", "vm", "remote", "--qemu"); r.Code != 0 {
+		t.Fatalf("rakhsh logs --qemu of the remote VM: exit %d: %s", r.Code, r.Stderr)
+	}
+
+	// The serial console through the API websocket.
+	conn, err := s.Client().DialStream(ctx, "virtualmachines", "default", "remote", "console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &lockedBuffer{}
+	go func() { _, _ = io.Copy(out, conn) }()
+	if _, err := conn.Write([]byte("\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := conn.Write([]byte("echo REMOTE-$((6*7))\n")); err != nil {
+		t.Fatal(err)
+	}
+	consoleWait(t, out, "REMOTE-42", 30*time.Second, "the API console websocket of a VM on a joined host")
+	conn.Close()
+
+	// `rakhsh console`, detaching with Ctrl-].
+	cc := exec.Command(rakhshBin(t), "console", "remote")
+	cc.Env = append(os.Environ(), "RAKHSH_SERVER="+s.Server())
+	stdin, err := cc.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliOut := &lockedBuffer{}
+	cc.Stdout, cc.Stderr = cliOut, cliOut
+	if err := cc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cc.Wait() }()
+	time.Sleep(500 * time.Millisecond)
+	if _, err := io.WriteString(stdin, "\necho CLI-$((5*5))\n"); err != nil {
+		t.Fatal(err)
+	}
+	consoleWait(t, cliOut, "CLI-25", 30*time.Second, "rakhsh console of a VM on a joined host")
+	_, _ = stdin.Write([]byte{0x1d})
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("rakhsh console after Ctrl-]: %v\n%s", err, cliOut.String())
+		}
+	case <-time.After(10 * time.Second):
+		_ = cc.Process.Kill()
+		t.Fatalf("rakhsh console did not end within 10s of Ctrl-]; output:\n%s", cliOut.String())
+	}
+
+	// The stream service itself: no ticket and a made-up ticket are refused.
+	tc, err := nodestream.PinnedTLSConfig(ep.CertificateSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 10 * time.Second}
+	get := func(ticket string) int {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+ep.Address+nodestream.StreamPath(v.UID, "log"), nil)
+		if ticket != "" {
+			req.Header.Set("Authorization", "Bearer "+ticket)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(""); code != http.StatusUnauthorized {
+		t.Fatalf("stream service without a ticket: %d, want 401", code)
+	}
+	if code := get(strings.Repeat("A", 43)); code != http.StatusForbidden { // well-formed, never issued
+		t.Fatalf("stream service with a made-up ticket: %d, want 403", code)
+	}
+	if err := s.Client().Get(ctx, "nodes", "", "joined-host", &node); err != nil || node.Status.StreamEndpoint == nil || *node.Status.StreamEndpoint != ep {
+		t.Fatalf("the stream endpoint changed: %v %+v", err, node.Status.StreamEndpoint)
+	}
+	if !strings.Contains(logs.String(), "stream opened") {
+		t.Errorf("the agent logged no console stream")
+	}
+
+	s.MustCLI("", "delete", "vm", "remote")
+	waitGone(t, s, "virtualmachines", "remote")
+}
