@@ -47,7 +47,7 @@ func KeyOf(obj v1alpha1.Object) Key {
 // every object. It relists after a watch error or an Expired event. Handlers get the key of
 // every changed object (added, modified or deleted) and on every relist every key.
 type Informer struct {
-	c        *client.Client
+	c        client.Interface
 	resource string
 	log      *slog.Logger
 	selector string
@@ -61,7 +61,7 @@ type Informer struct {
 
 // NewInformer returns an informer over resource (e.g. "virtualmachines"), optionally limited
 // by a label selector.
-func NewInformer(c *client.Client, resource, labelSelector string, log *slog.Logger) *Informer {
+func NewInformer(c client.Interface, resource, labelSelector string, log *slog.Logger) *Informer {
 	if log == nil {
 		log = slog.Default()
 	}
