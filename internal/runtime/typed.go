@@ -371,7 +371,7 @@ func (f *Factory) Resources() []string {
 // WaitForSync waits until every informer made so far has listed once; false if ctx ended.
 func (f *Factory) WaitForSync(ctx context.Context) bool {
 	f.mu.Lock()
-	rs := make([]runner, 0, len(f.order))
+	rs := make([]Syncer, 0, len(f.order))
 	for _, id := range f.order {
 		rs = append(rs, f.informers[id])
 	}
@@ -385,7 +385,7 @@ type Syncer interface {
 }
 
 // WaitForSync waits until every s has synced; false if ctx ended first.
-func WaitForSync[S Syncer](ctx context.Context, ss ...S) bool {
+func WaitForSync(ctx context.Context, ss ...Syncer) bool {
 	for _, s := range ss {
 		select {
 		case <-s.Synced():
