@@ -20,65 +20,12 @@ import (
 // ReasonWaitForUserUpload is the condition reason of a disk that waits for its file.
 const ReasonWaitForUserUpload = "WaitForUserUpload"
 
-type job struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func (c *Controller) running(uid string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.jobs[uid]
-	return ok
-}
+func (c *Controller) running(uid string) bool { return c.jobs.Running(uid) }
 
 // launch runs fn as the disk's background job; when it ends the disk is queued again.
 func (c *Controller) launch(d *v1alpha1.VirtualDisk, fn func(ctx context.Context)) {
-	ctx, cancel := context.WithCancel(context.Background())
-	j := &job{cancel: cancel, done: make(chan struct{})}
-	c.mu.Lock()
-	if _, dup := c.jobs[d.UID]; dup {
-		c.mu.Unlock()
-		cancel()
-		return
-	}
-	c.jobs[d.UID] = j
-	c.mu.Unlock()
 	key := runtime.NewKey(d.Namespace, d.Name)
-	go func() {
-		defer func() {
-			cancel()
-			c.mu.Lock()
-			delete(c.jobs, d.UID)
-			c.mu.Unlock()
-			close(j.done)
-			c.q.Add(key)
-		}()
-		fn(ctx)
-	}()
-}
-
-func (c *Controller) stopJob(uid string) {
-	c.mu.Lock()
-	j := c.jobs[uid]
-	c.mu.Unlock()
-	if j != nil {
-		j.cancel()
-		<-j.done
-	}
-}
-
-func (c *Controller) stopAllJobs() {
-	c.mu.Lock()
-	js := make([]*job, 0, len(c.jobs))
-	for _, j := range c.jobs {
-		js = append(js, j)
-	}
-	c.mu.Unlock()
-	for _, j := range js {
-		j.cancel()
-		<-j.done
-	}
+	c.jobs.Start(d.UID, "upload", fn, func() { c.q.Add(key) })
 }
 
 // startUpload puts an Upload disk in WaitForUserUpload behind a single-use URL.
