@@ -47,6 +47,7 @@ type Action struct {
 type Client struct {
 	// Hook, when set, runs before every call; an error it returns is the call's answer.
 	// Tests use it to make writes fail (client.Error values classify as the real ones do).
+	// Set it before the fake is used, or with SetHook while it is.
 	Hook func(a Action) error
 	// Now is the server's clock (creation and deletion timestamps); default time.Now.
 	Now func() time.Time
@@ -78,6 +79,13 @@ func New() *Client {
 }
 
 var _ client.Interface = (*Client)(nil)
+
+// SetHook replaces Hook while the fake may be in use.
+func (f *Client) SetHook(h func(a Action) error) {
+	f.mu.Lock()
+	f.Hook = h
+	f.mu.Unlock()
+}
 
 // Actions returns the calls served so far.
 func (f *Client) Actions() []Action {
@@ -257,7 +265,7 @@ func decodeOut(data []byte, out any) error {
 	}
 }
 
-// Add stores objects as they are (no defaults, no validation), with fresh resourceVersions
+// Add stores objects defaulted but not validated, with fresh resourceVersions
 // and, when missing, a uid, generation and creation time: the starting state of a test.
 // resource is inferred from each object's kind.
 func (f *Client) Add(objs ...v1alpha1.Object) error {
@@ -287,6 +295,16 @@ func (f *Client) Add(objs ...v1alpha1.Object) error {
 		}
 		if _, ok := md["creationTimestamp"]; !ok {
 			md["creationTimestamp"] = f.now()
+		}
+		if st.Default != nil {
+			// Stored objects are always defaulted: later writes default again and compare.
+			o, err := typed(st, m)
+			if err != nil {
+				return err
+			}
+			st.Default(o)
+			m = normalize(o)
+			md = metaOf(m)
 		}
 		ns := ""
 		if st.Info.Namespaced {
