@@ -115,3 +115,34 @@ func TestDeepCopy(t *testing.T) {
 		t.Fatal("DeepCopy shares the labels map")
 	}
 }
+
+// TestInformerRelistsAfterBrokenWatch: a watch that breaks makes the informer list again,
+// and what changed meanwhile reaches the cache; a field-selected informer drops an object that
+// leaves its selection.
+func TestInformerRelistsAfterBrokenWatch(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fc := fake.New()
+	if err := fc.Add(vm("a", "n1")); err != nil {
+		t.Fatal(err)
+	}
+	f := runtime.NewFactory(fc, nil)
+	onN1 := f.VirtualMachines(runtime.WithFieldSelector("status.nodeName=n1"))
+	f.Start(ctx)
+	if !f.WaitForSync(ctx) {
+		t.Fatal("not synced")
+	}
+	// The VM moves to another node: it leaves the node's informer.
+	if err := fc.PatchStatus(ctx, "virtualmachines", "p1", "a", []byte(`{"status":{"nodeName":"n2"}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the VM gone from n1's cache", func() bool { return onN1.Len() == 0 })
+	// The stream breaks and history is compacted (no replay possible): the informer
+	// relists and sees b.
+	fc.BreakWatches()
+	fc.Compact()
+	if err := fc.Add(vm("b", "n1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b in n1's cache", func() bool { _, ok := onN1.Get("p1/b"); return ok })
+}

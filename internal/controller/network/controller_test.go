@@ -126,8 +126,9 @@ func TestVMGetsClaimsLeasesAndAddresses(t *testing.T) {
 
 	var vm v1alpha1.VirtualMachine
 	e.wait("addresses in the VM status", "virtualmachines", "p1", "web", &vm, func() bool {
-		c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionIPAddressReady)
-		return vm.Status.IPAddress != "" && c != nil && c.Status == v1alpha1.ConditionTrue
+		ipc := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionIPAddressReady)
+		macc := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionMACAddressReady)
+		return vm.Status.IPAddress != "" && ipc != nil && ipc.Status == v1alpha1.ConditionTrue && macc != nil && macc.Status == v1alpha1.ConditionTrue
 	})
 	if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionMACAddressReady); c == nil || c.Status != v1alpha1.ConditionTrue {
 		t.Errorf("MACAddressReady %+v", c)
@@ -215,11 +216,22 @@ func TestStaticAddressInUseAndFreed(t *testing.T) {
 	if err := e.fc.Delete(e.ctx, "virtualmachineipaddresses", "p1", "first"); err != nil {
 		t.Fatal(err)
 	}
+	var l v1alpha1.VirtualMachineIPAddressLease
+	leaseName := v1alpha1.IPLeaseName(netip.MustParseAddr("10.66.0.50"))
+	e.wait("the lease released (or taken by the second claim)", "virtualmachineipaddressleases", "", leaseName, &l, func() bool {
+		r := l.Spec.VirtualMachineIPAddressRef
+		return r == nil || r.Name == "second"
+	})
+	// Nothing queues a claim waiting for an address when the address's lease is released (it
+	// waits for its next reconcile, as it did before the shared runtime): a change of the
+	// claim is one.
+	if err := e.fc.Patch(e.ctx, "virtualmachineipaddresses", "p1", "second", []byte(`{"metadata":{"labels":{"retry":"1"}}}`), nil); err != nil {
+		t.Fatal(err)
+	}
 	e.wait("bound after the release", "virtualmachineipaddresses", "p1", "second", &second, func() bool {
 		return second.Status.Address == "10.66.0.50" && second.Status.Phase == v1alpha1.VirtualMachineIPAddressPhaseBound
 	})
-	var l v1alpha1.VirtualMachineIPAddressLease
-	e.wait("the lease moved", "virtualmachineipaddressleases", "", v1alpha1.IPLeaseName(netip.MustParseAddr("10.66.0.50")), &l, func() bool {
+	e.wait("the lease moved", "virtualmachineipaddressleases", "", leaseName, &l, func() bool {
 		r := l.Spec.VirtualMachineIPAddressRef
 		return r != nil && r.Name == "second" && l.Status.Phase == v1alpha1.LeasePhaseBound
 	})

@@ -52,12 +52,13 @@ type Client struct {
 	// Now is the server's clock (creation and deletion timestamps); default time.Now.
 	Now func() time.Time
 
-	mu       sync.Mutex
-	rev      int64
-	objects  map[string]*entry // by resource/namespace/name
-	log      []event           // every change, oldest first
-	watchers map[*watcher]bool
-	actions  []Action
+	mu        sync.Mutex
+	rev       int64
+	compacted int64             // watches from before this revision are Expired
+	objects   map[string]*entry // by resource/namespace/name
+	log       []event           // every change, oldest first
+	watchers  map[*watcher]bool
+	actions   []Action
 }
 
 type entry struct {
@@ -71,6 +72,7 @@ type event struct {
 	ns       string
 	typ      string
 	data     []byte
+	prev     []byte // the object before the change; nil for a create
 }
 
 // New returns an empty fake.
@@ -325,12 +327,16 @@ func (f *Client) store(resource, ns, k string, m map[string]any, typ string) []b
 	f.rev++
 	metaOf(m)["resourceVersion"] = strconv.FormatInt(f.rev, 10)
 	data, _ := json.Marshal(m)
+	var prev []byte
+	if old := f.objects[k]; old != nil {
+		prev = old.data
+	}
 	if typ == v1alpha1.WatchDeleted {
 		delete(f.objects, k)
 	} else {
 		f.objects[k] = &entry{data: data, rev: f.rev}
 	}
-	ev := event{rev: f.rev, resource: resource, ns: ns, typ: typ, data: data}
+	ev := event{rev: f.rev, resource: resource, ns: ns, typ: typ, data: data, prev: prev}
 	f.log = append(f.log, ev)
 	for w := range f.watchers {
 		w.offer(ev)
@@ -388,6 +394,8 @@ func parseSelector(opts client.ListOptions) (selector, error) {
 	}
 	return s, nil
 }
+
+func (s selector) empty() bool { return s.labels.Empty() && len(s.fields) == 0 }
 
 func (s selector) matches(data []byte) bool {
 	var m map[string]any
@@ -878,8 +886,35 @@ func (f *Client) delete(resource, namespace, name string, grace *int64) error {
 	return nil
 }
 
-// Watch streams changes. With opts.ResourceVersion set, the changes after it are replayed
-// first.
+// Compact forgets the history before the current revision, as a store compaction does: a
+// watch from an older resourceVersion then gets an ERROR event of reason Expired.
+func (f *Client) Compact() {
+	f.mu.Lock()
+	f.compacted = f.rev
+	f.log = nil
+	f.mu.Unlock()
+}
+
+// BreakWatches ends every open watch stream, as a lost connection or a restarted server
+// does; watchers then list again.
+func (f *Client) BreakWatches() {
+	f.mu.Lock()
+	for w := range f.watchers {
+		w.mu.Lock()
+		w.broken = true
+		w.mu.Unlock()
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+	f.mu.Unlock()
+}
+
+// Watch streams changes as the API server does. Without a resourceVersion (or with "0") the
+// selected objects come first as ADDED; with one, the changes after it are replayed first
+// (or, before the last Compact, an ERROR event of reason Expired ends the stream). With a
+// selector, an object that leaves the selection is DELETED and one that enters it ADDED.
 func (f *Client) Watch(ctx context.Context, resource, namespace string, opts client.ListOptions) (*client.Watcher, error) {
 	if err := f.begin(Action{Verb: "watch", Resource: resource, Namespace: namespace}); err != nil {
 		return nil, err
@@ -904,11 +939,35 @@ func (f *Client) Watch(ctx context.Context, resource, namespace string, opts cli
 	cw, feed := client.NewWatcher()
 	w := &watcher{resource: resource, ns: namespace, sel: sel, wake: make(chan struct{}, 1)}
 	f.mu.Lock()
-	if opts.ResourceVersion != "" {
+	switch {
+	case from > 0 && from < f.compacted:
+		f.mu.Unlock()
+		st, _ := json.Marshal(v1alpha1.Status{TypeMeta: v1alpha1.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure",
+			Code: http.StatusGone, Reason: v1alpha1.ReasonExpired,
+			Message: "too old resource version: " + opts.ResourceVersion + ": list again and watch from the list's resourceVersion"})
+		go func() {
+			feed.Send(v1alpha1.WatchEvent{Type: v1alpha1.WatchError, Object: st})
+			feed.Finish(nil)
+		}()
+		return cw, nil
+	case from > 0:
 		for _, ev := range f.log {
 			if ev.rev > from {
 				w.offer(ev)
 			}
+		}
+	default:
+		keys := make([]string, 0, len(f.objects))
+		for k := range f.objects {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			parts := strings.SplitN(k, "/", 3)
+			if parts[0] != resource || (namespace != "" && parts[1] != namespace) || !sel.matches(f.objects[k].data) {
+				continue
+			}
+			w.add(v1alpha1.WatchAdded, f.objects[k].data)
 		}
 	}
 	f.watchers[w] = true
@@ -922,9 +981,12 @@ func (f *Client) Watch(ctx context.Context, resource, namespace string, opts cli
 		}()
 		for {
 			for _, ev := range w.take() {
-				if !feed.Send(v1alpha1.WatchEvent{Type: ev.typ, Object: append(json.RawMessage(nil), ev.data...)}) {
+				if !feed.Send(ev) {
 					return
 				}
+			}
+			if w.isBroken() {
+				return
 			}
 			select {
 			case <-w.wake:
@@ -945,15 +1007,47 @@ type watcher struct {
 	wake         chan struct{}
 
 	mu      sync.Mutex
-	pending []event
+	pending []v1alpha1.WatchEvent
+	broken  bool
 }
 
+func (w *watcher) isBroken() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.broken
+}
+
+// offer passes a change to the watch if it concerns the watched objects, translated for the
+// selector as the server does.
 func (w *watcher) offer(ev event) {
-	if ev.resource != w.resource || (w.ns != "" && ev.ns != w.ns) || !w.sel.matches(ev.data) {
+	if ev.resource != w.resource || (w.ns != "" && ev.ns != w.ns) {
 		return
 	}
+	typ := ev.typ
+	if !w.sel.empty() {
+		now := ev.typ != v1alpha1.WatchDeleted && w.sel.matches(ev.data)
+		before := ev.prev != nil && w.sel.matches(ev.prev)
+		switch {
+		case ev.typ == v1alpha1.WatchDeleted && before:
+			typ = v1alpha1.WatchDeleted
+		case ev.typ == v1alpha1.WatchDeleted:
+			return
+		case now && before:
+			typ = v1alpha1.WatchModified
+		case now:
+			typ = v1alpha1.WatchAdded
+		case before:
+			typ = v1alpha1.WatchDeleted
+		default:
+			return
+		}
+	}
+	w.add(typ, ev.data)
+}
+
+func (w *watcher) add(typ string, data []byte) {
 	w.mu.Lock()
-	w.pending = append(w.pending, ev)
+	w.pending = append(w.pending, v1alpha1.WatchEvent{Type: typ, Object: append(json.RawMessage(nil), data...)})
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
@@ -961,7 +1055,7 @@ func (w *watcher) offer(ev event) {
 	}
 }
 
-func (w *watcher) take() []event {
+func (w *watcher) take() []v1alpha1.WatchEvent {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	out := w.pending

@@ -3,6 +3,7 @@ package fake
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,5 +188,57 @@ func TestWatchReplayAndSelectors(t *testing.T) {
 	l, err = f.List(ctx, "virtualimages", "", client.ListOptions{FieldSelector: "spec.dataSource.http.url=http://x/b.img"})
 	if err != nil || len(l.Items) != 1 {
 		t.Fatalf("field selector: %v, %d items", err, len(l.Items))
+	}
+}
+
+func TestWatchInitialTransitionsAndExpiry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	f := New()
+	a := image("a", "http://x/a.img")
+	a.Labels = map[string]string{"tier": "web"}
+	if err := f.Create(ctx, "virtualimages", "p1", a, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Without a resourceVersion the current objects come first.
+	w, err := f.Watch(ctx, "virtualimages", "", client.ListOptions{LabelSelector: "tier=web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	next := func() string {
+		select {
+		case ev := <-w.Events():
+			return ev.Type
+		case <-ctx.Done():
+			t.Fatal("no watch event")
+			return ""
+		}
+	}
+	if typ := next(); typ != v1alpha1.WatchAdded {
+		t.Fatalf("first event %s, want ADDED", typ)
+	}
+	// Leaving the selection is a DELETED, entering it again an ADDED.
+	if err := f.Patch(ctx, "virtualimages", "p1", "a", []byte(`{"metadata":{"labels":{"tier":"db"}}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if typ := next(); typ != v1alpha1.WatchDeleted {
+		t.Fatalf("leaving the selection: %s, want DELETED", typ)
+	}
+	if err := f.Patch(ctx, "virtualimages", "p1", "a", []byte(`{"metadata":{"labels":{"tier":"web"}}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if typ := next(); typ != v1alpha1.WatchAdded {
+		t.Fatalf("entering the selection: %s, want ADDED", typ)
+	}
+	// After a compaction an old resourceVersion is Expired.
+	f.Compact()
+	w2, err := f.Watch(ctx, "virtualimages", "", client.ListOptions{ResourceVersion: "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, ok := <-w2.Events()
+	if !ok || ev.Type != v1alpha1.WatchError || !strings.Contains(string(ev.Object), v1alpha1.ReasonExpired) {
+		t.Fatalf("watch from a compacted version: %v %s %s", ok, ev.Type, ev.Object)
 	}
 }
