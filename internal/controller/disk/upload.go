@@ -36,13 +36,8 @@ func (c *Controller) startUpload(ctx context.Context, d *v1alpha1.VirtualDisk, s
 		setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonNotSupported, "this server has no upload endpoint")
 		return runtime.Result{}, c.writeStatus(ctx, d, st)
 	}
-	token := ""
-	if st.Phase == v1alpha1.DiskPhaseWaitForUserUpload && st.ImageUploadURLs != nil && st.ObservedGeneration == d.Generation {
-		token = images.UploadToken(st.ImageUploadURLs.External)
-	}
-	if token == "" {
-		token = images.NewUploadToken()
-	}
+	token := images.TokenFor(st.Phase == v1alpha1.DiskPhaseWaitForUserUpload && st.ObservedGeneration == d.Generation,
+		st.ImageUploadURLs)
 	var cs *v1alpha1.Checksum
 	if d.Spec.DataSource.Upload != nil {
 		cs = d.Spec.DataSource.Upload.Checksum
@@ -62,8 +57,7 @@ func (c *Controller) runUpload(ctx context.Context, d *v1alpha1.VirtualDisk, tok
 	defer w.Close()
 	st := d.Status
 	st.Phase = v1alpha1.DiskPhaseWaitForUserUpload
-	p := images.UploadPathPrefix + token
-	st.ImageUploadURLs = &v1alpha1.ImageUploadURLs{External: c.cfg.UploadBaseURLs.External + p, InCluster: c.cfg.UploadBaseURLs.InCluster + p}
+	st.ImageUploadURLs = images.UploadURLs(c.cfg.UploadBaseURLs, token)
 	st.Progress, st.DownloadSpeed = "", nil
 	st.ObservedGeneration = d.Generation
 	msg := fmt.Sprintf("waiting for the file: PUT it to status.imageUploadURLs (curl -T FILE URL, or rakhsh image upload) within %s", c.cfg.UploadTimeout)
@@ -73,19 +67,9 @@ func (c *Controller) runUpload(ctx context.Context, d *v1alpha1.VirtualDisk, tok
 		log.Warn("writing status", "err", err)
 		return
 	}
-	timer := time.NewTimer(c.cfg.UploadTimeout)
-	defer timer.Stop()
-	var up *images.Upload
-	select {
-	case <-ctx.Done():
+	up, err := w.Await(ctx, c.cfg.UploadTimeout)
+	if err != nil {
 		return
-	case up = <-w.C():
-	case <-timer.C:
-		w.Close()
-		select {
-		case up = <-w.C():
-		default:
-		}
 	}
 	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

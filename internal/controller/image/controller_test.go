@@ -1,10 +1,13 @@
 package image
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -96,6 +99,7 @@ func (e *env) waitVI(name, what string, ok func(*v1alpha1.VirtualImage) bool) *v
 	deadline := time.Now().Add(20 * time.Second)
 	var vi v1alpha1.VirtualImage
 	for {
+		vi = v1alpha1.VirtualImage{} // decoding over the last read would keep pointers the object lost
 		err := e.fc.Get(e.ctx, "virtualimages", "p1", name, &vi)
 		if err == nil && ok(&vi) {
 			return &vi
@@ -397,5 +401,53 @@ func TestClusterImageAndAdoption(t *testing.T) {
 		if a.Verb == "updatestatus" && strings.Contains(string(a.Body), `"phase":"Provisioning"`) {
 			t.Fatal("the stored file was imported again instead of adopted")
 		}
+	}
+}
+
+func uploadImage(name string) *v1alpha1.VirtualImage {
+	img := httpImage(name, "")
+	img.Spec.DataSource = v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeUpload}
+	return img
+}
+
+func TestUploadWaitsThenImports(t *testing.T) {
+	ups := &images.Uploads{}
+	e := newEnv(t, func(c *Config) { c.Uploads = ups; c.UploadTimeout = time.Minute })
+	e.create(uploadImage("up"))
+	vi := e.waitVI("up", "WaitForUserUpload", func(vi *v1alpha1.VirtualImage) bool {
+		return vi.Status.Phase == v1alpha1.ImagePhaseWaitForUserUpload && vi.Status.ImageUploadURLs != nil
+	})
+	tok := images.UploadToken(vi.Status.ImageUploadURLs.External)
+	if tok == "" || !strings.HasPrefix(vi.Status.ImageUploadURLs.External, images.UploadPathPrefix) {
+		t.Fatalf("upload URLs %+v", vi.Status.ImageUploadURLs)
+	}
+	src := imagetest.QCOW2(t, e.srcDir, "up.qcow2", "16M")
+	body, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(ups)
+	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodPut, srv.URL+images.UploadPathPrefix+tok, bytes.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("upload answered %s", resp.Status)
+	}
+	vi = e.waitVI("up", "Ready", phaseIs(v1alpha1.ImagePhaseReady))
+	if vi.Status.ImageUploadURLs != nil || vi.Status.Format != "qcow2" {
+		t.Errorf("after the upload: URLs %+v (single-use), format %q", vi.Status.ImageUploadURLs, vi.Status.Format)
+	}
+}
+
+func TestUploadTimesOut(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Uploads = &images.Uploads{}; c.UploadTimeout = 100 * time.Millisecond })
+	e.create(uploadImage("late"))
+	vi := e.waitVI("late", "Failed", phaseIs(v1alpha1.ImagePhaseFailed))
+	if c := readyCond(vi.Status); c == nil || c.Reason != images.ReasonUploadTimeout || vi.Status.ImageUploadURLs != nil {
+		t.Errorf("Ready condition %+v, URLs %+v", c, vi.Status.ImageUploadURLs)
 	}
 }
