@@ -82,11 +82,11 @@ type kind struct {
 	namespaced bool
 	// list and get read the kind's shared informer: the views point into cached objects,
 	// which must not be changed.
-	list   func() []imageView
-	get    func(runtime.Key) (imageView, bool)
-	synced runtime.Syncer
-	ctl    *runtime.Controller
-	q      *runtime.Queue
+	list func() []imageView
+	get  func(runtime.Key) (imageView, bool)
+	src  runtime.Source // the kind's informer
+	ctl  *runtime.Controller
+	q    *runtime.Queue
 }
 
 // imageView is what the controller reads of a cached image of either kind.
@@ -154,10 +154,10 @@ func New(cfg Config) *Controller {
 	viView := func(o *v1alpha1.VirtualImage) imageView {
 		return imageView{meta: &o.ObjectMeta, ds: &o.Spec.DataSource, status: &o.Status}
 	}
-	c.cvi = &kind{name: string(v1alpha1.DataSourceKindClusterVirtualImage), resource: "clustervirtualimages", synced: c.cvis,
+	c.cvi = &kind{name: string(v1alpha1.DataSourceKindClusterVirtualImage), resource: "clustervirtualimages", src: c.cvis,
 		list: func() []imageView { return views(c.cvis.List(), cviView) },
 		get:  func(k runtime.Key) (imageView, bool) { return view(c.cvis, k, cviView) }}
-	c.vi = &kind{name: string(v1alpha1.DataSourceKindVirtualImage), resource: "virtualimages", namespaced: true, synced: c.vis,
+	c.vi = &kind{name: string(v1alpha1.DataSourceKindVirtualImage), resource: "virtualimages", namespaced: true, src: c.vis,
 		list: func() []imageView { return views(c.vis.List(), viView) },
 		get:  func(k runtime.Key) (imageView, bool) { return view(c.vis, k, viView) }}
 	diskKind := &kind{name: string(v1alpha1.DataSourceKindVirtualDisk), namespaced: true}
@@ -166,7 +166,7 @@ func New(cfg Config) *Controller {
 	// and of VMs (a VM that goes may free an image being deleted).
 	for _, k := range []*kind{c.cvi, c.vi} {
 		k.ctl = runtime.NewController(k.resource, log).
-			For(k.synced.(runtime.Source)).
+			For(k.src).
 			Watches(c.cvis, func(key runtime.Key) []runtime.Key { return c.dependents(k, c.cvi, key) }).
 			Watches(c.vis, func(key runtime.Key) []runtime.Key { return c.dependents(k, c.vi, key) }).
 			Watches(c.disks, func(key runtime.Key) []runtime.Key {
