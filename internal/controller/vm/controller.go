@@ -68,7 +68,6 @@ type Controller struct {
 	images     *runtime.TypedInformer[v1alpha1.VirtualImage]
 	cimages    *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
 	ctl        *runtime.Controller
-	queue      *runtime.Queue
 }
 
 // New returns a controller; Run starts it.
@@ -118,7 +117,6 @@ func New(cfg Config) (*Controller, error) {
 		Workers(cfg.Workers).
 		MaxBackoff(10 * time.Second).
 		Build(c.reconcile)
-	c.queue = c.ctl.Queue()
 	return c, nil
 }
 
