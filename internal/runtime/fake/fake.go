@@ -7,7 +7,8 @@
 // it when the last finalizer goes, merge, strategic merge and JSON patches, VM binding, label
 // and field selectors, and watch streams that replay from a resourceVersion.
 //
-// It does not do admission (quota, classes), project existence checks or authorization.
+// It does not do admission (quota, classes, sizing policies), project existence checks,
+// authorization, paging (List answers in one page) or watch bookmarks.
 package fake
 
 import (
