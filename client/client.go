@@ -323,7 +323,10 @@ func (c *Client) Get(ctx context.Context, resource, namespace, name string, out 
 
 // ListOptions restricts List and Watch.
 type ListOptions struct {
-	LabelSelector   string
+	LabelSelector string
+	// FieldSelector selects by fields: comma-separated FIELD=VALUE or FIELD!=VALUE terms,
+	// FIELD a dotted path such as spec.nodeName or status.phase.
+	FieldSelector   string
 	Limit           int64
 	Continue        string
 	ResourceVersion string
@@ -333,6 +336,9 @@ func (o ListOptions) query() url.Values {
 	q := url.Values{}
 	if o.LabelSelector != "" {
 		q.Set("labelSelector", o.LabelSelector)
+	}
+	if o.FieldSelector != "" {
+		q.Set("fieldSelector", o.FieldSelector)
 	}
 	if o.Limit > 0 {
 		q.Set("limit", strconv.FormatInt(o.Limit, 10))

@@ -1,6 +1,7 @@
 package images
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
 // UploadPathPrefix is the path under which the API server serves upload URLs:
@@ -175,4 +178,44 @@ type deadlineReader struct {
 func (d *deadlineReader) Read(p []byte) (int, error) {
 	_ = d.rc.SetReadDeadline(time.Now().Add(d.stall))
 	return d.r.Read(p)
+}
+
+// UploadURLs returns the upload URLs of token on bases; without a TCP listener (empty bases)
+// both are the path on the API server, which `rakhsh image upload` uses over its connection.
+func UploadURLs(bases v1alpha1.ImageUploadURLs, token string) *v1alpha1.ImageUploadURLs {
+	p := UploadPathPrefix + token
+	return &v1alpha1.ImageUploadURLs{External: bases.External + p, InCluster: bases.InCluster + p}
+}
+
+// TokenFor returns the token of the upload URLs an object shows while it still waits for its
+// file (so that after a restart it keeps its URL), or a new token.
+func TokenFor(waiting bool, urls *v1alpha1.ImageUploadURLs) string {
+	if waiting && urls != nil {
+		if t := UploadToken(urls.External); t != "" {
+			return t
+		}
+	}
+	return NewUploadToken()
+}
+
+// Await waits up to timeout for the upload. It returns nil when the time is up (the token is
+// closed then, though an upload that claimed it just before still counts) or when ctx ends
+// (then ctx.Err() too).
+func (w *UploadWaiter) Await(ctx context.Context, timeout time.Duration) (*Upload, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case up := <-w.C():
+		return up, nil
+	case <-timer.C:
+		w.Close()
+		select {
+		case up := <-w.C(): // claimed just before the close
+			return up, nil
+		default:
+			return nil, nil
+		}
+	}
 }

@@ -13,7 +13,7 @@ import (
 
 // Recorder writes Events about objects, which `rakhsh describe` shows.
 type Recorder struct {
-	C         *client.Client
+	C         client.Interface
 	Component string
 	Host      string
 	Log       *slog.Logger

@@ -1,7 +1,15 @@
 // Package runtime is the small controller runtime every Rakhsh reconciler and the node agent
-// build on: an Informer keeps a watch-fed cache of one resource, and a Queue hands keys to
-// workers with de-duplication and retry backoff. Reconcilers are level-triggered: they get a
-// key, read the current state from the cache (or the API), and make the world match.
+// build on. A Factory makes one TypedInformer per kind (and selector) for the whole process: a
+// watch-fed cache that decodes each object once, shared by every controller. NewController
+// builds a controller from the informers it watches, how their changes map to the keys it
+// reconciles, and its workers; its Queue hands keys to workers with de-duplication and retry
+// backoff. Jobs runs long background work (imports, uploads) at most once per key. Controllers
+// talk to the API through client.Interface, which internal/runtime/fake implements in memory
+// for unit tests. The untyped Informer (raw JSON, decoded on every read) remains for the
+// node agent.
+//
+// Reconcilers are level-triggered: they get a key, read the current state from the cache (or
+// the API), and make the world match.
 package runtime
 
 import (
@@ -47,7 +55,7 @@ func KeyOf(obj v1alpha1.Object) Key {
 // every object. It relists after a watch error or an Expired event. Handlers get the key of
 // every changed object (added, modified or deleted) and on every relist every key.
 type Informer struct {
-	c        *client.Client
+	c        client.Interface
 	resource string
 	log      *slog.Logger
 	selector string
@@ -61,7 +69,7 @@ type Informer struct {
 
 // NewInformer returns an informer over resource (e.g. "virtualmachines"), optionally limited
 // by a label selector.
-func NewInformer(c *client.Client, resource, labelSelector string, log *slog.Logger) *Informer {
+func NewInformer(c client.Interface, resource, labelSelector string, log *slog.Logger) *Informer {
 	if log == nil {
 		log = slog.Default()
 	}

@@ -80,7 +80,7 @@ func mergeDiff(before, after json.RawMessage) (any, error) {
 
 // readVM reads the stored VM of vm's name: nil without an error when it is gone or a VM of
 // another uid now has its name.
-func readVM(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine, error) {
+func readVM(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine, error) {
 	var v v1alpha1.VirtualMachine
 	if err := c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
 		if client.IsNotFound(err) {
@@ -98,7 +98,7 @@ func readVM(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine) 
 // (OwnedPatch) guarded by the resourceVersion it read, retrying conflicts a few times. It
 // returns the written VM, or nil (and no error) when nothing changed, the VM is gone, or a
 // VM of another uid now has its name.
-func PatchVMStatus(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine, owned []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+func PatchVMStatus(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine, owned []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
 	var last error
 	for attempt := 0; attempt < 8; attempt++ {
 		v, err := readVM(ctx, c, vm)
@@ -137,7 +137,7 @@ func PatchVMStatus(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMa
 // on the server). With no other writer of these fields there is nothing to guard against, so
 // the write never meets a 409, whatever the other writers of the VM do at the same moment.
 // It returns the VM as written, or nil when it is gone or nothing changed.
-func PatchVMStatusSoleOwner(ctx context.Context, c *client.Client, vm *v1alpha1.VirtualMachine, fields, conditions []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+func PatchVMStatusSoleOwner(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine, fields, conditions []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
 	v, err := readVM(ctx, c, vm)
 	if v == nil {
 		return nil, err

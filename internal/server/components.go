@@ -17,6 +17,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/vmclass"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // component is one long-running part of `rakhsh serve` next to the API server: a controller
@@ -38,21 +39,24 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 	as := func(name string) *client.Client { return cl.WithUserAgent("rakhsh/" + name) }
 	var comps []component
 	if !cfg.NoControllers {
-		ic := image.New(image.Config{Client: as("image-controller"), DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
+		// One informer per kind for all controllers: each kind is listed, watched and decoded
+		// once in this process, however many controllers read it.
+		inf := runtime.NewFactory(as("informers"), log.With("component", "informers"))
+		ic := image.New(image.Config{Client: as("image-controller"), Informers: inf, DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
 			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 			MaxUnpackedSize: cfg.MaxImageSize})
-		dc := disk.New(disk.Config{Client: as("disk-controller"), DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
+		dc := disk.New(disk.Config{Client: as("disk-controller"), Informers: inf, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
 			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 			MaxUnpackedSize: cfg.MaxImageSize})
-		sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Log: log.With("component", "scheduler")})
+		sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Informers: inf, Log: log.With("component", "scheduler")})
 		if err != nil {
 			return nil, err
 		}
-		vmc, err := vm.New(vm.Config{Client: as("vm-controller"), Log: log.With("component", "vm-controller")})
+		vmc, err := vm.New(vm.Config{Client: as("vm-controller"), Informers: inf, Log: log.With("component", "vm-controller")})
 		if err != nil {
 			return nil, err
 		}
-		vcc, err := vmclass.New(vmclass.Config{Client: as("vmclass-controller"), Log: log.With("component", "vmclass-controller")})
+		vcc, err := vmclass.New(vmclass.Config{Client: as("vmclass-controller"), Informers: inf, Log: log.With("component", "vmclass-controller")})
 		if err != nil {
 			return nil, err
 		}
@@ -62,12 +66,13 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 				return nil, fmt.Errorf("--mac-ranges: %w", err)
 			}
 		}
-		nc, err := netctl.New(netctl.Config{Client: as("network-controller"), Log: log.With("component", "network-controller"),
+		nc, err := netctl.New(netctl.Config{Client: as("network-controller"), Informers: inf, Log: log.With("component", "network-controller"),
 			MACRanges: macRanges, DefaultSubnet: cfg.DefaultSubnet})
 		if err != nil {
 			return nil, err
 		}
 		comps = append(comps,
+			component{name: "informers", run: inf.Run},
 			component{name: "network-controller", run: nc.Run},
 			component{name: "vmclass-controller", run: vcc.Run},
 			component{name: "image-controller", run: ic.Run},

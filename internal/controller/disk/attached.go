@@ -16,9 +16,8 @@ import (
 // Pause, Stopping, Migrating, Degraded).
 func (c *Controller) attachedVMs(d *v1alpha1.VirtualDisk) []v1alpha1.AttachedVirtualMachine {
 	var out []v1alpha1.AttachedVirtualMachine
-	for _, raw := range c.vms.Raw() {
-		var vm v1alpha1.VirtualMachine
-		if json.Unmarshal(raw, &vm) != nil || vm.Namespace != d.Namespace {
+	for _, vm := range c.vms.List() {
+		if vm.Namespace != d.Namespace {
 			continue
 		}
 		for _, b := range vm.Spec.BlockDeviceRefs {
@@ -65,18 +64,17 @@ func (c *Controller) syncAttached(ctx context.Context, d *v1alpha1.VirtualDisk) 
 	return nil
 }
 
-// enqueueProject queues every disk of the VM's project: a VM that changes may attach, detach,
+// projectDisks returns every disk of the VM's project: a VM that changes may attach, detach,
 // mount or unmount any of them, or let go of one being deleted.
-func (c *Controller) enqueueProject(vmKey runtime.Key) {
+func (c *Controller) projectDisks(vmKey runtime.Key) []runtime.Key {
 	ns, _ := vmKey.Split()
-	for _, raw := range c.disks.Raw() {
-		var m struct {
-			Metadata v1alpha1.ObjectMeta `json:"metadata"`
-		}
-		if json.Unmarshal(raw, &m) == nil && m.Metadata.Namespace == ns {
-			c.q.Add(runtime.NewKey(ns, m.Metadata.Name))
+	var out []runtime.Key
+	for _, k := range c.disks.Keys() {
+		if dns, _ := k.Split(); dns == ns {
+			out = append(out, k)
 		}
 	}
+	return out
 }
 
 // diskSource returns the VirtualDisk of the same project a disk is copied from, or why it
@@ -91,11 +89,8 @@ func (c *Controller) diskSource(d *v1alpha1.VirtualDisk) (src *source, reason, m
 	if r.Name == d.Name {
 		return nil, ReasonNotSupported, "a disk cannot be copied from itself"
 	}
-	var sd v1alpha1.VirtualDisk
-	found, err := c.disks.Get(runtime.NewKey(d.Namespace, r.Name), &sd)
+	sd, found := c.disks.Get(runtime.NewKey(d.Namespace, r.Name)) // shared with the cache: only read
 	switch {
-	case err != nil:
-		return nil, ReasonImageNotReady, fmt.Sprintf("reading %s: %v", what, err)
 	case !found:
 		return nil, ReasonImageNotFound, fmt.Sprintf("waiting for %s: not found", what)
 	case sd.DeletionTimestamp != nil:
@@ -119,5 +114,5 @@ func (c *Controller) diskSource(d *v1alpha1.VirtualDisk) (src *source, reason, m
 		return nil, ReasonImageNotReady, what + " reports no capacity"
 	}
 	// The pool comes from the validated, immutable spec, never from the status.
-	return &source{path: storage.DiskPath(c.cfg.DataDir, pool(&sd), sd.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
+	return &source{path: storage.DiskPath(c.cfg.DataDir, pool(sd), sd.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
 }

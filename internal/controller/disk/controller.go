@@ -81,9 +81,12 @@ func (c *Controller) noteNoSpace(uid string) {
 
 // Config configures the controller.
 type Config struct {
-	Client  *client.Client
-	DataDir string
-	Log     *slog.Logger
+	Client client.Interface
+	// Informers is the process's shared informer factory; nil: the controller makes and
+	// runs its own.
+	Informers *runtime.Factory
+	DataDir   string
+	Log       *slog.Logger
 	// Workers is how many disks are provisioned at once; default 2.
 	Workers int
 	// Uploads, UploadBaseURLs and UploadTimeout serve disks with an Upload data source, as
@@ -100,18 +103,20 @@ type Config struct {
 
 // Controller reconciles VirtualDisks.
 type Controller struct {
-	cfg   Config
-	c     *client.Client
-	log   *slog.Logger
-	rec   *runtime.Recorder
-	q     *runtime.Queue
-	disks *runtime.Informer
-	cvis  *runtime.Informer
-	vis   *runtime.Informer
-	vms   *runtime.Informer
+	cfg        Config
+	c          client.Interface
+	log        *slog.Logger
+	rec        *runtime.Recorder
+	ownFactory *runtime.Factory // when Config.Informers is nil
+	ctl        *runtime.Controller
+	q          *runtime.Queue
+	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	cvis       *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
+	vis        *runtime.TypedInformer[v1alpha1.VirtualImage]
+	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	jobs       *runtime.Jobs // background uploads, by disk uid
 
 	mu        sync.Mutex
-	jobs      map[string]*job      // background uploads, by disk uid
 	noSpaceAt map[string]time.Time // when a disk last failed for lack of space, by uid
 }
 
@@ -130,21 +135,26 @@ func New(cfg Config) *Controller {
 		cfg.ProgressInterval = time.Second
 	}
 	log := cfg.Log.With("controller", "disk")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: map[string]*job{}, noSpaceAt: map[string]time.Time{},
-		rec:   &runtime.Recorder{C: cfg.Client, Component: "disk-controller", Log: log},
-		q:     runtime.NewQueue("virtualdisks", log),
-		disks: runtime.NewInformer(cfg.Client, "virtualdisks", "", log),
-		cvis:  runtime.NewInformer(cfg.Client, "clustervirtualimages", "", log),
-		vis:   runtime.NewInformer(cfg.Client, "virtualimages", "", log),
-		vms:   runtime.NewInformer(cfg.Client, "virtualmachines", "", log),
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), noSpaceAt: map[string]time.Time{},
+		rec: &runtime.Recorder{C: cfg.Client, Component: "disk-controller", Log: log}}
+	f := cfg.Informers
+	if f == nil {
+		f = runtime.NewFactory(cfg.Client, log)
+		c.ownFactory = f
 	}
-	c.disks.OnChange(func(k runtime.Key) {
-		c.q.Add(k)
-		c.enqueueUsersOf(v1alpha1.DataSourceKindVirtualDisk, k) // disks copied from it
-	})
-	c.cvis.OnChange(func(k runtime.Key) { c.enqueueUsersOf(v1alpha1.DataSourceKindClusterVirtualImage, k) })
-	c.vis.OnChange(func(k runtime.Key) { c.enqueueUsersOf(v1alpha1.DataSourceKindVirtualImage, k) })
-	c.vms.OnChange(c.enqueueProject)
+	c.disks, c.cvis, c.vis, c.vms = f.VirtualDisks(), f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualMachines()
+	usersOf := func(kind v1alpha1.DataSourceObjectKind) runtime.MapFunc {
+		return func(k runtime.Key) []runtime.Key { return c.usersOf(kind, k) }
+	}
+	c.ctl = runtime.NewController("virtualdisks", log).
+		For(c.disks).
+		Watches(c.disks, usersOf(v1alpha1.DataSourceKindVirtualDisk)). // disks copied from it
+		Watches(c.cvis, usersOf(v1alpha1.DataSourceKindClusterVirtualImage)).
+		Watches(c.vis, usersOf(v1alpha1.DataSourceKindVirtualImage)).
+		Watches(c.vms, c.projectDisks).
+		Workers(cfg.Workers).
+		Build(c.reconcile)
+	c.q = c.ctl.Queue()
 	return c
 }
 
@@ -160,22 +170,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := storage.CleanTemp(dir); err != nil {
 		c.log.Warn("removing leftover temporary files", "dir", dir, "err", err)
 	}
-	var wg sync.WaitGroup
-	infs := []*runtime.Informer{c.disks, c.cvis, c.vis, c.vms}
-	for _, inf := range infs {
-		wg.Add(1)
-		go func() { defer wg.Done(); inf.Run(ctx) }()
+	if c.ownFactory != nil {
+		c.ownFactory.Start(ctx)
 	}
-	for _, inf := range infs {
-		select {
-		case <-inf.Synced():
-		case <-ctx.Done():
-		}
-	}
-	c.q.Run(ctx, c.cfg.Workers, c.reconcile)
-	c.stopAllJobs()
-	wg.Wait()
-	return nil
+	err := c.ctl.Run(ctx)
+	c.jobs.CancelAll()
+	return err
 }
 
 func disksDir(dataDir string) string {
@@ -183,12 +183,12 @@ func disksDir(dataDir string) string {
 	return d[:strings.LastIndexByte(d, '/')]
 }
 
-// enqueueUsersOf queues the disks made from the image key of kind k.
-func (c *Controller) enqueueUsersOf(k v1alpha1.DataSourceObjectKind, key runtime.Key) {
+// usersOf returns the disks made from the image (or disk) key of kind k.
+func (c *Controller) usersOf(k v1alpha1.DataSourceObjectKind, key runtime.Key) []runtime.Key {
 	ns, name := key.Split()
-	for _, raw := range c.disks.Raw() {
-		var d v1alpha1.VirtualDisk
-		if json.Unmarshal(raw, &d) != nil || d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil {
+	var out []runtime.Key
+	for _, d := range c.disks.List() {
+		if d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil {
 			continue
 		}
 		r := d.Spec.DataSource.ObjectRef
@@ -198,8 +198,9 @@ func (c *Controller) enqueueUsersOf(k v1alpha1.DataSourceObjectKind, key runtime
 		if (k == v1alpha1.DataSourceKindVirtualImage || k == v1alpha1.DataSourceKindVirtualDisk) && refNamespace(r, d.Namespace) != ns {
 			continue
 		}
-		c.q.Add(runtime.NewKey(d.Namespace, d.Name))
+		out = append(out, runtime.NewKey(d.Namespace, d.Name))
 	}
+	return out
 }
 
 func refNamespace(r *v1alpha1.DataSourceObjectRef, own string) string {
@@ -257,7 +258,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		return runtime.Result{}, err
 	}
 	if d.DeletionTimestamp != nil {
-		c.stopJob(d.UID)
+		c.jobs.Cancel(d.UID)
 		return c.finalize(ctx, &d)
 	}
 	if c.running(d.UID) {
@@ -472,21 +473,27 @@ func (c *Controller) fail(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alp
 // imageSource returns the Ready image a disk is made from, or why it waits.
 func (c *Controller) imageSource(d *v1alpha1.VirtualDisk) (src *source, reason, msg string) {
 	r := d.Spec.DataSource.ObjectRef
-	inf := c.cvis
 	ns := refNamespace(r, d.Namespace)
 	what := fmt.Sprintf("%s %q", r.Kind, r.Name)
-	if r.Kind == v1alpha1.DataSourceKindVirtualImage {
-		inf = c.vis
-		what = fmt.Sprintf("%s %q in project %q", r.Kind, r.Name, ns)
-	}
+	// The image's metadata and status, shared with the cache (only read).
 	var img struct {
-		Metadata v1alpha1.ObjectMeta  `json:"metadata"`
-		Status   v1alpha1.ImageStatus `json:"status"`
+		Metadata *v1alpha1.ObjectMeta
+		Status   *v1alpha1.ImageStatus
 	}
-	found, err := inf.Get(runtime.NewKey(ns, r.Name), &img)
+	var found bool
+	if r.Kind == v1alpha1.DataSourceKindVirtualImage {
+		what = fmt.Sprintf("%s %q in project %q", r.Kind, r.Name, ns)
+		var vi *v1alpha1.VirtualImage
+		if vi, found = c.vis.Get(runtime.NewKey(ns, r.Name)); found {
+			img.Metadata, img.Status = &vi.ObjectMeta, &vi.Status
+		}
+	} else {
+		var cvi *v1alpha1.ClusterVirtualImage
+		if cvi, found = c.cvis.Get(runtime.NewKey(ns, r.Name)); found {
+			img.Metadata, img.Status = &cvi.ObjectMeta, &cvi.Status
+		}
+	}
 	switch {
-	case err != nil:
-		return nil, ReasonImageNotReady, fmt.Sprintf("reading %s: %v", what, err)
 	case !found:
 		return nil, ReasonImageNotFound, fmt.Sprintf("waiting for %s: not found", what)
 	case img.Metadata.DeletionTimestamp != nil:
@@ -544,19 +551,13 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 // vmsUsing lists the VMs of the disk's project whose spec.blockDeviceRefs name it.
 func (c *Controller) vmsUsing(d *v1alpha1.VirtualDisk) []string {
 	var out []string
-	for _, raw := range c.vms.Raw() {
-		var vm struct {
-			Metadata v1alpha1.ObjectMeta `json:"metadata"`
-			Spec     struct {
-				BlockDeviceRefs []v1alpha1.BlockDeviceSpecRef `json:"blockDeviceRefs"`
-			} `json:"spec"`
-		}
-		if json.Unmarshal(raw, &vm) != nil || vm.Metadata.Namespace != d.Namespace {
+	for _, vm := range c.vms.List() {
+		if vm.Namespace != d.Namespace {
 			continue
 		}
 		for _, b := range vm.Spec.BlockDeviceRefs {
 			if b.Kind == v1alpha1.BlockDeviceKindVirtualDisk && b.Name == d.Name {
-				out = append(out, "VirtualMachine "+vm.Metadata.Name)
+				out = append(out, "VirtualMachine "+vm.Name)
 				break
 			}
 		}

@@ -20,65 +20,12 @@ import (
 // ReasonWaitForUserUpload is the condition reason of a disk that waits for its file.
 const ReasonWaitForUserUpload = "WaitForUserUpload"
 
-type job struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func (c *Controller) running(uid string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.jobs[uid]
-	return ok
-}
+func (c *Controller) running(uid string) bool { return c.jobs.Running(uid) }
 
 // launch runs fn as the disk's background job; when it ends the disk is queued again.
 func (c *Controller) launch(d *v1alpha1.VirtualDisk, fn func(ctx context.Context)) {
-	ctx, cancel := context.WithCancel(context.Background())
-	j := &job{cancel: cancel, done: make(chan struct{})}
-	c.mu.Lock()
-	if _, dup := c.jobs[d.UID]; dup {
-		c.mu.Unlock()
-		cancel()
-		return
-	}
-	c.jobs[d.UID] = j
-	c.mu.Unlock()
 	key := runtime.NewKey(d.Namespace, d.Name)
-	go func() {
-		defer func() {
-			cancel()
-			c.mu.Lock()
-			delete(c.jobs, d.UID)
-			c.mu.Unlock()
-			close(j.done)
-			c.q.Add(key)
-		}()
-		fn(ctx)
-	}()
-}
-
-func (c *Controller) stopJob(uid string) {
-	c.mu.Lock()
-	j := c.jobs[uid]
-	c.mu.Unlock()
-	if j != nil {
-		j.cancel()
-		<-j.done
-	}
-}
-
-func (c *Controller) stopAllJobs() {
-	c.mu.Lock()
-	js := make([]*job, 0, len(c.jobs))
-	for _, j := range c.jobs {
-		js = append(js, j)
-	}
-	c.mu.Unlock()
-	for _, j := range js {
-		j.cancel()
-		<-j.done
-	}
+	c.jobs.Start(d.UID, "upload", fn, func() { c.q.Add(key) })
 }
 
 // startUpload puts an Upload disk in WaitForUserUpload behind a single-use URL.
@@ -89,13 +36,8 @@ func (c *Controller) startUpload(ctx context.Context, d *v1alpha1.VirtualDisk, s
 		setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonNotSupported, "this server has no upload endpoint")
 		return runtime.Result{}, c.writeStatus(ctx, d, st)
 	}
-	token := ""
-	if st.Phase == v1alpha1.DiskPhaseWaitForUserUpload && st.ImageUploadURLs != nil && st.ObservedGeneration == d.Generation {
-		token = images.UploadToken(st.ImageUploadURLs.External)
-	}
-	if token == "" {
-		token = images.NewUploadToken()
-	}
+	token := images.TokenFor(st.Phase == v1alpha1.DiskPhaseWaitForUserUpload && st.ObservedGeneration == d.Generation,
+		st.ImageUploadURLs)
 	var cs *v1alpha1.Checksum
 	if d.Spec.DataSource.Upload != nil {
 		cs = d.Spec.DataSource.Upload.Checksum
@@ -115,8 +57,7 @@ func (c *Controller) runUpload(ctx context.Context, d *v1alpha1.VirtualDisk, tok
 	defer w.Close()
 	st := d.Status
 	st.Phase = v1alpha1.DiskPhaseWaitForUserUpload
-	p := images.UploadPathPrefix + token
-	st.ImageUploadURLs = &v1alpha1.ImageUploadURLs{External: c.cfg.UploadBaseURLs.External + p, InCluster: c.cfg.UploadBaseURLs.InCluster + p}
+	st.ImageUploadURLs = images.UploadURLs(c.cfg.UploadBaseURLs, token)
 	st.Progress, st.DownloadSpeed = "", nil
 	st.ObservedGeneration = d.Generation
 	msg := fmt.Sprintf("waiting for the file: PUT it to status.imageUploadURLs (curl -T FILE URL, or rakhsh image upload) within %s", c.cfg.UploadTimeout)
@@ -126,19 +67,9 @@ func (c *Controller) runUpload(ctx context.Context, d *v1alpha1.VirtualDisk, tok
 		log.Warn("writing status", "err", err)
 		return
 	}
-	timer := time.NewTimer(c.cfg.UploadTimeout)
-	defer timer.Stop()
-	var up *images.Upload
-	select {
-	case <-ctx.Done():
+	up, err := w.Await(ctx, c.cfg.UploadTimeout)
+	if err != nil {
 		return
-	case up = <-w.C():
-	case <-timer.C:
-		w.Close()
-		select {
-		case up = <-w.C():
-		default:
-		}
 	}
 	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

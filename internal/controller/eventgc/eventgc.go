@@ -24,7 +24,7 @@ const (
 
 // Config configures a GC.
 type Config struct {
-	Client *client.Client
+	Client client.Interface
 	// TTL is how long an Event is kept after its last occurrence; default DefaultTTL.
 	TTL time.Duration
 	// MaxPerObject is how many Events about one object are kept (the newest); default

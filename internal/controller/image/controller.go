@@ -47,9 +47,12 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client  *client.Client
-	DataDir string
-	Log     *slog.Logger
+	Client client.Interface
+	// Informers is the process's shared informer factory; nil: the controller makes and
+	// runs its own.
+	Informers *runtime.Factory
+	DataDir   string
+	Log       *slog.Logger
 	// Workers is how many images are reconciled at once (imports run in the background and
 	// do not hold a worker); default 2.
 	Workers int
@@ -72,28 +75,43 @@ type Config struct {
 	UploadBaseURLs v1alpha1.ImageUploadURLs
 }
 
-// kind is one of the two image kinds.
+// kind is one of the two image kinds, with its own queue.
 type kind struct {
 	name       string // ClusterVirtualImage or VirtualImage
 	resource   string
 	namespaced bool
-	inf        *runtime.Informer
-	q          *runtime.Queue
+	// list and get read the kind's shared informer: the views point into cached objects,
+	// which must not be changed.
+	list func() []imageView
+	get  func(runtime.Key) (imageView, bool)
+	src  runtime.Source // the kind's informer
+	ctl  *runtime.Controller
+	q    *runtime.Queue
+}
+
+// imageView is what the controller reads of a cached image of either kind.
+type imageView struct {
+	meta   *v1alpha1.ObjectMeta
+	ds     *v1alpha1.DataSource
+	status *v1alpha1.ImageStatus
 }
 
 // Controller reconciles images.
 type Controller struct {
-	cfg   Config
-	c     *client.Client
-	log   *slog.Logger
-	rec   *runtime.Recorder
-	cvi   *kind
-	vi    *kind
-	disks *runtime.Informer
-	vms   *runtime.Informer
+	cfg        Config
+	c          client.Interface
+	log        *slog.Logger
+	rec        *runtime.Recorder
+	ownFactory *runtime.Factory // when Config.Informers is nil
+	cvi        *kind
+	vi         *kind
+	cvis       *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
+	vis        *runtime.TypedInformer[v1alpha1.VirtualImage]
+	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	jobs       *runtime.Jobs // imports and uploads, by image uid
 
 	mu     sync.Mutex
-	jobs   map[string]*job      // by image uid
 	failed map[string]time.Time // when an import last failed transiently, by image uid
 }
 
@@ -102,11 +120,6 @@ func (c *Controller) failedAt(uid string) (time.Time, bool) {
 	defer c.mu.Unlock()
 	t, ok := c.failed[uid]
 	return t, ok
-}
-
-type job struct {
-	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 // New returns a controller; Run starts it.
@@ -127,28 +140,60 @@ func New(cfg Config) *Controller {
 		cfg.UploadTimeout = images.DefaultUploadTimeout
 	}
 	log := cfg.Log.With("controller", "image")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: map[string]*job{}, failed: map[string]time.Time{},
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), failed: map[string]time.Time{},
 		rec: &runtime.Recorder{C: cfg.Client, Component: "image-controller", Log: log}}
-	c.cvi = &kind{name: string(v1alpha1.DataSourceKindClusterVirtualImage), resource: "clustervirtualimages",
-		inf: runtime.NewInformer(cfg.Client, "clustervirtualimages", "", log), q: runtime.NewQueue("clustervirtualimages", log)}
-	c.vi = &kind{name: string(v1alpha1.DataSourceKindVirtualImage), resource: "virtualimages", namespaced: true,
-		inf: runtime.NewInformer(cfg.Client, "virtualimages", "", log), q: runtime.NewQueue("virtualimages", log)}
-	c.disks = runtime.NewInformer(cfg.Client, "virtualdisks", "", log)
-	c.vms = runtime.NewInformer(cfg.Client, "virtualmachines", "", log)
-	for _, k := range []*kind{c.cvi, c.vi} {
-		k.inf.OnChange(func(key runtime.Key) {
-			k.q.Add(key)
-			c.enqueueDependents(k, key)
-		})
+	f := cfg.Informers
+	if f == nil {
+		f = runtime.NewFactory(cfg.Client, log)
+		c.ownFactory = f
 	}
-	// A disk or VM that goes away may free an image that waits to be deleted.
+	c.cvis, c.vis, c.disks, c.vms = f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualDisks(), f.VirtualMachines()
+	cviView := func(o *v1alpha1.ClusterVirtualImage) imageView {
+		return imageView{meta: &o.ObjectMeta, ds: &o.Spec.DataSource, status: &o.Status}
+	}
+	viView := func(o *v1alpha1.VirtualImage) imageView {
+		return imageView{meta: &o.ObjectMeta, ds: &o.Spec.DataSource, status: &o.Status}
+	}
+	c.cvi = &kind{name: string(v1alpha1.DataSourceKindClusterVirtualImage), resource: "clustervirtualimages", src: c.cvis,
+		list: func() []imageView { return views(c.cvis.List(), cviView) },
+		get:  func(k runtime.Key) (imageView, bool) { return view(c.cvis, k, cviView) }}
+	c.vi = &kind{name: string(v1alpha1.DataSourceKindVirtualImage), resource: "virtualimages", namespaced: true, src: c.vis,
+		list: func() []imageView { return views(c.vis.List(), viView) },
+		get:  func(k runtime.Key) (imageView, bool) { return view(c.vis, k, viView) }}
 	diskKind := &kind{name: string(v1alpha1.DataSourceKindVirtualDisk), namespaced: true}
-	c.disks.OnChange(func(key runtime.Key) {
-		c.enqueueTerminating()
-		c.enqueueDependents(diskKind, key) // images copied from the disk
-	})
-	c.vms.OnChange(func(runtime.Key) { c.enqueueTerminating() })
+	// Each kind has its queue; both hear of the other kind (images copied from images), of
+	// disks (images copied from a disk; a disk that goes may free an image being deleted)
+	// and of VMs (a VM that goes may free an image being deleted).
+	for _, k := range []*kind{c.cvi, c.vi} {
+		k.ctl = runtime.NewController(k.resource, log).
+			For(k.src).
+			Watches(c.cvis, func(key runtime.Key) []runtime.Key { return c.dependents(k, c.cvi, key) }).
+			Watches(c.vis, func(key runtime.Key) []runtime.Key { return c.dependents(k, c.vi, key) }).
+			Watches(c.disks, func(key runtime.Key) []runtime.Key {
+				return append(c.terminating(k), c.dependents(k, diskKind, key)...)
+			}).
+			Watches(c.vms, func(runtime.Key) []runtime.Key { return c.terminating(k) }).
+			Workers(cfg.Workers).
+			Build(func(ctx context.Context, key runtime.Key) (runtime.Result, error) { return c.reconcile(ctx, k, key) })
+		k.q = k.ctl.Queue()
+	}
 	return c
+}
+
+func views[T any](l []*T, v func(*T) imageView) []imageView {
+	out := make([]imageView, 0, len(l))
+	for _, o := range l {
+		out = append(out, v(o))
+	}
+	return out
+}
+
+func view[T any](inf *runtime.TypedInformer[T], k runtime.Key, v func(*T) imageView) (imageView, bool) {
+	o, ok := inf.Get(k)
+	if !ok {
+		return imageView{}, false
+	}
+	return v(o), true
 }
 
 // ImagesDir is where the controller keeps image files.
@@ -167,73 +212,50 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := storage.CleanTemp(c.imagesDir()); err != nil {
 		c.log.Warn("removing leftover temporary files", "dir", c.imagesDir(), "err", err)
 	}
+	if c.ownFactory != nil {
+		c.ownFactory.Start(ctx)
+	}
 	var wg sync.WaitGroup
-	for _, inf := range []*runtime.Informer{c.cvi.inf, c.vi.inf, c.disks, c.vms} {
-		wg.Add(1)
-		go func() { defer wg.Done(); inf.Run(ctx) }()
-	}
-	for _, inf := range []*runtime.Informer{c.cvi.inf, c.vi.inf, c.disks, c.vms} {
-		select {
-		case <-inf.Synced():
-		case <-ctx.Done():
-		}
-	}
 	for _, k := range []*kind{c.cvi, c.vi} {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			k.q.Run(ctx, c.cfg.Workers, func(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-				return c.reconcile(ctx, k, key)
-			})
-		}()
+		go func() { defer wg.Done(); _ = k.ctl.Run(ctx) }()
 	}
 	<-ctx.Done()
-	c.stopAllJobs()
+	c.jobs.CancelAll()
 	wg.Wait()
 	return nil
 }
 
-// enqueueDependents queues images made from the image key of kind k (they wait for it).
-func (c *Controller) enqueueDependents(k *kind, key runtime.Key) {
+// dependents returns the images of kind in (its queue's keys) made from the object key of
+// kind from (they wait for it).
+func (c *Controller) dependents(in, from *kind, key runtime.Key) []runtime.Key {
 	ns, name := key.Split()
-	for _, other := range []*kind{c.cvi, c.vi} {
-		for _, raw := range other.inf.Raw() {
-			var img struct {
-				Metadata v1alpha1.ObjectMeta `json:"metadata"`
-				Spec     struct {
-					DataSource v1alpha1.DataSource `json:"dataSource"`
-				} `json:"spec"`
-			}
-			if json.Unmarshal(raw, &img) != nil {
-				continue
-			}
-			r := img.Spec.DataSource.ObjectRef
-			if r == nil || string(r.Kind) != k.name || r.Name != name {
-				continue
-			}
-			rns := r.Namespace
-			if rns == "" && k.namespaced {
-				rns = img.Metadata.Namespace
-			}
-			if rns == ns {
-				other.q.Add(runtime.NewKey(img.Metadata.Namespace, img.Metadata.Name))
-			}
+	var out []runtime.Key
+	for _, img := range in.list() {
+		r := img.ds.ObjectRef
+		if r == nil || string(r.Kind) != from.name || r.Name != name {
+			continue
+		}
+		rns := r.Namespace
+		if rns == "" && from.namespaced {
+			rns = img.meta.Namespace
+		}
+		if rns == ns {
+			out = append(out, runtime.NewKey(img.meta.Namespace, img.meta.Name))
 		}
 	}
+	return out
 }
 
-// enqueueTerminating queues every image that is being deleted.
-func (c *Controller) enqueueTerminating() {
-	for _, k := range []*kind{c.cvi, c.vi} {
-		for _, raw := range k.inf.Raw() {
-			var m struct {
-				Metadata v1alpha1.ObjectMeta `json:"metadata"`
-			}
-			if json.Unmarshal(raw, &m) == nil && m.Metadata.DeletionTimestamp != nil {
-				k.q.Add(runtime.NewKey(m.Metadata.Namespace, m.Metadata.Name))
-			}
+// terminating returns every image of kind k that is being deleted.
+func (c *Controller) terminating(k *kind) []runtime.Key {
+	var out []runtime.Key
+	for _, img := range k.list() {
+		if img.meta.DeletionTimestamp != nil {
+			out = append(out, runtime.NewKey(img.meta.Namespace, img.meta.Name))
 		}
 	}
+	return out
 }
 
 // image is either kind, seen through pointers into the decoded object.
@@ -398,14 +420,7 @@ func (c *Controller) start(ctx context.Context, img *image, st v1alpha1.ImageSta
 			return runtime.Result{}, c.pending(ctx, img, st, ReasonNotSupported,
 				fmt.Sprintf("images made from a %s are not supported yet", r.Kind))
 		}
-		var src struct {
-			Metadata v1alpha1.ObjectMeta  `json:"metadata"`
-			Status   v1alpha1.ImageStatus `json:"status"`
-		}
-		found, err := srcKind.inf.Get(runtime.NewKey(ns, r.Name), &src)
-		if err != nil {
-			return runtime.Result{}, err
-		}
+		src, found := srcKind.get(runtime.NewKey(ns, r.Name))
 		what := fmt.Sprintf("%s %q", r.Kind, r.Name)
 		if ns != "" {
 			what = fmt.Sprintf("%s %q in project %q", r.Kind, r.Name, ns)
@@ -413,17 +428,17 @@ func (c *Controller) start(ctx context.Context, img *image, st v1alpha1.ImageSta
 		switch {
 		case !found:
 			return runtime.Result{}, c.pending(ctx, img, st, ReasonWaitForSource, "waiting for "+what+": not found")
-		case src.Metadata.DeletionTimestamp != nil:
+		case src.meta.DeletionTimestamp != nil:
 			return runtime.Result{}, c.pending(ctx, img, st, ReasonWaitForSource, what+" is being deleted")
-		case src.Status.Phase != v1alpha1.ImagePhaseReady:
+		case src.status.Phase != v1alpha1.ImagePhaseReady:
 			return runtime.Result{}, c.pending(ctx, img, st, ReasonWaitForSource,
-				fmt.Sprintf("waiting for %s to be Ready (it is %s)", what, orUnknown(string(src.Status.Phase))))
+				fmt.Sprintf("waiting for %s to be Ready (it is %s)", what, orUnknown(string(src.status.Phase))))
 		}
-		if err := storage.CheckUID(src.Metadata.UID); err != nil {
+		if err := storage.CheckUID(src.meta.UID); err != nil {
 			return runtime.Result{}, err
 		}
-		srcPath := storage.ImagePath(c.cfg.DataDir, src.Metadata.UID)
-		srcFormat := src.Status.Format
+		srcPath := storage.ImagePath(c.cfg.DataDir, src.meta.UID)
+		srcFormat := src.status.Format
 		c.launch(img, func(ctx context.Context, dst string, _ images.Options) (*images.Result, error) {
 			return images.CopyStored(ctx, srcPath, srcFormat, dst)
 		})
@@ -481,44 +496,19 @@ func readyStatus(st v1alpha1.ImageStatus, m *v1alpha1.ObjectMeta, res *images.Re
 
 type importFunc func(ctx context.Context, dst string, opts images.Options) (*images.Result, error)
 
-func (c *Controller) running(uid string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.jobs[uid]
-	return ok
-}
+func (c *Controller) running(uid string) bool { return c.jobs.Running(uid) }
 
 // launch runs an import of img in the background; when it ends the image is queued again.
 func (c *Controller) launch(img *image, run importFunc) {
 	c.launchJob(img, func(ctx context.Context) { c.runImport(ctx, img, run) })
 }
 
-// launchJob runs fn as img's background job (one per image at a time).
+// launchJob runs fn as img's background job (one per image at a time); when it ends the
+// image is queued again.
 func (c *Controller) launchJob(img *image, fn func(ctx context.Context)) {
 	m := img.meta
-	uid := m.UID
 	key := runtime.NewKey(m.Namespace, m.Name)
-	ctx, cancel := context.WithCancel(context.Background())
-	j := &job{cancel: cancel, done: make(chan struct{})}
-	c.mu.Lock()
-	if _, dup := c.jobs[uid]; dup {
-		c.mu.Unlock()
-		cancel()
-		return
-	}
-	c.jobs[uid] = j
-	c.mu.Unlock()
-	go func() {
-		defer func() {
-			cancel()
-			c.mu.Lock()
-			delete(c.jobs, uid)
-			c.mu.Unlock()
-			close(j.done)
-			img.kind.q.Add(key)
-		}()
-		fn(ctx)
-	}()
+	c.jobs.Start(m.UID, string(img.ds.Type), fn, func() { img.kind.q.Add(key) })
 }
 
 func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) {
@@ -625,37 +615,13 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 	}
 }
 
-// stopJob cancels the import of uid, if any, and waits for it to end.
-func (c *Controller) stopJob(uid string) {
-	c.mu.Lock()
-	j := c.jobs[uid]
-	c.mu.Unlock()
-	if j != nil {
-		j.cancel()
-		<-j.done
-	}
-}
-
-func (c *Controller) stopAllJobs() {
-	c.mu.Lock()
-	js := make([]*job, 0, len(c.jobs))
-	for _, j := range c.jobs {
-		js = append(js, j)
-	}
-	c.mu.Unlock()
-	for _, j := range js {
-		j.cancel()
-		<-j.done
-	}
-}
-
 // finalize removes the image's file once nothing uses it, then the finalizer.
 func (c *Controller) finalize(ctx context.Context, img *image) (runtime.Result, error) {
 	m := img.meta
 	if !slices.Contains(m.Finalizers, Finalizer) {
 		return runtime.Result{}, nil
 	}
-	c.stopJob(m.UID)
+	c.jobs.Cancel(m.UID)
 	if users := c.users(img); len(users) > 0 {
 		st := *img.status
 		st.Phase = v1alpha1.ImagePhaseTerminating
@@ -704,9 +670,8 @@ func (c *Controller) users(img *image) []string {
 		}
 		return ns == img.meta.Namespace
 	}
-	for _, raw := range c.disks.Raw() {
-		var d v1alpha1.VirtualDisk
-		if json.Unmarshal(raw, &d) != nil || d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil {
+	for _, d := range c.disks.List() {
+		if d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil {
 			continue
 		}
 		r := d.Spec.DataSource.ObjectRef
@@ -725,36 +690,20 @@ func (c *Controller) users(img *image) []string {
 		}
 	}
 	for _, k := range []*kind{c.cvi, c.vi} {
-		for _, raw := range k.inf.Raw() {
-			var o struct {
-				Metadata v1alpha1.ObjectMeta `json:"metadata"`
-				Spec     struct {
-					DataSource v1alpha1.DataSource `json:"dataSource"`
-				} `json:"spec"`
-				Status v1alpha1.ImageStatus `json:"status"`
-			}
-			if json.Unmarshal(raw, &o) != nil || o.Spec.DataSource.ObjectRef == nil || o.Status.Phase != v1alpha1.ImagePhaseProvisioning {
+		for _, o := range k.list() {
+			if o.ds.ObjectRef == nil || o.status.Phase != v1alpha1.ImagePhaseProvisioning {
 				continue
 			}
-			r := o.Spec.DataSource.ObjectRef
-			if refersTo(string(r.Kind), r.Name, r.Namespace, o.Metadata.Namespace) {
-				out = append(out, fmt.Sprintf("%s %s (copying)", k.name, runtime.NewKey(o.Metadata.Namespace, o.Metadata.Name)))
+			r := o.ds.ObjectRef
+			if refersTo(string(r.Kind), r.Name, r.Namespace, o.meta.Namespace) {
+				out = append(out, fmt.Sprintf("%s %s (copying)", k.name, runtime.NewKey(o.meta.Namespace, o.meta.Name)))
 			}
 		}
 	}
-	for _, raw := range c.vms.Raw() {
-		var vm struct {
-			Metadata v1alpha1.ObjectMeta `json:"metadata"`
-			Spec     struct {
-				BlockDeviceRefs []v1alpha1.BlockDeviceSpecRef `json:"blockDeviceRefs"`
-			} `json:"spec"`
-		}
-		if json.Unmarshal(raw, &vm) != nil {
-			continue
-		}
+	for _, vm := range c.vms.List() {
 		for _, b := range vm.Spec.BlockDeviceRefs {
-			if refersTo(string(b.Kind), b.Name, "", vm.Metadata.Namespace) {
-				out = append(out, fmt.Sprintf("VirtualMachine %s/%s", vm.Metadata.Namespace, vm.Metadata.Name))
+			if refersTo(string(b.Kind), b.Name, "", vm.Namespace) {
+				out = append(out, fmt.Sprintf("VirtualMachine %s/%s", vm.Namespace, vm.Name))
 				break
 			}
 		}

@@ -27,11 +27,7 @@ func (c *Controller) startFromDisk(ctx context.Context, img *image, st v1alpha1.
 			"a ClusterVirtualImage made from a VirtualDisk must name the disk's project in objectRef.namespace")
 	}
 	what := fmt.Sprintf("VirtualDisk %q in project %q", r.Name, ns)
-	var d v1alpha1.VirtualDisk
-	found, err := c.disks.Get(runtime.NewKey(ns, r.Name), &d)
-	if err != nil {
-		return runtime.Result{}, err
-	}
+	d, found := c.disks.Get(runtime.NewKey(ns, r.Name))
 	switch {
 	case !found:
 		return runtime.Result{}, c.pending(ctx, img, st, ReasonWaitForSource, "waiting for "+what+": not found")

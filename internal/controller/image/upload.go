@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/images"
@@ -14,11 +13,9 @@ import (
 // ReasonWaitForUserUpload is the condition reason of an image that waits for its file.
 const ReasonWaitForUserUpload = "WaitForUserUpload"
 
-// UploadURLs returns the upload URLs of token on bases; without a TCP listener (empty bases)
-// both are the path on the API server, which `rakhsh image upload` uses over its connection.
+// UploadURLs returns the upload URLs of token on bases (see images.UploadURLs).
 func UploadURLs(bases v1alpha1.ImageUploadURLs, token string) *v1alpha1.ImageUploadURLs {
-	p := images.UploadPathPrefix + token
-	return &v1alpha1.ImageUploadURLs{External: bases.External + p, InCluster: bases.InCluster + p}
+	return images.UploadURLs(bases, token)
 }
 
 // startUpload puts an Upload image in WaitForUserUpload behind a single-use URL. After a
@@ -27,13 +24,8 @@ func (c *Controller) startUpload(ctx context.Context, img *image, st v1alpha1.Im
 	if c.cfg.Uploads == nil {
 		return runtime.Result{}, c.pending(ctx, img, st, ReasonNotSupported, "this server has no upload endpoint")
 	}
-	token := ""
-	if st.Phase == v1alpha1.ImagePhaseWaitForUserUpload && st.ImageUploadURLs != nil && st.ObservedGeneration == img.meta.Generation {
-		token = images.UploadToken(st.ImageUploadURLs.External)
-	}
-	if token == "" {
-		token = images.NewUploadToken()
-	}
+	token := images.TokenFor(st.Phase == v1alpha1.ImagePhaseWaitForUserUpload && st.ObservedGeneration == img.meta.Generation,
+		st.ImageUploadURLs)
 	var cs *v1alpha1.Checksum
 	if img.ds.Upload != nil {
 		cs = img.ds.Upload.Checksum
@@ -62,19 +54,9 @@ func (c *Controller) runUpload(ctx context.Context, img *image, token string, cs
 		}
 	}
 	log.Info("waiting for an upload", "timeout", c.cfg.UploadTimeout)
-	timer := time.NewTimer(c.cfg.UploadTimeout)
-	defer timer.Stop()
-	var up *images.Upload
-	select {
-	case <-ctx.Done():
+	up, err := w.Await(ctx, c.cfg.UploadTimeout)
+	if err != nil {
 		return
-	case up = <-w.C():
-	case <-timer.C:
-		w.Close()
-		select {
-		case up = <-w.C(): // claimed just before the close
-		default:
-		}
 	}
 	if up == nil {
 		st.Phase = v1alpha1.ImagePhaseFailed

@@ -23,10 +23,9 @@ type claimResult struct {
 // lease, whose name is the address, so the API server's uniqueness of names is the
 // cluster-wide uniqueness of addresses.
 func (c *Controller) reconcileIP(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	var ip v1alpha1.VirtualMachineIPAddress
-	ok, err := c.ips.Get(key, &ip)
-	if err != nil || !ok {
-		return runtime.Result{}, err
+	ip, ok := get(c.ips, key)
+	if !ok {
+		return runtime.Result{}, nil
 	}
 	if ip.DeletionTimestamp != nil {
 		return runtime.Result{}, nil
@@ -76,8 +75,7 @@ func (c *Controller) allocateIP(ctx context.Context, ip *v1alpha1.VirtualMachine
 			if tried[a] {
 				return true
 			}
-			var l v1alpha1.VirtualMachineIPAddressLease
-			found, _ := c.ipls.Get(runtime.NewKey("", v1alpha1.IPLeaseName(a)), &l)
+			_, found := c.ipls.Get(runtime.NewKey("", v1alpha1.IPLeaseName(a)))
 			return found
 		})
 		if !ok {
@@ -98,8 +96,7 @@ func (c *Controller) takeIPLease(ctx context.Context, addr netip.Addr, ref *v1al
 	name := v1alpha1.IPLeaseName(addr)
 	bound := claimResult{address: addr.String(), reason: ReasonBound, message: "address " + addr.String() + " is leased"}
 	// Already ours and bound in the cache: no create that would only meet AlreadyExists.
-	var cached v1alpha1.VirtualMachineIPAddressLease
-	if found, _ := c.ipls.Get(runtime.NewKey("", name), &cached); found && cached.DeletionTimestamp == nil &&
+	if cached, found := c.ipls.Get(runtime.NewKey("", name)); found && cached.DeletionTimestamp == nil &&
 		cached.Spec.VirtualMachineIPAddressRef != nil && *cached.Spec.VirtualMachineIPAddressRef == *ref && cached.Status.Phase == v1alpha1.LeasePhaseBound {
 		return bound
 	}
@@ -142,10 +139,9 @@ func (c *Controller) takeIPLease(ctx context.Context, addr netip.Addr, ref *v1al
 // reconcileMAC binds a VirtualMachineMACAddress to an address of the MAC pool (or to the
 // address it names) through the address's lease.
 func (c *Controller) reconcileMAC(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	var m v1alpha1.VirtualMachineMACAddress
-	ok, err := c.macs.Get(key, &m)
-	if err != nil || !ok || m.DeletionTimestamp != nil {
-		return runtime.Result{}, err
+	m, ok := get(c.macs, key)
+	if !ok || m.DeletionTimestamp != nil {
+		return runtime.Result{}, nil
 	}
 	ref := &v1alpha1.VirtualMachineMACAddressRef{Name: m.Name, Namespace: m.Namespace}
 	var res claimResult
@@ -166,8 +162,7 @@ func (c *Controller) reconcileMAC(ctx context.Context, key runtime.Key) (runtime
 					return true
 				}
 				n, _ := v1alpha1.MACLeaseName(mac)
-				var l v1alpha1.VirtualMachineMACAddressLease
-				found, _ := c.macls.Get(runtime.NewKey("", n), &l)
+				_, found := c.macls.Get(runtime.NewKey("", n))
 				return found
 			})
 			if !ok {
@@ -200,8 +195,7 @@ func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1
 	}
 	name, _ := v1alpha1.MACLeaseName(norm)
 	bound := claimResult{address: norm, reason: ReasonBound, message: "MAC address " + norm + " is leased"}
-	var cached v1alpha1.VirtualMachineMACAddressLease
-	if found, _ := c.macls.Get(runtime.NewKey("", name), &cached); found && cached.DeletionTimestamp == nil &&
+	if cached, found := c.macls.Get(runtime.NewKey("", name)); found && cached.DeletionTimestamp == nil &&
 		cached.Spec.VirtualMachineMACAddressRef != nil && *cached.Spec.VirtualMachineMACAddressRef == *ref && cached.Status.Phase == v1alpha1.LeasePhaseBound {
 		return bound
 	}
@@ -307,8 +301,7 @@ func (c *Controller) macAllowed(mac string, ref *v1alpha1.VirtualMachineMACAddre
 		return true
 	}
 	name, _ := v1alpha1.MACLeaseName(norm)
-	var l v1alpha1.VirtualMachineMACAddressLease
-	found, _ := c.macls.Get(runtime.NewKey("", name), &l)
+	l, found := c.macls.Get(runtime.NewKey("", name))
 	return found && l.DeletionTimestamp == nil && l.Spec.VirtualMachineMACAddressRef != nil && *l.Spec.VirtualMachineMACAddressRef == *ref
 }
 

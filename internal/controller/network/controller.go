@@ -71,8 +71,11 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client *client.Client
-	Log    *slog.Logger
+	Client client.Interface
+	// Informers is the process's shared informer factory; nil: the controller makes and
+	// runs its own.
+	Informers *runtime.Factory
+	Log       *slog.Logger
 	// MACRanges is the cluster's MAC pool; default network.DefaultMACRange.
 	MACRanges []network.MACRange
 	// DefaultSubnet is the subnet of the "main" network when this controller creates it.
@@ -89,12 +92,19 @@ type Config struct {
 // Controller is the address controller.
 type Controller struct {
 	cfg Config
-	c   *client.Client
+	c   client.Interface
 	log *slog.Logger
 	rec *runtime.Recorder
 
-	vms, ips, ipls, macs, macls, cnets *runtime.Informer
-	queue                              *runtime.Queue
+	ownFactory *runtime.Factory // when Config.Informers is nil
+	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	ips        *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddress]
+	ipls       *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddressLease]
+	macs       *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddress]
+	macls      *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddressLease]
+	cnets      *runtime.TypedInformer[v1alpha1.ClusterNetwork]
+	ctl        *runtime.Controller
+	queue      *runtime.Queue
 }
 
 // New returns a controller; Run starts it.
@@ -128,8 +138,48 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Now = time.Now
 	}
 	log := cfg.Log.With("component", "network-controller")
-	return &Controller{cfg: cfg, c: cfg.Client, log: log,
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-network-controller", Log: log}}, nil
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log,
+		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-network-controller", Log: log}}
+	f := cfg.Informers
+	if f == nil {
+		f = runtime.NewFactory(cfg.Client, log)
+		c.ownFactory = f
+	}
+	c.vms, c.ips, c.ipls = f.VirtualMachines(), f.VirtualMachineIPAddresses(), f.VirtualMachineIPAddressLeases()
+	c.macs, c.macls, c.cnets = f.VirtualMachineMACAddresses(), f.VirtualMachineMACAddressLeases(), f.ClusterNetworks()
+	c.ctl = runtime.NewController("network", log).
+		Watches(c.vms, func(k runtime.Key) []runtime.Key { return []runtime.Key{kindVM + k} }).
+		Watches(c.ips, func(k runtime.Key) []runtime.Key {
+			if ip, ok := c.ips.Get(k); ok {
+				return c.vmsOfClaim(kindIP, k, &ip.ObjectMeta, ip.Status.VirtualMachineName)
+			}
+			return c.vmsOfClaim(kindIP, k, nil, "")
+		}).
+		Watches(c.macs, func(k runtime.Key) []runtime.Key {
+			if m, ok := c.macs.Get(k); ok {
+				return c.vmsOfClaim(kindMAC, k, &m.ObjectMeta, m.Status.VirtualMachineName)
+			}
+			return c.vmsOfClaim(kindMAC, k, nil, "")
+		}).
+		Watches(c.ipls, c.claimOfIPLease).
+		Watches(c.macls, c.claimOfMACLease).
+		Watches(c.cnets, func(runtime.Key) []runtime.Key { return c.allKeys() }).
+		Every(cfg.SweepInterval, func(_ context.Context, q *runtime.Queue) { q.Add(sweep) }).
+		Workers(2).
+		MaxBackoff(10 * time.Second).
+		Build(c.reconcile)
+	c.queue = c.ctl.Queue()
+	return c, nil
+}
+
+// get returns a copy of the cached object of k that the caller may change.
+func get[T any](inf *runtime.TypedInformer[T], k runtime.Key) (T, bool) {
+	o, ok := inf.Get(k)
+	if !ok {
+		var zero T
+		return zero, false
+	}
+	return *runtime.DeepCopy(o), true
 }
 
 const (
@@ -141,147 +191,107 @@ const (
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.queue = runtime.NewQueue("network", c.log)
-	c.queue.MaxBackoff = 10 * time.Second
-	c.vms = runtime.NewInformer(c.c, "virtualmachines", "", c.log)
-	c.ips = runtime.NewInformer(c.c, "virtualmachineipaddresses", "", c.log)
-	c.ipls = runtime.NewInformer(c.c, "virtualmachineipaddressleases", "", c.log)
-	c.macs = runtime.NewInformer(c.c, "virtualmachinemacaddresses", "", c.log)
-	c.macls = runtime.NewInformer(c.c, "virtualmachinemacaddressleases", "", c.log)
-	c.cnets = runtime.NewInformer(c.c, "clusternetworks", "", c.log)
-	c.vms.OnChange(func(k runtime.Key) { c.queue.Add(kindVM + k) })
-	c.ips.OnChange(func(k runtime.Key) {
-		c.queue.Add(kindIP + k)
-		c.queueVMsOf(c.ips, k)
-	})
-	c.macs.OnChange(func(k runtime.Key) {
-		c.queue.Add(kindMAC + k)
-		c.queueVMsOf(c.macs, k)
-	})
-	c.ipls.OnChange(func(k runtime.Key) {
-		c.queueClaimOfLease(c.ipls, c.ips, kindIP, k, func(addr string) string {
-			a, err := netip.ParseAddr(addr)
-			if err != nil {
-				return ""
-			}
-			return v1alpha1.IPLeaseName(a)
-		})
-	})
-	c.macls.OnChange(func(k runtime.Key) {
-		c.queueClaimOfLease(c.macls, c.macs, kindMAC, k, func(addr string) string {
-			n, _ := v1alpha1.MACLeaseName(addr)
-			return n
-		})
-	})
-	c.cnets.OnChange(func(runtime.Key) { c.queueAll() })
-	infs := []*runtime.Informer{c.vms, c.ips, c.ipls, c.macs, c.macls, c.cnets}
-	for _, inf := range infs {
-		go inf.Run(ctx)
+	if c.ownFactory != nil {
+		c.ownFactory.Start(ctx)
 	}
-	for _, inf := range infs {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-inf.Synced():
-		}
-	}
-	if err := c.ensureMain(ctx); err != nil {
-		c.log.Error("creating the default network", "err", err)
-	}
-	c.queueAll()
 	go func() {
-		t := time.NewTicker(c.cfg.SweepInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				c.queue.Add(sweep)
-			}
+		if !runtime.WaitForSync(ctx, c.vms, c.ips, c.ipls, c.macs, c.macls, c.cnets) {
+			return
 		}
+		if err := c.ensureMain(ctx); err != nil {
+			c.log.Error("creating the default network", "err", err)
+		}
+		c.queueAll()
 	}()
-	c.queue.Run(ctx, 2, c.reconcile)
-	return nil
+	return c.ctl.Run(ctx)
+}
+
+// allKeys returns the queue keys of every VM and claim, and the sweep.
+func (c *Controller) allKeys() []runtime.Key {
+	var out []runtime.Key
+	for _, k := range c.vms.Keys() {
+		out = append(out, kindVM+k)
+	}
+	for _, k := range c.ips.Keys() {
+		out = append(out, kindIP+k)
+	}
+	for _, k := range c.macs.Keys() {
+		out = append(out, kindMAC+k)
+	}
+	return append(out, sweep)
 }
 
 func (c *Controller) queueAll() {
-	for _, k := range c.vms.Keys() {
-		c.queue.Add(kindVM + k)
+	for _, k := range c.allKeys() {
+		c.queue.Add(k)
 	}
-	for _, k := range c.ips.Keys() {
-		c.queue.Add(kindIP + k)
-	}
-	for _, k := range c.macs.Keys() {
-		c.queue.Add(kindMAC + k)
-	}
-	c.queue.Add(sweep)
 }
 
-// queueClaimOfLease queues the claim a lease names or, for a lease that is gone, the claims
-// that hold its address: a lease deleted by hand under a bound claim is made again at once,
-// and a lease an administrator makes for a waiting claim binds it at once.
-func (c *Controller) queueClaimOfLease(leases, claims *runtime.Informer, kind, k runtime.Key, leaseName func(addr string) string) {
-	var l struct {
-		Spec struct {
-			IP  *v1alpha1.VirtualMachineIPAddressRef  `json:"virtualMachineIPAddressRef"`
-			MAC *v1alpha1.VirtualMachineMACAddressRef `json:"virtualMachineMACAddressRef"`
-		} `json:"spec"`
-	}
-	if ok, _ := leases.Get(k, &l); ok {
-		switch {
-		case l.Spec.IP != nil:
-			c.queue.Add(kind + runtime.NewKey(l.Spec.IP.Namespace, l.Spec.IP.Name))
-		case l.Spec.MAC != nil:
-			c.queue.Add(kind + runtime.NewKey(l.Spec.MAC.Namespace, l.Spec.MAC.Name))
+// claimOfIPLease returns the IP claim an IP lease names or, for a lease that is gone, the
+// claims that hold its address: a lease deleted by hand under a bound claim is made again at
+// once, and a lease an administrator makes for a waiting claim binds it at once.
+func (c *Controller) claimOfIPLease(k runtime.Key) []runtime.Key {
+	if l, ok := c.ipls.Get(k); ok {
+		if r := l.Spec.VirtualMachineIPAddressRef; r != nil {
+			return []runtime.Key{kindIP + runtime.NewKey(r.Namespace, r.Name)}
 		}
-		return
+		return nil
 	}
 	_, name := k.Split()
-	for _, ck := range claims.Keys() {
-		var cl struct {
-			Status struct {
-				Address string `json:"address"`
-			} `json:"status"`
-		}
-		if ok, _ := claims.Get(ck, &cl); ok && cl.Status.Address != "" && leaseName(cl.Status.Address) == name {
-			c.queue.Add(kind + ck)
+	var out []runtime.Key
+	for _, ip := range c.ips.List() {
+		if a, err := netip.ParseAddr(ip.Status.Address); err == nil && v1alpha1.IPLeaseName(a) == name {
+			out = append(out, kindIP+runtime.KeyOf(ip))
 		}
 	}
+	return out
 }
 
-// queueVMsOf queues the VM a claim is labelled with or attached to (or, for a claim that is
-// gone, every VM of its namespace).
-func (c *Controller) queueVMsOf(inf *runtime.Informer, k runtime.Key) {
-	ns, name := k.Split()
-	var obj struct {
-		Metadata v1alpha1.ObjectMeta `json:"metadata"`
-		Status   struct {
-			VirtualMachineName string `json:"virtualMachineName"`
-		} `json:"status"`
-	}
-	if ok, err := inf.Get(k, &obj); !ok || err != nil {
-		_ = name
-		for _, vk := range c.vms.Keys() {
-			if vns, _ := vk.Split(); vns == ns {
-				c.queue.Add(kindVM + vk)
-			}
+// claimOfMACLease is claimOfIPLease for MAC leases.
+func (c *Controller) claimOfMACLease(k runtime.Key) []runtime.Key {
+	if l, ok := c.macls.Get(k); ok {
+		if r := l.Spec.VirtualMachineMACAddressRef; r != nil {
+			return []runtime.Key{kindMAC + runtime.NewKey(r.Namespace, r.Name)}
 		}
-		c.queue.Add(sweep)
-		return
+		return nil
 	}
-	if v := obj.Metadata.Labels[LabelVM]; v != "" {
-		c.queue.Add(kindVM + runtime.NewKey(ns, v))
+	_, name := k.Split()
+	var out []runtime.Key
+	for _, m := range c.macs.List() {
+		if m.Status.Address == "" {
+			continue
+		}
+		if n, _ := v1alpha1.MACLeaseName(m.Status.Address); n == name {
+			out = append(out, kindMAC+runtime.KeyOf(m))
+		}
 	}
-	if v := obj.Status.VirtualMachineName; v != "" {
-		c.queue.Add(kindVM + runtime.NewKey(ns, v))
+	return out
+}
+
+// vmsOfClaim returns the claim itself and the VMs it is labelled with or attached to (or,
+// for a claim that is gone, every VM of its namespace and the sweep). meta is nil for a
+// claim that is gone.
+func (c *Controller) vmsOfClaim(kind, k runtime.Key, meta *v1alpha1.ObjectMeta, attachedTo string) []runtime.Key {
+	ns, _ := k.Split()
+	out := []runtime.Key{kind + k}
+	if meta != nil {
+		if v := meta.Labels[LabelVM]; v != "" {
+			out = append(out, kindVM+runtime.NewKey(ns, v))
+		}
+		if attachedTo != "" {
+			out = append(out, kindVM+runtime.NewKey(ns, attachedTo))
+		}
 	}
 	// A claim named like the VM (the default IP claim) or named in its spec.
 	for _, vk := range c.vms.Keys() {
 		if vns, _ := vk.Split(); vns == ns {
-			c.queue.Add(kindVM + vk)
+			out = append(out, kindVM+vk)
 		}
 	}
+	if meta == nil {
+		out = append(out, sweep)
+	}
+	return out
 }
 
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
@@ -323,12 +333,8 @@ func (c *Controller) ensureMain(ctx context.Context) error {
 }
 
 func (c *Controller) network(name string) (*v1alpha1.ClusterNetwork, bool) {
-	var n v1alpha1.ClusterNetwork
-	ok, err := c.cnets.Get(runtime.NewKey("", name), &n)
-	if !ok || err != nil {
-		return nil, false
-	}
-	return &n, true
+	// Shared with the cache: callers only read it.
+	return c.cnets.Get(runtime.NewKey("", name))
 }
 
 func (c *Controller) now() v1alpha1.Time { return v1alpha1.NewTime(c.cfg.Now()) }

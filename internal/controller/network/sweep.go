@@ -10,25 +10,57 @@ import (
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
-// claimMeta is what the sweep reads of a claim.
-type claimMeta struct {
-	Metadata v1alpha1.ObjectMeta `json:"metadata"`
-	Status   struct {
-		Address            string `json:"address"`
-		VirtualMachineName string `json:"virtualMachineName"`
-	} `json:"status"`
+// claimView is what the sweep reads of a claim (IP and MAC claims alike).
+type claimView struct {
+	meta               *v1alpha1.ObjectMeta
+	virtualMachineName string
 }
 
-// leaseMeta is what the sweep reads of a lease (IP and MAC leases alike).
-type leaseMeta struct {
-	Metadata v1alpha1.ObjectMeta `json:"metadata"`
-	Spec     struct {
-		IPRef  *v1alpha1.VirtualMachineIPAddressRef  `json:"virtualMachineIPAddressRef"`
-		MACRef *v1alpha1.VirtualMachineMACAddressRef `json:"virtualMachineMACAddressRef"`
-	} `json:"spec"`
-	Status struct {
-		Phase v1alpha1.LeasePhase `json:"phase"`
-	} `json:"status"`
+// leaseView is what the sweep reads of a lease (IP and MAC leases alike).
+type leaseView struct {
+	meta          *v1alpha1.ObjectMeta
+	refNS, refRef string
+	obj           any // the cached lease, to write it back released
+}
+
+func ipClaims(inf *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddress]) []claimView {
+	var out []claimView
+	for _, o := range inf.List() {
+		out = append(out, claimView{meta: &o.ObjectMeta, virtualMachineName: o.Status.VirtualMachineName})
+	}
+	return out
+}
+
+func macClaims(inf *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddress]) []claimView {
+	var out []claimView
+	for _, o := range inf.List() {
+		out = append(out, claimView{meta: &o.ObjectMeta, virtualMachineName: o.Status.VirtualMachineName})
+	}
+	return out
+}
+
+func ipLeases(inf *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddressLease]) []leaseView {
+	var out []leaseView
+	for _, o := range inf.List() {
+		v := leaseView{meta: &o.ObjectMeta, obj: o}
+		if r := o.Spec.VirtualMachineIPAddressRef; r != nil {
+			v.refNS, v.refRef = r.Namespace, r.Name
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func macLeases(inf *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddressLease]) []leaseView {
+	var out []leaseView
+	for _, o := range inf.List() {
+		v := leaseView{meta: &o.ObjectMeta, obj: o}
+		if r := o.Spec.VirtualMachineMACAddressRef; r != nil {
+			v.refNS, v.refRef = r.Namespace, r.Name
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 // sweep deletes the automatic claims of deleted VMs, detaches claims from deleted VMs,
@@ -37,27 +69,18 @@ type leaseMeta struct {
 func (c *Controller) sweep(ctx context.Context) error {
 	uids := map[string]bool{}
 	names := map[runtime.Key]bool{}
-	for _, raw := range c.vms.Raw() {
-		var m struct {
-			Metadata v1alpha1.ObjectMeta `json:"metadata"`
-		}
-		if json.Unmarshal(raw, &m) == nil {
-			uids[m.Metadata.UID] = true
-			names[runtime.NewKey(m.Metadata.Namespace, m.Metadata.Name)] = true
-		}
+	for _, vm := range c.vms.List() {
+		uids[vm.UID] = true
+		names[runtime.KeyOf(vm)] = true
 	}
 	for _, kind := range []struct {
-		inf      *runtime.Informer
+		claims   []claimView
 		resource string
 		attached string
-	}{{c.ips, "virtualmachineipaddresses", string(v1alpha1.VirtualMachineIPAddressPhaseBound)},
-		{c.macs, "virtualmachinemacaddresses", string(v1alpha1.VirtualMachineMACAddressPhaseBound)}} {
-		for _, raw := range kind.inf.Raw() {
-			var m claimMeta
-			if json.Unmarshal(raw, &m) != nil {
-				continue
-			}
-			md := m.Metadata
+	}{{ipClaims(c.ips), "virtualmachineipaddresses", string(v1alpha1.VirtualMachineIPAddressPhaseBound)},
+		{macClaims(c.macs), "virtualmachinemacaddresses", string(v1alpha1.VirtualMachineMACAddressPhaseBound)}} {
+		for _, m := range kind.claims {
+			md := m.meta
 			if uid, auto := md.Annotations[AnnotationAutoFor]; auto && !uids[uid] && !names[runtime.NewKey(md.Namespace, md.Labels[LabelVM])] {
 				if err := c.c.Delete(ctx, kind.resource, md.Namespace, md.Name); err != nil && !client.IsNotFound(err) {
 					return err
@@ -65,7 +88,7 @@ func (c *Controller) sweep(ctx context.Context) error {
 				c.log.Info("deleted the automatic address claim of a deleted VM", "resource", kind.resource, "claim", md.Namespace+"/"+md.Name)
 				continue
 			}
-			if vm := m.Status.VirtualMachineName; vm != "" && !names[runtime.NewKey(md.Namespace, vm)] {
+			if vm := m.virtualMachineName; vm != "" && !names[runtime.NewKey(md.Namespace, vm)] {
 				st := map[string]any{"virtualMachineName": nil, "phase": kind.attached}
 				if err := c.patchStatus(ctx, kind.resource, md.Namespace, md.Name, md.ResourceVersion, st); err != nil && !client.IsConflict(err) && !client.IsNotFound(err) {
 					return err
@@ -73,37 +96,32 @@ func (c *Controller) sweep(ctx context.Context) error {
 			}
 		}
 	}
-	if err := c.sweepLeases(ctx, c.ipls, c.ips, "virtualmachineipaddressleases", c.cfg.IPReuseDelay); err != nil {
+	ipClaimExists := func(k runtime.Key) bool { _, ok := c.ips.Get(k); return ok }
+	macClaimExists := func(k runtime.Key) bool { _, ok := c.macs.Get(k); return ok }
+	if err := c.sweepLeases(ctx, ipLeases(c.ipls), ipClaimExists, "virtualmachineipaddressleases", c.cfg.IPReuseDelay); err != nil {
 		return err
 	}
-	if err := c.sweepLeases(ctx, c.macls, c.macs, "virtualmachinemacaddressleases", c.cfg.MACReuseDelay); err != nil {
+	if err := c.sweepLeases(ctx, macLeases(c.macls), macClaimExists, "virtualmachinemacaddressleases", c.cfg.MACReuseDelay); err != nil {
 		return err
 	}
 	return c.networkStatus(ctx)
 }
 
-func (c *Controller) sweepLeases(ctx context.Context, leases, claims *runtime.Informer, resource string, delay time.Duration) error {
+func (c *Controller) sweepLeases(ctx context.Context, leases []leaseView, claimExists func(runtime.Key) bool, resource string, delay time.Duration) error {
 	now := c.cfg.Now()
-	for _, raw := range leases.Raw() {
-		var l leaseMeta
-		if json.Unmarshal(raw, &l) != nil {
-			continue
-		}
-		var ns, name string
-		switch {
-		case l.Spec.IPRef != nil:
-			ns, name = l.Spec.IPRef.Namespace, l.Spec.IPRef.Name
-		case l.Spec.MACRef != nil:
-			ns, name = l.Spec.MACRef.Namespace, l.Spec.MACRef.Name
-		}
-		md := l.Metadata
+	for _, l := range leases {
+		ns, name := l.refNS, l.refRef
+		md := l.meta
 		if name != "" {
-			var cm claimMeta
-			if ok, _ := claims.Get(runtime.NewKey(ns, name), &cm); ok {
+			if claimExists(runtime.NewKey(ns, name)) {
 				continue
 			}
 			// The claim is gone: release the lease (it keeps the address taken until the
 			// reuse delay has passed).
+			raw, err := json.Marshal(l.obj)
+			if err != nil {
+				continue
+			}
 			var obj map[string]any
 			if err := json.Unmarshal(raw, &obj); err != nil {
 				continue
@@ -145,8 +163,8 @@ func (c *Controller) networkStatus(ctx context.Context) error {
 		leased = append(leased, n)
 	}
 	for _, k := range c.cnets.Keys() {
-		var n v1alpha1.ClusterNetwork
-		if ok, err := c.cnets.Get(k, &n); !ok || err != nil {
+		n, ok := c.cnets.Get(k)
+		if !ok {
 			continue
 		}
 		count := 0
@@ -159,7 +177,7 @@ func (c *Controller) networkStatus(ctx context.Context) error {
 				}
 			}
 		}
-		st := n.Status
+		st := runtime.DeepCopy(&n.Status) // SetCondition changes the list in place
 		changed := v1alpha1.SetCondition(&st.Conditions, cond(v1alpha1.ClusterNetworkConditionReady, true, "Accepted", "the network is accepted; node agents create its host side when a VM on it starts", n.Generation))
 		if !changed && st.Phase == v1alpha1.ClusterNetworkPhaseReady && st.AllocatedIPs == count && st.ObservedGeneration == n.Generation {
 			continue

@@ -72,11 +72,7 @@ func Interfaces(vm *v1alpha1.VirtualMachine, hasSubnet func(network string) bool
 // reconcileVM makes sure every interface of the VM has its claims, attaches them to the VM
 // and reports the addresses in the VM status.
 func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	var vm v1alpha1.VirtualMachine
-	ok, err := c.vms.Get(key, &vm)
-	if err != nil {
-		return runtime.Result{}, err
-	}
+	vm, ok := get(c.vms, key)
 	if !ok {
 		c.queue.Add(sweep)
 		return runtime.Result{}, nil
@@ -147,7 +143,7 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 	if ipOK && ipMsg == "" {
 		ipMsg = "every interface on a managed network has an IP address"
 	}
-	_, err = c.patchVM(ctx, &vm, func(v *v1alpha1.VirtualMachine) {
+	_, err := c.patchVM(ctx, &vm, func(v *v1alpha1.VirtualMachine) {
 		v.Status.Networks = statuses
 		v.Status.IPAddress = mainIP
 		v.Status.VirtualMachineIPAddressName = mainClaim
@@ -160,11 +156,7 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 // useMAC returns the address of the interface's MAC claim (creating an automatic claim and
 // attaching it to the VM), or why there is none.
 func (c *Controller) useMAC(ctx context.Context, vm *v1alpha1.VirtualMachine, f Iface) (string, string, string, error) {
-	var m v1alpha1.VirtualMachineMACAddress
-	ok, err := c.macs.Get(runtime.NewKey(vm.Namespace, f.MACClaim), &m)
-	if err != nil {
-		return "", "", "", err
-	}
+	m, ok := get(c.macs, runtime.NewKey(vm.Namespace, f.MACClaim))
 	if !ok {
 		if !f.AutoMAC {
 			return "", ReasonClaimNotFound, fmt.Sprintf("VirtualMachineMACAddress %q (spec.networks[%d]) does not exist", f.MACClaim, f.Index), nil
@@ -201,11 +193,7 @@ func (c *Controller) useMAC(ctx context.Context, vm *v1alpha1.VirtualMachine, f 
 
 // useIP is useMAC for the interface's IP claim.
 func (c *Controller) useIP(ctx context.Context, vm *v1alpha1.VirtualMachine, f Iface) (string, string, string, error) {
-	var ip v1alpha1.VirtualMachineIPAddress
-	ok, err := c.ips.Get(runtime.NewKey(vm.Namespace, f.IPClaim), &ip)
-	if err != nil {
-		return "", "", "", err
-	}
+	ip, ok := get(c.ips, runtime.NewKey(vm.Namespace, f.IPClaim))
 	if !ok {
 		if !f.AutoIP {
 			return "", ReasonClaimNotFound, fmt.Sprintf("VirtualMachineIPAddress %q (spec.virtualMachineIPAddressName) does not exist", f.IPClaim), nil

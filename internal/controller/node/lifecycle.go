@@ -25,7 +25,7 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client *client.Client
+	Client client.Interface
 	Log    *slog.Logger
 	// GracePeriod: default DefaultGracePeriod.
 	GracePeriod time.Duration

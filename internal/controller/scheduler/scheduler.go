@@ -37,8 +37,11 @@ const (
 
 // Config configures the scheduler.
 type Config struct {
-	Client *client.Client
-	Log    *slog.Logger
+	Client client.Interface
+	// Informers is the process's shared informer factory; nil: the scheduler makes and runs
+	// its own.
+	Informers *runtime.Factory
+	Log       *slog.Logger
 	// NodeStaleAfter is how old a node's heartbeat may be for it to take new VMs; default 40 s.
 	NodeStaleAfter time.Duration
 	// RetryInterval is how often unschedulable VMs are tried again (besides on node changes);
@@ -50,12 +53,17 @@ type Config struct {
 // Scheduler is the VM scheduler.
 type Scheduler struct {
 	cfg Config
-	c   *client.Client
+	c   client.Interface
 	log *slog.Logger
 	rec *runtime.Recorder
 
-	vms, nodes, disks, classes *runtime.Informer
-	queue                      *runtime.Queue
+	ownFactory *runtime.Factory // when Config.Informers is nil
+	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	nodes      *runtime.TypedInformer[v1alpha1.Node]
+	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	classes    *runtime.TypedInformer[v1alpha1.VirtualMachineClass]
+	ctl        *runtime.Controller
+	queue      *runtime.Queue
 
 	mu      sync.Mutex
 	assumed map[runtime.Key]assumption // bindings written but not yet seen by the informer
@@ -97,67 +105,77 @@ func New(cfg Config) (*Scheduler, error) {
 		cfg.Now = time.Now
 	}
 	log := cfg.Log.With("component", "scheduler")
-	return &Scheduler{cfg: cfg, c: cfg.Client, log: log, assumed: map[runtime.Key]assumption{},
+	s := &Scheduler{cfg: cfg, c: cfg.Client, log: log, assumed: map[runtime.Key]assumption{},
 		nodeCache: map[string]*nodeState{}, bound: map[runtime.Key]boundVM{}, usage: map[string]*usageSum{}, pending: map[runtime.Key]bool{},
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-scheduler", Log: log}}, nil
+		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-scheduler", Log: log}}
+	f := cfg.Informers
+	if f == nil {
+		f = runtime.NewFactory(cfg.Client, log)
+		s.ownFactory = f
+	}
+	s.vms, s.nodes, s.disks, s.classes = f.VirtualMachines(), f.Nodes(), f.VirtualDisks(), f.VirtualMachineClasses()
+	// One worker: decisions see each other's bindings. VMs are queued by their own changes
+	// (after the caches took them in) and, when nodes or classes change, every pending VM.
+	s.ctl = runtime.NewController("scheduler", log).
+		Watches(s.vms, func(k runtime.Key) []runtime.Key {
+			s.noteVM(k)
+			return []runtime.Key{k}
+		}).
+		Watches(s.nodes, func(k runtime.Key) []runtime.Key {
+			s.noteNode(k)
+			return s.pendingKeys()
+		}).
+		Watches(s.classes, func(runtime.Key) []runtime.Key { return s.pendingKeys() }).
+		Reads(s.disks).
+		Workers(1).
+		MaxBackoff(5 * time.Second).
+		Build(s.reconcile)
+	s.queue = s.ctl.Queue()
+	return s, nil
 }
 
-// Run schedules until ctx ends. One worker: decisions see each other's bindings.
+// Run schedules until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
-	s.queue = runtime.NewQueue("scheduler", s.log)
-	s.queue.MaxBackoff = 5 * time.Second
-	s.vms = runtime.NewInformer(s.c, "virtualmachines", "", s.log)
-	s.nodes = runtime.NewInformer(s.c, "nodes", "", s.log)
-	s.disks = runtime.NewInformer(s.c, "virtualdisks", "", s.log)
-	s.classes = runtime.NewInformer(s.c, "virtualmachineclasses", "", s.log)
-	s.vms.OnChange(func(k runtime.Key) {
-		s.noteVM(k)
-		s.queue.Add(k)
-	})
-	s.nodes.OnChange(func(k runtime.Key) {
-		s.noteNode(k)
-		s.queuePending()
-	})
-	s.classes.OnChange(func(runtime.Key) { s.queuePending() })
-	for _, inf := range []*runtime.Informer{s.vms, s.nodes, s.disks, s.classes} {
-		go inf.Run(ctx)
+	if s.ownFactory != nil {
+		s.ownFactory.Start(ctx)
 	}
-	for _, inf := range []*runtime.Informer{s.vms, s.nodes, s.disks, s.classes} {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-inf.Synced():
+	go func() {
+		// Once synced, every VM waiting for a node is tried.
+		if runtime.WaitForSync(ctx, s.vms, s.nodes, s.disks, s.classes) {
+			s.queuePending()
 		}
-	}
-	s.queuePending()
-	s.queue.Run(ctx, 1, s.reconcile)
-	return nil
+	}()
+	return s.ctl.Run(ctx)
 }
 
-// queuePending queues every VM waiting for a node.
-func (s *Scheduler) queuePending() {
+// pendingKeys returns every VM waiting for a node.
+func (s *Scheduler) pendingKeys() []runtime.Key {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	keys := make([]runtime.Key, 0, len(s.pending))
 	for k := range s.pending {
 		keys = append(keys, k)
 	}
-	s.mu.Unlock()
-	for _, k := range keys {
+	return keys
+}
+
+// queuePending queues every VM waiting for a node.
+func (s *Scheduler) queuePending() {
+	for _, k := range s.pendingKeys() {
 		s.queue.Add(k)
 	}
 }
 
 // noteVM updates the caches from the informer's copy of one VM.
 func (s *Scheduler) noteVM(k runtime.Key) {
-	var vm v1alpha1.VirtualMachine
-	ok, err := s.vms.Get(k, &vm)
+	vm, ok := s.vms.Get(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !ok || err != nil {
+	if !ok {
 		s.setBoundLocked(k, nil)
 		return
 	}
-	s.setBoundLocked(k, &vm)
+	s.setBoundLocked(k, vm)
 }
 
 // setBoundLocked records vm (nil: gone) under k, keeping the per-node sums.
@@ -187,16 +205,15 @@ func (s *Scheduler) setBoundLocked(k runtime.Key, vm *v1alpha1.VirtualMachine) {
 
 // noteNode updates the node cache from the informer.
 func (s *Scheduler) noteNode(k runtime.Key) {
-	var n v1alpha1.Node
-	ok, err := s.nodes.Get(k, &n)
+	n, ok := s.nodes.Get(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, name := k.Split()
-	if !ok || err != nil {
+	if !ok {
 		delete(s.nodeCache, name)
 		return
 	}
-	s.nodeCache[name] = newNodeState(&n)
+	s.nodeCache[name] = newNodeState(n) // the cached node is shared: the state only reads it
 }
 
 // wantsNode says whether the VM should be placed now.
@@ -226,9 +243,9 @@ func wantsNode(vm *v1alpha1.VirtualMachine) (bool, string) {
 
 func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	var vm v1alpha1.VirtualMachine
-	ok, err := s.vms.Get(key, &vm)
-	if err != nil {
-		return runtime.Result{}, err
+	cached, ok := s.vms.Get(key)
+	if ok {
+		vm = *cached // a shallow copy: replaced by the stored VM below before anything changes
 	}
 	s.mu.Lock()
 	if a, has := s.assumed[key]; has && (!ok || vm.UID != a.uid || vm.Status.NodeName != "" || time.Since(a.at) > time.Minute) {
@@ -365,8 +382,8 @@ func (s *Scheduler) diskNode(vm *v1alpha1.VirtualMachine) (string, string) {
 		if r.Kind != v1alpha1.BlockDeviceKindVirtualDisk {
 			continue
 		}
-		var d v1alpha1.VirtualDisk
-		if ok, err := s.disks.Get(runtime.NewKey(vm.Namespace, r.Name), &d); !ok || err != nil || d.Status.NodeName == "" {
+		d, ok := s.disks.Get(runtime.NewKey(vm.Namespace, r.Name))
+		if !ok || d.Status.NodeName == "" {
 			continue
 		}
 		if node != "" && node != d.Status.NodeName {
@@ -383,14 +400,14 @@ func (s *Scheduler) class(vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine
 	if name == "" {
 		return nil, ""
 	}
-	var c v1alpha1.VirtualMachineClass
-	if ok, err := s.classes.Get(runtime.NewKey("", name), &c); !ok || err != nil {
+	c, ok := s.classes.Get(runtime.NewKey("", name))
+	if !ok {
 		return nil, fmt.Sprintf("VirtualMachineClass %q not found", name)
 	}
 	if c.Spec.CPU.Type == v1alpha1.CPUTypeDiscovery && (c.Status.CPUFeatures == nil || len(c.Status.CPUFeatures.Enabled) == 0) {
 		return nil, fmt.Sprintf("VirtualMachineClass %q has not discovered its CPU features yet (no node matches its discovery selector, or the nodes report no CPU features)", name)
 	}
-	return &c, ""
+	return c, "" // shared with the cache: placement only reads it
 }
 
 func hasCleanupFinalizer(vm *v1alpha1.VirtualMachine) bool {

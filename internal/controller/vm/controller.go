@@ -40,8 +40,11 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client *client.Client
-	Log    *slog.Logger
+	Client client.Interface
+	// Informers is the process's shared informer factory; nil: the controller makes and
+	// runs its own.
+	Informers *runtime.Factory
+	Log       *slog.Logger
 	// Workers is the number of VMs reconciled at once; default 4.
 	Workers int
 	// BaseBackoff and MaxBackoff bound the delay of restarts after crashes; defaults 1 s, 5 min.
@@ -54,12 +57,17 @@ type Config struct {
 // Controller is the VM controller.
 type Controller struct {
 	cfg Config
-	c   *client.Client
+	c   client.Interface
 	log *slog.Logger
 	rec *runtime.Recorder
 
-	vms, ops, disks, images, cimages *runtime.Informer
-	queue                            *runtime.Queue
+	ownFactory *runtime.Factory // when Config.Informers is nil
+	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	ops        *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
+	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	images     *runtime.TypedInformer[v1alpha1.VirtualImage]
+	cimages    *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
+	ctl        *runtime.Controller
 }
 
 // New returns a controller; Run starts it.
@@ -86,8 +94,30 @@ func New(cfg Config) (*Controller, error) {
 		cfg.NewID = randomID
 	}
 	log := cfg.Log.With("component", "vm-controller")
-	return &Controller{cfg: cfg, c: cfg.Client, log: log,
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-vm-controller", Log: log}}, nil
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log,
+		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-vm-controller", Log: log}}
+	f := cfg.Informers
+	if f == nil {
+		f = runtime.NewFactory(cfg.Client, log)
+		c.ownFactory = f
+	}
+	c.vms, c.ops, c.disks = f.VirtualMachines(), f.VirtualMachineOperations(), f.VirtualDisks()
+	c.images, c.cimages = f.VirtualImages(), f.ClusterVirtualImages()
+	c.ctl = runtime.NewController("vm", log).
+		For(c.vms).
+		Watches(c.ops, func(k runtime.Key) []runtime.Key {
+			if op, ok := c.ops.Get(k); ok {
+				return []runtime.Key{runtime.NewKey(op.Namespace, op.Spec.VirtualMachineName)}
+			}
+			return nil
+		}).
+		Watches(c.disks, c.usersOf(v1alpha1.BlockDeviceKindVirtualDisk)).
+		Watches(c.images, c.usersOf(v1alpha1.BlockDeviceKindVirtualImage)).
+		Watches(c.cimages, c.usersOf(v1alpha1.BlockDeviceKindClusterVirtualImage)).
+		Workers(cfg.Workers).
+		MaxBackoff(10 * time.Second).
+		Build(c.reconcile)
+	return c, nil
 }
 
 func randomID() string {
@@ -98,70 +128,38 @@ func randomID() string {
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.queue = runtime.NewQueue("vm", c.log)
-	c.queue.MaxBackoff = 10 * time.Second
-	c.vms = runtime.NewInformer(c.c, "virtualmachines", "", c.log)
-	c.ops = runtime.NewInformer(c.c, "virtualmachineoperations", "", c.log)
-	c.disks = runtime.NewInformer(c.c, "virtualdisks", "", c.log)
-	c.images = runtime.NewInformer(c.c, "virtualimages", "", c.log)
-	c.cimages = runtime.NewInformer(c.c, "clustervirtualimages", "", c.log)
-	c.vms.OnChange(c.queue.Add)
-	c.ops.OnChange(func(k runtime.Key) {
-		var op v1alpha1.VirtualMachineOperation
-		if ok, err := c.ops.Get(k, &op); ok && err == nil {
-			c.queue.Add(runtime.NewKey(op.Namespace, op.Spec.VirtualMachineName))
-		}
-	})
-	c.disks.OnChange(func(k runtime.Key) { c.queueUsers(k, v1alpha1.BlockDeviceKindVirtualDisk) })
-	c.images.OnChange(func(k runtime.Key) { c.queueUsers(k, v1alpha1.BlockDeviceKindVirtualImage) })
-	c.cimages.OnChange(func(k runtime.Key) { c.queueUsers(k, v1alpha1.BlockDeviceKindClusterVirtualImage) })
-	for _, inf := range []*runtime.Informer{c.vms, c.ops, c.disks, c.images, c.cimages} {
-		go inf.Run(ctx)
+	if c.ownFactory != nil {
+		c.ownFactory.Start(ctx)
 	}
-	for _, inf := range []*runtime.Informer{c.vms, c.ops, c.disks, c.images, c.cimages} {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-inf.Synced():
-		}
-	}
-	for _, k := range c.vms.Keys() {
-		c.queue.Add(k)
-	}
-	c.queue.Run(ctx, c.cfg.Workers, c.reconcile)
-	return nil
+	return c.ctl.Run(ctx)
 }
 
-// queueUsers queues the VMs that reference a changed disk or image.
-func (c *Controller) queueUsers(k runtime.Key, kind v1alpha1.BlockDeviceKind) {
-	ns, name := k.Split()
-	for _, raw := range c.vms.Raw() {
-		var vm v1alpha1.VirtualMachine
-		if json.Unmarshal(raw, &vm) != nil {
-			continue
-		}
-		if kind != v1alpha1.BlockDeviceKindClusterVirtualImage && vm.Namespace != ns {
-			continue
-		}
-		for _, r := range vm.Spec.BlockDeviceRefs {
-			if r.Kind == kind && r.Name == name {
-				c.queue.Add(runtime.KeyOf(&vm))
-				break
+// usersOf maps a changed disk or image to the VMs that reference it.
+func (c *Controller) usersOf(kind v1alpha1.BlockDeviceKind) runtime.MapFunc {
+	return func(k runtime.Key) []runtime.Key {
+		ns, name := k.Split()
+		var out []runtime.Key
+		for _, vm := range c.vms.List() {
+			if kind != v1alpha1.BlockDeviceKindClusterVirtualImage && vm.Namespace != ns {
+				continue
+			}
+			for _, r := range vm.Spec.BlockDeviceRefs {
+				if r.Kind == kind && r.Name == name {
+					out = append(out, runtime.KeyOf(vm))
+					break
+				}
 			}
 		}
+		return out
 	}
 }
 
 // opsFor returns the operations naming the VM.
 func (c *Controller) opsFor(ns, name string) []*v1alpha1.VirtualMachineOperation {
 	var out []*v1alpha1.VirtualMachineOperation
-	for _, raw := range c.ops.Raw() {
-		op := &v1alpha1.VirtualMachineOperation{}
-		if json.Unmarshal(raw, op) != nil {
-			continue
-		}
+	for _, op := range c.ops.List() {
 		if op.Namespace == ns && op.Spec.VirtualMachineName == name && op.DeletionTimestamp == nil {
-			out = append(out, op)
+			out = append(out, runtime.DeepCopy(op))
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -170,11 +168,7 @@ func (c *Controller) opsFor(ns, name string) []*v1alpha1.VirtualMachineOperation
 
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	ns, name := key.Split()
-	var vm v1alpha1.VirtualMachine
-	ok, err := c.vms.Get(key, &vm)
-	if err != nil {
-		return runtime.Result{}, err
-	}
+	cached, ok := c.vms.Get(key)
 	if !ok {
 		for _, op := range c.opsFor(ns, name) {
 			if isPowerOp(op.Spec.Type) && isActive(op.Status.Phase) {
@@ -186,6 +180,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		}
 		return runtime.Result{}, nil
 	}
+	vm := *runtime.DeepCopy(cached) // the reconciler changes its copy
 	if vm.DeletionTimestamp != nil {
 		return runtime.Result{}, c.finishDelete(ctx, &vm)
 	}
@@ -250,30 +245,34 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 func (c *Controller) blockDevicesCondition(vm *v1alpha1.VirtualMachine) v1alpha1.Condition {
 	var problems []string
 	for _, r := range vm.Spec.BlockDeviceRefs {
-		var inf *runtime.Informer
 		k := runtime.NewKey(vm.Namespace, r.Name)
+		var phase string
+		var found bool
 		switch r.Kind {
 		case v1alpha1.BlockDeviceKindVirtualDisk:
-			inf = c.disks
+			var d *v1alpha1.VirtualDisk
+			if d, found = c.disks.Get(k); found {
+				phase = string(d.Status.Phase)
+			}
 		case v1alpha1.BlockDeviceKindVirtualImage:
-			inf = c.images
+			var i *v1alpha1.VirtualImage
+			if i, found = c.images.Get(k); found {
+				phase = string(i.Status.Phase)
+			}
 		case v1alpha1.BlockDeviceKindClusterVirtualImage:
-			inf, k = c.cimages, runtime.NewKey("", r.Name)
+			var i *v1alpha1.ClusterVirtualImage
+			if i, found = c.cimages.Get(runtime.NewKey("", r.Name)); found {
+				phase = string(i.Status.Phase)
+			}
 		default:
 			problems = append(problems, fmt.Sprintf("%s %q: unsupported kind", r.Kind, r.Name))
 			continue
 		}
-		var obj struct {
-			Status struct {
-				Phase string `json:"phase"`
-			} `json:"status"`
-		}
-		found, err := inf.Get(k, &obj)
 		switch {
-		case err != nil || !found:
+		case !found:
 			problems = append(problems, fmt.Sprintf("%s %q not found", r.Kind, r.Name))
-		case obj.Status.Phase != "Ready":
-			ph := obj.Status.Phase
+		case phase != "Ready":
+			ph := phase
 			if ph == "" {
 				ph = "Pending"
 			}

@@ -46,8 +46,11 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client *client.Client
-	Log    *slog.Logger
+	Client client.Interface
+	// Informers is the process's shared informer factory; nil: the controller makes and
+	// runs its own.
+	Informers *runtime.Factory
+	Log       *slog.Logger
 	// NodeStaleAfter is how old a node's heartbeat may be for it to count as available;
 	// default 40 s.
 	NodeStaleAfter time.Duration
@@ -59,11 +62,17 @@ type Config struct {
 // Controller is the class and usage controller.
 type Controller struct {
 	cfg Config
-	c   *client.Client
+	c   client.Interface
 	log *slog.Logger
 
-	classes, nodes, vms, disks, images, projects *runtime.Informer
-	queue                                        *runtime.Queue
+	ownFactory *runtime.Factory // when Config.Informers is nil
+	classes    *runtime.TypedInformer[v1alpha1.VirtualMachineClass]
+	nodes      *runtime.TypedInformer[v1alpha1.Node]
+	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	images     *runtime.TypedInformer[v1alpha1.VirtualImage]
+	projects   *runtime.TypedInformer[v1alpha1.Project]
+	ctl        *runtime.Controller
 }
 
 // New returns a controller; Run starts it.
@@ -80,7 +89,34 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Resync <= 0 {
 		cfg.Resync = 15 * time.Second
 	}
-	return &Controller{cfg: cfg, c: cfg.Client, log: cfg.Log}, nil
+	c := &Controller{cfg: cfg, c: cfg.Client, log: cfg.Log}
+	f := cfg.Informers
+	if f == nil {
+		f = runtime.NewFactory(cfg.Client, cfg.Log)
+		c.ownFactory = f
+	}
+	c.classes, c.nodes, c.vms = f.VirtualMachineClasses(), f.Nodes(), f.VirtualMachines()
+	c.disks, c.images, c.projects = f.VirtualDisks(), f.VirtualImages(), f.Projects()
+	projectOf := func(k runtime.Key) []runtime.Key {
+		ns, _ := k.Split()
+		return []runtime.Key{pfxProject + runtime.Key(ns)}
+	}
+	c.ctl = runtime.NewController("vmclass", cfg.Log).
+		Watches(c.classes, func(k runtime.Key) []runtime.Key { return append(c.vmsOf(string(k)), pfxClass+k) }).
+		Reads(c.nodes). // classes follow nodes on the resync
+		Watches(c.vms, func(k runtime.Key) []runtime.Key { return append(projectOf(k), pfxVM+k) }).
+		Watches(c.disks, projectOf).
+		Watches(c.images, projectOf).
+		Watches(c.projects, func(k runtime.Key) []runtime.Key { return []runtime.Key{pfxProject + k} }).
+		Every(cfg.Resync, func(_ context.Context, q *runtime.Queue) {
+			for _, k := range c.classes.Keys() {
+				q.Add(pfxClass + k)
+			}
+		}).
+		Workers(1).
+		MaxBackoff(10 * time.Second).
+		Build(c.reconcile)
+	return c, nil
 }
 
 // Queue keys: one kind of work per prefix.
@@ -92,59 +128,15 @@ const (
 
 // Run works until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.queue = runtime.NewQueue("vmclass", c.log)
-	c.queue.MaxBackoff = 10 * time.Second
-	c.classes = runtime.NewInformer(c.c, "virtualmachineclasses", "", c.log)
-	c.nodes = runtime.NewInformer(c.c, "nodes", "", c.log)
-	c.vms = runtime.NewInformer(c.c, "virtualmachines", "", c.log)
-	c.disks = runtime.NewInformer(c.c, "virtualdisks", "", c.log)
-	c.images = runtime.NewInformer(c.c, "virtualimages", "", c.log)
-	c.projects = runtime.NewInformer(c.c, "projects", "", c.log)
-	c.classes.OnChange(func(k runtime.Key) {
-		c.queue.Add(pfxClass + k)
-		c.queueVMsOf(string(k))
-	})
-	c.nodes.OnChange(func(runtime.Key) {}) // classes follow nodes on the resync
-	c.vms.OnChange(func(k runtime.Key) {
-		c.queue.Add(pfxVM + k)
-		ns, _ := k.Split()
-		c.queue.Add(pfxProject + runtime.Key(ns))
-	})
-	for _, inf := range []*runtime.Informer{c.disks, c.images} {
-		inf.OnChange(func(k runtime.Key) {
-			ns, _ := k.Split()
-			c.queue.Add(pfxProject + runtime.Key(ns))
-		})
+	if c.ownFactory != nil {
+		c.ownFactory.Start(ctx)
 	}
-	c.projects.OnChange(func(k runtime.Key) { c.queue.Add(pfxProject + k) })
-	all := []*runtime.Informer{c.classes, c.nodes, c.vms, c.disks, c.images, c.projects}
-	for _, inf := range all {
-		go inf.Run(ctx)
-	}
-	for _, inf := range all {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-inf.Synced():
-		}
-	}
-	go c.ensureGeneric(ctx)
 	go func() {
-		t := time.NewTicker(c.cfg.Resync)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				for _, k := range c.classes.Keys() {
-					c.queue.Add(pfxClass + k)
-				}
-			}
+		if runtime.WaitForSync(ctx, c.classes) {
+			c.ensureGeneric(ctx)
 		}
 	}()
-	c.queue.Run(ctx, 1, c.reconcile)
-	return nil
+	return c.ctl.Run(ctx)
 }
 
 // ensureGeneric creates the generic class when it does not exist, retrying until it is there.
@@ -178,18 +170,15 @@ func GenericClassObject() *v1alpha1.VirtualMachineClass {
 	}
 }
 
-func (c *Controller) queueVMsOf(class string) {
-	for _, raw := range c.vms.Raw() {
-		var vm struct {
-			Metadata v1alpha1.ObjectMeta `json:"metadata"`
-			Spec     struct {
-				Class string `json:"virtualMachineClassName"`
-			} `json:"spec"`
-		}
-		if json.Unmarshal(raw, &vm) == nil && vm.Spec.Class == class {
-			c.queue.Add(pfxVM + runtime.NewKey(vm.Metadata.Namespace, vm.Metadata.Name))
+// vmsOf returns the queue keys of the VMs of a class.
+func (c *Controller) vmsOf(class string) []runtime.Key {
+	var out []runtime.Key
+	for _, vm := range c.vms.List() {
+		if vm.Spec.VirtualMachineClassName == class {
+			out = append(out, pfxVM+runtime.KeyOf(vm))
 		}
 	}
+	return out
 }
 
 func (c *Controller) reconcile(ctx context.Context, k runtime.Key) (runtime.Result, error) {
@@ -337,29 +326,25 @@ func ClassStatus(cl *v1alpha1.VirtualMachineClass, nodes []v1alpha1.Node, vms []
 }
 
 func (c *Controller) syncClass(ctx context.Context, k runtime.Key) error {
-	var cl v1alpha1.VirtualMachineClass
-	if ok, err := c.classes.Get(k, &cl); !ok || err != nil {
-		return err
+	cached, ok := c.classes.Get(k)
+	if !ok {
+		return nil
 	}
+	cl := runtime.DeepCopy(cached)
+	// ClassStatus reads the nodes and VMs: shallow copies of the shared cache do.
 	var nodes []v1alpha1.Node
-	for _, raw := range c.nodes.Raw() {
-		var n v1alpha1.Node
-		if json.Unmarshal(raw, &n) == nil {
-			nodes = append(nodes, n)
-		}
+	for _, n := range c.nodes.List() {
+		nodes = append(nodes, *n)
 	}
 	var vms []v1alpha1.VirtualMachine
 	inUse := 0
-	for _, raw := range c.vms.Raw() {
-		var vm v1alpha1.VirtualMachine
-		if json.Unmarshal(raw, &vm) == nil {
-			vms = append(vms, vm)
-			if vm.Spec.VirtualMachineClassName == cl.Name {
-				inUse++
-			}
+	for _, vm := range c.vms.List() {
+		vms = append(vms, *vm)
+		if vm.Spec.VirtualMachineClassName == cl.Name {
+			inUse++
 		}
 	}
-	st := ClassStatus(&cl, nodes, vms, time.Now(), c.cfg.NodeStaleAfter)
+	st := ClassStatus(cl, nodes, vms, time.Now(), c.cfg.NodeStaleAfter)
 	use := v1alpha1.Condition{Type: v1alpha1.VMClassConditionInUse, Status: v1alpha1.ConditionFalse, Reason: "NotInUse", Message: "no VM uses the class"}
 	if inUse > 0 {
 		use.Status, use.Reason, use.Message = v1alpha1.ConditionTrue, "InUse", fmt.Sprintf("%d VM(s) use the class", inUse)
@@ -402,17 +387,13 @@ func (c *Controller) syncClass(ctx context.Context, k runtime.Key) error {
 // SizingPolicyMatched (the VM is within the class's sizing policies). A VM without a class has
 // neither.
 func (c *Controller) syncVM(ctx context.Context, k runtime.Key) error {
-	var vm v1alpha1.VirtualMachine
-	if ok, err := c.vms.Get(k, &vm); !ok || err != nil || vm.DeletionTimestamp != nil {
-		return err
+	vm, ok := c.vms.Get(k)
+	if !ok || vm.DeletionTimestamp != nil {
+		return nil
 	}
 	var want []v1alpha1.Condition
 	if name := vm.Spec.VirtualMachineClassName; name != "" {
-		var cl v1alpha1.VirtualMachineClass
-		ok, err := c.classes.Get(runtime.NewKey("", name), &cl)
-		if err != nil {
-			return err
-		}
+		cl, ok := c.classes.Get(runtime.NewKey("", name))
 		ready := v1alpha1.Condition{Type: v1alpha1.VMConditionClassReady, Status: v1alpha1.ConditionTrue, Reason: "ClassReady",
 			Message: fmt.Sprintf("class %q is ready", name)}
 		switch {
@@ -429,7 +410,7 @@ func (c *Controller) syncVM(ctx context.Context, k runtime.Key) error {
 		if ok {
 			sz := v1alpha1.Condition{Type: v1alpha1.VMConditionSizingPolicyMatched, Status: v1alpha1.ConditionTrue, Reason: ReasonSizingMatched,
 				Message: fmt.Sprintf("the VM matches a sizing policy of class %q", name)}
-			if fe := placement.CheckSizing(&vm, &cl); len(fe) > 0 {
+			if fe := placement.CheckSizing(vm, cl); len(fe) > 0 {
 				msgs := make([]string, len(fe))
 				for i, f := range fe {
 					msgs[i] = f.Error()
@@ -460,18 +441,17 @@ func (c *Controller) syncVM(ctx context.Context, k runtime.Key) error {
 
 // syncProject writes the project's usage.
 func (c *Controller) syncProject(ctx context.Context, name string) error {
-	var p v1alpha1.Project
-	if ok, err := c.projects.Get(runtime.NewKey("", name), &p); !ok || err != nil {
-		return err
+	p, ok := c.projects.Get(runtime.NewKey("", name))
+	if !ok {
+		return nil
 	}
 	var u v1alpha1.ProjectUsage
 	var mem, disk int64
 	pfx := name + "/"
 	for _, k := range c.vms.Keys() {
-		var vm v1alpha1.VirtualMachine
 		if strings.HasPrefix(string(k), pfx) {
-			if ok, _ := c.vms.Get(k, &vm); ok {
-				cores, m := placement.VMQuotaUsage(&vm)
+			if vm, ok := c.vms.Get(k); ok {
+				cores, m := placement.VMQuotaUsage(vm)
 				u.Cores += cores
 				mem += m
 				u.VirtualMachines++
@@ -479,10 +459,9 @@ func (c *Controller) syncProject(ctx context.Context, name string) error {
 		}
 	}
 	for _, k := range c.disks.Keys() {
-		var d v1alpha1.VirtualDisk
 		if strings.HasPrefix(string(k), pfx) {
-			if ok, _ := c.disks.Get(k, &d); ok {
-				disk += placement.DiskQuotaUsage(&d)
+			if d, ok := c.disks.Get(k); ok {
+				disk += placement.DiskQuotaUsage(d)
 			}
 		}
 	}

@@ -1,0 +1,73 @@
+package scheduler
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/runtime/fake"
+)
+
+type tlog struct{ t *testing.T }
+
+func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+func readyNode(name string, cpu int64) *v1alpha1.Node {
+	hb := v1alpha1.Now()
+	n := &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: name}}
+	n.Status.Phase = v1alpha1.NodePhaseReady
+	n.Status.LastHeartbeatTime = &hb
+	n.Status.Capacity = &v1alpha1.NodeResources{CPU: cpu, Memory: "8Gi"}
+	n.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionTrue}}
+	return n
+}
+
+func pendingVM(name string, cores int) *v1alpha1.VirtualMachine {
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1",
+		Finalizers: []string{v1alpha1.VMCleanupFinalizer}}}
+	vm.Spec.CPU.Cores = cores
+	vm.Spec.Memory.Size = "1Gi"
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning}
+	vm.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.VMConditionBlockDevicesReady, Status: v1alpha1.ConditionTrue}}
+	return vm
+}
+
+// TestRunsAgainstFake binds a VM that fits through the fake's binding subresource, and marks
+// one that fits nowhere Unschedulable.
+func TestRunsAgainstFake(t *testing.T) {
+	fc := fake.New()
+	if err := fc.Add(readyNode("n1", 4), pendingVM("small", 2), pendingVM("huge", 64)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Client: fc, Log: slog.New(slog.NewTextHandler(tlog{t}, nil)), RetryInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = s.Run(ctx) }()
+	var vm v1alpha1.VirtualMachine
+	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "small", &vm, func() bool { return vm.Status.NodeName == "n1" })
+	if c := v1alpha1.FindCondition(vm.Status.Conditions, ConditionScheduled); c == nil || c.Status != v1alpha1.ConditionTrue {
+		t.Errorf("Scheduled %+v", c)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "huge", &vm, func() bool {
+		c := v1alpha1.FindCondition(vm.Status.Conditions, ConditionScheduled)
+		return c != nil && c.Reason == ReasonUnschedulable
+	})
+	if vm.Status.NodeName != "" {
+		t.Errorf("a VM of 64 cores was bound to a node of 4")
+	}
+	binds := 0
+	for _, a := range fc.Actions() {
+		if a.Verb == "bind" {
+			binds++
+		}
+	}
+	if binds != 1 {
+		t.Errorf("%d bindings, want 1", binds)
+	}
+}
