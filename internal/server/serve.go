@@ -48,6 +48,8 @@ type Config struct {
 	NoAgent bool
 	// NoControllers runs no controllers in this process.
 	NoControllers bool
+	// Profiling serves the Go runtime's profiles at /debug/pprof/ on the unix socket.
+	Profiling bool
 	// NodeName is the name of this host's Node; default the hostname.
 	NodeName string
 	// NodeGracePeriod is how long a Node may miss heartbeats before it is marked Unknown.
@@ -131,6 +133,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.BoolVar(&cfg.NoAgent, "no-agent", false, "run no node agent in this process (control plane only)")
 	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process")
+	f.BoolVar(&cfg.Profiling, "profiling", false, "serve Go runtime profiles (heap, goroutines, CPU) at /debug/pprof/ on the unix socket, which only root can reach")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
 	f.StringVar(&cfg.maxImageSize, "max-image-size", "128Gi", "the largest image or imported disk accepted: its bytes after decompression and its virtual size (a quantity, e.g. 200Gi)")
@@ -286,7 +289,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	servers := []*http.Server{newHTTPServer(api.LocalHandler(), false)}
+	local := api.LocalHandler()
+	if cfg.Profiling {
+		local = withProfiling(local)
+	}
+	servers := []*http.Server{newHTTPServer(local, false)}
 	listeners := []net.Listener{ul}
 	if cfg.Listen != "" {
 		tl, err := listenTLS(cfg)
