@@ -1,0 +1,171 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+)
+
+// stopVM ends a running QEMU: gracefully (ACPI power button, then quit after the VM's
+// termination grace period) or, with force or when the guest is not running, at once
+// (quit, then SIGKILL after KillTimeout). It does not block: it requeues itself.
+func (a *Agent) stopVM(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, force bool, reason string) (runtime.Result, error) {
+	now := a.cfg.Now()
+	in.mu.Lock()
+	quitAt, powerdownAt := in.quitAt, in.powerdownAt
+	in.mu.Unlock()
+	if !quitAt.IsZero() {
+		if now.Sub(quitAt) > a.cfg.KillTimeout {
+			a.log.Warn("QEMU did not quit: killing it", "vm", string(in.key), "pid", in.pid)
+			if err := signalVM(in.pid, in.uid, syscall.SIGKILL); err != nil {
+				return runtime.Result{}, err
+			}
+		}
+		return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
+	}
+	grace := 60 * time.Second
+	if g := vm.Spec.TerminationGracePeriodSeconds; g != nil && *g >= 0 {
+		grace = time.Duration(*g) * time.Second
+	}
+	if g := vm.DeletionGracePeriodSeconds; vm.DeletionTimestamp != nil && g != nil && time.Duration(*g)*time.Second < grace {
+		// `delete --grace-period N` (or --force, N=0) shortens the wait.
+		grace = time.Duration(*g) * time.Second
+	}
+	mon := in.monitor()
+	running := false
+	if mon != nil && !force {
+		st, err := mon.QueryStatus(ctx)
+		running = err == nil && st.Status == qmp.StatusRunning
+	}
+	if force || !running || (!powerdownAt.IsZero() && now.Sub(powerdownAt) >= grace) || grace == 0 {
+		return a.quitWith(ctx, in, exitRecord{Reason: reason})
+	}
+	if powerdownAt.IsZero() {
+		if err := mon.SystemPowerdown(ctx); err != nil {
+			return runtime.Result{}, fmt.Errorf("system_powerdown: %w", err)
+		}
+		in.mu.Lock()
+		in.powerdownAt = now
+		in.mu.Unlock()
+		a.log.Info("pressed the ACPI power button", "vm", string(in.key), "grace", grace)
+		if vm.Status.Phase != v1alpha1.VMPhaseTerminating {
+			if _, err := a.writePhase(ctx, vm, v1alpha1.VMPhaseStopping, nil); err != nil && !errors.Is(err, errGone) {
+				return runtime.Result{}, err
+			}
+		}
+		if d := secondPressAfter(vm, in); d > 0 && d < grace {
+			return runtime.Result{RequeueAfter: d}, nil
+		}
+		return runtime.Result{RequeueAfter: grace}, nil
+	}
+	if d := secondPressAfter(vm, in); d > 0 {
+		if now.Sub(powerdownAt) < d {
+			return runtime.Result{RequeueAfter: d - now.Sub(powerdownAt)}, nil
+		}
+		// Windows ignores the first press while its display is off or no one is logged on
+		// (the first press only wakes it); the second one starts the shutdown.
+		if err := mon.SystemPowerdown(ctx); err != nil {
+			return runtime.Result{}, fmt.Errorf("system_powerdown: %w", err)
+		}
+		in.mu.Lock()
+		in.powerdown2 = true
+		in.mu.Unlock()
+		a.log.Info("pressed the ACPI power button a second time (Windows)", "vm", string(in.key))
+	}
+	return runtime.Result{RequeueAfter: grace - now.Sub(powerdownAt)}, nil
+}
+
+// windowsSecondPress is how long after the first ACPI power button press a Windows guest gets
+// the second one.
+const windowsSecondPress = 5 * time.Second
+
+// secondPressAfter is, for a Windows VM whose graceful stop has pressed the power button only
+// once, the delay of the second press after the first; 0 otherwise.
+func secondPressAfter(vm *v1alpha1.VirtualMachine, in *instance) time.Duration {
+	in.mu.Lock()
+	done := in.powerdown2
+	in.mu.Unlock()
+	if done || vm.Spec.OSType != v1alpha1.OSTypeWindows {
+		return 0
+	}
+	return windowsSecondPress
+}
+
+// quitWith records why QEMU ends (exit.json) and asks it to quit; SIGTERM when there is no
+// QMP connection.
+func (a *Agent) quitWith(ctx context.Context, in *instance, rec exitRecord) (runtime.Result, error) {
+	if readExitRecord(in.runDir) == nil {
+		if err := writeExitRecord(in.runDir, rec); err != nil {
+			return runtime.Result{}, err
+		}
+	}
+	in.mu.Lock()
+	in.quitAt = a.cfg.Now()
+	in.mu.Unlock()
+	if mon := in.monitor(); mon != nil {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := mon.Quit(qctx)
+		cancel()
+		if err == nil {
+			return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
+		}
+		a.log.Warn("quit failed; sending SIGTERM", "vm", string(in.key), "err", err)
+	}
+	if err := signalVM(in.pid, in.uid, syscall.SIGTERM); err != nil {
+		return runtime.Result{}, err
+	}
+	return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
+}
+
+// restart carries out a new RestartID on a running VM: a hard reset with force, else a
+// graceful stop followed by a start.
+func (a *Agent) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, pr *v1alpha1.VMPowerRequest, st qmp.StatusInfo) (runtime.Result, error) {
+	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.PowerRequest == nil || v.Status.PowerRequest.RestartID != pr.RestartID {
+			return errors.New("the power request changed")
+		}
+		v.Status.ObservedRestartID = pr.RestartID
+		return nil
+	})
+	if err != nil {
+		return runtime.Result{}, ignoreGone(err)
+	}
+	a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Restarting", fmt.Sprintf("restarting the VM (force=%t)", pr.Force))
+	mon := in.monitor()
+	if pr.Force && mon != nil {
+		in.guestOutput.Store(false)
+		if err := mon.SystemReset(ctx); err != nil {
+			return runtime.Result{}, fmt.Errorf("system_reset: %w", err)
+		}
+		if _, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+			if in.guestOutput.Load() {
+				return errNoChange // the guest has spoken again already
+			}
+			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(false))
+			return nil
+		}); ignoreGone(err) != nil {
+			return runtime.Result{}, err
+		}
+		if st.Status != qmp.StatusRunning && pr.State == v1alpha1.PowerStateRunning {
+			if err := mon.Cont(ctx); err != nil {
+				return runtime.Result{}, err
+			}
+		}
+		return runtime.Result{RequeueAfter: 10 * time.Millisecond}, nil
+	}
+	if err := os.WriteFile(filepath.Join(in.runDir, restartFileName), nil, 0o600); err != nil {
+		return runtime.Result{}, err
+	}
+	in.mu.Lock()
+	in.restarting = true
+	in.mu.Unlock()
+	return a.stopVM(ctx, vm, in, pr.Force, v1alpha1.ExitStopped)
+}
