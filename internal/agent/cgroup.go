@@ -469,3 +469,16 @@ func formatCPUList(cores []int) string {
 	}
 	return strings.Join(s, ",")
 }
+
+// removeVMCgroups removes the cgroups of the VM with uid once its QEMU is gone (a cgroup
+// that still holds a process stays).
+func removeVMCgroups(uid string) {
+	l, err := detectCgroups()
+	if err != nil {
+		return
+	}
+	for ctrl := range l.slices {
+		_ = os.Remove(l.vmDir(ctrl, uid, false))
+		_ = os.Remove(l.vmDir(ctrl, uid, true))
+	}
+}

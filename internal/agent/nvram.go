@@ -1,6 +1,11 @@
 package agent
 
-import "os"
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+)
 
 // nvramFileName is a VM's UEFI variable store in its run directory.
 const nvramFileName = "efivars.fd"
@@ -45,4 +50,32 @@ func copyIfMissing(src, dst string) error {
 		return err
 	}
 	return os.Rename(tmp, dst)
+}
+
+// stepNVRAM makes the UEFI variable store from its template on the first start, or anew when
+// the bootloader changed (ensureNVRAM). A store this start made is removed again on failure;
+// one that was there before stays (a replaced one matches the new bootloader, and the old
+// one is gone).
+func (a *Agent) stepNVRAM(ctx context.Context, r *startRun) error {
+	path := r.input.NVRAMPath
+	if path == "" || r.cfg.NVRAMTemplate == "" {
+		return nil
+	}
+	_, statErr := os.Stat(path)
+	replaced, err := ensureNVRAM(r.cfg.NVRAMTemplate, path)
+	if err != nil {
+		return failStart("creating the UEFI variable store: " + err.Error())
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		r.undo.add(stepNVRAM, func() {
+			_ = os.Remove(path)
+			_ = os.Remove(path + ".template")
+		})
+	}
+	if replaced {
+		a.log.Info("the bootloader changed: the UEFI variable store was made anew from its template", "vm", string(r.key), "template", r.cfg.NVRAMTemplate)
+		a.rec.Event(ctx, "VirtualMachine", r.vm, "Normal", "NVRAMReset",
+			"spec.bootloader changed: the UEFI variables were reset from "+filepath.Base(r.cfg.NVRAMTemplate)+" (boot entries are found again on the next boot)")
+	}
+	return nil
 }

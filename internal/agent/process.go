@@ -486,6 +486,12 @@ func qemuErrorSummary(runDir string) string {
 // keeping the logs, and stops its swtpm (tpm.go).
 func removeRuntimeFiles(runDir string) {
 	stopTPM(runDir)
+	removeQEMUFiles(runDir)
+}
+
+// removeQEMUFiles removes the sockets, pidfile and markers of a QEMU that is gone, keeping
+// its log.
+func removeQEMUFiles(runDir string) {
 	for _, n := range []string{qemu.PIDFileName, qemu.QMPSocketName, qemu.SerialSocketName, qemu.VNCSocketName,
 		qemu.GuestAgentSocketName, console.ConsoleSocket, exitFileName, restartFileName} {
 		_ = os.Remove(filepath.Join(runDir, n))

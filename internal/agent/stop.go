@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -18,19 +17,21 @@ import (
 // termination grace period) or, with force or when the guest is not running, at once
 // (quit, then SIGKILL after KillTimeout). It does not block: it requeues itself.
 func (a *Agent) stopVM(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, force bool, reason string) (runtime.Result, error) {
-	now := a.cfg.Now()
-	in.mu.Lock()
-	quitAt, powerdownAt := in.quitAt, in.powerdownAt
-	in.mu.Unlock()
-	if !quitAt.IsZero() {
-		if now.Sub(quitAt) > a.cfg.KillTimeout {
-			a.log.Warn("QEMU did not quit: killing it", "vm", string(in.key), "pid", in.pid)
-			if err := signalVM(in.pid, in.uid, syscall.SIGKILL); err != nil {
-				return runtime.Result{}, err
-			}
-		}
-		return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
+	again, pressed, err := a.machine(in).Shutdown(ctx, shutdown{force: force, grace: graceOf(vm), second: secondPressAfter(vm, in), reason: reason})
+	if err != nil {
+		return runtime.Result{}, err
 	}
+	if pressed && vm.Status.Phase != v1alpha1.VMPhaseTerminating {
+		if _, err := a.writePhase(ctx, vm, v1alpha1.VMPhaseStopping, nil); err != nil && !errors.Is(err, errGone) {
+			return runtime.Result{}, err
+		}
+	}
+	return runtime.Result{RequeueAfter: again}, nil
+}
+
+// graceOf is how long the guest gets between the ACPI power button and the quit: the VM's
+// termination grace period (default 60 s), shortened by a delete's grace period.
+func graceOf(vm *v1alpha1.VirtualMachine) time.Duration {
 	grace := 60 * time.Second
 	if g := vm.Spec.TerminationGracePeriodSeconds; g != nil && *g >= 0 {
 		grace = time.Duration(*g) * time.Second
@@ -39,48 +40,7 @@ func (a *Agent) stopVM(ctx context.Context, vm *v1alpha1.VirtualMachine, in *ins
 		// `delete --grace-period N` (or --force, N=0) shortens the wait.
 		grace = time.Duration(*g) * time.Second
 	}
-	mon := in.monitor()
-	running := false
-	if mon != nil && !force {
-		st, err := mon.QueryStatus(ctx)
-		running = err == nil && st.Status == qmp.StatusRunning
-	}
-	if force || !running || (!powerdownAt.IsZero() && now.Sub(powerdownAt) >= grace) || grace == 0 {
-		return a.quitWith(ctx, in, exitRecord{Reason: reason})
-	}
-	if powerdownAt.IsZero() {
-		if err := mon.SystemPowerdown(ctx); err != nil {
-			return runtime.Result{}, fmt.Errorf("system_powerdown: %w", err)
-		}
-		in.mu.Lock()
-		in.powerdownAt = now
-		in.mu.Unlock()
-		a.log.Info("pressed the ACPI power button", "vm", string(in.key), "grace", grace)
-		if vm.Status.Phase != v1alpha1.VMPhaseTerminating {
-			if _, err := a.writePhase(ctx, vm, v1alpha1.VMPhaseStopping, nil); err != nil && !errors.Is(err, errGone) {
-				return runtime.Result{}, err
-			}
-		}
-		if d := secondPressAfter(vm, in); d > 0 && d < grace {
-			return runtime.Result{RequeueAfter: d}, nil
-		}
-		return runtime.Result{RequeueAfter: grace}, nil
-	}
-	if d := secondPressAfter(vm, in); d > 0 {
-		if now.Sub(powerdownAt) < d {
-			return runtime.Result{RequeueAfter: d - now.Sub(powerdownAt)}, nil
-		}
-		// Windows ignores the first press while its display is off or no one is logged on
-		// (the first press only wakes it); the second one starts the shutdown.
-		if err := mon.SystemPowerdown(ctx); err != nil {
-			return runtime.Result{}, fmt.Errorf("system_powerdown: %w", err)
-		}
-		in.mu.Lock()
-		in.powerdown2 = true
-		in.mu.Unlock()
-		a.log.Info("pressed the ACPI power button a second time (Windows)", "vm", string(in.key))
-	}
-	return runtime.Result{RequeueAfter: grace - now.Sub(powerdownAt)}, nil
+	return grace
 }
 
 // windowsSecondPress is how long after the first ACPI power button press a Windows guest gets
@@ -102,24 +62,7 @@ func secondPressAfter(vm *v1alpha1.VirtualMachine, in *instance) time.Duration {
 // quitWith records why QEMU ends (exit.json) and asks it to quit; SIGTERM when there is no
 // QMP connection.
 func (a *Agent) quitWith(ctx context.Context, in *instance, rec exitRecord) (runtime.Result, error) {
-	if readExitRecord(in.runDir) == nil {
-		if err := writeExitRecord(in.runDir, rec); err != nil {
-			return runtime.Result{}, err
-		}
-	}
-	in.mu.Lock()
-	in.quitAt = a.cfg.Now()
-	in.mu.Unlock()
-	if mon := in.monitor(); mon != nil {
-		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := mon.Quit(qctx)
-		cancel()
-		if err == nil {
-			return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
-		}
-		a.log.Warn("quit failed; sending SIGTERM", "vm", string(in.key), "err", err)
-	}
-	if err := signalVM(in.pid, in.uid, syscall.SIGTERM); err != nil {
+	if err := a.machine(in).Quit(ctx, rec); err != nil {
 		return runtime.Result{}, err
 	}
 	return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
