@@ -3,13 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
@@ -66,31 +63,7 @@ func (a *Agent) reconcile(ctx context.Context, key runtime.Key) (runtime.Result,
 		a.queueOrphans()
 		return runtime.Result{}, nil
 	}
-	in := a.inst(vm.UID)
-	if vm.Status.NodeName != a.cfg.NodeName {
-		if in == nil {
-			return runtime.Result{}, nil
-		}
-		if in.isExited() {
-			a.forget(in)
-			removeRuntimeFiles(in.runDir)
-			return runtime.Result{}, nil
-		}
-		if vm.Status.NodeName == "" && vm.DeletionTimestamp == nil {
-			// It runs here: say so again (guarded, so a concurrent binding wins).
-			_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
-				if v.Status.NodeName != "" {
-					return errNoChange
-				}
-				v.Status.NodeName = a.cfg.NodeName
-				return nil
-			})
-			return runtime.Result{}, ignoreGone(err)
-		}
-		a.log.Warn("VM bound to another node runs here: stopping it", "vm", string(key), "boundTo", vm.Status.NodeName)
-		return a.stopVM(ctx, &vm, in, true, v1alpha1.ExitStopped)
-	}
-	return a.reconcileBound(ctx, &vm, in)
+	return a.reconcileVM(ctx, &vm, a.inst(vm.UID))
 }
 
 func ignoreGone(err error) error {
@@ -104,188 +77,77 @@ func wantsRunning(pr *v1alpha1.VMPowerRequest) bool {
 	return pr != nil && (pr.State == v1alpha1.PowerStateRunning || pr.State == v1alpha1.PowerStatePaused)
 }
 
-// reconcileBound handles a VM bound to this node.
-func (a *Agent) reconcileBound(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance) (runtime.Result, error) {
-	deleting := vm.DeletionTimestamp != nil
-	pr := vm.Status.PowerRequest
-	runDir := a.runDir(vm.UID)
-	relaunch := false
-
-	if in != nil && in.isExited() {
-		r, err := a.handleExit(ctx, vm, in, nil)
-		if err != nil {
-			return runtime.Result{}, err
-		}
-		if !r {
-			if deleting {
-				// No status write happened (the object is going away), so no event would
-				// bring another reconcile: finish the deletion now.
-				return runtime.Result{}, a.finishDelete(ctx, vm)
-			}
-			return runtime.Result{}, nil // the status write brings the next reconcile
-		}
-		relaunch, in = true, nil
-	}
-
-	if in == nil {
-		// Never a second QEMU: a process we do not know yet is adopted first.
-		if pid := findQEMU(runDir, vm.UID); pid > 0 {
-			in = &instance{uid: vm.UID, key: runtime.KeyOf(vm), runDir: runDir, pid: pid, accel: accelOf(pid), exited: make(chan struct{}), restarting: restartMarked(runDir)}
-			a.mu.Lock()
-			a.insts[vm.UID] = in
-			a.mu.Unlock()
-			a.startWatchers(in)
-			_ = a.attach(ctx, in, 3*time.Second)
-			a.log.Info("adopted running QEMU", "vm", string(in.key), "pid", pid)
-			return runtime.Result{RequeueAfter: 10 * time.Millisecond}, nil
-		}
-		if deleting {
-			return runtime.Result{}, a.finishDelete(ctx, vm)
-		}
-		switch vm.Status.Phase {
-		case v1alpha1.VMPhaseRunning, v1alpha1.VMPhasePause, v1alpha1.VMPhaseStopping, v1alpha1.VMPhaseMigrating, v1alpha1.VMPhaseDegraded:
-			if !relaunch {
-				// The status says it runs, but there is no process: it ended while no agent
-				// watched it.
-				dead := &instance{uid: vm.UID, key: runtime.KeyOf(vm), runDir: runDir, exited: make(chan struct{})}
-				dead.markExited()
-				def := &exitRecord{Reason: v1alpha1.ExitCrashed, Message: "QEMU ended while the node agent was not running"}
-				if vm.Status.Phase == v1alpha1.VMPhaseStopping || (pr != nil && pr.State == v1alpha1.PowerStateStopped) {
-					def = &exitRecord{Reason: v1alpha1.ExitStopped}
-				}
-				if def.Reason == v1alpha1.ExitCrashed {
-					def.Message += qemuErrorSummary(runDir)
-					a.noteQEMUFailure(ctx, vm, qemuLogTail(runDir))
-				}
-				_, err := a.handleExit(ctx, vm, dead, def)
-				return runtime.Result{}, err
-			}
-		}
-		if pr == nil {
-			return runtime.Result{}, nil
-		}
-		if !wantsRunning(pr) {
-			return runtime.Result{}, a.release(ctx, vm)
-		}
-		if relaunch || needStart(vm) {
-			return a.start(ctx, vm)
-		}
-		return runtime.Result{}, nil // it exited; the VM controller decides what comes next
-	}
-
-	// QEMU runs.
-	if deleting {
-		if vm.Status.Phase != v1alpha1.VMPhaseTerminating {
-			if _, err := a.writePhase(ctx, vm, v1alpha1.VMPhaseTerminating, nil); err != nil {
-				return runtime.Result{}, err
-			}
-		}
-		return a.stopVM(ctx, vm, in, false, v1alpha1.ExitStopped)
-	}
-	mon := in.monitor()
-	if mon == nil {
-		if err := a.attach(ctx, in, 2*time.Second); err != nil {
-			in.mu.Lock()
-			quitting := !in.quitAt.IsZero()
-			in.mu.Unlock()
-			if quitting || in.isExited() {
-				return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
-			}
-			a.log.Warn("no QMP connection to a running QEMU", "vm", string(in.key), "err", err)
-			if pr != nil && pr.State == v1alpha1.PowerStateStopped && pr.Force {
-				return a.stopVM(ctx, vm, in, true, v1alpha1.ExitStopped)
-			}
-			return runtime.Result{RequeueAfter: 2 * time.Second}, nil
-		}
-		mon = in.monitor()
-	}
-	st, err := mon.QueryStatus(ctx)
-	if err != nil {
-		if in.isExited() || errors.Is(err, qmp.ErrDisconnected) {
-			// QEMU is going away (or the socket broke): the exit or a reconnect follows.
-			return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
-		}
-		return runtime.Result{}, fmt.Errorf("query-status: %w", err)
-	}
-	in.mu.Lock()
-	restarting := in.restarting
-	in.mu.Unlock()
-
-	switch st.Status {
-	case qmp.StatusShutdown:
-		// The guest powered off (QEMU waits, paused, with -action shutdown=pause).
-		reason := v1alpha1.ExitGuestShutdown
-		if restarting || !wantsRunning(pr) {
-			reason = v1alpha1.ExitStopped
-		}
-		return a.stopVM(ctx, vm, in, true, reason)
-	case qmp.StatusGuestPanicked:
-		return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitCrashed, Message: "the guest kernel panicked"})
-	case qmp.StatusInternalError:
-		// A KVM internal error stops the guest; QEMU's own lines say what it was.
-		a.noteQEMUFailure(ctx, vm, qemuLogTail(in.runDir))
-		return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitCrashed, Message: "QEMU reported an internal error" + qemuErrorSummary(in.runDir)})
-	}
-	if pr == nil {
-		return runtime.Result{}, nil
-	}
-	if !wantsRunning(pr) {
-		return a.stopVM(ctx, vm, in, pr.Force, v1alpha1.ExitStopped)
-	}
-	if restarting {
-		// A graceful restart waits for the guest; a forced restart asked for meanwhile (a new
-		// RestartID with force) ends the wait at once: QEMU quits and starts again.
-		force := pr.Force && pr.RestartID != vm.Status.ObservedRestartID
-		in.mu.Lock()
-		quitting := !in.quitAt.IsZero()
-		in.mu.Unlock()
-		if force && !quitting {
-			a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Restarting", "a forced restart takes over the graceful one: QEMU quits now and starts again")
-		}
-		return a.stopVM(ctx, vm, in, force, v1alpha1.ExitStopped)
-	}
-	if pr.RestartID != vm.Status.ObservedRestartID {
-		return a.restart(ctx, vm, in, pr, st)
-	}
-	in.mu.Lock()
-	in.powerdownAt = time.Time{} // a stop that is no longer wanted (the button press cannot be undone)
-	in.powerdown2 = false
-	in.mu.Unlock()
-
-	phase := v1alpha1.VMPhaseRunning
-	switch {
-	case pr.State == v1alpha1.PowerStatePaused && st.Status == qmp.StatusRunning:
-		if err := mon.Stop(ctx); err != nil {
-			return runtime.Result{}, err
-		}
-		phase = v1alpha1.VMPhasePause
-	case pr.State == v1alpha1.PowerStatePaused:
-		phase = v1alpha1.VMPhasePause
-	case st.Status != qmp.StatusRunning:
-		// prelaunch (a start the agent did not finish), paused by us, or stopped for another
-		// reason (e.g. an I/O error): resume. A start cut short before VNC was handed over
-		// (QEMU started with -vnc none) gets it now, or the VM would have no graphical console
-		// for the rest of its life.
-		if st.Status == qmp.StatusPrelaunch && startedWithoutVNC(in.pid) {
-			cfg := qemu.Config{LateVNC: true, VNCSocket: filepath.Join(in.runDir, qemu.VNCSocketName)}
-			if vmon, ok := mon.(qemu.VNCMonitor); !ok {
-				a.log.Warn("the adopted VM has no VNC: the monitor cannot pass descriptors", "vm", vm.Namespace+"/"+vm.Name)
-			} else if err := cfg.StartVNC(ctx, vmon); err != nil {
-				a.log.Warn("handing VNC to the adopted VM failed", "vm", vm.Namespace+"/"+vm.Name, "err", err)
-			}
-		}
-		if err := mon.Cont(ctx); err != nil {
-			return runtime.Result{}, fmt.Errorf("cont: %w", err)
-		}
-	}
-	_, err = a.markRunning(ctx, vm, in, phase)
-	return runtime.Result{}, ignoreGone(err)
+// look is one reconcile's view of a VM's QEMU: the tracked instance (nil: none), what was
+// observed of it, and what observing it gave.
+type look struct {
+	in  *instance
+	pid int     // with ProcessFound: the untracked QEMU
+	mon monitor // with MonitorUp: the QMP connection
+	err error   // with MonitorStatusFailed: why query-status failed
+	obs Observed
 }
 
-// needStart says whether a stopped VM that should run may be started: it never ran, the
-// controller asked for a new start (a RestartID the agent has not carried out), or a start
-// was begun but not finished.
-func needStart(vm *v1alpha1.VirtualMachine) bool {
-	pr := vm.Status.PowerRequest
-	return vm.Status.LastExit == nil || pr.RestartID != vm.Status.ObservedRestartID || vm.Status.Phase == v1alpha1.VMPhaseStarting
+// reconcileVM brings one VM's QEMU in line with the VM object (in is the instance the
+// agent tracks for it, or nil): it observes, lets Decide pick an action and carries it out,
+// until an action ends the reconcile.
+func (a *Agent) reconcileVM(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance) (runtime.Result, error) {
+	want := desiredOf(vm, a.cfg.NodeName)
+	l := &look{in: in}
+	a.observe(l, vm.UID, want.Binding == BoundHere)
+	for {
+		res, again, err := a.act(ctx, vm, l, Decide(l.obs, want))
+		if !again || err != nil {
+			return res, err
+		}
+	}
+}
+
+// observe looks at the process of the VM's QEMU (and, bound here, for one it does not
+// track yet). What the monitor says is observed later, when Decide asks for it.
+func (a *Agent) observe(l *look, uid string, here bool) {
+	o := Observed{Exit: l.obs.Exit}
+	switch {
+	case l.in == nil:
+		if here {
+			l.pid = findQEMU(a.runDir(uid), uid)
+		}
+		if l.pid > 0 {
+			o.Process = ProcessFound
+		}
+	case l.in.isExited():
+		o.Process = ProcessExited
+	default:
+		m := a.machine(l.in)
+		o.Process, o.Quitting, o.Restarting = ProcessRunning, m.Quitting(), m.Restarting()
+	}
+	l.obs = o
+}
+
+// observeQEMU connects QMP if needed and queries QEMU's run state.
+func (a *Agent) observeQEMU(ctx context.Context, l *look) {
+	m := a.machine(l.in)
+	o := &l.obs
+	mon := m.Monitor()
+	if mon == nil {
+		var err error
+		if mon, err = m.Connect(ctx, 2*time.Second); err != nil {
+			o.Monitor, o.Quitting, o.Ended = MonitorUnreachable, m.Quitting(), m.Exited()
+			if !o.Quitting && !o.Ended {
+				a.log.Warn("no QMP connection to a running QEMU", "vm", string(l.in.key), "err", err)
+			}
+			return
+		}
+		if mon == nil { // closed again at once: like a broken connection
+			o.Monitor, o.Disconnected, l.err = MonitorStatusFailed, true, qmp.ErrDisconnected
+			return
+		}
+	}
+	st, err := mon.QueryStatus(ctx)
+	l.mon = mon
+	if err != nil {
+		o.Monitor, o.Ended, o.Disconnected, l.err = MonitorStatusFailed, m.Exited(), errors.Is(err, qmp.ErrDisconnected), err
+		return
+	}
+	o.Monitor, o.Status = MonitorUp, st.Status
+	o.Quitting, o.Restarting = m.Quitting(), m.Restarting()
 }

@@ -5,8 +5,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/qemu"
@@ -100,7 +102,9 @@ func assertStartLeftNothing(t *testing.T, a *Agent, runDir, uid, when string) {
 	if pid := findTPM(runDir); pid > 0 {
 		t.Errorf("%s: swtpm %d still runs", when, pid)
 	}
-	if pids := processesWith(filepath.Join(runDir, tpmStateDirName)); len(pids) > 0 {
+	// A swtpm whose QEMU is gone ends by itself (--terminate), removing its pid file first:
+	// it gets a moment to finish.
+	if pids := processesWith(filepath.Join(runDir, tpmStateDirName), 3*time.Second); len(pids) > 0 {
 		t.Errorf("%s: swtpm processes %v still run", when, pids)
 	}
 	for _, n := range []string{provisioningISOName, nvramFileName, nvramFileName + ".template", qemu.PIDFileName, qemu.QMPSocketName,
@@ -125,15 +129,22 @@ func exists(p string) bool {
 	return err == nil
 }
 
-// processesWith lists the pids whose command line contains s.
-func processesWith(s string) []string {
-	var out []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), s) {
-			out = append(out, e.Name())
+// processesWith lists the live (not zombie) processes whose command line contains s, once
+// none is left or after wait.
+func processesWith(s string, wait time.Duration) []int {
+	deadline := time.Now().Add(wait)
+	for {
+		var out []int
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			pid, err := strconv.Atoi(e.Name())
+			if err == nil && liveProcess(pid, func(argv []string) bool { return strings.Contains(strings.Join(argv, " "), s) }) {
+				out = append(out, pid)
+			}
 		}
+		if len(out) == 0 || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return out
 }
