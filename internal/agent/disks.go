@@ -32,65 +32,17 @@ func (a *Agent) resolveDisks(ctx context.Context, vm *v1alpha1.VirtualMachine) (
 		case !anyOrder:
 			d.BootOrder = i + 1
 		}
+		var err error
 		switch ref.Kind {
 		case v1alpha1.BlockDeviceKindVirtualDisk:
-			var vd v1alpha1.VirtualDisk
-			if err := a.c.Get(ctx, "virtualdisks", vm.Namespace, ref.Name, &vd); err != nil {
-				if client.IsNotFound(err) {
-					return nil, fmt.Errorf("VirtualDisk %q not found", ref.Name)
-				}
-				return nil, err
-			}
-			if vd.Status.Phase != v1alpha1.DiskPhaseReady {
-				return nil, fmt.Errorf("VirtualDisk %q is %s, not Ready", ref.Name, orNone(string(vd.Status.Phase)))
-			}
-			if err := storage.CheckUID(vd.UID); err != nil {
-				return nil, err
-			}
-			d.ID = "vd-" + ref.Name
-			d.Path = storage.DiskPath(a.cfg.DataDir, storage.DefaultPool, vd.UID)
-			d.Format = qemu.FormatQCOW2
-			chain, err := a.backingChain(ctx, d.Path)
-			if err != nil {
-				return nil, fmt.Errorf("VirtualDisk %q: %w", ref.Name, err)
-			}
-			d.Backing = chain
-			d.Serial = serialOf(vd.UID)
+			err = a.resolveVirtualDisk(ctx, vm.Namespace, ref.Name, &d)
 		case v1alpha1.BlockDeviceKindVirtualImage, v1alpha1.BlockDeviceKindClusterVirtualImage:
-			resource, ns, short := "virtualimages", vm.Namespace, "vi-"
-			if ref.Kind == v1alpha1.BlockDeviceKindClusterVirtualImage {
-				resource, ns, short = "clustervirtualimages", "", "cvi-"
-			}
-			var img struct {
-				Metadata v1alpha1.ObjectMeta  `json:"metadata"`
-				Status   v1alpha1.ImageStatus `json:"status"`
-			}
-			if err := a.c.Get(ctx, resource, ns, ref.Name, &img); err != nil {
-				if client.IsNotFound(err) {
-					return nil, fmt.Errorf("%s %q not found", ref.Kind, ref.Name)
-				}
-				return nil, err
-			}
-			if img.Status.Phase != v1alpha1.ImagePhaseReady {
-				return nil, fmt.Errorf("%s %q is %s, not Ready", ref.Kind, ref.Name, orNone(string(img.Status.Phase)))
-			}
-			if err := storage.CheckUID(img.Metadata.UID); err != nil {
-				return nil, err
-			}
-			d.ID = short + ref.Name
-			p, err := a.imageFile(ctx, resource, ns, ref.Name, img.Metadata.UID, img.Status.SHA256)
-			if err != nil {
-				return nil, fmt.Errorf("%s %q: %w", ref.Kind, ref.Name, err)
-			}
-			d.Path = p
-			d.Format = storage.DriveFormat(img.Status.Format)
-			if d.Format == "" {
-				d.Format = qemu.FormatRaw
-			}
-			d.ReadOnly = true
-			d.CDROM = img.Status.CDROM
+			err = a.resolveImage(ctx, vm.Namespace, ref.Kind, ref.Name, &d)
 		default:
-			return nil, fmt.Errorf("block device kind %q is not supported", ref.Kind)
+			err = fmt.Errorf("block device kind %q is not supported", ref.Kind)
+		}
+		if err != nil {
+			return nil, err
 		}
 		if _, err := os.Stat(d.Path); err != nil {
 			return nil, fmt.Errorf("%s %q: its file is missing: %w", ref.Kind, ref.Name, err)
@@ -98,6 +50,71 @@ func (a *Agent) resolveDisks(ctx context.Context, vm *v1alpha1.VirtualMachine) (
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// resolveVirtualDisk fills d with the VirtualDisk name: its qcow2 and backing chain.
+func (a *Agent) resolveVirtualDisk(ctx context.Context, ns, name string, d *qemu.Disk) error {
+	var vd v1alpha1.VirtualDisk
+	if err := a.c.Get(ctx, "virtualdisks", ns, name, &vd); err != nil {
+		if client.IsNotFound(err) {
+			return fmt.Errorf("VirtualDisk %q not found", name)
+		}
+		return err
+	}
+	if vd.Status.Phase != v1alpha1.DiskPhaseReady {
+		return fmt.Errorf("VirtualDisk %q is %s, not Ready", name, orNone(string(vd.Status.Phase)))
+	}
+	if err := storage.CheckUID(vd.UID); err != nil {
+		return err
+	}
+	d.ID = "vd-" + name
+	d.Path = storage.DiskPath(a.cfg.DataDir, storage.DefaultPool, vd.UID)
+	d.Format = qemu.FormatQCOW2
+	chain, err := a.backingChain(ctx, d.Path)
+	if err != nil {
+		return fmt.Errorf("VirtualDisk %q: %w", name, err)
+	}
+	d.Backing = chain
+	d.Serial = serialOf(vd.UID)
+	return nil
+}
+
+// resolveImage fills d with the (Cluster)VirtualImage name: its file in this host's image
+// cache, read-only.
+func (a *Agent) resolveImage(ctx context.Context, ns string, kind v1alpha1.BlockDeviceKind, name string, d *qemu.Disk) error {
+	resource, short := "virtualimages", "vi-"
+	if kind == v1alpha1.BlockDeviceKindClusterVirtualImage {
+		resource, ns, short = "clustervirtualimages", "", "cvi-"
+	}
+	var img struct {
+		Metadata v1alpha1.ObjectMeta  `json:"metadata"`
+		Status   v1alpha1.ImageStatus `json:"status"`
+	}
+	if err := a.c.Get(ctx, resource, ns, name, &img); err != nil {
+		if client.IsNotFound(err) {
+			return fmt.Errorf("%s %q not found", kind, name)
+		}
+		return err
+	}
+	if img.Status.Phase != v1alpha1.ImagePhaseReady {
+		return fmt.Errorf("%s %q is %s, not Ready", kind, name, orNone(string(img.Status.Phase)))
+	}
+	if err := storage.CheckUID(img.Metadata.UID); err != nil {
+		return err
+	}
+	d.ID = short + name
+	p, err := a.imageFile(ctx, resource, ns, name, img.Metadata.UID, img.Status.SHA256)
+	if err != nil {
+		return fmt.Errorf("%s %q: %w", kind, name, err)
+	}
+	d.Path = p
+	d.Format = storage.DriveFormat(img.Status.Format)
+	if d.Format == "" {
+		d.Format = qemu.FormatRaw
+	}
+	d.ReadOnly = true
+	d.CDROM = img.Status.CDROM
+	return nil
 }
 
 func orNone(s string) string {
