@@ -106,14 +106,9 @@ func (a *Agent) claim(ctx context.Context, vm *v1alpha1.VirtualMachine) error {
 
 // adopt tracks the QEMU (pid) an earlier agent started for vm.
 func (a *Agent) adopt(ctx context.Context, vm *v1alpha1.VirtualMachine, pid int) runtime.Result {
-	runDir := a.runDir(vm.UID)
-	in := &instance{uid: vm.UID, key: runtime.KeyOf(vm), runDir: runDir, pid: pid, accel: accelOf(pid), exited: make(chan struct{}), restarting: restartMarked(runDir)}
-	a.mu.Lock()
-	a.insts[vm.UID] = in
-	a.mu.Unlock()
-	a.startWatchers(in)
-	_ = a.attach(ctx, in, 3*time.Second)
-	a.log.Info("adopted running QEMU", "vm", string(in.key), "pid", pid)
+	m := a.adoptMachine(runtime.KeyOf(vm), vm.UID, a.runDir(vm.UID), pid)
+	_, _ = m.Connect(ctx, 3*time.Second)
+	a.log.Info("adopted running QEMU", "vm", string(runtime.KeyOf(vm)), "pid", pid)
 	return runtime.Result{RequeueAfter: 10 * time.Millisecond}
 }
 
@@ -135,10 +130,7 @@ func (a *Agent) recordLostExit(ctx context.Context, vm *v1alpha1.VirtualMachine,
 // it. A stop that is no longer wanted is forgotten (the button press cannot be undone).
 func (a *Agent) runAsAsked(ctx context.Context, vm *v1alpha1.VirtualMachine, l *look, act Action) (runtime.Result, error) {
 	in := l.in
-	in.mu.Lock()
-	in.powerdownAt = time.Time{}
-	in.powerdown2 = false
-	in.mu.Unlock()
+	a.machine(in).CancelShutdown()
 	if act.Pause {
 		if err := l.mon.Stop(ctx); err != nil {
 			return runtime.Result{}, err

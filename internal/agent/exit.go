@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -17,9 +16,7 @@ import (
 // def is the reason to use when neither the agent nor QEMU left one.
 func (a *Agent) handleExit(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, def *exitRecord) (bool, error) {
 	rec := readExitRecord(in.runDir)
-	in.mu.Lock()
-	restarting, guestShutdown, panicked := in.restarting, in.guestShutdown, in.panicked
-	in.mu.Unlock()
+	restarting, guestShutdown, panicked := a.machine(in).endState()
 	if rec == nil {
 		switch {
 		case def != nil:
@@ -82,27 +79,18 @@ func (a *Agent) reconcileOrphan(ctx context.Context, uid string) (runtime.Result
 	}
 	runDir := a.runDir(uid)
 	in := a.inst(uid)
-	pid := findQEMU(runDir, uid)
-	if in == nil && pid > 0 {
-		in = &instance{uid: uid, key: orphanKey(uid), runDir: runDir, pid: pid, exited: make(chan struct{})}
-		a.mu.Lock()
-		a.insts[uid] = in
-		a.mu.Unlock()
-		a.startWatchers(in)
-		_ = a.attach(ctx, in, 2*time.Second)
+	if pid := findQEMU(runDir, uid); in == nil && pid > 0 {
+		m := a.adoptMachine(orphanKey(uid), uid, runDir, pid)
+		_, _ = m.Connect(ctx, 2*time.Second)
+		in = m.in
 	}
 	if in != nil && !in.isExited() && findQEMU(runDir, uid) > 0 {
 		a.log.Info("stopping the QEMU of a deleted VM", "uid", uid, "pid", in.pid)
-		in.mu.Lock()
-		quitAt := in.quitAt
-		in.mu.Unlock()
-		if quitAt.IsZero() {
-			return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitStopped})
+		again, _, err := a.machine(in).Shutdown(ctx, shutdown{force: true, reason: v1alpha1.ExitStopped})
+		if err != nil {
+			return runtime.Result{}, err
 		}
-		if a.cfg.Now().Sub(quitAt) > a.cfg.KillTimeout {
-			_ = signalVM(in.pid, uid, syscall.SIGKILL)
-		}
-		return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
+		return runtime.Result{RequeueAfter: again}, nil
 	}
 	if in != nil {
 		a.forget(in)

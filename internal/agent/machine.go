@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -36,6 +38,17 @@ func (m *Machine) Start(key runtime.Key, uid, runDir string, cfg qemu.Config) er
 	m.a.startWatchers(in)
 	m.in = in
 	return nil
+}
+
+// adoptMachine tracks and watches a QEMU (pid) that this agent did not start: one an
+// earlier agent left running. Connect follows.
+func (a *Agent) adoptMachine(key runtime.Key, uid, runDir string, pid int) *Machine {
+	in := &instance{uid: uid, key: key, runDir: runDir, pid: pid, accel: accelOf(pid), exited: make(chan struct{}), restarting: restartMarked(runDir)}
+	a.mu.Lock()
+	a.insts[uid] = in
+	a.mu.Unlock()
+	a.startWatchers(in)
+	return a.machine(in)
 }
 
 // PID is QEMU's process id.
@@ -78,6 +91,48 @@ func (m *Machine) Restarting() bool {
 	defer m.in.mu.Unlock()
 	return m.in.restarting
 }
+
+// endState says how QEMU came to end: a graceful restart was under way, the guest powered
+// itself off, or the guest panicked.
+func (m *Machine) endState() (restarting, guestShutdown, panicked bool) {
+	m.in.mu.Lock()
+	defer m.in.mu.Unlock()
+	return m.in.restarting, m.in.guestShutdown, m.in.panicked
+}
+
+// CancelShutdown forgets a graceful stop that is no longer wanted (the button press cannot
+// be undone).
+func (m *Machine) CancelShutdown() {
+	m.in.mu.Lock()
+	m.in.powerdownAt = time.Time{}
+	m.in.powerdown2 = false
+	m.in.mu.Unlock()
+}
+
+// MarkRestarting notes that QEMU, once it ends, starts again (in the run directory too, so
+// that the intent outlives an agent restart).
+func (m *Machine) MarkRestarting() error {
+	if err := os.WriteFile(filepath.Join(m.in.runDir, restartFileName), nil, 0o600); err != nil {
+		return err
+	}
+	m.in.mu.Lock()
+	m.in.restarting = true
+	m.in.mu.Unlock()
+	return nil
+}
+
+// Reset resets the guest (system_reset); it has not written to its serial console since.
+func (m *Machine) Reset(ctx context.Context, mon monitor) error {
+	m.in.guestOutput.Store(false)
+	if err := mon.SystemReset(ctx); err != nil {
+		return fmt.Errorf("system_reset: %w", err)
+	}
+	return nil
+}
+
+// GuestSpoke says whether the guest has written to its serial console since QEMU started
+// or was reset.
+func (m *Machine) GuestSpoke() bool { return m.in.guestOutput.Load() }
 
 // Discard ends the QEMU of a failed start: it gets a moment to finish writing its error,
 // then is killed. The agent forgets it; its sockets, pidfile and cgroups are removed, its

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -82,14 +80,13 @@ func (a *Agent) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, in *in
 		return runtime.Result{}, ignoreGone(err)
 	}
 	a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Restarting", fmt.Sprintf("restarting the VM (force=%t)", pr.Force))
-	mon := in.monitor()
-	if pr.Force && mon != nil {
-		in.guestOutput.Store(false)
-		if err := mon.SystemReset(ctx); err != nil {
-			return runtime.Result{}, fmt.Errorf("system_reset: %w", err)
+	m := a.machine(in)
+	if mon := m.Monitor(); pr.Force && mon != nil {
+		if err := m.Reset(ctx, mon); err != nil {
+			return runtime.Result{}, err
 		}
 		if _, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
-			if in.guestOutput.Load() {
+			if m.GuestSpoke() {
 				return errNoChange // the guest has spoken again already
 			}
 			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(false))
@@ -104,11 +101,8 @@ func (a *Agent) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, in *in
 		}
 		return runtime.Result{RequeueAfter: 10 * time.Millisecond}, nil
 	}
-	if err := os.WriteFile(filepath.Join(in.runDir, restartFileName), nil, 0o600); err != nil {
+	if err := m.MarkRestarting(); err != nil {
 		return runtime.Result{}, err
 	}
-	in.mu.Lock()
-	in.restarting = true
-	in.mu.Unlock()
 	return a.stopVM(ctx, vm, in, pr.Force, v1alpha1.ExitStopped)
 }
