@@ -20,15 +20,6 @@ func (r *revert) add(step string, f func()) {
 	r.undos = append(r.undos, namedUndo{step: step, f: f})
 }
 
-// steps lists the names of the pending undos, oldest first.
-func (r *revert) steps() []string {
-	out := make([]string, len(r.undos))
-	for i, u := range r.undos {
-		out[i] = u.step
-	}
-	return out
-}
-
 // run undoes every pending change, the last one first, and empties the stack.
 func (r *revert) run() {
 	for i := len(r.undos) - 1; i >= 0; i-- {

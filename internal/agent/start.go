@@ -124,12 +124,12 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 			return a.endStart(ctx, r, err)
 		}
 	}
-	a.log.Info("VM started", "vm", string(r.key), "pid", r.in.pid, "accel", r.cfg.Accelerator, "took", time.Since(r.started).Round(time.Millisecond))
+	a.log.Info("VM started", "vm", string(r.key), "pid", r.m.PID(), "accel", r.cfg.Accelerator, "took", time.Since(r.started).Round(time.Millisecond))
 	v, err := a.markRunning(ctx, vm, r.in, r.phase)
 	if err != nil {
 		return runtime.Result{}, ignoreGone(err)
 	}
-	a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Started", fmt.Sprintf("QEMU started on node %s (pid %d, %s)", a.cfg.NodeName, r.in.pid, r.cfg.Accelerator))
+	a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Started", fmt.Sprintf("QEMU started on node %s (pid %d, %s)", a.cfg.NodeName, r.m.PID(), r.cfg.Accelerator))
 	return runtime.Result{}, nil
 }
 
