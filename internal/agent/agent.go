@@ -87,6 +87,8 @@ type Agent struct {
 	net *netState // host networking (network.go); nil without HostNetworking
 
 	qemuAs *runAs // the user QEMU runs as (users.go); nil: root
+
+	seams *startSeams // tests only: a start failing at a chosen step (start.go)
 }
 
 // New checks cfg and returns an agent; Run starts it.

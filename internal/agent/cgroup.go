@@ -168,89 +168,24 @@ func (a *Agent) enforceLimits(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 	lim := computeLimits(vm, in.accel != "kvm")
 	ded := lim.dedicated > 0
 	cleanupEmptyCgroups(l)
-	ctrls := []string{"cpu", "cpuacct", "memory"}
-	if ded {
-		ctrls = append(ctrls, "cpuset")
-		if l.slices["cpuset"] == "" {
-			return errors.New("dedicated cores need the cpuset cgroup controller, which is not mounted")
-		}
+	dirs, err := makeVMCgroups(l, vm.UID, ded)
+	if err != nil {
+		return err
 	}
-	if l.v2 {
-		ctrls = []string{"cpu"}
-		if err := prepareV2(l, ded); err != nil {
-			return err
-		}
-	}
-	// The vm cgroup directories, created with their limits before QEMU moves in.
-	dirs := map[string]string{}
-	for _, c := range ctrls {
-		if l.slices[c] == "" {
-			continue
-		}
-		d := l.vmDir(c, vm.UID, ded)
-		if !l.v2 && c == "cpuset" {
-			if err := prepareCpusetV1(filepath.Dir(d)); err != nil {
-				return err
-			}
-		}
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("creating cgroup %s: %w", d, err)
-		}
-		dirs[c] = d
-	}
-	cpuDir, memDir := dirs["cpu"], dirs["memory"]
-	if l.v2 {
-		memDir = cpuDir
-	}
-	if l.v2 {
-		v := "max " + strconv.Itoa(cfsPeriodUsec)
-		if lim.cpuQuotaUsec > 0 {
-			v = fmt.Sprintf("%d %d", lim.cpuQuotaUsec, cfsPeriodUsec)
-		}
-		if err := writeCg(cpuDir, "cpu.max", v); err != nil {
-			return err
-		}
-		if err := writeCg(memDir, "memory.max", strconv.FormatInt(lim.memoryBytes, 10)); err != nil {
-			return err
-		}
-	} else {
-		if err := writeCg(cpuDir, "cpu.cfs_period_us", strconv.Itoa(cfsPeriodUsec)); err != nil {
-			return err
-		}
-		q := int64(-1)
-		if lim.cpuQuotaUsec > 0 {
-			q = lim.cpuQuotaUsec
-		}
-		if err := writeCg(cpuDir, "cpu.cfs_quota_us", strconv.FormatInt(q, 10)); err != nil {
-			return err
-		}
-		if err := writeCg(memDir, "memory.limit_in_bytes", strconv.FormatInt(lim.memoryBytes, 10)); err != nil {
-			return err
-		}
+	if err := writeLimits(l, dirs, lim); err != nil {
+		return err
 	}
 	var cores []int
 	if ded {
+		// The allocator lock is held until QEMU is in its cgroup: the cores in use are
+		// those of the non-empty cgroups.
 		unlock, err := lockAllocator()
 		if err != nil {
 			return err
 		}
 		defer unlock()
-		csDir := dirs["cpuset"]
-		if l.v2 {
-			csDir = cpuDir
-		}
-		cores, err = allocateCores(l, vm.UID, lim.dedicated)
-		if err != nil {
+		if cores, err = assignCores(l, vm.UID, dirs, lim.dedicated); err != nil {
 			return err
-		}
-		if err := writeCg(csDir, "cpuset.cpus", formatCPUList(cores)); err != nil {
-			return err
-		}
-		if !l.v2 {
-			mems, _ := os.ReadFile(filepath.Join(filepath.Dir(csDir), "cpuset.mems"))
-			if err := writeCg(csDir, "cpuset.mems", strings.TrimSpace(string(mems))); err != nil {
-				return err
-			}
 		}
 	}
 	// Move QEMU in (v1: in every hierarchy).
@@ -277,6 +212,89 @@ func (a *Agent) enforceLimits(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 		a.log.Info("pinned vCPUs to dedicated host cores", "vm", vm.Namespace+"/"+vm.Name, "cores", formatCPUList(cores))
 	}
 	return nil
+}
+
+// makeVMCgroups creates the VM's cgroup directories (by controller), before QEMU moves in.
+func makeVMCgroups(l *cgroupLayout, uid string, ded bool) (map[string]string, error) {
+	ctrls := []string{"cpu", "cpuacct", "memory"}
+	if ded {
+		ctrls = append(ctrls, "cpuset")
+		if l.slices["cpuset"] == "" {
+			return nil, errors.New("dedicated cores need the cpuset cgroup controller, which is not mounted")
+		}
+	}
+	if l.v2 {
+		ctrls = []string{"cpu"}
+		if err := prepareV2(l, ded); err != nil {
+			return nil, err
+		}
+	}
+	dirs := map[string]string{}
+	for _, c := range ctrls {
+		if l.slices[c] == "" {
+			continue
+		}
+		d := l.vmDir(c, uid, ded)
+		if !l.v2 && c == "cpuset" {
+			if err := prepareCpusetV1(filepath.Dir(d)); err != nil {
+				return nil, err
+			}
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("creating cgroup %s: %w", d, err)
+		}
+		dirs[c] = d
+	}
+	return dirs, nil
+}
+
+// writeLimits writes the CPU bandwidth and memory limits into the VM's cgroups.
+func writeLimits(l *cgroupLayout, dirs map[string]string, lim vmLimits) error {
+	cpuDir, memDir := dirs["cpu"], dirs["memory"]
+	if l.v2 {
+		v := "max " + strconv.Itoa(cfsPeriodUsec)
+		if lim.cpuQuotaUsec > 0 {
+			v = fmt.Sprintf("%d %d", lim.cpuQuotaUsec, cfsPeriodUsec)
+		}
+		if err := writeCg(cpuDir, "cpu.max", v); err != nil {
+			return err
+		}
+		return writeCg(cpuDir, "memory.max", strconv.FormatInt(lim.memoryBytes, 10))
+	}
+	if err := writeCg(cpuDir, "cpu.cfs_period_us", strconv.Itoa(cfsPeriodUsec)); err != nil {
+		return err
+	}
+	q := int64(-1)
+	if lim.cpuQuotaUsec > 0 {
+		q = lim.cpuQuotaUsec
+	}
+	if err := writeCg(cpuDir, "cpu.cfs_quota_us", strconv.FormatInt(q, 10)); err != nil {
+		return err
+	}
+	return writeCg(memDir, "memory.limit_in_bytes", strconv.FormatInt(lim.memoryBytes, 10))
+}
+
+// assignCores allocates n dedicated cores to the VM and writes them into its cpuset. The
+// caller holds the allocator lock.
+func assignCores(l *cgroupLayout, uid string, dirs map[string]string, n int) ([]int, error) {
+	csDir := dirs["cpuset"]
+	if l.v2 {
+		csDir = dirs["cpu"]
+	}
+	cores, err := allocateCores(l, uid, n)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeCg(csDir, "cpuset.cpus", formatCPUList(cores)); err != nil {
+		return nil, err
+	}
+	if !l.v2 {
+		mems, _ := os.ReadFile(filepath.Join(filepath.Dir(csDir), "cpuset.mems"))
+		if err := writeCg(csDir, "cpuset.mems", strings.TrimSpace(string(mems))); err != nil {
+			return nil, err
+		}
+	}
+	return cores, nil
 }
 
 // pinVCPUs pins vCPU i to cores[i].
@@ -468,4 +486,17 @@ func formatCPUList(cores []int) string {
 		s[i] = strconv.Itoa(c)
 	}
 	return strings.Join(s, ",")
+}
+
+// removeVMCgroups removes the cgroups of the VM with uid once its QEMU is gone (a cgroup
+// that still holds a process stays).
+func removeVMCgroups(uid string) {
+	l, err := detectCgroups()
+	if err != nil {
+		return
+	}
+	for ctrl := range l.slices {
+		_ = os.Remove(l.vmDir(ctrl, uid, false))
+		_ = os.Remove(l.vmDir(ctrl, uid, true))
+	}
 }

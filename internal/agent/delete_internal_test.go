@@ -81,7 +81,7 @@ func TestExitedInstanceOfDeletingVMFinishesDelete(t *testing.T) {
 	a.insts[vm.UID] = in
 	a.mu.Unlock()
 
-	if _, err := a.reconcileBound(ctx, vm, in); err != nil {
+	if _, err := a.reconcileVM(ctx, vm, in); err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
 	vm = &v1alpha1.VirtualMachine{}

@@ -9,6 +9,14 @@
 // directories (pid from RUNDIR/qemu.pid, checked against /proc/PID/cmdline carrying the VM's
 // uid) and reconnects QMP and the serial console; it never starts a second QEMU for a VM.
 //
+// A reconcile of one VM observes its QEMU (Observed) and reads the VM object (Desired); the
+// pure Decide picks the next Action (decide.go), which reconcile.go and act.go carry out. A
+// VM's QEMU is a Machine (machine.go): started, connected, waited for, shut down. A start is
+// a list of named steps (start.go: disks, provisioning, NICs, config, NVRAM, run files,
+// phase Starting, TPM, launch, QMP, VNC, cgroups, cont); each step that changes the host adds
+// its undo to a revert stack (revert.go), so a failing step undoes the steps before it, last
+// first. Stops are in stop.go, exits and deletions in exit.go, status writes in vmstatus.go.
+//
 // The agent owns these VM status fields: phase (while the VM is bound to its node), nodeName
 // (only to release a stopped VM), conditions Running and SoftwareEmulation, stats, versions,
 // resources, lastExit and observedRestartID. Every write is a JSON merge patch of those

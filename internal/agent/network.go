@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -292,38 +293,50 @@ func (a *Agent) ensureNetwork(ctx context.Context, name string, n *v1alpha1.Clus
 	return nil
 }
 
-// prepareNICs returns the QEMU NICs of a VM about to start. With host networking it makes
-// the VM's networks and taps first. nil NICs mean the start does not go on: res and err
-// are what start returns (a retry while addresses are allocated, or a recorded failure).
-func (a *Agent) prepareNICs(ctx context.Context, vm *v1alpha1.VirtualMachine) ([]qemu.NIC, runtime.Result, error) {
-	if a.net == nil {
-		return defaultNICs(vm), runtime.Result{}, nil
-	}
-	if a.net.tools != nil {
-		return nil, runtime.Result{}, a.startFailed(ctx, vm, nil, "host networking: "+a.net.tools.Error())
-	}
-	plan, err := a.planNICs(vm)
-	if err != nil {
-		a.log.Info("start waits for network addresses", "vm", vm.Namespace+"/"+vm.Name, "why", err)
-		return nil, runtime.Result{RequeueAfter: time.Second}, nil
-	}
+// prepareNICs makes the networks and taps of a VM about to start, as planned, and returns
+// its QEMU NICs and the taps it created (they did not exist before). A failure is a
+// startFailure; the taps made until then are deleted again.
+func (a *Agent) prepareNICs(ctx context.Context, vm *v1alpha1.VirtualMachine, plan []plannedNIC) ([]qemu.NIC, []string, error) {
 	a.net.mu.Lock()
 	defer a.net.mu.Unlock()
 	active, _ := a.activeVMs()
 	active[vm.Namespace+"/"+vm.Name] = plan
 	done := map[string]bool{}
 	var nics []qemu.NIC
+	var created []string
+	fail := func(msg string) ([]qemu.NIC, []string, error) {
+		a.deleteTapsLocked(created)
+		return nil, nil, failStart(msg)
+	}
 	for _, p := range plan {
 		if !done[p.netName] {
 			done[p.netName] = true
 			if err := a.ensureNetwork(ctx, p.netName, p.net, active); err != nil {
-				return nil, runtime.Result{}, a.startFailed(ctx, vm, nil, err.Error())
+				return fail(err.Error())
 			}
 		}
+		if _, err := net.InterfaceByName(p.tap); err != nil {
+			created = append(created, p.tap)
+		}
 		if err := a.net.m.EnsureTap(p.tap, p.net.Spec.Bridge, p.net.Spec.MTU, p.mac); err != nil {
-			return nil, runtime.Result{}, a.startFailed(ctx, vm, nil, fmt.Sprintf("network interface %d: %v", p.index, err))
+			return fail(fmt.Sprintf("network interface %d: %v", p.index, err))
 		}
 		nics = append(nics, qemu.NIC{ID: fmt.Sprintf("net%d", p.index), MAC: p.mac, Tap: p.tap, MTU: p.net.Spec.MTU})
 	}
-	return nics, runtime.Result{}, nil
+	return nics, created, nil
+}
+
+// deleteTaps deletes taps a failed start made.
+func (a *Agent) deleteTaps(taps []string) {
+	a.net.mu.Lock()
+	defer a.net.mu.Unlock()
+	a.deleteTapsLocked(taps)
+}
+
+func (a *Agent) deleteTapsLocked(taps []string) {
+	for _, t := range taps {
+		if err := a.net.m.DeleteTap(t); err != nil {
+			a.log.Warn("deleting the tap of a failed start", "tap", t, "err", err)
+		}
+	}
 }

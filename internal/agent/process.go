@@ -369,12 +369,8 @@ func (a *Agent) adoptAll(ctx context.Context) {
 		if !ok {
 			key = orphanKey(uid)
 		}
-		in := &instance{uid: uid, key: key, runDir: runDir, pid: pid, accel: accelOf(pid), exited: make(chan struct{}), restarting: restartMarked(runDir)}
-		a.mu.Lock()
-		a.insts[uid] = in
-		a.mu.Unlock()
-		a.startWatchers(in)
-		if err := a.attach(ctx, in, 3*time.Second); err != nil {
+		m := a.adoptMachine(key, uid, runDir, pid)
+		if _, err := m.Connect(ctx, 3*time.Second); err != nil {
 			a.log.Warn("re-adopted QEMU without QMP (will retry)", "vm", string(key), "pid", pid, "err", err)
 		} else {
 			a.log.Info("re-adopted running QEMU", "vm", string(key), "pid", pid)
@@ -486,6 +482,12 @@ func qemuErrorSummary(runDir string) string {
 // keeping the logs, and stops its swtpm (tpm.go).
 func removeRuntimeFiles(runDir string) {
 	stopTPM(runDir)
+	removeQEMUFiles(runDir)
+}
+
+// removeQEMUFiles removes the sockets, pidfile and markers of a QEMU that is gone, keeping
+// its log.
+func removeQEMUFiles(runDir string) {
 	for _, n := range []string{qemu.PIDFileName, qemu.QMPSocketName, qemu.SerialSocketName, qemu.VNCSocketName,
 		qemu.GuestAgentSocketName, console.ConsoleSocket, exitFileName, restartFileName} {
 		_ = os.Remove(filepath.Join(runDir, n))

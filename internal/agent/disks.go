@@ -1,0 +1,180 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// resolveDisks turns spec.blockDeviceRefs into files: a VirtualDisk is its qcow2 in the
+// default pool (with its backing chain), an image is its imported file, read-only (a CD-ROM
+// when the image is one).
+func (a *Agent) resolveDisks(ctx context.Context, vm *v1alpha1.VirtualMachine) ([]qemu.Disk, error) {
+	anyOrder := false
+	for _, r := range vm.Spec.BlockDeviceRefs {
+		if r.BootOrder != nil {
+			anyOrder = true
+		}
+	}
+	var out []qemu.Disk
+	for i, ref := range vm.Spec.BlockDeviceRefs {
+		d := qemu.Disk{}
+		switch {
+		case ref.BootOrder != nil:
+			d.BootOrder = *ref.BootOrder
+		case !anyOrder:
+			d.BootOrder = i + 1
+		}
+		var err error
+		switch ref.Kind {
+		case v1alpha1.BlockDeviceKindVirtualDisk:
+			err = a.resolveVirtualDisk(ctx, vm.Namespace, ref.Name, &d)
+		case v1alpha1.BlockDeviceKindVirtualImage, v1alpha1.BlockDeviceKindClusterVirtualImage:
+			err = a.resolveImage(ctx, vm.Namespace, ref.Kind, ref.Name, &d)
+		default:
+			err = fmt.Errorf("block device kind %q is not supported", ref.Kind)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(d.Path); err != nil {
+			return nil, fmt.Errorf("%s %q: its file is missing: %w", ref.Kind, ref.Name, err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// resolveVirtualDisk fills d with the VirtualDisk name: its qcow2 and backing chain.
+func (a *Agent) resolveVirtualDisk(ctx context.Context, ns, name string, d *qemu.Disk) error {
+	var vd v1alpha1.VirtualDisk
+	if err := a.c.Get(ctx, "virtualdisks", ns, name, &vd); err != nil {
+		if client.IsNotFound(err) {
+			return fmt.Errorf("VirtualDisk %q not found", name)
+		}
+		return err
+	}
+	if vd.Status.Phase != v1alpha1.DiskPhaseReady {
+		return fmt.Errorf("VirtualDisk %q is %s, not Ready", name, orNone(string(vd.Status.Phase)))
+	}
+	if err := storage.CheckUID(vd.UID); err != nil {
+		return err
+	}
+	d.ID = "vd-" + name
+	d.Path = storage.DiskPath(a.cfg.DataDir, storage.DefaultPool, vd.UID)
+	d.Format = qemu.FormatQCOW2
+	chain, err := a.backingChain(ctx, d.Path)
+	if err != nil {
+		return fmt.Errorf("VirtualDisk %q: %w", name, err)
+	}
+	d.Backing = chain
+	d.Serial = serialOf(vd.UID)
+	return nil
+}
+
+// resolveImage fills d with the (Cluster)VirtualImage name: its file in this host's image
+// cache, read-only.
+func (a *Agent) resolveImage(ctx context.Context, ns string, kind v1alpha1.BlockDeviceKind, name string, d *qemu.Disk) error {
+	resource, short := "virtualimages", "vi-"
+	if kind == v1alpha1.BlockDeviceKindClusterVirtualImage {
+		resource, ns, short = "clustervirtualimages", "", "cvi-"
+	}
+	var img struct {
+		Metadata v1alpha1.ObjectMeta  `json:"metadata"`
+		Status   v1alpha1.ImageStatus `json:"status"`
+	}
+	if err := a.c.Get(ctx, resource, ns, name, &img); err != nil {
+		if client.IsNotFound(err) {
+			return fmt.Errorf("%s %q not found", kind, name)
+		}
+		return err
+	}
+	if img.Status.Phase != v1alpha1.ImagePhaseReady {
+		return fmt.Errorf("%s %q is %s, not Ready", kind, name, orNone(string(img.Status.Phase)))
+	}
+	if err := storage.CheckUID(img.Metadata.UID); err != nil {
+		return err
+	}
+	d.ID = short + name
+	p, err := a.imageFile(ctx, resource, ns, name, img.Metadata.UID, img.Status.SHA256)
+	if err != nil {
+		return fmt.Errorf("%s %q: %w", kind, name, err)
+	}
+	d.Path = p
+	d.Format = storage.DriveFormat(img.Status.Format)
+	if d.Format == "" {
+		d.Format = qemu.FormatRaw
+	}
+	d.ReadOnly = true
+	d.CDROM = img.Status.CDROM
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "not provisioned yet"
+	}
+	return s
+}
+
+func serialOf(uid string) string {
+	s := strings.ReplaceAll(uid, "-", "")
+	if len(s) > 20 {
+		s = s[:20]
+	}
+	return s
+}
+
+// backingChain reads the backing chain of a disk the disk controller made. Only files
+// inside the data dir's images and pools directories are accepted as layers.
+func (a *Agent) backingChain(ctx context.Context, path string) ([]qemu.BackingFile, error) {
+	var chain []qemu.BackingFile
+	cur, format := path, qemu.FormatQCOW2
+	for depth := 0; ; depth++ {
+		if format != qemu.FormatQCOW2 {
+			return chain, nil
+		}
+		info, err := readQCOW2Link(cur)
+		if err != nil {
+			return nil, err
+		}
+		if info.DataFile {
+			return nil, fmt.Errorf("%s has an external data file, which is not allowed", cur)
+		}
+		if info.BackingFile == "" {
+			return chain, nil
+		}
+		if depth >= qemu.MaxBackingDepth {
+			return nil, fmt.Errorf("%s: backing chain deeper than %d", path, qemu.MaxBackingDepth)
+		}
+		b := filepath.Clean(info.BackingFile)
+		if !filepath.IsAbs(b) {
+			b = filepath.Join(filepath.Dir(cur), b)
+		}
+		if !a.insideDataDir(b) {
+			return nil, fmt.Errorf("%s names backing file %q outside the data directory", cur, info.BackingFile)
+		}
+		bf := info.BackingFormat
+		if bf != qemu.FormatQCOW2 && bf != qemu.FormatRaw {
+			return nil, fmt.Errorf("%s: backing file format %q is not qcow2 or raw", cur, bf)
+		}
+		chain = append(chain, qemu.BackingFile{Path: b, Format: bf})
+		cur, format = b, bf
+	}
+}
+
+func (a *Agent) insideDataDir(p string) bool {
+	for _, dir := range []string{filepath.Join(a.cfg.DataDir, "images"), filepath.Join(a.cfg.DataDir, "pools")} {
+		if rel, err := filepath.Rel(dir, p); err == nil && !strings.HasPrefix(rel, "..") && rel != "." {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,213 @@
+package agent
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+)
+
+// release writes a stopped VM's phase and gives its node binding back, so the scheduler
+// places it again when it is started.
+func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error {
+	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.NodeName != a.cfg.NodeName || wantsRunning(v.Status.PowerRequest) || v.DeletionTimestamp != nil {
+			return errNoChange
+		}
+		now := a.now()
+		setPhase(v, v1alpha1.VMPhaseStopped, now)
+		v.Status.NodeName = ""
+		setRunningCond(v, v1alpha1.ConditionFalse, "Stopped", "the VM is stopped")
+		if ex := v.Status.LastExit; ex != nil && unplanned(ex.Reason) && v.Status.PowerRequest != nil && v.Status.PowerRequest.Operation != "" {
+			// Stopped by a user's operation while it waited to restart after crashes: the
+			// crash count and message belong to the events now, not to a VM that was asked
+			// to stop. (A run policy that keeps a crashed VM stopped keeps its lastExit.)
+			v.Status.LastExit = &v1alpha1.VMExit{Reason: v1alpha1.ExitStopped, Time: &now}
+		}
+		return nil
+	})
+	if err == nil {
+		a.log.Info("VM stopped and released", "vm", vm.Namespace+"/"+vm.Name)
+	}
+	return ignoreGone(err)
+}
+
+// setRunningCond sets the Running condition; a VM whose QEMU does not run has no GuestReady.
+func setRunningCond(vm *v1alpha1.VirtualMachine, status, reason, msg string) {
+	v1alpha1.SetCondition(&vm.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionRunning, Status: status, Reason: reason, Message: msg})
+	if status != v1alpha1.ConditionTrue {
+		v1alpha1.RemoveCondition(&vm.Status.Conditions, v1alpha1.VMConditionGuestReady)
+	}
+}
+
+func (a *Agent) writePhase(ctx context.Context, vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, more func(v *v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachine, error) {
+	return patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.NodeName != a.cfg.NodeName {
+			return errNoChange
+		}
+		setPhase(v, p, a.now())
+		if more != nil {
+			more(v)
+		}
+		return nil
+	})
+}
+
+// markRunning records a running (or paused) VM: phase, conditions, versions, resources and
+// launch timings.
+func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, phase v1alpha1.VirtualMachinePhase) (*v1alpha1.VirtualMachine, error) {
+	kvm := in.accel == "kvm"
+	return patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.NodeName != a.cfg.NodeName {
+			return errNoChange
+		}
+		now := a.now()
+		was := v.Status.Phase
+		setPhase(v, phase, now)
+		if was == v1alpha1.VMPhaseStarting && phase == v1alpha1.VMPhaseRunning {
+			st := v.Status.Stats
+			start := lastTransition(v, v1alpha1.VMPhaseStarting)
+			if st.LaunchTimeDuration == nil {
+				st.LaunchTimeDuration = &v1alpha1.VirtualMachineLaunchTimeDuration{}
+			}
+			if !start.IsZero() {
+				st.LaunchTimeDuration.VirtualMachineStarting = now.Sub(start.Time).String()
+				if p := lastTransition(v, v1alpha1.VMPhasePending); !p.IsZero() && p.Before(start.Time) {
+					st.LaunchTimeDuration.WaitingForDependencies = start.Sub(p.Time).String()
+				} else if v.CreationTimestamp != nil && v.CreationTimestamp.Before(start.Time) && len(st.PhasesTransitions) <= 3 {
+					st.LaunchTimeDuration.WaitingForDependencies = start.Sub(v.CreationTimestamp.Time).String()
+				}
+			}
+			st.LastStartTime = &now
+		}
+		if phase == v1alpha1.VMPhasePause {
+			setRunningCond(v, v1alpha1.ConditionTrue, ReasonPaused, "QEMU runs; the guest is paused")
+		} else {
+			setRunningCond(v, v1alpha1.ConditionTrue, ReasonRunning, "QEMU runs the guest")
+		}
+		v1alpha1.SetCondition(&v.Status.Conditions, a.emulationCondition(kvm))
+		switch {
+		case in.guestOutput.Load():
+			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(true))
+		case in.child || v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionGuestReady) == nil:
+			// Started by this agent and silent so far. (An adopted QEMU keeps what an
+			// earlier agent saw: its guest need not write again.)
+			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(false))
+		}
+		if a.facts.qemu.QEMUVersion != "" {
+			v.Status.Versions = &v1alpha1.VirtualMachineVersions{Qemu: a.facts.qemu.QEMUVersion}
+		}
+		// What runs, which may differ from the spec until a restart.
+		running := readRunSpec(in.runDir, v)
+		if topo, err := qemu.CPUTopology(running.CPU.Cores); err == nil {
+			ran := &v1alpha1.VirtualMachine{Spec: *running}
+			v.Status.Resources = &v1alpha1.VirtualMachineResources{
+				CPU: v1alpha1.VirtualMachineCPUStatus{Cores: running.CPU.Cores, CoreFraction: running.CPU.CoreFraction,
+					RequestedCores: requestedCores(ran), Topology: v1alpha1.VirtualMachineCPUTopology{CoresPerSocket: topo.CoresPerSocket, Sockets: topo.Sockets}},
+				Memory: v1alpha1.VirtualMachineMemoryStatus{Size: running.Memory.Size},
+			}
+		}
+		v1alpha1.SetCondition(&v.Status.Conditions, restartCondition(pendingChanges(running, &v.Spec)))
+		return nil
+	})
+}
+
+// recordExit writes lastExit, phase Stopped and the Running condition; a VM that should stay
+// stopped also gives its node binding back.
+func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec exitRecord) error {
+	now := a.now()
+	v, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.NodeName != a.cfg.NodeName {
+			return errNoChange
+		}
+		count := 0
+		if unplanned(rec.Reason) {
+			count = 1
+			prev := v.Status.LastExit
+			ranLong := v.Status.Stats != nil && v.Status.Stats.LastStartTime != nil && now.Sub(v.Status.Stats.LastStartTime.Time) > 10*time.Minute
+			if prev != nil && unplanned(prev.Reason) && !ranLong {
+				count = prev.Count + 1
+			}
+		}
+		v.Status.LastExit = &v1alpha1.VMExit{Reason: rec.Reason, Message: rec.Message, Time: &now, Count: count}
+		if rec.Reason == v1alpha1.ExitStartFailed && vm.Status.PowerRequest != nil {
+			// The attempt carried out its restart request even when it failed before the
+			// Starting write: the next try waits for the controller's backoff and new request.
+			v.Status.ObservedRestartID = vm.Status.PowerRequest.RestartID
+		}
+		setPhase(v, v1alpha1.VMPhaseStopped, now)
+		msg := rec.Message
+		if msg == "" {
+			msg = exitMessage(rec.Reason)
+		}
+		setRunningCond(v, v1alpha1.ConditionFalse, rec.Reason, msg)
+		if !wantsRunning(v.Status.PowerRequest) {
+			v.Status.NodeName = ""
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	typ := "Normal"
+	if unplanned(rec.Reason) {
+		typ = "Warning"
+	}
+	msg := exitMessage(rec.Reason)
+	if rec.Message != "" {
+		msg += ": " + rec.Message
+	}
+	a.log.Info("VM exited", "vm", vm.Namespace+"/"+vm.Name, "reason", rec.Reason, "message", rec.Message)
+	a.rec.Event(ctx, "VirtualMachine", v, typ, rec.Reason, msg)
+	return nil
+}
+
+func unplanned(reason string) bool {
+	return reason == v1alpha1.ExitCrashed || reason == v1alpha1.ExitStartFailed
+}
+
+func exitMessage(reason string) string {
+	switch reason {
+	case v1alpha1.ExitGuestShutdown:
+		return "the guest powered itself off"
+	case v1alpha1.ExitStopped:
+		return "the VM was stopped"
+	case v1alpha1.ExitCrashed:
+		return "the VM crashed"
+	case v1alpha1.ExitStartFailed:
+		return "QEMU failed to start"
+	}
+	return reason
+}
+
+// guestReadyCondition is the GuestReady condition: whether the guest has written to its
+// serial console since QEMU started or was reset.
+func guestReadyCondition(spoke bool) v1alpha1.Condition {
+	if spoke {
+		return v1alpha1.Condition{Type: v1alpha1.VMConditionGuestReady, Status: v1alpha1.ConditionTrue, Reason: "SerialOutput",
+			Message: "the guest has written to its serial console"}
+	}
+	return v1alpha1.Condition{Type: v1alpha1.VMConditionGuestReady, Status: v1alpha1.ConditionFalse, Reason: "NoSerialOutputYet",
+		Message: "QEMU runs, but the guest has not written to its serial console yet (a guest that never uses it, such as Windows, stays so)"}
+}
+
+// noteGuestOutput sets GuestReady once the guest of a running instance writes to its serial
+// console.
+func (a *Agent) noteGuestOutput(ctx context.Context, in *instance) {
+	if strings.HasPrefix(string(in.key), orphanPrefix) {
+		return
+	}
+	ns, name := in.key.Split()
+	_, err := patchVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.NodeName != a.cfg.NodeName || !in.guestOutput.Load() {
+			return errNoChange
+		}
+		v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(true))
+		return nil
+	})
+	if err := ignoreGone(err); err != nil && ctx.Err() == nil {
+		a.log.Warn("could not set GuestReady", "vm", string(in.key), "err", err)
+	}
+}
