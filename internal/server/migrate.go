@@ -353,7 +353,7 @@ func (m *migration) run(ctx context.Context) (*migrationReport, error) {
 		return nil, err
 	}
 	rep.elapsed = time.Since(start)
-	fmt.Fprintf(m.out, "Copied %d objects from %s to %s in %s (%d transient keys skipped, %d objects' revision references rewritten).\n\n",
+	fmt.Fprintf(m.out, "Copied %d objects from %s to %s in %s (%d transient keys skipped; revisions named inside %d objects rewritten).\n\n",
 		rep.copied, m.from, m.to, rep.elapsed.Round(time.Millisecond), rep.skipped, rep.rewritten)
 	rep.print(m.out, false)
 	if len(problems) > 0 {

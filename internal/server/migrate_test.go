@@ -64,10 +64,9 @@ func newMigrateSource(t *testing.T) *migrateSource {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if g, transient := keyGroup(key); transient {
+		if _, transient := keyGroup(key); transient {
 			s.transient = append(s.transient, key)
 		} else {
-			_ = g
 			s.created = append(s.created, key)
 			s.values[key] = val
 		}
@@ -407,5 +406,31 @@ func TestStoreMigrateVerifyFailure(t *testing.T) {
 	}
 	if !regexpLine(out.String(), "VirtualMachine", "2", "2", "0") {
 		t.Error("summary does not show the VirtualMachines unverified")
+	}
+}
+
+// TestStoreMigrateTLS migrates into an etcd that serves clients only over TLS and checks
+// client certificates, with the flags serve takes.
+func TestStoreMigrateTLS(t *testing.T) {
+	src := newMigrateSource(t)
+	e := etcdtest.StartTLS(t)
+	ctx := context.Background()
+	to := "etcd+https://" + e.Addr
+	var out bytes.Buffer
+	// Without a client certificate etcd refuses the connection.
+	if err := runMigrate(ctx, migrateOptions{DataDir: src.dir, To: to, Etcd: EtcdTLS{CA: e.Certs.CA}}, &out); err == nil || !strings.Contains(err.Error(), "--to") {
+		t.Fatalf("no client certificate: %v", err)
+	}
+	tlsFlags := EtcdTLS{CA: e.Certs.CA, Cert: e.Certs.ClientCert, Key: e.Certs.ClientKey}
+	if err := runMigrate(ctx, migrateOptions{DataDir: src.dir, To: to, Etcd: tlsFlags}, &out); err != nil {
+		t.Fatalf("migrate over TLS: %v\n%s", err, &out)
+	}
+	st, err := openStore(ctx, Config{DataDir: src.dir, Store: to, Etcd: tlsFlags})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if n := len(listAll(t, st)); n != len(src.created) {
+		t.Errorf("target holds %d keys, want %d", n, len(src.created))
 	}
 }
