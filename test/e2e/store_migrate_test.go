@@ -18,6 +18,9 @@ import (
 // migrateObject is what TestStoreMigrate remembers of an object across the store switch.
 type migrateObject struct {
 	uid, creationRevision string
+	// content is a Secret's JSON without its resourceVersion and creationRevision (Secrets
+	// have no status: nothing changes them across the switch).
+	content string
 }
 
 // migrateSnapshot lists every object of every kind: "resource/namespace/name" → uid and
@@ -40,7 +43,17 @@ func migrateSnapshot(t *testing.T, s *Serve) map[string]migrateObject {
 				t.Fatal(err)
 			}
 			m := o.Metadata
-			out[k.Resource+"/"+m.Namespace+"/"+m.Name] = migrateObject{uid: m.UID, creationRevision: m.CreationRevision}
+			mo := migrateObject{uid: m.UID, creationRevision: m.CreationRevision}
+			if k.Resource == "secrets" {
+				var sec v1alpha1.Secret
+				if err := json.Unmarshal(raw, &sec); err != nil {
+					t.Fatal(err)
+				}
+				sec.ResourceVersion, sec.CreationRevision = "", ""
+				b, _ := json.Marshal(sec)
+				mo.content = string(b)
+			}
+			out[k.Resource+"/"+m.Namespace+"/"+m.Name] = mo
 		}
 	}
 	return out
@@ -177,6 +190,8 @@ spec:
 			continue
 		case n.uid != o.uid:
 			t.Errorf("%s: uid %s became %s", key, o.uid, n.uid)
+		case n.content != o.content:
+			t.Errorf("%s changed:\n%s\n%s", key, o.content, n.content)
 		}
 		var p pair
 		p.key = key
