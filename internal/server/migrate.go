@@ -186,12 +186,45 @@ func runMigrate(ctx context.Context, o migrateOptions, out io.Writer) error {
 		return nil
 	}
 	marker := fmt.Sprintf("%s\nmigrated %s: %d objects copied from %s\n", o.To, time.Now().UTC().Format(time.RFC3339), rep.copied, dbPath)
-	if err := os.WriteFile(filepath.Join(dir, MigratedMarker), []byte(marker), 0o600); err != nil {
+	if err := writeFileSync(filepath.Join(dir, MigratedMarker), []byte(marker)); err != nil {
 		return fmt.Errorf("the objects are in etcd and verified, but the marker could not be written (write %q to %s yourself): %w",
 			o.To, filepath.Join(dir, MigratedMarker), err)
 	}
-	fmt.Fprintf(out, "\nDone. Start the server on etcd with the same data dir; it adopts the running VMs:\n  rakhsh serve --data-dir %s --store %s\n"+
-		"%s is kept unchanged as a backup; %s now keeps 'rakhsh serve' from starting on it.\n", dir, o.To, dbPath, filepath.Join(dir, MigratedMarker))
+	tlsFlags := ""
+	if o.Etcd != (EtcdTLS{}) {
+		tlsFlags = " (with the same --etcd-* flags)"
+	}
+	fmt.Fprintf(out, "\nDone. Start the server on etcd with the same data dir%s; it adopts the running VMs:\n  rakhsh serve --data-dir %s --store %s\n"+
+		"%s is kept unchanged as a backup; %s now keeps 'rakhsh serve' from starting on it.\n", tlsFlags, dir, o.To, dbPath, filepath.Join(dir, MigratedMarker))
+	return nil
+}
+
+// writeFileSync writes path through a temporary file, synced and renamed into place, so a
+// crash leaves either no file or the whole one.
+func writeFileSync(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
 	return nil
 }
 
