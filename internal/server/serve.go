@@ -399,6 +399,9 @@ func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 		}
 		return st, err
 	}
+	if err := checkMigratedMarker(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	return bolt.Open(filepath.Join(cfg.DataDir, "rakhsh.db"), bolt.Options{})
 }
 

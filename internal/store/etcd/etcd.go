@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -228,8 +229,9 @@ func probe(ctx context.Context, endpoint string, tc *tls.Config) probeResult {
 	if err != nil && ctx.Err() != nil {
 		return probeResult{err: fmt.Errorf("%s: connected, but no TLS handshake before the dial timeout (is the server speaking TLS?)", endpoint)}
 	}
-	if errors.Is(err, io.EOF) {
-		// Not conclusive (a busy server may drop a connection), so not fatal either.
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+		// Not conclusive (a busy server may drop or reset a connection; a plain http etcd
+		// under load resets it rather than closing it), so not fatal either.
 		return probeResult{err: fmt.Errorf("%s: the server closed the connection during the TLS handshake (is it speaking TLS?)", endpoint)}
 	}
 	if err == nil {
