@@ -77,7 +77,7 @@ type Agent struct {
 	fetches imageFetches // images fetched into this host's cache (imagecache.go)
 	rec     *runtime.Recorder
 
-	vms    *runtime.Informer
+	vms    *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	queue  *runtime.Queue
 	runCtx context.Context
 
@@ -145,8 +145,15 @@ func New(cfg Config) (*Agent, error) {
 	cfg.Accelerator = mode
 	log := cfg.Log.With("component", "agent", "node", cfg.NodeName)
 	return &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{},
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-agent", Host: cfg.NodeName, Log: log}}, nil
+		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-agent", Host: cfg.NodeName, Log: log},
+		// Only the VMs bound to this node: a VM released or bound elsewhere leaves the cache
+		// (the orphan sweep asks the API before it removes anything of it).
+		vms: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
+			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log)}, nil
 }
+
+// CachedVMs returns the keys of the VMs the agent caches: those bound to its node.
+func (a *Agent) CachedVMs() []runtime.Key { return a.vms.Keys() }
 
 // NodeName is the name of the Node this agent runs.
 func (a *Agent) NodeName() string { return a.cfg.NodeName }
@@ -182,7 +189,6 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.queue = runtime.NewQueue("agent", a.log)
 	a.queue.MaxBackoff = 10 * time.Second
-	a.vms = runtime.NewInformer(a.c, "virtualmachines", "", a.log)
 	a.vms.OnChange(a.queue.Add)
 	go a.vms.Run(ctx)
 	select {
@@ -236,21 +242,19 @@ const orphanPrefix = "\x00orphan/"
 
 func orphanKey(uid string) runtime.Key { return runtime.Key(orphanPrefix + uid) }
 
-// vmKeysByUID maps the uid of every cached VM to its key.
+// vmKeysByUID maps the uid of every cached VM (those bound to this node) to its key.
 func (a *Agent) vmKeysByUID() map[string]runtime.Key {
 	out := map[string]runtime.Key{}
-	for _, raw := range a.vms.Raw() {
-		var m struct {
-			Metadata v1alpha1.ObjectMeta `json:"metadata"`
-		}
-		if json.Unmarshal(raw, &m) == nil && m.Metadata.UID != "" {
-			out[m.Metadata.UID] = runtime.NewKey(m.Metadata.Namespace, m.Metadata.Name)
+	for _, vm := range a.vms.List() {
+		if vm.UID != "" {
+			out[vm.UID] = runtime.NewKey(vm.Namespace, vm.Name)
 		}
 	}
 	return out
 }
 
-// queueOrphans queues every run directory whose VM object no longer exists.
+// queueOrphans queues every run directory whose VM is not bound to this node; the orphan
+// reconcile removes it only when the VM is gone from the API.
 func (a *Agent) queueOrphans() {
 	entries, err := os.ReadDir(filepath.Join(a.cfg.DataDir, "run", "vms"))
 	if err != nil {
@@ -299,7 +303,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		KernelVersion: f.kernelVersion, AgentVersion: Version, LastHeartbeatTime: &now,
 		Conditions: node.Status.Conditions, ObservedGeneration: node.Generation,
 	}
-	if a.vms != nil {
+	if a.vms.HasSynced() {
 		st.Allocated = a.allocated()
 	}
 	ready := v1alpha1.Condition{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionTrue, Reason: "AgentReady",
@@ -320,9 +324,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 // allocated sums the VMs bound to this node.
 func (a *Agent) allocated() *v1alpha1.NodeResources {
 	var cpu, mem int64
-	for _, raw := range a.vms.Raw() {
-		var vm v1alpha1.VirtualMachine
-		if json.Unmarshal(raw, &vm) != nil || vm.Status.NodeName != a.cfg.NodeName {
+	for _, vm := range a.vms.List() {
+		if vm.Status.NodeName != a.cfg.NodeName {
 			continue
 		}
 		cpu += int64(vm.Spec.CPU.Cores)

@@ -78,6 +78,22 @@ func (a *Agent) reconcileOrphan(ctx context.Context, uid string) (runtime.Result
 		return runtime.Result{}, nil
 	}
 	runDir := a.runDir(uid)
+	// The cache holds only this node's VMs: only a VM the API no longer has is an orphan. A
+	// stopped VM that was released keeps its directory (its UEFI variables and TPM state).
+	vm, err := a.lookupVM(ctx, uid, runDir)
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	if vm != nil {
+		if in := a.inst(uid); in != nil && !in.isExited() {
+			// Its QEMU runs here: decide on the VM itself, under its own key.
+			a.mu.Lock()
+			in.key = runtime.KeyOf(vm)
+			a.mu.Unlock()
+			a.queue.Add(in.key)
+		}
+		return runtime.Result{}, nil
+	}
 	in := a.inst(uid)
 	if pid := findQEMU(runDir, uid); in == nil && pid > 0 {
 		m := a.adoptMachine(orphanKey(uid), uid, runDir, pid)

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -119,9 +118,8 @@ func (a *Agent) planNICs(vm *v1alpha1.VirtualMachine) ([]plannedNIC, error) {
 // is being changed): nothing is taken down then.
 func (a *Agent) activeVMs() (out map[string][]plannedNIC, unsure bool) {
 	out = map[string][]plannedNIC{}
-	for _, raw := range a.vms.Raw() {
-		var vm v1alpha1.VirtualMachine
-		if json.Unmarshal(raw, &vm) != nil || vm.Status.NodeName != a.cfg.NodeName {
+	for _, vm := range a.vms.List() {
+		if vm.Status.NodeName != a.cfg.NodeName {
 			continue
 		}
 		in := a.inst(vm.UID)
@@ -129,7 +127,7 @@ func (a *Agent) activeVMs() (out map[string][]plannedNIC, unsure bool) {
 		if !alive && (vm.DeletionTimestamp != nil || !wantsRunning(vm.Status.PowerRequest)) {
 			continue
 		}
-		plan, err := a.planNICs(&vm)
+		plan, err := a.planNICs(vm)
 		if err != nil {
 			if alive {
 				unsure = true

@@ -366,6 +366,11 @@ func (a *Agent) adoptAll(ctx context.Context) {
 			}
 		}
 		key, ok := byUID[uid]
+		if o, owned := readRunOwner(runDir); !ok && owned && o.UID == uid {
+			// Its VM is not bound here (released, or bound elsewhere): the reconcile of
+			// that name asks the API about it.
+			key, ok = runtime.NewKey(o.Namespace, o.Name), true
+		}
 		if !ok {
 			key = orphanKey(uid)
 		}

@@ -44,9 +44,19 @@ func (a *Agent) reconcile(ctx context.Context, key runtime.Key) (runtime.Result,
 		return a.reconcileOrphan(ctx, uid)
 	}
 	var vm v1alpha1.VirtualMachine
-	ok, err := a.vms.Get(key, &vm)
-	if err != nil {
-		return runtime.Result{}, err
+	cached, ok := a.vms.Get(key)
+	if ok {
+		vm = *runtime.DeepCopy(cached) // the cache's object is shared
+	} else {
+		// Not bound here. A QEMU of this name that still runs here is decided on the API's
+		// object (claimed back when unbound, stopped when bound elsewhere or deleted).
+		stored, in, err := a.vmOfRunningInstance(ctx, key)
+		if err != nil {
+			return runtime.Result{}, err
+		}
+		if stored != nil {
+			return a.reconcileVM(ctx, stored, in)
+		}
 	}
 	// Instances of this name that are not this object (deleted, or replaced by a new object
 	// of the same name) are orphans.

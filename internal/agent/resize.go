@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -67,9 +66,8 @@ func (a *Agent) resizeDisk(ctx context.Context, key runtime.Key) (runtime.Result
 	}
 	want = storage.RoundSize(want)
 	path := storage.DiskPath(a.cfg.DataDir, storage.DefaultPool, d.UID)
-	for _, raw := range a.vms.Raw() {
-		var vm v1alpha1.VirtualMachine
-		if json.Unmarshal(raw, &vm) != nil || vm.Namespace != ns || !usesDisk(&vm, name) {
+	for _, vm := range a.vms.List() {
+		if vm.Namespace != ns || !usesDisk(vm, name) {
 			continue
 		}
 		in := a.inst(vm.UID)

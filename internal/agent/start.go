@@ -169,7 +169,9 @@ func (a *Agent) stepRunDir(_ context.Context, r *startRun) error {
 	}
 	_ = os.Chmod(r.runDir, 0o700)
 	removeRuntimeFiles(r.runDir)
-	return nil
+	// The agent's cache holds only the VMs bound to this node: the owner file names the VM
+	// of a directory whose VM left the cache, so that only a VM gone from the API loses it.
+	return writeRunOwner(r.runDir, r.vm)
 }
 
 // stepDisks resolves spec.blockDeviceRefs (disks.go); it changes nothing on the host.
