@@ -22,6 +22,14 @@ func init() {
 }
 
 func defaultNode(n *v1alpha1.Node) {
+	// Every Node carries its name under the well-known hostname label (node selectors use
+	// it); an update cannot change or drop it.
+	if n.Name != "" {
+		if n.Labels == nil {
+			n.Labels = map[string]string{}
+		}
+		n.Labels[v1alpha1.NodeHostnameLabel] = n.Name
+	}
 	r := &n.Spec.AllocationRatios
 	if r.CPU == 0 {
 		r.CPU = v1alpha1.DefaultCPUAllocationRatio
