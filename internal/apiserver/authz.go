@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
@@ -30,8 +31,9 @@ import (
 //   - get the data subresource of virtualimages and clustervirtualimages (its image cache);
 //   - get a secret that a VM bound to it references for provisioning (userDataRef,
 //     sysprepRef); no list or watch of secrets;
-//   - create its own Node; update and patch its own Node (not its spec: cordoning is the
-//     admin's) and its status;
+//   - create its own Node (with no spec and no labels but the hostname label); update and
+//     patch its own Node (not its spec nor its labels: cordoning and the labels that steer
+//     VMs are the admin's) and its status;
 //   - redeem stream tickets at nodes/ITSELF/streamtickets;
 //   - update and patch the status of VMs and disks whose stored status.nodeName is itself,
 //     leaving nodeName itself or empty (releasing the binding);
@@ -206,8 +208,19 @@ func authorizeNodeCreate(ctx context.Context, st *registry.Strategy, obj v1alpha
 	if id.Node == "" || st.Info.Kind != "Node" {
 		return nil
 	}
-	if name := obj.GetObjectMeta().Name; name != id.Node {
-		return errs.New(errs.ErrForbidden, "%s may not create Node %q: a node may create only its own Node %q", id.describe(), name, id.Node)
+	m := obj.GetObjectMeta()
+	if m.Name != id.Node {
+		return errs.New(errs.ErrForbidden, "%s may not create Node %q: a node may create only its own Node %q", id.describe(), m.Name, id.Node)
+	}
+	spec, _ := json.Marshal(obj.(*v1alpha1.Node).Spec)
+	empty, _ := json.Marshal(v1alpha1.NodeSpec{})
+	if !bytes.Equal(spec, empty) {
+		return errs.New(errs.ErrForbidden, "%s may not create its Node with a spec: unschedulable, taints and allocation ratios are the admin's", id.describe())
+	}
+	for k, v := range m.Labels {
+		if k != v1alpha1.NodeHostnameLabel || v != id.Node {
+			return errs.New(errs.ErrForbidden, "%s may not label its Node %s=%s: node labels steer VMs and are the admin's", id.describe(), k, v)
+		}
 	}
 	return nil
 }
@@ -225,7 +238,10 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 	switch o := old.(type) {
 	case *v1alpha1.Node:
 		if !status && !bytes.Equal(specBytes(obj), specBytes(old)) {
-			return errs.New(errs.ErrForbidden, "%s may not change the spec of %s: a node writes only its Node's metadata and status (cordoning is an admin's)", id.describe(), what)
+			return errs.New(errs.ErrForbidden, "%s may not change the spec of %s: a node writes only its Node's status (cordoning is an admin's)", id.describe(), what)
+		}
+		if !status && !reflect.DeepEqual(obj.GetObjectMeta().Labels, o.Labels) {
+			return errs.New(errs.ErrForbidden, "%s may not change the labels of %s: node labels steer VMs and are the admin's", id.describe(), what)
 		}
 	case *v1alpha1.VirtualMachine:
 		n := obj.(*v1alpha1.VirtualMachine)

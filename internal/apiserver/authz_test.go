@@ -192,6 +192,10 @@ func TestNodeJoinAndAuthorization(t *testing.T) {
 	// Registration: only its own Node; the hostname label is set.
 	other := v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}
 	wantReason(t, "node n1 creating Node n2", n1.Create(ctx, "nodes", "", &other, nil), v1alpha1.ReasonForbidden, `node n1 may not create Node "n2"`)
+	tainted := v1alpha1.Node{TypeMeta: other.TypeMeta, ObjectMeta: v1alpha1.ObjectMeta{Name: "n1"}, Spec: v1alpha1.NodeSpec{AllocationRatios: v1alpha1.AllocationRatios{CPU: 100}}}
+	wantReason(t, "node n1 creating its Node with a spec", n1.Create(ctx, "nodes", "", &tainted, nil), v1alpha1.ReasonForbidden, "with a spec")
+	labelled := v1alpha1.Node{TypeMeta: other.TypeMeta, ObjectMeta: v1alpha1.ObjectMeta{Name: "n1", Labels: map[string]string{"gpu": "yes"}}}
+	wantReason(t, "node n1 creating its Node with a label", n1.Create(ctx, "nodes", "", &labelled, nil), v1alpha1.ReasonForbidden, "may not label its Node gpu=yes")
 	var node v1alpha1.Node
 	own := v1alpha1.Node{TypeMeta: other.TypeMeta, ObjectMeta: v1alpha1.ObjectMeta{Name: "n1"}}
 	if err := n1.Create(ctx, "nodes", "", &own, &node); err != nil {
@@ -204,6 +208,10 @@ func TestNodeJoinAndAuthorization(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantReason(t, "node n1 cordoning itself", n1.Patch(ctx, "nodes", "", "n1", []byte(`{"spec":{"unschedulable":true}}`), nil), v1alpha1.ReasonForbidden, "may not change the spec")
+	wantReason(t, "node n1 labelling itself", n1.Patch(ctx, "nodes", "", "n1", []byte(`{"metadata":{"labels":{"gpu":"yes"}}}`), nil), v1alpha1.ReasonForbidden, "may not change the labels")
+	if err := n1.Patch(ctx, "nodes", "", "n1", []byte(`{"metadata":{"annotations":{"note":"x"}}}`), nil); err != nil {
+		t.Fatalf("node n1 annotating itself: %v", err)
+	}
 	if err := admin.Create(ctx, "nodes", "", &other, nil); err != nil {
 		t.Fatal(err)
 	}
