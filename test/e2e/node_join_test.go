@@ -165,12 +165,21 @@ spec:
   cpu: {cores: 1}
   memory: {size: 128Mi}
 `, "apply", "-f", "-")
-	var ev v1alpha1.VirtualMachine
-	if err := s.Client().Get(ctx, "virtualmachines", "default", "elsewhere", &ev); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Client().Bind(ctx, "default", "elsewhere", &v1alpha1.VirtualMachineBinding{NodeName: "other-host", PowerRequest: ev.Status.PowerRequest}, nil); err != nil {
-		t.Fatal(err)
+	// Bound by hand (the node is cordoned, so the scheduler leaves it alone); the binding
+	// carries the power request it saw, which the VM controller may change in between.
+	for attempt := 0; ; attempt++ {
+		var ev v1alpha1.VirtualMachine
+		if err := s.Client().Get(ctx, "virtualmachines", "default", "elsewhere", &ev); err != nil {
+			t.Fatal(err)
+		}
+		err := s.Client().Bind(ctx, "default", "elsewhere", &v1alpha1.VirtualMachineBinding{NodeName: "other-host", PowerRequest: ev.Status.PowerRequest}, nil)
+		if err == nil {
+			break
+		}
+		if !client.IsConflict(err) || attempt >= 20 {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	forbidden := func(what string, err error, want string) {
 		t.Helper()
