@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/registry"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
@@ -310,4 +312,32 @@ func TestNodeJoinAndAuthorization(t *testing.T) {
 	}
 	wantReason(t, "a removed node", n1.Get(ctx, "nodes", "", "n2", nil), v1alpha1.ReasonUnauthorized, "has no credential")
 	wantReason(t, "a forged node credential", tokenClient(t, url, nodeCredPrefix+"n2.abc").Get(ctx, "nodes", "", "n2", nil), v1alpha1.ReasonUnauthorized, "")
+}
+
+// TestNodeHostnameLabelOnStatusWrite: a Node stored without the hostname label (made before
+// it existed) gets it with its next status write.
+func TestNodeHostnameLabelOnStatusWrite(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := st.Create(ctx, "/nodes/old", []byte(`{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"Node","metadata":{"name":"old","uid":"u1","labels":{"rack":"a"}},"spec":{}}`)); err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer s.Shutdown()
+	nodes, _ := registry.ByResource("nodes")
+	out, _, _, err := s.Update(ctx, target{st: nodes, name: "old"}, &v1alpha1.Node{Status: v1alpha1.NodeStatus{Phase: v1alpha1.NodePhaseReady}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n v1alpha1.Node
+	if err := json.Unmarshal(out, &n); err != nil {
+		t.Fatal(err)
+	}
+	if n.Labels[v1alpha1.NodeHostnameLabel] != "old" || n.Labels["rack"] != "a" || n.Status.Phase != v1alpha1.NodePhaseReady {
+		t.Fatalf("after a status write: labels %v, phase %s", n.Labels, n.Status.Phase)
+	}
 }

@@ -238,6 +238,9 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 		copyAll(next, old)
 		copyField(next, obj, "Status")
 		obj = next
+		if n, ok := obj.(*v1alpha1.Node); ok {
+			registry.EnsureNodeHostnameLabel(n)
+		}
 		m = obj.GetObjectMeta()
 	} else {
 		copyField(obj, old, "Status")
