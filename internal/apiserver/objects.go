@@ -66,6 +66,9 @@ func (s *Server) Create(ctx context.Context, st *registry.Strategy, namespace st
 	m.CreationTimestamp = &now
 	m.DeletionTimestamp, m.DeletionGracePeriodSeconds = nil, nil
 	resetField(obj, "Status")
+	if err := authorizeNodeCreate(ctx, st, obj); err != nil {
+		return nil, 0, err
+	}
 	if st.Default != nil {
 		st.Default(obj)
 	}
@@ -235,6 +238,9 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 		copyAll(next, old)
 		copyField(next, obj, "Status")
 		obj = next
+		if n, ok := obj.(*v1alpha1.Node); ok {
+			registry.EnsureNodeHostnameLabel(n)
+		}
 		m = obj.GetObjectMeta()
 	} else {
 		copyField(obj, old, "Status")
@@ -259,6 +265,9 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 				return nil, revs{}, 0, errs.New(errs.ErrForbidden, "%s %q is being deleted: finalizer %q may not be added", t.st.Info.Singular, t.name, f)
 			}
 		}
+	}
+	if err := authorizeNodeWrite(ctx, t, old, obj, status); err != nil {
+		return nil, revs{}, 0, err
 	}
 	if err := validate(t.st, obj, old, s.policyErrors(obj, old)); err != nil {
 		return nil, revs{}, 0, err
@@ -484,6 +493,14 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request, t target) {
 	if err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	if t.st.Info.Kind == "Node" {
+		// Removing a node revokes its agent's credential first, so the agent cannot write
+		// again (nor create its Node anew).
+		if err := s.revokeNodeCredential(r.Context(), t.name); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 	}
 	out, rev, err := s.Delete(r.Context(), t, grace)
 	if err != nil {

@@ -116,6 +116,10 @@ const identityKey ctxKey = 1
 type Identity struct {
 	Name  string
 	Admin bool
+	// Node is set for a node agent's credential: the node's name (see authz.go).
+	Node string
+	// JoinToken is set for a join token, which may only get a node credential.
+	JoinToken string
 }
 
 // LocalHandler serves the unix socket: every caller is admin (the socket is mode 0600).
@@ -154,6 +158,12 @@ func (s *Server) authenticate(r *http.Request) (Identity, error) {
 	if s.token != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) == 1 {
 		return Identity{Name: "admin", Admin: true}, nil
 	}
+	switch {
+	case strings.HasPrefix(tok, nodeCredPrefix):
+		return s.authenticateNode(r.Context(), tok)
+	case strings.HasPrefix(tok, joinTokenPrefix):
+		return s.authenticateJoin(r.Context(), tok)
+	}
 	return Identity{}, errs.New(errs.ErrUnauthorized, "Unauthorized: the bearer token is not valid")
 }
 
@@ -185,6 +195,8 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc(dh+"/{resource}", asDeckhouse(s.collection))
 	mux.HandleFunc(dh+"/{resource}/{name}", asDeckhouse(s.object))
 	mux.HandleFunc(dh+"/{resource}/{name}/{sub}", asDeckhouse(s.subresource))
+	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens", s.serveJoinTokens)
+	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens/{id}", s.serveJoinToken)
 	mux.HandleFunc("GET /openapi/v3", s.serveOpenAPIV3)
 	mux.HandleFunc("GET /openapi/v3/", s.serveOpenAPIV3)
 	mux.HandleFunc("GET /openapi/v2", s.serveOpenAPIV2)
@@ -309,6 +321,9 @@ func prefix(info *v1alpha1.KindInfo, namespace string) string {
 
 func (s *Server) collection(w http.ResponseWriter, r *http.Request) {
 	t, err := s.resolve(r)
+	if err == nil {
+		err = s.authorizeRequest(r, t)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -333,6 +348,9 @@ func (s *Server) collection(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) object(w http.ResponseWriter, r *http.Request) {
 	t, err := s.resolve(r)
+	if err == nil {
+		err = s.authorizeRequest(r, t)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -353,8 +371,15 @@ func (s *Server) object(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 	t, err := s.resolve(r)
+	if err == nil {
+		err = s.authorizeRequest(r, t)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if t.st.Info.Kind == "Node" && t.sub == v1alpha1.SubNodeCredential {
+		s.serveNodeCredential(w, r, t)
 		return
 	}
 	if t.st.Info.Kind == "VirtualMachine" && (t.sub == SubConsole || t.sub == SubVNC || t.sub == SubLog) {
@@ -398,6 +423,10 @@ func (s *Server) methodNotAllowed(w http.ResponseWriter, r *http.Request, allowe
 }
 
 func (s *Server) serveGet(w http.ResponseWriter, r *http.Request, t target) {
+	if err := s.authorizeNodeSecret(r.Context(), t); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
 	if err != nil {
 		s.writeError(w, r, s.notFound(err, t))

@@ -197,6 +197,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newVMCommand(cc),
 		newImageCommand(cc),
 		newLabelCommand(cc),
+		newNodeCommand(cc),
 	)
 	addCompletions(cc, root)
 	return root

@@ -21,7 +21,22 @@ func init() {
 	})
 }
 
+// EnsureNodeHostnameLabel sets the label every Node carries: kubernetes.io/hostname with the
+// node's name (node selectors use it). Defaulting calls it, so no update can change or drop
+// the label; the API server also calls it on status writes, so that Nodes made before the
+// label existed get it from their agent's next heartbeat.
+func EnsureNodeHostnameLabel(n *v1alpha1.Node) {
+	if n.Name == "" {
+		return
+	}
+	if n.Labels == nil {
+		n.Labels = map[string]string{}
+	}
+	n.Labels[v1alpha1.NodeHostnameLabel] = n.Name
+}
+
 func defaultNode(n *v1alpha1.Node) {
+	EnsureNodeHostnameLabel(n)
 	r := &n.Spec.AllocationRatios
 	if r.CPU == 0 {
 		r.CPU = v1alpha1.DefaultCPUAllocationRatio

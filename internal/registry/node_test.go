@@ -66,3 +66,19 @@ func FuzzValidateNode(f *testing.F) {
 	f.Add([]byte(`{"spec":{"address":"h:0","allocationRatios":{"memory":-1}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "Node", data) })
 }
+
+// TestNodeHostnameLabel: defaulting gives every Node kubernetes.io/hostname=NAME, over a
+// different value, keeping the other labels.
+func TestNodeHostnameLabel(t *testing.T) {
+	obj, fe := vmtValidate(t, "Node", vmtNodeBase)
+	if len(fe) > 0 {
+		t.Fatal(fe)
+	}
+	if l := obj.(*v1alpha1.Node).Labels; l[v1alpha1.NodeHostnameLabel] != "host-1" {
+		t.Fatalf("labels %v", l)
+	}
+	obj, _ = vmtValidate(t, "Node", vmtMerge(t, vmtNodeBase, `{"metadata":{"labels":{"kubernetes.io/hostname":"other","rack":"a"}}}`))
+	if l := obj.(*v1alpha1.Node).Labels; l[v1alpha1.NodeHostnameLabel] != "host-1" || l["rack"] != "a" {
+		t.Fatalf("labels %v", l)
+	}
+}

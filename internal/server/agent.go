@@ -25,9 +25,12 @@ type AgentConfig struct {
 	// TokenFile holds the token (the safe way: --token shows in the process list).
 	TokenFile string
 	CAFile    string
-	DataDir   string
-	NodeName  string
-	LogLevel  string
+	// JoinToken (or the first line of JoinTokenFile) is exchanged once for a node
+	// credential kept in DataDir (see nodecred.go).
+	JoinToken, JoinTokenFile string
+	DataDir                  string
+	NodeName                 string
+	LogLevel                 string
 	// HeartbeatInterval is how often the Node status is refreshed.
 	HeartbeatInterval time.Duration
 	// VMNetworking is "host" or "user", as for serve.
@@ -61,7 +64,13 @@ start and publishes the address (--stream-advertise, default: the address this h
 --server from) and the certificate's SHA-256 in its Node's status.streamEndpoint, which the
 API servers pin. Every stream request carries a single-use ticket, valid for 30 s, that an API
 server recorded; the agent redeems it through the API with its own credential before it
-touches the VM, so nothing reaches a console without passing the API's authentication.`,
+touches the VM, so nothing reaches a console without passing the API's authentication.
+
+A host joins with a join token an admin made (rakhsh node token create): the agent exchanges
+it once for the node's own credential, keeps that in DATA-DIR/node-credential.json (mode
+0600) and uses only it from then on, also after restarts. The credential may do only what a
+node needs (docs/nodes.md); rakhsh node remove revokes it. --token (the admin token) still
+works for compatibility.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(cfg.LogLevel, cmd.ErrOrStderr())
@@ -74,7 +83,20 @@ touches the VM, so nothing reaches a console without passing the API's authentic
 			if cfg.Token != "" && cfg.TokenFile != "" {
 				return errors.New("--token and --token-file are exclusive: give one (--token-file keeps the token out of the process list)")
 			}
-			if cfg.Token == "" && cfg.TokenFile == "" {
+			if cfg.JoinToken != "" && cfg.JoinTokenFile != "" {
+				return errors.New("--join-token and --join-token-file are exclusive: give one")
+			}
+			if (cfg.JoinToken != "" || cfg.JoinTokenFile != "") && (cfg.Token != "" || cfg.TokenFile != "") {
+				return errors.New("--join-token and --token are exclusive: a joining node uses its own credential, not the admin token")
+			}
+			if cfg.JoinTokenFile != "" {
+				tok, err := client.ReadTokenFile(cfg.JoinTokenFile)
+				if err != nil {
+					return err
+				}
+				cfg.JoinToken = tok
+			}
+			if cfg.Token == "" && cfg.TokenFile == "" && cfg.JoinToken == "" {
 				cfg.Token = os.Getenv("RAKHSH_TOKEN")
 				if cfg.Token == "" {
 					cfg.TokenFile = os.Getenv("RAKHSH_TOKEN_FILE")
@@ -100,6 +122,9 @@ touches the VM, so nothing reaches a console without passing the API's authentic
 			cfg.DataDir = abs
 			if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 				return fmt.Errorf("creating data dir: %w", err)
+			}
+			if err := agentCredential(cmd.Context(), &cfg, cfg.JoinToken, log); err != nil {
+				return err
 			}
 			c, err := client.New(client.Config{Server: cfg.Server, Token: cfg.Token, CAFile: cfg.CAFile})
 			if err != nil {
@@ -145,6 +170,8 @@ touches the VM, so nothing reaches a console without passing the API's authentic
 	f.StringVar(&cfg.Server, "server", "", "control plane API: https://host:port or unix:///path/rakhsh.sock (env RAKHSH_SERVER)")
 	f.StringVar(&cfg.Token, "token", "", "bearer token for the control plane (env RAKHSH_TOKEN); other local users can read it in the process list: prefer --token-file")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the bearer token for the control plane on its first line (env RAKHSH_TOKEN_FILE)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "join token (rakhsh node token create) exchanged once for this node's own credential, kept in --data-dir; later starts need neither it nor --token")
+	f.StringVar(&cfg.JoinTokenFile, "join-token-file", "", "file holding the join token on its first line")
 	f.StringVar(&cfg.CAFile, "ca-file", "", "PEM CA certificates to trust for https")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/rakhsh", "directory for disks, images and VM run directories")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")

@@ -32,8 +32,8 @@ import (
 // so only an upload that stalls is cut. No WriteTimeout: it would cut long answers; a client
 // that stops reading meets TCP's own timeouts.
 //
-// Per-client limits (the TCP listener only; a client is a remote IP address, since every
-// bearer token is admin today): at most ConnsPerClient open connections and
+// Per-client limits (the TCP listener only; a client is a remote IP address, since user
+// tokens are all admin today and a node's credential is one per host): at most ConnsPerClient open connections and
 // StreamsPerClient concurrent watches, consoles and VNC sessions. A connection or stream
 // over the limit is answered 429 TooManyRequests with Retry-After; connections past twice
 // the limit are closed at once without an answer.

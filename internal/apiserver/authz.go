@@ -1,0 +1,311 @@
+package apiserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"reflect"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
+	"github.com/rakhsh/rakhsh/internal/registry"
+	"github.com/rakhsh/rakhsh/internal/store"
+)
+
+// Authorization of the identities that are not admin: a node (its agent's credential) and a
+// join token. Admin may do everything. The rules are in two steps:
+//
+//   - authorize, a pure function of the identity and the request (verb, resource, name,
+//     subresource), runs for every object path before anything is read;
+//   - authorizeNodeWrite and authorizeNodeSecret run where the stored object is at hand,
+//     since a node's right to write a VM's or disk's status depends on the stored object's
+//     status.nodeName, never on the request body.
+//
+// A node may:
+//   - get, list and watch: virtualmachines, virtualdisks, virtualimages, clustervirtualimages,
+//     clusternetworks, virtualmachineclasses, nodes, virtualmachineipaddresses(+leases),
+//     virtualmachinemacaddresses(+leases), events; and their status subresources;
+//   - get the data subresource of virtualimages and clustervirtualimages (its image cache);
+//   - get a secret that a VM bound to it references for provisioning (userDataRef,
+//     sysprepRef); no list or watch of secrets;
+//   - create its own Node (with no spec and no labels but the hostname label); update and
+//     patch its own Node (not its spec nor its labels: cordoning and the labels that steer
+//     VMs are the admin's) and its status;
+//   - redeem stream tickets at nodes/ITSELF/streamtickets;
+//   - update and patch the status of VMs and disks whose stored status.nodeName is itself,
+//     leaving nodeName itself or empty (releasing the binding);
+//   - create, update and patch events.
+//
+// Everything else (any spec, other nodes, deletes, bindings, consoles, other kinds) is
+// refused with 403 naming the node and the rule.
+//
+// A join token may only POST nodes/NAME/credential.
+
+// Verbs of requests.
+const (
+	verbGet    = "get"
+	verbList   = "list"
+	verbWatch  = "watch"
+	verbCreate = "create"
+	verbUpdate = "update"
+	verbPatch  = "patch"
+	verbDelete = "delete"
+)
+
+// attributes are what authorize looks at.
+type attributes struct {
+	Verb      string
+	Resource  string
+	Namespace string
+	Name      string // "" for collections (list, watch, create)
+	Sub       string
+}
+
+func (a attributes) String() string {
+	s := a.Verb + " " + a.Resource
+	if a.Sub != "" {
+		s += "/" + a.Sub
+	}
+	if a.Name != "" {
+		s += " " + a.Name
+	}
+	if a.Namespace != "" {
+		s += " in project " + a.Namespace
+	}
+	return s
+}
+
+// nodeReadable are the resources a node may get, list and watch.
+var nodeReadable = map[string]bool{
+	"virtualmachines": true, "virtualdisks": true, "virtualimages": true, "clustervirtualimages": true,
+	"clusternetworks": true, "virtualmachineclasses": true, "nodes": true,
+	"virtualmachineipaddresses": true, "virtualmachineipaddressleases": true,
+	"virtualmachinemacaddresses": true, "virtualmachinemacaddressleases": true, "events": true,
+}
+
+// describe names an identity in messages.
+func (id Identity) describe() string {
+	if id.Name == "" {
+		return "an unauthenticated client"
+	}
+	return id.Name
+}
+
+func identityOf(ctx context.Context) Identity {
+	id, _ := ctx.Value(identityKey).(Identity)
+	return id
+}
+
+func forbidden(id Identity, a attributes, rule string) error {
+	return errs.New(errs.ErrForbidden, "%s may not %s: %s", id.describe(), a, rule)
+}
+
+// authorize decides a request on its path alone.
+func authorize(id Identity, a attributes) error {
+	switch {
+	case id.Admin:
+		return nil
+	case id.Node != "":
+		return authorizeNode(id, a)
+	case id.JoinToken != "":
+		if a.Resource == "nodes" && a.Sub == v1alpha1.SubNodeCredential && a.Verb == verbCreate && a.Name != "" {
+			return nil
+		}
+		return forbidden(id, a, "a join token may only get a node credential (POST nodes/NAME/credential)")
+	}
+	return forbidden(id, a, "the request has no identity")
+}
+
+func authorizeNode(id Identity, a attributes) error {
+	read := a.Verb == verbGet || a.Verb == verbList || a.Verb == verbWatch
+	switch {
+	case read && a.Sub == "" && nodeReadable[a.Resource]:
+		return nil
+	case read && a.Sub == "status" && a.Verb == verbGet && nodeReadable[a.Resource]:
+		return nil
+	case a.Verb == verbGet && a.Sub == SubData && (a.Resource == "virtualimages" || a.Resource == "clustervirtualimages"):
+		return nil
+	case a.Resource == "secrets" && a.Sub == "":
+		if a.Verb == verbGet {
+			return nil // authorizeNodeSecret checks the reference
+		}
+		return forbidden(id, a, "a node may only get the secrets its VMs reference for provisioning, one at a time")
+	case read:
+		return forbidden(id, a, "a node may read only what its agent needs (VMs, disks, images, networks, classes, nodes, address claims and leases, events, referenced secrets)")
+	}
+	switch a.Resource {
+	case "nodes":
+		switch {
+		case a.Verb == verbCreate && a.Sub == "":
+			return nil // authorizeNodeWrite checks the name
+		case a.Name != id.Node:
+			return forbidden(id, a, fmt.Sprintf("a node may write only its own Node %q", id.Node))
+		case (a.Verb == verbUpdate || a.Verb == verbPatch) && (a.Sub == "" || a.Sub == "status"):
+			return nil // authorizeNodeWrite keeps the spec unchanged
+		case a.Verb == verbCreate && a.Sub == nodestream.SubStreamTickets:
+			return nil
+		}
+		return forbidden(id, a, "a node may create, update and patch its own Node and its status, and redeem its own stream tickets")
+	case "virtualmachines", "virtualdisks":
+		if (a.Verb == verbUpdate || a.Verb == verbPatch) && a.Sub == "status" {
+			return nil // authorizeNodeWrite checks the stored binding
+		}
+		return forbidden(id, a, "a node may write only the status of the VMs and disks bound to it, never their spec")
+	case "events":
+		if a.Verb == verbCreate || a.Verb == verbUpdate || a.Verb == verbPatch {
+			return nil
+		}
+		return forbidden(id, a, "a node may create, update and patch events, not delete them")
+	}
+	return forbidden(id, a, "a node may not write "+a.Resource)
+}
+
+// requestVerb maps a request on an object path to its verb; collection says whether the path
+// names a collection (no name).
+func requestVerb(r *http.Request, collection bool) string {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		if collection {
+			if w := r.URL.Query().Get("watch"); w == "true" || w == "1" {
+				return verbWatch
+			}
+			return verbList
+		}
+		return verbGet
+	case http.MethodPost:
+		return verbCreate
+	case http.MethodPut:
+		return verbUpdate
+	case http.MethodPatch:
+		return verbPatch
+	case http.MethodDelete:
+		return verbDelete
+	}
+	return r.Method
+}
+
+// authorizeRequest runs authorize for a request to an object path.
+func (s *Server) authorizeRequest(r *http.Request, t target) error {
+	id, ok := r.Context().Value(identityKey).(Identity)
+	if !ok {
+		// Not through LocalHandler or RemoteHandler: a test or an in-process caller.
+		return nil
+	}
+	a := attributes{Verb: requestVerb(r, t.name == ""), Resource: t.st.Info.Resource, Namespace: t.namespace, Name: t.name, Sub: t.sub}
+	if err := authorize(id, a); err != nil {
+		s.log.Info("request forbidden", "identity", id.Name, "request", a.String())
+		return err
+	}
+	return nil
+}
+
+// authorizeNodeCreate checks, for a node, an object it creates: a Node must be its own.
+func authorizeNodeCreate(ctx context.Context, st *registry.Strategy, obj v1alpha1.Object) error {
+	id := identityOf(ctx)
+	if id.Node == "" || st.Info.Kind != "Node" {
+		return nil
+	}
+	m := obj.GetObjectMeta()
+	if m.Name != id.Node {
+		return errs.New(errs.ErrForbidden, "%s may not create Node %q: a node may create only its own Node %q", id.describe(), m.Name, id.Node)
+	}
+	spec, _ := json.Marshal(obj.(*v1alpha1.Node).Spec)
+	empty, _ := json.Marshal(v1alpha1.NodeSpec{})
+	if !bytes.Equal(spec, empty) {
+		return errs.New(errs.ErrForbidden, "%s may not create its Node with a spec: unschedulable, taints and allocation ratios are the admin's", id.describe())
+	}
+	for k, v := range m.Labels {
+		if k != v1alpha1.NodeHostnameLabel || v != id.Node {
+			return errs.New(errs.ErrForbidden, "%s may not label its Node %s=%s: node labels steer VMs and are the admin's", id.describe(), k, v)
+		}
+	}
+	return nil
+}
+
+// authorizeNodeWrite checks, for a node, an update of a stored object old to obj.
+func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object, status bool) error {
+	id := identityOf(ctx)
+	if id.Node == "" {
+		return nil
+	}
+	what := fmt.Sprintf("%s %q", t.st.Info.Singular, t.name)
+	if t.namespace != "" {
+		what += " in project " + t.namespace
+	}
+	switch o := old.(type) {
+	case *v1alpha1.Node:
+		if !status && !bytes.Equal(specBytes(obj), specBytes(old)) {
+			return errs.New(errs.ErrForbidden, "%s may not change the spec of %s: a node writes only its Node's status (cordoning is an admin's)", id.describe(), what)
+		}
+		if !status && !reflect.DeepEqual(obj.GetObjectMeta().Labels, o.Labels) {
+			return errs.New(errs.ErrForbidden, "%s may not change the labels of %s: node labels steer VMs and are the admin's", id.describe(), what)
+		}
+	case *v1alpha1.VirtualMachine:
+		n := obj.(*v1alpha1.VirtualMachine)
+		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
+			return err
+		}
+	case *v1alpha1.VirtualDisk:
+		n := obj.(*v1alpha1.VirtualDisk)
+		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func boundCheck(id Identity, what, stored, next string) error {
+	if stored != id.Node {
+		bound := "not bound to a node"
+		if stored != "" {
+			bound = fmt.Sprintf("bound to node %q", stored)
+		}
+		return errs.New(errs.ErrForbidden, "%s may not write the status of %s: it is %s, and a node writes only the status of what is bound to it", id.describe(), what, bound)
+	}
+	if next != "" && next != id.Node {
+		return errs.New(errs.ErrForbidden, "%s may not bind %s to node %q: a node may only keep or release its own binding", id.describe(), what, next)
+	}
+	return nil
+}
+
+// authorizeNodeSecret checks, for a node, a get of a secret: a VM in the secret's project that
+// is bound to the node must reference it for provisioning.
+func (s *Server) authorizeNodeSecret(ctx context.Context, t target) error {
+	id := identityOf(ctx)
+	if id.Node == "" || t.st.Info.Kind != "Secret" {
+		return nil
+	}
+	vms, _ := registry.ByResource("virtualmachines")
+	after := ""
+	for {
+		res, err := s.store.List(ctx, prefix(vms.Info, t.namespace), store.ListOptions{Limit: 500, After: after})
+		if err != nil {
+			return err
+		}
+		for _, kv := range res.KVs {
+			var vm struct {
+				Spec struct {
+					Provisioning *v1alpha1.Provisioning `json:"provisioning"`
+				} `json:"spec"`
+				Status struct {
+					NodeName string `json:"nodeName"`
+				} `json:"status"`
+			}
+			if json.Unmarshal(kv.Value, &vm) != nil || vm.Status.NodeName != id.Node || vm.Spec.Provisioning == nil {
+				continue
+			}
+			p := vm.Spec.Provisioning
+			if (p.UserDataRef != nil && p.UserDataRef.Name == t.name) || (p.SysprepRef != nil && p.SysprepRef.Name == t.name) {
+				return nil
+			}
+		}
+		if len(res.KVs) < 500 {
+			break
+		}
+		after = res.KVs[len(res.KVs)-1].Key
+	}
+	return errs.New(errs.ErrForbidden, "%s may not get secret %q in project %s: no VM bound to it references the secret for provisioning", id.describe(), t.name, t.namespace)
+}

@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/apiserver"
+	"github.com/rakhsh/rakhsh/internal/store/bolt"
+)
+
+// apiServerSocket runs a real API server (bolt store) on a unix socket and returns its
+// address and an admin client.
+func apiServerSocket(t *testing.T) (string, *client.Client) {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "rk-cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	s := apiserver.New(apiserver.Config{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	t.Cleanup(s.Shutdown)
+	if err := s.EnsureProject(context.Background(), apiserver.DefaultProject); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "api.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: s.LocalHandler()}
+	go func() { _ = hs.Serve(l) }()
+	t.Cleanup(func() { hs.Close() })
+	c, err := client.New(client.Config{Server: "unix://" + sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "unix://" + sock, c
+}
+
+// TestNodeCommands drives `rakhsh node` against a real API server: join tokens, list,
+// describe, cordon, uncordon and remove (refused while a VM is bound, unless --force).
+func TestNodeCommands(t *testing.T) {
+	server, c := apiServerSocket(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run := func(args ...string) (string, string, int) { return runCLI(t, ctx, server, "", args...) }
+
+	out, errOut, code := run("node", "token", "create", "--ttl", "30m", "--uses", "2", "--description", "rack a")
+	if code != 0 || !strings.HasPrefix(out, "rakhsh-join.") || !strings.Contains(errOut, "for 2 join(s)") {
+		t.Fatalf("token create: %d %q %q", code, out, errOut)
+	}
+	id := strings.Split(strings.TrimSpace(out), ".")[1]
+	out, _, code = run("node", "token", "list")
+	if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "rack a") || strings.Contains(out, "rakhsh-join.") {
+		t.Fatalf("token list: %d %q", code, out)
+	}
+	if _, errOut, code := run("node", "token", "create", "--ttl", "0s"); code == 0 || !strings.Contains(errOut, "--ttl") {
+		t.Fatalf("token create --ttl 0s: %d %q", code, errOut)
+	}
+	if out, _, code := run("node", "token", "delete", id); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("token delete: %d %q", code, out)
+	}
+	if _, errOut, code := run("node", "token", "delete", id); code == 0 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("token delete twice: %d %q", code, errOut)
+	}
+
+	for _, n := range []string{"h1", "h2"} {
+		if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: n}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, _, code = run("node", "list")
+	if code != 0 || !strings.Contains(out, "h1") || !strings.Contains(out, "h2") {
+		t.Fatalf("node list: %d %q", code, out)
+	}
+	out, _, code = run("node", "list", "-l", "kubernetes.io/hostname=h2", "-o", "name")
+	if code != 0 || strings.Contains(out, "h1") || !strings.Contains(out, "h2") {
+		t.Fatalf("node list -l hostname=h2: %d %q", code, out)
+	}
+	if out, _, code := run("node", "cordon", "h1"); code != 0 || !strings.Contains(out, "node/h1 cordoned") {
+		t.Fatalf("cordon: %d %q", code, out)
+	}
+	var n v1alpha1.Node
+	if err := c.Get(ctx, "nodes", "", "h1", &n); err != nil || !n.Spec.Unschedulable {
+		t.Fatalf("h1 after cordon: %+v %v", n.Spec, err)
+	}
+	out, _, code = run("node", "describe", "h1")
+	if code != 0 || !strings.Contains(out, "h1") || !strings.Contains(strings.ToLower(out), "unschedulable") {
+		t.Fatalf("describe: %d %q", code, out)
+	}
+	if out, _, code := run("node", "uncordon", "h1"); code != 0 || !strings.Contains(out, "uncordoned") {
+		t.Fatalf("uncordon: %d %q", code, out)
+	}
+	n = v1alpha1.Node{}
+	if err := c.Get(ctx, "nodes", "", "h1", &n); err != nil || n.Spec.Unschedulable {
+		t.Fatalf("h1 after uncordon: %+v %v", n.Spec, err)
+	}
+	if _, errOut, code := run("node", "cordon", "nope"); code == 0 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("cordon of a missing node: %d %q", code, errOut)
+	}
+
+	if err := c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "vm1"},
+		"spec": map[string]any{"runPolicy": "AlwaysOff", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Bind(ctx, "default", "vm1", &v1alpha1.VirtualMachineBinding{NodeName: "h1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := run("node", "remove", "h1"); code == 0 || !strings.Contains(errOut, "default/vm1") || !strings.Contains(errOut, "--force") {
+		t.Fatalf("remove of a node with a VM: %d %q", code, errOut)
+	}
+	if out, _, code := run("node", "remove", "h2"); code != 0 || !strings.Contains(out, "credential is revoked") {
+		t.Fatalf("remove h2: %d %q", code, out)
+	}
+	if out, _, code := run("node", "remove", "--force", "h1"); code != 0 || !strings.Contains(out, "node/h1 removed") {
+		t.Fatalf("remove --force h1: %d %q", code, out)
+	}
+	if err := c.Get(ctx, "nodes", "", "h1", nil); !client.IsNotFound(err) {
+		t.Fatalf("h1 after remove: %v", err)
+	}
+}
