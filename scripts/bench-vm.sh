@@ -10,6 +10,7 @@
 #
 #   scripts/bench-vm.sh
 #   RAKHSH_VMBENCH_RUNS=3 RAKHSH_VMBENCH_VMS=0 scripts/bench-vm.sh     # quick, no mass run
+#   RAKHSH_VMBENCH_HEAP=/tmp/heap.pb scripts/bench-vm.sh  # also the heap profile when all are ready
 #
 # Knobs (environment, all optional): RAKHSH_VMBENCH_RUNS (5), RAKHSH_VMBENCH_VMS (20; 0 skips
 # the mass run), RAKHSH_VMBENCH_MEMORY (256Mi, one-at-a-time VMs), RAKHSH_VMBENCH_MASS_MEMORY

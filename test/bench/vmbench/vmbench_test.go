@@ -208,7 +208,8 @@ func startServe(b *testing.B, bin, dataDir, logPath string) *serve {
 	}
 	s := &serve{dataDir: dataDir, logPath: logPath, node: "vmbench", done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--node-name", s.node, "--log-level", "info", "--vm-networking", "user",
-		"--allow-import-from", "127.0.0.0/8") // the guest image is served on loopback
+		"--allow-import-from", "127.0.0.0/8", // the guest image is served on loopback
+		"--profiling") // RAKHSH_VMBENCH_HEAP saves a heap profile when all VMs are ready
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
@@ -726,6 +727,9 @@ func massRun(b *testing.B, s *serve, n int, mem string) *massResult {
 	sort.Slice(m.ready, func(i, j int) bool { return m.ready[i] < m.ready[j] })
 	time.Sleep(3 * time.Second)
 	m.rssReady, m.anonReady = sampleRSS(pid)
+	if p := os.Getenv("RAKHSH_VMBENCH_HEAP"); p != "" {
+		saveHeapProfile(b, filepath.Join(s.dataDir, "rakhsh.sock"), p)
+	}
 	for _, qp := range qemuPIDsUnder(s.dataDir) {
 		m.qemuRSS += procStatus(qp, "VmRSS")
 	}
@@ -979,4 +983,27 @@ func bareMass(b *testing.B, t *template, dir, freshDisk string, n int, mem int64
 	sort.Slice(runningAt, func(i, j int) bool { return runningAt[i] < runningAt[j] })
 	sort.Slice(readyAt, func(i, j int) bool { return readyAt[i] < readyAt[j] })
 	return runningAt, readyAt
+}
+
+// saveHeapProfile writes the serve process's heap profile (served with --profiling on its unix
+// socket) to path, for `go tool pprof`.
+func saveHeapProfile(b *testing.B, sock, path string) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://rakhsh/debug/pprof/heap")
+	if err != nil {
+		b.Errorf("heap profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Errorf("heap profile: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		b.Errorf("heap profile: %v", err)
+	}
 }
