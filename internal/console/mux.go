@@ -81,7 +81,7 @@ func (m *Mux) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { serial.Close(); l.Close() })
 	defer stop()
 
-	buf := make([]byte, 32<<10)
+	buf := make([]byte, 4<<10) // a serial port delivers a few KiB at a time: one buffer per VM
 	for {
 		n, err := serial.Read(buf)
 		if n > 0 {

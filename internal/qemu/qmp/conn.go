@@ -118,7 +118,7 @@ func NewConn(ctx context.Context, uc *net.UnixConn, opts ...Option) (*Conn, erro
 	c := &Conn{
 		cfg:        cfg,
 		uc:         uc,
-		br:         bufio.NewReaderSize(uc, 64<<10),
+		br:         bufio.NewReaderSize(uc, 8<<10), // longer messages are gathered (readMessage)
 		wmu:        make(chan struct{}, 1),
 		fdmu:       make(chan struct{}, 1),
 		pending:    make(map[uint64]chan reply),

@@ -209,7 +209,10 @@ func startServe(b *testing.B, bin, dataDir, logPath string) *serve {
 	s := &serve{dataDir: dataDir, logPath: logPath, node: "vmbench", done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--node-name", s.node, "--log-level", "info", "--vm-networking", "user",
 		"--allow-import-from", "127.0.0.0/8", // the guest image is served on loopback
-		"--profiling") // RAKHSH_VMBENCH_HEAP saves a heap profile when all VMs are ready
+		"--profiling", // RAKHSH_VMBENCH_HEAP saves a heap profile when all VMs are ready
+		// QEMU as root opens its files by path: the bare runs replay the agent's command
+		// line, which with an unprivileged QEMU names descriptors only the agent holds.
+		"--qemu-user", "root")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
