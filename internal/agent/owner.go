@@ -70,6 +70,9 @@ func (a *Agent) lookupVM(ctx context.Context, uid, runDir string) (*v1alpha1.Vir
 	for _, raw := range l.Items {
 		var vm v1alpha1.VirtualMachine
 		if json.Unmarshal(raw, &vm) == nil && vm.UID == uid {
+			// Name the VM in its directory, so that later sweeps ask for it by name instead
+			// of listing every project's VMs again.
+			_ = writeRunOwner(runDir, &vm)
 			return &vm, nil
 		}
 	}
