@@ -409,6 +409,13 @@ func (c *Client) JSONPatch(ctx context.Context, resource, namespace, name string
 	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name), nil, "application/json-patch+json", patch, out)
 }
 
+// JSONPatchStatus applies a JSON patch (RFC 6902) to the status subresource. Its test
+// operations are preconditions (a failed one is a 409 Conflict); the patch sees status and
+// status.conditions as present, empty when the object has none.
+func (c *Client) JSONPatchStatus(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
+	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name, "status"), nil, "application/json-patch+json", patch, out)
+}
+
 // PatchStatus applies a JSON merge patch to the status subresource.
 func (c *Client) PatchStatus(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
 	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name, "status"), nil, "application/merge-patch+json", patch, out)

@@ -80,6 +80,7 @@ type Server struct {
 	admitMu  sync.Mutex
 	instance string
 	imageDir string
+	metrics  *apiMetrics
 	ctx      context.Context // ends when the server shuts down: ends watches
 	cancel   context.CancelFunc
 }
@@ -99,6 +100,7 @@ func New(cfg Config) *Server {
 	if s.bookmark == 0 {
 		s.bookmark = 30 * time.Second
 	}
+	s.metrics = newAPIMetrics()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	host, _ := os.Hostname()
 	s.instance = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8])
@@ -124,7 +126,7 @@ type Identity struct {
 
 // LocalHandler serves the unix socket: every caller is admin (the socket is mode 0600).
 func (s *Server) LocalHandler() http.Handler {
-	mux := s.routes()
+	mux := s.metrics.instrument(s.routes())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), identityKey, Identity{Name: "local-admin", Admin: true}))
 		mux.ServeHTTP(w, r)
@@ -133,7 +135,7 @@ func (s *Server) LocalHandler() http.Handler {
 
 // RemoteHandler serves TCP: a bearer token is required for everything but health checks.
 func (s *Server) RemoteHandler() http.Handler {
-	mux := s.routes()
+	mux := s.metrics.instrument(s.routes())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || isUploadPath(r.URL.Path) {
 			mux.ServeHTTP(w, r)
@@ -197,6 +199,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc(dh+"/{resource}/{name}/{sub}", asDeckhouse(s.subresource))
 	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens", s.serveJoinTokens)
 	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens/{id}", s.serveJoinToken)
+	mux.HandleFunc("GET /metrics", s.serveMetrics)
 	mux.HandleFunc("GET /openapi/v3", s.serveOpenAPIV3)
 	mux.HandleFunc("GET /openapi/v3/", s.serveOpenAPIV3)
 	mux.HandleFunc("GET /openapi/v2", s.serveOpenAPIV2)
