@@ -113,6 +113,9 @@ func NewServeCommand() *cobra.Command {
 The API listens on the unix socket DATA-DIR/rakhsh.sock (mode 0600: local root is admin) and,
 with --listen, on TCP with TLS and a bearer token (DATA-DIR/admin.token, made on first start).
 Objects are kept in DATA-DIR/rakhsh.db, or in etcd with --store etcd://host:port[,...].
+Several serve processes may share one etcd store: all serve the API, and one of them,
+elected through an etcd lease (--leader-lease-ttl), runs the controllers; the writes of a
+deposed leader are refused by the store. 'rakhsh get controlplane' shows them.
 SIGTERM or SIGINT shuts the server down gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -137,8 +140,8 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) for --listen; default: a self-signed one made in the data dir")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.BoolVar(&cfg.NoAgent, "no-agent", false, "run no node agent in this process (control plane only)")
-	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process")
+	f.BoolVar(&cfg.NoAgent, "no-agent", false, "run no node agent in this process: a control-plane-only host (with an etcd store it campaigns to run the controllers)")
+	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process, and never campaign for them (serve the API only)")
 	f.BoolVar(&cfg.Profiling, "profiling", false, "serve Go runtime profiles (heap, goroutines, CPU) at /debug/pprof/ on the unix socket, which only root can reach")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
