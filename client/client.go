@@ -50,7 +50,8 @@ type Client struct {
 	stream  *http.Client // watches and streams: no overall timeout
 	timeout time.Duration
 	dialer  func(ctx context.Context) (net.Conn, error)
-	agent   string // User-Agent; empty: Go's default
+	agent   string      // User-Agent; empty: Go's default
+	header  http.Header // sent with every request (WithHeader)
 }
 
 // WithUserAgent returns a client that shares c's connections and names itself ua in the
@@ -58,6 +59,19 @@ type Client struct {
 func (c *Client) WithUserAgent(ua string) *Client {
 	c2 := *c
 	c2.agent = ua
+	return &c2
+}
+
+// WithHeader returns a client that shares c's connections and sends the header name: value
+// with every request, watches and streams included (the controllers of the elected serve
+// process send their leadership fence, v1alpha1.HeaderLeaderFence, this way).
+func (c *Client) WithHeader(name, value string) *Client {
+	c2 := *c
+	c2.header = c.header.Clone()
+	if c2.header == nil {
+		c2.header = http.Header{}
+	}
+	c2.header.Set(name, value)
 	return &c2
 }
 
@@ -220,6 +234,10 @@ func IsAlreadyExists(err error) bool { return Reason(err) == v1alpha1.ReasonAlre
 func IsInvalid(err error) bool       { return Reason(err) == v1alpha1.ReasonInvalid }
 func IsForbidden(err error) bool     { return Reason(err) == v1alpha1.ReasonForbidden }
 
+// IsFenced says the server refused a write of the controllers because their leadership term
+// has ended (reason LeaderFenced): their process is no longer the control-plane leader.
+func IsFenced(err error) bool { return Reason(err) == v1alpha1.ReasonLeaderFenced }
+
 // Do sends one request. body may be nil, []byte, or a value to encode as JSON; out, when
 // non-nil, receives the decoded JSON answer (or, for *[]byte, the raw body).
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, contentType string, body, out any) error {
@@ -285,6 +303,9 @@ func (c *Client) sendHeader(ctx context.Context, hc *http.Client, method, path s
 		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
 	for k, v := range header {
 		req.Header[k] = v
 	}
