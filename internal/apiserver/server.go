@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
@@ -114,6 +115,10 @@ func New(cfg Config) *Server {
 		s.bookmark = 30 * time.Second
 	}
 	s.metrics = newAPIMetrics()
+	s.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "rakhsh_apiserver_fenced_writes_total",
+		Help: "Writes of controllers the store refused because their leadership term had ended.",
+	}, func() float64 { return float64(s.fenced.Load()) }))
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	host, _ := os.Hostname()
 	s.instance = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8])

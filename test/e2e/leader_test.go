@@ -202,6 +202,12 @@ func TestControlPlaneLeaderElection(t *testing.T) {
 		})
 	}
 	time.Sleep(3 * time.Second) // room for a second write, were there one
+	if m := scrapeMetrics(t, servers[old], "rakhsh_apiserver_fenced_writes_total"); len(m) != 0 {
+		t.Errorf("fenced writes are counted with labels: %v", m)
+	}
+	if n := metricValue(t, servers[old], "rakhsh_apiserver_fenced_writes_total"); n < 1 {
+		t.Errorf("the old leader's /metrics counts %v fenced writes, want at least one", n)
+	}
 	fencedLines := grepLines(servers[old].Logs(), "write refused as fenced")
 	t.Logf("the old leader's refused writes:\n%s", fencedLines)
 	if !strings.Contains(fencedLines, "userAgent=rakhsh/") || !strings.Contains(fencedLines, "term="+strconv.FormatInt(oldTerm, 10)) {

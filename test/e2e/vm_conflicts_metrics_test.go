@@ -15,9 +15,23 @@ import (
 )
 
 // scrapeMetrics reads the server's /metrics over its socket and returns every sample line
-// of the named metric as "labels" -> value.
+// of the named metric that has labels, as "labels" -> value.
 func scrapeMetrics(t *testing.T, s *Serve, metric string) map[string]float64 {
 	t.Helper()
+	m, _ := readMetrics(t, s, metric)
+	return m
+}
+
+// metricValue returns the value of a metric without labels, or -1 when it is missing.
+func metricValue(t *testing.T, s *Serve, metric string) float64 {
+	t.Helper()
+	_, v := readMetrics(t, s, metric)
+	return v
+}
+
+func readMetrics(t *testing.T, s *Serve, metric string) (map[string]float64, float64) {
+	t.Helper()
+	plain := -1.0
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -37,6 +51,12 @@ func scrapeMetrics(t *testing.T, s *Serve, metric string) map[string]float64 {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, metric+" "); ok {
+			if plain, err = strconv.ParseFloat(v, 64); err != nil {
+				t.Fatalf("metrics line %q: %v", line, err)
+			}
+			continue
+		}
 		if !strings.HasPrefix(line, metric+"{") {
 			continue
 		}
@@ -50,7 +70,7 @@ func scrapeMetrics(t *testing.T, s *Serve, metric string) map[string]float64 {
 	if err := sc.Err(); err != nil {
 		t.Fatalf("reading /metrics: %v", err)
 	}
-	return out
+	return out, plain
 }
 
 // conflictsByComponent sums the 409 answers of rakhsh_apiserver_requests_total by calling

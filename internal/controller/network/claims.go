@@ -27,6 +27,13 @@ func (c *Controller) reconcileIP(ctx context.Context, key runtime.Key) (runtime.
 	if !ok {
 		return runtime.Result{}, nil
 	}
+	if ip.Status.Address == "" {
+		// About to allocate: the cache may not show an address this controller wrote a
+		// moment ago, and allocating on it would lease a second one.
+		if ok, err := c.freshClaim(ctx, "virtualmachineipaddresses", &ip.ObjectMeta, &ip); !ok {
+			return runtime.Result{}, err
+		}
+	}
 	if ip.DeletionTimestamp != nil {
 		return runtime.Result{}, nil
 	}
@@ -140,6 +147,12 @@ func (c *Controller) takeIPLease(ctx context.Context, addr netip.Addr, ref *v1al
 // address it names) through the address's lease.
 func (c *Controller) reconcileMAC(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	m, ok := get(c.macs, key)
+	if ok && m.Status.Address == "" {
+		// As for IP claims: read before allocating.
+		if ok, err := c.freshClaim(ctx, "virtualmachinemacaddresses", &m.ObjectMeta, &m); !ok {
+			return runtime.Result{}, err
+		}
+	}
 	if !ok || m.DeletionTimestamp != nil {
 		return runtime.Result{}, nil
 	}
@@ -235,6 +248,19 @@ func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1
 	return claimResult{reason: ReasonAddressInUse, message: fmt.Sprintf("MAC address %s is already leased to VirtualMachineMACAddress %s/%s", norm, cur.Namespace, cur.Name)}
 }
 
+// freshClaim reads the claim (resource, named by md) into obj; false means it is gone or
+// replaced (err says why when it is neither).
+func (c *Controller) freshClaim(ctx context.Context, resource string, md *v1alpha1.ObjectMeta, obj v1alpha1.Object) (bool, error) {
+	uid := md.UID
+	if err := c.c.Get(ctx, resource, md.Namespace, md.Name, obj); err != nil {
+		if client.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return obj.GetObjectMeta().UID == uid, nil
+}
+
 // claimStatus is the status of a VirtualMachineIPAddress or VirtualMachineMACAddress: the two
 // kinds have the same fields, and this type marshals to either.
 type claimStatus struct {
@@ -263,7 +289,9 @@ func (c *Controller) writeClaimStatus(ctx context.Context, kind, resource string
 		}
 		return runtime.Result{}, err
 	}
-	if fresh.Metadata.UID != md.UID {
+	if fresh.Metadata.UID != md.UID || fresh.Status.Address != cur.Address {
+		// Replaced, or bound meanwhile: the decision was made on an older claim. Its update
+		// is on its way to the cache and queues the claim again.
 		return runtime.Result{}, nil
 	}
 	cur = fresh.Status
