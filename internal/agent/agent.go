@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -64,6 +65,11 @@ type Config struct {
 	// DnsmasqUser is the user the networks' dnsmasq drops to; default
 	// network.DefaultDnsmasqUser, created when missing; "root" keeps it root.
 	DnsmasqUser string
+	// UnderlayAddress is this node's address toward the other nodes (`--underlay-address`
+	// or detected by the command), published as the Node's InternalIP: the NAT networks'
+	// VXLAN traffic is sent from and to it. Invalid: the node takes no part in networks
+	// across hosts (overlay.go).
+	UnderlayAddress netip.Addr
 }
 
 // Agent is the node agent.
@@ -302,6 +308,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		QemuVersion: f.qemu.QEMUVersion, Accelerator: a.acceleratorName(), CPUModel: f.cpuModel, CPUFeatures: f.cpuFeatures,
 		KernelVersion: f.kernelVersion, AgentVersion: Version, LastHeartbeatTime: &now,
 		Conditions: node.Status.Conditions, ObservedGeneration: node.Generation,
+	}
+	if a.cfg.UnderlayAddress.IsValid() {
+		st.Addresses = []v1alpha1.NodeAddress{{Type: v1alpha1.NodeAddressInternalIP, Address: a.cfg.UnderlayAddress.String()}}
 	}
 	if a.vms.HasSynced() {
 		st.Allocated = a.allocated()

@@ -86,9 +86,13 @@ func components(cfg Config, sockPath string, log *slog.Logger) ([]component, err
 		)
 	}
 	if !cfg.NoAgent {
+		underlay, err := underlayAddress(cfg.UnderlayAddress, storeHosts(cfg.Store))
+		if err != nil {
+			return nil, err
+		}
 		a, err := agent.New(agent.Config{Client: as("agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
 			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
-			QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, Log: log})
+			QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log})
 		if err != nil {
 			return nil, err
 		}
