@@ -70,6 +70,10 @@ type ClusterNetworkSpec struct {
 	Uplink string `json:"uplink,omitempty"`
 	// NAT holds the outbound policy of a NAT network (Rakhsh addition).
 	NAT *ClusterNetworkNAT `json:"nat,omitempty"`
+	// NodeSelector (Bridge only) names, by their labels, the nodes that have the bridge: a
+	// VM with an interface on the network is scheduled only on a node whose labels match.
+	// Empty: every node. A NAT network spans every node and has none (Rakhsh addition).
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 }
 
 // ClusterNetworkNAT is what guests of a NAT network may reach through the host. Link-local
