@@ -323,7 +323,22 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	v1alpha1.SetCondition(&st.Conditions, ready)
 	v1alpha1.SetCondition(&st.Conditions, a.kvmCondition())
-	body, err := json.Marshal(map[string]any{"status": st})
+	var status any = st
+	if len(st.Addresses) == 0 && len(node.Status.Addresses) > 0 {
+		// No underlay address any more: the one published before goes (a merge patch drops
+		// a field only when told null).
+		b, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			return err
+		}
+		m["addresses"] = nil
+		status = m
+	}
+	body, err := json.Marshal(map[string]any{"status": status})
 	if err != nil {
 		return err
 	}
