@@ -188,11 +188,14 @@ func (l *underlayLab) desired(i int, remote bool) Desired {
 
 // ping sends ICMP echo requests to addr from inside the namespace ns (a raw socket made
 // there) and returns nil at the first reply from addr, within about 4 s.
-func ping(t *testing.T, ns, addr string) error {
+func ping(t *testing.T, ns, addr string) error { return pingFrom(t, ns, "0.0.0.0", addr) }
+
+// pingFrom is ping with the source address src.
+func pingFrom(t *testing.T, ns, src, addr string) error {
 	t.Helper()
 	var c net.PacketConn
 	var err error
-	in(t, ns, func() { c, err = net.ListenPacket("ip4:icmp", "0.0.0.0") })
+	in(t, ns, func() { c, err = net.ListenPacket("ip4:icmp", src) })
 	if err != nil {
 		return err
 	}
@@ -239,7 +242,8 @@ var dropCount = regexp.MustCompile(`arp daddr ip 10\.77\.0\.1 counter packets ([
 
 // TestOverlayTwoNodes builds the host side of one NAT network on two nodes with real
 // netlink and nft, joined by VXLAN over a veth underlay, and shows: the VXLAN device and its
-// forwarding table as asked; VM-to-VM frames cross between the nodes; each node's gateway
+// forwarding table as asked; VM-to-VM frames cross between the nodes, a spoofed source
+// address does not; each node's gateway
 // (same address, same MAC) answers its own VM, and ARP for it is kept off the overlay;
 // without forwarding entries nothing crosses; a network back on one host has no VXLAN
 // device; Remove leaves nothing.
@@ -283,6 +287,17 @@ func TestOverlayTwoNodes(t *testing.T) {
 	if err := ping(t, l.vm[1], l.vmIP[0]); err != nil {
 		t.Fatal(err)
 	}
+	// Anti-spoofing holds across the overlay: a source address the VM does not lease never
+	// reaches the other node's VM.
+	sh(t, "ip", "-n", l.vm[0], "addr", "add", "10.77.0.99/24", "dev", "eth0")
+	if err := pingFrom(t, l.vm[0], "10.77.0.99", l.vmIP[1]); err == nil {
+		t.Fatal("a spoofed source address crossed the overlay")
+	}
+	sh(t, "ip", "-n", l.vm[0], "addr", "del", "10.77.0.99/24", "dev", "eth0")
+	if err := ping(t, l.vm[0], l.vmIP[1]); err != nil {
+		t.Fatalf("after the spoofing attempt: %v", err)
+	}
+
 	// Each VM's gateway: the address and MAC of its own node's bridge. Its ARP request for
 	// the gateway was not sent over the overlay (the drop counted).
 	for i := 0; i < 2; i++ {
