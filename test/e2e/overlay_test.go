@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -201,6 +202,23 @@ spec: {type: NAT, subnet: 10.233.0.0/24}
 	}
 	uidA, uidB, hostA, hostB = va.UID, vb.UID, h2, h3
 	connectivity("1")
+
+	// The gateway is each node's own: the guests' DHCP and the frames the node itself sends
+	// from the gateway MAC (its ARP requests, IPv6 neighbour discovery) were kept off the
+	// overlay, and the drops were counted, so no node answered another's VM.
+	gwMAC := network.GatewayMAC("rk-rko").String()
+	for _, h := range []*ClusterHost{h2, h3} {
+		for _, what := range []struct{ chain, name, re string }{
+			{"overlay-forward", "the guest's DHCP", `udp dport \{ 67, 68 \} counter packets ([0-9]+)`},
+			{"overlay-output", "the node's frames from the gateway MAC", `ether saddr ` + gwMAC + ` counter packets ([0-9]+)`},
+		} {
+			rules := h.Exec(t, "nft", "list", "chain", "bridge", "rakhsh-rko", what.chain)
+			m := regexp.MustCompile(what.re).FindStringSubmatch(rules)
+			if m == nil || m[1] == "0" {
+				t.Errorf("%s: %s not kept off the overlay:\n%s", h.Name, what.name, rules)
+			}
+		}
+	}
 
 	// Stop both, swap their nodes, start them: same MAC, same IP, on the other node.
 	s.MustCLI("", "vm", "stop", "rko-a", "--wait")
