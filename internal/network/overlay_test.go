@@ -260,6 +260,14 @@ func TestOverlayTwoNodes(t *testing.T) {
 			}
 		})
 	}
+	// Idempotent: the same state again changes nothing (the device is not replaced, no entry
+	// is rewritten, the rules stay).
+	in(t, l.node[0], func() {
+		changed, err := ms[0].Ensure(ctx, l.desired(0, true))
+		if err != nil || len(changed) != 0 {
+			t.Fatalf("a second Ensure changed %v (err %v)", changed, err)
+		}
+	})
 	n1 := func(args ...string) string {
 		return sh(t, append([]string{"ip", "netns", "exec", l.node[0]}, args...)...)
 	}
