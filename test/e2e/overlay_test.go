@@ -202,6 +202,9 @@ spec: {type: NAT, subnet: 10.233.0.0/24}
 	}
 	uidA, uidB, hostA, hostB = va.UID, vb.UID, h2, h3
 	connectivity("1")
+	// The guest's MTU leaves room for the VXLAN headers on the 1500-byte underlay.
+	hostConsoleType(t, h2, va.UID, "echo MTU-$(cat /sys/class/net/eth0/mtu)")
+	netWaitLine(t, s, "rko-a", "MTU-1450", 30*time.Second)
 
 	// The gateway is each node's own: the guests' DHCP and the frames the node itself sends
 	// from the gateway MAC (its ARP requests, IPv6 neighbour discovery) were kept off the
