@@ -169,16 +169,14 @@ func (m *Manager) Ensure(ctx context.Context, d Desired) ([]string, error) {
 			return nil, fmt.Errorf("network %s: %w", d.Name, err)
 		}
 		changed = append(changed, c...)
-		if d.Overlay != nil {
-			c, err := ensureVXLAN(s.Bridge, s.MTU, d.Overlay)
-			if err != nil {
+		// A VXLAN device no longer wanted goes before its rules; a wanted one is made after
+		// them (below), so frames never cross the overlay unfiltered.
+		if d.Overlay == nil {
+			if n, err := deleteVXLANs(s.Bridge, ""); err != nil {
 				return nil, fmt.Errorf("network %s: %w", d.Name, err)
+			} else if n > 0 {
+				changed = append(changed, "VXLAN device deleted: the network no longer spans hosts")
 			}
-			changed = append(changed, c...)
-		} else if n, err := deleteVXLANs(s.Bridge, ""); err != nil {
-			return nil, fmt.Errorf("network %s: %w", d.Name, err)
-		} else if n > 0 {
-			changed = append(changed, "VXLAN device deleted: the network no longer spans hosts")
 		}
 		if c, err := enableForwarding(); err != nil {
 			return nil, fmt.Errorf("network %s: enabling IPv4 forwarding: %w", d.Name, err)
@@ -269,6 +267,15 @@ func (m *Manager) Ensure(ctx context.Context, d Desired) ([]string, error) {
 		} else {
 			changed = append(changed, "nftables drift repaired")
 		}
+	}
+
+	// The VXLAN device of a network across hosts, after the rules that filter its port.
+	if nat && d.Overlay != nil {
+		c, err := ensureVXLAN(s.Bridge, s.MTU, d.Overlay)
+		if err != nil {
+			return nil, fmt.Errorf("network %s: %w", d.Name, err)
+		}
+		changed = append(changed, c...)
 	}
 
 	// dnsmasq.
