@@ -70,6 +70,10 @@ type ClusterNetworkSpec struct {
 	Uplink string `json:"uplink,omitempty"`
 	// NAT holds the outbound policy of a NAT network (Rakhsh addition).
 	NAT *ClusterNetworkNAT `json:"nat,omitempty"`
+	// NodeSelector (Bridge only) names, by their labels, the nodes that have the bridge: a
+	// VM with an interface on the network is scheduled only on a node whose labels match.
+	// Empty: every node. A NAT network spans every node and has none (Rakhsh addition).
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 }
 
 // ClusterNetworkNAT is what guests of a NAT network may reach through the host. Link-local
@@ -102,6 +106,9 @@ type ClusterNetworkDNS struct {
 	Servers []string `json:"servers,omitempty"`
 }
 
+// MaxVNI is the largest VXLAN network identifier (24 bits).
+const MaxVNI = 1<<24 - 1
+
 // ClusterNetworkPhase is the phase of a network.
 type ClusterNetworkPhase string
 
@@ -123,7 +130,13 @@ const (
 type ClusterNetworkStatus struct {
 	Phase ClusterNetworkPhase `json:"phase,omitempty"`
 	// AllocatedIPs counts the IP leases taken in the subnet.
-	AllocatedIPs       int         `json:"allocatedIPs,omitempty"`
+	AllocatedIPs int `json:"allocatedIPs,omitempty"`
+	// VNI is the VXLAN network identifier of a NAT network, 1..16777215: the network
+	// controller gives each NAT network the lowest one no other network holds and never
+	// changes it afterwards. The node agents join the network's bridges on every node
+	// through a VXLAN device with this identifier (docs/networking.md, "Networks across
+	// hosts"). Bridge networks have none.
+	VNI                int         `json:"vni,omitempty"`
 	Conditions         []Condition `json:"conditions,omitempty"`
 	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
 }

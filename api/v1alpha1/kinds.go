@@ -67,7 +67,7 @@ var Kinds = []KindInfo{
 	{Kind: "VirtualMachineSnapshot", Resource: "virtualmachinesnapshots", ShortNames: []string{"vmsnapshot", "vmsnapshots"}, Namespaced: true, HasStatus: true,
 		Columns: []Column{phaseCol, {Name: "CONSISTENT", Path: "status.consistent"}, {Name: "VIRTUALMACHINE", Path: "spec.virtualMachineName"}, ageCol}},
 	{Kind: "ClusterNetwork", Resource: "clusternetworks", ShortNames: []string{"cnet", "cnets"}, HasStatus: true,
-		Columns: []Column{{Name: "TYPE", Path: "spec.type"}, {Name: "SUBNET", Path: "spec.subnet"}, phaseCol, ageCol}},
+		Columns: []Column{{Name: "TYPE", Path: "spec.type"}, {Name: "SUBNET", Path: "spec.subnet"}, phaseCol, {Name: "VNI", Path: "status.vni", Wide: true}, ageCol}},
 	{Kind: "Secret", Resource: "secrets", ShortNames: []string{"secret"}, Namespaced: true,
 		Columns: []Column{{Name: "TYPE", Path: "type"}, ageCol}},
 	{Kind: "Event", Resource: "events", ShortNames: []string{"ev"}, Namespaced: true,

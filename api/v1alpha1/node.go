@@ -100,6 +100,11 @@ type NodeStatus struct {
 	KernelVersion string `json:"kernelVersion,omitempty"`
 	// AgentVersion is the version of the Rakhsh agent.
 	AgentVersion string `json:"agentVersion,omitempty"`
+	// Addresses are the node's addresses as its agent reports them: one InternalIP, the
+	// underlay address other nodes send the VXLAN traffic of NAT networks to (`rakhsh agent
+	// --underlay-address`, else the source address of the route toward the API server or
+	// store). A node with no InternalIP takes no part in the overlay (docs/networking.md).
+	Addresses []NodeAddress `json:"addresses,omitempty"`
 	// StreamEndpoint is where the node agent serves its VMs' consoles, VNC and logs to the
 	// API servers, which proxy them; written by the agent (see docs/operations.md).
 	StreamEndpoint *NodeStreamEndpoint `json:"streamEndpoint,omitempty"`
@@ -107,6 +112,32 @@ type NodeStatus struct {
 	LastHeartbeatTime  *Time       `json:"lastHeartbeatTime,omitempty"`
 	Conditions         []Condition `json:"conditions,omitempty"`
 	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+}
+
+// NodeAddressType is the kind of a node address.
+type NodeAddressType string
+
+// NodeAddressType values.
+const (
+	// NodeAddressInternalIP is the address other nodes reach this one on (the underlay of the
+	// networks that span hosts).
+	NodeAddressInternalIP NodeAddressType = "InternalIP"
+)
+
+// NodeAddress is one address of a node.
+type NodeAddress struct {
+	Type    NodeAddressType `json:"type"`
+	Address string          `json:"address"`
+}
+
+// InternalIP returns the node's InternalIP address, or "".
+func (s *NodeStatus) InternalIP() string {
+	for _, a := range s.Addresses {
+		if a.Type == NodeAddressInternalIP {
+			return a.Address
+		}
+	}
+	return ""
 }
 
 // NodeStreamEndpoint is the address of a node agent's stream service and the certificate it

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -64,6 +65,11 @@ type Config struct {
 	// DnsmasqUser is the user the networks' dnsmasq drops to; default
 	// network.DefaultDnsmasqUser, created when missing; "root" keeps it root.
 	DnsmasqUser string
+	// UnderlayAddress is this node's address toward the other nodes (`--underlay-address`
+	// or detected by the command), published as the Node's InternalIP: the NAT networks'
+	// VXLAN traffic is sent from and to it. Invalid: the node takes no part in networks
+	// across hosts (overlay.go).
+	UnderlayAddress netip.Addr
 }
 
 // Agent is the node agent.
@@ -303,6 +309,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		KernelVersion: f.kernelVersion, AgentVersion: Version, LastHeartbeatTime: &now,
 		Conditions: node.Status.Conditions, ObservedGeneration: node.Generation,
 	}
+	if a.cfg.UnderlayAddress.IsValid() {
+		st.Addresses = []v1alpha1.NodeAddress{{Type: v1alpha1.NodeAddressInternalIP, Address: a.cfg.UnderlayAddress.String()}}
+	}
 	if a.vms.HasSynced() {
 		st.Allocated = a.allocated()
 	}
@@ -314,7 +323,22 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	v1alpha1.SetCondition(&st.Conditions, ready)
 	v1alpha1.SetCondition(&st.Conditions, a.kvmCondition())
-	body, err := json.Marshal(map[string]any{"status": st})
+	var status any = st
+	if len(st.Addresses) == 0 && len(node.Status.Addresses) > 0 {
+		// No underlay address any more: the one published before goes (a merge patch drops
+		// a field only when told null).
+		b, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			return err
+		}
+		m["addresses"] = nil
+		status = m
+	}
+	body, err := json.Marshal(map[string]any{"status": status})
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,9 @@ type netState struct {
 	m     *network.Manager
 	cnets *runtime.Informer
 	tools error // missing programs, reported when a VM starts
+	// overlay holds the caches of networks across hosts (overlay.go); nil without an
+	// underlay address.
+	overlay *overlayCaches
 	// mu serializes changes of the host's networking (a start and a resync never
 	// interleave).
 	mu sync.Mutex
@@ -55,7 +58,31 @@ func (a *Agent) startNetworking(ctx context.Context) {
 		return
 	case <-ns.cnets.Synced():
 	}
+	ns.overlay = a.startOverlay(ctx)
 	ns.cnets.OnChange(func(runtime.Key) { go a.resyncNetworks(ctx) })
+	if ns.overlay != nil {
+		// Changes of nodes and VMs elsewhere, coalesced: one sync runs at a time and a
+		// burst of changes during it makes one more.
+		kick := make(chan struct{}, 1)
+		poke := func(runtime.Key) {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		}
+		ns.overlay.nodes.OnChange(poke)
+		ns.overlay.allVMs.OnChange(poke)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-kick:
+					a.syncOverlays(ctx)
+				}
+			}
+		}()
+	}
 	a.resyncNetworks(ctx)
 	go a.loop(ctx, NetworkResyncInterval, func() { a.resyncNetworks(ctx) })
 }
@@ -99,6 +126,9 @@ func (a *Agent) planNICs(vm *v1alpha1.VirtualMachine) ([]plannedNIC, error) {
 		if st.MACAddress == "" {
 			return nil, fmt.Errorf("%w: interface %d has no MAC address yet", errNetNotReady, i)
 		}
+		// A network that spans hosts: its bridge, taps and guests get the MTU that fits in
+		// VXLAN over the underlay.
+		n.Spec.MTU = a.nodeView().overlayMTU(&n)
 		p := plannedNIC{index: i, netName: name, net: &n, tap: network.TapName(vm.UID, i), mac: st.MACAddress, forwards: s.PortForwards, inbound: s.Inbound}
 		if n.Spec.Subnet != "" {
 			ip, err := netip.ParseAddr(st.IPAddress)
@@ -242,6 +272,10 @@ func (a *Agent) resyncNetworks(ctx context.Context) {
 	}
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
+	v := a.view()
+	if ns.overlay != nil {
+		ns.overlay.spans = v.spansHosts()
+	}
 	active, unsure := a.activeVMs()
 	used := map[string]*v1alpha1.ClusterNetwork{}
 	taps := map[string]bool{}
@@ -252,7 +286,7 @@ func (a *Agent) resyncNetworks(ctx context.Context) {
 		}
 	}
 	for name, n := range used {
-		_ = a.ensureNetwork(ctx, name, n, active)
+		_ = a.ensureNetwork(ctx, v, name, n, active)
 	}
 	if unsure {
 		a.log.Warn("a running VM's interfaces cannot be resolved (ClusterNetwork deleted or spec changing): no tap or network is taken down")
@@ -278,8 +312,9 @@ func (a *Agent) resyncNetworks(ctx context.Context) {
 	}
 }
 
-func (a *Agent) ensureNetwork(ctx context.Context, name string, n *v1alpha1.ClusterNetwork, active map[string][]plannedNIC) error {
+func (a *Agent) ensureNetwork(ctx context.Context, v *overlayView, name string, n *v1alpha1.ClusterNetwork, active map[string][]plannedNIC) error {
 	d := desired(name, n, active, func(msg string) { a.log.Warn(msg, "network", name) })
+	d.Overlay = v.overlay(name, n)
 	changed, err := a.net.m.Ensure(ctx, d)
 	if err != nil {
 		a.log.Error("network setup failed", "network", name, "err", err)
@@ -299,6 +334,7 @@ func (a *Agent) prepareNICs(ctx context.Context, vm *v1alpha1.VirtualMachine, pl
 	defer a.net.mu.Unlock()
 	active, _ := a.activeVMs()
 	active[vm.Namespace+"/"+vm.Name] = plan
+	v := a.view()
 	done := map[string]bool{}
 	var nics []qemu.NIC
 	var created []string
@@ -309,7 +345,7 @@ func (a *Agent) prepareNICs(ctx context.Context, vm *v1alpha1.VirtualMachine, pl
 	for _, p := range plan {
 		if !done[p.netName] {
 			done[p.netName] = true
-			if err := a.ensureNetwork(ctx, p.netName, p.net, active); err != nil {
+			if err := a.ensureNetwork(ctx, v, p.netName, p.net, active); err != nil {
 				return fail(err.Error())
 			}
 		}

@@ -7,6 +7,12 @@
 // network asks for DHCP). Every VM tap gets anti-spoofing rules in a bridge-family table:
 // only the VM's MAC and leased IPs may leave it.
 //
+// A NAT network that spans hosts (Desired.Overlay, overlay.go) also gets a VXLAN device on its
+// bridge, with no learning: its forwarding table (a flood entry per other node, an entry per
+// VM MAC on another node) is written from the store by the agent. The same gateway address
+// and MAC are on every node's bridge, and bridge-family rules keep the gateway's frames, ARP
+// for it and DHCP off the overlay, so each node serves and NATs its own VMs.
+//
 // Everything is idempotent: Ensure may run any number of times and repairs what drifted
 // (a deleted bridge, a flushed ruleset, a killed dnsmasq). dnsmasq runs detached from the
 // process that started it, with its pid file and configuration under the data directory,

@@ -107,6 +107,9 @@ type Desired struct {
 	Ports []Port
 	// Forwards are the port forwards of a NAT network.
 	Forwards []Forward
+	// Overlay, for a NAT network that spans hosts, is its VXLAN device and forwarding
+	// table (overlay.go); nil: the network stays on this host (no VXLAN device).
+	Overlay *Overlay
 }
 
 // stateFile is what is kept on disk of an ensured network, so it can be removed after its
@@ -166,6 +169,15 @@ func (m *Manager) Ensure(ctx context.Context, d Desired) ([]string, error) {
 			return nil, fmt.Errorf("network %s: %w", d.Name, err)
 		}
 		changed = append(changed, c...)
+		// A VXLAN device no longer wanted goes before its rules; a wanted one is made after
+		// them (below), so frames never cross the overlay unfiltered.
+		if d.Overlay == nil {
+			if n, err := deleteVXLANs(s.Bridge, ""); err != nil {
+				return nil, fmt.Errorf("network %s: %w", d.Name, err)
+			} else if n > 0 {
+				changed = append(changed, "VXLAN device deleted: the network no longer spans hosts")
+			}
+		}
 		if c, err := enableForwarding(); err != nil {
 			return nil, fmt.Errorf("network %s: enabling IPv4 forwarding: %w", d.Name, err)
 		} else if c {
@@ -196,6 +208,10 @@ func (m *Manager) Ensure(ctx context.Context, d Desired) ([]string, error) {
 		uplink = defaultRouteIface()
 	}
 	in := rulesetInput{Network: d.Name, NAT: nat, Bridge: s.Bridge, Subnet: subnet, Uplink: uplink, Ports: d.Ports}
+	if nat && d.Overlay != nil {
+		in.Overlay = VXLANName(d.Overlay.VNI)
+		in.GatewayMAC = GatewayMAC(s.Bridge).String()
+	}
 	if nat {
 		in.Forward = m.usableForwards(d.Name, d.Forwards)
 		in.Gateway = gw
@@ -251,6 +267,15 @@ func (m *Manager) Ensure(ctx context.Context, d Desired) ([]string, error) {
 		} else {
 			changed = append(changed, "nftables drift repaired")
 		}
+	}
+
+	// The VXLAN device of a network across hosts, after the rules that filter its port.
+	if nat && d.Overlay != nil {
+		c, err := ensureVXLAN(s.Bridge, s.MTU, d.Overlay)
+		if err != nil {
+			return nil, fmt.Errorf("network %s: %w", d.Name, err)
+		}
+		changed = append(changed, c...)
 	}
 
 	// dnsmasq.
@@ -359,6 +384,9 @@ func (m *Manager) Remove(ctx context.Context, network string) error {
 	}
 	delete(m.applied, network)
 	if st.Spec.Type == v1alpha1.ClusterNetworkTypeNAT && st.Spec.Bridge != "" {
+		if _, err := deleteVXLANs(st.Spec.Bridge, ""); err != nil {
+			return err
+		}
 		if l, err := netlink.LinkByName(st.Spec.Bridge); err == nil && l.Type() == "bridge" {
 			if err := netlink.LinkDel(l); err != nil {
 				return fmt.Errorf("deleting bridge %s: %w", st.Spec.Bridge, err)
@@ -497,9 +525,8 @@ func ensureBridge(name string, mtu int, addr netip.Prefix) ([]string, error) {
 			return nil, err
 		}
 		// A fixed, locally administered MAC derived from the name: the bridge's address
-		// does not change as taps come and go.
-		h := sha256.Sum256([]byte("bridge/" + name))
-		hw := net.HardwareAddr{0x02, h[0], h[1], h[2], h[3], h[4]}
+		// does not change as taps come and go, and is the same on every node (GatewayMAC).
+		hw := GatewayMAC(name)
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu, HardwareAddr: hw}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return nil, fmt.Errorf("creating bridge %s: %w", name, err)
@@ -516,6 +543,13 @@ func ensureBridge(name string, mtu int, addr netip.Prefix) ([]string, error) {
 			return nil, fmt.Errorf("bridge %s: setting MTU %d: %w", name, mtu, err)
 		}
 		changed = append(changed, "bridge MTU set")
+	}
+	if hw := GatewayMAC(name); l.Attrs().HardwareAddr.String() != hw.String() {
+		// The gateway's MAC is the same on every node only while nobody changes it.
+		if err := netlink.LinkSetHardwareAddr(l, hw); err != nil {
+			return nil, fmt.Errorf("bridge %s: setting its MAC %s: %w", name, hw, err)
+		}
+		changed = append(changed, "bridge MAC restored")
 	}
 	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
 	if err != nil {

@@ -248,6 +248,13 @@ func validateClusterNetwork(n *v1alpha1.ClusterNetwork) errs.FieldErrors {
 		fe.Invalid("spec.mtu", s.MTU, fmt.Sprintf("must be between %d and %d", v1alpha1.ClusterNetworkMinMTU, v1alpha1.ClusterNetworkMaxMTU))
 	}
 
+	if len(s.NodeSelector) > 0 {
+		if nat {
+			fe.Forbidden("spec.nodeSelector", "a NAT network spans every node (over VXLAN); only a Bridge network, whose bridge some hosts lack, takes a node selector")
+		} else {
+			chkLabelMap(&fe, "spec.nodeSelector", s.NodeSelector)
+		}
+	}
 	if s.Uplink != "" {
 		switch {
 		case s.Type == v1alpha1.ClusterNetworkTypeBridge:

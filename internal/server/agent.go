@@ -44,6 +44,9 @@ type AgentConfig struct {
 	// host's VMs, for the API servers); empty: none. StreamAdvertise is the host[:port]
 	// published in the Node's status for it; empty: derived.
 	StreamListen, StreamAdvertise string
+	// UnderlayAddress is this node's address toward the other nodes, for the VXLAN of NAT
+	// networks across hosts; empty: the source address of the route toward --server.
+	UnderlayAddress string
 }
 
 // NewAgentCommand returns the `agent` command: the node agent alone, for a host that joins a
@@ -151,9 +154,13 @@ works for compatibility.`,
 			} else {
 				log.Warn("no --stream-listen: the consoles and logs of this host's VMs cannot be reached through the API")
 			}
+			underlay, err := underlayAddress(cfg.UnderlayAddress, []string{serverHost(cfg.Server)})
+			if err != nil {
+				return err
+			}
 			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval,
 				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode,
-				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, Log: log})
+				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log})
 			if err != nil {
 				return err
 			}
@@ -183,6 +190,7 @@ works for compatibility.`,
 	f.StringVar(&cfg.DnsmasqUser, "dnsmasq-user", network.DefaultDnsmasqUser, "user the networks' dnsmasq drops to after binding; created when missing; root keeps it root")
 	f.StringVar(&cfg.StreamListen, "stream-listen", DefaultStreamListen, "TCP address of the stream service that serves this host's VM consoles, VNC and logs to the API servers (TLS, ticket per request); empty: none")
 	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for the stream service (default: the listen address, or when it is all addresses the local IP this host reaches --server from)")
+	f.StringVar(&cfg.UnderlayAddress, "underlay-address", "", "IPv4 address of this host that the other nodes reach it on: the VXLAN of NAT networks across hosts is sent from and to it, and it is published as the Node's InternalIP (default: the source address of the route toward --server; none for a unix socket)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }

@@ -92,9 +92,13 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 
 // agentComponent returns the node agent of this process.
 func agentComponent(cfg Config, cl *client.Client, log *slog.Logger) (component, error) {
+	underlay, err := underlayAddress(cfg.UnderlayAddress, storeHosts(cfg.Store))
+	if err != nil {
+		return component{}, err
+	}
 	a, err := agent.New(agent.Config{Client: cl.WithUserAgent("rakhsh/agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
 		HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
-		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, Log: log})
+		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log})
 	if err != nil {
 		return component{}, err
 	}

@@ -97,6 +97,10 @@ type Config struct {
 	// (several serve processes on one etcd store), published as StreamAdvertise (host[:port];
 	// needed when StreamListen is all addresses).
 	StreamListen, StreamAdvertise string
+	// UnderlayAddress is the built-in agent's address toward the other nodes (as `rakhsh
+	// agent --underlay-address`); empty: the source address of the route toward the etcd
+	// store, none with bolt.
+	UnderlayAddress string
 
 	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
 	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
@@ -144,6 +148,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process, and never campaign for them (serve the API only)")
 	f.BoolVar(&cfg.Profiling, "profiling", false, "serve Go runtime profiles (heap, goroutines, CPU) at /debug/pprof/ on the unix socket, which only root can reach")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
+	f.StringVar(&cfg.UnderlayAddress, "underlay-address", "", "IPv4 address of this host that other nodes reach it on, for the built-in agent (as 'rakhsh agent --underlay-address'; default: the source address of the route toward the etcd store, none with bolt)")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
 	f.StringVar(&cfg.maxImageSize, "max-image-size", "128Gi", "the largest image or imported disk accepted: its bytes after decompression and its virtual size (a quantity, e.g. 200Gi)")
 	f.StringSliceVar(&cfg.allowImportFrom, "allow-import-from", nil, "internal networks (CIDR, repeatable or comma-separated, e.g. 10.20.0.0/16) that HTTP and registry imports may reach; loopback, private, link-local, CGNAT, multicast and cloud metadata addresses are refused otherwise")

@@ -162,6 +162,11 @@ func (c *Controller) networkStatus(ctx context.Context) error {
 		_, n := k.Split()
 		leased = append(leased, n)
 	}
+	var all []v1alpha1.ClusterNetwork
+	for _, n := range c.cnets.List() {
+		all = append(all, *n)
+	}
+	vnis := assignVNIs(all)
 	for _, k := range c.cnets.Keys() {
 		n, ok := c.cnets.Get(k)
 		if !ok {
@@ -179,11 +184,17 @@ func (c *Controller) networkStatus(ctx context.Context) error {
 		}
 		st := runtime.DeepCopy(&n.Status) // SetCondition changes the list in place
 		changed := v1alpha1.SetCondition(&st.Conditions, cond(v1alpha1.ClusterNetworkConditionReady, true, "Accepted", "the network is accepted; node agents create its host side when a VM on it starts", n.Generation))
-		if !changed && st.Phase == v1alpha1.ClusterNetworkPhaseReady && st.AllocatedIPs == count && st.ObservedGeneration == n.Generation {
+		vni := vnis[n.Name]
+		if !changed && st.Phase == v1alpha1.ClusterNetworkPhaseReady && st.AllocatedIPs == count && st.ObservedGeneration == n.Generation && st.VNI == vni {
 			continue
 		}
-		st.Phase, st.AllocatedIPs, st.ObservedGeneration = v1alpha1.ClusterNetworkPhaseReady, count, n.Generation
-		body, err := runtime.StatusPatch(n.UID, &n.Status, st, []string{"phase", "allocatedIPs", "conditions", "observedGeneration"}, nil)
+		if st.VNI != 0 && st.VNI != vni {
+			c.log.Warn("a NAT network's VXLAN identifier is held by an older network: it gets another", "network", n.Name, "vni", st.VNI, "new", vni)
+		} else if st.VNI == 0 && vni != 0 {
+			c.log.Info("gave a NAT network its VXLAN identifier", "network", n.Name, "vni", vni)
+		}
+		st.Phase, st.AllocatedIPs, st.ObservedGeneration, st.VNI = v1alpha1.ClusterNetworkPhaseReady, count, n.Generation, vni
+		body, err := runtime.StatusPatch(n.UID, &n.Status, st, []string{"phase", "allocatedIPs", "conditions", "observedGeneration", "vni"}, nil)
 		if err != nil {
 			return err
 		}

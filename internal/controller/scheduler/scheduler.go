@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +64,7 @@ type Scheduler struct {
 	nodes      *runtime.TypedInformer[v1alpha1.Node]
 	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
 	classes    *runtime.TypedInformer[v1alpha1.VirtualMachineClass]
+	cnets      *runtime.TypedInformer[v1alpha1.ClusterNetwork]
 	ctl        *runtime.Controller
 	queue      *runtime.Queue
 
@@ -114,6 +117,7 @@ func New(cfg Config) (*Scheduler, error) {
 		s.ownFactory = f
 	}
 	s.vms, s.nodes, s.disks, s.classes = f.VirtualMachines(), f.Nodes(), f.VirtualDisks(), f.VirtualMachineClasses()
+	s.cnets = f.ClusterNetworks()
 	// One worker: decisions see each other's bindings. VMs are queued by their own changes
 	// (after the caches took them in) and, when nodes or classes change, every pending VM.
 	s.ctl = runtime.NewController("scheduler", log).
@@ -126,6 +130,7 @@ func New(cfg Config) (*Scheduler, error) {
 			return s.pendingKeys()
 		}).
 		Watches(s.classes, func(runtime.Key) []runtime.Key { return s.pendingKeys() }).
+		Watches(s.cnets, func(runtime.Key) []runtime.Key { return s.pendingKeys() }).
 		Reads(s.disks).
 		Workers(1).
 		MaxBackoff(5 * time.Second).
@@ -141,7 +146,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 	go func() {
 		// Once synced, every VM waiting for a node is tried.
-		if runtime.WaitForSync(ctx, s.vms, s.nodes, s.disks, s.classes) {
+		if runtime.WaitForSync(ctx, s.vms, s.nodes, s.disks, s.classes, s.cnets) {
 			s.queuePending()
 		}
 	}()
@@ -287,7 +292,9 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	case cerr != "":
 		why = cerr
 	default:
-		node, why = pick(&vm, class, nodes, now, s.cfg.NodeStaleAfter, diskNode)
+		if nodes, why = s.bridgeNodes(&vm, nodes); why == "" {
+			node, why = pick(&vm, class, nodes, now, s.cfg.NodeStaleAfter, diskNode)
+		}
 	}
 	if node == "" {
 		cond := v1alpha1.Condition{Type: ConditionScheduled, Status: v1alpha1.ConditionFalse, Reason: ReasonUnschedulable, Message: why}
@@ -408,6 +415,60 @@ func (s *Scheduler) class(vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine
 		return nil, fmt.Sprintf("VirtualMachineClass %q has not discovered its CPU features yet (no node matches its discovery selector, or the nodes report no CPU features)", name)
 	}
 	return c, "" // shared with the cache: placement only reads it
+}
+
+// bridgeNodes keeps the nodes that have the bridges of the VM's Bridge networks (those whose
+// labels match each network's spec.nodeSelector), or says why none is left.
+func (s *Scheduler) bridgeNodes(vm *v1alpha1.VirtualMachine, nodes []*nodeState) ([]*nodeState, string) {
+	return filterBridgeNodes(vm, func(name string) (*v1alpha1.ClusterNetwork, bool) {
+		return s.cnets.Get(runtime.NewKey("", name))
+	}, nodes)
+}
+
+func filterBridgeNodes(vm *v1alpha1.VirtualMachine, cnet func(string) (*v1alpha1.ClusterNetwork, bool), nodes []*nodeState) ([]*nodeState, string) {
+	total := len(nodes)
+	for _, n := range vm.Spec.Networks {
+		if n.Type != v1alpha1.NetworkTypeClusterNetwork {
+			continue
+		}
+		c, ok := cnet(n.Name)
+		if !ok || c.Spec.Type != v1alpha1.ClusterNetworkTypeBridge || len(c.Spec.NodeSelector) == 0 {
+			continue
+		}
+		var keep []*nodeState
+		for _, ns := range nodes {
+			if labelsMatch(ns.node.Labels, c.Spec.NodeSelector) {
+				keep = append(keep, ns)
+			}
+		}
+		if len(keep) == 0 {
+			return nil, fmt.Sprintf("0/%d nodes are available: none has the bridge of ClusterNetwork %q (its spec.nodeSelector %s matches no node)",
+				total, n.Name, selectorString(c.Spec.NodeSelector))
+		}
+		nodes = keep
+	}
+	return nodes, ""
+}
+
+func labelsMatch(labels, sel map[string]string) bool {
+	for k, v := range sel {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func selectorString(sel map[string]string) string {
+	keys := make([]string, 0, len(sel))
+	for k := range sel {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for i, k := range keys {
+		keys[i] = k + "=" + sel[k]
+	}
+	return strings.Join(keys, ",")
 }
 
 func hasCleanupFinalizer(vm *v1alpha1.VirtualMachine) bool {
