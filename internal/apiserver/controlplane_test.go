@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -62,18 +61,7 @@ func TestFenceHeader(t *testing.T) {
 	s := New(Config{Store: termStore{Store: st, current: 7}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFenced: func(f store.Fence) { mu.Lock(); heard = append(heard, f); mu.Unlock() }})
 	t.Cleanup(s.Shutdown)
-	sock := filepath.Join(dir, "api.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: s.LocalHandler()}
-	go func() { _ = hs.Serve(l) }()
-	t.Cleanup(func() { hs.Close() })
-	cl, err := client.New(client.Config{Server: "unix://" + sock})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := serveLocal(t, dir, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	vmc := func(name string) *v1alpha1.VirtualMachineClass {

@@ -40,6 +40,12 @@ func localTestServer(t *testing.T, dir string, cfg Config) *client.Client {
 	if err := s.EnsureProject(context.Background(), DefaultProject); err != nil {
 		t.Fatal(err)
 	}
+	return serveLocal(t, dir, s)
+}
+
+// serveLocal serves s's local handler on a unix socket in dir and returns a client of it.
+func serveLocal(t *testing.T, dir string, s *Server) *client.Client {
+	t.Helper()
 	sock := filepath.Join(dir, "api.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {

@@ -250,7 +250,7 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	var vm v1alpha1.VirtualMachine
 	cached, ok := s.vms.Get(key)
 	if ok {
-		vm = *cached // a shallow copy: replaced by the stored VM below before anything changes
+		vm = *cached // a shallow copy: the scheduler only reads it
 	}
 	s.mu.Lock()
 	if a, has := s.assumed[key]; has && (!ok || vm.UID != a.uid || vm.Status.NodeName != "" || time.Since(a.at) > time.Minute) {
@@ -264,23 +264,9 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	if want, _ := wantsNode(&vm); !want {
 		return runtime.Result{}, nil
 	}
-	// Decide on the stored VM, not the cached one: other components write its status just
-	// after it is created, and a binding guarded by a cached resourceVersion would mostly
-	// meet a 409. One read per pending VM leaves a 409 only to a write in between.
-	var fresh v1alpha1.VirtualMachine
-	if err := s.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &fresh); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
-		return runtime.Result{}, err
-	}
-	if fresh.UID != vm.UID {
-		return runtime.Result{}, nil
-	}
-	vm = fresh
-	if want, _ := wantsNode(&vm); !want {
-		return runtime.Result{}, nil
-	}
+	// Decide on the cached VM: the binding subresource's preconditions (the same uid, not
+	// bound, not being deleted, the power request the decision saw) refuse a binding that a
+	// newer write has made wrong, and writes of other status fields do not stand in its way.
 	now := s.cfg.Now()
 	nodes := s.nodeStates()
 	diskNode, derr := s.diskNode(&vm)
