@@ -37,7 +37,8 @@ package e2e
 //	h2.Pause(t); h2.Resume(t)  // SIGSTOP / SIGCONT it
 //	h2.LinkDown(t); h2.LinkUp(t) // ip link set eth0 down|up inside its namespace
 //	h2.Exec(t, "ip", "addr")   // run a command inside its namespace
-//	c.Etcd[0].Kill9(t); c.Etcd[0].Restart(t); c.WaitEtcdHealthy(t)
+//	c.Etcd[0].Kill9(t); c.Etcd[0].Restart(t); c.Etcd[0].Healthy(); c.Etcd[0].HasLeader()
+//	c.WaitEtcdHealthy(t)
 //	c.Shared, c.HostNames(), c.GuestImage(t) (a ClusterVirtualImage of the test guest ISO)
 //
 // The shared cluster is torn down by TestMain after the last test. A test that breaks it must
@@ -70,6 +71,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -661,6 +665,36 @@ func (e *EtcdMember) restart() error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Healthy asks the member's /health: nil only while it runs and the cluster has a leader
+// (a quorum).
+func (e *EtcdMember) Healthy() error { return e.c.etcdHealthy(e) }
+
+// HasLeader asks the member (etcd's Status call, which needs no quorum) whether it knows a
+// leader.
+func (e *EtcdMember) HasLeader() (bool, error) {
+	tc, err := e.c.EtcdCerts.ClientTLS()
+	if err != nil {
+		return false, err
+	}
+	dial := nsDialer(e.c.Underlay)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, TLS: tc, DialTimeout: 3 * time.Second,
+		Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dial(ctx, "tcp", addr)
+		})}})
+	if err != nil {
+		return false, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := cli.Status(ctx, e.Endpoint)
+	if err != nil {
+		return false, fmt.Errorf("etcd %s status: %w", e.Name, err)
+	}
+	return st.Leader != 0, nil
 }
 
 // Running says whether the member's process runs.
