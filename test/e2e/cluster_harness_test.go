@@ -814,7 +814,7 @@ func (h *ClusterHost) waitServe() error {
 func (h *ClusterHost) waitNode(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	since := h.proc.started.Add(-time.Second).Truncate(time.Second)
+	since := h.proc.started // heartbeat times keep microseconds, from this machine's clock
 	cl := h.c.adminClient()
 	var n v1alpha1.Node
 	var err error
@@ -827,7 +827,7 @@ func (h *ClusterHost) waitNode(timeout time.Duration) error {
 		n = v1alpha1.Node{}
 		err = cl.Get(ctx, "nodes", "", h.Name, &n)
 		if err == nil && n.Status.Phase == v1alpha1.NodePhaseReady && n.Status.LastHeartbeatTime != nil &&
-			!n.Status.LastHeartbeatTime.Before(since) && n.Status.StreamEndpoint != nil {
+			n.Status.LastHeartbeatTime.After(since) && n.Status.StreamEndpoint != nil {
 			return nil
 		}
 		select {

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,5 +277,58 @@ func TestClusterEtcdQuorum(t *testing.T) {
 	}
 	if got := vmGet(t, c.Serve(t), clusterVMName); got == nil || got.Status.Phase != v1alpha1.VMPhaseRunning || vmQEMUPIDs(h2.DataDir)[v.UID] != qemuPID {
 		t.Fatalf("after etcd came back the VM is %+v (QEMU %d, was %d)", got, vmQEMUPIDs(h2.DataDir)[v.UID], qemuPID)
+	}
+}
+
+// procState is the state letter of /proc/PID/stat (R, S, T, ...), "" when there is none.
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	_, rest, ok := strings.Cut(string(b), ") ")
+	if !ok || rest == "" {
+		return ""
+	}
+	return rest[:1]
+}
+
+// TestClusterHarnessFailures checks the harness's ways of failing a host, which later tests
+// rely on: a host whose link is down cannot reach the API server and can again once it is
+// up; SIGSTOP and SIGCONT stop and continue its process; after kill -9 a restart brings a new
+// process whose Node is Ready again with a fresh heartbeat.
+func TestClusterHarnessFailures(t *testing.T) {
+	c := sharedCluster(t)
+	h3 := c.Host("h3")
+
+	h3.LinkDown(t)
+	if r := h3.CLI(t, "", "get", "nodes"); r.Code == 0 {
+		t.Fatalf("the CLI on h3 reached the API server with h3's link down:\n%s", r.Stdout)
+	}
+	h3.LinkUp(t)
+	h3.MustCLI(t, "", "get", "nodes")
+
+	pid := h3.PID()
+	h3.Pause(t)
+	waitFor(t, "h3's agent to stop", func() bool { return procState(pid) == "T" })
+	h3.Resume(t)
+	waitFor(t, "h3's agent to continue", func() bool { s := procState(pid); return s != "T" && s != "" })
+
+	h3.Kill9(t)
+	if h3.Running() || syscall.Kill(pid, 0) == nil {
+		t.Fatalf("h3's agent (pid %d) still runs after kill -9", pid)
+	}
+	start := time.Now()
+	h3.Restart(t)
+	var n v1alpha1.Node
+	if err := c.Serve(t).Client().Get(ctxT(t), "nodes", "", "h3", &n); err != nil || n.Status.LastHeartbeatTime == nil || !n.Status.LastHeartbeatTime.After(start) {
+		t.Fatalf("h3's Node after the restart: %v, heartbeat %v (restarted at %s)", err, n.Status.LastHeartbeatTime, start)
+	}
+	t.Logf("h3's agent restarted and heartbeat within %s", time.Since(start).Round(time.Millisecond))
+	if h3.PID() == pid || !h3.Running() {
+		t.Fatalf("after restart h3's agent has pid %d (was %d), running %v", h3.PID(), pid, h3.Running())
+	}
+	if out := h3.Exec(t, "ip", "-o", "addr", "show", "eth0"); !strings.Contains(out, h3.IP+"/24") {
+		t.Fatalf("h3's eth0: %s", out)
 	}
 }
