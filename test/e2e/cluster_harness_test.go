@@ -1013,9 +1013,15 @@ func (h *ClusterHost) LinkUp(t *testing.T) {
 	}
 }
 
+// linkUp says whether eth0 has the UP flag (ip -o link: "2: eth0@if7: <BROADCAST,...,UP,LOWER_UP> ...").
 func (h *ClusterHost) linkUp() bool {
 	out, err := exec.Command("ip", "-n", h.NS, "-o", "link", "show", "eth0").Output()
-	return err == nil && strings.Contains(string(out), "<") && strings.Contains(strings.SplitN(string(out), ">", 2)[0], ",UP")
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(out), "<")
+	flags, _, _ := strings.Cut(rest, ">")
+	return contains(strings.Split(flags, ","), "UP")
 }
 
 // Heal puts back what a test left broken: links down, paused or dead processes, dead etcd
@@ -1054,7 +1060,7 @@ func (c *Cluster) Heal(t *testing.T) {
 		}
 	}
 	if len(did) > 0 {
-		t.Logf("cluster %s: an earlier test left it broken; healed: %s", c.Name, strings.Join(did, ", "))
+		t.Logf("cluster %s was left broken; healed: %s", c.Name, strings.Join(did, ", "))
 	}
 }
 

@@ -331,4 +331,21 @@ func TestClusterHarnessFailures(t *testing.T) {
 	if out := h3.Exec(t, "ip", "-o", "addr", "show", "eth0"); !strings.Contains(out, h3.IP+"/24") {
 		t.Fatalf("h3's eth0: %s", out)
 	}
+
+	// What a failed test leaves broken, Heal (run by sharedCluster) puts back.
+	pid = h3.PID()
+	h3.LinkDown(t)
+	h3.Pause(t)
+	c.Etcd[2].Kill9(t)
+	c.Heal(t)
+	if s := procState(pid); s == "T" || s == "" || h3.PID() != pid {
+		t.Fatalf("after Heal h3's agent is in state %q (pid %d, was %d)", s, h3.PID(), pid)
+	}
+	if !c.Etcd[2].Running() {
+		t.Fatal("after Heal etcd e3 does not run")
+	}
+	if err := c.Etcd[2].Healthy(); err != nil {
+		t.Fatalf("after Heal: %v", err)
+	}
+	h3.MustCLI(t, "", "get", "nodes")
 }
