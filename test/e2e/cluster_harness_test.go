@@ -39,7 +39,8 @@ package e2e
 //	h2.Exec(t, "ip", "addr")   // run a command inside its namespace
 //	c.Etcd[0].Kill9(t); c.Etcd[0].Restart(t); c.Etcd[0].Healthy(); c.Etcd[0].HasLeader()
 //	c.WaitEtcdHealthy(t)
-//	c.Shared, c.HostNames(), c.GuestImage(t) (a ClusterVirtualImage of the test guest ISO)
+//	c.Shared, c.HostNames(), c.GuestImage(t) (a ClusterVirtualImage of the test guest ISO),
+//	c.ServeDir(t, h1, dir)     // an HTTP file server on h1's loopback, for imports
 //
 // The shared cluster is torn down by TestMain after the last test. A test that breaks it must
 // put it back (restart what it killed, SIGCONT what it stopped, bring links up); as a safety
@@ -1104,6 +1105,18 @@ spec:
 	s.MustCLI("", "wait", "cvi", name, "--for", "phase=Ready", "--timeout", "3m")
 	c.guestDone = true
 	return name
+}
+
+// ServeDir serves the files of dir over HTTP on the loopback of host h's namespace until the
+// test ends, and returns its base URL (http://127.0.0.1:PORT). h1's serve may import from it
+// (it runs with --allow-import-from 127.0.0.0/8).
+func (c *Cluster) ServeDir(t *testing.T, h *ClusterHost, dir string) string {
+	t.Helper()
+	ln := listenIn(t, h.NS, "127.0.0.1:0")
+	srv := &http.Server{Handler: http.FileServer(http.Dir(dir)), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String()
 }
 
 // --- namespaces ---

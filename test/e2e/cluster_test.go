@@ -243,7 +243,7 @@ func TestClusterEtcdQuorum(t *testing.T) {
 		has, err := c.Etcd[2].HasLeader()
 		return err == nil && !has
 	})
-	const limit = 5 * time.Second
+	const limit = 6 * time.Second
 	clusterWantUnavailable(t, "get", limit, func(ctx context.Context) error {
 		return cl.Get(ctx, "virtualmachines", "default", "quorum-a", nil)
 	})
