@@ -37,6 +37,7 @@ package e2e
 //	h2.Pause(t); h2.Resume(t)  // SIGSTOP / SIGCONT it
 //	h2.LinkDown(t); h2.LinkUp(t) // ip link set eth0 down|up inside its namespace
 //	h2.Exec(t, "ip", "addr")   // run a command inside its namespace
+//	h2.Logs(t)                 // its rakhsh process's log
 //	c.Etcd[0].Kill9(t); c.Etcd[0].Restart(t); c.Etcd[0].Healthy(); c.Etcd[0].HasLeader()
 //	c.WaitEtcdHealthy(t)
 //	c.Shared, c.HostNames(), c.GuestImage(t) (a ClusterVirtualImage of the test guest ISO),
@@ -929,6 +930,16 @@ func (h *ClusterHost) Exec(t *testing.T, args ...string) string {
 		t.Fatalf("on %s: %s: %v: %s", h.Name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// Logs returns the log of the host's rakhsh process (every start of it, in order).
+func (h *ClusterHost) Logs(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(h.proc.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // PID is the process id of the host's rakhsh process (0 when it does not run).

@@ -136,6 +136,16 @@ func TestClusterVMOnJoinedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	consoleWait(t, out, "CLUSTER-42", 60*time.Second, "the console of the VM on h2 through h1, from h3")
+	// The console went through h2's stream service, from h1's address on the underlay.
+	opened := 0
+	for _, line := range strings.Split(h2.Logs(t), "\n") {
+		if strings.Contains(line, "stream opened") && strings.Contains(line, "vm=default/"+clusterVMName+" stream=console ") && strings.Contains(line, "remote="+h1.IP+":") {
+			opened++
+		}
+	}
+	if opened == 0 {
+		t.Fatalf("h2's stream service logged no console stream of the VM opened from h1 (%s)", h1.IP)
+	}
 
 	// h3's credential against h2's VM.
 	err = h3.NodeClient(t).PatchStatus(ctx, "virtualmachines", "default", clusterVMName, []byte(`{"status":{"phase":"Stopped"}}`), nil)
