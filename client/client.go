@@ -54,7 +54,8 @@ type Client struct {
 	stream  *http.Client // watches and streams: no overall timeout
 	timeout time.Duration
 	dialer  func(ctx context.Context) (net.Conn, error)
-	agent   string // User-Agent; empty: Go's default
+	agent   string      // User-Agent; empty: Go's default
+	header  http.Header // sent with every request (WithHeader)
 }
 
 // WithUserAgent returns a client that shares c's connections and names itself ua in the
@@ -62,6 +63,19 @@ type Client struct {
 func (c *Client) WithUserAgent(ua string) *Client {
 	c2 := *c
 	c2.agent = ua
+	return &c2
+}
+
+// WithHeader returns a client that shares c's connections and sends the header name: value
+// with every request, watches and streams included (the controllers of the elected serve
+// process send their leadership fence, v1alpha1.HeaderLeaderFence, this way).
+func (c *Client) WithHeader(name, value string) *Client {
+	c2 := *c
+	c2.header = c.header.Clone()
+	if c2.header == nil {
+		c2.header = http.Header{}
+	}
+	c2.header.Set(name, value)
 	return &c2
 }
 
@@ -235,6 +249,10 @@ func IsAlreadyExists(err error) bool { return Reason(err) == v1alpha1.ReasonAlre
 func IsInvalid(err error) bool       { return Reason(err) == v1alpha1.ReasonInvalid }
 func IsForbidden(err error) bool     { return Reason(err) == v1alpha1.ReasonForbidden }
 
+// IsFenced says the server refused a write of the controllers because their leadership term
+// has ended (reason LeaderFenced): their process is no longer the control-plane leader.
+func IsFenced(err error) bool { return Reason(err) == v1alpha1.ReasonLeaderFenced }
+
 // Do sends one request. body may be nil, []byte, or a value to encode as JSON; out, when
 // non-nil, receives the decoded JSON answer (or, for *[]byte, the raw body).
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, contentType string, body, out any) error {
@@ -300,6 +318,9 @@ func (c *Client) sendHeader(ctx context.Context, hc *http.Client, method, path s
 		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
 	for k, v := range header {
 		req.Header[k] = v
 	}
@@ -422,6 +443,13 @@ func (c *Client) Patch(ctx context.Context, resource, namespace, name string, pa
 // one is a 409 Conflict.
 func (c *Client) JSONPatch(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
 	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name), nil, "application/json-patch+json", patch, out)
+}
+
+// JSONPatchStatus applies a JSON patch (RFC 6902) to the status subresource. Its test
+// operations are preconditions (a failed one is a 409 Conflict); the patch sees status and
+// status.conditions as present, empty when the object has none.
+func (c *Client) JSONPatchStatus(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
+	return c.Do(ctx, http.MethodPatch, Path(resource, namespace, name, "status"), nil, "application/json-patch+json", patch, out)
 }
 
 // PatchStatus applies a JSON merge patch to the status subresource.

@@ -22,6 +22,7 @@ type Interface interface {
 	Patch(ctx context.Context, resource, namespace, name string, patch []byte, out any) error
 	JSONPatch(ctx context.Context, resource, namespace, name string, patch []byte, out any) error
 	PatchStatus(ctx context.Context, resource, namespace, name string, patch []byte, out any) error
+	JSONPatchStatus(ctx context.Context, resource, namespace, name string, patch []byte, out any) error
 	PatchStatusStrategic(ctx context.Context, resource, namespace, name string, patch []byte, out any) error
 	Bind(ctx context.Context, namespace, name string, b *v1alpha1.VirtualMachineBinding, out any) error
 	Delete(ctx context.Context, resource, namespace, name string) error

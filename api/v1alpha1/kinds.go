@@ -76,6 +76,16 @@ var Kinds = []KindInfo{
 			{Name: "LAST SEEN", Path: "lastTimestamp", Format: "age"}}},
 }
 
+// ReadOnlyKinds are kinds the API serves without storing them: computed on each read, they
+// can only be got and listed. They are not in Kinds (which lists the stored kinds: apply,
+// migration and the conformance of every kind go through those); LookupKind finds them.
+var ReadOnlyKinds = []KindInfo{
+	{Kind: "ControlPlane", Resource: "controlplanes", Singular: "controlplane", ShortNames: []string{"cp"},
+		Columns: []Column{{Name: "STORE", Path: "status.store"}, {Name: "LEADER", Path: "status.leader.name"},
+			{Name: "TERM", Path: "status.leader.term"}, {Name: "LEADER-SINCE", Path: "status.leader.since", Format: "age"},
+			{Name: "LEASE-TTL", Path: "status.leaseTTLSeconds", Wide: true}}},
+}
+
 func imageColumns() []Column {
 	return []Column{phaseCol, {Name: "CDROM", Path: "status.cdrom", Format: "bool"}, {Name: "PROGRESS", Path: "status.progress"},
 		{Name: "STOREDSIZE", Path: "status.size.stored"}, {Name: "UNPACKEDSIZE", Path: "status.size.unpacked"}, ageCol}
@@ -112,11 +122,18 @@ func init() {
 	}
 }
 
-// LookupKind finds a kind by its name, plural, singular or short name (case-insensitive).
+// LookupKind finds a kind (stored or read-only) by its name, plural, singular or short name
+// (case-insensitive).
 func LookupKind(name string) (*KindInfo, bool) {
 	n := strings.ToLower(name)
+	all := make([]*KindInfo, 0, len(Kinds)+len(ReadOnlyKinds))
 	for i := range Kinds {
-		k := &Kinds[i]
+		all = append(all, &Kinds[i])
+	}
+	for i := range ReadOnlyKinds {
+		all = append(all, &ReadOnlyKinds[i])
+	}
+	for _, k := range all {
 		if strings.ToLower(k.Kind) == n || k.Resource == n || k.Singular == n {
 			return k, true
 		}

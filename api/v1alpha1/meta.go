@@ -254,8 +254,11 @@ const (
 	ReasonMethodNotAllowed   = "MethodNotAllowed"
 	ReasonRequestTooLarge    = "RequestEntityTooLarge"
 	ReasonExpired            = "Expired"
-	ReasonInternalError      = "InternalError"
-	ReasonUnsupportedMedia   = "UnsupportedMediaType"
+	// ReasonLeaderFenced (409) refuses a controller's write made under a leadership term that
+	// has ended: the serve process that sent it is no longer the control-plane leader.
+	ReasonLeaderFenced     = "LeaderFenced"
+	ReasonInternalError    = "InternalError"
+	ReasonUnsupportedMedia = "UnsupportedMediaType"
 )
 
 // Watch event types.

@@ -21,9 +21,11 @@ var errGone = errors.New("virtual machine is gone")
 var agentStatusFields = []string{"phase", "nodeName", "conditions", "stats", "versions", "resources", "lastExit", "observedRestartID"}
 
 // patchVMStatus reads the VM, lets mutate change it, and writes the changed fields among
-// owned with a merge patch guarded by the resourceVersion it read, retrying conflicts. uid,
-// when set, must match (errGone otherwise). It returns the VM as written (or as read when
-// nothing changed).
+// owned (and the changed conditions) as a JSON patch whose preconditions are the values it
+// read of exactly those (runtime.StatusPatch): writes of other fields by other components
+// never conflict with it. It retries when another writer changed one of them. uid, when set,
+// must match (errGone otherwise). It returns the VM as written (or as read when nothing
+// changed).
 func patchVMStatus(ctx context.Context, c *client.Client, ns, name, uid string, owned []string, mutate func(vm *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
 	var lastErr error
 	for attempt := 0; attempt < 8; attempt++ {
@@ -37,6 +39,7 @@ func patchVMStatus(ctx context.Context, c *client.Client, ns, name, uid string, 
 		if uid != "" && vm.UID != uid {
 			return nil, errGone
 		}
+		// A copy as JSON: mutate may change what the status points to.
 		before, err := json.Marshal(vm.Status)
 		if err != nil {
 			return nil, err
@@ -47,26 +50,15 @@ func patchVMStatus(ctx context.Context, c *client.Client, ns, name, uid string, 
 			}
 			return nil, err
 		}
-		after, err := json.Marshal(vm.Status)
+		body, err := runtime.StatusPatch(vm.UID, json.RawMessage(before), vm.Status, owned, nil)
 		if err != nil {
 			return nil, err
 		}
-		p, err := runtime.OwnedPatch(before, after, owned)
-		if err != nil {
-			return nil, err
-		}
-		if p == nil {
+		if body == nil {
 			return &vm, nil
 		}
-		body, err := json.Marshal(map[string]any{
-			"metadata": map[string]any{"resourceVersion": vm.ResourceVersion},
-			"status":   p,
-		})
-		if err != nil {
-			return nil, err
-		}
 		var out v1alpha1.VirtualMachine
-		err = c.PatchStatus(ctx, "virtualmachines", ns, name, body, &out)
+		err = c.JSONPatchStatus(ctx, "virtualmachines", ns, name, body, &out)
 		if err == nil {
 			return &out, nil
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/store"
 )
 
 // statusFor maps an error class to the HTTP code and Status reason at the API edge.
@@ -25,6 +26,8 @@ func statusFor(err error) v1alpha1.Status {
 		st.Code, st.Reason = http.StatusNotFound, v1alpha1.ReasonNotFound
 	case errors.Is(err, errs.ErrAlreadyExists):
 		st.Code, st.Reason = http.StatusConflict, v1alpha1.ReasonAlreadyExists
+	case errors.Is(err, errs.ErrFenced):
+		st.Code, st.Reason = http.StatusConflict, v1alpha1.ReasonLeaderFenced
 	case errors.Is(err, errs.ErrConflict):
 		st.Code, st.Reason = http.StatusConflict, v1alpha1.ReasonConflict
 	case errors.Is(err, errs.ErrInvalid):
@@ -65,6 +68,15 @@ func writeRaw(w http.ResponseWriter, code int, data []byte) {
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	st := statusFor(err)
+	if errors.Is(err, errs.ErrFenced) {
+		n := s.fenced.Add(1)
+		f, _ := store.FenceFrom(r.Context())
+		s.log.Warn("write refused as fenced: the controllers that sent it are no longer the control-plane leader",
+			"method", r.Method, "path", r.URL.Path, "userAgent", r.UserAgent(), "term", f.Term, "fenced-writes", n)
+		if s.onFenced != nil && !f.IsZero() {
+			s.onFenced(f)
+		}
+	}
 	if st.Code >= 500 {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	} else {

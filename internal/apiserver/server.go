@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -58,6 +59,12 @@ type Config struct {
 	ImageDataDir string
 	// PortForwardRange is the host ports new port forwards may take; zero: any.
 	PortForwardRange PortRange
+	// ControlPlane computes the status of the read-only ControlPlane object; nil: the
+	// controlplanes resource answers 503.
+	ControlPlane func(ctx context.Context) (v1alpha1.ControlPlaneStatus, error)
+	// OnFenced is told the fence of every write the store refused as fenced (the elector
+	// ends that term at once); it may be nil.
+	OnFenced func(store.Fence)
 }
 
 // Server serves the API.
@@ -80,13 +87,20 @@ type Server struct {
 	admitMu  sync.Mutex
 	instance string
 	imageDir string
-	ctx      context.Context // ends when the server shuts down: ends watches
-	cancel   context.CancelFunc
+	metrics  *apiMetrics
+	// controlPlane and onFenced are Config.ControlPlane and Config.OnFenced; fenced counts
+	// the writes the store refused as fenced.
+	controlPlane func(ctx context.Context) (v1alpha1.ControlPlaneStatus, error)
+	onFenced     func(store.Fence)
+	fenced       atomic.Int64
+	ctx          context.Context // ends when the server shuts down: ends watches
+	cancel       context.CancelFunc
 }
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, nodeName: cfg.NodeName, localStreams: cfg.LocalStreams, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, forwardRange: cfg.PortForwardRange}
+	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, nodeName: cfg.NodeName, localStreams: cfg.LocalStreams, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, forwardRange: cfg.PortForwardRange,
+		controlPlane: cfg.ControlPlane, onFenced: cfg.OnFenced}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -99,6 +113,7 @@ func New(cfg Config) *Server {
 	if s.bookmark == 0 {
 		s.bookmark = 30 * time.Second
 	}
+	s.metrics = newAPIMetrics()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	host, _ := os.Hostname()
 	s.instance = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8])
@@ -124,16 +139,39 @@ type Identity struct {
 
 // LocalHandler serves the unix socket: every caller is admin (the socket is mode 0600).
 func (s *Server) LocalHandler() http.Handler {
-	mux := s.routes()
+	mux := s.metrics.instrument(s.routes())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), identityKey, Identity{Name: "local-admin", Admin: true}))
-		mux.ServeHTTP(w, r)
+		if r, err := withFence(r); err != nil {
+			s.writeError(w, r, err)
+		} else {
+			mux.ServeHTTP(w, r)
+		}
 	})
+}
+
+// withFence puts the leadership fence of a request (header v1alpha1.HeaderLeaderFence, sent
+// by the controllers of the elected serve process) on its context, so that every store write
+// the request makes is fenced (see store.Fence). Only admin may send one: the controllers
+// reach the API over their process's unix socket.
+func withFence(r *http.Request) (*http.Request, error) {
+	h := r.Header.Get(v1alpha1.HeaderLeaderFence)
+	if h == "" {
+		return r, nil
+	}
+	if id := identityOf(r.Context()); !id.Admin {
+		return r, errs.New(errs.ErrForbidden, "%s may not send %s: only the controllers of a control-plane member (admin) write under a leadership term", id.describe(), v1alpha1.HeaderLeaderFence)
+	}
+	f, err := store.ParseFence(h)
+	if err != nil {
+		return r, errs.New(errs.ErrBadRequest, "header %s: %v", v1alpha1.HeaderLeaderFence, err)
+	}
+	return r.WithContext(store.WithFence(r.Context(), f)), nil
 }
 
 // RemoteHandler serves TCP: a bearer token is required for everything but health checks.
 func (s *Server) RemoteHandler() http.Handler {
-	mux := s.routes()
+	mux := s.metrics.instrument(s.routes())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || isUploadPath(r.URL.Path) {
 			mux.ServeHTTP(w, r)
@@ -145,7 +183,11 @@ func (s *Server) RemoteHandler() http.Handler {
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), identityKey, id))
-		mux.ServeHTTP(w, r)
+		if r, err := withFence(r); err != nil {
+			s.writeError(w, r, err)
+		} else {
+			mux.ServeHTTP(w, r)
+		}
 	})
 }
 
@@ -180,6 +222,8 @@ func (s *Server) routes() *http.ServeMux {
 	gv := "/apis/" + v1alpha1.APIVersion
 	mux.HandleFunc("GET "+gv, s.discoveryResources)
 	mux.HandleFunc("GET "+gv+"/{$}", s.discoveryResources)
+	mux.HandleFunc(gv+"/"+controlPlaneResource, s.serveControlPlane)
+	mux.HandleFunc(gv+"/"+controlPlaneResource+"/{name}", s.serveControlPlane)
 	mux.HandleFunc(gv+"/namespaces/{ns}/{resource}", s.collection)
 	mux.HandleFunc(gv+"/namespaces/{ns}/{resource}/{name}", s.object)
 	mux.HandleFunc(gv+"/namespaces/{ns}/{resource}/{name}/{sub}", s.subresource)
@@ -197,6 +241,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc(dh+"/{resource}/{name}/{sub}", asDeckhouse(s.subresource))
 	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens", s.serveJoinTokens)
 	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens/{id}", s.serveJoinToken)
+	mux.HandleFunc("GET /metrics", s.serveMetrics)
 	mux.HandleFunc("GET /openapi/v3", s.serveOpenAPIV3)
 	mux.HandleFunc("GET /openapi/v3/", s.serveOpenAPIV3)
 	mux.HandleFunc("GET /openapi/v2", s.serveOpenAPIV2)
@@ -264,6 +309,11 @@ func (s *Server) discoveryResources(w http.ResponseWriter, r *http.Request) {
 		res = append(res, apiResource{Name: k.Resource, SingularName: k.Singular, Namespaced: k.Namespaced, Kind: k.Kind, Verbs: verbs, ShortNames: short})
 		if k.HasStatus {
 			res = append(res, apiResource{Name: k.Resource + "/status", SingularName: "", Namespaced: k.Namespaced, Kind: k.Kind, Verbs: []string{"get", "patch", "update"}})
+		}
+	}
+	if !deckhouse {
+		for _, k := range v1alpha1.ReadOnlyKinds {
+			res = append(res, apiResource{Name: k.Resource, SingularName: k.Singular, Kind: k.Kind, Verbs: []string{"get", "list"}, ShortNames: k.ShortNames})
 		}
 	}
 	writeJSON(w, 200, map[string]any{"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": groupVersion, "resources": res})

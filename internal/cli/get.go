@@ -135,6 +135,11 @@ func runGet(ctx context.Context, cc *cliContext, c *client.Client, out, errOut i
 				if err := tp.printTable(out, objs); err != nil {
 					return err
 				}
+				if k.Kind == "ControlPlane" && !o.watch {
+					if err := printControlPlaneDetails(out, objs, cc.now()); err != nil {
+						return err
+					}
+				}
 				printedTable = true
 			}
 		}

@@ -58,7 +58,7 @@ func newAPIResourcesCommand(_ *cliContext) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, colPadding, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSHORTNAMES\tNAMESPACED\tKIND")
-			for _, k := range v1alpha1.Kinds {
+			for _, k := range append(append([]v1alpha1.KindInfo(nil), v1alpha1.Kinds...), v1alpha1.ReadOnlyKinds...) {
 				fmt.Fprintf(tw, "%s\t%s\t%t\t%s\n", k.Resource, strings.Join(k.ShortNames, ","), k.Namespaced, k.Kind)
 			}
 			return tw.Flush()

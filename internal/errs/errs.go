@@ -27,6 +27,10 @@ var (
 	ErrTooLarge = errors.New("too large")
 	// ErrBadRequest means the request could not be decoded at all.
 	ErrBadRequest = errors.New("bad request")
+	// ErrFenced means a write carried the fence of a leadership term that has ended (see
+	// store.Fence): the process that sent it no longer runs the controllers, and the store
+	// refused the write.
+	ErrFenced = errors.New("fenced: not the leader any more")
 )
 
 // Cause types for FieldError.Type, as in Kubernetes field causes.

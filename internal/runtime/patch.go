@@ -94,29 +94,32 @@ func readVM(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine
 	return &v, nil
 }
 
-// PatchVMStatus reads the VM fresh, applies mutate, and writes the owned status fields
-// (OwnedPatch) guarded by the resourceVersion it read, retrying conflicts a few times. It
+// PatchVMStatus reads the VM fresh, applies mutate, and writes the owned status fields it
+// changed as a JSON patch whose preconditions are the values it read of those fields and of
+// guards (see StatusPatch), retrying a few times when another writer changed one of them. It
 // returns the written VM, or nil (and no error) when nothing changed, the VM is gone, or a
 // VM of another uid now has its name.
-func PatchVMStatus(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine, owned []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+func PatchVMStatus(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine, owned, guards []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
 	var last error
 	for attempt := 0; attempt < 8; attempt++ {
 		v, err := readVM(ctx, c, vm)
 		if v == nil {
 			return nil, err
 		}
-		before, _ := json.Marshal(v.Status)
+		// A copy as JSON: mutate may change what the status points to.
+		before, err := json.Marshal(v.Status)
+		if err != nil {
+			return nil, err
+		}
 		if err := mutate(v); err != nil {
 			return nil, err
 		}
-		after, _ := json.Marshal(v.Status)
-		patch, err := OwnedPatch(before, after, owned)
-		if err != nil || patch == nil {
+		body, err := StatusPatch(v.UID, json.RawMessage(before), v.Status, owned, guards)
+		if err != nil || body == nil {
 			return nil, err
 		}
-		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": v.ResourceVersion}, "status": patch})
 		var out v1alpha1.VirtualMachine
-		err = c.PatchStatus(ctx, "virtualmachines", v.Namespace, v.Name, body, &out)
+		err = c.JSONPatchStatus(ctx, "virtualmachines", v.Namespace, v.Name, body, &out)
 		if err == nil {
 			return &out, nil
 		}

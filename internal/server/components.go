@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
@@ -15,6 +17,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
 	"github.com/rakhsh/rakhsh/internal/controller/vmclass"
+	"github.com/rakhsh/rakhsh/internal/leader"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/runtime"
@@ -27,72 +30,115 @@ type component struct {
 	run  func(ctx context.Context) error
 }
 
-// components returns the controllers and the agent this process runs. They reach the API
-// over the local socket like any other client.
-func components(cfg Config, sockPath string, log *slog.Logger) ([]component, error) {
-	cl, err := client.New(client.Config{Server: "unix://" + sockPath})
-	if err != nil {
-		return nil, err
-	}
+// newLocalClient returns a client of this process's API over its unix socket. Controllers
+// and the agent reach the API over it like any other client.
+func newLocalClient(sockPath string) (*client.Client, error) {
+	return client.New(client.Config{Server: "unix://" + sockPath})
+}
+
+// controllers returns what the elected leader runs for one term: the informer factory, every
+// controller, node lifecycle and event GC. They talk to the API through cl, which carries the
+// term's fence (see runControllers). Each term builds them anew: they hold per-run state.
+func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, error) {
 	// Each component names itself in the User-Agent of its requests (seen in the server's
 	// debug log of refused requests).
 	as := func(name string) *client.Client { return cl.WithUserAgent("rakhsh/" + name) }
-	var comps []component
-	if !cfg.NoControllers {
-		// One informer per kind for all controllers: each kind is listed, watched and decoded
-		// once in this process, however many controllers read it.
-		inf := runtime.NewFactory(as("informers"), log.With("component", "informers"))
-		ic := image.New(image.Config{Client: as("image-controller"), Informers: inf, DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
-			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
-			MaxUnpackedSize: cfg.MaxImageSize})
-		dc := disk.New(disk.Config{Client: as("disk-controller"), Informers: inf, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
-			Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
-			MaxUnpackedSize: cfg.MaxImageSize})
-		sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Informers: inf, Log: log.With("component", "scheduler")})
-		if err != nil {
-			return nil, err
+	// One informer per kind for all controllers: each kind is listed, watched and decoded
+	// once in this process, however many controllers read it.
+	inf := runtime.NewFactory(as("informers"), log.With("component", "informers"))
+	ic := image.New(image.Config{Client: as("image-controller"), Informers: inf, DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
+		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
+		MaxUnpackedSize: cfg.MaxImageSize})
+	dc := disk.New(disk.Config{Client: as("disk-controller"), Informers: inf, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
+		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
+		MaxUnpackedSize: cfg.MaxImageSize})
+	sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Informers: inf, Log: log.With("component", "scheduler")})
+	if err != nil {
+		return nil, err
+	}
+	vmc, err := vm.New(vm.Config{Client: as("vm-controller"), Informers: inf, Log: log.With("component", "vm-controller")})
+	if err != nil {
+		return nil, err
+	}
+	vcc, err := vmclass.New(vmclass.Config{Client: as("vmclass-controller"), Informers: inf, Log: log.With("component", "vmclass-controller")})
+	if err != nil {
+		return nil, err
+	}
+	var macRanges []network.MACRange
+	if cfg.MACRanges != "" {
+		if macRanges, err = network.ParseMACRanges(cfg.MACRanges); err != nil {
+			return nil, fmt.Errorf("--mac-ranges: %w", err)
 		}
-		vmc, err := vm.New(vm.Config{Client: as("vm-controller"), Informers: inf, Log: log.With("component", "vm-controller")})
-		if err != nil {
-			return nil, err
-		}
-		vcc, err := vmclass.New(vmclass.Config{Client: as("vmclass-controller"), Informers: inf, Log: log.With("component", "vmclass-controller")})
-		if err != nil {
-			return nil, err
-		}
-		var macRanges []network.MACRange
-		if cfg.MACRanges != "" {
-			if macRanges, err = network.ParseMACRanges(cfg.MACRanges); err != nil {
-				return nil, fmt.Errorf("--mac-ranges: %w", err)
+	}
+	nc, err := netctl.New(netctl.Config{Client: as("network-controller"), Informers: inf, Log: log.With("component", "network-controller"),
+		MACRanges: macRanges, DefaultSubnet: cfg.DefaultSubnet})
+	if err != nil {
+		return nil, err
+	}
+	return []component{
+		{name: "informers", run: inf.Run},
+		{name: "network-controller", run: nc.Run},
+		{name: "vmclass-controller", run: vcc.Run},
+		{name: "image-controller", run: ic.Run},
+		{name: "disk-controller", run: dc.Run},
+		{name: "scheduler", run: sch.Run},
+		{name: "vm-controller", run: vmc.Run},
+		{name: "node-lifecycle", run: node.New(node.Config{Client: as("node-lifecycle"), GracePeriod: cfg.NodeGracePeriod,
+			Log: log.With("component", "node-lifecycle")}).Run},
+		{name: "event-gc", run: eventgc.New(eventgc.Config{Client: as("event-gc"), TTL: cfg.EventTTL,
+			Log: log.With("component", "event-gc")}).Run},
+	}, nil
+}
+
+// agentComponent returns the node agent of this process.
+func agentComponent(cfg Config, cl *client.Client, log *slog.Logger) (component, error) {
+	a, err := agent.New(agent.Config{Client: cl.WithUserAgent("rakhsh/agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
+		HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
+		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, Log: log})
+	if err != nil {
+		return component{}, err
+	}
+	return component{name: "agent", run: a.Run}, nil
+}
+
+// termClient is the client of one term's controllers: it sends the term's fence with every
+// request (none on bolt), so that the store refuses their writes once the term has ended.
+func termClient(cl *client.Client, t leader.Term) *client.Client {
+	if t.Fence.IsZero() {
+		return cl
+	}
+	return cl.WithHeader(v1alpha1.HeaderLeaderFence, t.Fence.String())
+}
+
+// runComponents runs comps until ctx ends and each has returned (a component that has not
+// returned 10 s after ctx ended is left behind, logged).
+func runComponents(ctx context.Context, comps []component, log *slog.Logger) {
+	done := make(chan string, len(comps))
+	for _, c := range comps {
+		go func(c component) {
+			defer func() { done <- c.name }()
+			if err := c.run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("component stopped", "component", c.name, "err", err)
 			}
-		}
-		nc, err := netctl.New(netctl.Config{Client: as("network-controller"), Informers: inf, Log: log.With("component", "network-controller"),
-			MACRanges: macRanges, DefaultSubnet: cfg.DefaultSubnet})
-		if err != nil {
-			return nil, err
-		}
-		comps = append(comps,
-			component{name: "informers", run: inf.Run},
-			component{name: "network-controller", run: nc.Run},
-			component{name: "vmclass-controller", run: vcc.Run},
-			component{name: "image-controller", run: ic.Run},
-			component{name: "disk-controller", run: dc.Run},
-			component{name: "scheduler", run: sch.Run},
-			component{name: "vm-controller", run: vmc.Run},
-			component{name: "node-lifecycle", run: node.New(node.Config{Client: as("node-lifecycle"), GracePeriod: cfg.NodeGracePeriod,
-				Log: log.With("component", "node-lifecycle")}).Run},
-			component{name: "event-gc", run: eventgc.New(eventgc.Config{Client: as("event-gc"), TTL: cfg.EventTTL,
-				Log: log.With("component", "event-gc")}).Run},
-		)
+		}(c)
 	}
-	if !cfg.NoAgent {
-		a, err := agent.New(agent.Config{Client: as("agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
-			HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
-			QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, Log: log})
-		if err != nil {
-			return nil, err
+	left := len(comps)
+	for left > 0 {
+		select {
+		case <-done:
+			left--
+			continue
+		case <-ctx.Done():
 		}
-		comps = append(comps, component{name: "agent", run: a.Run})
+		break
 	}
-	return comps, nil
+	timeout := time.After(10 * time.Second)
+	for ; left > 0; left-- {
+		select {
+		case <-done:
+		case <-timeout:
+			log.Error("components did not stop within 10s", "left", left)
+			return
+		}
+	}
 }

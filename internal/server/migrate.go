@@ -34,11 +34,13 @@ const MigratedMarker = "store-migrated-to"
 // ends with the server that wrote them.
 //   - /locks/: quota admission locks, held by a running API server for one write (they expire
 //     after seconds; with the source server stopped no holder is left);
-//   - /streamtickets/: single-use console/VNC/log tickets that expire within a minute.
+//   - /streamtickets/: single-use console/VNC/log tickets that expire within a minute;
+//   - /controlplane/: the serve processes' member registrations and election keys, bound to
+//     their etcd leases.
 //
 // Every other key is copied: the objects of every kind, and any key this version does not
 // know (copied verbatim, reported as "other").
-var transientPrefixes = []string{"/locks/", "/streamtickets/"}
+var transientPrefixes = []string{"/locks/", "/streamtickets/", "/controlplane/"}
 
 // migrateOptions is the validated command line of `rakhsh store migrate`.
 type migrateOptions struct {

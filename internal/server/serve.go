@@ -21,12 +21,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
 	"github.com/rakhsh/rakhsh/internal/images"
+	"github.com/rakhsh/rakhsh/internal/leader"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
@@ -87,6 +87,12 @@ type Config struct {
 	KVMDevice string
 	// QEMUUser and DnsmasqUser are the users the in-process agent runs QEMU and dnsmasq as.
 	QEMUUser, DnsmasqUser string
+	// LeaderLeaseTTL is the lease of this process's control-plane registration and election
+	// on an etcd store: a dead, paused or cut-off leader is replaced about this long after
+	// its last renewal (default leader.DefaultLeaseTTL, 5 s).
+	LeaderLeaseTTL time.Duration
+	// leaderNoticeDelay (hidden flag, tests only): see leader.Etcd.NoticeDelay.
+	leaderNoticeDelay time.Duration
 	// StreamListen, when set, serves the in-process agent's streams to other API servers
 	// (several serve processes on one etcd store), published as StreamAdvertise (host[:port];
 	// needed when StreamListen is all addresses).
@@ -107,6 +113,9 @@ func NewServeCommand() *cobra.Command {
 The API listens on the unix socket DATA-DIR/rakhsh.sock (mode 0600: local root is admin) and,
 with --listen, on TCP with TLS and a bearer token (DATA-DIR/admin.token, made on first start).
 Objects are kept in DATA-DIR/rakhsh.db, or in etcd with --store etcd://host:port[,...].
+Several serve processes may share one etcd store: all serve the API, and one of them,
+elected through an etcd lease (--leader-lease-ttl), runs the controllers; the writes of a
+deposed leader are refused by the store. 'rakhsh get controlplane' shows them.
 SIGTERM or SIGINT shuts the server down gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -131,8 +140,8 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) for --listen; default: a self-signed one made in the data dir")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.BoolVar(&cfg.NoAgent, "no-agent", false, "run no node agent in this process (control plane only)")
-	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process")
+	f.BoolVar(&cfg.NoAgent, "no-agent", false, "run no node agent in this process: a control-plane-only host (with an etcd store it campaigns to run the controllers)")
+	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process, and never campaign for them (serve the API only)")
 	f.BoolVar(&cfg.Profiling, "profiling", false, "serve Go runtime profiles (heap, goroutines, CPU) at /debug/pprof/ on the unix socket, which only root can reach")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
@@ -150,6 +159,9 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.DnsmasqUser, "dnsmasq-user", network.DefaultDnsmasqUser, "user the networks' dnsmasq drops to after binding; created when missing; root keeps it root")
 	_ = f.MarkHidden("kvm-device")
 	f.DurationVar(&cfg.EventTTL, "event-ttl", eventgc.DefaultTTL, "how long an Event is kept after it last happened (at most 50 Events are kept per object)")
+	f.DurationVar(&cfg.LeaderLeaseTTL, "leader-lease-ttl", leader.DefaultLeaseTTL, "etcd store: the lease of this process's control-plane membership and leader election (whole seconds, 2s-60s); a dead, paused or cut-off leader's controllers are taken over about this long after its last renewal, and a leader that cannot renew its lease for this long stops its controllers")
+	f.DurationVar(&cfg.leaderNoticeDelay, "test-leader-notice-delay", 0, "tests only: notice the end of the election lease this much later, as a paused process would (its writes are then refused as fenced)")
+	_ = f.MarkHidden("test-leader-notice-delay")
 	f.StringVar(&cfg.StreamListen, "stream-listen", "", "also serve the in-process agent's VM consoles, VNC and logs to other API servers on this TCP address (TLS, ticket per request), for several serve processes on one etcd store; this server itself calls its agent directly")
 	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for --stream-listen (default: its address when it names one IP)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
@@ -190,6 +202,12 @@ func (c *Config) validate() error {
 	}
 	if c.StreamListen != "" && c.NoAgent {
 		return errors.New("--stream-listen serves the in-process agent's streams: it does not go with --no-agent")
+	}
+	if c.LeaderLeaseTTL == 0 {
+		c.LeaderLeaseTTL = leader.DefaultLeaseTTL
+	}
+	if c.LeaderLeaseTTL < 2*time.Second || c.LeaderLeaseTTL > time.Minute || c.LeaderLeaseTTL%time.Second != 0 {
+		return fmt.Errorf("--leader-lease-ttl %s: want whole seconds from 2s to 60s", c.LeaderLeaseTTL)
 	}
 	if c.StreamAdvertise != "" && c.StreamListen == "" {
 		return errors.New("--stream-advertise needs --stream-listen")
@@ -265,8 +283,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if !cfg.NoControllers {
 		cfg.uploads = &images.Uploads{}
 	}
+	// The elector is made once the API's TCP address is known, before the API serves.
+	var el leader.Elector
 	acfg := apiserver.Config{Store: st, Log: log.With("component", "apiserver"), AdminToken: token, Uploads: cfg.uploads,
-		PortForwardRange: cfg.PortForwardRange}
+		PortForwardRange: cfg.PortForwardRange,
+		ControlPlane:     func(ctx context.Context) (v1alpha1.ControlPlaneStatus, error) { return el.Status(ctx) },
+		OnFenced:         func(f store.Fence) { el.Fenced(f) }}
 	if !cfg.NoControllers {
 		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
 	}
@@ -306,6 +328,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		cfg.uploadBases = uploadBases(cfg.Listen, tl.Addr())
 		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", filepath.Join(cfg.DataDir, "admin.token"))
 	}
+	apiAddr := cfg.uploadBases.External
+	if apiAddr == "" {
+		apiAddr = "unix://" + sockPath
+	}
+	el = newElector(cfg, st, apiAddr, log)
 	errc := make(chan error, len(servers))
 	for i := range servers {
 		go func(s *http.Server, l net.Listener) {
@@ -319,35 +346,52 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Controllers and the node agent talk to the API like any other client, over the socket.
 	compCtx, compCancel := context.WithCancel(ctx)
 	defer compCancel()
-	comps, err := components(cfg, sockPath, log)
+	cl, err := newLocalClient(sockPath)
 	if err != nil {
-		compCancel()
 		return err
 	}
-	if cfg.StreamListen != "" {
-		sc, err := client.New(client.Config{Server: "unix://" + sockPath})
+	var comps []component
+	if !cfg.NoAgent {
+		a, err := agentComponent(cfg, cl, log)
 		if err != nil {
-			compCancel()
 			return err
 		}
+		comps = append(comps, a)
+	}
+	if !cfg.NoControllers {
+		// Each term builds its controllers anew; building them once now checks their
+		// configuration before the server is up, as the first term may come much later.
+		if _, err := controllers(cfg, cl, log); err != nil {
+			return err
+		}
+	}
+	if cfg.StreamListen != "" {
 		wait, err := streamService{Listen: cfg.StreamListen, Advertise: cfg.StreamAdvertise, Node: cfg.NodeName, DataDir: cfg.DataDir,
-			Client: sc.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams")}.start(compCtx)
+			Client: cl.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams")}.start(compCtx)
 		if err != nil {
-			compCancel()
 			return err
 		}
 		defer wait()
 		defer compCancel()
 	}
-	compDone := make(chan struct{}, len(comps))
-	for _, c := range comps {
-		go func(c component) {
-			defer func() { compDone <- struct{}{} }()
-			if err := c.run(compCtx); err != nil && compCtx.Err() == nil {
-				log.Error("component stopped", "component", c.name, "err", err)
+	compsDone := make(chan struct{})
+	go func() {
+		defer close(compsDone)
+		runComponents(compCtx, comps, log)
+	}()
+	// The controllers run only while this process leads (always on bolt).
+	electionDone := make(chan struct{})
+	go func() {
+		defer close(electionDone)
+		el.Run(compCtx, func(ctx context.Context, t leader.Term) {
+			cs, err := controllers(cfg, termClient(cl, t), log)
+			if err != nil {
+				log.Error("building the controllers", "err", err)
+				return
 			}
-		}(c)
-	}
+			runComponents(ctx, cs, log)
+		})
+	}()
 
 	var runErr error
 	select {
@@ -357,12 +401,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Error("server failed", "err", runErr)
 	}
 	compCancel()
-	for range comps {
-		select {
-		case <-compDone:
-		case <-time.After(10 * time.Second):
-		}
-	}
+	<-compsDone
+	<-electionDone
 	api.Shutdown()
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()

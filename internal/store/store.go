@@ -10,6 +10,9 @@ package store
 
 import (
 	"context"
+	"fmt"
+	"strconv"
+	"strings"
 )
 
 // KV is one stored value with the revision of its last write and of its creation.
@@ -76,7 +79,12 @@ type ListResult struct {
 //
 // Errors are classified with the sentinels of package errs: ErrNotFound, ErrAlreadyExists,
 // ErrConflict (compare-and-swap lost), ErrCompacted (watch or list revision too old),
-// ErrUnavailable (backend not reachable).
+// ErrUnavailable (backend not reachable), ErrFenced (the write's fence no longer holds).
+//
+// A write (Create, Update, Delete) whose context carries a Fence (WithFence) is made only if
+// the fence holds at the moment of the write, atomically with it; otherwise it fails with
+// errs.ErrFenced and writes nothing. Stores that several processes share implement
+// FenceChecker and check fences; a store only one process opens (bolt) ignores them.
 type Store interface {
 	// Get returns the value at key.
 	Get(ctx context.Context, key string) (KV, error)
@@ -105,4 +113,49 @@ type Store interface {
 type WatchResult struct {
 	Events []Event
 	Err    error
+}
+
+// Fence makes a write conditional on a leadership term: the write is made only while Key
+// exists with the create revision Term. The controllers' leader holds its election key
+// (bound to its lease) for its whole term, and the key's create revision is the term: once
+// the lease is lost the key is gone (or a new one has another revision), so no write sent
+// under the old term can land, however late it arrives.
+type Fence struct {
+	Key  string // a store key, e.g. /controlplane/election/694d7b3c8a1e2f01
+	Term int64  // Key's create revision
+}
+
+// IsZero says f is no fence.
+func (f Fence) IsZero() bool { return f == Fence{} }
+
+// String is the fence's wire form, TERM@KEY (the request header the controllers send).
+func (f Fence) String() string { return strconv.FormatInt(f.Term, 10) + "@" + f.Key }
+
+// ParseFence reads the form String writes.
+func ParseFence(s string) (Fence, error) {
+	term, key, ok := strings.Cut(s, "@")
+	n, err := strconv.ParseInt(term, 10, 64)
+	if !ok || err != nil || n <= 0 || !strings.HasPrefix(key, "/") {
+		return Fence{}, fmt.Errorf("fence %q: want TERM@KEY, TERM a positive revision and KEY a store key", s)
+	}
+	return Fence{Key: key, Term: n}, nil
+}
+
+type fenceKey struct{}
+
+// WithFence returns a context whose writes are fenced by f.
+func WithFence(ctx context.Context, f Fence) context.Context {
+	return context.WithValue(ctx, fenceKey{}, f)
+}
+
+// FenceFrom returns the fence of ctx, if any.
+func FenceFrom(ctx context.Context) (Fence, bool) {
+	f, ok := ctx.Value(fenceKey{}).(Fence)
+	return f, ok && !f.IsZero()
+}
+
+// FenceChecker is implemented by stores that check the fences of writes (see Store). The
+// conformance suite expects a stale fence to be refused by them and ignored by the others.
+type FenceChecker interface {
+	ChecksFences() bool
 }

@@ -251,6 +251,22 @@ type claimStatus struct {
 // pool is looked at again after the sweep interval.
 func (c *Controller) writeClaimStatus(ctx context.Context, kind, resource string, obj v1alpha1.Object, res claimResult, cur claimStatus) (runtime.Result, error) {
 	md := obj.GetObjectMeta()
+	// The cache may not have seen the claim's latest write yet (the VM side attaches and
+	// detaches it): decide on the claim as it is now.
+	var fresh struct {
+		Metadata v1alpha1.ObjectMeta `json:"metadata"`
+		Status   claimStatus         `json:"status"`
+	}
+	if err := c.c.Get(ctx, resource, md.Namespace, md.Name, &fresh); err != nil {
+		if client.IsNotFound(err) {
+			return runtime.Result{}, nil
+		}
+		return runtime.Result{}, err
+	}
+	if fresh.Metadata.UID != md.UID {
+		return runtime.Result{}, nil
+	}
+	cur = fresh.Status
 	phase := "Pending"
 	if res.reason == ReasonBound {
 		phase = "Bound"
@@ -276,7 +292,17 @@ func (c *Controller) writeClaimStatus(ctx context.Context, kind, resource string
 	}
 	st.Phase = phase
 	st.ObservedGeneration = md.Generation
-	if err := c.patchStatus(ctx, resource, md.Namespace, md.Name, md.ResourceVersion, st); err != nil {
+	// Guarded by the fields as read (and the claim's user, which decides the phase), not by
+	// the resourceVersion: adopting and attaching the claim change other parts of it.
+	var guards []string
+	if st.Phase != cur.Phase {
+		guards = []string{"virtualMachineName"} // the phase is Attached when a VM uses the claim
+	}
+	body, err := runtime.StatusPatch(md.UID, cur, st, []string{"address", "phase", "conditions", "observedGeneration"}, guards)
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	if err := c.c.JSONPatchStatus(ctx, resource, md.Namespace, md.Name, body, nil); err != nil {
 		if client.IsConflict(err) || client.IsNotFound(err) {
 			return runtime.Result{}, nil
 		}

@@ -331,7 +331,7 @@ func TestStatusConflictIsRetriedOnTheNewerObject(t *testing.T) {
 	var mu sync.Mutex
 	conflicts := 0
 	e.fc.SetHook(func(a fake.Action) error {
-		if a.Verb != "patchstatus" || a.Resource != "virtualmachineipaddresses" {
+		if (a.Verb != "patchstatus" && a.Verb != "jsonpatchstatus") || a.Resource != "virtualmachineipaddresses" {
 			return nil
 		}
 		mu.Lock()

@@ -183,7 +183,11 @@ func (c *Controller) networkStatus(ctx context.Context) error {
 			continue
 		}
 		st.Phase, st.AllocatedIPs, st.ObservedGeneration = v1alpha1.ClusterNetworkPhaseReady, count, n.Generation
-		if err := c.patchStatus(ctx, "clusternetworks", "", n.Name, n.ResourceVersion, st); err != nil && !client.IsConflict(err) && !client.IsNotFound(err) {
+		body, err := runtime.StatusPatch(n.UID, &n.Status, st, []string{"phase", "allocatedIPs", "conditions", "observedGeneration"}, nil)
+		if err != nil {
+			return err
+		}
+		if err := c.c.JSONPatchStatus(ctx, "clusternetworks", "", n.Name, body, nil); err != nil && !client.IsConflict(err) && !client.IsNotFound(err) {
 			return err
 		}
 	}

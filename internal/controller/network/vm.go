@@ -183,12 +183,28 @@ func (c *Controller) useMAC(ctx context.Context, vm *v1alpha1.VirtualMachine, f 
 		return "", ReasonClaimPending, msg, nil
 	}
 	if m.Status.VirtualMachineName != vm.Name {
-		st := map[string]any{"virtualMachineName": vm.Name, "phase": v1alpha1.VirtualMachineMACAddressPhaseAttached}
-		if err := c.patchStatus(ctx, "virtualmachinemacaddresses", vm.Namespace, m.Name, m.ResourceVersion, st); err != nil && !client.IsConflict(err) {
+		st := m.Status
+		st.VirtualMachineName, st.Phase = vm.Name, v1alpha1.VirtualMachineMACAddressPhaseAttached
+		if err := c.attachClaim(ctx, "virtualmachinemacaddresses", &m.ObjectMeta, m.Status, st); err != nil {
 			return "", "", "", err
 		}
 	}
 	return m.Status.Address, "", "", nil
+}
+
+// attachClaim records the VM as the user of an address claim (before -> after: its
+// virtualMachineName and phase), guarded by the user and address as read rather than by the
+// resourceVersion, which adopting the claim has just changed. A claim taken meanwhile by
+// another VM is a conflict, left to the next reconcile.
+func (c *Controller) attachClaim(ctx context.Context, resource string, md *v1alpha1.ObjectMeta, before, after any) error {
+	body, err := runtime.StatusPatch(md.UID, before, after, []string{"virtualMachineName", "phase"}, []string{"address"})
+	if err != nil || body == nil {
+		return err
+	}
+	if err := c.c.JSONPatchStatus(ctx, resource, md.Namespace, md.Name, body, nil); err != nil && !client.IsConflict(err) {
+		return err
+	}
+	return nil
 }
 
 // useIP is useMAC for the interface's IP claim.
@@ -226,8 +242,9 @@ func (c *Controller) useIP(ctx context.Context, vm *v1alpha1.VirtualMachine, f I
 		return "", ReasonClaimPending, fmt.Sprintf("VirtualMachineIPAddress %q waits for an address", f.IPClaim), nil
 	}
 	if ip.Status.VirtualMachineName != vm.Name {
-		st := map[string]any{"virtualMachineName": vm.Name, "phase": v1alpha1.VirtualMachineIPAddressPhaseAttached}
-		if err := c.patchStatus(ctx, "virtualmachineipaddresses", vm.Namespace, ip.Name, ip.ResourceVersion, st); err != nil && !client.IsConflict(err) {
+		st := ip.Status
+		st.VirtualMachineName, st.Phase = vm.Name, v1alpha1.VirtualMachineIPAddressPhaseAttached
+		if err := c.attachClaim(ctx, "virtualmachineipaddresses", &ip.ObjectMeta, ip.Status, st); err != nil {
 			return "", "", "", err
 		}
 	}

@@ -306,10 +306,15 @@ func setPhase(vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, now v
 // VMs without a node; the mutate function leaves them alone otherwise).
 var controllerFields = []string{"powerRequest", "conditions", "phase", "stats"}
 
-// patchStatus reads the VM fresh, applies mutate, and writes the owned fields guarded by
-// the resourceVersion read; it retries conflicts. It returns nil when nothing changed.
+// controllerGuards are status fields this controller's decisions read but do not write: it
+// writes the phase of a VM only while no node has it.
+var controllerGuards = []string{"nodeName"}
+
+// patchStatus reads the VM fresh, applies mutate, and writes the owned fields it changed,
+// each guarded by the value it read (and nodeName); it retries conflicts. It returns nil
+// when nothing changed.
 func (c *Controller) patchStatus(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
-	return runtime.PatchVMStatus(ctx, c.c, vm, controllerFields, mutate)
+	return runtime.PatchVMStatus(ctx, c.c, vm, controllerFields, controllerGuards, mutate)
 }
 
 func hasFinalizer(vm *v1alpha1.VirtualMachine) bool {

@@ -754,12 +754,27 @@ func (f *Client) PatchStatusStrategic(ctx context.Context, resource, namespace, 
 
 // JSONPatch applies an RFC 6902 JSON patch; a failed test operation is a Conflict.
 func (f *Client) JSONPatch(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
-	return f.write("jsonpatch", resource, namespace, name, patch, false, out, func(cur map[string]any) (map[string]any, error) {
+	return f.jsonPatch("jsonpatch", resource, namespace, name, patch, out, false)
+}
+
+// JSONPatchStatus applies an RFC 6902 JSON patch to the status subresource, which it sees
+// with status and status.conditions present, as the server does.
+func (f *Client) JSONPatchStatus(ctx context.Context, resource, namespace, name string, patch []byte, out any) error {
+	return f.jsonPatch("jsonpatchstatus", resource, namespace, name, patch, out, true)
+}
+
+func (f *Client) jsonPatch(verb, resource, namespace, name string, patch []byte, out any, status bool) error {
+	return f.write(verb, resource, namespace, name, patch, status, out, func(cur map[string]any) (map[string]any, error) {
 		p, err := jsonpatch.DecodePatch(patch)
 		if err != nil {
 			return nil, badRequest("malformed JSON patch: %v", err)
 		}
 		data, _ := json.Marshal(cur)
+		if status {
+			if data, err = apiserver.WithStatusLists(data); err != nil {
+				return nil, err
+			}
+		}
 		patched, err := p.Apply(data)
 		if err != nil {
 			if errors.Is(err, jsonpatch.ErrTestFailed) {

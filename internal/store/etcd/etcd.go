@@ -413,14 +413,19 @@ func (s *Store) Create(ctx context.Context, key string, value []byte) (int64, er
 	}
 	defer cancel()
 	k := s.base + key
+	fc := s.fence(ctx)
 	resp, err := s.client.Txn(cctx).
-		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		If(fc.cmps(clientv3.Compare(clientv3.CreateRevision(k), "=", 0))...).
 		Then(clientv3.OpPut(k, string(value))).
+		Else(fc.reads()...).
 		Commit()
 	if err != nil {
 		return 0, s.mapErr(ctx, "create", key, err)
 	}
 	if !resp.Succeeded {
+		if err := fc.check("create", key, resp, 0); err != nil {
+			return 0, err
+		}
 		return 0, fmt.Errorf("create %q: %w", key, errs.ErrAlreadyExists)
 	}
 	return resp.Header.Revision, nil
@@ -444,15 +449,19 @@ func (s *Store) Update(ctx context.Context, key string, value []byte, expectRev 
 	}
 	defer cancel()
 	k := s.base + key
+	fc := s.fence(ctx)
 	resp, err := s.client.Txn(cctx).
-		If(clientv3.Compare(clientv3.ModRevision(k), "=", expectRev)).
+		If(fc.cmps(clientv3.Compare(clientv3.ModRevision(k), "=", expectRev))...).
 		Then(clientv3.OpPut(k, string(value))).
-		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
+		Else(append([]clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())}, fc.reads()...)...).
 		Commit()
 	if err != nil {
 		return 0, s.mapErr(ctx, "update", key, err)
 	}
 	if !resp.Succeeded {
+		if err := fc.check("update", key, resp, 1); err != nil {
+			return 0, err
+		}
 		return 0, casFailure("update", key, expectRev, resp)
 	}
 	return resp.Header.Revision, nil
@@ -473,15 +482,19 @@ func (s *Store) Delete(ctx context.Context, key string, expectRev int64) (int64,
 	if expectRev != 0 {
 		cmp = clientv3.Compare(clientv3.ModRevision(k), "=", expectRev)
 	}
+	fc := s.fence(ctx)
 	resp, err := s.client.Txn(cctx).
-		If(cmp).
+		If(fc.cmps(cmp)...).
 		Then(clientv3.OpDelete(k, clientv3.WithPrevKV())).
-		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
+		Else(append([]clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())}, fc.reads()...)...).
 		Commit()
 	if err != nil {
 		return 0, nil, s.mapErr(ctx, "delete", key, err)
 	}
 	if !resp.Succeeded {
+		if err := fc.check("delete", key, resp, 1); err != nil {
+			return 0, nil, err
+		}
 		return 0, nil, casFailure("delete", key, expectRev, resp)
 	}
 	var prev []byte
@@ -489,6 +502,61 @@ func (s *Store) Delete(ctx context.Context, key string, expectRev int64) (int64,
 		prev = d.PrevKvs[0].Value
 	}
 	return resp.Header.Revision, prev, nil
+}
+
+// ChecksFences says the store checks the fences of writes (store.FenceChecker): several
+// serve processes share one etcd.
+func (s *Store) ChecksFences() bool { return true }
+
+// Prefix is the etcd key prefix every store key is stored under (Config.Prefix without its
+// trailing slash): store key K is etcd key Prefix()+K.
+func (s *Store) Prefix() string { return s.base }
+
+// fenceCmp is the fence of one write: the compare that makes the write conditional on it
+// and, when the write fails, the read that tells a lost fence from a lost compare-and-swap.
+type fenceCmp struct {
+	f  store.Fence
+	k  string // etcd key of f.Key
+	on bool
+}
+
+func (s *Store) fence(ctx context.Context) fenceCmp {
+	f, ok := store.FenceFrom(ctx)
+	if !ok {
+		return fenceCmp{}
+	}
+	return fenceCmp{f: f, k: s.base + f.Key, on: true}
+}
+
+// cmps adds the fence's compare to the write's own.
+func (fc fenceCmp) cmps(own clientv3.Cmp) []clientv3.Cmp {
+	if !fc.on {
+		return []clientv3.Cmp{own}
+	}
+	return []clientv3.Cmp{own, clientv3.Compare(clientv3.CreateRevision(fc.k), "=", fc.f.Term)}
+}
+
+// reads is the Else branch's read of the fence key.
+func (fc fenceCmp) reads() []clientv3.Op {
+	if !fc.on {
+		return nil
+	}
+	return []clientv3.Op{clientv3.OpGet(fc.k, clientv3.WithKeysOnly())}
+}
+
+// check returns ErrFenced when the failed write's fence did not hold; the fence key's read
+// is the Else branch's response at index i. A lost fence is reported before a lost
+// compare-and-swap: a deposed leader's stale write is refused as fenced, whatever else.
+func (fc fenceCmp) check(op, key string, resp *clientv3.TxnResponse, i int) error {
+	if !fc.on || i >= len(resp.Responses) {
+		return nil
+	}
+	r := resp.Responses[i].GetResponseRange()
+	if r != nil && len(r.Kvs) > 0 && r.Kvs[0].CreateRevision == fc.f.Term {
+		return nil
+	}
+	return errs.New(errs.ErrFenced, "%s %q refused: it was sent under leadership term %d, which has ended: "+
+		"the controllers that sent it are no longer the control-plane leader (fence %s)", op, key, fc.f.Term, fc.f.Key)
 }
 
 // casFailure explains a failed compare from the Else branch's read of the key.

@@ -28,6 +28,9 @@ type NewStore func(t testing.TB) store.Store
 // watches from before rev-1 and lists before rev fail with ErrCompacted (a store may forget
 // a little more: watching from rev-1 or listing at rev-1 may fail too), while lists at rev and
 // watches from rev on keep working.
+//
+// Stores that implement store.FenceChecker must refuse writes under a stale fence with
+// errs.ErrFenced; the others must ignore fences.
 type Compactor interface {
 	Compact(ctx context.Context, rev int64) error
 }
@@ -65,6 +68,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"InvalidKeys", testInvalidKeys},
 		{"CanceledContext", testCanceledContext},
 		{"Closed", testClosed},
+		{"Fence", testFence},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -867,6 +871,91 @@ func testClosed(t *testing.T, s store.Store) {
 		case <-deadline:
 			t.Fatalf("watch not ended by Close")
 		}
+	}
+}
+
+// testFence checks writes under a store.Fence. Stores that check fences make a write only
+// while the fence key exists with the fence's term as its create revision: once the key is
+// deleted or recreated (a new term), every write under the old fence fails with ErrFenced
+// and writes nothing, even one whose own compare-and-swap would also fail. Stores that do
+// not check fences (one process) make the writes as if there were none.
+func testFence(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	fc, ok := s.(store.FenceChecker)
+	checks := ok && fc.ChecksFences()
+	holder := "/fence/election/holder"
+	term1 := mustCreate(t, s, holder, "leader 1")
+	cur := store.WithFence(ctx, store.Fence{Key: holder, Term: term1})
+
+	// Under the current fence every write is made.
+	r1, err := s.Create(cur, "/fence/obj/a", []byte("v1"))
+	if err != nil {
+		t.Fatalf("Create under the current fence: %v", err)
+	}
+	r2, err := s.Update(cur, "/fence/obj/a", []byte("v2"), r1)
+	if err != nil {
+		t.Fatalf("Update under the current fence: %v", err)
+	}
+	mustCreate(t, s, "/fence/obj/b", "b")
+	if _, _, err := s.Delete(cur, "/fence/obj/b", 0); err != nil {
+		t.Fatalf("Delete under the current fence: %v", err)
+	}
+	// A lost compare-and-swap under a holding fence stays a conflict.
+	if _, err := s.Update(cur, "/fence/obj/a", []byte("x"), r1); !errors.Is(err, errs.ErrConflict) || errors.Is(err, errs.ErrFenced) {
+		t.Fatalf("stale Update under the current fence: err = %v, want ErrConflict", err)
+	}
+	if _, err := s.Create(cur, "/fence/obj/a", []byte("x")); !errors.Is(err, errs.ErrAlreadyExists) {
+		t.Fatalf("Create of an existing key under the current fence: err = %v, want ErrAlreadyExists", err)
+	}
+
+	// A new term: the holder key is deleted (its lease ended) and made again.
+	if _, _, err := s.Delete(ctx, holder, 0); err != nil {
+		t.Fatal(err)
+	}
+	term2 := mustCreate(t, s, holder, "leader 2")
+	stale := store.WithFence(ctx, store.Fence{Key: holder, Term: term1})
+	mustCreate(t, s, "/fence/obj/c", "c")
+	_, createErr := s.Create(stale, "/fence/obj/new", []byte("x"))
+	_, updateErr := s.Update(stale, "/fence/obj/a", []byte("x"), r2)
+	_, staleCASErr := s.Update(stale, "/fence/obj/a", []byte("x"), r1)
+	_, _, deleteErr := s.Delete(stale, "/fence/obj/c", 0)
+	_, missingErr := s.Create(store.WithFence(ctx, store.Fence{Key: "/fence/election/none", Term: term1}), "/fence/obj/new2", []byte("x"))
+	if !checks {
+		// The writes were made (all but the stale compare-and-swap); fences are ignored.
+		for name, err := range map[string]error{"Create": createErr, "Update": updateErr, "Delete": deleteErr, "Create (missing fence key)": missingErr} {
+			if err != nil {
+				t.Errorf("%s under a stale fence on a store that ignores fences: %v", name, err)
+			}
+		}
+		if !errors.Is(staleCASErr, errs.ErrConflict) {
+			t.Errorf("stale Update under a stale fence on a store that ignores fences: err = %v, want ErrConflict", staleCASErr)
+		}
+		return
+	}
+	for name, err := range map[string]error{"Create": createErr, "Update": updateErr, "Update with a stale revision": staleCASErr,
+		"Delete": deleteErr, "Create under a fence whose key is missing": missingErr} {
+		if !errors.Is(err, errs.ErrFenced) {
+			t.Errorf("%s under a stale fence: err = %v, want ErrFenced", name, err)
+		} else if errors.Is(err, errs.ErrConflict) || errors.Is(err, errs.ErrNotFound) {
+			t.Errorf("%s under a stale fence: %v is also classed as another error", name, err)
+		}
+	}
+	if kv := mustGet(t, s, "/fence/obj/a"); string(kv.Value) != "v2" || kv.ModRevision != r2 {
+		t.Errorf("a fenced Update wrote: %q@%d", kv.Value, kv.ModRevision)
+	}
+	mustGet(t, s, "/fence/obj/c")
+	for _, k := range []string{"/fence/obj/new", "/fence/obj/new2"} {
+		if _, err := s.Get(ctx, k); !errors.Is(err, errs.ErrNotFound) {
+			t.Errorf("a fenced Create made %s: %v", k, err)
+		}
+	}
+	// Under the new term, writes are made again.
+	next := store.WithFence(ctx, store.Fence{Key: holder, Term: term2})
+	if _, err := s.Update(next, "/fence/obj/a", []byte("v3"), r2); err != nil {
+		t.Errorf("Update under the new term's fence: %v", err)
+	}
+	if _, _, err := s.Delete(next, "/fence/obj/c", 0); err != nil {
+		t.Errorf("Delete under the new term's fence: %v", err)
 	}
 }
 
