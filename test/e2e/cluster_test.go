@@ -222,7 +222,8 @@ func clusterWantUnavailable(t *testing.T, what string, limit time.Duration, call
 
 // TestClusterEtcdQuorum: with one of the three etcd members killed (kill -9) the API keeps
 // working (create, get, list); with two killed it answers 503 naming the etcd store, within
-// a few seconds; once they are back it recovers without a restart of serve. The VM on h2
+// a few seconds; once they are back it recovers without a restart of serve, and the
+// controllers run again. The VM on h2
 // runs throughout, in the same QEMU process: QEMU never depends on etcd.
 func TestClusterEtcdQuorum(t *testing.T) {
 	c := sharedCluster(t)
@@ -276,6 +277,8 @@ func TestClusterEtcdQuorum(t *testing.T) {
 	c.Etcd[1].Restart(t)
 	c.WaitEtcdHealthy(t)
 	clusterAPIWorks(t, cl, "quorum-c", 30*time.Second)
+	// The controllers run again (serve campaigned anew): the new VM gets its phase.
+	vmWait(t, c.Serve(t), "quorum-c", time.Minute, "Stopped (set by the VM controller)", vmPhase(v1alpha1.VMPhaseStopped))
 	if h1.PID() != servePID || !h1.Running() {
 		t.Fatalf("serve on h1 was restarted (pid %d, was %d)", h1.PID(), servePID)
 	}
