@@ -37,8 +37,11 @@ package e2e
 //	h2.Pause(t); h2.Resume(t)  // SIGSTOP / SIGCONT it
 //	h2.LinkDown(t); h2.LinkUp(t) // ip link set eth0 down|up inside its namespace
 //	h2.Exec(t, "ip", "addr")   // run a command inside its namespace
-//	c.Etcd[0].Kill9(t); c.Etcd[0].Restart(t); c.WaitEtcdHealthy(t)
-//	c.Shared, c.HostNames(), c.GuestImage(t) (a ClusterVirtualImage of the test guest ISO)
+//	h2.Logs(t)                 // its rakhsh process's log
+//	c.Etcd[0].Kill9(t); c.Etcd[0].Restart(t); c.Etcd[0].Healthy(); c.Etcd[0].HasLeader()
+//	c.WaitEtcdHealthy(t)
+//	c.Shared, c.HostNames(), c.GuestImage(t) (a ClusterVirtualImage of the test guest ISO),
+//	c.ServeDir(t, h1, dir)     // an HTTP file server on h1's loopback, for imports
 //
 // The shared cluster is torn down by TestMain after the last test. A test that breaks it must
 // put it back (restart what it killed, SIGCONT what it stopped, bring links up); as a safety
@@ -70,6 +73,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -663,6 +669,36 @@ func (e *EtcdMember) restart() error {
 	}
 }
 
+// Healthy asks the member's /health: nil only while it runs and the cluster has a leader
+// (a quorum).
+func (e *EtcdMember) Healthy() error { return e.c.etcdHealthy(e) }
+
+// HasLeader asks the member (etcd's Status call, which needs no quorum) whether it knows a
+// leader.
+func (e *EtcdMember) HasLeader() (bool, error) {
+	tc, err := e.c.EtcdCerts.ClientTLS()
+	if err != nil {
+		return false, err
+	}
+	dial := nsDialer(e.c.Underlay)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, TLS: tc, DialTimeout: 3 * time.Second,
+		Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dial(ctx, "tcp", addr)
+		})}})
+	if err != nil {
+		return false, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := cli.Status(ctx, e.Endpoint)
+	if err != nil {
+		return false, fmt.Errorf("etcd %s status: %w", e.Name, err)
+	}
+	return st.Leader != 0, nil
+}
+
 // Running says whether the member's process runs.
 func (e *EtcdMember) Running() bool { return e.proc.running() }
 
@@ -780,7 +816,7 @@ func (h *ClusterHost) waitServe() error {
 func (h *ClusterHost) waitNode(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	since := h.proc.started.Add(-time.Second).Truncate(time.Second)
+	since := h.proc.started // heartbeat times keep microseconds, from this machine's clock
 	cl := h.c.adminClient()
 	var n v1alpha1.Node
 	var err error
@@ -793,7 +829,7 @@ func (h *ClusterHost) waitNode(timeout time.Duration) error {
 		n = v1alpha1.Node{}
 		err = cl.Get(ctx, "nodes", "", h.Name, &n)
 		if err == nil && n.Status.Phase == v1alpha1.NodePhaseReady && n.Status.LastHeartbeatTime != nil &&
-			!n.Status.LastHeartbeatTime.Before(since) && n.Status.StreamEndpoint != nil {
+			n.Status.LastHeartbeatTime.After(since) && n.Status.StreamEndpoint != nil {
 			return nil
 		}
 		select {
@@ -896,6 +932,16 @@ func (h *ClusterHost) Exec(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// Logs returns the log of the host's rakhsh process (every start of it, in order).
+func (h *ClusterHost) Logs(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(h.proc.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 // PID is the process id of the host's rakhsh process (0 when it does not run).
 func (h *ClusterHost) PID() int { return h.proc.PID() }
 
@@ -979,9 +1025,15 @@ func (h *ClusterHost) LinkUp(t *testing.T) {
 	}
 }
 
+// linkUp says whether eth0 has the UP flag (ip -o link: "2: eth0@if7: <BROADCAST,...,UP,LOWER_UP> ...").
 func (h *ClusterHost) linkUp() bool {
 	out, err := exec.Command("ip", "-n", h.NS, "-o", "link", "show", "eth0").Output()
-	return err == nil && strings.Contains(string(out), "<") && strings.Contains(strings.SplitN(string(out), ">", 2)[0], ",UP")
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(out), "<")
+	flags, _, _ := strings.Cut(rest, ">")
+	return contains(strings.Split(flags, ","), "UP")
 }
 
 // Heal puts back what a test left broken: links down, paused or dead processes, dead etcd
@@ -1020,7 +1072,7 @@ func (c *Cluster) Heal(t *testing.T) {
 		}
 	}
 	if len(did) > 0 {
-		t.Logf("cluster %s: an earlier test left it broken; healed: %s", c.Name, strings.Join(did, ", "))
+		t.Logf("cluster %s was left broken; healed: %s", c.Name, strings.Join(did, ", "))
 	}
 }
 
@@ -1064,6 +1116,18 @@ spec:
 	s.MustCLI("", "wait", "cvi", name, "--for", "phase=Ready", "--timeout", "3m")
 	c.guestDone = true
 	return name
+}
+
+// ServeDir serves the files of dir over HTTP on the loopback of host h's namespace until the
+// test ends, and returns its base URL (http://127.0.0.1:PORT). h1's serve may import from it
+// (it runs with --allow-import-from 127.0.0.0/8).
+func (c *Cluster) ServeDir(t *testing.T, h *ClusterHost, dir string) string {
+	t.Helper()
+	ln := listenIn(t, h.NS, "127.0.0.1:0")
+	srv := &http.Server{Handler: http.FileServer(http.Dir(dir)), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String()
 }
 
 // --- namespaces ---

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/store"
@@ -105,4 +108,18 @@ func TestUnavailable(t *testing.T) {
 
 func BenchmarkStore(b *testing.B) {
 	storetest.Bench(b, factory(etcdtest.Start(b)))
+}
+
+// TestNoLeaderIsUnavailable: etcd's "no leader" answer (a member without a quorum, refusing a
+// request that requires a leader) is ErrUnavailable with a message saying so.
+func TestNoLeaderIsUnavailable(t *testing.T) {
+	s := &Store{}
+	err := s.mapErr(context.Background(), "get", "/k", fmt.Errorf("range: %w", rpctypes.ErrNoLeader))
+	if !errors.Is(err, errs.ErrUnavailable) || !strings.Contains(err.Error(), "the etcd store is unavailable: its members have no leader") {
+		t.Fatalf("no leader: %v, want ErrUnavailable naming the missing leader", err)
+	}
+	err = s.mapErr(context.Background(), "get", "/k", errors.New("connection refused"))
+	if !errors.Is(err, errs.ErrUnavailable) || !strings.Contains(err.Error(), `get "/k": the etcd store is unavailable: connection refused`) {
+		t.Fatalf("other failure: %v", err)
+	}
 }
