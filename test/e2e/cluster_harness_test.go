@@ -368,7 +368,10 @@ func (c *Cluster) buildNetwork() error {
 	steps := [][]string{
 		{"ip", "netns", "add", c.Underlay},
 		{"ip", "-n", c.Underlay, "link", "set", "lo", "up"},
-		{"ip", "-n", c.Underlay, "link", "add", c.Bridge, "type", "bridge"},
+		// A fixed MAC: a bridge without one takes the lowest of its ports', so a port added
+		// later (another test's host) could change the MAC of the etcd members' addresses
+		// under their peers' neighbour caches.
+		{"ip", "-n", c.Underlay, "link", "add", c.Bridge, "address", "02:00:0a:e7:00:01", "type", "bridge"},
 	}
 	for _, e := range c.Etcd {
 		steps = append(steps, []string{"ip", "-n", c.Underlay, "addr", "add", e.IP + "/24", "dev", c.Bridge})
