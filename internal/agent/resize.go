@@ -65,7 +65,10 @@ func (a *Agent) resizeDisk(ctx context.Context, key runtime.Key) (runtime.Result
 		return runtime.Result{}, nil
 	}
 	want = storage.RoundSize(want)
-	path := storage.DiskPath(a.cfg.DataDir, storage.DefaultPool, d.UID)
+	path, _, err := a.diskFile(ctx, &d)
+	if err != nil {
+		return runtime.Result{}, nil // not this node's disk
+	}
 	for _, vm := range a.vms.List() {
 		if vm.Namespace != ns || !usesDisk(vm, name) {
 			continue

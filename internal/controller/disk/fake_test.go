@@ -4,6 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,12 +28,13 @@ func TestRunsAgainstFake(t *testing.T) {
 	dataDir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
 	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, Log: log, Uploads: &images.Uploads{}})
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	f.Start(ctx)
 	go func() { defer close(done); _ = c.Run(ctx) }()
 	defer func() { cancel(); <-done }()
+	mkClass(t, fc, v1alpha1.DefaultStorageClassName, true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
 
 	mk := func(name string, ds *v1alpha1.DataSource) {
 		d := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
@@ -47,6 +51,9 @@ func TestRunsAgainstFake(t *testing.T) {
 	path := storage.DiskPath(dataDir, storage.DefaultPool, d.UID)
 	if d.Status.Capacity != "1Gi" || !fileThere(path) {
 		t.Errorf("blank disk: capacity %q, file there %v", d.Status.Capacity, fileThere(path))
+	}
+	if d.Status.StorageClassName != "local" || d.Status.NodeName != "n1" {
+		t.Errorf("blank disk: storageClassName %q nodeName %q, want local on n1", d.Status.StorageClassName, d.Status.NodeName)
 	}
 	if err := fc.Delete(ctx, "virtualdisks", "p1", "blank"); err != nil {
 		t.Fatal(err)
@@ -80,5 +87,140 @@ func waitDiskGone(t *testing.T, fc *fake.Client, name string) {
 			t.Fatalf("disk %s is still there", name)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func mkClass(t *testing.T, fc *fake.Client, name string, def bool, spec v1alpha1.StorageClassSpec) {
+	t.Helper()
+	sc := &v1alpha1.StorageClass{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "StorageClass"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: spec}
+	if def {
+		sc.Annotations = map[string]string{v1alpha1.AnnotationDefaultStorageClass: "true"}
+	}
+	if err := fc.Create(context.Background(), "storageclasses", "", sc, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStorageClassesAgainstFake: a disk naming a missing class waits for it; a disk on a
+// Shared class lands in the class's directory with no node; a disk moves Local -> Shared ->
+// Local with its data, the old file going only after the copy checks; a move waits while a
+// running VM has the disk.
+func TestStorageClassesAgainstFake(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "qemu-io", "prlimit")
+	fc := fake.New()
+	dataDir, sharedDir := t.TempDir(), t.TempDir()
+	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	f.Start(ctx)
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	mkClass(t, fc, "local", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
+
+	mk := func(name, class string) {
+		d := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
+			ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec:       v1alpha1.VirtualDiskSpec{PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: "16Mi", StorageClassName: class}}}
+		if err := fc.Create(ctx, "virtualdisks", "p1", d, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var d v1alpha1.VirtualDisk
+	mk("waits", "nfs")
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "waits", &d, func() bool {
+		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionReady)
+		return d.Status.Phase == v1alpha1.DiskPhasePending && c != nil && c.Reason == disk.ReasonStorageClassMissing
+	})
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionReady); !strings.Contains(c.Message, `StorageClass "nfs" does not exist`) {
+		t.Errorf("missing class message: %q", c.Message)
+	}
+	mkClass(t, fc, "nfs", false, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeShared, Shared: &v1alpha1.StorageClassShared{Path: sharedDir}})
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "waits", &d, func() bool { return d.Status.Phase == v1alpha1.DiskPhaseReady })
+	if d.Status.StorageClassName != "nfs" || d.Status.NodeName != "" || !fileThere(filepath.Join(sharedDir, "disks", d.UID+".qcow2")) {
+		t.Errorf("shared disk: class %q node %q, file in the shared dir: %v", d.Status.StorageClassName, d.Status.NodeName,
+			fileThere(filepath.Join(sharedDir, "disks", d.UID+".qcow2")))
+	}
+
+	// Local -> Shared -> Local, with a marker written into the disk checked at each stop.
+	mk("mover", "")
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "mover", &d, func() bool { return d.Status.Phase == v1alpha1.DiskPhaseReady })
+	localPath := storage.DiskPath(dataDir, storage.DefaultPool, d.UID)
+	sharedPath := filepath.Join(sharedDir, "disks", d.UID+".qcow2")
+	writeMarker(t, localPath)
+	move := func(to string) {
+		t.Helper()
+		var cur v1alpha1.VirtualDisk
+		if err := fc.Get(ctx, "virtualdisks", "p1", "mover", &cur); err != nil {
+			t.Fatal(err)
+		}
+		cur.Spec.PersistentVolumeClaim.StorageClassName = to
+		if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &cur, nil); err != nil {
+			t.Fatal(err)
+		}
+		fc.WaitFor(t, 30*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+			return d.Status.StorageClassName == to && d.Status.Phase == v1alpha1.DiskPhaseReady
+		})
+	}
+	move("nfs")
+	if fileThere(localPath) || !fileThere(sharedPath) || d.Status.NodeName != "" {
+		t.Fatalf("after the move to nfs: local file %v, shared file %v, node %q", fileThere(localPath), fileThere(sharedPath), d.Status.NodeName)
+	}
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); c == nil || c.Reason != disk.ReasonMoved {
+		t.Errorf("Migrating condition after the move: %+v", c)
+	}
+	checkMarker(t, sharedPath)
+	move("local")
+	if !fileThere(localPath) || fileThere(sharedPath) || d.Status.NodeName != "n1" {
+		t.Fatalf("after the move back: local file %v, shared file %v, node %q", fileThere(localPath), fileThere(sharedPath), d.Status.NodeName)
+	}
+	checkMarker(t, localPath)
+
+	// A disk a running VM has open is not moved: the move waits with a condition.
+	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "vm1", Namespace: "p1"},
+		Spec: v1alpha1.VirtualMachineSpec{CPU: v1alpha1.VirtualMachineCPU{Cores: 1}, Memory: v1alpha1.VirtualMachineMemory{Size: "64Mi"},
+			BlockDeviceRefs: []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "mover"}}}}
+	if err := fc.Create(ctx, "virtualmachines", "p1", vm, vm); err != nil {
+		t.Fatal(err)
+	}
+	vm.Status.Phase = v1alpha1.VMPhaseRunning
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm1", vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return len(d.Status.AttachedToVirtualMachines) == 1 && d.Status.AttachedToVirtualMachines[0].Mounted
+	})
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "nfs"
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
+		return c != nil && c.Reason == disk.ReasonMoveWaiting
+	})
+	if d.Status.StorageClassName != "local" || !fileThere(localPath) || fileThere(sharedPath) {
+		t.Errorf("a disk in use moved: class %q", d.Status.StorageClassName)
+	}
+}
+
+// writeMarker writes a pattern of bytes at the start of the disk's guest data.
+func writeMarker(t *testing.T, path string) {
+	t.Helper()
+	out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-io write: %v: %s", err, out)
+	}
+}
+
+// checkMarker checks the pattern writeMarker wrote.
+func checkMarker(t *testing.T, path string) {
+	t.Helper()
+	out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 0 64k", path).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "failed") {
+		t.Fatalf("the moved disk lost its data: %v: %s", err, out)
 	}
 }

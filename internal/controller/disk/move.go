@@ -1,0 +1,143 @@
+package disk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// Reasons of the Migrating condition (a move between storage classes).
+const (
+	ReasonMoving          = "Moving"
+	ReasonMoved           = "Moved"
+	ReasonMoveWaiting     = "WaitingForVMToStop"
+	ReasonMoveFailed      = "MoveFailed"
+	ReasonMoveUnsupported = "MoveNotSupported"
+)
+
+// reconcileMove moves a Ready disk into the storage class its spec now names, when that
+// differs from the class it lives in (status.storageClassName). done says the move decided
+// this reconcile (it wrote status or waits).
+//
+// The move copies the disk into the new class (flattened: a linked clone becomes a whole
+// disk, whose file needs no backing file in the old place), checks the copy against the
+// original with qemu-img compare, switches status to the new class, and only then removes
+// the old file. A move that fails leaves the disk where it was, Ready, with condition
+// Migrating=False saying why; it is tried again when the spec changes.
+func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, sc *v1alpha1.StorageClass) (bool, runtime.Result, error) {
+	want := d.Spec.PersistentVolumeClaim.StorageClassName
+	cond := v1alpha1.FindCondition(st.Conditions, v1alpha1.DiskConditionMigrating)
+	if want == "" || want == st.StorageClassName || (st.Phase != v1alpha1.DiskPhaseReady && st.Phase != v1alpha1.DiskPhaseMigrating) {
+		if st.Phase == v1alpha1.DiskPhaseMigrating {
+			// A move cut short (a restart mid-copy, or the spec changed back): the disk is
+			// still whole where its status says.
+			st.Phase = v1alpha1.DiskPhaseReady
+			st.Progress = "100%"
+			setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, "the move was interrupted; the disk stays in storage class "+st.StorageClassName)
+			return true, runtime.Result{}, c.writeStatus(ctx, d, st)
+		}
+		return false, runtime.Result{}, nil
+	}
+	if cond != nil && cond.Status == v1alpha1.ConditionFalse && (cond.Reason == ReasonMoveFailed || cond.Reason == ReasonMoveUnsupported) &&
+		cond.ObservedGeneration == d.Generation && st.Phase == v1alpha1.DiskPhaseReady {
+		return true, runtime.Result{}, nil // waits for a spec change
+	}
+	from := st.StorageClassName
+	wait := func(reason, msg string, after time.Duration) (bool, runtime.Result, error) {
+		st.Phase = v1alpha1.DiskPhaseReady
+		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, reason, msg)
+		return true, runtime.Result{RequeueAfter: after}, c.writeStatus(ctx, d, st)
+	}
+	target, ok := c.classes.Get(runtime.NewKey("", want))
+	if !ok || target.DeletionTimestamp != nil {
+		return wait(ReasonStorageClassMissing, fmt.Sprintf("cannot move to StorageClass %q: it does not exist; the disk stays in %q", want, from), 0)
+	}
+	for _, a := range st.AttachedToVirtualMachines {
+		if a.Mounted {
+			return wait(ReasonMoveWaiting, fmt.Sprintf("the move to storage class %q waits for VirtualMachine %q to stop: a disk is moved only while no running VM uses it", want, a.Name), 0)
+		}
+	}
+	src := c.diskPath(sc, d.UID)
+	dst := c.diskPath(target, d.UID)
+	if src == dst {
+		// Two classes over one directory (e.g. Local without a path and a Local class
+		// naming the default pool): only the status changes.
+		st.StorageClassName = target.Name
+		st.NodeName = ""
+		if isLocal(target) {
+			st.NodeName = c.cfg.NodeName
+		}
+		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoved, fmt.Sprintf("moved from storage class %q to %q (the same directory)", from, want))
+		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
+	}
+	if !fileExists(src) {
+		return false, runtime.Result{}, nil // the disk is lost or not made yet: reconcile says so
+	}
+
+	started := time.Now()
+	st.Phase = v1alpha1.DiskPhaseMigrating
+	st.Progress = "0%"
+	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionTrue, ReasonMoving, fmt.Sprintf("copying the disk from storage class %q to %q", from, want))
+	if err := c.writeStatus(ctx, d, st); err != nil {
+		return true, runtime.Result{}, err
+	}
+	log := c.log.With("disk", d.Namespace+"/"+d.Name, "from", from, "to", want)
+	err := c.copyVerified(ctx, src, dst)
+	if err != nil {
+		storage.CleanTempFor(dst)
+		if ctx.Err() != nil {
+			return true, runtime.Result{}, ctx.Err()
+		}
+		log.Warn("moving the disk failed", "err", err)
+		st.Phase = v1alpha1.DiskPhaseReady
+		st.Progress = "100%"
+		msg := fmt.Sprintf("moving to storage class %q failed; the disk stays in %q: %v", want, from, err)
+		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, msg)
+		c.rec.Event(ctx, "VirtualDisk", d, "Warning", ReasonMoveFailed, msg)
+		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
+	}
+	st.Phase = v1alpha1.DiskPhaseReady
+	st.Progress = "100%"
+	st.StorageClassName = target.Name
+	st.NodeName = ""
+	if isLocal(target) {
+		st.NodeName = c.cfg.NodeName
+	}
+	took := time.Since(started).Round(time.Millisecond)
+	msg := fmt.Sprintf("moved from storage class %q to %q in %s", from, want, took)
+	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoved, msg)
+	if err := c.writeStatus(ctx, d, st); err != nil {
+		// The status still names the old class, whose file is untouched: the copy is left
+		// over and is made again (replaced) by the next try.
+		_ = os.Remove(dst)
+		return true, runtime.Result{}, err
+	}
+	if err := os.Remove(src); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("removing the disk's old file after the move", "path", src, "err", err)
+	}
+	log.Info("disk moved", "took", took)
+	c.rec.Event(ctx, "VirtualDisk", d, "Normal", ReasonMoved, msg)
+	return true, runtime.Result{}, nil
+}
+
+// copyVerified writes a flattened copy of the qcow2 disk src to dst (replacing a leftover
+// from an earlier try) and checks that the guest sees the same data in both.
+func (c *Controller) copyVerified(ctx context.Context, src, dst string) error {
+	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := storage.Convert(ctx, src, "qcow2", dst, "qcow2"); err != nil {
+		return fmt.Errorf("copying: %w", err)
+	}
+	if err := storage.Compare(ctx, src, dst); err != nil {
+		_ = os.Remove(dst)
+		return fmt.Errorf("checking the copy: %w", err)
+	}
+	return nil
+}
