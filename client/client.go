@@ -40,6 +40,10 @@ type Config struct {
 	Insecure bool
 	// Timeout bounds each non-streaming request; 0 means 60 s.
 	Timeout time.Duration
+	// DialContext, when set, opens the TCP connections to an https (or http) server in place
+	// of a plain net.Dialer: for example one that dials from inside another network
+	// namespace. TLS is still done by the client.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Client talks to one Rakhsh API server.
@@ -103,10 +107,11 @@ func New(cfg Config) (*Client, error) {
 			tc.RootCAs = pool
 		}
 		tr.TLSClientConfig = tc
-		d := &net.Dialer{Timeout: 10 * time.Second}
+		dial := tcpDialer(cfg)
+		tr.DialContext = dial
 		host := u.Host
 		c.dialer = func(ctx context.Context) (net.Conn, error) {
-			conn, err := d.DialContext(ctx, "tcp", host)
+			conn, err := dial(ctx, "tcp", host)
 			if err != nil {
 				return nil, err
 			}
@@ -130,15 +135,25 @@ func New(cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("server address %q: refusing to send the bearer token over plain http, where anyone on the path can read it: use https://%s (or the unix socket)", server, u.Host)
 		}
 		c.base = "http://" + u.Host
-		d := &net.Dialer{Timeout: 10 * time.Second}
+		dial := tcpDialer(cfg)
+		tr.DialContext = dial
 		host := u.Host
-		c.dialer = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", host) }
+		c.dialer = func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", host) }
 	default:
 		return nil, fmt.Errorf("server address %q: scheme must be unix or https", server)
 	}
 	c.http = &http.Client{Transport: tr}
 	c.stream = &http.Client{Transport: tr}
 	return c, nil
+}
+
+// tcpDialer is cfg.DialContext, or a net.Dialer with a 10 s connect timeout.
+func tcpDialer(cfg Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if cfg.DialContext != nil {
+		return cfg.DialContext
+	}
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	return d.DialContext
 }
 
 // ReadTokenFile reads a bearer token from a file (the first line, without surrounding

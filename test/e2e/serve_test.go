@@ -302,10 +302,27 @@ func (s *Serve) CLI(stdin string, args ...string) CLIResult {
 
 func runCLI(t *testing.T, server, token, stdin string, args ...string) CLIResult {
 	t.Helper()
+	return runCLIWith(t, nil, []string{"RAKHSH_SERVER=" + server, "RAKHSH_TOKEN=" + token}, stdin, args...)
+}
+
+// runCLIWith runs the CLI binary with env added to the test's environment, behind the
+// command prefix when one is given (e.g. nsenter --net=... to run it in a network namespace).
+func runCLIWith(t *testing.T, prefix, env []string, stdin string, args ...string) CLIResult {
+	t.Helper()
+	r, err := execCLI(rakhshBin(t), prefix, env, stdin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// execCLI runs the CLI binary bin (see runCLIWith); err is set only when it could not run.
+func execCLI(bin string, prefix, env []string, stdin string, args ...string) (CLIResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, rakhshBin(t), args...)
-	cmd.Env = append(os.Environ(), "RAKHSH_SERVER="+server, "RAKHSH_TOKEN="+token)
+	argv := append(append(append([]string{}, prefix...), bin), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if stdin != "" {
@@ -317,10 +334,10 @@ func runCLI(t *testing.T, server, token, stdin string, args ...string) CLIResult
 		if ee, ok := err.(*exec.ExitError); ok {
 			code = ee.ExitCode()
 		} else {
-			t.Fatalf("running rakhsh %v: %v", args, err)
+			return CLIResult{}, fmt.Errorf("running rakhsh %v: %w", args, err)
 		}
 	}
-	return CLIResult{Stdout: out.String(), Stderr: errb.String(), Code: code}
+	return CLIResult{Stdout: out.String(), Stderr: errb.String(), Code: code}, nil
 }
 
 // MustCLI runs the CLI and fails the test on a non-zero exit.

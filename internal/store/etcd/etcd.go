@@ -292,7 +292,11 @@ func (s *Store) rangePrefix(op, prefix string) (string, error) {
 	return s.base + prefix, nil
 }
 
-// call starts a request: it fails fast on a closed store and adds the request timeout.
+// call starts a request: it fails fast on a closed store and adds the request timeout. The
+// request requires a leader: a member that has lost its leader (the cluster lost its quorum)
+// refuses it at once with "no leader", where it would otherwise hold it until the timeout.
+// Reads are retried by the client on another member for a moment (so a lone member without
+// a leader costs a couple of seconds at most); writes fail at once.
 func (s *Store) call(ctx context.Context) (context.Context, context.CancelFunc, error) {
 	if s.closed.Load() {
 		return nil, nil, errClosed
@@ -300,7 +304,7 @@ func (s *Store) call(ctx context.Context) (context.Context, context.CancelFunc, 
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.timeout)
 	return cctx, cancel, nil
 }
 
@@ -322,8 +326,10 @@ func (s *Store) mapErr(ctx context.Context, op, key string, err error) error {
 		return fmt.Errorf("%s: %w: %v", what, errs.ErrTooLarge, err)
 	case ctx.Err() != nil:
 		return fmt.Errorf("%s: %w", what, ctx.Err())
+	case errors.Is(err, rpctypes.ErrNoLeader):
+		return fmt.Errorf("%s: the etcd store is %w: its members have no leader (fewer than a quorum of them are up and reachable): %w", what, errs.ErrUnavailable, err)
 	default:
-		return fmt.Errorf("%s: etcd: %w: %w", what, errs.ErrUnavailable, err)
+		return fmt.Errorf("%s: the etcd store is %w: %w", what, errs.ErrUnavailable, err)
 	}
 }
 

@@ -16,8 +16,9 @@ import (
 	"time"
 )
 
-// Certs are the PEM files of a throwaway PKI: a CA, a server certificate for 127.0.0.1 and a
-// client certificate, both signed by that CA.
+// Certs are the PEM files of a throwaway PKI: a CA, a server certificate for 127.0.0.1 (and
+// any further addresses GenerateCerts was given) and a client certificate, both signed by
+// that CA.
 type Certs struct {
 	CA         string // the CA certificate
 	ServerCert string // server certificate, IP SAN 127.0.0.1 (and usable as a client: etcd dials itself)
@@ -26,9 +27,11 @@ type Certs struct {
 	ClientKey  string
 }
 
-// GenerateCerts writes a new CA, server and client certificate into dir. Two calls give
-// unrelated CAs, so one's certificates are not trusted by the other.
-func GenerateCerts(dir string) (Certs, error) {
+// GenerateCerts writes a new CA, server and client certificate into dir. The server
+// certificate names 127.0.0.1 and every address of serverIPs (for members listening on other
+// addresses, e.g. inside network namespaces). Two calls give unrelated CAs, so one's
+// certificates are not trusted by the other.
+func GenerateCerts(dir string, serverIPs ...net.IP) (Certs, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Certs{}, err
 	}
@@ -87,7 +90,7 @@ func GenerateCerts(dir string) (Certs, error) {
 	}
 	if err := leaf(c.ServerCert, c.ServerKey, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, serverIPs...),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		return Certs{}, fmt.Errorf("server certificate: %w", err)
