@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// clusterStorageVM is a VM of one or two disks, AlwaysOn, optionally pinned by hostname.
+func clusterStorageVM(name, host string, disks ...string) string {
+	m := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: %s}
+spec:
+  runPolicy: AlwaysOn
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+`, name)
+	if host != "" {
+		m += "  nodeSelector: {kubernetes.io/hostname: " + host + "}\n"
+	}
+	m += "  blockDeviceRefs:\n"
+	for _, d := range disks {
+		m += "  - {kind: VirtualDisk, name: " + d + "}\n"
+	}
+	return m
+}
+
+// clusterScheduledFalse waits for the VM's Scheduled condition to be False and returns its
+// message; the VM must stay unbound.
+func clusterScheduledFalse(t *testing.T, s *Serve, name string) string {
+	t.Helper()
+	v := vmWait(t, s, name, time.Minute, "Scheduled=False", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionScheduled)
+		return c != nil && c.Status == v1alpha1.ConditionFalse
+	})
+	if v.Status.NodeName != "" {
+		t.Errorf("VM %s was bound to %s", name, v.Status.NodeName)
+	}
+	return v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionScheduled).Message
+}
+
+// TestClusterStorage, in the three-host cluster: a disk on the default Local class is made
+// on h1 (the control plane's host) and pins its VM there; a VM whose disks are on two nodes,
+// or whose Local disk is on a node its nodeSelector excludes, stays unbound with a Scheduled
+// condition naming each disk's node; a disk on a Shared class over the cluster's shared
+// directory is a linked clone of the class's own copy of the guest image, and its VM pinned
+// to h2 boots on h2 from it.
+func TestClusterStorage(t *testing.T) {
+	c := sharedCluster(t)
+	s := c.Serve(t)
+	img := c.GuestImage(t)
+	h1, h2 := c.Host("h1"), c.Host("h2")
+	t.Cleanup(func() {
+		for _, vm := range []string{"rks-cl-local", "rks-cl-split", "rks-cl-elsewhere", "rks-cl-shared"} {
+			s.CLI("", "delete", "vm", vm, "--ignore-not-found", "--wait")
+		}
+		for _, d := range []string{"rks-cl-l1", "rks-cl-l2", "rks-cl-s1"} {
+			s.CLI("", "delete", "vd", d, "--ignore-not-found", "--wait")
+		}
+		s.CLI("", "delete", "storageclass", "rks-cl-shared", "--ignore-not-found")
+	})
+	disk := func(name, size, class string, fromImage bool) string {
+		m := fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: %s}\nspec:\n  persistentVolumeClaim: {size: %s", name, size)
+		if class != "" {
+			m += ", storageClassName: " + class
+		}
+		m += "}\n"
+		if fromImage {
+			m += "  dataSource:\n    type: ObjectRef\n    objectRef: {kind: ClusterVirtualImage, name: " + img + "}\n"
+		}
+		return m
+	}
+
+	// A Local disk is on h1 and its VM is bound there.
+	s.MustCLI(disk("rks-cl-l1", "1Gi", "", true)+"---\n"+disk("rks-cl-l2", "64Mi", "", false), "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "rks-cl-l1", "--for", "phase=Ready", "--timeout", "2m")
+	s.MustCLI("", "wait", "vd", "rks-cl-l2", "--for", "phase=Ready", "--timeout", "2m")
+	if d := storageDisk(t, s, "rks-cl-l1"); d.Status.StorageClassName != "local" || d.Status.NodeName != "h1" {
+		t.Fatalf("a Local disk: class %q node %q, want local on h1", d.Status.StorageClassName, d.Status.NodeName)
+	}
+	s.MustCLI(clusterStorageVM("rks-cl-local", "", "rks-cl-l1"), "apply", "-f", "-")
+	v := vmWait(t, s, "rks-cl-local", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != "h1" {
+		t.Errorf("the VM of a Local disk on h1 runs on %q", v.Status.NodeName)
+	}
+	s.MustCLI("", "delete", "vm", "rks-cl-local", "--wait")
+
+	// The same disk with a nodeSelector for h2: unbound, and the condition says why.
+	s.MustCLI(clusterStorageVM("rks-cl-elsewhere", "h2", "rks-cl-l1"), "apply", "-f", "-")
+	msg := clusterScheduledFalse(t, s, "rks-cl-elsewhere")
+	for _, want := range []string{`VirtualDisk "rks-cl-l1" (StorageClass "local") is on node h1's local storage`, "node h1 cannot take it (not matching nodeSelector)"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Scheduled message %q lacks %q", msg, want)
+		}
+	}
+	s.MustCLI("", "delete", "vm", "rks-cl-elsewhere", "--wait")
+
+	// Disks on two nodes. Only the control plane's host makes disks for now, so the second
+	// disk is put on h2's local storage by writing its status as an agent there would (the
+	// disk controller leaves a disk of another node alone).
+	if err := s.Client().PatchStatus(ctxT(t), "virtualdisks", "default", "rks-cl-l2", []byte(`{"status":{"nodeName":"h2"}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	s.MustCLI(clusterStorageVM("rks-cl-split", "", "rks-cl-l1", "rks-cl-l2"), "apply", "-f", "-")
+	msg = clusterScheduledFalse(t, s, "rks-cl-split")
+	for _, want := range []string{`VirtualDisk "rks-cl-l1" (StorageClass "local") on node h1`, `VirtualDisk "rks-cl-l2" (StorageClass "local") on node h2`, "different nodes"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Scheduled message %q lacks %q", msg, want)
+		}
+	}
+	if out := s.MustCLI("", "describe", "vm", "rks-cl-split"); !strings.Contains(out, "different nodes") {
+		t.Errorf("rakhsh describe vm does not explain the split disks:\n%s", out)
+	}
+	s.MustCLI("", "delete", "vm", "rks-cl-split", "--wait")
+
+	// A Shared class over the directory every host sees: the VM pinned to h2 boots from it.
+	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rks-cl-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
+		filepath.Join(c.Shared, "rks-storage")), "apply", "-f", "-")
+	s.MustCLI(disk("rks-cl-s1", "1Gi", "rks-cl-shared", true), "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "rks-cl-s1", "--for", "phase=Ready", "--timeout", "2m")
+	sd := storageDisk(t, s, "rks-cl-s1")
+	file := filepath.Join(c.Shared, "rks-storage", "disks", sd.UID+".qcow2")
+	if sd.Status.NodeName != "" || !storageFileThere(file) {
+		t.Fatalf("a Shared disk: node %q, file %s there: %v", sd.Status.NodeName, file, storageFileThere(file))
+	}
+	if b := storageBacking(t, file); !strings.HasPrefix(b, filepath.Join(c.Shared, "rks-storage", "images", "sha256-")) {
+		t.Errorf("the Shared disk's backing file is %q, want the class's image copy", b)
+	}
+	s.MustCLI(clusterStorageVM("rks-cl-shared", "h2", "rks-cl-s1"), "apply", "-f", "-")
+	v = vmWait(t, s, "rks-cl-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != "h2" {
+		t.Fatalf("the Shared disk's VM pinned to h2 runs on %q", v.Status.NodeName)
+	}
+	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	if _, err := os.Stat(filepath.Join(h2.DataDir, "run", "vms", v.UID, "qemu.pid")); err != nil {
+		t.Errorf("h2 runs no QEMU of the VM: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(h1.DataDir, "run", "vms", v.UID)); !os.IsNotExist(err) {
+		t.Errorf("h1 has a run directory of the VM on h2 (stat: %v)", err)
+	}
+}
