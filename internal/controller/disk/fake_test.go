@@ -205,6 +205,34 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 	if d.Status.StorageClassName != "local" || !fileThere(localPath) || fileThere(sharedPath) {
 		t.Errorf("a disk in use moved: class %q", d.Status.StorageClassName)
 	}
+
+	// A VM bound to a node but not running yet (its agent is about to start it) holds the
+	// move too, though the disk does not count it as mounted.
+	_ = fc.Get(ctx, "virtualmachines", "p1", "vm1", vm)
+	vm.Status.Phase, vm.Status.NodeName = v1alpha1.VMPhasePending, "n1"
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm1", vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return len(d.Status.AttachedToVirtualMachines) == 1 && !d.Status.AttachedToVirtualMachines[0].Mounted
+	})
+	time.Sleep(300 * time.Millisecond)
+	if err := fc.Get(ctx, "virtualdisks", "p1", "mover", &d); err != nil {
+		t.Fatal(err)
+	}
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); d.Status.StorageClassName != "local" || c == nil || c.Reason != disk.ReasonMoveWaiting {
+		t.Errorf("a disk of a bound VM: class %q, Migrating %+v", d.Status.StorageClassName, c)
+	}
+	// The VM stops for good: the waiting move goes ahead.
+	_ = fc.Get(ctx, "virtualmachines", "p1", "vm1", vm)
+	vm.Status.Phase, vm.Status.NodeName = v1alpha1.VMPhaseStopped, ""
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm1", vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.StorageClassName == "nfs" && d.Status.Phase == v1alpha1.DiskPhaseReady
+	})
+	checkMarker(t, sharedPath)
 }
 
 // writeMarker writes a pattern of bytes at the start of the disk's guest data.

@@ -2,12 +2,14 @@ package disk
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
@@ -62,6 +64,13 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 		if a.Mounted {
 			return wait(ReasonMoveWaiting, fmt.Sprintf("the move to storage class %q waits for VirtualMachine %q to stop: a disk is moved only while no running VM uses it", want, a.Name), 0)
 		}
+	}
+	// The VMs as stored now, not as the cache last saw them: a VM starting with the disk
+	// stops the move before anything is written.
+	if vm, err := c.runningUser(ctx, d); err != nil {
+		return true, runtime.Result{}, err
+	} else if vm != "" {
+		return wait(ReasonMoveWaiting, fmt.Sprintf("the move to storage class %q waits for VirtualMachine %q to stop: a disk is moved only while no running VM uses it", want, vm), 5*time.Second)
 	}
 	src := c.diskPath(sc, d.UID)
 	dst := c.diskPath(target, d.UID)
@@ -118,7 +127,14 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 		_ = os.Remove(dst)
 		return true, runtime.Result{}, err
 	}
-	if err := os.Remove(src); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// A VM that started from the old file in spite of the checks (it read the disk Ready just
+	// before the move began) holds QEMU's image lock on it: then the old file is kept, not
+	// removed from under the VM.
+	if _, err := storage.Info(ctx, src, "qcow2"); storage.IsLocked(err) {
+		log.Warn("the disk's old file is open in a QEMU: it is kept", "path", src)
+		c.rec.Event(ctx, "VirtualDisk", d, "Warning", "OldFileInUse", fmt.Sprintf(
+			"the disk moved to storage class %q, but a QEMU still had its old file %s open: the old file is kept; stop that VM and remove the file", want, src))
+	} else if err := os.Remove(src); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("removing the disk's old file after the move", "path", src, "err", err)
 	}
 	log.Info("disk moved", "took", took)
@@ -140,4 +156,38 @@ func (c *Controller) copyVerified(ctx context.Context, src, dst string) error {
 		return fmt.Errorf("checking the copy: %w", err)
 	}
 	return nil
+}
+
+// runningUser returns a VM of the disk's project, read from the API, that lists the disk and
+// whose QEMU may have it open or is about to (bound to a node, or in a running phase); "" if
+// none.
+func (c *Controller) runningUser(ctx context.Context, d *v1alpha1.VirtualDisk) (string, error) {
+	l, err := c.c.List(ctx, "virtualmachines", d.Namespace, client.ListOptions{})
+	if err != nil {
+		return "", fmt.Errorf("listing the VMs of project %s: %w", d.Namespace, err)
+	}
+	for _, raw := range l.Items {
+		var vm v1alpha1.VirtualMachine
+		if err := json.Unmarshal(raw, &vm); err != nil {
+			return "", err
+		}
+		uses := false
+		for _, b := range vm.Spec.BlockDeviceRefs {
+			uses = uses || (b.Kind == v1alpha1.BlockDeviceKindVirtualDisk && b.Name == d.Name)
+		}
+		if !uses {
+			continue
+		}
+		switch vm.Status.Phase {
+		case v1alpha1.VMPhaseStarting, v1alpha1.VMPhaseRunning, v1alpha1.VMPhasePause, v1alpha1.VMPhaseStopping,
+			v1alpha1.VMPhaseMigrating, v1alpha1.VMPhaseDegraded:
+			return vm.Name, nil
+		case v1alpha1.VMPhaseStopped:
+		default:
+			if vm.Status.NodeName != "" {
+				return vm.Name, nil // bound: its agent is about to start it
+			}
+		}
+	}
+	return "", nil
 }
