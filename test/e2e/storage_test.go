@@ -152,6 +152,8 @@ spec:
 	if want := "virtualdisk/rks-root moved from storage class local to rks-shared\n"; out != want {
 		t.Errorf("rakhsh disk move printed %q, want %q", out, want)
 	}
+	// The old file goes just after the status names the new class.
+	waitFor(t, "the old file to go", func() bool { return !storageFileThere(localFile) })
 	d = storageDisk(t, s, "rks-root")
 	if d.Status.StorageClassName != "rks-shared" || d.Status.NodeName != "" || storageFileThere(localFile) || !storageFileThere(sharedFile) {
 		t.Fatalf("after the move to Shared: class %q node %q, local file %v, shared file %v", d.Status.StorageClassName, d.Status.NodeName,
@@ -162,6 +164,7 @@ spec:
 	started = time.Now()
 	s.MustCLI("", "disk", "move", "rks-root", "--storage-class", "local", "--timeout", "5m")
 	t.Logf("move back to Local took %s", time.Since(started).Round(time.Millisecond))
+	waitFor(t, "the old file to go", func() bool { return !storageFileThere(sharedFile) })
 	d = storageDisk(t, s, "rks-root")
 	if d.Status.StorageClassName != "local" || d.Status.NodeName != node || !storageFileThere(localFile) || storageFileThere(sharedFile) {
 		t.Fatalf("after the move back: class %q node %q, local file %v, shared file %v", d.Status.StorageClassName, d.Status.NodeName,

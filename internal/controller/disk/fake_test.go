@@ -165,6 +165,7 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 		})
 	}
 	move("nfs")
+	waitFileGone(t, localPath)
 	if fileThere(localPath) || !fileThere(sharedPath) || d.Status.NodeName != "" {
 		t.Fatalf("after the move to nfs: local file %v, shared file %v, node %q", fileThere(localPath), fileThere(sharedPath), d.Status.NodeName)
 	}
@@ -173,6 +174,7 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 	}
 	checkMarker(t, sharedPath)
 	move("local")
+	waitFileGone(t, sharedPath)
 	if !fileThere(localPath) || fileThere(sharedPath) || d.Status.NodeName != "n1" {
 		t.Fatalf("after the move back: local file %v, shared file %v, node %q", fileThere(localPath), fileThere(sharedPath), d.Status.NodeName)
 	}
@@ -250,5 +252,14 @@ func checkMarker(t *testing.T, path string) {
 	out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 0 64k", path).CombinedOutput()
 	if err != nil || strings.Contains(string(out), "failed") {
 		t.Fatalf("the moved disk lost its data: %v: %s", err, out)
+	}
+}
+
+// waitFileGone waits for the old file of a move to go: it is removed just after the disk's status
+// names the new class.
+func waitFileGone(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); fileThere(path) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
 	}
 }
