@@ -101,19 +101,25 @@ func (a *Agent) diskFile(ctx context.Context, vd *v1alpha1.VirtualDisk) (path, c
 			return "", "", fmt.Errorf("reading its StorageClass %q: %w", name, err)
 		}
 	}
+	return diskHome(vd, sc, a.cfg.DataDir, a.cfg.NodeName)
+}
+
+// diskHome is where the disk vd of class sc (nil: the default pool) lives on the node
+// named node with data dir dataDir; see diskFile.
+func diskHome(vd *v1alpha1.VirtualDisk, sc *v1alpha1.StorageClass, dataDir, node string) (path, classDir string, err error) {
 	local := sc == nil || sc.Spec.Type == v1alpha1.StorageClassTypeLocal
-	if local && vd.Status.NodeName != "" && vd.Status.NodeName != a.cfg.NodeName {
+	if local && vd.Status.NodeName != "" && vd.Status.NodeName != node {
 		return "", "", fmt.Errorf("it is on node %s's local storage (StorageClass %q), not on this node %s: a VM using it runs only on %s, or move the disk to a Shared class while the VM is stopped",
-			vd.Status.NodeName, vd.Status.StorageClassName, a.cfg.NodeName, vd.Status.NodeName)
+			vd.Status.NodeName, vd.Status.StorageClassName, node, vd.Status.NodeName)
 	}
 	if sc != nil && sc.Spec.Type != v1alpha1.StorageClassTypeLocal && sc.Spec.Type != v1alpha1.StorageClassTypeShared {
 		return "", "", fmt.Errorf("its StorageClass %q has type %q, which this agent does not support", sc.Name, sc.Spec.Type)
 	}
-	dir := storage.ClassDir(a.cfg.DataDir, sc)
-	if dir == storage.PoolDir(a.cfg.DataDir, storage.DefaultPool) {
+	dir := storage.ClassDir(dataDir, sc)
+	if dir == storage.PoolDir(dataDir, storage.DefaultPool) {
 		dir = ""
 	}
-	return storage.ClassDiskPath(a.cfg.DataDir, sc, vd.UID), dir, nil
+	return storage.ClassDiskPath(dataDir, sc, vd.UID), dir, nil
 }
 
 // resolveImage fills d with the (Cluster)VirtualImage name: its file in this host's image
