@@ -1,7 +1,12 @@
 package disk
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/runtime"
@@ -78,4 +83,51 @@ func (c *Controller) disksUsingClass(key runtime.Key) []runtime.Key {
 		}
 	}
 	return out
+}
+
+// cloneOnShared makes the disk at path a linked clone over the Shared class's own copy of
+// the image src, copying the image into the class first if no disk there has it yet.
+func (c *Controller) cloneOnShared(ctx context.Context, sc *v1alpha1.StorageClass, src *source, path string, size int64) error {
+	c.sharedMu.Lock()
+	defer c.sharedMu.Unlock()
+	backing := storage.SharedImagePath(storage.ClassDir(c.cfg.DataDir, sc), src.sha256)
+	if err := storage.CopyContent(ctx, src.path, backing, src.sha256); err != nil {
+		return fmt.Errorf("copying the image into the storage class %q: %w", sc.Name, err)
+	}
+	return storage.CreateLinkedClone(ctx, path, backing, storage.DriveFormat(src.format), size)
+}
+
+// releaseSharedImage removes the image copy img of the class directory dir when no disk
+// there is a clone of it any more. A disk whose chain cannot be read keeps every copy.
+func (c *Controller) releaseSharedImage(dir, img string) {
+	if filepath.Dir(img) != filepath.Join(dir, "images") || !strings.HasPrefix(filepath.Base(img), "sha256-") {
+		return
+	}
+	c.sharedMu.Lock()
+	defer c.sharedMu.Unlock()
+	ents, err := os.ReadDir(filepath.Join(dir, "disks"))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if !e.Type().IsRegular() || strings.HasPrefix(name, storage.TempPrefix) || !strings.HasSuffix(name, ".qcow2") {
+			continue
+		}
+		chain, err := storage.CheckChain(filepath.Join(dir, "disks", name), "qcow2")
+		if err != nil {
+			c.log.Warn("reading a Shared disk's backing chain; its class's image copies are kept", "disk", name, "err", err)
+			return
+		}
+		for _, l := range chain[1:] {
+			if l.Path == img {
+				return
+			}
+		}
+	}
+	if err := os.Remove(img); err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.log.Warn("removing an unused image copy", "path", img, "err", err)
+		return
+	}
+	c.log.Info("removed an image copy no disk uses", "path", img)
 }

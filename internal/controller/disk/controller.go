@@ -120,6 +120,10 @@ type Controller struct {
 	classes    *runtime.TypedInformer[v1alpha1.StorageClass]
 	jobs       *runtime.Jobs // background uploads, by disk uid
 
+	// sharedMu serialises linked clones over a Shared class's image copies with the removal
+	// of copies no disk is a clone of any more.
+	sharedMu sync.Mutex
+
 	mu        sync.Mutex
 	noSpaceAt map[string]time.Time // when a disk last failed for lack of space, by uid
 }
@@ -447,15 +451,11 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		// file must be one every node reads at the same path: the class's own copy of the
 		// image, named by its content (made once per content).
 		mode = "linked clone"
-		backing := src.path
-		if !isLocal(sc) {
-			backing = storage.SharedImagePath(storage.ClassDir(c.cfg.DataDir, sc), src.sha256)
-			if err = storage.CopyContent(ctx, src.path, backing, src.sha256); err != nil {
-				err = fmt.Errorf("copying the image into the storage class %q: %w", sc.Name, err)
-				break
-			}
+		if isLocal(sc) {
+			err = storage.CreateLinkedClone(ctx, path, src.path, storage.DriveFormat(src.format), size)
+		} else {
+			err = c.cloneOnShared(ctx, sc, src, path, size)
 		}
-		err = storage.CreateLinkedClone(ctx, path, backing, storage.DriveFormat(src.format), size)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -577,6 +577,12 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 	}
 	sc := c.homeClass(d)
 	path := c.diskPath(sc, d.UID)
+	var sharedBacking string
+	if !isLocal(sc) {
+		if chain, err := storage.CheckChain(path, "qcow2"); err == nil && len(chain) > 1 {
+			sharedBacking = chain[1].Path
+		}
+	}
 	if d.Status.StorageClassName != "" && isLocal(sc) && d.Status.NodeName != "" && d.Status.NodeName != c.cfg.NodeName {
 		// The file is in another node's pool, which this host cannot reach.
 		c.rec.Event(ctx, "VirtualDisk", d, "Warning", "FileLeftOnNode", fmt.Sprintf(
@@ -586,6 +592,9 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 			return runtime.Result{}, fmt.Errorf("removing %s: %w", path, err)
 		}
 		storage.CleanTempFor(path)
+		if sharedBacking != "" {
+			c.releaseSharedImage(storage.ClassDir(c.cfg.DataDir, sc), sharedBacking)
+		}
 	}
 	rest := slices.DeleteFunc(slices.Clone(d.Finalizers), func(f string) bool { return f == Finalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": d.ResourceVersion}})

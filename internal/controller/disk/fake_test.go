@@ -2,6 +2,8 @@ package disk_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -261,5 +263,74 @@ func waitFileGone(t *testing.T, path string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); fileThere(path) && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSharedImageCopies: disks made from an image on a Shared class are linked clones of one
+// copy of the image in the class (named by its content), which goes with the last of them.
+func TestSharedImageCopies(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "prlimit")
+	fc := fake.New()
+	dataDir, sharedDir := t.TempDir(), t.TempDir()
+	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	f.Start(ctx)
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	mkClass(t, fc, "nfs", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeShared, Shared: &v1alpha1.StorageClassShared{Path: sharedDir}})
+
+	img := &v1alpha1.ClusterVirtualImage{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "ClusterVirtualImage"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "base"},
+		Spec:       v1alpha1.ClusterVirtualImageSpec{DataSource: v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeHTTP, HTTP: &v1alpha1.DataSourceHTTP{URL: "http://example.invalid/x"}}}}
+	if err := fc.Create(ctx, "clustervirtualimages", "", img, img); err != nil {
+		t.Fatal(err)
+	}
+	file := storage.ImagePath(dataDir, img.UID)
+	if err := storage.CreateBlank(ctx, file, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	sha := hex.EncodeToString(sum[:])
+	img.Status = v1alpha1.ImageStatus{Phase: v1alpha1.ImagePhaseReady, Format: "qcow2", SHA256: sha,
+		Size: &v1alpha1.ImageSize{UnpackedBytes: 8 << 20, StoredBytes: int64(len(b))}}
+	if err := fc.UpdateStatus(ctx, "clustervirtualimages", "", "base", img, nil); err != nil {
+		t.Fatal(err)
+	}
+	copyPath := storage.SharedImagePath(sharedDir, sha)
+	var d v1alpha1.VirtualDisk
+	for _, name := range []string{"a", "b"} {
+		vd := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
+			ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec: v1alpha1.VirtualDiskSpec{DataSource: &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,
+				ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceKindClusterVirtualImage, Name: "base"}}, CloneMode: v1alpha1.CloneModeLinked}}
+		if err := fc.Create(ctx, "virtualdisks", "p1", vd, nil); err != nil {
+			t.Fatal(err)
+		}
+		fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", name, &d, func() bool { return d.Status.Phase == v1alpha1.DiskPhaseReady })
+		chain, err := storage.CheckChain(filepath.Join(sharedDir, "disks", d.UID+".qcow2"), "qcow2")
+		if err != nil || len(chain) != 2 || chain[1].Path != copyPath {
+			t.Fatalf("disk %s: chain %v, %v; want a clone of %s", name, chain, err, copyPath)
+		}
+	}
+	if err := fc.Delete(ctx, "virtualdisks", "p1", "a"); err != nil {
+		t.Fatal(err)
+	}
+	waitDiskGone(t, fc, "a")
+	if !fileThere(copyPath) {
+		t.Fatal("the image copy went while disk b is still a clone of it")
+	}
+	if err := fc.Delete(ctx, "virtualdisks", "p1", "b"); err != nil {
+		t.Fatal(err)
+	}
+	waitDiskGone(t, fc, "b")
+	if fileThere(copyPath) {
+		t.Error("the image copy stayed after its last disk went")
 	}
 }
