@@ -95,8 +95,10 @@ func (a *Agent) diskFile(ctx context.Context, vd *v1alpha1.VirtualDisk) (path, c
 		switch err := a.c.Get(ctx, "storageclasses", "", name, &got); {
 		case err == nil:
 			sc = &got
-		case client.IsNotFound(err):
+		case client.IsNotFound(err) && name == storage.DefaultPool:
 			// A disk made before storage classes ("default"): the default pool.
+		case client.IsNotFound(err):
+			return "", "", fmt.Errorf("its StorageClass %q does not exist, so its file cannot be found", name)
 		default:
 			return "", "", fmt.Errorf("reading its StorageClass %q: %w", name, err)
 		}

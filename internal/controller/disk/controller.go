@@ -307,6 +307,13 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 				st.StorageClassName, st.NodeName = def.Name, c.cfg.NodeName
 			}
 		}
+		if sc == nil && st.StorageClassName != storage.DefaultPool {
+			// The class it lives in is gone (deleted in a race with the disk's creation: a
+			// class in use cannot be deleted). Its file cannot be found: the disk is left as it
+			// is, never marked lost, until a class of that name exists again.
+			c.log.Warn("the disk's storage class does not exist", "disk", key, "class", st.StorageClassName)
+			return runtime.Result{RequeueAfter: time.Minute}, nil
+		}
 		if isLocal(sc) && st.NodeName == "" {
 			st.NodeName = c.cfg.NodeName
 		}
