@@ -28,10 +28,22 @@ func (c *Controller) defaultClass() *v1alpha1.StorageClass {
 	return out
 }
 
+// specClass is the class name a disk's spec asks for. "default", the name of the one pool
+// before storage classes, means the default class while no class has that name.
+func (c *Controller) specClass(d *v1alpha1.VirtualDisk) string {
+	name := d.Spec.PersistentVolumeClaim.StorageClassName
+	if name == storage.DefaultPool {
+		if _, ok := c.classes.Get(runtime.NewKey("", name)); !ok {
+			return ""
+		}
+	}
+	return name
+}
+
 // targetClass returns the class a disk is to be made in (the one its spec names, else the
 // default), or the reason and message it waits with.
 func (c *Controller) targetClass(d *v1alpha1.VirtualDisk) (*v1alpha1.StorageClass, string, string) {
-	name := d.Spec.PersistentVolumeClaim.StorageClassName
+	name := c.specClass(d)
 	if name == "" {
 		if sc := c.defaultClass(); sc != nil {
 			return sc, "", ""

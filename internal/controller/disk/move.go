@@ -33,7 +33,7 @@ const (
 // the old file. A move that fails leaves the disk where it was, Ready, with condition
 // Migrating=False saying why; it is tried again when the spec changes.
 func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, sc *v1alpha1.StorageClass) (bool, runtime.Result, error) {
-	want := d.Spec.PersistentVolumeClaim.StorageClassName
+	want := c.specClass(d)
 	cond := v1alpha1.FindCondition(st.Conditions, v1alpha1.DiskConditionMigrating)
 	if want == "" || want == st.StorageClassName || (st.Phase != v1alpha1.DiskPhaseReady && st.Phase != v1alpha1.DiskPhaseMigrating) {
 		if st.Phase == v1alpha1.DiskPhaseMigrating {
