@@ -317,6 +317,10 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		if isLocal(sc) && st.NodeName == "" {
 			st.NodeName = c.cfg.NodeName
 		}
+		if st.StorageClassName != d.Status.StorageClassName || st.NodeName != d.Status.NodeName {
+			// Written at once: the paths below may write nothing (a Ready disk).
+			return runtime.Result{}, c.writeStatus(ctx, &d, st)
+		}
 	}
 	if isLocal(sc) && st.NodeName != c.cfg.NodeName {
 		// Its file is on another node's pool, which this host cannot see.

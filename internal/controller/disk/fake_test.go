@@ -334,3 +334,46 @@ func TestSharedImageCopies(t *testing.T) {
 		t.Error("the image copy stayed after its last disk went")
 	}
 }
+
+// TestDiskFromBeforeClasses: a Ready disk made before storage classes (status
+// storageClassName "default", its file in the default pool, its spec naming "default") joins
+// the default Local class in place: the same file, its node set, no move.
+func TestDiskFromBeforeClasses(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "prlimit")
+	fc := fake.New()
+	dataDir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mkClass(t, fc, "local", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
+	vd := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "old", Namespace: "p1", Finalizers: []string{disk.Finalizer}},
+		Spec:       v1alpha1.VirtualDiskSpec{PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: "16Mi", StorageClassName: "default"}}}
+	if err := fc.Create(ctx, "virtualdisks", "p1", vd, vd); err != nil {
+		t.Fatal(err)
+	}
+	path := storage.DiskPath(dataDir, storage.DefaultPool, vd.UID)
+	if err := storage.CreateBlank(ctx, path, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	vd.Status = v1alpha1.VirtualDiskStatus{Phase: v1alpha1.DiskPhaseReady, Capacity: "16Mi", Format: "qcow2", StorageClassName: "default", ObservedGeneration: vd.Generation}
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "old", vd, nil); err != nil {
+		t.Fatal(err)
+	}
+	f := runtime.NewFactory(fc, log)
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	done := make(chan struct{})
+	f.Start(ctx)
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	var d v1alpha1.VirtualDisk
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "old", &d, func() bool { return d.Status.StorageClassName == "local" })
+	time.Sleep(200 * time.Millisecond)
+	if err := fc.Get(ctx, "virtualdisks", "p1", "old", &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Status.Phase != v1alpha1.DiskPhaseReady || d.Status.NodeName != "n1" || !fileThere(path) ||
+		v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating) != nil {
+		t.Errorf("the old disk: phase %s node %q file %v conditions %+v", d.Status.Phase, d.Status.NodeName, fileThere(path), d.Status.Conditions)
+	}
+}
