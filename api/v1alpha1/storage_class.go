@@ -66,3 +66,18 @@ type StorageClassStatus struct {
 func IsDefaultStorageClass(sc *StorageClass) bool {
 	return sc.Annotations[AnnotationDefaultStorageClass] == "true"
 }
+
+// AnnotationStorageNode on a VirtualDisk names the node a move into a Local class puts the
+// disk on (default: the node it is on, or for a disk on Shared storage the control plane's
+// node). `rakhsh disk move --node` sets it.
+const AnnotationStorageNode = "virtualization.rakhsh.io/storage-node"
+
+// Reasons of a VirtualDisk's Migrating condition (a move between storage classes) that both
+// the disk controller and the node agents write.
+const (
+	// DiskReasonMovingOnNode: the control plane cannot see both ends of the move; the agent
+	// of the node in status.nodeName copies the disk.
+	DiskReasonMovingOnNode = "MovingOnNode"
+	DiskReasonMoved        = "Moved"
+	DiskReasonMoveFailed   = "MoveFailed"
+)

@@ -26,20 +26,22 @@ func newDiskCommand(cc *cliContext) *cobra.Command {
 
 // Reasons of a disk's Migrating condition that end a move without moving (the disk
 // controller's).
-var moveStopReasons = map[string]bool{"MoveFailed": true, "WaitingForVMToStop": true, "StorageClassNotFound": true, "MoveNotSupported": true}
+var moveStopReasons = map[string]bool{v1alpha1.DiskReasonMoveFailed: true, "WaitingForVMToStop": true, "StorageClassNotFound": true, "MoveNotSupported": true}
 
 func newDiskMoveCommand(cc *cliContext) *cobra.Command {
-	var class string
+	var class, node string
 	var noWait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "move NAME --storage-class CLASS",
+		Use:   "move NAME --storage-class CLASS [--node NODE]",
 		Short: "Move a disk to another storage class while no running VM uses it",
 		Long: `Move a VirtualDisk into another StorageClass: the disk controller copies its file there,
 checks the copy, switches the disk to it and only then removes the old file. A disk is moved
 only while no running VM uses it: stop the VM first. The move is declarative: this command
-sets spec.persistentVolumeClaim.storageClassName (as 'rakhsh patch' could) and waits for the
-disk to arrive. A move that fails leaves the disk where it was. See docs/storage.md.`,
+sets spec.persistentVolumeClaim.storageClassName (and, with --node, the annotation
+virtualization.rakhsh.io/storage-node) and waits for the disk to arrive. A move between
+Shared storage and another node's Local storage is done by that node's agent. A move that
+fails leaves the disk where it was. See docs/storage.md.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if class == "" {
@@ -55,9 +57,13 @@ disk to arrive. A move that fails leaves the disk where it was. See docs/storage
 			if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
 				return err
 			}
-			if d.Status.StorageClassName == class {
+			if d.Status.StorageClassName == class && (node == "" || node == d.Status.NodeName) {
 				fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s is already in storage class %s\n", name, class)
 				return nil
+			}
+			if d.Status.StorageClassName == class {
+				return fmt.Errorf("VirtualDisk %q is in storage class %s on node %s: moving a disk from one node's local storage to another's is not supported yet; move it to a Shared class first, then to %s with --node %s",
+					name, class, d.Status.NodeName, class, node)
 			}
 			if d.Status.Phase != v1alpha1.DiskPhaseReady {
 				return fmt.Errorf("VirtualDisk %q is %s: only a Ready disk can be moved", name, orPending(string(d.Status.Phase)))
@@ -67,14 +73,29 @@ disk to arrive. A move that fails leaves the disk where it was. See docs/storage
 					return fmt.Errorf("VirtualDisk %q is used by the running VirtualMachine %q: stop it first (rakhsh vm stop %s), then move the disk", name, a.Name, a.Name)
 				}
 			}
-			if err := c.Get(ctx, "storageclasses", "", class, nil); err != nil {
+			var sc v1alpha1.StorageClass
+			if err := c.Get(ctx, "storageclasses", "", class, &sc); err != nil {
 				if client.IsNotFound(err) {
 					return fmt.Errorf("StorageClass %q does not exist (see rakhsh get storageclasses)", class)
 				}
 				return err
 			}
+			// Without --node, a node named by an earlier move is forgotten.
+			meta := map[string]any{"resourceVersion": d.ResourceVersion, "annotations": map[string]any{v1alpha1.AnnotationStorageNode: nil}}
+			if node != "" {
+				if sc.Spec.Type != v1alpha1.StorageClassTypeLocal {
+					return usageErrorf("--node is only for a Local class: a disk on %s storage class %s runs on any node", sc.Spec.Type, class)
+				}
+				if err := c.Get(ctx, "nodes", "", node, nil); err != nil {
+					if client.IsNotFound(err) {
+						return fmt.Errorf("node %q does not exist (see rakhsh get nodes)", node)
+					}
+					return err
+				}
+				meta["annotations"] = map[string]any{v1alpha1.AnnotationStorageNode: node}
+			}
 			patch, _ := json.Marshal(map[string]any{
-				"metadata": map[string]any{"resourceVersion": d.ResourceVersion},
+				"metadata": meta,
 				"spec":     map[string]any{"persistentVolumeClaim": map[string]any{"storageClassName": class}}})
 			var out v1alpha1.VirtualDisk
 			if err := c.Patch(ctx, "virtualdisks", ns, name, patch, &out); err != nil {
@@ -91,7 +112,7 @@ disk to arrive. A move that fails leaves the disk where it was. See docs/storage
 				if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
 					return err
 				}
-				if d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseReady {
+				if d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseReady && (node == "" || d.Status.NodeName == node) {
 					where := ""
 					if d.Status.NodeName != "" {
 						where = " on node " + d.Status.NodeName
@@ -117,6 +138,7 @@ disk to arrive. A move that fails leaves the disk where it was. See docs/storage
 	}
 	f := cmd.Flags()
 	f.StringVar(&class, "storage-class", "", "the StorageClass to move the disk to (required)")
+	f.StringVar(&node, "node", "", "for a Local class: the node whose local storage takes the disk (default: the node it is on, or the control plane's for a disk on Shared storage)")
 	f.BoolVar(&noWait, "no-wait", false, "return once the move is asked for, without waiting for it")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "how long to wait for the move")
 	return cmd

@@ -51,7 +51,8 @@ func clusterScheduledFalse(t *testing.T, s *Serve, name string) string {
 // or whose Local disk is on a node its nodeSelector excludes, stays unbound with a Scheduled
 // condition naming each disk's node; a disk on a Shared class over the cluster's shared
 // directory is a linked clone of the class's own copy of the guest image, and its VM pinned
-// to h2 boots on h2 from it.
+// to h2 boots on h2 from it; the disk moves to h2's Local storage and back (by h2's agent),
+// and its VM, pinned by the disk, boots on h2 in between.
 func TestClusterStorage(t *testing.T) {
 	c := sharedCluster(t)
 	s := c.Serve(t)
@@ -144,5 +145,34 @@ func TestClusterStorage(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(h1.DataDir, "run", "vms", v.UID)); !os.IsNotExist(err) {
 		t.Errorf("h1 has a run directory of the VM on h2 (stat: %v)", err)
+	}
+
+	// Shared -> h2's Local storage, done by h2's agent (the control plane cannot reach h2's
+	// pool); the VM, now without a node selector, is pinned to h2 by its disk and boots.
+	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")
+	onH2 := filepath.Join(h2.DataDir, "pools", "default", "disks", sd.UID+".qcow2")
+	out := s.MustCLI("", "disk", "move", "rks-cl-s1", "--storage-class", "local", "--node", "h2", "--timeout", "3m")
+	if !strings.Contains(out, "moved from storage class rks-cl-shared to local on node h2") {
+		t.Errorf("rakhsh disk move --node h2 printed %q", out)
+	}
+	waitFor(t, "the Shared file to go after the move to h2", func() bool { return !storageFileThere(file) })
+	sd = storageDisk(t, s, "rks-cl-s1")
+	if sd.Status.StorageClassName != "local" || sd.Status.NodeName != "h2" || !storageFileThere(onH2) {
+		t.Fatalf("after the move to h2: class %q node %q, file on h2 %v", sd.Status.StorageClassName, sd.Status.NodeName, storageFileThere(onH2))
+	}
+	s.MustCLI(clusterStorageVM("rks-cl-shared", "", "rks-cl-s1"), "apply", "-f", "-")
+	v = vmWait(t, s, "rks-cl-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != "h2" {
+		t.Fatalf("the VM of a disk on h2's local storage runs on %q", v.Status.NodeName)
+	}
+	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")
+
+	// And back to Shared, again by h2's agent.
+	s.MustCLI("", "disk", "move", "rks-cl-s1", "--storage-class", "rks-cl-shared", "--timeout", "3m")
+	waitFor(t, "h2's file to go after the move back", func() bool { return !storageFileThere(onH2) })
+	sd = storageDisk(t, s, "rks-cl-s1")
+	if sd.Status.StorageClassName != "rks-cl-shared" || sd.Status.NodeName != "" || !storageFileThere(file) {
+		t.Fatalf("after the move back to Shared: class %q node %q, shared file %v", sd.Status.StorageClassName, sd.Status.NodeName, storageFileThere(file))
 	}
 }

@@ -322,13 +322,13 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 			return runtime.Result{}, c.writeStatus(ctx, &d, st)
 		}
 	}
+	if done, res, err := c.reconcileMove(ctx, &d, st, sc); done {
+		return res, err
+	}
 	if isLocal(sc) && st.NodeName != c.cfg.NodeName {
 		// Its file is on another node's pool, which this host cannot see.
 		c.log.Debug("the disk is on another node", "disk", key, "node", st.NodeName)
 		return runtime.Result{}, nil
-	}
-	if done, res, err := c.reconcileMove(ctx, &d, st, sc); done {
-		return res, err
 	}
 	path := c.diskPath(sc, d.UID)
 	exists := fileExists(path)

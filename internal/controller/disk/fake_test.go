@@ -237,6 +237,48 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 		return d.Status.StorageClassName == "nfs" && d.Status.Phase == v1alpha1.DiskPhaseReady
 	})
 	checkMarker(t, sharedPath)
+
+	// Shared -> Local on another node: the controller cannot reach that node's storage and
+	// hands the move to its agent (status.nodeName names it, so that it may write the status).
+	if err := fc.Add(&v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
+	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n2"}
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
+		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && c != nil && c.Reason == disk.ReasonMovingOnNode
+	})
+	if d.Status.NodeName != "n2" || d.Status.StorageClassName != "nfs" || !fileThere(sharedPath) {
+		t.Errorf("handed to n2's agent: node %q class %q, shared file %v", d.Status.NodeName, d.Status.StorageClassName, fileThere(sharedPath))
+	}
+	// The agent's part, as n2's agent writes it; then a move from n2's local storage to n1's
+	// is refused as not supported yet.
+	d.Status.Phase, d.Status.StorageClassName = v1alpha1.DiskPhaseReady, "local"
+	v1alpha1.SetCondition(&d.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse,
+		Reason: disk.ReasonMoved, ObservedGeneration: d.Generation})
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	mkClass(t, fc, "fast", false, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal, Local: &v1alpha1.StorageClassLocal{Path: t.TempDir()}})
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "fast"
+	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n1"}
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
+		return c != nil && c.Reason == disk.ReasonMoveUnsupported
+	})
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); !strings.Contains(c.Message, "from node n2's local storage to node n1's is not supported yet") ||
+		d.Status.NodeName != "n2" || d.Status.StorageClassName != "local" {
+		t.Errorf("a node-to-node move: %q, node %q class %q", c.Message, d.Status.NodeName, d.Status.StorageClassName)
+	}
 }
 
 // writeMarker writes a pattern of bytes at the start of the disk's guest data.

@@ -17,10 +17,11 @@ import (
 // Reasons of the Migrating condition (a move between storage classes).
 const (
 	ReasonMoving          = "Moving"
-	ReasonMoved           = "Moved"
+	ReasonMoved           = v1alpha1.DiskReasonMoved
 	ReasonMoveWaiting     = "WaitingForVMToStop"
-	ReasonMoveFailed      = "MoveFailed"
+	ReasonMoveFailed      = v1alpha1.DiskReasonMoveFailed
 	ReasonMoveUnsupported = "MoveNotSupported"
+	ReasonMovingOnNode    = v1alpha1.DiskReasonMovingOnNode
 )
 
 // reconcileMove moves a Ready disk into the storage class its spec now names, when that
@@ -35,6 +36,9 @@ const (
 func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, sc *v1alpha1.StorageClass) (bool, runtime.Result, error) {
 	want := c.specClass(d)
 	cond := v1alpha1.FindCondition(st.Conditions, v1alpha1.DiskConditionMigrating)
+	if st.Phase == v1alpha1.DiskPhaseMigrating && cond != nil && cond.Status == v1alpha1.ConditionTrue && cond.Reason == ReasonMovingOnNode {
+		return true, runtime.Result{}, nil // a node's agent moves the disk and writes its status
+	}
 	if want == "" || want == st.StorageClassName || (st.Phase != v1alpha1.DiskPhaseReady && st.Phase != v1alpha1.DiskPhaseMigrating) {
 		if st.Phase == v1alpha1.DiskPhaseMigrating {
 			// A move cut short (a restart mid-copy, or the spec changed back): the disk is
@@ -72,16 +76,41 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	} else if vm != "" {
 		return wait(ReasonMoveWaiting, fmt.Sprintf("the move to storage class %q waits for VirtualMachine %q to stop: a disk is moved only while no running VM uses it", want, vm), 5*time.Second)
 	}
+	// Who can see both ends: this controller sees its own node's Local storage and Shared
+	// storage; a node's agent sees that node's Local storage and Shared storage.
+	srcNode, dstNode := "", ""
+	if isLocal(sc) {
+		srcNode = st.NodeName
+	}
+	if isLocal(target) {
+		dstNode = d.Annotations[v1alpha1.AnnotationStorageNode]
+		if dstNode == "" {
+			dstNode = srcNode
+		}
+		if dstNode == "" {
+			dstNode = c.cfg.NodeName
+		}
+	}
+	switch {
+	case (srcNode == "" || srcNode == c.cfg.NodeName) && (dstNode == "" || dstNode == c.cfg.NodeName):
+		// This controller copies.
+	case srcNode != "" && dstNode != "" && srcNode != dstNode:
+		return wait(ReasonMoveUnsupported, fmt.Sprintf("moving a disk from node %s's local storage to node %s's is not supported yet: move it to a Shared storage class first, then to storage class %q on node %s",
+			srcNode, dstNode, want, dstNode), 0)
+	default:
+		node := srcNode
+		if node == "" {
+			node = dstNode
+		}
+		return c.delegateMove(ctx, d, st, from, want, node)
+	}
 	src := c.diskPath(sc, d.UID)
 	dst := c.diskPath(target, d.UID)
 	if src == dst {
 		// Two classes over one directory (e.g. Local without a path and a Local class
 		// naming the default pool): only the status changes.
 		st.StorageClassName = target.Name
-		st.NodeName = ""
-		if isLocal(target) {
-			st.NodeName = c.cfg.NodeName
-		}
+		st.NodeName = dstNode
 		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoved, fmt.Sprintf("moved from storage class %q to %q (the same directory)", from, want))
 		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
 	}
@@ -114,10 +143,7 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	st.Phase = v1alpha1.DiskPhaseReady
 	st.Progress = "100%"
 	st.StorageClassName = target.Name
-	st.NodeName = ""
-	if isLocal(target) {
-		st.NodeName = c.cfg.NodeName
-	}
+	st.NodeName = dstNode
 	took := time.Since(started).Round(time.Millisecond)
 	msg := fmt.Sprintf("moved from storage class %q to %q in %s", from, want, took)
 	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoved, msg)
@@ -190,4 +216,28 @@ func (c *Controller) runningUser(ctx context.Context, d *v1alpha1.VirtualDisk) (
 		}
 	}
 	return "", nil
+}
+
+// delegateMove hands a move whose ends this controller cannot both see to the agent of node:
+// the disk goes to phase Migrating with condition Migrating=True reason MovingOnNode and
+// status.nodeName naming the node (so that its agent may write the disk's status). The agent
+// copies and checks the disk, then writes the new class and node, or MoveFailed and the disk
+// back where it was.
+func (c *Controller) delegateMove(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, from, want, node string) (bool, runtime.Result, error) {
+	var n v1alpha1.Node
+	if err := c.c.Get(ctx, "nodes", "", node, &n); err != nil {
+		if client.IsNotFound(err) {
+			st.Phase = v1alpha1.DiskPhaseReady
+			setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, fmt.Sprintf("cannot move to storage class %q on node %s: there is no such node", want, node))
+			return true, runtime.Result{}, c.writeStatus(ctx, d, st)
+		}
+		return true, runtime.Result{}, err
+	}
+	st.Phase = v1alpha1.DiskPhaseMigrating
+	st.Progress = "0%"
+	st.NodeName = node
+	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionTrue, ReasonMovingOnNode,
+		fmt.Sprintf("node %s's agent copies the disk from storage class %q to %q", node, from, want))
+	c.log.Info("a node's agent moves the disk", "disk", d.Namespace+"/"+d.Name, "node", node, "from", from, "to", want)
+	return true, runtime.Result{}, c.writeStatus(ctx, d, st)
 }
