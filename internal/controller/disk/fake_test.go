@@ -256,6 +256,23 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 	if d.Status.NodeName != "n2" || d.Status.StorageClassName != "nfs" || !fileThere(sharedPath) {
 		t.Errorf("handed to n2's agent: node %q class %q, shared file %v", d.Status.NodeName, d.Status.StorageClassName, fileThere(sharedPath))
 	}
+	// Naming the old class again calls the handed-over move off (n2 may be down).
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "nfs"
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseReady && d.Status.NodeName == "" && d.Status.StorageClassName == "nfs"
+	})
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n2"
+	})
 	// The agent's part, as n2's agent writes it; then a move from n2's local storage to n1's
 	// is refused as not supported yet.
 	d.Status.Phase, d.Status.StorageClassName = v1alpha1.DiskPhaseReady, "local"

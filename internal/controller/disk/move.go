@@ -37,7 +37,20 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	want := c.specClass(d)
 	cond := v1alpha1.FindCondition(st.Conditions, v1alpha1.DiskConditionMigrating)
 	if st.Phase == v1alpha1.DiskPhaseMigrating && cond != nil && cond.Status == v1alpha1.ConditionTrue && cond.Reason == ReasonMovingOnNode {
-		return true, runtime.Result{}, nil // a node's agent moves the disk and writes its status
+		if want != "" && want != st.StorageClassName {
+			return true, runtime.Result{}, nil // a node's agent moves the disk and writes its status
+		}
+		// The spec names the disk's class again: the move is called off (a node that never
+		// took it up, e.g. one that is down, does not hold the disk forever). The agent's
+		// end of it, if it comes, fails its resourceVersion guard.
+		st.Phase = v1alpha1.DiskPhaseReady
+		st.Progress = "100%"
+		if sc := c.homeClass(d); sc != nil && !isLocal(sc) {
+			st.NodeName = ""
+		}
+		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed,
+			"the move was called off (the spec names storage class "+st.StorageClassName+" again); the disk stays there")
+		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
 	}
 	if want == "" || want == st.StorageClassName || (st.Phase != v1alpha1.DiskPhaseReady && st.Phase != v1alpha1.DiskPhaseMigrating) {
 		if st.Phase == v1alpha1.DiskPhaseMigrating {
