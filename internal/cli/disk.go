@@ -57,15 +57,17 @@ fails leaves the disk where it was. See docs/storage.md.`,
 			if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
 				return err
 			}
-			if d.Status.StorageClassName == class && (node == "" || node == d.Status.NodeName) {
+			cancelling := d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseMigrating &&
+				d.Spec.PersistentVolumeClaim.StorageClassName != class
+			if d.Status.StorageClassName == class && !cancelling && (node == "" || node == d.Status.NodeName) {
 				fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s is already in storage class %s\n", name, class)
 				return nil
 			}
-			if d.Status.StorageClassName == class {
+			if d.Status.StorageClassName == class && !cancelling {
 				return fmt.Errorf("VirtualDisk %q is in storage class %s on node %s: moving a disk from one node's local storage to another's is not supported yet; move it to a Shared class first, then to %s with --node %s",
 					name, class, d.Status.NodeName, class, node)
 			}
-			if d.Status.Phase != v1alpha1.DiskPhaseReady {
+			if d.Status.Phase != v1alpha1.DiskPhaseReady && !cancelling {
 				return fmt.Errorf("VirtualDisk %q is %s: only a Ready disk can be moved", name, orPending(string(d.Status.Phase)))
 			}
 			for _, a := range d.Status.AttachedToVirtualMachines {
@@ -112,7 +114,11 @@ fails leaves the disk where it was. See docs/storage.md.`,
 				if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
 					return err
 				}
-				if d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseReady && (node == "" || d.Status.NodeName == node) {
+				if cancelling && d.Status.Phase == v1alpha1.DiskPhaseReady {
+					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s: the move was called off; it stays in storage class %s\n", name, class)
+					return nil
+				}
+				if !cancelling && d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseReady && (node == "" || d.Status.NodeName == node) {
 					where := ""
 					if d.Status.NodeName != "" {
 						where = " on node " + d.Status.NodeName
