@@ -47,7 +47,8 @@ func clusterScheduledFalse(t *testing.T, s *Serve, name string) string {
 }
 
 // TestClusterStorage, in the three-host cluster: a disk on the default Local class is made
-// on h1 (the control plane's host) and pins its VM there; a VM whose disks are on two nodes,
+// on h1 (the control plane's host) and pins its VM there; a VM whose disks are on two nodes
+// (the second moved from Shared storage to h2's by h2's agent),
 // or whose Local disk is on a node its nodeSelector excludes, stays unbound with a Scheduled
 // condition naming each disk's node; a disk on a Shared class over the cluster's shared
 // directory is a linked clone of the class's own copy of the guest image, and its VM pinned
@@ -79,8 +80,12 @@ func TestClusterStorage(t *testing.T) {
 		return m
 	}
 
+	// A Shared class over the directory every host sees.
+	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rks-cl-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
+		filepath.Join(c.Shared, "rks-storage")), "apply", "-f", "-")
+
 	// A Local disk is on h1 and its VM is bound there.
-	s.MustCLI(disk("rks-cl-l1", "1Gi", "", true)+"---\n"+disk("rks-cl-l2", "64Mi", "", false), "apply", "-f", "-")
+	s.MustCLI(disk("rks-cl-l1", "1Gi", "", true)+"---\n"+disk("rks-cl-l2", "64Mi", "rks-cl-shared", false), "apply", "-f", "-")
 	s.MustCLI("", "wait", "vd", "rks-cl-l1", "--for", "phase=Ready", "--timeout", "2m")
 	s.MustCLI("", "wait", "vd", "rks-cl-l2", "--for", "phase=Ready", "--timeout", "2m")
 	if d := storageDisk(t, s, "rks-cl-l1"); d.Status.StorageClassName != "local" || d.Status.NodeName != "h1" {
@@ -103,11 +108,11 @@ func TestClusterStorage(t *testing.T) {
 	}
 	s.MustCLI("", "delete", "vm", "rks-cl-elsewhere", "--wait")
 
-	// Disks on two nodes. Only the control plane's host makes disks for now, so the second
-	// disk is put on h2's local storage by writing its status as an agent there would (the
-	// disk controller leaves a disk of another node alone).
-	if err := s.Client().PatchStatus(ctxT(t), "virtualdisks", "default", "rks-cl-l2", []byte(`{"status":{"nodeName":"h2"}}`), nil); err != nil {
-		t.Fatal(err)
+	// Disks on two nodes: the second disk, made on Shared storage, is moved to h2's local
+	// storage by h2's agent.
+	s.MustCLI("", "disk", "move", "rks-cl-l2", "--storage-class", "local", "--node", "h2", "--timeout", "3m")
+	if d := storageDisk(t, s, "rks-cl-l2"); d.Status.StorageClassName != "local" || d.Status.NodeName != "h2" {
+		t.Fatalf("the disk moved to h2: class %q node %q", d.Status.StorageClassName, d.Status.NodeName)
 	}
 	s.MustCLI(clusterStorageVM("rks-cl-split", "", "rks-cl-l1", "rks-cl-l2"), "apply", "-f", "-")
 	msg = clusterScheduledFalse(t, s, "rks-cl-split")
@@ -121,9 +126,7 @@ func TestClusterStorage(t *testing.T) {
 	}
 	s.MustCLI("", "delete", "vm", "rks-cl-split", "--wait")
 
-	// A Shared class over the directory every host sees: the VM pinned to h2 boots from it.
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rks-cl-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
-		filepath.Join(c.Shared, "rks-storage")), "apply", "-f", "-")
+	// A disk on the Shared class: the VM pinned to h2 boots from it.
 	s.MustCLI(disk("rks-cl-s1", "1Gi", "rks-cl-shared", true), "apply", "-f", "-")
 	s.MustCLI("", "wait", "vd", "rks-cl-s1", "--for", "phase=Ready", "--timeout", "2m")
 	sd := storageDisk(t, s, "rks-cl-s1")
