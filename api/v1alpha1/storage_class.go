@@ -81,3 +81,11 @@ const (
 	DiskReasonMoved        = "Moved"
 	DiskReasonMoveFailed   = "MoveFailed"
 )
+
+// Reasons of a VirtualDisk's Terminating condition while the file of a disk on another node's
+// Local storage is removed: the disk controller waits (DiskReasonWaitingForNode) until that
+// node's agent has removed it (DiskReasonFileRemoved).
+const (
+	DiskReasonWaitingForNode = "WaitingForNode"
+	DiskReasonFileRemoved    = "FileRemoved"
+)

@@ -22,7 +22,8 @@ import (
 // node, and only then removes the old file; a failure writes MoveFailed and leaves the disk
 // where it was.
 
-// moveDisk carries out a move handed to this node, if the disk key has one.
+// moveDisk carries out a move handed to this node, if the disk key has one, or removes the
+// file of a deleted disk on this node's Local storage.
 func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	ns, name := key.Split()
 	var d v1alpha1.VirtualDisk
@@ -31,6 +32,9 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 			return nil
 		}
 		return err
+	}
+	if d.DeletionTimestamp != nil {
+		return a.removeDiskFile(ctx, &d)
 	}
 	cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
 	if d.Status.Phase != v1alpha1.DiskPhaseMigrating || d.Status.NodeName != a.cfg.NodeName || cond == nil ||
@@ -132,5 +136,42 @@ func (a *Agent) patchMoved(ctx context.Context, d *v1alpha1.VirtualDisk, class s
 	if err := a.c.PatchStatusStrategic(ctx, "virtualdisks", d.Namespace, d.Name, body, nil); err != nil {
 		return fmt.Errorf("writing the disk's status after the move: %w", err)
 	}
+	return nil
+}
+
+// removeDiskFile removes the file of a deleted disk on this node's Local storage once the
+// disk controller asks (condition Terminating reason WaitingForNode: no VM lists the disk any
+// more), and says so (reason FileRemoved), after which the controller lets the disk go.
+func (a *Agent) removeDiskFile(ctx context.Context, d *v1alpha1.VirtualDisk) error {
+	cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionTerminating)
+	if d.Status.NodeName != a.cfg.NodeName || cond == nil || cond.Reason != v1alpha1.DiskReasonWaitingForNode || storage.CheckUID(d.UID) != nil {
+		return nil
+	}
+	var sc *v1alpha1.StorageClass
+	if err := a.getClass(ctx, d.Status.StorageClassName, &sc); err != nil {
+		return err
+	}
+	if sc != nil && sc.Spec.Type != v1alpha1.StorageClassTypeLocal {
+		return nil
+	}
+	path, _, err := diskHome(d, sc, a.cfg.DataDir, a.cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing %s: %w", path, err)
+	}
+	storage.CleanTempFor(path)
+	done := v1alpha1.Condition{Type: v1alpha1.DiskConditionTerminating, Status: v1alpha1.ConditionTrue, Reason: v1alpha1.DiskReasonFileRemoved,
+		Message: "node " + a.cfg.NodeName + "'s agent removed the disk's file", ObservedGeneration: d.Generation}
+	body, err := json.Marshal(map[string]any{"status": map[string]any{
+		"conditions": runtime.ConditionsPatch(d.Status.Conditions, []v1alpha1.Condition{done}, nil, v1alpha1.NewTime(time.Now()))}})
+	if err != nil {
+		return err
+	}
+	if err := a.c.PatchStatusStrategic(ctx, "virtualdisks", d.Namespace, d.Name, body, nil); err != nil && !client.IsNotFound(err) {
+		return fmt.Errorf("writing the disk's status after removing its file: %w", err)
+	}
+	a.log.Info("removed a deleted disk's file", "disk", d.Namespace+"/"+d.Name, "path", path)
 	return nil
 }

@@ -19,7 +19,7 @@
 //
 // Besides VMs, the agent grows disks of running VMs online (resize.go) and carries out disk
 // moves between Shared storage and this node's Local storage that the disk controller hands
-// to it (diskmove.go).
+// to it, and removes the files of deleted disks on this node's Local storage (diskmove.go).
 //
 // The agent owns these VM status fields: phase (while the VM is bound to its node), nodeName
 // (only to release a stopped VM), conditions Running and SoftwareEmulation, stats, versions,

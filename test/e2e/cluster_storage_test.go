@@ -125,6 +125,16 @@ func TestClusterStorage(t *testing.T) {
 		t.Errorf("rakhsh describe vm does not explain the split disks:\n%s", out)
 	}
 	s.MustCLI("", "delete", "vm", "rks-cl-split", "--wait")
+	// Deleting the disk on h2: h2's agent removes its file, then the disk goes.
+	l2 := storageDisk(t, s, "rks-cl-l2")
+	l2File := filepath.Join(h2.DataDir, "pools", "default", "disks", l2.UID+".qcow2")
+	if !storageFileThere(l2File) {
+		t.Fatalf("the disk moved to h2 has no file %s", l2File)
+	}
+	s.MustCLI("", "delete", "vd", "rks-cl-l2", "--wait", "--timeout", "2m")
+	if storageFileThere(l2File) {
+		t.Errorf("the deleted disk's file on h2 is still there: %s", l2File)
+	}
 
 	// A disk on the Shared class: the VM pinned to h2 boots from it.
 	s.MustCLI(disk("rks-cl-s1", "1Gi", "rks-cl-shared", true), "apply", "-f", "-")

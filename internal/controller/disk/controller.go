@@ -595,9 +595,26 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 		}
 	}
 	if d.Status.StorageClassName != "" && isLocal(sc) && d.Status.NodeName != "" && d.Status.NodeName != c.cfg.NodeName {
-		// The file is in another node's pool, which this host cannot reach.
-		c.rec.Event(ctx, "VirtualDisk", d, "Warning", "FileLeftOnNode", fmt.Sprintf(
-			"the disk's file is on node %s, which this controller (on %s) cannot reach; remove %s there", d.Status.NodeName, c.cfg.NodeName, path))
+		// The file is in another node's pool, which this host cannot reach: that node's agent
+		// removes it and says so in condition Terminating. A node that no longer exists
+		// cannot: the disk goes, and an event names the file left behind.
+		node := d.Status.NodeName
+		cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionTerminating)
+		switch err := c.c.Get(ctx, "nodes", "", node, nil); {
+		case cond != nil && cond.Status == v1alpha1.ConditionTrue && cond.Reason == v1alpha1.DiskReasonFileRemoved:
+		case client.IsNotFound(err):
+			c.rec.Event(ctx, "VirtualDisk", d, "Warning", "FileLeftOnNode", fmt.Sprintf(
+				"the disk's file is on node %s, which no longer exists; remove %s there if the host comes back", node, path))
+		case err != nil:
+			return runtime.Result{}, err
+		default:
+			st := d.Status
+			st.Conditions = slices.Clone(d.Status.Conditions)
+			st.Phase = v1alpha1.DiskPhaseTerminating
+			setCond(&st, d, v1alpha1.DiskConditionTerminating, v1alpha1.ConditionFalse, v1alpha1.DiskReasonWaitingForNode,
+				fmt.Sprintf("node %s's agent removes the disk's file from its local storage", node))
+			return runtime.Result{RequeueAfter: 30 * time.Second}, c.writeStatus(ctx, d, st)
+		}
 	} else {
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return runtime.Result{}, fmt.Errorf("removing %s: %w", path, err)
