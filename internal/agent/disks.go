@@ -68,15 +68,60 @@ func (a *Agent) resolveVirtualDisk(ctx context.Context, ns, name string, d *qemu
 		return err
 	}
 	d.ID = "vd-" + name
-	d.Path = storage.DiskPath(a.cfg.DataDir, storage.DefaultPool, vd.UID)
+	path, classDir, err := a.diskFile(ctx, &vd)
+	if err != nil {
+		return fmt.Errorf("VirtualDisk %q: %w", name, err)
+	}
+	d.Path = path
 	d.Format = qemu.FormatQCOW2
-	chain, err := a.backingChain(ctx, d.Path)
+	chain, err := a.backingChain(ctx, d.Path, classDir)
 	if err != nil {
 		return fmt.Errorf("VirtualDisk %q: %w", name, err)
 	}
 	d.Backing = chain
 	d.Serial = serialOf(vd.UID)
 	return nil
+}
+
+// diskFile returns the file of a disk on this host, found by its storage class
+// (status.storageClassName): the class's directory (a Shared class's path, a Local class's
+// path, or this host's default pool), which is also returned when it lies outside the data
+// dir (its files may then back the disk). A disk on another node's Local storage is refused:
+// its file is not here.
+func (a *Agent) diskFile(ctx context.Context, vd *v1alpha1.VirtualDisk) (path, classDir string, err error) {
+	var sc *v1alpha1.StorageClass
+	if name := vd.Status.StorageClassName; name != "" {
+		var got v1alpha1.StorageClass
+		switch err := a.c.Get(ctx, "storageclasses", "", name, &got); {
+		case err == nil:
+			sc = &got
+		case client.IsNotFound(err) && name == storage.DefaultPool:
+			// A disk made before storage classes ("default"): the default pool.
+		case client.IsNotFound(err):
+			return "", "", fmt.Errorf("its StorageClass %q does not exist, so its file cannot be found", name)
+		default:
+			return "", "", fmt.Errorf("reading its StorageClass %q: %w", name, err)
+		}
+	}
+	return diskHome(vd, sc, a.cfg.DataDir, a.cfg.NodeName)
+}
+
+// diskHome is where the disk vd of class sc (nil: the default pool) lives on the node
+// named node with data dir dataDir; see diskFile.
+func diskHome(vd *v1alpha1.VirtualDisk, sc *v1alpha1.StorageClass, dataDir, node string) (path, classDir string, err error) {
+	local := sc == nil || sc.Spec.Type == v1alpha1.StorageClassTypeLocal
+	if local && vd.Status.NodeName != "" && vd.Status.NodeName != node {
+		return "", "", fmt.Errorf("it is on node %s's local storage (StorageClass %q), not on this node %s: a VM using it runs only on %s, or move the disk to a Shared class while the VM is stopped",
+			vd.Status.NodeName, vd.Status.StorageClassName, node, vd.Status.NodeName)
+	}
+	if sc != nil && sc.Spec.Type != v1alpha1.StorageClassTypeLocal && sc.Spec.Type != v1alpha1.StorageClassTypeShared {
+		return "", "", fmt.Errorf("its StorageClass %q has type %q, which this agent does not support", sc.Name, sc.Spec.Type)
+	}
+	dir := storage.ClassDir(dataDir, sc)
+	if dir == storage.PoolDir(dataDir, storage.DefaultPool) {
+		dir = ""
+	}
+	return storage.ClassDiskPath(dataDir, sc, vd.UID), dir, nil
 }
 
 // resolveImage fills d with the (Cluster)VirtualImage name: its file in this host's image
@@ -133,8 +178,9 @@ func serialOf(uid string) string {
 }
 
 // backingChain reads the backing chain of a disk the disk controller made. Only files
-// inside the data dir's images and pools directories are accepted as layers.
-func (a *Agent) backingChain(ctx context.Context, path string) ([]qemu.BackingFile, error) {
+// inside the data dir's images and pools directories, and the disks and image copies of the
+// disk's own storage class directory classDir (when set), are accepted as layers.
+func (a *Agent) backingChain(ctx context.Context, path, classDir string) ([]qemu.BackingFile, error) {
 	var chain []qemu.BackingFile
 	cur, format := path, qemu.FormatQCOW2
 	for depth := 0; ; depth++ {
@@ -158,8 +204,12 @@ func (a *Agent) backingChain(ctx context.Context, path string) ([]qemu.BackingFi
 		if !filepath.IsAbs(b) {
 			b = filepath.Join(filepath.Dir(cur), b)
 		}
-		if !a.insideDataDir(b) {
-			return nil, fmt.Errorf("%s names backing file %q outside the data directory", cur, info.BackingFile)
+		if !a.insideDataDir(b) && !insideClassDir(classDir, b) {
+			where := "the data directory"
+			if classDir != "" {
+				where += " and the storage class directory " + classDir
+			}
+			return nil, fmt.Errorf("%s names backing file %q outside %s", cur, info.BackingFile, where)
 		}
 		bf := info.BackingFormat
 		if bf != qemu.FormatQCOW2 && bf != qemu.FormatRaw {
@@ -173,6 +223,20 @@ func (a *Agent) backingChain(ctx context.Context, path string) ([]qemu.BackingFi
 func (a *Agent) insideDataDir(p string) bool {
 	for _, dir := range []string{filepath.Join(a.cfg.DataDir, "images"), filepath.Join(a.cfg.DataDir, "pools")} {
 		if rel, err := filepath.Rel(dir, p); err == nil && !strings.HasPrefix(rel, "..") && rel != "." {
+			return true
+		}
+	}
+	return false
+}
+
+// insideClassDir says whether p is a disk or an image copy of the storage class directory
+// dir ("" : none): dir/disks/... or dir/images/....
+func insideClassDir(dir, p string) bool {
+	if dir == "" {
+		return false
+	}
+	for _, sub := range []string{"disks", "images"} {
+		if rel, err := filepath.Rel(filepath.Join(dir, sub), p); err == nil && !strings.HasPrefix(rel, "..") && rel != "." && !strings.Contains(rel, "/") {
 			return true
 		}
 	}

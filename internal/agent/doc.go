@@ -17,6 +17,10 @@
 // its undo to a revert stack (revert.go), so a failing step undoes the steps before it, last
 // first. Stops are in stop.go, exits and deletions in exit.go, status writes in vmstatus.go.
 //
+// Besides VMs, the agent grows disks of running VMs online (resize.go) and carries out disk
+// moves between Shared storage and this node's Local storage that the disk controller hands
+// to it, and removes the files of deleted disks on this node's Local storage (diskmove.go).
+//
 // The agent owns these VM status fields: phase (while the VM is bound to its node), nodeName
 // (only to release a stopped VM), conditions Running and SoftwareEmulation, stats, versions,
 // resources, lastExit and observedRestartID. Every write is a JSON merge patch of those

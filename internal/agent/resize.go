@@ -36,7 +36,8 @@ type blockNode struct {
 }
 
 // runDiskResizer watches VirtualDisks in phase Resizing and grows them in the running VMs of
-// this node that use them. It returns when ctx ends.
+// this node that use them, and carries out the disk moves handed to this node (diskmove.go).
+// It returns when ctx ends.
 func (a *Agent) runDiskResizer(ctx context.Context) {
 	disks := runtime.NewInformer(a.c, "virtualdisks", "", a.log)
 	q := runtime.NewQueue("agent-resize", a.log)
@@ -44,6 +45,9 @@ func (a *Agent) runDiskResizer(ctx context.Context) {
 	disks.OnChange(q.Add)
 	go disks.Run(ctx)
 	q.Run(ctx, 1, func(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+		if err := a.moveDisk(ctx, key); err != nil {
+			return runtime.Result{}, err
+		}
 		return a.resizeDisk(ctx, key)
 	})
 }
@@ -65,7 +69,10 @@ func (a *Agent) resizeDisk(ctx context.Context, key runtime.Key) (runtime.Result
 		return runtime.Result{}, nil
 	}
 	want = storage.RoundSize(want)
-	path := storage.DiskPath(a.cfg.DataDir, storage.DefaultPool, d.UID)
+	path, _, err := a.diskFile(ctx, &d)
+	if err != nil {
+		return runtime.Result{}, nil // not this node's disk
+	}
 	for _, vm := range a.vms.List() {
 		if vm.Namespace != ns || !usesDisk(vm, name) {
 			continue

@@ -26,7 +26,7 @@ import (
 //
 // A node may:
 //   - get, list and watch: virtualmachines, virtualdisks, virtualimages, clustervirtualimages,
-//     clusternetworks, virtualmachineclasses, nodes, virtualmachineipaddresses(+leases),
+//     clusternetworks, virtualmachineclasses, storageclasses, nodes, virtualmachineipaddresses(+leases),
 //     virtualmachinemacaddresses(+leases), events; and their status subresources;
 //   - get the data subresource of virtualimages and clustervirtualimages (its image cache);
 //   - get a secret that a VM bound to it references for provisioning (userDataRef,
@@ -81,7 +81,7 @@ func (a attributes) String() string {
 // nodeReadable are the resources a node may get, list and watch.
 var nodeReadable = map[string]bool{
 	"virtualmachines": true, "virtualdisks": true, "virtualimages": true, "clustervirtualimages": true,
-	"clusternetworks": true, "virtualmachineclasses": true, "nodes": true,
+	"clusternetworks": true, "virtualmachineclasses": true, "nodes": true, "storageclasses": true,
 	"virtualmachineipaddresses": true, "virtualmachineipaddressleases": true,
 	"virtualmachinemacaddresses": true, "virtualmachinemacaddressleases": true, "events": true,
 }
@@ -134,7 +134,7 @@ func authorizeNode(id Identity, a attributes) error {
 		}
 		return forbidden(id, a, "a node may only get the secrets its VMs reference for provisioning, one at a time")
 	case read:
-		return forbidden(id, a, "a node may read only what its agent needs (VMs, disks, images, networks, classes, nodes, address claims and leases, events, referenced secrets)")
+		return forbidden(id, a, "a node may read only what its agent needs (VMs, disks, images, networks, classes, storage classes, nodes, address claims and leases, events, referenced secrets)")
 	}
 	switch a.Resource {
 	case "nodes":

@@ -594,6 +594,11 @@ func (s *Server) Delete(ctx context.Context, t target, grace *int64) ([]byte, re
 				return nil, revs{}, err
 			}
 		}
+		if t.st.Info.Kind == "StorageClass" {
+			if err := s.checkStorageClassUnused(ctx, t.name); err != nil {
+				return nil, revs{}, err
+			}
+		}
 		obj, err := decodeStored(t.st, kv.Value, kv.ModRevision, kv.CreateRevision)
 		if err != nil {
 			return nil, revs{}, err

@@ -50,7 +50,7 @@ func TestHumanDuration(t *testing.T) {
 }
 
 func TestLookupPath(t *testing.T) {
-	o := mustObj(t, `{"status":{"attachedToVirtualMachines":[{"name":"vm1"},{"name":"vm2"}],"phase":"Ready"},"spec":{"cpu":{"cores":4}}}`)
+	o := mustObj(t, `{"metadata":{"annotations":{"a.b/c":"true"}},"status":{"attachedToVirtualMachines":[{"name":"vm1"},{"name":"vm2"}],"phase":"Ready"},"spec":{"cpu":{"cores":4}}}`)
 	cases := []struct {
 		path string
 		want string
@@ -64,6 +64,8 @@ func TestLookupPath(t *testing.T) {
 		{"spec.cpu.cores", "4", true},
 		{"spec.cpu.cores.deeper", "", false},
 		{"nothing", "", false},
+		{`metadata.annotations.a\.b/c`, "true", true},
+		{"metadata.annotations.a.b/c", "", false},
 	}
 	for _, c := range cases {
 		v, ok := lookupPath(o, c.path)

@@ -198,6 +198,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newImageCommand(cc),
 		newLabelCommand(cc),
 		newNodeCommand(cc),
+		newDiskCommand(cc),
 	)
 	addCompletions(cc, root)
 	return root

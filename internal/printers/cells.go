@@ -15,10 +15,11 @@ import (
 // None is what an empty cell shows.
 const None = "<none>"
 
-// LookupPath follows a dotted path through maps; digit segments index arrays.
+// LookupPath follows a dotted path through maps; digit segments index arrays. A dot
+// escaped with a backslash (`\.`) is part of the segment, as in an annotation key.
 func LookupPath(o any, path string) (any, bool) {
 	cur := o
-	for _, seg := range strings.Split(path, ".") {
+	for _, seg := range splitPath(path) {
 		switch c := cur.(type) {
 		case map[string]any:
 			v, ok := c[seg]
@@ -37,6 +38,28 @@ func LookupPath(o any, path string) (any, bool) {
 		}
 	}
 	return cur, cur != nil
+}
+
+// splitPath splits a column path at its unescaped dots.
+func splitPath(path string) []string {
+	if !strings.Contains(path, `\`) {
+		return strings.Split(path, ".")
+	}
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(path); i++ {
+		switch {
+		case path[i] == '\\' && i+1 < len(path) && path[i+1] == '.':
+			cur.WriteByte('.')
+			i++
+		case path[i] == '.':
+			out = append(out, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(path[i])
+		}
+	}
+	return append(out, cur.String())
 }
 
 // HumanDuration renders d briefly, with more precision for short durations: 45s, 3m12s,

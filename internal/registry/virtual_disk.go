@@ -113,8 +113,10 @@ func validateVirtualDiskUpdate(n, o *v1alpha1.VirtualDisk) errs.FieldErrors {
 	if n.Spec.CloneMode != o.Spec.CloneMode {
 		fe.Forbidden("spec.cloneMode", "cannot be changed after creation")
 	}
-	if n.Spec.PersistentVolumeClaim.StorageClassName != o.Spec.PersistentVolumeClaim.StorageClassName {
-		fe.Forbidden("spec.persistentVolumeClaim.storageClassName", "cannot be changed after creation")
+	// Naming another class moves the disk there (the disk controller copies it while no
+	// running VM uses it); clearing the name would say nothing about where it should be.
+	if nc, oc := n.Spec.PersistentVolumeClaim.StorageClassName, o.Spec.PersistentVolumeClaim.StorageClassName; nc != oc && nc == "" {
+		fe.Forbidden("spec.persistentVolumeClaim.storageClassName", fmt.Sprintf("cannot be cleared once set (was %q); name a class to move the disk to it", oc))
 	}
 	newSize, oldSize := n.Spec.PersistentVolumeClaim.Size, o.Spec.PersistentVolumeClaim.Size
 	switch {

@@ -108,8 +108,15 @@ func TestVirtualDiskUpdate(t *testing.T) {
 	n.Spec.DataSource = tkDiskFrom("VirtualImage", "j")
 	n.Spec.CloneMode = "Full"
 	n.Spec.PersistentVolumeClaim.StorageClassName = "q"
-	tkCheck(t, s.ValidateUpdate(n, mk("10Gi")), tkForbidden("spec.dataSource"), tkForbidden("spec.cloneMode"),
-		tkForbidden("spec.persistentVolumeClaim.storageClassName"))
+	tkCheck(t, s.ValidateUpdate(n, mk("10Gi")), tkForbidden("spec.dataSource"), tkForbidden("spec.cloneMode"))
+
+	// Naming another class is a move; clearing the name is refused.
+	moved := mk("10Gi")
+	moved.Spec.PersistentVolumeClaim.StorageClassName = "shared"
+	tkCheck(t, s.ValidateUpdate(moved, mk("10Gi")))
+	cleared := mk("10Gi")
+	cleared.Spec.PersistentVolumeClaim.StorageClassName = ""
+	tkCheck(t, s.ValidateUpdate(cleared, moved), tkForbidden("spec.persistentVolumeClaim.storageClassName"))
 }
 
 func FuzzValidateVirtualDisk(f *testing.F) {

@@ -68,3 +68,8 @@ func (f *Factory) VirtualMachineMACAddresses(opts ...InformerOption) *TypedInfor
 func (f *Factory) VirtualMachineMACAddressLeases(opts ...InformerOption) *TypedInformer[v1alpha1.VirtualMachineMACAddressLease] {
 	return For[v1alpha1.VirtualMachineMACAddressLease](f, "virtualmachinemacaddressleases", opts...)
 }
+
+// StorageClasses returns the shared informer of storageclasses.
+func (f *Factory) StorageClasses(opts ...InformerOption) *TypedInformer[v1alpha1.StorageClass] {
+	return For[v1alpha1.StorageClass](f, "storageclasses", opts...)
+}

@@ -46,10 +46,10 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	// One informer per kind for all controllers: each kind is listed, watched and decoded
 	// once in this process, however many controllers read it.
 	inf := runtime.NewFactory(as("informers"), log.With("component", "informers"))
-	ic := image.New(image.Config{Client: as("image-controller"), Informers: inf, DataDir: cfg.DataDir, Log: log.With("component", "image-controller"),
+	ic := image.New(image.Config{Client: as("image-controller"), Informers: inf, DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "image-controller"),
 		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 		MaxUnpackedSize: cfg.MaxImageSize})
-	dc := disk.New(disk.Config{Client: as("disk-controller"), Informers: inf, DataDir: cfg.DataDir, Log: log.With("component", "disk-controller"),
+	dc := disk.New(disk.Config{Client: as("disk-controller"), Informers: inf, DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "disk-controller"),
 		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 		MaxUnpackedSize: cfg.MaxImageSize})
 	sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Informers: inf, Log: log.With("component", "scheduler")})

@@ -306,9 +306,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer api.Shutdown()
 	initCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = api.EnsureProject(initCtx, apiserver.DefaultProject)
+	if err == nil {
+		if err = api.EnsureDefaultStorageClass(initCtx); err != nil {
+			err = fmt.Errorf("creating the default storage class: %w", err)
+		}
+	} else {
+		err = fmt.Errorf("creating the default project: %w", err)
+	}
 	cancel()
 	if err != nil {
-		return fmt.Errorf("creating the default project: %w", err)
+		return err
 	}
 
 	sockPath := filepath.Join(cfg.DataDir, "rakhsh.sock")

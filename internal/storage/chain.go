@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // ErrUnsafeChain is wrapped by the errors of a stored file whose backing chain leaves the
@@ -36,6 +37,44 @@ var (
 	storedDiskRe = regexp.MustCompile(`^(.+)/pools/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/disks/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.qcow2$`)
 )
 
+var (
+	// A disk of a storage class directory, and the backing files it may have there: the
+	// class's disks and its content-addressed image copies.
+	classDiskRe  = regexp.MustCompile(`^disks/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.qcow2$`)
+	classImageRe = regexp.MustCompile(`^images/sha256-[0-9a-f]{64}$`)
+
+	classDirsMu sync.RWMutex
+	classDirs   = map[string]string{} // storage class directory -> the data dir its disks may also back onto
+)
+
+// RegisterClassDir makes the directory of a storage class (a Shared class's path, a Local
+// class's own path) a place whose disks CheckChain accepts: a disk classDir/disks/UID.qcow2
+// may then have backing files among the class's disks and image copies
+// (classDir/images/sha256-HEX) and among the images, cached images and disks of dataDir.
+// A process registers the class directories it works in; the set only grows.
+func RegisterClassDir(classDir, dataDir string) {
+	if !filepath.IsAbs(classDir) || !filepath.IsAbs(dataDir) {
+		return
+	}
+	classDirsMu.Lock()
+	classDirs[filepath.Clean(classDir)] = filepath.Clean(dataDir)
+	classDirsMu.Unlock()
+}
+
+// classDiskOf says whether path is a disk of a registered class directory, and which.
+func classDiskOf(path string) (classDir, dataDir string, ok bool) {
+	disks := filepath.Dir(path)
+	cd := filepath.Dir(disks)
+	rel, err := filepath.Rel(cd, path)
+	if err != nil || !classDiskRe.MatchString(rel) {
+		return "", "", false
+	}
+	classDirsMu.RLock()
+	dd, ok := classDirs[cd]
+	classDirsMu.RUnlock()
+	return cd, dd, ok
+}
+
 // CheckChain reads the qcow2 headers of path and of its backing files itself, without
 // qemu-img, and returns the chain: path first, then each backing file. A chain is accepted
 // only if every backing file is a regular file (not a symlink) that Rakhsh made in the same
@@ -51,9 +90,11 @@ func CheckChain(path, format string) ([]Link, error) {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return nil, fmt.Errorf("image path %q must be absolute and clean", path)
 	}
-	dataDir := ""
+	dataDir, classDir := "", ""
 	if m := storedDiskRe.FindStringSubmatch(path); m != nil {
 		dataDir = m[1]
+	} else if cd, dd, ok := classDiskOf(path); ok {
+		dataDir, classDir = dd, cd
 	}
 	chain := []Link{{Path: path, Format: format}}
 	for cur := chain[0]; cur.Format == "qcow2"; {
@@ -70,7 +111,7 @@ func CheckChain(path, format string) ([]Link, error) {
 		if len(chain) == maxChain {
 			return nil, fmt.Errorf("%w: %s has more than %d files in its backing chain", ErrUnsafeChain, path, maxChain)
 		}
-		next, err := checkBacking(dataDir, cur.Path, h)
+		next, err := checkBacking(dataDir, classDir, cur.Path, h)
 		if err != nil {
 			return nil, err
 		}
@@ -81,14 +122,24 @@ func CheckChain(path, format string) ([]Link, error) {
 }
 
 // checkBacking checks the backing file that the header h of file names.
-func checkBacking(dataDir, file string, h *qcow2Header) (Link, error) {
+func checkBacking(dataDir, classDir, file string, h *qcow2Header) (Link, error) {
 	b := h.backing
 	if !filepath.IsAbs(b) || filepath.Clean(b) != b || strings.ContainsAny(b, "\x00") {
 		return Link{}, fmt.Errorf("%w: the backing file %q of %s is not an absolute, clean path", ErrUnsafeChain, b, file)
 	}
 	rel, err := filepath.Rel(dataDir, b)
-	if err != nil || !(backingImageRe.MatchString(rel) || backingCacheRe.MatchString(rel) || backingDiskRe.MatchString(rel)) {
-		return Link{}, fmt.Errorf("%w: the backing file %q of %s is not an image, cached image or disk in the data dir %s", ErrUnsafeChain, b, file, dataDir)
+	inData := err == nil && (backingImageRe.MatchString(rel) || backingCacheRe.MatchString(rel) || backingDiskRe.MatchString(rel))
+	inClass := false
+	if classDir != "" {
+		rel, err := filepath.Rel(classDir, b)
+		inClass = err == nil && (classImageRe.MatchString(rel) || classDiskRe.MatchString(rel))
+	}
+	if !inData && !inClass {
+		where := "the data dir " + dataDir
+		if classDir != "" {
+			where += " or the storage class directory " + classDir
+		}
+		return Link{}, fmt.Errorf("%w: the backing file %q of %s is not an image, cached image or disk in %s", ErrUnsafeChain, b, file, where)
 	}
 	if b == file {
 		return Link{}, fmt.Errorf("%w: %s is its own backing file", ErrUnsafeChain, file)

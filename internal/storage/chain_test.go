@@ -175,3 +175,45 @@ func FuzzQCOW2Chain(f *testing.F) {
 		}
 	})
 }
+
+// TestCheckChainClassDir: a disk in a registered storage class directory may back onto the
+// class's image copies and disks and onto its data dir's images, and nowhere else; an
+// unregistered directory's disk may have no backing file at all.
+func TestCheckChainClassDir(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	data, class, other := t.TempDir(), t.TempDir(), t.TempDir()
+	sha := strings.Repeat("ab", 32)
+	shared := storage.SharedImagePath(class, sha)
+	if err := storage.CreateBlank(ctx, shared, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	img := storage.ImagePath(data, imgUID)
+	if err := storage.CreateBlank(ctx, img, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	stray := filepath.Join(other, "images", "sha256-"+sha)
+	if err := storage.CreateBlank(ctx, stray, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	onShared := filepath.Join(class, "disks", diskUID+".qcow2")
+	overlay(t, onShared, shared, "qcow2")
+	if _, err := storage.CheckChain(onShared, "qcow2"); !errors.Is(err, storage.ErrUnsafeChain) {
+		t.Errorf("a disk of an unregistered directory with a backing file: %v, want ErrUnsafeChain", err)
+	}
+	storage.RegisterClassDir(class, data)
+	chain, err := storage.CheckChain(onShared, "qcow2")
+	if err != nil || len(chain) != 2 || chain[1].Path != shared {
+		t.Errorf("a disk over the class's image copy: %v, %v", chain, err)
+	}
+	onImage := filepath.Join(class, "disks", disk2UID+".qcow2")
+	overlay(t, onImage, img, "qcow2")
+	if _, err := storage.CheckChain(onImage, "qcow2"); err != nil {
+		t.Errorf("a disk of the class over a data dir image: %v", err)
+	}
+	astray := filepath.Join(class, "disks", "0d0d0d0d-1111-2222-3333-444444444444.qcow2")
+	overlay(t, astray, stray, "qcow2")
+	if _, err := storage.CheckChain(astray, "qcow2"); !errors.Is(err, storage.ErrUnsafeChain) {
+		t.Errorf("a disk over a file of another directory: %v, want ErrUnsafeChain", err)
+	}
+}

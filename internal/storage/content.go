@@ -1,8 +1,12 @@
 package storage
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -98,4 +102,53 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// CopyContent copies the file src, whose content must hash to sha256Hex, to dst (a
+// content-addressed name) unless dst exists. The copy is written beside dst under a
+// temporary name and renamed into place only when its hash matches, so dst is either whole
+// and right or absent.
+func CopyContent(ctx context.Context, src, dst, sha256Hex string) error {
+	if !IsSHA256Hex(sha256Hex) {
+		return fmt.Errorf("%q is not a sha256 hex digest", sha256Hex)
+	}
+	if fi, err := os.Lstat(dst); err == nil && fi.Mode().IsRegular() {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	return writeAtomically(dst, func(tmp string) error {
+		out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		h := sha256.New()
+		buf := make([]byte, 1<<20)
+		for {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n, rerr := in.Read(buf)
+			if n > 0 {
+				h.Write(buf[:n])
+				if _, err := out.Write(buf[:n]); err != nil {
+					return err
+				}
+			}
+			if errors.Is(rerr, io.EOF) {
+				break
+			}
+			if rerr != nil {
+				return rerr
+			}
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != sha256Hex {
+			return fmt.Errorf("%s has sha256 %s, not %s: not copied", src, got, sha256Hex)
+		}
+		return out.Close()
+	})
 }

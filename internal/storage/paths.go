@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
 // DefaultPool is the storage pool every installation has: a directory of qcow2 files.
@@ -58,4 +60,39 @@ func VMRunDir(dataDir, uid string) string {
 // whichever images share it). The caller checks sha256Hex.
 func ImageCachePath(dataDir, pool, sha256Hex string) string {
 	return filepath.Join(PoolDir(dataDir, pool), "cache", sha256Hex)
+}
+
+// ClassDir is the directory of a storage class's files on this host: the path of a Shared
+// class or of a Local class that names one, otherwise (a Local class without a path, no
+// class at all: a disk made before classes existed) the host's default pool in its data dir.
+// Disks are ClassDir/disks/UID.qcow2 (ClassDiskPath); a Shared class also keeps the images
+// its disks are linked clones of in ClassDir/images (SharedImagePath).
+func ClassDir(dataDir string, sc *v1alpha1.StorageClass) string {
+	if sc != nil {
+		switch {
+		case sc.Spec.Type == v1alpha1.StorageClassTypeShared && sc.Spec.Shared != nil && filepath.IsAbs(sc.Spec.Shared.Path):
+			return filepath.Clean(sc.Spec.Shared.Path)
+		case sc.Spec.Type == v1alpha1.StorageClassTypeLocal && sc.Spec.Local != nil && filepath.IsAbs(sc.Spec.Local.Path):
+			return filepath.Clean(sc.Spec.Local.Path)
+		}
+	}
+	return PoolDir(dataDir, DefaultPool)
+}
+
+// ClassDiskPath is where a disk of class sc lives on this host: ClassDir/disks/UID.qcow2.
+// A class directory outside the data dir is registered (RegisterClassDir), so that the
+// backing chains of its disks pass CheckChain in this process.
+func ClassDiskPath(dataDir string, sc *v1alpha1.StorageClass, uid string) string {
+	dir := ClassDir(dataDir, sc)
+	if dir != PoolDir(dataDir, DefaultPool) {
+		RegisterClassDir(dir, dataDir)
+	}
+	return filepath.Join(dir, "disks", uid+".qcow2")
+}
+
+// SharedImagePath is a Shared class's copy of an image, named by its content:
+// DIR/images/sha256-HEX. Linked clones on the class are made over it, so that every node
+// reads their backing file at the same path. The caller checks sha256Hex.
+func SharedImagePath(classDir, sha256Hex string) string {
+	return filepath.Join(classDir, "images", "sha256-"+sha256Hex)
 }

@@ -453,3 +453,31 @@ func DriveFormat(statusFormat string) string {
 	}
 	return statusFormat
 }
+
+// Compare checks that the qcow2 images a and b (each with its checked backing chain) have
+// the same virtual size and hold the same guest-visible data; a difference is an error.
+func Compare(ctx context.Context, a, b string) error {
+	ia, err := Info(ctx, a, "qcow2")
+	if err != nil {
+		return err
+	}
+	ib, err := Info(ctx, b, "qcow2")
+	if err != nil {
+		return err
+	}
+	if ia.VirtualSize != ib.VirtualSize {
+		return fmt.Errorf("%s has %d bytes, %s %d", b, ib.VirtualSize, a, ia.VirtualSize)
+	}
+	na, err := pinned(a, "qcow2")
+	if err != nil {
+		return err
+	}
+	nb, err := pinned(b, "qcow2")
+	if err != nil {
+		return err
+	}
+	if _, err := runQemuImg(ctx, ConvertLimits, 0, "compare", "-q", na, nb); err != nil {
+		return fmt.Errorf("the images differ or could not be compared: %w", err)
+	}
+	return nil
+}

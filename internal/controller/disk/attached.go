@@ -113,6 +113,8 @@ func (c *Controller) diskSource(d *v1alpha1.VirtualDisk) (src *source, reason, m
 	if err != nil || size <= 0 {
 		return nil, ReasonImageNotReady, what + " reports no capacity"
 	}
-	// The pool comes from the validated, immutable spec, never from the status.
-	return &source{path: storage.DiskPath(c.cfg.DataDir, pool(sd), sd.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
+	if sc := c.homeClass(sd); isLocal(sc) && sd.Status.NodeName != "" && sd.Status.NodeName != c.cfg.NodeName {
+		return nil, ReasonNotSupported, fmt.Sprintf("%s is on node %s's local storage, which this controller (on %s) cannot read", what, sd.Status.NodeName, c.cfg.NodeName)
+	}
+	return &source{path: c.diskPath(c.homeClass(sd), sd.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
 }

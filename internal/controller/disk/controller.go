@@ -86,7 +86,10 @@ type Config struct {
 	// runs its own.
 	Informers *runtime.Factory
 	DataDir   string
-	Log       *slog.Logger
+	// NodeName is this host's Node: the node of the disks this controller makes in a Local
+	// class (status.nodeName).
+	NodeName string
+	Log      *slog.Logger
 	// Workers is how many disks are provisioned at once; default 2.
 	Workers int
 	// Uploads, UploadBaseURLs and UploadTimeout serve disks with an Upload data source, as
@@ -114,7 +117,12 @@ type Controller struct {
 	cvis       *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
 	vis        *runtime.TypedInformer[v1alpha1.VirtualImage]
 	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	classes    *runtime.TypedInformer[v1alpha1.StorageClass]
 	jobs       *runtime.Jobs // background uploads, by disk uid
+
+	// sharedMu serialises linked clones over a Shared class's image copies with the removal
+	// of copies no disk is a clone of any more.
+	sharedMu sync.Mutex
 
 	mu        sync.Mutex
 	noSpaceAt map[string]time.Time // when a disk last failed for lack of space, by uid
@@ -143,6 +151,7 @@ func New(cfg Config) *Controller {
 		c.ownFactory = f
 	}
 	c.disks, c.cvis, c.vis, c.vms = f.VirtualDisks(), f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualMachines()
+	c.classes = f.StorageClasses()
 	usersOf := func(kind v1alpha1.DataSourceObjectKind) runtime.MapFunc {
 		return func(k runtime.Key) []runtime.Key { return c.usersOf(kind, k) }
 	}
@@ -152,6 +161,7 @@ func New(cfg Config) *Controller {
 		Watches(c.cvis, usersOf(v1alpha1.DataSourceKindClusterVirtualImage)).
 		Watches(c.vis, usersOf(v1alpha1.DataSourceKindVirtualImage)).
 		Watches(c.vms, c.projectDisks).
+		Watches(c.classes, c.disksUsingClass).
 		Workers(cfg.Workers).
 		Build(c.reconcile)
 	c.q = c.ctl.Queue()
@@ -160,8 +170,8 @@ func New(cfg Config) *Controller {
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.c == nil || c.cfg.DataDir == "" {
-		return errors.New("disk controller: Client and DataDir are required")
+	if c.c == nil || c.cfg.DataDir == "" || c.cfg.NodeName == "" {
+		return errors.New("disk controller: Client, DataDir and NodeName are required")
 	}
 	dir := disksDir(c.cfg.DataDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -218,13 +228,6 @@ func fileExists(p string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-func pool(d *v1alpha1.VirtualDisk) string {
-	if p := d.Spec.PersistentVolumeClaim.StorageClassName; p != "" {
-		return p
-	}
-	return storage.DefaultPool
-}
-
 func (c *Controller) writeStatus(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus) error {
 	old, _ := json.Marshal(d.Status)
 	now, _ := json.Marshal(st)
@@ -276,14 +279,58 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		return runtime.Result{}, nil // the change requeues the disk
 	}
 	st := d.Status
-	if pool(&d) != storage.DefaultPool {
-		st.Phase = v1alpha1.DiskPhasePending
-		st.ObservedGeneration = d.Generation
-		msg := fmt.Sprintf("storage class %q does not exist: only the %q pool exists for now", pool(&d), storage.DefaultPool)
-		setCond(&st, &d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonStorageClassMissing, msg)
-		return runtime.Result{}, c.writeStatus(ctx, &d, st)
+	// Conditions are set in place: a copy of their own, so that writeStatus sees what changed.
+	st.Conditions = slices.Clone(d.Status.Conditions)
+	var sc *v1alpha1.StorageClass
+	if st.StorageClassName == "" {
+		// Not put anywhere yet: the class its spec names, or the default one.
+		target, reason, msg := c.targetClass(&d)
+		if target == nil {
+			st.Phase = v1alpha1.DiskPhasePending
+			st.ObservedGeneration = d.Generation
+			setCond(&st, &d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, reason, msg)
+			return runtime.Result{}, c.writeStatus(ctx, &d, st)
+		}
+		sc = target
+		st.StorageClassName = sc.Name
+		st.NodeName = ""
+		if isLocal(sc) {
+			st.NodeName = c.cfg.NodeName
+		}
+	} else {
+		sc = c.homeClass(&d)
+		if sc == nil && d.Status.StorageClassName == storage.DefaultPool {
+			// A disk made before storage classes: its file is in the default pool, which is
+			// where the default Local class without a path keeps its disks too.
+			if def := c.defaultClass(); def != nil && isLocal(def) && storage.ClassDir(c.cfg.DataDir, def) == storage.ClassDir(c.cfg.DataDir, nil) {
+				sc = def
+				st.StorageClassName, st.NodeName = def.Name, c.cfg.NodeName
+			}
+		}
+		if sc == nil && st.StorageClassName != storage.DefaultPool {
+			// The class it lives in is gone (deleted in a race with the disk's creation: a
+			// class in use cannot be deleted). Its file cannot be found: the disk is left as it
+			// is, never marked lost, until a class of that name exists again.
+			c.log.Warn("the disk's storage class does not exist", "disk", key, "class", st.StorageClassName)
+			return runtime.Result{RequeueAfter: time.Minute}, nil
+		}
+		if isLocal(sc) && st.NodeName == "" {
+			st.NodeName = c.cfg.NodeName
+		}
+		if st.StorageClassName != d.Status.StorageClassName || st.NodeName != d.Status.NodeName {
+			// Written at once: the paths below may write nothing (a Ready disk).
+			return runtime.Result{}, c.writeStatus(ctx, &d, st)
+		}
 	}
-	path := storage.DiskPath(c.cfg.DataDir, storage.DefaultPool, d.UID)
+	if done, res, err := c.reconcileMove(ctx, &d, st, sc); done {
+		return res, err
+	}
+	if isLocal(sc) && st.NodeName != c.cfg.NodeName {
+		// Its file is on another node's pool, which this host cannot see.
+		c.log.Debug("the disk is on another node", "disk", key, "node", st.NodeName)
+		return runtime.Result{}, nil
+	}
+	path := c.diskPath(sc, d.UID)
 	exists := fileExists(path)
 	switch {
 	case (st.Phase == v1alpha1.DiskPhaseReady || st.Phase == v1alpha1.DiskPhaseResizing) && exists:
@@ -313,12 +360,13 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 			return runtime.Result{}, err
 		}
 	}
-	return c.provision(ctx, &d, st, path)
+	return c.provision(ctx, &d, st, sc, path)
 }
 
 // source is what a disk is made from.
 type source struct {
 	path, format string // image file and its status.format
+	sha256       string // the image's content digest (images only)
 	virtualSize  int64
 	readySince   time.Time
 	// fromDisk: the source is another VirtualDisk, which keeps changing: always a full copy.
@@ -326,7 +374,7 @@ type source struct {
 }
 
 // provision creates the disk file, or says what the disk waits for.
-func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, path string) (runtime.Result, error) {
+func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, sc *v1alpha1.StorageClass, path string) (runtime.Result, error) {
 	var requested int64
 	if q := d.Spec.PersistentVolumeClaim.Size; q != "" {
 		n, err := q.Value()
@@ -388,7 +436,6 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 	started := time.Now()
 	st.Phase = v1alpha1.DiskPhaseProvisioning
 	st.ObservedGeneration = d.Generation
-	st.StorageClassName = storage.DefaultPool
 	if src != nil {
 		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
 	}
@@ -402,7 +449,7 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 	switch {
 	case src == nil:
 		err = storage.CreateBlank(ctx, path, size)
-	case d.Spec.CloneMode == v1alpha1.CloneModeFull || src.fromDisk:
+	case d.Spec.CloneMode == v1alpha1.CloneModeFull || src.fromDisk || (!isLocal(sc) && !storage.IsSHA256Hex(src.sha256)):
 		mode = "full copy"
 		resizeTo := int64(0)
 		if size > src.virtualSize {
@@ -411,9 +458,15 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		err = storage.ConvertResize(ctx, src.path, storage.DriveFormat(src.format), path, "qcow2", resizeTo)
 	default:
 		// Linked clone, for every image format: an ISO (a raw file) is a fine backing file
-		// too, and the clone is O(1) whatever the image size.
+		// too, and the clone is O(1) whatever the image size. On a Shared class the backing
+		// file must be one every node reads at the same path: the class's own copy of the
+		// image, named by its content (made once per content).
 		mode = "linked clone"
-		err = storage.CreateLinkedClone(ctx, path, src.path, storage.DriveFormat(src.format), size)
+		if isLocal(sc) {
+			err = storage.CreateLinkedClone(ctx, path, src.path, storage.DriveFormat(src.format), size)
+		} else {
+			err = c.cloneOnShared(ctx, sc, src, path, size)
+		}
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -424,8 +477,8 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 			storage.CleanTempFor(path)
 			c.noteNoSpace(d.UID)
 			return runtime.Result{RequeueAfter: NoSpaceRetryDelay}, c.fail(ctx, d, st, ReasonInsufficientStorage, fmt.Sprintf(
-				"the storage pool %q is full: creating the %s (%s) needs more space than is free; free space and the disk is tried again within %s",
-				storage.DefaultPool, mode, images.HumanBytes(size), NoSpaceRetryDelay))
+				"the storage class %q is full: creating the %s (%s) needs more space than is free; free space and the disk is tried again within %s",
+				st.StorageClassName, mode, images.HumanBytes(size), NoSpaceRetryDelay))
 		}
 		// The image may have gone meanwhile: retry (with backoff) rather than fail for good.
 		return runtime.Result{}, fmt.Errorf("creating %s: %w", mode, err)
@@ -445,7 +498,6 @@ func (c *Controller) readyStatus(d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDis
 	st.Capacity = string(v1alpha1.BytesQuantity(storage.RoundSize(size))) // exact, not rounded for display
 	st.Format = "qcow2"
 	st.Progress = "100%"
-	st.StorageClassName = storage.DefaultPool
 	st.ObservedGeneration = d.Generation
 	cd := &v1alpha1.VirtualDiskCreationDuration{}
 	if d.CreationTimestamp != nil {
@@ -512,7 +564,7 @@ func (c *Controller) imageSource(d *v1alpha1.VirtualDisk) (src *source, reason, 
 		return nil, ReasonImageNotReady, fmt.Sprintf("%s reports no size", what)
 	}
 	src = &source{path: storage.ImagePath(c.cfg.DataDir, img.Metadata.UID), format: img.Status.Format,
-		virtualSize: img.Status.Size.UnpackedBytes}
+		virtualSize: img.Status.Size.UnpackedBytes, sha256: img.Status.SHA256}
 	if cond := v1alpha1.FindCondition(img.Status.Conditions, v1alpha1.ImageConditionReady); cond != nil && cond.LastTransitionTime != nil {
 		src.readySince = cond.LastTransitionTime.Time
 	}
@@ -534,11 +586,44 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 		setCond(&st, d, v1alpha1.DiskConditionInUse, v1alpha1.ConditionTrue, ReasonInUse, msg)
 		return runtime.Result{RequeueAfter: 30 * time.Second}, c.writeStatus(ctx, d, st)
 	}
-	path := storage.DiskPath(c.cfg.DataDir, pool(d), d.UID)
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return runtime.Result{}, fmt.Errorf("removing %s: %w", path, err)
+	sc := c.homeClass(d)
+	path := c.diskPath(sc, d.UID)
+	var sharedBacking string
+	if !isLocal(sc) {
+		if chain, err := storage.CheckChain(path, "qcow2"); err == nil && len(chain) > 1 {
+			sharedBacking = chain[1].Path
+		}
 	}
-	storage.CleanTempFor(path)
+	if d.Status.StorageClassName != "" && isLocal(sc) && d.Status.NodeName != "" && d.Status.NodeName != c.cfg.NodeName {
+		// The file is in another node's pool, which this host cannot reach: that node's agent
+		// removes it and says so in condition Terminating. A node that no longer exists
+		// cannot: the disk goes, and an event names the file left behind.
+		node := d.Status.NodeName
+		cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionTerminating)
+		switch err := c.c.Get(ctx, "nodes", "", node, nil); {
+		case cond != nil && cond.Status == v1alpha1.ConditionTrue && cond.Reason == v1alpha1.DiskReasonFileRemoved:
+		case client.IsNotFound(err):
+			c.rec.Event(ctx, "VirtualDisk", d, "Warning", "FileLeftOnNode", fmt.Sprintf(
+				"the disk's file is on node %s, which no longer exists; remove %s there if the host comes back", node, path))
+		case err != nil:
+			return runtime.Result{}, err
+		default:
+			st := d.Status
+			st.Conditions = slices.Clone(d.Status.Conditions)
+			st.Phase = v1alpha1.DiskPhaseTerminating
+			setCond(&st, d, v1alpha1.DiskConditionTerminating, v1alpha1.ConditionFalse, v1alpha1.DiskReasonWaitingForNode,
+				fmt.Sprintf("node %s's agent removes the disk's file from its local storage", node))
+			return runtime.Result{RequeueAfter: 30 * time.Second}, c.writeStatus(ctx, d, st)
+		}
+	} else {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return runtime.Result{}, fmt.Errorf("removing %s: %w", path, err)
+		}
+		storage.CleanTempFor(path)
+		if sharedBacking != "" {
+			c.releaseSharedImage(storage.ClassDir(c.cfg.DataDir, sc), sharedBacking)
+		}
+	}
 	rest := slices.DeleteFunc(slices.Clone(d.Finalizers), func(f string) bool { return f == Finalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": d.ResourceVersion}})
 	if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {

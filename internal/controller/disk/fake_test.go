@@ -2,8 +2,13 @@ package disk_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,12 +30,13 @@ func TestRunsAgainstFake(t *testing.T) {
 	dataDir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
 	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, Log: log, Uploads: &images.Uploads{}})
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	f.Start(ctx)
 	go func() { defer close(done); _ = c.Run(ctx) }()
 	defer func() { cancel(); <-done }()
+	mkClass(t, fc, v1alpha1.DefaultStorageClassName, true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
 
 	mk := func(name string, ds *v1alpha1.DataSource) {
 		d := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
@@ -47,6 +53,9 @@ func TestRunsAgainstFake(t *testing.T) {
 	path := storage.DiskPath(dataDir, storage.DefaultPool, d.UID)
 	if d.Status.Capacity != "1Gi" || !fileThere(path) {
 		t.Errorf("blank disk: capacity %q, file there %v", d.Status.Capacity, fileThere(path))
+	}
+	if d.Status.StorageClassName != "local" || d.Status.NodeName != "n1" {
+		t.Errorf("blank disk: storageClassName %q nodeName %q, want local on n1", d.Status.StorageClassName, d.Status.NodeName)
 	}
 	if err := fc.Delete(ctx, "virtualdisks", "p1", "blank"); err != nil {
 		t.Fatal(err)
@@ -80,5 +89,350 @@ func waitDiskGone(t *testing.T, fc *fake.Client, name string) {
 			t.Fatalf("disk %s is still there", name)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func mkClass(t *testing.T, fc *fake.Client, name string, def bool, spec v1alpha1.StorageClassSpec) {
+	t.Helper()
+	sc := &v1alpha1.StorageClass{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "StorageClass"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: spec}
+	if def {
+		sc.Annotations = map[string]string{v1alpha1.AnnotationDefaultStorageClass: "true"}
+	}
+	if err := fc.Create(context.Background(), "storageclasses", "", sc, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStorageClassesAgainstFake: a disk naming a missing class waits for it; a disk on a
+// Shared class lands in the class's directory with no node; a disk moves Local -> Shared ->
+// Local with its data, the old file going only after the copy checks; a move waits while a
+// running VM has the disk.
+func TestStorageClassesAgainstFake(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "qemu-io", "prlimit")
+	fc := fake.New()
+	dataDir, sharedDir := t.TempDir(), t.TempDir()
+	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	f.Start(ctx)
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	mkClass(t, fc, "local", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
+
+	mk := func(name, class string) {
+		d := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
+			ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec:       v1alpha1.VirtualDiskSpec{PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: "16Mi", StorageClassName: class}}}
+		if err := fc.Create(ctx, "virtualdisks", "p1", d, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var d v1alpha1.VirtualDisk
+	mk("waits", "nfs")
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "waits", &d, func() bool {
+		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionReady)
+		return d.Status.Phase == v1alpha1.DiskPhasePending && c != nil && c.Reason == disk.ReasonStorageClassMissing
+	})
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionReady); !strings.Contains(c.Message, `StorageClass "nfs" does not exist`) {
+		t.Errorf("missing class message: %q", c.Message)
+	}
+	mkClass(t, fc, "nfs", false, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeShared, Shared: &v1alpha1.StorageClassShared{Path: sharedDir}})
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "waits", &d, func() bool { return d.Status.Phase == v1alpha1.DiskPhaseReady })
+	if d.Status.StorageClassName != "nfs" || d.Status.NodeName != "" || !fileThere(filepath.Join(sharedDir, "disks", d.UID+".qcow2")) {
+		t.Errorf("shared disk: class %q node %q, file in the shared dir: %v", d.Status.StorageClassName, d.Status.NodeName,
+			fileThere(filepath.Join(sharedDir, "disks", d.UID+".qcow2")))
+	}
+
+	// Local -> Shared -> Local, with a marker written into the disk checked at each stop.
+	mk("mover", "")
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "mover", &d, func() bool { return d.Status.Phase == v1alpha1.DiskPhaseReady })
+	localPath := storage.DiskPath(dataDir, storage.DefaultPool, d.UID)
+	sharedPath := filepath.Join(sharedDir, "disks", d.UID+".qcow2")
+	writeMarker(t, localPath)
+	move := func(to string) {
+		t.Helper()
+		var cur v1alpha1.VirtualDisk
+		if err := fc.Get(ctx, "virtualdisks", "p1", "mover", &cur); err != nil {
+			t.Fatal(err)
+		}
+		cur.Spec.PersistentVolumeClaim.StorageClassName = to
+		if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &cur, nil); err != nil {
+			t.Fatal(err)
+		}
+		fc.WaitFor(t, 30*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+			return d.Status.StorageClassName == to && d.Status.Phase == v1alpha1.DiskPhaseReady
+		})
+	}
+	move("nfs")
+	waitFileGone(t, localPath)
+	if fileThere(localPath) || !fileThere(sharedPath) || d.Status.NodeName != "" {
+		t.Fatalf("after the move to nfs: local file %v, shared file %v, node %q", fileThere(localPath), fileThere(sharedPath), d.Status.NodeName)
+	}
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); c == nil || c.Reason != disk.ReasonMoved {
+		t.Errorf("Migrating condition after the move: %+v", c)
+	}
+	checkMarker(t, sharedPath)
+	move("local")
+	waitFileGone(t, sharedPath)
+	if !fileThere(localPath) || fileThere(sharedPath) || d.Status.NodeName != "n1" {
+		t.Fatalf("after the move back: local file %v, shared file %v, node %q", fileThere(localPath), fileThere(sharedPath), d.Status.NodeName)
+	}
+	checkMarker(t, localPath)
+
+	// A disk a running VM has open is not moved: the move waits with a condition.
+	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "vm1", Namespace: "p1"},
+		Spec: v1alpha1.VirtualMachineSpec{CPU: v1alpha1.VirtualMachineCPU{Cores: 1}, Memory: v1alpha1.VirtualMachineMemory{Size: "64Mi"},
+			BlockDeviceRefs: []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "mover"}}}}
+	if err := fc.Create(ctx, "virtualmachines", "p1", vm, vm); err != nil {
+		t.Fatal(err)
+	}
+	vm.Status.Phase = v1alpha1.VMPhaseRunning
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm1", vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return len(d.Status.AttachedToVirtualMachines) == 1 && d.Status.AttachedToVirtualMachines[0].Mounted
+	})
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "nfs"
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
+		return c != nil && c.Reason == disk.ReasonMoveWaiting
+	})
+	if d.Status.StorageClassName != "local" || !fileThere(localPath) || fileThere(sharedPath) {
+		t.Errorf("a disk in use moved: class %q", d.Status.StorageClassName)
+	}
+
+	// A VM bound to a node but not running yet (its agent is about to start it) holds the
+	// move too, though the disk does not count it as mounted.
+	_ = fc.Get(ctx, "virtualmachines", "p1", "vm1", vm)
+	vm.Status.Phase, vm.Status.NodeName = v1alpha1.VMPhasePending, "n1"
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm1", vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return len(d.Status.AttachedToVirtualMachines) == 1 && !d.Status.AttachedToVirtualMachines[0].Mounted
+	})
+	time.Sleep(300 * time.Millisecond)
+	if err := fc.Get(ctx, "virtualdisks", "p1", "mover", &d); err != nil {
+		t.Fatal(err)
+	}
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); d.Status.StorageClassName != "local" || c == nil || c.Reason != disk.ReasonMoveWaiting {
+		t.Errorf("a disk of a bound VM: class %q, Migrating %+v", d.Status.StorageClassName, c)
+	}
+	// The VM stops for good: the waiting move goes ahead.
+	_ = fc.Get(ctx, "virtualmachines", "p1", "vm1", vm)
+	vm.Status.Phase, vm.Status.NodeName = v1alpha1.VMPhaseStopped, ""
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm1", vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.StorageClassName == "nfs" && d.Status.Phase == v1alpha1.DiskPhaseReady
+	})
+	checkMarker(t, sharedPath)
+
+	// Shared -> Local on another node: the controller cannot reach that node's storage and
+	// hands the move to its agent (status.nodeName names it, so that it may write the status).
+	if err := fc.Add(&v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
+	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n2"}
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
+		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && c != nil && c.Reason == disk.ReasonMovingOnNode
+	})
+	if d.Status.NodeName != "n2" || d.Status.StorageClassName != "nfs" || !fileThere(sharedPath) {
+		t.Errorf("handed to n2's agent: node %q class %q, shared file %v", d.Status.NodeName, d.Status.StorageClassName, fileThere(sharedPath))
+	}
+	// Naming the old class again calls the handed-over move off (n2 may be down).
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "nfs"
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseReady && d.Status.NodeName == "" && d.Status.StorageClassName == "nfs"
+	})
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n2"
+	})
+	// The agent's part, as n2's agent writes it; then a move from n2's local storage to n1's
+	// is refused as not supported yet.
+	d.Status.Phase, d.Status.StorageClassName = v1alpha1.DiskPhaseReady, "local"
+	v1alpha1.SetCondition(&d.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse,
+		Reason: disk.ReasonMoved, ObservedGeneration: d.Generation})
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	mkClass(t, fc, "fast", false, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal, Local: &v1alpha1.StorageClassLocal{Path: t.TempDir()}})
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "fast"
+	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n1"}
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
+		return c != nil && c.Reason == disk.ReasonMoveUnsupported
+	})
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); !strings.Contains(c.Message, "from node n2's local storage to node n1's is not supported yet") ||
+		d.Status.NodeName != "n2" || d.Status.StorageClassName != "local" {
+		t.Errorf("a node-to-node move: %q, node %q class %q", c.Message, d.Status.NodeName, d.Status.StorageClassName)
+	}
+}
+
+// writeMarker writes a pattern of bytes at the start of the disk's guest data.
+func writeMarker(t *testing.T, path string) {
+	t.Helper()
+	out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-io write: %v: %s", err, out)
+	}
+}
+
+// checkMarker checks the pattern writeMarker wrote.
+func checkMarker(t *testing.T, path string) {
+	t.Helper()
+	out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 0 64k", path).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "failed") {
+		t.Fatalf("the moved disk lost its data: %v: %s", err, out)
+	}
+}
+
+// waitFileGone waits for the old file of a move to go: it is removed just after the disk's status
+// names the new class.
+func waitFileGone(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); fileThere(path) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSharedImageCopies: disks made from an image on a Shared class are linked clones of one
+// copy of the image in the class (named by its content), which goes with the last of them.
+func TestSharedImageCopies(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "prlimit")
+	fc := fake.New()
+	dataDir, sharedDir := t.TempDir(), t.TempDir()
+	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	f.Start(ctx)
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	mkClass(t, fc, "nfs", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeShared, Shared: &v1alpha1.StorageClassShared{Path: sharedDir}})
+
+	img := &v1alpha1.ClusterVirtualImage{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "ClusterVirtualImage"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "base"},
+		Spec:       v1alpha1.ClusterVirtualImageSpec{DataSource: v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeHTTP, HTTP: &v1alpha1.DataSourceHTTP{URL: "http://example.invalid/x"}}}}
+	if err := fc.Create(ctx, "clustervirtualimages", "", img, img); err != nil {
+		t.Fatal(err)
+	}
+	file := storage.ImagePath(dataDir, img.UID)
+	if err := storage.CreateBlank(ctx, file, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	sha := hex.EncodeToString(sum[:])
+	img.Status = v1alpha1.ImageStatus{Phase: v1alpha1.ImagePhaseReady, Format: "qcow2", SHA256: sha,
+		Size: &v1alpha1.ImageSize{UnpackedBytes: 8 << 20, StoredBytes: int64(len(b))}}
+	if err := fc.UpdateStatus(ctx, "clustervirtualimages", "", "base", img, nil); err != nil {
+		t.Fatal(err)
+	}
+	copyPath := storage.SharedImagePath(sharedDir, sha)
+	var d v1alpha1.VirtualDisk
+	for _, name := range []string{"a", "b"} {
+		vd := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
+			ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec: v1alpha1.VirtualDiskSpec{DataSource: &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,
+				ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceKindClusterVirtualImage, Name: "base"}}, CloneMode: v1alpha1.CloneModeLinked}}
+		if err := fc.Create(ctx, "virtualdisks", "p1", vd, nil); err != nil {
+			t.Fatal(err)
+		}
+		fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", name, &d, func() bool { return d.Status.Phase == v1alpha1.DiskPhaseReady })
+		chain, err := storage.CheckChain(filepath.Join(sharedDir, "disks", d.UID+".qcow2"), "qcow2")
+		if err != nil || len(chain) != 2 || chain[1].Path != copyPath {
+			t.Fatalf("disk %s: chain %v, %v; want a clone of %s", name, chain, err, copyPath)
+		}
+	}
+	if err := fc.Delete(ctx, "virtualdisks", "p1", "a"); err != nil {
+		t.Fatal(err)
+	}
+	waitDiskGone(t, fc, "a")
+	if !fileThere(copyPath) {
+		t.Fatal("the image copy went while disk b is still a clone of it")
+	}
+	if err := fc.Delete(ctx, "virtualdisks", "p1", "b"); err != nil {
+		t.Fatal(err)
+	}
+	waitDiskGone(t, fc, "b")
+	if fileThere(copyPath) {
+		t.Error("the image copy stayed after its last disk went")
+	}
+}
+
+// TestDiskFromBeforeClasses: a Ready disk made before storage classes (status
+// storageClassName "default", its file in the default pool, its spec naming "default") joins
+// the default Local class in place: the same file, its node set, no move.
+func TestDiskFromBeforeClasses(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "prlimit")
+	fc := fake.New()
+	dataDir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mkClass(t, fc, "local", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
+	vd := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "old", Namespace: "p1", Finalizers: []string{disk.Finalizer}},
+		Spec:       v1alpha1.VirtualDiskSpec{PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: "16Mi", StorageClassName: "default"}}}
+	if err := fc.Create(ctx, "virtualdisks", "p1", vd, vd); err != nil {
+		t.Fatal(err)
+	}
+	path := storage.DiskPath(dataDir, storage.DefaultPool, vd.UID)
+	if err := storage.CreateBlank(ctx, path, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	vd.Status = v1alpha1.VirtualDiskStatus{Phase: v1alpha1.DiskPhaseReady, Capacity: "16Mi", Format: "qcow2", StorageClassName: "default", ObservedGeneration: vd.Generation}
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "old", vd, nil); err != nil {
+		t.Fatal(err)
+	}
+	f := runtime.NewFactory(fc, log)
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	done := make(chan struct{})
+	f.Start(ctx)
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	var d v1alpha1.VirtualDisk
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "old", &d, func() bool { return d.Status.StorageClassName == "local" })
+	time.Sleep(200 * time.Millisecond)
+	if err := fc.Get(ctx, "virtualdisks", "p1", "old", &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Status.Phase != v1alpha1.DiskPhaseReady || d.Status.NodeName != "n1" || !fileThere(path) ||
+		v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating) != nil {
+		t.Errorf("the old disk: phase %s node %q file %v conditions %+v", d.Status.Phase, d.Status.NodeName, fileThere(path), d.Status.Conditions)
 	}
 }

@@ -67,6 +67,9 @@ func newEnv(t *testing.T) *env {
 	if err := api.EnsureProject(ctx, apiserver.DefaultProject); err != nil {
 		t.Fatal(err)
 	}
+	if err := api.EnsureDefaultStorageClass(ctx); err != nil {
+		t.Fatal(err)
+	}
 	sock := filepath.Join(dataDir, "rakhsh.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -93,8 +96,8 @@ func newEnv(t *testing.T) *env {
 func (e *env) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	ic := image.New(image.Config{Client: e.c, DataDir: e.dataDir, Log: e.log, Workers: 2, ProgressInterval: 50 * time.Millisecond})
-	dc := disk.New(disk.Config{Client: e.c, DataDir: e.dataDir, Log: e.log, Workers: 2})
+	ic := image.New(image.Config{Client: e.c, DataDir: e.dataDir, NodeName: "n1", Log: e.log, Workers: 2, ProgressInterval: 50 * time.Millisecond})
+	dc := disk.New(disk.Config{Client: e.c, DataDir: e.dataDir, NodeName: "n1", Log: e.log, Workers: 2})
 	for _, run := range []func(context.Context) error{ic.Run, dc.Run} {
 		wg.Add(1)
 		go func() {

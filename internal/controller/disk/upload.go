@@ -100,7 +100,6 @@ func (c *Controller) importDisk(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	st.Phase = v1alpha1.DiskPhaseProvisioning
 	st.ImageUploadURLs = nil // single-use
 	st.Progress = "0%"
-	st.StorageClassName = storage.DefaultPool
 	st.ObservedGeneration = d.Generation
 	setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
 	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, "importing "+what)

@@ -52,7 +52,9 @@ type Config struct {
 	// runs its own.
 	Informers *runtime.Factory
 	DataDir   string
-	Log       *slog.Logger
+	// NodeName is this host's Node: disks on other nodes' Local storage cannot be read here.
+	NodeName string
+	Log      *slog.Logger
 	// Workers is how many images are reconciled at once (imports run in the background and
 	// do not hold a worker); default 2.
 	Workers int
@@ -108,6 +110,7 @@ type Controller struct {
 	cvis       *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
 	vis        *runtime.TypedInformer[v1alpha1.VirtualImage]
 	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	classes    *runtime.TypedInformer[v1alpha1.StorageClass]
 	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	jobs       *runtime.Jobs // imports and uploads, by image uid
 
@@ -148,6 +151,7 @@ func New(cfg Config) *Controller {
 		c.ownFactory = f
 	}
 	c.cvis, c.vis, c.disks, c.vms = f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualDisks(), f.VirtualMachines()
+	c.classes = f.StorageClasses()
 	cviView := func(o *v1alpha1.ClusterVirtualImage) imageView {
 		return imageView{meta: &o.ObjectMeta, ds: &o.Spec.DataSource, status: &o.Status}
 	}
@@ -681,11 +685,14 @@ func (c *Controller) users(img *image) []string {
 		if storage.CheckUID(d.UID) != nil {
 			continue
 		}
-		pool := d.Status.StorageClassName
-		if pool == "" {
-			pool = d.Spec.PersistentVolumeClaim.StorageClassName
+		// A disk on a Shared class is a clone of the class's own copy of the image, not of
+		// the image store's file.
+		sc := c.diskClass(d)
+		if sc != nil && sc.Spec.Type == v1alpha1.StorageClassTypeShared {
+			continue
 		}
-		if d.Status.Phase == v1alpha1.DiskPhaseProvisioning || fileExists(storage.DiskPath(c.cfg.DataDir, pool, d.UID)) {
+		if d.Status.Phase == v1alpha1.DiskPhaseProvisioning || d.Status.Phase == v1alpha1.DiskPhaseMigrating ||
+			fileExists(storage.ClassDiskPath(c.cfg.DataDir, sc, d.UID)) {
 			out = append(out, fmt.Sprintf("VirtualDisk %s/%s", d.Namespace, d.Name))
 		}
 	}
@@ -710,4 +717,13 @@ func (c *Controller) users(img *image) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// diskClass returns the StorageClass a disk lives in (nil: the default pool).
+func (c *Controller) diskClass(d *v1alpha1.VirtualDisk) *v1alpha1.StorageClass {
+	sc, ok := c.classes.Get(runtime.NewKey("", d.Status.StorageClassName))
+	if !ok {
+		return nil
+	}
+	return sc
 }

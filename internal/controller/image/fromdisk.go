@@ -46,11 +46,12 @@ func (c *Controller) startFromDisk(ctx context.Context, img *image, st v1alpha1.
 	if err := storage.CheckUID(d.UID); err != nil {
 		return runtime.Result{}, err
 	}
-	pool := d.Status.StorageClassName
-	if pool == "" {
-		pool = storage.DefaultPool
+	sc := c.diskClass(d)
+	if (sc == nil || sc.Spec.Type == v1alpha1.StorageClassTypeLocal) && d.Status.NodeName != "" && d.Status.NodeName != c.cfg.NodeName {
+		return runtime.Result{}, c.pending(ctx, img, st, ReasonWaitForSource,
+			fmt.Sprintf("%s is on node %s's local storage, which this controller (on %s) cannot read; move it to a Shared class or to this node first", what, d.Status.NodeName, c.cfg.NodeName))
 	}
-	src := storage.DiskPath(c.cfg.DataDir, pool, d.UID)
+	src := storage.ClassDiskPath(c.cfg.DataDir, sc, d.UID)
 	c.launch(img, func(ctx context.Context, dst string, _ images.Options) (*images.Result, error) {
 		return images.CopyStored(ctx, src, "qcow2", dst)
 	})

@@ -248,3 +248,19 @@ func pick(vm *v1alpha1.VirtualMachine, class *v1alpha1.VirtualMachineClass, node
 	}
 	return "", fmt.Sprintf("0/%d nodes are available: %s", len(nodes), strings.Join(parts, ", "))
 }
+
+// pinnedWhy says why the node a VM's local disks pin it to cannot take it.
+func pinnedWhy(vm *v1alpha1.VirtualMachine, class *v1alpha1.VirtualMachineClass, nodes []*nodeState, now time.Time, staleAfter time.Duration, pin diskPin) string {
+	disks := strings.Join(pin.disks, ", ")
+	for _, n := range nodes {
+		if n.node.Name != pin.node {
+			continue
+		}
+		why := fits(vm, class, n, now, staleAfter, pin.node)
+		if why == "" {
+			why = "it fits now"
+		}
+		return fmt.Sprintf("%s is on node %s's local storage, so the VM runs only there, and node %s cannot take it (%s)", disks, pin.node, pin.node, why)
+	}
+	return fmt.Sprintf("%s is on node %s's local storage, so the VM runs only there, and node %s is not registered", disks, pin.node, pin.node)
+}

@@ -269,7 +269,7 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	// newer write has made wrong, and writes of other status fields do not stand in its way.
 	now := s.cfg.Now()
 	nodes := s.nodeStates()
-	diskNode, derr := s.diskNode(&vm)
+	pin, derr := s.diskNode(&vm)
 	class, cerr := s.class(&vm)
 	var node, why string
 	switch {
@@ -279,7 +279,10 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 		why = cerr
 	default:
 		if nodes, why = s.bridgeNodes(&vm, nodes); why == "" {
-			node, why = pick(&vm, class, nodes, now, s.cfg.NodeStaleAfter, diskNode)
+			node, why = pick(&vm, class, nodes, now, s.cfg.NodeStaleAfter, pin.node)
+			if node == "" && pin.node != "" {
+				why = pinnedWhy(&vm, class, nodes, now, s.cfg.NodeStaleAfter, pin) + "; " + why
+			}
 		}
 	}
 	if node == "" {
@@ -367,10 +370,19 @@ func (s *Scheduler) nodeStatesLocked() []*nodeState {
 	return out
 }
 
-// diskNode returns the node that holds the VM's local disks (status.nodeName of its
-// VirtualDisks), or why the disks cannot be used together.
-func (s *Scheduler) diskNode(vm *v1alpha1.VirtualMachine) (string, string) {
-	node := ""
+// diskPin is the node a VM's Local disks pin it to: the node and the disks there.
+type diskPin struct {
+	node  string
+	disks []string // "VirtualDisk NAME (StorageClass C)"
+}
+
+// diskNode returns the node that holds the VM's disks on Local storage (their
+// status.nodeName; disks on Shared storage have none and place no constraint), or why the
+// disks cannot be used together: which disk is on which node.
+func (s *Scheduler) diskNode(vm *v1alpha1.VirtualMachine) (diskPin, string) {
+	var pin diskPin
+	byNode := map[string][]string{}
+	var order []string
 	for _, r := range vm.Spec.BlockDeviceRefs {
 		if r.Kind != v1alpha1.BlockDeviceKindVirtualDisk {
 			continue
@@ -379,12 +391,28 @@ func (s *Scheduler) diskNode(vm *v1alpha1.VirtualMachine) (string, string) {
 		if !ok || d.Status.NodeName == "" {
 			continue
 		}
-		if node != "" && node != d.Status.NodeName {
-			return "", fmt.Sprintf("the VM's disks are on different nodes (%s, %s)", node, d.Status.NodeName)
+		n := d.Status.NodeName
+		if _, seen := byNode[n]; !seen {
+			order = append(order, n)
 		}
-		node = d.Status.NodeName
+		what := fmt.Sprintf("VirtualDisk %q", r.Name)
+		if d.Status.StorageClassName != "" {
+			what += fmt.Sprintf(" (StorageClass %q)", d.Status.StorageClassName)
+		}
+		byNode[n] = append(byNode[n], what)
 	}
-	return node, ""
+	switch len(order) {
+	case 0:
+		return pin, ""
+	case 1:
+		return diskPin{node: order[0], disks: byNode[order[0]]}, ""
+	}
+	parts := make([]string, len(order))
+	for i, n := range order {
+		parts[i] = strings.Join(byNode[n], ", ") + " on node " + n
+	}
+	return pin, "the VM's disks are on different nodes' local storage (" + strings.Join(parts, "; ") +
+		"): a VM runs on one node, so move its disks to one node or to a Shared storage class while it is stopped"
 }
 
 // class returns the VM's class (nil without one), or why the VM cannot be placed.

@@ -71,3 +71,67 @@ func TestRunsAgainstFake(t *testing.T) {
 		t.Errorf("%d bindings, want 1", binds)
 	}
 }
+
+func diskOn(name, class, node string) *v1alpha1.VirtualDisk {
+	d := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"}}
+	d.Status.Phase = v1alpha1.DiskPhaseReady
+	d.Status.StorageClassName, d.Status.NodeName = class, node
+	return d
+}
+
+func withDisks(vm *v1alpha1.VirtualMachine, disks ...string) *v1alpha1.VirtualMachine {
+	for _, d := range disks {
+		vm.Spec.BlockDeviceRefs = append(vm.Spec.BlockDeviceRefs, v1alpha1.BlockDeviceSpecRef{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: d})
+	}
+	return vm
+}
+
+// TestLocalDisksPinVMs: a VM whose disk is on a node's Local storage is bound to that node
+// even when another has more room; a VM whose disks are on two nodes, or whose disk's node
+// cannot take it, stays unbound with a Scheduled condition naming the disks and nodes; a VM
+// whose disk is on Shared storage goes to the least loaded node.
+func TestLocalDisksPinVMs(t *testing.T) {
+	fc := fake.New()
+	cordoned := readyNode("n3", 64)
+	cordoned.Spec.Unschedulable = true
+	if err := fc.Add(readyNode("n1", 2), readyNode("n2", 64), cordoned,
+		diskOn("d1", "local", "n1"), diskOn("d2", "local", "n2"), diskOn("d3", "local", "n3"), diskOn("sh", "nfs", ""),
+		withDisks(pendingVM("pinned", 1), "d1", "sh"), withDisks(pendingVM("split", 1), "d1", "d2"),
+		withDisks(pendingVM("oncordoned", 1), "d3"), withDisks(pendingVM("shared", 1), "sh")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Client: fc, Log: slog.New(slog.NewTextHandler(tlog{t}, nil)), RetryInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = s.Run(ctx) }()
+	var vm v1alpha1.VirtualMachine
+	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "pinned", &vm, func() bool { return vm.Status.NodeName != "" })
+	if vm.Status.NodeName != "n1" {
+		t.Errorf("the VM with a disk on n1 was bound to %s", vm.Status.NodeName)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "shared", &vm, func() bool { return vm.Status.NodeName != "" })
+	if vm.Status.NodeName != "n2" {
+		t.Errorf("the VM with a Shared disk was bound to %s, want the roomiest node n2", vm.Status.NodeName)
+	}
+	unschedulable := func(name string, want ...string) {
+		t.Helper()
+		fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", name, &vm, func() bool {
+			c := v1alpha1.FindCondition(vm.Status.Conditions, ConditionScheduled)
+			return c != nil && c.Reason == ReasonUnschedulable
+		})
+		if vm.Status.NodeName != "" {
+			t.Errorf("%s was bound to %s", name, vm.Status.NodeName)
+		}
+		msg := v1alpha1.FindCondition(vm.Status.Conditions, ConditionScheduled).Message
+		for _, w := range want {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%s: Scheduled message %q lacks %q", name, msg, w)
+			}
+		}
+	}
+	unschedulable("split", `VirtualDisk "d1" (StorageClass "local") on node n1`, `VirtualDisk "d2" (StorageClass "local") on node n2`, "different nodes")
+	unschedulable("oncordoned", `VirtualDisk "d3" (StorageClass "local") is on node n3's local storage`, "node n3 cannot take it (unschedulable)")
+}

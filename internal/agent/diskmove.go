@@ -1,0 +1,177 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// Disk moves the control plane cannot do. The disk controller moves a disk between storage
+// classes when its host sees both ends; when one end is another node's Local storage it hands
+// the move to that node's agent: the disk is in phase Migrating with condition Migrating=True
+// reason MovingOnNode and status.nodeName naming the node. The agent copies the disk into the
+// class its spec names (flattened, checked with qemu-img compare), writes the new class and
+// node, and only then removes the old file; a failure writes MoveFailed and leaves the disk
+// where it was.
+
+// moveDisk carries out a move handed to this node, if the disk key has one, or removes the
+// file of a deleted disk on this node's Local storage.
+func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
+	ns, name := key.Split()
+	var d v1alpha1.VirtualDisk
+	if err := a.c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
+		if client.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	if d.DeletionTimestamp != nil {
+		return a.removeDiskFile(ctx, &d)
+	}
+	cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
+	if d.Status.Phase != v1alpha1.DiskPhaseMigrating || d.Status.NodeName != a.cfg.NodeName || cond == nil ||
+		cond.Status != v1alpha1.ConditionTrue || cond.Reason != v1alpha1.DiskReasonMovingOnNode || storage.CheckUID(d.UID) != nil {
+		return nil
+	}
+	from, want := d.Status.StorageClassName, d.Spec.PersistentVolumeClaim.StorageClassName
+	log := a.log.With("disk", string(key), "from", from, "to", want)
+	var src, target *v1alpha1.StorageClass
+	if err := a.getClass(ctx, from, &src); err != nil {
+		return err
+	}
+	if err := a.getClass(ctx, want, &target); err != nil {
+		return err
+	}
+	srcLocal := src == nil || src.Spec.Type == v1alpha1.StorageClassTypeLocal
+	fail := func(err error) error {
+		log.Warn("moving the disk failed", "err", err)
+		back := any(nil) // a disk on Shared storage has no node
+		if srcLocal {
+			back = a.cfg.NodeName
+		}
+		msg := fmt.Sprintf("moving to storage class %q on node %s failed; the disk stays in %q: %v", want, a.cfg.NodeName, from, err)
+		return a.patchMoved(ctx, &d, from, back, v1alpha1.DiskReasonMoveFailed, msg)
+	}
+	if target == nil {
+		return fail(fmt.Errorf("StorageClass %q does not exist", want))
+	}
+	if target.Spec.Type != v1alpha1.StorageClassTypeLocal && target.Spec.Type != v1alpha1.StorageClassTypeShared {
+		return fail(fmt.Errorf("StorageClass %q has type %q, which this agent does not support", want, target.Spec.Type))
+	}
+	srcPath, _, err := diskHome(&d, src, a.cfg.DataDir, a.cfg.NodeName)
+	if err != nil {
+		return fail(err)
+	}
+	dst := storage.ClassDiskPath(a.cfg.DataDir, target, d.UID)
+	started := time.Now()
+	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fail(err)
+	}
+	if err := storage.Convert(ctx, srcPath, "qcow2", dst, "qcow2"); err != nil {
+		storage.CleanTempFor(dst)
+		return fail(fmt.Errorf("copying: %w", err))
+	}
+	if err := storage.Compare(ctx, srcPath, dst); err != nil {
+		_ = os.Remove(dst)
+		return fail(fmt.Errorf("checking the copy: %w", err))
+	}
+	node := any(nil)
+	if target.Spec.Type == v1alpha1.StorageClassTypeLocal {
+		node = a.cfg.NodeName
+	}
+	took := time.Since(started).Round(time.Millisecond)
+	msg := fmt.Sprintf("moved from storage class %q to %q by node %s's agent in %s", from, want, a.cfg.NodeName, took)
+	if err := a.patchMoved(ctx, &d, want, node, v1alpha1.DiskReasonMoved, msg); err != nil {
+		_ = os.Remove(dst) // the status still names the old file, which is whole
+		return err
+	}
+	if _, err := storage.Info(ctx, srcPath, "qcow2"); storage.IsLocked(err) {
+		log.Warn("the disk's old file is open in a QEMU: it is kept", "path", srcPath)
+	} else if err := os.Remove(srcPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("removing the disk's old file after the move", "path", srcPath, "err", err)
+	}
+	log.Info("disk moved", "took", took)
+	return nil
+}
+
+// getClass reads the StorageClass name into *out (nil when it does not exist; "default",
+// the pool before classes, is then the default pool).
+func (a *Agent) getClass(ctx context.Context, name string, out **v1alpha1.StorageClass) error {
+	*out = nil
+	if name == "" {
+		return nil
+	}
+	var sc v1alpha1.StorageClass
+	if err := a.c.Get(ctx, "storageclasses", "", name, &sc); err != nil {
+		if client.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("reading StorageClass %q: %w", name, err)
+	}
+	*out = &sc
+	return nil
+}
+
+// patchMoved ends a move: the disk is Ready in class with node (nil: none), with condition
+// Migrating=False for reason. The patch is guarded by the resourceVersion the move started
+// from.
+func (a *Agent) patchMoved(ctx context.Context, d *v1alpha1.VirtualDisk, class string, node any, reason, msg string) error {
+	cond := v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse, Reason: reason, Message: msg,
+		ObservedGeneration: d.Generation}
+	body, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": d.ResourceVersion},
+		"status": map[string]any{"phase": v1alpha1.DiskPhaseReady, "progress": "100%", "storageClassName": class, "nodeName": node,
+			"conditions": runtime.ConditionsPatch(d.Status.Conditions, []v1alpha1.Condition{cond}, nil, v1alpha1.NewTime(time.Now()))}})
+	if err != nil {
+		return err
+	}
+	if err := a.c.PatchStatusStrategic(ctx, "virtualdisks", d.Namespace, d.Name, body, nil); err != nil {
+		return fmt.Errorf("writing the disk's status after the move: %w", err)
+	}
+	return nil
+}
+
+// removeDiskFile removes the file of a deleted disk on this node's Local storage once the
+// disk controller asks (condition Terminating reason WaitingForNode: no VM lists the disk any
+// more), and says so (reason FileRemoved), after which the controller lets the disk go.
+func (a *Agent) removeDiskFile(ctx context.Context, d *v1alpha1.VirtualDisk) error {
+	cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionTerminating)
+	if d.Status.NodeName != a.cfg.NodeName || cond == nil || cond.Reason != v1alpha1.DiskReasonWaitingForNode || storage.CheckUID(d.UID) != nil {
+		return nil
+	}
+	var sc *v1alpha1.StorageClass
+	if err := a.getClass(ctx, d.Status.StorageClassName, &sc); err != nil {
+		return err
+	}
+	if sc != nil && sc.Spec.Type != v1alpha1.StorageClassTypeLocal {
+		return nil
+	}
+	path, _, err := diskHome(d, sc, a.cfg.DataDir, a.cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing %s: %w", path, err)
+	}
+	storage.CleanTempFor(path)
+	done := v1alpha1.Condition{Type: v1alpha1.DiskConditionTerminating, Status: v1alpha1.ConditionTrue, Reason: v1alpha1.DiskReasonFileRemoved,
+		Message: "node " + a.cfg.NodeName + "'s agent removed the disk's file", ObservedGeneration: d.Generation}
+	body, err := json.Marshal(map[string]any{"status": map[string]any{
+		"conditions": runtime.ConditionsPatch(d.Status.Conditions, []v1alpha1.Condition{done}, nil, v1alpha1.NewTime(time.Now()))}})
+	if err != nil {
+		return err
+	}
+	if err := a.c.PatchStatusStrategic(ctx, "virtualdisks", d.Namespace, d.Name, body, nil); err != nil && !client.IsNotFound(err) {
+		return fmt.Errorf("writing the disk's status after removing its file: %w", err)
+	}
+	a.log.Info("removed a deleted disk's file", "disk", d.Namespace+"/"+d.Name, "path", path)
+	return nil
+}

@@ -1,0 +1,151 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+)
+
+// newDiskCommand returns `rakhsh disk`: actions on VirtualDisks.
+func newDiskCommand(cc *cliContext) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "disk",
+		Aliases: []string{"disks", "vd"},
+		Short:   "Act on virtual disks (move between storage classes)",
+		Run:     func(cmd *cobra.Command, _ []string) { _ = cmd.Help() },
+	}
+	cmd.AddCommand(newDiskMoveCommand(cc))
+	return cmd
+}
+
+// Reasons of a disk's Migrating condition that end a move without moving (the disk
+// controller's).
+var moveStopReasons = map[string]bool{v1alpha1.DiskReasonMoveFailed: true, "WaitingForVMToStop": true, "StorageClassNotFound": true, "MoveNotSupported": true}
+
+func newDiskMoveCommand(cc *cliContext) *cobra.Command {
+	var class, node string
+	var noWait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "move NAME --storage-class CLASS [--node NODE]",
+		Short: "Move a disk to another storage class while no running VM uses it",
+		Long: `Move a VirtualDisk into another StorageClass: the disk controller copies its file there,
+checks the copy, switches the disk to it and only then removes the old file. A disk is moved
+only while no running VM uses it: stop the VM first. The move is declarative: this command
+sets spec.persistentVolumeClaim.storageClassName (and, with --node, the annotation
+virtualization.rakhsh.io/storage-node) and waits for the disk to arrive. A move between
+Shared storage and another node's Local storage is done by that node's agent. A move that
+fails leaves the disk where it was. See docs/storage.md.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if class == "" {
+				return usageErrorf("--storage-class is required")
+			}
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ns, name := cc.Namespace(), args[0]
+			var d v1alpha1.VirtualDisk
+			if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
+				return err
+			}
+			cancelling := d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseMigrating &&
+				d.Spec.PersistentVolumeClaim.StorageClassName != class
+			if d.Status.StorageClassName == class && !cancelling && (node == "" || node == d.Status.NodeName) {
+				fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s is already in storage class %s\n", name, class)
+				return nil
+			}
+			if d.Status.StorageClassName == class && !cancelling {
+				return fmt.Errorf("VirtualDisk %q is in storage class %s on node %s: moving a disk from one node's local storage to another's is not supported yet; move it to a Shared class first, then to %s with --node %s",
+					name, class, d.Status.NodeName, class, node)
+			}
+			if d.Status.Phase != v1alpha1.DiskPhaseReady && !cancelling {
+				return fmt.Errorf("VirtualDisk %q is %s: only a Ready disk can be moved", name, orPending(string(d.Status.Phase)))
+			}
+			for _, a := range d.Status.AttachedToVirtualMachines {
+				if a.Mounted {
+					return fmt.Errorf("VirtualDisk %q is used by the running VirtualMachine %q: stop it first (rakhsh vm stop %s), then move the disk", name, a.Name, a.Name)
+				}
+			}
+			var sc v1alpha1.StorageClass
+			if err := c.Get(ctx, "storageclasses", "", class, &sc); err != nil {
+				if client.IsNotFound(err) {
+					return fmt.Errorf("StorageClass %q does not exist (see rakhsh get storageclasses)", class)
+				}
+				return err
+			}
+			// Without --node, a node named by an earlier move is forgotten.
+			meta := map[string]any{"resourceVersion": d.ResourceVersion, "annotations": map[string]any{v1alpha1.AnnotationStorageNode: nil}}
+			if node != "" {
+				if sc.Spec.Type != v1alpha1.StorageClassTypeLocal {
+					return usageErrorf("--node is only for a Local class: a disk on %s storage class %s runs on any node", sc.Spec.Type, class)
+				}
+				if err := c.Get(ctx, "nodes", "", node, nil); err != nil {
+					if client.IsNotFound(err) {
+						return fmt.Errorf("node %q does not exist (see rakhsh get nodes)", node)
+					}
+					return err
+				}
+				meta["annotations"] = map[string]any{v1alpha1.AnnotationStorageNode: node}
+			}
+			patch, _ := json.Marshal(map[string]any{
+				"metadata": meta,
+				"spec":     map[string]any{"persistentVolumeClaim": map[string]any{"storageClassName": class}}})
+			var out v1alpha1.VirtualDisk
+			if err := c.Patch(ctx, "virtualdisks", ns, name, patch, &out); err != nil {
+				return err
+			}
+			from := d.Status.StorageClassName
+			if noWait {
+				fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s moving from storage class %s to %s\n", name, from, class)
+				return nil
+			}
+			deadline := time.Now().Add(timeout)
+			for {
+				d = v1alpha1.VirtualDisk{} // omitted fields must not keep the last read's values
+				if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
+					return err
+				}
+				if cancelling && d.Status.Phase == v1alpha1.DiskPhaseReady {
+					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s: the move was called off; it stays in storage class %s\n", name, class)
+					return nil
+				}
+				if !cancelling && d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseReady && (node == "" || d.Status.NodeName == node) {
+					where := ""
+					if d.Status.NodeName != "" {
+						where = " on node " + d.Status.NodeName
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s moved from storage class %s to %s%s\n", name, from, class, where)
+					return nil
+				}
+				if cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); cond != nil && cond.Status == v1alpha1.ConditionFalse &&
+					moveStopReasons[cond.Reason] && cond.ObservedGeneration == out.Generation {
+					return errors.New(cond.Message)
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("VirtualDisk %q did not reach storage class %s within %s (it is %s; the move goes on: rakhsh describe vd %s)",
+						name, class, timeout, orPending(string(d.Status.Phase)), name)
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&class, "storage-class", "", "the StorageClass to move the disk to (required)")
+	f.StringVar(&node, "node", "", "for a Local class: the node whose local storage takes the disk (default: the node it is on, or the control plane's for a disk on Shared storage)")
+	f.BoolVar(&noWait, "no-wait", false, "return once the move is asked for, without waiting for it")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "how long to wait for the move")
+	return cmd
+}

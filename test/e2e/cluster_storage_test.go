@@ -1,0 +1,191 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// clusterStorageVM is a VM of one or two disks, AlwaysOn, optionally pinned by hostname.
+func clusterStorageVM(name, host string, disks ...string) string {
+	m := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: %s}
+spec:
+  runPolicy: AlwaysOn
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+`, name)
+	if host != "" {
+		m += "  nodeSelector: {kubernetes.io/hostname: " + host + "}\n"
+	}
+	m += "  blockDeviceRefs:\n"
+	for _, d := range disks {
+		m += "  - {kind: VirtualDisk, name: " + d + "}\n"
+	}
+	return m
+}
+
+// clusterScheduledFalse waits for the VM's Scheduled condition to be False and returns its
+// message; the VM must stay unbound.
+func clusterScheduledFalse(t *testing.T, s *Serve, name string) string {
+	t.Helper()
+	v := vmWait(t, s, name, time.Minute, "Scheduled=False", func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionScheduled)
+		return c != nil && c.Status == v1alpha1.ConditionFalse
+	})
+	if v.Status.NodeName != "" {
+		t.Errorf("VM %s was bound to %s", name, v.Status.NodeName)
+	}
+	return v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionScheduled).Message
+}
+
+// TestClusterStorage, in the three-host cluster: a disk on the default Local class is made
+// on h1 (the control plane's host) and pins its VM there; a VM whose disks are on two nodes
+// (the second moved from Shared storage to h2's by h2's agent),
+// or whose Local disk is on a node its nodeSelector excludes, stays unbound with a Scheduled
+// condition naming each disk's node; a disk on a Shared class over the cluster's shared
+// directory is a linked clone of the class's own copy of the guest image, and its VM pinned
+// to h2 boots on h2 from it; the disk moves to h2's Local storage and back (by h2's agent),
+// and its VM, pinned by the disk, boots on h2 in between.
+func TestClusterStorage(t *testing.T) {
+	c := sharedCluster(t)
+	s := c.Serve(t)
+	img := c.GuestImage(t)
+	h1, h2 := c.Host("h1"), c.Host("h2")
+	t.Cleanup(func() {
+		for _, vm := range []string{"rks-cl-local", "rks-cl-split", "rks-cl-elsewhere", "rks-cl-shared"} {
+			s.CLI("", "delete", "vm", vm, "--ignore-not-found", "--wait")
+		}
+		for _, d := range []string{"rks-cl-l1", "rks-cl-l2", "rks-cl-s1"} {
+			s.CLI("", "delete", "vd", d, "--ignore-not-found", "--wait")
+		}
+		s.CLI("", "delete", "storageclass", "rks-cl-shared", "--ignore-not-found")
+	})
+	disk := func(name, size, class string, fromImage bool) string {
+		m := fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: %s}\nspec:\n  persistentVolumeClaim: {size: %s", name, size)
+		if class != "" {
+			m += ", storageClassName: " + class
+		}
+		m += "}\n"
+		if fromImage {
+			m += "  dataSource:\n    type: ObjectRef\n    objectRef: {kind: ClusterVirtualImage, name: " + img + "}\n"
+		}
+		return m
+	}
+
+	// A Shared class over the directory every host sees.
+	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rks-cl-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
+		filepath.Join(c.Shared, "rks-storage")), "apply", "-f", "-")
+
+	// A Local disk is on h1 and its VM is bound there.
+	s.MustCLI(disk("rks-cl-l1", "1Gi", "", true)+"---\n"+disk("rks-cl-l2", "64Mi", "rks-cl-shared", false), "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "rks-cl-l1", "--for", "phase=Ready", "--timeout", "2m")
+	s.MustCLI("", "wait", "vd", "rks-cl-l2", "--for", "phase=Ready", "--timeout", "2m")
+	if d := storageDisk(t, s, "rks-cl-l1"); d.Status.StorageClassName != "local" || d.Status.NodeName != "h1" {
+		t.Fatalf("a Local disk: class %q node %q, want local on h1", d.Status.StorageClassName, d.Status.NodeName)
+	}
+	s.MustCLI(clusterStorageVM("rks-cl-local", "", "rks-cl-l1"), "apply", "-f", "-")
+	v := vmWait(t, s, "rks-cl-local", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != "h1" {
+		t.Errorf("the VM of a Local disk on h1 runs on %q", v.Status.NodeName)
+	}
+	s.MustCLI("", "delete", "vm", "rks-cl-local", "--wait")
+
+	// The same disk with a nodeSelector for h2: unbound, and the condition says why.
+	s.MustCLI(clusterStorageVM("rks-cl-elsewhere", "h2", "rks-cl-l1"), "apply", "-f", "-")
+	msg := clusterScheduledFalse(t, s, "rks-cl-elsewhere")
+	for _, want := range []string{`VirtualDisk "rks-cl-l1" (StorageClass "local") is on node h1's local storage`, "node h1 cannot take it (not matching nodeSelector)"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Scheduled message %q lacks %q", msg, want)
+		}
+	}
+	s.MustCLI("", "delete", "vm", "rks-cl-elsewhere", "--wait")
+
+	// Disks on two nodes: the second disk, made on Shared storage, is moved to h2's local
+	// storage by h2's agent.
+	s.MustCLI("", "disk", "move", "rks-cl-l2", "--storage-class", "local", "--node", "h2", "--timeout", "3m")
+	if d := storageDisk(t, s, "rks-cl-l2"); d.Status.StorageClassName != "local" || d.Status.NodeName != "h2" {
+		t.Fatalf("the disk moved to h2: class %q node %q", d.Status.StorageClassName, d.Status.NodeName)
+	}
+	s.MustCLI(clusterStorageVM("rks-cl-split", "", "rks-cl-l1", "rks-cl-l2"), "apply", "-f", "-")
+	msg = clusterScheduledFalse(t, s, "rks-cl-split")
+	for _, want := range []string{`VirtualDisk "rks-cl-l1" (StorageClass "local") on node h1`, `VirtualDisk "rks-cl-l2" (StorageClass "local") on node h2`, "different nodes"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Scheduled message %q lacks %q", msg, want)
+		}
+	}
+	if out := s.MustCLI("", "describe", "vm", "rks-cl-split"); !strings.Contains(out, "different nodes") {
+		t.Errorf("rakhsh describe vm does not explain the split disks:\n%s", out)
+	}
+	s.MustCLI("", "delete", "vm", "rks-cl-split", "--wait")
+	// Deleting the disk on h2: h2's agent removes its file, then the disk goes.
+	l2 := storageDisk(t, s, "rks-cl-l2")
+	l2File := filepath.Join(h2.DataDir, "pools", "default", "disks", l2.UID+".qcow2")
+	if !storageFileThere(l2File) {
+		t.Fatalf("the disk moved to h2 has no file %s", l2File)
+	}
+	s.MustCLI("", "delete", "vd", "rks-cl-l2", "--wait", "--timeout", "2m")
+	if storageFileThere(l2File) {
+		t.Errorf("the deleted disk's file on h2 is still there: %s", l2File)
+	}
+
+	// A disk on the Shared class: the VM pinned to h2 boots from it.
+	s.MustCLI(disk("rks-cl-s1", "1Gi", "rks-cl-shared", true), "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "rks-cl-s1", "--for", "phase=Ready", "--timeout", "2m")
+	sd := storageDisk(t, s, "rks-cl-s1")
+	file := filepath.Join(c.Shared, "rks-storage", "disks", sd.UID+".qcow2")
+	if sd.Status.NodeName != "" || !storageFileThere(file) {
+		t.Fatalf("a Shared disk: node %q, file %s there: %v", sd.Status.NodeName, file, storageFileThere(file))
+	}
+	if b := storageBacking(t, file); !strings.HasPrefix(b, filepath.Join(c.Shared, "rks-storage", "images", "sha256-")) {
+		t.Errorf("the Shared disk's backing file is %q, want the class's image copy", b)
+	}
+	s.MustCLI(clusterStorageVM("rks-cl-shared", "h2", "rks-cl-s1"), "apply", "-f", "-")
+	v = vmWait(t, s, "rks-cl-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != "h2" {
+		t.Fatalf("the Shared disk's VM pinned to h2 runs on %q", v.Status.NodeName)
+	}
+	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	if _, err := os.Stat(filepath.Join(h2.DataDir, "run", "vms", v.UID, "qemu.pid")); err != nil {
+		t.Errorf("h2 runs no QEMU of the VM: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(h1.DataDir, "run", "vms", v.UID)); !os.IsNotExist(err) {
+		t.Errorf("h1 has a run directory of the VM on h2 (stat: %v)", err)
+	}
+
+	// Shared -> h2's Local storage, done by h2's agent (the control plane cannot reach h2's
+	// pool); the VM, now without a node selector, is pinned to h2 by its disk and boots.
+	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")
+	onH2 := filepath.Join(h2.DataDir, "pools", "default", "disks", sd.UID+".qcow2")
+	out := s.MustCLI("", "disk", "move", "rks-cl-s1", "--storage-class", "local", "--node", "h2", "--timeout", "3m")
+	if !strings.Contains(out, "moved from storage class rks-cl-shared to local on node h2") {
+		t.Errorf("rakhsh disk move --node h2 printed %q", out)
+	}
+	waitFor(t, "the Shared file to go after the move to h2", func() bool { return !storageFileThere(file) })
+	sd = storageDisk(t, s, "rks-cl-s1")
+	if sd.Status.StorageClassName != "local" || sd.Status.NodeName != "h2" || !storageFileThere(onH2) {
+		t.Fatalf("after the move to h2: class %q node %q, file on h2 %v", sd.Status.StorageClassName, sd.Status.NodeName, storageFileThere(onH2))
+	}
+	s.MustCLI(clusterStorageVM("rks-cl-shared", "", "rks-cl-s1"), "apply", "-f", "-")
+	v = vmWait(t, s, "rks-cl-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != "h2" {
+		t.Fatalf("the VM of a disk on h2's local storage runs on %q", v.Status.NodeName)
+	}
+	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")
+
+	// And back to Shared, again by h2's agent.
+	s.MustCLI("", "disk", "move", "rks-cl-s1", "--storage-class", "rks-cl-shared", "--timeout", "3m")
+	waitFor(t, "h2's file to go after the move back", func() bool { return !storageFileThere(onH2) })
+	sd = storageDisk(t, s, "rks-cl-s1")
+	if sd.Status.StorageClassName != "rks-cl-shared" || sd.Status.NodeName != "" || !storageFileThere(file) {
+		t.Fatalf("after the move back to Shared: class %q node %q, shared file %v", sd.Status.StorageClassName, sd.Status.NodeName, storageFileThere(file))
+	}
+}
