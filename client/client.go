@@ -19,6 +19,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -30,7 +31,14 @@ const DefaultSocket = "/var/lib/rakhsh/rakhsh.sock"
 // Config says how to reach the server.
 type Config struct {
 	// Server is unix:///path/to/rakhsh.sock or https://host:port. Empty means the default socket.
+	// Several servers of one control plane may be given separated by commas
+	// (https://a:6443,https://b:6443): see Servers.
 	Server string
+	// Servers are more API servers of the same control plane, after those in Server. The
+	// client uses one at a time and fails over to the next (wrapping around) when the one in
+	// use cannot be reached or answers 503 Service Unavailable; it then stays with the server
+	// that answered. See Do for which requests are sent again.
+	Servers []string
 	// Token is the bearer token for TCP connections. It is sent only over https (or the
 	// unix socket): New refuses a token with a plain http:// server.
 	Token string
@@ -38,7 +46,7 @@ type Config struct {
 	CAFile string
 	// Insecure skips TLS verification (for self-signed test servers only).
 	Insecure bool
-	// Timeout bounds each non-streaming request; 0 means 60 s.
+	// Timeout bounds each non-streaming request, failovers included; 0 means 60 s.
 	Timeout time.Duration
 	// DialContext, when set, opens the TCP connections to an https (or http) server in place
 	// of a plain net.Dialer: for example one that dials from inside another network
@@ -46,14 +54,27 @@ type Config struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// Client talks to one Rakhsh API server.
+// endpoint is one API server of the client.
+type endpoint struct {
+	server string       // as configured
+	base   string       // scheme://host for building URLs
+	http   *http.Client // non-streaming calls
+	stream *http.Client // watches and streams: no overall timeout
+	dialer func(ctx context.Context) (net.Conn, error)
+}
+
+// endpoints are the API servers of a client and the one in use, shared by the clients
+// derived with WithUserAgent and WithHeader.
+type endpoints struct {
+	list []*endpoint
+	cur  atomic.Int32
+}
+
+// Client talks to the Rakhsh API through one server at a time of those configured.
 type Client struct {
-	base    string // scheme://host for building URLs
+	eps     *endpoints
 	token   string
-	http    *http.Client // non-streaming calls
-	stream  *http.Client // watches and streams: no overall timeout
 	timeout time.Duration
-	dialer  func(ctx context.Context) (net.Conn, error)
 	agent   string      // User-Agent; empty: Go's default
 	header  http.Header // sent with every request (WithHeader)
 }
@@ -79,20 +100,74 @@ func (c *Client) WithHeader(name, value string) *Client {
 	return &c2
 }
 
+// SplitServers splits a comma-separated list of server addresses, dropping empty items and
+// surrounding space.
+func SplitServers(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // New builds a client from cfg.
 func New(cfg Config) (*Client, error) {
-	server := cfg.Server
-	if server == "" {
-		server = "unix://" + DefaultSocket
+	servers := append(SplitServers(cfg.Server), cfg.Servers...)
+	if len(servers) == 0 {
+		servers = []string{"unix://" + DefaultSocket}
 	}
+	c := &Client{token: cfg.Token, timeout: cfg.Timeout, eps: &endpoints{}}
+	if c.timeout == 0 {
+		c.timeout = 60 * time.Second
+	}
+	var tc *tls.Config
+	seen := map[string]bool{}
+	for _, server := range servers {
+		if seen[server] {
+			return nil, fmt.Errorf("server address %q is given twice", server)
+		}
+		seen[server] = true
+		if tc == nil && strings.HasPrefix(server, "https:") {
+			var err error
+			if tc, err = clientTLS(cfg); err != nil {
+				return nil, err
+			}
+		}
+		ep, err := newEndpoint(cfg, server, tc)
+		if err != nil {
+			return nil, err
+		}
+		c.eps.list = append(c.eps.list, ep)
+	}
+	return c, nil
+}
+
+// clientTLS is the TLS configuration of cfg's https servers.
+func clientTLS(cfg Config) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.Insecure} //nolint:gosec // opt-in flag
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}
+
+// newEndpoint is the endpoint of one server address.
+func newEndpoint(cfg Config, server string, tc *tls.Config) (*endpoint, error) {
 	u, err := url.Parse(server)
 	if err != nil {
 		return nil, fmt.Errorf("server address %q: %w", server, err)
 	}
-	c := &Client{token: cfg.Token, timeout: cfg.Timeout}
-	if c.timeout == 0 {
-		c.timeout = 60 * time.Second
-	}
+	ep := &endpoint{server: server}
 	tr := &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
 	switch u.Scheme {
 	case "unix":
@@ -104,27 +179,18 @@ func New(cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("server address %q: a unix address needs a path, e.g. unix:///var/lib/rakhsh/rakhsh.sock", server)
 		}
 		d := &net.Dialer{}
-		c.dialer = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "unix", path) }
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return c.dialer(ctx) }
-		c.base = "http://rakhsh"
+		ep.dialer = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "unix", path) }
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return ep.dialer(ctx) }
+		ep.base = "http://rakhsh"
 	case "https":
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.Insecure} //nolint:gosec // opt-in flag
-		if cfg.CAFile != "" {
-			pem, err := os.ReadFile(cfg.CAFile)
-			if err != nil {
-				return nil, fmt.Errorf("reading CA file: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
-			}
-			tc.RootCAs = pool
+		if u.Host == "" {
+			return nil, fmt.Errorf("server address %q: an https address needs a host, e.g. https://10.0.0.1:6443", server)
 		}
 		tr.TLSClientConfig = tc
 		dial := tcpDialer(cfg)
 		tr.DialContext = dial
 		host := u.Host
-		c.dialer = func(ctx context.Context) (net.Conn, error) {
+		ep.dialer = func(ctx context.Context) (net.Conn, error) {
 			conn, err := dial(ctx, "tcp", host)
 			if err != nil {
 				return nil, err
@@ -140,7 +206,7 @@ func New(cfg Config) (*Client, error) {
 			}
 			return tconn, nil
 		}
-		c.base = "https://" + u.Host
+		ep.base = "https://" + u.Host
 	case "http":
 		// Plain HTTP is only for tests behind a proxy; the server itself never listens on it.
 		// A bearer token would travel in clear text, readable and replayable by anyone on
@@ -148,17 +214,55 @@ func New(cfg Config) (*Client, error) {
 		if cfg.Token != "" {
 			return nil, fmt.Errorf("server address %q: refusing to send the bearer token over plain http, where anyone on the path can read it: use https://%s (or the unix socket)", server, u.Host)
 		}
-		c.base = "http://" + u.Host
+		ep.base = "http://" + u.Host
 		dial := tcpDialer(cfg)
 		tr.DialContext = dial
 		host := u.Host
-		c.dialer = func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", host) }
+		ep.dialer = func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", host) }
 	default:
 		return nil, fmt.Errorf("server address %q: scheme must be unix or https", server)
 	}
-	c.http = &http.Client{Transport: tr}
-	c.stream = &http.Client{Transport: tr}
-	return c, nil
+	ep.http = &http.Client{Transport: tr}
+	ep.stream = &http.Client{Transport: tr}
+	return ep, nil
+}
+
+// current is the endpoint in use and its index.
+func (c *Client) current() (*endpoint, int) {
+	i := int(c.eps.cur.Load())
+	return c.eps.list[i], i
+}
+
+// Servers are the configured server addresses, the one in use first.
+func (c *Client) Servers() []string {
+	_, i := c.current()
+	n := len(c.eps.list)
+	out := make([]string, 0, n)
+	for k := 0; k < n; k++ {
+		out = append(out, c.eps.list[(i+k)%n].server)
+	}
+	return out
+}
+
+// Server is the address of the server in use.
+func (c *Client) Server() string {
+	ep, _ := c.current()
+	return ep.server
+}
+
+// unreachable says err means the request never reached a server: the connection could not be
+// made (refused, no route, timed out, or the TLS handshake failed on a dead peer).
+func unreachable(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return false
+}
+
+// idempotent methods may be sent again when their connection broke after they were sent.
+func idempotent(method string) bool {
+	return method == http.MethodGet || method == http.MethodHead
 }
 
 // tcpDialer is cfg.DialContext, or a net.Dialer with a 10 s connect timeout.
@@ -194,11 +298,44 @@ func ReadTokenFile(path string) (string, error) {
 	return tok, nil
 }
 
-// DialRaw opens a raw connection to the server (used for websocket upgrades).
-func (c *Client) DialRaw(ctx context.Context) (net.Conn, error) { return c.dialer(ctx) }
+// DialRaw opens a raw connection to the server in use (used for websocket upgrades and
+// uploads); a server that cannot be reached is failed over like a request.
+func (c *Client) DialRaw(ctx context.Context) (net.Conn, error) {
+	var conn net.Conn
+	err := c.each(ctx, func(ep *endpoint) (bool, error) {
+		var err error
+		conn, err = ep.dialer(ctx)
+		return err != nil && unreachable(err), err
+	})
+	return conn, err
+}
 
-// BaseURL is scheme://host the client builds request URLs on.
-func (c *Client) BaseURL() string { return c.base }
+// each calls try with the endpoint in use and, while try says to fail over, with the next
+// ones (each once, wrapping around); the endpoint of the last call becomes the one in use
+// when it succeeded. It returns try's last error.
+func (c *Client) each(ctx context.Context, try func(ep *endpoint) (failover bool, err error)) error {
+	_, start := c.current()
+	n := len(c.eps.list)
+	var err error
+	for k := 0; k < n; k++ {
+		i := (start + k) % n
+		var again bool
+		again, err = try(c.eps.list[i])
+		if !again || ctx.Err() != nil {
+			if err == nil && i != start {
+				c.eps.cur.CompareAndSwap(int32(start), int32(i))
+			}
+			return err
+		}
+	}
+	return err
+}
+
+// BaseURL is scheme://host of the server in use, which the client builds request URLs on.
+func (c *Client) BaseURL() string {
+	ep, _ := c.current()
+	return ep.base
+}
 
 // Token returns the bearer token, if any.
 func (c *Client) Token() string { return c.token }
@@ -258,7 +395,7 @@ func IsFenced(err error) bool { return Reason(err) == v1alpha1.ReasonLeaderFence
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, contentType string, body, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	resp, err := c.send(ctx, c.http, method, path, query, contentType, body)
+	resp, err := c.send(ctx, false, method, path, query, contentType, body)
 	if err != nil {
 		return err
 	}
@@ -284,26 +421,58 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	return nil
 }
 
-func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, query url.Values, contentType string, body any) (*http.Response, error) {
-	return c.sendHeader(ctx, hc, method, path, query, contentType, body, nil)
+func (c *Client) send(ctx context.Context, streaming bool, method, path string, query url.Values, contentType string, body any) (*http.Response, error) {
+	return c.sendHeader(ctx, streaming, method, path, query, contentType, body, nil)
 }
 
-func (c *Client) sendHeader(ctx context.Context, hc *http.Client, method, path string, query url.Values, contentType string, body any, header http.Header) (*http.Response, error) {
+// sendHeader sends one request to the server in use and fails over to the next servers when
+// it cannot be reached, when the connection of a GET or HEAD broke, or when it answers 503
+// Service Unavailable (its store is gone). A body given as an io.Reader cannot be sent twice:
+// such a request goes to the server in use only.
+func (c *Client) sendHeader(ctx context.Context, streaming bool, method, path string, query url.Values, contentType string, body any, header http.Header) (*http.Response, error) {
+	var data []byte
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
 	case []byte:
-		rd = bytes.NewReader(b)
+		data = b
 	case io.Reader:
 		rd = b
 	default:
-		data, err := json.Marshal(body)
-		if err != nil {
+		var err error
+		if data, err = json.Marshal(body); err != nil {
 			return nil, fmt.Errorf("encoding request: %w", err)
 		}
+	}
+	replayable := rd == nil
+	var resp *http.Response
+	err := c.each(ctx, func(ep *endpoint) (bool, error) {
+		var err error
+		resp, err = c.sendTo(ctx, ep, streaming, method, path, query, contentType, body != nil, data, rd, header)
+		if err != nil {
+			return replayable && (unreachable(err) || idempotent(method)), err
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && replayable && len(c.eps.list) > 1 {
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			// The last server's answer is returned as it is (decoded by the caller).
+			resp.Body = io.NopCloser(bytes.NewReader(msg))
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// sendTo sends one request to ep.
+func (c *Client) sendTo(ctx context.Context, ep *endpoint, streaming bool, method, path string, query url.Values, contentType string, hasBody bool, data []byte, rd io.Reader, header http.Header) (*http.Response, error) {
+	if hasBody && rd == nil {
 		rd = bytes.NewReader(data)
 	}
-	u := c.base + path
+	u := ep.base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
@@ -311,7 +480,7 @@ func (c *Client) sendHeader(ctx context.Context, hc *http.Client, method, path s
 	if err != nil {
 		return nil, err
 	}
-	if rd != nil {
+	if hasBody {
 		if contentType == "" {
 			contentType = "application/json"
 		}
@@ -329,6 +498,10 @@ func (c *Client) sendHeader(ctx context.Context, hc *http.Client, method, path s
 	}
 	if c.agent != "" {
 		req.Header.Set("User-Agent", c.agent)
+	}
+	hc := ep.http
+	if streaming {
+		hc = ep.stream
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -507,7 +680,7 @@ func (c *Client) Watch(ctx context.Context, resource, namespace string, opts Lis
 	ctx, cancel := context.WithCancel(ctx)
 	q := opts.query()
 	q.Set("watch", "true")
-	resp, err := c.send(ctx, c.stream, http.MethodGet, Path(resource, namespace, ""), q, "", nil)
+	resp, err := c.send(ctx, true, http.MethodGet, Path(resource, namespace, ""), q, "", nil)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -553,7 +726,7 @@ func (c *Client) Watch(ctx context.Context, resource, namespace string, opts Lis
 // Range and If-Range. A 200 or 206 answer is returned for the caller to read and close;
 // 416 (the range starts at the end) too, so that a finished download can be recognised.
 func (c *Client) Download(ctx context.Context, path string, header http.Header) (*http.Response, error) {
-	resp, err := c.sendHeader(ctx, c.stream, http.MethodGet, path, nil, "", nil, header)
+	resp, err := c.sendHeader(ctx, true, http.MethodGet, path, nil, "", nil, header)
 	if err != nil {
 		return nil, err
 	}
@@ -568,7 +741,7 @@ func (c *Client) Download(ctx context.Context, path string, header http.Header) 
 
 // Stream opens a request whose body is read by the caller (logs, downloads).
 func (c *Client) Stream(ctx context.Context, method, path string, query url.Values, body io.Reader) (*http.Response, error) {
-	resp, err := c.send(ctx, c.stream, method, path, query, "application/octet-stream", body)
+	resp, err := c.send(ctx, true, method, path, query, "application/octet-stream", body)
 	if err != nil {
 		return nil, err
 	}

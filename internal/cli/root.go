@@ -171,7 +171,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 	}
 	cc.root = root
 	pf := root.PersistentFlags()
-	pf.StringVar(&cc.server, "server", "", "API server: unix:///path/rakhsh.sock or https://host:port (env "+EnvServer+"; default unix://"+client.DefaultSocket+")")
+	pf.StringVar(&cc.server, "server", "", "API server: unix:///path/rakhsh.sock or https://host:port, or several API servers of one control plane separated by commas, failed over in turn (env "+EnvServer+"; default unix://"+client.DefaultSocket+")")
 	pf.StringVar(&cc.token, "token", "", "bearer token for https servers (env "+EnvToken+"); other local users can read it in the process list: prefer --token-file")
 	pf.StringVar(&cc.tokenFile, "token-file", "", "file holding the bearer token for https servers on its first line (env "+EnvTokenFile+")")
 	pf.StringVar(&cc.caFile, "ca-file", "", "PEM file of CA certificates to trust for https (env "+EnvCAFile+")")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 
 // AgentConfig is the validated configuration of `rakhsh agent`.
 type AgentConfig struct {
+	// Server is the control plane's API: one address, or several API servers of one control
+	// plane separated by commas, failed over in turn by the client.
 	Server string
 	Token  string
 	// TokenFile holds the token (the safe way: --token shows in the process list).
@@ -53,6 +56,7 @@ type AgentConfig struct {
 // control plane running elsewhere.
 func NewAgentCommand() *cobra.Command {
 	var cfg AgentConfig
+	var servers []string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent of this host against a Rakhsh control plane",
@@ -73,16 +77,23 @@ A host joins with a join token an admin made (rakhsh node token create): the age
 it once for the node's own credential, keeps that in DATA-DIR/node-credential.json (mode
 0600) and uses only it from then on, also after restarts. The credential may do only what a
 node needs (docs/nodes.md); rakhsh node remove revokes it. --token (the admin token) still
-works for compatibility.`,
+works for compatibility.
+
+With several control-plane hosts, give every API server (--server https://a:6443,https://b:6443,
+all with certificates of the cluster CA in --ca-file): the agent talks to one at a time and moves
+to the next when it cannot be reached or answers 503, watches included; the join token is
+exchanged with whichever answers.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(cfg.LogLevel, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
+			cfg.Server = strings.Join(servers, ",")
 			if cfg.Server == "" {
 				cfg.Server = os.Getenv("RAKHSH_SERVER")
 			}
+			serverList := client.SplitServers(cfg.Server)
 			if cfg.Token != "" && cfg.TokenFile != "" {
 				return errors.New("--token and --token-file are exclusive: give one (--token-file keeps the token out of the process list)")
 			}
@@ -115,7 +126,7 @@ works for compatibility.`,
 			if cfg.VMNetworking != "host" && cfg.VMNetworking != "user" {
 				return fmt.Errorf("--vm-networking %q: use host or user", cfg.VMNetworking)
 			}
-			if cfg.Server == "" {
+			if len(serverList) == 0 {
 				return errors.New("--server is required (https://host:port of the control plane, or unix:///path/rakhsh.sock)")
 			}
 			abs, err := filepath.Abs(cfg.DataDir)
@@ -144,7 +155,7 @@ works for compatibility.`,
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			if cfg.StreamListen != "" {
-				wait, err := streamService{Listen: cfg.StreamListen, Advertise: cfg.StreamAdvertise, Server: cfg.Server,
+				wait, err := streamService{Listen: cfg.StreamListen, Advertise: cfg.StreamAdvertise, Server: serverList[0],
 					Node: cfg.NodeName, DataDir: cfg.DataDir, Client: c.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams")}.start(ctx)
 				if err != nil {
 					return err
@@ -154,7 +165,11 @@ works for compatibility.`,
 			} else {
 				log.Warn("no --stream-listen: the consoles and logs of this host's VMs cannot be reached through the API")
 			}
-			underlay, err := underlayAddress(cfg.UnderlayAddress, []string{serverHost(cfg.Server)})
+			var hosts []string
+			for _, s := range serverList {
+				hosts = append(hosts, serverHost(s))
+			}
+			underlay, err := underlayAddress(cfg.UnderlayAddress, hosts)
 			if err != nil {
 				return err
 			}
@@ -174,7 +189,7 @@ works for compatibility.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Server, "server", "", "control plane API: https://host:port or unix:///path/rakhsh.sock (env RAKHSH_SERVER)")
+	f.StringSliceVar(&servers, "server", nil, "control plane API: https://host:port or unix:///path/rakhsh.sock (env RAKHSH_SERVER); several API servers of one control plane separated by commas or by repeating the flag: the agent uses one and fails over to the next when it cannot be reached or answers 503")
 	f.StringVar(&cfg.Token, "token", "", "bearer token for the control plane (env RAKHSH_TOKEN); other local users can read it in the process list: prefer --token-file")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the bearer token for the control plane on its first line (env RAKHSH_TOKEN_FILE)")
 	f.StringVar(&cfg.JoinToken, "join-token", "", "join token (rakhsh node token create) exchanged once for this node's own credential, kept in --data-dir; later starts need neither it nor --token")
