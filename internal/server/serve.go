@@ -37,13 +37,21 @@ import (
 
 // Config is the validated configuration of `rakhsh serve`.
 type Config struct {
-	DataDir  string
-	Listen   string // TCP address; empty: unix socket only
-	Store    string // "" or "bolt" (embedded), etcd://host:port[,...] or etcd+https://host:port[,...]
-	Etcd     EtcdTLS
-	TLSCert  string
-	TLSKey   string
-	LogLevel string
+	DataDir string
+	Listen  string // TCP address; empty: unix socket only
+	Store   string // "" or "bolt" (embedded), etcd://host:port[,...] or etcd+https://host:port[,...]
+	Etcd    EtcdTLS
+	TLSCert string
+	TLSKey  string
+	// CACert and CAKey are a cluster CA shared by every control-plane host: the serving
+	// certificate of --listen is issued from it (instead of from a CA made in the data dir).
+	CACert, CAKey string
+	// TLSSANs are more DNS names or IP addresses the issued serving certificate names.
+	TLSSANs []string
+	// AdminTokenFile holds the admin token, the same on every control-plane host; empty:
+	// DATA-DIR/admin.token, made on first start.
+	AdminTokenFile string
+	LogLevel       string
 	// NoAgent runs no node agent in this process (control-plane-only mode).
 	NoAgent bool
 	// NoControllers runs no controllers in this process.
@@ -143,6 +151,10 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.BoolVar(&cfg.Etcd.Insecure, "insecure-etcd", false, "accept an etcd:// (plain http) store that is not on loopback")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) for --listen; default: a self-signed one made in the data dir")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
+	f.StringVar(&cfg.CACert, "ca-cert", "", "cluster CA certificate (PEM), the same on every control-plane host: the serving certificate of --listen is issued from it and kept in the data dir, so clients that trust this CA trust every API server; default: a CA made in the data dir")
+	f.StringVar(&cfg.CAKey, "ca-key", "", "private key (PEM) of --ca-cert")
+	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "more DNS names or IP addresses for the issued serving certificate (besides localhost, the loopback addresses, the hostname and the host of --listen), e.g. the address clients reach this host on when --listen is :6443")
+	f.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "file holding the admin token on its first line, the same on every control-plane host (never made by serve); default: DATA-DIR/admin.token, made on first start")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.BoolVar(&cfg.NoAgent, "no-agent", false, "run no node agent in this process: a control-plane-only host (with an etcd store it campaigns to run the controllers)")
 	f.BoolVar(&cfg.NoControllers, "no-controllers", false, "run no controllers in this process, and never campaign for them (serve the API only)")
@@ -199,6 +211,23 @@ func (c *Config) validate() error {
 	}
 	if c.TLSCert != "" && c.Listen == "" {
 		return errors.New("--tls-cert needs --listen")
+	}
+	if (c.CACert == "") != (c.CAKey == "") {
+		return errors.New("--ca-cert and --ca-key must be given together")
+	}
+	if c.CACert != "" && c.TLSCert != "" {
+		return errors.New("--ca-cert and --tls-cert are exclusive: with --ca-cert the serving certificate is issued from the cluster CA")
+	}
+	if c.CACert != "" && c.Listen == "" {
+		return errors.New("--ca-cert needs --listen")
+	}
+	if len(c.TLSSANs) > 0 && (c.Listen == "" || c.TLSCert != "") {
+		return errors.New("--tls-san names addresses in the issued serving certificate: it needs --listen and goes without --tls-cert")
+	}
+	for _, san := range c.TLSSANs {
+		if san == "" || strings.ContainsAny(san, " /:,") && net.ParseIP(san) == nil {
+			return fmt.Errorf("--tls-san %q: want a DNS name or an IP address", san)
+		}
 	}
 	if c.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
@@ -278,7 +307,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
-	token, err := ensureToken(filepath.Join(cfg.DataDir, "admin.token"))
+	tokenFile := filepath.Join(cfg.DataDir, "admin.token")
+	var token string
+	if cfg.AdminTokenFile != "" {
+		tokenFile = cfg.AdminTokenFile
+		token, err = readAdminTokenFile(cfg.AdminTokenFile)
+	} else {
+		token, err = ensureToken(tokenFile)
+	}
 	if err != nil {
 		return err
 	}
@@ -338,7 +374,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		servers = append(servers, newHTTPServer(api.RemoteHandler(), true))
 		listeners = append(listeners, tl)
 		cfg.uploadBases = uploadBases(cfg.Listen, tl.Addr())
-		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", filepath.Join(cfg.DataDir, "admin.token"))
+		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", tokenFile)
 	}
 	apiAddr := cfg.uploadBases.External
 	if apiAddr == "" {

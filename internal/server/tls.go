@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +42,25 @@ func ensureToken(path string) (string, error) {
 	tok := hex.EncodeToString(b)
 	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("writing admin token: %w", err)
+	}
+	return tok, nil
+}
+
+// readAdminTokenFile reads the admin token from a file the operator made (--admin-token-file),
+// the same on every control-plane host. Unlike DATA-DIR/admin.token it is never made here: two
+// hosts that each made their own would not accept each other's clients.
+func readAdminTokenFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--admin-token-file: %w (make it once, e.g. with openssl rand -hex 32, and copy it to every control-plane host)", err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	tok := strings.TrimSpace(line)
+	if len(tok) < 16 {
+		return "", fmt.Errorf("--admin-token-file %s: the token on its first line is shorter than 16 characters", path)
+	}
+	if strings.ContainsAny(tok, " \t\r") {
+		return "", fmt.Errorf("--admin-token-file %s: its first line holds space: it should hold only the token", path)
 	}
 	return tok, nil
 }
@@ -81,7 +102,7 @@ func listenTLS(cfg Config) (net.Listener, error) {
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	} else {
-		ss := &selfSigned{dir: cfg.DataDir, listen: cfg.Listen, now: time.Now}
+		ss := &selfSigned{dir: cfg.DataDir, listen: cfg.Listen, sans: cfg.TLSSANs, caCert: cfg.CACert, caKey: cfg.CAKey, now: time.Now}
 		if _, err := ss.certificate(); err != nil {
 			return nil, err
 		}
@@ -110,10 +131,17 @@ const (
 // a long-running serve renews it without a restart. Clients trust ca.crt, which does not
 // change. A data dir from before the CA existed kept one self-signed CA certificate as
 // tls.crt: it becomes the CA, so clients that trust it keep working.
+//
+// With caCert and caKey (--ca-cert, --ca-key: a cluster CA the operator copied to every
+// control-plane host) that CA signs the serving certificate instead and no CA is made; a
+// tls.crt signed by another CA, or not naming every address of names(), is issued again.
 type selfSigned struct {
 	dir    string
 	listen string
-	now    func() time.Time
+	// sans are more DNS names or IP addresses for the serving certificate (--tls-san).
+	sans          []string
+	caCert, caKey string
+	now           func() time.Time
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
@@ -131,7 +159,7 @@ func (s *selfSigned) certificate() (*tls.Certificate, error) {
 		return s.cert, nil
 	}
 	if s.cert == nil {
-		if cert, renewAt, err := s.load(); err == nil && now.Before(renewAt) {
+		if cert, renewAt, err := s.load(); err == nil && now.Before(renewAt) && s.fits(cert) {
 			s.cert, s.renewAt = cert, renewAt
 			return cert, nil
 		}
@@ -158,6 +186,60 @@ func (s *selfSigned) certificate() (*tls.Certificate, error) {
 	return cert, nil
 }
 
+// fits says cert is signed by the configured CA and names every address of names().
+func (s *selfSigned) fits(cert *tls.Certificate) bool {
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return false
+	}
+	if s.caCert != "" {
+		ca, _, err := loadCA(s.caCert, s.caKey)
+		if err != nil || leaf.CheckSignatureFrom(ca) != nil {
+			return false
+		}
+	}
+	dns, ips := s.names()
+	for _, d := range dns {
+		if !slices.Contains(leaf.DNSNames, d) {
+			return false
+		}
+	}
+	for _, ip := range ips {
+		if !slices.ContainsFunc(leaf.IPAddresses, ip.Equal) {
+			return false
+		}
+	}
+	return true
+}
+
+// names are the DNS names and IP addresses the serving certificate names: localhost, the
+// loopback addresses, the hostname, the host of --listen when it names one, and --tls-san.
+func (s *selfSigned) names() ([]string, []net.IP) {
+	dns := []string{"localhost"}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	add := func(h string) {
+		if h == "" {
+			return
+		}
+		if ip := net.ParseIP(h); ip != nil {
+			if !ip.IsUnspecified() && !slices.ContainsFunc(ips, ip.Equal) {
+				ips = append(ips, ip)
+			}
+		} else if !slices.Contains(dns, h) {
+			dns = append(dns, h)
+		}
+	}
+	host, _ := os.Hostname()
+	add(host)
+	if h, _, err := net.SplitHostPort(s.listen); err == nil {
+		add(h)
+	}
+	for _, san := range s.sans {
+		add(san)
+	}
+	return dns, ips
+}
+
 // load reads tls.crt and tls.key and says when the certificate is due for renewal.
 func (s *selfSigned) load() (*tls.Certificate, time.Time, error) {
 	cert, err := tls.LoadX509KeyPair(s.path("tls.crt"), s.path("tls.key"))
@@ -181,14 +263,25 @@ func renewalTime(c *x509.Certificate) time.Time {
 
 // ensureCA loads ca.crt and ca.key, adopting an old self-signed tls.crt as the CA, or makes
 // a new CA.
-func (s *selfSigned) ensureCA() (*x509.Certificate, *ecdsa.PrivateKey, error) {
+func (s *selfSigned) ensureCA() (*x509.Certificate, crypto.Signer, error) {
+	if s.caCert != "" {
+		c, k, err := loadCA(s.caCert, s.caKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("the cluster CA (--ca-cert %s, --ca-key %s): %w", s.caCert, s.caKey, err)
+		}
+		return c, k, nil
+	}
 	if c, k, err := loadCA(s.path("ca.crt"), s.path("ca.key")); err == nil {
 		return c, k, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("the self-signed CA in %s: %w (remove ca.crt, ca.key, tls.crt and tls.key to make new ones, then give clients the new ca.crt)", s.dir, err)
 	}
 	if c, k, err := loadCA(s.path("tls.crt"), s.path("tls.key")); err == nil && c.IsCA && s.now().Before(c.NotAfter) {
-		if err := writeFileAtomic(s.path("ca.key"), pemKey(k), 0o600); err != nil {
+		keyPEM, err := os.ReadFile(s.path("tls.key"))
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := writeFileAtomic(s.path("ca.key"), keyPEM, 0o600); err != nil {
 			return nil, nil, err
 		}
 		if err := writeFileAtomic(s.path("ca.crt"), pemCert(c.Raw), 0o644); err != nil {
@@ -232,7 +325,8 @@ func (s *selfSigned) ensureCA() (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	return c, key, nil
 }
 
-func loadCA(certFile, keyFile string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+// loadCA loads a CA certificate and its key (ECDSA, RSA or Ed25519).
+func loadCA(certFile, keyFile string) (*x509.Certificate, crypto.Signer, error) {
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, nil, err
@@ -241,15 +335,15 @@ func loadCA(certFile, keyFile string) (*x509.Certificate, *ecdsa.PrivateKey, err
 	if err != nil {
 		return nil, nil, err
 	}
-	k, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
+	k, ok := pair.PrivateKey.(crypto.Signer)
 	if !ok || !c.IsCA || c.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, nil, fmt.Errorf("%s is not a CA certificate with an ECDSA key", certFile)
+		return nil, nil, fmt.Errorf("%s is not a CA certificate (CA:TRUE, key usage keyCertSign) with a signing key", certFile)
 	}
 	return c, k, nil
 }
 
 // issue makes a new serving certificate signed by the CA and writes tls.crt and tls.key.
-func (s *selfSigned) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, now time.Time) (*tls.Certificate, time.Time, error) {
+func (s *selfSigned) issue(ca *x509.Certificate, caKey crypto.Signer, now time.Time) (*tls.Certificate, time.Time, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, time.Time{}, err
@@ -258,7 +352,7 @@ func (s *selfSigned) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, now ti
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	host, _ := os.Hostname()
+	dns, ips := s.names()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: "rakhsh", Organization: []string{"Rakhsh self-signed"}},
@@ -266,21 +360,11 @@ func (s *selfSigned) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, now ti
 		NotAfter:     now.Add(leafLifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:     dns,
+		IPAddresses:  ips,
 	}
 	if tmpl.NotAfter.After(ca.NotAfter) {
 		tmpl.NotAfter = ca.NotAfter
-	}
-	if host != "" {
-		tmpl.DNSNames = append(tmpl.DNSNames, host)
-	}
-	if h, _, err := net.SplitHostPort(s.listen); err == nil {
-		if ip := net.ParseIP(h); ip != nil && !ip.IsUnspecified() && !ip.IsLoopback() {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else if ip == nil && h != "" && h != "localhost" && h != host {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
