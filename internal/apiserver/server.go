@@ -58,6 +58,11 @@ type Config struct {
 	// ImageDataDir is the data dir whose image store the image controllers of this process
 	// fill; the images' data subresource serves it. Empty: not available.
 	ImageDataDir string
+	// PeerCAFile, when set, is the cluster CA every control-plane member's serving certificate
+	// is issued from (serve --ca-cert): an image whose file this server lacks is then fetched
+	// from the other members (ControlPlane's members' API addresses) with the admin token,
+	// which they share. Empty: no such proxying.
+	PeerCAFile string
 	// PortForwardRange is the host ports new port forwards may take; zero: any.
 	PortForwardRange PortRange
 	// ControlPlane computes the status of the read-only ControlPlane object; nil: the
@@ -88,6 +93,7 @@ type Server struct {
 	admitMu  sync.Mutex
 	instance string
 	imageDir string
+	peerCA   string
 	metrics  *apiMetrics
 	// controlPlane and onFenced are Config.ControlPlane and Config.OnFenced; fenced counts
 	// the writes the store refused as fenced.
@@ -100,7 +106,7 @@ type Server struct {
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, nodeName: cfg.NodeName, localStreams: cfg.LocalStreams, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, forwardRange: cfg.PortForwardRange,
+	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, nodeName: cfg.NodeName, localStreams: cfg.LocalStreams, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, peerCA: cfg.PeerCAFile, forwardRange: cfg.PortForwardRange,
 		controlPlane: cfg.ControlPlane, onFenced: cfg.OnFenced}
 	if s.log == nil {
 		s.log = slog.Default()

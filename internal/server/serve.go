@@ -333,6 +333,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if !cfg.NoControllers {
 		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
 	}
+	if cfg.CACert != "" {
+		// The members share the CA and (with --admin-token-file) the admin token: an image
+		// imported by another member's controllers is fetched from it.
+		acfg.PeerCAFile = cfg.CACert
+	}
 	if !cfg.NoAgent {
 		// The agent in this process serves its VMs' consoles and logs to this API server
 		// directly, without a network hop; other nodes' through their stream endpoints.

@@ -1,0 +1,111 @@
+package apiserver
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/store/bolt"
+)
+
+// TestImageDataFromPeer: two API servers on one store; the image's file is in a's image store
+// only (a's controllers imported it). A download through b, which lacks the file, is relayed
+// from a (found among the control-plane members, reached with the shared admin token and the
+// cluster CA), ranges and ETag included. Without the cluster CA, b answers 404 as before; a
+// request that is itself relayed is never relayed further.
+func TestImageDataFromPeer(t *testing.T) {
+	dir := t.TempDir()
+	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	const token = "0123456789abcdef0123456789abcdef"
+	dirA, dirB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	a := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "a", ImageDataDir: dirA})
+	t.Cleanup(a.Shutdown)
+	srvA := httptest.NewTLSServer(a.RemoteHandler())
+	t.Cleanup(srvA.Close)
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvA.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	members := func(context.Context) (v1alpha1.ControlPlaneStatus, error) {
+		return v1alpha1.ControlPlaneStatus{Store: "etcd", Members: []v1alpha1.ControlPlaneMember{
+			{Name: "b", APIAddress: "https://127.0.0.1:1"}, {Name: "a", APIAddress: srvA.URL}}}, nil
+	}
+	b := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
+	t.Cleanup(b.Shutdown)
+	bDir := filepath.Join(dir, "bs")
+	_ = os.MkdirAll(bDir, 0o700)
+	cl := serveLocal(t, bDir, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	img := map[string]any{"apiVersion": v1alpha1.APIVersion, "kind": "ClusterVirtualImage", "metadata": map[string]any{"name": "img"},
+		"spec": map[string]any{"dataSource": map[string]any{"type": "HTTP", "http": map[string]any{"url": "https://example.com/x.iso"}}}}
+	var created v1alpha1.ClusterVirtualImage
+	if err := cl.Create(ctx, "clustervirtualimages", "", img, &created); err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("the image's bytes, imported by a")
+	sum := sha256.Sum256(content)
+	if err := os.MkdirAll(filepath.Dir(storage.ImagePath(dirA, created.UID)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(storage.ImagePath(dirA, created.UID), content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	patch := `{"status":{"phase":"Ready","format":"iso","sha256":"` + hex.EncodeToString(sum[:]) + `"}}`
+	if err := cl.PatchStatus(ctx, "clustervirtualimages", "", "img", []byte(patch), nil); err != nil {
+		t.Fatal(err)
+	}
+	path := client.Path("clustervirtualimages", "", "img", SubData)
+
+	resp, err := cl.Download(ctx, path, nil)
+	if err != nil {
+		t.Fatalf("download through b: %v", err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(got) != string(content) || resp.Header.Get("ETag") != `"`+hex.EncodeToString(sum[:])+`"` {
+		t.Fatalf("through b: %d %q ETag %q, want a's file", resp.StatusCode, got, resp.Header.Get("ETag"))
+	}
+	resp, err = cl.Download(ctx, path, http.Header{"Range": {"bytes=4-8"}, "If-Range": {`"` + hex.EncodeToString(sum[:]) + `"`}})
+	if err != nil {
+		t.Fatalf("ranged download through b: %v", err)
+	}
+	got, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || string(got) != string(content[4:9]) || resp.Header.Get("Content-Range") == "" {
+		t.Fatalf("ranged through b: %d %q %q", resp.StatusCode, got, resp.Header.Get("Content-Range"))
+	}
+
+	// Relayed requests go no further: b asked with the peer header answers 404.
+	_, err = cl.Download(ctx, path, http.Header{headerImagePeer: {"c"}})
+	if !client.IsNotFound(err) {
+		t.Fatalf("a relayed request to b: %v, want 404", err)
+	}
+	// Without the cluster CA, no relaying.
+	c := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "c", ImageDataDir: filepath.Join(dir, "c"), ControlPlane: members})
+	t.Cleanup(c.Shutdown)
+	cDir := filepath.Join(dir, "cs")
+	_ = os.MkdirAll(cDir, 0o700)
+	_, err = serveLocal(t, cDir, c).Download(ctx, path, nil)
+	if !client.IsNotFound(err) {
+		t.Fatalf("through a server without the cluster CA: %v, want 404 (file missing)", err)
+	}
+}
