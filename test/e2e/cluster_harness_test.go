@@ -16,6 +16,11 @@ package e2e
 //	                 --node-name hI --stream-listen 10.231.0.(10+I):8444`; the agent exchanges
 //	                 the join token for its own node credential at first start
 //
+// With ClusterOptions.ServeOn (e.g. {"h1", "h2"}) those hosts run serve instead, each with
+// --listen and --stream-listen on its own address, all with one cluster CA and admin token
+// (Dir/pki: --ca-cert, --ca-key, --admin-token-file; Cluster.CAFile is that CA), and every
+// agent gets --server with every serve's URL (Cluster.ServerURLs, h1's first).
+//
 // Files live under /tmp/N-cluster: one data dir per host (h1/, h2/, ...), etcd/ (member data,
 // PKI), logs/ (one file per process: h1.log, e2.log, ...) and shared/ (Cluster.Shared), a
 // directory every host sees at the same path, standing in for NFS. Every process runs through
@@ -55,16 +60,25 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,6 +118,12 @@ type ClusterOptions struct {
 	VMNetworking string
 	// ServeArgs and AgentArgs are added to every serve and agent command line.
 	ServeArgs, AgentArgs []string
+	// ServeOn names the hosts that run `rakhsh serve` (with their in-process agent) instead of
+	// `rakhsh agent`; default {"h1"}. It must start with h1. With more than one, every serve
+	// gets one cluster CA (--ca-cert, --ca-key: Cluster.CAFile) and one admin token
+	// (--admin-token-file), listens on its host's address, and the agents are given every
+	// serve's URL (--server a,b).
+	ServeOn []string
 }
 
 // Cluster is a running multi-host cluster on this machine.
@@ -124,12 +144,13 @@ type Cluster struct {
 	CAFile     string
 	AdminToken string
 
-	opts      ClusterOptions
-	joinFile  string
-	fileSrv   *http.Server
-	fileURL   string
-	guestMu   sync.Mutex
-	guestDone bool
+	opts           ClusterOptions
+	adminTokenFile string // with several serves: the admin token they share
+	joinFile       string
+	fileSrv        *http.Server
+	fileURL        string
+	guestMu        sync.Mutex
+	guestDone      bool
 }
 
 // ClusterHost is one simulated host: a namespace with eth0 on the underlay and one rakhsh
@@ -269,6 +290,12 @@ func startCluster(bin string, opts ClusterOptions) (_ *Cluster, err error) {
 	if opts.VMNetworking == "" {
 		opts.VMNetworking = "host"
 	}
+	if len(opts.ServeOn) == 0 {
+		opts.ServeOn = []string{"h1"}
+	}
+	if opts.ServeOn[0] != "h1" {
+		return nil, fmt.Errorf("cluster %s: ServeOn %v: it must start with h1", opts.Name, opts.ServeOn)
+	}
 	n := opts.Name
 	c := &Cluster{Name: n, Dir: "/tmp/" + n + "-cluster", Underlay: n + "-ul", Bridge: n + "-br", opts: opts}
 	c.Shared = filepath.Join(c.Dir, "shared")
@@ -281,7 +308,7 @@ func startCluster(bin string, opts ClusterOptions) (_ *Cluster, err error) {
 	for i := 1; i <= opts.Hosts; i++ {
 		name := fmt.Sprintf("h%d", i)
 		c.Hosts = append(c.Hosts, &ClusterHost{Name: name, NS: n + "-" + name, IP: fmt.Sprintf("%s%d", clusterNet, 10+i),
-			DataDir: filepath.Join(c.Dir, name), IsServe: i == 1, c: c})
+			DataDir: filepath.Join(c.Dir, name), IsServe: slices.Contains(opts.ServeOn, name), c: c})
 	}
 	c.removeLeftovers()
 	clustersMu.Lock()
@@ -716,35 +743,61 @@ func (c *Cluster) startHosts(bin string) error {
 		eps = append(eps, fmt.Sprintf("%s:%d", e.IP, clusterEtcdClient))
 	}
 	h1 := c.Hosts[0]
-	if err := os.MkdirAll(h1.DataDir, 0o700); err != nil {
-		return err
+	var shared []string // the cluster CA and admin token of several serves
+	if len(c.opts.ServeOn) > 1 {
+		pki := filepath.Join(c.Dir, "pki")
+		caCert, caKey, err := writeTestCA(pki)
+		if err != nil {
+			return err
+		}
+		tokFile := filepath.Join(pki, "admin.token")
+		if err := os.WriteFile(tokFile, []byte(randomHex(32)+"\n"), 0o600); err != nil {
+			return err
+		}
+		shared = []string{"--ca-cert", caCert, "--ca-key", caKey, "--admin-token-file", tokFile}
+		c.CAFile, c.adminTokenFile = caCert, tokFile
 	}
-	h1.proc = &clusterProc{name: "serve " + h1.Name, env: os.Environ(), logPath: filepath.Join(c.Dir, "logs", h1.Name+".log"),
-		argv: nsenter(h1.NS, append([]string{bin, "serve", "--data-dir", h1.DataDir, "--log-level", "debug",
-			"--node-name", h1.Name,
-			"--store", "etcd+https://" + strings.Join(eps, ","),
-			"--etcd-ca", c.EtcdCerts.CA, "--etcd-cert", c.EtcdCerts.ClientCert, "--etcd-key", c.EtcdCerts.ClientKey,
-			"--listen", c.APIAddr,
-			"--stream-listen", fmt.Sprintf("%s:%d", h1.IP, clusterStreamPort),
-			"--vm-networking", c.opts.VMNetworking, "--no-upstream-dns",
-			// The harness's file server (GuestImage) listens on h1's loopback.
-			"--allow-import-from", "127.0.0.0/8"}, c.opts.ServeArgs...)...)}
-	if err := h1.proc.start(); err != nil {
-		return err
+	for _, h := range c.Hosts {
+		if !h.IsServe {
+			continue
+		}
+		if err := os.MkdirAll(h.DataDir, 0o700); err != nil {
+			return err
+		}
+		h.proc = &clusterProc{name: "serve " + h.Name, env: os.Environ(), logPath: filepath.Join(c.Dir, "logs", h.Name+".log"),
+			argv: nsenter(h.NS, append(append([]string{bin, "serve", "--data-dir", h.DataDir, "--log-level", "debug",
+				"--node-name", h.Name,
+				"--store", "etcd+https://" + strings.Join(eps, ","),
+				"--etcd-ca", c.EtcdCerts.CA, "--etcd-cert", c.EtcdCerts.ClientCert, "--etcd-key", c.EtcdCerts.ClientKey,
+				"--listen", fmt.Sprintf("%s:%d", h.IP, clusterAPIPort),
+				"--stream-listen", fmt.Sprintf("%s:%d", h.IP, clusterStreamPort),
+				"--vm-networking", c.opts.VMNetworking, "--no-upstream-dns",
+				// The harness's file servers (GuestImage, ServeDir) listen on the hosts' loopback.
+				"--allow-import-from", "127.0.0.0/8"}, shared...), c.opts.ServeArgs...)...)}
+		if err := h.proc.start(); err != nil {
+			return err
+		}
+		// h1 is up (and so leads) before the others start.
+		if err := h.waitServe(); err != nil {
+			return err
+		}
 	}
-	if err := h1.waitServe(); err != nil {
-		return err
+	if c.CAFile == "" {
+		c.CAFile = filepath.Join(h1.DataDir, "ca.crt")
 	}
-	c.CAFile = filepath.Join(h1.DataDir, "ca.crt")
-	tok, err := os.ReadFile(filepath.Join(h1.DataDir, "admin.token"))
+	tokFile := c.adminTokenFile
+	if tokFile == "" {
+		tokFile = filepath.Join(h1.DataDir, "admin.token")
+	}
+	tok, err := os.ReadFile(tokFile)
 	if err != nil {
 		return fmt.Errorf("serve's admin token: %w", err)
 	}
 	c.AdminToken = strings.TrimSpace(string(tok))
-	if len(c.Hosts) > 1 {
+	if len(c.Hosts) > len(c.opts.ServeOn) {
 		// One join token for all agents (each exchanges it once for its own credential).
 		r, err := execCLI(bin, nil, []string{"RAKHSH_SERVER=unix://" + h1.socket(), "RAKHSH_TOKEN="},
-			"", "node", "token", "create", "--ttl", "10m", "--uses", strconv.Itoa(len(c.Hosts)-1), "--description", "test cluster "+c.Name)
+			"", "node", "token", "create", "--ttl", "10m", "--uses", strconv.Itoa(len(c.Hosts)-len(c.opts.ServeOn)), "--description", "test cluster "+c.Name)
 		if err != nil {
 			return err
 		}
@@ -756,12 +809,15 @@ func (c *Cluster) startHosts(bin string) error {
 			return err
 		}
 	}
-	for _, h := range c.Hosts[1:] {
+	for _, h := range c.Hosts {
+		if h.IsServe {
+			continue
+		}
 		if err := os.MkdirAll(h.DataDir, 0o700); err != nil {
 			return err
 		}
 		h.proc = &clusterProc{name: "agent " + h.Name, env: agentEnv(), logPath: filepath.Join(c.Dir, "logs", h.Name+".log"),
-			argv: nsenter(h.NS, append([]string{bin, "agent", "--server", "https://" + c.APIAddr, "--ca-file", c.CAFile,
+			argv: nsenter(h.NS, append([]string{bin, "agent", "--server", strings.Join(c.ServerURLs(), ","), "--ca-file", c.CAFile,
 				"--join-token-file", c.joinFile, "--data-dir", h.DataDir, "--node-name", h.Name, "--log-level", "debug",
 				"--heartbeat-interval", "1s", "--vm-networking", c.opts.VMNetworking, "--no-upstream-dns",
 				"--stream-listen", fmt.Sprintf("%s:%d", h.IP, clusterStreamPort)}, c.opts.AgentArgs...)...)}
@@ -779,9 +835,28 @@ func (c *Cluster) startHosts(bin string) error {
 
 func (h *ClusterHost) socket() string { return filepath.Join(h.DataDir, "rakhsh.sock") }
 
-// adminClient talks to h1's serve over its unix socket (reachable from any namespace).
+// ServerURLs are the https URLs of every serve's API, h1's first.
+func (c *Cluster) ServerURLs() []string {
+	var urls []string
+	for _, h := range c.Hosts {
+		if h.IsServe {
+			urls = append(urls, fmt.Sprintf("https://%s:%d", h.IP, clusterAPIPort))
+		}
+	}
+	return urls
+}
+
+// adminClient talks to the first running serve (h1's unless it is down) over its unix socket
+// (reachable from any namespace).
 func (c *Cluster) adminClient() *client.Client {
-	cl, err := client.New(client.Config{Server: "unix://" + c.Hosts[0].socket()})
+	sock := c.Hosts[0].socket()
+	for _, h := range c.Hosts {
+		if h.IsServe && h.proc != nil && h.proc.running() {
+			sock = h.socket()
+			break
+		}
+	}
+	cl, err := client.New(client.Config{Server: "unix://" + sock})
 	if err != nil {
 		panic(err) // a unix address with a path does not fail
 	}
@@ -869,12 +944,21 @@ func (c *Cluster) Serve(t *testing.T) *Serve {
 	return &Serve{t: t, DataDir: c.Hosts[0].DataDir, Listen: c.APIAddr}
 }
 
-// APIServer is the https URL of the API server h uses: its own when it runs serve, else h1's.
+// ServeOf is the same view of the serve on host h (one of ClusterOptions.ServeOn).
+func (c *Cluster) ServeOf(t *testing.T, h *ClusterHost) *Serve {
+	if !h.IsServe {
+		t.Fatalf("%s runs no serve", h.Name)
+	}
+	return &Serve{t: t, DataDir: h.DataDir, Listen: fmt.Sprintf("%s:%d", h.IP, clusterAPIPort)}
+}
+
+// APIServer is the https URL of the API server h uses: its own when it runs serve, else every
+// serve's (h1's first), comma-separated, as its agent is given them.
 func (h *ClusterHost) APIServer() string {
 	if h.IsServe {
 		return fmt.Sprintf("https://%s:%d", h.IP, clusterAPIPort)
 	}
-	return "https://" + h.c.APIAddr
+	return strings.Join(h.c.ServerURLs(), ",")
 }
 
 // CLI runs the rakhsh CLI inside the host's namespace against its API server over TCP and
@@ -1247,4 +1331,46 @@ func (c *Cluster) teardown() error {
 		}
 	}
 	return errors.Join(errl...)
+}
+
+// writeTestCA makes the cluster CA several serves share (ca.crt, ca.key in dir), as an
+// operator would with openssl.
+func writeTestCA(dir string) (certFile, keyFile string, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "rakhsh test cluster CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(7 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return "", "", err
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	certFile, keyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		return "", "", err
+	}
+	return certFile, keyFile, nil
+}
+
+// randomHex is n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
 }
