@@ -135,3 +135,28 @@ func TestAdminTokenFile(t *testing.T) {
 		t.Errorf("good file: %q %v", tok, err)
 	}
 }
+
+// TestClusterCAFlags: the cluster CA flags go together, need --listen, exclude --tls-cert, and
+// --tls-san takes names and addresses only.
+func TestClusterCAFlags(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Listen: ":8443", CACert: "ca.crt"}, "--ca-cert and --ca-key must be given together"},
+		{Config{CACert: "ca.crt", CAKey: "ca.key"}, "--ca-cert needs --listen"},
+		{Config{Listen: ":8443", CACert: "ca.crt", CAKey: "ca.key", TLSCert: "t.crt", TLSKey: "t.key"}, "--ca-cert and --tls-cert are exclusive"},
+		{Config{TLSSANs: []string{"a.example"}}, "--tls-san names addresses in the issued serving certificate"},
+		{Config{Listen: ":8443", TLSSANs: []string{"http://a.example"}}, `--tls-san "http://a.example": want a DNS name or an IP address`},
+	} {
+		c := tc.cfg
+		c.DataDir, c.Accelerator = t.TempDir(), "auto"
+		if err := c.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+	ok := Config{DataDir: t.TempDir(), Accelerator: "auto", Listen: ":8443", CACert: "ca.crt", CAKey: "ca.key", TLSSANs: []string{"10.0.0.1", "fd00::1", "api.example"}}
+	if err := ok.validate(); err != nil {
+		t.Errorf("a valid cluster CA configuration: %v", err)
+	}
+}
