@@ -52,6 +52,9 @@ type Config struct {
 	// of a plain net.Dialer: for example one that dials from inside another network
 	// namespace. TLS is still done by the client.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OnFailover, when set, is told each time the client moves from the server it used
+	// (from, which failed with err) to another that answered (to): the agent logs it.
+	OnFailover func(from, to string, err error)
 }
 
 // endpoint is one API server of the client.
@@ -66,8 +69,9 @@ type endpoint struct {
 // endpoints are the API servers of a client and the one in use, shared by the clients
 // derived with WithUserAgent and WithHeader.
 type endpoints struct {
-	list []*endpoint
-	cur  atomic.Int32
+	list       []*endpoint
+	cur        atomic.Int32
+	onFailover func(from, to string, err error)
 }
 
 // Client talks to the Rakhsh API through one server at a time of those configured.
@@ -118,7 +122,7 @@ func New(cfg Config) (*Client, error) {
 	if len(servers) == 0 {
 		servers = []string{"unix://" + DefaultSocket}
 	}
-	c := &Client{token: cfg.Token, timeout: cfg.Timeout, eps: &endpoints{}}
+	c := &Client{token: cfg.Token, timeout: cfg.Timeout, eps: &endpoints{onFailover: cfg.OnFailover}}
 	if c.timeout == 0 {
 		c.timeout = 60 * time.Second
 	}
@@ -316,16 +320,22 @@ func (c *Client) DialRaw(ctx context.Context) (net.Conn, error) {
 func (c *Client) each(ctx context.Context, try func(ep *endpoint) (failover bool, err error)) error {
 	_, start := c.current()
 	n := len(c.eps.list)
-	var err error
+	var err, first error
 	for k := 0; k < n; k++ {
 		i := (start + k) % n
 		var again bool
 		again, err = try(c.eps.list[i])
 		if !again || ctx.Err() != nil {
-			if err == nil && i != start {
-				c.eps.cur.CompareAndSwap(int32(start), int32(i))
+			if err == nil && i != start && c.eps.cur.CompareAndSwap(int32(start), int32(i)) && c.eps.onFailover != nil {
+				if first == nil {
+					first = errors.New("answered 503 Service Unavailable")
+				}
+				c.eps.onFailover(c.eps.list[start].server, c.eps.list[i].server, first)
 			}
 			return err
+		}
+		if first == nil {
+			first = err
 		}
 	}
 	return err

@@ -74,7 +74,9 @@ func getServer(t *testing.T, c *Client) (string, error) {
 // the client returns to the first.
 func TestFailoverUnreachable(t *testing.T) {
 	a, b := newAPIServer(t, "a"), newAPIServer(t, "b")
-	c, err := New(Config{Server: a.URL + "," + b.URL, Token: "tok", CAFile: caFile(t, a.Server)})
+	var moves []string
+	c, err := New(Config{Server: a.URL + "," + b.URL, Token: "tok", CAFile: caFile(t, a.Server),
+		OnFailover: func(from, to string, err error) { moves = append(moves, from+">"+to+":"+fmt.Sprint(err != nil)) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +92,9 @@ func TestFailoverUnreachable(t *testing.T) {
 	}
 	if c.Server() != b.URL {
 		t.Errorf("Server() = %s after failover, want %s", c.Server(), b.URL)
+	}
+	if len(moves) != 1 || moves[0] != a.URL+">"+b.URL+":true" {
+		t.Errorf("OnFailover heard %v, want one move from a to b with its error", moves)
 	}
 	if got := c.Servers(); len(got) != 2 || got[0] != b.URL || got[1] != a.URL {
 		t.Errorf("Servers() = %v, want b then a", got)

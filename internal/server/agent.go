@@ -140,7 +140,10 @@ exchanged with whichever answers.`,
 			if err := agentCredential(cmd.Context(), &cfg, cfg.JoinToken, log); err != nil {
 				return err
 			}
-			c, err := client.New(client.Config{Server: cfg.Server, Token: cfg.Token, CAFile: cfg.CAFile})
+			c, err := client.New(client.Config{Server: cfg.Server, Token: cfg.Token, CAFile: cfg.CAFile,
+				OnFailover: func(from, to string, err error) {
+					log.Warn("API server failed: using the next one", "from", from, "to", to, "err", err)
+				}})
 			if err != nil {
 				return err
 			}
