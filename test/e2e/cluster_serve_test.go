@@ -149,6 +149,10 @@ spec:
 		}
 	}
 
+	if logs := h3.Logs(t); !strings.Contains(logs, "API server failed: using the next one") || !strings.Contains(logs, "to="+h2.APIServer()) {
+		t.Errorf("h3's agent logged no move from h1 to h2")
+	}
+
 	// A new image, imported by h2 (the leader now), and a VM pinned to h3 that boots from it:
 	// h3's agent fetches the image through h2.
 	s2 := servers["h2"]
