@@ -80,6 +80,7 @@ works for compatibility.`,
 			if err != nil {
 				return err
 			}
+			tuneGC()
 			if cfg.Server == "" {
 				cfg.Server = os.Getenv("RAKHSH_SERVER")
 			}
