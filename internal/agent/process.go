@@ -253,48 +253,45 @@ func (a *Agent) attach(ctx context.Context, in *instance, wait time.Duration) er
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	events, unsub := conn.Subscribe(64)
 	in.mu.Lock()
 	in.mon = conn
 	in.mu.Unlock()
-	go a.eventLoop(in, conn, events, unsub)
+	// On the connection's own reader: no goroutine or queue per VM. The handler only notes
+	// and queues; it never waits.
+	conn.OnEvent(func(ev qmp.Event) { a.onQMPEvent(in, ev) })
 	return nil
 }
 
-// eventLoop turns QMP events into reconciles.
-func (a *Agent) eventLoop(in *instance, conn *qmp.Conn, events <-chan qmp.Event, unsub func()) {
-	defer unsub()
-	for ev := range events {
-		switch ev.Name {
-		case qmp.EventShutdown:
-			var d struct {
-				Guest  bool   `json:"guest"`
-				Reason string `json:"reason"`
-			}
-			_ = ev.DecodeData(&d)
-			if d.Guest {
-				in.mu.Lock()
-				in.guestShutdown = true
-				in.mu.Unlock()
-			}
-			a.log.Info("QMP event", "vm", string(in.key), "event", ev.Name, "guest", d.Guest, "reason", d.Reason)
-		case qmp.EventGuestPanicked:
-			in.mu.Lock()
-			in.panicked = true
-			in.mu.Unlock()
-			a.log.Warn("guest panicked", "vm", string(in.key))
-		case qmp.EventDisconnected:
-			if !in.child && !isVMProcess(in.pid, in.uid) {
-				in.markExited()
-			}
-		case qmp.EventStop, qmp.EventResume, qmp.EventReset, qmp.EventPowerdown:
-			a.log.Debug("QMP event", "vm", string(in.key), "event", ev.Name)
-		default:
-			continue
+// onQMPEvent turns a QMP event into a reconcile.
+func (a *Agent) onQMPEvent(in *instance, ev qmp.Event) {
+	switch ev.Name {
+	case qmp.EventShutdown:
+		var d struct {
+			Guest  bool   `json:"guest"`
+			Reason string `json:"reason"`
 		}
-		a.queue.Add(in.key)
+		_ = ev.DecodeData(&d)
+		if d.Guest {
+			in.mu.Lock()
+			in.guestShutdown = true
+			in.mu.Unlock()
+		}
+		a.log.Info("QMP event", "vm", string(in.key), "event", ev.Name, "guest", d.Guest, "reason", d.Reason)
+	case qmp.EventGuestPanicked:
+		in.mu.Lock()
+		in.panicked = true
+		in.mu.Unlock()
+		a.log.Warn("guest panicked", "vm", string(in.key))
+	case qmp.EventDisconnected:
+		if !in.child && !isVMProcess(in.pid, in.uid) {
+			in.markExited()
+		}
+	case qmp.EventStop, qmp.EventResume, qmp.EventReset, qmp.EventPowerdown:
+		a.log.Debug("QMP event", "vm", string(in.key), "event", ev.Name)
+	default:
+		return
 	}
-	_ = conn
+	a.queue.Add(in.key)
 }
 
 // startWatchers starts the serial mux and, for adopted processes, the liveness poller.

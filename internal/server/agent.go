@@ -89,6 +89,7 @@ exchanged with whichever answers.`,
 			if err != nil {
 				return err
 			}
+			tuneGC()
 			cfg.Server = strings.Join(servers, ",")
 			if cfg.Server == "" {
 				cfg.Server = os.Getenv("RAKHSH_SERVER")

@@ -135,6 +135,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 			if err != nil {
 				return err
 			}
+			tuneGC()
 			// The command's context ends the server too: tests run the same command in-process.
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()

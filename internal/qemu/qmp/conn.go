@@ -75,6 +75,7 @@ type Conn struct {
 	mu      sync.Mutex
 	pending map[uint64]chan reply // nil once the connection has ended
 	subs    map[*subscriber]struct{}
+	hooks   map[*eventHook]struct{} // nil once the connection has ended
 	cause   error // why the client ended the connection, if it did
 	err     error // set before done is closed
 	lastEv  Event // the EventDisconnected, once done
@@ -123,6 +124,7 @@ func NewConn(ctx context.Context, uc *net.UnixConn, opts ...Option) (*Conn, erro
 		fdmu:       make(chan struct{}, 1),
 		pending:    make(map[uint64]chan reply),
 		subs:       make(map[*subscriber]struct{}),
+		hooks:      make(map[*eventHook]struct{}),
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 	}
@@ -510,7 +512,14 @@ func (c *Conn) dispatch(m message) {
 		for s := range c.subs {
 			s.push(m.event)
 		}
+		hooks := make([]*eventHook, 0, len(c.hooks))
+		for h := range c.hooks {
+			hooks = append(hooks, h)
+		}
 		c.mu.Unlock()
+		for _, h := range hooks {
+			h.call(m.event)
+		}
 	case kindGreeting:
 		c.cfg.log.Warn("qmp: ignoring unexpected greeting")
 	}
@@ -529,10 +538,13 @@ func (c *Conn) finish(readErr error) {
 	c.err = &disconnectError{cause: cause}
 	data, _ := json.Marshal(map[string]string{"error": c.err.Error()})
 	c.lastEv = Event{Name: EventDisconnected, Data: data, Time: time.Now()}
-	subs := c.subs
-	c.subs = nil
+	subs, hooks := c.subs, c.hooks
+	c.subs, c.hooks = nil, nil
 	c.pending = nil
 	c.mu.Unlock()
+	for h := range hooks {
+		h.call(c.lastEv)
+	}
 
 	c.uc.Close()
 	close(c.done)
@@ -577,6 +589,55 @@ func (c *Conn) Subscribe(buffer int) (events <-chan Event, cancel func()) {
 		c.mu.Unlock()
 		s.cancel()
 	}
+}
+
+// OnEvent calls handle with every event the server sends from now on, in order, on the
+// connection's reader goroutine, and last with an EventDisconnected when the connection ends
+// (at once, on the caller's goroutine, if it has already ended). It costs no goroutine and no
+// queue, unlike Subscribe, so handle must return quickly and must not wait for this
+// connection: a command sent from it would wait for a reply that only the reader it blocks
+// can read. cancel stops the calls: once it returns, no call is under way and none follows
+// (so handle must not call it).
+func (c *Conn) OnEvent(handle func(Event)) (cancel func()) {
+	h := &eventHook{handle: handle}
+	c.mu.Lock()
+	if c.hooks == nil {
+		last := c.lastEv
+		c.mu.Unlock()
+		h.call(last)
+		return func() {}
+	}
+	c.hooks[h] = struct{}{}
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		if c.hooks != nil {
+			delete(c.hooks, h)
+		}
+		c.mu.Unlock()
+		h.stop()
+	}
+}
+
+// eventHook is one OnEvent handler; stopped hooks are not called again.
+type eventHook struct {
+	mu      sync.Mutex
+	stopped bool
+	handle  func(Event)
+}
+
+func (h *eventHook) call(ev Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.stopped {
+		h.handle(ev)
+	}
+}
+
+func (h *eventHook) stop() {
+	h.mu.Lock()
+	h.stopped = true
+	h.mu.Unlock()
 }
 
 // readLine returns the next line, including its '\n'. The slice may be

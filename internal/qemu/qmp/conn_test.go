@@ -634,3 +634,66 @@ func TestErrorWrapping(t *testing.T) {
 		t.Errorf("Error() = %q", got)
 	}
 }
+
+// TestOnEvent: a handler gets every event in order on the reader goroutine, then one
+// EventDisconnected when the connection ends; after cancel it gets nothing more; a handler
+// added to an ended connection gets the EventDisconnected at once.
+func TestOnEvent(t *testing.T) {
+	c, fc := dialFake(t)
+	fc.serve(func(r fakeRequest) { fc.reply(r, struct{}{}) })
+	var mu sync.Mutex
+	var got, gotCancelled []string
+	done := make(chan struct{})
+	cancel := c.OnEvent(func(ev Event) {
+		mu.Lock()
+		got = append(got, ev.Name)
+		mu.Unlock()
+		if ev.Name == EventDisconnected {
+			close(done)
+		}
+	})
+	defer cancel()
+	stopped := make(chan struct{}, 1)
+	cancelled := c.OnEvent(func(ev Event) {
+		mu.Lock()
+		gotCancelled = append(gotCancelled, ev.Name)
+		mu.Unlock()
+		select {
+		case stopped <- struct{}{}:
+		default:
+		}
+	})
+	fc.event(EventStop, nil, time.Now())
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event reached the second handler")
+	}
+	cancelled()
+	fc.event(EventResume, nil, time.Now())
+	fc.event(EventReset, nil, time.Now())
+	// A command after the events: its reply comes after them, so they have been handled.
+	if err := c.Execute(testCtx(t), "cont", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no EventDisconnected after Close")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{EventStop, EventResume, EventReset, EventDisconnected}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("handler got %v, want %v", got, want)
+	}
+	if strings.Join(gotCancelled, ",") != EventStop {
+		t.Errorf("cancelled handler got %v, want only %s", gotCancelled, EventStop)
+	}
+	late := ""
+	c.OnEvent(func(ev Event) { late = ev.Name })
+	if late != EventDisconnected {
+		t.Errorf("handler added after the end got %q, want %s at once", late, EventDisconnected)
+	}
+}
