@@ -85,7 +85,7 @@ spec:
 	d := waitObj(t, s, "virtualdisks", "default", "copy", "Failed", func(d *v1alpha1.VirtualDisk) bool {
 		return d.Status.Phase == v1alpha1.DiskPhaseFailed
 	})
-	if c := readyCond(d.Status.Conditions); c == nil || c.Reason != "InsufficientStorage" || !strings.Contains(c.Message, `pool "default" is full`) {
+	if c := readyCond(d.Status.Conditions); c == nil || c.Reason != "InsufficientStorage" || !strings.Contains(c.Message, `storage class "local" is full`) {
 		t.Fatalf("full copy into a full pool: %+v", d.Status.Conditions)
 	}
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
