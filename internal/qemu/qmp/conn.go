@@ -76,9 +76,9 @@ type Conn struct {
 	pending map[uint64]chan reply // nil once the connection has ended
 	subs    map[*subscriber]struct{}
 	hooks   map[*eventHook]struct{} // nil once the connection has ended
-	cause   error // why the client ended the connection, if it did
-	err     error // set before done is closed
-	lastEv  Event // the EventDisconnected, once done
+	cause   error                   // why the client ended the connection, if it did
+	err     error                   // set before done is closed
+	lastEv  Event                   // the EventDisconnected, once done
 
 	done       chan struct{}
 	readerDone chan struct{}
