@@ -78,20 +78,7 @@ func TestClusterServeFailover(t *testing.T) {
 	// An image imported by h1's controllers (into h1's data dir) downloads through h2, which
 	// lacks the file and relays it from h1, with h3's node credential.
 	s1 := servers["h1"]
-	url1 := c.ServeDir(t, h1, vmGuestDir(t))
-	s1.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: rkm-pre}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+url1+`/guest.iso"}
-`, "apply", "-f", "-")
-	s1.MustCLI("", "wait", "cvi", "rkm-pre", "--for", "phase=Ready", "--timeout", "3m")
-	var pre v1alpha1.ClusterVirtualImage
-	if err := s1.Client().Get(ctx, "clustervirtualimages", "", "rkm-pre", &pre); err != nil {
-		t.Fatal(err)
-	}
+	pre := importGuestISO(ctx, t, s1, c.ServeDir(t, h1, vmGuestDir(t)), "rkm-pre")
 	if _, err := os.Stat(filepath.Join(h2.DataDir, "images", pre.UID)); err == nil {
 		t.Fatalf("h2 holds the file of an image h1 imported: the relay would not be tested")
 	}
@@ -156,20 +143,7 @@ spec:
 	// A new image, imported by h2 (the leader now), and a VM pinned to h3 that boots from it:
 	// h3's agent fetches the image through h2.
 	s2 := servers["h2"]
-	url := c.ServeDir(t, h2, vmGuestDir(t))
-	s2.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: rkm-guest}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+url+`/guest.iso"}
-`, "apply", "-f", "-")
-	s2.MustCLI("", "wait", "cvi", "rkm-guest", "--for", "phase=Ready", "--timeout", "3m")
-	var img v1alpha1.ClusterVirtualImage
-	if err := s2.Client().Get(ctx, "clustervirtualimages", "", "rkm-guest", &img); err != nil {
-		t.Fatal(err)
-	}
+	img := importGuestISO(ctx, t, s2, c.ServeDir(t, h2, vmGuestDir(t)), "rkm-guest")
 	if _, err := os.Stat(filepath.Join(h2.DataDir, "images", img.UID)); err != nil {
 		t.Errorf("the image imported after the takeover is not in h2's image store: %v", err)
 	}
@@ -241,4 +215,24 @@ func readJSONField(t *testing.T, path, field string) string {
 		t.Fatalf("%s has no %s", path, field)
 	}
 	return v
+}
+
+// importGuestISO imports the test guest's ISO served at base as ClusterVirtualImage name
+// through s, waits until it is Ready and returns it.
+func importGuestISO(ctx context.Context, t *testing.T, s *Serve, base, name string) v1alpha1.ClusterVirtualImage {
+	t.Helper()
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: ClusterVirtualImage
+metadata: {name: `+name+`}
+spec:
+  dataSource:
+    type: HTTP
+    http: {url: "`+base+`/guest.iso"}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "cvi", name, "--for", "phase=Ready", "--timeout", "3m")
+	var img v1alpha1.ClusterVirtualImage
+	if err := s.Client().Get(ctx, "clustervirtualimages", "", name, &img); err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
