@@ -51,6 +51,10 @@ func (a *Agent) act(ctx context.Context, vm *v1alpha1.VirtualMachine, l *look, a
 	case ActRelease:
 		err = a.release(ctx, vm)
 	case ActStart:
+		if why, fenced := a.fencedStart(vm); fenced {
+			a.log.Info("not starting the VM", "vm", string(runtime.KeyOf(vm)), "why", why)
+			return runtime.Result{RequeueAfter: time.Second}, false, nil
+		}
 		res, err = a.start(ctx, vm)
 	default:
 		res, err = a.actRunning(ctx, vm, l, act)

@@ -70,6 +70,16 @@ type Config struct {
 	// VXLAN traffic is sent from and to it. Invalid: the node takes no part in networks
 	// across hosts (overlay.go).
 	UnderlayAddress netip.Addr
+	// LeaseDuration is the duration of the node's lease (lease.go); default
+	// v1alpha1.DefaultNodeLeaseDuration. Whole seconds.
+	LeaseDuration time.Duration
+	// FenceTimeout is how long the agent runs its HA VMs without renewing its lease before
+	// it kills their QEMUs (fence.go); default v1alpha1.DefaultNodeFenceTimeout. It must be
+	// shorter than LeaseDuration by v1alpha1.NodeFenceMargin.
+	FenceTimeout time.Duration
+	// LeaseRenewInterval is how often the lease is renewed; default 1 s, at most a quarter
+	// of FenceTimeout.
+	LeaseRenewInterval time.Duration
 }
 
 // Agent is the node agent.
@@ -95,6 +105,9 @@ type Agent struct {
 	qemuAs *runAs // the user QEMU runs as (users.go); nil: root
 
 	seams *startSeams // tests only: a start failing at a chosen step (start.go)
+
+	fence *fence  // self-fencing (fence.go)
+	lease *leaser // the node lease (lease.go)
 }
 
 // New checks cfg and returns an agent; Run starts it.
@@ -144,18 +157,35 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DnsmasqUser == "" {
 		cfg.DnsmasqUser = network.DefaultDnsmasqUser
 	}
+	if cfg.LeaseDuration == 0 {
+		cfg.LeaseDuration = v1alpha1.DefaultNodeLeaseDuration
+	}
+	if cfg.FenceTimeout == 0 {
+		cfg.FenceTimeout = v1alpha1.DefaultNodeFenceTimeout
+	}
+	if msg := v1alpha1.CheckNodeLeaseTimes(cfg.LeaseDuration, cfg.FenceTimeout); msg != "" {
+		return nil, errors.New("agent: " + msg)
+	}
+	if cfg.LeaseRenewInterval <= 0 {
+		cfg.LeaseRenewInterval = min(time.Second, cfg.FenceTimeout/4)
+	}
 	mode, err := accel.ParseMode(string(cfg.Accelerator))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	cfg.Accelerator = mode
 	log := cfg.Log.With("component", "agent", "node", cfg.NodeName)
-	return &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{},
+	f := newFence(cfg.FenceTimeout, cfg.Now, log)
+	a := &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{}, fence: f,
 		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-agent", Host: cfg.NodeName, Log: log},
 		// Only the VMs bound to this node: a VM released or bound elsewhere leaves the cache
 		// (the orphan sweep asks the API before it removes anything of it).
 		vms: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
-			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log)}, nil
+			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log)}
+	a.lease = &leaser{store: apiLeases{c: cfg.Client, name: cfg.NodeName}, node: cfg.NodeName, duration: cfg.LeaseDuration,
+		timeout: max(cfg.LeaseRenewInterval, min(2*time.Second, cfg.FenceTimeout/3)), now: cfg.Now, fence: f, log: log,
+		acquired: a.leaseAcquired}
+	return a, nil
 }
 
 // CachedVMs returns the keys of the VMs the agent caches: those bound to its node.
@@ -192,6 +222,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.log.Info("node registered", "kvm", a.kvm(), "qemu", a.facts.qemu.QEMUVersion)
+	// The watchdog runs from here on: the agent has the fence timeout to acquire its lease.
+	a.fence.renewed(a.cfg.Now())
+	go a.fence.watch(ctx.Done(), fenceTick)
 
 	a.queue = runtime.NewQueue("agent", a.log)
 	a.queue.MaxBackoff = 10 * time.Second
@@ -203,6 +236,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-a.vms.Synced():
 	}
 	a.adoptAll(ctx)
+	a.startLease(ctx)        // lease.go: before any VM is reconciled
 	a.startNetworking(ctx)   // host networking: network.go
 	go a.runDiskResizer(ctx) // online disk resize: resize.go
 	a.queueOrphans()
@@ -317,6 +351,12 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	ready := v1alpha1.Condition{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionTrue, Reason: "AgentReady",
 		Message: "the node agent heartbeats and QEMU " + f.qemu.QEMUVersion + " is usable"}
+	if a.fence != nil && !a.fence.mayRun() {
+		// Fenced (fence.go): say so rather than overwrite the lifecycle controller's NotReady.
+		st.Phase = v1alpha1.NodePhaseNotReady
+		ready = v1alpha1.Condition{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionFalse, Reason: v1alpha1.ReasonNodeLeaseExpired,
+			Message: "the node agent does not hold its node lease: it fenced its HA VMs and acquires the lease again"}
+	}
 	if f.qemuErr != nil {
 		st.Phase = v1alpha1.NodePhaseNotReady
 		ready = v1alpha1.Condition{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionFalse, Reason: "QEMUUnusable", Message: f.qemuErr.Error()}

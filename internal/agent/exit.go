@@ -17,6 +17,12 @@ import (
 func (a *Agent) handleExit(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, def *exitRecord) (bool, error) {
 	rec := readExitRecord(in.runDir)
 	restarting, guestShutdown, panicked := a.machine(in).endState()
+	if f := a.fencedExit(in.uid); f != nil {
+		// Killed by the fence (fence.go), whatever QEMU was doing; kept in exit.json until
+		// the exit is recorded (the API may be out of reach for a while).
+		rec = f
+		_ = writeExitRecord(in.runDir, *f)
+	}
 	if rec == nil {
 		switch {
 		case def != nil:
@@ -31,6 +37,9 @@ func (a *Agent) handleExit(ctx context.Context, vm *v1alpha1.VirtualMachine, in 
 		}
 	}
 	deleting := vm.DeletionTimestamp != nil
+	if rec.Reason == v1alpha1.ExitFenced {
+		restarting = false
+	}
 	if restarting && wantsRunning(vm.Status.PowerRequest) && !deleting {
 		a.forget(in)
 		removeRuntimeFiles(in.runDir)
@@ -39,6 +48,9 @@ func (a *Agent) handleExit(ctx context.Context, vm *v1alpha1.VirtualMachine, in 
 	if !deleting {
 		if err := a.recordExit(ctx, vm, *rec); err != nil && !errors.Is(err, errGone) {
 			return false, err
+		}
+		if rec.Reason == v1alpha1.ExitFenced {
+			a.rec.Event(ctx, "VirtualMachine", vm, "Warning", v1alpha1.ExitFenced, rec.Message)
 		}
 	}
 	a.forget(in)

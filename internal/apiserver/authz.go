@@ -37,7 +37,9 @@ import (
 //   - redeem stream tickets at nodes/ITSELF/streamtickets;
 //   - update and patch the status of VMs and disks whose stored status.nodeName is itself,
 //     leaving nodeName itself or empty (releasing the binding);
-//   - create, update and patch events.
+//   - create, update and patch events;
+//   - get, create, update and patch its own NodeLease (named after it; no list, watch or
+//     delete), see authorizeNodeLease.
 //
 // Everything else (any spec, other nodes, deletes, bindings, consoles, other kinds) is
 // refused with 403 naming the node and the rule.
@@ -121,6 +123,9 @@ func authorize(id Identity, a attributes) error {
 
 func authorizeNode(id Identity, a attributes) error {
 	read := a.Verb == verbGet || a.Verb == verbList || a.Verb == verbWatch
+	if a.Resource == "nodeleases" {
+		return authorizeNodeLease(id, a)
+	}
 	switch {
 	case read && a.Sub == "" && nodeReadable[a.Resource]:
 		return nil
@@ -161,6 +166,22 @@ func authorizeNode(id Identity, a attributes) error {
 		return forbidden(id, a, "a node may create, update and patch events, not delete them")
 	}
 	return forbidden(id, a, "a node may not write "+a.Resource)
+}
+
+// authorizeNodeLease: a node may get, create, update and patch its own NodeLease (named after
+// it), nothing else: no other node's lease, no list or watch, no delete. A lease another node
+// could renew would keep a dead node looking alive, and one it could delete or expire would
+// fence a healthy node's VMs.
+func authorizeNodeLease(id Identity, a attributes) error {
+	switch {
+	case a.Sub != "":
+	case a.Verb == verbCreate:
+		return nil // authorizeNodeCreate checks the name
+	case a.Name != id.Node:
+	case a.Verb == verbGet || a.Verb == verbUpdate || a.Verb == verbPatch:
+		return nil
+	}
+	return forbidden(id, a, fmt.Sprintf("a node may get, create, update and patch only its own NodeLease %q", id.Node))
 }
 
 // requestVerb maps a request on an object path to its verb; collection says whether the path
@@ -205,10 +226,16 @@ func (s *Server) authorizeRequest(r *http.Request, t target) error {
 // authorizeNodeCreate checks, for a node, an object it creates: a Node must be its own.
 func authorizeNodeCreate(ctx context.Context, st *registry.Strategy, obj v1alpha1.Object) error {
 	id := identityOf(ctx)
-	if id.Node == "" || st.Info.Kind != "Node" {
+	if id.Node == "" {
 		return nil
 	}
 	m := obj.GetObjectMeta()
+	if st.Info.Kind == "NodeLease" && m.Name != id.Node {
+		return errs.New(errs.ErrForbidden, "%s may not create NodeLease %q: a node may create only its own NodeLease %q", id.describe(), m.Name, id.Node)
+	}
+	if st.Info.Kind != "Node" {
+		return nil
+	}
 	if m.Name != id.Node {
 		return errs.New(errs.ErrForbidden, "%s may not create Node %q: a node may create only its own Node %q", id.describe(), m.Name, id.Node)
 	}

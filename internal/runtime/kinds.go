@@ -73,3 +73,8 @@ func (f *Factory) VirtualMachineMACAddressLeases(opts ...InformerOption) *TypedI
 func (f *Factory) StorageClasses(opts ...InformerOption) *TypedInformer[v1alpha1.StorageClass] {
 	return For[v1alpha1.StorageClass](f, "storageclasses", opts...)
 }
+
+// NodeLeases returns the shared informer of nodeleases.
+func (f *Factory) NodeLeases(opts ...InformerOption) *TypedInformer[v1alpha1.NodeLease] {
+	return For[v1alpha1.NodeLease](f, "nodeleases", opts...)
+}

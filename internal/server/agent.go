@@ -36,6 +36,8 @@ type AgentConfig struct {
 	LogLevel                 string
 	// HeartbeatInterval is how often the Node status is refreshed.
 	HeartbeatInterval time.Duration
+	// LeaseDuration and FenceTimeout: the node lease and self-fencing (docs/ha.md).
+	LeaseDuration, FenceTimeout time.Duration
 	// VMNetworking is "host" or "user", as for serve.
 	VMNetworking  string
 	NoUpstreamDNS bool
@@ -124,6 +126,9 @@ exchanged with whichever answers.`,
 				}
 				cfg.Token = tok
 			}
+			if err := checkLeaseFlags(cfg.LeaseDuration, cfg.FenceTimeout); err != nil {
+				return err
+			}
 			if cfg.VMNetworking != "host" && cfg.VMNetworking != "user" {
 				return fmt.Errorf("--vm-networking %q: use host or user", cfg.VMNetworking)
 			}
@@ -179,7 +184,8 @@ exchanged with whichever answers.`,
 			}
 			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval,
 				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode,
-				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log})
+				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
+				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout})
 			if err != nil {
 				return err
 			}
@@ -203,6 +209,7 @@ exchanged with whichever answers.`,
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "how often the Node status is refreshed; keep it well under the control plane's --node-grace-period")
+	addLeaseFlags(cmd, &cfg.LeaseDuration, &cfg.FenceTimeout, "")
 	f.StringVar(&cfg.VMNetworking, "vm-networking", "host", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated); use the control plane's setting")
 	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.DefaultQEMUUser, "user QEMU runs as; created (useradd --system, group kvm) when missing. QEMU then gets its disks, sockets and taps as descriptors and cannot open the data directory; root runs QEMU as root (not recommended)")

@@ -98,7 +98,8 @@ func agentComponent(cfg Config, cl *client.Client, log *slog.Logger) (component,
 	}
 	a, err := agent.New(agent.Config{Client: cl.WithUserAgent("rakhsh/agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
 		HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
-		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log})
+		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
+		LeaseDuration: cfg.NodeLeaseDuration, FenceTimeout: cfg.FenceTimeout})
 	if err != nil {
 		return component{}, err
 	}

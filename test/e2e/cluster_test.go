@@ -74,7 +74,11 @@ func clusterVM(t *testing.T, c *Cluster) *v1alpha1.VirtualMachine {
 		img := c.GuestImage(t)
 		s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachine
-metadata: {name: `+clusterVMName+`}
+metadata:
+  name: `+clusterVMName+`
+  # Not HA: TestClusterEtcdQuorum keeps the store without a quorum for longer than the
+  # fence timeout, and checks that the VM's QEMU lives through it (an HA VM's is fenced).
+  annotations: {virtualization.rakhsh.io/high-availability: disabled}
 spec:
   runPolicy: AlwaysOn
   cpu: {cores: 1}

@@ -1,6 +1,8 @@
 // Package node holds the node lifecycle controller: it marks a Node whose agent stopped
-// heartbeating as Unknown, so the scheduler places nothing new on it and operators (and, with
-// high availability, the controllers) see that its VMs are no longer watched.
+// heartbeating as Unknown, and one whose node lease (NodeLease, renewed by its agent about
+// every second) expired as NotReady with reason NodeLeaseExpired (Ready again once the lease
+// is renewed), so the scheduler places nothing new on it and operators (and, with high
+// availability, the controllers) see that its VMs are no longer watched.
 package node
 
 import (
@@ -31,13 +33,16 @@ type Config struct {
 	GracePeriod time.Duration
 	// Interval is how often Nodes are checked; default a quarter of GracePeriod, at most 10 s.
 	Interval time.Duration
+	// LeaseInterval is how often node leases are checked; default 1 s.
+	LeaseInterval time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
 
 // Controller is the node lifecycle controller.
 type Controller struct {
-	cfg Config
+	cfg    Config
+	leases LeaseTracker
 }
 
 // New returns a controller; Run starts it.
@@ -48,6 +53,9 @@ func New(cfg Config) *Controller {
 	if cfg.Interval <= 0 {
 		cfg.Interval = min(cfg.GracePeriod/4, 10*time.Second)
 	}
+	if cfg.LeaseInterval <= 0 {
+		cfg.LeaseInterval = time.Second
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -57,13 +65,19 @@ func New(cfg Config) *Controller {
 	return &Controller{cfg: cfg}
 }
 
-// Run checks every Node each interval until ctx ends.
+// Run checks the node leases each lease interval and every Node's heartbeat each interval
+// until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	t := time.NewTicker(c.cfg.Interval)
+	t := time.NewTicker(c.cfg.LeaseInterval)
 	defer t.Stop()
+	var lastHeartbeats time.Time
 	for {
-		if err := c.Check(ctx); err != nil && ctx.Err() == nil {
-			c.cfg.Log.Warn("checking node heartbeats", "err", err)
+		heartbeats := c.cfg.Now().Sub(lastHeartbeats) >= c.cfg.Interval
+		if heartbeats {
+			lastHeartbeats = c.cfg.Now()
+		}
+		if err := c.check(ctx, heartbeats); err != nil && ctx.Err() == nil {
+			c.cfg.Log.Warn("checking nodes", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -73,25 +87,33 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 }
 
-// Check marks every Node whose last heartbeat is older than the grace period Unknown.
-func (c *Controller) Check(ctx context.Context) error {
+// Check marks every Node whose last heartbeat is older than the grace period Unknown, and
+// checks the node leases (checkLeases).
+func (c *Controller) Check(ctx context.Context) error { return c.check(ctx, true) }
+
+func (c *Controller) check(ctx context.Context, heartbeats bool) error {
 	l, err := c.cfg.Client.ListAll(ctx, "nodes", "", client.ListOptions{})
 	if err != nil {
 		return err
 	}
 	now := c.cfg.Now()
 	var firstErr error
+	nodes := make([]v1alpha1.Node, 0, len(l.Items))
 	for _, raw := range l.Items {
 		var n v1alpha1.Node
 		if err := json.Unmarshal(raw, &n); err != nil {
 			return err
 		}
-		if !Stale(&n, now, c.cfg.GracePeriod) {
+		if !heartbeats || !Stale(&n, now, c.cfg.GracePeriod) {
+			nodes = append(nodes, n)
 			continue
 		}
 		if err := c.markUnknown(ctx, &n, now); err != nil && firstErr == nil && !client.IsConflict(err) && !client.IsNotFound(err) {
 			firstErr = fmt.Errorf("node %s: %w", n.Name, err)
 		}
+	}
+	if err := c.checkLeases(ctx, nodes); err != nil && firstErr == nil {
+		firstErr = err
 	}
 	return firstErr
 }

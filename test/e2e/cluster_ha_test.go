@@ -1,0 +1,205 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+)
+
+// The node lease and self-fencing (docs/ha.md) on a cluster of its own (rhl), since the test
+// stops and cuts off h2. Two VMs run on h2: ha-vm (runPolicy AlwaysOn: an HA VM) and
+// manual-vm (runPolicy Manual: not HA).
+//
+//   (a) SIGSTOP h2's agent: node h2 becomes NotReady (NodeLeaseExpired) about a lease
+//       duration later; its QEMUs still run (a stopped agent cannot fence: that is the
+//       hardware watchdog's part). SIGCONT: the agent finds its lease lost and kills ha-vm's
+//       QEMU at once, leaves manual-vm's alone, acquires the lease anew: h2 Ready again.
+//   (b) cut h2's link: the agent kills ha-vm's QEMU after the fence timeout, while the link
+//       is still down; manual-vm's QEMU lives on. Link up: h2 Ready again, ha-vm's lastExit
+//       says Fenced, and (there is no HA controller yet) ha-vm runs again on h2.
+//
+// The times it logs (HA-TIMES) are the numbers of docs/benchmarks.md; it asserts order and
+// outcome with loose bounds only.
+func TestClusterHALeaseFencing(t *testing.T) {
+	c := newCluster(t, ClusterOptions{Name: "rhl"})
+	s := c.Serve(t)
+	h2 := c.Host("h2")
+	img := c.GuestImage(t)
+	const leaseDuration, fenceTimeout = 10 * time.Second, 6 * time.Second
+	for _, vm := range []struct{ name, policy string }{{"ha-vm", "AlwaysOn"}, {"manual-vm", "Manual"}} {
+		s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: `+vm.name+`}
+spec:
+  runPolicy: `+vm.policy+`
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+  nodeSelector: {kubernetes.io/hostname: h2}
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: `+img+`}
+`, "apply", "-f", "-")
+	}
+	s.MustCLI("", "vm", "start", "manual-vm")
+	ha := vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2", vmPhase(v1alpha1.VMPhaseRunning))
+	man := vmWait(t, s, "manual-vm", vmBootTimeout, "Running on h2", vmPhase(v1alpha1.VMPhaseRunning))
+	if ha.Status.NodeName != "h2" || man.Status.NodeName != "h2" {
+		t.Fatalf("the VMs run on %q and %q, want h2", ha.Status.NodeName, man.Status.NodeName)
+	}
+	vmWaitSerial(t, s, "ha-vm", "RAKHSH-GUEST: ready", 1)
+	vmWaitSerial(t, s, "manual-vm", "RAKHSH-GUEST: ready", 1)
+	pidOf := func(uid string) int { return vmQEMUPIDs(h2.DataDir)[uid] }
+	haPID, manPID := pidOf(ha.UID), pidOf(man.UID)
+	if haPID == 0 || manPID == 0 {
+		t.Fatalf("QEMU pids on h2: ha-vm %d, manual-vm %d", haPID, manPID)
+	}
+
+	ctx := ctxT(t)
+	cl := s.Client()
+	var lease v1alpha1.NodeLease
+	if err := cl.Get(ctx, "nodeleases", "", "h2", &lease); err != nil || lease.Spec.HolderIdentity != "h2" || lease.Spec.LeaseDurationSeconds != 10 {
+		t.Fatalf("h2's lease: %v %+v", err, lease.Spec)
+	}
+	transitions := lease.Spec.LeaseTransitions
+	// h2's node credential may not write h3's lease.
+	var l3 v1alpha1.NodeLease
+	if err := cl.Get(ctx, "nodeleases", "", "h3", &l3); err != nil {
+		t.Fatal(err)
+	}
+	l3.Spec.HolderIdentity = "h2"
+	if err := h2.NodeClient(t).Update(ctx, "nodeleases", "", "h3", &l3, nil); !client.IsForbidden(err) {
+		t.Fatalf("h2's credential updating h3's lease: %v, want 403", err)
+	}
+
+	node := func() (v1alpha1.NodePhase, string) {
+		var n v1alpha1.Node
+		if err := cl.Get(ctx, "nodes", "", "h2", &n); err != nil {
+			return "", err.Error()
+		}
+		r := v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionReady)
+		if r == nil {
+			return n.Status.Phase, ""
+		}
+		return n.Status.Phase, r.Reason
+	}
+	// waitUntil polls cond every 50 ms for up to limit and returns how long it took.
+	waitUntil := func(what string, from time.Time, limit time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		for time.Since(from) < limit {
+			if cond() {
+				return time.Since(from)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("%s: not within %s", what, limit)
+		return 0
+	}
+	notReady := func() bool { p, r := node(); return p == v1alpha1.NodePhaseNotReady && r == v1alpha1.ReasonNodeLeaseExpired }
+	ready := func() bool { p, _ := node(); return p == v1alpha1.NodePhaseReady }
+
+	// (a) SIGSTOP, then SIGCONT.
+	stoppedAt := time.Now()
+	h2.Pause(t)
+	toNotReady := waitUntil("h2 NotReady (NodeLeaseExpired) after SIGSTOP", stoppedAt, leaseDuration+15*time.Second, notReady)
+	if toNotReady < leaseDuration-2*time.Second {
+		t.Errorf("h2 was NotReady %s after SIGSTOP, sooner than its lease duration %s allows", toNotReady, leaseDuration)
+	}
+	if !vmProcessOf(haPID, ha.UID) || !vmProcessOf(manPID, man.UID) {
+		t.Fatalf("a QEMU ended while h2's agent was stopped (nothing on h2 can kill it then)")
+	}
+	resumedAt := time.Now()
+	h2.Resume(t)
+	toKilled := waitUntil("ha-vm's QEMU killed after SIGCONT", resumedAt, 20*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
+	if !vmProcessOf(manPID, man.UID) {
+		t.Errorf("manual-vm's QEMU (not HA) was killed too")
+	}
+	toReady := waitUntil("h2 Ready again after SIGCONT", resumedAt, time.Minute, ready)
+	if err := cl.Get(ctx, "nodeleases", "", "h2", &lease); err != nil || lease.Spec.LeaseTransitions <= transitions || lease.Spec.HolderIdentity != "h2" {
+		t.Errorf("after SIGCONT h2's lease is %+v (%v): want it acquired anew (transitions > %d)", lease.Spec, err, transitions)
+	}
+	transitions = lease.Spec.LeaseTransitions
+	if logs := h2.Logs(t); !strings.Contains(logs, "self-fencing") || !strings.Contains(logs, "node lease acquired") {
+		t.Errorf("h2's agent logged no fencing and re-acquisition")
+	}
+	fenced := func(v *v1alpha1.VirtualMachine) bool {
+		return v != nil && v.Status.LastExit != nil && v.Status.LastExit.Reason == v1alpha1.ExitFenced
+	}
+	v := vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced", fenced)
+	t.Logf("ha-vm's lastExit after SIGCONT: %s: %s", v.Status.LastExit.Reason, v.Status.LastExit.Message)
+	waitFor(t, "an event Fenced on ha-vm", func() bool { return hasEvent(t, cl, "ha-vm", v1alpha1.ExitFenced) })
+	t.Logf("HA-TIMES (a): SIGSTOP -> NotReady %s; SIGCONT -> QEMU killed %s; SIGCONT -> Ready %s",
+		toNotReady.Round(10*time.Millisecond), toKilled.Round(10*time.Millisecond), toReady.Round(10*time.Millisecond))
+
+	// With its lease back and no HA controller yet, h2 starts ha-vm again (AlwaysOn).
+	ha = vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2 again", func(v *v1alpha1.VirtualMachine) bool {
+		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && pidOf(v.UID) != 0 && pidOf(v.UID) != haPID
+	})
+	haPID = pidOf(ha.UID)
+
+	// (b) Cut h2's link.
+	cutAt := time.Now()
+	h2.LinkDown(t)
+	linkUp := false
+	t.Cleanup(func() {
+		if !linkUp {
+			h2.LinkUp(t)
+		}
+	})
+	cutToKilled := waitUntil("ha-vm's QEMU killed with h2's link down", cutAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
+	if cutToKilled < fenceTimeout-2*time.Second {
+		t.Errorf("ha-vm's QEMU was killed %s after the link cut, before the fence timeout %s", cutToKilled, fenceTimeout)
+	}
+	cutToNotReady := waitUntil("h2 NotReady with its link down", cutAt, leaseDuration+15*time.Second, notReady)
+	if cutToNotReady < cutToKilled {
+		t.Errorf("h2 was NotReady (%s after the cut) before its agent fenced (%s): the lease must outlast the fence", cutToNotReady, cutToKilled)
+	}
+	if !vmProcessOf(manPID, man.UID) {
+		t.Fatalf("manual-vm's QEMU (not HA) was killed with the link down")
+	}
+	if h2.linkUp() {
+		t.Fatal("h2's link came up by itself")
+	}
+	h2.LinkUp(t)
+	linkUp = true
+	upAt := time.Now()
+	upToReady := waitUntil("h2 Ready again after link up", upAt, time.Minute, ready)
+	if !vmProcessOf(manPID, man.UID) {
+		t.Errorf("manual-vm's QEMU ended")
+	}
+	v = vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced after the partition", func(v *v1alpha1.VirtualMachine) bool {
+		return fenced(v) && v.Status.LastExit.Time != nil && v.Status.LastExit.Time.After(cutAt)
+	})
+	t.Logf("ha-vm's lastExit after the partition: %s", v.Status.LastExit.Message)
+	if err := cl.Get(ctx, "nodeleases", "", "h2", &lease); err != nil || lease.Spec.LeaseTransitions <= transitions {
+		t.Errorf("after the partition h2's lease is %+v (%v): want it acquired anew", lease.Spec, err)
+	}
+	t.Logf("HA-TIMES (b): link cut -> QEMU killed %s; link cut -> NotReady %s; link up -> Ready %s",
+		cutToKilled.Round(10*time.Millisecond), cutToNotReady.Round(10*time.Millisecond), upToReady.Round(10*time.Millisecond))
+	fmt.Printf("HA-TIMES sigstop_to_notready=%.2f sigcont_to_killed=%.2f linkcut_to_killed=%.2f linkcut_to_notready=%.2f\n",
+		toNotReady.Seconds(), toKilled.Seconds(), cutToKilled.Seconds(), cutToNotReady.Seconds())
+	s.MustCLI("", "delete", "vm", "ha-vm", "manual-vm")
+}
+
+// hasEvent says whether the VM name in project default has an event with reason.
+func hasEvent(t *testing.T, cl *client.Client, name, reason string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := cl.List(ctx, "events", "default", client.ListOptions{})
+	if err != nil {
+		return false
+	}
+	for _, raw := range l.Items {
+		var ev v1alpha1.Event
+		if json.Unmarshal(raw, &ev) == nil && ev.InvolvedObject.Name == name && ev.Reason == reason {
+			return true
+		}
+	}
+	return false
+}
