@@ -222,9 +222,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.log.Info("node registered", "kvm", a.kvm(), "qemu", a.facts.qemu.QEMUVersion)
-	// The watchdog runs from here on: the agent has the fence timeout to acquire its lease.
-	a.fence.renewed(a.cfg.Now())
-	go a.fence.watch(ctx.Done(), fenceTick)
 
 	a.queue = runtime.NewQueue("agent", a.log)
 	a.queue.MaxBackoff = 10 * time.Second

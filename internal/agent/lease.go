@@ -175,11 +175,15 @@ const (
 	haSnapshotEvery = 200 * time.Millisecond
 )
 
-// startLease takes the first look at the lease (fencing adopted HA QEMUs at once when it was
-// taken over while the agent was away), then renews it and keeps the watchdog's snapshot of
-// HA QEMUs fresh until ctx ends.
+// startLease arms the watchdog, takes the first look at the lease (fencing adopted HA QEMUs
+// at once when it was taken over while the agent was away), then renews it and keeps the
+// watchdog's snapshot of HA QEMUs fresh until ctx ends. It runs after the adoption of running
+// QEMUs, however long that takes, and before any VM is reconciled.
 func (a *Agent) startLease(ctx context.Context) {
 	a.snapshotHA()
+	// The watchdog runs from here on: the agent has the fence timeout to acquire its lease.
+	a.fence.renewed(a.cfg.Now())
+	go a.fence.watch(ctx.Done(), fenceTick)
 	a.lease.step(ctx)
 	go a.lease.run(ctx, a.cfg.LeaseRenewInterval)
 	go a.loop(ctx, haSnapshotEvery, a.snapshotHA)

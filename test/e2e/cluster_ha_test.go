@@ -16,13 +16,13 @@ import (
 // stops and cuts off h2. Two VMs run on h2: ha-vm (runPolicy AlwaysOn: an HA VM) and
 // manual-vm (runPolicy Manual: not HA).
 //
-//   (a) SIGSTOP h2's agent: node h2 becomes NotReady (NodeLeaseExpired) about a lease
-//       duration later; its QEMUs still run (a stopped agent cannot fence: that is the
-//       hardware watchdog's part). SIGCONT: the agent finds its lease lost and kills ha-vm's
-//       QEMU at once, leaves manual-vm's alone, acquires the lease anew: h2 Ready again.
-//   (b) cut h2's link: the agent kills ha-vm's QEMU after the fence timeout, while the link
-//       is still down; manual-vm's QEMU lives on. Link up: h2 Ready again, ha-vm's lastExit
-//       says Fenced, and (there is no HA controller yet) ha-vm runs again on h2.
+//	(a) SIGSTOP h2's agent: node h2 becomes NotReady (NodeLeaseExpired) about a lease
+//	    duration later; its QEMUs still run (a stopped agent cannot fence: that is the
+//	    hardware watchdog's part). SIGCONT: the agent finds its lease lost and kills ha-vm's
+//	    QEMU at once, leaves manual-vm's alone, acquires the lease anew: h2 Ready again.
+//	(b) cut h2's link: the agent kills ha-vm's QEMU after the fence timeout, while the link
+//	    is still down; manual-vm's QEMU lives on. Link up: h2 Ready again, ha-vm's lastExit
+//	    says Fenced, and (there is no HA controller yet) ha-vm runs again on h2.
 //
 // The times it logs (HA-TIMES) are the numbers of docs/benchmarks.md; it asserts order and
 // outcome with loose bounds only.
@@ -100,7 +100,10 @@ spec:
 		t.Fatalf("%s: not within %s", what, limit)
 		return 0
 	}
-	notReady := func() bool { p, r := node(); return p == v1alpha1.NodePhaseNotReady && r == v1alpha1.ReasonNodeLeaseExpired }
+	notReady := func() bool {
+		p, r := node()
+		return p == v1alpha1.NodePhaseNotReady && r == v1alpha1.ReasonNodeLeaseExpired
+	}
 	ready := func() bool { p, _ := node(); return p == v1alpha1.NodePhaseReady }
 
 	// (a) SIGSTOP, then SIGCONT.
