@@ -54,6 +54,16 @@ func TestAuthorizeTable(t *testing.T) {
 		{n1, a("list", "users", "", "", ""), false, "read only what its agent needs"},
 		{n1, a("get", "virtualmachines", "p", "vm1", "console"), false, "read only what its agent needs"},
 		{n1, a("get", "virtualmachines", "p", "vm1", "log"), false, "read only what its agent needs"},
+		// its NodeLease only
+		{n1, a("get", "nodeleases", "", "n1", ""), true, ""},
+		{n1, a("create", "nodeleases", "", "", ""), true, ""},
+		{n1, a("update", "nodeleases", "", "n1", ""), true, ""},
+		{n1, a("patch", "nodeleases", "", "n1", ""), true, ""},
+		{n1, a("update", "nodeleases", "", "n2", ""), false, "only its own NodeLease"},
+		{n1, a("get", "nodeleases", "", "n2", ""), false, "only its own NodeLease"},
+		{n1, a("list", "nodeleases", "", "", ""), false, "only its own NodeLease"},
+		{n1, a("watch", "nodeleases", "", "", ""), false, "only its own NodeLease"},
+		{n1, a("delete", "nodeleases", "", "n1", ""), false, "only its own NodeLease"},
 		// its Node
 		{n1, a("create", "nodes", "", "", ""), true, ""},
 		{n1, a("update", "nodes", "", "n1", ""), true, ""},
