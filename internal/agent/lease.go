@@ -83,11 +83,23 @@ func (l *leaser) step(ctx context.Context) {
 	}
 	first := !l.started
 	l.started = true
+	if cur == nil && l.held {
+		l.lose("the node lease was deleted")
+	}
 	if cur == nil {
 		nl := &v1alpha1.NodeLease{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "NodeLease"},
 			ObjectMeta: v1alpha1.ObjectMeta{Name: l.node}}
 		l.fill(nl, start, 0)
 		if err := l.store.create(ctx, nl); err != nil {
+			if client.IsNotFound(err) && !l.held {
+				// The API server does not serve NodeLeases (an older control plane, during
+				// an upgrade of the agents first): without a lease there is nothing to fence
+				// on, and fencing would kill every HA VM of the node for nothing.
+				if l.fence.lastRenew.Swap(nil) != nil {
+					l.log.Error("the control plane serves no NodeLeases: no self-fencing of HA VMs on this node until it does (upgrade the control plane first)", "err", err)
+				}
+				return
+			}
 			l.log.Debug("creating the node lease failed", "err", err)
 			return
 		}
