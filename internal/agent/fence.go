@@ -55,7 +55,10 @@ func newFence(timeout time.Duration, now func() time.Time, log *slog.Logger) *fe
 		if !isVMProcess(p.pid, p.uid) {
 			return false, nil
 		}
-		return true, signalVM(p.pid, p.uid, syscall.SIGKILL)
+		if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
+			return false, err
+		}
+		return true, nil
 	}
 	f.procs.Store(&[]haProc{})
 	return f
