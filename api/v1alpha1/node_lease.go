@@ -67,16 +67,18 @@ const (
 	// ExitFenced is a VM's lastExit reason when its node's agent killed its QEMU because it
 	// could not renew, or had lost, its node lease (self-fencing).
 	ExitFenced = "Fenced"
-	// AnnotationHA set to "disabled" on a VM opts it out of high availability: its QEMU is
-	// not fenced when its node loses its lease (and, later, it is not recovered on another
-	// node). Without it, VMs with runPolicy AlwaysOn or AlwaysOnUnlessStoppedManually are HA.
+	// AnnotationHA set to "enabled" on a VM whose runPolicy keeps it running makes it a
+	// high-availability VM: its QEMU is fenced when its node loses its lease (and, later, it is
+	// recovered on another node). HA is opt-in: fencing kills the guest of a node that loses
+	// the control plane for longer than the fence timeout, which a VM not asked to be HA must
+	// live through (a control-plane restart or outage never stops it).
 	AnnotationHA = "virtualization.rakhsh.io/high-availability"
 )
 
-// IsHA reports whether vm is a high-availability VM: runPolicy AlwaysOn or
-// AlwaysOnUnlessStoppedManually (the default), unless annotated AnnotationHA: disabled.
+// IsHA reports whether vm is a high-availability VM: annotated AnnotationHA: enabled, with
+// runPolicy AlwaysOn or AlwaysOnUnlessStoppedManually (the default).
 func IsHA(vm *VirtualMachine) bool {
-	if vm.Annotations[AnnotationHA] == "disabled" {
+	if vm.Annotations[AnnotationHA] != "enabled" {
 		return false
 	}
 	switch vm.Spec.RunPolicy {

@@ -35,7 +35,9 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	for _, vm := range []struct{ name, policy string }{{"ha-vm", "AlwaysOn"}, {"manual-vm", "Manual"}} {
 		s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachine
-metadata: {name: `+vm.name+`}
+metadata:
+  name: `+vm.name+`
+  annotations: {virtualization.rakhsh.io/high-availability: enabled}
 spec:
   runPolicy: `+vm.policy+`
   cpu: {cores: 1}

@@ -76,9 +76,8 @@ func clusterVM(t *testing.T, c *Cluster) *v1alpha1.VirtualMachine {
 kind: VirtualMachine
 metadata:
   name: `+clusterVMName+`
-  # Not HA: TestClusterEtcdQuorum keeps the store without a quorum for longer than the
-  # fence timeout, and checks that the VM's QEMU lives through it (an HA VM's is fenced).
-  annotations: {virtualization.rakhsh.io/high-availability: disabled}
+  # Not HA (no high-availability annotation): TestClusterEtcdQuorum keeps the store without a
+  # quorum for longer than the fence timeout, and checks that the VM's QEMU lives through it.
 spec:
   runPolicy: AlwaysOn
   cpu: {cores: 1}
