@@ -5,17 +5,20 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
@@ -108,4 +111,108 @@ func TestImageDataFromPeer(t *testing.T) {
 	if !client.IsNotFound(err) {
 		t.Fatalf("through a server without the cluster CA: %v, want 404 (file missing)", err)
 	}
+}
+
+// TestImageFetchThroughRelay: b's image store lacks the file of an image a imported; an
+// images.Fetcher over b's API (as b's controllers use it after a leader change) brings it into
+// b's store through the relay, checked. When the serve that holds the file (the image's
+// stored-on annotation) is down or unreachable, b answers 503 naming it, and the fetch fails
+// with that message and leaves nothing in b's store.
+func TestImageFetchThroughRelay(t *testing.T) {
+	dir := t.TempDir()
+	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	const token = "0123456789abcdef0123456789abcdef"
+	dirA, dirB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	a := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "a", ImageDataDir: dirA})
+	t.Cleanup(a.Shutdown)
+	srvA := httptest.NewTLSServer(a.RemoteHandler())
+	t.Cleanup(srvA.Close)
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvA.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	aAddr := srvA.URL
+	var live bool
+	members := func(context.Context) (v1alpha1.ControlPlaneStatus, error) {
+		ms := []v1alpha1.ControlPlaneMember{{Name: "b", APIAddress: "https://127.0.0.1:1"}}
+		if live {
+			ms = append(ms, v1alpha1.ControlPlaneMember{Name: "a", APIAddress: aAddr})
+		}
+		return v1alpha1.ControlPlaneStatus{Store: "etcd", Members: ms}, nil
+	}
+	b := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
+	t.Cleanup(b.Shutdown)
+	bDir := filepath.Join(dir, "bs")
+	_ = os.MkdirAll(bDir, 0o700)
+	cl := serveLocal(t, bDir, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	img := map[string]any{"apiVersion": v1alpha1.APIVersion, "kind": "ClusterVirtualImage",
+		"metadata": map[string]any{"name": "img", "annotations": map[string]string{images.AnnotationStoredOn: "a"}},
+		"spec":     map[string]any{"dataSource": map[string]any{"type": "HTTP", "http": map[string]any{"url": "https://example.com/x.iso"}}}}
+	var created v1alpha1.ClusterVirtualImage
+	if err := cl.Create(ctx, "clustervirtualimages", "", img, &created); err != nil {
+		t.Fatal(err)
+	}
+	content := []byte(strings.Repeat("the image's bytes, imported by a; ", 1000))
+	sum := sha256.Sum256(content)
+	if err := os.MkdirAll(filepath.Dir(storage.ImagePath(dirA, created.UID)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(storage.ImagePath(dirA, created.UID), content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	patch := fmt.Sprintf(`{"status":{"phase":"Ready","format":"iso","sha256":%q,"size":{"storedBytes":%d,"unpackedBytes":%d}}}`,
+		hex.EncodeToString(sum[:]), len(content), len(content))
+	if err := cl.PatchStatus(ctx, "clustervirtualimages", "", "img", []byte(patch), nil); err != nil {
+		t.Fatal(err)
+	}
+	f := &images.Fetcher{Client: cl, DataDir: dirB}
+	req := images.FetchRequest{Path: client.Path("clustervirtualimages", "", "img", SubData), What: `ClusterVirtualImage "img"`,
+		UID: created.UID, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(content))}
+
+	// a is down (no member record): b names it.
+	_, _, err = f.Ensure(ctx, req)
+	if err == nil || !strings.Contains(err.Error(), "stored on a") || !strings.Contains(err.Error(), "not a live control-plane member") ||
+		!strings.Contains(err.Error(), "not on this serve (b)") {
+		t.Fatalf("fetch with a down: %v", err)
+	}
+	// a is a member but unreachable at its address.
+	live, aAddr = true, "https://127.0.0.1:1"
+	_, _, err = f.Ensure(ctx, req)
+	if err == nil || !strings.Contains(err.Error(), "stored on a") || !strings.Contains(err.Error(), "asked at https://127.0.0.1:1") {
+		t.Fatalf("fetch with a unreachable: %v", err)
+	}
+	if _, err := os.Stat(storage.ImagePath(dirB, created.UID)); !os.IsNotExist(err) {
+		t.Fatalf("a failed fetch left a file in b's store: %v", err)
+	}
+	// a is back: the fetch goes through b's relay into b's store.
+	aAddr = srvA.URL
+	path, fetched, err := f.Ensure(ctx, req)
+	if err != nil || !fetched {
+		t.Fatalf("fetch with a back: %v", err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != string(content) || path != storage.ImagePath(dirB, created.UID) {
+		t.Fatalf("fetched %s, %d bytes", path, len(got))
+	}
+	// b now serves it itself, and says it stores it.
+	if err := images.AddStoredOn(ctx, cl, "clustervirtualimages", "", "img", created.UID, "b"); err != nil {
+		t.Fatal(err)
+	}
+	var now v1alpha1.ClusterVirtualImage
+	if err := cl.Get(ctx, "clustervirtualimages", "", "img", &now); err != nil || now.Annotations[images.AnnotationStoredOn] != "a,b" {
+		t.Fatalf("stored-on after b's fetch: %v %q", err, now.Annotations[images.AnnotationStoredOn])
+	}
+	live = false
+	resp, err := cl.Download(ctx, req.Path, nil)
+	if err != nil {
+		t.Fatalf("b serving its fetched copy: %v", err)
+	}
+	resp.Body.Close()
 }

@@ -45,7 +45,12 @@ const (
 	ReasonInUse               = "InUse"
 	ReasonDataSourceReady     = "DataSourceReady"
 	ReasonInsufficientStorage = "InsufficientStorage"
+	ReasonImageFetchFailed    = "ImageFetchFailed"
 )
+
+// FetchRetryDelay is how long a disk waits before its image's file is fetched again after a
+// failed fetch (the serve that holds it may be back by then).
+var FetchRetryDelay = 15 * time.Second
 
 // NoSpaceRetryDelay is how long a disk that failed for lack of space in its pool (or whose
 // import failed for a network or server error) waits before it is tried again.
@@ -102,6 +107,10 @@ type Config struct {
 	MaxUnpackedSize int64
 	// ProgressInterval is how often upload progress is written to status; default 1 s.
 	ProgressInterval time.Duration
+	// Fetcher brings the file of an image that this serve's image store lacks (the image
+	// was imported while another serve led) from the API. Nil: one over Client when it can
+	// download (a *client.Client), shared with nothing.
+	Fetcher *images.Fetcher
 }
 
 // Controller reconciles VirtualDisks.
@@ -141,6 +150,10 @@ func New(cfg Config) *Controller {
 	}
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = time.Second
+	}
+	if cfg.Fetcher == nil {
+		dl, _ := cfg.Client.(images.Downloader)
+		cfg.Fetcher = &images.Fetcher{Client: dl, DataDir: cfg.DataDir}
 	}
 	log := cfg.Log.With("controller", "disk")
 	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), noSpaceAt: map[string]time.Time{},
@@ -371,6 +384,9 @@ type source struct {
 	readySince   time.Time
 	// fromDisk: the source is another VirtualDisk, which keeps changing: always a full copy.
 	fromDisk bool
+	// image: the source is an image, whose file is fetched into this serve's image store
+	// when it is not there.
+	image *images.FetchRequest
 }
 
 // provision creates the disk file, or says what the disk waits for.
@@ -439,9 +455,18 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 	if src != nil {
 		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
 	}
-	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, "creating the disk file")
+	msg := "creating the disk file"
+	if src != nil && src.image != nil && !fileExists(src.path) {
+		msg = "fetching the file of " + src.image.What + " into this serve's image store through the API (it was imported by another serve), then creating the disk file"
+	}
+	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, msg)
 	if err := c.writeStatus(ctx, d, st); err != nil {
 		return runtime.Result{}, err
+	}
+	if src != nil && src.image != nil {
+		if res, err, ok := c.fetchImage(ctx, d, st, src); !ok {
+			return res, err
+		}
 	}
 	storage.CleanTempFor(path)
 	var err error
@@ -522,6 +547,50 @@ func (c *Controller) fail(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alp
 	return c.writeStatus(ctx, d, st)
 }
 
+// fetchImage makes sure the image file src is made from is in this serve's image store,
+// fetching it through the API (the image data relay) when it is not: the image was imported
+// while another serve led. ok is false when the disk cannot be made now; the disk then says
+// why (naming the image and the serves that could not be reached) and is tried again after
+// FetchRetryDelay.
+func (c *Controller) fetchImage(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, src *source) (res runtime.Result, err error, ok bool) {
+	if fileExists(src.path) {
+		return runtime.Result{}, nil, true
+	}
+	key := d.Namespace + "/" + d.Name
+	c.log.Info("the disk's image is not in this serve's image store: fetching it through the API", "disk", key, "image", src.image.What)
+	started := time.Now()
+	_, fetched, err := c.cfg.Fetcher.Ensure(ctx, *src.image)
+	if err == nil {
+		if fetched {
+			c.log.Info("fetched the image into this serve's image store", "image", src.image.What, "took", time.Since(started).Round(time.Millisecond))
+			c.noteStoredOn(ctx, d, src)
+		}
+		return runtime.Result{}, nil, true
+	}
+	if ctx.Err() != nil {
+		return runtime.Result{}, ctx.Err(), false
+	}
+	c.log.Warn("fetching the disk's image failed", "disk", key, "image", src.image.What, "err", err)
+	msg := fmt.Sprintf("%v (this serve is %s); tried again within %s", err, c.cfg.NodeName, FetchRetryDelay)
+	st.Phase = v1alpha1.DiskPhasePending
+	setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, ReasonImageFetchFailed, msg)
+	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonImageFetchFailed, msg)
+	c.rec.Event(ctx, "VirtualDisk", d, "Warning", ReasonImageFetchFailed, msg) // repeats merge into one event
+	return runtime.Result{RequeueAfter: FetchRetryDelay}, c.writeStatus(ctx, d, st), false
+}
+
+// noteStoredOn adds this serve to the image's stored-on annotation after a fetch.
+func (c *Controller) noteStoredOn(ctx context.Context, d *v1alpha1.VirtualDisk, src *source) {
+	r := d.Spec.DataSource.ObjectRef
+	resource, ns := "clustervirtualimages", ""
+	if r.Kind == v1alpha1.DataSourceKindVirtualImage {
+		resource, ns = "virtualimages", refNamespace(r, d.Namespace)
+	}
+	if err := images.AddStoredOn(ctx, c.c, resource, ns, r.Name, src.image.UID, c.cfg.NodeName); err != nil {
+		c.log.Warn("noting that this serve stores the image", "image", src.image.What, "err", err)
+	}
+}
+
 // imageSource returns the Ready image a disk is made from, or why it waits.
 func (c *Controller) imageSource(d *v1alpha1.VirtualDisk) (src *source, reason, msg string) {
 	r := d.Spec.DataSource.ObjectRef
@@ -565,6 +634,12 @@ func (c *Controller) imageSource(d *v1alpha1.VirtualDisk) (src *source, reason, 
 	}
 	src = &source{path: storage.ImagePath(c.cfg.DataDir, img.Metadata.UID), format: img.Status.Format,
 		virtualSize: img.Status.Size.UnpackedBytes, sha256: img.Status.SHA256}
+	resource := "clustervirtualimages"
+	if r.Kind == v1alpha1.DataSourceKindVirtualImage {
+		resource = "virtualimages"
+	}
+	src.image = &images.FetchRequest{Path: client.Path(resource, ns, r.Name, "data"), What: what,
+		UID: img.Metadata.UID, SHA256: img.Status.SHA256, Size: img.Status.Size.StoredBytes}
 	if cond := v1alpha1.FindCondition(img.Status.Conditions, v1alpha1.ImageConditionReady); cond != nil && cond.LastTransitionTime != nil {
 		src.readySince = cond.LastTransitionTime.Time
 	}
