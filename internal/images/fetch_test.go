@@ -166,7 +166,7 @@ func TestFetchRefusesWrongContent(t *testing.T) {
 			b[10] ^= 1
 			w.Write(b)
 		}, "sha256"},
-		"longer": {func(w http.ResponseWriter, data []byte) { w.Write(append(data, 'x')) }, "storedBytes"},
+		"longer":  {func(w http.ResponseWriter, data []byte) { w.Write(append(data, 'x')) }, "storedBytes"},
 		"shorter": {func(w http.ResponseWriter, data []byte) { w.Write(data[:len(data)-1]) }, "storedBytes"},
 		"cut short": {func(w http.ResponseWriter, data []byte) {
 			w.Header().Set("Content-Length", fmt.Sprint(len(data)))
