@@ -135,6 +135,7 @@ type Controller struct {
 
 	mu        sync.Mutex
 	noSpaceAt map[string]time.Time // when a disk last failed for lack of space, by uid
+	fetchAt   map[string]time.Time // when the fetch of a disk's image last failed, by disk uid
 }
 
 // New returns a controller; Run starts it.
@@ -156,7 +157,7 @@ func New(cfg Config) *Controller {
 		cfg.Fetcher = &images.Fetcher{Client: dl, DataDir: cfg.DataDir}
 	}
 	log := cfg.Log.With("controller", "disk")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), noSpaceAt: map[string]time.Time{},
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), noSpaceAt: map[string]time.Time{}, fetchAt: map[string]time.Time{},
 		rec: &runtime.Recorder{C: cfg.Client, Component: "disk-controller", Log: log}}
 	f := cfg.Informers
 	if f == nil {
@@ -275,6 +276,9 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	}
 	if d.DeletionTimestamp != nil {
 		c.jobs.Cancel(d.UID)
+		c.mu.Lock()
+		delete(c.fetchAt, d.UID)
+		c.mu.Unlock()
 		return c.finalize(ctx, &d)
 	}
 	if c.running(d.UID) {
@@ -449,6 +453,15 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		size = max(requested, src.virtualSize)
 	}
 
+	if src != nil && src.image != nil && !fileExists(src.path) {
+		// Its status says why it waits: no new try (and status write) before the delay.
+		c.mu.Lock()
+		at, failed := c.fetchAt[d.UID]
+		c.mu.Unlock()
+		if wait := time.Until(at.Add(FetchRetryDelay)); failed && wait > 0 {
+			return runtime.Result{RequeueAfter: wait}, nil
+		}
+	}
 	started := time.Now()
 	st.Phase = v1alpha1.DiskPhaseProvisioning
 	st.ObservedGeneration = d.Generation
@@ -560,6 +573,13 @@ func (c *Controller) fetchImage(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	c.log.Info("the disk's image is not in this serve's image store: fetching it through the API", "disk", key, "image", src.image.What)
 	started := time.Now()
 	_, fetched, err := c.cfg.Fetcher.Ensure(ctx, *src.image)
+	c.mu.Lock()
+	if err == nil {
+		delete(c.fetchAt, d.UID)
+	} else {
+		c.fetchAt[d.UID] = time.Now()
+	}
+	c.mu.Unlock()
 	if err == nil {
 		if fetched {
 			c.log.Info("fetched the image into this serve's image store", "image", src.image.What, "took", time.Since(started).Round(time.Millisecond))

@@ -654,10 +654,11 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 	c.rec.Event(wctx, img.kind.name, img.obj, "Normal", "Ready",
 		fmt.Sprintf("imported in %s: %s, %s stored, %s virtual", time.Since(start).Round(time.Second), res.Format,
 			images.HumanBytes(res.StoredSize), images.HumanBytes(res.VirtualSize)))
+	// Noted before the status says Ready, so that whoever sees it Ready sees where it is.
+	c.noteStoredOn(wctx, img)
 	if err := c.writeStatus(wctx, img, st); err != nil {
 		log.Warn("writing status", "err", err)
 	}
-	c.noteStoredOn(wctx, img)
 }
 
 // noteStoredOn adds this serve to the image's stored-on annotation: its image store holds the
