@@ -216,3 +216,76 @@ func TestImageFetchThroughRelay(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestUploadForwardedToLeader: an upload URL whose token no import of this serve waits for is
+// forwarded to the leader's serve, where the image controller waits: the upload goes through
+// any serve. An unknown token is answered 404 by the leader; a serve that is the leader itself,
+// or has no cluster CA, answers as before.
+func TestUploadForwardedToLeader(t *testing.T) {
+	dir := t.TempDir()
+	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	const token = "0123456789abcdef0123456789abcdef"
+	upsA := &images.Uploads{}
+	a := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "a", Uploads: upsA})
+	t.Cleanup(a.Shutdown)
+	srvA := httptest.NewTLSServer(a.RemoteHandler())
+	t.Cleanup(srvA.Close)
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvA.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	leader := "a"
+	members := func(context.Context) (v1alpha1.ControlPlaneStatus, error) {
+		return v1alpha1.ControlPlaneStatus{Store: "etcd", Leader: &v1alpha1.ControlPlaneLeader{Name: leader},
+			Members: []v1alpha1.ControlPlaneMember{{Name: "a", APIAddress: srvA.URL}, {Name: "b", APIAddress: "https://127.0.0.1:1"}}}, nil
+	}
+	b := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "b", Uploads: &images.Uploads{}, PeerCAFile: caFile, ControlPlane: members})
+	t.Cleanup(b.Shutdown)
+	srvB := httptest.NewServer(b.RemoteHandler())
+	t.Cleanup(srvB.Close)
+
+	tok := images.NewUploadToken()
+	w := upsA.Wait(tok)
+	defer w.Close()
+	got := make(chan string, 1)
+	go func() {
+		up, err := w.Await(context.Background(), 10*time.Second)
+		if err != nil || up == nil {
+			got <- fmt.Sprintf("no upload: %v", err)
+			return
+		}
+		data, _ := io.ReadAll(up.Body)
+		up.Finish(nil)
+		got <- string(data)
+	}()
+	put := func(url string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader("the uploaded file"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := put(srvB.URL + images.UploadPathPrefix + tok); code != http.StatusOK || !strings.Contains(body, "upload complete") {
+		t.Fatalf("upload through b: %d %s", code, body)
+	}
+	if s := <-got; s != "the uploaded file" {
+		t.Fatalf("a's import received %q", s)
+	}
+	// Used: the leader answers 404, relayed by b.
+	if code, body := put(srvB.URL + images.UploadPathPrefix + tok); code != http.StatusNotFound || !strings.Contains(body, "no upload waits") {
+		t.Fatalf("a used token through b: %d %s", code, body)
+	}
+	// b leads itself: nothing to forward to.
+	leader = "b"
+	if code, _ := put(srvB.URL + images.UploadPathPrefix + images.NewUploadToken()); code != http.StatusNotFound {
+		t.Fatalf("an unknown token on the leader b: %d", code)
+	}
+}

@@ -3,8 +3,11 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,8 +26,9 @@ import (
 // that names the image and h1, leaving nothing half-written in h2's image store. h1,
 // restarted, rejoins as a follower (the cluster is whole again): h2 fetches the file through
 // the API's image data relay into its own image store (one download for two disks and the
-// image controller, checked against the image's sha256), both disks go Ready, and a VM booted
-// from one of them on h2 reaches the guest's ready marker.
+// image controller, checked against the image's sha256), both disks go Ready, an upload URL
+// of h2's image controller works through h1 (it forwards the upload to the leader), and a VM
+// booted from one of the disks on h2 reaches the guest's ready marker.
 func TestClusterImageFetch(t *testing.T) {
 	c := newCluster(t, ClusterOptions{Name: "rif", Hosts: 2, ServeOn: []string{"h1", "h2"}})
 	h1, h2 := c.Host("h1"), c.Host("h2")
@@ -146,6 +150,52 @@ spec:
 	waitObj(t, s2, "clustervirtualimages", "", "rif-guest", "stored on h1 and h2", func(i *v1alpha1.ClusterVirtualImage) bool {
 		return strings.Join(images.StoredOn(i.Annotations), ",") == "h1,h2" && i.Status.Phase == v1alpha1.ImagePhaseReady
 	})
+
+	// An upload URL works through any serve: the image controller waiting for the upload runs
+	// on h2 (the leader), the file is PUT to h1, which forwards it.
+	s2.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: ClusterVirtualImage
+metadata: {name: rif-up}
+spec:
+  dataSource: {type: Upload}
+`, "apply", "-f", "-")
+	up := waitObj(t, s2, "clustervirtualimages", "", "rif-up", "waiting for its upload", func(i *v1alpha1.ClusterVirtualImage) bool {
+		return i.Status.Phase == v1alpha1.ImagePhaseWaitForUserUpload && i.Status.ImageUploadURLs != nil
+	})
+	tok := images.UploadToken(up.Status.ImageUploadURLs.External)
+	if !strings.HasPrefix(up.Status.ImageUploadURLs.External, h2.APIServer()) || tok == "" {
+		t.Fatalf("the upload URL %q does not name h2, whose controllers wait for it", up.Status.ImageUploadURLs.External)
+	}
+	iso, err := os.Open(filepath.Join(vmGuestDir(t), "guest.iso"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer iso.Close()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, h1.APIServer()+images.UploadPathPrefix+tok, iso)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	caPEM, err := os.ReadFile(c.CAFile)
+	if err != nil || !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("the cluster CA: %v", err)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: nsDialer(h1.NS), TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("uploading through h1: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("uploading through h1: %s: %s", resp.Status, body)
+	}
+	waitObj(t, s2, "clustervirtualimages", "", "rif-up", "Ready, stored on h2", func(i *v1alpha1.ClusterVirtualImage) bool {
+		return i.Status.Phase == v1alpha1.ImagePhaseReady && i.Status.SHA256 == img.Status.SHA256 && i.Annotations[images.AnnotationStoredOn] == "h2"
+	})
+	if !strings.Contains(h1.Logs(t), "upload: forwarding to the leader's serve") {
+		t.Errorf("h1 logged no forwarding of the upload")
+	}
 
 	// A VM on h2 boots from the disk made from the fetched file.
 	s2.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
