@@ -731,6 +731,9 @@ func (c *Controller) runFetch(ctx context.Context, img *image, st v1alpha1.Image
 		c.rec.Event(ctx, img.kind.name, img.obj, "Warning", "ImageFetchFailed", fmt.Sprintf("%v (this serve is %s)", err, c.cfg.NodeName))
 		return
 	}
+	c.mu.Lock()
+	delete(c.fetchFailed, m.UID)
+	c.mu.Unlock()
 	c.log.Info("fetched a Ready image's file into this serve's image store", "image", img.String(), "took", time.Since(started).Round(time.Millisecond))
 	c.noteStoredOn(ctx, img)
 }
