@@ -173,8 +173,8 @@ func TestImageFetchThroughRelay(t *testing.T) {
 	if err := cl.PatchStatus(ctx, "clustervirtualimages", "", "img", []byte(patch), nil); err != nil {
 		t.Fatal(err)
 	}
-	f := &images.Fetcher{Client: cl, DataDir: dirB}
-	req := images.FetchRequest{Path: client.Path("clustervirtualimages", "", "img", SubData), What: `ClusterVirtualImage "img"`,
+	f := images.NewFetcher(cl, dirB, "b")
+	req := images.FetchRequest{Resource: "clustervirtualimages", Name: "img", What: `ClusterVirtualImage "img"`,
 		UID: created.UID, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(content))}
 
 	// a is down (no member record): b names it.
@@ -202,15 +202,12 @@ func TestImageFetchThroughRelay(t *testing.T) {
 		t.Fatalf("fetched %s, %d bytes", path, len(got))
 	}
 	// b now serves it itself, and says it stores it.
-	if err := images.AddStoredOn(ctx, cl, "clustervirtualimages", "", "img", created.UID, "b"); err != nil {
-		t.Fatal(err)
-	}
 	var now v1alpha1.ClusterVirtualImage
 	if err := cl.Get(ctx, "clustervirtualimages", "", "img", &now); err != nil || now.Annotations[images.AnnotationStoredOn] != "a,b" {
 		t.Fatalf("stored-on after b's fetch: %v %q", err, now.Annotations[images.AnnotationStoredOn])
 	}
 	live = false
-	resp, err := cl.Download(ctx, req.Path, nil)
+	resp, err := cl.Download(ctx, client.Path("clustervirtualimages", "", "img", SubData), nil)
 	if err != nil {
 		t.Fatalf("b serving its fetched copy: %v", err)
 	}

@@ -45,8 +45,8 @@ type Downloader interface {
 
 // FetchRequest names a Ready image whose file a Fetcher brings into the local image store.
 type FetchRequest struct {
-	// Path is the image's data subresource (client.Path(resource, namespace, name, "data")).
-	Path string
+	// Resource (clustervirtualimages or virtualimages), Namespace and Name name the image.
+	Resource, Namespace, Name string
 	// What names the image in messages, e.g. `ClusterVirtualImage "ubuntu"`.
 	What string
 	// UID, SHA256 and Size are the image's metadata.uid, status.sha256 and
@@ -64,9 +64,21 @@ type FetchRequest struct {
 type Fetcher struct {
 	Client  Downloader
 	DataDir string
+	// Annotate and NodeName, when set, add NodeName to the stored-on annotation of each image
+	// this fetcher downloaded (AddStoredOn).
+	Annotate Patcher
+	NodeName string
 
 	mu       sync.Mutex
 	inflight map[string]*fetchCall // by image uid
+}
+
+// NewFetcher returns a Fetcher for a controller whose API client is c: it downloads when c can
+// (a *client.Client; otherwise every fetch fails, saying so) and notes node in the stored-on
+// annotation of what it fetched.
+func NewFetcher(c Patcher, dataDir, node string) *Fetcher {
+	dl, _ := c.(Downloader)
+	return &Fetcher{Client: dl, DataDir: dataDir, Annotate: c, NodeName: node}
 }
 
 type fetchCall struct {
@@ -120,6 +132,11 @@ func (f *Fetcher) Ensure(ctx context.Context, r FetchRequest) (path string, fetc
 		f.mu.Unlock()
 		if !waiting {
 			call.err = f.fetch(ctx, r, path)
+			if call.err == nil && f.Annotate != nil {
+				// A failure only leaves this serve out of the relay's error messages: the
+				// file is here all the same.
+				_ = AddStoredOn(ctx, f.Annotate, r.Resource, r.Namespace, r.Name, r.UID, f.NodeName)
+			}
 			f.mu.Lock()
 			delete(f.inflight, r.UID)
 			f.mu.Unlock()
@@ -167,7 +184,7 @@ func (f *Fetcher) fetch(ctx context.Context, r FetchRequest, path string) error 
 		committed = true
 		return nil
 	}
-	resp, err := f.Client.Download(ctx, r.Path, nil)
+	resp, err := f.Client.Download(ctx, client.Path(r.Resource, r.Namespace, r.Name, "data"), nil)
 	if err != nil {
 		return &FetchError{What: r.What, Err: err}
 	}

@@ -63,7 +63,7 @@ func fetchFixture(t *testing.T, handler http.HandlerFunc) (*images.Fetcher, imag
 	}))
 	t.Cleanup(srv.Close)
 	f := &images.Fetcher{Client: httpDownloader{srv.URL}, DataDir: t.TempDir()}
-	req := images.FetchRequest{Path: "/apis/x/clustervirtualimages/img/data", What: `ClusterVirtualImage "img"`,
+	req := images.FetchRequest{Resource: "clustervirtualimages", Name: "img", What: `ClusterVirtualImage "img"`,
 		UID: testUID, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
 	return f, req, data, &gets
 }

@@ -49,7 +49,7 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	inf := runtime.NewFactory(as("informers"), log.With("component", "informers"))
 	// One fetcher of image files missing from this serve's image store (imported while another
 	// serve led), shared by the image and disk controllers: one download per image.
-	fetcher := &images.Fetcher{Client: as("image-fetch"), DataDir: cfg.DataDir}
+	fetcher := images.NewFetcher(as("image-fetch"), cfg.DataDir, cfg.NodeName)
 	ic := image.New(image.Config{Client: as("image-controller"), Informers: inf, DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "image-controller"),
 		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 		MaxUnpackedSize: cfg.MaxImageSize, Fetcher: fetcher})

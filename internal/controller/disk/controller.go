@@ -153,8 +153,7 @@ func New(cfg Config) *Controller {
 		cfg.ProgressInterval = time.Second
 	}
 	if cfg.Fetcher == nil {
-		dl, _ := cfg.Client.(images.Downloader)
-		cfg.Fetcher = &images.Fetcher{Client: dl, DataDir: cfg.DataDir}
+		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
 	}
 	log := cfg.Log.With("controller", "disk")
 	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), noSpaceAt: map[string]time.Time{}, fetchAt: map[string]time.Time{},
@@ -453,7 +452,8 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		size = max(requested, src.virtualSize)
 	}
 
-	if src != nil && src.image != nil && !fileExists(src.path) {
+	fetch := src != nil && src.image != nil && !fileExists(src.path)
+	if fetch {
 		// Its status says why it waits: no new try (and status write) before the delay.
 		c.mu.Lock()
 		at, failed := c.fetchAt[d.UID]
@@ -469,14 +469,14 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
 	}
 	msg := "creating the disk file"
-	if src != nil && src.image != nil && !fileExists(src.path) {
+	if fetch {
 		msg = "fetching the file of " + src.image.What + " into this serve's image store through the API (it was imported by another serve), then creating the disk file"
 	}
 	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, msg)
 	if err := c.writeStatus(ctx, d, st); err != nil {
 		return runtime.Result{}, err
 	}
-	if src != nil && src.image != nil {
+	if fetch {
 		if res, err, ok := c.fetchImage(ctx, d, st, src); !ok {
 			return res, err
 		}
@@ -566,9 +566,6 @@ func (c *Controller) fail(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alp
 // why (naming the image and the serves that could not be reached) and is tried again after
 // FetchRetryDelay.
 func (c *Controller) fetchImage(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, src *source) (res runtime.Result, err error, ok bool) {
-	if fileExists(src.path) {
-		return runtime.Result{}, nil, true
-	}
 	key := d.Namespace + "/" + d.Name
 	c.log.Info("the disk's image is not in this serve's image store: fetching it through the API", "disk", key, "image", src.image.What)
 	started := time.Now()
@@ -583,7 +580,6 @@ func (c *Controller) fetchImage(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	if err == nil {
 		if fetched {
 			c.log.Info("fetched the image into this serve's image store", "image", src.image.What, "took", time.Since(started).Round(time.Millisecond))
-			c.noteStoredOn(ctx, d, src)
 		}
 		return runtime.Result{}, nil, true
 	}
@@ -597,18 +593,6 @@ func (c *Controller) fetchImage(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonImageFetchFailed, msg)
 	c.rec.Event(ctx, "VirtualDisk", d, "Warning", ReasonImageFetchFailed, msg) // repeats merge into one event
 	return runtime.Result{RequeueAfter: FetchRetryDelay}, c.writeStatus(ctx, d, st), false
-}
-
-// noteStoredOn adds this serve to the image's stored-on annotation after a fetch.
-func (c *Controller) noteStoredOn(ctx context.Context, d *v1alpha1.VirtualDisk, src *source) {
-	r := d.Spec.DataSource.ObjectRef
-	resource, ns := "clustervirtualimages", ""
-	if r.Kind == v1alpha1.DataSourceKindVirtualImage {
-		resource, ns = "virtualimages", refNamespace(r, d.Namespace)
-	}
-	if err := images.AddStoredOn(ctx, c.c, resource, ns, r.Name, src.image.UID, c.cfg.NodeName); err != nil {
-		c.log.Warn("noting that this serve stores the image", "image", src.image.What, "err", err)
-	}
 }
 
 // imageSource returns the Ready image a disk is made from, or why it waits.
@@ -658,7 +642,7 @@ func (c *Controller) imageSource(d *v1alpha1.VirtualDisk) (src *source, reason, 
 	if r.Kind == v1alpha1.DataSourceKindVirtualImage {
 		resource = "virtualimages"
 	}
-	src.image = &images.FetchRequest{Path: client.Path(resource, ns, r.Name, "data"), What: what,
+	src.image = &images.FetchRequest{Resource: resource, Namespace: ns, Name: r.Name, What: what,
 		UID: img.Metadata.UID, SHA256: img.Status.SHA256, Size: img.Status.Size.StoredBytes}
 	if cond := v1alpha1.FindCondition(img.Status.Conditions, v1alpha1.ImageConditionReady); cond != nil && cond.LastTransitionTime != nil {
 		src.readySince = cond.LastTransitionTime.Time

@@ -97,7 +97,7 @@ func TestDiskFromImageFetched(t *testing.T) {
 
 	f := runtime.NewFactory(fc, log)
 	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "h2", Log: log,
-		Fetcher: &images.Fetcher{Client: dl, DataDir: dataDir}})
+		Fetcher: &images.Fetcher{Client: dl, DataDir: dataDir, Annotate: fc, NodeName: "h2"}})
 	done := make(chan struct{})
 	f.Start(ctx)
 	go func() { defer close(done); _ = c.Run(ctx) }()

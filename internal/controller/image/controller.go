@@ -157,8 +157,7 @@ func New(cfg Config) *Controller {
 		cfg.FetchRetryDelay = 30 * time.Second
 	}
 	if cfg.Fetcher == nil {
-		dl, _ := cfg.Client.(images.Downloader)
-		cfg.Fetcher = &images.Fetcher{Client: dl, DataDir: cfg.DataDir}
+		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
 	}
 	if cfg.UploadTimeout <= 0 {
 		cfg.UploadTimeout = images.DefaultUploadTimeout
@@ -477,7 +476,7 @@ func (c *Controller) start(ctx context.Context, img *image, st v1alpha1.ImageSta
 		}
 		// The source's file may be in another serve's image store (imported while that serve
 		// led): it is fetched into this one first.
-		fetch := images.FetchRequest{Path: client.Path(srcKind.resource, ns, r.Name, "data"), What: what,
+		fetch := images.FetchRequest{Resource: srcKind.resource, Namespace: ns, Name: r.Name, What: what,
 			UID: src.meta.UID, SHA256: src.status.SHA256, Size: stored}
 		c.launch(img, func(ctx context.Context, dst string, _ images.Options) (*images.Result, error) {
 			srcPath, _, err := c.cfg.Fetcher.Ensure(ctx, fetch)
@@ -718,7 +717,7 @@ func (c *Controller) runFetch(ctx context.Context, img *image, st v1alpha1.Image
 		stored = st.Size.StoredBytes
 	}
 	started := time.Now()
-	_, _, err := c.cfg.Fetcher.Ensure(ctx, images.FetchRequest{Path: client.Path(img.kind.resource, m.Namespace, m.Name, "data"),
+	_, fetched, err := c.cfg.Fetcher.Ensure(ctx, images.FetchRequest{Resource: img.kind.resource, Namespace: m.Namespace, Name: m.Name,
 		What: what, UID: m.UID, SHA256: st.SHA256, Size: stored})
 	if ctx.Err() != nil {
 		return
@@ -734,8 +733,9 @@ func (c *Controller) runFetch(ctx context.Context, img *image, st v1alpha1.Image
 	c.mu.Lock()
 	delete(c.fetchFailed, m.UID)
 	c.mu.Unlock()
-	c.log.Info("fetched a Ready image's file into this serve's image store", "image", img.String(), "took", time.Since(started).Round(time.Millisecond))
-	c.noteStoredOn(ctx, img)
+	if fetched {
+		c.log.Info("fetched a Ready image's file into this serve's image store", "image", img.String(), "took", time.Since(started).Round(time.Millisecond))
+	}
 }
 
 // finalize removes the image's file once nothing uses it, then the finalizer.

@@ -483,7 +483,7 @@ func TestReadyFileFetchedFromAnotherServe(t *testing.T) {
 	dl := &fileDownloader{dir: t.TempDir(), up: true}
 	e := newEnv(t, func(c *Config) {
 		c.NodeName, c.FetchRetryDelay = "h2", 200*time.Millisecond
-		c.Fetcher = &images.Fetcher{Client: dl, DataDir: c.DataDir}
+		c.Fetcher = &images.Fetcher{Client: dl, DataDir: c.DataDir, Annotate: c.Client, NodeName: "h2"}
 	})
 	imagetest.QCOW2(t, e.srcDir, "disk.qcow2", "16M")
 	e.create(httpImage("far", e.url+"/disk.qcow2"))
