@@ -23,29 +23,46 @@ import (
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
-// TestImageDataFromPeer: two API servers on one store; the image's file is in a's image store
-// only (a's controllers imported it). A download through b, which lacks the file, is relayed
-// from a (found among the control-plane members, reached with the shared admin token and the
-// cluster CA), ranges and ETag included. Without the cluster CA, b answers 404 as before; a
-// request that is itself relayed is never relayed further.
-func TestImageDataFromPeer(t *testing.T) {
+// token is the admin token the servers of these tests share.
+const token = "0123456789abcdef0123456789abcdef"
+
+// peerStore returns a test directory, a bolt store in it and a quiet logger, for API servers
+// sharing one store.
+func peerStore(t *testing.T) (string, *bolt.Store, *slog.Logger) {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	const token = "0123456789abcdef0123456789abcdef"
-	dirA, dirB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	a := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "a", ImageDataDir: dirA})
-	t.Cleanup(a.Shutdown)
-	srvA := httptest.NewTLSServer(a.RemoteHandler())
-	t.Cleanup(srvA.Close)
+	return dir, st, slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// peerServer serves an API server of cfg over TLS; its certificate, written to dir/ca.crt,
+// stands in for the cluster CA the other servers trust.
+func peerServer(t *testing.T, dir string, cfg Config) (*httptest.Server, string) {
+	t.Helper()
+	s := New(cfg)
+	t.Cleanup(s.Shutdown)
+	srv := httptest.NewTLSServer(s.RemoteHandler())
+	t.Cleanup(srv.Close)
 	caFile := filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvA.Certificate().Raw}), 0o644); err != nil {
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return srv, caFile
+}
+
+// TestImageDataFromPeer: two API servers on one store; the image's file is in a's image store
+// only (a's controllers imported it). A download through b, which lacks the file, is relayed
+// from a (found among the control-plane members, reached with the shared admin token and the
+// cluster CA), ranges and ETag included. Without the cluster CA, b answers 404 as before; a
+// request that is itself relayed is never relayed further.
+func TestImageDataFromPeer(t *testing.T) {
+	dir, st, log := peerStore(t)
+	dirA, dirB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	srvA, caFile := peerServer(t, dir, Config{Store: st, Log: log, AdminToken: token, NodeName: "a", ImageDataDir: dirA})
 	members := func(context.Context) (v1alpha1.ControlPlaneStatus, error) {
 		return v1alpha1.ControlPlaneStatus{Store: "etcd", Members: []v1alpha1.ControlPlaneMember{
 			{Name: "b", APIAddress: "https://127.0.0.1:1"}, {Name: "a", APIAddress: srvA.URL}}}, nil
@@ -119,23 +136,9 @@ func TestImageDataFromPeer(t *testing.T) {
 // stored-on annotation) is down or unreachable, b answers 503 naming it, and the fetch fails
 // with that message and leaves nothing in b's store.
 func TestImageFetchThroughRelay(t *testing.T) {
-	dir := t.TempDir()
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	const token = "0123456789abcdef0123456789abcdef"
+	dir, st, log := peerStore(t)
 	dirA, dirB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	a := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "a", ImageDataDir: dirA})
-	t.Cleanup(a.Shutdown)
-	srvA := httptest.NewTLSServer(a.RemoteHandler())
-	t.Cleanup(srvA.Close)
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvA.Certificate().Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	srvA, caFile := peerServer(t, dir, Config{Store: st, Log: log, AdminToken: token, NodeName: "a", ImageDataDir: dirA})
 	aAddr := srvA.URL
 	var live bool
 	members := func(context.Context) (v1alpha1.ControlPlaneStatus, error) {
@@ -178,7 +181,7 @@ func TestImageFetchThroughRelay(t *testing.T) {
 		UID: created.UID, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(content))}
 
 	// a is down (no member record): b names it.
-	_, _, err = f.Ensure(ctx, req)
+	_, _, err := f.Ensure(ctx, req)
 	if err == nil || !strings.Contains(err.Error(), "stored on a") || !strings.Contains(err.Error(), "not a live control-plane member") ||
 		!strings.Contains(err.Error(), "not on this serve (b)") {
 		t.Fatalf("fetch with a down: %v", err)
@@ -219,23 +222,9 @@ func TestImageFetchThroughRelay(t *testing.T) {
 // any serve. An unknown token is answered 404 by the leader; a serve that is the leader itself,
 // or has no cluster CA, answers as before.
 func TestUploadForwardedToLeader(t *testing.T) {
-	dir := t.TempDir()
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	const token = "0123456789abcdef0123456789abcdef"
+	dir, st, log := peerStore(t)
 	upsA := &images.Uploads{}
-	a := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "a", Uploads: upsA})
-	t.Cleanup(a.Shutdown)
-	srvA := httptest.NewTLSServer(a.RemoteHandler())
-	t.Cleanup(srvA.Close)
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvA.Certificate().Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	srvA, caFile := peerServer(t, dir, Config{Store: st, Log: log, AdminToken: token, NodeName: "a", Uploads: upsA})
 	leader := "a"
 	members := func(context.Context) (v1alpha1.ControlPlaneStatus, error) {
 		return v1alpha1.ControlPlaneStatus{Store: "etcd", Leader: &v1alpha1.ControlPlaneLeader{Name: leader},
