@@ -3,14 +3,17 @@ package apiserver
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
@@ -51,8 +54,9 @@ func (s *Server) serveImageData(w http.ResponseWriter, r *http.Request, t target
 		s.writeError(w, r, err)
 		return
 	}
+	holders := images.StoredOn(img.Metadata.Annotations)
 	if s.imageDir == "" {
-		if s.proxyImageData(w, r, t) {
+		if s.proxyImageData(w, r, t, holders) {
 			return
 		}
 		s.writeError(w, r, errs.New(errs.ErrUnavailable, "this API server does not hold the image store"))
@@ -60,7 +64,7 @@ func (s *Server) serveImageData(w http.ResponseWriter, r *http.Request, t target
 	}
 	f, err := os.Open(storage.ImagePath(s.imageDir, img.Metadata.UID))
 	if errors.Is(err, os.ErrNotExist) {
-		if s.proxyImageData(w, r, t) {
+		if s.proxyImageData(w, r, t, holders) {
 			return
 		}
 		s.writeError(w, r, errs.New(errs.ErrNotFound, "%s %q is Ready but its file is missing from the image store", t.st.Info.Kind, t.name))
@@ -91,16 +95,39 @@ const headerImagePeer = "X-Rakhsh-Image-Peer"
 // proxyImageData serves an image's data from another control-plane member when this server
 // lacks the file (the image was imported by the controllers of another serve process, into
 // its data dir). It asks each other member (its API address, with the admin token the members
-// share and trusting PeerCAFile) in turn and relays the first answer that is not 404 or an
-// error; it reports whether it answered.
-func (s *Server) proxyImageData(w http.ResponseWriter, r *http.Request, t target) bool {
+// share and trusting PeerCAFile) in turn, those the image's stored-on annotation names
+// (holders) first, and relays the first answer that is not 404 or an error; it reports
+// whether it answered. When no member served the file it answers itself if a holder was not
+// reached (503, naming the serves that hold the file and why each was not reached) and
+// leaves a 404 to the caller otherwise.
+func (s *Server) proxyImageData(w http.ResponseWriter, r *http.Request, t target, holders []string) bool {
 	if s.peerCA == "" || s.controlPlane == nil || r.Header.Get(headerImagePeer) != "" {
 		return false
 	}
 	st, err := s.controlPlane(r.Context())
 	if err != nil {
 		s.log.Warn("image data: cannot list the control-plane members to fetch the file from", "image", t.name, "err", err)
-		return false
+		s.writeError(w, r, errs.New(errs.ErrUnavailable, "%s %q is Ready but its file is not on this serve (%s), and the control-plane members to fetch it from cannot be listed: %v",
+			t.st.Info.Kind, t.name, s.nodeName, err))
+		return true
+	}
+	// Holders first, in the annotation's order; then every other member.
+	members := slices.Clone(st.Members)
+	slices.SortStableFunc(members, func(a, b v1alpha1.ControlPlaneMember) int {
+		ia, ib := slices.Index(holders, a.Name), slices.Index(holders, b.Name)
+		if ia < 0 {
+			ia = len(holders)
+		}
+		if ib < 0 {
+			ib = len(holders)
+		}
+		return ia - ib
+	})
+	unreached := map[string]string{} // holder -> why it did not serve the file
+	for _, h := range holders {
+		if h != s.nodeName {
+			unreached[h] = "not a live control-plane member (its serve is down or has not joined)"
+		}
 	}
 	hdr := http.Header{headerImagePeer: {s.nodeName}}
 	for _, h := range []string{"Range", "If-Range"} {
@@ -108,18 +135,33 @@ func (s *Server) proxyImageData(w http.ResponseWriter, r *http.Request, t target
 			hdr.Set(h, v)
 		}
 	}
-	for _, m := range st.Members {
-		if m.Name == s.nodeName || !strings.HasPrefix(m.APIAddress, "https://") {
+	for _, m := range members {
+		if m.Name == s.nodeName {
+			continue
+		}
+		if !strings.HasPrefix(m.APIAddress, "https://") {
+			if _, ok := unreached[m.Name]; ok {
+				unreached[m.Name] = "it has no https API address to be asked at"
+			}
 			continue
 		}
 		c, err := client.New(client.Config{Server: m.APIAddress, Token: s.token, CAFile: s.peerCA})
 		if err != nil {
 			s.log.Warn("image data: bad member address", "member", m.Name, "address", m.APIAddress, "err", err)
+			if _, ok := unreached[m.Name]; ok {
+				unreached[m.Name] = fmt.Sprintf("bad API address %s: %v", m.APIAddress, err)
+			}
 			continue
 		}
 		resp, err := c.WithUserAgent("rakhsh/apiserver-image-peer").Download(r.Context(), r.URL.Path, hdr)
 		if err != nil {
 			s.log.Debug("image data: member does not serve the file", "image", t.name, "member", m.Name, "err", err)
+			if _, ok := unreached[m.Name]; ok {
+				unreached[m.Name] = fmt.Sprintf("asked at %s: %v", m.APIAddress, err)
+				if client.IsNotFound(err) {
+					delete(unreached, m.Name) // reached: it no longer has the file
+				}
+			}
 			continue
 		}
 		defer resp.Body.Close()
@@ -135,7 +177,18 @@ func (s *Server) proxyImageData(w http.ResponseWriter, r *http.Request, t target
 		}
 		return true
 	}
-	return false
+	if len(unreached) == 0 {
+		return false
+	}
+	var names, why []string
+	for _, h := range holders {
+		if msg, ok := unreached[h]; ok {
+			names, why = append(names, h), append(why, h+": "+msg)
+		}
+	}
+	s.writeError(w, r, errs.New(errs.ErrUnavailable, "%s %q is Ready but its file is not on this serve (%s) and no control-plane member served it; it is stored on %s, not reached (%s)",
+		t.st.Info.Kind, t.name, s.nodeName, strings.Join(names, ", "), strings.Join(why, "; ")))
+	return true
 }
 
 func orUnknown(s string) string {

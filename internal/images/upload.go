@@ -103,6 +103,13 @@ func (w *UploadWaiter) Close() {
 	}
 }
 
+// Waiting says whether an import of this process waits for an upload with token.
+func (u *Uploads) Waiting(token string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.waiting[token] != nil
+}
+
 func (u *Uploads) claim(token string) *UploadWaiter {
 	u.mu.Lock()
 	defer u.mu.Unlock()

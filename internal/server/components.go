@@ -17,6 +17,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
 	"github.com/rakhsh/rakhsh/internal/controller/vmclass"
+	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/leader"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
@@ -46,12 +47,15 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	// One informer per kind for all controllers: each kind is listed, watched and decoded
 	// once in this process, however many controllers read it.
 	inf := runtime.NewFactory(as("informers"), log.With("component", "informers"))
+	// One fetcher of image files missing from this serve's image store (imported while another
+	// serve led), shared by the image and disk controllers: one download per image.
+	fetcher := images.NewFetcher(as("image-fetch"), cfg.DataDir, cfg.NodeName)
 	ic := image.New(image.Config{Client: as("image-controller"), Informers: inf, DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "image-controller"),
 		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
-		MaxUnpackedSize: cfg.MaxImageSize})
+		MaxUnpackedSize: cfg.MaxImageSize, Fetcher: fetcher})
 	dc := disk.New(disk.Config{Client: as("disk-controller"), Informers: inf, DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "disk-controller"),
 		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
-		MaxUnpackedSize: cfg.MaxImageSize})
+		MaxUnpackedSize: cfg.MaxImageSize, Fetcher: fetcher})
 	sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Informers: inf, Log: log.With("component", "scheduler")})
 	if err != nil {
 		return nil, err

@@ -45,7 +45,12 @@ const (
 	ReasonInUse               = "InUse"
 	ReasonDataSourceReady     = "DataSourceReady"
 	ReasonInsufficientStorage = "InsufficientStorage"
+	ReasonImageFetchFailed    = "ImageFetchFailed"
 )
+
+// FetchRetryDelay is how long a disk waits before its image's file is fetched again after a
+// failed fetch (the serve that holds it may be back by then).
+var FetchRetryDelay = 15 * time.Second
 
 // NoSpaceRetryDelay is how long a disk that failed for lack of space in its pool (or whose
 // import failed for a network or server error) waits before it is tried again.
@@ -102,6 +107,10 @@ type Config struct {
 	MaxUnpackedSize int64
 	// ProgressInterval is how often upload progress is written to status; default 1 s.
 	ProgressInterval time.Duration
+	// Fetcher brings the file of an image that this serve's image store lacks (the image
+	// was imported while another serve led) from the API. Nil: one over Client when it can
+	// download (a *client.Client), shared with nothing.
+	Fetcher *images.Fetcher
 }
 
 // Controller reconciles VirtualDisks.
@@ -126,6 +135,7 @@ type Controller struct {
 
 	mu        sync.Mutex
 	noSpaceAt map[string]time.Time // when a disk last failed for lack of space, by uid
+	fetchAt   map[string]time.Time // when the fetch of a disk's image last failed, by disk uid
 }
 
 // New returns a controller; Run starts it.
@@ -142,8 +152,11 @@ func New(cfg Config) *Controller {
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = time.Second
 	}
+	if cfg.Fetcher == nil {
+		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
+	}
 	log := cfg.Log.With("controller", "disk")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), noSpaceAt: map[string]time.Time{},
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), noSpaceAt: map[string]time.Time{}, fetchAt: map[string]time.Time{},
 		rec: &runtime.Recorder{C: cfg.Client, Component: "disk-controller", Log: log}}
 	f := cfg.Informers
 	if f == nil {
@@ -262,6 +275,9 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	}
 	if d.DeletionTimestamp != nil {
 		c.jobs.Cancel(d.UID)
+		c.mu.Lock()
+		delete(c.fetchAt, d.UID)
+		c.mu.Unlock()
 		return c.finalize(ctx, &d)
 	}
 	if c.running(d.UID) {
@@ -371,6 +387,9 @@ type source struct {
 	readySince   time.Time
 	// fromDisk: the source is another VirtualDisk, which keeps changing: always a full copy.
 	fromDisk bool
+	// image: the source is an image, whose file is fetched into this serve's image store
+	// when it is not there.
+	image *images.FetchRequest
 }
 
 // provision creates the disk file, or says what the disk waits for.
@@ -433,15 +452,34 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		size = max(requested, src.virtualSize)
 	}
 
+	fetch := src != nil && src.image != nil && !fileExists(src.path)
+	if fetch {
+		// Its status says why it waits: no new try (and status write) before the delay.
+		c.mu.Lock()
+		at, failed := c.fetchAt[d.UID]
+		c.mu.Unlock()
+		if wait := time.Until(at.Add(FetchRetryDelay)); failed && wait > 0 {
+			return runtime.Result{RequeueAfter: wait}, nil
+		}
+	}
 	started := time.Now()
 	st.Phase = v1alpha1.DiskPhaseProvisioning
 	st.ObservedGeneration = d.Generation
 	if src != nil {
 		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
 	}
-	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, "creating the disk file")
+	msg := "creating the disk file"
+	if fetch {
+		msg = "fetching the file of " + src.image.What + " into this serve's image store through the API (it was imported by another serve), then creating the disk file"
+	}
+	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonProvisioning, msg)
 	if err := c.writeStatus(ctx, d, st); err != nil {
 		return runtime.Result{}, err
+	}
+	if fetch {
+		if res, err, ok := c.fetchImage(ctx, d, st, src); !ok {
+			return res, err
+		}
 	}
 	storage.CleanTempFor(path)
 	var err error
@@ -522,6 +560,41 @@ func (c *Controller) fail(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alp
 	return c.writeStatus(ctx, d, st)
 }
 
+// fetchImage makes sure the image file src is made from is in this serve's image store,
+// fetching it through the API (the image data relay) when it is not: the image was imported
+// while another serve led. ok is false when the disk cannot be made now; the disk then says
+// why (naming the image and the serves that could not be reached) and is tried again after
+// FetchRetryDelay.
+func (c *Controller) fetchImage(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, src *source) (res runtime.Result, err error, ok bool) {
+	key := d.Namespace + "/" + d.Name
+	c.log.Info("the disk's image is not in this serve's image store: fetching it through the API", "disk", key, "image", src.image.What)
+	started := time.Now()
+	_, fetched, err := c.cfg.Fetcher.Ensure(ctx, *src.image)
+	c.mu.Lock()
+	if err == nil {
+		delete(c.fetchAt, d.UID)
+	} else {
+		c.fetchAt[d.UID] = time.Now()
+	}
+	c.mu.Unlock()
+	if err == nil {
+		if fetched {
+			c.log.Info("fetched the image into this serve's image store", "image", src.image.What, "took", time.Since(started).Round(time.Millisecond))
+		}
+		return runtime.Result{}, nil, true
+	}
+	if ctx.Err() != nil {
+		return runtime.Result{}, ctx.Err(), false
+	}
+	c.log.Warn("fetching the disk's image failed", "disk", key, "image", src.image.What, "err", err)
+	msg := fmt.Sprintf("%v (this serve is %s); tried again within %s", err, c.cfg.NodeName, FetchRetryDelay)
+	st.Phase = v1alpha1.DiskPhasePending
+	setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, ReasonImageFetchFailed, msg)
+	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonImageFetchFailed, msg)
+	c.rec.Event(ctx, "VirtualDisk", d, "Warning", ReasonImageFetchFailed, msg) // repeats merge into one event
+	return runtime.Result{RequeueAfter: FetchRetryDelay}, c.writeStatus(ctx, d, st), false
+}
+
 // imageSource returns the Ready image a disk is made from, or why it waits.
 func (c *Controller) imageSource(d *v1alpha1.VirtualDisk) (src *source, reason, msg string) {
 	r := d.Spec.DataSource.ObjectRef
@@ -565,6 +638,12 @@ func (c *Controller) imageSource(d *v1alpha1.VirtualDisk) (src *source, reason, 
 	}
 	src = &source{path: storage.ImagePath(c.cfg.DataDir, img.Metadata.UID), format: img.Status.Format,
 		virtualSize: img.Status.Size.UnpackedBytes, sha256: img.Status.SHA256}
+	resource := "clustervirtualimages"
+	if r.Kind == v1alpha1.DataSourceKindVirtualImage {
+		resource = "virtualimages"
+	}
+	src.image = &images.FetchRequest{Resource: resource, Namespace: ns, Name: r.Name, What: what,
+		UID: img.Metadata.UID, SHA256: img.Status.SHA256, Size: img.Status.Size.StoredBytes}
 	if cond := v1alpha1.FindCondition(img.Status.Conditions, v1alpha1.ImageConditionReady); cond != nil && cond.LastTransitionTime != nil {
 		src.readySince = cond.LastTransitionTime.Time
 	}

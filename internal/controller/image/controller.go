@@ -75,6 +75,13 @@ type Config struct {
 	// URLs; empty External means the API has no TCP listener (upload over the socket with
 	// the CLI).
 	UploadBaseURLs v1alpha1.ImageUploadURLs
+	// Fetcher brings the file of a Ready image that this serve's image store lacks (it was
+	// imported while another serve led) from the API. Nil: one over Client when it can
+	// download (a *client.Client), shared with nothing.
+	Fetcher *images.Fetcher
+	// FetchRetryDelay is how long a Ready image whose file could not be fetched waits before
+	// the next try; default 30 s.
+	FetchRetryDelay time.Duration
 }
 
 // kind is one of the two image kinds, with its own queue.
@@ -116,6 +123,13 @@ type Controller struct {
 
 	mu     sync.Mutex
 	failed map[string]time.Time // when an import last failed transiently, by image uid
+	// fetchFailed is when the fetch of a Ready image's file last failed, and why, by uid.
+	fetchFailed map[string]fetchFailure
+}
+
+type fetchFailure struct {
+	at  time.Time
+	err error
 }
 
 func (c *Controller) failedAt(uid string) (time.Time, bool) {
@@ -139,11 +153,17 @@ func New(cfg Config) *Controller {
 	if cfg.RetryDelay <= 0 {
 		cfg.RetryDelay = time.Minute
 	}
+	if cfg.FetchRetryDelay <= 0 {
+		cfg.FetchRetryDelay = 30 * time.Second
+	}
+	if cfg.Fetcher == nil {
+		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
+	}
 	if cfg.UploadTimeout <= 0 {
 		cfg.UploadTimeout = images.DefaultUploadTimeout
 	}
 	log := cfg.Log.With("controller", "image")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), failed: map[string]time.Time{},
+	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), failed: map[string]time.Time{}, fetchFailed: map[string]fetchFailure{},
 		rec: &runtime.Recorder{C: cfg.Client, Component: "image-controller", Log: log}}
 	f := cfg.Informers
 	if f == nil {
@@ -348,9 +368,16 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 	case st.Phase == v1alpha1.ImagePhaseImageLost:
 		return runtime.Result{}, nil
 	case st.Phase == v1alpha1.ImagePhaseReady:
+		// Not here: imported while another serve led (fetched through the API), or gone.
+		if res, done := c.fetchReady(img, st); done {
+			return res, nil
+		}
 		st.Phase = v1alpha1.ImagePhaseImageLost
-		setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, ReasonImageLost,
-			"the image was Ready but its file "+path+" is gone; delete and re-create the image")
+		msg := "the image was Ready but its file " + path + " is gone; delete and re-create the image"
+		if f, ok := c.fetchFailure(m.UID); ok {
+			msg += " (" + f.err.Error() + ")"
+		}
+		setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, ReasonImageLost, msg)
 		c.rec.Event(ctx, k.name, img.obj, "Warning", ReasonImageLost, "the image file is gone")
 		return runtime.Result{}, c.writeStatus(ctx, img, st)
 	case st.Phase == v1alpha1.ImagePhaseFailed && st.ObservedGeneration == m.Generation:
@@ -370,6 +397,7 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 		res, err := images.Describe(ctx, path)
 		if err == nil {
 			c.log.Info("adopting a stored image file", "image", img.String(), "path", path)
+			c.noteStoredOn(ctx, img)
 			return runtime.Result{}, c.writeStatus(ctx, img, readyStatus(st, m, res))
 		}
 		c.log.Warn("a stored image file does not check; importing again", "image", img.String(), "err", err)
@@ -441,9 +469,20 @@ func (c *Controller) start(ctx context.Context, img *image, st v1alpha1.ImageSta
 		if err := storage.CheckUID(src.meta.UID); err != nil {
 			return runtime.Result{}, err
 		}
-		srcPath := storage.ImagePath(c.cfg.DataDir, src.meta.UID)
 		srcFormat := src.status.Format
+		var stored int64
+		if src.status.Size != nil {
+			stored = src.status.Size.StoredBytes
+		}
+		// The source's file may be in another serve's image store (imported while that serve
+		// led): it is fetched into this one first.
+		fetch := images.FetchRequest{Resource: srcKind.resource, Namespace: ns, Name: r.Name, What: what,
+			UID: src.meta.UID, SHA256: src.status.SHA256, Size: stored}
 		c.launch(img, func(ctx context.Context, dst string, _ images.Options) (*images.Result, error) {
+			srcPath, _, err := c.cfg.Fetcher.Ensure(ctx, fetch)
+			if err != nil {
+				return nil, &images.Error{Reason: images.ReasonDownloadFailed, Transient: true, Err: err}
+			}
 			return images.CopyStored(ctx, srcPath, srcFormat, dst)
 		})
 		return runtime.Result{}, nil
@@ -614,8 +653,88 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 	c.rec.Event(wctx, img.kind.name, img.obj, "Normal", "Ready",
 		fmt.Sprintf("imported in %s: %s, %s stored, %s virtual", time.Since(start).Round(time.Second), res.Format,
 			images.HumanBytes(res.StoredSize), images.HumanBytes(res.VirtualSize)))
+	// Noted before the status says Ready, so that whoever sees it Ready sees where it is.
+	c.noteStoredOn(wctx, img)
 	if err := c.writeStatus(wctx, img, st); err != nil {
 		log.Warn("writing status", "err", err)
+	}
+}
+
+// noteStoredOn adds this serve to the image's stored-on annotation: its image store holds the
+// file (the API's image data relay names the holders when none of them answers).
+func (c *Controller) noteStoredOn(ctx context.Context, img *image) {
+	m := img.meta
+	if err := images.AddStoredOn(ctx, c.c, img.kind.resource, m.Namespace, m.Name, m.UID, c.cfg.NodeName); err != nil {
+		c.log.Warn("noting that this serve stores the image", "image", img.String(), "err", err)
+	}
+}
+
+func (c *Controller) fetchFailure(uid string) (fetchFailure, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, ok := c.fetchFailed[uid]
+	return f, ok
+}
+
+// fetchReady handles a Ready image whose file is not in this serve's image store: its file
+// is fetched through the API (the image data relay) in the background, so that this serve,
+// now the leader, holds every image it makes disks from or copies. done is false when the
+// image is to be marked ImageLost: the fetch failed and no other serve is known to hold the
+// file (the stored-on annotation names none but this one). A failed fetch of an image another
+// serve holds leaves the image Ready (that serve may be down for a while: the agents of hosts
+// that cached it, and any serve that relays it once it is back, still serve it) and is tried
+// again after FetchRetryDelay.
+func (c *Controller) fetchReady(img *image, st v1alpha1.ImageStatus) (res runtime.Result, done bool) {
+	m := img.meta
+	f, failed := c.fetchFailure(m.UID)
+	if !failed {
+		c.launchJob(img, func(ctx context.Context) { c.runFetch(ctx, img, st) })
+		return runtime.Result{}, true
+	}
+	elsewhere := slices.ContainsFunc(images.StoredOn(m.Annotations), func(n string) bool { return n != c.cfg.NodeName })
+	if !elsewhere {
+		return runtime.Result{}, false
+	}
+	if wait := time.Until(f.at.Add(c.cfg.FetchRetryDelay)); wait > 0 {
+		return runtime.Result{RequeueAfter: wait}, true
+	}
+	c.mu.Lock()
+	delete(c.fetchFailed, m.UID)
+	c.mu.Unlock()
+	c.launchJob(img, func(ctx context.Context) { c.runFetch(ctx, img, st) })
+	return runtime.Result{}, true
+}
+
+// runFetch fetches a Ready image's file into this serve's image store.
+func (c *Controller) runFetch(ctx context.Context, img *image, st v1alpha1.ImageStatus) {
+	m := img.meta
+	what := fmt.Sprintf("%s %q", img.kind.name, m.Name)
+	if m.Namespace != "" {
+		what = fmt.Sprintf("%s %q in project %q", img.kind.name, m.Name, m.Namespace)
+	}
+	var stored int64
+	if st.Size != nil {
+		stored = st.Size.StoredBytes
+	}
+	started := time.Now()
+	_, fetched, err := c.cfg.Fetcher.Ensure(ctx, images.FetchRequest{Resource: img.kind.resource, Namespace: m.Namespace, Name: m.Name,
+		What: what, UID: m.UID, SHA256: st.SHA256, Size: stored})
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		c.log.Warn("fetching a Ready image's file into this serve's image store failed", "image", img.String(), "err", err)
+		c.mu.Lock()
+		c.fetchFailed[m.UID] = fetchFailure{at: time.Now(), err: err}
+		c.mu.Unlock()
+		c.rec.Event(ctx, img.kind.name, img.obj, "Warning", "ImageFetchFailed", fmt.Sprintf("%v (this serve is %s)", err, c.cfg.NodeName))
+		return
+	}
+	c.mu.Lock()
+	delete(c.fetchFailed, m.UID)
+	c.mu.Unlock()
+	if fetched {
+		c.log.Info("fetched a Ready image's file into this serve's image store", "image", img.String(), "took", time.Since(started).Round(time.Millisecond))
 	}
 }
 
@@ -653,6 +772,7 @@ func (c *Controller) finalize(ctx context.Context, img *image) (runtime.Result, 
 	}
 	c.mu.Lock()
 	delete(c.failed, m.UID)
+	delete(c.fetchFailed, m.UID)
 	c.mu.Unlock()
 	c.log.Info("image deleted", "image", img.String(), "path", path)
 	return runtime.Result{}, nil

@@ -451,3 +451,72 @@ func TestUploadTimesOut(t *testing.T) {
 		t.Errorf("Ready condition %+v, URLs %+v", c, vi.Status.ImageUploadURLs)
 	}
 }
+
+// fileDownloader serves image data from a directory of files named by image uid (the store of
+// "another serve"), while up; down, it fails as the API does when that serve is unreachable.
+type fileDownloader struct {
+	dir  string
+	mu   sync.Mutex
+	up   bool
+	gets int
+}
+
+func (d *fileDownloader) Download(ctx context.Context, path string, _ http.Header) (*http.Response, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.gets++
+	if !d.up {
+		return nil, fmt.Errorf("it is stored on h1, not reached")
+	}
+	f, err := os.Open(d.dir + "/" + path[strings.LastIndexByte(path, '/')+1:])
+	if err != nil {
+		return nil, err
+	}
+	return &http.Response{StatusCode: http.StatusOK, Status: "200 OK", Body: f}, nil
+}
+
+// TestReadyFileFetchedFromAnotherServe: a Ready image whose file is not in this serve's store
+// while the stored-on annotation names another serve (h1) stays Ready while the fetch fails
+// (tried again after FetchRetryDelay), and its file is fetched into this store once h1 answers;
+// the annotation then lists this serve too.
+func TestReadyFileFetchedFromAnotherServe(t *testing.T) {
+	dl := &fileDownloader{dir: t.TempDir(), up: true}
+	e := newEnv(t, func(c *Config) {
+		c.NodeName, c.FetchRetryDelay = "h2", 200*time.Millisecond
+		c.Fetcher = &images.Fetcher{Client: dl, DataDir: c.DataDir, Annotate: c.Client, NodeName: "h2"}
+	})
+	imagetest.QCOW2(t, e.srcDir, "disk.qcow2", "16M")
+	e.create(httpImage("far", e.url+"/disk.qcow2"))
+	vi := e.waitVI("far", "Ready on h2", func(vi *v1alpha1.VirtualImage) bool {
+		return vi.Status.Phase == v1alpha1.ImagePhaseReady && vi.Annotations[images.AnnotationStoredOn] == "h2"
+	})
+	// As if h1 had imported it: the file is in h1's store only, and h1 is down.
+	path := storage.ImagePath(e.dataDir, vi.UID)
+	if err := os.Rename(path, dl.dir+"/data"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(storage.ContentPath(e.dataDir, vi.Status.SHA256)); err != nil { // else the fetch links it
+		t.Fatal(err)
+	}
+	dl.mu.Lock()
+	dl.up = false
+	dl.mu.Unlock()
+	if err := e.fc.Patch(e.ctx, "virtualimages", "p1", "far", []byte(`{"metadata":{"annotations":{"`+images.AnnotationStoredOn+`":"h1"}}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	vi = e.waitVI("far", "still Ready", func(*v1alpha1.VirtualImage) bool { return true })
+	dl.mu.Lock()
+	gets := dl.gets
+	dl.up = true
+	dl.mu.Unlock()
+	if vi.Status.Phase != v1alpha1.ImagePhaseReady {
+		t.Fatalf("with h1 down the image turned %s, want Ready", vi.Status.Phase)
+	}
+	if gets < 2 || gets > 8 {
+		t.Errorf("%d fetch attempts in 1 s with a retry delay of 200 ms", gets)
+	}
+	e.waitVI("far", "fetched, stored on h1 and h2", func(vi *v1alpha1.VirtualImage) bool {
+		return vi.Annotations[images.AnnotationStoredOn] == "h1,h2" && fileExists(path)
+	})
+}
