@@ -84,6 +84,7 @@ type Agent struct {
 	rec     *runtime.Recorder
 
 	vms    *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	migIn  *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	queue  *runtime.Queue
 	runCtx context.Context
 
@@ -155,7 +156,10 @@ func New(cfg Config) (*Agent, error) {
 		// Only the VMs bound to this node: a VM released or bound elsewhere leaves the cache
 		// (the orphan sweep asks the API before it removes anything of it).
 		vms: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
-			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log)}, nil
+			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log),
+		// The VMs whose live migration targets this node (migrate.go).
+		migIn: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
+			client.ListOptions{FieldSelector: "status.migrationState.target.node=" + cfg.NodeName}, log)}, nil
 }
 
 // CachedVMs returns the keys of the VMs the agent caches: those bound to its node.
@@ -197,6 +201,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.queue.MaxBackoff = 10 * time.Second
 	a.vms.OnChange(a.queue.Add)
 	go a.vms.Run(ctx)
+	a.migIn.OnChange(a.queue.Add)
+	go a.migIn.Run(ctx)
 	select {
 	case <-ctx.Done():
 		return nil

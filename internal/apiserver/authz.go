@@ -37,6 +37,8 @@ import (
 //   - redeem stream tickets at nodes/ITSELF/streamtickets;
 //   - update and patch the status of VMs and disks whose stored status.nodeName is itself,
 //     leaving nodeName itself or empty (releasing the binding);
+//   - update and patch the status of a VM whose stored live migration is active with itself
+//     as the target, keeping nodeName or setting it to itself (the switch-over);
 //   - create, update and patch events.
 //
 // Everything else (any spec, other nodes, deletes, bindings, consoles, other kinds) is
@@ -245,6 +247,14 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 		}
 	case *v1alpha1.VirtualMachine:
 		n := obj.(*v1alpha1.VirtualMachine)
+		if m := o.Status.MigrationState; status && m.Active() && m.Target.Node == id.Node && id.Node != o.Status.NodeName {
+			// The target of a live migration writes the migration's state, and at the
+			// switch-over takes the binding: it may keep the source's binding or take it.
+			if n.Status.NodeName != o.Status.NodeName && n.Status.NodeName != id.Node {
+				return errs.New(errs.ErrForbidden, "%s may not bind %s to node %q: the target of its migration may only take the binding", id.describe(), what, n.Status.NodeName)
+			}
+			return nil
+		}
 		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
 			return err
 		}
