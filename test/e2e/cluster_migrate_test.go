@@ -218,7 +218,7 @@ spec:
 		for !killed && time.Now().Before(deadline) {
 			cur := vmGet(t, s, "rkm-local")
 			if m := cur.Status.MigrationState; m != nil && m.ID != "" && (m.Phase == v1alpha1.MigrationPhaseTransferring || m.Phase == v1alpha1.MigrationPhaseTargetReady) {
-				for pid, uid := range vmQEMUPIDs(c.Host(dst).DataDir) {
+				for uid, pid := range vmQEMUPIDs(c.Host(dst).DataDir) {
 					if uid == v.UID {
 						_ = syscall.Kill(pid, syscall.SIGKILL)
 						killed = true
