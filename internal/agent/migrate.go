@@ -210,7 +210,9 @@ func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
 		if nbdPort, err = freePort(addr); err != nil {
 			return failStart("no free port for the disk export: " + err.Error())
 		}
-		err = mon.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "inet", "host": addr, "port": strconv.Itoa(nbdPort)}}, nil)
+		// nbd-server-start takes the legacy socket address form (with "data").
+		err = mon.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "inet",
+			"data": map[string]any{"host": addr, "port": strconv.Itoa(nbdPort)}}}, nil)
 		if err != nil {
 			return failStart("nbd-server-start: " + err.Error())
 		}
@@ -390,6 +392,7 @@ func (a *Agent) watchIncoming(vm *v1alpha1.VirtualMachine, in *instance) {
 // the migration is still this one and active, then resume the guest. If the write is refused,
 // this QEMU is killed and the source keeps the VM.
 func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
+	completedAt := time.Now()
 	ctx := a.runCtx
 	key := runtime.NewKey(ns, name)
 	var v *v1alpha1.VirtualMachine
@@ -435,12 +438,14 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 	if err := mon.Execute(cctx, "cont", nil, nil); err != nil {
 		a.log.Error("resuming the migrated guest failed", "vm", string(key), "err", err)
 	}
+	switchover := time.Since(completedAt)
 	// Peers re-learn where the guest's MAC is at once (gratuitous ARP / RARP from QEMU).
 	_ = mon.Execute(cctx, "announce-self", map[string]any{"initial": 50, "max": 550, "rounds": 5, "step": 100}, nil)
 	in.setMigrationHook(nil)
-	a.log.Info("migration switched over: the guest runs here", "vm", string(key), "from", source)
+	a.log.Info("migration switched over: the guest runs here", "vm", string(key), "from", source, "switchover", switchover.Round(time.Millisecond))
 	if v != nil {
-		a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Migrated", v.Status.MigrationState.Message)
+		a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Migrated", fmt.Sprintf("%s; the target took over and resumed the guest %d ms after the stream ended",
+			v.Status.MigrationState.Message, switchover.Milliseconds()))
 	}
 	a.queue.Add(key)
 }
@@ -599,12 +604,24 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		}
 		switch {
 		case st.Status == "completed":
-			a.cleanupOutgoing(ctx, mon, m)
-			_ = a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(_ *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
-				mm.Progress = progressOf(st, 0)
-				mm.Progress.Percent = 100
-				mm.Progress.DowntimeMs, mm.Progress.TotalTimeMs = st.Downtime, st.TotalTime
+			p := progressOf(st, 0)
+			p.Percent, p.DowntimeMs, p.TotalTimeMs = 100, st.Downtime, st.TotalTime
+			// The target may have switched over already: the figures go into the migration
+			// of this id whatever its phase (the one write a source may make afterwards).
+			_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
+				cur := v.Status.MigrationState
+				if cur == nil || cur.ID != m.ID || (cur.Phase != v1alpha1.MigrationPhaseSucceeded && !cur.Active()) {
+					return errNoChange
+				}
+				mm := *cur
+				mm.Progress = p
+				v.Status.MigrationState = &mm
+				return nil
 			})
+			if err != nil && !errors.Is(err, errGone) {
+				log.Info("recording the migration's figures", "err", err)
+			}
+			a.cleanupOutgoing(ctx, mon, m)
 			log.Info("migration stream completed; the target switches over", "downtimeMs", st.Downtime, "totalMs", st.TotalTime)
 			return
 		case st.Status == "failed" || st.Status == "cancelled" || (!migrationActive(st.Status) && st.Status != ""):

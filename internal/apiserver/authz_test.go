@@ -357,6 +357,10 @@ func TestNodeWriteDuringMigration(t *testing.T) {
 		Source: v1alpha1.VirtualMachineLocation{Node: "n1"}, Target: v1alpha1.VirtualMachineLocation{Node: "n2"}}
 	done := *active
 	done.Phase = v1alpha1.MigrationPhaseFailed
+	succeeded := *active
+	succeeded.Phase = v1alpha1.MigrationPhaseSucceeded
+	succeededFigures := succeeded
+	succeededFigures.Progress = &v1alpha1.MigrationProgress{Percent: 100, DowntimeMs: 12}
 	as := func(node string) context.Context {
 		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
 	}
@@ -372,6 +376,10 @@ func TestNodeWriteDuringMigration(t *testing.T) {
 		{"a third node may not write", "n3", vm("n1", active), vm("n1", active), false},
 		{"the source writes as the bound node", "n1", vm("n1", active), vm("n1", active), true},
 		{"after the migration the target has no right", "n2", vm("n1", &done), vm("n2", &done), false},
+		{"the source records the final figures", "n1", vm("n2", &succeeded), vm("n2", &succeededFigures), true},
+		{"the source may not change anything else", "n1", vm("n2", &succeeded), vm("n1", &succeededFigures), false},
+		{"nor the migration's phase", "n1", vm("n2", &succeeded), vm("n2", &done), false},
+		{"another node may not record figures", "n3", vm("n2", &succeeded), vm("n2", &succeededFigures), false},
 	}
 	for _, c := range cases {
 		err := authorizeNodeWrite(as(c.node), tg, c.old, c.new, true)

@@ -80,11 +80,14 @@ func migrateOther(c *Cluster, node string) string {
 // MAC and IP, and one QEMU of it is left; (2) a VM with a disk on the source's Local storage
 // moves too: the disk is copied while the guest runs, the marker the guest wrote on it before
 // is read back after (with the page cache dropped), the disk's node is the target and its
-// file is gone from the source; (3) the target's QEMU killed during the transfer leaves the
-// VM running on the source, the operation Failed with a reason, no process or file left on
-// the target, and a retry succeeds.
+// file is gone from the source.
 func TestLiveMigration(t *testing.T) {
-	c := sharedCluster(t)
+	var c *Cluster
+	if os.Getenv("RKM_OWN") != "" {
+		c = newCluster(t, ClusterOptions{Name: "rkm"})
+	} else {
+		c = sharedCluster(t)
+	}
 	s := c.Serve(t)
 	img := c.GuestImage(t)
 	t.Cleanup(func() {
@@ -169,7 +172,7 @@ spec:
 		})
 	})
 
-	// (2) Local storage, then (3) a failure and a retry.
+	// (2) Local storage.
 	t.Run("Local", func(t *testing.T) {
 		v := vmWait(t, s, "rkm-local", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 		vmWaitSerial(t, s, "rkm-local", "RAKHSH-GUEST: ready", 1)
@@ -210,49 +213,136 @@ spec:
 		}
 		waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
 
-		// (3) The target's QEMU dies during the transfer: the VM stays where it is.
-		src, dst = dst, migrateOther(c, dst)
-		op := strings.TrimSpace(s.MustCLI("", "vm", "migrate", "rkm-local", "--to", dst))
-		killed := false
-		deadline := time.Now().Add(2 * time.Minute)
-		for !killed && time.Now().Before(deadline) {
-			cur := vmGet(t, s, "rkm-local")
-			if m := cur.Status.MigrationState; m != nil && m.ID != "" && (m.Phase == v1alpha1.MigrationPhaseTransferring || m.Phase == v1alpha1.MigrationPhaseTargetReady) {
-				for uid, pid := range vmQEMUPIDs(c.Host(dst).DataDir) {
-					if uid == v.UID {
-						_ = syscall.Kill(pid, syscall.SIGKILL)
-						killed = true
-						t.Logf("killed the target QEMU (pid %d) in phase %s", pid, m.Phase)
-					}
-				}
-			}
-			if m := cur.Status.MigrationState; m != nil && !m.Active() && m.Operation == op {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if !killed {
-			t.Fatalf("never saw the target QEMU of the migration to %s", dst)
-		}
-		s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "2m")
-		failed := vmGet(t, s, "rkm-local")
-		if failed.Status.NodeName != src || failed.Status.MigrationState.Phase != v1alpha1.MigrationPhaseFailed {
-			t.Fatalf("after the failed migration: node %q, migration %+v", failed.Status.NodeName, failed.Status.MigrationState)
-		}
-		t.Logf("failed as expected: %s: %s", failed.Status.MigrationState.Reason, failed.Status.MigrationState.Message)
-		tk := waitTick(t, s, "rkm-local", n, time.Minute)
-		vmWait(t, s, "rkm-local", time.Minute, "Running on the source", func(v *v1alpha1.VirtualMachine) bool {
-			return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == src
-		})
-		waitFor(t, "nothing left on the failed target", func() bool {
-			_, err1 := os.Stat(storage.VMRunDir(c.Host(dst).DataDir, v.UID))
-			_, err2 := os.Stat(storage.ClassDiskPath(c.Host(dst).DataDir, nil, d.UID))
-			return os.IsNotExist(err1) && os.IsNotExist(err2) && vmCountQEMU(v.UID) == 1
-		})
-		// A retry succeeds.
-		s.MustCLI("", "vm", "migrate", "rkm-local", "--to", dst, "--wait", "--timeout", "5m")
-		waitTick(t, s, "rkm-local", tk, time.Minute)
-		migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKREAD2 $(head -c 12 /dev/vda)")
-		vmWaitSerial(t, s, "rkm-local", "RKREAD2 RKMARK-4711", 1)
 	})
+}
+
+// migrateVM is a VM of the guest image and one disk.
+func migrateVMYAML(name, img, disk, host string) string {
+	m := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: %s}
+spec:
+  runPolicy: AlwaysOn
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: %s}
+  - {kind: VirtualDisk, name: %s}
+`, name, img, disk)
+	if host != "" {
+		m += "  nodeSelector: {kubernetes.io/hostname: " + host + "}\n"
+	}
+	return m
+}
+
+// migrateAwaitTransfer starts a migration of name to dst and waits until its transfer runs;
+// it returns the operation.
+func migrateAwaitTransfer(t *testing.T, s *Serve, name, dst string) string {
+	t.Helper()
+	op := strings.TrimSpace(s.MustCLI("", "vm", "migrate", name, "--to", dst))
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		v := vmGet(t, s, name)
+		if m := v.Status.MigrationState; m != nil && m.Operation == op {
+			if m.Phase == v1alpha1.MigrationPhaseTransferring && m.Progress != nil && m.Progress.TransferredBytes > 0 {
+				return op
+			}
+			if !m.Active() {
+				t.Fatalf("migration %s ended before its transfer was seen: %+v", op, m)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("migration %s: no transfer within 2 minutes", op)
+	return ""
+}
+
+// migrateExpectFailed waits for op to fail, and checks that the VM runs on src, that nothing
+// of it is left on dst, and that the guest still ticks.
+func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst string, uid string, tick int) (string, int) {
+	t.Helper()
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	v := vmGet(t, s, name)
+	m := v.Status.MigrationState
+	if v.Status.NodeName != src || m == nil || m.Phase != v1alpha1.MigrationPhaseFailed || m.Reason == "" {
+		t.Fatalf("after the failed migration: node %q, migration %+v", v.Status.NodeName, m)
+	}
+	t.Logf("failed as expected: %s: %s", m.Reason, m.Message)
+	vmWait(t, s, name, time.Minute, "Running on the source", func(v *v1alpha1.VirtualMachine) bool {
+		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == src
+	})
+	waitFor(t, "nothing of the VM left on the target", func() bool {
+		_, err := os.Stat(storage.VMRunDir(c.Host(dst).DataDir, uid))
+		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
+	})
+	return m.Reason, waitTick(t, s, name, tick, time.Minute)
+}
+
+// TestLiveMigrationFailures, on a cluster of its own whose migrations are capped at 8 MiB/s
+// (so that a transfer lasts several seconds): each failure in the middle of a transfer
+// leaves the VM running on the source (its guest ticking on), fails the operation with a
+// reason, and leaves no QEMU or run directory on the target; a retry then succeeds. The
+// failures: the target's QEMU killed; the target's underlay link cut (the stream stalls,
+// the source ends it); the source node's agent killed with SIGKILL and started again (the new
+// agent process ends the transfer it cannot follow).
+func TestLiveMigrationFailures(t *testing.T) {
+	c := newCluster(t, ClusterOptions{Name: "rkf", ServeArgs: []string{"--migration-bandwidth", "8"}})
+	s := c.Serve(t)
+	img := c.GuestImage(t)
+	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkf-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
+		filepath.Join(c.Shared, "rkf-storage")), "apply", "-f", "-")
+	s.MustCLI("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: rkf-d}\nspec:\n  persistentVolumeClaim: {size: 64Mi, storageClassName: rkf-shared}\n", "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "rkf-d", "--for", "phase=Ready", "--timeout", "2m")
+	// Started on h2 (an agent-only host), then free to move.
+	s.MustCLI(migrateVMYAML("rkf-vm", img, "rkf-d", "h2"), "apply", "-f", "-")
+	v := vmWait(t, s, "rkf-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	vmWaitSerial(t, s, "rkf-vm", "RAKHSH-GUEST: ready", 1)
+	s.MustCLI("", "patch", "vm", "rkf-vm", "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
+	migrateConsoleType(t, c.Host("h2"), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+	tick := waitTick(t, s, "rkf-vm", 2, time.Minute)
+
+	// The target's QEMU is killed.
+	op := migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	pid := vmQEMUPIDs(c.Host("h3").DataDir)[v.UID]
+	if pid == 0 {
+		t.Fatal("no target QEMU on h3 during the transfer")
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	reason, tick := migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
+	if reason != v1alpha1.MigrationReasonTransferFailed && reason != v1alpha1.MigrationReasonTargetFailed {
+		t.Errorf("target killed: reason %s", reason)
+	}
+
+	// The target's link is cut during the transfer; it comes back after the failure.
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	h3 := c.Host("h3")
+	h3.LinkDown(t)
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	h3.LinkUp(t)
+	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
+	if reason != v1alpha1.MigrationReasonTransferFailed {
+		t.Errorf("link cut: reason %s", reason)
+	}
+
+	// The source's agent is killed during the transfer and started again.
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	h2 := c.Host("h2")
+	h2.Kill9(t)
+	h2.Restart(t)
+	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
+	if reason != v1alpha1.MigrationReasonSourceRestarted {
+		t.Errorf("source agent restarted: reason %s", reason)
+	}
+
+	// A retry succeeds.
+	r := s.CLI("", "vm", "migrate", "rkf-vm", "--to", "h3", "--wait", "--timeout", "5m")
+	if r.Code != 0 {
+		t.Fatalf("retry: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	waitTick(t, s, "rkf-vm", tick, time.Minute)
+	if log := vmLog(t, s, "rkf-vm"); strings.Contains(log, "RAKHSH-GUEST: booted") {
+		t.Errorf("the guest booted again on h3")
+	}
+	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
 }
