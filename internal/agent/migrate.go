@@ -526,11 +526,17 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		if err := mon.Execute(ctx, "query-migrate", nil, &st); err == nil && st.Status == "completed" {
 			return
 		}
+		// The failure is recorded before the stream is ended, so that it is the store, not
+		// the target noticing the broken stream, that says why.
+		msg := fmt.Sprintf("the agent of the source node %s restarted during the transfer; the VM goes on running there", a.cfg.NodeName)
+		if err := a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonSourceRestarted, msg); err != nil {
+			log.Warn("recording the failed migration", "err", err)
+		}
 		if migrationActive(st.Status) {
 			_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
 			a.waitMigrationEnd(ctx, mon, 30*time.Second)
 		}
-		fail(v1alpha1.MigrationReasonSourceRestarted, fmt.Sprintf("the agent of the source node %s restarted during the transfer; the VM goes on running there", a.cfg.NodeName))
+		a.cleanupOutgoing(ctx, mon, m)
 		return
 	}
 	err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(v *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
@@ -657,7 +663,8 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 				}
 			}
 			if cancelWhy != "" {
-				_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
+				a.endOutgoing(ctx, vm, mon, m, cancelReason, cancelWhy, log)
+				return
 			}
 		}
 		if now.Sub(lastWrite) >= time.Second && cancelWhy == "" {
@@ -667,8 +674,8 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 				mm.Progress = p
 			})
 			if errors.Is(err, errMigrationOver) {
-				cancelWhy, cancelReason = "the migration was cancelled", v1alpha1.MigrationReasonCancelled
-				_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
+				a.endOutgoing(ctx, vm, mon, m, v1alpha1.MigrationReasonCancelled, "the migration was cancelled", log)
+				return
 			}
 		}
 		select {
@@ -677,6 +684,19 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// endOutgoing ends a transfer the source gives up on: the failure is recorded first (a
+// migration failed in the store is never switched over, even if its stream completes in the
+// meantime), then QEMU's stream is cancelled and the mirrors removed; the guest goes on here.
+func (a *Agent) endOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState,
+	reason, msg string, log interface{ Info(string, ...any) }) {
+	if err := a.failMigration(ctx, vm, m.ID, reason, msg); err != nil {
+		log.Info("recording the failed migration", "err", err)
+	}
+	_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
+	a.waitMigrationEnd(ctx, mon, 30*time.Second)
+	a.cleanupOutgoing(ctx, mon, m)
 }
 
 // progressOf turns query-migrate into the status' progress.
