@@ -582,6 +582,41 @@ const (
 	MigrationResultFailed    MigrationResult = "Failed"
 )
 
+// MigrationPhase is the step a live migration is at (a Rakhsh addition).
+type MigrationPhase string
+
+// Migration phases, in order. Each has one writer: the migration controller writes
+// Scheduling (and Failed on timeouts and cancels), the scheduler Pending (with the target
+// node), the target node's agent TargetReady and Succeeded (with status.nodeName, in one
+// write), the source node's agent Transferring (with progress) and Failed when QEMU's
+// migration fails.
+const (
+	// MigrationPhaseScheduling: the target node is being chosen.
+	MigrationPhaseScheduling MigrationPhase = "Scheduling"
+	// MigrationPhasePending: the target node prepares: disks, taps, a QEMU waiting for the
+	// incoming stream.
+	MigrationPhasePending MigrationPhase = "Pending"
+	// MigrationPhaseTargetReady: the target QEMU listens (target.address, ports).
+	MigrationPhaseTargetReady MigrationPhase = "TargetReady"
+	// MigrationPhaseTransferring: local disks are mirrored and memory is copied.
+	MigrationPhaseTransferring MigrationPhase = "Transferring"
+	// MigrationPhaseSucceeded: the VM runs on the target (status.nodeName is the target).
+	MigrationPhaseSucceeded MigrationPhase = "Succeeded"
+	// MigrationPhaseFailed: the VM runs on the source; reason and message say why.
+	MigrationPhaseFailed MigrationPhase = "Failed"
+)
+
+// Reasons of a failed migration.
+const (
+	MigrationReasonCancelled       = "Cancelled"
+	MigrationReasonNoTarget        = "NoTargetNode"
+	MigrationReasonTargetFailed    = "TargetFailed"
+	MigrationReasonTransferFailed  = "TransferFailed"
+	MigrationReasonTimeout         = "Timeout"
+	MigrationReasonSourceRestarted = "SourceAgentRestarted"
+	MigrationReasonVMStopped       = "VirtualMachineStopped"
+)
+
 // VirtualMachineMigrationState describes a live migration.
 type VirtualMachineMigrationState struct {
 	StartTimestamp *Time                  `json:"startTimestamp,omitempty"`
@@ -589,11 +624,84 @@ type VirtualMachineMigrationState struct {
 	Source         VirtualMachineLocation `json:"source,omitempty"`
 	Target         VirtualMachineLocation `json:"target,omitempty"`
 	Result         MigrationResult        `json:"result,omitempty"`
+
+	// The rest is a Rakhsh addition.
+
+	// ID names this attempt (the operation's uid): agents act only on the attempt they see.
+	ID string `json:"id,omitempty"`
+	// Operation is the VirtualMachineOperation that asked for the migration.
+	Operation string         `json:"operation,omitempty"`
+	Phase     MigrationPhase `json:"phase,omitempty"`
+	// Reason and Message say why a migration failed (or what it waits for).
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+	// NodeSelector narrows the target (from the operation); TargetNode is one asked for.
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Policy is the settings the agents apply.
+	Policy *MigrationPolicySettings `json:"policy,omitempty"`
+	// Disks are the disks mirrored to the target (VM disks on Local storage).
+	Disks []MigrationDisk `json:"disks,omitempty"`
+	// Progress of the transfer, written by the source agent about once a second.
+	Progress *MigrationProgress `json:"progress,omitempty"`
+}
+
+// MigrationPolicySettings are the knobs of one migration, from the VM's liveMigrationPolicy,
+// the operation's force and the cluster's settings.
+type MigrationPolicySettings struct {
+	// AutoConverge lets QEMU throttle the guest's vCPUs when it dirties memory faster than
+	// the link copies it (the "forced" policies).
+	AutoConverge bool `json:"autoConverge,omitempty"`
+	// MaxDowntimeMs is the pause QEMU allows at the switch-over; default 300.
+	MaxDowntimeMs int64 `json:"maxDowntimeMs,omitempty"`
+	// BandwidthMiBps caps the stream; 0: no cap.
+	BandwidthMiBps int64 `json:"bandwidthMiBps,omitempty"`
+	// TimeoutSeconds ends a transfer that has not finished by then (from the completion
+	// timeout per GiB of memory and disk).
+	TimeoutSeconds int64 `json:"timeoutSeconds,omitempty"`
+}
+
+// MigrationDisk is one disk copied to the target during a migration.
+type MigrationDisk struct {
+	// Name is the VirtualDisk.
+	Name string `json:"name"`
+	// Export is the target's NBD export name of the disk.
+	Export string `json:"export,omitempty"`
+	// Size is the disk's virtual size in bytes.
+	Size int64 `json:"size,omitempty"`
+}
+
+// MigrationProgress is how far a transfer is.
+type MigrationProgress struct {
+	// Percent of memory (and mirrored disks) copied, 0..100.
+	Percent          int   `json:"percent"`
+	TransferredBytes int64 `json:"transferredBytes,omitempty"`
+	RemainingBytes   int64 `json:"remainingBytes,omitempty"`
+	TotalBytes       int64 `json:"totalBytes,omitempty"`
+	// DirtyPagesRate is pages the guest dirties per second.
+	DirtyPagesRate int64 `json:"dirtyPagesRate,omitempty"`
+	// Iterations is QEMU's count of dirty-memory passes.
+	Iterations int64 `json:"iterations,omitempty"`
+	// DiskRemainingBytes is what disk mirrors still have to copy.
+	DiskRemainingBytes int64 `json:"diskRemainingBytes,omitempty"`
+	// DowntimeMs is the guest's pause at the switch-over (set when done).
+	DowntimeMs int64 `json:"downtimeMs,omitempty"`
+	// TotalTimeMs is the transfer's duration as QEMU measured it (set when done).
+	TotalTimeMs int64 `json:"totalTimeMs,omitempty"`
+}
+
+// Active says a migration is under way (not finished).
+func (m *VirtualMachineMigrationState) Active() bool {
+	return m != nil && m.Phase != "" && m.Phase != MigrationPhaseSucceeded && m.Phase != MigrationPhaseFailed
 }
 
 // VirtualMachineLocation is where a VM runs during a migration.
 type VirtualMachineLocation struct {
 	Node string `json:"node,omitempty"`
+	// Address is the node's underlay address the stream goes to (target only); Port the
+	// migration stream's port and NBDPort the disk export's (a Rakhsh addition).
+	Address string `json:"address,omitempty"`
+	Port    int    `json:"port,omitempty"`
+	NBDPort int    `json:"nbdPort,omitempty"`
 }
 
 // RestartAwaitingChange is one spec change that waits for a restart, as a JSON-patch-like

@@ -37,6 +37,9 @@ func (a *Agent) act(ctx context.Context, vm *v1alpha1.VirtualMachine, l *look, a
 	case ActForget:
 		a.forget(in)
 		removeRuntimeFiles(in.runDir)
+		a.cleanupAfterMove(ctx, vm)
+	case ActMigrateIn:
+		res, err = a.migrateIn(ctx, vm, l)
 	case ActClaim:
 		err = a.claim(ctx, vm)
 	case ActEvict:
@@ -91,6 +94,8 @@ func (a *Agent) actRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, l *
 		return a.restart(ctx, vm, in, vm.Status.PowerRequest, qmp.StatusInfo{Status: l.obs.Status})
 	case ActRun:
 		return a.runAsAsked(ctx, vm, l, act)
+	case ActMigrateOut:
+		return a.migrateOut(ctx, vm, l)
 	}
 	return runtime.Result{}, nil
 }

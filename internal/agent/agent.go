@@ -94,6 +94,7 @@ type Agent struct {
 	rec     *runtime.Recorder
 
 	vms    *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	migIn  *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	queue  *runtime.Queue
 	runCtx context.Context
 
@@ -181,7 +182,10 @@ func New(cfg Config) (*Agent, error) {
 		// Only the VMs bound to this node: a VM released or bound elsewhere leaves the cache
 		// (the orphan sweep asks the API before it removes anything of it).
 		vms: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
-			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log)}
+			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log),
+		// The VMs whose live migration targets this node (migrate.go).
+		migIn: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
+			client.ListOptions{FieldSelector: "status.migrationState.target.node=" + cfg.NodeName}, log)}
 	a.lease = &leaser{store: apiLeases{c: cfg.Client, name: cfg.NodeName}, node: cfg.NodeName, duration: cfg.LeaseDuration,
 		timeout: max(cfg.LeaseRenewInterval, min(2*time.Second, cfg.FenceTimeout/3)), now: cfg.Now, fence: f, log: log,
 		acquired: a.leaseAcquired}
@@ -227,6 +231,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.queue.MaxBackoff = 10 * time.Second
 	a.vms.OnChange(a.queue.Add)
 	go a.vms.Run(ctx)
+	a.migIn.OnChange(a.queue.Add)
+	go a.migIn.Run(ctx)
 	select {
 	case <-ctx.Done():
 		return nil

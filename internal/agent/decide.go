@@ -88,6 +88,9 @@ type Desired struct {
 	ObservedRestartID string
 	// Exited: status.lastExit is set.
 	Exited bool
+	// MigratingIn: a live migration to this node is under way; MigratingOut: one from this
+	// node has its target ready (or is transferring).
+	MigratingIn, MigratingOut bool
 }
 
 // desiredOf reads a VM object for the agent of node.
@@ -101,6 +104,14 @@ func desiredOf(vm *v1alpha1.VirtualMachine, node string) Desired {
 		d.Binding = Unbound
 	default:
 		d.Binding = BoundElsewhere
+	}
+	if m := vm.Status.MigrationState; m.Active() {
+		switch {
+		case d.Binding == BoundElsewhere && m.Target.Node == node && m.Phase != v1alpha1.MigrationPhaseScheduling:
+			d.MigratingIn = true
+		case d.Binding == BoundHere && m.Source.Node == node && (m.Phase == v1alpha1.MigrationPhaseTargetReady || m.Phase == v1alpha1.MigrationPhaseTransferring):
+			d.MigratingOut = true
+		}
 	}
 	return d
 }
@@ -127,6 +138,8 @@ const (
 	ActStatusError               // query-status failed: return its error
 	ActRestart                   // carry out a new restartID
 	ActRun                       // QEMU runs as asked: pause or resume it and record it
+	ActMigrateIn                 // be the target of a live migration (migrate.go)
+	ActMigrateOut                // be the source of a live migration (migrate.go)
 )
 
 // Action is Decide's answer.
@@ -162,6 +175,8 @@ func Decide(o Observed, d Desired) Action {
 // decideNotHere handles a VM not bound to this node.
 func decideNotHere(o Observed, d Desired) Action {
 	switch {
+	case d.MigratingIn && !d.Deleting:
+		return Action{Kind: ActMigrateIn}
 	case o.Process == ProcessNone || o.Process == ProcessFound:
 		return Action{}
 	case o.Process == ProcessExited:
@@ -248,6 +263,10 @@ func decideRunning(o Observed, d Desired) Action {
 		return Action{Kind: ActStop, Force: true, Reason: v1alpha1.ExitGuestShutdown}
 	case qmp.StatusGuestPanicked, qmp.StatusInternalError:
 		return Action{Kind: ActCrashed, Reason: o.Status}
+	}
+	if d.MigratingOut {
+		// The guest's state is QEMU's migration's until it ends: no pause, resume or stop.
+		return Action{Kind: ActMigrateOut}
 	}
 	switch {
 	case pr == nil:

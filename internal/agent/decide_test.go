@@ -50,6 +50,17 @@ func TestDecide(t *testing.T) {
 		{"unbound, runs here, deleted", qemuRuns, Desired{Binding: Unbound, Deleting: true}, Action{Kind: ActEvict, Force: true, Reason: stopReas}},
 		{"bound elsewhere, runs here", qemuRuns, Desired{Binding: BoundElsewhere}, Action{Kind: ActEvict, Force: true, Reason: stopReas}},
 
+		// Live migration: the target prepares and keeps its QEMU; the source leaves the
+		// guest's state to QEMU's migration (never a cont of a QEMU in postmigrate).
+		{"migration target, nothing here yet", none, Desired{Binding: BoundElsewhere, MigratingIn: true}, Action{Kind: ActMigrateIn}},
+		{"migration target, QEMU waits", qemuRuns, Desired{Binding: BoundElsewhere, MigratingIn: true}, Action{Kind: ActMigrateIn}},
+		{"migration target, QEMU gone", exited, Desired{Binding: BoundElsewhere, MigratingIn: true}, Action{Kind: ActMigrateIn}},
+		{"migration target, VM deleted", qemuRuns, Desired{Binding: BoundElsewhere, MigratingIn: true, Deleting: true}, Action{Kind: ActEvict, Force: true, Reason: stopReas}},
+		{"migration source, transfer under way", up(qmp.StatusRunning), want(runningVM, func(d *Desired) { d.MigratingOut = true }), Action{Kind: ActMigrateOut}},
+		{"migration source, stream completed", up(qmp.StatusPostMigrate), want(runningVM, func(d *Desired) { d.MigratingOut = true }), Action{Kind: ActMigrateOut}},
+		{"migration over, source paused by it resumes", up(qmp.StatusPostMigrate), runningVM, Action{Kind: ActRun, Phase: v1alpha1.VMPhaseRunning, Resume: true}},
+		{"migration source, guest panicked", up(qmp.StatusGuestPanicked), want(runningVM, func(d *Desired) { d.MigratingOut = true }), Action{Kind: ActCrashed, Reason: qmp.StatusGuestPanicked}},
+
 		// Bound here, no QEMU tracked.
 		{"exited", exited, runningVM, Action{Kind: ActHandleExit}},
 		{"exit recorded", with(none, func(o *Observed) { o.Exit = ExitRecorded }), runningVM, Action{}},

@@ -17,6 +17,11 @@ import (
 // default pool (with its backing chain), an image is its imported file, read-only (a CD-ROM
 // when the image is one).
 func (a *Agent) resolveDisks(ctx context.Context, vm *v1alpha1.VirtualMachine) ([]qemu.Disk, error) {
+	return a.resolveDisksWith(ctx, vm, a.resolveVirtualDisk)
+}
+
+// resolveDisksWith is resolveDisks with the VirtualDisks resolved by vdisk.
+func (a *Agent) resolveDisksWith(ctx context.Context, vm *v1alpha1.VirtualMachine, vdisk func(ctx context.Context, ns, name string, d *qemu.Disk) error) ([]qemu.Disk, error) {
 	anyOrder := false
 	for _, r := range vm.Spec.BlockDeviceRefs {
 		if r.BootOrder != nil {
@@ -35,7 +40,7 @@ func (a *Agent) resolveDisks(ctx context.Context, vm *v1alpha1.VirtualMachine) (
 		var err error
 		switch ref.Kind {
 		case v1alpha1.BlockDeviceKindVirtualDisk:
-			err = a.resolveVirtualDisk(ctx, vm.Namespace, ref.Name, &d)
+			err = vdisk(ctx, vm.Namespace, ref.Name, &d)
 		case v1alpha1.BlockDeviceKindVirtualImage, v1alpha1.BlockDeviceKindClusterVirtualImage:
 			err = a.resolveImage(ctx, vm.Namespace, ref.Kind, ref.Name, &d)
 		default:

@@ -103,6 +103,16 @@ func (a *Agent) reconcileOrphan(ctx context.Context, uid string) (runtime.Result
 			in.key = runtime.KeyOf(vm)
 			a.mu.Unlock()
 			a.queue.Add(in.key)
+			return runtime.Result{}, nil
+		}
+		if vm.Status.NodeName != a.cfg.NodeName && findQEMU(runDir, uid) == 0 {
+			// A VM that moved to another node (or whose migration here failed): what is
+			// left of it here goes.
+			if in := a.inst(uid); in != nil {
+				a.forget(in)
+				removeRuntimeFiles(runDir)
+			}
+			a.cleanupAfterMove(ctx, vm)
 		}
 		return runtime.Result{}, nil
 	}

@@ -148,8 +148,17 @@ func (a *Agent) planNICs(vm *v1alpha1.VirtualMachine) ([]plannedNIC, error) {
 // is being changed): nothing is taken down then.
 func (a *Agent) activeVMs() (out map[string][]plannedNIC, unsure bool) {
 	out = map[string][]plannedNIC{}
-	for _, vm := range a.vms.List() {
-		if vm.Status.NodeName != a.cfg.NodeName {
+	vms := a.vms.List()
+	for _, vm := range a.migIn.List() {
+		// The target of a live migration: its taps exist before the VM is bound here.
+		if m := vm.Status.MigrationState; m.Active() && m.Target.Node == a.cfg.NodeName {
+			if in := a.inst(vm.UID); in != nil && !in.isExited() {
+				vms = append(vms, vm)
+			}
+		}
+	}
+	for _, vm := range vms {
+		if vm.Status.NodeName != a.cfg.NodeName && !vm.Status.MigrationState.Active() {
 			continue
 		}
 		in := a.inst(vm.UID)

@@ -68,6 +68,12 @@ type instance struct {
 	quitAt        time.Time // when the agent asked QEMU to quit
 	restarting    bool      // a graceful restart: start again once QEMU is gone
 
+	// Live migration (migrate.go): the target's watch of an incoming stream, the id of the
+	// migration whose source side runs, and the hook QMP MIGRATION events go to.
+	incoming *incomingWatch
+	outgoing string
+	migHook  func(status string)
+
 	// guestOutput says the guest wrote to its serial console since this agent watched it,
 	// or since the last reset; the first output sets the GuestReady condition.
 	guestOutput atomic.Bool
@@ -286,6 +292,8 @@ func (a *Agent) onQMPEvent(in *instance, ev qmp.Event) {
 		if !in.child && !isVMProcess(in.pid, in.uid) {
 			in.markExited()
 		}
+	case qmp.EventMigration:
+		in.onMigrationEvent(ev)
 	case qmp.EventStop, qmp.EventResume, qmp.EventReset, qmp.EventPowerdown:
 		a.log.Debug("QMP event", "vm", string(in.key), "event", ev.Name)
 	default:

@@ -45,6 +45,12 @@ func (a *Agent) reconcile(ctx context.Context, key runtime.Key) (runtime.Result,
 	}
 	var vm v1alpha1.VirtualMachine
 	cached, ok := a.vms.Get(key)
+	if !ok {
+		// A VM migrating to this node, still bound to its source.
+		if in, inOK := a.migIn.Get(key); inOK && in.Status.NodeName != a.cfg.NodeName {
+			return a.reconcileVM(ctx, runtime.DeepCopy(in), a.inst(in.UID))
+		}
+	}
 	if ok {
 		vm = *runtime.DeepCopy(cached) // the cache's object is shared
 	} else {
@@ -103,7 +109,7 @@ type look struct {
 func (a *Agent) reconcileVM(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance) (runtime.Result, error) {
 	want := desiredOf(vm, a.cfg.NodeName)
 	l := &look{in: in}
-	a.observe(l, vm.UID, want.Binding == BoundHere)
+	a.observe(l, vm.UID, want.Binding == BoundHere || want.MigratingIn)
 	for {
 		res, again, err := a.act(ctx, vm, l, Decide(l.obs, want))
 		if !again || err != nil {

@@ -117,9 +117,25 @@ func namesFile(file string, names []string) bool {
 func growInVM(ctx context.Context, mon qmpExecutor, path string, size int64) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	n, err := diskNodeByPath(ctx, mon, path)
+	if err != nil || n == nil {
+		return err // nil: the VM does not have the disk open (it may be stopping)
+	}
+	if n.Image.VirtualSize >= size {
+		return nil
+	}
+	if err := mon.Execute(ctx, "block_resize", map[string]any{"node-name": n.NodeName, "size": size}, nil); err != nil {
+		return fmt.Errorf("block_resize %s: %w", n.NodeName, err)
+	}
+	return nil
+}
+
+// diskNodeByPath finds the writable qcow2 node of the disk file at path in a running QEMU;
+// nil when QEMU does not have it open.
+func diskNodeByPath(ctx context.Context, mon qmpExecutor, path string) (*blockNode, error) {
 	var nodes []blockNode
 	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
-		return fmt.Errorf("query-named-block-nodes: %w", err)
+		return nil, fmt.Errorf("query-named-block-nodes: %w", err)
 	}
 	// A QEMU that got its files as descriptors names them /dev/fdset/N; the fd set's opaque
 	// string ("NODE:PATH") says which path it is.
@@ -139,19 +155,13 @@ func growInVM(ctx context.Context, mon qmpExecutor, path string, size int64) err
 			}
 		}
 	}
-	for _, n := range nodes {
+	for i, n := range nodes {
 		// A node whose backing was given explicitly may report a json: file name that holds
 		// the path; the writable qcow2 node is the disk itself, its backing layers are read-only.
 		if n.Driver != "qcow2" || n.ReadOnly || !namesFile(n.File, names) {
 			continue
 		}
-		if n.Image.VirtualSize >= size {
-			return nil
-		}
-		if err := mon.Execute(ctx, "block_resize", map[string]any{"node-name": n.NodeName, "size": size}, nil); err != nil {
-			return fmt.Errorf("block_resize %s: %w", n.NodeName, err)
-		}
-		return nil
+		return &nodes[i], nil
 	}
-	return nil // the VM does not have the disk open (it may be stopping)
+	return nil, nil
 }

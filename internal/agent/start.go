@@ -34,6 +34,7 @@ const (
 	stepVNC          = "vnc"          // VNC handed over to a QEMU started without it
 	stepCgroups      = "cgroups"      // the VM's cgroup limits and pinning (cgroup.go)
 	stepCont         = "cont"         // the guest resumed (unless it is to stay paused)
+	stepListen       = "listen"       // a migration target's QEMU listens (migrate.go)
 )
 
 // startRun is what the steps of one start hand each other.
@@ -55,6 +56,8 @@ type startRun struct {
 	undo    revert
 	// end is what start returns when a step ends it with errEndStart.
 	end runtime.Result
+	// incoming: the start of a live migration's target (migrate.go).
+	incoming bool
 }
 
 // startStep is one named step of a start.
@@ -234,7 +237,7 @@ func (a *Agent) stepNICs(ctx context.Context, r *startRun) error {
 // the paths of the NVRAM and the TPM socket; it changes nothing on the host.
 func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 	vm := r.vm
-	r.input = qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: r.runDir, Disks: r.disks, NICs: r.nics, PassFDs: a.qemuAs != nil}
+	r.input = qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: r.runDir, Disks: r.disks, NICs: r.nics, PassFDs: a.qemuAs != nil, Incoming: r.incoming}
 	if err := a.applyClassCPU(ctx, vm, &r.input); err != nil {
 		return failStart(err.Error())
 	}

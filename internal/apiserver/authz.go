@@ -37,6 +37,8 @@ import (
 //   - redeem stream tickets at nodes/ITSELF/streamtickets;
 //   - update and patch the status of VMs and disks whose stored status.nodeName is itself,
 //     leaving nodeName itself or empty (releasing the binding);
+//   - update and patch the status of a VM whose stored live migration is active with itself
+//     as the target, keeping nodeName or setting it to itself (the switch-over);
 //   - create, update and patch events;
 //   - get, create, update and patch its own NodeLease (named after it; no list, watch or
 //     delete), see authorizeNodeLease.
@@ -272,6 +274,20 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 		}
 	case *v1alpha1.VirtualMachine:
 		n := obj.(*v1alpha1.VirtualMachine)
+		if m := o.Status.MigrationState; status && m.Active() && m.Target.Node == id.Node && id.Node != o.Status.NodeName {
+			// The target of a live migration writes the migration's state, and at the
+			// switch-over takes the binding: it may keep the source's binding or take it.
+			if n.Status.NodeName != o.Status.NodeName && n.Status.NodeName != id.Node {
+				return errs.New(errs.ErrForbidden, "%s may not bind %s to node %q: the target of its migration may only take the binding", id.describe(), what, n.Status.NodeName)
+			}
+			return nil
+		}
+		if m := o.Status.MigrationState; status && m != nil && m.Phase == v1alpha1.MigrationPhaseSucceeded && m.Source.Node == id.Node &&
+			o.Status.NodeName != id.Node && onlyMigrationChanged(o, n) {
+			// The source of a migration that just switched over records the stream's final
+			// figures (downtime, transfer time): nothing else.
+			return nil
+		}
 		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
 			return err
 		}
@@ -282,6 +298,20 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 		}
 	}
 	return nil
+}
+
+// onlyMigrationChanged says the two VMs' statuses differ at most in migrationState.progress.
+func onlyMigrationChanged(old, next *v1alpha1.VirtualMachine) bool {
+	a, b := old.Status, next.Status
+	if a.MigrationState == nil || b.MigrationState == nil {
+		return false
+	}
+	am, bm := *a.MigrationState, *b.MigrationState
+	am.Progress, bm.Progress = nil, nil
+	a.MigrationState, b.MigrationState = &am, &bm
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
 
 func boundCheck(id Identity, what, stored, next string) error {

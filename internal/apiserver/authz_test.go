@@ -351,3 +351,50 @@ func TestNodeHostnameLabelOnStatusWrite(t *testing.T) {
 		t.Fatalf("after a status write: labels %v, phase %s", n.Labels, n.Status.Phase)
 	}
 }
+
+// TestNodeWriteDuringMigration: the target node of an active live migration may write the
+// VM's status and take its binding, but bind it nowhere else; once the migration is over,
+// or for another node, the usual rule (only the bound node) holds.
+func TestNodeWriteDuringMigration(t *testing.T) {
+	vms, _ := registry.ByResource("virtualmachines")
+	tg := target{st: vms, namespace: "p", name: "vm1"}
+	vm := func(node string, m *v1alpha1.VirtualMachineMigrationState) *v1alpha1.VirtualMachine {
+		v := &v1alpha1.VirtualMachine{}
+		v.Status.NodeName, v.Status.MigrationState = node, m
+		return v
+	}
+	active := &v1alpha1.VirtualMachineMigrationState{ID: "m1", Phase: v1alpha1.MigrationPhaseTransferring,
+		Source: v1alpha1.VirtualMachineLocation{Node: "n1"}, Target: v1alpha1.VirtualMachineLocation{Node: "n2"}}
+	done := *active
+	done.Phase = v1alpha1.MigrationPhaseFailed
+	succeeded := *active
+	succeeded.Phase = v1alpha1.MigrationPhaseSucceeded
+	succeededFigures := succeeded
+	succeededFigures.Progress = &v1alpha1.MigrationProgress{Percent: 100, DowntimeMs: 12}
+	as := func(node string) context.Context {
+		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
+	}
+	cases := []struct {
+		name     string
+		node     string
+		old, new *v1alpha1.VirtualMachine
+		ok       bool
+	}{
+		{"target writes the migration, keeps the source's binding", "n2", vm("n1", active), vm("n1", active), true},
+		{"target takes the binding at the switch-over", "n2", vm("n1", active), vm("n2", active), true},
+		{"target may not bind elsewhere", "n2", vm("n1", active), vm("n3", active), false},
+		{"a third node may not write", "n3", vm("n1", active), vm("n1", active), false},
+		{"the source writes as the bound node", "n1", vm("n1", active), vm("n1", active), true},
+		{"after the migration the target has no right", "n2", vm("n1", &done), vm("n2", &done), false},
+		{"the source records the final figures", "n1", vm("n2", &succeeded), vm("n2", &succeededFigures), true},
+		{"the source may not change anything else", "n1", vm("n2", &succeeded), vm("n1", &succeededFigures), false},
+		{"nor the migration's phase", "n1", vm("n2", &succeeded), vm("n2", &done), false},
+		{"another node may not record figures", "n3", vm("n2", &succeeded), vm("n2", &succeededFigures), false},
+	}
+	for _, c := range cases {
+		err := authorizeNodeWrite(as(c.node), tg, c.old, c.new, true)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
+		}
+	}
+}

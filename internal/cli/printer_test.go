@@ -142,8 +142,8 @@ func TestTablePrinter(t *testing.T) {
 			p:    tablePrinter{kind: vmKind, wide: true},
 			objs: vms[:1],
 			want: "" +
-				"NAME   PHASE     CORES   COREFRACTION   MEMORY   NODE     IPADDRESS   AGE\n" +
-				"vm1    Running   2       50%            4Gi      node-a   <none>      45s\n",
+				"NAME   PHASE     CORES   COREFRACTION   MEMORY   NODE     IPADDRESS   MIGRATION   TARGET   PROGRESS   AGE\n" +
+				"vm1    Running   2       50%            4Gi      node-a   <none>      <none>      <none>   <none>     45s\n",
 		},
 		{
 			name: "all projects",

@@ -21,7 +21,7 @@ const vmPausedAnnotation = "virtualization.rakhsh.io/paused"
 func newVMCommand(cc *cliContext) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "vm",
-		Short: "Start, stop, restart, pause or resume a virtual machine",
+		Short: "Start, stop, restart, pause, resume or live-migrate a virtual machine",
 		Long: "Shortcuts for power actions on a virtual machine.\n\n" +
 			"start, stop and restart create a VirtualMachineOperation (named NAME-start-XXXXX etc.)\n" +
 			"and print its name; with --wait they wait until it completes and fail if it fails.\n" +
@@ -32,7 +32,7 @@ func newVMCommand(cc *cliContext) *cobra.Command {
 	for _, t := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart} {
 		cmd.AddCommand(newVMOpCommand(cc, t))
 	}
-	cmd.AddCommand(newVMPauseCommand(cc, true), newVMPauseCommand(cc, false))
+	cmd.AddCommand(newVMPauseCommand(cc, true), newVMPauseCommand(cc, false), newVMMigrateCommand(cc))
 	return cmd
 }
 

@@ -231,6 +231,9 @@ type Input struct {
 	// one (Config.Passed); VNC is handed over after start (Config.LateVNC); and QEMU writes no
 	// pidfile (the caller writes Config.PIDFile).
 	PassFDs bool
+	// Incoming makes QEMU the target of a live migration (-incoming defer): it starts with
+	// the same devices as the source and waits for migrate-incoming.
+	Incoming bool
 }
 
 // Config is the result of Build.
@@ -421,6 +424,10 @@ func (b *build) run() error {
 
 	// Process behaviour.
 	b.add("-nodefaults", "-no-user-config", "-S")
+	if b.in.Incoming {
+		// The target of a live migration: QEMU waits for migrate-incoming over QMP.
+		b.add("-incoming", "defer")
+	}
 	if !b.in.PassFDs {
 		b.add("-pidfile", b.cfg.PIDFile)
 	}

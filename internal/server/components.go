@@ -12,6 +12,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
+	livemigration "github.com/rakhsh/rakhsh/internal/controller/migration"
 	netctl "github.com/rakhsh/rakhsh/internal/controller/network"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
@@ -56,7 +57,14 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	dc := disk.New(disk.Config{Client: as("disk-controller"), Informers: inf, DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "disk-controller"),
 		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 		MaxUnpackedSize: cfg.MaxImageSize, Fetcher: fetcher})
-	sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Informers: inf, Log: log.With("component", "scheduler")})
+	sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Informers: inf, Log: log.With("component", "scheduler"),
+		MaxInboundMigrations: cfg.MigrationMaxInbound})
+	if err != nil {
+		return nil, err
+	}
+	mig, err := livemigration.New(livemigration.Config{Client: as("migration-controller"), Informers: inf, Log: log.With("component", "migration-controller"),
+		MaxOutbound: cfg.MigrationMaxOutbound, MaxDowntime: cfg.MigrationMaxDowntime, BandwidthMiBps: cfg.MigrationBandwidthMiBps,
+		TimeoutPerGiB: cfg.MigrationTimeoutPerGiB})
 	if err != nil {
 		return nil, err
 	}
@@ -87,6 +95,7 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 		{name: "disk-controller", run: dc.Run},
 		{name: "scheduler", run: sch.Run},
 		{name: "vm-controller", run: vmc.Run},
+		{name: "migration-controller", run: mig.Run},
 		{name: "node-lifecycle", run: node.New(node.Config{Client: as("node-lifecycle"), GracePeriod: cfg.NodeGracePeriod,
 			Log: log.With("component", "node-lifecycle")}).Run},
 		{name: "event-gc", run: eventgc.New(eventgc.Config{Client: as("event-gc"), TTL: cfg.EventTTL,

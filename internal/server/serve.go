@@ -24,7 +24,9 @@ import (
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
+	livemigration "github.com/rakhsh/rakhsh/internal/controller/migration"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
+	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/leader"
 	"github.com/rakhsh/rakhsh/internal/network"
@@ -112,6 +114,13 @@ type Config struct {
 	// agent --underlay-address`); empty: the source address of the route toward the etcd
 	// store, none with bolt.
 	UnderlayAddress string
+	// Live migration settings (docs/migration.md): migrations a node sends and receives at
+	// once, the longest switch-over pause, a bandwidth cap per migration (MiB/s, 0: none), and
+	// the transfer time allowed per GiB of memory and mirrored disk.
+	MigrationMaxOutbound, MigrationMaxInbound int
+	MigrationMaxDowntime                      time.Duration
+	MigrationBandwidthMiBps                   int64
+	MigrationTimeoutPerGiB                    time.Duration
 
 	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
 	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
@@ -165,6 +174,11 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.BoolVar(&cfg.Profiling, "profiling", false, "serve Go runtime profiles (heap, goroutines, CPU) at /debug/pprof/ on the unix socket, which only root can reach")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this host's Node object (default: the hostname)")
 	f.StringVar(&cfg.UnderlayAddress, "underlay-address", "", "IPv4 address of this host that other nodes reach it on, for the built-in agent (as 'rakhsh agent --underlay-address'; default: the source address of the route toward the etcd store, none with bolt)")
+	f.IntVar(&cfg.MigrationMaxOutbound, "migration-max-outbound", livemigration.DefaultMaxOutbound, "live migrations a node sends at once (more wait)")
+	f.IntVar(&cfg.MigrationMaxInbound, "migration-max-inbound", scheduler.DefaultMaxInbound, "live migrations a node receives at once (the scheduler picks another target, or fails the migration)")
+	f.DurationVar(&cfg.MigrationMaxDowntime, "migration-max-downtime", livemigration.DefaultMaxDowntime, "the longest pause of the guest that a live migration may make at its switch-over")
+	f.Int64Var(&cfg.MigrationBandwidthMiBps, "migration-bandwidth", 0, "bandwidth cap of each live migration's stream in MiB/s (0: none)")
+	f.DurationVar(&cfg.MigrationTimeoutPerGiB, "migration-timeout-per-gib", livemigration.DefaultTimeoutPerGiB, "time a live migration's transfer may take per GiB of memory and Local disk (at least 2 minutes) before it is cancelled")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
 	f.StringVar(&cfg.maxImageSize, "max-image-size", "128Gi", "the largest image or imported disk accepted: its bytes after decompression and its virtual size (a quantity, e.g. 200Gi)")
 	f.StringSliceVar(&cfg.allowImportFrom, "allow-import-from", nil, "internal networks (CIDR, repeatable or comma-separated, e.g. 10.20.0.0/16) that HTTP and registry imports may reach; loopback, private, link-local, CGNAT, multicast and cloud metadata addresses are refused otherwise")

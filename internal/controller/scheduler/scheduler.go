@@ -49,7 +49,9 @@ type Config struct {
 	// RetryInterval is how often unschedulable VMs are tried again (besides on node changes);
 	// default 30 s.
 	RetryInterval time.Duration
-	Now           func() time.Time
+	// MaxInboundMigrations is the number of live migrations a node receives at once; default 2.
+	MaxInboundMigrations int
+	Now                  func() time.Time
 }
 
 // Scheduler is the VM scheduler.
@@ -82,6 +84,9 @@ type Scheduler struct {
 type boundVM struct {
 	node string
 	req  request
+	// migTarget is the target node of the VM's live migration under way: it holds the VM's
+	// resources there too until the migration ends.
+	migTarget string
 }
 
 type assumption struct {
@@ -189,6 +194,9 @@ func (s *Scheduler) setBoundLocked(k runtime.Key, vm *v1alpha1.VirtualMachine) {
 		if u := s.usage[old.node]; u != nil {
 			u.add(old.req, -1)
 		}
+		if u := s.usage[old.migTarget]; old.migTarget != "" && u != nil {
+			u.add(old.req, -1)
+		}
 		delete(s.bound, k)
 	}
 	delete(s.pending, k)
@@ -196,13 +204,21 @@ func (s *Scheduler) setBoundLocked(k runtime.Key, vm *v1alpha1.VirtualMachine) {
 	case vm == nil:
 	case vm.Status.NodeName != "":
 		b := boundVM{node: vm.Status.NodeName, req: requestOf(vm)}
-		s.bound[k] = b
-		u := s.usage[b.node]
-		if u == nil {
-			u = &usageSum{}
-			s.usage[b.node] = u
+		if m := vm.Status.MigrationState; m.Active() && m.Target.Node != "" && m.Target.Node != b.node {
+			b.migTarget = m.Target.Node
 		}
-		u.add(b.req, 1)
+		s.bound[k] = b
+		for _, n := range []string{b.node, b.migTarget} {
+			if n == "" {
+				continue
+			}
+			u := s.usage[n]
+			if u == nil {
+				u = &usageSum{}
+				s.usage[n] = u
+			}
+			u.add(b.req, 1)
+		}
 	default:
 		s.pending[k] = true
 	}
@@ -260,6 +276,9 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	s.mu.Unlock()
 	if !ok || pending {
 		return runtime.Result{}, nil
+	}
+	if m := vm.Status.MigrationState; m.Active() && m.Phase == v1alpha1.MigrationPhaseScheduling {
+		return s.scheduleMigration(ctx, &vm)
 	}
 	if want, _ := wantsNode(&vm); !want {
 		return runtime.Result{}, nil

@@ -192,11 +192,12 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 
 	ops := c.opsFor(ns, name)
 	for _, op := range ops {
-		// Migrate, Evict, Restore and Clone are part of the API but not carried out yet: say
-		// so at once rather than leave the operation without a phase.
-		if !isPowerOp(op.Spec.Type) && op.Status.Phase == "" {
+		// Restore and Clone are part of the API but not carried out yet: say so at once
+		// rather than leave the operation without a phase. Migrate and Evict belong to the
+		// migration controller.
+		if !isPowerOp(op.Spec.Type) && !isMigrationOp(op.Spec.Type) && op.Status.Phase == "" {
 			if err := c.writeOp(ctx, op, opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseFailed, reason: v1alpha1.VMOPReasonNotImplemented,
-				message: fmt.Sprintf("operation type %s is not implemented in this version of Rakhsh yet; only Start, Stop and Restart are", op.Spec.Type)}); err != nil {
+				message: fmt.Sprintf("operation type %s is not implemented in this version of Rakhsh yet; only Start, Stop, Restart, Migrate and Evict are", op.Spec.Type)}); err != nil {
 				return runtime.Result{}, err
 			}
 		}

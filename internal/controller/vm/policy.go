@@ -67,6 +67,11 @@ func isPowerOp(t v1alpha1.VMOPType) bool {
 	return t == v1alpha1.VMOPTypeStart || t == v1alpha1.VMOPTypeStop || t == v1alpha1.VMOPTypeRestart
 }
 
+// isMigrationOp says the migration controller carries out operations of type t.
+func isMigrationOp(t v1alpha1.VMOPType) bool {
+	return t == v1alpha1.VMOPTypeMigrate || t == v1alpha1.VMOPTypeEvict
+}
+
 func isActive(p v1alpha1.VMOPPhase) bool {
 	return p == "" || p == v1alpha1.VMOPPhasePending || p == v1alpha1.VMOPPhaseInProgress
 }

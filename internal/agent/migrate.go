@@ -1,0 +1,933 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// Live migration, as the two agents see it (docs/migration.md has the whole protocol).
+//
+// The VM's status.migrationState is the meeting point. The target's agent sees a VM whose
+// migration names it as target (a second informer, status.migrationState.target.node), starts
+// QEMU with the same devices and -incoming defer (the start steps, with disks on Local
+// storage made anew and exported over NBD), lets it listen on its underlay address and writes
+// TargetReady. The source's agent then mirrors the Local disks into those exports
+// (blockdev-mirror, write-blocking once in sync), sets the policy's parameters and runs
+// `migrate`, writing the progress about once a second. When QEMU's stream completes, the
+// source is paused and the target waits, paused too: the target's agent takes the VM's
+// binding (status.nodeName) and marks the migration Succeeded in one write that tests that
+// the migration is still the one it prepared and still active. Only when that write is
+// accepted does the target resume the guest; if it is refused (the migration was cancelled or
+// failed meanwhile), the target's QEMU is killed and the source resumes. So the store decides
+// which side runs the guest, and never both.
+
+// migrationFields are the VM status fields the agents write for a migration.
+var migrationFields = []string{"migrationState", "phase", "stats"}
+
+// commitFields are the fields of the target's switch-over write.
+var commitFields = []string{"migrationState", "nodeName", "phase", "stats", "conditions"}
+
+// migrationInFile lists, in a target's run directory, the files the target made for an
+// incoming migration (Local disks), so that they are removed if the migration fails, even
+// by a later agent process.
+const migrationInFile = "migration-in.json"
+
+// migrationIn is the content of migrationInFile.
+type migrationIn struct {
+	ID    string   `json:"id"`
+	Files []string `json:"files"`
+}
+
+// errMigrationOver says the migration a write was for is no longer active, or is another one.
+var errMigrationOver = errors.New("the migration is over or was replaced")
+
+// migrationOf returns the VM's migration state if it is the attempt id and still active.
+func migrationOf(v *v1alpha1.VirtualMachine, id string) (*v1alpha1.VirtualMachineMigrationState, error) {
+	m := v.Status.MigrationState
+	if !m.Active() || m.ID != id {
+		return nil, errMigrationOver
+	}
+	mm := *m
+	return &mm, nil
+}
+
+// patchMigration changes the VM's active migration id with change (and, for the source,
+// may set the phase). It returns errMigrationOver when the migration ended meanwhile.
+func (a *Agent) patchMigration(ctx context.Context, ns, name, uid, id string, change func(v *v1alpha1.VirtualMachine, m *v1alpha1.VirtualMachineMigrationState)) error {
+	_, err := patchVMStatus(ctx, a.c, ns, name, uid, migrationFields, func(v *v1alpha1.VirtualMachine) error {
+		m, err := migrationOf(v, id)
+		if err != nil {
+			return err
+		}
+		change(v, m)
+		v.Status.MigrationState = m
+		return nil
+	})
+	return err
+}
+
+// failMigration marks the migration id Failed with reason and message (nothing when it is
+// already over).
+func (a *Agent) failMigration(ctx context.Context, vm *v1alpha1.VirtualMachine, id, reason, msg string) error {
+	a.log.Warn("live migration failed", "vm", vm.Namespace+"/"+vm.Name, "reason", reason, "message", msg)
+	err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, id, func(v *v1alpha1.VirtualMachine, m *v1alpha1.VirtualMachineMigrationState) {
+		now := a.now()
+		m.Phase, m.Result, m.Reason, m.Message, m.EndTimestamp = v1alpha1.MigrationPhaseFailed, v1alpha1.MigrationResultFailed, reason, msg, &now
+		if v.Status.Phase == v1alpha1.VMPhaseMigrating && v.Status.NodeName == a.cfg.NodeName {
+			setPhase(v, v1alpha1.VMPhaseRunning, now)
+		}
+	})
+	if errors.Is(err, errMigrationOver) || errors.Is(err, errGone) {
+		return nil
+	}
+	if err == nil {
+		a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "MigrationFailed", msg)
+	}
+	return err
+}
+
+// freePort returns a TCP port free on addr now (QEMU binds it right after).
+func freePort(addr string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ---- the target ----
+
+// migrateIn carries out the target's side for a VM whose active migration names this node.
+func (a *Agent) migrateIn(ctx context.Context, vm *v1alpha1.VirtualMachine, l *look) (runtime.Result, error) {
+	m := vm.Status.MigrationState
+	switch l.obs.Process {
+	case ProcessFound:
+		return a.adopt(ctx, vm, l.pid), nil
+	case ProcessExited:
+		a.forget(l.in)
+		removeRuntimeFiles(l.in.runDir)
+		return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonTargetFailed,
+			fmt.Sprintf("the target QEMU on node %s ended during the migration%s", a.cfg.NodeName, qemuErrorSummary(a.runDir(vm.UID))))
+	case ProcessRunning:
+		a.watchIncoming(vm, l.in)
+		return runtime.Result{}, nil
+	}
+	if m.Phase != v1alpha1.MigrationPhasePending {
+		return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonTargetFailed,
+			fmt.Sprintf("no target QEMU runs on node %s any more", a.cfg.NodeName))
+	}
+	return a.startIncoming(ctx, vm)
+}
+
+// startIncoming starts the target QEMU: the steps of a start, with Local disks made anew,
+// QEMU waiting for the stream instead of running, and no phase written (the VM still runs on
+// the source).
+func (a *Agent) startIncoming(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime.Result, error) {
+	m := vm.Status.MigrationState
+	if !a.cfg.UnderlayAddress.IsValid() {
+		return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonTargetFailed,
+			fmt.Sprintf("node %s has no underlay address (agent --underlay-address) to receive the migration on", a.cfg.NodeName))
+	}
+	if a.facts.qemuErr != nil {
+		return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonTargetFailed, a.facts.qemuErr.Error())
+	}
+	r := &startRun{vm: vm, key: runtime.KeyOf(vm), runDir: a.runDir(vm.UID), incoming: true}
+	steps := []startStep{
+		{stepRunDir, a.stepRunDir},
+		{stepDisks, a.stepIncomingDisks},
+		{stepProvisioning, a.stepProvisioning},
+		{stepNICs, a.stepNICs},
+		{stepConfig, a.stepConfig},
+		{stepNVRAM, a.stepNVRAM},
+		{stepRunFiles, a.stepRunFiles},
+		{stepTPM, a.stepTPM},
+		{stepLaunch, a.stepLaunch},
+		{stepQMP, a.stepQMP},
+		{stepVNC, a.stepVNC},
+		{stepCgroups, a.stepCgroups},
+		{stepListen, a.stepListen},
+	}
+	for _, s := range steps {
+		if err := s.run(ctx, r); err != nil {
+			var sf *startFailure
+			r.undo.run()
+			a.removeIncomingFiles(r.runDir)
+			switch {
+			case errors.As(err, &sf):
+				msg := sf.msg
+				if r.in != nil {
+					msg += qemuErrorSummary(r.runDir)
+				}
+				return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonTargetFailed,
+					fmt.Sprintf("preparing the target on node %s: %s", a.cfg.NodeName, msg))
+			case errors.Is(err, errEndStart):
+				return r.end, nil
+			}
+			return runtime.Result{}, err
+		}
+	}
+	a.log.Info("migration target ready", "vm", string(r.key), "pid", r.m.PID(), "from", m.Source.Node)
+	a.watchIncoming(vm, r.in)
+	return runtime.Result{}, nil
+}
+
+// stepListen is the target's last step: QEMU exports the Local disks over NBD and listens for
+// the stream; then TargetReady is written with the addresses.
+func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
+	m := r.vm.Status.MigrationState
+	mon, ok := r.mon.(qmpExecutor)
+	if !ok {
+		return failStart("the monitor cannot run migration commands")
+	}
+	addr := a.cfg.UnderlayAddress.String()
+	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(m.Policy)}, nil); err != nil {
+		return failStart("migrate-set-capabilities: " + err.Error())
+	}
+	nodes := map[string]string{}
+	for _, d := range r.cfg.Disks {
+		nodes[d.ID] = d.Node
+	}
+	disks := append([]v1alpha1.MigrationDisk(nil), m.Disks...)
+	nbdPort := 0
+	if len(disks) > 0 {
+		var err error
+		if nbdPort, err = freePort(addr); err != nil {
+			return failStart("no free port for the disk export: " + err.Error())
+		}
+		// nbd-server-start takes the legacy socket address form (with "data").
+		err = mon.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "inet",
+			"data": map[string]any{"host": addr, "port": strconv.Itoa(nbdPort)}}}, nil)
+		if err != nil {
+			return failStart("nbd-server-start: " + err.Error())
+		}
+		for i := range disks {
+			node := nodes["vd-"+disks[i].Name]
+			if node == "" {
+				return failStart(fmt.Sprintf("disk %q is not among the target QEMU's disks", disks[i].Name))
+			}
+			disks[i].Export = "mig-" + disks[i].Name
+			err := mon.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": disks[i].Export, "node-name": node,
+				"name": disks[i].Export, "writable": true}, nil)
+			if err != nil {
+				return failStart(fmt.Sprintf("exporting disk %q: %v", disks[i].Name, err))
+			}
+		}
+	}
+	port, err := freePort(addr)
+	if err != nil {
+		return failStart("no free port for the migration stream: " + err.Error())
+	}
+	if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "tcp:" + net.JoinHostPort(addr, strconv.Itoa(port))}, nil); err != nil {
+		return failStart("migrate-incoming: " + err.Error())
+	}
+	err = a.patchMigration(ctx, r.vm.Namespace, r.vm.Name, r.vm.UID, m.ID, func(_ *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
+		mm.Phase = v1alpha1.MigrationPhaseTargetReady
+		mm.Target.Address, mm.Target.Port, mm.Target.NBDPort = addr, port, nbdPort
+		mm.Disks = disks
+	})
+	if errors.Is(err, errMigrationOver) || errors.Is(err, errGone) {
+		return errEndStart // the undo stops this QEMU
+	}
+	return err
+}
+
+// migrationCaps are the capabilities both QEMUs get.
+func migrationCaps(p *v1alpha1.MigrationPolicySettings) []map[string]any {
+	caps := []map[string]any{{"capability": "events", "state": true}}
+	if p != nil && p.AutoConverge {
+		caps = append(caps, map[string]any{"capability": "auto-converge", "state": true})
+	}
+	return caps
+}
+
+// stepIncomingDisks resolves the VM's block devices on the target: disks on Shared storage
+// and images as for a start; disks on another node's Local storage (the migration's Disks)
+// are made here anew, empty and of the same size, for the source to mirror into.
+func (a *Agent) stepIncomingDisks(ctx context.Context, r *startRun) error {
+	m := r.vm.Status.MigrationState
+	mirrored := map[string]bool{}
+	for _, d := range m.Disks {
+		mirrored[d.Name] = true
+	}
+	rec := migrationIn{ID: m.ID}
+	disks, err := a.resolveDisksWith(ctx, r.vm, func(ctx context.Context, ns, name string, d *qemu.Disk) error {
+		if !mirrored[name] {
+			return a.resolveVirtualDisk(ctx, ns, name, d)
+		}
+		path, err := a.makeIncomingDisk(ctx, ns, name, d)
+		if path != "" {
+			rec.Files = append(rec.Files, path)
+			// Written at once, so that even a crash of this agent leaves a list to clean up.
+			_ = writeJSONFile(filepath.Join(r.runDir, migrationInFile), rec)
+		}
+		return err
+	})
+	if err != nil {
+		a.removeIncomingFiles(r.runDir)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return failStart(err.Error())
+	}
+	r.disks = disks
+	return nil
+}
+
+// makeIncomingDisk creates the target's empty copy of the Local disk name, returning its path.
+func (a *Agent) makeIncomingDisk(ctx context.Context, ns, name string, d *qemu.Disk) (string, error) {
+	var vd v1alpha1.VirtualDisk
+	if err := a.c.Get(ctx, "virtualdisks", ns, name, &vd); err != nil {
+		return "", fmt.Errorf("VirtualDisk %q: %w", name, err)
+	}
+	if err := storage.CheckUID(vd.UID); err != nil {
+		return "", err
+	}
+	if vd.Status.NodeName == a.cfg.NodeName {
+		return "", fmt.Errorf("VirtualDisk %q already is on node %s", name, a.cfg.NodeName)
+	}
+	size, err := v1alpha1.ParseQuantity(vd.Status.Capacity)
+	if err != nil || size <= 0 {
+		return "", fmt.Errorf("VirtualDisk %q: its capacity %q is not a size", name, vd.Status.Capacity)
+	}
+	var sc *v1alpha1.StorageClass
+	if err := a.getClass(ctx, vd.Status.StorageClassName, &sc); err != nil {
+		return "", err
+	}
+	path := storage.ClassDiskPath(a.cfg.DataDir, sc, vd.UID)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", err
+	}
+	_ = os.Remove(path) // a copy left by an earlier attempt
+	if err := storage.CreateBlank(ctx, path, size); err != nil {
+		return path, fmt.Errorf("creating the copy of VirtualDisk %q: %w", name, err)
+	}
+	d.ID, d.Path, d.Format, d.Serial = "vd-"+name, path, qemu.FormatQCOW2, serialOf(vd.UID)
+	return path, nil
+}
+
+// removeIncomingFiles removes what an incoming migration made in runDir's list.
+func (a *Agent) removeIncomingFiles(runDir string) {
+	var rec migrationIn
+	b, err := os.ReadFile(filepath.Join(runDir, migrationInFile))
+	if err != nil || json.Unmarshal(b, &rec) != nil {
+		return
+	}
+	for _, f := range rec.Files {
+		if filepath.IsAbs(f) {
+			_ = os.Remove(f)
+		}
+	}
+	_ = os.Remove(filepath.Join(runDir, migrationInFile))
+}
+
+func writeJSONFile(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// incomingWatch is the target's watch of one incoming QEMU.
+type incomingWatch struct {
+	id   string
+	once sync.Once
+}
+
+// watchIncoming makes sure the target reacts when the stream of vm's migration completes
+// (QMP MIGRATION event, or a look at query-migrate for a QEMU adopted after a restart).
+func (a *Agent) watchIncoming(vm *v1alpha1.VirtualMachine, in *instance) {
+	m := vm.Status.MigrationState
+	in.mu.Lock()
+	if in.incoming != nil && in.incoming.id == m.ID {
+		in.mu.Unlock()
+		return
+	}
+	w := &incomingWatch{id: m.ID}
+	in.incoming = w
+	in.mu.Unlock()
+	ns, name, uid, src := vm.Namespace, vm.Name, vm.UID, m.Source.Node
+	commit := func() {
+		w.once.Do(func() { go a.commitIncoming(ns, name, uid, src, w.id, in) })
+	}
+	in.setMigrationHook(func(status string) {
+		if status == "completed" {
+			commit()
+		}
+	})
+	// The stream may have completed before the hook was set (an adopted QEMU).
+	go func() {
+		mon, ok := in.monitor().(qmpExecutor)
+		if !ok {
+			return
+		}
+		var st struct {
+			Status string `json:"status"`
+		}
+		ctx, cancel := context.WithTimeout(a.runCtx, 5*time.Second)
+		defer cancel()
+		if mon.Execute(ctx, "query-migrate", nil, &st) == nil && st.Status == "completed" {
+			commit()
+		}
+	}()
+}
+
+// commitIncoming is the switch-over on the target: take the binding in one write that tests
+// the migration is still this one and active, then resume the guest. If the write is refused,
+// this QEMU is killed and the source keeps the VM.
+func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
+	completedAt := time.Now()
+	ctx := a.runCtx
+	key := runtime.NewKey(ns, name)
+	var v *v1alpha1.VirtualMachine
+	var err error
+	for attempt := 0; ; attempt++ {
+		v, err = patchVMStatus(ctx, a.c, ns, name, uid, commitFields, func(v *v1alpha1.VirtualMachine) error {
+			m, err := migrationOf(v, id)
+			if err != nil {
+				return err
+			}
+			if m.Target.Node != a.cfg.NodeName || v.Status.NodeName != source {
+				return errMigrationOver
+			}
+			now := a.now()
+			m.Phase, m.Result, m.EndTimestamp = v1alpha1.MigrationPhaseSucceeded, v1alpha1.MigrationResultSucceeded, &now
+			m.Reason, m.Message = "", fmt.Sprintf("migrated from node %s to node %s", source, a.cfg.NodeName)
+			v.Status.MigrationState = m
+			v.Status.NodeName = a.cfg.NodeName
+			setPhase(v, v1alpha1.VMPhaseRunning, now)
+			return nil
+		})
+		if err == nil || errors.Is(err, errMigrationOver) || errors.Is(err, errGone) || ctx.Err() != nil {
+			break
+		}
+		// The store is out of reach: the guest stays paused on both sides until it answers
+		// (or the migration is failed by the controller, which the next write sees).
+		a.log.Warn("switch-over write failed; retrying", "vm", string(key), "attempt", attempt+1, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	mon, _ := in.monitor().(qmpExecutor)
+	if err != nil || mon == nil {
+		a.log.Warn("migration not taken over: stopping the target QEMU", "vm", string(key), "err", err)
+		a.machine(in).Discard()
+		a.queue.Add(key)
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_ = mon.Execute(cctx, "nbd-server-stop", nil, nil) // none without Local disks
+	if err := mon.Execute(cctx, "cont", nil, nil); err != nil {
+		a.log.Error("resuming the migrated guest failed", "vm", string(key), "err", err)
+	}
+	switchover := time.Since(completedAt)
+	// Peers re-learn where the guest's MAC is at once (gratuitous ARP / RARP from QEMU).
+	_ = mon.Execute(cctx, "announce-self", map[string]any{"initial": 50, "max": 550, "rounds": 5, "step": 100}, nil)
+	in.setMigrationHook(nil)
+	a.log.Info("migration switched over: the guest runs here", "vm", string(key), "from", source, "switchover", switchover.Round(time.Millisecond))
+	if v != nil {
+		a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Migrated", fmt.Sprintf("%s; the target took over and resumed the guest %d ms after the stream ended",
+			v.Status.MigrationState.Message, switchover.Milliseconds()))
+	}
+	a.queue.Add(key)
+}
+
+// ---- the source ----
+
+// migrateOut makes sure the source's side of vm's migration is under way.
+func (a *Agent) migrateOut(ctx context.Context, vm *v1alpha1.VirtualMachine, l *look) (runtime.Result, error) {
+	m := vm.Status.MigrationState
+	in := l.in
+	in.mu.Lock()
+	running := in.outgoing == m.ID
+	if !running {
+		in.outgoing = m.ID
+	}
+	in.mu.Unlock()
+	if running {
+		return runtime.Result{}, nil
+	}
+	resume := m.Phase == v1alpha1.MigrationPhaseTransferring
+	go a.runOutgoing(runtime.DeepCopy(vm), in, resume)
+	return runtime.Result{}, nil
+}
+
+// migrateInfo is what query-migrate answers.
+type migrateInfo struct {
+	Status    string `json:"status"`
+	TotalTime int64  `json:"total-time"`
+	Downtime  int64  `json:"downtime"`
+	ErrorDesc string `json:"error-desc"`
+	RAM       struct {
+		Transferred    int64 `json:"transferred"`
+		Remaining      int64 `json:"remaining"`
+		Total          int64 `json:"total"`
+		DirtyPagesRate int64 `json:"dirty-pages-rate"`
+		DirtySyncCount int64 `json:"dirty-sync-count"`
+	} `json:"ram"`
+}
+
+// migrationActive says QEMU's migration status is one of a stream under way.
+func migrationActive(s string) bool {
+	switch s {
+	case "setup", "active", "pre-switchover", "device", "wait-unplug", "postcopy-active", "postcopy-paused", "postcopy-recover", "cancelling":
+		return true
+	}
+	return false
+}
+
+// runOutgoing drives the source's side: mirrors, migrate, progress, end. Any failure leaves
+// the guest running here and marks the migration Failed.
+func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bool) {
+	ctx := a.runCtx
+	m := vm.Status.MigrationState
+	key := runtime.KeyOf(vm)
+	log := a.log.With("vm", string(key), "migration", m.ID)
+	defer func() {
+		in.mu.Lock()
+		if in.outgoing == m.ID {
+			in.outgoing = ""
+		}
+		in.mu.Unlock()
+		a.queue.Add(key)
+	}()
+	mon, ok := in.monitor().(qmpExecutor)
+	if !ok {
+		return // not connected: the next reconcile tries again
+	}
+	fail := func(reason, msg string) {
+		a.cleanupOutgoing(ctx, mon, m)
+		if err := a.failMigration(ctx, vm, m.ID, reason, msg); err != nil {
+			log.Warn("recording the failed migration", "err", err)
+		}
+	}
+	if resume {
+		// An earlier agent process started this transfer; its watch is lost. A stream that
+		// completed waits for the target's switch-over; any other is ended.
+		var st migrateInfo
+		if err := mon.Execute(ctx, "query-migrate", nil, &st); err == nil && st.Status == "completed" {
+			return
+		}
+		// The failure is recorded before the stream is ended, so that it is the store, not
+		// the target noticing the broken stream, that says why.
+		msg := fmt.Sprintf("the agent of the source node %s restarted during the transfer; the VM goes on running there", a.cfg.NodeName)
+		if err := a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonSourceRestarted, msg); err != nil {
+			log.Warn("recording the failed migration", "err", err)
+		}
+		if migrationActive(st.Status) {
+			_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
+			a.waitMigrationEnd(ctx, mon, 30*time.Second)
+		}
+		a.cleanupOutgoing(ctx, mon, m)
+		return
+	}
+	err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(v *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
+		mm.Phase = v1alpha1.MigrationPhaseTransferring
+		mm.Progress = &v1alpha1.MigrationProgress{}
+		setPhase(v, v1alpha1.VMPhaseMigrating, a.now())
+	})
+	if err != nil {
+		if !errors.Is(err, errMigrationOver) && !errors.Is(err, errGone) {
+			log.Warn("starting the transfer", "err", err)
+		}
+		return
+	}
+	a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Migrating", fmt.Sprintf("live migration from node %s to node %s started", m.Source.Node, m.Target.Node))
+	timeout := time.Duration(0)
+	if m.Policy != nil && m.Policy.TimeoutSeconds > 0 {
+		timeout = time.Duration(m.Policy.TimeoutSeconds) * time.Second
+	}
+	deadline := time.Time{}
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	if err := a.startMirrors(ctx, vm, mon, m, deadline, log); err != nil {
+		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
+		return
+	}
+	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(m.Policy)}, nil); err != nil {
+		fail(v1alpha1.MigrationReasonTransferFailed, "migrate-set-capabilities: "+err.Error())
+		return
+	}
+	params := map[string]any{"downtime-limit": int64(300)}
+	if p := m.Policy; p != nil {
+		if p.MaxDowntimeMs > 0 {
+			params["downtime-limit"] = p.MaxDowntimeMs
+		}
+		if p.BandwidthMiBps > 0 {
+			params["max-bandwidth"] = p.BandwidthMiBps << 20
+		} else {
+			params["max-bandwidth"] = int64(1) << 40 // no cap (QEMU's default is 128 MiB/s)
+		}
+	}
+	if err := mon.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
+		fail(v1alpha1.MigrationReasonTransferFailed, "migrate-set-parameters: "+err.Error())
+		return
+	}
+	uri := "tcp:" + net.JoinHostPort(m.Target.Address, strconv.Itoa(m.Target.Port))
+	if err := mon.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
+		fail(v1alpha1.MigrationReasonTransferFailed, "migrate: "+err.Error())
+		return
+	}
+	log.Info("migration stream started", "to", uri)
+	a.followOutgoing(ctx, vm, mon, m, deadline, fail, log)
+}
+
+// stallLimit is how long a transfer may go without any byte moving before it is ended.
+const stallLimit = 20 * time.Second
+
+// followOutgoing polls query-migrate until the stream ends, writing progress about once a
+// second; it cancels the stream on a timeout, a stall, or when the migration was failed
+// (cancelled) in the store.
+func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState,
+	deadline time.Time, fail func(reason, msg string), log interface{ Info(string, ...any) }) {
+	lastMoved, lastBytes := time.Now(), int64(-1)
+	lastWrite := time.Time{}
+	cancelWhy, cancelReason := "", ""
+	for {
+		var st migrateInfo
+		if err := mon.Execute(ctx, "query-migrate", nil, &st); err != nil {
+			fail(v1alpha1.MigrationReasonTransferFailed, "query-migrate: "+err.Error())
+			return
+		}
+		switch {
+		case st.Status == "completed":
+			p := progressOf(st, 0)
+			p.Percent, p.DowntimeMs, p.TotalTimeMs = 100, st.Downtime, st.TotalTime
+			// The target may have switched over already: the figures go into the migration
+			// of this id whatever its phase (the one write a source may make afterwards).
+			_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
+				cur := v.Status.MigrationState
+				if cur == nil || cur.ID != m.ID || (cur.Phase != v1alpha1.MigrationPhaseSucceeded && !cur.Active()) {
+					return errNoChange
+				}
+				mm := *cur
+				mm.Progress = p
+				v.Status.MigrationState = &mm
+				return nil
+			})
+			if err != nil && !errors.Is(err, errGone) {
+				log.Info("recording the migration's figures", "err", err)
+			}
+			a.cleanupOutgoing(ctx, mon, m)
+			log.Info("migration stream completed; the target switches over", "downtimeMs", st.Downtime, "totalMs", st.TotalTime)
+			return
+		case st.Status == "failed" || st.Status == "cancelled" || (!migrationActive(st.Status) && st.Status != ""):
+			msg := "the migration stream failed"
+			if st.ErrorDesc != "" {
+				msg += ": " + st.ErrorDesc
+			}
+			reason := v1alpha1.MigrationReasonTransferFailed
+			if cancelWhy != "" {
+				msg, reason = cancelWhy, cancelReason
+			}
+			fail(reason, msg)
+			return
+		}
+		now := time.Now()
+		if st.RAM.Transferred != lastBytes {
+			lastBytes, lastMoved = st.RAM.Transferred, now
+		}
+		if cancelWhy == "" {
+			switch {
+			case !deadline.IsZero() && now.After(deadline):
+				cancelWhy, cancelReason = fmt.Sprintf("the transfer did not finish within its timeout of %ds", m.Policy.TimeoutSeconds), v1alpha1.MigrationReasonTimeout
+			case now.Sub(lastMoved) > stallLimit:
+				cancelWhy, cancelReason = fmt.Sprintf("no data moved to node %s for %s: the link to the target may be down", m.Target.Node, stallLimit), v1alpha1.MigrationReasonTransferFailed
+			default:
+				if cur, ok := a.vms.Get(runtime.KeyOf(vm)); ok {
+					if cm := cur.Status.MigrationState; !cm.Active() || cm.ID != m.ID {
+						cancelWhy, cancelReason = "the migration was cancelled", v1alpha1.MigrationReasonCancelled
+						if cm != nil && cm.ID == m.ID && cm.Message != "" {
+							cancelWhy, cancelReason = cm.Message, cm.Reason
+						}
+					}
+				}
+			}
+			if cancelWhy != "" {
+				a.endOutgoing(ctx, vm, mon, m, cancelReason, cancelWhy, log)
+				return
+			}
+		}
+		if now.Sub(lastWrite) >= time.Second && cancelWhy == "" {
+			lastWrite = now
+			p := progressOf(st, a.mirrorRemaining(ctx, mon))
+			err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(_ *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
+				mm.Progress = p
+			})
+			if errors.Is(err, errMigrationOver) {
+				a.endOutgoing(ctx, vm, mon, m, v1alpha1.MigrationReasonCancelled, "the migration was cancelled", log)
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// endOutgoing ends a transfer the source gives up on: the failure is recorded first (a
+// migration failed in the store is never switched over, even if its stream completes in the
+// meantime), then QEMU's stream is cancelled and the mirrors removed; the guest goes on here.
+func (a *Agent) endOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState,
+	reason, msg string, log interface{ Info(string, ...any) }) {
+	if err := a.failMigration(ctx, vm, m.ID, reason, msg); err != nil {
+		log.Info("recording the failed migration", "err", err)
+	}
+	_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
+	a.waitMigrationEnd(ctx, mon, 30*time.Second)
+	a.cleanupOutgoing(ctx, mon, m)
+}
+
+// progressOf turns query-migrate into the status' progress.
+func progressOf(st migrateInfo, diskRemaining int64) *v1alpha1.MigrationProgress {
+	p := &v1alpha1.MigrationProgress{TransferredBytes: st.RAM.Transferred, RemainingBytes: st.RAM.Remaining, TotalBytes: st.RAM.Total,
+		DirtyPagesRate: st.RAM.DirtyPagesRate, Iterations: st.RAM.DirtySyncCount, DiskRemainingBytes: diskRemaining}
+	if st.RAM.Total > 0 {
+		p.Percent = int((st.RAM.Total - st.RAM.Remaining) * 100 / st.RAM.Total)
+		if p.Percent > 99 && st.Status != "completed" {
+			p.Percent = 99
+		}
+	}
+	return p
+}
+
+// waitMigrationEnd waits until QEMU's migration is no longer under way.
+func (a *Agent) waitMigrationEnd(ctx context.Context, mon qmpExecutor, limit time.Duration) {
+	end := time.Now().Add(limit)
+	for time.Now().Before(end) {
+		var st migrateInfo
+		if mon.Execute(ctx, "query-migrate", nil, &st) != nil || !migrationActive(st.Status) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// blockJob is an entry of query-block-jobs.
+type blockJob struct {
+	Device string `json:"device"`
+	Len    int64  `json:"len"`
+	Offset int64  `json:"offset"`
+	Ready  bool   `json:"ready"`
+	Status string `json:"status"`
+}
+
+// mirrorPrefix names the mirror jobs and NBD client nodes of a migration.
+const mirrorPrefix = "mig-"
+
+// startMirrors mirrors each Local disk of the migration into the target's NBD export and
+// waits until every mirror is in sync (from then on each guest write goes to both sides).
+func (a *Agent) startMirrors(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState, deadline time.Time, log interface{ Info(string, ...any) }) error {
+	if len(m.Disks) == 0 {
+		return nil
+	}
+	for i, d := range m.Disks {
+		var vd v1alpha1.VirtualDisk
+		if err := a.c.Get(ctx, "virtualdisks", vm.Namespace, d.Name, &vd); err != nil {
+			return fmt.Errorf("VirtualDisk %q: %w", d.Name, err)
+		}
+		path, _, err := a.diskFile(ctx, &vd)
+		if err != nil {
+			return fmt.Errorf("VirtualDisk %q: %w", d.Name, err)
+		}
+		node, err := diskNodeByPath(ctx, mon, path)
+		if err != nil {
+			return err
+		}
+		if node == nil {
+			return fmt.Errorf("VirtualDisk %q is not open in the source QEMU", d.Name)
+		}
+		nbd := fmt.Sprintf("%s%d", mirrorPrefix, i)
+		err = mon.Execute(ctx, "blockdev-add", map[string]any{"driver": "nbd", "node-name": nbd, "export": d.Export,
+			"server": map[string]any{"type": "inet", "host": m.Target.Address, "port": strconv.Itoa(m.Target.NBDPort)}}, nil)
+		if err != nil {
+			return fmt.Errorf("connecting to the target's export of VirtualDisk %q: %w", d.Name, err)
+		}
+		// The whole disk, flattened: the target's copy has no backing file.
+		err = mon.Execute(ctx, "blockdev-mirror", map[string]any{"job-id": nbd, "device": node.NodeName, "target": nbd,
+			"sync": "full", "copy-mode": "write-blocking", "auto-dismiss": false}, nil)
+		if err != nil {
+			return fmt.Errorf("mirroring VirtualDisk %q: %w", d.Name, err)
+		}
+	}
+	log.Info("mirroring local disks to the target", "disks", len(m.Disks))
+	lastWrite := time.Time{}
+	for {
+		var jobs []blockJob
+		if err := mon.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil {
+			return fmt.Errorf("query-block-jobs: %w", err)
+		}
+		ready, found := 0, 0
+		var remaining, total int64
+		for _, j := range jobs {
+			if !strings.HasPrefix(j.Device, mirrorPrefix) {
+				continue
+			}
+			found++
+			if j.Ready {
+				ready++
+			}
+			remaining += j.Len - j.Offset
+			total += j.Len
+		}
+		if found < len(m.Disks) {
+			return errors.New("a disk mirror ended before it was in sync (the target's export may be gone)")
+		}
+		if ready == len(m.Disks) {
+			return nil
+		}
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return fmt.Errorf("the disk mirrors were not in sync within the timeout of %ds", m.Policy.TimeoutSeconds)
+		}
+		if cur, ok := a.vms.Get(runtime.KeyOf(vm)); ok {
+			if cm := cur.Status.MigrationState; !cm.Active() || cm.ID != m.ID {
+				return errors.New("the migration was cancelled")
+			}
+		}
+		if time.Since(lastWrite) >= time.Second {
+			lastWrite = time.Now()
+			pct := 0
+			if total > 0 {
+				pct = int((total - remaining) * 100 / total / 2) // disks are the first half
+			}
+			_ = a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(_ *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
+				mm.Progress = &v1alpha1.MigrationProgress{Percent: pct, DiskRemainingBytes: remaining}
+			})
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// mirrorRemaining is what the disk mirrors still have to copy.
+func (a *Agent) mirrorRemaining(ctx context.Context, mon qmpExecutor) int64 {
+	var jobs []blockJob
+	if mon.Execute(ctx, "query-block-jobs", nil, &jobs) != nil {
+		return 0
+	}
+	var n int64
+	for _, j := range jobs {
+		if strings.HasPrefix(j.Device, mirrorPrefix) {
+			n += j.Len - j.Offset
+		}
+	}
+	return n
+}
+
+// cleanupOutgoing ends the mirror jobs and removes the NBD client nodes of a migration. A
+// mirror in sync that is cancelled stops without switching the guest to the copy.
+func (a *Agent) cleanupOutgoing(ctx context.Context, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState) {
+	if len(m.Disks) == 0 {
+		return
+	}
+	for i := range m.Disks {
+		_ = mon.Execute(ctx, "block-job-cancel", map[string]any{"device": fmt.Sprintf("%s%d", mirrorPrefix, i), "force": true}, nil)
+	}
+	end := time.Now().Add(10 * time.Second)
+	for time.Now().Before(end) {
+		var jobs []blockJob
+		if mon.Execute(ctx, "query-block-jobs", nil, &jobs) != nil {
+			break
+		}
+		left := 0
+		for _, j := range jobs {
+			if !strings.HasPrefix(j.Device, mirrorPrefix) {
+				continue
+			}
+			left++
+			if j.Status == "concluded" {
+				_ = mon.Execute(ctx, "job-dismiss", map[string]any{"id": j.Device}, nil)
+			}
+		}
+		if left == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := range m.Disks {
+		_ = mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": fmt.Sprintf("%s%d", mirrorPrefix, i)}, nil)
+	}
+}
+
+// ---- after a migration ----
+
+// cleanupAfterMove removes what is left on this node of a VM that is not bound here once its
+// QEMU here is gone: the run directory of a migration's target that failed, and of a source
+// whose VM moved away, with the Local disk files the VM no longer uses here.
+func (a *Agent) cleanupAfterMove(ctx context.Context, vm *v1alpha1.VirtualMachine) {
+	m := vm.Status.MigrationState
+	if m == nil || vm.Status.NodeName == a.cfg.NodeName || m.Active() {
+		return
+	}
+	runDir := a.runDir(vm.UID)
+	switch {
+	case m.Target.Node == a.cfg.NodeName && m.Phase == v1alpha1.MigrationPhaseFailed:
+		a.removeIncomingFiles(runDir)
+	case m.Source.Node == a.cfg.NodeName && m.Phase == v1alpha1.MigrationPhaseSucceeded && vm.Status.NodeName == m.Target.Node:
+		for _, d := range m.Disks {
+			var vd v1alpha1.VirtualDisk
+			if err := a.c.Get(ctx, "virtualdisks", vm.Namespace, d.Name, &vd); err != nil || storage.CheckUID(vd.UID) != nil {
+				continue
+			}
+			var sc *v1alpha1.StorageClass
+			if a.getClass(ctx, vd.Status.StorageClassName, &sc) != nil {
+				continue
+			}
+			_ = os.Remove(storage.ClassDiskPath(a.cfg.DataDir, sc, vd.UID))
+		}
+	default:
+		return
+	}
+	if findQEMU(runDir, vm.UID) > 0 {
+		return
+	}
+	stopTPM(runDir)
+	_ = os.RemoveAll(runDir)
+	a.log.Info("removed what a moved VM left on this node", "vm", vm.Namespace+"/"+vm.Name, "migration", m.ID, "result", m.Phase)
+}
+
+// onMigrationEvent passes QEMU's MIGRATION events to the instance's hook.
+func (in *instance) onMigrationEvent(ev qmp.Event) {
+	var d struct {
+		Status string `json:"status"`
+	}
+	if ev.DecodeData(&d) != nil {
+		return
+	}
+	in.mu.Lock()
+	h := in.migHook
+	in.mu.Unlock()
+	if h != nil {
+		h(d.Status)
+	}
+}
+
+func (in *instance) setMigrationHook(h func(status string)) {
+	in.mu.Lock()
+	in.migHook = h
+	in.mu.Unlock()
+}

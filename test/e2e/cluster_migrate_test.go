@@ -1,0 +1,348 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// migrateConsoleType types a line on the serial console of a VM running on host h.
+func migrateConsoleType(t *testing.T, h *ClusterHost, uid, line string) {
+	t.Helper()
+	c, err := net.Dial("unix", filepath.Join(storage.VMRunDir(h.DataDir, uid), "console.sock"))
+	if err != nil {
+		t.Fatalf("console of the VM on %s: %v", h.Name, err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(line + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+}
+
+var tickRe = regexp.MustCompile(`(?m)^RKTICK (\d+)\s*$`)
+
+// lastTick is the highest tick counter in a serial log (0: none).
+func lastTick(log string) int {
+	n := 0
+	for _, m := range tickRe.FindAllStringSubmatch(log, -1) {
+		if v, _ := strconv.Atoi(m[1]); v > n {
+			n = v
+		}
+	}
+	return n
+}
+
+// waitTick waits until the VM's serial log shows a tick above above, and returns it.
+func waitTick(t *testing.T, s *Serve, name string, above int, limit time.Duration) int {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if n := lastTick(vmLog(t, s, name)); n > above {
+			return n
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("serial log of %s: no tick above %d within %s; log tail:\n%s", name, above, limit, tail(vmLog(t, s, name), 2000))
+	return 0
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// migrateOther returns a cluster host other than node.
+func migrateOther(c *Cluster, node string) string {
+	for _, h := range c.HostNames() {
+		if h != node {
+			return h
+		}
+	}
+	return ""
+}
+
+// TestLiveMigration, on the three-host cluster: (1) a VM whose disk is on a Shared class
+// moves to another node while its guest runs: the tick counter the guest prints every second
+// goes on from where it was, without a reboot (no boot marker on the target), with the same
+// MAC and IP, and one QEMU of it is left; (2) a VM with a disk on the source's Local storage
+// moves too: the disk is copied while the guest runs, the marker the guest wrote on it before
+// is read back after (with the page cache dropped), the disk's node is the target and its
+// file is gone from the source.
+func TestLiveMigration(t *testing.T) {
+	var c *Cluster
+	if os.Getenv("RKM_OWN") != "" {
+		c = newCluster(t, ClusterOptions{Name: "rkm"})
+	} else {
+		c = sharedCluster(t)
+	}
+	s := c.Serve(t)
+	img := c.GuestImage(t)
+	t.Cleanup(func() {
+		for _, vm := range []string{"rkm-shared", "rkm-local"} {
+			s.CLI("", "delete", "vm", vm, "--ignore-not-found", "--wait")
+		}
+		for _, d := range []string{"rkm-sd", "rkm-ld"} {
+			s.CLI("", "delete", "vd", d, "--ignore-not-found", "--wait")
+		}
+		s.CLI("", "delete", "storageclass", "rkm-shared", "--ignore-not-found")
+	})
+	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkm-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
+		filepath.Join(c.Shared, "rkm-storage")), "apply", "-f", "-")
+	vmYAML := func(name, disk string) string {
+		return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: %s}
+spec:
+  runPolicy: AlwaysOn
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: %s}
+  - {kind: VirtualDisk, name: %s}
+`, name, img, disk)
+	}
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: rkm-sd}
+spec:
+  persistentVolumeClaim: {size: 64Mi, storageClassName: rkm-shared}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: rkm-ld}
+spec:
+  persistentVolumeClaim: {size: 64Mi}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "rkm-sd", "--for", "phase=Ready", "--timeout", "2m")
+	s.MustCLI("", "wait", "vd", "rkm-ld", "--for", "phase=Ready", "--timeout", "2m")
+	s.MustCLI(vmYAML("rkm-shared", "rkm-sd")+"---\n"+vmYAML("rkm-local", "rkm-ld"), "apply", "-f", "-")
+
+	// (1) Shared storage.
+	t.Run("Shared", func(t *testing.T) {
+		v := vmWait(t, s, "rkm-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+		vmWaitSerial(t, s, "rkm-shared", "RAKHSH-GUEST: ready", 1)
+		src := v.Status.NodeName
+		migrateConsoleType(t, c.Host(src), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+		before := waitTick(t, s, "rkm-shared", 2, time.Minute)
+		dst := migrateOther(c, src)
+		started := time.Now()
+		r := s.CLI("", "vm", "migrate", "rkm-shared", "--to", dst, "--wait", "--timeout", "5m")
+		t.Logf("migration %s -> %s took %s: %s", src, dst, time.Since(started).Round(time.Millisecond), strings.TrimSpace(r.Stderr))
+		if r.Code != 0 {
+			t.Fatalf("vm migrate: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
+		}
+		after := vmGet(t, s, "rkm-shared")
+		m := after.Status.MigrationState
+		if after.Status.NodeName != dst || m == nil || m.Phase != v1alpha1.MigrationPhaseSucceeded || m.Source.Node != src || m.Target.Node != dst {
+			t.Fatalf("after the migration: node %q, migration %+v", after.Status.NodeName, m)
+		}
+		if m.Progress != nil {
+			t.Logf("QEMU: transfer %d ms, downtime %d ms, %d bytes", m.Progress.TotalTimeMs, m.Progress.DowntimeMs, m.Progress.TransferredBytes)
+		}
+		if fmt.Sprint(after.Status.Networks) != fmt.Sprint(v.Status.Networks) || after.Status.IPAddress != v.Status.IPAddress {
+			t.Errorf("networks changed: before %+v %s, after %+v %s", v.Status.Networks, v.Status.IPAddress, after.Status.Networks, after.Status.IPAddress)
+		}
+		n := waitTick(t, s, "rkm-shared", before, time.Minute)
+		log := vmLog(t, s, "rkm-shared")
+		if strings.Contains(log, "RAKHSH-GUEST: booted") {
+			t.Errorf("the guest booted again on %s:\n%s", dst, tail(log, 2000))
+		}
+		t.Logf("ticks: %d before, %d on the target", before, n)
+		waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+		waitFor(t, "the source's run directory removed", func() bool {
+			_, err := os.Stat(storage.VMRunDir(c.Host(src).DataDir, v.UID))
+			return os.IsNotExist(err)
+		})
+		vmWait(t, s, "rkm-shared", time.Minute, "Running on the target", func(v *v1alpha1.VirtualMachine) bool {
+			return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == dst
+		})
+	})
+
+	// (2) Local storage.
+	t.Run("Local", func(t *testing.T) {
+		v := vmWait(t, s, "rkm-local", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+		vmWaitSerial(t, s, "rkm-local", "RAKHSH-GUEST: ready", 1)
+		src := v.Status.NodeName
+		d := storageDisk(t, s, "rkm-ld")
+		if d.Status.NodeName != src {
+			t.Fatalf("the Local disk is on %q, its VM on %q", d.Status.NodeName, src)
+		}
+		h := c.Host(src)
+		migrateConsoleType(t, h, v.UID, "echo RKMARK-4711 > /dev/vda; sync; echo RKWROTE")
+		vmWaitSerial(t, s, "rkm-local", "RKWROTE", 1)
+		migrateConsoleType(t, h, v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+		before := waitTick(t, s, "rkm-local", 2, time.Minute)
+		dst := migrateOther(c, src)
+		r := s.CLI("", "vm", "migrate", "rkm-local", "--to", dst, "--wait", "--timeout", "5m")
+		t.Logf("migration %s -> %s: %s", src, dst, strings.TrimSpace(r.Stderr))
+		if r.Code != 0 {
+			t.Fatalf("vm migrate: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
+		}
+		after := vmGet(t, s, "rkm-local")
+		if after.Status.NodeName != dst {
+			t.Fatalf("after the migration the VM is on %q, want %s", after.Status.NodeName, dst)
+		}
+		n := waitTick(t, s, "rkm-local", before, time.Minute)
+		t.Logf("ticks: %d before, %d on the target", before, n)
+		migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKREAD $(head -c 12 /dev/vda)")
+		vmWaitSerial(t, s, "rkm-local", "RKREAD RKMARK-4711", 1)
+		waitFor(t, "the disk on the target node", func() bool {
+			return storageDisk(t, s, "rkm-ld").Status.NodeName == dst
+		})
+		oldFile := storage.ClassDiskPath(h.DataDir, nil, d.UID)
+		waitFor(t, "the disk file gone from the source", func() bool {
+			_, err := os.Stat(oldFile)
+			return os.IsNotExist(err)
+		})
+		if _, err := os.Stat(storage.ClassDiskPath(c.Host(dst).DataDir, nil, d.UID)); err != nil {
+			t.Errorf("the disk file on the target: %v", err)
+		}
+		waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+
+	})
+}
+
+// migrateVM is a VM of the guest image and one disk.
+func migrateVMYAML(name, img, disk, host string) string {
+	m := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: %s}
+spec:
+  runPolicy: AlwaysOn
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: %s}
+  - {kind: VirtualDisk, name: %s}
+`, name, img, disk)
+	if host != "" {
+		m += "  nodeSelector: {kubernetes.io/hostname: " + host + "}\n"
+	}
+	return m
+}
+
+// migrateAwaitTransfer starts a migration of name to dst and waits until its transfer runs;
+// it returns the operation.
+func migrateAwaitTransfer(t *testing.T, s *Serve, name, dst string) string {
+	t.Helper()
+	op := strings.TrimSpace(s.MustCLI("", "vm", "migrate", name, "--to", dst))
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		v := vmGet(t, s, name)
+		if m := v.Status.MigrationState; m != nil && m.Operation == op {
+			if m.Phase == v1alpha1.MigrationPhaseTransferring && m.Progress != nil && m.Progress.TransferredBytes > 0 {
+				return op
+			}
+			if !m.Active() {
+				t.Fatalf("migration %s ended before its transfer was seen: %+v", op, m)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("migration %s: no transfer within 2 minutes", op)
+	return ""
+}
+
+// migrateExpectFailed waits for op to fail, and checks that the VM runs on src, that nothing
+// of it is left on dst, and that the guest still ticks.
+func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst string, uid string, tick int) (string, int) {
+	t.Helper()
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	v := vmGet(t, s, name)
+	m := v.Status.MigrationState
+	if v.Status.NodeName != src || m == nil || m.Phase != v1alpha1.MigrationPhaseFailed || m.Reason == "" {
+		t.Fatalf("after the failed migration: node %q, migration %+v", v.Status.NodeName, m)
+	}
+	t.Logf("failed as expected: %s: %s", m.Reason, m.Message)
+	vmWait(t, s, name, time.Minute, "Running on the source", func(v *v1alpha1.VirtualMachine) bool {
+		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == src
+	})
+	waitFor(t, "nothing of the VM left on the target", func() bool {
+		_, err := os.Stat(storage.VMRunDir(c.Host(dst).DataDir, uid))
+		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
+	})
+	return m.Reason, waitTick(t, s, name, tick, time.Minute)
+}
+
+// TestLiveMigrationFailures, on a cluster of its own whose migrations are capped at 8 MiB/s
+// (so that a transfer lasts several seconds): each failure in the middle of a transfer
+// leaves the VM running on the source (its guest ticking on), fails the operation with a
+// reason, and leaves no QEMU or run directory on the target; a retry then succeeds. The
+// failures: the target's QEMU killed; the target's underlay link cut (the stream stalls,
+// the source ends it); the source node's agent killed with SIGKILL and started again (the new
+// agent process ends the transfer it cannot follow).
+func TestLiveMigrationFailures(t *testing.T) {
+	c := newCluster(t, ClusterOptions{Name: "rkf", ServeArgs: []string{"--migration-bandwidth", "8"}})
+	s := c.Serve(t)
+	img := c.GuestImage(t)
+	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkf-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
+		filepath.Join(c.Shared, "rkf-storage")), "apply", "-f", "-")
+	s.MustCLI("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: rkf-d}\nspec:\n  persistentVolumeClaim: {size: 64Mi, storageClassName: rkf-shared}\n", "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "rkf-d", "--for", "phase=Ready", "--timeout", "2m")
+	// Started on h2 (an agent-only host), then free to move.
+	s.MustCLI(migrateVMYAML("rkf-vm", img, "rkf-d", "h2"), "apply", "-f", "-")
+	v := vmWait(t, s, "rkf-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	vmWaitSerial(t, s, "rkf-vm", "RAKHSH-GUEST: ready", 1)
+	s.MustCLI("", "patch", "vm", "rkf-vm", "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
+	migrateConsoleType(t, c.Host("h2"), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+	tick := waitTick(t, s, "rkf-vm", 2, time.Minute)
+
+	// The target's QEMU is killed.
+	op := migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	pid := vmQEMUPIDs(c.Host("h3").DataDir)[v.UID]
+	if pid == 0 {
+		t.Fatal("no target QEMU on h3 during the transfer")
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	reason, tick := migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
+	if reason != v1alpha1.MigrationReasonTransferFailed && reason != v1alpha1.MigrationReasonTargetFailed {
+		t.Errorf("target killed: reason %s", reason)
+	}
+
+	// The target's link is cut during the transfer; it comes back after the failure.
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	h3 := c.Host("h3")
+	h3.LinkDown(t)
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	h3.LinkUp(t)
+	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
+	if reason != v1alpha1.MigrationReasonTransferFailed {
+		t.Errorf("link cut: reason %s", reason)
+	}
+
+	// The source's agent is killed during the transfer and started again.
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	h2 := c.Host("h2")
+	h2.Kill9(t)
+	h2.Restart(t)
+	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
+	if reason != v1alpha1.MigrationReasonSourceRestarted {
+		t.Errorf("source agent restarted: reason %s", reason)
+	}
+
+	// A retry succeeds.
+	r := s.CLI("", "vm", "migrate", "rkf-vm", "--to", "h3", "--wait", "--timeout", "5m")
+	if r.Code != 0 {
+		t.Fatalf("retry: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	waitTick(t, s, "rkf-vm", tick, time.Minute)
+	if log := vmLog(t, s, "rkf-vm"); strings.Contains(log, "RAKHSH-GUEST: booted") {
+		t.Errorf("the guest booted again on h3")
+	}
+	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+}
