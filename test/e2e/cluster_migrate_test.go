@@ -216,6 +216,76 @@ spec:
 	})
 }
 
+// TestLiveMigrationTPMAndEFI, on the three-host cluster: a VM with a vTPM (osType Windows)
+// and UEFI moves to another node while its guest runs: the guest reads the same TPM PCR
+// values after the move as before (the TPM's state came with the stream: a new TPM would be
+// reset), and the target's UEFI variable store ends up with the contents the source's had
+// (written back from the migrated flash), not a fresh template.
+func TestLiveMigrationTPMAndEFI(t *testing.T) {
+	var c *Cluster
+	if os.Getenv("RKM_OWN") != "" {
+		c = newCluster(t, ClusterOptions{Name: "rkm"})
+	} else {
+		c = sharedCluster(t)
+	}
+	s := c.Serve(t)
+	img := c.GuestImage(t)
+	t.Cleanup(func() { s.CLI("", "delete", "vm", "rkm-efi", "--ignore-not-found", "--wait") })
+	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: rkm-efi}
+spec:
+  runPolicy: AlwaysOn
+  osType: Windows
+  bootloader: EFI
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: %s}
+`, img), "apply", "-f", "-")
+	v := vmWait(t, s, "rkm-efi", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	vmWaitSerial(t, s, "rkm-efi", "RAKHSH-GUEST: ready", 1)
+	if !strings.Contains(vmLog(t, s, "rkm-efi"), "RAKHSH-GUEST: tpm=present") {
+		t.Fatal("the guest sees no TPM")
+	}
+	src := v.Status.NodeName
+	h := c.Host(src)
+	migrateConsoleType(t, h, v.UID, "echo RKPCR-A $(cat /sys/class/tpm/tpm0/pcr-sha256/0) $(cat /sys/class/tpm/tpm0/pcr-sha256/7)")
+	vmWaitSerial(t, s, "rkm-efi", "RKPCR-A ", 1)
+	pcrRe := regexp.MustCompile(`(?m)^RKPCR-([AB]) ([0-9A-Fa-f]{64}) ([0-9A-Fa-f]{64})\s*$`)
+	pcrs := func(which string) string {
+		for _, m := range pcrRe.FindAllStringSubmatch(vmLog(t, s, "rkm-efi"), -1) {
+			if m[1] == which {
+				return m[2] + " " + m[3]
+			}
+		}
+		return ""
+	}
+	before := pcrs("A")
+	if before == "" {
+		t.Fatalf("no PCR values in the serial log:\n%s", tail(vmLog(t, s, "rkm-efi"), 1500))
+	}
+	vars, err := os.ReadFile(filepath.Join(storage.VMRunDir(h.DataDir, v.UID), "efivars.fd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := migrateOther(c, src)
+	if r := s.CLI("", "vm", "migrate", "rkm-efi", "--to", dst, "--wait", "--timeout", "5m"); r.Code != 0 {
+		t.Fatalf("vm migrate: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	migrateConsoleType(t, c.Host(dst), v.UID, "echo RKPCR-B $(cat /sys/class/tpm/tpm0/pcr-sha256/0) $(cat /sys/class/tpm/tpm0/pcr-sha256/7)")
+	vmWaitSerial(t, s, "rkm-efi", "RKPCR-B ", 1)
+	if after := pcrs("B"); after != before {
+		t.Errorf("TPM PCRs 0 and 7: %q before the migration, %q after", before, after)
+	}
+	target := filepath.Join(storage.VMRunDir(c.Host(dst).DataDir, v.UID), "efivars.fd")
+	waitFor(t, "the target's UEFI variables written back from the migrated flash", func() bool {
+		got, err := os.ReadFile(target)
+		return err == nil && string(got) == string(vars)
+	})
+}
+
 // migrateVM is a VM of the guest image and one disk.
 func migrateVMYAML(name, img, disk, host string) string {
 	m := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
