@@ -57,6 +57,11 @@ func waitTick(t *testing.T, s *Serve, name string, above int, limit time.Duratio
 	return 0
 }
 
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
@@ -91,7 +96,7 @@ func TestLiveMigration(t *testing.T) {
 	s := c.Serve(t)
 	img := c.GuestImage(t)
 	t.Cleanup(func() {
-		for _, vm := range []string{"rkm-shared", "rkm-local"} {
+		for _, vm := range []string{"rkm-shared", "rkm-local", "rkm-peer"} {
 			s.CLI("", "delete", "vm", vm, "--ignore-not-found", "--wait")
 		}
 		for _, d := range []string{"rkm-sd", "rkm-ld"} {
@@ -139,6 +144,30 @@ spec:
 		migrateConsoleType(t, c.Host(src), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
 		before := waitTick(t, s, "rkm-shared", 2, time.Minute)
 		dst := migrateOther(c, src)
+		// A peer on the third node pings the VM across the migration.
+		third := ""
+		for _, h := range c.HostNames() {
+			if h != src && h != dst {
+				third = h
+			}
+		}
+		s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: rkm-peer}
+spec:
+  runPolicy: AlwaysOn
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+  nodeSelector: {kubernetes.io/hostname: %s}
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: %s}
+`, third, img), "apply", "-f", "-")
+		peer := vmWait(t, s, "rkm-peer", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+		vmWaitSerial(t, s, "rkm-peer", "RAKHSH-GUEST: ready", 1)
+		vmWaitSerial(t, s, "rkm-peer", "RAKHSH-GUEST: ip=", 1)
+		migrateConsoleType(t, c.Host(third), peer.UID, fmt.Sprintf("ping -c 2 %s >/dev/null; (ping -i 0.5 -w 20 %s | tail -2 | sed 's/^/RKPING /') &", v.Status.IPAddress, v.Status.IPAddress))
+		time.Sleep(3 * time.Second)
 		started := time.Now()
 		r := s.CLI("", "vm", "migrate", "rkm-shared", "--to", dst, "--wait", "--timeout", "5m")
 		t.Logf("migration %s -> %s took %s: %s", src, dst, time.Since(started).Round(time.Millisecond), strings.TrimSpace(r.Stderr))
@@ -157,6 +186,17 @@ spec:
 			t.Errorf("networks changed: before %+v %s, after %+v %s", v.Status.Networks, v.Status.IPAddress, after.Status.Networks, after.Status.IPAddress)
 		}
 		n := waitTick(t, s, "rkm-shared", before, time.Minute)
+		vmWaitSerial(t, s, "rkm-peer", "packets received", 1)
+		pingRe := regexp.MustCompile(`RKPING (\d+) packets transmitted, (\d+) packets received`)
+		if m := pingRe.FindStringSubmatch(vmLog(t, s, "rkm-peer")); m == nil {
+			t.Errorf("no ping summary from the peer:\n%s", tail(vmLog(t, s, "rkm-peer"), 1500))
+		} else {
+			sent, got := atoi(m[1]), atoi(m[2])
+			t.Logf("a peer on %s pinged the VM every 0.5 s across the migration: %d sent, %d answered", third, sent, got)
+			if sent == 0 || sent-got > 1 {
+				t.Errorf("the peer lost %d of %d pings across the migration (at most 1 allowed)", sent-got, sent)
+			}
+		}
 		log := vmLog(t, s, "rkm-shared")
 		if strings.Contains(log, "RAKHSH-GUEST: booted") {
 			t.Errorf("the guest booted again on %s:\n%s", dst, tail(log, 2000))
