@@ -1,6 +1,9 @@
 package v1alpha1
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"time"
+)
 
 // VirtualMachine is a virtual machine of a project: its CPU, memory, disks, networks, firmware,
 // provisioning and placement (spec), and what the controllers and the node agent observe of it
@@ -687,6 +690,19 @@ type MigrationProgress struct {
 	DowntimeMs int64 `json:"downtimeMs,omitempty"`
 	// TotalTimeMs is the transfer's duration as QEMU measured it (set when done).
 	TotalTimeMs int64 `json:"totalTimeMs,omitempty"`
+	// PausedAtMs is when the source QEMU stopped the guest for the switch-over and ResumedAtMs
+	// when the target resumed it (Unix milliseconds, from QEMU's event time and the target
+	// agent's clock): their difference is the pause the guest saw, store write included.
+	PausedAtMs  int64 `json:"pausedAtMs,omitempty"`
+	ResumedAtMs int64 `json:"resumedAtMs,omitempty"`
+}
+
+// GuestPause is the pause the guest saw at the switch-over, when both ends are known.
+func (p *MigrationProgress) GuestPause() (time.Duration, bool) {
+	if p == nil || p.PausedAtMs == 0 || p.ResumedAtMs < p.PausedAtMs {
+		return 0, false
+	}
+	return time.Duration(p.ResumedAtMs-p.PausedAtMs) * time.Millisecond, true
 }
 
 // Active says a migration is under way (not finished).

@@ -438,7 +438,28 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 	if err := mon.Execute(cctx, "cont", nil, nil); err != nil {
 		a.log.Error("resuming the migrated guest failed", "vm", string(key), "err", err)
 	}
-	switchover := time.Since(completedAt)
+	resumedAt := time.Now()
+	switchover := resumedAt.Sub(completedAt)
+	// The resume time goes next to the source's pause time (whichever comes first keeps the
+	// other's): the guest's pause as it saw it.
+	_, err = patchVMStatus(ctx, a.c, ns, name, uid, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
+		cur := v.Status.MigrationState
+		if cur == nil || cur.ID != id || v.Status.NodeName != a.cfg.NodeName {
+			return errNoChange
+		}
+		mm := *cur
+		p := v1alpha1.MigrationProgress{Percent: 100}
+		if cur.Progress != nil {
+			p = *cur.Progress
+		}
+		p.ResumedAtMs = resumedAt.UnixMilli()
+		mm.Progress = &p
+		v.Status.MigrationState = &mm
+		return nil
+	})
+	if err != nil && !errors.Is(err, errGone) {
+		a.log.Info("recording the resume time of a migration", "vm", string(key), "err", err)
+	}
 	// Peers re-learn where the guest's MAC is at once (gratuitous ARP / RARP from QEMU).
 	_ = mon.Execute(cctx, "announce-self", map[string]any{"initial": 50, "max": 550, "rounds": 5, "step": 100}, nil)
 	in.setMigrationHook(nil)
@@ -612,6 +633,13 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		case st.Status == "completed":
 			p := progressOf(st, 0)
 			p.Percent, p.DowntimeMs, p.TotalTimeMs = 100, st.Downtime, st.TotalTime
+			if in := a.inst(vm.UID); in != nil {
+				in.mu.Lock()
+				if !in.stoppedAt.IsZero() {
+					p.PausedAtMs = in.stoppedAt.UnixMilli()
+				}
+				in.mu.Unlock()
+			}
 			// The target may have switched over already: the figures go into the migration
 			// of this id whatever its phase (the one write a source may make afterwards).
 			_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
@@ -620,6 +648,9 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 					return errNoChange
 				}
 				mm := *cur
+				if cur.Progress != nil {
+					p.ResumedAtMs = cur.Progress.ResumedAtMs // the target's, if it came first
+				}
 				mm.Progress = p
 				v.Status.MigrationState = &mm
 				return nil

@@ -73,6 +73,8 @@ type instance struct {
 	incoming *incomingWatch
 	outgoing string
 	migHook  func(status string)
+	// stoppedAt is QEMU's time of its last STOP event (a migration's switch-over pause).
+	stoppedAt time.Time
 
 	// guestOutput says the guest wrote to its serial console since this agent watched it,
 	// or since the last reset; the first output sets the GuestReady condition.
@@ -294,7 +296,12 @@ func (a *Agent) onQMPEvent(in *instance, ev qmp.Event) {
 		}
 	case qmp.EventMigration:
 		in.onMigrationEvent(ev)
-	case qmp.EventStop, qmp.EventResume, qmp.EventReset, qmp.EventPowerdown:
+	case qmp.EventStop:
+		in.mu.Lock()
+		in.stoppedAt = ev.Time
+		in.mu.Unlock()
+		a.log.Debug("QMP event", "vm", string(in.key), "event", ev.Name)
+	case qmp.EventResume, qmp.EventReset, qmp.EventPowerdown:
 		a.log.Debug("QMP event", "vm", string(in.key), "event", ev.Name)
 	default:
 		return

@@ -117,10 +117,10 @@ type Config struct {
 	// Live migration settings (docs/migration.md): migrations a node sends and receives at
 	// once, the longest switch-over pause, a bandwidth cap per migration (MiB/s, 0: none), and
 	// the transfer time allowed per GiB of memory and mirrored disk.
-	MigrationMaxOutbound, MigrationMaxInbound int
-	MigrationMaxDowntime                      time.Duration
-	MigrationBandwidthMiBps                   int64
-	MigrationTimeoutPerGiB                    time.Duration
+	MigrationMaxOutbound, MigrationMaxInbound   int
+	MigrationMaxDowntime                        time.Duration
+	MigrationBandwidthMiBps                     int64
+	MigrationTimeoutPerGiB, MigrationMinTimeout time.Duration
 
 	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
 	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
@@ -178,7 +178,8 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.IntVar(&cfg.MigrationMaxInbound, "migration-max-inbound", scheduler.DefaultMaxInbound, "live migrations a node receives at once (the scheduler picks another target, or fails the migration)")
 	f.DurationVar(&cfg.MigrationMaxDowntime, "migration-max-downtime", livemigration.DefaultMaxDowntime, "the longest pause of the guest that a live migration may make at its switch-over")
 	f.Int64Var(&cfg.MigrationBandwidthMiBps, "migration-bandwidth", 0, "bandwidth cap of each live migration's stream in MiB/s (0: none)")
-	f.DurationVar(&cfg.MigrationTimeoutPerGiB, "migration-timeout-per-gib", livemigration.DefaultTimeoutPerGiB, "time a live migration's transfer may take per GiB of memory and Local disk (at least 2 minutes) before it is cancelled")
+	f.DurationVar(&cfg.MigrationTimeoutPerGiB, "migration-timeout-per-gib", livemigration.DefaultTimeoutPerGiB, "time a live migration's transfer may take per GiB of memory and Local disk (at least --migration-min-timeout) before it is cancelled")
+	f.DurationVar(&cfg.MigrationMinTimeout, "migration-min-timeout", livemigration.DefaultMinTimeout, "the shortest time a live migration's transfer is given, whatever the VM's size")
 	f.DurationVar(&cfg.NodeGracePeriod, "node-grace-period", node.DefaultGracePeriod, "a Node whose agent has not reported for this long is marked Unknown")
 	f.StringVar(&cfg.maxImageSize, "max-image-size", "128Gi", "the largest image or imported disk accepted: its bytes after decompression and its virtual size (a quantity, e.g. 200Gi)")
 	f.StringSliceVar(&cfg.allowImportFrom, "allow-import-from", nil, "internal networks (CIDR, repeatable or comma-separated, e.g. 10.20.0.0/16) that HTTP and registry imports may reach; loopback, private, link-local, CGNAT, multicast and cloud metadata addresses are refused otherwise")
