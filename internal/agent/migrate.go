@@ -395,9 +395,11 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 	completedAt := time.Now()
 	ctx := a.runCtx
 	key := runtime.NewKey(ns, name)
-	var v *v1alpha1.VirtualMachine
-	var err error
-	for attempt := 0; ; attempt++ {
+	// The guest is paused on both sides until this write: first one request built from the
+	// migration as this agent's cache saw it, testing only what decides the switch-over (not
+	// the source's progress figures); the read-and-write loop when that is refused.
+	v, err := a.fastCommit(ctx, ns, name, uid, source, id)
+	for attempt := 0; err != nil; attempt++ {
 		v, err = patchVMStatus(ctx, a.c, ns, name, uid, commitFields, func(v *v1alpha1.VirtualMachine) error {
 			m, err := migrationOf(v, id)
 			if err != nil {
@@ -469,6 +471,43 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 			v.Status.MigrationState.Message, switchover.Milliseconds()))
 	}
 	a.queue.Add(key)
+}
+
+// fastCommit is the switch-over write in one request: JSON patch tests of the uid, the
+// source's binding and the migration's id, target and phase as the cache saw them, then the
+// new binding, phase and outcome.
+func (a *Agent) fastCommit(ctx context.Context, ns, name, uid, source, id string) (*v1alpha1.VirtualMachine, error) {
+	cached, ok := a.migIn.Get(runtime.NewKey(ns, name))
+	if !ok || cached.UID != uid || cached.Status.MigrationState == nil || cached.Status.MigrationState.ID != id {
+		return nil, errMigrationOver
+	}
+	phase := cached.Status.MigrationState.Phase
+	if phase != v1alpha1.MigrationPhaseTargetReady && phase != v1alpha1.MigrationPhaseTransferring {
+		return nil, errMigrationOver
+	}
+	now := a.now()
+	ops := []map[string]any{
+		{"op": "test", "path": "/metadata/uid", "value": uid},
+		{"op": "test", "path": "/status/nodeName", "value": source},
+		{"op": "test", "path": "/status/migrationState/id", "value": id},
+		{"op": "test", "path": "/status/migrationState/target/node", "value": a.cfg.NodeName},
+		{"op": "test", "path": "/status/migrationState/phase", "value": phase},
+		{"op": "replace", "path": "/status/nodeName", "value": a.cfg.NodeName},
+		{"op": "replace", "path": "/status/migrationState/phase", "value": v1alpha1.MigrationPhaseSucceeded},
+		{"op": "add", "path": "/status/migrationState/result", "value": v1alpha1.MigrationResultSucceeded},
+		{"op": "add", "path": "/status/migrationState/endTimestamp", "value": now},
+		{"op": "add", "path": "/status/migrationState/message", "value": fmt.Sprintf("migrated from node %s to node %s", source, a.cfg.NodeName)},
+		{"op": "add", "path": "/status/phase", "value": v1alpha1.VMPhaseRunning},
+	}
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return nil, err
+	}
+	var out v1alpha1.VirtualMachine
+	if err := a.c.JSONPatchStatus(ctx, "virtualmachines", ns, name, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // ---- the source ----
