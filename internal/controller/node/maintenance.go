@@ -244,7 +244,7 @@ func (m *Maintenance) pending(plan *EvictPlan, ops []*v1alpha1.VirtualMachineOpe
 			continue
 		}
 		e.Action = EvictQueued
-		e.Reason = fmt.Sprintf("waiting for a free slot: %d eviction(s) under way, at most %d at a time", plan.InFlight, m.cfg.Parallel)
+		e.Reason = fmt.Sprintf("waiting for a free slot (at most %d evictions at a time)", m.cfg.Parallel)
 	}
 }
 

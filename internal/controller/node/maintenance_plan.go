@@ -278,7 +278,7 @@ func PlanEviction(in EvictInput) EvictPlan {
 			continue
 		}
 		plan.Entries[i].Action = EvictQueued
-		plan.Entries[i].Reason = fmt.Sprintf("waiting for a free slot: %d eviction(s) under way, at most %d at a time", plan.InFlight, parallel)
+		plan.Entries[i].Reason = fmt.Sprintf("waiting for a free slot (at most %d evictions at a time)", parallel)
 	}
 	return plan
 }
