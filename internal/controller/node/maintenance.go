@@ -157,7 +157,7 @@ func (m *Maintenance) reconcile(ctx context.Context, key runtime.Key) (runtime.R
 		Attempts: m.cfg.Attempts, Now: now,
 		Counts: func(op *v1alpha1.VirtualMachineOperation) bool {
 			return op.Labels[LabelEvictNode] == n.Name && op.Labels[LabelEvictBy] == EvictByMaintenance &&
-				!op.CreationTimestamp.Time.Before(since.Truncate(time.Second))
+				!CreatedAt(op).Before(since.Truncate(time.Second))
 		},
 	})
 	m.pending(&plan, ops, now)

@@ -162,6 +162,14 @@ func finishedAt(op *v1alpha1.VirtualMachineOperation) time.Time {
 	if c := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); c != nil && c.LastTransitionTime != nil {
 		return c.LastTransitionTime.Time
 	}
+	return CreatedAt(op)
+}
+
+// CreatedAt is op's creation time (zero when unknown).
+func CreatedAt(op *v1alpha1.VirtualMachineOperation) time.Time {
+	if op.CreationTimestamp == nil {
+		return time.Time{}
+	}
 	return op.CreationTimestamp.Time
 }
 
@@ -214,7 +222,7 @@ func PlanEviction(in EvictInput) EvictPlan {
 		e := EvictEntry{Namespace: vm.Namespace, Name: vm.Name, Phase: vm.Status.Phase}
 		ops := opsOf[vm.Namespace+"/"+vm.Name]
 		sort.Slice(ops, func(i, j int) bool {
-			ti, tj := ops[i].CreationTimestamp.Time, ops[j].CreationTimestamp.Time
+			ti, tj := CreatedAt(ops[i]), CreatedAt(ops[j])
 			if !ti.Equal(tj) {
 				return ti.Before(tj)
 			}
