@@ -126,6 +126,7 @@ func drainNode(ctx context.Context, c *client.Client, w io.Writer, node string, 
 			}
 			mine[out.Namespace+"/"+out.Name] = true
 			e.Action, e.Op = nodectl.EvictInFlight, &out
+			plan.InFlight++
 		}
 		// One line per VM whose state changed, and one for each VM that left.
 		vmByKey := map[string]*v1alpha1.VirtualMachine{}

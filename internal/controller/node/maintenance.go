@@ -180,6 +180,7 @@ func (m *Maintenance) reconcile(ctx context.Context, key runtime.Key) (runtime.R
 		m.created[e.Key()] = createdOp{name: out.Name, at: now}
 		m.mu.Unlock()
 		e.Action, e.Op = EvictInFlight, &out
+		plan.InFlight++
 		m.log.Info("evicting VM from node in maintenance", "node", n.Name, "vm", e.Key(), "operation", out.Name)
 	}
 
