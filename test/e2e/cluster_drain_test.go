@@ -134,6 +134,7 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 	drainVM(t, s, img, "dr-live", "AlwaysOn", "PreferSafe", "")
 	drainVM(t, s, img, "dr-never", "AlwaysOn", "Never", "")
 	drainVM(t, s, img, "dr-manual", "Manual", "Never", "")
+	s.MustCLI("", "vm", "start", "dr-manual") // runPolicy Manual: created Stopped
 	uids := map[string]string{}
 	for _, n := range []string{"dr-live", "dr-never", "dr-manual"} {
 		v := vmWait(t, s, n, vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
