@@ -33,7 +33,9 @@ const drainWait = 10 * time.Minute
 //  3. maintenance on h2 with a VM on it: the control plane evicts it (Maintenance=True
 //     Draining, then Drained) and the VM runs elsewhere.
 //
-// h2 is put back (uncordoned, out of maintenance) and the test's VMs deleted at the end.
+// Each part is a subtest that starts from an empty, schedulable h2 (so that a part that fails
+// leaves the next one its chance); h2 is put back (uncordoned, out of maintenance) and the
+// test's VMs deleted at the end.
 func TestNodeMaintenanceAndDrain(t *testing.T) {
 	c := sharedCluster(t)
 	s := c.Serve(t)
@@ -57,11 +59,8 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 			}
 		}
 	})
-	// h2 must start empty: the VMs of earlier runs of this test, and the cluster tests' VM
-	// pinned to h2 (clusterVM makes it again when a test needs it), go.
-	emptyH2(t, ctx, s, vms)
 
-	node := func(name string) *v1alpha1.Node {
+	node := func(t *testing.T, name string) *v1alpha1.Node {
 		t.Helper()
 		var n v1alpha1.Node
 		if err := cl.Get(ctx, "nodes", "", name, &n); err != nil {
@@ -69,11 +68,11 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 		}
 		return &n
 	}
-	waitMaintenance := func(reason string, timeout time.Duration) *v1alpha1.Condition {
+	waitMaintenance := func(t *testing.T, reason string, timeout time.Duration) *v1alpha1.Condition {
 		t.Helper()
 		deadline := time.Now().Add(timeout)
 		for {
-			cnd := v1alpha1.FindCondition(node("h2").Status.Conditions, v1alpha1.NodeConditionMaintenance)
+			cnd := v1alpha1.FindCondition(node(t, "h2").Status.Conditions, v1alpha1.NodeConditionMaintenance)
 			if cnd != nil && cnd.Status == v1alpha1.ConditionTrue && cnd.Reason == reason {
 				return cnd
 			}
@@ -84,148 +83,160 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 		}
 	}
 
-	// 1. Maintenance on an empty node.
-	if out := s.MustCLI("", "node", "maintenance", "on", "h2"); !strings.Contains(out, "node/h2 in maintenance") {
-		t.Fatalf("maintenance on: %q", out)
+	// h2 must start each part empty: the VMs of earlier parts and runs of this test, and the
+	// cluster tests' VM pinned to h2 (clusterVM makes it again when a test needs it), go.
+	part := func(name string, f func(t *testing.T, s *Serve)) {
+		t.Run(name, func(t *testing.T) {
+			s := c.Serve(t)
+			emptyH2(t, ctx, s, vms)
+			f(t, s)
+		})
 	}
-	if n := node("h2"); !n.Spec.Maintenance || n.Spec.Unschedulable {
-		t.Fatalf("h2's spec after maintenance on: %+v", n.Spec)
-	}
-	cnd := waitMaintenance(v1alpha1.NodeReasonDrained, time.Minute)
-	if !strings.Contains(cnd.Message, "takes no new VMs") {
-		t.Errorf("Maintenance message %q", cnd.Message)
-	}
-	if r := s.CLI("", "wait", "node", "h2", "--for", "condition=Maintenance", "--timeout", "30s"); r.Code != 0 {
-		t.Errorf("rakhsh wait node h2 --for condition=Maintenance: %d %s", r.Code, r.Stderr)
-	}
-	drainVM(t, s, img, "dr-pinned", "AlwaysOn", "", "nodeSelector: {kubernetes.io/hostname: h2}")
-	v := vmWait(t, s, "dr-pinned", time.Minute, "refused by the scheduler for maintenance", func(v *v1alpha1.VirtualMachine) bool {
-		if v == nil {
-			return false
-		}
-		sc := v1alpha1.FindCondition(v.Status.Conditions, "Scheduled")
-		return sc != nil && sc.Status == v1alpha1.ConditionFalse && strings.Contains(sc.Message, "1 in maintenance")
-	})
-	if v.Status.NodeName != "" {
-		t.Fatalf("a VM was placed on h2 in maintenance: %+v", v.Status)
-	}
-	err := c.Host("h2").NodeClient(t).Patch(ctx, "nodes", "", "h2", []byte(`{"spec":{"maintenance":null}}`), nil)
-	if !client.IsForbidden(err) || !strings.Contains(err.Error(), "may not change the spec") {
-		t.Fatalf("h2's node credential taking h2 out of maintenance: %v, want 403", err)
-	}
-	if out := s.MustCLI("", "node", "maintenance", "off", "h2"); !strings.Contains(out, "node/h2 out of maintenance") {
-		t.Fatalf("maintenance off: %q", out)
-	}
-	if n := node("h2"); n.Spec.Maintenance {
-		t.Fatalf("h2 after maintenance off: %+v", n.Spec)
-	}
-	if !waitNoMaintenance(t, ctx, cl) {
-		t.Fatalf("h2 keeps its Maintenance condition after maintenance off")
-	}
-	vmWait(t, s, "dr-pinned", vmBootTimeout, "Running on h2 once maintenance is off", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-	})
-	deleteVMWait(t, ctx, s, "dr-pinned")
 
-	// 2. Drain of a node with three VMs. They land on h2 while h1 and h3 are cordoned.
-	for _, n := range []string{"h1", "h3"} {
-		s.MustCLI("", "node", "cordon", n)
-	}
-	drainVM(t, s, img, "dr-live", "AlwaysOn", "PreferSafe", "")
-	drainVM(t, s, img, "dr-never", "AlwaysOn", "Never", "")
-	drainVM(t, s, img, "dr-manual", "Manual", "Never", "")
-	s.MustCLI("", "vm", "start", "dr-manual") // runPolicy Manual: created Stopped
-	uids := map[string]string{}
-	for _, n := range []string{"dr-live", "dr-never", "dr-manual"} {
-		v := vmWait(t, s, n, vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
+	part("MaintenanceOnEmptyNode", func(t *testing.T, s *Serve) {
+		if out := s.MustCLI("", "node", "maintenance", "on", "h2"); !strings.Contains(out, "node/h2 in maintenance") {
+			t.Fatalf("maintenance on: %q", out)
+		}
+		if n := node(t, "h2"); !n.Spec.Maintenance || n.Spec.Unschedulable {
+			t.Fatalf("h2's spec after maintenance on: %+v", n.Spec)
+		}
+		cnd := waitMaintenance(t, v1alpha1.NodeReasonDrained, time.Minute)
+		if !strings.Contains(cnd.Message, "takes no new VMs") {
+			t.Errorf("Maintenance message %q", cnd.Message)
+		}
+		if r := s.CLI("", "wait", "node", "h2", "--for", "condition=Maintenance", "--timeout", "30s"); r.Code != 0 {
+			t.Errorf("rakhsh wait node h2 --for condition=Maintenance: %d %s", r.Code, r.Stderr)
+		}
+		drainVM(t, s, img, "dr-pinned", "AlwaysOn", "", "nodeSelector: {kubernetes.io/hostname: h2}")
+		v := vmWait(t, s, "dr-pinned", time.Minute, "refused by the scheduler for maintenance", func(v *v1alpha1.VirtualMachine) bool {
+			if v == nil {
+				return false
+			}
+			sc := v1alpha1.FindCondition(v.Status.Conditions, "Scheduled")
+			return sc != nil && sc.Status == v1alpha1.ConditionFalse && strings.Contains(sc.Message, "1 in maintenance")
+		})
+		if v.Status.NodeName != "" {
+			t.Fatalf("a VM was placed on h2 in maintenance: %+v", v.Status)
+		}
+		err := c.Host("h2").NodeClient(t).Patch(ctx, "nodes", "", "h2", []byte(`{"spec":{"maintenance":null}}`), nil)
+		if !client.IsForbidden(err) || !strings.Contains(err.Error(), "may not change the spec") {
+			t.Fatalf("h2's node credential taking h2 out of maintenance: %v, want 403", err)
+		}
+		if out := s.MustCLI("", "node", "maintenance", "off", "h2"); !strings.Contains(out, "node/h2 out of maintenance") {
+			t.Fatalf("maintenance off: %q", out)
+		}
+		if n := node(t, "h2"); n.Spec.Maintenance {
+			t.Fatalf("h2 after maintenance off: %+v", n.Spec)
+		}
+		if !waitNoMaintenance(t, ctx, cl) {
+			t.Fatalf("h2 keeps its Maintenance condition after maintenance off")
+		}
+		vmWait(t, s, "dr-pinned", vmBootTimeout, "Running on h2 once maintenance is off", func(v *v1alpha1.VirtualMachine) bool {
 			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
 		})
-		uids[n] = v.UID
-	}
-	vmWaitSerial(t, s, "dr-live", "RAKHSH-GUEST: ready", 1)
-	for _, n := range []string{"h1", "h3"} {
-		s.MustCLI("", "node", "uncordon", n)
-	}
+	})
 
-	r := drainCLI(t, s, "node", "drain", "h2", "--timeout", drainWait.String())
-	t.Logf("rakhsh node drain h2 (exit %d):\n%s%s", r.Code, r.Stdout, r.Stderr)
-	if r.Code != 0 {
-		t.Fatalf("drain of h2 failed (exit %d): %s", r.Code, r.Stderr)
-	}
-	for _, want := range []string{"node/h2 cordoned", "default/dr-live\toperation dr-live-evict-", "node/h2 drained: no running VM is bound to it"} {
-		if !strings.Contains(r.Stdout, want) {
-			t.Errorf("drain output lacks %q", want)
+	part("DrainThreeVMs", func(t *testing.T, s *Serve) {
+		// They land on h2 while h1 and h3 are cordoned.
+		for _, n := range []string{"h1", "h3"} {
+			s.MustCLI("", "node", "cordon", n)
 		}
-	}
-	if n := node("h2"); !n.Spec.Unschedulable {
-		t.Errorf("h2 is not cordoned after the drain: %+v", n.Spec)
-	}
-	l, err := cl.List(ctx, "virtualmachines", "", client.ListOptions{FieldSelector: "status.nodeName=h2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, raw := range l.Items {
-		var v v1alpha1.VirtualMachine
-		_ = json.Unmarshal(raw, &v)
-		if v.Status.Phase != v1alpha1.VMPhaseStopped {
-			t.Errorf("VM %s/%s still runs on h2 after the drain (%s)", v.Namespace, v.Name, v.Status.Phase)
+		drainVM(t, s, img, "dr-live", "AlwaysOn", "PreferSafe", "")
+		drainVM(t, s, img, "dr-never", "AlwaysOn", "Never", "")
+		drainVM(t, s, img, "dr-manual", "Manual", "Never", "")
+		s.MustCLI("", "vm", "start", "dr-manual") // runPolicy Manual: created Stopped
+		uids := map[string]string{}
+		for _, n := range []string{"dr-live", "dr-never", "dr-manual"} {
+			v := vmWait(t, s, n, vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
+				return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
+			})
+			uids[n] = v.UID
 		}
-	}
-	// Each VM went where its policies say.
-	live := vmWait(t, s, "dr-live", vmBootTimeout, "Running on another node", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName != "" && v.Status.NodeName != "h2"
-	})
-	if live.UID != uids["dr-live"] {
-		t.Errorf("dr-live is another object after the drain")
-	}
-	if ms := live.Status.MigrationState; ms == nil || ms.Source.Node != "h2" || ms.Target.Node != live.Status.NodeName || ms.Result != v1alpha1.MigrationResultSucceeded {
-		t.Errorf("dr-live's migrationState after the drain: %+v, want a successful migration from h2 to %s", ms, live.Status.NodeName)
-	}
-	vmWait(t, s, "dr-never", vmBootTimeout, "Running on another node (stopped and started again, policy Never)", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName != "" && v.Status.NodeName != "h2"
-	})
-	vmWait(t, s, "dr-manual", time.Minute, "Stopped and unbound (policy Never, runPolicy Manual)", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseStopped && v.Status.NodeName == ""
-	})
-	ops := drainOps(t, ctx, cl)
-	for _, n := range []string{"dr-live", "dr-never", "dr-manual"} {
-		if len(ops[n]) != 1 || ops[n][0].Status.Phase != v1alpha1.VMOPPhaseCompleted {
-			t.Errorf("Evict operations of %s: %+v, want one, Completed", n, ops[n])
+		vmWaitSerial(t, s, "dr-live", "RAKHSH-GUEST: ready", 1)
+		for _, n := range []string{"h1", "h3"} {
+			s.MustCLI("", "node", "uncordon", n)
 		}
-	}
-	s.MustCLI("", "node", "uncordon", "h2")
 
-	// 3. Maintenance on a node with a VM: the control plane evicts it.
-	for _, n := range []string{"h1", "h3"} {
-		s.MustCLI("", "node", "cordon", n)
-	}
-	drainVM(t, s, img, "dr-maint", "AlwaysOn", "PreferSafe", "")
-	vmWait(t, s, "dr-maint", vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
+		r := drainCLI(t, s, "node", "drain", "h2", "--timeout", drainWait.String())
+		t.Logf("rakhsh node drain h2 (exit %d):\n%s%s", r.Code, r.Stdout, r.Stderr)
+		if r.Code != 0 {
+			t.Fatalf("drain of h2 failed (exit %d): %s", r.Code, r.Stderr)
+		}
+		for _, want := range []string{"node/h2 cordoned", "default/dr-live\toperation dr-live-evict-", "node/h2 drained: no running VM is bound to it"} {
+			if !strings.Contains(r.Stdout, want) {
+				t.Errorf("drain output lacks %q", want)
+			}
+		}
+		if n := node(t, "h2"); !n.Spec.Unschedulable {
+			t.Errorf("h2 is not cordoned after the drain: %+v", n.Spec)
+		}
+		l, err := cl.List(ctx, "virtualmachines", "", client.ListOptions{FieldSelector: "status.nodeName=h2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, raw := range l.Items {
+			var v v1alpha1.VirtualMachine
+			_ = json.Unmarshal(raw, &v)
+			if v.Status.Phase != v1alpha1.VMPhaseStopped {
+				t.Errorf("VM %s/%s still runs on h2 after the drain (%s)", v.Namespace, v.Name, v.Status.Phase)
+			}
+		}
+		// Each VM went where its policies say.
+		live := vmWait(t, s, "dr-live", vmBootTimeout, "Running on another node", func(v *v1alpha1.VirtualMachine) bool {
+			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName != "" && v.Status.NodeName != "h2"
+		})
+		if live.UID != uids["dr-live"] {
+			t.Errorf("dr-live is another object after the drain")
+		}
+		if ms := live.Status.MigrationState; ms == nil || ms.Source.Node != "h2" || ms.Target.Node != live.Status.NodeName || ms.Result != v1alpha1.MigrationResultSucceeded {
+			t.Errorf("dr-live's migrationState after the drain: %+v, want a successful migration from h2 to %s", ms, live.Status.NodeName)
+		}
+		vmWait(t, s, "dr-never", vmBootTimeout, "Running on another node (stopped and started again, policy Never)", func(v *v1alpha1.VirtualMachine) bool {
+			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName != "" && v.Status.NodeName != "h2"
+		})
+		vmWait(t, s, "dr-manual", time.Minute, "Stopped and unbound (policy Never, runPolicy Manual)", func(v *v1alpha1.VirtualMachine) bool {
+			return v != nil && v.Status.Phase == v1alpha1.VMPhaseStopped && v.Status.NodeName == ""
+		})
+		ops := drainOps(t, ctx, cl)
+		for _, n := range []string{"dr-live", "dr-never", "dr-manual"} {
+			if len(ops[n]) != 1 || ops[n][0].Status.Phase != v1alpha1.VMOPPhaseCompleted {
+				t.Errorf("Evict operations of %s: %+v, want one, Completed", n, ops[n])
+			}
+		}
 	})
-	for _, n := range []string{"h1", "h3"} {
-		s.MustCLI("", "node", "uncordon", n)
-	}
-	s.MustCLI("", "node", "maintenance", "on", "h2")
-	cnd = waitMaintenance(v1alpha1.NodeReasonDraining, time.Minute)
-	if !strings.Contains(cnd.Message, "default/dr-maint (") {
-		t.Errorf("the Draining message does not name the VM: %q", cnd.Message)
-	}
-	cnd = waitMaintenance(v1alpha1.NodeReasonDrained, drainWait)
-	v = vmWait(t, s, "dr-maint", vmBootTimeout, "Running on another node", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName != "" && v.Status.NodeName != "h2"
+
+	part("MaintenanceEvictsVM", func(t *testing.T, s *Serve) {
+		for _, n := range []string{"h1", "h3"} {
+			s.MustCLI("", "node", "cordon", n)
+		}
+		drainVM(t, s, img, "dr-maint", "AlwaysOn", "PreferSafe", "")
+		vmWait(t, s, "dr-maint", vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
+			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
+		})
+		for _, n := range []string{"h1", "h3"} {
+			s.MustCLI("", "node", "uncordon", n)
+		}
+		s.MustCLI("", "node", "maintenance", "on", "h2")
+		cnd := waitMaintenance(t, v1alpha1.NodeReasonDraining, time.Minute)
+		if !strings.Contains(cnd.Message, "default/dr-maint (") {
+			t.Errorf("the Draining message does not name the VM: %q", cnd.Message)
+		}
+		_ = waitMaintenance(t, v1alpha1.NodeReasonDrained, drainWait)
+		v := vmWait(t, s, "dr-maint", vmBootTimeout, "Running on another node", func(v *v1alpha1.VirtualMachine) bool {
+			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName != "" && v.Status.NodeName != "h2"
+		})
+		ops := drainOps(t, ctx, cl)
+		if len(ops["dr-maint"]) != 1 || ops["dr-maint"][0].Labels["virtualization.rakhsh.io/evicted-by"] != "maintenance" {
+			t.Errorf("Evict operations of dr-maint: %+v, want one, made by the maintenance controller", ops["dr-maint"])
+		}
+		s.MustCLI("", "node", "maintenance", "off", "h2")
+		if !waitNoMaintenance(t, ctx, cl) {
+			t.Errorf("h2 keeps its Maintenance condition after maintenance off")
+		}
+		if got := vmGet(t, s, "dr-maint"); got == nil || got.Status.NodeName != v.Status.NodeName {
+			t.Errorf("dr-maint moved after maintenance off: %+v", got)
+		}
 	})
-	ops = drainOps(t, ctx, cl)
-	if len(ops["dr-maint"]) != 1 || ops["dr-maint"][0].Labels["virtualization.rakhsh.io/evicted-by"] != "maintenance" {
-		t.Errorf("Evict operations of dr-maint: %+v, want one, made by the maintenance controller", ops["dr-maint"])
-	}
-	s.MustCLI("", "node", "maintenance", "off", "h2")
-	if !waitNoMaintenance(t, ctx, cl) {
-		t.Errorf("h2 keeps its Maintenance condition after maintenance off")
-	}
-	if got := vmGet(t, s, "dr-maint"); got == nil || got.Status.NodeName != v.Status.NodeName {
-		t.Errorf("dr-maint moved after maintenance off: %+v", got)
-	}
 }
 
 // drainVM creates a VM of the test guest (no disk) with the given policies and extra spec
@@ -313,7 +324,8 @@ func waitNoMaintenance(t *testing.T, ctx context.Context, cl *client.Client) boo
 }
 
 // emptyH2 deletes the VMs bound to h2 and the test's own VMs and Evict operations of an
-// earlier run, and waits until they are gone.
+// earlier part or run, waits until they are gone, and makes every node schedulable and h2
+// not in maintenance.
 func emptyH2(t *testing.T, ctx context.Context, s *Serve, own []string) {
 	t.Helper()
 	cl := s.Client()
@@ -349,8 +361,13 @@ func emptyH2(t *testing.T, ctx context.Context, s *Serve, own []string) {
 			}
 		}
 	}
-	if err := cl.Patch(ctx, "nodes", "", "h2", []byte(`{"spec":{"unschedulable":null,"maintenance":null}}`), nil); err != nil {
-		t.Fatal(err)
+	for _, n := range []string{"h1", "h2", "h3"} {
+		if err := cl.Patch(ctx, "nodes", "", n, []byte(`{"spec":{"unschedulable":null,"maintenance":null}}`), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !waitNoMaintenance(t, ctx, cl) {
+		t.Fatalf("h2 keeps its Maintenance condition after maintenance off")
 	}
 }
 
