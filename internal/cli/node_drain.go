@@ -214,16 +214,16 @@ func drainLine(e nodectl.EvictEntry, vm *v1alpha1.VirtualMachine) string {
 	}
 	if vm != nil {
 		parts = append(parts, "vm "+orPending(string(vm.Status.Phase)))
-		if m := migrationProgress(vm); m != "" {
+		if m := drainMigration(vm); m != "" {
 			parts = append(parts, m)
 		}
 	}
 	return strings.Join(parts, "\t")
 }
 
-// migrationProgress renders a VM's status.migrationState: source -> target and every other
+// drainMigration renders a VM's status.migrationState: source -> target and every other
 // scalar it reports (bytes transferred and remaining, dirty rate, ...), sorted by name.
-func migrationProgress(vm *v1alpha1.VirtualMachine) string {
+func drainMigration(vm *v1alpha1.VirtualMachine) string {
 	ms := vm.Status.MigrationState
 	if ms == nil || ms.EndTimestamp != nil {
 		return ""
