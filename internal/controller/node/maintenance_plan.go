@@ -173,10 +173,12 @@ func CreatedAt(op *v1alpha1.VirtualMachineOperation) time.Time {
 	return op.CreationTimestamp.Time
 }
 
-// evictable reports whether a VM in phase p can be asked to leave now.
+// evictable reports whether a VM in phase p can be asked to leave now: running or paused.
+// Any other phase is waited out (a VM Migrating without an operation under way is one whose
+// status has not caught up yet; a Degraded one is being dealt with by its agent).
 func evictable(p v1alpha1.VirtualMachinePhase) bool {
 	switch p {
-	case v1alpha1.VMPhaseRunning, v1alpha1.VMPhasePause, v1alpha1.VMPhaseDegraded, v1alpha1.VMPhaseMigrating:
+	case v1alpha1.VMPhaseRunning, v1alpha1.VMPhasePause:
 		return true
 	}
 	return false
