@@ -108,11 +108,40 @@ func drainNode(ctx context.Context, c *client.Client, w io.Writer, node string, 
 	mine := map[string]bool{} // "namespace/name" of the operations this drain created
 	shown := map[string]string{}
 	var last nodectl.EvictPlan
+	lastErr := ""
+	// pause waits for the next round; false when ctx ended.
+	pause := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(o.interval):
+			return true
+		}
+	}
+	// retry reports a passing API error (a control plane failing over, say) once and says
+	// whether to go on; an error that will not pass ends the drain.
+	retry := func(what string, err error) error {
+		if !drainRetryable(err) || ctx.Err() != nil {
+			return drainErr(ctx, node, &last, fmt.Errorf("%s: %w", what, err))
+		}
+		if msg := what + ": " + err.Error(); msg != lastErr {
+			fmt.Fprintf(w, "node/%s	%s; trying again\n", node, msg)
+			lastErr = msg
+		}
+		if !pause() {
+			return drainErr(ctx, node, &last, ctx.Err())
+		}
+		return nil
+	}
 	for {
 		vms, ops, err := drainState(ctx, c, node)
 		if err != nil {
-			return drainErr(ctx, node, &last, err)
+			if err := retry("reading the VMs and operations", err); err != nil {
+				return err
+			}
+			continue
 		}
+		lastErr = ""
 		plan := nodectl.PlanEviction(nodectl.EvictInput{Node: node, VMs: vms, Ops: ops, Parallel: o.parallel, Now: time.Now(),
 			Counts: func(op *v1alpha1.VirtualMachineOperation) bool { return mine[op.Namespace+"/"+op.Name] }})
 		for i := range plan.Entries {
@@ -122,7 +151,12 @@ func drainNode(ctx context.Context, c *client.Client, w io.Writer, node string, 
 			}
 			var out v1alpha1.VirtualMachineOperation
 			if err := c.Create(ctx, "virtualmachineoperations", e.Namespace, nodectl.NewEvictOp(e.Namespace, e.Name, node, nodectl.EvictByDrain), &out); err != nil {
-				return drainErr(ctx, node, &plan, fmt.Errorf("evicting VM %s: %w", e.Key(), err))
+				if !drainRetryable(err) {
+					return drainErr(ctx, node, &plan, fmt.Errorf("evicting VM %s: %w", e.Key(), err))
+				}
+				fmt.Fprintf(w, "%s\tcreating its Evict: %v; trying again\n", e.Key(), err)
+				e.Action, e.Reason = nodectl.EvictWait, "its Evict could not be created: "+err.Error()
+				continue
 			}
 			mine[out.Namespace+"/"+out.Name] = true
 			e.Action, e.Op = nodectl.EvictInFlight, &out
@@ -161,12 +195,20 @@ func drainNode(ctx context.Context, c *client.Client, w io.Writer, node string, 
 		if stuck := plan.Count(nodectl.EvictStuck); stuck == len(plan.Entries) {
 			return fmt.Errorf("node %s is not drained: %s", node, stuckList(&plan))
 		}
-		select {
-		case <-ctx.Done():
+		if !pause() {
 			return drainErr(ctx, node, &plan, ctx.Err())
-		case <-time.After(o.interval):
 		}
 	}
+}
+
+// drainRetryable reports whether an API error may pass by itself (the server unreachable or
+// unavailable, a conflict, a rate limit), rather than say the request is wrong or not allowed.
+func drainRetryable(err error) bool {
+	switch client.Reason(err) {
+	case v1alpha1.ReasonForbidden, v1alpha1.ReasonUnauthorized, v1alpha1.ReasonInvalid, v1alpha1.ReasonBadRequest, v1alpha1.ReasonNotFound:
+		return false
+	}
+	return true
 }
 
 // drainState reads the VMs bound to node and every operation.

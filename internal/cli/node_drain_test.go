@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"strings"
 	"sync"
 	"testing"
@@ -336,5 +340,72 @@ func TestNodeMaintenanceCommand(t *testing.T) {
 	}
 	if _, errOut, code := run("wait", "node", "h2", "--for", "condition=Maintenance", "--timeout", "100ms"); code == 0 || strings.Contains(errOut, "condition type") {
 		t.Fatalf("wait for condition Maintenance must be accepted (and time out here): %d %q", code, errOut)
+	}
+}
+
+// TestNodeDrainRidesOutUnavailable: while the API answers 503 (a control plane failing
+// over), drain says so once and goes on; it ends drained once the API is back.
+func TestNodeDrainRidesOutUnavailable(t *testing.T) {
+	server, c := apiServerSocket(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: "h2"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: "h1"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "a"},
+		"spec": map[string]any{"runPolicy": "Manual", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Bind(ctx, "default", "a", &v1alpha1.VirtualMachineBinding{NodeName: "h2"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PatchStatus(ctx, "virtualmachines", "default", "a", []byte(`{"status":{"phase":"Running"}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	// A front that answers 503 to the first lists of operations.
+	sock := strings.TrimPrefix(server, "unix://")
+	back := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) { r.Out.URL.Scheme, r.Out.URL.Host = "http", "api" },
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}},
+	}
+	var mu sync.Mutex
+	refused := 0
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		refuse := r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/virtualmachineoperations") && refused < 5
+		if refuse {
+			refused++
+		}
+		mu.Unlock()
+		if refuse {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"ServiceUnavailable","message":"the store has no leader","code":503}`))
+			return
+		}
+		back.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+
+	side := &migrationSide{t: t, c: c, to: "h1"}
+	sctx, scancel := context.WithCancel(ctx)
+	sideDone := make(chan struct{})
+	go func() { defer close(sideDone); side.run(sctx) }()
+	defer func() { scancel(); <-sideDone }()
+
+	out, errOut, code := runCLI(t, ctx, front.URL, "", "node", "drain", "h2", "--poll-interval", "10ms")
+	if code != 0 || !strings.Contains(out, "node/h2\treading the VMs and operations: the store has no leader; trying again") ||
+		strings.Count(out, "trying again") != 1 || !strings.Contains(out, "node/h2 drained") {
+		t.Fatalf("drain through a 503: %d %q %q", code, out, errOut)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if refused != 5 {
+		t.Fatalf("%d lists refused, want 5", refused)
 	}
 }
