@@ -76,6 +76,9 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 			if cnd != nil && cnd.Status == v1alpha1.ConditionTrue && cnd.Reason == reason {
 				return cnd
 			}
+			if reason == v1alpha1.NodeReasonDrained && cnd != nil && strings.Contains(cnd.Message, "cannot leave") {
+				t.Fatalf("h2 will not drain: a VM cannot leave: %s", cnd.Message)
+			}
 			if time.Now().After(deadline) {
 				t.Fatalf("h2's Maintenance condition is %+v, want True with reason %s, within %s", cnd, reason, timeout)
 			}
