@@ -103,7 +103,7 @@ func imageColumns() []Column {
 // kindStates lists the phases and condition types of the kinds that have them.
 var kindStates = map[string][2][]string{
 	"Project":     {{"Active", "Terminating"}, {"QuotaExceeded"}},
-	"Node":        {{"Ready", "NotReady", "Unknown"}, {NodeConditionReady, NodeConditionKVM}},
+	"Node":        {{"Ready", "NotReady", "Unknown"}, {NodeConditionReady, NodeConditionKVM, NodeConditionMaintenance}},
 	"VirtualDisk": {{"Pending", "Provisioning", "WaitForUserUpload", "WaitForFirstConsumer", "Ready", "Resizing", "Failed", "Terminating", "Migrating"}, {"DatasourceReady", "Ready", "Resizing", "Snapshotting", "InUse", "Migrating", "Terminating"}},
 	"VirtualImage": {{"Pending", "Provisioning", "WaitForUserUpload", "Ready", "Failed", "Terminating", "ImageLost"},
 		{"DatasourceReady", "Ready", "InUse", "Terminating"}},

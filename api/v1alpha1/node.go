@@ -21,6 +21,11 @@ const (
 type NodeSpec struct {
 	// Unschedulable keeps new VMs off the node (running ones stay).
 	Unschedulable bool `json:"unschedulable,omitempty"`
+	// Maintenance puts the node in maintenance mode: the scheduler places no new VM on it (as
+	// with Unschedulable) and the control plane's node maintenance controller evicts the VMs
+	// running there (Evict operations), reporting in the condition Maintenance. Clearing it
+	// makes the node schedulable again; evicted VMs do not come back by themselves.
+	Maintenance bool `json:"maintenance,omitempty"`
 	// Taints repel VMs that do not tolerate them.
 	Taints []Taint `json:"taints,omitempty"`
 	// AllocationRatios are the overcommit ratios: allocatable = capacity × ratio.
@@ -77,6 +82,16 @@ const (
 	// say how the accelerator was chosen (--accelerator auto|kvm|tcg, the probe's finding, a
 	// KVM failure at run time).
 	NodeConditionKVM = "KVM"
+	// NodeConditionMaintenance is True while spec.maintenance is set: reason
+	// NodeReasonDraining while VMs still run on the node, NodeReasonDrained once none does;
+	// absent otherwise. Written by the node maintenance controller.
+	NodeConditionMaintenance = "Maintenance"
+)
+
+// Reasons of the Maintenance condition.
+const (
+	NodeReasonDraining = "Draining"
+	NodeReasonDrained  = "Drained"
 )
 
 // NodeStatus is what the agent and the controllers observe of a node.

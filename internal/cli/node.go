@@ -18,17 +18,18 @@ func newNodeCommand(cc *cliContext) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "node",
 		Aliases: []string{"nodes"},
-		Short:   "List, cordon and remove hosts; make join tokens for new ones",
+		Short:   "List, cordon, drain and remove hosts; maintenance mode; join tokens for new ones",
 		Long: `Manage the hosts (Nodes) of the cluster.
 
 A host joins with a join token: 'rakhsh node token create' prints one, and the host runs
   rakhsh agent --server https://HOST:PORT --ca-file CA --join-token TOKEN --data-dir DIR
 which exchanges it once for the node's own credential. 'rakhsh node remove' deletes the Node
-and revokes that credential. See docs/nodes.md.`,
+and revokes that credential. 'rakhsh node drain' moves the VMs off a host; 'rakhsh node
+maintenance on' does the same on the control plane and keeps new VMs away. See docs/nodes.md.`,
 		Run: func(cmd *cobra.Command, _ []string) { _ = cmd.Help() },
 	}
 	cmd.AddCommand(newNodeListCommand(cc), newNodeDescribeCommand(cc), newNodeCordonCommand(cc, true), newNodeCordonCommand(cc, false),
-		newNodeRemoveCommand(cc), newNodeTokenCommand(cc))
+		newNodeRemoveCommand(cc), newNodeTokenCommand(cc), newNodeDrainCommand(cc), newNodeMaintenanceCommand(cc))
 	return cmd
 }
 

@@ -39,7 +39,7 @@ func newLocalClient(sockPath string) (*client.Client, error) {
 }
 
 // controllers returns what the elected leader runs for one term: the informer factory, every
-// controller, node lifecycle and event GC. They talk to the API through cl, which carries the
+// controller, node lifecycle and maintenance, and event GC. They talk to the API through cl, which carries the
 // term's fence (see runControllers). Each term builds them anew: they hold per-run state.
 func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, error) {
 	// Each component names itself in the User-Agent of its requests (seen in the server's
@@ -76,6 +76,10 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	if err != nil {
 		return nil, err
 	}
+	nm, err := node.NewMaintenance(node.MaintenanceConfig{Client: as("node-maintenance"), Informers: inf, Log: log.With("component", "node-maintenance")})
+	if err != nil {
+		return nil, err
+	}
 	var macRanges []network.MACRange
 	if cfg.MACRanges != "" {
 		if macRanges, err = network.ParseMACRanges(cfg.MACRanges); err != nil {
@@ -98,6 +102,7 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 		{name: "migration-controller", run: mig.Run},
 		{name: "node-lifecycle", run: node.New(node.Config{Client: as("node-lifecycle"), GracePeriod: cfg.NodeGracePeriod,
 			Log: log.With("component", "node-lifecycle")}).Run},
+		{name: "node-maintenance", run: nm.Run},
 		{name: "event-gc", run: eventgc.New(eventgc.Config{Client: as("event-gc"), TTL: cfg.EventTTL,
 			Log: log.With("component", "event-gc")}).Run},
 	}, nil

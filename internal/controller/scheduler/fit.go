@@ -15,6 +15,7 @@ const (
 	whyNotReady       = "not ready"
 	whyStale          = "not heartbeating"
 	whyUnschedulable  = "unschedulable"
+	whyMaintenance    = "in maintenance"
 	whyTaint          = "with an untolerated taint"
 	whySelector       = "not matching nodeSelector"
 	whyAffinity       = "not matching node affinity"
@@ -127,6 +128,9 @@ func fitsReq(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleratio
 	}
 	if hb := node.Status.LastHeartbeatTime; hb == nil || now.Sub(hb.Time) > staleAfter {
 		return whyStale
+	}
+	if node.Spec.Maintenance {
+		return whyMaintenance
 	}
 	if node.Spec.Unschedulable {
 		return whyUnschedulable
