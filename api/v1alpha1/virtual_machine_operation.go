@@ -11,6 +11,11 @@ type VirtualMachineOperation struct {
 	Status VirtualMachineOperationStatus `json:"status,omitempty"`
 }
 
+// LabelEvictOf marks a Stop or Start operation that carries out a step of the Evict
+// operation it names (a VM with liveMigrationPolicy Never is evicted by a stop and a start
+// elsewhere). The VM controller carries out such a Stop even under runPolicy AlwaysOn.
+const LabelEvictOf = "virtualization.rakhsh.io/evict-of"
+
 // VMOPType is the kind of operation.
 type VMOPType string
 

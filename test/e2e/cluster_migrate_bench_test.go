@@ -123,8 +123,9 @@ func TestLiveMigrationBenchmark(t *testing.T) {
 			}
 			time.Sleep(5 * time.Second)
 			migBenchCase(t, s, "rkb-vm", cs.label, runs, 2*time.Second)
-			if log := vmLog(t, s, "rkb-vm"); strings.Contains(log, "RAKHSH-GUEST: booted") {
-				t.Errorf("the guest booted again during the benchmark")
+			// The log is of the node the VM is on now: one boot marker at most (on h2).
+			if n := strings.Count(vmLog(t, s, "rkb-vm"), "RAKHSH-GUEST: booted"); n > 1 {
+				t.Errorf("the guest booted again during the benchmark (%d boot markers)", n)
 			}
 		})
 	}

@@ -225,6 +225,9 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 
 	// The oldest waiting operation starts; the others wait their turn.
 	op := ops[0]
+	if isColdEvict(vm, op) {
+		return c.coldEvict(ctx, vm, op)
+	}
 	if op.Status.Phase == v1alpha1.VMOPPhaseInProgress {
 		// Its migration is gone (replaced by hand, or lost): say so.
 		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed, "the migration this operation started is no longer in the virtual machine's status")

@@ -173,13 +173,22 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped}
 		}
 	}
+	// The stop of a cold eviction (a VM that is never live-migrated, moved by a stop and a
+	// start elsewhere) holds against runPolicy AlwaysOn while it runs; AlwaysOn starts the VM
+	// again once it is over.
+	evicting := false
+	for _, op := range active {
+		if op.Status.Phase == v1alpha1.VMOPPhaseInProgress && op.Labels[v1alpha1.LabelEvictOf] != "" && pr.Operation == op.Name {
+			evicting = true
+		}
+	}
 	switch rp {
 	case v1alpha1.RunPolicyAlwaysOff:
 		if wantsRunning(&pr) {
 			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped}
 		}
 	case v1alpha1.RunPolicyAlwaysOn:
-		if !wantsRunning(&pr) {
+		if !wantsRunning(&pr) && !evicting {
 			pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: p.newID()}
 		}
 	}
@@ -307,7 +316,7 @@ func (p policy) begin(vm *v1alpha1.VirtualMachine, rp v1alpha1.RunPolicy, op *v1
 			return done("the virtual machine is already running")
 		}
 	case v1alpha1.VMOPTypeStop:
-		if rp == v1alpha1.RunPolicyAlwaysOn {
+		if rp == v1alpha1.RunPolicyAlwaysOn && op.Labels[v1alpha1.LabelEvictOf] == "" {
 			return fail(v1alpha1.VMOPReasonNotApplicableForPolicy, "runPolicy AlwaysOn keeps the virtual machine running; change the runPolicy to AlwaysOnUnlessStoppedManually or Manual to stop it")
 		}
 		if !applied && isStoppedNow(vm) && !wantsRunning(&pr) {
