@@ -359,3 +359,46 @@ func TestCreatedBefore(t *testing.T) {
 		}
 	}
 }
+
+// TestEvictionStopUnderAlwaysOn: a Stop operation that carries out an eviction (labelled
+// evict-of) stops an AlwaysOn VM and holds while it runs; an unlabelled Stop is refused, and
+// once the eviction's stop is over AlwaysOn starts the VM again (a new restartID: the
+// scheduler places it anew).
+func TestEvictionStopUnderAlwaysOn(t *testing.T) {
+	running := func() *v1alpha1.VirtualMachine {
+		vm := newVM(v1alpha1.RunPolicyAlwaysOn)
+		vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: "r1"}
+		vm.Status.ObservedRestartID, vm.Status.Phase, vm.Status.NodeName = "r1", v1alpha1.VMPhaseRunning, "n1"
+		return vm
+	}
+	stopOp := func(name string, labels map[string]string) *v1alpha1.VirtualMachineOperation {
+		return &v1alpha1.VirtualMachineOperation{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p", Labels: labels, CreationRevision: "5"},
+			Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeStop, VirtualMachineName: "vm"}}
+	}
+	// Unlabelled: refused.
+	d := testPolicy(t0).decide(running(), []*v1alpha1.VirtualMachineOperation{stopOp("s", nil)})
+	if len(d.ops) != 1 || d.ops[0].phase != v1alpha1.VMOPPhaseFailed || d.power.State != v1alpha1.PowerStateRunning {
+		t.Fatalf("unlabelled stop of an AlwaysOn VM: ops %+v power %+v", d.ops, d.power)
+	}
+	// Labelled: begun, and the stop request is written.
+	op := stopOp("e-stop", map[string]string{v1alpha1.LabelEvictOf: "e"})
+	d = testPolicy(t0).decide(running(), []*v1alpha1.VirtualMachineOperation{op})
+	if len(d.ops) != 1 || d.ops[0].phase != v1alpha1.VMOPPhaseInProgress || d.power.State != v1alpha1.PowerStateStopped || d.power.Operation != "e-stop" {
+		t.Fatalf("eviction stop of an AlwaysOn VM: ops %+v power %+v", d.ops, d.power)
+	}
+	// While it runs, AlwaysOn does not undo it.
+	vm := running()
+	vm.Status.PowerRequest = d.power
+	vm.Status.Phase = v1alpha1.VMPhaseStopping
+	op.Status.Phase = v1alpha1.VMOPPhaseInProgress
+	d = testPolicy(t0).decide(vm, []*v1alpha1.VirtualMachineOperation{op})
+	if d.power.State != v1alpha1.PowerStateStopped {
+		t.Fatalf("AlwaysOn undid an eviction's stop under way: %+v", d.power)
+	}
+	// Stopped and released: the operation completes and AlwaysOn asks for a new start.
+	vm.Status.Phase, vm.Status.NodeName = v1alpha1.VMPhaseStopped, ""
+	d = testPolicy(t0).decide(vm, []*v1alpha1.VirtualMachineOperation{op})
+	if len(d.ops) != 1 || d.ops[0].phase != v1alpha1.VMOPPhaseCompleted || d.power.State != v1alpha1.PowerStateRunning || d.power.RestartID == "r1" {
+		t.Fatalf("after the eviction's stop: ops %+v power %+v", d.ops, d.power)
+	}
+}
