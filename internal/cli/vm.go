@@ -79,28 +79,11 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 			if !wait {
 				return nil
 			}
-			if timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, timeout)
-				defer cancel()
-			}
 			var progress func(*v1alpha1.VirtualMachine)
 			if typ != v1alpha1.VMOPTypeStart && !force {
 				progress = graceCountdown(cmd.ErrOrStderr(), name, verb)
 			}
-			final, err := waitOperation(ctx, c, ns, out.Name, progress)
-			if err != nil {
-				return err
-			}
-			msg := ""
-			if cnd := v1alpha1.FindCondition(final.Status.Conditions, v1alpha1.VMOPConditionCompleted); cnd != nil {
-				msg = cnd.Message
-			}
-			if final.Status.Phase != v1alpha1.VMOPPhaseCompleted {
-				return fmt.Errorf("operation %s %s: %s", out.Name, final.Status.Phase, msg)
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "%s completed: %s\n", out.Name, msg)
-			return nil
+			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, progress)
 		},
 	}
 	if typ != v1alpha1.VMOPTypeStart {
@@ -109,6 +92,29 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the operation completes; fail if it fails")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "with --wait, how long to wait (0: no limit)")
 	return cmd
+}
+
+// waitOperationDone waits (up to timeout; 0: no limit) for the operation name to end, says
+// so on w, and fails unless it completed.
+func waitOperationDone(ctx context.Context, w io.Writer, c *client.Client, ns, name string, timeout time.Duration, progress func(*v1alpha1.VirtualMachine)) error {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	final, err := waitOperation(ctx, c, ns, name, progress)
+	if err != nil {
+		return err
+	}
+	msg := ""
+	if cnd := v1alpha1.FindCondition(final.Status.Conditions, v1alpha1.VMOPConditionCompleted); cnd != nil {
+		msg = cnd.Message
+	}
+	if final.Status.Phase != v1alpha1.VMOPPhaseCompleted {
+		return fmt.Errorf("operation %s %s: %s", name, final.Status.Phase, msg)
+	}
+	fmt.Fprintf(w, "%s completed: %s\n", name, msg)
+	return nil
 }
 
 // waitOperation polls an operation until it reaches a final phase.

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"time"
@@ -84,24 +83,7 @@ progress and fails if the migration fails; the VM then goes on running where it 
 			if !wait {
 				return nil
 			}
-			if timeout > 0 {
-				var cancelCtx context.CancelFunc
-				ctx, cancelCtx = context.WithTimeout(ctx, timeout)
-				defer cancelCtx()
-			}
-			final, err := waitOperation(ctx, c, ns, out.Name, migrationProgress(cmd.ErrOrStderr(), string(out.UID)))
-			if err != nil {
-				return err
-			}
-			msg := ""
-			if cnd := v1alpha1.FindCondition(final.Status.Conditions, v1alpha1.VMOPConditionCompleted); cnd != nil {
-				msg = cnd.Message
-			}
-			if final.Status.Phase != v1alpha1.VMOPPhaseCompleted {
-				return fmt.Errorf("operation %s %s: %s", out.Name, final.Status.Phase, msg)
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "%s completed: %s\n", out.Name, msg)
-			return nil
+			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, migrationProgress(cmd.ErrOrStderr(), string(out.UID)))
 		},
 	}
 	f := cmd.Flags()

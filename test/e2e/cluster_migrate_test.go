@@ -106,20 +106,6 @@ func TestLiveMigration(t *testing.T) {
 	})
 	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkm-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
 		filepath.Join(c.Shared, "rkm-storage")), "apply", "-f", "-")
-	vmYAML := func(name, disk string) string {
-		return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-  - {kind: VirtualDisk, name: %s}
-`, name, img, disk)
-	}
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualDisk
 metadata: {name: rkm-sd}
@@ -134,7 +120,7 @@ spec:
 `, "apply", "-f", "-")
 	s.MustCLI("", "wait", "vd", "rkm-sd", "--for", "phase=Ready", "--timeout", "2m")
 	s.MustCLI("", "wait", "vd", "rkm-ld", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI(vmYAML("rkm-shared", "rkm-sd")+"---\n"+vmYAML("rkm-local", "rkm-ld"), "apply", "-f", "-")
+	s.MustCLI(migrateVMYAML("rkm-shared", img, "rkm-sd", "")+"---\n"+migrateVMYAML("rkm-local", img, "rkm-ld", ""), "apply", "-f", "-")
 
 	// (1) Shared storage.
 	t.Run("Shared", func(t *testing.T) {
