@@ -695,6 +695,9 @@ type MigrationProgress struct {
 	// agent's clock): their difference is the pause the guest saw, store write included.
 	PausedAtMs  int64 `json:"pausedAtMs,omitempty"`
 	ResumedAtMs int64 `json:"resumedAtMs,omitempty"`
+	// SwitchoverMs is the target's part of the pause: from the stream's end to the guest
+	// resumed (the switch-over write to the store, and the resume).
+	SwitchoverMs int64 `json:"switchoverMs,omitempty"`
 }
 
 // GuestPause is the pause the guest saw at the switch-over, when both ends are known.

@@ -43,6 +43,11 @@ func (a *Agent) act(ctx context.Context, vm *v1alpha1.VirtualMachine, l *look, a
 	case ActClaim:
 		err = a.claim(ctx, vm)
 	case ActEvict:
+		if a.outgoingEnding(vm, in) {
+			// The source of a migration that just switched over: its watch records the
+			// stream's figures first (a moment; QEMU is paused).
+			return runtime.Result{RequeueAfter: 100 * time.Millisecond}, false, nil
+		}
 		a.log.Warn("VM bound to another node runs here: stopping it", "vm", string(runtime.KeyOf(vm)), "boundTo", vm.Status.NodeName)
 		res, err = a.stopVM(ctx, vm, in, true, v1alpha1.ExitStopped)
 	case ActFinishDelete:

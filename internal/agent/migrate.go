@@ -84,7 +84,6 @@ func (a *Agent) patchMigration(ctx context.Context, ns, name, uid, id string, ch
 // failMigration marks the migration id Failed with reason and message (nothing when it is
 // already over).
 func (a *Agent) failMigration(ctx context.Context, vm *v1alpha1.VirtualMachine, id, reason, msg string) error {
-	a.log.Warn("live migration failed", "vm", vm.Namespace+"/"+vm.Name, "reason", reason, "message", msg)
 	err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, id, func(v *v1alpha1.VirtualMachine, m *v1alpha1.VirtualMachineMigrationState) {
 		now := a.now()
 		m.Phase, m.Result, m.Reason, m.Message, m.EndTimestamp = v1alpha1.MigrationPhaseFailed, v1alpha1.MigrationResultFailed, reason, msg, &now
@@ -96,6 +95,7 @@ func (a *Agent) failMigration(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 		return nil
 	}
 	if err == nil {
+		a.log.Warn("live migration failed", "vm", vm.Namespace+"/"+vm.Name, "reason", reason, "message", msg)
 		a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "MigrationFailed", msg)
 	}
 	return err
@@ -454,7 +454,7 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 		if cur.Progress != nil {
 			p = *cur.Progress
 		}
-		p.ResumedAtMs = resumedAt.UnixMilli()
+		p.ResumedAtMs, p.SwitchoverMs = resumedAt.UnixMilli(), switchover.Milliseconds()
 		mm.Progress = &p
 		v.Status.MigrationState = &mm
 		return nil
@@ -687,8 +687,8 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 					return errNoChange
 				}
 				mm := *cur
-				if cur.Progress != nil {
-					p.ResumedAtMs = cur.Progress.ResumedAtMs // the target's, if it came first
+				if cur.Progress != nil { // the target's, if it came first
+					p.ResumedAtMs, p.SwitchoverMs = cur.Progress.ResumedAtMs, cur.Progress.SwitchoverMs
 				}
 				mm.Progress = p
 				v.Status.MigrationState = &mm
@@ -941,6 +941,19 @@ func (a *Agent) cleanupOutgoing(ctx context.Context, mon qmpExecutor, m *v1alpha
 	for i := range m.Disks {
 		_ = mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": fmt.Sprintf("%s%d", mirrorPrefix, i)}, nil)
 	}
+}
+
+// outgoingEnding says the source side of vm's migration, which just switched over to another
+// node, is still recording its figures (for at most 10 s after the switch-over).
+func (a *Agent) outgoingEnding(vm *v1alpha1.VirtualMachine, in *instance) bool {
+	m := vm.Status.MigrationState
+	if in == nil || m == nil || m.Phase != v1alpha1.MigrationPhaseSucceeded || m.Source.Node != a.cfg.NodeName ||
+		m.EndTimestamp == nil || time.Since(m.EndTimestamp.Time) > 10*time.Second {
+		return false
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.outgoing == m.ID
 }
 
 // ---- after a migration ----

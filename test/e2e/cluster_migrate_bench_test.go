@@ -59,8 +59,8 @@ func migBenchCase(t *testing.T, s *Serve, name, label string, runs int, gap time
 		if known {
 			pause = append(pause, float64(gp.Milliseconds()))
 		}
-		t.Logf("%s run %d: %s -> %s wall %d ms, QEMU total %d ms, QEMU downtime %d ms, guest pause %d ms, %d MiB sent, %d passes",
-			label, i+1, v.Status.NodeName, dst, took.Milliseconds(), p.TotalTimeMs, p.DowntimeMs, gp.Milliseconds(), p.TransferredBytes>>20, p.Iterations)
+		t.Logf("%s run %d: %s -> %s wall %d ms, QEMU total %d ms, QEMU downtime %d ms, guest pause %d ms (target switch-over %d ms), %d MiB sent, %d passes",
+			label, i+1, v.Status.NodeName, dst, took.Milliseconds(), p.TotalTimeMs, p.DowntimeMs, gp.Milliseconds(), p.SwitchoverMs, p.TransferredBytes>>20, p.Iterations)
 		time.Sleep(gap)
 	}
 	f := func(xs []float64) string {
