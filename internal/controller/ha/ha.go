@@ -260,7 +260,18 @@ func (c *Controller) recover(ctx context.Context, f failedNode, vms []*v1alpha1.
 	for _, d := range disks {
 		diskNode[d.Namespace+"/"+d.Name] = d
 	}
-	var release []*v1alpha1.VirtualMachine
+	// The lease is taken over first, even when there is nothing to release: the node's
+	// agent, if it comes back, then kills what it still runs of its HA VMs (the Local ones
+	// among them).
+	lease, err := c.hold(ctx, f)
+	if err != nil {
+		if errors.Is(err, errLeaseLost) {
+			c.log.Info("not recovering: the node lease changed", "node", f.name)
+			return "", nil
+		}
+		return "", err
+	}
+	heldAt := c.cfg.Now()
 	var firstErr error
 	for _, vm := range todo {
 		if local := localDisks(vm, diskNode, f.name); len(local) > 0 {
@@ -269,20 +280,13 @@ func (c *Controller) recover(ctx context.Context, f failedNode, vms []*v1alpha1.
 			}
 			continue
 		}
-		release = append(release, vm)
-	}
-	// The lease is taken over even when there is nothing to release: the node's agent, if it
-	// comes back, then kills what it still runs of its HA VMs (the Local ones among them).
-	lease, err := c.hold(ctx, f)
-	if err != nil {
-		if errors.Is(err, errLeaseLost) {
-			c.log.Info("not recovering: the node lease changed", "node", f.name)
-			return "", firstErr
+		// The hold is renewed when a second has passed since it was written, so that the
+		// node's agent cannot acquire the lease (and start an HA VM) while VMs are released.
+		if now := c.cfg.Now(); now.Sub(heldAt) >= time.Second {
+			lease, err = c.renew(ctx, f.name, lease)
+			heldAt = now
 		}
-		return "", err
-	}
-	for _, vm := range release {
-		if lease, err = c.renew(ctx, f.name, lease); err != nil {
+		if err != nil {
 			if errors.Is(err, errLeaseLost) {
 				c.log.Info("recovery stopped: the node lease changed", "node", f.name)
 				return "", firstErr
