@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -97,7 +98,8 @@ func TestHARecovery(t *testing.T) {
 	s := c.Serve(t)
 	h2 := c.Host("h2")
 	img := c.GuestImage(t)
-	ctx := ctxT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	t.Cleanup(cancel)
 	cl := s.Client()
 
 	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rha-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
@@ -211,6 +213,7 @@ metadata:
 			all = false
 			var v v1alpha1.VirtualMachine
 			if err := cl.Get(ctx, "virtualmachines", "default", name, &v); err != nil {
+				t.Logf("reading %s: %v", name, err)
 				continue
 			}
 			if tm.released == 0 && v.Status.NodeName != "h2" {
