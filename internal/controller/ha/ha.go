@@ -221,8 +221,8 @@ func (c *Controller) Check(ctx context.Context) error {
 			if cond == nil {
 				continue
 			}
-			if !healthy[vm.Status.NodeName] {
-				left = true
+			if vm.Status.NodeName != "" && !healthy[vm.Status.NodeName] {
+				left = true // its node is still away
 				continue
 			}
 			_, err := runtime.PatchVMStatusSoleOwner(ctx, c.cfg.Client, vm, nil, []string{v1alpha1.VMConditionHighAvailability}, func(v *v1alpha1.VirtualMachine) error {
@@ -234,7 +234,7 @@ func (c *Controller) Check(ctx context.Context) error {
 				note(err)
 				continue
 			}
-			c.log.Info("node back: the HighAvailability condition is removed", "vm", vm.Namespace+"/"+vm.Name, "node", vm.Status.NodeName)
+			c.log.Info("the HighAvailability condition is removed: the VM's node is back, or the VM left it", "vm", vm.Namespace+"/"+vm.Name, "node", vm.Status.NodeName)
 		}
 		c.mu.Lock()
 		c.cleanup = left
