@@ -418,3 +418,53 @@ func TestRecoveryRenewsAndStopsOnLeaseLoss(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaderChangeMidway: the leader's writes are refused after its first release (it was
+// deposed: the store fences its term); a new leader's controller, starting from nothing,
+// waits the margin, does not take the lease over again, and releases the VMs left, each once.
+func TestLeaderChangeMidway(t *testing.T) {
+	w := newWorld(t)
+	c1 := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second})
+	w.check(c1)
+	w.fail(c1, 5*time.Second)
+	releases := 0
+	w.fc.SetHook(func(a fake.Action) error {
+		if a.Verb == "jsonpatchstatus" {
+			releases++
+			if releases > 1 {
+				return fake.Forbidden("write refused as fenced: a newer leader term exists")
+			}
+		}
+		return nil
+	})
+	if err := c1.Check(w.ctx); err == nil {
+		t.Fatal("the deposed leader's check reported no error")
+	}
+	w.fc.SetHook(nil)
+	if v := w.vm("zzz-high"); v.Status.NodeName != "" {
+		t.Fatalf("the first release did not happen")
+	}
+	if v := w.vm("mid"); v.Status.NodeName != "h2" {
+		t.Fatalf("mid was released although the write was refused")
+	}
+	c2 := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second})
+	w.fc.ClearActions()
+	w.check(c2) // the lease is held by the HA controller: expired at once, margin from now
+	if got := w.writes(); len(got) > 0 {
+		t.Fatalf("the new leader wrote before its safety margin: %v", got)
+	}
+	w.now = w.now.Add(5 * time.Second)
+	w.check(c2)
+	for _, name := range []string{"zzz-high", "mid", "aaa-low", "low"} {
+		v := w.vm(name)
+		if v.Status.NodeName != "" || len(v.Status.Recovered) != 1 {
+			t.Errorf("%s after the new leader: node %q, recovered %+v", name, v.Status.NodeName, v.Status.Recovered)
+		}
+	}
+	if l := w.lease("h2"); l.Spec.LeaseTransitions != 2 || l.Spec.HolderIdentity != DefaultIdentity {
+		t.Errorf("h2's lease after the new leader: %+v (taken over once: 2 transitions)", l.Spec)
+	}
+	if v := w.vm("plain"); v.Status.NodeName != "h2" {
+		t.Errorf("plain was released by the new leader")
+	}
+}
