@@ -470,9 +470,12 @@ type VirtualMachineStatus struct {
 	// the node agent, read by the VM controller to apply the runPolicy).
 	LastExit *VMExit `json:"lastExit,omitempty"`
 	// ObservedRestartID is the last PowerRequest.RestartID the agent carried out.
-	ObservedRestartID  string      `json:"observedRestartID,omitempty"`
-	Conditions         []Condition `json:"conditions,omitempty"`
-	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+	ObservedRestartID string `json:"observedRestartID,omitempty"`
+	// Recovered lists the VM's last recoveries from failed nodes by the HA controller
+	// (a Rakhsh addition, newest last, at most MaxRecoveredHistory; docs/ha.md).
+	Recovered          []VMRecovery `json:"recovered,omitempty"`
+	Conditions         []Condition  `json:"conditions,omitempty"`
+	ObservedGeneration int64        `json:"observedGeneration,omitempty"`
 }
 
 // Power states the control plane may ask for.

@@ -11,6 +11,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
+	"github.com/rakhsh/rakhsh/internal/controller/ha"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
 	livemigration "github.com/rakhsh/rakhsh/internal/controller/migration"
 	netctl "github.com/rakhsh/rakhsh/internal/controller/network"
@@ -91,6 +92,10 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	if err != nil {
 		return nil, err
 	}
+	margin := cfg.HASafetyMargin
+	if margin == 0 {
+		margin = -1 // --ha-safety-margin 0: none (ha.Config takes zero for its default)
+	}
 	return []component{
 		{name: "informers", run: inf.Run},
 		{name: "network-controller", run: nc.Run},
@@ -103,6 +108,8 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 		{name: "node-lifecycle", run: node.New(node.Config{Client: as("node-lifecycle"), GracePeriod: cfg.NodeGracePeriod,
 			Log: log.With("component", "node-lifecycle")}).Run},
 		{name: "node-maintenance", run: nm.Run},
+		{name: "ha-controller", run: ha.New(ha.Config{Client: as("ha-controller"), SafetyMargin: margin,
+			Log: log.With("component", "ha-controller")}).Run},
 		{name: "event-gc", run: eventgc.New(eventgc.Config{Client: as("event-gc"), TTL: cfg.EventTTL,
 			Log: log.With("component", "event-gc")}).Run},
 	}, nil

@@ -32,3 +32,11 @@ func checkLeaseFlags(duration, fence time.Duration) error {
 	}
 	return nil
 }
+
+// checkHASafetyMargin checks --ha-safety-margin (zero: none).
+func checkHASafetyMargin(margin time.Duration) error {
+	if msg := v1alpha1.CheckHASafetyMargin(margin); msg != "" {
+		return fmt.Errorf("--ha-safety-margin %s: %s", margin, msg)
+	}
+	return nil
+}
