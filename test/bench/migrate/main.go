@@ -39,6 +39,8 @@ type options struct {
 	dirtyMiB      int
 	timeout       time.Duration
 	postcopyAfter int
+	settle        time.Duration
+	gap           time.Duration
 	dir           string
 	keep          bool
 	jsonOut       string
@@ -65,13 +67,15 @@ func main() {
 	flag.StringVar(&o.dm.boot, "boot", "cdrom", "cdrom (guest.iso on AHCI, SeaBIOS) or kernel (-kernel/-initrd)")
 	flag.Var(&extra, "qemu-arg", "extra QEMU argument for source and target (repeatable), to match another device model")
 	flag.IntVar(&o.runs, "runs", 5, "migrations per case")
-	flag.StringVar(&cases, "cases", "idle,dirty,dirty-autoconverge,dirty-postcopy", "cases to run, comma-separated (also: dirty-unlimited)")
+	flag.StringVar(&cases, "cases", "idle,dirty-unlimited,dirty,dirty-autoconverge,dirty-postcopy", "cases to run, comma-separated")
 	flag.IntVar(&o.downtimeMS, "downtime-limit", 300, "migrate-set-parameters downtime-limit, ms")
 	flag.IntVar(&bwMiB, "bandwidth", 0, "max-bandwidth for the idle and dirty-unlimited cases, MiB/s (0: unlimited)")
-	flag.IntVar(&dirtyBWMiB, "dirty-bandwidth", 64, "max-bandwidth for the dirty cases, MiB/s (0: unlimited)")
+	flag.IntVar(&dirtyBWMiB, "dirty-bandwidth", 32, "max-bandwidth and max-postcopy-bandwidth for the dirty cases, MiB/s (0: unlimited)")
 	flag.IntVar(&o.dirtyMiB, "dirty-mib", 64, "size of the guest's working set rewritten in a loop, MiB")
-	flag.DurationVar(&o.timeout, "timeout", 90*time.Second, "per migration; then migrate_cancel and the run counts as not converged")
+	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "per migration; then migrate_cancel and the run counts as not converged")
 	flag.IntVar(&o.postcopyAfter, "postcopy-after", 1, "complete precopy passes before migrate-start-postcopy")
+	flag.DurationVar(&o.settle, "settle", 5*time.Second, "wait after the workload started before the first migration")
+	flag.DurationVar(&o.gap, "gap", 2*time.Second, "wait between two migrations of a case")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new one under /tmp)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (serial and QEMU logs)")
 	flag.StringVar(&o.jsonOut, "json", "", "also write every run's figures to this file as JSON")
@@ -326,12 +330,15 @@ func runCase(ctx context.Context, o options, c caseSpec) ([]result, error) {
 		if _, _, err := src.con.waitFor(bctx, 0, func(l string) bool { return l == "DIRTY-READY" || strings.HasSuffix(l, "# DIRTY-READY") }); err != nil {
 			return nil, fmt.Errorf("dirtying loop did not start: %w", err)
 		}
-		time.Sleep(3 * time.Second)
 		logf("case %s: dirtying %d MiB in a loop", c.Name, o.dirtyMiB)
 	}
+	time.Sleep(o.settle)
 	chain := []*vm{src}
 	var rs []result
 	for i := 1; i <= o.runs && ctx.Err() == nil; i++ {
+		if i > 1 {
+			time.Sleep(o.gap)
+		}
 		r, dst, err := migrateOnce(ctx, o, c, src, i, chain)
 		rs = append(rs, r)
 		logf("case %s run %d: %s", c.Name, i, r)
@@ -376,17 +383,19 @@ type result struct {
 	LastSourceTick  int
 	FirstTargetTick int
 	Booted          int // boot markers in the whole chain's consoles
+
+	Load1 string // 1-minute load average when the run started
 }
 
 func (r result) String() string {
 	if r.Status != "completed" {
-		return fmt.Sprintf("%s %s (iterations %d, transferred %.0f MiB, throttle %d%%)", r.Status, r.Error,
-			r.Iterations, float64(r.Transferred)/(1<<20), r.MaxThrottle)
+		return fmt.Sprintf("%s %s (iterations %d, transferred %.0f MiB, throttle %d%%, dirty %d pages/s, load %s)", r.Status, r.Error,
+			r.Iterations, float64(r.Transferred)/(1<<20), r.MaxThrottle, r.DirtyPagesRate, r.Load1)
 	}
-	return fmt.Sprintf("completed: total %d ms, wall %.0f ms, downtime %d ms, pause %.0f ms, setup %d ms, "+
-		"transferred %.1f MiB, iterations %d, throttle %d%%, dirty %d pages/s, postcopy %v, ticks %d→%d, booted %d",
-		r.TotalMS, r.WallMS, r.DowntimeMS, r.PauseMS, r.SetupMS, float64(r.Transferred)/(1<<20),
-		r.Iterations, r.MaxThrottle, r.DirtyPagesRate, r.Postcopy, r.LastSourceTick, r.FirstTargetTick, r.Booted)
+	return fmt.Sprintf("completed: total %d ms, wall %.0f ms, target running at %.0f ms, downtime %d ms, pause %.0f ms, setup %d ms, "+
+		"transferred %.1f MiB, iterations %d, throttle %d%%, dirty %d pages/s, postcopy %v (requests %d), ticks %d→%d, booted %d, load %s",
+		r.TotalMS, r.WallMS, r.TargetRunningMS, r.DowntimeMS, r.PauseMS, r.SetupMS, float64(r.Transferred)/(1<<20),
+		r.Iterations, r.MaxThrottle, r.DirtyPagesRate, r.Postcopy, r.PostcopyReqs, r.LastSourceTick, r.FirstTargetTick, r.Booted, r.Load1)
 }
 
 type capability struct {
@@ -433,7 +442,7 @@ type eventTimes struct {
 }
 
 func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, chain []*vm) (result, *vm, error) {
-	r := result{Case: c.Name, Run: run}
+	r := result{Case: c.Name, Run: run, Load1: strings.Fields(loadavg())[0]}
 	name := fmt.Sprintf("%s-%d", c.Name, run)
 	dst, err := startVM(ctx, o.dm, filepath.Join(o.dir, c.Name, strconv.Itoa(run)), name, true)
 	if err != nil {
@@ -468,7 +477,7 @@ func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, c
 	if err := src.exec(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
 		return fail(err)
 	}
-	params := map[string]any{"downtime-limit": o.downtimeMS, "max-bandwidth": c.Bandwidth}
+	params := map[string]any{"downtime-limit": o.downtimeMS, "max-bandwidth": c.Bandwidth, "max-postcopy-bandwidth": c.Bandwidth}
 	if err := src.exec(ctx, "migrate-set-parameters", params, nil); err != nil {
 		return fail(err)
 	}
@@ -537,6 +546,7 @@ func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, c
 					}
 					return 0
 				}())
+			r.TotalMS, r.WallMS = info.TotalTime, ms(time.Since(t0))
 			if err := src.exec(ctx, "migrate_cancel", nil, nil); err != nil {
 				return fail(err)
 			}

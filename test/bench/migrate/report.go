@@ -16,22 +16,34 @@ func report(o options, cs []caseSpec, all []result) {
 		fmt.Printf("%s #%d: %s\n", r.Case, r.Run, r)
 	}
 	fmt.Printf("\n== results: median [min–max] over the completed runs\n\n")
-	fmt.Println("| case | max-bandwidth | completed | total-time (QEMU), ms | migrate → completed (wall), ms | downtime (QEMU), ms | pause STOP→RESUME, ms | RAM transferred, MiB | dirty-sync iterations | max CPU throttle, % |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| case | max-bandwidth | completed | total-time (QEMU), ms | migrate → completed (wall), ms | migrate → target running, ms | downtime (QEMU), ms | pause STOP→RESUME, ms | RAM transferred, MiB | dirty-sync iterations | max CPU throttle, % |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, c := range cs {
-		var done []result
+		var done, stuck []result
 		n := 0
 		for _, r := range all {
 			if r.Case != c.Name {
 				continue
 			}
 			n++
-			if r.Status == "completed" {
+			switch r.Status {
+			case "completed":
 				done = append(done, r)
+			case "not-converged":
+				stuck = append(stuck, r)
 			}
 		}
 		if n == 0 {
 			continue
+		}
+		count := fmt.Sprintf("%d/%d", len(done), n)
+		if len(stuck) > 0 {
+			count += fmt.Sprintf(" (%d not converged in %s)", len(stuck), o.timeout)
+		}
+		if len(done) == 0 && len(stuck) > 0 {
+			// Show what the cancelled runs did up to the timeout.
+			done = stuck
+			count += ": figures at cancel"
 		}
 		f := func(get func(result) float64, prec int) string {
 			var v []float64
@@ -40,9 +52,10 @@ func report(o options, cs []caseSpec, all []result) {
 			}
 			return spread(v, prec)
 		}
-		fmt.Printf("| %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s |\n", c.Name, bwString(c.Bandwidth), len(done), n,
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Name, bwString(c.Bandwidth), count,
 			f(func(r result) float64 { return float64(r.TotalMS) }, 0),
 			f(func(r result) float64 { return r.WallMS }, 0),
+			f(func(r result) float64 { return r.TargetRunningMS }, 0),
 			f(func(r result) float64 { return float64(r.DowntimeMS) }, 0),
 			f(func(r result) float64 { return r.PauseMS }, 0),
 			f(func(r result) float64 { return float64(r.Transferred) / (1 << 20) }, 1),
