@@ -66,6 +66,8 @@ func main() {
 	flag.StringVar(&o.dm.memory, "memory", "256", "guest memory (-m)")
 	flag.StringVar(&o.dm.boot, "boot", "cdrom", "cdrom (guest.iso on AHCI, SeaBIOS) or kernel (-kernel/-initrd)")
 	flag.Var(&extra, "qemu-arg", "extra QEMU argument for source and target (repeatable), to match another device model")
+	modelFile := flag.String("model-file", "", "file with the device model, one QEMU argument per line, used instead of the built-in one "+
+		"(for example another QEMU's argv without its -name, -S, QMP, serial, -pidfile and -daemonize arguments)")
 	flag.IntVar(&o.runs, "runs", 5, "migrations per case")
 	flag.StringVar(&cases, "cases", "idle,dirty-unlimited,dirty,dirty-autoconverge,dirty-postcopy", "cases to run, comma-separated")
 	flag.IntVar(&o.downtimeMS, "downtime-limit", 300, "migrate-set-parameters downtime-limit, ms")
@@ -81,6 +83,19 @@ func main() {
 	flag.StringVar(&o.jsonOut, "json", "", "also write every run's figures to this file as JSON")
 	flag.Parse()
 	o.dm.extra = extra
+	if *modelFile != "" {
+		b, err := os.ReadFile(*modelFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "migrate:", err)
+			os.Exit(2)
+		}
+		o.dm.replace = []string{}
+		for _, l := range strings.Split(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				o.dm.replace = append(o.dm.replace, l)
+			}
+		}
+	}
 	o.cases = strings.Split(cases, ",")
 	o.bandwidth = mib(bwMiB)
 	o.dirtyBW = mib(dirtyBWMiB)
@@ -250,8 +265,8 @@ func shellJoin(a []string) string {
 		if i > 0 {
 			b.WriteByte(' ')
 		}
-		if strings.ContainsAny(s, " ,=\"'{}$") && !strings.ContainsAny(s, "'") && strings.ContainsAny(s, " \"{}$") {
-			b.WriteString("'" + s + "'")
+		if s == "" || strings.ContainsAny(s, " \t\"'{}$*?;&|<>()[]\\") {
+			b.WriteString("'" + strings.ReplaceAll(s, "'", `'\''`) + "'")
 		} else {
 			b.WriteString(s)
 		}

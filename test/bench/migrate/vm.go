@@ -26,10 +26,16 @@ type deviceModel struct {
 	guestDir string   // test/guest/out
 	boot     string   // "cdrom" (guest.iso on AHCI) or "kernel" (-kernel/-initrd)
 	extra    []string // appended verbatim
+	// replace, if set, is the whole device model instead of the built-in
+	// one (read with -model-file); extra is still appended.
+	replace []string
 }
 
 // args returns the device-model arguments.
 func (d deviceModel) args() []string {
+	if d.replace != nil {
+		return append(append([]string(nil), d.replace...), d.extra...)
+	}
 	a := []string{
 		"-machine", "q35,vmport=off",
 		"-accel", "tcg,thread=multi",
