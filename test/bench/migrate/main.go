@@ -613,11 +613,18 @@ func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, c
 
 	// The guest goes on: a tick above the last one printed on the source.
 	r.LastSourceTick, _ = ticks(src.con.snapshot(), 0)
-	if _, _, err := dst.con.waitFor(wctx, 0, func(l string) bool {
+	tctx, tcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer tcancel()
+	if _, _, err := dst.con.waitFor(tctx, 0, func(l string) bool {
 		m, _ := ticks([]string{l}, 0)
 		return m > r.LastSourceTick
 	}); err != nil {
-		return fail(fmt.Errorf("no tick above %d on the target: %w", r.LastSourceTick, err))
+		var st qmp.StatusInfo
+		serr := dst.exec(ctx, "query-status", nil, &st)
+		lines := dst.con.snapshot()
+		lines = lines[max(0, len(lines)-5):]
+		return fail(fmt.Errorf("no tick above %d on the target within 60 s: %w (target status %+v %v; its last serial lines %q)",
+			r.LastSourceTick, err, st, serr, lines))
 	}
 	_, r.FirstTargetTick = ticks(dst.con.snapshot(), 0)
 	for _, v := range append(chain, dst) {
