@@ -40,29 +40,41 @@ func report(o options, cs []caseSpec, all []result) {
 		if len(stuck) > 0 {
 			count += fmt.Sprintf(" (%d not converged in %s)", len(stuck), o.timeout)
 		}
-		if len(done) == 0 && len(stuck) > 0 {
+		atCancel := len(done) == 0 && len(stuck) > 0
+		if atCancel {
 			// Show what the cancelled runs did up to the timeout.
 			done = stuck
 			count += ": figures at cancel"
 		}
 		f := func(get func(result) float64, prec int) string {
-			var v []float64
-			for _, r := range done {
-				v = append(v, get(r))
+			return spreadOf(done, get, prec)
+		}
+		// g is f for the figures a cancelled run does not have.
+		g := func(get func(result) float64, prec int) string {
+			if atCancel {
+				return "–"
 			}
-			return spread(v, prec)
+			return f(get, prec)
 		}
 		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Name, bwString(c.Bandwidth), count,
 			f(func(r result) float64 { return float64(r.TotalMS) }, 0),
 			f(func(r result) float64 { return r.WallMS }, 0),
-			f(func(r result) float64 { return r.TargetRunningMS }, 0),
-			f(func(r result) float64 { return float64(r.DowntimeMS) }, 0),
-			f(func(r result) float64 { return r.PauseMS }, 0),
+			g(func(r result) float64 { return r.TargetRunningMS }, 0),
+			g(func(r result) float64 { return float64(r.DowntimeMS) }, 0),
+			g(func(r result) float64 { return r.PauseMS }, 0),
 			f(func(r result) float64 { return float64(r.Transferred) / (1 << 20) }, 1),
 			f(func(r result) float64 { return float64(r.Iterations) }, 0),
 			f(func(r result) float64 { return float64(r.MaxThrottle) }, 0))
 	}
 	fmt.Printf("\nload:   %s (1/5/15 min, after the run)\n", loadavg())
+}
+
+func spreadOf(rs []result, get func(result) float64, prec int) string {
+	var v []float64
+	for _, r := range rs {
+		v = append(v, get(r))
+	}
+	return spread(v, prec)
 }
 
 // spread formats median [min–max]; the median of an even count is the mean of the middle two.
