@@ -585,7 +585,17 @@ func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, c
 		return fail(fmt.Errorf("migration failed: %s", info.ErrorDesc))
 	}
 
-	// Completed.
+	// Completed. QEMU 7.2 reports the status before it has filled in
+	// total-time and downtime: ask again until they are there.
+	for i := 0; i < 100 && info.TotalTime == 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+		if err := src.exec(ctx, "query-migrate", nil, &info); err != nil {
+			return fail(err)
+		}
+	}
+	if info.TotalTime == 0 {
+		return fail(errors.New("query-migrate reports completed but no total-time"))
+	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	select {
