@@ -27,6 +27,8 @@ type caseSpec struct {
 	AutoConverge bool  // capability auto-converge
 	Postcopy     bool  // capability postcopy-ram, switched on after PostcopyAfter passes
 	Bandwidth    int64 // max-bandwidth in bytes/s
+
+	sum string // md5 of the guest's /tmp/src when the workload started
 }
 
 type options struct {
@@ -297,6 +299,37 @@ func ticks(lines []string, from int) (max, first int) {
 	return max, first
 }
 
+var (
+	dirtyRE = regexp.MustCompile(`(?:^|[^$])\bDIRTY ([0-9]+)$`)
+	sumRE   = regexp.MustCompile(`\bSUM ([0-9a-f]{32})\b`)
+)
+
+// maxNumbered returns the highest number that re captures in lines.
+func maxNumbered(lines []string, re *regexp.Regexp) int {
+	max := 0
+	for _, l := range lines {
+		if m := re.FindStringSubmatch(l); m != nil {
+			if n, _ := strconv.Atoi(m[1]); n > max {
+				max = n
+			}
+		}
+	}
+	return max
+}
+
+// guestSum types md5sum of /tmp/src into the guest's shell and reads the answer.
+func guestSum(ctx context.Context, v *vm) (string, error) {
+	from := len(v.con.snapshot())
+	if err := v.con.typeLine(`echo SUM $(md5sum </tmp/src)`); err != nil {
+		return "", err
+	}
+	_, l, err := v.con.waitFor(ctx, from, func(l string) bool { return sumRE.MatchString(l) })
+	if err != nil {
+		return "", fmt.Errorf("%s: no md5 of /tmp/src: %w", v.name, err)
+	}
+	return sumRE.FindStringSubmatch(l)[1], nil
+}
+
 func countBooted(lines []string) int {
 	n := 0
 	for _, l := range lines {
@@ -337,15 +370,21 @@ func runCase(ctx context.Context, o options, c caseSpec) ([]result, error) {
 	if c.Dirty {
 		// Random (not zero, not compressible) data, rewritten in place so the
 		// working set stays the same pages.
+		// Every pass prints DIRTY n, so that the tool can tell it still runs.
 		cmd := fmt.Sprintf(`dd if=/dev/urandom of=/tmp/src bs=1M count=%d 2>/dev/null; cp /tmp/src /tmp/dst; echo DIRTY-READY; `+
-			`while :; do dd if=/tmp/src of=/tmp/dst bs=1M conv=notrunc 2>/dev/null; done &`, o.dirtyMiB)
+			`n=0; while :; do dd if=/tmp/src of=/tmp/dst bs=1M conv=notrunc 2>/dev/null; n=$((n+1)); echo DIRTY $n; done &`, o.dirtyMiB)
 		if err := src.con.typeLine(cmd); err != nil {
 			return nil, err
 		}
 		if _, _, err := src.con.waitFor(bctx, 0, func(l string) bool { return l == "DIRTY-READY" || strings.HasSuffix(l, "# DIRTY-READY") }); err != nil {
 			return nil, fmt.Errorf("dirtying loop did not start: %w", err)
 		}
-		logf("case %s: dirtying %d MiB in a loop", c.Name, o.dirtyMiB)
+		sum, err := guestSum(bctx, src)
+		if err != nil {
+			return nil, err
+		}
+		c.sum = sum
+		logf("case %s: dirtying %d MiB in a loop (md5 of /tmp/src %s)", c.Name, o.dirtyMiB, sum)
 	}
 	time.Sleep(o.settle)
 	chain := []*vm{src}
@@ -398,6 +437,9 @@ type result struct {
 	LastSourceTick  int
 	FirstTargetTick int
 	Booted          int // boot markers in the whole chain's consoles
+	// DirtyChecked: the dirtying loop still ran on the target and the md5 of
+	// its source file was unchanged.
+	DirtyChecked bool `json:",omitempty"`
 
 	Load1 string // 1-minute load average when the run started
 }
@@ -637,6 +679,23 @@ func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, c
 			r.LastSourceTick, err, st, serr, lines))
 	}
 	_, r.FirstTargetTick = ticks(dst.con.snapshot(), 0)
+	if c.Dirty {
+		// The dirtying loop goes on, and the data it copies from is intact.
+		last := maxNumbered(src.con.snapshot(), dirtyRE)
+		if _, _, err := dst.con.waitFor(tctx, 0, func(l string) bool {
+			return maxNumbered([]string{l}, dirtyRE) > last
+		}); err != nil {
+			return fail(fmt.Errorf("the dirtying loop stopped: no DIRTY above %d on the target: %w", last, err))
+		}
+		sum, err := guestSum(tctx, dst)
+		if err != nil {
+			return fail(err)
+		}
+		if sum != c.sum {
+			return fail(fmt.Errorf("guest memory corrupted: md5 of /tmp/src is %s on the target, was %s", sum, c.sum))
+		}
+		r.DirtyChecked = true
+	}
 	for _, v := range append(chain, dst) {
 		r.Booted += countBooted(v.con.snapshot())
 	}
