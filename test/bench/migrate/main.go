@@ -75,7 +75,7 @@ func main() {
 	flag.IntVar(&o.downtimeMS, "downtime-limit", 300, "migrate-set-parameters downtime-limit, ms")
 	flag.IntVar(&bwMiB, "bandwidth", 0, "max-bandwidth for the idle and dirty-unlimited cases, MiB/s (0: unlimited)")
 	flag.IntVar(&dirtyBWMiB, "dirty-bandwidth", 32, "max-bandwidth and max-postcopy-bandwidth for the dirty cases, MiB/s (0: unlimited)")
-	flag.IntVar(&o.dirtyMiB, "dirty-mib", 64, "size of the guest's working set rewritten in a loop, MiB")
+	flag.IntVar(&o.dirtyMiB, "dirty-mib", 48, "size of the guest's working set rewritten in a loop, MiB (two copies must fit in the guest's /tmp, half its memory)")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "per migration; then migrate_cancel and the run counts as not converged")
 	flag.IntVar(&o.postcopyAfter, "postcopy-after", 1, "complete precopy passes before migrate-start-postcopy")
 	flag.DurationVar(&o.settle, "settle", 5*time.Second, "wait after the workload started before the first migration")
