@@ -17,7 +17,9 @@
 // source's STOP event to the target's RESUME event (QEMU's event timestamps,
 // one host clock). After each run it checks on the target's serial console
 // that the tick counter goes on above the last tick seen on the source and
-// that no new boot marker appeared. Per case it prints median [min–max].
+// that no new boot marker appeared; for the dirty cases also that the dirtying
+// loop still runs and that the md5 of the file it copies from is unchanged.
+// Per case it prints median [min–max].
 //
 // Run it with scripts/bench-migrate.sh (which takes the machine-wide
 // benchmark lock) or by hand:
