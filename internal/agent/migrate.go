@@ -40,7 +40,7 @@ import (
 var migrationFields = []string{"migrationState", "phase", "stats"}
 
 // commitFields are the fields of the target's switch-over write.
-var commitFields = []string{"migrationState", "nodeName", "phase", "stats", "conditions"}
+var commitFields = []string{"migrationState", "nodeName", "phase", "stats"}
 
 // migrationInFile lists, in a target's run directory, the files the target made for an
 // incoming migration (Local disks), so that they are removed if the migration fails, even
