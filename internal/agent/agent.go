@@ -249,6 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 	go a.loop(ctx, a.cfg.GCInterval, a.queueOrphans)
+	go a.loop(ctx, a.cfg.GCInterval, func() { a.sweepDiskLeases(ctx) })
 	for _, k := range a.vms.Keys() {
 		a.queue.Add(k)
 	}

@@ -69,6 +69,7 @@ func (a *Agent) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachine) e
 	if err := os.RemoveAll(runDir); err != nil {
 		return err
 	}
+	a.releaseDiskLeases(vm, "the VM was deleted")
 	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName {
 			return errNoChange

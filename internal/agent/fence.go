@@ -155,6 +155,26 @@ func (f *fence) killAll() bool {
 	return any
 }
 
+// killOne kills the QEMU p now, whatever the node lease says (its disk lease moved on), and
+// keeps why for its exit record.
+func (f *fence) killOne(p haProc, why string) {
+	ran, err := f.kill(p)
+	if err != nil {
+		f.log.Error("fencing: killing QEMU failed", "vm", p.key, "pid", p.pid, "err", err)
+		return
+	}
+	if !ran {
+		return
+	}
+	f.mu.Lock()
+	f.killed[p.uid] = exitRecord{Reason: v1alpha1.ExitFenced, Message: "the node's agent killed QEMU to fence the VM: " + why}
+	f.mu.Unlock()
+	select {
+	case f.notify <- struct{}{}:
+	default:
+	}
+}
+
 // exitOf returns (and forgets) why the fence killed the QEMU of the VM uid, or nil.
 func (f *fence) exitOf(uid string) *exitRecord {
 	f.mu.Lock()

@@ -232,6 +232,8 @@ func (a *Agent) leaseAcquired() {
 		return
 	}
 	go func() {
+		// The QEMUs whose disk leases moved on while the node was away go first.
+		a.verifyDiskLeases(ctx)
 		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat after acquiring the node lease failed", "err", err)
 		}

@@ -22,6 +22,7 @@ import (
 const (
 	stepRunDir       = "rundir"       // the run directory, cleared of what an earlier QEMU left
 	stepDisks        = "disks"        // block devices resolved to files (disks.go)
+	stepLeases       = "leases"       // the leases of the writable disks (disklease.go)
 	stepProvisioning = "provisioning" // the cloud-init or sysprep medium (provision.go)
 	stepNICs         = "nics"         // networks and taps, with host networking (network.go)
 	stepConfig       = "config"       // QEMU's command line
@@ -70,6 +71,7 @@ func (a *Agent) startSteps() []startStep {
 	return []startStep{
 		{stepRunDir, a.stepRunDir},
 		{stepDisks, a.stepDisks},
+		{stepLeases, a.stepLeases},
 		{stepProvisioning, a.stepProvisioning},
 		{stepNICs, a.stepNICs},
 		{stepConfig, a.stepConfig},

@@ -12,6 +12,10 @@ import (
 // release writes a stopped VM's phase and gives its node binding back, so the scheduler
 // places it again when it is started.
 func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error {
+	if vm.Status.NodeName == a.cfg.NodeName && !wantsRunning(vm.Status.PowerRequest) && vm.DeletionTimestamp == nil {
+		// The disk leases go first, so that a node the VM is placed on next finds them free.
+		a.releaseDiskLeases(vm, "the VM stopped")
+	}
 	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName || wantsRunning(v.Status.PowerRequest) || v.DeletionTimestamp != nil {
 			return errNoChange
@@ -150,6 +154,9 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 	})
 	if err != nil {
 		return err
+	}
+	if v.Status.NodeName == "" {
+		a.releaseDiskLeases(vm, "the VM exited ("+rec.Reason+")")
 	}
 	typ := "Normal"
 	if unplanned(rec.Reason) {

@@ -42,6 +42,9 @@ import (
 //   - create, update and patch events;
 //   - get, create, update and patch its own NodeLease (named after it; no list, watch or
 //     delete), see authorizeNodeLease.
+//   - get, list and watch VirtualDiskLeases; create one it holds; update and patch one that
+//     is free or its own, leaving it free or its own (it takes a free lease and gives back
+//     its own, never another node's); no delete.
 //
 // Everything else (any spec, other nodes, deletes, bindings, consoles, other kinds) is
 // refused with 403 naming the node and the rule.
@@ -88,6 +91,7 @@ var nodeReadable = map[string]bool{
 	"clusternetworks": true, "virtualmachineclasses": true, "nodes": true, "storageclasses": true,
 	"virtualmachineipaddresses": true, "virtualmachineipaddressleases": true,
 	"virtualmachinemacaddresses": true, "virtualmachinemacaddressleases": true, "events": true,
+	"virtualdiskleases": true,
 }
 
 // describe names an identity in messages.
@@ -161,6 +165,11 @@ func authorizeNode(id Identity, a attributes) error {
 			return nil // authorizeNodeWrite checks the stored binding
 		}
 		return forbidden(id, a, "a node may write only the status of the VMs and disks bound to it, never their spec")
+	case "virtualdiskleases":
+		if (a.Verb == verbCreate || a.Verb == verbUpdate || a.Verb == verbPatch) && a.Sub == "" {
+			return nil // authorizeNodeCreate and authorizeNodeWrite check the holder
+		}
+		return forbidden(id, a, "a node may create, update and patch disk leases (only to take a free one or give back its own), not delete them")
 	case "events":
 		if a.Verb == verbCreate || a.Verb == verbUpdate || a.Verb == verbPatch {
 			return nil
@@ -235,6 +244,9 @@ func authorizeNodeCreate(ctx context.Context, st *registry.Strategy, obj v1alpha
 	if st.Info.Kind == "NodeLease" && m.Name != id.Node {
 		return errs.New(errs.ErrForbidden, "%s may not create NodeLease %q: a node may create only its own NodeLease %q", id.describe(), m.Name, id.Node)
 	}
+	if l, ok := obj.(*v1alpha1.VirtualDiskLease); ok && l.Spec.HolderNode != id.Node {
+		return errs.New(errs.ErrForbidden, "%s may not create VirtualDiskLease %q held by node %q: a node may create only leases it holds itself", id.describe(), m.Name, l.Spec.HolderNode)
+	}
 	if st.Info.Kind != "Node" {
 		return nil
 	}
@@ -290,6 +302,17 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 		}
 		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
 			return err
+		}
+	case *v1alpha1.VirtualDiskLease:
+		// A node takes a free lease or one it holds, and gives back only its own: it can never
+		// take a lease from another node (that is the HA and migration controllers' part, once
+		// the other node is fenced or the VM has moved).
+		n := obj.(*v1alpha1.VirtualDiskLease)
+		if o.Spec.HolderNode != "" && o.Spec.HolderNode != id.Node {
+			return errs.New(errs.ErrForbidden, "%s may not change %s: it is held by node %q", id.describe(), what, o.Spec.HolderNode)
+		}
+		if n.Spec.HolderNode != "" && n.Spec.HolderNode != id.Node {
+			return errs.New(errs.ErrForbidden, "%s may not give %s to node %q: a node takes leases only for itself", id.describe(), what, n.Spec.HolderNode)
 		}
 	case *v1alpha1.VirtualDisk:
 		n := obj.(*v1alpha1.VirtualDisk)

@@ -398,3 +398,58 @@ func TestNodeWriteDuringMigration(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeDiskLeaseWrites: a node takes free disk leases and gives back its own; it never
+// takes, gives away or deletes another node's.
+func TestNodeDiskLeaseWrites(t *testing.T) {
+	st, ok := registry.ByResource("virtualdiskleases")
+	if !ok {
+		t.Fatal("virtualdiskleases is not registered")
+	}
+	tg := target{st: st, namespace: "p", name: "d1"}
+	lease := func(node string) *v1alpha1.VirtualDiskLease {
+		l := &v1alpha1.VirtualDiskLease{}
+		l.Name, l.Namespace = "d1", "p"
+		if node != "" {
+			l.Spec.HolderNode, l.Spec.VirtualMachineUID = node, "u1"
+		}
+		return l
+	}
+	as := func(node string) context.Context {
+		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
+	}
+	writes := []struct {
+		name     string
+		old, new *v1alpha1.VirtualDiskLease
+		ok       bool
+	}{
+		{"take a free lease", lease(""), lease("n1"), true},
+		{"keep its own", lease("n1"), lease("n1"), true},
+		{"give back its own", lease("n1"), lease(""), true},
+		{"take another node's", lease("n2"), lease("n1"), false},
+		{"free another node's", lease("n2"), lease(""), false},
+		{"give a free one to another node", lease(""), lease("n2"), false},
+		{"give its own to another node", lease("n1"), lease("n2"), false},
+	}
+	for _, c := range writes {
+		err := authorizeNodeWrite(as("n1"), tg, c.old, c.new, false)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
+		}
+	}
+	if err := authorizeNodeCreate(as("n1"), st, lease("n1")); err != nil {
+		t.Errorf("creating its own lease: %v", err)
+	}
+	if err := authorizeNodeCreate(as("n1"), st, lease("n2")); err == nil {
+		t.Error("a node created a lease held by another node")
+	}
+	n1 := Identity{Name: "node:n1", Node: "n1"}
+	for _, verb := range []string{"get", "list", "watch", "create", "update", "patch"} {
+		if err := authorize(n1, attributes{Verb: verb, Resource: "virtualdiskleases", Namespace: "p", Name: "d1"}); err != nil {
+			t.Errorf("%s of a disk lease: %v", verb, err)
+		}
+	}
+	if err := authorize(n1, attributes{Verb: "delete", Resource: "virtualdiskleases", Namespace: "p", Name: "d1"}); err == nil {
+		t.Error("a node may delete a disk lease")
+	}
+}

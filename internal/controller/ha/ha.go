@@ -453,6 +453,20 @@ var (
 // read.
 func (c *Controller) release(ctx context.Context, vm *v1alpha1.VirtualMachine, f failedNode) error {
 	msg := fmt.Sprintf("node %s failed (%s): released to start on another node", f.name, f.why)
+	// The disk leases the failed node holds for the VM are freed first (the node's lease is
+	// held by this controller, so its agent, fenced, starts nothing): the node the VM is
+	// placed on next takes them under a later token.
+	if vm.Status.NodeName == f.name && vm.DeletionTimestamp == nil && v1alpha1.IsHA(vm) {
+		for _, d := range runtime.WritableDisks(vm) {
+			freed, err := runtime.ReleaseDiskLease(ctx, c.cfg.Client, vm.Namespace, d, f.name, "", "the HA controller: "+msg)
+			if err != nil {
+				return fmt.Errorf("releasing VM %s/%s from node %s: %w", vm.Namespace, vm.Name, f.name, err)
+			}
+			if freed {
+				c.log.Info("disk lease of a failed node freed", "disk", vm.Namespace+"/"+d, "node", f.name)
+			}
+		}
+	}
 	written, err := runtime.PatchVMStatus(ctx, c.cfg.Client, vm, releasedFields, releaseGuards, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != f.name || v.DeletionTimestamp != nil || !v1alpha1.IsHA(v) {
 			return errSkip

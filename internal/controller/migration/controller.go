@@ -449,6 +449,19 @@ func (c *Controller) patchMigration(ctx context.Context, vm *v1alpha1.VirtualMac
 // moveLocalDisks records, after a migration succeeded, that its Local disks are on the
 // target node now.
 func (c *Controller) moveLocalDisks(ctx context.Context, vm *v1alpha1.VirtualMachine, m *v1alpha1.VirtualMachineMigrationState) error {
+	// The disk leases follow the VM: the target's QEMU writes its disks now.
+	if vm.Status.NodeName == m.Target.Node && m.Target.Node != "" {
+		for _, d := range runtime.WritableDisks(vm) {
+			moved, err := runtime.MoveDiskLease(ctx, c.c, vm.Namespace, d, m.Source.Node, m.Target.Node, vm.UID,
+				fmt.Sprintf("the migration controller: VM %s migrated from node %s to node %s", vm.Name, m.Source.Node, m.Target.Node))
+			if err != nil {
+				return err
+			}
+			if moved {
+				c.log.Info("disk lease moved with its VM", "disk", vm.Namespace+"/"+d, "from", m.Source.Node, "to", m.Target.Node)
+			}
+		}
+	}
 	for _, d := range m.Disks {
 		cur, ok := c.disks.Get(runtime.NewKey(vm.Namespace, d.Name))
 		if !ok || cur.Status.NodeName == "" || cur.Status.NodeName == m.Target.Node || cur.Status.NodeName != m.Source.Node {
