@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,7 +14,46 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/storage"
 )
+
+// diskLease reads the VirtualDiskLease of disk name in the default project.
+func diskLease(t *testing.T, s *Serve, name string) *v1alpha1.VirtualDiskLease {
+	t.Helper()
+	var l v1alpha1.VirtualDiskLease
+	if err := s.Client().Get(context.Background(), "virtualdiskleases", "default", name, &l); err != nil {
+		t.Fatalf("reading the lease of %s: %v", name, err)
+	}
+	return &l
+}
+
+// leaseToken is a lease's fencing token (its resourceVersion, a store revision).
+func leaseToken(t *testing.T, l *v1alpha1.VirtualDiskLease) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(l.ResourceVersion, 10, 64)
+	if err != nil {
+		t.Fatalf("the lease of %s has token %q: %v", l.Name, l.ResourceVersion, err)
+	}
+	return n
+}
+
+// runDirLeaseToken is the token the QEMU of VM uid on host h was started under for disk
+// (from the "disk-leases" file of its run directory), or 0.
+func runDirLeaseToken(t *testing.T, h *ClusterHost, uid, disk string) int64 {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(storage.VMRunDir(h.DataDir, uid), "disk-leases"))
+	if err != nil {
+		t.Errorf("reading the disk leases of VM %s on %s: %v", uid, h.Name, err)
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == disk {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
 
 // haQEMUCounts counts, in one pass over /proc, the live QEMU processes of each VM uid.
 func haQEMUCounts(uids []string) map[string]int {
@@ -55,7 +95,10 @@ func startHAPoller(uids []string) *haPoller {
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
 		for {
-			counts := haQEMUCounts(p.uids)
+			p.mu.Lock()
+			uids := slices.Clone(p.uids)
+			p.mu.Unlock()
+			counts := haQEMUCounts(uids)
 			p.mu.Lock()
 			p.samples++
 			for uid, n := range counts {
@@ -70,6 +113,13 @@ func startHAPoller(uids []string) *haPoller {
 		}
 	}()
 	return p
+}
+
+// add makes the poller watch the QEMUs of one more VM.
+func (p *haPoller) add(uid string) {
+	p.mu.Lock()
+	p.uids = append(p.uids, uid)
+	p.mu.Unlock()
 }
 
 func (p *haPoller) finish() (map[string]int, int) {
@@ -164,6 +214,15 @@ metadata:
 		if pids[uid[n]] == 0 {
 			t.Fatalf("no QEMU of %s under h2's data dir: %v", n, pids)
 		}
+	}
+	// The disk leases h2 holds, with their fencing tokens.
+	before := map[string]int64{}
+	for _, d := range []string{"ha-a-data", "ha-b-data", "ha-local-data"} {
+		l := diskLease(t, s, d)
+		if l.Spec.HolderNode != "h2" {
+			t.Fatalf("the lease of %s before the crash: %+v, want held by h2", d, l.Spec)
+		}
+		before[d] = leaseToken(t, l)
 	}
 	poller := startHAPoller([]string{uid["ha-a"], uid["ha-b"], uid["ha-local"], uid["plain"]})
 	pollerDone := false
@@ -262,6 +321,23 @@ metadata:
 		if takenOver == 0 || notReady == 0 || takenOver < notReady || tm.released < takenOver {
 			t.Errorf("%s: order of NotReady (%s), lease takeover (%s), release (%s) is wrong", name, notReady, takenOver, tm.released)
 		}
+	}
+	// The recovered VMs' disk leases were granted anew, to their new nodes, under later
+	// tokens, and their QEMUs run under those tokens; ha-local's stays with h2.
+	for _, name := range []string{"ha-a", "ha-b"} {
+		v := vmGet(t, s, name)
+		l := diskLease(t, s, name+"-data")
+		tok := leaseToken(t, l)
+		t.Logf("lease of %s-data: h2 token %d -> %s token %d (%d transitions)", name, before[name+"-data"], l.Spec.HolderNode, tok, l.Spec.LeaseTransitions)
+		if l.Spec.HolderNode != v.Status.NodeName || l.Spec.VirtualMachineUID != v.UID || tok <= before[name+"-data"] {
+			t.Errorf("the lease of %s-data after the recovery: %+v token %d, want held by %s under a token above %d", name, l.Spec, tok, v.Status.NodeName, before[name+"-data"])
+		}
+		if got := runDirLeaseToken(t, c.Host(v.Status.NodeName), v.UID, name+"-data"); got != tok {
+			t.Errorf("%s's QEMU on %s runs under token %d, the lease's token is %d", name, v.Status.NodeName, got, tok)
+		}
+	}
+	if l := diskLease(t, s, "ha-local-data"); l.Spec.HolderNode != "h2" || leaseToken(t, l) != before["ha-local-data"] {
+		t.Errorf("the lease of ha-local-data changed while h2 was down: %+v", l.Spec)
 	}
 	if len(order) == 2 && order[0] != "ha-a" && got["ha-a"].released != got["ha-b"].released {
 		t.Errorf("released in the order %v: ha-a has the higher priority", order)

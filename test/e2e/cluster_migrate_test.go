@@ -196,6 +196,10 @@ spec:
 		vmWait(t, s, "rkm-shared", time.Minute, "Running on the target", func(v *v1alpha1.VirtualMachine) bool {
 			return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == dst
 		})
+		waitFor(t, "the disk lease handed to the target", func() bool {
+			l := diskLease(t, s, "rkm-sd")
+			return l.Spec.HolderNode == dst && l.Spec.VirtualMachineUID == v.UID
+		})
 	})
 
 	// (2) Local storage.
@@ -238,7 +242,10 @@ spec:
 			t.Errorf("the disk file on the target: %v", err)
 		}
 		waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
-
+		waitFor(t, "the disk lease handed to the target", func() bool {
+			l := diskLease(t, s, "rkm-ld")
+			return l.Spec.HolderNode == dst && l.Spec.VirtualMachineUID == v.UID
+		})
 	})
 }
 

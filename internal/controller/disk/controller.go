@@ -703,6 +703,11 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 			c.releaseSharedImage(storage.ClassDir(c.cfg.DataDir, sc), sharedBacking)
 		}
 	}
+	// The disk's lease goes with it (no VM lists the disk any more): a disk made again under
+	// the same name starts with a free lease.
+	if err := c.c.Delete(ctx, runtime.DiskLeaseResource, d.Namespace, d.Name); err != nil && !client.IsNotFound(err) {
+		return runtime.Result{}, fmt.Errorf("deleting the disk's lease: %w", err)
+	}
 	rest := slices.DeleteFunc(slices.Clone(d.Finalizers), func(f string) bool { return f == Finalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": d.ResourceVersion}})
 	if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {
