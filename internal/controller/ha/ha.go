@@ -38,6 +38,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
+	"github.com/rakhsh/rakhsh/internal/placement"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
@@ -62,6 +63,10 @@ type Config struct {
 	Interval time.Duration
 	// Identity is the holder written into a taken-over lease; default DefaultIdentity.
 	Identity string
+	// GroupWait is how long at most a priority group of a failed node's VMs waits for the
+	// scheduler to place the group released before it; default 30 s; negative: every group is
+	// released at once.
+	GroupWait time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -82,7 +87,21 @@ type Controller struct {
 	// done holds, for each node whose recovery pass completed, the resourceVersion of the
 	// lease it left: while the lease stays so there is nothing more to do.
 	done map[string]string
+	// placing holds, for each node being recovered, the VMs of the priority group released
+	// last, and when: the next (lower) group is released only once the scheduler has placed
+	// them or found no room for them, so that capacity goes to higher priorities first.
+	placing map[string]releasedGroup
 }
+
+// releasedGroup is one priority group of a node's HA VMs, released at a time.
+type releasedGroup struct {
+	at   time.Time
+	keys []string // namespace/name
+}
+
+// DefaultGroupWait is how long the next priority group waits at most for the scheduler to
+// place the previous one.
+const DefaultGroupWait = 30 * time.Second
 
 // New returns a controller; Run starts it.
 func New(cfg Config) *Controller {
@@ -98,6 +117,9 @@ func New(cfg Config) *Controller {
 	if cfg.Identity == "" {
 		cfg.Identity = DefaultIdentity
 	}
+	if cfg.GroupWait == 0 {
+		cfg.GroupWait = DefaultGroupWait
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -105,6 +127,7 @@ func New(cfg Config) *Controller {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Controller{cfg: cfg, log: cfg.Log, expiredSince: map[string]time.Time{}, done: map[string]string{}, cleanup: true,
+		placing: map[string]releasedGroup{},
 		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-ha-controller", Log: cfg.Log}}
 }
 
@@ -159,6 +182,7 @@ func (c *Controller) Check(ctx context.Context) error {
 		if !expired || n.Status.Phase == v1alpha1.NodePhaseReady || byName[n.Name] == nil {
 			delete(c.expiredSince, n.Name)
 			delete(c.done, n.Name)
+			delete(c.placing, n.Name)
 			if !expired && n.Status.Phase == v1alpha1.NodePhaseReady {
 				healthy[n.Name] = true
 			}
@@ -272,8 +296,33 @@ func (c *Controller) recover(ctx context.Context, f failedNode, vms []*v1alpha1.
 		return "", err
 	}
 	heldAt := c.cfg.Now()
+	// One priority group at a time: the group released before must be placed (or found not
+	// to fit) first.
+	if !c.groupPlaced(f.name, vms) {
+		// The hold is kept while the group is placed: the node's agent must not take its
+		// lease back (and start the VMs still bound to it) halfway through.
+		if r := lease.Spec.RenewTime; r == nil || c.cfg.Now().Sub(r.Time) >= time.Second {
+			if _, err := c.renew(ctx, f.name, lease); err != nil && !errors.Is(err, errLeaseLost) {
+				return "", err
+			}
+		}
+		return "", nil
+	}
 	var firstErr error
+	var group releasedGroup
+	groupPrio, first := 0, true
 	for _, vm := range todo {
+		p, _ := v1alpha1.HAPriority(vm)
+		if !first && p != groupPrio && len(group.keys) > 0 && c.cfg.GroupWait > 0 {
+			// A lower priority: released once the scheduler has placed this group.
+			group.at = c.cfg.Now()
+			c.mu.Lock()
+			c.placing[f.name] = group
+			c.mu.Unlock()
+			c.log.Info("HA VMs released; lower priorities wait until they are placed", "node", f.name, "priority", groupPrio, "vms", len(group.keys))
+			return "", firstErr
+		}
+		first, groupPrio = false, p
 		if local := localDisks(vm, diskNode, f.name); len(local) > 0 {
 			if err := c.stay(ctx, vm, f.name, local); err != nil && firstErr == nil {
 				firstErr = err
@@ -295,12 +344,51 @@ func (c *Controller) recover(ctx context.Context, f failedNode, vms []*v1alpha1.
 		}
 		if err := c.release(ctx, vm, f); err != nil && firstErr == nil {
 			firstErr = err
+		} else if err == nil {
+			group.keys = append(group.keys, vm.Namespace+"/"+vm.Name)
 		}
 	}
+	c.mu.Lock()
+	delete(c.placing, f.name)
+	c.mu.Unlock()
 	return lease.ResourceVersion, firstErr
 }
 
-// order sorts vms by priority (higher first), then by name and project.
+// groupPlaced says whether the priority group last released from node is placed: each of its
+// VMs is bound to a node, found no room (condition Scheduled=False), or is gone; or the group
+// has waited placeWait.
+func (c *Controller) groupPlaced(node string, vms []*v1alpha1.VirtualMachine) bool {
+	c.mu.Lock()
+	g, ok := c.placing[node]
+	c.mu.Unlock()
+	if !ok {
+		return true
+	}
+	if c.cfg.Now().Sub(g.at) >= c.cfg.GroupWait {
+		c.log.Info("HA recovery goes on with lower priorities: the previous group was not placed in time", "node", node, "waited", c.cfg.GroupWait)
+		return true
+	}
+	byKey := map[string]*v1alpha1.VirtualMachine{}
+	for _, vm := range vms {
+		byKey[vm.Namespace+"/"+vm.Name] = vm
+	}
+	for _, k := range g.keys {
+		vm := byKey[k]
+		if vm == nil || vm.DeletionTimestamp != nil || vm.Status.NodeName != "" {
+			continue
+		}
+		if cond := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionScheduled); cond != nil && cond.Status == v1alpha1.ConditionFalse {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// order sorts vms by priority (higher first), then by class (so that the VMs of one class,
+// which share a node selector and CPU model, are placed together), then larger first (cores
+// times memory, so that the big ones find room before the small ones fragment it), then by
+// name and project.
 func order(vms []*v1alpha1.VirtualMachine, log *slog.Logger) {
 	prio := map[*v1alpha1.VirtualMachine]int{}
 	for _, vm := range vms {
@@ -311,7 +399,10 @@ func order(vms []*v1alpha1.VirtualMachine, log *slog.Logger) {
 		prio[vm] = p
 	}
 	slices.SortStableFunc(vms, func(a, b *v1alpha1.VirtualMachine) int {
-		return cmp.Or(cmp.Compare(prio[b], prio[a]), strings.Compare(a.Name, b.Name), strings.Compare(a.Namespace, b.Namespace))
+		ca, ma := placement.VMQuotaUsage(a)
+		cb, mb := placement.VMQuotaUsage(b)
+		return cmp.Or(cmp.Compare(prio[b], prio[a]), strings.Compare(a.Spec.VirtualMachineClassName, b.Spec.VirtualMachineClassName),
+			cmp.Compare(cb*mb, ca*ma), strings.Compare(a.Name, b.Name), strings.Compare(a.Namespace, b.Namespace))
 	})
 }
 

@@ -167,7 +167,7 @@ func (w *haWorld) fail(c *Controller, margin time.Duration) {
 // new controller (a new leader), write nothing more.
 func TestRecovery(t *testing.T) {
 	w := newWorld(t)
-	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second})
+	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second, GroupWait: -1})
 	w.check(c) // the leases are first seen now
 	w.fail(c, 5*time.Second)
 	w.check(c)
@@ -244,7 +244,7 @@ func TestRecovery(t *testing.T) {
 	}
 	// A new leader's controller: it finds the lease held by the controller, waits the margin
 	// again, and has nothing left to do.
-	c2 := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second})
+	c2 := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second, GroupWait: -1})
 	w.fc.ClearActions()
 	for range 8 {
 		w.now = w.now.Add(time.Second)
@@ -279,7 +279,7 @@ func TestRecovery(t *testing.T) {
 // lastExit.count counts node failures in a row.
 func TestRecoveryHistoryBounded(t *testing.T) {
 	w := newWorld(t)
-	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: -1})
+	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: -1, GroupWait: -1})
 	for i := range v1alpha1.MaxRecoveredHistory + 2 {
 		// Put "low" back on h2 and fail h2 again.
 		v := w.vm("low")
@@ -319,7 +319,7 @@ func TestRecoveryHistoryBounded(t *testing.T) {
 // is still Ready (the lifecycle controller does not agree yet) is not recovered either.
 func TestRenewedLeaseIsNotTakenOver(t *testing.T) {
 	w := newWorld(t)
-	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: -1})
+	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: -1, GroupWait: -1})
 	w.check(c)
 	w.now = w.now.Add(11 * time.Second)
 	w.renew("h1")
@@ -377,7 +377,7 @@ func TestBadPriority(t *testing.T) {
 // is back.
 func TestRecoveryRenewsAndStopsOnLeaseLoss(t *testing.T) {
 	w := newWorld(t)
-	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: -1})
+	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: -1, GroupWait: -1})
 	w.check(c)
 	w.now = w.now.Add(11 * time.Second)
 	w.setNode("h2", v1alpha1.NodePhaseNotReady)
@@ -424,7 +424,7 @@ func TestRecoveryRenewsAndStopsOnLeaseLoss(t *testing.T) {
 // waits the margin, does not take the lease over again, and releases the VMs left, each once.
 func TestLeaderChangeMidway(t *testing.T) {
 	w := newWorld(t)
-	c1 := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second})
+	c1 := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second, GroupWait: -1})
 	w.check(c1)
 	w.fail(c1, 5*time.Second)
 	releases := 0
@@ -447,7 +447,7 @@ func TestLeaderChangeMidway(t *testing.T) {
 	if v := w.vm("mid"); v.Status.NodeName != "h2" {
 		t.Fatalf("mid was released although the write was refused")
 	}
-	c2 := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second})
+	c2 := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second, GroupWait: -1})
 	w.fc.ClearActions()
 	w.check(c2) // the lease is held by the HA controller: expired at once, margin from now
 	if got := w.writes(); len(got) > 0 {
@@ -466,5 +466,81 @@ func TestLeaderChangeMidway(t *testing.T) {
 	}
 	if v := w.vm("plain"); v.Status.NodeName != "h2" {
 		t.Errorf("plain was released by the new leader")
+	}
+}
+
+// TestRecoveryByPriorityGroups: the HA VMs of a failed node are released one priority group
+// at a time; a lower group waits until the scheduler has placed the one before it (bound it,
+// or found no room: Scheduled=False), or for the group wait at most.
+func TestRecoveryByPriorityGroups(t *testing.T) {
+	w := newWorld(t)
+	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second})
+	w.check(c)
+	w.fail(c, 5*time.Second)
+	released := func() []string {
+		var out []string
+		for _, n := range []string{"zzz-high", "mid", "aaa-low", "low"} {
+			if len(w.vm(n).Status.Recovered) > 0 {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	step := func() {
+		w.now = w.now.Add(time.Second)
+		w.renew("h1")
+		w.check(c)
+	}
+	w.check(c)
+	if got := strings.Join(released(), ","); got != "zzz-high" {
+		t.Fatalf("first pass released %q, want only the highest priority (zzz-high)", got)
+	}
+	step()
+	if got := strings.Join(released(), ","); got != "zzz-high" {
+		t.Fatalf("released %q before zzz-high was placed", got)
+	}
+	// The scheduler binds zzz-high to h1.
+	v := w.vm("zzz-high")
+	v.Status.NodeName = "h1"
+	if err := w.fc.UpdateStatus(w.ctx, "virtualmachines", "default", "zzz-high", v, nil); err != nil {
+		t.Fatal(err)
+	}
+	step()
+	if got := strings.Join(released(), ","); got != "zzz-high,mid" {
+		t.Fatalf("after zzz-high was placed: released %q, want zzz-high,mid", got)
+	}
+	// mid fits nowhere: Scheduled=False counts as placed.
+	v = w.vm("mid")
+	v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionScheduled, Status: v1alpha1.ConditionFalse, Reason: "NoFit", Message: "no node fits"})
+	if err := w.fc.UpdateStatus(w.ctx, "virtualmachines", "default", "mid", v, nil); err != nil {
+		t.Fatal(err)
+	}
+	step()
+	if got := strings.Join(released(), ","); got != "zzz-high,mid,aaa-low,low" {
+		t.Fatalf("after mid was found not to fit: released %q, want the last group too", got)
+	}
+}
+
+// TestRecoveryGroupWaitEnds: a group the scheduler never places holds the next one back for
+// the group wait only.
+func TestRecoveryGroupWaitEnds(t *testing.T) {
+	w := newWorld(t)
+	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second, GroupWait: 10 * time.Second})
+	w.check(c)
+	w.fail(c, 5*time.Second)
+	w.check(c)
+	for i := 0; i < 9; i++ {
+		w.now = w.now.Add(time.Second)
+		w.renew("h1")
+		w.check(c)
+		if len(w.vm("mid").Status.Recovered) > 0 {
+			t.Fatalf("mid released %d s after zzz-high, before the group wait", i+1)
+		}
+	}
+	w.now = w.now.Add(2 * time.Second)
+	w.renew("h1")
+	w.check(c)
+	if len(w.vm("mid").Status.Recovered) == 0 {
+		t.Fatal("mid not released after the group wait")
 	}
 }
