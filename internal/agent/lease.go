@@ -208,7 +208,12 @@ func (a *Agent) startLease(ctx context.Context) {
 	go a.fence.watch(ctx.Done(), fenceTick)
 	a.lease.step(ctx)
 	go a.lease.run(ctx, a.cfg.LeaseRenewInterval)
-	go a.loop(ctx, haSnapshotEvery, a.snapshotHA)
+	go a.loop(ctx, haSnapshotEvery, func() {
+		a.snapshotHA()
+		if a.guard != nil {
+			a.guard.ensure(false) // a guard that died is started again (one look a second)
+		}
+	})
 }
 
 // snapshotHA gives the watchdog the pids of the QEMUs of the HA VMs this agent runs. A QEMU
@@ -232,9 +237,6 @@ func (a *Agent) snapshotHA() {
 		ps = append(ps, haProc{uid: in.uid, key: string(in.key), pid: in.pid, start: procStartTime(in.pid)})
 	}
 	a.fence.setProcs(ps)
-	if a.guard != nil {
-		a.guard.ensure(false) // a guard that died is started again (at most one look a second)
-	}
 }
 
 // leaseAcquired runs when the agent acquired its lease anew: the Node reports at once, and
