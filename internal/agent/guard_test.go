@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -316,4 +317,53 @@ func processExists(pid int) bool {
 func readFileString(p string) string {
 	b, _ := os.ReadFile(p)
 	return string(b)
+}
+
+// The renewer tells the guard what it must know: the renewal on the monotonic clock, a lost
+// lease, the HA QEMUs with their start times.
+func TestLeasePublishesGuardState(t *testing.T) {
+	r := newLeaseRig(t)
+	dir := t.TempDir()
+	r.fence.guard = &guardLink{dir: dir, timeout: 6 * time.Second, log: slog.New(slog.DiscardHandler)}
+	s := startSleeper(t, "uid-s")
+	// 999999 is no process: without a start time it is not listed.
+	r.fence.setProcs([]haProc{{uid: "uid-s", key: "default/s", pid: s.cmd.Process.Pid, start: procStartTime(s.cmd.Process.Pid)},
+		{uid: "uid-gone", key: "default/g", pid: 999999}})
+	read := func() *guardState {
+		t.Helper()
+		st, err := readGuardState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if st := read(); !st.Armed || len(st.QEMUs) != 1 || st.QEMUs[0] != s.entry(t) || st.FenceTimeoutMs != 6000 {
+		t.Fatalf("after the snapshot: %+v", st)
+	}
+	before := monoNow()
+	r.lease.step(context.Background())
+	after := monoNow()
+	st := read()
+	if !st.Armed || st.Lost || st.RenewedMono < before || st.RenewedMono > after || st.AgentPID != os.Getpid() {
+		t.Fatalf("after the acquisition: %+v (monotonic %d..%d)", st, before, after)
+	}
+	// Taken over: lost at once.
+	r.store.takeOver("rakhsh-ha-controller", r.clock.now())
+	r.clock.add(time.Second)
+	r.lease.step(context.Background())
+	if st := read(); !st.Lost {
+		t.Fatalf("after the takeover: %+v", st)
+	}
+	// An unchanged snapshot writes nothing; a changed one does.
+	if err := os.Remove(filepath.Join(dir, GuardStateFile)); err != nil {
+		t.Fatal(err)
+	}
+	r.fence.setProcs([]haProc{{uid: "uid-s", key: "default/s", pid: s.cmd.Process.Pid, start: procStartTime(s.cmd.Process.Pid)}})
+	if _, err := os.Stat(filepath.Join(dir, GuardStateFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("an unchanged snapshot rewrote the state: %v", err)
+	}
+	r.fence.setProcs(nil)
+	if st := read(); len(st.QEMUs) != 0 || !st.Lost {
+		t.Fatalf("after the HA QEMUs went: %+v", st)
+	}
 }
