@@ -66,6 +66,9 @@ type guardState struct {
 	Stop bool `json:"stop,omitempty"`
 	// AgentPID is the pid of the agent that wrote the file (for the log).
 	AgentPID int `json:"agentPID"`
+	// BootID is the kernel's boot id when the file was written: the monotonic clock, pids and
+	// start times of another boot mean nothing (a state of another boot counts as missing).
+	BootID string `json:"bootID"`
 	// QEMUs are the HA QEMUs of the node.
 	QEMUs []guardQEMU `json:"qemus"`
 }
@@ -85,6 +88,15 @@ func monoNow() int64 {
 		return 0
 	}
 	return ts.Nano()
+}
+
+// bootID is the kernel's boot id ("" when unknown).
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // procStartTime returns the start time of pid (field 22 of /proc/PID/stat), or 0 when there
@@ -140,7 +152,7 @@ func RunFenceGuard(o GuardOptions) error {
 	if o.Tick <= 0 {
 		o.Tick = guardTick
 	}
-	g := &guard{dir: dir, pid: os.Getpid(), logw: &rotatingLog{path: filepath.Join(dir, GuardLogFile)}, killed: map[guardQEMU]bool{}}
+	g := &guard{dir: dir, pid: os.Getpid(), boot: bootID(), logw: &rotatingLog{path: filepath.Join(dir, GuardLogFile)}, killed: map[guardQEMU]bool{}}
 	g.log = slog.New(slog.NewTextHandler(g.logw, nil)).With("pid", g.pid)
 	if err := writeFileAtomic(filepath.Join(dir, GuardPIDFile), []byte(strconv.Itoa(g.pid)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("fence-guard: writing its pid file: %w", err)
@@ -171,6 +183,7 @@ func RunFenceGuard(o GuardOptions) error {
 type guard struct {
 	dir    string
 	pid    int
+	boot   string
 	log    *slog.Logger
 	logw   *rotatingLog
 	state  guardState // the last good state
@@ -250,7 +263,7 @@ func (g *guard) fenceReason() string {
 func (g *guard) readState() {
 	s, err := readGuardState(g.dir)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, os.ErrNotExist), err == nil && s.BootID != g.boot:
 		g.state = guardState{}
 		g.badErr = ""
 	case err != nil:
@@ -397,7 +410,7 @@ func GuardPID(dataDir string) int {
 // sure a guard runs.
 func (g *guardLink) begin() {
 	g.mu.Lock()
-	if s, err := readGuardState(g.dir); err == nil && s.Armed {
+	if s, err := readGuardState(g.dir); err == nil && s.Armed && s.BootID == bootID() {
 		g.prev = s
 	}
 	g.mu.Unlock()
@@ -474,6 +487,7 @@ func sameExecutable(pid int, bin string) bool {
 func (g *guardLink) write(s guardState) {
 	s.FenceTimeoutMs = g.timeout.Milliseconds()
 	s.AgentPID = os.Getpid()
+	s.BootID = bootID()
 	if s.QEMUs == nil {
 		s.QEMUs = []guardQEMU{}
 	}

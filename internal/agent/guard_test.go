@@ -164,6 +164,18 @@ func TestFenceGuardProcess(t *testing.T) {
 	if !d.alive() {
 		t.Fatal("a process was killed after the state file was removed")
 	}
+	// A state of another boot (its clock, pids and start times mean nothing now) counts as
+	// missing, however stale.
+	other := guardState{Armed: true, RenewedMono: 1, FenceTimeoutMs: 1, Lost: true, BootID: "another-boot", QEMUs: []guardQEMU{d.entry(t)}}
+	if b, err := json.Marshal(other); err != nil {
+		t.Fatal(err)
+	} else if err := writeFileAtomic(filepath.Join(dir, GuardStateFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ticksPass()
+	if !d.alive() {
+		t.Fatal("a process listed in the state of another boot was killed")
+	}
 
 	// A malformed state file: the last good one holds, so its heartbeat ages and fences.
 	// (A longer fence timeout here, so that the guard has surely read the good state before
@@ -291,7 +303,7 @@ func TestFenceGuardStateChecks(t *testing.T) {
 			t.Errorf("state %.40q: %v, want an error with %q", tc.body, err, tc.want)
 		}
 	}
-	good := guardState{Armed: true, RenewedMono: 7, FenceTimeoutMs: 6000, QEMUs: []guardQEMU{{PID: 100, Start: 9, UID: "u"}}}
+	good := guardState{Armed: true, RenewedMono: 7, FenceTimeoutMs: 6000, QEMUs: []guardQEMU{{PID: 100, Start: 9, UID: "u"}}, BootID: bootID()}
 	b, _ := json.Marshal(good)
 	if err := os.WriteFile(filepath.Join(dir, GuardStateFile), b, 0o600); err != nil {
 		t.Fatal(err)
@@ -302,8 +314,8 @@ func TestFenceGuardStateChecks(t *testing.T) {
 	if procStartTime(os.Getpid()) == 0 || procStartTime(0) != 0 {
 		t.Error("procStartTime")
 	}
-	if monoNow() <= 0 {
-		t.Error("monoNow")
+	if monoNow() <= 0 || bootID() == "" {
+		t.Error("monoNow, bootID")
 	}
 }
 
