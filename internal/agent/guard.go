@@ -157,6 +157,9 @@ func RunFenceGuard(o GuardOptions) error {
 	if err := writeFileAtomic(filepath.Join(dir, GuardPIDFile), []byte(strconv.Itoa(g.pid)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("fence-guard: writing its pid file: %w", err)
 	}
+	// The out-of-memory killer should take anything but the guard (it fails silently when
+	// not privileged: the guard then runs as any process).
+	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0o644)
 	g.log.Info("fence guard started", "data-dir", dir)
 	sig := make(chan os.Signal, 4)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
