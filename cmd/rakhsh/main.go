@@ -10,6 +10,6 @@ import (
 
 func main() {
 	root := cli.NewRootCommand()
-	root.AddCommand(server.NewServeCommand(), server.NewAgentCommand(), server.NewStoreCommand())
+	root.AddCommand(server.NewServeCommand(), server.NewAgentCommand(), server.NewStoreCommand(), server.NewFenceGuardCommand())
 	os.Exit(cli.Execute(root))
 }

@@ -77,6 +77,10 @@ type Config struct {
 	// it kills their QEMUs (fence.go); default v1alpha1.DefaultNodeFenceTimeout. It must be
 	// shorter than LeaseDuration by v1alpha1.NodeFenceMargin.
 	FenceTimeout time.Duration
+	// FenceGuard is the executable that runs the fence guard (`FenceGuard fence-guard
+	// --data-dir DataDir`, guard.go): the process that fences the HA VMs when the agent is
+	// stopped or dead. Empty: none, the agent's own watchdog alone (unit tests).
+	FenceGuard string
 	// LeaseRenewInterval is how often the lease is renewed; default 1 s, at most a quarter
 	// of FenceTimeout.
 	LeaseRenewInterval time.Duration
@@ -107,8 +111,9 @@ type Agent struct {
 
 	seams *startSeams // tests only: a start failing at a chosen step (start.go)
 
-	fence *fence  // self-fencing (fence.go)
-	lease *leaser // the node lease (lease.go)
+	fence *fence     // self-fencing (fence.go)
+	lease *leaser    // the node lease (lease.go)
+	guard *guardLink // the fence guard (guard.go); nil without Config.FenceGuard
 }
 
 // New checks cfg and returns an agent; Run starts it.
@@ -186,6 +191,10 @@ func New(cfg Config) (*Agent, error) {
 		// The VMs whose live migration targets this node (migrate.go).
 		migIn: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
 			client.ListOptions{FieldSelector: "status.migrationState.target.node=" + cfg.NodeName}, log)}
+	if cfg.FenceGuard != "" {
+		a.guard = &guardLink{bin: cfg.FenceGuard, dir: cfg.DataDir, timeout: cfg.FenceTimeout, log: log}
+		f.guard = a.guard
+	}
 	a.lease = &leaser{store: apiLeases{c: cfg.Client, name: cfg.NodeName}, node: cfg.NodeName, duration: cfg.LeaseDuration,
 		timeout: max(cfg.LeaseRenewInterval, min(2*time.Second, cfg.FenceTimeout/3)), now: cfg.Now, fence: f, log: log,
 		acquired: a.leaseAcquired}
@@ -208,6 +217,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := os.MkdirAll(filepath.Join(a.cfg.DataDir, "run", "vms"), 0o700); err != nil {
 		return fmt.Errorf("agent: creating run directory: %w", err)
+	}
+	if a.guard != nil {
+		a.guard.begin() // guard.go: a fence guard runs before any QEMU is adopted or started
 	}
 	if err := a.resolveUsers(ctx); err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -261,6 +273,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		in.detach()
 	}
 	a.mu.Unlock()
+	a.stopGuard()
 	return nil
 }
 

@@ -23,6 +23,7 @@ import (
 type haProc struct {
 	uid, key string
 	pid      int
+	start    uint64 // the process's start time (procStartTime), for the fence guard
 }
 
 // fence is the self-fencing state shared by the watchdog, the lease renewer and the agent.
@@ -42,6 +43,10 @@ type fence struct {
 	fenced atomic.Bool
 	// procs is the agent's latest snapshot of its HA VMs' QEMUs.
 	procs atomic.Pointer[[]haProc]
+	// renewMono is lastRenew on CLOCK_MONOTONIC, for the fence guard (guard.go).
+	renewMono atomic.Int64
+	// guard is the fence guard's link (guard.go); nil: no guard, the watchdog alone.
+	guard *guardLink
 
 	mu     sync.Mutex            // guards the fields below; only fence code takes it
 	why    string                // why the node is fenced
@@ -65,10 +70,43 @@ func newFence(timeout time.Duration, now func() time.Time, log *slog.Logger) *fe
 }
 
 // renewed restarts the fence timeout from at (the agent's start, or a renewal).
-func (f *fence) renewed(at time.Time) { f.lastRenew.Store(&at) }
+func (f *fence) renewed(at time.Time) {
+	f.renewMono.Store(monoNow() - int64(f.now().Sub(at)))
+	f.lastRenew.Store(&at)
+}
 
-// setProcs replaces the snapshot of HA QEMUs.
-func (f *fence) setProcs(ps []haProc) { f.procs.Store(&ps) }
+// setProcs replaces the snapshot of HA QEMUs, and tells the guard when they changed.
+func (f *fence) setProcs(ps []haProc) {
+	f.procs.Store(&ps)
+	if f.guard != nil && f.guard.procsChanged(f.guardQEMUs()) {
+		f.publish()
+	}
+}
+
+func (f *fence) guardQEMUs() []guardQEMU {
+	ps := *f.procs.Load()
+	out := make([]guardQEMU, 0, len(ps))
+	for _, p := range ps {
+		if p.start != 0 {
+			out = append(out, guardQEMU{PID: p.pid, Start: p.start, UID: p.uid})
+		}
+	}
+	return out
+}
+
+// publish writes the fence's state for the fence guard (guard.go): the last renewal, whether
+// the lease is lost, the HA QEMUs. The watchdog never calls it (it takes the guard link's
+// lock); the renewer and the snapshot do.
+func (f *fence) publish() {
+	if f.guard == nil {
+		return
+	}
+	s := guardState{Lost: f.fenced.Load(), QEMUs: f.guardQEMUs()}
+	if f.lastRenew.Load() != nil {
+		s.Armed, s.RenewedMono = true, f.renewMono.Load()
+	}
+	f.guard.write(s)
+}
 
 // mayRun says whether HA VMs may run (and start) here: the node holds its lease.
 func (f *fence) mayRun() bool { return !f.fenced.Load() }

@@ -96,6 +96,7 @@ func (l *leaser) step(ctx context.Context) {
 				// an upgrade of the agents first): without a lease there is nothing to fence
 				// on, and fencing would kill every HA VM of the node for nothing.
 				if l.fence.lastRenew.Swap(nil) != nil {
+					l.fence.publish()
 					l.log.Error("the control plane serves no NodeLeases: no self-fencing of HA VMs on this node until it does (upgrade the control plane first)", "err", err)
 				}
 				return
@@ -124,6 +125,7 @@ func (l *leaser) step(ctx context.Context) {
 			return
 		}
 		l.fence.renewed(start)
+		l.fence.publish()
 		return
 	}
 	if !mine && cur.Spec.HolderIdentity != "" && !cur.Spec.ExpiredAt(start) {
@@ -148,6 +150,7 @@ func (l *leaser) fill(nl *v1alpha1.NodeLease, at time.Time, transitions int32) {
 func (l *leaser) won(at time.Time, transitions int32) {
 	l.held, l.transitions = true, transitions
 	l.fence.unfence(at)
+	l.fence.publish()
 	l.log.Info("node lease acquired", "transitions", transitions, "duration", l.duration)
 	if l.acquired != nil {
 		l.acquired()
@@ -159,6 +162,7 @@ func (l *leaser) won(at time.Time, transitions int32) {
 func (l *leaser) lose(why string) {
 	l.held = false
 	l.fence.trip(why)
+	l.fence.publish() // the guard kills too, even if this agent stops right now
 }
 
 // run renews every interval until ctx ends.
@@ -195,10 +199,21 @@ func (a *Agent) startLease(ctx context.Context) {
 	a.snapshotHA()
 	// The watchdog runs from here on: the agent has the fence timeout to acquire its lease.
 	a.fence.renewed(a.cfg.Now())
+	if a.guard != nil {
+		// The guard keeps watching the last renewal of the agent before this one (if any)
+		// until this one renews: a restart does not extend the time HA QEMUs run unrenewed.
+		a.fence.renewMono.Store(a.guard.firstRenewal())
+		a.fence.publish()
+	}
 	go a.fence.watch(ctx.Done(), fenceTick)
 	a.lease.step(ctx)
 	go a.lease.run(ctx, a.cfg.LeaseRenewInterval)
-	go a.loop(ctx, haSnapshotEvery, a.snapshotHA)
+	go a.loop(ctx, haSnapshotEvery, func() {
+		a.snapshotHA()
+		if a.guard != nil {
+			a.guard.ensure(false) // a guard that died is started again (one look a second)
+		}
+	})
 }
 
 // snapshotHA gives the watchdog the pids of the QEMUs of the HA VMs this agent runs. A QEMU
@@ -219,7 +234,7 @@ func (a *Agent) snapshotHA() {
 		if vm, ok := a.vms.Get(in.key); ok && vm.UID == in.uid && !v1alpha1.IsHA(vm) {
 			continue
 		}
-		ps = append(ps, haProc{uid: in.uid, key: string(in.key), pid: in.pid})
+		ps = append(ps, haProc{uid: in.uid, key: string(in.key), pid: in.pid, start: procStartTime(in.pid)})
 	}
 	a.fence.setProcs(ps)
 }

@@ -182,10 +182,14 @@ exchanged with whichever answers.`,
 			if err != nil {
 				return err
 			}
+			guardBin, err := fenceGuardBinary()
+			if err != nil {
+				return err
+			}
 			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval,
 				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode,
 				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
-				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout})
+				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin})
 			if err != nil {
 				return err
 			}

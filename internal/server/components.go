@@ -121,10 +121,14 @@ func agentComponent(cfg Config, cl *client.Client, log *slog.Logger) (component,
 	if err != nil {
 		return component{}, err
 	}
+	guardBin, err := fenceGuardBinary()
+	if err != nil {
+		return component{}, err
+	}
 	a, err := agent.New(agent.Config{Client: cl.WithUserAgent("rakhsh/agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
 		HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
 		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
-		LeaseDuration: cfg.NodeLeaseDuration, FenceTimeout: cfg.FenceTimeout})
+		LeaseDuration: cfg.NodeLeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin})
 	if err != nil {
 		return component{}, err
 	}

@@ -4,25 +4,33 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/agent"
 )
 
 // The node lease and self-fencing (docs/ha.md) on a cluster of its own (rhl), since the test
 // stops and cuts off h2. Two VMs run on h2: ha-vm (runPolicy AlwaysOn: an HA VM) and
 // manual-vm (runPolicy Manual: not HA).
 //
-//	(a) SIGSTOP h2's agent: node h2 becomes NotReady (NodeLeaseExpired) about a lease
-//	    duration later; its QEMUs still run (a stopped agent cannot fence: that is the
-//	    hardware watchdog's part). SIGCONT: the agent finds its lease lost and kills ha-vm's
-//	    QEMU at once, leaves manual-vm's alone, acquires the lease anew: h2 Ready again.
-//	(b) cut h2's link: the agent kills ha-vm's QEMU after the fence timeout, while the link
-//	    is still down; manual-vm's QEMU lives on. Link up: h2 Ready again, ha-vm's lastExit
+//	(a) SIGSTOP h2's agent: its fence guard (a process of its own) kills ha-vm's QEMU about
+//	    the fence timeout later, while the agent is still stopped, and before node h2 becomes
+//	    NotReady (NodeLeaseExpired) about a lease duration later; manual-vm's QEMU lives.
+//	    SIGCONT: the agent finds its lease lost, acquires it anew: h2 Ready again, ha-vm's
+//	    lastExit says Fenced.
+//	(b) cut h2's link: ha-vm's QEMU is killed after the fence timeout, while the link is
+//	    still down; manual-vm's QEMU lives on. Link up: h2 Ready again, ha-vm's lastExit
 //	    says Fenced, and (the HA controller's margin is 10 minutes here) ha-vm runs again on h2.
+//	(c) kill -9 h2's agent (its QEMUs and its guard live on): the guard kills ha-vm's QEMU
+//	    after the fence timeout; manual-vm's lives. The agent started again reuses the guard,
+//	    adopts manual-vm's QEMU, and h2 is Ready again.
 //
 // The times it logs (HA-TIMES) are the numbers of docs/benchmarks.md; it asserts order and
 // outcome with loose bounds only.
@@ -110,23 +118,48 @@ spec:
 	}
 	ready := func() bool { p, _ := node(); return p == v1alpha1.NodePhaseReady }
 
+	guardPID := agent.GuardPID(h2.DataDir)
+	if guardPID == 0 {
+		t.Fatalf("no fence guard runs for h2 (pid file %s)", filepath.Join(h2.DataDir, agent.GuardPIDFile))
+	}
+	guardLog := func() string {
+		b, _ := os.ReadFile(filepath.Join(h2.DataDir, agent.GuardLogFile))
+		return string(b)
+	}
+
 	// (a) SIGSTOP, then SIGCONT.
 	stoppedAt := time.Now()
 	h2.Pause(t)
-	toNotReady := waitUntil("h2 NotReady (NodeLeaseExpired) after SIGSTOP", stoppedAt, leaseDuration+15*time.Second, notReady)
-	if toNotReady < leaseDuration-2*time.Second {
-		t.Errorf("h2 was NotReady %s after SIGSTOP, sooner than its lease duration %s allows", toNotReady, leaseDuration)
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			h2.Resume(t)
+		}
+	})
+	toKilled := waitUntil("ha-vm's QEMU killed while h2's agent is stopped", stoppedAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
+	if toKilled < fenceTimeout-2*time.Second {
+		t.Errorf("ha-vm's QEMU was killed %s after SIGSTOP, before the fence timeout %s", toKilled, fenceTimeout)
 	}
-	if !vmProcessOf(haPID, ha.UID) || !vmProcessOf(manPID, man.UID) {
-		t.Fatalf("a QEMU ended while h2's agent was stopped (nothing on h2 can kill it then)")
+	if !h2.Running() || !processStopped(h2.PID()) {
+		t.Fatalf("h2's agent is not stopped any more: the guard, not the agent, must have killed the QEMU")
+	}
+	if !strings.Contains(guardLog(), "vm-uid="+ha.UID) {
+		t.Errorf("the fence guard's log does not name ha-vm:\n%s", guardLog())
+	}
+	toNotReady := waitUntil("h2 NotReady (NodeLeaseExpired) after SIGSTOP", stoppedAt, leaseDuration+15*time.Second, notReady)
+	if toNotReady < leaseDuration-2*time.Second || toNotReady < toKilled {
+		t.Errorf("h2 was NotReady %s after SIGSTOP: sooner than its lease duration %s allows, or before its QEMU was killed (%s)", toNotReady, leaseDuration, toKilled)
+	}
+	if !vmProcessOf(manPID, man.UID) {
+		t.Fatalf("manual-vm's QEMU (not HA) ended while h2's agent was stopped")
 	}
 	resumedAt := time.Now()
 	h2.Resume(t)
-	toKilled := waitUntil("ha-vm's QEMU killed after SIGCONT", resumedAt, 20*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
-	if !vmProcessOf(manPID, man.UID) {
-		t.Errorf("manual-vm's QEMU (not HA) was killed too")
-	}
+	resumed = true
 	toReady := waitUntil("h2 Ready again after SIGCONT", resumedAt, time.Minute, ready)
+	if !vmProcessOf(manPID, man.UID) {
+		t.Errorf("manual-vm's QEMU (not HA) was killed")
+	}
 	if err := cl.Get(ctx, "nodeleases", "", "h2", &lease); err != nil || lease.Spec.LeaseTransitions <= transitions || lease.Spec.HolderIdentity != "h2" {
 		t.Errorf("after SIGCONT h2's lease is %+v (%v): want it acquired anew (transitions > %d)", lease.Spec, err, transitions)
 	}
@@ -140,8 +173,8 @@ spec:
 	v := vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced", fenced)
 	t.Logf("ha-vm's lastExit after SIGCONT: %s: %s", v.Status.LastExit.Reason, v.Status.LastExit.Message)
 	waitFor(t, "an event Fenced on ha-vm", func() bool { return hasEvent(t, cl, "ha-vm", v1alpha1.ExitFenced) })
-	t.Logf("HA-TIMES (a): SIGSTOP -> NotReady %s; SIGCONT -> QEMU killed %s; SIGCONT -> Ready %s",
-		toNotReady.Round(10*time.Millisecond), toKilled.Round(10*time.Millisecond), toReady.Round(10*time.Millisecond))
+	t.Logf("HA-TIMES (a): SIGSTOP -> QEMU killed %s; SIGSTOP -> NotReady %s; SIGCONT -> Ready %s",
+		toKilled.Round(10*time.Millisecond), toNotReady.Round(10*time.Millisecond), toReady.Round(10*time.Millisecond))
 
 	// With its lease back before the HA controller's margin, h2 starts ha-vm again (AlwaysOn).
 	ha = vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2 again", func(v *v1alpha1.VirtualMachine) bool {
@@ -188,8 +221,62 @@ spec:
 	}
 	t.Logf("HA-TIMES (b): link cut -> QEMU killed %s; link cut -> NotReady %s; link up -> Ready %s",
 		cutToKilled.Round(10*time.Millisecond), cutToNotReady.Round(10*time.Millisecond), upToReady.Round(10*time.Millisecond))
-	fmt.Printf("HA-TIMES sigstop_to_notready=%.2f sigcont_to_killed=%.2f linkcut_to_killed=%.2f linkcut_to_notready=%.2f\n",
-		toNotReady.Seconds(), toKilled.Seconds(), cutToKilled.Seconds(), cutToNotReady.Seconds())
+
+	// (c) kill -9 of h2's agent: its QEMUs and its guard live on.
+	ha = vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2 after the partition", func(v *v1alpha1.VirtualMachine) bool {
+		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && pidOf(v.UID) != 0 && pidOf(v.UID) != haPID
+	})
+	haPID = pidOf(ha.UID)
+	vmWaitSerial(t, s, "ha-vm", "RAKHSH-GUEST: ready", 1)
+	if g := agent.GuardPID(h2.DataDir); g != guardPID {
+		t.Errorf("h2's fence guard is %d, was %d: the agent replaced a live guard of its own executable", g, guardPID)
+	}
+	killAt := time.Now()
+	h2.Kill9(t)
+	killed9 := true
+	t.Cleanup(func() {
+		if killed9 {
+			h2.Restart(t)
+		}
+	})
+	kill9ToKilled := waitUntil("ha-vm's QEMU killed with h2's agent dead", killAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
+	if kill9ToKilled < fenceTimeout-2*time.Second {
+		t.Errorf("ha-vm's QEMU was killed %s after the agent's kill -9, before the fence timeout %s", kill9ToKilled, fenceTimeout)
+	}
+	kill9ToNotReady := waitUntil("h2 NotReady with its agent dead", killAt, leaseDuration+15*time.Second, notReady)
+	if kill9ToNotReady < kill9ToKilled {
+		t.Errorf("h2 was NotReady (%s after kill -9) before the guard fenced (%s)", kill9ToNotReady, kill9ToKilled)
+	}
+	if !vmProcessOf(manPID, man.UID) {
+		t.Fatalf("manual-vm's QEMU (not HA) was killed with h2's agent dead")
+	}
+	if h2.Running() {
+		t.Fatal("h2's agent runs again by itself")
+	}
+	restartAt := time.Now()
+	h2.Restart(t) // waits for h2 Ready with a heartbeat of the new agent
+	killed9 = false
+	restartToReady := time.Since(restartAt)
+	if g := agent.GuardPID(h2.DataDir); g != guardPID {
+		t.Errorf("after the restart h2's fence guard is %d, want the live one %d reused", g, guardPID)
+	}
+	man = vmWait(t, s, "manual-vm", time.Minute, "Running on h2, adopted", func(v *v1alpha1.VirtualMachine) bool {
+		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
+	})
+	if !vmProcessOf(manPID, man.UID) || pidOf(man.UID) != manPID {
+		t.Errorf("manual-vm's QEMU after the restart: pid %d, want %d adopted", pidOf(man.UID), manPID)
+	}
+	v = vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced after the agent's kill -9", func(v *v1alpha1.VirtualMachine) bool {
+		return fenced(v) && v.Status.LastExit.Time != nil && v.Status.LastExit.Time.After(killAt)
+	})
+	t.Logf("ha-vm's lastExit after the kill -9: %s", v.Status.LastExit.Message)
+	if !strings.Contains(v.Status.LastExit.Message, "fence guard") {
+		t.Errorf("ha-vm's lastExit after the kill -9 does not say the fence guard killed it: %s", v.Status.LastExit.Message)
+	}
+	t.Logf("HA-TIMES (c): kill -9 -> QEMU killed %s; kill -9 -> NotReady %s; restart -> Ready %s",
+		kill9ToKilled.Round(10*time.Millisecond), kill9ToNotReady.Round(10*time.Millisecond), restartToReady.Round(10*time.Millisecond))
+	fmt.Printf("HA-TIMES sigstop_to_killed=%.2f sigstop_to_notready=%.2f linkcut_to_killed=%.2f linkcut_to_notready=%.2f kill9_to_killed=%.2f kill9_to_notready=%.2f\n",
+		toKilled.Seconds(), toNotReady.Seconds(), cutToKilled.Seconds(), cutToNotReady.Seconds(), kill9ToKilled.Seconds(), kill9ToNotReady.Seconds())
 	s.MustCLI("", "delete", "vm", "ha-vm", "manual-vm")
 }
 
@@ -209,4 +296,14 @@ func hasEvent(t *testing.T, cl *client.Client, name, reason string) bool {
 		}
 	}
 	return false
+}
+
+// processStopped says whether pid is stopped (state T in /proc/PID/stat).
+func processStopped(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && (b[i+2] == 'T' || b[i+2] == 't')
 }

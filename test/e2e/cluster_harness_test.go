@@ -93,6 +93,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/store/etcd/etcdtest"
 )
@@ -373,9 +374,13 @@ func (c *Cluster) removeLeftovers() {
 	_ = os.RemoveAll(c.Dir)
 }
 
-// killHostChildren kills (by pid) the QEMUs and dnsmasqs the hosts' processes left.
+// killHostChildren kills (by pid) the QEMUs, dnsmasqs and fence guards the hosts' processes
+// left.
 func (c *Cluster) killHostChildren() {
 	for _, h := range c.Hosts {
+		// The fence guard outlives the agent by design (found by its pid file, checked by
+		// its command line).
+		killFenceGuard(h.DataDir)
 		for _, pid := range vmQEMUPIDs(h.DataDir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
@@ -388,6 +393,19 @@ func (c *Cluster) killHostChildren() {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
+	}
+}
+
+// killFenceGuard kills the fence guard of the data dir dir, if one runs (docs/ha.md), and
+// waits until it is gone.
+func killFenceGuard(dir string) {
+	pid := agent.GuardPID(dir)
+	if pid == 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 100 && agent.GuardPID(dir) == pid; i++ {
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -133,6 +133,7 @@ func startServe(t *testing.T, mode ServeMode, extra ...string) *Serve {
 	s.Start()
 	t.Cleanup(func() {
 		s.Stop()
+		killFenceGuard(s.DataDir) // one left by a Kill9, or guarding HA VMs (docs/ha.md)
 		if t.Failed() {
 			t.Logf("rakhsh serve log:\n%s", s.logs.String())
 		}
