@@ -128,6 +128,13 @@ func (a *Agent) adopt(ctx context.Context, vm *v1alpha1.VirtualMachine, pid int)
 
 // recordLostExit records the end of a QEMU that ended while no agent watched it.
 func (a *Agent) recordLostExit(ctx context.Context, vm *v1alpha1.VirtualMachine, reason string) error {
+	// The cache may be behind the API: an exit this agent has just recorded (a QEMU killed by
+	// the fence while the API was out of reach, recorded once it was back) still looks like a
+	// running VM without a process. Ask the API before recording a second, wrong exit.
+	var fresh v1alpha1.VirtualMachine
+	if err := a.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &fresh); err == nil && fresh.UID == vm.UID && !runsPhase(fresh.Status.Phase) {
+		return nil // the status write brings the next reconcile
+	}
 	runDir := a.runDir(vm.UID)
 	dead := &instance{uid: vm.UID, key: runtime.KeyOf(vm), runDir: runDir, exited: make(chan struct{})}
 	dead.markExited()

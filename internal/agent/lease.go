@@ -196,15 +196,15 @@ const (
 // watchdog's snapshot of HA QEMUs fresh until ctx ends. It runs after the adoption of running
 // QEMUs, however long that takes, and before any VM is reconciled.
 func (a *Agent) startLease(ctx context.Context) {
-	a.snapshotHA()
 	// The watchdog runs from here on: the agent has the fence timeout to acquire its lease.
 	a.fence.renewed(a.cfg.Now())
 	if a.guard != nil {
 		// The guard keeps watching the last renewal of the agent before this one (if any)
 		// until this one renews: a restart does not extend the time HA QEMUs run unrenewed.
 		a.fence.renewMono.Store(a.guard.firstRenewal())
-		a.fence.publish()
 	}
+	a.snapshotHA()
+	a.fence.publish()
 	go a.fence.watch(ctx.Done(), fenceTick)
 	a.lease.step(ctx)
 	go a.lease.run(ctx, a.cfg.LeaseRenewInterval)
