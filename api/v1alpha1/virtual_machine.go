@@ -623,7 +623,8 @@ const (
 	MigrationReasonSourceRestarted = "SourceAgentRestarted"
 	MigrationReasonVMStopped       = "VirtualMachineStopped"
 	// MigrationReasonStreamBroken: the stream's connection from the source broke off before
-	// it completed (the source agent or the link went away) and the target QEMU ended.
+	// it completed (the source agent died, or the connection was reset) and the target QEMU
+	// ended.
 	MigrationReasonStreamBroken = "StreamBroken"
 )
 

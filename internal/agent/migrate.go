@@ -151,7 +151,7 @@ func (a *Agent) migrateIn(ctx context.Context, vm *v1alpha1.VirtualMachine, l *l
 		removeRuntimeFiles(l.in.runDir)
 		if broke {
 			return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonStreamBroken,
-				fmt.Sprintf("the migration stream from node %s broke off before it completed (the source node's agent or the link between the nodes went away); the target QEMU on node %s ended%s",
+				fmt.Sprintf("the migration stream from node %s broke off before it completed (the source node's agent died, or the connection was reset); the target QEMU on node %s ended%s",
 					m.Source.Node, a.cfg.NodeName, summary))
 		}
 		return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonTargetFailed,
