@@ -845,6 +845,16 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		}
 		switch {
 		case st.Status == "completed":
+			// QEMU 7.2 may say completed before it filled in the figures: ask again a few
+			// times (the target switches over meanwhile; this only delays the record).
+			for i := 0; i < 10 && st.TotalTime == 0; i++ {
+				time.Sleep(20 * time.Millisecond)
+				var again migrateInfo
+				if mon.Execute(ctx, "query-migrate", nil, &again) != nil || again.Status != "completed" {
+					break
+				}
+				st = again
+			}
 			p := progressOf(st, 0)
 			p.Percent, p.DowntimeMs, p.TotalTimeMs = 100, st.Downtime, st.TotalTime
 			if in := a.inst(vm.UID); in != nil {
