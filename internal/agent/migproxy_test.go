@@ -449,3 +449,74 @@ func TestPipeSetHalfClose(t *testing.T) {
 	ps.close()
 	waitGoroutines(t, base)
 }
+
+// BenchmarkMigrationProxy measures the throughput of one connection through a source dialer
+// and a target proxy on loopback (mutual TLS, two socket pairs, the agents' copies), as a
+// migration stream goes: `go test -run '^$' -bench MigrationProxy ./internal/agent/`.
+func BenchmarkMigrationProxy(b *testing.B) {
+	mk := func(name string) proxyNode {
+		c, fp, err := nodestream.SelfSignedCertificate(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return proxyNode{c, fp}
+	}
+	src, dst := mk("src"), mk("dst")
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	got := make(chan int64, 1)
+	go func() {
+		c, err := sink.Accept()
+		if err != nil {
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		got <- n
+	}()
+	cfg, err := nodestream.PinnedClientServerTLSConfig(dst.cert, src.fp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	route := func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", sink.Addr().String())
+	}
+	p := serveMigrationProxy(ln, cfg, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer p.close()
+	d, err := newMigrationDialer(ln.Addr().String(), src.cert, dst.fp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.close()
+	f, err := d.dial(context.Background(), alpnMigration)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	b.SetBytes(int64(len(chunk)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = c.(*net.UnixConn).CloseWrite()
+	if n := <-got; n != int64(b.N)*int64(len(chunk)) {
+		b.Fatalf("the sink got %d bytes, want %d", n, int64(b.N)*int64(len(chunk)))
+	}
+	b.StopTimer()
+	c.Close()
+}
