@@ -388,7 +388,9 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 // the source ends it); the source node's agent killed with SIGKILL and left dead until the
 // operation failed (the stream goes through it: it breaks, the target fails the migration
 // with StreamBroken, the source QEMU runs on), then started again (the VM is Running on the
-// source). During the retry the target's migration port is probed: it speaks only TLS, with
+// source); the source's agent killed and started again while the target's agent hangs (the
+// new agent process records SourceAgentRestarted for the transfer it cannot follow). During
+// the retry the target's migration port is probed: it speaks only TLS, with
 // the target node's published certificate, and refuses clients without the source node's.
 func TestLiveMigrationFailures(t *testing.T) {
 	c := newCluster(t, ClusterOptions{Name: "rkf", ServeArgs: []string{"--migration-bandwidth", "8"}})
@@ -454,6 +456,20 @@ func TestLiveMigrationFailures(t *testing.T) {
 		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
 	})
 	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
+
+	// The source's agent is killed while the target's agent hangs (SIGSTOP), and started
+	// again before the target's comes back: the new source agent finds the transfer its
+	// predecessor started, its QEMU's stream failed, and records SourceAgentRestarted.
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	h3.Pause(t)
+	h2.Kill9(t)
+	h2.Restart(t)
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	h3.Resume(t)
+	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
+	if reason != v1alpha1.MigrationReasonSourceRestarted {
+		t.Errorf("source agent restarted while the target hung: reason %s", reason)
+	}
 
 	// A retry succeeds. During its transfer, the target's migration port speaks only TLS
 	// with the node's published certificate, and refuses whoever is not the source node.
