@@ -602,7 +602,8 @@ const (
 	// MigrationPhasePending: the target node prepares: disks, taps, a QEMU waiting for the
 	// incoming stream.
 	MigrationPhasePending MigrationPhase = "Pending"
-	// MigrationPhaseTargetReady: the target QEMU listens (target.address, ports).
+	// MigrationPhaseTargetReady: the target QEMU waits and the target agent's migration
+	// proxy listens (target.address, target.port).
 	MigrationPhaseTargetReady MigrationPhase = "TargetReady"
 	// MigrationPhaseTransferring: local disks are mirrored and memory is copied.
 	MigrationPhaseTransferring MigrationPhase = "Transferring"
@@ -621,6 +622,10 @@ const (
 	MigrationReasonTimeout         = "Timeout"
 	MigrationReasonSourceRestarted = "SourceAgentRestarted"
 	MigrationReasonVMStopped       = "VirtualMachineStopped"
+	// MigrationReasonStreamBroken: the stream's connection from the source broke off before
+	// it completed (the source agent died, or the connection was reset) and the target QEMU
+	// ended.
+	MigrationReasonStreamBroken = "StreamBroken"
 )
 
 // VirtualMachineMigrationState describes a live migration.
@@ -720,7 +725,9 @@ func (m *VirtualMachineMigrationState) Active() bool {
 type VirtualMachineLocation struct {
 	Node string `json:"node,omitempty"`
 	// Address is the node's underlay address the stream goes to (target only); Port the
-	// migration stream's port and NBDPort the disk export's (a Rakhsh addition).
+	// target agent's migration proxy port (TLS; the stream and the disk mirrors are told
+	// apart by ALPN); NBDPort, when Local disks are mirrored, the same port, kept for
+	// readers of earlier versions (a Rakhsh addition).
 	Address string `json:"address,omitempty"`
 	Port    int    `json:"port,omitempty"`
 	NBDPort int    `json:"nbdPort,omitempty"`

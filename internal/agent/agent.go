@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -70,6 +71,11 @@ type Config struct {
 	// VXLAN traffic is sent from and to it. Invalid: the node takes no part in networks
 	// across hosts (overlay.go).
 	UnderlayAddress netip.Addr
+	// Certificate is this node's certificate, the one its stream service serves and whose
+	// fingerprint the Node publishes in status.streamEndpoint.certificateSHA256; it also
+	// authenticates the node at either end of a live migration's stream (migproxy.go). Nil:
+	// the node takes part in no live migration.
+	Certificate *tls.Certificate
 	// LeaseDuration is the duration of the node's lease (lease.go); default
 	// v1alpha1.DefaultNodeLeaseDuration. Whole seconds.
 	LeaseDuration time.Duration

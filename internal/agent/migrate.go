@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/runtime"
@@ -25,10 +27,11 @@ import (
 // The VM's status.migrationState is the meeting point. The target's agent sees a VM whose
 // migration names it as target (a second informer, status.migrationState.target.node), starts
 // QEMU with the same devices and -incoming defer (the start steps, with disks on Local
-// storage made anew and exported over NBD), lets it listen on its underlay address and writes
-// TargetReady. The source's agent then mirrors the Local disks into those exports
-// (blockdev-mirror, write-blocking once in sync), sets the policy's parameters and runs
-// `migrate`, writing the progress about once a second. When QEMU's stream completes, the
+// storage made anew and exported over NBD), opens its migration proxy on its underlay address
+// (migproxy.go: TLS, the two nodes' published certificates) and writes TargetReady. The
+// source's agent then mirrors the Local disks into those exports (blockdev-mirror,
+// write-blocking once in sync), sets the policy's parameters and runs `migrate`, writing the
+// progress about once a second; both go through the two agents' proxies. When QEMU's stream completes, the
 // source is paused and the target waits, paused too: the target's agent takes the VM's
 // binding (status.nodeName) and marks the migration Succeeded in one write that tests that
 // the migration is still the one it prepared and still active. Only when that write is
@@ -101,14 +104,32 @@ func (a *Agent) failMigration(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 	return err
 }
 
-// freePort returns a TCP port free on addr now (QEMU binds it right after).
-func freePort(addr string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
-	if err != nil {
-		return 0, err
+// fdPasser is a monitor that passes descriptors to QEMU (getfd) and runs commands.
+type fdPasser interface {
+	qmpExecutor
+	GetFD(ctx context.Context, name string, f *os.File) error
+}
+
+// migrationNBDSocket is, in a target's run directory, the socket of the target QEMU's NBD
+// server (QEMU got it as a descriptor); the target's proxy connects to it.
+const migrationNBDSocket = "migration-nbd.sock"
+
+// nodeFingerprint is the certificate fingerprint node publishes (status.streamEndpoint),
+// which the migration stream's TLS pins; a node that publishes none is an error.
+func (a *Agent) nodeFingerprint(ctx context.Context, node string) (string, error) {
+	var n v1alpha1.Node
+	if err := a.c.Get(ctx, "nodes", "", node, &n); err != nil {
+		return "", fmt.Errorf("node %s: %w", node, err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	if ep := n.Status.StreamEndpoint; ep != nil && ep.CertificateSHA256 != "" {
+		return ep.CertificateSHA256, nil
+	}
+	return "", fmt.Errorf("node %s publishes no certificate (status.streamEndpoint.certificateSHA256: its agent runs without a stream service, or is older); the migration stream is only sent over TLS between the two agents", node)
+}
+
+// errNoCertificate says this agent has no certificate to authenticate migration streams.
+func (a *Agent) errNoCertificate() error {
+	return fmt.Errorf("the agent of node %s has no certificate for migration streams (its stream service, --stream-listen, is off); the migration stream is only sent over TLS between the two agents", a.cfg.NodeName)
 }
 
 // ---- the target ----
@@ -120,10 +141,21 @@ func (a *Agent) migrateIn(ctx context.Context, vm *v1alpha1.VirtualMachine, l *l
 	case ProcessFound:
 		return a.adopt(ctx, vm, l.pid), nil
 	case ProcessExited:
+		broke := false
+		if p := l.in.migProxy(); p != nil {
+			p.close()
+			broke = p.streamBroke.Load()
+		}
 		a.forget(l.in)
+		summary := qemuErrorSummary(a.runDir(vm.UID))
 		removeRuntimeFiles(l.in.runDir)
+		if broke {
+			return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonStreamBroken,
+				fmt.Sprintf("the migration stream from node %s broke off before it completed (the source node's agent died, or the connection was reset); the target QEMU on node %s ended%s",
+					m.Source.Node, a.cfg.NodeName, summary))
+		}
 		return runtime.Result{}, a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonTargetFailed,
-			fmt.Sprintf("the target QEMU on node %s ended during the migration%s", a.cfg.NodeName, qemuErrorSummary(a.runDir(vm.UID))))
+			fmt.Sprintf("the target QEMU on node %s ended during the migration%s", a.cfg.NodeName, summary))
 	case ProcessRunning:
 		a.watchIncoming(vm, l.in)
 		return runtime.Result{}, nil
@@ -187,13 +219,27 @@ func (a *Agent) startIncoming(ctx context.Context, vm *v1alpha1.VirtualMachine) 
 	return runtime.Result{}, nil
 }
 
-// stepListen is the target's last step: QEMU exports the Local disks over NBD and listens for
-// the stream; then TargetReady is written with the addresses.
+// stepListen is the target's last step: QEMU exports the Local disks over NBD (on a listening
+// socket it gets as a descriptor), the migration proxy listens on the underlay address for
+// the source agent (TLS, the source node's certificate required), and TargetReady is written
+// with the proxy's port. QEMU is told to take the stream (migrate-incoming) when the source
+// connects.
 func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
 	m := r.vm.Status.MigrationState
-	mon, ok := r.mon.(qmpExecutor)
+	mon, ok := r.mon.(fdPasser)
 	if !ok {
 		return failStart("the monitor cannot run migration commands")
+	}
+	if a.cfg.Certificate == nil {
+		return failStart(a.errNoCertificate().Error())
+	}
+	sourceFP, err := a.nodeFingerprint(ctx, m.Source.Node)
+	if err != nil {
+		return failStart(err.Error())
+	}
+	tcfg, err := nodestream.PinnedClientServerTLSConfig(*a.cfg.Certificate, sourceFP)
+	if err != nil {
+		return failStart(fmt.Sprintf("node %s: %v", m.Source.Node, err))
 	}
 	addr := a.cfg.UnderlayAddress.String()
 	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(m.Policy)}, nil); err != nil {
@@ -204,47 +250,124 @@ func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
 		nodes[d.ID] = d.Node
 	}
 	disks := append([]v1alpha1.MigrationDisk(nil), m.Disks...)
-	nbdPort := 0
+	routes := map[string]func(ctx context.Context) (net.Conn, error){}
+	var nbdLn net.Listener
+	closeNBD := func() {
+		if nbdLn != nil {
+			nbdLn.Close()
+		}
+	}
 	if len(disks) > 0 {
-		var err error
-		if nbdPort, err = freePort(addr); err != nil {
-			return failStart("no free port for the disk export: " + err.Error())
+		path := filepath.Join(r.runDir, migrationNBDSocket)
+		_ = os.Remove(path)
+		if nbdLn, err = net.Listen("unix", path); err != nil {
+			return failStart("the disk export's socket: " + err.Error())
+		}
+		f, err := nbdLn.(*net.UnixListener).File()
+		if err == nil {
+			err = mon.GetFD(ctx, "mig-nbd", f)
+			f.Close()
+		}
+		if err != nil {
+			closeNBD()
+			return failStart("passing the disk export's socket to QEMU: " + err.Error())
 		}
 		// nbd-server-start takes the legacy socket address form (with "data").
-		err = mon.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "inet",
-			"data": map[string]any{"host": addr, "port": strconv.Itoa(nbdPort)}}}, nil)
+		err = mon.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "fd",
+			"data": map[string]any{"str": "mig-nbd"}}}, nil)
 		if err != nil {
+			closeNBD()
 			return failStart("nbd-server-start: " + err.Error())
 		}
 		for i := range disks {
 			node := nodes["vd-"+disks[i].Name]
 			if node == "" {
+				closeNBD()
 				return failStart(fmt.Sprintf("disk %q is not among the target QEMU's disks", disks[i].Name))
 			}
 			disks[i].Export = "mig-" + disks[i].Name
 			err := mon.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": disks[i].Export, "node-name": node,
 				"name": disks[i].Export, "writable": true}, nil)
 			if err != nil {
+				closeNBD()
 				return failStart(fmt.Sprintf("exporting disk %q: %v", disks[i].Name, err))
 			}
 		}
+		routes[alpnNBD] = func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}
 	}
-	port, err := freePort(addr)
+	in := r.in
+	var streamTaken atomic.Bool
+	routes[alpnMigration] = func(ctx context.Context) (net.Conn, error) {
+		if !streamTaken.CompareAndSwap(false, true) {
+			return nil, errors.New("the migration stream is connected already")
+		}
+		mon, ok := in.monitor().(fdPasser)
+		if !ok {
+			return nil, errors.New("the target QEMU's monitor is not connected")
+		}
+		qemuEnd, agentEnd, err := socketPair()
+		if err != nil {
+			return nil, err
+		}
+		defer qemuEnd.Close()
+		if err := mon.GetFD(ctx, "mig-in", qemuEnd); err != nil {
+			agentEnd.Close()
+			return nil, fmt.Errorf("passing the stream to QEMU: %w", err)
+		}
+		if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:mig-in"}, nil); err != nil {
+			agentEnd.Close()
+			return nil, fmt.Errorf("migrate-incoming: %w", err)
+		}
+		return agentEnd, nil
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
 	if err != nil {
-		return failStart("no free port for the migration stream: " + err.Error())
+		closeNBD()
+		return failStart("the migration proxy cannot listen on the underlay address: " + err.Error())
 	}
-	if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "tcp:" + net.JoinHostPort(addr, strconv.Itoa(port))}, nil); err != nil {
-		return failStart("migrate-incoming: " + err.Error())
+	p := serveMigrationProxy(ln, tcfg, routes, a.log.With("vm", string(r.key), "migration", m.ID))
+	p.onClose = closeNBD
+	in.mu.Lock()
+	old := in.proxy
+	in.proxy = p
+	in.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	go func() {
+		select {
+		case <-in.exited:
+			p.close()
+		case <-p.ctx.Done():
+		}
+	}()
+	port := p.port()
+	nbdPort := 0
+	if len(disks) > 0 {
+		nbdPort = port
 	}
 	err = a.patchMigration(ctx, r.vm.Namespace, r.vm.Name, r.vm.UID, m.ID, func(_ *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
 		mm.Phase = v1alpha1.MigrationPhaseTargetReady
 		mm.Target.Address, mm.Target.Port, mm.Target.NBDPort = addr, port, nbdPort
 		mm.Disks = disks
 	})
+	if err != nil {
+		p.close()
+	}
 	if errors.Is(err, errMigrationOver) || errors.Is(err, errGone) {
 		return errEndStart // the undo stops this QEMU
 	}
 	return err
+}
+
+// migProxy is the target's migration proxy of in, if any.
+func (in *instance) migProxy() *migrationProxy {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.proxy
 }
 
 // migrationCaps are the capabilities both QEMUs get.
@@ -441,6 +564,9 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 		a.log.Error("resuming the migrated guest failed", "vm", string(key), "err", err)
 	}
 	resumedAt := time.Now()
+	if p := in.migProxy(); p != nil {
+		go p.close() // the stream has ended; the NBD server is stopped
+	}
 	switchover := resumedAt.Sub(completedAt)
 	// The resume time goes next to the source's pause time (whichever comes first keeps the
 	// other's): the guest's pause as it saw it.
@@ -611,6 +737,25 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		return
 	}
 	a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Migrating", fmt.Sprintf("live migration from node %s to node %s started", m.Source.Node, m.Target.Node))
+	fdmon, ok := mon.(fdPasser)
+	if !ok {
+		fail(v1alpha1.MigrationReasonTransferFailed, "the monitor cannot pass descriptors to QEMU")
+		return
+	}
+	dialer, err := a.migrationDialer(ctx, m)
+	if err != nil {
+		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
+		return
+	}
+	completed := false
+	defer func() {
+		// A completed stream may still be on its way through the pipes: they end by
+		// themselves once both QEMUs closed their ends.
+		if completed {
+			dialer.pipes.wait(30 * time.Second)
+		}
+		dialer.close()
+	}()
 	timeout := time.Duration(0)
 	if m.Policy != nil && m.Policy.TimeoutSeconds > 0 {
 		timeout = time.Duration(m.Policy.TimeoutSeconds) * time.Second
@@ -619,7 +764,7 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
 	}
-	if err := a.startMirrors(ctx, vm, mon, m, deadline, log); err != nil {
+	if err := a.startMirrors(ctx, vm, fdmon, dialer, m, deadline, log); err != nil {
 		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 		return
 	}
@@ -642,13 +787,43 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		fail(v1alpha1.MigrationReasonTransferFailed, "migrate-set-parameters: "+err.Error())
 		return
 	}
-	uri := "tcp:" + net.JoinHostPort(m.Target.Address, strconv.Itoa(m.Target.Port))
-	if err := mon.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
+	stream, err := dialer.dial(ctx, alpnMigration)
+	if err != nil {
+		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
+		return
+	}
+	err = fdmon.GetFD(ctx, "mig-out", stream)
+	stream.Close()
+	if err != nil {
+		fail(v1alpha1.MigrationReasonTransferFailed, "passing the stream to QEMU: "+err.Error())
+		return
+	}
+	if err := mon.Execute(ctx, "migrate", map[string]any{"uri": "fd:mig-out"}, nil); err != nil {
 		fail(v1alpha1.MigrationReasonTransferFailed, "migrate: "+err.Error())
 		return
 	}
-	log.Info("migration stream started", "to", uri)
-	a.followOutgoing(ctx, vm, mon, m, deadline, fail, log)
+	log.Info("migration stream started", "to", dialer.addr)
+	completed = a.followOutgoing(ctx, vm, mon, m, deadline, fail, log)
+}
+
+// migrationDialer checks that both nodes have certificates and returns the dialer to the
+// target's migration proxy.
+func (a *Agent) migrationDialer(ctx context.Context, m *v1alpha1.VirtualMachineMigrationState) (*migrationDialer, error) {
+	if a.cfg.Certificate == nil {
+		return nil, a.errNoCertificate()
+	}
+	if m.Target.Address == "" || m.Target.Port <= 0 {
+		return nil, fmt.Errorf("node %s published no migration address", m.Target.Node)
+	}
+	fp, err := a.nodeFingerprint(ctx, m.Target.Node)
+	if err != nil {
+		return nil, err
+	}
+	d, err := newMigrationDialer(net.JoinHostPort(m.Target.Address, strconv.Itoa(m.Target.Port)), *a.cfg.Certificate, fp)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", m.Target.Node, err)
+	}
+	return d, nil
 }
 
 // stallLimit is how long a transfer may go without any byte moving before it is ended.
@@ -656,9 +831,9 @@ const stallLimit = 20 * time.Second
 
 // followOutgoing polls query-migrate until the stream ends, writing progress about once a
 // second; it cancels the stream on a timeout, a stall, or when the migration was failed
-// (cancelled) in the store.
+// (cancelled) in the store. It says whether QEMU's stream completed.
 func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState,
-	deadline time.Time, fail func(reason, msg string), log interface{ Info(string, ...any) }) {
+	deadline time.Time, fail func(reason, msg string), log interface{ Info(string, ...any) }) bool {
 	lastMoved, lastBytes := time.Now(), int64(-1)
 	lastWrite := time.Time{}
 	cancelWhy, cancelReason := "", ""
@@ -666,10 +841,20 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		var st migrateInfo
 		if err := mon.Execute(ctx, "query-migrate", nil, &st); err != nil {
 			fail(v1alpha1.MigrationReasonTransferFailed, "query-migrate: "+err.Error())
-			return
+			return false
 		}
 		switch {
 		case st.Status == "completed":
+			// QEMU 7.2 may say completed before it filled in the figures: ask again a few
+			// times (the target switches over meanwhile; this only delays the record).
+			for i := 0; i < 10 && st.TotalTime == 0; i++ {
+				time.Sleep(20 * time.Millisecond)
+				var again migrateInfo
+				if mon.Execute(ctx, "query-migrate", nil, &again) != nil || again.Status != "completed" {
+					break
+				}
+				st = again
+			}
 			p := progressOf(st, 0)
 			p.Percent, p.DowntimeMs, p.TotalTimeMs = 100, st.Downtime, st.TotalTime
 			if in := a.inst(vm.UID); in != nil {
@@ -699,7 +884,7 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 			}
 			a.cleanupOutgoing(ctx, mon, m)
 			log.Info("migration stream completed; the target switches over", "downtimeMs", st.Downtime, "totalMs", st.TotalTime)
-			return
+			return true
 		case st.Status == "failed" || st.Status == "cancelled" || (!migrationActive(st.Status) && st.Status != ""):
 			msg := "the migration stream failed"
 			if st.ErrorDesc != "" {
@@ -710,7 +895,7 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 				msg, reason = cancelWhy, cancelReason
 			}
 			fail(reason, msg)
-			return
+			return false
 		}
 		now := time.Now()
 		if st.RAM.Transferred != lastBytes {
@@ -734,7 +919,7 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 			}
 			if cancelWhy != "" {
 				a.endOutgoing(ctx, vm, mon, m, cancelReason, cancelWhy, log)
-				return
+				return false
 			}
 		}
 		if now.Sub(lastWrite) >= time.Second && cancelWhy == "" {
@@ -745,12 +930,12 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 			})
 			if errors.Is(err, errMigrationOver) {
 				a.endOutgoing(ctx, vm, mon, m, v1alpha1.MigrationReasonCancelled, "the migration was cancelled", log)
-				return
+				return false
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -808,7 +993,7 @@ const mirrorPrefix = "mig-"
 
 // startMirrors mirrors each Local disk of the migration into the target's NBD export and
 // waits until every mirror is in sync (from then on each guest write goes to both sides).
-func (a *Agent) startMirrors(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState, deadline time.Time, log interface{ Info(string, ...any) }) error {
+func (a *Agent) startMirrors(ctx context.Context, vm *v1alpha1.VirtualMachine, mon fdPasser, dialer *migrationDialer, m *v1alpha1.VirtualMachineMigrationState, deadline time.Time, log interface{ Info(string, ...any) }) error {
 	if len(m.Disks) == 0 {
 		return nil
 	}
@@ -829,8 +1014,18 @@ func (a *Agent) startMirrors(ctx context.Context, vm *v1alpha1.VirtualMachine, m
 			return fmt.Errorf("VirtualDisk %q is not open in the source QEMU", d.Name)
 		}
 		nbd := fmt.Sprintf("%s%d", mirrorPrefix, i)
+		// One connection through the proxies per disk, handed to QEMU as a descriptor.
+		conn, err := dialer.dial(ctx, alpnNBD)
+		if err != nil {
+			return fmt.Errorf("the target's export of VirtualDisk %q: %w", d.Name, err)
+		}
+		err = mon.GetFD(ctx, nbd, conn)
+		conn.Close()
+		if err != nil {
+			return fmt.Errorf("passing the connection to the target's export of VirtualDisk %q to QEMU: %w", d.Name, err)
+		}
 		err = mon.Execute(ctx, "blockdev-add", map[string]any{"driver": "nbd", "node-name": nbd, "export": d.Export,
-			"server": map[string]any{"type": "inet", "host": m.Target.Address, "port": strconv.Itoa(m.Target.NBDPort)}}, nil)
+			"server": map[string]any{"type": "fd", "str": nbd}}, nil)
 		if err != nil {
 			return fmt.Errorf("connecting to the target's export of VirtualDisk %q: %w", d.Name, err)
 		}

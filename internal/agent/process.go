@@ -73,6 +73,9 @@ type instance struct {
 	incoming *incomingWatch
 	outgoing string
 	migHook  func(status string)
+	// proxy is the target's migration proxy of this QEMU (migproxy.go), closed when QEMU
+	// ends or the migration is over.
+	proxy *migrationProxy
 	// stoppedAt is QEMU's time of its last STOP event (a migration's switch-over pause).
 	stoppedAt time.Time
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -163,9 +164,14 @@ exchanged with whichever answers.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			var cert *tls.Certificate
 			if cfg.StreamListen != "" {
+				if cert, err = nodeCertificate(cfg.NodeName); err != nil {
+					return err
+				}
 				wait, err := streamService{Listen: cfg.StreamListen, Advertise: cfg.StreamAdvertise, Server: serverList[0],
-					Node: cfg.NodeName, DataDir: cfg.DataDir, Client: c.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams")}.start(ctx)
+					Node: cfg.NodeName, DataDir: cfg.DataDir, Client: c.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams"),
+					Cert: cert}.start(ctx)
 				if err != nil {
 					return err
 				}
@@ -189,7 +195,7 @@ exchanged with whichever answers.`,
 			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval,
 				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode,
 				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
-				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin})
+				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert})
 			if err != nil {
 				return err
 			}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"time"
@@ -116,7 +117,7 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 }
 
 // agentComponent returns the node agent of this process.
-func agentComponent(cfg Config, cl *client.Client, log *slog.Logger) (component, error) {
+func agentComponent(cfg Config, cl *client.Client, cert *tls.Certificate, log *slog.Logger) (component, error) {
 	underlay, err := underlayAddress(cfg.UnderlayAddress, storeHosts(cfg.Store))
 	if err != nil {
 		return component{}, err
@@ -128,7 +129,7 @@ func agentComponent(cfg Config, cl *client.Client, log *slog.Logger) (component,
 	a, err := agent.New(agent.Config{Client: cl.WithUserAgent("rakhsh/agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
 		HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
 		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
-		LeaseDuration: cfg.NodeLeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin})
+		LeaseDuration: cfg.NodeLeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert})
 	if err != nil {
 		return component{}, err
 	}

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -435,8 +436,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	var comps []component
+	var cert *tls.Certificate // the node's, when its streams are served to others
+	if cfg.StreamListen != "" {
+		if cert, err = nodeCertificate(cfg.NodeName); err != nil {
+			return err
+		}
+	}
 	if !cfg.NoAgent {
-		a, err := agentComponent(cfg, cl, log)
+		a, err := agentComponent(cfg, cl, cert, log)
 		if err != nil {
 			return err
 		}
@@ -451,7 +458,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	if cfg.StreamListen != "" {
 		wait, err := streamService{Listen: cfg.StreamListen, Advertise: cfg.StreamAdvertise, Node: cfg.NodeName, DataDir: cfg.DataDir,
-			Client: cl.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams")}.start(compCtx)
+			Client: cl.WithUserAgent("rakhsh/agent-streams"), Log: log.With("component", "streams"), Cert: cert}.start(compCtx)
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,14 +30,30 @@ type streamService struct {
 	DataDir   string
 	Client    *client.Client
 	Log       *slog.Logger
+	// Cert is the node's certificate (see nodeCertificate); nil: one is made.
+	Cert *tls.Certificate
+}
+
+// nodeCertificate makes the node's certificate for this process: the stream service serves
+// it and publishes its fingerprint, and the agent presents it in live migrations.
+func nodeCertificate(node string) (*tls.Certificate, error) {
+	cert, _, err := nodestream.SelfSignedCertificate(node)
+	if err != nil {
+		return nil, fmt.Errorf("making the node's certificate: %w", err)
+	}
+	return &cert, nil
 }
 
 // start listens and serves until ctx ends; the returned function waits for the end.
 func (s streamService) start(ctx context.Context) (func(), error) {
-	cert, fp, err := nodestream.SelfSignedCertificate(s.Node)
-	if err != nil {
-		return nil, fmt.Errorf("making the stream service's certificate: %w", err)
+	if s.Cert == nil {
+		c, err := nodeCertificate(s.Node)
+		if err != nil {
+			return nil, err
+		}
+		s.Cert = c
 	}
+	cert, fp := *s.Cert, nodestream.Fingerprint(s.Cert.Certificate[0])
 	l, err := net.Listen("tcp", s.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("--stream-listen %s: %w", s.Listen, err)

@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
@@ -387,8 +392,13 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 // leaves the VM running on the source (its guest ticking on), fails the operation with a
 // reason, and leaves no QEMU or run directory on the target; a retry then succeeds. The
 // failures: the target's QEMU killed; the target's underlay link cut (the stream stalls,
-// the source ends it); the source node's agent killed with SIGKILL and started again (the new
-// agent process ends the transfer it cannot follow).
+// the source ends it); the source node's agent killed with SIGKILL and left dead until the
+// operation failed (the stream goes through it: it breaks, the target fails the migration
+// with StreamBroken, the source QEMU runs on), then started again (the VM is Running on the
+// source); the source's agent killed and started again while the target's agent hangs (the
+// new agent process records SourceAgentRestarted for the transfer it cannot follow). During
+// the retry the target's migration port is probed: it speaks only TLS, with
+// the target node's published certificate, and refuses clients without the source node's.
 func TestLiveMigrationFailures(t *testing.T) {
 	c := newCluster(t, ClusterOptions{Name: "rkf", ServeArgs: []string{"--migration-bandwidth", "8"}})
 	s := c.Serve(t)
@@ -428,24 +438,151 @@ func TestLiveMigrationFailures(t *testing.T) {
 		t.Errorf("link cut: reason %s", reason)
 	}
 
-	// The source's agent is killed during the transfer and started again.
+	// The source's agent is killed during the transfer and stays dead: the stream goes
+	// through it, so the stream breaks, the target's QEMU ends and its agent fails the
+	// migration; the source QEMU goes on running the guest without its agent.
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
 	h2 := c.Host("h2")
 	h2.Kill9(t)
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Phase != v1alpha1.MigrationPhaseFailed || m.Reason != v1alpha1.MigrationReasonStreamBroken {
+		t.Errorf("source agent killed: migration %+v, want Failed with reason %s", m, v1alpha1.MigrationReasonStreamBroken)
+	} else {
+		t.Logf("source agent killed: %s: %s", m.Reason, m.Message)
+	}
+	waitFor(t, "nothing of the VM left on the target while the source agent is dead", func() bool {
+		_, err := os.Stat(storage.VMRunDir(c.Host("h3").DataDir, v.UID))
+		return os.IsNotExist(err) && vmCountQEMU(v.UID) == 1
+	})
+	if pid := vmQEMUPIDs(h2.DataDir)[v.UID]; pid == 0 || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("the source QEMU on h2 is gone after its agent was killed (pid %d)", pid)
+	}
+	serialTick(t, h2, v.UID, tick) // the guest ticks on, read from QEMU's serial socket
 	h2.Restart(t)
+	vmWait(t, s, "rkf-vm", time.Minute, "Running on h2 after its agent came back", func(v *v1alpha1.VirtualMachine) bool {
+		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
+	})
+	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
+
+	// The source's agent is killed while the target's agent hangs (SIGSTOP), and started
+	// again before the target's comes back: the new source agent finds the transfer its
+	// predecessor started, its QEMU's stream failed, and records SourceAgentRestarted.
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	h3.Pause(t)
+	h2.Kill9(t)
+	h2.Restart(t)
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	h3.Resume(t)
 	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
 	if reason != v1alpha1.MigrationReasonSourceRestarted {
-		t.Errorf("source agent restarted: reason %s", reason)
+		t.Errorf("source agent restarted while the target hung: reason %s", reason)
 	}
 
-	// A retry succeeds.
-	r := s.CLI("", "vm", "migrate", "rkf-vm", "--to", "h3", "--wait", "--timeout", "5m")
-	if r.Code != 0 {
-		t.Fatalf("retry: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
+	// A retry succeeds. During its transfer, the target's migration port speaks only TLS
+	// with the node's published certificate, and refuses whoever is not the source node.
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
+	migrateProbeTLS(t, c, s, "rkf-vm")
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Completed", "--timeout", "5m")
+	if v := vmGet(t, s, "rkf-vm"); v.Status.NodeName != "h3" {
+		t.Fatalf("retry: the VM is on %q, want h3", v.Status.NodeName)
 	}
 	waitTick(t, s, "rkf-vm", tick, time.Minute)
 	if log := vmLog(t, s, "rkf-vm"); strings.Contains(log, "RAKHSH-GUEST: booted") {
 		t.Errorf("the guest booted again on h3")
 	}
 	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+}
+
+// serialTick reads the serial socket of the VM uid's QEMU on h (its agent is not running, so
+// nothing else reads it) until the guest prints a tick above above.
+func serialTick(t *testing.T, h *ClusterHost, uid string, above int) {
+	t.Helper()
+	c, err := net.Dial("unix", filepath.Join(storage.VMRunDir(h.DataDir, uid), "serial.sock"))
+	if err != nil {
+		t.Fatalf("serial socket of the VM on %s: %v", h.Name, err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+	var out []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		out = append(out, buf[:n]...)
+		if tk := lastTick(string(out)); tk > above {
+			t.Logf("the guest ticks on %s without its agent: RKTICK %d", h.Name, tk)
+			return
+		}
+		if err != nil {
+			t.Fatalf("serial socket of the VM on %s: no tick above %d: %v; read:\n%s", h.Name, above, err, tail(string(out), 2000))
+		}
+	}
+}
+
+// migrateProbeTLS probes, from another host's namespace, the migration port the target of
+// name's active migration published: a plain TCP client gets nothing but a TLS alert and
+// the end of its connection, and a TLS client with a certificate of its own is refused; the
+// server's certificate is the one the target's Node publishes.
+func migrateProbeTLS(t *testing.T, c *Cluster, s *Serve, name string) {
+	t.Helper()
+	v := vmGet(t, s, name)
+	m := v.Status.MigrationState
+	if !m.Active() || m.Target.Port == 0 {
+		t.Fatalf("no active migration with a published port: %+v", m)
+	}
+	addr := net.JoinHostPort(m.Target.Address, strconv.Itoa(m.Target.Port))
+	var node v1alpha1.Node
+	if err := c.Host("h1").Client(t).Get(context.Background(), "nodes", "", m.Target.Node, &node); err != nil {
+		t.Fatal(err)
+	}
+	if node.Status.StreamEndpoint == nil || node.Status.StreamEndpoint.CertificateSHA256 == "" {
+		t.Fatalf("node %s publishes no certificate", m.Target.Node)
+	}
+	fp := node.Status.StreamEndpoint.CertificateSHA256
+	from := c.Host("h1").NS
+
+	// Plain TCP, as QEMU's own migration client would speak.
+	conn, err := nsDial(from, "tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatalf("plain TCP to the migration port %s: %v", addr, err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(time.Minute))
+	_, _ = conn.Write([]byte("QEVM\x00\x00\x00\x03"))
+	b, err := io.ReadAll(conn)
+	conn.Close()
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("plain TCP to the migration port: %v, want the connection closed", err)
+	}
+	if len(b) > 0 && b[0] != 0x15 { // 0x15: a TLS alert record
+		t.Errorf("plain TCP to the migration port read %q, want at most a TLS alert", b)
+	}
+
+	// TLS with a certificate of its own: the server shows the node's published certificate,
+	// then refuses the client's.
+	own, _, err := nodestream.SelfSignedCertificate("intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := nodestream.PinnedTLSConfig(fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.Certificates = []tls.Certificate{own}
+	tc.NextProtos = []string{"rakhsh-migration"}
+	raw, err := nsDial(from, "tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsc := tls.Client(raw, tc)
+	_ = tlsc.SetDeadline(time.Now().Add(time.Minute))
+	err = tlsc.Handshake()
+	if err == nil {
+		_, _ = tlsc.Write([]byte("QEVM"))
+		_, err = tlsc.Read(make([]byte, 1))
+	}
+	tlsc.Close()
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("TLS with another certificate to the migration port: %v, want the certificate refused", err)
+	} else {
+		t.Logf("the migration port refused a client certificate of its own: %v", err)
+	}
 }

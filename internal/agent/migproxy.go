@@ -1,0 +1,349 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rakhsh/rakhsh/internal/nodestream"
+)
+
+// The migration proxy: a live migration's stream and its disk mirrors go from the source
+// QEMU to the source agent, from agent to agent over one TLS connection each (mutual TLS,
+// each side pinning the certificate the other's Node publishes in
+// status.streamEndpoint.certificateSHA256), and from the target agent to the target QEMU.
+// QEMU opens no path and listens on no network address for it: each QEMU gets its end of a
+// socket pair (or, for the target's NBD server, a listening socket) as a descriptor over QMP.
+//
+// The target agent listens on one TCP port of its underlay address; the ALPN protocol a
+// client asks for says where its connection goes: alpnMigration to the incoming QEMU's
+// migration stream, alpnNBD to its NBD server (the Local disks' exports). The stream thus
+// lives as long as both agents do: when either dies, its connections break, QEMU's
+// migration fails, and the source QEMU goes on running the guest.
+
+const (
+	// alpnMigration is the ALPN protocol of a connection carrying QEMU's migration stream.
+	alpnMigration = "rakhsh-migration"
+	// alpnNBD is the ALPN protocol of a connection of a disk mirror to the target's exports.
+	alpnNBD = "rakhsh-nbd"
+
+	// proxyHandshakeTimeout bounds a TLS handshake of the proxy.
+	proxyHandshakeTimeout = 15 * time.Second
+	// proxyBufSize is the copy buffer of each direction of a piped connection.
+	proxyBufSize = 256 << 10
+)
+
+// pipeSet holds the connections of one side of one migration and the goroutines that copy
+// between them, so that they all end together.
+type pipeSet struct {
+	mu     sync.Mutex
+	closed bool
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
+}
+
+// track adds c to the set; it returns false (and closes c) when the set is closed.
+func (p *pipeSet) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		c.Close()
+		return false
+	}
+	if p.conns == nil {
+		p.conns = map[net.Conn]struct{}{}
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *pipeSet) untrack(cs ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range cs {
+		delete(p.conns, c)
+	}
+}
+
+// goroutine runs f as one of the set's goroutines (waited for by close); false when the
+// set is closed.
+func (p *pipeSet) goroutine(f func()) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// halfCloser is a connection whose writing side can be closed alone.
+type halfCloser interface{ CloseWrite() error }
+
+// pipe copies between remote and local in both directions. A direction that reaches the
+// end of its input passes the end on (CloseWrite) and the other direction goes on; a
+// direction that fails closes both connections. Both are closed when both directions have
+// ended. firstEnd, if not nil, is called once, as soon as the first direction ends, with
+// whether it was the remote side's input that ended. pipe returns at once; close ends every
+// pipe of the set.
+func (p *pipeSet) pipe(remote, local net.Conn, firstEnd func(remoteFirst bool)) {
+	if !p.track(remote) || !p.track(local) {
+		remote.Close()
+		local.Close()
+		return
+	}
+	var first atomic.Int32 // 1: remote's input ended first, 2: local's
+	var left atomic.Int32
+	left.Store(2)
+	finish := func() {
+		remote.Close()
+		local.Close()
+		p.untrack(remote, local)
+	}
+	copyDir := func(dst, src net.Conn, id int32) {
+		buf := make([]byte, proxyBufSize)
+		_, err := io.CopyBuffer(dst, src, buf)
+		if first.CompareAndSwap(0, id) && firstEnd != nil {
+			firstEnd(id == 1)
+		}
+		if err == nil {
+			if hc, ok := dst.(halfCloser); ok && hc.CloseWrite() == nil {
+				if left.Add(-1) == 0 {
+					finish()
+				}
+				return
+			}
+		}
+		// A failure (or a connection that cannot be half-closed) ends both directions.
+		remote.Close()
+		local.Close()
+		if left.Add(-1) == 0 {
+			finish()
+		}
+	}
+	if !p.goroutine(func() { copyDir(local, remote, 1) }) {
+		remote.Close()
+		local.Close()
+		return
+	}
+	if !p.goroutine(func() { copyDir(remote, local, 2) }) {
+		remote.Close()
+		local.Close()
+	}
+}
+
+// wait waits until every pipe of the set has ended by itself, at most limit; it says
+// whether they all did.
+func (p *pipeSet) wait(limit time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		p.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(limit):
+		return false
+	}
+}
+
+// close closes every connection of the set and waits for its goroutines; later pipes are
+// refused.
+func (p *pipeSet) close() {
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// socketPair returns the two ends of a connected Unix stream socket pair: one as a file (to
+// pass to QEMU), the other as a connection (the agent's). Both are close-on-exec, so that no
+// process the agent starts holds the agent's end: when the agent ends, QEMU sees the end.
+func socketPair() (*os.File, net.Conn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	qemuEnd := os.NewFile(uintptr(fds[0]), "qemu-end")
+	agentFile := os.NewFile(uintptr(fds[1]), "agent-end")
+	defer agentFile.Close()
+	agentEnd, err := net.FileConn(agentFile)
+	if err != nil {
+		qemuEnd.Close()
+		return nil, nil, err
+	}
+	return qemuEnd, agentEnd, nil
+}
+
+// migrationProxy is the target's side: one TLS listener whose connections go, by ALPN
+// protocol, to the incoming QEMU.
+type migrationProxy struct {
+	ln     net.Listener
+	cfg    *tls.Config
+	routes map[string]func(ctx context.Context) (net.Conn, error)
+	log    *slog.Logger
+	pipes  pipeSet
+	ctx    context.Context
+	cancel context.CancelFunc
+	once   sync.Once
+	// streamBroke says the migration stream's connection ended from the source's side
+	// first (the source agent or the link went away, or the stream simply ended).
+	streamBroke atomic.Bool
+	// onClose runs once when the proxy is closed.
+	onClose func()
+}
+
+// serveMigrationProxy serves ln with TLS configuration cfg (its NextProtos are set to the
+// routes'), routing each connection to the route of its ALPN protocol; a connection whose
+// protocol has no route is closed after the handshake.
+func serveMigrationProxy(ln net.Listener, cfg *tls.Config, routes map[string]func(ctx context.Context) (net.Conn, error), log *slog.Logger) *migrationProxy {
+	cfg = cfg.Clone()
+	cfg.NextProtos = nil
+	for proto := range routes {
+		cfg.NextProtos = append(cfg.NextProtos, proto)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &migrationProxy{ln: ln, cfg: cfg, routes: routes, log: log, ctx: ctx, cancel: cancel}
+	p.pipes.goroutine(p.accept)
+	return p
+}
+
+// port is the TCP port the proxy listens on.
+func (p *migrationProxy) port() int {
+	if a, ok := p.ln.Addr().(*net.TCPAddr); ok {
+		return a.Port
+	}
+	return 0
+}
+
+func (p *migrationProxy) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || p.ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			p.log.Warn("migration proxy: accepting", "err", err)
+			return
+		}
+		if !p.pipes.track(c) {
+			return
+		}
+		if !p.pipes.goroutine(func() { p.handle(c) }) {
+			c.Close()
+			return
+		}
+	}
+}
+
+// handle completes the handshake of c and pipes it to its route.
+func (p *migrationProxy) handle(c net.Conn) {
+	tc := tls.Server(c, p.cfg)
+	hctx, cancel := context.WithTimeout(p.ctx, proxyHandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	p.pipes.untrack(c)
+	if err != nil {
+		p.log.Warn("migration proxy: refused a connection", "from", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	proto := tc.ConnectionState().NegotiatedProtocol
+	route := p.routes[proto]
+	if route == nil {
+		p.log.Warn("migration proxy: refused a connection without a known protocol", "from", c.RemoteAddr().String(), "protocol", proto)
+		tc.Close()
+		return
+	}
+	local, err := route(p.ctx)
+	if err != nil {
+		p.log.Warn("migration proxy: connecting to QEMU", "protocol", proto, "err", err)
+		tc.Close()
+		return
+	}
+	p.pipes.pipe(tc, local, func(remoteFirst bool) {
+		// (Not when the proxy itself ends the connections.)
+		if proto == alpnMigration && remoteFirst && p.ctx.Err() == nil {
+			p.streamBroke.Store(true)
+		}
+	})
+}
+
+// close stops listening and ends every connection.
+func (p *migrationProxy) close() {
+	p.once.Do(func() {
+		p.cancel()
+		p.ln.Close()
+		p.pipes.close()
+		if p.onClose != nil {
+			p.onClose()
+		}
+	})
+}
+
+// migrationDialer is the source's side: it connects to the target's proxy.
+type migrationDialer struct {
+	addr  string
+	cfg   *tls.Config
+	pipes pipeSet
+}
+
+// newMigrationDialer returns a dialer to the target's proxy at addr, presenting cert and
+// accepting only the certificate whose fingerprint is targetFP.
+func newMigrationDialer(addr string, cert tls.Certificate, targetFP string) (*migrationDialer, error) {
+	cfg, err := nodestream.PinnedTLSConfig(targetFP)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Certificates = []tls.Certificate{cert}
+	return &migrationDialer{addr: addr, cfg: cfg}, nil
+}
+
+// dial connects to the target for proto and returns QEMU's end of a socket pair whose other
+// end is piped to that connection. The caller passes the file to QEMU and closes it.
+func (d *migrationDialer) dial(ctx context.Context, proto string) (*os.File, error) {
+	cfg := d.cfg.Clone()
+	cfg.NextProtos = []string{proto}
+	dctx, cancel := context.WithTimeout(ctx, proxyHandshakeTimeout)
+	defer cancel()
+	c, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", d.addr)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the target's migration port %s: %w", d.addr, err)
+	}
+	tc := c.(*tls.Conn)
+	if got := tc.ConnectionState().NegotiatedProtocol; got != proto {
+		tc.Close()
+		return nil, fmt.Errorf("the target's migration port %s does not speak %s (it chose %q)", d.addr, proto, got)
+	}
+	qemuEnd, agentEnd, err := socketPair()
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	d.pipes.pipe(tc, agentEnd, nil)
+	return qemuEnd, nil
+}
+
+// close ends every connection of the dialer.
+func (d *migrationDialer) close() { d.pipes.close() }

@@ -1,0 +1,522 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/internal/nodestream"
+)
+
+// proxyNode is a node's certificate and fingerprint in the proxy tests.
+type proxyNode struct {
+	cert tls.Certificate
+	fp   string
+}
+
+func newProxyNode(t *testing.T, name string) proxyNode {
+	t.Helper()
+	c, fp, err := nodestream.SelfSignedCertificate(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return proxyNode{c, fp}
+}
+
+// fakeQEMU is a backend the target proxy routes to: it reads each connection to its end,
+// then answers prefix + what it read and closes. conns counts its connections.
+type fakeQEMU struct {
+	ln     net.Listener
+	prefix string
+	conns  atomic.Int32
+	mu     sync.Mutex
+	got    []string
+	wg     sync.WaitGroup
+	// hold keeps each connection open without answering until it is closed by the peer.
+	hold bool
+	// gone receives, for each connection, the error its read ended with (hold only).
+	gone chan error
+}
+
+func newFakeQEMU(t *testing.T, prefix string, hold bool) *fakeQEMU {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeQEMU{ln: ln, prefix: prefix, hold: hold, gone: make(chan error, 8)}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			f.conns.Add(1)
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				defer c.Close()
+				b, err := io.ReadAll(c)
+				f.mu.Lock()
+				f.got = append(f.got, string(b))
+				f.mu.Unlock()
+				if f.hold {
+					f.gone <- err
+					return
+				}
+				_, _ = c.Write([]byte(f.prefix + string(b)))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		f.wg.Wait()
+	})
+	return f
+}
+
+func (f *fakeQEMU) route(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", f.ln.Addr().String())
+}
+
+// startProxy starts a target proxy on loopback that accepts only source's certificate.
+func startProxy(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error)) *migrationProxy {
+	t.Helper()
+	cfg, err := nodestream.PinnedClientServerTLSConfig(target.cert, source.fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := serveMigrationProxy(ln, cfg, routes, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	t.Cleanup(p.close)
+	return p
+}
+
+// exchange sends msg through the dialer's connection for proto, closes its writing side and
+// returns all it reads back.
+func exchange(t *testing.T, d *migrationDialer, proto, msg string) string {
+	t.Helper()
+	f, err := d.dial(context.Background(), proto)
+	if err != nil {
+		t.Fatalf("dial %s: %v", proto, err)
+	}
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(*net.UnixConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the answer through %s: %v", proto, err)
+	}
+	return string(b)
+}
+
+// waitGoroutines waits until the number of goroutines is back to at most base.
+func waitGoroutines(t *testing.T, base int) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if runtime.NumGoroutine() <= base {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), base, buf[:n])
+}
+
+// TestMigrationProxyRoutesByALPN: through a source dialer and a target proxy on loopback,
+// with mutual TLS, the stream's connection reaches the stream's backend and the NBD one the
+// NBD backend, in both directions, with the end of each direction passed on; afterwards no
+// goroutine is left.
+func TestMigrationProxyRoutesByALPN(t *testing.T) {
+	base := runtime.NumGoroutine()
+	src, dst := newProxyNode(t, "src"), newProxyNode(t, "dst")
+	stream, nbd := newFakeQEMU(t, "stream:", false), newFakeQEMU(t, "nbd:", false)
+	p := startProxy(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route, alpnNBD: nbd.route})
+	d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB, more than one copy buffer
+	if got := exchange(t, d, alpnMigration, big); got != "stream:"+big {
+		t.Errorf("the stream's answer: %d bytes, want %d", len(got), len("stream:"+big))
+	}
+	if got := exchange(t, d, alpnNBD, "disk0"); got != "nbd:disk0" {
+		t.Errorf("the NBD answer: %q", got)
+	}
+	if got := exchange(t, d, alpnNBD, "disk1"); got != "nbd:disk1" {
+		t.Errorf("the second NBD answer: %q", got)
+	}
+	if stream.conns.Load() != 1 || nbd.conns.Load() != 2 {
+		t.Errorf("backend connections: stream %d (want 1), nbd %d (want 2)", stream.conns.Load(), nbd.conns.Load())
+	}
+	// Each pipe ended by itself when both of its ends were done.
+	if !d.pipes.wait(10 * time.Second) {
+		t.Error("the source's pipes did not end after both sides closed")
+	}
+	d.close()
+	p.close()
+	stream.ln.Close()
+	nbd.ln.Close()
+	stream.wg.Wait()
+	nbd.wg.Wait()
+	waitGoroutines(t, base)
+}
+
+// TestMigrationProxyRefuses: the target proxy refuses a client that presents another
+// certificate, one that presents none, one that asks for an unknown protocol or none, and a
+// plain TCP client; none of them reaches a backend. A source that pins another target
+// certificate refuses the target.
+func TestMigrationProxyRefuses(t *testing.T) {
+	base := runtime.NumGoroutine()
+	src, dst, stranger := newProxyNode(t, "src"), newProxyNode(t, "dst"), newProxyNode(t, "stranger")
+	stream := newFakeQEMU(t, "stream:", false)
+	p := startProxy(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route})
+	addr := p.ln.Addr().String()
+
+	// tryTLS dials with cfg and returns the error of the handshake or of the first read.
+	tryTLS := func(cfg *tls.Config) error {
+		c, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Write([]byte("QEVM")); err != nil {
+			return err
+		}
+		_, err = c.Read(make([]byte, 1))
+		if err == nil {
+			return errors.New("the proxy answered")
+		}
+		return err
+	}
+	pinned := func() *tls.Config {
+		cfg, err := nodestream.PinnedTLSConfig(dst.fp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.NextProtos = []string{alpnMigration}
+		return cfg
+	}
+	cfg := pinned()
+	cfg.Certificates = []tls.Certificate{stranger.cert}
+	if err := tryTLS(cfg); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("a client with another certificate: %v, want a certificate error", err)
+	}
+	if err := tryTLS(pinned()); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("a client without a certificate: %v, want a certificate error", err)
+	}
+	cfg = pinned()
+	cfg.Certificates = []tls.Certificate{src.cert}
+	cfg.NextProtos = []string{"http/1.1"}
+	if err := tryTLS(cfg); err == nil || !strings.Contains(err.Error(), "protocol") {
+		t.Errorf("a client asking for another protocol: %v, want a protocol error", err)
+	}
+	cfg.NextProtos = nil
+	if err := tryTLS(cfg); err == nil {
+		t.Error("a client asking for no protocol was answered")
+	}
+	// Plain TCP: the proxy's first bytes, if any, are a TLS alert, never a QEMU stream; then
+	// it closes the connection.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	_, _ = c.Write([]byte("QEVM\x00\x00\x00\x03"))
+	b, err := io.ReadAll(c)
+	c.Close()
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("a plain TCP client: %v, want the connection closed", err)
+	}
+	if len(b) > 0 && b[0] != 0x15 { // 0x15: a TLS alert record
+		t.Errorf("a plain TCP client read %q", b)
+	}
+	// A source pinning another certificate refuses the target.
+	d, err := newMigrationDialer(addr, src.cert, stranger.fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.dial(context.Background(), alpnMigration); !errors.Is(err, nodestream.ErrFingerprint) {
+		t.Errorf("a source pinning another certificate: %v, want %v", err, nodestream.ErrFingerprint)
+	}
+	d.close()
+	if n := stream.conns.Load(); n != 0 {
+		t.Errorf("%d refused clients reached the backend", n)
+	}
+	// The right client still gets through.
+	d, err = newMigrationDialer(addr, src.cert, dst.fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := exchange(t, d, alpnMigration, "ok"); got != "stream:ok" {
+		t.Errorf("the source's answer after the refusals: %q", got)
+	}
+	d.close()
+	p.close()
+	stream.ln.Close()
+	stream.wg.Wait()
+	waitGoroutines(t, base)
+}
+
+// TestMigrationProxySourceGone: when the source's side ends in the middle of a stream (its
+// agent dies: the dialer's connections close), the target's backend sees its connection end
+// and the proxy records that the stream broke from the source's side; when the target's side
+// ends (the proxy closes), the source QEMU's end sees the end. No goroutine is left.
+func TestMigrationProxySourceGone(t *testing.T) {
+	base := runtime.NumGoroutine()
+	src, dst := newProxyNode(t, "src"), newProxyNode(t, "dst")
+	stream := newFakeQEMU(t, "", true)
+	p := startProxy(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route})
+	d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := d.dial(context.Background(), alpnMigration)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemu, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := qemu.Write([]byte("part of a stream")); err != nil {
+		t.Fatal(err)
+	}
+	// The source agent goes away in the middle.
+	d.close()
+	select {
+	case <-stream.gone:
+	case <-time.After(time.Minute):
+		t.Fatal("the target's backend connection did not end when the source went away")
+	}
+	stream.mu.Lock()
+	got := strings.Join(stream.got, "")
+	stream.mu.Unlock()
+	if !strings.HasPrefix("part of a stream", got) {
+		t.Errorf("the backend read %q", got)
+	}
+	if !p.streamBroke.Load() {
+		t.Error("the proxy did not record that the stream broke from the source's side")
+	}
+	// QEMU's end on the source sees the end as well.
+	_ = qemu.SetReadDeadline(time.Now().Add(time.Minute))
+	if n, err := qemu.Read(make([]byte, 16)); err == nil {
+		t.Errorf("the source QEMU's end read %d bytes after its agent went away", n)
+	} else {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Error("the source QEMU's end stayed open after its agent went away")
+		}
+	}
+	qemu.Close()
+
+	// The other way: the target's proxy closes during a stream.
+	stream2 := newFakeQEMU(t, "", true)
+	p2 := startProxy(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream2.route})
+	d2, err := newMigrationDialer(p2.ln.Addr().String(), src.cert, dst.fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err = d2.dial(context.Background(), alpnMigration)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemu2, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := qemu2.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for stream2.conns.Load() == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	p2.close()
+	_ = qemu2.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := io.ReadAll(qemu2); err != nil {
+		t.Errorf("the source QEMU's end after the target went away: %v, want its end", err)
+	}
+	if p2.streamBroke.Load() {
+		t.Error("a stream ended by the target was recorded as broken by the source")
+	}
+	<-stream2.gone
+	// QEMU goes on writing its stream: its writes fail once the agent finds the target gone.
+	chunk := make([]byte, 64<<10)
+	failed := false
+	for i := 0; i < 10000 && !failed; i++ {
+		_ = qemu2.SetWriteDeadline(time.Now().Add(time.Minute))
+		_, err := qemu2.Write(chunk)
+		failed = err != nil
+	}
+	if !failed {
+		t.Error("the source QEMU's writes went on after the target went away")
+	}
+	if !d2.pipes.wait(time.Minute) {
+		t.Error("the source's pipe did not end after the target went away")
+	}
+	qemu2.Close()
+	d2.close()
+	p.close()
+	stream.ln.Close()
+	stream2.ln.Close()
+	stream.wg.Wait()
+	stream2.wg.Wait()
+	waitGoroutines(t, base)
+}
+
+// TestPipeSetHalfClose: a direction that reaches its end passes it on and the other
+// direction goes on; the pair is closed once both have ended.
+func TestPipeSetHalfClose(t *testing.T) {
+	base := runtime.NumGoroutine()
+	aQEMU, aAgent, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bQEMU, bAgent, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := net.FileConn(aQEMU)
+	b, _ := net.FileConn(bQEMU)
+	aQEMU.Close()
+	bQEMU.Close()
+	var ps pipeSet
+	var first atomic.Int32
+	ps.pipe(aAgent, bAgent, func(remoteFirst bool) {
+		if remoteFirst {
+			first.Store(1)
+		} else {
+			first.Store(2)
+		}
+	})
+	_, _ = a.Write([]byte("request"))
+	_ = a.(*net.UnixConn).CloseWrite()
+	req, err := io.ReadAll(b)
+	if err != nil || string(req) != "request" {
+		t.Fatalf("b read %q, %v", req, err)
+	}
+	if first.Load() != 1 {
+		t.Errorf("the first end: %d, want the remote's (1)", first.Load())
+	}
+	// The other direction still works after the first ended.
+	_, _ = b.Write([]byte("answer"))
+	_ = b.(*net.UnixConn).CloseWrite()
+	ans, err := io.ReadAll(a)
+	if err != nil || !bytes.Equal(ans, []byte("answer")) {
+		t.Fatalf("a read %q, %v", ans, err)
+	}
+	if !ps.wait(time.Minute) {
+		t.Fatal("the pipe did not end after both directions ended")
+	}
+	ps.mu.Lock()
+	left := len(ps.conns)
+	ps.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d connections still tracked", left)
+	}
+	a.Close()
+	b.Close()
+	ps.close()
+	waitGoroutines(t, base)
+}
+
+// BenchmarkMigrationProxy measures the throughput of one connection through a source dialer
+// and a target proxy on loopback (mutual TLS, two socket pairs, the agents' copies), as a
+// migration stream goes: `go test -run '^$' -bench MigrationProxy ./internal/agent/`.
+func BenchmarkMigrationProxy(b *testing.B) {
+	mk := func(name string) proxyNode {
+		c, fp, err := nodestream.SelfSignedCertificate(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return proxyNode{c, fp}
+	}
+	src, dst := mk("src"), mk("dst")
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	got := make(chan int64, 1)
+	go func() {
+		c, err := sink.Accept()
+		if err != nil {
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		got <- n
+	}()
+	cfg, err := nodestream.PinnedClientServerTLSConfig(dst.cert, src.fp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	route := func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", sink.Addr().String())
+	}
+	p := serveMigrationProxy(ln, cfg, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer p.close()
+	d, err := newMigrationDialer(ln.Addr().String(), src.cert, dst.fp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.close()
+	f, err := d.dial(context.Background(), alpnMigration)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	b.SetBytes(int64(len(chunk)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = c.(*net.UnixConn).CloseWrite()
+	if n := <-got; n != int64(b.N)*int64(len(chunk)) {
+		b.Fatalf("the sink got %d bytes, want %d", n, int64(b.N)*int64(len(chunk)))
+	}
+	b.StopTimer()
+	c.Close()
+}
