@@ -128,7 +128,7 @@ func New(cfg Config) *Controller {
 	}
 	return &Controller{cfg: cfg, log: cfg.Log, expiredSince: map[string]time.Time{}, done: map[string]string{}, cleanup: true,
 		placing: map[string]releasedGroup{},
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-ha-controller", Log: cfg.Log}}
+		rec:     &runtime.Recorder{C: cfg.Client, Component: "rakhsh-ha-controller", Log: cfg.Log}}
 }
 
 // Run checks every interval until ctx ends.
