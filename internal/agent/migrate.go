@@ -625,6 +625,16 @@ func (a *Agent) fastCommit(ctx context.Context, ns, name, uid, source, id string
 		{"op": "add", "path": "/status/migrationState/message", "value": fmt.Sprintf("migrated from node %s to node %s", source, a.cfg.NodeName)},
 		{"op": "add", "path": "/status/phase", "value": v1alpha1.VMPhaseRunning},
 	}
+	// The phase history gets its Running entry in the same request (bounded as setPhase
+	// bounds it). Should the stored history differ from the cached one so that the operations
+	// do not apply, the request is refused as a whole and the read-and-write path does it.
+	if st := cached.Status.Stats; st != nil && len(st.PhasesTransitions) > 0 {
+		if len(st.PhasesTransitions) >= maxTransitions {
+			ops = append(ops, map[string]any{"op": "remove", "path": "/status/stats/phasesTransitions/0"})
+		}
+		ops = append(ops, map[string]any{"op": "add", "path": "/status/stats/phasesTransitions/-",
+			"value": v1alpha1.VirtualMachinePhaseTransition{Phase: v1alpha1.VMPhaseRunning, Timestamp: now}})
+	}
 	body, err := json.Marshal(ops)
 	if err != nil {
 		return nil, err
@@ -772,11 +782,10 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		fail(v1alpha1.MigrationReasonTransferFailed, "migrate-set-capabilities: "+err.Error())
 		return
 	}
-	params := map[string]any{"downtime-limit": int64(300)}
+	// The downtime limit starts low and grows with the passes up to the policy's maximum
+	// (downtimeFor): an idle guest is switched over within the low first step.
+	params := map[string]any{"downtime-limit": downtimeFor(0, maxDowntime(m.Policy))}
 	if p := m.Policy; p != nil {
-		if p.MaxDowntimeMs > 0 {
-			params["downtime-limit"] = p.MaxDowntimeMs
-		}
 		if p.BandwidthMiBps > 0 {
 			params["max-bandwidth"] = p.BandwidthMiBps << 20
 		} else {
@@ -837,11 +846,19 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 	lastMoved, lastBytes := time.Now(), int64(-1)
 	lastWrite := time.Time{}
 	cancelWhy, cancelReason := "", ""
+	maxDown := maxDowntime(m.Policy)
+	limit := downtimeFor(0, maxDown)
 	for {
 		var st migrateInfo
 		if err := mon.Execute(ctx, "query-migrate", nil, &st); err != nil {
 			fail(v1alpha1.MigrationReasonTransferFailed, "query-migrate: "+err.Error())
 			return false
+		}
+		if want := downtimeFor(st.RAM.DirtySyncCount, maxDown); want != limit && migrationActive(st.Status) {
+			if err := mon.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": want}, nil); err == nil {
+				log.Info("downtime limit raised: the guest dirties memory faster than it converges", "passes", st.RAM.DirtySyncCount, "limitMs", want)
+				limit = want
+			}
 		}
 		switch {
 		case st.Status == "completed":
@@ -939,6 +956,36 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// Progressive downtime. QEMU switches over once what is left to send fits in its downtime
+// limit at the measured bandwidth. A migration starts with a low limit, so that a guest that
+// writes little memory (most of them) is paused for a few tens of milliseconds, not for the
+// whole allowance; every two more passes over memory without converging double it, up to the
+// policy's maximum (--migration-max-downtime, 300 ms by default).
+const (
+	downtimeFirstMs = 50  // the first limit, ms (lower if the maximum is lower)
+	downtimeStep    = 2   // passes per step
+	downtimeMaxMs   = 300 // the maximum when the policy names none
+)
+
+// maxDowntime is the policy's maximum downtime in ms.
+func maxDowntime(p *v1alpha1.MigrationPolicySettings) int64 {
+	if p != nil && p.MaxDowntimeMs > 0 {
+		return p.MaxDowntimeMs
+	}
+	return downtimeMaxMs
+}
+
+// downtimeFor is the downtime limit after passes passes over memory (QEMU's
+// dirty-sync-count) for a maximum of max ms: downtimeFirstMs for the first downtimeStep
+// passes, then doubled every downtimeStep passes, never above max.
+func downtimeFor(passes, max int64) int64 {
+	limit := min(int64(downtimeFirstMs), max)
+	for n := passes - downtimeStep; n > 0 && limit < max; n -= downtimeStep {
+		limit *= 2
+	}
+	return min(limit, max)
 }
 
 // endOutgoing ends a transfer the source gives up on: the failure is recorded first (a

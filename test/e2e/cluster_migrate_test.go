@@ -201,6 +201,11 @@ spec:
 		vmWait(t, s, "rkm-shared", time.Minute, "Running on the target", func(v *v1alpha1.VirtualMachine) bool {
 			return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == dst
 		})
+		if st := vmGet(t, s, "rkm-shared").Status.Stats; st == nil || len(st.PhasesTransitions) < 2 ||
+			st.PhasesTransitions[len(st.PhasesTransitions)-1].Phase != v1alpha1.VMPhaseRunning ||
+			st.PhasesTransitions[len(st.PhasesTransitions)-2].Phase != v1alpha1.VMPhaseMigrating {
+			t.Errorf("the phase history after the migration does not end Migrating, Running: %+v", st)
+		}
 		waitFor(t, "the disk lease handed to the target", func() bool {
 			l := diskLease(t, s, "rkm-sd")
 			return l.Spec.HolderNode == dst && l.Spec.VirtualMachineUID == v.UID
