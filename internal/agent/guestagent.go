@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qga"
 )
@@ -401,4 +403,45 @@ func (m *Machine) agentShutdown(ctx context.Context, now time.Time, grace time.D
 	m.a.log.Info("the guest ignored the ACPI power button: asked its guest agent to shut it down",
 		"vm", string(in.key), "wait", agentShutdownWait(grace))
 	return agentShutdownWait(grace), true
+}
+
+// guestRequest carries out a guest-agent request that came through the stream service
+// (nodestream.StreamGuestAgent): the password is used and dropped, never written anywhere.
+func (a *Agent) guestRequest(ctx context.Context, uid string, req nodestream.GuestRequest) (nodestream.GuestResult, error) {
+	res := nodestream.GuestResult{Command: req.Command}
+	var err error
+	switch req.Command {
+	case nodestream.GuestSetPassword:
+		if e := qga.CheckUser(req.User); e != nil {
+			return res, errs.New(errs.ErrBadRequest, "%v", e)
+		}
+		if e := qga.CheckPassword([]byte(req.Password)); e != nil {
+			return res, errs.New(errs.ErrBadRequest, "%v", e)
+		}
+		err = a.GuestSetPassword(ctx, uid, req.User, []byte(req.Password))
+	case nodestream.GuestFreeze:
+		var n int
+		n, err = a.GuestFreeze(ctx, uid)
+		res.Count = &n
+	case nodestream.GuestThaw:
+		var n int
+		n, err = a.GuestThaw(ctx, uid)
+		res.Count = &n
+	case nodestream.GuestFreezeStatus:
+		res.FreezeStatus, err = a.GuestFreezeStatus(ctx, uid)
+	default:
+		return res, errs.New(errs.ErrBadRequest, "guest agent command %q is not known", req.Command)
+	}
+	var ae *qga.AgentError
+	switch {
+	case err == nil:
+		a.log.Info("guest agent request carried out", "uid", uid, "command", req.Command, "user", req.User)
+		return res, nil
+	case errors.Is(err, ErrNoGuestAgent):
+		return res, errs.New(errs.ErrUnavailable, "%v", err)
+	case errors.As(err, &ae):
+		return res, errs.New(errs.ErrBadRequest, "the guest refused %s: %s", req.Command, ae.Desc)
+	}
+	_, msg := agentCondition(err)
+	return res, errs.New(errs.ErrUnavailable, "%s", msg)
 }
