@@ -135,11 +135,15 @@ func (c *Client) begin(ctx context.Context) (context.Context, func(), error) {
 // fail marks the client broken and returns err (with ctx's error when that is the cause).
 func (c *Client) fail(ctx context.Context, err error) error {
 	c.broken = true
-	if ctx.Err() != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return fmt.Errorf("guest agent did not answer in time: %w", ctx.Err())
+	// The connection's deadlines come from ctx only: a timeout is ctx's, even when the
+	// connection noticed it a moment before ctx did.
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		cause := ctx.Err()
+		if cause == nil || errors.Is(cause, context.DeadlineExceeded) {
+			cause = context.DeadlineExceeded
 		}
+		return fmt.Errorf("guest agent did not answer in time: %w", cause)
 	}
 	return err
 }
