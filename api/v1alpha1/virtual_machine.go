@@ -539,6 +539,13 @@ type NetworkStatus struct {
 	MACAddress                   string      `json:"macAddress,omitempty"`
 	VirtualMachineMACAddressName string      `json:"virtualMachineMACAddressName,omitempty"`
 	IPAddress                    string      `json:"ipAddress,omitempty"`
+	// InterfaceName is the name the guest gives the interface, as its guest agent reports
+	// it (a Rakhsh addition, written by the node agent; docs/guest-agent.md).
+	InterfaceName string `json:"interfaceName,omitempty"`
+	// GuestIPAddresses are the addresses the guest reports on the interface through its guest
+	// agent, in CIDR form, link-local ones left out (a Rakhsh addition, written by the node
+	// agent). IPAddress stays the platform's own claim.
+	GuestIPAddresses []string `json:"guestIPAddresses,omitempty"`
 }
 
 // GuestOSInfo is the guest OS as reported by the guest agent.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -217,6 +218,8 @@ func (a *Agent) NodeName() string { return a.cfg.NodeName }
 // stops a VM because it is itself stopping: QEMU processes outlive it.
 func (a *Agent) Run(ctx context.Context) error {
 	a.runCtx = ctx
+	// The stream service of this data dir passes guest agent requests here (guestagent.go).
+	defer nodestream.RegisterGuestAgent(a.cfg.DataDir, a.guestRequest)()
 	a.facts = probeHost(ctx, a.cfg.QEMUBinary)
 	if a.facts.qemuErr != nil {
 		a.log.Error("QEMU is not usable: the node registers as NotReady", "err", a.facts.qemuErr)

@@ -106,6 +106,7 @@ func (m *Machine) CancelShutdown() {
 	m.in.mu.Lock()
 	m.in.powerdownAt = time.Time{}
 	m.in.powerdown2 = false
+	m.in.agentShutdownAt, m.in.agentShutdownSent = time.Time{}, false
 	m.in.mu.Unlock()
 }
 
@@ -205,6 +206,13 @@ func (m *Machine) Shutdown(ctx context.Context, s shutdown) (again time.Duration
 	if mon != nil && !s.force {
 		st, err := mon.QueryStatus(ctx)
 		running = err == nil && st.Status == qmp.StatusRunning
+	}
+	if running && !s.force && s.grace > 0 && !powerdownAt.IsZero() && now.Sub(powerdownAt) >= s.grace {
+		// The power button was ignored: the guest agent, when it answers, gets to shut the
+		// guest down before the quit (guestagent.go).
+		if wait, ok := m.agentShutdown(ctx, now, s.grace); ok {
+			return wait, false, nil
+		}
 	}
 	if s.force || !running || (!powerdownAt.IsZero() && now.Sub(powerdownAt) >= s.grace) || s.grace == 0 {
 		return 250 * time.Millisecond, false, m.Quit(ctx, exitRecord{Reason: s.reason})

@@ -65,8 +65,12 @@ type instance struct {
 	panicked      bool
 	powerdownAt   time.Time // when a graceful stop pressed the power button
 	powerdown2    bool      // the second press a Windows guest gets was made
-	quitAt        time.Time // when the agent asked QEMU to quit
-	restarting    bool      // a graceful restart: start again once QEMU is gone
+	// agentShutdownAt is when a graceful stop whose power button was ignored asked the guest
+	// agent for a shutdown (agentShutdownSent: the request was delivered).
+	agentShutdownAt   time.Time
+	agentShutdownSent bool
+	quitAt            time.Time // when the agent asked QEMU to quit
+	restarting        bool      // a graceful restart: start again once QEMU is gone
 
 	// Live migration (migrate.go): the target's watch of an incoming stream, the id of the
 	// migration whose source side runs, and the hook QMP MIGRATION events go to.
@@ -82,6 +86,9 @@ type instance struct {
 	// guestOutput says the guest wrote to its serial console since this agent watched it,
 	// or since the last reset; the first output sets the GuestReady condition.
 	guestOutput atomic.Bool
+
+	// guest is the connection to the guest agent (guestagent.go); set by startWatchers.
+	guest *guestAgent
 }
 
 func (in *instance) markExited() { in.exitOnce.Do(func() { close(in.exited) }) }
@@ -312,13 +319,16 @@ func (a *Agent) onQMPEvent(in *instance, ev qmp.Event) {
 	a.queue.Add(in.key)
 }
 
-// startWatchers starts the serial mux and, for adopted processes, the liveness poller.
+// startWatchers starts the serial mux, the guest agent watcher and, for adopted processes,
+// the liveness poller.
 func (a *Agent) startWatchers(in *instance) {
 	ctx, cancel := context.WithCancel(a.runCtx)
 	in.cancel = cancel
 	if !in.child {
 		go a.watchProcess(ctx, in)
 	}
+	in.guest = newGuestAgent(in.runDir)
+	go a.watchGuestAgent(ctx, in)
 	go func() {
 		m := &console.Mux{RunDir: in.runDir, Log: a.log.With("vm", string(in.key)), OnOutput: func() {
 			if !in.guestOutput.Swap(true) {

@@ -18,7 +18,8 @@ var errNoChange = errors.New("no change")
 var errGone = errors.New("virtual machine is gone")
 
 // agentStatusFields are the VM status fields the agent writes.
-var agentStatusFields = []string{"phase", "nodeName", "conditions", "stats", "versions", "resources", "lastExit", "observedRestartID"}
+// networks: only the guest agent's InterfaceName and GuestIPAddresses of its entries.
+var agentStatusFields = []string{"phase", "nodeName", "conditions", "stats", "versions", "resources", "lastExit", "observedRestartID", "guestOSInfo", "networks"}
 
 // patchVMStatus reads the VM, lets mutate change it, and writes the changed fields among
 // owned (and the changed conditions) as a JSON patch whose preconditions are the values it

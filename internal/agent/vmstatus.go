@@ -38,11 +38,14 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 	return ignoreGone(err)
 }
 
-// setRunningCond sets the Running condition; a VM whose QEMU does not run has no GuestReady.
+// setRunningCond sets the Running condition; a VM whose QEMU does not run has no GuestReady
+// or AgentReady, and no guest-reported addresses.
 func setRunningCond(vm *v1alpha1.VirtualMachine, status, reason, msg string) {
 	v1alpha1.SetCondition(&vm.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionRunning, Status: status, Reason: reason, Message: msg})
 	if status != v1alpha1.ConditionTrue {
 		v1alpha1.RemoveCondition(&vm.Status.Conditions, v1alpha1.VMConditionGuestReady)
+		v1alpha1.RemoveCondition(&vm.Status.Conditions, v1alpha1.VMConditionAgentReady)
+		clearGuestNetworks(vm.Status.Networks)
 	}
 }
 

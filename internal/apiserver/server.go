@@ -447,6 +447,10 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 		s.serveStream(w, r, t)
 		return
 	}
+	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubGuestAgent {
+		s.serveGuestAgent(w, r, t)
+		return
+	}
 	if t.st.Info.Kind == "Node" && t.sub == nodestream.SubStreamTickets {
 		s.serveRedeem(w, r, t)
 		return

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
 )
 
 // vmPausedAnnotation is the annotation the VM controller turns into power state Paused.
@@ -21,7 +22,7 @@ const vmPausedAnnotation = "virtualization.rakhsh.io/paused"
 func newVMCommand(cc *cliContext) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "vm",
-		Short: "Start, stop, restart, pause, resume or live-migrate a virtual machine",
+		Short: "Start, stop, restart, pause, resume or live-migrate a virtual machine; guest agent actions",
 		Long: "Shortcuts for power actions on a virtual machine.\n\n" +
 			"start, stop and restart create a VirtualMachineOperation (named NAME-start-XXXXX etc.)\n" +
 			"and print its name; with --wait they wait until it completes and fail if it fails.\n" +
@@ -33,6 +34,8 @@ func newVMCommand(cc *cliContext) *cobra.Command {
 		cmd.AddCommand(newVMOpCommand(cc, t))
 	}
 	cmd.AddCommand(newVMPauseCommand(cc, true), newVMPauseCommand(cc, false), newVMMigrateCommand(cc))
+	cmd.AddCommand(newVMSetPasswordCommand(cc), newVMFreezeCommand(cc, nodestream.GuestFreeze),
+		newVMFreezeCommand(cc, nodestream.GuestThaw), newVMFreezeCommand(cc, nodestream.GuestFreezeStatus))
 	return cmd
 }
 

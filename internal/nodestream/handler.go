@@ -26,7 +26,7 @@ type Grant struct {
 	Name      string `json:"name"`
 	// UID is the VM's uid: its run directory on the node.
 	UID string `json:"uid"`
-	// Stream is StreamConsole, StreamVNC or StreamLog.
+	// Stream is StreamConsole, StreamVNC, StreamLog or StreamGuestAgent.
 	Stream string `json:"stream"`
 	// Expires is when the ticket stops being redeemable.
 	Expires time.Time `json:"expires"`
@@ -44,6 +44,7 @@ type Redeemer interface {
 //	GET /v1/vms/{uid}/console   websocket: the serial console
 //	GET /v1/vms/{uid}/vnc       websocket: the VNC server
 //	GET /v1/vms/{uid}/log       the kept log; ?source=serial|qemu&limitBytes=N
+//	POST /v1/vms/{uid}/guest-agent  a GuestRequest for the VM's guest agent (guest.go)
 //
 // A request without a ticket, or whose ticket is unknown, used, expired, or grants another
 // node, VM or stream, is refused before anything of the VM is touched.
@@ -73,14 +74,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		writeStatus(w, http.StatusMethodNotAllowed, v1alpha1.ReasonMethodNotAllowed, "method "+r.Method+" is not allowed here; allowed: GET")
+	uid, stream, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, PathPrefix), "/")
+	if !strings.HasPrefix(r.URL.Path, PathPrefix) || !ok || (stream != StreamConsole && stream != StreamVNC && stream != StreamLog && stream != StreamGuestAgent) {
+		writeError(w, errs.New(errs.ErrNotFound, "no stream at %s: want %s{uid}/console, vnc, log or guest-agent", r.URL.Path, PathPrefix))
 		return
 	}
-	uid, stream, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, PathPrefix), "/")
-	if !strings.HasPrefix(r.URL.Path, PathPrefix) || !ok || (stream != StreamConsole && stream != StreamVNC && stream != StreamLog) {
-		writeError(w, errs.New(errs.ErrNotFound, "no stream at %s: want %s{uid}/console, vnc or log", r.URL.Path, PathPrefix))
+	if want := map[bool]string{true: http.MethodPost, false: http.MethodGet}[stream == StreamGuestAgent]; r.Method != want {
+		w.Header().Set("Allow", want)
+		writeStatus(w, http.StatusMethodNotAllowed, v1alpha1.ReasonMethodNotAllowed, "method "+r.Method+" is not allowed here; allowed: "+want)
 		return
 	}
 	ticket, ok := strings.CutPrefix(r.Header.Get(TicketHeader), "Bearer ")
@@ -111,6 +112,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	vm := g.Namespace + "/" + g.Name
+	if stream == StreamGuestAgent {
+		h.serveGuestAgent(w, r, uid)
+		return
+	}
 	if stream == StreamLog {
 		limit := int64(DefaultLogLimit)
 		if v := r.URL.Query().Get("limitBytes"); v != "" {

@@ -47,6 +47,8 @@ type Streams interface {
 	ReadLog(ctx context.Context, uid, source string, limit int64) ([]byte, error)
 	// Dial connects to a VM's serial console (StreamConsole) or VNC server (StreamVNC).
 	Dial(ctx context.Context, uid, stream string) (net.Conn, error)
+	// GuestAgent carries out a request for a VM's guest agent (guest.go).
+	GuestAgent(ctx context.Context, uid string, req GuestRequest) (GuestResult, error)
 }
 
 // Service serves the streams of the VMs whose run directories are under DataDir.

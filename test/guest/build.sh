@@ -24,6 +24,7 @@ BUILD_PKGS=(grub-common grub-pc-bin grub-efi-amd64-bin mtools xorriso qemu-utils
 KERNEL_META=linux-image-amd64
 BUSYBOX_PKG=busybox-static
 STUB_PKG=systemd-boot-efi   # linuxx64.efi.stub, for the UEFI boot path
+QGA_PKG=qemu-guest-agent    # qemu-ga; its shared libraries are the host's (same Debian release)
 
 # Kernel modules the guest loads (dependencies are added automatically).
 # The generic kernel is used rather than the cloud one: the cloud kernel has
@@ -134,6 +135,7 @@ if [ -z "$kdeb" ]; then
 fi
 bbdeb=$(apt_download "$BUSYBOX_PKG")
 stubdeb=$(apt_download "$STUB_PKG")
+qgadeb=$(apt_download "$QGA_PKG")
 log "kernel: $(basename "$kdeb"); busybox: $(basename "$bbdeb")"
 
 WORK=$OUT/.work
@@ -196,8 +198,25 @@ for f in "${load_order[@]}"; do
 	*) echo "$n" ;;
 	esac >>"$R/lib/modules/load.order"
 done
+# qemu-ga (the guest agent) and the shared libraries it needs, as ldd finds them on this
+# Debian host, in /lib/x86_64-linux-gnu with the loader in /lib64. /init starts it.
+mkdir -p "$WORK/qga" "$R/lib/x86_64-linux-gnu" "$R/lib64"
+dpkg-deb --fsys-tarfile "$qgadeb" | tar -x -C "$WORK/qga" ./usr/sbin/qemu-ga
+cp "$WORK/qga/usr/sbin/qemu-ga" "$R/bin/qemu-ga"
+ldd "$WORK/qga/usr/sbin/qemu-ga" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\/.*ld-linux/ { print $1 }' |
+	while read -r lib; do
+		case $lib in
+		*/ld-linux-x86-64.so.2) cp -L "$lib" "$R/lib64/ld-linux-x86-64.so.2" ;;
+		*) cp -L "$lib" "$R/lib/x86_64-linux-gnu/" ;;
+		esac
+	done
+# The binary must run from the initramfs as built (fails the build otherwise).
+chroot "$R" /bin/qemu-ga --version >/dev/null || { log "qemu-ga does not run in the guest root"; exit 1; }
+# rootfs/bin/chpasswd and shutdown replace busybox's links (cp would write through them).
+rm -f "$R/bin/chpasswd" "$R/bin/shutdown"
 cp -a "$HERE/rootfs/." "$R/"
-chmod 755 "$R/init" "$R/etc/acpi/PWRF/00000080" "$R/etc/rakhsh/dhcp"
+chmod 755 "$R/init" "$R/etc/acpi/PWRF/00000080" "$R/etc/rakhsh/dhcp" "$R/bin/chpasswd" "$R/bin/shutdown"
+chmod 600 "$R/etc/shadow"
 mknod -m 600 "$R/dev/console" c 5 1 2>/dev/null || true
 echo "$kver" >"$R/etc/rakhsh/kernel-version"
 

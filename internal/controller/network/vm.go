@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -118,6 +119,13 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 			fail(true, reason, msg)
 		}
 		ns.MACAddress = mac
+		// What the node agent read from the guest agent for this interface stays (its own
+		// fields, docs/guest-agent.md).
+		for _, old := range vm.Status.Networks {
+			if mac != "" && strings.EqualFold(old.MACAddress, mac) {
+				ns.InterfaceName, ns.GuestIPAddresses = old.InterfaceName, old.GuestIPAddresses
+			}
+		}
 		// IP claim.
 		if f.IPClaim != "" {
 			ip, reason, msg, err := c.useIP(ctx, &vm, f)
