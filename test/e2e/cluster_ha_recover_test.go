@@ -248,7 +248,7 @@ metadata:
 	})
 
 	// Watch every 100 ms: the node, its lease, the VMs.
-	type times struct{ released, bound, running, ready time.Duration }
+	type times struct{ released, bound, running, booted, ready time.Duration }
 	got := map[string]*times{"ha-a": {}, "ha-b": {}}
 	var notReady, takenOver time.Duration
 	var order []string // the HA VMs in the order they were seen released
@@ -289,8 +289,15 @@ metadata:
 			if tm.bound != 0 && tm.running == 0 && v.Status.Phase == v1alpha1.VMPhaseRunning {
 				tm.running = since()
 			}
-			if tm.running != 0 && strings.Contains(vmLog(t, s, name), "RAKHSH-GUEST: ready") {
-				tm.ready = since()
+			if tm.running != 0 {
+				// The serial log is the new node's: its boot marker, then its ready marker.
+				log := vmLog(t, s, name)
+				if tm.booted == 0 && strings.Contains(log, "RAKHSH-GUEST: booted") {
+					tm.booted = since()
+				}
+				if strings.Contains(log, "RAKHSH-GUEST: ready") {
+					tm.ready = since()
+				}
 			}
 		}
 		if all {
@@ -304,8 +311,11 @@ metadata:
 		t.Logf("HA-RECOVERY %s: on %s; kill -> NotReady %s, -> lease taken over %s, -> released %s, -> bound %s, -> Running %s, -> guest ready %s",
 			name, v.Status.NodeName, notReady.Round(10*time.Millisecond), takenOver.Round(10*time.Millisecond), tm.released.Round(10*time.Millisecond),
 			tm.bound.Round(10*time.Millisecond), tm.running.Round(10*time.Millisecond), tm.ready.Round(10*time.Millisecond))
-		fmt.Printf("HA-RECOVERY vm=%s node=%s detection=%.2f margin=%.2f scheduling=%.2f boot=%.2f total=%.2f\n", name, v.Status.NodeName,
-			notReady.Seconds(), (takenOver - notReady).Seconds(), (tm.bound - takenOver).Seconds(), (tm.ready - tm.bound).Seconds(), tm.ready.Seconds())
+		fmt.Printf("HA-RECOVERY vm=%s node=%s detection=%.2f margin=%.2f scheduling=%.2f boot=%.2f total=%.2f kill_to_boot_marker=%.2f\n", name, v.Status.NodeName,
+			notReady.Seconds(), (takenOver - notReady).Seconds(), (tm.bound - takenOver).Seconds(), (tm.ready - tm.bound).Seconds(), tm.ready.Seconds(), tm.booted.Seconds())
+		if tm.booted == 0 || tm.booted > tm.ready {
+			t.Errorf("%s: the boot marker was seen at %s, the ready marker at %s", name, tm.booted, tm.ready)
+		}
 		if v.Status.NodeName == "h2" || v.Status.NodeName == "" {
 			t.Errorf("%s runs on %q", name, v.Status.NodeName)
 		}
