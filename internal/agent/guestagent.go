@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -161,7 +162,9 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 		refresh := false
 		view.ready = err == nil
 		view.reason, view.message = agentCondition(err)
-		if err == nil && (written == nil || !written.ready || time.Since(lastInfo) >= guestInfoEvery) {
+		// Read at every ping until the guest reports an address (a guest still waiting for
+		// DHCP), then every guestInfoEvery.
+		if err == nil && (written == nil || !written.ready || !hasGuestAddress(view.ifaces) || time.Since(lastInfo) >= guestInfoEvery) {
 			if info, ierr := a.readGuestInfo(ctx, g); ierr == nil {
 				view.os, view.ifaces = info.os, info.ifaces
 				lastInfo = time.Now()
@@ -169,6 +172,17 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 			} else {
 				view.ready = false
 				view.reason, view.message = agentCondition(ierr)
+			}
+		}
+		// Between reads, what the last read found is compared with the cached status: a
+		// list of NICs written after it (the network controller's, at a VM's first start) or
+		// a write that dropped the guest's fields gets them at the next ping, not 30 s later.
+		if !refresh && view.ready && view.os != nil {
+			if cur, ok := a.vms.Get(in.key); ok && cur.UID == in.uid {
+				nets := slices.Clone(cur.Status.Networks)
+				if mergeGuestNetworks(nets, view.ifaces) {
+					refresh = true
+				}
 			}
 		}
 		// A refresh compares with the stored status (so that a write another component
@@ -219,6 +233,19 @@ func (a *Agent) readGuestInfo(ctx context.Context, g *guestAgent) (guestView, er
 	v.os = &v1alpha1.GuestOSInfo{Name: osi.Name, PrettyName: osi.PrettyName, Version: osi.Version, VersionID: osi.VersionID,
 		KernelRelease: osi.KernelRelease, KernelVersion: osi.KernelVersion, Machine: osi.Machine, ID: osi.ID, Hostname: host}
 	return v, nil
+}
+
+// hasGuestAddress says whether an interface the guest reports has an address that is not
+// loopback or link-local.
+func hasGuestAddress(ifaces []qga.Interface) bool {
+	for _, it := range ifaces {
+		for _, ip := range it.IPAddresses {
+			if !ip.Address.IsLoopback() && !ip.Address.IsLinkLocalUnicast() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // agentReadyCondition is the AgentReady condition of a view.

@@ -22,8 +22,8 @@ import (
 const (
 	stepRunDir       = "rundir"       // the run directory, cleared of what an earlier QEMU left
 	stepDisks        = "disks"        // block devices resolved to files (disks.go)
-	stepLeases       = "leases"       // the leases of the writable disks (disklease.go)
 	stepProvisioning = "provisioning" // the cloud-init or sysprep medium (provision.go)
+	stepLeases       = "leases"       // the leases of the writable disks (disklease.go)
 	stepNICs         = "nics"         // networks and taps, with host networking (network.go)
 	stepConfig       = "config"       // QEMU's command line
 	stepNVRAM        = "nvram"        // the UEFI variable store (nvram.go)
@@ -71,8 +71,8 @@ func (a *Agent) startSteps() []startStep {
 	return []startStep{
 		{stepRunDir, a.stepRunDir},
 		{stepDisks, a.stepDisks},
-		{stepLeases, a.stepLeases},
 		{stepProvisioning, a.stepProvisioning},
+		{stepLeases, a.stepLeases},
 		{stepNICs, a.stepNICs},
 		{stepConfig, a.stepConfig},
 		{stepNVRAM, a.stepNVRAM},

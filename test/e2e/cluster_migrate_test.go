@@ -173,7 +173,15 @@ spec:
 		if m.Progress != nil {
 			t.Logf("QEMU: transfer %d ms, downtime %d ms, %d bytes", m.Progress.TotalTimeMs, m.Progress.DowntimeMs, m.Progress.TransferredBytes)
 		}
-		if fmt.Sprint(after.Status.Networks) != fmt.Sprint(v.Status.Networks) || after.Status.IPAddress != v.Status.IPAddress {
+		// The platform's fields of each NIC (what the guest agent reports may differ in time).
+		platform := func(ns []v1alpha1.NetworkStatus) string {
+			var out []string
+			for _, n := range ns {
+				out = append(out, fmt.Sprint(n.Type, n.Name, n.MACAddress, n.VirtualMachineMACAddressName, n.IPAddress))
+			}
+			return strings.Join(out, ";")
+		}
+		if platform(after.Status.Networks) != platform(v.Status.Networks) || after.Status.IPAddress != v.Status.IPAddress {
 			t.Errorf("networks changed: before %+v %s, after %+v %s", v.Status.Networks, v.Status.IPAddress, after.Status.Networks, after.Status.IPAddress)
 		}
 		n := waitTick(t, s, "rkm-shared", before, time.Minute)
