@@ -1,6 +1,6 @@
 // Package ha is the high-availability controller: it recovers the HA VMs of a failed node.
 // When a node's lease has expired (judged as the node lifecycle controller judges it, by
-// this process's clock: node.LeaseTracker) and the Node is not Ready, and that has lasted the
+// this process's clock: node.LeaseTracker) and the Node is not Ready (or was removed), and that has lasted the
 // safety margin, it
 //
 //  1. takes the node's lease over (holderIdentity and leaseTransitions, a compare-and-swap on
@@ -176,34 +176,39 @@ func (c *Controller) Check(ctx context.Context) error {
 
 	var due []failedNode
 	healthy := map[string]bool{}
+	known := map[string]bool{}
 	c.mu.Lock()
-	for _, n := range nodes {
-		expired, why := c.leases.Expired(n.Name, now)
-		if !expired || n.Status.Phase == v1alpha1.NodePhaseReady || byName[n.Name] == nil {
-			delete(c.expiredSince, n.Name)
-			delete(c.done, n.Name)
-			delete(c.placing, n.Name)
-			if !expired && n.Status.Phase == v1alpha1.NodePhaseReady {
-				healthy[n.Name] = true
+	for _, n := range candidates(nodes, leases) {
+		known[n.name] = true
+		expired, why := c.leases.Expired(n.name, now)
+		if !expired || n.phase == v1alpha1.NodePhaseReady || byName[n.name] == nil {
+			delete(c.expiredSince, n.name)
+			delete(c.done, n.name)
+			delete(c.placing, n.name)
+			if !expired && n.phase == v1alpha1.NodePhaseReady {
+				healthy[n.name] = true
 			}
 			continue
 		}
-		since, ok := c.expiredSince[n.Name]
+		if n.removed {
+			why = "the Node was removed; " + why
+		}
+		since, ok := c.expiredSince[n.name]
 		if !ok {
 			since = now
-			c.expiredSince[n.Name] = now
-			c.log.Info("node failed: its HA VMs are recovered after the safety margin", "node", n.Name, "why", why, "margin", c.cfg.SafetyMargin)
+			c.expiredSince[n.name] = now
+			c.log.Info("node failed: its HA VMs are recovered after the safety margin", "node", n.name, "why", why, "margin", c.cfg.SafetyMargin)
 		}
-		if rv, ok := c.done[n.Name]; ok && rv == byName[n.Name].ResourceVersion {
+		if rv, ok := c.done[n.name]; ok && rv == byName[n.name].ResourceVersion {
 			continue
 		}
 		if now.Sub(since) >= c.cfg.SafetyMargin {
-			due = append(due, failedNode{name: n.Name, lease: byName[n.Name],
+			due = append(due, failedNode{name: n.name, lease: byName[n.name],
 				why: fmt.Sprintf("%s; found failed %s ago (safety margin %s)", why, now.Sub(since).Round(100*time.Millisecond), c.cfg.SafetyMargin)})
 		}
 	}
 	for n := range c.expiredSince {
-		if !slices.ContainsFunc(nodes, func(x *v1alpha1.Node) bool { return x.Name == n }) {
+		if !known[n] {
 			delete(c.expiredSince, n)
 		}
 	}
@@ -265,6 +270,32 @@ func (c *Controller) Check(ctx context.Context) error {
 		c.mu.Unlock()
 	}
 	return firstErr
+}
+
+// candidate is a node the controller judges: a Node, or the lease of a Node that was removed
+// (`rakhsh node remove --force` leaves the VMs bound to it; its lease stays and expires, since
+// the removed node's credential can no longer renew it, and its HA VMs are recovered like
+// those of any failed node).
+type candidate struct {
+	name    string
+	phase   v1alpha1.NodePhase
+	removed bool
+}
+
+// candidates lists the Nodes, then the leases without a Node.
+func candidates(nodes []*v1alpha1.Node, leases []*v1alpha1.NodeLease) []candidate {
+	out := make([]candidate, 0, len(nodes))
+	have := map[string]bool{}
+	for _, n := range nodes {
+		out = append(out, candidate{name: n.Name, phase: n.Status.Phase})
+		have[n.Name] = true
+	}
+	for _, l := range leases {
+		if !have[l.Name] {
+			out = append(out, candidate{name: l.Name, removed: true})
+		}
+	}
+	return out
 }
 
 // errLeaseLost stops a recovery: the node's lease changed under the controller.

@@ -544,3 +544,47 @@ func TestRecoveryGroupWaitEnds(t *testing.T) {
 		t.Fatal("mid not released after the group wait")
 	}
 }
+
+// TestRemovedNodeRecovered: a Node removed with VMs still bound to it (`node remove --force`)
+// leaves its lease behind, which its agent can no longer renew; once the lease has expired and
+// the safety margin passed, the HA VMs bound to the removed node are released like those of a
+// failed node, and the VMs that are not HA stay bound.
+func TestRemovedNodeRecovered(t *testing.T) {
+	w := newWorld(t)
+	c := New(Config{Client: w.fc, Now: w.clock, SafetyMargin: 5 * time.Second, GroupWait: -1})
+	w.check(c)
+	if err := w.fc.Delete(w.ctx, "nodes", "", "h2"); err != nil {
+		t.Fatal(err)
+	}
+	// Before the lease expires nothing is written, though the Node is gone.
+	w.fc.ClearActions()
+	for range 9 {
+		w.now = w.now.Add(time.Second)
+		w.renew("h1")
+		w.check(c)
+	}
+	for _, wr := range w.writes() {
+		if wr != "update nodeleases/h1" {
+			t.Fatalf("wrote %s before the removed node's lease expired", wr)
+		}
+	}
+	// Lease expired (11 s without renewal), then the margin.
+	for range 8 {
+		w.now = w.now.Add(time.Second)
+		w.renew("h1")
+		w.check(c)
+	}
+	for _, name := range []string{"zzz-high", "mid", "aaa-low", "low"} {
+		v := w.vm(name)
+		if v.Status.NodeName != "" || v.Status.LastExit == nil || v.Status.LastExit.Reason != v1alpha1.ExitNodeFailed ||
+			!strings.Contains(v.Status.LastExit.Message, "removed") {
+			t.Errorf("%s after its node was removed: node %q lastExit %+v", name, v.Status.NodeName, v.Status.LastExit)
+		}
+	}
+	if v := w.vm("plain"); v.Status.NodeName != "h2" {
+		t.Errorf("the VM that is not HA left the removed node: %q", v.Status.NodeName)
+	}
+	if l := w.lease("h2"); l.Spec.HolderIdentity != DefaultIdentity {
+		t.Errorf("the removed node's lease was not taken over: %+v", l.Spec)
+	}
+}
