@@ -53,55 +53,65 @@ fails leaves the disk where it was. See docs/storage.md.`,
 			}
 			ctx := cmd.Context()
 			ns, name := cc.Namespace(), args[0]
-			var d v1alpha1.VirtualDisk
-			if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
-				return err
-			}
-			cancelling := d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseMigrating &&
-				d.Spec.PersistentVolumeClaim.StorageClassName != class
-			if d.Status.StorageClassName == class && !cancelling && (node == "" || node == d.Status.NodeName) {
-				fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s is already in storage class %s\n", name, class)
-				return nil
-			}
-			if d.Status.StorageClassName == class && !cancelling {
-				return fmt.Errorf("VirtualDisk %q is in storage class %s on node %s: moving a disk from one node's local storage to another's is not supported yet; move it to a Shared class first, then to %s with --node %s",
-					name, class, d.Status.NodeName, class, node)
-			}
-			if d.Status.Phase != v1alpha1.DiskPhaseReady && !cancelling {
-				return fmt.Errorf("VirtualDisk %q is %s: only a Ready disk can be moved", name, orPending(string(d.Status.Phase)))
-			}
-			for _, a := range d.Status.AttachedToVirtualMachines {
-				if a.Mounted {
-					return fmt.Errorf("VirtualDisk %q is used by the running VirtualMachine %q: stop it first (rakhsh vm stop %s), then move the disk", name, a.Name, a.Name)
+			// The patch carries the resourceVersion read, so that the checks below hold for the
+			// disk it changes.
+			var d, out v1alpha1.VirtualDisk
+			var cancelling bool
+			for attempt := 0; ; attempt++ {
+				d = v1alpha1.VirtualDisk{}
+				if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
+					return err
 				}
-			}
-			var sc v1alpha1.StorageClass
-			if err := c.Get(ctx, "storageclasses", "", class, &sc); err != nil {
-				if client.IsNotFound(err) {
-					return fmt.Errorf("StorageClass %q does not exist (see rakhsh get storageclasses)", class)
+				cancelling = d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseMigrating &&
+					d.Spec.PersistentVolumeClaim.StorageClassName != class
+				if d.Status.StorageClassName == class && !cancelling && (node == "" || node == d.Status.NodeName) {
+					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s is already in storage class %s\n", name, class)
+					return nil
 				}
-				return err
-			}
-			// Without --node, a node named by an earlier move is forgotten.
-			meta := map[string]any{"resourceVersion": d.ResourceVersion, "annotations": map[string]any{v1alpha1.AnnotationStorageNode: nil}}
-			if node != "" {
-				if sc.Spec.Type != v1alpha1.StorageClassTypeLocal {
-					return usageErrorf("--node is only for a Local class: a disk on %s storage class %s runs on any node", sc.Spec.Type, class)
+				if d.Status.StorageClassName == class && !cancelling {
+					return fmt.Errorf("VirtualDisk %q is in storage class %s on node %s: moving a disk from one node's local storage to another's is not supported yet; move it to a Shared class first, then to %s with --node %s",
+						name, class, d.Status.NodeName, class, node)
 				}
-				if err := c.Get(ctx, "nodes", "", node, nil); err != nil {
+				if d.Status.Phase != v1alpha1.DiskPhaseReady && !cancelling {
+					return fmt.Errorf("VirtualDisk %q is %s: only a Ready disk can be moved", name, orPending(string(d.Status.Phase)))
+				}
+				for _, a := range d.Status.AttachedToVirtualMachines {
+					if a.Mounted {
+						return fmt.Errorf("VirtualDisk %q is used by the running VirtualMachine %q: stop it first (rakhsh vm stop %s), then move the disk", name, a.Name, a.Name)
+					}
+				}
+				var sc v1alpha1.StorageClass
+				if err := c.Get(ctx, "storageclasses", "", class, &sc); err != nil {
 					if client.IsNotFound(err) {
-						return fmt.Errorf("node %q does not exist (see rakhsh get nodes)", node)
+						return fmt.Errorf("StorageClass %q does not exist (see rakhsh get storageclasses)", class)
 					}
 					return err
 				}
-				meta["annotations"] = map[string]any{v1alpha1.AnnotationStorageNode: node}
-			}
-			patch, _ := json.Marshal(map[string]any{
-				"metadata": meta,
-				"spec":     map[string]any{"persistentVolumeClaim": map[string]any{"storageClassName": class}}})
-			var out v1alpha1.VirtualDisk
-			if err := c.Patch(ctx, "virtualdisks", ns, name, patch, &out); err != nil {
-				return err
+				// Without --node, a node named by an earlier move is forgotten.
+				meta := map[string]any{"resourceVersion": d.ResourceVersion, "annotations": map[string]any{v1alpha1.AnnotationStorageNode: nil}}
+				if node != "" {
+					if sc.Spec.Type != v1alpha1.StorageClassTypeLocal {
+						return usageErrorf("--node is only for a Local class: a disk on %s storage class %s runs on any node", sc.Spec.Type, class)
+					}
+					if err := c.Get(ctx, "nodes", "", node, nil); err != nil {
+						if client.IsNotFound(err) {
+							return fmt.Errorf("node %q does not exist (see rakhsh get nodes)", node)
+						}
+						return err
+					}
+					meta["annotations"] = map[string]any{v1alpha1.AnnotationStorageNode: node}
+				}
+				patch, _ := json.Marshal(map[string]any{
+					"metadata": meta,
+					"spec":     map[string]any{"persistentVolumeClaim": map[string]any{"storageClassName": class}}})
+				err := c.Patch(ctx, "virtualdisks", ns, name, patch, &out)
+				if client.IsConflict(err) && attempt < 5 {
+					continue // the disk changed since it was read (its controller writes its status): read and check again
+				}
+				if err != nil {
+					return err
+				}
+				break
 			}
 			from := d.Status.StorageClassName
 			if noWait {
