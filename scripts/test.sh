@@ -12,7 +12,11 @@ echo "== go vet"
 go vet ./...
 
 echo "== go test"
-go test -count=1 -timeout 45m ./... 2>&1 | tee /tmp/rakhsh-go-test.log
+# -json, turned back into plain `go test` output (failed tests' output and each package's
+# result) followed by the slowest tests; the whole event stream is kept in
+# /tmp/rakhsh-go-test.json.
+go build -o bin/testreport ./scripts/testreport
+go test -count=1 -timeout 45m -json ./... 2>&1 | tee /tmp/rakhsh-go-test.json | ./bin/testreport -slowest 40
 
 echo "== fuzz targets (${FUZZTIME} each)"
 FUZZTIME="$FUZZTIME" ./scripts/fuzz.sh
