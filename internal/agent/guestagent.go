@@ -121,28 +121,9 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 	var written *guestView // what was last written (nil: nothing yet)
 	var lastInfo time.Time
 	var view guestView
-	// QEMU creates the socket as it starts (or the agent bound it before, with passed
-	// descriptors); a VM without paravirtualization has none and is never watched.
-	sockWait := time.NewTicker(200 * time.Millisecond)
-	for deadline := time.Now().Add(time.Minute); ; {
-		if _, err := os.Stat(g.sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			sockWait.Stop()
-			return
-		}
-		select {
-		case <-ctx.Done():
-			sockWait.Stop()
-			return
-		case <-in.exited:
-			sockWait.Stop()
-			return
-		case <-sockWait.C:
-		}
+	if !waitGuestSocket(ctx, in, g.sock) {
+		return
 	}
-	sockWait.Stop()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -199,6 +180,30 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 			a.log.Debug("guest agent not ready", "vm", string(in.key), "reason", view.reason, "err", err)
 		}
 		t.Reset(guestPingEvery)
+	}
+}
+
+// waitGuestSocket waits up to a minute for the guest agent's socket: QEMU creates it as it
+// starts (or the agent bound it before, with passed descriptors); a VM without
+// paravirtualization has none and is never watched. False: no socket, the VM exited, or ctx
+// ended.
+func waitGuestSocket(ctx context.Context, in *instance, sock string) bool {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(time.Minute); ; {
+		if _, err := os.Stat(sock); err == nil {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-in.exited:
+			return false
+		case <-tick.C:
+		}
 	}
 }
 
