@@ -265,7 +265,14 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		g(descNodeReady, ready, n.Name)
 	})
 	type kp struct{ k, p string }
+	// Every known phase is reported, zeros included, so that rules can take deltas.
 	images := map[kp]int{}
+	for _, k := range []string{"ClusterVirtualImage", "VirtualImage"} {
+		for _, p := range []v1alpha1.ImagePhase{v1alpha1.ImagePhasePending, v1alpha1.ImagePhaseProvisioning, v1alpha1.ImagePhaseWaitForUserUpload,
+			v1alpha1.ImagePhaseReady, v1alpha1.ImagePhaseFailed, v1alpha1.ImagePhaseTerminating, v1alpha1.ImagePhaseImageLost} {
+			images[kp{k, string(p)}] = 0
+		}
+	}
 	for _, res := range []struct{ resource, kind string }{{"clustervirtualimages", "ClusterVirtualImage"}, {"virtualimages", "VirtualImage"}} {
 		list(res.resource, func(b []byte) {
 			var o struct {
@@ -280,6 +287,11 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		g(descImages, float64(n), k.k, k.p)
 	}
 	disks := map[string]int{}
+	for _, p := range []v1alpha1.DiskPhase{v1alpha1.DiskPhasePending, v1alpha1.DiskPhaseProvisioning, v1alpha1.DiskPhaseWaitForUserUpload,
+		v1alpha1.DiskPhaseWaitForFirstConsumer, v1alpha1.DiskPhaseReady, v1alpha1.DiskPhaseResizing, v1alpha1.DiskPhaseFailed,
+		v1alpha1.DiskPhaseTerminating, v1alpha1.DiskPhaseMigrating} {
+		disks[string(p)] = 0
+	}
 	list("virtualdisks", func(b []byte) {
 		var o struct {
 			Status struct{ Phase string } `json:"status"`
@@ -292,6 +304,13 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		g(descDisks, float64(n), p)
 	}
 	ops := map[kp]int{}
+	for _, t := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart, v1alpha1.VMOPTypeMigrate,
+		v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone} {
+		for _, p := range []v1alpha1.VMOPPhase{v1alpha1.VMOPPhasePending, v1alpha1.VMOPPhaseInProgress, v1alpha1.VMOPPhaseCompleted,
+			v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPPhaseTerminating, v1alpha1.VMOPPhaseSuperseded} {
+			ops[kp{string(t), string(p)}] = 0
+		}
+	}
 	list("virtualmachineoperations", func(b []byte) {
 		var o struct {
 			Spec   struct{ Type string }  `json:"spec"`
