@@ -43,6 +43,13 @@ func (s *Server) isMetricsToken(r *http.Request) bool {
 	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.metricsToken)) == 1
 }
 
+// hasMetricsClientCert says the request came over TLS with a client certificate that the
+// listener verified (serve --metrics-client-ca: the only CA client certificates are verified
+// against). Such a certificate reads /metrics and /sd/prometheus only.
+func hasMetricsClientCert(r *http.Request) bool {
+	return r.TLS != nil && len(r.TLS.VerifiedChains) > 0
+}
+
 // MetricsHandler serves /metrics and /sd/prometheus alone (serve --metrics-listen): to the
 // metrics token or the admin token.
 func (s *Server) MetricsHandler() http.Handler {

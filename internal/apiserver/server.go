@@ -199,7 +199,7 @@ func (s *Server) RemoteHandler() http.Handler {
 			mux.ServeHTTP(w, r)
 			return
 		}
-		if isMetricsPath(r.URL.Path) && s.isMetricsToken(r) { // metrics_cluster.go
+		if isMetricsPath(r.URL.Path) && (s.isMetricsToken(r) || hasMetricsClientCert(r)) { // metrics_cluster.go
 			mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey, metricsIdentity)))
 			return
 		}

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -113,4 +115,23 @@ func storeSizeCollector(dataDir string) prometheus.Collector {
 		}
 		return float64(fi.Size())
 	})
+}
+
+// metricsClientCA makes the TLS listener of --listen ask for a client certificate and verify
+// one given against --metrics-client-ca; the API server lets a verified certificate read the
+// metrics only. Clients without a certificate are not affected.
+func metricsClientCA(cfg Config, tc *tls.Config) error {
+	if cfg.MetricsClientCA == "" {
+		return nil
+	}
+	b, err := os.ReadFile(cfg.MetricsClientCA)
+	if err != nil {
+		return fmt.Errorf("--metrics-client-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return fmt.Errorf("--metrics-client-ca %s: no PEM certificate in it", cfg.MetricsClientCA)
+	}
+	tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	return nil
 }

@@ -132,8 +132,11 @@ type Config struct {
 	// HTTP, token required); MetricsTokenFile holds the read-only metrics token
 	// (docs/metrics.md).
 	MetricsListen, MetricsTokenFile string
-	metricsURL                      string                // set by Run: the node's metrics URL
-	metricsReg                      prometheus.Registerer // set by Run: the in-process agent's series go here
+	// MetricsClientCA holds the CA whose client certificates may read /metrics and
+	// /sd/prometheus on --listen (and nothing else).
+	MetricsClientCA string
+	metricsURL      string                // set by Run: the node's metrics URL
+	metricsReg      prometheus.Registerer // set by Run: the in-process agent's series go here
 
 	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
 	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
@@ -217,6 +220,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.StreamListen, "stream-listen", "", "also serve the in-process agent's VM consoles, VNC and logs to other API servers on this TCP address (TLS, ticket per request), for several serve processes on one etcd store; this server itself calls its agent directly")
 	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for --stream-listen (default: its address when it names one IP)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "also serve /metrics and /sd/prometheus (alone, plain HTTP, the metrics or admin token required) on this TCP address, e.g. 127.0.0.1:9464; its URL is published as the node's and the control plane's metrics URL")
+	f.StringVar(&cfg.MetricsClientCA, "metrics-client-ca", "", "CA certificates (PEM) whose client certificates may read /metrics and /sd/prometheus on --listen, and nothing else (Prometheus' tls_config cert_file/key_file)")
 	f.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", "", "file holding a read-only token on its first line that may read /metrics and /sd/prometheus only (for Prometheus)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
@@ -270,6 +274,9 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			return fmt.Errorf("--listen %q: %w", c.Listen, err)
 		}
+	}
+	if c.MetricsClientCA != "" && c.Listen == "" {
+		return errors.New("--metrics-client-ca verifies client certificates on --listen: it needs --listen")
 	}
 	if c.StreamListen != "" && c.NoAgent {
 		return errors.New("--stream-listen serves the in-process agent's streams: it does not go with --no-agent")
