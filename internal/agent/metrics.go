@@ -91,6 +91,9 @@ func (a *Agent) metricsVMs() []metrics.VM {
 					mig.DowntimeSeconds = float64(p.DowntimeMs) / 1000
 				}
 			}
+			if !mig.Running && ms.StartTimestamp != nil && ms.EndTimestamp != nil && ms.EndTimestamp.After(ms.StartTimestamp.Time) {
+				mig.DurationSeconds = ms.EndTimestamp.Sub(ms.StartTimestamp.Time).Seconds()
+			}
 			m.Migration = mig
 		}
 		if in := byUID[vm.UID]; in != nil && !in.isExited() {

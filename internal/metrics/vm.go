@@ -51,6 +51,8 @@ type Migration struct {
 	RemainingBytes float64
 	// DowntimeSeconds is the last finished migration's switch-over pause (0: unknown).
 	DowntimeSeconds float64
+	// DurationSeconds is the last finished migration's start to end (0: unknown).
+	DurationSeconds float64
 }
 
 // DefaultQMPTimeout bounds the QMP calls of one scrape, for each VM (they run in parallel).
@@ -118,12 +120,13 @@ var (
 	descVMMigProgress    = vmDesc("rakhsh_vm_migration_progress_percent", "Progress of the VM's running live migration (memory and mirrored disks copied).")
 	descVMMigRemaining   = vmDesc("rakhsh_vm_migration_remaining_bytes", "Bytes the VM's running live migration still has to copy.")
 	descVMMigDowntime    = vmDesc("rakhsh_vm_migration_downtime_seconds", "The guest's pause at the switch-over of the VM's last finished live migration.")
+	descVMMigDuration    = vmDesc("rakhsh_vm_migration_duration_seconds", "Start to end of the VM's last finished live migration.")
 )
 
 var vmDescs = []*prometheus.Desc{descVMPhase, descVMCPU, descVMVCPURun, descVMVCPUWait, descVMVCPUs, descVMMemory, descVMRSS,
 	descVMExits, descVMDiskReadBytes, descVMDiskWriteBytes, descVMDiskReads, descVMDiskWrites, descVMDiskFlushes,
 	descVMDiskReadTime, descVMDiskWriteTime, descVMDiskFlushTime, descVMNetRxBytes, descVMNetTxBytes, descVMNetRxPackets,
-	descVMNetTxPackets, descVMNetRxDropped, descVMNetTxDropped, descVMMigProgress, descVMMigRemaining, descVMMigDowntime}
+	descVMNetTxPackets, descVMNetRxDropped, descVMNetTxDropped, descVMMigProgress, descVMMigRemaining, descVMMigDowntime, descVMMigDuration}
 
 // Describe implements prometheus.Collector.
 func (c *VMCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -195,8 +198,13 @@ func (c *VMCollector) collectHost(ch chan<- prometheus.Metric, v *VM, buf []byte
 		if m.Running {
 			gauge(ch, descVMMigProgress, m.Percent, base)
 			gauge(ch, descVMMigRemaining, m.RemainingBytes, base)
-		} else if m.DowntimeSeconds > 0 {
-			gauge(ch, descVMMigDowntime, m.DowntimeSeconds, base)
+		} else {
+			if m.DowntimeSeconds > 0 {
+				gauge(ch, descVMMigDowntime, m.DowntimeSeconds, base)
+			}
+			if m.DurationSeconds > 0 {
+				gauge(ch, descVMMigDuration, m.DurationSeconds, base)
+			}
 		}
 	}
 	if v.PID > 0 {
