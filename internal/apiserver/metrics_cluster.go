@@ -88,7 +88,9 @@ type sdGroup struct {
 // serveSD answers Prometheus' HTTP service discovery: the metrics URL of every Node that
 // publishes one (status.metricsURL) and of this control plane (--metrics-listen, or the
 // /metrics of every control-plane member's API address). A URL both a node and the control
-// plane serve (the all-in-one serve) is one target with the node's label.
+// plane serve (the all-in-one serve) is one target with the node's label. The node's label
+// is rakhsh_node, not node: a target label named like a label of the scraped series would
+// rename theirs (to exported_node), and the control plane's series name other nodes.
 func (s *Server) serveSD(w http.ResponseWriter, r *http.Request) {
 	if !mayReadMetrics(identityOf(r.Context())) {
 		s.writeError(w, r, errs.New(errs.ErrForbidden, "Forbidden: %s is for administrators and the metrics token", sdPath))
@@ -138,7 +140,7 @@ func (s *Server) serveSD(w http.ResponseWriter, r *http.Request) {
 		if json.Unmarshal(kv.Value, &n) != nil || n.Status.MetricsURL == "" {
 			continue
 		}
-		add(n.Status.MetricsURL, map[string]string{"node": n.Name})
+		add(n.Status.MetricsURL, map[string]string{"rakhsh_node": n.Name})
 	}
 	keys := make([]string, 0, len(byURL))
 	for k := range byURL {
@@ -232,11 +234,12 @@ var (
 	descVMOps     = prometheus.NewDesc("rakhsh_vm_operations", "VirtualMachineOperations by type (Start, Stop, Restart, Migrate, Evict, ...) and phase.", []string{"type", "phase"}, nil)
 	descLeader    = prometheus.NewDesc("rakhsh_controlplane_has_leader", "1 when a control-plane member is elected to run the controllers, else 0.", nil, nil)
 	descMembers   = prometheus.NewDesc("rakhsh_controlplane_members", "Control-plane members (serve processes) registered.", nil, nil)
-	descEtcdErr   = prometheus.NewDesc("rakhsh_controlplane_etcd_healthy", "On an etcd store: 1 when every etcd member answered the status call, else 0.", nil, nil)
+	descEtcdErr   = prometheus.NewDesc("rakhsh_controlplane_etcd_healthy", "On an etcd store: 1 when every etcd member answered the status call and is healthy, else 0.", nil, nil)
+	descEtcdSize  = prometheus.NewDesc("rakhsh_etcd_member_db_size_bytes", "On an etcd store: the size of each etcd member's database file.", []string{"member"}, nil)
 )
 
 func (clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodeReady, descImages, descDisks, descVMOps, descLeader, descMembers, descEtcdErr} {
+	for _, d := range []*prometheus.Desc{descNodeReady, descImages, descDisks, descVMOps, descLeader, descMembers, descEtcdErr, descEtcdSize} {
 		ch <- d
 	}
 }
@@ -342,6 +345,14 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 				healthy := 1.0
 				if st.EtcdError != "" {
 					healthy = 0
+				}
+				for _, m := range st.Etcd {
+					if !m.Healthy {
+						healthy = 0
+					}
+					if m.DBSize > 0 && m.Name != "" {
+						g(descEtcdSize, float64(m.DBSize), m.Name)
+					}
 				}
 				g(descEtcdErr, healthy)
 			}

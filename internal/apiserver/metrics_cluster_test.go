@@ -120,8 +120,8 @@ func TestServiceDiscovery(t *testing.T) {
 		got[g.Targets[0]] = g.Labels
 	}
 	want := map[string]map[string]string{
-		"10.0.0.1:9464": {"node": "n1", "rakhsh_control_plane": "true", "__scheme__": "http", "__metrics_path__": "/metrics"},
-		"10.0.0.2:9100": {"node": "n2", "__scheme__": "https", "__metrics_path__": "/node/metrics"},
+		"10.0.0.1:9464": {"rakhsh_node": "n1", "rakhsh_control_plane": "true", "__scheme__": "http", "__metrics_path__": "/metrics"},
+		"10.0.0.2:9100": {"rakhsh_node": "n2", "__scheme__": "https", "__metrics_path__": "/node/metrics"},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("targets %v, want %v", got, want)
