@@ -87,11 +87,12 @@ func startPrometheus(t *testing.T, sdURL, tokenFile string) string {
   scrape_timeout: 1s
 scrape_configs:
 - job_name: rakhsh
-  authorization: {credentials_file: %q}
+  authorization: {type: Bearer, credentials_file: %q}
   http_sd_configs:
   - url: %q
     refresh_interval: 1s
-    authorization: {credentials_file: %q}
+    # Prometheus 2.42 sends the credentials of an HTTP SD without the Bearer type unless told.
+    authorization: {type: Bearer, credentials_file: %q}
 `, tokenFile, sdURL, tokenFile)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
