@@ -35,14 +35,8 @@ var Version = "dev"
 
 // Config holds what a Server needs.
 type Config struct {
-	// MetricsToken is a read-only token for /metrics and /sd/prometheus only (serve
-	// --metrics-token-file); empty: none (admin only).
-	MetricsToken string
-	// MetricsURL is this server's metrics URL for /sd/prometheus (serve --metrics-listen);
-	// empty: each control-plane member's API address.
-	MetricsURL string
-	Store      store.Store
-	Log        *slog.Logger
+	Store store.Store
+	Log   *slog.Logger
 	// AdminToken is the bearer token that grants admin over TCP. Requests over the unix
 	// socket are admin without a token.
 	AdminToken string
@@ -77,6 +71,12 @@ type Config struct {
 	// OnFenced is told the fence of every write the store refused as fenced (the elector
 	// ends that term at once); it may be nil.
 	OnFenced func(store.Fence)
+	// MetricsToken is a read-only token for /metrics and /sd/prometheus only (serve
+	// --metrics-token-file); empty: none (admin only).
+	MetricsToken string
+	// MetricsURL is this server's metrics URL for /sd/prometheus (serve --metrics-listen);
+	// empty: each control-plane member's API address.
+	MetricsURL string
 }
 
 // Server serves the API.
