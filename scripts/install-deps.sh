@@ -6,6 +6,7 @@ PKGS=(
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools   # hypervisor, disk tools, firmware, vTPM
   dnsmasq-base nftables iproute2                       # networking
   etcd-server                                          # the etcd store (tests start their own)
+  prometheus                                           # metrics tests: prometheus and promtool (tests start their own)
   xorriso genisoimage cpio mtools                      # test guest and config ISOs
   grub-common grub-pc-bin grub-efi-amd64-bin binutils  # test guest boot loaders
   util-linux                                           # prlimit for qemu-img under rlimits
@@ -30,6 +31,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's prometheus package starts a server on :9090 where an init system runs services; the
+# tests start their own on loopback, so the packaged one is stopped and kept from starting.
+if [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/prometheus ]; then
+  $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  command -v update-rc.d >/dev/null 2>&1 && $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
 fi
 
 # Go: Debian 12 ships 1.19, so the toolchain comes from the Go module proxy, which serves every

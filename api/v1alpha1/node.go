@@ -123,6 +123,10 @@ type NodeStatus struct {
 	// StreamEndpoint is where the node agent serves its VMs' consoles, VNC and logs to the
 	// API servers, which proxy them; written by the agent (see docs/operations.md).
 	StreamEndpoint *NodeStreamEndpoint `json:"streamEndpoint,omitempty"`
+	// MetricsURL is where the node's Prometheus metrics are served (the agent's
+	// --metrics-listen, or the all-in-one serve's /metrics), listed by /sd/prometheus;
+	// written by the agent (see docs/metrics.md).
+	MetricsURL string `json:"metricsURL,omitempty"`
 	// LastHeartbeatTime is the last time the agent reported.
 	LastHeartbeatTime  *Time       `json:"lastHeartbeatTime,omitempty"`
 	Conditions         []Condition `json:"conditions,omitempty"`

@@ -91,6 +91,9 @@ type Config struct {
 	// LeaseRenewInterval is how often the lease is renewed; default 1 s, at most a quarter
 	// of FenceTimeout.
 	LeaseRenewInterval time.Duration
+	// MetricsURL is where this node's metrics are served, published as the Node's
+	// status.metricsURL for /sd/prometheus (metrics.go); empty: none.
+	MetricsURL string
 }
 
 // Agent is the node agent.
@@ -121,6 +124,8 @@ type Agent struct {
 	fence *fence     // self-fencing (fence.go)
 	lease *leaser    // the node lease (lease.go)
 	guard *guardLink // the fence guard (guard.go); nil without Config.FenceGuard
+
+	metrics *agentMetrics // the node's and its VMs' series (metrics.go)
 }
 
 // New checks cfg and returns an agent; Run starts it.
@@ -189,7 +194,7 @@ func New(cfg Config) (*Agent, error) {
 	cfg.Accelerator = mode
 	log := cfg.Log.With("component", "agent", "node", cfg.NodeName)
 	f := newFence(cfg.FenceTimeout, cfg.Now, log)
-	a := &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{}, fence: f,
+	a := &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{}, fence: f, metrics: newAgentMetrics(cfg.NodeName),
 		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-agent", Host: cfg.NodeName, Log: log},
 		// Only the VMs bound to this node: a VM released or bound elsewhere leaves the cache
 		// (the orphan sweep asks the API before it removes anything of it).
@@ -366,7 +371,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		Allocatable: &v1alpha1.NodeResources{CPU: int64(float64(f.cpus) * cpuRatio),
 			Memory: v1alpha1.BytesQuantity(int64(float64(f.memoryBytes) * memRatio)), Storage: v1alpha1.BytesQuantity(storageFree)},
 		QemuVersion: f.qemu.QEMUVersion, Accelerator: a.acceleratorName(), CPUModel: f.cpuModel, CPUFeatures: f.cpuFeatures,
-		KernelVersion: f.kernelVersion, AgentVersion: Version, LastHeartbeatTime: &now,
+		KernelVersion: f.kernelVersion, AgentVersion: Version, LastHeartbeatTime: &now, MetricsURL: a.cfg.MetricsURL,
 		Conditions: node.Status.Conditions, ObservedGeneration: node.Generation,
 	}
 	if a.cfg.UnderlayAddress.IsValid() {
@@ -389,6 +394,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	v1alpha1.SetCondition(&st.Conditions, ready)
 	v1alpha1.SetCondition(&st.Conditions, a.kvmCondition())
+	a.metrics.node.Store(&nodeSample{st: st, cpuRatio: cpuRatio, memRatio: memRatio}) // metrics.go
 	var status any = st
 	if len(st.Addresses) == 0 && len(node.Status.Addresses) > 0 {
 		// No underlay address any more: the one published before goes (a merge patch drops

@@ -66,7 +66,9 @@ func (a *Agent) writePhase(ctx context.Context, vm *v1alpha1.VirtualMachine, p v
 // launch timings.
 func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, phase v1alpha1.VirtualMachinePhase) (*v1alpha1.VirtualMachine, error) {
 	kvm := in.accel == "kvm"
-	return patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	var startToRunning, createToRunning time.Duration // for the start histograms (metrics.go)
+	out, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		startToRunning, createToRunning = 0, 0
 		if v.Status.NodeName != a.cfg.NodeName {
 			return errNoChange
 		}
@@ -81,11 +83,15 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 			}
 			if !start.IsZero() {
 				st.LaunchTimeDuration.VirtualMachineStarting = now.Sub(start.Time).String()
+				startToRunning = now.Sub(start.Time)
 				if p := lastTransition(v, v1alpha1.VMPhasePending); !p.IsZero() && p.Before(start.Time) {
 					st.LaunchTimeDuration.WaitingForDependencies = start.Sub(p.Time).String()
 				} else if v.CreationTimestamp != nil && v.CreationTimestamp.Before(start.Time) && len(st.PhasesTransitions) <= 3 {
 					st.LaunchTimeDuration.WaitingForDependencies = start.Sub(v.CreationTimestamp.Time).String()
 				}
+			}
+			if st.LastStartTime == nil && v.CreationTimestamp != nil {
+				createToRunning = now.Sub(v.CreationTimestamp.Time)
 			}
 			st.LastStartTime = &now
 		}
@@ -119,6 +125,10 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 		v1alpha1.SetCondition(&v.Status.Conditions, restartCondition(pendingChanges(running, &v.Spec)))
 		return nil
 	})
+	if err == nil {
+		a.observeStart(startToRunning, createToRunning)
+	}
+	return out, err
 }
 
 // recordExit writes lastExit, phase Stopped and the Running condition; a VM that should stay

@@ -266,6 +266,8 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
 	defer cancel()
 	stop := context.AfterFunc(s.ctx, cancel)
 	defer stop()
+	s.metrics.watches.Inc()
+	defer s.metrics.watches.Dec()
 
 	rvText := r.URL.Query().Get("resourceVersion")
 	var from int64

@@ -20,6 +20,7 @@ type apiMetrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	watches  prometheus.Gauge
 }
 
 func newAPIMetrics() *apiMetrics {
@@ -34,6 +35,8 @@ func newAPIMetrics() *apiMetrics {
 		Help:    "Time to answer an API request (watches and streams excluded), by verb and resource.",
 		Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
 	}, []string{"verb", "resource"})
+	m.watches = prometheus.NewGauge(prometheus.GaugeOpts{Name: "rakhsh_apiserver_watches",
+		Help: "Watch streams open on this API server."})
 	m.reg.MustRegister(m.requests, m.latency,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
@@ -141,8 +144,8 @@ func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter 
 
 // serveMetrics answers /metrics for administrators (the local socket is one).
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
-	if !identityOf(r.Context()).Admin {
-		s.writeError(w, r, errs.New(errs.ErrForbidden, "Forbidden: /metrics is for administrators"))
+	if !mayReadMetrics(identityOf(r.Context())) {
+		s.writeError(w, r, errs.New(errs.ErrForbidden, "Forbidden: /metrics is for administrators and the metrics token"))
 		return
 	}
 	s.metrics.handler().ServeHTTP(w, r)

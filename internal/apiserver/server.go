@@ -71,6 +71,12 @@ type Config struct {
 	// OnFenced is told the fence of every write the store refused as fenced (the elector
 	// ends that term at once); it may be nil.
 	OnFenced func(store.Fence)
+	// MetricsToken is a read-only token for /metrics and /sd/prometheus only (serve
+	// --metrics-token-file); empty: none (admin only).
+	MetricsToken string
+	// MetricsURL is this server's metrics URL for /sd/prometheus (serve --metrics-listen);
+	// empty: each control-plane member's API address.
+	MetricsURL string
 }
 
 // Server serves the API.
@@ -95,6 +101,8 @@ type Server struct {
 	imageDir string
 	peerCA   string
 	metrics  *apiMetrics
+	// metricsToken and metricsURL are Config.MetricsToken and Config.MetricsURL.
+	metricsToken, metricsURL string
 	// controlPlane and onFenced are Config.ControlPlane and Config.OnFenced; fenced counts
 	// the writes the store refused as fenced.
 	controlPlane func(ctx context.Context) (v1alpha1.ControlPlaneStatus, error)
@@ -121,6 +129,9 @@ func New(cfg Config) *Server {
 		s.bookmark = 30 * time.Second
 	}
 	s.metrics = newAPIMetrics()
+	s.metricsToken, s.metricsURL = cfg.MetricsToken, cfg.MetricsURL
+	s.store = newStoreMetrics(s.store, s.metrics.reg) // metrics_cluster.go
+	s.metrics.reg.MustRegister(clusterCollector{s}, s.metrics.watches)
 	s.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "rakhsh_apiserver_fenced_writes_total",
 		Help: "Writes of controllers the store refused because their leadership term had ended.",
@@ -188,6 +199,10 @@ func (s *Server) RemoteHandler() http.Handler {
 			mux.ServeHTTP(w, r)
 			return
 		}
+		if isMetricsPath(r.URL.Path) && (s.isMetricsToken(r) || hasMetricsClientCert(r)) { // metrics_cluster.go
+			mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey, metricsIdentity)))
+			return
+		}
 		id, err := s.authenticate(r)
 		if err != nil {
 			s.writeError(w, r, err)
@@ -253,6 +268,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens", s.serveJoinTokens)
 	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens/{id}", s.serveJoinToken)
 	mux.HandleFunc("GET /metrics", s.serveMetrics)
+	mux.HandleFunc("GET "+sdPath, s.serveSD)
 	mux.HandleFunc("GET /openapi/v3", s.serveOpenAPIV3)
 	mux.HandleFunc("GET /openapi/v3/", s.serveOpenAPIV3)
 	mux.HandleFunc("GET /openapi/v2", s.serveOpenAPIV2)

@@ -79,6 +79,7 @@ func validateNode(n *v1alpha1.Node) errs.FieldErrors {
 			fe.Invalid("spec.address", a, msg)
 		}
 	}
+	validateNodeMetricsURL(&fe, n) // node_metrics.go
 	return fe
 }
 

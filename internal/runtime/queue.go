@@ -136,6 +136,8 @@ func (q *Queue) Run(ctx context.Context, workers int, r Reconciler) {
 		q.cond.Broadcast()
 		q.mu.Unlock()
 	}()
+	liveQueues.Store(q, struct{}{}) // metrics.go
+	defer liveQueues.Delete(q)
 	var wg sync.WaitGroup
 	for range max(workers, 1) {
 		wg.Add(1)
@@ -146,7 +148,9 @@ func (q *Queue) Run(ctx context.Context, workers int, r Reconciler) {
 				if !ok {
 					return
 				}
+				start := time.Now()
 				res, err := safeReconcile(ctx, r, k)
+				observeReconcile(q.Name, start, err)
 				q.done(k)
 				if ctx.Err() != nil {
 					continue

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -53,6 +54,9 @@ type AgentConfig struct {
 	// UnderlayAddress is this node's address toward the other nodes, for the VXLAN of NAT
 	// networks across hosts; empty: the source address of the route toward --server.
 	UnderlayAddress string
+	// MetricsListen serves the node's /metrics on this TCP address (plain HTTP) to the
+	// bearer of the token in MetricsTokenFile (docs/metrics.md).
+	MetricsListen, MetricsTokenFile string
 }
 
 // NewAgentCommand returns the `agent` command: the node agent alone, for a host that joins a
@@ -192,12 +196,30 @@ exchanged with whichever answers.`,
 			if err != nil {
 				return err
 			}
+			var metricsL net.Listener
+			var metricsURL, metricsToken string
+			if cfg.MetricsListen != "" {
+				if cfg.MetricsTokenFile == "" {
+					return errors.New("--metrics-listen needs --metrics-token-file: the node's metrics are served to the bearer of the metrics token only")
+				}
+				if metricsToken, err = readMetricsToken(cfg.MetricsTokenFile); err != nil {
+					return err
+				}
+				if metricsL, metricsURL, err = listenMetrics(cfg.MetricsListen, cfg.NodeName); err != nil {
+					return err
+				}
+				defer metricsL.Close()
+			}
 			a, err := agent.New(agent.Config{Client: c, NodeName: cfg.NodeName, DataDir: cfg.DataDir, HeartbeatInterval: cfg.HeartbeatInterval,
 				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode,
 				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
-				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert})
+				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert,
+				MetricsURL: metricsURL})
 			if err != nil {
 				return err
+			}
+			if metricsL != nil { // metrics.go
+				defer serveMetricsOn(ctx, metricsL, agentMetricsHandler(newAgentRegistry(a.MetricsCollectors()), metricsToken), log.With("component", "metrics"))()
 			}
 			log.Info("rakhsh agent started", "server", cfg.Server, "node", cfg.NodeName, "data-dir", cfg.DataDir)
 			err = a.Run(ctx)
@@ -227,6 +249,8 @@ exchanged with whichever answers.`,
 	f.StringVar(&cfg.StreamListen, "stream-listen", DefaultStreamListen, "TCP address of the stream service that serves this host's VM consoles, VNC and logs to the API servers (TLS, ticket per request); empty: none")
 	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for the stream service (default: the listen address, or when it is all addresses the local IP this host reaches --server from)")
 	f.StringVar(&cfg.UnderlayAddress, "underlay-address", "", "IPv4 address of this host that the other nodes reach it on: the VXLAN of NAT networks across hosts is sent from and to it, and it is published as the Node's InternalIP (default: the source address of the route toward --server; none for a unix socket)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve this node's /metrics (its VMs and the node) on this TCP address, plain HTTP, to the bearer of the metrics token; published as the Node's status.metricsURL for /sd/prometheus")
+	f.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", "", "file holding the read-only metrics token on its first line (the same as the control plane's --metrics-token-file)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }

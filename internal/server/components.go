@@ -129,9 +129,14 @@ func agentComponent(cfg Config, cl *client.Client, cert *tls.Certificate, log *s
 	a, err := agent.New(agent.Config{Client: cl.WithUserAgent("rakhsh/agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
 		HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
 		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
-		LeaseDuration: cfg.NodeLeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert})
+		LeaseDuration: cfg.NodeLeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert,
+		MetricsURL: cfg.metricsURL})
 	if err != nil {
 		return component{}, err
+	}
+	if cfg.metricsReg != nil {
+		// The node's and its VMs' series are served by this process's /metrics (metrics.go).
+		cfg.metricsReg.MustRegister(a.MetricsCollectors()...)
 	}
 	return component{name: "agent", run: a.Run}, nil
 }

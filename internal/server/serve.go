@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -33,6 +34,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/store"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 	"github.com/rakhsh/rakhsh/internal/store/etcd"
@@ -126,6 +128,16 @@ type Config struct {
 	MigrationBandwidthMiBps                     int64
 	MigrationTimeoutPerGiB, MigrationMinTimeout time.Duration
 
+	// MetricsListen serves /metrics and /sd/prometheus alone on this TCP address (plain
+	// HTTP, token required); MetricsTokenFile holds the read-only metrics token
+	// (docs/metrics.md).
+	MetricsListen, MetricsTokenFile string
+	// MetricsClientCA holds the CA whose client certificates may read /metrics and
+	// /sd/prometheus on --listen (and nothing else).
+	MetricsClientCA string
+	metricsURL      string                // set by Run: the node's metrics URL
+	metricsReg      prometheus.Registerer // set by Run: the in-process agent's series go here
+
 	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
 	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
 }
@@ -207,6 +219,9 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	_ = f.MarkHidden("test-leader-notice-delay")
 	f.StringVar(&cfg.StreamListen, "stream-listen", "", "also serve the in-process agent's VM consoles, VNC and logs to other API servers on this TCP address (TLS, ticket per request), for several serve processes on one etcd store; this server itself calls its agent directly")
 	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for --stream-listen (default: its address when it names one IP)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "also serve /metrics and /sd/prometheus (alone, plain HTTP, the metrics or admin token required) on this TCP address, e.g. 127.0.0.1:9464; its URL is published as the node's and the control plane's metrics URL")
+	f.StringVar(&cfg.MetricsClientCA, "metrics-client-ca", "", "CA certificates (PEM) whose client certificates may read /metrics and /sd/prometheus on --listen, and nothing else (Prometheus' tls_config cert_file/key_file)")
+	f.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", "", "file holding a read-only token on its first line that may read /metrics and /sd/prometheus only (for Prometheus)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }
@@ -259,6 +274,9 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			return fmt.Errorf("--listen %q: %w", c.Listen, err)
 		}
+	}
+	if c.MetricsClientCA != "" && c.Listen == "" {
+		return errors.New("--metrics-client-ca verifies client certificates on --listen: it needs --listen")
 	}
 	if c.StreamListen != "" && c.NoAgent {
 		return errors.New("--stream-listen serves the in-process agent's streams: it does not go with --no-agent")
@@ -375,8 +393,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		// directly, without a network hop; other nodes' through their stream endpoints.
 		acfg.LocalStreams, acfg.NodeName = &nodestream.Service{DataDir: cfg.DataDir}, cfg.NodeName
 	}
+	var metricsL net.Listener // metrics.go
+	if cfg.MetricsTokenFile != "" {
+		if acfg.MetricsToken, err = readMetricsToken(cfg.MetricsTokenFile); err != nil {
+			return err
+		}
+	}
+	if cfg.MetricsListen != "" {
+		if metricsL, cfg.metricsURL, err = listenMetrics(cfg.MetricsListen, cfg.NodeName); err != nil {
+			return err
+		}
+		defer metricsL.Close()
+		acfg.MetricsURL = cfg.metricsURL
+	}
 	api := apiserver.New(acfg)
 	defer api.Shutdown()
+	cfg.metricsReg = api.MetricsRegisterer()
+	cfg.metricsReg.MustRegister(runtime.MetricsCollectors()...)
+	if storeName(cfg) == "bolt" {
+		cfg.metricsReg.MustRegister(storeSizeCollector(cfg.DataDir))
+	}
 	initCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = api.EnsureProject(initCtx, apiserver.DefaultProject)
 	if err == nil {
@@ -412,6 +448,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		listeners = append(listeners, tl)
 		cfg.uploadBases = uploadBases(cfg.Listen, tl.Addr())
 		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", tokenFile)
+	}
+	if cfg.metricsURL == "" && cfg.uploadBases.External != "" {
+		cfg.metricsURL = strings.TrimSuffix(cfg.uploadBases.External, "/") + "/metrics"
+	}
+	if metricsL != nil {
+		defer serveMetricsOn(ctx, metricsL, api.MetricsHandler(), log.With("component", "metrics"))()
+		log.Info("serving metrics", "listen", metricsL.Addr().String(), "url", cfg.metricsURL)
 	}
 	apiAddr := cfg.uploadBases.External
 	if apiAddr == "" {

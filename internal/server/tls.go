@@ -108,6 +108,9 @@ func listenTLS(cfg Config) (net.Listener, error) {
 		}
 		tc.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return ss.certificate() }
 	}
+	if err := metricsClientCA(cfg, tc); err != nil { // metrics.go
+		return nil, err
+	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Listen, err)
