@@ -45,8 +45,11 @@ func (j *Jobs) Start(key, what string, fn func(ctx context.Context), done func()
 	}
 	j.jobs[key] = jb
 	j.mu.Unlock()
+	jobsRunning.WithLabelValues(what).Inc()
 	go func() {
 		defer func() {
+			jobsRunning.WithLabelValues(what).Dec()
+			jobSeconds.WithLabelValues(what).Observe(time.Since(jb.started).Seconds())
 			cancel()
 			j.mu.Lock()
 			if j.jobs[key] == jb {

@@ -20,6 +20,17 @@ var (
 		"Keys waiting in a queue for a worker (retries waiting for their backoff not counted).", []string{"queue"}, nil)
 	queueRetries = prometheus.NewDesc("rakhsh_controller_queue_retrying",
 		"Keys of a queue whose last reconcile failed and that wait for their retry.", []string{"queue"}, nil)
+	// Background jobs (Jobs): image imports by data source type (HTTP, ContainerImage,
+	// ObjectRef, Upload) and disk uploads (upload).
+	jobSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "rakhsh_job_duration_seconds",
+		Help:    "Time of a finished background job (an image import by data source type, a disk upload), from its start to its end, cancelled ones included.",
+		Buckets: []float64{0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600},
+	}, []string{"job"})
+	jobsRunning = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "rakhsh_jobs_running",
+		Help: "Background jobs running now (image imports by data source type, disk uploads).",
+	}, []string{"job"})
 )
 
 type queueCollector struct{}
@@ -45,7 +56,7 @@ func (queueCollector) Collect(ch chan<- prometheus.Metric) {
 // MetricsCollectors are the queues' collectors (queue depth, retries, reconcile durations),
 // for the process's /metrics. They may be registered in several registries.
 func MetricsCollectors() []prometheus.Collector {
-	return []prometheus.Collector{reconcileSeconds, queueCollector{}}
+	return []prometheus.Collector{reconcileSeconds, queueCollector{}, jobSeconds, jobsRunning}
 }
 
 // observeReconcile records one reconcile of queue name.
