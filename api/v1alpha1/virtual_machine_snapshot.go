@@ -61,3 +61,7 @@ type SnapshotResourceRef struct {
 	Kind       string `json:"kind,omitempty"`
 	Name       string `json:"name,omitempty"`
 }
+
+// LabelVMSnapshot marks the VirtualDiskSnapshots taken as part of the VirtualMachineSnapshot
+// it names.
+const LabelVMSnapshot = "virtualization.rakhsh.io/vm-snapshot"

@@ -1,0 +1,141 @@
+package snapshot
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/runtime/fake"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+type tlog struct{ t *testing.T }
+
+func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+func readyDisk(t *testing.T, fc *fake.Client, dataDir, name string) *v1alpha1.VirtualDisk {
+	t.Helper()
+	d := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"}}
+	d.Status.Phase = v1alpha1.DiskPhaseReady
+	d.Status.Capacity = "1Mi"
+	if err := fc.Add(d); err != nil {
+		t.Fatal(err)
+	}
+	var got v1alpha1.VirtualDisk
+	if err := fc.Get(context.Background(), "virtualdisks", "p1", name, &got); err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.CreateBlank(context.Background(), storage.ClassDiskPath(dataDir, nil, got.UID), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	return &got
+}
+
+// TestDiskSnapshots: a snapshot of a disk no VM runs is copied here and Ready (consistent);
+// one of a disk a running VM has open waits for the VM's guest agent when consistency is
+// required, and is handed to the VM's node otherwise; deleting a snapshot removes its file.
+func TestDiskSnapshots(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed (install qemu-utils)")
+	}
+	dataDir := t.TempDir()
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+
+	readyDisk(t, fc, dataDir, "idle")
+	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s-idle", Namespace: "p1"},
+		Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "idle"}}); err != nil {
+		t.Fatal(err)
+	}
+	var s v1alpha1.VirtualDiskSnapshot
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-idle", &s, func() bool { return s.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	if s.Status.Consistent == nil || !*s.Status.Consistent || s.Status.Size != "1Mi" || s.Status.NodeName != "" {
+		t.Errorf("status %+v", s.Status)
+	}
+	file := storage.SnapshotPath(dataDir, nil, s.UID)
+	if info, err := storage.Info(ctx, file, "qcow2"); err != nil || info.VirtualSize != 1<<20 {
+		t.Fatalf("snapshot file: %+v %v", info, err)
+	}
+
+	// A disk of a running VM without a guest agent.
+	readyDisk(t, fc, dataDir, "busy")
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "64Mi"
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "busy"}}
+	vm.Status.NodeName, vm.Status.Phase = "n2", v1alpha1.VMPhaseRunning
+	if err := fc.Add(vm, &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The controller sees the VM before the snapshots (in a real node QEMU's image lock would
+	// make an offline copy fail instead).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := c.vms.Get(runtime.NewKey("p1", "vm")); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the VM never reached the controller's cache")
+		}
+	}
+	f2 := false
+	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s-strict", Namespace: "p1"},
+		Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "busy"}},
+		&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s-loose", Namespace: "p1"},
+			Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "busy", RequiredConsistency: &f2}}); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-strict", &s, func() bool {
+		c := v1alpha1.FindCondition(s.Status.Conditions, v1alpha1.VDSnapshotConditionReady)
+		return c != nil && c.Reason == v1alpha1.VDSnapshotReasonWaitingForAgent
+	})
+	if s.Status.Phase != v1alpha1.SnapshotPhasePending || s.Status.NodeName != "" {
+		t.Errorf("strict snapshot without an agent: %+v", s.Status)
+	}
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-loose", &s, func() bool {
+		return s.Status.Phase == v1alpha1.SnapshotPhaseInProgress
+	})
+	if s.Status.NodeName != "n2" {
+		t.Errorf("loose snapshot not handed to the VM's node: %+v", s.Status)
+	}
+
+	// The guest agent comes up: the strict one is handed over too.
+	var got v1alpha1.VirtualMachine
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &got); err != nil {
+		t.Fatal(err)
+	}
+	v1alpha1.SetCondition(&got.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionAgentReady, Status: v1alpha1.ConditionTrue, Reason: "AgentReady"})
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm", &got, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-strict", &s, func() bool {
+		return s.Status.Phase == v1alpha1.SnapshotPhaseInProgress && s.Status.NodeName == "n2"
+	})
+
+	if err := fc.Delete(ctx, "virtualdisksnapshots", "p1", "s-idle"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := os.Stat(file)
+		gerr := fc.Get(ctx, "virtualdisksnapshots", "p1", "s-idle", nil)
+		if os.IsNotExist(err) && gerr != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after delete: file %v, object %v", err, gerr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// snapVDS reads a disk snapshot.
+func snapVDS(t *testing.T, s *Serve, name string) *v1alpha1.VirtualDiskSnapshot {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var v v1alpha1.VirtualDiskSnapshot
+	if err := s.Client().Get(ctx, "virtualdisksnapshots", "default", name, &v); err != nil {
+		t.Fatal(err)
+	}
+	return &v
+}
+
+// snapWaitVDS polls a disk snapshot until cond holds.
+func snapWaitVDS(t *testing.T, s *Serve, name string, timeout time.Duration, what string, cond func(v *v1alpha1.VirtualDiskSnapshot) bool) *v1alpha1.VirtualDiskSnapshot {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var v *v1alpha1.VirtualDiskSnapshot
+	for time.Now().Before(deadline) {
+		if v = snapVDS(t, s, name); cond(v) {
+			return v
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b, _ := json.MarshalIndent(v, "", "  ")
+	t.Fatalf("VirtualDiskSnapshot %s not %s within %s; last seen:\n%s", name, what, timeout, b)
+	return nil
+}
+
+// snapWriteMarker writes text at sector n of the guest's /dev/vdb (the data disk) straight to
+// the disk, and waits for the guest to say it is written.
+func snapWriteMarker(t *testing.T, s *Serve, vm, uid, text string, sector int) {
+	t.Helper()
+	done := "WROTE-" + text
+	vmConsoleType(t, s, uid, "printf '"+text+"' | dd of=/dev/vdb bs=512 seek="+strconv.Itoa(sector)+" conv=notrunc,fsync 2>/dev/null && echo WROTE-"+text[:2]+"''"+text[2:])
+	vmWaitSerial(t, s, vm, done, 1)
+}
+
+// snapSector reads 512 bytes at sector n of the qcow2 file path from the host.
+func snapSector(t *testing.T, path string, n int) []byte {
+	t.Helper()
+	raw := filepath.Join(t.TempDir(), "raw")
+	out, err := exec.Command("qemu-img", "dd", "-U", "-f", "qcow2", "-O", "raw", "bs=512", "skip="+strconv.Itoa(n), "count=1", "if="+path, "of="+raw).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-img dd %s: %v: %s", path, err, out)
+	}
+	b, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b[len(b)-512:]
+}
+
+// TestDiskSnapshotLive: a snapshot of the data disk of a running VM is taken without stopping
+// it, with the guest frozen through its agent (consistent); what the guest writes afterwards
+// is not in it; a new disk made from the snapshot holds the first marker and not the later
+// one; deleting the snapshot removes its file while the VM runs on.
+func TestDiskSnapshotLive(t *testing.T) {
+	vmGuestDir(t)
+	s := vmServe(t)
+	vmSetupGuest(t, s, "root")
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: data}
+spec:
+  persistentVolumeClaim: {size: 64Mi}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: vm1}
+spec:
+  runPolicy: Manual
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 30
+  blockDeviceRefs:
+  - {kind: VirtualDisk, name: root}
+  - {kind: VirtualDisk, name: data}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
+	s.MustCLI("", "vm", "start", "vm1", "--wait")
+	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
+	v := vmWait(t, s, "vm1", vmBootTimeout, "AgentReady=True", func(v *v1alpha1.VirtualMachine) bool {
+		c := agentReadyCond(v)
+		return c != nil && c.Status == v1alpha1.ConditionTrue
+	})
+	snapWriteMarker(t, s, "vm1", v.UID, "MARK-A", 0)
+
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDiskSnapshot
+metadata: {name: snap1}
+spec: {virtualDiskName: data}
+`, "apply", "-f", "-")
+	snap := snapWaitVDS(t, s, "snap1", 2*time.Minute, "Ready", func(v *v1alpha1.VirtualDiskSnapshot) bool {
+		return v.Status.Phase == v1alpha1.SnapshotPhaseReady || v.Status.Phase == v1alpha1.SnapshotPhaseFailed
+	})
+	if snap.Status.Phase != v1alpha1.SnapshotPhaseReady || snap.Status.Consistent == nil || !*snap.Status.Consistent ||
+		snap.Status.Stats == nil || snap.Status.Stats.Frozen == "" || snap.Status.NodeName != v.Status.NodeName {
+		b, _ := json.MarshalIndent(snap.Status, "", "  ")
+		t.Fatalf("snapshot of the running VM's disk:\n%s", b)
+	}
+	t.Logf("live snapshot: frozen %s, copy %s", snap.Status.Stats.Frozen, snap.Status.Stats.Copy)
+	if out := s.MustCLI("", "get", "vdsnapshot"); !strings.Contains(out, "snap1") || !strings.Contains(out, "Ready") || !strings.Contains(out, "true") {
+		t.Errorf("get vdsnapshot:\n%s", out)
+	}
+	if now := vmGet(t, s, "vm1"); now.Status.Phase != v1alpha1.VMPhaseRunning || now.UID != v.UID {
+		t.Fatalf("the VM did not run on through the snapshot: %s", now.Status.Phase)
+	}
+	snapWriteMarker(t, s, "vm1", v.UID, "MARK-B", 1)
+
+	file := storage.SnapshotPath(s.DataDir, nil, snap.UID)
+	if b := snapSector(t, file, 0); !bytes.HasPrefix(b, []byte("MARK-A")) {
+		t.Errorf("sector 0 of the snapshot: %q", b[:16])
+	}
+	if b := snapSector(t, file, 1); bytes.HasPrefix(b, []byte("MARK-B")) {
+		t.Errorf("the snapshot holds a write made after it")
+	}
+
+	// A new disk from the snapshot: a copy of the snapshot, not of the disk as it is now.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: fromsnap}
+spec:
+  dataSource:
+    type: ObjectRef
+    objectRef: {kind: VirtualDiskSnapshot, name: snap1}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "fromsnap", "--for", "phase=Ready", "--timeout", "2m")
+	var fromsnap v1alpha1.VirtualDisk
+	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "fromsnap", &fromsnap); err != nil {
+		t.Fatal(err)
+	}
+	if fromsnap.Status.Capacity != string(v1alpha1.BytesQuantity(64<<20)) && fromsnap.Status.Capacity != "64Mi" {
+		t.Errorf("capacity of the disk from the snapshot: %s", fromsnap.Status.Capacity)
+	}
+	dpath := storage.ClassDiskPath(s.DataDir, nil, fromsnap.UID)
+	if b := snapSector(t, dpath, 0); !bytes.HasPrefix(b, []byte("MARK-A")) {
+		t.Errorf("sector 0 of the disk made from the snapshot: %q", b[:16])
+	}
+	if b := snapSector(t, dpath, 1); bytes.HasPrefix(b, []byte("MARK-B")) {
+		t.Errorf("the disk made from the snapshot holds a write made after the snapshot")
+	}
+
+	// Deleting the snapshot removes its file; the VM runs on.
+	s.MustCLI("", "delete", "vdsnapshot", "snap1")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := os.Stat(file); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the snapshot file %s is still there a minute after the delete", file)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if now := vmGet(t, s, "vm1"); now.Status.Phase != v1alpha1.VMPhaseRunning || now.UID != v.UID {
+		t.Errorf("the VM after the snapshot's delete: %s", now.Status.Phase)
+	}
+	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
+}
