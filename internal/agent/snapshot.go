@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -306,56 +308,89 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 		}
 		return runtime.Result{}, err
 	}
-	if s.Status.Phase != v1alpha1.SnapshotPhaseInProgress || s.Status.NodeName != a.cfg.NodeName || s.DeletionTimestamp != nil || storage.CheckUID(s.UID) != nil {
+	if !a.handedToMe(&s) {
 		return runtime.Result{}, nil
 	}
-	var d v1alpha1.VirtualDisk
-	if err := a.c.Get(ctx, "virtualdisks", ns, s.Spec.VirtualDiskName, &d); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, a.snapshotFailed(ctx, &s, fmt.Sprintf("VirtualDisk %q is gone", s.Spec.VirtualDiskName))
-		}
-		return runtime.Result{}, err
-	}
-	path, _, err := a.diskFile(ctx, &d)
-	if err != nil {
-		return runtime.Result{}, a.snapshotFailed(ctx, &s, fmt.Sprintf("VirtualDisk %q: %v", d.Name, err))
-	}
-	var sc *v1alpha1.StorageClass
-	if s.Status.StorageClassName != "" {
-		var got v1alpha1.StorageClass
-		if err := a.c.Get(ctx, "storageclasses", "", s.Status.StorageClassName, &got); err == nil {
-			sc = &got
-		} else if !client.IsNotFound(err) {
+	group := []v1alpha1.VirtualDiskSnapshot{s}
+	if vmsnap := s.Labels[v1alpha1.LabelVMSnapshot]; vmsnap != "" {
+		// The disks of a VM snapshot are copied together, once all are handed to this node.
+		want, _ := strconv.Atoi(s.Annotations[v1alpha1.AnnotationVMSnapshotDisks])
+		list, err := a.c.List(ctx, "virtualdisksnapshots", ns, client.ListOptions{LabelSelector: v1alpha1.LabelVMSnapshot + "=" + vmsnap})
+		if err != nil {
 			return runtime.Result{}, err
 		}
-	}
-	size, err := v1alpha1.Quantity(d.Status.Capacity).Value()
-	if err != nil || size <= 0 {
-		return runtime.Result{}, a.snapshotFailed(ctx, &s, fmt.Sprintf("VirtualDisk %q reports no capacity", d.Name))
+		group = group[:0]
+		waiting := len(list.Items) < want
+		for _, raw := range list.Items {
+			var m v1alpha1.VirtualDiskSnapshot
+			if err := json.Unmarshal(raw, &m); err != nil {
+				return runtime.Result{}, err
+			}
+			switch {
+			case a.handedToMe(&m):
+				group = append(group, m)
+			case m.Status.Phase == "" || m.Status.Phase == v1alpha1.SnapshotPhasePending:
+				waiting = true
+			}
+		}
+		if waiting {
+			return runtime.Result{RequeueAfter: 200 * time.Millisecond}, nil
+		}
 	}
 	var in *instance
 	var vmUID, vmName string
 	var agentReady bool
-	for _, vm := range a.vms.List() {
-		if vm.Namespace != ns || !usesDisk(vm, d.Name) {
-			continue
+	disks := make([]snapDisk, len(group))
+	finals := make([]string, len(group))
+	for i := range group {
+		m := &group[i]
+		var d v1alpha1.VirtualDisk
+		if err := a.c.Get(ctx, "virtualdisks", ns, m.Spec.VirtualDiskName, &d); err != nil {
+			if client.IsNotFound(err) {
+				return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q is gone", m.Spec.VirtualDiskName))
+			}
+			return runtime.Result{}, err
 		}
-		if i := a.inst(vm.UID); i != nil && !i.isExited() {
-			in, vmUID, vmName = i, vm.UID, vm.Name
-			c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady)
-			agentReady = c != nil && c.Status == v1alpha1.ConditionTrue
-			break
+		path, _, err := a.diskFile(ctx, &d)
+		if err != nil {
+			return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q: %v", d.Name, err))
 		}
-	}
-	if in == nil {
-		// The VM stopped (or moved) meanwhile: the snapshot goes back to the controller, which
-		// copies a disk no VM runs itself.
-		st := s.Status
-		st.Conditions = slices.Clone(s.Status.Conditions)
-		st.Phase, st.NodeName = v1alpha1.SnapshotPhasePending, ""
-		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionFalse,
-			Reason: v1alpha1.VDSnapshotReasonWaitingForDisk, Message: "no VM on node " + a.cfg.NodeName + " runs the disk any more", ObservedGeneration: s.Generation})
-		return runtime.Result{}, a.writeSnapshotStatus(ctx, &s, st)
+		var sc *v1alpha1.StorageClass
+		if m.Status.StorageClassName != "" {
+			var got v1alpha1.StorageClass
+			if err := a.c.Get(ctx, "storageclasses", "", m.Status.StorageClassName, &got); err == nil {
+				sc = &got
+			} else if !client.IsNotFound(err) {
+				return runtime.Result{}, err
+			}
+		}
+		size, err := v1alpha1.Quantity(d.Status.Capacity).Value()
+		if err != nil || size <= 0 {
+			return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q reports no capacity", d.Name))
+		}
+		var found *instance
+		for _, vm := range a.vms.List() {
+			if vm.Namespace != ns || !usesDisk(vm, d.Name) {
+				continue
+			}
+			if inst := a.inst(vm.UID); inst != nil && !inst.isExited() {
+				found = inst
+				if in == nil {
+					vmUID, vmName = vm.UID, vm.Name
+					c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady)
+					agentReady = c != nil && c.Status == v1alpha1.ConditionTrue
+				}
+				break
+			}
+		}
+		if found == nil || (in != nil && found != in) {
+			// The VM stopped (or moved) meanwhile: the snapshots go back to the controller,
+			// which copies disks no VM runs itself.
+			return runtime.Result{}, a.giveBackSnapshots(ctx, group)
+		}
+		in = found
+		disks[i] = snapDisk{path: path, target: storage.SnapshotPartPath(a.cfg.DataDir, sc, m.UID), size: size, id: snapshotJobID(m.UID)}
+		finals[i] = storage.SnapshotPath(a.cfg.DataDir, sc, m.UID)
 	}
 	mon, ok := in.monitor().(snapshotMonitor)
 	if !ok {
@@ -365,52 +400,91 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 	if agentReady {
 		fz = guestFreezer{a: a, uid: vmUID}
 	}
-	required := s.Spec.RequiredConsistency == nil || *s.Spec.RequiredConsistency
-	part := storage.SnapshotPartPath(a.cfg.DataDir, sc, s.UID)
-	id := snapshotJobID(s.UID)
-	a.dropSnapshotLeftovers(ctx, mon, id)
-	a.log.Info("taking a live disk snapshot", "snapshot", key, "vm", vmName, "disk", d.Name, "freeze", fz != nil)
-	res, err := takeLive(ctx, mon, fz, []snapDisk{{path: path, target: part, size: size, id: id}}, required)
+	required := false
+	for _, m := range group {
+		required = required || m.Spec.RequiredConsistency == nil || *m.Spec.RequiredConsistency
+	}
+	for _, d := range disks {
+		a.dropSnapshotLeftovers(ctx, mon, d.id)
+	}
+	a.log.Info("taking a live disk snapshot", "snapshot", key, "vm", vmName, "disks", len(disks), "freeze", fz != nil)
+	res, err := takeLive(ctx, mon, fz, disks, required)
 	if err != nil {
 		if ctx.Err() != nil {
 			return runtime.Result{}, ctx.Err()
 		}
-		return runtime.Result{}, a.snapshotFailed(ctx, &s, fmt.Sprintf("taking the snapshot of VirtualDisk %q in the running VirtualMachine %q: %v", d.Name, vmName, err))
+		return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("taking the snapshot in the running VirtualMachine %q: %v", vmName, err))
 	}
-	final := storage.SnapshotPath(a.cfg.DataDir, sc, s.UID)
-	// The snapshot may have been deleted while it was copied: then its file goes too.
-	var now v1alpha1.VirtualDiskSnapshot
-	if err := a.c.Get(ctx, "virtualdisksnapshots", ns, name, &now); err != nil || now.UID != s.UID || now.DeletionTimestamp != nil {
-		os.Remove(part)
-		if err != nil && !client.IsNotFound(err) {
-			return runtime.Result{}, err
-		}
-		return runtime.Result{}, nil
-	}
-	if err := storage.Commit(part, final); err != nil {
-		os.Remove(part)
-		return runtime.Result{}, a.snapshotFailed(ctx, &s, fmt.Sprintf("keeping the snapshot file: %v", err))
-	}
-	st := now.Status
-	st.Conditions = slices.Clone(now.Status.Conditions)
-	st.Phase = v1alpha1.SnapshotPhaseReady
-	st.ObservedGeneration = now.Generation
-	st.Consistent = &res.frozen
-	st.Stats = &v1alpha1.VirtualDiskSnapshotStats{Copy: res.copyTook.Round(time.Millisecond).String()}
 	msg := "copied from the running VM with its filesystems frozen"
-	if res.frozen {
-		st.Stats.Frozen = res.frozenFor.Round(time.Microsecond).String()
-	} else {
+	if !res.frozen {
 		msg = "copied from the running VM without freezing its filesystems (crash-consistent)"
 		if res.freezeErr != nil {
 			msg += ": " + res.freezeErr.Error()
 		}
 	}
-	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionTrue,
-		Reason: v1alpha1.VDSnapshotReasonReady, Message: msg, ObservedGeneration: now.Generation})
 	a.log.Info("live disk snapshot taken", "snapshot", key, "frozen", res.frozen, "frozenFor", res.frozenFor, "copy", res.copyTook)
-	a.rec.Event(ctx, "VirtualDiskSnapshot", &now, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("%s in %s", msg, res.copyTook.Round(time.Millisecond)))
-	return runtime.Result{}, a.writeSnapshotStatus(ctx, &now, st)
+	for i, m := range group {
+		// The snapshot may have been deleted while it was copied: then its file goes too.
+		var now v1alpha1.VirtualDiskSnapshot
+		if err := a.c.Get(ctx, "virtualdisksnapshots", ns, m.Name, &now); err != nil || now.UID != m.UID || now.DeletionTimestamp != nil {
+			os.Remove(disks[i].target)
+			if err != nil && !client.IsNotFound(err) {
+				return runtime.Result{}, err
+			}
+			continue
+		}
+		if err := storage.Commit(disks[i].target, finals[i]); err != nil {
+			os.Remove(disks[i].target)
+			return runtime.Result{}, a.snapshotsFailed(ctx, []v1alpha1.VirtualDiskSnapshot{now}, fmt.Sprintf("keeping the snapshot file: %v", err))
+		}
+		st := now.Status
+		st.Conditions = slices.Clone(now.Status.Conditions)
+		st.Phase = v1alpha1.SnapshotPhaseReady
+		st.ObservedGeneration = now.Generation
+		frozen := res.frozen
+		st.Consistent = &frozen
+		st.Stats = &v1alpha1.VirtualDiskSnapshotStats{Copy: res.copyTook.Round(time.Millisecond).String()}
+		if res.frozen {
+			st.Stats.Frozen = res.frozenFor.Round(time.Microsecond).String()
+		}
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionTrue,
+			Reason: v1alpha1.VDSnapshotReasonReady, Message: msg, ObservedGeneration: now.Generation})
+		a.rec.Event(ctx, "VirtualDiskSnapshot", &now, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("%s in %s", msg, res.copyTook.Round(time.Millisecond)))
+		if err := a.writeSnapshotStatus(ctx, &now, st); err != nil {
+			return runtime.Result{}, err
+		}
+	}
+	return runtime.Result{}, nil
+}
+
+// handedToMe says the snapshot waits for this node's agent to copy it.
+func (a *Agent) handedToMe(s *v1alpha1.VirtualDiskSnapshot) bool {
+	return s.Status.Phase == v1alpha1.SnapshotPhaseInProgress && s.Status.NodeName == a.cfg.NodeName && s.DeletionTimestamp == nil && storage.CheckUID(s.UID) == nil
+}
+
+// giveBackSnapshots returns snapshots whose VM no longer runs here to the controller.
+func (a *Agent) giveBackSnapshots(ctx context.Context, group []v1alpha1.VirtualDiskSnapshot) error {
+	for i := range group {
+		s := &group[i]
+		st := s.Status
+		st.Conditions = slices.Clone(s.Status.Conditions)
+		st.Phase, st.NodeName = v1alpha1.SnapshotPhasePending, ""
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionFalse,
+			Reason: v1alpha1.VDSnapshotReasonWaitingForDisk, Message: "no VM on node " + a.cfg.NodeName + " runs the disk any more", ObservedGeneration: s.Generation})
+		if err := a.writeSnapshotStatus(ctx, s, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Agent) snapshotsFailed(ctx context.Context, group []v1alpha1.VirtualDiskSnapshot, msg string) error {
+	for i := range group {
+		if err := a.snapshotFailed(ctx, &group[i], msg); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dropSnapshotLeftovers removes a copy job and target node of the snapshot that an earlier

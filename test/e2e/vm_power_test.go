@@ -239,14 +239,14 @@ spec:
 	// An operation type that is not carried out yet fails at once, saying so.
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachineOperation
-metadata: {name: o-restore}
-spec: {type: Restore, virtualMachineName: o, restore: {mode: Strict, virtualMachineSnapshotName: snap}}
+metadata: {name: o-clone}
+spec: {type: Clone, virtualMachineName: o, clone: {mode: Strict, customization: {namePrefix: c-}}}
 `, "apply", "-f", "-")
-	s.MustCLI("", "wait", "vmop", "o-restore", "--for", "phase=Failed", "--timeout", "30s")
-	op := opsOf(t, s, "o-restore")[0]
+	s.MustCLI("", "wait", "vmop", "o-clone", "--for", "phase=Failed", "--timeout", "30s")
+	op := opsOf(t, s, "o-clone")[0]
 	if c := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); c == nil ||
-		c.Reason != v1alpha1.VMOPReasonNotImplemented || !strings.Contains(c.Message, "Restore is not implemented") {
-		t.Errorf("Restore operation: %+v", op.Status)
+		c.Reason != v1alpha1.VMOPReasonNotImplemented || !strings.Contains(c.Message, "Clone is not implemented") {
+		t.Errorf("Clone operation: %+v", op.Status)
 	}
 	s.MustCLI("", "delete", "vm", "o")
 	vmWait(t, s, "o", time.Minute, "deleted", func(v *v1alpha1.VirtualMachine) bool { return v == nil })

@@ -62,6 +62,8 @@ type Controller struct {
 	ownFactory *runtime.Factory
 	ctl        *runtime.Controller
 	vmctl      *runtime.Controller
+	opctl      *runtime.Controller
+	ops        *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
 	snaps      *runtime.TypedInformer[v1alpha1.VirtualDiskSnapshot]
 	vmsnaps    *runtime.TypedInformer[v1alpha1.VirtualMachineSnapshot]
 	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
@@ -87,6 +89,7 @@ func New(cfg Config) *Controller {
 	}
 	c.snaps, c.vmsnaps = f.VirtualDiskSnapshots(), f.VirtualMachineSnapshots()
 	c.disks, c.vms, c.classes = f.VirtualDisks(), f.VirtualMachines(), f.StorageClasses()
+	c.ops = f.VirtualMachineOperations()
 	c.ctl = runtime.NewController("virtualdisksnapshots", log).
 		For(c.snaps).
 		Watches(c.disks, c.snapshotsOfDisk).
@@ -100,6 +103,12 @@ func New(cfg Config) *Controller {
 		Watches(c.vms, c.vmSnapshotsOfVM).
 		Workers(1).
 		Build(c.reconcileVM)
+	c.opctl = runtime.NewController("restore-operations", log).
+		For(c.ops).
+		Watches(c.vms, c.restoreOpsOfVM).
+		Reads(c.classes).
+		Workers(1).
+		Build(c.reconcileRestore)
 	return c
 }
 
@@ -111,11 +120,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.ownFactory != nil {
 		c.ownFactory.Start(ctx)
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- c.vmctl.Run(ctx) }()
+	go func() { errc <- c.opctl.Run(ctx) }()
 	err := c.ctl.Run(ctx)
-	if err2 := <-errc; err == nil {
-		err = err2
+	for range 2 {
+		if err2 := <-errc; err == nil {
+			err = err2
+		}
 	}
 	return err
 }

@@ -116,7 +116,7 @@ func TestDiskSnapshots(t *testing.T) {
 		t.Fatal(err)
 	}
 	v1alpha1.SetCondition(&got.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionAgentReady, Status: v1alpha1.ConditionTrue, Reason: "AgentReady"})
-	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm", &got, nil); err != nil {
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm", &got, &got); err != nil {
 		t.Fatal(err)
 	}
 	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-strict", &s, func() bool {
@@ -137,5 +137,137 @@ func TestDiskSnapshots(t *testing.T) {
 			t.Fatalf("after delete: file %v, object %v", err, gerr)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestVMSnapshotAndRestore: a VM snapshot of a stopped VM keeps its spec and takes a disk
+// snapshot of each disk; a restore refuses a running VM, and on the stopped VM gives back the
+// disk files and the spec; a dry run changes nothing.
+func TestVMSnapshotAndRestore(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed (install qemu-utils)")
+	}
+	dataDir := t.TempDir()
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+
+	disk := readyDisk(t, fc, dataDir, "root")
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "64Mi"
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "root"}}
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	if err := fc.Add(vm); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.Add(&v1alpha1.VirtualMachineSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "before", Namespace: "p1"},
+		Spec: v1alpha1.VirtualMachineSnapshotSpec{VirtualMachineName: "vm"}}); err != nil {
+		t.Fatal(err)
+	}
+	var vs v1alpha1.VirtualMachineSnapshot
+	fc.WaitFor(t, 20*time.Second, "virtualmachinesnapshots", "p1", "before", &vs, func() bool { return vs.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	if vs.Status.Consistent == nil || !*vs.Status.Consistent || len(vs.Status.VirtualDiskSnapshotNames) != 1 || vs.Status.VirtualDiskSnapshotNames[0] != "before-root" ||
+		vs.Status.VirtualMachineSpec == nil || vs.Status.VirtualMachineSpec.Memory.Size != "64Mi" {
+		t.Fatalf("VM snapshot status %+v", vs.Status)
+	}
+
+	// The VM changes: more memory, a grown disk.
+	var got v1alpha1.VirtualMachine
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &got); err != nil {
+		t.Fatal(err)
+	}
+	got.Spec.Memory.Size = "128Mi"
+	if err := fc.Update(ctx, "virtualmachines", "p1", "vm", &got, nil); err != nil {
+		t.Fatal(err)
+	}
+	diskFile := storage.ClassDiskPath(dataDir, nil, disk.UID)
+	if err := storage.Resize(ctx, diskFile, "qcow2", 2<<20); err != nil {
+		t.Fatal(err)
+	}
+
+	restore := func(name string, mode v1alpha1.SnapshotOperationMode) *v1alpha1.VirtualMachineOperation {
+		t.Helper()
+		if err := fc.Add(&v1alpha1.VirtualMachineOperation{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, VirtualMachineName: "vm",
+				Restore: &v1alpha1.VMOPRestoreSpec{Mode: mode, VirtualMachineSnapshotName: "before"}}}); err != nil {
+			t.Fatal(err)
+		}
+		var op v1alpha1.VirtualMachineOperation
+		fc.WaitFor(t, 20*time.Second, "virtualmachineoperations", "p1", name, &op, func() bool {
+			return op.Status.Phase == v1alpha1.VMOPPhaseCompleted || op.Status.Phase == v1alpha1.VMOPPhaseFailed
+		})
+		return &op
+	}
+	size := func() int64 {
+		info, err := storage.Info(ctx, diskFile, "qcow2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.VirtualSize
+	}
+
+	if op := restore("dry", v1alpha1.SnapshotOperationModeDryRun); op.Status.Phase != v1alpha1.VMOPPhaseCompleted || size() != 2<<20 {
+		t.Errorf("dry run: %+v, disk size %d", op.Status, size())
+	}
+
+	// Running: refused.
+	got = v1alpha1.VirtualMachine{}
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &got); err != nil {
+		t.Fatal(err)
+	}
+	got.Status.Phase, got.Status.NodeName = v1alpha1.VMPhaseRunning, "n1"
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm", &got, &got); err != nil {
+		t.Fatal(err)
+	}
+	op := restore("while-running", v1alpha1.SnapshotOperationModeStrict)
+	if cond := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); op.Status.Phase != v1alpha1.VMOPPhaseFailed ||
+		cond == nil || cond.Reason != v1alpha1.VMOPReasonNotApplicableForPhase {
+		t.Errorf("restore of a running VM: %+v", op.Status)
+	}
+
+	got.Status.Phase, got.Status.NodeName = v1alpha1.VMPhaseStopped, ""
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm", &got, &got); err != nil {
+		t.Fatal(err)
+	}
+	op = restore("back", v1alpha1.SnapshotOperationModeStrict)
+	if op.Status.Phase != v1alpha1.VMOPPhaseCompleted {
+		t.Fatalf("restore: %+v", op.Status)
+	}
+	if size() != 1<<20 {
+		t.Errorf("the disk file was not restored: virtual size %d", size())
+	}
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.Memory.Size != "64Mi" {
+		t.Errorf("the VM's spec was not restored: memory %s", got.Spec.Memory.Size)
+	}
+
+	// Deleting the VM snapshot deletes its disk snapshots.
+	if err := fc.Delete(ctx, "virtualmachinesnapshots", "p1", "before"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for fc.Get(ctx, "virtualdisksnapshots", "p1", "before-root", nil) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the disk snapshot outlived its VM snapshot")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDiskSnapshotName(t *testing.T) {
+	if n := diskSnapshotName("s", "d"); n != "s-d" {
+		t.Errorf("short: %q", n)
+	}
+	long := diskSnapshotName(strings.Repeat("a", 40), strings.Repeat("b", 40))
+	if len(long) > 63 || long == diskSnapshotName(strings.Repeat("a", 40), strings.Repeat("b", 39)+"c") {
+		t.Errorf("long: %q", long)
 	}
 }
