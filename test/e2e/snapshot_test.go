@@ -71,7 +71,9 @@ func snapSector(t *testing.T, path string, n int) []byte {
 // TestDiskSnapshotLive: a snapshot of the data disk of a running VM is taken without stopping
 // it, with the guest frozen through its agent (consistent); what the guest writes afterwards
 // is not in it; a new disk made from the snapshot holds the first marker and not the later
-// one; deleting the snapshot removes its file while the VM runs on.
+// one; deleting the snapshot removes its file while the VM runs on. Then a VM snapshot of the
+// running VM, a later write, and a restore of the stopped VM: the earlier markers are there,
+// the later one is not, the spec is the snapshot's and the guest boots again.
 func TestDiskSnapshotLive(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
@@ -173,5 +175,70 @@ spec:
 	if now := vmGet(t, s, "vm1"); now.Status.Phase != v1alpha1.VMPhaseRunning || now.UID != v.UID {
 		t.Errorf("the VM after the snapshot's delete: %s", now.Status.Phase)
 	}
+
+	// A VM snapshot of the running VM (both disks at one instant), a later write, then a
+	// restore: the markers written before the snapshot are there, the later one is not, the
+	// spec is the snapshot's, and the VM boots from its restored root disk.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachineSnapshot
+metadata: {name: vmsnap}
+spec: {virtualMachineName: vm1}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "vmsnapshot", "vmsnap", "--for", "phase=Ready", "--timeout", "3m")
+	var vs v1alpha1.VirtualMachineSnapshot
+	if err := s.Client().Get(context.Background(), "virtualmachinesnapshots", "default", "vmsnap", &vs); err != nil {
+		t.Fatal(err)
+	}
+	if vs.Status.Consistent == nil || !*vs.Status.Consistent || len(vs.Status.VirtualDiskSnapshotNames) != 2 || vs.Status.VirtualMachineSpec == nil {
+		b, _ := json.MarshalIndent(vs.Status, "", "  ")
+		t.Fatalf("VM snapshot:\n%s", b)
+	}
+	for _, n := range vs.Status.VirtualDiskSnapshotNames {
+		if ds := snapVDS(t, s, n); ds.Status.Phase != v1alpha1.SnapshotPhaseReady || ds.Status.NodeName != v.Status.NodeName {
+			t.Errorf("disk snapshot %s of the VM snapshot: %+v", n, ds.Status)
+		}
+	}
+	snapWriteMarker(t, s, "vm1", v.UID, "MARK-C", 2)
+	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
+	vmWait(t, s, "vm1", time.Minute, "Stopped", vmPhase(v1alpha1.VMPhaseStopped))
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: vm1}
+spec:
+  runPolicy: Manual
+  cpu: {cores: 1}
+  memory: {size: 320Mi}
+  terminationGracePeriodSeconds: 30
+  blockDeviceRefs:
+  - {kind: VirtualDisk, name: root}
+  - {kind: VirtualDisk, name: data}
+`, "apply", "-f", "-")
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachineOperation
+metadata: {name: restore1}
+spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMachineSnapshotName: vmsnap}}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "vmop", "restore1", "--for", "phase=Completed", "--timeout", "3m")
+	var data v1alpha1.VirtualDisk
+	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data", &data); err != nil {
+		t.Fatal(err)
+	}
+	dataFile := storage.ClassDiskPath(s.DataDir, nil, data.UID)
+	for i, want := range []string{"MARK-A", "MARK-B"} {
+		if b := snapSector(t, dataFile, i); !bytes.HasPrefix(b, []byte(want)) {
+			t.Errorf("restored sector %d: %q, want %s", i, b[:16], want)
+		}
+	}
+	if b := snapSector(t, dataFile, 2); bytes.HasPrefix(b, []byte("MARK-C")) {
+		t.Error("the restored disk holds a write made after the VM snapshot")
+	}
+	if now := vmGet(t, s, "vm1"); now.Spec.Memory.Size != "256Mi" {
+		t.Errorf("restored VM memory %s, want the snapshot's 256Mi", now.Spec.Memory.Size)
+	}
+	s.MustCLI("", "vm", "start", "vm1", "--wait")
+	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 2)
+	v = vmGet(t, s, "vm1")
+	vmConsoleType(t, s, v.UID, "echo RD-$(dd if=/dev/vdb bs=512 skip=1 count=1 2>/dev/null | head -c 6)")
+	vmWaitSerial(t, s, "vm1", "RD-MARK-B", 1)
 	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
 }

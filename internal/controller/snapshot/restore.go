@@ -104,7 +104,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		return fail(v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is of VirtualMachine %q, not %q", snapName, snap.Spec.VirtualMachineName, vm.Name))
 	case snap.Status.Phase != v1alpha1.SnapshotPhaseReady || snap.Status.VirtualMachineSpec == nil:
 		return fail(v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is not Ready (it is %s)", snapName, orPending(string(snap.Status.Phase))))
-	case op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun && (vm.Status.Phase != v1alpha1.VMPhaseStopped || vm.Status.NodeName != ""):
+	case op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun && vm.Status.Phase != v1alpha1.VMPhaseStopped:
 		return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("virtual machine %q is %s: stop it (rakhsh vm stop %s --wait) and restore again", vm.Name, orPending(string(vm.Status.Phase)), vm.Name))
 	}
 
