@@ -74,3 +74,14 @@ const LabelVMSnapshot = "virtualization.rakhsh.io/vm-snapshot"
 // many disk snapshots the VM snapshot has: a node agent copies them together, at one instant,
 // once all of them are handed to it.
 const AnnotationVMSnapshotDisks = "virtualization.rakhsh.io/vm-snapshot-disks"
+
+// LabelTemplate marks a VirtualMachine as a template (value "true"): it never runs (a start
+// fails with reason VMOPReasonVirtualMachineIsTemplate and the run policy is not applied; a
+// running VM marked so is stopped, as with runPolicy AlwaysOff) and is meant to be cloned.
+const LabelTemplate = "virtualization.rakhsh.io/template"
+
+// VMOPReasonVirtualMachineIsTemplate fails a Start or Restart of a template VM.
+const VMOPReasonVirtualMachineIsTemplate = "VirtualMachineIsTemplate"
+
+// IsTemplate says the VM is marked as a template.
+func IsTemplate(vm *VirtualMachine) bool { return vm.Labels[LabelTemplate] == "true" }

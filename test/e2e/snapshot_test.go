@@ -74,7 +74,8 @@ func snapSector(t *testing.T, path string, n int) []byte {
 // is not in it; a new disk made from the snapshot holds the first marker and not the later
 // one; deleting the snapshot removes its file while the VM runs on. Then a VM snapshot of the
 // running VM, a later write, and a restore of the stopped VM: the earlier markers are there,
-// the later one is not, the spec is the snapshot's and the guest boots again.
+// the later one is not, the spec is the snapshot's and the guest boots again. Last, the VM
+// marked as a template refuses to start.
 func TestDiskSnapshotLive(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
@@ -245,6 +246,15 @@ spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMa
 	vmConsoleType(t, s, v.UID, "echo RD-$(dd if=/dev/vdb bs=512 skip=1 count=1 2>/dev/null | head -c 6)")
 	vmWaitSerial(t, s, "vm1", "RD-MARK-B", 1)
 	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
+
+	// A template refuses to start, and says why.
+	s.MustCLI("", "label", "vm", "vm1", v1alpha1.LabelTemplate+"=true")
+	if r := s.CLI("", "vm", "start", "vm1", "--wait", "--timeout", "1m"); r.Code == 0 || !strings.Contains(r.Stderr, "template") {
+		t.Errorf("start of a template: code %d, %q", r.Code, r.Stderr)
+	}
+	if now := vmGet(t, s, "vm1"); now.Status.Phase != v1alpha1.VMPhaseStopped {
+		t.Errorf("the template is %s", now.Status.Phase)
+	}
 }
 
 // snapBenchmark (RAKHSH_BENCH_SNAPSHOT=N) fills 32 MiB of the running VM's data disk, then
