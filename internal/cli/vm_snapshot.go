@@ -148,3 +148,58 @@ With --wait it waits until the restore ends and fails if it fails.`,
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
 	return cmd
 }
+
+// newVMCloneCommand returns `rakhsh vm clone`.
+func newVMCloneCommand(cc *cliContext) *cobra.Command {
+	var dryRun, wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "clone SRC NEW",
+		Short: "Make a new virtual machine NEW from SRC (running, stopped or a template), with copies of its disks",
+		Long: `Make a new virtual machine NEW from the virtual machine SRC: a snapshot of SRC is taken (a running
+SRC is not stopped), each disk DISK of SRC is copied into a new disk NEW-DISK, and NEW gets SRC's
+spec with its own identity: a new uid (its SMBIOS UUID and cloud-init instance-id), a new MAC and
+a new IP address claim, and no template label. It creates a VirtualMachineOperation of type Clone
+(named SRC-clone-XXXXX) and prints its name. NEW is created stopped or started as its run policy
+says. With --wait it waits until the disks are copied; --dry-run only checks the names.`,
+		Args:    cobra.ExactArgs(2),
+		Example: "  rakhsh vm clone ubuntu-template web1 --wait\n  rakhsh vm start web1",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ns, src, dst := cc.Namespace(), args[0], args[1]
+			if src == dst {
+				return usageErrorf("the clone needs a name other than %q", src)
+			}
+			mode := v1alpha1.SnapshotOperationModeStrict
+			if dryRun {
+				mode = v1alpha1.SnapshotOperationModeDryRun
+			}
+			op := v1alpha1.VirtualMachineOperation{
+				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
+				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: src + "-clone-", Namespace: ns},
+				Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone, VirtualMachineName: src,
+					Clone: &v1alpha1.VMOPCloneSpec{Mode: mode,
+						NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: src}, To: dst}},
+						Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: dst + "-"}}},
+			}
+			var out v1alpha1.VirtualMachineOperation
+			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
+			if !wait && !dryRun {
+				return nil
+			}
+			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&dryRun, "dry-run", false, "only check that the clone's names are free (mode DryRun)")
+	f.BoolVar(&wait, "wait", false, "wait until the clone is made; fail if it fails")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	return cmd
+}

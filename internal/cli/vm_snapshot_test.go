@@ -56,3 +56,25 @@ func TestVMSnapshotCommand(t *testing.T) {
 		t.Errorf("snapshot of a missing VM: code %d, %q", code, errOut)
 	}
 }
+
+// TestVMCloneCommand: vm clone renames the VM to NEW and its disks to NEW-DISK.
+func TestVMCloneCommand(t *testing.T) {
+	f := newFakeServer(t)
+	if _, errOut, code := f.run(t, "", "vm", "clone", "a", "a"); code == 0 || !strings.Contains(errOut, "other than") {
+		t.Fatalf("clone onto itself: %d %q", code, errOut)
+	}
+	out, errOut, code := f.run(t, "", "vm", "clone", "tpl", "web1")
+	if code != 0 {
+		t.Fatalf("vm clone: %d %q", code, errOut)
+	}
+	b, _ := json.Marshal(f.get("virtualmachineoperations", "default", strings.TrimSpace(out)))
+	var op v1alpha1.VirtualMachineOperation
+	if err := json.Unmarshal(b, &op); err != nil {
+		t.Fatal(err)
+	}
+	cl := op.Spec.Clone
+	if op.Spec.Type != v1alpha1.VMOPTypeClone || op.Spec.VirtualMachineName != "tpl" || cl == nil || cl.Mode != v1alpha1.SnapshotOperationModeStrict ||
+		len(cl.NameReplacement) != 1 || cl.NameReplacement[0].To != "web1" || cl.Customization == nil || cl.Customization.NamePrefix != "web1-" {
+		t.Errorf("operation %+v", op.Spec)
+	}
+}

@@ -75,7 +75,7 @@ func snapSector(t *testing.T, path string, n int) []byte {
 // one; deleting the snapshot removes its file while the VM runs on. Then a VM snapshot of the
 // running VM, a later write, and a restore of the stopped VM: the earlier markers are there,
 // the later one is not, the spec is the snapshot's and the guest boots again. Last, the VM
-// marked as a template refuses to start.
+// marked as a template refuses to start, and a clone of it boots with its own MAC and IP.
 func TestDiskSnapshotLive(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
@@ -106,6 +106,10 @@ spec:
 		return c != nil && c.Status == v1alpha1.ConditionTrue
 	})
 	snapWriteMarker(t, s, "vm1", v.UID, "MARK-A", 0)
+	v = vmWait(t, s, "vm1", time.Minute, "showing its addresses", func(v *v1alpha1.VirtualMachine) bool {
+		return v != nil && v.Status.IPAddress != "" && len(v.Status.Networks) > 0 && v.Status.Networks[0].MACAddress != ""
+	})
+	ip1, mac1 := v.Status.IPAddress, v.Status.Networks[0].MACAddress
 
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualDiskSnapshot
@@ -255,6 +259,25 @@ spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMa
 	if now := vmGet(t, s, "vm1"); now.Status.Phase != v1alpha1.VMPhaseStopped {
 		t.Errorf("the template is %s", now.Status.Phase)
 	}
+
+	// A clone of the template boots with its own MAC and IP, and is no template.
+	s.MustCLI("", "vm", "clone", "vm1", "vm2", "--wait", "--timeout", "3m")
+	s.MustCLI("", "vm", "start", "vm2", "--wait")
+	vmWaitSerial(t, s, "vm2", "RAKHSH-GUEST: ready", 1)
+	v2 := vmWait(t, s, "vm2", time.Minute, "showing its addresses", func(v *v1alpha1.VirtualMachine) bool {
+		return v != nil && v.Status.IPAddress != "" && len(v.Status.Networks) > 0 && v.Status.Networks[0].MACAddress != ""
+	})
+	m := ipMarker.FindStringSubmatch(vmLog(t, s, "vm2"))
+	if m == nil || m[1] != v2.Status.IPAddress {
+		t.Errorf("the clone's guest got %v, its status says %s", m, v2.Status.IPAddress)
+	}
+	if v2.Status.IPAddress == ip1 || v2.Status.Networks[0].MACAddress == mac1 || v2.UID == v.UID || v1alpha1.IsTemplate(v2) {
+		t.Errorf("the clone shares the source's identity: ip %s/%s, mac %s/%s, template %v", v2.Status.IPAddress, ip1, v2.Status.Networks[0].MACAddress, mac1, v1alpha1.IsTemplate(v2))
+	}
+	if refs := v2.Spec.BlockDeviceRefs; len(refs) != 2 || refs[0].Name != "vm2-root" || refs[1].Name != "vm2-data" {
+		t.Errorf("the clone's disks: %+v", refs)
+	}
+	s.MustCLI("", "vm", "stop", "vm2", "--force", "--wait")
 }
 
 // snapBenchmark (RAKHSH_BENCH_SNAPSHOT=N) fills 32 MiB of the running VM's data disk, then

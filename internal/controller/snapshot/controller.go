@@ -103,12 +103,14 @@ func New(cfg Config) *Controller {
 		Watches(c.vms, c.vmSnapshotsOfVM).
 		Workers(1).
 		Build(c.reconcileVM)
-	c.opctl = runtime.NewController("restore-operations", log).
+	c.opctl = runtime.NewController("snapshot-operations", log).
 		For(c.ops).
 		Watches(c.vms, c.restoreOpsOfVM).
+		Watches(c.vmsnaps, c.cloneOpsOfVMSnapshot).
+		Watches(c.disks, c.cloneOpsOfDisk).
 		Reads(c.classes).
 		Workers(1).
-		Build(c.reconcileRestore)
+		Build(c.reconcileOp)
 	return c
 }
 

@@ -271,3 +271,89 @@ func TestDiskSnapshotName(t *testing.T) {
 		t.Errorf("long: %q", long)
 	}
 }
+
+// TestClone: a Clone operation of a template takes a snapshot, makes the new disks from it and
+// the new VM with the renamed disks, no address claims and no template label; once the disks
+// are Ready it completes and the snapshot goes. A clone onto names in use fails before
+// anything is made.
+func TestClone(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed (install qemu-utils)")
+	}
+	dataDir := t.TempDir()
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+
+	readyDisk(t, fc, dataDir, "root")
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "tpl", Namespace: "p1",
+		Labels: map[string]string{v1alpha1.LabelTemplate: "true", "team": "a"}}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "64Mi"
+	vm.Spec.VirtualMachineIPAddressName = "tpl-ip"
+	vm.Spec.Networks = []v1alpha1.NetworkSpec{{Type: v1alpha1.NetworkTypeMain, VirtualMachineMACAddressName: "tpl-mac"}}
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "root"}}
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	if err := fc.Add(vm); err != nil {
+		t.Fatal(err)
+	}
+	clone := func(name string, spec v1alpha1.VMOPCloneSpec) {
+		t.Helper()
+		if err := fc.Add(&v1alpha1.VirtualMachineOperation{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone, VirtualMachineName: "tpl", Clone: &spec}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clone("c1", v1alpha1.VMOPCloneSpec{Mode: v1alpha1.SnapshotOperationModeStrict,
+		NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: "tpl"}, To: "web1"}},
+		Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: "web1-"}})
+	// The disk controller's part: the new disk becomes Ready.
+	var d v1alpha1.VirtualDisk
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "web1-root", &d, func() bool { return d.Name != "" })
+	if d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil || d.Spec.DataSource.ObjectRef.Kind != v1alpha1.DataSourceKindVirtualDiskSnapshot {
+		t.Fatalf("new disk %+v", d.Spec)
+	}
+	d.Status.Phase = v1alpha1.DiskPhaseReady
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "web1-root", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	var op v1alpha1.VirtualMachineOperation
+	fc.WaitFor(t, 20*time.Second, "virtualmachineoperations", "p1", "c1", &op, func() bool {
+		return op.Status.Phase == v1alpha1.VMOPPhaseCompleted || op.Status.Phase == v1alpha1.VMOPPhaseFailed
+	})
+	if op.Status.Phase != v1alpha1.VMOPPhaseCompleted {
+		t.Fatalf("clone: %+v", op.Status)
+	}
+	var got v1alpha1.VirtualMachine
+	if err := fc.Get(ctx, "virtualmachines", "p1", "web1", &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.BlockDeviceRefs[0].Name != "web1-root" || got.Spec.VirtualMachineIPAddressName != "" || got.Spec.Networks[0].VirtualMachineMACAddressName != "" ||
+		v1alpha1.IsTemplate(&got) || got.Labels["team"] != "a" || got.Spec.Memory.Size != "64Mi" {
+		t.Errorf("the clone: labels %v, spec %+v", got.Labels, got.Spec)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for fc.Get(ctx, "virtualmachinesnapshots", "p1", "c1-clone", nil) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the clone's snapshot was not deleted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The same names again: refused before anything is made.
+	clone("c2", v1alpha1.VMOPCloneSpec{Mode: v1alpha1.SnapshotOperationModeStrict,
+		NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: "tpl"}, To: "web1"}},
+		Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: "web1-"}})
+	fc.WaitFor(t, 20*time.Second, "virtualmachineoperations", "p1", "c2", &op, func() bool { return op.Status.Phase == v1alpha1.VMOPPhaseFailed })
+	if cond := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); cond == nil || !strings.Contains(cond.Message, "exists") {
+		t.Errorf("clone onto taken names: %+v", op.Status)
+	}
+	if fc.Get(ctx, "virtualmachinesnapshots", "p1", "c2-clone", nil) == nil {
+		t.Error("a refused clone took a snapshot")
+	}
+}

@@ -444,7 +444,7 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 
 // notImplemented says no controller carries out operations of type t, so this one fails them
 // with reason NotImplemented. Migrate and Evict belong to the migration controller.
-// Restore belongs to the snapshot controller.
+// Restore and Clone belong to the snapshot controller.
 func (c *Controller) notImplemented(t v1alpha1.VMOPType) bool {
-	return !isPowerOp(t) && !isMigrationOp(t) && t != v1alpha1.VMOPTypeRestore
+	return !isPowerOp(t) && !isMigrationOp(t) && t != v1alpha1.VMOPTypeRestore && t != v1alpha1.VMOPTypeClone
 }
