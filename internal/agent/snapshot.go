@@ -212,6 +212,7 @@ func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snap
 	}
 	for i := range done {
 		done[i].node = ""
+		// QEMU closes a removed descriptor once nothing uses it (while the VM runs).
 		_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": done[i].set}, nil)
 		done[i].set = -1
 	}
