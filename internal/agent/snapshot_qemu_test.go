@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,10 +21,6 @@ import (
 // the disk, QEMU is left without the target node, job or fd set, and a second snapshot of
 // the same disk works.
 func TestTakeLiveRealQEMU(t *testing.T) {
-	bin, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 is not installed (install qemu-system-x86)")
-	}
 	needQemuImg(t)
 	if _, err := exec.LookPath("qemu-io"); err != nil {
 		t.Skip("qemu-io is not installed (install qemu-utils)")
@@ -45,38 +43,8 @@ func TestTakeLiveRealQEMU(t *testing.T) {
 	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x43 1M 1M", disk2).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-io: %v: %s", err, out)
 	}
-	sock := filepath.Join(dir, "qmp.sock")
-	cmd := exec.Command(bin, "-machine", "none", "-nodefaults", "-display", "none", "-S",
-		"-blockdev", "driver=file,filename="+disk+",node-name=drive-root-file",
-		"-blockdev", "driver=qcow2,file=drive-root-file,node-name=drive-root",
-		"-blockdev", "driver=file,filename="+disk2+",node-name=drive-data-file",
-		"-blockdev", "driver=qcow2,file=drive-data-file,node-name=drive-data",
-		"-qmp", "unix:"+sock+",server=on,wait=off")
-	out := &strings.Builder{}
-	var mu sync.Mutex
-	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
-	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	var mon *qmp.Conn
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
-		mon, err = qmp.Dial(dctx, sock)
-		dcancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("QMP: %v; QEMU said: %s", err, out.String())
-		}
-	}
+	mon, out := startBlockQEMU(t, ctx, dir, disk, disk2)
 	defer mon.Close()
-	// Running (machine none runs nothing): QEMU frees removed fd sets only while it runs.
-	if err := mon.Cont(ctx); err != nil {
-		t.Fatal(err)
-	}
 
 	for i, id := range []string{"snap-one", "snap-two"} {
 		target := filepath.Join(dir, id+".qcow2.part")
@@ -124,6 +92,92 @@ func TestTakeLiveRealQEMU(t *testing.T) {
 	}
 }
 
-type writerFunc func(p []byte) (int, error)
+// startBlockQEMU starts a QEMU with machine none (nothing boots) that has the qcow2 disks
+// open as block nodes drive-0, drive-1, ..., running, and returns its QMP connection and its
+// output so far. It is killed at the end of the test.
+func startBlockQEMU(tb testing.TB, ctx context.Context, dir string, disks ...string) (*qmp.Conn, fmt.Stringer) {
+	tb.Helper()
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		tb.Skip("qemu-system-x86_64 is not installed (install qemu-system-x86)")
+	}
+	sock := filepath.Join(dir, "qmp.sock")
+	args := []string{"-machine", "none", "-nodefaults", "-display", "none", "-S", "-qmp", "unix:" + sock + ",server=on,wait=off"}
+	for i, d := range disks {
+		n := "drive-" + strconv.Itoa(i)
+		args = append(args, "-blockdev", "driver=file,filename="+d+",node-name="+n+"-file",
+			"-blockdev", "driver=qcow2,file="+n+"-file,node-name="+n)
+	}
+	cmd := exec.Command(bin, args...)
+	out := &syncBuf{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+		mon, err := qmp.Dial(dctx, sock)
+		dcancel()
+		if err == nil {
+			// Running: QEMU frees removed fd sets only while it runs.
+			if err := mon.Cont(ctx); err != nil {
+				tb.Fatal(err)
+			}
+			return mon, out
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("QMP: %v; QEMU said: %s", err, out.String())
+		}
+	}
+}
 
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// BenchmarkLiveSnapshot256MiB: a live snapshot (blockdev-backup sync=full through QMP, no
+// guest freeze) of a 256 MiB qcow2 disk full of data that a running QEMU has open, side by
+// side with qemu-img convert of the same file when no process has it open (what an offline
+// snapshot does).
+func BenchmarkLiveSnapshot256MiB(b *testing.B) {
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		b.Skip("qemu-io is not installed (install qemu-utils)")
+	}
+	snapshotPoll = 5 * time.Millisecond
+	dir := b.TempDir()
+	ctx := context.Background()
+	disk := filepath.Join(dir, "disk.qcow2")
+	if err := storage.CreateBlank(ctx, disk, 256<<20); err != nil {
+		b.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 256M", disk).CombinedOutput(); err != nil {
+		b.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	b.Run("live-blockdev-backup", func(b *testing.B) {
+		mon, out := startBlockQEMU(b, ctx, dir, disk)
+		defer mon.Close()
+		b.SetBytes(256 << 20)
+		for i := 0; b.Loop(); i++ {
+			target := filepath.Join(dir, "snap.qcow2.part")
+			if _, err := takeLive(ctx, mon, nil, []snapDisk{{path: disk, target: target, size: 256 << 20, id: "snap-" + strconv.Itoa(i)}}, false); err != nil {
+				b.Fatalf("%v; QEMU said: %s", err, out.String())
+			}
+			os.Remove(target)
+		}
+	})
+	b.Run("offline-qemu-img-convert", func(b *testing.B) {
+		b.SetBytes(256 << 20)
+		for b.Loop() {
+			target := filepath.Join(dir, "conv.qcow2")
+			if err := storage.Convert(ctx, disk, "qcow2", target, "qcow2"); err != nil {
+				b.Fatal(err)
+			}
+			os.Remove(target)
+		}
+	})
+}
