@@ -167,6 +167,7 @@ func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snap
 	if len(disks) > 1 {
 		targs["properties"] = map[string]any{"completion-mode": "grouped"}
 	}
+	started := time.Now()
 	terr := mon.Execute(ctx, "transaction", targs, nil)
 	if res.frozen {
 		// Thawed whatever the transaction did: a guest must never stay frozen.
@@ -187,7 +188,6 @@ func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snap
 	for i := range done {
 		done[i].job = true
 	}
-	started := time.Now()
 	ids := make([]string, len(disks))
 	for i, d := range disks {
 		ids[i] = d.id

@@ -54,17 +54,21 @@ func snapWriteMarker(t *testing.T, s *Serve, vm, uid, text string, sector int) {
 	vmWaitSerial(t, s, vm, done, 1)
 }
 
-// snapSector reads 512 bytes at sector n of the qcow2 file path from the host.
+// snapSector reads 512 bytes at sector n of the qcow2 file path from the host (qemu-img dd
+// counts the skipped blocks in count).
 func snapSector(t *testing.T, path string, n int) []byte {
 	t.Helper()
 	raw := filepath.Join(t.TempDir(), "raw")
-	out, err := exec.Command("qemu-img", "dd", "-U", "-f", "qcow2", "-O", "raw", "bs=512", "skip="+strconv.Itoa(n), "count=1", "if="+path, "of="+raw).CombinedOutput()
+	out, err := exec.Command("qemu-img", "dd", "-U", "-f", "qcow2", "-O", "raw", "bs=512", "skip="+strconv.Itoa(n), "count="+strconv.Itoa(n+1), "if="+path, "of="+raw).CombinedOutput()
 	if err != nil {
 		t.Fatalf("qemu-img dd %s: %v: %s", path, err, out)
 	}
 	b, err := os.ReadFile(raw)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(b) < 512 {
+		t.Fatalf("qemu-img dd of sector %d of %s wrote %d bytes", n, path, len(b))
 	}
 	return b[len(b)-512:]
 }
