@@ -44,7 +44,35 @@ type VirtualDiskSnapshotStatus struct {
 	// Consistent says the guest filesystems were frozen (or the disk was unused) when taken.
 	Consistent *bool `json:"consistent,omitempty"`
 	// Size is the size of the snapshotted disk.
-	Size               Quantity    `json:"size,omitempty"`
-	Conditions         []Condition `json:"conditions,omitempty"`
-	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+	Size Quantity `json:"size,omitempty"`
+	// VirtualDiskUID is the uid of the disk the snapshot was taken of (a disk made again
+	// under the same name is another disk).
+	VirtualDiskUID string `json:"virtualDiskUID,omitempty"`
+	// StorageClassName is the storage class the snapshot's file is kept in: the disk's.
+	StorageClassName string `json:"storageClassName,omitempty"`
+	// NodeName is the node whose agent takes the snapshot of a disk in use by a running VM
+	// (through QMP, without stopping it), and, for a Local class, the node that holds the file.
+	NodeName string `json:"nodeName,omitempty"`
+	// Stats are how long taking the snapshot took.
+	Stats              *VirtualDiskSnapshotStats `json:"stats,omitempty"`
+	Conditions         []Condition               `json:"conditions,omitempty"`
+	ObservedGeneration int64                     `json:"observedGeneration,omitempty"`
 }
+
+// VirtualDiskSnapshotStats are the timings of a snapshot.
+type VirtualDiskSnapshotStats struct {
+	// Frozen is how long the guest's filesystems were frozen (empty: they were not).
+	Frozen string `json:"frozen,omitempty"`
+	// Copy is how long the copy of the disk took once its point in time was fixed.
+	Copy string `json:"copy,omitempty"`
+}
+
+// Disk snapshot condition reasons.
+const (
+	VDSnapshotReasonWaitingForDisk  = "WaitingForVirtualDisk"
+	VDSnapshotReasonWaitingForAgent = "WaitingForGuestAgent"
+	VDSnapshotReasonTaking          = "Snapshotting"
+	VDSnapshotReasonReady           = "Ready"
+	VDSnapshotReasonFailed          = "SnapshotFailed"
+	VDSnapshotReasonNotSupported    = "NotSupported"
+)

@@ -49,6 +49,10 @@ type VirtualMachineSnapshotStatus struct {
 	Consistent *bool `json:"consistent,omitempty"`
 	// VirtualDiskSnapshotNames are the disk snapshots taken with the VM.
 	VirtualDiskSnapshotNames []string `json:"virtualDiskSnapshotNames,omitempty"`
+	// VirtualMachineSpec is the VM's spec when the snapshot was taken: a restore gives it back.
+	VirtualMachineSpec *VirtualMachineSpec `json:"virtualMachineSpec,omitempty"`
+	// VirtualMachineUID is the uid of the VM the snapshot was taken of.
+	VirtualMachineUID string `json:"virtualMachineUID,omitempty"`
 	// Resources are the objects captured in the snapshot (the VM, its IP claim, secrets, ...).
 	Resources          []SnapshotResourceRef `json:"resources,omitempty"`
 	Conditions         []Condition           `json:"conditions,omitempty"`
@@ -61,3 +65,23 @@ type SnapshotResourceRef struct {
 	Kind       string `json:"kind,omitempty"`
 	Name       string `json:"name,omitempty"`
 }
+
+// LabelVMSnapshot marks the VirtualDiskSnapshots taken as part of the VirtualMachineSnapshot
+// it names.
+const LabelVMSnapshot = "virtualization.rakhsh.io/vm-snapshot"
+
+// AnnotationVMSnapshotDisks, on the VirtualDiskSnapshots of a VirtualMachineSnapshot, is how
+// many disk snapshots the VM snapshot has: a node agent copies them together, at one instant,
+// once all of them are handed to it.
+const AnnotationVMSnapshotDisks = "virtualization.rakhsh.io/vm-snapshot-disks"
+
+// LabelTemplate marks a VirtualMachine as a template (value "true"): it never runs (a start
+// fails with reason VMOPReasonVirtualMachineIsTemplate and the run policy is not applied; a
+// running VM marked so is stopped, as with runPolicy AlwaysOff) and is meant to be cloned.
+const LabelTemplate = "virtualization.rakhsh.io/template"
+
+// VMOPReasonVirtualMachineIsTemplate fails a Start or Restart of a template VM.
+const VMOPReasonVirtualMachineIsTemplate = "VirtualMachineIsTemplate"
+
+// IsTemplate says the VM is marked as a template.
+func IsTemplate(vm *VirtualMachine) bool { return vm.Labels[LabelTemplate] == "true" }

@@ -268,6 +268,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.startLease(ctx)        // lease.go: before any VM is reconciled
 	a.startNetworking(ctx)   // host networking: network.go
 	go a.runDiskResizer(ctx) // online disk resize: resize.go
+	go a.runSnapshotter(ctx) // live disk snapshots: snapshot.go
 	a.queueOrphans()
 	go a.loop(ctx, a.cfg.HeartbeatInterval, func() {
 		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {

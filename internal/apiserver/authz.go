@@ -36,7 +36,8 @@ import (
 //     VMs are the admin's) and its status;
 //   - redeem stream tickets at nodes/ITSELF/streamtickets;
 //   - update and patch the status of VMs and disks whose stored status.nodeName is itself,
-//     leaving nodeName itself or empty (releasing the binding);
+//     leaving nodeName itself or empty (releasing the binding); the same for the status of
+//     VirtualDiskSnapshots handed to it (get, list and watch them too);
 //   - update and patch the status of a VM whose stored live migration is active with itself
 //     as the target, keeping nodeName or setting it to itself (the switch-over);
 //   - create, update and patch events;
@@ -91,7 +92,8 @@ var nodeReadable = map[string]bool{
 	"clusternetworks": true, "virtualmachineclasses": true, "nodes": true, "storageclasses": true,
 	"virtualmachineipaddresses": true, "virtualmachineipaddressleases": true,
 	"virtualmachinemacaddresses": true, "virtualmachinemacaddressleases": true, "events": true,
-	"virtualdiskleases": true,
+	"virtualdiskleases":    true,
+	"virtualdisksnapshots": true, // live disk snapshots handed to a node (internal/agent/snapshot.go)
 }
 
 // describe names an identity in messages.
@@ -165,6 +167,11 @@ func authorizeNode(id Identity, a attributes) error {
 			return nil // authorizeNodeWrite checks the stored binding
 		}
 		return forbidden(id, a, "a node may write only the status of the VMs and disks bound to it, never their spec")
+	case "virtualdisksnapshots":
+		if (a.Verb == verbUpdate || a.Verb == verbPatch) && a.Sub == "status" {
+			return nil // authorizeNodeWrite checks the stored hand-over (status.nodeName)
+		}
+		return forbidden(id, a, "a node may write only the status of the disk snapshots handed to it, never their spec")
 	case "virtualdiskleases":
 		if (a.Verb == verbCreate || a.Verb == verbUpdate || a.Verb == verbPatch) && a.Sub == "" {
 			return nil // authorizeNodeCreate and authorizeNodeWrite check the holder
@@ -313,6 +320,11 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 		}
 		if n.Spec.HolderNode != "" && n.Spec.HolderNode != id.Node {
 			return errs.New(errs.ErrForbidden, "%s may not give %s to node %q: a node takes leases only for itself", id.describe(), what, n.Spec.HolderNode)
+		}
+	case *v1alpha1.VirtualDiskSnapshot:
+		n := obj.(*v1alpha1.VirtualDiskSnapshot)
+		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
+			return err
 		}
 	case *v1alpha1.VirtualDisk:
 		n := obj.(*v1alpha1.VirtualDisk)

@@ -85,6 +85,11 @@ func TestAuthorizeTable(t *testing.T) {
 		{n1, a("delete", "virtualmachines", "p", "vm1", ""), false, "never their spec"},
 		{n1, a("create", "virtualmachines", "p", "vm1", "binding"), false, "never their spec"},
 		{n1, a("patch", "virtualdisks", "p", "d1", ""), false, "never their spec"},
+		// disk snapshots handed to a node
+		{n1, a("watch", "virtualdisksnapshots", "", "", ""), true, ""},
+		{n1, a("patch", "virtualdisksnapshots", "p", "s1", "status"), true, ""},
+		{n1, a("patch", "virtualdisksnapshots", "p", "s1", ""), false, "never their spec"},
+		{n1, a("delete", "virtualdisksnapshots", "p", "s1", ""), false, "never their spec"},
 		// events
 		{n1, a("create", "events", "p", "", ""), true, ""},
 		{n1, a("update", "events", "p", "e1", ""), true, ""},
@@ -451,5 +456,38 @@ func TestNodeDiskLeaseWrites(t *testing.T) {
 	}
 	if err := authorize(n1, attributes{Verb: "delete", Resource: "virtualdiskleases", Namespace: "p", Name: "d1"}); err == nil {
 		t.Error("a node may delete a disk lease")
+	}
+}
+
+// TestNodeWritesHandedSnapshots: a node writes the status of a disk snapshot only while it is
+// handed to it, and may only keep or give back the hand-over.
+func TestNodeWritesHandedSnapshots(t *testing.T) {
+	st, _ := registry.ByResource("virtualdisksnapshots")
+	tg := target{st: st, namespace: "p", name: "s1"}
+	snap := func(node string) *v1alpha1.VirtualDiskSnapshot {
+		s := &v1alpha1.VirtualDiskSnapshot{}
+		s.Status.NodeName = node
+		return s
+	}
+	as := func(node string) context.Context {
+		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
+	}
+	cases := []struct {
+		name     string
+		node     string
+		old, new *v1alpha1.VirtualDiskSnapshot
+		ok       bool
+	}{
+		{"the node it is handed to reports", "n1", snap("n1"), snap("n1"), true},
+		{"and may give it back", "n1", snap("n1"), snap(""), true},
+		{"another node may not write it", "n2", snap("n1"), snap("n1"), false},
+		{"nor take one handed to nobody", "n2", snap(""), snap("n2"), false},
+		{"a node may not hand it elsewhere", "n1", snap("n1"), snap("n2"), false},
+	}
+	for _, c := range cases {
+		err := authorizeNodeWrite(as(c.node), tg, c.old, c.new, true)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
+		}
 	}
 }

@@ -368,6 +368,8 @@ func (s *Server) diskSourceSize(ctx context.Context, namespace string, d *v1alph
 		k = "/virtualimages/" + ns + "/" + ref.Name
 	case v1alpha1.DataSourceKindVirtualDisk:
 		k = "/virtualdisks/" + ns + "/" + ref.Name
+	case v1alpha1.DataSourceKindVirtualDiskSnapshot:
+		k = "/virtualdisksnapshots/" + ns + "/" + ref.Name
 	default:
 		return 0, false, nil
 	}
@@ -377,6 +379,18 @@ func (s *Server) diskSourceSize(ctx context.Context, namespace string, d *v1alph
 	}
 	if err != nil {
 		return 0, false, err
+	}
+	if ref.Kind == v1alpha1.DataSourceKindVirtualDiskSnapshot {
+		// The disk snapshot's size (that of the disk it was taken of), once it is known.
+		var snap v1alpha1.VirtualDiskSnapshot
+		if err := json.Unmarshal(kv.Value, &snap); err != nil {
+			return 0, false, err
+		}
+		n, err := snap.Status.Size.Value()
+		if err != nil || n <= 0 {
+			return 0, false, nil
+		}
+		return n, true, nil
 	}
 	if ref.Kind == v1alpha1.DataSourceKindVirtualDisk {
 		var src v1alpha1.VirtualDisk

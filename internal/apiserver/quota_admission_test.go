@@ -107,3 +107,45 @@ func TestQuotaConcurrentCreates(t *testing.T) {
 		t.Errorf("the taken-over lock was not released: %v", err)
 	}
 }
+
+// TestQuotaDiskFromSnapshot: a disk made from a disk snapshot without a size counts the
+// snapshot's size against the disk quota.
+func TestQuotaDiskFromSnapshot(t *testing.T) {
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := New(Config{Store: st})
+	defer s.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pst, _ := registry.ByKind("Project")
+	p := &v1alpha1.Project{ObjectMeta: v1alpha1.ObjectMeta{Name: "team"}, Spec: v1alpha1.ProjectSpec{Quota: &v1alpha1.ProjectQuota{Disk: "1Gi"}}}
+	setTypeMeta(p, "Project")
+	if _, _, err := s.Create(ctx, pst, "", p); err != nil {
+		t.Fatal(err)
+	}
+	sst, _ := registry.ByKind("VirtualDiskSnapshot")
+	snap := &v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s1"}, Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "d"}}
+	setTypeMeta(snap, "VirtualDiskSnapshot")
+	if _, _, err := s.Create(ctx, sst, "team", snap); err != nil {
+		t.Fatal(err)
+	}
+	snap.Status.Phase, snap.Status.Size = v1alpha1.SnapshotPhaseReady, "2Gi"
+	if _, _, _, err := s.Update(ctx, target{st: sst, namespace: "team", name: "s1"}, snap, true); err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := registry.ByKind("VirtualDisk")
+	d := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "copy"}}
+	setTypeMeta(d, "VirtualDisk")
+	d.Spec.DataSource = &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,
+		ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceKindVirtualDiskSnapshot, Name: "s1"}}
+	_, _, err = s.Create(ctx, dst, "team", d)
+	if !errors.Is(err, errs.ErrForbidden) || !strings.Contains(err.Error(), "disk") {
+		t.Fatalf("a 2Gi disk from a snapshot in a 1Gi quota: %v", err)
+	}
+	if !strings.Contains(err.Error(), "2Gi") {
+		t.Errorf("the refusal does not count the snapshot's 2Gi: %v", err)
+	}
+}

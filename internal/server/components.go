@@ -18,6 +18,7 @@ import (
 	netctl "github.com/rakhsh/rakhsh/internal/controller/network"
 	"github.com/rakhsh/rakhsh/internal/controller/node"
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
+	"github.com/rakhsh/rakhsh/internal/controller/snapshot"
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
 	"github.com/rakhsh/rakhsh/internal/controller/vmclass"
 	"github.com/rakhsh/rakhsh/internal/images"
@@ -113,6 +114,8 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 			Log: log.With("component", "ha-controller")}).Run},
 		{name: "event-gc", run: eventgc.New(eventgc.Config{Client: as("event-gc"), TTL: cfg.EventTTL,
 			Log: log.With("component", "event-gc")}).Run},
+		{name: "snapshot-controller", run: snapshot.New(snapshot.Config{Client: as("snapshot-controller"), Informers: inf,
+			DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "snapshot-controller")}).Run},
 	}, nil
 }
 

@@ -236,17 +236,17 @@ spec:
 	}
 	t.Logf("%d of %d operations were superseded", superseded, len(l.Items))
 
-	// An operation type that is not carried out yet fails at once, saying so.
+	// A dry-run clone changes nothing and says what it would make.
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachineOperation
-metadata: {name: o-restore}
-spec: {type: Restore, virtualMachineName: o, restore: {mode: Strict, virtualMachineSnapshotName: snap}}
+metadata: {name: o-clone}
+spec: {type: Clone, virtualMachineName: o, clone: {mode: DryRun, customization: {namePrefix: c-}}}
 `, "apply", "-f", "-")
-	s.MustCLI("", "wait", "vmop", "o-restore", "--for", "phase=Failed", "--timeout", "30s")
-	op := opsOf(t, s, "o-restore")[0]
+	s.MustCLI("", "wait", "vmop", "o-clone", "--for", "phase=Completed", "--timeout", "30s")
+	op := opsOf(t, s, "o-clone")[0]
 	if c := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); c == nil ||
-		c.Reason != v1alpha1.VMOPReasonNotImplemented || !strings.Contains(c.Message, "Restore is not implemented") {
-		t.Errorf("Restore operation: %+v", op.Status)
+		!strings.Contains(c.Message, "dry run") || vmGet(t, s, "c-o") != nil {
+		t.Errorf("dry-run Clone operation: %+v", op.Status)
 	}
 	s.MustCLI("", "delete", "vm", "o")
 	vmWait(t, s, "o", time.Minute, "deleted", func(v *v1alpha1.VirtualMachine) bool { return v == nil })

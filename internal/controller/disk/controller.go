@@ -127,6 +127,7 @@ type Controller struct {
 	vis        *runtime.TypedInformer[v1alpha1.VirtualImage]
 	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	classes    *runtime.TypedInformer[v1alpha1.StorageClass]
+	snaps      *runtime.TypedInformer[v1alpha1.VirtualDiskSnapshot]
 	jobs       *runtime.Jobs // background uploads, by disk uid
 
 	// sharedMu serialises linked clones over a Shared class's image copies with the removal
@@ -165,6 +166,7 @@ func New(cfg Config) *Controller {
 	}
 	c.disks, c.cvis, c.vis, c.vms = f.VirtualDisks(), f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualMachines()
 	c.classes = f.StorageClasses()
+	c.snaps = f.VirtualDiskSnapshots()
 	usersOf := func(kind v1alpha1.DataSourceObjectKind) runtime.MapFunc {
 		return func(k runtime.Key) []runtime.Key { return c.usersOf(kind, k) }
 	}
@@ -173,6 +175,7 @@ func New(cfg Config) *Controller {
 		Watches(c.disks, usersOf(v1alpha1.DataSourceKindVirtualDisk)). // disks copied from it
 		Watches(c.cvis, usersOf(v1alpha1.DataSourceKindClusterVirtualImage)).
 		Watches(c.vis, usersOf(v1alpha1.DataSourceKindVirtualImage)).
+		Watches(c.snaps, usersOf(v1alpha1.DataSourceKindVirtualDiskSnapshot)).
 		Watches(c.vms, c.projectDisks).
 		Watches(c.classes, c.disksUsingClass).
 		Workers(cfg.Workers).
@@ -218,7 +221,7 @@ func (c *Controller) usersOf(k v1alpha1.DataSourceObjectKind, key runtime.Key) [
 		if r.Kind != k || r.Name != name {
 			continue
 		}
-		if (k == v1alpha1.DataSourceKindVirtualImage || k == v1alpha1.DataSourceKindVirtualDisk) && refNamespace(r, d.Namespace) != ns {
+		if (k == v1alpha1.DataSourceKindVirtualImage || k == v1alpha1.DataSourceKindVirtualDisk || k == v1alpha1.DataSourceKindVirtualDiskSnapshot) && refNamespace(r, d.Namespace) != ns {
 			continue
 		}
 		out = append(out, runtime.NewKey(d.Namespace, d.Name))
@@ -411,11 +414,14 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		}
 	case ds.Type == v1alpha1.DataSourceTypeObjectRef && ds.ObjectRef != nil &&
 		(ds.ObjectRef.Kind == v1alpha1.DataSourceKindClusterVirtualImage || ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualImage ||
-			ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDisk):
+			ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDisk || ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDiskSnapshot):
 		var wait, reason string
-		if ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDisk {
+		switch ds.ObjectRef.Kind {
+		case v1alpha1.DataSourceKindVirtualDisk:
 			src, reason, wait = c.diskSource(d)
-		} else {
+		case v1alpha1.DataSourceKindVirtualDiskSnapshot:
+			src, reason, wait = c.snapshotSource(d)
+		default:
 			src, reason, wait = c.imageSource(d)
 		}
 		if src == nil {
@@ -436,7 +442,7 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		}
 		st.Phase = v1alpha1.DiskPhasePending
 		st.ObservedGeneration = d.Generation
-		msg := fmt.Sprintf("disks from a %s data source are not supported yet (blank disks and disks from a ClusterVirtualImage or VirtualImage are)", what)
+		msg := fmt.Sprintf("disks from a %s data source are not supported yet (blank disks and disks from a ClusterVirtualImage, VirtualImage, VirtualDisk or VirtualDiskSnapshot are)", what)
 		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, ReasonNotSupported, msg)
 		setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonNotSupported, msg)
 		return runtime.Result{}, c.writeStatus(ctx, d, st)

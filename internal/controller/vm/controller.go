@@ -171,7 +171,9 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	cached, ok := c.vms.Get(key)
 	if !ok {
 		for _, op := range c.opsFor(ns, name) {
-			if isPowerOp(op.Spec.Type) && isActive(op.Status.Phase) {
+			// Power operations, and the types this controller fails as not implemented,
+			// fail when their VM does not exist: nothing else would ever give them a phase.
+			if (isPowerOp(op.Spec.Type) || c.notImplemented(op.Spec.Type)) && isActive(op.Status.Phase) {
 				if err := c.writeOp(ctx, op, opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseFailed,
 					reason: v1alpha1.VMOPReasonVirtualMachineNotFound, message: fmt.Sprintf("virtual machine %q not found", name)}); err != nil {
 					return runtime.Result{}, err
@@ -192,10 +194,9 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 
 	ops := c.opsFor(ns, name)
 	for _, op := range ops {
-		// Restore and Clone are part of the API but not carried out yet: say so at once
-		// rather than leave the operation without a phase. Migrate and Evict belong to the
-		// migration controller.
-		if !isPowerOp(op.Spec.Type) && !isMigrationOp(op.Spec.Type) && op.Status.Phase == "" {
+		// A type no controller carries out (see notImplemented) is failed at once rather
+		// than left without a phase.
+		if c.notImplemented(op.Spec.Type) && op.Status.Phase == "" {
 			if err := c.writeOp(ctx, op, opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseFailed, reason: v1alpha1.VMOPReasonNotImplemented,
 				message: fmt.Sprintf("operation type %s is not implemented in this version of Rakhsh yet; only Start, Stop, Restart, Migrate and Evict are", op.Spec.Type)}); err != nil {
 				return runtime.Result{}, err
@@ -439,4 +440,11 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	}
 	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", u.phase, "message", u.message)
 	return nil
+}
+
+// notImplemented says no controller carries out operations of type t, so this one fails them
+// with reason NotImplemented. Migrate and Evict belong to the migration controller.
+// Restore and Clone belong to the snapshot controller.
+func (c *Controller) notImplemented(t v1alpha1.VMOPType) bool {
+	return !isPowerOp(t) && !isMigrationOp(t) && t != v1alpha1.VMOPTypeRestore && t != v1alpha1.VMOPTypeClone
 }

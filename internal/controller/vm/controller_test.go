@@ -62,3 +62,19 @@ func TestRunsAgainstFake(t *testing.T) {
 		return c != nil && c.Status == v1alpha1.ConditionTrue
 	})
 }
+
+// TestEveryOperationTypeIsCarriedOut: no type of the API is left to the NotImplemented
+// failure: power types here, Migrate and Evict in the migration controller, Restore and Clone
+// in the snapshot controller.
+func TestEveryOperationTypeIsCarriedOut(t *testing.T) {
+	c := &Controller{}
+	for _, typ := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart,
+		v1alpha1.VMOPTypeMigrate, v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone} {
+		if c.notImplemented(typ) {
+			t.Errorf("operation type %s is failed as not implemented", typ)
+		}
+	}
+	if !c.notImplemented("Hibernate") {
+		t.Error("a type nothing carries out is not failed")
+	}
+}

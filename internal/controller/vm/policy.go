@@ -239,6 +239,12 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 			message: fmt.Sprintf("superseded by the newer operation %q (creation revision %s, after this one's %s)",
 				newest.Name, orUnknown(newest.CreationRevision), orUnknown(op.CreationRevision))})
 	}
+	if newest != nil && newest.Status.Phase != v1alpha1.VMOPPhaseInProgress && v1alpha1.IsTemplate(vm) &&
+		(newest.Spec.Type == v1alpha1.VMOPTypeStart || newest.Spec.Type == v1alpha1.VMOPTypeRestart) {
+		d.ops = append(d.ops, opUpdate{name: newest.Name, phase: v1alpha1.VMOPPhaseFailed, reason: v1alpha1.VMOPReasonVirtualMachineIsTemplate,
+			message: fmt.Sprintf("virtual machine %q is a template (label %s=true): it cannot run; clone it, or remove the label", vm.Name, v1alpha1.LabelTemplate)})
+		newest = nil
+	}
 	if newest != nil && newest.Status.Phase != v1alpha1.VMOPPhaseInProgress {
 		u, next := p.begin(vm, rp, newest, pr)
 		pr = next
@@ -246,6 +252,11 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 	}
 	// An in-progress operation keeps the request it made; if the policy replaced it (e.g.
 	// runPolicy became AlwaysOff), the next check fails the operation.
+
+	// A template never runs, whatever its run policy.
+	if v1alpha1.IsTemplate(vm) && wantsRunning(&pr) {
+		pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped}
+	}
 
 	// (4) Pause.
 	paused := vm.Annotations[PausedAnnotation] == "true"

@@ -402,3 +402,30 @@ func TestEvictionStopUnderAlwaysOn(t *testing.T) {
 		t.Fatalf("after the eviction's stop: ops %+v power %+v", d.ops, d.power)
 	}
 }
+
+// TestTemplateNeverRuns: a VM labelled as a template gets a stop request under every run
+// policy, its Start and Restart operations fail with reason VirtualMachineIsTemplate, and a
+// Stop still completes as usual.
+func TestTemplateNeverRuns(t *testing.T) {
+	for _, rp := range []v1alpha1.RunPolicy{"", v1alpha1.RunPolicyAlwaysOn, v1alpha1.RunPolicyManual} {
+		vm := newVM(rp)
+		vm.Labels = map[string]string{v1alpha1.LabelTemplate: "true"}
+		if d := testPolicy(t0).decide(vm, nil); d.power.State != v1alpha1.PowerStateStopped {
+			t.Errorf("%q: template power %s", rp, d.power.State)
+		}
+	}
+	for _, typ := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeRestart} {
+		vm := newVM(v1alpha1.RunPolicyManual)
+		vm.Labels = map[string]string{v1alpha1.LabelTemplate: "true"}
+		d := testPolicy(t0).decide(vm, []*v1alpha1.VirtualMachineOperation{newOp("o", typ, t0, "")})
+		if d.power.State != v1alpha1.PowerStateStopped || len(d.ops) != 1 || d.ops[0].phase != v1alpha1.VMOPPhaseFailed ||
+			d.ops[0].reason != v1alpha1.VMOPReasonVirtualMachineIsTemplate || !strings.Contains(d.ops[0].message, "template") {
+			t.Errorf("%s of a template: power %s, ops %+v", typ, d.power.State, d.ops)
+		}
+	}
+	// Without the label the same start runs.
+	d := testPolicy(t0).decide(newVM(v1alpha1.RunPolicyManual), []*v1alpha1.VirtualMachineOperation{newOp("o", v1alpha1.VMOPTypeStart, t0, "")})
+	if d.power.State != v1alpha1.PowerStateRunning {
+		t.Errorf("start of an ordinary VM: %s", d.power.State)
+	}
+}

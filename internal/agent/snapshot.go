@@ -1,0 +1,531 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// Live disk snapshots. The snapshot controller hands a VirtualDiskSnapshot of a disk that a
+// running VM has open to the agent of the VM's node (status.nodeName, phase InProgress). The
+// agent copies the disk without stopping the VM:
+//
+//  1. it creates an empty qcow2 file of the disk's size beside where the snapshot is kept
+//     (SNAPSHOT.qcow2.part), opens it and passes the descriptor to QEMU (add-fd), then adds it
+//     as a block node (blockdev-add);
+//  2. it freezes the guest's filesystems through the guest agent, when it answers;
+//  3. it starts a blockdev-backup job with sync=full from the disk's node to the new node, in
+//     one QMP transaction for all the disks of a group (a VM snapshot): the point in time is
+//     the instant the jobs start. From then on QEMU copies each block the guest is about to
+//     overwrite into the target first (copy-before-write), so the guest may write at once;
+//  4. it thaws the guest right after the transaction: the guest is frozen for milliseconds,
+//     not for the length of the copy;
+//  5. it waits for the jobs to conclude, removes the target node and the descriptor, and
+//     renames the file to SNAPSHOT.qcow2.
+//
+// Why a full copy and not an external overlay (blockdev-snapshot): an overlay would make the
+// disk's file a chain that every later snapshot lengthens, that must be merged back
+// (block-commit) when a snapshot is deleted, and that ties the disk to its snapshots. A copy
+// leaves the disk's file as it is, and a snapshot is one standalone file that is removed on
+// its own and that new disks are made from with a plain copy. It costs the time and space of
+// the disk's allocated data.
+
+// snapshotMonitor is the part of *qmp.Conn a live snapshot needs.
+type snapshotMonitor interface {
+	Execute(ctx context.Context, command string, args, result any) error
+	AddFD(ctx context.Context, f *os.File, fdsetID int, opaque string) (qmp.AddFDInfo, error)
+}
+
+// snapDisk is one disk of a live snapshot: the disk's file and the file the copy goes to.
+type snapDisk struct {
+	path   string // the disk's file, as QEMU has it open
+	target string // the snapshot's .part file, created by takeLive
+	size   int64
+	// id names the job and the target node (unique per snapshot).
+	id string
+}
+
+// liveResult is what takeLive did.
+type liveResult struct {
+	frozen    bool          // the guest's filesystems were frozen when the jobs started
+	frozenFor time.Duration // how long they were
+	copyTook  time.Duration
+	freezeErr error // why they were not, when a freeze was tried
+}
+
+// freezer freezes and thaws a guest's filesystems (nil: no guest agent).
+type freezer interface {
+	freeze(ctx context.Context) (int, error)
+	thaw(ctx context.Context) (int, error)
+}
+
+// snapshotPoll is how often takeLive asks QEMU about its copy jobs.
+var snapshotPoll = 100 * time.Millisecond
+
+// takeLive copies disks of a running QEMU at one instant (see the comment above). With
+// requireFreeze, a guest whose filesystems cannot be frozen fails the snapshot before any copy
+// starts. On failure everything it added to QEMU is removed again and the target files are
+// deleted.
+func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snapDisk, requireFreeze bool) (res liveResult, err error) {
+	type added struct {
+		node, fdsetID string
+		set           int
+		job           bool
+	}
+	var done []added
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Undo in reverse, on a context of its own: ctx may be what ended.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for i := len(done) - 1; i >= 0; i-- {
+			a := done[i]
+			if a.job {
+				_ = mon.Execute(uctx, "job-cancel", map[string]any{"id": a.node}, nil)
+				waitJobsGone(uctx, mon, []string{a.node})
+			}
+			if a.node != "" {
+				_ = mon.Execute(uctx, "blockdev-del", map[string]any{"node-name": a.node}, nil)
+			}
+			if a.set >= 0 {
+				_ = mon.Execute(uctx, "remove-fd", map[string]any{"fdset-id": a.set}, nil)
+			}
+		}
+		for _, d := range disks {
+			os.Remove(d.target)
+		}
+	}()
+	sources := make([]string, len(disks))
+	for i, d := range disks {
+		n, err := diskNodeByPath(ctx, mon, d.path)
+		if err != nil {
+			return res, err
+		}
+		if n == nil {
+			return res, fmt.Errorf("the running VM does not have the disk %s open", d.path)
+		}
+		sources[i] = n.NodeName
+		os.Remove(d.target)
+		if err := storage.CreateBlank(ctx, d.target, d.size); err != nil {
+			return res, fmt.Errorf("creating the snapshot file: %w", err)
+		}
+		f, err := os.OpenFile(d.target, os.O_RDWR, 0)
+		if err != nil {
+			return res, err
+		}
+		info, err := mon.AddFD(ctx, f, -1, "snapshot:"+d.target)
+		f.Close()
+		if err != nil {
+			return res, fmt.Errorf("add-fd: %w", err)
+		}
+		done = append(done, added{set: info.FDSetID})
+		args := map[string]any{"driver": "qcow2", "node-name": d.id,
+			"file": map[string]any{"driver": "file", "filename": qemu.FDSetPath(info.FDSetID)}}
+		if err := mon.Execute(ctx, "blockdev-add", args, nil); err != nil {
+			return res, fmt.Errorf("blockdev-add %s: %w", d.id, err)
+		}
+		done[len(done)-1].node = d.id
+	}
+
+	var frozenAt time.Time
+	if fz != nil {
+		if _, err := fz.freeze(ctx); err != nil {
+			res.freezeErr = err
+		} else {
+			res.frozen = true
+			frozenAt = time.Now()
+		}
+	}
+	if !res.frozen && requireFreeze {
+		why := "the VM has no guest agent"
+		if res.freezeErr != nil {
+			why = res.freezeErr.Error()
+		}
+		return res, fmt.Errorf("the guest's filesystems could not be frozen (%s) and the snapshot requires consistency", why)
+	}
+	actions := make([]map[string]any, len(disks))
+	for i, d := range disks {
+		actions[i] = map[string]any{"type": "blockdev-backup", "data": map[string]any{
+			"job-id": d.id, "device": sources[i], "target": d.id, "sync": "full", "auto-dismiss": false}}
+	}
+	targs := map[string]any{"actions": actions}
+	if len(disks) > 1 {
+		targs["properties"] = map[string]any{"completion-mode": "grouped"}
+	}
+	started := time.Now()
+	terr := mon.Execute(ctx, "transaction", targs, nil)
+	if res.frozen {
+		// Thawed whatever the transaction did: a guest must never stay frozen.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_, thawErr := fz.thaw(tctx)
+		cancel()
+		res.frozenFor = time.Since(frozenAt)
+		if thawErr != nil && terr == nil {
+			terr = fmt.Errorf("thawing the guest's filesystems: %w", thawErr)
+			for i := range disks {
+				done[i].job = true
+			}
+		}
+	}
+	if terr != nil {
+		return res, fmt.Errorf("starting the copy: %w", terr)
+	}
+	for i := range done {
+		done[i].job = true
+	}
+	ids := make([]string, len(disks))
+	for i, d := range disks {
+		ids[i] = d.id
+	}
+	if err := waitJobs(ctx, mon, ids); err != nil {
+		var jf jobFailed
+		if errors.As(err, &jf) {
+			for i := range done {
+				done[i].job = false // concluded and dismissed
+			}
+		}
+		return res, err
+	}
+	res.copyTook = time.Since(started)
+	for i := range done {
+		done[i].job = false
+	}
+	for _, d := range disks {
+		if err := mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": d.id}, nil); err != nil {
+			return res, fmt.Errorf("blockdev-del %s: %w", d.id, err)
+		}
+	}
+	for i := range done {
+		done[i].node = ""
+		// QEMU closes a removed descriptor once nothing uses it (while the VM runs).
+		_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": done[i].set}, nil)
+		done[i].set = -1
+	}
+	return res, nil
+}
+
+// qmpJob is an entry of query-jobs.
+type qmpJob struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+	Error  string `json:"error"`
+}
+
+// jobFailed is a copy job that concluded with an error (or vanished).
+type jobFailed struct{ msg string }
+
+func (e jobFailed) Error() string { return e.msg }
+
+// waitJobs waits until the jobs ids have concluded, dismisses them, and returns the first
+// error a job reported (a jobFailed, once every job has concluded).
+func waitJobs(ctx context.Context, mon snapshotMonitor, ids []string) error {
+	pending := slices.Clone(ids)
+	var first error
+	for len(pending) > 0 {
+		var jobs []qmpJob
+		if err := mon.Execute(ctx, "query-jobs", nil, &jobs); err != nil {
+			return fmt.Errorf("query-jobs: %w", err)
+		}
+		var still []string
+		for _, id := range pending {
+			i := slices.IndexFunc(jobs, func(j qmpJob) bool { return j.ID == id })
+			switch {
+			case i < 0:
+				if first == nil {
+					first = jobFailed{fmt.Sprintf("copy job %s disappeared", id)}
+				}
+			case jobs[i].Status == "concluded":
+				if jobs[i].Error != "" && first == nil {
+					first = jobFailed{fmt.Sprintf("copy job %s: %s", id, jobs[i].Error)}
+				}
+				_ = mon.Execute(ctx, "job-dismiss", map[string]any{"id": id}, nil)
+			default:
+				still = append(still, id)
+			}
+		}
+		pending = still
+		if len(pending) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(snapshotPoll):
+		}
+	}
+	return first
+}
+
+// waitJobsGone waits (best effort) until cancelled jobs have concluded and dismisses them.
+func waitJobsGone(ctx context.Context, mon snapshotMonitor, ids []string) {
+	_ = waitJobs(ctx, mon, ids)
+}
+
+// guestFreezer freezes a VM's guest through the agent's guest agent connection.
+type guestFreezer struct {
+	a   *Agent
+	uid string
+}
+
+func (g guestFreezer) freeze(ctx context.Context) (int, error) { return g.a.GuestFreeze(ctx, g.uid) }
+func (g guestFreezer) thaw(ctx context.Context) (int, error)   { return g.a.GuestThaw(ctx, g.uid) }
+
+// runSnapshotter carries out the disk snapshots handed to this node until ctx ends.
+func (a *Agent) runSnapshotter(ctx context.Context) {
+	snaps := runtime.NewTypedInformer[v1alpha1.VirtualDiskSnapshot](a.c, "virtualdisksnapshots",
+		client.ListOptions{FieldSelector: "status.nodeName=" + a.cfg.NodeName}, a.log)
+	q := runtime.NewQueue("agent-snapshot", a.log)
+	q.MaxBackoff = 10 * time.Second
+	snaps.OnChange(q.Add)
+	go snaps.Run(ctx)
+	q.Run(ctx, 1, a.snapshotDisk)
+}
+
+// snapshotJobID names the job and the target node of a snapshot (QEMU node names are at most
+// 31 characters, starting with a letter).
+func snapshotJobID(uid string) string { return "snap-" + strings.ReplaceAll(uid, "-", "")[:20] }
+
+func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+	ns, name := key.Split()
+	var s v1alpha1.VirtualDiskSnapshot
+	if err := a.c.Get(ctx, "virtualdisksnapshots", ns, name, &s); err != nil {
+		if client.IsNotFound(err) {
+			return runtime.Result{}, nil
+		}
+		return runtime.Result{}, err
+	}
+	if !a.handedToMe(&s) {
+		return runtime.Result{}, nil
+	}
+	group := []v1alpha1.VirtualDiskSnapshot{s}
+	if vmsnap := s.Labels[v1alpha1.LabelVMSnapshot]; vmsnap != "" {
+		// The disks of a VM snapshot are copied together, once all are handed to this node.
+		want, _ := strconv.Atoi(s.Annotations[v1alpha1.AnnotationVMSnapshotDisks])
+		list, err := a.c.List(ctx, "virtualdisksnapshots", ns, client.ListOptions{LabelSelector: v1alpha1.LabelVMSnapshot + "=" + vmsnap})
+		if err != nil {
+			return runtime.Result{}, err
+		}
+		group = group[:0]
+		waiting := len(list.Items) < want
+		for _, raw := range list.Items {
+			var m v1alpha1.VirtualDiskSnapshot
+			if err := json.Unmarshal(raw, &m); err != nil {
+				return runtime.Result{}, err
+			}
+			switch {
+			case a.handedToMe(&m):
+				group = append(group, m)
+			case m.Status.Phase == "" || m.Status.Phase == v1alpha1.SnapshotPhasePending:
+				waiting = true
+			}
+		}
+		if waiting {
+			return runtime.Result{RequeueAfter: 200 * time.Millisecond}, nil
+		}
+	}
+	var in *instance
+	var vmUID, vmName string
+	var agentReady bool
+	disks := make([]snapDisk, len(group))
+	finals := make([]string, len(group))
+	for i := range group {
+		m := &group[i]
+		var d v1alpha1.VirtualDisk
+		if err := a.c.Get(ctx, "virtualdisks", ns, m.Spec.VirtualDiskName, &d); err != nil {
+			if client.IsNotFound(err) {
+				return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q is gone", m.Spec.VirtualDiskName))
+			}
+			return runtime.Result{}, err
+		}
+		path, _, err := a.diskFile(ctx, &d)
+		if err != nil {
+			return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q: %v", d.Name, err))
+		}
+		var sc *v1alpha1.StorageClass
+		if m.Status.StorageClassName != "" {
+			var got v1alpha1.StorageClass
+			if err := a.c.Get(ctx, "storageclasses", "", m.Status.StorageClassName, &got); err == nil {
+				sc = &got
+			} else if !client.IsNotFound(err) {
+				return runtime.Result{}, err
+			}
+		}
+		size, err := v1alpha1.Quantity(d.Status.Capacity).Value()
+		if err != nil || size <= 0 {
+			return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q reports no capacity", d.Name))
+		}
+		var found *instance
+		for _, vm := range a.vms.List() {
+			if vm.Namespace != ns || !usesDisk(vm, d.Name) {
+				continue
+			}
+			if inst := a.inst(vm.UID); inst != nil && !inst.isExited() {
+				found = inst
+				if in == nil {
+					vmUID, vmName = vm.UID, vm.Name
+					c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady)
+					agentReady = c != nil && c.Status == v1alpha1.ConditionTrue
+				}
+				break
+			}
+		}
+		if found == nil || (in != nil && found != in) {
+			// The VM stopped (or moved) meanwhile: the snapshots go back to the controller,
+			// which copies disks no VM runs itself.
+			return runtime.Result{}, a.giveBackSnapshots(ctx, group)
+		}
+		in = found
+		disks[i] = snapDisk{path: path, target: storage.SnapshotPartPath(a.cfg.DataDir, sc, m.UID), size: size, id: snapshotJobID(m.UID)}
+		finals[i] = storage.SnapshotPath(a.cfg.DataDir, sc, m.UID)
+	}
+	mon, ok := in.monitor().(snapshotMonitor)
+	if !ok {
+		return runtime.Result{RequeueAfter: time.Second}, nil // QMP not connected (yet)
+	}
+	var fz freezer
+	if agentReady {
+		fz = guestFreezer{a: a, uid: vmUID}
+	}
+	required := false
+	for _, m := range group {
+		required = required || m.Spec.RequiredConsistency == nil || *m.Spec.RequiredConsistency
+	}
+	for _, d := range disks {
+		a.dropSnapshotLeftovers(ctx, mon, d.id)
+	}
+	a.log.Info("taking a live disk snapshot", "snapshot", key, "vm", vmName, "disks", len(disks), "freeze", fz != nil)
+	res, err := takeLive(ctx, mon, fz, disks, required)
+	if err != nil {
+		if ctx.Err() != nil {
+			return runtime.Result{}, ctx.Err()
+		}
+		return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("taking the snapshot in the running VirtualMachine %q: %v", vmName, err))
+	}
+	msg := "copied from the running VM with its filesystems frozen"
+	if !res.frozen {
+		msg = "copied from the running VM without freezing its filesystems (crash-consistent)"
+		if res.freezeErr != nil {
+			msg += ": " + res.freezeErr.Error()
+		}
+	}
+	a.log.Info("live disk snapshot taken", "snapshot", key, "frozen", res.frozen, "frozenFor", res.frozenFor, "copy", res.copyTook)
+	for i, m := range group {
+		// The snapshot may have been deleted while it was copied: then its file goes too.
+		var now v1alpha1.VirtualDiskSnapshot
+		if err := a.c.Get(ctx, "virtualdisksnapshots", ns, m.Name, &now); err != nil || now.UID != m.UID || now.DeletionTimestamp != nil {
+			os.Remove(disks[i].target)
+			if err != nil && !client.IsNotFound(err) {
+				return runtime.Result{}, err
+			}
+			continue
+		}
+		if err := storage.Commit(disks[i].target, finals[i]); err != nil {
+			os.Remove(disks[i].target)
+			return runtime.Result{}, a.snapshotsFailed(ctx, []v1alpha1.VirtualDiskSnapshot{now}, fmt.Sprintf("keeping the snapshot file: %v", err))
+		}
+		st := now.Status
+		st.Conditions = slices.Clone(now.Status.Conditions)
+		st.Phase = v1alpha1.SnapshotPhaseReady
+		st.ObservedGeneration = now.Generation
+		frozen := res.frozen
+		st.Consistent = &frozen
+		st.Stats = &v1alpha1.VirtualDiskSnapshotStats{Copy: res.copyTook.Round(time.Millisecond).String()}
+		if res.frozen {
+			st.Stats.Frozen = res.frozenFor.Round(time.Microsecond).String()
+		}
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionTrue,
+			Reason: v1alpha1.VDSnapshotReasonReady, Message: msg, ObservedGeneration: now.Generation})
+		a.rec.Event(ctx, "VirtualDiskSnapshot", &now, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("%s in %s", msg, res.copyTook.Round(time.Millisecond)))
+		if err := a.writeSnapshotStatus(ctx, &now, st); err != nil {
+			return runtime.Result{}, err
+		}
+	}
+	return runtime.Result{}, nil
+}
+
+// handedToMe says the snapshot waits for this node's agent to copy it.
+func (a *Agent) handedToMe(s *v1alpha1.VirtualDiskSnapshot) bool {
+	return s.Status.Phase == v1alpha1.SnapshotPhaseInProgress && s.Status.NodeName == a.cfg.NodeName && s.DeletionTimestamp == nil && storage.CheckUID(s.UID) == nil
+}
+
+// giveBackSnapshots returns snapshots whose VM no longer runs here to the controller.
+func (a *Agent) giveBackSnapshots(ctx context.Context, group []v1alpha1.VirtualDiskSnapshot) error {
+	for i := range group {
+		s := &group[i]
+		st := s.Status
+		st.Conditions = slices.Clone(s.Status.Conditions)
+		st.Phase, st.NodeName = v1alpha1.SnapshotPhasePending, ""
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionFalse,
+			Reason: v1alpha1.VDSnapshotReasonWaitingForDisk, Message: "no VM on node " + a.cfg.NodeName + " runs the disk any more", ObservedGeneration: s.Generation})
+		if err := a.writeSnapshotStatus(ctx, s, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Agent) snapshotsFailed(ctx context.Context, group []v1alpha1.VirtualDiskSnapshot, msg string) error {
+	for i := range group {
+		if err := a.snapshotFailed(ctx, &group[i], msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropSnapshotLeftovers removes a copy job and target node of the snapshot that an earlier
+// run of the agent left in QEMU (it was stopped while copying).
+func (a *Agent) dropSnapshotLeftovers(ctx context.Context, mon snapshotMonitor, id string) {
+	var jobs []qmpJob
+	if err := mon.Execute(ctx, "query-jobs", nil, &jobs); err == nil && slices.ContainsFunc(jobs, func(j qmpJob) bool { return j.ID == id }) {
+		_ = mon.Execute(ctx, "job-cancel", map[string]any{"id": id}, nil)
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		waitJobsGone(wctx, mon, []string{id})
+		cancel()
+	}
+	var nodes []blockNode
+	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err == nil &&
+		slices.ContainsFunc(nodes, func(n blockNode) bool { return n.NodeName == id }) {
+		_ = mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": id}, nil)
+	}
+}
+
+func (a *Agent) snapshotFailed(ctx context.Context, s *v1alpha1.VirtualDiskSnapshot, msg string) error {
+	a.log.Warn("disk snapshot failed", "snapshot", s.Namespace+"/"+s.Name, "why", msg)
+	st := s.Status
+	st.Conditions = slices.Clone(s.Status.Conditions)
+	st.Phase = v1alpha1.SnapshotPhaseFailed
+	st.ObservedGeneration = s.Generation
+	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionFalse,
+		Reason: v1alpha1.VDSnapshotReasonFailed, Message: msg, ObservedGeneration: s.Generation})
+	a.rec.Event(ctx, "VirtualDiskSnapshot", s, "Warning", v1alpha1.VDSnapshotReasonFailed, msg)
+	return a.writeSnapshotStatus(ctx, s, st)
+}
+
+func (a *Agent) writeSnapshotStatus(ctx context.Context, s *v1alpha1.VirtualDiskSnapshot, st v1alpha1.VirtualDiskSnapshotStatus) error {
+	s.Status = st
+	s.ResourceVersion = ""
+	err := a.c.UpdateStatus(ctx, "virtualdisksnapshots", s.Namespace, s.Name, s, nil)
+	if client.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("writing the status of snapshot %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,205 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// newVMSnapshotCommand returns `rakhsh vm snapshot`.
+func newVMSnapshotCommand(cc *cliContext) *cobra.Command {
+	var name string
+	var crash, wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "snapshot NAME",
+		Short: "Take a snapshot of a virtual machine: its spec and all its disks at one instant",
+		Long: `Take a VirtualMachineSnapshot of a virtual machine: its spec and a VirtualDiskSnapshot of each
+of its disks. A running VM is not stopped: its guest's filesystems are frozen through the guest
+agent for the instant the copies start. The snapshot is named NAME-snapshot-XXXXX unless --name
+is given; its name is printed. By default the snapshot of a running VM waits for the VM's guest
+agent (a consistent snapshot); --crash-consistent takes it at once. With --wait it waits until
+the snapshot is Ready and fails if it fails. See docs/snapshots.md.`,
+		Args:    cobra.ExactArgs(1),
+		Example: "  rakhsh vm snapshot vm1 --name before-upgrade --wait\n  rakhsh vm restore vm1 before-upgrade --wait",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ns, vm := cc.Namespace(), args[0]
+			if err := c.Get(ctx, "virtualmachines", ns, vm, nil); err != nil {
+				return err
+			}
+			s := v1alpha1.VirtualMachineSnapshot{
+				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineSnapshot"},
+				ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: ns},
+				Spec:       v1alpha1.VirtualMachineSnapshotSpec{VirtualMachineName: vm},
+			}
+			if name == "" {
+				s.GenerateName = vm + "-snapshot-"
+			}
+			if crash {
+				f := false
+				s.Spec.RequiredConsistency = &f
+			}
+			var out v1alpha1.VirtualMachineSnapshot
+			if err := c.Create(ctx, "virtualmachinesnapshots", ns, &s, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
+			if !wait {
+				return nil
+			}
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			last := ""
+			for {
+				if err := c.Get(ctx, "virtualmachinesnapshots", ns, out.Name, &out); err != nil {
+					return err
+				}
+				cond := v1alpha1.FindCondition(out.Status.Conditions, v1alpha1.VMSnapshotConditionReady)
+				msg := ""
+				if cond != nil {
+					msg = cond.Message
+				}
+				switch out.Status.Phase {
+				case v1alpha1.SnapshotPhaseReady:
+					consistent := out.Status.Consistent != nil && *out.Status.Consistent
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: Ready (%d disks, consistent: %t)\n", out.Name, len(out.Status.VirtualDiskSnapshotNames), consistent)
+					return nil
+				case v1alpha1.SnapshotPhaseFailed:
+					return fmt.Errorf("snapshot %s failed: %s", out.Name, msg)
+				}
+				if line := string(out.Status.Phase) + ": " + msg; line != last && out.Status.Phase != "" {
+					last = line
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", out.Name, line)
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("snapshot %s: %w (it is %s)", out.Name, ctx.Err(), out.Status.Phase)
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "", "the snapshot's name (default: NAME-snapshot-XXXXX)")
+	f.BoolVar(&crash, "crash-consistent", false, "do not wait for the guest agent of a running VM (spec.requiredConsistency: false)")
+	f.BoolVar(&wait, "wait", false, "wait until the snapshot is Ready; fail if it fails")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	return cmd
+}
+
+// newVMRestoreCommand returns `rakhsh vm restore`.
+func newVMRestoreCommand(cc *cliContext) *cobra.Command {
+	var mode string
+	var wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "restore NAME SNAPSHOT",
+		Short: "Return a stopped virtual machine to one of its VirtualMachineSnapshots (disks and spec)",
+		Long: `Return a stopped virtual machine to one of its VirtualMachineSnapshots: each disk's content and
+the VM's spec become the snapshot's. It creates a VirtualMachineOperation of type Restore (named
+NAME-restore-XXXXX) and prints its name. --mode DryRun only reports what would be restored;
+Strict (the default) fails when a disk of the snapshot is gone; BestEffort restores the rest.
+With --wait it waits until the restore ends and fails if it fails.`,
+		Args:    cobra.ExactArgs(2),
+		Example: "  rakhsh vm stop vm1 --wait && rakhsh vm restore vm1 before-upgrade --wait",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m := v1alpha1.SnapshotOperationMode(mode)
+			if m != v1alpha1.SnapshotOperationModeStrict && m != v1alpha1.SnapshotOperationModeBestEffort && m != v1alpha1.SnapshotOperationModeDryRun {
+				return usageErrorf("--mode %q: want Strict, BestEffort or DryRun", mode)
+			}
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ns, vm, snap := cc.Namespace(), args[0], args[1]
+			op := v1alpha1.VirtualMachineOperation{
+				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
+				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: vm + "-restore-", Namespace: ns},
+				Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, VirtualMachineName: vm,
+					Restore: &v1alpha1.VMOPRestoreSpec{Mode: m, VirtualMachineSnapshotName: snap}},
+			}
+			var out v1alpha1.VirtualMachineOperation
+			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
+			if !wait {
+				return nil
+			}
+			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&mode, "mode", string(v1alpha1.SnapshotOperationModeStrict), "Strict, BestEffort or DryRun")
+	f.BoolVar(&wait, "wait", false, "wait until the restore ends; fail if it fails")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	return cmd
+}
+
+// newVMCloneCommand returns `rakhsh vm clone`.
+func newVMCloneCommand(cc *cliContext) *cobra.Command {
+	var dryRun, wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "clone SRC NEW",
+		Short: "Make a new virtual machine NEW from SRC (running, stopped or a template), with copies of its disks",
+		Long: `Make a new virtual machine NEW from the virtual machine SRC: a snapshot of SRC is taken (a running
+SRC is not stopped), each disk DISK of SRC is copied into a new disk NEW-DISK, and NEW gets SRC's
+spec with its own identity: a new uid (its SMBIOS UUID and cloud-init instance-id), a new MAC and
+a new IP address claim, and no template label. It creates a VirtualMachineOperation of type Clone
+(named SRC-clone-XXXXX) and prints its name. NEW is created stopped or started as its run policy
+says. With --wait it waits until the disks are copied; --dry-run only checks the names.`,
+		Args:    cobra.ExactArgs(2),
+		Example: "  rakhsh vm clone ubuntu-template web1 --wait\n  rakhsh vm start web1",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			ns, src, dst := cc.Namespace(), args[0], args[1]
+			if src == dst {
+				return usageErrorf("the clone needs a name other than %q", src)
+			}
+			mode := v1alpha1.SnapshotOperationModeStrict
+			if dryRun {
+				mode = v1alpha1.SnapshotOperationModeDryRun
+			}
+			op := v1alpha1.VirtualMachineOperation{
+				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
+				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: src + "-clone-", Namespace: ns},
+				Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone, VirtualMachineName: src,
+					Clone: &v1alpha1.VMOPCloneSpec{Mode: mode,
+						NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: src}, To: dst}},
+						Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: dst + "-"}}},
+			}
+			var out v1alpha1.VirtualMachineOperation
+			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
+			if !wait && !dryRun {
+				return nil
+			}
+			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&dryRun, "dry-run", false, "only check that the clone's names are free (mode DryRun)")
+	f.BoolVar(&wait, "wait", false, "wait until the clone is made; fail if it fails")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	return cmd
+}

@@ -1,0 +1,359 @@
+package snapshot
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/runtime/fake"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+type tlog struct{ t *testing.T }
+
+func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+func readyDisk(t *testing.T, fc *fake.Client, dataDir, name string) *v1alpha1.VirtualDisk {
+	t.Helper()
+	d := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"}}
+	d.Status.Phase = v1alpha1.DiskPhaseReady
+	d.Status.Capacity = "1Mi"
+	if err := fc.Add(d); err != nil {
+		t.Fatal(err)
+	}
+	var got v1alpha1.VirtualDisk
+	if err := fc.Get(context.Background(), "virtualdisks", "p1", name, &got); err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.CreateBlank(context.Background(), storage.ClassDiskPath(dataDir, nil, got.UID), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	return &got
+}
+
+// TestDiskSnapshots: a snapshot of a disk no VM runs is copied here and Ready (consistent);
+// one of a disk a running VM has open waits for the VM's guest agent when consistency is
+// required, and is handed to the VM's node otherwise; deleting a snapshot removes its file.
+func TestDiskSnapshots(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed (install qemu-utils)")
+	}
+	dataDir := t.TempDir()
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+
+	readyDisk(t, fc, dataDir, "idle")
+	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s-idle", Namespace: "p1"},
+		Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "idle"}}); err != nil {
+		t.Fatal(err)
+	}
+	var s v1alpha1.VirtualDiskSnapshot
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-idle", &s, func() bool { return s.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	if s.Status.Consistent == nil || !*s.Status.Consistent || s.Status.Size != "1Mi" || s.Status.NodeName != "" {
+		t.Errorf("status %+v", s.Status)
+	}
+	file := storage.SnapshotPath(dataDir, nil, s.UID)
+	if info, err := storage.Info(ctx, file, "qcow2"); err != nil || info.VirtualSize != 1<<20 {
+		t.Fatalf("snapshot file: %+v %v", info, err)
+	}
+
+	// A disk of a running VM without a guest agent.
+	readyDisk(t, fc, dataDir, "busy")
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "64Mi"
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "busy"}}
+	vm.Status.NodeName, vm.Status.Phase = "n2", v1alpha1.VMPhaseRunning
+	if err := fc.Add(vm, &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The controller sees the VM before the snapshots (in a real node QEMU's image lock would
+	// make an offline copy fail instead).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := c.vms.Get(runtime.NewKey("p1", "vm")); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the VM never reached the controller's cache")
+		}
+	}
+	f2 := false
+	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s-strict", Namespace: "p1"},
+		Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "busy"}},
+		&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s-loose", Namespace: "p1"},
+			Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "busy", RequiredConsistency: &f2}}); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-strict", &s, func() bool {
+		c := v1alpha1.FindCondition(s.Status.Conditions, v1alpha1.VDSnapshotConditionReady)
+		return c != nil && c.Reason == v1alpha1.VDSnapshotReasonWaitingForAgent
+	})
+	if s.Status.Phase != v1alpha1.SnapshotPhasePending || s.Status.NodeName != "" {
+		t.Errorf("strict snapshot without an agent: %+v", s.Status)
+	}
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-loose", &s, func() bool {
+		return s.Status.Phase == v1alpha1.SnapshotPhaseInProgress
+	})
+	if s.Status.NodeName != "n2" {
+		t.Errorf("loose snapshot not handed to the VM's node: %+v", s.Status)
+	}
+
+	// The guest agent comes up: the strict one is handed over too.
+	var got v1alpha1.VirtualMachine
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &got); err != nil {
+		t.Fatal(err)
+	}
+	v1alpha1.SetCondition(&got.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionAgentReady, Status: v1alpha1.ConditionTrue, Reason: "AgentReady"})
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm", &got, &got); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-strict", &s, func() bool {
+		return s.Status.Phase == v1alpha1.SnapshotPhaseInProgress && s.Status.NodeName == "n2"
+	})
+
+	if err := fc.Delete(ctx, "virtualdisksnapshots", "p1", "s-idle"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := os.Stat(file)
+		gerr := fc.Get(ctx, "virtualdisksnapshots", "p1", "s-idle", nil)
+		if os.IsNotExist(err) && gerr != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after delete: file %v, object %v", err, gerr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestVMSnapshotAndRestore: a VM snapshot of a stopped VM keeps its spec and takes a disk
+// snapshot of each disk; a restore refuses a running VM, and on the stopped VM gives back the
+// disk files and the spec; a dry run changes nothing.
+func TestVMSnapshotAndRestore(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed (install qemu-utils)")
+	}
+	dataDir := t.TempDir()
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+
+	disk := readyDisk(t, fc, dataDir, "root")
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "64Mi"
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "root"}}
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	if err := fc.Add(vm); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.Add(&v1alpha1.VirtualMachineSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "before", Namespace: "p1"},
+		Spec: v1alpha1.VirtualMachineSnapshotSpec{VirtualMachineName: "vm"}}); err != nil {
+		t.Fatal(err)
+	}
+	var vs v1alpha1.VirtualMachineSnapshot
+	fc.WaitFor(t, 20*time.Second, "virtualmachinesnapshots", "p1", "before", &vs, func() bool { return vs.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	if vs.Status.Consistent == nil || !*vs.Status.Consistent || len(vs.Status.VirtualDiskSnapshotNames) != 1 || vs.Status.VirtualDiskSnapshotNames[0] != "before-root" ||
+		vs.Status.VirtualMachineSpec == nil || vs.Status.VirtualMachineSpec.Memory.Size != "64Mi" {
+		t.Fatalf("VM snapshot status %+v", vs.Status)
+	}
+
+	// The VM changes: more memory, a grown disk.
+	var got v1alpha1.VirtualMachine
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &got); err != nil {
+		t.Fatal(err)
+	}
+	got.Spec.Memory.Size = "128Mi"
+	if err := fc.Update(ctx, "virtualmachines", "p1", "vm", &got, nil); err != nil {
+		t.Fatal(err)
+	}
+	diskFile := storage.ClassDiskPath(dataDir, nil, disk.UID)
+	if err := storage.Resize(ctx, diskFile, "qcow2", 2<<20); err != nil {
+		t.Fatal(err)
+	}
+
+	restore := func(name string, mode v1alpha1.SnapshotOperationMode) *v1alpha1.VirtualMachineOperation {
+		t.Helper()
+		if err := fc.Add(&v1alpha1.VirtualMachineOperation{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, VirtualMachineName: "vm",
+				Restore: &v1alpha1.VMOPRestoreSpec{Mode: mode, VirtualMachineSnapshotName: "before"}}}); err != nil {
+			t.Fatal(err)
+		}
+		var op v1alpha1.VirtualMachineOperation
+		fc.WaitFor(t, 20*time.Second, "virtualmachineoperations", "p1", name, &op, func() bool {
+			return op.Status.Phase == v1alpha1.VMOPPhaseCompleted || op.Status.Phase == v1alpha1.VMOPPhaseFailed
+		})
+		return &op
+	}
+	size := func() int64 {
+		info, err := storage.Info(ctx, diskFile, "qcow2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.VirtualSize
+	}
+
+	if op := restore("dry", v1alpha1.SnapshotOperationModeDryRun); op.Status.Phase != v1alpha1.VMOPPhaseCompleted || size() != 2<<20 {
+		t.Errorf("dry run: %+v, disk size %d", op.Status, size())
+	}
+
+	// Running: refused.
+	got = v1alpha1.VirtualMachine{}
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &got); err != nil {
+		t.Fatal(err)
+	}
+	got.Status.Phase, got.Status.NodeName = v1alpha1.VMPhaseRunning, "n1"
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm", &got, &got); err != nil {
+		t.Fatal(err)
+	}
+	op := restore("while-running", v1alpha1.SnapshotOperationModeStrict)
+	if cond := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); op.Status.Phase != v1alpha1.VMOPPhaseFailed ||
+		cond == nil || cond.Reason != v1alpha1.VMOPReasonNotApplicableForPhase {
+		t.Errorf("restore of a running VM: %+v", op.Status)
+	}
+
+	got.Status.Phase, got.Status.NodeName = v1alpha1.VMPhaseStopped, ""
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm", &got, &got); err != nil {
+		t.Fatal(err)
+	}
+	op = restore("back", v1alpha1.SnapshotOperationModeStrict)
+	if op.Status.Phase != v1alpha1.VMOPPhaseCompleted {
+		t.Fatalf("restore: %+v", op.Status)
+	}
+	if size() != 1<<20 {
+		t.Errorf("the disk file was not restored: virtual size %d", size())
+	}
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.Memory.Size != "64Mi" {
+		t.Errorf("the VM's spec was not restored: memory %s", got.Spec.Memory.Size)
+	}
+
+	// Deleting the VM snapshot deletes its disk snapshots.
+	if err := fc.Delete(ctx, "virtualmachinesnapshots", "p1", "before"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for fc.Get(ctx, "virtualdisksnapshots", "p1", "before-root", nil) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the disk snapshot outlived its VM snapshot")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDiskSnapshotName(t *testing.T) {
+	if n := diskSnapshotName("s", "d"); n != "s-d" {
+		t.Errorf("short: %q", n)
+	}
+	long := diskSnapshotName(strings.Repeat("a", 40), strings.Repeat("b", 40))
+	if len(long) > 63 || long == diskSnapshotName(strings.Repeat("a", 40), strings.Repeat("b", 39)+"c") {
+		t.Errorf("long: %q", long)
+	}
+}
+
+// TestClone: a Clone operation of a template takes a snapshot, makes the new disks from it and
+// the new VM with the renamed disks, no address claims and no template label; once the disks
+// are Ready it completes and the snapshot goes. A clone onto names in use fails before
+// anything is made.
+func TestClone(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed (install qemu-utils)")
+	}
+	dataDir := t.TempDir()
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+
+	readyDisk(t, fc, dataDir, "root")
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "tpl", Namespace: "p1",
+		Labels: map[string]string{v1alpha1.LabelTemplate: "true", "team": "a"}}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "64Mi"
+	vm.Spec.VirtualMachineIPAddressName = "tpl-ip"
+	vm.Spec.Networks = []v1alpha1.NetworkSpec{{Type: v1alpha1.NetworkTypeMain, VirtualMachineMACAddressName: "tpl-mac"}}
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "root"}}
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	if err := fc.Add(vm); err != nil {
+		t.Fatal(err)
+	}
+	clone := func(name string, spec v1alpha1.VMOPCloneSpec) {
+		t.Helper()
+		if err := fc.Add(&v1alpha1.VirtualMachineOperation{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone, VirtualMachineName: "tpl", Clone: &spec}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clone("c1", v1alpha1.VMOPCloneSpec{Mode: v1alpha1.SnapshotOperationModeStrict,
+		NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: "tpl"}, To: "web1"}},
+		Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: "web1-"}})
+	// The disk controller's part: the new disk becomes Ready.
+	var d v1alpha1.VirtualDisk
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "web1-root", &d, func() bool { return d.Name != "" })
+	if d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil || d.Spec.DataSource.ObjectRef.Kind != v1alpha1.DataSourceKindVirtualDiskSnapshot {
+		t.Fatalf("new disk %+v", d.Spec)
+	}
+	d.Status.Phase = v1alpha1.DiskPhaseReady
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "web1-root", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	var op v1alpha1.VirtualMachineOperation
+	fc.WaitFor(t, 20*time.Second, "virtualmachineoperations", "p1", "c1", &op, func() bool {
+		return op.Status.Phase == v1alpha1.VMOPPhaseCompleted || op.Status.Phase == v1alpha1.VMOPPhaseFailed
+	})
+	if op.Status.Phase != v1alpha1.VMOPPhaseCompleted {
+		t.Fatalf("clone: %+v", op.Status)
+	}
+	var got v1alpha1.VirtualMachine
+	if err := fc.Get(ctx, "virtualmachines", "p1", "web1", &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.BlockDeviceRefs[0].Name != "web1-root" || got.Spec.VirtualMachineIPAddressName != "" || got.Spec.Networks[0].VirtualMachineMACAddressName != "" ||
+		v1alpha1.IsTemplate(&got) || got.Labels["team"] != "a" || got.Spec.Memory.Size != "64Mi" {
+		t.Errorf("the clone: labels %v, spec %+v", got.Labels, got.Spec)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for fc.Get(ctx, "virtualmachinesnapshots", "p1", "c1-clone", nil) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the clone's snapshot was not deleted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The same names again: refused before anything is made.
+	clone("c2", v1alpha1.VMOPCloneSpec{Mode: v1alpha1.SnapshotOperationModeStrict,
+		NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: "tpl"}, To: "web1"}},
+		Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: "web1-"}})
+	fc.WaitFor(t, 20*time.Second, "virtualmachineoperations", "p1", "c2", &op, func() bool { return op.Status.Phase == v1alpha1.VMOPPhaseFailed })
+	if cond := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); cond == nil || !strings.Contains(cond.Message, "exists") {
+		t.Errorf("clone onto taken names: %+v", op.Status)
+	}
+	if fc.Get(ctx, "virtualmachinesnapshots", "p1", "c2-clone", nil) == nil {
+		t.Error("a refused clone took a snapshot")
+	}
+}
