@@ -794,6 +794,9 @@ type VirtualMachineMemoryStatus struct {
 	// memory (Rakhsh additions; empty without a memory.maxSize).
 	MaxSize    Quantity `json:"maxSize,omitempty"`
 	Hotplugged Quantity `json:"hotplugged,omitempty"`
+	// BootSize is the memory the guest booted with (a Rakhsh addition, with a maxSize):
+	// Size moves live between it and MaxSize; a migration's target starts with it.
+	BootSize Quantity `json:"bootSize,omitempty"`
 }
 
 // VirtualMachineVersions are the versions of the hypervisor a VM runs under.
