@@ -263,7 +263,9 @@ func setHotpluggedMemory(ctx context.Context, mon qmpExecutor, requested int64, 
 // running QEMU, and records what runs in runspec.json.
 func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, m monitor) {
 	mon, ok := m.(qmpExecutor)
-	if !ok {
+	if !ok || vm.Status.MigrationState.Active() {
+		// During a migration the target is (or is being) made with what runs now: the change
+		// waits for the migration's end, and is then made on whichever side runs the VM.
 		return
 	}
 	rs := loadRunSpec(in.runDir, vm)

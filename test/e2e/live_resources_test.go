@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -171,5 +173,89 @@ func TestLiveResources(t *testing.T) {
 	}
 	if n := strings.Count(log, "RAKHSH-GUEST: booted"); n != 2 {
 		t.Errorf("%d boot markers after the automatic restart, want 2", n)
+	}
+}
+
+// TestLiveResourcesBenchmark measures the time from a spec change (the API write) to the
+// guest reporting it on its serial console (its "cpus=N memtotal=KB" line, read from the
+// console stream as it comes), for CPU (cores 1 → 2 and back) and memory (256Mi → 512Mi and
+// back), for docs/benchmarks.md. It runs only when RAKHSH_BENCH_LIVE is set (to the number
+// of changes of each kind): its figures are what it is for, not pass or fail.
+func TestLiveResourcesBenchmark(t *testing.T) {
+	runs, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_LIVE"))
+	if runs <= 0 {
+		t.Skip("a benchmark: set RAKHSH_BENCH_LIVE=N (changes of each kind) to run it")
+	}
+	vmGuestDir(t)
+	s := vmServe(t)
+	vmSetupGuest(t, s, "root")
+	s.MustCLI(liveManifest("vm1", "root"), "apply", "-f", "-")
+	s.MustCLI("", "vm", "start", "vm1", "--wait")
+	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
+	_, base, _ := liveGuestView(vmLog(t, s, "vm1"))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	conn, err := s.Client().DialStream(ctx, "virtualmachines", "default", "vm1", "console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	type report struct {
+		at   time.Time
+		cpus int
+		mem  int64
+	}
+	reports := make(chan report, 64)
+	go func() {
+		sc := bufio.NewScanner(conn)
+		for sc.Scan() {
+			if m := liveLine.FindStringSubmatch(sc.Text()); m != nil {
+				c, _ := strconv.Atoi(m[1])
+				n, _ := strconv.ParseInt(m[2], 10, 64)
+				reports <- report{time.Now(), c, n}
+			}
+		}
+	}()
+	wait := func(cpus int, mem int64) time.Time {
+		deadline := time.After(2 * time.Minute)
+		for {
+			select {
+			case r := <-reports:
+				if r.cpus == cpus && r.mem == mem {
+					return r.at
+				}
+			case <-deadline:
+				t.Fatalf("no report of cpus=%d memtotal=%d within 2m", cpus, mem)
+			}
+		}
+	}
+	var cpuUp, cpuDown, memUp, memDown []float64
+	for i := 0; i < runs; i++ {
+		for _, c := range []struct {
+			patch string
+			cpus  int
+			mem   int64
+			out   *[]float64
+		}{
+			{`{"spec":{"cpu":{"cores":2}}}`, 2, base, &cpuUp},
+			{`{"spec":{"cpu":{"cores":1}}}`, 1, base, &cpuDown},
+			{`{"spec":{"memory":{"size":"512Mi"}}}`, 1, base + 256<<10, &memUp},
+			{`{"spec":{"memory":{"size":"256Mi"}}}`, 1, base, &memDown},
+		} {
+			time.Sleep(time.Second) // the guest settles
+			began := time.Now()
+			livePatch(t, s, "vm1", c.patch)
+			d := wait(c.cpus, c.mem).Sub(began)
+			*c.out = append(*c.out, float64(d.Milliseconds()))
+			t.Logf("%s: guest reported after %d ms", c.patch, d.Milliseconds())
+		}
+	}
+	for _, x := range []struct {
+		what string
+		xs   []float64
+	}{{"cpu 1→2", cpuUp}, {"cpu 2→1", cpuDown}, {"memory 256Mi→512Mi", memUp}, {"memory 512Mi→256Mi", memDown}} {
+		med, lo, hi := median(x.xs)
+		t.Logf("BENCH live %s: spec write → guest report median %.0f ms [%.0f–%.0f] over %d changes %v", x.what, med, lo, hi, len(x.xs), x.xs)
 	}
 }
