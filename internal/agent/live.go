@@ -74,6 +74,8 @@ func planLive(rs *runSpec, want *v1alpha1.VirtualMachineSpec, st liveState) live
 			p.Refused = append(p.Refused, fmt.Sprintf("spec.cpu.cores: %d is above the %d vCPU slots the VM started with (spec.cpu.maxCores)", c, run.CPU.MaxCores))
 		case c < boot:
 			p.Refused = append(p.Refused, fmt.Sprintf("spec.cpu.cores: %d is below the %d vCPUs the VM started with, which are not removed live", c, boot))
+		case run.CPU.DedicatedCores:
+			p.Refused = append(p.Refused, "spec.cpu.cores: the vCPUs of a VM with dedicated cores are pinned to host cores at start")
 		case c == st.failedCores:
 			// Tried, and the guest did not follow: the restart applies it.
 		default:
@@ -237,16 +239,19 @@ func memorySize(ctx context.Context, mon qmpExecutor) (int64, error) {
 
 // setHotpluggedMemory asks the guest for requested bytes of the virtio-mem device and waits
 // (up to timeout) until it has plugged or unplugged them. It returns the size plugged at the
-// end.
+// end, -1 when QEMU did not say.
 func setHotpluggedMemory(ctx context.Context, mon qmpExecutor, requested int64, timeout time.Duration) (int64, error) {
 	if err := mon.Execute(ctx, "qom-set", map[string]any{"path": memoryDevicePath, "property": "requested-size", "value": requested}, nil); err != nil {
-		return 0, fmt.Errorf("qom-set requested-size: %w", err)
+		return -1, fmt.Errorf("qom-set requested-size: %w", err)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
 		size, err := memorySize(ctx, mon)
-		if err != nil || size == requested {
-			return size, err
+		if err != nil {
+			return -1, err
+		}
+		if size == requested {
+			return size, nil
 		}
 		if time.Now().After(deadline) {
 			return size, fmt.Errorf("the guest has %s of the %s asked for after %s", v1alpha1.HumanBytes(size), v1alpha1.HumanBytes(requested), timeout)
@@ -292,7 +297,7 @@ func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 	if p.Memory > 0 {
 		boot := memoryBytes(rs.bootMemory())
 		plugged, err := setHotpluggedMemory(ctx, mon, p.Memory-boot, liveMemoryTimeout)
-		if err == nil || plugged > 0 || rs.HotpluggedMemory != "" {
+		if plugged >= 0 {
 			if rs.BootMemory == "" {
 				rs.BootMemory = rs.Spec.Memory.Size
 			}
@@ -311,6 +316,9 @@ func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 	if changed {
 		if err := saveRunSpec(in.runDir, rs); err != nil {
 			a.log.Warn("recording a live change", "vm", key, "err", err)
+		}
+		if p.Cores > 0 {
+			a.refreshCPULimit(vm, rs, in)
 		}
 	}
 	if len(failed) > 0 {
@@ -360,4 +368,28 @@ func incomingShape(vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine, int64
 	build.Memory.Size = rs.BootMemory
 	shaped.Spec = build
 	return &shaped, requested, rs
+}
+
+// refreshCPULimit rewrites the VM's cgroup CPU bandwidth for the vCPUs it has now (a core
+// fraction below 100% is a share of each core: cores × fraction). VMs without a CPU limit
+// are left alone.
+func (a *Agent) refreshCPULimit(vm *v1alpha1.VirtualMachine, rs *runSpec, in *instance) {
+	ran := &v1alpha1.VirtualMachine{Spec: rs.Spec}
+	lim := computeLimits(ran, in.accel != "kvm")
+	if lim.cpuQuotaUsec == 0 {
+		return
+	}
+	l, err := detectCgroups()
+	if err == nil {
+		dirs := map[string]string{}
+		for _, c := range []string{"cpu", "memory"} {
+			if l.slices[c] != "" {
+				dirs[c] = l.vmDir(c, vm.UID, false)
+			}
+		}
+		err = writeLimits(l, dirs, lim)
+	}
+	if err != nil {
+		a.log.Warn("updating the CPU limit after a live change", "vm", vm.Namespace+"/"+vm.Name, "err", err)
+	}
 }

@@ -48,6 +48,11 @@ func TestPlanLive(t *testing.T) {
 		{name: "above maxSize", rs: liveRunSpec(2, 0, "1Gi", "2Gi"), want: liveWant(2, "3Gi"), refused: []string{"above the spec.memory.maxSize 2Gi"}},
 		{name: "below boot memory", rs: liveRunSpec(2, 0, "1Gi", "2Gi"), want: liveWant(2, "512Mi"), refused: []string{"below the 1Gi the guest booted with"}},
 		{name: "unaligned", rs: liveRunSpec(2, 0, "1Gi", "2Gi"), want: liveWant(2, "1025Mi"), refused: []string{"not a multiple of the 2Mi"}},
+		{name: "dedicated cores", rs: func() *runSpec {
+			rs := liveRunSpec(2, 4, "1Gi", "")
+			rs.Spec.CPU.DedicatedCores = true
+			return rs
+		}(), want: liveWant(3, "1Gi"), refused: []string{"pinned to host cores at start"}},
 		{name: "failed before: not tried again", rs: liveRunSpec(2, 4, "1Gi", "2Gi"), want: liveWant(3, "2Gi"), st: liveState{failedCores: 3, failedMemory: 2 * gi}},
 		{name: "failed before, new value tried", rs: liveRunSpec(2, 4, "1Gi", "2Gi"), want: liveWant(4, "1536Mi"), st: liveState{failedCores: 3, failedMemory: 2 * gi}, cores: 4, memory: 1536 << 20},
 		{name: "runspec of an older agent (no boot fields)", rs: func() *runSpec {
@@ -240,5 +245,19 @@ func TestRunningResources(t *testing.T) {
 	r = runningResources(liveRunSpec(2, 0, "1Gi", ""))
 	if r.CPU.Cores != 2 || r.CPU.MaxCores != 0 || r.Memory.MaxSize != "" || r.Memory.BootSize != "" || r.Memory.Hotplugged != "" {
 		t.Errorf("resources %+v", *r)
+	}
+}
+
+func TestLimitsWithRoomToGrow(t *testing.T) {
+	vm := &v1alpha1.VirtualMachine{}
+	vm.Spec.CPU = v1alpha1.VirtualMachineCPU{Cores: 2, MaxCores: 4, CoreFraction: "50%"}
+	vm.Spec.Memory = v1alpha1.VirtualMachineMemory{Size: "1Gi", MaxSize: "4Gi"}
+	l := computeLimits(vm, false)
+	// The memory limit covers what the guest may plug (maxSize), the CPU quota the cores it has.
+	if want := memoryLimit(4<<30, false); l.memoryBytes != want {
+		t.Errorf("memory limit %d, want %d (from maxSize)", l.memoryBytes, want)
+	}
+	if l.cpuQuotaUsec != 2*cfsPeriodUsec/2 {
+		t.Errorf("cpu quota %d, want %d", l.cpuQuotaUsec, 2*cfsPeriodUsec/2)
 	}
 }

@@ -352,11 +352,15 @@ func (a *Agent) stepVNC(ctx context.Context, r *startRun) error {
 // A VM that asks for neither only loses its memory cap, so it runs, and the node says why it
 // is not confined. The cgroup goes with QEMU (the launch step's undo).
 func (a *Agent) stepCgroups(ctx context.Context, r *startRun) error {
-	err := a.enforceLimits(ctx, r.vm, r.in)
+	vm := r.vm
+	if r.shape != nil {
+		vm = r.input.VM // a migration's target: the CPUs and memory its source runs with
+	}
+	err := a.enforceLimits(ctx, vm, r.in)
 	if err == nil {
 		return nil
 	}
-	if lim := computeLimits(r.vm, r.in.accel != "kvm"); lim.cpuQuotaUsec > 0 || lim.dedicated > 0 {
+	if lim := computeLimits(vm, r.in.accel != "kvm"); lim.cpuQuotaUsec > 0 || lim.dedicated > 0 {
 		return failStart("applying the VM's CPU and memory limits: " + err.Error())
 	}
 	a.log.Warn("the VM runs without its cgroup memory limit", "vm", string(r.key), "err", err)
