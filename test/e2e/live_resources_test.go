@@ -174,6 +174,7 @@ func TestLiveResources(t *testing.T) {
 	if n := strings.Count(log, "RAKHSH-GUEST: booted"); n != 2 {
 		t.Errorf("%d boot markers after the automatic restart, want 2", n)
 	}
+	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
 }
 
 // TestLiveResourcesBenchmark measures the time from a spec change (the API write) to the
@@ -258,4 +259,6 @@ func TestLiveResourcesBenchmark(t *testing.T) {
 		med, lo, hi := median(x.xs)
 		t.Logf("BENCH live %s: spec write → guest report median %.0f ms [%.0f–%.0f] over %d changes %v", x.what, med, lo, hi, len(x.xs), x.xs)
 	}
+	conn.Close()
+	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
 }
