@@ -2,6 +2,8 @@ package v1alpha1
 
 import (
 	"encoding/json"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -766,6 +768,22 @@ type VirtualMachineResources struct {
 	Memory VirtualMachineMemoryStatus `json:"memory"`
 }
 
+// ChangedLive says the VM's vCPUs or memory were changed since its QEMU started (hot-added
+// vCPUs, memory plugged through virtio-mem), and how, for messages; empty when not.
+func (r *VirtualMachineResources) ChangedLive() string {
+	if r == nil {
+		return ""
+	}
+	var parts []string
+	if r.CPU.BootCores > 0 && r.CPU.Cores != r.CPU.BootCores {
+		parts = append(parts, fmt.Sprintf("%d vCPUs, started with %d", r.CPU.Cores, r.CPU.BootCores))
+	}
+	if h := r.Memory.Hotplugged; h != "" && h != "0" {
+		parts = append(parts, fmt.Sprintf("%s of memory plugged beyond the %s it booted with", h, r.Memory.BootSize))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // VirtualMachineCPUStatus is the CPU a running VM has.
 type VirtualMachineCPUStatus struct {
 	Cores        int    `json:"cores"`
@@ -773,9 +791,10 @@ type VirtualMachineCPUStatus struct {
 	// RequestedCores is cores × coreFraction, e.g. "500m".
 	RequestedCores Quantity                  `json:"requestedCores,omitempty"`
 	Topology       VirtualMachineCPUTopology `json:"topology"`
-	// MaxCores is the most cores the running VM can grow to without a restart (a Rakhsh
-	// addition; its vCPU slots).
-	MaxCores int `json:"maxCores,omitempty"`
+	// MaxCores is the most cores the running VM can grow to without a restart, and
+	// BootCores the vCPUs it started with (Rakhsh additions, with a maxCores).
+	MaxCores  int `json:"maxCores,omitempty"`
+	BootCores int `json:"bootCores,omitempty"`
 }
 
 // VirtualMachineCPUTopology is the CPU topology given to the guest.

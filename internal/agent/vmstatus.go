@@ -235,7 +235,7 @@ func runningResources(rs *runSpec) *v1alpha1.VirtualMachineResources {
 		Memory: v1alpha1.VirtualMachineMemoryStatus{Size: running.Memory.Size},
 	}
 	if running.CPU.MaxCores > rs.bootCores() {
-		res.CPU.MaxCores = running.CPU.MaxCores
+		res.CPU.MaxCores, res.CPU.BootCores = running.CPU.MaxCores, rs.bootCores()
 	}
 	if boot := rs.bootMemory(); memoryBytes(running.Memory.MaxSize) > memoryBytes(boot) {
 		res.Memory.MaxSize = running.Memory.MaxSize
