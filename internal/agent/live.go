@@ -158,10 +158,13 @@ func presentCPUs(slots []hotCPU) int {
 // cpuDeviceID is the qdev id of the vCPU in slot i (of the topology order).
 func cpuDeviceID(i int) string { return fmt.Sprintf("vcpu%d", i) }
 
-// setCPUs brings the VM to want vCPUs: it adds vCPUs into the lowest free slots, or removes
-// the highest hot-added ones and waits (up to timeout) for the guest to let them go. It
-// returns the vCPUs present at the end.
-func setCPUs(ctx context.Context, mon qmpExecutor, want int, timeout time.Duration) (int, error) {
+// setCPUs brings the VM to want vCPUs: it adds vCPUs into the lowest free slots that were
+// never used (retired lists the slots, by topology index, whose vCPU was removed earlier:
+// QEMU 7.2 was seen to end when a vCPU was added again into such a slot, so a slot is used
+// once per QEMU process), or removes the highest hot-added ones and waits (up to timeout)
+// for the guest to let them go, adding their slots to retired. It returns the vCPUs present
+// at the end.
+func setCPUs(ctx context.Context, mon qmpExecutor, want int, timeout time.Duration, retired map[int]bool) (int, error) {
 	slots, err := cpuSlots(ctx, mon)
 	if err != nil {
 		return 0, err
@@ -173,7 +176,7 @@ func setCPUs(ctx context.Context, mon qmpExecutor, want int, timeout time.Durati
 			if have >= want {
 				break
 			}
-			if s.QOMPath != "" {
+			if s.QOMPath != "" || retired[i] {
 				continue
 			}
 			args := map[string]any{"driver": s.Type, "id": cpuDeviceID(i)}
@@ -186,6 +189,9 @@ func setCPUs(ctx context.Context, mon qmpExecutor, want int, timeout time.Durati
 			have++
 		}
 		if have < want {
+			if len(retired) > 0 {
+				return have, fmt.Errorf("no unused vCPU slot left (%d slots, %d of them emptied earlier, which are not used again before a restart)", len(slots), len(retired))
+			}
 			return have, fmt.Errorf("only %d vCPU slots", len(slots))
 		}
 		return have, nil
@@ -197,6 +203,7 @@ func setCPUs(ctx context.Context, mon qmpExecutor, want int, timeout time.Durati
 				continue
 			}
 			id := s.QOMPath[strings.LastIndex(s.QOMPath, "/")+1:]
+			retired[i] = true // asked to go: never plugged again, whatever the guest does
 			if err := mon.Execute(ctx, "device_del", map[string]any{"id": id}, nil); err != nil {
 				return have, fmt.Errorf("device_del %s: %w", id, err)
 			}
@@ -279,7 +286,19 @@ func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 	changed := false
 	var failed []string
 	if p.Cores > 0 {
-		have, err := setCPUs(ctx, mon, p.Cores, liveUnplugTimeout)
+		retired := map[int]bool{}
+		for _, i := range rs.RetiredCPUSlots {
+			retired[i] = true
+		}
+		have, err := setCPUs(ctx, mon, p.Cores, liveUnplugTimeout, retired)
+		if len(retired) != len(rs.RetiredCPUSlots) {
+			rs.RetiredCPUSlots = rs.RetiredCPUSlots[:0]
+			for i := range retired {
+				rs.RetiredCPUSlots = append(rs.RetiredCPUSlots, i)
+			}
+			sort.Ints(rs.RetiredCPUSlots)
+			changed = true
+		}
 		if have > 0 && have != rs.Spec.CPU.Cores {
 			if rs.BootCores == 0 {
 				rs.BootCores = rs.Spec.CPU.Cores

@@ -147,7 +147,8 @@ func (f *fakeHotplugQEMU) Execute(_ context.Context, cmd string, args, result an
 func TestSetCPUs(t *testing.T) {
 	ctx := context.Background()
 	f := newFakeHotplugQEMU(4, 1)
-	if n, err := setCPUs(ctx, f, 3, time.Second); err != nil || n != 3 {
+	retired := map[int]bool{}
+	if n, err := setCPUs(ctx, f, 3, time.Second, retired); err != nil || n != 3 {
 		t.Fatalf("grow to 3: %d %v", n, err)
 	}
 	// The lowest free slots, with ids after their place in the topology.
@@ -155,15 +156,31 @@ func TestSetCPUs(t *testing.T) {
 		t.Errorf("calls %q, want %q", f.calls, want)
 	}
 	f.calls = nil
-	if n, err := setCPUs(ctx, f, 2, time.Second); err != nil || n != 2 {
+	if n, err := setCPUs(ctx, f, 2, time.Second, retired); err != nil || n != 2 {
 		t.Fatalf("shrink to 2: %d %v", n, err)
 	}
-	if want := []string{"device_del vcpu2"}; !reflect.DeepEqual(f.calls, want) {
-		t.Errorf("calls %q, want %q (the highest hot-added vCPU)", f.calls, want)
+	if want := []string{"device_del vcpu2"}; !reflect.DeepEqual(f.calls, want) || !retired[2] {
+		t.Errorf("calls %q, want %q (the highest hot-added vCPU), retired %v", f.calls, want, retired)
+	}
+	// Growing again skips the emptied slot 2: slot 3.
+	f.calls = nil
+	if n, err := setCPUs(ctx, f, 3, time.Second, retired); err != nil || n != 3 {
+		t.Fatalf("grow to 3 again: %d %v", n, err)
+	}
+	if want := []string{"device_add vcpu3 core 3"}; !reflect.DeepEqual(f.calls, want) {
+		t.Errorf("calls %q, want %q", f.calls, want)
+	}
+	// And then no unused slot is left.
+	if _, err := setCPUs(ctx, f, 4, time.Second, retired); err == nil || !strings.Contains(err.Error(), "no unused vCPU slot left") {
+		t.Errorf("grow to 4 with slot 2 retired: %v", err)
+	}
+	f.calls = nil
+	if n, err := setCPUs(ctx, f, 2, time.Second, retired); err != nil || n != 2 {
+		t.Fatalf("shrink to 2 again: %d %v", n, err)
 	}
 	// The boot vCPU is never removed: asking for 0 removes the hot-added one only.
 	f.calls = nil
-	if n, err := setCPUs(ctx, f, 0, 200*time.Millisecond); err == nil || n != 1 {
+	if n, err := setCPUs(ctx, f, 0, 200*time.Millisecond, retired); err == nil || n != 1 {
 		t.Fatalf("shrink below the boot vCPUs: %d %v", n, err)
 	}
 	if want := []string{"device_del vcpu1"}; !reflect.DeepEqual(f.calls, want) {
@@ -171,17 +188,17 @@ func TestSetCPUs(t *testing.T) {
 	}
 	// A guest that does not let go: the wait ends with an error and the count that runs.
 	f = newFakeHotplugQEMU(4, 1)
-	if _, err := setCPUs(ctx, f, 4, time.Second); err != nil {
+	if _, err := setCPUs(ctx, f, 4, time.Second, map[int]bool{}); err != nil {
 		t.Fatal(err)
 	}
 	f.release = false
-	n, err := setCPUs(ctx, f, 2, 300*time.Millisecond)
+	n, err := setCPUs(ctx, f, 2, 300*time.Millisecond, map[int]bool{})
 	if err == nil || n != 4 || !strings.Contains(err.Error(), "did not release the vCPUs") {
 		t.Fatalf("guest keeps its vCPUs: %d %v", n, err)
 	}
 	// Not enough slots.
 	f = newFakeHotplugQEMU(2, 1)
-	if n, err := setCPUs(ctx, f, 3, time.Second); err == nil || n != 2 {
+	if n, err := setCPUs(ctx, f, 3, time.Second, map[int]bool{}); err == nil || n != 2 {
 		t.Fatalf("beyond the slots: %d %v", n, err)
 	}
 }

@@ -62,6 +62,9 @@ type runSpec struct {
 	BootMemory v1alpha1.Quantity `json:"bootMemory,omitempty"`
 	// BootCores is the vCPU count the VM started with; 0: Spec.CPU.Cores.
 	BootCores int `json:"bootCores,omitempty"`
+	// RetiredCPUSlots are the vCPU slots (by topology index) whose hot-added vCPU was
+	// removed: they are not used again by this QEMU (live.go, setCPUs).
+	RetiredCPUSlots []int `json:"retiredCPUSlots,omitempty"`
 	// HotpluggedMemory is what the guest had taken through virtio-mem at the last look.
 	HotpluggedMemory v1alpha1.Quantity `json:"hotpluggedMemory,omitempty"`
 }

@@ -29,14 +29,15 @@ func liveGuestView(log string) (cpus int, memKiB int64, n int) {
 	return cpus, memKiB, len(all)
 }
 
-// liveManifest is a VM of the test guest with room to grow to 4 cores and 1Gi.
-func liveManifest(name, disk string) string {
+// liveManifest is a VM of the test guest with 1 core and 256Mi and room to grow to
+// maxCores cores and 1Gi.
+func liveManifest(name, disk string, maxCores int) string {
 	return `apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachine
 metadata: {name: ` + name + `}
 spec:
   runPolicy: Manual
-  cpu: {cores: 1, maxCores: 4}
+  cpu: {cores: 1, maxCores: ` + strconv.Itoa(maxCores) + `}
   memory: {size: 256Mi, maxSize: 1Gi}
   terminationGracePeriodSeconds: 30
   blockDeviceRefs:
@@ -91,7 +92,7 @@ func TestLiveResources(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
-	s.MustCLI(liveManifest("vm1", "root"), "apply", "-f", "-")
+	s.MustCLI(liveManifest("vm1", "root", 4), "apply", "-f", "-")
 	s.MustCLI("", "vm", "start", "vm1", "--wait")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
 	cpus, base, _ := liveGuestView(vmLog(t, s, "vm1"))
@@ -190,7 +191,8 @@ func TestLiveResourcesBenchmark(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
-	s.MustCLI(liveManifest("vm1", "root"), "apply", "-f", "-")
+	// Each 1 → 2 takes a vCPU slot never used before (docs/live-resources.md).
+	s.MustCLI(liveManifest("vm1", "root", runs+1), "apply", "-f", "-")
 	s.MustCLI("", "vm", "start", "vm1", "--wait")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
 	_, base, _ := liveGuestView(vmLog(t, s, "vm1"))
