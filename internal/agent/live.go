@@ -74,6 +74,8 @@ func planLive(rs *runSpec, want *v1alpha1.VirtualMachineSpec, st liveState) live
 			p.Refused = append(p.Refused, fmt.Sprintf("spec.cpu.cores: %d is above the %d vCPU slots the VM started with (spec.cpu.maxCores)", c, run.CPU.MaxCores))
 		case c < boot:
 			p.Refused = append(p.Refused, fmt.Sprintf("spec.cpu.cores: %d is below the %d vCPUs the VM started with, which are not removed live", c, boot))
+		case c > run.CPU.Cores && len(rs.RetiredCPUSlots) > 0:
+			p.Refused = append(p.Refused, "spec.cpu.cores: a vCPU was removed from this QEMU, and QEMU 7.2 was seen to end when a vCPU was added after a removal: the growth waits for a restart")
 		case run.CPU.DedicatedCores:
 			p.Refused = append(p.Refused, "spec.cpu.cores: the vCPUs of a VM with dedicated cores are pinned to host cores at start")
 		case c == st.failedCores:

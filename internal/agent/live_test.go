@@ -53,6 +53,16 @@ func TestPlanLive(t *testing.T) {
 			rs.Spec.CPU.DedicatedCores = true
 			return rs
 		}(), want: liveWant(3, "1Gi"), refused: []string{"pinned to host cores at start"}},
+		{name: "growth after a removal", rs: func() *runSpec {
+			rs := liveRunSpec(1, 4, "1Gi", "")
+			rs.Spec.CPU.Cores, rs.RetiredCPUSlots = 2, []int{2}
+			return rs
+		}(), want: liveWant(3, "1Gi"), refused: []string{"a vCPU was removed from this QEMU"}},
+		{name: "removal after a removal", rs: func() *runSpec {
+			rs := liveRunSpec(1, 4, "1Gi", "")
+			rs.Spec.CPU.Cores, rs.RetiredCPUSlots = 2, []int{2}
+			return rs
+		}(), want: liveWant(1, "1Gi"), cores: 1},
 		{name: "failed before: not tried again", rs: liveRunSpec(2, 4, "1Gi", "2Gi"), want: liveWant(3, "2Gi"), st: liveState{failedCores: 3, failedMemory: 2 * gi}},
 		{name: "failed before, new value tried", rs: liveRunSpec(2, 4, "1Gi", "2Gi"), want: liveWant(4, "1536Mi"), st: liveState{failedCores: 3, failedMemory: 2 * gi}, cores: 4, memory: 1536 << 20},
 		{name: "runspec of an older agent (no boot fields)", rs: func() *runSpec {
