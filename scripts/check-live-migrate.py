@@ -6,7 +6,13 @@
 #
 #   scripts/check-live-migrate.py test/guest/out
 #
-# Boots the test guest twice under TCG (run it under the e2e lock). Prints OK at the end.
+# Boots the test guest twice under TCG (run it under the e2e lock). Prints OK at the end if
+# the migration and the changes after it work. With QEMU 7.2 it does not: the target refuses
+# the stream (its -smp 3 gives virtio-blk 3 queues where the source, booted with -smp 1, has
+# one: "Failed to load virtio-blk:virtio", in dst.out of the work directory), which is why
+# the platform refuses to migrate a VM changed live (docs/live-resources.md). A target that
+# boots with the source's -smp and gets the hot-added vCPUs as -device arguments is the way
+# to make it work.
 import socket, json, sys, time, subprocess, os, re, tempfile
 D=tempfile.mkdtemp(prefix='rkmig')
 G=os.path.abspath(os.path.join(sys.argv[1] if len(sys.argv) > 1 else 'test/guest/out', 'guest.qcow2'))
