@@ -2,6 +2,8 @@ package v1alpha1
 
 import (
 	"encoding/json"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -71,12 +73,23 @@ type VirtualMachineCPU struct {
 	// gets (a Rakhsh addition; the class's sizing policy says whether it is allowed). A VM
 	// whose policy allows only dedicated cores gets true at admission.
 	DedicatedCores bool `json:"dedicatedCores,omitempty"`
+	// MaxCores is the most cores the VM may grow to while it runs (a Rakhsh addition): QEMU
+	// starts with MaxCores vCPU slots of which Cores are present, and raising Cores up to
+	// MaxCores hot-adds vCPUs. 0 (unset): no room to grow; a change of Cores waits for a
+	// restart. At least Cores, at most 240. Changing it needs a restart.
+	MaxCores int `json:"maxCores,omitempty"`
 }
 
 // VirtualMachineMemory is the memory of a VM.
 type VirtualMachineMemory struct {
 	// Size is the guest memory, at least 16Mi.
 	Size Quantity `json:"size"`
+	// MaxSize is the most memory the VM may grow to while it runs (a Rakhsh addition): QEMU
+	// starts with Size as boot memory and a virtio-mem device of MaxSize-Size, and Size may
+	// then move live between its value at start and MaxSize. Empty: no room to grow. Sizes
+	// must be multiples of 2Mi with it. Changing it needs a restart. The guest needs a
+	// virtio-mem driver (Linux 5.8+, Windows with the virtio-win viomem driver).
+	MaxSize Quantity `json:"maxSize,omitempty"`
 }
 
 // RunPolicy says when a VM runs.
@@ -755,6 +768,22 @@ type VirtualMachineResources struct {
 	Memory VirtualMachineMemoryStatus `json:"memory"`
 }
 
+// ChangedLive says the VM's vCPUs or memory were changed since its QEMU started (hot-added
+// vCPUs, memory plugged through virtio-mem), and how, for messages; empty when not.
+func (r *VirtualMachineResources) ChangedLive() string {
+	if r == nil {
+		return ""
+	}
+	var parts []string
+	if r.CPU.BootCores > 0 && r.CPU.Cores != r.CPU.BootCores {
+		parts = append(parts, fmt.Sprintf("%d vCPUs, started with %d", r.CPU.Cores, r.CPU.BootCores))
+	}
+	if h := r.Memory.Hotplugged; h != "" && h != "0" {
+		parts = append(parts, fmt.Sprintf("%s of memory plugged beyond the %s it booted with", h, r.Memory.BootSize))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // VirtualMachineCPUStatus is the CPU a running VM has.
 type VirtualMachineCPUStatus struct {
 	Cores        int    `json:"cores"`
@@ -762,6 +791,10 @@ type VirtualMachineCPUStatus struct {
 	// RequestedCores is cores × coreFraction, e.g. "500m".
 	RequestedCores Quantity                  `json:"requestedCores,omitempty"`
 	Topology       VirtualMachineCPUTopology `json:"topology"`
+	// MaxCores is the most cores the running VM can grow to without a restart, and
+	// BootCores the vCPUs it started with (Rakhsh additions, with a maxCores).
+	MaxCores  int `json:"maxCores,omitempty"`
+	BootCores int `json:"bootCores,omitempty"`
 }
 
 // VirtualMachineCPUTopology is the CPU topology given to the guest.
@@ -775,6 +808,14 @@ type VirtualMachineMemoryStatus struct {
 	Size Quantity `json:"size"`
 	// RuntimeOverhead is the memory QEMU uses beyond the guest memory.
 	RuntimeOverhead Quantity `json:"runtimeOverhead,omitempty"`
+	// MaxSize is the most memory the running VM can grow to without a restart, and
+	// Hotplugged the part of Size its guest has taken through virtio-mem beyond the boot
+	// memory (Rakhsh additions; empty without a memory.maxSize).
+	MaxSize    Quantity `json:"maxSize,omitempty"`
+	Hotplugged Quantity `json:"hotplugged,omitempty"`
+	// BootSize is the memory the guest booted with (a Rakhsh addition, with a maxSize):
+	// Size moves live between it and MaxSize; a migration's target starts with it.
+	BootSize Quantity `json:"bootSize,omitempty"`
 }
 
 // VirtualMachineVersions are the versions of the hypervisor a VM runs under.

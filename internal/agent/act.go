@@ -172,6 +172,10 @@ func (a *Agent) runAsAsked(ctx context.Context, vm *v1alpha1.VirtualMachine, l *
 			return runtime.Result{}, fmt.Errorf("cont: %w", err)
 		}
 	}
+	if act.Phase == v1alpha1.VMPhaseRunning {
+		// CPU and memory changes of the spec that can be made while the guest runs (live.go).
+		a.applyLive(ctx, vm, in, l.mon)
+	}
 	_, err := a.markRunning(ctx, vm, in, act.Phase)
 	return runtime.Result{}, ignoreGone(err)
 }

@@ -130,6 +130,10 @@ func computeLimits(vm *v1alpha1.VirtualMachine, tcg bool) vmLimits {
 		}
 	}
 	mem, _ := vm.Spec.Memory.Size.Value()
+	if m, err := vm.Spec.Memory.MaxSize.Value(); err == nil && m > mem {
+		// The guest may plug memory up to maxSize while it runs (virtio-mem, live.go).
+		mem = m
+	}
 	l.memoryBytes = memoryLimit(mem, tcg)
 	if vm.Spec.CPU.DedicatedCores {
 		l.dedicated = vm.Spec.CPU.Cores

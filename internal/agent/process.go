@@ -89,6 +89,10 @@ type instance struct {
 
 	// guest is the connection to the guest agent (guestagent.go); set by startWatchers.
 	guest *guestAgent
+
+	// live is what the last live CPU and memory changes came to (live.go); used by the
+	// reconciles of the VM only, one at a time.
+	live liveState
 }
 
 func (in *instance) markExited() { in.exitOnce.Do(func() { close(in.exited) }) }

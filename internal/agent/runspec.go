@@ -20,9 +20,13 @@ var restartFields = []struct {
 	path string
 	get  func(s *v1alpha1.VirtualMachineSpec) any
 }{
+	// Cores and memory size change live within maxCores and maxSize (live.go): runspec.json
+	// follows each live change, so they are listed here only while one could not be made.
 	{"spec.cpu.cores", func(s *v1alpha1.VirtualMachineSpec) any { return s.CPU.Cores }},
+	{"spec.cpu.maxCores", func(s *v1alpha1.VirtualMachineSpec) any { return s.CPU.MaxCores }},
 	{"spec.cpu.coreFraction", func(s *v1alpha1.VirtualMachineSpec) any { return s.CPU.CoreFraction }},
-	{"spec.memory.size", func(s *v1alpha1.VirtualMachineSpec) any { return s.Memory.Size }},
+	{"spec.memory.size", func(s *v1alpha1.VirtualMachineSpec) any { return canonicalMemory(s.Memory.Size) }},
+	{"spec.memory.maxSize", func(s *v1alpha1.VirtualMachineSpec) any { return canonicalMemory(s.Memory.MaxSize) }},
 	{"spec.virtualMachineClassName", func(s *v1alpha1.VirtualMachineSpec) any { return s.VirtualMachineClassName }},
 	{"spec.blockDeviceRefs", func(s *v1alpha1.VirtualMachineSpec) any { return s.BlockDeviceRefs }},
 	{"spec.networks", func(s *v1alpha1.VirtualMachineSpec) any { return s.Networks }},
@@ -32,29 +36,77 @@ var restartFields = []struct {
 	{"spec.provisioning", func(s *v1alpha1.VirtualMachineSpec) any { return s.Provisioning }},
 }
 
+// memoryBytes is a memory quantity in bytes (0 when empty or invalid).
+func memoryBytes(q v1alpha1.Quantity) int64 {
+	n, _ := q.Value()
+	return n
+}
+
+// canonicalMemory writes a memory quantity one way, so that "1Gi" and "1024Mi" compare
+// equal; empty stays empty.
+func canonicalMemory(q v1alpha1.Quantity) v1alpha1.Quantity {
+	if n := memoryBytes(q); n > 0 {
+		return v1alpha1.BytesQuantity(n)
+	}
+	return q
+}
+
 // runSpec is what runspec.json holds.
 type runSpec struct {
-	// Spec is the VM spec at start (only restartFields matter).
+	// Spec is the VM spec at start (only restartFields matter), with spec.cpu.cores and
+	// spec.memory.size following the live changes made since.
 	Spec v1alpha1.VirtualMachineSpec `json:"spec"`
+	// BootMemory is the memory the guest booted with (the memory size at start); empty: the
+	// spec's memory size (a QEMU started before memory hot-plug). With a maxSize, the rest
+	// of the memory size is the virtio-mem device's requested size.
+	BootMemory v1alpha1.Quantity `json:"bootMemory,omitempty"`
+	// BootCores is the vCPU count the VM started with; 0: Spec.CPU.Cores.
+	BootCores int `json:"bootCores,omitempty"`
+	// RetiredCPUSlots are the vCPU slots (by topology index) whose hot-added vCPU was
+	// removed: they are not used again by this QEMU (live.go, setCPUs).
+	RetiredCPUSlots []int `json:"retiredCPUSlots,omitempty"`
+	// HotpluggedMemory is what the guest had taken through virtio-mem at the last look.
+	HotpluggedMemory v1alpha1.Quantity `json:"hotpluggedMemory,omitempty"`
+}
+
+// bootMemory is the memory the guest booted with.
+func (rs *runSpec) bootMemory() v1alpha1.Quantity {
+	if rs.BootMemory != "" {
+		return rs.BootMemory
+	}
+	return rs.Spec.Memory.Size
 }
 
 func writeRunSpec(runDir string, vm *v1alpha1.VirtualMachine) error {
-	b, err := json.Marshal(runSpec{Spec: vm.Spec})
+	return saveRunSpec(runDir, &runSpec{Spec: vm.Spec, BootMemory: vm.Spec.Memory.Size, BootCores: vm.Spec.CPU.Cores})
+}
+
+func saveRunSpec(runDir string, rs *runSpec) error {
+	b, err := json.Marshal(rs)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(runDir, runSpecFileName), b, 0o600)
+	// Written whole and renamed, so a reader never sees half of it.
+	tmp := filepath.Join(runDir, runSpecFileName+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(runDir, runSpecFileName))
 }
 
-// readRunSpec returns the spec the running QEMU was started with; a run directory without
-// one (a QEMU started by an older agent) counts as started with the current spec.
-func readRunSpec(runDir string, vm *v1alpha1.VirtualMachine) *v1alpha1.VirtualMachineSpec {
+// loadRunSpec returns what runs; a run directory without runspec.json (a QEMU started by
+// an older agent) counts as started with the current spec.
+func loadRunSpec(runDir string, vm *v1alpha1.VirtualMachine) *runSpec {
 	var rs runSpec
 	if b, err := os.ReadFile(filepath.Join(runDir, runSpecFileName)); err == nil && json.Unmarshal(b, &rs) == nil {
-		return &rs.Spec
+		return &rs
 	}
-	s := vm.Spec
-	return &s
+	return &runSpec{Spec: vm.Spec}
+}
+
+// readRunSpec returns the spec the running QEMU runs with (see loadRunSpec).
+func readRunSpec(runDir string, vm *v1alpha1.VirtualMachine) *v1alpha1.VirtualMachineSpec {
+	return &loadRunSpec(runDir, vm).Spec
 }
 
 // pendingChanges lists the restart-only fields whose spec differs from what runs, each as

@@ -59,6 +59,8 @@ type startRun struct {
 	end runtime.Result
 	// incoming: the start of a live migration's target (migrate.go).
 	incoming bool
+	// shape is what a migration's target runs with: its source's CPUs and memory (live.go).
+	shape *runSpec
 }
 
 // startStep is one named step of a start.
@@ -240,6 +242,10 @@ func (a *Agent) stepNICs(ctx context.Context, r *startRun) error {
 func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 	vm := r.vm
 	r.input = qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: r.runDir, Disks: r.disks, NICs: r.nics, PassFDs: a.qemuAs != nil, Incoming: r.incoming}
+	if r.incoming {
+		// A migration's target has the CPUs and memory its source runs with (live.go).
+		r.input.VM, r.input.MemoryRequestedMiB, r.shape = incomingShape(vm)
+	}
 	if err := a.applyClassCPU(ctx, vm, &r.input); err != nil {
 		return failStart(err.Error())
 	}
@@ -261,7 +267,11 @@ func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 // stepRunFiles writes what runs (runspec.json, read while QEMU runs) and the files the
 // configuration asks for; those are removed again on failure.
 func (a *Agent) stepRunFiles(_ context.Context, r *startRun) error {
-	if err := writeRunSpec(r.runDir, r.vm); err != nil {
+	write := func() error { return writeRunSpec(r.runDir, r.vm) }
+	if r.shape != nil {
+		write = func() error { return saveRunSpec(r.runDir, r.shape) }
+	}
+	if err := write(); err != nil {
 		return err
 	}
 	var written []string
@@ -342,11 +352,15 @@ func (a *Agent) stepVNC(ctx context.Context, r *startRun) error {
 // A VM that asks for neither only loses its memory cap, so it runs, and the node says why it
 // is not confined. The cgroup goes with QEMU (the launch step's undo).
 func (a *Agent) stepCgroups(ctx context.Context, r *startRun) error {
-	err := a.enforceLimits(ctx, r.vm, r.in)
+	vm := r.vm
+	if r.shape != nil {
+		vm = r.input.VM // a migration's target: the CPUs and memory its source runs with
+	}
+	err := a.enforceLimits(ctx, vm, r.in)
 	if err == nil {
 		return nil
 	}
-	if lim := computeLimits(r.vm, r.in.accel != "kvm"); lim.cpuQuotaUsec > 0 || lim.dedicated > 0 {
+	if lim := computeLimits(vm, r.in.accel != "kvm"); lim.cpuQuotaUsec > 0 || lim.dedicated > 0 {
 		return failStart("applying the VM's CPU and memory limits: " + err.Error())
 	}
 	a.log.Warn("the VM runs without its cgroup memory limit", "vm", string(r.key), "err", err)

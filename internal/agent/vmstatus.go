@@ -113,16 +113,14 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 			v.Status.Versions = &v1alpha1.VirtualMachineVersions{Qemu: a.facts.qemu.QEMUVersion}
 		}
 		// What runs, which may differ from the spec until a restart.
-		running := readRunSpec(in.runDir, v)
-		if topo, err := qemu.CPUTopology(running.CPU.Cores); err == nil {
-			ran := &v1alpha1.VirtualMachine{Spec: *running}
-			v.Status.Resources = &v1alpha1.VirtualMachineResources{
-				CPU: v1alpha1.VirtualMachineCPUStatus{Cores: running.CPU.Cores, CoreFraction: running.CPU.CoreFraction,
-					RequestedCores: requestedCores(ran), Topology: v1alpha1.VirtualMachineCPUTopology{CoresPerSocket: topo.CoresPerSocket, Sockets: topo.Sockets}},
-				Memory: v1alpha1.VirtualMachineMemoryStatus{Size: running.Memory.Size},
-			}
+		rs := loadRunSpec(in.runDir, v)
+		running := &rs.Spec
+		if res := runningResources(rs); res != nil {
+			v.Status.Resources = res
 		}
-		v1alpha1.SetCondition(&v.Status.Conditions, restartCondition(pendingChanges(running, &v.Spec)))
+		rc := restartCondition(pendingChanges(running, &v.Spec))
+		rc.ObservedGeneration = v.Generation // the VM controller restarts for this generation only
+		v1alpha1.SetCondition(&v.Status.Conditions, rc)
 		return nil
 	})
 	if err == nil {
@@ -230,4 +228,32 @@ func (a *Agent) noteGuestOutput(ctx context.Context, in *instance) {
 	if err := ignoreGone(err); err != nil && ctx.Err() == nil {
 		a.log.Warn("could not set GuestReady", "vm", string(in.key), "err", err)
 	}
+}
+
+// runningResources is status.resources of a VM that runs as rs says (with the live changes
+// made since its start); nil when rs has no valid CPU count.
+func runningResources(rs *runSpec) *v1alpha1.VirtualMachineResources {
+	running := &rs.Spec
+	topo, err := qemu.HotplugTopology(rs.bootCores(), running.CPU.MaxCores)
+	if err != nil {
+		return nil
+	}
+	ran := &v1alpha1.VirtualMachine{Spec: *running}
+	res := &v1alpha1.VirtualMachineResources{
+		CPU: v1alpha1.VirtualMachineCPUStatus{Cores: running.CPU.Cores, CoreFraction: running.CPU.CoreFraction,
+			RequestedCores: requestedCores(ran), Topology: v1alpha1.VirtualMachineCPUTopology{CoresPerSocket: topo.CoresPerSocket, Sockets: topo.Sockets}},
+		Memory: v1alpha1.VirtualMachineMemoryStatus{Size: running.Memory.Size},
+	}
+	if running.CPU.MaxCores > rs.bootCores() {
+		res.CPU.MaxCores, res.CPU.BootCores = running.CPU.MaxCores, rs.bootCores()
+	}
+	if boot := rs.bootMemory(); memoryBytes(running.Memory.MaxSize) > memoryBytes(boot) {
+		res.Memory.MaxSize = running.Memory.MaxSize
+		res.Memory.BootSize = boot
+		res.Memory.Hotplugged = rs.HotpluggedMemory
+		if res.Memory.Hotplugged == "" {
+			res.Memory.Hotplugged = "0"
+		}
+	}
+	return res
 }

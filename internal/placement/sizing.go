@@ -130,6 +130,7 @@ func CheckSizing(vm *v1alpha1.VirtualMachine, c *v1alpha1.VirtualMachineClass) e
 			}
 		}
 	}
+	checkGrowthSizing(&fe, vm, c)
 	return fe
 }
 
@@ -148,4 +149,26 @@ func ParseCoreFraction(s string) (int, string) {
 	}
 	n, _ := strconv.Atoi(s[:len(s)-1])
 	return n, ""
+}
+
+// checkGrowthSizing checks the room a VM has to grow while it runs against the class: the
+// cores it may grow to (spec.cpu.maxCores) must be covered by a sizing policy, and the memory
+// it may grow to (spec.memory.maxSize) must be within that policy's memory maximum, so that
+// a live change up to them can pass the sizing check every spec update goes through.
+func checkGrowthSizing(fe *errs.FieldErrors, vm *v1alpha1.VirtualMachine, c *v1alpha1.VirtualMachineClass) {
+	maxCores := max(vm.Spec.CPU.MaxCores, vm.Spec.CPU.Cores)
+	p := FindSizingPolicy(c, maxCores)
+	if vm.Spec.CPU.MaxCores > vm.Spec.CPU.Cores && p == nil {
+		fe.Invalid("spec.cpu.maxCores", vm.Spec.CPU.MaxCores, fmt.Sprintf("no sizing policy of class %q covers %d cores, so the VM could never grow to them", c.Name, maxCores))
+		return
+	}
+	if p == nil || p.Memory == nil || p.Memory.Max == "" || vm.Spec.Memory.MaxSize == "" {
+		return
+	}
+	want, err1 := vm.Spec.Memory.MaxSize.Value()
+	hi, err2 := p.Memory.Max.Value()
+	if err1 == nil && err2 == nil && want > hi {
+		fe.Invalid("spec.memory.maxSize", string(vm.Spec.Memory.MaxSize), fmt.Sprintf("the sizing policy for %d-%d cores of class %q allows at most %s of memory",
+			p.Cores.Min, p.Cores.Max, c.Name, p.Memory.Max))
+	}
 }

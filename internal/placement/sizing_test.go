@@ -69,11 +69,26 @@ func TestCheckSizing(t *testing.T) {
 			}
 		})
 	}
+	// Room to grow: the cores and memory it may grow to must fit the class too.
+	grow := func(cores, maxCores int, mem, maxMem string) *v1alpha1.VirtualMachine {
+		vm := sizingVM(cores, "50%", mem, false)
+		vm.Spec.CPU.MaxCores, vm.Spec.Memory.MaxSize = maxCores, v1alpha1.Quantity(maxMem)
+		return vm
+	}
+	if fe := CheckSizing(grow(2, 4, "2Gi", "8Gi"), c); len(fe) != 0 {
+		t.Fatalf("growth within the policy: %v", fe)
+	}
+	if fe := CheckSizing(grow(2, 4, "2Gi", "9Gi"), c); len(fe) != 1 || !strings.Contains(fe[0].Error(), "spec.memory.maxSize") || !strings.Contains(fe[0].Error(), "at most 8Gi") {
+		t.Fatalf("maxSize above the policy: %v", fe)
+	}
 	// No policy covers the cores (a class with gaps).
 	c.Spec.SizingPolicies = c.Spec.SizingPolicies[:2]
 	fe := CheckSizing(sizingVM(12, "50%", "12Gi", false), c)
 	if len(fe) != 1 || !strings.Contains(fe[0].Error(), "no sizing policy of class \"discovery\" covers 12 cores (allowed core ranges: 1-4, 5-8)") {
 		t.Fatalf("gap: %v", fe)
+	}
+	if fe := CheckSizing(grow(2, 12, "2Gi", ""), c); len(fe) != 1 || !strings.Contains(fe[0].Error(), "spec.cpu.maxCores") || !strings.Contains(fe[0].Error(), "never grow") {
+		t.Fatalf("maxCores beyond the policies: %v", fe)
 	}
 	// A class without policies allows anything.
 	if fe := CheckSizing(sizingVM(200, "1%", "1Ti", true), &v1alpha1.VirtualMachineClass{}); len(fe) != 0 {

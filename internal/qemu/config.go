@@ -234,6 +234,10 @@ type Input struct {
 	// Incoming makes QEMU the target of a live migration (-incoming defer): it starts with
 	// the same devices as the source and waits for migrate-incoming.
 	Incoming bool
+	// MemoryRequestedMiB is the virtio-mem device's requested size at start (VMs with a
+	// spec.memory.maxSize): 0 for a new start, whose guest boots with spec.memory.size; a
+	// migration target gets its source's, so both have the same device state.
+	MemoryRequestedMiB int64
 }
 
 // Config is the result of Build.
@@ -258,8 +262,10 @@ type Config struct {
 	Accelerator string
 	// Topology is the CPU topology given to the guest.
 	Topology Topology
-	// MemoryMiB is the guest memory.
+	// MemoryMiB is the guest's boot memory (spec.memory.size).
 	MemoryMiB int64
+	// Hotplug is the memory hot-plug device (VMs with a spec.memory.maxSize); nil without.
+	Hotplug *MemoryHotplug
 	// Passed are the descriptors QEMU inherits with Input.PassFDs, in descriptor order: the
 	// caller opens each (see OpenPassed) and starts QEMU with Passed[i] as descriptor
 	// Passed[i].FD (3+i). Empty without PassFDs.
@@ -286,6 +292,27 @@ type DiskObjects struct {
 	// ide-hd, ide-cd).
 	Bus, Driver string
 }
+
+// MemoryHotplug is the virtio-mem device of a VM that may grow its memory while it runs:
+// QEMU has MaxMiB of memory space (-m maxmem), MemoryMiB of it boot memory, the rest
+// (RegionMiB) a virtio-mem device whose requested-size the agent sets (qom-set) to what the
+// spec asks beyond the boot memory.
+type MemoryHotplug struct {
+	// Device is the virtio-mem-pci qdev id, Backend its memory backend object id.
+	Device, Backend string
+	// MaxMiB is -m maxmem; RegionMiB the device's region (MaxMiB - boot memory).
+	MaxMiB, RegionMiB int64
+	// BlockMiB is the device's block size: requested sizes are multiples of it.
+	BlockMiB int64
+}
+
+// Memory hot-plug objects.
+const (
+	MemoryHotplugDevice  = "vmem0"
+	MemoryHotplugBackend = "vmem0mem"
+	// MemoryHotplugBlockMiB is the virtio-mem block size (x86's transparent huge page).
+	MemoryHotplugBlockMiB = 2
+)
 
 // NICObjects names the QEMU objects of one NIC.
 type NICObjects struct {
@@ -325,6 +352,71 @@ func CPUTopology(cores int) (Topology, error) {
 		s = 8
 	}
 	return Topology{Cores: cores, Sockets: s, CoresPerSocket: (cores + s - 1) / s}, nil
+}
+
+// HotplugTopology is the topology of a VM with cores vCPUs that may grow to maxCores while
+// it runs: the slots of CPUTopology(maxCores), of which the first cores are present. A
+// maxCores of 0 (or not above cores) gives CPUTopology(cores).
+func HotplugTopology(cores, maxCores int) (Topology, error) {
+	if maxCores <= cores {
+		return CPUTopology(cores)
+	}
+	if cores < 1 {
+		return Topology{}, fmt.Errorf("cpu.cores %d out of range 1..%d", cores, MaxCores)
+	}
+	if maxCores > MaxCores {
+		return Topology{}, fmt.Errorf("cpu.maxCores %d out of range 1..%d", maxCores, MaxCores)
+	}
+	t, err := CPUTopology(maxCores)
+	if err != nil {
+		return Topology{}, err
+	}
+	t.Cores = cores
+	return t, nil
+}
+
+// memoryHotplug derives the virtio-mem device from spec.memory.maxSize.
+func (b *build) memoryHotplug() error {
+	q := b.vm.Spec.Memory.MaxSize
+	if q == "" {
+		if b.in.MemoryRequestedMiB != 0 {
+			return fmt.Errorf("a hot-plugged memory size without spec.memory.maxSize")
+		}
+		return nil
+	}
+	n, err := q.Value()
+	if err != nil {
+		return fmt.Errorf("spec.memory.maxSize: %w", err)
+	}
+	if n%(MemoryHotplugBlockMiB<<20) != 0 {
+		return fmt.Errorf("spec.memory.maxSize %q is not a multiple of %dMi", q, MemoryHotplugBlockMiB)
+	}
+	maxMiB := n >> 20
+	mem := b.cfg.MemoryMiB
+	if maxMiB > MaxMemoryMiB {
+		return fmt.Errorf("spec.memory.maxSize %q is above %dMi", q, MaxMemoryMiB)
+	}
+	if maxMiB < mem {
+		return fmt.Errorf("spec.memory.maxSize %q is below spec.memory.size %q", q, b.vm.Spec.Memory.Size)
+	}
+	if mem%MemoryHotplugBlockMiB != 0 {
+		return fmt.Errorf("spec.memory.size %q is not a multiple of %dMi, as memory hot-plug needs", b.vm.Spec.Memory.Size, MemoryHotplugBlockMiB)
+	}
+	if !b.paravirt {
+		return fmt.Errorf("spec.memory.maxSize needs a virtio-mem device, and paravirtualization is off")
+	}
+	if maxMiB == mem {
+		if b.in.MemoryRequestedMiB != 0 {
+			return fmt.Errorf("a hot-plugged memory size without room for it")
+		}
+		return nil // no room to grow: no device
+	}
+	region := maxMiB - mem
+	if r := b.in.MemoryRequestedMiB; r < 0 || r > region || r%MemoryHotplugBlockMiB != 0 {
+		return fmt.Errorf("hot-plugged memory %dMi is not a multiple of %dMi within 0..%dMi", r, MemoryHotplugBlockMiB, region)
+	}
+	b.cfg.Hotplug = &MemoryHotplug{Device: MemoryHotplugDevice, Backend: MemoryHotplugBackend, MaxMiB: maxMiB, RegionMiB: region, BlockMiB: MemoryHotplugBlockMiB}
+	return nil
 }
 
 // machine is the machine family.
@@ -382,7 +474,7 @@ func (b *build) run() error {
 		b.cfg.GuestAgentSocket = b.in.RunDir + "/" + GuestAgentSocketName
 	}
 
-	topo, err := CPUTopology(vm.Spec.CPU.Cores)
+	topo, err := HotplugTopology(vm.Spec.CPU.Cores, vm.Spec.CPU.MaxCores)
 	if err != nil {
 		return err
 	}
@@ -395,6 +487,9 @@ func (b *build) run() error {
 		return err
 	}
 	b.cfg.MemoryMiB = mem
+	if err := b.memoryHotplug(); err != nil {
+		return err
+	}
 
 	// Identity and machine.
 	b.add("-name", newOpts("").set("guest", vm.Namespace+"_"+vm.Name).set("debug-threads", "on").String())
@@ -420,7 +515,11 @@ func (b *build) run() error {
 	}
 	smp.set("sockets", strconv.Itoa(topo.Sockets)).set("cores", strconv.Itoa(topo.CoresPerSocket)).set("threads", "1")
 	b.add("-smp", smp.String())
-	b.add("-m", strconv.FormatInt(mem, 10))
+	if h := b.cfg.Hotplug; h != nil {
+		b.add("-m", newOpts("").set("size", strconv.FormatInt(mem, 10)+"M").set("maxmem", strconv.FormatInt(h.MaxMiB, 10)+"M").String())
+	} else {
+		b.add("-m", strconv.FormatInt(mem, 10))
+	}
 
 	// Process behaviour.
 	b.add("-nodefaults", "-no-user-config", "-S")
@@ -494,6 +593,14 @@ func (b *build) run() error {
 		b.add("-device", "virtio-rng-pci,id=rng0dev,rng=rng0")
 	}
 	b.add("-device", "pvpanic,id=pvpanic0")
+	if h := b.cfg.Hotplug; h != nil {
+		// Anonymous memory, taken from the host only as the guest plugs blocks and given back
+		// when it unplugs them.
+		b.add("-object", newOpts("memory-backend-ram").set("id", h.Backend).set("size", strconv.FormatInt(h.RegionMiB, 10)+"M").String())
+		b.add("-device", newOpts("virtio-mem-pci").set("id", h.Device).set("memdev", h.Backend).
+			set("block-size", strconv.FormatInt(h.BlockMiB, 10)+"M").
+			set("requested-size", strconv.FormatInt(b.in.MemoryRequestedMiB, 10)+"M").String())
+	}
 	if b.in.TPMSocket != "" {
 		if b.in.PassFDs {
 			fd := b.pass(PassConnect, b.in.TPMSocket, false)

@@ -184,6 +184,15 @@ var configCases = []configCase{
 			Node: tcgNode(), RunDir: e.run, Disks: []Disk{rootDisk(e)},
 		}
 	}},
+	{name: "hotplug", input: func(e caseEnv) Input {
+		return Input{
+			VM: testVM(func(vm *v1alpha1.VirtualMachine) {
+				vm.Spec.CPU.Cores, vm.Spec.CPU.MaxCores = 2, 6
+				vm.Spec.Memory.Size, vm.Spec.Memory.MaxSize = "512Mi", "2Gi"
+			}),
+			Node: tcgNode(), RunDir: e.run, Disks: []Disk{rootDisk(e)},
+		}
+	}},
 	{name: "nic-tap", input: func(e caseEnv) Input {
 		return Input{
 			VM: testVM(nil), Node: tcgNode(), RunDir: e.run, Disks: []Disk{rootDisk(e)},

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -333,6 +334,99 @@ func TestMemory(t *testing.T) {
 		}
 		if got := argValues(cfg.Args, "-m"); len(got) != 1 || got[0] != c.want {
 			t.Errorf("%s: -m %v, want %s", c.size, got, c.want)
+		}
+	}
+}
+
+func TestHotplugTopology(t *testing.T) {
+	for _, c := range []struct{ cores, maxCores, sockets, per, slots int }{
+		{1, 0, 1, 1, 1}, {2, 2, 1, 2, 2}, {3, 1, 1, 3, 3}, {1, 4, 1, 4, 4}, {2, 20, 2, 10, 20}, {4, 17, 2, 9, 18}, {1, 240, 8, 30, 240},
+	} {
+		tp, err := HotplugTopology(c.cores, c.maxCores)
+		if err != nil {
+			t.Fatalf("HotplugTopology(%d, %d): %v", c.cores, c.maxCores, err)
+		}
+		if tp.Cores != c.cores || tp.Sockets != c.sockets || tp.CoresPerSocket != c.per || tp.MaxCPUs() != c.slots {
+			t.Errorf("HotplugTopology(%d, %d) = %+v, want %d present in %d×%d", c.cores, c.maxCores, tp, c.cores, c.sockets, c.per)
+		}
+	}
+	for _, c := range [][2]int{{0, 4}, {1, MaxCores + 1}, {-1, 2}} {
+		if _, err := HotplugTopology(c[0], c[1]); err == nil {
+			t.Errorf("HotplugTopology(%d, %d) succeeded", c[0], c[1])
+		}
+	}
+}
+
+func TestSMPWithRoomToGrow(t *testing.T) {
+	in := validInput()
+	in.VM.Spec.CPU.Cores, in.VM.Spec.CPU.MaxCores = 1, 4
+	cfg, err := Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := argValues(cfg.Args, "-smp"); len(got) != 1 || got[0] != "1,maxcpus=4,sockets=1,cores=4,threads=1" {
+		t.Errorf("-smp %v", got)
+	}
+	if cfg.Topology.Cores != 1 || cfg.Topology.MaxCPUs() != 4 {
+		t.Errorf("topology %+v", cfg.Topology)
+	}
+}
+
+func TestMemoryHotplug(t *testing.T) {
+	in := validInput()
+	in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize = "256Mi", "1Gi"
+	cfg, err := Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := argValues(cfg.Args, "-m"); len(got) != 1 || got[0] != "size=256M,maxmem=1024M" {
+		t.Errorf("-m %v", got)
+	}
+	objs, devs := argValues(cfg.Args, "-object"), argValues(cfg.Args, "-device")
+	if !slices.Contains(objs, "memory-backend-ram,id=vmem0mem,size=768M") {
+		t.Errorf("-object %v: no 768M backend", objs)
+	}
+	if !slices.Contains(devs, "virtio-mem-pci,id=vmem0,memdev=vmem0mem,block-size=2M,requested-size=0M") {
+		t.Errorf("-device %v: no virtio-mem device", devs)
+	}
+	if h := cfg.Hotplug; h == nil || h.MaxMiB != 1024 || h.RegionMiB != 768 || h.Device != "vmem0" || h.BlockMiB != 2 {
+		t.Errorf("Hotplug %+v", cfg.Hotplug)
+	}
+	// A migration target starts with its source's plugged size.
+	in.MemoryRequestedMiB = 512
+	if cfg, err = Build(in); err != nil {
+		t.Fatal(err)
+	}
+	if devs := argValues(cfg.Args, "-device"); !slices.Contains(devs, "virtio-mem-pci,id=vmem0,memdev=vmem0mem,block-size=2M,requested-size=512M") {
+		t.Errorf("-device %v: requested-size not 512M", devs)
+	}
+	// maxSize equal to size: no device, plain -m.
+	in = validInput()
+	in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize = "512Mi", "512Mi"
+	if cfg, err = Build(in); err != nil || cfg.Hotplug != nil || argValues(cfg.Args, "-m")[0] != "512" {
+		t.Errorf("maxSize = size: %v %+v %v", err, cfg.Hotplug, argValues(cfg.Args, "-m"))
+	}
+	for _, c := range []struct {
+		size, max v1alpha1.Quantity
+		requested int64
+		paravirt  bool
+		want      string
+	}{
+		{"512Mi", "256Mi", 0, true, "below spec.memory.size"},
+		{"512Mi", "1025Mi", 0, true, "multiple of 2Mi"},
+		{"511Mi", "1Gi", 0, true, "not a multiple of 2Mi"},
+		{"512Mi", "1Gi", 0, false, "paravirtualization is off"},
+		{"512Mi", "1Gi", 514, true, "within 0..512Mi"},
+		{"512Mi", "1Gi", 3, true, "multiple of 2Mi"},
+		{"512Mi", "", 2, true, "without spec.memory.maxSize"},
+		{"512Mi", "bad", 0, true, "spec.memory.maxSize"},
+	} {
+		in := validInput()
+		in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize = c.size, c.max
+		in.VM.Spec.EnableParavirtualization = &c.paravirt
+		in.MemoryRequestedMiB = c.requested
+		if _, err := Build(in); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s..%s requested %d paravirt %t: err %v, want %q", c.size, c.max, c.requested, c.paravirt, err, c.want)
 		}
 	}
 }

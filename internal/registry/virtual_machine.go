@@ -104,6 +104,7 @@ func validateVirtualMachine(vm *v1alpha1.VirtualMachine) errs.FieldErrors {
 	} else if v < minVMMemory {
 		fe.Invalid("spec.memory.size", string(s.Memory.Size), "must be at least 16Mi")
 	}
+	validateVMGrowth(&fe, s)
 
 	validateVMBlockDevices(&fe, s)
 	validateVMNetworks(&fe, s.Networks)
@@ -473,4 +474,56 @@ func jsonEqual(a, b any) bool {
 	x, err1 := json.Marshal(a)
 	y, err2 := json.Marshal(b)
 	return err1 == nil && err2 == nil && string(x) == string(y)
+}
+
+// Limits of the room a VM has to grow while it runs (spec.cpu.maxCores, spec.memory.maxSize).
+const (
+	// maxVMHotplugCores is the most vCPU slots a VM may have (the QEMU config builder's limit).
+	maxVMHotplugCores = 240
+	// vmMemoryHotplugAlign is the virtio-mem block size: with a maxSize, sizes are multiples.
+	vmMemoryHotplugAlign = 2 << 20
+	// maxVMMemoryBytes bounds spec.memory.maxSize (the QEMU config builder's limit, 16Ti).
+	maxVMMemoryBytes = int64(16) << 40
+)
+
+// validateVMGrowth checks spec.cpu.maxCores and spec.memory.maxSize against the cores and
+// memory size, and that the hardware can hot-plug memory (virtio-mem needs a virtio guest).
+func validateVMGrowth(fe *errs.FieldErrors, s *v1alpha1.VirtualMachineSpec) {
+	if m := s.CPU.MaxCores; m != 0 {
+		switch {
+		case m < 0:
+			fe.Invalid("spec.cpu.maxCores", m, "must not be negative (leave it out for no room to grow)")
+		case m > maxVMHotplugCores:
+			fe.Invalid("spec.cpu.maxCores", m, fmt.Sprintf("must be at most %d", maxVMHotplugCores))
+		case s.CPU.Cores > 0 && m < s.CPU.Cores:
+			fe.Invalid("spec.cpu.maxCores", m, fmt.Sprintf("must be at least spec.cpu.cores (%d)", s.CPU.Cores))
+		}
+	}
+	if s.Memory.MaxSize == "" {
+		return
+	}
+	maxSize, err := s.Memory.MaxSize.Value()
+	if err != nil {
+		fe.Invalid("spec.memory.maxSize", string(s.Memory.MaxSize), err.Error())
+		return
+	}
+	if maxSize%vmMemoryHotplugAlign != 0 {
+		fe.Invalid("spec.memory.maxSize", string(s.Memory.MaxSize), "must be a multiple of 2Mi (the memory hot-plug block)")
+	}
+	if maxSize > maxVMMemoryBytes {
+		fe.Invalid("spec.memory.maxSize", string(s.Memory.MaxSize), "must be at most 16Ti")
+	}
+	if size, err := s.Memory.Size.Value(); err == nil && s.Memory.Size != "" {
+		if size > maxSize {
+			fe.Invalid("spec.memory.maxSize", string(s.Memory.MaxSize), fmt.Sprintf("must be at least spec.memory.size (%s)", s.Memory.Size))
+		}
+		if size%vmMemoryHotplugAlign != 0 {
+			fe.Invalid("spec.memory.size", string(s.Memory.Size), "must be a multiple of 2Mi when spec.memory.maxSize is set (the memory hot-plug block)")
+		}
+	}
+	if s.OSType == v1alpha1.OSTypeLegacy {
+		fe.Forbidden("spec.memory.maxSize", "memory hot-plug uses virtio-mem, which the Legacy osType (no virtio) cannot have")
+	} else if s.EnableParavirtualization != nil && !*s.EnableParavirtualization {
+		fe.Forbidden("spec.memory.maxSize", "memory hot-plug uses virtio-mem, a virtio device: it needs enableParavirtualization")
+	}
 }

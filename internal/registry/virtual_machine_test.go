@@ -286,6 +286,18 @@ func TestVirtualMachineValidate(t *testing.T) {
 		{name: "memory missing", patch: `{"spec":{"memory":null}}`, want: []string{"spec.memory.size FieldValueRequired"}},
 		{name: "memory bad", patch: `{"spec":{"memory":{"size":"2 GB"}}}`, want: []string{"spec.memory.size FieldValueInvalid"}},
 		{name: "memory small", patch: `{"spec":{"memory":{"size":"15Mi"}}}`, want: []string{"spec.memory.size FieldValueInvalid"}, msg: "16Mi"},
+		{name: "room to grow", patch: `{"spec":{"cpu":{"cores":2,"maxCores":8},"memory":{"size":"256Mi","maxSize":"2Gi"}}}`},
+		{name: "maxCores equal cores", patch: `{"spec":{"cpu":{"cores":2,"maxCores":2}}}`},
+		{name: "maxCores below cores", patch: `{"spec":{"cpu":{"cores":4,"maxCores":2}}}`, want: []string{"spec.cpu.maxCores FieldValueInvalid"}, msg: "at least spec.cpu.cores (4)"},
+		{name: "maxCores negative", patch: `{"spec":{"cpu":{"maxCores":-1}}}`, want: []string{"spec.cpu.maxCores FieldValueInvalid"}},
+		{name: "maxCores too many", patch: `{"spec":{"cpu":{"maxCores":241}}}`, want: []string{"spec.cpu.maxCores FieldValueInvalid"}, msg: "at most 240"},
+		{name: "maxSize below size", patch: `{"spec":{"memory":{"size":"1Gi","maxSize":"512Mi"}}}`, want: []string{"spec.memory.maxSize FieldValueInvalid"}, msg: "at least spec.memory.size"},
+		{name: "maxSize bad", patch: `{"spec":{"memory":{"maxSize":"lots"}}}`, want: []string{"spec.memory.maxSize FieldValueInvalid"}},
+		{name: "maxSize unaligned", patch: `{"spec":{"memory":{"size":"256Mi","maxSize":"1025Mi"}}}`, want: []string{"spec.memory.maxSize FieldValueInvalid"}, msg: "multiple of 2Mi"},
+		{name: "size unaligned with maxSize", patch: `{"spec":{"memory":{"size":"257Mi","maxSize":"1Gi"}}}`, want: []string{"spec.memory.size FieldValueInvalid"}, msg: "multiple of 2Mi"},
+		{name: "maxSize too big", patch: `{"spec":{"memory":{"size":"256Mi","maxSize":"32Ti"}}}`, want: []string{"spec.memory.maxSize FieldValueInvalid"}, msg: "16Ti"},
+		{name: "maxSize legacy", patch: `{"spec":{"osType":"Legacy","memory":{"size":"256Mi","maxSize":"1Gi"}}}`, want: []string{"spec.memory.maxSize FieldValueForbidden"}},
+		{name: "maxSize without virtio", patch: `{"spec":{"enableParavirtualization":false,"memory":{"size":"256Mi","maxSize":"1Gi"}}}`, want: []string{"spec.memory.maxSize FieldValueForbidden"}, msg: "enableParavirtualization"},
 		{name: "class name", patch: `{"spec":{"virtualMachineClassName":"Generic"}}`, want: []string{"spec.virtualMachineClassName FieldValueInvalid"}},
 		{name: "runPolicy", patch: `{"spec":{"runPolicy":"Sometimes"}}`, want: []string{"spec.runPolicy FieldValueNotSupported"}, msg: `"AlwaysOnUnlessStoppedManually"`},
 		{name: "osType", patch: `{"spec":{"osType":"Linux"}}`, want: []string{"spec.osType FieldValueNotSupported"}},
@@ -414,6 +426,7 @@ func TestVirtualMachineUpdateAllowed(t *testing.T) {
 func FuzzValidateVirtualMachine(f *testing.F) {
 	f.Add([]byte(vmtVMBase))
 	f.Add([]byte(`{"spec":{"cpu":{"cores":1,"coreFraction":"5%"},"memory":{"size":"1Gi"},"networks":[{"type":"Main"}],"provisioning":{"type":"UserData","userData":"x"},"tolerations":[{"operator":"Exists"}]}}`))
+	f.Add([]byte(`{"spec":{"cpu":{"cores":2,"maxCores":4},"memory":{"size":"256Mi","maxSize":"1Gi"}}}`))
 	f.Add([]byte(`{"spec":{"virtualMachineClassName":"c","affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"k","operator":"Lt","values":["3"]}]}]}}},"disruptions":{}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "VirtualMachine", data) })
 }

@@ -217,6 +217,7 @@ if want bios-cdrom && boot bios-cdrom "${CD[@]}"; then
 	expect bios-cdrom booted '^RAKHSH-GUEST: booted'
 	expect bios-cdrom tpm-absent '^RAKHSH-GUEST: tpm=absent'
 	expect bios-cdrom cidata-absent '^RAKHSH-GUEST: cidata=absent'
+	expect bios-cdrom live-report '^RAKHSH-GUEST: cpus=[0-9]+ memtotal=[0-9]+'
 	sleep 1
 	printf 'echo hi-from-$((6*7))\n' >"$TMP/bios-cdrom/serial.in"
 	if wait_for bios-cdrom '^hi-from-42' 20 >/dev/null; then check bios-cdrom/console-shell 0; else check bios-cdrom/console-shell 1; fi

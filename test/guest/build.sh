@@ -30,7 +30,7 @@ QGA_PKG=qemu-guest-agent    # qemu-ga; its shared libraries are the host's (same
 # The generic kernel is used rather than the cloud one: the cloud kernel has
 # no AHCI (the q35 CD-ROM controller) and no e1000/e1000e.
 MODULES=(
-	virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
+	virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon virtio_mem
 	scsi_mod sd_mod sr_mod cdrom libata ahci ata_piix nvme
 	isofs fat vfat nls_cp437 nls_iso8859_1 nls_utf8 nls_ascii
 	e1000 e1000e
@@ -226,7 +226,9 @@ cp "$vmlinuz" "$WORK/vmlinuz"
 # no_timer_check: under software emulation on a loaded host the kernel's IO-APIC timer
 # check can miss its ticks and panic ("IO-APIC + timer doesn't work!"), as seen with 20
 # guests booting at once on 2 CPUs; the check is only a probe for broken hardware.
-CMDLINE="console=ttyS0,115200 no_timer_check"
+# memhp_default_state: memory the kernel hot-adds (virtio-mem) comes online at once, in the
+# movable zone, so that it can be unplugged again.
+CMDLINE="console=ttyS0,115200 no_timer_check memhp_default_state=online_movable"
 
 # UEFI path: a unified kernel image (systemd-stub + kernel + initrd + command
 # line in one PE file) that GRUB chainloads. GRUB's own "linux" command on

@@ -51,6 +51,13 @@ func TestCheck(t *testing.T) {
 	starting.Status.Phase = v1alpha1.VMPhaseStarting
 	never := runningVM("n1")
 	never.Spec.LiveMigrationPolicy = v1alpha1.LiveMigrationPolicyNever
+	grown := runningVM("n1")
+	grown.Status.Resources = &v1alpha1.VirtualMachineResources{CPU: v1alpha1.VirtualMachineCPUStatus{Cores: 3, BootCores: 1, MaxCores: 4}}
+	plugged := runningVM("n1")
+	plugged.Status.Resources = &v1alpha1.VirtualMachineResources{Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "768Mi", BootSize: "256Mi", Hotplugged: "512Mi"}}
+	room := runningVM("n1") // room to grow, not used: migratable
+	room.Status.Resources = &v1alpha1.VirtualMachineResources{CPU: v1alpha1.VirtualMachineCPUStatus{Cores: 1, BootCores: 1, MaxCores: 4},
+		Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "256Mi", BootSize: "256Mi", MaxSize: "1Gi", Hotplugged: "0"}}
 	cases := []struct {
 		name      string
 		vm        *v1alpha1.VirtualMachine
@@ -63,6 +70,9 @@ func TestCheck(t *testing.T) {
 		{"stopped VM cannot be migrated", stopped, op(v1alpha1.VMOPTypeMigrate), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, "only a running"},
 		{"stopped VM: evict has nothing to do", stopped, op(v1alpha1.VMOPTypeEvict), v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted, "nothing to evict"},
 		{"starting VM waits for nobody: refused", starting, op(v1alpha1.VMOPTypeMigrate), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, "it is Starting"},
+		{"vCPUs added live", grown, op(v1alpha1.VMOPTypeMigrate), v1alpha1.VMOPPhaseFailed, ReasonChangedLive, "(3 vCPUs, started with 1)"},
+		{"memory plugged live", plugged, op(v1alpha1.VMOPTypeEvict), v1alpha1.VMOPPhaseFailed, ReasonChangedLive, "512Mi of memory plugged beyond the 256Mi it booted with"},
+		{"room to grow, unused", room, op(v1alpha1.VMOPTypeMigrate), "", "", ""},
 		{"policy Never", never, op(v1alpha1.VMOPTypeEvict), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForLiveMigrationPolicy, "Never"},
 	}
 	for _, tc := range cases {

@@ -3,6 +3,7 @@ package vm
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -252,6 +253,9 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 	}
 	// An in-progress operation keeps the request it made; if the policy replaced it (e.g.
 	// runPolicy became AlwaysOff), the next check fails the operation.
+	if newest == nil {
+		pr = autoRestart(vm, pr)
+	}
 
 	// A template never runs, whatever its run policy.
 	if v1alpha1.IsTemplate(vm) && wantsRunning(&pr) {
@@ -403,4 +407,32 @@ func signalTime(op *v1alpha1.VirtualMachineOperation) time.Time {
 		return c.LastTransitionTime.Time
 	}
 	return creation(op)
+}
+
+// autoRestartPrefix starts the RestartID of a restart that applies spec changes under
+// restartApprovalMode Automatic; the VM's generation follows, so each spec generation is
+// restarted for at most once.
+const autoRestartPrefix = "config-"
+
+// autoRestart is the power request that restarts a running VM to apply the spec changes
+// its node agent reports as waiting for a restart (AwaitingRestartToApplyConfiguration True
+// for the VM's current generation), when spec.disruptions.restartApprovalMode is Automatic;
+// otherwise pr unchanged. Under Manual the changes wait for `rakhsh vm restart`.
+func autoRestart(vm *v1alpha1.VirtualMachine, pr v1alpha1.VMPowerRequest) v1alpha1.VMPowerRequest {
+	d := vm.Spec.Disruptions
+	if d == nil || d.RestartApprovalMode != v1alpha1.RestartApprovalModeAutomatic || vm.DeletionTimestamp != nil {
+		return pr
+	}
+	c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAwaitingRestartToApplyConfiguration)
+	if c == nil || c.Status != v1alpha1.ConditionTrue || c.ObservedGeneration != vm.Generation {
+		return pr
+	}
+	if pr.State != v1alpha1.PowerStateRunning || !isRunningNow(vm) || vm.Status.MigrationState.Active() {
+		return pr // stopped, paused, starting, restarting or migrating: not now
+	}
+	id := autoRestartPrefix + strconv.FormatInt(vm.Generation, 10)
+	if pr.RestartID == id {
+		return pr
+	}
+	return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: id}
 }
