@@ -141,6 +141,9 @@ const (
 	VMOPReasonOperationFailed                     = "OperationFailed"
 	// VMOPReasonNotImplemented fails an operation type this version does not carry out yet.
 	VMOPReasonNotImplemented = "NotImplemented"
+	// VMOPReasonHotpluggedDevices fails a live migration of a VM with hot-plugged block
+	// devices (docs/hotplug.md).
+	VMOPReasonHotpluggedDevices = "HotpluggedDevices"
 )
 
 // VirtualMachineOperationStatus is the observed state of an operation.

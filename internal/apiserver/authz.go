@@ -91,7 +91,8 @@ var nodeReadable = map[string]bool{
 	"clusternetworks": true, "virtualmachineclasses": true, "nodes": true, "storageclasses": true,
 	"virtualmachineipaddresses": true, "virtualmachineipaddressleases": true,
 	"virtualmachinemacaddresses": true, "virtualmachinemacaddressleases": true, "events": true,
-	"virtualdiskleases": true,
+	"virtualdiskleases":                    true,
+	"virtualmachineblockdeviceattachments": true, // hot-plug (agent/hotplug_disk.go)
 }
 
 // describe names an identity in messages.

@@ -287,6 +287,14 @@ func (c *Controller) check(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMach
 	if vm.Spec.LiveMigrationPolicy == v1alpha1.LiveMigrationPolicyNever {
 		return failed(v1alpha1.VMOPReasonNotApplicableForLiveMigrationPolicy, "liveMigrationPolicy Never: the virtual machine is never live-migrated; stop it and start it elsewhere, or change its policy")
 	}
+	for _, r := range vm.Status.BlockDeviceRefs {
+		if r.Hotplugged {
+			// The target QEMU would start without the device, and QEMU's migration would
+			// fail on the device state the target lacks (docs/hotplug.md).
+			return failed(v1alpha1.VMOPReasonHotpluggedDevices, fmt.Sprintf("%s %q is hot-plugged (attachment %s): a virtual machine with hot-plugged block devices is not live-migrated; detach them first, or stop the virtual machine and start it elsewhere",
+				r.Kind, r.Name, r.VirtualMachineBlockDeviceAttachmentName))
+		}
+	}
 	return "", "", ""
 }
 
