@@ -36,6 +36,7 @@ func newVMCommand(cc *cliContext) *cobra.Command {
 	cmd.AddCommand(newVMPauseCommand(cc, true), newVMPauseCommand(cc, false), newVMMigrateCommand(cc))
 	cmd.AddCommand(newVMSetPasswordCommand(cc), newVMFreezeCommand(cc, nodestream.GuestFreeze),
 		newVMFreezeCommand(cc, nodestream.GuestThaw), newVMFreezeCommand(cc, nodestream.GuestFreezeStatus))
+	cmd.AddCommand(newVMAttachCommand(cc), newVMDetachCommand(cc)) // vm_attach.go
 	return cmd
 }
 
