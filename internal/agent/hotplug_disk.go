@@ -46,6 +46,10 @@ type hotplugState struct {
 	// ended; this one started without them) counts as empty.
 	PID   int           `json:"pid"`
 	Disks []pluggedDisk `json:"disks,omitempty"`
+	// BootNICs is the number of NICs the QEMU started with; NICs the hot-plugged ones
+	// (hotplug_nic.go).
+	BootNICs int          `json:"bootNICs,omitempty"`
+	NICs     []pluggedNIC `json:"nics,omitempty"`
 }
 
 // pluggedDisk is one hot-plugged device.
@@ -195,6 +199,9 @@ func (a *Agent) syncHotplugWith(ctx context.Context, vm *v1alpha1.VirtualMachine
 		}
 		a.log.Info("hot-plugged", "vm", string(runtime.KeyOf(vm)), "attachment", n, "device", d.Device)
 	}
+	if r := a.syncHotplugNICs(ctx, vm, in, &st); r > 0 { // hotplug_nic.go
+		retry = min(nonZero(retry), r)
+	}
 	if err := a.writeBlockDeviceRefs(ctx, vm, st); err != nil {
 		a.log.Warn("writing status.blockDeviceRefs", "vm", string(runtime.KeyOf(vm)), "err", err)
 		retry = hotplugRetry
@@ -238,7 +245,7 @@ func (a *Agent) plugDisk(ctx context.Context, mon hotplugMonitor, vm *v1alpha1.V
 	writable := ref.Kind == v1alpha1.BlockDeviceKindVirtualDisk && !d.ReadOnly
 	if !d.CDROM {
 		if rootPorts {
-			p.Port = freePort(st.Disks)
+			p.Port = freePortOf(st)
 			if p.Port == "" {
 				return pluggedDisk{}, fmt.Errorf("all %d hot-plug slots of the VM are in use: detach a device first", qemu.HotplugPorts)
 			}
@@ -365,26 +372,11 @@ func freePort(disks []pluggedDisk) string {
 // unplugDisk removes a hot-plugged device: device_del, then waits for DEVICE_DELETED (the
 // guest gives a PCI device back), then deletes its block nodes and fd sets.
 func unplugDisk(ctx context.Context, mon hotplugMonitor, d pluggedDisk) error {
-	events, cancel := mon.Subscribe(16)
-	defer cancel()
-	gone := false
-	err := mon.Execute(ctx, "device_del", map[string]any{"id": d.Device}, nil)
-	switch {
-	case err == nil:
-	case qmp.IsCommandError(err, qmp.ClassDeviceNotFound):
-		gone = true
-	case strings.Contains(err.Error(), "in the process of unplug"):
-		// Asked before (by an earlier try or agent): wait for it.
-	default:
-		return fmt.Errorf("device_del %s: %w", d.Device, err)
-	}
-	if !gone {
-		if err := waitDeviceDeleted(ctx, mon, events, d.Device, unplugTimeout); err != nil {
-			return err
-		}
+	if err := unplugDevice(ctx, mon, d.Device); err != nil {
+		return err
 	}
 	for _, n := range d.Nodes {
-		if err := mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": n}, nil); err != nil && !strings.Contains(err.Error(), "not found") {
+		if err := mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": n}, nil); err != nil && !isNotFound(err) {
 			return fmt.Errorf("blockdev-del %s: %w", n, err)
 		}
 	}
@@ -392,6 +384,29 @@ func unplugDisk(ctx context.Context, mon hotplugMonitor, d pluggedDisk) error {
 		_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": s}, nil)
 	}
 	return nil
+}
+
+// unplugDevice asks QEMU to unplug device id and waits for its DEVICE_DELETED (a device
+// already gone is not waited for).
+func unplugDevice(ctx context.Context, mon hotplugMonitor, id string) error {
+	events, cancel := mon.Subscribe(16)
+	defer cancel()
+	err := mon.Execute(ctx, "device_del", map[string]any{"id": id}, nil)
+	switch {
+	case err == nil:
+	case qmp.IsCommandError(err, qmp.ClassDeviceNotFound):
+		return nil
+	case strings.Contains(err.Error(), "in the process of unplug"):
+		// Asked before (by an earlier try or agent): wait for it.
+	default:
+		return fmt.Errorf("device_del %s: %w", id, err)
+	}
+	return waitDeviceDeleted(ctx, mon, events, id, unplugTimeout)
+}
+
+// isNotFound says a QMP error is about an object QEMU does not have.
+func isNotFound(err error) bool {
+	return qmp.IsCommandError(err, qmp.ClassDeviceNotFound) || strings.Contains(err.Error(), "not found")
 }
 
 // waitDeviceDeleted waits for the DEVICE_DELETED event of device id. While it waits it also
@@ -465,10 +480,26 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 		}
 		refs = append(refs, r)
 	}
+	// A VM with hot-plugged devices is not live-migrated (docs/hotplug.md): the condition
+	// Migratable says so while it has any.
+	var hot []string
+	for _, d := range st.Disks {
+		hot = append(hot, fmt.Sprintf("%s %s (attachment %s)", d.Kind, d.Name, d.Attachment))
+	}
+	for _, n := range st.NICs {
+		hot = append(hot, fmt.Sprintf("network interface %d (%s)", n.Index, n.MAC))
+	}
+	migratable := func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionMigratable)
+		if len(hot) == 0 {
+			return c == nil || c.Reason != v1alpha1.VMReasonHotpluggedDevices
+		}
+		return c != nil && c.Status == v1alpha1.ConditionFalse && c.Message == hotMessage(hot)
+	}
 	same := func(v *v1alpha1.VirtualMachine) bool {
 		x, _ := json.Marshal(v.Status.BlockDeviceRefs)
 		y, _ := json.Marshal(refs)
-		return string(x) == string(y) && v.Status.BlockDevicesCount == len(refs)
+		return string(x) == string(y) && v.Status.BlockDevicesCount == len(refs) && migratable(v)
 	}
 	if same(vm) {
 		return nil
@@ -479,17 +510,30 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 		}
 		v.Status.BlockDeviceRefs = refs
 		v.Status.BlockDevicesCount = len(refs)
+		if len(hot) > 0 {
+			v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionMigratable, Status: v1alpha1.ConditionFalse,
+				Reason: v1alpha1.VMReasonHotpluggedDevices, Message: hotMessage(hot)})
+		} else if !migratable(v) {
+			v.Status.Conditions = slices.DeleteFunc(v.Status.Conditions, func(c v1alpha1.Condition) bool { return c.Type == v1alpha1.VMConditionMigratable })
+		}
 		return nil
 	})
 	return ignoreGone(err)
 }
 
+func hotMessage(hot []string) string {
+	return "hot-plugged devices are not live-migrated: " + strings.Join(hot, ", ") + "; detach them, or stop the VM and start it elsewhere"
+}
+
 // hotplugStatusFields are the VM status fields hot-plug writes.
-var hotplugStatusFields = []string{"blockDeviceRefs", "blockDevicesCount"}
+var hotplugStatusFields = []string{"blockDeviceRefs", "blockDevicesCount", "conditions"}
 
 // clearBlockDeviceRefs empties status.blockDeviceRefs of a VM whose QEMU ended: nothing is
 // attached to a stopped VM (recordExit).
 func clearBlockDeviceRefs(v *v1alpha1.VirtualMachine) {
 	v.Status.BlockDeviceRefs = nil
 	v.Status.BlockDevicesCount = 0
+	if c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionMigratable); c != nil && c.Reason == v1alpha1.VMReasonHotpluggedDevices {
+		v.Status.Conditions = slices.DeleteFunc(v.Status.Conditions, func(c v1alpha1.Condition) bool { return c.Type == v1alpha1.VMConditionMigratable })
+	}
 }

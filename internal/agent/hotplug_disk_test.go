@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 )
@@ -137,5 +138,46 @@ func TestHotplugStateOfAnotherQEMU(t *testing.T) {
 	}
 	if s := readHotplugState(dir, 11); len(s.Disks) != 0 || s.PID != 11 {
 		t.Fatalf("state of another QEMU: %+v", s)
+	}
+}
+
+// TestUnplugNICSequence: device_del, DEVICE_DELETED, then netdev_del.
+func TestUnplugNICSequence(t *testing.T) {
+	f := &fakeHotplugMon{events: make(chan qmp.Event, 1)}
+	f.reply = func(cmd string, _ map[string]any) error {
+		if cmd == "device_del" {
+			f.events <- qmp.Event{Name: "DEVICE_DELETED", Data: json.RawMessage(`{"device":"hpnic1","path":"/machine/peripheral/hpnic1"}`)}
+		}
+		return nil
+	}
+	if err := unplugNIC(context.Background(), f, pluggedNIC{Index: 1, Device: "hpnic1", Netdev: "hpnet1"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`device_del {"id":"hpnic1"}`, `netdev_del {"id":"hpnet1"}`}
+	if !reflect.DeepEqual(f.calls, want) {
+		t.Fatalf("QMP calls:\n got %q\nwant %q", f.calls, want)
+	}
+}
+
+// TestFreePortOfSharesPorts: disks and NICs share the root ports.
+func TestFreePortOfSharesPorts(t *testing.T) {
+	st := &hotplugState{Disks: []pluggedDisk{{Port: qemu.HotplugPort(0)}}, NICs: []pluggedNIC{{Port: qemu.HotplugPort(1)}}}
+	if p := freePortOf(st); p != qemu.HotplugPort(2) {
+		t.Fatalf("free port: %q", p)
+	}
+}
+
+// TestSameNICPrefix: no networks is one Main interface; a changed interface is not the same.
+func TestSameNICPrefix(t *testing.T) {
+	main := v1alpha1.NetworkSpec{Type: v1alpha1.NetworkTypeMain}
+	extra := v1alpha1.NetworkSpec{Type: v1alpha1.NetworkTypeClusterNetwork, Name: "main"}
+	if !sameNICPrefix(nil, []v1alpha1.NetworkSpec{main, extra}, 1) {
+		t.Fatal("no networks and [Main, extra] share their first interface")
+	}
+	if sameNICPrefix([]v1alpha1.NetworkSpec{extra}, []v1alpha1.NetworkSpec{main, extra}, 1) {
+		t.Fatal("a changed first interface is not the same")
+	}
+	if sameNICPrefix(nil, nil, 2) {
+		t.Fatal("one interface has no prefix of two")
 	}
 }

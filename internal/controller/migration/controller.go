@@ -287,6 +287,9 @@ func (c *Controller) check(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMach
 	if vm.Spec.LiveMigrationPolicy == v1alpha1.LiveMigrationPolicyNever {
 		return failed(v1alpha1.VMOPReasonNotApplicableForLiveMigrationPolicy, "liveMigrationPolicy Never: the virtual machine is never live-migrated; stop it and start it elsewhere, or change its policy")
 	}
+	if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionMigratable); c != nil && c.Status == v1alpha1.ConditionFalse && c.Reason == v1alpha1.VMReasonHotpluggedDevices {
+		return failed(v1alpha1.VMOPReasonHotpluggedDevices, "the virtual machine is not migratable: "+c.Message)
+	}
 	for _, r := range vm.Status.BlockDeviceRefs {
 		if r.Hotplugged {
 			// The target QEMU would start without the device, and QEMU's migration would
