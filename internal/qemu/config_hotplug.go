@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"os"
 	"strconv"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -45,4 +46,11 @@ func (b *build) hotplugRoom() {
 	for i := 0; i < HotplugPorts; i++ {
 		b.add("-device", newOpts("pcie-root-port").set("id", HotplugPort(i)).set("chassis", strconv.Itoa(i+1)).String())
 	}
+}
+
+// OpenTap attaches to the existing tap device name as QEMU's tap netdev would (IFF_TAP,
+// IFF_NO_PI, IFF_VNET_HDR), for a NIC hot-plugged with netdev_add: the caller passes the
+// descriptor to QEMU with getfd.
+func OpenTap(name string) (*os.File, error) {
+	return openPassed(Passed{Kind: PassTap, Path: name, Write: true})
 }
