@@ -63,10 +63,22 @@ spec:
 			return len(v.Status.Networks) == 2 && v.Status.Networks[1].IPAddress != "" && v.Status.Networks[1].MACAddress != ""
 		})
 		ip2 := v.Status.Networks[1].IPAddress
-		vmWaitSerial(t, s, "nic1", " iface=eth1", run+1)
+		// The run+1-th lease on eth1 (each NIC added gets one) is the new NIC's address.
+		eth1 := func() []string {
+			var out []string
+			for _, g := range guestIPs(vmLog(t, s, "nic1")) {
+				if strings.HasSuffix(g, "/eth1") {
+					out = append(out, g)
+				}
+			}
+			return out
+		}
+		for deadline := time.Now().Add(vmBootTimeout); len(eth1()) < run+1 && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
 		addT = append(addT, time.Since(t0).Seconds())
 		t.Logf("NIC run %d: spec change to the guest's lease on eth1: %s", run+1, time.Since(t0))
-		if g := guestIPs(vmLog(t, s, "nic1")); len(g) == 0 || g[len(g)-1] != ip2+"/eth1" {
+		if g := eth1(); len(g) != run+1 || g[run] != ip2+"/eth1" {
 			t.Fatalf("the guest did not get %s on eth1:\n%s", ip2, vmLog(t, s, "nic1"))
 		}
 		vmWait(t, s, "nic1", 30*time.Second, "running with its spec", func(v *v1alpha1.VirtualMachine) bool {
