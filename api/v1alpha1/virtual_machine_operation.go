@@ -141,6 +141,12 @@ const (
 	VMOPReasonOperationFailed                     = "OperationFailed"
 	// VMOPReasonNotImplemented fails an operation type this version does not carry out yet.
 	VMOPReasonNotImplemented = "NotImplemented"
+	// VMOPReasonHotpluggedDevices fails a live migration of a VM with hot-plugged block
+	// devices (docs/hotplug.md).
+	VMOPReasonHotpluggedDevices = "HotpluggedDevices"
+	// VMReasonHotpluggedDevices is the reason of the VM condition Migratable=False the node
+	// agent sets while the VM has hot-plugged disks or NICs.
+	VMReasonHotpluggedDevices = "HotpluggedDevices"
 )
 
 // VirtualMachineOperationStatus is the observed state of an operation.

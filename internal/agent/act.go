@@ -177,5 +177,8 @@ func (a *Agent) runAsAsked(ctx context.Context, vm *v1alpha1.VirtualMachine, l *
 		a.applyLive(ctx, vm, in, l.mon)
 	}
 	_, err := a.markRunning(ctx, vm, in, act.Phase)
-	return runtime.Result{}, ignoreGone(err)
+	if err != nil {
+		return runtime.Result{}, ignoreGone(err)
+	}
+	return runtime.Result{RequeueAfter: a.syncHotplug(ctx, vm, in)}, nil // hotplug_disk.go
 }

@@ -109,6 +109,7 @@ type Agent struct {
 
 	vms    *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	migIn  *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	bdas   *runtime.TypedInformer[v1alpha1.VirtualMachineBlockDeviceAttachment] // hot-plug (hotplug_disk.go)
 	queue  *runtime.Queue
 	runCtx context.Context
 
@@ -269,6 +270,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.startNetworking(ctx)   // host networking: network.go
 	go a.runDiskResizer(ctx) // online disk resize: resize.go
 	go a.runSnapshotter(ctx) // live disk snapshots: snapshot.go
+	a.startHotplug(ctx)      // hot-plugged devices: hotplug_disk.go
 	a.queueOrphans()
 	go a.loop(ctx, a.cfg.HeartbeatInterval, func() {
 		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {

@@ -153,6 +153,7 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 			v.Status.ObservedRestartID = vm.Status.PowerRequest.RestartID
 		}
 		setPhase(v, v1alpha1.VMPhaseStopped, now)
+		clearBlockDeviceRefs(v) // hotplug_disk.go
 		msg := rec.Message
 		if msg == "" {
 			msg = exitMessage(rec.Reason)

@@ -92,8 +92,9 @@ var nodeReadable = map[string]bool{
 	"clusternetworks": true, "virtualmachineclasses": true, "nodes": true, "storageclasses": true,
 	"virtualmachineipaddresses": true, "virtualmachineipaddressleases": true,
 	"virtualmachinemacaddresses": true, "virtualmachinemacaddressleases": true, "events": true,
-	"virtualdiskleases":    true,
-	"virtualdisksnapshots": true, // live disk snapshots handed to a node (internal/agent/snapshot.go)
+	"virtualdiskleases":                    true,
+	"virtualdisksnapshots":                 true, // live disk snapshots handed to a node (internal/agent/snapshot.go)
+	"virtualmachineblockdeviceattachments": true, // hot-plug (agent/hotplug_disk.go)
 }
 
 // describe names an identity in messages.

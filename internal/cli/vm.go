@@ -37,6 +37,7 @@ func newVMCommand(cc *cliContext) *cobra.Command {
 	cmd.AddCommand(newVMSetPasswordCommand(cc), newVMFreezeCommand(cc, nodestream.GuestFreeze),
 		newVMFreezeCommand(cc, nodestream.GuestThaw), newVMFreezeCommand(cc, nodestream.GuestFreezeStatus))
 	cmd.AddCommand(newVMSnapshotCommand(cc), newVMRestoreCommand(cc), newVMCloneCommand(cc)) // vm_snapshot.go
+	cmd.AddCommand(newVMAttachCommand(cc), newVMDetachCommand(cc))                           // vm_attach.go
 	return cmd
 }
 

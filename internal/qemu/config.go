@@ -618,6 +618,7 @@ func (b *build) run() error {
 	if err := b.disks(); err != nil {
 		return err
 	}
+	b.hotplugRoom() // config_hotplug.go
 	if len(b.bootIndex) > 0 {
 		// Boot only from the listed devices, never fall through to others (e.g. PXE).
 		b.add("-boot", "strict=on")

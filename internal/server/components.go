@@ -20,6 +20,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/controller/snapshot"
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
+	"github.com/rakhsh/rakhsh/internal/controller/vmbda"
 	"github.com/rakhsh/rakhsh/internal/controller/vmclass"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/leader"
@@ -98,8 +99,13 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	if margin == 0 {
 		margin = -1 // --ha-safety-margin 0: none (ha.Config takes zero for its default)
 	}
+	bdac, err := vmbda.New(vmbda.Config{Client: as("vmbda-controller"), Informers: inf, Log: log.With("component", "vmbda-controller")})
+	if err != nil {
+		return nil, err
+	}
 	return []component{
 		{name: "informers", run: inf.Run},
+		{name: "vmbda-controller", run: bdac.Run},
 		{name: "network-controller", run: nc.Run},
 		{name: "vmclass-controller", run: vcc.Run},
 		{name: "image-controller", run: ic.Run},

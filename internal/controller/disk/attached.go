@@ -32,6 +32,9 @@ func (c *Controller) attachedVMs(d *v1alpha1.VirtualDisk) []v1alpha1.AttachedVir
 				break
 			}
 		}
+		if hotplugged(vm, d.Name) {
+			out = append(out, v1alpha1.AttachedVirtualMachine{Name: vm.Name, Mounted: true})
+		}
 	}
 	slices.SortFunc(out, func(a, b v1alpha1.AttachedVirtualMachine) int {
 		if a.Name < b.Name {
@@ -117,4 +120,15 @@ func (c *Controller) diskSource(d *v1alpha1.VirtualDisk) (src *source, reason, m
 		return nil, ReasonNotSupported, fmt.Sprintf("%s is on node %s's local storage, which this controller (on %s) cannot read", what, sd.Status.NodeName, c.cfg.NodeName)
 	}
 	return &source{path: c.diskPath(c.homeClass(sd), sd.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
+}
+
+// hotplugged says whether the VM's status lists the disk as hot-plugged and attached (a
+// VirtualMachineBlockDeviceAttachment; docs/hotplug.md).
+func hotplugged(vm *v1alpha1.VirtualMachine, disk string) bool {
+	for _, r := range vm.Status.BlockDeviceRefs {
+		if r.Hotplugged && r.Attached && r.Kind == v1alpha1.BlockDeviceKindVirtualDisk && r.Name == disk {
+			return true
+		}
+	}
+	return false
 }

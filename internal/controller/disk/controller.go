@@ -736,6 +736,9 @@ func (c *Controller) vmsUsing(d *v1alpha1.VirtualDisk) []string {
 				break
 			}
 		}
+		if hotplugged(vm, d.Name) {
+			out = append(out, "VirtualMachine "+vm.Name+" (hot-plugged)")
+		}
 	}
 	slices.Sort(out)
 	return out

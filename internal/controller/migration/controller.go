@@ -297,6 +297,17 @@ func (c *Controller) check(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMach
 		return failed(ReasonChangedLive, "the virtual machine's CPUs or memory were changed while it runs ("+how+
 			"), and such a virtual machine is not live-migrated yet: restart it (rakhsh vm restart) to make it migratable again")
 	}
+	if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionMigratable); c != nil && c.Status == v1alpha1.ConditionFalse && c.Reason == v1alpha1.VMReasonHotpluggedDevices {
+		return failed(v1alpha1.VMOPReasonHotpluggedDevices, "the virtual machine is not migratable: "+c.Message)
+	}
+	for _, r := range vm.Status.BlockDeviceRefs {
+		if r.Hotplugged {
+			// The target QEMU would start without the device, and QEMU's migration would
+			// fail on the device state the target lacks (docs/hotplug.md).
+			return failed(v1alpha1.VMOPReasonHotpluggedDevices, fmt.Sprintf("%s %q is hot-plugged (attachment %s): a virtual machine with hot-plugged block devices is not live-migrated; detach them first, or stop the virtual machine and start it elsewhere",
+				r.Kind, r.Name, r.VirtualMachineBlockDeviceAttachmentName))
+		}
+	}
 	return "", "", ""
 }
 

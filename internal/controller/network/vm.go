@@ -99,6 +99,8 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 	if ierr != nil {
 		fail(true, ReasonUnsupported, ierr.Error())
 		fail(false, ReasonUnsupported, ierr.Error())
+	} else if err := c.dropRemovedClaims(ctx, &vm, ifaces); err != nil { // hotplug.go
+		return runtime.Result{}, err
 	}
 	var statuses []v1alpha1.NetworkStatus
 	mainIP, mainClaim := "", ""

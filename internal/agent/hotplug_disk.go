@@ -1,0 +1,539 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+)
+
+// Disk hot-plug (docs/hotplug.md). A VirtualMachineBlockDeviceAttachment the VMBDA controller
+// has accepted (phase InProgress or Attached) names a device the running VM should have; the
+// agent running the VM makes QEMU match: blockdev-add + device_add for a device it lacks,
+// device_del (waiting for DEVICE_DELETED) + blockdev-del for one whose attachment is gone. A
+// VirtualDisk is a read-write virtio-blk disk in an empty PCIe root port (on the root bus of
+// an i440fx VM); an image is read-only: a SCSI CD-ROM on the hot-plug virtio-scsi controller
+// when it is an ISO, otherwise a read-only virtio-blk disk. What is plugged into which QEMU is
+// kept in the run directory (hotplugFileName), so an agent restart finds it again. The VM's
+// status.blockDeviceRefs lists the spec's devices and the hot-plugged ones; the VMBDA
+// controller derives the attachments' phases from it.
+
+// hotplugFileName, in a VM's run directory, records the devices hot-plugged into its QEMU.
+const hotplugFileName = "hotplug.json"
+
+// unplugTimeout is how long device_del waits for the guest to release a device.
+const unplugTimeout = 30 * time.Second
+
+// hotplugRetry is how soon a failed plug or unplug is tried again.
+const hotplugRetry = 5 * time.Second
+
+// hotplugState is the content of hotplugFileName.
+type hotplugState struct {
+	// PID is the QEMU the devices were plugged into: a state of another QEMU (one that
+	// ended; this one started without them) counts as empty.
+	PID   int           `json:"pid"`
+	Disks []pluggedDisk `json:"disks,omitempty"`
+	// BootNICs is the number of NICs the QEMU started with; NICs the hot-plugged ones
+	// (hotplug_nic.go).
+	BootNICs int          `json:"bootNICs,omitempty"`
+	NICs     []pluggedNIC `json:"nics,omitempty"`
+}
+
+// pluggedDisk is one hot-plugged device.
+type pluggedDisk struct {
+	// Attachment names the VMBDA; UID is its uid.
+	Attachment string                   `json:"attachment"`
+	UID        string                   `json:"uid"`
+	Kind       v1alpha1.BlockDeviceKind `json:"kind"`
+	Name       string                   `json:"name"`
+	// Device is the qdev id; Nodes the block nodes, top first; FDSets the fd sets of their
+	// files (an unprivileged QEMU).
+	Device string   `json:"device"`
+	Nodes  []string `json:"nodes"`
+	FDSets []int    `json:"fdsets,omitempty"`
+	// Port is the root port the device sits in ("" on a bus); Lease says a disk lease was
+	// taken for it.
+	Port  string `json:"port,omitempty"`
+	Lease bool   `json:"lease,omitempty"`
+	// Size is the device's size in bytes.
+	Size int64 `json:"size,omitempty"`
+}
+
+// hotplugMonitor is what hot-plug needs of the QMP connection (*qmp.Conn).
+type hotplugMonitor interface {
+	Execute(ctx context.Context, command string, args, result any) error
+	AddFD(ctx context.Context, f *os.File, fdsetID int, opaque string) (qmp.AddFDInfo, error)
+	Subscribe(buffer int) (<-chan qmp.Event, func())
+}
+
+func readHotplugState(runDir string, pid int) hotplugState {
+	var s hotplugState
+	if b, err := os.ReadFile(filepath.Join(runDir, hotplugFileName)); err == nil && json.Unmarshal(b, &s) == nil && s.PID == pid {
+		return s
+	}
+	return hotplugState{PID: pid}
+}
+
+func writeHotplugState(runDir string, s hotplugState) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(runDir, hotplugFileName+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(runDir, hotplugFileName))
+}
+
+// startHotplug watches the VMBDAs: a change queues the VMs of its project that run here.
+func (a *Agent) startHotplug(ctx context.Context) {
+	a.bdas = runtime.NewTypedInformer[v1alpha1.VirtualMachineBlockDeviceAttachment](a.c, "virtualmachineblockdeviceattachments", client.ListOptions{}, a.log)
+	a.bdas.OnChange(func(k runtime.Key) {
+		ns, _ := k.Split()
+		for _, vm := range a.vms.List() {
+			if vm.Namespace == ns {
+				a.queue.Add(runtime.KeyOf(vm))
+			}
+		}
+	})
+	go a.bdas.Run(ctx)
+}
+
+// wantedAttachments are the accepted, live attachments of vm, by name.
+func (a *Agent) wantedAttachments(vm *v1alpha1.VirtualMachine) map[string]*v1alpha1.VirtualMachineBlockDeviceAttachment {
+	out := map[string]*v1alpha1.VirtualMachineBlockDeviceAttachment{}
+	if a.bdas == nil {
+		return out
+	}
+	for _, b := range a.bdas.List() {
+		if b.Namespace != vm.Namespace || b.Spec.VirtualMachineName != vm.Name || b.DeletionTimestamp != nil {
+			continue
+		}
+		if b.Status.Phase == v1alpha1.VMBDAPhaseInProgress || b.Status.Phase == v1alpha1.VMBDAPhaseAttached {
+			out[b.Name] = b
+		}
+	}
+	return out
+}
+
+// syncHotplug makes the devices hot-plugged into the running QEMU of vm match its accepted
+// attachments, and records them in status.blockDeviceRefs. It returns when to look again
+// (0: no need).
+func (a *Agent) syncHotplug(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance) time.Duration {
+	if in == nil || in.isExited() {
+		return 0
+	}
+	st := readHotplugState(in.runDir, in.pid)
+	want := a.wantedAttachments(vm)
+	if len(want) > 0 || len(st.Disks) > 0 {
+		mon, ok := in.monitor().(hotplugMonitor)
+		if !ok {
+			return hotplugRetry // QMP not connected (yet)
+		}
+		return a.syncHotplugWith(ctx, vm, in, mon, st, want)
+	}
+	return a.syncHotplugWith(ctx, vm, in, nil, st, want)
+}
+
+// syncHotplugWith is syncHotplug with the monitor (nil when there is nothing to plug or
+// unplug), the recorded state and the wanted attachments.
+func (a *Agent) syncHotplugWith(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, mon hotplugMonitor, st hotplugState,
+	want map[string]*v1alpha1.VirtualMachineBlockDeviceAttachment) time.Duration {
+	var retry time.Duration
+	// Unplug first: it frees ports.
+	for i := 0; i < len(st.Disks); {
+		d := st.Disks[i]
+		if w, ok := want[d.Attachment]; ok && w.UID == d.UID {
+			i++
+			continue
+		}
+		if err := unplugDisk(ctx, mon, d); err != nil {
+			a.log.Warn("hot-unplug failed; tried again", "vm", string(runtime.KeyOf(vm)), "attachment", d.Attachment, "err", err)
+			a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "HotUnplugFailed", fmt.Sprintf("unplugging %s %q (attachment %s): %v", d.Kind, d.Name, d.Attachment, err))
+			retry = hotplugRetry
+			i++
+			continue
+		}
+		if d.Lease {
+			a.releaseDiskLease(vm, d.Name, "hot-unplugged from VM "+vm.Name)
+			a.dropDiskLeaseLine(in.runDir, d.Name)
+		}
+		st.Disks = slices.Delete(st.Disks, i, i+1)
+		_ = writeHotplugState(in.runDir, st)
+		a.log.Info("hot-unplugged", "vm", string(runtime.KeyOf(vm)), "attachment", d.Attachment, "device", d.Device)
+	}
+	names := make([]string, 0, len(want))
+	for n := range want {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		b := want[n]
+		if slices.ContainsFunc(st.Disks, func(d pluggedDisk) bool { return d.Attachment == n }) {
+			continue
+		}
+		d, err := a.plugDisk(ctx, mon, vm, in, b, &st)
+		if err != nil {
+			a.log.Warn("hot-plug failed; tried again", "vm", string(runtime.KeyOf(vm)), "attachment", n, "err", err)
+			a.rec.Event(ctx, "VirtualMachineBlockDeviceAttachment", b, "Warning", "HotplugFailed", err.Error())
+			retry = hotplugRetry
+			continue
+		}
+		st.Disks = append(st.Disks, d)
+		if err := writeHotplugState(in.runDir, st); err != nil {
+			a.log.Warn("recording a hot-plugged device", "vm", string(runtime.KeyOf(vm)), "err", err)
+		}
+		a.log.Info("hot-plugged", "vm", string(runtime.KeyOf(vm)), "attachment", n, "device", d.Device)
+	}
+	if r := a.syncHotplugNICs(ctx, vm, in, &st); r > 0 { // hotplug_nic.go
+		retry = min(nonZero(retry), r)
+	}
+	if err := a.writeBlockDeviceRefs(ctx, vm, st); err != nil {
+		a.log.Warn("writing status.blockDeviceRefs", "vm", string(runtime.KeyOf(vm)), "err", err)
+		retry = hotplugRetry
+	}
+	return retry
+}
+
+// hotplugID is the short id of an attachment's QEMU objects (node names have at most 31
+// bytes).
+func hotplugID(uid string) string {
+	h := fnv.New32a()
+	h.Write([]byte(uid))
+	return fmt.Sprintf("%08x", h.Sum32())
+}
+
+// plugDisk hot-plugs the device of attachment b.
+func (a *Agent) plugDisk(ctx context.Context, mon hotplugMonitor, vm *v1alpha1.VirtualMachine, in *instance, b *v1alpha1.VirtualMachineBlockDeviceAttachment, st *hotplugState) (pluggedDisk, error) {
+	okHP, rootPorts := qemu.Hotplug(vm)
+	if !okHP {
+		return pluggedDisk{}, errors.New("the VM has no paravirtualization (enableParavirtualization false or osType Legacy): it takes no hot-plugged device")
+	}
+	ref := b.Spec.BlockDeviceRef
+	var d qemu.Disk
+	var err error
+	switch ref.Kind {
+	case v1alpha1.BlockDeviceKindVirtualDisk:
+		err = a.resolveVirtualDisk(ctx, vm.Namespace, ref.Name, &d)
+	case v1alpha1.BlockDeviceKindVirtualImage, v1alpha1.BlockDeviceKindClusterVirtualImage:
+		err = a.resolveImage(ctx, vm.Namespace, ref.Kind, ref.Name, &d)
+	default:
+		err = fmt.Errorf("block device kind %q is not supported", ref.Kind)
+	}
+	if err != nil {
+		return pluggedDisk{}, err
+	}
+	if _, err := os.Stat(d.Path); err != nil {
+		return pluggedDisk{}, fmt.Errorf("%s %q: its file is missing: %w", ref.Kind, ref.Name, err)
+	}
+	id := hotplugID(b.UID)
+	p := pluggedDisk{Attachment: b.Name, UID: b.UID, Kind: ref.Kind, Name: ref.Name, Device: "hpdisk-" + id}
+	writable := ref.Kind == v1alpha1.BlockDeviceKindVirtualDisk && !d.ReadOnly
+	if !d.CDROM {
+		if rootPorts {
+			p.Port = freePortOf(st)
+			if p.Port == "" {
+				return pluggedDisk{}, fmt.Errorf("all %d hot-plug slots of the VM are in use: detach a device first", qemu.HotplugPorts)
+			}
+		}
+	}
+	if writable {
+		l, err := runtime.AcquireDiskLease(ctx, a.c, vm.Namespace, ref.Name, a.cfg.NodeName, vm.Name, vm.UID, a.cfg.Now(), a.mayTakeDiskLease)
+		if err != nil {
+			return pluggedDisk{}, fmt.Errorf("the lease of VirtualDisk %q: %w", ref.Name, err)
+		}
+		p.Lease = true
+		a.addDiskLeaseLine(in.runDir, ref.Name, l.ResourceVersion)
+	}
+	undo := func() {
+		for _, n := range p.Nodes {
+			_ = mon.Execute(context.Background(), "blockdev-del", map[string]any{"node-name": n}, nil)
+		}
+		for _, s := range p.FDSets {
+			_ = mon.Execute(context.Background(), "remove-fd", map[string]any{"fdset-id": s}, nil)
+		}
+		if p.Lease {
+			a.releaseDiskLease(vm, ref.Name, "hot-plug into VM "+vm.Name+" failed")
+			a.dropDiskLeaseLine(in.runDir, ref.Name)
+		}
+	}
+	pass := a.qemuAs != nil
+	// Backing layers base first, read-only, then the device's own image.
+	layers := make([]struct {
+		path, format, node string
+		ro                 bool
+	}, 0, len(d.Backing)+1)
+	for j := len(d.Backing) - 1; j >= 0; j-- {
+		layers = append(layers, struct {
+			path, format, node string
+			ro                 bool
+		}{d.Backing[j].Path, d.Backing[j].Format, "hp-" + id + ".b" + strconv.Itoa(j+1), true})
+	}
+	layers = append(layers, struct {
+		path, format, node string
+		ro                 bool
+	}{d.Path, d.Format, "hp-" + id, !writable})
+	backing := any(nil)
+	for _, l := range layers {
+		filename := l.path
+		if pass {
+			mode := os.O_RDONLY
+			if !l.ro {
+				mode = os.O_RDWR
+			}
+			f, err := os.OpenFile(l.path, mode, 0)
+			if err != nil {
+				undo()
+				return pluggedDisk{}, fmt.Errorf("opening %s: %w", l.path, err)
+			}
+			info, err := mon.AddFD(ctx, f, -1, l.node+":"+l.path)
+			_ = f.Close()
+			if err != nil {
+				undo()
+				return pluggedDisk{}, fmt.Errorf("add-fd: %w", err)
+			}
+			p.FDSets = append(p.FDSets, info.FDSetID)
+			filename = qemu.FDSetPath(info.FDSetID)
+		}
+		file := map[string]any{"driver": "file", "filename": filename, "aio": "threads", "read-only": l.ro}
+		node := map[string]any{"driver": l.format, "node-name": l.node, "file": file, "read-only": l.ro}
+		if !l.ro {
+			file["discard"] = "unmap"
+			node["discard"] = "unmap"
+			node["detect-zeroes"] = "unmap"
+		}
+		if l.format == qemu.FormatQCOW2 {
+			node["backing"] = backing
+		}
+		if err := mon.Execute(ctx, "blockdev-add", node, nil); err != nil {
+			undo()
+			return pluggedDisk{}, fmt.Errorf("blockdev-add %s: %w", l.node, err)
+		}
+		p.Nodes = append([]string{l.node}, p.Nodes...)
+		backing = l.node
+	}
+	dev := map[string]any{"id": p.Device, "drive": "hp-" + id}
+	if d.CDROM {
+		dev["driver"] = "scsi-cd"
+		dev["bus"] = qemu.HotplugSCSI + ".0"
+	} else {
+		dev["driver"] = "virtio-blk-pci"
+		dev["write-cache"] = "on"
+		if d.Serial != "" {
+			dev["serial"] = d.Serial
+		}
+		if p.Port != "" {
+			dev["bus"] = p.Port
+		}
+	}
+	if err := mon.Execute(ctx, "device_add", dev, nil); err != nil {
+		undo()
+		if strings.Contains(err.Error(), "not found") && (p.Port != "" || d.CDROM) {
+			return pluggedDisk{}, fmt.Errorf("device_add: %w (the VM was started without hot-plug slots: restart it once)", err)
+		}
+		return pluggedDisk{}, fmt.Errorf("device_add: %w", err)
+	}
+	var nodes []blockNode
+	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err == nil {
+		for _, n := range nodes {
+			if n.NodeName == "hp-"+id {
+				p.Size = n.Image.VirtualSize
+			}
+		}
+	}
+	return p, nil
+}
+
+// freePort is the first root port no hot-plugged device uses.
+func freePort(disks []pluggedDisk) string {
+	for i := 0; i < qemu.HotplugPorts; i++ {
+		p := qemu.HotplugPort(i)
+		if !slices.ContainsFunc(disks, func(d pluggedDisk) bool { return d.Port == p }) {
+			return p
+		}
+	}
+	return ""
+}
+
+// unplugDisk removes a hot-plugged device: device_del, then waits for DEVICE_DELETED (the
+// guest gives a PCI device back), then deletes its block nodes and fd sets.
+func unplugDisk(ctx context.Context, mon hotplugMonitor, d pluggedDisk) error {
+	if err := unplugDevice(ctx, mon, d.Device); err != nil {
+		return err
+	}
+	for _, n := range d.Nodes {
+		if err := mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": n}, nil); err != nil && !isNotFound(err) {
+			return fmt.Errorf("blockdev-del %s: %w", n, err)
+		}
+	}
+	for _, s := range d.FDSets {
+		_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": s}, nil)
+	}
+	return nil
+}
+
+// unplugDevice asks QEMU to unplug device id and waits for its DEVICE_DELETED (a device
+// already gone is not waited for).
+func unplugDevice(ctx context.Context, mon hotplugMonitor, id string) error {
+	events, cancel := mon.Subscribe(16)
+	defer cancel()
+	err := mon.Execute(ctx, "device_del", map[string]any{"id": id}, nil)
+	switch {
+	case err == nil:
+	case qmp.IsCommandError(err, qmp.ClassDeviceNotFound):
+		return nil
+	case strings.Contains(err.Error(), "in the process of unplug"):
+		// Asked before (by an earlier try or agent): wait for it.
+	default:
+		return fmt.Errorf("device_del %s: %w", id, err)
+	}
+	return waitDeviceDeleted(ctx, mon, events, id, unplugTimeout)
+}
+
+// isNotFound says a QMP error is about an object QEMU does not have.
+func isNotFound(err error) bool {
+	return qmp.IsCommandError(err, qmp.ClassDeviceNotFound) || strings.Contains(err.Error(), "not found")
+}
+
+// waitDeviceDeleted waits for the DEVICE_DELETED event of device id. While it waits it also
+// asks QEMU whether the device still exists (an event sent before the subscription, or to
+// an earlier agent, is not seen again).
+func waitDeviceDeleted(ctx context.Context, mon hotplugMonitor, events <-chan qmp.Event, id string, timeout time.Duration) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok || ev.Name == qmp.EventDisconnected {
+				return errors.New("the QMP connection ended while waiting for DEVICE_DELETED")
+			}
+			if ev.Name == "DEVICE_DELETED" {
+				var data struct {
+					Device string `json:"device"`
+				}
+				if json.Unmarshal(ev.Data, &data) == nil && data.Device == id {
+					return nil
+				}
+			}
+		case <-tick.C:
+			var out any
+			err := mon.Execute(ctx, "qom-get", map[string]any{"path": "/machine/peripheral/" + id, "property": "type"}, &out)
+			if err != nil && (qmp.IsCommandError(err, qmp.ClassDeviceNotFound) || strings.Contains(err.Error(), "not found")) {
+				return nil
+			}
+		case <-deadline.C:
+			return fmt.Errorf("the guest did not release device %s within %s (DEVICE_DELETED never came): is the device in use?", id, timeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// addDiskLeaseLine records a hot-plugged disk's lease token with the leases the QEMU runs
+// under (disklease.go), so a lease that moves away fences it like a start-time disk.
+func (a *Agent) addDiskLeaseLine(runDir, disk, token string) {
+	m := readDiskLeases(runDir)
+	if m == nil {
+		m = map[string]string{}
+	}
+	m[disk] = token
+	a.writeDiskLeases(runDir, m)
+}
+
+func (a *Agent) dropDiskLeaseLine(runDir, disk string) {
+	m := readDiskLeases(runDir)
+	if _, ok := m[disk]; !ok {
+		return
+	}
+	delete(m, disk)
+	a.writeDiskLeases(runDir, m)
+}
+
+// writeBlockDeviceRefs records the spec's devices and the hot-plugged ones in
+// status.blockDeviceRefs.
+func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMachine, st hotplugState) error {
+	refs := make([]v1alpha1.BlockDeviceStatusRef, 0, len(vm.Spec.BlockDeviceRefs)+len(st.Disks))
+	for _, r := range vm.Spec.BlockDeviceRefs {
+		refs = append(refs, v1alpha1.BlockDeviceStatusRef{Kind: r.Kind, Name: r.Name, Attached: true, BootOrder: r.BootOrder})
+	}
+	for _, d := range st.Disks {
+		r := v1alpha1.BlockDeviceStatusRef{Kind: d.Kind, Name: d.Name, Target: d.Device, Attached: true, Hotplugged: true,
+			VirtualMachineBlockDeviceAttachmentName: d.Attachment}
+		if d.Size > 0 {
+			r.Size = v1alpha1.Quantity(strconv.FormatInt(d.Size, 10))
+		}
+		refs = append(refs, r)
+	}
+	// A VM with hot-plugged devices is not live-migrated (docs/hotplug.md): the condition
+	// Migratable says so while it has any.
+	var hot []string
+	for _, d := range st.Disks {
+		hot = append(hot, fmt.Sprintf("%s %s (attachment %s)", d.Kind, d.Name, d.Attachment))
+	}
+	for _, n := range st.NICs {
+		hot = append(hot, fmt.Sprintf("network interface %d (%s)", n.Index, n.MAC))
+	}
+	migratable := func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionMigratable)
+		if len(hot) == 0 {
+			return c == nil || c.Reason != v1alpha1.VMReasonHotpluggedDevices
+		}
+		return c != nil && c.Status == v1alpha1.ConditionFalse && c.Message == hotMessage(hot)
+	}
+	same := func(v *v1alpha1.VirtualMachine) bool {
+		x, _ := json.Marshal(v.Status.BlockDeviceRefs)
+		y, _ := json.Marshal(refs)
+		return string(x) == string(y) && v.Status.BlockDevicesCount == len(refs) && migratable(v)
+	}
+	if same(vm) {
+		return nil
+	}
+	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, hotplugStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if v.Status.NodeName != a.cfg.NodeName || same(v) {
+			return errNoChange
+		}
+		v.Status.BlockDeviceRefs = refs
+		v.Status.BlockDevicesCount = len(refs)
+		if len(hot) > 0 {
+			v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionMigratable, Status: v1alpha1.ConditionFalse,
+				Reason: v1alpha1.VMReasonHotpluggedDevices, Message: hotMessage(hot)})
+		} else if !migratable(v) {
+			v.Status.Conditions = slices.DeleteFunc(v.Status.Conditions, func(c v1alpha1.Condition) bool { return c.Type == v1alpha1.VMConditionMigratable })
+		}
+		return nil
+	})
+	return ignoreGone(err)
+}
+
+func hotMessage(hot []string) string {
+	return "hot-plugged devices are not live-migrated: " + strings.Join(hot, ", ") + "; detach them, or stop the VM and start it elsewhere"
+}
+
+// hotplugStatusFields are the VM status fields hot-plug writes.
+var hotplugStatusFields = []string{"blockDeviceRefs", "blockDevicesCount", "conditions"}
+
+// clearBlockDeviceRefs empties status.blockDeviceRefs of a VM whose QEMU ended: nothing is
+// attached to a stopped VM (recordExit).
+func clearBlockDeviceRefs(v *v1alpha1.VirtualMachine) {
+	v.Status.BlockDeviceRefs = nil
+	v.Status.BlockDevicesCount = 0
+	if c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionMigratable); c != nil && c.Reason == v1alpha1.VMReasonHotpluggedDevices {
+		v.Status.Conditions = slices.DeleteFunc(v.Status.Conditions, func(c v1alpha1.Condition) bool { return c.Type == v1alpha1.VMConditionMigratable })
+	}
+}

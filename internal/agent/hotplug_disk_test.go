@@ -1,0 +1,183 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+)
+
+// fakeHotplugMon records the QMP commands and answers them as scripted.
+type fakeHotplugMon struct {
+	mu     sync.Mutex
+	calls  []string
+	events chan qmp.Event
+	// reply, when set, answers a command (nil: success).
+	reply func(cmd string, args map[string]any) error
+}
+
+func (f *fakeHotplugMon) Execute(_ context.Context, cmd string, args, _ any) error {
+	var m map[string]any
+	b, _ := json.Marshal(args)
+	_ = json.Unmarshal(b, &m)
+	f.mu.Lock()
+	f.calls = append(f.calls, cmd+" "+string(b))
+	f.mu.Unlock()
+	if f.reply != nil {
+		return f.reply(cmd, m)
+	}
+	return nil
+}
+
+func (f *fakeHotplugMon) AddFD(context.Context, *os.File, int, string) (qmp.AddFDInfo, error) {
+	return qmp.AddFDInfo{FDSetID: 9}, nil
+}
+
+func (f *fakeHotplugMon) Subscribe(int) (<-chan qmp.Event, func()) { return f.events, func() {} }
+
+func (f *fakeHotplugMon) names() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, c := range f.calls {
+		out = append(out, strings.Fields(c)[0])
+	}
+	return out
+}
+
+// TestUnplugDiskSequence: device_del, then (after DEVICE_DELETED of that device, another
+// device's event being ignored) blockdev-del of every node top first and remove-fd of its fd
+// sets.
+func TestUnplugDiskSequence(t *testing.T) {
+	f := &fakeHotplugMon{events: make(chan qmp.Event, 4)}
+	f.reply = func(cmd string, _ map[string]any) error {
+		if cmd == "device_del" {
+			f.events <- qmp.Event{Name: "DEVICE_DELETED", Data: json.RawMessage(`{"device":"other"}`)}
+			f.events <- qmp.Event{Name: "DEVICE_DELETED", Data: json.RawMessage(`{"device":"hpdisk-1"}`)}
+		}
+		return nil
+	}
+	d := pluggedDisk{Device: "hpdisk-1", Nodes: []string{"hp-1", "hp-1.b1"}, FDSets: []int{7, 8}}
+	if err := unplugDisk(context.Background(), f, d); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`device_del {"id":"hpdisk-1"}`, `blockdev-del {"node-name":"hp-1"}`, `blockdev-del {"node-name":"hp-1.b1"}`,
+		`remove-fd {"fdset-id":7}`, `remove-fd {"fdset-id":8}`}
+	if !reflect.DeepEqual(f.calls, want) {
+		t.Fatalf("QMP calls:\n got %q\nwant %q", f.calls, want)
+	}
+}
+
+// TestUnplugDiskGone: a device QEMU no longer has is not waited for; its nodes still go.
+func TestUnplugDiskGone(t *testing.T) {
+	f := &fakeHotplugMon{events: make(chan qmp.Event)}
+	f.reply = func(cmd string, _ map[string]any) error {
+		if cmd == "device_del" {
+			return &qmp.CommandError{Command: cmd, Class: qmp.ClassDeviceNotFound, Desc: "Device 'hpdisk-1' not found"}
+		}
+		return nil
+	}
+	if err := unplugDisk(context.Background(), f, pluggedDisk{Device: "hpdisk-1", Nodes: []string{"hp-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.names(); !reflect.DeepEqual(got, []string{"device_del", "blockdev-del"}) {
+		t.Fatalf("QMP calls: %q", got)
+	}
+}
+
+// TestWaitDeviceDeletedPolls: without the event (sent before the subscription), the device's
+// absence in QOM ends the wait; a device that stays ends it with a timeout naming it.
+func TestWaitDeviceDeletedPolls(t *testing.T) {
+	f := &fakeHotplugMon{events: make(chan qmp.Event)}
+	f.reply = func(cmd string, _ map[string]any) error {
+		if cmd == "qom-get" {
+			return &qmp.CommandError{Command: cmd, Class: qmp.ClassDeviceNotFound, Desc: "Device '/machine/peripheral/x' not found"}
+		}
+		return nil
+	}
+	if err := waitDeviceDeleted(context.Background(), f, f.events, "x", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f.reply = nil
+	err := waitDeviceDeleted(context.Background(), f, f.events, "x", 1500*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "did not release device x") {
+		t.Fatalf("a device that stays: %v", err)
+	}
+}
+
+// TestFreePort: the first root port no device uses.
+func TestFreePort(t *testing.T) {
+	disks := []pluggedDisk{{Port: qemu.HotplugPort(0)}, {Port: ""}, {Port: qemu.HotplugPort(2)}}
+	if p := freePort(disks); p != qemu.HotplugPort(1) {
+		t.Fatalf("free port: %q", p)
+	}
+	for i := 0; i < qemu.HotplugPorts; i++ {
+		disks = append(disks, pluggedDisk{Port: qemu.HotplugPort(i)})
+	}
+	if p := freePort(disks); p != "" {
+		t.Fatalf("free port of a full VM: %q", p)
+	}
+}
+
+// TestHotplugStateOfAnotherQEMU: the state recorded for an earlier QEMU counts as empty.
+func TestHotplugStateOfAnotherQEMU(t *testing.T) {
+	dir := t.TempDir()
+	if err := writeHotplugState(dir, hotplugState{PID: 10, Disks: []pluggedDisk{{Attachment: "a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if s := readHotplugState(dir, 10); len(s.Disks) != 1 {
+		t.Fatalf("state of the same QEMU: %+v", s)
+	}
+	if s := readHotplugState(dir, 11); len(s.Disks) != 0 || s.PID != 11 {
+		t.Fatalf("state of another QEMU: %+v", s)
+	}
+}
+
+// TestUnplugNICSequence: device_del, DEVICE_DELETED, then netdev_del.
+func TestUnplugNICSequence(t *testing.T) {
+	f := &fakeHotplugMon{events: make(chan qmp.Event, 1)}
+	f.reply = func(cmd string, _ map[string]any) error {
+		if cmd == "device_del" {
+			f.events <- qmp.Event{Name: "DEVICE_DELETED", Data: json.RawMessage(`{"device":"hpnic1","path":"/machine/peripheral/hpnic1"}`)}
+		}
+		return nil
+	}
+	if err := unplugNIC(context.Background(), f, pluggedNIC{Index: 1, Device: "hpnic1", Netdev: "hpnet1"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`device_del {"id":"hpnic1"}`, `netdev_del {"id":"hpnet1"}`}
+	if !reflect.DeepEqual(f.calls, want) {
+		t.Fatalf("QMP calls:\n got %q\nwant %q", f.calls, want)
+	}
+}
+
+// TestFreePortOfSharesPorts: disks and NICs share the root ports.
+func TestFreePortOfSharesPorts(t *testing.T) {
+	st := &hotplugState{Disks: []pluggedDisk{{Port: qemu.HotplugPort(0)}}, NICs: []pluggedNIC{{Port: qemu.HotplugPort(1)}}}
+	if p := freePortOf(st); p != qemu.HotplugPort(2) {
+		t.Fatalf("free port: %q", p)
+	}
+}
+
+// TestSameNICPrefix: no networks is one Main interface; a changed interface is not the same.
+func TestSameNICPrefix(t *testing.T) {
+	main := v1alpha1.NetworkSpec{Type: v1alpha1.NetworkTypeMain}
+	extra := v1alpha1.NetworkSpec{Type: v1alpha1.NetworkTypeClusterNetwork, Name: "main"}
+	if !sameNICPrefix(nil, []v1alpha1.NetworkSpec{main, extra}, 1) {
+		t.Fatal("no networks and [Main, extra] share their first interface")
+	}
+	if sameNICPrefix([]v1alpha1.NetworkSpec{extra}, []v1alpha1.NetworkSpec{main, extra}, 1) {
+		t.Fatal("a changed first interface is not the same")
+	}
+	if sameNICPrefix(nil, nil, 2) {
+		t.Fatal("one interface has no prefix of two")
+	}
+}

@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// TestHotplugBenchmark measures, on one running test guest, the time from the API call
+// (`rakhsh vm attach` / `rakhsh vm detach`, without --wait) to the guest seeing the change on
+// its serial console, for a blank VirtualDisk (virtio-blk in a PCIe root port) and an ISO
+// (SCSI CD-ROM), and prints every run and the medians. It runs only when
+// RAKHSH_BENCH_HOTPLUG is set to the number of runs (docs/benchmarks.md).
+func TestHotplugBenchmark(t *testing.T) {
+	runs, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_HOTPLUG"))
+	if runs <= 0 {
+		t.Skip("a benchmark: set RAKHSH_BENCH_HOTPLUG=N (runs) to run it")
+	}
+	dir := vmGuestDir(t)
+	s := vmServe(t)
+	base := vmImageServer(t, dir)
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: ClusterVirtualImage
+metadata: {name: guest-iso}
+spec:
+  dataSource:
+    type: HTTP
+    http: {url: "`+base+`/guest.iso"}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: bd}
+spec:
+  persistentVolumeClaim: {size: 64Mi}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: hb}
+spec:
+  runPolicy: Manual
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: guest-iso}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "bd", "--for", "phase=Ready", "--timeout", "1m")
+	s.MustCLI("", "wait", "cvi", "guest-iso", "--for", "phase=Ready", "--timeout", "2m")
+	s.MustCLI("", "vm", "start", "hb")
+	vmWait(t, s, "hb", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	vmWaitSerial(t, s, "hb", "RAKHSH-GUEST: ready", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	conn, err := s.Client().DialStream(ctx, "virtualmachines", "default", "hb", "console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	out := &lockedBuffer{}
+	go func() { _, _ = io.Copy(out, conn) }()
+	sh := func(cmd string) {
+		if _, err := conn.Write([]byte(cmd + "\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sh("")
+	time.Sleep(300 * time.Millisecond)
+	type devCase struct {
+		label, name, kind, present string
+	}
+	cases := []devCase{
+		{"disk", "bd", "VirtualDisk", "[ -e /sys/block/vda ]"},
+		{"cdrom", "guest-iso", "ClusterVirtualImage", "[ -e /sys/block/sr1 ]"},
+	}
+	for _, c := range cases {
+		var in, outT []float64
+		for i := 0; i < runs; i++ {
+			// The guest polls every 20 ms; the marker line says when it saw the change.
+			sh(fmt.Sprintf(`while ! %s; do sleep 0.02; done; echo HPB-%s-IN-%d`, c.present, c.label, i))
+			t0 := time.Now()
+			s.MustCLI("", "vm", "attach", "hb", c.name, "--kind", c.kind)
+			consoleWait(t, out, fmt.Sprintf("HPB-%s-IN-%d", c.label, i), 2*time.Minute, c.label+" attach")
+			in = append(in, time.Since(t0).Seconds())
+			sh(fmt.Sprintf(`while %s; do sleep 0.02; done; echo HPB-%s-OUT-%d`, c.present, c.label, i))
+			t0 = time.Now()
+			s.MustCLI("", "vm", "detach", "hb", c.name)
+			consoleWait(t, out, fmt.Sprintf("HPB-%s-OUT-%d", c.label, i), 2*time.Minute, c.label+" detach")
+			outT = append(outT, time.Since(t0).Seconds())
+			waitObjGone(t, s, "virtualmachineblockdeviceattachments", "hb-"+c.name)
+			t.Logf("%s run %d: attach→guest sees it %.2f s, detach→guest lost it %.2f s", c.label, i+1, in[i], outT[i])
+		}
+		mi, loi, hii := median(in)
+		mo, loo, hio := median(outT)
+		t.Logf("%s: attach median %.2f s (%.2f–%.2f), detach median %.2f s (%.2f–%.2f), %d runs", c.label, mi, loi, hii, mo, loo, hio, runs)
+	}
+	conn.Close()
+	s.MustCLI("", "delete", "vm", "hb", "--wait", "--timeout", "2m")
+}
+
+// waitObjGone waits until the object of the default project is gone.
+func waitObjGone(t *testing.T, s *Serve, resource, name string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		var o map[string]any
+		if err := s.Client().Get(context.Background(), resource, "default", name, &o); err != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s %s is not gone within a minute", resource, name)
+}
