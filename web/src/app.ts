@@ -612,7 +612,7 @@ function createPage() {
     policy,
     field("c-cores", "Cores", cores),
     field("c-fraction", "Core fraction", fraction, "The share of each core the VM is guaranteed."),
-    field("c-memory", "Memory (MiB)", memory),
+    field("c-memory", "Memory (MiB)", memory, " "),
     field("c-disk", "Disk size (GiB)", disk),
     field("c-network", "Network", network),
     field("c-userdata", "Cloud-init user data", userData, "Optional, e.g. a #cloud-config document."),
@@ -664,6 +664,8 @@ function createPage() {
     memory.min = String(lo);
     memory.max = String(hi);
     memory.step = m?.step ? String(bytesOf(m.step) / 2 ** 20) : "1";
+    const hint = document.getElementById("c-memory-hint");
+    if (hint) hint.textContent = `Allowed: ${lo}–${hi} MiB${m?.step ? ", in steps of " + memory.step + " MiB" : ""}.`;
     const cur = parseInt(memory.value || "0", 10);
     if (cur < lo) memory.value = String(lo);
     if (cur > hi) memory.value = String(hi);
@@ -680,7 +682,7 @@ function createPage() {
     return ud;
   };
   const manifests = () => {
-    const [kind, imgName] = image.value.split("/");
+    const [kind, imgName = ""] = image.value.split("/");
     const n = name.value;
     const diskObj: any = {
       apiVersion: API_VERSION,
