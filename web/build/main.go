@@ -34,8 +34,8 @@ func build(web, out string) error {
 		MinifyWhitespace:  true,
 		MinifyIdentifiers: true,
 		MinifySyntax:      true,
-		Target:            api.ES2020,
-		Format:            api.FormatIIFE,
+		Target:            api.ES2022,
+		Format:            api.FormatESModule, // noVNC uses top-level await: the page loads app.js as a module
 		Platform:          api.PlatformBrowser,
 		Sourcemap:         api.SourceMapNone,
 		LegalComments:     api.LegalCommentsLinked,

@@ -1,6 +1,7 @@
 // The Rakhsh web UI: a small single-page app over the same REST API (and watch streams) the
 // CLI uses. Every value from the API reaches the page as text (textContent, attributes set
 // one by one): nothing is ever parsed as HTML.
+import RFB from "@novnc/novnc";
 import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
 import "./style.css";
@@ -258,6 +259,7 @@ async function route() {
   if (!session.loggedIn) return loginPage();
   const parts = hash.replace(/^#\//, "").split("/").map(decodeURIComponent);
   if (parts[0] === "vms" && parts[1] && parts[2] === "console") return consolePage(parts[1]);
+  if (parts[0] === "vms" && parts[1] && parts[2] === "vnc") return vncPage(parts[1]);
   if (parts[0] === "vms" && parts[1]) return vmPage(parts[1]);
   if (parts[0] === "create") return createPage();
   if (parts[0] === "login") return go("#/vms");
@@ -436,6 +438,7 @@ function vmPage(name: string) {
       "danger",
     ),
     h("a", { href: `#/vms/${encodeURIComponent(name)}/console`, class: "button", id: "vm-console" }, "Serial console"),
+    h("a", { href: `#/vms/${encodeURIComponent(name)}/vnc`, class: "button", id: "vm-vnc" }, "Graphical console"),
   );
   frame("vms", h("div", {}, h("h1", {}, "Virtual machine ", h("span", { id: "vm-name" }, name)), actions, out, view, h("h2", {}, "Events"), h("table", { id: "events" }, h("thead", {}, h("tr", {}, ...["Type", "Reason", "Message", "Count", "Last seen"].map((c) => h("th", { scope: "col" }, c)))), events)));
   const render = (w: Watch) => {
@@ -547,6 +550,54 @@ function consolePage(name: string) {
         status.textContent = `Disconnected${ev.reason ? ": " + ev.reason : ""} (the VM may not be running). Open the page again to reconnect.`;
       };
     });
+}
+
+// ---- the graphical console ----------------------------------------------------------------
+
+// keysymOf maps a character to an X11 keysym, as RFB key events carry them.
+function keysymOf(ch: string): number {
+  if (ch === "\n") return 0xff0d; // Return
+  if (ch === "\t") return 0xff09; // Tab
+  const c = ch.codePointAt(0)!;
+  return c < 0x100 ? c : 0x01000000 | c;
+}
+
+function vncPage(name: string) {
+  const status = h("div", { role: "status", id: "vnc-status" }, "Connecting…");
+  const screen = h("div", { class: "vnc", id: "vnc", role: "application", "aria-label": `Graphical console of ${name}` });
+  const paste = h("textarea", { id: "vnc-paste", rows: "2", spellcheck: "false" }) as HTMLTextAreaElement;
+  let rfb: any = null;
+  const cad = h("button", { type: "button", id: "vnc-cad", onclick: () => rfb?.sendCtrlAltDel() }, "Ctrl-Alt-Del");
+  const typeIt = h("button", { type: "button", id: "vnc-type", onclick: () => {
+    for (const ch of paste.value) rfb?.sendKey(keysymOf(ch), null);
+    paste.value = "";
+    rfb?.focus();
+  } }, "Type text");
+  const full = h("button", { type: "button", id: "vnc-full", onclick: () => screen.requestFullscreen?.() }, "Full screen");
+  frame(
+    "vms",
+    h(
+      "div",
+      {},
+      h("h1", {}, "Graphical console of ", h("a", { href: `#/vms/${encodeURIComponent(name)}` }, name)),
+      h("div", { class: "actions", role: "group", "aria-label": "Console keys" }, cad, full),
+      status,
+      screen,
+      h("label", { for: "vnc-paste" }, "Text to type into the VM (sent as keystrokes)"),
+      paste,
+      h("div", { class: "actions" }, typeIt),
+    ),
+  );
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  rfb = new RFB(screen, `${proto}//${location.host}${nsPath("virtualmachines", name, "vnc")}`, { wsProtocols: ["binary"] });
+  rfb.scaleViewport = true;
+  rfb.addEventListener("connect", () => {
+    status.textContent = "Connected.";
+  });
+  rfb.addEventListener("disconnect", (e: any) => {
+    status.textContent = e.detail?.clean ? "Disconnected." : "The connection was refused or lost (the VM may not be running). Open the page again to reconnect.";
+  });
+  onCleanup(() => rfb.disconnect());
 }
 
 // ---- the create wizard -----------------------------------------------------------------------
@@ -753,4 +804,7 @@ function createPage() {
 }
 
 window.addEventListener("hashchange", () => route());
-window.addEventListener("DOMContentLoaded", () => route());
+// app.js is a module that may finish loading after DOMContentLoaded (noVNC awaits a codec
+// probe at load), so start at once when the document is ready.
+if (document.readyState === "loading") window.addEventListener("DOMContentLoaded", () => route());
+else route();
