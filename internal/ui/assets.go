@@ -1,6 +1,8 @@
 package ui
 
 import (
+	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
@@ -8,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 )
 
@@ -36,6 +39,7 @@ func setSecurityHeaders(w http.ResponseWriter) {
 
 type asset struct {
 	data  []byte
+	gz    []byte // data gzipped at start, when that is smaller
 	etag  string
 	ctype string
 }
@@ -57,7 +61,14 @@ func loadAssets() *assets {
 		if ct == "" {
 			ct = "application/octet-stream"
 		}
-		a.files[strings.TrimPrefix(p, "dist/")] = asset{data: data, etag: `"` + hex.EncodeToString(sum[:12]) + `"`, ctype: ct}
+		f := asset{data: data, etag: `"` + hex.EncodeToString(sum[:12]) + `"`, ctype: ct}
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		_, _ = zw.Write(data)
+		if zw.Close() == nil && buf.Len() < len(data) {
+			f.gz = buf.Bytes()
+		}
+		a.files[strings.TrimPrefix(p, "dist/")] = f
 		return nil
 	})
 	return a
@@ -82,13 +93,30 @@ func (a *assets) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", f.ctype)
 	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("ETag", f.etag)
-	if r.Header.Get("If-None-Match") == f.etag {
+	w.Header().Set("Vary", "Accept-Encoding")
+	body, etag := f.data, f.etag
+	if f.gz != nil && acceptsGzip(r) {
+		body, etag = f.gz, strings.TrimSuffix(f.etag, `"`)+`-gz"`
+		w.Header().Set("Content-Encoding", "gzip")
+	}
+	w.Header().Set("ETag", etag)
+	if r.Header.Get("If-None-Match") == etag {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	if r.Method == http.MethodHead {
 		return
 	}
-	_, _ = w.Write(f.data)
+	_, _ = w.Write(body)
+}
+
+func acceptsGzip(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		enc, q, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.TrimSpace(enc) == "gzip" {
+			return strings.ReplaceAll(q, " ", "") != "q=0"
+		}
+	}
+	return false
 }

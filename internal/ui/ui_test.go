@@ -233,3 +233,18 @@ func TestAssetsAndSecurityHeaders(t *testing.T) {
 		t.Errorf("/ui: %d", w.Code)
 	}
 }
+
+func TestAssetsGzip(t *testing.T) {
+	h, _ := newTestHandler(t)
+	plain := do(h, "GET", "/ui/app.js", "", nil)
+	gz := do(h, "GET", "/ui/app.js", "", map[string]string{"Accept-Encoding": "gzip, deflate"})
+	if gz.Header().Get("Content-Encoding") != "gzip" || gz.Body.Len() >= plain.Body.Len() || plain.Header().Get("Content-Encoding") != "" {
+		t.Fatalf("gzip: %q %d bytes, plain %d bytes", gz.Header().Get("Content-Encoding"), gz.Body.Len(), plain.Body.Len())
+	}
+	if gz.Header().Get("ETag") == plain.Header().Get("ETag") || gz.Header().Get("Vary") != "Accept-Encoding" {
+		t.Errorf("ETags %q and %q, Vary %q", gz.Header().Get("ETag"), plain.Header().Get("ETag"), gz.Header().Get("Vary"))
+	}
+	if r := do(h, "GET", "/ui/app.js", "", map[string]string{"Accept-Encoding": "gzip;q=0"}); r.Header().Get("Content-Encoding") != "" {
+		t.Errorf("gzip;q=0 got gzip")
+	}
+}
