@@ -48,9 +48,13 @@ func uiBrowser(t *testing.T) context.Context {
 	if err != nil {
 		skipOrFail(t, "chromium missing: apt-get install chromium (scripts/install-deps.sh installs it)")
 	}
+	profile, err := os.MkdirTemp("", "rakhsh-ui-profile-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(bin),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(profile),
 		chromedp.WindowSize(1280, 800),
 		chromedp.NoSandbox, // tests run as root, where chromium's sandbox cannot start
 		chromedp.Flag("ignore-certificate-errors", true),
@@ -58,7 +62,14 @@ func uiBrowser(t *testing.T) context.Context {
 	)
 	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	t.Cleanup(func() { cancel(); acancel() })
+	t.Cleanup(func() {
+		cancel()
+		acancel()
+		// The browser's helpers may still be finishing their writes to the profile.
+		for i := 0; i < 50 && os.RemoveAll(profile) != nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 	if err := chromedp.Run(ctx); err != nil {
 		t.Fatalf("starting chromium: %v", err)
 	}
@@ -87,6 +98,28 @@ func uiShot(t *testing.T, ctx context.Context, dir, name string) {
 	if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// uiCheck is uiPoll that records a failure and lets the test go on, for checks the rest of
+// the test does not depend on.
+func uiCheck(t *testing.T, ctx context.Context, timeout time.Duration, what, expr string) bool {
+	t.Helper()
+	c, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := chromedp.Run(c, chromedp.Poll(expr, nil, chromedp.WithPollingInterval(200*time.Millisecond))); err != nil {
+		var text string
+		_ = chromedp.Run(ctx, chromedp.Text("main", &text, chromedp.ByQuery))
+		t.Errorf("%s: %v\npage text:\n%s", what, err, text)
+		return false
+	}
+	return true
+}
+
+// uiSetValue sets an input's value as typing would (input and change events).
+func uiSetValue(sel, value string) chromedp.Action {
+	js, _ := json.Marshal(value)
+	q, _ := json.Marshal(sel)
+	return chromedp.Evaluate(fmt.Sprintf(`(() => { const e = document.querySelector(%s); e.value = %s; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); return true })()`, q, js), nil)
 }
 
 // uiPoll evaluates expr until it is true, with a deadline.
@@ -141,7 +174,7 @@ spec:
 	}
 	uiShot(t, ctx, shots, "login")
 	uiRun(t, ctx, 30*time.Second, "log in with the admin token",
-		chromedp.SetValue("#token", "", chromedp.ByID),
+		uiSetValue("#token", ""),
 		chromedp.SendKeys("#token", token, chromedp.ByID),
 		chromedp.Click("#login", chromedp.ByID),
 		chromedp.WaitVisible("#vm-list", chromedp.ByID))
@@ -158,7 +191,8 @@ spec:
 		chromedp.Click(`a[href="#/create"]`, chromedp.ByQuery),
 		chromedp.WaitVisible("#c-name", chromedp.ByID))
 	uiPoll(t, ctx, 20*time.Second, "the wizard lists the image and the class",
-		`document.querySelector('#c-image option[value="ClusterVirtualImage/guest"]') !== null && document.querySelector('#c-class').value === 'small'`)
+		`document.querySelector('#c-image option[value="ClusterVirtualImage/guest"]') !== null && document.querySelector('#c-class option[value="small"]') !== null`)
+	uiRun(t, ctx, 5*time.Second, "pick the class", uiSetValue("#c-class", "small"))
 	var fractions, coreOpts, policy string
 	uiRun(t, ctx, 5*time.Second, "read the sizing choices",
 		chromedp.Evaluate(`[...document.querySelectorAll('#c-fraction option')].map(o => o.value).join(',')`, &fractions),
@@ -169,8 +203,8 @@ spec:
 	}
 	uiRun(t, ctx, 30*time.Second, "fill in the wizard",
 		chromedp.SendKeys("#c-name", "web1", chromedp.ByID),
-		chromedp.SetValue("#c-memory", "256", chromedp.ByID),
-		chromedp.SetValue("#c-disk", "1", chromedp.ByID),
+		uiSetValue("#c-memory", "256"),
+		uiSetValue("#c-disk", "1"),
 		chromedp.SendKeys("#c-sshkey", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUiTestKey ui@test", chromedp.ByID))
 	uiShot(t, ctx, shots, "create")
 	uiRun(t, ctx, 30*time.Second, "create the VM", chromedp.Click("#c-create", chromedp.ByID), chromedp.WaitVisible("#vm-name", chromedp.ByID))
@@ -203,7 +237,7 @@ spec:
 		chromedp.WaitVisible("#vm-console", chromedp.ByID),
 		chromedp.Click("#vm-console", chromedp.ByID),
 		chromedp.WaitVisible("#console .xterm", chromedp.ByQuery))
-	uiPoll(t, ctx, vmBootTimeout, "the guest's boot marker in the terminal",
+	uiCheck(t, ctx, vmBootTimeout, "the guest's boot marker in the terminal",
 		`document.querySelector('#console').rakhshText().includes('RAKHSH-GUEST: ready')`)
 	uiShot(t, ctx, shots, "console")
 
@@ -211,7 +245,7 @@ spec:
 	uiRun(t, ctx, 30*time.Second, "open the graphical console",
 		chromedp.Navigate(base+"/ui/#/vms/web1/vnc"),
 		chromedp.WaitVisible("#vnc-cad", chromedp.ByID))
-	uiPoll(t, ctx, time.Minute, "a non-blank VNC canvas", `(() => {
+	uiCheck(t, ctx, time.Minute, "a non-blank VNC canvas", `(() => {
 		const c = document.querySelector('#vnc canvas');
 		if (!c || c.width < 16 || c.height < 16) return false;
 		const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -279,7 +313,7 @@ spec:
 	}
 
 	// Stop from the VM's page; the list follows to Stopped.
-	uiRun(t, ctx, 30*time.Second, "stop the VM",
+	uiRun(t, ctx, 2*time.Minute, "stop the VM",
 		chromedp.Navigate(base+"/ui/#/vms/web1"),
 		chromedp.WaitVisible("#vm-stop", chromedp.ByID),
 		chromedp.Click("#vm-stop", chromedp.ByID),
