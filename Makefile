@@ -34,3 +34,11 @@ bench: build
 
 clean:
 	rm -rf bin test/guest/out
+
+# Rebuilds the web UI bundle (internal/ui/dist, committed and embedded) from web/: npm ci
+# installs the packages pinned with their sha512 in web/package-lock.json, esbuild's Go API
+# bundles them (see docs/ui.md).
+.PHONY: ui
+ui:
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	$(GO) run ./web/build

@@ -199,6 +199,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newLabelCommand(cc),
 		newNodeCommand(cc),
 		newDiskCommand(cc),
+		newUICommand(cc),
 	)
 	addCompletions(cc, root)
 	return root

@@ -444,7 +444,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			ul.Close()
 			return err
 		}
-		servers = append(servers, newHTTPServer(api.RemoteHandler(), true))
+		servers = append(servers, newHTTPServer(withUI(api.RemoteHandler(), log), true))
 		listeners = append(listeners, tl)
 		cfg.uploadBases = uploadBases(cfg.Listen, tl.Addr())
 		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", tokenFile)

@@ -1,0 +1,99 @@
+package ui
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// TokenLogin logs in with an API bearer token. The token is checked by asking the API itself
+// (discovery, which needs a valid token), and the session then sends it on every API request,
+// so the API authorizes the browser exactly as it would a CLI holding that token.
+type TokenLogin struct {
+	API http.Handler
+}
+
+// discoveryPath is what a token login asks the API to check the token.
+const discoveryPath = "/apis/virtualization.rakhsh.io/v1alpha1"
+
+// statusRecorder keeps only the status code of an answer.
+type statusRecorder struct {
+	h    http.Header
+	code int
+}
+
+func (s *statusRecorder) Header() http.Header { return s.h }
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	return len(b), nil
+}
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.code == 0 {
+		s.code = code
+	}
+}
+
+// Login implements LoginMethod.
+func (t TokenLogin) Login(ctx context.Context, req LoginRequest) (Principal, error) {
+	if req.Token == "" {
+		return Principal{}, fmt.Errorf("%w: the token is empty", ErrLogin)
+	}
+	tok := req.Token
+	authorize := func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+tok) }
+	r, err := http.NewRequestWithContext(ctx, http.MethodGet, discoveryPath, nil)
+	if err != nil {
+		return Principal{}, err
+	}
+	authorize(r)
+	rec := &statusRecorder{h: http.Header{}}
+	t.API.ServeHTTP(rec, r)
+	switch {
+	case rec.code == http.StatusOK:
+		return Principal{Name: "token", Authorize: authorize}, nil
+	case rec.code == http.StatusUnauthorized || rec.code == http.StatusForbidden:
+		return Principal{}, fmt.Errorf("%w: the API does not accept this token", ErrLogin)
+	default:
+		return Principal{}, fmt.Errorf("checking the token: the API answered %d", rec.code)
+	}
+}
+
+// TicketLogin is a one-time login: `rakhsh ui` makes one ticket, prints it in the login URL,
+// and the first login with it (within its lifetime) makes a session as Name.
+type TicketLogin struct {
+	Name string
+	Now  func() time.Time
+
+	mu      sync.Mutex
+	sum     [32]byte
+	expires time.Time
+	used    bool
+}
+
+// NewTicketLogin returns a method and its ticket, valid once within ttl.
+func NewTicketLogin(name string, ttl time.Duration) (*TicketLogin, string) {
+	tk := randomString(32)
+	return &TicketLogin{Name: name, Now: time.Now, sum: sha256.Sum256([]byte(tk)), expires: time.Now().Add(ttl)}, tk
+}
+
+// Login implements LoginMethod.
+func (t *TicketLogin) Login(ctx context.Context, req LoginRequest) (Principal, error) {
+	sum := sha256.Sum256([]byte(req.Ticket))
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case req.Ticket == "" || subtle.ConstantTimeCompare(sum[:], t.sum[:]) != 1:
+		return Principal{}, fmt.Errorf("%w: the login ticket is not valid", ErrLogin)
+	case t.used:
+		return Principal{}, fmt.Errorf("%w: the login ticket was used already: run `rakhsh ui` again for a new one", ErrLogin)
+	case t.Now().After(t.expires):
+		return Principal{}, fmt.Errorf("%w: the login ticket has expired: run `rakhsh ui` again for a new one", ErrLogin)
+	}
+	t.used = true
+	return Principal{Name: t.Name}, nil
+}

@@ -1,0 +1,331 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+)
+
+// uiArtifactsDir is where the browser tests save their screenshots: $RAKHSH_TEST_ARTIFACTS/ui
+// when set, else a directory that is kept and logged.
+func uiArtifactsDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("RAKHSH_TEST_ARTIFACTS")
+	if dir != "" {
+		dir = filepath.Join(dir, "ui")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		var err error
+		if dir, err = os.MkdirTemp("", "rakhsh-ui-shots-"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("screenshots go to %s", dir)
+	return dir
+}
+
+// uiBrowser starts Debian's chromium, headless with its own temporary profile, and returns a
+// tab's context; the allocator's cancel (at cleanup) ends the browser it started.
+func uiBrowser(t *testing.T) context.Context {
+	t.Helper()
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		skipOrFail(t, "chromium missing: apt-get install chromium (scripts/install-deps.sh installs it)")
+	}
+	profile, err := os.MkdirTemp("", "rakhsh-ui-profile-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin),
+		chromedp.UserDataDir(profile),
+		chromedp.WindowSize(1280, 800),
+		chromedp.NoSandbox, // tests run as root, where chromium's sandbox cannot start
+		chromedp.Flag("ignore-certificate-errors", true),
+		chromedp.Flag("disable-gpu", true),
+	)
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() {
+		cancel()
+		acancel()
+		// The browser's helpers may still be finishing their writes to the profile.
+		for i := 0; i < 50 && os.RemoveAll(profile) != nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	if err := chromedp.Run(ctx); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return ctx
+}
+
+// uiRun runs browser actions under a deadline, failing the test with what was being done.
+func uiRun(t *testing.T, ctx context.Context, timeout time.Duration, what string, actions ...chromedp.Action) {
+	t.Helper()
+	c, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := chromedp.Run(c, actions...); err != nil {
+		var text string
+		_ = chromedp.Run(ctx, chromedp.Text("body", &text, chromedp.ByQuery))
+		t.Fatalf("%s: %v\npage text:\n%s", what, err, text)
+	}
+}
+
+func uiShot(t *testing.T, ctx context.Context, dir, name string) {
+	t.Helper()
+	var png []byte
+	uiRun(t, ctx, 20*time.Second, "screenshot "+name, chromedp.CaptureScreenshot(&png))
+	if len(png) < 8 || string(png[1:4]) != "PNG" {
+		t.Fatalf("screenshot %s is not a PNG (%d bytes)", name, len(png))
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// uiCheck is uiPoll that records a failure and lets the test go on, for checks the rest of
+// the test does not depend on.
+func uiCheck(t *testing.T, ctx context.Context, timeout time.Duration, what, expr string) bool {
+	t.Helper()
+	c, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := chromedp.Run(c, chromedp.Poll(expr, nil, chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(timeout))); err != nil {
+		var text string
+		_ = chromedp.Run(ctx, chromedp.Text("main", &text, chromedp.ByQuery))
+		t.Errorf("%s: %v\npage text:\n%s", what, err, text)
+		return false
+	}
+	return true
+}
+
+// uiSetValue sets an input's value as typing would (input and change events).
+func uiSetValue(sel, value string) chromedp.Action {
+	js, _ := json.Marshal(value)
+	q, _ := json.Marshal(sel)
+	return chromedp.Evaluate(fmt.Sprintf(`(() => { const e = document.querySelector(%s); e.value = %s; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); return true })()`, q, js), nil)
+}
+
+// uiPoll evaluates expr until it is true, with a deadline.
+func uiPoll(t *testing.T, ctx context.Context, timeout time.Duration, what, expr string) {
+	t.Helper()
+	uiRun(t, ctx, timeout, what, chromedp.Poll(expr, nil, chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(timeout)))
+}
+
+// TestUIBrowser drives the web UI of a real serve in Debian's chromium: token login (a wrong
+// token's error is shown), the create wizard with a class's sizing policy, the VM reaching
+// Running in the list without a reload, the serial console showing the guest's boot marker,
+// an annotation carrying HTML shown as text, stopping the VM, and cross-site requests
+// refused. Screenshots of every page are saved.
+func TestUIBrowser(t *testing.T) {
+	vmGuestDir(t)
+	addr := freeAddr(t)
+	s := vmServe(t, "--listen", addr)
+	vmSetupGuest(t, s)
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachineClass
+metadata: {name: small}
+spec:
+  cpu: {type: Model, model: Nehalem}
+  sizingPolicies:
+  - cores: {min: 1, max: 2}
+    memory: {min: 128Mi, max: 1Gi}
+    coreFractions: [10, 50, 100]
+    defaultCoreFraction: "50%"
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "cvi", "guest", "--for", "phase=Ready", "--timeout", "2m")
+	tok, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(tok))
+	base := "https://" + addr
+	shots := uiArtifactsDir(t)
+	ctx := uiBrowser(t)
+	c := s.Client()
+
+	// Login: a wrong token is refused with the server's message, the admin token logs in.
+	uiRun(t, ctx, 30*time.Second, "open the login page",
+		chromedp.Navigate(base+"/ui/"),
+		chromedp.WaitVisible("#token", chromedp.ByID),
+		chromedp.SendKeys("#token", "not-a-token", chromedp.ByID),
+		chromedp.Click("#login", chromedp.ByID),
+		chromedp.WaitVisible("#login-error .error", chromedp.ByQuery))
+	var loginErr string
+	uiRun(t, ctx, 5*time.Second, "read the login error", chromedp.Text("#login-error", &loginErr, chromedp.ByQuery))
+	if !strings.Contains(loginErr, "does not accept this token") {
+		t.Errorf("login error shown: %q", loginErr)
+	}
+	uiShot(t, ctx, shots, "login")
+	uiRun(t, ctx, 30*time.Second, "log in with the admin token",
+		uiSetValue("#token", ""),
+		chromedp.SendKeys("#token", token, chromedp.ByID),
+		chromedp.Click("#login", chromedp.ByID),
+		chromedp.WaitVisible("#vm-list", chromedp.ByID))
+	var cookies string
+	uiRun(t, ctx, 5*time.Second, "read document.cookie", chromedp.Evaluate(`document.cookie`, &cookies))
+	if strings.Contains(cookies, "rakhsh-session") {
+		t.Errorf("the session cookie is readable from script: %q", cookies)
+	}
+	// A marker on the window: if the page were reloaded it would be gone.
+	uiRun(t, ctx, 5*time.Second, "mark the page", chromedp.Evaluate(`window.__noReload = 1`, nil))
+
+	// The wizard offers only what the class's sizing policy allows.
+	uiRun(t, ctx, 30*time.Second, "open the wizard",
+		chromedp.Click(`a[href="#/create"]`, chromedp.ByQuery),
+		chromedp.WaitVisible("#c-name", chromedp.ByID))
+	uiPoll(t, ctx, 20*time.Second, "the wizard lists the image and the class",
+		`document.querySelector('#c-image option[value="ClusterVirtualImage/guest"]') !== null && document.querySelector('#c-class option[value="small"]') !== null`)
+	uiRun(t, ctx, 5*time.Second, "pick the class", uiSetValue("#c-class", "small"))
+	var fractions, coreOpts, policy string
+	uiRun(t, ctx, 5*time.Second, "read the sizing choices",
+		chromedp.Evaluate(`[...document.querySelectorAll('#c-fraction option')].map(o => o.value).join(',')`, &fractions),
+		chromedp.Evaluate(`[...document.querySelectorAll('#c-cores option')].map(o => o.value).join(',')`, &coreOpts),
+		chromedp.Text("#c-policy", &policy, chromedp.ByID))
+	if fractions != "10%,50%,100%" || coreOpts != "1,2" || !strings.Contains(policy, "memory 128Mi–1Gi") {
+		t.Errorf("wizard choices: core fractions %q, cores %q, policy %q", fractions, coreOpts, policy)
+	}
+	uiRun(t, ctx, 30*time.Second, "fill in the wizard",
+		chromedp.SendKeys("#c-name", "web1", chromedp.ByID),
+		uiSetValue("#c-memory", "256"),
+		uiSetValue("#c-disk", "1"),
+		chromedp.SendKeys("#c-sshkey", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUiTestKey ui@test", chromedp.ByID))
+	uiShot(t, ctx, shots, "create")
+	uiRun(t, ctx, 30*time.Second, "create the VM", chromedp.Click("#c-create", chromedp.ByID), chromedp.WaitVisible("#vm-name", chromedp.ByID))
+	var vm v1alpha1.VirtualMachine
+	if err := c.Get(ctxT(t), "virtualmachines", "default", "web1", &vm); err != nil {
+		t.Fatalf("the wizard's VM: %v", err)
+	}
+	if vm.Spec.VirtualMachineClassName != "small" || vm.Spec.CPU.Cores != 1 || vm.Spec.CPU.CoreFraction != "50%" || vm.Spec.Memory.Size != "256Mi" ||
+		vm.Spec.Provisioning == nil || !strings.Contains(vm.Spec.Provisioning.UserData, "ssh_authorized_keys") {
+		t.Errorf("the wizard's VM spec: %+v", vm.Spec)
+	}
+
+	// The list shows the VM reach Running, with its node, without a reload.
+	uiRun(t, ctx, vmBootTimeout, "the VM Running in the list",
+		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Running"]`, chromedp.ByQuery))
+	var node string
+	var still bool
+	uiRun(t, ctx, 5*time.Second, "read the row",
+		chromedp.Text(`tr[data-vm="web1"] td.node`, &node, chromedp.ByQuery),
+		chromedp.Evaluate(`window.__noReload === 1`, &still))
+	if node == "" || !still {
+		t.Errorf("list row: node %q, page kept (no reload): %v", node, still)
+	}
+	uiShot(t, ctx, shots, "vms")
+
+	// The serial console shows the guest's boot marker (from the kept log and live).
+	uiRun(t, ctx, 30*time.Second, "open the console",
+		chromedp.Click(`tr[data-vm="web1"] a`, chromedp.ByQuery),
+		chromedp.WaitVisible("#vm-console", chromedp.ByID),
+		chromedp.Click("#vm-console", chromedp.ByID),
+		chromedp.WaitVisible("#console .xterm", chromedp.ByQuery))
+	uiCheck(t, ctx, vmBootTimeout, "the guest's boot marker in the terminal",
+		`document.querySelector('#console').rakhshText().includes('RAKHSH-GUEST: ready')`)
+	uiShot(t, ctx, shots, "console")
+
+	// The graphical console (noVNC over the vnc websocket) draws the VM's display.
+	uiRun(t, ctx, 30*time.Second, "open the graphical console",
+		chromedp.Navigate(base+"/ui/#/vms/web1/vnc"),
+		chromedp.WaitVisible("#vnc-cad", chromedp.ByID))
+	uiCheck(t, ctx, time.Minute, "a non-blank VNC canvas", `(() => {
+		const c = document.querySelector('#vnc canvas');
+		if (!c || c.width < 16 || c.height < 16) return false;
+		const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+		for (let i = 0; i < d.length; i += 4) if (d[i] || d[i+1] || d[i+2]) return true;
+		return false;
+	})()`)
+	var vncStatus string
+	uiRun(t, ctx, 5*time.Second, "read the VNC status", chromedp.Text("#vnc-status", &vncStatus, chromedp.ByID))
+	if vncStatus != "Connected." {
+		t.Errorf("VNC status %q", vncStatus)
+	}
+	uiShot(t, ctx, shots, "vnc")
+	uiRun(t, ctx, 30*time.Second, "back to the list", chromedp.Navigate(base+"/ui/#/vms"), chromedp.WaitVisible(`tr[data-vm="web1"]`, chromedp.ByQuery))
+
+	// XSS: an annotation with HTML is shown as text; no element is made of it, nothing runs.
+	payload := `<img src=x onerror="window.__xss=1">`
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{"note": payload}}})
+	if err := c.Patch(ctxT(t), "virtualmachines", "default", "web1", patch, nil); err != nil {
+		t.Fatal(err)
+	}
+	uiRun(t, ctx, 30*time.Second, "open the VM's page",
+		chromedp.Click(`tr[data-vm="web1"] a`, chromedp.ByQuery),
+		chromedp.WaitVisible("#annotations", chromedp.ByID))
+	var ann string
+	var imgs int
+	var xss bool
+	uiRun(t, ctx, 10*time.Second, "read the annotations",
+		chromedp.Text("#annotations", &ann, chromedp.ByID),
+		chromedp.Evaluate(`document.querySelectorAll('main img').length`, &imgs),
+		chromedp.Evaluate(`window.__xss === 1`, &xss))
+	if !strings.Contains(ann, payload) || imgs != 0 || xss {
+		t.Errorf("annotation %q shown as %q; <img> elements %d; script ran: %v", payload, ann, imgs, xss)
+	}
+	uiShot(t, ctx, shots, "vm")
+
+	// CSRF: a page on another site posts a form (text/plain, shaped as JSON) to the API.
+	// The browser sends no session cookie cross-site (SameSite=Strict) and the API refuses.
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `<!doctype html><form id="f" method="POST" enctype="text/plain" action="%s/apis/virtualization.rakhsh.io/v1alpha1/namespaces/default/virtualmachineoperations">`+
+			`<input name='{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"VirtualMachineOperation","metadata":{"name":"csrf-stop"},"spec":{"type":"Stop","virtualMachineName":"web1","force":true},"x":"' value='"}'>`+
+			`<button id="go" type="submit">win a prize</button></form>`, base)
+	}))
+	defer evil.Close()
+	evilURL := strings.Replace(evil.URL, "127.0.0.1", "localhost", 1) // another site than 127.0.0.1
+	uiRun(t, ctx, 30*time.Second, "the cross-site form post",
+		chromedp.Navigate(evilURL),
+		chromedp.WaitVisible("#go", chromedp.ByID),
+		chromedp.Click("#go", chromedp.ByID, chromedp.NodeVisible))
+	// The click navigates to the API's answer; read it once it is there.
+	var refused string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := chromedp.Run(c, chromedp.Text("body", &refused, chromedp.ByQuery))
+		cancel()
+		if err == nil && strings.Contains(refused, `"status":"Failure"`) {
+			break
+		}
+	}
+	if !strings.Contains(refused, "Unauthorized") && !strings.Contains(refused, "Forbidden") {
+		t.Errorf("the cross-site post was answered: %s", refused)
+	}
+	if err := c.Get(ctxT(t), "virtualmachineoperations", "default", "csrf-stop", &map[string]any{}); !client.IsNotFound(err) {
+		t.Fatalf("the cross-site post made an operation (err %v)", err)
+	}
+	// A same-origin write without the session's CSRF header is refused too.
+	uiRun(t, ctx, 30*time.Second, "back to the UI", chromedp.Navigate(base+"/ui/#/vms"), chromedp.WaitVisible("#vm-list", chromedp.ByID))
+	var noCSRF string
+	uiRun(t, ctx, 10*time.Second, "a write without the CSRF header",
+		chromedp.Evaluate(`fetch('/apis/virtualization.rakhsh.io/v1alpha1/namespaces/default/virtualmachines/web1', {method: 'DELETE', credentials: 'same-origin'}).then(r => r.status + ' ' + r.statusText)`, &noCSRF, func(p *runtime.EvaluateParams) *runtime.EvaluateParams { return p.WithAwaitPromise(true) }))
+	if !strings.HasPrefix(noCSRF, "403") {
+		t.Errorf("DELETE without the CSRF header: %s", noCSRF)
+	}
+
+	// Stop from the VM's page; the list follows to Stopped.
+	uiRun(t, ctx, 2*time.Minute, "stop the VM",
+		chromedp.Navigate(base+"/ui/#/vms/web1"),
+		chromedp.WaitVisible("#vm-stop", chromedp.ByID),
+		chromedp.Click("#vm-stop", chromedp.ByID),
+		chromedp.WaitVisible("#action-result .notice", chromedp.ByQuery),
+		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Stopped"]`, chromedp.ByQuery))
+	uiShot(t, ctx, shots, "vms-stopped")
+}

@@ -1,0 +1,810 @@
+// The Rakhsh web UI: a small single-page app over the same REST API (and watch streams) the
+// CLI uses. Every value from the API reaches the page as text (textContent, attributes set
+// one by one): nothing is ever parsed as HTML.
+import RFB from "@novnc/novnc";
+import { Terminal } from "@xterm/xterm";
+import "@xterm/xterm/css/xterm.css";
+import "./style.css";
+
+const GV = "/apis/virtualization.rakhsh.io/v1alpha1";
+const API_VERSION = "virtualization.rakhsh.io/v1alpha1";
+
+// ---- a tiny element helper -------------------------------------------------------------
+
+type Child = Node | string | number | null | undefined | false;
+type Attrs = { [k: string]: string | boolean | number | ((ev: any) => void) | undefined };
+
+function h(tag: string, attrs: Attrs = {}, ...children: (Child | Child[])[]): HTMLElement {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === false) continue;
+    if (typeof v === "function") el.addEventListener(k.replace(/^on/, ""), v as EventListener);
+    else if (k === "class") el.className = String(v);
+    else if (v === true) el.setAttribute(k, "");
+    else el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function clear(el: Element) {
+  while (el.firstChild) el.removeChild(el.firstChild);
+}
+
+// ---- the API ---------------------------------------------------------------------------
+
+interface SessionInfo {
+  loggedIn: boolean;
+  user?: string;
+  method?: string;
+  csrfToken?: string;
+  methods: string[];
+}
+
+let session: SessionInfo = { loggedIn: false, methods: [] };
+
+export class APIError extends Error {
+  constructor(public code: number, message: string, public reason = "") {
+    super(message);
+  }
+}
+
+async function errorOf(resp: Response): Promise<APIError> {
+  const text = await resp.text();
+  try {
+    const st = JSON.parse(text);
+    if (st && typeof st.message === "string") return new APIError(resp.status, st.message, st.reason || "");
+  } catch (_) {
+    /* not a Status */
+  }
+  return new APIError(resp.status, `${resp.status} ${resp.statusText}: ${text.slice(0, 500)}`);
+}
+
+async function api(method: string, path: string, body?: unknown, contentType = "application/json"): Promise<any> {
+  const headers: Record<string, string> = { Accept: "application/json" };
+  if (method !== "GET" && session.csrfToken) headers["X-CSRF-Token"] = session.csrfToken;
+  if (body !== undefined) headers["Content-Type"] = contentType;
+  const resp = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  if (resp.status === 401 && !path.startsWith("/ui/")) {
+    session = { loggedIn: false, methods: session.methods };
+    go("#/login");
+  }
+  if (!resp.ok) throw await errorOf(resp);
+  const ct = resp.headers.get("Content-Type") || "";
+  return ct.includes("json") ? resp.json() : resp.text();
+}
+
+function nsPath(resource: string, name = "", sub = ""): string {
+  let p = `${GV}/namespaces/${encodeURIComponent(project)}/${resource}`;
+  if (name) p += "/" + encodeURIComponent(name);
+  if (sub) p += "/" + sub;
+  return p;
+}
+
+// Watch keeps a list of objects current: one list, then one watch stream from its
+// resourceVersion, resumed from the last version seen when it ends, and listed again when
+// the server no longer has that version (410). It never polls.
+class Watch {
+  items = new Map<string, any>();
+  private ctl = new AbortController();
+  private rv = "";
+  private stopped = false;
+  constructor(private path: string, private query: string, private onChange: (w: Watch) => void, private onError: (e: Error) => void) {
+    this.run();
+  }
+  stop() {
+    this.stopped = true;
+    this.ctl.abort();
+  }
+  private async list() {
+    const l = await api("GET", `${this.path}?${this.query}`);
+    this.items.clear();
+    for (const o of l.items || []) this.items.set(o.metadata.name, o);
+    this.rv = l.metadata?.resourceVersion || "";
+    this.onChange(this);
+  }
+  private async run() {
+    let delay = 500;
+    while (!this.stopped) {
+      try {
+        if (!this.rv) await this.list();
+        await this.stream();
+        delay = 500;
+      } catch (e: any) {
+        if (this.stopped) return;
+        if (e instanceof APIError && e.code === 410) {
+          this.rv = "";
+          continue;
+        }
+        this.onError(e);
+        if (e instanceof APIError && (e.code === 401 || e.code === 403)) return;
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 10000);
+    }
+  }
+  private async stream() {
+    const q = (this.query ? this.query + "&" : "") + `watch=true&resourceVersion=${encodeURIComponent(this.rv)}`;
+    const resp = await fetch(`${this.path}?${q}`, { credentials: "same-origin", signal: this.ctl.signal, headers: { Accept: "application/json" } });
+    if (!resp.ok) throw await errorOf(resp);
+    const reader = resp.body!.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += dec.decode(value, { stream: true });
+      let i;
+      let changed = false;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        if (!line) continue;
+        const ev = JSON.parse(line);
+        const o = ev.object || {};
+        if (ev.type === "ERROR") {
+          if (o.code === 410) throw new APIError(410, o.message || "expired");
+          throw new APIError(o.code || 500, o.message || "watch error");
+        }
+        if (o.metadata?.resourceVersion) this.rv = o.metadata.resourceVersion;
+        if (ev.type === "BOOKMARK") continue;
+        if (ev.type === "DELETED") this.items.delete(o.metadata.name);
+        else this.items.set(o.metadata.name, o);
+        changed = true;
+      }
+      if (changed) this.onChange(this);
+    }
+  }
+}
+
+// ---- state, routing and the frame --------------------------------------------------------
+
+let project = localStorage.getItem("rakhsh.project") || "default";
+let cleanups: (() => void)[] = [];
+const root = () => document.getElementById("app")!;
+
+function go(hash: string) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+function onCleanup(f: () => void) {
+  cleanups.push(f);
+}
+
+function errorBox(e: unknown): HTMLElement {
+  const msg = e instanceof Error ? e.message : String(e);
+  return h("div", { class: "error", role: "alert" }, msg);
+}
+
+function age(ts?: string): string {
+  if (!ts) return "";
+  const s = Math.max(0, Math.floor((Date.now() - Date.parse(ts)) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m`;
+  if (s < 172800) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+
+async function frame(active: string, content: HTMLElement): Promise<void> {
+  const sel = h("select", { id: "project", "aria-label": "Project" }) as HTMLSelectElement;
+  sel.append(h("option", { value: project }, project));
+  sel.addEventListener("change", () => {
+    project = sel.value;
+    localStorage.setItem("rakhsh.project", project);
+    go("#/vms");
+  });
+  api("GET", `${GV}/projects`)
+    .then((l) => {
+      clear(sel);
+      const names = (l.items || []).map((p: any) => p.metadata.name as string);
+      if (!names.includes(project)) names.unshift(project);
+      for (const n of names) {
+        const o = h("option", { value: n }, n) as HTMLOptionElement;
+        o.selected = n === project;
+        sel.append(o);
+      }
+    })
+    .catch(() => {
+      /* a user who may not list projects keeps the one typed */
+    });
+  const link = (href: string, text: string, key: string) => h("a", { href, class: active === key ? "active" : "" }, text);
+  const logout = h("button", { type: "button", id: "logout" }, "Log out");
+  logout.addEventListener("click", async () => {
+    try {
+      await api("POST", "/ui/logout");
+    } catch (_) {
+      /* the session is gone either way */
+    }
+    session = { loggedIn: false, methods: session.methods };
+    go("#/login");
+  });
+  const r = root();
+  clear(r);
+  r.append(
+    h(
+      "header",
+      { class: "top" },
+      h("span", { class: "brand" }, "Rakhsh"),
+      sel,
+      h("nav", { "aria-label": "Main" }, link("#/vms", "Virtual machines", "vms"), " ", link("#/create", "Create VM", "create")),
+      h("span", { class: "spacer" }),
+      h("span", { id: "user" }, session.user || ""),
+      logout,
+    ),
+    h("main", {}, content),
+  );
+}
+
+async function route() {
+  for (const f of cleanups) f();
+  cleanups = [];
+  if (!session.loggedIn) {
+    session = await (await fetch("/ui/session", { credentials: "same-origin" })).json();
+  }
+  const hash = location.hash || "#/vms";
+  const ticket = new URLSearchParams(hash.replace(/^#\/?login\??/, "")).get("ticket");
+  if (hash.startsWith("#/login") && ticket) {
+    history.replaceState(null, "", "#/login");
+    return loginWith({ method: "ticket", ticket });
+  }
+  if (!session.loggedIn) return loginPage();
+  const parts = hash.replace(/^#\//, "").split("/").map(decodeURIComponent);
+  if (parts[0] === "vms" && parts[1] && parts[2] === "console") return consolePage(parts[1]);
+  if (parts[0] === "vms" && parts[1] && parts[2] === "vnc") return vncPage(parts[1]);
+  if (parts[0] === "vms" && parts[1]) return vmPage(parts[1]);
+  if (parts[0] === "create") return createPage();
+  if (parts[0] === "login") return go("#/vms");
+  return vmListPage();
+}
+
+// ---- login --------------------------------------------------------------------------------
+
+async function loginWith(body: Record<string, string>, out?: HTMLElement) {
+  try {
+    const resp = await fetch("/ui/login", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), credentials: "same-origin" });
+    if (!resp.ok) throw await errorOf(resp);
+    session = await resp.json();
+    go("#/vms");
+  } catch (e) {
+    if (!out) {
+      loginPage();
+      out = document.getElementById("login-error")!;
+    }
+    clear(out);
+    out.append(errorBox(e));
+  }
+}
+
+function loginPage() {
+  const out = h("div", { id: "login-error" });
+  const token = h("input", { id: "token", type: "password", autocomplete: "current-password", required: true }) as HTMLInputElement;
+  const form = h(
+    "form",
+    { class: "card login", "aria-labelledby": "login-title" },
+    h("h1", { id: "login-title" }, "Log in to Rakhsh"),
+    h("label", { for: "token" }, "API token"),
+    token,
+    h("div", { class: "hint" }, "The token of your account (an administrator finds the admin token in the data directory, admin.token)."),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "login" }, "Log in")),
+    out,
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    loginWith({ method: "token", token: token.value.trim() }, out);
+  });
+  const r = root();
+  clear(r);
+  r.append(form);
+  token.focus();
+}
+
+// ---- the VM list ---------------------------------------------------------------------------
+
+function phaseCell(v: any): HTMLElement {
+  const p = v.status?.phase || "Pending";
+  return h("span", { class: `phase phase-${p}`, "data-phase": p }, p);
+}
+
+function vmListPage() {
+  const body = h("tbody");
+  const status = h("div");
+  const content = h(
+    "div",
+    {},
+    h("h1", {}, "Virtual machines"),
+    h("div", { class: "actions" }, h("a", { href: "#/create", class: "button" }, "Create VM")),
+    status,
+    h(
+      "table",
+      { class: "vms", id: "vm-list" },
+      h("thead", {}, h("tr", {}, ...["Name", "Phase", "Cores", "Memory", "Node", "IP address", "Age"].map((c) => h("th", { scope: "col" }, c)))),
+      body,
+    ),
+  );
+  frame("vms", content);
+  const render = (w: Watch) => {
+    clear(status);
+    clear(body);
+    const vms = [...w.items.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+    if (vms.length === 0) body.append(h("tr", {}, h("td", { colspan: "7" }, "No virtual machines in this project yet.")));
+    for (const v of vms) {
+      body.append(
+        h(
+          "tr",
+          { "data-vm": v.metadata.name },
+          h("td", {}, h("a", { href: `#/vms/${encodeURIComponent(v.metadata.name)}` }, v.metadata.name)),
+          h("td", {}, phaseCell(v)),
+          h("td", {}, String(v.spec?.cpu?.cores ?? "")),
+          h("td", {}, v.spec?.memory?.size || ""),
+          h("td", { class: "node" }, v.status?.nodeName || ""),
+          h("td", { class: "ip" }, v.status?.ipAddress || ""),
+          h("td", {}, age(v.metadata.creationTimestamp)),
+        ),
+      );
+    }
+  };
+  const w = new Watch(nsPath("virtualmachines"), "", render, (e) => {
+    clear(status);
+    status.append(errorBox(e));
+  });
+  onCleanup(() => w.stop());
+}
+
+// ---- one VM --------------------------------------------------------------------------------
+
+function confirmDialog(question: string, detail: string, action: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const dlg = h(
+      "dialog",
+      { "aria-labelledby": "confirm-title", id: "confirm" },
+      h("h2", { id: "confirm-title" }, question),
+      h("p", {}, detail),
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { type: "button", class: "danger", id: "confirm-yes", onclick: () => done(true) }, action),
+        h("button", { type: "button", id: "confirm-no", onclick: () => done(false) }, "Cancel"),
+      ),
+    ) as HTMLDialogElement;
+    const done = (yes: boolean) => {
+      dlg.close();
+      dlg.remove();
+      resolve(yes);
+    };
+    dlg.addEventListener("cancel", () => done(false));
+    document.body.append(dlg);
+    dlg.showModal();
+  });
+}
+
+async function operation(name: string, type: string, force = false) {
+  const body: any = {
+    apiVersion: API_VERSION,
+    kind: "VirtualMachineOperation",
+    metadata: { generateName: `${name}-${type.toLowerCase()}-` },
+    spec: { type, virtualMachineName: name },
+  };
+  if (force) body.spec.force = true;
+  return api("POST", nsPath("virtualmachineoperations"), body);
+}
+
+function kv(pairs: [string, string | undefined][]): HTMLElement {
+  return h("dl", { class: "kv" }, ...pairs.filter(([, v]) => v !== undefined && v !== "").flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v!)]));
+}
+
+function vmPage(name: string) {
+  const out = h("div", { id: "action-result" });
+  const view = h("div");
+  const events = h("tbody");
+  const act = async (label: string, f: () => Promise<any>, confirm?: [string, string]) => {
+    if (confirm && !(await confirmDialog(`${label} ${name}?`, confirm[0], confirm[1]))) return;
+    clear(out);
+    try {
+      const r = await f();
+      out.append(h("div", { class: "notice", role: "status" }, r?.metadata?.name ? `${label}: operation ${r.metadata.name} created.` : `${label}: done.`));
+    } catch (e) {
+      out.append(errorBox(e));
+    }
+  };
+  const button = (id: string, label: string, f: () => void, cls = "") => h("button", { type: "button", id, class: cls, onclick: f }, label);
+  const actions = h(
+    "div",
+    { class: "actions", role: "group", "aria-label": "Actions" },
+    button("vm-start", "Start", () => act("Start", () => operation(name, "Start"))),
+    button("vm-stop", "Stop", () => act("Stop", () => operation(name, "Stop"))),
+    button("vm-restart", "Restart", () => act("Restart", () => operation(name, "Restart"), ["The guest is rebooted; unsaved work in it may be lost.", "Restart"])),
+    button("vm-force-stop", "Force stop", () => act("Force stop", () => operation(name, "Stop", true), ["The VM is powered off at once, like pulling the plug: unsaved data in the guest is lost.", "Force stop"]), "danger"),
+    button(
+      "vm-delete",
+      "Delete",
+      () =>
+        act(
+          "Delete",
+          async () => {
+            await api("DELETE", nsPath("virtualmachines", name));
+            go("#/vms");
+          },
+          ["The VM is stopped and deleted. Its disks stay and can be deleted separately.", "Delete"],
+        ),
+      "danger",
+    ),
+    h("a", { href: `#/vms/${encodeURIComponent(name)}/console`, class: "button", id: "vm-console" }, "Serial console"),
+    h("a", { href: `#/vms/${encodeURIComponent(name)}/vnc`, class: "button", id: "vm-vnc" }, "Graphical console"),
+  );
+  frame("vms", h("div", {}, h("h1", {}, "Virtual machine ", h("span", { id: "vm-name" }, name)), actions, out, view, h("h2", {}, "Events"), h("table", { id: "events" }, h("thead", {}, h("tr", {}, ...["Type", "Reason", "Message", "Count", "Last seen"].map((c) => h("th", { scope: "col" }, c)))), events)));
+  const render = (w: Watch) => {
+    clear(view);
+    const v = w.items.get(name);
+    if (!v) {
+      view.append(h("div", { class: "notice" }, `VirtualMachine ${name} does not exist (or not any more).`));
+      return;
+    }
+    const s = v.status || {};
+    const annotations = Object.entries(v.metadata.annotations || {}).map(([k, val]) => `${k}: ${val}`);
+    view.append(
+      h(
+        "div",
+        { class: "card" },
+        h("h2", {}, "Status"),
+        kv([
+          ["Phase", s.phase || "Pending"],
+          ["Node", s.nodeName],
+          ["IP address", s.ipAddress],
+          ["Guest OS", s.guestOSInfo?.prettyName],
+          ["Created", v.metadata.creationTimestamp],
+        ]),
+        h("h2", {}, "Spec"),
+        kv([
+          ["Class", v.spec?.virtualMachineClassName],
+          ["Cores", String(v.spec?.cpu?.cores ?? "")],
+          ["Core fraction", v.spec?.cpu?.coreFraction],
+          ["Memory", v.spec?.memory?.size],
+          ["Run policy", v.spec?.runPolicy],
+          ["Disks", (v.spec?.blockDeviceRefs || []).map((b: any) => `${b.kind}/${b.name}`).join(", ")],
+          ["OS type", v.spec?.osType],
+          ["Boot loader", v.spec?.bootloader],
+        ]),
+        annotations.length ? h("h2", {}, "Annotations") : null,
+        annotations.length ? h("ul", { id: "annotations" }, ...annotations.map((a) => h("li", {}, a))) : null,
+        h("h2", {}, "Conditions"),
+        h(
+          "table",
+          { id: "conditions" },
+          h("thead", {}, h("tr", {}, ...["Type", "Status", "Reason", "Message"].map((c) => h("th", { scope: "col" }, c)))),
+          h("tbody", {}, ...(s.conditions || []).map((c: any) => h("tr", {}, h("td", {}, c.type), h("td", {}, c.status), h("td", {}, c.reason || ""), h("td", {}, c.message || "")))),
+        ),
+      ),
+    );
+  };
+  const showErr = (e: Error) => {
+    clear(out);
+    out.append(errorBox(e));
+  };
+  const w = new Watch(nsPath("virtualmachines"), `fieldSelector=${encodeURIComponent("metadata.name=" + name)}`, render, showErr);
+  const renderEvents = (ew: Watch) => {
+    clear(events);
+    const list = [...ew.items.values()].sort((a, b) => Date.parse(b.lastTimestamp || b.metadata.creationTimestamp) - Date.parse(a.lastTimestamp || a.metadata.creationTimestamp));
+    for (const e of list.slice(0, 50)) events.append(h("tr", {}, h("td", {}, e.type || "Normal"), h("td", {}, e.reason || ""), h("td", {}, e.message || ""), h("td", {}, String(e.count || 1)), h("td", {}, age(e.lastTimestamp || e.metadata.creationTimestamp))));
+  };
+  const ew = new Watch(nsPath("events"), `fieldSelector=${encodeURIComponent(`involvedObject.kind=VirtualMachine,involvedObject.name=${name}`)}`, renderEvents, showErr);
+  onCleanup(() => {
+    w.stop();
+    ew.stop();
+  });
+}
+
+// ---- the serial console --------------------------------------------------------------------
+
+function consolePage(name: string) {
+  const status = h("div", { role: "status" }, "Connecting…");
+  const box = h("div", { class: "term", id: "console", role: "application", "aria-label": `Serial console of ${name}` });
+  frame("vms", h("div", {}, h("h1", {}, "Serial console of ", h("a", { href: `#/vms/${encodeURIComponent(name)}` }, name)), status, box));
+  const term = new Terminal({ convertEol: false, scrollback: 5000, fontSize: 14, cursorBlink: true });
+  term.open(box);
+  // The terminal's text (scrollback included), for copying and for tests.
+  (box as any).rakhshText = () => {
+    const b = term.buffer.active;
+    const lines: string[] = [];
+    for (let i = 0; i < b.length; i++) lines.push(b.getLine(i)?.translateToString(true) || "");
+    return lines.join("\n");
+  };
+  let ws: WebSocket | null = null;
+  let closed = false;
+  const enc = new TextEncoder();
+  term.onData((d) => ws?.readyState === WebSocket.OPEN && ws.send(enc.encode(d)));
+  onCleanup(() => {
+    closed = true;
+    ws?.close();
+    term.dispose();
+  });
+  // What the guest printed before (the kept log's tail), then the live console.
+  api("GET", nsPath("virtualmachines", name, "log") + "?limitBytes=65536")
+    .then((text: string) => {
+      if (closed) return;
+      if (text) term.write(text.replace(/\r?\n/g, "\r\n"));
+    })
+    .catch(() => {
+      /* no log yet: the live console follows */
+    })
+    .finally(() => {
+      if (closed) return;
+      const proto = location.protocol === "https:" ? "wss:" : "ws:";
+      ws = new WebSocket(`${proto}//${location.host}${nsPath("virtualmachines", name, "console")}`, ["binary"]);
+      ws.binaryType = "arraybuffer";
+      ws.onopen = () => {
+        status.textContent = "Connected. Type to talk to the guest's serial console.";
+        term.focus();
+      };
+      ws.onmessage = (ev) => term.write(new Uint8Array(ev.data as ArrayBuffer));
+      ws.onclose = (ev) => {
+        if (closed) return;
+        status.textContent = `Disconnected${ev.reason ? ": " + ev.reason : ""} (the VM may not be running). Open the page again to reconnect.`;
+      };
+    });
+}
+
+// ---- the graphical console ----------------------------------------------------------------
+
+// keysymOf maps a character to an X11 keysym, as RFB key events carry them.
+function keysymOf(ch: string): number {
+  if (ch === "\n") return 0xff0d; // Return
+  if (ch === "\t") return 0xff09; // Tab
+  const c = ch.codePointAt(0)!;
+  return c < 0x100 ? c : 0x01000000 | c;
+}
+
+function vncPage(name: string) {
+  const status = h("div", { role: "status", id: "vnc-status" }, "Connecting…");
+  const screen = h("div", { class: "vnc", id: "vnc", role: "application", "aria-label": `Graphical console of ${name}` });
+  const paste = h("textarea", { id: "vnc-paste", rows: "2", spellcheck: "false" }) as HTMLTextAreaElement;
+  let rfb: any = null;
+  const cad = h("button", { type: "button", id: "vnc-cad", onclick: () => rfb?.sendCtrlAltDel() }, "Ctrl-Alt-Del");
+  const typeIt = h("button", { type: "button", id: "vnc-type", onclick: () => {
+    for (const ch of paste.value) rfb?.sendKey(keysymOf(ch), null);
+    paste.value = "";
+    rfb?.focus();
+  } }, "Type text");
+  const full = h("button", { type: "button", id: "vnc-full", onclick: () => screen.requestFullscreen?.() }, "Full screen");
+  frame(
+    "vms",
+    h(
+      "div",
+      {},
+      h("h1", {}, "Graphical console of ", h("a", { href: `#/vms/${encodeURIComponent(name)}` }, name)),
+      h("div", { class: "actions", role: "group", "aria-label": "Console keys" }, cad, full),
+      status,
+      screen,
+      h("label", { for: "vnc-paste" }, "Text to type into the VM (sent as keystrokes)"),
+      paste,
+      h("div", { class: "actions" }, typeIt),
+    ),
+  );
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  rfb = new RFB(screen, `${proto}//${location.host}${nsPath("virtualmachines", name, "vnc")}`, { wsProtocols: ["binary"] });
+  rfb.scaleViewport = true;
+  rfb.addEventListener("connect", () => {
+    status.textContent = "Connected.";
+  });
+  rfb.addEventListener("disconnect", (e: any) => {
+    status.textContent = e.detail?.clean ? "Disconnected." : "The connection was refused or lost (the VM may not be running). Open the page again to reconnect.";
+  });
+  onCleanup(() => rfb.disconnect());
+}
+
+// ---- the create wizard -----------------------------------------------------------------------
+
+const UNITS: Record<string, number> = { "": 1, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4, k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+
+function bytesOf(q: string | undefined): number {
+  if (!q) return 0;
+  const m = /^([0-9.]+)\s*([KMGT]i?|k)?$/.exec(q.trim());
+  return m ? parseFloat(m[1]) * (UNITS[m[2] || ""] ?? 1) : 0;
+}
+
+function policyText(p: any): string {
+  const parts: string[] = [];
+  if (p.cores) parts.push(`cores ${p.cores.min}–${p.cores.max}${p.cores.step ? " step " + p.cores.step : ""}`);
+  if (p.memory) {
+    const m = p.memory;
+    if (m.min || m.max) parts.push(`memory ${m.min || "any"}–${m.max || "any"}${m.step ? " step " + m.step : ""}`);
+    if (m.perCore) parts.push(`per core ${m.perCore.min || "any"}–${m.perCore.max || "any"}`);
+  }
+  if (p.coreFractions?.length) parts.push(`core fractions ${p.coreFractions.map((f: number) => f + "%").join(", ")}`);
+  return parts.join("; ");
+}
+
+function toYAML(v: any, indent = ""): string {
+  if (Array.isArray(v)) return v.map((x) => `${indent}- ${toYAML(x, indent + "  ").trimStart()}`).join("\n");
+  if (v && typeof v === "object") {
+    return Object.entries(v)
+      .map(([k, x]) => {
+        if (x && typeof x === "object") return `${indent}${k}:\n${toYAML(x, indent + "  ")}`;
+        return `${indent}${k}: ${toYAML(x, indent)}`;
+      })
+      .join("\n");
+  }
+  if (typeof v === "string") return v.includes("\n") ? "|\n" + v.split("\n").map((l) => indent + "  " + l).join("\n") : JSON.stringify(v);
+  return String(v);
+}
+
+function createPage() {
+  const field = (id: string, label: string, control: HTMLElement, hint = "") => h("div", {}, h("label", { for: id }, label), control, hint ? h("div", { class: "hint", id: `${id}-hint` }, hint) : null);
+  const name = h("input", { id: "c-name", required: true, pattern: "[a-z0-9]([-a-z0-9]*[a-z0-9])?", maxlength: "50", autocomplete: "off" }) as HTMLInputElement;
+  const image = h("select", { id: "c-image", required: true }) as HTMLSelectElement;
+  const cls = h("select", { id: "c-class" }) as HTMLSelectElement;
+  const policy = h("div", { class: "hint", id: "c-policy" });
+  const cores = h("select", { id: "c-cores" }) as HTMLSelectElement;
+  const fraction = h("select", { id: "c-fraction" }) as HTMLSelectElement;
+  const memory = h("input", { id: "c-memory", type: "number", min: "64", step: "64", value: "512" }) as HTMLInputElement;
+  const disk = h("input", { id: "c-disk", type: "number", min: "1", max: "4096", value: "10" }) as HTMLInputElement;
+  const network = h("select", { id: "c-network" }) as HTMLSelectElement;
+  const userData = h("textarea", { id: "c-userdata", spellcheck: "false" }) as HTMLTextAreaElement;
+  const sshKey = h("input", { id: "c-sshkey", autocomplete: "off", placeholder: "ssh-ed25519 AAAA… user@host" }) as HTMLInputElement;
+  const yaml = h("pre", { class: "yaml", id: "c-yaml" });
+  const out = h("div", { id: "create-result" });
+  const submit = h("button", { type: "submit", class: "primary", id: "c-create" }, "Create");
+  const classes = new Map<string, any>();
+  const form = h(
+    "form",
+    { class: "card", "aria-labelledby": "create-title" },
+    h("h1", { id: "create-title" }, "Create a virtual machine"),
+    field("c-name", "Name", name, "Lower case letters, digits and '-'."),
+    field("c-image", "Image", image),
+    field("c-class", "Class", cls),
+    policy,
+    field("c-cores", "Cores", cores),
+    field("c-fraction", "Core fraction", fraction, "The share of each core the VM is guaranteed."),
+    field("c-memory", "Memory (MiB)", memory, " "),
+    field("c-disk", "Disk size (GiB)", disk),
+    field("c-network", "Network", network),
+    field("c-userdata", "Cloud-init user data", userData, "Optional, e.g. a #cloud-config document."),
+    field("c-sshkey", "SSH public key", sshKey, "Added to cloud-init's ssh_authorized_keys."),
+    h("h2", {}, "Equivalent manifest"),
+    yaml,
+    h("div", { class: "actions" }, submit, h("button", { type: "button", id: "c-copy", onclick: () => navigator.clipboard?.writeText(yaml.textContent || "") }, "Copy YAML")),
+    out,
+  );
+  frame("create", form);
+
+  const currentPolicy = () => {
+    const c = classes.get(cls.value);
+    const ps: any[] = c?.spec?.sizingPolicies || [];
+    const n = parseInt(cores.value || "1", 10);
+    return ps.find((p) => !p.cores || (n >= p.cores.min && n <= p.cores.max));
+  };
+  const fillSizing = () => {
+    const c = classes.get(cls.value);
+    const ps: any[] = c?.spec?.sizingPolicies || [];
+    clear(policy);
+    if (c) policy.append(ps.length ? "Sizing policy: " + ps.map(policyText).join(" | ") : "This class has no sizing policy.");
+    const keep = cores.value;
+    clear(cores);
+    const values = new Set<number>();
+    for (const p of ps) {
+      if (!p.cores) continue;
+      for (let n = p.cores.min; n <= p.cores.max; n += p.cores.step || 1) values.add(n);
+    }
+    if (values.size === 0) for (const n of [1, 2, 4, 8, 16]) values.add(n);
+    for (const n of [...values].sort((a, b) => a - b)) cores.append(h("option", { value: String(n) }, String(n)));
+    if ([...values].map(String).includes(keep)) cores.value = keep;
+    fillFraction();
+  };
+  const fillFraction = () => {
+    const p = currentPolicy();
+    clear(fraction);
+    const fr: number[] = p?.coreFractions?.length ? p.coreFractions : [100];
+    for (const f of fr) fraction.append(h("option", { value: `${f}%` }, `${f}%`));
+    const def = p?.defaultCoreFraction;
+    if (def && fr.map((f) => `${f}%`).includes(def)) fraction.value = def;
+    else fraction.value = `${fr[fr.length - 1]}%`;
+    const m = p?.memory;
+    const n = parseInt(cores.value || "1", 10);
+    let lo = bytesOf(m?.min) / 2 ** 20 || 64;
+    let hi = bytesOf(m?.max) / 2 ** 20 || 1024 * 1024;
+    if (m?.perCore?.min) lo = Math.max(lo, (bytesOf(m.perCore.min) / 2 ** 20) * n);
+    if (m?.perCore?.max) hi = Math.min(hi, (bytesOf(m.perCore.max) / 2 ** 20) * n);
+    memory.min = String(lo);
+    memory.max = String(hi);
+    memory.step = m?.step ? String(bytesOf(m.step) / 2 ** 20) : "1";
+    const hint = document.getElementById("c-memory-hint");
+    if (hint) hint.textContent = `Allowed: ${lo}–${hi} MiB${m?.step ? ", in steps of " + memory.step + " MiB" : ""}.`;
+    const cur = parseInt(memory.value || "0", 10);
+    if (cur < lo) memory.value = String(lo);
+    if (cur > hi) memory.value = String(hi);
+    update();
+  };
+  const cloudInit = () => {
+    let ud = userData.value;
+    const key = sshKey.value.trim();
+    if (key) {
+      if (!ud.trim()) ud = "#cloud-config\n";
+      if (!ud.endsWith("\n")) ud += "\n";
+      ud += `ssh_authorized_keys:\n  - ${JSON.stringify(key)}\n`;
+    }
+    return ud;
+  };
+  const manifests = () => {
+    const [kind, imgName = ""] = image.value.split("/");
+    const n = name.value;
+    const diskObj: any = {
+      apiVersion: API_VERSION,
+      kind: "VirtualDisk",
+      metadata: { name: `${n}-root`, namespace: project },
+      spec: { persistentVolumeClaim: { size: `${disk.value}Gi` }, dataSource: { type: "ObjectRef", objectRef: { kind, name: imgName } } },
+    };
+    const spec: any = {
+      cpu: { cores: parseInt(cores.value || "1", 10), coreFraction: fraction.value },
+      memory: { size: `${memory.value}Mi` },
+      blockDeviceRefs: [{ kind: "VirtualDisk", name: `${n}-root` }],
+    };
+    if (cls.value) spec.virtualMachineClassName = cls.value;
+    if (network.value) spec.networks = [{ type: "ClusterNetwork", name: network.value }];
+    const ud = cloudInit();
+    if (ud.trim()) spec.provisioning = { type: "UserData", userData: ud };
+    const vm = { apiVersion: API_VERSION, kind: "VirtualMachine", metadata: { name: n, namespace: project }, spec };
+    return [diskObj, vm];
+  };
+  const update = () => {
+    yaml.textContent = manifests().map((m) => toYAML(m)).join("\n---\n");
+  };
+  cls.addEventListener("change", fillSizing);
+  cores.addEventListener("change", fillFraction);
+  for (const el of [name, image, fraction, memory, disk, network, userData, sshKey]) el.addEventListener("input", update);
+
+  Promise.all([
+    api("GET", `${GV}/clustervirtualimages`).catch(() => ({ items: [] })),
+    api("GET", nsPath("virtualimages")).catch(() => ({ items: [] })),
+    api("GET", `${GV}/virtualmachineclasses`).catch(() => ({ items: [] })),
+    api("GET", `${GV}/clusternetworks`).catch(() => ({ items: [] })),
+  ]).then(([cvis, vis, vmcs, nets]) => {
+    for (const i of cvis.items || []) image.append(h("option", { value: `ClusterVirtualImage/${i.metadata.name}` }, `${i.metadata.name} (cluster image${i.status?.phase ? ", " + i.status.phase : ""})`));
+    for (const i of vis.items || []) image.append(h("option", { value: `VirtualImage/${i.metadata.name}` }, `${i.metadata.name} (project image${i.status?.phase ? ", " + i.status.phase : ""})`));
+    if (!image.options.length) image.append(h("option", { value: "" }, "No images: ask an operator to publish one"));
+    let def = "";
+    for (const c of vmcs.items || []) {
+      classes.set(c.metadata.name, c);
+      if (c.metadata.annotations?.["virtualmachineclass.virtualization.rakhsh.io/is-default-class"] === "true") def = c.metadata.name;
+      cls.append(h("option", { value: c.metadata.name }, c.metadata.name));
+    }
+    if (!classes.size) cls.append(h("option", { value: "" }, "(the cluster's default)"));
+    if (def) cls.value = def;
+    network.append(h("option", { value: "" }, "Default network"));
+    for (const n of nets.items || []) network.append(h("option", { value: n.metadata.name }, `${n.metadata.name}${n.spec?.type ? " (" + n.spec.type + ")" : ""}`));
+    fillSizing();
+  });
+
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clear(out);
+    const [d, vm] = manifests();
+    (submit as HTMLButtonElement).disabled = true;
+    let diskMade = false;
+    try {
+      await api("POST", nsPath("virtualdisks"), d);
+      diskMade = true;
+      await api("POST", nsPath("virtualmachines"), vm);
+      go(`#/vms/${encodeURIComponent(vm.metadata.name)}`);
+    } catch (e) {
+      out.append(errorBox(e));
+      if (diskMade) await api("DELETE", nsPath("virtualdisks", d.metadata.name)).catch(() => undefined);
+    } finally {
+      (submit as HTMLButtonElement).disabled = false;
+    }
+  });
+  update();
+}
+
+window.addEventListener("hashchange", () => route());
+// app.js is a module that may finish loading after DOMContentLoaded (noVNC awaits a codec
+// probe at load), so start at once when the document is ready.
+if (document.readyState === "loading") window.addEventListener("DOMContentLoaded", () => route());
+else route();
