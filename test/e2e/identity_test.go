@@ -264,7 +264,7 @@ func TestIdentity(t *testing.T) {
 	}
 	type line struct {
 		Identity, User, Verb, Resource, Project, Name, Subresource, Source, RequestID string
-		Code                                                                           int
+		Code                                                                          int
 	}
 	var lines []line
 	sc := bufio.NewScanner(strings.NewReader(text))
@@ -289,8 +289,12 @@ func TestIdentity(t *testing.T) {
 	has("alice's VM create", func(l line) bool {
 		return l.User == "alice" && l.Verb == "create" && l.Resource == "virtualmachines" && l.Project == "p1" && l.Code == 201 && l.RequestID != "" && strings.HasPrefix(l.Source, "127.0.0.1:")
 	})
-	has("alice's refused project patch", func(l line) bool { return l.User == "alice" && l.Resource == "projects" && l.Verb == "patch" && l.Code == 403 })
-	has("bob's refused create", func(l line) bool { return l.User == "bob" && l.Verb == "create" && l.Resource == "virtualmachines" && l.Code == 403 })
+	has("alice's refused project patch", func(l line) bool {
+		return l.User == "alice" && l.Resource == "projects" && l.Verb == "patch" && l.Code == 403
+	})
+	has("bob's refused create", func(l line) bool {
+		return l.User == "bob" && l.Verb == "create" && l.Resource == "virtualmachines" && l.Code == 403
+	})
 	has("bob's refused delete", func(l line) bool { return l.User == "bob" && l.Verb == "delete" && l.Name == "vm1" && l.Code == 403 })
 	has("bob's refused console", func(l line) bool { return l.User == "bob" && l.Subresource == "console" && l.Code == 403 })
 	has("the set-password", func(l line) bool { return l.Subresource == "password" && l.Name == "alice" && l.Code == 200 })
