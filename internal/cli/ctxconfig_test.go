@@ -93,3 +93,21 @@ func TestContextChoice(t *testing.T) {
 		t.Errorf("unknown context: %v", err)
 	}
 }
+
+// TestAuditTail: the last n complete lines of the file.
+func TestAuditTail(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "audit.log")
+	if err := os.WriteFile(p, []byte("{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"partial\""), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := tailFile(t.Context(), &b, p, 2, false); err != nil {
+		t.Fatal(err)
+	}
+	if b.String() != "{\"a\":2}\n{\"a\":3}\n" {
+		t.Errorf("tail -n 2: %q", b.String())
+	}
+	if err := tailFile(t.Context(), &b, filepath.Join(t.TempDir(), "none"), 2, false); err == nil {
+		t.Error("a missing file: no error")
+	}
+}

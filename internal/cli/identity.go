@@ -23,7 +23,7 @@ import (
 // identityCommands are `rakhsh user`, `token`, `login`, `whoami` and `config`
 // (docs/identity.md).
 func identityCommands(cc *cliContext) []*cobra.Command {
-	return []*cobra.Command{newUserCommand(cc), newTokenCommand(cc), newLoginCommand(cc), newWhoAmICommand(cc), newConfigCommand(cc)}
+	return []*cobra.Command{newUserCommand(cc), newTokenCommand(cc), newLoginCommand(cc), newWhoAmICommand(cc), newConfigCommand(cc), newAuditCommand(cc)}
 }
 
 func newUserCommand(cc *cliContext) *cobra.Command {

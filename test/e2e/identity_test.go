@@ -300,6 +300,9 @@ func TestIdentity(t *testing.T) {
 	has("the set-password", func(l line) bool { return l.Subresource == "password" && l.Name == "alice" && l.Code == 200 })
 	has("the revoke", func(l line) bool { return l.Resource == "tokens" && l.Verb == "delete" && l.Name == id })
 	has("the disable", func(l line) bool { return l.Resource == "users" && l.Verb == "patch" && l.Name == "carol" })
+	if out := s.MustCLI("", "audit", "tail", "--data-dir", s.DataDir, "--lines", "2"); strings.Count(out, "\n") != 2 || !strings.Contains(out, `"user":"carol"`) && !strings.Contains(out, `"name":"carol"`) {
+		t.Errorf("audit tail --lines 2:\n%s", out)
+	}
 	for _, l := range lines {
 		if l.Verb == "get" && l.Subresource == "" || l.Verb == "list" || l.Verb == "watch" {
 			t.Errorf("the audit log has a read: %+v", l)
