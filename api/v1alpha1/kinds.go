@@ -87,6 +87,9 @@ var Kinds = []KindInfo{
 		Columns: []Column{{Name: "TYPE", Path: "type"}, {Name: "REASON", Path: "reason"},
 			{Name: "OBJECT", Path: "involvedObject.name"}, {Name: "COUNT", Path: "count"}, {Name: "MESSAGE", Path: "message"},
 			{Name: "LAST SEEN", Path: "lastTimestamp", Format: "age"}}},
+	{Kind: "User", Resource: "users", ShortNames: []string{"usr"},
+		Columns: []Column{{Name: "DISPLAYNAME", Path: "spec.displayName"}, {Name: "CLUSTERROLE", Path: "spec.clusterRole"},
+			{Name: "DISABLED", Path: "spec.disabled", Format: "bool"}, {Name: "EMAIL", Path: "spec.email", Wide: true}, ageCol}},
 }
 
 // ReadOnlyKinds are kinds the API serves without storing them: computed on each read, they

@@ -121,6 +121,8 @@ func authorize(id Identity, a attributes) error {
 		return nil
 	case id.Node != "":
 		return authorizeNode(id, a)
+	case id.User != "":
+		return authorizeUser(id, a, "")
 	case id.JoinToken != "":
 		if a.Resource == "nodes" && a.Sub == v1alpha1.SubNodeCredential && a.Verb == verbCreate && a.Name != "" {
 			return nil
@@ -235,7 +237,13 @@ func (s *Server) authorizeRequest(r *http.Request, t target) error {
 		return nil
 	}
 	a := attributes{Verb: requestVerb(r, t.name == ""), Resource: t.st.Info.Resource, Namespace: t.namespace, Name: t.name, Sub: t.sub}
-	if err := authorize(id, a); err != nil {
+	var err error
+	if id.User != "" {
+		err = s.authorizeUserRequest(r.Context(), id, a)
+	} else {
+		err = authorize(id, a)
+	}
+	if err != nil {
 		s.log.Info("request forbidden", "identity", id.Name, "request", a.String())
 		return err
 	}

@@ -59,6 +59,9 @@ func labelsOf(data []byte) map[string]string {
 type selector struct {
 	labels labels.Selector
 	fields []fieldReq
+	// visible, when set, says which keys the caller may see (listFilter): a user's list or
+	// watch across projects keeps only their projects' objects.
+	visible func(key string) bool
 }
 
 // fieldReq is one term of a fieldSelector: a dotted path into the object (metadata.name,
@@ -144,6 +147,9 @@ func parseSelector(r *http.Request) (selector, error) {
 
 func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
 	sel, err := parseSelector(r)
+	if err == nil {
+		sel.visible, err = s.listFilter(r.Context(), t)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -234,6 +240,9 @@ func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptio
 			opts.Revision = rev
 		}
 		for i, kv := range res.KVs {
+			if sel.visible != nil && !sel.visible(kv.Key) {
+				continue
+			}
 			if !sel.Empty() && !sel.Matches(kv.Value) {
 				continue
 			}
@@ -257,6 +266,9 @@ func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptio
 // list's resourceVersion.
 func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
 	sel, err := parseSelector(r)
+	if err == nil {
+		sel.visible, err = s.listFilter(r.Context(), t)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -351,6 +363,9 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
 			}
 			for _, ev := range res.Events {
 				last = ev.KV.ModRevision
+				if sel.visible != nil && !sel.visible(ev.KV.Key) {
+					continue
+				}
 				typ, obj := translate(ev, sel)
 				if typ == "" {
 					continue

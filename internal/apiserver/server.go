@@ -77,6 +77,8 @@ type Config struct {
 	// MetricsURL is this server's metrics URL for /sd/prometheus (serve --metrics-listen);
 	// empty: each control-plane member's API address.
 	MetricsURL string
+	// AuditLog receives the audit lines (audit.go); nil: no audit log.
+	AuditLog *AuditLog
 }
 
 // Server serves the API.
@@ -108,6 +110,7 @@ type Server struct {
 	controlPlane func(ctx context.Context) (v1alpha1.ControlPlaneStatus, error)
 	onFenced     func(store.Fence)
 	fenced       atomic.Int64
+	auditLog     *AuditLog
 	ctx          context.Context // ends when the server shuts down: ends watches
 	cancel       context.CancelFunc
 }
@@ -115,7 +118,7 @@ type Server struct {
 // New returns a Server.
 func New(cfg Config) *Server {
 	s := &Server{store: cfg.Store, log: cfg.Log, token: cfg.AdminToken, now: cfg.Now, bookmark: cfg.BookmarkInterval, nodeName: cfg.NodeName, localStreams: cfg.LocalStreams, uploads: cfg.Uploads, imageDir: cfg.ImageDataDir, peerCA: cfg.PeerCAFile, forwardRange: cfg.PortForwardRange,
-		controlPlane: cfg.ControlPlane, onFenced: cfg.OnFenced}
+		controlPlane: cfg.ControlPlane, onFenced: cfg.OnFenced, auditLog: cfg.AuditLog}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -157,11 +160,20 @@ type Identity struct {
 	Node string
 	// JoinToken is set for a join token, which may only get a node credential.
 	JoinToken string
+	// User is set for a user's token (see identity.go and authz_user.go): the user's name,
+	// groups and cluster role, and the token's limits.
+	User        string
+	Groups      []string
+	ClusterRole v1alpha1.ClusterRole
+	// TokenID is the id of the user's token; TokenProject and TokenRole its limits.
+	TokenID      string
+	TokenProject string
+	TokenRole    v1alpha1.ProjectRole
 }
 
 // LocalHandler serves the unix socket: every caller is admin (the socket is mode 0600).
 func (s *Server) LocalHandler() http.Handler {
-	mux := s.metrics.instrument(s.routes())
+	mux := s.auditing(s.metrics.instrument(s.routes()))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), identityKey, Identity{Name: "local-admin", Admin: true}))
 		if r, err := withFence(r); err != nil {
@@ -193,9 +205,9 @@ func withFence(r *http.Request) (*http.Request, error) {
 
 // RemoteHandler serves TCP: a bearer token is required for everything but health checks.
 func (s *Server) RemoteHandler() http.Handler {
-	mux := s.metrics.instrument(s.routes())
+	mux := s.auditing(s.metrics.instrument(s.routes()))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || isUploadPath(r.URL.Path) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || isUploadPath(r.URL.Path) || r.URL.Path == v1alpha1.IdentityPath+"/login" {
 			mux.ServeHTTP(w, r)
 			return
 		}
@@ -227,6 +239,8 @@ func (s *Server) authenticate(r *http.Request) (Identity, error) {
 		return Identity{Name: "admin", Admin: true}, nil
 	}
 	switch {
+	case strings.HasPrefix(tok, userTokenPrefix):
+		return s.authenticateUser(r.Context(), tok)
 	case strings.HasPrefix(tok, nodeCredPrefix):
 		return s.authenticateNode(r.Context(), tok)
 	case strings.HasPrefix(tok, joinTokenPrefix):
@@ -267,6 +281,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc(dh+"/{resource}/{name}/{sub}", asDeckhouse(s.subresource))
 	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens", s.serveJoinTokens)
 	mux.HandleFunc(v1alpha1.NodeAuthPath+"/jointokens/{id}", s.serveJoinToken)
+	s.identityRoutes(mux)
 	mux.HandleFunc("GET /metrics", s.serveMetrics)
 	mux.HandleFunc("GET "+sdPath, s.serveSD)
 	mux.HandleFunc("GET /openapi/v3", s.serveOpenAPIV3)
@@ -461,6 +476,10 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.st.Info.Kind == "VirtualMachine" && (t.sub == SubConsole || t.sub == SubVNC || t.sub == SubLog) {
 		s.serveStream(w, r, t)
+		return
+	}
+	if t.st.Info.Kind == "User" && t.sub == v1alpha1.SubUserPassword {
+		s.serveSetPassword(w, r, t)
 		return
 	}
 	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubGuestAgent {

@@ -48,6 +48,7 @@ type cliContext struct {
 	namespace      string
 	project        string // --project, an alias of --namespace
 	requestTimeout string
+	contextName    string // --context: a context of the config file (ctxconfig.go)
 
 	root   *cobra.Command
 	now    func() time.Time
@@ -111,6 +112,9 @@ func (cc *cliContext) Config() (client.Config, error) {
 	}
 	if !cc.flagChanged("ca-file") && cfg.CAFile == "" {
 		cfg.CAFile = cc.getenv(EnvCAFile)
+	}
+	if err := cc.applyContext(&cfg); err != nil {
+		return cfg, err
 	}
 	if cc.requestTimeout != "" && cc.requestTimeout != "0" {
 		d, err := parseDuration(cc.requestTimeout)
@@ -179,6 +183,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 	pf.StringVarP(&cc.namespace, "namespace", "n", "", "project to work in (default \""+DefaultProject+"\")")
 	pf.StringVar(&cc.project, "project", "", "alias of --namespace")
 	pf.StringVar(&cc.requestTimeout, "request-timeout", "0", "time limit of each request, e.g. 30s (0: the client's default, 60s)")
+	pf.StringVar(&cc.contextName, "context", "", "context of the config file to use (~/.config/rakhsh/config.yaml, env "+EnvConfig+"; default: its current context when no --server or token is given)")
 
 	root.AddCommand(
 		newApplyCommand(cc),
@@ -201,6 +206,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newDiskCommand(cc),
 		newUICommand(cc),
 	)
+	root.AddCommand(identityCommands(cc)...)
 	addCompletions(cc, root)
 	return root
 }

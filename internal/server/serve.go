@@ -140,6 +140,9 @@ type Config struct {
 
 	uploads     *images.Uploads          // set by Run: the API's upload URLs meet the image and disk controllers here
 	uploadBases v1alpha1.ImageUploadURLs // set by Run from the TCP listener
+
+	// Identity configures the audit log (identity.go).
+	Identity IdentityConfig
 }
 
 // NewServeCommand returns the `serve` command.
@@ -209,6 +212,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.KVMDevice, "kvm-device", "/dev/kvm", "the KVM device the accelerator probe checks")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.DefaultQEMUUser, "user QEMU runs as; created (useradd --system, group kvm) when missing. QEMU then gets its disks, sockets and taps as descriptors and cannot open the data directory; root runs QEMU as root (not recommended)")
 	f.StringVar(&cfg.DnsmasqUser, "dnsmasq-user", network.DefaultDnsmasqUser, "user the networks' dnsmasq drops to after binding; created when missing; root keeps it root")
+	addIdentityFlags(f, &cfg.Identity)
 	_ = f.MarkHidden("kvm-device")
 	f.DurationVar(&cfg.EventTTL, "event-ttl", eventgc.DefaultTTL, "how long an Event is kept after it last happened (at most 50 Events are kept per object)")
 	f.DurationVar(&cfg.LeaderLeaseTTL, "leader-lease-ttl", leader.DefaultLeaseTTL, "etcd store: the lease of this process's control-plane membership and leader election (whole seconds, 2s-60s); a dead, paused or cut-off leader's controllers are taken over about this long after its last renewal, and a leader that cannot renew its lease for this long stops its controllers")
@@ -383,6 +387,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if !cfg.NoControllers {
 		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
 	}
+	if acfg.AuditLog, err = openAuditLog(cfg.Identity, cfg.DataDir); err != nil {
+		return err
+	}
+	defer acfg.AuditLog.Close()
 	if cfg.CACert != "" {
 		// The members share the CA and (with --admin-token-file) the admin token: an image
 		// imported by another member's controllers is fetched from it.

@@ -1,0 +1,55 @@
+package client
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// Login exchanges a user name and password for a login token. It needs no token.
+func (c *Client) Login(ctx context.Context, req v1alpha1.LoginRequest) (*v1alpha1.Token, error) {
+	var out v1alpha1.Token
+	if err := c.Do(ctx, http.MethodPost, v1alpha1.IdentityPath+"/login", nil, "", req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// WhoAmI says who the server takes the client for.
+func (c *Client) WhoAmI(ctx context.Context) (*v1alpha1.WhoAmI, error) {
+	var out v1alpha1.WhoAmI
+	if err := c.Do(ctx, http.MethodGet, v1alpha1.IdentityPath+"/whoami", nil, "", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// CreateToken makes an API token; the answer holds its secret, which is not shown again.
+func (c *Client) CreateToken(ctx context.Context, req v1alpha1.TokenRequest) (*v1alpha1.Token, error) {
+	var out v1alpha1.Token
+	if err := c.Do(ctx, http.MethodPost, v1alpha1.IdentityPath+"/tokens", nil, "", req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ListTokens lists the caller's tokens (a ClusterAdmin's: everybody's), without secrets.
+func (c *Client) ListTokens(ctx context.Context) (*v1alpha1.TokenList, error) {
+	var out v1alpha1.TokenList
+	if err := c.Do(ctx, http.MethodGet, v1alpha1.IdentityPath+"/tokens", nil, "", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RevokeToken revokes the token with the given id.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, v1alpha1.IdentityPath+"/tokens/"+url.PathEscape(id), nil, "", nil, nil)
+}
+
+// SetPassword sets a user's local password.
+func (c *Client) SetPassword(ctx context.Context, user, password string) error {
+	return c.Do(ctx, http.MethodPost, Path("users", "", user, v1alpha1.SubUserPassword), nil, "", v1alpha1.PasswordRequest{Password: password}, nil)
+}

@@ -1,0 +1,53 @@
+package server
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/pflag"
+
+	"github.com/rakhsh/rakhsh/internal/apiserver"
+)
+
+// IdentityConfig is serve's configuration of the audit log (and, with OIDC, of the
+// identity provider); see docs/identity.md.
+type IdentityConfig struct {
+	// AuditLog is the audit log's path: empty means DATA-DIR/audit.log, "none" no file.
+	AuditLog string
+	// AuditLogMaxSize is the size (bytes) at which the audit log rotates; AuditLogKeep how
+	// many rotated files are kept.
+	AuditLogMaxSize int64
+	AuditLogKeep    int
+	// AuditStdout copies every audit line to stdout.
+	AuditStdout bool
+}
+
+func addIdentityFlags(f *pflag.FlagSet, c *IdentityConfig) {
+	f.StringVar(&c.AuditLog, "audit-log", "", "the audit log: one JSON line per mutating request, console session, login and token (default DATA-DIR/audit.log; none: no file)")
+	f.Int64Var(&c.AuditLogMaxSize, "audit-log-max-size", 100<<20, "size in bytes at which the audit log is rotated (audit.log.1, .2, ...)")
+	f.IntVar(&c.AuditLogKeep, "audit-log-keep", 10, "how many rotated audit logs are kept")
+	f.BoolVar(&c.AuditStdout, "audit-stdout", false, "copy every audit line to stdout")
+}
+
+// openAuditLog opens the audit log serve's flags ask for; nil when there is none.
+func openAuditLog(c IdentityConfig, dataDir string) (*apiserver.AuditLog, error) {
+	path := c.AuditLog
+	if path == "" {
+		path = filepath.Join(dataDir, "audit.log")
+	}
+	var copyTo io.Writer
+	if c.AuditStdout {
+		copyTo = os.Stdout
+	}
+	if path == "none" {
+		if copyTo == nil {
+			return nil, nil
+		}
+		path = ""
+	}
+	if path == "" {
+		return apiserver.OpenAuditLog("", 0, 0, copyTo)
+	}
+	return apiserver.OpenAuditLog(path, c.AuditLogMaxSize, c.AuditLogKeep, copyTo)
+}
