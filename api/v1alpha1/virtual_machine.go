@@ -454,6 +454,10 @@ type VirtualMachineStatus struct {
 	Phase VirtualMachinePhase `json:"phase,omitempty"`
 	// NodeName is the node the VM is bound to (set by the scheduler).
 	NodeName string `json:"nodeName,omitempty"`
+	// StateNodeName is the node that keeps the VM's host state (its UEFI variable store and
+	// TPM state) while the VM is stopped: the scheduler prefers it when the VM starts again,
+	// and its agent removes that state when the VM is deleted. Written by the agent.
+	StateNodeName string `json:"stateNodeName,omitempty"`
 	// IPAddress is the address of the Main interface.
 	IPAddress string `json:"ipAddress,omitempty"`
 	// VirtualMachineIPAddressName is the IP claim in use.

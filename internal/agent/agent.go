@@ -109,6 +109,9 @@ type Agent struct {
 
 	vms    *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	migIn  *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	// held are the stopped VMs whose host state (UEFI variables, TPM) this node keeps: their
+	// deletion removes it at once rather than at the next orphan sweep.
+	held *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	bdas   *runtime.TypedInformer[v1alpha1.VirtualMachineBlockDeviceAttachment] // hot-plug (hotplug_disk.go)
 	queue  *runtime.Queue
 	runCtx context.Context
@@ -203,7 +206,9 @@ func New(cfg Config) (*Agent, error) {
 			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log),
 		// The VMs whose live migration targets this node (migrate.go).
 		migIn: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
-			client.ListOptions{FieldSelector: "status.migrationState.target.node=" + cfg.NodeName}, log)}
+			client.ListOptions{FieldSelector: "status.migrationState.target.node=" + cfg.NodeName}, log),
+		held: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
+			client.ListOptions{FieldSelector: "status.stateNodeName=" + cfg.NodeName}, log)}
 	if cfg.FenceGuard != "" {
 		a.guard = &guardLink{bin: cfg.FenceGuard, dir: cfg.DataDir, timeout: cfg.FenceTimeout, log: log}
 		f.guard = a.guard
@@ -260,6 +265,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.vms.Run(ctx)
 	a.migIn.OnChange(a.queue.Add)
 	go a.migIn.Run(ctx)
+	a.held.OnChange(func(k runtime.Key) {
+		// Only its deletion matters (reconcile then sweeps the run directories of VMs that
+		// are gone); a held VM bound here is reconciled through a.vms anyway.
+		if _, ok := a.held.Get(k); !ok {
+			if _, bound := a.vms.Get(k); !bound {
+				a.queue.Add(k)
+			}
+		}
+	})
+	go a.held.Run(ctx)
 	select {
 	case <-ctx.Done():
 		return nil

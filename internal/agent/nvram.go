@@ -79,3 +79,15 @@ func (a *Agent) stepNVRAM(ctx context.Context, r *startRun) error {
 	}
 	return nil
 }
+
+// hostStateNode is what a stopped VM's status.stateNodeName says: this node while its run
+// directory keeps a UEFI variable store or TPM state, "" otherwise.
+func (a *Agent) hostStateNode(uid string) string {
+	dir := a.runDir(uid)
+	for _, name := range []string{nvramFileName, tpmStateDirName} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return a.cfg.NodeName
+		}
+	}
+	return ""
+}

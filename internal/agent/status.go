@@ -19,7 +19,7 @@ var errGone = errors.New("virtual machine is gone")
 
 // agentStatusFields are the VM status fields the agent writes.
 // networks: only the guest agent's InterfaceName and GuestIPAddresses of its entries.
-var agentStatusFields = []string{"phase", "nodeName", "conditions", "stats", "versions", "resources", "lastExit", "observedRestartID", "guestOSInfo", "networks", "blockDeviceRefs", "blockDevicesCount"}
+var agentStatusFields = []string{"phase", "nodeName", "stateNodeName", "conditions", "stats", "versions", "resources", "lastExit", "observedRestartID", "guestOSInfo", "networks", "blockDeviceRefs", "blockDevicesCount"}
 
 // patchVMStatus reads the VM, lets mutate change it, and writes the changed fields among
 // owned (and the changed conditions) as a JSON patch whose preconditions are the values it

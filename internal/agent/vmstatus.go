@@ -23,6 +23,7 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 		now := a.now()
 		setPhase(v, v1alpha1.VMPhaseStopped, now)
 		v.Status.NodeName = ""
+		v.Status.StateNodeName = a.hostStateNode(v.UID)
 		setRunningCond(v, v1alpha1.ConditionFalse, "Stopped", "the VM is stopped")
 		if ex := v.Status.LastExit; ex != nil && unplanned(ex.Reason) && v.Status.PowerRequest != nil && v.Status.PowerRequest.Operation != "" {
 			// Stopped by a user's operation while it waited to restart after crashes: the
@@ -161,6 +162,7 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 		setRunningCond(v, v1alpha1.ConditionFalse, rec.Reason, msg)
 		if !wantsRunning(v.Status.PowerRequest) {
 			v.Status.NodeName = ""
+			v.Status.StateNodeName = a.hostStateNode(v.UID)
 		}
 		return nil
 	})

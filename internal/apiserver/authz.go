@@ -319,6 +319,9 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
 			return err
 		}
+		if s := n.Status.StateNodeName; s != o.Status.StateNodeName && s != "" && s != id.Node {
+			return errs.New(errs.ErrForbidden, "%s may not name node %q as the keeper of the host state of %s: a node names only itself", id.describe(), s, what)
+		}
 	case *v1alpha1.VirtualDiskLease:
 		// A node takes a free lease or one it holds, and gives back only its own: it can never
 		// take a lease from another node (that is the HA and migration controllers' part, once

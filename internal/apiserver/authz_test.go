@@ -404,6 +404,38 @@ func TestNodeWriteDuringMigration(t *testing.T) {
 	}
 }
 
+// TestNodeWritesStateNode: a node releasing a VM names itself as the keeper of its host state
+// (or nobody); it never names another node.
+func TestNodeWritesStateNode(t *testing.T) {
+	vms, _ := registry.ByResource("virtualmachines")
+	tg := target{st: vms, namespace: "p", name: "vm1"}
+	vm := func(node, state string) *v1alpha1.VirtualMachine {
+		v := &v1alpha1.VirtualMachine{}
+		v.Status.NodeName, v.Status.StateNodeName = node, state
+		return v
+	}
+	ctx := context.WithValue(context.Background(), identityKey, Identity{Name: "node:n1", Node: "n1"})
+	cases := []struct {
+		name     string
+		old, new *v1alpha1.VirtualMachine
+		ok       bool
+	}{
+		{"release naming itself", vm("n1", ""), vm("", "n1"), true},
+		{"release after a start elsewhere", vm("n1", "n2"), vm("", "n1"), true},
+		{"release keeping nothing", vm("n1", "n2"), vm("", ""), true},
+		{"a status write that keeps another node's name", vm("n1", "n2"), vm("n1", "n2"), true},
+		{"naming another node", vm("n1", ""), vm("", "n2"), false},
+		{"naming another node while bound", vm("n1", "n1"), vm("n1", "n3"), false},
+		{"a VM not bound to it", vm("n2", ""), vm("n2", "n1"), false},
+	}
+	for _, c := range cases {
+		err := authorizeNodeWrite(ctx, tg, c.old, c.new, true)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
+		}
+	}
+}
+
 // TestNodeDiskLeaseWrites: a node takes free disk leases and gives back its own; it never
 // takes, gives away or deletes another node's.
 func TestNodeDiskLeaseWrites(t *testing.T) {

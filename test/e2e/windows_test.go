@@ -147,7 +147,11 @@ spec:
 
 	// Stop: QEMU and then swtpm end; the TPM state and the variable store stay.
 	s.MustCLI("", "vm", "stop", "win1", "--wait")
-	vmWait(t, s, "win1", time.Minute, "Stopped", vmPhase(v1alpha1.VMPhaseStopped))
+	stopped := vmWait(t, s, "win1", time.Minute, "Stopped", vmPhase(v1alpha1.VMPhaseStopped))
+	if stopped.Status.NodeName != "" || stopped.Status.StateNodeName != v.Status.NodeName {
+		t.Errorf("stopped VM: nodeName %q, stateNodeName %q; want released, its state kept on %q",
+			stopped.Status.NodeName, stopped.Status.StateNodeName, v.Status.NodeName)
+	}
 	if !strings.Contains(vmLog(t, s, "win1"), "RAKHSH-GUEST: powerdown") {
 		t.Error("the guest did not see the power button")
 	}

@@ -207,6 +207,12 @@ func score(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleration,
 			}
 		}
 	}
+	if vm.Status.StateNodeName == n.node.Name {
+		// The node that keeps the VM's UEFI variables and TPM state: elsewhere the VM starts
+		// with fresh ones (BitLocker then asks for its recovery key). Outweighs preferences
+		// and PreferNoSchedule taints; a node that does not fit is still skipped.
+		s += stateNodeWeight
+	}
 	for _, t := range n.node.Spec.Taints {
 		if t.Effect == v1alpha1.TaintEffectPreferNoSchedule && !placement.Tolerated(t, tols) {
 			s -= 100
@@ -214,6 +220,9 @@ func score(vm *v1alpha1.VirtualMachine, req request, tols []v1alpha1.Toleration,
 	}
 	return s
 }
+
+// stateNodeWeight is the score a VM's state node (status.stateNodeName) gets on top.
+const stateNodeWeight = 1000
 
 // pick returns the best node for vm, or "" and the reason nothing fits.
 func pick(vm *v1alpha1.VirtualMachine, class *v1alpha1.VirtualMachineClass, nodes []*nodeState, now time.Time, staleAfter time.Duration, diskNode string) (string, string) {

@@ -119,6 +119,27 @@ func TestPickLeastAllocated(t *testing.T) {
 	}
 }
 
+// A stopped VM goes back to the node that keeps its UEFI variables and TPM state, even a busier
+// one with a PreferNoSchedule taint; when that node cannot take it, it goes elsewhere.
+func TestPickStateNode(t *testing.T) {
+	busy := node("a", 4, "8Gi", func(n *v1alpha1.Node) {
+		n.Spec.Taints = []v1alpha1.Taint{{Key: "x", Effect: v1alpha1.TaintEffectPreferNoSchedule}}
+	})
+	busy.usedCPU, busy.usedMem = 8, 6<<30
+	idle := node("b", 4, "8Gi")
+	held := func(v *v1alpha1.VirtualMachine) { v.Status.StateNodeName = "a" }
+	if got, why := pick(vmOf(1, "512Mi", held), nil, []*nodeState{busy, idle}, now, time.Minute, ""); got != "a" {
+		t.Fatalf("picked %q (%s), want the state node a", got, why)
+	}
+	if got, _ := pick(vmOf(1, "512Mi"), nil, []*nodeState{busy, idle}, now, time.Minute, ""); got != "b" {
+		t.Fatalf("without a state node picked %q, want b", got)
+	}
+	busy.node.Spec.Unschedulable = true
+	if got, why := pick(vmOf(1, "512Mi", held), nil, []*nodeState{busy, idle}, now, time.Minute, ""); got != "b" {
+		t.Fatalf("state node cordoned: picked %q (%s), want b", got, why)
+	}
+}
+
 func TestWhyNot(t *testing.T) {
 	nodes := []*nodeState{
 		node("a", 2, "1Gi"), node("b", 2, "1Gi"),
