@@ -107,11 +107,11 @@ type Agent struct {
 	fetches imageFetches // images fetched into this host's cache (imagecache.go)
 	rec     *runtime.Recorder
 
-	vms    *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	migIn  *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	migIn *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	// held are the stopped VMs whose host state (UEFI variables, TPM) this node keeps: their
 	// deletion removes it at once rather than at the next orphan sweep.
-	held *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	held   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	bdas   *runtime.TypedInformer[v1alpha1.VirtualMachineBlockDeviceAttachment] // hot-plug (hotplug_disk.go)
 	queue  *runtime.Queue
 	runCtx context.Context
