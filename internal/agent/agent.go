@@ -152,6 +152,26 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.NodeName = strings.ToLower(h)
 	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	log := cfg.Log.With("component", "agent", "node", cfg.NodeName)
+	f := newFence(cfg.FenceTimeout, cfg.Now, log)
+	a := &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{}, fence: f, metrics: newAgentMetrics(cfg.NodeName),
+		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-agent", Host: cfg.NodeName, Log: log}}
+	a.newInformers()
+	if cfg.FenceGuard != "" {
+		a.guard = &guardLink{bin: cfg.FenceGuard, dir: cfg.DataDir, timeout: cfg.FenceTimeout, log: log}
+		f.guard = a.guard
+	}
+	a.lease = &leaser{store: apiLeases{c: cfg.Client, name: cfg.NodeName}, node: cfg.NodeName, duration: cfg.LeaseDuration,
+		timeout: max(cfg.LeaseRenewInterval, min(2*time.Second, cfg.FenceTimeout/3)), now: cfg.Now, fence: f, log: log,
+		acquired: a.leaseAcquired}
+	return a, nil
+}
+
+// setDefaults fills in what cfg leaves unset and checks the lease times and the accelerator.
+func (cfg *Config) setDefaults() error {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -186,37 +206,49 @@ func New(cfg Config) (*Agent, error) {
 		cfg.FenceTimeout = v1alpha1.DefaultNodeFenceTimeout
 	}
 	if msg := v1alpha1.CheckNodeLeaseTimes(cfg.LeaseDuration, cfg.FenceTimeout); msg != "" {
-		return nil, errors.New("agent: " + msg)
+		return errors.New("agent: " + msg)
 	}
 	if cfg.LeaseRenewInterval <= 0 {
 		cfg.LeaseRenewInterval = min(time.Second, cfg.FenceTimeout/4)
 	}
 	mode, err := accel.ParseMode(string(cfg.Accelerator))
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return fmt.Errorf("agent: %w", err)
 	}
 	cfg.Accelerator = mode
-	log := cfg.Log.With("component", "agent", "node", cfg.NodeName)
-	f := newFence(cfg.FenceTimeout, cfg.Now, log)
-	a := &Agent{cfg: cfg, c: cfg.Client, log: log, insts: map[string]*instance{}, fence: f, metrics: newAgentMetrics(cfg.NodeName),
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-agent", Host: cfg.NodeName, Log: log},
-		// Only the VMs bound to this node: a VM released or bound elsewhere leaves the cache
-		// (the orphan sweep asks the API before it removes anything of it).
-		vms: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
-			client.ListOptions{FieldSelector: "status.nodeName=" + cfg.NodeName}, log),
-		// The VMs whose live migration targets this node (migrate.go).
-		migIn: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
-			client.ListOptions{FieldSelector: "status.migrationState.target.node=" + cfg.NodeName}, log),
-		held: runtime.NewTypedInformer[v1alpha1.VirtualMachine](cfg.Client, "virtualmachines",
-			client.ListOptions{FieldSelector: "status.stateNodeName=" + cfg.NodeName}, log)}
-	if cfg.FenceGuard != "" {
-		a.guard = &guardLink{bin: cfg.FenceGuard, dir: cfg.DataDir, timeout: cfg.FenceTimeout, log: log}
-		f.guard = a.guard
+	return nil
+}
+
+// newInformers makes the agent's VM caches, each holding only VMs of this node.
+func (a *Agent) newInformers() {
+	vmsWhere := func(field string) *runtime.TypedInformer[v1alpha1.VirtualMachine] {
+		return runtime.NewTypedInformer[v1alpha1.VirtualMachine](a.c, "virtualmachines",
+			client.ListOptions{FieldSelector: field + "=" + a.cfg.NodeName}, a.log)
 	}
-	a.lease = &leaser{store: apiLeases{c: cfg.Client, name: cfg.NodeName}, node: cfg.NodeName, duration: cfg.LeaseDuration,
-		timeout: max(cfg.LeaseRenewInterval, min(2*time.Second, cfg.FenceTimeout/3)), now: cfg.Now, fence: f, log: log,
-		acquired: a.leaseAcquired}
-	return a, nil
+	// Only the VMs bound to this node: a VM released or bound elsewhere leaves the cache
+	// (the orphan sweep asks the API before it removes anything of it).
+	a.vms = vmsWhere("status.nodeName")
+	// The VMs whose live migration targets this node (migrate.go).
+	a.migIn = vmsWhere("status.migrationState.target.node")
+	a.held = vmsWhere("status.stateNodeName")
+}
+
+// watchVMs queues the VMs of the agent's caches as they change, and starts the caches.
+func (a *Agent) watchVMs(ctx context.Context) {
+	a.vms.OnChange(a.queue.Add)
+	go a.vms.Run(ctx)
+	a.migIn.OnChange(a.queue.Add)
+	go a.migIn.Run(ctx)
+	a.held.OnChange(func(k runtime.Key) {
+		// Only its deletion matters (reconcile then sweeps the run directories of VMs that
+		// are gone); a held VM bound here is reconciled through a.vms anyway.
+		if _, ok := a.held.Get(k); !ok {
+			if _, bound := a.vms.Get(k); !bound {
+				a.queue.Add(k)
+			}
+		}
+	})
+	go a.held.Run(ctx)
 }
 
 // CachedVMs returns the keys of the VMs the agent caches: those bound to its node.
@@ -261,20 +293,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.queue = runtime.NewQueue("agent", a.log)
 	a.queue.MaxBackoff = 10 * time.Second
-	a.vms.OnChange(a.queue.Add)
-	go a.vms.Run(ctx)
-	a.migIn.OnChange(a.queue.Add)
-	go a.migIn.Run(ctx)
-	a.held.OnChange(func(k runtime.Key) {
-		// Only its deletion matters (reconcile then sweeps the run directories of VMs that
-		// are gone); a held VM bound here is reconciled through a.vms anyway.
-		if _, ok := a.held.Get(k); !ok {
-			if _, bound := a.vms.Get(k); !bound {
-				a.queue.Add(k)
-			}
-		}
-	})
-	go a.held.Run(ctx)
+	a.watchVMs(ctx)
 	select {
 	case <-ctx.Done():
 		return nil

@@ -540,5 +540,11 @@ func (a *Agent) stopGuard() {
 	if a.fence.lastRenew.Load() != nil {
 		s.Armed, s.RenewedMono = true, a.fence.renewMono.Load()
 	}
+	pid := GuardPID(a.cfg.DataDir)
 	a.guard.write(s)
+	// The guard exits at its next look (guardTick): the agent ends after it, so that a clean
+	// stop leaves no process of the node behind and nothing writes to the data dir any more.
+	for deadline := time.Now().Add(2 * time.Second); pid != 0 && liveProcess(pid, isGuardOf(a.cfg.DataDir)) && time.Now().Before(deadline); {
+		time.Sleep(guardTick / 4)
+	}
 }

@@ -271,76 +271,11 @@ func (a *Agent) plugDisk(ctx context.Context, mon hotplugMonitor, vm *v1alpha1.V
 			a.dropDiskLeaseLine(in.runDir, ref.Name)
 		}
 	}
-	pass := a.qemuAs != nil
-	// Backing layers base first, read-only, then the device's own image.
-	layers := make([]struct {
-		path, format, node string
-		ro                 bool
-	}, 0, len(d.Backing)+1)
-	for j := len(d.Backing) - 1; j >= 0; j-- {
-		layers = append(layers, struct {
-			path, format, node string
-			ro                 bool
-		}{d.Backing[j].Path, d.Backing[j].Format, "hp-" + id + ".b" + strconv.Itoa(j+1), true})
+	if err := a.addHotplugLayers(ctx, mon, id, &d, writable, &p); err != nil {
+		undo()
+		return pluggedDisk{}, err
 	}
-	layers = append(layers, struct {
-		path, format, node string
-		ro                 bool
-	}{d.Path, d.Format, "hp-" + id, !writable})
-	backing := any(nil)
-	for _, l := range layers {
-		filename := l.path
-		if pass {
-			mode := os.O_RDONLY
-			if !l.ro {
-				mode = os.O_RDWR
-			}
-			f, err := os.OpenFile(l.path, mode, 0)
-			if err != nil {
-				undo()
-				return pluggedDisk{}, fmt.Errorf("opening %s: %w", l.path, err)
-			}
-			info, err := mon.AddFD(ctx, f, -1, l.node+":"+l.path)
-			_ = f.Close()
-			if err != nil {
-				undo()
-				return pluggedDisk{}, fmt.Errorf("add-fd: %w", err)
-			}
-			p.FDSets = append(p.FDSets, info.FDSetID)
-			filename = qemu.FDSetPath(info.FDSetID)
-		}
-		file := map[string]any{"driver": "file", "filename": filename, "aio": "threads", "read-only": l.ro}
-		node := map[string]any{"driver": l.format, "node-name": l.node, "file": file, "read-only": l.ro}
-		if !l.ro {
-			file["discard"] = "unmap"
-			node["discard"] = "unmap"
-			node["detect-zeroes"] = "unmap"
-		}
-		if l.format == qemu.FormatQCOW2 {
-			node["backing"] = backing
-		}
-		if err := mon.Execute(ctx, "blockdev-add", node, nil); err != nil {
-			undo()
-			return pluggedDisk{}, fmt.Errorf("blockdev-add %s: %w", l.node, err)
-		}
-		p.Nodes = append([]string{l.node}, p.Nodes...)
-		backing = l.node
-	}
-	dev := map[string]any{"id": p.Device, "drive": "hp-" + id}
-	if d.CDROM {
-		dev["driver"] = "scsi-cd"
-		dev["bus"] = qemu.HotplugSCSI + ".0"
-	} else {
-		dev["driver"] = "virtio-blk-pci"
-		dev["write-cache"] = "on"
-		if d.Serial != "" {
-			dev["serial"] = d.Serial
-		}
-		if p.Port != "" {
-			dev["bus"] = p.Port
-		}
-	}
-	if err := mon.Execute(ctx, "device_add", dev, nil); err != nil {
+	if err := mon.Execute(ctx, "device_add", hotplugDevice(&p, &d, id), nil); err != nil {
 		undo()
 		if strings.Contains(err.Error(), "not found") && (p.Port != "" || d.CDROM) {
 			return pluggedDisk{}, fmt.Errorf("device_add: %w (the VM was started without hot-plug slots: restart it once)", err)
@@ -356,6 +291,79 @@ func (a *Agent) plugDisk(ctx context.Context, mon hotplugMonitor, vm *v1alpha1.V
 		}
 	}
 	return p, nil
+}
+
+// addHotplugLayers adds the block nodes of a hot-plugged device: its backing layers base
+// first, read-only, then its own image (node "hp-"+id), each file passed as a descriptor when
+// QEMU runs unprivileged. What it added is in p.Nodes and p.FDSets, for the caller's undo.
+func (a *Agent) addHotplugLayers(ctx context.Context, mon hotplugMonitor, id string, d *qemu.Disk, writable bool, p *pluggedDisk) error {
+	pass := a.qemuAs != nil
+	type layer struct {
+		path, format, node string
+		ro                 bool
+	}
+	layers := make([]layer, 0, len(d.Backing)+1)
+	for j := len(d.Backing) - 1; j >= 0; j-- {
+		layers = append(layers, layer{d.Backing[j].Path, d.Backing[j].Format, "hp-" + id + ".b" + strconv.Itoa(j+1), true})
+	}
+	layers = append(layers, layer{d.Path, d.Format, "hp-" + id, !writable})
+	backing := any(nil)
+	for _, l := range layers {
+		filename := l.path
+		if pass {
+			mode := os.O_RDONLY
+			if !l.ro {
+				mode = os.O_RDWR
+			}
+			f, err := os.OpenFile(l.path, mode, 0)
+			if err != nil {
+				return fmt.Errorf("opening %s: %w", l.path, err)
+			}
+			info, err := mon.AddFD(ctx, f, -1, l.node+":"+l.path)
+			_ = f.Close()
+			if err != nil {
+				return fmt.Errorf("add-fd: %w", err)
+			}
+			p.FDSets = append(p.FDSets, info.FDSetID)
+			filename = qemu.FDSetPath(info.FDSetID)
+		}
+		file := map[string]any{"driver": "file", "filename": filename, "aio": "threads", "read-only": l.ro}
+		node := map[string]any{"driver": l.format, "node-name": l.node, "file": file, "read-only": l.ro}
+		if !l.ro {
+			file["discard"] = "unmap"
+			node["discard"] = "unmap"
+			node["detect-zeroes"] = "unmap"
+		}
+		if l.format == qemu.FormatQCOW2 {
+			node["backing"] = backing
+		}
+		if err := mon.Execute(ctx, "blockdev-add", node, nil); err != nil {
+			return fmt.Errorf("blockdev-add %s: %w", l.node, err)
+		}
+		p.Nodes = append([]string{l.node}, p.Nodes...)
+		backing = l.node
+	}
+	return nil
+}
+
+// hotplugDevice is the device_add of a hot-plugged device: a SCSI CD-ROM for an ISO, else a
+// virtio-blk disk (in its root port on q35).
+func hotplugDevice(p *pluggedDisk, d *qemu.Disk, id string) map[string]any {
+	dev := map[string]any{"id": p.Device, "drive": "hp-" + id}
+	if d.CDROM {
+		dev["driver"] = "scsi-cd"
+		dev["bus"] = qemu.HotplugSCSI + ".0"
+		return dev
+	}
+	dev["driver"] = "virtio-blk-pci"
+	dev["write-cache"] = "on"
+	if d.Serial != "" {
+		dev["serial"] = d.Serial
+	}
+	if p.Port != "" {
+		dev["bus"] = p.Port
+	}
+	return dev
 }
 
 // freePort is the first root port no hot-plugged device uses.

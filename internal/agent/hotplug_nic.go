@@ -76,31 +76,7 @@ func (a *Agent) syncHotplugNICs(ctx context.Context, vm *v1alpha1.VirtualMachine
 		}
 		mon = m
 	}
-	var retry time.Duration
-	unplugged := false
-	for i := 0; i < len(st.NICs); {
-		n := st.NICs[i]
-		if n.Index < len(plan) && plan[n.Index].mac == n.MAC && plan[n.Index].netName == n.Network && n.Index < specCount {
-			i++
-			continue
-		}
-		if n.Index < specCount && len(plan) == 0 {
-			i++ // addresses being allocated: nothing is decided now
-			continue
-		}
-		if err := unplugNIC(ctx, mon, n); err != nil {
-			a.log.Warn("NIC hot-unplug failed; tried again", "vm", string(runtime.KeyOf(vm)), "nic", n.Index, "err", err)
-			a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "HotUnplugFailed", fmt.Sprintf("unplugging network interface %d: %v", n.Index, err))
-			retry = hotplugRetry
-			i++
-			continue
-		}
-		a.deleteTaps([]string{n.Tap})
-		st.NICs = slices.Delete(st.NICs, i, i+1)
-		_ = writeHotplugState(in.runDir, *st)
-		unplugged = true
-		a.log.Info("NIC hot-unplugged", "vm", string(runtime.KeyOf(vm)), "nic", n.Index, "mac", n.MAC)
-	}
+	retry, unplugged := a.unplugStaleNICs(ctx, vm, in, st, plan, specCount, mon)
 	for _, p := range plan {
 		if p.index < st.BootNICs || slices.ContainsFunc(st.NICs, func(n pluggedNIC) bool { return n.Index == p.index }) {
 			continue
@@ -135,6 +111,36 @@ func (a *Agent) syncHotplugNICs(ctx context.Context, vm *v1alpha1.VirtualMachine
 		}
 	}
 	return retry
+}
+
+// unplugStaleNICs unplugs the hot-plugged NICs that plan (the NICs spec.networks asks for,
+// empty while addresses are being allocated) no longer has as they are. It says when to try
+// again (0: no need) and whether it unplugged any.
+func (a *Agent) unplugStaleNICs(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, st *hotplugState, plan []plannedNIC, specCount int, mon nicMonitor) (retry time.Duration, unplugged bool) {
+	for i := 0; i < len(st.NICs); {
+		n := st.NICs[i]
+		if n.Index < len(plan) && plan[n.Index].mac == n.MAC && plan[n.Index].netName == n.Network && n.Index < specCount {
+			i++
+			continue
+		}
+		if n.Index < specCount && len(plan) == 0 {
+			i++ // addresses being allocated: nothing is decided now
+			continue
+		}
+		if err := unplugNIC(ctx, mon, n); err != nil {
+			a.log.Warn("NIC hot-unplug failed; tried again", "vm", string(runtime.KeyOf(vm)), "nic", n.Index, "err", err)
+			a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "HotUnplugFailed", fmt.Sprintf("unplugging network interface %d: %v", n.Index, err))
+			retry = hotplugRetry
+			i++
+			continue
+		}
+		a.deleteTaps([]string{n.Tap})
+		st.NICs = slices.Delete(st.NICs, i, i+1)
+		_ = writeHotplugState(in.runDir, *st)
+		unplugged = true
+		a.log.Info("NIC hot-unplugged", "vm", string(runtime.KeyOf(vm)), "nic", n.Index, "mac", n.MAC)
+	}
+	return retry, unplugged
 }
 
 // effectiveNetworks is nets, or the one Main interface a VM without networks has.

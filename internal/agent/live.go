@@ -288,50 +288,17 @@ func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 	changed := false
 	var failed []string
 	if p.Cores > 0 {
-		retired := map[int]bool{}
-		for _, i := range rs.RetiredCPUSlots {
-			retired[i] = true
-		}
-		have, err := setCPUs(ctx, mon, p.Cores, liveUnplugTimeout, retired)
-		if len(retired) != len(rs.RetiredCPUSlots) {
-			rs.RetiredCPUSlots = rs.RetiredCPUSlots[:0]
-			for i := range retired {
-				rs.RetiredCPUSlots = append(rs.RetiredCPUSlots, i)
-			}
-			sort.Ints(rs.RetiredCPUSlots)
-			changed = true
-		}
-		if have > 0 && have != rs.Spec.CPU.Cores {
-			if rs.BootCores == 0 {
-				rs.BootCores = rs.Spec.CPU.Cores
-			}
-			rs.Spec.CPU.Cores, changed = have, true
-		}
-		if err != nil {
-			in.live.failedCores = p.Cores
-			failed = append(failed, fmt.Sprintf("spec.cpu.cores %d: %v", p.Cores, err))
-		} else {
-			in.live.failedCores = 0
-			a.log.Info("vCPUs changed live", "vm", key, "cores", have)
+		c, failure := a.applyLiveCores(ctx, mon, rs, in, p.Cores, key)
+		changed = changed || c
+		if failure != "" {
+			failed = append(failed, failure)
 		}
 	}
 	if p.Memory > 0 {
-		boot := memoryBytes(rs.bootMemory())
-		plugged, err := setHotpluggedMemory(ctx, mon, p.Memory-boot, liveMemoryTimeout)
-		if plugged >= 0 {
-			if rs.BootMemory == "" {
-				rs.BootMemory = rs.Spec.Memory.Size
-			}
-			rs.HotpluggedMemory = v1alpha1.BytesQuantity(plugged)
-			rs.Spec.Memory.Size = v1alpha1.BytesQuantity(boot + plugged)
-			changed = true
-		}
-		if err != nil {
-			in.live.failedMemory = p.Memory
-			failed = append(failed, fmt.Sprintf("spec.memory.size %s: %v", vm.Spec.Memory.Size, err))
-		} else {
-			in.live.failedMemory = 0
-			a.log.Info("memory changed live", "vm", key, "size", rs.Spec.Memory.Size)
+		c, failure := a.applyLiveMemory(ctx, mon, rs, in, p.Memory, vm.Spec.Memory.Size, key)
+		changed = changed || c
+		if failure != "" {
+			failed = append(failed, failure)
 		}
 	}
 	if changed {
@@ -355,6 +322,59 @@ func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 			a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "RestartRequired", "not changed live, applied at the next restart: "+strings.Join(p.Refused, "; "))
 		}
 	}
+}
+
+// applyLiveCores sets the running vCPUs to cores and records in rs what runs (and the slots
+// QEMU cannot take again). It says whether rs changed, and why it failed.
+func (a *Agent) applyLiveCores(ctx context.Context, mon qmpExecutor, rs *runSpec, in *instance, cores int, key string) (changed bool, failure string) {
+	retired := map[int]bool{}
+	for _, i := range rs.RetiredCPUSlots {
+		retired[i] = true
+	}
+	have, err := setCPUs(ctx, mon, cores, liveUnplugTimeout, retired)
+	if len(retired) != len(rs.RetiredCPUSlots) {
+		rs.RetiredCPUSlots = rs.RetiredCPUSlots[:0]
+		for i := range retired {
+			rs.RetiredCPUSlots = append(rs.RetiredCPUSlots, i)
+		}
+		sort.Ints(rs.RetiredCPUSlots)
+		changed = true
+	}
+	if have > 0 && have != rs.Spec.CPU.Cores {
+		if rs.BootCores == 0 {
+			rs.BootCores = rs.Spec.CPU.Cores
+		}
+		rs.Spec.CPU.Cores, changed = have, true
+	}
+	if err != nil {
+		in.live.failedCores = cores
+		return changed, fmt.Sprintf("spec.cpu.cores %d: %v", cores, err)
+	}
+	in.live.failedCores = 0
+	a.log.Info("vCPUs changed live", "vm", key, "cores", have)
+	return changed, ""
+}
+
+// applyLiveMemory resizes the hot-plugged memory so that the guest has memory bytes (asked as
+// size) and records in rs what runs. It says whether rs changed, and why it failed.
+func (a *Agent) applyLiveMemory(ctx context.Context, mon qmpExecutor, rs *runSpec, in *instance, memory int64, size v1alpha1.Quantity, key string) (changed bool, failure string) {
+	boot := memoryBytes(rs.bootMemory())
+	plugged, err := setHotpluggedMemory(ctx, mon, memory-boot, liveMemoryTimeout)
+	if plugged >= 0 {
+		if rs.BootMemory == "" {
+			rs.BootMemory = rs.Spec.Memory.Size
+		}
+		rs.HotpluggedMemory = v1alpha1.BytesQuantity(plugged)
+		rs.Spec.Memory.Size = v1alpha1.BytesQuantity(boot + plugged)
+		changed = true
+	}
+	if err != nil {
+		in.live.failedMemory = memory
+		return changed, fmt.Sprintf("spec.memory.size %s: %v", size, err)
+	}
+	in.live.failedMemory = 0
+	a.log.Info("memory changed live", "vm", key, "size", rs.Spec.Memory.Size)
+	return changed, ""
 }
 
 // incomingShape is what the target of a live migration starts with: the CPUs and memory

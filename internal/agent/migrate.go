@@ -245,84 +245,14 @@ func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
 	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(m.Policy)}, nil); err != nil {
 		return failStart("migrate-set-capabilities: " + err.Error())
 	}
-	nodes := map[string]string{}
-	for _, d := range r.cfg.Disks {
-		nodes[d.ID] = d.Node
-	}
 	disks := append([]v1alpha1.MigrationDisk(nil), m.Disks...)
 	routes := map[string]func(ctx context.Context) (net.Conn, error){}
-	var nbdLn net.Listener
-	closeNBD := func() {
-		if nbdLn != nil {
-			nbdLn.Close()
-		}
-	}
-	if len(disks) > 0 {
-		path := filepath.Join(r.runDir, migrationNBDSocket)
-		_ = os.Remove(path)
-		if nbdLn, err = net.Listen("unix", path); err != nil {
-			return failStart("the disk export's socket: " + err.Error())
-		}
-		f, err := nbdLn.(*net.UnixListener).File()
-		if err == nil {
-			err = mon.GetFD(ctx, "mig-nbd", f)
-			f.Close()
-		}
-		if err != nil {
-			closeNBD()
-			return failStart("passing the disk export's socket to QEMU: " + err.Error())
-		}
-		// nbd-server-start takes the legacy socket address form (with "data").
-		err = mon.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "fd",
-			"data": map[string]any{"str": "mig-nbd"}}}, nil)
-		if err != nil {
-			closeNBD()
-			return failStart("nbd-server-start: " + err.Error())
-		}
-		for i := range disks {
-			node := nodes["vd-"+disks[i].Name]
-			if node == "" {
-				closeNBD()
-				return failStart(fmt.Sprintf("disk %q is not among the target QEMU's disks", disks[i].Name))
-			}
-			disks[i].Export = "mig-" + disks[i].Name
-			err := mon.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": disks[i].Export, "node-name": node,
-				"name": disks[i].Export, "writable": true}, nil)
-			if err != nil {
-				closeNBD()
-				return failStart(fmt.Sprintf("exporting disk %q: %v", disks[i].Name, err))
-			}
-		}
-		routes[alpnNBD] = func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}
+	closeNBD, err := exportIncomingDisks(ctx, mon, r, disks, routes)
+	if err != nil {
+		return err
 	}
 	in := r.in
-	var streamTaken atomic.Bool
-	routes[alpnMigration] = func(ctx context.Context) (net.Conn, error) {
-		if !streamTaken.CompareAndSwap(false, true) {
-			return nil, errors.New("the migration stream is connected already")
-		}
-		mon, ok := in.monitor().(fdPasser)
-		if !ok {
-			return nil, errors.New("the target QEMU's monitor is not connected")
-		}
-		qemuEnd, agentEnd, err := socketPair()
-		if err != nil {
-			return nil, err
-		}
-		defer qemuEnd.Close()
-		if err := mon.GetFD(ctx, "mig-in", qemuEnd); err != nil {
-			agentEnd.Close()
-			return nil, fmt.Errorf("passing the stream to QEMU: %w", err)
-		}
-		if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:mig-in"}, nil); err != nil {
-			agentEnd.Close()
-			return nil, fmt.Errorf("migrate-incoming: %w", err)
-		}
-		return agentEnd, nil
-	}
+	routes[alpnMigration] = incomingStreamRoute(in)
 	ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
 	if err != nil {
 		closeNBD()
@@ -361,6 +291,91 @@ func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
 		return errEndStart // the undo stops this QEMU
 	}
 	return err
+}
+
+// exportIncomingDisks has the target QEMU export the Local disks being mirrored (disks, whose
+// Export it fills in) over NBD on a unix socket it gets as a descriptor, and adds the route of
+// the migration proxy to that socket. The returned func closes the socket.
+func exportIncomingDisks(ctx context.Context, mon fdPasser, r *startRun, disks []v1alpha1.MigrationDisk, routes map[string]func(ctx context.Context) (net.Conn, error)) (func(), error) {
+	if len(disks) == 0 {
+		return func() {}, nil
+	}
+	nodes := map[string]string{}
+	for _, d := range r.cfg.Disks {
+		nodes[d.ID] = d.Node
+	}
+	path := filepath.Join(r.runDir, migrationNBDSocket)
+	_ = os.Remove(path)
+	nbdLn, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, failStart("the disk export's socket: " + err.Error())
+	}
+	closeNBD := func() { nbdLn.Close() }
+	fail := func(msg string) (func(), error) {
+		closeNBD()
+		return nil, failStart(msg)
+	}
+	f, err := nbdLn.(*net.UnixListener).File()
+	if err == nil {
+		err = mon.GetFD(ctx, "mig-nbd", f)
+		f.Close()
+	}
+	if err != nil {
+		return fail("passing the disk export's socket to QEMU: " + err.Error())
+	}
+	// nbd-server-start takes the legacy socket address form (with "data").
+	err = mon.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "fd",
+		"data": map[string]any{"str": "mig-nbd"}}}, nil)
+	if err != nil {
+		return fail("nbd-server-start: " + err.Error())
+	}
+	for i := range disks {
+		node := nodes["vd-"+disks[i].Name]
+		if node == "" {
+			return fail(fmt.Sprintf("disk %q is not among the target QEMU's disks", disks[i].Name))
+		}
+		disks[i].Export = "mig-" + disks[i].Name
+		err := mon.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": disks[i].Export, "node-name": node,
+			"name": disks[i].Export, "writable": true}, nil)
+		if err != nil {
+			return fail(fmt.Sprintf("exporting disk %q: %v", disks[i].Name, err))
+		}
+	}
+	routes[alpnNBD] = func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+	return closeNBD, nil
+}
+
+// incomingStreamRoute is the migration proxy's route for the migration stream: the first
+// connection is handed to the target QEMU (migrate-incoming on a descriptor), later ones are
+// refused.
+func incomingStreamRoute(in *instance) func(ctx context.Context) (net.Conn, error) {
+	var streamTaken atomic.Bool
+	return func(ctx context.Context) (net.Conn, error) {
+		if !streamTaken.CompareAndSwap(false, true) {
+			return nil, errors.New("the migration stream is connected already")
+		}
+		mon, ok := in.monitor().(fdPasser)
+		if !ok {
+			return nil, errors.New("the target QEMU's monitor is not connected")
+		}
+		qemuEnd, agentEnd, err := socketPair()
+		if err != nil {
+			return nil, err
+		}
+		defer qemuEnd.Close()
+		if err := mon.GetFD(ctx, "mig-in", qemuEnd); err != nil {
+			agentEnd.Close()
+			return nil, fmt.Errorf("passing the stream to QEMU: %w", err)
+		}
+		if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:mig-in"}, nil); err != nil {
+			agentEnd.Close()
+			return nil, fmt.Errorf("migrate-incoming: %w", err)
+		}
+		return agentEnd, nil
+	}
 }
 
 // migProxy is the target's migration proxy of in, if any.
@@ -522,33 +537,8 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 	// migration as this agent's cache saw it, testing only what decides the switch-over (not
 	// the source's progress figures); the read-and-write loop when that is refused.
 	v, err := a.fastCommit(ctx, ns, name, uid, source, id)
-	for attempt := 0; err != nil; attempt++ {
-		v, err = patchVMStatus(ctx, a.c, ns, name, uid, commitFields, func(v *v1alpha1.VirtualMachine) error {
-			m, err := migrationOf(v, id)
-			if err != nil {
-				return err
-			}
-			if m.Target.Node != a.cfg.NodeName || v.Status.NodeName != source {
-				return errMigrationOver
-			}
-			now := a.now()
-			m.Phase, m.Result, m.EndTimestamp = v1alpha1.MigrationPhaseSucceeded, v1alpha1.MigrationResultSucceeded, &now
-			m.Reason, m.Message = "", fmt.Sprintf("migrated from node %s to node %s", source, a.cfg.NodeName)
-			v.Status.MigrationState = m
-			v.Status.NodeName = a.cfg.NodeName
-			setPhase(v, v1alpha1.VMPhaseRunning, now)
-			return nil
-		})
-		if err == nil || errors.Is(err, errMigrationOver) || errors.Is(err, errGone) || ctx.Err() != nil {
-			break
-		}
-		// The store is out of reach: the guest stays paused on both sides until it answers
-		// (or the migration is failed by the controller, which the next write sees).
-		a.log.Warn("switch-over write failed; retrying", "vm", string(key), "attempt", attempt+1, "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(500 * time.Millisecond):
-		}
+	if err != nil {
+		v, err = a.slowCommit(ctx, ns, name, uid, source, id)
 	}
 	mon, _ := in.monitor().(qmpExecutor)
 	if err != nil || mon == nil {
@@ -568,9 +558,55 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 		go p.close() // the stream has ended; the NBD server is stopped
 	}
 	switchover := resumedAt.Sub(completedAt)
-	// The resume time goes next to the source's pause time (whichever comes first keeps the
-	// other's): the guest's pause as it saw it.
-	_, err = patchVMStatus(ctx, a.c, ns, name, uid, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
+	a.recordResume(ctx, ns, name, uid, id, resumedAt, switchover)
+	// Peers re-learn where the guest's MAC is at once (gratuitous ARP / RARP from QEMU).
+	_ = mon.Execute(cctx, "announce-self", map[string]any{"initial": 50, "max": 550, "rounds": 5, "step": 100}, nil)
+	in.setMigrationHook(nil)
+	a.log.Info("migration switched over: the guest runs here", "vm", string(key), "from", source, "switchover", switchover.Round(time.Millisecond))
+	if v != nil {
+		a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Migrated", fmt.Sprintf("%s; the target took over and resumed the guest %d ms after the stream ended",
+			v.Status.MigrationState.Message, switchover.Milliseconds()))
+	}
+	a.queue.Add(key)
+}
+
+// slowCommit is the switch-over write as a read-and-write loop, tried until it is done, the
+// migration is over, the VM is gone or ctx ends: the guest stays paused on both sides until
+// the store answers (or the controller fails the migration, which the next write sees).
+func (a *Agent) slowCommit(ctx context.Context, ns, name, uid, source, id string) (*v1alpha1.VirtualMachine, error) {
+	for attempt := 0; ; attempt++ {
+		v, err := patchVMStatus(ctx, a.c, ns, name, uid, commitFields, func(v *v1alpha1.VirtualMachine) error {
+			m, err := migrationOf(v, id)
+			if err != nil {
+				return err
+			}
+			if m.Target.Node != a.cfg.NodeName || v.Status.NodeName != source {
+				return errMigrationOver
+			}
+			now := a.now()
+			m.Phase, m.Result, m.EndTimestamp = v1alpha1.MigrationPhaseSucceeded, v1alpha1.MigrationResultSucceeded, &now
+			m.Reason, m.Message = "", fmt.Sprintf("migrated from node %s to node %s", source, a.cfg.NodeName)
+			v.Status.MigrationState = m
+			v.Status.NodeName = a.cfg.NodeName
+			setPhase(v, v1alpha1.VMPhaseRunning, now)
+			return nil
+		})
+		if err == nil || errors.Is(err, errMigrationOver) || errors.Is(err, errGone) || ctx.Err() != nil {
+			return v, err
+		}
+		a.log.Warn("switch-over write failed; retrying", "vm", ns+"/"+name, "attempt", attempt+1, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// recordResume writes the target's resume time and the switch-over time into the migration
+// state: next to the source's pause time (whichever comes first keeps the other's), they are
+// the guest's pause as it saw it.
+func (a *Agent) recordResume(ctx context.Context, ns, name, uid, id string, resumedAt time.Time, switchover time.Duration) {
+	_, err := patchVMStatus(ctx, a.c, ns, name, uid, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
 		cur := v.Status.MigrationState
 		if cur == nil || cur.ID != id || v.Status.NodeName != a.cfg.NodeName {
 			return errNoChange
@@ -586,17 +622,8 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 		return nil
 	})
 	if err != nil && !errors.Is(err, errGone) {
-		a.log.Info("recording the resume time of a migration", "vm", string(key), "err", err)
+		a.log.Info("recording the resume time of a migration", "vm", ns+"/"+name, "err", err)
 	}
-	// Peers re-learn where the guest's MAC is at once (gratuitous ARP / RARP from QEMU).
-	_ = mon.Execute(cctx, "announce-self", map[string]any{"initial": 50, "max": 550, "rounds": 5, "step": 100}, nil)
-	in.setMigrationHook(nil)
-	a.log.Info("migration switched over: the guest runs here", "vm", string(key), "from", source, "switchover", switchover.Round(time.Millisecond))
-	if v != nil {
-		a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Migrated", fmt.Sprintf("%s; the target took over and resumed the guest %d ms after the stream ended",
-			v.Status.MigrationState.Message, switchover.Milliseconds()))
-	}
-	a.queue.Add(key)
 }
 
 // fastCommit is the switch-over write in one request: JSON patch tests of the uid, the
@@ -716,23 +743,7 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		}
 	}
 	if resume {
-		// An earlier agent process started this transfer; its watch is lost. A stream that
-		// completed waits for the target's switch-over; any other is ended.
-		var st migrateInfo
-		if err := mon.Execute(ctx, "query-migrate", nil, &st); err == nil && st.Status == "completed" {
-			return
-		}
-		// The failure is recorded before the stream is ended, so that it is the store, not
-		// the target noticing the broken stream, that says why.
-		msg := fmt.Sprintf("the agent of the source node %s restarted during the transfer; the VM goes on running there", a.cfg.NodeName)
-		if err := a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonSourceRestarted, msg); err != nil {
-			log.Warn("recording the failed migration", "err", err)
-		}
-		if migrationActive(st.Status) {
-			_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
-			a.waitMigrationEnd(ctx, mon, 30*time.Second)
-		}
-		a.cleanupOutgoing(ctx, mon, m)
+		a.endResumedOutgoing(ctx, vm, mon, m, log)
 		return
 	}
 	err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(v *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
@@ -766,26 +777,53 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		}
 		dialer.close()
 	}()
-	timeout := time.Duration(0)
-	if m.Policy != nil && m.Policy.TimeoutSeconds > 0 {
-		timeout = time.Duration(m.Policy.TimeoutSeconds) * time.Second
-	}
 	deadline := time.Time{}
-	if timeout > 0 {
-		deadline = time.Now().Add(timeout)
+	if m.Policy != nil && m.Policy.TimeoutSeconds > 0 {
+		deadline = time.Now().Add(time.Duration(m.Policy.TimeoutSeconds) * time.Second)
 	}
 	if err := a.startMirrors(ctx, vm, fdmon, dialer, m, deadline, log); err != nil {
 		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 		return
 	}
-	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(m.Policy)}, nil); err != nil {
-		fail(v1alpha1.MigrationReasonTransferFailed, "migrate-set-capabilities: "+err.Error())
+	if err := startStream(ctx, fdmon, dialer, m.Policy); err != nil {
+		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 		return
+	}
+	log.Info("migration stream started", "to", dialer.addr)
+	completed = a.followOutgoing(ctx, vm, mon, m, deadline, fail, log)
+}
+
+// endResumedOutgoing handles a transfer an earlier agent process started, whose watch is
+// lost: a stream that completed waits for the target's switch-over; any other is ended and
+// the migration failed.
+func (a *Agent) endResumedOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState, log interface{ Warn(string, ...any) }) {
+	var st migrateInfo
+	if err := mon.Execute(ctx, "query-migrate", nil, &st); err == nil && st.Status == "completed" {
+		return
+	}
+	// The failure is recorded before the stream is ended, so that it is the store, not
+	// the target noticing the broken stream, that says why.
+	msg := fmt.Sprintf("the agent of the source node %s restarted during the transfer; the VM goes on running there", a.cfg.NodeName)
+	if err := a.failMigration(ctx, vm, m.ID, v1alpha1.MigrationReasonSourceRestarted, msg); err != nil {
+		log.Warn("recording the failed migration", "err", err)
+	}
+	if migrationActive(st.Status) {
+		_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
+		a.waitMigrationEnd(ctx, mon, 30*time.Second)
+	}
+	a.cleanupOutgoing(ctx, mon, m)
+}
+
+// startStream sets the migration's capabilities and parameters on the source QEMU and starts
+// its stream to the target through the proxies.
+func startStream(ctx context.Context, mon fdPasser, dialer *migrationDialer, p *v1alpha1.MigrationPolicySettings) error {
+	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(p)}, nil); err != nil {
+		return fmt.Errorf("migrate-set-capabilities: %w", err)
 	}
 	// The downtime limit starts low and grows with the passes up to the policy's maximum
 	// (downtimeFor): an idle guest is switched over within the low first step.
-	params := map[string]any{"downtime-limit": downtimeFor(0, maxDowntime(m.Policy))}
-	if p := m.Policy; p != nil {
+	params := map[string]any{"downtime-limit": downtimeFor(0, maxDowntime(p))}
+	if p != nil {
 		if p.BandwidthMiBps > 0 {
 			params["max-bandwidth"] = p.BandwidthMiBps << 20
 		} else {
@@ -793,26 +831,21 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		}
 	}
 	if err := mon.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
-		fail(v1alpha1.MigrationReasonTransferFailed, "migrate-set-parameters: "+err.Error())
-		return
+		return fmt.Errorf("migrate-set-parameters: %w", err)
 	}
 	stream, err := dialer.dial(ctx, alpnMigration)
 	if err != nil {
-		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
-		return
+		return err
 	}
-	err = fdmon.GetFD(ctx, "mig-out", stream)
+	err = mon.GetFD(ctx, "mig-out", stream)
 	stream.Close()
 	if err != nil {
-		fail(v1alpha1.MigrationReasonTransferFailed, "passing the stream to QEMU: "+err.Error())
-		return
+		return fmt.Errorf("passing the stream to QEMU: %w", err)
 	}
 	if err := mon.Execute(ctx, "migrate", map[string]any{"uri": "fd:mig-out"}, nil); err != nil {
-		fail(v1alpha1.MigrationReasonTransferFailed, "migrate: "+err.Error())
-		return
+		return fmt.Errorf("migrate: %w", err)
 	}
-	log.Info("migration stream started", "to", dialer.addr)
-	completed = a.followOutgoing(ctx, vm, mon, m, deadline, fail, log)
+	return nil
 }
 
 // migrationDialer checks that both nodes have certificates and returns the dialer to the
@@ -845,7 +878,6 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 	deadline time.Time, fail func(reason, msg string), log interface{ Info(string, ...any) }) bool {
 	lastMoved, lastBytes := time.Now(), int64(-1)
 	lastWrite := time.Time{}
-	cancelWhy, cancelReason := "", ""
 	maxDown := maxDowntime(m.Policy)
 	limit := downtimeFor(0, maxDown)
 	for {
@@ -862,84 +894,25 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		}
 		switch {
 		case st.Status == "completed":
-			// QEMU 7.2 may say completed before it filled in the figures: ask again a few
-			// times (the target switches over meanwhile; this only delays the record).
-			for i := 0; i < 10 && st.TotalTime == 0; i++ {
-				time.Sleep(20 * time.Millisecond)
-				var again migrateInfo
-				if mon.Execute(ctx, "query-migrate", nil, &again) != nil || again.Status != "completed" {
-					break
-				}
-				st = again
-			}
-			p := progressOf(st, 0)
-			p.Percent, p.DowntimeMs, p.TotalTimeMs = 100, st.Downtime, st.TotalTime
-			if in := a.inst(vm.UID); in != nil {
-				in.mu.Lock()
-				if !in.stoppedAt.IsZero() {
-					p.PausedAtMs = in.stoppedAt.UnixMilli()
-				}
-				in.mu.Unlock()
-			}
-			// The target may have switched over already: the figures go into the migration
-			// of this id whatever its phase (the one write a source may make afterwards).
-			_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
-				cur := v.Status.MigrationState
-				if cur == nil || cur.ID != m.ID || (cur.Phase != v1alpha1.MigrationPhaseSucceeded && !cur.Active()) {
-					return errNoChange
-				}
-				mm := *cur
-				if cur.Progress != nil { // the target's, if it came first
-					p.ResumedAtMs, p.SwitchoverMs = cur.Progress.ResumedAtMs, cur.Progress.SwitchoverMs
-				}
-				mm.Progress = p
-				v.Status.MigrationState = &mm
-				return nil
-			})
-			if err != nil && !errors.Is(err, errGone) {
-				log.Info("recording the migration's figures", "err", err)
-			}
-			a.cleanupOutgoing(ctx, mon, m)
-			log.Info("migration stream completed; the target switches over", "downtimeMs", st.Downtime, "totalMs", st.TotalTime)
+			a.finishOutgoing(ctx, vm, mon, m, st, log)
 			return true
 		case st.Status == "failed" || st.Status == "cancelled" || (!migrationActive(st.Status) && st.Status != ""):
 			msg := "the migration stream failed"
 			if st.ErrorDesc != "" {
 				msg += ": " + st.ErrorDesc
 			}
-			reason := v1alpha1.MigrationReasonTransferFailed
-			if cancelWhy != "" {
-				msg, reason = cancelWhy, cancelReason
-			}
-			fail(reason, msg)
+			fail(v1alpha1.MigrationReasonTransferFailed, msg)
 			return false
 		}
 		now := time.Now()
 		if st.RAM.Transferred != lastBytes {
 			lastBytes, lastMoved = st.RAM.Transferred, now
 		}
-		if cancelWhy == "" {
-			switch {
-			case !deadline.IsZero() && now.After(deadline):
-				cancelWhy, cancelReason = fmt.Sprintf("the transfer did not finish within its timeout of %ds", m.Policy.TimeoutSeconds), v1alpha1.MigrationReasonTimeout
-			case now.Sub(lastMoved) > stallLimit:
-				cancelWhy, cancelReason = fmt.Sprintf("no data moved to node %s for %s: the link to the target may be down", m.Target.Node, stallLimit), v1alpha1.MigrationReasonTransferFailed
-			default:
-				if cur, ok := a.vms.Get(runtime.KeyOf(vm)); ok {
-					if cm := cur.Status.MigrationState; !cm.Active() || cm.ID != m.ID {
-						cancelWhy, cancelReason = "the migration was cancelled", v1alpha1.MigrationReasonCancelled
-						if cm != nil && cm.ID == m.ID && cm.Message != "" {
-							cancelWhy, cancelReason = cm.Message, cm.Reason
-						}
-					}
-				}
-			}
-			if cancelWhy != "" {
-				a.endOutgoing(ctx, vm, mon, m, cancelReason, cancelWhy, log)
-				return false
-			}
+		if why, reason := a.outgoingCancel(vm, m, now, deadline, lastMoved); why != "" {
+			a.endOutgoing(ctx, vm, mon, m, reason, why, log)
+			return false
 		}
-		if now.Sub(lastWrite) >= time.Second && cancelWhy == "" {
+		if now.Sub(lastWrite) >= time.Second {
 			lastWrite = now
 			p := progressOf(st, a.mirrorRemaining(ctx, mon))
 			err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(_ *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
@@ -956,6 +929,70 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// finishOutgoing records the figures of a completed stream in the migration (the target may
+// have switched over already) and ends the source's side of it.
+func (a *Agent) finishOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState, st migrateInfo, log interface{ Info(string, ...any) }) {
+	// QEMU 7.2 may say completed before it filled in the figures: ask again a few
+	// times (the target switches over meanwhile; this only delays the record).
+	for i := 0; i < 10 && st.TotalTime == 0; i++ {
+		time.Sleep(20 * time.Millisecond)
+		var again migrateInfo
+		if mon.Execute(ctx, "query-migrate", nil, &again) != nil || again.Status != "completed" {
+			break
+		}
+		st = again
+	}
+	p := progressOf(st, 0)
+	p.Percent, p.DowntimeMs, p.TotalTimeMs = 100, st.Downtime, st.TotalTime
+	if in := a.inst(vm.UID); in != nil {
+		in.mu.Lock()
+		if !in.stoppedAt.IsZero() {
+			p.PausedAtMs = in.stoppedAt.UnixMilli()
+		}
+		in.mu.Unlock()
+	}
+	// The target may have switched over already: the figures go into the migration
+	// of this id whatever its phase (the one write a source may make afterwards).
+	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
+		cur := v.Status.MigrationState
+		if cur == nil || cur.ID != m.ID || (cur.Phase != v1alpha1.MigrationPhaseSucceeded && !cur.Active()) {
+			return errNoChange
+		}
+		mm := *cur
+		if cur.Progress != nil { // the target's, if it came first
+			p.ResumedAtMs, p.SwitchoverMs = cur.Progress.ResumedAtMs, cur.Progress.SwitchoverMs
+		}
+		mm.Progress = p
+		v.Status.MigrationState = &mm
+		return nil
+	})
+	if err != nil && !errors.Is(err, errGone) {
+		log.Info("recording the migration's figures", "err", err)
+	}
+	a.cleanupOutgoing(ctx, mon, m)
+	log.Info("migration stream completed; the target switches over", "downtimeMs", st.Downtime, "totalMs", st.TotalTime)
+}
+
+// outgoingCancel says why a running transfer is to be ended, if it is: its timeout passed,
+// no data moved for stallLimit, or the migration was failed (cancelled) in the store.
+func (a *Agent) outgoingCancel(vm *v1alpha1.VirtualMachine, m *v1alpha1.VirtualMachineMigrationState, now, deadline, lastMoved time.Time) (why, reason string) {
+	switch {
+	case !deadline.IsZero() && now.After(deadline):
+		return fmt.Sprintf("the transfer did not finish within its timeout of %ds", m.Policy.TimeoutSeconds), v1alpha1.MigrationReasonTimeout
+	case now.Sub(lastMoved) > stallLimit:
+		return fmt.Sprintf("no data moved to node %s for %s: the link to the target may be down", m.Target.Node, stallLimit), v1alpha1.MigrationReasonTransferFailed
+	}
+	if cur, ok := a.vms.Get(runtime.KeyOf(vm)); ok {
+		if cm := cur.Status.MigrationState; !cm.Active() || cm.ID != m.ID {
+			if cm != nil && cm.ID == m.ID && cm.Message != "" {
+				return cm.Message, cm.Reason
+			}
+			return "the migration was cancelled", v1alpha1.MigrationReasonCancelled
+		}
+	}
+	return "", ""
 }
 
 // Progressive downtime. QEMU switches over once what is left to send fits in its downtime
@@ -1045,42 +1082,8 @@ func (a *Agent) startMirrors(ctx context.Context, vm *v1alpha1.VirtualMachine, m
 		return nil
 	}
 	for i, d := range m.Disks {
-		var vd v1alpha1.VirtualDisk
-		if err := a.c.Get(ctx, "virtualdisks", vm.Namespace, d.Name, &vd); err != nil {
-			return fmt.Errorf("VirtualDisk %q: %w", d.Name, err)
-		}
-		path, _, err := a.diskFile(ctx, &vd)
-		if err != nil {
-			return fmt.Errorf("VirtualDisk %q: %w", d.Name, err)
-		}
-		node, err := diskNodeByPath(ctx, mon, path)
-		if err != nil {
+		if err := a.startMirror(ctx, vm, mon, dialer, d, fmt.Sprintf("%s%d", mirrorPrefix, i)); err != nil {
 			return err
-		}
-		if node == nil {
-			return fmt.Errorf("VirtualDisk %q is not open in the source QEMU", d.Name)
-		}
-		nbd := fmt.Sprintf("%s%d", mirrorPrefix, i)
-		// One connection through the proxies per disk, handed to QEMU as a descriptor.
-		conn, err := dialer.dial(ctx, alpnNBD)
-		if err != nil {
-			return fmt.Errorf("the target's export of VirtualDisk %q: %w", d.Name, err)
-		}
-		err = mon.GetFD(ctx, nbd, conn)
-		conn.Close()
-		if err != nil {
-			return fmt.Errorf("passing the connection to the target's export of VirtualDisk %q to QEMU: %w", d.Name, err)
-		}
-		err = mon.Execute(ctx, "blockdev-add", map[string]any{"driver": "nbd", "node-name": nbd, "export": d.Export,
-			"server": map[string]any{"type": "fd", "str": nbd}}, nil)
-		if err != nil {
-			return fmt.Errorf("connecting to the target's export of VirtualDisk %q: %w", d.Name, err)
-		}
-		// The whole disk, flattened: the target's copy has no backing file.
-		err = mon.Execute(ctx, "blockdev-mirror", map[string]any{"job-id": nbd, "device": node.NodeName, "target": nbd,
-			"sync": "full", "copy-mode": "write-blocking", "auto-dismiss": false}, nil)
-		if err != nil {
-			return fmt.Errorf("mirroring VirtualDisk %q: %w", d.Name, err)
 		}
 	}
 	log.Info("mirroring local disks to the target", "disks", len(m.Disks))
@@ -1133,6 +1136,48 @@ func (a *Agent) startMirrors(ctx context.Context, vm *v1alpha1.VirtualMachine, m
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// startMirror mirrors one Local disk d of the source QEMU into the target's NBD export of it
+// (block node and job nbd), over one connection through the migration proxies.
+func (a *Agent) startMirror(ctx context.Context, vm *v1alpha1.VirtualMachine, mon fdPasser, dialer *migrationDialer, d v1alpha1.MigrationDisk, nbd string) error {
+	var vd v1alpha1.VirtualDisk
+	if err := a.c.Get(ctx, "virtualdisks", vm.Namespace, d.Name, &vd); err != nil {
+		return fmt.Errorf("VirtualDisk %q: %w", d.Name, err)
+	}
+	path, _, err := a.diskFile(ctx, &vd)
+	if err != nil {
+		return fmt.Errorf("VirtualDisk %q: %w", d.Name, err)
+	}
+	node, err := diskNodeByPath(ctx, mon, path)
+	if err != nil {
+		return err
+	}
+	if node == nil {
+		return fmt.Errorf("VirtualDisk %q is not open in the source QEMU", d.Name)
+	}
+	// One connection through the proxies per disk, handed to QEMU as a descriptor.
+	conn, err := dialer.dial(ctx, alpnNBD)
+	if err != nil {
+		return fmt.Errorf("the target's export of VirtualDisk %q: %w", d.Name, err)
+	}
+	err = mon.GetFD(ctx, nbd, conn)
+	conn.Close()
+	if err != nil {
+		return fmt.Errorf("passing the connection to the target's export of VirtualDisk %q to QEMU: %w", d.Name, err)
+	}
+	err = mon.Execute(ctx, "blockdev-add", map[string]any{"driver": "nbd", "node-name": nbd, "export": d.Export,
+		"server": map[string]any{"type": "fd", "str": nbd}}, nil)
+	if err != nil {
+		return fmt.Errorf("connecting to the target's export of VirtualDisk %q: %w", d.Name, err)
+	}
+	// The whole disk, flattened: the target's copy has no backing file.
+	err = mon.Execute(ctx, "blockdev-mirror", map[string]any{"job-id": nbd, "device": node.NodeName, "target": nbd,
+		"sync": "full", "copy-mode": "write-blocking", "auto-dismiss": false}, nil)
+	if err != nil {
+		return fmt.Errorf("mirroring VirtualDisk %q: %w", d.Name, err)
+	}
+	return nil
 }
 
 // mirrorRemaining is what the disk mirrors still have to copy.

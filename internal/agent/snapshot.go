@@ -75,17 +75,58 @@ type freezer interface {
 // snapshotPoll is how often takeLive asks QEMU about its copy jobs.
 var snapshotPoll = 100 * time.Millisecond
 
+// snapAdded is what takeLive added to the running QEMU for one snapshot target, for its undo:
+// the descriptor's fd set, the block node, and whether a copy job runs.
+type snapAdded struct {
+	node string
+	set  int
+	job  bool
+}
+
+// addSnapshotTargets creates each disk's snapshot file and opens it in QEMU as block node d.id
+// (recorded in done as it goes). It returns the block nodes of the disks themselves.
+func addSnapshotTargets(ctx context.Context, mon snapshotMonitor, disks []snapDisk, done *[]snapAdded) ([]string, error) {
+	sources := make([]string, len(disks))
+	for i, d := range disks {
+		n, err := diskNodeByPath(ctx, mon, d.path)
+		if err != nil {
+			return nil, err
+		}
+		if n == nil {
+			return nil, fmt.Errorf("the running VM does not have the disk %s open", d.path)
+		}
+		sources[i] = n.NodeName
+		os.Remove(d.target)
+		if err := storage.CreateBlank(ctx, d.target, d.size); err != nil {
+			return nil, fmt.Errorf("creating the snapshot file: %w", err)
+		}
+		f, err := os.OpenFile(d.target, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		info, err := mon.AddFD(ctx, f, -1, "snapshot:"+d.target)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("add-fd: %w", err)
+		}
+		*done = append(*done, snapAdded{set: info.FDSetID})
+		args := map[string]any{"driver": "qcow2", "node-name": d.id,
+			"file": map[string]any{"driver": "file", "filename": qemu.FDSetPath(info.FDSetID)}}
+		if err := mon.Execute(ctx, "blockdev-add", args, nil); err != nil {
+			return nil, fmt.Errorf("blockdev-add %s: %w", d.id, err)
+		}
+		(*done)[len(*done)-1].node = d.id
+	}
+
+	return sources, nil
+}
+
 // takeLive copies disks of a running QEMU at one instant (see the comment above). With
 // requireFreeze, a guest whose filesystems cannot be frozen fails the snapshot before any copy
 // starts. On failure everything it added to QEMU is removed again and the target files are
 // deleted.
 func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snapDisk, requireFreeze bool) (res liveResult, err error) {
-	type added struct {
-		node, fdsetID string
-		set           int
-		job           bool
-	}
-	var done []added
+	var done []snapAdded
 	defer func() {
 		if err == nil {
 			return
@@ -110,65 +151,17 @@ func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snap
 			os.Remove(d.target)
 		}
 	}()
-	sources := make([]string, len(disks))
-	for i, d := range disks {
-		n, err := diskNodeByPath(ctx, mon, d.path)
-		if err != nil {
-			return res, err
-		}
-		if n == nil {
-			return res, fmt.Errorf("the running VM does not have the disk %s open", d.path)
-		}
-		sources[i] = n.NodeName
-		os.Remove(d.target)
-		if err := storage.CreateBlank(ctx, d.target, d.size); err != nil {
-			return res, fmt.Errorf("creating the snapshot file: %w", err)
-		}
-		f, err := os.OpenFile(d.target, os.O_RDWR, 0)
-		if err != nil {
-			return res, err
-		}
-		info, err := mon.AddFD(ctx, f, -1, "snapshot:"+d.target)
-		f.Close()
-		if err != nil {
-			return res, fmt.Errorf("add-fd: %w", err)
-		}
-		done = append(done, added{set: info.FDSetID})
-		args := map[string]any{"driver": "qcow2", "node-name": d.id,
-			"file": map[string]any{"driver": "file", "filename": qemu.FDSetPath(info.FDSetID)}}
-		if err := mon.Execute(ctx, "blockdev-add", args, nil); err != nil {
-			return res, fmt.Errorf("blockdev-add %s: %w", d.id, err)
-		}
-		done[len(done)-1].node = d.id
+	sources, err := addSnapshotTargets(ctx, mon, disks, &done)
+	if err != nil {
+		return res, err
 	}
 
-	var frozenAt time.Time
-	if fz != nil {
-		if _, err := fz.freeze(ctx); err != nil {
-			res.freezeErr = err
-		} else {
-			res.frozen = true
-			frozenAt = time.Now()
-		}
-	}
-	if !res.frozen && requireFreeze {
-		why := "the VM has no guest agent"
-		if res.freezeErr != nil {
-			why = res.freezeErr.Error()
-		}
-		return res, fmt.Errorf("the guest's filesystems could not be frozen (%s) and the snapshot requires consistency", why)
-	}
-	actions := make([]map[string]any, len(disks))
-	for i, d := range disks {
-		actions[i] = map[string]any{"type": "blockdev-backup", "data": map[string]any{
-			"job-id": d.id, "device": sources[i], "target": d.id, "sync": "full", "auto-dismiss": false}}
-	}
-	targs := map[string]any{"actions": actions}
-	if len(disks) > 1 {
-		targs["properties"] = map[string]any{"completion-mode": "grouped"}
+	frozenAt, err := freezeForSnapshot(ctx, fz, requireFreeze, &res)
+	if err != nil {
+		return res, err
 	}
 	started := time.Now()
-	terr := mon.Execute(ctx, "transaction", targs, nil)
+	terr := mon.Execute(ctx, "transaction", backupTransaction(disks, sources), nil)
 	if res.frozen {
 		// Thawed whatever the transaction did: a guest must never stay frozen.
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -205,9 +198,53 @@ func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snap
 	for i := range done {
 		done[i].job = false
 	}
+	return res, removeSnapshotTargets(ctx, mon, disks, done)
+}
+
+// freezeForSnapshot freezes the guest's filesystems through fz (nil: no guest agent), noting
+// in res whether it did and why not; it fails when consistency is required and the freeze did
+// not happen. It returns when the freeze began.
+func freezeForSnapshot(ctx context.Context, fz freezer, requireFreeze bool, res *liveResult) (time.Time, error) {
+	var frozenAt time.Time
+	if fz != nil {
+		if _, err := fz.freeze(ctx); err != nil {
+			res.freezeErr = err
+		} else {
+			res.frozen = true
+			frozenAt = time.Now()
+		}
+	}
+	if !res.frozen && requireFreeze {
+		why := "the VM has no guest agent"
+		if res.freezeErr != nil {
+			why = res.freezeErr.Error()
+		}
+		return frozenAt, fmt.Errorf("the guest's filesystems could not be frozen (%s) and the snapshot requires consistency", why)
+	}
+	return frozenAt, nil
+}
+
+// backupTransaction starts one full blockdev-backup per disk into its snapshot target, the
+// jobs grouped so that they succeed or fail together.
+func backupTransaction(disks []snapDisk, sources []string) map[string]any {
+	actions := make([]map[string]any, len(disks))
+	for i, d := range disks {
+		actions[i] = map[string]any{"type": "blockdev-backup", "data": map[string]any{
+			"job-id": d.id, "device": sources[i], "target": d.id, "sync": "full", "auto-dismiss": false}}
+	}
+	targs := map[string]any{"actions": actions}
+	if len(disks) > 1 {
+		targs["properties"] = map[string]any{"completion-mode": "grouped"}
+	}
+	return targs
+}
+
+// removeSnapshotTargets takes the finished snapshot targets out of QEMU (marking them gone in
+// done, so that the undo leaves them).
+func removeSnapshotTargets(ctx context.Context, mon snapshotMonitor, disks []snapDisk, done []snapAdded) error {
 	for _, d := range disks {
 		if err := mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": d.id}, nil); err != nil {
-			return res, fmt.Errorf("blockdev-del %s: %w", d.id, err)
+			return fmt.Errorf("blockdev-del %s: %w", d.id, err)
 		}
 	}
 	for i := range done {
@@ -216,7 +253,7 @@ func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snap
 		_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": done[i].set}, nil)
 		done[i].set = -1
 	}
-	return res, nil
+	return nil
 }
 
 // qmpJob is an entry of query-jobs.
@@ -312,93 +349,24 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 	if !a.handedToMe(&s) {
 		return runtime.Result{}, nil
 	}
-	group := []v1alpha1.VirtualDiskSnapshot{s}
-	if vmsnap := s.Labels[v1alpha1.LabelVMSnapshot]; vmsnap != "" {
-		// The disks of a VM snapshot are copied together, once all are handed to this node.
-		want, _ := strconv.Atoi(s.Annotations[v1alpha1.AnnotationVMSnapshotDisks])
-		list, err := a.c.List(ctx, "virtualdisksnapshots", ns, client.ListOptions{LabelSelector: v1alpha1.LabelVMSnapshot + "=" + vmsnap})
-		if err != nil {
-			return runtime.Result{}, err
-		}
-		group = group[:0]
-		waiting := len(list.Items) < want
-		for _, raw := range list.Items {
-			var m v1alpha1.VirtualDiskSnapshot
-			if err := json.Unmarshal(raw, &m); err != nil {
-				return runtime.Result{}, err
-			}
-			switch {
-			case a.handedToMe(&m):
-				group = append(group, m)
-			case m.Status.Phase == "" || m.Status.Phase == v1alpha1.SnapshotPhasePending:
-				waiting = true
-			}
-		}
-		if waiting {
-			return runtime.Result{RequeueAfter: 200 * time.Millisecond}, nil
-		}
+	group, wait, err := a.snapshotGroup(ctx, &s)
+	if err != nil {
+		return runtime.Result{}, err
 	}
-	var in *instance
-	var vmUID, vmName string
-	var agentReady bool
-	disks := make([]snapDisk, len(group))
-	finals := make([]string, len(group))
-	for i := range group {
-		m := &group[i]
-		var d v1alpha1.VirtualDisk
-		if err := a.c.Get(ctx, "virtualdisks", ns, m.Spec.VirtualDiskName, &d); err != nil {
-			if client.IsNotFound(err) {
-				return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q is gone", m.Spec.VirtualDiskName))
-			}
-			return runtime.Result{}, err
-		}
-		path, _, err := a.diskFile(ctx, &d)
-		if err != nil {
-			return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q: %v", d.Name, err))
-		}
-		var sc *v1alpha1.StorageClass
-		if m.Status.StorageClassName != "" {
-			var got v1alpha1.StorageClass
-			if err := a.c.Get(ctx, "storageclasses", "", m.Status.StorageClassName, &got); err == nil {
-				sc = &got
-			} else if !client.IsNotFound(err) {
-				return runtime.Result{}, err
-			}
-		}
-		size, err := v1alpha1.Quantity(d.Status.Capacity).Value()
-		if err != nil || size <= 0 {
-			return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q reports no capacity", d.Name))
-		}
-		var found *instance
-		for _, vm := range a.vms.List() {
-			if vm.Namespace != ns || !usesDisk(vm, d.Name) {
-				continue
-			}
-			if inst := a.inst(vm.UID); inst != nil && !inst.isExited() {
-				found = inst
-				if in == nil {
-					vmUID, vmName = vm.UID, vm.Name
-					c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady)
-					agentReady = c != nil && c.Status == v1alpha1.ConditionTrue
-				}
-				break
-			}
-		}
-		if found == nil || (in != nil && found != in) {
-			// The VM stopped (or moved) meanwhile: the snapshots go back to the controller,
-			// which copies disks no VM runs itself.
-			return runtime.Result{}, a.giveBackSnapshots(ctx, group)
-		}
-		in = found
-		disks[i] = snapDisk{path: path, target: storage.SnapshotPartPath(a.cfg.DataDir, sc, m.UID), size: size, id: snapshotJobID(m.UID)}
-		finals[i] = storage.SnapshotPath(a.cfg.DataDir, sc, m.UID)
+	if wait {
+		return runtime.Result{RequeueAfter: 200 * time.Millisecond}, nil
 	}
+	sp, res0, err := a.planSnapshots(ctx, ns, group)
+	if sp == nil {
+		return res0, err
+	}
+	in, vmUID, vmName, disks := sp.in, sp.vmUID, sp.vmName, sp.disks
 	mon, ok := in.monitor().(snapshotMonitor)
 	if !ok {
 		return runtime.Result{RequeueAfter: time.Second}, nil // QMP not connected (yet)
 	}
 	var fz freezer
-	if agentReady {
+	if sp.agentReady {
 		fz = guestFreezer{a: a, uid: vmUID}
 	}
 	required := false
@@ -416,6 +384,111 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 		}
 		return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("taking the snapshot in the running VirtualMachine %q: %v", vmName, err))
 	}
+	return runtime.Result{}, a.finishSnapshots(ctx, ns, group, sp, res)
+}
+
+// snapshotGroup is s and, for a disk of a VM snapshot, the other disks' snapshots of it: they
+// are copied together, once all are handed to this node (wait: not yet).
+func (a *Agent) snapshotGroup(ctx context.Context, s *v1alpha1.VirtualDiskSnapshot) (group []v1alpha1.VirtualDiskSnapshot, wait bool, err error) {
+	group = []v1alpha1.VirtualDiskSnapshot{*s}
+	if vmsnap := s.Labels[v1alpha1.LabelVMSnapshot]; vmsnap != "" {
+		want, _ := strconv.Atoi(s.Annotations[v1alpha1.AnnotationVMSnapshotDisks])
+		list, err := a.c.List(ctx, "virtualdisksnapshots", s.Namespace, client.ListOptions{LabelSelector: v1alpha1.LabelVMSnapshot + "=" + vmsnap})
+		if err != nil {
+			return nil, false, err
+		}
+		group = group[:0]
+		waiting := len(list.Items) < want
+		for _, raw := range list.Items {
+			var m v1alpha1.VirtualDiskSnapshot
+			if err := json.Unmarshal(raw, &m); err != nil {
+				return nil, false, err
+			}
+			switch {
+			case a.handedToMe(&m):
+				group = append(group, m)
+			case m.Status.Phase == "" || m.Status.Phase == v1alpha1.SnapshotPhasePending:
+				waiting = true
+			}
+		}
+		if waiting {
+			return nil, true, nil
+		}
+	}
+	return group, false, nil
+}
+
+// snapPlan is what a live snapshot of a group of disks works on: the QEMU that has them open
+// (one VM's), the VM, and each disk's copy and final file.
+type snapPlan struct {
+	in            *instance
+	vmUID, vmName string
+	agentReady    bool
+	disks         []snapDisk
+	finals        []string
+}
+
+// planSnapshots finds the running VM whose disks group copies, and the files. A nil plan ends
+// the reconcile with the result and error given (the snapshots failed, or went back to the
+// controller because no VM here runs the disks).
+func (a *Agent) planSnapshots(ctx context.Context, ns string, group []v1alpha1.VirtualDiskSnapshot) (*snapPlan, runtime.Result, error) {
+	sp := &snapPlan{disks: make([]snapDisk, len(group)), finals: make([]string, len(group))}
+	for i := range group {
+		m := &group[i]
+		var d v1alpha1.VirtualDisk
+		if err := a.c.Get(ctx, "virtualdisks", ns, m.Spec.VirtualDiskName, &d); err != nil {
+			if client.IsNotFound(err) {
+				return nil, runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q is gone", m.Spec.VirtualDiskName))
+			}
+			return nil, runtime.Result{}, err
+		}
+		path, _, err := a.diskFile(ctx, &d)
+		if err != nil {
+			return nil, runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q: %v", d.Name, err))
+		}
+		var sc *v1alpha1.StorageClass
+		if m.Status.StorageClassName != "" {
+			var got v1alpha1.StorageClass
+			if err := a.c.Get(ctx, "storageclasses", "", m.Status.StorageClassName, &got); err == nil {
+				sc = &got
+			} else if !client.IsNotFound(err) {
+				return nil, runtime.Result{}, err
+			}
+		}
+		size, err := v1alpha1.Quantity(d.Status.Capacity).Value()
+		if err != nil || size <= 0 {
+			return nil, runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("VirtualDisk %q reports no capacity", d.Name))
+		}
+		var found *instance
+		for _, vm := range a.vms.List() {
+			if vm.Namespace != ns || !usesDisk(vm, d.Name) {
+				continue
+			}
+			if inst := a.inst(vm.UID); inst != nil && !inst.isExited() {
+				found = inst
+				if sp.in == nil {
+					sp.vmUID, sp.vmName = vm.UID, vm.Name
+					c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady)
+					sp.agentReady = c != nil && c.Status == v1alpha1.ConditionTrue
+				}
+				break
+			}
+		}
+		if found == nil || (sp.in != nil && found != sp.in) {
+			// The VM stopped (or moved) meanwhile: the snapshots go back to the controller,
+			// which copies disks no VM runs itself.
+			return nil, runtime.Result{}, a.giveBackSnapshots(ctx, group)
+		}
+		sp.in = found
+		sp.disks[i] = snapDisk{path: path, target: storage.SnapshotPartPath(a.cfg.DataDir, sc, m.UID), size: size, id: snapshotJobID(m.UID)}
+		sp.finals[i] = storage.SnapshotPath(a.cfg.DataDir, sc, m.UID)
+	}
+	return sp, runtime.Result{}, nil
+}
+
+// finishSnapshots keeps the copied files of group and marks the snapshots Ready (a snapshot
+// deleted meanwhile loses its file instead).
+func (a *Agent) finishSnapshots(ctx context.Context, ns string, group []v1alpha1.VirtualDiskSnapshot, sp *snapPlan, res liveResult) error {
 	msg := "copied from the running VM with its filesystems frozen"
 	if !res.frozen {
 		msg = "copied from the running VM without freezing its filesystems (crash-consistent)"
@@ -423,20 +496,20 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 			msg += ": " + res.freezeErr.Error()
 		}
 	}
-	a.log.Info("live disk snapshot taken", "snapshot", key, "frozen", res.frozen, "frozenFor", res.frozenFor, "copy", res.copyTook)
+	a.log.Info("live disk snapshot taken", "vm", sp.vmName, "frozen", res.frozen, "frozenFor", res.frozenFor, "copy", res.copyTook)
 	for i, m := range group {
 		// The snapshot may have been deleted while it was copied: then its file goes too.
 		var now v1alpha1.VirtualDiskSnapshot
 		if err := a.c.Get(ctx, "virtualdisksnapshots", ns, m.Name, &now); err != nil || now.UID != m.UID || now.DeletionTimestamp != nil {
-			os.Remove(disks[i].target)
+			os.Remove(sp.disks[i].target)
 			if err != nil && !client.IsNotFound(err) {
-				return runtime.Result{}, err
+				return err
 			}
 			continue
 		}
-		if err := storage.Commit(disks[i].target, finals[i]); err != nil {
-			os.Remove(disks[i].target)
-			return runtime.Result{}, a.snapshotsFailed(ctx, []v1alpha1.VirtualDiskSnapshot{now}, fmt.Sprintf("keeping the snapshot file: %v", err))
+		if err := storage.Commit(sp.disks[i].target, sp.finals[i]); err != nil {
+			os.Remove(sp.disks[i].target)
+			return a.snapshotsFailed(ctx, []v1alpha1.VirtualDiskSnapshot{now}, fmt.Sprintf("keeping the snapshot file: %v", err))
 		}
 		st := now.Status
 		st.Conditions = slices.Clone(now.Status.Conditions)
@@ -452,10 +525,10 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 			Reason: v1alpha1.VDSnapshotReasonReady, Message: msg, ObservedGeneration: now.Generation})
 		a.rec.Event(ctx, "VirtualDiskSnapshot", &now, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("%s in %s", msg, res.copyTook.Round(time.Millisecond)))
 		if err := a.writeSnapshotStatus(ctx, &now, st); err != nil {
-			return runtime.Result{}, err
+			return err
 		}
 	}
-	return runtime.Result{}, nil
+	return nil
 }
 
 // handedToMe says the snapshot waits for this node's agent to copy it.
