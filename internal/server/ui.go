@@ -9,12 +9,17 @@ import (
 
 // withUI serves the web UI at /ui/ on the TCP listener in front of the API handler: a browser
 // logs in with an API token and its session cookie is turned into that token on every API
-// request (see internal/ui).
+// request (see internal/ui). A user with a local password logs in with it instead: the
+// session then holds a login token of that user.
 func withUI(api http.Handler, log *slog.Logger) http.Handler {
+	sessions := ui.NewSessions()
 	return ui.New(ui.Config{
 		API:      api,
-		Sessions: ui.NewSessions(),
-		Methods:  map[string]ui.LoginMethod{"token": ui.TokenLogin{API: api}},
-		Log:      log.With("component", "ui"),
+		Sessions: sessions,
+		Methods: map[string]ui.LoginMethod{
+			"token":    ui.TokenLogin{API: api},
+			"password": ui.PasswordLogin{API: api, TTL: sessions.MaxAge},
+		},
+		Log: log.With("component", "ui"),
 	})
 }

@@ -34,6 +34,9 @@ type LoginRequest struct {
 	Token string `json:"token,omitempty"`
 	// Ticket is a one-time login ticket (method "ticket", printed by `rakhsh ui`).
 	Ticket string `json:"ticket,omitempty"`
+	// Username and Password are a user's local password login (method "password").
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
 }
 
 // LoginMethod checks one kind of credential and says who it belongs to.
@@ -244,7 +247,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	}
 	p.Method = req.Method
 	if old := sessionCookie(r); old != "" {
-		h.cfg.Sessions.Delete(old)
+		h.end(r.Context(), old)
 	}
 	id, sess := h.cfg.Sessions.Create(p)
 	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: id, Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
@@ -265,10 +268,19 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
 			writeStatus(w, http.StatusForbidden, "Forbidden", "logout needs the session's "+HeaderCSRF+" header")
 			return
 		}
-		h.cfg.Sessions.Delete(id)
+		h.end(r.Context(), id)
 	}
 	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	writeJSON(w, http.StatusOK, h.info(nil))
+}
+
+// end ends the session id, if it lives, and runs its principal's Logout.
+func (h *Handler) end(ctx context.Context, id string) {
+	sess := h.cfg.Sessions.Get(id)
+	h.cfg.Sessions.Delete(id)
+	if sess != nil && sess.Principal.Logout != nil {
+		sess.Principal.Logout(ctx)
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -1,13 +1,18 @@
 package ui
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
 // TokenLogin logs in with an API bearer token. The token is checked by asking the API itself
@@ -96,4 +101,54 @@ func (t *TicketLogin) Login(ctx context.Context, req LoginRequest) (Principal, e
 	}
 	t.used = true
 	return Principal{Name: t.Name}, nil
+}
+
+// PasswordLogin logs a user in with the local password an administrator set (rakhsh user
+// passwd): it asks the API's login endpoint, exactly as `rakhsh login` does, for a login token
+// valid as long as a session may last (TTL), and the session sends that token on every API
+// request; logging out revokes it. The API's answer to a wrong name or password is the same
+// for both, and as slow.
+type PasswordLogin struct {
+	API http.Handler
+	// TTL is the lifetime asked for the login token: the sessions' MaxAge.
+	TTL time.Duration
+}
+
+// Login implements LoginMethod.
+func (p PasswordLogin) Login(ctx context.Context, req LoginRequest) (Principal, error) {
+	if req.Username == "" || req.Password == "" {
+		return Principal{}, fmt.Errorf("%w: enter a user name and a password", ErrLogin)
+	}
+	body, err := json.Marshal(v1alpha1.LoginRequest{Username: req.Username, Password: req.Password, TTL: p.TTL.String()})
+	if err != nil {
+		return Principal{}, err
+	}
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, v1alpha1.IdentityPath+"/login", bytes.NewReader(body))
+	if err != nil {
+		return Principal{}, err
+	}
+	r.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	p.API.ServeHTTP(rec, r)
+	switch {
+	case rec.Code == http.StatusUnauthorized:
+		return Principal{}, fmt.Errorf("%w: wrong user name or password", ErrLogin)
+	case rec.Code != http.StatusCreated && rec.Code != http.StatusOK:
+		return Principal{}, fmt.Errorf("logging in: the API answered %d: %s", rec.Code, bytes.TrimSpace(rec.Body.Bytes()))
+	}
+	var tok v1alpha1.Token
+	if err := json.Unmarshal(rec.Body.Bytes(), &tok); err != nil || tok.Token == "" {
+		return Principal{}, fmt.Errorf("logging in: the API's answer holds no token (%v)", err)
+	}
+	secret := tok.Token
+	authorize := func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+secret) }
+	logout := func(ctx context.Context) {
+		// The token goes with the session (it would otherwise stay valid until its TTL).
+		r, err := http.NewRequestWithContext(ctx, http.MethodDelete, v1alpha1.IdentityPath+"/tokens/"+tok.ID, nil)
+		if err == nil {
+			authorize(r)
+			p.API.ServeHTTP(httptest.NewRecorder(), r)
+		}
+	}
+	return Principal{Name: req.Username, Authorize: authorize, Logout: logout}, nil
 }

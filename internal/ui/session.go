@@ -9,6 +9,7 @@
 package ui
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -27,6 +28,9 @@ type Principal struct {
 	// Authorize prepares a request for the API handler behind the gate, e.g. sets the bearer
 	// token the user logged in with. Nil leaves the request as it is (the unix socket is admin).
 	Authorize func(r *http.Request)
+	// Logout, when set, runs when the user logs out: e.g. it revokes the login token the
+	// session held.
+	Logout func(ctx context.Context)
 }
 
 // Session is one browser's login.

@@ -328,4 +328,36 @@ spec:
 		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
 		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Stopped"]`, chromedp.ByQuery))
 	uiShot(t, ctx, shots, "vms-stopped")
+
+	// A user with a local password: log out, a wrong password is refused, the right one logs in
+	// as that user, who sees the VMs of the project they are a Viewer of.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: User
+metadata: {name: ulla}
+spec: {displayName: Ulla}
+`, "apply", "-f", "-")
+	s.MustCLI("ulla-Pa55word!\n", "user", "set-password", "ulla", "--password-stdin")
+	s.MustCLI("", "patch", "project", "default", "--type", "merge", "-p", `{"spec":{"members":[{"name":"user:ulla","role":"Viewer"}]}}`)
+	uiRun(t, ctx, 30*time.Second, "log out",
+		chromedp.Click("#logout", chromedp.ByID),
+		chromedp.WaitVisible("#username", chromedp.ByID),
+		chromedp.SendKeys("#username", "ulla", chromedp.ByID),
+		chromedp.SendKeys("#password", "not-her-password", chromedp.ByID),
+		chromedp.Click("#login-password", chromedp.ByID),
+		chromedp.WaitVisible("#login-error .error", chromedp.ByQuery))
+	uiRun(t, ctx, 5*time.Second, "read the password login error", chromedp.Text("#login-error", &loginErr, chromedp.ByQuery))
+	if !strings.Contains(loginErr, "wrong user name or password") {
+		t.Errorf("password login error shown: %q", loginErr)
+	}
+	uiShot(t, ctx, shots, "login-password")
+	var who string
+	uiRun(t, ctx, 30*time.Second, "log in with the password",
+		uiSetValue("#password", ""),
+		chromedp.SendKeys("#password", "ulla-Pa55word!", chromedp.ByID),
+		chromedp.Click("#login-password", chromedp.ByID),
+		chromedp.WaitVisible(`tr[data-vm="web1"]`, chromedp.ByQuery),
+		chromedp.Text("#user", &who, chromedp.ByID))
+	if who != "ulla" {
+		t.Errorf("the header names %q after ulla's password login", who)
+	}
 }

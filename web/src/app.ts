@@ -286,25 +286,45 @@ async function loginWith(body: Record<string, string>, out?: HTMLElement) {
 
 function loginPage() {
   const out = h("div", { id: "login-error" });
-  const token = h("input", { id: "token", type: "password", autocomplete: "current-password", required: true }) as HTMLInputElement;
-  const form = h(
+  const token = h("input", { id: "token", type: "password", autocomplete: "off", required: true }) as HTMLInputElement;
+  const tokenForm = h(
     "form",
-    { class: "card login", "aria-labelledby": "login-title" },
-    h("h1", { id: "login-title" }, "Log in to Rakhsh"),
+    { "aria-label": "Log in with an API token" },
     h("label", { for: "token" }, "API token"),
     token,
     h("div", { class: "hint" }, "The token of your account (an administrator finds the admin token in the data directory, admin.token)."),
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "login" }, "Log in")),
-    out,
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "login" }, "Log in with the token")),
   );
-  form.addEventListener("submit", (ev) => {
+  tokenForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
     loginWith({ method: "token", token: token.value.trim() }, out);
   });
+  const card = h("div", { class: "card login", role: "region", "aria-labelledby": "login-title" }, h("h1", { id: "login-title" }, "Log in to Rakhsh"));
+  let first: HTMLInputElement = token;
+  if (session.methods.includes("password")) {
+    const user = h("input", { id: "username", type: "text", autocomplete: "username", required: true }) as HTMLInputElement;
+    const pass = h("input", { id: "password", type: "password", autocomplete: "current-password", required: true }) as HTMLInputElement;
+    const passForm = h(
+      "form",
+      { "aria-label": "Log in with your user name and password" },
+      h("label", { for: "username" }, "User name"),
+      user,
+      h("label", { for: "password" }, "Password"),
+      pass,
+      h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "login-password" }, "Log in")),
+    );
+    passForm.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      loginWith({ method: "password", username: user.value.trim(), password: pass.value }, out);
+    });
+    card.append(passForm, h("h2", { class: "login-or" }, "Or with an API token"));
+    first = user;
+  }
+  card.append(tokenForm, out);
   const r = root();
   clear(r);
-  r.append(form);
-  token.focus();
+  r.append(card);
+  first.focus();
 }
 
 // ---- the VM list ---------------------------------------------------------------------------
