@@ -89,6 +89,8 @@ var userRules = map[string]userRule{
 	"virtualmachines/" + SubVNC:        streamRule,
 	"virtualmachines/" + SubLog:        streamRule,
 	"virtualmachines/" + SubGuestAgent: streamRule,
+	// A console ticket opens a console: made by those who may open one.
+	"virtualmachines/" + v1alpha1.SubConsoleTickets: streamRule,
 	"virtualmachines/" + SubBinding: {Read: levelNever, Write: levelNever,
 		Why: "bindings are made by the scheduler"},
 	// Cluster objects a user needs to create a VM: everybody reads, ClusterAdmin writes.
@@ -151,7 +153,7 @@ func lookupUserRule(resource, sub string, namespaced bool) userRule {
 
 // actsOnGuest says a subresource is a stream or guest command: every verb counts as a write.
 func actsOnGuest(sub string) bool {
-	return sub == SubConsole || sub == SubVNC || sub == SubLog || sub == SubGuestAgent
+	return sub == SubConsole || sub == SubVNC || sub == SubLog || sub == SubGuestAgent || sub == v1alpha1.SubConsoleTickets
 }
 
 // authorizeUser decides a user's request. role is the user's effective role in the

@@ -230,6 +230,8 @@ func TestUserAuthorizeSubresources(t *testing.T) {
 		{u, p1("Viewer"), a("get", "virtualmachines", "p1", "vm", SubLog), false, "consoles"},
 		{u, p1("Viewer"), a("create", "virtualmachines", "p1", "vm", SubGuestAgent), false, "guest agent"},
 		{u, p1("User"), a("create", "virtualmachines", "p1", "vm", SubGuestAgent), true, ""},
+		{u, p1("User"), a("create", "virtualmachines", "p1", "vm", v1alpha1.SubConsoleTickets), true, ""},
+		{u, p1("Viewer"), a("create", "virtualmachines", "p1", "vm", v1alpha1.SubConsoleTickets), false, "consoles"},
 		{cv, "", a("get", "virtualmachines", "p1", "vm", SubConsole), false, "consoles"},
 		{ca, "", a("get", "virtualmachines", "p1", "vm", SubConsole), true, ""},
 		{u, p1("Admin"), a("create", "virtualmachines", "p1", "vm", SubBinding), false, "scheduler"},

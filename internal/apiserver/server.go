@@ -94,7 +94,9 @@ type Server struct {
 	// ticketMu guards ticketSweep, when expired stream tickets were last deleted.
 	ticketMu    sync.Mutex
 	ticketSweep time.Time
-	uploads     *images.Uploads
+	// consoleSweep is when expired console tickets were last deleted (consoletickets.go).
+	consoleSweep time.Time
+	uploads      *images.Uploads
 	// forwardRange is Config.PortForwardRange.
 	forwardRange PortRange
 	// admitMu orders this server's quota admissions; instance names it in quota locks.
@@ -215,7 +217,13 @@ func (s *Server) RemoteHandler() http.Handler {
 			mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey, metricsIdentity)))
 			return
 		}
-		id, err := s.authenticate(r)
+		var id Identity
+		var err error
+		if ns, name, stream, ticket, ok := consoleTicketTarget(r); ok {
+			id, err = s.redeemConsoleTicket(r, ns, name, stream, ticket) // consoletickets.go
+		} else {
+			id, err = s.authenticate(r)
+		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -480,6 +488,10 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.st.Info.Kind == "User" && t.sub == v1alpha1.SubUserPassword {
 		s.serveSetPassword(w, r, t)
+		return
+	}
+	if t.st.Info.Kind == "VirtualMachine" && t.sub == v1alpha1.SubConsoleTickets {
+		s.serveConsoleTickets(w, r, t)
 		return
 	}
 	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubGuestAgent {
