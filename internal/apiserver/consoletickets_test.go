@@ -77,7 +77,9 @@ func TestConsoleTickets(t *testing.T) {
 		_ = json.Unmarshal(b, &st)
 		return resp.StatusCode, st.Message
 	}
-	accepted := func(code int, msg string) bool { return code == http.StatusServiceUnavailable && strings.Contains(msg, "bound to no node") }
+	accepted := func(code int, msg string) bool {
+		return code == http.StatusServiceUnavailable && strings.Contains(msg, "bound to no node")
+	}
 
 	if _, err := ticket(carol, "vm1", ""); client.Reason(err) != v1alpha1.ReasonForbidden {
 		t.Errorf("a Viewer's ticket: %v, want Forbidden", err)
