@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
 	"os"
@@ -12,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 )
 
@@ -23,7 +28,8 @@ import (
 // (`rakhsh logs`), its QEMU log and its serial console (the API websocket and `rakhsh
 // console`) work through the API server, which proxies them to the agent's stream service at
 // the endpoint the Node publishes. The stream service itself refuses requests without a ticket
-// and with a made-up one (replays and expiry: unit tests).
+// and with a made-up one (replays and expiry: unit tests). A console ticket opens the
+// console websocket once, without an Authorization header, as a browser would.
 func TestJoinedHostStreams(t *testing.T) {
 	dir := vmGuestDir(t)
 	base := vmImageServer(t, dir)
@@ -132,6 +138,44 @@ spec:
 	}
 	consoleWait(t, out, "REMOTE-42", 30*time.Second, "the API console websocket of a VM on a joined host")
 	conn.Close()
+
+	// A browser's way in: a console ticket, then the websocket with ?ticket= and the page's
+	// Origin and no Authorization header; the ticket opens it once.
+	var tk v1alpha1.ConsoleTicket
+	if err := s.Client().Do(ctx, "POST", client.Path("virtualmachines", "default", "remote", v1alpha1.SubConsoleTickets), nil,
+		"application/json", v1alpha1.ConsoleTicketRequest{Stream: "console"}, &tk); err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(s.DataDir, "tls.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	wsClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	dialTicket := func() (*websocket.Conn, *http.Response, error) {
+		return websocket.Dial(ctx, "wss://"+addr+tk.Path, &websocket.DialOptions{HTTPClient: wsClient,
+			HTTPHeader: http.Header{"Origin": []string{"https://" + addr}}, Subprotocols: []string{"binary"}})
+	}
+	ws, _, err := dialTicket()
+	if err != nil {
+		t.Fatalf("the console websocket with a ticket: %v", err)
+	}
+	tconn := websocket.NetConn(ctx, ws, websocket.MessageBinary)
+	tout := &lockedBuffer{}
+	go func() { _, _ = io.Copy(tout, tconn) }()
+	if _, err := tconn.Write([]byte("\necho TICKET-$((6*7))\n")); err != nil {
+		t.Fatal(err)
+	}
+	consoleWait(t, tout, "TICKET-42", 30*time.Second, "the console websocket opened with a console ticket")
+	tconn.Close()
+	if _, resp, err := dialTicket(); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		code := 0
+		if resp != nil {
+			code = resp.StatusCode
+		}
+		t.Errorf("the console ticket used a second time: %v (HTTP %d), want 401", err, code)
+	}
 
 	// `rakhsh console`, detaching with Ctrl-].
 	cc := exec.Command(rakhshBin(t), "console", "remote")
