@@ -65,6 +65,8 @@ type Config struct {
 	PeerCAFile string
 	// PortForwardRange is the host ports new port forwards may take; zero: any.
 	PortForwardRange PortRange
+	// OIDC, when set, makes ID tokens of that issuer credentials (oidc.go).
+	OIDC *OIDCConfig
 	// ControlPlane computes the status of the read-only ControlPlane object; nil: the
 	// controlplanes resource answers 503.
 	ControlPlane func(ctx context.Context) (v1alpha1.ControlPlaneStatus, error)
@@ -92,6 +94,7 @@ type Server struct {
 	// localStreams is Config.LocalStreams.
 	localStreams nodestream.Streams
 	// ticketMu guards ticketSweep, when expired stream tickets were last deleted.
+	oidc        *oidcAuth // nil: no OIDC issuer (oidc.go)
 	ticketMu    sync.Mutex
 	ticketSweep time.Time
 	// consoleSweep is when expired console tickets were last deleted (consoletickets.go).
@@ -132,6 +135,13 @@ func New(cfg Config) *Server {
 	}
 	if s.bookmark == 0 {
 		s.bookmark = 30 * time.Second
+	}
+	if cfg.OIDC != nil {
+		a, err := newOIDCAuth(*cfg.OIDC)
+		if err != nil {
+			s.log.Error("OIDC ID tokens are refused", "err", err) // CheckOIDCConfig tells serve first
+		}
+		s.oidc = a
 	}
 	s.metrics = newAPIMetrics()
 	s.metricsToken, s.metricsURL = cfg.MetricsToken, cfg.MetricsURL
@@ -253,6 +263,8 @@ func (s *Server) authenticate(r *http.Request) (Identity, error) {
 		return s.authenticateNode(r.Context(), tok)
 	case strings.HasPrefix(tok, joinTokenPrefix):
 		return s.authenticateJoin(r.Context(), tok)
+	case s.oidc != nil && looksLikeJWT(tok):
+		return s.authenticateOIDC(r.Context(), tok)
 	}
 	return Identity{}, errs.New(errs.ErrUnauthorized, "Unauthorized: the bearer token is not valid")
 }

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"bufio"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -247,7 +249,7 @@ func dash(s string) string {
 
 func newLoginCommand(cc *cliContext) *cobra.Command {
 	var username, ttl, ctxName, project string
-	var fromStdin bool
+	var fromStdin, oidcStdin bool
 	cmd := &cobra.Command{
 		Use:   "login",
 		Short: "Log in with a user name and password; the token is kept in your config file",
@@ -285,25 +287,35 @@ commands without --server or a token use it. See docs/identity.md.`,
 			if !strings.HasPrefix(server, "https://") {
 				return usageErrorf("login needs an https:// server: give --server https://HOST:PORT (the local socket needs no login)")
 			}
-			if username == "" {
-				return usageErrorf("give --username")
-			}
-			pw, err := readPasswordOnce(cmd, fromStdin)
-			if err != nil {
-				return err
-			}
 			if caFile != "" {
 				if caFile, err = filepath.Abs(caFile); err != nil {
 					return err
 				}
 			}
-			c, err := client.New(client.Config{Server: server, CAFile: caFile, Insecure: cc.insecure})
-			if err != nil {
-				return err
-			}
-			tok, err := c.Login(cmd.Context(), v1alpha1.LoginRequest{Username: username, Password: pw, TTL: ttl})
-			if err != nil {
-				return err
+			var tok *v1alpha1.Token
+			if oidcStdin {
+				if username != "" || fromStdin || ttl != "" {
+					return usageErrorf("--oidc-id-token-stdin takes no --username, --password-stdin or --ttl: the ID token names the user and its expiry")
+				}
+				if tok, err = oidcLogin(cmd, server, caFile, cc.insecure); err != nil {
+					return err
+				}
+				username = tok.User
+			} else {
+				if username == "" {
+					return usageErrorf("give --username (or --oidc-id-token-stdin)")
+				}
+				pw, err := readPasswordOnce(cmd, fromStdin)
+				if err != nil {
+					return err
+				}
+				c, err := client.New(client.Config{Server: server, CAFile: caFile, Insecure: cc.insecure})
+				if err != nil {
+					return err
+				}
+				if tok, err = c.Login(cmd.Context(), v1alpha1.LoginRequest{Username: username, Password: pw, TTL: ttl}); err != nil {
+					return err
+				}
 			}
 			if ctxName == "" {
 				ctxName = cc.contextName
@@ -326,11 +338,45 @@ commands without --server or a token use it. See docs/identity.md.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&username, "username", "u", "", "your user name")
+	f.BoolVar(&oidcStdin, "oidc-id-token-stdin", false, "keep an OpenID Connect ID token read from standard input (from your identity provider) instead of logging in with a password; the server must trust its issuer (serve --oidc-issuer)")
 	f.BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
 	f.StringVar(&ttl, "ttl", "", "how long the login token is valid (default 12h, at most 24h)")
 	f.StringVar(&ctxName, "context-name", "", "name of the context to save (default USER@HOST)")
 	f.StringVar(&project, "default-project", "", "project noted in the context")
 	return cmd
+}
+
+// oidcLogin reads an ID token from standard input and asks the server who it is (which checks
+// it); the token's expiry is its "exp" claim.
+func oidcLogin(cmd *cobra.Command, server, caFile string, insecure bool) (*v1alpha1.Token, error) {
+	line, err := bufio.NewReader(io.LimitReader(cmd.InOrStdin(), 64<<10)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	idt := strings.TrimSpace(line)
+	parts := strings.Split(idt, ".")
+	if len(parts) != 3 {
+		return nil, usageErrorf("standard input holds no ID token (a JWT: three base64 parts joined by dots)")
+	}
+	var claims struct {
+		Exp int64 `json:"exp"`
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || json.Unmarshal(payload, &claims) != nil || claims.Exp == 0 {
+		return nil, usageErrorf("the ID token's payload has no expiry (exp claim)")
+	}
+	c, err := client.New(client.Config{Server: server, CAFile: caFile, Insecure: insecure, Token: idt})
+	if err != nil {
+		return nil, err
+	}
+	who, err := c.WhoAmI(cmd.Context())
+	if err != nil {
+		return nil, fmt.Errorf("the server refused the ID token: %w", err)
+	}
+	if who.User == "" {
+		return nil, fmt.Errorf("the server takes the ID token for %s, not for a user", who.Name)
+	}
+	return &v1alpha1.Token{Token: idt, User: who.User, Expires: v1alpha1.NewTime(time.Unix(claims.Exp, 0))}, nil
 }
 
 // readPasswordOnce reads a password from the terminal without echo or, with fromStdin, the

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -21,6 +22,8 @@ type IdentityConfig struct {
 	AuditLogKeep    int
 	// AuditStdout copies every audit line to stdout.
 	AuditStdout bool
+	// OIDC is the OpenID Connect issuer whose ID tokens are credentials (empty Issuer: none).
+	OIDC apiserver.OIDCConfig
 }
 
 func addIdentityFlags(f *pflag.FlagSet, c *IdentityConfig) {
@@ -28,6 +31,27 @@ func addIdentityFlags(f *pflag.FlagSet, c *IdentityConfig) {
 	f.Int64Var(&c.AuditLogMaxSize, "audit-log-max-size", 100<<20, "size in bytes at which the audit log is rotated (audit.log.1, .2, ...)")
 	f.IntVar(&c.AuditLogKeep, "audit-log-keep", 10, "how many rotated audit logs are kept")
 	f.BoolVar(&c.AuditStdout, "audit-stdout", false, "copy every audit line to stdout")
+	f.StringVar(&c.OIDC.Issuer, "oidc-issuer", "", "an OpenID Connect issuer (https URL) whose ID tokens the API takes as bearer tokens")
+	f.StringVar(&c.OIDC.ClientID, "oidc-client-id", "", "the client id the ID tokens must be issued for (their audience); required with --oidc-issuer")
+	f.StringVar(&c.OIDC.UsernameClaim, "oidc-username-claim", "preferred_username", "the ID token claim that names the user")
+	f.StringVar(&c.OIDC.GroupsClaim, "oidc-groups-claim", "groups", "the ID token claim that lists the user's groups")
+	f.StringVar(&c.OIDC.CAFile, "oidc-ca-file", "", "CA bundle the issuer's certificate is checked against (default: the system's)")
+}
+
+// oidcConfig is the OIDC configuration serve's flags ask for: nil without --oidc-issuer, an
+// error when the flags do not make a usable one.
+func oidcConfig(c IdentityConfig) (*apiserver.OIDCConfig, error) {
+	if c.OIDC.Issuer == "" {
+		if c.OIDC.ClientID != "" || c.OIDC.CAFile != "" {
+			return nil, errors.New("--oidc-client-id and --oidc-ca-file need --oidc-issuer")
+		}
+		return nil, nil
+	}
+	if err := apiserver.CheckOIDCConfig(c.OIDC); err != nil {
+		return nil, err
+	}
+	o := c.OIDC
+	return &o, nil
 }
 
 // openAuditLog opens the audit log serve's flags ask for; nil when there is none.

@@ -387,6 +387,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if !cfg.NoControllers {
 		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
 	}
+	if acfg.OIDC, err = oidcConfig(cfg.Identity); err != nil {
+		return err
+	}
 	if acfg.AuditLog, err = openAuditLog(cfg.Identity, cfg.DataDir); err != nil {
 		return err
 	}

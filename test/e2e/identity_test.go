@@ -14,6 +14,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/oidctest"
 )
 
 // identityTenants is the setup of TestIdentity: two projects and four users.
@@ -66,7 +67,17 @@ stringData: {userData: "SECRET-VALUE-P1"}
 // secret.
 func TestIdentity(t *testing.T) {
 	addr := freeAddr(t)
-	s := StartServe(t, "--no-agent", "--listen", addr)
+	// An OpenID Connect issuer of the test's own (a real signing key, over TLS on loopback).
+	issuer, err := oidctest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer issuer.Close()
+	issuerCA := filepath.Join(t.TempDir(), "issuer-ca.pem")
+	if err := os.WriteFile(issuerCA, issuer.CAPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := StartServe(t, "--no-agent", "--listen", addr, "--oidc-issuer", issuer.URL, "--oidc-client-id", "rakhsh", "--oidc-ca-file", issuerCA)
 	server := "https://" + addr
 	ca := filepath.Join(s.DataDir, "tls.crt")
 	ctx := ctxT(t)
@@ -95,6 +106,34 @@ func TestIdentity(t *testing.T) {
 	if r := alice("", "config", "get-contexts"); r.Code != 0 || !strings.Contains(r.Stdout, "* ") || !strings.Contains(r.Stdout, "alice@"+addr) {
 		t.Fatalf("config get-contexts: %q %q", r.Stdout, r.Stderr)
 	}
+	// dave's colleague olga has no User object: her ID token's group (auditors, a Viewer of p1)
+	// is what she may do. A token for another audience is refused at login.
+	olgaEnv := []string{"RAKHSH_CONFIG=" + filepath.Join(t.TempDir(), "config.yaml"), "RAKHSH_SERVER=", "RAKHSH_TOKEN=", "RAKHSH_TOKEN_FILE="}
+	wrongAud, err := issuer.Token("another-app", time.Hour, map[string]any{"preferred_username": "olga", "groups": []string{"auditors"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLIWith(t, nil, olgaEnv, wrongAud+"\n", "login", "--server", server, "--ca-file", ca, "--oidc-id-token-stdin"); r.Code == 0 || !strings.Contains(r.Stderr, "audience") {
+		t.Errorf("login with an ID token for another audience: code %d, stderr %q", r.Code, r.Stderr)
+	}
+	idt, err := issuer.Token("rakhsh", time.Hour, map[string]any{"preferred_username": "olga", "groups": []string{"auditors"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLIWith(t, nil, olgaEnv, idt+"\n", "login", "--server", server, "--ca-file", ca, "--oidc-id-token-stdin"); r.Code != 0 || !strings.Contains(r.Stdout, "logged in as olga") {
+		t.Fatalf("login with an ID token: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
+	}
+	olga := func(stdin string, args ...string) CLIResult { return runCLIWith(t, nil, olgaEnv, stdin, args...) }
+	if r := olga("", "whoami"); r.Code != 0 || !strings.Contains(r.Stdout, "olga") || !strings.Contains(r.Stdout, "p1=Viewer") {
+		t.Errorf("olga's whoami: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := olga("", "get", "vm", "-n", "p1"); r.Code != 0 {
+		t.Errorf("olga (group auditors, Viewer of p1) lists p1's VMs: code %d, stderr %q", r.Code, r.Stderr)
+	}
+	if r := olga("", "get", "vm", "-n", "p2"); r.Code == 0 || !strings.Contains(r.Stderr, "Forbidden") {
+		t.Errorf("olga lists p2's VMs: code %d, stderr %q", r.Code, r.Stderr)
+	}
+
 	vm := classVM("vm1", "", "1", "", "128Mi", "AlwaysOff")
 	if r := alice(vm, "apply", "-n", "p1", "-f", "-"); r.Code != 0 {
 		t.Fatalf("alice creates a VM in p1: code %d, stderr %q", r.Code, r.Stderr)
