@@ -360,4 +360,17 @@ spec: {displayName: Ulla}
 	if who != "ulla" {
 		t.Errorf("the header names %q after ulla's password login", who)
 	}
+	// A Viewer is offered no create, actions or consoles (the API would refuse them).
+	var createLinks, stopButtons int
+	uiRun(t, ctx, 30*time.Second, "the Viewer's pages",
+		chromedp.WaitVisible("#read-only", chromedp.ByID),
+		chromedp.Evaluate(`document.querySelectorAll('a[href="#/create"]').length`, &createLinks),
+		chromedp.Navigate(base+"/ui/#/vms/web1"),
+		chromedp.WaitVisible("#vm-name", chromedp.ByID),
+		chromedp.WaitVisible("#read-only", chromedp.ByID),
+		chromedp.Evaluate(`document.querySelectorAll('#vm-stop, #vm-console').length`, &stopButtons))
+	if createLinks != 0 || stopButtons != 0 {
+		t.Errorf("a Viewer is offered %d create links and %d action or console buttons", createLinks, stopButtons)
+	}
+	uiShot(t, ctx, shots, "viewer-vm")
 }

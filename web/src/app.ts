@@ -46,6 +46,34 @@ interface SessionInfo {
 
 let session: SessionInfo = { loggedIn: false, methods: [] };
 
+// who is what the API says of the logged-in identity (whoami): its roles decide which actions
+// the pages offer. The API decides in the end; this only keeps a Viewer from buttons that
+// would be refused.
+interface WhoAmI {
+  name: string;
+  user?: string;
+  admin?: boolean;
+  clusterRole?: string;
+  projects?: Record<string, string>;
+}
+let who: WhoAmI | null = null;
+
+async function loadWho() {
+  try {
+    who = await api("GET", "/identity/v1alpha1/whoami");
+  } catch (_) {
+    who = null; // unknown: every action is offered, and the API answers
+  }
+}
+
+// canWrite says the identity may change VMs of the current project and open their consoles.
+function canWrite(): boolean {
+  if (!who) return true;
+  if (who.admin || who.clusterRole === "ClusterAdmin") return true;
+  const role = who.projects?.[project];
+  return role === "User" || role === "Admin";
+}
+
 export class APIError extends Error {
   constructor(public code: number, message: string, public reason = "") {
     super(message);
@@ -75,6 +103,7 @@ async function api(method: string, path: string, body?: unknown, contentType = "
   });
   if (resp.status === 401 && !path.startsWith("/ui/")) {
     session = { loggedIn: false, methods: session.methods };
+    who = null;
     go("#/login");
   }
   if (!resp.ok) throw await errorOf(resp);
@@ -225,6 +254,7 @@ async function frame(active: string, content: HTMLElement): Promise<void> {
       /* the session is gone either way */
     }
     session = { loggedIn: false, methods: session.methods };
+    who = null;
     go("#/login");
   });
   const r = root();
@@ -235,7 +265,7 @@ async function frame(active: string, content: HTMLElement): Promise<void> {
       { class: "top" },
       h("span", { class: "brand" }, "Rakhsh"),
       sel,
-      h("nav", { "aria-label": "Main" }, link("#/vms", "Virtual machines", "vms"), " ", link("#/create", "Create VM", "create")),
+      h("nav", { "aria-label": "Main" }, link("#/vms", "Virtual machines", "vms"), ...(canWrite() ? [" ", link("#/create", "Create VM", "create")] : [])),
       h("span", { class: "spacer" }),
       h("span", { id: "user" }, session.user || ""),
       logout,
@@ -257,6 +287,7 @@ async function route() {
     return loginWith({ method: "ticket", ticket });
   }
   if (!session.loggedIn) return loginPage();
+  if (!who) await loadWho();
   const parts = hash.replace(/^#\//, "").split("/").map(decodeURIComponent);
   if (parts[0] === "vms" && parts[1] && parts[2] === "console") return consolePage(parts[1]);
   if (parts[0] === "vms" && parts[1] && parts[2] === "vnc") return vncPage(parts[1]);
@@ -273,6 +304,8 @@ async function loginWith(body: Record<string, string>, out?: HTMLElement) {
     const resp = await fetch("/ui/login", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), credentials: "same-origin" });
     if (!resp.ok) throw await errorOf(resp);
     session = await resp.json();
+    who = null;
+    await loadWho();
     go("#/vms");
   } catch (e) {
     if (!out) {
@@ -341,7 +374,9 @@ function vmListPage() {
     "div",
     {},
     h("h1", {}, "Virtual machines"),
-    h("div", { class: "actions" }, h("a", { href: "#/create", class: "button" }, "Create VM")),
+    canWrite()
+      ? h("div", { class: "actions" }, h("a", { href: "#/create", class: "button" }, "Create VM"))
+      : h("div", { class: "hint", id: "read-only" }, `You have read access to project ${project}: creating VMs, actions and consoles need the User role.`),
     status,
     h(
       "table",
@@ -460,7 +495,8 @@ function vmPage(name: string) {
     h("a", { href: `#/vms/${encodeURIComponent(name)}/console`, class: "button", id: "vm-console" }, "Serial console"),
     h("a", { href: `#/vms/${encodeURIComponent(name)}/vnc`, class: "button", id: "vm-vnc" }, "Graphical console"),
   );
-  frame("vms", h("div", {}, h("h1", {}, "Virtual machine ", h("span", { id: "vm-name" }, name)), actions, out, view, h("h2", {}, "Events"), h("table", { id: "events" }, h("thead", {}, h("tr", {}, ...["Type", "Reason", "Message", "Count", "Last seen"].map((c) => h("th", { scope: "col" }, c)))), events)));
+  const offered = canWrite() ? actions : h("div", { class: "hint", id: "read-only" }, `You have read access to project ${project}: actions and consoles need the User role.`);
+  frame("vms", h("div", {}, h("h1", {}, "Virtual machine ", h("span", { id: "vm-name" }, name)), offered, out, view, h("h2", {}, "Events"), h("table", { id: "events" }, h("thead", {}, h("tr", {}, ...["Type", "Reason", "Message", "Count", "Last seen"].map((c) => h("th", { scope: "col" }, c)))), events)));
   const render = (w: Watch) => {
     clear(view);
     const v = w.items.get(name);
