@@ -16,7 +16,6 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
-	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store"
 )
 
@@ -81,17 +80,8 @@ func (s *Server) serveConsoleTickets(w http.ResponseWriter, r *http.Request, t t
 		s.writeError(w, r, errs.New(errs.ErrBadRequest, "stream %q: a console ticket is for %q or %q", req.Stream, SubConsole, SubVNC))
 		return
 	}
-	kv, err := s.store.Get(ctx, key(t.st.Info, t.namespace, t.name))
+	vm, err := s.loadStreamVM(ctx, t)
 	if err != nil {
-		s.writeError(w, r, s.notFound(err, t))
-		return
-	}
-	var vm streamVM
-	if err := json.Unmarshal(kv.Value, &vm); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if err := storage.CheckUID(vm.Metadata.UID); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -2,13 +2,11 @@ package apiserver
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
-	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
 // SubGuestAgent is the VM subresource that passes one request to the VM's guest agent
@@ -32,17 +30,8 @@ func (s *Server) serveGuestAgent(w http.ResponseWriter, r *http.Request, t targe
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), guestAgentTimeout)
 	defer cancel()
-	kv, err := s.store.Get(ctx, key(t.st.Info, t.namespace, t.name))
+	vm, err := s.loadStreamVM(ctx, t)
 	if err != nil {
-		s.writeError(w, r, s.notFound(err, t))
-		return
-	}
-	var vm streamVM
-	if err := json.Unmarshal(kv.Value, &vm); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if err := storage.CheckUID(vm.Metadata.UID); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -50,7 +39,7 @@ func (s *Server) serveGuestAgent(w http.ResponseWriter, r *http.Request, t targe
 		s.writeError(w, r, errs.New(errs.ErrUnavailable, "virtual machine %q is %s: its guest agent answers only while it runs", t.name, phaseOr(vm.Status.Phase)))
 		return
 	}
-	streams, node, err := s.streamsFor(ctx, t, &vm)
+	streams, node, err := s.streamsFor(ctx, t, vm)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

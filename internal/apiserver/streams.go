@@ -48,6 +48,23 @@ type streamVM struct {
 	} `json:"status"`
 }
 
+// loadStreamVM reads the VM t names for one of its streams (or guest agent requests): a VM
+// that does not exist is the API's NotFound, one with a malformed uid an error.
+func (s *Server) loadStreamVM(ctx context.Context, t target) (*streamVM, error) {
+	kv, err := s.store.Get(ctx, key(t.st.Info, t.namespace, t.name))
+	if err != nil {
+		return nil, s.notFound(err, t)
+	}
+	var vm streamVM
+	if err := json.Unmarshal(kv.Value, &vm); err != nil {
+		return nil, err
+	}
+	if err := storage.CheckUID(vm.Metadata.UID); err != nil {
+		return nil, err
+	}
+	return &vm, nil
+}
+
 // streamsFor finds the node that holds the VM's streams and returns how to reach them and the
 // node's name. A VM bound to a node is served by that node; for its log, a VM that runs
 // nowhere now is served by the node whose agent last reported on it.
@@ -242,17 +259,8 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, t target) {
 		return
 	}
 	ctx := r.Context()
-	kv, err := s.store.Get(ctx, key(t.st.Info, t.namespace, t.name))
+	vm, err := s.loadStreamVM(ctx, t)
 	if err != nil {
-		s.writeError(w, r, s.notFound(err, t))
-		return
-	}
-	var vm streamVM
-	if err := json.Unmarshal(kv.Value, &vm); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if err := storage.CheckUID(vm.Metadata.UID); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -274,7 +282,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, t target) {
 			return
 		}
 	}
-	streams, node, err := s.streamsFor(ctx, t, &vm)
+	streams, node, err := s.streamsFor(ctx, t, vm)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -16,24 +16,25 @@ import (
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
-// TestUIOverTheRealAPI: the UI's session, in front of the real API handler, logs in with the
-// admin token, reads and (with the CSRF token) writes through the API, and a write without
-// the CSRF token never reaches it.
-func TestUIOverTheRealAPI(t *testing.T) {
+// uiTestServer serves the UI in front of the real API handler (bolt store, admin token
+// "admin-secret") over TLS, and returns it with a request function of one browser (its cookie
+// jar kept across calls).
+func uiTestServer(t *testing.T) (*httptest.Server, func(method, path, body string, hdr map[string]string) (int, string)) {
+	t.Helper()
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	api := apiserver.New(apiserver.Config{Store: st, Log: log, AdminToken: "admin-secret"})
-	defer api.Shutdown()
+	t.Cleanup(api.Shutdown)
 	hs := httptest.NewTLSServer(withUI(api.RemoteHandler(), log))
-	defer hs.Close()
+	t.Cleanup(hs.Close)
 	jar, _ := cookiejar.New(nil)
 	c := hs.Client()
 	c.Jar = jar
-	req := func(method, path, body string, hdr map[string]string) (int, string) {
+	return hs, func(method, path, body string, hdr map[string]string) (int, string) {
 		t.Helper()
 		r, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
 		for k, v := range hdr {
@@ -47,6 +48,13 @@ func TestUIOverTheRealAPI(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
+}
+
+// TestUIOverTheRealAPI: the UI's session, in front of the real API handler, logs in with the
+// admin token, reads and (with the CSRF token) writes through the API, and a write without
+// the CSRF token never reaches it.
+func TestUIOverTheRealAPI(t *testing.T) {
+	hs, req := uiTestServer(t)
 	js := map[string]string{"Content-Type": "application/json"}
 	if code, body := req("POST", "/ui/login", `{"method":"token","token":"wrong"}`, js); code != 401 || !strings.Contains(body, "does not accept this token") {
 		t.Fatalf("login with a wrong token: %d %s", code, body)
@@ -90,33 +98,7 @@ func TestUIOverTheRealAPI(t *testing.T) {
 // as that user (whoami through the session names them, and the admin's projects list is
 // refused), and a wrong password or an unknown user gets one and the same answer.
 func TestUIPasswordLogin(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	api := apiserver.New(apiserver.Config{Store: st, Log: log, AdminToken: "admin-secret"})
-	defer api.Shutdown()
-	hs := httptest.NewTLSServer(withUI(api.RemoteHandler(), log))
-	defer hs.Close()
-	jar, _ := cookiejar.New(nil)
-	c := hs.Client()
-	c.Jar = jar
-	req := func(method, path, body string, hdr map[string]string) (int, string) {
-		t.Helper()
-		r, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
-		for k, v := range hdr {
-			r.Header.Set(k, v)
-		}
-		resp, err := c.Do(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	_, req := uiTestServer(t)
 	admin := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer admin-secret"}
 	user := `{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"User","metadata":{"name":"alice"},"spec":{"displayName":"Alice"}}`
 	if code, body := req("POST", "/apis/virtualization.rakhsh.io/v1alpha1/users", user, admin); code != 201 {
