@@ -1,7 +1,6 @@
 package apiserver
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -16,7 +15,6 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
-	"github.com/rakhsh/rakhsh/internal/store"
 )
 
 // Console tickets (v1alpha1.SubConsoleTickets). A user (or the admin) who may open a VM's
@@ -85,7 +83,7 @@ func (s *Server) serveConsoleTickets(w http.ResponseWriter, r *http.Request, t t
 		s.writeError(w, r, err)
 		return
 	}
-	s.sweepConsoleTickets(ctx)
+	s.sweepExpired(ctx, consoleTicketPrefix, &s.consoleSweep)
 	ticket, err := nodestream.NewTicket()
 	if err != nil {
 		s.writeError(w, r, err)
@@ -100,28 +98,6 @@ func (s *Server) serveConsoleTickets(w http.ResponseWriter, r *http.Request, t t
 	}
 	path := client.Path("virtualmachines", t.namespace, t.name, req.Stream) + "?ticket=" + url.QueryEscape(ticket)
 	writeJSON(w, http.StatusCreated, v1alpha1.ConsoleTicket{Ticket: ticket, Stream: req.Stream, Path: path, Expires: v1alpha1.NewTime(g.Expires)})
-}
-
-// sweepConsoleTickets deletes expired console tickets, at most once per ticketSweepEvery
-// (with the stream tickets' sweep clock).
-func (s *Server) sweepConsoleTickets(ctx context.Context) {
-	s.ticketMu.Lock()
-	if s.now().Sub(s.consoleSweep) < ticketSweepEvery {
-		s.ticketMu.Unlock()
-		return
-	}
-	s.consoleSweep = s.now()
-	s.ticketMu.Unlock()
-	res, err := s.store.List(ctx, consoleTicketPrefix, store.ListOptions{Limit: 1000})
-	if err != nil {
-		return
-	}
-	for _, kv := range res.KVs {
-		var g consoleGrant
-		if json.Unmarshal(kv.Value, &g) != nil || s.now().After(g.Expires) {
-			_, _, _ = s.store.Delete(ctx, kv.Key, kv.ModRevision)
-		}
-	}
 }
 
 // consoleTicketTarget says whether r is a console or VNC websocket of a VM that carries a

@@ -185,20 +185,26 @@ func ticketKey(ticket string) string {
 }
 
 // sweepTickets deletes expired tickets, at most once per ticketSweepEvery.
-func (s *Server) sweepTickets(ctx context.Context) {
+func (s *Server) sweepTickets(ctx context.Context) { s.sweepExpired(ctx, ticketPrefix, &s.ticketSweep) }
+
+// sweepExpired deletes the records under prefix whose "expires" time has passed (and any that
+// does not decode), at most once per ticketSweepEvery by the clock *last.
+func (s *Server) sweepExpired(ctx context.Context, prefix string, last *time.Time) {
 	s.ticketMu.Lock()
-	if s.now().Sub(s.ticketSweep) < ticketSweepEvery {
+	if s.now().Sub(*last) < ticketSweepEvery {
 		s.ticketMu.Unlock()
 		return
 	}
-	s.ticketSweep = s.now()
+	*last = s.now()
 	s.ticketMu.Unlock()
-	res, err := s.store.List(ctx, ticketPrefix, store.ListOptions{Limit: 1000})
+	res, err := s.store.List(ctx, prefix, store.ListOptions{Limit: 1000})
 	if err != nil {
 		return
 	}
 	for _, kv := range res.KVs {
-		var g nodestream.Grant
+		var g struct {
+			Expires time.Time `json:"expires"`
+		}
 		if json.Unmarshal(kv.Value, &g) != nil || s.now().After(g.Expires) {
 			_, _, _ = s.store.Delete(ctx, kv.Key, kv.ModRevision)
 		}
