@@ -37,6 +37,9 @@ type LoginRequest struct {
 	// Username and Password are a user's local password login (method "password").
 	Username string `json:"username,omitempty"`
 	Password string `json:"password,omitempty"`
+	// Remote is the browser's address (set by the handler, never read from the body), for
+	// what the API records of the login.
+	Remote string `json:"-"`
 }
 
 // LoginMethod checks one kind of credential and says who it belongs to.
@@ -234,6 +237,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusBadRequest, "BadRequest", fmt.Sprintf("unknown login method %q (offered: %s)", req.Method, strings.Join(h.methods(), ", ")))
 		return
 	}
+	req.Remote = r.RemoteAddr
 	p, err := m.Login(r.Context(), req)
 	if err != nil {
 		if errors.Is(err, ErrLogin) {

@@ -128,6 +128,7 @@ func (p PasswordLogin) Login(ctx context.Context, req LoginRequest) (Principal, 
 		return Principal{}, err
 	}
 	r.Header.Set("Content-Type", "application/json")
+	r.RemoteAddr = req.Remote // the API's audit log names the browser's address
 	rec := httptest.NewRecorder()
 	p.API.ServeHTTP(rec, r)
 	switch {

@@ -2,6 +2,7 @@ package ui
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -246,5 +247,54 @@ func TestAssetsGzip(t *testing.T) {
 	}
 	if r := do(h, "GET", "/ui/app.js", "", map[string]string{"Accept-Encoding": "gzip;q=0"}); r.Header().Get("Content-Encoding") != "" {
 		t.Errorf("gzip;q=0 got gzip")
+	}
+}
+
+// TestPasswordLoginAsksTheAPI: the password method posts the name and password to the API's
+// login endpoint (as from the browser's address), and the session then sends the token it got;
+// logout revokes that token.
+func TestPasswordLoginAsksTheAPI(t *testing.T) {
+	var got []*http.Request
+	var body string
+	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r)
+		switch {
+		case r.URL.Path == "/identity/v1alpha1/login":
+			b := new(strings.Builder)
+			_, _ = io.Copy(b, r.Body)
+			body = b.String()
+			if !strings.Contains(body, `"password":"pw"`) {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			w.WriteHeader(http.StatusCreated)
+			w.Write([]byte(`{"id":"0123456789ab","token":"rakhsh-user.0123456789ab.secret","user":"ann"}`))
+		default:
+			w.Write([]byte(`{}`))
+		}
+	})
+	h := New(Config{API: api, Methods: map[string]LoginMethod{"password": PasswordLogin{API: api, TTL: time.Hour}}})
+	js := map[string]string{"Content-Type": "application/json", "Origin": "https://rakhsh.test"}
+	if w := do(h, "POST", "/ui/login", `{"method":"password","username":"ann","password":"bad"}`, js); w.Code != http.StatusUnauthorized {
+		t.Fatalf("a wrong password: %d %s", w.Code, w.Body)
+	}
+	w := do(h, "POST", "/ui/login", `{"method":"password","username":"ann","password":"pw"}`, js)
+	if w.Code != http.StatusOK {
+		t.Fatalf("login: %d %s", w.Code, w.Body)
+	}
+	login := got[len(got)-1]
+	if login.Method != "POST" || login.RemoteAddr != "192.0.2.1:1234" || !strings.Contains(body, `"ttl":"1h0m0s"`) || !strings.Contains(body, `"username":"ann"`) {
+		t.Fatalf("the login request: %s %s from %q, body %s", login.Method, login.URL.Path, login.RemoteAddr, body)
+	}
+	var in sessionInfo
+	_ = json.Unmarshal(w.Body.Bytes(), &in)
+	c := w.Result().Cookies()[0]
+	do(h, "GET", "/apis/virtualization.rakhsh.io/v1alpha1/projects", "", nil, c)
+	if a := got[len(got)-1].Header.Get("Authorization"); a != "Bearer rakhsh-user.0123456789ab.secret" {
+		t.Fatalf("the session's API request carries %q", a)
+	}
+	do(h, "POST", "/ui/logout", "", map[string]string{HeaderCSRF: in.CSRFToken}, c)
+	if last := got[len(got)-1]; last.Method != "DELETE" || last.URL.Path != "/identity/v1alpha1/tokens/0123456789ab" || last.Header.Get("Authorization") != "Bearer rakhsh-user.0123456789ab.secret" {
+		t.Fatalf("logout sent %s %s (%q), want the token's revocation", last.Method, last.URL.Path, last.Header.Get("Authorization"))
 	}
 }
