@@ -361,6 +361,9 @@ spec:
 // it returns the operation.
 func migrateAwaitTransfer(t *testing.T, s *Serve, name, dst string) string {
 	t.Helper()
+	// A target whose link was just cut and restored may still be NotReady (its lease
+	// expired meanwhile): a migration to it would fail to find a target, not mid-transfer.
+	waitNodePhase(t, s.Client(), dst, v1alpha1.NodePhaseReady, 2*time.Minute)
 	op := strings.TrimSpace(s.MustCLI("", "vm", "migrate", name, "--to", dst))
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
