@@ -221,6 +221,9 @@ spec:
 	uiRun(t, ctx, vmBootTimeout, "the VM Running in the list",
 		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
 		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Running"]`, chromedp.ByQuery))
+	// The row is drawn again at every watch event: wait for one that shows the node.
+	uiPoll(t, ctx, 30*time.Second, "the row shows the VM's node",
+		`(document.querySelector('tr[data-vm="web1"] td.node') || {}).textContent > ''`)
 	var node string
 	var still bool
 	uiRun(t, ctx, 5*time.Second, "read the row",
