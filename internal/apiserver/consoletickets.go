@@ -1,8 +1,6 @@
 package apiserver
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -39,10 +37,7 @@ type consoleGrant struct {
 	Expires   time.Time `json:"expires"`
 }
 
-func consoleTicketKey(ticket string) string {
-	sum := sha256.Sum256([]byte(ticket))
-	return consoleTicketPrefix + hex.EncodeToString(sum[:])
-}
+func consoleTicketKey(ticket string) string { return hashedKey(consoleTicketPrefix, ticket) }
 
 // serveConsoleTickets is POST virtualmachines/NAME/consoletickets.
 func (s *Server) serveConsoleTickets(w http.ResponseWriter, r *http.Request, t target) {

@@ -137,8 +137,13 @@ func (s *Server) loadUser(ctx context.Context, name string) (*v1alpha1.User, err
 		}
 		return nil, err
 	}
+	return decodeUser(name, kv.Value)
+}
+
+// decodeUser decodes a stored User for authentication: a disabled user is 401.
+func decodeUser(name string, data []byte) (*v1alpha1.User, error) {
 	var u v1alpha1.User
-	if err := json.Unmarshal(kv.Value, &u); err != nil {
+	if err := json.Unmarshal(data, &u); err != nil {
 		return nil, fmt.Errorf("user %q: %w", name, err)
 	}
 	if u.Spec.Disabled {

@@ -167,11 +167,10 @@ func (s *Server) authenticateOIDC(ctx context.Context, tok string) (Identity, er
 	case err != nil:
 		return Identity{}, err
 	default:
-		u, err := s.loadUser(ctx, name) // refuses a disabled user
+		u, err := decodeUser(name, kv.Value) // refuses a disabled user
 		if err != nil {
 			return Identity{}, err
 		}
-		_ = kv
 		id.ClusterRole = u.Spec.ClusterRole
 		for _, g := range u.Spec.Groups {
 			if !slices.Contains(id.Groups, g) {

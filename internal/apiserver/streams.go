@@ -179,9 +179,12 @@ func (s *Server) issueTicket(ctx context.Context, g nodestream.Grant) (string, e
 	return ticket, nil
 }
 
-func ticketKey(ticket string) string {
+func ticketKey(ticket string) string { return hashedKey(ticketPrefix, ticket) }
+
+// hashedKey is the store key of a ticket under prefix: its SHA-256, never the ticket itself.
+func hashedKey(prefix, ticket string) string {
 	sum := sha256.Sum256([]byte(ticket))
-	return ticketPrefix + hex.EncodeToString(sum[:])
+	return prefix + hex.EncodeToString(sum[:])
 }
 
 // sweepTickets deletes expired tickets, at most once per ticketSweepEvery.
