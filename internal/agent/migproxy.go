@@ -115,9 +115,16 @@ func (p *pipeSet) pipe(remote, local net.Conn, firstEnd func(remoteFirst bool)) 
 	}
 	copyDir := func(dst, src net.Conn, id int32) {
 		buf := make([]byte, proxyBufSize)
-		_, err := io.CopyBuffer(dst, src, buf)
-		if first.CompareAndSwap(0, id) && firstEnd != nil {
-			firstEnd(id == 1)
+		inputEnded, err := copyConn(dst, src, buf)
+		// The side that ended is the one this direction reads from, unless writing to the
+		// other side failed first (the target QEMU killed while the stream still flows
+		// in: local ended, not remote).
+		ended := id
+		if !inputEnded {
+			ended = 3 - id
+		}
+		if first.CompareAndSwap(0, ended) && firstEnd != nil {
+			firstEnd(ended == 1)
 		}
 		if err == nil {
 			if hc, ok := dst.(halfCloser); ok && hc.CloseWrite() == nil {
@@ -142,6 +149,25 @@ func (p *pipeSet) pipe(remote, local net.Conn, firstEnd func(remoteFirst bool)) 
 	if !p.goroutine(func() { copyDir(remote, local, 2) }) {
 		remote.Close()
 		local.Close()
+	}
+}
+
+// copyConn copies src to dst until src's input ends or a write to dst fails, and says
+// which: inputEnded is true when reading src ended (err is nil at its end of file).
+func copyConn(dst io.Writer, src io.Reader, buf []byte) (inputEnded bool, err error) {
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return false, werr
+			}
+		}
+		if rerr == io.EOF {
+			return true, nil
+		}
+		if rerr != nil {
+			return true, rerr
+		}
 	}
 }
 

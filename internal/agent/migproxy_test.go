@@ -450,6 +450,66 @@ func TestPipeSetHalfClose(t *testing.T) {
 	waitGoroutines(t, base)
 }
 
+// TestPipeSetLocalGone: when the local side (the target QEMU) dies while the remote side
+// still streams into it, the first end is the local side's, whichever direction notices
+// first (the write into the dead socket fails, or the read from it ends); the remote side
+// sees its connection end. Repeated, as the two directions race.
+func TestPipeSetLocalGone(t *testing.T) {
+	base := runtime.NumGoroutine()
+	for i := 0; i < 20; i++ {
+		remote, remoteAgent, err := socketPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		local, localAgent, err := socketPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, _ := net.FileConn(remote)
+		l, _ := net.FileConn(local)
+		remote.Close()
+		local.Close()
+		var ps pipeSet
+		ended := make(chan bool, 1)
+		ps.pipe(remoteAgent, localAgent, func(remoteFirst bool) { ended <- remoteFirst })
+		writer := make(chan error, 1)
+		go func() {
+			chunk := make([]byte, 64<<10)
+			for {
+				_ = r.SetWriteDeadline(time.Now().Add(time.Minute))
+				if _, err := r.Write(chunk); err != nil {
+					writer <- err
+					return
+				}
+			}
+		}()
+		// The local side reads a little of the stream, then dies.
+		if _, err := io.ReadFull(l, make([]byte, 1<<20)); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		select {
+		case remoteFirst := <-ended:
+			if remoteFirst {
+				t.Fatalf("round %d: the local side died, and the first end was recorded as the remote's", i)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("no end recorded after the local side died")
+		}
+		select {
+		case <-writer:
+		case <-time.After(time.Minute):
+			t.Fatal("the remote side's writes went on after the local side died")
+		}
+		if !ps.wait(time.Minute) {
+			t.Fatal("the pipe did not end")
+		}
+		r.Close()
+		ps.close()
+	}
+	waitGoroutines(t, base)
+}
+
 // BenchmarkMigrationProxy measures the throughput of one connection through a source dialer
 // and a target proxy on loopback (mutual TLS, two socket pairs, the agents' copies), as a
 // migration stream goes: `go test -run '^$' -bench MigrationProxy ./internal/agent/`.
