@@ -16,7 +16,7 @@ echo "== go test"
 # result) followed by the slowest tests; the whole event stream is kept in
 # /tmp/rakhsh-go-test.json.
 go build -o bin/testreport ./scripts/testreport
-go test -count=1 -timeout 45m -json ./... 2>&1 | tee /tmp/rakhsh-go-test.json | ./bin/testreport -slowest 40
+go test -count=1 -timeout 80m -json ./... 2>&1 | tee /tmp/rakhsh-go-test.json | ./bin/testreport -slowest 40
 
 echo "== fuzz targets (${FUZZTIME} each)"
 FUZZTIME="$FUZZTIME" ./scripts/fuzz.sh
