@@ -58,7 +58,12 @@ func waitTick(t *testing.T, s *Serve, name string, above int, limit time.Duratio
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	t.Fatalf("serial log of %s: no tick above %d within %s; log tail:\n%s", name, above, limit, tail(vmLog(t, s, name), 2000))
+	log := vmLog(t, s, name)
+	// A guest that crashed: its oops, from its first line, says more than the tail.
+	if i := strings.LastIndex(log, "RKTICK "); i >= 0 {
+		log = log[i:]
+	}
+	t.Fatalf("serial log of %s: no tick above %d within %s; log since the last tick:\n%s", name, above, limit, tail(log, 16000))
 	return 0
 }
 
