@@ -820,9 +820,11 @@ func startStream(ctx context.Context, mon fdPasser, dialer *migrationDialer, p *
 	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(p)}, nil); err != nil {
 		return fmt.Errorf("migrate-set-capabilities: %w", err)
 	}
-	// The downtime limit starts low and grows with the passes up to the policy's maximum
-	// (downtimeFor): an idle guest is switched over within the low first step.
-	params := map[string]any{"downtime-limit": downtimeFor(0, maxDowntime(p))}
+	// The downtime limit is set once, here, and never changed while the stream runs: QEMU
+	// 7.2 under TCG was seen to hand the target a corrupted guest (a kernel looping over a
+	// broken timer tree, or with no timer left) in 12 of 25 capped migrations whose limit was
+	// raised mid-way, and in none of 10 whose limit stayed as set (docs/migration.md).
+	params := map[string]any{"downtime-limit": maxDowntime(p)}
 	if p != nil {
 		if p.BandwidthMiBps > 0 {
 			params["max-bandwidth"] = p.BandwidthMiBps << 20
@@ -878,19 +880,11 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 	deadline time.Time, fail func(reason, msg string), log interface{ Info(string, ...any) }) bool {
 	lastMoved, lastBytes := time.Now(), int64(-1)
 	lastWrite := time.Time{}
-	maxDown := maxDowntime(m.Policy)
-	limit := downtimeFor(0, maxDown)
 	for {
 		var st migrateInfo
 		if err := mon.Execute(ctx, "query-migrate", nil, &st); err != nil {
 			fail(v1alpha1.MigrationReasonTransferFailed, "query-migrate: "+err.Error())
 			return false
-		}
-		if want := downtimeFor(st.RAM.DirtySyncCount, maxDown); want != limit && migrationActive(st.Status) {
-			if err := mon.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": want}, nil); err == nil {
-				log.Info("downtime limit raised: the guest dirties memory faster than it converges", "passes", st.RAM.DirtySyncCount, "limitMs", want)
-				limit = want
-			}
 		}
 		switch {
 		case st.Status == "completed":
@@ -995,16 +989,8 @@ func (a *Agent) outgoingCancel(vm *v1alpha1.VirtualMachine, m *v1alpha1.VirtualM
 	return "", ""
 }
 
-// Progressive downtime. QEMU switches over once what is left to send fits in its downtime
-// limit at the measured bandwidth. A migration starts with a low limit, so that a guest that
-// writes little memory (most of them) is paused for a few tens of milliseconds, not for the
-// whole allowance; every two more passes over memory without converging double it, up to the
-// policy's maximum (--migration-max-downtime, 300 ms by default).
-const (
-	downtimeFirstMs = 50  // the first limit, ms (lower if the maximum is lower)
-	downtimeStep    = 2   // passes per step
-	downtimeMaxMs   = 300 // the maximum when the policy names none
-)
+// downtimeMaxMs is the downtime limit when the policy names none.
+const downtimeMaxMs = 300
 
 // maxDowntime is the policy's maximum downtime in ms.
 func maxDowntime(p *v1alpha1.MigrationPolicySettings) int64 {
@@ -1012,17 +998,6 @@ func maxDowntime(p *v1alpha1.MigrationPolicySettings) int64 {
 		return p.MaxDowntimeMs
 	}
 	return downtimeMaxMs
-}
-
-// downtimeFor is the downtime limit after passes passes over memory (QEMU's
-// dirty-sync-count) for a maximum of max ms: downtimeFirstMs for the first downtimeStep
-// passes, then doubled every downtimeStep passes, never above max.
-func downtimeFor(passes, max int64) int64 {
-	limit := min(int64(downtimeFirstMs), max)
-	for n := passes - downtimeStep; n > 0 && limit < max; n -= downtimeStep {
-		limit *= 2
-	}
-	return min(limit, max)
 }
 
 // endOutgoing ends a transfer the source gives up on: the failure is recorded first (a

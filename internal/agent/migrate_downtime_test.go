@@ -1,22 +1,21 @@
 package agent
 
-import "testing"
+import (
+	"testing"
 
-// TestDowntimeFor: the downtime limit starts at 50 ms and doubles every two passes up to the
-// maximum; a maximum below the first step is the limit from the start.
-func TestDowntimeFor(t *testing.T) {
-	cases := []struct {
-		passes, max, want int64
-	}{
-		{0, 300, 50}, {1, 300, 50}, {2, 300, 50}, {3, 300, 100}, {4, 300, 100}, {5, 300, 200}, {6, 300, 200},
-		{7, 300, 300}, {50, 300, 300}, {0, 20, 20}, {9, 20, 20}, {0, 2000, 50}, {9, 2000, 800}, {11, 2000, 1600}, {13, 2000, 2000},
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// TestMaxDowntime: the downtime limit is the policy's, 300 ms when it names none. It is set
+// once before the stream starts (startStream) and never changed while the stream runs.
+func TestMaxDowntime(t *testing.T) {
+	if got := maxDowntime(nil); got != 300 {
+		t.Errorf("the default limit is %d, want 300", got)
 	}
-	for _, c := range cases {
-		if got := downtimeFor(c.passes, c.max); got != c.want {
-			t.Errorf("downtimeFor(%d passes, max %d) = %d, want %d", c.passes, c.max, got, c.want)
-		}
+	if got := maxDowntime(&v1alpha1.MigrationPolicySettings{}); got != 300 {
+		t.Errorf("a policy without a limit gives %d, want 300", got)
 	}
-	if maxDowntime(nil) != 300 {
-		t.Errorf("the default maximum is %d, want 300", maxDowntime(nil))
+	if got := maxDowntime(&v1alpha1.MigrationPolicySettings{MaxDowntimeMs: 120}); got != 120 {
+		t.Errorf("a policy of 120 ms gives %d", got)
 	}
 }
