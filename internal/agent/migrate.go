@@ -823,7 +823,9 @@ func startStream(ctx context.Context, mon fdPasser, dialer *migrationDialer, p *
 	// The downtime limit is set once, here, and never changed while the stream runs: QEMU
 	// 7.2 under TCG was seen to hand the target a corrupted guest (a kernel looping over a
 	// broken timer tree, or with no timer left) in 12 of 25 capped migrations whose limit was
-	// raised mid-way, and in none of 10 whose limit stayed as set (docs/migration.md).
+	// raised mid-way, and in none of 10 whose limit stayed as set: the raises move QEMU's
+	// dirty-bitmap syncs next to the switch-over, where a TCG dirty-tracking bug of QEMU
+	// before 9.0 loses writes for good (docs/migration.md).
 	params := map[string]any{"downtime-limit": maxDowntime(p)}
 	if p != nil {
 		if p.BandwidthMiBps > 0 {
