@@ -785,12 +785,13 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 		return
 	}
-	if err := startStream(ctx, fdmon, dialer, m.Policy); err != nil {
+	plan := planDowntime(m.Policy, in.accel)
+	if err := startStream(ctx, fdmon, dialer, m.Policy, plan); err != nil {
 		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 		return
 	}
 	log.Info("migration stream started", "to", dialer.addr)
-	completed = a.followOutgoing(ctx, vm, mon, m, deadline, fail, log)
+	completed = a.followOutgoing(ctx, vm, mon, m, deadline, plan, fail, log)
 }
 
 // endResumedOutgoing handles a transfer an earlier agent process started, whose watch is
@@ -816,17 +817,12 @@ func (a *Agent) endResumedOutgoing(ctx context.Context, vm *v1alpha1.VirtualMach
 
 // startStream sets the migration's capabilities and parameters on the source QEMU and starts
 // its stream to the target through the proxies.
-func startStream(ctx context.Context, mon fdPasser, dialer *migrationDialer, p *v1alpha1.MigrationPolicySettings) error {
+func startStream(ctx context.Context, mon fdPasser, dialer *migrationDialer, p *v1alpha1.MigrationPolicySettings, plan downtimePlan) error {
 	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(p)}, nil); err != nil {
 		return fmt.Errorf("migrate-set-capabilities: %w", err)
 	}
-	// The downtime limit is set once, here, and never changed while the stream runs: QEMU
-	// 7.2 under TCG was seen to hand the target a corrupted guest (a kernel looping over a
-	// broken timer tree, or with no timer left) in 12 of 25 capped migrations whose limit was
-	// raised mid-way, and in none of 10 whose limit stayed as set: the raises move QEMU's
-	// dirty-bitmap syncs next to the switch-over, where a TCG dirty-tracking bug of QEMU
-	// before 9.0 loses writes for good (docs/migration.md).
-	params := map[string]any{"downtime-limit": maxDowntime(p)}
+	// The first downtime limit (downtimePlan says whether it may grow later).
+	params := map[string]any{"downtime-limit": plan.limitAfter(0)}
 	if p != nil {
 		if p.BandwidthMiBps > 0 {
 			params["max-bandwidth"] = p.BandwidthMiBps << 20
@@ -879,14 +875,21 @@ const stallLimit = 20 * time.Second
 // second; it cancels the stream on a timeout, a stall, or when the migration was failed
 // (cancelled) in the store. It says whether QEMU's stream completed.
 func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState,
-	deadline time.Time, fail func(reason, msg string), log interface{ Info(string, ...any) }) bool {
+	deadline time.Time, plan downtimePlan, fail func(reason, msg string), log interface{ Info(string, ...any) }) bool {
 	lastMoved, lastBytes := time.Now(), int64(-1)
 	lastWrite := time.Time{}
+	limit := plan.limitAfter(0)
 	for {
 		var st migrateInfo
 		if err := mon.Execute(ctx, "query-migrate", nil, &st); err != nil {
 			fail(v1alpha1.MigrationReasonTransferFailed, "query-migrate: "+err.Error())
 			return false
+		}
+		if want := plan.limitAfter(st.RAM.DirtySyncCount); want != limit && migrationActive(st.Status) {
+			if err := mon.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": want}, nil); err == nil {
+				log.Info("downtime limit raised: the guest dirties memory faster than it converges", "passes", st.RAM.DirtySyncCount, "limitMs", want)
+				limit = want
+			}
 		}
 		switch {
 		case st.Status == "completed":
@@ -991,8 +994,52 @@ func (a *Agent) outgoingCancel(vm *v1alpha1.VirtualMachine, m *v1alpha1.VirtualM
 	return "", ""
 }
 
-// downtimeMaxMs is the downtime limit when the policy names none.
-const downtimeMaxMs = 300
+// The downtime limit. QEMU switches over once what is left to send fits in its downtime limit
+// at the measured bandwidth. A stream starts with a low limit, so that a guest that writes
+// little memory (most of them) is paused for a few milliseconds, not for the whole allowance.
+// Under KVM, every two more passes over memory without converging double it, up to the
+// policy's maximum (--migration-max-downtime, 300 ms by default). Under TCG it is never
+// changed while the stream runs: with QEMU before 9.0, TCG's dirty tracking can lose guest
+// writes after a pass (fixed upstream by 03bfc2188f), and raising the limit mid-stream moves
+// the passes next to the switch-over, where such a write is never sent again: 12 of 25
+// capped TCG migrations with raises handed over a corrupted guest, none of 10 without
+// (scripts/qemu-migration-check.py, docs/migration.md).
+const (
+	downtimeFirstMs = 50  // the first limit, ms (lower if the maximum is lower)
+	downtimeStep    = 2   // passes per step
+	downtimeMaxMs   = 300 // the maximum when the policy names none
+)
+
+// downtimePlan is how a stream's downtime limit goes: its maximum, and whether it grows.
+type downtimePlan struct {
+	max  int64
+	grow bool
+}
+
+// planDowntime is the plan for a stream of a QEMU running under accel: the limit grows only
+// under KVM.
+func planDowntime(p *v1alpha1.MigrationPolicySettings, accel string) downtimePlan {
+	return downtimePlan{max: maxDowntime(p), grow: accel == "kvm"}
+}
+
+// limitAfter is the limit after passes passes over memory (QEMU's dirty-sync-count).
+func (d downtimePlan) limitAfter(passes int64) int64 {
+	if !d.grow {
+		return downtimeFor(0, d.max)
+	}
+	return downtimeFor(passes, d.max)
+}
+
+// downtimeFor is the growing limit after passes passes for a maximum of max ms:
+// downtimeFirstMs for the first downtimeStep passes, then doubled every downtimeStep passes,
+// never above max.
+func downtimeFor(passes, max int64) int64 {
+	limit := min(int64(downtimeFirstMs), max)
+	for n := passes - downtimeStep; n > 0 && limit < max; n -= downtimeStep {
+		limit *= 2
+	}
+	return min(limit, max)
+}
 
 // maxDowntime is the policy's maximum downtime in ms.
 func maxDowntime(p *v1alpha1.MigrationPolicySettings) int64 {

@@ -6,16 +6,45 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
-// TestMaxDowntime: the downtime limit is the policy's, 300 ms when it names none. It is set
-// once before the stream starts (startStream) and never changed while the stream runs.
-func TestMaxDowntime(t *testing.T) {
-	if got := maxDowntime(nil); got != 300 {
-		t.Errorf("the default limit is %d, want 300", got)
+// TestDowntimeFor: the growing limit starts at 50 ms and doubles every two passes up to the
+// maximum; a maximum below the first step is the limit from the start.
+func TestDowntimeFor(t *testing.T) {
+	cases := []struct {
+		passes, max, want int64
+	}{
+		{0, 300, 50}, {1, 300, 50}, {2, 300, 50}, {3, 300, 100}, {4, 300, 100}, {5, 300, 200}, {6, 300, 200},
+		{7, 300, 300}, {50, 300, 300}, {0, 20, 20}, {9, 20, 20}, {0, 2000, 50}, {9, 2000, 800}, {11, 2000, 1600}, {13, 2000, 2000},
 	}
-	if got := maxDowntime(&v1alpha1.MigrationPolicySettings{}); got != 300 {
-		t.Errorf("a policy without a limit gives %d, want 300", got)
+	for _, c := range cases {
+		if got := downtimeFor(c.passes, c.max); got != c.want {
+			t.Errorf("downtimeFor(%d passes, max %d) = %d, want %d", c.passes, c.max, got, c.want)
+		}
 	}
-	if got := maxDowntime(&v1alpha1.MigrationPolicySettings{MaxDowntimeMs: 120}); got != 120 {
-		t.Errorf("a policy of 120 ms gives %d", got)
+	if maxDowntime(nil) != 300 || maxDowntime(&v1alpha1.MigrationPolicySettings{MaxDowntimeMs: 120}) != 120 {
+		t.Errorf("maximum: default %d, policy of 120 ms %d", maxDowntime(nil), maxDowntime(&v1alpha1.MigrationPolicySettings{MaxDowntimeMs: 120}))
+	}
+}
+
+// TestDowntimePlan: under KVM the limit grows with the passes; under TCG (and whatever is
+// not KVM) it stays at its first value for the whole stream, so that QEMU is never asked to
+// change it mid-stream (a TCG dirty-tracking bug of QEMU before 9.0 then loses guest writes).
+func TestDowntimePlan(t *testing.T) {
+	kvm := planDowntime(nil, "kvm")
+	if got := kvm.limitAfter(0); got != 50 {
+		t.Errorf("KVM: first limit %d, want 50", got)
+	}
+	if got := kvm.limitAfter(7); got != 300 {
+		t.Errorf("KVM: limit after 7 passes %d, want 300", got)
+	}
+	for _, accel := range []string{"tcg", ""} {
+		p := planDowntime(&v1alpha1.MigrationPolicySettings{MaxDowntimeMs: 500}, accel)
+		for passes := int64(0); passes < 30; passes++ {
+			if got := p.limitAfter(passes); got != 50 {
+				t.Fatalf("%q: limit after %d passes %d, want 50 throughout", accel, passes, got)
+			}
+		}
+	}
+	if got := planDowntime(&v1alpha1.MigrationPolicySettings{MaxDowntimeMs: 20}, "tcg").limitAfter(9); got != 20 {
+		t.Errorf("TCG with a 20 ms maximum: %d, want 20", got)
 	}
 }
