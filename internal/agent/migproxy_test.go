@@ -394,22 +394,28 @@ func TestMigrationProxySourceGone(t *testing.T) {
 	waitGoroutines(t, base)
 }
 
+// connPair is a connected socket pair: the end a QEMU would hold, as a net.Conn, and the
+// agent's end.
+func connPair(t *testing.T) (qemuEnd, agentEnd net.Conn) {
+	t.Helper()
+	f, agentEnd, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	qemuEnd, err = net.FileConn(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return qemuEnd, agentEnd
+}
+
 // TestPipeSetHalfClose: a direction that reaches its end passes it on and the other
 // direction goes on; the pair is closed once both have ended.
 func TestPipeSetHalfClose(t *testing.T) {
 	base := runtime.NumGoroutine()
-	aQEMU, aAgent, err := socketPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bQEMU, bAgent, err := socketPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, _ := net.FileConn(aQEMU)
-	b, _ := net.FileConn(bQEMU)
-	aQEMU.Close()
-	bQEMU.Close()
+	a, aAgent := connPair(t)
+	b, bAgent := connPair(t)
 	var ps pipeSet
 	var first atomic.Int32
 	ps.pipe(aAgent, bAgent, func(remoteFirst bool) {
@@ -457,18 +463,8 @@ func TestPipeSetHalfClose(t *testing.T) {
 func TestPipeSetLocalGone(t *testing.T) {
 	base := runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {
-		remote, remoteAgent, err := socketPair()
-		if err != nil {
-			t.Fatal(err)
-		}
-		local, localAgent, err := socketPair()
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, _ := net.FileConn(remote)
-		l, _ := net.FileConn(local)
-		remote.Close()
-		local.Close()
+		r, remoteAgent := connPair(t)
+		l, localAgent := connPair(t)
 		var ps pipeSet
 		ended := make(chan bool, 1)
 		ps.pipe(remoteAgent, localAgent, func(remoteFirst bool) { ended <- remoteFirst })

@@ -1025,7 +1025,7 @@ func planDowntime(p *v1alpha1.MigrationPolicySettings, accel string) downtimePla
 // limitAfter is the limit after passes passes over memory (QEMU's dirty-sync-count).
 func (d downtimePlan) limitAfter(passes int64) int64 {
 	if !d.grow {
-		return downtimeFor(0, d.max)
+		passes = 0
 	}
 	return downtimeFor(passes, d.max)
 }
