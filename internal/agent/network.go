@@ -148,35 +148,45 @@ func (a *Agent) planNICs(vm *v1alpha1.VirtualMachine) ([]plannedNIC, error) {
 // is being changed): nothing is taken down then.
 func (a *Agent) activeVMs() (out map[string][]plannedNIC, unsure bool) {
 	out = map[string][]plannedNIC{}
-	vms := a.vms.List()
-	for _, vm := range a.migIn.List() {
-		// The target of a live migration: its taps exist before the VM is bound here.
-		if m := vm.Status.MigrationState; m.Active() && m.Target.Node == a.cfg.NodeName {
-			if in := a.inst(vm.UID); in != nil && !in.isExited() {
-				vms = append(vms, vm)
-			}
-		}
-	}
-	for _, vm := range vms {
-		if vm.Status.NodeName != a.cfg.NodeName && !vm.Status.MigrationState.Active() {
-			continue
-		}
-		in := a.inst(vm.UID)
-		alive := in != nil && !in.isExited()
-		if !alive && (vm.DeletionTimestamp != nil || !wantsRunning(vm.Status.PowerRequest)) {
-			continue
-		}
+	alive := func(uid string) bool { in := a.inst(uid); return in != nil && !in.isExited() }
+	for _, vm := range networkedVMs(a.cfg.NodeName, a.vms.List(), a.migIn.List(), alive) {
 		plan, err := a.planNICs(vm)
 		if err != nil {
-			if alive {
+			if alive(vm.UID) {
 				unsure = true
 			}
 			continue
 		}
-		key := vm.Namespace + "/" + vm.Name
-		out[key] = plan
+		out[vm.Namespace+"/"+vm.Name] = plan
 	}
 	return out, unsure
+}
+
+// networkedVMs picks the VMs whose taps and networks this node keeps: of the VMs bound here
+// (or moving away), those asked to run and those whose QEMU is alive; and the VMs this node
+// is the target of an active live migration for, from the moment the migration names it:
+// the target's taps are made in its start pipeline before its QEMU exists, and a network
+// resync in between must not delete them (QEMU would get a detached tap: "Unable to query
+// TUNGETIFF ... File descriptor in bad state").
+func networkedVMs(node string, bound, incoming []*v1alpha1.VirtualMachine, alive func(uid string) bool) []*v1alpha1.VirtualMachine {
+	var out []*v1alpha1.VirtualMachine
+	seen := map[string]bool{}
+	for _, vm := range incoming {
+		if m := vm.Status.MigrationState; m.Active() && m.Target.Node == node && vm.DeletionTimestamp == nil {
+			out = append(out, vm)
+			seen[vm.UID] = true
+		}
+	}
+	for _, vm := range bound {
+		if seen[vm.UID] || (vm.Status.NodeName != node && !vm.Status.MigrationState.Active()) {
+			continue
+		}
+		if !alive(vm.UID) && (vm.DeletionTimestamp != nil || !wantsRunning(vm.Status.PowerRequest)) {
+			continue
+		}
+		out = append(out, vm)
+	}
+	return out
 }
 
 // desired is the host state of one network from the active VMs' NICs.

@@ -52,3 +52,42 @@ func TestPlanNICsWaitsForAddresses(t *testing.T) {
 		t.Fatalf("no status.networks: %v", err)
 	}
 }
+
+// TestNetworkedVMs: the target of an active migration keeps its taps before its QEMU exists
+// (a resync deleted a target's fresh tap between the NIC and launch steps once); the VMs
+// bound here keep theirs while asked to run or while their QEMU lives; nothing else does.
+func TestNetworkedVMs(t *testing.T) {
+	running := &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning}
+	stopped := &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped}
+	vm := func(uid, node string, pr *v1alpha1.VMPowerRequest, mig *v1alpha1.VirtualMachineMigrationState) *v1alpha1.VirtualMachine {
+		v := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{UID: uid, Name: uid, Namespace: "p"}}
+		v.Status.NodeName, v.Status.PowerRequest, v.Status.MigrationState = node, pr, mig
+		return v
+	}
+	migrating := func(phase v1alpha1.MigrationPhase, target string) *v1alpha1.VirtualMachineMigrationState {
+		m := &v1alpha1.VirtualMachineMigrationState{Phase: phase}
+		m.Target.Node = target
+		return m
+	}
+	bound := []*v1alpha1.VirtualMachine{
+		vm("run", "h1", running, nil),
+		vm("stopped", "h1", stopped, nil),
+		vm("stopped-alive", "h1", stopped, nil),
+		vm("other-node", "h2", running, nil),
+		vm("leaving", "h1", running, migrating(v1alpha1.MigrationPhaseTransferring, "h2")),
+	}
+	incoming := []*v1alpha1.VirtualMachine{
+		vm("arriving", "h2", running, migrating(v1alpha1.MigrationPhasePending, "h1")),
+		vm("arrived-failed", "h2", running, migrating(v1alpha1.MigrationPhaseFailed, "h1")),
+		vm("to-h3", "h2", running, migrating(v1alpha1.MigrationPhasePending, "h3")),
+	}
+	alive := func(uid string) bool { return uid == "stopped-alive" || uid == "leaving" }
+	var got []string
+	for _, v := range networkedVMs("h1", bound, incoming, alive) {
+		got = append(got, v.UID)
+	}
+	want := []string{"arriving", "run", "stopped-alive", "leaving"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("networked VMs %v, want %v", got, want)
+	}
+}
