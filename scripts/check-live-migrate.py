@@ -1,18 +1,16 @@
 #!/usr/bin/env python3
 # Check by hand that QEMU migrates a guest whose vCPUs and virtio-mem memory were changed
 # live to a target started the way the node agent starts one (internal/agent/live.go,
-# incomingShape): -smp PRESENT,maxcpus=SLOTS and the virtio-mem requested-size the source's
-# guest has plugged. Then the target takes further live changes.
+# incomingShape): -smp BOOT,maxcpus=SLOTS, a -device per hot-added vCPU, and the virtio-mem
+# requested-size the source's guest has plugged. Then the target takes further live changes.
 #
 #   scripts/check-live-migrate.py test/guest/out
 #
 # Boots the test guest twice under TCG (run it under the e2e lock). Prints OK at the end if
-# the migration and the changes after it work. With QEMU 7.2 it does not: the target refuses
-# the stream (its -smp 3 gives virtio-blk 3 queues where the source, booted with -smp 1, has
-# one: "Failed to load virtio-blk:virtio", in dst.out of the work directory), which is why
-# the platform refuses to migrate a VM changed live (docs/live-resources.md). A target that
-# boots with the source's -smp and gets the hot-added vCPUs as -device arguments is the way
-# to make it work.
+# the migration and the changes after it work. The target boots with the source's -smp 1 and
+# gets the two hot-added vCPUs as -device arguments in their slots, with the source's ids: a
+# target booted with -smp 3 instead is refused by QEMU 7.2 (its virtio-blk gets 3 queues
+# where the source has one: "Failed to load virtio-blk:virtio").
 import socket, json, sys, time, subprocess, os, re, tempfile
 D=tempfile.mkdtemp(prefix='rkmig')
 G=os.path.abspath(os.path.join(sys.argv[1] if len(sys.argv) > 1 else 'test/guest/out', 'guest.qcow2'))
@@ -38,13 +36,14 @@ def _cleanup():
     for p in procs:
         if p.poll() is None: p.kill()
 atexit.register(_cleanup)
-def qemu(name, smp, req, incoming=None):
+def qemu(name, smp, req, incoming=None, extra=()):
     args = ['qemu-system-x86_64','-machine','q35','-accel','tcg,thread=multi','-cpu','max',
       '-smp',smp,'-m','size=256M,maxmem=1024M','-nodefaults','-display','none',
       '-object','memory-backend-ram,id=vmem0mem,size=768M',
       '-device','virtio-mem-pci,id=vmem0,memdev=vmem0mem,block-size=2M,requested-size=%dM'%req,
       '-drive','file=%s/ov.qcow2,if=virtio,format=qcow2'%D,
       '-serial','file:%s/%s.log'%(D,name),'-qmp','unix:%s/%s.sock,server=on,wait=off'%(D,name)]
+    args += list(extra)
     if incoming: args += ['-incoming', incoming]
     p = subprocess.Popen(args, stdout=open('%s/%s.out'%(D,name),'w'), stderr=subprocess.STDOUT)
     procs.append(p)
@@ -72,7 +71,10 @@ for i,s in enumerate(slots):
 qs.x('qom-set', path='/machine/peripheral/vmem0', property='requested-size', value=512<<20)
 print('src', waitlog('src', r'cpus=3 memtotal=(\d+)')[-1])
 print('src plugged', qs.x('qom-get', path='/machine/peripheral/vmem0', property='size'))
-dst=qemu('dst','3,maxcpus=4,sockets=1,cores=4,threads=1',512,'unix:%s/mig.sock'%D)
+hot=[]
+for i in (1,2):
+    hot += ['-device','max-x86_64-cpu,id=vcpu%d,socket-id=0,core-id=%d,thread-id=0'%(i,i)]
+dst=qemu('dst','1,maxcpus=4,sockets=1,cores=4,threads=1',512,'unix:%s/mig.sock'%D,hot)
 qd=Q(D+'/dst.sock')
 time.sleep(1)
 qs.x('migrate', uri='unix:%s/mig.sock'%D)

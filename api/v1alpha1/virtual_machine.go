@@ -2,8 +2,6 @@ package v1alpha1
 
 import (
 	"encoding/json"
-	"fmt"
-	"strings"
 	"time"
 )
 
@@ -770,22 +768,6 @@ type RestartAwaitingChange struct {
 type VirtualMachineResources struct {
 	CPU    VirtualMachineCPUStatus    `json:"cpu"`
 	Memory VirtualMachineMemoryStatus `json:"memory"`
-}
-
-// ChangedLive says the VM's vCPUs or memory were changed since its QEMU started (hot-added
-// vCPUs, memory plugged through virtio-mem), and how, for messages; empty when not.
-func (r *VirtualMachineResources) ChangedLive() string {
-	if r == nil {
-		return ""
-	}
-	var parts []string
-	if r.CPU.BootCores > 0 && r.CPU.Cores != r.CPU.BootCores {
-		parts = append(parts, fmt.Sprintf("%d vCPUs, started with %d", r.CPU.Cores, r.CPU.BootCores))
-	}
-	if h := r.Memory.Hotplugged; h != "" && h != "0" {
-		parts = append(parts, fmt.Sprintf("%s of memory plugged beyond the %s it booted with", h, r.Memory.BootSize))
-	}
-	return strings.Join(parts, "; ")
 }
 
 // VirtualMachineCPUStatus is the CPU a running VM has.

@@ -158,7 +158,7 @@ func presentCPUs(slots []hotCPU) int {
 }
 
 // cpuDeviceID is the qdev id of the vCPU in slot i (of the topology order).
-func cpuDeviceID(i int) string { return fmt.Sprintf("vcpu%d", i) }
+func cpuDeviceID(i int) string { return qemu.CPUDeviceID(i) }
 
 // setCPUs brings the VM to want vCPUs: it adds vCPUs into the lowest free slots that were
 // never used (retired lists the slots, by topology index, whose vCPU was removed earlier:
@@ -379,36 +379,48 @@ func (a *Agent) applyLiveMemory(ctx context.Context, mon qmpExecutor, rs *runSpe
 
 // incomingShape is what the target of a live migration starts with: the CPUs and memory
 // the source's QEMU runs with, as its agent reports them in status.resources (with the
-// live changes made since its start), rather than what the spec asks for. It returns the VM
-// to build QEMU's command line from (cores present, vCPU slots, boot memory and maxSize of
-// the source), the virtio-mem size to request at start (what the source's guest has
-// plugged), and the run spec to record. A VM without status.resources (none reported yet)
-// starts as its spec says.
-func incomingShape(vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine, int64, *runSpec) {
+// live changes made since its start), rather than what the spec asks for. It returns the
+// input to build QEMU's command line from (the source's boot vCPUs and boot memory, its
+// vCPU slots and maxSize, the vCPUs it hot-added as devices of their own, and the
+// virtio-mem size its guest has plugged, requested at start), and the run spec to record
+// (the live values, with the source's boot values, so that later live changes on the
+// target treat the hot-added vCPUs as hot-added). A VM without status.resources (none
+// reported yet) starts as its spec says.
+func incomingShape(vm *v1alpha1.VirtualMachine) (shape incoming, rs *runSpec) {
 	res := vm.Status.Resources
 	if res == nil || res.CPU.Cores < 1 || res.Memory.Size == "" {
-		return vm, 0, &runSpec{Spec: vm.Spec, BootMemory: vm.Spec.Memory.Size, BootCores: vm.Spec.CPU.Cores}
+		return incoming{vm: vm}, &runSpec{Spec: vm.Spec, BootMemory: vm.Spec.Memory.Size, BootCores: vm.Spec.CPU.Cores}
 	}
-	shaped := *vm
 	spec := vm.Spec
 	spec.CPU.Cores = res.CPU.Cores
 	spec.CPU.MaxCores = res.CPU.MaxCores
 	spec.Memory.Size = res.Memory.Size
 	spec.Memory.MaxSize = res.Memory.MaxSize
-	rs := &runSpec{Spec: spec, BootMemory: res.Memory.Size, BootCores: res.CPU.Cores}
-	var requested int64
+	rs = &runSpec{Spec: spec, BootMemory: res.Memory.Size, BootCores: res.CPU.Cores}
+	build := spec
+	if b := res.CPU.BootCores; b > 0 && b < res.CPU.Cores {
+		rs.BootCores = b
+		build.CPU.Cores = b
+		shape.hotCPUs = res.CPU.Cores - b
+	}
 	if res.Memory.MaxSize != "" && res.Memory.BootSize != "" {
 		rs.BootMemory = res.Memory.BootSize
 		rs.HotpluggedMemory = res.Memory.Hotplugged
-		requested = (memoryBytes(res.Memory.Size) - memoryBytes(res.Memory.BootSize)) >> 20
-		if requested < 0 {
-			requested = 0
-		}
+		shape.memoryMiB = max((memoryBytes(res.Memory.Size)-memoryBytes(res.Memory.BootSize))>>20, 0)
 	}
-	build := spec
 	build.Memory.Size = rs.BootMemory
+	shaped := *vm
 	shaped.Spec = build
-	return &shaped, requested, rs
+	shape.vm = &shaped
+	return shape, rs
+}
+
+// incoming is the part of a migration target's QEMU input that follows its source's live
+// shape.
+type incoming struct {
+	vm        *v1alpha1.VirtualMachine // the VM to build from: boot vCPUs and memory
+	memoryMiB int64                    // virtio-mem requested size
+	hotCPUs   int                      // vCPUs hot-added on the source
 }
 
 // refreshCPULimit rewrites the VM's cgroup CPU bandwidth for the vCPUs it has now (a core

@@ -234,23 +234,31 @@ func TestIncomingShape(t *testing.T) {
 	vm.Spec.CPU = v1alpha1.VirtualMachineCPU{Cores: 5, MaxCores: 6}
 	vm.Spec.Memory = v1alpha1.VirtualMachineMemory{Size: "1Gi", MaxSize: "2Gi"}
 	// Nothing reported yet: the spec.
-	got, req, rs := incomingShape(vm)
-	if got != vm || req != 0 || rs.BootCores != 5 || rs.BootMemory != "1Gi" {
-		t.Fatalf("without resources: %+v %d %+v", got.Spec, req, rs)
+	got, rs := incomingShape(vm)
+	if got.vm != vm || got.memoryMiB != 0 || got.hotCPUs != 0 || rs.BootCores != 5 || rs.BootMemory != "1Gi" {
+		t.Fatalf("without resources: %+v %+v", got, rs)
 	}
-	// The source runs 3 of 4 cores and 768Mi of 1Gi, booted with 256Mi (the spec asks for
-	// more, waiting for a restart): the target matches the source.
+	// The source runs 3 of 4 cores, 2 of them hot-added, and 768Mi of 1Gi, booted with 256Mi
+	// (the spec asks for more, waiting for a restart): the target boots as the source did,
+	// with the 2 hot-added vCPUs as devices and the plugged memory requested.
 	vm.Status.Resources = &v1alpha1.VirtualMachineResources{
-		CPU:    v1alpha1.VirtualMachineCPUStatus{Cores: 3, MaxCores: 4},
+		CPU:    v1alpha1.VirtualMachineCPUStatus{Cores: 3, MaxCores: 4, BootCores: 1},
 		Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "768Mi", MaxSize: "1Gi", BootSize: "256Mi", Hotplugged: "512Mi"},
 	}
-	got, req, rs = incomingShape(vm)
-	if got.Spec.CPU.Cores != 3 || got.Spec.CPU.MaxCores != 4 || got.Spec.Memory.Size != "256Mi" || got.Spec.Memory.MaxSize != "1Gi" || req != 512 {
-		t.Errorf("build spec %+v requested %d", got.Spec, req)
+	got, rs = incomingShape(vm)
+	if b := got.vm.Spec; b.CPU.Cores != 1 || b.CPU.MaxCores != 4 || b.Memory.Size != "256Mi" || b.Memory.MaxSize != "1Gi" || got.memoryMiB != 512 || got.hotCPUs != 2 {
+		t.Errorf("build spec %+v requested %d MiB, %d hot vCPUs", b, got.memoryMiB, got.hotCPUs)
 	}
-	if rs.Spec.CPU.Cores != 3 || rs.Spec.Memory.Size != "768Mi" || rs.BootMemory != "256Mi" || rs.HotpluggedMemory != "512Mi" || rs.BootCores != 3 {
+	if rs.Spec.CPU.Cores != 3 || rs.Spec.Memory.Size != "768Mi" || rs.BootMemory != "256Mi" || rs.HotpluggedMemory != "512Mi" || rs.BootCores != 1 {
 		t.Errorf("run spec %+v", rs)
 	}
+	// A source with room to grow that did not use it: no device of its own.
+	vm.Status.Resources.CPU = v1alpha1.VirtualMachineCPUStatus{Cores: 2, MaxCores: 4, BootCores: 2}
+	if got, rs = incomingShape(vm); got.vm.Spec.CPU.Cores != 2 || got.hotCPUs != 0 || rs.BootCores != 2 {
+		t.Errorf("unchanged source: build %+v, %d hot vCPUs, boot %d", got.vm.Spec.CPU, got.hotCPUs, rs.BootCores)
+	}
+	vm.Status.Resources.CPU = v1alpha1.VirtualMachineCPUStatus{Cores: 3, MaxCores: 4, BootCores: 1}
+	got, rs = incomingShape(vm)
 	if vm.Spec.CPU.Cores != 5 || vm.Spec.Memory.Size != "1Gi" {
 		t.Errorf("the VM's own spec changed: %+v", vm.Spec)
 	}

@@ -244,7 +244,9 @@ func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 	r.input = qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: r.runDir, Disks: r.disks, NICs: r.nics, PassFDs: a.qemuAs != nil, Incoming: r.incoming}
 	if r.incoming {
 		// A migration's target has the CPUs and memory its source runs with (live.go).
-		r.input.VM, r.input.MemoryRequestedMiB, r.shape = incomingShape(vm)
+		var in incoming
+		in, r.shape = incomingShape(vm)
+		r.input.VM, r.input.MemoryRequestedMiB, r.input.HotCPUs = in.vm, in.memoryMiB, in.hotCPUs
 	}
 	if err := a.applyClassCPU(ctx, vm, &r.input); err != nil {
 		return failStart(err.Error())
@@ -354,7 +356,10 @@ func (a *Agent) stepVNC(ctx context.Context, r *startRun) error {
 func (a *Agent) stepCgroups(ctx context.Context, r *startRun) error {
 	vm := r.vm
 	if r.shape != nil {
-		vm = r.input.VM // a migration's target: the CPUs and memory its source runs with
+		// A migration's target: the CPUs and memory its source runs with now.
+		shaped := *r.vm
+		shaped.Spec = r.shape.Spec
+		vm = &shaped
 	}
 	err := a.enforceLimits(ctx, vm, r.in)
 	if err == nil {

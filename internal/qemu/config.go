@@ -238,7 +238,18 @@ type Input struct {
 	// spec.memory.maxSize): 0 for a new start, whose guest boots with spec.memory.size; a
 	// migration target gets its source's, so both have the same device state.
 	MemoryRequestedMiB int64
+	// HotCPUs are vCPUs hot-added after the start, beyond the spec.cpu.cores the VM booted
+	// with: a migration's target gets them as -device arguments in the slots right after the
+	// boot vCPUs (where the source's agent added them, with the same ids, CPUDeviceID), so
+	// that both QEMUs have the same devices. Booting the target with them in -smp instead
+	// changes device defaults that follow the vCPU count (virtio-blk queues), and QEMU refuses
+	// the stream.
+	HotCPUs int
 }
+
+// CPUDeviceID is the qdev id of a hot-added vCPU in slot i (slots in topology order:
+// socket, core, thread).
+func CPUDeviceID(i int) string { return fmt.Sprintf("vcpu%d", i) }
 
 // Config is the result of Build.
 type Config struct {
@@ -373,6 +384,24 @@ func HotplugTopology(cores, maxCores int) (Topology, error) {
 	}
 	t.Cores = cores
 	return t, nil
+}
+
+// hotCPUs adds Input.HotCPUs vCPUs as devices into the slots after the boot vCPUs. A CPU
+// device's type is the -cpu model's (its features and flags apply to it as to the others).
+func (b *build) hotCPUs(topo Topology, cpu string) error {
+	n := b.in.HotCPUs
+	if n == 0 {
+		return nil
+	}
+	if n < 0 || topo.Cores+n > topo.MaxCPUs() {
+		return fmt.Errorf("%d hot-added vCPUs do not fit beside %d boot vCPUs in %d slots (spec.cpu.maxCores)", n, topo.Cores, topo.MaxCPUs())
+	}
+	model, _, _ := strings.Cut(cpu, ",")
+	for i := topo.Cores; i < topo.Cores+n; i++ {
+		b.add("-device", newOpts(model+"-x86_64-cpu").set("id", CPUDeviceID(i)).
+			set("socket-id", strconv.Itoa(i/topo.CoresPerSocket)).set("core-id", strconv.Itoa(i%topo.CoresPerSocket)).set("thread-id", "0").String())
+	}
+	return nil
 }
 
 // memoryHotplug derives the virtio-mem device from spec.memory.maxSize.
@@ -515,6 +544,9 @@ func (b *build) run() error {
 	}
 	smp.set("sockets", strconv.Itoa(topo.Sockets)).set("cores", strconv.Itoa(topo.CoresPerSocket)).set("threads", "1")
 	b.add("-smp", smp.String())
+	if err := b.hotCPUs(topo, cpu); err != nil {
+		return err
+	}
 	if h := b.cfg.Hotplug; h != nil {
 		b.add("-m", newOpts("").set("size", strconv.FormatInt(mem, 10)+"M").set("maxmem", strconv.FormatInt(h.MaxMiB, 10)+"M").String())
 	} else {

@@ -372,6 +372,37 @@ func TestSMPWithRoomToGrow(t *testing.T) {
 	}
 }
 
+// TestHotCPUs: a migration target gets its source's hot-added vCPUs as devices of the -cpu
+// model in the slots after the boot vCPUs, with the ids the agent gave them; more than the
+// slots hold is refused.
+func TestHotCPUs(t *testing.T) {
+	in := validInput()
+	in.VM.Spec.CPU.Cores, in.VM.Spec.CPU.MaxCores = 1, 20 // 2 sockets of 10 slots
+	in.CPUFeatures = []string{"-svm"}
+	in.HotCPUs = 10
+	cfg, err := Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := argValues(cfg.Args, "-smp"); len(got) != 1 || got[0] != "1,maxcpus=20,sockets=2,cores=10,threads=1" {
+		t.Errorf("-smp %v", got)
+	}
+	var cpus []string
+	for _, d := range argValues(cfg.Args, "-device") {
+		if strings.HasPrefix(d, "max-x86_64-cpu,") {
+			cpus = append(cpus, d)
+		}
+	}
+	if len(cpus) != 10 || cpus[0] != "max-x86_64-cpu,id=vcpu1,socket-id=0,core-id=1,thread-id=0" ||
+		cpus[9] != "max-x86_64-cpu,id=vcpu10,socket-id=1,core-id=0,thread-id=0" {
+		t.Errorf("vCPU devices %q", cpus)
+	}
+	in.HotCPUs = 20
+	if _, err := Build(in); err == nil || !strings.Contains(err.Error(), "20 hot-added vCPUs do not fit beside 1 boot vCPUs in 20 slots") {
+		t.Errorf("too many hot vCPUs: %v", err)
+	}
+}
+
 func TestMemoryHotplug(t *testing.T) {
 	in := validInput()
 	in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize = "256Mi", "1Gi"

@@ -266,9 +266,6 @@ func wantsRunning(vm *v1alpha1.VirtualMachine) bool {
 	return pr != nil && (pr.State == v1alpha1.PowerStateRunning || pr.State == v1alpha1.PowerStatePaused) && vm.DeletionTimestamp == nil
 }
 
-// ReasonChangedLive fails the migration of a VM whose CPUs or memory were changed live.
-const ReasonChangedLive = "NotApplicableAfterLiveResourceChange"
-
 // check says whether op may start now on vm: an empty phase when it may, else the phase
 // (Completed or Failed) with its reason and message.
 func (c *Controller) check(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMachineOperation) (v1alpha1.VMOPPhase, string, string) {
@@ -290,13 +287,8 @@ func (c *Controller) check(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMach
 	if vm.Spec.LiveMigrationPolicy == v1alpha1.LiveMigrationPolicyNever {
 		return failed(v1alpha1.VMOPReasonNotApplicableForLiveMigrationPolicy, "liveMigrationPolicy Never: the virtual machine is never live-migrated; stop it and start it elsewhere, or change its policy")
 	}
-	if how := vm.Status.Resources.ChangedLive(); how != "" {
-		// The target QEMU would have to be started with the hot-added vCPUs as devices of
-		// their own and the same device defaults as the source: not built yet
-		// (docs/live-resources.md).
-		return failed(ReasonChangedLive, "the virtual machine's CPUs or memory were changed while it runs ("+how+
-			"), and such a virtual machine is not live-migrated yet: restart it (rakhsh vm restart) to make it migratable again")
-	}
+	// A VM whose vCPUs or memory were changed live migrates too: its target starts with the
+	// source's boot vCPUs and the hot-added ones as devices (internal/agent/live.go).
 	if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionMigratable); c != nil && c.Status == v1alpha1.ConditionFalse && c.Reason == v1alpha1.VMReasonHotpluggedDevices {
 		return failed(v1alpha1.VMOPReasonHotpluggedDevices, "the virtual machine is not migratable: "+c.Message)
 	}

@@ -70,8 +70,8 @@ func TestCheck(t *testing.T) {
 		{"stopped VM cannot be migrated", stopped, op(v1alpha1.VMOPTypeMigrate), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, "only a running"},
 		{"stopped VM: evict has nothing to do", stopped, op(v1alpha1.VMOPTypeEvict), v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted, "nothing to evict"},
 		{"starting VM waits for nobody: refused", starting, op(v1alpha1.VMOPTypeMigrate), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, "it is Starting"},
-		{"vCPUs added live", grown, op(v1alpha1.VMOPTypeMigrate), v1alpha1.VMOPPhaseFailed, ReasonChangedLive, "(3 vCPUs, started with 1)"},
-		{"memory plugged live", plugged, op(v1alpha1.VMOPTypeEvict), v1alpha1.VMOPPhaseFailed, ReasonChangedLive, "512Mi of memory plugged beyond the 256Mi it booted with"},
+		{"vCPUs added live: the target starts with them", grown, op(v1alpha1.VMOPTypeMigrate), "", "", ""},
+		{"memory plugged live: the target requests it", plugged, op(v1alpha1.VMOPTypeEvict), "", "", ""},
 		{"room to grow, unused", room, op(v1alpha1.VMOPTypeMigrate), "", "", ""},
 		{"policy Never", never, op(v1alpha1.VMOPTypeEvict), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForLiveMigrationPolicy, "Never"},
 	}

@@ -1,0 +1,73 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// TestLiveMigrationAfterLiveChange: a VM whose vCPUs and memory were changed while it ran
+// (1 → 2 vCPUs, 256Mi → 512Mi) live-migrates from h2 to h3 without a reboot; the guest keeps
+// its 2 CPUs and 512Mi on h3, and h3 then takes live changes: a vCPU into a slot never used,
+// then back to the boot vCPU and memory, which removes what h2 added (the vCPU h2 hot-added
+// is a device of its own on the target too).
+func TestLiveMigrationAfterLiveChange(t *testing.T) {
+	c := sharedCluster(t)
+	s := c.Serve(t)
+	img := c.GuestImage(t)
+	const name = "rkm-live"
+	t.Cleanup(func() { s.CLI("", "delete", "vm", name, "--ignore-not-found", "--wait") })
+	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: %s}
+spec:
+  runPolicy: AlwaysOn
+  cpu: {cores: 1, maxCores: 4}
+  memory: {size: 256Mi, maxSize: 1Gi}
+  terminationGracePeriodSeconds: 5
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: %s}
+  nodeSelector: {kubernetes.io/hostname: h2}
+`, name, img), "apply", "-f", "-")
+	vmWait(t, s, name, vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	vmWaitSerial(t, s, name, "RAKHSH-GUEST: ready", 1)
+	cpus, base, _ := liveGuestView(vmLog(t, s, name))
+	if cpus != 1 || base == 0 {
+		t.Fatalf("the guest reports cpus=%d memtotal=%d at boot", cpus, base)
+	}
+	livePatch(t, s, name, `{"spec":{"cpu":{"cores":2},"memory":{"size":"512Mi"}}}`)
+	liveWaitGuest(t, s, name, 2, base, 256<<10, 2*time.Minute)
+	vmWait(t, s, name, 30*time.Second, "showing 2 vCPUs, 1 at boot", func(v *v1alpha1.VirtualMachine) bool {
+		r := v.Status.Resources
+		return r != nil && r.CPU.Cores == 2 && r.CPU.BootCores == 1 && r.Memory.Hotplugged == "256Mi"
+	})
+
+	s.MustCLI("", "patch", "vm", name, "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
+	began := time.Now()
+	s.MustCLI("", "vm", "migrate", name, "--to", "h3", "--wait")
+	v := vmGet(t, s, name)
+	if v.Status.NodeName != "h3" || v.Status.Phase != v1alpha1.VMPhaseRunning {
+		t.Fatalf("after the migration: node %q phase %s", v.Status.NodeName, v.Status.Phase)
+	}
+	t.Logf("migrated with 2 vCPUs (1 hot-added) and 512Mi (256Mi plugged) in %s", time.Since(began).Round(10*time.Millisecond))
+	if r := v.Status.Resources; r == nil || r.CPU.Cores != 2 || r.CPU.BootCores != 1 || r.Memory.Size != "512Mi" || r.Memory.BootSize != "256Mi" {
+		t.Errorf("status.resources on the target: %+v", r)
+	}
+
+	// On h3: a vCPU into a slot h2 never used, then down to the one vCPU the VM booted with
+	// (the vCPU h2 added goes too) and memory back to 256Mi; the guest still booted once.
+	livePatch(t, s, name, `{"spec":{"cpu":{"cores":3}}}`)
+	liveWaitGuest(t, s, name, 3, base, 256<<10, 2*time.Minute)
+	livePatch(t, s, name, `{"spec":{"cpu":{"cores":1},"memory":{"size":"256Mi"}}}`)
+	liveWaitGuest(t, s, name, 1, base, 0, 2*time.Minute)
+	// The log is h3's (a serial log stays on its node): a reboot there would show.
+	if log := vmLog(t, s, name); strings.Contains(log, "RAKHSH-GUEST: booted") || !strings.Contains(log, "cpus=3") {
+		t.Errorf("h3's serial log shows a boot, or lacks the guest's reports:\n%s", log)
+	}
+	if v := vmGet(t, s, name); v.Status.NodeName != "h3" || v.Status.Resources == nil || v.Status.Resources.CPU.Cores != 1 {
+		t.Errorf("after the changes on the target: node %q resources %+v", v.Status.NodeName, v.Status.Resources)
+	}
+}
