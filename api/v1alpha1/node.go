@@ -127,10 +127,40 @@ type NodeStatus struct {
 	// --metrics-listen, or the all-in-one serve's /metrics), listed by /sd/prometheus;
 	// written by the agent (see docs/metrics.md).
 	MetricsURL string `json:"metricsURL,omitempty"`
+	// Memory is how the agent manages the node's memory: KSM and memory balloons (a Rakhsh
+	// addition, docs/live-resources.md).
+	Memory *NodeMemoryStatus `json:"memory,omitempty"`
 	// LastHeartbeatTime is the last time the agent reported.
 	LastHeartbeatTime  *Time       `json:"lastHeartbeatTime,omitempty"`
 	Conditions         []Condition `json:"conditions,omitempty"`
 	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+}
+
+// NodeMemoryStatus is the node's memory as its agent manages it.
+type NodeMemoryStatus struct {
+	// Available is the host's MemAvailable at the last look; Reserve what the agent keeps
+	// available (agent --memory-reserve): below it, it reclaims memory from balloons.
+	Available Quantity `json:"available,omitempty"`
+	Reserve   Quantity `json:"reserve,omitempty"`
+	// Reclaiming says memory is being reclaimed from the VMs' balloons now, and Reclaimed
+	// how much their balloons hold.
+	Reclaiming bool     `json:"reclaiming,omitempty"`
+	Reclaimed  Quantity `json:"reclaimed,omitempty"`
+	// KSM is kernel same-page merging on the node.
+	KSM *NodeKSMStatus `json:"ksm,omitempty"`
+}
+
+// NodeKSMStatus is kernel same-page merging as the agent runs it (agent --ksm).
+type NodeKSMStatus struct {
+	// Mode is the agent's --ksm: auto (runs while memory is short), on or off.
+	Mode string `json:"mode"`
+	// Running says ksmd merges pages now.
+	Running bool `json:"running"`
+	// PagesShared are the shared pages in use and PagesSharing the pages that use them (the
+	// saving); Saved is PagesSharing in bytes.
+	PagesShared  int64    `json:"pagesShared"`
+	PagesSharing int64    `json:"pagesSharing"`
+	Saved        Quantity `json:"saved,omitempty"`
 }
 
 // NodeAddressType is the kind of a node address.

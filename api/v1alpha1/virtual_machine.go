@@ -802,6 +802,21 @@ type VirtualMachineMemoryStatus struct {
 	// BootSize is the memory the guest booted with (a Rakhsh addition, with a maxSize):
 	// Size moves live between it and MaxSize; a migration's target starts with it.
 	BootSize Quantity `json:"bootSize,omitempty"`
+	// Balloon is the VM's memory balloon (a Rakhsh addition; absent when its QEMU has none:
+	// no paravirtualization, or started by an agent that gave none). A migration's target
+	// has one only when its source has.
+	Balloon *VirtualMachineBalloonStatus `json:"balloon,omitempty"`
+}
+
+// VirtualMachineBalloonStatus is what the memory balloon does (docs/live-resources.md).
+type VirtualMachineBalloonStatus struct {
+	// Actual is the memory the guest has now of the memory it booted with: less while the
+	// node reclaims memory from it.
+	Actual Quantity `json:"actual,omitempty"`
+	// Floor is the least the node reclaims it down to: the memory minimum of the VM's class
+	// for its cores; empty: the VM is never reclaimed from (it still returns the memory it
+	// frees, by free page reporting).
+	Floor Quantity `json:"floor,omitempty"`
 }
 
 // VirtualMachineVersions are the versions of the hypervisor a VM runs under.

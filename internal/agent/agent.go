@@ -94,6 +94,10 @@ type Config struct {
 	// MetricsURL is where this node's metrics are served, published as the Node's
 	// status.metricsURL for /sd/prometheus (metrics.go); empty: none.
 	MetricsURL string
+	// KSM is the KSM mode (KSMAuto when empty) and MemoryReserve the host memory kept
+	// available, below which balloons are inflated (0: 10% of the host's memory); memory.go.
+	KSM           string
+	MemoryReserve int64
 }
 
 // Agent is the node agent.
@@ -106,6 +110,7 @@ type Agent struct {
 	choice  accel.Choice // KVM or TCG, and why (accelerator.go)
 	fetches imageFetches // images fetched into this host's cache (imagecache.go)
 	rec     *runtime.Recorder
+	mem     memoryManager // balloons and KSM (memory.go)
 
 	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	migIn *runtime.TypedInformer[v1alpha1.VirtualMachine]
@@ -304,6 +309,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.startNetworking(ctx)   // host networking: network.go
 	go a.runDiskResizer(ctx) // online disk resize: resize.go
 	go a.runSnapshotter(ctx) // live disk snapshots: snapshot.go
+	go a.runMemory(ctx)      // balloons and KSM: memory.go
 	a.startHotplug(ctx)      // hot-plugged devices: hotplug_disk.go
 	a.queueOrphans()
 	go a.loop(ctx, a.cfg.HeartbeatInterval, func() {
@@ -411,6 +417,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		KernelVersion: f.kernelVersion, AgentVersion: Version, LastHeartbeatTime: &now, MetricsURL: a.cfg.MetricsURL,
 		Conditions: node.Status.Conditions, ObservedGeneration: node.Generation,
 	}
+	st.Memory = a.mem.status.Load()
 	if a.cfg.UnderlayAddress.IsValid() {
 		st.Addresses = []v1alpha1.NodeAddress{{Type: v1alpha1.NodeAddressInternalIP, Address: a.cfg.UnderlayAddress.String()}}
 	}

@@ -27,24 +27,24 @@ const baseFeatureModel = "qemu64"
 //	Discovery       -cpu qemu64 plus the features in the class's status.cpuFeatures.enabled
 //
 // A VM without a class keeps the builder's default (host under KVM, max under TCG).
-func (a *Agent) applyClassCPU(ctx context.Context, vm *v1alpha1.VirtualMachine, in *qemu.Input) error {
+func (a *Agent) applyClassCPU(ctx context.Context, vm *v1alpha1.VirtualMachine, in *qemu.Input) (*v1alpha1.VirtualMachineClass, error) {
 	name := vm.Spec.VirtualMachineClassName
 	if name == "" {
-		return nil
+		return nil, nil
 	}
 	var cl v1alpha1.VirtualMachineClass
 	if err := a.c.Get(ctx, "virtualmachineclasses", "", name, &cl); err != nil {
 		if client.IsNotFound(err) {
-			return fmt.Errorf("VirtualMachineClass %q not found", name)
+			return nil, fmt.Errorf("VirtualMachineClass %q not found", name)
 		}
-		return err
+		return nil, err
 	}
 	model, feats, err := classCPU(&cl, in.Node.KVM)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	in.CPUModel, in.CPUFeatures = model, feats
-	return nil
+	return &cl, nil
 }
 
 // classCPU maps a class's CPU to a QEMU model and feature flags.

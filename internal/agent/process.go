@@ -93,6 +93,9 @@ type instance struct {
 	// live is what the last live CPU and memory changes came to (live.go); used by the
 	// reconciles of the VM only, one at a time.
 	live liveState
+	// balloonTarget is the balloon target last set (0: none, the guest has all its memory)
+	// and balloonWritten the guest memory last written to the status (memory.go).
+	balloonTarget, balloonWritten atomic.Int64
 }
 
 func (in *instance) markExited() { in.exitOnce.Do(func() { close(in.exited) }) }

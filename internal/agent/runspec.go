@@ -67,6 +67,10 @@ type runSpec struct {
 	RetiredCPUSlots []int `json:"retiredCPUSlots,omitempty"`
 	// HotpluggedMemory is what the guest had taken through virtio-mem at the last look.
 	HotpluggedMemory v1alpha1.Quantity `json:"hotpluggedMemory,omitempty"`
+	// Balloon says QEMU has the memory balloon, and BalloonFloor is what the node may
+	// reclaim the guest down to with it (empty: nothing is reclaimed; memory.go).
+	Balloon      bool              `json:"balloon,omitempty"`
+	BalloonFloor v1alpha1.Quantity `json:"balloonFloor,omitempty"`
 }
 
 // bootMemory is the memory the guest booted with.
@@ -77,8 +81,8 @@ func (rs *runSpec) bootMemory() v1alpha1.Quantity {
 	return rs.Spec.Memory.Size
 }
 
-func writeRunSpec(runDir string, vm *v1alpha1.VirtualMachine) error {
-	return saveRunSpec(runDir, &runSpec{Spec: vm.Spec, BootMemory: vm.Spec.Memory.Size, BootCores: vm.Spec.CPU.Cores})
+func newRunSpec(vm *v1alpha1.VirtualMachine) *runSpec {
+	return &runSpec{Spec: vm.Spec, BootMemory: vm.Spec.Memory.Size, BootCores: vm.Spec.CPU.Cores}
 }
 
 func saveRunSpec(runDir string, rs *runSpec) error {

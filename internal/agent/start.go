@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/placement"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
@@ -61,6 +62,8 @@ type startRun struct {
 	incoming bool
 	// shape is what a migration's target runs with: its source's CPUs and memory (live.go).
 	shape *runSpec
+	// balloonFloor is what the node may reclaim the VM's memory down to (memory.go).
+	balloonFloor int64
 }
 
 // startStep is one named step of a start.
@@ -248,8 +251,15 @@ func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 		in, r.shape = incomingShape(vm)
 		r.input.VM, r.input.MemoryRequestedMiB, r.input.HotCPUs = in.vm, in.memoryMiB, in.hotCPUs
 	}
-	if err := a.applyClassCPU(ctx, vm, &r.input); err != nil {
+	class, err := a.applyClassCPU(ctx, vm, &r.input)
+	if err != nil {
 		return failStart(err.Error())
+	}
+	if r.incoming {
+		// The target has a balloon only when its source reports one (QEMUs started by an
+		// agent that gave none migrate to a target without one).
+		res := vm.Status.Resources
+		r.input.NoBalloon = res == nil || res.Memory.Balloon == nil
 	}
 	if vm.Spec.Bootloader == v1alpha1.BootloaderEFI || vm.Spec.Bootloader == v1alpha1.BootloaderEFIWithSecureBoot {
 		// The UEFI variable store lives as long as the VM: in its run directory.
@@ -263,17 +273,28 @@ func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 		return failStart(err.Error())
 	}
 	r.cfg = cfg
+	if cfg.Balloon && class != nil {
+		cores := vm.Spec.CPU.Cores
+		if r.shape != nil {
+			cores = r.shape.Spec.CPU.Cores
+		}
+		r.balloonFloor = placement.MemoryFloor(class, cores)
+	}
 	return nil
 }
 
 // stepRunFiles writes what runs (runspec.json, read while QEMU runs) and the files the
 // configuration asks for; those are removed again on failure.
 func (a *Agent) stepRunFiles(_ context.Context, r *startRun) error {
-	write := func() error { return writeRunSpec(r.runDir, r.vm) }
-	if r.shape != nil {
-		write = func() error { return saveRunSpec(r.runDir, r.shape) }
+	rs := r.shape
+	if rs == nil {
+		rs = newRunSpec(r.vm)
 	}
-	if err := write(); err != nil {
+	rs.Balloon = r.cfg.Balloon
+	if r.balloonFloor > 0 {
+		rs.BalloonFloor = v1alpha1.BytesQuantity(r.balloonFloor)
+	}
+	if err := saveRunSpec(r.runDir, rs); err != nil {
 		return err
 	}
 	var written []string

@@ -117,6 +117,9 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 		rs := loadRunSpec(in.runDir, v)
 		running := &rs.Spec
 		if res := runningResources(rs); res != nil {
+			if old := v.Status.Resources; old != nil && old.Memory.Balloon != nil && res.Memory.Balloon != nil {
+				res.Memory.Balloon.Actual = old.Memory.Balloon.Actual // memory.go keeps it
+			}
 			v.Status.Resources = res
 		}
 		rc := restartCondition(pendingChanges(running, &v.Spec))
@@ -257,6 +260,10 @@ func runningResources(rs *runSpec) *v1alpha1.VirtualMachineResources {
 		if res.Memory.Hotplugged == "" {
 			res.Memory.Hotplugged = "0"
 		}
+	}
+	if rs.Balloon {
+		// Until memory.go reads the balloon: the guest has all it booted with.
+		res.Memory.Balloon = &v1alpha1.VirtualMachineBalloonStatus{Actual: canonicalMemory(rs.bootMemory()), Floor: rs.BalloonFloor}
 	}
 	return res
 }

@@ -172,3 +172,24 @@ func checkGrowthSizing(fe *errs.FieldErrors, vm *v1alpha1.VirtualMachine, c *v1a
 			p.Cores.Min, p.Cores.Max, c.Name, p.Memory.Max))
 	}
 }
+
+// MemoryFloor is the least memory the class allows a VM of cores to have (its sizing
+// policy's memory minimum, and its per-core minimum times cores, whichever is more): what
+// the node may reclaim a running VM's memory down to with its balloon. 0: the class sets no
+// minimum for such a VM.
+func MemoryFloor(c *v1alpha1.VirtualMachineClass, cores int) int64 {
+	p := FindSizingPolicy(c, cores)
+	if p == nil || p.Memory == nil {
+		return 0
+	}
+	var floor int64
+	if n, err := p.Memory.Min.Value(); err == nil && n > 0 {
+		floor = n
+	}
+	if p.Memory.PerCore != nil {
+		if n, err := p.Memory.PerCore.Min.Value(); err == nil && n*int64(cores) > floor {
+			floor = n * int64(cores)
+		}
+	}
+	return floor
+}

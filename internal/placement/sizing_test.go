@@ -156,3 +156,19 @@ func FuzzCheckSizing(f *testing.F) {
 		}
 	})
 }
+
+func TestMemoryFloor(t *testing.T) {
+	c := &v1alpha1.VirtualMachineClass{}
+	c.Spec.SizingPolicies = []v1alpha1.SizingPolicy{
+		{Cores: &v1alpha1.SizingPolicyCores{Min: 1, Max: 4}, Memory: &v1alpha1.SizingPolicyMemory{Min: "512Mi", PerCore: &v1alpha1.SizingPolicyMemoryPerCore{Min: "256Mi"}}},
+		{Cores: &v1alpha1.SizingPolicyCores{Min: 5, Max: 8}},
+	}
+	for _, tc := range []struct {
+		cores int
+		want  int64
+	}{{1, 512 << 20}, {3, 768 << 20}, {6, 0}, {9, 0}} {
+		if got := MemoryFloor(c, tc.cores); got != tc.want {
+			t.Errorf("%d cores: floor %d, want %d", tc.cores, got, tc.want)
+		}
+	}
+}

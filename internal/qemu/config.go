@@ -37,10 +37,12 @@
 //     inside a (possibly hostile) image header is never opened.
 //   - Devices: standard VGA (works without drivers in every guest, BIOS and UEFI), a USB tablet
 //     for absolute VNC pointing (xHCI on q35, UHCI on i440fx), pvpanic (GUEST_PANICKED for
-//     Linux guests), and with paravirtualization virtio-rng and the guest-agent channel. No
-//     balloon: guest memory is a fixed reservation, and a balloon would let the guest's view
-//     and the node's accounting drift apart. Devices are listed fixed devices first, NICs
-//     next and disks last, so adding a disk never moves a NIC to another PCI slot.
+//     Linux guests), and with paravirtualization virtio-rng, the guest-agent channel and a
+//     memory balloon (free page reporting: freed guest pages go back to the host; the node
+//     agent inflates it only when the node is short of memory, never below the class's
+//     minimum). Devices are listed fixed devices first, NICs next and disks last (the
+//     hot-plug ports and the balloon after them), so adding a disk never moves a NIC to
+//     another PCI slot.
 //   - The accelerator is given with -accel (QEMU refuses -accel together with -machine
 //     accel=).
 //
@@ -245,7 +247,13 @@ type Input struct {
 	// changes device defaults that follow the vCPU count (virtio-blk queues), and QEMU refuses
 	// the stream.
 	HotCPUs int
+	// NoBalloon leaves out the memory balloon a VM with paravirtualization gets: for a
+	// migration's target whose source has none.
+	NoBalloon bool
 }
+
+// BalloonDevice is the qdev id of the memory balloon.
+const BalloonDevice = "balloon0"
 
 // CPUDeviceID is the qdev id of a hot-added vCPU in slot i (slots in topology order:
 // socket, core, thread).
@@ -255,6 +263,8 @@ func CPUDeviceID(i int) string { return fmt.Sprintf("vcpu%d", i) }
 type Config struct {
 	// Binary is the QEMU program to run.
 	Binary string
+	// Balloon says the VM has the memory balloon (BalloonDevice).
+	Balloon bool
 	// Args are its arguments (without argv[0]).
 	Args []string
 	// Files are files the caller must write into RunDir before starting QEMU, by name. Build
@@ -651,6 +661,13 @@ func (b *build) run() error {
 		return err
 	}
 	b.hotplugRoom() // config_hotplug.go
+	if b.paravirt && !b.in.NoBalloon {
+		// Last, so that no device before it moves. Free page reporting gives the host the
+		// pages the guest frees; deflate-on-oom lets a guest short of memory take back what
+		// the node reclaimed rather than kill its processes.
+		b.add("-device", "virtio-balloon-pci,id="+BalloonDevice+",free-page-reporting=on,deflate-on-oom=on")
+		b.cfg.Balloon = true
+	}
 	if len(b.bootIndex) > 0 {
 		// Boot only from the listed devices, never fall through to others (e.g. PXE).
 		b.add("-boot", "strict=on")

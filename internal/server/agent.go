@@ -40,6 +40,8 @@ type AgentConfig struct {
 	HeartbeatInterval time.Duration
 	// LeaseDuration and FenceTimeout: the node lease and self-fencing (docs/ha.md).
 	LeaseDuration, FenceTimeout time.Duration
+	// Memory is --ksm and --memory-reserve.
+	Memory memoryFlags
 	// VMNetworking is "host" or "user", as for serve.
 	VMNetworking  string
 	NoUpstreamDNS bool
@@ -131,6 +133,10 @@ exchanged with whichever answers.`,
 				}
 				cfg.Token = tok
 			}
+			ksm, reserve, err := cfg.Memory.parse()
+			if err != nil {
+				return err
+			}
 			if err := checkLeaseFlags(cfg.LeaseDuration, cfg.FenceTimeout); err != nil {
 				return err
 			}
@@ -214,7 +220,7 @@ exchanged with whichever answers.`,
 				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode,
 				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
 				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert,
-				MetricsURL: metricsURL})
+				MetricsURL: metricsURL, KSM: ksm, MemoryReserve: reserve})
 			if err != nil {
 				return err
 			}
@@ -242,6 +248,7 @@ exchanged with whichever answers.`,
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "how often the Node status is refreshed; keep it well under the control plane's --node-grace-period")
 	addLeaseFlags(cmd, &cfg.LeaseDuration, &cfg.FenceTimeout, "")
+	addMemoryFlags(cmd, &cfg.Memory, "")
 	f.StringVar(&cfg.VMNetworking, "vm-networking", "host", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated); use the control plane's setting")
 	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.DefaultQEMUUser, "user QEMU runs as; created (useradd --system, group kvm) when missing. QEMU then gets its disks, sockets and taps as descriptors and cannot open the data directory; root runs QEMU as root (not recommended)")

@@ -135,11 +135,15 @@ func agentComponent(cfg Config, cl *client.Client, cert *tls.Certificate, log *s
 	if err != nil {
 		return component{}, err
 	}
+	ksm, reserve, err := cfg.Memory.parse()
+	if err != nil {
+		return component{}, err
+	}
 	a, err := agent.New(agent.Config{Client: cl.WithUserAgent("rakhsh/agent"), NodeName: cfg.NodeName, DataDir: cfg.DataDir,
 		HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: accel.Mode(cfg.Accelerator), KVMDevice: cfg.KVMDevice,
 		QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
 		LeaseDuration: cfg.NodeLeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert,
-		MetricsURL: cfg.metricsURL})
+		MetricsURL: cfg.metricsURL, KSM: ksm, MemoryReserve: reserve})
 	if err != nil {
 		return component{}, err
 	}

@@ -107,6 +107,8 @@ type Config struct {
 	// NodeLeaseDuration and FenceTimeout are the in-process agent's --lease-duration and
 	// --fence-timeout (as `rakhsh agent`'s; zero: the defaults).
 	NodeLeaseDuration, FenceTimeout time.Duration
+	// Memory is the in-process agent's --ksm and --memory-reserve.
+	Memory memoryFlags
 	// HASafetyMargin is how long the HA controller waits after it found a node's lease
 	// expired before it recovers the node's HA VMs elsewhere (docs/ha.md).
 	HASafetyMargin time.Duration
@@ -217,6 +219,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.DurationVar(&cfg.EventTTL, "event-ttl", eventgc.DefaultTTL, "how long an Event is kept after it last happened (at most 50 Events are kept per object)")
 	f.DurationVar(&cfg.LeaderLeaseTTL, "leader-lease-ttl", leader.DefaultLeaseTTL, "etcd store: the lease of this process's control-plane membership and leader election (whole seconds, 2s-60s); a dead, paused or cut-off leader's controllers are taken over about this long after its last renewal, and a leader that cannot renew its lease for this long stops its controllers")
 	addLeaseFlags(cmd, &cfg.NodeLeaseDuration, &cfg.FenceTimeout, "the in-process agent's ")
+	addMemoryFlags(cmd, &cfg.Memory, "the in-process agent's ")
 	f.DurationVar(&cfg.HASafetyMargin, "ha-safety-margin", v1alpha1.DefaultHASafetyMargin,
 		"how long the HA controller waits after it found a node's lease expired (and the node NotReady) before it takes the lease over and restarts the node's HA VMs on other nodes; see docs/ha.md")
 	f.DurationVar(&cfg.leaderNoticeDelay, "test-leader-notice-delay", 0, "tests only: notice the end of the election lease this much later, as a paused process would (its writes are then refused as fenced)")
@@ -290,6 +293,9 @@ func (c *Config) validate() error {
 	}
 	if c.LeaderLeaseTTL < 2*time.Second || c.LeaderLeaseTTL > time.Minute || c.LeaderLeaseTTL%time.Second != 0 {
 		return fmt.Errorf("--leader-lease-ttl %s: want whole seconds from 2s to 60s", c.LeaderLeaseTTL)
+	}
+	if _, _, err := c.Memory.parse(); err != nil {
+		return err
 	}
 	if err := checkLeaseFlags(c.NodeLeaseDuration, c.FenceTimeout); err != nil {
 		return err
