@@ -144,8 +144,8 @@ type NodeMemoryStatus struct {
 	Reserve   Quantity `json:"reserve,omitempty"`
 	// Reclaiming says memory is being reclaimed from the VMs' balloons now, and Reclaimed
 	// how much their balloons hold.
-	Reclaiming bool     `json:"reclaiming,omitempty"`
-	Reclaimed  Quantity `json:"reclaimed,omitempty"`
+	Reclaiming bool     `json:"reclaiming"`
+	Reclaimed  Quantity `json:"reclaimed"`
 	// KSM is kernel same-page merging on the node.
 	KSM *NodeKSMStatus `json:"ksm,omitempty"`
 }

@@ -220,11 +220,11 @@ func (a *Agent) balanceBalloons(ctx context.Context, avail, reserve int64) (bool
 	return avail < reserve && held > 0, v1alpha1.BytesQuantity(mib(held))
 }
 
-// writeBalloonStatus writes what the guest has of its boot memory when it moved by 4 MiB or
-// more since the last write.
+// writeBalloonStatus writes what the guest has of its boot memory when it moved (in whole
+// MiB) since the last write: a few writes while a balloon moves, none while it rests.
 func (a *Agent) writeBalloonStatus(ctx context.Context, in *instance, actual int64, floor v1alpha1.Quantity) {
 	actual = mib(actual)
-	if last := in.balloonWritten.Load(); last != 0 && abs64(last-actual) < 4<<20 {
+	if in.balloonWritten.Load() == actual {
 		return
 	}
 	ns, name := in.key.Split()
@@ -243,12 +243,6 @@ func (a *Agent) writeBalloonStatus(ctx context.Context, in *instance, actual int
 	}
 }
 
-func abs64(n int64) int64 {
-	if n < 0 {
-		return -n
-	}
-	return n
-}
 
 // ksmMarkerName, in the data directory, says this agent started ksmd in auto mode (so that it
 // stops it again, after a restart too, and stops only what it started).
