@@ -243,7 +243,6 @@ func (a *Agent) writeBalloonStatus(ctx context.Context, in *instance, actual int
 	}
 }
 
-
 // ksmMarkerName, in the data directory, says this agent started ksmd in auto mode (so that it
 // stops it again, after a restart too, and stops only what it started).
 const ksmMarkerName = "ksm-started-by-agent"

@@ -32,7 +32,7 @@ func timedCLI(t *testing.T, s *Serve, args ...string) time.Duration {
 }
 
 // TestPowerGracefulStaysGraceful: with a guest that ignores the ACPI power button and a grace
-// period of 10 s, a graceful stop waits out the grace period, a forced stop does not, and a
+// period of 6 s, a graceful stop waits out the grace period, a forced stop does not, and a
 // graceful stop after a forced one waits again (a forced request once made every later
 // graceful one forced: a guest that is never asked loses data). A graceful restart returns
 // only once the new QEMU runs; a forced restart during a pending graceful one resets at once.
@@ -40,7 +40,7 @@ func TestPowerGracefulStaysGraceful(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
-	m := strings.Replace(vmManifest("vm1", "root", "AlwaysOnUnlessStoppedManually", "256Mi"), "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds: 10", 1)
+	m := strings.Replace(vmManifest("vm1", "root", "AlwaysOnUnlessStoppedManually", "256Mi"), "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds: 6", 1)
 	s.MustCLI(m, "apply", "-f", "-")
 	v := vmWait(t, s, "vm1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	uid := v.UID
@@ -50,7 +50,7 @@ func TestPowerGracefulStaysGraceful(t *testing.T) {
 		vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", boots)
 		powerIgnoreACPI(t, s, "vm1", uid, boots)
 	}
-	const grace = 10 * time.Second
+	const grace = 6 * time.Second
 	up()
 
 	// logs -f follows the live console.
