@@ -165,8 +165,8 @@ exchanged with whichever answers.`,
 				return err
 			}
 			c = c.WithUserAgent("rakhsh/agent")
-			if cfg.NodeName == "" {
-				cfg.NodeName, _ = os.Hostname()
+			if cfg.NodeName, err = resolveNodeName(cfg.DataDir, cfg.NodeName); err != nil {
+				return err
 			}
 			mode, err := accel.ParseMode(cfg.Accelerator)
 			if err != nil {

@@ -378,8 +378,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if cfg.NodeName == "" {
-		cfg.NodeName, _ = os.Hostname()
+	if cfg.NodeName, err = resolveNodeName(cfg.DataDir, cfg.NodeName); err != nil {
+		return err
 	}
 	if !cfg.NoControllers {
 		cfg.uploads = &images.Uploads{}
