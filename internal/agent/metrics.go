@@ -77,6 +77,16 @@ func (a *Agent) metricsVMs() []metrics.VM {
 			if n, err := r.Memory.Size.Value(); err == nil && n > 0 {
 				m.MemoryBytes = n
 			}
+			if b := r.Memory.Balloon; b != nil {
+				// Less what the node reclaimed through the balloon (memory.go).
+				boot := r.Memory.BootSize
+				if boot == "" {
+					boot = r.Memory.Size
+				}
+				if held := memoryBytes(boot) - memoryBytes(b.Actual); held > 0 && memoryBytes(b.Actual) > 0 {
+					m.MemoryBytes -= held
+				}
+			}
 		}
 		if vm.Status.LastExit != nil {
 			m.UnplannedExits = vm.Status.LastExit.Count

@@ -100,7 +100,7 @@ var (
 	descVMVCPURun        = vmDesc("rakhsh_vm_vcpu_run_seconds_total", "Time each vCPU thread ran on a host CPU.", "vcpu")
 	descVMVCPUWait       = vmDesc("rakhsh_vm_vcpu_wait_seconds_total", "Time each vCPU thread was ready to run but waited for a host CPU (the guest's steal time): the overcommit signal.", "vcpu")
 	descVMVCPUs          = vmDesc("rakhsh_vm_vcpus", "vCPUs the VM has.")
-	descVMMemory         = vmDesc("rakhsh_vm_memory_size_bytes", "Memory the VM has (guest RAM; Rakhsh gives VMs no balloon, so this is what the guest sees).")
+	descVMMemory         = vmDesc("rakhsh_vm_memory_size_bytes", "Memory the VM's guest has: its memory size less what the node reclaimed through its balloon.")
 	descVMRSS            = vmDesc("rakhsh_vm_memory_resident_bytes", "Resident memory of the VM's QEMU process on the host.")
 	descVMExits          = vmDesc("rakhsh_vm_unplanned_exits", "Crashes and failed starts of the VM in a row (reset by a run that lasts).")
 	descVMDiskReadBytes  = vmDesc("rakhsh_vm_disk_read_bytes_total", "Bytes the guest read from the block device.", "device")
