@@ -69,7 +69,9 @@ func IsDefaultStorageClass(sc *StorageClass) bool {
 
 // AnnotationStorageNode on a VirtualDisk names the node a move into a Local class puts the
 // disk on (default: the node it is on, or for a disk on Shared storage the control plane's
-// node). `rakhsh disk move --node` sets it.
+// node). `rakhsh disk move --node` sets it. On a new disk of a Local class it names the node
+// the disk is made on (default: the control plane's node), by that node's agent when it is
+// another node (DiskReasonProvisioningOnNode).
 const AnnotationStorageNode = "virtualization.rakhsh.io/storage-node"
 
 // Reasons of a VirtualDisk's Migrating condition (a move between storage classes) that both
@@ -78,8 +80,12 @@ const (
 	// DiskReasonMovingOnNode: the control plane cannot see both ends of the move; the agent
 	// of the node in status.nodeName copies the disk.
 	DiskReasonMovingOnNode = "MovingOnNode"
-	DiskReasonMoved        = "Moved"
-	DiskReasonMoveFailed   = "MoveFailed"
+	// DiskReasonProvisioningOnNode (a Ready condition reason): a new disk of a Local class
+	// is made on another node than the control plane's, by the agent of the node in
+	// status.nodeName.
+	DiskReasonProvisioningOnNode = "ProvisioningOnNode"
+	DiskReasonMoved              = "Moved"
+	DiskReasonMoveFailed         = "MoveFailed"
 )
 
 // Reasons of a VirtualDisk's Terminating condition while the file of a disk on another node's

@@ -36,6 +36,9 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	if d.DeletionTimestamp != nil {
 		return a.removeDiskFile(ctx, &d)
 	}
+	if a.makingHere(&d) {
+		return a.makeDisk(ctx, &d) // diskmake.go
+	}
 	cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
 	if d.Status.Phase != v1alpha1.DiskPhaseMigrating || d.Status.NodeName != a.cfg.NodeName || cond == nil ||
 		cond.Status != v1alpha1.ConditionTrue || cond.Reason != v1alpha1.DiskReasonMovingOnNode || storage.CheckUID(d.UID) != nil {

@@ -315,6 +315,9 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		st.NodeName = ""
 		if isLocal(sc) {
 			st.NodeName = c.cfg.NodeName
+			if n := d.Annotations[v1alpha1.AnnotationStorageNode]; n != "" {
+				st.NodeName = n // made there (provisionOnNode)
+			}
 		}
 	} else {
 		sc = c.homeClass(&d)
@@ -343,6 +346,9 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	}
 	if done, res, err := c.reconcileMove(ctx, &d, st, sc); done {
 		return res, err
+	}
+	if isLocal(sc) && st.NodeName != c.cfg.NodeName && (st.Phase == "" || st.Phase == v1alpha1.DiskPhasePending) {
+		return c.provisionOnNode(ctx, &d, st)
 	}
 	if isLocal(sc) && st.NodeName != c.cfg.NodeName {
 		// Its file is on another node's pool, which this host cannot see.

@@ -436,3 +436,55 @@ func TestDiskFromBeforeClasses(t *testing.T) {
 		t.Errorf("the old disk: phase %s node %q file %v conditions %+v", d.Status.Phase, d.Status.NodeName, fileThere(path), d.Status.Conditions)
 	}
 }
+
+// TestProvisionOnNodeAgainstFake: a new Local disk annotated for another node is handed to
+// that node's agent (Provisioning, ProvisioningOnNode), with no file made here; for a node
+// that does not exist it waits; a copy of a disk cannot be made there and says how.
+func TestProvisionOnNodeAgainstFake(t *testing.T) {
+	fc := fake.New()
+	dataDir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	f.Start(ctx)
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	mkClass(t, fc, v1alpha1.DefaultStorageClassName, true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
+	if err := fc.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name, node string, ds *v1alpha1.DataSource) {
+		d := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
+			ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1", Annotations: map[string]string{v1alpha1.AnnotationStorageNode: node}},
+			Spec:       v1alpha1.VirtualDiskSpec{DataSource: ds, PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: "1Gi"}}}
+		if err := fc.Create(ctx, "virtualdisks", "p1", d, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ready := func(d *v1alpha1.VirtualDisk) *v1alpha1.Condition {
+		return v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionReady)
+	}
+	var d v1alpha1.VirtualDisk
+	mk("there", "n2", nil)
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "there", &d, func() bool {
+		c := ready(&d)
+		return d.Status.Phase == v1alpha1.DiskPhaseProvisioning && c != nil && c.Reason == disk.ReasonProvisioningOnNode
+	})
+	if d.Status.NodeName != "n2" || d.Status.StorageClassName != "local" || fileThere(storage.DiskPath(dataDir, storage.DefaultPool, d.UID)) {
+		t.Errorf("handed over: node %q class %q, file here %v", d.Status.NodeName, d.Status.StorageClassName, fileThere(storage.DiskPath(dataDir, storage.DefaultPool, d.UID)))
+	}
+	mk("nowhere", "n9", nil)
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "nowhere", &d, func() bool {
+		c := ready(&d)
+		return d.Status.Phase == v1alpha1.DiskPhasePending && c != nil && strings.Contains(c.Message, `node "n9"`)
+	})
+	mk("copy", "n2", &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,
+		ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceKindVirtualDisk, Name: "there"}})
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "copy", &d, func() bool {
+		c := ready(&d)
+		return d.Status.Phase == v1alpha1.DiskPhasePending && c != nil && strings.Contains(c.Message, "rakhsh disk move --node n2")
+	})
+}
