@@ -53,3 +53,13 @@ func (c *Client) RevokeToken(ctx context.Context, id string) error {
 func (c *Client) SetPassword(ctx context.Context, user, password string) error {
 	return c.Do(ctx, http.MethodPost, Path("users", "", user, v1alpha1.SubUserPassword), nil, "", v1alpha1.PasswordRequest{Password: password}, nil)
 }
+
+// OIDCLoginConfig asks the server which OpenID Connect issuer and client id it logs users in
+// with (no credentials needed).
+func (c *Client) OIDCLoginConfig(ctx context.Context) (*v1alpha1.OIDCLoginConfig, error) {
+	var out v1alpha1.OIDCLoginConfig
+	if err := c.Do(ctx, http.MethodGet, v1alpha1.IdentityPath+"/oidc", nil, "", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

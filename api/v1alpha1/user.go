@@ -97,6 +97,14 @@ type TokenList struct {
 	Items []Token `json:"items"`
 }
 
+// OIDCLoginConfig is what a client needs to log in through the server's OpenID Connect
+// issuer (GET IdentityPath/oidc, no credentials needed): the issuer and the client id its ID
+// tokens must be issued for.
+type OIDCLoginConfig struct {
+	Issuer   string `json:"issuer"`
+	ClientID string `json:"clientID"`
+}
+
 // WhoAmI says who the server takes the caller for.
 type WhoAmI struct {
 	Name        string            `json:"name"`

@@ -271,6 +271,7 @@ func (s *Server) visibleProjects(ctx context.Context, id Identity, need int) (ma
 func (s *Server) identityRoutes(mux *http.ServeMux) {
 	mux.HandleFunc(v1alpha1.IdentityPath+"/login", s.serveLogin)
 	mux.HandleFunc(v1alpha1.IdentityPath+"/whoami", s.serveWhoAmI)
+	mux.HandleFunc(v1alpha1.IdentityPath+"/oidc", s.serveOIDCConfig)
 	mux.HandleFunc(v1alpha1.IdentityPath+"/tokens", s.serveTokens)
 	mux.HandleFunc(v1alpha1.IdentityPath+"/tokens/{id}", s.serveTokenID)
 }
@@ -630,6 +631,20 @@ func (s *Server) serveSetPassword(w http.ResponseWriter, r *http.Request, t targ
 	}
 	s.log.Info("password set", "user", t.name, "by", identityOf(ctx).Name)
 	writeJSON(w, http.StatusOK, map[string]string{"kind": "Status", "apiVersion": "v1", "status": "Success"})
+}
+
+// serveOIDCConfig serves GET IdentityPath/oidc: the issuer and client id a CLI logs in with
+// (rakhsh login --oidc). Public, as the issuer's own discovery document is.
+func (s *Server) serveOIDCConfig(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		s.methodNotAllowed(w, r, "GET")
+		return
+	}
+	if s.oidc == nil {
+		s.writeError(w, r, errs.New(errs.ErrNotFound, "this server takes no OpenID Connect logins (serve --oidc-issuer)"))
+		return
+	}
+	writeJSON(w, http.StatusOK, v1alpha1.OIDCLoginConfig{Issuer: s.oidc.cfg.Issuer, ClientID: s.oidc.cfg.ClientID})
 }
 
 // serveWhoAmI serves GET IdentityPath/whoami.

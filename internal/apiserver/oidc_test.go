@@ -56,6 +56,11 @@ func TestOIDCTokens(t *testing.T) {
 	}
 	hs := httptest.NewTLSServer(s.RemoteHandler())
 	defer hs.Close()
+	// The issuer and client id, for `rakhsh login --oidc`: public, no credentials.
+	var lc v1alpha1.OIDCLoginConfig
+	if err := tokenClient(t, hs.URL, "").Do(ctx, "GET", v1alpha1.IdentityPath+"/oidc", nil, "", nil, &lc); err != nil || lc.Issuer != is.URL || lc.ClientID != "rakhsh" {
+		t.Errorf("GET /oidc: %+v %v", lc, err)
+	}
 	admin := tokenClient(t, hs.URL, "admin-secret")
 	if err := admin.Do(ctx, "PATCH", client.Path("projects", "", "research"), nil, "application/merge-patch+json",
 		[]byte(`{"spec":{"members":[{"name":"group:physics","role":"Viewer"}]}}`), nil); err != nil {

@@ -219,7 +219,8 @@ func withFence(r *http.Request) (*http.Request, error) {
 func (s *Server) RemoteHandler() http.Handler {
 	mux := s.auditing(s.metrics.instrument(s.routes()))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || isUploadPath(r.URL.Path) || r.URL.Path == v1alpha1.IdentityPath+"/login" {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || isUploadPath(r.URL.Path) || r.URL.Path == v1alpha1.IdentityPath+"/login" ||
+			r.URL.Path == v1alpha1.IdentityPath+"/oidc" {
 			mux.ServeHTTP(w, r)
 			return
 		}

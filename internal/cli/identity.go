@@ -249,7 +249,8 @@ func dash(s string) string {
 
 func newLoginCommand(cc *cliContext) *cobra.Command {
 	var username, ttl, ctxName, project string
-	var fromStdin, oidcStdin bool
+	var fromStdin, oidcStdin, oidcDevice bool
+	var oidcCA string
 	cmd := &cobra.Command{
 		Use:   "login",
 		Short: "Log in with a user name and password; the token is kept in your config file",
@@ -293,17 +294,29 @@ commands without --server or a token use it. See docs/identity.md.`,
 				}
 			}
 			var tok *v1alpha1.Token
-			if oidcStdin {
+			if oidcStdin && oidcDevice {
+				return usageErrorf("give --oidc or --oidc-id-token-stdin, not both")
+			}
+			if oidcStdin || oidcDevice {
 				if username != "" || fromStdin || ttl != "" {
-					return usageErrorf("--oidc-id-token-stdin takes no --username, --password-stdin or --ttl: the ID token names the user and its expiry")
+					return usageErrorf("--oidc and --oidc-id-token-stdin take no --username, --password-stdin or --ttl: the ID token names the user and its expiry")
 				}
-				if tok, err = oidcLogin(cmd, server, caFile, cc.insecure); err != nil {
+				var idt string
+				if oidcDevice {
+					idt, err = oidcDeviceFlow(cmd, server, caFile, cc.insecure, oidcCA)
+				} else {
+					idt, err = readIDToken(cmd)
+				}
+				if err != nil {
+					return err
+				}
+				if tok, err = idTokenLogin(cmd, server, caFile, cc.insecure, idt); err != nil {
 					return err
 				}
 				username = tok.User
 			} else {
 				if username == "" {
-					return usageErrorf("give --username (or --oidc-id-token-stdin)")
+					return usageErrorf("give --username (or --oidc, or --oidc-id-token-stdin)")
 				}
 				pw, err := readPasswordOnce(cmd, fromStdin)
 				if err != nil {
@@ -338,6 +351,8 @@ commands without --server or a token use it. See docs/identity.md.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&username, "username", "u", "", "your user name")
+	f.BoolVar(&oidcDevice, "oidc", false, "log in through the server's OpenID Connect issuer with the device flow: open the URL it prints in any browser, enter the code, log in there; the ID token it gives is kept")
+	f.StringVar(&oidcCA, "oidc-ca-file", "", "with --oidc: PEM file of CA certificates to trust for the issuer (default: the system's)")
 	f.BoolVar(&oidcStdin, "oidc-id-token-stdin", false, "keep an OpenID Connect ID token read from standard input (from your identity provider) instead of logging in with a password; the server must trust its issuer (serve --oidc-issuer)")
 	f.BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
 	f.StringVar(&ttl, "ttl", "", "how long the login token is valid (default 12h, at most 24h)")
@@ -346,14 +361,18 @@ commands without --server or a token use it. See docs/identity.md.`,
 	return cmd
 }
 
-// oidcLogin reads an ID token from standard input and asks the server who it is (which checks
-// it); the token's expiry is its "exp" claim.
-func oidcLogin(cmd *cobra.Command, server, caFile string, insecure bool) (*v1alpha1.Token, error) {
+// readIDToken reads an ID token from the first line of standard input.
+func readIDToken(cmd *cobra.Command) (string, error) {
 	line, err := bufio.NewReader(io.LimitReader(cmd.InOrStdin(), 64<<10)).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+		return "", err
 	}
-	idt := strings.TrimSpace(line)
+	return strings.TrimSpace(line), nil
+}
+
+// idTokenLogin asks the server who an ID token is (which checks it); the token's expiry is
+// its "exp" claim.
+func idTokenLogin(cmd *cobra.Command, server, caFile string, insecure bool, idt string) (*v1alpha1.Token, error) {
 	parts := strings.Split(idt, ".")
 	if len(parts) != 3 {
 		return nil, usageErrorf("standard input holds no ID token (a JWT: three base64 parts joined by dots)")

@@ -6,10 +6,13 @@ package oidctest
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -25,6 +28,15 @@ type Issuer struct {
 	srv *httptest.Server
 	key *rsa.PrivateKey
 	kid string
+
+	mu      sync.Mutex
+	devices map[string]*device // by device code
+}
+
+// device is a pending device authorization (RFC 8628).
+type device struct {
+	clientID, userCode string
+	claims             map[string]any // set by Approve
 }
 
 // Start starts an issuer; Close stops it.
@@ -33,15 +45,18 @@ func Start() (*Issuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	is := &Issuer{key: key, kid: "test-key-1"}
+	is := &Issuer{key: key, kid: "test-key-1", devices: map[string]*device{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{
 			"issuer": is.URL, "jwks_uri": is.URL + "/keys", "authorization_endpoint": is.URL + "/auth",
 			"token_endpoint": is.URL + "/token", "id_token_signing_alg_values_supported": []string{"RS256"},
 			"response_types_supported": []string{"code"}, "subject_types_supported": []string{"public"},
+			"device_authorization_endpoint": is.URL + "/device",
 		})
 	})
+	mux.HandleFunc("POST /device", is.serveDevice)
+	mux.HandleFunc("POST /token", is.serveToken)
 	mux.HandleFunc("GET /keys", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &is.key.PublicKey, KeyID: is.kid, Algorithm: "RS256", Use: "sig"}}})
 	})
@@ -88,6 +103,74 @@ func (is *Issuer) sign(key *rsa.PrivateKey, iss, audience string, ttl time.Durat
 		return "", err
 	}
 	return obj.CompactSerialize()
+}
+
+// serveDevice starts a device authorization: a device code for the client, a user code for
+// the person, polled every second.
+func (is *Issuer) serveDevice(w http.ResponseWriter, r *http.Request) {
+	client := r.PostFormValue("client_id")
+	if client == "" {
+		oauthError(w, "invalid_client")
+		return
+	}
+	dc, uc := randomHex(16), fmt.Sprintf("%s-%s", randomHex(2), randomHex(2))
+	is.mu.Lock()
+	is.devices[dc] = &device{clientID: client, userCode: uc}
+	is.mu.Unlock()
+	writeJSON(w, map[string]any{"device_code": dc, "user_code": uc, "verification_uri": is.URL + "/activate",
+		"verification_uri_complete": is.URL + "/activate?user_code=" + uc, "expires_in": 300, "interval": 1})
+}
+
+// serveToken answers the device code grant: authorization_pending until Approve, then an ID
+// token for the client.
+func (is *Issuer) serveToken(w http.ResponseWriter, r *http.Request) {
+	if r.PostFormValue("grant_type") != "urn:ietf:params:oauth:grant-type:device_code" {
+		oauthError(w, "unsupported_grant_type")
+		return
+	}
+	is.mu.Lock()
+	d := is.devices[r.PostFormValue("device_code")]
+	is.mu.Unlock()
+	switch {
+	case d == nil || d.clientID != r.PostFormValue("client_id"):
+		oauthError(w, "invalid_grant")
+		return
+	case d.claims == nil:
+		oauthError(w, "authorization_pending")
+		return
+	}
+	idt, err := is.Token(d.clientID, time.Hour, d.claims)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	writeJSON(w, map[string]any{"access_token": "at-" + randomHex(8), "token_type": "Bearer", "expires_in": 3600, "id_token": idt})
+}
+
+// Approve plays the person who entered userCode at the verification page and logged in: the
+// device's next poll gets an ID token with claims.
+func (is *Issuer) Approve(userCode string, claims map[string]any) error {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	for _, d := range is.devices {
+		if d.userCode == userCode {
+			d.claims = claims
+			return nil
+		}
+	}
+	return fmt.Errorf("no device authorization with user code %q", userCode)
+}
+
+func oauthError(w http.ResponseWriter, code string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadRequest)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": code})
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +128,7 @@ func TestIdentity(t *testing.T) {
 		t.Fatalf("login with an ID token: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
 	olga := func(stdin string, args ...string) CLIResult { return runCLIWith(t, nil, olgaEnv, stdin, args...) }
+	identityDeviceLogin(t, issuer, server, ca, issuerCA)
 	if r := olga("", "whoami"); r.Code != 0 || !strings.Contains(r.Stdout, "olga") || !strings.Contains(r.Stdout, "p1=Viewer") {
 		t.Errorf("olga's whoami: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
@@ -346,5 +351,61 @@ func TestIdentity(t *testing.T) {
 		if l.Verb == "get" && l.Subresource == "" || l.Verb == "list" || l.Verb == "watch" {
 			t.Errorf("the audit log has a read: %+v", l)
 		}
+	}
+}
+
+// identityDeviceLogin: pia (no User object; group auditors) logs in with `rakhsh login --oidc`
+// the way a person would: the CLI prints the issuer's verification URL and a code, the person
+// (the test issuer's Approve) enters it and logs in there, and the CLI, polling the issuer,
+// gets her ID token and keeps it in a context.
+func identityDeviceLogin(t *testing.T, issuer *oidctest.Issuer, server, ca, issuerCA string) {
+	t.Helper()
+	env := []string{"RAKHSH_CONFIG=" + filepath.Join(t.TempDir(), "config.yaml"), "RAKHSH_SERVER=", "RAKHSH_TOKEN=", "RAKHSH_TOKEN_FILE="}
+	cmd := exec.Command(rakhshBin(t), "login", "--server", server, "--ca-file", ca, "--oidc", "--oidc-ca-file", issuerCA)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	prompt := regexp.MustCompile(`open (https://\S+) in a browser and enter the code (\S+)`)
+	sc := bufio.NewScanner(stderr)
+	var code string
+	var said []string
+	for code == "" && sc.Scan() {
+		said = append(said, sc.Text())
+		if m := prompt.FindStringSubmatch(sc.Text()); m != nil {
+			if !strings.HasPrefix(m[1], issuer.URL) {
+				t.Errorf("the verification URL %s is not the issuer's", m[1])
+			}
+			code = m[2]
+		}
+	}
+	if code == "" {
+		t.Fatalf("rakhsh login --oidc printed no code: %q", said)
+	}
+	copied := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, stderr); close(copied) }()
+	time.Sleep(1500 * time.Millisecond) // the CLI polls and is told to wait meanwhile
+	if err := issuer.Approve(code, map[string]any{"preferred_username": "pia", "groups": []string{"auditors"}}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { <-copied; done <- cmd.Wait() }() // the pipe is read to its end before Wait
+	select {
+	case err := <-done:
+		if err != nil || !strings.Contains(stdout.String(), "logged in as pia") {
+			t.Fatalf("rakhsh login --oidc: %v, stdout %q", err, stdout.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("rakhsh login --oidc did not end a minute after the login was approved; stdout %q", stdout.String())
+	}
+	if r := runCLIWith(t, nil, env, "", "whoami"); r.Code != 0 || !strings.Contains(r.Stdout, "pia") || !strings.Contains(r.Stdout, "p1=Viewer") {
+		t.Errorf("pia's whoami after the device login: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
 }
