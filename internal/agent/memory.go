@@ -173,13 +173,7 @@ func (a *Agent) balanceBalloons(ctx context.Context, avail, reserve int64) (bool
 	}
 	var ins []vmBalloon
 	var plan []balloonVM
-	a.mu.Lock()
-	all := make([]*instance, 0, len(a.insts))
-	for _, in := range a.insts {
-		all = append(all, in)
-	}
-	a.mu.Unlock()
-	for _, in := range all {
+	for _, in := range a.instances() {
 		if in.isExited() {
 			continue
 		}

@@ -26,6 +26,17 @@ func (a *Agent) inst(uid string) *instance {
 	return a.insts[uid]
 }
 
+// instances are the tracked instances now.
+func (a *Agent) instances() []*instance {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]*instance, 0, len(a.insts))
+	for _, in := range a.insts {
+		out = append(out, in)
+	}
+	return out
+}
+
 // forget drops an instance whose process is gone (or that is no longer ours to watch).
 func (a *Agent) forget(in *instance) {
 	in.detach()

@@ -28,14 +28,7 @@ func TestRunsAgainstFake(t *testing.T) {
 	imagetest.Need(t, "qemu-img", "prlimit")
 	fc := fake.New()
 	dataDir := t.TempDir()
-	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	f.Start(ctx)
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	ctx := runFakeController(t, fc, dataDir)
 	mkClass(t, fc, v1alpha1.DefaultStorageClassName, true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
 
 	mk := func(name string, ds *v1alpha1.DataSource) {
@@ -76,6 +69,21 @@ func TestRunsAgainstFake(t *testing.T) {
 	waitDiskGone(t, fc, "up")
 }
 
+// runFakeController runs a disk controller of node n1 with dataDir over fc until the test
+// ends, and returns the context it runs in.
+func runFakeController(t *testing.T, fc *fake.Client, dataDir string) context.Context {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	f.Start(ctx)
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return ctx
+}
+
 func fileThere(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
@@ -112,14 +120,7 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 	imagetest.Need(t, "qemu-img", "qemu-io", "prlimit")
 	fc := fake.New()
 	dataDir, sharedDir := t.TempDir(), t.TempDir()
-	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	f.Start(ctx)
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	ctx := runFakeController(t, fc, dataDir)
 	mkClass(t, fc, "local", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
 
 	mk := func(name, class string) {
@@ -331,14 +332,7 @@ func TestSharedImageCopies(t *testing.T) {
 	imagetest.Need(t, "qemu-img", "prlimit")
 	fc := fake.New()
 	dataDir, sharedDir := t.TempDir(), t.TempDir()
-	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	f.Start(ctx)
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	ctx := runFakeController(t, fc, dataDir)
 	mkClass(t, fc, "nfs", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeShared, Shared: &v1alpha1.StorageClassShared{Path: sharedDir}})
 
 	img := &v1alpha1.ClusterVirtualImage{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "ClusterVirtualImage"},
@@ -443,14 +437,7 @@ func TestDiskFromBeforeClasses(t *testing.T) {
 func TestProvisionOnNodeAgainstFake(t *testing.T) {
 	fc := fake.New()
 	dataDir := t.TempDir()
-	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	f.Start(ctx)
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	ctx := runFakeController(t, fc, dataDir)
 	mkClass(t, fc, v1alpha1.DefaultStorageClassName, true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
 	if err := fc.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}, nil); err != nil {
