@@ -41,6 +41,12 @@ func (a *Agent) makeDisk(ctx context.Context, d *v1alpha1.VirtualDisk) error {
 	path := storage.ClassDiskPath(a.cfg.DataDir, sc, d.UID)
 	started := time.Now()
 	size, mode, err := a.makeDiskFile(ctx, d, path)
+	var again *retryable
+	if errors.As(err, &again) {
+		// The image could not be had now (the API or the image's holder unreachable): tried
+		// again with the queue's backoff; the disk stays Provisioning.
+		return fmt.Errorf("making disk %s/%s: %w", d.Namespace, d.Name, again.err)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -89,7 +95,7 @@ func (a *Agent) makeDiskFile(ctx context.Context, d *v1alpha1.VirtualDisk, path 
 	}
 	var img qemu.Disk
 	if err := a.resolveImage(ctx, d.Namespace, kind, ds.ObjectRef.Name, &img); err != nil {
-		return 0, "", err
+		return 0, "", &retryable{err}
 	}
 	info, err := storage.Info(ctx, img.Path, img.Format)
 	if err != nil {
@@ -108,6 +114,11 @@ func (a *Agent) makeDiskFile(ctx context.Context, d *v1alpha1.VirtualDisk, path 
 	}
 	return size, "linked clone", storage.CreateLinkedClone(ctx, path, img.Path, img.Format, size)
 }
+
+// retryable is a failure to make a disk that a later try may not meet.
+type retryable struct{ err error }
+
+func (r *retryable) Error() string { return r.err.Error() }
 
 // patchMade ends the making of a disk: Ready with its size, or Failed with err. The patch is
 // guarded by the resourceVersion the handing over wrote.

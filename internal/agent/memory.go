@@ -45,6 +45,10 @@ var (
 	meminfoPath = "/proc/meminfo"
 )
 
+// balloonOOMHold is how long a guest that took memory back from its balloon is not reclaimed
+// from.
+const balloonOOMHold = time.Minute
+
 // ksmPagesToScan is how many pages ksmd scans per wake-up while the agent runs it (the
 // kernel's default of 100 takes hours on a host with many guests).
 const ksmPagesToScan = 1000
@@ -127,6 +131,14 @@ func planBalloons(vms []balloonVM, avail, reserve int64) []int64 {
 	return out
 }
 
+// tookBack says a guest took memory back from its balloon: what it has grew by more than
+// 16 MiB since the last look (last) while the node asked for less (target; 0: never asked).
+// A balloon on its way down to the target shrinks what the guest has; one that the node let
+// out is not asked for less.
+func tookBack(target, last, actual int64) bool {
+	return target > 0 && target < actual && last > 0 && actual > last+16<<20
+}
+
 // memoryManager is the agent's state of the node's memory.
 type memoryManager struct {
 	status atomic.Pointer[v1alpha1.NodeMemoryStatus]
@@ -173,9 +185,13 @@ func (a *Agent) balanceBalloons(ctx context.Context, avail, reserve int64) (bool
 	}
 	var ins []vmBalloon
 	var plan []balloonVM
+	now := time.Now()
 	for _, in := range a.instances() {
 		if in.isExited() {
 			continue
+		}
+		if vm, ok := a.vms.Get(in.key); ok && vm.Status.MigrationState.Active() {
+			continue // its memory is being copied: the balloon rests until the migration ends
 		}
 		rs := loadRunSpec(in.runDir, &v1alpha1.VirtualMachine{})
 		mon, ok := in.monitor().(qmpExecutor)
@@ -191,8 +207,23 @@ func (a *Agent) balanceBalloons(ctx context.Context, avail, reserve int64) (bool
 		if err != nil || info.Actual <= 0 {
 			continue
 		}
+		floor := memoryBytes(rs.BalloonFloor)
+		last := in.balloonSeen.Swap(info.Actual)
+		if t := in.balloonTarget.Load(); tookBack(t, last, info.Actual) {
+			// The guest took memory back from its balloon while asked for less (deflate-on-oom:
+			// it ran out): it is left alone for balloonOOMHold rather than squeezed again.
+			if in.balloonHold.Load() < now.UnixNano() {
+				a.log.Warn("the guest took memory back from its balloon: not reclaimed from for a while", "vm", string(in.key),
+					"asked", v1alpha1.BytesQuantity(t), "has", v1alpha1.BytesQuantity(mib(info.Actual)), "for", balloonOOMHold)
+			}
+			in.balloonHold.Store(now.Add(balloonOOMHold).UnixNano())
+			in.balloonTarget.Store(mib(info.Actual))
+		}
+		if in.balloonHold.Load() > now.UnixNano() {
+			floor = info.Actual // gives nothing while held
+		}
 		ins = append(ins, vmBalloon{in, mon, rs.BalloonFloor})
-		plan = append(plan, balloonVM{full: memoryBytes(rs.bootMemory()), floor: memoryBytes(rs.BalloonFloor), actual: info.Actual})
+		plan = append(plan, balloonVM{full: memoryBytes(rs.bootMemory()), floor: floor, actual: info.Actual})
 	}
 	var held int64
 	targets := planBalloons(plan, avail, reserve)

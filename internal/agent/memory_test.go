@@ -54,6 +54,24 @@ func TestPlanBalloons(t *testing.T) {
 	}
 }
 
+func TestTookBack(t *testing.T) {
+	for _, c := range []struct {
+		target, last, actual int64
+		want                 bool
+	}{
+		{128 * mi, 300 * mi, 250 * mi, false}, // inflating toward the target
+		{128 * mi, 128 * mi, 200 * mi, true},  // the guest deflated it (out of memory)
+		{128 * mi, 128 * mi, 140 * mi, false}, // within 16 MiB
+		{0, 128 * mi, 384 * mi, false},        // never asked
+		{384 * mi, 128 * mi, 300 * mi, false}, // let out by the node
+		{128 * mi, 0, 300 * mi, false},        // first look
+	} {
+		if got := tookBack(c.target, c.last, c.actual); got != c.want {
+			t.Errorf("tookBack(%d, %d, %d MiB) = %v", c.target/mi, c.last/mi, c.actual/mi, got)
+		}
+	}
+}
+
 func TestReadMeminfo(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "meminfo")
 	_ = os.WriteFile(p, []byte("MemTotal:       24000000 kB\nMemFree:         1000 kB\nMemAvailable:   12000000 kB\n"), 0o644)

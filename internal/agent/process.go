@@ -96,6 +96,11 @@ type instance struct {
 	// balloonTarget is the balloon target last set (0: none, the guest has all its memory)
 	// and balloonWritten the guest memory last written to the status (memory.go).
 	balloonTarget, balloonWritten atomic.Int64
+	// balloonHold is when (Unix ns) the node may reclaim from the guest again after it took
+	// memory back from its balloon (memory.go).
+	balloonHold atomic.Int64
+	// balloonSeen is the guest memory the balloon reported at the last look.
+	balloonSeen atomic.Int64
 }
 
 func (in *instance) markExited() { in.exitOnce.Do(func() { close(in.exited) }) }

@@ -29,6 +29,16 @@ func (c *Controller) provisionOnNode(ctx context.Context, d *v1alpha1.VirtualDis
 		setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonNotSupported, msg)
 		return runtime.Result{}, c.writeStatus(ctx, d, st)
 	}
+	if ds := d.Spec.DataSource; ds != nil {
+		// The image must be Ready first, as for a disk made here (the agent fetches it).
+		if src, reason, wait := c.imageSource(d); src == nil {
+			st.Phase = v1alpha1.DiskPhasePending
+			setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, reason, wait)
+			setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, reason, wait)
+			return runtime.Result{}, c.writeStatus(ctx, d, st)
+		}
+		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
+	}
 	var n v1alpha1.Node
 	if err := c.c.Get(ctx, "nodes", "", st.NodeName, &n); err != nil {
 		if !client.IsNotFound(err) {
