@@ -817,6 +817,9 @@ type VirtualMachineBalloonStatus struct {
 	// for its cores; empty: the VM is never reclaimed from (it still returns the memory it
 	// frees, by free page reporting).
 	Floor Quantity `json:"floor,omitempty"`
+	// FreePageReporting says the guest gives the pages it frees back to the host (on under
+	// KVM or QEMU 9.0+; a migration's target has what its source has).
+	FreePageReporting bool `json:"freePageReporting,omitempty"`
 }
 
 // VirtualMachineVersions are the versions of the hypervisor a VM runs under.

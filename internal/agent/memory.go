@@ -179,9 +179,10 @@ func (a *Agent) memoryTick(ctx context.Context) {
 // whether memory is being reclaimed and how much the balloons hold.
 func (a *Agent) balanceBalloons(ctx context.Context, avail, reserve int64) (bool, v1alpha1.Quantity) {
 	type vmBalloon struct {
-		in    *instance
-		mon   qmpExecutor
-		floor v1alpha1.Quantity
+		in        *instance
+		mon       qmpExecutor
+		floor     v1alpha1.Quantity
+		reporting bool
 	}
 	var ins []vmBalloon
 	var plan []balloonVM
@@ -222,7 +223,7 @@ func (a *Agent) balanceBalloons(ctx context.Context, avail, reserve int64) (bool
 		if in.balloonHold.Load() > now.UnixNano() {
 			floor = info.Actual // gives nothing while held
 		}
-		ins = append(ins, vmBalloon{in, mon, rs.BalloonFloor})
+		ins = append(ins, vmBalloon{in, mon, rs.BalloonFloor, rs.BalloonReporting})
 		plan = append(plan, balloonVM{full: memoryBytes(rs.bootMemory()), floor: floor, actual: info.Actual})
 	}
 	var held int64
@@ -240,20 +241,20 @@ func (a *Agent) balanceBalloons(ctx context.Context, avail, reserve int64) (bool
 			v.in.balloonTarget.Store(t)
 			a.log.Info("memory balloon set", "vm", string(v.in.key), "guest-memory", v1alpha1.BytesQuantity(t), "available", v1alpha1.BytesQuantity(avail), "reserve", v1alpha1.BytesQuantity(reserve))
 		}
-		a.writeBalloonStatus(ctx, v.in, plan[i].actual, v.floor)
+		a.writeBalloonStatus(ctx, v.in, plan[i].actual, v.floor, v.reporting)
 	}
 	return avail < reserve && held > 0, v1alpha1.BytesQuantity(mib(held))
 }
 
 // writeBalloonStatus writes what the guest has of its boot memory when it moved (in whole
 // MiB) since the last write: a few writes while a balloon moves, none while it rests.
-func (a *Agent) writeBalloonStatus(ctx context.Context, in *instance, actual int64, floor v1alpha1.Quantity) {
+func (a *Agent) writeBalloonStatus(ctx context.Context, in *instance, actual int64, floor v1alpha1.Quantity, reporting bool) {
 	actual = mib(actual)
 	if in.balloonWritten.Load() == actual {
 		return
 	}
 	ns, name := in.key.Split()
-	want := &v1alpha1.VirtualMachineBalloonStatus{Actual: v1alpha1.BytesQuantity(actual), Floor: floor}
+	want := &v1alpha1.VirtualMachineBalloonStatus{Actual: v1alpha1.BytesQuantity(actual), Floor: floor, FreePageReporting: reporting}
 	_, err := patchVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName || v.Status.Resources == nil || reflect.DeepEqual(v.Status.Resources.Memory.Balloon, want) {
 			return errNoChange

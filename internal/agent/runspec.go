@@ -71,6 +71,8 @@ type runSpec struct {
 	// reclaim the guest down to with it (empty: nothing is reclaimed; memory.go).
 	Balloon      bool              `json:"balloon,omitempty"`
 	BalloonFloor v1alpha1.Quantity `json:"balloonFloor,omitempty"`
+	// BalloonReporting says the balloon reports free pages.
+	BalloonReporting bool `json:"balloonReporting,omitempty"`
 }
 
 // bootMemory is the memory the guest booted with.

@@ -260,6 +260,10 @@ func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 		// agent that gave none migrate to a target without one).
 		res := vm.Status.Resources
 		r.input.NoBalloon = res == nil || res.Memory.Balloon == nil
+		if !r.input.NoBalloon {
+			fpr := res.Memory.Balloon.FreePageReporting
+			r.input.BalloonReporting = &fpr
+		}
 	}
 	if vm.Spec.Bootloader == v1alpha1.BootloaderEFI || vm.Spec.Bootloader == v1alpha1.BootloaderEFIWithSecureBoot {
 		// The UEFI variable store lives as long as the VM: in its run directory.
@@ -290,7 +294,7 @@ func (a *Agent) stepRunFiles(_ context.Context, r *startRun) error {
 	if rs == nil {
 		rs = newRunSpec(r.vm)
 	}
-	rs.Balloon = r.cfg.Balloon
+	rs.Balloon, rs.BalloonReporting = r.cfg.Balloon, r.cfg.BalloonReporting
 	if r.balloonFloor > 0 {
 		rs.BalloonFloor = v1alpha1.BytesQuantity(r.balloonFloor)
 	}

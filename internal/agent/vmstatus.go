@@ -263,7 +263,8 @@ func runningResources(rs *runSpec) *v1alpha1.VirtualMachineResources {
 	}
 	if rs.Balloon {
 		// Until memory.go reads the balloon: the guest has all it booted with.
-		res.Memory.Balloon = &v1alpha1.VirtualMachineBalloonStatus{Actual: canonicalMemory(rs.bootMemory()), Floor: rs.BalloonFloor}
+		res.Memory.Balloon = &v1alpha1.VirtualMachineBalloonStatus{Actual: canonicalMemory(rs.bootMemory()), Floor: rs.BalloonFloor,
+			FreePageReporting: rs.BalloonReporting}
 	}
 	return res
 }

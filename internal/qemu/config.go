@@ -38,9 +38,9 @@
 //   - Devices: standard VGA (works without drivers in every guest, BIOS and UEFI), a USB tablet
 //     for absolute VNC pointing (xHCI on q35, UHCI on i440fx), pvpanic (GUEST_PANICKED for
 //     Linux guests), and with paravirtualization virtio-rng, the guest-agent channel and a
-//     memory balloon (free page reporting: freed guest pages go back to the host; the node
-//     agent inflates it only when the node is short of memory, never below the class's
-//     minimum). Devices are listed fixed devices first, NICs next and disks last (the
+//     memory balloon (free page reporting under KVM or QEMU 9.0+: freed guest pages go back
+//     to the host; the node agent inflates it only when the node is short of memory, never
+//     below the class's minimum). Devices are listed fixed devices first, NICs next and disks last (the
 //     hot-plug ports and the balloon after them), so adding a disk never moves a NIC to
 //     another PCI slot.
 //   - The accelerator is given with -accel (QEMU refuses -accel together with -machine
@@ -250,6 +250,12 @@ type Input struct {
 	// NoBalloon leaves out the memory balloon a VM with paravirtualization gets: for a
 	// migration's target whose source has none.
 	NoBalloon bool
+	// BalloonReporting sets the balloon's free page reporting: nil decides by the host (on
+	// under KVM or with QEMU 9.0 or later; off under TCG with older QEMU, whose dirty tracking
+	// loses the writes of a guest whose freed pages are being discarded while it migrates:
+	// migrated guests crashed with corrupted page lists); a migration's target copies its
+	// source's.
+	BalloonReporting *bool
 }
 
 // BalloonDevice is the qdev id of the memory balloon.
@@ -263,8 +269,9 @@ func CPUDeviceID(i int) string { return fmt.Sprintf("vcpu%d", i) }
 type Config struct {
 	// Binary is the QEMU program to run.
 	Binary string
-	// Balloon says the VM has the memory balloon (BalloonDevice).
-	Balloon bool
+	// Balloon says the VM has the memory balloon (BalloonDevice), and BalloonReporting that
+	// it reports free pages (Input.BalloonReporting).
+	Balloon, BalloonReporting bool
 	// Args are its arguments (without argv[0]).
 	Args []string
 	// Files are files the caller must write into RunDir before starting QEMU, by name. Build
@@ -665,8 +672,12 @@ func (b *build) run() error {
 		// Last, so that no device before it moves. Free page reporting gives the host the
 		// pages the guest frees; deflate-on-oom lets a guest short of memory take back what
 		// the node reclaimed rather than kill its processes.
-		b.add("-device", "virtio-balloon-pci,id="+BalloonDevice+",free-page-reporting=on,deflate-on-oom=on")
-		b.cfg.Balloon = true
+		fpr := b.kvm || versionAtLeast(b.in.Node.QEMUVersion, 9, 0)
+		if b.in.BalloonReporting != nil {
+			fpr = *b.in.BalloonReporting
+		}
+		b.add("-device", "virtio-balloon-pci,id="+BalloonDevice+",free-page-reporting="+map[bool]string{true: "on", false: "off"}[fpr]+",deflate-on-oom=on")
+		b.cfg.Balloon, b.cfg.BalloonReporting = true, fpr
 	}
 	if len(b.bootIndex) > 0 {
 		// Boot only from the listed devices, never fall through to others (e.g. PXE).
@@ -963,6 +974,12 @@ func checkQEMUVersion(v string) error {
 		return fmt.Errorf("QEMU %s is older than %s", v, MinQEMUVersion)
 	}
 	return nil
+}
+
+// versionAtLeast says v is maj.mnr or later (false when v is empty or unparsable).
+func versionAtLeast(v string, maj, mnr int) bool {
+	a, b, ok := parseVersion(v)
+	return ok && (a > maj || (a == maj && b >= mnr))
 }
 
 func parseVersion(v string) (maj, mnr int, ok bool) {

@@ -848,3 +848,33 @@ func checkFDInvariants(t testing.TB, in Input, cfg Config) {
 		t.Fatalf("%d tap netdevs for %d tap NICs", taps, want)
 	}
 }
+
+// TestBalloonReporting: free page reporting under KVM or QEMU 9.0+, not under TCG with
+// older QEMU; a migration target's setting wins.
+func TestBalloonReporting(t *testing.T) {
+	for _, c := range []struct {
+		kvm      bool
+		version  string
+		override *bool
+		want     bool
+	}{
+		{true, "7.2.22", nil, true},
+		{false, "7.2.22", nil, false},
+		{false, "9.0.0", nil, true},
+		{false, "10.1.2", nil, true},
+		{false, "7.2.22", ptr(true), true},
+		{true, "8.2.1", ptr(false), false},
+	} {
+		in := validInput()
+		in.Node.KVM, in.Node.QEMUVersion, in.BalloonReporting = c.kvm, c.version, c.override
+		cfg, err := Build(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "virtio-balloon-pci,id=balloon0,free-page-reporting=" + map[bool]string{true: "on", false: "off"}[c.want] + ",deflate-on-oom=on"
+		if devs := argValues(cfg.Args, "-device"); !slices.Contains(devs, want) || cfg.BalloonReporting != c.want || !cfg.Balloon {
+			t.Errorf("kvm %v QEMU %s override %v: devices %q, want %s", c.kvm, c.version, c.override, devs, want)
+		}
+	}
+}
+

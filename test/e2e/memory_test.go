@@ -49,11 +49,11 @@ func ksmFiles(t *testing.T) {
 
 // TestMemoryBalloonAndKSM: two VMs (384Mi, class minimum 128Mi) on one node.
 //  1. Free page reporting: each guest fills 200 MiB of its memory and frees it again; its
-//     QEMU's RSS grows and then falls back (the freed pages go back to the host) with no
-//     pressure on the node.
+//     QEMU's RSS grows and then, where the node gives reporting (KVM or QEMU 9.0+), falls back
+//     (the freed pages go back to the host) with no pressure on the node.
 //  2. Serve restarted with --memory-reserve above the host's memory (the node is short) and
-//     --ksm on: both balloons go down to the class's 128Mi floor (status and QEMU's own
-//     query-balloon agree), the guest sees the memory gone, the Node says it reclaims, and
+//     --ksm on: both balloons go down to the class's 128Mi floor, the guest sees the memory
+//     gone, QEMU's RSS is at least 150 MiB below its peak, the Node says it reclaims, and
 //     ksmd shares the two identical guests' pages (Node status.memory.ksm).
 //  3. Serve restarted without the reserve: the guests get all their memory back.
 func TestMemoryBalloonAndKSM(t *testing.T) {
@@ -81,16 +81,31 @@ spec:
 	}
 	pids := vmQEMUPIDs(s.DataDir)
 
-	// 1. Free page reporting.
+	// 1. Free page reporting (where the node gives it: KVM, or QEMU 9.0+).
+	peak := map[string]int64{}
 	for _, n := range names {
 		uid, pid := uids[n], pids[uids[n]]
+		b := vmGet(t, s, n).Status.Resources.Memory.Balloon
+		if b == nil {
+			t.Fatalf("%s has no balloon in its status", n)
+		}
 		before := qemuRSS(t, pid)
 		vmConsoleType(t, s, uid, "")
 		vmConsoleType(t, s, uid, "dd if=/dev/zero of=/fill bs=1M count=200 2>/dev/null; echo FILLED-$((40+2))")
 		vmWaitSerial(t, s, n, "FILLED-42", 1)
 		filled := qemuRSS(t, pid)
+		peak[n] = filled
 		vmConsoleType(t, s, uid, "rm /fill; echo FREED-$((40+2))")
 		vmWaitSerial(t, s, n, "FREED-42", 1)
+		if filled < before+64<<20 {
+			t.Errorf("%s: RSS %d -> %d MiB while the guest holds 200 MiB more", n, before>>20, filled>>20)
+		}
+		if !b.FreePageReporting {
+			// TCG with QEMU before 9.0: no reporting (docs/live-resources.md); phase 2 shows
+			// the balloon taking the freed memory.
+			t.Logf("MEMORY %s QEMU RSS: booted %d MiB, guest filled 200 MiB %d MiB; free page reporting is off on this host", n, before>>20, filled>>20)
+			continue
+		}
 		var after int64
 		deadline := time.Now().Add(time.Minute)
 		for after = qemuRSS(t, pid); after > before+32<<20 && time.Now().Before(deadline); after = qemuRSS(t, pid) {
@@ -99,8 +114,8 @@ spec:
 		t.Logf("MEMORY %s QEMU RSS: booted %d MiB, guest filled 200 MiB %d MiB, guest freed it %d MiB", n, before>>20, filled>>20, after>>20)
 		// The fill reuses some pages the guest touched while booting: RSS grows by less than
 		// 200 MiB. Once freed, the guest's pages go back to the host.
-		if filled < before+64<<20 || after > before+32<<20 {
-			t.Errorf("%s: RSS %d -> %d -> %d MiB: want it to grow while the guest holds 200 MiB, and to fall back once the guest frees them", n, before>>20, filled>>20, after>>20)
+		if after > before+32<<20 {
+			t.Errorf("%s: RSS %d -> %d -> %d MiB: want it to fall back once the guest frees them", n, before>>20, filled>>20, after>>20)
 		}
 	}
 
@@ -131,9 +146,13 @@ spec:
 		i := strings.LastIndex(log, "FREE-42 MemFree:")
 		f := strings.Fields(log[i+len("FREE-42 MemFree:"):])
 		free, _ := strconv.ParseInt(f[0], 10, 64)
-		t.Logf("MEMORY %s guest MemFree with its balloon at 128Mi: %d MiB, QEMU RSS %d MiB", n, free>>10, qemuRSS(t, pids[uids[n]])>>20)
+		rss := qemuRSS(t, pids[uids[n]])
+		t.Logf("MEMORY %s guest MemFree with its balloon at 128Mi: %d MiB, QEMU RSS %d MiB (%d MiB while the guest held 200 MiB more)", n, free>>10, rss>>20, peak[n]>>20)
 		if free<<10 > 128<<20 {
 			t.Errorf("%s: the guest has %d MiB free with its balloon at 128Mi of 384Mi", n, free>>10)
+		}
+		if rss > peak[n]-150<<20 {
+			t.Errorf("%s: QEMU RSS %d MiB with the balloon at the floor, %d MiB at the peak: the reclaimed memory did not go back to the host", n, rss>>20, peak[n]>>20)
 		}
 	}
 
