@@ -877,4 +877,3 @@ func TestBalloonReporting(t *testing.T) {
 		}
 	}
 }
-
