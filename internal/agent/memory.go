@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/metrics"
 )
 
 // Node memory (docs/live-resources.md). Every memoryEvery the agent reads the host's
@@ -40,8 +41,8 @@ const (
 
 var (
 	memoryEvery = 2 * time.Second
-	// ksmDir and meminfoPath are the kernel's files (tests point them elsewhere).
-	ksmDir      = "/sys/kernel/mm/ksm"
+	// sysRoot and meminfoPath are where the kernel's files are (tests point them elsewhere).
+	sysRoot     = "/sys"
 	meminfoPath = "/proc/meminfo"
 )
 
@@ -282,6 +283,7 @@ func (a *Agent) tuneKSM(short bool) *v1alpha1.NodeKSMStatus {
 	if mode == "" {
 		mode = KSMAuto
 	}
+	ksmDir := filepath.Join(sysRoot, "kernel", "mm", "ksm")
 	read := func(name string) int64 {
 		b, err := os.ReadFile(filepath.Join(ksmDir, name))
 		if err != nil {
@@ -324,7 +326,10 @@ func (a *Agent) tuneKSM(short bool) *v1alpha1.NodeKSMStatus {
 	case ours && run != 1:
 		_ = os.Remove(marker) // stopped by someone else: no longer ours
 	}
-	st := &v1alpha1.NodeKSMStatus{Mode: mode, Running: run == 1, PagesShared: max(read("pages_shared"), 0), PagesSharing: max(read("pages_sharing"), 0)}
+	st := &v1alpha1.NodeKSMStatus{Mode: mode, Running: run == 1}
+	if shared, sharing, err := metrics.ReadKSM(sysRoot); err == nil { // the counters /metrics reports too
+		st.PagesShared, st.PagesSharing = int64(shared), int64(sharing)
+	}
 	st.Saved = v1alpha1.BytesQuantity(st.PagesSharing * int64(os.Getpagesize()))
 	return st
 }

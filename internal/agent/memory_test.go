@@ -87,11 +87,15 @@ func TestReadMeminfo(t *testing.T) {
 
 // TestTuneKSM runs the modes against a fake /sys/kernel/mm/ksm.
 func TestTuneKSM(t *testing.T) {
-	dir := t.TempDir()
-	old := ksmDir
-	ksmDir = dir
-	t.Cleanup(func() { ksmDir = old })
-	write := func(name, v string) { _ = os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o644) }
+	root := t.TempDir()
+	dir := filepath.Join(root, "kernel", "mm", "ksm")
+	old := sysRoot
+	sysRoot = root
+	t.Cleanup(func() { sysRoot = old })
+	write := func(name, v string) {
+		_ = os.MkdirAll(dir, 0o755)
+		_ = os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o644)
+	}
 	readf := func(name string) string {
 		b, _ := os.ReadFile(filepath.Join(dir, name))
 		return strings.TrimSpace(string(b))
