@@ -20,10 +20,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GUEST = os.path.join(os.environ.get('RAKHSH_GUEST_DIR', os.path.join(HERE, '..', 'test', 'guest', 'out')), 'guest.iso')
 
 
-def qemu_args(d, tag, accel, incoming):
+def qemu_args(d, tag, accel, incoming, mem='256'):
     """The device set the agent gives a VM (without its NIC), sockets under d."""
     a = ['qemu-system-x86_64', '-name', 'check-' + tag, '-machine', 'q35,vmport=off', '-accel', accel,
-         '-cpu', 'max', '-smp', '1', '-m', '256', '-nodefaults', '-no-user-config', '-S',
+         '-cpu', 'max', '-smp', '1', '-m', mem, '-nodefaults', '-no-user-config', '-S',
          '-display', 'none', '-vnc', 'none', '-rtc', 'base=utc', '-nic', 'none',
          '-chardev', f'socket,id=qmp,path={d}/{tag}.qmp,server=on,wait=off', '-mon', 'chardev=qmp,mode=control',
          '-chardev', f'socket,id=ser,path={d}/{tag}.serial,server=on,wait=off', '-serial', 'chardev:ser',
@@ -112,7 +112,7 @@ def one_run(d, opts):
     subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', d + '/disk.qcow2', '64M'], check=True)
     procs = []
     try:
-        procs.append(subprocess.Popen(qemu_args(d, 'src', opts.accel, False), stdout=open(d + '/src.log', 'w'), stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen(qemu_args(d, 'src', opts.accel, False, opts.mem), stdout=open(d + '/src.log', 'w'), stderr=subprocess.STDOUT))
         src = Monitor(d + '/src.qmp')
         ser = Serial(d + '/src.serial')
         src.run('cont')
@@ -121,7 +121,7 @@ def one_run(d, opts):
         ser.sock.sendall(b'\n(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &\n')
         wait_for('the first ticks', lambda: ser.tick() >= 3, 60)
 
-        procs.append(subprocess.Popen(qemu_args(d, 'dst', opts.accel, True), stdout=open(d + '/dst.log', 'w'), stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen(qemu_args(d, 'dst', opts.accel, True, opts.mem), stdout=open(d + '/dst.log', 'w'), stderr=subprocess.STDOUT))
         dst = Monitor(d + '/dst.qmp')
         with socket.socket() as s:  # a free loopback port
             s.bind(('127.0.0.1', 0))
@@ -170,6 +170,7 @@ def main():
     ap.add_argument('--raise', dest='raise_limit', action='store_true', help='raise the downtime limit mid-stream')
     ap.add_argument('--bandwidth', type=int, default=8, help='MiB/s (default 8)')
     ap.add_argument('--accel', default='tcg,thread=multi')
+    ap.add_argument('--mem', default='256', help='-m of both QEMUs (default 256)')
     ap.add_argument('--watch', type=int, default=20, help='seconds the target is watched')
     opts = ap.parse_args()
     if not os.path.exists(GUEST):

@@ -391,6 +391,9 @@ func incomingShape(vm *v1alpha1.VirtualMachine) (shape incoming, rs *runSpec) {
 	if res == nil || res.CPU.Cores < 1 || res.Memory.Size == "" {
 		return incoming{vm: vm}, &runSpec{Spec: vm.Spec, BootMemory: vm.Spec.Memory.Size, BootCores: vm.Spec.CPU.Cores}
 	}
+	// The target's RAM is as long as its source's (padded or not, qemu.MemoryPadKiB).
+	pad := res.Memory.Padding != ""
+	shape.padMemory = &pad
 	spec := vm.Spec
 	spec.CPU.Cores = res.CPU.Cores
 	spec.CPU.MaxCores = res.CPU.MaxCores
@@ -421,6 +424,7 @@ type incoming struct {
 	vm        *v1alpha1.VirtualMachine // the VM to build from: boot vCPUs and memory
 	memoryMiB int64                    // virtio-mem requested size
 	hotCPUs   int                      // vCPUs hot-added on the source
+	padMemory *bool                    // the source's RAM padding; nil: unknown
 }
 
 // refreshCPULimit rewrites the VM's cgroup CPU bandwidth for the vCPUs it has now (a core

@@ -235,7 +235,7 @@ func TestIncomingShape(t *testing.T) {
 	vm.Spec.Memory = v1alpha1.VirtualMachineMemory{Size: "1Gi", MaxSize: "2Gi"}
 	// Nothing reported yet: the spec.
 	got, rs := incomingShape(vm)
-	if got.vm != vm || got.memoryMiB != 0 || got.hotCPUs != 0 || rs.BootCores != 5 || rs.BootMemory != "1Gi" {
+	if got.vm != vm || got.memoryMiB != 0 || got.hotCPUs != 0 || got.padMemory != nil || rs.BootCores != 5 || rs.BootMemory != "1Gi" {
 		t.Fatalf("without resources: %+v %+v", got, rs)
 	}
 	// The source runs 3 of 4 cores, 2 of them hot-added, and 768Mi of 1Gi, booted with 256Mi
@@ -246,6 +246,9 @@ func TestIncomingShape(t *testing.T) {
 		Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "768Mi", MaxSize: "1Gi", BootSize: "256Mi", Hotplugged: "512Mi"},
 	}
 	got, rs = incomingShape(vm)
+	if got.padMemory == nil || *got.padMemory {
+		t.Errorf("unpadded source: target pads %v", got.padMemory)
+	}
 	if b := got.vm.Spec; b.CPU.Cores != 1 || b.CPU.MaxCores != 4 || b.Memory.Size != "256Mi" || b.Memory.MaxSize != "1Gi" || got.memoryMiB != 512 || got.hotCPUs != 2 {
 		t.Errorf("build spec %+v requested %d MiB, %d hot vCPUs", b, got.memoryMiB, got.hotCPUs)
 	}
@@ -261,6 +264,11 @@ func TestIncomingShape(t *testing.T) {
 	got, rs = incomingShape(vm)
 	if vm.Spec.CPU.Cores != 5 || vm.Spec.Memory.Size != "1Gi" {
 		t.Errorf("the VM's own spec changed: %+v", vm.Spec)
+	}
+	// A padded source: a padded target.
+	vm.Status.Resources.Memory.Padding = "8Ki"
+	if got, _ := incomingShape(vm); got.padMemory == nil || !*got.padMemory {
+		t.Errorf("padded source: target pads %v", got.padMemory)
 	}
 	// What the target then reports as pending: the spec's cores and memory.
 	if p := pendingChanges(&rs.Spec, &vm.Spec); len(p) != 4 {
@@ -278,8 +286,13 @@ func TestRunningResources(t *testing.T) {
 	}
 	// Without room to grow: none of the additions.
 	r = runningResources(liveRunSpec(2, 0, "1Gi", ""))
-	if r.CPU.Cores != 2 || r.CPU.MaxCores != 0 || r.Memory.MaxSize != "" || r.Memory.BootSize != "" || r.Memory.Hotplugged != "" {
+	if r.CPU.Cores != 2 || r.CPU.MaxCores != 0 || r.Memory.MaxSize != "" || r.Memory.BootSize != "" || r.Memory.Hotplugged != "" || r.Memory.Padding != "" {
 		t.Errorf("resources %+v", *r)
+	}
+	rs = liveRunSpec(2, 0, "1Gi", "")
+	rs.MemoryPadKiB = 8
+	if r = runningResources(rs); r.Memory.Padding != "8Ki" || r.Memory.Size != "1Gi" {
+		t.Errorf("padded: resources %+v", r.Memory)
 	}
 }
 

@@ -73,6 +73,8 @@ type runSpec struct {
 	BalloonFloor v1alpha1.Quantity `json:"balloonFloor,omitempty"`
 	// BalloonReporting says the balloon reports free pages.
 	BalloonReporting bool `json:"balloonReporting,omitempty"`
+	// MemoryPadKiB is what QEMU gives the guest beyond its boot memory (qemu.MemoryPadKiB).
+	MemoryPadKiB int64 `json:"memoryPadKiB,omitempty"`
 }
 
 // bootMemory is the memory the guest booted with.

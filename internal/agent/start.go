@@ -249,7 +249,7 @@ func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 		// A migration's target has the CPUs and memory its source runs with (live.go).
 		var in incoming
 		in, r.shape = incomingShape(vm)
-		r.input.VM, r.input.MemoryRequestedMiB, r.input.HotCPUs = in.vm, in.memoryMiB, in.hotCPUs
+		r.input.VM, r.input.MemoryRequestedMiB, r.input.HotCPUs, r.input.PadMemory = in.vm, in.memoryMiB, in.hotCPUs, in.padMemory
 	}
 	class, err := a.applyClassCPU(ctx, vm, &r.input)
 	if err != nil {
@@ -294,7 +294,7 @@ func (a *Agent) stepRunFiles(_ context.Context, r *startRun) error {
 	if rs == nil {
 		rs = newRunSpec(r.vm)
 	}
-	rs.Balloon, rs.BalloonReporting = r.cfg.Balloon, r.cfg.BalloonReporting
+	rs.Balloon, rs.BalloonReporting, rs.MemoryPadKiB = r.cfg.Balloon, r.cfg.BalloonReporting, r.cfg.MemoryPadKiB
 	if r.balloonFloor > 0 {
 		rs.BalloonFloor = v1alpha1.BytesQuantity(r.balloonFloor)
 	}

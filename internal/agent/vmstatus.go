@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"time"
 
@@ -260,6 +261,9 @@ func runningResources(rs *runSpec) *v1alpha1.VirtualMachineResources {
 		if res.Memory.Hotplugged == "" {
 			res.Memory.Hotplugged = "0"
 		}
+	}
+	if rs.MemoryPadKiB > 0 {
+		res.Memory.Padding = v1alpha1.Quantity(strconv.FormatInt(rs.MemoryPadKiB, 10) + "Ki")
 	}
 	if rs.Balloon {
 		// Until memory.go reads the balloon: the guest has all it booted with.

@@ -256,7 +256,21 @@ type Input struct {
 	// migrated guests crashed with corrupted page lists); a migration's target copies its
 	// source's.
 	BalloonReporting *bool
+	// PadMemory adds MemoryPadKiB to the boot memory: nil decides by the host (under TCG with
+	// QEMU older than 9.0, see MemoryPadKiB); a migration's target copies its source's, so
+	// both have the same RAM size.
+	PadMemory *bool
 }
+
+// MemoryPadKiB is what a VM under TCG with QEMU older than 9.0 gets beyond its boot memory,
+// so that its RAM is not a whole number of 256 KiB (64 pages, one word of QEMU's dirty
+// bitmap). Those QEMUs sync a RAM block's dirty bitmap a word at a time when the block is
+// whole words long, and that path clears dirty bits without making TCG's TLB trap the next
+// write to those pages: a guest write right after a sync was never sent, and migrated guests
+// crashed with corrupted memory (fixed in QEMU 9.0, "physmem: Fix migration dirty bitmap
+// coherency with TCG memory access"). A block of any other length is synced page by page,
+// and that path resets the TLB. The guest sees 8 KiB more memory than it asked for.
+const MemoryPadKiB = 8
 
 // BalloonDevice is the qdev id of the memory balloon.
 const BalloonDevice = "balloon0"
@@ -290,8 +304,10 @@ type Config struct {
 	Accelerator string
 	// Topology is the CPU topology given to the guest.
 	Topology Topology
-	// MemoryMiB is the guest's boot memory (spec.memory.size).
-	MemoryMiB int64
+	// MemoryMiB is the guest's boot memory (spec.memory.size), and MemoryPadKiB what QEMU
+	// gives it beyond that (0 or MemoryPadKiB, Input.PadMemory).
+	MemoryMiB    int64
+	MemoryPadKiB int64
 	// Hotplug is the memory hot-plug device (VMs with a spec.memory.maxSize); nil without.
 	Hotplug *MemoryHotplug
 	// Passed are the descriptors QEMU inherits with Input.PassFDs, in descriptor order: the
@@ -564,11 +580,7 @@ func (b *build) run() error {
 	if err := b.hotCPUs(topo, cpu); err != nil {
 		return err
 	}
-	if h := b.cfg.Hotplug; h != nil {
-		b.add("-m", newOpts("").set("size", strconv.FormatInt(mem, 10)+"M").set("maxmem", strconv.FormatInt(h.MaxMiB, 10)+"M").String())
-	} else {
-		b.add("-m", strconv.FormatInt(mem, 10))
-	}
+	b.memory(mem)
 
 	// Process behaviour.
 	b.add("-nodefaults", "-no-user-config", "-S")
@@ -684,6 +696,25 @@ func (b *build) run() error {
 		b.add("-boot", "strict=on")
 	}
 	return nil
+}
+
+// memory gives the guest its boot memory of mem MiB (and the hot-plug room), padded under
+// TCG with QEMU older than 9.0 (MemoryPadKiB).
+func (b *build) memory(mem int64) {
+	pad := !b.kvm && !versionAtLeast(b.in.Node.QEMUVersion, 9, 0)
+	if b.in.PadMemory != nil {
+		pad = *b.in.PadMemory
+	}
+	size := func(mib int64, unit string) string { return strconv.FormatInt(mib, 10) + unit }
+	if pad {
+		b.cfg.MemoryPadKiB = MemoryPadKiB
+		size = func(mib int64, _ string) string { return strconv.FormatInt(mib<<10+MemoryPadKiB, 10) + "K" }
+	}
+	if h := b.cfg.Hotplug; h != nil {
+		b.add("-m", newOpts("").set("size", size(mem, "M")).set("maxmem", size(h.MaxMiB, "M")).String())
+	} else {
+		b.add("-m", size(mem, ""))
+	}
 }
 
 // validateBase checks the VM, node facts and paths, and derives the machine flavour.

@@ -327,7 +327,7 @@ func TestMemory(t *testing.T) {
 		{"512Mi", "512"}, {"2Gi", "2048"}, {"1G", "954"}, {"16Mi", "16"}, {"1073741825", "1025"},
 	} {
 		in := validInput()
-		in.VM.Spec.Memory.Size = c.size
+		in.VM.Spec.Memory.Size, in.PadMemory = c.size, ptr(false)
 		cfg, err := Build(in)
 		if err != nil {
 			t.Fatalf("%s: %v", c.size, err)
@@ -405,7 +405,7 @@ func TestHotCPUs(t *testing.T) {
 
 func TestMemoryHotplug(t *testing.T) {
 	in := validInput()
-	in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize = "256Mi", "1Gi"
+	in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize, in.PadMemory = "256Mi", "1Gi", ptr(false)
 	cfg, err := Build(in)
 	if err != nil {
 		t.Fatal(err)
@@ -433,7 +433,7 @@ func TestMemoryHotplug(t *testing.T) {
 	}
 	// maxSize equal to size: no device, plain -m.
 	in = validInput()
-	in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize = "512Mi", "512Mi"
+	in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize, in.PadMemory = "512Mi", "512Mi", ptr(false)
 	if cfg, err = Build(in); err != nil || cfg.Hotplug != nil || argValues(cfg.Args, "-m")[0] != "512" {
 		t.Errorf("maxSize = size: %v %+v %v", err, cfg.Hotplug, argValues(cfg.Args, "-m"))
 	}
@@ -874,6 +874,45 @@ func TestBalloonReporting(t *testing.T) {
 		want := "virtio-balloon-pci,id=balloon0,free-page-reporting=" + map[bool]string{true: "on", false: "off"}[c.want] + ",deflate-on-oom=on"
 		if devs := argValues(cfg.Args, "-device"); !slices.Contains(devs, want) || cfg.BalloonReporting != c.want || !cfg.Balloon {
 			t.Errorf("kvm %v QEMU %s override %v: devices %q, want %s", c.kvm, c.version, c.override, devs, want)
+		}
+	}
+}
+
+// TestMemoryPad: under TCG with QEMU older than 9.0 (or an unknown version) the boot memory,
+// and maxmem with it, is MemoryPadKiB longer than asked, so that QEMU syncs its dirty bitmap
+// page by page; a migration target follows its source's choice.
+func TestMemoryPad(t *testing.T) {
+	for _, c := range []struct {
+		kvm      bool
+		version  string
+		override *bool
+		max      v1alpha1.Quantity
+		want     string
+	}{
+		{false, "7.2.22", nil, "", "262152K"},
+		{false, "", nil, "", "262152K"},
+		{false, "8.2.2", nil, "1Gi", "size=262152K,maxmem=1048584K"},
+		{false, "9.0.0", nil, "", "256"},
+		{true, "7.2.22", nil, "1Gi", "size=256M,maxmem=1024M"},
+		{true, "7.2.22", ptr(true), "", "262152K"},
+		{false, "7.2.22", ptr(false), "", "256"},
+	} {
+		in := validInput()
+		in.Node.KVM, in.Node.QEMUVersion, in.PadMemory = c.kvm, c.version, c.override
+		in.VM.Spec.Memory.Size, in.VM.Spec.Memory.MaxSize = "256Mi", c.max
+		cfg, err := Build(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pad := int64(0)
+		if strings.Contains(c.want, "K") {
+			pad = MemoryPadKiB
+		}
+		if got := argValues(cfg.Args, "-m"); len(got) != 1 || got[0] != c.want || cfg.MemoryPadKiB != pad || cfg.MemoryMiB != 256 {
+			t.Errorf("kvm %v QEMU %q override %v: -m %v pad %d, want %s", c.kvm, c.version, c.override, got, cfg.MemoryPadKiB, c.want)
+		}
+		if c.max != "" && (cfg.Hotplug == nil || cfg.Hotplug.RegionMiB != 768) {
+			t.Errorf("kvm %v QEMU %q: hot-plug %+v", c.kvm, c.version, cfg.Hotplug)
 		}
 	}
 }

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/qemu"
 )
 
 // powerIgnoreACPI stops the guest's acpid through its serial console, so the ACPI power
@@ -273,13 +275,24 @@ spec:
 	s.MustCLI(manifest("64Mi", 1), "apply", "-f", "-")
 	v := vmWait(t, s, "p", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	uid := v.UID
+	// cmdlineMem is QEMU's -m in MiB, without the padding a TCG host with QEMU < 9.0 adds
+	// (qemu.MemoryPadKiB), which status.resources.memory.padding must then show.
 	cmdlineMem := func() string {
 		t.Helper()
 		pid := vmQEMUPIDs(s.DataDir)[uid]
 		args := strings.Split(readCmdline(t, pid), "\x00")
 		for i := range args {
 			if args[i] == "-m" && i+1 < len(args) {
-				return args[i+1]
+				m := args[i+1]
+				kib, err := strconv.ParseInt(strings.TrimSuffix(m, "K"), 10, 64)
+				if !strings.HasSuffix(m, "K") || err != nil || kib%1024 != qemu.MemoryPadKiB {
+					return m
+				}
+				v := vmGet(t, s, "p")
+				if r := v.Status.Resources; r == nil || r.Memory.Padding != "8Ki" {
+					t.Errorf("QEMU runs with -m %s, and status.resources = %+v does not say padding 8Ki", m, r)
+				}
+				return strconv.FormatInt(kib>>10, 10)
 			}
 		}
 		t.Fatalf("no -m in QEMU's command line %q", args)
