@@ -786,6 +786,14 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		return
 	}
 	plan := planDowntime(m.Policy, in.accel)
+	if plan.paused = pausedTransfer(in.accel, a.nodeFacts().QEMUVersion, vm); plan.paused {
+		// Resumed by the next reconcile if the migration fails (decide.go).
+		if err := mon.Execute(ctx, "stop", nil, nil); err != nil {
+			fail(v1alpha1.MigrationReasonTransferFailed, "pausing the guest for the transfer: "+err.Error())
+			return
+		}
+		log.Info("the guest is paused for the whole transfer: it has memory plugged through virtio-mem, which QEMU before 9.0 under TCG cannot track while it runs")
+	}
 	if err := startStream(ctx, fdmon, dialer, m.Policy, plan); err != nil {
 		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 		return
@@ -893,7 +901,7 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		}
 		switch {
 		case st.Status == "completed":
-			a.finishOutgoing(ctx, vm, mon, m, st, log)
+			a.finishOutgoing(ctx, vm, mon, m, st, plan.paused, log)
 			return true
 		case st.Status == "failed" || st.Status == "cancelled" || (!migrationActive(st.Status) && st.Status != ""):
 			msg := "the migration stream failed"
@@ -931,8 +939,9 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 }
 
 // finishOutgoing records the figures of a completed stream in the migration (the target may
-// have switched over already) and ends the source's side of it.
-func (a *Agent) finishOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState, st migrateInfo, log interface{ Info(string, ...any) }) {
+// have switched over already) and ends the source's side of it. The downtime of a stream
+// whose guest was paused throughout (pausedTransfer) is the whole stream.
+func (a *Agent) finishOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState, st migrateInfo, paused bool, log interface{ Info(string, ...any) }) {
 	// QEMU 7.2 may say completed before it filled in the figures: ask again a few
 	// times (the target switches over meanwhile; this only delays the record).
 	for i := 0; i < 10 && st.TotalTime == 0; i++ {
@@ -945,6 +954,9 @@ func (a *Agent) finishOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 	}
 	p := progressOf(st, 0)
 	p.Percent, p.DowntimeMs, p.TotalTimeMs = 100, st.Downtime, st.TotalTime
+	if paused {
+		p.DowntimeMs = max(st.TotalTime, st.Downtime)
+	}
 	if in := a.inst(vm.UID); in != nil {
 		in.mu.Lock()
 		if !in.stoppedAt.IsZero() {
@@ -1010,10 +1022,27 @@ const (
 	downtimeMaxMs   = 300 // the maximum when the policy names none
 )
 
-// downtimePlan is how a stream's downtime limit goes: its maximum, and whether it grows.
+// pausedTransfer says the guest of vm, running under accel on a QEMU of qemuVersion, is
+// paused for its whole migration stream: under TCG with QEMU older than 9.0 (or of an unknown
+// version) when it has memory plugged through virtio-mem. Those QEMUs lose writes of a
+// running guest to RAM blocks that are whole words of the dirty bitmap long
+// (qemu.MemoryPadKiB); padding keeps the boot memory out of that path, but virtio-mem's
+// memory comes in 2 MiB blocks. A paused guest writes nothing while its memory is sent.
+func pausedTransfer(accel, qemuVersion string, vm *v1alpha1.VirtualMachine) bool {
+	if accel == "kvm" || qemu.VersionAtLeast(qemuVersion, 9, 0) {
+		return false
+	}
+	r := vm.Status.Resources
+	return r != nil && r.Memory.BootSize != "" &&
+		(memoryBytes(r.Memory.Hotplugged) > 0 || memoryBytes(r.Memory.Size) > memoryBytes(r.Memory.BootSize))
+}
+
+// downtimePlan is how a stream's downtime limit goes: its maximum, whether it grows, and
+// whether the guest is paused for the whole stream (pausedTransfer).
 type downtimePlan struct {
-	max  int64
-	grow bool
+	max    int64
+	grow   bool
+	paused bool
 }
 
 // planDowntime is the plan for a stream of a QEMU running under accel: the limit grows only

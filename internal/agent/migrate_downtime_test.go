@@ -48,3 +48,32 @@ func TestDowntimePlan(t *testing.T) {
 		t.Errorf("TCG with a 20 ms maximum: %d, want 20", got)
 	}
 }
+
+// TestPausedTransfer: only a VM with memory plugged through virtio-mem, under TCG with a QEMU
+// before 9.0 (or of an unknown version), is paused for its migration stream.
+func TestPausedTransfer(t *testing.T) {
+	plugged := &v1alpha1.VirtualMachineResources{Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "512Mi", MaxSize: "1Gi", BootSize: "256Mi", Hotplugged: "256Mi"}}
+	asked := &v1alpha1.VirtualMachineResources{Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "512Mi", MaxSize: "1Gi", BootSize: "256Mi", Hotplugged: "0"}}
+	unplugged := &v1alpha1.VirtualMachineResources{Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "256Mi", MaxSize: "1Gi", BootSize: "256Mi", Hotplugged: "0"}}
+	plain := &v1alpha1.VirtualMachineResources{Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "256Mi"}}
+	for _, c := range []struct {
+		accel, version string
+		res            *v1alpha1.VirtualMachineResources
+		want           bool
+	}{
+		{"tcg", "7.2.22", plugged, true},
+		{"tcg", "", plugged, true},
+		{"tcg", "7.2.22", asked, true},
+		{"tcg", "8.2.2", unplugged, false},
+		{"tcg", "7.2.22", plain, false},
+		{"tcg", "7.2.22", nil, false},
+		{"tcg", "9.0.0", plugged, false},
+		{"kvm", "7.2.22", plugged, false},
+	} {
+		vm := &v1alpha1.VirtualMachine{}
+		vm.Status.Resources = c.res
+		if got := pausedTransfer(c.accel, c.version, vm); got != c.want {
+			t.Errorf("%s QEMU %q resources %+v: paused %v, want %v", c.accel, c.version, c.res, got, c.want)
+		}
+	}
+}

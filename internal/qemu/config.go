@@ -1008,6 +1008,10 @@ func checkQEMUVersion(v string) error {
 }
 
 // versionAtLeast says v is maj.mnr or later (false when v is empty or unparsable).
+// VersionAtLeast says a QEMU version string ("7.2.22") is maj.mnr or later; false when it
+// cannot be read.
+func VersionAtLeast(v string, maj, mnr int) bool { return versionAtLeast(v, maj, mnr) }
+
 func versionAtLeast(v string, maj, mnr int) bool {
 	a, b, ok := parseVersion(v)
 	return ok && (a > maj || (a == maj && b >= mnr))
