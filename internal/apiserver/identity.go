@@ -98,15 +98,14 @@ func (s *Server) authenticateUser(ctx context.Context, tok string) (Identity, er
 	if !ok {
 		return Identity{}, errBadToken
 	}
-	kv, err := s.store.Get(ctx, userTokenKeyPrefix+id)
+	rec, err := cachedRecord(ctx, s, userTokenKeyPrefix+id, func(b []byte) (rec userTokenRecord, err error) {
+		err = json.Unmarshal(b, &rec)
+		return rec, err
+	})
 	if err != nil {
 		if errors.Is(err, errs.ErrNotFound) {
 			return Identity{}, errs.New(errs.ErrUnauthorized, "Unauthorized: token %s is not known (it expired more than a day ago, or never existed): log in again or make a new token", id)
 		}
-		return Identity{}, err
-	}
-	var rec userTokenRecord
-	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return Identity{}, fmt.Errorf("token %s: %w", id, err)
 	}
 	if !sameHash(secret, rec.Hash) {
@@ -130,26 +129,30 @@ func (s *Server) authenticateUser(ctx context.Context, tok string) (Identity, er
 // loadUser reads a User for authentication: a missing or disabled user is 401.
 func (s *Server) loadUser(ctx context.Context, name string) (*v1alpha1.User, error) {
 	st, _ := registry.ByResource("users")
-	kv, err := s.store.Get(ctx, key(st.Info, "", name))
+	u, err := cachedUser(ctx, s, key(st.Info, "", name))
 	if err != nil {
 		if errors.Is(err, errs.ErrNotFound) {
 			return nil, errs.New(errs.ErrUnauthorized, "Unauthorized: user %q does not exist (any more)", name)
 		}
-		return nil, err
-	}
-	return decodeUser(name, kv.Value)
-}
-
-// decodeUser decodes a stored User for authentication: a disabled user is 401.
-func decodeUser(name string, data []byte) (*v1alpha1.User, error) {
-	var u v1alpha1.User
-	if err := json.Unmarshal(data, &u); err != nil {
 		return nil, fmt.Errorf("user %q: %w", name, err)
 	}
+	return enabledUser(name, u)
+}
+
+// cachedUser reads a User through the authCache (shared: not to be changed).
+func cachedUser(ctx context.Context, s *Server, k string) (*v1alpha1.User, error) {
+	return cachedRecord(ctx, s, k, func(b []byte) (*v1alpha1.User, error) {
+		var u v1alpha1.User
+		return &u, json.Unmarshal(b, &u)
+	})
+}
+
+// enabledUser refuses a disabled user (401).
+func enabledUser(name string, u *v1alpha1.User) (*v1alpha1.User, error) {
 	if u.Spec.Disabled {
 		return nil, errs.New(errs.ErrUnauthorized, "Unauthorized: user %q is disabled", name)
 	}
-	return &u, nil
+	return u, nil
 }
 
 func userIdentity(u *v1alpha1.User) Identity {
@@ -166,22 +169,22 @@ func (s *Server) projectRole(ctx context.Context, id Identity, p string) (v1alph
 		return "", nil
 	}
 	st, _ := registry.ByResource("projects")
-	kv, err := s.store.Get(ctx, key(st.Info, "", p))
+	members, err := cachedRecord(ctx, s, key(st.Info, "", p), func(b []byte) ([]v1alpha1.ProjectMember, error) {
+		var proj struct {
+			Spec struct {
+				Members []v1alpha1.ProjectMember `json:"members"`
+			} `json:"spec"`
+		}
+		err := json.Unmarshal(b, &proj)
+		return proj.Spec.Members, err
+	})
 	if err != nil {
 		if errors.Is(err, errs.ErrNotFound) {
 			return "", nil
 		}
-		return "", err
-	}
-	var proj struct {
-		Spec struct {
-			Members []v1alpha1.ProjectMember `json:"members"`
-		} `json:"spec"`
-	}
-	if err := json.Unmarshal(kv.Value, &proj); err != nil {
 		return "", fmt.Errorf("project %q: %w", p, err)
 	}
-	return id.capRole(p, memberRole(proj.Spec.Members, id.User, id.Groups)), nil
+	return id.capRole(p, memberRole(members, id.User, id.Groups)), nil
 }
 
 // authorizeUserRequest looks up the user's role in the request's project and decides.

@@ -160,15 +160,14 @@ func (s *Server) authenticateOIDC(ctx context.Context, tok string) (Identity, er
 	}
 	id := Identity{Name: "user " + name, User: name, Groups: groups}
 	st := mustStrategy("users")
-	kv, err := s.store.Get(ctx, key(st.Info, "", name))
+	u, err := cachedUser(ctx, s, key(st.Info, "", name))
 	switch {
 	case errors.Is(err, errs.ErrNotFound):
 		// No User object: the token's name and groups are all there is.
 	case err != nil:
 		return Identity{}, err
 	default:
-		u, err := decodeUser(name, kv.Value) // refuses a disabled user
-		if err != nil {
+		if _, err := enabledUser(name, u); err != nil {
 			return Identity{}, err
 		}
 		id.ClusterRole = u.Spec.ClusterRole

@@ -116,8 +116,10 @@ type Server struct {
 	onFenced     func(store.Fence)
 	fenced       atomic.Int64
 	auditLog     *AuditLog
-	ctx          context.Context // ends when the server shuts down: ends watches
-	cancel       context.CancelFunc
+	// authCache keeps the token records, Users and Projects users' requests read.
+	authCache *authCache
+	ctx       context.Context // ends when the server shuts down: ends watches
+	cancel    context.CancelFunc
 }
 
 // New returns a Server.
@@ -146,6 +148,12 @@ func New(cfg Config) *Server {
 	s.metrics = newAPIMetrics()
 	s.metricsToken, s.metricsURL = cfg.MetricsToken, cfg.MetricsURL
 	s.store = newStoreMetrics(s.store, s.metrics.reg) // metrics_cluster.go
+	if s.store != nil {
+		users, _ := registry.ByResource("users")
+		projects, _ := registry.ByResource("projects")
+		s.authCache = newAuthCache(s.store, userTokenKeyPrefix, prefix(users.Info, ""), prefix(projects.Info, ""))
+		s.store = cacheStore{Store: s.store, cache: s.authCache} // authcache.go
+	}
 	s.metrics.reg.MustRegister(clusterCollector{s}, s.metrics.watches)
 	s.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "rakhsh_apiserver_fenced_writes_total",
