@@ -74,6 +74,16 @@ func newOIDCAuth(cfg OIDCConfig) (*oidcAuth, error) {
 	if cfg.GroupsClaim == "" {
 		cfg.GroupsClaim = "groups"
 	}
+	client, err := OIDCHTTPClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &oidcAuth{cfg: cfg, client: client}, nil
+}
+
+// OIDCHTTPClient is the HTTP client that reaches the issuer of cfg: trusting cfg.CAFile when
+// set (else the system's CAs).
+func OIDCHTTPClient(cfg OIDCConfig) (*http.Client, error) {
 	tcfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
@@ -86,8 +96,7 @@ func newOIDCAuth(cfg OIDCConfig) (*oidcAuth, error) {
 		}
 		tcfg.RootCAs = pool
 	}
-	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: tcfg, Proxy: http.ProxyFromEnvironment}}
-	return &oidcAuth{cfg: cfg, client: client}, nil
+	return &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: tcfg, Proxy: http.ProxyFromEnvironment}}, nil
 }
 
 // verifierFor discovers the issuer once.

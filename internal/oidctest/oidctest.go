@@ -6,12 +6,15 @@ package oidctest
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sync"
 	"time"
 
@@ -31,6 +34,14 @@ type Issuer struct {
 
 	mu      sync.Mutex
 	devices map[string]*device // by device code
+	codes   map[string]*authCode
+	login   map[string]any // the claims of who is logged in at the issuer (SetLogin)
+}
+
+// authCode is an authorization code the issuer gave a browser (authorization code flow).
+type authCode struct {
+	clientID, redirect, challenge, nonce string
+	claims                               map[string]any
 }
 
 // device is a pending device authorization (RFC 8628).
@@ -45,7 +56,7 @@ func Start() (*Issuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	is := &Issuer{key: key, kid: "test-key-1", devices: map[string]*device{}}
+	is := &Issuer{key: key, kid: "test-key-1", devices: map[string]*device{}, codes: map[string]*authCode{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{
@@ -56,6 +67,7 @@ func Start() (*Issuer, error) {
 		})
 	})
 	mux.HandleFunc("POST /device", is.serveDevice)
+	mux.HandleFunc("GET /auth", is.serveAuth)
 	mux.HandleFunc("POST /token", is.serveToken)
 	mux.HandleFunc("GET /keys", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &is.key.PublicKey, KeyID: is.kid, Algorithm: "RS256", Use: "sig"}}})
@@ -121,10 +133,87 @@ func (is *Issuer) serveDevice(w http.ResponseWriter, r *http.Request) {
 		"verification_uri_complete": is.URL + "/activate?user_code=" + uc, "expires_in": 300, "interval": 1})
 }
 
-// serveToken answers the device code grant: authorization_pending until Approve, then an ID
-// token for the client.
+// SetLogin plays a person logged in at the issuer with these claims: the authorization
+// endpoint then sends every browser straight back with a code for them (nil: nobody, and
+// browsers are sent back with access_denied).
+func (is *Issuer) SetLogin(claims map[string]any) {
+	is.mu.Lock()
+	is.login = claims
+	is.mu.Unlock()
+}
+
+// serveAuth is the authorization endpoint: a code for who is logged in (SetLogin), bound to
+// the client, redirect URI, PKCE challenge (S256 only) and nonce, sent back to the redirect URI
+// with the state.
+func (is *Issuer) serveAuth(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	redirect, err := url.Parse(q.Get("redirect_uri"))
+	if err != nil || redirect.Scheme == "" || q.Get("client_id") == "" || q.Get("response_type") != "code" {
+		http.Error(w, "invalid authorization request", http.StatusBadRequest)
+		return
+	}
+	back := redirect.Query()
+	back.Set("state", q.Get("state"))
+	is.mu.Lock()
+	login := is.login
+	switch {
+	case login == nil:
+		back.Set("error", "access_denied")
+	case q.Get("code_challenge_method") != "S256" || q.Get("code_challenge") == "":
+		back.Set("error", "invalid_request")
+		back.Set("error_description", "PKCE with S256 is required")
+	default:
+		code := randomHex(16)
+		is.codes[code] = &authCode{clientID: q.Get("client_id"), redirect: redirect.String(), challenge: q.Get("code_challenge"), nonce: q.Get("nonce"), claims: login}
+		back.Set("code", code)
+	}
+	is.mu.Unlock()
+	redirect.RawQuery = back.Encode()
+	http.Redirect(w, r, redirect.String(), http.StatusFound)
+}
+
+// serveCode answers the authorization code grant: the code once, for its client and redirect
+// URI, with the verifier of its challenge; an ID token with the nonce.
+func (is *Issuer) serveCode(w http.ResponseWriter, r *http.Request) {
+	client := r.PostFormValue("client_id")
+	if u, _, ok := r.BasicAuth(); ok {
+		client, _ = url.QueryUnescape(u)
+	}
+	code := r.PostFormValue("code")
+	is.mu.Lock()
+	c := is.codes[code]
+	delete(is.codes, code)
+	is.mu.Unlock()
+	sum := sha256.Sum256([]byte(r.PostFormValue("code_verifier")))
+	switch {
+	case c == nil || c.clientID != client || c.redirect != r.PostFormValue("redirect_uri"):
+		oauthError(w, "invalid_grant")
+		return
+	case base64.RawURLEncoding.EncodeToString(sum[:]) != c.challenge:
+		oauthError(w, "invalid_grant")
+		return
+	}
+	claims := map[string]any{"nonce": c.nonce}
+	for k, v := range c.claims {
+		claims[k] = v
+	}
+	idt, err := is.Token(c.clientID, time.Hour, claims)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	writeJSON(w, map[string]any{"access_token": "at-" + randomHex(8), "token_type": "Bearer", "expires_in": 3600, "id_token": idt})
+}
+
+// serveToken answers the device code grant (authorization_pending until Approve, then an ID
+// token for the client) and the authorization code grant (serveCode).
 func (is *Issuer) serveToken(w http.ResponseWriter, r *http.Request) {
-	if r.PostFormValue("grant_type") != "urn:ietf:params:oauth:grant-type:device_code" {
+	switch r.PostFormValue("grant_type") {
+	case "authorization_code":
+		is.serveCode(w, r)
+		return
+	case "urn:ietf:params:oauth:grant-type:device_code":
+	default:
 		oauthError(w, "unsupported_grant_type")
 		return
 	}

@@ -2,13 +2,17 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/pflag"
 
 	"github.com/rakhsh/rakhsh/internal/apiserver"
+	"github.com/rakhsh/rakhsh/internal/ui"
 )
 
 // IdentityConfig is serve's configuration of the audit log (and, with OIDC, of the
@@ -24,6 +28,9 @@ type IdentityConfig struct {
 	AuditStdout bool
 	// OIDC is the OpenID Connect issuer whose ID tokens are credentials (empty Issuer: none).
 	OIDC apiserver.OIDCConfig
+	// OIDCClientSecretFile holds the client's secret for the web UI's login at the issuer
+	// (empty: a public client, with PKCE).
+	OIDCClientSecretFile string
 }
 
 func addIdentityFlags(f *pflag.FlagSet, c *IdentityConfig) {
@@ -36,6 +43,33 @@ func addIdentityFlags(f *pflag.FlagSet, c *IdentityConfig) {
 	f.StringVar(&c.OIDC.UsernameClaim, "oidc-username-claim", "preferred_username", "the ID token claim that names the user")
 	f.StringVar(&c.OIDC.GroupsClaim, "oidc-groups-claim", "groups", "the ID token claim that lists the user's groups")
 	f.StringVar(&c.OIDC.CAFile, "oidc-ca-file", "", "CA bundle the issuer's certificate is checked against (default: the system's)")
+	f.StringVar(&c.OIDCClientSecretFile, "oidc-client-secret-file", "", "file holding the client secret the web UI's login at the issuer uses (default: none, a public client with PKCE)")
+}
+
+// uiOIDC is the web UI's login at the OIDC issuer of cfg (nil without one): the browser goes
+// to the issuer and back to https://HOST:PORT/ui/oidc/callback.
+func uiOIDC(c IdentityConfig, cfg *apiserver.OIDCConfig, api http.Handler) (*ui.OIDCLogin, error) {
+	if cfg == nil {
+		if c.OIDCClientSecretFile != "" {
+			return nil, errors.New("--oidc-client-secret-file needs --oidc-issuer")
+		}
+		return nil, nil
+	}
+	client, err := apiserver.OIDCHTTPClient(*cfg)
+	if err != nil {
+		return nil, err
+	}
+	o := &ui.OIDCLogin{Issuer: cfg.Issuer, ClientID: cfg.ClientID, HTTPClient: client, API: api}
+	if c.OIDCClientSecretFile != "" {
+		b, err := os.ReadFile(c.OIDCClientSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--oidc-client-secret-file: %w", err)
+		}
+		if o.ClientSecret = strings.TrimSpace(string(b)); o.ClientSecret == "" {
+			return nil, fmt.Errorf("--oidc-client-secret-file %s is empty", c.OIDCClientSecretFile)
+		}
+	}
+	return o, nil
 }
 
 // oidcConfig is the OIDC configuration serve's flags ask for: nil without --oidc-issuer, an

@@ -461,7 +461,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			ul.Close()
 			return err
 		}
-		servers = append(servers, newHTTPServer(withUI(api.RemoteHandler(), log), true))
+		remote := api.RemoteHandler()
+		uo, err := uiOIDC(cfg.Identity, acfg.OIDC, remote)
+		if err != nil {
+			tl.Close()
+			ul.Close()
+			return err
+		}
+		servers = append(servers, newHTTPServer(withUI(remote, uo, log), true))
 		listeners = append(listeners, tl)
 		cfg.uploadBases = uploadBases(cfg.Listen, tl.Addr())
 		log.Info("serving the API over TCP", "addr", tl.Addr().String(), "token-file", tokenFile)

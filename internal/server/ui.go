@@ -11,9 +11,10 @@ import (
 // logs in with an API token and its session cookie is turned into that token on every API
 // request (see internal/ui). A user with a local password logs in with it instead: the
 // session then holds a login token of that user.
-func withUI(api http.Handler, log *slog.Logger) http.Handler {
+func withUI(api http.Handler, oidc *ui.OIDCLogin, log *slog.Logger) http.Handler {
 	sessions := ui.NewSessions()
 	return ui.New(ui.Config{
+		OIDC:     oidc,
 		API:      api,
 		Sessions: sessions,
 		Methods: map[string]ui.LoginMethod{

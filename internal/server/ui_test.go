@@ -29,7 +29,7 @@ func uiTestServer(t *testing.T) (*httptest.Server, func(method, path, body strin
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	api := apiserver.New(apiserver.Config{Store: st, Log: log, AdminToken: "admin-secret"})
 	t.Cleanup(api.Shutdown)
-	hs := httptest.NewTLSServer(withUI(api.RemoteHandler(), log))
+	hs := httptest.NewTLSServer(withUI(api.RemoteHandler(), nil, log))
 	t.Cleanup(hs.Close)
 	jar, _ := cookiejar.New(nil)
 	c := hs.Client()

@@ -58,7 +58,10 @@ type Config struct {
 	// SessionOnly refuses every API request without a live session and ignores Authorization
 	// headers: for `rakhsh ui`, whose upstream is the admin socket.
 	SessionOnly bool
-	Log         *slog.Logger
+	// OIDC, when set, offers the login at the API's OpenID Connect issuer (method "oidc",
+	// started by GET /ui/oidc/login; oidc.go).
+	OIDC *OIDCLogin
+	Log  *slog.Logger
 }
 
 // Handler serves /ui/ and gates the API behind it.
@@ -88,6 +91,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.login(w, r)
 	case p == "/ui/logout":
 		h.logout(w, r)
+	case p == "/ui/oidc/login" && h.cfg.OIDC != nil && r.Method == http.MethodGet:
+		h.cfg.OIDC.start(w, r)
+	case p == "/ui/oidc/callback" && h.cfg.OIDC != nil && r.Method == http.MethodGet:
+		h.oidcCallback(w, r)
 	case strings.HasPrefix(p, "/ui/"):
 		h.assets.serve(w, r)
 	default:
@@ -181,9 +188,12 @@ type sessionInfo struct {
 }
 
 func (h *Handler) methods() []string {
-	m := make([]string, 0, len(h.cfg.Methods))
+	m := make([]string, 0, len(h.cfg.Methods)+1)
 	for k := range h.cfg.Methods {
 		m = append(m, k)
+	}
+	if h.cfg.OIDC != nil {
+		m = append(m, "oidc")
 	}
 	sort.Strings(m)
 	return m
@@ -257,6 +267,32 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: id, Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	h.cfg.Log.Info("ui login", "method", req.Method, "user", p.Name, "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, h.info(sess))
+}
+
+// oidcCallback answers GET /ui/oidc/callback, where the issuer sends the browser back: a
+// session of the user the API says the ID token is, then the UI; or a page saying why not.
+func (h *Handler) oidcCallback(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: oidcCookie, Value: "", Path: "/ui/oidc/", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	p, notAfter, err := h.cfg.OIDC.finish(r)
+	if err != nil {
+		if errors.Is(err, errOIDC) {
+			h.cfg.Log.Info("ui login refused", "method", "oidc", "remote", r.RemoteAddr, "err", err)
+			loginPage(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+		h.cfg.Log.Error("ui login failed", "method", "oidc", "err", err)
+		loginPage(w, http.StatusBadGateway, err.Error())
+		return
+	}
+	p.Method, p.NotAfter = "oidc", notAfter
+	if old := sessionCookie(r); old != "" {
+		h.end(r.Context(), old)
+	}
+	id, _ := h.cfg.Sessions.Create(p)
+	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: id, Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	h.cfg.Log.Info("ui login", "method", "oidc", "user", p.Name, "remote", r.RemoteAddr)
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 }
 
 // logout answers POST /ui/logout (with the CSRF header): the session ends.

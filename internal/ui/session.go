@@ -31,6 +31,8 @@ type Principal struct {
 	// Logout, when set, runs when the user logs out: e.g. it revokes the login token the
 	// session held.
 	Logout func(ctx context.Context)
+	// NotAfter, when set, ends the session then (the expiry of the ID token it holds).
+	NotAfter time.Time
 }
 
 // Session is one browser's login.
@@ -99,7 +101,7 @@ func (s *Sessions) expireLocked(now time.Time) {
 }
 
 func (s *Sessions) expired(v *Session, now time.Time) bool {
-	return now.Sub(v.seen) > s.IdleTimeout || now.Sub(v.created) > s.MaxAge
+	return now.Sub(v.seen) > s.IdleTimeout || now.Sub(v.created) > s.MaxAge || (!v.Principal.NotAfter.IsZero() && !now.Before(v.Principal.NotAfter))
 }
 
 // Get returns the live session of a cookie value and marks it used, or nil.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/oidctest"
 )
 
 // uiArtifactsDir is where the browser tests save their screenshots: $RAKHSH_TEST_ARTIFACTS/ui
@@ -136,7 +137,18 @@ func uiPoll(t *testing.T, ctx context.Context, timeout time.Duration, what, expr
 func TestUIBrowser(t *testing.T) {
 	vmGuestDir(t)
 	addr := freeAddr(t)
-	s := vmServe(t, "--listen", addr)
+	// The organisation's OpenID Connect issuer (the test's own, on loopback over TLS): the
+	// login page offers its single sign-on.
+	issuer, err := oidctest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer issuer.Close()
+	issuerCA := filepath.Join(t.TempDir(), "issuer-ca.pem")
+	if err := os.WriteFile(issuerCA, issuer.CAPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := vmServe(t, "--listen", addr, "--oidc-issuer", issuer.URL, "--oidc-client-id", "rakhsh-ui", "--oidc-ca-file", issuerCA)
 	vmSetupGuest(t, s)
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachineClass
@@ -376,4 +388,35 @@ spec: {displayName: Ulla}
 		t.Errorf("a Viewer is offered %d create links and %d action or console buttons", createLinks, stopButtons)
 	}
 	uiShot(t, ctx, shots, "viewer-vm")
+
+	// Single sign-on: olga, known only to the issuer, in group "staff", which is a User of the
+	// project; the browser goes to the issuer and comes back logged in as her.
+	s.MustCLI("", "patch", "project", "default", "--type", "merge", "-p", `{"spec":{"members":[{"name":"user:ulla","role":"Viewer"},{"name":"group:staff","role":"User"}]}}`)
+	issuer.SetLogin(map[string]any{"preferred_username": "olga", "groups": []string{"staff"}})
+	var landed string
+	uiRun(t, ctx, 30*time.Second, "log in with single sign-on",
+		chromedp.Click("#logout", chromedp.ByID),
+		chromedp.WaitVisible("#login-oidc", chromedp.ByID),
+		chromedp.Click("#login-oidc", chromedp.ByID),
+		chromedp.WaitVisible(`tr[data-vm="web1"]`, chromedp.ByQuery),
+		chromedp.Text("#user", &who, chromedp.ByID),
+		chromedp.Location(&landed))
+	if who != "olga" || !strings.HasPrefix(landed, base+"/ui/") {
+		t.Errorf("after the single sign-on the header names %q at %s", who, landed)
+	}
+	uiRun(t, ctx, 30*time.Second, "olga is a project User",
+		chromedp.Navigate(base+"/ui/#/vms/web1"),
+		chromedp.WaitVisible("#vm-name", chromedp.ByID),
+		chromedp.WaitVisible("#vm-console", chromedp.ByID))
+	uiShot(t, ctx, shots, "oidc-user-vm")
+	// Nobody logged in at the issuer: the browser comes back to a page that says so.
+	issuer.SetLogin(nil)
+	var ssoRefused string
+	uiRun(t, ctx, 30*time.Second, "a refused single sign-on",
+		chromedp.Navigate(base+"/ui/oidc/login"),
+		chromedp.WaitVisible("#login-error", chromedp.ByID),
+		chromedp.Text("#login-error", &ssoRefused, chromedp.ByID))
+	if !strings.Contains(ssoRefused, "access_denied") {
+		t.Errorf("a refused single sign-on shows %q", ssoRefused)
+	}
 }

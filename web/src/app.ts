@@ -333,7 +333,16 @@ function loginPage() {
     loginWith({ method: "token", token: token.value.trim() }, out);
   });
   const card = h("div", { class: "card login", role: "region", "aria-labelledby": "login-title" }, h("h1", { id: "login-title" }, "Log in to Rakhsh"));
-  let first: HTMLInputElement = token;
+  let first: HTMLElement = token;
+  if (session.methods.includes("oidc")) {
+    // The organisation's single sign-on: the server sends the browser to the issuer and back.
+    const sso = h("a", { class: "button primary", id: "login-oidc", href: "/ui/oidc/login" }, "Log in with single sign-on");
+    card.append(
+      h("div", { class: "actions", "aria-label": "Log in at your organisation's identity provider" }, sso),
+      h("h2", { class: "login-or" }, session.methods.includes("password") ? "Or with a user name and password" : "Or with an API token"),
+    );
+    first = sso;
+  }
   if (session.methods.includes("password")) {
     const user = h("input", { id: "username", type: "text", autocomplete: "username", required: true }) as HTMLInputElement;
     const pass = h("input", { id: "password", type: "password", autocomplete: "current-password", required: true }) as HTMLInputElement;
@@ -351,7 +360,7 @@ function loginPage() {
       loginWith({ method: "password", username: user.value.trim(), password: pass.value }, out);
     });
     card.append(passForm, h("h2", { class: "login-or" }, "Or with an API token"));
-    first = user;
+    if (first === token) first = user;
   }
   card.append(tokenForm, out);
   const r = root();
