@@ -69,18 +69,25 @@ stringData: {userData: "SECRET-VALUE-P1"}
 // create, delete or open a console; dave reads p1 through a group; revoked, expired and
 // disabled users' tokens are refused with 401; the audit log has the mutating calls and no
 // secret.
-func TestIdentity(t *testing.T) {
-	addr := freeAddr(t)
-	// An OpenID Connect issuer of the test's own (a real signing key, over TLS on loopback).
+// startIssuer starts an OpenID Connect issuer of the test's own (a real signing key, over TLS
+// on loopback) and writes its CA for serve's --oidc-ca-file; it stops with the test.
+func startIssuer(t *testing.T) (*oidctest.Issuer, string) {
+	t.Helper()
 	issuer, err := oidctest.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer issuer.Close()
-	issuerCA := filepath.Join(t.TempDir(), "issuer-ca.pem")
-	if err := os.WriteFile(issuerCA, issuer.CAPEM, 0o600); err != nil {
+	t.Cleanup(issuer.Close)
+	ca := filepath.Join(t.TempDir(), "issuer-ca.pem")
+	if err := os.WriteFile(ca, issuer.CAPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return issuer, ca
+}
+
+func TestIdentity(t *testing.T) {
+	addr := freeAddr(t)
+	issuer, issuerCA := startIssuer(t)
 	s := StartServe(t, "--no-agent", "--listen", addr, "--oidc-issuer", issuer.URL, "--oidc-client-id", "rakhsh", "--oidc-ca-file", issuerCA)
 	server := "https://" + addr
 	ca := filepath.Join(s.DataDir, "tls.crt")

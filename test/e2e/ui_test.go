@@ -18,7 +18,6 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/oidctest"
 )
 
 // uiArtifactsDir is where the browser tests save their screenshots: $RAKHSH_TEST_ARTIFACTS/ui
@@ -137,17 +136,8 @@ func uiPoll(t *testing.T, ctx context.Context, timeout time.Duration, what, expr
 func TestUIBrowser(t *testing.T) {
 	vmGuestDir(t)
 	addr := freeAddr(t)
-	// The organisation's OpenID Connect issuer (the test's own, on loopback over TLS): the
-	// login page offers its single sign-on.
-	issuer, err := oidctest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer issuer.Close()
-	issuerCA := filepath.Join(t.TempDir(), "issuer-ca.pem")
-	if err := os.WriteFile(issuerCA, issuer.CAPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// The organisation's OpenID Connect issuer: the login page offers its single sign-on.
+	issuer, issuerCA := startIssuer(t)
 	s := vmServe(t, "--listen", addr, "--oidc-issuer", issuer.URL, "--oidc-client-id", "rakhsh-ui", "--oidc-ca-file", issuerCA)
 	vmSetupGuest(t, s)
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
