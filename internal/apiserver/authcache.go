@@ -39,6 +39,7 @@ type authCache struct {
 type authEntry struct {
 	kv  store.KV
 	val any
+	at  time.Time
 }
 
 // authCacheMax bounds the entries (a token record, a User or a Project each); when full, the
@@ -48,6 +49,11 @@ const authCacheMax = 20000
 // authCacheRetry is how long the cache waits before watching again after a watch ended.
 const authCacheRetry = time.Second
 
+// authCacheMaxAge bounds how long an entry is used without reading the store again: a watch
+// that stalls without ending (an etcd client cut off from every member retries quietly) then
+// leaves a change made elsewhere unseen for at most this long.
+const authCacheMaxAge = 10 * time.Second
+
 func newAuthCache(st store.Store, prefixes ...string) *authCache {
 	return &authCache{st: st, prefixes: prefixes, entries: map[string]authEntry{}}
 }
@@ -56,7 +62,7 @@ func newAuthCache(st store.Store, prefixes ...string) *authCache {
 // decode made of it; the first call starts the watch, which ends with life.
 func (c *authCache) get(ctx, life context.Context, key string, decode func([]byte) (any, error)) (store.KV, any, error) {
 	c.mu.Lock()
-	if e, ok := c.entries[key]; ok && e.val != nil {
+	if e, ok := c.entries[key]; ok && e.val != nil && time.Since(e.at) < authCacheMaxAge {
 		c.mu.Unlock()
 		return e.kv, e.val, nil
 	}
@@ -79,7 +85,7 @@ func (c *authCache) get(ctx, life context.Context, key string, decode func([]byt
 		if len(c.entries) >= authCacheMax {
 			clear(c.entries)
 		}
-		c.entries[key] = authEntry{kv: kv, val: val}
+		c.entries[key] = authEntry{kv: kv, val: val, at: time.Now()}
 	}
 	c.mu.Unlock()
 	return kv, val, nil

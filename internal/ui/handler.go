@@ -272,8 +272,9 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 // oidcCallback answers GET /ui/oidc/callback, where the issuer sends the browser back: a
 // session of the user the API says the ID token is, then the UI; or a page saying why not.
 func (h *Handler) oidcCallback(w http.ResponseWriter, r *http.Request) {
-	http.SetCookie(w, &http.Cookie{Name: oidcCookie, Value: "", Path: "/ui/oidc/", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
-	p, notAfter, err := h.cfg.OIDC.finish(r)
+	name, path := oidcCookie(r)
+	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: path, MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	done, err := h.cfg.OIDC.finish(r)
 	if err != nil {
 		if errors.Is(err, errOIDC) {
 			h.cfg.Log.Info("ui login refused", "method", "oidc", "remote", r.RemoteAddr, "err", err)
@@ -284,9 +285,12 @@ func (h *Handler) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		loginPage(w, http.StatusBadGateway, err.Error())
 		return
 	}
-	p.Method, p.NotAfter = "oidc", notAfter
-	if old := sessionCookie(r); old != "" {
-		h.end(r.Context(), old)
+	p := done.principal
+	p.Method, p.NotAfter = "oidc", done.notAfter
+	for _, old := range []string{sessionCookie(r), done.oldSession} {
+		if old != "" {
+			h.end(r.Context(), old)
+		}
 	}
 	id, _ := h.cfg.Sessions.Create(p)
 	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: id, Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})

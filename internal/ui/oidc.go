@@ -42,22 +42,40 @@ type OIDCLogin struct {
 
 	mu       sync.Mutex
 	provider *oidc.Provider
+	lastErr  error // the last failed discovery, tried again after oidcRetry
+	lastTry  time.Time
 	pending  map[[32]byte]pendingLogin // by SHA-256 of the state
 }
 
 // pendingLogin is a browser sent to the issuer and not back yet.
 type pendingLogin struct {
+	// binding is the SHA-256 of the secret in the browser's cookie: only the browser that
+	// started the login can finish it, whoever else learns the callback URL.
+	binding                   [32]byte
 	verifier, nonce, redirect string
-	expires                   time.Time
+	// oldSession is the session cookie the browser had when it started (ended at the
+	// callback, where the Strict cookie is not sent).
+	oldSession string
+	expires    time.Time
 }
 
 // oidcLoginTTL is how long a browser may take at the issuer; oidcPendingMax bounds the logins
-// in flight (the oldest are dropped beyond it).
+// in flight (those nearest their end are dropped beyond it); oidcRetry spaces discoveries of
+// an issuer that failed.
 const (
 	oidcLoginTTL   = 10 * time.Minute
 	oidcPendingMax = 10000
-	oidcCookie     = "rakhsh-oidc-state"
+	oidcRetry      = 10 * time.Second
 )
+
+// oidcCookie is the name and path of the cookie that binds a login to its browser: with TLS
+// the __Host- prefix keeps other hosts and plain-http pages from setting it.
+func oidcCookie(r *http.Request) (name, path string) {
+	if r.TLS != nil {
+		return "__Host-rakhsh-oidc", "/"
+	}
+	return "rakhsh-oidc", "/ui/oidc/"
+}
 
 func (o *OIDCLogin) now() time.Time {
 	if o.Now != nil {
@@ -66,18 +84,28 @@ func (o *OIDCLogin) now() time.Time {
 	return time.Now()
 }
 
-// discover finds the issuer's endpoints once.
+// discover finds the issuer's endpoints once (outside the lock; a failure is remembered for
+// oidcRetry, so an issuer that is down is not asked on every request).
 func (o *OIDCLogin) discover(ctx context.Context) (*oidc.Provider, error) {
 	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.provider != nil {
-		return o.provider, nil
+	if p := o.provider; p != nil {
+		o.mu.Unlock()
+		return p, nil
 	}
+	if err := o.lastErr; err != nil && o.now().Sub(o.lastTry) < oidcRetry {
+		o.mu.Unlock()
+		return nil, err
+	}
+	o.lastTry = o.now()
+	o.mu.Unlock()
 	p, err := oidc.NewProvider(oidc.ClientContext(context.WithoutCancel(ctx), o.HTTPClient), o.Issuer)
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("the OpenID Connect issuer %s cannot be reached: %w", o.Issuer, err)
+		o.lastErr = fmt.Errorf("the OpenID Connect issuer %s cannot be reached: %w", o.Issuer, err)
+		return nil, o.lastErr
 	}
-	o.provider = p
+	o.provider, o.lastErr = p, nil
 	return p, nil
 }
 
@@ -100,30 +128,39 @@ func callbackURL(r *http.Request) string {
 }
 
 // start answers GET /ui/oidc/login: a state, a PKCE verifier and a nonce are kept for the
-// browser (the state also in a cookie, so that only the browser that started the login can
-// finish it), and the browser goes to the issuer.
+// browser, bound to it by a secret in a cookie (so that only the browser that started the
+// login can finish it), and the browser goes to the issuer.
 func (o *OIDCLogin) start(w http.ResponseWriter, r *http.Request) {
 	p, err := o.discover(r.Context())
 	if err != nil {
 		loginPage(w, http.StatusBadGateway, err.Error())
 		return
 	}
-	state, nonce, verifier := randomString(32), randomString(32), oauth2.GenerateVerifier()
+	state, nonce, verifier, binding := randomString(32), randomString(32), oauth2.GenerateVerifier(), randomString(32)
 	redirect := callbackURL(r)
 	now := o.now()
 	o.mu.Lock()
 	if o.pending == nil {
 		o.pending = map[[32]byte]pendingLogin{}
 	}
+	var first [32]byte
+	var firstEnd time.Time
 	for k, v := range o.pending {
-		if now.After(v.expires) || len(o.pending) >= oidcPendingMax {
+		if now.After(v.expires) {
 			delete(o.pending, k)
+		} else if firstEnd.IsZero() || v.expires.Before(firstEnd) {
+			first, firstEnd = k, v.expires
 		}
 	}
-	o.pending[sha256.Sum256([]byte(state))] = pendingLogin{verifier: verifier, nonce: nonce, redirect: redirect, expires: now.Add(oidcLoginTTL)}
+	if len(o.pending) >= oidcPendingMax {
+		delete(o.pending, first)
+	}
+	o.pending[sha256.Sum256([]byte(state))] = pendingLogin{binding: sha256.Sum256([]byte(binding)), verifier: verifier, nonce: nonce,
+		redirect: redirect, oldSession: sessionCookie(r), expires: now.Add(oidcLoginTTL)}
 	o.mu.Unlock()
 	// Lax: the issuer's redirect back is a cross-site navigation, which a Strict cookie misses.
-	http.SetCookie(w, &http.Cookie{Name: oidcCookie, Value: state, Path: "/ui/oidc/", MaxAge: int(oidcLoginTTL.Seconds()),
+	name, path := oidcCookie(r)
+	http.SetCookie(w, &http.Cookie{Name: name, Value: binding, Path: path, MaxAge: int(oidcLoginTTL.Seconds()),
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
 	url := o.oauth(p, redirect).AuthCodeURL(state, oauth2.S256ChallengeOption(verifier), oidc.Nonce(nonce))
 	w.Header().Set("Cache-Control", "no-store")
@@ -133,53 +170,68 @@ func (o *OIDCLogin) start(w http.ResponseWriter, r *http.Request) {
 // errOIDC is a refused callback: said to the browser, logged without the details of a secret.
 var errOIDC = errors.New("OpenID Connect login refused")
 
-// finish handles GET /ui/oidc/callback: the state must be the browser's own and pending, the
-// code is exchanged (with the PKCE verifier), the ID token verified (issuer, audience, expiry,
-// nonce) and then accepted by the API, which names the user.
-func (o *OIDCLogin) finish(r *http.Request) (Principal, time.Time, error) {
+// oidcDone is a finished login: who, until when, and the session the browser had before.
+type oidcDone struct {
+	principal  Principal
+	notAfter   time.Time
+	oldSession string
+}
+
+// finish handles GET /ui/oidc/callback: the state must be pending (any callback naming it
+// ends it) and bound to this browser, the code is exchanged (with the PKCE verifier), the ID
+// token verified (issuer, audience, expiry, nonce) and then accepted by the API, which names
+// the user. The issuer's own error is shown only for a login of this browser.
+func (o *OIDCLogin) finish(r *http.Request) (oidcDone, error) {
 	q := r.URL.Query()
-	if e := q.Get("error"); e != "" {
-		return Principal{}, time.Time{}, fmt.Errorf("%w: the issuer answered %s: %s", errOIDC, e, q.Get("error_description"))
-	}
 	state, code := q.Get("state"), q.Get("code")
-	c, err := r.Cookie(oidcCookie)
-	if state == "" || code == "" || err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(state)) != 1 {
-		return Principal{}, time.Time{}, fmt.Errorf("%w: this browser did not start this login (no or another state): start again", errOIDC)
-	}
 	key := sha256.Sum256([]byte(state))
 	o.mu.Lock()
 	pl, ok := o.pending[key]
 	delete(o.pending, key)
 	o.mu.Unlock()
-	if !ok || o.now().After(pl.expires) {
-		return Principal{}, time.Time{}, fmt.Errorf("%w: the login was used already or took longer than %s: start again", errOIDC, oidcLoginTTL)
+	if state == "" || !ok || o.now().After(pl.expires) {
+		return oidcDone{}, fmt.Errorf("%w: the login is not known, was used already or took longer than %s: start again", errOIDC, oidcLoginTTL)
+	}
+	name, _ := oidcCookie(r)
+	c, err := r.Cookie(name)
+	if err != nil {
+		return oidcDone{}, fmt.Errorf("%w: this browser did not start this login: start again", errOIDC)
+	}
+	if sum := sha256.Sum256([]byte(c.Value)); subtle.ConstantTimeCompare(sum[:], pl.binding[:]) != 1 {
+		return oidcDone{}, fmt.Errorf("%w: this browser did not start this login: start again", errOIDC)
+	}
+	if e := q.Get("error"); e != "" {
+		return oidcDone{}, fmt.Errorf("%w: the issuer answered %s: %s", errOIDC, e, q.Get("error_description"))
+	}
+	if code == "" {
+		return oidcDone{}, fmt.Errorf("%w: the issuer sent no code", errOIDC)
 	}
 	p, err := o.discover(r.Context())
 	if err != nil {
-		return Principal{}, time.Time{}, err
+		return oidcDone{}, err
 	}
 	ctx := oidc.ClientContext(r.Context(), o.HTTPClient)
 	tok, err := o.oauth(p, pl.redirect).Exchange(ctx, code, oauth2.VerifierOption(pl.verifier))
 	if err != nil {
-		return Principal{}, time.Time{}, fmt.Errorf("%w: exchanging the code at the issuer: %v", errOIDC, err)
+		return oidcDone{}, fmt.Errorf("%w: exchanging the code at the issuer: %v", errOIDC, err)
 	}
 	raw, _ := tok.Extra("id_token").(string)
 	if raw == "" {
-		return Principal{}, time.Time{}, fmt.Errorf("%w: the issuer's answer holds no ID token", errOIDC)
+		return oidcDone{}, fmt.Errorf("%w: the issuer's answer holds no ID token", errOIDC)
 	}
 	idt, err := p.Verifier(&oidc.Config{ClientID: o.ClientID, Now: o.now}).Verify(ctx, raw)
 	if err != nil {
-		return Principal{}, time.Time{}, fmt.Errorf("%w: the ID token is not valid: %v", errOIDC, err)
+		return oidcDone{}, fmt.Errorf("%w: the ID token is not valid: %v", errOIDC, err)
 	}
 	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(pl.nonce)) != 1 {
-		return Principal{}, time.Time{}, fmt.Errorf("%w: the ID token's nonce is not this login's", errOIDC)
+		return oidcDone{}, fmt.Errorf("%w: the ID token's nonce is not this login's", errOIDC)
 	}
 	authorize := func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+raw) }
 	who, err := whoAmI(r.Context(), o.API, authorize)
 	if err != nil {
-		return Principal{}, time.Time{}, err
+		return oidcDone{}, err
 	}
-	return Principal{Name: who.User, Authorize: authorize}, idt.Expiry, nil
+	return oidcDone{principal: Principal{Name: who.User, Authorize: authorize}, notAfter: idt.Expiry, oldSession: pl.oldSession}, nil
 }
 
 // whoAmI asks the API who a credential belongs to.

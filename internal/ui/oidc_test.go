@@ -131,6 +131,41 @@ func TestOIDCLogin(t *testing.T) {
 		t.Error("another browser is logged in")
 	}
 
+	// A callback URL that leaks (history, logs) is of no use to another browser, and its use
+	// there ends the login for its own browser too.
+	b2 := browser()
+	var leaked string
+	b2.CheckRedirect = func(r *http.Request, via []*http.Request) error {
+		if r.URL.Path == "/ui/oidc/callback" {
+			leaked = r.URL.String()
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}
+	if res, err = b2.Get(srv.URL + "/ui/oidc/login"); err != nil || leaked == "" {
+		t.Fatalf("a second login did not reach the callback: %v", err)
+	}
+	res.Body.Close()
+	for _, try := range []struct {
+		name string
+		c    *http.Client
+	}{{"a thief", browser()}, {"its own browser, after the thief", b2}} {
+		name, c := try.name, try.c
+		c.CheckRedirect = nil
+		res, err := c.Get(leaked)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "login-error") {
+			t.Errorf("%s with the leaked callback: %d %s", name, res.StatusCode, body)
+		}
+		if session(c).LoggedIn {
+			t.Errorf("%s is logged in", name)
+		}
+	}
+
 	// The session ends with its ID token (an hour here).
 	h.cfg.Sessions.Now = func() time.Time { return time.Now().Add(61 * time.Minute) }
 	h.cfg.Sessions.IdleTimeout = 2 * time.Hour
