@@ -334,6 +334,28 @@ spec:
 		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Stopped"]`, chromedp.ByQuery))
 	uiShot(t, ctx, shots, "vms-stopped")
 
+	// The operator's nodes page: the host, live; cordoned and uncordoned with a click.
+	var first v1alpha1.Node
+	if l, err := c.List(context.Background(), "nodes", "", client.ListOptions{}); err != nil || len(l.Items) != 1 || json.Unmarshal(l.Items[0], &first) != nil {
+		t.Fatalf("the all-in-one host's node: %v %v", err, l)
+	}
+	nodeName := first.Name
+	row := fmt.Sprintf(`tr[data-node=%q]`, nodeName)
+	uiRun(t, ctx, 30*time.Second, "the nodes page",
+		chromedp.Click(`header a[href="#/nodes"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(row+` [data-phase="Ready"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(row+` [data-scheduling="schedulable"]`, chromedp.ByQuery),
+		chromedp.Click(fmt.Sprintf(`[id=%q]`, "node-cordon-"+nodeName), chromedp.ByQuery),
+		chromedp.WaitVisible(row+` [data-scheduling="cordoned"]`, chromedp.ByQuery))
+	var cordoned v1alpha1.Node
+	if err := c.Get(context.Background(), "nodes", "", nodeName, &cordoned); err != nil || !cordoned.Spec.Unschedulable {
+		t.Errorf("after Cordon in the UI the node's spec.unschedulable is %v (%v)", cordoned.Spec.Unschedulable, err)
+	}
+	uiShot(t, ctx, shots, "nodes")
+	uiRun(t, ctx, 30*time.Second, "uncordon",
+		chromedp.Click(fmt.Sprintf(`[id=%q]`, "node-uncordon-"+nodeName), chromedp.ByQuery),
+		chromedp.WaitVisible(row+` [data-scheduling="schedulable"]`, chromedp.ByQuery))
+
 	// A user with a local password: log out, a wrong password is refused, the right one logs in
 	// as that user, who sees the VMs of the project they are a Viewer of.
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1

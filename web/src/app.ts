@@ -66,6 +66,15 @@ async function loadWho() {
   }
 }
 
+// clusterRead says the identity may read cluster objects such as nodes (the operator pages);
+// clusterAdmin that it may change them.
+function clusterRead(): boolean {
+  return !!who && (!!who.admin || who.clusterRole === "ClusterAdmin" || who.clusterRole === "ClusterViewer");
+}
+function clusterAdmin(): boolean {
+  return !!who && (!!who.admin || who.clusterRole === "ClusterAdmin");
+}
+
 // canWrite says the identity may change VMs of the current project and open their consoles.
 function canWrite(): boolean {
   if (!who) return true;
@@ -265,7 +274,13 @@ async function frame(active: string, content: HTMLElement): Promise<void> {
       { class: "top" },
       h("span", { class: "brand" }, "Rakhsh"),
       sel,
-      h("nav", { "aria-label": "Main" }, link("#/vms", "Virtual machines", "vms"), ...(canWrite() ? [" ", link("#/create", "Create VM", "create")] : [])),
+      h(
+        "nav",
+        { "aria-label": "Main" },
+        link("#/vms", "Virtual machines", "vms"),
+        ...(canWrite() ? [" ", link("#/create", "Create VM", "create")] : []),
+        ...(clusterRead() ? [" ", link("#/nodes", "Nodes", "nodes")] : []),
+      ),
       h("span", { class: "spacer" }),
       h("span", { id: "user" }, session.user || ""),
       logout,
@@ -293,6 +308,7 @@ async function route() {
   if (parts[0] === "vms" && parts[1] && parts[2] === "vnc") return vncPage(parts[1]);
   if (parts[0] === "vms" && parts[1]) return vmPage(parts[1]);
   if (parts[0] === "create") return createPage();
+  if (parts[0] === "nodes") return nodesPage();
   if (parts[0] === "login") return go("#/vms");
   return vmListPage();
 }
@@ -419,6 +435,102 @@ function vmListPage() {
   const w = new Watch(nsPath("virtualmachines"), "", render, (e) => {
     clear(status);
     status.append(errorBox(e));
+  });
+  onCleanup(() => w.stop());
+}
+
+// ---- nodes (operators) ---------------------------------------------------------------------
+
+function condition(o: any, type: string): any {
+  return (o.status?.conditions || []).find((c: any) => c.type === type);
+}
+
+// nodesPage lists the hosts, live: phase, accelerator, what is allocated of what VMs may use,
+// and whether new VMs may go there; a ClusterAdmin cordons a node or puts it in maintenance
+// (its VMs are moved off by the control plane, docs/nodes.md).
+function nodesPage() {
+  const body = h("tbody");
+  const out = h("div", { id: "node-result" });
+  const content = h(
+    "div",
+    {},
+    h("h1", {}, "Nodes"),
+    out,
+    h(
+      "table",
+      { class: "vms", id: "node-list" },
+      h("thead", {}, h("tr", {}, ...["Name", "Phase", "Accelerator", "QEMU", "vCPUs allocated", "Memory allocated", "Scheduling", ""].map((c) => h("th", { scope: "col" }, c)))),
+      body,
+    ),
+  );
+  frame("nodes", content);
+  const patch = async (name: string, spec: Record<string, unknown>, label: string) => {
+    clear(out);
+    try {
+      await api("PATCH", `${GV}/nodes/${encodeURIComponent(name)}`, { spec }, "application/merge-patch+json");
+      out.append(h("div", { class: "notice", role: "status" }, `${label}: done.`));
+    } catch (e) {
+      out.append(errorBox(e));
+    }
+  };
+  const render = (w: Watch) => {
+    clear(body);
+    const nodes = [...w.items.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+    if (nodes.length === 0) body.append(h("tr", {}, h("td", { colspan: "8" }, "No nodes have joined yet.")));
+    for (const n of nodes) {
+      const name = n.metadata.name as string;
+      const st = n.status || {};
+      const maint = condition(n, "Maintenance");
+      const sched = n.spec?.maintenance ? `maintenance${maint?.reason ? " (" + maint.reason + ")" : ""}` : n.spec?.unschedulable ? "cordoned" : "schedulable";
+      const actions: HTMLElement[] = [];
+      if (clusterAdmin()) {
+        const id = (a: string) => `node-${a}-${name}`;
+        actions.push(
+          n.spec?.unschedulable
+            ? h("button", { type: "button", id: id("uncordon"), onclick: () => patch(name, { unschedulable: null }, `Uncordon ${name}`) }, "Uncordon")
+            : h("button", { type: "button", id: id("cordon"), onclick: () => patch(name, { unschedulable: true }, `Cordon ${name}`) }, "Cordon"),
+          n.spec?.maintenance
+            ? h("button", { type: "button", id: id("maintenance-off"), onclick: () => patch(name, { maintenance: null }, `End maintenance of ${name}`) }, "End maintenance")
+            : h(
+                "button",
+                {
+                  type: "button",
+                  id: id("maintenance-on"),
+                  class: "danger",
+                  onclick: async () => {
+                    const ok = await confirmDialog(
+                      `Put ${name} in maintenance?`,
+                      "New VMs stay off it, and the VMs running there are moved away: live-migrated, or stopped and started elsewhere, as each VM's policy says.",
+                      "Start maintenance",
+                    );
+                    if (ok) patch(name, { maintenance: true }, `Maintenance of ${name}`);
+                  },
+                },
+                "Maintenance",
+              ),
+        );
+      }
+      const alloc = st.allocated || {};
+      const able = st.allocatable || {};
+      body.append(
+        h(
+          "tr",
+          { "data-node": name },
+          h("td", {}, name),
+          h("td", {}, h("span", { class: `phase phase-${st.phase || "Unknown"}`, "data-phase": st.phase || "" }, st.phase || "Unknown")),
+          h("td", {}, st.accelerator || ""),
+          h("td", {}, st.qemuVersion || ""),
+          h("td", {}, able.cpu !== undefined ? `${alloc.cpu ?? 0} of ${able.cpu}` : ""),
+          h("td", {}, able.memory ? `${alloc.memory || "0"} of ${able.memory}` : ""),
+          h("td", { class: "scheduling", "data-scheduling": sched }, sched),
+          h("td", { class: "actions" }, ...actions),
+        ),
+      );
+    }
+  };
+  const w = new Watch(`${GV}/nodes`, "", render, (e) => {
+    clear(out);
+    out.append(errorBox(e));
   });
   onCleanup(() => w.stop());
 }
