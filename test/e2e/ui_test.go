@@ -355,6 +355,20 @@ spec:
 	uiRun(t, ctx, 30*time.Second, "uncordon",
 		chromedp.Click(fmt.Sprintf(`[id=%q]`, "node-uncordon-"+nodeName), chromedp.ByQuery),
 		chromedp.WaitVisible(row+` [data-scheduling="schedulable"]`, chromedp.ByQuery))
+	// The other operator pages: classes with their sizing policies, images, projects.
+	var classRow, imageRow string
+	uiRun(t, ctx, 30*time.Second, "the classes and cluster images pages",
+		chromedp.Click(`header a[href="#/classes"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#classes-list tr[data-name="small"]`, chromedp.ByQuery),
+		chromedp.Text(`#classes-list tr[data-name="small"]`, &classRow, chromedp.ByQuery),
+		chromedp.Click(`header a[href="#/images"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#images-list tr[data-name="guest"]`, chromedp.ByQuery),
+		chromedp.Text(`#images-list tr[data-name="guest"]`, &imageRow, chromedp.ByQuery),
+		chromedp.Click(`header a[href="#/projects"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#projects-list tr[data-name="default"]`, chromedp.ByQuery))
+	if !strings.Contains(classRow, "cores 1–2") || !strings.Contains(imageRow, "Ready") {
+		t.Errorf("operator pages: class row %q, image row %q", classRow, imageRow)
+	}
 
 	// A user with a local password: log out, a wrong password is refused, the right one logs in
 	// as that user, who sees the VMs of the project they are a Viewer of.

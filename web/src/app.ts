@@ -279,7 +279,7 @@ async function frame(active: string, content: HTMLElement): Promise<void> {
         { "aria-label": "Main" },
         link("#/vms", "Virtual machines", "vms"),
         ...(canWrite() ? [" ", link("#/create", "Create VM", "create")] : []),
-        ...(clusterRead() ? [" ", link("#/nodes", "Nodes", "nodes")] : []),
+        ...(clusterRead() ? operatorPages.flatMap((pg) => [" ", link(`#/${pg.key}`, pg.title, pg.key)]) : []),
       ),
       h("span", { class: "spacer" }),
       h("span", { id: "user" }, session.user || ""),
@@ -309,6 +309,8 @@ async function route() {
   if (parts[0] === "vms" && parts[1]) return vmPage(parts[1]);
   if (parts[0] === "create") return createPage();
   if (parts[0] === "nodes") return nodesPage();
+  const op = operatorPages.find((pg) => pg.key === parts[0]);
+  if (op && op.columns) return clusterListPage(op);
   if (parts[0] === "login") return go("#/vms");
   return vmListPage();
 }
@@ -435,6 +437,106 @@ function vmListPage() {
   const w = new Watch(nsPath("virtualmachines"), "", render, (e) => {
     clear(status);
     status.append(errorBox(e));
+  });
+  onCleanup(() => w.stop());
+}
+
+// ---- operator pages ------------------------------------------------------------------------
+
+// An operator page: a live table of one cluster-scoped kind (nodes have a page of their own,
+// with actions).
+interface OperatorPage {
+  key: string;
+  title: string;
+  resource?: string;
+  columns?: [string, (o: any) => string][];
+}
+
+const quota = (q: any) =>
+  q ? [q.cores !== undefined ? `${q.cores} cores` : "", q.memory ? `${q.memory} memory` : "", q.disk ? `${q.disk} disk` : "", q.virtualMachines !== undefined ? `${q.virtualMachines} VMs` : ""].filter(Boolean).join(", ") : "";
+
+const operatorPages: OperatorPage[] = [
+  { key: "nodes", title: "Nodes" },
+  {
+    key: "classes",
+    title: "Classes",
+    resource: "virtualmachineclasses",
+    columns: [
+      ["Phase", (o) => o.status?.phase || ""],
+      ["CPU", (o) => [o.spec?.cpu?.type, o.spec?.cpu?.model].filter(Boolean).join(" ")],
+      ["Sizing policies", (o) => (o.spec?.sizingPolicies || []).map(policyText).join("; ")],
+      ["Nodes", (o) => (o.status?.availableNodes || []).join(", ")],
+    ],
+  },
+  {
+    key: "images",
+    title: "Cluster images",
+    resource: "clustervirtualimages",
+    columns: [
+      ["Phase", (o) => o.status?.phase || ""],
+      ["Progress", (o) => o.status?.progress || ""],
+      ["Format", (o) => o.status?.format || ""],
+      ["Size", (o) => o.status?.size?.unpacked || o.status?.size?.stored || ""],
+    ],
+  },
+  {
+    key: "networks",
+    title: "Networks",
+    resource: "clusternetworks",
+    columns: [
+      ["Phase", (o) => o.status?.phase || ""],
+      ["Type", (o) => o.spec?.type || ""],
+      ["Subnet", (o) => o.spec?.subnet || o.spec?.bridge || ""],
+      ["Addresses in use", (o) => String(o.status?.allocatedIPs ?? "")],
+    ],
+  },
+  {
+    key: "storageclasses",
+    title: "Storage classes",
+    resource: "storageclasses",
+    columns: [
+      ["Type", (o) => o.spec?.type || ""],
+      ["Path", (o) => o.spec?.local?.path || o.spec?.shared?.path || ""],
+      ["Ready", (o) => condition(o, "Ready")?.status || ""],
+    ],
+  },
+  {
+    key: "projects",
+    title: "Projects",
+    resource: "projects",
+    columns: [
+      ["Phase", (o) => o.status?.phase || ""],
+      ["Quota", (o) => quota(o.spec?.quota)],
+      ["Used", (o) => quota(o.status?.used)],
+      ["Members", (o) => (o.spec?.members || []).map((m: any) => `${m.name} (${m.role})`).join(", ")],
+    ],
+  },
+];
+
+// clusterListPage is an operator page's live table: the name, then its columns.
+function clusterListPage(pg: OperatorPage) {
+  const body = h("tbody");
+  const out = h("div");
+  const cols = pg.columns || [];
+  frame(
+    pg.key,
+    h(
+      "div",
+      {},
+      h("h1", {}, pg.title),
+      out,
+      h("table", { class: "vms", id: `${pg.key}-list` }, h("thead", {}, h("tr", {}, ...["Name", ...cols.map((c) => c[0])].map((c) => h("th", { scope: "col" }, c)))), body),
+    ),
+  );
+  const render = (w: Watch) => {
+    clear(body);
+    const items = [...w.items.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+    if (items.length === 0) body.append(h("tr", {}, h("td", { colspan: String(cols.length + 1) }, "None yet.")));
+    for (const o of items) body.append(h("tr", { "data-name": o.metadata.name }, h("td", {}, o.metadata.name), ...cols.map(([, f]) => h("td", {}, f(o)))));
+  };
+  const w = new Watch(`${GV}/${pg.resource}`, "", render, (e) => {
+    clear(out);
+    out.append(errorBox(e));
   });
   onCleanup(() => w.stop());
 }
