@@ -370,6 +370,26 @@ spec:
 		t.Errorf("operator pages: class row %q, image row %q", classRow, imageRow)
 	}
 
+	// An image uploaded from the browser: the progress reaches 100 % and the image Ready.
+	upload := filepath.Join(t.TempDir(), "small.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", upload, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v %s", err, out)
+	}
+	var pct string
+	uiRun(t, ctx, 90*time.Second, "upload an image from the browser",
+		chromedp.Click(`header a[href="#/project-images"]`, chromedp.ByQuery),
+		chromedp.WaitVisible("#img-file", chromedp.ByID),
+		chromedp.SendKeys("#img-name", "up-ui", chromedp.ByID),
+		chromedp.SetUploadFiles("#img-file", []string{upload}, chromedp.ByID),
+		chromedp.Click("#img-upload", chromedp.ByID),
+		chromedp.WaitVisible(`#image-result .notice`, chromedp.ByQuery),
+		chromedp.Text("#img-progress-text", &pct, chromedp.ByID),
+		chromedp.WaitVisible(`tr[data-image="up-ui"] [data-phase="Ready"]`, chromedp.ByQuery))
+	if pct != "100 %" {
+		t.Errorf("the upload's progress shows %q at the end", pct)
+	}
+	uiShot(t, ctx, shots, "images")
+
 	// A user with a local password: log out, a wrong password is refused, the right one logs in
 	// as that user, who sees the VMs of the project they are a Viewer of.
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1

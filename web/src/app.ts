@@ -278,6 +278,8 @@ async function frame(active: string, content: HTMLElement): Promise<void> {
         "nav",
         { "aria-label": "Main" },
         link("#/vms", "Virtual machines", "vms"),
+        " ",
+        link("#/project-images", "Images", "project-images"),
         ...(canWrite() ? [" ", link("#/create", "Create VM", "create")] : []),
         ...(clusterRead() ? operatorPages.flatMap((pg) => [" ", link(`#/${pg.key}`, pg.title, pg.key)]) : []),
       ),
@@ -309,6 +311,7 @@ async function route() {
   if (parts[0] === "vms" && parts[1]) return vmPage(parts[1]);
   if (parts[0] === "create") return createPage();
   if (parts[0] === "nodes") return nodesPage();
+  if (parts[0] === "project-images") return imagesPage();
   const op = operatorPages.find((pg) => pg.key === parts[0]);
   if (op && op.columns) return clusterListPage(op);
   if (parts[0] === "login") return go("#/vms");
@@ -439,6 +442,129 @@ function vmListPage() {
     status.append(errorBox(e));
   });
   onCleanup(() => w.stop());
+}
+
+// ---- the project's images: list and upload from the browser --------------------------------
+
+// imagesPage lists the project's VirtualImages live, and uploads a file from the browser as a
+// new one: the image is created with an Upload data source, its upload URL (single use) comes
+// through the same watch, and the file goes there (same origin) with a progress bar.
+function imagesPage() {
+  const body = h("tbody");
+  const out = h("div", { id: "image-result" });
+  const waiters = new Map<string, (o: any) => void>(); // image name -> called on each change
+  let form: HTMLElement | null = null;
+  if (canWrite()) {
+    const name = h("input", { id: "img-name", type: "text", required: true, pattern: "[a-z0-9]([-a-z0-9]*[a-z0-9])?", autocomplete: "off" }) as HTMLInputElement;
+    const file = h("input", { id: "img-file", type: "file", required: true }) as HTMLInputElement;
+    const bar = h("progress", { id: "img-progress", max: "100", value: "0" }) as HTMLProgressElement;
+    const pct = h("span", { id: "img-progress-text", "aria-live": "polite" }, "");
+    form = h(
+      "form",
+      { "aria-label": "Upload an image", id: "img-form" },
+      h("h2", {}, "Upload an image"),
+      h("label", { for: "img-name" }, "Name"),
+      name,
+      h("label", { for: "img-file" }, "File (qcow2, raw, vmdk, vdi, vhdx or ISO; gz or xz compressed too)"),
+      file,
+      h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "img-upload" }, "Upload"), bar, pct),
+    );
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clear(out);
+      const f = file.files?.[0];
+      if (!f) return;
+      const n = name.value.trim();
+      try {
+        const ready = new Promise<string>((resolve) =>
+          waiters.set(n, (o) => {
+            const u = o.status?.imageUploadURLs?.external || o.status?.imageUploadURLs?.inCluster;
+            if (u) resolve(u);
+          }),
+        );
+        await api("POST", nsPath("virtualimages"), { apiVersion: API_VERSION, kind: "VirtualImage", metadata: { name: n }, spec: { storage: "ContainerRegistry", dataSource: { type: "Upload" } } });
+        const url = await Promise.race([
+          ready,
+          new Promise<string>((_, reject) => setTimeout(() => reject(new Error(`image ${n} got no upload URL within a minute: see its conditions`)), 60000)),
+        ]);
+        waiters.delete(n);
+        await uploadFile(new URL(url, location.href).pathname, f, (p) => {
+          bar.value = p;
+          pct.textContent = `${p} %`;
+        });
+        out.append(h("div", { class: "notice", role: "status" }, `Uploaded ${f.name} as image ${n}; it is checked and converted now.`));
+      } catch (e) {
+        waiters.delete(n);
+        out.append(errorBox(e));
+      }
+    });
+  }
+  frame(
+    "project-images",
+    h(
+      "div",
+      {},
+      h("h1", {}, `Images of project ${project}`),
+      out,
+      h("table", { class: "vms", id: "image-list" }, h("thead", {}, h("tr", {}, ...["Name", "Phase", "Progress", "Format", "Size", "Age"].map((c) => h("th", { scope: "col" }, c)))), body),
+      form,
+    ),
+  );
+  const render = (w: Watch) => {
+    clear(body);
+    const items = [...w.items.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+    if (items.length === 0) body.append(h("tr", {}, h("td", { colspan: "6" }, "No images in this project yet.")));
+    for (const o of items) {
+      waiters.get(o.metadata.name)?.(o);
+      const p = o.status?.phase || "Pending";
+      body.append(
+        h(
+          "tr",
+          { "data-image": o.metadata.name },
+          h("td", {}, o.metadata.name),
+          h("td", {}, h("span", { class: `phase phase-${p}`, "data-phase": p }, p)),
+          h("td", {}, o.status?.progress || ""),
+          h("td", {}, o.status?.format || ""),
+          h("td", {}, o.status?.size?.unpacked || o.status?.size?.stored || ""),
+          h("td", {}, age(o.metadata.creationTimestamp)),
+        ),
+      );
+    }
+  };
+  const w = new Watch(nsPath("virtualimages"), "", render, (e) => {
+    clear(out);
+    out.append(errorBox(e));
+  });
+  onCleanup(() => w.stop());
+}
+
+// uploadFile sends a file to an upload path of this server (PUT, with the session's CSRF
+// token), reporting whole percents; it rejects with the server's message.
+function uploadFile(path: string, f: File, progress: (pct: number) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open("PUT", path);
+    if (session.csrfToken) x.setRequestHeader("X-CSRF-Token", session.csrfToken);
+    x.upload.onprogress = (ev) => {
+      if (ev.lengthComputable) progress(Math.floor((100 * ev.loaded) / ev.total));
+    };
+    x.onload = () => {
+      if (x.status >= 200 && x.status < 300) {
+        progress(100);
+        resolve();
+        return;
+      }
+      let msg = `${x.status} ${x.statusText}`;
+      try {
+        msg = JSON.parse(x.responseText).message || msg;
+      } catch (_) {
+        /* not a Status */
+      }
+      reject(new APIError(x.status, msg));
+    };
+    x.onerror = () => reject(new Error("the upload failed: the connection broke"));
+    x.send(f);
+  });
 }
 
 // ---- operator pages ------------------------------------------------------------------------
