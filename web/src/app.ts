@@ -749,9 +749,9 @@ function nodesPage() {
           h("td", {}, st.accelerator || ""),
           h("td", {}, st.qemuVersion || ""),
           h("td", {}, able.cpu !== undefined ? `${alloc.cpu ?? 0} of ${able.cpu}` : ""),
-          h("td", {}, able.memory ? `${alloc.memory || "0"} of ${able.memory}` : ""),
+          h("td", {}, able.memory ? `${humanBytes(alloc.memory)} of ${humanBytes(able.memory)}` : ""),
           h("td", { class: "scheduling", "data-scheduling": sched }, sched),
-          h("td", { class: "actions" }, ...actions),
+          h("td", { class: "row-actions" }, ...actions),
         ),
       );
     }
@@ -1008,6 +1008,21 @@ function vncPage(name: string) {
 // ---- the create wizard -----------------------------------------------------------------------
 
 const UNITS: Record<string, number> = { "": 1, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4, k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+
+// humanBytes shows a memory quantity in the largest binary unit that keeps it at least 1
+// ("24683756Ki" is "23.5 GiB").
+function humanBytes(q: string | undefined): string {
+  const b = bytesOf(q);
+  if (!q || b <= 0) return q || "0";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let i = 0;
+  let v = b;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${Number.isInteger(v) ? v : v.toFixed(1)} ${units[i]}`;
+}
 
 function bytesOf(q: string | undefined): number {
   if (!q) return 0;
