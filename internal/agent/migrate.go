@@ -1029,7 +1029,7 @@ const (
 // (qemu.MemoryPadKiB); padding keeps the boot memory out of that path, but virtio-mem's
 // memory comes in 2 MiB blocks. A paused guest writes nothing while its memory is sent.
 func pausedTransfer(accel, qemuVersion string, vm *v1alpha1.VirtualMachine) bool {
-	if accel == "kvm" || qemu.VersionAtLeast(qemuVersion, 9, 0) {
+	if !qemu.LosesDirtyWrites(accel == "kvm", qemuVersion) {
 		return false
 	}
 	r := vm.Status.Resources

@@ -684,7 +684,7 @@ func (b *build) run() error {
 		// Last, so that no device before it moves. Free page reporting gives the host the
 		// pages the guest frees; deflate-on-oom lets a guest short of memory take back what
 		// the node reclaimed rather than kill its processes.
-		fpr := b.kvm || versionAtLeast(b.in.Node.QEMUVersion, 9, 0)
+		fpr := !LosesDirtyWrites(b.kvm, b.in.Node.QEMUVersion)
 		if b.in.BalloonReporting != nil {
 			fpr = *b.in.BalloonReporting
 		}
@@ -701,19 +701,26 @@ func (b *build) run() error {
 // memory gives the guest its boot memory of mem MiB (and the hot-plug room), padded under
 // TCG with QEMU older than 9.0 (MemoryPadKiB).
 func (b *build) memory(mem int64) {
-	pad := !b.kvm && !versionAtLeast(b.in.Node.QEMUVersion, 9, 0)
+	pad := LosesDirtyWrites(b.kvm, b.in.Node.QEMUVersion)
 	if b.in.PadMemory != nil {
 		pad = *b.in.PadMemory
 	}
-	size := func(mib int64, unit string) string { return strconv.FormatInt(mib, 10) + unit }
+	size := func(mib int64) string {
+		if pad {
+			return strconv.FormatInt(mib<<10+MemoryPadKiB, 10) + "K"
+		}
+		return strconv.FormatInt(mib, 10) + "M"
+	}
 	if pad {
 		b.cfg.MemoryPadKiB = MemoryPadKiB
-		size = func(mib int64, _ string) string { return strconv.FormatInt(mib<<10+MemoryPadKiB, 10) + "K" }
 	}
-	if h := b.cfg.Hotplug; h != nil {
-		b.add("-m", newOpts("").set("size", size(mem, "M")).set("maxmem", size(h.MaxMiB, "M")).String())
-	} else {
-		b.add("-m", size(mem, ""))
+	switch h := b.cfg.Hotplug; {
+	case h != nil:
+		b.add("-m", newOpts("").set("size", size(mem)).set("maxmem", size(h.MaxMiB)).String())
+	case pad:
+		b.add("-m", size(mem))
+	default:
+		b.add("-m", strconv.FormatInt(mem, 10)) // MiB
 	}
 }
 
@@ -1007,11 +1014,15 @@ func checkQEMUVersion(v string) error {
 	return nil
 }
 
-// versionAtLeast says v is maj.mnr or later (false when v is empty or unparsable).
-// VersionAtLeast says a QEMU version string ("7.2.22") is maj.mnr or later; false when it
-// cannot be read.
-func VersionAtLeast(v string, maj, mnr int) bool { return versionAtLeast(v, maj, mnr) }
+// LosesDirtyWrites says a QEMU of version qemuVersion loses guest writes while it migrates
+// (see MemoryPadKiB): under TCG (kvm false) before QEMU 9.0, or of an unknown version. Such a
+// host pads boot memory, gives no free page reporting, and pauses a guest with plugged memory
+// for its migration stream (internal/agent).
+func LosesDirtyWrites(kvm bool, qemuVersion string) bool {
+	return !kvm && !versionAtLeast(qemuVersion, 9, 0)
+}
 
+// versionAtLeast says v is maj.mnr or later (false when v is empty or unparsable).
 func versionAtLeast(v string, maj, mnr int) bool {
 	a, b, ok := parseVersion(v)
 	return ok && (a > maj || (a == maj && b >= mnr))

@@ -63,7 +63,7 @@ spec:
 	if err := s.Client().Get(context.Background(), "nodes", "", "h2", &h2); err != nil {
 		t.Fatal(err)
 	}
-	paused := h2.Status.Accelerator != v1alpha1.AcceleratorKVM && !qemu.VersionAtLeast(h2.Status.QemuVersion, 9, 0)
+	paused := qemu.LosesDirtyWrites(h2.Status.Accelerator == v1alpha1.AcceleratorKVM, h2.Status.QemuVersion)
 	// The source records its figures as the target switches over: wait for them.
 	v = vmWait(t, s, name, 15*time.Second, "the source's figures", func(v *v1alpha1.VirtualMachine) bool {
 		m := v.Status.MigrationState
