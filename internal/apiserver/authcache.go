@@ -2,6 +2,8 @@ package apiserver
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,12 +129,7 @@ func (c *authCache) drop(key string) {
 
 // covers says key is under one of the cache's prefixes.
 func (c *authCache) covers(key string) bool {
-	for _, p := range c.prefixes {
-		if len(key) >= len(p) && key[:len(p)] == p {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(c.prefixes, func(p string) bool { return strings.HasPrefix(key, p) })
 }
 
 func (c *authCache) setRunning(on bool) {

@@ -12,6 +12,17 @@ import (
 
 func rawValue(b []byte) (any, error) { return string(b), nil }
 
+// tempBolt is a bolt store in the test's temporary directory, closed with the test.
+func tempBolt(t *testing.T) *bolt.Store {
+	t.Helper()
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // countingStore counts Gets.
 type countingStore struct {
 	store.Store
@@ -27,11 +38,7 @@ func (c *countingStore) Get(ctx context.Context, key string) (store.KV, error) {
 // the wrapping store drops it at once, a write that bypasses it (another API server) is
 // dropped by the watch; a watch that ends empties the cache.
 func TestAuthCache(t *testing.T) {
-	raw, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
+	raw := tempBolt(t)
 	ctx := context.Background()
 	life, end := context.WithCancel(ctx)
 	defer end()
@@ -139,11 +146,7 @@ func (h hookStore) Get(ctx context.Context, key string) (store.KV, error) {
 // TestAuthCacheRace: a read that an event overtakes is not kept; the next read goes to the
 // store again.
 func TestAuthCacheRace(t *testing.T) {
-	raw, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
+	raw := tempBolt(t)
 	ctx := context.Background()
 	if _, err := raw.Create(ctx, "/users/bob", []byte(`{}`)); err != nil {
 		t.Fatal(err)

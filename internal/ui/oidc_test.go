@@ -117,15 +117,7 @@ func TestOIDCLogin(t *testing.T) {
 
 	// The same callback again (a replay), and from a browser that did not start it.
 	for name, c := range map[string]*http.Client{"replay": b, "another browser": browser()} {
-		res, err := c.Get(callback)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		if res.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "login-error") {
-			t.Errorf("%s of the callback: %d %s", name, res.StatusCode, body)
-		}
+		refusedAt(t, c, callback, name+" of the callback")
 	}
 	if session(browser()).LoggedIn {
 		t.Error("another browser is logged in")
@@ -152,15 +144,7 @@ func TestOIDCLogin(t *testing.T) {
 	}{{"a thief", browser()}, {"its own browser, after the thief", b2}} {
 		name, c := try.name, try.c
 		c.CheckRedirect = nil
-		res, err := c.Get(leaked)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		if res.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "login-error") {
-			t.Errorf("%s with the leaked callback: %d %s", name, res.StatusCode, body)
-		}
+		refusedAt(t, c, leaked, name+" with the leaked callback")
 		if session(c).LoggedIn {
 			t.Errorf("%s is logged in", name)
 		}
@@ -171,5 +155,19 @@ func TestOIDCLogin(t *testing.T) {
 	h.cfg.Sessions.IdleTimeout = 2 * time.Hour
 	if session(b).LoggedIn {
 		t.Error("the session outlived its ID token")
+	}
+}
+
+// refusedAt fetches url with browser c and wants the refused-login page (401).
+func refusedAt(t *testing.T, c *http.Client, url, what string) {
+	t.Helper()
+	res, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "login-error") {
+		t.Errorf("%s: %d %s", what, res.StatusCode, body)
 	}
 }
