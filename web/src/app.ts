@@ -623,7 +623,7 @@ const operatorPages: OperatorPage[] = [
     columns: [
       ["Type", (o) => o.spec?.type || ""],
       ["Path", (o) => o.spec?.local?.path || o.spec?.shared?.path || ""],
-      ["Ready", (o) => condition(o, "Ready")?.status || ""],
+      ["Default", (o) => (o.metadata?.annotations?.["storageclass.kubernetes.io/is-default-class"] === "true" ? "yes" : "")],
     ],
   },
   {
