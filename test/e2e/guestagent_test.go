@@ -46,6 +46,7 @@ func gaBoot(t *testing.T, s *Serve) *v1alpha1.VirtualMachine {
 // address shows in status.networks next to the platform's own fields, and stopping the VM
 // removes AgentReady and the guest's addresses.
 func TestGuestAgent(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	v := gaBoot(t, s)
@@ -191,6 +192,7 @@ func (h *hostileAgent) serve(conn net.Conn) {
 // Each turns AgentReady False with a reason, serve's memory stays bounded, its API answers,
 // and the last known OS info stays.
 func TestGuestAgentHostile(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	v := gaBoot(t, s)

@@ -18,6 +18,7 @@ import (
 // stopped: an attachment deleted while the VM is stopped goes at once and leaves nothing, and
 // one made while it is stopped waits (Pending) and is plugged when the VM runs again.
 func TestHotplugDisks(t *testing.T) {
+	sideBySide(t)
 	dir := vmGuestDir(t)
 	s := vmServe(t)
 	base := vmImageServer(t, dir)

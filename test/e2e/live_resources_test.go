@@ -90,6 +90,7 @@ func awaitingRestart(v *v1alpha1.VirtualMachine) *v1alpha1.Condition {
 // AwaitingRestartToApplyConfiguration. A change that needs a restart (maxCores) waits under
 // restartApprovalMode Manual, and applies by itself once the mode is Automatic.
 func TestLiveResources(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")

@@ -111,9 +111,31 @@ const (
 // run in the test process.
 func eachServeMode(t *testing.T, body func(t *testing.T, mode ServeMode)) {
 	for _, m := range []ServeMode{ServeProcess, ServeInProcess} {
-		t.Run(string(m), func(t *testing.T) { body(t, m) })
+		t.Run(string(m), func(t *testing.T) {
+			sideBySide(t)
+			body(t, m)
+		})
 	}
 }
+
+// sideBySide lets a test run alongside other tests that call it, two at a time at most (and
+// no more than go test's -parallel, GOMAXPROCS by default): top-level ones run after the
+// sequential tests, the subtests of one test together once their parent's body ends. Only
+// for a test that runs its own single-host serve in the root network namespace, whose VMs
+// have no host network (none, or user-mode), that reads only its own data dir, processes and
+// metrics, that measures no CPU time, changes nothing host-wide (KSM, pinned cores, nftables,
+// others' cgroups), and whose time bounds are lower bounds or generous. Most of such a
+// test's time is a guest booting or an operation waiting, so two at once take little more
+// than one.
+func sideBySide(t *testing.T) {
+	t.Helper()
+	t.Parallel()
+	sideBySideSlots <- struct{}{}
+	t.Cleanup(func() { <-sideBySideSlots })
+}
+
+// sideBySideSlots holds a token per test running side by side.
+var sideBySideSlots = make(chan struct{}, 2)
 
 // shortTempDir is a temporary directory whose path does not grow with the test's name: a VM's
 // sockets live under the data dir, and a unix socket path holds at most 107 bytes.

@@ -81,6 +81,7 @@ func snapSector(t *testing.T, path string, n int) []byte {
 // the later one is not, the spec is the snapshot's and the guest boots again. Last, the VM
 // marked as a template refuses to start, and a clone of it boots with its own MAC and IP.
 func TestDiskSnapshotLive(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")

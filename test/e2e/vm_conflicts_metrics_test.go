@@ -102,6 +102,7 @@ func conflictsByComponent(samples map[string]float64) (map[string]float64, float
 // and binding is a subresource, so nobody races for the same resourceVersion. The server
 // counts its answers by code and caller in /metrics.
 func TestVMCreateMakesNoConflicts(t *testing.T) {
+	sideBySide(t)
 	s := vmServe(t, "--log-level", "debug")
 	vmSetupGuest(t, s, "root")
 	before, _ := conflictsByComponent(scrapeMetrics(t, s, "rakhsh_apiserver_requests_total"))

@@ -22,6 +22,7 @@ import (
 // power change takes a moment; the server runs with --accelerator tcg so that its restarts
 // do not wait for the KVM probe.
 func TestRandomKillLifecycle(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t) // QEMU must be there
 	s := &Serve{t: t, DataDir: t.TempDir(), Args: []string{"--accelerator", "tcg"}}
 	s.Start()

@@ -39,6 +39,7 @@ func timedCLI(t *testing.T, s *Serve, args ...string) time.Duration {
 // graceful one forced: a guest that is never asked loses data). A graceful restart returns
 // only once the new QEMU runs; a forced restart during a pending graceful one resets at once.
 func TestPowerGracefulStaysGraceful(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
@@ -148,6 +149,7 @@ func finalPhase(p v1alpha1.VMOPPhase) bool {
 // one, and only the earlier one is ever superseded. 20 rounds of each pair on a VM without a
 // disk and a grace period of 0, so each round takes a moment.
 func TestOperationOrderBackToBack(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1

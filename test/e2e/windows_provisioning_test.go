@@ -20,6 +20,7 @@ import (
 // back with isoinfo. The Secrets' contents appear nowhere in the VM objects, events or logs.
 // A VM whose Secret is missing does not start and says which Secret.
 func TestProvisioning(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	winNeed(t, "isoinfo", "genisoimage")
 	s := vmServe(t)

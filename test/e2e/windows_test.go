@@ -78,6 +78,7 @@ func winInode(t *testing.T, p string) uint64 {
 // variable store file) and a kill -9 of serve (swtpm is re-adopted, not restarted), and both
 // are gone after the VM is deleted.
 func TestWindowsTPMAndNVRAM(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	winNeed(t, "swtpm", "swtpm")
 	winNeed(t, "swtpm_setup", "swtpm-tools")
@@ -239,6 +240,7 @@ func mustReadDir(dir string) []string {
 // bootloader EFI: TestWindowsTPMAndNVRAM.) The guest's kernel behind Debian's signed shim and
 // GRUB (test/guest/build-secureboot.sh) then boots with Secure Boot enforced.
 func TestWinSecureBoot(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"); err != nil {
 		t.Fatal("OVMF Secure Boot firmware missing: install ovmf")
