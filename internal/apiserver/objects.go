@@ -652,7 +652,7 @@ func (s *Server) checkProjectEmpty(ctx context.Context, ns string) error {
 			return err
 		}
 		if len(res.KVs) > 0 {
-			return errs.New(errs.ErrForbidden, "project %q still holds %s objects (e.g. %q): delete them first", ns, st.Info.Kind, lastSegment(res.KVs[0].Key))
+			return errs.New(errs.ErrConflict, "project %q still holds %s objects (e.g. %q): delete them first", ns, st.Info.Kind, lastSegment(res.KVs[0].Key))
 		}
 	}
 	evs, err := s.store.List(ctx, "/events/"+ns+"/", storeListLimit(0))

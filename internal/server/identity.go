@@ -31,6 +31,9 @@ type IdentityConfig struct {
 	// OIDCClientSecretFile holds the client's secret for the web UI's login at the issuer
 	// (empty: a public client, with PKCE).
 	OIDCClientSecretFile string
+	// OIDCScopes are the scopes the web UI's login asks for besides openid (nil: profile and
+	// email).
+	OIDCScopes []string
 }
 
 func addIdentityFlags(f *pflag.FlagSet, c *IdentityConfig) {
@@ -44,22 +47,28 @@ func addIdentityFlags(f *pflag.FlagSet, c *IdentityConfig) {
 	f.StringVar(&c.OIDC.GroupsClaim, "oidc-groups-claim", "groups", "the ID token claim that lists the user's groups")
 	f.StringVar(&c.OIDC.CAFile, "oidc-ca-file", "", "CA bundle the issuer's certificate is checked against (default: the system's)")
 	f.StringVar(&c.OIDCClientSecretFile, "oidc-client-secret-file", "", "file holding the client secret the web UI's login at the issuer uses (default: none, a public client with PKCE)")
+	f.StringSliceVar(&c.OIDCScopes, "oidc-scopes", nil, "scopes the web UI's login asks the issuer for besides openid, comma-separated (default profile,email; add groups where the issuer puts the groups claim only in answer to that scope)")
 }
 
 // uiOIDC is the web UI's login at the OIDC issuer of cfg (nil without one): the browser goes
 // to the issuer and back to https://HOST:PORT/ui/oidc/callback.
 func uiOIDC(c IdentityConfig, cfg *apiserver.OIDCConfig, api http.Handler) (*ui.OIDCLogin, error) {
 	if cfg == nil {
-		if c.OIDCClientSecretFile != "" {
-			return nil, errors.New("--oidc-client-secret-file needs --oidc-issuer")
+		if c.OIDCClientSecretFile != "" || len(c.OIDCScopes) > 0 {
+			return nil, errors.New("--oidc-client-secret-file and --oidc-scopes need --oidc-issuer")
 		}
 		return nil, nil
+	}
+	for _, sc := range c.OIDCScopes {
+		if sc == "" || strings.ContainsAny(sc, " \t\"\\") || sc == "openid" {
+			return nil, fmt.Errorf("--oidc-scopes: %q is not a scope to ask for (openid is always asked for; scopes are words without spaces or quotes)", sc)
+		}
 	}
 	client, err := apiserver.OIDCHTTPClient(*cfg)
 	if err != nil {
 		return nil, err
 	}
-	o := &ui.OIDCLogin{Issuer: cfg.Issuer, ClientID: cfg.ClientID, HTTPClient: client, API: api}
+	o := &ui.OIDCLogin{Issuer: cfg.Issuer, ClientID: cfg.ClientID, HTTPClient: client, API: api, Scopes: c.OIDCScopes}
 	if c.OIDCClientSecretFile != "" {
 		b, err := os.ReadFile(c.OIDCClientSecretFile)
 		if err != nil {
