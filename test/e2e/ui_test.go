@@ -390,6 +390,60 @@ spec:
 	}
 	uiShot(t, ctx, shots, "images")
 
+	// An image imported from a URL: the server fetches it, the table follows it to Ready.
+	importURL := vmImageServer(t, vmGuestDir(t)) + "/guest.qcow2"
+	uiRun(t, ctx, 2*time.Minute, "import an image from a URL",
+		chromedp.SendKeys("#imp-name", "imp-ui", chromedp.ByID),
+		chromedp.SendKeys("#imp-url", importURL, chromedp.ByID),
+		chromedp.Click("#imp-start", chromedp.ByID),
+		chromedp.WaitVisible(`tr[data-image="imp-ui"] [data-phase="Ready"]`, chromedp.ByQuery))
+	var imported v1alpha1.VirtualImage
+	if err := c.Get(context.Background(), "virtualimages", "default", "imp-ui", &imported); err != nil || imported.Spec.DataSource.HTTP == nil || imported.Spec.DataSource.HTTP.URL != importURL {
+		t.Errorf("the image imported in the UI: %+v (%v)", imported.Spec.DataSource, err)
+	}
+
+	// The disks page: a blank disk grown from 64 MiB to 128 MiB, attached to web1 and detached.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: data-ui}
+spec:
+  persistentVolumeClaim: {size: 64Mi}
+`, "apply", "-f", "-")
+	diskRow := `tr[data-disk="data-ui"]`
+	uiRun(t, ctx, time.Minute, "grow a disk",
+		chromedp.Click(`header a[href="#/disks"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(diskRow+` [data-phase="Ready"]`, chromedp.ByQuery),
+		chromedp.Click("#disk-resize-data-ui", chromedp.ByID),
+		chromedp.WaitVisible("#prompt-value", chromedp.ByID),
+		uiSetValue("#prompt-value", "128Mi"),
+		chromedp.Click("#prompt-ok", chromedp.ByID),
+		chromedp.WaitVisible("#disk-result .notice", chromedp.ByQuery))
+	uiPoll(t, ctx, time.Minute, "the disk's size shown as 128 MiB",
+		`(document.querySelector('tr[data-disk="data-ui"] td[data-size]')?.textContent || "") === "128 MiB"`)
+	var grown v1alpha1.VirtualDisk
+	if err := c.Get(context.Background(), "virtualdisks", "default", "data-ui", &grown); err != nil || grown.Spec.PersistentVolumeClaim.Size != "128Mi" {
+		t.Errorf("after Resize in the UI the disk's spec size is %q (%v)", grown.Spec.PersistentVolumeClaim.Size, err)
+	}
+	uiRun(t, ctx, 30*time.Second, "attach the disk",
+		chromedp.Click("#disk-attach-data-ui", chromedp.ByID),
+		chromedp.WaitVisible("#prompt-value", chromedp.ByID),
+		uiSetValue("#prompt-value", "web1"),
+		chromedp.Click("#prompt-ok", chromedp.ByID),
+		chromedp.WaitVisible(diskRow+` td[data-attached="web1"]`, chromedp.ByQuery),
+		chromedp.WaitVisible("#disk-detach-data-ui", chromedp.ByID))
+	uiShot(t, ctx, shots, "disks")
+	l, err := c.List(context.Background(), "virtualmachineblockdeviceattachments", "default", client.ListOptions{})
+	var bda v1alpha1.VirtualMachineBlockDeviceAttachment
+	if err != nil || len(l.Items) != 1 || json.Unmarshal(l.Items[0], &bda) != nil || bda.Spec.VirtualMachineName != "web1" || bda.Spec.BlockDeviceRef.Name != "data-ui" {
+		t.Fatalf("after Attach in the UI: %v %+v", err, bda.Spec)
+	}
+	uiRun(t, ctx, time.Minute, "detach the disk",
+		chromedp.Click("#disk-detach-data-ui", chromedp.ByID),
+		chromedp.WaitVisible("#confirm-yes", chromedp.ByID),
+		chromedp.Click("#confirm-yes", chromedp.ByID),
+		chromedp.WaitVisible(diskRow+` td[data-attached=""]`, chromedp.ByQuery),
+		chromedp.WaitVisible("#disk-attach-data-ui", chromedp.ByID))
+
 	// A user with a local password: log out, a wrong password is refused, the right one logs in
 	// as that user, who sees the VMs of the project they are a Viewer of.
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1

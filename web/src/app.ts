@@ -280,6 +280,8 @@ async function frame(active: string, content: HTMLElement): Promise<void> {
         link("#/vms", "Virtual machines", "vms"),
         " ",
         link("#/project-images", "Images", "project-images"),
+        " ",
+        link("#/disks", "Disks", "disks"),
         ...(canWrite() ? [" ", link("#/create", "Create VM", "create")] : []),
         ...(clusterRead() ? operatorPages.flatMap((pg) => [" ", link(`#/${pg.key}`, pg.title, pg.key)]) : []),
       ),
@@ -312,6 +314,7 @@ async function route() {
   if (parts[0] === "create") return createPage();
   if (parts[0] === "nodes") return nodesPage();
   if (parts[0] === "project-images") return imagesPage();
+  if (parts[0] === "disks") return disksPage();
   const op = operatorPages.find((pg) => pg.key === parts[0]);
   if (op && op.columns) return clusterListPage(op);
   if (parts[0] === "login") return go("#/vms");
@@ -499,6 +502,37 @@ function imagesPage() {
       }
     });
   }
+  let importForm: HTMLElement | null = null;
+  if (canWrite()) {
+    const name = h("input", { id: "imp-name", type: "text", required: true, pattern: "[a-z0-9]([-a-z0-9]*[a-z0-9])?", autocomplete: "off" }) as HTMLInputElement;
+    const url = h("input", { id: "imp-url", type: "url", required: true, placeholder: "https://…/disk.qcow2" }) as HTMLInputElement;
+    importForm = h(
+      "form",
+      { "aria-label": "Import an image from a URL", id: "imp-form" },
+      h("h2", {}, "Import an image from a URL"),
+      h("label", { for: "imp-name" }, "Name"),
+      name,
+      h("label", { for: "imp-url" }, "URL (http or https; the server fetches it and shows the progress in the table)"),
+      url,
+      h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "imp-start" }, "Import")),
+    );
+    importForm.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clear(out);
+      const n = name.value.trim();
+      try {
+        await api("POST", nsPath("virtualimages"), {
+          apiVersion: API_VERSION,
+          kind: "VirtualImage",
+          metadata: { name: n },
+          spec: { storage: "ContainerRegistry", dataSource: { type: "HTTP", http: { url: url.value.trim() } } },
+        });
+        out.append(h("div", { class: "notice", role: "status" }, `Image ${n} is being imported: its progress is in the table.`));
+      } catch (e) {
+        out.append(errorBox(e));
+      }
+    });
+  }
   frame(
     "project-images",
     h(
@@ -508,6 +542,7 @@ function imagesPage() {
       out,
       h("table", { class: "vms", id: "image-list" }, h("thead", {}, h("tr", {}, ...["Name", "Phase", "Progress", "Format", "Size", "Age"].map((c) => h("th", { scope: "col" }, c)))), body),
       form,
+      importForm,
     ),
   );
   const render = (w: Watch) => {
@@ -536,6 +571,177 @@ function imagesPage() {
     out.append(errorBox(e));
   });
   onCleanup(() => w.stop());
+}
+
+// disksPage lists the project's disks, live, with the VMs they are attached to. A User grows a
+// disk (spec.persistentVolumeClaim.size; a running VM sees the new size at once) and attaches
+// a disk to a VM or detaches it (a VirtualMachineBlockDeviceAttachment: hot-plugged into a
+// running VM, docs/hotplug.md).
+function disksPage() {
+  const body = h("tbody");
+  const out = h("div", { id: "disk-result" });
+  frame(
+    "disks",
+    h(
+      "div",
+      {},
+      h("h1", {}, `Disks of project ${project}`),
+      out,
+      h(
+        "table",
+        { class: "vms", id: "disk-list" },
+        h("thead", {}, h("tr", {}, ...["Name", "Phase", "Progress", "Size", "Storage class", "Attached to", "Age", "Actions"].map((c) => h("th", { scope: "col" }, c)))),
+        body,
+      ),
+    ),
+  );
+  const report = (e: unknown, ok?: string) => {
+    clear(out);
+    out.append(ok ? h("div", { class: "notice", role: "status" }, ok) : errorBox(e));
+  };
+  let disks: Watch | null = null;
+  let bdas: Watch | null = null;
+  let vms: Watch | null = null;
+  const attachmentsOf = (disk: string) =>
+    [...(bdas?.items.values() || [])].filter((b) => b.spec?.blockDeviceRef?.kind === "VirtualDisk" && b.spec?.blockDeviceRef?.name === disk && !b.metadata.deletionTimestamp);
+  const inSpecOf = (disk: string) =>
+    [...(vms?.items.values() || [])].filter((v) => (v.spec?.blockDeviceRefs || []).some((r: any) => r.kind === "VirtualDisk" && r.name === disk)).map((v) => v.metadata.name as string);
+  const resize = async (d: any) => {
+    const cur = d.spec?.persistentVolumeClaim?.size || d.status?.capacity || "";
+    const size = await promptDialog(`Grow disk ${d.metadata.name}`, "New size (for example 20Gi). A disk only grows; the guest sees the new size at once, its file system is grown inside the guest.", cur, "Resize");
+    if (!size || size === cur) return;
+    try {
+      await api("PATCH", nsPath("virtualdisks", d.metadata.name), { spec: { persistentVolumeClaim: { size } } }, "application/merge-patch+json");
+      report(null, `Disk ${d.metadata.name} grows to ${size}.`);
+    } catch (e) {
+      report(e);
+    }
+  };
+  const attach = async (d: any) => {
+    const names = [...(vms?.items.values() || [])].map((v) => v.metadata.name as string).sort();
+    if (names.length === 0) return report(new Error("the project has no virtual machine to attach the disk to"));
+    const vm = await promptDialog(`Attach disk ${d.metadata.name}`, "To which virtual machine? A running one gets the disk at once (hot-plug).", names[0], "Attach", names);
+    if (!vm) return;
+    try {
+      await api("POST", nsPath("virtualmachineblockdeviceattachments"), {
+        apiVersion: API_VERSION,
+        kind: "VirtualMachineBlockDeviceAttachment",
+        metadata: { generateName: `${d.metadata.name}-` },
+        spec: { virtualMachineName: vm, blockDeviceRef: { kind: "VirtualDisk", name: d.metadata.name } },
+      });
+      report(null, `Disk ${d.metadata.name} is being attached to ${vm}.`);
+    } catch (e) {
+      report(e);
+    }
+  };
+  const detach = async (b: any) => {
+    const ok = await confirmDialog(
+      `Detach disk ${b.spec.blockDeviceRef.name} from ${b.spec.virtualMachineName}?`,
+      "A running guest loses the disk at once: unmount it inside the guest first.",
+      "Detach",
+    );
+    if (!ok) return;
+    try {
+      await api("DELETE", nsPath("virtualmachineblockdeviceattachments", b.metadata.name));
+      report(null, `Disk ${b.spec.blockDeviceRef.name} is being detached from ${b.spec.virtualMachineName}.`);
+    } catch (e) {
+      report(e);
+    }
+  };
+  const render = () => {
+    if (!disks) return;
+    clear(body);
+    const items = [...disks.items.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+    if (items.length === 0) body.append(h("tr", {}, h("td", { colspan: "8" }, "No disks in this project yet.")));
+    for (const d of items) {
+      const n = d.metadata.name as string;
+      const p = d.status?.phase || "Pending";
+      const att = attachmentsOf(n);
+      const on = new Set<string>(inSpecOf(n));
+      for (const a of d.status?.attachedToVirtualMachines || []) on.add(a.name);
+      for (const b of att) on.add(b.spec.virtualMachineName);
+      const actions = h("td", { class: "row-actions" });
+      if (canWrite()) {
+        actions.append(h("button", { type: "button", id: `disk-resize-${n}`, onclick: () => resize(d) }, "Resize"));
+        for (const b of att) actions.append(" ", h("button", { type: "button", id: `disk-detach-${n}`, onclick: () => detach(b) }, `Detach from ${b.spec.virtualMachineName}`));
+        if (on.size === 0) actions.append(" ", h("button", { type: "button", id: `disk-attach-${n}`, onclick: () => attach(d) }, "Attach…"));
+      }
+      body.append(
+        h(
+          "tr",
+          { "data-disk": n },
+          h("td", {}, n),
+          h("td", {}, h("span", { class: `phase phase-${p}`, "data-phase": p }, p)),
+          h("td", {}, d.status?.progress || ""),
+          h("td", { "data-size": d.status?.capacity || "" }, humanBytes(d.status?.capacity || d.spec?.persistentVolumeClaim?.size)),
+          h("td", {}, d.status?.storageClassName || d.spec?.persistentVolumeClaim?.storageClassName || ""),
+          h(
+            "td",
+            { "data-attached": [...on].sort().join(",") },
+            [...on]
+              .sort()
+              .map((vm) => {
+                const b = att.find((x) => x.spec.virtualMachineName === vm);
+                const ph = b?.status?.phase || (b ? "Pending" : "");
+                return ph && ph !== "Attached" ? `${vm} (attachment ${ph})` : vm;
+              })
+              .join(", "),
+          ),
+          h("td", {}, age(d.metadata.creationTimestamp)),
+          actions,
+        ),
+      );
+    }
+  };
+  const fail = (e: Error) => report(e);
+  disks = new Watch(nsPath("virtualdisks"), "", render, fail);
+  bdas = new Watch(nsPath("virtualmachineblockdeviceattachments"), "", render, fail);
+  vms = new Watch(nsPath("virtualmachines"), "", render, fail);
+  onCleanup(() => {
+    disks?.stop();
+    bdas?.stop();
+    vms?.stop();
+  });
+}
+
+// promptDialog asks for one value: typed, or picked from choices when given. It resolves to
+// the value, or null when cancelled.
+function promptDialog(question: string, detail: string, value: string, action: string, choices?: string[]): Promise<string | null> {
+  return new Promise((resolve) => {
+    const field = (
+      choices
+        ? h("select", { id: "prompt-value", "aria-label": question }, ...choices.map((c) => h("option", { value: c }, c)))
+        : h("input", { id: "prompt-value", type: "text", value, "aria-label": question, autocomplete: "off" })
+    ) as HTMLInputElement | HTMLSelectElement;
+    if (choices) field.value = value;
+    const form = h(
+      "form",
+      { method: "dialog" },
+      h("h2", { id: "prompt-title" }, question),
+      h("p", {}, detail),
+      field,
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { type: "submit", class: "primary", id: "prompt-ok" }, action),
+        h("button", { type: "button", id: "prompt-cancel", onclick: () => done(null) }, "Cancel"),
+      ),
+    );
+    const dlg = h("dialog", { "aria-labelledby": "prompt-title", id: "prompt" }, form) as HTMLDialogElement;
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      done(field.value.trim());
+    });
+    const done = (v: string | null) => {
+      dlg.close();
+      dlg.remove();
+      resolve(v);
+    };
+    dlg.addEventListener("cancel", () => done(null));
+    document.body.append(dlg);
+    dlg.showModal();
+    field.focus();
+  });
 }
 
 // uploadFile sends a file to an upload path of this server (PUT, with the session's CSRF
