@@ -34,6 +34,7 @@ func cliEnv(t *testing.T, s *Serve, env []string, args ...string) CLIResult {
 // scripted editor), the grace countdown of a graceful stop, and delete --force against a
 // real server, with a VM without a disk (its firmware ignores the ACPI power button).
 func TestCLICreatePatchEditDelete(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	manifest := `apiVersion: virtualization.rakhsh.io/v1alpha1

@@ -86,6 +86,7 @@ func startIssuer(t *testing.T) (*oidctest.Issuer, string) {
 }
 
 func TestIdentity(t *testing.T) {
+	sideBySide(t)
 	addr := freeAddr(t)
 	issuer, issuerCA := startIssuer(t)
 	s := StartServe(t, "--no-agent", "--listen", addr, "--oidc-issuer", issuer.URL, "--oidc-client-id", "rakhsh", "--oidc-ca-file", issuerCA)

@@ -15,6 +15,7 @@ import (
 // block_resize through the node agent): the guest sees the new size without a reboot.
 // Shrinking is refused at admission.
 func TestDiskResize(t *testing.T) {
+	sideBySide(t)
 	dir := vmGuestDir(t)
 	s := vmServe(t)
 	base := vmImageServer(t, dir)

@@ -44,6 +44,7 @@ func hasLine(s, want string) bool {
 // through `rakhsh console` (detaching with Ctrl-]), its display through `rakhsh vnc`, and
 // finally deletes it.
 func TestVMConsoleAndCDROM(t *testing.T) {
+	sideBySide(t)
 	dir := vmGuestDir(t)
 	s := vmServe(t)
 	base := vmImageServer(t, dir)
