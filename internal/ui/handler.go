@@ -260,9 +260,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.Method = req.Method
-	if old := sessionCookie(r); old != "" {
-		h.end(r.Context(), old)
-	}
+	h.end(r.Context(), KeyOf(sessionCookie(r)))
 	id, sess := h.cfg.Sessions.Create(p)
 	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: id, Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	h.cfg.Log.Info("ui login", "method", req.Method, "user", p.Name, "remote", r.RemoteAddr)
@@ -287,11 +285,8 @@ func (h *Handler) oidcCallback(w http.ResponseWriter, r *http.Request) {
 	}
 	p := done.principal
 	p.Method, p.NotAfter = "oidc", done.notAfter
-	for _, old := range []string{sessionCookie(r), done.oldSession} {
-		if old != "" {
-			h.end(r.Context(), old)
-		}
-	}
+	h.end(r.Context(), KeyOf(sessionCookie(r)))
+	h.end(r.Context(), done.oldSession)
 	id, _ := h.cfg.Sessions.Create(p)
 	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: id, Path: "/", HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	h.cfg.Log.Info("ui login", "method", "oidc", "user", p.Name, "remote", r.RemoteAddr)
@@ -312,16 +307,15 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
 			writeStatus(w, http.StatusForbidden, "Forbidden", "logout needs the session's "+HeaderCSRF+" header")
 			return
 		}
-		h.end(r.Context(), id)
+		h.end(r.Context(), KeyOf(id))
 	}
 	http.SetCookie(w, &http.Cookie{Name: cookieName(r), Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	writeJSON(w, http.StatusOK, h.info(nil))
 }
 
 // end ends the session id, if it lives, and runs its principal's Logout.
-func (h *Handler) end(ctx context.Context, id string) {
-	sess := h.cfg.Sessions.Get(id)
-	h.cfg.Sessions.Delete(id)
+func (h *Handler) end(ctx context.Context, k SessionKey) {
+	sess := h.cfg.Sessions.Take(k)
 	if sess != nil && sess.Principal.Logout != nil {
 		sess.Principal.Logout(ctx)
 	}

@@ -53,9 +53,9 @@ type pendingLogin struct {
 	// started the login can finish it, whoever else learns the callback URL.
 	binding                   [32]byte
 	verifier, nonce, redirect string
-	// oldSession is the session cookie the browser had when it started (ended at the
-	// callback, where the Strict cookie is not sent).
-	oldSession string
+	// oldSession names the session the browser had when it started (ended at the callback,
+	// where the Strict cookie is not sent); its key, not its cookie value.
+	oldSession SessionKey
 	expires    time.Time
 }
 
@@ -156,7 +156,7 @@ func (o *OIDCLogin) start(w http.ResponseWriter, r *http.Request) {
 		delete(o.pending, first)
 	}
 	o.pending[sha256.Sum256([]byte(state))] = pendingLogin{binding: sha256.Sum256([]byte(binding)), verifier: verifier, nonce: nonce,
-		redirect: redirect, oldSession: sessionCookie(r), expires: now.Add(oidcLoginTTL)}
+		redirect: redirect, oldSession: KeyOf(sessionCookie(r)), expires: now.Add(oidcLoginTTL)}
 	o.mu.Unlock()
 	// Lax: the issuer's redirect back is a cross-site navigation, which a Strict cookie misses.
 	name, path := oidcCookie(r)
@@ -174,7 +174,7 @@ var errOIDC = errors.New("OpenID Connect login refused")
 type oidcDone struct {
 	principal  Principal
 	notAfter   time.Time
-	oldSession string
+	oldSession SessionKey
 }
 
 // finish handles GET /ui/oidc/callback: the state must be pending (any callback naming it

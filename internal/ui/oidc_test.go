@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -149,6 +150,56 @@ func TestOIDCLogin(t *testing.T) {
 			t.Errorf("%s is logged in", name)
 		}
 	}
+
+	// A login started in a browser that has a session ends that session at the callback, which
+	// comes from the issuer's site and so carries no (SameSite=Strict) session cookie: the
+	// pending login names the old session by its key.
+	u, _ := url.Parse(srv.URL + "/ui/")
+	var oldID string
+	for _, c := range b.Jar.Cookies(u) {
+		if c.Name == cookieTLS {
+			oldID = c.Value
+		}
+	}
+	if oldID == "" || h.cfg.Sessions.Get(oldID) == nil {
+		t.Fatalf("no live session cookie %s in the browser", cookieTLS)
+	}
+	var again string
+	b.CheckRedirect = func(r *http.Request, via []*http.Request) error {
+		if r.URL.Path == "/ui/oidc/callback" {
+			again = r.URL.String()
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}
+	if res, err = b.Get(srv.URL + "/ui/oidc/login"); err != nil || again == "" {
+		t.Fatalf("a second login of the same browser did not reach the callback: %v", err)
+	}
+	res.Body.Close()
+	req, _ = http.NewRequest("GET", again, nil)
+	for _, c := range b.Jar.Cookies(u) {
+		if c.Name != cookieTLS {
+			req.AddCookie(c) // the login's binding cookie only
+		}
+	}
+	plain := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if res, err = plain.Do(req); err != nil || res.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the callback without the session cookie: %v %v", err, res)
+	}
+	res.Body.Close()
+	if h.cfg.Sessions.Get(oldID) != nil {
+		t.Error("the session the browser had before the new login still lives")
+	}
+	var fresh string
+	for _, c := range res.Cookies() {
+		if c.Name == cookieTLS {
+			fresh = c.Value
+		}
+	}
+	if fresh == "" || fresh == oldID || h.cfg.Sessions.Get(fresh) == nil {
+		t.Fatalf("the new login's session cookie %q (old %q)", fresh, oldID)
+	}
+	b.Jar.SetCookies(u, []*http.Cookie{{Name: cookieTLS, Value: fresh, Path: "/"}})
 
 	// The session ends with its ID token (an hour here).
 	h.cfg.Sessions.Now = func() time.Time { return time.Now().Add(61 * time.Minute) }

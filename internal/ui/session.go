@@ -126,10 +126,30 @@ func (s *Sessions) Get(id string) *Session {
 }
 
 // Delete ends the session of a cookie value.
-func (s *Sessions) Delete(id string) {
+func (s *Sessions) Delete(id string) { s.Take(KeyOf(id)) }
+
+// SessionKey names a session without being its cookie value: the SHA-256 of that value, what
+// the store keeps.
+type SessionKey [32]byte
+
+// KeyOf is the key of a cookie value ("": the zero key, no session).
+func KeyOf(id string) SessionKey {
+	if id == "" {
+		return SessionKey{}
+	}
+	return sha256.Sum256([]byte(id))
+}
+
+// Take ends the session of key and returns it (nil: none).
+func (s *Sessions) Take(k SessionKey) *Session {
+	if k == (SessionKey{}) {
+		return nil
+	}
 	s.mu.Lock()
-	delete(s.byID, sha256.Sum256([]byte(id)))
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	v := s.byID[k]
+	delete(s.byID, k)
+	return v
 }
 
 // Len is the number of sessions held (live or not yet swept).
