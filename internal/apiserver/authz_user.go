@@ -1,10 +1,14 @@
 package apiserver
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/registry"
 )
@@ -103,9 +107,10 @@ var userRules = map[string]userRule{
 	controlPlaneResource:                   clusterReadable,
 	"nodes/" + v1alpha1.SubNodeCredential:  {Read: levelNever, Write: levelNever, Why: "node credentials are issued by the admin (rakhsh node token)"},
 	"nodes/" + nodestream.SubStreamTickets: {Read: levelNever, Write: levelNever, Why: "stream tickets are redeemed by nodes"},
-	// Projects: a member reads their project; quotas and members are the ClusterAdmin's.
+	// Projects: a member reads their project; a project Admin edits its members (see
+	// authorizeUser and authorizeProjectWrite); the rest is the ClusterAdmin's.
 	"projects": {Read: levelViewer, Write: levelNever, ClusterRead: true, ClusterWrite: true,
-		Why: "projects, their quotas and members are changed by a ClusterAdmin"},
+		Why: "projects and their quotas are changed by a ClusterAdmin; a project's Admins change its members"},
 	// Users: ClusterAdmin; a user reads their own User (see authorizeUser).
 	"users":                             {Read: levelNever, Write: levelNever, ClusterRead: true, ClusterWrite: true, Why: "users are managed by a ClusterAdmin"},
 	"users/" + v1alpha1.SubUserPassword: {Read: levelNever, Write: levelNever, ClusterWrite: true, Why: "a password is set by its user or a ClusterAdmin"},
@@ -179,6 +184,11 @@ func authorizeUser(id Identity, a attributes, role v1alpha1.ProjectRole) error {
 		if (a.Sub == "" && a.Verb == verbGet) || (a.Sub == v1alpha1.SubUserPassword && a.Verb == verbCreate) {
 			return nil
 		}
+	}
+	// A project's Admins update its members; authorizeProjectWrite sees that nothing else
+	// changes, and not the entries that give them their role.
+	if a.Resource == "projects" && a.Sub == "" && a.Name != "" && (a.Verb == verbUpdate || a.Verb == verbPatch) && roleLevel(role) >= levelAdmin {
+		return nil
 	}
 	need := r.Read
 	if write {
@@ -281,4 +291,40 @@ func (id Identity) capRole(p string, role v1alpha1.ProjectRole) v1alpha1.Project
 		return id.TokenRole
 	}
 	return role
+}
+
+// authorizeProjectWrite checks an update of a Project by a user who is not a ClusterAdmin (a
+// project Admin, authorizeUser): only spec.members may change, and not the entries that name
+// the user or one of their groups, so that nobody raises, lowers or removes their own role.
+func authorizeProjectWrite(ctx context.Context, t target, old, obj v1alpha1.Object, status bool) error {
+	id := identityOf(ctx)
+	if id.User == "" || status || t.st.Info.Kind != "Project" || id.effectiveClusterRole() == v1alpha1.ClusterRoleAdmin {
+		return nil
+	}
+	o, n := old.(*v1alpha1.Project), obj.(*v1alpha1.Project)
+	rest := func(p *v1alpha1.Project) string {
+		spec := p.Spec
+		spec.Members = nil
+		b, _ := json.Marshal([]any{spec, p.Labels, p.Annotations, p.Finalizers})
+		return string(b)
+	}
+	if rest(o) != rest(n) {
+		return errs.New(errs.ErrForbidden, "%s may change only spec.members of project %q: its description, quota, defaults, labels, annotations and finalizers are a ClusterAdmin's", id.describe(), o.Name)
+	}
+	if own := ownEntries(o.Spec.Members, id); !slices.Equal(own, ownEntries(n.Spec.Members, id)) {
+		return errs.New(errs.ErrForbidden, "%s may not change the entries of project %q's members that name them or their groups (%s): another Admin or a ClusterAdmin does", id.describe(), o.Name, strings.Join(own, ", "))
+	}
+	return nil
+}
+
+// ownEntries are the member entries that give id a role, as sorted "NAME=ROLE" strings.
+func ownEntries(members []v1alpha1.ProjectMember, id Identity) []string {
+	var out []string
+	for _, m := range members {
+		if memberRole([]v1alpha1.ProjectMember{m}, id.User, id.Groups) != "" {
+			out = append(out, m.Name+"="+string(m.Role))
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -94,8 +95,10 @@ func TestUserAuthorizeSubresources(t *testing.T) {
 		{cv, "", a("create", "users", "", "bob", v1alpha1.SubUserPassword), false, "password"},
 		// A project Admin cannot change the project (quotas, members: a member cannot raise
 		// their own role).
-		{u, p1("Admin"), a("update", "projects", "", "p1", ""), false, "ClusterAdmin"},
-		{u, p1("Admin"), a("patch", "projects", "", "p1", ""), false, "ClusterAdmin"},
+		{u, p1("Admin"), a("update", "projects", "", "p1", ""), true, ""}, // members only: authorizeProjectWrite
+		{u, p1("Admin"), a("patch", "projects", "", "p1", ""), true, ""},
+		{u, p1("Admin"), a("delete", "projects", "", "p1", ""), false, "ClusterAdmin"},
+		{u, p1("User"), a("patch", "projects", "", "p1", ""), false, "Admins change its members"},
 		{u, p1("Admin"), a("create", "projects", "", "", ""), false, "ClusterAdmin"},
 		{u, "", a("get", "controlplanes", "", "cluster", ""), true, ""},
 	}
@@ -162,4 +165,54 @@ func TestUserRulesNameKnownResources(t *testing.T) {
 		}
 	}
 	_ = fmt.Sprint()
+}
+
+// TestAuthorizeProjectWrite: a project Admin changes the members of their project, but
+// nothing else of it and not the entries that give them (or their group) a role; a
+// ClusterAdmin changes anything.
+func TestAuthorizeProjectWrite(t *testing.T) {
+	st, _ := registry.ByResource("projects")
+	tg := target{st: st, name: "p1"}
+	base := func() *v1alpha1.Project {
+		p := &v1alpha1.Project{}
+		p.Name = "p1"
+		p.Spec.Description = "lab"
+		p.Spec.Members = []v1alpha1.ProjectMember{{Name: "user:ann", Role: v1alpha1.ProjectRoleAdmin}, {Name: "group:lab", Role: v1alpha1.ProjectRoleUser}, {Name: "bob", Role: v1alpha1.ProjectRoleViewer}}
+		return p
+	}
+	ann := Identity{Name: "user ann", User: "ann", Groups: []string{"lab"}}
+	ctxOf := func(id Identity) context.Context { return context.WithValue(context.Background(), identityKey, id) }
+	cases := []struct {
+		name   string
+		id     Identity
+		change func(p *v1alpha1.Project)
+		msg    string // "" allowed
+	}{
+		{"another member's role", ann, func(p *v1alpha1.Project) { p.Spec.Members[2].Role = v1alpha1.ProjectRoleUser }, ""},
+		{"a new member", ann, func(p *v1alpha1.Project) {
+			p.Spec.Members = append(p.Spec.Members, v1alpha1.ProjectMember{Name: "user:cid", Role: v1alpha1.ProjectRoleAdmin})
+		}, ""},
+		{"another member removed", ann, func(p *v1alpha1.Project) { p.Spec.Members = p.Spec.Members[:2] }, ""},
+		{"the quota", ann, func(p *v1alpha1.Project) { p.Spec.Quota = &v1alpha1.ProjectQuota{} }, "only spec.members"},
+		{"the description", ann, func(p *v1alpha1.Project) { p.Spec.Description = "mine" }, "only spec.members"},
+		{"a label", ann, func(p *v1alpha1.Project) { p.Labels = map[string]string{"a": "b"} }, "only spec.members"},
+		{"their own entry removed", ann, func(p *v1alpha1.Project) { p.Spec.Members = p.Spec.Members[1:] }, "name them or their groups"},
+		{"their group's role raised", ann, func(p *v1alpha1.Project) { p.Spec.Members[1].Role = v1alpha1.ProjectRoleAdmin }, "name them or their groups"},
+		{"a second entry for them", ann, func(p *v1alpha1.Project) {
+			p.Spec.Members = append(p.Spec.Members, v1alpha1.ProjectMember{Name: "ann", Role: v1alpha1.ProjectRoleViewer})
+		}, "name them or their groups"},
+		{"a ClusterAdmin changes the quota", Identity{Name: "user root", User: "root", ClusterRole: v1alpha1.ClusterRoleAdmin}, func(p *v1alpha1.Project) { p.Spec.Quota = &v1alpha1.ProjectQuota{} }, ""},
+		{"the admin token changes anything", Identity{Name: "admin", Admin: true}, func(p *v1alpha1.Project) { p.Spec.Members = nil }, ""},
+	}
+	for _, c := range cases {
+		n := base()
+		c.change(n)
+		err := authorizeProjectWrite(ctxOf(c.id), tg, base(), n, false)
+		switch {
+		case c.msg == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.msg != "" && (err == nil || !errors.Is(err, errs.ErrForbidden) || !strings.Contains(err.Error(), c.msg)):
+			t.Errorf("%s: got %v, want Forbidden with %q", c.name, err, c.msg)
+		}
+	}
 }

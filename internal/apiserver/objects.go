@@ -269,6 +269,9 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 	if err := authorizeNodeWrite(ctx, t, old, obj, status); err != nil {
 		return nil, revs{}, 0, err
 	}
+	if err := authorizeProjectWrite(ctx, t, old, obj, status); err != nil {
+		return nil, revs{}, 0, err
+	}
 	if err := validate(t.st, obj, old, s.policyErrors(obj, old)); err != nil {
 		return nil, revs{}, 0, err
 	}

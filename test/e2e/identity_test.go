@@ -297,6 +297,21 @@ func TestIdentity(t *testing.T) {
 	if err := carol.Get(ctx, "virtualmachines", "p2", "vm2", &got); err != nil {
 		t.Fatalf("carol reads p2: %v", err)
 	}
+	// carol, an Admin of p2, manages its members: adds bob as a Viewer; she may not change
+	// the quota, nor her own entry.
+	members := func(m string) []byte { return []byte(`{"spec":{"members":` + m + `}}`) }
+	if err := carol.Patch(ctx, "projects", "", "p2", members(`[{"name":"carol","role":"Admin"},{"name":"user:bob","role":"Viewer"}]`), nil); err != nil {
+		t.Errorf("carol (Admin of p2) adds a member: %v", err)
+	}
+	if err := bob.Get(ctx, "virtualmachines", "p2", "vm2", &got); err != nil {
+		t.Errorf("bob, added to p2 by carol, reads p2's VM: %v", err)
+	}
+	if err := carol.Patch(ctx, "projects", "", "p2", []byte(`{"spec":{"quota":{"cores":1000}}}`), nil); !client.IsForbidden(err) || !strings.Contains(err.Error(), "only spec.members") {
+		t.Errorf("carol changes p2's quota: %v, want Forbidden", err)
+	}
+	if err := carol.Patch(ctx, "projects", "", "p2", members(`[{"name":"user:bob","role":"Viewer"}]`), nil); !client.IsForbidden(err) || !strings.Contains(err.Error(), "name them") {
+		t.Errorf("carol removes her own entry: %v, want Forbidden", err)
+	}
 	s.MustCLI("", "user", "disable", "carol")
 	unauthorized("a disabled user's token", carol, "is disabled")
 	if r := alice("", "get", "vm", "-n", "p1", "--server", server, "--ca-file", ca, "--token", "rakhsh-user.000000000000.forged"); r.Code == 0 || !strings.Contains(r.Stderr, "Unauthorized") {
