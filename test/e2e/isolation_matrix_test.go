@@ -151,6 +151,15 @@ func TestIsolationMatrix(t *testing.T) {
 		}
 	}
 
+	// A watch across projects sends a member of p1 the events of p1 only: a VM made in p2,
+	// then one in p1; the first event the watch sends is p1's.
+	for _, r := range authzmatrix.Roles {
+		if r.Name != "Viewer" && r.Name != "NoRole" {
+			continue
+		}
+		matrixWatchAll(t, hc, server, tokens[r.Name], s, r)
+	}
+
 	// The audit log: one line per mutating cell, with its answer.
 	f, err := os.Open(filepath.Join(s.DataDir, "audit.log"))
 	if err != nil {
@@ -254,4 +263,66 @@ func matrixRequest(t *testing.T, hc *http.Client, server, token, id string, c au
 	}
 	resp.Body.Close() // a watch ends here
 	return resp.StatusCode
+}
+
+// matrixWatchAll watches VMs across projects as role r and checks that a VM made in p2 is not
+// sent, and one made in p1 is sent to a member of p1 only.
+func matrixWatchAll(t *testing.T, hc *http.Client, server, token string, s *Serve, r authzmatrix.Role) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, server+client.Path("virtualmachines", "", "")+"?watch=true", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s watches VMs of all projects: %v %v", r.Name, err, resp)
+	}
+	defer resp.Body.Close()
+	events := make(chan string, 16)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 4<<20)
+		for sc.Scan() {
+			var ev struct {
+				Type   string
+				Object struct{ Metadata struct{ Name, Namespace string } }
+			}
+			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type != "BOOKMARK" && ev.Object.Metadata.Name != "" {
+				events <- ev.Object.Metadata.Namespace + "/" + ev.Object.Metadata.Name
+			}
+		}
+	}()
+	suffix := strings.ToLower(r.Name)
+	s.MustCLI(classVM("w2-"+suffix, "", "1", "", "128Mi", "AlwaysOff"), "apply", "-n", authzmatrix.P2, "-f", "-")
+	s.MustCLI(classVM("w1-"+suffix, "", "1", "", "128Mi", "AlwaysOff"), "apply", "-n", authzmatrix.P1, "-f", "-")
+	want := authzmatrix.P1 + "/w1-" + suffix
+	// A member's event comes at once; a watcher with no role is given 5 s to (wrongly) get it.
+	limit := 20 * time.Second
+	if r.P1 == "" {
+		limit = 5 * time.Second
+	}
+	deadline := time.After(limit)
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatalf("%s's watch ended", r.Name)
+			}
+			if strings.HasPrefix(ev, authzmatrix.P2+"/") {
+				t.Fatalf("%s's watch across projects sent %s of project p2", r.Name, ev)
+			}
+			if ev == want {
+				if r.P1 == "" {
+					t.Fatalf("%s (no role) got %s through a watch across projects", r.Name, ev)
+				}
+				return
+			}
+		case <-deadline:
+			if r.P1 != "" {
+				t.Fatalf("%s's watch across projects did not send %s", r.Name, want)
+			}
+			return // no role: nothing at all
+		}
+	}
 }
