@@ -543,6 +543,11 @@ type BlockDeviceStatusRef struct {
 	Hotplugged bool `json:"hotplugged,omitempty"`
 	// VirtualMachineBlockDeviceAttachmentName names the attachment of a hot-plugged device.
 	VirtualMachineBlockDeviceAttachmentName string `json:"virtualMachineBlockDeviceAttachmentName,omitempty"`
+	// Slot is where a hot-plugged device sits in QEMU: its PCIe root port ("hotplug2") for a
+	// disk, "scsi-id=N" on the hot-plug SCSI bus for a CD-ROM (a Rakhsh addition, written by
+	// the node agent). A live migration's target plugs the device into the same slot; a
+	// hot-plugged device without one is not live-migrated.
+	Slot string `json:"slot,omitempty"`
 	// BootOrder is the boot priority given to the device.
 	BootOrder *int `json:"bootOrder,omitempty"`
 }

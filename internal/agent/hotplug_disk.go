@@ -70,6 +70,49 @@ type pluggedDisk struct {
 	Lease bool   `json:"lease,omitempty"`
 	// Size is the device's size in bytes.
 	Size int64 `json:"size,omitempty"`
+	// SCSIID is a CD-ROM's target id on the hot-plug SCSI bus (nil: chosen by QEMU, as
+	// before ids were given).
+	SCSIID *int `json:"scsiID,omitempty"`
+}
+
+// slot is where p sits in QEMU, as status.blockDeviceRefs[].slot says it ("": not known,
+// so not live-migrated).
+func (p pluggedDisk) slot() string {
+	switch {
+	case p.Port != "":
+		return p.Port
+	case p.SCSIID != nil:
+		return fmt.Sprintf("scsi-id=%d", *p.SCSIID)
+	}
+	return ""
+}
+
+// parseSlot fills p's port or SCSI id from a slot as slot() writes it.
+func parseSlot(s string, p *pluggedDisk) error {
+	if v, ok := strings.CutPrefix(s, "scsi-id="); ok {
+		id, err := strconv.Atoi(v)
+		if err != nil || id < 0 || id > 255 {
+			return fmt.Errorf("slot %q: not a SCSI target id", s)
+		}
+		p.SCSIID = &id
+		return nil
+	}
+	for i := 0; i < qemu.HotplugPorts; i++ {
+		if s == qemu.HotplugPort(i) {
+			p.Port = s
+			return nil
+		}
+	}
+	return fmt.Errorf("slot %q is not a hot-plug slot", s)
+}
+
+// freeSCSIID is the lowest SCSI target id no hot-plugged CD-ROM of st uses.
+func freeSCSIID(st *hotplugState) int {
+	for id := 0; ; id++ {
+		if !slices.ContainsFunc(st.Disks, func(d pluggedDisk) bool { return d.SCSIID != nil && *d.SCSIID == id }) {
+			return id
+		}
+	}
 }
 
 // hotplugMonitor is what hot-plug needs of the QMP connection (*qmp.Conn).
@@ -224,41 +267,61 @@ func (a *Agent) plugDisk(ctx context.Context, mon hotplugMonitor, vm *v1alpha1.V
 		return pluggedDisk{}, errors.New("the VM has no paravirtualization (enableParavirtualization false or osType Legacy): it takes no hot-plugged device")
 	}
 	ref := b.Spec.BlockDeviceRef
-	var d qemu.Disk
-	var err error
-	switch ref.Kind {
-	case v1alpha1.BlockDeviceKindVirtualDisk:
-		err = a.resolveVirtualDisk(ctx, vm.Namespace, ref.Name, &d)
-	case v1alpha1.BlockDeviceKindVirtualImage, v1alpha1.BlockDeviceKindClusterVirtualImage:
-		err = a.resolveImage(ctx, vm.Namespace, ref.Kind, ref.Name, &d)
-	default:
-		err = fmt.Errorf("block device kind %q is not supported", ref.Kind)
-	}
+	d, err := a.resolveAttached(ctx, vm.Namespace, ref.Kind, ref.Name)
 	if err != nil {
 		return pluggedDisk{}, err
 	}
+	p := pluggedDisk{Attachment: b.Name, UID: b.UID, Kind: ref.Kind, Name: ref.Name, Device: "hpdisk-" + hotplugID(b.UID)}
+	switch {
+	case d.CDROM:
+		id := freeSCSIID(st)
+		p.SCSIID = &id
+	case rootPorts:
+		p.Port = freePortOf(st)
+		if p.Port == "" {
+			return pluggedDisk{}, fmt.Errorf("all %d hot-plug slots of the VM are in use: detach a device first", qemu.HotplugPorts)
+		}
+	}
+	return a.plugResolved(ctx, mon, vm, in, p, &d, true)
+}
+
+// resolveAttached is the disk of a hot-plugged device: a VirtualDisk or an image, whose file
+// must be here.
+func (a *Agent) resolveAttached(ctx context.Context, ns string, kind v1alpha1.BlockDeviceKind, name string) (qemu.Disk, error) {
+	var d qemu.Disk
+	var err error
+	switch kind {
+	case v1alpha1.BlockDeviceKindVirtualDisk:
+		err = a.resolveVirtualDisk(ctx, ns, name, &d)
+	case v1alpha1.BlockDeviceKindVirtualImage, v1alpha1.BlockDeviceKindClusterVirtualImage:
+		err = a.resolveImage(ctx, ns, kind, name, &d)
+	default:
+		err = fmt.Errorf("block device kind %q is not supported", kind)
+	}
+	if err != nil {
+		return d, err
+	}
 	if _, err := os.Stat(d.Path); err != nil {
-		return pluggedDisk{}, fmt.Errorf("%s %q: its file is missing: %w", ref.Kind, ref.Name, err)
+		return d, fmt.Errorf("%s %q: its file is missing: %w", kind, name, err)
 	}
-	id := hotplugID(b.UID)
-	p := pluggedDisk{Attachment: b.Name, UID: b.UID, Kind: ref.Kind, Name: ref.Name, Device: "hpdisk-" + id}
-	writable := ref.Kind == v1alpha1.BlockDeviceKindVirtualDisk && !d.ReadOnly
-	if !d.CDROM {
-		if rootPorts {
-			p.Port = freePortOf(st)
-			if p.Port == "" {
-				return pluggedDisk{}, fmt.Errorf("all %d hot-plug slots of the VM are in use: detach a device first", qemu.HotplugPorts)
-			}
-		}
-	}
-	if writable {
-		l, err := runtime.AcquireDiskLease(ctx, a.c, vm.Namespace, ref.Name, a.cfg.NodeName, vm.Name, vm.UID, a.cfg.Now(), a.mayTakeDiskLease)
+	return d, nil
+}
+
+// plugResolved plugs device p (its slot chosen) of disk d into the QEMU of in: its block
+// nodes, then the device. takeLease takes the disk lease of a writable VirtualDisk first (a
+// migration's target does not: the leases follow the VM when it switches over, and p.Lease
+// says the lease is the VM's to give back).
+func (a *Agent) plugResolved(ctx context.Context, mon hotplugMonitor, vm *v1alpha1.VirtualMachine, in *instance, p pluggedDisk, d *qemu.Disk, takeLease bool) (pluggedDisk, error) {
+	id := strings.TrimPrefix(p.Device, "hpdisk-")
+	writable := p.Kind == v1alpha1.BlockDeviceKindVirtualDisk && !d.ReadOnly
+	if writable && takeLease {
+		l, err := runtime.AcquireDiskLease(ctx, a.c, vm.Namespace, p.Name, a.cfg.NodeName, vm.Name, vm.UID, a.cfg.Now(), a.mayTakeDiskLease)
 		if err != nil {
-			return pluggedDisk{}, fmt.Errorf("the lease of VirtualDisk %q: %w", ref.Name, err)
+			return pluggedDisk{}, fmt.Errorf("the lease of VirtualDisk %q: %w", p.Name, err)
 		}
-		p.Lease = true
-		a.addDiskLeaseLine(in.runDir, ref.Name, l.ResourceVersion)
+		a.addDiskLeaseLine(in.runDir, p.Name, l.ResourceVersion)
 	}
+	p.Lease = writable
 	undo := func() {
 		for _, n := range p.Nodes {
 			_ = mon.Execute(context.Background(), "blockdev-del", map[string]any{"node-name": n}, nil)
@@ -266,16 +329,16 @@ func (a *Agent) plugDisk(ctx context.Context, mon hotplugMonitor, vm *v1alpha1.V
 		for _, s := range p.FDSets {
 			_ = mon.Execute(context.Background(), "remove-fd", map[string]any{"fdset-id": s}, nil)
 		}
-		if p.Lease {
-			a.releaseDiskLease(vm, ref.Name, "hot-plug into VM "+vm.Name+" failed")
-			a.dropDiskLeaseLine(in.runDir, ref.Name)
+		if writable && takeLease {
+			a.releaseDiskLease(vm, p.Name, "hot-plug into VM "+vm.Name+" failed")
+			a.dropDiskLeaseLine(in.runDir, p.Name)
 		}
 	}
-	if err := a.addHotplugLayers(ctx, mon, id, &d, writable, &p); err != nil {
+	if err := a.addHotplugLayers(ctx, mon, id, d, writable, &p); err != nil {
 		undo()
 		return pluggedDisk{}, err
 	}
-	if err := mon.Execute(ctx, "device_add", hotplugDevice(&p, &d, id), nil); err != nil {
+	if err := mon.Execute(ctx, "device_add", hotplugDevice(&p, d, id), nil); err != nil {
 		undo()
 		if strings.Contains(err.Error(), "not found") && (p.Port != "" || d.CDROM) {
 			return pluggedDisk{}, fmt.Errorf("device_add: %w (the VM was started without hot-plug slots: restart it once)", err)
@@ -353,6 +416,9 @@ func hotplugDevice(p *pluggedDisk, d *qemu.Disk, id string) map[string]any {
 	if d.CDROM {
 		dev["driver"] = "scsi-cd"
 		dev["bus"] = qemu.HotplugSCSI + ".0"
+		if p.SCSIID != nil {
+			dev["channel"], dev["scsi-id"], dev["lun"] = 0, *p.SCSIID, 0
+		}
 		return dev
 	}
 	dev["driver"] = "virtio-blk-pci"
@@ -482,17 +548,21 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 	}
 	for _, d := range st.Disks {
 		r := v1alpha1.BlockDeviceStatusRef{Kind: d.Kind, Name: d.Name, Target: d.Device, Attached: true, Hotplugged: true,
-			VirtualMachineBlockDeviceAttachmentName: d.Attachment}
+			VirtualMachineBlockDeviceAttachmentName: d.Attachment, Slot: d.slot()}
 		if d.Size > 0 {
 			r.Size = v1alpha1.Quantity(strconv.FormatInt(d.Size, 10))
 		}
 		refs = append(refs, r)
 	}
-	// A VM with hot-plugged devices is not live-migrated (docs/hotplug.md): the condition
-	// Migratable says so while it has any.
+	// Hot-plugged disks and CD-ROMs migrate with their slot (the target plugs them into the
+	// same one); a VM with a hot-plugged device of unknown slot (a disk on the root bus of an
+	// i440fx VM, a CD-ROM plugged before slots were recorded) or a hot-plugged NIC is not
+	// live-migrated (docs/hotplug.md): the condition Migratable says so while it has any.
 	var hot []string
 	for _, d := range st.Disks {
-		hot = append(hot, fmt.Sprintf("%s %s (attachment %s)", d.Kind, d.Name, d.Attachment))
+		if d.slot() == "" {
+			hot = append(hot, fmt.Sprintf("%s %s (attachment %s)", d.Kind, d.Name, d.Attachment))
+		}
 	}
 	for _, n := range st.NICs {
 		hot = append(hot, fmt.Sprintf("network interface %d (%s)", n.Index, n.MAC))
@@ -530,7 +600,7 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 }
 
 func hotMessage(hot []string) string {
-	return "hot-plugged devices are not live-migrated: " + strings.Join(hot, ", ") + "; detach them, or stop the VM and start it elsewhere"
+	return "these hot-plugged devices are not live-migrated: " + strings.Join(hot, ", ") + "; detach them, or stop the VM and start it elsewhere"
 }
 
 // hotplugStatusFields are the VM status fields hot-plug writes.

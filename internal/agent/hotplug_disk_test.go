@@ -181,3 +181,36 @@ func TestSameNICPrefix(t *testing.T) {
 		t.Fatal("one interface has no prefix of two")
 	}
 }
+
+// TestHotplugSlots: a device's slot (status.blockDeviceRefs[].slot) names its root port or
+// SCSI target id, parses back to the same place, and a CD-ROM is plugged at the id chosen.
+func TestHotplugSlots(t *testing.T) {
+	two := 2
+	for _, p := range []pluggedDisk{{Port: qemu.HotplugPort(3)}, {SCSIID: &two}} {
+		var back pluggedDisk
+		if err := parseSlot(p.slot(), &back); err != nil || back.slot() != p.slot() {
+			t.Errorf("slot %q parsed back as %q (%v)", p.slot(), back.slot(), err)
+		}
+	}
+	if s := (pluggedDisk{}).slot(); s != "" {
+		t.Errorf("a device without a recorded place has slot %q", s)
+	}
+	for _, bad := range []string{"", "pcie.0", "hotplug9", "scsi-id=x", "scsi-id=-1", "scsi-id=256"} {
+		if err := parseSlot(bad, &pluggedDisk{}); err == nil {
+			t.Errorf("slot %q accepted", bad)
+		}
+	}
+	zero := 0
+	st := &hotplugState{Disks: []pluggedDisk{{SCSIID: &zero}, {SCSIID: &two}, {Port: qemu.HotplugPort(0)}}}
+	if id := freeSCSIID(st); id != 1 {
+		t.Errorf("free SCSI id = %d, want 1", id)
+	}
+	dev := hotplugDevice(&pluggedDisk{Device: "hpdisk-1", SCSIID: &two}, &qemu.Disk{CDROM: true}, "1")
+	if dev["driver"] != "scsi-cd" || dev["scsi-id"] != 2 || dev["lun"] != 0 || dev["bus"] != qemu.HotplugSCSI+".0" {
+		t.Errorf("CD-ROM device_add: %v", dev)
+	}
+	dev = hotplugDevice(&pluggedDisk{Device: "hpdisk-1", Port: qemu.HotplugPort(1)}, &qemu.Disk{}, "1")
+	if dev["driver"] != "virtio-blk-pci" || dev["bus"] != qemu.HotplugPort(1) {
+		t.Errorf("disk device_add: %v", dev)
+	}
+}

@@ -191,6 +191,7 @@ func (a *Agent) startIncoming(ctx context.Context, vm *v1alpha1.VirtualMachine) 
 		{stepTPM, a.stepTPM},
 		{stepLaunch, a.stepLaunch},
 		{stepQMP, a.stepQMP},
+		{stepHotplug, a.stepIncomingHotplug},
 		{stepVNC, a.stepVNC},
 		{stepCgroups, a.stepCgroups},
 		{stepListen, a.stepListen},
@@ -331,6 +332,9 @@ func exportIncomingDisks(ctx context.Context, mon fdPasser, r *startRun, disks [
 	}
 	for i := range disks {
 		node := nodes["vd-"+disks[i].Name]
+		if node == "" {
+			node = r.hotNodes[disks[i].Name] // hot-plugged (migrate_hotplug.go)
+		}
 		if node == "" {
 			return fail(fmt.Sprintf("disk %q is not among the target QEMU's disks", disks[i].Name))
 		}

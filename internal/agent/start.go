@@ -33,6 +33,7 @@ const (
 	stepTPM          = "tpm"          // swtpm (tpm.go)
 	stepLaunch       = "launch"       // QEMU, paused (machine.go)
 	stepQMP          = "qmp"          // the QMP connection
+	stepHotplug      = "hotplug"      // a migration target plugs its source's hot-plugged devices (migrate_hotplug.go)
 	stepVNC          = "vnc"          // VNC handed over to a QEMU started without it
 	stepCgroups      = "cgroups"      // the VM's cgroup limits and pinning (cgroup.go)
 	stepCont         = "cont"         // the guest resumed (unless it is to stay paused)
@@ -64,6 +65,9 @@ type startRun struct {
 	shape *runSpec
 	// balloonFloor is what the node may reclaim the VM's memory down to (memory.go).
 	balloonFloor int64
+	// hotNodes are the top block nodes of a migration target's hot-plugged Local disks, by
+	// disk name: exported for their mirrors (migrate_hotplug.go).
+	hotNodes map[string]string
 }
 
 // startStep is one named step of a start.

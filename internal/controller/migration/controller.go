@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"time"
 
@@ -293,10 +294,11 @@ func (c *Controller) check(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMach
 		return failed(v1alpha1.VMOPReasonHotpluggedDevices, "the virtual machine is not migratable: "+c.Message)
 	}
 	for _, r := range vm.Status.BlockDeviceRefs {
-		if r.Hotplugged {
-			// The target QEMU would start without the device, and QEMU's migration would
-			// fail on the device state the target lacks (docs/hotplug.md).
-			return failed(v1alpha1.VMOPReasonHotpluggedDevices, fmt.Sprintf("%s %q is hot-plugged (attachment %s): a virtual machine with hot-plugged block devices is not live-migrated; detach them first, or stop the virtual machine and start it elsewhere",
+		if r.Hotplugged && r.Slot == "" {
+			// The target plugs a hot-plugged device into the slot its source has it in; one
+			// of unknown slot would not match, and QEMU's migration would fail on its state
+			// (docs/hotplug.md).
+			return failed(v1alpha1.VMOPReasonHotpluggedDevices, fmt.Sprintf("%s %q is hot-plugged (attachment %s) in a slot the node did not record: it is not live-migrated; detach it first, or stop the virtual machine and start it elsewhere",
 				r.Kind, r.Name, r.VirtualMachineBlockDeviceAttachmentName))
 		}
 	}
@@ -387,8 +389,14 @@ func autoConverge(p v1alpha1.LiveMigrationPolicy, force *bool) bool {
 func (c *Controller) localDisks(vm *v1alpha1.VirtualMachine) ([]v1alpha1.MigrationDisk, int64) {
 	var out []v1alpha1.MigrationDisk
 	var total int64
-	for _, r := range vm.Spec.BlockDeviceRefs {
-		if r.Kind != v1alpha1.BlockDeviceKindVirtualDisk {
+	refs := append([]v1alpha1.BlockDeviceSpecRef(nil), vm.Spec.BlockDeviceRefs...)
+	for _, r := range vm.Status.BlockDeviceRefs {
+		if r.Hotplugged {
+			refs = append(refs, v1alpha1.BlockDeviceSpecRef{Kind: r.Kind, Name: r.Name})
+		}
+	}
+	for _, r := range refs {
+		if r.Kind != v1alpha1.BlockDeviceKindVirtualDisk || slices.ContainsFunc(out, func(d v1alpha1.MigrationDisk) bool { return d.Name == r.Name }) {
 			continue
 		}
 		d, ok := c.disks.Get(runtime.NewKey(vm.Namespace, r.Name))

@@ -58,6 +58,15 @@ func TestCheck(t *testing.T) {
 	room := runningVM("n1") // room to grow, not used: migratable
 	room.Status.Resources = &v1alpha1.VirtualMachineResources{CPU: v1alpha1.VirtualMachineCPUStatus{Cores: 1, BootCores: 1, MaxCores: 4},
 		Memory: v1alpha1.VirtualMachineMemoryStatus{Size: "256Mi", BootSize: "256Mi", MaxSize: "1Gi", Hotplugged: "0"}}
+	hotDisk := runningVM("n1")
+	hotDisk.Status.BlockDeviceRefs = []v1alpha1.BlockDeviceStatusRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "d1", Hotplugged: true,
+		VirtualMachineBlockDeviceAttachmentName: "a1", Slot: "hotplug1"}}
+	noSlot := runningVM("n1")
+	noSlot.Status.BlockDeviceRefs = []v1alpha1.BlockDeviceStatusRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "d1", Hotplugged: true,
+		VirtualMachineBlockDeviceAttachmentName: "a1"}}
+	hotNIC := runningVM("n1")
+	hotNIC.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.VMConditionMigratable, Status: v1alpha1.ConditionFalse,
+		Reason: v1alpha1.VMReasonHotpluggedDevices, Message: "these hot-plugged devices are not live-migrated: network interface 1"}}
 	cases := []struct {
 		name      string
 		vm        *v1alpha1.VirtualMachine
@@ -73,6 +82,9 @@ func TestCheck(t *testing.T) {
 		{"vCPUs added live: the target starts with them", grown, op(v1alpha1.VMOPTypeMigrate), "", "", ""},
 		{"memory plugged live: the target requests it", plugged, op(v1alpha1.VMOPTypeEvict), "", "", ""},
 		{"room to grow, unused", room, op(v1alpha1.VMOPTypeMigrate), "", "", ""},
+		{"a hot-plugged disk in a recorded slot moves with the VM", hotDisk, op(v1alpha1.VMOPTypeMigrate), "", "", ""},
+		{"a hot-plugged disk of unknown slot", noSlot, op(v1alpha1.VMOPTypeMigrate), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonHotpluggedDevices, "slot the node did not record"},
+		{"the node says a hot-plugged NIC keeps it", hotNIC, op(v1alpha1.VMOPTypeMigrate), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonHotpluggedDevices, "network interface 1"},
 		{"policy Never", never, op(v1alpha1.VMOPTypeEvict), v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForLiveMigrationPolicy, "Never"},
 	}
 	for _, tc := range cases {

@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// TestLiveMigrationHotplugged, on the three-host cluster: a running VM gets a blank disk on
+// its node's Local storage and an ISO as a CD-ROM hot-plugged (`rakhsh vm attach`), the guest
+// writes a marker on the disk, and the VM is live-migrated: the target plugs both devices into
+// the slots the source recorded before the stream comes, the disk is mirrored to the target
+// and moves there with its lease, the guest goes on without a reboot and reads its marker back
+// from the copy and still sees the CD-ROM; the attachments stay Attached, and the disk is
+// detached on the target (the guest loses it, the lease is given back).
+func TestLiveMigrationHotplugged(t *testing.T) {
+	c := sharedCluster(t)
+	s := c.Serve(t)
+	img := c.GuestImage(t)
+	t.Cleanup(func() {
+		s.CLI("", "delete", "vm", "rkp-vm", "--ignore-not-found", "--wait")
+		s.CLI("", "delete", "vmbda", "rkp-vm-rkp-hd", "rkp-vm-"+img, "--ignore-not-found", "--wait")
+		s.CLI("", "delete", "vd", "rkp-hd", "--ignore-not-found", "--wait")
+	})
+	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: rkp-vm}
+spec:
+  runPolicy: AlwaysOn
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 5
+  blockDeviceRefs:
+  - {kind: ClusterVirtualImage, name: %s}
+`, img), "apply", "-f", "-")
+	v := vmWait(t, s, "rkp-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	vmWaitSerial(t, s, "rkp-vm", "RAKHSH-GUEST: ready", 1)
+	src := v.Status.NodeName
+	h := c.Host(src)
+	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata:
+  name: rkp-hd
+  annotations: {%s: %s}
+spec:
+  persistentVolumeClaim: {size: 64Mi}
+`, v1alpha1.AnnotationStorageNode, src), "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "rkp-hd", "--for", "phase=Ready", "--timeout", "2m")
+	if d := storageDisk(t, s, "rkp-hd"); d.Status.NodeName != src {
+		t.Fatalf("the Local disk is on %q, the VM on %q", d.Status.NodeName, src)
+	}
+	s.MustCLI("", "vm", "attach", "rkp-vm", "rkp-hd", "--wait", "--timeout", "2m")
+	s.MustCLI("", "vm", "attach", "rkp-vm", img, "--kind", "ClusterVirtualImage", "--wait", "--timeout", "2m")
+	migrateConsoleType(t, h, v.UID, "while ! [ -e /sys/block/vda ] || ! [ -e /sys/block/sr1 ]; do sleep 0.1; done; echo RKHOT-4711 > /dev/vda; sync; echo RKPWROTE")
+	vmWaitSerial(t, s, "rkp-vm", "RKPWROTE", 1)
+	v = vmWait(t, s, "rkp-vm", 30*time.Second, "both hot-plugged devices in its status with a slot", func(v *v1alpha1.VirtualMachine) bool {
+		n := 0
+		for _, r := range v.Status.BlockDeviceRefs {
+			if r.Hotplugged && r.Slot != "" {
+				n++
+			}
+		}
+		return n == 2
+	})
+	before := map[string]string{}
+	for _, r := range v.Status.BlockDeviceRefs {
+		if r.Hotplugged {
+			before[r.Name] = r.Target + "@" + r.Slot
+		}
+	}
+	migrateConsoleType(t, h, v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+	ticks := waitTick(t, s, "rkp-vm", 2, time.Minute)
+
+	dst := migrateOther(c, src)
+	r := s.CLI("", "vm", "migrate", "rkp-vm", "--to", dst, "--wait", "--timeout", "5m")
+	t.Logf("migration %s -> %s: %s", src, dst, strings.TrimSpace(r.Stderr))
+	if r.Code != 0 {
+		t.Fatalf("vm migrate of a VM with hot-plugged devices: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	after := vmGet(t, s, "rkp-vm")
+	if m := after.Status.MigrationState; after.Status.NodeName != dst || m == nil || m.Phase != v1alpha1.MigrationPhaseSucceeded {
+		t.Fatalf("after the migration: node %q, migration %+v", after.Status.NodeName, after.Status.MigrationState)
+	}
+	n := waitTick(t, s, "rkp-vm", ticks, time.Minute)
+	t.Logf("ticks: %d before, %d on the target", ticks, n)
+	if log := vmLog(t, s, "rkp-vm"); strings.Count(log, "RAKHSH-GUEST: booted") != 1 {
+		t.Errorf("the guest booted again:\n%s", tail(log, 2000))
+	}
+	migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKPREAD $(head -c 10 /dev/vda) RKPCD $(cat /sys/block/sr1/device/type)")
+	vmWaitSerial(t, s, "rkp-vm", "RKPREAD RKHOT-4711 RKPCD 5", 1)
+	after = vmWait(t, s, "rkp-vm", time.Minute, "the same hot-plugged devices in the target's status", func(v *v1alpha1.VirtualMachine) bool {
+		got := map[string]string{}
+		for _, r := range v.Status.BlockDeviceRefs {
+			if r.Hotplugged {
+				got[r.Name] = r.Target + "@" + r.Slot
+			}
+		}
+		return v.Status.NodeName == dst && fmt.Sprint(got) == fmt.Sprint(before)
+	})
+	if c := v1alpha1.FindCondition(after.Status.Conditions, v1alpha1.VMConditionMigratable); c != nil && c.Status == v1alpha1.ConditionFalse {
+		t.Errorf("after the migration: Migratable %+v", c)
+	}
+	for _, b := range []string{"rkp-vm-rkp-hd", "rkp-vm-" + img} {
+		waitObj(t, s, "virtualmachineblockdeviceattachments", "default", b, "Attached", func(o *v1alpha1.VirtualMachineBlockDeviceAttachment) bool {
+			return o.Status.Phase == v1alpha1.VMBDAPhaseAttached
+		})
+	}
+	d := storageDisk(t, s, "rkp-hd")
+	waitFor(t, "the hot-plugged disk on the target node", func() bool { return storageDisk(t, s, "rkp-hd").Status.NodeName == dst })
+	waitFor(t, "the hot-plugged disk's lease handed to the target", func() bool {
+		l := diskLease(t, s, "rkp-hd")
+		return l.Spec.HolderNode == dst && l.Spec.VirtualMachineUID == v.UID
+	})
+	waitFor(t, "the disk file gone from the source", func() bool {
+		_, err := os.Stat(storage.ClassDiskPath(h.DataDir, nil, d.UID))
+		return os.IsNotExist(err)
+	})
+	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+
+	// Detached on the target: the guest loses the disk, the lease is given back.
+	s.MustCLI("", "vm", "detach", "rkp-vm", "rkp-hd", "--wait", "--timeout", "2m")
+	migrateConsoleType(t, c.Host(dst), v.UID, "while [ -e /sys/block/vda ]; do sleep 0.1; done; echo RKPGONE")
+	vmWaitSerial(t, s, "rkp-vm", "RKPGONE", 1)
+	waitFor(t, "the lease given back after the detach", func() bool {
+		l := diskLease(t, s, "rkp-hd")
+		return l.Spec.HolderNode == "" || l.Spec.VirtualMachineUID != v.UID
+	})
+}
