@@ -106,6 +106,25 @@ func parseSlot(s string, p *pluggedDisk) error {
 	return fmt.Errorf("slot %q is not a hot-plug slot", s)
 }
 
+// learnSCSIIDs asks QEMU the SCSI target ids of CD-ROMs plugged before ids were given at the
+// plug (QEMU chose them), so that a new one is not given a used id and they get a slot. It
+// says whether it learnt any.
+func learnSCSIIDs(ctx context.Context, mon hotplugMonitor, st *hotplugState) bool {
+	learnt := false
+	for i := range st.Disks {
+		d := &st.Disks[i]
+		if d.SCSIID != nil || d.Port != "" {
+			continue
+		}
+		var id int
+		if err := mon.Execute(ctx, "qom-get", map[string]any{"path": "/machine/peripheral/" + d.Device, "property": "scsi-id"}, &id); err == nil {
+			d.SCSIID = &id
+			learnt = true
+		}
+	}
+	return learnt
+}
+
 // freeSCSIID is the lowest SCSI target id no hot-plugged CD-ROM of st uses.
 func freeSCSIID(st *hotplugState) int {
 	for id := 0; ; id++ {
@@ -197,6 +216,9 @@ func (a *Agent) syncHotplug(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 func (a *Agent) syncHotplugWith(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, mon hotplugMonitor, st hotplugState,
 	want map[string]*v1alpha1.VirtualMachineBlockDeviceAttachment) time.Duration {
 	var retry time.Duration
+	if mon != nil && learnSCSIIDs(ctx, mon, &st) {
+		_ = writeHotplugState(in.runDir, st)
+	}
 	// Unplug first: it frees ports.
 	for i := 0; i < len(st.Disks); {
 		d := st.Disks[i]

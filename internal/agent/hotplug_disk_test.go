@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"reflect"
 	"strings"
@@ -212,5 +213,45 @@ func TestHotplugSlots(t *testing.T) {
 	dev = hotplugDevice(&pluggedDisk{Device: "hpdisk-1", Port: qemu.HotplugPort(1)}, &qemu.Disk{}, "1")
 	if dev["driver"] != "virtio-blk-pci" || dev["bus"] != qemu.HotplugPort(1) {
 		t.Errorf("disk device_add: %v", dev)
+	}
+}
+
+// scsiIDMon answers qom-get scsi-id of CD-ROMs by device.
+type scsiIDMon struct {
+	fakeHotplugMon
+	ids map[string]int
+}
+
+func (m *scsiIDMon) Execute(ctx context.Context, cmd string, args, result any) error {
+	a, _ := args.(map[string]any)
+	if cmd == "qom-get" {
+		path, _ := a["path"].(string)
+		id, ok := m.ids[strings.TrimPrefix(path, "/machine/peripheral/")]
+		if !ok {
+			return errors.New("Property 'virtio-blk-pci.scsi-id' not found")
+		}
+		*(result.(*int)) = id
+		return nil
+	}
+	return m.fakeHotplugMon.Execute(ctx, cmd, args, result)
+}
+
+// TestLearnSCSIIDs: CD-ROMs plugged before ids were given learn theirs from QEMU (and so get a
+// slot, and a new CD-ROM is not given a used id); disks and known ids are left alone.
+func TestLearnSCSIIDs(t *testing.T) {
+	one := 1
+	st := hotplugState{Disks: []pluggedDisk{{Device: "hpdisk-a"}, {Device: "hpdisk-b", SCSIID: &one}, {Device: "hpdisk-c", Port: qemu.HotplugPort(0)}, {Device: "hpdisk-d"}}}
+	m := &scsiIDMon{ids: map[string]int{"hpdisk-a": 0, "hpdisk-b": 7}}
+	if !learnSCSIIDs(context.Background(), m, &st) {
+		t.Fatal("nothing learnt")
+	}
+	if st.Disks[0].slot() != "scsi-id=0" || st.Disks[1].slot() != "scsi-id=1" || st.Disks[2].slot() != qemu.HotplugPort(0) || st.Disks[3].slot() != "" {
+		t.Errorf("slots after learning: %q %q %q %q", st.Disks[0].slot(), st.Disks[1].slot(), st.Disks[2].slot(), st.Disks[3].slot())
+	}
+	if id := freeSCSIID(&st); id != 2 {
+		t.Errorf("the next CD-ROM's id = %d, want 2", id)
+	}
+	if learnSCSIIDs(context.Background(), m, &st) {
+		t.Error("learnt again what was known")
 	}
 }

@@ -200,7 +200,7 @@ func (a *Agent) startIncoming(ctx context.Context, vm *v1alpha1.VirtualMachine) 
 		if err := s.run(ctx, r); err != nil {
 			var sf *startFailure
 			r.undo.run()
-			a.removeIncomingFiles(r.runDir)
+			a.removeIncomingFiles(r.runDir, m.ID)
 			switch {
 			case errors.As(err, &sf):
 				msg := sf.msg
@@ -421,7 +421,7 @@ func (a *Agent) stepIncomingDisks(ctx context.Context, r *startRun) error {
 		return err
 	})
 	if err != nil {
-		a.removeIncomingFiles(r.runDir)
+		a.removeIncomingFiles(r.runDir, m.ID)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -463,11 +463,13 @@ func (a *Agent) makeIncomingDisk(ctx context.Context, ns, name string, d *qemu.D
 	return path, nil
 }
 
-// removeIncomingFiles removes what an incoming migration made in runDir's list.
-func (a *Agent) removeIncomingFiles(runDir string) {
+// removeIncomingFiles removes what the incoming migration id made, in runDir's list. A list
+// of another migration is left alone (the switch-over removes the list, so that files an
+// earlier migration made, in use since, are never taken for this one's).
+func (a *Agent) removeIncomingFiles(runDir, id string) {
 	var rec migrationIn
 	b, err := os.ReadFile(filepath.Join(runDir, migrationInFile))
-	if err != nil || json.Unmarshal(b, &rec) != nil {
+	if err != nil || json.Unmarshal(b, &rec) != nil || rec.ID != id {
 		return
 	}
 	for _, f := range rec.Files {
@@ -551,6 +553,8 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 		a.queue.Add(key)
 		return
 	}
+	// The copies made for this migration are the VM's disks now: no longer to be removed.
+	_ = os.Remove(filepath.Join(in.runDir, migrationInFile))
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_ = mon.Execute(cctx, "nbd-server-stop", nil, nil) // none without Local disks
@@ -1313,7 +1317,7 @@ func (a *Agent) cleanupAfterMove(ctx context.Context, vm *v1alpha1.VirtualMachin
 	runDir := a.runDir(vm.UID)
 	switch {
 	case m.Target.Node == a.cfg.NodeName && m.Phase == v1alpha1.MigrationPhaseFailed:
-		a.removeIncomingFiles(runDir)
+		a.removeIncomingFiles(runDir, m.ID)
 	case m.Source.Node == a.cfg.NodeName && m.Phase == v1alpha1.MigrationPhaseSucceeded && vm.Status.NodeName == m.Target.Node:
 		for _, d := range m.Disks {
 			var vd v1alpha1.VirtualDisk

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/qemu"
@@ -48,7 +49,7 @@ func (a *Agent) stepIncomingHotplug(ctx context.Context, r *startRun) error {
 		}
 		p, err = a.plugResolved(ctx, mon, r.vm, r.in, p, &d, false)
 		if err != nil {
-			return failStart(fmt.Sprintf("plugging %s %q (attachment %s) into slot %s: %v", ref.Kind, ref.Name, p.Attachment, ref.Slot, err))
+			return failStart(fmt.Sprintf("plugging %s %q (attachment %s) into slot %s: %v", ref.Kind, ref.Name, ref.VirtualMachineBlockDeviceAttachmentName, ref.Slot, err))
 		}
 		st.Disks = append(st.Disks, p)
 		if mirrored[ref.Name] {
@@ -71,9 +72,21 @@ func (a *Agent) stepIncomingHotplug(ctx context.Context, r *startRun) error {
 func (a *Agent) incomingDevice(ctx context.Context, r *startRun, ref v1alpha1.BlockDeviceStatusRef, mirrored bool) (pluggedDisk, qemu.Disk, error) {
 	var d qemu.Disk
 	what := fmt.Sprintf("hot-plugged %s %q (attachment %s)", ref.Kind, ref.Name, ref.VirtualMachineBlockDeviceAttachmentName)
-	b, ok := a.bdas.Get(runtime.NewKey(r.vm.Namespace, ref.VirtualMachineBlockDeviceAttachmentName))
-	if !ok || b.Spec.VirtualMachineName != r.vm.Name || b.Spec.BlockDeviceRef.Kind != ref.Kind || b.Spec.BlockDeviceRef.Name != ref.Name {
-		return pluggedDisk{}, d, failStart(what + ": its attachment is not known here (yet)")
+	if a.bdas == nil {
+		return pluggedDisk{}, d, failStart(what + ": this agent does not hot-plug devices")
+	}
+	// An agent that just started may not have the attachment in its cache yet: it waits a
+	// little for it.
+	key := runtime.NewKey(r.vm.Namespace, ref.VirtualMachineBlockDeviceAttachmentName)
+	b, ok := a.bdas.Get(key)
+	for end := time.Now().Add(10 * time.Second); !ok && time.Now().Before(end) && ctx.Err() == nil; b, ok = a.bdas.Get(key) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !ok {
+		return pluggedDisk{}, d, failStart(what + ": its attachment is not known here")
+	}
+	if b.Spec.VirtualMachineName != r.vm.Name || b.Spec.BlockDeviceRef.Kind != ref.Kind || b.Spec.BlockDeviceRef.Name != ref.Name {
+		return pluggedDisk{}, d, failStart(what + ": its attachment names another VM or device")
 	}
 	p := pluggedDisk{Attachment: b.Name, UID: b.UID, Kind: ref.Kind, Name: ref.Name, Device: "hpdisk-" + hotplugID(b.UID)}
 	if ref.Target != "" && ref.Target != p.Device {
@@ -87,7 +100,13 @@ func (a *Agent) incomingDevice(ctx context.Context, r *startRun, ref v1alpha1.Bl
 		if d, err = a.resolveAttached(ctx, r.vm.Namespace, ref.Kind, ref.Name); err != nil {
 			return pluggedDisk{}, d, failStart(what + ": " + err.Error())
 		}
+		if d.CDROM != (p.SCSIID != nil) {
+			return pluggedDisk{}, d, failStart(fmt.Sprintf("%s: slot %s does not fit a %s", what, ref.Slot, map[bool]string{true: "CD-ROM", false: "disk"}[d.CDROM]))
+		}
 		return p, d, nil
+	}
+	if p.SCSIID != nil {
+		return pluggedDisk{}, d, failStart(fmt.Sprintf("%s: slot %s does not fit a disk", what, ref.Slot))
 	}
 	path, err := a.makeIncomingDisk(ctx, r.vm.Namespace, ref.Name, &d)
 	if path != "" {
@@ -102,9 +121,12 @@ func (a *Agent) incomingDevice(ctx context.Context, r *startRun, ref v1alpha1.Bl
 // recordIncomingFile adds path to the files an incoming migration made (migrationInFile), to
 // be removed if it fails.
 func (a *Agent) recordIncomingFile(runDir, id, path string) {
-	rec := migrationIn{ID: id}
+	var rec migrationIn
 	if b, err := os.ReadFile(filepath.Join(runDir, migrationInFile)); err == nil {
 		_ = json.Unmarshal(b, &rec)
+	}
+	if rec.ID != id {
+		rec = migrationIn{ID: id} // another migration's list: not this one's files
 	}
 	rec.Files = append(rec.Files, path)
 	_ = writeJSONFile(filepath.Join(runDir, migrationInFile), rec)
