@@ -73,28 +73,14 @@ spec:
 			before[r.Name] = r.Target + "@" + r.Slot
 		}
 	}
-	migrateConsoleType(t, h, v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
-	ticks := waitTick(t, s, "rkp-vm", 2, time.Minute)
-
-	dst := migrateOther(c, src)
-	r := s.CLI("", "vm", "migrate", "rkp-vm", "--to", dst, "--wait", "--timeout", "5m")
-	t.Logf("migration %s -> %s: %s", src, dst, strings.TrimSpace(r.Stderr))
-	if r.Code != 0 {
-		t.Fatalf("vm migrate of a VM with hot-plugged devices: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
-	}
-	after := vmGet(t, s, "rkp-vm")
-	if m := after.Status.MigrationState; after.Status.NodeName != dst || m == nil || m.Phase != v1alpha1.MigrationPhaseSucceeded {
-		t.Fatalf("after the migration: node %q, migration %+v", after.Status.NodeName, after.Status.MigrationState)
-	}
-	n := waitTick(t, s, "rkp-vm", ticks, time.Minute)
-	t.Logf("ticks: %d before, %d on the target", ticks, n)
+	dst, _ := migrateTicking(t, c, s, "rkp-vm", v.UID, src)
 	// The log is the target QEMU's serial output now: a boot there would print the marker.
 	if log := vmLog(t, s, "rkp-vm"); strings.Contains(log, "RAKHSH-GUEST: booted") {
 		t.Errorf("the guest booted again:\n%s", tail(log, 2000))
 	}
 	migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKPREAD $(head -c 10 /dev/vda) RKPCD $(cat /sys/block/sr1/device/type)")
 	vmWaitSerial(t, s, "rkp-vm", "RKPREAD RKHOT-4711 RKPCD 5", 1)
-	after = vmWait(t, s, "rkp-vm", time.Minute, "the same hot-plugged devices in the target's status", func(v *v1alpha1.VirtualMachine) bool {
+	after := vmWait(t, s, "rkp-vm", time.Minute, "the same hot-plugged devices in the target's status", func(v *v1alpha1.VirtualMachine) bool {
 		got := map[string]string{}
 		for _, r := range v.Status.BlockDeviceRefs {
 			if r.Hotplugged {

@@ -237,20 +237,7 @@ spec:
 		h := c.Host(src)
 		migrateConsoleType(t, h, v.UID, "echo RKMARK-4711 > /dev/vda; sync; echo RKWROTE")
 		vmWaitSerial(t, s, "rkm-local", "RKWROTE", 1)
-		migrateConsoleType(t, h, v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
-		before := waitTick(t, s, "rkm-local", 2, time.Minute)
-		dst := migrateOther(c, src)
-		r := s.CLI("", "vm", "migrate", "rkm-local", "--to", dst, "--wait", "--timeout", "5m")
-		t.Logf("migration %s -> %s: %s", src, dst, strings.TrimSpace(r.Stderr))
-		if r.Code != 0 {
-			t.Fatalf("vm migrate: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
-		}
-		after := vmGet(t, s, "rkm-local")
-		if after.Status.NodeName != dst {
-			t.Fatalf("after the migration the VM is on %q, want %s", after.Status.NodeName, dst)
-		}
-		n := waitTick(t, s, "rkm-local", before, time.Minute)
-		t.Logf("ticks: %d before, %d on the target", before, n)
+		dst, _ := migrateTicking(t, c, s, "rkm-local", v.UID, src)
 		migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKREAD $(head -c 12 /dev/vda)")
 		vmWaitSerial(t, s, "rkm-local", "RKREAD RKMARK-4711", 1)
 		waitFor(t, "the disk on the target node", func() bool {
@@ -270,6 +257,28 @@ spec:
 			return l.Spec.HolderNode == dst && l.Spec.VirtualMachineUID == v.UID
 		})
 	})
+}
+
+// migrateTicking has the guest of name (uid, on node src) print a tick every second, moves it
+// to another node, checks that the migration succeeded and that the ticks go on there, and
+// returns that node and the VM after the move.
+func migrateTicking(t *testing.T, c *Cluster, s *Serve, name, uid, src string) (string, *v1alpha1.VirtualMachine) {
+	t.Helper()
+	migrateConsoleType(t, c.Host(src), uid, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+	before := waitTick(t, s, name, 2, time.Minute)
+	dst := migrateOther(c, src)
+	r := s.CLI("", "vm", "migrate", name, "--to", dst, "--wait", "--timeout", "5m")
+	t.Logf("migration %s -> %s: %s", src, dst, strings.TrimSpace(r.Stderr))
+	if r.Code != 0 {
+		t.Fatalf("vm migrate %s: exit %d: %s %s", name, r.Code, r.Stdout, r.Stderr)
+	}
+	after := vmGet(t, s, name)
+	if m := after.Status.MigrationState; after.Status.NodeName != dst || m == nil || m.Phase != v1alpha1.MigrationPhaseSucceeded {
+		t.Fatalf("after the migration: node %q (want %s), migration %+v", after.Status.NodeName, dst, m)
+	}
+	n := waitTick(t, s, name, before, time.Minute)
+	t.Logf("ticks: %d before, %d on the target", before, n)
+	return dst, after
 }
 
 // TestLiveMigrationTPMAndEFI, on the three-host cluster: a VM with a vTPM (osType Windows)
