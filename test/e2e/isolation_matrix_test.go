@@ -286,7 +286,9 @@ func matrixWatchAll(t *testing.T, hc *http.Client, server, token string, s *Serv
 		for sc.Scan() {
 			var ev struct {
 				Type   string
-				Object struct{ Metadata struct{ Name, Namespace string } }
+				Object struct {
+					Metadata struct{ Name, Namespace string }
+				}
 			}
 			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type != "BOOKMARK" && ev.Object.Metadata.Name != "" {
 				events <- ev.Object.Metadata.Namespace + "/" + ev.Object.Metadata.Name
