@@ -108,12 +108,12 @@ func parseSlot(s string, p *pluggedDisk) error {
 
 // learnSCSIIDs asks QEMU the SCSI target ids of CD-ROMs plugged before ids were given at the
 // plug (QEMU chose them), so that a new one is not given a used id and they get a slot. It
-// says whether it learnt any.
+// says whether it learnt any. Only images can be CD-ROMs; a VirtualDisk is never asked.
 func learnSCSIIDs(ctx context.Context, mon hotplugMonitor, st *hotplugState) bool {
 	learnt := false
 	for i := range st.Disks {
 		d := &st.Disks[i]
-		if d.SCSIID != nil || d.Port != "" {
+		if d.SCSIID != nil || d.Port != "" || d.Kind == v1alpha1.BlockDeviceKindVirtualDisk {
 			continue
 		}
 		var id int

@@ -240,13 +240,17 @@ func (m *scsiIDMon) Execute(ctx context.Context, cmd string, args, result any) e
 // slot, and a new CD-ROM is not given a used id); disks and known ids are left alone.
 func TestLearnSCSIIDs(t *testing.T) {
 	one := 1
-	st := hotplugState{Disks: []pluggedDisk{{Device: "hpdisk-a"}, {Device: "hpdisk-b", SCSIID: &one}, {Device: "hpdisk-c", Port: qemu.HotplugPort(0)}, {Device: "hpdisk-d"}}}
-	m := &scsiIDMon{ids: map[string]int{"hpdisk-a": 0, "hpdisk-b": 7}}
+	st := hotplugState{Disks: []pluggedDisk{{Device: "hpdisk-a"}, {Device: "hpdisk-b", SCSIID: &one}, {Device: "hpdisk-c", Port: qemu.HotplugPort(0)}, {Device: "hpdisk-d"},
+		{Device: "hpdisk-e", Kind: v1alpha1.BlockDeviceKindVirtualDisk}}}
+	m := &scsiIDMon{ids: map[string]int{"hpdisk-a": 0, "hpdisk-b": 7, "hpdisk-e": 3}}
 	if !learnSCSIIDs(context.Background(), m, &st) {
 		t.Fatal("nothing learnt")
 	}
 	if st.Disks[0].slot() != "scsi-id=0" || st.Disks[1].slot() != "scsi-id=1" || st.Disks[2].slot() != qemu.HotplugPort(0) || st.Disks[3].slot() != "" {
 		t.Errorf("slots after learning: %q %q %q %q", st.Disks[0].slot(), st.Disks[1].slot(), st.Disks[2].slot(), st.Disks[3].slot())
+	}
+	if st.Disks[4].SCSIID != nil {
+		t.Error("a VirtualDisk (never a CD-ROM) was asked its SCSI id")
 	}
 	if id := freeSCSIID(&st); id != 2 {
 		t.Errorf("the next CD-ROM's id = %d, want 2", id)

@@ -407,16 +407,14 @@ func (a *Agent) stepIncomingDisks(ctx context.Context, r *startRun) error {
 	for _, d := range m.Disks {
 		mirrored[d.Name] = true
 	}
-	rec := migrationIn{ID: m.ID}
 	disks, err := a.resolveDisksWith(ctx, r.vm, func(ctx context.Context, ns, name string, d *qemu.Disk) error {
 		if !mirrored[name] {
 			return a.resolveVirtualDisk(ctx, ns, name, d)
 		}
 		path, err := a.makeIncomingDisk(ctx, ns, name, d)
 		if path != "" {
-			rec.Files = append(rec.Files, path)
-			// Written at once, so that even a crash of this agent leaves a list to clean up.
-			_ = writeJSONFile(filepath.Join(r.runDir, migrationInFile), rec)
+			// Listed at once, so that even a crash of this agent leaves a list to clean up.
+			a.recordIncomingFile(r.runDir, m.ID, path)
 		}
 		return err
 	})

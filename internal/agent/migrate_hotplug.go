@@ -101,7 +101,7 @@ func (a *Agent) incomingDevice(ctx context.Context, r *startRun, ref v1alpha1.Bl
 			return pluggedDisk{}, d, failStart(what + ": " + err.Error())
 		}
 		if d.CDROM != (p.SCSIID != nil) {
-			return pluggedDisk{}, d, failStart(fmt.Sprintf("%s: slot %s does not fit a %s", what, ref.Slot, map[bool]string{true: "CD-ROM", false: "disk"}[d.CDROM]))
+			return pluggedDisk{}, d, failStart(fmt.Sprintf("%s: slot %s does not fit the device (CD-ROM: %v)", what, ref.Slot, d.CDROM))
 		}
 		return p, d, nil
 	}
@@ -118,8 +118,8 @@ func (a *Agent) incomingDevice(ctx context.Context, r *startRun, ref v1alpha1.Bl
 	return p, d, nil
 }
 
-// recordIncomingFile adds path to the files an incoming migration made (migrationInFile), to
-// be removed if it fails.
+// recordIncomingFile adds path to the files the incoming migration id made (migrationInFile),
+// to be removed if it fails; a list of another migration is replaced.
 func (a *Agent) recordIncomingFile(runDir, id, path string) {
 	var rec migrationIn
 	if b, err := os.ReadFile(filepath.Join(runDir, migrationInFile)); err == nil {

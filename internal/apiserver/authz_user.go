@@ -69,6 +69,9 @@ type userRule struct {
 	// cluster-scoped kind, Read levelViewer means: every user, and on Project objects, a
 	// member of that project.
 	Read, Write int
+	// Update, when set, is the least role that may update and patch (not create or delete),
+	// where it differs from Write.
+	Update int
 	// ClusterRead: a ClusterViewer (and ClusterAdmin) may read it in every project.
 	ClusterRead bool
 	// ClusterWrite: a ClusterAdmin may write it (and read it, even without ClusterRead).
@@ -109,7 +112,7 @@ var userRules = map[string]userRule{
 	"nodes/" + nodestream.SubStreamTickets: {Read: levelNever, Write: levelNever, Why: "stream tickets are redeemed by nodes"},
 	// Projects: a member reads their project; a project Admin edits its members (see
 	// authorizeUser and authorizeProjectWrite); the rest is the ClusterAdmin's.
-	"projects": {Read: levelViewer, Write: levelNever, ClusterRead: true, ClusterWrite: true,
+	"projects": {Read: levelViewer, Write: levelNever, Update: levelAdmin, ClusterRead: true, ClusterWrite: true,
 		Why: "projects and their quotas are changed by a ClusterAdmin; a project's Admins change its members"},
 	// Users: ClusterAdmin; a user reads their own User (see authorizeUser).
 	"users":                             {Read: levelNever, Write: levelNever, ClusterRead: true, ClusterWrite: true, Why: "users are managed by a ClusterAdmin"},
@@ -185,13 +188,11 @@ func authorizeUser(id Identity, a attributes, role v1alpha1.ProjectRole) error {
 			return nil
 		}
 	}
-	// A project's Admins update its members; authorizeProjectWrite sees that nothing else
-	// changes, and not the entries that give them their role.
-	if a.Resource == "projects" && a.Sub == "" && a.Name != "" && (a.Verb == verbUpdate || a.Verb == verbPatch) && roleLevel(role) >= levelAdmin {
-		return nil
-	}
 	need := r.Read
-	if write {
+	switch {
+	case r.Update != levelNone && (a.Verb == verbUpdate || a.Verb == verbPatch):
+		need = r.Update
+	case write:
 		need = r.Write
 	}
 	switch {

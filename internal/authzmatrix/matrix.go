@@ -170,9 +170,6 @@ type Cell struct {
 	Allowed     bool
 }
 
-// Collection says the request goes to a collection (list, watch, create of an object).
-func (c Cell) Collection() bool { return c.Name == "" }
-
 func (c Cell) String() string {
 	where := c.Namespace
 	if c.Name != "" {

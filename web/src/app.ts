@@ -707,17 +707,16 @@ function disksPage() {
 // promptDialog asks for one value: typed, or picked from choices when given. It resolves to
 // the value, or null when cancelled.
 function promptDialog(question: string, detail: string, value: string, action: string, choices?: string[]): Promise<string | null> {
-  return new Promise((resolve) => {
-    const field = (
-      choices
-        ? h("select", { id: "prompt-value", "aria-label": question }, ...choices.map((c) => h("option", { value: c }, c)))
-        : h("input", { id: "prompt-value", type: "text", value, "aria-label": question, autocomplete: "off" })
-    ) as HTMLInputElement | HTMLSelectElement;
-    if (choices) field.value = value;
+  const field = (
+    choices
+      ? h("select", { id: "prompt-value", "aria-label": question }, ...choices.map((c) => h("option", { value: c }, c)))
+      : h("input", { id: "prompt-value", type: "text", value, "aria-label": question, autocomplete: "off" })
+  ) as HTMLInputElement | HTMLSelectElement;
+  if (choices) field.value = value;
+  const shown = modal<string | null>("prompt", question, null, (done) => {
     const form = h(
       "form",
       { method: "dialog" },
-      h("h2", { id: "prompt-title" }, question),
       h("p", {}, detail),
       field,
       h(
@@ -727,21 +726,14 @@ function promptDialog(question: string, detail: string, value: string, action: s
         h("button", { type: "button", id: "prompt-cancel", onclick: () => done(null) }, "Cancel"),
       ),
     );
-    const dlg = h("dialog", { "aria-labelledby": "prompt-title", id: "prompt" }, form) as HTMLDialogElement;
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
       done(field.value.trim());
     });
-    const done = (v: string | null) => {
-      dlg.close();
-      dlg.remove();
-      resolve(v);
-    };
-    dlg.addEventListener("cancel", () => done(null));
-    document.body.append(dlg);
-    dlg.showModal();
-    field.focus();
+    return [form];
   });
+  field.focus();
+  return shown;
 }
 
 // uploadFile sends a file to an upload path of this server (PUT, with the session's CSRF
@@ -972,25 +964,28 @@ function nodesPage() {
 // ---- one VM --------------------------------------------------------------------------------
 
 function confirmDialog(question: string, detail: string, action: string): Promise<boolean> {
+  return modal("confirm", question, false, (done) => [
+    h("p", {}, detail),
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "button", class: "danger", id: "confirm-yes", onclick: () => done(true) }, action),
+      h("button", { type: "button", id: "confirm-no", onclick: () => done(false) }, "Cancel"),
+    ),
+  ]);
+}
+
+// modal shows a modal dialog (id, titled) with the body content made for its done, and
+// resolves to what done is given, or cancelled when it is dismissed (Escape).
+function modal<T>(id: string, title: string, cancelled: T, content: (done: (v: T) => void) => Node[]): Promise<T> {
   return new Promise((resolve) => {
-    const dlg = h(
-      "dialog",
-      { "aria-labelledby": "confirm-title", id: "confirm" },
-      h("h2", { id: "confirm-title" }, question),
-      h("p", {}, detail),
-      h(
-        "div",
-        { class: "actions" },
-        h("button", { type: "button", class: "danger", id: "confirm-yes", onclick: () => done(true) }, action),
-        h("button", { type: "button", id: "confirm-no", onclick: () => done(false) }, "Cancel"),
-      ),
-    ) as HTMLDialogElement;
-    const done = (yes: boolean) => {
+    const done = (v: T) => {
       dlg.close();
       dlg.remove();
-      resolve(yes);
+      resolve(v);
     };
-    dlg.addEventListener("cancel", () => done(false));
+    const dlg = h("dialog", { "aria-labelledby": `${id}-title`, id }, h("h2", { id: `${id}-title` }, title), ...content(done)) as HTMLDialogElement;
+    dlg.addEventListener("cancel", () => done(cancelled));
     document.body.append(dlg);
     dlg.showModal();
   });
