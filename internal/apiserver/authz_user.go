@@ -110,8 +110,8 @@ var userRules = map[string]userRule{
 	controlPlaneResource:                   clusterReadable,
 	"nodes/" + v1alpha1.SubNodeCredential:  {Read: levelNever, Write: levelNever, Why: "node credentials are issued by the admin (rakhsh node token)"},
 	"nodes/" + nodestream.SubStreamTickets: {Read: levelNever, Write: levelNever, Why: "stream tickets are redeemed by nodes"},
-	// Projects: a member reads their project; a project Admin edits its members (see
-	// authorizeUser and authorizeProjectWrite); the rest is the ClusterAdmin's.
+	// Projects: a member reads their project; a project Admin updates it, which
+	// authorizeProjectWrite limits to its members; the rest is the ClusterAdmin's.
 	"projects": {Read: levelViewer, Write: levelNever, Update: levelAdmin, ClusterRead: true, ClusterWrite: true,
 		Why: "projects and their quotas are changed by a ClusterAdmin; a project's Admins change its members"},
 	// Users: ClusterAdmin; a user reads their own User (see authorizeUser).
@@ -295,7 +295,7 @@ func (id Identity) capRole(p string, role v1alpha1.ProjectRole) v1alpha1.Project
 }
 
 // authorizeProjectWrite checks an update of a Project by a user who is not a ClusterAdmin (a
-// project Admin, authorizeUser): only spec.members may change, and not the entries that name
+// project Admin: the rule's Update level): only spec.members may change, and not the entries that name
 // the user or one of their groups, so that nobody raises, lowers or removes their own role.
 func authorizeProjectWrite(ctx context.Context, t target, old, obj v1alpha1.Object, status bool) error {
 	id := identityOf(ctx)
