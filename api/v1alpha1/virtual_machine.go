@@ -566,6 +566,10 @@ type NetworkStatus struct {
 	// agent, in CIDR form, link-local ones left out (a Rakhsh addition, written by the node
 	// agent). IPAddress stays the platform's own claim.
 	GuestIPAddresses []string `json:"guestIPAddresses,omitempty"`
+	// Slot is the PCIe root port ("hotplug1") of an interface hot-plugged into the running VM
+	// (a Rakhsh addition, written by the node agent); empty for the interfaces QEMU started
+	// with. A live migration's target plugs the interface into the same port.
+	Slot string `json:"slot,omitempty"`
 }
 
 // GuestOSInfo is the guest OS as reported by the guest agent.

@@ -290,10 +290,11 @@ func mergeGuestNetworks(nets []v1alpha1.NetworkStatus, ifaces []qga.Interface) b
 	return changed
 }
 
-// clearGuestNetworks removes what the guest agent reported from nets (QEMU stopped).
+// clearGuestNetworks removes what the guest agent reported from nets, and the slots of
+// hot-plugged interfaces (QEMU stopped).
 func clearGuestNetworks(nets []v1alpha1.NetworkStatus) {
 	for i := range nets {
-		nets[i].InterfaceName, nets[i].GuestIPAddresses = "", nil
+		nets[i].InterfaceName, nets[i].GuestIPAddresses, nets[i].Slot = "", nil, ""
 	}
 }
 

@@ -576,10 +576,10 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 		}
 		refs = append(refs, r)
 	}
-	// Hot-plugged disks and CD-ROMs migrate with their slot (the target plugs them into the
-	// same one); a VM with a hot-plugged device of unknown slot (a disk on the root bus of an
-	// i440fx VM, a CD-ROM plugged before slots were recorded) or a hot-plugged NIC is not
-	// live-migrated (docs/hotplug.md): the condition Migratable says so while it has any.
+	// Hot-plugged disks, CD-ROMs and NICs migrate with their slot (the target plugs them into
+	// the same one); a VM with a hot-plugged device of unknown slot (a disk on the root bus of
+	// an i440fx VM, a CD-ROM plugged before slots were recorded) is not live-migrated
+	// (docs/hotplug.md): the condition Migratable says so while it has any.
 	var hot []string
 	for _, d := range st.Disks {
 		if d.slot() == "" {
@@ -587,7 +587,9 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 		}
 	}
 	for _, n := range st.NICs {
-		hot = append(hot, fmt.Sprintf("network interface %d (%s)", n.Index, n.MAC))
+		if n.Port == "" {
+			hot = append(hot, fmt.Sprintf("network interface %d (%s)", n.Index, n.MAC))
+		}
 	}
 	migratable := func(v *v1alpha1.VirtualMachine) bool {
 		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionMigratable)
@@ -599,7 +601,9 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 	same := func(v *v1alpha1.VirtualMachine) bool {
 		x, _ := json.Marshal(v.Status.BlockDeviceRefs)
 		y, _ := json.Marshal(refs)
-		return string(x) == string(y) && v.Status.BlockDevicesCount == len(refs) && migratable(v)
+		n1, _ := json.Marshal(v.Status.Networks)
+		n2, _ := json.Marshal(nicSlots(v.Status.Networks, st))
+		return string(x) == string(y) && v.Status.BlockDevicesCount == len(refs) && migratable(v) && string(n1) == string(n2)
 	}
 	if same(vm) {
 		return nil
@@ -610,6 +614,7 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 		}
 		v.Status.BlockDeviceRefs = refs
 		v.Status.BlockDevicesCount = len(refs)
+		v.Status.Networks = nicSlots(v.Status.Networks, st)
 		if len(hot) > 0 {
 			v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionMigratable, Status: v1alpha1.ConditionFalse,
 				Reason: v1alpha1.VMReasonHotpluggedDevices, Message: hotMessage(hot)})
@@ -625,8 +630,23 @@ func hotMessage(hot []string) string {
 	return "these hot-plugged devices are not live-migrated: " + strings.Join(hot, ", ") + "; detach them, or stop the VM and start it elsewhere"
 }
 
-// hotplugStatusFields are the VM status fields hot-plug writes.
-var hotplugStatusFields = []string{"blockDeviceRefs", "blockDevicesCount", "conditions"}
+// nicSlots is nets with the root port of each NIC hot-plugged into the running QEMU (st) as
+// its slot, matched by MAC, and no slot on the others.
+func nicSlots(nets []v1alpha1.NetworkStatus, st hotplugState) []v1alpha1.NetworkStatus {
+	out := slices.Clone(nets)
+	for i := range out {
+		out[i].Slot = ""
+		for _, n := range st.NICs {
+			if out[i].MACAddress != "" && strings.EqualFold(n.MAC, out[i].MACAddress) {
+				out[i].Slot = n.Port
+			}
+		}
+	}
+	return out
+}
+
+// hotplugStatusFields are the VM status fields hot-plug writes (of networks, only the slots).
+var hotplugStatusFields = []string{"blockDeviceRefs", "blockDevicesCount", "conditions", "networks"}
 
 // clearBlockDeviceRefs empties status.blockDeviceRefs of a VM whose QEMU ended: nothing is
 // attached to a stopped VM (recordExit).

@@ -259,3 +259,28 @@ func TestLearnSCSIIDs(t *testing.T) {
 		t.Error("learnt again what was known")
 	}
 }
+
+// TestUpdateRunSpecNetworksKeepsTheRest: recording a hot-plugged NIC's network in
+// runspec.json changes only the networks: the memory padding, boot shape, retired vCPU slots
+// and balloon facts stay (they were dropped, and the next migration's target then started
+// with unpadded RAM and QEMU refused the stream: "Size mismatch: pc.ram").
+func TestUpdateRunSpecNetworksKeepsTheRest(t *testing.T) {
+	dir := t.TempDir()
+	vm := &v1alpha1.VirtualMachine{}
+	rs := &runSpec{BootMemory: "256Mi", BootCores: 1, RetiredCPUSlots: []int{2}, HotpluggedMemory: "128Mi", Balloon: true,
+		BalloonFloor: "64Mi", BalloonReporting: true, MemoryPadKiB: 8}
+	rs.Spec.CPU.Cores = 2
+	if err := saveRunSpec(dir, rs); err != nil {
+		t.Fatal(err)
+	}
+	nets := []v1alpha1.NetworkSpec{{Type: v1alpha1.NetworkTypeMain}, {Type: v1alpha1.NetworkTypeClusterNetwork, Name: "main"}}
+	if err := updateRunSpecNetworks(dir, vm, nets); err != nil {
+		t.Fatal(err)
+	}
+	got := loadRunSpec(dir, vm)
+	want := *rs
+	want.Spec.Networks = nets
+	if !reflect.DeepEqual(*got, want) {
+		t.Fatalf("runspec after the NIC:\n got %+v\nwant %+v", *got, want)
+	}
+}

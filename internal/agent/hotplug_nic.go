@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"time"
@@ -169,19 +168,12 @@ func nonZero(d time.Duration) time.Duration {
 	return d
 }
 
-// updateRunSpecNetworks records in runspec.json that the QEMU now runs with networks.
+// updateRunSpecNetworks records in runspec.json that the QEMU now runs with networks; the
+// rest of what it records (boot shape, memory padding, balloon) stays.
 func updateRunSpecNetworks(runDir string, vm *v1alpha1.VirtualMachine, networks []v1alpha1.NetworkSpec) error {
-	rs := runSpec{Spec: *readRunSpec(runDir, vm)}
+	rs := loadRunSpec(runDir, vm)
 	rs.Spec.Networks = networks
-	b, err := json.Marshal(rs)
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(runDir, runSpecFileName+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(runDir, runSpecFileName))
+	return saveRunSpec(runDir, rs)
 }
 
 // plugNIC hot-plugs planned NIC p.
@@ -190,7 +182,7 @@ func (a *Agent) plugNIC(ctx context.Context, mon nicMonitor, vm *v1alpha1.Virtua
 	if port == "" {
 		return pluggedNIC{}, fmt.Errorf("all %d hot-plug slots of the VM are in use: detach a device first", qemu.HotplugPorts)
 	}
-	n := pluggedNIC{Index: p.index, Network: p.netName, MAC: p.mac, Tap: p.tap, Device: "hpnic" + strconv.Itoa(p.index), Netdev: "hpnet" + strconv.Itoa(p.index), Port: port}
+	n := hotNIC(p, port)
 	// The network and tap, as prepareNICs makes them at start.
 	a.net.mu.Lock()
 	active, _ := a.activeVMs()
@@ -207,17 +199,26 @@ func (a *Agent) plugNIC(ctx context.Context, mon nicMonitor, vm *v1alpha1.Virtua
 	if err != nil {
 		return pluggedNIC{}, fmt.Errorf("network %s: %w", p.netName, err)
 	}
-	fail := func(err error) (pluggedNIC, error) {
-		_ = mon.Execute(context.Background(), "netdev_del", map[string]any{"id": n.Netdev}, nil)
-		_ = mon.Execute(context.Background(), "closefd", map[string]any{"fdname": n.Netdev}, nil)
+	if err := qemuPlugNIC(ctx, mon, n, p.net.Spec.MTU); err != nil {
 		if created {
 			a.deleteTaps([]string{p.tap})
 		}
 		return pluggedNIC{}, err
 	}
-	f, err := qemu.OpenTap(p.tap)
+	return n, nil
+}
+
+// qemuPlugNIC passes n's tap to QEMU (getfd) and adds its netdev and its virtio-net-pci
+// device in root port n.Port; a failure takes back what it added.
+func qemuPlugNIC(ctx context.Context, mon nicMonitor, n pluggedNIC, mtu int) error {
+	fail := func(err error) error {
+		_ = mon.Execute(context.Background(), "netdev_del", map[string]any{"id": n.Netdev}, nil)
+		_ = mon.Execute(context.Background(), "closefd", map[string]any{"fdname": n.Netdev}, nil)
+		return err
+	}
+	f, err := qemu.OpenTap(n.Tap)
 	if err != nil {
-		return fail(fmt.Errorf("opening tap %s: %w", p.tap, err))
+		return fail(fmt.Errorf("opening tap %s: %w", n.Tap, err))
 	}
 	err = mon.GetFD(ctx, n.Netdev, f)
 	_ = f.Close()
@@ -227,14 +228,20 @@ func (a *Agent) plugNIC(ctx context.Context, mon nicMonitor, vm *v1alpha1.Virtua
 	if err := mon.Execute(ctx, "netdev_add", map[string]any{"type": "tap", "id": n.Netdev, "fd": n.Netdev}, nil); err != nil {
 		return fail(fmt.Errorf("netdev_add: %w", err))
 	}
-	dev := map[string]any{"driver": "virtio-net-pci", "id": n.Device, "netdev": n.Netdev, "mac": p.mac, "bus": port, "romfile": ""}
-	if p.net.Spec.MTU != 0 {
-		dev["host_mtu"] = p.net.Spec.MTU
+	dev := map[string]any{"driver": "virtio-net-pci", "id": n.Device, "netdev": n.Netdev, "mac": n.MAC, "bus": n.Port, "romfile": ""}
+	if mtu != 0 {
+		dev["host_mtu"] = mtu
 	}
 	if err := mon.Execute(ctx, "device_add", dev, nil); err != nil {
 		return fail(fmt.Errorf("device_add: %w", err))
 	}
-	return n, nil
+	return nil
+}
+
+// hotNIC is planned NIC p hot-plugged into root port port: its qdev and netdev ids follow
+// its index in spec.networks.
+func hotNIC(p plannedNIC, port string) pluggedNIC {
+	return pluggedNIC{Index: p.index, Network: p.netName, MAC: p.mac, Tap: p.tap, Device: "hpnic" + strconv.Itoa(p.index), Netdev: "hpnet" + strconv.Itoa(p.index), Port: port}
 }
 
 // freePortOf is the first root port neither a hot-plugged disk nor a NIC uses.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -15,7 +16,8 @@ import (
 
 // Hot-plugged devices of a migrating VM (docs/hotplug.md). The source records where each
 // hot-plugged disk or CD-ROM sits (status.blockDeviceRefs[].slot: its root port, or its SCSI
-// target id); the target plugs the same devices, with the same qdev ids and block node names,
+// target id), and each hot-plugged NIC (status.networks[].slot); the target plugs the same
+// devices, with the same qdev ids and block node names,
 // into the same slots of its QEMU while it waits for the stream (-incoming defer), so that the
 // device state the stream carries finds them. A hot-plugged disk on Local storage gets an
 // empty copy here that the source mirrors into, as the spec's Local disks do; its lease
@@ -30,10 +32,10 @@ func (a *Agent) stepIncomingHotplug(ctx context.Context, r *startRun) error {
 			hot = append(hot, ref)
 		}
 	}
-	if len(hot) == 0 {
+	if len(hot) == 0 && len(r.hotNICs) == 0 {
 		return nil
 	}
-	mon, ok := r.mon.(hotplugMonitor)
+	mon, ok := r.mon.(nicMonitor)
 	if !ok {
 		return failStart("the monitor cannot hot-plug devices")
 	}
@@ -59,11 +61,47 @@ func (a *Agent) stepIncomingHotplug(ctx context.Context, r *startRun) error {
 			r.hotNodes[ref.Name] = p.Nodes[0]
 		}
 	}
+	if len(r.hotNICs) > 0 {
+		st.BootNICs = len(r.nics)
+	}
+	for _, n := range r.hotNICs {
+		if err := qemuPlugNIC(ctx, mon, n.nic, n.mtu); err != nil {
+			return failStart(fmt.Sprintf("plugging network interface %d (%s) into slot %s: %v", n.nic.Index, n.nic.MAC, n.nic.Port, err))
+		}
+		st.NICs = append(st.NICs, n.nic)
+	}
 	if err := writeHotplugState(r.runDir, st); err != nil {
 		return failStart("recording the hot-plugged devices: " + err.Error())
 	}
-	a.log.Info("migration target: hot-plugged devices plugged", "vm", string(r.key), "devices", len(st.Disks))
+	a.log.Info("migration target: hot-plugged devices plugged", "vm", string(r.key), "devices", len(st.Disks), "nics", len(st.NICs))
 	return nil
+}
+
+// incomingNIC is a NIC the migration's source hot-plugged: the target's QEMU starts without it
+// and gets it plugged into the same root port (stepIncomingHotplug).
+type incomingNIC struct {
+	nic pluggedNIC
+	mtu int
+}
+
+// splitIncomingNICs divides the NICs of a migration's target (nics, made for plan) into those
+// its QEMU starts with and those the source hot-plugged: status.networks gives the slot of
+// each hot-plugged one (by MAC).
+func splitIncomingNICs(vm *v1alpha1.VirtualMachine, plan []plannedNIC, nics []qemu.NIC) (boot []qemu.NIC, hot []incomingNIC) {
+	for i, p := range plan {
+		slot := ""
+		for _, ns := range vm.Status.Networks {
+			if ns.MACAddress != "" && strings.EqualFold(ns.MACAddress, p.mac) {
+				slot = ns.Slot
+			}
+		}
+		if slot == "" {
+			boot = append(boot, nics[i])
+			continue
+		}
+		hot = append(hot, incomingNIC{nic: hotNIC(p, slot), mtu: p.net.Spec.MTU})
+	}
+	return boot, hot
 }
 
 // incomingDevice is the device of the source's hot-plugged ref and its disk on this node: the

@@ -68,6 +68,9 @@ type startRun struct {
 	// hotNodes are the top block nodes of a migration target's hot-plugged Local disks, by
 	// disk name: exported for their mirrors (migrate_hotplug.go).
 	hotNodes map[string]string
+	// hotNICs are the NICs a migration target plugs after its QEMU started
+	// (migrate_hotplug.go).
+	hotNICs []incomingNIC
 }
 
 // startStep is one named step of a start.
@@ -238,6 +241,10 @@ func (a *Agent) stepNICs(ctx context.Context, r *startRun) error {
 		return err
 	}
 	r.nics = nics
+	if r.incoming {
+		// The source's hot-plugged NICs are plugged into the same ports once QEMU runs.
+		r.nics, r.hotNICs = splitIncomingNICs(r.vm, plan, nics)
+	}
 	if len(created) > 0 {
 		r.undo.add(stepNICs, func() { a.deleteTaps(created) })
 	}

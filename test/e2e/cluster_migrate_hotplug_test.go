@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -12,11 +14,12 @@ import (
 )
 
 // TestLiveMigrationHotplugged, on the three-host cluster: a running VM gets a blank disk on
-// its node's Local storage and an ISO as a CD-ROM hot-plugged (`rakhsh vm attach`), the guest
-// writes a marker on the disk, and the VM is live-migrated: the target plugs both devices into
-// the slots the source recorded before the stream comes, the disk is mirrored to the target
-// and moves there with its lease, the guest goes on without a reboot and reads its marker back
-// from the copy and still sees the CD-ROM; the attachments stay Attached, and the disk is
+// its node's Local storage and an ISO as a CD-ROM hot-plugged (`rakhsh vm attach`) and a
+// second NIC on the NAT network (spec.networks), the guest writes a marker on the disk, and
+// the VM is live-migrated: the target plugs the three devices into the slots the source
+// recorded before the stream comes, the disk is mirrored to the target and moves there with
+// its lease, the guest goes on without a reboot, reads its marker back from the copy, still
+// sees the CD-ROM and reaches the gateway through the NIC with the same MAC; the attachments stay Attached, and the disk is
 // detached on the target (the guest loses it, the lease is given back).
 func TestLiveMigrationHotplugged(t *testing.T) {
 	c := sharedCluster(t)
@@ -58,15 +61,25 @@ spec:
 	s.MustCLI("", "vm", "attach", "rkp-vm", img, "--kind", "ClusterVirtualImage", "--wait", "--timeout", "2m")
 	migrateConsoleType(t, h, v.UID, "while ! [ -e /sys/block/vda ] || ! [ -e /sys/block/sr1 ]; do sleep 0.1; done; echo RKHOT-4711 > /dev/vda; sync; echo RKPWROTE")
 	vmWaitSerial(t, s, "rkp-vm", "RKPWROTE", 1)
-	v = vmWait(t, s, "rkp-vm", 30*time.Second, "both hot-plugged devices in its status with a slot", func(v *v1alpha1.VirtualMachine) bool {
+	// A second NIC on the NAT network, hot-plugged: the guest takes its lease on eth1.
+	if err := s.Client().Patch(context.Background(), "virtualmachines", "default", "rkp-vm",
+		[]byte(`{"spec":{"networks":[{"type":"Main"},{"type":"ClusterNetwork","name":"main"}]}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	v = vmWait(t, s, "rkp-vm", time.Minute, "both hot-plugged devices and the NIC in its status with a slot", func(v *v1alpha1.VirtualMachine) bool {
 		n := 0
 		for _, r := range v.Status.BlockDeviceRefs {
 			if r.Hotplugged && r.Slot != "" {
 				n++
 			}
 		}
-		return n == 2
+		return n == 2 && len(v.Status.Networks) == 2 && v.Status.Networks[0].Slot == "" && v.Status.Networks[1].Slot != "" && v.Status.Networks[1].IPAddress != ""
 	})
+	nic := v.Status.Networks[1]
+	vmWaitSerial(t, s, "rkp-vm", "RAKHSH-GUEST: ip="+nic.IPAddress+" iface=eth1", 1)
+	if c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionMigratable); c != nil && c.Status == v1alpha1.ConditionFalse {
+		t.Fatalf("with hot-plugged devices in slots: Migratable %+v", c)
+	}
 	before := map[string]string{}
 	for _, r := range v.Status.BlockDeviceRefs {
 		if r.Hotplugged {
@@ -80,6 +93,14 @@ spec:
 	}
 	migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKPREAD $(head -c 10 /dev/vda) RKPCD $(cat /sys/block/sr1/device/type)")
 	vmWaitSerial(t, s, "rkp-vm", "RKPREAD RKHOT-4711 RKPCD 5", 1)
+	// The hot-plugged NIC came along: the same MAC in the guest, and its tap on the target's
+	// network carries the guest's traffic (the NAT gateway answers on eth1).
+	migrateConsoleType(t, c.Host(dst), v.UID, "echo RKPNIC $(cat /sys/class/net/eth1/address) $(ping -I eth1 -c 3 -W 2 $(ip route | awk '/default/ {print $3; exit}') | grep -o '[0-9]* packets received')")
+	vmWaitSerial(t, s, "rkp-vm", "RKPNIC "+strings.ToLower(nic.MACAddress)+" ", 1)
+	// The line is printed whole once ping ended.
+	if m := regexp.MustCompile(`RKPNIC \S+ (\d+) packets received`).FindStringSubmatch(vmLog(t, s, "rkp-vm")); m == nil || m[1] == "0" {
+		t.Errorf("the hot-plugged NIC carries no traffic on the target:\n%s", tail(vmLog(t, s, "rkp-vm"), 1500))
+	}
 	after := vmWait(t, s, "rkp-vm", time.Minute, "the same hot-plugged devices in the target's status", func(v *v1alpha1.VirtualMachine) bool {
 		got := map[string]string{}
 		for _, r := range v.Status.BlockDeviceRefs {
@@ -87,7 +108,8 @@ spec:
 				got[r.Name] = r.Target + "@" + r.Slot
 			}
 		}
-		return v.Status.NodeName == dst && fmt.Sprint(got) == fmt.Sprint(before)
+		return v.Status.NodeName == dst && fmt.Sprint(got) == fmt.Sprint(before) &&
+			len(v.Status.Networks) == 2 && v.Status.Networks[1].Slot == nic.Slot && v.Status.Networks[1].MACAddress == nic.MACAddress && v.Status.Networks[1].IPAddress == nic.IPAddress
 	})
 	if c := v1alpha1.FindCondition(after.Status.Conditions, v1alpha1.VMConditionMigratable); c != nil && c.Status == v1alpha1.ConditionFalse {
 		t.Errorf("after the migration: Migratable %+v", c)

@@ -121,11 +121,11 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 			fail(true, reason, msg)
 		}
 		ns.MACAddress = mac
-		// What the node agent read from the guest agent for this interface stays (its own
-		// fields, docs/guest-agent.md).
+		// What the node agent read from the guest agent for this interface, and the slot it
+		// hot-plugged it into, stay (its own fields, docs/guest-agent.md, docs/hotplug.md).
 		for _, old := range vm.Status.Networks {
 			if mac != "" && strings.EqualFold(old.MACAddress, mac) {
-				ns.InterfaceName, ns.GuestIPAddresses = old.InterfaceName, old.GuestIPAddresses
+				ns.InterfaceName, ns.GuestIPAddresses, ns.Slot = old.InterfaceName, old.GuestIPAddresses, old.Slot
 			}
 		}
 		// IP claim.
