@@ -391,13 +391,15 @@ func TestExplicitMACOutsideRangesNeedsAdminLease(t *testing.T) {
 }
 
 // TestGuestAddressesSurviveRewrites: the network controller keeps what the node agent wrote
-// from the guest agent (interfaceName, guestIPAddresses) when it rewrites status.networks.
+// (from the guest agent: interfaceName, guestIPAddresses; from hot-plug: slot) when it
+// rewrites status.networks.
 func TestGuestAddressesSurviveRewrites(t *testing.T) {
 	e := newEnv(t, nil, testVM("web"))
 	var vm v1alpha1.VirtualMachine
 	e.wait("addresses in the VM status", "virtualmachines", "p1", "web", &vm, func() bool { return vm.Status.IPAddress != "" })
 	vm.Status.Networks[0].InterfaceName = "eth0"
 	vm.Status.Networks[0].GuestIPAddresses = []string{"192.0.2.9/24"}
+	vm.Status.Networks[0].Slot = "hotplug1"
 	// A stale platform field too, so that the controller has something to rewrite.
 	vm.Status.Networks[0].IPAddress = ""
 	if err := e.fc.UpdateStatus(e.ctx, "virtualmachines", "p1", "web", &vm, nil); err != nil {
@@ -406,7 +408,7 @@ func TestGuestAddressesSurviveRewrites(t *testing.T) {
 	e.wait("the platform's address written again", "virtualmachines", "p1", "web", &vm, func() bool {
 		return len(vm.Status.Networks) == 1 && vm.Status.Networks[0].IPAddress != ""
 	})
-	if n := vm.Status.Networks[0]; n.InterfaceName != "eth0" || !reflect.DeepEqual(n.GuestIPAddresses, []string{"192.0.2.9/24"}) {
-		t.Fatalf("networks[0] after the controller's rewrite: %+v (the guest agent's fields are gone)", n)
+	if n := vm.Status.Networks[0]; n.InterfaceName != "eth0" || !reflect.DeepEqual(n.GuestIPAddresses, []string{"192.0.2.9/24"}) || n.Slot != "hotplug1" {
+		t.Fatalf("networks[0] after the controller's rewrite: %+v (the node agent's fields are gone)", n)
 	}
 }
