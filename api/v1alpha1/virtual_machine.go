@@ -700,6 +700,9 @@ type MigrationPolicySettings struct {
 	// TimeoutSeconds ends a transfer that has not finished by then (from the completion
 	// timeout per GiB of memory and disk).
 	TimeoutSeconds int64 `json:"timeoutSeconds,omitempty"`
+	// Unencrypted says the stream and the disk mirrors go unencrypted between the agents once
+	// their TLS handshake has checked both (serve --migration-encryption=false).
+	Unencrypted bool `json:"unencrypted,omitempty"`
 }
 
 // MigrationDisk is one disk copied to the target during a migration.

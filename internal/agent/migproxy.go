@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,6 +30,10 @@ import (
 // migration stream, alpnNBD to its NBD server (the Local disks' exports). The stream thus
 // lives as long as both agents do: when either dies, its connections break, QEMU's
 // migration fails, and the source QEMU goes on running the guest.
+//
+// With encryption off (plain), the handshake is the same (both agents are checked), and the
+// data then goes over the bare TCP connection: the copies stay, the encryption goes. For
+// underlays that are a trusted network of their own; the protocols carry plainSuffix.
 
 const (
 	// alpnMigration is the ALPN protocol of a connection carrying QEMU's migration stream.
@@ -40,6 +45,15 @@ const (
 	proxyHandshakeTimeout = 15 * time.Second
 	// proxyBufSize is the copy buffer of each direction of a piped connection.
 	proxyBufSize = 256 << 10
+
+	// plainSuffix marks the ALPN protocol of a connection whose data goes unencrypted once
+	// the TLS handshake has checked both agents (the cluster setting serve
+	// --migration-encryption=false; docs/migration.md). Both sides must ask for the same.
+	plainSuffix = "+plain"
+	// plainReady is the byte the target sends on the bare TCP connection after the handshake
+	// of a plain connection: the source sends nothing before it, so that no byte of the data
+	// sits unread in the server's TLS buffers when both leave TLS.
+	plainReady = 0x5a
 )
 
 // pipeSet holds the connections of one side of one migration and the goroutines that copy
@@ -114,8 +128,10 @@ func (p *pipeSet) pipe(remote, local net.Conn, firstEnd func(remoteFirst bool)) 
 		p.untrack(remote, local)
 	}
 	copyDir := func(dst, src net.Conn, id int32) {
-		buf := make([]byte, proxyBufSize)
-		inputEnded, err := copyConn(dst, src, buf)
+		inputEnded, err := spliceConn(dst, src)
+		if err == errNoSplice {
+			inputEnded, err = copyConn(dst, src, make([]byte, proxyBufSize))
+		}
 		// The side that ended is the one this direction reads from, unless writing to the
 		// other side failed first (the target QEMU killed while the stream still flows
 		// in: local ended, not remote).
@@ -150,6 +166,27 @@ func (p *pipeSet) pipe(remote, local net.Conn, firstEnd func(remoteFirst bool)) 
 		remote.Close()
 		local.Close()
 	}
+}
+
+// errNoSplice says the kernel cannot move the bytes between the two connections.
+var errNoSplice = errors.New("no splice between these connections")
+
+// spliceConn copies between a bare TCP connection and a Unix one (a plain migration's) in
+// the kernel (splice, through io.Copy), without the bytes passing through the agent; it
+// returns errNoSplice for other pairs (TLS). A failure writing to dst (EPIPE: its reader
+// is gone) counts as dst's end, any other as src's.
+func spliceConn(dst, src net.Conn) (inputEnded bool, err error) {
+	_, tcpToUnix := src.(*net.TCPConn)
+	_, unixDst := dst.(*net.UnixConn)
+	_, unixToTCP := src.(*net.UnixConn)
+	_, tcpDst := dst.(*net.TCPConn)
+	if !(tcpToUnix && unixDst) && !(unixToTCP && tcpDst) {
+		return false, errNoSplice
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		return !errors.Is(err, syscall.EPIPE), err
+	}
+	return true, nil
 }
 
 // copyConn copies src to dst until src's input ends or a write to dst fails, and says
@@ -223,6 +260,7 @@ func socketPair() (*os.File, net.Conn, error) {
 type migrationProxy struct {
 	ln     net.Listener
 	cfg    *tls.Config
+	plain  bool
 	routes map[string]func(ctx context.Context) (net.Conn, error)
 	log    *slog.Logger
 	pipes  pipeSet
@@ -237,16 +275,19 @@ type migrationProxy struct {
 }
 
 // serveMigrationProxy serves ln with TLS configuration cfg (its NextProtos are set to the
-// routes'), routing each connection to the route of its ALPN protocol; a connection whose
-// protocol has no route is closed after the handshake.
-func serveMigrationProxy(ln net.Listener, cfg *tls.Config, routes map[string]func(ctx context.Context) (net.Conn, error), log *slog.Logger) *migrationProxy {
+// routes', with plainSuffix when plain), routing each connection to the route of its ALPN
+// protocol; a connection whose protocol has no route is closed after the handshake.
+func serveMigrationProxy(ln net.Listener, cfg *tls.Config, routes map[string]func(ctx context.Context) (net.Conn, error), plain bool, log *slog.Logger) *migrationProxy {
 	cfg = cfg.Clone()
 	cfg.NextProtos = nil
 	for proto := range routes {
-		cfg.NextProtos = append(cfg.NextProtos, proto)
+		cfg.NextProtos = append(cfg.NextProtos, wireProto(proto, plain))
 	}
+	// No session ticket may follow the handshake: with plain, the bare connection's first
+	// byte is plainReady.
+	cfg.SessionTicketsDisabled = true
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &migrationProxy{ln: ln, cfg: cfg, routes: routes, log: log, ctx: ctx, cancel: cancel}
+	p := &migrationProxy{ln: ln, cfg: cfg, plain: plain, routes: routes, log: log, ctx: ctx, cancel: cancel}
 	p.pipes.goroutine(p.accept)
 	return p
 }
@@ -295,10 +336,11 @@ func (p *migrationProxy) handle(c net.Conn) {
 		c.Close()
 		return
 	}
-	proto := tc.ConnectionState().NegotiatedProtocol
+	wire := tc.ConnectionState().NegotiatedProtocol
+	proto := strings.TrimSuffix(wire, plainSuffix)
 	route := p.routes[proto]
-	if route == nil {
-		p.log.Warn("migration proxy: refused a connection without a known protocol", "from", c.RemoteAddr().String(), "protocol", proto)
+	if route == nil || wire != wireProto(proto, p.plain) {
+		p.log.Warn("migration proxy: refused a connection without a known protocol", "from", c.RemoteAddr().String(), "protocol", wire)
 		tc.Close()
 		return
 	}
@@ -308,7 +350,18 @@ func (p *migrationProxy) handle(c net.Conn) {
 		tc.Close()
 		return
 	}
-	p.pipes.pipe(tc, local, func(remoteFirst bool) {
+	var remote net.Conn = tc
+	if p.plain {
+		// Both agents are checked: the data goes over the bare connection.
+		if _, err := c.Write([]byte{plainReady}); err != nil {
+			p.log.Warn("migration proxy: starting a plain connection", "from", c.RemoteAddr().String(), "err", err)
+			c.Close()
+			local.Close()
+			return
+		}
+		remote = c
+	}
+	p.pipes.pipe(remote, local, func(remoteFirst bool) {
 		// (Not when the proxy itself ends the connections.)
 		if proto == alpnMigration && remoteFirst && p.ctx.Err() == nil {
 			p.streamBroke.Store(true)
@@ -328,46 +381,73 @@ func (p *migrationProxy) close() {
 	})
 }
 
+// wireProto is the ALPN protocol of proto on the wire.
+func wireProto(proto string, plain bool) string {
+	if plain {
+		return proto + plainSuffix
+	}
+	return proto
+}
+
 // migrationDialer is the source's side: it connects to the target's proxy.
 type migrationDialer struct {
 	addr  string
 	cfg   *tls.Config
+	plain bool
 	pipes pipeSet
 }
 
 // newMigrationDialer returns a dialer to the target's proxy at addr, presenting cert and
-// accepting only the certificate whose fingerprint is targetFP.
-func newMigrationDialer(addr string, cert tls.Certificate, targetFP string) (*migrationDialer, error) {
+// accepting only the certificate whose fingerprint is targetFP; with plain, the data of its
+// connections goes unencrypted after the handshake.
+func newMigrationDialer(addr string, cert tls.Certificate, targetFP string, plain bool) (*migrationDialer, error) {
 	cfg, err := nodestream.PinnedTLSConfig(targetFP)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Certificates = []tls.Certificate{cert}
-	return &migrationDialer{addr: addr, cfg: cfg}, nil
+	return &migrationDialer{addr: addr, cfg: cfg, plain: plain}, nil
 }
 
 // dial connects to the target for proto and returns QEMU's end of a socket pair whose other
 // end is piped to that connection. The caller passes the file to QEMU and closes it.
 func (d *migrationDialer) dial(ctx context.Context, proto string) (*os.File, error) {
 	cfg := d.cfg.Clone()
-	cfg.NextProtos = []string{proto}
+	wire := wireProto(proto, d.plain)
+	cfg.NextProtos = []string{wire}
 	dctx, cancel := context.WithTimeout(ctx, proxyHandshakeTimeout)
 	defer cancel()
-	c, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", d.addr)
+	raw, err := (&net.Dialer{}).DialContext(dctx, "tcp", d.addr)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the target's migration port %s: %w", d.addr, err)
 	}
-	tc := c.(*tls.Conn)
-	if got := tc.ConnectionState().NegotiatedProtocol; got != proto {
+	tc := tls.Client(raw, cfg)
+	if err := tc.HandshakeContext(dctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("connecting to the target's migration port %s: %w", d.addr, err)
+	}
+	if got := tc.ConnectionState().NegotiatedProtocol; got != wire {
 		tc.Close()
-		return nil, fmt.Errorf("the target's migration port %s does not speak %s (it chose %q)", d.addr, proto, got)
+		return nil, fmt.Errorf("the target's migration port %s does not speak %s (it chose %q)", d.addr, wire, got)
+	}
+	var remote net.Conn = tc
+	if d.plain {
+		// The target says when the bare connection is its own; nothing is sent before.
+		var b [1]byte
+		_ = raw.SetReadDeadline(time.Now().Add(proxyHandshakeTimeout))
+		if _, err := io.ReadFull(raw, b[:]); err != nil || b[0] != plainReady {
+			raw.Close()
+			return nil, fmt.Errorf("the target's migration port %s did not start the plain connection: %v", d.addr, err)
+		}
+		_ = raw.SetReadDeadline(time.Time{})
+		remote = raw
 	}
 	qemuEnd, agentEnd, err := socketPair()
 	if err != nil {
-		tc.Close()
+		remote.Close()
 		return nil, err
 	}
-	d.pipes.pipe(tc, agentEnd, nil)
+	d.pipes.pipe(remote, agentEnd, nil)
 	return qemuEnd, nil
 }
 

@@ -95,6 +95,11 @@ func (f *fakeQEMU) route(ctx context.Context) (net.Conn, error) {
 
 // startProxy starts a target proxy on loopback that accepts only source's certificate.
 func startProxy(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error)) *migrationProxy {
+	return startProxyMode(t, target, source, routes, false)
+}
+
+// startProxyMode is startProxy, with the data unencrypted after the handshake when plain.
+func startProxyMode(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool) *migrationProxy {
 	t.Helper()
 	cfg, err := nodestream.PinnedClientServerTLSConfig(target.cert, source.fp)
 	if err != nil {
@@ -104,7 +109,7 @@ func startProxy(t *testing.T, target, source proxyNode, routes map[string]func(c
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := serveMigrationProxy(ln, cfg, routes, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p := serveMigrationProxy(ln, cfg, routes, plain, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(p.close)
 	return p
 }
@@ -154,18 +159,32 @@ func waitGoroutines(t *testing.T, base int) {
 // with mutual TLS, the stream's connection reaches the stream's backend and the NBD one the
 // NBD backend, in both directions, with the end of each direction passed on; afterwards no
 // goroutine is left.
+//
+// With plain (serve --migration-encryption=false) the same holds, and the data crosses the
+// wire in the clear after the handshake, where with TLS it does not (a relay in between
+// records what the source sends).
 func TestMigrationProxyRoutesByALPN(t *testing.T) {
+	for _, plain := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tls", true: "plain"}[plain], func(t *testing.T) { testProxyRoutes(t, plain) })
+	}
+}
+
+func testProxyRoutes(t *testing.T, plain bool) {
 	base := runtime.NumGoroutine()
 	src, dst := newProxyNode(t, "src"), newProxyNode(t, "dst")
 	stream, nbd := newFakeQEMU(t, "stream:", false), newFakeQEMU(t, "nbd:", false)
-	p := startProxy(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route, alpnNBD: nbd.route})
-	d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp)
+	p := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route, alpnNBD: nbd.route}, plain)
+	wire := &wireTap{target: p.ln.Addr().String()}
+	d, err := newMigrationDialer(wire.start(t), src.cert, dst.fp, plain)
 	if err != nil {
 		t.Fatal(err)
 	}
 	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB, more than one copy buffer
 	if got := exchange(t, d, alpnMigration, big); got != "stream:"+big {
 		t.Errorf("the stream's answer: %d bytes, want %d", len(got), len("stream:"+big))
+	}
+	if clear := strings.Contains(wire.sent(), big[:4096]); clear != plain {
+		t.Errorf("plain %v: the stream's data in the clear on the wire: %v", plain, clear)
 	}
 	if got := exchange(t, d, alpnNBD, "disk0"); got != "nbd:disk0" {
 		t.Errorf("the NBD answer: %q", got)
@@ -186,7 +205,93 @@ func TestMigrationProxyRoutesByALPN(t *testing.T) {
 	nbd.ln.Close()
 	stream.wg.Wait()
 	nbd.wg.Wait()
+	wire.close()
 	waitGoroutines(t, base)
+}
+
+// wireTap relays TCP connections to target and records what the clients send.
+type wireTap struct {
+	target string
+	ln     net.Listener
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	wg     sync.WaitGroup
+}
+
+// start listens on loopback and returns the address to dial.
+func (w *wireTap) start(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.ln = ln
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", w.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			w.wg.Add(2)
+			go func() {
+				defer w.wg.Done()
+				_, _ = io.Copy(io.MultiWriter(u, w), c)
+				_ = u.(*net.TCPConn).CloseWrite()
+			}()
+			go func() {
+				defer w.wg.Done()
+				_, _ = io.Copy(c, u)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func (w *wireTap) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(b)
+}
+
+func (w *wireTap) sent() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+func (w *wireTap) close() {
+	w.ln.Close()
+	w.wg.Wait()
+}
+
+// TestMigrationProxyPlainMismatch: a source and a target that disagree on encryption do not
+// connect (the protocols differ), and no backend is reached.
+func TestMigrationProxyPlainMismatch(t *testing.T) {
+	src, dst := newProxyNode(t, "src"), newProxyNode(t, "dst")
+	for _, plain := range []bool{false, true} {
+		stream := newFakeQEMU(t, "stream:", false)
+		p := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route}, plain)
+		d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp, !plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f, err := d.dial(context.Background(), alpnMigration); err == nil {
+			f.Close()
+			t.Errorf("target plain %v, source plain %v: connected", plain, !plain)
+		}
+		d.close()
+		p.close()
+		if n := stream.conns.Load(); n != 0 {
+			t.Errorf("target plain %v: %d connections reached QEMU", plain, n)
+		}
+	}
 }
 
 // TestMigrationProxyRefuses: the target proxy refuses a client that presents another
@@ -260,7 +365,7 @@ func TestMigrationProxyRefuses(t *testing.T) {
 		t.Errorf("a plain TCP client read %q", b)
 	}
 	// A source pinning another certificate refuses the target.
-	d, err := newMigrationDialer(addr, src.cert, stranger.fp)
+	d, err := newMigrationDialer(addr, src.cert, stranger.fp, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +377,7 @@ func TestMigrationProxyRefuses(t *testing.T) {
 		t.Errorf("%d refused clients reached the backend", n)
 	}
 	// The right client still gets through.
-	d, err = newMigrationDialer(addr, src.cert, dst.fp)
+	d, err = newMigrationDialer(addr, src.cert, dst.fp, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,11 +396,17 @@ func TestMigrationProxyRefuses(t *testing.T) {
 // and the proxy records that the stream broke from the source's side; when the target's side
 // ends (the proxy closes), the source QEMU's end sees the end. No goroutine is left.
 func TestMigrationProxySourceGone(t *testing.T) {
+	for _, plain := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tls", true: "plain"}[plain], func(t *testing.T) { testProxySourceGone(t, plain) })
+	}
+}
+
+func testProxySourceGone(t *testing.T, plain bool) {
 	base := runtime.NumGoroutine()
 	src, dst := newProxyNode(t, "src"), newProxyNode(t, "dst")
 	stream := newFakeQEMU(t, "", true)
-	p := startProxy(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route})
-	d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp)
+	p := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route}, plain)
+	d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp, plain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,8 +452,8 @@ func TestMigrationProxySourceGone(t *testing.T) {
 
 	// The other way: the target's proxy closes during a stream.
 	stream2 := newFakeQEMU(t, "", true)
-	p2 := startProxy(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream2.route})
-	d2, err := newMigrationDialer(p2.ln.Addr().String(), src.cert, dst.fp)
+	p2 := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream2.route}, plain)
+	d2, err := newMigrationDialer(p2.ln.Addr().String(), src.cert, dst.fp, plain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,10 +571,37 @@ func TestPipeSetHalfClose(t *testing.T) {
 // still streams into it, the first end is the local side's, whichever direction notices
 // first (the write into the dead socket fails, or the read from it ends); the remote side
 // sees its connection end. Repeated, as the two directions race.
+//
+// Run with the remote side a Unix socket pair (copied by the agent, as with TLS) and a bare
+// TCP connection (spliced in the kernel, as a plain migration's).
 func TestPipeSetLocalGone(t *testing.T) {
+	t.Run("copy", func(t *testing.T) { testPipeLocalGone(t, connPair) })
+	t.Run("splice", func(t *testing.T) { testPipeLocalGone(t, tcpPair) })
+}
+
+// tcpPair returns the two ends of a TCP connection over loopback.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, server
+}
+
+func testPipeLocalGone(t *testing.T, remotePair func(*testing.T) (net.Conn, net.Conn)) {
 	base := runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {
-		r, remoteAgent := connPair(t)
+		r, remoteAgent := remotePair(t)
 		l, localAgent := connPair(t)
 		var ps pipeSet
 		ended := make(chan bool, 1)
@@ -510,6 +648,12 @@ func TestPipeSetLocalGone(t *testing.T) {
 // and a target proxy on loopback (mutual TLS, two socket pairs, the agents' copies), as a
 // migration stream goes: `go test -run '^$' -bench MigrationProxy ./internal/agent/`.
 func BenchmarkMigrationProxy(b *testing.B) {
+	for _, plain := range []bool{false, true} {
+		b.Run(map[bool]string{false: "tls", true: "plain"}[plain], func(b *testing.B) { benchProxy(b, plain) })
+	}
+}
+
+func benchProxy(b *testing.B, plain bool) {
 	mk := func(name string) proxyNode {
 		c, fp, err := nodestream.SelfSignedCertificate(name)
 		if err != nil {
@@ -545,9 +689,9 @@ func BenchmarkMigrationProxy(b *testing.B) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", sink.Addr().String())
 	}
-	p := serveMigrationProxy(ln, cfg, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p := serveMigrationProxy(ln, cfg, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, plain, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	defer p.close()
-	d, err := newMigrationDialer(ln.Addr().String(), src.cert, dst.fp)
+	d, err := newMigrationDialer(ln.Addr().String(), src.cert, dst.fp, plain)
 	if err != nil {
 		b.Fatal(err)
 	}

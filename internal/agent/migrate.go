@@ -259,7 +259,7 @@ func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
 		closeNBD()
 		return failStart("the migration proxy cannot listen on the underlay address: " + err.Error())
 	}
-	p := serveMigrationProxy(ln, tcfg, routes, a.log.With("vm", string(r.key), "migration", m.ID))
+	p := serveMigrationProxy(ln, tcfg, routes, plainStream(m.Policy), a.log.With("vm", string(r.key), "migration", m.ID))
 	p.onClose = closeNBD
 	in.mu.Lock()
 	old := in.proxy
@@ -862,6 +862,12 @@ func startStream(ctx context.Context, mon fdPasser, dialer *migrationDialer, p *
 	return nil
 }
 
+// plainStream says whether a migration's data goes unencrypted after the agents' TLS
+// handshake (the cluster setting serve --migration-encryption=false).
+func plainStream(p *v1alpha1.MigrationPolicySettings) bool {
+	return p != nil && p.Unencrypted
+}
+
 // migrationDialer checks that both nodes have certificates and returns the dialer to the
 // target's migration proxy.
 func (a *Agent) migrationDialer(ctx context.Context, m *v1alpha1.VirtualMachineMigrationState) (*migrationDialer, error) {
@@ -875,7 +881,7 @@ func (a *Agent) migrationDialer(ctx context.Context, m *v1alpha1.VirtualMachineM
 	if err != nil {
 		return nil, err
 	}
-	d, err := newMigrationDialer(net.JoinHostPort(m.Target.Address, strconv.Itoa(m.Target.Port)), *a.cfg.Certificate, fp)
+	d, err := newMigrationDialer(net.JoinHostPort(m.Target.Address, strconv.Itoa(m.Target.Port)), *a.cfg.Certificate, fp, plainStream(m.Policy))
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", m.Target.Node, err)
 	}

@@ -68,7 +68,7 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	}
 	mig, err := livemigration.New(livemigration.Config{Client: as("migration-controller"), Informers: inf, Log: log.With("component", "migration-controller"),
 		MaxOutbound: cfg.MigrationMaxOutbound, MaxDowntime: cfg.MigrationMaxDowntime, BandwidthMiBps: cfg.MigrationBandwidthMiBps,
-		TimeoutPerGiB: cfg.MigrationTimeoutPerGiB, MinTimeout: cfg.MigrationMinTimeout})
+		TimeoutPerGiB: cfg.MigrationTimeoutPerGiB, MinTimeout: cfg.MigrationMinTimeout, Unencrypted: cfg.MigrationUnencrypted})
 	if err != nil {
 		return nil, err
 	}

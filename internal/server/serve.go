@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -125,8 +126,10 @@ type Config struct {
 	// Live migration settings (docs/migration.md): migrations a node sends and receives at
 	// once, the longest switch-over pause, a bandwidth cap per migration (MiB/s, 0: none), and
 	// the transfer time allowed per GiB of memory and mirrored disk.
-	MigrationMaxOutbound, MigrationMaxInbound   int
-	MigrationMaxDowntime                        time.Duration
+	MigrationMaxOutbound, MigrationMaxInbound int
+	MigrationMaxDowntime                      time.Duration
+	// MigrationUnencrypted is --migration-encryption=false (the zero value encrypts).
+	MigrationUnencrypted                        bool
 	MigrationBandwidthMiBps                     int64
 	MigrationTimeoutPerGiB, MigrationMinTimeout time.Duration
 
@@ -198,6 +201,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.IntVar(&cfg.MigrationMaxOutbound, "migration-max-outbound", livemigration.DefaultMaxOutbound, "live migrations a node sends at once (more wait)")
 	f.IntVar(&cfg.MigrationMaxInbound, "migration-max-inbound", scheduler.DefaultMaxInbound, "live migrations a node receives at once (the scheduler picks another target, or fails the migration)")
 	f.DurationVar(&cfg.MigrationMaxDowntime, "migration-max-downtime", livemigration.DefaultMaxDowntime, "the longest pause of the guest that a live migration may make at its switch-over")
+	f.VarPF(negatedBool{&cfg.MigrationUnencrypted}, "migration-encryption", "", "encrypt live migrations' memory stream and disk mirrors between the agents; with false the agents still check each other with TLS and then send the data in the clear (only for an underlay that is a trusted network of its own: faster on hosts short of CPU)").NoOptDefVal = "true"
 	f.Int64Var(&cfg.MigrationBandwidthMiBps, "migration-bandwidth", 0, "bandwidth cap of each live migration's stream in MiB/s (0: none)")
 	f.DurationVar(&cfg.MigrationTimeoutPerGiB, "migration-timeout-per-gib", livemigration.DefaultTimeoutPerGiB, "time a live migration's transfer may take per GiB of memory and Local disk (at least --migration-min-timeout) before it is cancelled")
 	f.DurationVar(&cfg.MigrationMinTimeout, "migration-min-timeout", livemigration.DefaultMinTimeout, "the shortest time a live migration's transfer is given, whatever the VM's size")
@@ -626,4 +630,19 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// negatedBool is a boolean flag (default true) that sets *p to its negation, so that the
+// zero value of the field is the flag's default.
+type negatedBool struct{ p *bool }
+
+func (b negatedBool) String() string { return strconv.FormatBool(!*b.p) }
+func (b negatedBool) Type() string   { return "bool" }
+func (b negatedBool) Set(v string) error {
+	x, err := strconv.ParseBool(v)
+	if err != nil {
+		return err
+	}
+	*b.p = !x
+	return nil
 }

@@ -1097,6 +1097,21 @@ func (h *ClusterHost) restart() error {
 	return h.waitNode(90 * time.Second)
 }
 
+// RestartWithArgs restarts the host's rakhsh process with extra flags added to its command
+// line, and restarts it with its own flags again when the test ends.
+func (h *ClusterHost) RestartWithArgs(t *testing.T, extra ...string) {
+	t.Helper()
+	orig := slices.Clone(h.proc.argv)
+	h.proc.argv = append(slices.Clone(orig), extra...)
+	t.Cleanup(func() {
+		h.proc.argv = orig
+		if err := h.restart(); err != nil {
+			t.Errorf("restarting %s with its own flags: %v", h.Name, err)
+		}
+	})
+	h.Restart(t)
+}
+
 // Pause stops the host's rakhsh process with SIGSTOP (a hung host); Resume continues it.
 func (h *ClusterHost) Pause(t *testing.T) {
 	t.Helper()

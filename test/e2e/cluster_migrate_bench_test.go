@@ -78,7 +78,8 @@ func migBenchCase(t *testing.T, s *Serve, name, label string, runs int, gap time
 // RAKHSH_BENCH_MIGRATION_CASES=idle,... picks cases): it takes
 // several minutes and its figures are what it is for, not pass or fail.
 //
-// Cases: idle (no bandwidth cap), and a guest rewriting 64 MiB of memory in a loop with
+// Cases: idle (no bandwidth cap), idle-plain (the same with serve --migration-encryption=false),
+// and a guest rewriting 64 MiB of memory in a loop with
 // the stream capped at 32 MiB/s, under liveMigrationPolicy AlwaysSafe (no throttling: it
 // converges or ends at its 60 s timeout) and AlwaysForced (auto-converge).
 func TestLiveMigrationBenchmark(t *testing.T) {
@@ -90,17 +91,19 @@ func TestLiveMigrationBenchmark(t *testing.T) {
 		label, cap string
 		dirty      bool
 		policy     v1alpha1.LiveMigrationPolicy
+		args       []string
 	}{
-		{"idle", "0", false, ""},
-		{"dirty-safe", "32", true, v1alpha1.LiveMigrationPolicyAlwaysSafe},
-		{"dirty-autoconverge", "32", true, v1alpha1.LiveMigrationPolicyAlwaysForced},
+		{"idle", "0", false, "", nil},
+		{"idle-plain", "0", false, "", []string{"--migration-encryption=false"}},
+		{"dirty-safe", "32", true, v1alpha1.LiveMigrationPolicyAlwaysSafe, nil},
+		{"dirty-autoconverge", "32", true, v1alpha1.LiveMigrationPolicyAlwaysForced, nil},
 	} {
 		if only := os.Getenv("RAKHSH_BENCH_MIGRATION_CASES"); only != "" && !strings.Contains(","+only+",", ","+cs.label+",") {
 			continue
 		}
 		t.Run(cs.label, func(t *testing.T) {
 			c := newCluster(t, ClusterOptions{Name: "rkb", VMNetworking: "user",
-				ServeArgs: []string{"--migration-bandwidth", cs.cap, "--migration-min-timeout", "60s", "--migration-timeout-per-gib", "1s"}})
+				ServeArgs: append([]string{"--migration-bandwidth", cs.cap, "--migration-min-timeout", "60s", "--migration-timeout-per-gib", "1s"}, cs.args...)})
 			s := c.Serve(t)
 			img := c.GuestImage(t)
 			s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkb-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",

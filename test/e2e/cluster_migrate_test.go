@@ -96,6 +96,8 @@ func migrateOther(c *Cluster, node string) string {
 // moves too: the disk is copied while the guest runs, the marker the guest wrote on it before
 // is read back after (with the page cache dropped), the disk's node is the target and its
 // file is gone from the source.
+//
+// A third part migrates the Local-disk VM again with serve --migration-encryption=false.
 func TestLiveMigration(t *testing.T) {
 	var c *Cluster
 	if os.Getenv("RKM_OWN") != "" {
@@ -256,6 +258,25 @@ spec:
 			l := diskLease(t, s, "rkm-ld")
 			return l.Spec.HolderNode == dst && l.Spec.VirtualMachineUID == v.UID
 		})
+	})
+
+	// (3) Local storage again, with the cluster setting serve --migration-encryption=false:
+	// the agents check each other with TLS and then send the stream and the disk mirror in
+	// the clear.
+	t.Run("LocalUnencrypted", func(t *testing.T) {
+		c.Host("h1").RestartWithArgs(t, "--migration-encryption=false")
+		v := vmWait(t, s, "rkm-local", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+		src := v.Status.NodeName
+		migrateConsoleType(t, c.Host(src), v.UID, "echo RKPLAIN-0815 > /dev/vda; sync; echo RKPWROTE")
+		vmWaitSerial(t, s, "rkm-local", "RKPWROTE", 1)
+		dst, after := migrateTicking(t, c, s, "rkm-local", v.UID, src)
+		if p := after.Status.MigrationState.Policy; p == nil || !p.Unencrypted {
+			t.Errorf("the migration's policy: %+v, want unencrypted", p)
+		}
+		migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKPREAD $(head -c 12 /dev/vda)")
+		vmWaitSerial(t, s, "rkm-local", "RKPREAD RKPLAIN-0815", 1)
+		waitFor(t, "the disk on the target node", func() bool { return storageDisk(t, s, "rkm-ld").Status.NodeName == dst })
+		waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
 	})
 }
 

@@ -43,6 +43,9 @@ type Config struct {
 	MaxOutbound int
 	// MaxDowntime is the longest pause QEMU may make at the switch-over; default 300 ms.
 	MaxDowntime time.Duration
+	// Unencrypted sends migrations' data unencrypted between the agents after their TLS
+	// handshake (serve --migration-encryption=false).
+	Unencrypted bool
 	// BandwidthMiBps caps each migration's stream; 0: no cap.
 	BandwidthMiBps int64
 	// TimeoutPerGiB is the transfer's time allowed per GiB of memory and mirrored disk
@@ -345,7 +348,8 @@ func (c *Controller) begin(ctx context.Context, vm *v1alpha1.VirtualMachine, op 
 		timeout = c.cfg.MinTimeout
 	}
 	pol := &v1alpha1.MigrationPolicySettings{AutoConverge: autoConverge(vm.Spec.LiveMigrationPolicy, op.Spec.Force),
-		MaxDowntimeMs: c.cfg.MaxDowntime.Milliseconds(), BandwidthMiBps: c.cfg.BandwidthMiBps, TimeoutSeconds: int64(timeout / time.Second)}
+		MaxDowntimeMs: c.cfg.MaxDowntime.Milliseconds(), BandwidthMiBps: c.cfg.BandwidthMiBps, TimeoutSeconds: int64(timeout / time.Second),
+		Unencrypted: c.cfg.Unencrypted}
 	now := v1alpha1.NewTime(c.cfg.Now())
 	next := &v1alpha1.VirtualMachineMigrationState{ID: string(op.UID), Operation: op.Name, Phase: v1alpha1.MigrationPhaseScheduling,
 		StartTimestamp: &now, Source: v1alpha1.VirtualMachineLocation{Node: vm.Status.NodeName}, NodeSelector: sel, Policy: pol, Disks: disks,
