@@ -132,6 +132,14 @@ func isActive(p v1alpha1.VMOPPhase) bool {
 	return p == "" || p == v1alpha1.VMOPPhasePending || p == v1alpha1.VMOPPhaseInProgress
 }
 
+// opReason is ": REASON: MESSAGE" of op's Completed condition, or "".
+func opReason(op *v1alpha1.VirtualMachineOperation) string {
+	if c := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); c != nil && c.Reason != "" {
+		return ": " + c.Reason + ": " + c.Message
+	}
+	return ""
+}
+
 // opsFor returns the VM's migration operations that are not finished, oldest first.
 func (c *Controller) opsFor(ns, name string) []*v1alpha1.VirtualMachineOperation {
 	var out []*v1alpha1.VirtualMachineOperation
@@ -169,7 +177,12 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 			}
 		}
 		if op == nil {
-			return runtime.Result{}, c.fail(ctx, vm, m.ID, v1alpha1.MigrationReasonCancelled, fmt.Sprintf("the operation %q was deleted: migration cancelled", m.Operation))
+			msg := fmt.Sprintf("the operation %q was deleted: migration cancelled", m.Operation)
+			if o, ok := c.ops.Get(runtime.NewKey(ns, m.Operation)); ok && string(o.UID) == m.ID && o.DeletionTimestamp == nil {
+				// Ended by another writer (its phase says how): not a cancel by a user.
+				msg = fmt.Sprintf("the operation %q ended (%s%s): migration cancelled", m.Operation, o.Status.Phase, opReason(o))
+			}
+			return runtime.Result{}, c.fail(ctx, vm, m.ID, v1alpha1.MigrationReasonCancelled, msg)
 		}
 		if why := c.overdue(vm, m, now); why != "" {
 			return runtime.Result{}, c.fail(ctx, vm, m.ID, v1alpha1.MigrationReasonTimeout, why)
