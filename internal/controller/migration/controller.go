@@ -246,7 +246,16 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		return c.coldEvict(ctx, vm, op)
 	}
 	if op.Status.Phase == v1alpha1.VMOPPhaseInProgress {
-		// Its migration is gone (replaced by hand, or lost): say so.
+		// Its migration is not in the cached VM. The cache may not have the migration this
+		// controller just wrote yet (the operation's cache can be ahead of the VM's): only a
+		// fresh read decides that it is gone (replaced by hand, or lost).
+		var fresh v1alpha1.VirtualMachine
+		if err := c.c.Get(ctx, "virtualmachines", ns, name, &fresh); err != nil {
+			return runtime.Result{}, err
+		}
+		if fm := fresh.Status.MigrationState; fm != nil && fm.ID == string(op.UID) {
+			return runtime.Result{RequeueAfter: 200 * time.Millisecond}, nil // the cache catches up
+		}
 		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed, "the migration this operation started is no longer in the virtual machine's status")
 	}
 	phase, reason, msg := c.check(vm, op)
