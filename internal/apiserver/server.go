@@ -79,6 +79,9 @@ type Config struct {
 	// MetricsURL is this server's metrics URL for /sd/prometheus (serve --metrics-listen);
 	// empty: each control-plane member's API address.
 	MetricsURL string
+	// PrometheusURL is the Prometheus that scrapes the cluster (serve --prometheus-url): the
+	// VMs' metrics subresource reads their series from it. Empty: not available.
+	PrometheusURL string
 	// AuditLog receives the audit lines (audit.go); nil: no audit log.
 	AuditLog *AuditLog
 }
@@ -110,6 +113,8 @@ type Server struct {
 	metrics  *apiMetrics
 	// metricsToken and metricsURL are Config.MetricsToken and Config.MetricsURL.
 	metricsToken, metricsURL string
+	// prometheusURL is Config.PrometheusURL.
+	prometheusURL string
 	// controlPlane and onFenced are Config.ControlPlane and Config.OnFenced; fenced counts
 	// the writes the store refused as fenced.
 	controlPlane func(ctx context.Context) (v1alpha1.ControlPlaneStatus, error)
@@ -146,7 +151,7 @@ func New(cfg Config) *Server {
 		s.oidc = a
 	}
 	s.metrics = newAPIMetrics()
-	s.metricsToken, s.metricsURL = cfg.MetricsToken, cfg.MetricsURL
+	s.metricsToken, s.metricsURL, s.prometheusURL = cfg.MetricsToken, cfg.MetricsURL, cfg.PrometheusURL
 	s.store = newStoreMetrics(s.store, s.metrics.reg) // metrics_cluster.go
 	if s.store != nil {
 		users, _ := registry.ByResource("users")
@@ -513,6 +518,10 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.st.Info.Kind == "VirtualMachine" && t.sub == v1alpha1.SubConsoleTickets {
 		s.serveConsoleTickets(w, r, t)
+		return
+	}
+	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubMetrics {
+		s.serveVMMetrics(w, r, t)
 		return
 	}
 	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubGuestAgent {

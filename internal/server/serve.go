@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -137,6 +138,9 @@ type Config struct {
 	// HTTP, token required); MetricsTokenFile holds the read-only metrics token
 	// (docs/metrics.md).
 	MetricsListen, MetricsTokenFile string
+	// PrometheusURL is the Prometheus that scrapes the cluster, read by the VMs' metrics
+	// subresource (the web UI's charts).
+	PrometheusURL string
 	// MetricsClientCA holds the CA whose client certificates may read /metrics and
 	// /sd/prometheus on --listen (and nothing else).
 	MetricsClientCA string
@@ -230,6 +234,7 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	_ = f.MarkHidden("test-leader-notice-delay")
 	f.StringVar(&cfg.StreamListen, "stream-listen", "", "also serve the in-process agent's VM consoles, VNC and logs to other API servers on this TCP address (TLS, ticket per request), for several serve processes on one etcd store; this server itself calls its agent directly")
 	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for --stream-listen (default: its address when it names one IP)")
+	f.StringVar(&cfg.PrometheusURL, "prometheus-url", "", "base URL (http or https) of the Prometheus that scrapes this cluster, e.g. http://10.0.0.5:9090: the VMs' metrics subresource and the web UI's charts read their series from it (docs/metrics.md)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "also serve /metrics and /sd/prometheus (alone, plain HTTP, the metrics or admin token required) on this TCP address, e.g. 127.0.0.1:9464; its URL is published as the node's and the control plane's metrics URL")
 	f.StringVar(&cfg.MetricsClientCA, "metrics-client-ca", "", "CA certificates (PEM) whose client certificates may read /metrics and /sd/prometheus on --listen, and nothing else (Prometheus' tls_config cert_file/key_file)")
 	f.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", "", "file holding a read-only token on its first line that may read /metrics and /sd/prometheus only (for Prometheus)")
@@ -396,6 +401,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		OnFenced:         func(f store.Fence) { el.Fenced(f) }}
 	if !cfg.NoControllers {
 		acfg.ImageDataDir = cfg.DataDir // the image controllers store images here
+	}
+	if acfg.PrometheusURL, err = checkPrometheusURL(cfg.PrometheusURL); err != nil {
+		return err
 	}
 	if acfg.OIDC, err = oidcConfig(cfg.Identity); err != nil {
 		return err
@@ -645,4 +653,17 @@ func (b negatedBool) Set(v string) error {
 	}
 	*b.p = !x
 	return nil
+}
+
+// checkPrometheusURL checks serve --prometheus-url: empty, or an http(s) URL with a host and
+// no query, fragment or credentials.
+func checkPrometheusURL(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("--prometheus-url %q: want an http or https URL with a host and no query, fragment or user, such as http://10.0.0.5:9090", v)
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
 }
