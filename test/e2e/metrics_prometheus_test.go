@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/apiserver"
 )
 
 // promSample is one series of a Prometheus instant query's answer.
@@ -77,6 +79,12 @@ func promWait(t *testing.T, base, q string, timeout time.Duration, what string, 
 // targets through sdURL (with the token in tokenFile) and scrapes them every second.
 func startPrometheus(t *testing.T, sdURL, tokenFile string) string {
 	t.Helper()
+	return startPrometheusAt(t, freeAddr(t), sdURL, tokenFile)
+}
+
+// startPrometheusAt is startPrometheus listening on addr (host:port on loopback).
+func startPrometheusAt(t *testing.T, addr, sdURL, tokenFile string) string {
+	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		skipOrFail(t, "prometheus missing: apt-get install prometheus (scripts/install-deps.sh)")
@@ -97,7 +105,6 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
 	logs := &lockedBuffer{}
 	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--log.level=warn")
@@ -169,8 +176,8 @@ func TestMetricsPrometheus(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	maddr := freeAddr(t)
-	s := vmServe(t, "--metrics-listen", maddr, "--metrics-token-file", tokenFile)
+	maddr, paddr := freeAddr(t), freeAddr(t)
+	s := vmServe(t, "--metrics-listen", maddr, "--metrics-token-file", tokenFile, "--prometheus-url", "http://"+paddr)
 	base := "http://" + maddr
 
 	// Access: the metrics token reads /metrics (Prometheus text, or OpenMetrics when asked)
@@ -217,7 +224,7 @@ func TestMetricsPrometheus(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	prom := startPrometheus(t, base+"/sd/prometheus", tokenFile)
+	prom := startPrometheusAt(t, paddr, base+"/sd/prometheus", tokenFile)
 	cpuQ := `rakhsh_vm_cpu_seconds_total{project="default",name="vm1",mode="user"}`
 	first := promWait(t, prom, cpuQ, time.Minute, "the VM's CPU seconds", func(r []promSample) bool { return len(r) == 1 })[0]
 	if first.Metric["node"] != node || first.Metric["job"] != "rakhsh" || first.Metric["rakhsh_node"] != node || first.Metric["exported_node"] != "" {
@@ -238,6 +245,33 @@ func TestMetricsPrometheus(t *testing.T) {
 		func(r []promSample) bool { return len(r) == 1 && r[0].value(t) == 1 })
 	promWait(t, prom, `rakhsh_vm_disk_read_bytes_total{name="vm1"}`, 30*time.Second, "the VM's disk reads",
 		func(r []promSample) bool { return len(r) >= 1 && r[0].value(t) > 0 })
+
+	// The VM's metrics subresource (the web UI's charts) reads the same series through the
+	// API: CPU and memory have points, the memory ones QEMU's resident size.
+	var m apiserver.VMMetrics
+	deadline = time.Now().Add(time.Minute)
+	for {
+		err := s.Client().Do(ctxT(t), "GET", client.Path("virtualmachines", "default", "vm1", apiserver.SubMetrics), url.Values{"range": {"5m"}}, "", nil, &m)
+		if err != nil {
+			t.Fatalf("the VM's metrics subresource: %v", err)
+		}
+		pts := map[string]int{}
+		var mem float64
+		for _, sr := range m.Series {
+			pts[sr.Name] = len(sr.Points)
+			if sr.Name == "memory" && len(sr.Points) > 0 {
+				mem = sr.Points[len(sr.Points)-1][1]
+			}
+		}
+		if pts["cpu"] > 0 && pts["memory"] > 0 && pts["diskRead"] > 0 && mem > 64<<20 {
+			t.Logf("the metrics subresource: %v points, memory %.0f MiB, step %d s", pts, mem/(1<<20), m.StepSeconds)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the VM's metrics subresource has no CPU, memory or disk points: %+v", m)
+		}
+		time.Sleep(time.Second)
+	}
 
 	s.MustCLI("", "delete", "vm", "vm1", "--wait", "--timeout", "90s")
 	promWait(t, prom, `{name="vm1"}`, 30*time.Second, "the deleted VM's series gone", func(r []promSample) bool { return len(r) == 0 })

@@ -138,7 +138,15 @@ func TestUIBrowser(t *testing.T) {
 	addr := freeAddr(t)
 	// The organisation's OpenID Connect issuer: the login page offers its single sign-on.
 	issuer, issuerCA := startIssuer(t)
-	s := vmServe(t, "--listen", addr, "--oidc-issuer", issuer.URL, "--oidc-client-id", "rakhsh-ui", "--oidc-ca-file", issuerCA)
+	// A Prometheus scrapes this serve: the VM page charts its metrics.
+	metricsToken := filepath.Join(t.TempDir(), "metrics.token")
+	if err := os.WriteFile(metricsToken, []byte("metrics-ui-test-read-only\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	maddr, paddr := freeAddr(t), freeAddr(t)
+	s := vmServe(t, "--listen", addr, "--oidc-issuer", issuer.URL, "--oidc-client-id", "rakhsh-ui", "--oidc-ca-file", issuerCA,
+		"--metrics-listen", maddr, "--metrics-token-file", metricsToken, "--prometheus-url", "http://"+paddr)
+	startPrometheusAt(t, paddr, "http://"+maddr+"/sd/prometheus", metricsToken)
 	vmSetupGuest(t, s)
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachineClass
@@ -284,7 +292,18 @@ spec:
 	if !strings.Contains(ann, payload) || imgs != 0 || xss {
 		t.Errorf("annotation %q shown as %q; <img> elements %d; script ran: %v", payload, ann, imgs, xss)
 	}
+	// The charts: CPU and memory from Prometheus, drawn without a reload.
+	uiPoll(t, ctx, time.Minute, "the VM page charts its CPU and memory",
+		`['cpu', 'memory'].every(n => { const f = document.querySelector('#vm-charts figure[data-series="' + n + '"]'); return f && f.querySelector('polyline') && !/no data/.test(f.querySelector('.chart-now').textContent) })`)
+	var memLabel string
+	uiRun(t, ctx, 5*time.Second, "read the memory chart", chromedp.Evaluate(`document.querySelector('#vm-charts figure[data-series="memory"] svg').getAttribute('aria-label')`, &memLabel))
+	if !strings.Contains(memLabel, "MiB") {
+		t.Errorf("the memory chart's label: %q", memLabel)
+	}
 	uiShot(t, ctx, shots, "vm")
+	uiRun(t, ctx, 5*time.Second, "scroll to the charts", chromedp.Evaluate(`document.querySelector('#vm-charts').scrollIntoView()`, nil))
+	uiShot(t, ctx, shots, "vm-metrics")
+	uiRun(t, ctx, 5*time.Second, "scroll back", chromedp.Evaluate(`window.scrollTo(0, 0)`, nil))
 
 	// CSRF: a page on another site posts a form (text/plain, shaped as JSON) to the API.
 	// The browser sends no session cookie cross-site (SameSite=Strict) and the API refuses.

@@ -1046,7 +1046,8 @@ function vmPage(name: string) {
     h("a", { href: `#/vms/${encodeURIComponent(name)}/vnc`, class: "button", id: "vm-vnc" }, "Graphical console"),
   );
   const offered = canWrite() ? actions : h("div", { class: "hint", id: "read-only" }, `You have read access to project ${project}: actions and consoles need the User role.`);
-  frame("vms", h("div", {}, h("h1", {}, "Virtual machine ", h("span", { id: "vm-name" }, name)), offered, out, view, h("h2", {}, "Events"), h("table", { id: "events" }, h("thead", {}, h("tr", {}, ...["Type", "Reason", "Message", "Count", "Last seen"].map((c) => h("th", { scope: "col" }, c)))), events)));
+  const metrics = metricsSection(name);
+  frame("vms", h("div", {}, h("h1", {}, "Virtual machine ", h("span", { id: "vm-name" }, name)), offered, out, view, metrics, h("h2", {}, "Events"), h("table", { id: "events" }, h("thead", {}, h("tr", {}, ...["Type", "Reason", "Message", "Count", "Last seen"].map((c) => h("th", { scope: "col" }, c)))), events)));
   const render = (w: Watch) => {
     clear(view);
     const v = w.items.get(name);
@@ -1106,6 +1107,97 @@ function vmPage(name: string) {
     w.stop();
     ew.stop();
   });
+}
+
+// ---- metrics charts ------------------------------------------------------------------------
+
+const chartTitles: Record<string, string> = {
+  cpu: "CPU",
+  memory: "Memory (QEMU resident)",
+  diskRead: "Disk read",
+  diskWrite: "Disk write",
+  networkReceive: "Network received",
+  networkTransmit: "Network sent",
+};
+
+function metricText(v: number, unit: string): string {
+  if (unit === "cores") return `${v.toFixed(v < 0.1 ? 3 : 2)} cores`;
+  const per = unit === "bytes/s" ? "/s" : "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}${per}`;
+}
+
+// chart draws one series as an SVG line over the range [end-range, end].
+function chart(s: { name: string; unit: string; points: [number, number][] }, end: number, range: number): HTMLElement {
+  const W = 320, H = 90;
+  const ns = "http://www.w3.org/2000/svg";
+  const title = chartTitles[s.name] || s.name;
+  const last = s.points.length ? s.points[s.points.length - 1][1] : undefined;
+  const peak = s.points.reduce((m, p) => Math.max(m, p[1]), 0);
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  const summary = last === undefined ? `${title}: no samples in this range` : `${title}: now ${metricText(last, s.unit)}, peak ${metricText(peak, s.unit)}`;
+  svg.setAttribute("aria-label", summary);
+  const frameRect = document.createElementNS(ns, "rect");
+  frameRect.setAttribute("x", "0");
+  frameRect.setAttribute("y", "0");
+  frameRect.setAttribute("width", String(W));
+  frameRect.setAttribute("height", String(H));
+  frameRect.setAttribute("class", "chart-bg");
+  svg.append(frameRect);
+  if (s.points.length) {
+    const top = peak > 0 ? peak * 1.1 : 1;
+    const xy = s.points.map(([t, v]) => [((t - (end - range)) / range) * W, H - (v / top) * (H - 4) - 2]);
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "));
+    line.setAttribute("class", "chart-line");
+    svg.append(line);
+    // The last sample as a mark, so that a series of one point shows too.
+    const [lx, ly] = xy[xy.length - 1];
+    const dot = document.createElementNS(ns, "rect");
+    dot.setAttribute("x", (lx - 2).toFixed(1));
+    dot.setAttribute("y", (ly - 2).toFixed(1));
+    dot.setAttribute("width", "4");
+    dot.setAttribute("height", "4");
+    dot.setAttribute("class", "chart-dot");
+    svg.append(dot);
+  }
+  return h(
+    "figure",
+    { class: "chart", "data-series": s.name },
+    h("figcaption", {}, h("strong", {}, title), " ", h("span", { class: "chart-now" }, last === undefined ? "no data" : metricText(last, s.unit)), last === undefined ? null : h("span", { class: "hint" }, ` · peak ${metricText(peak, s.unit)}`)),
+    svg as unknown as HTMLElement,
+  );
+}
+
+// metricsSection shows a VM's CPU, memory, disk and network charts from the metrics
+// subresource (Prometheus behind the API server), refreshed every 30 s.
+function metricsSection(name: string): HTMLElement {
+  const charts = h("div", { class: "charts", id: "vm-charts", "aria-live": "polite" });
+  const ranges: [string, string][] = [["15m", "Last 15 minutes"], ["1h", "Last hour"], ["6h", "Last 6 hours"], ["24h", "Last day"], ["168h", "Last week"]];
+  const select = h("select", { id: "metrics-range" }, ...ranges.map(([v, l]) => h("option", { value: v }, l))) as HTMLSelectElement;
+  const load = async () => {
+    try {
+      const m = await api("GET", nsPath("virtualmachines", name, "metrics") + "?range=" + encodeURIComponent(select.value));
+      clear(charts);
+      charts.append(...m.series.map((s: any) => chart(s, m.end, m.rangeSeconds)));
+    } catch (e) {
+      clear(charts);
+      charts.append(errorBox(e));
+    }
+  };
+  select.addEventListener("change", load);
+  const timer = window.setInterval(load, 30000);
+  onCleanup(() => window.clearInterval(timer));
+  void load();
+  return h("div", { class: "card" }, h("h2", {}, "Metrics"), h("label", { for: "metrics-range" }, "Time range"), select, charts);
 }
 
 // ---- the serial console --------------------------------------------------------------------
