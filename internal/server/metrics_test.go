@@ -60,3 +60,18 @@ func TestReadMetricsToken(t *testing.T) {
 		t.Errorf("a missing file: %v", err)
 	}
 }
+
+// TestCheckPrometheusURL: serve --prometheus-url takes an http(s) URL with a host, without a
+// trailing slash kept; anything else is refused naming the flag.
+func TestCheckPrometheusURL(t *testing.T) {
+	for in, want := range map[string]string{"": "", "http://10.0.0.5:9090": "http://10.0.0.5:9090", "https://prom.example:9090/prometheus/": "https://prom.example:9090/prometheus"} {
+		if got, err := checkPrometheusURL(in); err != nil || got != want {
+			t.Errorf("%q: %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"10.0.0.5:9090", "ftp://x", "http://", "http://u:p@x:9090", "http://x:9090/?q=1", "http://x/#f", "::"} {
+		if _, err := checkPrometheusURL(bad); err == nil || !strings.Contains(err.Error(), "--prometheus-url") {
+			t.Errorf("%q: %v, want a refusal naming --prometheus-url", bad, err)
+		}
+	}
+}
