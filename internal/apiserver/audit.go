@@ -200,6 +200,8 @@ func (s *Server) auditing(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		note := &auditNote{}
+		r = r.WithContext(context.WithValue(r.Context(), auditNoteKey{}, note))
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
 		id := identityOf(r.Context())
@@ -215,6 +217,23 @@ func (s *Server) auditing(next http.Handler) http.Handler {
 		if res == "" {
 			res = r.URL.Path
 		}
-		s.audit(r, auditEntry{Verb: verb, Resource: res, Namespace: r.PathValue("ns"), Name: r.PathValue("name"), Sub: r.PathValue("sub"), Code: code})
+		name := r.PathValue("name")
+		if name == "" {
+			name = note.name // a create: the name in its body
+		}
+		s.audit(r, auditEntry{Verb: verb, Resource: res, Namespace: r.PathValue("ns"), Name: name, Sub: r.PathValue("sub"), Code: code})
 	})
+}
+
+// auditNote is what a handler adds to its request's audit line: the name of the object a
+// create makes (it is in the body, not the path).
+type auditNote struct{ name string }
+
+type auditNoteKey struct{}
+
+// noteAuditName records the name of the object a request creates for its audit line.
+func noteAuditName(ctx context.Context, name string) {
+	if n, ok := ctx.Value(auditNoteKey{}).(*auditNote); ok {
+		n.name = name
+	}
 }

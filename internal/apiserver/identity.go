@@ -277,6 +277,7 @@ func (s *Server) identityRoutes(mux *http.ServeMux) {
 	mux.HandleFunc(v1alpha1.IdentityPath+"/oidc", s.serveOIDCConfig)
 	mux.HandleFunc(v1alpha1.IdentityPath+"/tokens", s.serveTokens)
 	mux.HandleFunc(v1alpha1.IdentityPath+"/tokens/{id}", s.serveTokenID)
+	mux.HandleFunc(v1alpha1.IdentityPath+"/audit", s.serveAudit) // auditread.go
 }
 
 // decodeStrict decodes a JSON body into v, refusing unknown fields.

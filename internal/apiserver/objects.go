@@ -38,6 +38,7 @@ func (s *Server) serveCreate(w http.ResponseWriter, r *http.Request, t target) {
 		return
 	}
 	out, rev, err := s.Create(r.Context(), t.st, t.namespace, obj)
+	noteAuditName(r.Context(), obj.GetObjectMeta().Name) // as asked for, or as generated
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -3,21 +3,29 @@ package cli
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/apiserver"
 )
 
 // newAuditCommand returns `rakhsh audit tail`: the last lines of the audit log of the serve on
-// this host, read from its data dir (the file is root's, mode 0600).
+// this host, read from its data dir (the file is root's, mode 0600); and `rakhsh audit get`,
+// the same over the API.
 func newAuditCommand(cc *cliContext) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Read the audit log of the server on this host",
+		Short: "Read the audit log: the file of the serve on this host (tail), or over the API (get)",
 		Run:   func(cmd *cobra.Command, _ []string) { _ = cmd.Help() },
 	}
 	var dataDir, file string
@@ -39,7 +47,73 @@ func newAuditCommand(cc *cliContext) *cobra.Command {
 	f.StringVar(&file, "file", "", "the audit log file (default DATA-DIR/audit.log)")
 	f.IntVar(&lines, "lines", 20, "how many of the last lines to print")
 	f.BoolVarP(&follow, "follow", "f", false, "keep printing lines as they are written (until interrupted)")
-	cmd.AddCommand(tail)
+	cmd.AddCommand(tail, newAuditGetCommand(cc))
+	return cmd
+}
+
+// newAuditGetCommand returns `rakhsh audit get`: the newest lines of the audit log of the API
+// server the CLI talks to, over the API (a ClusterAdmin's).
+func newAuditGetCommand(cc *cliContext) *cobra.Command {
+	var user, project, since, output string
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "get",
+		Short: "Print the newest audit lines of the API server, newest first (ClusterAdmin)",
+		Long: `Read the audit log over the API: the newest lines of the log of the API server this
+command talks to (each serve keeps its own), newest first, optionally only those of a user, a
+project or since a time. Needs the ClusterAdmin role.`,
+		Example: "  rakhsh audit get --user alice --limit 50\n  rakhsh audit get --project p1 --since 2026-12-05T06:00:00Z -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "" && output != "json" {
+				return usageErrorf("-o %s: only json is known", output)
+			}
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			q := url.Values{"limit": {strconv.Itoa(limit)}}
+			for k, v := range map[string]string{"user": user, "project": project, "since": since} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			var list apiserver.AuditList
+			if err := c.Do(cmd.Context(), "GET", v1alpha1.IdentityPath+"/audit", q, "", nil, &list); err != nil {
+				return err
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(list)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tIDENTITY\tSOURCE\tVERB\tOBJECT\tCODE\tREQUEST")
+			for _, e := range list.Items {
+				obj := e.Resource
+				if e.Namespace != "" {
+					obj += " " + e.Namespace + "/" + e.Name
+				} else if e.Name != "" {
+					obj += " " + e.Name
+				}
+				if e.Sub != "" {
+					obj += " (" + e.Sub + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Time.UTC().Format(time.RFC3339), e.Identity, e.Source, e.Verb, obj, e.Code, e.RequestID)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "%d lines of the audit log of %s\n", len(list.Items), list.Server)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&user, "user", "", "only the lines of this user (or identity)")
+	f.StringVar(&project, "project", "", "only the lines of this project")
+	f.StringVar(&since, "since", "", "only lines at or after this time (RFC 3339)")
+	f.IntVar(&limit, "limit", 100, "at most this many lines (1 to 5000)")
+	f.StringVarP(&output, "output", "o", "", "json: the lines as JSON")
 	return cmd
 }
 

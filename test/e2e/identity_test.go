@@ -18,6 +18,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/oidctest"
 )
 
@@ -154,6 +155,27 @@ func TestIdentity(t *testing.T) {
 	s.MustCLI(strings.Replace(vm, "vm1", "vm2", 1), "apply", "-n", "p2", "-f", "-")
 	if r := alice(strings.Replace(vm, "vm1", "vm3", 1), "apply", "-n", "p2", "-f", "-"); r.Code == 0 || !strings.Contains(r.Stderr, "no role in project \"p2\"") {
 		t.Errorf("alice creates a VM in p2: code %d, stderr %q", r.Code, r.Stderr)
+	}
+	// The audit log over the API: the admin reads alice's lines of p1, newest first (her
+	// create of vm1, with its name); alice may not read it.
+	var audit apiserver.AuditList
+	if err := json.Unmarshal([]byte(s.MustCLI("", "audit", "get", "--user", "alice", "--project", "p1", "-o", "json")), &audit); err != nil {
+		t.Fatal(err)
+	}
+	if len(audit.Items) == 0 || audit.Items[0].Resource != "virtualmachines" || audit.Items[0].Name != "vm1" || audit.Items[0].Verb != "create" ||
+		audit.Items[0].Code != 201 || audit.Items[0].User != "alice" {
+		t.Errorf("the audit log over the API, alice in p1: %+v", audit.Items)
+	}
+	for _, e := range audit.Items {
+		if e.User != "alice" || e.Namespace != "p1" {
+			t.Errorf("a line of another user or project: %+v", e)
+		}
+	}
+	if r := s.CLI("", "audit", "get", "--user", "alice", "--limit", "5"); r.Code != 0 || !strings.Contains(r.Stdout, "virtualmachines p1/vm1") || !strings.Contains(r.Stdout, "login") {
+		t.Errorf("audit get, table: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := alice("", "audit", "get"); r.Code == 0 || !strings.Contains(r.Stderr, "only a ClusterAdmin") {
+		t.Errorf("alice reads the audit log: code %d, stderr %q", r.Code, r.Stderr)
 	}
 	if r := alice("", "get", "vm", "-A", "-o", "name"); r.Code != 0 || !strings.Contains(r.Stdout, "vm1") || strings.Contains(r.Stdout, "vm2") {
 		t.Errorf("alice lists VMs of all projects: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
