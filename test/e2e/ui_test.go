@@ -305,6 +305,19 @@ spec:
 	uiShot(t, ctx, shots, "vm-metrics")
 	uiRun(t, ctx, 5*time.Second, "scroll back", chromedp.Evaluate(`window.scrollTo(0, 0)`, nil))
 
+	// The audit log page (the admin is a ClusterAdmin): the wizard's create of web1 is there,
+	// and a filter by another project leaves it out.
+	uiRun(t, ctx, 30*time.Second, "open the audit log",
+		chromedp.Click(`header a[href="#/audit"]`, chromedp.ByQuery),
+		chromedp.WaitVisible("#audit-filters", chromedp.ByID))
+	uiPoll(t, ctx, 30*time.Second, "the audit log lists the wizard's create of web1",
+		`[...document.querySelectorAll('#audit tbody tr')].some(tr => /create/.test(tr.children[3].textContent) && tr.children[4].textContent === 'virtualmachines default/web1' && tr.children[5].textContent === '201')`)
+	uiShot(t, ctx, shots, "audit")
+	uiRun(t, ctx, 30*time.Second, "filter by another project",
+		chromedp.SendKeys("#audit-project", "p-none", chromedp.ByID),
+		chromedp.Click("#audit-load", chromedp.ByID))
+	uiPoll(t, ctx, 30*time.Second, "no line of project default", `document.querySelectorAll('#audit tbody tr').length === 0 && /0 lines/.test(document.querySelector('#audit-result').textContent)`)
+
 	// CSRF: a page on another site posts a form (text/plain, shaped as JSON) to the API.
 	// The browser sends no session cookie cross-site (SameSite=Strict) and the API refuses.
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

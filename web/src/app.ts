@@ -284,6 +284,7 @@ async function frame(active: string, content: HTMLElement): Promise<void> {
         link("#/disks", "Disks", "disks"),
         ...(canWrite() ? [" ", link("#/create", "Create VM", "create")] : []),
         ...(clusterRead() ? operatorPages.flatMap((pg) => [" ", link(`#/${pg.key}`, pg.title, pg.key)]) : []),
+        ...(clusterAdmin() ? [" ", link("#/audit", "Audit log", "audit")] : []),
       ),
       h("span", { class: "spacer" }),
       h("span", { id: "user" }, session.user || ""),
@@ -315,6 +316,7 @@ async function route() {
   if (parts[0] === "nodes") return nodesPage();
   if (parts[0] === "project-images") return imagesPage();
   if (parts[0] === "disks") return disksPage();
+  if (parts[0] === "audit") return auditPage();
   const op = operatorPages.find((pg) => pg.key === parts[0]);
   if (op && op.columns) return clusterListPage(op);
   if (parts[0] === "login") return go("#/vms");
@@ -1107,6 +1109,60 @@ function vmPage(name: string) {
     w.stop();
     ew.stop();
   });
+}
+
+// ---- the audit log (ClusterAdmin) ----------------------------------------------------------
+
+// auditPage shows the newest lines of this API server's audit log, filtered by user, project
+// and time, newest first; Refresh reads them again.
+function auditPage() {
+  const field = (id: string, label: string, attrs: Record<string, string> = {}) => {
+    const input = h("input", { id, ...attrs }) as HTMLInputElement;
+    return [input, h("div", {}, h("label", { for: id }, label), input)] as const;
+  };
+  const [user, userBox] = field("audit-user", "User");
+  const [proj, projBox] = field("audit-project", "Project");
+  const [since, sinceBox] = field("audit-since", "Since (e.g. 2026-12-05T06:00:00Z)");
+  const [limit, limitBox] = field("audit-limit", "Lines", { type: "number", min: "1", max: "5000", value: "200" });
+  const body = h("tbody");
+  const out = h("div", { id: "audit-result", role: "status" });
+  const load = async () => {
+    clear(out);
+    const q = new URLSearchParams({ limit: limit.value || "200" });
+    if (user.value) q.set("user", user.value);
+    if (proj.value) q.set("project", proj.value);
+    if (since.value) q.set("since", since.value);
+    try {
+      const l = await api("GET", "/identity/v1alpha1/audit?" + q.toString());
+      clear(body);
+      for (const e of l.items) {
+        const obj = [e.resource, e.project ? `${e.project}/${e.name || ""}` : e.name, e.subresource ? `(${e.subresource})` : ""].filter(Boolean).join(" ");
+        body.append(h("tr", {}, h("td", { class: "nowrap" }, String(e.time).replace("T", " ").replace(/\.\d+Z$/, "Z")), h("td", {}, e.identity), h("td", {}, e.source), h("td", {}, e.verb), h("td", {}, obj), h("td", { class: e.code >= 400 ? "code-refused" : "" }, String(e.code)), h("td", { class: "hint" }, e.requestID || "")));
+      }
+      out.append(h("div", { class: "hint" }, `${l.items.length} lines of the audit log of ${l.server}, newest first.`));
+    } catch (e) {
+      clear(body);
+      out.append(errorBox(e));
+    }
+  };
+  const form = h("form", { class: "filters", id: "audit-filters" }, userBox, projBox, sinceBox, limitBox, h("button", { type: "submit", id: "audit-load", class: "primary" }, "Refresh"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    void load();
+  });
+  frame(
+    "audit",
+    h(
+      "div",
+      {},
+      h("h1", {}, "Audit log"),
+      h("p", { class: "hint" }, "Every change made by a person, console session, login and token of this API server (each server of a cluster keeps its own log)."),
+      form,
+      out,
+      h("table", { id: "audit" }, h("thead", {}, h("tr", {}, ...["Time", "Identity", "Source", "Verb", "Object", "Code", "Request"].map((c) => h("th", { scope: "col" }, c)))), body),
+    ),
+  );
+  void load();
 }
 
 // ---- metrics charts ------------------------------------------------------------------------
