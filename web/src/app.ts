@@ -851,20 +851,75 @@ function clusterListPage(pg: OperatorPage) {
       {},
       h("h1", {}, pg.title),
       out,
-      h("table", { class: "vms", id: `${pg.key}-list` }, h("thead", {}, h("tr", {}, ...["Name", ...cols.map((c) => c[0])].map((c) => h("th", { scope: "col" }, c)))), body),
+      h("table", { class: "vms", id: `${pg.key}-list` }, h("thead", {}, h("tr", {}, ...["Name", ...cols.map((c) => c[0]), ...(clusterAdmin() ? ["Actions"] : [])].map((c) => h("th", { scope: "col" }, c)))), body),
     ),
   );
   const render = (w: Watch) => {
     clear(body);
     const items = [...w.items.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
     if (items.length === 0) body.append(h("tr", {}, h("td", { colspan: String(cols.length + 1) }, "None yet.")));
-    for (const o of items) body.append(h("tr", { "data-name": o.metadata.name }, h("td", {}, o.metadata.name), ...cols.map(([, f]) => h("td", {}, f(o)))));
+    for (const o of items) {
+      const edit = clusterAdmin()
+        ? [h("td", { class: "row-actions" }, h("button", { type: "button", class: "edit", "aria-label": `Edit ${o.metadata.name}`, onclick: () => void editObject(pg, o.metadata.name, out) }, "Edit"))]
+        : [];
+      body.append(h("tr", { "data-name": o.metadata.name }, h("td", {}, o.metadata.name), ...cols.map(([, f]) => h("td", {}, f(o))), ...edit));
+    }
   };
   const w = new Watch(`${GV}/${pg.resource}`, "", render, (e) => {
     clear(out);
     out.append(errorBox(e));
   });
   onCleanup(() => w.stop());
+}
+
+// editObject lets a ClusterAdmin change a cluster object as JSON: its labels, annotations and
+// spec (the rest of metadata and the status are the server's). The save is a PUT with the
+// resourceVersion read, so a change made meanwhile by someone else is refused, not lost; the
+// server's message is shown in the dialog, which stays open to fix the text.
+async function editObject(pg: OperatorPage, name: string, out: HTMLElement) {
+  let obj: any;
+  try {
+    obj = await api("GET", `${GV}/${pg.resource}/${encodeURIComponent(name)}`);
+  } catch (e) {
+    clear(out);
+    out.append(errorBox(e));
+    return;
+  }
+  const m = obj.metadata || {};
+  const editable = { metadata: { labels: m.labels || {}, annotations: m.annotations || {} }, spec: obj.spec };
+  const saved = await modal<boolean>("edit-dialog", `Edit ${pg.resource}/${name}`, false, (done) => {
+    const text = h("textarea", { id: "edit-json", rows: "18", spellcheck: "false", "aria-label": "The object as JSON" }) as HTMLTextAreaElement;
+    text.value = JSON.stringify(editable, null, 2);
+    text.style.maxWidth = "none";
+    const err = h("div", { id: "edit-error", role: "alert" });
+    const save = async () => {
+      clear(err);
+      let v: any;
+      try {
+        v = JSON.parse(text.value);
+      } catch (e) {
+        err.append(errorBox(new Error(`Not valid JSON: ${(e as Error).message}`)));
+        return;
+      }
+      const body = { ...obj, metadata: { ...m, labels: v.metadata?.labels, annotations: v.metadata?.annotations }, spec: v.spec };
+      try {
+        await api("PUT", `${GV}/${pg.resource}/${encodeURIComponent(name)}`, body);
+        done(true);
+      } catch (e) {
+        err.append(errorBox(e));
+      }
+    };
+    return [
+      h("p", { class: "hint" }, "Labels, annotations and spec; the server checks the change as it checks rakhsh apply."),
+      text,
+      err,
+      h("div", { class: "actions" }, h("button", { type: "button", id: "edit-save", class: "primary", onclick: () => void save() }, "Save"), h("button", { type: "button", id: "edit-cancel", onclick: () => done(false) }, "Cancel")),
+    ];
+  });
+  if (saved) {
+    clear(out);
+    out.append(h("div", { class: "notice", role: "status" }, `${name} saved.`));
+  }
 }
 
 // ---- nodes (operators) ---------------------------------------------------------------------
