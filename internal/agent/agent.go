@@ -47,6 +47,9 @@ type Config struct {
 	GCInterval time.Duration
 	// KillTimeout is how long QEMU gets to exit after quit before SIGKILL; default 10 s.
 	KillTimeout time.Duration
+	// ImageCacheExpiry is how long an image fetched into this host's cache stays once
+	// nothing uses it; ImageCacheGCInterval how often that is looked at (imagecache_gc.go).
+	ImageCacheExpiry, ImageCacheGCInterval time.Duration
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
 	// HostNetworking connects VM NICs to taps on their ClusterNetworks' bridges (see
@@ -195,6 +198,12 @@ func (cfg *Config) setDefaults() error {
 	if cfg.KillTimeout <= 0 {
 		cfg.KillTimeout = 10 * time.Second
 	}
+	if cfg.ImageCacheExpiry <= 0 {
+		cfg.ImageCacheExpiry = DefaultImageCacheExpiry
+	}
+	if cfg.ImageCacheGCInterval <= 0 {
+		cfg.ImageCacheGCInterval = DefaultImageCacheGCInterval
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -319,6 +328,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	go a.loop(ctx, a.cfg.GCInterval, a.queueOrphans)
 	go a.loop(ctx, a.cfg.GCInterval, func() { a.sweepDiskLeases(ctx) })
+	go a.loop(ctx, a.cfg.ImageCacheGCInterval, func() { a.gcImageCache(ctx) }) // imagecache_gc.go
 	for _, k := range a.vms.Keys() {
 		a.queue.Add(k)
 	}

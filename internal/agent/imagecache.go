@@ -51,7 +51,7 @@ func (a *Agent) imageFile(ctx context.Context, resource, namespace, name, uid, s
 		return "", fmt.Errorf("its file is not on this host and it has no sha256 to fetch it by")
 	}
 	dst := storage.ImageCachePath(a.cfg.DataDir, storage.DefaultPool, sha)
-	if fileExists(dst) {
+	if fileExists(dst) && a.touchCached(sha, dst) == nil { // used now: kept (imagecache_gc.go)
 		return dst, nil
 	}
 	unlock := a.fetches.lock(sha)

@@ -23,6 +23,9 @@ import (
 
 // AgentConfig is the validated configuration of `rakhsh agent`.
 type AgentConfig struct {
+	// ImageCacheExpiry and ImageCacheGCInterval: how long an unused image stays in this
+	// host's cache, and how often that is looked at.
+	ImageCacheExpiry, ImageCacheGCInterval time.Duration
 	// Server is the control plane's API: one address, or several API servers of one control
 	// plane separated by commas, failed over in turn by the client.
 	Server string
@@ -220,7 +223,7 @@ exchanged with whichever answers.`,
 				HostNetworking: cfg.VMNetworking == "host", NoUpstreamDNS: cfg.NoUpstreamDNS, Accelerator: mode,
 				QEMUUser: cfg.QEMUUser, DnsmasqUser: cfg.DnsmasqUser, UnderlayAddress: underlay, Log: log,
 				LeaseDuration: cfg.LeaseDuration, FenceTimeout: cfg.FenceTimeout, FenceGuard: guardBin, Certificate: cert,
-				MetricsURL: metricsURL, KSM: ksm, MemoryReserve: reserve})
+				MetricsURL: metricsURL, KSM: ksm, MemoryReserve: reserve, ImageCacheExpiry: cfg.ImageCacheExpiry, ImageCacheGCInterval: cfg.ImageCacheGCInterval})
 			if err != nil {
 				return err
 			}
@@ -258,6 +261,8 @@ exchanged with whichever answers.`,
 	f.StringVar(&cfg.UnderlayAddress, "underlay-address", "", "IPv4 address of this host that the other nodes reach it on: the VXLAN of NAT networks across hosts is sent from and to it, and it is published as the Node's InternalIP (default: the source address of the route toward --server; none for a unix socket)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve this node's /metrics (its VMs and the node) on this TCP address, plain HTTP, to the bearer of the metrics token; published as the Node's status.metricsURL for /sd/prometheus")
 	f.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", "", "file holding the read-only metrics token on its first line (the same as the control plane's --metrics-token-file)")
+	f.DurationVar(&cfg.ImageCacheExpiry, "image-cache-expiry", agent.DefaultImageCacheExpiry, "how long an image fetched into this host's cache is kept once no disk of the host is a linked clone of it and no VM here has it open (it is fetched again when needed)")
+	f.DurationVar(&cfg.ImageCacheGCInterval, "image-cache-gc-interval", agent.DefaultImageCacheGCInterval, "how often the host's image cache is looked at for images unused for --image-cache-expiry")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }
