@@ -23,10 +23,6 @@ import (
 // download with If-Range never mixes two versions of a file.
 const SubData = "data"
 
-func isImageKind(kind string) bool {
-	return kind == "ClusterVirtualImage" || kind == "VirtualImage"
-}
-
 func (s *Server) serveImageData(w http.ResponseWriter, r *http.Request, t target) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		s.methodNotAllowed(w, r, "GET, HEAD")

@@ -446,12 +446,8 @@ func prefix(info *v1alpha1.KindInfo, namespace string) string {
 }
 
 func (s *Server) collection(w http.ResponseWriter, r *http.Request) {
-	t, err := s.resolve(r)
-	if err == nil {
-		err = s.authorizeRequest(r, t)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
+	t, ok := s.authorizedTarget(w, r)
+	if !ok {
 		return
 	}
 	switch r.Method {
@@ -472,13 +468,23 @@ func (s *Server) collection(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) object(w http.ResponseWriter, r *http.Request) {
+// authorizedTarget resolves what the request names and authorizes the request; when either
+// fails it has answered, and returns false.
+func (s *Server) authorizedTarget(w http.ResponseWriter, r *http.Request) (target, bool) {
 	t, err := s.resolve(r)
 	if err == nil {
 		err = s.authorizeRequest(r, t)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
+		return t, false
+	}
+	return t, true
+}
+
+func (s *Server) object(w http.ResponseWriter, r *http.Request) {
+	t, ok := s.authorizedTarget(w, r)
+	if !ok {
 		return
 	}
 	switch r.Method {
@@ -495,49 +501,29 @@ func (s *Server) object(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// subresourceHandlers serve the subresources other than status, by "Kind/subresource".
+var subresourceHandlers = map[string]func(s *Server, w http.ResponseWriter, r *http.Request, t target){
+	"Node/" + v1alpha1.SubNodeCredential:           (*Server).serveNodeCredential,
+	"Node/" + nodestream.SubStreamTickets:          (*Server).serveRedeem,
+	"User/" + v1alpha1.SubUserPassword:             (*Server).serveSetPassword,
+	"VirtualMachine/" + SubConsole:                 (*Server).serveStream,
+	"VirtualMachine/" + SubVNC:                     (*Server).serveStream,
+	"VirtualMachine/" + SubLog:                     (*Server).serveStream,
+	"VirtualMachine/" + v1alpha1.SubConsoleTickets: (*Server).serveConsoleTickets,
+	"VirtualMachine/" + SubMetrics:                 (*Server).serveVMMetrics,
+	"VirtualMachine/" + SubGuestAgent:              (*Server).serveGuestAgent,
+	"VirtualMachine/" + SubBinding:                 (*Server).serveBinding,
+	"VirtualImage/" + SubData:                      (*Server).serveImageData,
+	"ClusterVirtualImage/" + SubData:               (*Server).serveImageData,
+}
+
 func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
-	t, err := s.resolve(r)
-	if err == nil {
-		err = s.authorizeRequest(r, t)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
+	t, ok := s.authorizedTarget(w, r)
+	if !ok {
 		return
 	}
-	if t.st.Info.Kind == "Node" && t.sub == v1alpha1.SubNodeCredential {
-		s.serveNodeCredential(w, r, t)
-		return
-	}
-	if t.st.Info.Kind == "VirtualMachine" && (t.sub == SubConsole || t.sub == SubVNC || t.sub == SubLog) {
-		s.serveStream(w, r, t)
-		return
-	}
-	if t.st.Info.Kind == "User" && t.sub == v1alpha1.SubUserPassword {
-		s.serveSetPassword(w, r, t)
-		return
-	}
-	if t.st.Info.Kind == "VirtualMachine" && t.sub == v1alpha1.SubConsoleTickets {
-		s.serveConsoleTickets(w, r, t)
-		return
-	}
-	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubMetrics {
-		s.serveVMMetrics(w, r, t)
-		return
-	}
-	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubGuestAgent {
-		s.serveGuestAgent(w, r, t)
-		return
-	}
-	if t.st.Info.Kind == "Node" && t.sub == nodestream.SubStreamTickets {
-		s.serveRedeem(w, r, t)
-		return
-	}
-	if t.st.Info.Kind == "VirtualMachine" && t.sub == SubBinding {
-		s.serveBinding(w, r, t)
-		return
-	}
-	if isImageKind(t.st.Info.Kind) && t.sub == SubData {
-		s.serveImageData(w, r, t)
+	if serve := subresourceHandlers[t.st.Info.Kind+"/"+t.sub]; serve != nil {
+		serve(s, w, r, t)
 		return
 	}
 	if t.sub != "status" || !t.st.Info.HasStatus {
