@@ -118,19 +118,24 @@ func (inf *Informer) Raw() []json.RawMessage {
 }
 
 // Run lists and watches until ctx ends.
-func (inf *Informer) Run(ctx context.Context) {
+func (inf *Informer) Run(ctx context.Context) { listAndWatch(ctx, inf.log, inf.relist, inf.watch) }
+
+// listAndWatch lists, then watches from the list's revision, and starts again after a
+// failure with a backoff from 200 ms up to about 5 s, until ctx ends: the loop of both
+// informers.
+func listAndWatch(ctx context.Context, log *slog.Logger, relist func(context.Context) (string, error), watch func(context.Context, string) error) {
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
-		rv, err := inf.relist(ctx)
+		rv, err := relist(ctx)
 		if err == nil {
 			backoff = 200 * time.Millisecond
-			err = inf.watch(ctx, rv)
+			err = watch(ctx, rv)
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			inf.log.Debug("informer restarting", "err", err)
+			log.Debug("informer restarting", "err", err)
 		}
 		select {
 		case <-ctx.Done():

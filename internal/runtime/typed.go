@@ -9,7 +9,6 @@ import (
 	"reflect"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -127,30 +126,7 @@ func (inf *TypedInformer[T]) Len() int {
 }
 
 // Run lists and watches until ctx ends.
-func (inf *TypedInformer[T]) Run(ctx context.Context) {
-	backoff := 200 * time.Millisecond
-	for ctx.Err() == nil {
-		rv, err := inf.relist(ctx)
-		if err == nil {
-			backoff = 200 * time.Millisecond
-			err = inf.watch(ctx, rv)
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			inf.log.Debug("informer restarting", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		if backoff < 5*time.Second {
-			backoff *= 2
-		}
-	}
-}
+func (inf *TypedInformer[T]) Run(ctx context.Context) { listAndWatch(ctx, inf.log, inf.relist, inf.watch) }
 
 // decode turns one object's JSON into its cached form and key.
 func (inf *TypedInformer[T]) decode(raw []byte) (Key, *T, error) {
