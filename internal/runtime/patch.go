@@ -225,3 +225,23 @@ func ConditionsPatch(current, want []v1alpha1.Condition, owned []string, now v1a
 	}
 	return out
 }
+
+// ReplaceStatus writes the status of obj (of resource) as its sole owner: when after differs
+// from before (as JSON), set puts after into obj and obj's status is replaced whatever its
+// resourceVersion (the owner's view wins; nobody else writes it). An object deleted meanwhile
+// is not an error: its reconcile ends.
+func ReplaceStatus(ctx context.Context, c client.Interface, resource string, obj v1alpha1.Object, before, after any, set func()) error {
+	x, _ := json.Marshal(before)
+	y, _ := json.Marshal(after)
+	if string(x) == string(y) {
+		return nil
+	}
+	set()
+	m := obj.GetObjectMeta()
+	m.ResourceVersion = ""
+	err := c.UpdateStatus(ctx, resource, m.Namespace, m.Name, obj, nil)
+	if client.IsNotFound(err) {
+		return nil
+	}
+	return err
+}

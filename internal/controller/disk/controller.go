@@ -245,18 +245,7 @@ func fileExists(p string) bool {
 }
 
 func (c *Controller) writeStatus(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus) error {
-	old, _ := json.Marshal(d.Status)
-	now, _ := json.Marshal(st)
-	if string(old) == string(now) {
-		return nil
-	}
-	d.Status = st
-	d.ResourceVersion = ""
-	err := c.c.UpdateStatus(ctx, "virtualdisks", d.Namespace, d.Name, d, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	return err
+	return runtime.ReplaceStatus(ctx, c.c, "virtualdisks", d, d.Status, st, func() { d.Status = st })
 }
 
 func setCond(st *v1alpha1.VirtualDiskStatus, d *v1alpha1.VirtualDisk, typ, status, reason, msg string) {

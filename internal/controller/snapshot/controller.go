@@ -192,18 +192,7 @@ func (c *Controller) reachable(sc *v1alpha1.StorageClass, node string) bool {
 }
 
 func (c *Controller) writeStatus(ctx context.Context, s *v1alpha1.VirtualDiskSnapshot, st v1alpha1.VirtualDiskSnapshotStatus) error {
-	old, _ := json.Marshal(s.Status)
-	now, _ := json.Marshal(st)
-	if string(old) == string(now) {
-		return nil
-	}
-	s.Status = st
-	s.ResourceVersion = ""
-	err := c.c.UpdateStatus(ctx, "virtualdisksnapshots", s.Namespace, s.Name, s, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	return err
+	return runtime.ReplaceStatus(ctx, c.c, "virtualdisksnapshots", s, s.Status, st, func() { s.Status = st })
 }
 
 func setCond(st *v1alpha1.VirtualDiskSnapshotStatus, s *v1alpha1.VirtualDiskSnapshot, typ, status, reason, msg string) {

@@ -37,18 +37,7 @@ func (c *Controller) vmSnapshotsOfVM(k runtime.Key) []runtime.Key {
 }
 
 func (c *Controller) writeVMStatus(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, st v1alpha1.VirtualMachineSnapshotStatus) error {
-	old, _ := json.Marshal(s.Status)
-	now, _ := json.Marshal(st)
-	if string(old) == string(now) {
-		return nil
-	}
-	s.Status = st
-	s.ResourceVersion = ""
-	err := c.c.UpdateStatus(ctx, "virtualmachinesnapshots", s.Namespace, s.Name, s, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	return err
+	return runtime.ReplaceStatus(ctx, c.c, "virtualmachinesnapshots", s, s.Status, st, func() { s.Status = st })
 }
 
 // VMFinalizer keeps a VM snapshot until its disk snapshots are deleted.
