@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,16 +18,17 @@ import (
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
-// The image cache's garbage collection (docs/storage.md). A joined host keeps the images it
+// The image cache's garbage collection (docs/images.md). A joined host keeps the images it
 // fetched in DATA-DIR/pools/default/cache/SHA256; linked clones made on the host use them as
 // backing files, and QEMU opens them for images attached as they are. Every
 // --image-cache-gc-interval the agent looks for what still uses each cached image: a qcow2
-// file in the host's pools or in a Local class's directory whose backing file it is, or a
-// QEMU of this agent that holds it open. A used image has its modification time set to now;
-// an image nobody used for --image-cache-expiry is removed (and is fetched again when a VM
-// needs it). A start that takes an image from the cache sets its time too, under the image's
-// lock, so that a removal never races it. When the agent cannot tell what is used (the Local
-// classes cannot be read from the API), nothing is removed.
+// file in the disks, snapshots or images directory of a pool or of a Local class whose
+// backing file it is, or a QEMU of this agent that holds it open. A used image has its
+// modification time set to now; an image nobody used for --image-cache-expiry is removed (and
+// is fetched again when a VM needs it). A start that takes an image from the cache sets its
+// time too, under the image's lock, so that a removal never races it. When the agent cannot
+// tell what is used (the Local classes cannot be read from the API, a directory or a qcow2
+// header cannot be read), nothing is removed.
 
 // Defaults of the cache's collection.
 const (
@@ -50,12 +52,20 @@ func (a *Agent) gcImageCache(ctx context.Context) {
 		a.log.Warn("image cache: the Local storage classes cannot be read; nothing is removed", "err", err)
 		return
 	}
-	dirs = append(dirs, filepath.Join(a.cfg.DataDir, "pools"))
+	pools, err := filepath.Glob(filepath.Join(a.cfg.DataDir, "pools", "*"))
+	if err != nil {
+		return
+	}
+	dirs = append(dirs, pools...)
 	var pids []int
 	for _, in := range a.instances() {
 		pids = append(pids, in.pid)
 	}
-	used := cacheReferences(cacheDir, dirs, pids)
+	used, err := cacheReferences(cacheDir, dirs, pids)
+	if err != nil {
+		a.log.Warn("image cache: what uses the cached images cannot be told; nothing is removed", "err", err)
+		return
+	}
 	for _, r := range pruneImageCache(cacheDir, used, a.cfg.Now(), a.cfg.ImageCacheExpiry, a.fetches.lock) {
 		a.log.Info("image cache: removed an image unused for longer than the expiry", "file", r.path, "bytes", r.size, "unused", r.unused.Round(time.Minute))
 	}
@@ -81,66 +91,115 @@ func (a *Agent) localClassDirs(ctx context.Context) ([]string, error) {
 }
 
 // cacheReferences returns the cached images (by sha256) that are used: the backing file of a
-// qcow2 file below one of dirs (the cache directory itself left out), or open in one of the
-// processes pids.
-func cacheReferences(cacheDir string, dirs []string, pids []int) map[string]bool {
+// qcow2 file in the disks, snapshots or images directory of one of dirs (pools and Local
+// class directories; symbolic links followed), or open in one of the processes pids. Any
+// doubt is an error, and the pass removes nothing: a directory or file that cannot be read
+// (other than one gone meanwhile), a qcow2 header that does not parse, a backing file whose
+// directory cannot be resolved.
+func cacheReferences(cacheDir string, dirs []string, pids []int) (map[string]bool, error) {
+	realCache, err := filepath.EvalSymlinks(cacheDir)
+	if err != nil {
+		return nil, err
+	}
 	used := map[string]bool{}
-	mark := func(p string) {
-		if filepath.Dir(p) == cacheDir && storage.IsSHA256Hex(filepath.Base(p)) {
+	// mark records p if it names a file of the cache (through any symbolic links).
+	mark := func(p string) error {
+		dir, err := filepath.EvalSymlinks(filepath.Dir(p))
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // a dangling name: it uses nothing of the cache
+		}
+		if err != nil {
+			return err
+		}
+		if dir == realCache && storage.IsSHA256Hex(filepath.Base(p)) {
 			used[filepath.Base(p)] = true
 		}
+		return nil
 	}
 	for _, d := range dirs {
-		_ = filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+		for _, sub := range []string{"disks", "snapshots", "images"} {
+			root, err := filepath.EvalSymlinks(filepath.Join(d, sub))
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
 			if err != nil {
-				return nil // an unreadable directory: what it holds is not seen
+				return nil, err
 			}
-			if e.IsDir() {
-				if p == cacheDir {
-					return filepath.SkipDir
-				}
-				return nil
+			if err := scanBacking(root, mark); err != nil {
+				return nil, err
 			}
-			if !e.Type().IsRegular() || !isQCOW2(p) {
-				return nil
-			}
-			l, err := readQCOW2Link(p)
-			if err != nil || l.BackingFile == "" {
-				return nil
-			}
-			b := l.BackingFile
-			if !filepath.IsAbs(b) {
-				b = filepath.Join(filepath.Dir(p), b)
-			}
-			mark(filepath.Clean(b))
-			return nil
-		})
+		}
 	}
 	for _, pid := range pids {
 		fdDir := "/proc/" + strconv.Itoa(pid) + "/fd"
 		fds, err := os.ReadDir(fdDir)
 		if err != nil {
-			continue
+			continue // the process ended: it holds nothing
 		}
 		for _, fd := range fds {
-			if target, err := os.Readlink(filepath.Join(fdDir, fd.Name())); err == nil {
-				mark(target)
+			if target, err := os.Readlink(filepath.Join(fdDir, fd.Name())); err == nil && filepath.IsAbs(target) {
+				if filepath.Dir(target) == realCache && storage.IsSHA256Hex(filepath.Base(target)) {
+					used[filepath.Base(target)] = true
+				}
 			}
 		}
 	}
-	return used
+	return used, nil
 }
 
-// isQCOW2 says the file at p starts with the qcow2 magic.
-func isQCOW2(p string) bool {
+// scanBacking calls mark with the backing file of every qcow2 file below root.
+func scanBacking(root string, mark func(string) error) error {
+	return filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil // removed meanwhile
+			}
+			return err
+		}
+		if e.IsDir() || !e.Type().IsRegular() {
+			return nil
+		}
+		qcow2, err := isQCOW2(p)
+		if err != nil || !qcow2 {
+			return err
+		}
+		l, err := readQCOW2Link(p)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if l.BackingFile == "" {
+			return nil
+		}
+		b := l.BackingFile
+		if !filepath.IsAbs(b) {
+			b = filepath.Join(filepath.Dir(p), b)
+		}
+		return mark(filepath.Clean(b))
+	})
+}
+
+// isQCOW2 says the file at p starts with the qcow2 magic; a file gone meanwhile is not.
+func isQCOW2(p string) (bool, error) {
 	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
 	if err != nil {
-		return false
+		return false, err
 	}
 	defer f.Close()
 	b := make([]byte, 4)
-	n, _ := f.Read(b)
-	return n == 4 && string(b) == q2Magic
+	n, err := io.ReadFull(f, b)
+	if n < 4 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+		return false, nil // shorter than a header
+	}
+	if err != nil {
+		return false, err
+	}
+	return string(b) == q2Magic, nil
 }
 
 // removedImage is one cached image pruneImageCache removed.

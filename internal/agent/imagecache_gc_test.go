@@ -58,7 +58,7 @@ func TestImageCacheGC(t *testing.T) {
 	rel, _ := filepath.Rel(filepath.Join(classDir, "disks"), filepath.Join(cache, sha('b')))
 	clone(filepath.Join(classDir, "disks", "d2.qcow2"), rel)
 	clone(filepath.Join(classDir, "snapshots", "s2.qcow2"), filepath.Join(classDir, "disks", "d2.qcow2"))
-	f, err := os.Open(filepath.Join(cache, sha('c')))
+	f, err := os.Open(filepath.Join(cache, sha('c'))) // held open, as by a QEMU
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,15 @@ func TestImageCacheGC(t *testing.T) {
 	recent := time.Now().Add(-time.Hour)
 	_ = os.Chtimes(filepath.Join(cache, sha('e')), recent, recent)
 
-	used := cacheReferences(cache, []string{classDir, filepath.Join(data, "pools")}, []int{os.Getpid()})
+	// The class is reached through a symbolic link, as a Local class's path may be.
+	link := filepath.Join(t.TempDir(), "class")
+	if err := os.Symlink(classDir, link); err != nil {
+		t.Fatal(err)
+	}
+	used, err := cacheReferences(cache, []string{link, filepath.Join(data, "pools", "default")}, []int{os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range "abc" {
 		if !used[sha(byte(c))] {
 			t.Errorf("%c…: not seen as used (%v)", c, used)
@@ -104,6 +112,16 @@ func TestImageCacheGC(t *testing.T) {
 			t.Errorf("%c… is used and keeps its old time %s", c, st.ModTime())
 		}
 	}
+	// A qcow2 file whose header does not parse (so its backing file cannot be told) stops
+	// the pass.
+	odd := filepath.Join(classDir, "disks", "odd.qcow2")
+	if err := os.WriteFile(odd, append([]byte(q2Magic), make([]byte, 200)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cacheReferences(cache, []string{classDir}, nil); err == nil {
+		t.Error("a qcow2 file whose backing cannot be read did not stop the pass")
+	}
+	_ = os.Remove(odd)
 	// The disk still opens: its backing file is there.
 	if out, err := exec.Command("qemu-img", "info", "--backing-chain", filepath.Join(classDir, "snapshots", "s2.qcow2")).CombinedOutput(); err != nil {
 		t.Errorf("the snapshot's chain after the collection: %v %s", err, out)
