@@ -437,7 +437,10 @@ func (d *migrationDialer) dial(ctx context.Context, proto string) (*os.File, err
 		_ = raw.SetReadDeadline(time.Now().Add(proxyHandshakeTimeout))
 		if _, err := io.ReadFull(raw, b[:]); err != nil || b[0] != plainReady {
 			raw.Close()
-			return nil, fmt.Errorf("the target's migration port %s did not start the plain connection: %v", d.addr, err)
+			if err == nil {
+				err = fmt.Errorf("it sent %#x", b[0])
+			}
+			return nil, fmt.Errorf("the target's migration port %s did not start the plain connection: %w", d.addr, err)
 		}
 		_ = raw.SetReadDeadline(time.Time{})
 		remote = raw

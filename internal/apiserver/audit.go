@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -156,8 +157,8 @@ func (s *Server) audit(r *http.Request, e auditEntry) {
 	if src == "" || src == "@" {
 		src = "unix"
 	}
-	ent := AuditEntry{Time: s.now().UTC(), RequestID: requestID(r), Identity: id.describe(), User: id.User, Token: id.TokenID, Source: src,
-		Verb: e.Verb, Resource: e.Resource, Namespace: e.Namespace, Name: e.Name, Sub: e.Sub, Code: e.Code}
+	ent := AuditEntry{Time: s.now().UTC(), RequestID: requestID(r), Identity: auditField(id.describe()), User: auditField(id.User), Token: id.TokenID, Source: src,
+		Verb: e.Verb, Resource: auditField(e.Resource), Namespace: auditField(e.Namespace), Name: auditField(e.Name), Sub: auditField(e.Sub), Code: e.Code}
 	if err := s.auditLog.Write(ent); err != nil {
 		s.log.Error("audit log write failed", "err", err)
 	}
@@ -223,6 +224,22 @@ func (s *Server) auditing(next http.Handler) http.Handler {
 		}
 		s.audit(r, auditEntry{Verb: verb, Resource: res, Namespace: r.PathValue("ns"), Name: name, Sub: r.PathValue("sub"), Code: code})
 	})
+}
+
+// auditFieldMax bounds each text field of an audit line: a caller chooses paths and names,
+// and one line must stay small (readers skip lines beyond auditLineMax).
+const auditFieldMax = 256
+
+// auditField is s cut to auditFieldMax bytes (at a rune boundary), with "…" when cut.
+func auditField(s string) string {
+	if len(s) <= auditFieldMax {
+		return s
+	}
+	cut := auditFieldMax
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // auditNote is what a handler adds to its request's audit line: the name of the object a

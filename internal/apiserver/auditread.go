@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -97,11 +98,17 @@ func tailFile(path string, q auditQuery, n int) ([]AuditEntry, error) {
 	defer f.Close()
 	ring := make([]AuditEntry, 0, n)
 	next := 0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
+	br := bufio.NewReaderSize(f, 64<<10)
+	for {
+		line, err := readAuditLine(br)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading the audit log %s: %w", path, err)
+		}
 		var e AuditEntry
-		if json.Unmarshal(sc.Bytes(), &e) != nil || !q.match(e) {
+		if line == nil || json.Unmarshal(line, &e) != nil || !q.match(e) {
 			continue
 		}
 		if len(ring) < n {
@@ -111,14 +118,43 @@ func tailFile(path string, q auditQuery, n int) ([]AuditEntry, error) {
 		ring[next] = e
 		next = (next + 1) % n
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading the audit log %s: %w", path, err)
-	}
 	out := make([]AuditEntry, 0, len(ring))
 	for i := len(ring) - 1; i >= 0; i-- {
 		out = append(out, ring[(next+i)%len(ring)])
 	}
 	return out, nil
+}
+
+// auditLineMax is the longest audit line read; a longer one (not written by this version,
+// whose fields are bounded) is passed over.
+const auditLineMax = 64 << 10
+
+// readAuditLine returns the next line of br without its newline, or nil for a line longer
+// than auditLineMax (its bytes are passed over); io.EOF at the end (a last line without a
+// newline, one being written, is left out).
+func readAuditLine(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	long := false
+	for {
+		frag, err := br.ReadSlice('\n')
+		if !long {
+			line = append(line, frag...)
+			if len(line) > auditLineMax {
+				long, line = true, nil
+			}
+		}
+		switch {
+		case err == nil:
+			if long {
+				return nil, nil
+			}
+			return line[:len(line)-1], nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		default:
+			return nil, err
+		}
+	}
 }
 
 // serveAudit serves GET IdentityPath/audit to a ClusterAdmin.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // TestAuditTail: the newest matching lines come first, across the rotated files, at most the
@@ -39,6 +40,8 @@ func TestAuditTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A line far longer than any this version writes (passed over), then a torn last line.
+	_, _ = f.WriteString(`{"time":"2026-12-05T07:00:00Z","identity":"user alice","user":"alice","name":"` + strings.Repeat("x", 200<<10) + `"}` + "\n")
 	_, _ = f.WriteString(`{"time":"2026-12-05T07:00:00Z","identity":"user al`) // torn
 	f.Close()
 	names := func(es []AuditEntry) string {
@@ -90,5 +93,18 @@ func TestAuditTail(t *testing.T) {
 		if _, err := parseAuditQuery(r); err == nil || !strings.Contains(err.Error(), strings.SplitN(bad, "=", 2)[0]) {
 			t.Errorf("%s: %v, want a refusal naming the parameter", bad, err)
 		}
+	}
+}
+
+// TestAuditFieldBounded: a field of an audit line is cut to auditFieldMax bytes at a rune
+// boundary, marked with an ellipsis.
+func TestAuditFieldBounded(t *testing.T) {
+	if got := auditField("vm1"); got != "vm1" {
+		t.Errorf("a short field: %q", got)
+	}
+	long := strings.Repeat("é", auditFieldMax) // 2 bytes a rune
+	got := auditField(long)
+	if len(got) > auditFieldMax+len("…") || !strings.HasSuffix(got, "…") || !utf8.ValidString(got) {
+		t.Errorf("a long field cut to %d bytes, valid UTF-8 %v", len(got), utf8.ValidString(got))
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -99,7 +100,8 @@ project or since a time. Needs the ClusterAdmin role.`,
 				if e.Sub != "" {
 					obj += " (" + e.Sub + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Time.UTC().Format(time.RFC3339), e.Identity, e.Source, e.Verb, obj, e.Code, e.RequestID)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Time.UTC().Format(time.RFC3339), printable(e.Identity), printable(e.Source),
+					printable(e.Verb), printable(obj), e.Code, printable(e.RequestID))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -179,4 +181,16 @@ func lastNewline(b []byte) int {
 		}
 	}
 	return -1
+}
+
+// printable is s as it may go to a terminal: a value with control characters, tabs or
+// newlines (a caller chooses paths and names) is shown quoted, so that it can neither forge
+// rows nor send escape sequences.
+func printable(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) || r == '\t' {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

@@ -126,7 +126,9 @@ func (inf *TypedInformer[T]) Len() int {
 }
 
 // Run lists and watches until ctx ends.
-func (inf *TypedInformer[T]) Run(ctx context.Context) { listAndWatch(ctx, inf.log, inf.relist, inf.watch) }
+func (inf *TypedInformer[T]) Run(ctx context.Context) {
+	listAndWatch(ctx, inf.log, inf.relist, inf.watch)
+}
 
 // decode turns one object's JSON into its cached form and key.
 func (inf *TypedInformer[T]) decode(raw []byte) (Key, *T, error) {

@@ -250,7 +250,9 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		// controller just wrote yet (the operation's cache can be ahead of the VM's): only a
 		// fresh read decides that it is gone (replaced by hand, or lost).
 		var fresh v1alpha1.VirtualMachine
-		if err := c.c.Get(ctx, "virtualmachines", ns, name, &fresh); err != nil {
+		if err := c.c.Get(ctx, "virtualmachines", ns, name, &fresh); client.IsNotFound(err) {
+			return runtime.Result{}, nil // the VM is gone: its deletion brings the operation's end
+		} else if err != nil {
 			return runtime.Result{}, err
 		}
 		if fm := fresh.Status.MigrationState; fm != nil && fm.ID == string(op.UID) {
