@@ -317,15 +317,10 @@ func (img *image) String() string {
 	return fmt.Sprintf("%s %s", img.kind.name, img.meta.Name)
 }
 
-// writeStatus replaces the image's status with st (the controller owns the whole status).
+// writeStatus replaces the image's status with st (the controller owns the whole status);
+// an unchanged status is not written.
 func (c *Controller) writeStatus(ctx context.Context, img *image, st v1alpha1.ImageStatus) error {
-	*img.status = st
-	img.meta.ResourceVersion = ""
-	err := c.c.UpdateStatus(ctx, img.kind.resource, img.meta.Namespace, img.meta.Name, img.obj, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	return err
+	return runtime.ReplaceStatus(ctx, c.c, img.kind.resource, img.obj, *img.status, st, func() { *img.status = st })
 }
 
 func fileExists(p string) bool {
