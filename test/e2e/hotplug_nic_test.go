@@ -19,7 +19,8 @@ import (
 // TestHotplugNIC runs `rakhsh serve --vm-networking host` in a network namespace: a second
 // NIC appended to spec.networks of a running guest (on the NAT network main) is hot-plugged
 // with its MAC and IP claims, the guest brings it up and gets its lease by DHCP, and the VM
-// runs with its spec (no restart awaited); the entry removed again is unplugged: the guest
+// runs with its spec (no restart awaited), its root port recorded in status.networks[1].slot
+// (live migration takes it along); the entry removed again is unplugged: the guest
 // loses the interface, its tap goes and its IP claim is freed.
 func TestHotplugNIC(t *testing.T) {
 	dir := vmGuestDir(t)
