@@ -420,12 +420,36 @@ spec:
 		t.Errorf("the editor's error: %q, want the server's message naming the value", editErr)
 	}
 	uiShot(t, ctx, shots, "edit")
+	// The class controller keeps rewriting the class's status (its free resources): a status
+	// written since the editor opened it is not a conflict with the edit. Make sure one is.
+	if err := c.PatchStatus(ctxT(t), "virtualmachineclasses", "", "small", []byte(`{"status":{"maxAllocatableResources":{"cpu":"1"}}}`), nil); err != nil {
+		t.Fatal(err)
+	}
 	uiRun(t, ctx, 30*time.Second, "save a good change",
 		edit(`v.spec.cpu.type = 'Model'; v.metadata.annotations['ui-edited'] = 'yes'`),
 		chromedp.Click("#edit-save", chromedp.ByID),
 		chromedp.WaitNotPresent("#edit-dialog", chromedp.ByID))
+	// Someone else changes the class while the editor is open: the save is refused, saying
+	// so, and their change stays.
+	uiRun(t, ctx, 30*time.Second, "open the editor again",
+		chromedp.Click(`#classes-list tr[data-name="small"] button.edit`, chromedp.ByQuery),
+		chromedp.WaitVisible("#edit-json", chromedp.ByID))
+	if err := c.Patch(ctxT(t), "virtualmachineclasses", "", "small", []byte(`{"metadata":{"annotations":{"other-admin":"was here"}}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	var conflict string
+	uiRun(t, ctx, 30*time.Second, "save over another's change",
+		edit(`v.metadata.annotations['ui-edited'] = 'again'`),
+		chromedp.Click("#edit-save", chromedp.ByID),
+		chromedp.WaitVisible("#edit-error .error", chromedp.ByQuery),
+		chromedp.Text("#edit-error", &conflict, chromedp.ByQuery),
+		chromedp.Click("#edit-cancel", chromedp.ByID),
+		chromedp.WaitNotPresent("#edit-dialog", chromedp.ByID))
+	if !strings.Contains(conflict, "changed by someone else") {
+		t.Errorf("the editor's conflict message: %q", conflict)
+	}
 	var cls v1alpha1.VirtualMachineClass
-	if err := c.Get(ctxT(t), "virtualmachineclasses", "", "small", &cls); err != nil || cls.Annotations["ui-edited"] != "yes" || cls.Spec.CPU.Type != "Model" {
+	if err := c.Get(ctxT(t), "virtualmachineclasses", "", "small", &cls); err != nil || cls.Annotations["ui-edited"] != "yes" || cls.Annotations["other-admin"] != "was here" || cls.Spec.CPU.Type != "Model" {
 		t.Errorf("the class after the edit: annotations %v, cpu %+v, %v", cls.Annotations, cls.Spec.CPU, err)
 	}
 

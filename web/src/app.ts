@@ -901,9 +901,23 @@ async function editObject(pg: OperatorPage, name: string, out: HTMLElement) {
         err.append(errorBox(new Error(`Not valid JSON: ${(e as Error).message}`)));
         return;
       }
-      const body = { ...obj, metadata: { ...m, labels: v.metadata?.labels, annotations: v.metadata?.annotations }, spec: v.spec };
+      const url = `${GV}/${pg.resource}/${encodeURIComponent(name)}`;
+      const put = (base: any) => api("PUT", url, { ...base, metadata: { ...base.metadata, labels: v.metadata?.labels, annotations: v.metadata?.annotations }, spec: v.spec });
+      // What the editor started from: a conflict with a change of anything else (the status
+      // the controllers keep writing) is not a conflict with the user's edit.
+      const edited = (o: any) => JSON.stringify([o.metadata?.labels || {}, o.metadata?.annotations || {}, o.spec]);
       try {
-        await api("PUT", `${GV}/${pg.resource}/${encodeURIComponent(name)}`, body);
+        try {
+          await put(obj);
+        } catch (e) {
+          if (!(e instanceof APIError) || e.code !== 409) throw e;
+          const cur = await api("GET", url);
+          if (edited(cur) !== edited(obj)) {
+            throw new APIError(409, `${name} was changed by someone else since this editor opened it: cancel, and edit it again to see the change.`, "Conflict");
+          }
+          obj = cur;
+          await put(cur);
+        }
         done(true);
       } catch (e) {
         err.append(errorBox(e));
