@@ -80,7 +80,7 @@ func (a *Agent) syncHotplugNICs(ctx context.Context, vm *v1alpha1.VirtualMachine
 		if p.index < st.BootNICs || slices.ContainsFunc(st.NICs, func(n pluggedNIC) bool { return n.Index == p.index }) {
 			continue
 		}
-		n, err := a.plugNIC(ctx, mon, vm, st, p)
+		n, err := a.plugNIC(ctx, mon, st, p)
 		if err != nil {
 			a.log.Warn("NIC hot-plug failed; tried again", "vm", string(runtime.KeyOf(vm)), "nic", p.index, "err", err)
 			a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "HotplugFailed", fmt.Sprintf("network interface %d: %v", p.index, err))
@@ -177,7 +177,7 @@ func updateRunSpecNetworks(runDir string, vm *v1alpha1.VirtualMachine, networks 
 }
 
 // plugNIC hot-plugs planned NIC p.
-func (a *Agent) plugNIC(ctx context.Context, mon nicMonitor, vm *v1alpha1.VirtualMachine, st *hotplugState, p plannedNIC) (pluggedNIC, error) {
+func (a *Agent) plugNIC(ctx context.Context, mon nicMonitor, st *hotplugState, p plannedNIC) (pluggedNIC, error) {
 	port := freePortOf(st)
 	if port == "" {
 		return pluggedNIC{}, fmt.Errorf("all %d hot-plug slots of the VM are in use: detach a device first", qemu.HotplugPorts)

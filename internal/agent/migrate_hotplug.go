@@ -17,9 +17,9 @@ import (
 // Hot-plugged devices of a migrating VM (docs/hotplug.md). The source records where each
 // hot-plugged disk or CD-ROM sits (status.blockDeviceRefs[].slot: its root port, or its SCSI
 // target id), and each hot-plugged NIC (status.networks[].slot); the target plugs the same
-// devices, with the same qdev ids and block node names,
-// into the same slots of its QEMU while it waits for the stream (-incoming defer), so that the
-// device state the stream carries finds them. A hot-plugged disk on Local storage gets an
+// devices, with the same qdev ids and block node names, into the same slots of its QEMU
+// while it waits for the stream (-incoming defer), so that the device state the stream
+// carries finds them. A hot-plugged disk on Local storage gets an
 // empty copy here that the source mirrors into, as the spec's Local disks do; its lease
 // follows the VM at the switch-over like theirs. The devices are recorded in the target's
 // hotplug.json, so that after the switch-over this agent's hot-plug finds them plugged.
