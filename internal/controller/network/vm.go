@@ -11,12 +11,11 @@ import (
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
-// vmStatusFields are the VM status fields this controller alone writes, and vmConditions the
-// condition types.
-var (
-	vmStatusFields = []string{"networks", "ipAddress", "virtualMachineIPAddressName"}
-	vmConditions   = []string{v1alpha1.VMConditionMACAddressReady, v1alpha1.VMConditionIPAddressReady}
-)
+// vmStatusFields are the VM status fields this controller writes, with its two condition
+// types. Of networks it owns the platform's fields of each entry; the node agent writes the
+// guest's (interfaceName, guestIPAddresses) and hot-plug's slot in the same entries, so
+// writes of networks are guarded by the value read (runtime.PatchVMStatus).
+var vmStatusFields = []string{"networks", "ipAddress", "virtualMachineIPAddressName", "conditions"}
 
 // Iface is one network interface of a VM as the control plane resolves it.
 type Iface struct {
@@ -121,13 +120,6 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 			fail(true, reason, msg)
 		}
 		ns.MACAddress = mac
-		// What the node agent read from the guest agent for this interface, and the slot it
-		// hot-plugged it into, stay (its own fields, docs/guest-agent.md, docs/hotplug.md).
-		for _, old := range vm.Status.Networks {
-			if mac != "" && strings.EqualFold(old.MACAddress, mac) {
-				ns.InterfaceName, ns.GuestIPAddresses, ns.Slot = old.InterfaceName, old.GuestIPAddresses, old.Slot
-			}
-		}
 		// IP claim.
 		if f.IPClaim != "" {
 			ip, reason, msg, err := c.useIP(ctx, &vm, f)
@@ -154,7 +146,7 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 		ipMsg = "every interface on a managed network has an IP address"
 	}
 	_, err := c.patchVM(ctx, &vm, func(v *v1alpha1.VirtualMachine) {
-		v.Status.Networks = statuses
+		v.Status.Networks = keepAgentFields(statuses, v.Status.Networks)
 		v.Status.IPAddress = mainIP
 		v.Status.VirtualMachineIPAddressName = mainClaim
 		v1alpha1.SetCondition(&v.Status.Conditions, cond(v1alpha1.VMConditionMACAddressReady, macOK, macReason, macMsg, v.Generation))
@@ -282,7 +274,26 @@ func (c *Controller) adopt(ctx context.Context, resource string, vm *v1alpha1.Vi
 	return nil
 }
 
-// patchVM writes the owned status fields of a VM, guarded by its resourceVersion.
+// keepAgentFields returns statuses with what the node agent wrote in the stored entries of the
+// same MAC address: the interface the guest agent reported and its addresses, and the slot
+// the NIC was hot-plugged into (the agent's fields, docs/guest-agent.md, docs/hotplug.md).
+// stored must be the VM as read for the write, not the informer's copy, which may predate
+// the agent's last write.
+func keepAgentFields(statuses, stored []v1alpha1.NetworkStatus) []v1alpha1.NetworkStatus {
+	out := make([]v1alpha1.NetworkStatus, len(statuses))
+	for i, ns := range statuses {
+		for _, old := range stored {
+			if ns.MACAddress != "" && strings.EqualFold(old.MACAddress, ns.MACAddress) {
+				ns.InterfaceName, ns.GuestIPAddresses, ns.Slot = old.InterfaceName, old.GuestIPAddresses, old.Slot
+			}
+		}
+		out[i] = ns
+	}
+	return out
+}
+
+// patchVM writes this controller's status fields of a VM as read fresh, each guarded by the
+// value read (the node agent writes networks too), retrying on a conflict.
 func (c *Controller) patchVM(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachine, error) {
-	return runtime.PatchVMStatusSoleOwner(ctx, c.c, vm, vmStatusFields, vmConditions, func(v *v1alpha1.VirtualMachine) error { mutate(v); return nil })
+	return runtime.PatchVMStatus(ctx, c.c, vm, vmStatusFields, nil, func(v *v1alpha1.VirtualMachine) error { mutate(v); return nil })
 }
