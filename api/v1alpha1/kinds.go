@@ -120,7 +120,7 @@ var kindStates = map[string][2][]string{
 		{VMConditionIPAddressReady, VMConditionMACAddressReady, VMConditionClassReady, VMConditionBlockDevicesReady, VMConditionRunning,
 			VMConditionMigrating, VMConditionMigratable, VMConditionProvisioningReady, VMConditionAgentReady, VMConditionConfigurationApplied,
 			VMConditionAwaitingRestartToApplyConfiguration, VMConditionSizingPolicyMatched, VMConditionSnapshotting, VMConditionFilesystemFrozen,
-			VMConditionSoftwareEmulation, VMConditionRestartBackoff, VMConditionScheduled, VMConditionGuestReady, VMConditionHighAvailability}},
+			VMConditionSoftwareEmulation, VMConditionRestartBackoff, VMConditionScheduled, VMConditionGuestReady, VMConditionHighAvailability, VMConditionHibernated}},
 	"VirtualMachineClass":     {{"Pending", "Ready", "Terminating"}, {"Discovered", "InUse"}},
 	"VirtualMachineOperation": {{"Pending", "InProgress", "Completed", "Failed", "Terminating", "Superseded"}, {"Completed", "SignalSent", "SnapshotReady"}},
 	"ClusterNetwork":          {{"Pending", "Ready", "Failed"}, {"Ready"}},

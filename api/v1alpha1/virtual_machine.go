@@ -435,6 +435,11 @@ const (
 	VMConditionSizingPolicyMatched                 = "SizingPolicyMatched"
 	VMConditionSnapshotting                        = "Snapshotting"
 	VMConditionFilesystemFrozen                    = "FilesystemFrozen"
+	// VMConditionHibernated (a Rakhsh addition, written by the node agent) is True while a
+	// stopped VM's RAM and device state is saved on the node status.stateNodeName names: the
+	// next start runs there and resumes the guest. False with reason SaveFailed reports a
+	// hibernation that could not save the state (the guest runs on).
+	VMConditionHibernated = "Hibernated"
 	// VMConditionSoftwareEmulation is True when the VM runs under TCG (no KVM on its node).
 	VMConditionSoftwareEmulation = "SoftwareEmulation"
 	// VMConditionRestartBackoff is True while a VM that crashed or failed to start waits for
@@ -504,8 +509,13 @@ const (
 type VMPowerRequest struct {
 	// State is Running, Stopped or Paused.
 	State string `json:"state"`
-	// Force asks for a hard stop (or a hard reset with RestartID) instead of a graceful one.
+	// Force asks for a hard stop (or a hard reset with RestartID) instead of a graceful one;
+	// with state Running on a stopped VM, a boot from the disks that discards the RAM state
+	// a hibernation saved.
 	Force bool `json:"force,omitempty"`
+	// Hibernate, with state Stopped, asks the node agent to save the guest's RAM and device
+	// state on the node before QEMU ends; the next start resumes from it.
+	Hibernate bool `json:"hibernate,omitempty"`
 	// RestartID, when it changes while the VM runs, asks the agent to restart it once.
 	RestartID string `json:"restartID,omitempty"`
 	// Operation names the VirtualMachineOperation that asked, if any.

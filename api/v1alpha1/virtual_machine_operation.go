@@ -31,6 +31,9 @@ const (
 	VMOPTypeEvict   VMOPType = "Evict"
 	VMOPTypeRestore VMOPType = "Restore"
 	VMOPTypeClone   VMOPType = "Clone"
+	// VMOPTypeHibernate (a Rakhsh addition) saves the running guest's RAM and device state on
+	// its node and stops QEMU; the next start resumes the guest where it was (docs/vms.md).
+	VMOPTypeHibernate VMOPType = "Hibernate"
 )
 
 // VirtualMachineOperationSpec is the whole (immutable) request.
@@ -39,7 +42,9 @@ type VirtualMachineOperationSpec struct {
 	// VirtualMachineName is the VM of the same project the operation acts on.
 	VirtualMachineName string `json:"virtualMachineName"`
 	// Force: for Stop and Restart, power off at once instead of a guest shutdown; for Migrate
-	// and Evict, allow CPU throttling to make the migration converge. Not allowed with Start.
+	// and Evict, allow CPU throttling to make the migration converge; for Start, boot from
+	// the disks and discard the saved RAM state of a hibernated VM. Not allowed with
+	// Hibernate.
 	Force *bool `json:"force,omitempty"`
 	// Restore is required with (and only allowed with) type Restore.
 	Restore *VMOPRestoreSpec `json:"restore,omitempty"`
@@ -144,6 +149,10 @@ const (
 	// VMOPReasonHotpluggedDevices fails a live migration of a VM with hot-plugged block
 	// devices (docs/hotplug.md).
 	VMOPReasonHotpluggedDevices = "HotpluggedDevices"
+	// VMOPReasonNotHibernatable fails a Hibernate operation that the VM cannot carry out
+	// now (hot-plugged devices, changes waiting for a restart, a migration); the message
+	// says which.
+	VMOPReasonNotHibernatable = "NotHibernatable"
 	// VMReasonHotpluggedDevices is the reason of the VM condition Migratable=False the node
 	// agent sets while the VM has hot-plugged disks or NICs.
 	VMReasonHotpluggedDevices = "HotpluggedDevices"

@@ -30,7 +30,7 @@ func newVMCommand(cc *cliContext) *cobra.Command {
 		Args: cobra.NoArgs,
 		Run:  func(cmd *cobra.Command, _ []string) { _ = cmd.Help() },
 	}
-	for _, t := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart} {
+	for _, t := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart, v1alpha1.VMOPTypeHibernate} {
 		cmd.AddCommand(newVMOpCommand(cc, t))
 	}
 	cmd.AddCommand(newVMPauseCommand(cc, true), newVMPauseCommand(cc, false), newVMMigrateCommand(cc))
@@ -46,9 +46,10 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 	var timeout time.Duration
 	verb := strings.ToLower(string(typ))
 	short := map[v1alpha1.VMOPType]string{
-		v1alpha1.VMOPTypeStart:   "Start a virtual machine",
-		v1alpha1.VMOPTypeStop:    "Stop a virtual machine (ACPI power button, then power off after its grace period; --force powers off at once)",
-		v1alpha1.VMOPTypeRestart: "Restart a virtual machine (graceful stop and start; --force resets at once)",
+		v1alpha1.VMOPTypeStart:     "Start a virtual machine (a hibernated one resumes; --force boots it from its disks instead)",
+		v1alpha1.VMOPTypeStop:      "Stop a virtual machine (ACPI power button, then power off after its grace period; --force powers off at once)",
+		v1alpha1.VMOPTypeRestart:   "Restart a virtual machine (graceful stop and start; --force resets at once)",
+		v1alpha1.VMOPTypeHibernate: "Save a running virtual machine's RAM on its node and stop it; the next start resumes the guest",
 	}[typ]
 	cmd := &cobra.Command{
 		Use:     verb + " NAME",
@@ -56,9 +57,6 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 		Args:    cobra.ExactArgs(1),
 		Example: fmt.Sprintf("  rakhsh vm %s vm1 --wait", verb),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if force && typ == v1alpha1.VMOPTypeStart {
-				return usageErrorf("--force is not allowed with start")
-			}
 			c, err := cc.Client()
 			if err != nil {
 				return err
@@ -85,13 +83,16 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 				return nil
 			}
 			var progress func(*v1alpha1.VirtualMachine)
-			if typ != v1alpha1.VMOPTypeStart && !force {
+			if (typ == v1alpha1.VMOPTypeStop || typ == v1alpha1.VMOPTypeRestart) && !force {
 				progress = graceCountdown(cmd.ErrOrStderr(), name, verb)
 			}
 			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, progress)
 		},
 	}
-	if typ != v1alpha1.VMOPTypeStart {
+	switch typ {
+	case v1alpha1.VMOPTypeStart:
+		cmd.Flags().BoolVar(&force, "force", false, "boot a hibernated VM from its disks, discarding its saved RAM state")
+	case v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart:
 		cmd.Flags().BoolVar(&force, "force", false, "power off (stop) or reset (restart) at once instead of asking the guest")
 	}
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the operation completes; fail if it fails")

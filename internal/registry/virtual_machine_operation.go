@@ -52,10 +52,10 @@ func validateVMOP(op *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
 	var fe errs.FieldErrors
 	s := &op.Spec
 	chkEnum(&fe, "spec.type", s.Type, true, v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart,
-		v1alpha1.VMOPTypeMigrate, v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone)
+		v1alpha1.VMOPTypeMigrate, v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone, v1alpha1.VMOPTypeHibernate)
 	chkRefName(&fe, "spec.virtualMachineName", s.VirtualMachineName, true)
-	if s.Type == v1alpha1.VMOPTypeStart && s.Force != nil && *s.Force {
-		fe.Forbidden("spec.force", "a Start operation cannot be forced")
+	if s.Type == v1alpha1.VMOPTypeHibernate && s.Force != nil && *s.Force {
+		fe.Forbidden("spec.force", "a Hibernate operation cannot be forced (a forced Stop powers off at once)")
 	}
 
 	// restore

@@ -69,12 +69,12 @@ func TestRunsAgainstFake(t *testing.T) {
 func TestEveryOperationTypeIsCarriedOut(t *testing.T) {
 	c := &Controller{}
 	for _, typ := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart,
-		v1alpha1.VMOPTypeMigrate, v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone} {
+		v1alpha1.VMOPTypeMigrate, v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone, v1alpha1.VMOPTypeHibernate} {
 		if c.notImplemented(typ) {
 			t.Errorf("operation type %s is failed as not implemented", typ)
 		}
 	}
-	if !c.notImplemented("Hibernate") {
+	if !c.notImplemented("Teleport") {
 		t.Error("a type nothing carries out is not failed")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -65,7 +66,7 @@ type policy struct {
 }
 
 func isPowerOp(t v1alpha1.VMOPType) bool {
-	return t == v1alpha1.VMOPTypeStart || t == v1alpha1.VMOPTypeStop || t == v1alpha1.VMOPTypeRestart
+	return t == v1alpha1.VMOPTypeStart || t == v1alpha1.VMOPTypeStop || t == v1alpha1.VMOPTypeRestart || t == v1alpha1.VMOPTypeHibernate
 }
 
 // isMigrationOp says the migration controller carries out operations of type t.
@@ -162,6 +163,12 @@ func (p policy) decide(vm *v1alpha1.VirtualMachine, ops []*v1alpha1.VirtualMachi
 			d.ops = append(d.ops, u)
 			active = active[:len(active)-1]
 			newest = nil
+			if op.Spec.Type == v1alpha1.VMOPTypeHibernate && u.phase == v1alpha1.VMOPPhaseFailed && pr.Operation == op.Name &&
+				(st.Phase == v1alpha1.VMPhaseRunning || st.Phase == v1alpha1.VMPhasePause) {
+				// The state could not be saved and the guest runs on: it is to keep running
+				// (the same RestartID: no restart).
+				pr = v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: pr.RestartID}
+			}
 		}
 	}
 
@@ -300,7 +307,10 @@ func (p policy) apply(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMachineOp
 			// Already on its way up: adopt the start under way rather than restart it.
 			return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: pr.RestartID, Operation: op.Name}
 		}
-		return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, RestartID: opRestartID(op), Operation: op.Name}
+		// A forced start boots a hibernated VM from its disks, discarding its saved RAM.
+		return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateRunning, Force: force, RestartID: opRestartID(op), Operation: op.Name}
+	case v1alpha1.VMOPTypeHibernate:
+		return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped, Hibernate: true, RestartID: pr.RestartID, Operation: op.Name}
 	case v1alpha1.VMOPTypeStop:
 		return v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped, Force: force, RestartID: pr.RestartID, Operation: op.Name}
 	case v1alpha1.VMOPTypeRestart:
@@ -328,6 +338,9 @@ func (p policy) begin(vm *v1alpha1.VirtualMachine, rp v1alpha1.RunPolicy, op *v1
 			return fail(v1alpha1.VMOPReasonNotApplicableForPolicy, "runPolicy AlwaysOff keeps the virtual machine stopped; change the runPolicy to start it")
 		}
 		if !applied && isRunningNow(vm) && wantsRunning(&pr) {
+			if force := op.Spec.Force; force != nil && *force {
+				return fail(v1alpha1.VMOPReasonNotApplicableForPhase, "the virtual machine runs: a forced start only boots a stopped one from its disks")
+			}
 			return done("the virtual machine is already running")
 		}
 	case v1alpha1.VMOPTypeStop:
@@ -341,6 +354,18 @@ func (p policy) begin(vm *v1alpha1.VirtualMachine, rp v1alpha1.RunPolicy, op *v1
 		if rp == v1alpha1.RunPolicyAlwaysOff {
 			return fail(v1alpha1.VMOPReasonNotApplicableForPolicy, "runPolicy AlwaysOff keeps the virtual machine stopped")
 		}
+	case v1alpha1.VMOPTypeHibernate:
+		if rp == v1alpha1.RunPolicyAlwaysOn {
+			return fail(v1alpha1.VMOPReasonNotApplicableForPolicy, "runPolicy AlwaysOn keeps the virtual machine running; change the runPolicy to AlwaysOnUnlessStoppedManually or Manual to hibernate it")
+		}
+		if !applied {
+			if !isRunningNow(vm) || !wantsRunning(&pr) {
+				return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("only a running or paused virtual machine can be hibernated (phase %s)", orUnknown(string(vm.Status.Phase))))
+			}
+			if why := hibernationBlocker(vm); why != "" {
+				return fail(v1alpha1.VMOPReasonNotHibernatable, why)
+			}
+		}
 	}
 	return opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseInProgress, signal: true,
 		message: fmt.Sprintf("asked the node agent to %s the virtual machine", opVerb(op.Spec.Type))}, p.apply(vm, op, pr)
@@ -352,8 +377,37 @@ func opVerb(t v1alpha1.VMOPType) string {
 		return "start"
 	case v1alpha1.VMOPTypeStop:
 		return "stop"
+	case v1alpha1.VMOPTypeHibernate:
+		return "hibernate"
 	}
 	return "restart"
+}
+
+// hibernationBlocker says why the running vm cannot be hibernated now ("" when it can): what
+// resumes is built from the spec, so hot-plugged devices and changes that wait for a restart
+// would not match the saved state.
+func hibernationBlocker(vm *v1alpha1.VirtualMachine) string {
+	var hot []string
+	for _, r := range vm.Status.BlockDeviceRefs {
+		if r.Hotplugged {
+			hot = append(hot, fmt.Sprintf("%s %q", r.Kind, r.Name))
+		}
+	}
+	for _, n := range vm.Status.Networks {
+		if n.Slot != "" {
+			hot = append(hot, fmt.Sprintf("the NIC %s", n.MACAddress))
+		}
+	}
+	if len(hot) > 0 {
+		return fmt.Sprintf("hot-plugged devices are not kept by a hibernation: detach %s first, or stop the virtual machine", strings.Join(hot, ", "))
+	}
+	if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAwaitingRestartToApplyConfiguration); c != nil && c.Status == v1alpha1.ConditionTrue {
+		return "changes wait for a restart (" + c.Message + "): restart the virtual machine first, so that what resumes matches its spec"
+	}
+	if vm.Status.MigrationState.Active() {
+		return "a live migration of the virtual machine is under way"
+	}
+	return ""
 }
 
 // progress checks an in-progress operation against the VM's status.
@@ -396,6 +450,20 @@ func (p policy) progress(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMachin
 	case v1alpha1.VMOPTypeStop:
 		if st.Phase == v1alpha1.VMPhaseStopped || (st.NodeName == "" && st.Phase != v1alpha1.VMPhaseRunning) {
 			return completed("the virtual machine is stopped")
+		}
+	case v1alpha1.VMOPTypeHibernate:
+		c := v1alpha1.FindCondition(st.Conditions, v1alpha1.VMConditionHibernated)
+		switch {
+		case st.Phase == v1alpha1.VMPhaseStopped && c != nil && c.Status == v1alpha1.ConditionTrue:
+			return completed(c.Message)
+		case c != nil && c.Status == v1alpha1.ConditionFalse && c.LastTransitionTime != nil && !c.LastTransitionTime.Before(signalled):
+			return failed(c.Message)
+		case st.Phase == v1alpha1.VMPhaseStopped && st.LastExit != nil && st.LastExit.Time != nil && !st.LastExit.Time.Before(signalled):
+			msg := "the virtual machine stopped without saving its RAM state"
+			if st.LastExit.Message != "" {
+				msg += ": " + st.LastExit.Message
+			}
+			return failed(msg)
 		}
 	}
 	return opUpdate{}, false

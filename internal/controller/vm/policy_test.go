@@ -429,3 +429,91 @@ func TestTemplateNeverRuns(t *testing.T) {
 		t.Errorf("start of an ordinary VM: %s", d.power.State)
 	}
 }
+
+// TestHibernateOperation: a Hibernate asks for a stop that saves the RAM, only of a running VM
+// that can resume what it saved; it completes when the agent reports the state saved, fails
+// with the agent's message when it could not save it (the guest runs on, so the request goes
+// back to Running without a restart), and a forced Start boots from the disks.
+func TestHibernateOperation(t *testing.T) {
+	rp := v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually
+	begin := func(vm *v1alpha1.VirtualMachine) (*opUpdate, *v1alpha1.VMPowerRequest) {
+		d := testPolicy(t0).decide(vm, []*v1alpha1.VirtualMachineOperation{newOp("h", v1alpha1.VMOPTypeHibernate, t0, "")})
+		return findUpdate(d, "h"), d.power
+	}
+	u, pr := begin(running(rp))
+	if u == nil || u.phase != v1alpha1.VMOPPhaseInProgress || pr.State != v1alpha1.PowerStateStopped || !pr.Hibernate || pr.Operation != "h" || pr.RestartID != "r1" {
+		t.Fatalf("hibernate of a running VM: %+v, power %+v", u, pr)
+	}
+	refusals := map[string]*v1alpha1.VirtualMachine{}
+	refusals["AlwaysOn"] = running(v1alpha1.RunPolicyAlwaysOn)
+	stopped := newVM(rp)
+	stopped.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped}
+	stopped.Status.Phase = v1alpha1.VMPhaseStopped
+	refusals["stopped"] = stopped
+	hot := running(rp)
+	hot.Status.BlockDeviceRefs = []v1alpha1.BlockDeviceStatusRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "data", Hotplugged: true}}
+	refusals["hot-plugged disk"] = hot
+	nic := running(rp)
+	nic.Status.Networks = []v1alpha1.NetworkStatus{{MACAddress: "02:00:00:00:00:01", Slot: "hotplug1"}}
+	refusals["hot-plugged NIC"] = nic
+	pending := running(rp)
+	pending.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.VMConditionAwaitingRestartToApplyConfiguration, Status: v1alpha1.ConditionTrue, Message: "spec.osType"}}
+	refusals["pending changes"] = pending
+	want := map[string]string{"AlwaysOn": v1alpha1.VMOPReasonNotApplicableForPolicy, "stopped": v1alpha1.VMOPReasonNotApplicableForPhase,
+		"hot-plugged disk": v1alpha1.VMOPReasonNotHibernatable, "hot-plugged NIC": v1alpha1.VMOPReasonNotHibernatable, "pending changes": v1alpha1.VMOPReasonNotHibernatable}
+	for name, vm := range refusals {
+		u, pr := begin(vm)
+		if u == nil || u.phase != v1alpha1.VMOPPhaseFailed || u.reason != want[name] || pr.Hibernate {
+			t.Errorf("%s: %+v, power %+v; want failed with %s", name, u, pr, want[name])
+		}
+	}
+	if u, _ := begin(hot); !strings.Contains(u.message, `VirtualDisk "data"`) {
+		t.Errorf("the refusal does not name the hot-plugged disk: %s", u.message)
+	}
+
+	// In progress.
+	op := newOp("h", v1alpha1.VMOPTypeHibernate, t0, v1alpha1.VMOPPhaseInProgress)
+	op.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.VMOPConditionSignalSent, Status: "True", LastTransitionTime: tm(t0)}}
+	vm := running(rp)
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped, Hibernate: true, RestartID: "r1", Operation: "h"}
+	vm.Status.Phase = v1alpha1.VMPhaseStopping
+	ops := []*v1alpha1.VirtualMachineOperation{op}
+	if d := testPolicy(t0).decide(vm, ops); findUpdate(d, "h") != nil || !d.power.Hibernate {
+		t.Fatalf("hibernation ended while saving: %+v, power %+v", d.ops, d.power)
+	}
+	// Could not save: failed, and the VM is to run on (same RestartID).
+	vm.Status.Phase = v1alpha1.VMPhaseRunning
+	vm.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionFalse, Reason: "SaveFailed",
+		Message: "no space left", LastTransitionTime: tm(t0.Add(time.Second))}}
+	d := testPolicy(t0.Add(2*time.Second)).decide(vm, ops)
+	if u := findUpdate(d, "h"); u == nil || u.phase != v1alpha1.VMOPPhaseFailed || u.message != "no space left" {
+		t.Fatalf("failed save: %+v", u)
+	}
+	if d.power.State != v1alpha1.PowerStateRunning || d.power.RestartID != "r1" || d.power.Hibernate {
+		t.Fatalf("after a failed save the power request is %+v, want Running r1", d.power)
+	}
+	// Saved: completed.
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	vm.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionTrue, Reason: "Saved",
+		Message: "saved", LastTransitionTime: tm(t0.Add(time.Second))}}
+	d = testPolicy(t0.Add(2*time.Second)).decide(vm, ops)
+	if u := findUpdate(d, "h"); u == nil || u.phase != v1alpha1.VMOPPhaseCompleted || d.power.State != v1alpha1.PowerStateStopped {
+		t.Fatalf("saved: %+v, power %+v", u, d.power)
+	}
+
+	// A forced start of the hibernated VM asks for a boot from the disks.
+	yes := true
+	start := newOp("s", v1alpha1.VMOPTypeStart, t0.Add(time.Minute), "")
+	start.Spec.Force = &yes
+	vm.Status.PowerRequest = &v1alpha1.VMPowerRequest{State: v1alpha1.PowerStateStopped, Hibernate: true, RestartID: "r1"}
+	vm.Status.NodeName = ""
+	d = testPolicy(t0.Add(2*time.Minute)).decide(vm, []*v1alpha1.VirtualMachineOperation{start})
+	if d.power.State != v1alpha1.PowerStateRunning || !d.power.Force || d.power.Hibernate {
+		t.Fatalf("forced start: power %+v", d.power)
+	}
+	// ... and is refused on a running VM.
+	start.Status = v1alpha1.VirtualMachineOperationStatus{}
+	if u := findUpdate(testPolicy(t0).decide(running(rp), []*v1alpha1.VirtualMachineOperation{start}), "s"); u == nil || u.phase != v1alpha1.VMOPPhaseFailed {
+		t.Fatalf("forced start of a running VM: %+v", u)
+	}
+}
