@@ -420,6 +420,14 @@ func (s *Scheduler) diskNode(vm *v1alpha1.VirtualMachine) (diskPin, string) {
 		}
 		byNode[n] = append(byNode[n], what)
 	}
+	if n := hibernatedOn(vm); n != "" {
+		// The saved RAM of a hibernated VM resumes only where it was saved (a forced start
+		// boots from the disks anywhere instead).
+		if _, seen := byNode[n]; !seen {
+			order = append(order, n)
+		}
+		byNode[n] = append(byNode[n], "the saved RAM state of the hibernated VM")
+	}
 	switch len(order) {
 	case 0:
 		return pin, ""
@@ -432,6 +440,18 @@ func (s *Scheduler) diskNode(vm *v1alpha1.VirtualMachine) (diskPin, string) {
 	}
 	return pin, "the VM's disks are on different nodes' local storage (" + strings.Join(parts, "; ") +
 		"): a VM runs on one node, so move its disks to one node or to a Shared storage class while it is stopped"
+}
+
+// hibernatedOn is the node that holds the saved RAM state a start of vm resumes from, or "".
+func hibernatedOn(vm *v1alpha1.VirtualMachine) string {
+	c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionHibernated)
+	if c == nil || c.Status != v1alpha1.ConditionTrue {
+		return ""
+	}
+	if pr := vm.Status.PowerRequest; pr != nil && pr.Force && pr.State == v1alpha1.PowerStateRunning {
+		return ""
+	}
+	return vm.Status.StateNodeName
 }
 
 // class returns the VM's class (nil without one), or why the VM cannot be placed.

@@ -135,3 +135,46 @@ func TestLocalDisksPinVMs(t *testing.T) {
 	unschedulable("split", `VirtualDisk "d1" (StorageClass "local") on node n1`, `VirtualDisk "d2" (StorageClass "local") on node n2`, "different nodes")
 	unschedulable("oncordoned", `VirtualDisk "d3" (StorageClass "local") is on node n3's local storage`, "node n3 cannot take it (unschedulable)")
 }
+
+// TestHibernatedVMResumesWhereSaved: a hibernated VM is bound to the node that holds its saved
+// RAM (status.stateNodeName), not the roomiest one; while that node is gone it is not bound
+// at all, but a forced start (a boot from the disks) goes elsewhere; a saved state and a local
+// disk on different nodes are named.
+func TestHibernatedVMResumesWhereSaved(t *testing.T) {
+	hibernated := func(name, node string) *v1alpha1.VirtualMachine {
+		vm := pendingVM(name, 1)
+		vm.Status.StateNodeName = node
+		vm.Status.Conditions = append(vm.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionTrue, Reason: "Saved"})
+		return vm
+	}
+	forced := hibernated("forced", "gone")
+	forced.Status.PowerRequest.Force = true
+	fc := fake.New()
+	if err := fc.Add(readyNode("n1", 2), readyNode("n2", 64), diskOn("d2", "local", "n2"),
+		hibernated("resumes", "n1"), hibernated("stuck", "gone"), forced, withDisks(hibernated("split", "n1"), "d2")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Client: fc, Log: slog.New(slog.NewTextHandler(tlog{t}, nil)), RetryInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = s.Run(ctx) }()
+	var vm v1alpha1.VirtualMachine
+	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "resumes", &vm, func() bool { return vm.Status.NodeName != "" })
+	if vm.Status.NodeName != "n1" {
+		t.Errorf("the hibernated VM was bound to %s, not to n1 where its RAM is saved", vm.Status.NodeName)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "forced", &vm, func() bool { return vm.Status.NodeName != "" })
+	for name, want := range map[string]string{"stuck": "the saved RAM state of the hibernated VM is on node gone's local storage, so the VM runs only there, and node gone is not registered",
+		"split": "the saved RAM state of the hibernated VM on node n1"} {
+		fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", name, &vm, func() bool {
+			c := v1alpha1.FindCondition(vm.Status.Conditions, ConditionScheduled)
+			return c != nil && c.Reason == ReasonUnschedulable
+		})
+		if c := v1alpha1.FindCondition(vm.Status.Conditions, ConditionScheduled); !strings.Contains(c.Message, want) || vm.Status.NodeName != "" {
+			t.Errorf("%s: Scheduled: %s (bound to %q)", name, c.Message, vm.Status.NodeName)
+		}
+	}
+}
