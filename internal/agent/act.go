@@ -101,6 +101,8 @@ func (a *Agent) actRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, l *
 		return a.runAsAsked(ctx, vm, l, act)
 	case ActMigrateOut:
 		return a.migrateOut(ctx, vm, l)
+	case ActHibernate:
+		return a.hibernate(ctx, vm, in)
 	}
 	return runtime.Result{}, nil
 }

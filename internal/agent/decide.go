@@ -67,6 +67,9 @@ type Observed struct {
 	Disconnected bool
 	// Status is QEMU's run state (qmp.Status*) with MonitorUp.
 	Status string
+	// HibernationFailed names the operation whose hibernation of this QEMU could not save
+	// the guest's state (the guest runs on until the VM controller answers).
+	HibernationFailed string
 }
 
 // Binding is where the VM object says the VM runs.
@@ -140,6 +143,7 @@ const (
 	ActRun                       // QEMU runs as asked: pause or resume it and record it
 	ActMigrateIn                 // be the target of a live migration (migrate.go)
 	ActMigrateOut                // be the source of a live migration (migrate.go)
+	ActHibernate                 // save the guest's RAM state, then end QEMU (hibernate.go)
 )
 
 // Action is Decide's answer.
@@ -271,6 +275,14 @@ func decideRunning(o Observed, d Desired) Action {
 	switch {
 	case pr == nil:
 		return Action{}
+	case !wantsRunning(pr) && pr.Hibernate && !o.Quitting:
+		if o.HibernationFailed != "" && o.HibernationFailed == pr.Operation {
+			return Action{} // reported; the VM controller asks for Running again
+		}
+		return Action{Kind: ActHibernate}
+	case !wantsRunning(pr) && pr.Hibernate:
+		// QEMU quits (the state is saved): wait for it, killed after the kill timeout.
+		return Action{Kind: ActStop, Force: true, Reason: v1alpha1.ExitStopped}
 	case !wantsRunning(pr):
 		return Action{Kind: ActStop, Force: pr.Force, Reason: v1alpha1.ExitStopped}
 	case o.Restarting:

@@ -58,6 +58,17 @@ func TestDecide(t *testing.T) {
 		{"migration target, VM deleted", qemuRuns, Desired{Binding: BoundElsewhere, MigratingIn: true, Deleting: true}, Action{Kind: ActEvict, Force: true, Reason: stopReas}},
 		{"migration source, transfer under way", up(qmp.StatusRunning), want(runningVM, func(d *Desired) { d.MigratingOut = true }), Action{Kind: ActMigrateOut}},
 		{"migration source, stream completed", up(qmp.StatusPostMigrate), want(runningVM, func(d *Desired) { d.MigratingOut = true }), Action{Kind: ActMigrateOut}},
+
+		// Hibernation: the state is saved (whatever QEMU's run state on the way), then QEMU
+		// quits; a failed save waits for the controller's answer instead of trying again.
+		{"hibernate, running", up(qmp.StatusRunning), want(runningVM, func(d *Desired) { d.Power = &v1alpha1.VMPowerRequest{State: stopped, Hibernate: true, Operation: "h"} }), Action{Kind: ActHibernate}},
+		{"hibernate, saving", up(qmp.StatusFinishMigrate), want(runningVM, func(d *Desired) { d.Power = &v1alpha1.VMPowerRequest{State: stopped, Hibernate: true, Operation: "h"} }), Action{Kind: ActHibernate}},
+		{"hibernate, saved and quitting", with(up(qmp.StatusPostMigrate), func(o *Observed) { o.Quitting = true }),
+			want(runningVM, func(d *Desired) { d.Power = &v1alpha1.VMPowerRequest{State: stopped, Hibernate: true, Operation: "h"} }), Action{Kind: ActStop, Force: true, Reason: stopReas}},
+		{"hibernate, failed", with(up(qmp.StatusPaused), func(o *Observed) { o.HibernationFailed = "h" }),
+			want(runningVM, func(d *Desired) { d.Power = &v1alpha1.VMPowerRequest{State: stopped, Hibernate: true, Operation: "h"} }), Action{}},
+		{"hibernate again after a failed one", with(up(qmp.StatusRunning), func(o *Observed) { o.HibernationFailed = "h" }),
+			want(runningVM, func(d *Desired) { d.Power = &v1alpha1.VMPowerRequest{State: stopped, Hibernate: true, Operation: "h2"} }), Action{Kind: ActHibernate}},
 		{"migration over, source paused by it resumes", up(qmp.StatusPostMigrate), runningVM, Action{Kind: ActRun, Phase: v1alpha1.VMPhaseRunning, Resume: true}},
 		{"migration source, guest panicked", up(qmp.StatusGuestPanicked), want(runningVM, func(d *Desired) { d.MigratingOut = true }), Action{Kind: ActCrashed, Reason: qmp.StatusGuestPanicked}},
 

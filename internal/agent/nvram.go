@@ -81,10 +81,11 @@ func (a *Agent) stepNVRAM(ctx context.Context, r *startRun) error {
 }
 
 // hostStateNode is what a stopped VM's status.stateNodeName says: this node while its run
-// directory keeps a UEFI variable store or TPM state, "" otherwise.
+// directory keeps a UEFI variable store, TPM state or a hibernated guest's RAM state, ""
+// otherwise.
 func (a *Agent) hostStateNode(uid string) string {
 	dir := a.runDir(uid)
-	for _, name := range []string{nvramFileName, tpmStateDirName} {
+	for _, name := range []string{nvramFileName, tpmStateDirName, hibernationDirName} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
 			return a.cfg.NodeName
 		}

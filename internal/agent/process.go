@@ -82,6 +82,9 @@ type instance struct {
 	proxy *migrationProxy
 	// stoppedAt is QEMU's time of its last STOP event (a migration's switch-over pause).
 	stoppedAt time.Time
+	// hibernation names the operation whose hibernation this QEMU's stream is saving, and
+	// hibernationFailed the last one that could not save it (hibernate.go).
+	hibernation, hibernationFailed string
 
 	// guestOutput says the guest wrote to its serial console since this agent watched it,
 	// or since the last reset; the first output sets the GuestReady condition.
@@ -132,6 +135,8 @@ func (in *instance) monitor() monitor {
 type exitRecord struct {
 	Reason  string `json:"reason"`
 	Message string `json:"message,omitempty"`
+	// Hibernated: QEMU ended after its RAM state was saved (hibernate.go).
+	Hibernated bool `json:"hibernated,omitempty"`
 }
 
 func writeExitRecord(runDir string, r exitRecord) error {

@@ -177,4 +177,7 @@ func (a *Agent) observeQEMU(ctx context.Context, l *look) {
 	}
 	o.Monitor, o.Status = MonitorUp, st.Status
 	o.Quitting, o.Restarting = m.Quitting(), m.Restarting()
+	l.in.mu.Lock()
+	o.HibernationFailed = l.in.hibernationFailed
+	l.in.mu.Unlock()
 }

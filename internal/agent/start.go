@@ -33,6 +33,7 @@ const (
 	stepTPM          = "tpm"          // swtpm (tpm.go)
 	stepLaunch       = "launch"       // QEMU, paused (machine.go)
 	stepQMP          = "qmp"          // the QMP connection
+	stepResume       = "resume"       // a hibernated VM's saved state read back (hibernate.go)
 	stepHotplug      = "hotplug"      // a migration target plugs its source's hot-plugged devices (migrate_hotplug.go)
 	stepVNC          = "vnc"          // VNC handed over to a QEMU started without it
 	stepCgroups      = "cgroups"      // the VM's cgroup limits and pinning (cgroup.go)
@@ -71,6 +72,8 @@ type startRun struct {
 	// hotNICs are the NICs a migration target plugs after its QEMU started
 	// (migrate_hotplug.go).
 	hotNICs []incomingNIC
+	// resume is the saved state a hibernated VM resumes from (hibernate.go); nil: a boot.
+	resume *hibernationRecord
 }
 
 // startStep is one named step of a start.
@@ -93,6 +96,7 @@ func (a *Agent) startSteps() []startStep {
 		{stepTPM, a.stepTPM},
 		{stepLaunch, a.stepLaunch},
 		{stepQMP, a.stepQMP},
+		{stepResume, a.stepResume},
 		{stepVNC, a.stepVNC},
 		{stepCgroups, a.stepCgroups},
 		{stepCont, a.stepCont},
@@ -141,10 +145,18 @@ func (a *Agent) start(ctx context.Context, vm *v1alpha1.VirtualMachine) (runtime
 			return a.endStart(ctx, r, err)
 		}
 	}
-	a.log.Info("VM started", "vm", string(r.key), "pid", r.m.PID(), "accel", r.cfg.Accelerator, "took", time.Since(r.started).Round(time.Millisecond))
+	a.log.Info("VM started", "vm", string(r.key), "pid", r.m.PID(), "accel", r.cfg.Accelerator, "resumed", r.resume != nil, "took", time.Since(r.started).Round(time.Millisecond))
 	v, err := a.markRunning(ctx, vm, r.in, r.phase)
 	if err != nil {
 		return runtime.Result{}, ignoreGone(err)
+	}
+	if r.resume != nil {
+		// The guest runs on from the saved state, and writes to its disks: the state can
+		// never be resumed again.
+		removeHibernation(r.runDir)
+		a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Resumed", fmt.Sprintf("QEMU started on node %s (pid %d, %s) and resumed the guest hibernated at %s",
+			a.cfg.NodeName, r.m.PID(), r.cfg.Accelerator, r.resume.SavedAt.Format(time.RFC3339)))
+		return runtime.Result{}, nil
 	}
 	a.rec.Event(ctx, "VirtualMachine", v, "Normal", "Started", fmt.Sprintf("QEMU started on node %s (pid %d, %s)", a.cfg.NodeName, r.m.PID(), r.cfg.Accelerator))
 	return runtime.Result{}, nil
@@ -188,7 +200,36 @@ func (a *Agent) stepRunDir(_ context.Context, r *startRun) error {
 	removeRuntimeFiles(r.runDir)
 	// The agent's cache holds only the VMs bound to this node: the owner file names the VM
 	// of a directory whose VM left the cache, so that only a VM gone from the API loses it.
-	return writeRunOwner(r.runDir, r.vm)
+	if err := writeRunOwner(r.runDir, r.vm); err != nil {
+		return err
+	}
+	return a.chooseResume(r)
+}
+
+// chooseResume decides whether the start resumes a hibernated guest (hibernate.go). A saved
+// state that is not to be resumed is removed before anything can write to the disks.
+func (a *Agent) chooseResume(r *startRun) error {
+	if !wantsResume(r.vm) {
+		if removeHibernation(r.runDir) {
+			why := "the VM is no longer hibernated"
+			if c := hibernatedCondition(r.vm); c != nil && c.Status == v1alpha1.ConditionTrue {
+				why = "a forced start boots it from its disks"
+			}
+			a.log.Info("discarded a saved RAM state", "vm", string(r.key), "why", why)
+			a.rec.Event(context.Background(), "VirtualMachine", r.vm, "Normal", "SavedStateDiscarded", "the saved RAM state on node "+a.cfg.NodeName+" was discarded: "+why)
+		}
+		return nil
+	}
+	rec, err := loadHibernation(r.runDir)
+	if rec == nil {
+		why := "it is not there"
+		if err != nil {
+			why = err.Error()
+		}
+		return failStart(fmt.Sprintf("the VM is hibernated, but its saved RAM state on node %s cannot be resumed (%s); start it with --force to boot it from its disks, discarding that state", a.cfg.NodeName, why))
+	}
+	r.resume = rec
+	return nil
 }
 
 // stepDisks resolves spec.blockDeviceRefs (disks.go); it changes nothing on the host.
@@ -255,7 +296,13 @@ func (a *Agent) stepNICs(ctx context.Context, r *startRun) error {
 // the paths of the NVRAM and the TPM socket; it changes nothing on the host.
 func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 	vm := r.vm
-	r.input = qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: r.runDir, Disks: r.disks, NICs: r.nics, PassFDs: a.qemuAs != nil, Incoming: r.incoming}
+	r.input = qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: r.runDir, Disks: r.disks, NICs: r.nics, PassFDs: a.qemuAs != nil, Incoming: r.incoming || r.resume != nil}
+	if r.resume != nil {
+		// A resumed QEMU has what the hibernated one ran with.
+		var in incoming
+		in, r.shape = resumeShape(vm, &r.resume.RunSpec)
+		r.input.VM, r.input.MemoryRequestedMiB, r.input.HotCPUs, r.input.PadMemory = in.vm, in.memoryMiB, in.hotCPUs, in.padMemory
+	}
 	if r.incoming {
 		// A migration's target has the CPUs and memory its source runs with (live.go).
 		var in incoming
@@ -265,6 +312,14 @@ func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 	class, err := a.applyClassCPU(ctx, vm, &r.input)
 	if err != nil {
 		return failStart(err.Error())
+	}
+	if r.resume != nil {
+		rs := &r.resume.RunSpec
+		r.input.NoBalloon = !rs.Balloon
+		if rs.Balloon {
+			fpr := rs.BalloonReporting
+			r.input.BalloonReporting = &fpr
+		}
 	}
 	if r.incoming {
 		// The target has a balloon only when its source reports one (QEMUs started by an
@@ -341,6 +396,10 @@ func (a *Agent) stepStarting(ctx context.Context, r *startRun) error {
 	fresh, err := a.writePhase(ctx, r.vm, v1alpha1.VMPhaseStarting, func(v *v1alpha1.VirtualMachine) {
 		v.Status.ObservedRestartID = pr.RestartID
 		setRunningCond(v, v1alpha1.ConditionFalse, ReasonStarting, "starting QEMU")
+		if r.resume == nil {
+			// A boot: whatever was saved is gone (chooseResume).
+			removeHibernatedCondition(v)
+		}
 	})
 	if err != nil {
 		if errors.Is(err, errGone) {

@@ -103,6 +103,7 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 			setRunningCond(v, v1alpha1.ConditionTrue, ReasonRunning, "QEMU runs the guest")
 		}
 		v1alpha1.SetCondition(&v.Status.Conditions, a.emulationCondition(kvm))
+		removeHibernatedCondition(v) // a running guest is not hibernated, resumed or not
 		switch {
 		case in.guestOutput.Load():
 			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(true))
@@ -164,6 +165,10 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 			msg = exitMessage(rec.Reason)
 		}
 		setRunningCond(v, v1alpha1.ConditionFalse, rec.Reason, msg)
+		if rec.Hibernated {
+			v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionTrue,
+				Reason: ReasonHibernationSaved, Message: rec.Message})
+		}
 		if !wantsRunning(v.Status.PowerRequest) {
 			v.Status.NodeName = ""
 			v.Status.StateNodeName = a.hostStateNode(v.UID)

@@ -1,0 +1,368 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+)
+
+// Hibernation saves a running guest's RAM and device state into the VM's run directory and
+// ends QEMU; the next start on this node launches QEMU with the same devices, waiting for an
+// incoming migration (-incoming defer), and feeds it the saved stream: the guest goes on
+// where it was, without a boot. The stream is QEMU's own migration stream, written to a file
+// descriptor the agent opened (QEMU never opens a path of ours).
+//
+// The Hibernated condition of the VM is what says a saved state is to be resumed: a start
+// resumes only when it is True and the state is complete here; every other start (a forced
+// one, or one whose condition is gone) removes what is here first, so that stale RAM is never
+// resumed over disks that have changed since.
+const (
+	hibernationDirName = "hibernation"
+	hibernationState   = "state"     // the migration stream
+	hibernationMeta    = "meta.json" // hibernationRecord, written after the stream is complete
+	hibernationPartial = "state.partial"
+)
+
+// Reasons of the Hibernated condition.
+const (
+	ReasonHibernationSaved      = "Saved"
+	ReasonHibernationSaveFailed = "SaveFailed"
+)
+
+// hibernationRecord is what meta.json holds: what the saved stream needs to resume.
+type hibernationRecord struct {
+	// Operation is the VirtualMachineOperation that asked for the hibernation.
+	Operation string    `json:"operation,omitempty"`
+	SavedAt   time.Time `json:"savedAt"`
+	// Size is the stream's length in bytes; a state file of another length is not resumed.
+	Size int64 `json:"size"`
+	// RunSpec is what QEMU ran with (runspec.json): the resumed QEMU gets the same vCPUs,
+	// memory, balloon and padding.
+	RunSpec runSpec `json:"runSpec"`
+}
+
+func hibernationDir(runDir string) string { return filepath.Join(runDir, hibernationDirName) }
+
+// loadHibernation returns the complete saved state of runDir, nil when there is none, or an
+// error when one is there but cannot be resumed.
+func loadHibernation(runDir string) (*hibernationRecord, error) {
+	dir := hibernationDir(runDir)
+	b, err := os.ReadFile(filepath.Join(dir, hibernationMeta))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(dir); serr == nil {
+			return nil, errors.New("the saved state is incomplete (no " + hibernationMeta + ")")
+		}
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec hibernationRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("%s: %w", hibernationMeta, err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, hibernationState))
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() != rec.Size || rec.Size == 0 {
+		return nil, fmt.Errorf("the saved state has %d bytes, its record says %d", fi.Size(), rec.Size)
+	}
+	return &rec, nil
+}
+
+// removeHibernation removes runDir's saved state, reporting whether there was one.
+func removeHibernation(runDir string) bool {
+	dir := hibernationDir(runDir)
+	if _, err := os.Stat(dir); err != nil {
+		return false
+	}
+	_ = os.RemoveAll(dir)
+	return true
+}
+
+// hibernatedCondition is the VM's Hibernated condition, or nil.
+func hibernatedCondition(vm *v1alpha1.VirtualMachine) *v1alpha1.Condition {
+	return v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionHibernated)
+}
+
+// wantsResume says a start of vm is to resume a saved state: its Hibernated condition is
+// True, and the start is not a forced one (a boot from the disks).
+func wantsResume(vm *v1alpha1.VirtualMachine) bool {
+	c := hibernatedCondition(vm)
+	pr := vm.Status.PowerRequest
+	return c != nil && c.Status == v1alpha1.ConditionTrue && (pr == nil || !pr.Force)
+}
+
+// removeHibernatedCondition drops the Hibernated condition from v's status.
+func removeHibernatedCondition(v *v1alpha1.VirtualMachine) {
+	v.Status.Conditions = slices.DeleteFunc(v.Status.Conditions, func(c v1alpha1.Condition) bool { return c.Type == v1alpha1.VMConditionHibernated })
+}
+
+// hibernate moves a hibernation of a running QEMU on by one step without blocking, and says
+// when to look again. The steps are read from QEMU itself, so an agent restarted midway goes
+// on: a stream that runs is waited for, a completed one is kept, a failed one is reported.
+func (a *Agent) hibernate(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance) (runtime.Result, error) {
+	pr := vm.Status.PowerRequest
+	mon, ok := in.monitor().(fdPasser)
+	if !ok {
+		return runtime.Result{RequeueAfter: time.Second}, nil
+	}
+	var st migrateInfo
+	if err := mon.Execute(ctx, "query-migrate", nil, &st); err != nil {
+		return runtime.Result{}, fmt.Errorf("query-migrate: %w", err)
+	}
+	in.mu.Lock()
+	begun := in.hibernation == pr.Operation && pr.Operation != ""
+	in.mu.Unlock()
+	dir := hibernationDir(in.runDir)
+	switch {
+	case migrationActive(st.Status):
+		return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
+	case st.Status == "completed" && fileExists(filepath.Join(dir, hibernationPartial)):
+		run, err := in.monitor().QueryStatus(ctx)
+		if err != nil {
+			return runtime.Result{}, fmt.Errorf("query-status: %w", err)
+		}
+		switch run.Status {
+		case qmp.StatusPostMigrate:
+			return a.finishHibernation(ctx, vm, in)
+		case qmp.StatusFinishMigrate:
+			// The stream is complete; QEMU moves on to postmigrate a moment later.
+			return runtime.Result{RequeueAfter: 50 * time.Millisecond}, nil
+		}
+		// A QEMU whose last migration was an incoming one: the file is not its stream.
+	case st.Status == "failed" && begun:
+		return a.hibernationFailed(ctx, vm, in, "saving the RAM state failed: "+orDefault(st.ErrorDesc, "QEMU gives no reason"))
+	}
+	return a.beginHibernation(ctx, vm, in, mon)
+}
+
+// beginHibernation pauses the guest and starts QEMU's migration stream into the saved-state
+// file.
+func (a *Agent) beginHibernation(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, mon fdPasser) (runtime.Result, error) {
+	pr := vm.Status.PowerRequest
+	rs := loadRunSpec(in.runDir, vm)
+	if len(rs.RetiredCPUSlots) > 0 {
+		return a.hibernationFailed(ctx, vm, in, "vCPUs were removed from the running guest, which a resumed QEMU cannot reproduce: restart the virtual machine first")
+	}
+	if hp := readHotplugState(in.runDir, in.pid); len(hp.Disks)+len(hp.NICs) > 0 {
+		return a.hibernationFailed(ctx, vm, in, "hot-plugged devices are not kept by a hibernation: detach them first, or stop the virtual machine")
+	}
+	dir := hibernationDir(in.runDir)
+	_ = os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return runtime.Result{}, err
+	}
+	// At most the guest's RAM is written (zero pages take next to nothing); refuse rather
+	// than fill the node's disk.
+	need := memoryBytes(rs.Spec.Memory.Size) + 64<<20
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err == nil {
+		if free := int64(fs.Bavail) * int64(fs.Bsize); free < need {
+			_ = os.RemoveAll(dir)
+			return a.hibernationFailed(ctx, vm, in, fmt.Sprintf("not enough free space on node %s for the RAM state: %d MiB free in %s, up to %d MiB needed",
+				a.cfg.NodeName, free>>20, a.cfg.DataDir, need>>20))
+		}
+	}
+	if _, err := a.writePhase(ctx, vm, v1alpha1.VMPhaseStopping, nil); err != nil {
+		return runtime.Result{}, ignoreGone(err)
+	}
+	// The guest stops first: its RAM is then written once, and the disks hold still.
+	if err := in.monitor().Stop(ctx); err != nil {
+		return runtime.Result{}, fmt.Errorf("stop: %w", err)
+	}
+	if err := mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": migrationCaps(nil)}, nil); err != nil {
+		return a.hibernationFailed(ctx, vm, in, "migrate-set-capabilities: "+err.Error())
+	}
+	if err := mon.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
+		return a.hibernationFailed(ctx, vm, in, "migrate-set-parameters: "+err.Error())
+	}
+	f, err := os.OpenFile(filepath.Join(dir, hibernationPartial), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return a.hibernationFailed(ctx, vm, in, "creating the state file: "+err.Error())
+	}
+	err = mon.GetFD(ctx, "hibernate", f)
+	f.Close()
+	if err != nil {
+		return a.hibernationFailed(ctx, vm, in, "passing the state file to QEMU: "+err.Error())
+	}
+	in.mu.Lock()
+	in.hibernation = pr.Operation
+	in.mu.Unlock()
+	if err := mon.Execute(ctx, "migrate", map[string]any{"uri": "fd:hibernate"}, nil); err != nil {
+		return a.hibernationFailed(ctx, vm, in, "migrate: "+err.Error())
+	}
+	a.log.Info("hibernating: saving the guest's RAM state", "vm", string(runtime.KeyOf(vm)), "operation", pr.Operation)
+	a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Hibernating", "saving the guest's RAM state on node "+a.cfg.NodeName)
+	return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
+}
+
+// finishHibernation makes the completed stream the VM's saved state (synced, then its record
+// written) and ends QEMU; the exit records the VM as hibernated.
+func (a *Agent) finishHibernation(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance) (runtime.Result, error) {
+	dir := hibernationDir(in.runDir)
+	partial := filepath.Join(dir, hibernationPartial)
+	size, err := syncFile(partial)
+	if err != nil {
+		return a.hibernationFailed(ctx, vm, in, "writing the RAM state: "+err.Error())
+	}
+	if err := os.Rename(partial, filepath.Join(dir, hibernationState)); err != nil {
+		return runtime.Result{}, err
+	}
+	rec := hibernationRecord{SavedAt: a.now().UTC(), Size: size, RunSpec: *loadRunSpec(in.runDir, vm)}
+	if pr := vm.Status.PowerRequest; pr != nil {
+		rec.Operation = pr.Operation
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	tmp := filepath.Join(dir, hibernationMeta+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return runtime.Result{}, err
+	}
+	if _, err := syncFile(tmp); err != nil {
+		return runtime.Result{}, err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, hibernationMeta)); err != nil {
+		return runtime.Result{}, err
+	}
+	syncDir(dir)
+	a.log.Info("hibernated: the RAM state is saved", "vm", string(runtime.KeyOf(vm)), "bytes", size)
+	msg := fmt.Sprintf("hibernated: the guest's RAM state (%d MiB) is saved on node %s; the next start resumes it", (size+(1<<20)-1)>>20, a.cfg.NodeName)
+	return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitStopped, Message: msg, Hibernated: true})
+}
+
+// hibernationFailed reports a hibernation that could not save the state: the guest runs on
+// (the VM controller asks for Running again, and the reconcile resumes the paused guest).
+func (a *Agent) hibernationFailed(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, msg string) (runtime.Result, error) {
+	pr := vm.Status.PowerRequest
+	in.mu.Lock()
+	in.hibernation, in.hibernationFailed = "", pr.Operation
+	in.mu.Unlock()
+	_ = os.RemoveAll(hibernationDir(in.runDir))
+	a.log.Warn("hibernation failed; the guest runs on", "vm", string(runtime.KeyOf(vm)), "err", msg)
+	a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "HibernationFailed", msg)
+	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionFalse,
+			Reason: ReasonHibernationSaveFailed, Message: msg})
+		return nil
+	})
+	return runtime.Result{}, ignoreGone(err)
+}
+
+// stepResume feeds a resumed QEMU (launched with -incoming defer) its saved state and waits
+// until QEMU has read all of it; the guest is then paused where it was hibernated.
+func (a *Agent) stepResume(ctx context.Context, r *startRun) error {
+	if r.resume == nil {
+		return nil
+	}
+	mon, ok := r.mon.(fdPasser)
+	if !ok {
+		return failStart("resuming the saved RAM state: the monitor cannot pass descriptors")
+	}
+	f, err := os.Open(filepath.Join(hibernationDir(r.runDir), hibernationState))
+	if err != nil {
+		return failStart("resuming the saved RAM state: " + err.Error())
+	}
+	err = mon.GetFD(ctx, "resume", f)
+	f.Close()
+	if err != nil {
+		return failStart("resuming the saved RAM state: passing it to QEMU: " + err.Error())
+	}
+	if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:resume"}, nil); err != nil {
+		return failStart("resuming the saved RAM state: migrate-incoming: " + err.Error())
+	}
+	// Reading a file goes at disk speed; a minute and a second per 50 MiB bound it.
+	deadline := time.Now().Add(time.Minute + time.Duration(r.resume.Size/(50<<20))*time.Second)
+	for {
+		var st migrateInfo
+		if err := mon.Execute(ctx, "query-migrate", nil, &st); err != nil {
+			return failStart("resuming the saved RAM state: query-migrate: " + err.Error())
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return failStart("resuming the saved RAM state failed: " + orDefault(st.ErrorDesc, "QEMU gives no reason (see its log)"))
+		}
+		if time.Now().After(deadline) {
+			return failStart(fmt.Sprintf("resuming the saved RAM state: QEMU did not read it within %s (status %q)", time.Until(deadline).Round(time.Second), st.Status))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// resumeShape is what a resumed QEMU is built from: the vCPUs, memory and balloon the saved
+// QEMU ran with (like a migration target's incomingShape, from the saved runspec.json).
+func resumeShape(vm *v1alpha1.VirtualMachine, saved *runSpec) (incoming, *runSpec) {
+	rs := *saved
+	spec := vm.Spec
+	spec.CPU.Cores, spec.CPU.MaxCores = saved.Spec.CPU.Cores, saved.Spec.CPU.MaxCores
+	spec.Memory.Size, spec.Memory.MaxSize = saved.Spec.Memory.Size, saved.Spec.Memory.MaxSize
+	rs.Spec = spec
+	build := spec
+	var shape incoming
+	if b := saved.BootCores; b > 0 && b < spec.CPU.Cores {
+		build.CPU.Cores = b
+		shape.hotCPUs = spec.CPU.Cores - b
+	}
+	if spec.Memory.MaxSize != "" && saved.BootMemory != "" {
+		shape.memoryMiB = max((memoryBytes(spec.Memory.Size)-memoryBytes(saved.BootMemory))>>20, 0)
+	}
+	build.Memory.Size = saved.bootMemory()
+	pad := saved.MemoryPadKiB > 0
+	shape.padMemory = &pad
+	shaped := *vm
+	shaped.Spec = build
+	shape.vm = &shaped
+	return shape, &rs
+}
+
+// syncFile flushes path to disk and returns its size.
+func syncFile(path string) (int64, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// syncDir flushes a directory's entries (renames in it) to disk, as far as it can.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
