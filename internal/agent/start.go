@@ -228,6 +228,16 @@ func (a *Agent) chooseResume(r *startRun) error {
 		}
 		return failStart(fmt.Sprintf("the VM is hibernated, but its saved RAM state on node %s cannot be resumed (%s); start it with --force to boot it from its disks, discarding that state", a.cfg.NodeName, why))
 	}
+	// QEMU reads the stream only into the same devices: the resumed QEMU is built from the
+	// spec, with the saved vCPUs and memory (resumeShape), so any other change that waits
+	// for a restart stands in the way.
+	cur := r.vm.Spec
+	cur.CPU.Cores, cur.CPU.MaxCores = rec.RunSpec.Spec.CPU.Cores, rec.RunSpec.Spec.CPU.MaxCores
+	cur.Memory.Size, cur.Memory.MaxSize = rec.RunSpec.Spec.Memory.Size, rec.RunSpec.Spec.Memory.MaxSize
+	if changed := pendingChanges(&rec.RunSpec.Spec, &cur); len(changed) > 0 {
+		return failStart("the spec changed since the VM was hibernated: " + strings.Join(changed, ", ") +
+			"; revert the change to resume the guest, or start it with --force to boot it with the new spec from its disks, discarding the saved RAM state")
+	}
 	r.resume = rec
 	return nil
 }

@@ -15,8 +15,9 @@ import (
 // TestHibernate: `rakhsh vm hibernate` saves a running guest's RAM on its node and stops
 // QEMU; `rakhsh vm start` resumes it: the guest's tick counter goes on from where it was (no
 // boot: one boot marker in the whole log), and a shell variable set before is still set. A
-// forced start boots from the disk instead and discards the saved state; a stopped VM cannot
-// be hibernated.
+// forced start boots from the disk instead and discards the saved state. A hibernated VM is
+// not hibernated again, a start after a change of its devices fails and says why, and a
+// delete removes the state.
 func TestHibernate(t *testing.T) {
 	s := vmServe(t)
 	vmSetupGuest(t, s, "hib-root")
@@ -86,11 +87,25 @@ func TestHibernate(t *testing.T) {
 		t.Errorf("no SavedStateDiscarded event:\n%s", ev)
 	}
 
-	// Only a running VM is hibernated.
-	s.MustCLI("", "vm", "stop", "hib", "--force", "--wait")
+	// Hibernated once more: a hibernated VM is not hibernated again, and a start after a
+	// change that gives QEMU other devices fails and names it (the state stays); deleting
+	// the VM removes the state.
+	s.MustCLI("", "vm", "hibernate", "hib", "--wait", "--timeout", "3m")
 	r = s.CLI("", "vm", "hibernate", "hib", "--wait", "--timeout", "1m")
 	if r.Code == 0 || !strings.Contains(r.Stderr, "only a running or paused virtual machine can be hibernated") {
-		t.Errorf("hibernate of a stopped VM: exit %d: %s", r.Code, r.Stderr)
+		t.Errorf("hibernate of a hibernated VM: exit %d: %s", r.Code, r.Stderr)
+	}
+	s.MustCLI("", "patch", "vm", "hib", "-p", `{"spec":{"osType":"Windows"}}`)
+	r = s.CLI("", "vm", "start", "hib", "--wait", "--timeout", "2m")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "the spec changed since the VM was hibernated: spec.osType") {
+		t.Errorf("start after a change of osType: exit %d: %s", r.Code, r.Stderr)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "meta.json")); err != nil {
+		t.Errorf("the failed start removed the saved state: %v", err)
+	}
+	s.MustCLI("", "delete", "vm", "hib", "--wait", "--timeout", "2m")
+	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
+		t.Errorf("deleting the VM left the saved state: %v", err)
 	}
 }
 
