@@ -315,7 +315,7 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ops := map[kp]int{}
 	for _, t := range []v1alpha1.VMOPType{v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart, v1alpha1.VMOPTypeMigrate,
-		v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone} {
+		v1alpha1.VMOPTypeEvict, v1alpha1.VMOPTypeRestore, v1alpha1.VMOPTypeClone, v1alpha1.VMOPTypeHibernate} {
 		for _, p := range []v1alpha1.VMOPPhase{v1alpha1.VMOPPhasePending, v1alpha1.VMOPPhaseInProgress, v1alpha1.VMOPPhaseCompleted,
 			v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPPhaseTerminating, v1alpha1.VMOPPhaseSuperseded} {
 			ops[kp{string(t), string(p)}] = 0
