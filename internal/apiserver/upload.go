@@ -39,7 +39,7 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request) {
 // the peer header and is never forwarded again. It reports whether it answered.
 func (s *Server) forwardUpload(w http.ResponseWriter, r *http.Request) bool {
 	if s.peerCA == "" || s.controlPlane == nil || r.Header.Get(headerImagePeer) != "" ||
-		(r.Method != http.MethodPut && r.Method != http.MethodPost) {
+		(r.Method != http.MethodPut && r.Method != http.MethodPost && r.Method != http.MethodHead) {
 		return false
 	}
 	st, err := s.controlPlane(r.Context())

@@ -17,12 +17,12 @@ func TestAwaitUpload(t *testing.T) {
 	if up, err := w.Await(context.Background(), 10*time.Millisecond); up != nil || err != nil {
 		t.Fatalf("Await without an upload = %v, %v", up, err)
 	}
-	if u.claim("t1") != nil {
+	if u.Waiting("t1") || u.begin("t1", 1) != nil {
 		t.Error("the token is still open after the time ran out")
 	}
 	// An upload claimed in time is returned.
 	w = u.Wait("t2")
-	go func() { u.claim("t2").c <- &Upload{Size: 7} }()
+	go func() { u.begin("t2", 7) }()
 	if up, err := w.Await(context.Background(), 5*time.Second); err != nil || up == nil || up.Size != 7 {
 		t.Fatalf("Await with an upload = %+v, %v", up, err)
 	}

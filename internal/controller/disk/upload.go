@@ -80,7 +80,7 @@ func (c *Controller) runUpload(ctx context.Context, d *v1alpha1.VirtualDisk, tok
 		return
 	}
 	c.importDisk(ctx, d, st, path, requested, "the upload", func(ctx context.Context, staged string, opts images.Options) (*images.Result, error) {
-		res, err := images.ImportStream(ctx, up.Body, up.Size, cs, staged, opts)
+		res, err := images.ImportStream(ctx, up.Body, up.Size, cs, staged, up.Options(opts))
 		if err == nil {
 			err = c.makeDiskFromUpload(ctx, res, staged, path, requested)
 		}

@@ -71,7 +71,7 @@ func (c *Controller) runUpload(ctx context.Context, img *image, token string, cs
 	}
 	*img.status = st
 	c.runImport(ctx, img, func(ctx context.Context, dst string, opts images.Options) (*images.Result, error) {
-		res, err := images.ImportStream(ctx, up.Body, up.Size, cs, dst, opts)
+		res, err := images.ImportStream(ctx, up.Body, up.Size, cs, dst, up.Options(opts))
 		up.Finish(err)
 		return res, err
 	})
