@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -147,21 +148,25 @@ func waitUploadPath(ctx context.Context, c *client.Client, resource, ns, name, w
 	}
 }
 
-// putFile PUTs size bytes of r to path on the API server, drawing a progress bar on w.
-func putFile(ctx context.Context, c *client.Client, path string, r io.Reader, size int64, w io.Writer, tty bool) error {
+// uploadAttempts is how often putFile sends a file whose connection broke: each time from the
+// byte the server has taken (HEAD, Upload-Offset), after a pause that doubles from one second.
+var (
+	uploadAttempts = 6
+	uploadPause    = time.Second
+)
+
+// putFile PUTs size bytes of f to path on the API server, drawing a progress bar on w. When
+// the connection breaks, it asks the server how much arrived and sends the rest (a resumable
+// upload, see images.Uploads).
+func putFile(ctx context.Context, c *client.Client, path string, f io.ReadSeeker, size int64, w io.Writer, tty bool) error {
 	tr := &http.Transport{
 		DialContext:    func(ctx context.Context, _, _ string) (net.Conn, error) { return c.DialRaw(ctx) },
 		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return c.DialRaw(ctx) },
 	}
 	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	url := c.BaseURL() + path
 	var sent atomic.Int64
-	body := &countingReader{r: r, n: &sent}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.BaseURL()+path, body)
-	if err != nil {
-		return err
-	}
-	req.ContentLength = size
-	req.Header.Set("Content-Type", "application/octet-stream")
 	done := make(chan struct{})
 	barDone := make(chan struct{})
 	go func() {
@@ -183,22 +188,96 @@ func putFile(ctx context.Context, c *client.Client, path string, r io.Reader, si
 			}
 		}
 	}()
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	close(done)
-	<-barDone
+	defer func() {
+		close(done)
+		<-barDone
+	}()
+	pause := uploadPause
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		off := int64(0)
+		if attempt > 1 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause):
+			}
+			pause *= 2
+			var err error
+			if off, err = uploadOffset(ctx, hc, url); err != nil {
+				return fmt.Errorf("%v; resuming the upload: %v", lastErr, err)
+			}
+		}
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+		sent.Store(off)
+		code, msg, err := putPiece(ctx, hc, url, &countingReader{r: f, n: &sent}, off, size)
+		switch {
+		case err == nil && code == http.StatusOK:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err == nil && code != http.StatusConflict:
+			return errors.New(msg)
+		case attempt >= uploadAttempts:
+			if err == nil {
+				err = errors.New(msg)
+			}
+			return fmt.Errorf("%w (after %d attempts)", err, attempt)
+		case err != nil:
+			lastErr = err
+			fmt.Fprintf(w, "\nthe upload broke off after %s (%v); resuming\n", images.HumanBytes(sent.Load()), err)
+		default:
+			lastErr = errors.New(msg) // 409: the cut request still holds the upload, or another byte
+		}
+	}
+}
+
+// putPiece sends the bytes of r from off to the end of a file of size bytes (the whole file
+// without a Content-Range when off is 0), and returns the answer's status and text.
+func putPiece(ctx context.Context, hc *http.Client, url string, r io.Reader, off, size int64) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, r)
 	if err != nil {
-		return err
+		return 0, "", err
+	}
+	req.ContentLength = size - off
+	req.Header.Set("Content-Type", "application/octet-stream")
+	if off > 0 {
+		req.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, size-1, size))
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK {
-		text := strings.TrimSpace(string(msg))
-		if text == "" {
-			text = resp.Status
-		}
-		return errors.New(text)
+	text := strings.TrimSpace(string(msg))
+	if text == "" {
+		text = resp.Status
 	}
-	return nil
+	return resp.StatusCode, text, nil
+}
+
+// uploadOffset asks the server how much of the upload at url it has taken.
+func uploadOffset(ctx context.Context, hc *http.Client, url string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("the server no longer waits for it (%s)", resp.Status)
+	}
+	n, err := strconv.ParseInt(resp.Header.Get(images.HeaderUploadOffset), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("the server does not say where it resumes (%s: %v)", images.HeaderUploadOffset, err)
+	}
+	return n, nil
 }
 
 // progressBar renders "[=========>          ]  45%  120Mi/260Mi  50Mi/s".
