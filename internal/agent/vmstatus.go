@@ -169,9 +169,15 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 			v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionTrue,
 				Reason: ReasonHibernationSaved, Message: rec.Message})
 		}
-		if !wantsRunning(v.Status.PowerRequest) {
+		if pr := v.Status.PowerRequest; !wantsRunning(pr) {
 			v.Status.NodeName = ""
 			v.Status.StateNodeName = a.hostStateNode(v.UID)
+			if unplanned(rec.Reason) && pr != nil && pr.Operation != "" && !pr.Hibernate {
+				// A user's stop came while this start or run of a crash-looping VM was under
+				// way: as when it is released (release), the VM was asked to stop, and the
+				// crash belongs to the events.
+				v.Status.LastExit = &v1alpha1.VMExit{Reason: v1alpha1.ExitStopped, Time: &now}
+			}
 		}
 		return nil
 	})

@@ -3,12 +3,19 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
+	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/images/imagetest"
@@ -165,7 +172,105 @@ spec:
 	if r := s.CLI("", "image", "upload", "vd/up-disk", rawXz); r.Code == 0 || !strings.Contains(r.Stderr, "is Ready") {
 		t.Fatalf("upload to a Ready disk: %+v", r)
 	}
+
+	// An upload whose connection breaks goes on: HEAD says how much arrived (Upload-Offset),
+	// and `curl -C OFFSET -T` sends the rest; the checksum proves the bytes.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: ClusterVirtualImage
+metadata: {name: up-resume}
+spec:
+  dataSource:
+    type: Upload
+    upload:
+      checksum: {sha256: "`+fileSHA256(t, raw)+`"}
+`, "apply", "-f", "-")
+	resumeURL := waitURL("clustervirtualimages", "", "up-resume")
+	uploadCut(t, filepath.Join(s.DataDir, "tls.crt"), resumeURL, raw, 2<<20)
+	off := uploadOffsetOf(t, filepath.Join(s.DataDir, "tls.crt"), resumeURL)
+	if off <= 0 || off > 2<<20 {
+		t.Fatalf("after a cut at 2 MiB the server says the upload stands at byte %d", off)
+	}
+	var rest string
+	for attempt := 0; ; attempt++ {
+		out, err := exec.Command("curl", "-sS", "--fail-with-body", "--cacert", filepath.Join(s.DataDir, "tls.crt"),
+			"-C", strconv.FormatInt(off, 10), "-T", raw, resumeURL).CombinedOutput()
+		rest = string(out)
+		if err == nil || !strings.Contains(rest, "another request") || attempt > 50 {
+			if err != nil {
+				t.Fatalf("curl -C %d -T: %v\n%s", off, err, out)
+			}
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the cut request still holds the upload
+	}
+	if !strings.Contains(rest, "upload complete") {
+		t.Fatalf("the resumed upload: %s", rest)
+	}
+	resumed := waitObj(t, s, "clustervirtualimages", "", "up-resume", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
+		return i.Status.Phase == v1alpha1.ImagePhaseReady
+	})
+	if resumed.Status.Size == nil || resumed.Status.Size.UnpackedBytes != 8<<20 {
+		t.Fatalf("the resumed upload's image: %+v", resumed.Status)
+	}
 	assertNoTempFiles(t, filepath.Dir(storage.ImagePath(s.DataDir, img.UID)), filepath.Dir(diskPath))
+}
+
+// uploadCut sends the first n bytes of file to an upload URL, then breaks the connection.
+func uploadCut(t *testing.T, caFile, url, file string, n int) {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	req, err := http.NewRequest(http.MethodPut, url, io.MultiReader(io.LimitReader(f, int64(n)), errReader{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = fi.Size()
+	if resp, err := tlsClient(t, caFile).Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a request cut after %d bytes was answered %s", n, resp.Status)
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("the connection broke") }
+
+// uploadOffsetOf asks an upload URL how much of its upload arrived, once that stops growing.
+func uploadOffsetOf(t *testing.T, caFile, url string) int64 {
+	t.Helper()
+	last := int64(-1)
+	for i := 0; i < 100; i++ {
+		resp, err := tlsClient(t, caFile).Head(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		n, err := strconv.ParseInt(resp.Header.Get("Upload-Offset"), 10, 64)
+		if resp.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("HEAD %s: %s, Upload-Offset %q", url, resp.Status, resp.Header.Get("Upload-Offset"))
+		}
+		if n == last {
+			return n
+		}
+		last = n
+		time.Sleep(100 * time.Millisecond)
+	}
+	return last
+}
+
+func tlsClient(t *testing.T, caFile string) *http.Client {
+	t.Helper()
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: time.Minute}
 }
 
 func assertNoTempFiles(t *testing.T, dirs ...string) {

@@ -533,9 +533,18 @@ spec:
 	if ev := s.MustCLI("", "get", "events"); !strings.Contains(ev, "Image is corrupt") {
 		t.Errorf("events lack QEMU's error:\n%s", ev)
 	}
-	// QEMU's own log of this and the previous run.
-	if ql := s.MustCLI("", "logs", "vm", "bad", "--qemu"); strings.Count(ql, "Image is corrupt") < 2 {
-		t.Errorf("logs --qemu does not hold both runs' error:\n%s", ql)
+	// QEMU's own log of this and the previous run (a retry that is starting right now has
+	// an empty log of its own for a moment: look again).
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		ql := s.MustCLI("", "logs", "vm", "bad", "--qemu")
+		if strings.Count(ql, "Image is corrupt") >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("logs --qemu does not hold both runs' error:\n%s", ql)
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	// A stop ends the loop and the crash noise.
 	s.MustCLI("", "vm", "stop", "bad", "--wait")
