@@ -356,6 +356,22 @@ spec:
 		t.Errorf("DELETE without the CSRF header: %s", noCSRF)
 	}
 
+	// Pause and resume from the VM's page; the list follows.
+	uiRun(t, ctx, time.Minute, "pause the VM",
+		chromedp.Navigate(base+"/ui/#/vms/web1"),
+		chromedp.WaitVisible("#vm-pause", chromedp.ByID),
+		chromedp.Click("#vm-pause", chromedp.ByID),
+		chromedp.WaitVisible("#action-result .notice", chromedp.ByQuery),
+		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Pause"]`, chromedp.ByQuery))
+	uiRun(t, ctx, time.Minute, "resume the VM",
+		chromedp.Navigate(base+"/ui/#/vms/web1"),
+		chromedp.WaitVisible("#vm-resume", chromedp.ByID),
+		chromedp.Click("#vm-resume", chromedp.ByID),
+		chromedp.WaitVisible("#action-result .notice", chromedp.ByQuery),
+		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Running"]`, chromedp.ByQuery))
+
 	// Stop from the VM's page; the list follows to Stopped.
 	uiRun(t, ctx, 2*time.Minute, "stop the VM",
 		chromedp.Navigate(base+"/ui/#/vms/web1"),
@@ -365,6 +381,33 @@ spec:
 		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
 		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Stopped"]`, chromedp.ByQuery))
 	uiShot(t, ctx, shots, "vms-stopped")
+
+	// Snapshot and clone the stopped VM from its page: the snapshot becomes Ready, the clone
+	// web1-copy exists with its own copy of the disk.
+	uiRun(t, ctx, time.Minute, "snapshot the VM",
+		chromedp.Navigate(base+"/ui/#/vms/web1"),
+		chromedp.WaitVisible("#vm-snapshot", chromedp.ByID),
+		chromedp.Click("#vm-snapshot", chromedp.ByID),
+		chromedp.WaitVisible("#action-result .notice", chromedp.ByQuery))
+	uiRun(t, ctx, time.Minute, "clone the VM",
+		chromedp.Click("#vm-clone", chromedp.ByID),
+		chromedp.WaitVisible("#clone-name", chromedp.ByID),
+		chromedp.SendKeys("#clone-name", "web1-copy", chromedp.ByID),
+		chromedp.Click("#clone-yes", chromedp.ByID),
+		chromedp.WaitVisible("#action-result .notice", chromedp.ByQuery))
+	uiUntil(t, 3*time.Minute, "the snapshot Ready and the clone made", func() bool {
+		l, err := c.List(context.Background(), "virtualmachinesnapshots", "default", client.ListOptions{})
+		ready := false
+		for _, raw := range l.Items {
+			var vs v1alpha1.VirtualMachineSnapshot
+			if json.Unmarshal(raw, &vs) == nil && vs.Spec.VirtualMachineName == "web1" && vs.Status.Phase == v1alpha1.SnapshotPhaseReady {
+				ready = true
+			}
+		}
+		var clone v1alpha1.VirtualMachine
+		return err == nil && ready && c.Get(context.Background(), "virtualmachines", "default", "web1-copy", &clone) == nil
+	})
+	s.MustCLI("", "delete", "vm", "web1-copy", "--wait", "--timeout", "2m")
 
 	// The operator's nodes page: the host, live; cordoned and uncordoned with a click.
 	var first v1alpha1.Node
@@ -601,5 +644,17 @@ spec: {displayName: Ulla}
 		chromedp.Text("#login-error", &ssoRefused, chromedp.ByID))
 	if !strings.Contains(ssoRefused, "access_denied") {
 		t.Errorf("a refused single sign-on shows %q", ssoRefused)
+	}
+}
+
+// uiUntil polls cond every 250 ms until it holds, failing the test after limit.
+func uiUntil(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", limit, what)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }

@@ -493,11 +493,25 @@ function imagesPage() {
           new Promise<string>((_, reject) => setTimeout(() => reject(new Error(`image ${n} got no upload URL within a minute: see its conditions`)), 60000)),
         ]);
         waiters.delete(n);
-        await uploadFile(new URL(url, location.href).pathname, f, (p) => {
+        const path = new URL(url, location.href).pathname;
+        const shown = (p: number) => {
           bar.value = p;
           pct.textContent = `${p} %`;
-        });
-        out.append(h("div", { class: "notice", role: "status" }, `Uploaded ${f.name} as image ${n}; it is checked and converted now.`));
+        };
+        const send = async (resume: boolean) => {
+          clear(out);
+          try {
+            await resumeUpload(path, f, shown, resume);
+            out.append(h("div", { class: "notice", role: "status" }, `Uploaded ${f.name} as image ${n}; it is checked and converted now.`));
+          } catch (e) {
+            out.append(errorBox(e));
+            if (e instanceof ConnectionBroke) {
+              // The server keeps what arrived for a few minutes: the rest can still be sent.
+              out.append(h("button", { type: "button", id: "img-resume", onclick: () => send(true) }, "Resume the upload"));
+            }
+          }
+        };
+        await send(false);
       } catch (e) {
         waiters.delete(n);
         out.append(errorBox(e));
@@ -738,33 +752,70 @@ function promptDialog(question: string, detail: string, value: string, action: s
   return shown;
 }
 
-// uploadFile sends a file to an upload path of this server (PUT, with the session's CSRF
-// token), reporting whole percents; it rejects with the server's message.
-function uploadFile(path: string, f: File, progress: (pct: number) => void): Promise<void> {
+// ConnectionBroke is an upload whose connection broke: the server keeps what arrived for a
+// while, and the rest can be sent (resumeUpload).
+class ConnectionBroke extends Error {}
+
+// uploadFile sends a file, from byte offset on, to an upload path of this server (PUT, with
+// the session's CSRF token; a Content-Range when it resumes), reporting whole percents of the
+// whole file. It resolves true when the server stored the image, false when it took the piece
+// and waits for more; it rejects with the server's message, or ConnectionBroke.
+function uploadFile(path: string, f: File, offset: number, progress: (pct: number) => void): Promise<boolean> {
   return new Promise((resolve, reject) => {
     const x = new XMLHttpRequest();
     x.open("PUT", path);
     if (session.csrfToken) x.setRequestHeader("X-CSRF-Token", session.csrfToken);
+    if (offset > 0) x.setRequestHeader("Content-Range", `bytes ${offset}-${f.size - 1}/${f.size}`);
     x.upload.onprogress = (ev) => {
-      if (ev.lengthComputable) progress(Math.floor((100 * ev.loaded) / ev.total));
+      if (ev.lengthComputable && f.size > 0) progress(Math.floor((100 * (offset + ev.loaded)) / f.size));
     };
     x.onload = () => {
-      if (x.status >= 200 && x.status < 300) {
+      if (x.status === 200) {
         progress(100);
-        resolve();
+        resolve(true);
+        return;
+      }
+      if (x.status === 202) {
+        resolve(false);
         return;
       }
       let msg = `${x.status} ${x.statusText}`;
       try {
         msg = JSON.parse(x.responseText).message || msg;
       } catch (_) {
-        /* not a Status */
+        msg = x.responseText.trim() || msg;
       }
       reject(new APIError(x.status, msg));
     };
-    x.onerror = () => reject(new Error("the upload failed: the connection broke"));
-    x.send(f);
+    x.onerror = () => reject(new ConnectionBroke("the upload failed: the connection broke"));
+    x.send(offset > 0 ? f.slice(offset) : f);
   });
+}
+
+// uploadOffset asks the server how much of the upload at path it has taken (HEAD).
+async function uploadOffset(path: string): Promise<number> {
+  const r = await fetch(path, { method: "HEAD", credentials: "same-origin" });
+  const off = Number(r.headers.get("Upload-Offset"));
+  if (!r.ok || !Number.isInteger(off)) throw new Error(`the upload cannot be resumed: the server ${r.ok ? "does not say where it stands" : "no longer waits for it (" + r.status + ")"}`);
+  return off;
+}
+
+// resumeUpload sends f to path, and when the connection breaks (or a piece was taken but more
+// is wanted) asks where the upload stands and sends the rest, up to four times with a doubling
+// pause; resume starts with that question.
+async function resumeUpload(path: string, f: File, progress: (pct: number) => void, resume = false): Promise<void> {
+  let pause = 1000;
+  for (let attempt = 1; ; attempt++) {
+    const offset = resume || attempt > 1 ? await uploadOffset(path) : 0;
+    try {
+      if (await uploadFile(path, f, offset, progress)) return;
+    } catch (e) {
+      if (!(e instanceof ConnectionBroke) && !(e instanceof APIError && e.code === 409)) throw e;
+      if (attempt >= 4) throw e;
+    }
+    await new Promise((r) => setTimeout(r, pause));
+    pause *= 2;
+  }
 }
 
 // ---- operator pages ------------------------------------------------------------------------
@@ -1062,6 +1113,54 @@ function modal<T>(id: string, title: string, cancelled: T, content: (done: (v: T
   });
 }
 
+// askName asks for a name in a modal dialog: the name entered, or null when cancelled.
+function askName(id: string, title: string, detail: string, action: string): Promise<string | null> {
+  return modal<string | null>(id, title, null, (done) => {
+    const input = h("input", { id: `${id}-name`, type: "text", required: "", pattern: "[a-z0-9]([-a-z0-9]*[a-z0-9])?", autocomplete: "off" }) as HTMLInputElement;
+    const submit = (e: Event) => {
+      e.preventDefault();
+      if (input.reportValidity()) done(input.value.trim());
+    };
+    return [
+      h("p", {}, detail),
+      h(
+        "form",
+        { onsubmit: submit },
+        h("label", { for: `${id}-name` }, "Name"),
+        input,
+        h("div", { class: "actions" }, h("button", { type: "submit", id: `${id}-yes` }, action), h("button", { type: "button", id: `${id}-no`, onclick: () => done(null) }, "Cancel")),
+      ),
+    ];
+  });
+}
+
+// snapshotVM takes a VirtualMachineSnapshot of the VM (consistent: the guest agent freezes a
+// running guest's filesystems).
+async function snapshotVM(name: string) {
+  const body = {
+    apiVersion: API_VERSION,
+    kind: "VirtualMachineSnapshot",
+    metadata: { generateName: `${name}-snapshot-` },
+    spec: { virtualMachineName: name },
+  };
+  return api("POST", nsPath("virtualmachinesnapshots"), body);
+}
+
+// cloneVM makes the VM's clone named to (its disks are named to-DISK), as `rakhsh vm clone`.
+async function cloneVM(name: string, to: string) {
+  const body = {
+    apiVersion: API_VERSION,
+    kind: "VirtualMachineOperation",
+    metadata: { generateName: `${name}-clone-` },
+    spec: {
+      type: "Clone",
+      virtualMachineName: name,
+      clone: { mode: "Strict", nameReplacement: [{ from: { kind: "VirtualMachine", name }, to }], customization: { namePrefix: `${to}-` } },
+    },
+  };
+  return api("POST", nsPath("virtualmachineoperations"), body);
+}
+
 async function operation(name: string, type: string, force = false) {
   const body: any = {
     apiVersion: API_VERSION,
@@ -1071,6 +1170,12 @@ async function operation(name: string, type: string, force = false) {
   };
   if (force) body.spec.force = true;
   return api("POST", nsPath("virtualmachineoperations"), body);
+}
+
+// setPaused sets or removes the VM's paused annotation (pause has no operation type).
+async function setPaused(name: string, paused: boolean) {
+  const annotations = { "virtualization.rakhsh.io/paused": paused ? "true" : null };
+  return api("PATCH", nsPath("virtualmachines", name), { metadata: { annotations } }, "application/merge-patch+json");
 }
 
 function kv(pairs: [string, string | undefined][]): HTMLElement {
@@ -1097,6 +1202,15 @@ function vmPage(name: string) {
     { class: "actions", role: "group", "aria-label": "Actions" },
     button("vm-start", "Start", () => act("Start", () => operation(name, "Start"))),
     button("vm-stop", "Stop", () => act("Stop", () => operation(name, "Stop"))),
+    button("vm-pause", "Pause", () => act("Pause", () => setPaused(name, true))),
+    button("vm-resume", "Resume", () => act("Resume", () => setPaused(name, false))),
+    button("vm-hibernate", "Hibernate", () => act("Hibernate", () => operation(name, "Hibernate"), ["The guest's memory is saved on its node and the VM stops; Start resumes it where it was.", "Hibernate"])),
+    button("vm-migrate", "Migrate", () => act("Migrate", () => operation(name, "Evict"), ["The running VM moves to another node chosen by the scheduler, without stopping.", "Migrate"])),
+    button("vm-snapshot", "Snapshot", () => act("Snapshot", () => snapshotVM(name))),
+    button("vm-clone", "Clone", async () => {
+      const to = await askName("clone", `Clone ${name}`, "A new virtual machine with copies of this one's disks, a new MAC and a new IP address.", "Clone");
+      if (to) await act("Clone", () => cloneVM(name, to));
+    }),
     button("vm-restart", "Restart", () => act("Restart", () => operation(name, "Restart"), ["The guest is rebooted; unsaved work in it may be lost.", "Restart"])),
     button("vm-force-stop", "Force stop", () => act("Force stop", () => operation(name, "Stop", true), ["The VM is powered off at once, like pulling the plug: unsaved data in the guest is lost.", "Force stop"]), "danger"),
     button(
