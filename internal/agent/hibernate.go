@@ -92,6 +92,16 @@ func removeHibernation(runDir string) bool {
 	return true
 }
 
+// hibernationFreeSpace is the free space of the file system of dir (a variable: tests make it
+// run out).
+var hibernationFreeSpace = func(dir string) (int64, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return 0, err
+	}
+	return int64(fs.Bavail) * int64(fs.Bsize), nil
+}
+
 // hibernatedCondition is the VM's Hibernated condition, or nil.
 func hibernatedCondition(vm *v1alpha1.VirtualMachine) *v1alpha1.Condition {
 	return v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionHibernated)
@@ -127,6 +137,15 @@ func (a *Agent) hibernate(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 	begun := in.hibernation == pr.Operation && pr.Operation != ""
 	in.mu.Unlock()
 	dir := hibernationDir(in.runDir)
+	if st.Status == "completed" {
+		// Saved already (an agent restarted between the record and the quit): never save
+		// again over a complete state.
+		if rec, _ := loadHibernation(in.runDir); rec != nil {
+			if run, err := in.monitor().QueryStatus(ctx); err == nil && run.Status == qmp.StatusPostMigrate {
+				return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitStopped, Message: hibernatedMessage(rec.Size, a.cfg.NodeName), Hibernated: true})
+			}
+		}
+	}
 	switch {
 	case migrationActive(st.Status):
 		return runtime.Result{RequeueAfter: 250 * time.Millisecond}, nil
@@ -168,9 +187,8 @@ func (a *Agent) beginHibernation(ctx context.Context, vm *v1alpha1.VirtualMachin
 	// At most the guest's RAM is written (zero pages take next to nothing); refuse rather
 	// than fill the node's disk.
 	need := memoryBytes(rs.Spec.Memory.Size) + 64<<20
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err == nil {
-		if free := int64(fs.Bavail) * int64(fs.Bsize); free < need {
+	if free, err := hibernationFreeSpace(dir); err == nil {
+		if free < need {
 			_ = os.RemoveAll(dir)
 			return a.hibernationFailed(ctx, vm, in, fmt.Sprintf("not enough free space on node %s for the RAM state: %d MiB free in %s, up to %d MiB needed",
 				a.cfg.NodeName, free>>20, a.cfg.DataDir, need>>20))
@@ -180,6 +198,13 @@ func (a *Agent) beginHibernation(ctx context.Context, vm *v1alpha1.VirtualMachin
 		return runtime.Result{}, ignoreGone(err)
 	}
 	// The guest stops first: its RAM is then written once, and the disks hold still.
+	run, err := in.monitor().QueryStatus(ctx)
+	if err != nil {
+		return runtime.Result{}, fmt.Errorf("query-status: %w", err)
+	}
+	in.mu.Lock()
+	in.hibernationWasPaused = run.Status == qmp.StatusPaused
+	in.mu.Unlock()
 	if err := in.monitor().Stop(ctx); err != nil {
 		return runtime.Result{}, fmt.Errorf("stop: %w", err)
 	}
@@ -241,8 +266,12 @@ func (a *Agent) finishHibernation(ctx context.Context, vm *v1alpha1.VirtualMachi
 	}
 	syncDir(dir)
 	a.log.Info("hibernated: the RAM state is saved", "vm", string(runtime.KeyOf(vm)), "bytes", size)
-	msg := fmt.Sprintf("hibernated: the guest's RAM state (%d MiB) is saved on node %s; the next start resumes it", (size+(1<<20)-1)>>20, a.cfg.NodeName)
-	return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitStopped, Message: msg, Hibernated: true})
+	return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitStopped, Message: hibernatedMessage(size, a.cfg.NodeName), Hibernated: true})
+}
+
+// hibernatedMessage is the exit message and Hibernated condition message of a saved state.
+func hibernatedMessage(size int64, node string) string {
+	return fmt.Sprintf("hibernated: the guest's RAM state (%d MiB) is saved on node %s; the next start resumes it", (size+(1<<20)-1)>>20, node)
 }
 
 // hibernationFailed reports a hibernation that could not save the state: the guest runs on
@@ -251,14 +280,22 @@ func (a *Agent) hibernationFailed(ctx context.Context, vm *v1alpha1.VirtualMachi
 	pr := vm.Status.PowerRequest
 	in.mu.Lock()
 	in.hibernation, in.hibernationFailed = "", pr.Operation
+	wasPaused := in.hibernationWasPaused
 	in.mu.Unlock()
 	_ = os.RemoveAll(hibernationDir(in.runDir))
 	a.log.Warn("hibernation failed; the guest runs on", "vm", string(runtime.KeyOf(vm)), "err", msg)
 	a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "HibernationFailed", msg)
-	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	// The guest goes on as it was before the save paused it (cont also leaves postmigrate).
+	phase := v1alpha1.VMPhasePause
+	if !wasPaused {
+		if err := in.monitor().Cont(ctx); err != nil {
+			return runtime.Result{}, fmt.Errorf("resuming the guest after a failed hibernation: %w", err)
+		}
+		phase = v1alpha1.VMPhaseRunning
+	}
+	_, err := a.writePhase(ctx, vm, phase, func(v *v1alpha1.VirtualMachine) {
 		v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionFalse,
 			Reason: ReasonHibernationSaveFailed, Message: msg})
-		return nil
 	})
 	return runtime.Result{}, ignoreGone(err)
 }
@@ -286,7 +323,8 @@ func (a *Agent) stepResume(ctx context.Context, r *startRun) error {
 		return failStart("resuming the saved RAM state: migrate-incoming: " + err.Error())
 	}
 	// Reading a file goes at disk speed; a minute and a second per 50 MiB bound it.
-	deadline := time.Now().Add(time.Minute + time.Duration(r.resume.Size/(50<<20))*time.Second)
+	limit := time.Minute + time.Duration(r.resume.Size/(50<<20))*time.Second
+	deadline := time.Now().Add(limit)
 	for {
 		var st migrateInfo
 		if err := mon.Execute(ctx, "query-migrate", nil, &st); err != nil {
@@ -299,7 +337,7 @@ func (a *Agent) stepResume(ctx context.Context, r *startRun) error {
 			return failStart("resuming the saved RAM state failed: " + orDefault(st.ErrorDesc, "QEMU gives no reason (see its log)"))
 		}
 		if time.Now().After(deadline) {
-			return failStart(fmt.Sprintf("resuming the saved RAM state: QEMU did not read it within %s (status %q)", time.Until(deadline).Round(time.Second), st.Status))
+			return failStart(fmt.Sprintf("resuming the saved RAM state: QEMU did not read it within %s (status %q)", limit.Round(time.Second), st.Status))
 		}
 		select {
 		case <-ctx.Done():
@@ -333,6 +371,18 @@ func resumeShape(vm *v1alpha1.VirtualMachine, saved *runSpec) (incoming, *runSpe
 	shaped.Spec = build
 	shape.vm = &shaped
 	return shape, &rs
+}
+
+// spendResume removes the record of the saved state a resumed QEMU has read, before its
+// guest runs again: from then on the guest writes to its disks, and the state must never be
+// resumed again, whatever happens before the status says the VM runs.
+func spendResume(runDir string) error {
+	dir := hibernationDir(runDir)
+	if err := os.Remove(filepath.Join(dir, hibernationMeta)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	syncDir(dir)
+	return nil
 }
 
 // syncFile flushes path to disk and returns its size.

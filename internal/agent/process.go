@@ -85,6 +85,8 @@ type instance struct {
 	// hibernation names the operation whose hibernation this QEMU's stream is saving, and
 	// hibernationFailed the last one that could not save it (hibernate.go).
 	hibernation, hibernationFailed string
+	// hibernationWasPaused: the guest was paused before the save paused it.
+	hibernationWasPaused bool
 
 	// guestOutput says the guest wrote to its serial console since this agent watched it,
 	// or since the last reset; the first output sets the GuestReady condition.

@@ -481,6 +481,11 @@ func (a *Agent) stepCgroups(ctx context.Context, r *startRun) error {
 
 // stepCont resumes the guest, unless the power request wants it paused.
 func (a *Agent) stepCont(ctx context.Context, r *startRun) error {
+	if r.resume != nil {
+		if err := spendResume(r.runDir); err != nil {
+			return failStart("resuming the saved RAM state: " + err.Error())
+		}
+	}
 	if r.vm.Status.PowerRequest.State == v1alpha1.PowerStatePaused {
 		r.phase = v1alpha1.VMPhasePause
 		return nil

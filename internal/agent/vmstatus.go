@@ -165,9 +165,14 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 			msg = exitMessage(rec.Reason)
 		}
 		setRunningCond(v, v1alpha1.ConditionFalse, rec.Reason, msg)
-		if rec.Hibernated {
+		switch {
+		case rec.Hibernated:
 			v1alpha1.SetCondition(&v.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionTrue,
 				Reason: ReasonHibernationSaved, Message: rec.Message})
+		case rec.Reason != v1alpha1.ExitStartFailed:
+			// A QEMU that ran (a resumed one whose Running was never written included): what
+			// was saved before is spent.
+			removeHibernatedCondition(v)
 		}
 		if pr := v.Status.PowerRequest; !wantsRunning(pr) {
 			v.Status.NodeName = ""

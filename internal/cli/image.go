@@ -88,6 +88,10 @@ Examples:
 			}
 			start := time.Now()
 			err = putFile(ctx, c, path, f, fi.Size(), stderr, tty)
+			if errors.Is(err, errUploadDelivered) {
+				fmt.Fprintf(stderr, "%v; waiting for %s to be stored\n", err, ref(k, name))
+				err = waitUploadStored(ctx, c, k.Resource, ns, name)
+			}
 			if err != nil {
 				return fmt.Errorf("uploading %s to %s: %w", args[1], ref(k, name), err)
 			}
@@ -100,6 +104,40 @@ Examples:
 	cmd.Flags().DurationVar(&waitURL, "timeout", 2*time.Minute, "how long to wait for the object's upload URL")
 	cmd.Flags().BoolVar(&noProgress, "no-progress", false, "do not draw a progress bar")
 	return cmd
+}
+
+// waitUploadStored waits until an object whose whole upload arrived is Ready (nil) or Failed
+// (its Ready condition's message).
+func waitUploadStored(ctx context.Context, c *client.Client, resource, ns, name string) error {
+	for {
+		var obj struct {
+			Status struct {
+				Phase      string `json:"phase"`
+				Conditions []struct {
+					Type, Message string
+				} `json:"conditions"`
+			} `json:"status"`
+		}
+		if err := c.Get(ctx, resource, ns, name, &obj); err != nil {
+			return err
+		}
+		switch obj.Status.Phase {
+		case "Ready":
+			return nil
+		case "Failed":
+			for _, cd := range obj.Status.Conditions {
+				if cd.Type == "Ready" {
+					return errors.New(cd.Message)
+				}
+			}
+			return errors.New("the upload failed")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // waitUploadPath waits until the object publishes an upload URL and returns its path.
@@ -151,14 +189,18 @@ func waitUploadPath(ctx context.Context, c *client.Client, resource, ns, name, w
 // uploadAttempts is how often putFile sends a file whose connection broke: each time from the
 // byte the server has taken (HEAD, Upload-Offset), after a pause that doubles from one second.
 var (
-	uploadAttempts = 6
+	uploadAttempts = 9 // the pauses add up to over 4 minutes: longer than a cut request can hold the upload
 	uploadPause    = time.Second
 )
+
+// errUploadDelivered says the whole file reached the server but the answer did not come back
+// (the connection broke while the server checked and stored it).
+var errUploadDelivered = errors.New("the whole file arrived, but the connection broke before the server answered")
 
 // putFile PUTs size bytes of f to path on the API server, drawing a progress bar on w. When
 // the connection breaks, it asks the server how much arrived and sends the rest (a resumable
 // upload, see images.Uploads).
-func putFile(ctx context.Context, c *client.Client, path string, f io.ReadSeeker, size int64, w io.Writer, tty bool) error {
+func putFile(ctx context.Context, c *client.Client, path string, f io.ReaderAt, size int64, w io.Writer, tty bool) error {
 	tr := &http.Transport{
 		DialContext:    func(ctx context.Context, _, _ string) (net.Conn, error) { return c.DialRaw(ctx) },
 		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return c.DialRaw(ctx) },
@@ -204,15 +246,20 @@ func putFile(ctx context.Context, c *client.Client, path string, f io.ReadSeeker
 			}
 			pause *= 2
 			var err error
-			if off, err = uploadOffset(ctx, hc, url); err != nil {
+			off, err = uploadOffset(ctx, hc, url)
+			switch {
+			case err != nil && sent.Load() == size:
+				return errUploadDelivered // the server took it all and no longer waits
+			case err != nil:
 				return fmt.Errorf("%v; resuming the upload: %v", lastErr, err)
+			case off == size:
+				return errUploadDelivered
 			}
 		}
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			return err
-		}
 		sent.Store(off)
-		code, msg, err := putPiece(ctx, hc, url, &countingReader{r: f, n: &sent}, off, size)
+		// A reader of its own for each attempt: the transport may still read the last one.
+		body := &countingReader{r: io.NewSectionReader(f, off, size-off), n: &sent}
+		code, msg, err := putPiece(ctx, hc, url, body, off, size)
 		switch {
 		case err == nil && code == http.StatusOK:
 			return nil

@@ -291,9 +291,12 @@ func (u *Uploads) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serveHead tells how much of the upload at tok the import has taken.
 func (u *Uploads) serveHead(w http.ResponseWriter, tok string) {
 	if s := u.session(tok); s != nil {
-		w.Header().Set(HeaderUploadOffset, strconv.FormatInt(s.taken(), 10))
-		if s.total >= 0 {
-			w.Header().Set(HeaderUploadLength, strconv.FormatInt(s.total, 10))
+		s.mu.Lock()
+		offset, total := s.offset, s.total
+		s.mu.Unlock()
+		w.Header().Set(HeaderUploadOffset, strconv.FormatInt(offset, 10))
+		if total >= 0 {
+			w.Header().Set(HeaderUploadLength, strconv.FormatInt(total, 10))
 		}
 		w.WriteHeader(http.StatusOK)
 		return
@@ -332,6 +335,11 @@ func (u *Uploads) servePiece(w http.ResponseWriter, r *http.Request, s *uploadSe
 			http.Error(w, fmt.Sprintf("Content-Range says the file has %d bytes; this upload has %d", rng.Total, s.total), http.StatusBadRequest)
 			u.waitResume(s)
 			return
+		}
+		if s.total < 0 {
+			s.mu.Lock()
+			s.total = rng.Total // the first request was sent without a length
+			s.mu.Unlock()
 		}
 	}
 	if start != offset {
@@ -494,6 +502,12 @@ func (w *UploadWaiter) Await(ctx context.Context, timeout time.Duration) (*Uploa
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():
+		w.Close()
+		select {
+		case up := <-w.C(): // claimed just before: answer it, or its request waits forever
+			up.Finish(&Error{Reason: ReasonUploadFailed, Transient: true, Err: fmt.Errorf("the server stopped waiting for the upload: %w", ctx.Err())})
+		default:
+		}
 		return nil, ctx.Err()
 	case up := <-w.C():
 		return up, nil
