@@ -395,6 +395,10 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 			c.noteStoredOn(ctx, img)
 			return runtime.Result{}, c.writeStatus(ctx, img, readyStatus(st, m, res))
 		}
+		if ctx.Err() != nil {
+			// The controller is stopping: the check was cut short, the file is not bad.
+			return runtime.Result{}, ctx.Err()
+		}
 		c.log.Warn("a stored image file does not check; importing again", "image", img.String(), "err", err)
 		if err := os.Remove(path); err != nil {
 			return runtime.Result{}, err
