@@ -522,6 +522,13 @@ type VMPowerRequest struct {
 	Operation string `json:"operation,omitempty"`
 }
 
+// IsHibernated says a stopped VM has a saved RAM state (condition Hibernated True) that its
+// next start resumes, unless the start is a forced one.
+func IsHibernated(vm *VirtualMachine) bool {
+	c := FindCondition(vm.Status.Conditions, VMConditionHibernated)
+	return c != nil && c.Status == ConditionTrue
+}
+
 // Reasons a VM's QEMU process ended.
 const (
 	ExitGuestShutdown = "GuestShutdown" // the guest powered itself off

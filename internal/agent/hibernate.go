@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
 // Hibernation saves a running guest's RAM and device state into the VM's run directory and
@@ -102,17 +104,11 @@ var hibernationFreeSpace = func(dir string) (int64, error) {
 	return int64(fs.Bavail) * int64(fs.Bsize), nil
 }
 
-// hibernatedCondition is the VM's Hibernated condition, or nil.
-func hibernatedCondition(vm *v1alpha1.VirtualMachine) *v1alpha1.Condition {
-	return v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionHibernated)
-}
-
-// wantsResume says a start of vm is to resume a saved state: its Hibernated condition is
-// True, and the start is not a forced one (a boot from the disks).
+// wantsResume says a start of vm is to resume a saved state: it is hibernated, and the start
+// is not a forced one (a boot from the disks).
 func wantsResume(vm *v1alpha1.VirtualMachine) bool {
-	c := hibernatedCondition(vm)
 	pr := vm.Status.PowerRequest
-	return c != nil && c.Status == v1alpha1.ConditionTrue && (pr == nil || !pr.Force)
+	return v1alpha1.IsHibernated(vm) && (pr == nil || !pr.Force)
 }
 
 // removeHibernatedCondition drops the Hibernated condition from v's status.
@@ -163,7 +159,7 @@ func (a *Agent) hibernate(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 		}
 		// A QEMU whose last migration was an incoming one: the file is not its stream.
 	case st.Status == "failed" && begun:
-		return a.hibernationFailed(ctx, vm, in, "saving the RAM state failed: "+orDefault(st.ErrorDesc, "QEMU gives no reason"))
+		return a.hibernationFailed(ctx, vm, in, "saving the RAM state failed: "+cmp.Or(st.ErrorDesc, "QEMU gives no reason"))
 	}
 	return a.beginHibernation(ctx, vm, in, mon)
 }
@@ -238,14 +234,15 @@ func (a *Agent) beginHibernation(ctx context.Context, vm *v1alpha1.VirtualMachin
 // written) and ends QEMU; the exit records the VM as hibernated.
 func (a *Agent) finishHibernation(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance) (runtime.Result, error) {
 	dir := hibernationDir(in.runDir)
-	partial := filepath.Join(dir, hibernationPartial)
-	size, err := syncFile(partial)
-	if err != nil {
+	state := filepath.Join(dir, hibernationState)
+	if err := storage.Commit(filepath.Join(dir, hibernationPartial), state); err != nil {
 		return a.hibernationFailed(ctx, vm, in, "writing the RAM state: "+err.Error())
 	}
-	if err := os.Rename(partial, filepath.Join(dir, hibernationState)); err != nil {
+	fi, err := os.Stat(state)
+	if err != nil {
 		return runtime.Result{}, err
 	}
+	size := fi.Size()
 	rec := hibernationRecord{SavedAt: a.now().UTC(), Size: size, RunSpec: *loadRunSpec(in.runDir, vm)}
 	if pr := vm.Status.PowerRequest; pr != nil {
 		rec.Operation = pr.Operation
@@ -254,17 +251,14 @@ func (a *Agent) finishHibernation(ctx context.Context, vm *v1alpha1.VirtualMachi
 	if err != nil {
 		return runtime.Result{}, err
 	}
+	// The record goes last: a state without it is never resumed (loadHibernation).
 	tmp := filepath.Join(dir, hibernationMeta+".tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return runtime.Result{}, err
 	}
-	if _, err := syncFile(tmp); err != nil {
+	if err := storage.Commit(tmp, filepath.Join(dir, hibernationMeta)); err != nil {
 		return runtime.Result{}, err
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, hibernationMeta)); err != nil {
-		return runtime.Result{}, err
-	}
-	syncDir(dir)
 	a.log.Info("hibernated: the RAM state is saved", "vm", string(runtime.KeyOf(vm)), "bytes", size)
 	return a.quitWith(ctx, in, exitRecord{Reason: v1alpha1.ExitStopped, Message: hibernatedMessage(size, a.cfg.NodeName), Hibernated: true})
 }
@@ -334,7 +328,7 @@ func (a *Agent) stepResume(ctx context.Context, r *startRun) error {
 		case "completed":
 			return nil
 		case "failed", "cancelled":
-			return failStart("resuming the saved RAM state failed: " + orDefault(st.ErrorDesc, "QEMU gives no reason (see its log)"))
+			return failStart("resuming the saved RAM state failed: " + cmp.Or(st.ErrorDesc, "QEMU gives no reason (see its log)"))
 		}
 		if time.Now().After(deadline) {
 			return failStart(fmt.Sprintf("resuming the saved RAM state: QEMU did not read it within %s (status %q)", limit.Round(time.Second), st.Status))
@@ -381,38 +375,6 @@ func spendResume(runDir string) error {
 	if err := os.Remove(filepath.Join(dir, hibernationMeta)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	syncDir(dir)
+	_ = storage.SyncDir(dir)
 	return nil
-}
-
-// syncFile flushes path to disk and returns its size.
-func syncFile(path string) (int64, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return 0, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
-}
-
-// syncDir flushes a directory's entries (renames in it) to disk, as far as it can.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

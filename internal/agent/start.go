@@ -212,7 +212,7 @@ func (a *Agent) chooseResume(r *startRun) error {
 	if !wantsResume(r.vm) {
 		if removeHibernation(r.runDir) {
 			why := "the VM is no longer hibernated"
-			if c := hibernatedCondition(r.vm); c != nil && c.Status == v1alpha1.ConditionTrue {
+			if v1alpha1.IsHibernated(r.vm) {
 				why = "a forced start boots it from its disks"
 			}
 			a.log.Info("discarded a saved RAM state", "vm", string(r.key), "why", why)

@@ -26,11 +26,8 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 		v.Status.NodeName = ""
 		v.Status.StateNodeName = a.hostStateNode(v.UID)
 		setRunningCond(v, v1alpha1.ConditionFalse, "Stopped", "the VM is stopped")
-		if ex := v.Status.LastExit; ex != nil && unplanned(ex.Reason) && v.Status.PowerRequest != nil && v.Status.PowerRequest.Operation != "" {
-			// Stopped by a user's operation while it waited to restart after crashes: the
-			// crash count and message belong to the events now, not to a VM that was asked
-			// to stop. (A run policy that keeps a crashed VM stopped keeps its lastExit.)
-			v.Status.LastExit = &v1alpha1.VMExit{Reason: v1alpha1.ExitStopped, Time: &now}
+		if ex := v.Status.LastExit; ex != nil {
+			answerCrashWithStop(v, ex.Reason, now)
 		}
 		return nil
 	})
@@ -38,6 +35,17 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 		a.log.Info("VM stopped and released", "vm", vm.Namespace+"/"+vm.Name)
 	}
 	return ignoreGone(err)
+}
+
+// answerCrashWithStop records lastExit Stopped for a VM whose unplanned exit (reason) is
+// answered by a user's stop operation (not a hibernation, whose failure the operation
+// reports): the crash count and message belong to the events then, not to a VM that was asked
+// to stop. A run policy that keeps a crashed VM stopped keeps its lastExit.
+func answerCrashWithStop(v *v1alpha1.VirtualMachine, reason string, now v1alpha1.Time) {
+	pr := v.Status.PowerRequest
+	if unplanned(reason) && pr != nil && pr.Operation != "" && !wantsRunning(pr) && !pr.Hibernate {
+		v.Status.LastExit = &v1alpha1.VMExit{Reason: v1alpha1.ExitStopped, Time: &now}
+	}
 }
 
 // setRunningCond sets the Running condition; a VM whose QEMU does not run has no GuestReady
@@ -177,12 +185,9 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 		if pr := v.Status.PowerRequest; !wantsRunning(pr) {
 			v.Status.NodeName = ""
 			v.Status.StateNodeName = a.hostStateNode(v.UID)
-			if unplanned(rec.Reason) && pr != nil && pr.Operation != "" && !pr.Hibernate {
-				// A user's stop came while this start or run of a crash-looping VM was under
-				// way: as when it is released (release), the VM was asked to stop, and the
-				// crash belongs to the events.
-				v.Status.LastExit = &v1alpha1.VMExit{Reason: v1alpha1.ExitStopped, Time: &now}
-			}
+			// A user's stop may have come while this start or run of a crash-looping VM was
+			// under way.
+			answerCrashWithStop(v, rec.Reason, now)
 		}
 		return nil
 	})

@@ -106,7 +106,7 @@ func ingest(ctx context.Context, src source, f *os.File, opts Options) (*ingeste
 
 	stall := opts.StallTimeout
 	if stall <= 0 {
-		stall = 2 * time.Minute
+		stall = DefaultStallTimeout
 	}
 	interval := opts.ProgressInterval
 	if interval <= 0 {

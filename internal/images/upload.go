@@ -1,6 +1,7 @@
 package images
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -20,6 +21,10 @@ import (
 // UploadPathPrefix is the path under which the API server serves upload URLs:
 // UploadPathPrefix + TOKEN.
 const UploadPathPrefix = "/upload/"
+
+// DefaultStallTimeout is how long an import or an upload request waits for bytes that do not
+// come before it gives up.
+const DefaultStallTimeout = 2 * time.Minute
 
 // DefaultUploadTimeout is how long an Upload data source waits for its file.
 const DefaultUploadTimeout = 15 * time.Minute
@@ -95,11 +100,7 @@ func (up *Upload) Finish(err error) {
 // Options returns opts for the import of the upload: a pause while the client resumes a cut
 // upload is not a stall.
 func (up *Upload) Options(opts Options) Options {
-	stall := opts.StallTimeout
-	if stall <= 0 {
-		stall = 2 * time.Minute
-	}
-	opts.StallTimeout = stall + up.resume
+	opts.StallTimeout = cmp.Or(max(opts.StallTimeout, 0), DefaultStallTimeout) + up.resume
 	return opts
 }
 
@@ -348,12 +349,8 @@ func (u *Uploads) servePiece(w http.ResponseWriter, r *http.Request, s *uploadSe
 		u.waitResume(s)
 		return
 	}
-	stall := u.StallTimeout
-	if stall <= 0 {
-		stall = 2 * time.Minute
-	}
 	rc := http.NewResponseController(w)
-	_, err := io.Copy(s, &deadlineReader{r: r.Body, rc: rc, stall: stall})
+	_, err := io.Copy(s, &deadlineReader{r: r.Body, rc: rc, stall: cmp.Or(max(u.StallTimeout, 0), DefaultStallTimeout)})
 	_ = rc.SetReadDeadline(time.Time{})
 	taken := s.taken()
 	switch {

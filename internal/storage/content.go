@@ -65,12 +65,12 @@ func LinkContent(dataDir, path, sha256Hex string) (shared bool, err error) {
 			os.Remove(tmp)
 			return false, err
 		}
-		return true, syncDir(filepath.Dir(path))
+		return true, SyncDir(filepath.Dir(path))
 	}
 	if err := os.Link(path, cp); err != nil && !errors.Is(err, os.ErrExist) {
 		return false, err
 	}
-	return false, syncDir(filepath.Dir(cp))
+	return false, SyncDir(filepath.Dir(cp))
 }
 
 // ReleaseContent removes the content-addressed name of sha256Hex when no image file links
@@ -95,7 +95,8 @@ func ReleaseContent(dataDir, sha256Hex string) error {
 	return nil
 }
 
-func syncDir(dir string) error {
+// SyncDir flushes a directory's entries (creations, renames and removals in it) to disk.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

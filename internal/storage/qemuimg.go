@@ -389,7 +389,7 @@ func Commit(tmp, dst string) error {
 	if err := os.Rename(tmp, dst); err != nil {
 		return err
 	}
-	_ = syncDir(filepath.Dir(dst))
+	_ = SyncDir(filepath.Dir(dst))
 	return nil
 }
 

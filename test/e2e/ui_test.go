@@ -357,20 +357,15 @@ spec:
 	}
 
 	// Pause and resume from the VM's page; the list follows.
-	uiRun(t, ctx, time.Minute, "pause the VM",
-		chromedp.Navigate(base+"/ui/#/vms/web1"),
-		chromedp.WaitVisible("#vm-pause", chromedp.ByID),
-		chromedp.Click("#vm-pause", chromedp.ByID),
-		chromedp.WaitVisible("#action-result .notice", chromedp.ByQuery),
-		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
-		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Pause"]`, chromedp.ByQuery))
-	uiRun(t, ctx, time.Minute, "resume the VM",
-		chromedp.Navigate(base+"/ui/#/vms/web1"),
-		chromedp.WaitVisible("#vm-resume", chromedp.ByID),
-		chromedp.Click("#vm-resume", chromedp.ByID),
-		chromedp.WaitVisible("#action-result .notice", chromedp.ByQuery),
-		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
-		chromedp.WaitVisible(`tr[data-vm="web1"] [data-phase="Running"]`, chromedp.ByQuery))
+	for _, step := range []struct{ button, phase string }{{"#vm-pause", "Pause"}, {"#vm-resume", "Running"}} {
+		uiRun(t, ctx, time.Minute, "the VM's "+step.button+" button",
+			chromedp.Navigate(base+"/ui/#/vms/web1"),
+			chromedp.WaitVisible(step.button, chromedp.ByID),
+			chromedp.Click(step.button, chromedp.ByID),
+			chromedp.WaitVisible("#action-result .notice", chromedp.ByQuery),
+			chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
+			chromedp.WaitVisible(fmt.Sprintf(`tr[data-vm="web1"] [data-phase=%q]`, step.phase), chromedp.ByQuery))
+	}
 
 	// Stop from the VM's page; the list follows to Stopped.
 	uiRun(t, ctx, 2*time.Minute, "stop the VM",

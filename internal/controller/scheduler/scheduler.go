@@ -444,8 +444,7 @@ func (s *Scheduler) diskNode(vm *v1alpha1.VirtualMachine) (diskPin, string) {
 
 // hibernatedOn is the node that holds the saved RAM state a start of vm resumes from, or "".
 func hibernatedOn(vm *v1alpha1.VirtualMachine) string {
-	c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionHibernated)
-	if c == nil || c.Status != v1alpha1.ConditionTrue {
+	if !v1alpha1.IsHibernated(vm) {
 		return ""
 	}
 	if pr := vm.Status.PowerRequest; pr != nil && pr.Force && pr.State == v1alpha1.PowerStateRunning {

@@ -42,13 +42,7 @@ func TestRunsAgainstFake(t *testing.T) {
 	if err := fc.Add(readyNode("n1", 4), pendingVM("small", 2), pendingVM("huge", 64)); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Client: fc, Log: slog.New(slog.NewTextHandler(tlog{t}, nil)), RetryInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = s.Run(ctx) }()
+	runScheduler(t, fc)
 	var vm v1alpha1.VirtualMachine
 	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "small", &vm, func() bool { return vm.Status.NodeName == "n1" })
 	if c := v1alpha1.FindCondition(vm.Status.Conditions, ConditionScheduled); c == nil || c.Status != v1alpha1.ConditionTrue {
@@ -100,13 +94,7 @@ func TestLocalDisksPinVMs(t *testing.T) {
 		withDisks(pendingVM("oncordoned", 1), "d3"), withDisks(pendingVM("shared", 1), "sh")); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Client: fc, Log: slog.New(slog.NewTextHandler(tlog{t}, nil)), RetryInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = s.Run(ctx) }()
+	runScheduler(t, fc)
 	var vm v1alpha1.VirtualMachine
 	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "pinned", &vm, func() bool { return vm.Status.NodeName != "" })
 	if vm.Status.NodeName != "n1" {
@@ -154,13 +142,7 @@ func TestHibernatedVMResumesWhereSaved(t *testing.T) {
 		hibernated("resumes", "n1"), hibernated("stuck", "gone"), forced, withDisks(hibernated("split", "n1"), "d2")); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Client: fc, Log: slog.New(slog.NewTextHandler(tlog{t}, nil)), RetryInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = s.Run(ctx) }()
+	runScheduler(t, fc)
 	var vm v1alpha1.VirtualMachine
 	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "resumes", &vm, func() bool { return vm.Status.NodeName != "" })
 	if vm.Status.NodeName != "n1" {
@@ -177,4 +159,16 @@ func TestHibernatedVMResumesWhereSaved(t *testing.T) {
 			t.Errorf("%s: Scheduled: %s (bound to %q)", name, c.Message, vm.Status.NodeName)
 		}
 	}
+}
+
+// runScheduler runs a scheduler on fc until the test ends.
+func runScheduler(t *testing.T, fc *fake.Client) {
+	t.Helper()
+	s, err := New(Config{Client: fc, Log: slog.New(slog.NewTextHandler(tlog{t}, nil)), RetryInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = s.Run(ctx) }()
 }

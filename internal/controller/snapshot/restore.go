@@ -106,7 +106,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		return fail(v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is not Ready (it is %s)", snapName, orPending(string(snap.Status.Phase))))
 	case op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun && vm.Status.Phase != v1alpha1.VMPhaseStopped:
 		return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("virtual machine %q is %s: stop it (rakhsh vm stop %s --wait) and restore again", vm.Name, orPending(string(vm.Status.Phase)), vm.Name))
-	case op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun && hibernated(&vm):
+	case op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun && v1alpha1.IsHibernated(&vm):
 		// Its saved RAM would be resumed over the restored disks.
 		return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("virtual machine %q is hibernated: its saved RAM belongs to its disks as they are; start it (it resumes) and stop it, or start it with --force to discard the saved state, then restore", vm.Name))
 	}
@@ -213,10 +213,4 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		msg += "; skipped " + strings.Join(skipped, ", ")
 	}
 	return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted, msg, res)
-}
-
-// hibernated says the VM has a saved RAM state that its next start resumes.
-func hibernated(vm *v1alpha1.VirtualMachine) bool {
-	c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionHibernated)
-	return c != nil && c.Status == v1alpha1.ConditionTrue
 }
