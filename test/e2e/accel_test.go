@@ -55,6 +55,7 @@ func accelCheckEmulation(t *testing.T, v *v1alpha1.VirtualMachine, n *v1alpha1.N
 // describe and events (no /dev/kvm, one that cannot start a vCPU, one that fails guests).
 // Back under auto, the guest boots.
 func TestAcceleratorChoice(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
@@ -228,6 +229,7 @@ exec ` + real + ` "${args[@]}"
 // condition and an event say why), the VM starts again under TCG and boots, and a restarted
 // server remembers the switch.
 func TestAcceleratorRuntimeFallback(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	shim := accelShim(t)
 	// A KVM device that opens, so that the probe runs on hosts without one too (the shim

@@ -23,6 +23,7 @@ import (
 // image over the API into its content-addressed cache, resuming a partial earlier fetch, and
 // checks it against the image's sha256. The data subresource answers ranges.
 func TestJoinedHostFetchesImage(t *testing.T) {
+	sideBySide(t)
 	dir := vmGuestDir(t)
 	base := vmImageServer(t, dir)
 	addr := freeAddr(t)

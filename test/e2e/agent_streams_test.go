@@ -31,6 +31,7 @@ import (
 // and with a made-up one (replays and expiry: unit tests). A console ticket opens the
 // console websocket once, without an Authorization header, as a browser would.
 func TestJoinedHostStreams(t *testing.T) {
+	sideBySide(t)
 	dir := vmGuestDir(t)
 	base := vmImageServer(t, dir)
 	t.Run("cp", func(t *testing.T) { joinedHostStreams(t, base, false) })

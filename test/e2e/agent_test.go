@@ -19,6 +19,7 @@ import (
 // agent dies, the node lifecycle controller marks the Node Unknown after the grace period;
 // when it comes back, the Node is Ready again.
 func TestSeparateAgentJoins(t *testing.T) {
+	sideBySide(t)
 	addr := freeAddr(t)
 	s := StartServe(t, "--no-agent", "--listen", addr, "--node-grace-period", "5s")
 	token, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))

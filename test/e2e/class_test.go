@@ -196,6 +196,7 @@ spec:
 // an operator labels a node with `rakhsh label node`; the VM then runs with the discovered
 // features; a VM larger than any node stays Pending with "insufficient memory".
 func TestClassPlacementAndDiscovery(t *testing.T) {
+	sideBySide(t)
 	s := vmServe(t)
 	var node string
 	deadline := time.Now().Add(30 * time.Second)

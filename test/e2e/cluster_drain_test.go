@@ -37,6 +37,7 @@ const drainWait = 10 * time.Minute
 // leaves the next one its chance); h2 is put back (uncordoned, out of maintenance) and the
 // test's VMs deleted at the end.
 func TestNodeMaintenanceAndDrain(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	s := c.Serve(t)
 	cl := s.Client()

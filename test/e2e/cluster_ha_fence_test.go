@@ -28,6 +28,7 @@ import (
 //
 // At no time does the poller see two QEMUs of one VM.
 func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
+	clusterLane(t)
 	c := newCluster(t, ClusterOptions{Name: "rhf", ServeOn: []string{"h1", "h3"}})
 	h1, h2, h3 := c.Host("h1"), c.Host("h2"), c.Host("h3")
 	s := c.ServeOf(t, h1)

@@ -144,6 +144,7 @@ func (p *haPoller) finish() (map[string]int, int) {
 //   - h2 restarted does not start ha-a and ha-b again (one QEMU each), runs plain again, and
 //     ha-local too, whose condition goes.
 func TestHARecovery(t *testing.T) {
+	clusterLane(t)
 	c := newCluster(t, ClusterOptions{Name: "rha"})
 	s := c.Serve(t)
 	h2 := c.Host("h2")

@@ -35,6 +35,7 @@ import (
 // The times it logs (HA-TIMES) are the numbers of docs/benchmarks.md; it asserts order and
 // outcome with loose bounds only.
 func TestClusterHALeaseFencing(t *testing.T) {
+	clusterLane(t)
 	// The HA controller waits 10 minutes after a lease expires before it recovers anything:
 	// this test is about the node's own fencing, and its VMs must come back on h2.
 	c := newCluster(t, ClusterOptions{Name: "rhl", ServeArgs: []string{"--ha-safety-margin", "10m"}})

@@ -69,6 +69,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/big"
@@ -201,6 +202,8 @@ var (
 
 // TestMain runs the tests and then tears down the clusters they started.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	raiseParallel()
 	code := m.Run()
 	clustersMu.Lock()
 	left := clusters
@@ -215,6 +218,17 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// raiseParallel lets every top-level test that asked to run in parallel start, unless
+// -parallel was given: the lanes' slots (sideBySide, clusterLane) decide what runs, and a test
+// waiting for its lane's slot must not hold one of go test's, or the other lane would wait.
+func raiseParallel() {
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given {
+		_ = flag.Set("test.parallel", "64")
+	}
 }
 
 // sharedCluster returns the cluster the tests share, starting it on first use, after

@@ -18,6 +18,7 @@ import (
 // (several passes), and removes it once the disk is deleted; the agent is given its own flags
 // back at the end.
 func TestClusterImageCacheGC(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	s := c.Serve(t)
 	img := c.GuestImage(t)

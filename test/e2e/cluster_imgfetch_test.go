@@ -30,6 +30,7 @@ import (
 // of h2's image controller works through h1 (it forwards the upload to the leader), and a VM
 // booted from one of the disks on h2 reaches the guest's ready marker.
 func TestClusterImageFetch(t *testing.T) {
+	clusterLane(t)
 	c := newCluster(t, ClusterOptions{Name: "rif", Hosts: 2, ServeOn: []string{"h1", "h2"}})
 	h1, h2 := c.Host("h1"), c.Host("h2")
 	servers := map[string]*Serve{"h1": c.ServeOf(t, h1), "h2": c.ServeOf(t, h2)}

@@ -22,6 +22,7 @@ import (
 // sees the CD-ROM and reaches the gateway through the NIC with the same MAC; the attachments stay Attached, and the disk is
 // detached on the target (the guest loses it, the lease is given back).
 func TestLiveMigrationHotplugged(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	s := c.Serve(t)
 	img := c.GuestImage(t)

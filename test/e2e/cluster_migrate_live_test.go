@@ -17,6 +17,7 @@ import (
 // then back to the boot vCPU and memory, which removes what h2 added (the vCPU h2 hot-added
 // is a device of its own on the target too).
 func TestLiveMigrationAfterLiveChange(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	s := c.Serve(t)
 	img := c.GuestImage(t)

@@ -99,6 +99,7 @@ func migrateOther(c *Cluster, node string) string {
 //
 // A third part migrates the Local-disk VM again with serve --migration-encryption=false.
 func TestLiveMigration(t *testing.T) {
+	clusterLane(t)
 	var c *Cluster
 	if os.Getenv("RKM_OWN") != "" {
 		c = newCluster(t, ClusterOptions{Name: "rkm"})
@@ -308,6 +309,7 @@ func migrateTicking(t *testing.T, c *Cluster, s *Serve, name, uid, src string) (
 // reset), and the target's UEFI variable store ends up with the contents the source's had
 // (written back from the migrated flash), not a fresh template.
 func TestLiveMigrationTPMAndEFI(t *testing.T) {
+	clusterLane(t)
 	var c *Cluster
 	if os.Getenv("RKM_OWN") != "" {
 		c = newCluster(t, ClusterOptions{Name: "rkm"})
@@ -451,6 +453,7 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 // the retry the target's migration port is probed: it speaks only TLS, with
 // the target node's published certificate, and refuses clients without the source node's.
 func TestLiveMigrationFailures(t *testing.T) {
+	clusterLane(t)
 	c := newCluster(t, ClusterOptions{Name: "rkf", ServeArgs: []string{"--migration-bandwidth", "8"}})
 	s := c.Serve(t)
 	img := c.GuestImage(t)

@@ -25,6 +25,7 @@ import (
 // console work through h2 (the CLI and client on h3, given both servers, fail over). h1,
 // restarted, rejoins as a follower.
 func TestClusterServeFailover(t *testing.T) {
+	clusterLane(t)
 	c := newCluster(t, ClusterOptions{Name: "rkm", ServeOn: []string{"h1", "h2"}})
 	h1, h2, h3 := c.Host("h1"), c.Host("h2"), c.Host("h3")
 	servers := map[string]*Serve{"h1": c.ServeOf(t, h1), "h2": c.ServeOf(t, h2)}

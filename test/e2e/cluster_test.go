@@ -23,6 +23,7 @@ import (
 // joined agent holds its own node credential, and the CLI on every host reaches the API
 // server on h1 over the underlay.
 func TestClusterNodesReady(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	ctx := ctxT(t)
 	list, err := c.Serve(t).Client().List(ctx, "nodes", "", client.ListOptions{})
@@ -102,6 +103,7 @@ spec:
 // on h1, which holds none of the VM's files: it proxies to h2's stream service over the
 // underlay. h3's node credential may not write h2's VM (403 naming h3 and the binding).
 func TestClusterVMOnJoinedNode(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	v := clusterVM(t, c)
 	h1, h2, h3 := c.Host("h1"), c.Host("h2"), c.Host("h3")
@@ -229,6 +231,7 @@ func clusterWantUnavailable(t *testing.T, what string, limit time.Duration, call
 // controllers run again. The VM on h2
 // runs throughout, in the same QEMU process: QEMU never depends on etcd.
 func TestClusterEtcdQuorum(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	v := clusterVM(t, c)
 	h1, h2 := c.Host("h1"), c.Host("h2")
@@ -314,6 +317,7 @@ func procState(pid int) string {
 // up; SIGSTOP and SIGCONT stop and continue its process; after kill -9 a restart brings a new
 // process whose Node is Ready again with a fresh heartbeat.
 func TestClusterHarnessFailures(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	h3 := c.Host("h3")
 

@@ -23,6 +23,7 @@ import (
 // (live migration takes it along); the entry removed again is unplugged: the guest
 // loses the interface, its tap goes and its IP claim is freed.
 func TestHotplugNIC(t *testing.T) {
+	sideBySide(t)
 	dir := vmGuestDir(t)
 	lab := newNetnsLab(t)
 	iln := listenIn(t, lab.In, "127.0.0.1:0")

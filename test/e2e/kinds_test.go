@@ -45,6 +45,7 @@ func allKindsFixtures(t *testing.T) []fixture {
 // TestEveryKind applies one object of every kind with the CLI, then gets, describes, watches
 // and deletes each one.
 func TestEveryKind(t *testing.T) {
+	sideBySide(t)
 	s := StartServe(t)
 	ctx := ctxT(t)
 	c := s.Client()

@@ -27,6 +27,7 @@ var controllerComponents = []string{"informers", "network-controller", "vmclass-
 // still believes it leads, has its writes refused as fenced, with nothing written twice.
 // `rakhsh get controlplane` shows the members and the leader throughout.
 func TestControlPlaneLeaderElection(t *testing.T) {
+	sideBySide(t)
 	e := etcdtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -170,6 +170,7 @@ func getWithToken(t *testing.T, u, token string) (int, string) {
 // create → Running histogram counted it, and once the VM is deleted its series are gone at
 // the next scrape.
 func TestMetricsPrometheus(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	token := "metrics-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-read-only"
 	tokenFile := filepath.Join(t.TempDir(), "metrics.token")

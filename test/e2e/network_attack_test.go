@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -32,7 +32,7 @@ func guestAttacks(t *testing.T, lab *netnsLab, s *Serve, v1, v2 *v1alpha1.Virtua
 	ip1, ip2 := v1.Status.IPAddress, v2.Status.IPAddress
 
 	// A neighbour: a namespace with a veth port on main's bridge, outside any VM port's rules.
-	nb := fmt.Sprintf("rk-nb%d", os.Getpid()%100000)
+	nb := "rk-nb" + strings.TrimPrefix(lab.In, "rk-in")
 	run(t, "ip", "netns", "add", nb)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nb).Run() })
 	run(t, "ip", "-n", lab.In, "link", "add", "rkvnb", "type", "veth", "peer", "name", "nb0", "netns", nb)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -52,8 +53,9 @@ func run(t *testing.T, args ...string) {
 func newNetnsLab(t *testing.T) *netnsLab {
 	t.Helper()
 	needNetTools(t)
-	id := os.Getpid() % 100000
-	l := &netnsLab{In: fmt.Sprintf("rk-in%d", id), Out: fmt.Sprintf("rk-out%d", id), InIP: "172.31.250.1", OutIP: "172.31.250.2",
+	// Two labs of one test run side by side (sideBySide): the namespaces' names differ.
+	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, netnsLabs.Add(1))
+	l := &netnsLab{In: "rk-in" + id, Out: "rk-out" + id, InIP: "172.31.250.1", OutIP: "172.31.250.2",
 		InLink: "rkvin"}
 	run(t, "ip", "netns", "add", l.In)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.In).Run() })
@@ -70,6 +72,9 @@ func newNetnsLab(t *testing.T) *netnsLab {
 	run(t, "ip", "-n", l.In, "route", "add", "default", "via", l.OutIP)
 	return l
 }
+
+// netnsLabs counts the labs made by this test process.
+var netnsLabs atomic.Int64
 
 // inNS runs f on a thread switched into the named namespace: sockets f opens belong there.
 func inNS(t *testing.T, name string, f func()) {

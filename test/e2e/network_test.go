@@ -83,6 +83,7 @@ spec:
 // a port forward into a guest, anti-spoofing, the guest attacks of guestAttacks, stable MAC and IP across stop/start and a
 // serve restart, a rejected duplicate Static IP and a reported full pool.
 func TestNetworkNAT(t *testing.T) {
+	sideBySide(t)
 	dir := vmGuestDir(t)
 	lab := newNetnsLab(t)
 

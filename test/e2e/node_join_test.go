@@ -34,6 +34,7 @@ func agentEnv() []string {
 // the node); a used-up and an expired join token are refused; a restarted agent needs no join
 // token; `rakhsh node cordon|uncordon|remove` work, and removal revokes the credential.
 func TestNodeJoin(t *testing.T) {
+	sideBySide(t)
 	dir := vmGuestDir(t)
 	base := vmImageServer(t, dir)
 	addr := freeAddr(t)

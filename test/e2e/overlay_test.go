@@ -80,6 +80,7 @@ spec:
 // each keeps its MAC and IP and everything works again. The nodes publish their underlay
 // addresses, the network has a VNI, and the forwarding tables follow the VMs.
 func TestOverlayAcrossHosts(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	s := c.Serve(t)
 	ctx := ctxT(t)

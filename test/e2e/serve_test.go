@@ -118,24 +118,99 @@ func eachServeMode(t *testing.T, body func(t *testing.T, mode ServeMode)) {
 	}
 }
 
-// sideBySide lets a test run alongside other tests that call it, two at a time at most (and
-// no more than go test's -parallel, GOMAXPROCS by default): top-level ones run after the
-// sequential tests, the subtests of one test together once their parent's body ends. Only
-// for a test that runs its own single-host serve in the root network namespace, whose VMs
-// have no host network (none, or user-mode), that reads only its own data dir, processes and
-// metrics, that measures no CPU time, changes nothing host-wide (KSM, pinned cores, nftables,
-// others' cgroups), and whose time bounds are lower bounds or generous. Most of such a
-// test's time is a guest booting or an operation waiting, so two at once take little more
-// than one.
+// The e2e tests run in lanes (docs/testing.md):
+//
+//   - sequential: a test that calls neither sideBySide nor clusterLane runs alone, before the
+//     others start; for tests that measure CPU time or change something host-wide (KSM,
+//     pinned cores, others' cgroups), and for benchmarks;
+//   - side by side: tests that run their own single-host serve;
+//   - cluster: the multi-host tests (the shared cluster or one of their own), one at a time.
+//
+// After the sequential tests, two tests run at once: two side by side, or one of each. Most
+// of a test's time is a guest booting or an operation waiting, so two at once take little
+// more time than one; a third would not (the guests are emulated on two cores, and boot
+// times grow past the tests' bounds). go test's -parallel is raised in TestMain so that
+// these slots, not go test's, decide what runs.
+
+// sideBySide puts a test in the side-by-side lane: top-level tests run after the sequential
+// ones, the subtests of one test together once their parent's body ends. Only for a test that
+// runs its own single-host serve, either in the root network namespace with VMs that have no
+// host network (none, or user-mode) or inside network namespaces of its own (newNetnsLab);
+// that reads only its own data dir, processes and metrics; that measures no CPU time; that
+// changes nothing host-wide (KSM, pinned cores, nftables of the root namespace, others'
+// cgroups); and whose time bounds are lower bounds or generous.
 func sideBySide(t *testing.T) {
 	t.Helper()
 	t.Parallel()
-	sideBySideSlots <- struct{}{}
-	t.Cleanup(func() { <-sideBySideSlots })
+	lanes.take(t, false)
 }
 
-// sideBySideSlots holds a token per test running side by side.
-var sideBySideSlots = make(chan struct{}, 2)
+// clusterLane puts a multi-host test in the cluster lane: it runs after the sequential tests,
+// one cluster test at a time (they share the cluster "rkh" or build their own, whose
+// namespaces have other names), beside a side-by-side test.
+func clusterLane(t *testing.T) {
+	t.Helper()
+	t.Parallel()
+	lanes.take(t, true)
+}
+
+// lanes hands out the two running slots. A cluster test that waits while none runs has the
+// next free slot, so that the cluster lane (the longest) never waits behind a queue of
+// side-by-side tests; side by side, tests take any slot left.
+var lanes = newLaneSlots(2)
+
+type laneSlots struct {
+	mu             sync.Mutex
+	cond           *sync.Cond
+	free           int
+	clusterWaiting int
+	clusterRunning bool
+}
+
+func newLaneSlots(n int) *laneSlots {
+	l := &laneSlots{free: n}
+	l.cond = sync.NewCond(&l.mu)
+	return l
+}
+
+// take waits for a slot for a cluster or side-by-side test and gives it back when it ends.
+func (l *laneSlots) take(t *testing.T, cluster bool) {
+	l.mu.Lock()
+	if cluster {
+		l.clusterWaiting++
+	}
+	for !l.mayRun(cluster) {
+		l.cond.Wait()
+	}
+	l.free--
+	if cluster {
+		l.clusterWaiting--
+		l.clusterRunning = true
+	}
+	l.mu.Unlock()
+	t.Cleanup(func() {
+		l.mu.Lock()
+		l.free++
+		if cluster {
+			l.clusterRunning = false
+		}
+		l.cond.Broadcast()
+		l.mu.Unlock()
+	})
+}
+
+// mayRun says whether a test of the lane may take a slot now (l.mu held).
+func (l *laneSlots) mayRun(cluster bool) bool {
+	switch {
+	case l.free == 0:
+		return false
+	case cluster:
+		return !l.clusterRunning
+	case l.clusterWaiting > 0 && !l.clusterRunning:
+		return l.free > 1 // one stays for the cluster test
+	}
+	return true
+}
 
 // shortTempDir is a temporary directory whose path does not grow with the test's name: a VM's
 // sockets live under the data dir, and a unix socket path holds at most 107 bytes.

@@ -70,6 +70,7 @@ func storageStop(t *testing.T, s *Serve, vm string) {
 // boots with its data each time; a move of a disk a running VM uses, and the deletion of a
 // class in use, are refused with clear errors.
 func TestStorageClasses(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	const node = "rks-n1"
 	s := vmServe(t, "--node-name", node)

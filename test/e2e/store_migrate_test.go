@@ -65,6 +65,7 @@ func migrateSnapshot(t *testing.T, s *Serve) map[string]migrateObject {
 // dir with --store etcd://: every object is there with its uid and in its creation order, the
 // VMs were adopted (same QEMU processes, Running), and a stop still works.
 func TestStoreMigrate(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	e := etcdtest.Start(t)
 	to := "etcd://" + e.Addr

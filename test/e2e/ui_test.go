@@ -134,6 +134,7 @@ func uiPoll(t *testing.T, ctx context.Context, timeout time.Duration, what, expr
 // an annotation carrying HTML shown as text, stopping the VM, and cross-site requests
 // refused. Screenshots of every page are saved.
 func TestUIBrowser(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	addr := freeAddr(t)
 	// The organisation's OpenID Connect issuer: the login page offers its single sign-on.

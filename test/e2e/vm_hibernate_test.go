@@ -19,6 +19,7 @@ import (
 // not hibernated again, a start after a change of its devices fails and says why, and a
 // delete removes the state.
 func TestHibernate(t *testing.T) {
+	sideBySide(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "hib-root")
 	s.MustCLI(vmManifest("hib", "hib-root", "AlwaysOnUnlessStoppedManually", "256Mi"), "apply", "-f", "-")

@@ -12,6 +12,7 @@ import (
 // Secret does not exist) is retried with the crash-loop backoff, not at once and over again,
 // and starts once the cause is gone.
 func TestStartFailureBacksOff(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1

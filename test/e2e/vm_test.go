@@ -384,6 +384,7 @@ func testVMLifecycle(t *testing.T, mode ServeMode) {
 // running, the restarted agent re-adopts the same QEMU processes (no second QEMU ever), the
 // phases stay Running, and the VMs are still controllable afterwards.
 func TestVMKill9(t *testing.T) {
+	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
 	names := []string{"k1", "k2", "k3"}
