@@ -86,6 +86,10 @@ type VirtualDiskStatus struct {
 	StorageClassName string `json:"storageClassName,omitempty"`
 	// NodeName is the host that holds the disk when the pool is local to a host (Rakhsh addition).
 	NodeName string `json:"nodeName,omitempty"`
+	// MoveSourceNodeName is, while the disk moves from one node's Local storage to another's,
+	// the node that holds the disk's file; nodeName then names the node that copies it
+	// (Rakhsh addition, docs/storage.md).
+	MoveSourceNodeName string `json:"moveSourceNodeName,omitempty"`
 	// Format of the disk file: qcow2 or raw (Rakhsh addition).
 	Format             string      `json:"format,omitempty"`
 	Conditions         []Condition `json:"conditions,omitempty"`

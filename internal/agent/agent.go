@@ -112,8 +112,10 @@ type Agent struct {
 	accelMu sync.Mutex
 	choice  accel.Choice // KVM or TCG, and why (accelerator.go)
 	fetches imageFetches // images fetched into this host's cache (imagecache.go)
-	rec     *runtime.Recorder
-	mem     memoryManager // balloons and KSM (memory.go)
+	// exportMu serialises the exports of disks moving to other nodes (diskexport.go).
+	exportMu sync.Mutex
+	rec      *runtime.Recorder
+	mem      memoryManager // balloons and KSM (memory.go)
 
 	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	migIn *runtime.TypedInformer[v1alpha1.VirtualMachine]
@@ -277,6 +279,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runCtx = ctx
 	// The stream service of this data dir passes guest agent requests here (guestagent.go).
 	defer nodestream.RegisterGuestAgent(a.cfg.DataDir, a.guestRequest)()
+	// ... and the data of disks that move to other nodes (diskexport.go).
+	defer nodestream.RegisterDiskExporter(a.cfg.DataDir, a.exportDisk)()
 	a.facts = probeHost(ctx, a.cfg.QEMUBinary)
 	if a.facts.qemuErr != nil {
 		a.log.Error("QEMU is not usable: the node registers as NotReady", "err", a.facts.qemuErr)

@@ -25,6 +25,9 @@ import (
 // moveDisk carries out a move handed to this node, if the disk key has one, or removes the
 // file of a deleted disk on this node's Local storage.
 func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
+	if err := a.settleDiskExports(ctx); err != nil { // diskexport.go
+		a.log.Warn("cleaning up after disks that moved to other nodes", "err", err)
+	}
 	ns, name := key.Split()
 	var d v1alpha1.VirtualDisk
 	if err := a.c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
@@ -68,6 +71,9 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	}
 	if target.Spec.Type != v1alpha1.StorageClassTypeLocal && target.Spec.Type != v1alpha1.StorageClassTypeShared {
 		return fail(fmt.Errorf("StorageClass %q has type %q, which this agent does not support", want, target.Spec.Type))
+	}
+	if source := d.Status.MoveSourceNodeName; source != "" && source != a.cfg.NodeName {
+		return a.moveFromNode(ctx, &d, from, want, target)
 	}
 	srcPath, _, err := diskHome(&d, src, a.cfg.DataDir, a.cfg.NodeName)
 	if err != nil {
@@ -131,13 +137,72 @@ func (a *Agent) patchMoved(ctx context.Context, d *v1alpha1.VirtualDisk, class s
 		ObservedGeneration: d.Generation}
 	body, err := json.Marshal(map[string]any{
 		"metadata": map[string]any{"resourceVersion": d.ResourceVersion},
-		"status": map[string]any{"phase": v1alpha1.DiskPhaseReady, "progress": "100%", "storageClassName": class, "nodeName": node,
+		"status": map[string]any{"phase": v1alpha1.DiskPhaseReady, "progress": "100%", "storageClassName": class, "nodeName": node, "moveSourceNodeName": nil,
 			"conditions": runtime.ConditionsPatch(d.Status.Conditions, []v1alpha1.Condition{cond}, nil, v1alpha1.NewTime(time.Now()))}})
 	if err != nil {
 		return err
 	}
 	if err := a.c.PatchStatusStrategic(ctx, "virtualdisks", d.Namespace, d.Name, body, nil); err != nil {
 		return fmt.Errorf("writing the disk's status after the move: %w", err)
+	}
+	return nil
+}
+
+// moveFromNode carries out a move from another node's Local storage (status.moveSourceNodeName)
+// to this node's: the file is fetched through the API (diskexport.go), and the disk's status
+// then names the new class and this node. A source node that cannot be reached is tried again
+// (the move is called off by naming the old class in the spec); a refusal or a file that
+// fails its checks ends the move with MoveFailed, after which the disk controller gives the
+// disk back to the source node.
+func (a *Agent) moveFromNode(ctx context.Context, d *v1alpha1.VirtualDisk, from, want string, target *v1alpha1.StorageClass) error {
+	source := d.Status.MoveSourceNodeName
+	log := a.log.With("disk", d.Namespace+"/"+d.Name, "from", from, "to", want, "source", source)
+	giveUp := func(err error) error {
+		log.Warn("moving the disk from another node failed", "err", err)
+		msg := fmt.Sprintf("moving from storage class %q on node %s to %q on node %s failed; the disk stays on node %s: %v", from, source, want, a.cfg.NodeName, source, err)
+		return a.patchMoveFailed(ctx, d, msg)
+	}
+	if target == nil {
+		return giveUp(fmt.Errorf("StorageClass %q does not exist", want))
+	}
+	if target.Spec.Type != v1alpha1.StorageClassTypeLocal {
+		return giveUp(fmt.Errorf("StorageClass %q is not Local: a disk is fetched from another node only into this node's Local storage", want))
+	}
+	dst := storage.ClassDiskPath(a.cfg.DataDir, target, d.UID)
+	started := time.Now()
+	if err := a.fetchMovedDisk(ctx, d, dst); err != nil {
+		var perm *permanentMoveError
+		if errors.As(err, &perm) {
+			_ = os.Remove(dst + ".part")
+			return giveUp(err)
+		}
+		return fmt.Errorf("fetching the disk from node %s (tried again): %w", source, err)
+	}
+	took := time.Since(started).Round(time.Millisecond)
+	msg := fmt.Sprintf("moved from storage class %q on node %s to %q on node %s in %s", from, source, want, a.cfg.NodeName, took)
+	if err := a.patchMoved(ctx, d, want, a.cfg.NodeName, v1alpha1.DiskReasonMoved, msg); err != nil {
+		_ = os.Remove(dst) // the status still names the source node, whose file is whole
+		return err
+	}
+	log.Info("disk moved from another node", "took", took)
+	return nil
+}
+
+// patchMoveFailed records that this node gave up a move from another node: the condition
+// only, guarded by the disk's resourceVersion; the disk controller then gives the disk back
+// to its source node (a node writes no other node's name into a status).
+func (a *Agent) patchMoveFailed(ctx context.Context, d *v1alpha1.VirtualDisk, msg string) error {
+	cond := v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse, Reason: v1alpha1.DiskReasonMoveFailed,
+		Message: msg, ObservedGeneration: d.Generation}
+	body, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": d.ResourceVersion},
+		"status": map[string]any{
+			"conditions": runtime.ConditionsPatch(d.Status.Conditions, []v1alpha1.Condition{cond}, nil, v1alpha1.NewTime(time.Now()))}})
+	if err != nil {
+		return err
+	}
+	if err := a.c.PatchStatusStrategic(ctx, "virtualdisks", d.Namespace, d.Name, body, nil); err != nil {
+		return fmt.Errorf("writing the failed move into the disk's status: %w", err)
 	}
 	return nil
 }

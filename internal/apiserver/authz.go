@@ -144,6 +144,8 @@ func authorizeNode(id Identity, a attributes) error {
 		return nil
 	case a.Verb == verbGet && a.Sub == SubData && (a.Resource == "virtualimages" || a.Resource == "clustervirtualimages"):
 		return nil
+	case a.Verb == verbGet && a.Sub == SubData && a.Resource == "virtualdisks":
+		return nil // serveDiskData checks that the node copies the disk (status.nodeName)
 	case a.Resource == "secrets" && a.Sub == "":
 		if a.Verb == verbGet {
 			return nil // authorizeNodeSecret checks the reference
@@ -342,6 +344,9 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 		n := obj.(*v1alpha1.VirtualDisk)
 		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
 			return err
+		}
+		if m := n.Status.MoveSourceNodeName; m != "" && m != o.Status.MoveSourceNodeName {
+			return errs.New(errs.ErrForbidden, "%s may not name node %q as the source of a move of %s: the disk controller does", id.describe(), m, what)
 		}
 	}
 	return nil

@@ -523,3 +523,44 @@ func TestNodeWritesHandedSnapshots(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeWritesMovingDisks: the node that copies a disk from another node's Local storage
+// writes its status and may clear the move's source, but never names a source itself; the
+// source node may not write it; the disk's data is open to nodes at the path level (the
+// handler checks the copying node) and never to project users.
+func TestNodeWritesMovingDisks(t *testing.T) {
+	st, _ := registry.ByResource("virtualdisks")
+	tg := target{st: st, namespace: "p", name: "d1"}
+	disk := func(node, source string) *v1alpha1.VirtualDisk {
+		d := &v1alpha1.VirtualDisk{}
+		d.Status.NodeName, d.Status.MoveSourceNodeName = node, source
+		return d
+	}
+	as := func(node string) context.Context {
+		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
+	}
+	cases := []struct {
+		name     string
+		node     string
+		old, new *v1alpha1.VirtualDisk
+		ok       bool
+	}{
+		{"the copying node reports", "n2", disk("n2", "n1"), disk("n2", "n1"), true},
+		{"and clears the source when done", "n2", disk("n2", "n1"), disk("n2", ""), true},
+		{"but may not name another source", "n2", disk("n2", "n1"), disk("n2", "n3"), false},
+		{"nor name one on a disk bound to it", "n2", disk("n2", ""), disk("n2", "n3"), false},
+		{"the source node may not write it", "n1", disk("n2", "n1"), disk("n2", ""), false},
+	}
+	for _, c := range cases {
+		err := authorizeNodeWrite(as(c.node), tg, c.old, c.new, true)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
+		}
+	}
+	if err := authorize(Identity{Name: "node:n2", Node: "n2"}, attributes{Verb: "get", Resource: "virtualdisks", Namespace: "p", Name: "d1", Sub: SubData}); err != nil {
+		t.Errorf("a node reading a disk's data (path level): %v", err)
+	}
+	if err := authorize(Identity{Name: "node:n2", Node: "n2"}, attributes{Verb: "create", Resource: "virtualdisks", Namespace: "p", Name: "d1", Sub: SubData}); err == nil {
+		t.Error("a node may write a disk's data")
+	}
+}

@@ -103,6 +103,7 @@ var userRules = map[string]userRule{
 	// Cluster objects a user needs to create a VM: everybody reads, ClusterAdmin writes.
 	"clustervirtualimages":                 clusterReadable,
 	"clustervirtualimages/data":            {Read: levelViewer, Write: levelNever, ClusterRead: true, Why: "image data is read only"},
+	"virtualdisks/data":                    {Read: levelNever, Write: levelNever, Why: "a disk's data is read by the node that moves it"},
 	"clusternetworks":                      clusterReadable,
 	"virtualmachineclasses":                clusterReadable,
 	"storageclasses":                       clusterReadable,

@@ -251,7 +251,7 @@ func (s *Server) Update(ctx context.Context, t target, obj v1alpha1.Object, stat
 			t.st.Default(obj)
 		}
 		m.Generation = om.Generation
-		if !bytes.Equal(specBytes(obj), specBytes(old)) {
+		if !bytes.Equal(specBytes(obj), specBytes(old)) || placementChanged(obj, old) {
 			m.Generation = om.Generation + 1
 		}
 	}
@@ -680,4 +680,13 @@ func (s *Server) EnsureProject(ctx context.Context, name string) error {
 		return err
 	}
 	return nil
+}
+
+// placementChanged says whether an update changes the annotation that names a VirtualDisk's
+// node (virtualization.rakhsh.io/storage-node): it asks for a move like a spec change, and
+// bumps the generation as one does (docs/storage.md).
+func placementChanged(obj, old v1alpha1.Object) bool {
+	n, ok1 := obj.(*v1alpha1.VirtualDisk)
+	o, ok2 := old.(*v1alpha1.VirtualDisk)
+	return ok1 && ok2 && n.Annotations[v1alpha1.AnnotationStorageNode] != o.Annotations[v1alpha1.AnnotationStorageNode]
 }

@@ -515,6 +515,7 @@ var subresourceHandlers = map[string]func(s *Server, w http.ResponseWriter, r *h
 	"VirtualMachine/" + SubBinding:                 (*Server).serveBinding,
 	"VirtualImage/" + SubData:                      (*Server).serveImageData,
 	"ClusterVirtualImage/" + SubData:               (*Server).serveImageData,
+	"VirtualDisk/" + SubData:                       (*Server).serveDiskData,
 }
 
 func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {

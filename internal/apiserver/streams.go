@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -88,28 +89,36 @@ func (s *Server) streamsFor(ctx context.Context, t target, vm *streamVM) (nodest
 		}
 		return nil, "", errs.New(errs.ErrUnavailable, "virtual machine %q is %s and bound to no node: it has no %s now (is it running?)", t.name, phase, t.sub)
 	}
+	streams, err := s.nodeStreams(ctx, node, fmt.Sprintf("virtual machine %q", t.name), t.sub, t.namespace, t.name)
+	return streams, node, err
+}
+
+// nodeStreams returns how to reach the stream service of node: the agent in this process, or
+// the node's published stream endpoint with tickets for the object namespace/name. subject
+// and what (the stream) name them in errors.
+func (s *Server) nodeStreams(ctx context.Context, node, subject, what, namespace, name string) (nodestream.Streams, error) {
 	if node == s.nodeName && s.localStreams != nil {
-		return s.localStreams, node, nil
+		return s.localStreams, nil
 	}
 	kv, err := s.store.Get(ctx, key(nodeStrategy.Info, "", node))
 	if errors.Is(err, errs.ErrNotFound) {
-		return nil, "", errs.New(errs.ErrUnavailable, "virtual machine %q is on node %q, which does not exist", t.name, node)
+		return nil, errs.New(errs.ErrUnavailable, "%s is on node %q, which does not exist", subject, node)
 	}
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	var n v1alpha1.Node
 	if err := json.Unmarshal(kv.Value, &n); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	ep := n.Status.StreamEndpoint
 	if ep == nil || ep.Address == "" {
-		return nil, "", errs.New(errs.ErrUnavailable, "virtual machine %q is on node %q, whose agent publishes no stream endpoint (status.streamEndpoint): its %s cannot be reached", t.name, node, t.sub)
+		return nil, errs.New(errs.ErrUnavailable, "%s is on node %q, whose agent publishes no stream endpoint (status.streamEndpoint): its %s cannot be reached", subject, node, what)
 	}
 	return &nodestream.Remote{Node: node, Address: ep.Address, Fingerprint: ep.CertificateSHA256,
 		Ticket: func(ctx context.Context, uid, stream string) (string, error) {
-			return s.issueTicket(ctx, nodestream.Grant{Node: node, Namespace: t.namespace, Name: t.name, UID: uid, Stream: stream})
-		}}, node, nil
+			return s.issueTicket(ctx, nodestream.Grant{Node: node, Namespace: namespace, Name: name, UID: uid, Stream: stream})
+		}}, nil
 }
 
 // nodeStrategy is the Node strategy.

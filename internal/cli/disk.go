@@ -40,8 +40,11 @@ checks the copy, switches the disk to it and only then removes the old file. A d
 only while no running VM uses it: stop the VM first. The move is declarative: this command
 sets spec.persistentVolumeClaim.storageClassName (and, with --node, the annotation
 virtualization.rakhsh.io/storage-node) and waits for the disk to arrive. A move between
-Shared storage and another node's Local storage is done by that node's agent. A move that
-fails leaves the disk where it was. See docs/storage.md.`,
+Shared storage and another node's Local storage is done by that node's agent; a move from
+one node's Local storage to another's (--node, in the same class or another) by the target
+node's agent, which fetches the file from the source node. A move that fails leaves the
+disk where it was; naming its class again (without --node, or with its node) calls a move
+off. See docs/storage.md.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if class == "" {
@@ -62,15 +65,13 @@ fails leaves the disk where it was. See docs/storage.md.`,
 				if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
 					return err
 				}
-				cancelling = d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseMigrating &&
-					d.Spec.PersistentVolumeClaim.StorageClassName != class
-				if d.Status.StorageClassName == class && !cancelling && (node == "" || node == d.Status.NodeName) {
+				migrating := d.Status.Phase == v1alpha1.DiskPhaseMigrating
+				cancelling = d.Status.StorageClassName == class && migrating &&
+					(d.Spec.PersistentVolumeClaim.StorageClassName != class || // a move to another class
+						(d.Status.MoveSourceNodeName != "" && (node == "" || node == d.Status.MoveSourceNodeName))) // to another node
+				if d.Status.StorageClassName == class && !migrating && (node == "" || node == d.Status.NodeName) {
 					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s is already in storage class %s\n", name, class)
 					return nil
-				}
-				if d.Status.StorageClassName == class && !cancelling {
-					return fmt.Errorf("VirtualDisk %q is in storage class %s on node %s: moving a disk from one node's local storage to another's is not supported yet; move it to a Shared class first, then to %s with --node %s",
-						name, class, d.Status.NodeName, class, node)
 				}
 				if d.Status.Phase != v1alpha1.DiskPhaseReady && !cancelling {
 					return fmt.Errorf("VirtualDisk %q is %s: only a Ready disk can be moved", name, orPending(string(d.Status.Phase)))

@@ -37,7 +37,7 @@ func TestDiskMoveRefusals(t *testing.T) {
 		{[]string{"new", "--storage-class", "nfs"}, "is Provisioning: only a Ready disk can be moved"},
 		{[]string{"idle", "--storage-class", "ceph"}, `StorageClass "ceph" does not exist`},
 		{[]string{"idle", "--storage-class", "nfs", "--node", "n2"}, "--node is only for a Local class"},
-		{[]string{"idle", "--storage-class", "local", "--node", "n2"}, "from one node's local storage to another's is not supported yet"},
+		{[]string{"idle", "--storage-class", "local", "--node", "n2"}, `node "n2" does not exist`},
 		{[]string{"idle"}, "--storage-class is required"},
 	} {
 		out, errOut, code := f.run(t, "", append([]string{"disk", "move"}, c.args...)...)

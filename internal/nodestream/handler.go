@@ -70,45 +70,22 @@ const TicketHeader = "Authorization"
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	log := h.Log
-	if log == nil {
-		log = slog.Default()
+	log := h.logger()
+	if strings.HasPrefix(r.URL.Path, DiskPathPrefix) {
+		h.serveDiskData(w, r)
+		return
 	}
 	uid, stream, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, PathPrefix), "/")
 	if !strings.HasPrefix(r.URL.Path, PathPrefix) || !ok || (stream != StreamConsole && stream != StreamVNC && stream != StreamLog && stream != StreamGuestAgent) {
-		writeError(w, errs.New(errs.ErrNotFound, "no stream at %s: want %s{uid}/console, vnc, log or guest-agent", r.URL.Path, PathPrefix))
+		writeError(w, errs.New(errs.ErrNotFound, "no stream at %s: want %s{uid}/console, vnc, log or guest-agent, or %s{uid}/data", r.URL.Path, PathPrefix, DiskPathPrefix))
 		return
 	}
 	if want := map[bool]string{true: http.MethodPost, false: http.MethodGet}[stream == StreamGuestAgent]; r.Method != want {
-		w.Header().Set("Allow", want)
-		writeStatus(w, http.StatusMethodNotAllowed, v1alpha1.ReasonMethodNotAllowed, "method "+r.Method+" is not allowed here; allowed: "+want)
+		methodNotAllowed(w, r.Method, want)
 		return
 	}
-	ticket, ok := strings.CutPrefix(r.Header.Get(TicketHeader), "Bearer ")
-	if !ok || ticket == "" {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="rakhsh-node-streams"`)
-		writeError(w, errs.New(errs.ErrUnauthorized, "a stream ticket is required (Authorization: Bearer TICKET); streams are reached through the API server"))
-		return
-	}
-	if !WellFormedTicket(ticket) {
-		// Not one an API server issued: refused without asking the API.
-		writeError(w, errs.New(errs.ErrForbidden, "the stream ticket is not valid"))
-		return
-	}
-	if h.Redeemer == nil {
-		writeError(w, errs.New(errs.ErrUnavailable, "this stream service cannot redeem tickets"))
-		return
-	}
-	g, err := h.Redeemer.Redeem(r.Context(), ticket)
-	if err != nil {
-		log.Warn("stream ticket refused", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
-		writeError(w, err)
-		return
-	}
-	if g.Node != h.Node || g.UID != uid || g.Stream != stream {
-		log.Warn("stream ticket for something else refused", "path", r.URL.Path, "remote", r.RemoteAddr,
-			"ticketNode", g.Node, "ticketUID", g.UID, "ticketStream", g.Stream)
-		writeError(w, errs.New(errs.ErrForbidden, "the stream ticket does not grant %s of VM %s on node %q", stream, uid, h.Node))
+	g, ok := h.redeem(w, r, uid, stream)
+	if !ok {
 		return
 	}
 	vm := g.Namespace + "/" + g.Name
@@ -153,6 +130,53 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log.Info("stream closed", "vm", vm, "stream", stream, "remote", r.RemoteAddr)
 }
 
+// logger is the handler's logger.
+func (h *Handler) logger() *slog.Logger {
+	if h.Log == nil {
+		return slog.Default()
+	}
+	return h.Log
+}
+
+// redeem checks the request's ticket: it must be a well-formed one that the API redeems for
+// this node, the object uid and the stream. Otherwise the request is answered and ok is false.
+func (h *Handler) redeem(w http.ResponseWriter, r *http.Request, uid, stream string) (g Grant, ok bool) {
+	ticket, ok := strings.CutPrefix(r.Header.Get(TicketHeader), "Bearer ")
+	if !ok || ticket == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="rakhsh-node-streams"`)
+		writeError(w, errs.New(errs.ErrUnauthorized, "a stream ticket is required (Authorization: Bearer TICKET); streams are reached through the API server"))
+		return g, false
+	}
+	if !WellFormedTicket(ticket) {
+		// Not one an API server issued: refused without asking the API.
+		writeError(w, errs.New(errs.ErrForbidden, "the stream ticket is not valid"))
+		return g, false
+	}
+	if h.Redeemer == nil {
+		writeError(w, errs.New(errs.ErrUnavailable, "this stream service cannot redeem tickets"))
+		return g, false
+	}
+	g, err := h.Redeemer.Redeem(r.Context(), ticket)
+	if err != nil {
+		h.logger().Warn("stream ticket refused", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+		writeError(w, err)
+		return g, false
+	}
+	if g.Node != h.Node || g.UID != uid || g.Stream != stream {
+		h.logger().Warn("stream ticket for something else refused", "path", r.URL.Path, "remote", r.RemoteAddr,
+			"ticketNode", g.Node, "ticketUID", g.UID, "ticketStream", g.Stream)
+		writeError(w, errs.New(errs.ErrForbidden, "the stream ticket does not grant %s of %s on node %q", stream, uid, h.Node))
+		return g, false
+	}
+	return g, true
+}
+
+// methodNotAllowed answers 405 with the allowed methods.
+func methodNotAllowed(w http.ResponseWriter, method, allowed string) {
+	w.Header().Set("Allow", allowed)
+	writeStatus(w, http.StatusMethodNotAllowed, v1alpha1.ReasonMethodNotAllowed, "method "+method+" is not allowed here; allowed: "+allowed)
+}
+
 // statusOf maps an error class to an HTTP code and Status reason.
 func statusOf(err error) (int, string) {
 	switch {
@@ -166,6 +190,8 @@ func statusOf(err error) (int, string) {
 		return http.StatusUnauthorized, v1alpha1.ReasonUnauthorized
 	case errors.Is(err, errs.ErrUnavailable):
 		return http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable
+	case errors.Is(err, errs.ErrConflict):
+		return http.StatusConflict, v1alpha1.ReasonConflict
 	}
 	return http.StatusInternalServerError, v1alpha1.ReasonInternalError
 }
@@ -206,6 +232,8 @@ func errorFromStatus(code int, body []byte) error {
 		class = errs.ErrUnauthorized
 	case http.StatusServiceUnavailable:
 		class = errs.ErrUnavailable
+	case http.StatusConflict:
+		class = errs.ErrConflict
 	default:
 		return fmt.Errorf("stream service answered %d: %s", code, msg)
 	}

@@ -1,6 +1,7 @@
 // Package nodestream is the node agent's stream service: it serves the serial console, the
-// VNC display and the kept logs of the VMs that run on its node, from the node's data dir,
-// to the API servers that proxy them to users. The API server never reads a node's files.
+// VNC display and the kept logs of the VMs that run on its node, and the files of disks that
+// move to other nodes (diskdata.go), from the node's data dir, to the API servers that proxy
+// them to users and other nodes. The API server never reads a node's files.
 //
 // Service reads the data dir; Handler serves a Service over HTTPS (websockets for console and
 // VNC, plain GET for logs) to callers that present a stream ticket, which the agent redeems
@@ -12,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 
@@ -49,6 +51,9 @@ type Streams interface {
 	Dial(ctx context.Context, uid, stream string) (net.Conn, error)
 	// GuestAgent carries out a request for a VM's guest agent (guest.go).
 	GuestAgent(ctx context.Context, uid string, req GuestRequest) (GuestResult, error)
+	// ServeDiskData answers a GET or HEAD (with ranges) of the data of a disk that moves away
+	// from the node (diskdata.go).
+	ServeDiskData(w http.ResponseWriter, r *http.Request, disk DiskRef)
 }
 
 // Service serves the streams of the VMs whose run directories are under DataDir.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // clusterStorageVM is a VM of one or two disks, AlwaysOn, optionally pinned by hostname.
@@ -55,10 +56,11 @@ func clusterScheduledFalse(t *testing.T, s *Serve, name string) string {
 // to h2 boots on h2 from it; the disk moves to h2's Local storage and back (by h2's agent),
 // and its VM, pinned by the disk, boots on h2 in between.
 func TestClusterStorage(t *testing.T) {
+	clusterLane(t)
 	c := sharedCluster(t)
 	s := c.Serve(t)
 	img := c.GuestImage(t)
-	h1, h2 := c.Host("h1"), c.Host("h2")
+	h1, h2, h3 := c.Host("h1"), c.Host("h2"), c.Host("h3")
 	t.Cleanup(func() {
 		for _, vm := range []string{"rks-cl-local", "rks-cl-split", "rks-cl-elsewhere", "rks-cl-shared"} {
 			s.CLI("", "delete", "vm", vm, "--ignore-not-found", "--wait")
@@ -125,6 +127,38 @@ func TestClusterStorage(t *testing.T) {
 		t.Errorf("rakhsh describe vm does not explain the split disks:\n%s", out)
 	}
 	s.MustCLI("", "delete", "vm", "rks-cl-split", "--wait")
+
+	// From h1's Local storage to h3's: h3's agent fetches the disk through the API from h1's
+	// agent (the one in serve's process), which serves a flattened copy of the linked clone;
+	// then h1's file and export go.
+	l1 := storageDisk(t, s, "rks-cl-l1")
+	l1OnH1, l1OnH3 := filepath.Join(h1.DataDir, "pools", "default", "disks", l1.UID+".qcow2"), filepath.Join(h3.DataDir, "pools", "default", "disks", l1.UID+".qcow2")
+	if b := storageBacking(t, l1OnH1); b == "" {
+		t.Fatalf("the disk made from an image on h1 is not a linked clone")
+	}
+	out := s.MustCLI("", "disk", "move", "rks-cl-l1", "--storage-class", "local", "--node", "h3", "--timeout", "3m")
+	if !strings.Contains(out, "moved from storage class local to local on node h3") {
+		t.Errorf("rakhsh disk move --node h3 printed %q", out)
+	}
+	l1 = storageDisk(t, s, "rks-cl-l1")
+	if l1.Status.NodeName != "h3" || l1.Status.MoveSourceNodeName != "" || !storageFileThere(l1OnH3) {
+		t.Fatalf("after the move from h1 to h3: node %q, source %q, file on h3 %v", l1.Status.NodeName, l1.Status.MoveSourceNodeName, storageFileThere(l1OnH3))
+	}
+	if b := storageBacking(t, l1OnH3); b != "" {
+		t.Errorf("the disk fetched by h3 has a backing file %q: it was not flattened", b)
+	}
+	if c := v1alpha1.FindCondition(l1.Status.Conditions, v1alpha1.DiskConditionMigrating); c == nil || c.Reason != v1alpha1.DiskReasonMoved ||
+		!strings.Contains(c.Message, `moved from storage class "local" on node h1 to "local" on node h3`) {
+		t.Errorf("the Migrating condition after the move: %+v", c)
+	}
+	waitFor(t, "h1's file and export to go after the move to h3", func() bool {
+		exports, _ := os.ReadDir(filepath.Join(h1.DataDir, "run", "disk-exports"))
+		return !storageFileThere(l1OnH1) && len(exports) == 0
+	})
+	// A node's credential cannot read a disk's data it does not copy.
+	if _, err := h2.NodeClient(t).Download(ctxT(t), client.Path("virtualdisks", "default", "rks-cl-l1", "data"), nil); !client.IsForbidden(err) {
+		t.Errorf("h2's node credential reading the data of a disk on h3: %v, want 403", err)
+	}
 	// Deleting the disk on h2: h2's agent removes its file, then the disk goes.
 	l2 := storageDisk(t, s, "rks-cl-l2")
 	l2File := filepath.Join(h2.DataDir, "pools", "default", "disks", l2.UID+".qcow2")
@@ -164,7 +198,7 @@ func TestClusterStorage(t *testing.T) {
 	// pool); the VM, now without a node selector, is pinned to h2 by its disk and boots.
 	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")
 	onH2 := filepath.Join(h2.DataDir, "pools", "default", "disks", sd.UID+".qcow2")
-	out := s.MustCLI("", "disk", "move", "rks-cl-s1", "--storage-class", "local", "--node", "h2", "--timeout", "3m")
+	out = s.MustCLI("", "disk", "move", "rks-cl-s1", "--storage-class", "local", "--node", "h2", "--timeout", "3m")
 	if !strings.Contains(out, "moved from storage class rks-cl-shared to local on node h2") {
 		t.Errorf("rakhsh disk move --node h2 printed %q", out)
 	}
@@ -179,11 +213,34 @@ func TestClusterStorage(t *testing.T) {
 		t.Fatalf("the VM of a disk on h2's local storage runs on %q", v.Status.NodeName)
 	}
 	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	// The guest writes a marker on the disk, which must move with it.
+	migrateConsoleType(t, h2, v.UID, "echo RKMOVE-2718 > /dev/vda; sync; echo RKWROTE")
+	vmWaitSerial(t, s, "rks-cl-shared", "RKWROTE", 1)
 	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")
 
-	// And back to Shared, again by h2's agent.
+	// h2's Local storage -> h3's: h3's agent fetches the file from h2's stream service (the
+	// disk is whole on h2, so it is served as it is); the VM follows the disk to h3 and
+	// reads the marker.
+	onH3 := filepath.Join(h3.DataDir, "pools", "default", "disks", sd.UID+".qcow2")
+	s.MustCLI("", "disk", "move", "rks-cl-s1", "--storage-class", "local", "--node", "h3", "--timeout", "3m")
+	sd = storageDisk(t, s, "rks-cl-s1")
+	if sd.Status.NodeName != "h3" || !storageFileThere(onH3) {
+		t.Fatalf("after the move from h2 to h3: node %q, file on h3 %v", sd.Status.NodeName, storageFileThere(onH3))
+	}
+	waitFor(t, "h2's file to go after the move to h3", func() bool { return !storageFileThere(onH2) })
+	s.MustCLI(clusterStorageVM("rks-cl-shared", "", "rks-cl-s1"), "apply", "-f", "-")
+	v = vmWait(t, s, "rks-cl-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != "h3" {
+		t.Fatalf("the VM of a disk moved to h3 runs on %q", v.Status.NodeName)
+	}
+	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	migrateConsoleType(t, h3, v.UID, "echo RKREAD $(head -c 11 /dev/vda)")
+	vmWaitSerial(t, s, "rks-cl-shared", "RKREAD RKMOVE-2718", 1)
+	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")
+
+	// And back to Shared, by h3's agent.
 	s.MustCLI("", "disk", "move", "rks-cl-s1", "--storage-class", "rks-cl-shared", "--timeout", "3m")
-	waitFor(t, "h2's file to go after the move back", func() bool { return !storageFileThere(onH2) })
+	waitFor(t, "h3's file to go after the move back", func() bool { return !storageFileThere(onH3) })
 	sd = storageDisk(t, s, "rks-cl-s1")
 	if sd.Status.StorageClassName != "rks-cl-shared" || sd.Status.NodeName != "" || !storageFileThere(file) {
 		t.Fatalf("after the move back to Shared: class %q node %q, shared file %v", sd.Status.StorageClassName, sd.Status.NodeName, storageFileThere(file))

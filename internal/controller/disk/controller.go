@@ -666,6 +666,15 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 		setCond(&st, d, v1alpha1.DiskConditionInUse, v1alpha1.ConditionTrue, ReasonInUse, msg)
 		return runtime.Result{RequeueAfter: 30 * time.Second}, c.writeStatus(ctx, d, st)
 	}
+	if d.Status.MoveSourceNodeName != "" {
+		// Deleted while it moved from one node to another: the disk is given back to the node
+		// that holds its file, whose agent then removes it (below); the copying node's fetch
+		// is refused and it drops what it fetched.
+		st := d.Status
+		st.NodeName, st.MoveSourceNodeName = st.MoveSourceNodeName, ""
+		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, "the disk was deleted during the move")
+		return runtime.Result{}, c.writeStatus(ctx, d, st)
+	}
 	sc := c.homeClass(d)
 	path := c.diskPath(sc, d.UID)
 	var sharedBacking string

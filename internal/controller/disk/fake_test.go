@@ -241,6 +241,9 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 
 	// Shared -> Local on another node: the controller cannot reach that node's storage and
 	// hands the move to its agent (status.nodeName names it, so that it may write the status).
+	if err := fc.Add(&v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n1"}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := fc.Add(&v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +278,7 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n2"
 	})
 	// The agent's part, as n2's agent writes it; then a move from n2's local storage to n1's
-	// is refused as not supported yet.
+	// is handed to n1's agent, which fetches the file from n2 (status.moveSourceNodeName).
 	d.Status.Phase, d.Status.StorageClassName = v1alpha1.DiskPhaseReady, "local"
 	v1alpha1.SetCondition(&d.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse,
 		Reason: disk.ReasonMoved, ObservedGeneration: d.Generation})
@@ -290,12 +293,73 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
-		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
-		return c != nil && c.Reason == disk.ReasonMoveUnsupported
+		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n1" && d.Status.MoveSourceNodeName == "n2"
 	})
-	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); !strings.Contains(c.Message, "from node n2's local storage to node n1's is not supported yet") ||
-		d.Status.NodeName != "n2" || d.Status.StorageClassName != "local" {
-		t.Errorf("a node-to-node move: %q, node %q class %q", c.Message, d.Status.NodeName, d.Status.StorageClassName)
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); c == nil || c.Reason != disk.ReasonMovingOnNode ||
+		!strings.Contains(c.Message, `node n1's agent copies the disk from storage class "local" on node n2 to "fast"`) {
+		t.Errorf("a node-to-node move: condition %+v", c)
+	}
+	// Naming the old class again without the node (as rakhsh disk move does) calls it off
+	// and gives the disk back to n2.
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
+	d.Annotations = nil
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseReady && d.Status.NodeName == "n2" && d.Status.MoveSourceNodeName == ""
+	})
+	// Handed over again; n1's agent gives up, as it writes it (the condition only): the disk
+	// goes back to n2, Ready, and the failed move waits for a spec change.
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "fast"
+	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n1"}
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n1" && d.Status.MoveSourceNodeName == "n2"
+	})
+	v1alpha1.SetCondition(&d.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse,
+		Reason: disk.ReasonMoveFailed, Message: "fetching from n2 failed", ObservedGeneration: d.Generation})
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseReady && d.Status.NodeName == "n2" && d.Status.MoveSourceNodeName == ""
+	})
+	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); c.Reason != disk.ReasonMoveFailed || c.Message != "fetching from n2 failed" ||
+		d.Status.StorageClassName != "local" {
+		t.Errorf("after the copying node gave up: condition %+v, class %q", c, d.Status.StorageClassName)
+	}
+
+	// Within one class: the annotation alone asks for a move to another node's Local storage,
+	// and it is taken off once the disk is there (so that it never asks again later).
+	if err := fc.Add(&v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n3"}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
+	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n3"}
+	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n3" && d.Status.MoveSourceNodeName == "n2"
+	})
+	// n3's agent's part.
+	d.Status.Phase, d.Status.MoveSourceNodeName = v1alpha1.DiskPhaseReady, ""
+	v1alpha1.SetCondition(&d.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse,
+		Reason: disk.ReasonMoved, ObservedGeneration: d.Generation})
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+		return d.Annotations[v1alpha1.AnnotationStorageNode] == ""
+	})
+	if d.Status.NodeName != "n3" || d.Status.Phase != v1alpha1.DiskPhaseReady {
+		t.Errorf("after the move to n3 and the annotation's removal: node %q phase %s", d.Status.NodeName, d.Status.Phase)
 	}
 }
 
@@ -414,7 +478,7 @@ func TestDiskFromBeforeClasses(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n3", Log: log})
 	done := make(chan struct{})
 	f.Start(ctx)
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -425,7 +489,7 @@ func TestDiskFromBeforeClasses(t *testing.T) {
 	if err := fc.Get(ctx, "virtualdisks", "p1", "old", &d); err != nil {
 		t.Fatal(err)
 	}
-	if d.Status.Phase != v1alpha1.DiskPhaseReady || d.Status.NodeName != "n1" || !fileThere(path) ||
+	if d.Status.Phase != v1alpha1.DiskPhaseReady || d.Status.NodeName != "n3" || !fileThere(path) ||
 		v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating) != nil {
 		t.Errorf("the old disk: phase %s node %q file %v conditions %+v", d.Status.Phase, d.Status.NodeName, fileThere(path), d.Status.Conditions)
 	}

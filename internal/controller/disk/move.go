@@ -36,23 +36,56 @@ const (
 func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, sc *v1alpha1.StorageClass) (bool, runtime.Result, error) {
 	want := c.specClass(d)
 	cond := v1alpha1.FindCondition(st.Conditions, v1alpha1.DiskConditionMigrating)
-	if st.Phase == v1alpha1.DiskPhaseMigrating && cond != nil && cond.Status == v1alpha1.ConditionTrue && cond.Reason == ReasonMovingOnNode {
-		if want != "" && want != st.StorageClassName {
+	movingOnNode := st.Phase == v1alpha1.DiskPhaseMigrating && cond != nil && cond.Status == v1alpha1.ConditionTrue && cond.Reason == ReasonMovingOnNode
+	if st.MoveSourceNodeName != "" && !movingOnNode {
+		// The node that copied a disk from another node's Local storage gave up (MoveFailed,
+		// written by its agent) or the move was cut short otherwise: the disk stays where its
+		// file is, on the source node. The failed move waits for a spec change.
+		st.NodeName, st.MoveSourceNodeName = st.MoveSourceNodeName, ""
+		st.Phase = v1alpha1.DiskPhaseReady
+		st.Progress = "100%"
+		if cond == nil || cond.Status != v1alpha1.ConditionFalse || cond.Reason != ReasonMoveFailed {
+			setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed,
+				"the move was interrupted; the disk stays in storage class "+st.StorageClassName+" on node "+st.NodeName)
+		}
+		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
+	}
+	annNode := d.Annotations[v1alpha1.AnnotationStorageNode]
+	if movingOnNode {
+		wanted := want != "" && want != st.StorageClassName
+		if st.MoveSourceNodeName != "" {
+			// Between two nodes: wanted while the annotation names the copying node.
+			wanted = want != "" && annNode == st.NodeName
+		}
+		if wanted {
 			return true, runtime.Result{}, nil // a node's agent moves the disk and writes its status
 		}
-		// The spec names the disk's class again: the move is called off (a node that never
-		// took it up, e.g. one that is down, does not hold the disk forever). The agent's
-		// end of it, if it comes, fails its resourceVersion guard.
+		// The spec names the disk's class again (or, for a move between nodes, the annotation
+		// no longer names the copying node): the move is called off (a node that never took
+		// it up, e.g. one that is down, does not hold the disk forever). The agent's end of
+		// it, if it comes, fails its resourceVersion guard.
 		st.Phase = v1alpha1.DiskPhaseReady
 		st.Progress = "100%"
 		if sc := c.homeClass(d); sc != nil && !isLocal(sc) {
 			st.NodeName = ""
 		}
+		if st.MoveSourceNodeName != "" {
+			st.NodeName, st.MoveSourceNodeName = st.MoveSourceNodeName, ""
+		}
 		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed,
 			"the move was called off (the spec names storage class "+st.StorageClassName+" again); the disk stays there")
 		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
 	}
-	if want == "" || want == st.StorageClassName || (st.Phase != v1alpha1.DiskPhaseReady && st.Phase != v1alpha1.DiskPhaseMigrating) {
+	// A move between two nodes' Local storage within one class is asked for by the annotation
+	// alone (rakhsh disk move --node), and the annotation is taken off once the disk is Ready
+	// on that node or the move failed, so that it never asks again later (after a live
+	// migration took the disk elsewhere, say).
+	nodeMove := want != "" && want == st.StorageClassName && isLocal(sc) && annNode != "" && st.NodeName != "" && annNode != st.NodeName
+	if st.Phase == v1alpha1.DiskPhaseReady && annNode != "" && (want == "" || want == st.StorageClassName) && (annNode == st.NodeName ||
+		(nodeMove && cond != nil && cond.Status == v1alpha1.ConditionFalse && cond.Reason == ReasonMoveFailed && cond.ObservedGeneration == d.Generation)) {
+		return true, runtime.Result{}, c.dropStorageNode(ctx, d)
+	}
+	if want == "" || (want == st.StorageClassName && !nodeMove) || (st.Phase != v1alpha1.DiskPhaseReady && st.Phase != v1alpha1.DiskPhaseMigrating) {
 		if st.Phase == v1alpha1.DiskPhaseMigrating {
 			// A move cut short (a restart mid-copy, or the spec changed back): the disk is
 			// still whole where its status says.
@@ -108,14 +141,15 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	case (srcNode == "" || srcNode == c.cfg.NodeName) && (dstNode == "" || dstNode == c.cfg.NodeName):
 		// This controller copies.
 	case srcNode != "" && dstNode != "" && srcNode != dstNode:
-		return wait(ReasonMoveUnsupported, fmt.Sprintf("moving a disk from node %s's local storage to node %s's is not supported yet: move it to a Shared storage class first, then to storage class %q on node %s",
-			srcNode, dstNode, want, dstNode), 0)
+		// From one node's Local storage to another's: the target node's agent fetches the
+		// disk from the source node's agent, through the API (its data subresource).
+		return c.delegateMove(ctx, d, st, from, want, dstNode, srcNode)
 	default:
 		node := srcNode
 		if node == "" {
 			node = dstNode
 		}
-		return c.delegateMove(ctx, d, st, from, want, node)
+		return c.delegateMove(ctx, d, st, from, want, node, "")
 	}
 	src := c.diskPath(sc, d.UID)
 	dst := c.diskPath(target, d.UID)
@@ -181,6 +215,20 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	return true, runtime.Result{}, nil
 }
 
+// dropStorageNode takes the annotation that asked for the disk's node off (guarded by the
+// resourceVersion read); the change bumps the disk's generation.
+func (c *Controller) dropStorageNode(ctx context.Context, d *v1alpha1.VirtualDisk) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": d.ResourceVersion,
+		"annotations": map[string]any{v1alpha1.AnnotationStorageNode: nil}}})
+	if err != nil {
+		return err
+	}
+	if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {
+		return fmt.Errorf("taking the annotation %s off: %w", v1alpha1.AnnotationStorageNode, err)
+	}
+	return nil
+}
+
 // copyVerified writes a flattened copy of the qcow2 disk src to dst (replacing a leftover
 // from an earlier try) and checks that the guest sees the same data in both.
 func (c *Controller) copyVerified(ctx context.Context, src, dst string) error {
@@ -235,8 +283,9 @@ func (c *Controller) runningUser(ctx context.Context, d *v1alpha1.VirtualDisk) (
 // the disk goes to phase Migrating with condition Migrating=True reason MovingOnNode and
 // status.nodeName naming the node (so that its agent may write the disk's status). The agent
 // copies and checks the disk, then writes the new class and node, or MoveFailed and the disk
-// back where it was.
-func (c *Controller) delegateMove(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, from, want, node string) (bool, runtime.Result, error) {
+// back where it was. With source set (the disk's file is on another node's Local storage),
+// status.moveSourceNodeName names that node: node's agent fetches the file from it.
+func (c *Controller) delegateMove(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, from, want, node, source string) (bool, runtime.Result, error) {
 	var n v1alpha1.Node
 	if err := c.c.Get(ctx, "nodes", "", node, &n); err != nil {
 		if client.IsNotFound(err) {
@@ -249,8 +298,12 @@ func (c *Controller) delegateMove(ctx context.Context, d *v1alpha1.VirtualDisk, 
 	st.Phase = v1alpha1.DiskPhaseMigrating
 	st.Progress = "0%"
 	st.NodeName = node
-	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionTrue, ReasonMovingOnNode,
-		fmt.Sprintf("node %s's agent copies the disk from storage class %q to %q", node, from, want))
-	c.log.Info("a node's agent moves the disk", "disk", d.Namespace+"/"+d.Name, "node", node, "from", from, "to", want)
+	st.MoveSourceNodeName = source
+	msg := fmt.Sprintf("node %s's agent copies the disk from storage class %q to %q", node, from, want)
+	if source != "" {
+		msg = fmt.Sprintf("node %s's agent copies the disk from storage class %q on node %s to %q", node, from, source, want)
+	}
+	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionTrue, ReasonMovingOnNode, msg)
+	c.log.Info("a node's agent moves the disk", "disk", d.Namespace+"/"+d.Name, "node", node, "source", source, "from", from, "to", want)
 	return true, runtime.Result{}, c.writeStatus(ctx, d, st)
 }

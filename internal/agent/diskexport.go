@@ -1,0 +1,282 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/images"
+	"github.com/rakhsh/rakhsh/internal/nodestream"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// Moves between two nodes' Local storage (docs/storage.md, "Moving a disk"). The disk
+// controller hands the move to the target node's agent (status.nodeName) and names the node
+// that holds the file (status.moveSourceNodeName). The target's agent fetches the file through
+// the API (virtualdisks/NAME/data), which proxies to the source node's stream service; the
+// source's agent serves the disk's file as it is when it has no backing file, or a flattened
+// copy of it, with its sha256 as ETag. The fetch resumes where it stopped, is checked against
+// that sha256 and then as an untrusted image (no backing or data file), and only then does
+// the target write the disk's new class and node. The source's agent keeps a record of each
+// export under run/disk-exports and, once the disk lives elsewhere (or is gone), removes its
+// old file and the export; while the disk is still its own (the move failed or was called
+// off) it removes only the export.
+
+// diskExportDir holds the export records and flattened copies of disks moving away.
+func diskExportDir(dataDir string) string { return filepath.Join(dataDir, "run", "disk-exports") }
+
+// diskExportRecord is what a source node remembers of a disk it exported.
+type diskExportRecord struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Source is the disk's file; Export the file served (Source itself, or a flattened copy).
+	Source string `json:"source"`
+	Export string `json:"export"`
+	SHA256 string `json:"sha256"`
+	// SourceSize and SourceModTime (unix ns) tell whether Source changed since.
+	SourceSize    int64 `json:"sourceSize"`
+	SourceModTime int64 `json:"sourceModTime"`
+}
+
+func readDiskExportRecord(path string) (*diskExportRecord, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rec diskExportRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("export record %s: %w", path, err)
+	}
+	return &rec, nil
+}
+
+// exportDisk prepares the file of a disk that moves away from this node for the node that
+// fetches it (nodestream.DiskExportFunc). Only a disk whose status names this node as the
+// move's source is served.
+func (a *Agent) exportDisk(ctx context.Context, ref nodestream.DiskRef) (nodestream.DiskExport, error) {
+	a.exportMu.Lock()
+	defer a.exportMu.Unlock()
+	var d v1alpha1.VirtualDisk
+	if err := a.c.Get(ctx, "virtualdisks", ref.Namespace, ref.Name, &d); err != nil {
+		if client.IsNotFound(err) {
+			return nodestream.DiskExport{}, errs.New(errs.ErrNotFound, "VirtualDisk %s/%s does not exist", ref.Namespace, ref.Name)
+		}
+		return nodestream.DiskExport{}, err
+	}
+	if d.UID != ref.UID || storage.CheckUID(d.UID) != nil {
+		return nodestream.DiskExport{}, errs.New(errs.ErrNotFound, "VirtualDisk %s/%s was replaced", ref.Namespace, ref.Name)
+	}
+	if d.Status.MoveSourceNodeName != a.cfg.NodeName {
+		return nodestream.DiskExport{}, errs.New(errs.ErrConflict, "VirtualDisk %s/%s is not moving away from node %s", ref.Namespace, ref.Name, a.cfg.NodeName)
+	}
+	var sc *v1alpha1.StorageClass
+	if err := a.getClass(ctx, d.Status.StorageClassName, &sc); err != nil {
+		return nodestream.DiskExport{}, err
+	}
+	if sc != nil && sc.Spec.Type != v1alpha1.StorageClassTypeLocal {
+		return nodestream.DiskExport{}, errs.New(errs.ErrConflict, "VirtualDisk %s/%s is in storage class %q, which is not Local", ref.Namespace, ref.Name, sc.Name)
+	}
+	src := storage.ClassDiskPath(a.cfg.DataDir, sc, d.UID)
+	st, err := os.Stat(src)
+	if errors.Is(err, os.ErrNotExist) {
+		return nodestream.DiskExport{}, errs.New(errs.ErrNotFound, "the file of VirtualDisk %s/%s is not on node %s", ref.Namespace, ref.Name, a.cfg.NodeName)
+	}
+	if err != nil {
+		return nodestream.DiskExport{}, err
+	}
+	dir := diskExportDir(a.cfg.DataDir)
+	recPath := filepath.Join(dir, d.UID+".json")
+	if rec, err := readDiskExportRecord(recPath); err == nil && rec.Source == src && rec.SourceSize == st.Size() &&
+		rec.SourceModTime == st.ModTime().UnixNano() && fileExists(rec.Export) {
+		return nodestream.DiskExport{Path: rec.Export, SHA256: rec.SHA256}, nil
+	}
+	format := diskFormat(&d)
+	// Without -U: a QEMU that has the file open (it must not: the disk is moving) makes
+	// this fail on the image lock rather than serve a file that changes.
+	info, err := storage.Info(ctx, src, format)
+	if err != nil {
+		return nodestream.DiskExport{}, fmt.Errorf("reading the disk's file: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nodestream.DiskExport{}, err
+	}
+	export := src
+	if info.BackingFile != "" || info.DataFile != "" {
+		// A linked clone: a flattened copy, which needs nothing else on the other node.
+		export = filepath.Join(dir, d.UID+"."+format)
+		_ = os.Remove(export)
+		if err := storage.Convert(ctx, src, format, export, format); err != nil {
+			storage.CleanTempFor(export)
+			return nodestream.DiskExport{}, fmt.Errorf("flattening the disk for the move: %w", err)
+		}
+	}
+	sum, err := fileSHA256(export)
+	if err != nil {
+		return nodestream.DiskExport{}, err
+	}
+	rec := diskExportRecord{Namespace: d.Namespace, Name: d.Name, UID: d.UID, Source: src, Export: export, SHA256: sum,
+		SourceSize: st.Size(), SourceModTime: st.ModTime().UnixNano()}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nodestream.DiskExport{}, err
+	}
+	if err := writeFileAtomic(recPath, data, 0o600); err != nil {
+		return nodestream.DiskExport{}, err
+	}
+	a.log.Info("disk exported for a move to another node", "disk", d.Namespace+"/"+d.Name, "to", d.Status.NodeName, "flattened", export != src, "sha256", sum)
+	return nodestream.DiskExport{Path: export, SHA256: sum}, nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// settleDiskExports removes what this node exported once it is no longer needed: the export
+// and the old file of a disk that now lives on another node or is gone; only the export of a
+// disk that stayed here (a failed or called-off move). A disk still moving away keeps both.
+func (a *Agent) settleDiskExports(ctx context.Context) error {
+	dir := diskExportDir(a.cfg.DataDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errl []error
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		recPath := filepath.Join(dir, e.Name())
+		rec, err := readDiskExportRecord(recPath)
+		if err != nil {
+			a.log.Warn("an unreadable disk export record is removed", "path", recPath, "err", err)
+			_ = os.Remove(recPath)
+			continue
+		}
+		if storage.CheckUID(rec.UID) != nil || filepath.Dir(rec.Source) == "" {
+			_ = os.Remove(recPath)
+			continue
+		}
+		var d v1alpha1.VirtualDisk
+		err = a.c.Get(ctx, "virtualdisks", rec.Namespace, rec.Name, &d)
+		gone := client.IsNotFound(err) || (err == nil && d.UID != rec.UID)
+		if err != nil && !gone {
+			errl = append(errl, err)
+			continue
+		}
+		removeSource := false
+		switch {
+		case gone:
+			removeSource = true
+		case d.Status.MoveSourceNodeName == a.cfg.NodeName:
+			continue // still moving away
+		case d.Status.NodeName == a.cfg.NodeName || d.Status.NodeName == "":
+			// The disk stayed (or its node is not known yet): its file stays.
+			if d.Status.NodeName == "" {
+				continue
+			}
+		default:
+			removeSource = true
+		}
+		if rec.Export != rec.Source {
+			if err := os.Remove(rec.Export); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errl = append(errl, err)
+				continue
+			}
+		}
+		if removeSource {
+			if _, err := storage.Info(ctx, rec.Source, diskFormat(&d)); storage.IsLocked(err) {
+				a.log.Warn("the old file of a disk that moved away is open in a QEMU: it is kept", "path", rec.Source)
+			} else if err := os.Remove(rec.Source); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errl = append(errl, err)
+				continue
+			} else {
+				a.log.Info("removed the old file of a disk that moved to another node", "disk", rec.Namespace+"/"+rec.Name, "path", rec.Source, "node", d.Status.NodeName)
+			}
+		}
+		if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errl = append(errl, err)
+		}
+	}
+	return errors.Join(errl...)
+}
+
+// fetchMovedDisk fetches the file of a disk that moves here from another node's Local
+// storage into dst. A permanent failure (the source refuses, the file does not match its
+// sha256, it is not a self-contained image of the disk's format) is returned as a
+// *permanentMoveError; others (the source node cannot be reached) are tried again.
+func (a *Agent) fetchMovedDisk(ctx context.Context, d *v1alpha1.VirtualDisk, dst string) error {
+	path := client.Path("virtualdisks", d.Namespace, d.Name, "data")
+	// The first byte, to learn the file's sha256 (the source prepares the export now).
+	resp, err := a.c.Download(ctx, path, http.Header{"Range": {"bytes=0-0"}})
+	if err != nil {
+		return classifyFetch(err)
+	}
+	resp.Body.Close()
+	sha := strings.Trim(resp.Header.Get("ETag"), `"`)
+	if !storage.IsSHA256Hex(sha) {
+		return &permanentMoveError{fmt.Errorf("the source node served the disk without a sha256 ETag (%q)", resp.Header.Get("ETag"))}
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	if err := fetchResumable(ctx, a.c, path, dst, sha); err != nil {
+		if strings.Contains(err.Error(), "was discarded") {
+			return &permanentMoveError{err}
+		}
+		return classifyFetch(err)
+	}
+	res, err := images.Describe(ctx, dst)
+	if err == nil && storage.DriveFormat(string(res.Format)) != diskFormat(d) {
+		err = fmt.Errorf("the fetched file is a %s image, not %s", res.Format, diskFormat(d))
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		return &permanentMoveError{fmt.Errorf("checking the fetched file: %w", err)}
+	}
+	return nil
+}
+
+// diskFormat is the qemu format of the disk's file (qcow2 unless its status says raw).
+func diskFormat(d *v1alpha1.VirtualDisk) string {
+	return storage.DriveFormat(cmp.Or(d.Status.Format, "qcow2"))
+}
+
+// permanentMoveError is a move failure that trying again would not change.
+type permanentMoveError struct{ err error }
+
+func (e *permanentMoveError) Error() string { return e.err.Error() }
+func (e *permanentMoveError) Unwrap() error { return e.err }
+
+// classifyFetch makes the API's refusals permanent; anything else (the source node cannot be
+// reached, the connection broke) is tried again.
+func classifyFetch(err error) error {
+	if client.IsNotFound(err) || client.IsConflict(err) || client.IsForbidden(err) || client.IsInvalid(err) {
+		return &permanentMoveError{err}
+	}
+	return err
+}
