@@ -74,6 +74,12 @@ func IsDefaultStorageClass(sc *StorageClass) bool {
 // another node (DiskReasonProvisioningOnNode).
 const AnnotationStorageNode = "virtualization.rakhsh.io/storage-node"
 
+// AnnotationMoveToNode on a VirtualDisk of a Local class asks for a move to another node's
+// storage in the same class (`rakhsh disk move --node` sets it). It is a request: the disk
+// controller takes it off once the disk is on that node or the move failed. A change of it
+// bumps the disk's generation, as a spec change does.
+const AnnotationMoveToNode = "virtualization.rakhsh.io/move-to-node"
+
 // Reasons of a VirtualDisk's Migrating condition (a move between storage classes) that both
 // the disk controller and the node agents write.
 const (

@@ -112,10 +112,12 @@ type Agent struct {
 	accelMu sync.Mutex
 	choice  accel.Choice // KVM or TCG, and why (accelerator.go)
 	fetches imageFetches // images fetched into this host's cache (imagecache.go)
-	// exportMu serialises the exports of disks moving to other nodes (diskexport.go).
-	exportMu sync.Mutex
-	rec      *runtime.Recorder
-	mem      memoryManager // balloons and KSM (memory.go)
+	// exportMu guards exportJobs, the exports of disks moving to other nodes being prepared
+	// (diskexport.go), and their records.
+	exportMu   sync.Mutex
+	exportJobs map[string]*diskExportJob
+	rec        *runtime.Recorder
+	mem        memoryManager // balloons and KSM (memory.go)
 
 	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	migIn *runtime.TypedInformer[v1alpha1.VirtualMachine]

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -63,12 +64,21 @@ func readDiskExportRecord(path string) (*diskExportRecord, error) {
 	return &rec, nil
 }
 
+// exportWait is how long a request for a disk's data waits for the export to be prepared
+// before it is answered 503 (the fetching node tries again): a small disk is served at once,
+// a large linked clone is flattened in the background, never cut short by a request's end.
+const exportWait = 20 * time.Second
+
+// diskExportJob is an export being prepared; err is set before done is closed.
+type diskExportJob struct {
+	done chan struct{}
+	err  error
+}
+
 // exportDisk prepares the file of a disk that moves away from this node for the node that
 // fetches it (nodestream.DiskExportFunc). Only a disk whose status names this node as the
 // move's source is served.
 func (a *Agent) exportDisk(ctx context.Context, ref nodestream.DiskRef) (nodestream.DiskExport, error) {
-	a.exportMu.Lock()
-	defer a.exportMu.Unlock()
 	var d v1alpha1.VirtualDisk
 	if err := a.c.Get(ctx, "virtualdisks", ref.Namespace, ref.Name, &d); err != nil {
 		if client.IsNotFound(err) {
@@ -97,21 +107,77 @@ func (a *Agent) exportDisk(ctx context.Context, ref nodestream.DiskRef) (nodestr
 	if err != nil {
 		return nodestream.DiskExport{}, err
 	}
-	dir := diskExportDir(a.cfg.DataDir)
-	recPath := filepath.Join(dir, d.UID+".json")
+	for {
+		exp, job, err := a.exportState(&d, src, st)
+		if err != nil || job == nil {
+			return exp, err
+		}
+		select {
+		case <-job.done:
+			// Its outcome is read on the next turn.
+		case <-time.After(exportWait):
+			return nodestream.DiskExport{}, errs.New(errs.ErrUnavailable, "node %s is still preparing the file of VirtualDisk %s/%s for the move (flattening or hashing it); try again",
+				a.cfg.NodeName, ref.Namespace, ref.Name)
+		case <-ctx.Done():
+			return nodestream.DiskExport{}, ctx.Err()
+		}
+	}
+}
+
+// exportState returns the prepared export of disk d (whose file is src, as st says), or the
+// job preparing it, started here when none runs; a job that failed gives its error once.
+func (a *Agent) exportState(d *v1alpha1.VirtualDisk, src string, st os.FileInfo) (nodestream.DiskExport, *diskExportJob, error) {
+	a.exportMu.Lock()
+	defer a.exportMu.Unlock()
+	if job := a.exportJobs[d.UID]; job != nil {
+		select {
+		case <-job.done:
+			delete(a.exportJobs, d.UID)
+			if job.err != nil {
+				return nodestream.DiskExport{}, nil, job.err
+			}
+		default:
+			return nodestream.DiskExport{}, job, nil
+		}
+	}
+	recPath := filepath.Join(diskExportDir(a.cfg.DataDir), d.UID+".json")
 	if rec, err := readDiskExportRecord(recPath); err == nil && rec.Source == src && rec.SourceSize == st.Size() &&
 		rec.SourceModTime == st.ModTime().UnixNano() && fileExists(rec.Export) {
-		return nodestream.DiskExport{Path: rec.Export, SHA256: rec.SHA256}, nil
+		return nodestream.DiskExport{Path: rec.Export, SHA256: rec.SHA256}, nil, nil
 	}
-	format := diskFormat(&d)
-	// Without -U: a QEMU that has the file open (it must not: the disk is moving) makes
-	// this fail on the image lock rather than serve a file that changes.
+	job := &diskExportJob{done: make(chan struct{})}
+	if a.exportJobs == nil {
+		a.exportJobs = map[string]*diskExportJob{}
+	}
+	a.exportJobs[d.UID] = job
+	ctx := a.runCtx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	dc := *d
+	go func() {
+		job.err = a.prepareExport(ctx, &dc, src, st, recPath)
+		close(job.done)
+	}()
+	return nodestream.DiskExport{}, job, nil
+}
+
+// prepareExport makes the export of disk d: its file src itself when it stands alone, else a
+// flattened copy; then its sha256 and the record that remembers both.
+func (a *Agent) prepareExport(ctx context.Context, d *v1alpha1.VirtualDisk, src string, st os.FileInfo, recPath string) error {
+	format := diskFormat(d)
+	// Without -U: a QEMU that has the file open (none may: the disk is moving) makes this
+	// fail on the image lock rather than serve a file that changes.
 	info, err := storage.Info(ctx, src, format)
-	if err != nil {
-		return nodestream.DiskExport{}, fmt.Errorf("reading the disk's file: %w", err)
+	if storage.IsLocked(err) {
+		return errs.New(errs.ErrConflict, "the file of VirtualDisk %s/%s on node %s is open in a QEMU (a VM started from it): %v", d.Namespace, d.Name, a.cfg.NodeName, err)
 	}
+	if err != nil {
+		return fmt.Errorf("reading the disk's file: %w", err)
+	}
+	dir := filepath.Dir(recPath)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nodestream.DiskExport{}, err
+		return err
 	}
 	export := src
 	if info.BackingFile != "" || info.DataFile != "" {
@@ -120,37 +186,48 @@ func (a *Agent) exportDisk(ctx context.Context, ref nodestream.DiskRef) (nodestr
 		_ = os.Remove(export)
 		if err := storage.Convert(ctx, src, format, export, format); err != nil {
 			storage.CleanTempFor(export)
-			return nodestream.DiskExport{}, fmt.Errorf("flattening the disk for the move: %w", err)
+			return fmt.Errorf("flattening the disk for the move: %w", err)
 		}
 	}
-	sum, err := fileSHA256(export)
+	sum, err := fileSHA256(ctx, export)
 	if err != nil {
-		return nodestream.DiskExport{}, err
+		return err
 	}
 	rec := diskExportRecord{Namespace: d.Namespace, Name: d.Name, UID: d.UID, Source: src, Export: export, SHA256: sum,
 		SourceSize: st.Size(), SourceModTime: st.ModTime().UnixNano()}
 	data, err := json.Marshal(rec)
 	if err != nil {
-		return nodestream.DiskExport{}, err
+		return err
 	}
 	if err := writeFileAtomic(recPath, data, 0o600); err != nil {
-		return nodestream.DiskExport{}, err
+		return err
 	}
 	a.log.Info("disk exported for a move to another node", "disk", d.Namespace+"/"+d.Name, "to", d.Status.NodeName, "flattened", export != src, "sha256", sum)
-	return nodestream.DiskExport{Path: export, SHA256: sum}, nil
+	return nil
 }
 
-func fileSHA256(path string) (string, error) {
+// fileSHA256 hashes the file at path; it stops when ctx ends.
+func fileSHA256(ctx context.Context, path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
 	h := sha256.New()
-	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
-		return "", err
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		if err == io.EOF {
+			return hex.EncodeToString(h.Sum(nil)), nil
+		}
+		if err != nil {
+			return "", err
+		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // settleDiskExports removes what this node exported once it is no longer needed: the export
@@ -165,19 +242,30 @@ func (a *Agent) settleDiskExports(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Under the lock: an export is never handed out while its files go.
+	a.exportMu.Lock()
+	defer a.exportMu.Unlock()
 	var errl []error
 	for _, e := range entries {
 		if !strings.HasSuffix(e.Name(), ".json") {
 			continue
 		}
 		recPath := filepath.Join(dir, e.Name())
+		if a.exportJobs[strings.TrimSuffix(e.Name(), ".json")] != nil {
+			continue // being prepared
+		}
 		rec, err := readDiskExportRecord(recPath)
 		if err != nil {
 			a.log.Warn("an unreadable disk export record is removed", "path", recPath, "err", err)
 			_ = os.Remove(recPath)
 			continue
 		}
-		if storage.CheckUID(rec.UID) != nil || filepath.Dir(rec.Source) == "" {
+		// The record names the disk's own files only: its file (UID.FORMAT in a pool) and
+		// the export (the file itself, or UID.FORMAT here).
+		if storage.CheckUID(rec.UID) != nil || rec.UID+".json" != e.Name() || !filepath.IsAbs(rec.Source) ||
+			!strings.HasPrefix(filepath.Base(rec.Source), rec.UID+".") ||
+			(rec.Export != rec.Source && (filepath.Dir(rec.Export) != dir || !strings.HasPrefix(filepath.Base(rec.Export), rec.UID+"."))) {
+			a.log.Warn("a disk export record that names other files is removed", "path", recPath)
 			_ = os.Remove(recPath)
 			continue
 		}
@@ -225,10 +313,25 @@ func (a *Agent) settleDiskExports(ctx context.Context) error {
 	return errors.Join(errl...)
 }
 
+// diskFetchDir holds the records of the disks this node fetches from other nodes.
+func diskFetchDir(dataDir string) string { return filepath.Join(dataDir, "run", "disk-fetches") }
+
+// diskFetchRecord is what a target node remembers of a fetch, so that what it left behind is
+// removed once the disk no longer moves here.
+type diskFetchRecord struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Dst is where the disk's file goes; the download is staged beside it, in
+	// Dst.fetch-SHA (and its .part), one name per version of the source's file.
+	Dst string `json:"dst"`
+}
+
 // fetchMovedDisk fetches the file of a disk that moves here from another node's Local
 // storage into dst. A permanent failure (the source refuses, the file does not match its
 // sha256, it is not a self-contained image of the disk's format) is returned as a
-// *permanentMoveError; others (the source node cannot be reached) are tried again.
+// *permanentMoveError; others (the source node cannot be reached, is still preparing the
+// file) are tried again.
 func (a *Agent) fetchMovedDisk(ctx context.Context, d *v1alpha1.VirtualDisk, dst string) error {
 	path := client.Path("virtualdisks", d.Namespace, d.Name, "data")
 	// The first byte, to learn the file's sha256 (the source prepares the export now).
@@ -244,21 +347,97 @@ func (a *Agent) fetchMovedDisk(ctx context.Context, d *v1alpha1.VirtualDisk, dst
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return err
 	}
-	if err := fetchResumable(ctx, a.c, path, dst, sha); err != nil {
+	rec, err := json.Marshal(diskFetchRecord{Namespace: d.Namespace, Name: d.Name, UID: d.UID, Dst: dst})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(diskFetchDir(a.cfg.DataDir), 0o700); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(diskFetchDir(a.cfg.DataDir), d.UID+".json"), rec, 0o600); err != nil {
+		return err
+	}
+	// Staged under the version's name: a part file of another version (the move was called
+	// off, the disk changed, and it moves again) is never resumed, and goes now.
+	stage := dst + ".fetch-" + sha
+	removeStaged(dst, stage)
+	if err := fetchResumable(ctx, a.c, path, stage, sha); err != nil {
 		if strings.Contains(err.Error(), "was discarded") {
 			return &permanentMoveError{err}
 		}
 		return classifyFetch(err)
 	}
-	res, err := images.Describe(ctx, dst)
+	res, err := images.Describe(ctx, stage)
 	if err == nil && storage.DriveFormat(string(res.Format)) != diskFormat(d) {
 		err = fmt.Errorf("the fetched file is a %s image, not %s", res.Format, diskFormat(d))
 	}
 	if err != nil {
-		_ = os.Remove(dst)
+		_ = os.Remove(stage)
 		return &permanentMoveError{fmt.Errorf("checking the fetched file: %w", err)}
 	}
-	return nil
+	return storage.Commit(stage, dst)
+}
+
+// removeStaged removes the staged downloads beside dst other than keep ("": all of them).
+func removeStaged(dst, keep string) {
+	matches, _ := filepath.Glob(dst + ".fetch-*")
+	for _, m := range matches {
+		if keep == "" || (m != keep && m != keep+".part") {
+			_ = os.Remove(m)
+		}
+	}
+}
+
+// settleDiskFetches removes what fetches left behind (staged downloads, and the file itself
+// when the disk did not end up here) once a disk no longer moves to this node.
+func (a *Agent) settleDiskFetches(ctx context.Context) error {
+	dir := diskFetchDir(a.cfg.DataDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errl []error
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		recPath := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(recPath)
+		var rec diskFetchRecord
+		if err == nil {
+			err = json.Unmarshal(data, &rec)
+		}
+		if err != nil || storage.CheckUID(rec.UID) != nil || rec.UID+".json" != e.Name() || !filepath.IsAbs(rec.Dst) ||
+			!strings.HasPrefix(filepath.Base(rec.Dst), rec.UID+".") {
+			_ = os.Remove(recPath)
+			continue
+		}
+		var d v1alpha1.VirtualDisk
+		err = a.c.Get(ctx, "virtualdisks", rec.Namespace, rec.Name, &d)
+		gone := client.IsNotFound(err) || (err == nil && d.UID != rec.UID)
+		if err != nil && !gone {
+			errl = append(errl, err)
+			continue
+		}
+		if !gone && d.Status.NodeName == a.cfg.NodeName && d.Status.MoveSourceNodeName != "" && d.Status.MoveSourceNodeName != a.cfg.NodeName {
+			continue // still moving here
+		}
+		removeStaged(rec.Dst, "")
+		if holds := !gone && (d.Status.NodeName == a.cfg.NodeName || d.Status.MoveSourceNodeName == a.cfg.NodeName); !holds {
+			// Fetched, but the disk did not end up here (its status names another node).
+			if err := os.Remove(rec.Dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errl = append(errl, err)
+				continue
+			}
+		}
+		if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errl = append(errl, err)
+		}
+	}
+	return errors.Join(errl...)
 }
 
 // diskFormat is the qemu format of the disk's file (qcow2 unless its status says raw).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -25,8 +26,8 @@ import (
 // moveDisk carries out a move handed to this node, if the disk key has one, or removes the
 // file of a deleted disk on this node's Local storage.
 func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
-	if err := a.settleDiskExports(ctx); err != nil { // diskexport.go
-		a.log.Warn("cleaning up after disks that moved to other nodes", "err", err)
+	if err := errors.Join(a.settleDiskExports(ctx), a.settleDiskFetches(ctx)); err != nil { // diskexport.go
+		a.log.Warn("cleaning up after disks that moved between nodes", "err", err)
 	}
 	ns, name := key.Split()
 	var d v1alpha1.VirtualDisk
@@ -99,7 +100,9 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	took := time.Since(started).Round(time.Millisecond)
 	msg := fmt.Sprintf("moved from storage class %q to %q by node %s's agent in %s", from, want, a.cfg.NodeName, took)
 	if err := a.patchMoved(ctx, &d, want, node, v1alpha1.DiskReasonMoved, msg); err != nil {
-		_ = os.Remove(dst) // the status still names the old file, which is whole
+		if !a.moveLanded(ctx, &d, want, node) {
+			_ = os.Remove(dst) // the status still names the old file, which is whole
+		}
 		return err
 	}
 	if _, err := storage.Info(ctx, srcPath, "qcow2"); storage.IsLocked(err) {
@@ -173,7 +176,7 @@ func (a *Agent) moveFromNode(ctx context.Context, d *v1alpha1.VirtualDisk, from,
 	if err := a.fetchMovedDisk(ctx, d, dst); err != nil {
 		var perm *permanentMoveError
 		if errors.As(err, &perm) {
-			_ = os.Remove(dst + ".part")
+			removeStaged(dst, "")
 			return giveUp(err)
 		}
 		return fmt.Errorf("fetching the disk from node %s (tried again): %w", source, err)
@@ -181,11 +184,27 @@ func (a *Agent) moveFromNode(ctx context.Context, d *v1alpha1.VirtualDisk, from,
 	took := time.Since(started).Round(time.Millisecond)
 	msg := fmt.Sprintf("moved from storage class %q on node %s to %q on node %s in %s", from, source, want, a.cfg.NodeName, took)
 	if err := a.patchMoved(ctx, d, want, a.cfg.NodeName, v1alpha1.DiskReasonMoved, msg); err != nil {
-		_ = os.Remove(dst) // the status still names the source node, whose file is whole
-		return err
+		if a.moveLanded(ctx, d, want, a.cfg.NodeName) {
+			log.Info("disk moved from another node (the answer to its status write was lost)", "took", took)
+		}
+		return err // the fetched file is removed later only if the status names another node
 	}
+	_ = os.Remove(filepath.Join(diskFetchDir(a.cfg.DataDir), d.UID+".json"))
 	log.Info("disk moved from another node", "took", took)
 	return nil
+}
+
+// moveLanded says whether the disk's status, read again, names class and node as a finished
+// move: a status write whose answer was lost (a timeout, a broken connection) may have been
+// applied, and then the new file is the disk's only copy.
+func (a *Agent) moveLanded(ctx context.Context, d *v1alpha1.VirtualDisk, class string, node any) bool {
+	var now v1alpha1.VirtualDisk
+	if err := a.c.Get(ctx, "virtualdisks", d.Namespace, d.Name, &now); err != nil {
+		return false
+	}
+	n, _ := node.(string)
+	return now.UID == d.UID && now.Status.Phase == v1alpha1.DiskPhaseReady && now.Status.StorageClassName == class &&
+		now.Status.NodeName == n && now.Status.MoveSourceNodeName == ""
 }
 
 // patchMoveFailed records that this node gave up a move from another node: the condition

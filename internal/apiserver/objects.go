@@ -682,11 +682,11 @@ func (s *Server) EnsureProject(ctx context.Context, name string) error {
 	return nil
 }
 
-// placementChanged says whether an update changes the annotation that names a VirtualDisk's
-// node (virtualization.rakhsh.io/storage-node): it asks for a move like a spec change, and
-// bumps the generation as one does (docs/storage.md).
+// placementChanged says whether an update changes the annotation that asks for a move of a
+// VirtualDisk to another node (virtualization.rakhsh.io/move-to-node): a request like a spec
+// change, which bumps the generation as one does (docs/storage.md).
 func placementChanged(obj, old v1alpha1.Object) bool {
 	n, ok1 := obj.(*v1alpha1.VirtualDisk)
 	o, ok2 := old.(*v1alpha1.VirtualDisk)
-	return ok1 && ok2 && n.Annotations[v1alpha1.AnnotationStorageNode] != o.Annotations[v1alpha1.AnnotationStorageNode]
+	return ok1 && ok2 && n.Annotations[v1alpha1.AnnotationMoveToNode] != o.Annotations[v1alpha1.AnnotationMoveToNode]
 }

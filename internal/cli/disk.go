@@ -39,7 +39,8 @@ func newDiskMoveCommand(cc *cliContext) *cobra.Command {
 checks the copy, switches the disk to it and only then removes the old file. A disk is moved
 only while no running VM uses it: stop the VM first. The move is declarative: this command
 sets spec.persistentVolumeClaim.storageClassName (and, with --node, the annotation
-virtualization.rakhsh.io/storage-node) and waits for the disk to arrive. A move between
+virtualization.rakhsh.io/storage-node, or virtualization.rakhsh.io/move-to-node for a move
+within the class) and waits for the disk to arrive. A move between
 Shared storage and another node's Local storage is done by that node's agent; a move from
 one node's Local storage to another's (--node, in the same class or another) by the target
 node's agent, which fetches the file from the source node. A move that fails leaves the
@@ -66,9 +67,11 @@ off. See docs/storage.md.`,
 					return err
 				}
 				migrating := d.Status.Phase == v1alpha1.DiskPhaseMigrating
+				// Naming the class the disk is in (and its node, or none) calls off a move to
+				// another class or to another node.
 				cancelling = d.Status.StorageClassName == class && migrating &&
-					(d.Spec.PersistentVolumeClaim.StorageClassName != class || // a move to another class
-						(d.Status.MoveSourceNodeName != "" && (node == "" || node == d.Status.MoveSourceNodeName))) // to another node
+					(d.Spec.PersistentVolumeClaim.StorageClassName != class || d.Status.MoveSourceNodeName != "") &&
+					(node == "" || node == d.Status.MoveSourceNodeName)
 				if d.Status.StorageClassName == class && !migrating && (node == "" || node == d.Status.NodeName) {
 					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s is already in storage class %s\n", name, class)
 					return nil
@@ -89,8 +92,9 @@ off. See docs/storage.md.`,
 					return err
 				}
 				// Without --node, a node named by an earlier move is forgotten.
-				meta := map[string]any{"resourceVersion": d.ResourceVersion, "annotations": map[string]any{v1alpha1.AnnotationStorageNode: nil}}
-				if node != "" {
+				meta := map[string]any{"resourceVersion": d.ResourceVersion,
+					"annotations": map[string]any{v1alpha1.AnnotationStorageNode: nil, v1alpha1.AnnotationMoveToNode: nil}}
+				if node != "" && !cancelling {
 					if sc.Spec.Type != v1alpha1.StorageClassTypeLocal {
 						return usageErrorf("--node is only for a Local class: a disk on %s storage class %s runs on any node", sc.Spec.Type, class)
 					}
@@ -100,7 +104,12 @@ off. See docs/storage.md.`,
 						}
 						return err
 					}
-					meta["annotations"] = map[string]any{v1alpha1.AnnotationStorageNode: node}
+					if d.Status.StorageClassName == class {
+						// Within the class: a request to move to that node, taken off once done.
+						meta["annotations"] = map[string]any{v1alpha1.AnnotationMoveToNode: node}
+					} else {
+						meta["annotations"] = map[string]any{v1alpha1.AnnotationStorageNode: node, v1alpha1.AnnotationMoveToNode: nil}
+					}
 				}
 				patch, _ := json.Marshal(map[string]any{
 					"metadata": meta,

@@ -142,7 +142,9 @@ func (r *Remote) ServeDiskData(w http.ResponseWriter, req *http.Request, ref Dis
 		return
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 400 {
+	// 416 (the range starts at or past the end: a resumed fetch that already has it all)
+	// comes back as it is, with its Content-Range, for the fetcher to see.
+	if resp.StatusCode >= 400 && resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		writeError(w, r.fromService(resp.StatusCode, body))
 		return

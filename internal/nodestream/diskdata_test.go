@@ -52,6 +52,10 @@ func TestDiskDataThroughTickets(t *testing.T) {
 		if w.Code != http.StatusPartialContent || w.Body.String() != "abcdef" || w.Header().Get("Content-Range") != "bytes 10-15/16" {
 			t.Fatalf("%T: ranged GET: %d %q %q", via, w.Code, w.Body.String(), w.Header().Get("Content-Range"))
 		}
+		w = serve(http.MethodGet, "bytes=16-", ref, via)
+		if w.Code != http.StatusRequestedRangeNotSatisfiable || w.Header().Get("Content-Range") != "bytes */16" {
+			t.Fatalf("%T: a range past the end: %d Content-Range %q, want 416 with the size", via, w.Code, w.Header().Get("Content-Range"))
+		}
 		w = serve(http.MethodHead, "", ref, via)
 		if w.Code != http.StatusOK || w.Body.Len() != 0 || w.Header().Get("Content-Length") != "16" {
 			t.Fatalf("%T: HEAD: %d %q length %q", via, w.Code, w.Body.String(), w.Header().Get("Content-Length"))
@@ -65,8 +69,8 @@ func TestDiskDataThroughTickets(t *testing.T) {
 		!strings.Contains(w.Body.String(), "not moving away from node n1") {
 		t.Fatalf("a refused export: %d %s", w.Code, w.Body.String())
 	}
-	if len(asked) != 7 || asked[0] != ref {
-		t.Fatalf("the exporter was asked %d times (%v), want 3 GET and HEAD of d1 by each way and 1 of refused", len(asked), asked)
+	if len(asked) != 9 || asked[0] != ref {
+		t.Fatalf("the exporter was asked %d times (%v), want 4 GET and HEAD of d1 by each way and 1 of refused", len(asked), asked)
 	}
 
 	// A ticket for another stream of the same uid does not open the disk's data.

@@ -248,6 +248,23 @@ func (c *Controller) writeStatus(ctx context.Context, d *v1alpha1.VirtualDisk, s
 	return runtime.ReplaceStatus(ctx, c.c, "virtualdisks", d, d.Status, st, func() { d.Status = st })
 }
 
+// writeStatusGuarded writes st as the disk's status only if the disk is still as read (its
+// resourceVersion): for the writes that hand a disk to a node's agent or take it back, which
+// must not undo what the agent wrote meanwhile. A conflict is an error: the reconcile runs
+// again on what is stored.
+func (c *Controller) writeStatusGuarded(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus) error {
+	before := d.Status
+	d.Status = st
+	err := c.c.UpdateStatus(ctx, "virtualdisks", d.Namespace, d.Name, d, nil)
+	if err != nil {
+		d.Status = before
+	}
+	if client.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
 func setCond(st *v1alpha1.VirtualDiskStatus, d *v1alpha1.VirtualDisk, typ, status, reason, msg string) {
 	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: typ, Status: status, Reason: reason,
 		Message: msg, ObservedGeneration: d.Generation})
@@ -673,7 +690,7 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 		st := d.Status
 		st.NodeName, st.MoveSourceNodeName = st.MoveSourceNodeName, ""
 		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, "the disk was deleted during the move")
-		return runtime.Result{}, c.writeStatus(ctx, d, st)
+		return runtime.Result{}, c.writeStatusGuarded(ctx, d, st)
 	}
 	sc := c.homeClass(d)
 	path := c.diskPath(sc, d.UID)

@@ -334,14 +334,15 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 		t.Errorf("after the copying node gave up: condition %+v, class %q", c, d.Status.StorageClassName)
 	}
 
-	// Within one class: the annotation alone asks for a move to another node's Local storage,
-	// and it is taken off once the disk is there (so that it never asks again later).
+	// Within one class: the move-to-node annotation asks for a move to another node's Local
+	// storage, and it is taken off once the disk is there (so that it never asks again
+	// later); storage-node, from the move to n1 above, stays as it is.
 	if err := fc.Add(&v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n3"}}); err != nil {
 		t.Fatal(err)
 	}
 	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
 	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
-	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n3"}
+	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n1", v1alpha1.AnnotationMoveToNode: "n3"}
 	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -356,10 +357,10 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
-		return d.Annotations[v1alpha1.AnnotationStorageNode] == ""
+		return d.Annotations[v1alpha1.AnnotationMoveToNode] == ""
 	})
-	if d.Status.NodeName != "n3" || d.Status.Phase != v1alpha1.DiskPhaseReady {
-		t.Errorf("after the move to n3 and the annotation's removal: node %q phase %s", d.Status.NodeName, d.Status.Phase)
+	if d.Status.NodeName != "n3" || d.Status.Phase != v1alpha1.DiskPhaseReady || d.Annotations[v1alpha1.AnnotationStorageNode] != "n1" {
+		t.Errorf("after the move to n3 and the annotation's removal: node %q phase %s annotations %v", d.Status.NodeName, d.Status.Phase, d.Annotations)
 	}
 }
 

@@ -48,14 +48,15 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 			setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed,
 				"the move was interrupted; the disk stays in storage class "+st.StorageClassName+" on node "+st.NodeName)
 		}
-		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
+		return true, runtime.Result{}, c.writeStatusGuarded(ctx, d, st)
 	}
-	annNode := d.Annotations[v1alpha1.AnnotationStorageNode]
+	storageNode, moveTo := d.Annotations[v1alpha1.AnnotationStorageNode], d.Annotations[v1alpha1.AnnotationMoveToNode]
 	if movingOnNode {
 		wanted := want != "" && want != st.StorageClassName
 		if st.MoveSourceNodeName != "" {
-			// Between two nodes: wanted while the annotation names the copying node.
-			wanted = want != "" && annNode == st.NodeName
+			// Between two nodes: to another class, while the storage-node annotation names the
+			// copying node; within the class, while move-to-node does.
+			wanted = (wanted && storageNode == st.NodeName) || (!wanted && moveTo == st.NodeName)
 		}
 		if wanted {
 			return true, runtime.Result{}, nil // a node's agent moves the disk and writes its status
@@ -69,21 +70,29 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 		if sc := c.homeClass(d); sc != nil && !isLocal(sc) {
 			st.NodeName = ""
 		}
+		msg := "the move was called off (the spec names storage class " + st.StorageClassName + " again); the disk stays there"
 		if st.MoveSourceNodeName != "" {
 			st.NodeName, st.MoveSourceNodeName = st.MoveSourceNodeName, ""
+			msg = "the move was called off; the disk stays in storage class " + st.StorageClassName + " on node " + st.NodeName
 		}
-		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed,
-			"the move was called off (the spec names storage class "+st.StorageClassName+" again); the disk stays there")
-		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
+		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, msg)
+		// Guarded by the resourceVersion read: the copying node's end, if it landed first,
+		// stands, and this reconcile runs again on what it wrote.
+		return true, runtime.Result{}, c.writeStatusGuarded(ctx, d, st)
 	}
-	// A move between two nodes' Local storage within one class is asked for by the annotation
-	// alone (rakhsh disk move --node), and the annotation is taken off once the disk is Ready
-	// on that node or the move failed, so that it never asks again later (after a live
-	// migration took the disk elsewhere, say).
-	nodeMove := want != "" && want == st.StorageClassName && isLocal(sc) && annNode != "" && st.NodeName != "" && annNode != st.NodeName
-	if st.Phase == v1alpha1.DiskPhaseReady && annNode != "" && (want == "" || want == st.StorageClassName) && (annNode == st.NodeName ||
+	// A move to another node's Local storage within one class is asked for by the
+	// move-to-node annotation, which is taken off once the disk is Ready on that node or the
+	// move to it failed: a request, never a standing rule (a live migration may take the disk
+	// elsewhere later).
+	if want == "" {
+		want = st.StorageClassName // the class the disk lives in stands for a spec naming none
+	} else if want != st.StorageClassName {
+		moveTo = "" // a move to another class names its node with storage-node
+	}
+	nodeMove := want == st.StorageClassName && isLocal(sc) && moveTo != "" && st.NodeName != "" && moveTo != st.NodeName
+	if st.Phase == v1alpha1.DiskPhaseReady && moveTo != "" && (moveTo == st.NodeName ||
 		(nodeMove && cond != nil && cond.Status == v1alpha1.ConditionFalse && cond.Reason == ReasonMoveFailed && cond.ObservedGeneration == d.Generation)) {
-		return true, runtime.Result{}, c.dropStorageNode(ctx, d)
+		return true, runtime.Result{}, c.dropMoveToNode(ctx, d)
 	}
 	if want == "" || (want == st.StorageClassName && !nodeMove) || (st.Phase != v1alpha1.DiskPhaseReady && st.Phase != v1alpha1.DiskPhaseMigrating) {
 		if st.Phase == v1alpha1.DiskPhaseMigrating {
@@ -117,8 +126,10 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	}
 	// The VMs as stored now, not as the cache last saw them: a VM starting with the disk
 	// stops the move before anything is written.
-	if vm, err := c.runningUser(ctx, d); err != nil {
+	if vm, hibernated, err := c.runningUser(ctx, d); err != nil {
 		return true, runtime.Result{}, err
+	} else if hibernated {
+		return wait(ReasonMoveWaiting, fmt.Sprintf("the move to storage class %q waits for VirtualMachine %q, which is hibernated: its saved state resumes with the disk where it is (start it, or discard the state with rakhsh vm start --force)", want, vm), 30*time.Second)
 	} else if vm != "" {
 		return wait(ReasonMoveWaiting, fmt.Sprintf("the move to storage class %q waits for VirtualMachine %q to stop: a disk is moved only while no running VM uses it", want, vm), 5*time.Second)
 	}
@@ -129,7 +140,10 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 		srcNode = st.NodeName
 	}
 	if isLocal(target) {
-		dstNode = d.Annotations[v1alpha1.AnnotationStorageNode]
+		dstNode = storageNode
+		if nodeMove {
+			dstNode = moveTo
+		}
 		if dstNode == "" {
 			dstNode = srcNode
 		}
@@ -215,16 +229,16 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	return true, runtime.Result{}, nil
 }
 
-// dropStorageNode takes the annotation that asked for the disk's node off (guarded by the
-// resourceVersion read); the change bumps the disk's generation.
-func (c *Controller) dropStorageNode(ctx context.Context, d *v1alpha1.VirtualDisk) error {
+// dropMoveToNode takes the move-to-node annotation off (guarded by the resourceVersion read);
+// the change bumps the disk's generation.
+func (c *Controller) dropMoveToNode(ctx context.Context, d *v1alpha1.VirtualDisk) error {
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": d.ResourceVersion,
-		"annotations": map[string]any{v1alpha1.AnnotationStorageNode: nil}}})
+		"annotations": map[string]any{v1alpha1.AnnotationMoveToNode: nil}}})
 	if err != nil {
 		return err
 	}
 	if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {
-		return fmt.Errorf("taking the annotation %s off: %w", v1alpha1.AnnotationStorageNode, err)
+		return fmt.Errorf("taking the annotation %s off: %w", v1alpha1.AnnotationMoveToNode, err)
 	}
 	return nil
 }
@@ -246,17 +260,17 @@ func (c *Controller) copyVerified(ctx context.Context, src, dst string) error {
 }
 
 // runningUser returns a VM of the disk's project, read from the API, that lists the disk and
-// whose QEMU may have it open or is about to (bound to a node, or in a running phase); "" if
-// none.
-func (c *Controller) runningUser(ctx context.Context, d *v1alpha1.VirtualDisk) (string, error) {
+// whose QEMU may have it open or is about to (bound to a node, or in a running phase), or
+// that is hibernated (its saved state needs the disk where it is); "" if none.
+func (c *Controller) runningUser(ctx context.Context, d *v1alpha1.VirtualDisk) (name string, hibernated bool, err error) {
 	l, err := c.c.List(ctx, "virtualmachines", d.Namespace, client.ListOptions{})
 	if err != nil {
-		return "", fmt.Errorf("listing the VMs of project %s: %w", d.Namespace, err)
+		return "", false, fmt.Errorf("listing the VMs of project %s: %w", d.Namespace, err)
 	}
 	for _, raw := range l.Items {
 		var vm v1alpha1.VirtualMachine
 		if err := json.Unmarshal(raw, &vm); err != nil {
-			return "", err
+			return "", false, err
 		}
 		uses := false
 		for _, b := range vm.Spec.BlockDeviceRefs {
@@ -265,18 +279,23 @@ func (c *Controller) runningUser(ctx context.Context, d *v1alpha1.VirtualDisk) (
 		if !uses {
 			continue
 		}
+		if v1alpha1.IsHibernated(&vm) {
+			// Its saved state resumes on its node with its disks as they were: the disk stays
+			// until the VM has resumed or its state is discarded (rakhsh vm start --force).
+			return vm.Name, true, nil
+		}
 		switch vm.Status.Phase {
 		case v1alpha1.VMPhaseStarting, v1alpha1.VMPhaseRunning, v1alpha1.VMPhasePause, v1alpha1.VMPhaseStopping,
 			v1alpha1.VMPhaseMigrating, v1alpha1.VMPhaseDegraded:
-			return vm.Name, nil
+			return vm.Name, false, nil
 		case v1alpha1.VMPhaseStopped:
 		default:
 			if vm.Status.NodeName != "" {
-				return vm.Name, nil // bound: its agent is about to start it
+				return vm.Name, false, nil // bound: its agent is about to start it
 			}
 		}
 	}
-	return "", nil
+	return "", false, nil
 }
 
 // delegateMove hands a move whose ends this controller cannot both see to the agent of node:
@@ -305,5 +324,5 @@ func (c *Controller) delegateMove(ctx context.Context, d *v1alpha1.VirtualDisk, 
 	}
 	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionTrue, ReasonMovingOnNode, msg)
 	c.log.Info("a node's agent moves the disk", "disk", d.Namespace+"/"+d.Name, "node", node, "source", source, "from", from, "to", want)
-	return true, runtime.Result{}, c.writeStatus(ctx, d, st)
+	return true, runtime.Result{}, c.writeStatusGuarded(ctx, d, st)
 }
