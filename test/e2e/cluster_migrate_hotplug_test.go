@@ -60,7 +60,7 @@ spec:
 	}
 	s.MustCLI("", "vm", "attach", "rkp-vm", "rkp-hd", "--wait", "--timeout", "2m")
 	s.MustCLI("", "vm", "attach", "rkp-vm", img, "--kind", "ClusterVirtualImage", "--wait", "--timeout", "2m")
-	migrateConsoleType(t, h, v.UID, "while ! [ -e /sys/block/vda ] || ! [ -e /sys/block/sr1 ]; do sleep 0.1; done; echo RKHOT-4711 > /dev/vda; sync; echo RKPWROTE")
+	migrateConsoleType(t, h, v.UID, "while ! [ -e /sys/block/vda ] || ! [ -e /sys/block/sr1 ]; do sleep 0.1; done; echo RKHOT-4711 > /dev/vda; sync; echo RKP''WROTE")
 	vmWaitSerial(t, s, "rkp-vm", "RKPWROTE", 1)
 	// A second NIC on the NAT network, hot-plugged: the guest takes its lease on eth1.
 	if err := s.Client().Patch(context.Background(), "virtualmachines", "default", "rkp-vm",
@@ -134,7 +134,7 @@ spec:
 
 	// Detached on the target: the guest loses the disk, the lease is given back.
 	s.MustCLI("", "vm", "detach", "rkp-vm", "rkp-hd", "--wait", "--timeout", "2m")
-	migrateConsoleType(t, c.Host(dst), v.UID, "while [ -e /sys/block/vda ]; do sleep 0.1; done; echo RKPGONE")
+	migrateConsoleType(t, c.Host(dst), v.UID, "while [ -e /sys/block/vda ]; do sleep 0.1; done; echo RKP''GONE")
 	vmWaitSerial(t, s, "rkp-vm", "RKPGONE", 1)
 	waitFor(t, "the lease given back after the detach", func() bool {
 		l := diskLease(t, s, "rkp-hd")

@@ -238,7 +238,7 @@ spec:
 			t.Fatalf("the Local disk is on %q, its VM on %q", d.Status.NodeName, src)
 		}
 		h := c.Host(src)
-		migrateConsoleType(t, h, v.UID, "echo RKMARK-4711 > /dev/vda; sync; echo RKWROTE")
+		migrateConsoleType(t, h, v.UID, "echo RKMARK-4711 > /dev/vda; sync; echo RK''WROTE")
 		vmWaitSerial(t, s, "rkm-local", "RKWROTE", 1)
 		dst, _ := migrateTicking(t, c, s, "rkm-local", v.UID, src)
 		migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKREAD $(head -c 12 /dev/vda)")
@@ -268,7 +268,7 @@ spec:
 		c.Host("h1").RestartWithArgs(t, "--migration-encryption=false")
 		v := vmWait(t, s, "rkm-local", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 		src := v.Status.NodeName
-		migrateConsoleType(t, c.Host(src), v.UID, "echo RKPLAIN-0815 > /dev/vda; sync; echo RKPWROTE")
+		migrateConsoleType(t, c.Host(src), v.UID, "echo RKPLAIN-0815 > /dev/vda; sync; echo RKP''WROTE")
 		vmWaitSerial(t, s, "rkm-local", "RKPWROTE", 1)
 		dst, after := migrateTicking(t, c, s, "rkm-local", v.UID, src)
 		if p := after.Status.MigrationState.Policy; p == nil || !p.Unencrypted {
@@ -339,8 +339,6 @@ spec:
 	}
 	src := v.Status.NodeName
 	h := c.Host(src)
-	migrateConsoleType(t, h, v.UID, "echo RKPCR-A $(cat /sys/class/tpm/tpm0/pcr-sha256/0) $(cat /sys/class/tpm/tpm0/pcr-sha256/7)")
-	vmWaitSerial(t, s, "rkm-efi", "RKPCR-A ", 1)
 	pcrRe := regexp.MustCompile(`(?m)^RKPCR-([AB]) ([0-9A-Fa-f]{64}) ([0-9A-Fa-f]{64})\s*$`)
 	pcrs := func(which string) string {
 		for _, m := range pcrRe.FindAllStringSubmatch(vmLog(t, s, "rkm-efi"), -1) {
@@ -350,10 +348,11 @@ spec:
 		}
 		return ""
 	}
+	// The console echoes the typed command at once; its output line comes later (seconds on
+	// a loaded machine): wait for the output line itself.
+	migrateConsoleType(t, h, v.UID, "echo RKPCR-A $(cat /sys/class/tpm/tpm0/pcr-sha256/0) $(cat /sys/class/tpm/tpm0/pcr-sha256/7)")
+	waitFor(t, "the PCR values before the migration", func() bool { return pcrs("A") != "" })
 	before := pcrs("A")
-	if before == "" {
-		t.Fatalf("no PCR values in the serial log:\n%s", tail(vmLog(t, s, "rkm-efi"), 1500))
-	}
 	vars, err := os.ReadFile(filepath.Join(storage.VMRunDir(h.DataDir, v.UID), "efivars.fd"))
 	if err != nil {
 		t.Fatal(err)
@@ -363,7 +362,7 @@ spec:
 		t.Fatalf("vm migrate: exit %d: %s %s", r.Code, r.Stdout, r.Stderr)
 	}
 	migrateConsoleType(t, c.Host(dst), v.UID, "echo RKPCR-B $(cat /sys/class/tpm/tpm0/pcr-sha256/0) $(cat /sys/class/tpm/tpm0/pcr-sha256/7)")
-	vmWaitSerial(t, s, "rkm-efi", "RKPCR-B ", 1)
+	waitFor(t, "the PCR values after the migration", func() bool { return pcrs("B") != "" })
 	if after := pcrs("B"); after != before {
 		t.Errorf("TPM PCRs 0 and 7: %q before the migration, %q after", before, after)
 	}

@@ -214,7 +214,7 @@ func TestClusterStorage(t *testing.T) {
 	}
 	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
 	// The guest writes a marker on the disk, which must move with it.
-	migrateConsoleType(t, h2, v.UID, "echo RKMOVE-2718 > /dev/vda; sync; echo RKWROTE")
+	migrateConsoleType(t, h2, v.UID, "echo RKMOVE-2718 > /dev/vda; sync; echo RK''WROTE")
 	vmWaitSerial(t, s, "rks-cl-shared", "RKWROTE", 1)
 	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")
 
