@@ -269,10 +269,8 @@ func (a *Agent) settleDiskExports(ctx context.Context) error {
 			_ = os.Remove(recPath)
 			continue
 		}
-		var d v1alpha1.VirtualDisk
-		err = a.c.Get(ctx, "virtualdisks", rec.Namespace, rec.Name, &d)
-		gone := client.IsNotFound(err) || (err == nil && d.UID != rec.UID)
-		if err != nil && !gone {
+		d, gone, err := a.recordedDisk(ctx, rec.Namespace, rec.Name, rec.UID)
+		if err != nil {
 			errl = append(errl, err)
 			continue
 		}
@@ -297,7 +295,7 @@ func (a *Agent) settleDiskExports(ctx context.Context) error {
 			}
 		}
 		if removeSource {
-			if _, err := storage.Info(ctx, rec.Source, diskFormat(&d)); storage.IsLocked(err) {
+			if _, err := storage.Info(ctx, rec.Source, diskFormat(d)); storage.IsLocked(err) {
 				a.log.Warn("the old file of a disk that moved away is open in a QEMU: it is kept", "path", rec.Source)
 			} else if err := os.Remove(rec.Source); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errl = append(errl, err)
@@ -325,6 +323,17 @@ type diskFetchRecord struct {
 	// Dst is where the disk's file goes; the download is staged beside it, in
 	// Dst.fetch-SHA (and its .part), one name per version of the source's file.
 	Dst string `json:"dst"`
+}
+
+// recordedDisk reads the disk a record names; gone says it was deleted (or replaced by
+// another of the same name).
+func (a *Agent) recordedDisk(ctx context.Context, ns, name, uid string) (*v1alpha1.VirtualDisk, bool, error) {
+	var d v1alpha1.VirtualDisk
+	err := a.c.Get(ctx, "virtualdisks", ns, name, &d)
+	if client.IsNotFound(err) || (err == nil && d.UID != uid) {
+		return &d, true, nil
+	}
+	return &d, false, err
 }
 
 // fetchMovedDisk fetches the file of a disk that moves here from another node's Local
@@ -415,10 +424,8 @@ func (a *Agent) settleDiskFetches(ctx context.Context) error {
 			_ = os.Remove(recPath)
 			continue
 		}
-		var d v1alpha1.VirtualDisk
-		err = a.c.Get(ctx, "virtualdisks", rec.Namespace, rec.Name, &d)
-		gone := client.IsNotFound(err) || (err == nil && d.UID != rec.UID)
-		if err != nil && !gone {
+		d, gone, err := a.recordedDisk(ctx, rec.Namespace, rec.Name, rec.UID)
+		if err != nil {
 			errl = append(errl, err)
 			continue
 		}
