@@ -173,7 +173,7 @@ func (a *Agent) prepareExport(ctx context.Context, d *v1alpha1.VirtualDisk, src 
 		return errs.New(errs.ErrConflict, "the file of VirtualDisk %s/%s on node %s is open in a QEMU (a VM started from it): %v", d.Namespace, d.Name, a.cfg.NodeName, err)
 	}
 	if err != nil {
-		return fmt.Errorf("reading the disk's file: %w", err)
+		return failedExport(ctx, d, fmt.Errorf("reading the disk's file: %w", err))
 	}
 	dir := filepath.Dir(recPath)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -184,9 +184,10 @@ func (a *Agent) prepareExport(ctx context.Context, d *v1alpha1.VirtualDisk, src 
 		// A linked clone: a flattened copy, which needs nothing else on the other node.
 		export = filepath.Join(dir, d.UID+"."+format)
 		_ = os.Remove(export)
+		storage.CleanTempFor(export) // a flatten cut short by a restart
 		if err := storage.Convert(ctx, src, format, export, format); err != nil {
 			storage.CleanTempFor(export)
-			return fmt.Errorf("flattening the disk for the move: %w", err)
+			return failedExport(ctx, d, fmt.Errorf("flattening the disk for the move: %w", err))
 		}
 	}
 	sum, err := fileSHA256(ctx, export)
@@ -204,6 +205,17 @@ func (a *Agent) prepareExport(ctx context.Context, d *v1alpha1.VirtualDisk, src 
 	}
 	a.log.Info("disk exported for a move to another node", "disk", d.Namespace+"/"+d.Name, "to", d.Status.NodeName, "flattened", export != src, "sha256", sum)
 	return nil
+}
+
+// failedExport is the answer to the fetching node when preparing the export failed: a
+// conflict, which ends the move (the file cannot be read or flattened, the disk is full),
+// rather than a retry that would flatten again and again; when this agent was stopping,
+// unavailable, which the fetching node tries again.
+func failedExport(ctx context.Context, d *v1alpha1.VirtualDisk, err error) error {
+	if ctx.Err() != nil {
+		return errs.New(errs.ErrUnavailable, "preparing the file of VirtualDisk %s/%s was cut short: %v", d.Namespace, d.Name, err)
+	}
+	return errs.New(errs.ErrConflict, "preparing the file of VirtualDisk %s/%s for the move failed: %v", d.Namespace, d.Name, err)
 }
 
 // fileSHA256 hashes the file at path; it stops when ctx ends.
@@ -242,73 +254,100 @@ func (a *Agent) settleDiskExports(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Under the lock: an export is never handed out while its files go.
-	a.exportMu.Lock()
-	defer a.exportMu.Unlock()
 	var errl []error
 	for _, e := range entries {
 		if !strings.HasSuffix(e.Name(), ".json") {
 			continue
 		}
-		recPath := filepath.Join(dir, e.Name())
-		if a.exportJobs[strings.TrimSuffix(e.Name(), ".json")] != nil {
-			continue // being prepared
-		}
-		rec, err := readDiskExportRecord(recPath)
-		if err != nil {
-			a.log.Warn("an unreadable disk export record is removed", "path", recPath, "err", err)
-			_ = os.Remove(recPath)
-			continue
-		}
-		// The record names the disk's own files only: its file (UID.FORMAT in a pool) and
-		// the export (the file itself, or UID.FORMAT here).
-		if storage.CheckUID(rec.UID) != nil || rec.UID+".json" != e.Name() || !filepath.IsAbs(rec.Source) ||
-			!strings.HasPrefix(filepath.Base(rec.Source), rec.UID+".") ||
-			(rec.Export != rec.Source && (filepath.Dir(rec.Export) != dir || !strings.HasPrefix(filepath.Base(rec.Export), rec.UID+"."))) {
-			a.log.Warn("a disk export record that names other files is removed", "path", recPath)
-			_ = os.Remove(recPath)
-			continue
-		}
-		d, gone, err := a.recordedDisk(ctx, rec.Namespace, rec.Name, rec.UID)
-		if err != nil {
-			errl = append(errl, err)
-			continue
-		}
-		removeSource := false
-		switch {
-		case gone:
-			removeSource = true
-		case d.Status.MoveSourceNodeName == a.cfg.NodeName:
-			continue // still moving away
-		case d.Status.NodeName == a.cfg.NodeName || d.Status.NodeName == "":
-			// The disk stayed (or its node is not known yet): its file stays.
-			if d.Status.NodeName == "" {
-				continue
-			}
-		default:
-			removeSource = true
-		}
-		if rec.Export != rec.Source {
-			if err := os.Remove(rec.Export); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errl = append(errl, err)
-				continue
-			}
-		}
-		if removeSource {
-			if _, err := storage.Info(ctx, rec.Source, diskFormat(d)); storage.IsLocked(err) {
-				a.log.Warn("the old file of a disk that moved away is open in a QEMU: it is kept", "path", rec.Source)
-			} else if err := os.Remove(rec.Source); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errl = append(errl, err)
-				continue
-			} else {
-				a.log.Info("removed the old file of a disk that moved to another node", "disk", rec.Namespace+"/"+rec.Name, "path", rec.Source, "node", d.Status.NodeName)
-			}
-		}
-		if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := a.settleDiskExport(ctx, dir, e.Name()); err != nil {
 			errl = append(errl, err)
 		}
 	}
 	return errors.Join(errl...)
+}
+
+// settleDiskExport settles one export record (name, in dir). It decides from the disk's
+// status without the export lock (an API read may take long), and then, under it, removes
+// files only if no export of the disk is being prepared and the record is still the one read.
+func (a *Agent) settleDiskExport(ctx context.Context, dir, name string) error {
+	recPath := filepath.Join(dir, name)
+	raw, err := os.ReadFile(recPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	rec, err := readDiskExportRecord(recPath)
+	if err != nil {
+		a.log.Warn("an unreadable disk export record is removed", "path", recPath, "err", err)
+		return removeIfSame(recPath, raw)
+	}
+	// The record names the disk's own files only: its file (UID.FORMAT in a pool) and the
+	// export (the file itself, or UID.FORMAT here).
+	if storage.CheckUID(rec.UID) != nil || rec.UID+".json" != name || !filepath.IsAbs(rec.Source) ||
+		!strings.HasPrefix(filepath.Base(rec.Source), rec.UID+".") ||
+		(rec.Export != rec.Source && (filepath.Dir(rec.Export) != dir || !strings.HasPrefix(filepath.Base(rec.Export), rec.UID+"."))) {
+		a.log.Warn("a disk export record that names other files is removed", "path", recPath)
+		return removeIfSame(recPath, raw)
+	}
+	d, gone, err := a.recordedDisk(ctx, rec.Namespace, rec.Name, rec.UID)
+	if err != nil {
+		return err
+	}
+	removeSource := false
+	switch {
+	case gone:
+		removeSource = true
+	case d.Status.MoveSourceNodeName == a.cfg.NodeName:
+		return nil // still moving away
+	case d.Status.NodeName == a.cfg.NodeName:
+		// The disk stayed (the move failed or was called off): its file stays.
+	case d.Status.NodeName == "" && d.Status.Phase != v1alpha1.DiskPhaseReady:
+		return nil // not placed yet: decided on a later pass
+	default:
+		removeSource = true // on another node, or on Shared storage
+	}
+	a.exportMu.Lock()
+	defer a.exportMu.Unlock()
+	if job := a.exportJobs[rec.UID]; job != nil {
+		select {
+		case <-job.done:
+			delete(a.exportJobs, rec.UID) // nobody asked for its outcome
+		default:
+			return nil // being prepared
+		}
+	}
+	if now, err := os.ReadFile(recPath); err != nil || string(now) != string(raw) {
+		return nil // a new export since: decided on a later pass
+	}
+	if rec.Export != rec.Source {
+		if err := os.Remove(rec.Export); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if removeSource {
+		if _, err := storage.Info(ctx, rec.Source, diskFormat(d)); storage.IsLocked(err) {
+			a.log.Warn("the old file of a disk that moved away is open in a QEMU: it is kept", "path", rec.Source)
+		} else if err := os.Remove(rec.Source); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		} else {
+			a.log.Info("removed the old file of a disk that moved away", "disk", rec.Namespace+"/"+rec.Name, "path", rec.Source, "node", d.Status.NodeName)
+		}
+	}
+	if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// removeIfSame removes the file at path if it still holds data.
+func removeIfSame(path string, data []byte) error {
+	now, err := os.ReadFile(path)
+	if err != nil || string(now) != string(data) {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // diskFetchDir holds the records of the disks this node fetches from other nodes.
@@ -434,7 +473,11 @@ func (a *Agent) settleDiskFetches(ctx context.Context) error {
 		}
 		removeStaged(rec.Dst, "")
 		if holds := !gone && (d.Status.NodeName == a.cfg.NodeName || d.Status.MoveSourceNodeName == a.cfg.NodeName); !holds {
-			// Fetched, but the disk did not end up here (its status names another node).
+			// Fetched, but the disk did not end up here (its status names another node); a
+			// file a QEMU holds open (a live migration into this node) stays.
+			if _, err := storage.Info(ctx, rec.Dst, diskFormat(d)); storage.IsLocked(err) {
+				continue
+			}
 			if err := os.Remove(rec.Dst); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errl = append(errl, err)
 				continue

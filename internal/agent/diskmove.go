@@ -57,6 +57,14 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	if err := a.getClass(ctx, want, &target); err != nil {
 		return err
 	}
+	if source := d.Status.MoveSourceNodeName; source != "" && source != a.cfg.NodeName {
+		// From another node: within the disk's class when the spec names none (or the
+		// default pool), as the disk controller reads it.
+		if want == "" || (target == nil && want == storage.DefaultPool) {
+			want, target = from, src
+		}
+		return a.moveFromNode(ctx, &d, from, want, target)
+	}
 	srcLocal := src == nil || src.Spec.Type == v1alpha1.StorageClassTypeLocal
 	fail := func(err error) error {
 		log.Warn("moving the disk failed", "err", err)
@@ -72,9 +80,6 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	}
 	if target.Spec.Type != v1alpha1.StorageClassTypeLocal && target.Spec.Type != v1alpha1.StorageClassTypeShared {
 		return fail(fmt.Errorf("StorageClass %q has type %q, which this agent does not support", want, target.Spec.Type))
-	}
-	if source := d.Status.MoveSourceNodeName; source != "" && source != a.cfg.NodeName {
-		return a.moveFromNode(ctx, &d, from, want, target)
 	}
 	srcPath, _, err := diskHome(&d, src, a.cfg.DataDir, a.cfg.NodeName)
 	if err != nil {
@@ -100,7 +105,7 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	took := time.Since(started).Round(time.Millisecond)
 	msg := fmt.Sprintf("moved from storage class %q to %q by node %s's agent in %s", from, want, a.cfg.NodeName, took)
 	if err := a.patchMoved(ctx, &d, want, node, v1alpha1.DiskReasonMoved, msg); err != nil {
-		if !a.moveLanded(ctx, &d, want, node) {
+		if landed, sure := a.moveLanded(ctx, &d, want, node); sure && !landed {
 			_ = os.Remove(dst) // the status still names the old file, which is whole
 		}
 		return err
@@ -165,10 +170,10 @@ func (a *Agent) moveFromNode(ctx context.Context, d *v1alpha1.VirtualDisk, from,
 		msg := fmt.Sprintf("moving from storage class %q on node %s to %q on node %s failed; the disk stays on node %s: %v", from, source, want, a.cfg.NodeName, source, err)
 		return a.patchMoveFailed(ctx, d, msg)
 	}
-	if target == nil {
+	if target == nil && from != storage.DefaultPool && want != storage.DefaultPool {
 		return giveUp(fmt.Errorf("StorageClass %q does not exist", want))
 	}
-	if target.Spec.Type != v1alpha1.StorageClassTypeLocal {
+	if target != nil && target.Spec.Type != v1alpha1.StorageClassTypeLocal {
 		return giveUp(fmt.Errorf("StorageClass %q is not Local: a disk is fetched from another node only into this node's Local storage", want))
 	}
 	dst := storage.ClassDiskPath(a.cfg.DataDir, target, d.UID)
@@ -184,7 +189,7 @@ func (a *Agent) moveFromNode(ctx context.Context, d *v1alpha1.VirtualDisk, from,
 	took := time.Since(started).Round(time.Millisecond)
 	msg := fmt.Sprintf("moved from storage class %q on node %s to %q on node %s in %s", from, source, want, a.cfg.NodeName, took)
 	if err := a.patchMoved(ctx, d, want, a.cfg.NodeName, v1alpha1.DiskReasonMoved, msg); err != nil {
-		if a.moveLanded(ctx, d, want, a.cfg.NodeName) {
+		if landed, _ := a.moveLanded(ctx, d, want, a.cfg.NodeName); landed {
 			log.Info("disk moved from another node (the answer to its status write was lost)", "took", took)
 		}
 		return err // the fetched file is removed later only if the status names another node
@@ -194,17 +199,24 @@ func (a *Agent) moveFromNode(ctx context.Context, d *v1alpha1.VirtualDisk, from,
 	return nil
 }
 
-// moveLanded says whether the disk's status, read again, names class and node as a finished
-// move: a status write whose answer was lost (a timeout, a broken connection) may have been
-// applied, and then the new file is the disk's only copy.
-func (a *Agent) moveLanded(ctx context.Context, d *v1alpha1.VirtualDisk, class string, node any) bool {
+// moveLanded reads the disk's status again after a status write that failed: a write whose
+// answer was lost (a timeout, a broken connection) may have been applied, and then the new
+// file is the disk's only copy. landed: the status names class and node as a finished move;
+// sure: it was read and either names that or still the move's start (the same class and
+// node as d's), so the write certainly did not land. Anything else (the read failed, the
+// status changed otherwise) is not sure: keep both files and decide on the next pass.
+func (a *Agent) moveLanded(ctx context.Context, d *v1alpha1.VirtualDisk, class string, node any) (landed, sure bool) {
 	var now v1alpha1.VirtualDisk
-	if err := a.c.Get(ctx, "virtualdisks", d.Namespace, d.Name, &now); err != nil {
-		return false
+	if err := a.c.Get(ctx, "virtualdisks", d.Namespace, d.Name, &now); err != nil || now.UID != d.UID {
+		return false, false
 	}
 	n, _ := node.(string)
-	return now.UID == d.UID && now.Status.Phase == v1alpha1.DiskPhaseReady && now.Status.StorageClassName == class &&
-		now.Status.NodeName == n && now.Status.MoveSourceNodeName == ""
+	if now.Status.Phase == v1alpha1.DiskPhaseReady && now.Status.StorageClassName == class && now.Status.NodeName == n && now.Status.MoveSourceNodeName == "" {
+		return true, true
+	}
+	unchanged := now.Status.StorageClassName == d.Status.StorageClassName && now.Status.NodeName == d.Status.NodeName &&
+		now.Status.MoveSourceNodeName == d.Status.MoveSourceNodeName
+	return false, unchanged
 }
 
 // patchMoveFailed records that this node gave up a move from another node: the condition

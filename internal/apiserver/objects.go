@@ -682,11 +682,20 @@ func (s *Server) EnsureProject(ctx context.Context, name string) error {
 	return nil
 }
 
-// placementChanged says whether an update changes the annotation that asks for a move of a
-// VirtualDisk to another node (virtualization.rakhsh.io/move-to-node): a request like a spec
-// change, which bumps the generation as one does (docs/storage.md).
+// placementChanged says whether an update changes an annotation that asks for a move of a
+// VirtualDisk to a node (virtualization.rakhsh.io/storage-node, move-to-node): a request like
+// a spec change, which bumps the generation as one does, so that a failed move is tried again
+// when only the node changes (docs/storage.md).
 func placementChanged(obj, old v1alpha1.Object) bool {
 	n, ok1 := obj.(*v1alpha1.VirtualDisk)
 	o, ok2 := old.(*v1alpha1.VirtualDisk)
-	return ok1 && ok2 && n.Annotations[v1alpha1.AnnotationMoveToNode] != o.Annotations[v1alpha1.AnnotationMoveToNode]
+	if !ok1 || !ok2 {
+		return false
+	}
+	for _, k := range []string{v1alpha1.AnnotationStorageNode, v1alpha1.AnnotationMoveToNode} {
+		if n.Annotations[k] != o.Annotations[k] {
+			return true
+		}
+	}
+	return false
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,14 @@ func newDiskCommand(cc *cliContext) *cobra.Command {
 	}
 	cmd.AddCommand(newDiskMoveCommand(cc))
 	return cmd
+}
+
+// onNode is " on node NODE", or "" for none.
+func onNode(node string) string {
+	if node == "" {
+		return ""
+	}
+	return " on node " + node
 }
 
 // Reasons of a disk's Migrating condition that end a move without moving (the disk
@@ -61,18 +70,23 @@ off. See docs/storage.md.`,
 			// disk it changes.
 			var d, out v1alpha1.VirtualDisk
 			var cancelling bool
+			var origin string // the node the disk is on, or moves away from
 			for attempt := 0; ; attempt++ {
 				d = v1alpha1.VirtualDisk{}
 				if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
 					return err
 				}
 				migrating := d.Status.Phase == v1alpha1.DiskPhaseMigrating
-				// Naming the class the disk is in (and its node, or none) calls off a move to
-				// another class or to another node.
-				cancelling = d.Status.StorageClassName == class && migrating &&
-					(d.Spec.PersistentVolumeClaim.StorageClassName != class || d.Status.MoveSourceNodeName != "") &&
-					(node == "" || node == d.Status.MoveSourceNodeName)
-				if d.Status.StorageClassName == class && !migrating && (node == "" || node == d.Status.NodeName) {
+				origin = cmp.Or(d.Status.MoveSourceNodeName, d.Status.NodeName)
+				// A move is asked for (and maybe waits for a VM to stop) or runs: to another class
+				// (the spec names it) or to another node (the move-to-node annotation, or a
+				// hand-over from another node).
+				specClass := d.Spec.PersistentVolumeClaim.StorageClassName
+				asked := (specClass != "" && specClass != class) || d.Annotations[v1alpha1.AnnotationMoveToNode] != "" ||
+					(migrating && d.Status.MoveSourceNodeName != "")
+				// Naming the class the disk is in (and its node, or none) calls such a move off.
+				cancelling = d.Status.StorageClassName == class && asked && (node == "" || node == origin)
+				if d.Status.StorageClassName == class && !migrating && !asked && (node == "" || node == d.Status.NodeName) {
 					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s is already in storage class %s\n", name, class)
 					return nil
 				}
@@ -134,16 +148,17 @@ off. See docs/storage.md.`,
 				if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
 					return err
 				}
-				if cancelling && d.Status.Phase == v1alpha1.DiskPhaseReady {
-					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s: the move was called off; it stays in storage class %s\n", name, class)
-					return nil
+				if cancelling && d.Status.Phase == v1alpha1.DiskPhaseReady && d.Annotations[v1alpha1.AnnotationMoveToNode] == "" {
+					if d.Status.StorageClassName == class && (origin == "" || d.Status.NodeName == origin) {
+						fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s: the move was called off; it stays in storage class %s\n", name, class)
+						return nil
+					}
+					// The move ended before the call-off reached it.
+					return fmt.Errorf("the move of VirtualDisk %q ended before it could be called off: it is in storage class %s%s",
+						name, d.Status.StorageClassName, onNode(d.Status.NodeName))
 				}
 				if !cancelling && d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseReady && (node == "" || d.Status.NodeName == node) {
-					where := ""
-					if d.Status.NodeName != "" {
-						where = " on node " + d.Status.NodeName
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s moved from storage class %s to %s%s\n", name, from, class, where)
+					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s moved from storage class %s to %s%s\n", name, from, class, onNode(d.Status.NodeName))
 					return nil
 				}
 				if cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); cond != nil && cond.Status == v1alpha1.ConditionFalse &&

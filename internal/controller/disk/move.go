@@ -75,7 +75,10 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 			st.NodeName, st.MoveSourceNodeName = st.MoveSourceNodeName, ""
 			msg = "the move was called off; the disk stays in storage class " + st.StorageClassName + " on node " + st.NodeName
 		}
-		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, msg)
+		// The generation of the hand-over, not the current one: a request made since (another
+		// node) is not taken for the one that was called off, and goes ahead.
+		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse,
+			Reason: ReasonMoveFailed, Message: msg, ObservedGeneration: cond.ObservedGeneration})
 		// Guarded by the resourceVersion read: the copying node's end, if it landed first,
 		// stands, and this reconcile runs again on what it wrote.
 		return true, runtime.Result{}, c.writeStatusGuarded(ctx, d, st)
@@ -209,9 +212,13 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	msg := fmt.Sprintf("moved from storage class %q to %q in %s", from, want, took)
 	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoved, msg)
 	if err := c.writeStatus(ctx, d, st); err != nil {
-		// The status still names the old class, whose file is untouched: the copy is left
-		// over and is made again (replaced) by the next try.
-		_ = os.Remove(dst)
+		// A write whose answer was lost may have been applied: the copy is removed only when
+		// the status, read again, still names the old class (whose file is untouched); the
+		// next try makes it again. Otherwise both files stay, and the next pass decides.
+		var now v1alpha1.VirtualDisk
+		if gerr := c.c.Get(ctx, "virtualdisks", d.Namespace, d.Name, &now); gerr == nil && now.UID == d.UID && now.Status.StorageClassName == from {
+			_ = os.Remove(dst)
+		}
 		return true, runtime.Result{}, err
 	}
 	// A VM that started from the old file in spite of the checks (it read the disk Ready just
