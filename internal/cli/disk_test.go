@@ -55,3 +55,37 @@ func TestDiskMoveRefusals(t *testing.T) {
 		}
 	}
 }
+
+// TestDiskMoveRequests: a move to another node within the class is asked for with the
+// move-to-node annotation (storage-node untouched); naming the class again without --node
+// takes back a move that is asked for but not started, and says so.
+func TestDiskMoveRequests(t *testing.T) {
+	f := newFakeServer(t)
+	f.put("nodes", object{"apiVersion": "virtualization.rakhsh.io/v1alpha1", "kind": "Node", "metadata": object{"name": "n2"}})
+	f.put("storageclasses", object{"apiVersion": "virtualization.rakhsh.io/v1alpha1", "kind": "StorageClass",
+		"metadata": object{"name": "local"}, "spec": object{"type": "Local"}})
+	f.put("virtualdisks", object{"apiVersion": "virtualization.rakhsh.io/v1alpha1", "kind": "VirtualDisk",
+		"metadata": object{"name": "d1", "namespace": "default", "annotations": object{"virtualization.rakhsh.io/storage-node": "n1"}},
+		"spec":     object{"persistentVolumeClaim": object{"storageClassName": "local"}},
+		"status":   object{"phase": "Ready", "storageClassName": "local", "nodeName": "n1"}})
+	_, errOut, code := f.run(t, "", "disk", "move", "d1", "--storage-class", "local", "--node", "n2", "--no-wait")
+	if code != 0 {
+		t.Fatalf("disk move --node n2: exit %d: %s", code, errOut)
+	}
+	annotations := func() map[string]any {
+		md, _ := f.get("virtualdisks", "default", "d1")["metadata"].(map[string]any)
+		ann, _ := md["annotations"].(map[string]any)
+		return ann
+	}
+	if ann := annotations(); ann["virtualization.rakhsh.io/move-to-node"] != "n2" || ann["virtualization.rakhsh.io/storage-node"] != "n1" {
+		t.Errorf("annotations after disk move --node n2: %v, want move-to-node n2 and storage-node n1 untouched", ann)
+	}
+	// The request waits (its VM runs, say): naming the class again takes it back.
+	out, errOut, code := f.run(t, "", "disk", "move", "d1", "--storage-class", "local", "--timeout", "5s")
+	if code != 0 || !strings.Contains(out, "the move was called off; it stays in storage class local") {
+		t.Fatalf("calling off a waiting move: exit %d out %q err %q", code, out, errOut)
+	}
+	if ann := annotations(); ann["virtualization.rakhsh.io/move-to-node"] != nil {
+		t.Errorf("the move-to-node annotation stayed after the call-off: %v", ann)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/apiserver"
 )
 
 // fakeServer is a tiny in-memory API server: enough of the Rakhsh API (CRUD, lists with
@@ -287,6 +288,31 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 200, out)
 			return
 		}
+		stored := f.storeLocked(v1alpha1.WatchModified, resource, ns, key, o)
+		f.mu.Unlock()
+		writeJSON(w, 200, stored)
+	case r.Method == http.MethodPatch && name != "":
+		// A JSON merge patch (what the CLI sends), refused on a stale resourceVersion.
+		body, _ := io.ReadAll(r.Body)
+		var patch map[string]any
+		if err := json.Unmarshal(body, &patch); err != nil {
+			f.status(w, 400, v1alpha1.ReasonBadRequest, err.Error())
+			return
+		}
+		f.mu.Lock()
+		old, exists := f.objects[key]
+		if !exists {
+			f.mu.Unlock()
+			f.status(w, 404, v1alpha1.ReasonNotFound, fmt.Sprintf("%s %q not found", resource, name))
+			return
+		}
+		if rv := str(patch, "metadata.resourceVersion"); rv != "" && rv != str(old, "metadata.resourceVersion") {
+			f.mu.Unlock()
+			f.status(w, 409, v1alpha1.ReasonConflict, "the object has been modified")
+			return
+		}
+		o, _ := apiserver.MergePatch(deepCopy(old), patch).(map[string]any)
+		o["status"] = old["status"]
 		stored := f.storeLocked(v1alpha1.WatchModified, resource, ns, key, o)
 		f.mu.Unlock()
 		writeJSON(w, 200, stored)
