@@ -142,28 +142,32 @@ func eachServeMode(t *testing.T, body func(t *testing.T, mode ServeMode)) {
 func sideBySide(t *testing.T) {
 	t.Helper()
 	t.Parallel()
-	lanes.take(t, false)
+	lanes.take(t, 0)
 }
 
 // clusterLane puts a multi-host test in the cluster lane: it runs after the sequential tests,
 // one cluster test at a time (they share the cluster "rkh" or build their own, whose
-// namespaces have other names), beside a side-by-side test.
+// namespaces have other names), beside a side-by-side test. The cluster tests run in the
+// order of their files, as they did one after another: some leave the shared cluster as the
+// next one expects it.
 func clusterLane(t *testing.T) {
 	t.Helper()
+	turn := lanes.queue() // before t.Parallel: in the order the tests start
 	t.Parallel()
-	lanes.take(t, true)
+	lanes.take(t, turn)
 }
 
-// lanes hands out the two running slots. A cluster test that waits while none runs has the
-// next free slot, so that the cluster lane (the longest) never waits behind a queue of
-// side-by-side tests; side by side, tests take any slot left.
+// lanes hands out the two running slots. The first waiting cluster test has the next free
+// slot while no cluster test runs, so that the cluster lane (the longest) never waits behind
+// a queue of side-by-side tests; side by side, tests take any slot left.
 var lanes = newLaneSlots(2)
 
 type laneSlots struct {
 	mu             sync.Mutex
 	cond           *sync.Cond
 	free           int
-	clusterWaiting int
+	turns          int   // cluster tests queued so far
+	clusterWaiting []int // their turns, in order
 	clusterRunning bool
 }
 
@@ -173,18 +177,26 @@ func newLaneSlots(n int) *laneSlots {
 	return l
 }
 
-// take waits for a slot for a cluster or side-by-side test and gives it back when it ends.
-func (l *laneSlots) take(t *testing.T, cluster bool) {
+// queue gives a cluster test its turn (from 1), in the order they call it.
+func (l *laneSlots) queue() int {
 	l.mu.Lock()
-	if cluster {
-		l.clusterWaiting++
-	}
-	for !l.mayRun(cluster) {
+	defer l.mu.Unlock()
+	l.turns++
+	l.clusterWaiting = append(l.clusterWaiting, l.turns)
+	return l.turns
+}
+
+// take waits for a slot for a cluster test (its turn) or a side-by-side one (turn 0), and
+// gives it back when the test ends.
+func (l *laneSlots) take(t *testing.T, turn int) {
+	cluster := turn > 0
+	l.mu.Lock()
+	for !l.mayRun(turn) {
 		l.cond.Wait()
 	}
 	l.free--
 	if cluster {
-		l.clusterWaiting--
+		l.clusterWaiting = l.clusterWaiting[1:]
 		l.clusterRunning = true
 	}
 	l.mu.Unlock()
@@ -199,14 +211,15 @@ func (l *laneSlots) take(t *testing.T, cluster bool) {
 	})
 }
 
-// mayRun says whether a test of the lane may take a slot now (l.mu held).
-func (l *laneSlots) mayRun(cluster bool) bool {
+// mayRun says whether a test with the turn (0: side by side) may take a slot now (l.mu
+// held).
+func (l *laneSlots) mayRun(turn int) bool {
 	switch {
 	case l.free == 0:
 		return false
-	case cluster:
-		return !l.clusterRunning
-	case l.clusterWaiting > 0 && !l.clusterRunning:
+	case turn > 0:
+		return !l.clusterRunning && l.clusterWaiting[0] == turn
+	case len(l.clusterWaiting) > 0 && !l.clusterRunning:
 		return l.free > 1 // one stays for the cluster test
 	}
 	return true
