@@ -3,12 +3,9 @@ package agent
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -190,7 +187,7 @@ func (a *Agent) prepareExport(ctx context.Context, d *v1alpha1.VirtualDisk, src 
 			return failedExport(ctx, d, fmt.Errorf("flattening the disk for the move: %w", err))
 		}
 	}
-	sum, err := fileSHA256(ctx, export)
+	sum, err := storage.FileSHA256(ctx, export)
 	if err != nil {
 		return err
 	}
@@ -218,35 +215,17 @@ func failedExport(ctx context.Context, d *v1alpha1.VirtualDisk, err error) error
 	return errs.New(errs.ErrConflict, "preparing the file of VirtualDisk %s/%s for the move failed: %v", d.Namespace, d.Name, err)
 }
 
-// fileSHA256 hashes the file at path; it stops when ctx ends.
-func fileSHA256(ctx context.Context, path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	for {
-		if err := ctx.Err(); err != nil {
-			return "", err
-		}
-		n, err := f.Read(buf)
-		h.Write(buf[:n])
-		if err == io.EOF {
-			return hex.EncodeToString(h.Sum(nil)), nil
-		}
-		if err != nil {
-			return "", err
-		}
-	}
-}
-
 // settleDiskExports removes what this node exported once it is no longer needed: the export
 // and the old file of a disk that now lives on another node or is gone; only the export of a
 // disk that stayed here (a failed or called-off move). A disk still moving away keeps both.
 func (a *Agent) settleDiskExports(ctx context.Context) error {
 	dir := diskExportDir(a.cfg.DataDir)
+	return eachRecord(dir, func(name string) error { return a.settleDiskExport(ctx, dir, name) })
+}
+
+// eachRecord calls f with the name of each record (NAME.json) in dir, which may not exist,
+// and returns their errors joined.
+func eachRecord(dir string, f func(name string) error) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -256,11 +235,8 @@ func (a *Agent) settleDiskExports(ctx context.Context) error {
 	}
 	var errl []error
 	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") {
-			continue
-		}
-		if err := a.settleDiskExport(ctx, dir, e.Name()); err != nil {
-			errl = append(errl, err)
+		if strings.HasSuffix(e.Name(), ".json") {
+			errl = append(errl, f(e.Name()))
 		}
 	}
 	return errors.Join(errl...)
@@ -440,54 +416,44 @@ func removeStaged(dst, keep string) {
 // when the disk did not end up here) once a disk no longer moves to this node.
 func (a *Agent) settleDiskFetches(ctx context.Context) error {
 	dir := diskFetchDir(a.cfg.DataDir)
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
+	return eachRecord(dir, func(name string) error { return a.settleDiskFetch(ctx, dir, name) })
+}
+
+// settleDiskFetch settles one fetch record (name, in dir).
+func (a *Agent) settleDiskFetch(ctx context.Context, dir, name string) error {
+	recPath := filepath.Join(dir, name)
+	data, err := os.ReadFile(recPath)
+	var rec diskFetchRecord
+	if err == nil {
+		err = json.Unmarshal(data, &rec)
+	}
+	if err != nil || storage.CheckUID(rec.UID) != nil || rec.UID+".json" != name || !filepath.IsAbs(rec.Dst) ||
+		!strings.HasPrefix(filepath.Base(rec.Dst), rec.UID+".") {
+		_ = os.Remove(recPath)
 		return nil
 	}
+	d, gone, err := a.recordedDisk(ctx, rec.Namespace, rec.Name, rec.UID)
 	if err != nil {
 		return err
 	}
-	var errl []error
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") {
-			continue
+	if !gone && d.Status.NodeName == a.cfg.NodeName && d.Status.MoveSourceNodeName != "" && d.Status.MoveSourceNodeName != a.cfg.NodeName {
+		return nil // still moving here
+	}
+	removeStaged(rec.Dst, "")
+	if holds := !gone && (d.Status.NodeName == a.cfg.NodeName || d.Status.MoveSourceNodeName == a.cfg.NodeName); !holds {
+		// Fetched, but the disk did not end up here (its status names another node); a
+		// file a QEMU holds open (a live migration into this node) stays.
+		if _, err := storage.Info(ctx, rec.Dst, diskFormat(d)); storage.IsLocked(err) {
+			return nil
 		}
-		recPath := filepath.Join(dir, e.Name())
-		data, err := os.ReadFile(recPath)
-		var rec diskFetchRecord
-		if err == nil {
-			err = json.Unmarshal(data, &rec)
-		}
-		if err != nil || storage.CheckUID(rec.UID) != nil || rec.UID+".json" != e.Name() || !filepath.IsAbs(rec.Dst) ||
-			!strings.HasPrefix(filepath.Base(rec.Dst), rec.UID+".") {
-			_ = os.Remove(recPath)
-			continue
-		}
-		d, gone, err := a.recordedDisk(ctx, rec.Namespace, rec.Name, rec.UID)
-		if err != nil {
-			errl = append(errl, err)
-			continue
-		}
-		if !gone && d.Status.NodeName == a.cfg.NodeName && d.Status.MoveSourceNodeName != "" && d.Status.MoveSourceNodeName != a.cfg.NodeName {
-			continue // still moving here
-		}
-		removeStaged(rec.Dst, "")
-		if holds := !gone && (d.Status.NodeName == a.cfg.NodeName || d.Status.MoveSourceNodeName == a.cfg.NodeName); !holds {
-			// Fetched, but the disk did not end up here (its status names another node); a
-			// file a QEMU holds open (a live migration into this node) stays.
-			if _, err := storage.Info(ctx, rec.Dst, diskFormat(d)); storage.IsLocked(err) {
-				continue
-			}
-			if err := os.Remove(rec.Dst); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errl = append(errl, err)
-				continue
-			}
-		}
-		if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errl = append(errl, err)
+		if err := os.Remove(rec.Dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 	}
-	return errors.Join(errl...)
+	if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // diskFormat is the qemu format of the disk's file (qcow2 unless its status says raw).

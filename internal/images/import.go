@@ -2,11 +2,9 @@ package images
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -316,13 +314,13 @@ func store(ctx context.Context, tmp, dst string, in *ingested, space *SpaceGuard
 			break
 		}
 		// The digest of the stored file is not that of the compressed download.
-		if res.SHA256, err = fileSHA256(tmp); err != nil {
+		if res.SHA256, err = storage.FileSHA256(ctx, tmp); err != nil {
 			return nil, processingError(ctx, "hashing the stored image: %w", err)
 		}
 	case FormatISO:
 		res.CDROM = true
 		if in.compression != "" {
-			if res.SHA256, err = fileSHA256(tmp); err != nil {
+			if res.SHA256, err = storage.FileSHA256(ctx, tmp); err != nil {
 				return nil, processingError(ctx, "hashing the stored image: %w", err)
 			}
 		}
@@ -334,7 +332,7 @@ func store(ctx context.Context, tmp, dst string, in *ingested, space *SpaceGuard
 			return nil, processingError(ctx, fmt.Sprintf("converting the %s image to qcow2: %%w", format), err)
 		}
 		res.Format = FormatQCOW2
-		if res.SHA256, err = fileSHA256(dst); err != nil {
+		if res.SHA256, err = storage.FileSHA256(ctx, dst); err != nil {
 			return nil, processingError(ctx, "hashing the stored image: %w", err)
 		}
 		return res, statSize(dst, res)
@@ -483,21 +481,8 @@ func Describe(ctx context.Context, path string) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{Format: format, SourceFormat: format, CDROM: format == FormatISO, VirtualSize: info.VirtualSize}
-	if res.SHA256, err = fileSHA256(path); err != nil {
+	if res.SHA256, err = storage.FileSHA256(ctx, path); err != nil {
 		return nil, transient(ReasonProcessingFailed, "hashing %s: %v", path, err)
 	}
 	return res, statSize(path, res)
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -153,3 +153,27 @@ func CopyContent(ctx context.Context, src, dst, sha256Hex string) error {
 		return out.Close()
 	})
 }
+
+// FileSHA256 returns the sha256 (hex) of the file at path; it stops when ctx ends.
+func FileSHA256(ctx context.Context, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		if err == io.EOF {
+			return hex.EncodeToString(h.Sum(nil)), nil
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+}
