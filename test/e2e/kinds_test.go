@@ -100,6 +100,9 @@ func TestEveryKind(t *testing.T) {
 	for i := len(fx) - 1; i >= 0; i-- {
 		f := fx[i]
 		t.Run(f.kind.Kind, func(t *testing.T) {
+			// Each kind has its own minute: the whole walk takes longer than one on a busy
+			// machine (a run with two tests at once passed 60 s at the last kind).
+			ctx := ctxT(t)
 			short := f.kind.Resource
 			if len(f.kind.ShortNames) > 0 {
 				short = f.kind.ShortNames[0]
