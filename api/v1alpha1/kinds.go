@@ -76,6 +76,13 @@ var Kinds = []KindInfo{
 		Columns: []Column{phaseCol, {Name: "CONSISTENT", Path: "status.consistent"}, {Name: "VIRTUALDISK", Path: "spec.virtualDiskName"}, ageCol}},
 	{Kind: "VirtualMachineSnapshot", Resource: "virtualmachinesnapshots", ShortNames: []string{"vmsnapshot", "vmsnapshots"}, Namespaced: true, HasStatus: true,
 		Columns: []Column{phaseCol, {Name: "CONSISTENT", Path: "status.consistent"}, {Name: "VIRTUALMACHINE", Path: "spec.virtualMachineName"}, ageCol}},
+	{Kind: "BackupTarget", Resource: "backuptargets", ShortNames: []string{"bt", "bts"}, HasStatus: true,
+		Columns: []Column{{Name: "TYPE", Path: "spec.type"}, {Name: "PATH", Path: "spec.directory.path"}, ageCol}},
+	{Kind: "VirtualMachineBackup", Resource: "virtualmachinebackups", ShortNames: []string{"vmbackup", "vmbackups"}, Namespaced: true, HasStatus: true,
+		Columns: []Column{phaseCol, {Name: "VIRTUALMACHINE", Path: "spec.virtualMachineName"}, {Name: "TARGET", Path: "spec.backupTargetName"},
+			{Name: "PROGRESS", Path: "status.progress"}, {Name: "READ", Path: "status.size.read", Format: "bytes"},
+			{Name: "STORED", Path: "status.size.stored", Format: "bytes"}, {Name: "KIND", Path: "status.disks.0.kind", Wide: true},
+			{Name: "NODE", Path: "status.nodeName", Wide: true}, ageCol}},
 	{Kind: "StorageClass", Resource: "storageclasses", ShortNames: []string{"sc"}, HasStatus: true,
 		Columns: []Column{{Name: "TYPE", Path: "spec.type"}, {Name: "DEFAULT", Path: "metadata.annotations.storageclass\\.kubernetes\\.io/is-default-class"},
 			{Name: "LOCALPATH", Path: "spec.local.path", Wide: true}, {Name: "SHAREDPATH", Path: "spec.shared.path", Wide: true}, ageCol}},
@@ -124,6 +131,7 @@ var kindStates = map[string][2][]string{
 	"VirtualMachineClass":     {{"Pending", "Ready", "Terminating"}, {"Discovered", "InUse"}},
 	"VirtualMachineOperation": {{"Pending", "InProgress", "Completed", "Failed", "Terminating", "Superseded"}, {"Completed", "SignalSent", "SnapshotReady"}},
 	"ClusterNetwork":          {{"Pending", "Ready", "Failed"}, {"Ready"}},
+	"VirtualMachineBackup":    {{"Pending", "InProgress", "Completed", "Failed"}, {BackupConditionCompleted, BackupConditionVerified}},
 }
 
 func init() {

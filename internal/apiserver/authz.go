@@ -37,7 +37,8 @@ import (
 //   - redeem stream tickets at nodes/ITSELF/streamtickets;
 //   - update and patch the status of VMs and disks whose stored status.nodeName is itself,
 //     leaving nodeName itself or empty (releasing the binding); the same for the status of
-//     VirtualDiskSnapshots handed to it (get, list and watch them too);
+//     VirtualDiskSnapshots and VirtualMachineBackups handed to it (get, list and watch them
+//     too, and BackupTargets);
 //   - update and patch the status of a VM whose stored live migration is active with itself
 //     as the target, keeping nodeName or setting it to itself (the switch-over);
 //   - create, update and patch events;
@@ -95,6 +96,8 @@ var nodeReadable = map[string]bool{
 	"virtualdiskleases":                    true,
 	"virtualdisksnapshots":                 true, // live disk snapshots handed to a node (internal/agent/snapshot.go)
 	"virtualmachineblockdeviceattachments": true, // hot-plug (agent/hotplug_disk.go)
+	"virtualmachinebackups":                true, // backups handed to a node (internal/agent/backup.go)
+	"backuptargets":                        true,
 }
 
 // describe names an identity in messages.
@@ -177,6 +180,11 @@ func authorizeNode(id Identity, a attributes) error {
 			return nil // authorizeNodeWrite checks the stored hand-over (status.nodeName)
 		}
 		return forbidden(id, a, "a node may write only the status of the disk snapshots handed to it, never their spec")
+	case "virtualmachinebackups":
+		if (a.Verb == verbUpdate || a.Verb == verbPatch) && a.Sub == "status" {
+			return nil // authorizeNodeWrite checks the stored hand-over (status.nodeName)
+		}
+		return forbidden(id, a, "a node may write only the status of the backups handed to it, never their spec")
 	case "virtualdiskleases":
 		if (a.Verb == verbCreate || a.Verb == verbUpdate || a.Verb == verbPatch) && a.Sub == "" {
 			return nil // authorizeNodeCreate and authorizeNodeWrite check the holder
@@ -337,6 +345,11 @@ func authorizeNodeWrite(ctx context.Context, t target, old, obj v1alpha1.Object,
 		}
 	case *v1alpha1.VirtualDiskSnapshot:
 		n := obj.(*v1alpha1.VirtualDiskSnapshot)
+		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
+			return err
+		}
+	case *v1alpha1.VirtualMachineBackup:
+		n := obj.(*v1alpha1.VirtualMachineBackup)
 		if err := boundCheck(id, what, o.Status.NodeName, n.Status.NodeName); err != nil {
 			return err
 		}

@@ -107,6 +107,7 @@ var userRules = map[string]userRule{
 	"clusternetworks":                      clusterReadable,
 	"virtualmachineclasses":                clusterReadable,
 	"storageclasses":                       clusterReadable,
+	"backuptargets":                        clusterReadable,
 	"nodes":                                clusterReadable,
 	controlPlaneResource:                   clusterReadable,
 	"nodes/" + v1alpha1.SubNodeCredential:  {Read: levelNever, Write: levelNever, Why: "node credentials are issued by the admin (rakhsh node token)"},

@@ -1,0 +1,163 @@
+package v1alpha1
+
+// BackupTarget is a cluster-wide place where VM backups are kept: a chunk store that every
+// backup of every VM kept there shares, so that data stored once is not stored again.
+type BackupTarget struct {
+	TypeMeta   `json:",inline"`
+	ObjectMeta `json:"metadata,omitempty"`
+	Spec       BackupTargetSpec   `json:"spec"`
+	Status     BackupTargetStatus `json:"status,omitempty"`
+}
+
+// BackupTargetType says what a target is. It is immutable.
+type BackupTargetType string
+
+// BackupTargetTypeDirectory: a directory on the node that runs the backup; a shared mount
+// (NFS) at the same path on every node makes one store for the whole cluster.
+const BackupTargetTypeDirectory BackupTargetType = "Directory"
+
+// BackupTargetSpec is the desired target. Exactly the section of its type is set.
+type BackupTargetSpec struct {
+	Type      BackupTargetType       `json:"type"`
+	Directory *BackupTargetDirectory `json:"directory,omitempty"`
+}
+
+// BackupTargetDirectory is a Directory target's place.
+type BackupTargetDirectory struct {
+	// Path is an absolute directory (required): chunks go to PATH/chunks, manifests to
+	// PATH/manifests.
+	Path string `json:"path"`
+}
+
+// BackupTargetStatus is the observed state of a target.
+type BackupTargetStatus struct {
+	Conditions []Condition `json:"conditions,omitempty"`
+}
+
+// VirtualMachineBackup is one backup run of a VM into a BackupTarget: every disk of the VM
+// at one instant, and the VM's spec. Its spec is immutable. The first backup of a VM in a
+// target reads the whole disks; later ones read only the blocks written since the previous
+// backup (QEMU's persistent dirty bitmaps) and store only chunks the target lacks.
+type VirtualMachineBackup struct {
+	TypeMeta   `json:",inline"`
+	ObjectMeta `json:"metadata,omitempty"`
+	Spec       VirtualMachineBackupSpec   `json:"spec"`
+	Status     VirtualMachineBackupStatus `json:"status,omitempty"`
+}
+
+// BackupMode says how the guest is held still for the instant the backup is taken.
+type BackupMode string
+
+// Backup modes (as Proxmox names them).
+const (
+	// BackupModeSnapshot (default): the VM runs on; its filesystems are frozen through the
+	// guest agent (when it answers) for the instant the copy starts.
+	BackupModeSnapshot BackupMode = "snapshot"
+	// BackupModeSuspend: the VM's vCPUs are paused for the instant the copy starts (no guest
+	// agent needed); the copy itself runs while the VM runs.
+	BackupModeSuspend BackupMode = "suspend"
+	// BackupModeStop (reserved): the VM is shut down for the backup. Refused for now.
+	BackupModeStop BackupMode = "stop"
+)
+
+// VirtualMachineBackupSpec names the VM, the target and the mode.
+type VirtualMachineBackupSpec struct {
+	// VirtualMachineName is the VM of the same project to back up. It must be running.
+	VirtualMachineName string `json:"virtualMachineName"`
+	// BackupTargetName is the BackupTarget the backup is stored in.
+	BackupTargetName string `json:"backupTargetName"`
+	// Mode (default snapshot) says how the guest is held still.
+	Mode BackupMode `json:"mode,omitempty"`
+}
+
+// BackupPhase is the phase of a VirtualMachineBackup.
+type BackupPhase string
+
+// Backup phases.
+const (
+	BackupPhasePending    BackupPhase = "Pending"
+	BackupPhaseInProgress BackupPhase = "InProgress"
+	BackupPhaseCompleted  BackupPhase = "Completed"
+	BackupPhaseFailed     BackupPhase = "Failed"
+)
+
+// Backup condition type and reasons.
+const (
+	BackupConditionCompleted = "Completed"
+	// BackupConditionVerified is the result of the last verification (rakhsh backup verify).
+	BackupConditionVerified = "Verified"
+
+	BackupReasonWaiting    = "WaitingForVirtualMachine"
+	BackupReasonInProgress = "BackingUp"
+	BackupReasonCompleted  = "Completed"
+	BackupReasonFailed     = "BackupFailed"
+	BackupReasonVerified   = "Verified"
+	BackupReasonCorrupted  = "Corrupted"
+)
+
+// AnnotationVerifyRequest on a VirtualMachineBackup asks the node that keeps it to read back
+// every chunk of the backup and check its hash (`rakhsh backup verify` sets it to a fresh
+// value). The node writes the result to the Verified condition, whose message ends with
+// "(request VALUE)".
+const AnnotationVerifyRequest = "virtualization.rakhsh.io/verify-request"
+
+// Kinds of a backed-up disk.
+const (
+	BackupKindFull        = "Full"
+	BackupKindIncremental = "Incremental"
+)
+
+// VirtualMachineBackupStatus is the observed state of a backup.
+type VirtualMachineBackupStatus struct {
+	Phase BackupPhase `json:"phase,omitempty"`
+	// NodeName is the node whose agent takes the backup: the VM's node.
+	NodeName string `json:"nodeName,omitempty"`
+	// VirtualMachineUID is the uid of the VM backed up.
+	VirtualMachineUID string `json:"virtualMachineUID,omitempty"`
+	// Consistent says the guest's filesystems were frozen (or its vCPUs paused) at the
+	// instant of the backup.
+	Consistent *bool `json:"consistent,omitempty"`
+	// Manifest is the backup's manifest file, relative to the target's directory.
+	Manifest string `json:"manifest,omitempty"`
+	// Progress is the share of the data to read that has been stored ("42%").
+	Progress string `json:"progress,omitempty"`
+	// Disks are the backed-up disks.
+	Disks []BackupDisk `json:"disks,omitempty"`
+	// Size sums the disks' figures.
+	Size *BackupSize `json:"size,omitempty"`
+	// StartedAt and CompletedAt bound the run.
+	StartedAt   *Time `json:"startedAt,omitempty"`
+	CompletedAt *Time `json:"completedAt,omitempty"`
+	// Duration is how long the run took, ThroughputMiBps the data read per second of it.
+	Duration        string      `json:"duration,omitempty"`
+	ThroughputMiBps string      `json:"throughputMiBps,omitempty"`
+	Conditions      []Condition `json:"conditions,omitempty"`
+	// ObservedGeneration is the generation the status describes.
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// BackupDisk is one disk of a backup.
+type BackupDisk struct {
+	// Name is the VirtualDisk's name, VirtualDiskUID its uid.
+	Name           string `json:"name"`
+	VirtualDiskUID string `json:"virtualDiskUID,omitempty"`
+	// Kind is Full or Incremental; FullReason says why a disk was read whole when an
+	// earlier backup exists.
+	Kind       string `json:"kind"`
+	FullReason string `json:"fullReason,omitempty"`
+	BackupSize `json:",inline"`
+}
+
+// BackupSize are the byte counts of a backup.
+type BackupSize struct {
+	// Capacity is the disks' virtual size.
+	Capacity int64 `json:"capacity"`
+	// Read is what was read from the disks (for an incremental backup, the changed blocks).
+	Read int64 `json:"read"`
+	// Stored is what the backup added to the target, compressed (chunks it already had
+	// cost nothing).
+	Stored int64 `json:"stored"`
+	// Chunks counts the backup's chunks, NewChunks those the target did not have.
+	Chunks    int `json:"chunks"`
+	NewChunks int `json:"newChunks"`
+}
