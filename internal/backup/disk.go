@@ -1,0 +1,275 @@
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// Extent is a range of a disk's copy as `qemu-img map --output=json` reports it for the
+// qcow2 file QEMU's backup job wrote: Present ranges are those the job copied (the whole
+// allocated disk for a full backup, the blocks written since the previous backup for an
+// incremental one); of those, Data ranges are at Offset in the file and Zero ranges read as
+// zeros.
+type Extent struct {
+	Start   int64 `json:"start"`
+	Length  int64 `json:"length"`
+	Present bool  `json:"present"`
+	Zero    bool  `json:"zero"`
+	Data    bool  `json:"data"`
+	Offset  int64 `json:"offset"`
+}
+
+// ParseMap parses the output of `qemu-img map --output=json` for a disk of size bytes and
+// checks that its extents are in order, inside the disk, and that data extents have an
+// offset.
+func ParseMap(out []byte, size int64) ([]Extent, error) {
+	var ex []Extent
+	if err := json.Unmarshal(out, &ex); err != nil {
+		return nil, fmt.Errorf("qemu-img map: %w", err)
+	}
+	var at int64
+	for _, e := range ex {
+		if e.Start != at || e.Length <= 0 || e.Start+e.Length > size || (e.Data && e.Offset < 0) {
+			return nil, fmt.Errorf("qemu-img map: extent %+v does not follow %d inside %d bytes", e, at, size)
+		}
+		at = e.Start + e.Length
+	}
+	return ex, nil
+}
+
+// Stats are the figures of a disk's backup.
+type Stats struct {
+	Read      int64 // bytes read from the copy (data extents)
+	Stored    int64 // compressed bytes added to the store
+	Chunks    int   // chunks of the disk that are not zeros
+	NewChunks int   // chunks the store did not have
+}
+
+// Add sums two Stats.
+func (a Stats) Add(b Stats) Stats {
+	return Stats{a.Read + b.Read, a.Stored + b.Stored, a.Chunks + b.Chunks, a.NewChunks + b.NewChunks}
+}
+
+// BackupDisk makes the chunk list of a disk of size bytes: the chunks of prev (the disk's
+// previous backup; nil: none, the disk starts as zeros) with the present extents of ex laid
+// over them, their data read from src. Chunks no present extent touches keep prev's name
+// without being read. progress, when not nil, is told the bytes of present extents done.
+func (s *Store) BackupDisk(ctx context.Context, src io.ReaderAt, size int64, ex []Extent, prev []string, progress func(done int64)) ([]string, Stats, error) {
+	n := chunkCount(size)
+	if prev != nil && len(prev) != n {
+		return nil, Stats{}, fmt.Errorf("the previous backup has %d chunks for this disk, not %d", len(prev), n)
+	}
+	out := make([]string, n)
+	if prev != nil {
+		copy(out, prev)
+	}
+	// The present extents, by chunk.
+	touched := map[int][]Extent{}
+	for _, e := range ex {
+		if !e.Present {
+			continue
+		}
+		for c := int(e.Start / ChunkSize); c < n && int64(c)*ChunkSize < e.Start+e.Length; c++ {
+			touched[c] = append(touched[c], e)
+		}
+	}
+	order := make([]int, 0, len(touched))
+	for c := range touched {
+		order = append(order, c)
+	}
+	sort.Ints(order)
+	var st Stats
+	var done int64
+	for _, c := range order {
+		if err := ctx.Err(); err != nil {
+			return nil, st, err
+		}
+		base := int64(c) * ChunkSize
+		csize := chunkSize(size, c)
+		data, err := s.Get(out[c], csize)
+		if err != nil {
+			return nil, st, fmt.Errorf("the previous backup's chunk %d: %w", c, err)
+		}
+		for _, e := range touched[c] {
+			lo, hi := max(e.Start, base), min(e.Start+e.Length, base+int64(csize))
+			part := data[lo-base : hi-base]
+			if e.Data {
+				if _, err := src.ReadAt(part, e.Offset+(lo-e.Start)); err != nil {
+					return nil, st, fmt.Errorf("reading the disk's copy at %d: %w", lo, err)
+				}
+				st.Read += hi - lo
+			} else {
+				clear(part)
+			}
+			done += hi - lo
+		}
+		sum, added, err := s.Put(data)
+		if err != nil {
+			return nil, st, err
+		}
+		out[c] = sum
+		if added > 0 {
+			st.NewChunks++
+			st.Stored += added
+		}
+		if progress != nil {
+			progress(done)
+		}
+	}
+	for _, c := range out {
+		if c != "" {
+			st.Chunks++
+		}
+	}
+	return out, st, nil
+}
+
+// PresentBytes sums the present extents: what a backup of the copy reads.
+func PresentBytes(ex []Extent) int64 {
+	var n int64
+	for _, e := range ex {
+		if e.Present {
+			n += e.Length
+		}
+	}
+	return n
+}
+
+// RestoreDisk writes the data of disk d to w (a file of d.Size bytes, or larger), skipping
+// zero chunks (a new sparse file reads zeros there).
+func (s *Store) RestoreDisk(ctx context.Context, d Disk, w io.WriterAt) error {
+	for i, c := range d.Chunks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if c == "" {
+			continue
+		}
+		data, err := s.Get(c, chunkSize(d.Size, i))
+		if err != nil {
+			return fmt.Errorf("disk %q chunk %d: %w", d.Name, i, err)
+		}
+		if _, err := w.WriteAt(data, int64(i)*ChunkSize); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Problem is a chunk of a manifest that cannot be read back.
+type Problem struct {
+	Disk  string
+	Chunk int
+	Err   error
+}
+
+// Verify reads every chunk of m and checks it against its name. It returns the chunks that
+// are missing or corrupted; an error only when it could not finish.
+func (s *Store) Verify(ctx context.Context, m *Manifest) ([]Problem, error) {
+	var bad []Problem
+	checked := map[string]error{}
+	for _, d := range m.Disks {
+		for i, c := range d.Chunks {
+			if err := ctx.Err(); err != nil {
+				return bad, err
+			}
+			if c == "" {
+				continue
+			}
+			err, ok := checked[c]
+			if !ok {
+				_, err = s.Get(c, chunkSize(d.Size, i))
+				checked[c] = err
+			}
+			if err != nil {
+				bad = append(bad, Problem{Disk: d.Name, Chunk: i, Err: err})
+			}
+		}
+	}
+	return bad, nil
+}
+
+// GCResult is what a garbage collection removed.
+type GCResult struct {
+	Manifests, Chunks int
+	Freed             int64
+}
+
+// GC removes the manifests whose backup keep rejects (given the backup's uid: the backups
+// deleted from the API) and then every chunk no remaining manifest names, and the temporary
+// files of writers that died. It holds the store's lock exclusively, so it waits for running
+// backups to end.
+func (s *Store) GC(ctx context.Context, keep func(backupUID string) bool) (GCResult, error) {
+	unlock, err := s.Lock(true)
+	if err != nil {
+		return GCResult{}, err
+	}
+	defer unlock()
+	var res GCResult
+	rels, err := s.Manifests()
+	if err != nil {
+		return res, err
+	}
+	used := map[string]bool{}
+	for _, rel := range rels {
+		uid := filepath.Base(rel)
+		uid = uid[:len(uid)-len(".json")]
+		if !keep(uid) {
+			if fi, err := os.Stat(filepath.Join(s.Dir, rel)); err == nil {
+				res.Freed += fi.Size()
+			}
+			if err := os.Remove(filepath.Join(s.Dir, rel)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return res, err
+			}
+			res.Manifests++
+			continue
+		}
+		m, err := s.ReadManifest(rel)
+		if err != nil {
+			// A manifest that cannot be read keeps nothing alive, but it is not removed
+			// either: an operator should see it (verify names it).
+			continue
+		}
+		for _, d := range m.Disks {
+			for _, c := range d.Chunks {
+				used[c] = true
+			}
+		}
+	}
+	// A writer's temporary file is older than the lock: every writer holds the lock shared.
+	err = filepath.WalkDir(s.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		name := d.Name()
+		inChunks := filepath.Base(filepath.Dir(filepath.Dir(p))) == "chunks"
+		if !isTemp(name) && !(inChunks && validSum(name) && !used[name]) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err == nil {
+			res.Freed += fi.Size()
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if !isTemp(name) {
+			res.Chunks++
+		}
+		return nil
+	})
+	return res, err
+}

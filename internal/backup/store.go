@@ -1,0 +1,206 @@
+// Package backup is the chunk store of VM backups: a directory (a BackupTarget) holding
+// content-addressed, zstd-compressed chunks of disk data and one manifest per backup that
+// lists, per disk, the chunks its data is made of.
+//
+// Layout of a target directory:
+//
+//	DIR/chunks/ABCD/SUM   a chunk: ChunkSize bytes of a disk (less at a disk's end) whose
+//	                      sha256 is SUM (64 hex digits), compressed as one zstd frame
+//	DIR/manifests/NAMESPACE/VMUID/BACKUPUID.json
+//	                      a backup's manifest (JSON, see Manifest)
+//	DIR/.lock             flock: backups hold it shared, the garbage collection exclusive
+//
+// A chunk is named by the hash of its uncompressed data, so a chunk that any backup of any VM
+// stored before is not stored again. A chunk of zeros is not stored at all: its manifest
+// entry is empty. Files are written beside their place and renamed into it once synced, so a
+// crash leaves either the whole file or none (and temporary files that the next garbage
+// collection removes).
+package backup
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// ChunkSize is the size of a chunk of disk data (the last chunk of a disk is shorter).
+const ChunkSize = 4 << 20
+
+// Store is an open target directory.
+type Store struct {
+	Dir string
+}
+
+// Open opens (creating when needed) the target directory dir.
+func Open(dir string) (*Store, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("backup target directory %q is not absolute", dir)
+	}
+	for _, d := range []string{filepath.Join(dir, "chunks"), filepath.Join(dir, "manifests")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("backup target: %w", err)
+		}
+	}
+	return &Store{Dir: dir}, nil
+}
+
+// Lock takes the target's lock: shared for a backup (several may run at once), exclusive for
+// the garbage collection (which must not remove a chunk a running backup counts on finding).
+// The returned function releases it.
+func (s *Store) Lock(exclusive bool) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(s.Dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	how := syscall.LOCK_SH
+	if exclusive {
+		how = syscall.LOCK_EX
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking the backup target: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// ErrCorrupt says a chunk's data does not match its name.
+var ErrCorrupt = errors.New("chunk is corrupted")
+
+var (
+	encOnce sync.Once
+	enc     *zstd.Encoder
+	dec     *zstd.Decoder
+)
+
+func codecs() (*zstd.Encoder, *zstd.Decoder) {
+	encOnce.Do(func() {
+		// Both are safe for concurrent EncodeAll and DecodeAll; neither fails with these
+		// options.
+		enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+		dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(2*ChunkSize))
+	})
+	return enc, dec
+}
+
+// Sum names data: its sha256 in hex, or "" for data that is all zeros.
+func Sum(data []byte) string {
+	if isZero(data) {
+		return ""
+	}
+	h := sha256.Sum256(data)
+	return hex.EncodeToString(h[:])
+}
+
+var zeros = make([]byte, 64<<10)
+
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeros))
+		if !bytes.Equal(b[:n], zeros[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// validSum says s is a chunk name: 64 lower-case hex digits.
+func validSum(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) chunkPath(sum string) string {
+	return filepath.Join(s.Dir, "chunks", sum[:4], sum)
+}
+
+// Put stores data as a chunk unless the store has it. It returns the chunk's name ("" for
+// zeros, which are not stored), and the compressed bytes it added (0 when it had it).
+func (s *Store) Put(data []byte) (sum string, added int64, err error) {
+	sum = Sum(data)
+	if sum == "" {
+		return "", 0, nil
+	}
+	p := s.chunkPath(sum)
+	if _, err := os.Stat(p); err == nil {
+		return sum, 0, nil
+	}
+	e, _ := codecs()
+	z := e.EncodeAll(data, make([]byte, 0, len(data)/2))
+	f, err := storage.TempFile(p)
+	if err != nil {
+		return "", 0, err
+	}
+	_, werr := f.Write(z)
+	cerr := f.Close()
+	if werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = storage.Commit(f.Name(), p)
+	}
+	if werr != nil {
+		os.Remove(f.Name())
+		return "", 0, fmt.Errorf("storing chunk %s: %w", sum, werr)
+	}
+	return sum, int64(len(z)), nil
+}
+
+// Get reads a chunk and checks its data against its name (ErrCorrupt when they differ). The
+// empty name reads as size zeros.
+func (s *Store) Get(sum string, size int) ([]byte, error) {
+	if sum == "" {
+		return make([]byte, size), nil
+	}
+	if !validSum(sum) {
+		return nil, fmt.Errorf("%q is not a chunk name", sum)
+	}
+	z, err := os.ReadFile(s.chunkPath(sum))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("chunk %s is missing", sum)
+		}
+		return nil, err
+	}
+	_, d := codecs()
+	data, err := d.DecodeAll(z, make([]byte, 0, size))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w: %v", sum, ErrCorrupt, err)
+	}
+	if Sum(data) != sum || len(data) != size {
+		return nil, fmt.Errorf("chunk %s: %w: its data hashes otherwise or has %d bytes, not %d", sum, ErrCorrupt, len(data), size)
+	}
+	return data, nil
+}
+
+// chunkSize is the size of chunk i of a disk of size bytes.
+func chunkSize(size int64, i int) int {
+	return int(min(ChunkSize, size-int64(i)*ChunkSize))
+}
+
+// chunkCount is how many chunks a disk of size bytes has.
+func chunkCount(size int64) int {
+	return int((size + ChunkSize - 1) / ChunkSize)
+}
+
+// isTemp says a file of the store is a temporary one a writer left.
+func isTemp(name string) bool { return strings.HasPrefix(name, storage.TempPrefix) }
