@@ -324,6 +324,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.startNetworking(ctx)   // host networking: network.go
 	go a.runDiskResizer(ctx) // online disk resize: resize.go
 	go a.runSnapshotter(ctx) // live disk snapshots: snapshot.go
+	go a.runBackups(ctx)     // backups of running VMs: backup.go
 	go a.runMemory(ctx)      // balloons and KSM: memory.go
 	a.startHotplug(ctx)      // hot-plugged devices: hotplug_disk.go
 	a.queueOrphans()

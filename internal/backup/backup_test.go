@@ -168,7 +168,22 @@ func TestFullThenIncremental(t *testing.T) {
 	if bad, err := s.Verify(ctx, m2); err != nil || len(bad) != 1 || bad[0].Chunk != 0 {
 		t.Fatalf("verify of a corrupted chunk: %v %v", bad, err)
 	}
+	// The bad chunk was put aside: storing its data again heals the backup.
+	if _, err := os.Stat(s.chunkPath(c2[0]) + ".bad"); err != nil {
+		t.Fatalf("the corrupted chunk was not put aside: %v", err)
+	}
+	restored := make([]byte, ChunkSize)
+	copy(restored, disk[:ChunkSize])
+	if sum, added, err := s.Put(restored); err != nil || sum != c2[0] || added == 0 {
+		t.Fatalf("storing the rotten chunk's data again: %q %d %v", sum, added, err)
+	}
+	if bad, err := s.Verify(ctx, m2); err != nil || len(bad) != 0 {
+		t.Fatalf("verify after the chunk was stored again: %v %v", bad, err)
+	}
 	res, err := s.GC(ctx, func(uid string) bool { return uid == uidB2 })
+	if _, err := os.Stat(s.chunkPath(c2[0]) + ".bad"); err == nil {
+		t.Error("gc kept the bad chunk")
+	}
 	if err != nil || res.Manifests != 1 || res.Chunks != 2 || res.Freed <= 0 {
 		t.Fatalf("gc: %+v %v (want b1's manifest and its two chunks b2 does not share)", res, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 )
 
 // Extent is a range of a disk's copy as `qemu-img map --output=json` reports it for the
@@ -171,7 +172,9 @@ type Problem struct {
 }
 
 // Verify reads every chunk of m and checks it against its name. It returns the chunks that
-// are missing or corrupted; an error only when it could not finish.
+// are missing or corrupted; an error only when it could not finish. A corrupted chunk is
+// renamed to SUM.bad: a later backup that has its data stores it again (healing every backup
+// that names it) instead of counting on the bad file.
 func (s *Store) Verify(ctx context.Context, m *Manifest) ([]Problem, error) {
 	var bad []Problem
 	checked := map[string]error{}
@@ -187,6 +190,9 @@ func (s *Store) Verify(ctx context.Context, m *Manifest) ([]Problem, error) {
 			if !ok {
 				_, err = s.Get(c, chunkSize(d.Size, i))
 				checked[c] = err
+				if errors.Is(err, ErrCorrupt) {
+					_ = os.Rename(s.chunkPath(c), s.chunkPath(c)+".bad")
+				}
 			}
 			if err != nil {
 				bad = append(bad, Problem{Disk: d.Name, Chunk: i, Err: err})
@@ -256,7 +262,8 @@ func (s *Store) GC(ctx context.Context, keep func(backupUID string) bool) (GCRes
 		}
 		name := d.Name()
 		inChunks := filepath.Base(filepath.Dir(filepath.Dir(p))) == "chunks"
-		if !isTemp(name) && !(inChunks && validSum(name) && !used[name]) {
+		bad := inChunks && strings.HasSuffix(name, ".bad")
+		if !isTemp(name) && !bad && !(inChunks && validSum(name) && !used[name]) {
 			return nil
 		}
 		fi, err := d.Info()
@@ -266,7 +273,7 @@ func (s *Store) GC(ctx context.Context, keep func(backupUID string) bool) (GCRes
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		if !isTemp(name) {
+		if !isTemp(name) && !bad {
 			res.Chunks++
 		}
 		return nil

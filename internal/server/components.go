@@ -10,6 +10,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
+	"github.com/rakhsh/rakhsh/internal/controller/backup"
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
 	"github.com/rakhsh/rakhsh/internal/controller/ha"
@@ -122,6 +123,8 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 			Log: log.With("component", "event-gc")}).Run},
 		{name: "snapshot-controller", run: snapshot.New(snapshot.Config{Client: as("snapshot-controller"), Informers: inf,
 			DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "snapshot-controller")}).Run},
+		{name: "backup-controller", run: backup.New(backup.Config{Client: as("backup-controller"), Informers: inf,
+			Log: log.With("component", "backup-controller")}).Run},
 	}, nil
 }
 

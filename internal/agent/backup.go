@@ -1,0 +1,744 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/backup"
+	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// Backups of running VMs. The backup controller hands a VirtualMachineBackup to the agent of
+// the VM's node (status.nodeName, phase InProgress). The agent:
+//
+//  1. finds the VM's last Completed backup in the same target and reads its manifest; a disk
+//     whose dirty bitmap from that backup is in QEMU and consistent is read incrementally,
+//     any other disk whole (the reason is in status.disks[].fullReason);
+//  2. opens, per disk, an empty qcow2 file in DATA-DIR/backup-work (over a backing that reads
+//     zeros, so that "allocated" in that file means "copied by the job");
+//  3. freezes the guest's filesystems (mode snapshot, when the guest agent answers) or pauses
+//     its vCPUs (mode suspend);
+//  4. in one QMP transaction, per disk: adds a new persistent dirty bitmap named after this
+//     backup, and starts a blockdev-backup job, sync full, or sync bitmap over the previous
+//     backup's bitmap with bitmap-mode never (the old bitmap is left as it is);
+//  5. thaws or resumes the guest at once; QEMU's copy-before-write keeps the instant;
+//  6. once the jobs end, reads the copied ranges (qemu-img map of the work file), lays them
+//     over the previous backup's chunks, stores the chunks the target lacks, and writes the
+//     manifest, which names the new bitmaps;
+//  7. removes the previous backup's bitmaps. A backup that fails removes its own new bitmaps
+//     instead, so the previous ones still cover every write since the last good backup: a
+//     crash at any step costs at most a full read, never a wrong backup.
+
+// backupWorkDir is where the copies of QEMU's backup jobs are written before they are chunked.
+func (a *Agent) backupWorkDir() string { return filepath.Join(a.cfg.DataDir, "backup-work") }
+
+// bitmapPrefix is the prefix of the dirty bitmaps of backups into target.
+func bitmapPrefix(target string) string {
+	h := sha256.Sum256([]byte(target))
+	return "rakhsh-backup-" + hex.EncodeToString(h[:4]) + "-"
+}
+
+// bitmapName is the dirty bitmap a backup leaves in each of its disks.
+func bitmapName(target, backupUID string) string {
+	return bitmapPrefix(target) + strings.ReplaceAll(backupUID, "-", "")[:16]
+}
+
+// runBackups carries out the backups handed to this node until ctx ends.
+func (a *Agent) runBackups(ctx context.Context) {
+	bs := runtime.NewTypedInformer[v1alpha1.VirtualMachineBackup](a.c, "virtualmachinebackups",
+		client.ListOptions{FieldSelector: "status.nodeName=" + a.cfg.NodeName}, a.log)
+	q := runtime.NewQueue("agent-backup", a.log)
+	q.MaxBackoff = 10 * time.Second
+	bs.OnChange(q.Add)
+	// Work files of an earlier run are of backups that run again from the start (a QEMU job
+	// still writing one holds its descriptor, and is cancelled when the backup runs again).
+	if err := os.RemoveAll(a.backupWorkDir()); err != nil {
+		a.log.Warn("removing backup work files", "err", err)
+	}
+	go bs.Run(ctx)
+	q.Run(ctx, 1, a.reconcileBackup)
+}
+
+func (a *Agent) reconcileBackup(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+	ns, name := key.Split()
+	var b v1alpha1.VirtualMachineBackup
+	if err := a.c.Get(ctx, "virtualmachinebackups", ns, name, &b); err != nil {
+		if client.IsNotFound(err) {
+			return runtime.Result{}, nil
+		}
+		return runtime.Result{}, err
+	}
+	if b.Status.NodeName != a.cfg.NodeName || b.DeletionTimestamp != nil || storage.CheckUID(b.UID) != nil {
+		return runtime.Result{}, nil
+	}
+	switch b.Status.Phase {
+	case v1alpha1.BackupPhaseInProgress:
+		return a.takeBackup(ctx, &b)
+	case v1alpha1.BackupPhaseCompleted:
+		return runtime.Result{}, a.verifyBackup(ctx, &b)
+	}
+	return runtime.Result{}, nil
+}
+
+// backupTarget opens the target a backup names.
+func (a *Agent) backupTarget(ctx context.Context, name string) (*backup.Store, error) {
+	var t v1alpha1.BackupTarget
+	if err := a.c.Get(ctx, "backuptargets", "", name, &t); err != nil {
+		return nil, err
+	}
+	if t.Spec.Directory == nil {
+		return nil, fmt.Errorf("BackupTarget %q has no directory", name)
+	}
+	return backup.Open(t.Spec.Directory.Path)
+}
+
+// bkDisk is one disk of a running backup.
+type bkDisk struct {
+	snapDisk
+	name, uid  string
+	prev       []string // the previous backup's chunks (nil: read whole)
+	prevBitmap string   // the bitmap the job reads (empty: sync full)
+	fullReason string
+	src        string // the disk's block node in QEMU
+}
+
+func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup) (runtime.Result, error) {
+	fail := func(format string, args ...any) (runtime.Result, error) {
+		return runtime.Result{}, a.backupFailed(ctx, b, fmt.Sprintf(format, args...))
+	}
+	store, err := a.backupTarget(ctx, b.Spec.BackupTargetName)
+	if err != nil {
+		if client.IsNotFound(err) {
+			return fail("BackupTarget %q does not exist", b.Spec.BackupTargetName)
+		}
+		return fail("opening BackupTarget %q: %v", b.Spec.BackupTargetName, err)
+	}
+	var vm *v1alpha1.VirtualMachine
+	for _, v := range a.vms.List() {
+		if v.UID == b.Status.VirtualMachineUID {
+			vm = v
+		}
+	}
+	in := (*instance)(nil)
+	if vm != nil {
+		in = a.inst(vm.UID)
+	}
+	if vm == nil || in == nil || in.isExited() {
+		return fail("the VirtualMachine %q does not run on node %s any more", b.Spec.VirtualMachineName, a.cfg.NodeName)
+	}
+	mon, ok := in.monitor().(snapshotMonitor)
+	if !ok {
+		return runtime.Result{RequeueAfter: time.Second}, nil // QMP not connected (yet)
+	}
+	// A manifest of this backup is there when an earlier run of the agent stored it and
+	// stopped before it wrote the status.
+	rel := backup.ManifestPath(b.Namespace, vm.UID, string(b.UID))
+	if m, err := store.ReadManifest(rel); err == nil {
+		a.log.Info("backup found stored by an earlier run", "backup", b.Namespace+"/"+b.Name)
+		return runtime.Result{}, a.backupDone(ctx, b, m, rel, nil, 0, time.Time{})
+	}
+
+	prev, prevWhy := a.previousBackup(ctx, store, b, vm)
+	disks, err := a.backupDisks(ctx, mon, b, vm, prev, prevWhy)
+	if err != nil {
+		return fail("%v", err)
+	}
+	unlockStore, err := store.Lock(false)
+	if err != nil {
+		return fail("%v", err)
+	}
+	// Released before backupDone: its garbage collection takes the lock exclusively.
+	unlock := sync.OnceFunc(unlockStore)
+	defer unlock()
+	started := time.Now()
+	var fz freezer
+	switch {
+	case b.Spec.Mode == v1alpha1.BackupModeSuspend:
+		fz = vcpuPauser{mon}
+	default:
+		if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady); c != nil && c.Status == v1alpha1.ConditionTrue {
+			fz = guestFreezer{a: a, uid: vm.UID}
+		}
+	}
+	a.log.Info("taking a backup", "backup", b.Namespace+"/"+b.Name, "vm", vm.Name, "disks", len(disks), "mode", b.Spec.Mode)
+	newBitmap := bitmapName(b.Spec.BackupTargetName, string(b.UID))
+	// What an earlier run of this backup left in QEMU (the agent stopped while it copied).
+	for _, d := range disks {
+		a.dropSnapshotLeftovers(ctx, mon, d.id)
+	}
+	a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
+	res, err := copyForBackup(ctx, mon, fz, disks, newBitmap)
+	if err != nil {
+		if ctx.Err() != nil {
+			return runtime.Result{}, ctx.Err()
+		}
+		return fail("taking the backup in the running VirtualMachine %q: %v", vm.Name, err)
+	}
+	consistent := res.frozen
+	m := &backup.Manifest{Version: backup.ManifestVersion, Backup: backup.Ref{Namespace: b.Namespace, Name: b.Name, UID: string(b.UID)},
+		VM: backup.Ref{Namespace: vm.Namespace, Name: vm.Name, UID: vm.UID}, Target: b.Spec.BackupTargetName, CreatedAt: started.UTC(),
+		ChunkSize: backup.ChunkSize, Consistent: consistent}
+	if spec, err := json.Marshal(vm.Spec); err == nil {
+		m.VMSpec = spec
+	}
+	stats, err := a.chunkDisks(ctx, store, b, disks, m)
+	for _, d := range disks {
+		os.Remove(d.target)
+	}
+	if err != nil {
+		a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
+		if ctx.Err() != nil {
+			return runtime.Result{}, ctx.Err()
+		}
+		return fail("storing the backup: %v", err)
+	}
+	rel, err = store.WriteManifest(m)
+	if err != nil {
+		a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
+		return fail("%v", err)
+	}
+	// From here on the new bitmaps are the ones the next backup reads.
+	prefix := bitmapPrefix(b.Spec.BackupTargetName)
+	a.dropBitmaps(ctx, mon, disks, func(n string) bool { return strings.HasPrefix(n, prefix) && n != newBitmap })
+	unlock()
+	return runtime.Result{}, a.backupDone(ctx, b, m, rel, stats, res.frozenFor, started)
+}
+
+// previousBackup is the manifest of the VM's latest Completed backup in the same target, or
+// nil and why there is none to build on.
+func (a *Agent) previousBackup(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, vm *v1alpha1.VirtualMachine) (*backup.Manifest, string) {
+	list, err := a.c.List(ctx, "virtualmachinebackups", b.Namespace, client.ListOptions{})
+	if err != nil {
+		return nil, "listing the earlier backups: " + err.Error()
+	}
+	var last *v1alpha1.VirtualMachineBackup
+	for _, raw := range list.Items {
+		var o v1alpha1.VirtualMachineBackup
+		if json.Unmarshal(raw, &o) != nil || o.UID == b.UID || o.Status.Phase != v1alpha1.BackupPhaseCompleted ||
+			o.Status.VirtualMachineUID != vm.UID || o.Spec.BackupTargetName != b.Spec.BackupTargetName || o.Status.Manifest == "" || o.Status.StartedAt == nil {
+			continue
+		}
+		if last == nil || o.Status.StartedAt.After(last.Status.StartedAt.Time) {
+			last = &o
+		}
+	}
+	if last == nil {
+		return nil, "the first backup of the VM in this target"
+	}
+	m, err := store.ReadManifest(last.Status.Manifest)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Sprintf("the manifest of the previous backup %q is not in the target as node %s sees it", last.Name, a.cfg.NodeName)
+		}
+		return nil, fmt.Sprintf("the manifest of the previous backup %q: %v", last.Name, err)
+	}
+	return m, ""
+}
+
+// dirtyBitmap is an entry of a block node's dirty-bitmaps.
+type dirtyBitmap struct {
+	Name         string `json:"name"`
+	Persistent   bool   `json:"persistent"`
+	Busy         bool   `json:"busy"`
+	Inconsistent bool   `json:"inconsistent"`
+	Count        int64  `json:"count"`
+}
+
+type bitmapNode struct {
+	blockNode
+	Bitmaps []dirtyBitmap `json:"dirty-bitmaps"`
+}
+
+// backupDisks plans the disks of a backup: their files and QEMU nodes, and per disk whether
+// the previous backup's bitmap lets it be read incrementally.
+func (a *Agent) backupDisks(ctx context.Context, mon snapshotMonitor, b *v1alpha1.VirtualMachineBackup, vm *v1alpha1.VirtualMachine, prev *backup.Manifest, prevWhy string) ([]bkDisk, error) {
+	var nodes []bitmapNode
+	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		return nil, fmt.Errorf("query-named-block-nodes: %w", err)
+	}
+	var out []bkDisk
+	for _, ref := range vm.Spec.BlockDeviceRefs {
+		if ref.Kind != v1alpha1.BlockDeviceKindVirtualDisk {
+			continue
+		}
+		var d v1alpha1.VirtualDisk
+		if err := a.c.Get(ctx, "virtualdisks", vm.Namespace, ref.Name, &d); err != nil {
+			return nil, fmt.Errorf("VirtualDisk %q: %w", ref.Name, err)
+		}
+		path, _, err := a.diskFile(ctx, &d)
+		if err != nil {
+			return nil, fmt.Errorf("VirtualDisk %q: %w", d.Name, err)
+		}
+		n, err := diskNodeByPath(ctx, mon, path)
+		if err != nil {
+			return nil, err
+		}
+		if n == nil {
+			return nil, fmt.Errorf("the running VM does not have the disk %q open", d.Name)
+		}
+		var bitmaps []dirtyBitmap
+		for _, bn := range nodes {
+			if bn.NodeName == n.NodeName {
+				bitmaps = bn.Bitmaps
+			}
+		}
+		size := n.Image.VirtualSize
+		if size <= 0 {
+			return nil, fmt.Errorf("QEMU reports no size for the disk %q", d.Name)
+		}
+		id := fmt.Sprintf("bk%d-%s", len(out), strings.ReplaceAll(string(b.UID), "-", "")[:20])
+		bd := bkDisk{snapDisk: snapDisk{path: path, target: filepath.Join(a.backupWorkDir(), id+".qcow2"), size: size, id: id},
+			name: d.Name, uid: string(d.UID), src: n.NodeName, fullReason: prevWhy}
+		if prev != nil {
+			bd.prev, bd.prevBitmap, bd.fullReason = incrementalBase(prev, d.Name, string(d.UID), size, bitmaps)
+		}
+		out = append(out, bd)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("the VM has no VirtualDisk to back up")
+	}
+	return out, nil
+}
+
+// incrementalBase says whether the disk can be read incrementally over the previous backup
+// prev: its chunks and its bitmap, or why not.
+func incrementalBase(prev *backup.Manifest, name, uid string, size int64, bitmaps []dirtyBitmap) ([]string, string, string) {
+	i := slices.IndexFunc(prev.Disks, func(d backup.Disk) bool { return d.Name == name })
+	if i < 0 {
+		return nil, "", "the disk is not in the previous backup"
+	}
+	pd := prev.Disks[i]
+	switch {
+	case pd.UID != uid:
+		return nil, "", "the disk is another disk than in the previous backup (made again under its name)"
+	case pd.Size != size:
+		return nil, "", fmt.Sprintf("the disk's size changed since the previous backup (%d to %d bytes)", pd.Size, size)
+	case pd.Bitmap == "":
+		return nil, "", "the previous backup left no dirty bitmap"
+	}
+	j := slices.IndexFunc(bitmaps, func(bm dirtyBitmap) bool { return bm.Name == pd.Bitmap })
+	switch {
+	case j < 0:
+		return nil, "", "the dirty bitmap of the previous backup is not in the disk (the disk was copied, restored or moved, or its VM's QEMU was killed before it saved it)"
+	case bitmaps[j].Inconsistent:
+		return nil, "", "the dirty bitmap of the previous backup is inconsistent (QEMU was killed while the disk was open)"
+	case bitmaps[j].Busy:
+		return nil, "", "the dirty bitmap of the previous backup is in use by another job"
+	}
+	return pd.Chunks, pd.Bitmap, ""
+}
+
+// vcpuPauser holds a guest still by pausing its vCPUs (mode suspend).
+type vcpuPauser struct{ mon snapshotMonitor }
+
+func (p vcpuPauser) freeze(ctx context.Context) (int, error) {
+	return 0, p.mon.Execute(ctx, "stop", nil, nil)
+}
+func (p vcpuPauser) thaw(ctx context.Context) (int, error) {
+	return 0, p.mon.Execute(ctx, "cont", nil, nil)
+}
+
+// copyForBackup adds the work files to QEMU, holds the guest still (fz, when not nil), and
+// in one transaction adds the new bitmap to every disk and starts the copy jobs; it waits for
+// the jobs and takes the work files out of QEMU again. On failure it undoes what it added,
+// the new bitmaps too.
+func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks []bkDisk, newBitmap string) (res liveResult, err error) {
+	var done []snapAdded
+	bitmapsAdded := false
+	sds := make([]snapDisk, len(disks))
+	for i, d := range disks {
+		sds[i] = d.snapDisk
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		undoSnapshotTargets(uctx, mon, done)
+		if bitmapsAdded {
+			for _, d := range disks {
+				_ = mon.Execute(uctx, "block-dirty-bitmap-remove", map[string]any{"node": d.src, "name": newBitmap}, nil)
+			}
+		}
+		for _, d := range disks {
+			os.Remove(d.target)
+		}
+	}()
+	for _, d := range disks {
+		if err := os.MkdirAll(filepath.Dir(d.target), 0o700); err != nil {
+			return res, err
+		}
+	}
+	if err := addBackupTargets(ctx, mon, disks, &done); err != nil {
+		return res, err
+	}
+	var frozenAt time.Time
+	if fz != nil {
+		if _, ferr := fz.freeze(ctx); ferr != nil {
+			res.freezeErr = ferr
+		} else {
+			res.frozen, frozenAt = true, time.Now()
+		}
+	}
+	var actions []map[string]any
+	for _, d := range disks {
+		actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{
+			"node": d.src, "name": newBitmap, "persistent": true}})
+		job := map[string]any{"job-id": d.id, "device": d.src, "target": d.id, "sync": "full", "auto-dismiss": false}
+		if d.prevBitmap != "" {
+			job["sync"], job["bitmap"], job["bitmap-mode"] = "bitmap", d.prevBitmap, "never"
+		}
+		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": job})
+	}
+	// Not completion-mode grouped (block-dirty-bitmap-add refuses it): a job that fails fails
+	// the whole backup anyway, and the bitmaps it reads are left as they were.
+	terr := mon.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
+	if res.frozen {
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_, thawErr := fz.thaw(tctx)
+		cancel()
+		res.frozenFor = time.Since(frozenAt)
+		if thawErr != nil && terr == nil {
+			bitmapsAdded = true
+			for i := range done {
+				done[i].job = true
+			}
+			return res, fmt.Errorf("thawing the guest: %w", thawErr)
+		}
+	}
+	if terr != nil {
+		return res, fmt.Errorf("starting the copy: %w", terr)
+	}
+	bitmapsAdded = true
+	started := time.Now()
+	for i := range done {
+		done[i].job = true
+	}
+	ids := make([]string, len(disks))
+	for i, d := range disks {
+		ids[i] = d.id
+	}
+	if err := waitJobs(ctx, mon, ids); err != nil {
+		var jf jobFailed
+		if errors.As(err, &jf) {
+			for i := range done {
+				done[i].job = false
+			}
+		}
+		return res, err
+	}
+	res.copyTook = time.Since(started)
+	for i := range done {
+		done[i].job = false
+	}
+	return res, removeSnapshotTargets(ctx, mon, sds, done)
+}
+
+// addBackupTargets creates each disk's work file and opens it in QEMU as block node d.id over
+// a backing that reads zeros: what the job copies is then exactly what is allocated in it.
+func addBackupTargets(ctx context.Context, mon snapshotMonitor, disks []bkDisk, done *[]snapAdded) error {
+	for _, d := range disks {
+		os.Remove(d.target)
+		if err := storage.CreateBlank(ctx, d.target, d.size); err != nil {
+			return fmt.Errorf("creating the work file: %w", err)
+		}
+		f, err := os.OpenFile(d.target, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		info, err := mon.AddFD(ctx, f, -1, "backup:"+d.target)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("add-fd: %w", err)
+		}
+		*done = append(*done, snapAdded{set: info.FDSetID})
+		args := map[string]any{"driver": "qcow2", "node-name": d.id,
+			"file":    map[string]any{"driver": "file", "filename": qemu.FDSetPath(info.FDSetID)},
+			"backing": map[string]any{"driver": "null-co", "size": d.size, "read-zeroes": true}}
+		if err := mon.Execute(ctx, "blockdev-add", args, nil); err != nil {
+			return fmt.Errorf("blockdev-add %s: %w", d.id, err)
+		}
+		(*done)[len(*done)-1].node = d.id
+	}
+	return nil
+}
+
+// undoSnapshotTargets cancels the jobs and removes the nodes and descriptors done records.
+func undoSnapshotTargets(ctx context.Context, mon snapshotMonitor, done []snapAdded) {
+	for i := len(done) - 1; i >= 0; i-- {
+		a := done[i]
+		if a.job {
+			_ = mon.Execute(ctx, "job-cancel", map[string]any{"id": a.node}, nil)
+			waitJobsGone(ctx, mon, []string{a.node})
+		}
+		if a.node != "" {
+			_ = mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": a.node}, nil)
+		}
+		if a.set >= 0 {
+			_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": a.set}, nil)
+		}
+	}
+}
+
+// dropBitmaps removes the bitmaps of the disks that drop says.
+func (a *Agent) dropBitmaps(ctx context.Context, mon snapshotMonitor, disks []bkDisk, drop func(string) bool) {
+	var nodes []bitmapNode
+	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		a.log.Warn("listing dirty bitmaps", "err", err)
+		return
+	}
+	for _, d := range disks {
+		for _, n := range nodes {
+			if n.NodeName != d.src {
+				continue
+			}
+			for _, bm := range n.Bitmaps {
+				if drop(bm.Name) {
+					if err := mon.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": d.src, "name": bm.Name}, nil); err != nil {
+						a.log.Warn("removing a dirty bitmap", "disk", d.name, "bitmap", bm.Name, "err", err)
+					}
+				}
+			}
+		}
+	}
+}
+
+// chunkDisks stores the copied ranges of every disk's work file and fills m's disks.
+func (a *Agent) chunkDisks(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, disks []bkDisk, m *backup.Manifest) ([]v1alpha1.BackupDisk, error) {
+	type planned struct {
+		ex    []backup.Extent
+		bytes int64
+	}
+	plans := make([]planned, len(disks))
+	var total int64
+	for i, d := range disks {
+		out, err := exec.CommandContext(ctx, "qemu-img", "map", "--output=json", "-f", "qcow2", d.target).Output()
+		if err != nil {
+			return nil, fmt.Errorf("qemu-img map of the copy of disk %q: %w", d.name, err)
+		}
+		ex, err := backup.ParseMap(out, d.size)
+		if err != nil {
+			return nil, fmt.Errorf("disk %q: %w", d.name, err)
+		}
+		plans[i] = planned{ex, backup.PresentBytes(ex)}
+		total += plans[i].bytes
+	}
+	var doneBefore int64
+	var lastWrite atomic.Int64
+	progress := func(done int64) {
+		now := time.Now().UnixMilli()
+		if total == 0 || now-lastWrite.Load() < 2000 {
+			return
+		}
+		lastWrite.Store(now)
+		a.backupProgress(ctx, b, fmt.Sprintf("%d%%", (doneBefore+done)*100/total))
+	}
+	var out []v1alpha1.BackupDisk
+	for i, d := range disks {
+		f, err := os.Open(d.target)
+		if err != nil {
+			return nil, err
+		}
+		chunks, st, err := store.BackupDisk(ctx, f, d.size, plans[i].ex, d.prev, progress)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("disk %q: %w", d.name, err)
+		}
+		doneBefore += plans[i].bytes
+		m.Disks = append(m.Disks, backup.Disk{Name: d.name, UID: d.uid, Size: d.size,
+			Bitmap: bitmapName(b.Spec.BackupTargetName, string(b.UID)), Chunks: chunks})
+		kind := v1alpha1.BackupKindIncremental
+		if d.prevBitmap == "" {
+			kind = v1alpha1.BackupKindFull
+		}
+		out = append(out, v1alpha1.BackupDisk{Name: d.name, VirtualDiskUID: d.uid, Kind: kind, FullReason: d.fullReason,
+			BackupSize: v1alpha1.BackupSize{Capacity: d.size, Read: st.Read, Stored: st.Stored, Chunks: st.Chunks, NewChunks: st.NewChunks}})
+	}
+	return out, nil
+}
+
+// backupProgress writes the progress of a running backup (best effort).
+func (a *Agent) backupProgress(ctx context.Context, b *v1alpha1.VirtualMachineBackup, p string) {
+	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"progress": p}})
+	if err := a.c.PatchStatus(ctx, "virtualmachinebackups", b.Namespace, b.Name, patch, nil); err != nil {
+		a.log.Debug("writing backup progress", "err", err)
+	}
+}
+
+// backupDone marks a backup Completed (disks nil: found stored by an earlier run, figures
+// unknown) and collects the target's garbage.
+func (a *Agent) backupDone(ctx context.Context, b *v1alpha1.VirtualMachineBackup, m *backup.Manifest, rel string, disks []v1alpha1.BackupDisk, frozenFor time.Duration, started time.Time) error {
+	st := b.Status
+	st.Conditions = slices.Clone(b.Status.Conditions)
+	st.Phase = v1alpha1.BackupPhaseCompleted
+	st.Manifest = rel
+	st.Progress = "100%"
+	st.ObservedGeneration = b.Generation
+	consistent := m.Consistent
+	st.Consistent = &consistent
+	now := v1alpha1.Now()
+	st.CompletedAt = &now
+	msg := "stored in BackupTarget " + b.Spec.BackupTargetName
+	if disks != nil {
+		st.Disks = disks
+		var sum v1alpha1.BackupSize
+		for _, d := range disks {
+			sum.Capacity += d.Capacity
+			sum.Read += d.Read
+			sum.Stored += d.Stored
+			sum.Chunks += d.Chunks
+			sum.NewChunks += d.NewChunks
+		}
+		st.Size = &sum
+		took := time.Since(started)
+		st.Duration = took.Round(time.Millisecond).String()
+		st.ThroughputMiBps = fmt.Sprintf("%.1f", float64(sum.Read)/(1<<20)/max(took.Seconds(), 0.001))
+		msg = fmt.Sprintf("%s: read %s, stored %s (%d new chunks of %d) in %s", msg, v1alpha1.HumanBytes(sum.Read), v1alpha1.HumanBytes(sum.Stored), sum.NewChunks, sum.Chunks, st.Duration)
+		if consistent {
+			msg += fmt.Sprintf("; the guest was held still for %s", frozenFor.Round(time.Microsecond))
+		} else {
+			msg += "; crash-consistent (the guest was not frozen)"
+		}
+	}
+	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.BackupConditionCompleted, Status: v1alpha1.ConditionTrue,
+		Reason: v1alpha1.BackupReasonCompleted, Message: msg, ObservedGeneration: b.Generation})
+	a.log.Info("backup completed", "backup", b.Namespace+"/"+b.Name, "message", msg)
+	a.rec.Event(ctx, "VirtualMachineBackup", b, "Normal", v1alpha1.BackupReasonCompleted, msg)
+	if err := a.writeBackupStatus(ctx, b, st); err != nil {
+		return err
+	}
+	a.collectBackupGarbage(ctx, b.Spec.BackupTargetName)
+	return nil
+}
+
+// collectBackupGarbage removes from a target the manifests of backups deleted from the API
+// and the chunks no manifest uses any more (best effort: it runs after every backup).
+func (a *Agent) collectBackupGarbage(ctx context.Context, target string) {
+	store, err := a.backupTarget(ctx, target)
+	if err != nil {
+		return
+	}
+	list, err := a.c.List(ctx, "virtualmachinebackups", "", client.ListOptions{})
+	if err != nil {
+		return
+	}
+	live := map[string]bool{}
+	for _, raw := range list.Items {
+		var o v1alpha1.VirtualMachineBackup
+		if json.Unmarshal(raw, &o) == nil {
+			live[string(o.UID)] = true
+		}
+	}
+	res, err := store.GC(ctx, func(uid string) bool { return live[uid] })
+	if err != nil {
+		a.log.Warn("backup garbage collection", "target", target, "err", err)
+		return
+	}
+	if res.Manifests > 0 || res.Chunks > 0 {
+		a.log.Info("backup garbage collected", "target", target, "manifests", res.Manifests, "chunks", res.Chunks, "freed", res.Freed)
+	}
+}
+
+func (a *Agent) backupFailed(ctx context.Context, b *v1alpha1.VirtualMachineBackup, msg string) error {
+	a.log.Warn("backup failed", "backup", b.Namespace+"/"+b.Name, "why", msg)
+	st := b.Status
+	st.Conditions = slices.Clone(b.Status.Conditions)
+	st.Phase = v1alpha1.BackupPhaseFailed
+	st.ObservedGeneration = b.Generation
+	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.BackupConditionCompleted, Status: v1alpha1.ConditionFalse,
+		Reason: v1alpha1.BackupReasonFailed, Message: msg, ObservedGeneration: b.Generation})
+	a.rec.Event(ctx, "VirtualMachineBackup", b, "Warning", v1alpha1.BackupReasonFailed, msg)
+	return a.writeBackupStatus(ctx, b, st)
+}
+
+func (a *Agent) writeBackupStatus(ctx context.Context, b *v1alpha1.VirtualMachineBackup, st v1alpha1.VirtualMachineBackupStatus) error {
+	b.Status = st
+	b.ResourceVersion = ""
+	err := a.c.UpdateStatus(ctx, "virtualmachinebackups", b.Namespace, b.Name, b, nil)
+	if client.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("writing the status of backup %s/%s: %w", b.Namespace, b.Name, err)
+	}
+	return nil
+}
+
+// verifyBackup answers a verify request (AnnotationVerifyRequest) of a Completed backup kept
+// by this node: it reads back every chunk and writes the Verified condition.
+func (a *Agent) verifyBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup) error {
+	req := b.Annotations[v1alpha1.AnnotationVerifyRequest]
+	if req == "" {
+		return nil
+	}
+	tag := "(request " + req + ")"
+	if c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionVerified); c != nil && strings.HasSuffix(c.Message, tag) {
+		return nil
+	}
+	cond := v1alpha1.Condition{Type: v1alpha1.BackupConditionVerified, ObservedGeneration: b.Generation}
+	store, err := a.backupTarget(ctx, b.Spec.BackupTargetName)
+	var m *backup.Manifest
+	if err == nil {
+		m, err = store.ReadManifest(b.Status.Manifest)
+	}
+	switch {
+	case err != nil:
+		cond.Status, cond.Reason, cond.Message = v1alpha1.ConditionFalse, v1alpha1.BackupReasonCorrupted, "the manifest cannot be read: "+err.Error()
+	default:
+		bad, verr := store.Verify(ctx, m)
+		if verr != nil {
+			return verr
+		}
+		chunks := 0
+		for _, d := range m.Disks {
+			for _, c := range d.Chunks {
+				if c != "" {
+					chunks++
+				}
+			}
+		}
+		if len(bad) == 0 {
+			cond.Status, cond.Reason = v1alpha1.ConditionTrue, v1alpha1.BackupReasonVerified
+			cond.Message = fmt.Sprintf("all %d chunks read back and match their hashes", chunks)
+		} else {
+			cond.Status, cond.Reason = v1alpha1.ConditionFalse, v1alpha1.BackupReasonCorrupted
+			var parts []string
+			for i, p := range bad {
+				if i == 5 {
+					parts = append(parts, fmt.Sprintf("and %d more", len(bad)-5))
+					break
+				}
+				parts = append(parts, fmt.Sprintf("disk %s chunk %d: %v", p.Disk, p.Chunk, p.Err))
+			}
+			cond.Message = fmt.Sprintf("%d of %d chunks are missing or corrupted: %s", len(bad), chunks, strings.Join(parts, "; "))
+		}
+	}
+	cond.Message += " " + tag
+	st := b.Status
+	st.Conditions = slices.Clone(b.Status.Conditions)
+	v1alpha1.SetCondition(&st.Conditions, cond)
+	typ := "Normal"
+	if cond.Status != v1alpha1.ConditionTrue {
+		typ = "Warning"
+	}
+	a.rec.Event(ctx, "VirtualMachineBackup", b, typ, cond.Reason, cond.Message)
+	return a.writeBackupStatus(ctx, b, st)
+}

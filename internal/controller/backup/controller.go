@@ -1,0 +1,214 @@
+// Package backup is the reconciler of VirtualMachineBackups on the control plane. It checks
+// a new backup's target and VM and hands the backup to the agent of the VM's node
+// (status.nodeName, phase InProgress), which takes it through QEMU (internal/agent/backup.go)
+// and writes the outcome. One backup of a VM runs at a time; the others wait, Pending.
+//
+// The controller writes only a backup's status while it is new or Pending, guarded by its
+// resourceVersion; from InProgress on the node's agent is its sole writer.
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+)
+
+// waitRetry is how often a waiting backup is looked at again.
+var waitRetry = 2 * time.Second
+
+// Config configures the controller.
+type Config struct {
+	Client client.Interface
+	// Informers is the process's shared informer factory; nil: the controller makes its own.
+	Informers *runtime.Factory
+	Log       *slog.Logger
+}
+
+// Controller hands backups to nodes.
+type Controller struct {
+	c          client.Interface
+	log        *slog.Logger
+	rec        *runtime.Recorder
+	ownFactory *runtime.Factory
+	ctl        *runtime.Controller
+	backups    *runtime.TypedInformer[v1alpha1.VirtualMachineBackup]
+	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	targets    *runtime.TypedInformer[v1alpha1.BackupTarget]
+}
+
+// New returns a controller; Run starts it.
+func New(cfg Config) *Controller {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	log := cfg.Log.With("controller", "backup")
+	c := &Controller{c: cfg.Client, log: log, rec: &runtime.Recorder{C: cfg.Client, Component: "backup-controller", Log: log}}
+	f := cfg.Informers
+	if f == nil {
+		f = runtime.NewFactory(cfg.Client, log)
+		c.ownFactory = f
+	}
+	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")
+	c.targets = runtime.For[v1alpha1.BackupTarget](f, "backuptargets")
+	c.vms = f.VirtualMachines()
+	c.ctl = runtime.NewController("virtualmachinebackups", log).
+		For(c.backups).
+		Watches(c.vms, c.backupsOfVM).
+		Watches(c.targets, c.backupsOfTarget).
+		Workers(1).
+		Build(c.reconcile)
+	return c
+}
+
+// Run reconciles until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	if c.c == nil {
+		return errors.New("backup controller: Client is required")
+	}
+	if c.ownFactory != nil {
+		c.ownFactory.Start(ctx)
+	}
+	return c.ctl.Run(ctx)
+}
+
+func waiting(b *v1alpha1.VirtualMachineBackup) bool {
+	return b.Status.Phase == "" || b.Status.Phase == v1alpha1.BackupPhasePending
+}
+
+func (c *Controller) backupsOfVM(k runtime.Key) []runtime.Key {
+	ns, name := k.Split()
+	var out []runtime.Key
+	for _, b := range c.backups.List() {
+		if b.Namespace == ns && b.Spec.VirtualMachineName == name && (waiting(b) || b.Status.Phase == v1alpha1.BackupPhaseInProgress) {
+			out = append(out, runtime.NewKey(b.Namespace, b.Name))
+		}
+	}
+	return out
+}
+
+func (c *Controller) backupsOfTarget(k runtime.Key) []runtime.Key {
+	_, name := k.Split()
+	var out []runtime.Key
+	for _, b := range c.backups.List() {
+		if b.Spec.BackupTargetName == name && waiting(b) {
+			out = append(out, runtime.NewKey(b.Namespace, b.Name))
+		}
+	}
+	return out
+}
+
+func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+	b, ok := c.backups.Get(key)
+	if !ok || b.DeletionTimestamp != nil {
+		return runtime.Result{}, nil
+	}
+	switch b.Status.Phase {
+	case "", v1alpha1.BackupPhasePending:
+		return c.handOver(ctx, b)
+	case v1alpha1.BackupPhaseInProgress:
+		// The node's agent owns it now. A backup whose VM is gone or left the node fails
+		// there; the agent of a node that is gone cannot say so: the backup fails here.
+		vm, ok := c.vms.Get(runtime.NewKey(b.Namespace, b.Spec.VirtualMachineName))
+		if !ok || vm.UID != b.Status.VirtualMachineUID || vm.Status.NodeName != b.Status.NodeName {
+			return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine %q left node %q during the backup", b.Spec.VirtualMachineName, b.Status.NodeName))
+		}
+	}
+	return runtime.Result{}, nil
+}
+
+// handOver checks a new backup and gives it to the VM's node.
+func (c *Controller) handOver(ctx context.Context, b *v1alpha1.VirtualMachineBackup) (runtime.Result, error) {
+	if _, ok := c.targets.Get(runtime.NewKey("", b.Spec.BackupTargetName)); !ok {
+		return c.wait(ctx, b, fmt.Sprintf("BackupTarget %q does not exist", b.Spec.BackupTargetName))
+	}
+	vm, ok := c.vms.Get(runtime.NewKey(b.Namespace, b.Spec.VirtualMachineName))
+	if !ok {
+		return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("VirtualMachine %q does not exist in project %q", b.Spec.VirtualMachineName, b.Namespace))
+	}
+	switch vm.Status.Phase {
+	case v1alpha1.VMPhaseRunning:
+	case v1alpha1.VMPhaseStarting, v1alpha1.VMPhaseMigrating, v1alpha1.VMPhasePending:
+		return c.wait(ctx, b, fmt.Sprintf("the VirtualMachine is %s; the backup starts once it runs", vm.Status.Phase))
+	default:
+		return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine %q is %s: a backup needs it running (backups of stopped VMs are not supported yet)", vm.Name, phaseOr(vm.Status.Phase)))
+	}
+	if vm.Status.NodeName == "" {
+		return c.wait(ctx, b, "the VirtualMachine is not bound to a node yet")
+	}
+	for _, o := range c.backups.List() {
+		if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
+			o.Status.Phase == v1alpha1.BackupPhaseInProgress {
+			return c.wait(ctx, b, fmt.Sprintf("backup %q of the VM runs; one backup of a VM runs at a time", o.Name))
+		}
+	}
+	st := b.Status
+	st.Conditions = slices.Clone(b.Status.Conditions)
+	st.Phase = v1alpha1.BackupPhaseInProgress
+	st.NodeName = vm.Status.NodeName
+	st.VirtualMachineUID = vm.UID
+	now := v1alpha1.Now()
+	st.StartedAt = &now
+	st.ObservedGeneration = b.Generation
+	setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonInProgress, "handed to node "+vm.Status.NodeName)
+	c.log.Info("backup handed to node", "backup", b.Namespace+"/"+b.Name, "node", vm.Status.NodeName)
+	return runtime.Result{}, c.write(ctx, b, st)
+}
+
+func phaseOr(p v1alpha1.VirtualMachinePhase) string {
+	if p == "" {
+		return "not started"
+	}
+	return string(p)
+}
+
+func (c *Controller) wait(ctx context.Context, b *v1alpha1.VirtualMachineBackup, why string) (runtime.Result, error) {
+	st := b.Status
+	st.Conditions = slices.Clone(b.Status.Conditions)
+	st.Phase = v1alpha1.BackupPhasePending
+	st.ObservedGeneration = b.Generation
+	setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonWaiting, why)
+	return runtime.Result{RequeueAfter: waitRetry}, c.write(ctx, b, st)
+}
+
+func (c *Controller) fail(ctx context.Context, b *v1alpha1.VirtualMachineBackup, why string) error {
+	st := b.Status
+	st.Conditions = slices.Clone(b.Status.Conditions)
+	st.Phase = v1alpha1.BackupPhaseFailed
+	st.ObservedGeneration = b.Generation
+	setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonFailed, why)
+	c.rec.Event(ctx, "VirtualMachineBackup", b, "Warning", v1alpha1.BackupReasonFailed, why)
+	return c.write(ctx, b, st)
+}
+
+// write replaces the status guarded by the backup's resourceVersion: a node that wrote it
+// meanwhile wins, and the backup is looked at again.
+func (c *Controller) write(ctx context.Context, b *v1alpha1.VirtualMachineBackup, st v1alpha1.VirtualMachineBackupStatus) error {
+	if equalStatus(b.Status, st) {
+		return nil
+	}
+	n := *b
+	n.Status = st
+	err := c.c.UpdateStatus(ctx, "virtualmachinebackups", b.Namespace, b.Name, &n, nil)
+	if client.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func setCond(st *v1alpha1.VirtualMachineBackupStatus, b *v1alpha1.VirtualMachineBackup, status, reason, msg string) {
+	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.BackupConditionCompleted, Status: status, Reason: reason, Message: msg, ObservedGeneration: b.Generation})
+}
+
+func equalStatus(a, b v1alpha1.VirtualMachineBackupStatus) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}

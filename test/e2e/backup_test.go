@@ -1,0 +1,288 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/backup"
+)
+
+// bkGet reads a backup.
+func bkGet(t *testing.T, s *Serve, name string) *v1alpha1.VirtualMachineBackup {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b v1alpha1.VirtualMachineBackup
+	if err := s.Client().Get(ctx, "virtualmachinebackups", "default", name, &b); err != nil {
+		t.Fatal(err)
+	}
+	return &b
+}
+
+// bkRun creates a backup of vm1 into the target "nightly" and waits until it ends; it must
+// complete.
+func bkRun(t *testing.T, s *Serve, name string) *v1alpha1.VirtualMachineBackup {
+	t.Helper()
+	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachineBackup
+metadata: {name: %s}
+spec: {virtualMachineName: vm1, backupTargetName: nightly}
+`, name), "apply", "-f", "-")
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		b := bkGet(t, s, name)
+		switch b.Status.Phase {
+		case v1alpha1.BackupPhaseCompleted:
+			t.Logf("backup %s: %s", name, v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted).Message)
+			return b
+		case v1alpha1.BackupPhaseFailed:
+			j, _ := json.MarshalIndent(b.Status, "", "  ")
+			t.Fatalf("backup %s failed:\n%s", name, j)
+		}
+		if time.Now().After(deadline) {
+			j, _ := json.MarshalIndent(b.Status, "", "  ")
+			t.Fatalf("backup %s not done within 3 minutes:\n%s", name, j)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func bkDisk(t *testing.T, b *v1alpha1.VirtualMachineBackup, name string) v1alpha1.BackupDisk {
+	t.Helper()
+	for _, d := range b.Status.Disks {
+		if d.Name == name {
+			return d
+		}
+	}
+	t.Fatalf("backup %s has no disk %s: %+v", b.Name, name, b.Status.Disks)
+	return v1alpha1.BackupDisk{}
+}
+
+// bkRestore restores disk of a backup's manifest to a raw file and returns its contents.
+func bkRestore(t *testing.T, store *backup.Store, b *v1alpha1.VirtualMachineBackup, disk string) []byte {
+	t.Helper()
+	m, err := store.ReadManifest(b.Status.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range m.Disks {
+		if d.Name != disk {
+			continue
+		}
+		f, err := os.Create(filepath.Join(t.TempDir(), disk+".raw"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(d.Size); err != nil {
+			t.Fatal(err)
+		}
+		if err := store.RestoreDisk(context.Background(), d, f); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(f.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	t.Fatalf("the manifest of %s has no disk %s", b.Name, disk)
+	return nil
+}
+
+// bkVerify asks the node to verify a backup and returns the Verified condition it writes.
+func bkVerify(t *testing.T, s *Serve, name, req string) *v1alpha1.Condition {
+	t.Helper()
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, v1alpha1.AnnotationVerifyRequest, req)
+	if err := s.Client().Patch(context.Background(), "virtualmachinebackups", "default", name, []byte(patch), nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if c := v1alpha1.FindCondition(bkGet(t, s, name).Status.Conditions, v1alpha1.BackupConditionVerified); c != nil && strings.HasSuffix(c.Message, "(request "+req+")") {
+			return c
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("backup %s: no verification of request %s within a minute", name, req)
+	return nil
+}
+
+var sumLine = regexp.MustCompile(`SUM-([0-9a-f]{32})`)
+
+// TestVMBackup: backups of a running VM into a Directory target. The first reads the disks
+// whole; a second one with no guest writes stores almost nothing; after the guest writes
+// 64 MiB, the next reads and stores about 64 MiB, and its restored data disk holds the first
+// marker and exactly the bytes the guest wrote (their md5 as the guest printed it), but not a
+// marker written after it. Verify passes, then finds a corrupted chunk. Deleting backups and
+// taking another frees the chunks only they used.
+func TestVMBackup(t *testing.T) {
+	sideBySide(t)
+	vmGuestDir(t)
+	s := vmServe(t)
+	vmSetupGuest(t, s, "root")
+	dir := filepath.Join(t.TempDir(), "backups")
+	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: BackupTarget
+metadata: {name: nightly}
+spec:
+  type: Directory
+  directory: {path: %s}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: data}
+spec:
+  persistentVolumeClaim: {size: 96Mi}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: vm1}
+spec:
+  runPolicy: Manual
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 30
+  blockDeviceRefs:
+  - {kind: VirtualDisk, name: root}
+  - {kind: VirtualDisk, name: data}
+`, dir), "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
+
+	// A backup of a stopped VM fails with a reason.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachineBackup
+metadata: {name: stopped}
+spec: {virtualMachineName: vm1, backupTargetName: nightly}
+`, "apply", "-f", "-")
+	s.MustCLI("", "wait", "vmbackup", "stopped", "--for", "phase=Failed", "--timeout", "1m")
+	if c := v1alpha1.FindCondition(bkGet(t, s, "stopped").Status.Conditions, v1alpha1.BackupConditionCompleted); c == nil || !strings.Contains(c.Message, "needs it running") {
+		t.Errorf("backup of a stopped VM: %+v", c)
+	}
+	if r := s.CLI(`{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"VirtualMachineBackup","metadata":{"name":"x"},"spec":{"virtualMachineName":"vm1","backupTargetName":"nightly","mode":"stop"}}`, "apply", "-f", "-"); r.Code == 0 || !strings.Contains(r.Stderr, "not supported yet") {
+		t.Errorf("mode stop: code %d stderr %q", r.Code, r.Stderr)
+	}
+
+	s.MustCLI("", "vm", "start", "vm1", "--wait")
+	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
+	v := vmWait(t, s, "vm1", vmBootTimeout, "AgentReady=True", func(v *v1alpha1.VirtualMachine) bool {
+		c := agentReadyCond(v)
+		return c != nil && c.Status == v1alpha1.ConditionTrue
+	})
+	snapWriteMarker(t, s, "vm1", v.UID, "MARK-A", 0)
+
+	b1 := bkRun(t, s, "b1")
+	if b1.Status.Consistent == nil || !*b1.Status.Consistent || b1.Status.NodeName != v.Status.NodeName || b1.Status.Size == nil {
+		j, _ := json.MarshalIndent(b1.Status, "", "  ")
+		t.Fatalf("first backup:\n%s", j)
+	}
+	for _, d := range b1.Status.Disks {
+		if d.Kind != v1alpha1.BackupKindFull || !strings.Contains(d.FullReason, "first backup") {
+			t.Errorf("first backup's disk %s: kind %s (%s)", d.Name, d.Kind, d.FullReason)
+		}
+	}
+
+	// Nothing written: the next backup reads the blocks the guest's own housekeeping wrote,
+	// if any, and stores at most 1 MiB.
+	b2 := bkRun(t, s, "b2")
+	for _, d := range b2.Status.Disks {
+		if d.Kind != v1alpha1.BackupKindIncremental {
+			t.Errorf("second backup's disk %s: kind %s (%s)", d.Name, d.Kind, d.FullReason)
+		}
+	}
+	if b2.Status.Size.Stored > 1<<20 {
+		t.Errorf("an unchanged incremental stored %d bytes (more than 1 MiB)", b2.Status.Size.Stored)
+	}
+
+	// The guest writes 64 MiB of random data from 1 MiB on, and prints its md5.
+	vmConsoleType(t, s, v.UID, "dd if=/dev/urandom of=/dev/vdb bs=1M seek=1 count=64 conv=fsync 2>/dev/null && echo SUM-$(dd if=/dev/vdb bs=1M skip=1 count=64 2>/dev/null | md5sum | cut -c1-32) && echo WROTE''-64M")
+	vmWaitSerial(t, s, "vm1", "WROTE-64M", 1)
+	m := sumLine.FindStringSubmatch(vmLog(t, s, "vm1"))
+	if m == nil {
+		t.Fatalf("the guest printed no md5 of what it wrote")
+	}
+	b3 := bkRun(t, s, "b3")
+	d3 := bkDisk(t, b3, "data")
+	if d3.Kind != v1alpha1.BackupKindIncremental || d3.Read < 64<<20 || d3.Read > 66<<20 || d3.Stored < 60<<20 || d3.Stored > 70<<20 {
+		t.Errorf("the incremental after 64 MiB written: %+v", d3)
+	}
+	snapWriteMarker(t, s, "vm1", v.UID, "MARK-B", 1)
+
+	store, err := backup.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bkRestore(t, store, b3, "data")
+	if !bytes.HasPrefix(data, []byte("MARK-A")) || bytes.HasPrefix(data[512:], []byte("MARK-B")) {
+		t.Errorf("the restored data disk: sector 0 %q, sector 1 %q", data[:8], data[512:520])
+	}
+	sum := md5.Sum(data[1<<20 : 65<<20])
+	if got := hex.EncodeToString(sum[:]); got != m[1] {
+		t.Errorf("the restored 64 MiB have md5 %s, the guest wrote %s", got, m[1])
+	}
+	if old := bkRestore(t, store, b1, "data"); !bytes.HasPrefix(old, []byte("MARK-A")) || !bytes.Equal(old[1<<20:2<<20], make([]byte, 1<<20)) {
+		t.Errorf("the first backup's data disk changed")
+	}
+
+	// Verify reads every chunk back; a corrupted chunk is found and named.
+	if c := bkVerify(t, s, "b3", "1"); c.Status != v1alpha1.ConditionTrue {
+		t.Fatalf("verify of an intact backup: %+v", c)
+	}
+	mf, _ := store.ReadManifest(b3.Status.Manifest)
+	var victim string
+	for _, d := range mf.Disks {
+		if d.Name == "data" {
+			victim = d.Chunks[5]
+		}
+	}
+	if victim == "" {
+		t.Fatal("chunk 5 of the data disk is zeros")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "chunks", victim[:4], victim), []byte("rot"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c := bkVerify(t, s, "b3", "2"); c.Status != v1alpha1.ConditionFalse || c.Reason != v1alpha1.BackupReasonCorrupted || !strings.Contains(c.Message, "chunk 5") {
+		t.Fatalf("verify of a corrupted chunk: %+v", c)
+	}
+
+	// Deleting the backups and taking another: the next backup (a full one, no earlier one
+	// is left) collects what only the deleted ones used.
+	chunkFiles := func() int {
+		n := 0
+		filepath.WalkDir(filepath.Join(dir, "chunks"), func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	before := chunkFiles()
+	s.MustCLI("", "delete", "vmbackup", "b1", "b2", "b3")
+	b4 := bkRun(t, s, "b4")
+	if d := bkDisk(t, b4, "data"); d.Kind != v1alpha1.BackupKindFull {
+		t.Errorf("the backup after all others were deleted: %+v", d)
+	}
+	after := chunkFiles()
+	if after != b4.Status.Size.Chunks || after >= before {
+		t.Errorf("chunk files: %d before the deletes, %d after the next backup, which uses %d", before, after, b4.Status.Size.Chunks)
+	}
+	if out := s.MustCLI("", "get", "vmbackup"); !strings.Contains(out, "b4") || !strings.Contains(out, "Completed") {
+		t.Errorf("get vmbackup:\n%s", out)
+	}
+	if now := vmGet(t, s, "vm1"); now.Status.Phase != v1alpha1.VMPhaseRunning || now.UID != v.UID {
+		t.Errorf("the VM did not run on through the backups: %s", now.Status.Phase)
+	}
+	s.MustCLI("", "vm", "stop", "vm1", "--wait")
+}
