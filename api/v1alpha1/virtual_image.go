@@ -111,6 +111,9 @@ const (
 	DataSourceKindVirtualImage        DataSourceObjectKind = "VirtualImage"
 	DataSourceKindVirtualDisk         DataSourceObjectKind = "VirtualDisk"
 	DataSourceKindVirtualDiskSnapshot DataSourceObjectKind = "VirtualDiskSnapshot"
+	// DataSourceKindVirtualMachineBackup (disks only, a Rakhsh addition): a disk restored
+	// from a Completed backup; objectRef.diskName names the backed-up disk.
+	DataSourceKindVirtualMachineBackup DataSourceObjectKind = "VirtualMachineBackup"
 )
 
 // DataSourceObjectRef copies the content of another image, disk or disk snapshot.
@@ -120,6 +123,9 @@ type DataSourceObjectRef struct {
 	Kind      DataSourceObjectKind `json:"kind"`
 	Name      string               `json:"name"`
 	Namespace string               `json:"namespace,omitempty"`
+	// DiskName, with kind VirtualMachineBackup, is the backed-up VirtualDisk to restore
+	// (may be left out when the backup has one disk).
+	DiskName string `json:"diskName,omitempty"`
 }
 
 // DataSourceUpload waits for the user to PUT the file to status.imageUploadURLs.

@@ -370,6 +370,8 @@ func (s *Server) diskSourceSize(ctx context.Context, namespace string, d *v1alph
 		k = "/virtualdisks/" + ns + "/" + ref.Name
 	case v1alpha1.DataSourceKindVirtualDiskSnapshot:
 		k = "/virtualdisksnapshots/" + ns + "/" + ref.Name
+	case v1alpha1.DataSourceKindVirtualMachineBackup:
+		k = "/virtualmachinebackups/" + ns + "/" + ref.Name
 	default:
 		return 0, false, nil
 	}
@@ -379,6 +381,19 @@ func (s *Server) diskSourceSize(ctx context.Context, namespace string, d *v1alph
 	}
 	if err != nil {
 		return 0, false, err
+	}
+	if ref.Kind == v1alpha1.DataSourceKindVirtualMachineBackup {
+		// The backed-up disk's capacity, once the backup completed.
+		var b v1alpha1.VirtualMachineBackup
+		if err := json.Unmarshal(kv.Value, &b); err != nil {
+			return 0, false, err
+		}
+		for _, bd := range b.Status.Disks {
+			if bd.Name == ref.DiskName || (ref.DiskName == "" && len(b.Status.Disks) == 1) {
+				return bd.Capacity, bd.Capacity > 0, nil
+			}
+		}
+		return 0, false, nil
 	}
 	if ref.Kind == v1alpha1.DataSourceKindVirtualDiskSnapshot {
 		// The disk snapshot's size (that of the disk it was taken of), once it is known.

@@ -23,6 +23,7 @@ func init() {
 var diskObjectRefKinds = []v1alpha1.DataSourceObjectKind{
 	v1alpha1.DataSourceKindClusterVirtualImage, v1alpha1.DataSourceKindVirtualImage,
 	v1alpha1.DataSourceKindVirtualDiskSnapshot, v1alpha1.DataSourceKindVirtualDisk,
+	v1alpha1.DataSourceKindVirtualMachineBackup,
 }
 
 // MinVirtualDiskSize is the smallest disk Rakhsh creates.

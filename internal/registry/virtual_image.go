@@ -352,6 +352,13 @@ func validateObjectRefSource(fe *errs.FieldErrors, r *v1alpha1.DataSourceObjectR
 	} else if kindOK {
 		validateRefNamespace(fe, r.Namespace, path+".namespace", ctx, true)
 	}
+	if r.DiskName != "" {
+		if r.Kind != v1alpha1.DataSourceKindVirtualMachineBackup {
+			fe.Forbidden(path+".diskName", "only with kind VirtualMachineBackup")
+		} else if msg := ValidateName(r.DiskName); msg != "" {
+			fe.Invalid(path+".diskName", r.DiskName, msg)
+		}
+	}
 	if kindOK && r.Kind == ctx.selfKind && r.Name != "" && r.Name == ctx.selfName &&
 		(r.Namespace == "" || !ctx.namespaced || r.Namespace == ctx.namespace) {
 		fe.Invalid(path+".name", r.Name, "an object cannot be made from itself")

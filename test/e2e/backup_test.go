@@ -16,6 +16,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/backup"
+	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
 // bkGet reads a backup.
@@ -234,6 +235,50 @@ spec: {virtualMachineName: vm1, backupTargetName: nightly}
 	if old := bkRestore(t, store, b1, "data"); !bytes.HasPrefix(old, []byte("MARK-A")) || !bytes.Equal(old[1<<20:2<<20], make([]byte, 1<<20)) {
 		t.Errorf("the first backup's data disk changed")
 	}
+
+	// A new VM from the backup's disks boots, and its data disk holds what the backup holds.
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: root-r}
+spec:
+  dataSource:
+    type: ObjectRef
+    objectRef: {kind: VirtualMachineBackup, name: b3, diskName: root}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: data-r}
+spec:
+  dataSource:
+    type: ObjectRef
+    objectRef: {kind: VirtualMachineBackup, name: b3, diskName: data}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: vm2}
+spec:
+  runPolicy: Manual
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  blockDeviceRefs:
+  - {kind: VirtualDisk, name: root-r}
+  - {kind: VirtualDisk, name: data-r}
+`, "apply", "-f", "-")
+	if r := s.CLI(`{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"VirtualDisk","metadata":{"name":"x"},"spec":{"dataSource":{"type":"ObjectRef","objectRef":{"kind":"VirtualDisk","name":"root","diskName":"root"}}}}`, "apply", "-f", "-"); r.Code == 0 || !strings.Contains(r.Stderr, "diskName") {
+		t.Errorf("diskName with another kind: code %d stderr %q", r.Code, r.Stderr)
+	}
+	s.MustCLI("", "wait", "vd", "data-r", "--for", "phase=Ready", "--timeout", "2m")
+	s.MustCLI("", "wait", "vd", "root-r", "--for", "phase=Ready", "--timeout", "2m")
+	var dr v1alpha1.VirtualDisk
+	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data-r", &dr); err != nil {
+		t.Fatal(err)
+	}
+	if b := snapSector(t, storage.ClassDiskPath(s.DataDir, nil, dr.UID), 0); !bytes.HasPrefix(b, []byte("MARK-A")) {
+		t.Errorf("sector 0 of the restored data disk: %q", b[:8])
+	}
+	s.MustCLI("", "vm", "start", "vm2", "--wait")
+	vmWaitSerial(t, s, "vm2", "RAKHSH-GUEST: ready", 1)
+	s.MustCLI("", "vm", "stop", "vm2", "--wait")
 
 	// Verify reads every chunk back; a corrupted chunk is found and named.
 	if c := bkVerify(t, s, "b3", "1"); c.Status != v1alpha1.ConditionTrue {

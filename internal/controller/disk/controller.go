@@ -402,6 +402,8 @@ type source struct {
 	readySince   time.Time
 	// fromDisk: the source is another VirtualDisk, which keeps changing: always a full copy.
 	fromDisk bool
+	// backup: the source is a disk of a backup, restored from the target's chunks.
+	backup *backupSource
 	// image: the source is an image, whose file is fetched into this serve's image store
 	// when it is not there.
 	image *images.FetchRequest
@@ -426,9 +428,12 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		}
 	case ds.Type == v1alpha1.DataSourceTypeObjectRef && ds.ObjectRef != nil &&
 		(ds.ObjectRef.Kind == v1alpha1.DataSourceKindClusterVirtualImage || ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualImage ||
-			ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDisk || ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDiskSnapshot):
+			ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDisk || ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualDiskSnapshot ||
+			ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualMachineBackup):
 		var wait, reason string
 		switch ds.ObjectRef.Kind {
+		case v1alpha1.DataSourceKindVirtualMachineBackup:
+			src, reason, wait = c.backupSource(ctx, d)
 		case v1alpha1.DataSourceKindVirtualDisk:
 			src, reason, wait = c.diskSource(d)
 		case v1alpha1.DataSourceKindVirtualDiskSnapshot:
@@ -441,7 +446,11 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 			st.ObservedGeneration = d.Generation
 			setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, reason, wait)
 			setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, reason, wait)
-			return runtime.Result{}, c.writeStatus(ctx, d, st)
+			var res runtime.Result
+			if ds.ObjectRef.Kind == v1alpha1.DataSourceKindVirtualMachineBackup && reason != ReasonNotSupported {
+				res.RequeueAfter = 2 * time.Second // backups are not watched here
+			}
+			return res, c.writeStatus(ctx, d, st)
 		}
 	case ds.Type == v1alpha1.DataSourceTypeUpload:
 		return c.startUpload(ctx, d, st, path, requested)
@@ -454,7 +463,7 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		}
 		st.Phase = v1alpha1.DiskPhasePending
 		st.ObservedGeneration = d.Generation
-		msg := fmt.Sprintf("disks from a %s data source are not supported yet (blank disks and disks from a ClusterVirtualImage, VirtualImage, VirtualDisk or VirtualDiskSnapshot are)", what)
+		msg := fmt.Sprintf("disks from a %s data source are not supported yet (blank disks and disks from a ClusterVirtualImage, VirtualImage, VirtualDisk, VirtualDiskSnapshot or VirtualMachineBackup are)", what)
 		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, ReasonNotSupported, msg)
 		setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonNotSupported, msg)
 		return runtime.Result{}, c.writeStatus(ctx, d, st)
@@ -505,6 +514,9 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 	switch {
 	case src == nil:
 		err = storage.CreateBlank(ctx, path, size)
+	case src.backup != nil:
+		mode = "restore from " + src.backup.what
+		err = restoreFromBackup(ctx, src.backup, path, size)
 	case d.Spec.CloneMode == v1alpha1.CloneModeFull || src.fromDisk || (!isLocal(sc) && !storage.IsSHA256Hex(src.sha256)):
 		mode = "full copy"
 		resizeTo := int64(0)
