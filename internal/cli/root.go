@@ -204,6 +204,7 @@ func newRootCommand(cc *cliContext) *cobra.Command {
 		newLabelCommand(cc),
 		newNodeCommand(cc),
 		newDiskCommand(cc),
+		newBackupCommand(cc),
 		newUICommand(cc),
 	)
 	root.AddCommand(identityCommands(cc)...)

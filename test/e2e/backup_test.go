@@ -281,8 +281,11 @@ spec:
 	s.MustCLI("", "vm", "stop", "vm2", "--wait")
 
 	// Verify reads every chunk back; a corrupted chunk is found and named.
-	if c := bkVerify(t, s, "b3", "1"); c.Status != v1alpha1.ConditionTrue {
-		t.Fatalf("verify of an intact backup: %+v", c)
+	if out := s.MustCLI("", "backup", "verify", "b3"); !strings.Contains(out, "verified: all") {
+		t.Fatalf("backup verify of an intact backup: %q", out)
+	}
+	if c := v1alpha1.FindCondition(bkGet(t, s, "b3").Status.Conditions, v1alpha1.BackupConditionVerified); c == nil || c.Status != v1alpha1.ConditionTrue {
+		t.Fatalf("the Verified condition of an intact backup: %+v", c)
 	}
 	mf, _ := store.ReadManifest(b3.Status.Manifest)
 	var victim string
@@ -297,8 +300,11 @@ spec:
 	if err := os.WriteFile(filepath.Join(dir, "chunks", victim[:4], victim), []byte("rot"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if c := bkVerify(t, s, "b3", "2"); c.Status != v1alpha1.ConditionFalse || c.Reason != v1alpha1.BackupReasonCorrupted || !strings.Contains(c.Message, "chunk 5") {
-		t.Fatalf("verify of a corrupted chunk: %+v", c)
+	if r := s.CLI("", "backup", "verify", "b3"); r.Code == 0 || !strings.Contains(r.Stderr, "chunk 5") {
+		t.Fatalf("backup verify of a corrupted chunk: code %d, stderr %q", r.Code, r.Stderr)
+	}
+	if c := bkVerify(t, s, "b3", "again"); c.Status != v1alpha1.ConditionFalse || c.Reason != v1alpha1.BackupReasonCorrupted || !strings.Contains(c.Message, "missing") {
+		t.Fatalf("verify after the corrupted chunk was put aside: %+v", c)
 	}
 
 	// Deleting the backups and taking another: the next backup (a full one, no earlier one
@@ -315,7 +321,13 @@ spec:
 	}
 	before := chunkFiles()
 	s.MustCLI("", "delete", "vmbackup", "b1", "b2", "b3")
-	b4 := bkRun(t, s, "b4")
+	if out := s.MustCLI("", "backup", "create", "vm1", "--target", "nightly", "--name", "b4", "--mode", "suspend", "--wait"); strings.TrimSpace(out) != "b4" {
+		t.Fatalf("backup create: %q", out)
+	}
+	b4 := bkGet(t, s, "b4")
+	if b4.Status.Phase != v1alpha1.BackupPhaseCompleted || b4.Status.Consistent == nil || !*b4.Status.Consistent {
+		t.Fatalf("a suspend-mode backup: %+v", b4.Status)
+	}
 	if d := bkDisk(t, b4, "data"); d.Kind != v1alpha1.BackupKindFull {
 		t.Errorf("the backup after all others were deleted: %+v", d)
 	}
