@@ -155,6 +155,10 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		return runtime.Result{}, a.backupDone(ctx, b, m, rel, nil, 0, time.Time{})
 	}
 
+	// What an earlier run of this backup left in QEMU (the agent stopped while it copied): its
+	// job still holds the previous backup's bitmap, which the plan must find free.
+	newBitmap := bitmapName(b.Spec.BackupTargetName, string(b.UID))
+	a.dropBackupLeftovers(ctx, mon, string(b.UID), newBitmap)
 	prev, prevWhy := a.previousBackup(ctx, store, b, vm)
 	disks, err := a.backupDisks(ctx, mon, b, vm, prev, prevWhy)
 	if err != nil {
@@ -178,13 +182,11 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		}
 	}
 	a.log.Info("taking a backup", "backup", b.Namespace+"/"+b.Name, "vm", vm.Name, "disks", len(disks), "mode", b.Spec.Mode)
-	newBitmap := bitmapName(b.Spec.BackupTargetName, string(b.UID))
-	// What an earlier run of this backup left in QEMU (the agent stopped while it copied).
-	for _, d := range disks {
-		a.dropSnapshotLeftovers(ctx, mon, d.id)
+	var speed int64
+	if q := b.Spec.BandwidthLimit; q != "" {
+		speed, _ = q.Value() // validated by the API: at least 1 MiB/s
 	}
-	a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
-	res, err := copyForBackup(ctx, mon, fz, disks, newBitmap)
+	res, err := copyForBackup(ctx, mon, fz, disks, newBitmap, speed)
 	if err != nil {
 		if ctx.Err() != nil {
 			return runtime.Result{}, ctx.Err()
@@ -303,7 +305,7 @@ func (a *Agent) backupDisks(ctx context.Context, mon snapshotMonitor, b *v1alpha
 		if size <= 0 {
 			return nil, fmt.Errorf("QEMU reports no size for the disk %q", d.Name)
 		}
-		id := fmt.Sprintf("bk%d-%s", len(out), strings.ReplaceAll(string(b.UID), "-", "")[:20])
+		id := backupJobID(len(out), string(b.UID))
 		bd := bkDisk{snapDisk: snapDisk{path: path, target: filepath.Join(a.backupWorkDir(), id+".qcow2"), size: size, id: id},
 			name: d.Name, uid: string(d.UID), src: n.NodeName, fullReason: prevWhy}
 		if prev != nil {
@@ -359,7 +361,7 @@ func (p vcpuPauser) thaw(ctx context.Context) (int, error) {
 // in one transaction adds the new bitmap to every disk and starts the copy jobs; it waits for
 // the jobs and takes the work files out of QEMU again. On failure it undoes what it added,
 // the new bitmaps too.
-func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks []bkDisk, newBitmap string) (res liveResult, err error) {
+func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks []bkDisk, newBitmap string, speed int64) (res liveResult, err error) {
 	var done []snapAdded
 	bitmapsAdded := false
 	sds := make([]snapDisk, len(disks))
@@ -405,6 +407,9 @@ func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks [
 		job := map[string]any{"job-id": d.id, "device": d.src, "target": d.id, "sync": "full", "auto-dismiss": false}
 		if d.prevBitmap != "" {
 			job["sync"], job["bitmap"], job["bitmap-mode"] = "bitmap", d.prevBitmap, "never"
+		}
+		if speed > 0 {
+			job["speed"] = speed
 		}
 		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": job})
 	}
@@ -479,6 +484,71 @@ func addBackupTargets(ctx context.Context, mon snapshotMonitor, disks []bkDisk, 
 		(*done)[len(*done)-1].node = d.id
 	}
 	return nil
+}
+
+// backupJobID names the copy job and work node of disk i of a backup (QEMU node names are at
+// most 31 characters, starting with a letter).
+func backupJobID(i int, uid string) string {
+	return fmt.Sprintf("bk%d-%s", i, strings.ReplaceAll(uid, "-", "")[:20])
+}
+
+// isBackupJobID says id is a job or node backupJobID made for the backup uid.
+func isBackupJobID(id, uid string) bool {
+	rest, ok := strings.CutPrefix(id, "bk")
+	i := strings.IndexByte(rest, '-')
+	return ok && i > 0 && strings.Trim(rest[:i], "0123456789") == "" && rest[i+1:] == strings.ReplaceAll(uid, "-", "")[:20]
+}
+
+// dropBackupLeftovers removes from QEMU what an earlier run of the backup uid left: its copy
+// jobs (cancelled), work nodes, descriptor sets, and the new bitmap it added (its manifest
+// was never written, so no later backup reads that bitmap).
+func (a *Agent) dropBackupLeftovers(ctx context.Context, mon snapshotMonitor, uid, newBitmap string) {
+	var jobs []qmpJob
+	if err := mon.Execute(ctx, "query-jobs", nil, &jobs); err == nil {
+		var ids []string
+		for _, j := range jobs {
+			if isBackupJobID(j.ID, uid) {
+				_ = mon.Execute(ctx, "job-cancel", map[string]any{"id": j.ID}, nil)
+				ids = append(ids, j.ID)
+			}
+		}
+		if len(ids) > 0 {
+			a.log.Info("cancelling the copy jobs an earlier run of a backup left", "jobs", ids)
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			waitJobsGone(wctx, mon, ids)
+			cancel()
+		}
+	}
+	var nodes []bitmapNode
+	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err == nil {
+		for _, n := range nodes {
+			if isBackupJobID(n.NodeName, uid) {
+				_ = mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": n.NodeName}, nil)
+			}
+			for _, bm := range n.Bitmaps {
+				if bm.Name == newBitmap {
+					_ = mon.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": n.NodeName, "name": bm.Name}, nil)
+				}
+			}
+		}
+	}
+	var sets []struct {
+		ID  int `json:"fdset-id"`
+		FDs []struct {
+			Opaque string `json:"opaque"`
+		} `json:"fds"`
+	}
+	if err := mon.Execute(ctx, "query-fdsets", nil, &sets); err == nil {
+		for _, s := range sets {
+			for _, fd := range s.FDs {
+				name := strings.TrimSuffix(filepath.Base(strings.TrimPrefix(fd.Opaque, "backup:")), ".qcow2")
+				if strings.HasPrefix(fd.Opaque, "backup:") && isBackupJobID(name, uid) {
+					_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": s.ID}, nil)
+					break
+				}
+			}
+		}
+	}
 }
 
 // undoSnapshotTargets cancels the jobs and removes the nodes and descriptors done records.

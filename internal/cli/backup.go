@@ -55,7 +55,7 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 
 // newBackupCreateCommand returns `rakhsh backup create`.
 func newBackupCreateCommand(cc *cliContext) *cobra.Command {
-	var name, target, mode string
+	var name, target, mode, bwlimit string
 	var wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
@@ -89,7 +89,8 @@ With --wait it waits until the backup ends and fails if it fails.`,
 			b := v1alpha1.VirtualMachineBackup{
 				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineBackup"},
 				ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: ns},
-				Spec:       v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: vm, BackupTargetName: target, Mode: m},
+				Spec: v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: vm, BackupTargetName: target, Mode: m,
+					BandwidthLimit: v1alpha1.Quantity(bwlimit)},
 			}
 			if name == "" {
 				b.GenerateName = vm + "-backup-"
@@ -130,6 +131,7 @@ With --wait it waits until the backup ends and fails if it fails.`,
 	f.StringVar(&name, "name", "", "the backup's name (default: VM-backup-XXXXX)")
 	f.StringVar(&target, "target", "", "the BackupTarget to store the backup in (required)")
 	f.StringVar(&mode, "mode", string(v1alpha1.BackupModeSnapshot), "how the guest is held still for the backup's instant: snapshot or suspend")
+	f.StringVar(&bwlimit, "bandwidth-limit", "", "bytes per second the copy may read from the disks, e.g. 50Mi (default: no limit)")
 	f.BoolVar(&wait, "wait", false, "wait until the backup ends; fail if it fails")
 	f.DurationVar(&timeout, "timeout", time.Hour, "with --wait, how long to wait (0: no limit)")
 	return cmd

@@ -43,6 +43,13 @@ func init() {
 			} else {
 				chkEnum(&fe, "spec.mode", b.Spec.Mode, false, v1alpha1.BackupModeSnapshot, v1alpha1.BackupModeSuspend)
 			}
+			if q := b.Spec.BandwidthLimit; q != "" {
+				if n, err := q.Value(); err != nil {
+					fe.Invalid("spec.bandwidthLimit", string(q), err.Error())
+				} else if n < 1<<20 {
+					fe.Invalid("spec.bandwidthLimit", string(q), "must be at least 1Mi (bytes per second)")
+				}
+			}
 			return fe
 		},
 		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
@@ -52,6 +59,7 @@ func init() {
 			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, o.Spec.VirtualMachineName, kind)
 			chkImmutable(&fe, "spec.backupTargetName", n.Spec.BackupTargetName, o.Spec.BackupTargetName, kind)
 			chkImmutable(&fe, "spec.mode", n.Spec.Mode, o.Spec.Mode, kind)
+			chkImmutable(&fe, "spec.bandwidthLimit", n.Spec.BandwidthLimit, o.Spec.BandwidthLimit, kind)
 			return fe
 		},
 	})

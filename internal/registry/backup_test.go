@@ -45,6 +45,9 @@ func TestValidateVirtualMachineBackup(t *testing.T) {
 	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{})), tkRequired("spec.virtualMachineName"), tkRequired("spec.backupTargetName"))
 	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", Mode: "stop"})), tkInvalid("spec.mode"))
 	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", Mode: "hot"})), tkNotSupported("spec.mode"))
+	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", BandwidthLimit: "50Mi"})))
+	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", BandwidthLimit: "100Ki"})), tkInvalid("spec.bandwidthLimit"))
+	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", BandwidthLimit: "fast"})), tkInvalid("spec.bandwidthLimit"))
 	other := b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm2", BackupTargetName: "nightly", Mode: "suspend"})
 	tkCheck(t, s.ValidateUpdate(other, ok), tkForbidden("spec.virtualMachineName"), tkForbidden("spec.mode"))
 }

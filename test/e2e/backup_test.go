@@ -40,6 +40,12 @@ kind: VirtualMachineBackup
 metadata: {name: %s}
 spec: {virtualMachineName: vm1, backupTargetName: nightly}
 `, name), "apply", "-f", "-")
+	return bkWait(t, s, name)
+}
+
+// bkWait waits until a backup ends; it must complete.
+func bkWait(t *testing.T, s *Serve, name string) *v1alpha1.VirtualMachineBackup {
+	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		b := bkGet(t, s, name)
@@ -338,8 +344,50 @@ spec:
 	if out := s.MustCLI("", "get", "vmbackup"); !strings.Contains(out, "b4") || !strings.Contains(out, "Completed") {
 		t.Errorf("get vmbackup:\n%s", out)
 	}
+
+	// A kill -9 of serve in the middle of a backup (its copy slowed to 4 MiB/s): the VM runs
+	// on, and after the restart the backup runs again and completes, incrementally over b4,
+	// with what the guest wrote before it.
+	vmConsoleType(t, s, v.UID, "dd if=/dev/urandom of=/dev/vdb bs=1M seek=70 count=24 conv=fsync 2>/dev/null && echo SUM2-$(dd if=/dev/vdb bs=1M skip=70 count=24 2>/dev/null | md5sum | cut -c1-32) && echo WROTE''-24M")
+	vmWaitSerial(t, s, "vm1", "WROTE-24M", 1)
+	m2 := regexp.MustCompile(`SUM2-([0-9a-f]{32})`).FindStringSubmatch(vmLog(t, s, "vm1"))
+	if m2 == nil {
+		t.Fatalf("the guest printed no md5 of the second write")
+	}
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachineBackup
+metadata: {name: b5}
+spec: {virtualMachineName: vm1, backupTargetName: nightly, bandwidthLimit: 4Mi}
+`, "apply", "-f", "-")
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(s.Logs(), "backup=default/b5"); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("backup b5 did not start within a minute")
+		}
+	}
+	time.Sleep(time.Second)
+	s.Kill9()
+	s.Start()
+	b5 := bkWait(t, s, "b5")
+	if d := bkDisk(t, b5, "data"); d.Kind != v1alpha1.BackupKindIncremental || d.Read < 24<<20 || d.Read > 26<<20 {
+		t.Errorf("the backup run again after a kill -9: %+v", d)
+	}
+	if !strings.Contains(s.Logs(), "taking a backup") {
+		t.Error("the restarted serve did not take the backup again")
+	}
+	data = bkRestore(t, store, b5, "data")
+	sum2 := md5.Sum(data[70<<20 : 94<<20])
+	if got := hex.EncodeToString(sum2[:]); got != m2[1] || !bytes.HasPrefix(data[512:], []byte("MARK-B")) {
+		t.Errorf("the data disk of the backup run again: md5 %s (the guest wrote %s), sector 1 %q", got, m2[1], data[512:520])
+	}
+	// The chain goes on: nothing written since, nothing read.
+	if b6 := bkRun(t, s, "b6"); b6.Status.Size.Read > 1<<20 || bkDisk(t, b6, "data").Kind != v1alpha1.BackupKindIncremental {
+		t.Errorf("the backup after the one run again: %+v", b6.Status.Disks)
+	}
 	if now := vmGet(t, s, "vm1"); now.Status.Phase != v1alpha1.VMPhaseRunning || now.UID != v.UID {
 		t.Errorf("the VM did not run on through the backups: %s", now.Status.Phase)
+	}
+	if n := strings.Count(vmLog(t, s, "vm1"), "RAKHSH-GUEST: ready"); n != 1 {
+		t.Errorf("%d boot markers: the guest rebooted during the backups", n)
 	}
 	s.MustCLI("", "vm", "stop", "vm1", "--wait")
 }
