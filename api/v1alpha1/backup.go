@@ -165,3 +165,60 @@ type BackupSize struct {
 	Chunks    int `json:"chunks"`
 	NewChunks int `json:"newChunks"`
 }
+
+// BackupSchedule takes backups of a VM on a cron schedule and prunes the ones it took by a
+// retention policy.
+type BackupSchedule struct {
+	TypeMeta   `json:",inline"`
+	ObjectMeta `json:"metadata,omitempty"`
+	Spec       BackupScheduleSpec   `json:"spec"`
+	Status     BackupScheduleStatus `json:"status,omitempty"`
+}
+
+// BackupScheduleSpec is what to back up, when, and what to keep.
+type BackupScheduleSpec struct {
+	// VirtualMachineName is the VM of the same project to back up.
+	VirtualMachineName string `json:"virtualMachineName"`
+	// BackupTargetName is the BackupTarget the backups go to.
+	BackupTargetName string `json:"backupTargetName"`
+	// Schedule is a cron expression of five fields (minute hour day-of-month month
+	// day-of-week, in UTC), or a descriptor such as @daily or @every 6h.
+	Schedule string `json:"schedule"`
+	// Mode and BandwidthLimit are those of each backup.
+	Mode           BackupMode `json:"mode,omitempty"`
+	BandwidthLimit Quantity   `json:"bandwidthLimit,omitempty"`
+	// Retention says which of the schedule's completed backups are kept; the others are
+	// deleted after each new backup completes. Empty: all are kept.
+	Retention BackupRetention `json:"retention,omitempty"`
+	// Suspend stops new backups (and pruning) while true.
+	Suspend bool `json:"suspend,omitempty"`
+}
+
+// BackupRetention is a retention policy, as Proxmox's: each rule keeps the newest backup of
+// each of its last N periods that hold a backup, not counting periods a rule before it
+// already kept a backup of. Rules apply in the order keepLast, keepHourly, keepDaily,
+// keepWeekly, keepMonthly.
+type BackupRetention struct {
+	KeepLast    int `json:"keepLast,omitempty"`
+	KeepHourly  int `json:"keepHourly,omitempty"`
+	KeepDaily   int `json:"keepDaily,omitempty"`
+	KeepWeekly  int `json:"keepWeekly,omitempty"`
+	KeepMonthly int `json:"keepMonthly,omitempty"`
+}
+
+// LabelBackupSchedule on a VirtualMachineBackup names the BackupSchedule it belongs to: the
+// schedule prunes the backups that carry it.
+const LabelBackupSchedule = "virtualization.rakhsh.io/backup-schedule"
+
+// BackupScheduleStatus is the observed state of a schedule.
+type BackupScheduleStatus struct {
+	// LastScheduleTime is when the schedule last created a backup, LastBackupName that backup.
+	LastScheduleTime *Time  `json:"lastScheduleTime,omitempty"`
+	LastBackupName   string `json:"lastBackupName,omitempty"`
+	// NextScheduleTime is when it creates the next one.
+	NextScheduleTime *Time `json:"nextScheduleTime,omitempty"`
+	// Pruned counts the backups the retention policy deleted.
+	Pruned             int64       `json:"pruned,omitempty"`
+	Conditions         []Condition `json:"conditions,omitempty"`
+	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
+}

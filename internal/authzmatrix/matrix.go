@@ -33,6 +33,7 @@ var KindClass = map[string]string{
 	"VirtualMachineIPAddress": ClassProject, "VirtualMachineMACAddress": ClassProject,
 	"VirtualMachineOperation": ClassProject, "VirtualMachineBlockDeviceAttachment": ClassProject,
 	"VirtualDiskSnapshot": ClassProject, "VirtualMachineSnapshot": ClassProject, "VirtualMachineBackup": ClassProject,
+	"BackupSchedule":      ClassProject,
 	"Secret":              ClassSecret,
 	"Event":               ClassControllerWritten,
 	"VirtualDiskLease":    ClassControllerWritten,

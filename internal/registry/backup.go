@@ -1,7 +1,12 @@
 package registry
 
 import (
+	"errors"
 	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
@@ -38,18 +43,7 @@ func init() {
 			var fe errs.FieldErrors
 			chkRefName(&fe, "spec.virtualMachineName", b.Spec.VirtualMachineName, true)
 			chkRefName(&fe, "spec.backupTargetName", b.Spec.BackupTargetName, true)
-			if b.Spec.Mode == v1alpha1.BackupModeStop {
-				fe.Invalid("spec.mode", b.Spec.Mode, "mode stop is not supported yet; use snapshot (the guest's filesystems frozen for an instant) or suspend (its vCPUs paused for an instant)")
-			} else {
-				chkEnum(&fe, "spec.mode", b.Spec.Mode, false, v1alpha1.BackupModeSnapshot, v1alpha1.BackupModeSuspend)
-			}
-			if q := b.Spec.BandwidthLimit; q != "" {
-				if n, err := q.Value(); err != nil {
-					fe.Invalid("spec.bandwidthLimit", string(q), err.Error())
-				} else if n < 1<<20 {
-					fe.Invalid("spec.bandwidthLimit", string(q), "must be at least 1Mi (bytes per second)")
-				}
-			}
+			chkBackupModeAndLimit(&fe, b.Spec.Mode, b.Spec.BandwidthLimit)
 			return fe
 		},
 		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
@@ -63,6 +57,78 @@ func init() {
 			return fe
 		},
 	})
+}
+
+func init() {
+	register("BackupSchedule", Strategy{
+		New: func() v1alpha1.Object { return &v1alpha1.BackupSchedule{} },
+		Default: func(obj v1alpha1.Object) {
+			if s := obj.(*v1alpha1.BackupSchedule); s.Spec.Mode == "" {
+				s.Spec.Mode = v1alpha1.BackupModeSnapshot
+			}
+		},
+		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
+			s := obj.(*v1alpha1.BackupSchedule)
+			var fe errs.FieldErrors
+			chkRefName(&fe, "spec.virtualMachineName", s.Spec.VirtualMachineName, true)
+			chkRefName(&fe, "spec.backupTargetName", s.Spec.BackupTargetName, true)
+			chkBackupModeAndLimit(&fe, s.Spec.Mode, s.Spec.BandwidthLimit)
+			if s.Spec.Schedule == "" {
+				fe.Required("spec.schedule", "a cron expression of five fields (minute hour day-of-month month day-of-week, UTC) or a descriptor such as @daily")
+			} else if _, err := ParseBackupSchedule(s.Spec.Schedule); err != nil {
+				fe.Invalid("spec.schedule", s.Spec.Schedule, err.Error())
+			}
+			r := s.Spec.Retention
+			for _, k := range []struct {
+				name string
+				n    int
+			}{{"keepLast", r.KeepLast}, {"keepHourly", r.KeepHourly}, {"keepDaily", r.KeepDaily}, {"keepWeekly", r.KeepWeekly}, {"keepMonthly", r.KeepMonthly}} {
+				if k.n < 0 || k.n > 10000 {
+					fe.Invalid("spec.retention."+k.name, k.n, "must be between 0 and 10000")
+				}
+			}
+			return fe
+		},
+		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
+			n, o := obj.(*v1alpha1.BackupSchedule), old.(*v1alpha1.BackupSchedule)
+			var fe errs.FieldErrors
+			// A schedule's backups are pruned by name: it stays the same VM's.
+			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, o.Spec.VirtualMachineName, "BackupSchedule")
+			return fe
+		},
+	})
+}
+
+// ParseBackupSchedule parses a schedule's cron expression: five fields, or a descriptor
+// (@hourly, @daily, @weekly, @monthly, @yearly, @every DURATION). Times are UTC.
+func ParseBackupSchedule(spec string) (cron.Schedule, error) {
+	if strings.HasPrefix(strings.TrimSpace(spec), "TZ=") || strings.HasPrefix(strings.TrimSpace(spec), "CRON_TZ=") {
+		return nil, errors.New("time zones are not supported: schedules are in UTC")
+	}
+	sch, err := cron.ParseStandard(spec)
+	if err != nil {
+		return nil, err
+	}
+	if e, ok := sch.(cron.ConstantDelaySchedule); ok && e.Delay < time.Minute {
+		return nil, errors.New("@every must be at least 1m")
+	}
+	return sch, nil
+}
+
+// chkBackupModeAndLimit checks a backup's mode and bandwidth limit.
+func chkBackupModeAndLimit(fe *errs.FieldErrors, mode v1alpha1.BackupMode, limit v1alpha1.Quantity) {
+	if mode == v1alpha1.BackupModeStop {
+		fe.Invalid("spec.mode", mode, "mode stop is not supported yet; use snapshot (the guest's filesystems frozen for an instant) or suspend (its vCPUs paused for an instant)")
+	} else {
+		chkEnum(fe, "spec.mode", mode, false, v1alpha1.BackupModeSnapshot, v1alpha1.BackupModeSuspend)
+	}
+	if limit != "" {
+		if n, err := limit.Value(); err != nil {
+			fe.Invalid("spec.bandwidthLimit", string(limit), err.Error())
+		} else if n < 1<<20 {
+			fe.Invalid("spec.bandwidthLimit", string(limit), "must be at least 1Mi (bytes per second)")
+		}
+	}
 }
 
 func backupPath(t *v1alpha1.BackupTarget) string {

@@ -52,16 +52,48 @@ func TestValidateVirtualMachineBackup(t *testing.T) {
 	tkCheck(t, s.ValidateUpdate(other, ok), tkForbidden("spec.virtualMachineName"), tkForbidden("spec.mode"))
 }
 
+func TestValidateBackupSchedule(t *testing.T) {
+	s := tkStrategy(t, "BackupSchedule")
+	b := func(spec v1alpha1.BackupScheduleSpec) *v1alpha1.BackupSchedule {
+		o := &v1alpha1.BackupSchedule{ObjectMeta: v1alpha1.ObjectMeta{Name: "s", Namespace: "p"}, Spec: spec}
+		s.Default(o)
+		return o
+	}
+	base := v1alpha1.BackupScheduleSpec{VirtualMachineName: "vm", BackupTargetName: "nightly", Schedule: "0 2 * * *"}
+	tkCheck(t, s.Validate(b(base)))
+	for _, ok := range []string{"@daily", "@every 6h", "*/15 * * * 1-5"} {
+		sp := base
+		sp.Schedule = ok
+		tkCheck(t, s.Validate(b(sp)))
+	}
+	for _, bad := range []string{"every day", "0 2 * *", "@every 10s", "CRON_TZ=Europe/Berlin 0 2 * * *", "61 * * * *"} {
+		sp := base
+		sp.Schedule = bad
+		tkCheck(t, s.Validate(b(sp)), tkInvalid("spec.schedule"))
+	}
+	sp := base
+	sp.Schedule, sp.Mode, sp.Retention.KeepDaily = "", "stop", -1
+	tkCheck(t, s.Validate(b(sp)), tkRequired("spec.schedule"), tkInvalid("spec.mode"), tkInvalid("spec.retention.keepDaily"))
+	moved := base
+	moved.VirtualMachineName = "other"
+	tkCheck(t, s.ValidateUpdate(b(moved), b(base)), tkForbidden("spec.virtualMachineName"))
+	changed := base
+	changed.Schedule, changed.Retention.KeepLast = "@hourly", 3
+	tkCheck(t, s.ValidateUpdate(b(changed), b(base)))
+}
+
 func FuzzValidateBackups(f *testing.F) {
 	for _, s := range []string{
 		`{"metadata":{"name":"nightly"},"spec":{"type":"Directory","directory":{"path":"/srv/backup"}}}`,
 		`{"metadata":{"name":"x"},"spec":{"type":"Directory","directory":{"path":"../x"}}}`,
 		`{"metadata":{"name":"b","namespace":"p"},"spec":{"virtualMachineName":"vm","backupTargetName":"nightly","mode":"suspend"}}`,
+		`{"metadata":{"name":"s","namespace":"p"},"spec":{"virtualMachineName":"vm","backupTargetName":"nightly","schedule":"@every 1h","retention":{"keepLast":3}}}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tkFuzz(t, "BackupTarget", data)
 		tkFuzz(t, "VirtualMachineBackup", data)
+		tkFuzz(t, "BackupSchedule", data)
 	})
 }

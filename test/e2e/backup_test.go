@@ -383,6 +383,48 @@ spec: {virtualMachineName: vm1, backupTargetName: nightly, bandwidthLimit: 4Mi}
 	if b6 := bkRun(t, s, "b6"); b6.Status.Size.Read > 1<<20 || bkDisk(t, b6, "data").Kind != v1alpha1.BackupKindIncremental {
 		t.Errorf("the backup after the one run again: %+v", b6.Status.Disks)
 	}
+
+	// A schedule every minute that keeps the last backup: its first backup completes, and b6,
+	// labelled as the schedule's, is pruned.
+	s.MustCLI("", "label", "vmbackup", "b6", v1alpha1.LabelBackupSchedule+"=every-minute")
+	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: BackupSchedule
+metadata: {name: every-minute}
+spec:
+  virtualMachineName: vm1
+  backupTargetName: nightly
+  schedule: "* * * * *"
+  retention: {keepLast: 1}
+`, "apply", "-f", "-")
+	var sched v1alpha1.BackupSchedule
+	for deadline := time.Now().Add(100 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if err := s.Client().Get(context.Background(), "backupschedules", "default", "every-minute", &sched); err != nil {
+			t.Fatal(err)
+		}
+		if sched.Status.LastBackupName != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the schedule took no backup within 100 s: %+v", sched.Status)
+		}
+	}
+	bs := bkWait(t, s, sched.Status.LastBackupName)
+	if bs.Labels[v1alpha1.LabelBackupSchedule] != "every-minute" || bs.Status.Size.Read > 1<<20 {
+		t.Errorf("the scheduled backup: labels %v, read %d", bs.Labels, bs.Status.Size.Read)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if r := s.CLI("", "get", "vmbackup", "b6"); r.Code != 0 && strings.Contains(r.Stderr, "NotFound") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b6 was not pruned by the schedule's keepLast 1")
+		}
+	}
+	if out := s.MustCLI("", "get", "bsched"); !strings.Contains(out, "every-minute") || !strings.Contains(out, "* * * * *") {
+		t.Errorf("get bsched:\n%s", out)
+	}
+	s.MustCLI("", "delete", "bsched", "every-minute")
+
 	if now := vmGet(t, s, "vm1"); now.Status.Phase != v1alpha1.VMPhaseRunning || now.UID != v.UID {
 		t.Errorf("the VM did not run on through the backups: %s", now.Status.Phase)
 	}

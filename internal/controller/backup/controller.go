@@ -30,6 +30,8 @@ type Config struct {
 	// Informers is the process's shared informer factory; nil: the controller makes its own.
 	Informers *runtime.Factory
 	Log       *slog.Logger
+	// Now is the clock of schedules (default time.Now).
+	Now func() time.Time
 }
 
 // Controller hands backups to nodes.
@@ -39,6 +41,9 @@ type Controller struct {
 	rec        *runtime.Recorder
 	ownFactory *runtime.Factory
 	ctl        *runtime.Controller
+	schedCtl   *runtime.Controller
+	now        func() time.Time
+	schedules  *runtime.TypedInformer[v1alpha1.BackupSchedule]
 	backups    *runtime.TypedInformer[v1alpha1.VirtualMachineBackup]
 	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	targets    *runtime.TypedInformer[v1alpha1.BackupTarget]
@@ -50,7 +55,10 @@ func New(cfg Config) *Controller {
 		cfg.Log = slog.Default()
 	}
 	log := cfg.Log.With("controller", "backup")
-	c := &Controller{c: cfg.Client, log: log, rec: &runtime.Recorder{C: cfg.Client, Component: "backup-controller", Log: log}}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	c := &Controller{c: cfg.Client, log: log, now: cfg.Now, rec: &runtime.Recorder{C: cfg.Client, Component: "backup-controller", Log: log}}
 	f := cfg.Informers
 	if f == nil {
 		f = runtime.NewFactory(cfg.Client, log)
@@ -65,6 +73,12 @@ func New(cfg Config) *Controller {
 		Watches(c.targets, c.backupsOfTarget).
 		Workers(1).
 		Build(c.reconcile)
+	c.schedules = runtime.For[v1alpha1.BackupSchedule](f, "backupschedules")
+	c.schedCtl = runtime.NewController("backupschedules", log).
+		For(c.schedules).
+		Watches(c.backups, c.scheduleOfBackup).
+		Workers(1).
+		Build(c.reconcileSchedule)
 	return c
 }
 
@@ -76,7 +90,22 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.ownFactory != nil {
 		c.ownFactory.Start(ctx)
 	}
-	return c.ctl.Run(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- c.schedCtl.Run(ctx) }()
+	err := c.ctl.Run(ctx)
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
+}
+
+// scheduleOfBackup: a backup's schedule prunes when the backup ends.
+func (c *Controller) scheduleOfBackup(k runtime.Key) []runtime.Key {
+	b, ok := c.backups.Get(k)
+	if !ok || b.Labels[v1alpha1.LabelBackupSchedule] == "" {
+		return nil
+	}
+	return []runtime.Key{runtime.NewKey(b.Namespace, b.Labels[v1alpha1.LabelBackupSchedule])}
 }
 
 func waiting(b *v1alpha1.VirtualMachineBackup) bool {

@@ -1,0 +1,240 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/runtime/fake"
+)
+
+func newVM(name string, phase v1alpha1.VirtualMachinePhase, node string) *v1alpha1.VirtualMachine {
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "256Mi"
+	vm.Status.Phase, vm.Status.NodeName = phase, node
+	return vm
+}
+
+func newBackup(name, vm string) *v1alpha1.VirtualMachineBackup {
+	return &v1alpha1.VirtualMachineBackup{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+		Spec: v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: vm, BackupTargetName: "nightly"}}
+}
+
+// clock is a settable clock for schedules.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+
+func start(t *testing.T, fc *fake.Client, now func() time.Time) {
+	t.Helper()
+	f := runtime.NewFactory(fc, nil)
+	c := New(Config{Client: fc, Informers: f, Now: now})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+}
+
+// TestHandOver: a backup of a running VM goes to the VM's node; one of a stopped VM fails
+// with the reason; one naming a missing target waits; a second backup of the same VM waits
+// while the first runs, and goes once the first ended.
+func TestHandOver(t *testing.T) {
+	fc := fake.New()
+	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
+		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
+	orphan := newBackup("orphan", "vm1")
+	orphan.Spec.BackupTargetName = "nosuch"
+	if err := fc.Add(target, newVM("vm1", v1alpha1.VMPhaseRunning, "n1"), newVM("vm2", v1alpha1.VMPhaseStopped, ""),
+		newBackup("b1", "vm1"), newBackup("stopped", "vm2"), orphan); err != nil {
+		t.Fatal(err)
+	}
+	start(t, fc, nil)
+	var b v1alpha1.VirtualMachineBackup
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &b, func() bool {
+		return b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.NodeName == "n1" && b.Status.VirtualMachineUID != "" && b.Status.StartedAt != nil
+	})
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "stopped", &b, func() bool {
+		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return b.Status.Phase == v1alpha1.BackupPhaseFailed && c != nil && strings.Contains(c.Message, "needs it running")
+	})
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "orphan", &b, func() bool {
+		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return b.Status.Phase == v1alpha1.BackupPhasePending && c != nil && strings.Contains(c.Message, `"nosuch" does not exist`)
+	})
+	if err := fc.Add(newBackup("b2", "vm1")); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b2", &b, func() bool {
+		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return b.Status.Phase == v1alpha1.BackupPhasePending && c != nil && strings.Contains(c.Message, `"b1"`)
+	})
+	// The node completes b1: b2 goes.
+	var b1 v1alpha1.VirtualMachineBackup
+	if err := fc.Get(context.Background(), "virtualmachinebackups", "p1", "b1", &b1); err != nil {
+		t.Fatal(err)
+	}
+	b1.Status.Phase = v1alpha1.BackupPhaseCompleted
+	if err := fc.UpdateStatus(context.Background(), "virtualmachinebackups", "p1", "b1", &b1, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b2", &b, func() bool { return b.Status.Phase == v1alpha1.BackupPhaseInProgress })
+	// The VM leaves the node during b2: it fails.
+	var vm v1alpha1.VirtualMachine
+	_ = fc.Get(context.Background(), "virtualmachines", "p1", "vm1", &vm)
+	vm.Status.NodeName = "n2"
+	if err := fc.UpdateStatus(context.Background(), "virtualmachines", "p1", "vm1", &vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b2", &b, func() bool {
+		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return b.Status.Phase == v1alpha1.BackupPhaseFailed && c != nil && strings.Contains(c.Message, "left node")
+	})
+}
+
+// TestSchedule: a schedule creates one backup per due time (named after the time, labelled
+// with the schedule), one for the latest of several missed times, none while suspended, and
+// prunes its completed backups by its retention policy (and failed ones older than the newest
+// kept), never other backups of the VM.
+func TestSchedule(t *testing.T) {
+	fc := fake.New()
+	clk := &clock{t: time.Now()}
+	s := &v1alpha1.BackupSchedule{ObjectMeta: v1alpha1.ObjectMeta{Name: "hourly", Namespace: "p1"},
+		Spec: v1alpha1.BackupScheduleSpec{VirtualMachineName: "vm1", BackupTargetName: "nightly", Schedule: "0 * * * *",
+			Retention: v1alpha1.BackupRetention{KeepLast: 2}}}
+	if err := fc.Add(s, newVM("vm1", v1alpha1.VMPhaseStopped, "")); err != nil {
+		t.Fatal(err)
+	}
+	// The fake stamps creation with its own clock: the schedule counts from its status.
+	start(t, fc, clk.now)
+	var got v1alpha1.BackupSchedule
+	fc.WaitFor(t, 10*time.Second, "backupschedules", "p1", "hourly", &got, func() bool {
+		return got.Status.NextScheduleTime != nil && v1alpha1.FindCondition(got.Status.Conditions, ScheduleConditionReady) != nil
+	})
+	// Three backups, each completed one hour apart.
+	ctx := context.Background()
+	var slots []time.Time
+	for h := 1; h <= 3; h++ {
+		var cur v1alpha1.BackupSchedule
+		_ = fc.Get(ctx, "backupschedules", "p1", "hourly", &cur)
+		slot := cur.Status.NextScheduleTime.Time
+		clk.set(slot.Add(time.Second))
+		// Nudge the schedule: its requeue waits on the real clock.
+		if err := fc.Patch(ctx, "backupschedules", "p1", "hourly", []byte(fmt.Sprintf(`{"metadata":{"annotations":{"nudge":"%d"}}}`, h)), nil); err != nil {
+			t.Fatal(err)
+		}
+		name := scheduledName("hourly", slot)
+		var b v1alpha1.VirtualMachineBackup
+		fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", name, &b, func() bool { return b.Labels[v1alpha1.LabelBackupSchedule] == "hourly" })
+		b.Status.Phase = v1alpha1.BackupPhaseCompleted
+		st := v1alpha1.NewTime(slot)
+		b.Status.StartedAt = &st
+		if err := fc.UpdateStatus(ctx, "virtualmachinebackups", "p1", name, &b, nil); err != nil {
+			t.Fatal(err)
+		}
+		slots = append(slots, slot)
+	}
+	if slots[1].Sub(slots[0]) != time.Hour || slots[2].Sub(slots[1]) != time.Hour {
+		t.Errorf("schedule times %v, want one an hour", slots)
+	}
+	// keepLast 2: the first is pruned.
+	first := scheduledName("hourly", slots[0])
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var b v1alpha1.VirtualMachineBackup
+		if err := fc.Get(ctx, "virtualmachinebackups", "p1", first, &b); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backup %s not pruned", first)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	count := func() int {
+		l, _ := fc.List(ctx, "virtualmachinebackups", "p1", client.ListOptions{})
+		return len(l.Items)
+	}
+	if n := count(); n != 2 {
+		t.Errorf("%d backups left, want 2", n)
+	}
+	// Five hours missed: one backup, for the latest of them.
+	missed := slots[2].Add(5 * time.Hour)
+	clk.set(missed.Add(time.Minute))
+	if err := fc.Patch(ctx, "backupschedules", "p1", "hourly", []byte(`{"metadata":{"annotations":{"nudge":"missed"}}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	var b v1alpha1.VirtualMachineBackup
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", scheduledName("hourly", missed), &b, func() bool { return true })
+	time.Sleep(200 * time.Millisecond)
+	if n := count(); n != 3 {
+		t.Errorf("%d backups after five missed hours, want 3 (one new)", n)
+	}
+	// Suspended: none.
+	if err := fc.Patch(ctx, "backupschedules", "p1", "hourly", []byte(`{"spec":{"suspend":true}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	clk.set(missed.Add(3 * time.Hour))
+	fc.WaitFor(t, 10*time.Second, "backupschedules", "p1", "hourly", &got, func() bool {
+		c := v1alpha1.FindCondition(got.Status.Conditions, ScheduleConditionReady)
+		return c != nil && c.Reason == ReasonSuspended && got.Status.NextScheduleTime == nil
+	})
+	time.Sleep(200 * time.Millisecond)
+	if n := count(); n != 3 {
+		t.Errorf("%d backups while suspended, want 3", n)
+	}
+}
+
+func TestRetain(t *testing.T) {
+	at := func(s string) time.Time {
+		tm, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	times := []time.Time{
+		at("2026-12-05T10:30:00Z"), at("2026-12-05T10:00:00Z"), at("2026-12-05T09:00:00Z"),
+		at("2026-12-04T23:00:00Z"), at("2026-12-04T08:00:00Z"), at("2026-12-03T08:00:00Z"),
+		at("2026-11-20T08:00:00Z"), at("2026-10-01T08:00:00Z"),
+	}
+	for _, tc := range []struct {
+		r    v1alpha1.BackupRetention
+		want string
+	}{
+		{v1alpha1.BackupRetention{KeepLast: 3}, "11100000"},
+		// Hourly: the newest of each of the last 2 hours that hold a backup.
+		{v1alpha1.BackupRetention{KeepHourly: 2}, "10100000"},
+		// Last 1, then daily 2: the 5th's day is covered by the kept last; the 4th and 3rd.
+		{v1alpha1.BackupRetention{KeepLast: 1, KeepDaily: 2}, "10010100"},
+		{v1alpha1.BackupRetention{KeepMonthly: 3}, "10000011"},
+		{v1alpha1.BackupRetention{KeepWeekly: 1, KeepMonthly: 1}, "10000010"},
+	} {
+		keep := Retain(times, tc.r)
+		got := ""
+		for _, k := range keep {
+			if k {
+				got += "1"
+			} else {
+				got += "0"
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%+v: kept %s, want %s", tc.r, got, tc.want)
+		}
+	}
+	// Order does not matter.
+	rev := []time.Time{times[2], times[0], times[1]}
+	if k := Retain(rev, v1alpha1.BackupRetention{KeepLast: 1}); !k[1] || k[0] || k[2] {
+		t.Errorf("unsorted: %v", k)
+	}
+}
