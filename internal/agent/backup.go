@@ -149,33 +149,34 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	}
 	// A manifest of this backup is there when an earlier run of the agent stored it and
 	// stopped before it wrote the status.
-	rel := backup.ManifestPath(b.Namespace, vm.UID, string(b.UID))
-	if m, err := store.ReadManifest(rel); err == nil {
+	if m, rel, err := store.ReadManifestOf(b.Namespace, vm.UID, string(b.UID)); err == nil {
 		a.log.Info("backup found stored by an earlier run", "backup", b.Namespace+"/"+b.Name)
 		return runtime.Result{}, a.backupDone(ctx, b, m, rel, nil, 0, time.Time{})
 	}
 
-	// What an earlier run of this backup left in QEMU (the agent stopped while it copied): its
-	// job still holds the previous backup's bitmap, which the plan must find free.
-	newBitmap := bitmapName(b.Spec.BackupTargetName, string(b.UID))
-	a.dropBackupLeftovers(ctx, mon, string(b.UID), newBitmap)
-	prev, prevWhy := a.previousBackup(ctx, store, b, vm)
-	disks, err := a.backupDisks(ctx, mon, b, vm, prev, prevWhy)
-	if err != nil {
-		return fail("%v", err)
-	}
-	unlockStore, err := store.Lock(false)
+	// The target's lock, shared, from before the previous backup is read until the manifest
+	// is written: the garbage collection cannot remove a chunk this backup builds on.
+	unlockStore, err := store.Lock()
 	if err != nil {
 		return fail("%v", err)
 	}
 	// Released before backupDone: its garbage collection takes the lock exclusively.
 	unlock := sync.OnceFunc(unlockStore)
 	defer unlock()
+	// What an earlier run of this backup left in QEMU (the agent stopped while it copied): its
+	// job still holds the previous backup's bitmap, which the plan must find free.
+	newBitmap := bitmapName(b.Spec.BackupTargetName, string(b.UID))
+	a.dropBackupLeftovers(ctx, mon, string(b.UID), newBitmap)
+	prev, prevWhy := a.previousBackup(ctx, store, b, vm)
+	disks, err := a.backupDisks(ctx, mon, store, b, vm, prev, prevWhy)
+	if err != nil {
+		return fail("%v", err)
+	}
 	started := time.Now()
 	var fz freezer
 	switch {
 	case b.Spec.Mode == v1alpha1.BackupModeSuspend:
-		fz = vcpuPauser{mon}
+		fz = vcpuPauser{mon: mon, paused: new(bool)}
 	default:
 		if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady); c != nil && c.Status == v1alpha1.ConditionTrue {
 			fz = guestFreezer{a: a, uid: vm.UID}
@@ -211,7 +212,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		}
 		return fail("storing the backup: %v", err)
 	}
-	rel, err = store.WriteManifest(m)
+	rel, err := store.WriteManifest(m)
 	if err != nil {
 		a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
 		return fail("%v", err)
@@ -244,7 +245,7 @@ func (a *Agent) previousBackup(ctx context.Context, store *backup.Store, b *v1al
 	if last == nil {
 		return nil, "the first backup of the VM in this target"
 	}
-	m, err := store.ReadManifest(last.Status.Manifest)
+	m, _, err := store.ReadManifestOf(b.Namespace, vm.UID, string(last.UID))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Sprintf("the manifest of the previous backup %q is not in the target as node %s sees it", last.Name, a.cfg.NodeName)
@@ -257,6 +258,7 @@ func (a *Agent) previousBackup(ctx context.Context, store *backup.Store, b *v1al
 // dirtyBitmap is an entry of a block node's dirty-bitmaps.
 type dirtyBitmap struct {
 	Name         string `json:"name"`
+	Recording    bool   `json:"recording"`
 	Persistent   bool   `json:"persistent"`
 	Busy         bool   `json:"busy"`
 	Inconsistent bool   `json:"inconsistent"`
@@ -270,7 +272,7 @@ type bitmapNode struct {
 
 // backupDisks plans the disks of a backup: their files and QEMU nodes, and per disk whether
 // the previous backup's bitmap lets it be read incrementally.
-func (a *Agent) backupDisks(ctx context.Context, mon snapshotMonitor, b *v1alpha1.VirtualMachineBackup, vm *v1alpha1.VirtualMachine, prev *backup.Manifest, prevWhy string) ([]bkDisk, error) {
+func (a *Agent) backupDisks(ctx context.Context, mon snapshotMonitor, store *backup.Store, b *v1alpha1.VirtualMachineBackup, vm *v1alpha1.VirtualMachine, prev *backup.Manifest, prevWhy string) ([]bkDisk, error) {
 	var nodes []bitmapNode
 	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		return nil, fmt.Errorf("query-named-block-nodes: %w", err)
@@ -310,6 +312,12 @@ func (a *Agent) backupDisks(ctx context.Context, mon snapshotMonitor, b *v1alpha
 			name: d.Name, uid: string(d.UID), src: n.NodeName, fullReason: prevWhy}
 		if prev != nil {
 			bd.prev, bd.prevBitmap, bd.fullReason = incrementalBase(prev, d.Name, string(d.UID), size, bitmaps)
+			if n := store.Has(bd.prev); n > 0 {
+				// Lost, or put aside by a verify as corrupted: read whole, so that the
+				// chunks are stored again rather than named without data.
+				bd.prev, bd.prevBitmap = nil, ""
+				bd.fullReason = fmt.Sprintf("%d chunks of the previous backup are missing from the target", n)
+			}
 		}
 		out = append(out, bd)
 	}
@@ -343,18 +351,51 @@ func incrementalBase(prev *backup.Manifest, name, uid string, size int64, bitmap
 		return nil, "", "the dirty bitmap of the previous backup is inconsistent (QEMU was killed while the disk was open)"
 	case bitmaps[j].Busy:
 		return nil, "", "the dirty bitmap of the previous backup is in use by another job"
+	case !bitmaps[j].Recording:
+		// A bitmap saved while a job held it (a migration in the middle of a backup) stopped
+		// recording writes: it no longer covers every change.
+		return nil, "", "the dirty bitmap of the previous backup does not record writes (it was saved in the middle of a job)"
 	}
 	return pd.Chunks, pd.Bitmap, ""
 }
 
-// vcpuPauser holds a guest still by pausing its vCPUs (mode suspend).
-type vcpuPauser struct{ mon snapshotMonitor }
+// vcpuPauser holds a guest still by pausing its vCPUs (mode suspend); a guest that is paused
+// already stays so.
+type vcpuPauser struct {
+	mon    snapshotMonitor
+	paused *bool // freeze paused it: thaw resumes it
+}
 
 func (p vcpuPauser) freeze(ctx context.Context) (int, error) {
-	return 0, p.mon.Execute(ctx, "stop", nil, nil)
+	var st struct {
+		Running bool `json:"running"`
+	}
+	if err := p.mon.Execute(ctx, "query-status", nil, &st); err != nil {
+		return 0, err
+	}
+	if !st.Running {
+		return 0, nil // held still already
+	}
+	if err := p.mon.Execute(ctx, "stop", nil, nil); err != nil {
+		return 0, err
+	}
+	*p.paused = true
+	return 0, nil
 }
+
 func (p vcpuPauser) thaw(ctx context.Context) (int, error) {
-	return 0, p.mon.Execute(ctx, "cont", nil, nil)
+	if !*p.paused {
+		return 0, nil
+	}
+	var err error
+	for i := 0; i < 3; i++ { // a guest must not stay paused by a backup
+		if err = p.mon.Execute(ctx, "cont", nil, nil); err == nil {
+			*p.paused = false
+			return 0, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0, err
 }
 
 // copyForBackup adds the work files to QEMU, holds the guest still (fz, when not nil), and
@@ -647,8 +688,9 @@ func (a *Agent) chunkDisks(ctx context.Context, store *backup.Store, b *v1alpha1
 
 // backupProgress writes the progress of a running backup (best effort).
 func (a *Agent) backupProgress(ctx context.Context, b *v1alpha1.VirtualMachineBackup, p string) {
-	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"progress": p}})
-	if err := a.c.PatchStatus(ctx, "virtualmachinebackups", b.Namespace, b.Name, patch, nil); err != nil {
+	st := b.Status
+	st.Progress = p
+	if err := a.writeBackupStatus(ctx, b, st); err != nil {
 		a.log.Debug("writing backup progress", "err", err)
 	}
 }
@@ -706,18 +748,25 @@ func (a *Agent) collectBackupGarbage(ctx context.Context, target string) {
 	if err != nil {
 		return
 	}
-	list, err := a.c.List(ctx, "virtualmachinebackups", "", client.ListOptions{})
-	if err != nil {
-		return
-	}
-	live := map[string]bool{}
-	for _, raw := range list.Items {
-		var o v1alpha1.VirtualMachineBackup
-		if json.Unmarshal(raw, &o) == nil {
+	res, err := store.GC(ctx, func() (func(string) bool, error) {
+		list, err := a.c.List(ctx, "virtualmachinebackups", "", client.ListOptions{})
+		if err != nil {
+			return nil, err
+		}
+		live := map[string]bool{}
+		for _, raw := range list.Items {
+			var o v1alpha1.VirtualMachineBackup
+			if err := json.Unmarshal(raw, &o); err != nil {
+				return nil, err
+			}
 			live[string(o.UID)] = true
 		}
+		return func(uid string) bool { return live[uid] }, nil
+	})
+	if errors.Is(err, backup.ErrBusy) {
+		a.log.Debug("backup garbage collection skipped: a backup runs", "target", target)
+		return
 	}
-	res, err := store.GC(ctx, func(uid string) bool { return live[uid] })
 	if err != nil {
 		a.log.Warn("backup garbage collection", "target", target, "err", err)
 		return
@@ -739,17 +788,37 @@ func (a *Agent) backupFailed(ctx context.Context, b *v1alpha1.VirtualMachineBack
 	return a.writeBackupStatus(ctx, b, st)
 }
 
+// writeBackupStatus writes st as the status of backup b, guarded: only while the stored
+// object is still b (its uid), handed to this node, in the phase b was read in. A backup
+// deleted or made again under its name meanwhile, or failed by the controller, is left as it
+// is.
 func (a *Agent) writeBackupStatus(ctx context.Context, b *v1alpha1.VirtualMachineBackup, st v1alpha1.VirtualMachineBackupStatus) error {
-	b.Status = st
-	b.ResourceVersion = ""
-	err := a.c.UpdateStatus(ctx, "virtualmachinebackups", b.Namespace, b.Name, b, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
+	for try := 0; ; try++ {
+		var cur v1alpha1.VirtualMachineBackup
+		err := a.c.Get(ctx, "virtualmachinebackups", b.Namespace, b.Name, &cur)
+		if client.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if cur.UID != b.UID || cur.Status.NodeName != a.cfg.NodeName || cur.Status.Phase != b.Status.Phase {
+			a.log.Info("backup changed meanwhile; its status is not written", "backup", b.Namespace+"/"+b.Name, "phase", cur.Status.Phase, "node", cur.Status.NodeName)
+			return nil
+		}
+		cur.Status = st
+		err = a.c.UpdateStatus(ctx, "virtualmachinebackups", b.Namespace, b.Name, &cur, nil)
+		switch {
+		case err == nil:
+			b.Status, b.ResourceVersion = st, cur.ResourceVersion
+			return nil
+		case client.IsNotFound(err):
+			return nil
+		case client.IsConflict(err) && try < 5:
+			continue
+		}
 		return fmt.Errorf("writing the status of backup %s/%s: %w", b.Namespace, b.Name, err)
 	}
-	return nil
 }
 
 // verifyBackup answers a verify request (AnnotationVerifyRequest) of a Completed backup kept
@@ -767,7 +836,7 @@ func (a *Agent) verifyBackup(ctx context.Context, b *v1alpha1.VirtualMachineBack
 	store, err := a.backupTarget(ctx, b.Spec.BackupTargetName)
 	var m *backup.Manifest
 	if err == nil {
-		m, err = store.ReadManifest(b.Status.Manifest)
+		m, _, err = store.ReadManifestOf(b.Namespace, b.Status.VirtualMachineUID, string(b.UID))
 	}
 	switch {
 	case err != nil:

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -180,7 +181,21 @@ func TestFullThenIncremental(t *testing.T) {
 	if bad, err := s.Verify(ctx, m2); err != nil || len(bad) != 0 {
 		t.Fatalf("verify after the chunk was stored again: %v %v", bad, err)
 	}
-	res, err := s.GC(ctx, func(uid string) bool { return uid == uidB2 })
+	// While a backup holds the lock, the collection does not wait.
+	unlock, err := s.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(ctx, func() (func(string) bool, error) { t.Fatal("listed under a held lock"); return nil, nil }); !errors.Is(err, ErrBusy) {
+		t.Fatalf("gc under a backup's lock: %v, want ErrBusy", err)
+	}
+	unlock()
+	keepOnly := func(uids ...string) func() (func(string) bool, error) {
+		return func() (func(string) bool, error) {
+			return func(uid string) bool { return slices.Contains(uids, uid) }, nil
+		}
+	}
+	res, err := s.GC(ctx, keepOnly(uidB2))
 	if _, err := os.Stat(s.chunkPath(c2[0]) + ".bad"); err == nil {
 		t.Error("gc kept the bad chunk")
 	}
@@ -198,9 +213,19 @@ func TestFullThenIncremental(t *testing.T) {
 	if _, err := os.Stat(s.chunkPath(c1[0])); err == nil {
 		t.Error("gc kept b1's own chunk")
 	}
-	res, err = s.GC(ctx, func(string) bool { return false })
-	if err != nil || res.Manifests != 1 || res.Chunks != 3 {
-		t.Fatalf("gc of everything: %+v %v", res, err)
+	// A manifest that cannot be read stops the collection before any chunk goes.
+	m3 := manifest(uidB1, Disk{Name: "root", UID: uidVM, Size: size, Chunks: c2})
+	rel3, _ := s.WriteManifest(m3)
+	os.WriteFile(filepath.Join(s.Dir, rel3), []byte(`{"version":2}`), 0o600)
+	if _, err := s.GC(ctx, keepOnly(uidB1, uidB2)); err == nil || !strings.Contains(err.Error(), "not collecting") {
+		t.Fatalf("gc with an unreadable manifest: %v", err)
+	}
+	if s.Has(c2) != 0 {
+		t.Fatal("gc removed chunks although a manifest could not be read")
+	}
+	res, err = s.GC(ctx, keepOnly())
+	if err != nil || res.Manifests != 2 || res.Chunks != 3 {
+		t.Fatalf("gc of everything: %+v %v (want both manifests and b2's three chunks)", res, err)
 	}
 }
 
@@ -256,7 +281,8 @@ func TestParseMap(t *testing.T) {
 	if err != nil || len(ex) != 2 || !ex[0].Data || ex[0].Offset != 327680 || PresentBytes(ex) != 65536 {
 		t.Fatalf("%+v %v", ex, err)
 	}
-	for _, bad := range []string{`[{"start":1,"length":1}]`, `[{"start":0,"length":200000}]`, `[{"start":0,"length":0}]`, `{`} {
+	for _, bad := range []string{`[{"start":1,"length":1,"present":false}]`, `[{"start":0,"length":200000,"present":false}]`, `[{"start":0,"length":0,"present":false}]`, `{`,
+		`[{"start":0,"length":131072}]`, `[{"start":0,"length":65536,"present":false}]`, `[{"start":0,"length":131072,"present":true,"data":true}]`} {
 		if _, err := ParseMap([]byte(bad), 131072); err == nil {
 			t.Errorf("accepted %s", bad)
 		}
@@ -284,6 +310,7 @@ func FuzzDecodeManifest(f *testing.F) {
 
 func FuzzParseMap(f *testing.F) {
 	f.Add([]byte(`[{"start":0,"length":65536,"present":true,"data":true,"offset":0}]`), int64(65536))
+	f.Add([]byte(`[{"start":0,"length":4096,"present":false}]`), int64(65536))
 	f.Fuzz(func(t *testing.T, data []byte, size int64) {
 		ex, err := ParseMap(data, size)
 		if err != nil {
@@ -295,6 +322,9 @@ func FuzzParseMap(f *testing.F) {
 				t.Fatalf("accepted extent %+v", e)
 			}
 			at += e.Length
+		}
+		if at != size {
+			t.Fatalf("accepted extents that end at %d of %d", at, size)
 		}
 	})
 }

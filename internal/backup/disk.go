@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 // Extent is a range of a disk's copy as `qemu-img map --output=json` reports it for the
@@ -28,19 +29,37 @@ type Extent struct {
 }
 
 // ParseMap parses the output of `qemu-img map --output=json` for a disk of size bytes and
-// checks that its extents are in order, inside the disk, and that data extents have an
-// offset.
+// checks that its extents follow each other from 0 to size, that each says whether it is
+// present (a qemu-img too old to say so cannot tell copied ranges from the rest), and that
+// data extents have an offset.
 func ParseMap(out []byte, size int64) ([]Extent, error) {
-	var ex []Extent
-	if err := json.Unmarshal(out, &ex); err != nil {
+	var raw []struct {
+		Extent
+		Present *bool  `json:"present"`
+		Offset  *int64 `json:"offset"`
+	}
+	if err := json.Unmarshal(out, &raw); err != nil {
 		return nil, fmt.Errorf("qemu-img map: %w", err)
 	}
+	ex := make([]Extent, len(raw))
 	var at int64
-	for _, e := range ex {
-		if e.Start != at || e.Length <= 0 || e.Start+e.Length > size || (e.Data && e.Offset < 0) {
+	for i, r := range raw {
+		e := r.Extent
+		if r.Present == nil {
+			return nil, fmt.Errorf("qemu-img map: extent at %d does not say whether it is present (qemu-img 6.1 or later is needed)", e.Start)
+		}
+		e.Present = *r.Present
+		if r.Offset != nil {
+			e.Offset = *r.Offset
+		}
+		if e.Start != at || e.Length <= 0 || e.Start+e.Length > size || (e.Data && (r.Offset == nil || e.Offset < 0)) {
 			return nil, fmt.Errorf("qemu-img map: extent %+v does not follow %d inside %d bytes", e, at, size)
 		}
 		at = e.Start + e.Length
+		ex[i] = e
+	}
+	if at != size {
+		return nil, fmt.Errorf("qemu-img map: the extents end at %d, the disk at %d", at, size)
 	}
 	return ex, nil
 }
@@ -88,14 +107,17 @@ func (s *Store) BackupDisk(ctx context.Context, src io.ReaderAt, size int64, ex 
 	sort.Ints(order)
 	var st Stats
 	var done int64
+	var err error
 	for _, c := range order {
 		if err := ctx.Err(); err != nil {
 			return nil, st, err
 		}
 		base := int64(c) * ChunkSize
 		csize := chunkSize(size, c)
-		data, err := s.Get(out[c], csize)
-		if err != nil {
+		var data []byte
+		if covered(touched[c], base, int64(csize)) {
+			data = make([]byte, csize) // every byte comes from the copy
+		} else if data, err = s.Get(out[c], csize); err != nil {
 			return nil, st, fmt.Errorf("the previous backup's chunk %d: %w", c, err)
 		}
 		for _, e := range touched[c] {
@@ -130,6 +152,18 @@ func (s *Store) BackupDisk(ctx context.Context, src io.ReaderAt, size int64, ex 
 		}
 	}
 	return out, st, nil
+}
+
+// covered says the extents (in order, not overlapping) cover [base, base+n) whole.
+func covered(ex []Extent, base, n int64) bool {
+	at := base
+	for _, e := range ex {
+		if e.Start > at {
+			return false
+		}
+		at = max(at, e.Start+e.Length)
+	}
+	return at >= base+n
 }
 
 // PresentBytes sums the present extents: what a backup of the copy reads.
@@ -208,17 +242,24 @@ type GCResult struct {
 	Freed             int64
 }
 
-// GC removes the manifests whose backup keep rejects (given the backup's uid: the backups
-// deleted from the API) and then every chunk no remaining manifest names, and the temporary
-// files of writers that died. It holds the store's lock exclusively, so it waits for running
-// backups to end.
-func (s *Store) GC(ctx context.Context, keep func(backupUID string) bool) (GCResult, error) {
-	unlock, err := s.Lock(true)
+// GC removes the manifests of backups that no longer exist and then every chunk no remaining
+// manifest names, and the temporary files of writers that died. It holds the store's lock
+// exclusively, and does not wait for it: while a backup runs it returns ErrBusy (the backup's
+// own collection comes later). live is called once the lock is held and returns whether a
+// backup (by uid) exists: a manifest is written only after its backup object was created, so
+// a manifest on disk while the lock is held belongs to a backup that live knows. A manifest
+// that cannot be read stops the collection before it removes a chunk.
+func (s *Store) GC(ctx context.Context, live func() (func(backupUID string) bool, error)) (GCResult, error) {
+	unlock, err := s.flock(syscall.LOCK_EX | syscall.LOCK_NB)
 	if err != nil {
 		return GCResult{}, err
 	}
 	defer unlock()
 	var res GCResult
+	keep, err := live()
+	if err != nil {
+		return res, err
+	}
 	rels, err := s.Manifests()
 	if err != nil {
 		return res, err
@@ -239,9 +280,9 @@ func (s *Store) GC(ctx context.Context, keep func(backupUID string) bool) (GCRes
 		}
 		m, err := s.ReadManifest(rel)
 		if err != nil {
-			// A manifest that cannot be read keeps nothing alive, but it is not removed
-			// either: an operator should see it (verify names it).
-			continue
+			// Its chunks are unknown: removing any chunk could break it (a newer version's
+			// manifest, a file system that failed a read).
+			return res, fmt.Errorf("not collecting: %w", err)
 		}
 		for _, d := range m.Disks {
 			for _, c := range d.Chunks {
@@ -250,7 +291,30 @@ func (s *Store) GC(ctx context.Context, keep func(backupUID string) bool) (GCRes
 		}
 	}
 	// A writer's temporary file is older than the lock: every writer holds the lock shared.
-	err = filepath.WalkDir(s.Dir, func(p string, d fs.DirEntry, err error) error {
+	// Only the store's own two directories are walked.
+	walk := func(root string, fn fs.WalkDirFunc) error {
+		return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return fn(p, d, err)
+		})
+	}
+	if err := walk(filepath.Join(s.Dir, "manifests"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && isTemp(d.Name()) {
+			if fi, err := d.Info(); err == nil {
+				res.Freed += fi.Size()
+			}
+			return os.Remove(p)
+		}
+		return nil
+	}); err != nil {
+		return res, err
+	}
+	err = walk(filepath.Join(s.Dir, "chunks"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -261,9 +325,8 @@ func (s *Store) GC(ctx context.Context, keep func(backupUID string) bool) (GCRes
 			return nil
 		}
 		name := d.Name()
-		inChunks := filepath.Base(filepath.Dir(filepath.Dir(p))) == "chunks"
-		bad := inChunks && strings.HasSuffix(name, ".bad")
-		if !isTemp(name) && !bad && !(inChunks && validSum(name) && !used[name]) {
+		bad := strings.HasSuffix(name, ".bad")
+		if !isTemp(name) && !bad && !(validSum(name) && !used[name]) {
 			return nil
 		}
 		fi, err := d.Info()

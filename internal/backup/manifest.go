@@ -135,6 +135,24 @@ func ManifestPath(ns, vmUID, uid string) string {
 	return filepath.Join("manifests", ns, vmUID, uid+".json")
 }
 
+// ReadManifestOf reads the manifest of backup uid of the VM vmUID in namespace ns from where
+// WriteManifest puts it, and checks that it says so: a path given by a status field is never
+// trusted.
+func (s *Store) ReadManifestOf(ns, vmUID, uid string) (*Manifest, string, error) {
+	rel := ManifestPath(ns, vmUID, uid)
+	if !safeName(ns) || storage.CheckUID(vmUID) != nil || storage.CheckUID(uid) != nil {
+		return nil, rel, fmt.Errorf("backup %s/%s of VM %s: not a valid name or uid", ns, uid, vmUID)
+	}
+	m, err := s.ReadManifest(rel)
+	if err != nil {
+		return nil, rel, err
+	}
+	if m.Backup.Namespace != ns || m.Backup.UID != uid || m.VM.UID != vmUID {
+		return nil, rel, fmt.Errorf("%s: the manifest is of backup %s/%s of VM %s", rel, m.Backup.Namespace, m.Backup.UID, m.VM.UID)
+	}
+	return m, rel, nil
+}
+
 // WriteManifest stores m (replacing an earlier one of the same backup) and returns its path
 // relative to the store's directory.
 func (s *Store) WriteManifest(m *Manifest) (string, error) {

@@ -56,23 +56,47 @@ func Open(dir string) (*Store, error) {
 	return &Store{Dir: dir}, nil
 }
 
-// Lock takes the target's lock: shared for a backup (several may run at once), exclusive for
-// the garbage collection (which must not remove a chunk a running backup counts on finding).
-// The returned function releases it.
-func (s *Store) Lock(exclusive bool) (func(), error) {
+// Lock takes the target's lock shared, for a backup (several may run at once): the garbage
+// collection, which takes it exclusively, must not remove a chunk a running backup counts on
+// finding. The returned function releases it.
+func (s *Store) Lock() (func(), error) {
+	return s.flock(syscall.LOCK_SH)
+}
+
+// ErrBusy says the target's lock is held by a backup.
+var ErrBusy = errors.New("a backup holds the target's lock")
+
+func (s *Store) flock(how int) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(s.Dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	how := syscall.LOCK_SH
-	if exclusive {
-		how = syscall.LOCK_EX
-	}
 	if err := syscall.Flock(int(f.Fd()), how); err != nil {
 		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, ErrBusy
+		}
 		return nil, fmt.Errorf("locking the backup target: %w", err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// Has says the store has every chunk of names (zeros need none). It looks only for the
+// files: Verify reads them.
+func (s *Store) Has(names []string) (missing int) {
+	for _, c := range names {
+		if c == "" {
+			continue
+		}
+		if !validSum(c) {
+			missing++
+			continue
+		}
+		if _, err := os.Stat(s.chunkPath(c)); err != nil {
+			missing++
+		}
+	}
+	return missing
 }
 
 // ErrCorrupt says a chunk's data does not match its name.

@@ -58,7 +58,7 @@ func (c *Controller) backupSource(ctx context.Context, d *v1alpha1.VirtualDisk) 
 		return nil, ReasonNotSupported, fmt.Sprintf("the directory %s of BackupTarget %q is not reachable from node %s, where disks are restored (use a directory shared by the nodes)", t.Spec.Directory.Path, t.Name, c.cfg.NodeName)
 	}
 	store := &backup.Store{Dir: t.Spec.Directory.Path}
-	m, err := store.ReadManifest(b.Status.Manifest)
+	m, _, err := store.ReadManifestOf(b.Namespace, b.Status.VirtualMachineUID, string(b.UID))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, ReasonNotSupported, fmt.Sprintf("the manifest of %s is not in %s as node %s sees it (it was written on node %s)", what, t.Spec.Directory.Path, c.cfg.NodeName, b.Status.NodeName)
