@@ -151,7 +151,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	// stopped before it wrote the status.
 	if m, rel, err := store.ReadManifestOf(b.Namespace, vm.UID, string(b.UID)); err == nil {
 		a.log.Info("backup found stored by an earlier run", "backup", b.Namespace+"/"+b.Name)
-		return runtime.Result{}, a.backupDone(ctx, b, m, rel, nil, 0, time.Time{})
+		return runtime.Result{}, a.backupDone(ctx, b, m, rel, nil, liveResult{}, time.Time{})
 	}
 
 	// The target's lock, shared, from before the previous backup is read until the manifest
@@ -221,7 +221,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	prefix := bitmapPrefix(b.Spec.BackupTargetName)
 	a.dropBitmaps(ctx, mon, disks, func(n string) bool { return strings.HasPrefix(n, prefix) && n != newBitmap })
 	unlock()
-	return runtime.Result{}, a.backupDone(ctx, b, m, rel, stats, res.frozenFor, started)
+	return runtime.Result{}, a.backupDone(ctx, b, m, rel, stats, res, started)
 }
 
 // previousBackup is the manifest of the VM's latest Completed backup in the same target, or
@@ -697,7 +697,7 @@ func (a *Agent) backupProgress(ctx context.Context, b *v1alpha1.VirtualMachineBa
 
 // backupDone marks a backup Completed (disks nil: found stored by an earlier run, figures
 // unknown) and collects the target's garbage.
-func (a *Agent) backupDone(ctx context.Context, b *v1alpha1.VirtualMachineBackup, m *backup.Manifest, rel string, disks []v1alpha1.BackupDisk, frozenFor time.Duration, started time.Time) error {
+func (a *Agent) backupDone(ctx context.Context, b *v1alpha1.VirtualMachineBackup, m *backup.Manifest, rel string, disks []v1alpha1.BackupDisk, res liveResult, started time.Time) error {
 	st := b.Status
 	st.Conditions = slices.Clone(b.Status.Conditions)
 	st.Phase = v1alpha1.BackupPhaseCompleted
@@ -723,9 +723,9 @@ func (a *Agent) backupDone(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		took := time.Since(started)
 		st.Duration = took.Round(time.Millisecond).String()
 		st.ThroughputMiBps = fmt.Sprintf("%.1f", float64(sum.Read)/(1<<20)/max(took.Seconds(), 0.001))
-		msg = fmt.Sprintf("%s: read %s, stored %s (%d new chunks of %d) in %s", msg, v1alpha1.HumanBytes(sum.Read), v1alpha1.HumanBytes(sum.Stored), sum.NewChunks, sum.Chunks, st.Duration)
+		msg = fmt.Sprintf("%s: read %s, stored %s (%d new chunks of %d) in %s (QEMU's copy %s)", msg, v1alpha1.HumanBytes(sum.Read), v1alpha1.HumanBytes(sum.Stored), sum.NewChunks, sum.Chunks, st.Duration, res.copyTook.Round(time.Millisecond))
 		if consistent {
-			msg += fmt.Sprintf("; the guest was held still for %s", frozenFor.Round(time.Microsecond))
+			msg += fmt.Sprintf("; the guest was held still for %s", res.frozenFor.Round(time.Microsecond))
 		} else {
 			msg += "; crash-consistent (the guest was not frozen)"
 		}

@@ -9,8 +9,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -105,46 +107,109 @@ func (s *Store) BackupDisk(ctx context.Context, src io.ReaderAt, size int64, ex 
 		order = append(order, c)
 	}
 	sort.Ints(order)
-	var st Stats
-	var done int64
-	var err error
-	for _, c := range order {
-		if err := ctx.Err(); err != nil {
-			return nil, st, err
-		}
-		base := int64(c) * ChunkSize
-		csize := chunkSize(size, c)
-		var data []byte
-		if covered(touched[c], base, int64(csize)) {
-			data = make([]byte, csize) // every byte comes from the copy
-		} else if data, err = s.Get(out[c], csize); err != nil {
-			return nil, st, fmt.Errorf("the previous backup's chunk %d: %w", c, err)
-		}
-		for _, e := range touched[c] {
-			lo, hi := max(e.Start, base), min(e.Start+e.Length, base+int64(csize))
-			part := data[lo-base : hi-base]
-			if e.Data {
-				if _, err := src.ReadAt(part, e.Offset+(lo-e.Start)); err != nil {
-					return nil, st, fmt.Errorf("reading the disk's copy at %d: %w", lo, err)
-				}
-				st.Read += hi - lo
-			} else {
-				clear(part)
+	// The chunks are assembled in order by this goroutine (reads of the copy and of the
+	// previous chunks) and hashed, compressed and written by a worker per CPU.
+	type job struct {
+		c    int
+		data []byte
+		done int64 // present bytes done once this chunk is
+	}
+	type result struct {
+		c     int
+		sum   string
+		added int64
+		done  int64
+		err   error
+	}
+	// One more worker than CPUs: a worker waiting on a write leaves the CPUs busy.
+	workers := max(goruntime.GOMAXPROCS(0), 1) + 1
+	jobs := make(chan job, workers)
+	results := make(chan result, workers)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				sum, added, err := s.Put(j.data)
+				results <- result{j.c, sum, added, j.done, err}
 			}
-			done += hi - lo
+		}()
+	}
+	var st Stats
+	var readErr error
+	go func() {
+		defer func() { close(jobs); wg.Wait(); close(results) }()
+		var done int64
+		for _, c := range order {
+			if err := wctx.Err(); err != nil {
+				readErr = err
+				return
+			}
+			base := int64(c) * ChunkSize
+			csize := chunkSize(size, c)
+			var data []byte
+			if covered(touched[c], base, int64(csize)) {
+				data = make([]byte, csize) // every byte comes from the copy
+			} else {
+				var err error
+				if data, err = s.Get(out[c], csize); err != nil {
+					readErr = fmt.Errorf("the previous backup's chunk %d: %w", c, err)
+					return
+				}
+			}
+			for _, e := range touched[c] {
+				lo, hi := max(e.Start, base), min(e.Start+e.Length, base+int64(csize))
+				part := data[lo-base : hi-base]
+				if e.Data {
+					if _, err := src.ReadAt(part, e.Offset+(lo-e.Start)); err != nil {
+						readErr = fmt.Errorf("reading the disk's copy at %d: %w", lo, err)
+						return
+					}
+					st.Read += hi - lo
+				} else {
+					clear(part)
+				}
+				done += hi - lo
+			}
+			select {
+			case jobs <- job{c, data, done}:
+			case <-wctx.Done():
+				readErr = wctx.Err()
+				return
+			}
 		}
-		sum, added, err := s.Put(data)
-		if err != nil {
-			return nil, st, err
+	}()
+	var firstErr error
+	var maxDone int64
+	for r := range results {
+		if r.err != nil {
+			if firstErr == nil {
+				firstErr = r.err
+				cancel()
+			}
+			continue
 		}
-		out[c] = sum
-		if added > 0 {
+		out[r.c] = r.sum
+		if r.added > 0 {
 			st.NewChunks++
-			st.Stored += added
+			st.Stored += r.added
 		}
-		if progress != nil {
-			progress(done)
+		if r.done > maxDone {
+			maxDone = r.done
+			if progress != nil {
+				progress(maxDone)
+			}
 		}
+	}
+	// results is closed after the reader has returned: readErr and st.Read are its.
+	if firstErr == nil {
+		firstErr = readErr
+	}
+	if firstErr != nil {
+		return nil, st, firstErr
 	}
 	for _, c := range out {
 		if c != "" {

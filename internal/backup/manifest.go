@@ -160,6 +160,10 @@ func (s *Store) WriteManifest(m *Manifest) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The chunks it names first.
+	if err := s.Sync(); err != nil {
+		return "", err
+	}
 	rel := ManifestPath(m.Backup.Namespace, m.VM.UID, m.Backup.UID)
 	p := filepath.Join(s.Dir, rel)
 	f, err := storage.TempFile(p)

@@ -26,11 +26,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
 
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
@@ -112,7 +114,8 @@ func codecs() (*zstd.Encoder, *zstd.Decoder) {
 	encOnce.Do(func() {
 		// Both are safe for concurrent EncodeAll and DecodeAll; neither fails with these
 		// options.
-		enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+		// EncodeAll takes one of the encoder's instances: as many as BackupDisk's workers.
+		enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(goruntime.GOMAXPROCS(0)+1))
 		dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(2*ChunkSize))
 	})
 	return enc, dec
@@ -174,19 +177,36 @@ func (s *Store) Put(data []byte) (sum string, added int64, err error) {
 	if err != nil {
 		return "", 0, err
 	}
+	// Not synced one by one: Sync makes the whole file system durable once, before the
+	// manifest that names the chunks is written. A chunk lost in a crash before that is
+	// named by no manifest.
 	_, werr := f.Write(z)
 	cerr := f.Close()
 	if werr == nil {
 		werr = cerr
 	}
 	if werr == nil {
-		werr = storage.Commit(f.Name(), p)
+		werr = os.Rename(f.Name(), p)
 	}
 	if werr != nil {
 		os.Remove(f.Name())
 		return "", 0, fmt.Errorf("storing chunk %s: %w", sum, werr)
 	}
 	return sum, int64(len(z)), nil
+}
+
+// Sync makes what was written to the store durable (syncfs of its file system): call it
+// before writing a manifest that names new chunks.
+func (s *Store) Sync() error {
+	d, err := os.Open(s.Dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("syncing the backup target: %w", err)
+	}
+	return nil
 }
 
 // Get reads a chunk and checks its data against its name (ErrCorrupt when they differ). The
