@@ -573,12 +573,7 @@ func (a *Agent) dropBackupLeftovers(ctx context.Context, mon snapshotMonitor, ui
 			}
 		}
 	}
-	var sets []struct {
-		ID  int `json:"fdset-id"`
-		FDs []struct {
-			Opaque string `json:"opaque"`
-		} `json:"fds"`
-	}
+	var sets []fdSet
 	if err := mon.Execute(ctx, "query-fdsets", nil, &sets); err == nil {
 		for _, s := range sets {
 			for _, fd := range s.FDs {

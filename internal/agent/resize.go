@@ -24,6 +24,15 @@ type qmpExecutor interface {
 	Execute(ctx context.Context, command string, args, result any) error
 }
 
+// fdSet is an entry of query-fdsets: a descriptor set and the opaque names of its
+// descriptors.
+type fdSet struct {
+	ID  int `json:"fdset-id"`
+	FDs []struct {
+		Opaque string `json:"opaque"`
+	} `json:"fds"`
+}
+
 // blockNode is an entry of query-named-block-nodes.
 type blockNode struct {
 	NodeName string `json:"node-name"`
@@ -140,12 +149,7 @@ func diskNodeByPath(ctx context.Context, mon qmpExecutor, path string) (*blockNo
 	// A QEMU that got its files as descriptors names them /dev/fdset/N; the fd set's opaque
 	// string ("NODE:PATH") says which path it is.
 	names := []string{path}
-	var sets []struct {
-		ID  int `json:"fdset-id"`
-		FDs []struct {
-			Opaque string `json:"opaque"`
-		} `json:"fds"`
-	}
+	var sets []fdSet
 	if err := mon.Execute(ctx, "query-fdsets", nil, &sets); err == nil {
 		for _, s := range sets {
 			for _, fd := range s.FDs {

@@ -83,23 +83,7 @@ spec:
   type: Directory
   directory: {path: %s}
 ---
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: data}
-spec:
-  persistentVolumeClaim: {size: 2Gi}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm1}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: root}
-  - {kind: VirtualDisk, name: data}
-`, filepath.Join(work, "target")), "apply", "-f", "-")
+%s`, filepath.Join(work, "target"), vmWithDataDisk("2Gi")), "apply", "-f", "-")
 	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
 	var d v1alpha1.VirtualDisk
 	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data", &d); err != nil {

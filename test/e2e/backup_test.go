@@ -147,24 +147,7 @@ spec:
   type: Directory
   directory: {path: %s}
 ---
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: data}
-spec:
-  persistentVolumeClaim: {size: 96Mi}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm1}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: root}
-  - {kind: VirtualDisk, name: data}
-`, dir), "apply", "-f", "-")
+%s`, dir, vmWithDataDisk("96Mi")), "apply", "-f", "-")
 	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
 
 	// A backup of a stopped VM fails with a reason.

@@ -17,6 +17,29 @@ import (
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
+// vmWithDataDisk is the manifest of a blank disk "data" of size and a VM "vm1" (started by
+// hand) with the disks "root" and "data".
+func vmWithDataDisk(size string) string {
+	return `apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualDisk
+metadata: {name: data}
+spec:
+  persistentVolumeClaim: {size: ` + size + `}
+---
+apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: VirtualMachine
+metadata: {name: vm1}
+spec:
+  runPolicy: Manual
+  cpu: {cores: 1}
+  memory: {size: 256Mi}
+  terminationGracePeriodSeconds: 30
+  blockDeviceRefs:
+  - {kind: VirtualDisk, name: root}
+  - {kind: VirtualDisk, name: data}
+`
+}
+
 // snapVDS reads a disk snapshot.
 func snapVDS(t *testing.T, s *Serve, name string) *v1alpha1.VirtualDiskSnapshot {
 	t.Helper()
@@ -85,24 +108,7 @@ func TestDiskSnapshotLive(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: data}
-spec:
-  persistentVolumeClaim: {size: 64Mi}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm1}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: root}
-  - {kind: VirtualDisk, name: data}
-`, "apply", "-f", "-")
+	s.MustCLI(vmWithDataDisk("64Mi"), "apply", "-f", "-")
 	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
 	s.MustCLI("", "vm", "start", "vm1", "--wait")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
