@@ -66,7 +66,10 @@ type Controller struct {
 	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	ops   *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
 	disks *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	ctl   *runtime.Controller
+	// backups: a migration waits for a running backup of its VM (the backup's copy job and
+	// dirty bitmaps live in the source QEMU).
+	backups *runtime.TypedInformer[v1alpha1.VirtualMachineBackup]
+	ctl     *runtime.Controller
 }
 
 // New returns a controller; Run starts it.
@@ -99,6 +102,7 @@ func New(cfg Config) (*Controller, error) {
 	c := &Controller{cfg: cfg, c: cfg.Client, log: log, rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-migration-controller", Log: log}}
 	f := cfg.Informers
 	c.vms, c.ops, c.disks = f.VirtualMachines(), f.VirtualMachineOperations(), f.VirtualDisks()
+	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")
 	c.ctl = runtime.NewController("migration", log).
 		For(c.vms).
 		Watches(c.ops, func(k runtime.Key) []runtime.Key {
@@ -114,7 +118,7 @@ func New(cfg Config) (*Controller, error) {
 			}
 			return nil
 		}).
-		Reads(c.disks).
+		Reads(c.disks, c.backups).
 		Workers(2).
 		MaxBackoff(10 * time.Second).
 		Build(c.reconcile)
@@ -264,8 +268,13 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	if phase != "" {
 		return runtime.Result{}, c.writeOp(ctx, op, phase, reason, msg)
 	}
-	if n := c.outbound(vm.Status.NodeName); n >= c.cfg.MaxOutbound {
-		msg := fmt.Sprintf("waiting: node %s already sends %d migrations (the limit is %d)", vm.Status.NodeName, n, c.cfg.MaxOutbound)
+	// check says nothing (msg is empty) when the operation may start: it may still wait.
+	if b := c.runningBackup(vm); b != "" {
+		msg = fmt.Sprintf("waiting: backup %q of the virtual machine runs (its copy is in the source's QEMU)", b)
+	} else if n := c.outbound(vm.Status.NodeName); n >= c.cfg.MaxOutbound {
+		msg = fmt.Sprintf("waiting: node %s already sends %d migrations (the limit is %d)", vm.Status.NodeName, n, c.cfg.MaxOutbound)
+	}
+	if msg != "" {
 		if op.Status.Phase != v1alpha1.VMOPPhasePending || conditionMessage(op) != msg {
 			if err := c.writeOp(ctx, op, v1alpha1.VMOPPhasePending, "Waiting", msg); err != nil {
 				return runtime.Result{}, err
@@ -337,6 +346,16 @@ func orPending(p v1alpha1.VirtualMachinePhase) string {
 		return string(v1alpha1.VMPhasePending)
 	}
 	return string(p)
+}
+
+// runningBackup names a backup of vm that runs now ("" when none).
+func (c *Controller) runningBackup(vm *v1alpha1.VirtualMachine) string {
+	for _, b := range c.backups.List() {
+		if b.Namespace == vm.Namespace && b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.VirtualMachineUID == vm.UID {
+			return b.Name
+		}
+	}
+	return ""
 }
 
 // outbound counts the migrations node sends now.
