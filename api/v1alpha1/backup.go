@@ -62,7 +62,7 @@ const (
 
 // VirtualMachineBackupSpec names the VM, the target and the mode.
 type VirtualMachineBackupSpec struct {
-	// VirtualMachineName is the VM of the same project to back up. It must be running.
+	// VirtualMachineName is the VM of the same project to back up, running or stopped.
 	VirtualMachineName string `json:"virtualMachineName"`
 	// BackupTargetName is the BackupTarget the backup is stored in.
 	BackupTargetName string `json:"backupTargetName"`
@@ -118,6 +118,9 @@ type VirtualMachineBackupStatus struct {
 	NodeName string `json:"nodeName,omitempty"`
 	// VirtualMachineUID is the uid of the VM backed up.
 	VirtualMachineUID string `json:"virtualMachineUID,omitempty"`
+	// Stopped says the VM was stopped when the backup was handed over: the node reads its
+	// disks through a qemu-storage-daemon of its own, and the backup fails if the VM starts.
+	Stopped bool `json:"stopped,omitempty"`
 	// Consistent says the guest's filesystems were frozen (or its vCPUs paused) at the
 	// instant of the backup.
 	Consistent *bool `json:"consistent,omitempty"`

@@ -130,28 +130,54 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		}
 		return fail("opening BackupTarget %q: %v", b.Spec.BackupTargetName, err)
 	}
-	var vm *v1alpha1.VirtualMachine
-	for _, v := range a.vms.List() {
-		if v.UID == b.Status.VirtualMachineUID {
-			vm = v
-		}
-	}
-	in := (*instance)(nil)
-	if vm != nil {
-		in = a.inst(vm.UID)
-	}
-	if vm == nil || in == nil || in.isExited() {
-		return fail("the VirtualMachine %q does not run on node %s any more", b.Spec.VirtualMachineName, a.cfg.NodeName)
-	}
-	mon, ok := in.monitor().(snapshotMonitor)
-	if !ok {
-		return runtime.Result{RequeueAfter: time.Second}, nil // QMP not connected (yet)
-	}
 	// A manifest of this backup is there when an earlier run of the agent stored it and
 	// stopped before it wrote the status.
-	if m, rel, err := store.ReadManifestOf(b.Namespace, vm.UID, string(b.UID)); err == nil {
+	if m, rel, err := store.ReadManifestOf(b.Namespace, b.Status.VirtualMachineUID, string(b.UID)); err == nil {
 		a.log.Info("backup found stored by an earlier run", "backup", b.Namespace+"/"+b.Name)
 		return runtime.Result{}, a.backupDone(ctx, b, m, rel, nil, liveResult{}, time.Time{})
+	}
+	var vm *v1alpha1.VirtualMachine
+	var mon snapshotMonitor
+	closeDaemon := func() {}
+	if b.Status.Stopped {
+		// A stopped VM is in no node's cache: read it.
+		var v v1alpha1.VirtualMachine
+		if err := a.c.Get(ctx, "virtualmachines", b.Namespace, b.Spec.VirtualMachineName, &v); err != nil || string(v.UID) != b.Status.VirtualMachineUID {
+			return fail("the VirtualMachine %q is gone", b.Spec.VirtualMachineName)
+		}
+		if v.Status.NodeName != "" {
+			return fail("the VirtualMachine %q started (on node %q) before its stopped disks were backed up", v.Name, v.Status.NodeName)
+		}
+		vm = &v
+		qsd, err := a.startStorageDaemon(ctx, b, vm)
+		if err != nil {
+			if ctx.Err() != nil {
+				return runtime.Result{}, ctx.Err()
+			}
+			return fail("opening the stopped VM's disks: %v", err)
+		}
+		// Closed before the status says Completed: the disks' bitmaps are written to them when
+		// the daemon closes them, and the VM may start right after.
+		closeDaemon = sync.OnceFunc(qsd.stop)
+		defer closeDaemon()
+		mon = qsd.mon
+	} else {
+		for _, v := range a.vms.List() {
+			if v.UID == b.Status.VirtualMachineUID {
+				vm = v
+			}
+		}
+		in := (*instance)(nil)
+		if vm != nil {
+			in = a.inst(vm.UID)
+		}
+		if vm == nil || in == nil || in.isExited() {
+			return fail("the VirtualMachine %q does not run on node %s any more", b.Spec.VirtualMachineName, a.cfg.NodeName)
+		}
+		var ok bool
+		if mon, ok = in.monitor().(snapshotMonitor); !ok {
+			return runtime.Result{RequeueAfter: time.Second}, nil // QMP not connected (yet)
+		}
 	}
 
 	// The target's lock, shared, from before the previous backup is read until the manifest
@@ -175,6 +201,8 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	started := time.Now()
 	var fz freezer
 	switch {
+	case b.Status.Stopped:
+		// Nothing runs: the disks hold still.
 	case b.Spec.Mode == v1alpha1.BackupModeSuspend:
 		fz = vcpuPauser{mon: mon, paused: new(bool)}
 	default:
@@ -187,14 +215,14 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	if q := b.Spec.BandwidthLimit; q != "" {
 		speed, _ = q.Value() // validated by the API: at least 1 MiB/s
 	}
-	res, err := copyForBackup(ctx, mon, fz, disks, newBitmap, speed)
+	res, err := copyForBackup(ctx, mon, fz, disks, newBitmap, speed, b.Status.Stopped)
 	if err != nil {
 		if ctx.Err() != nil {
 			return runtime.Result{}, ctx.Err()
 		}
-		return fail("taking the backup in the running VirtualMachine %q: %v", vm.Name, err)
+		return fail("taking the backup of the VirtualMachine %q: %v", vm.Name, err)
 	}
-	consistent := res.frozen
+	consistent := res.frozen || b.Status.Stopped
 	m := &backup.Manifest{Version: backup.ManifestVersion, Backup: backup.Ref{Namespace: b.Namespace, Name: b.Name, UID: string(b.UID)},
 		VM: backup.Ref{Namespace: vm.Namespace, Name: vm.Name, UID: vm.UID}, Target: b.Spec.BackupTargetName, CreatedAt: started.UTC(),
 		ChunkSize: backup.ChunkSize, Consistent: consistent}
@@ -212,6 +240,16 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		}
 		return fail("storing the backup: %v", err)
 	}
+	if b.Status.Stopped {
+		// The image lock keeps the VM's QEMU from opening the disks while the daemon has
+		// them; a VM that started anyway (a lock not seen across hosts) makes the copy
+		// worthless.
+		var now v1alpha1.VirtualMachine
+		if err := a.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &now); err != nil || now.UID != vm.UID || now.Status.NodeName != "" {
+			a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
+			return fail("the VirtualMachine %q started while its stopped disks were backed up", vm.Name)
+		}
+	}
 	rel, err := store.WriteManifest(m)
 	if err != nil {
 		a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
@@ -220,6 +258,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	// From here on the new bitmaps are the ones the next backup reads.
 	prefix := bitmapPrefix(b.Spec.BackupTargetName)
 	a.dropBitmaps(ctx, mon, disks, func(n string) bool { return strings.HasPrefix(n, prefix) && n != newBitmap })
+	closeDaemon()
 	unlock()
 	return runtime.Result{}, a.backupDone(ctx, b, m, rel, stats, res, started)
 }
@@ -402,7 +441,7 @@ func (p vcpuPauser) thaw(ctx context.Context) (int, error) {
 // in one transaction adds the new bitmap to every disk and starts the copy jobs; it waits for
 // the jobs and takes the work files out of QEMU again. On failure it undoes what it added,
 // the new bitmaps too.
-func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks []bkDisk, newBitmap string, speed int64) (res liveResult, err error) {
+func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks []bkDisk, newBitmap string, speed int64, byPath bool) (res liveResult, err error) {
 	var done []snapAdded
 	bitmapsAdded := false
 	sds := make([]snapDisk, len(disks))
@@ -430,7 +469,7 @@ func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks [
 			return res, err
 		}
 	}
-	if err := addBackupTargets(ctx, mon, disks, &done); err != nil {
+	if err := addBackupTargets(ctx, mon, disks, &done, byPath); err != nil {
 		return res, err
 	}
 	var frozenAt time.Time
@@ -500,11 +539,24 @@ func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks [
 
 // addBackupTargets creates each disk's work file and opens it in QEMU as block node d.id over
 // a backing that reads zeros: what the job copies is then exactly what is allocated in it.
-func addBackupTargets(ctx context.Context, mon snapshotMonitor, disks []bkDisk, done *[]snapAdded) error {
+// byPath: the QEMU (a storage daemon of the agent's, as root) opens the file by its path
+// rather than through a passed descriptor.
+func addBackupTargets(ctx context.Context, mon snapshotMonitor, disks []bkDisk, done *[]snapAdded, byPath bool) error {
 	for _, d := range disks {
 		os.Remove(d.target)
 		if err := storage.CreateBlank(ctx, d.target, d.size); err != nil {
 			return fmt.Errorf("creating the work file: %w", err)
+		}
+		if byPath {
+			*done = append(*done, snapAdded{set: -1})
+			args := map[string]any{"driver": "qcow2", "node-name": d.id,
+				"file":    map[string]any{"driver": "file", "filename": d.target},
+				"backing": map[string]any{"driver": "null-co", "size": d.size, "read-zeroes": true}}
+			if err := mon.Execute(ctx, "blockdev-add", args, nil); err != nil {
+				return fmt.Errorf("blockdev-add %s: %w", d.id, err)
+			}
+			(*done)[len(*done)-1].node = d.id
+			continue
 		}
 		f, err := os.OpenFile(d.target, os.O_RDWR, 0)
 		if err != nil {
@@ -719,7 +771,9 @@ func (a *Agent) backupDone(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		st.Duration = took.Round(time.Millisecond).String()
 		st.ThroughputMiBps = fmt.Sprintf("%.1f", float64(sum.Read)/(1<<20)/max(took.Seconds(), 0.001))
 		msg = fmt.Sprintf("%s: read %s, stored %s (%d new chunks of %d) in %s (QEMU's copy %s)", msg, v1alpha1.HumanBytes(sum.Read), v1alpha1.HumanBytes(sum.Stored), sum.NewChunks, sum.Chunks, st.Duration, res.copyTook.Round(time.Millisecond))
-		if consistent {
+		if b.Status.Stopped {
+			msg += "; the VirtualMachine was stopped"
+		} else if consistent {
 			msg += fmt.Sprintf("; the guest was held still for %s", res.frozenFor.Round(time.Microsecond))
 		} else {
 			msg += "; crash-consistent (the guest was not frozen)"

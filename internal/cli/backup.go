@@ -60,8 +60,8 @@ func newBackupCreateCommand(cc *cliContext) *cobra.Command {
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "create VM --target TARGET",
-		Short: "Back up a running virtual machine: all its disks at one instant",
-		Long: `Create a VirtualMachineBackup of a running virtual machine into a BackupTarget and print its name
+		Short: "Back up a virtual machine, running or stopped: all its disks at one instant",
+		Long: `Create a VirtualMachineBackup of a virtual machine (running or stopped) into a BackupTarget and print its name
 (VM-backup-XXXXX unless --name is given). The first backup of a VM in a target reads its disks
 whole; later ones read only the blocks written since the previous backup. --mode snapshot (the
 default) freezes the guest's filesystems through the guest agent for the instant the copy

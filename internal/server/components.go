@@ -124,7 +124,7 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 		{name: "snapshot-controller", run: snapshot.New(snapshot.Config{Client: as("snapshot-controller"), Informers: inf,
 			DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "snapshot-controller")}).Run},
 		{name: "backup-controller", run: backup.New(backup.Config{Client: as("backup-controller"), Informers: inf,
-			Log: log.With("component", "backup-controller")}).Run},
+			NodeName: ownAgentNode(cfg), Log: log.With("component", "backup-controller")}).Run},
 	}, nil
 }
 
@@ -197,4 +197,12 @@ func runComponents(ctx context.Context, comps []component, log *slog.Logger) {
 			return
 		}
 	}
+}
+
+// ownAgentNode is this process's node when it runs a node agent ("" with --no-agent).
+func ownAgentNode(cfg Config) string {
+	if cfg.NoAgent {
+		return ""
+	}
+	return cfg.NodeName
 }

@@ -30,6 +30,9 @@ type Config struct {
 	// Informers is the process's shared informer factory; nil: the controller makes its own.
 	Informers *runtime.Factory
 	Log       *slog.Logger
+	// NodeName is the control plane's own node: backups of stopped VMs whose disks are all on
+	// Shared storage are taken there.
+	NodeName string
 	// Now is the clock of schedules (default time.Now).
 	Now func() time.Time
 }
@@ -46,7 +49,9 @@ type Controller struct {
 	schedules  *runtime.TypedInformer[v1alpha1.BackupSchedule]
 	backups    *runtime.TypedInformer[v1alpha1.VirtualMachineBackup]
 	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
 	targets    *runtime.TypedInformer[v1alpha1.BackupTarget]
+	nodeName   string
 }
 
 // New returns a controller; Run starts it.
@@ -58,7 +63,7 @@ func New(cfg Config) *Controller {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Controller{c: cfg.Client, log: log, now: cfg.Now, rec: &runtime.Recorder{C: cfg.Client, Component: "backup-controller", Log: log}}
+	c := &Controller{c: cfg.Client, log: log, now: cfg.Now, nodeName: cfg.NodeName, rec: &runtime.Recorder{C: cfg.Client, Component: "backup-controller", Log: log}}
 	f := cfg.Informers
 	if f == nil {
 		f = runtime.NewFactory(cfg.Client, log)
@@ -66,11 +71,12 @@ func New(cfg Config) *Controller {
 	}
 	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")
 	c.targets = runtime.For[v1alpha1.BackupTarget](f, "backuptargets")
-	c.vms = f.VirtualMachines()
+	c.vms, c.disks = f.VirtualMachines(), f.VirtualDisks()
 	c.ctl = runtime.NewController("virtualmachinebackups", log).
 		For(c.backups).
 		Watches(c.vms, c.backupsOfVM).
 		Watches(c.targets, c.backupsOfTarget).
+		Reads(c.disks).
 		Workers(1).
 		Build(c.reconcile)
 	c.schedules = runtime.For[v1alpha1.BackupSchedule](f, "backupschedules")
@@ -146,7 +152,12 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		// The node's agent owns it now. A backup whose VM is gone or left the node fails
 		// there; the agent of a node that is gone cannot say so: the backup fails here.
 		vm, ok := c.vms.Get(runtime.NewKey(b.Namespace, b.Spec.VirtualMachineName))
-		if !ok || vm.UID != b.Status.VirtualMachineUID || vm.Status.NodeName != b.Status.NodeName {
+		switch {
+		case !ok || vm.UID != b.Status.VirtualMachineUID:
+			return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine %q is gone", b.Spec.VirtualMachineName))
+		case b.Status.Stopped && vm.Status.NodeName != "":
+			return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine %q started (on node %q) during the backup of its stopped disks", vm.Name, vm.Status.NodeName))
+		case !b.Status.Stopped && vm.Status.NodeName != b.Status.NodeName:
 			return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine %q left node %q during the backup", b.Spec.VirtualMachineName, b.Status.NodeName))
 		}
 	}
@@ -162,15 +173,23 @@ func (c *Controller) handOver(ctx context.Context, b *v1alpha1.VirtualMachineBac
 	if !ok {
 		return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("VirtualMachine %q does not exist in project %q", b.Spec.VirtualMachineName, b.Namespace))
 	}
+	node, stopped := vm.Status.NodeName, false
 	switch vm.Status.Phase {
 	case v1alpha1.VMPhaseRunning:
-	case v1alpha1.VMPhaseStarting, v1alpha1.VMPhaseMigrating, v1alpha1.VMPhasePending:
-		return c.wait(ctx, b, fmt.Sprintf("the VirtualMachine is %s; the backup starts once it runs", vm.Status.Phase))
+		if node == "" {
+			return c.wait(ctx, b, "the VirtualMachine is not bound to a node yet")
+		}
+	case v1alpha1.VMPhaseStopped, "":
+		if node != "" {
+			return c.wait(ctx, b, fmt.Sprintf("the VirtualMachine is %s but still holds node %q", phaseOr(vm.Status.Phase), node))
+		}
+		var why string
+		if node, why = c.stoppedVMNode(vm); node == "" {
+			return runtime.Result{}, c.fail(ctx, b, why)
+		}
+		stopped = true
 	default:
-		return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine %q is %s: a backup needs it running (backups of stopped VMs are not supported yet)", vm.Name, phaseOr(vm.Status.Phase)))
-	}
-	if vm.Status.NodeName == "" {
-		return c.wait(ctx, b, "the VirtualMachine is not bound to a node yet")
+		return c.wait(ctx, b, fmt.Sprintf("the VirtualMachine is %s; the backup starts once it runs or is stopped", vm.Status.Phase))
 	}
 	for _, o := range c.backups.List() {
 		if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
@@ -181,14 +200,50 @@ func (c *Controller) handOver(ctx context.Context, b *v1alpha1.VirtualMachineBac
 	st := b.Status
 	st.Conditions = slices.Clone(b.Status.Conditions)
 	st.Phase = v1alpha1.BackupPhaseInProgress
-	st.NodeName = vm.Status.NodeName
+	st.NodeName = node
+	st.Stopped = stopped
 	st.VirtualMachineUID = vm.UID
 	now := v1alpha1.Now()
 	st.StartedAt = &now
 	st.ObservedGeneration = b.Generation
-	setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonInProgress, "handed to node "+vm.Status.NodeName)
-	c.log.Info("backup handed to node", "backup", b.Namespace+"/"+b.Name, "node", vm.Status.NodeName)
+	msg := "handed to node " + node
+	if stopped {
+		msg += " (the VirtualMachine is stopped: its disks are read there without it)"
+	}
+	setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonInProgress, msg)
+	c.log.Info("backup handed to node", "backup", b.Namespace+"/"+b.Name, "node", node, "stopped", stopped)
 	return runtime.Result{}, c.write(ctx, b, st)
+}
+
+// stoppedVMNode is the node that reads a stopped VM's disks: the node of its Local disks, or
+// the control plane's own for disks on Shared storage; "" and why when there is none.
+func (c *Controller) stoppedVMNode(vm *v1alpha1.VirtualMachine) (string, string) {
+	node, n := "", 0
+	for _, r := range vm.Spec.BlockDeviceRefs {
+		if r.Kind != v1alpha1.BlockDeviceKindVirtualDisk {
+			continue
+		}
+		d, ok := c.disks.Get(runtime.NewKey(vm.Namespace, r.Name))
+		if !ok {
+			return "", fmt.Sprintf("VirtualDisk %q of the stopped VirtualMachine does not exist", r.Name)
+		}
+		n++
+		if dn := d.Status.NodeName; dn != "" {
+			if node != "" && node != dn {
+				return "", fmt.Sprintf("the stopped VirtualMachine's disks are on nodes %q and %q: no node reads them all", node, dn)
+			}
+			node = dn
+		}
+	}
+	switch {
+	case n == 0:
+		return "", "the VirtualMachine has no VirtualDisk to back up"
+	case node == "" && c.nodeName == "":
+		return "", "the stopped VirtualMachine's disks are on Shared storage and this control plane runs no node agent to read them"
+	case node == "":
+		node = c.nodeName
+	}
+	return node, ""
 }
 
 func phaseOr(p v1alpha1.VirtualMachinePhase) string {

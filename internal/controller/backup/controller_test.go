@@ -46,8 +46,9 @@ func start(t *testing.T, fc *fake.Client, now func() time.Time) {
 	go func() { _ = c.Run(ctx) }()
 }
 
-// TestHandOver: a backup of a running VM goes to the VM's node; one of a stopped VM fails
-// with the reason; one naming a missing target waits; a second backup of the same VM waits
+// TestHandOver: a backup of a running VM goes to the VM's node; one of a stopped VM to the
+// node of its disks (one of a stopped VM without disks fails with the reason); one naming a
+// missing target waits; a second backup of the same VM waits
 // while the first runs, and goes once the first ended.
 func TestHandOver(t *testing.T) {
 	fc := fake.New()
@@ -55,8 +56,13 @@ func TestHandOver(t *testing.T) {
 		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
 	orphan := newBackup("orphan", "vm1")
 	orphan.Spec.BackupTargetName = "nosuch"
-	if err := fc.Add(target, newVM("vm1", v1alpha1.VMPhaseRunning, "n1"), newVM("vm2", v1alpha1.VMPhaseStopped, ""),
-		newBackup("b1", "vm1"), newBackup("stopped", "vm2"), orphan); err != nil {
+	vm3 := newVM("vm3", v1alpha1.VMPhaseStopped, "")
+	vm3.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "d3"}}
+	d3 := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "d3", Namespace: "p1"}}
+	d3.Spec.PersistentVolumeClaim.Size = "1Gi"
+	d3.Status.Phase, d3.Status.NodeName = v1alpha1.DiskPhaseReady, "n2"
+	if err := fc.Add(target, newVM("vm1", v1alpha1.VMPhaseRunning, "n1"), newVM("vm2", v1alpha1.VMPhaseStopped, ""), vm3, d3,
+		newBackup("b1", "vm1"), newBackup("stopped", "vm2"), newBackup("offline", "vm3"), orphan); err != nil {
 		t.Fatal(err)
 	}
 	start(t, fc, nil)
@@ -66,7 +72,22 @@ func TestHandOver(t *testing.T) {
 	})
 	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "stopped", &b, func() bool {
 		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
-		return b.Status.Phase == v1alpha1.BackupPhaseFailed && c != nil && strings.Contains(c.Message, "needs it running")
+		return b.Status.Phase == v1alpha1.BackupPhaseFailed && c != nil && strings.Contains(c.Message, "no VirtualDisk")
+	})
+	// A stopped VM's backup goes to the node of its Local disks, marked stopped.
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "offline", &b, func() bool {
+		return b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.NodeName == "n2" && b.Status.Stopped
+	})
+	// The stopped VM starts meanwhile: that backup fails.
+	var v3 v1alpha1.VirtualMachine
+	_ = fc.Get(context.Background(), "virtualmachines", "p1", "vm3", &v3)
+	v3.Status.Phase, v3.Status.NodeName = v1alpha1.VMPhaseStarting, "n2"
+	if err := fc.UpdateStatus(context.Background(), "virtualmachines", "p1", "vm3", &v3, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "offline", &b, func() bool {
+		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return b.Status.Phase == v1alpha1.BackupPhaseFailed && c != nil && strings.Contains(c.Message, "started")
 	})
 	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "orphan", &b, func() bool {
 		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
