@@ -423,10 +423,21 @@ func (p policy) progress(vm *v1alpha1.VirtualMachine, op *v1alpha1.VirtualMachin
 	if vm.DeletionTimestamp != nil {
 		return failed("the virtual machine is being deleted")
 	}
+	signalled := signalTime(op)
 	if pr == nil || pr.Operation != op.Name {
+		// A start that failed since this operation was signalled is what ended it, even when
+		// the power request moved on meanwhile (a failed start of a Manual VM leaves it
+		// stopped): its reason says more than the change of request.
+		if ex := st.LastExit; (op.Spec.Type == v1alpha1.VMOPTypeStart || op.Spec.Type == v1alpha1.VMOPTypeRestart) && ex != nil &&
+			ex.Reason == v1alpha1.ExitStartFailed && st.Phase == v1alpha1.VMPhaseStopped && ex.Time != nil && !ex.Time.Before(signalled) {
+			msg := "QEMU failed to start"
+			if ex.Message != "" {
+				msg += ": " + ex.Message
+			}
+			return failed(msg)
+		}
 		return failed("the power request was changed (by the runPolicy or another request) before the operation finished")
 	}
-	signalled := signalTime(op)
 	switch op.Spec.Type {
 	case v1alpha1.VMOPTypeStart, v1alpha1.VMOPTypeRestart:
 		if st.ObservedRestartID != pr.RestartID {
