@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -351,7 +350,7 @@ func (a *Agent) backupDisks(ctx context.Context, mon snapshotMonitor, store *bac
 			name: d.Name, uid: string(d.UID), src: n.NodeName, fullReason: prevWhy}
 		if prev != nil {
 			bd.prev, bd.prevBitmap, bd.fullReason = incrementalBase(prev, d.Name, string(d.UID), size, bitmaps)
-			if n := store.Has(bd.prev); n > 0 {
+			if n := store.Missing(bd.prev); n > 0 {
 				// Lost, or put aside by a verify as corrupted: read whole, so that the
 				// chunks are stored again rather than named without data.
 				bd.prev, bd.prevBitmap = nil, ""
@@ -700,13 +699,12 @@ func (a *Agent) chunkDisks(ctx context.Context, store *backup.Store, b *v1alpha1
 		total += plans[i].bytes
 	}
 	var doneBefore int64
-	var lastWrite atomic.Int64
+	var lastWrite time.Time // progress is called by one goroutine at a time
 	progress := func(done int64) {
-		now := time.Now().UnixMilli()
-		if total == 0 || now-lastWrite.Load() < 2000 {
+		if total == 0 || time.Since(lastWrite) < 2*time.Second {
 			return
 		}
-		lastWrite.Store(now)
+		lastWrite = time.Now()
 		a.backupProgress(ctx, b, fmt.Sprintf("%d%%", (doneBefore+done)*100/total))
 	}
 	var out []v1alpha1.BackupDisk

@@ -220,7 +220,7 @@ func TestFullThenIncremental(t *testing.T) {
 	if _, err := s.GC(ctx, keepOnly(uidB1, uidB2)); err == nil || !strings.Contains(err.Error(), "not collecting") {
 		t.Fatalf("gc with an unreadable manifest: %v", err)
 	}
-	if s.Has(c2) != 0 {
+	if s.Missing(c2) != 0 {
 		t.Fatal("gc removed chunks although a manifest could not be read")
 	}
 	res, err = s.GC(ctx, keepOnly())

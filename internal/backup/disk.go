@@ -74,11 +74,6 @@ type Stats struct {
 	NewChunks int   // chunks the store did not have
 }
 
-// Add sums two Stats.
-func (a Stats) Add(b Stats) Stats {
-	return Stats{a.Read + b.Read, a.Stored + b.Stored, a.Chunks + b.Chunks, a.NewChunks + b.NewChunks}
-}
-
 // BackupDisk makes the chunk list of a disk of size bytes: the chunks of prev (the disk's
 // previous backup; nil: none, the disk starts as zeros) with the present extents of ex laid
 // over them, their data read from src. Chunks no present extent touches keep prev's name

@@ -83,9 +83,10 @@ func (s *Store) flock(how int) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-// Has says the store has every chunk of names (zeros need none). It looks only for the
-// files: Verify reads them.
-func (s *Store) Has(names []string) (missing int) {
+// Missing counts the chunks of names the store does not have (zeros need none). It looks
+// only for the files: Verify reads them.
+func (s *Store) Missing(names []string) int {
+	missing := 0
 	for _, c := range names {
 		if c == "" {
 			continue
