@@ -70,10 +70,14 @@ const (
 	SnapshotOperationModeBestEffort SnapshotOperationMode = "BestEffort"
 )
 
-// VMOPRestoreSpec restores a VM from one of its snapshots.
+// VMOPRestoreSpec restores a VM from one of its snapshots or (a Rakhsh addition) one of its
+// backups: exactly one of virtualMachineSnapshotName and virtualMachineBackupName is given.
 type VMOPRestoreSpec struct {
 	Mode                       SnapshotOperationMode `json:"mode"`
-	VirtualMachineSnapshotName string                `json:"virtualMachineSnapshotName"`
+	VirtualMachineSnapshotName string                `json:"virtualMachineSnapshotName,omitempty"`
+	// VirtualMachineBackupName is a Completed VirtualMachineBackup of the VM: each backed-up
+	// disk that is still the VM's disk gets the backed-up data, and the VM its spec then.
+	VirtualMachineBackupName string `json:"virtualMachineBackupName,omitempty"`
 }
 
 // VMOPCloneSpec clones a VM (with its disks) under new names. At least one of

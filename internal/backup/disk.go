@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
 // Extent is a range of a disk's copy as `qemu-img map --output=json` reports it for the
@@ -256,6 +258,38 @@ func (s *Store) RestoreDisk(ctx context.Context, d Disk, w io.WriterAt) error {
 		}
 	}
 	return nil
+}
+
+// RestoreDiskFile writes the data of disk d into the qcow2 file path (made or replaced as a
+// whole: the data goes to a sparse raw file beside it, which is converted and renamed over
+// path), grown to size when that is larger than the backed-up disk. It holds the target's lock
+// shared meanwhile, so the target's garbage collection leaves the chunks alone.
+func (s *Store) RestoreDiskFile(ctx context.Context, d Disk, path string, size int64) error {
+	unlock, err := s.Lock()
+	if err != nil {
+		return fmt.Errorf("locking the target: %w", err)
+	}
+	defer unlock()
+	f, err := storage.TempFile(path)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := f.Truncate(d.Size); err != nil {
+		return err
+	}
+	if err := s.RestoreDisk(ctx, d, f); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	resizeTo := int64(0) // keep the backed-up size
+	if size > d.Size {
+		resizeTo = size
+	}
+	return storage.ConvertResize(ctx, f.Name(), "raw", path, "qcow2", resizeTo)
 }
 
 // Problem is a chunk of a manifest that cannot be read back.

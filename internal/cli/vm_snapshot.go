@@ -101,35 +101,45 @@ the snapshot is Ready and fails if it fails. See docs/snapshots.md.`,
 
 // newVMRestoreCommand returns `rakhsh vm restore`.
 func newVMRestoreCommand(cc *cliContext) *cobra.Command {
-	var mode string
+	var mode, fromBackup string
 	var wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "restore NAME SNAPSHOT",
-		Short: "Return a stopped virtual machine to one of its VirtualMachineSnapshots (disks and spec)",
-		Long: `Return a stopped virtual machine to one of its VirtualMachineSnapshots: each disk's content and
-the VM's spec become the snapshot's. It creates a VirtualMachineOperation of type Restore (named
-NAME-restore-XXXXX) and prints its name. --mode DryRun only reports what would be restored;
-Strict (the default) fails when a disk of the snapshot is gone; BestEffort restores the rest.
-With --wait it waits until the restore ends and fails if it fails.`,
-		Args:    cobra.ExactArgs(2),
-		Example: "  rakhsh vm stop vm1 --wait && rakhsh vm restore vm1 before-upgrade --wait",
+		Use:   "restore NAME (SNAPSHOT | --backup BACKUP)",
+		Short: "Return a stopped virtual machine to one of its VirtualMachineSnapshots or VirtualMachineBackups (disks and spec)",
+		Long: `Return a stopped virtual machine to one of its VirtualMachineSnapshots, or with --backup to one of
+its VirtualMachineBackups: each disk's content and the VM's spec become the snapshot's (the
+backup's). It creates a VirtualMachineOperation of type Restore (named NAME-restore-XXXXX) and
+prints its name. --mode DryRun only reports what would be restored; Strict (the default) fails
+when a disk of the snapshot or backup is gone or was made again since; BestEffort restores the
+rest. With --wait it waits until the restore ends and fails if it fails.`,
+		Args: cobra.RangeArgs(1, 2),
+		Example: `  rakhsh vm stop vm1 --wait && rakhsh vm restore vm1 before-upgrade --wait
+  rakhsh vm stop vm1 --wait && rakhsh vm restore vm1 --backup vm1-monday --wait`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m := v1alpha1.SnapshotOperationMode(mode)
 			if m != v1alpha1.SnapshotOperationModeStrict && m != v1alpha1.SnapshotOperationModeBestEffort && m != v1alpha1.SnapshotOperationModeDryRun {
 				return usageErrorf("--mode %q: want Strict, BestEffort or DryRun", mode)
+			}
+			rs := &v1alpha1.VMOPRestoreSpec{Mode: m, VirtualMachineBackupName: fromBackup}
+			switch {
+			case len(args) == 2 && fromBackup != "":
+				return usageErrorf("give either a SNAPSHOT or --backup, not both")
+			case len(args) == 1 && fromBackup == "":
+				return usageErrorf("name the SNAPSHOT to restore from (or the backup, with --backup)")
+			case len(args) == 2:
+				rs.VirtualMachineSnapshotName = args[1]
 			}
 			c, err := cc.Client()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			ns, vm, snap := cc.Namespace(), args[0], args[1]
+			ns, vm := cc.Namespace(), args[0]
 			op := v1alpha1.VirtualMachineOperation{
 				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
 				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: vm + "-restore-", Namespace: ns},
-				Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, VirtualMachineName: vm,
-					Restore: &v1alpha1.VMOPRestoreSpec{Mode: m, VirtualMachineSnapshotName: snap}},
+				Spec:       v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, VirtualMachineName: vm, Restore: rs},
 			}
 			var out v1alpha1.VirtualMachineOperation
 			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
@@ -144,6 +154,7 @@ With --wait it waits until the restore ends and fails if it fails.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&mode, "mode", string(v1alpha1.SnapshotOperationModeStrict), "Strict, BestEffort or DryRun")
+	f.StringVar(&fromBackup, "backup", "", "restore from this VirtualMachineBackup of the VM instead of a snapshot")
 	f.BoolVar(&wait, "wait", false, "wait until the restore ends; fail if it fails")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
 	return cmd

@@ -61,13 +61,20 @@ func validateVMOP(op *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
 	// restore
 	switch {
 	case s.Type == v1alpha1.VMOPTypeRestore && s.Restore == nil:
-		fe.Required("spec.restore", "a Restore operation needs restore {mode, virtualMachineSnapshotName}")
+		fe.Required("spec.restore", "a Restore operation needs restore {mode, virtualMachineSnapshotName or virtualMachineBackupName}")
 	case s.Type != v1alpha1.VMOPTypeRestore && s.Restore != nil:
 		fe.Forbidden("spec.restore", "only allowed with type Restore")
 	}
 	if r := s.Restore; r != nil {
 		chkEnum(&fe, "spec.restore.mode", r.Mode, true, snapshotOperationModes...)
-		chkRefName(&fe, "spec.restore.virtualMachineSnapshotName", r.VirtualMachineSnapshotName, true)
+		switch {
+		case r.VirtualMachineSnapshotName == "" && r.VirtualMachineBackupName == "":
+			fe.Required("spec.restore.virtualMachineSnapshotName", "name the VirtualMachineSnapshot (or, in virtualMachineBackupName, the VirtualMachineBackup) to restore from")
+		case r.VirtualMachineSnapshotName != "" && r.VirtualMachineBackupName != "":
+			fe.Forbidden("spec.restore.virtualMachineBackupName", "give either virtualMachineSnapshotName or virtualMachineBackupName, not both")
+		}
+		chkRefName(&fe, "spec.restore.virtualMachineSnapshotName", r.VirtualMachineSnapshotName, false)
+		chkRefName(&fe, "spec.restore.virtualMachineBackupName", r.VirtualMachineBackupName, false)
 	}
 
 	// clone

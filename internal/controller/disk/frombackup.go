@@ -11,7 +11,6 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/backup"
-	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
 // Reasons of a disk restored from a backup that waits.
@@ -85,27 +84,11 @@ func phaseOrPending(p string) string {
 	return p
 }
 
-// restoreFromBackup writes the backed-up disk to a sparse raw file beside path and converts
-// it to the disk's qcow2 file (grown to size when that is larger).
+// restoreFromBackup writes the backed-up disk to the disk's qcow2 file path (grown to size
+// when that is larger).
 func restoreFromBackup(ctx context.Context, b *backupSource, path string, size int64) error {
-	f, err := storage.TempFile(path)
-	if err != nil {
-		return err
+	if err := b.store.RestoreDiskFile(ctx, b.disk, path, size); err != nil {
+		return fmt.Errorf("restoring from %s: %w", b.what, err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Truncate(b.disk.Size); err != nil {
-		return err
-	}
-	if err := b.store.RestoreDisk(ctx, b.disk, f); err != nil {
-		return fmt.Errorf("reading %s: %w", b.what, err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	resizeTo := int64(0)
-	if size > b.disk.Size {
-		resizeTo = size
-	}
-	return storage.ConvertResize(ctx, f.Name(), "raw", path, "qcow2", resizeTo)
+	return nil
 }

@@ -3,12 +3,15 @@ package snapshot
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/backup"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
@@ -91,73 +94,49 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		}
 		return runtime.Result{}, err
 	}
-	var snap v1alpha1.VirtualMachineSnapshot
-	snapName := op.Spec.Restore.VirtualMachineSnapshotName
-	if err := c.c.Get(ctx, "virtualmachinesnapshots", ns, snapName, &snap); err != nil {
-		if client.IsNotFound(err) {
-			return fail(v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q not found", snapName))
+	if op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun {
+		switch {
+		case vm.Status.Phase != v1alpha1.VMPhaseStopped:
+			return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("virtual machine %q is %s: stop it (rakhsh vm stop %s --wait) and restore again", vm.Name, orPending(string(vm.Status.Phase)), vm.Name))
+		case v1alpha1.IsHibernated(&vm):
+			// Its saved RAM would be resumed over the restored disks.
+			return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("virtual machine %q is hibernated: its saved RAM belongs to its disks as they are; start it (it resumes) and stop it, or start it with --force to discard the saved state, then restore", vm.Name))
 		}
+		// A backup of the stopped VM reads its disks through a storage daemon of its own:
+		// replacing a disk's file under it would mix two states in one backup.
+		busy, err := c.backupRunning(ctx, &vm)
+		if err != nil {
+			return runtime.Result{}, err
+		}
+		if busy != "" {
+			return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("VirtualMachineBackup %q of virtual machine %q is being taken: restore when it has ended", busy, vm.Name))
+		}
+	}
+	var src *restoreSource
+	var reason, msg string
+	var err error
+	if op.Spec.Restore.VirtualMachineBackupName != "" {
+		src, reason, msg, err = c.backupRestoreSource(ctx, &vm, op.Spec.Restore.VirtualMachineBackupName)
+	} else {
+		src, reason, msg, err = c.snapshotRestoreSource(ctx, &vm, op.Spec.Restore.VirtualMachineSnapshotName)
+	}
+	if err != nil {
 		return runtime.Result{}, err
 	}
-	switch {
-	case snap.Spec.VirtualMachineName != vm.Name:
-		return fail(v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is of VirtualMachine %q, not %q", snapName, snap.Spec.VirtualMachineName, vm.Name))
-	case snap.Status.Phase != v1alpha1.SnapshotPhaseReady || snap.Status.VirtualMachineSpec == nil:
-		return fail(v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is not Ready (it is %s)", snapName, orPending(string(snap.Status.Phase))))
-	case op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun && vm.Status.Phase != v1alpha1.VMPhaseStopped:
-		return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("virtual machine %q is %s: stop it (rakhsh vm stop %s --wait) and restore again", vm.Name, orPending(string(vm.Status.Phase)), vm.Name))
-	case op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun && v1alpha1.IsHibernated(&vm):
-		// Its saved RAM would be resumed over the restored disks.
-		return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("virtual machine %q is hibernated: its saved RAM belongs to its disks as they are; start it (it resumes) and stop it, or start it with --force to discard the saved state, then restore", vm.Name))
+	if src == nil {
+		return fail(reason, msg)
 	}
-
-	// What each disk snapshot restores: the disk it was taken of, if it is still that disk.
-	type item struct {
-		snap *v1alpha1.VirtualDiskSnapshot
-		disk *v1alpha1.VirtualDisk
-		skip string
-	}
-	var items []item
+	items := src.items
 	var res []v1alpha1.VMOPResourceStatus
-	for _, sn := range snap.Status.VirtualDiskSnapshotNames {
-		var ds v1alpha1.VirtualDiskSnapshot
-		if err := c.c.Get(ctx, "virtualdisksnapshots", ns, sn, &ds); err != nil {
-			if client.IsNotFound(err) {
-				return fail(v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualDiskSnapshot %q of the snapshot is gone", sn))
-			}
-			return runtime.Result{}, err
-		}
-		if ds.Status.Phase != v1alpha1.SnapshotPhaseReady {
-			return fail(v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualDiskSnapshot %q of the snapshot is not Ready", sn))
-		}
-		it := item{snap: &ds}
-		var d v1alpha1.VirtualDisk
-		switch err := c.c.Get(ctx, "virtualdisks", ns, ds.Spec.VirtualDiskName, &d); {
-		case client.IsNotFound(err):
-			it.skip = fmt.Sprintf("VirtualDisk %q no longer exists", ds.Spec.VirtualDiskName)
-		case err != nil:
-			return runtime.Result{}, err
-		case d.UID != ds.Status.VirtualDiskUID:
-			it.skip = fmt.Sprintf("VirtualDisk %q was deleted and made again since the snapshot", d.Name)
-		case d.Status.Phase != v1alpha1.DiskPhaseReady:
-			it.skip = fmt.Sprintf("VirtualDisk %q is %s, not Ready", d.Name, orPending(string(d.Status.Phase)))
-		default:
-			it.disk = &d
-			sc := c.classOf(d.Status.StorageClassName)
-			if !c.reachable(sc, d.Status.NodeName) {
-				it.skip = fmt.Sprintf("VirtualDisk %q is on node %s's local storage, which this controller cannot write", d.Name, d.Status.NodeName)
-				it.disk = nil
-			}
-		}
+	for _, it := range items {
 		if it.skip != "" && op.Spec.Restore.Mode == v1alpha1.SnapshotOperationModeStrict {
 			return fail(v1alpha1.VMOPReasonOperationFailed, it.skip+" (mode Strict; BestEffort restores the other disks)")
 		}
-		r := v1alpha1.VMOPResourceStatus{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk", Name: ds.Spec.VirtualDiskName, Status: "InProgress"}
+		r := v1alpha1.VMOPResourceStatus{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk", Name: it.name, Status: "InProgress"}
 		if it.skip != "" {
 			r.Status, r.Message = "Failed", "skipped: "+it.skip
 		}
 		res = append(res, r)
-		items = append(items, it)
 	}
 	res = append(res, v1alpha1.VMOPResourceStatus{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine", Name: vm.Name, Status: "InProgress"})
 	if op.Spec.Restore.Mode == v1alpha1.SnapshotOperationModeDryRun {
@@ -167,7 +146,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 			}
 		}
 		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
-			fmt.Sprintf("dry run: %d disks and the spec of %q would be restored from %q", len(items), vm.Name, snapName), res)
+			fmt.Sprintf("dry run: %d disks and the spec of %q would be restored from %s", len(items), vm.Name, src.what), res)
 	}
 	if err := c.writeOp(ctx, &op, v1alpha1.VMOPPhaseInProgress, "InProgress", "restoring the disks", res); err != nil {
 		return runtime.Result{}, err
@@ -176,11 +155,10 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		if it.disk == nil {
 			continue
 		}
-		dsc := c.classOf(it.snap.Status.StorageClassName)
-		src := storage.SnapshotPath(c.cfg.DataDir, dsc, it.snap.UID)
 		dst := storage.ClassDiskPath(c.cfg.DataDir, c.classOf(it.disk.Status.StorageClassName), it.disk.UID)
 		storage.CleanTempFor(dst)
-		if err := storage.Convert(ctx, src, "qcow2", dst, "qcow2"); err != nil {
+		size, _ := v1alpha1.Quantity(it.disk.Status.Capacity).Value()
+		if err := it.write(ctx, dst, size); err != nil {
 			if ctx.Err() != nil {
 				return runtime.Result{}, ctx.Err()
 			}
@@ -190,27 +168,184 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		}
 		res[i].Status = "Completed"
 	}
-	// The spec: the snapshot's, under the VM's current resourceVersion (a concurrent edit
+	// The spec: the source's, under the VM's current resourceVersion (a concurrent edit
 	// makes this fail with a conflict and the operation is tried again).
-	vm.Spec = *snap.Status.VirtualMachineSpec
-	if err := c.c.Update(ctx, "virtualmachines", ns, vm.Name, &vm, nil); err != nil {
-		if client.IsConflict(err) {
-			return runtime.Result{}, err
+	if src.spec != nil {
+		vm.Spec = *src.spec
+		if err := c.c.Update(ctx, "virtualmachines", ns, vm.Name, &vm, nil); err != nil {
+			if client.IsConflict(err) {
+				return runtime.Result{}, err
+			}
+			res[len(res)-1].Status, res[len(res)-1].Message = "Failed", err.Error()
+			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
+				"the disks are restored, but setting the VM's spec back failed: "+err.Error(), res)
 		}
-		res[len(res)-1].Status, res[len(res)-1].Message = "Failed", err.Error()
-		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
-			"the disks are restored, but setting the VM's spec back failed: "+err.Error(), res)
+		res[len(res)-1].Status = "Completed"
+	} else {
+		res[len(res)-1].Status, res[len(res)-1].Message = "Completed", "the spec is kept: "+src.what+" holds none"
 	}
-	res[len(res)-1].Status = "Completed"
 	var skipped []string
 	for _, r := range res {
 		if r.Status == "Failed" {
 			skipped = append(skipped, r.Name)
 		}
 	}
-	msg := fmt.Sprintf("restored %q from %q", vm.Name, snapName)
+	msg = fmt.Sprintf("restored %q from %s", vm.Name, src.what)
 	if len(skipped) > 0 {
 		msg += "; skipped " + strings.Join(skipped, ", ")
 	}
 	return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted, msg, res)
+}
+
+// restoreItem is one disk a restore writes: the VirtualDisk (nil when skipped, and why) and
+// how its data is written into a qcow2 file (made beside it and renamed over it).
+type restoreItem struct {
+	name  string
+	disk  *v1alpha1.VirtualDisk
+	skip  string
+	write func(ctx context.Context, dst string, size int64) error
+}
+
+// restoreSource is what a restore reads: its disks and the VM spec it gives back (nil: none).
+type restoreSource struct {
+	what  string
+	items []restoreItem
+	spec  *v1alpha1.VirtualMachineSpec
+}
+
+// restoreTarget finds the disk name of the VM's project that a restore writes, if it is still
+// the disk (uid) the source was taken of, Ready, and its file is reachable from here; it
+// returns the disk or why it is skipped.
+func (c *Controller) restoreTarget(ctx context.Context, ns, name, uid string) (*v1alpha1.VirtualDisk, string, error) {
+	var d v1alpha1.VirtualDisk
+	switch err := c.c.Get(ctx, "virtualdisks", ns, name, &d); {
+	case client.IsNotFound(err):
+		return nil, fmt.Sprintf("VirtualDisk %q no longer exists", name), nil
+	case err != nil:
+		return nil, "", err
+	case d.UID != uid:
+		return nil, fmt.Sprintf("VirtualDisk %q was deleted and made again since", d.Name), nil
+	case d.Status.Phase != v1alpha1.DiskPhaseReady:
+		return nil, fmt.Sprintf("VirtualDisk %q is %s, not Ready", d.Name, orPending(string(d.Status.Phase))), nil
+	}
+	if sc := c.classOf(d.Status.StorageClassName); !c.reachable(sc, d.Status.NodeName) {
+		return nil, fmt.Sprintf("VirtualDisk %q is on node %s's local storage, which this controller cannot write", d.Name, d.Status.NodeName), nil
+	}
+	return &d, "", nil
+}
+
+// snapshotRestoreSource reads the VM snapshot name of vm: each of its disk snapshots restores
+// the disk it was taken of. A nil source comes with the reason and message to fail with.
+func (c *Controller) snapshotRestoreSource(ctx context.Context, vm *v1alpha1.VirtualMachine, snapName string) (*restoreSource, string, string, error) {
+	ns := vm.Namespace
+	var snap v1alpha1.VirtualMachineSnapshot
+	if err := c.c.Get(ctx, "virtualmachinesnapshots", ns, snapName, &snap); err != nil {
+		if client.IsNotFound(err) {
+			return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q not found", snapName), nil
+		}
+		return nil, "", "", err
+	}
+	switch {
+	case snap.Spec.VirtualMachineName != vm.Name:
+		return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is of VirtualMachine %q, not %q", snapName, snap.Spec.VirtualMachineName, vm.Name), nil
+	case snap.Status.Phase != v1alpha1.SnapshotPhaseReady || snap.Status.VirtualMachineSpec == nil:
+		return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is not Ready (it is %s)", snapName, orPending(string(snap.Status.Phase))), nil
+	}
+	src := &restoreSource{what: fmt.Sprintf("VirtualMachineSnapshot %q", snapName), spec: snap.Status.VirtualMachineSpec}
+	for _, sn := range snap.Status.VirtualDiskSnapshotNames {
+		var ds v1alpha1.VirtualDiskSnapshot
+		if err := c.c.Get(ctx, "virtualdisksnapshots", ns, sn, &ds); err != nil {
+			if client.IsNotFound(err) {
+				return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualDiskSnapshot %q of the snapshot is gone", sn), nil
+			}
+			return nil, "", "", err
+		}
+		if ds.Status.Phase != v1alpha1.SnapshotPhaseReady {
+			return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualDiskSnapshot %q of the snapshot is not Ready", sn), nil
+		}
+		d, skip, err := c.restoreTarget(ctx, ns, ds.Spec.VirtualDiskName, ds.Status.VirtualDiskUID)
+		if err != nil {
+			return nil, "", "", err
+		}
+		from := storage.SnapshotPath(c.cfg.DataDir, c.classOf(ds.Status.StorageClassName), ds.UID)
+		src.items = append(src.items, restoreItem{name: ds.Spec.VirtualDiskName, disk: d, skip: skip,
+			write: func(ctx context.Context, dst string, _ int64) error {
+				return storage.Convert(ctx, from, "qcow2", dst, "qcow2")
+			}})
+	}
+	return src, "", "", nil
+}
+
+// backupRestoreSource reads the backup name of vm from its target: each backed-up disk
+// restores the disk it was taken of, and the VM gets the spec the backup recorded. The
+// control plane reads the target's directory itself (a shared mount, or this node's own).
+func (c *Controller) backupRestoreSource(ctx context.Context, vm *v1alpha1.VirtualMachine, name string) (*restoreSource, string, string, error) {
+	ns := vm.Namespace
+	what := fmt.Sprintf("VirtualMachineBackup %q", name)
+	failed := v1alpha1.VMOPReasonOperationFailed
+	var b v1alpha1.VirtualMachineBackup
+	if err := c.c.Get(ctx, "virtualmachinebackups", ns, name, &b); err != nil {
+		if client.IsNotFound(err) {
+			return nil, failed, what + " not found", nil
+		}
+		return nil, "", "", err
+	}
+	switch {
+	case b.Spec.VirtualMachineName != vm.Name:
+		return nil, failed, fmt.Sprintf("%s is of VirtualMachine %q, not %q", what, b.Spec.VirtualMachineName, vm.Name), nil
+	case b.Status.Phase != v1alpha1.BackupPhaseCompleted:
+		return nil, failed, fmt.Sprintf("%s is not Completed (it is %s)", what, orPending(string(b.Status.Phase))), nil
+	}
+	var t v1alpha1.BackupTarget
+	if err := c.c.Get(ctx, "backuptargets", "", b.Spec.BackupTargetName, &t); err != nil || t.Spec.Directory == nil {
+		if err != nil && !client.IsNotFound(err) {
+			return nil, "", "", err
+		}
+		return nil, failed, fmt.Sprintf("the BackupTarget %q of %s is gone", b.Spec.BackupTargetName, what), nil
+	}
+	store := &backup.Store{Dir: t.Spec.Directory.Path}
+	m, _, err := store.ReadManifestOf(ns, b.Status.VirtualMachineUID, string(b.UID))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, failed, fmt.Sprintf("the manifest of %s is not in %s as node %s sees it (it was written on node %s; the directory must be shared, or this node's own)", what, t.Spec.Directory.Path, c.cfg.NodeName, b.Status.NodeName), nil
+		}
+		return nil, failed, fmt.Sprintf("the manifest of %s: %v", what, err), nil
+	}
+	src := &restoreSource{what: what}
+	if len(m.VMSpec) > 0 {
+		var spec v1alpha1.VirtualMachineSpec
+		if err := json.Unmarshal(m.VMSpec, &spec); err != nil {
+			return nil, failed, fmt.Sprintf("the VM spec recorded in %s cannot be read: %v", what, err), nil
+		}
+		src.spec = &spec
+	}
+	for _, bd := range m.Disks {
+		d, skip, err := c.restoreTarget(ctx, ns, bd.Name, bd.UID)
+		if err != nil {
+			return nil, "", "", err
+		}
+		src.items = append(src.items, restoreItem{name: bd.Name, disk: d, skip: skip,
+			write: func(ctx context.Context, dst string, size int64) error {
+				return store.RestoreDiskFile(ctx, bd, dst, size)
+			}})
+	}
+	return src, "", "", nil
+}
+
+// backupRunning names a backup of vm that is being taken, or "".
+func (c *Controller) backupRunning(ctx context.Context, vm *v1alpha1.VirtualMachine) (string, error) {
+	list, err := c.c.List(ctx, "virtualmachinebackups", vm.Namespace, client.ListOptions{})
+	if err != nil {
+		return "", err
+	}
+	for _, raw := range list.Items {
+		var b v1alpha1.VirtualMachineBackup
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return "", err
+		}
+		if b.Spec.VirtualMachineName == vm.Name && b.Status.Phase == v1alpha1.BackupPhaseInProgress {
+			return b.Name, nil
+		}
+	}
+	return "", nil
 }

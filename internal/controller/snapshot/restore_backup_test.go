@@ -1,0 +1,191 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/backup"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/runtime/fake"
+	"github.com/rakhsh/rakhsh/internal/storage"
+)
+
+// TestRestoreFromBackup: a Restore operation naming a VirtualMachineBackup writes the backed-up
+// data into the VM's disk (grown to the disk's current size) and gives the VM the spec the
+// backup recorded; a backup of another VM, one that is not Completed, or a disk made again
+// since the backup (mode Strict) fail with a message that names the problem, leaving the disk.
+func TestRestoreFromBackup(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed (install qemu-utils)")
+	}
+	dataDir, targetDir := t.TempDir(), t.TempDir()
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+
+	disk := readyDisk(t, fc, dataDir, "root")
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "128Mi"
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "root"}}
+	vm.Status.Phase = v1alpha1.VMPhaseStopped
+	if err := fc.Add(vm); err != nil {
+		t.Fatal(err)
+	}
+	var gotVM v1alpha1.VirtualMachine
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &gotVM); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.Add(&v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "t"},
+		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: targetDir}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The backup: one 1 MiB disk whose first half is a pattern, taken when the VM had 64Mi.
+	store, err := backup.Open(targetDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 1<<20)
+	copy(data, bytes.Repeat([]byte("rakhsh-backup-restore "), (512<<10)/22))
+	sum, _, err := store.Put(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldSpec := vm.Spec
+	oldSpec.Memory.Size = "64Mi"
+	specJSON, _ := json.Marshal(oldSpec)
+	addBackup := func(name, vmName string, phase v1alpha1.BackupPhase, diskUID string) {
+		t.Helper()
+		b := &v1alpha1.VirtualMachineBackup{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec: v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: vmName, BackupTargetName: "t"}}
+		b.Status.Phase, b.Status.VirtualMachineUID, b.Status.NodeName = phase, gotVM.UID, "n1"
+		if err := fc.Add(b); err != nil {
+			t.Fatal(err)
+		}
+		var got v1alpha1.VirtualMachineBackup
+		if err := fc.Get(ctx, "virtualmachinebackups", "p1", name, &got); err != nil {
+			t.Fatal(err)
+		}
+		m := &backup.Manifest{Version: backup.ManifestVersion, Backup: backup.Ref{Namespace: "p1", Name: name, UID: string(got.UID)},
+			VM: backup.Ref{Namespace: "p1", Name: vmName, UID: gotVM.UID}, Target: "t", CreatedAt: time.Now().UTC(), ChunkSize: backup.ChunkSize,
+			Consistent: true, VMSpec: specJSON, Disks: []backup.Disk{{Name: "root", UID: diskUID, Size: 1 << 20, Chunks: []string{sum}}}}
+		if _, err := store.WriteManifest(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addBackup("monday", "vm", v1alpha1.BackupPhaseCompleted, string(disk.UID))
+	addBackup("other-vm", "vm2", v1alpha1.BackupPhaseCompleted, string(disk.UID))
+	addBackup("running", "vm", v1alpha1.BackupPhaseInProgress, string(disk.UID))
+	addBackup("old-disk", "vm", v1alpha1.BackupPhaseCompleted, "0b6b7d3e-5f0c-4a51-9d55-3c8a1f0e2b71")
+	// The running backup ends (Failed): it would otherwise hold every restore off.
+	var running v1alpha1.VirtualMachineBackup
+	if err := fc.Get(ctx, "virtualmachinebackups", "p1", "running", &running); err != nil {
+		t.Fatal(err)
+	}
+
+	// The disk grew since the backup.
+	diskFile := storage.ClassDiskPath(dataDir, nil, disk.UID)
+	if err := storage.Resize(ctx, diskFile, "qcow2", 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	var d v1alpha1.VirtualDisk
+	if err := fc.Get(ctx, "virtualdisks", "p1", "root", &d); err != nil {
+		t.Fatal(err)
+	}
+	d.Spec.PersistentVolumeClaim.Size = "2Mi"
+	if err := fc.Update(ctx, "virtualdisks", "p1", "root", &d, &d); err != nil {
+		t.Fatal(err)
+	}
+	d.Status.Capacity = "2Mi"
+	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "root", &d, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	restore := func(name, from string) *v1alpha1.VirtualMachineOperation {
+		t.Helper()
+		if err := fc.Add(&v1alpha1.VirtualMachineOperation{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+			Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, VirtualMachineName: "vm",
+				Restore: &v1alpha1.VMOPRestoreSpec{Mode: v1alpha1.SnapshotOperationModeStrict, VirtualMachineBackupName: from}}}); err != nil {
+			t.Fatal(err)
+		}
+		var op v1alpha1.VirtualMachineOperation
+		fc.WaitFor(t, 20*time.Second, "virtualmachineoperations", "p1", name, &op, func() bool {
+			return op.Status.Phase == v1alpha1.VMOPPhaseCompleted || op.Status.Phase == v1alpha1.VMOPPhaseFailed
+		})
+		return &op
+	}
+	message := func(op *v1alpha1.VirtualMachineOperation) string {
+		if c := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); c != nil {
+			return c.Message
+		}
+		return ""
+	}
+	before, err := os.ReadFile(diskFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ op, from, want string }{
+		{"busy", "monday", `VirtualMachineBackup "running" of virtual machine "vm" is being taken`},
+	} {
+		if op := restore(tc.op, tc.from); op.Status.Phase != v1alpha1.VMOPPhaseFailed || !strings.Contains(message(op), tc.want) {
+			t.Errorf("restore %s from %s: %s %q, want it Failed with %q", tc.op, tc.from, op.Status.Phase, message(op), tc.want)
+		}
+	}
+	running.Status.Phase = v1alpha1.BackupPhaseFailed
+	if err := fc.UpdateStatus(ctx, "virtualmachinebackups", "p1", "running", &running, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ op, from, want string }{
+		{"of-other", "other-vm", `VirtualMachineBackup "other-vm" is of VirtualMachine "vm2", not "vm"`},
+		{"not-done", "running", `VirtualMachineBackup "running" is not Completed (it is Failed)`},
+		{"missing", "tuesday", `VirtualMachineBackup "tuesday" not found`},
+		{"old", "old-disk", `VirtualDisk "root" was deleted and made again since (mode Strict`},
+	} {
+		if op := restore(tc.op, tc.from); op.Status.Phase != v1alpha1.VMOPPhaseFailed || !strings.Contains(message(op), tc.want) {
+			t.Errorf("restore %s from %s: %s %q, want it Failed with %q", tc.op, tc.from, op.Status.Phase, message(op), tc.want)
+		}
+	}
+	if after, err := os.ReadFile(diskFile); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("a failed restore changed the disk file (%v)", err)
+	}
+
+	if op := restore("back", "monday"); op.Status.Phase != v1alpha1.VMOPPhaseCompleted {
+		t.Fatalf("restore: %s %q", op.Status.Phase, message(op))
+	}
+	info, err := storage.Info(ctx, diskFile, "qcow2")
+	if err != nil || info.VirtualSize != 2<<20 {
+		t.Errorf("restored disk: %+v %v, want 2 MiB (the disk's current size)", info, err)
+	}
+	raw := filepath.Join(t.TempDir(), "raw")
+	if err := storage.Convert(ctx, diskFile, "qcow2", raw, "raw"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:1<<20], data) || !bytes.Equal(got[1<<20:], make([]byte, 1<<20)) {
+		t.Error("the restored disk does not hold the backed-up data followed by zeros")
+	}
+	if err := fc.Get(ctx, "virtualmachines", "p1", "vm", &gotVM); err != nil {
+		t.Fatal(err)
+	}
+	if gotVM.Spec.Memory.Size != "64Mi" {
+		t.Errorf("the VM's spec was not set to the backup's: memory %s", gotVM.Spec.Memory.Size)
+	}
+}
