@@ -54,14 +54,18 @@ type VirtualDiskSnapshotStatus struct {
 	// (through QMP, without stopping it), and, for a Local class, the node that holds the file.
 	NodeName string `json:"nodeName,omitempty"`
 	// Stats are how long taking the snapshot took.
-	Stats              *VirtualDiskSnapshotStats `json:"stats,omitempty"`
+	Stats *VirtualDiskSnapshotStats `json:"stats,omitempty"`
+	// RAM is the guest's RAM state saved at the snapshot's instant, for a disk snapshot of a
+	// VirtualMachineSnapshot with keepRAM of a running VM (written by the node's agent).
+	RAM                *SnapshotRAM `json:"ram,omitempty"`
 	Conditions         []Condition               `json:"conditions,omitempty"`
 	ObservedGeneration int64                     `json:"observedGeneration,omitempty"`
 }
 
 // VirtualDiskSnapshotStats are the timings of a snapshot.
 type VirtualDiskSnapshotStats struct {
-	// Frozen is how long the guest's filesystems were frozen (empty: they were not).
+	// Frozen is how long the guest's filesystems were frozen (empty: they were not); with
+	// the RAM kept, how long its vCPUs were paused.
 	Frozen string `json:"frozen,omitempty"`
 	// Copy is how long the copy of the disk took once its point in time was fixed.
 	Copy string `json:"copy,omitempty"`

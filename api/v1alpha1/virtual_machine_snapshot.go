@@ -19,7 +19,24 @@ type VirtualMachineSnapshotSpec struct {
 	RequiredConsistency *bool `json:"requiredConsistency,omitempty"`
 	// KeepIPAddress (default Always) keeps the VM's IP address with the snapshot.
 	KeepIPAddress KeepIPAddress `json:"keepIPAddress,omitempty"`
+	// KeepRAM (a Rakhsh addition) also saves the running guest's RAM and device state at the
+	// snapshot's instant: a restore leaves the VM hibernated, and its next start resumes the
+	// guest where it was. The guest's vCPUs are paused while the RAM is written, not for the
+	// copy of the disks. A stopped VM's snapshot has no RAM to keep.
+	KeepRAM bool `json:"keepRAM,omitempty"`
 }
+
+// SnapshotRAM is a guest's saved RAM state: kept on the node that took it.
+type SnapshotRAM struct {
+	NodeName string `json:"nodeName"`
+	// Size is the size of the saved state.
+	Size Quantity `json:"size"`
+}
+
+// AnnotationVMSnapshotRAM, on the VirtualDiskSnapshots of a VirtualMachineSnapshot with
+// keepRAM, is the uid of the VM snapshot: the node agent saves the guest's RAM state under it
+// at the instant it copies the disks.
+const AnnotationVMSnapshotRAM = "virtualization.rakhsh.io/vm-snapshot-ram"
 
 // KeepIPAddress says whether a VM snapshot keeps the VM's IP address.
 type KeepIPAddress string
@@ -53,6 +70,8 @@ type VirtualMachineSnapshotStatus struct {
 	VirtualMachineSpec *VirtualMachineSpec `json:"virtualMachineSpec,omitempty"`
 	// VirtualMachineUID is the uid of the VM the snapshot was taken of.
 	VirtualMachineUID string `json:"virtualMachineUID,omitempty"`
+	// RAM is the guest's RAM state kept with the snapshot (keepRAM of a running VM).
+	RAM *SnapshotRAM `json:"ram,omitempty"`
 	// Resources are the objects captured in the snapshot (the VM, its IP claim, secrets, ...).
 	Resources          []SnapshotResourceRef `json:"resources,omitempty"`
 	Conditions         []Condition           `json:"conditions,omitempty"`

@@ -137,6 +137,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	}
 	var vm *v1alpha1.VirtualMachine
 	var mon snapshotMonitor
+	var in *instance
 	closeDaemon := func() {}
 	if b.Status.Stopped {
 		// A stopped VM is in no node's cache: read it.
@@ -166,7 +167,6 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 				vm = v
 			}
 		}
-		in := (*instance)(nil)
 		if vm != nil {
 			in = a.inst(vm.UID)
 		}
@@ -203,7 +203,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	case b.Status.Stopped:
 		// Nothing runs: the disks hold still.
 	case b.Spec.Mode == v1alpha1.BackupModeSuspend:
-		fz = vcpuPauser{mon: mon, paused: new(bool)}
+		fz = vcpuPauser{mon: mon, paused: new(bool), in: in}
 	default:
 		if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady); c != nil && c.Status == v1alpha1.ConditionTrue {
 			fz = guestFreezer{a: a, uid: vm.UID}
@@ -397,24 +397,30 @@ func incrementalBase(prev *backup.Manifest, name, uid string, size int64, bitmap
 	return pd.Chunks, pd.Bitmap, ""
 }
 
-// vcpuPauser holds a guest still by pausing its vCPUs (mode suspend); a guest that is paused
-// already stays so.
+// vcpuPauser holds a guest still by pausing its vCPUs (mode suspend, a snapshot with RAM); a
+// guest that is paused already stays so. Meanwhile the VM's reconcile leaves the paused guest
+// alone (instance.heldStill), and resumes it should the thaw fail.
 type vcpuPauser struct {
 	mon    snapshotMonitor
-	paused *bool // freeze paused it: thaw resumes it
+	paused *bool     // freeze paused it: thaw resumes it
+	in     *instance // the VM's QEMU (nil: a storage daemon, or a test)
 }
 
 func (p vcpuPauser) freeze(ctx context.Context) (int, error) {
+	p.in.holdStill(true)
 	var st struct {
 		Running bool `json:"running"`
 	}
 	if err := p.mon.Execute(ctx, "query-status", nil, &st); err != nil {
+		p.in.holdStill(false)
 		return 0, err
 	}
 	if !st.Running {
+		p.in.holdStill(false)
 		return 0, nil // held still already
 	}
 	if err := p.mon.Execute(ctx, "stop", nil, nil); err != nil {
+		p.in.holdStill(false)
 		return 0, err
 	}
 	*p.paused = true
@@ -422,6 +428,7 @@ func (p vcpuPauser) freeze(ctx context.Context) (int, error) {
 }
 
 func (p vcpuPauser) thaw(ctx context.Context) (int, error) {
+	defer p.in.holdStill(false)
 	if !*p.paused {
 		return 0, nil
 	}

@@ -70,6 +70,8 @@ type Observed struct {
 	// HibernationFailed names the operation whose hibernation of this QEMU could not save
 	// the guest's state (the guest runs on until the VM controller answers).
 	HibernationFailed string
+	// HeldStill: a snapshot or backup has paused the guest for its instant (it resumes it).
+	HeldStill bool
 }
 
 // Binding is where the VM object says the VM runs.
@@ -294,6 +296,9 @@ func decideRunning(o Observed, d Desired) Action {
 		return Action{Kind: ActRestart}
 	case pr.State == v1alpha1.PowerStatePaused:
 		return Action{Kind: ActRun, Phase: v1alpha1.VMPhasePause, Pause: o.Status == qmp.StatusRunning}
+	case o.HeldStill && o.Status == qmp.StatusPaused:
+		// Paused for a snapshot's or backup's instant: whoever paused it resumes it.
+		return Action{Kind: ActRequeue, After: 100 * time.Millisecond}
 	}
 	// prelaunch (a start the agent did not finish), paused by us, or stopped for another
 	// reason (e.g. an I/O error): resume.

@@ -69,6 +69,12 @@ func TestDecide(t *testing.T) {
 			want(runningVM, func(d *Desired) { d.Power = &v1alpha1.VMPowerRequest{State: stopped, Hibernate: true, Operation: "h"} }), Action{}},
 		{"hibernate again after a failed one", with(up(qmp.StatusRunning), func(o *Observed) { o.HibernationFailed = "h" }),
 			want(runningVM, func(d *Desired) { d.Power = &v1alpha1.VMPowerRequest{State: stopped, Hibernate: true, Operation: "h2"} }), Action{Kind: ActHibernate}},
+		// A snapshot with RAM or a suspend-mode backup pauses the guest for its instant: the
+		// reconcile does not resume it under them, but still stops it when asked.
+		{"held still for a snapshot", with(up(qmp.StatusPaused), func(o *Observed) { o.HeldStill = true }), runningVM, Action{Kind: ActRequeue, After: 100 * time.Millisecond}},
+		{"held still, a stop comes", with(up(qmp.StatusPaused), func(o *Observed) { o.HeldStill = true }), want(runningVM, func(d *Desired) { d.Power = power(stopped, true, "") }),
+			Action{Kind: ActStop, Force: true, Reason: stopReas}},
+		{"paused, not held: resumed", up(qmp.StatusPaused), runningVM, Action{Kind: ActRun, Phase: v1alpha1.VMPhaseRunning, Resume: true}},
 		{"migration over, source paused by it resumes", up(qmp.StatusPostMigrate), runningVM, Action{Kind: ActRun, Phase: v1alpha1.VMPhaseRunning, Resume: true}},
 		{"migration source, guest panicked", up(qmp.StatusGuestPanicked), want(runningVM, func(d *Desired) { d.MigratingOut = true }), Action{Kind: ActCrashed, Reason: qmp.StatusGuestPanicked}},
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -52,6 +53,31 @@ type hibernationRecord struct {
 	// RunSpec is what QEMU ran with (runspec.json): the resumed QEMU gets the same vCPUs,
 	// memory, balloon and padding.
 	RunSpec runSpec `json:"runSpec"`
+	// Snapshot, set in memory only, is the VirtualMachineSnapshot whose RAM state a restore
+	// left to resume (ramsnap.go) instead of a stream in the run directory.
+	Snapshot string `json:"-"`
+}
+
+// hibernationFromSnapshot, in the hibernation directory, names the VirtualMachineSnapshot
+// whose RAM state the next start resumes (written by a restore: storage.ResumeFromSnapshotPath).
+const hibernationFromSnapshot = "from-snapshot"
+
+// loadResumable is loadHibernation that also finds the RAM state of a VM snapshot a restore
+// left to resume.
+func loadResumable(dataDir, runDir string) (*hibernationRecord, error) {
+	b, err := os.ReadFile(filepath.Join(hibernationDir(runDir), hibernationFromSnapshot))
+	if errors.Is(err, os.ErrNotExist) {
+		return loadHibernation(runDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	uid := string(bytes.TrimSpace(b))
+	rec, err := loadRAMRecord(dataDir, uid)
+	if err != nil {
+		return nil, err
+	}
+	return &hibernationRecord{SavedAt: rec.SavedAt, Size: rec.Size, RunSpec: rec.RunSpec, Snapshot: uid}, nil
 }
 
 func hibernationDir(runDir string) string { return filepath.Join(runDir, hibernationDirName) }
@@ -300,6 +326,19 @@ func (a *Agent) stepResume(ctx context.Context, r *startRun) error {
 	if r.resume == nil {
 		return nil
 	}
+	if r.resume.Snapshot != "" {
+		mon, ok := r.mon.(snapshotMonitor)
+		if !ok {
+			return failStart("resuming the RAM state of the snapshot: the monitor cannot pass descriptors")
+		}
+		if err := loadSnapshotRAM(ctx, mon, a.cfg.DataDir, r.runDir, r.resume.Snapshot); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return failStart("resuming the RAM state of the snapshot: " + err.Error())
+		}
+		return nil
+	}
 	mon, ok := r.mon.(fdPasser)
 	if !ok {
 		return failStart("resuming the saved RAM state: the monitor cannot pass descriptors")
@@ -372,8 +411,10 @@ func resumeShape(vm *v1alpha1.VirtualMachine, saved *runSpec) (incoming, *runSpe
 // resumed again, whatever happens before the status says the VM runs.
 func spendResume(runDir string) error {
 	dir := hibernationDir(runDir)
-	if err := os.Remove(filepath.Join(dir, hibernationMeta)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	for _, name := range []string{hibernationMeta, hibernationFromSnapshot} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	_ = storage.SyncDir(dir)
 	return nil

@@ -87,6 +87,9 @@ type instance struct {
 	hibernation, hibernationFailed string
 	// hibernationWasPaused: the guest was paused before the save paused it.
 	hibernationWasPaused bool
+	// heldStill: a snapshot or backup has paused the guest's vCPUs for its instant; the
+	// reconcile does not resume them meanwhile.
+	heldStill bool
 
 	// guestOutput says the guest wrote to its serial console since this agent watched it,
 	// or since the last reset; the first output sets the GuestReady condition.
@@ -546,4 +549,15 @@ func removeQEMUFiles(runDir string) {
 func restartMarked(runDir string) bool {
 	_, err := os.Stat(filepath.Join(runDir, restartFileName))
 	return err == nil
+}
+
+// holdStill marks the guest as paused on purpose by a snapshot or backup (or not any more);
+// a nil instance is nothing to mark.
+func (in *instance) holdStill(on bool) {
+	if in == nil {
+		return
+	}
+	in.mu.Lock()
+	in.heldStill = on
+	in.mu.Unlock()
 }

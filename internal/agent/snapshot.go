@@ -126,6 +126,13 @@ func addSnapshotTargets(ctx context.Context, mon snapshotMonitor, disks []snapDi
 // starts. On failure everything it added to QEMU is removed again and the target files are
 // deleted.
 func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snapDisk, requireFreeze bool) (res liveResult, err error) {
+	return takeLiveAt(ctx, mon, fz, disks, requireFreeze, nil)
+}
+
+// takeLiveAt is takeLive that also calls atInstant right after the copy jobs started, while
+// the guest is still held (frozen or paused): a snapshot with RAM saves the RAM state there.
+// An atInstant that fails fails the snapshot.
+func takeLiveAt(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snapDisk, requireFreeze bool, atInstant func(context.Context) error) (res liveResult, err error) {
 	var done []snapAdded
 	defer func() {
 		if err == nil {
@@ -162,6 +169,15 @@ func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snap
 	}
 	started := time.Now()
 	terr := mon.Execute(ctx, "transaction", backupTransaction(disks, sources), nil)
+	if terr != nil {
+		terr = fmt.Errorf("starting the copy: %w", terr)
+	} else if atInstant != nil {
+		if terr = atInstant(ctx); terr != nil {
+			for i := range disks {
+				done[i].job = true
+			}
+		}
+	}
 	if res.frozen {
 		// Thawed whatever the transaction did: a guest must never stay frozen.
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -169,14 +185,14 @@ func takeLive(ctx context.Context, mon snapshotMonitor, fz freezer, disks []snap
 		cancel()
 		res.frozenFor = time.Since(frozenAt)
 		if thawErr != nil && terr == nil {
-			terr = fmt.Errorf("thawing the guest's filesystems: %w", thawErr)
+			terr = fmt.Errorf("starting the copy: thawing the guest's filesystems: %w", thawErr)
 			for i := range disks {
 				done[i].job = true
 			}
 		}
 	}
 	if terr != nil {
-		return res, fmt.Errorf("starting the copy: %w", terr)
+		return res, terr
 	}
 	for i := range done {
 		done[i].job = true
@@ -330,6 +346,7 @@ func (a *Agent) runSnapshotter(ctx context.Context) {
 	q.MaxBackoff = 10 * time.Second
 	snaps.OnChange(q.Add)
 	go snaps.Run(ctx)
+	a.pruneRAMStates(ctx)
 	q.Run(ctx, 1, a.snapshotDisk)
 }
 
@@ -376,6 +393,9 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 	for _, d := range disks {
 		a.dropSnapshotLeftovers(ctx, mon, d.id)
 	}
+	if ramUID := ramSnapshotOf(group); ramUID != "" {
+		return a.snapshotWithRAM(ctx, ns, group, sp, mon, ramUID)
+	}
 	a.log.Info("taking a live disk snapshot", "snapshot", key, "vm", vmName, "disks", len(disks), "freeze", fz != nil)
 	res, err := takeLive(ctx, mon, fz, disks, required)
 	if err != nil {
@@ -384,7 +404,45 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 		}
 		return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("taking the snapshot in the running VirtualMachine %q: %v", vmName, err))
 	}
-	return runtime.Result{}, a.finishSnapshots(ctx, ns, group, sp, res)
+	return runtime.Result{}, a.finishSnapshots(ctx, ns, group, sp, res, nil)
+}
+
+// snapshotWithRAM takes the disks of a VM snapshot with keepRAM together with the guest's RAM
+// state (ramsnap.go): the vCPUs are paused for the instant, not the filesystems frozen.
+func (a *Agent) snapshotWithRAM(ctx context.Context, ns string, group []v1alpha1.VirtualDiskSnapshot, sp *snapPlan, mon snapshotMonitor, ramUID string) (runtime.Result, error) {
+	failed := func(msg string) (runtime.Result, error) {
+		return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("taking the snapshot with RAM of the running VirtualMachine %q: %s", sp.vmName, msg))
+	}
+	if err := storage.CheckUID(ramUID); err != nil {
+		return failed("annotation " + v1alpha1.AnnotationVMSnapshotRAM + ": " + err.Error())
+	}
+	a.pruneRAMStates(ctx)
+	rs := loadRunSpec(sp.in.runDir, sp.vm)
+	if why := ramSaveCheck(sp.in, rs); why != "" {
+		return failed(why)
+	}
+	ram, err := a.prepareRAMSave(ctx, mon, ramUID, memoryBytes(rs.Spec.Memory.Size))
+	if err != nil {
+		if ctx.Err() != nil {
+			return runtime.Result{}, ctx.Err()
+		}
+		return failed(err.Error())
+	}
+	a.log.Info("taking a live disk snapshot with the guest's RAM", "vm", sp.vmName, "disks", len(sp.disks))
+	fz := vcpuPauser{mon: mon, paused: new(bool), in: sp.in}
+	res, err := takeLiveAt(ctx, mon, fz, sp.disks, true, ram.save)
+	ram.close(ctx)
+	if err == nil {
+		err = ram.commit(ramRecord{SnapshotUID: ramUID, VMUID: sp.vmUID, SavedAt: a.now().UTC(), RunSpec: *rs})
+	}
+	if err != nil {
+		_ = os.RemoveAll(ram.dir)
+		if ctx.Err() != nil {
+			return runtime.Result{}, ctx.Err()
+		}
+		return failed(err.Error())
+	}
+	return runtime.Result{}, a.finishSnapshots(ctx, ns, group, sp, res, ram)
 }
 
 // snapshotGroup is s and, for a disk of a VM snapshot, the other disks' snapshots of it: they
@@ -422,6 +480,7 @@ func (a *Agent) snapshotGroup(ctx context.Context, s *v1alpha1.VirtualDiskSnapsh
 // (one VM's), the VM, and each disk's copy and final file.
 type snapPlan struct {
 	in            *instance
+	vm            *v1alpha1.VirtualMachine
 	vmUID, vmName string
 	agentReady    bool
 	disks         []snapDisk
@@ -467,7 +526,7 @@ func (a *Agent) planSnapshots(ctx context.Context, ns string, group []v1alpha1.V
 			if inst := a.inst(vm.UID); inst != nil && !inst.isExited() {
 				found = inst
 				if sp.in == nil {
-					sp.vmUID, sp.vmName = vm.UID, vm.Name
+					sp.vm, sp.vmUID, sp.vmName = vm, vm.UID, vm.Name
 					c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady)
 					sp.agentReady = c != nil && c.Status == v1alpha1.ConditionTrue
 				}
@@ -488,9 +547,12 @@ func (a *Agent) planSnapshots(ctx context.Context, ns string, group []v1alpha1.V
 
 // finishSnapshots keeps the copied files of group and marks the snapshots Ready (a snapshot
 // deleted meanwhile loses its file instead).
-func (a *Agent) finishSnapshots(ctx context.Context, ns string, group []v1alpha1.VirtualDiskSnapshot, sp *snapPlan, res liveResult) error {
+func (a *Agent) finishSnapshots(ctx context.Context, ns string, group []v1alpha1.VirtualDiskSnapshot, sp *snapPlan, res liveResult, ram *ramSave) error {
 	msg := "copied from the running VM with its filesystems frozen"
-	if !res.frozen {
+	switch {
+	case ram != nil:
+		msg = fmt.Sprintf("copied from the running VM with its RAM state (%d MiB, saved in %s on node %s)", (ram.size+(1<<20)-1)>>20, ram.took.Round(time.Millisecond), a.cfg.NodeName)
+	case !res.frozen:
 		msg = "copied from the running VM without freezing its filesystems (crash-consistent)"
 		if res.freezeErr != nil {
 			msg += ": " + res.freezeErr.Error()
@@ -520,6 +582,9 @@ func (a *Agent) finishSnapshots(ctx context.Context, ns string, group []v1alpha1
 		st.Stats = &v1alpha1.VirtualDiskSnapshotStats{Copy: res.copyTook.Round(time.Millisecond).String()}
 		if res.frozen {
 			st.Stats.Frozen = res.frozenFor.Round(time.Microsecond).String()
+		}
+		if ram != nil {
+			st.RAM = &v1alpha1.SnapshotRAM{NodeName: a.cfg.NodeName, Size: v1alpha1.BytesQuantity(ram.size)}
 		}
 		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionTrue,
 			Reason: v1alpha1.VDSnapshotReasonReady, Message: msg, ObservedGeneration: now.Generation})

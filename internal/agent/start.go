@@ -220,7 +220,7 @@ func (a *Agent) chooseResume(r *startRun) error {
 		}
 		return nil
 	}
-	rec, err := loadHibernation(r.runDir)
+	rec, err := loadResumable(a.cfg.DataDir, r.runDir)
 	if rec == nil {
 		why := "it is not there"
 		if err != nil {
@@ -306,7 +306,7 @@ func (a *Agent) stepNICs(ctx context.Context, r *startRun) error {
 // the paths of the NVRAM and the TPM socket; it changes nothing on the host.
 func (a *Agent) stepConfig(ctx context.Context, r *startRun) error {
 	vm := r.vm
-	r.input = qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: r.runDir, Disks: r.disks, NICs: r.nics, PassFDs: a.qemuAs != nil, Incoming: r.incoming || r.resume != nil}
+	r.input = qemu.Input{VM: vm, Node: a.nodeFacts(), RunDir: r.runDir, Disks: r.disks, NICs: r.nics, PassFDs: a.qemuAs != nil, Incoming: r.incoming || (r.resume != nil && r.resume.Snapshot == "")}
 	if r.resume != nil {
 		// A resumed QEMU has what the hibernated one ran with.
 		var in incoming

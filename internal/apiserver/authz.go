@@ -95,6 +95,7 @@ var nodeReadable = map[string]bool{
 	"virtualmachinemacaddresses": true, "virtualmachinemacaddressleases": true, "events": true,
 	"virtualdiskleases":                    true,
 	"virtualdisksnapshots":                 true, // live disk snapshots handed to a node (internal/agent/snapshot.go)
+	"virtualmachinesnapshots":              true, // which RAM states a node keeps (internal/agent/ramsnap.go)
 	"virtualmachineblockdeviceattachments": true, // hot-plug (agent/hotplug_disk.go)
 	"virtualmachinebackups":                true, // backups handed to a node (internal/agent/backup.go)
 	"backuptargets":                        true,

@@ -13,7 +13,7 @@ import (
 // newVMSnapshotCommand returns `rakhsh vm snapshot`.
 func newVMSnapshotCommand(cc *cliContext) *cobra.Command {
 	var name string
-	var crash, wait bool
+	var crash, keepRAM, wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "snapshot NAME",
@@ -22,8 +22,10 @@ func newVMSnapshotCommand(cc *cliContext) *cobra.Command {
 of its disks. A running VM is not stopped: its guest's filesystems are frozen through the guest
 agent for the instant the copies start. The snapshot is named NAME-snapshot-XXXXX unless --name
 is given; its name is printed. By default the snapshot of a running VM waits for the VM's guest
-agent (a consistent snapshot); --crash-consistent takes it at once. With --wait it waits until
-the snapshot is Ready and fails if it fails. See docs/snapshots.md.`,
+agent (a consistent snapshot); --crash-consistent takes it at once. --keep-ram also keeps the
+running guest's RAM state (its vCPUs pause while it is written, no guest agent needed): a
+restore then leaves the VM hibernated, and its next start resumes the guest. With --wait it
+waits until the snapshot is Ready and fails if it fails. See docs/snapshots.md.`,
 		Args:    cobra.ExactArgs(1),
 		Example: "  rakhsh vm snapshot vm1 --name before-upgrade --wait\n  rakhsh vm restore vm1 before-upgrade --wait",
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -48,6 +50,7 @@ the snapshot is Ready and fails if it fails. See docs/snapshots.md.`,
 				f := false
 				s.Spec.RequiredConsistency = &f
 			}
+			s.Spec.KeepRAM = keepRAM
 			var out v1alpha1.VirtualMachineSnapshot
 			if err := c.Create(ctx, "virtualmachinesnapshots", ns, &s, &out); err != nil {
 				return err
@@ -94,6 +97,7 @@ the snapshot is Ready and fails if it fails. See docs/snapshots.md.`,
 	f := cmd.Flags()
 	f.StringVar(&name, "name", "", "the snapshot's name (default: NAME-snapshot-XXXXX)")
 	f.BoolVar(&crash, "crash-consistent", false, "do not wait for the guest agent of a running VM (spec.requiredConsistency: false)")
+	f.BoolVar(&keepRAM, "keep-ram", false, "also keep the running guest's RAM state (spec.keepRAM): a restore resumes the guest")
 	f.BoolVar(&wait, "wait", false, "wait until the snapshot is Ready; fail if it fails")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
 	return cmd

@@ -20,3 +20,17 @@ func SnapshotPath(dataDir string, sc *v1alpha1.StorageClass, uid string) string 
 func SnapshotPartPath(dataDir string, sc *v1alpha1.StorageClass, uid string) string {
 	return SnapshotPath(dataDir, sc, uid) + ".part"
 }
+
+// SnapshotRAMDir is where a node keeps the guest RAM state of the VirtualMachineSnapshot uid
+// (keepRAM): DATA-DIR/ram-snapshots/UID/, with the state (a qcow2 file whose internal snapshot
+// holds it) and its record. The node that took it keeps it: RAM states are node-local.
+func SnapshotRAMDir(dataDir, uid string) string {
+	return filepath.Join(dataDir, "ram-snapshots", uid)
+}
+
+// ResumeFromSnapshotPath is the file in a VM's run directory that a restore of a
+// VirtualMachineSnapshot with RAM writes: it holds the snapshot's uid, and the VM's next start
+// on this node resumes the guest from that snapshot's RAM state (as after a hibernation).
+func ResumeFromSnapshotPath(dataDir, vmUID string) string {
+	return filepath.Join(VMRunDir(dataDir, vmUID), "hibernation", "from-snapshot")
+}

@@ -278,7 +278,8 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 				"VirtualDisk %q is used by VirtualMachine %q, which is %s: the snapshot is taken once it runs or has stopped", d.Name, vm.Name, orPending(string(vm.Status.Phase))))
 			return runtime.Result{RequeueAfter: waitRetry}, c.writeStatus(ctx, &s, st)
 		}
-		required := s.Spec.RequiredConsistency == nil || *s.Spec.RequiredConsistency
+		// With the RAM kept, the paused vCPUs hold the guest still: no guest agent needed.
+		required := (s.Spec.RequiredConsistency == nil || *s.Spec.RequiredConsistency) && s.Annotations[v1alpha1.AnnotationVMSnapshotRAM] == ""
 		if agent := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady); required && (agent == nil || agent.Status != v1alpha1.ConditionTrue) {
 			pending(&st, &s, true, v1alpha1.VDSnapshotReasonWaitingForAgent, fmt.Sprintf(
 				"VirtualDisk %q is used by the running VirtualMachine %q, whose guest agent is not ready: a consistent snapshot (spec.requiredConsistency) needs it to freeze the guest's filesystems; set requiredConsistency: false to take a crash-consistent one", d.Name, vm.Name))

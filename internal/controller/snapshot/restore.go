@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -127,6 +129,15 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		return fail(reason, msg)
 	}
 	items := src.items
+	ramNote := ""
+	if src.ram != nil {
+		if why := c.ramReachable(src); why != "" {
+			if op.Spec.Restore.Mode == v1alpha1.SnapshotOperationModeStrict {
+				return fail(v1alpha1.VMOPReasonOperationFailed, why+" (mode Strict; BestEffort restores the disks and the spec without it, and the VM boots from them)")
+			}
+			src.ram, ramNote = nil, "; without the RAM state: "+why
+		}
+	}
 	var res []v1alpha1.VMOPResourceStatus
 	for _, it := range items {
 		if it.skip != "" && op.Spec.Restore.Mode == v1alpha1.SnapshotOperationModeStrict {
@@ -145,8 +156,12 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 				res[i].Status, res[i].Message = "Completed", "would be restored"
 			}
 		}
+		what := "disks and the spec"
+		if src.ram != nil {
+			what = "disks, the spec and the RAM state"
+		}
 		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
-			fmt.Sprintf("dry run: %d disks and the spec of %q would be restored from %s", len(items), vm.Name, src.what), res)
+			fmt.Sprintf("dry run: %d %s of %q would be restored from %s%s", len(items), what, vm.Name, src.what, ramNote), res)
 	}
 	if err := c.writeOp(ctx, &op, v1alpha1.VMOPPhaseInProgress, "InProgress", "restoring the disks", res); err != nil {
 		return runtime.Result{}, err
@@ -191,6 +206,17 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		}
 	}
 	msg = fmt.Sprintf("restored %q from %s", vm.Name, src.what)
+	if src.ram != nil {
+		if err := c.installRAM(ctx, &vm, src); err != nil {
+			if ctx.Err() != nil {
+				return runtime.Result{}, ctx.Err()
+			}
+			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
+				"the disks and the spec are restored, but the RAM state could not be left to resume ("+err.Error()+"): the VM boots from the restored disks when started", res)
+		}
+		msg += " with its RAM state: the VM is hibernated, and its next start resumes the guest"
+	}
+	msg += ramNote
 	if len(skipped) > 0 {
 		msg += "; skipped " + strings.Join(skipped, ", ")
 	}
@@ -211,6 +237,10 @@ type restoreSource struct {
 	what  string
 	items []restoreItem
 	spec  *v1alpha1.VirtualMachineSpec
+	// ram is the guest's RAM state kept with a VM snapshot (keepRAM), ramUID the snapshot's
+	// uid: the restored VM is left hibernated, to resume it.
+	ram    *v1alpha1.SnapshotRAM
+	ramUID string
 }
 
 // restoreTarget finds the disk name of the VM's project that a restore writes, if it is still
@@ -251,7 +281,7 @@ func (c *Controller) snapshotRestoreSource(ctx context.Context, vm *v1alpha1.Vir
 	case snap.Status.Phase != v1alpha1.SnapshotPhaseReady || snap.Status.VirtualMachineSpec == nil:
 		return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is not Ready (it is %s)", snapName, orPending(string(snap.Status.Phase))), nil
 	}
-	src := &restoreSource{what: fmt.Sprintf("VirtualMachineSnapshot %q", snapName), spec: snap.Status.VirtualMachineSpec}
+	src := &restoreSource{what: fmt.Sprintf("VirtualMachineSnapshot %q", snapName), spec: snap.Status.VirtualMachineSpec, ram: snap.Status.RAM, ramUID: snap.UID}
 	for _, sn := range snap.Status.VirtualDiskSnapshotNames {
 		var ds v1alpha1.VirtualDiskSnapshot
 		if err := c.c.Get(ctx, "virtualdisksnapshots", ns, sn, &ds); err != nil {
@@ -349,3 +379,61 @@ func (c *Controller) backupRunning(ctx context.Context, vm *v1alpha1.VirtualMach
 	}
 	return "", nil
 }
+
+// ramReachable says why the RAM state of src cannot be left to resume from here ("" when it
+// can): the control plane leaves it in the VM's run directory on its own node.
+func (c *Controller) ramReachable(src *restoreSource) string {
+	if src.ram.NodeName != c.cfg.NodeName {
+		return fmt.Sprintf("the RAM state of %s is kept on node %s, and a restore with RAM runs only on the node that keeps it (this control plane runs on %s)", src.what, src.ram.NodeName, c.cfg.NodeName)
+	}
+	if _, err := os.Stat(filepath.Join(storage.SnapshotRAMDir(c.cfg.DataDir, src.ramUID), "meta.json")); err != nil {
+		return fmt.Sprintf("the RAM state of %s is missing on node %s", src.what, c.cfg.NodeName)
+	}
+	return ""
+}
+
+// installRAM leaves the restored VM hibernated with the RAM state of src: a file in its run
+// directory names the snapshot (the agent resumes from the snapshot's state), and the VM's
+// status says Hibernated on this node. The VM is Stopped and bound to no node, so no agent
+// writes these fields meanwhile; the write is guarded by them and by the phase.
+func (c *Controller) installRAM(ctx context.Context, vm *v1alpha1.VirtualMachine, src *restoreSource) error {
+	path := storage.ResumeFromSnapshotPath(c.cfg.DataDir, vm.UID)
+	_ = os.RemoveAll(filepath.Dir(path))
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(src.ramUID+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := storage.Commit(tmp, path); err != nil {
+		return err
+	}
+	for try := 0; ; try++ {
+		var cur v1alpha1.VirtualMachine
+		if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &cur); err != nil {
+			return err
+		}
+		if cur.UID != vm.UID || cur.Status.Phase != v1alpha1.VMPhaseStopped || cur.Status.NodeName != "" {
+			_ = os.RemoveAll(filepath.Dir(path))
+			return fmt.Errorf("the VM is no longer stopped (%s)", orPending(string(cur.Status.Phase)))
+		}
+		after := cur.Status
+		after.Conditions = slices.Clone(cur.Status.Conditions)
+		after.StateNodeName = c.cfg.NodeName
+		v1alpha1.SetCondition(&after.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionTrue,
+			Reason: ReasonSnapshotRestored, Message: fmt.Sprintf("restored from %s with its RAM state (%s), kept on node %s: the next start resumes the guest; start it with --force to boot from the disks instead", src.what, src.ram.Size, c.cfg.NodeName)})
+		body, err := runtime.StatusPatch(cur.UID, &cur.Status, &after, []string{"stateNodeName", "conditions"}, []string{"phase", "nodeName"})
+		if err != nil || body == nil {
+			return err
+		}
+		err = c.c.JSONPatchStatus(ctx, "virtualmachines", cur.Namespace, cur.Name, body, nil)
+		if err == nil || !client.IsConflict(err) || try >= 4 {
+			return err
+		}
+	}
+}
+
+// ReasonSnapshotRestored is the reason of the Hibernated condition of a VM restored from a
+// snapshot with its RAM state.
+const ReasonSnapshotRestored = "SnapshotRestored"

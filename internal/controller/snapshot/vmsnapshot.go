@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
 func (c *Controller) vmSnapshotOfDiskSnapshot(k runtime.Key) []runtime.Key {
@@ -137,15 +139,20 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 		}
 	}
 	consistent, ready := true, 0
+	var ram *v1alpha1.SnapshotRAM
 	for i, sn := range st.VirtualDiskSnapshotNames {
 		var ds v1alpha1.VirtualDiskSnapshot
 		err := c.c.Get(ctx, "virtualdisksnapshots", ns, sn, &ds)
 		if client.IsNotFound(err) && i < len(disks) {
 			req := s.Spec.RequiredConsistency
+			ann := map[string]string{v1alpha1.AnnotationVMSnapshotDisks: strconv.Itoa(len(st.VirtualDiskSnapshotNames))}
+			if s.Spec.KeepRAM {
+				ann[v1alpha1.AnnotationVMSnapshotRAM] = s.UID
+			}
 			ds = v1alpha1.VirtualDiskSnapshot{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDiskSnapshot"},
 				ObjectMeta: v1alpha1.ObjectMeta{Name: sn, Namespace: ns,
 					Labels:      map[string]string{v1alpha1.LabelVMSnapshot: name},
-					Annotations: map[string]string{v1alpha1.AnnotationVMSnapshotDisks: strconv.Itoa(len(st.VirtualDiskSnapshotNames))}},
+					Annotations: ann},
 				Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: disks[i], RequiredConsistency: req}}
 			if err := c.c.Create(ctx, "virtualdisksnapshots", ns, &ds, nil); err != nil && !client.IsAlreadyExists(err) {
 				return runtime.Result{}, fmt.Errorf("creating disk snapshot %s: %w", sn, err)
@@ -175,6 +182,9 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 		case v1alpha1.SnapshotPhaseReady:
 			ready++
 			consistent = consistent && ds.Status.Consistent != nil && *ds.Status.Consistent
+			if ds.Status.RAM != nil && ram == nil {
+				ram = ds.Status.RAM
+			}
 		}
 	}
 	if ready < len(st.VirtualDiskSnapshotNames) {
@@ -184,8 +194,16 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 	}
 	st.Consistent = &consistent
 	st.Phase = v1alpha1.SnapshotPhaseReady
+	st.RAM = ram
+	msg := ""
+	switch {
+	case ram != nil:
+		msg = fmt.Sprintf("the guest's RAM state (%s) is kept on node %s: a restore resumes the guest", ram.Size, ram.NodeName)
+	case s.Spec.KeepRAM:
+		msg = "the VM was not running: there was no RAM state to keep"
+	}
 	cond(v1alpha1.VMSnapshotConditionBlockDevicesReady, v1alpha1.ConditionTrue, v1alpha1.VDSnapshotReasonReady, "")
-	cond(v1alpha1.VMSnapshotConditionReady, v1alpha1.ConditionTrue, v1alpha1.VDSnapshotReasonReady, "")
+	cond(v1alpha1.VMSnapshotConditionReady, v1alpha1.ConditionTrue, v1alpha1.VDSnapshotReasonReady, msg)
 	c.rec.Event(ctx, "VirtualMachineSnapshot", &s, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("took %d disk snapshots", ready))
 	return runtime.Result{}, c.writeVMStatus(ctx, &s, st)
 }
@@ -210,6 +228,12 @@ func (c *Controller) finalizeVM(ctx context.Context, s *v1alpha1.VirtualMachineS
 		if err := c.c.Delete(ctx, "virtualdisksnapshots", s.Namespace, sn); err != nil && !client.IsNotFound(err) {
 			return runtime.Result{}, err
 		}
+	}
+	if r := s.Status.RAM; r != nil {
+		if r.NodeName == c.cfg.NodeName {
+			_ = os.RemoveAll(storage.SnapshotRAMDir(c.cfg.DataDir, s.UID))
+		}
+		// Elsewhere the node's agent removes it (it prunes RAM states of deleted snapshots).
 	}
 	rest := slices.DeleteFunc(slices.Clone(s.Finalizers), func(f string) bool { return f == VMFinalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": s.ResourceVersion}})
