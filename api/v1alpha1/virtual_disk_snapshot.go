@@ -58,8 +58,8 @@ type VirtualDiskSnapshotStatus struct {
 	// RAM is the guest's RAM state saved at the snapshot's instant, for a disk snapshot of a
 	// VirtualMachineSnapshot with keepRAM of a running VM (written by the node's agent).
 	RAM                *SnapshotRAM `json:"ram,omitempty"`
-	Conditions         []Condition               `json:"conditions,omitempty"`
-	ObservedGeneration int64                     `json:"observedGeneration,omitempty"`
+	Conditions         []Condition  `json:"conditions,omitempty"`
+	ObservedGeneration int64        `json:"observedGeneration,omitempty"`
 }
 
 // VirtualDiskSnapshotStats are the timings of a snapshot.
