@@ -56,7 +56,9 @@ const (
 	// BackupModeSuspend: the VM's vCPUs are paused for the instant the copy starts (no guest
 	// agent needed); the copy itself runs while the VM runs.
 	BackupModeSuspend BackupMode = "suspend"
-	// BackupModeStop (reserved): the VM is shut down for the backup. Refused for now.
+	// BackupModeStop: a running VM is shut down (a Stop operation) for the backup, its disks
+	// are read while it is stopped, and it is started again (a Start operation) when the
+	// backup ends; a stopped VM is backed up as it is.
 	BackupModeStop BackupMode = "stop"
 )
 
@@ -121,6 +123,10 @@ type VirtualMachineBackupStatus struct {
 	// Stopped says the VM was stopped when the backup was handed over: the node reads its
 	// disks through a qemu-storage-daemon of its own, and the backup fails if the VM starts.
 	Stopped bool `json:"stopped,omitempty"`
+	// StoppedVM says the backup (mode stop) shut the running VM down; RestartedVM that it
+	// asked for it to start again once it ended.
+	StoppedVM   bool `json:"stoppedVM,omitempty"`
+	RestartedVM bool `json:"restartedVM,omitempty"`
 	// Consistent says the guest's filesystems were frozen (or its vCPUs paused) at the
 	// instant of the backup.
 	Consistent *bool `json:"consistent,omitempty"`
@@ -225,3 +231,6 @@ type BackupScheduleStatus struct {
 	Conditions         []Condition `json:"conditions,omitempty"`
 	ObservedGeneration int64       `json:"observedGeneration,omitempty"`
 }
+
+// LabelBackupOf marks the Stop and Start operations a backup in mode stop made of its VM.
+const LabelBackupOf = "virtualization.rakhsh.io/backup-of"

@@ -65,8 +65,9 @@ func newBackupCreateCommand(cc *cliContext) *cobra.Command {
 (VM-backup-XXXXX unless --name is given). The first backup of a VM in a target reads its disks
 whole; later ones read only the blocks written since the previous backup. --mode snapshot (the
 default) freezes the guest's filesystems through the guest agent for the instant the copy
-starts (crash-consistent without an agent); suspend pauses the guest's vCPUs for that instant.
-With --wait it waits until the backup ends and fails if it fails.`,
+starts (crash-consistent without an agent); suspend pauses the guest's vCPUs for that instant;
+stop shuts a running VM down for the backup and starts it again when the backup ends. With
+--wait it waits until the backup ends and fails if it fails.`,
 		Args:    cobra.ExactArgs(1),
 		Example: "  rakhsh backup create vm1 --target nightly --wait\n  rakhsh get vmbackup",
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -74,8 +75,8 @@ With --wait it waits until the backup ends and fails if it fails.`,
 				return usageErrorf("--target is required: the BackupTarget to store the backup in (rakhsh get backuptarget)")
 			}
 			m := v1alpha1.BackupMode(mode)
-			if m != v1alpha1.BackupModeSnapshot && m != v1alpha1.BackupModeSuspend {
-				return usageErrorf("--mode %q: want snapshot or suspend", mode)
+			if m != v1alpha1.BackupModeSnapshot && m != v1alpha1.BackupModeSuspend && m != v1alpha1.BackupModeStop {
+				return usageErrorf("--mode %q: want snapshot, suspend or stop", mode)
 			}
 			c, err := cc.Client()
 			if err != nil {
@@ -130,7 +131,7 @@ With --wait it waits until the backup ends and fails if it fails.`,
 	f := cmd.Flags()
 	f.StringVar(&name, "name", "", "the backup's name (default: VM-backup-XXXXX)")
 	f.StringVar(&target, "target", "", "the BackupTarget to store the backup in (required)")
-	f.StringVar(&mode, "mode", string(v1alpha1.BackupModeSnapshot), "how the guest is held still for the backup's instant: snapshot or suspend")
+	f.StringVar(&mode, "mode", string(v1alpha1.BackupModeSnapshot), "how the guest is held still for the backup's instant: snapshot, suspend or stop")
 	f.StringVar(&bwlimit, "bandwidth-limit", "", "bytes per second the copy may read from the disks, e.g. 50Mi (default: no limit)")
 	f.BoolVar(&wait, "wait", false, "wait until the backup ends; fail if it fails")
 	f.DurationVar(&timeout, "timeout", time.Hour, "with --wait, how long to wait (0: no limit)")

@@ -18,8 +18,8 @@ func TestBackupCreateCommand(t *testing.T) {
 	if _, errOut, code := f.run(t, "", "backup", "create", "vm1"); code == 0 || !strings.Contains(errOut, "--target") {
 		t.Fatalf("no target: code %d, %q", code, errOut)
 	}
-	if _, errOut, code := f.run(t, "", "backup", "create", "vm1", "--target", "t", "--mode", "stop"); code == 0 || !strings.Contains(errOut, "--mode") {
-		t.Fatalf("mode stop: code %d, %q", code, errOut)
+	if _, errOut, code := f.run(t, "", "backup", "create", "vm1", "--target", "t", "--mode", "hot"); code == 0 || !strings.Contains(errOut, "--mode") {
+		t.Fatalf("mode hot: code %d, %q", code, errOut)
 	}
 	out, errOut, code := f.run(t, "", "backup", "create", "vm1", "--target", "nightly", "--mode", "suspend", "--name", "b1")
 	if code != 0 || strings.TrimSpace(out) != "b1" {

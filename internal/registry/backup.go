@@ -117,11 +117,7 @@ func ParseBackupSchedule(spec string) (cron.Schedule, error) {
 
 // chkBackupModeAndLimit checks a backup's mode and bandwidth limit.
 func chkBackupModeAndLimit(fe *errs.FieldErrors, mode v1alpha1.BackupMode, limit v1alpha1.Quantity) {
-	if mode == v1alpha1.BackupModeStop {
-		fe.Invalid("spec.mode", mode, "mode stop is not supported yet; use snapshot (the guest's filesystems frozen for an instant) or suspend (its vCPUs paused for an instant)")
-	} else {
-		chkEnum(fe, "spec.mode", mode, false, v1alpha1.BackupModeSnapshot, v1alpha1.BackupModeSuspend)
-	}
+	chkEnum(fe, "spec.mode", mode, false, v1alpha1.BackupModeSnapshot, v1alpha1.BackupModeSuspend, v1alpha1.BackupModeStop)
 	if limit != "" {
 		if n, err := limit.Value(); err != nil {
 			fe.Invalid("spec.bandwidthLimit", string(limit), err.Error())

@@ -43,7 +43,7 @@ func TestValidateVirtualMachineBackup(t *testing.T) {
 		t.Errorf("default mode %q", ok.Spec.Mode)
 	}
 	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{})), tkRequired("spec.virtualMachineName"), tkRequired("spec.backupTargetName"))
-	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", Mode: "stop"})), tkInvalid("spec.mode"))
+	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", Mode: "stop"})))
 	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", Mode: "hot"})), tkNotSupported("spec.mode"))
 	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", BandwidthLimit: "50Mi"})))
 	tkCheck(t, s.Validate(b(v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: "vm", BackupTargetName: "t", BandwidthLimit: "100Ki"})), tkInvalid("spec.bandwidthLimit"))
@@ -72,8 +72,8 @@ func TestValidateBackupSchedule(t *testing.T) {
 		tkCheck(t, s.Validate(b(sp)), tkInvalid("spec.schedule"))
 	}
 	sp := base
-	sp.Schedule, sp.Mode, sp.Retention.KeepDaily = "", "stop", -1
-	tkCheck(t, s.Validate(b(sp)), tkRequired("spec.schedule"), tkInvalid("spec.mode"), tkInvalid("spec.retention.keepDaily"))
+	sp.Schedule, sp.Mode, sp.Retention.KeepDaily = "", "halt", -1
+	tkCheck(t, s.Validate(b(sp)), tkRequired("spec.schedule"), tkNotSupported("spec.mode"), tkInvalid("spec.retention.keepDaily"))
 	moved := base
 	moved.VirtualMachineName = "other"
 	tkCheck(t, s.ValidateUpdate(b(moved), b(base)), tkForbidden("spec.virtualMachineName"))

@@ -148,6 +148,10 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	switch b.Status.Phase {
 	case "", v1alpha1.BackupPhasePending:
 		return c.handOver(ctx, b)
+	case v1alpha1.BackupPhaseCompleted, v1alpha1.BackupPhaseFailed:
+		if b.Status.StoppedVM && !b.Status.RestartedVM {
+			return c.restartAfterBackup(ctx, b)
+		}
 	case v1alpha1.BackupPhaseInProgress:
 		// The node's agent owns it now. A backup whose VM is gone or left the node fails
 		// there; the agent of a node that is gone cannot say so: the backup fails here.
@@ -175,7 +179,13 @@ func (c *Controller) handOver(ctx context.Context, b *v1alpha1.VirtualMachineBac
 	}
 	node, stopped := vm.Status.NodeName, false
 	switch vm.Status.Phase {
-	case v1alpha1.VMPhaseRunning:
+	case v1alpha1.VMPhaseRunning, v1alpha1.VMPhasePause, v1alpha1.VMPhaseStopping:
+		if b.Spec.Mode == v1alpha1.BackupModeStop && (vm.Status.Phase != v1alpha1.VMPhaseStopping || b.Status.StoppedVM) {
+			return c.stopForBackup(ctx, b, vm)
+		}
+		if vm.Status.Phase != v1alpha1.VMPhaseRunning {
+			return c.wait(ctx, b, fmt.Sprintf("the VirtualMachine is %s; the backup starts once it runs or is stopped", vm.Status.Phase))
+		}
 		if node == "" {
 			return c.wait(ctx, b, "the VirtualMachine is not bound to a node yet")
 		}

@@ -259,3 +259,86 @@ func TestRetain(t *testing.T) {
 		t.Errorf("unsorted: %v", k)
 	}
 }
+
+// TestModeStop: a backup in mode stop of a running VM records that it stops the VM, makes a
+// Stop operation and waits; once the VM is stopped it goes to the node of the VM's disks as a
+// stopped VM's backup; when it has ended it makes a Start operation and records it, once. A
+// VM with runPolicy AlwaysOn is refused; a stopped VM is backed up and left stopped.
+func TestModeStop(t *testing.T) {
+	fc := fake.New()
+	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
+		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
+	vm := newVM("vm1", v1alpha1.VMPhaseRunning, "n1")
+	vm.Spec.RunPolicy = v1alpha1.RunPolicyManual
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "d1"}}
+	d1 := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "d1", Namespace: "p1"}}
+	d1.Spec.PersistentVolumeClaim.Size = "1Gi"
+	d1.Status.Phase, d1.Status.NodeName = v1alpha1.DiskPhaseReady, "n1"
+	always := newVM("always", v1alpha1.VMPhaseRunning, "n1")
+	always.Spec.RunPolicy = v1alpha1.RunPolicyAlwaysOn
+	off := newVM("off", v1alpha1.VMPhaseStopped, "")
+	off.Spec.BlockDeviceRefs = vm.Spec.BlockDeviceRefs
+	mk := func(name, vm string) *v1alpha1.VirtualMachineBackup {
+		b := newBackup(name, vm)
+		b.Spec.Mode = v1alpha1.BackupModeStop
+		return b
+	}
+	if err := fc.Add(target, vm, d1, always, off, mk("b1", "vm1"), mk("b-always", "always"), mk("b-off", "off")); err != nil {
+		t.Fatal(err)
+	}
+	start(t, fc, nil)
+	ctx := context.Background()
+	var b v1alpha1.VirtualMachineBackup
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &b, func() bool {
+		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return b.Status.Phase == v1alpha1.BackupPhasePending && b.Status.StoppedVM && c != nil && strings.Contains(c.Message, "waiting for the VirtualMachine to stop")
+	})
+	var op v1alpha1.VirtualMachineOperation
+	if err := fc.Get(ctx, "virtualmachineoperations", "p1", "b1-stop", &op); err != nil || op.Spec.Type != v1alpha1.VMOPTypeStop || op.Spec.VirtualMachineName != "vm1" || op.Labels[v1alpha1.LabelBackupOf] != "b1" {
+		t.Fatalf("the Stop operation: %+v %v", op, err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b-always", &b, func() bool {
+		c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return b.Status.Phase == v1alpha1.BackupPhaseFailed && c != nil && strings.Contains(c.Message, "AlwaysOn")
+	})
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b-off", &b, func() bool {
+		return b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.Stopped && !b.Status.StoppedVM
+	})
+
+	// The VM stops: the backup goes to n1 as a stopped VM's.
+	var v v1alpha1.VirtualMachine
+	_ = fc.Get(ctx, "virtualmachines", "p1", "vm1", &v)
+	v.Status.Phase, v.Status.NodeName = v1alpha1.VMPhaseStopped, ""
+	if err := fc.UpdateStatus(ctx, "virtualmachines", "p1", "vm1", &v, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &b, func() bool {
+		return b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.Stopped && b.Status.StoppedVM && b.Status.NodeName == "n1"
+	})
+	if err := fc.Get(ctx, "virtualmachineoperations", "p1", "b1-start", nil); !client.IsNotFound(err) {
+		t.Fatalf("a Start operation before the backup ended: %v", err)
+	}
+	// The node completes both: b1's VM is started again, b-off's is not.
+	for _, name := range []string{"b1", "b-off"} {
+		var got v1alpha1.VirtualMachineBackup
+		if err := fc.Get(ctx, "virtualmachinebackups", "p1", name, &got); err != nil {
+			t.Fatal(err)
+		}
+		got.Status.Phase = v1alpha1.BackupPhaseCompleted
+		if err := fc.UpdateStatus(ctx, "virtualmachinebackups", "p1", name, &got, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &b, func() bool { return b.Status.RestartedVM })
+	if err := fc.Get(ctx, "virtualmachineoperations", "p1", "b1-start", &op); err != nil || op.Spec.Type != v1alpha1.VMOPTypeStart {
+		t.Fatalf("the Start operation: %+v %v", op, err)
+	}
+	// b-off never stopped its VM (stoppedVM false, checked above): nothing restarts it.
+	var bOff v1alpha1.VirtualMachineBackup
+	if err := fc.Get(ctx, "virtualmachinebackups", "p1", "b-off", &bOff); err != nil || bOff.Status.StoppedVM || bOff.Status.RestartedVM {
+		t.Errorf("a stopped VM's backup in mode stop: %+v %v", bOff.Status, err)
+	}
+	if n := backupOpName(strings.Repeat("a", 63), "start"); len(n) > 63 || !strings.HasSuffix(n, "-start") {
+		t.Errorf("backupOpName of a long name: %q", n)
+	}
+}

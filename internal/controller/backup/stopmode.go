@@ -1,0 +1,114 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strings"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/runtime"
+)
+
+// Mode stop. A backup in mode stop of a running VM shuts the VM down first, through a Stop
+// operation (a guest shutdown, as `rakhsh vm stop` does), then backs up its disks as those of
+// any stopped VM (the node's agent reads them through a storage daemon of its own), and when
+// the backup has ended, Completed or Failed, starts the VM again through a Start operation.
+// status.stoppedVM is written before the Stop operation is made and status.restartedVM after
+// the Start operation is: a controller restarted in between makes the missing one (the
+// operations have fixed names, so none is made twice). A VM that is stopped already is backed
+// up as it is and stays stopped.
+//
+// Under runPolicy AlwaysOn the VM controller starts a stopped VM again at once, which would
+// fail the backup: such a VM is refused (use mode snapshot or suspend, or another policy).
+
+// backupOpName names the Stop or Start operation (verb) of backup: BACKUP-VERB, cut with a
+// hash of the whole when longer than a name may be.
+func backupOpName(backup, verb string) string {
+	n := backup + "-" + verb
+	if len(n) <= 63 {
+		return n
+	}
+	h := fnv.New32a()
+	h.Write([]byte(n))
+	suffix := fmt.Sprintf("-%08x-%s", h.Sum32(), verb)
+	return strings.TrimRight(n[:63-len(suffix)], "-") + suffix
+}
+
+// stopForBackup moves a backup in mode stop of a running VM on: it records that it stops the
+// VM, makes the Stop operation, and waits for the VM to be stopped (or fails with the
+// operation).
+func (c *Controller) stopForBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup, vm *v1alpha1.VirtualMachine) (runtime.Result, error) {
+	if !b.Status.StoppedVM {
+		if vm.Spec.RunPolicy == v1alpha1.RunPolicyAlwaysOn {
+			return runtime.Result{}, c.fail(ctx, b, "mode stop shuts the VirtualMachine down for the backup, and its runPolicy AlwaysOn would start it again at once: use mode snapshot or suspend, or another run policy")
+		}
+		for _, o := range c.backups.List() {
+			if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
+				o.Status.Phase == v1alpha1.BackupPhaseInProgress {
+				return c.wait(ctx, b, fmt.Sprintf("backup %q of the VM runs; one backup of a VM runs at a time", o.Name))
+			}
+		}
+		st := b.Status
+		st.Conditions = slices.Clone(b.Status.Conditions)
+		st.Phase = v1alpha1.BackupPhasePending
+		st.ObservedGeneration = b.Generation
+		st.StoppedVM = true
+		setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonWaiting,
+			fmt.Sprintf("stopping the VirtualMachine for the backup (mode stop; operation %q)", backupOpName(b.Name, "stop")))
+		return runtime.Result{}, c.write(ctx, b, st)
+	}
+	name := backupOpName(b.Name, "stop")
+	op, err := c.ensureOp(ctx, b, name, v1alpha1.VMOPTypeStop)
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	if op.Status.Phase == v1alpha1.VMOPPhaseFailed {
+		msg := "the VirtualMachine could not be stopped for the backup"
+		if cond := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); cond != nil && cond.Message != "" {
+			msg += ": " + cond.Message
+		}
+		return runtime.Result{}, c.fail(ctx, b, msg)
+	}
+	return c.wait(ctx, b, fmt.Sprintf("waiting for the VirtualMachine to stop for the backup (mode stop; operation %q; it is %s)", name, phaseOr(vm.Status.Phase)))
+}
+
+// restartAfterBackup starts the VM a backup in mode stop stopped, once the backup has ended.
+func (c *Controller) restartAfterBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup) (runtime.Result, error) {
+	vm, ok := c.vms.Get(runtime.NewKey(b.Namespace, b.Spec.VirtualMachineName))
+	msg := "the VirtualMachine is gone: nothing to start again"
+	if ok && vm.UID == b.Status.VirtualMachineUID {
+		name := backupOpName(b.Name, "start")
+		if _, err := c.ensureOp(ctx, b, name, v1alpha1.VMOPTypeStart); err != nil {
+			return runtime.Result{}, err
+		}
+		msg = fmt.Sprintf("the backup ended: the VirtualMachine it stopped is started again (operation %q)", name)
+		c.rec.Event(ctx, "VirtualMachineBackup", b, "Normal", "VirtualMachineRestarted", msg)
+	}
+	c.log.Info("backup in mode stop ended", "backup", b.Namespace+"/"+b.Name, "restart", msg)
+	st := b.Status
+	st.Conditions = slices.Clone(b.Status.Conditions)
+	st.RestartedVM = true
+	return runtime.Result{}, c.write(ctx, b, st)
+}
+
+// ensureOp makes the operation name of type typ on the backup's VM, or returns the one that
+// exists.
+func (c *Controller) ensureOp(ctx context.Context, b *v1alpha1.VirtualMachineBackup, name string, typ v1alpha1.VMOPType) (*v1alpha1.VirtualMachineOperation, error) {
+	op := &v1alpha1.VirtualMachineOperation{
+		TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: b.Namespace,
+			Labels: map[string]string{v1alpha1.LabelBackupOf: b.Name}},
+		Spec: v1alpha1.VirtualMachineOperationSpec{Type: typ, VirtualMachineName: b.Spec.VirtualMachineName},
+	}
+	err := c.c.Create(ctx, "virtualmachineoperations", b.Namespace, op, op)
+	if client.IsAlreadyExists(err) {
+		err = c.c.Get(ctx, "virtualmachineoperations", b.Namespace, name, op)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s operation %s: %w", typ, name, err)
+	}
+	return op, nil
+}
