@@ -83,7 +83,11 @@ type VMOPRestoreSpec struct {
 // VMOPCloneSpec clones a VM (with its disks) under new names. At least one of
 // customization.namePrefix, customization.nameSuffix or nameReplacement must be given.
 type VMOPCloneSpec struct {
-	Mode            SnapshotOperationMode   `json:"mode"`
+	Mode SnapshotOperationMode `json:"mode"`
+	// CloneMode (a Rakhsh addition) is how the clone's disks are made from the snapshot of
+	// the source's: Linked (default: qcow2 overlays over the snapshot's files, made at once;
+	// the snapshot is kept while they exist) or Full (standalone copies).
+	CloneMode       CloneMode               `json:"cloneMode,omitempty"`
 	NameReplacement []NameReplacement       `json:"nameReplacement,omitempty"`
 	Customization   *VMOPCloneCustomization `json:"customization,omitempty"`
 }

@@ -203,7 +203,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	case b.Status.Stopped:
 		// Nothing runs: the disks hold still.
 	case b.Spec.Mode == v1alpha1.BackupModeSuspend:
-		fz = vcpuPauser{mon: mon, paused: new(bool), in: in}
+		fz = vcpuPauser{mon: mon, paused: new(bool), held: new(bool), in: in}
 	default:
 		if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady); c != nil && c.Status == v1alpha1.ConditionTrue {
 			fz = guestFreezer{a: a, uid: vm.UID}
@@ -403,10 +403,13 @@ func incrementalBase(prev *backup.Manifest, name, uid string, size int64, bitmap
 type vcpuPauser struct {
 	mon    snapshotMonitor
 	paused *bool     // freeze paused it: thaw resumes it
+	held   *bool     // freeze holds the instance still: thaw lets it go
 	in     *instance // the VM's QEMU (nil: a storage daemon, or a test)
 }
 
 func (p vcpuPauser) freeze(ctx context.Context) (int, error) {
+	// Held from here to the thaw, also when the guest is paused already: the reconcile must
+	// not resume it in between.
 	p.in.holdStill(true)
 	var st struct {
 		Running bool `json:"running"`
@@ -416,19 +419,22 @@ func (p vcpuPauser) freeze(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	if !st.Running {
-		p.in.holdStill(false)
+		*p.held = true
 		return 0, nil // held still already
 	}
 	if err := p.mon.Execute(ctx, "stop", nil, nil); err != nil {
 		p.in.holdStill(false)
 		return 0, err
 	}
-	*p.paused = true
+	*p.paused, *p.held = true, true
 	return 0, nil
 }
 
 func (p vcpuPauser) thaw(ctx context.Context) (int, error) {
-	defer p.in.holdStill(false)
+	if *p.held {
+		*p.held = false
+		defer p.in.holdStill(false)
+	}
 	if !*p.paused {
 		return 0, nil
 	}

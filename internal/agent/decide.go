@@ -296,7 +296,7 @@ func decideRunning(o Observed, d Desired) Action {
 		return Action{Kind: ActRestart}
 	case pr.State == v1alpha1.PowerStatePaused:
 		return Action{Kind: ActRun, Phase: v1alpha1.VMPhasePause, Pause: o.Status == qmp.StatusRunning}
-	case o.HeldStill && o.Status == qmp.StatusPaused:
+	case o.HeldStill && o.Status != qmp.StatusRunning:
 		// Paused for a snapshot's or backup's instant: whoever paused it resumes it.
 		return Action{Kind: ActRequeue, After: 100 * time.Millisecond}
 	}

@@ -234,13 +234,14 @@ func (a *Agent) insideDataDir(p string) bool {
 	return false
 }
 
-// insideClassDir says whether p is a disk or an image copy of the storage class directory
-// dir ("" : none): dir/disks/... or dir/images/....
+// insideClassDir says whether p is a disk, an image copy or a disk snapshot (the backing
+// file of a linked clone of it) of the storage class directory dir ("" : none): dir/disks/...,
+// dir/images/... or dir/snapshots/....
 func insideClassDir(dir, p string) bool {
 	if dir == "" {
 		return false
 	}
-	for _, sub := range []string{"disks", "images"} {
+	for _, sub := range []string{"disks", "images", "snapshots"} {
 		if rel, err := filepath.Rel(filepath.Join(dir, sub), p); err == nil && !strings.HasPrefix(rel, "..") && rel != "." && !strings.Contains(rel, "/") {
 			return true
 		}

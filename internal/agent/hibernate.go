@@ -64,7 +64,7 @@ const hibernationFromSnapshot = "from-snapshot"
 
 // loadResumable is loadHibernation that also finds the RAM state of a VM snapshot a restore
 // left to resume.
-func loadResumable(dataDir, runDir string) (*hibernationRecord, error) {
+func loadResumable(dataDir, runDir, vmUID string) (*hibernationRecord, error) {
 	b, err := os.ReadFile(filepath.Join(hibernationDir(runDir), hibernationFromSnapshot))
 	if errors.Is(err, os.ErrNotExist) {
 		return loadHibernation(runDir)
@@ -73,7 +73,7 @@ func loadResumable(dataDir, runDir string) (*hibernationRecord, error) {
 		return nil, err
 	}
 	uid := string(bytes.TrimSpace(b))
-	rec, err := loadRAMRecord(dataDir, uid)
+	rec, err := loadRAMRecord(dataDir, uid, vmUID)
 	if err != nil {
 		return nil, err
 	}

@@ -87,9 +87,9 @@ type instance struct {
 	hibernation, hibernationFailed string
 	// hibernationWasPaused: the guest was paused before the save paused it.
 	hibernationWasPaused bool
-	// heldStill: a snapshot or backup has paused the guest's vCPUs for its instant; the
-	// reconcile does not resume them meanwhile.
-	heldStill bool
+	// heldStill counts the snapshots and backups that hold the guest's vCPUs paused for
+	// their instant; the reconcile does not resume them meanwhile.
+	heldStill int
 
 	// guestOutput says the guest wrote to its serial console since this agent watched it,
 	// or since the last reset; the first output sets the GuestReady condition.
@@ -541,7 +541,7 @@ func removeRuntimeFiles(runDir string) {
 // its log.
 func removeQEMUFiles(runDir string) {
 	for _, n := range []string{qemu.PIDFileName, qemu.QMPSocketName, qemu.SerialSocketName, qemu.VNCSocketName,
-		qemu.GuestAgentSocketName, console.ConsoleSocket, exitFileName, restartFileName} {
+		qemu.GuestAgentSocketName, console.ConsoleSocket, exitFileName, restartFileName, snapshotRAMCopy} {
 		_ = os.Remove(filepath.Join(runDir, n))
 	}
 }
@@ -558,6 +558,10 @@ func (in *instance) holdStill(on bool) {
 		return
 	}
 	in.mu.Lock()
-	in.heldStill = on
+	if on {
+		in.heldStill++
+	} else if in.heldStill > 0 {
+		in.heldStill--
+	}
 	in.mu.Unlock()
 }

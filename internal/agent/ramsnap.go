@@ -37,6 +37,8 @@ const (
 	ramStatePart   = "state.qcow2.part"
 	ramMetaFile    = "meta.json"
 	ramSnapshotTag = "rakhsh"
+	// snapshotRAMCopy, in a VM's run directory, is the copy of a RAM state a start loads.
+	snapshotRAMCopy = "snapshot-ram.qcow2"
 )
 
 // ramRecord is what a RAM state needs to be resumed: the QEMU it came from.
@@ -67,7 +69,10 @@ func ramJobID(uid string) string { return "ram-" + strings.ReplaceAll(uid, "-", 
 // ramSaveCheck says why the running QEMU's RAM cannot be kept ("" when it can): a resumed
 // QEMU is built from the VM's spec and the run spec, which do not hold removed vCPUs or
 // hot-plugged devices.
-func ramSaveCheck(in *instance, rs *runSpec) string {
+func ramSaveCheck(in *instance, rs *runSpec, spec *v1alpha1.VirtualMachineSpec) string {
+	if changed := pendingChanges(&rs.Spec, spec); len(changed) > 0 {
+		return "the VM's spec has changes that wait for a restart (" + strings.Join(changed, ", ") + "), and a restore could not resume the RAM state under it: restart the virtual machine first, or take the snapshot without keepRAM"
+	}
 	if len(rs.RetiredCPUSlots) > 0 {
 		return "vCPUs were removed from the running guest, which a resumed QEMU cannot reproduce: restart the virtual machine first, or take the snapshot without keepRAM"
 	}
@@ -174,7 +179,7 @@ func (r *ramSave) commit(rec ramRecord) error {
 
 // loadRAMRecord reads the record of the RAM state of VM snapshot uid kept on this node and
 // checks that its state file is complete.
-func loadRAMRecord(dataDir, uid string) (*ramRecord, error) {
+func loadRAMRecord(dataDir, uid, vmUID string) (*ramRecord, error) {
 	if err := storage.CheckUID(uid); err != nil {
 		return nil, fmt.Errorf("the snapshot uid %q: %w", uid, err)
 	}
@@ -197,6 +202,9 @@ func loadRAMRecord(dataDir, uid string) (*ramRecord, error) {
 	if fi.Size() != rec.Size || rec.SnapshotUID != uid {
 		return nil, fmt.Errorf("the RAM state of VirtualMachineSnapshot uid %s has %d bytes, its record says %d (of snapshot %s)", uid, fi.Size(), rec.Size, rec.SnapshotUID)
 	}
+	if rec.VMUID != vmUID {
+		return nil, fmt.Errorf("the RAM state of VirtualMachineSnapshot uid %s is of VM uid %s, not of this one (%s)", uid, rec.VMUID, vmUID)
+	}
 	return &rec, nil
 }
 
@@ -206,11 +214,11 @@ func loadRAMRecord(dataDir, uid string) (*ramRecord, error) {
 // out and removed. The guest is then paused where the snapshot was taken.
 func loadSnapshotRAM(ctx context.Context, mon snapshotMonitor, dataDir, runDir, uid string) error {
 	src := filepath.Join(storage.SnapshotRAMDir(dataDir, uid), ramStateFile)
-	cp := filepath.Join(runDir, "snapshot-ram.qcow2")
+	cp := filepath.Join(runDir, snapshotRAMCopy)
+	defer os.Remove(cp)
 	if err := copyFile(src, cp); err != nil {
 		return fmt.Errorf("copying the RAM state: %w", err)
 	}
-	defer os.Remove(cp)
 	f, err := os.OpenFile(cp, os.O_RDWR, 0)
 	if err != nil {
 		return err

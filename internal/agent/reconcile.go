@@ -179,6 +179,6 @@ func (a *Agent) observeQEMU(ctx context.Context, l *look) {
 	o.Quitting, o.Restarting = m.Quitting(), m.Restarting()
 	l.in.mu.Lock()
 	o.HibernationFailed = l.in.hibernationFailed
-	o.HeldStill = l.in.heldStill
+	o.HeldStill = l.in.heldStill > 0
 	l.in.mu.Unlock()
 }

@@ -346,9 +346,23 @@ func (a *Agent) runSnapshotter(ctx context.Context) {
 	q.MaxBackoff = 10 * time.Second
 	snaps.OnChange(q.Add)
 	go snaps.Run(ctx)
-	a.pruneRAMStates(ctx)
-	q.Run(ctx, 1, a.snapshotDisk)
+	// RAM states of VM snapshots deleted while this node was away or since: now and then.
+	q.Add(pruneRAMKey)
+	q.Run(ctx, 1, func(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+		if key == pruneRAMKey {
+			a.pruneRAMStates(ctx)
+			return runtime.Result{RequeueAfter: pruneRAMEvery}, nil
+		}
+		return a.snapshotDisk(ctx, key)
+	})
 }
+
+// pruneRAMKey is the snapshotter queue's key of the pruning of RAM states (no snapshot has a
+// name with a slash in it and an empty namespace), pruneRAMEvery how often it runs.
+var (
+	pruneRAMKey   = runtime.NewKey("", "prune/ram-states")
+	pruneRAMEvery = 10 * time.Minute
+)
 
 // snapshotJobID names the job and the target node of a snapshot (QEMU node names are at most
 // 31 characters, starting with a letter).
@@ -413,12 +427,21 @@ func (a *Agent) snapshotWithRAM(ctx context.Context, ns string, group []v1alpha1
 	failed := func(msg string) (runtime.Result, error) {
 		return runtime.Result{}, a.snapshotsFailed(ctx, group, fmt.Sprintf("taking the snapshot with RAM of the running VirtualMachine %q: %s", sp.vmName, msg))
 	}
-	if err := storage.CheckUID(ramUID); err != nil {
-		return failed("annotation " + v1alpha1.AnnotationVMSnapshotRAM + ": " + err.Error())
+	// The annotation must name the VM snapshot these disk snapshots belong to, asking for the
+	// RAM of this VM: another snapshot's state is never written over.
+	var vs v1alpha1.VirtualMachineSnapshot
+	err := a.c.Get(ctx, "virtualmachinesnapshots", ns, group[0].Labels[v1alpha1.LabelVMSnapshot], &vs)
+	switch {
+	case client.IsNotFound(err):
+		return failed("its VirtualMachineSnapshot is gone")
+	case err != nil:
+		return runtime.Result{}, err
+	case vs.UID != ramUID || !vs.Spec.KeepRAM || vs.Spec.VirtualMachineName != sp.vmName:
+		return failed("annotation " + v1alpha1.AnnotationVMSnapshotRAM + " does not name the VirtualMachineSnapshot (with keepRAM) of this VM that the disk snapshots belong to")
 	}
 	a.pruneRAMStates(ctx)
 	rs := loadRunSpec(sp.in.runDir, sp.vm)
-	if why := ramSaveCheck(sp.in, rs); why != "" {
+	if why := ramSaveCheck(sp.in, rs, &sp.vm.Spec); why != "" {
 		return failed(why)
 	}
 	ram, err := a.prepareRAMSave(ctx, mon, ramUID, memoryBytes(rs.Spec.Memory.Size))
@@ -429,7 +452,7 @@ func (a *Agent) snapshotWithRAM(ctx context.Context, ns string, group []v1alpha1
 		return failed(err.Error())
 	}
 	a.log.Info("taking a live disk snapshot with the guest's RAM", "vm", sp.vmName, "disks", len(sp.disks))
-	fz := vcpuPauser{mon: mon, paused: new(bool), in: sp.in}
+	fz := vcpuPauser{mon: mon, paused: new(bool), held: new(bool), in: sp.in}
 	res, err := takeLiveAt(ctx, mon, fz, sp.disks, true, ram.save)
 	ram.close(ctx)
 	if err == nil {
@@ -437,6 +460,9 @@ func (a *Agent) snapshotWithRAM(ctx context.Context, ns string, group []v1alpha1
 	}
 	if err != nil {
 		_ = os.RemoveAll(ram.dir)
+		for _, d := range sp.disks {
+			os.Remove(d.target)
+		}
 		if ctx.Err() != nil {
 			return runtime.Result{}, ctx.Err()
 		}
@@ -456,7 +482,7 @@ func (a *Agent) snapshotGroup(ctx context.Context, s *v1alpha1.VirtualDiskSnapsh
 			return nil, false, err
 		}
 		group = group[:0]
-		waiting := len(list.Items) < want
+		waiting, taken := len(list.Items) < want, false
 		for _, raw := range list.Items {
 			var m v1alpha1.VirtualDiskSnapshot
 			if err := json.Unmarshal(raw, &m); err != nil {
@@ -467,10 +493,17 @@ func (a *Agent) snapshotGroup(ctx context.Context, s *v1alpha1.VirtualDiskSnapsh
 				group = append(group, m)
 			case m.Status.Phase == "" || m.Status.Phase == v1alpha1.SnapshotPhasePending:
 				waiting = true
+			case m.Status.Phase == v1alpha1.SnapshotPhaseReady && m.Status.NodeName == a.cfg.NodeName:
+				// Taken by an earlier run that could not write every status: the others
+				// would be of another instant.
+				taken = true
 			}
 		}
 		if waiting {
 			return nil, true, nil
+		}
+		if taken && len(group) > 0 {
+			return nil, false, a.snapshotsFailed(ctx, group, "the other disks of the VM snapshot were taken at another instant (an earlier run of this node's agent ended before it wrote every status): take the VM snapshot again")
 		}
 	}
 	return group, false, nil

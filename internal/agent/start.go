@@ -220,7 +220,7 @@ func (a *Agent) chooseResume(r *startRun) error {
 		}
 		return nil
 	}
-	rec, err := loadResumable(a.cfg.DataDir, r.runDir)
+	rec, err := loadResumable(a.cfg.DataDir, r.runDir, r.vm.UID)
 	if rec == nil {
 		why := "it is not there"
 		if err != nil {

@@ -266,10 +266,14 @@ func (s *Store) RestoreDisk(ctx context.Context, d Disk, w io.WriterAt) error {
 // shared meanwhile, so the target's garbage collection leaves the chunks alone.
 func (s *Store) RestoreDiskFile(ctx context.Context, d Disk, path string, size int64) error {
 	unlock, err := s.Lock()
-	if err != nil {
+	switch {
+	case errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EACCES):
+		// A target mounted read-only (for restores only) has no collection to keep off.
+	case err != nil:
 		return fmt.Errorf("locking the target: %w", err)
+	default:
+		defer unlock()
 	}
-	defer unlock()
 	f, err := storage.TempFile(path)
 	if err != nil {
 		return err

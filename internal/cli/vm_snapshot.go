@@ -166,13 +166,15 @@ rest. With --wait it waits until the restore ends and fails if it fails.`,
 
 // newVMCloneCommand returns `rakhsh vm clone`.
 func newVMCloneCommand(cc *cliContext) *cobra.Command {
-	var dryRun, wait bool
+	var dryRun, full, wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "clone SRC NEW",
-		Short: "Make a new virtual machine NEW from SRC (running, stopped or a template), with copies of its disks",
+		Short: "Make a new virtual machine NEW from SRC (running, stopped or a template), with linked clones or copies of its disks",
 		Long: `Make a new virtual machine NEW from the virtual machine SRC: a snapshot of SRC is taken (a running
-SRC is not stopped), each disk DISK of SRC is copied into a new disk NEW-DISK, and NEW gets SRC's
+SRC is not stopped), each disk DISK of SRC becomes a new disk NEW-DISK, a linked clone of the
+snapshot's file (made at once; the snapshot is kept while the clone's disks exist), or with
+--full a standalone copy, and NEW gets SRC's
 spec with its own identity: a new uid (its SMBIOS UUID and cloud-init instance-id), a new MAC and
 a new IP address claim, and no template label. It creates a VirtualMachineOperation of type Clone
 (named SRC-clone-XXXXX) and prints its name. NEW is created stopped or started as its run policy
@@ -189,6 +191,10 @@ says. With --wait it waits until the disks are copied; --dry-run only checks the
 			if src == dst {
 				return usageErrorf("the clone needs a name other than %q", src)
 			}
+			cloneMode := v1alpha1.CloneModeLinked
+			if full {
+				cloneMode = v1alpha1.CloneModeFull
+			}
 			mode := v1alpha1.SnapshotOperationModeStrict
 			if dryRun {
 				mode = v1alpha1.SnapshotOperationModeDryRun
@@ -197,7 +203,7 @@ says. With --wait it waits until the disks are copied; --dry-run only checks the
 				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
 				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: src + "-clone-", Namespace: ns},
 				Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone, VirtualMachineName: src,
-					Clone: &v1alpha1.VMOPCloneSpec{Mode: mode,
+					Clone: &v1alpha1.VMOPCloneSpec{Mode: mode, CloneMode: cloneMode,
 						NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: src}, To: dst}},
 						Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: dst + "-"}}},
 			}
@@ -214,6 +220,7 @@ says. With --wait it waits until the disks are copied; --dry-run only checks the
 	}
 	f := cmd.Flags()
 	f.BoolVar(&dryRun, "dry-run", false, "only check that the clone's names are free (mode DryRun)")
+	f.BoolVar(&full, "full", false, "copy the disks whole instead of making linked clones of the snapshot")
 	f.BoolVar(&wait, "wait", false, "wait until the clone is made; fail if it fails")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
 	return cmd

@@ -109,6 +109,7 @@ func validateVMOP(op *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
 }
 
 func validateVMOPClone(fe *errs.FieldErrors, c *v1alpha1.VMOPCloneSpec) {
+	chkEnum(fe, "spec.clone.cloneMode", c.CloneMode, false, v1alpha1.CloneModeLinked, v1alpha1.CloneModeFull)
 	chkEnum(fe, "spec.clone.mode", c.Mode, true, snapshotOperationModes...)
 	for i, nr := range c.NameReplacement {
 		p := fmt.Sprintf("spec.clone.nameReplacement[%d]", i)

@@ -290,6 +290,48 @@ spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMa
 		t.Errorf("the clone's disks: %+v", refs)
 	}
 	s.MustCLI("", "vm", "stop", "vm2", "--force", "--wait")
+
+	// The clone's disks are linked clones of its snapshot's files, which stay (their objects
+	// being deleted) while the disks exist; a --full clone's disks stand alone.
+	backingOf := func(disk string) string {
+		t.Helper()
+		var d v1alpha1.VirtualDisk
+		if err := s.Client().Get(context.Background(), "virtualdisks", "default", disk, &d); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("qemu-img", "info", "-U", "--output=json", storage.ClassDiskPath(s.DataDir, nil, d.UID)).Output()
+		if err != nil {
+			t.Fatalf("qemu-img info of %s: %v", disk, err)
+		}
+		var info struct {
+			Backing string `json:"full-backing-filename"`
+		}
+		if err := json.Unmarshal(out, &info); err != nil {
+			t.Fatal(err)
+		}
+		return info.Backing
+	}
+	if b := backingOf("vm2-root"); !strings.Contains(b, "/snapshots/") {
+		t.Errorf("vm2-root is not a linked clone of a snapshot: backing file %q", b)
+	}
+	linked := s.MustCLI("", "get", "vdsnapshot")
+	if !strings.Contains(linked, "vm2-root") && !strings.Contains(s.MustCLI("", "describe", "vdsnapshot"), "linked clones") {
+		t.Errorf("the clone's disk snapshots are not kept for its linked clones:\n%s", linked)
+	}
+	s.MustCLI("", "vm", "clone", "vm1", "vm3", "--full", "--wait", "--timeout", "3m")
+	if b := backingOf("vm3-root"); b != "" {
+		t.Errorf("vm3-root of a --full clone has the backing file %q", b)
+	}
+	s.MustCLI("", "delete", "vm", "vm2", "--wait")
+	s.MustCLI("", "delete", "vd", "vm2-root", "vm2-data")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		if out := s.MustCLI("", "get", "vdsnapshot", "-o", "name"); !strings.Contains(out, "clone") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the clone's disk snapshots outlived its linked clones:\n%s", s.MustCLI("", "get", "vdsnapshot"))
+		}
+	}
 }
 
 // snapBenchmark (RAKHSH_BENCH_SNAPSHOT=N) fills 32 MiB of the running VM's data disk, then

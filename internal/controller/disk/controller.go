@@ -407,6 +407,9 @@ type source struct {
 	// image: the source is an image, whose file is fetched into this serve's image store
 	// when it is not there.
 	image *images.FetchRequest
+	// snapshotDir: the source is a disk snapshot's file, kept in this class directory; a
+	// linked clone of it is made in place when the disk is in the same directory.
+	snapshotDir, snapshotWhat string
 }
 
 // provision creates the disk file, or says what the disk waits for.
@@ -517,6 +520,11 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 	case src.backup != nil:
 		mode = "restore from " + src.backup.what
 		err = restoreFromBackup(ctx, src.backup, path, size)
+	case src.snapshotDir != "" && d.Spec.CloneMode != v1alpha1.CloneModeFull && src.snapshotDir == storage.ClassDir(c.cfg.DataDir, sc):
+		// A linked clone of a snapshot: its file never changes, and the snapshot is kept
+		// while disks are linked clones of it (the snapshot controller's finalizer).
+		mode = "linked clone of " + src.snapshotWhat
+		err = storage.CreateLinkedClone(ctx, path, src.path, "qcow2", size)
 	case d.Spec.CloneMode == v1alpha1.CloneModeFull || src.fromDisk || (!isLocal(sc) && !storage.IsSHA256Hex(src.sha256)):
 		mode = "full copy"
 		resizeTo := int64(0)

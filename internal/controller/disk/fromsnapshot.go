@@ -15,7 +15,8 @@ const (
 )
 
 // snapshotSource returns the Ready VirtualDiskSnapshot a disk is made from, or why it waits.
-// The disk is a full copy of the snapshot's file (the snapshot may then be deleted).
+// The disk is a linked clone of the snapshot's file (cloneMode Linked, the default) when it is
+// in the same storage class directory, else a full copy (the snapshot may then be deleted).
 func (c *Controller) snapshotSource(d *v1alpha1.VirtualDisk) (src *source, reason, msg string) {
 	r := d.Spec.DataSource.ObjectRef
 	if r.Namespace != "" && r.Namespace != d.Namespace {
@@ -47,5 +48,6 @@ func (c *Controller) snapshotSource(d *v1alpha1.VirtualDisk) (src *source, reaso
 	if isLocal(sc) && s.Status.NodeName != "" && s.Status.NodeName != c.cfg.NodeName {
 		return nil, ReasonNotSupported, fmt.Sprintf("%s is on node %s's local storage, which this controller (on %s) cannot read", what, s.Status.NodeName, c.cfg.NodeName)
 	}
-	return &source{path: storage.SnapshotPath(c.cfg.DataDir, sc, s.UID), format: "qcow2", virtualSize: size, fromDisk: true}, "", ""
+	return &source{path: storage.SnapshotPath(c.cfg.DataDir, sc, s.UID), format: "qcow2", virtualSize: size, fromDisk: true,
+		snapshotDir: storage.ClassDir(c.cfg.DataDir, sc), snapshotWhat: what}, "", ""
 }

@@ -187,6 +187,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 			d.Spec.DataSource = &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,
 				ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceKindVirtualDiskSnapshot, Name: sn}}
 			d.Spec.PersistentVolumeClaim.StorageClassName = ds.Status.StorageClassName
+			d.Spec.CloneMode = spec.CloneMode // "": Linked, the default of a disk from a snapshot
 			if err := c.c.Create(ctx, "virtualdisks", ns, &d, nil); err != nil && !client.IsAlreadyExists(err) {
 				return fail(fmt.Sprintf("creating VirtualDisk %q: %v", nd, err))
 			}

@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -379,6 +380,19 @@ func (c *Controller) finalize(ctx context.Context, s *v1alpha1.VirtualDiskSnapsh
 		return runtime.Result{}, nil
 	}
 	sc := c.classOf(s.Status.StorageClassName)
+	if linked := c.linkedDisks(s); len(linked) > 0 {
+		// Their files name the snapshot's file as their backing file: it goes with the last.
+		msg := fmt.Sprintf("being deleted: kept while VirtualDisks %s are linked clones of it (delete them, or move them to another storage class, which copies them whole)", strings.Join(linked, ", "))
+		if cond := v1alpha1.FindCondition(s.Status.Conditions, v1alpha1.VDSnapshotConditionReady); cond == nil || cond.Message != msg {
+			st := s.Status
+			st.Conditions = slices.Clone(s.Status.Conditions)
+			setCond(&st, s, v1alpha1.VDSnapshotConditionReady, v1alpha1.ConditionFalse, ReasonLinkedClones, msg)
+			if err := c.writeStatus(ctx, s, st); err != nil {
+				return runtime.Result{}, err
+			}
+		}
+		return runtime.Result{RequeueAfter: linkedRetry}, nil
+	}
 	if s.Status.Phase == v1alpha1.SnapshotPhaseInProgress && s.Status.NodeName != "" {
 		// The node's agent is copying: it stops the copy when the snapshot goes (it checks
 		// before it reports) and removes what it wrote; its file is removed below if reachable.
@@ -403,6 +417,38 @@ func (c *Controller) finalize(ctx context.Context, s *v1alpha1.VirtualDiskSnapsh
 	}
 	c.log.Info("snapshot deleted", "snapshot", s.Namespace+"/"+s.Name)
 	return runtime.Result{}, nil
+}
+
+// ReasonLinkedClones says a deleted snapshot is kept for the disks that are linked clones of
+// it.
+const ReasonLinkedClones = "LinkedClones"
+
+// linkedRetry is how often a deleted snapshot kept for linked clones is looked at again (a
+// disk that is gone no longer names the snapshot it came from).
+var linkedRetry = 5 * time.Second
+
+// linkedDisks names the disks that are linked clones of the snapshot s: made from it, not as
+// Full copies, in the storage class directory of its file (the disk controller makes a
+// linked clone exactly then), and provisioned or provisioning.
+func (c *Controller) linkedDisks(s *v1alpha1.VirtualDiskSnapshot) []string {
+	dir := storage.ClassDir(c.cfg.DataDir, c.classOf(s.Status.StorageClassName))
+	var out []string
+	for _, d := range c.disks.List() {
+		src := d.Spec.DataSource
+		if d.Namespace != s.Namespace || src == nil || src.ObjectRef == nil || src.ObjectRef.Kind != v1alpha1.DataSourceKindVirtualDiskSnapshot ||
+			src.ObjectRef.Name != s.Name || d.Spec.CloneMode == v1alpha1.CloneModeFull {
+			continue
+		}
+		switch d.Status.Phase {
+		case "", v1alpha1.DiskPhasePending, v1alpha1.DiskPhaseFailed:
+			continue
+		}
+		if storage.ClassDir(c.cfg.DataDir, c.classOf(d.Status.StorageClassName)) == dir {
+			out = append(out, d.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func orPending(p string) string {

@@ -274,12 +274,15 @@ func TestDiskSnapshotName(t *testing.T) {
 
 // TestClone: a Clone operation of a template takes a snapshot, makes the new disks from it and
 // the new VM with the renamed disks, no address claims and no template label; once the disks
-// are Ready it completes and the snapshot goes. A clone onto names in use fails before
-// anything is made.
+// are Ready it completes and the snapshot goes, but its disk snapshot stays (being deleted)
+// while the new disk is a linked clone of it. A clone onto names in use fails before anything
+// is made; a Full clone asks for full copies.
 func TestClone(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		t.Skip("qemu-img is not installed (install qemu-utils)")
 	}
+	defer func(d time.Duration) { linkedRetry = d }(linkedRetry)
+	linkedRetry = 50 * time.Millisecond
 	dataDir := t.TempDir()
 	fc := fake.New()
 	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
@@ -343,6 +346,30 @@ func TestClone(t *testing.T) {
 			t.Fatal("the clone's snapshot was not deleted")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Its disk snapshot is kept, being deleted, while the new disk is a linked clone of it
+	// (same class, not Full), and goes with the disk.
+	var ds v1alpha1.VirtualDiskSnapshot
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "c1-clone-root", &ds, func() bool {
+		cond := v1alpha1.FindCondition(ds.Status.Conditions, v1alpha1.VDSnapshotConditionReady)
+		return ds.DeletionTimestamp != nil && cond != nil && cond.Reason == ReasonLinkedClones && strings.Contains(cond.Message, "web1-root")
+	})
+	if err := fc.Delete(ctx, "virtualdisks", "p1", "web1-root"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); fc.Get(ctx, "virtualdisksnapshots", "p1", "c1-clone-root", nil) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the disk snapshot outlived its last linked clone")
+		}
+	}
+
+	// A Full clone asks for full copies.
+	clone("c3", v1alpha1.VMOPCloneSpec{Mode: v1alpha1.SnapshotOperationModeStrict, CloneMode: v1alpha1.CloneModeFull,
+		Customization: &v1alpha1.VMOPCloneCustomization{NamePrefix: "full-"}})
+	var fd v1alpha1.VirtualDisk
+	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "full-root", &fd, func() bool { return fd.Name != "" })
+	if fd.Spec.CloneMode != v1alpha1.CloneModeFull {
+		t.Errorf("the disk of a Full clone: cloneMode %q", fd.Spec.CloneMode)
 	}
 
 	// The same names again: refused before anything is made.

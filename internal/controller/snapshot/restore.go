@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -96,6 +97,23 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		}
 		return runtime.Result{}, err
 	}
+	var src *restoreSource
+	var reason, msg string
+	var err error
+	if op.Spec.Restore.VirtualMachineBackupName != "" {
+		src, reason, msg, err = c.backupRestoreSource(ctx, &vm, op.Spec.Restore.VirtualMachineBackupName)
+	} else {
+		src, reason, msg, err = c.snapshotRestoreSource(ctx, &vm, op.Spec.Restore.VirtualMachineSnapshotName)
+	}
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	if src == nil {
+		return fail(reason, msg)
+	}
+	if done, err := c.restoredWithRAM(ctx, &op, &vm, src); done || err != nil {
+		return runtime.Result{}, err
+	}
 	if op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun {
 		switch {
 		case vm.Status.Phase != v1alpha1.VMPhaseStopped:
@@ -114,24 +132,10 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 			return fail(v1alpha1.VMOPReasonNotApplicableForPhase, fmt.Sprintf("VirtualMachineBackup %q of virtual machine %q is being taken: restore when it has ended", busy, vm.Name))
 		}
 	}
-	var src *restoreSource
-	var reason, msg string
-	var err error
-	if op.Spec.Restore.VirtualMachineBackupName != "" {
-		src, reason, msg, err = c.backupRestoreSource(ctx, &vm, op.Spec.Restore.VirtualMachineBackupName)
-	} else {
-		src, reason, msg, err = c.snapshotRestoreSource(ctx, &vm, op.Spec.Restore.VirtualMachineSnapshotName)
-	}
-	if err != nil {
-		return runtime.Result{}, err
-	}
-	if src == nil {
-		return fail(reason, msg)
-	}
 	items := src.items
 	ramNote := ""
 	if src.ram != nil {
-		if why := c.ramReachable(src); why != "" {
+		if why := c.ramReachable(src, &vm); why != "" {
 			if op.Spec.Restore.Mode == v1alpha1.SnapshotOperationModeStrict {
 				return fail(v1alpha1.VMOPReasonOperationFailed, why+" (mode Strict; BestEffort restores the disks and the spec without it, and the VM boots from them)")
 			}
@@ -142,6 +146,11 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 	for _, it := range items {
 		if it.skip != "" && op.Spec.Restore.Mode == v1alpha1.SnapshotOperationModeStrict {
 			return fail(v1alpha1.VMOPReasonOperationFailed, it.skip+" (mode Strict; BestEffort restores the other disks)")
+		}
+		if it.skip != "" && src.ram != nil {
+			// The RAM state belongs to all the disks as they were: never resumed over one
+			// that was not restored.
+			src.ram, ramNote = nil, "; without the RAM state, as not every disk is restored"
 		}
 		r := v1alpha1.VMOPResourceStatus{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk", Name: it.name, Status: "InProgress"}
 		if it.skip != "" {
@@ -165,6 +174,23 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 	}
 	if err := c.writeOp(ctx, &op, v1alpha1.VMOPPhaseInProgress, "InProgress", "restoring the disks", res); err != nil {
 		return runtime.Result{}, err
+	}
+	// The disks' leases, held for the restore: a start of the VM (or of another VM with one
+	// of the disks) waits until the restore has ended instead of opening a file that is
+	// being replaced.
+	release, busyDisk, err := c.holdDiskLeases(ctx, &op, &vm, items)
+	if err != nil {
+		return runtime.Result{}, err
+	}
+	defer release()
+	if busyDisk != "" {
+		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, busyDisk+": stop it and restore again", res)
+	}
+	if cur, err := c.vmNow(ctx, &vm); err != nil || cur != "" {
+		if err != nil {
+			return runtime.Result{}, err
+		}
+		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, cur, res)
 	}
 	for i, it := range items {
 		if it.disk == nil {
@@ -241,6 +267,8 @@ type restoreSource struct {
 	// uid: the restored VM is left hibernated, to resume it.
 	ram    *v1alpha1.SnapshotRAM
 	ramUID string
+	// vmUID is the uid of the VM the source was taken of ("" : not recorded).
+	vmUID string
 }
 
 // restoreTarget finds the disk name of the VM's project that a restore writes, if it is still
@@ -254,7 +282,7 @@ func (c *Controller) restoreTarget(ctx context.Context, ns, name, uid string) (*
 	case err != nil:
 		return nil, "", err
 	case d.UID != uid:
-		return nil, fmt.Sprintf("VirtualDisk %q was deleted and made again since", d.Name), nil
+		return nil, fmt.Sprintf("VirtualDisk %q was deleted and made again since it was taken", d.Name), nil
 	case d.Status.Phase != v1alpha1.DiskPhaseReady:
 		return nil, fmt.Sprintf("VirtualDisk %q is %s, not Ready", d.Name, orPending(string(d.Status.Phase))), nil
 	}
@@ -281,7 +309,7 @@ func (c *Controller) snapshotRestoreSource(ctx context.Context, vm *v1alpha1.Vir
 	case snap.Status.Phase != v1alpha1.SnapshotPhaseReady || snap.Status.VirtualMachineSpec == nil:
 		return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q is not Ready (it is %s)", snapName, orPending(string(snap.Status.Phase))), nil
 	}
-	src := &restoreSource{what: fmt.Sprintf("VirtualMachineSnapshot %q", snapName), spec: snap.Status.VirtualMachineSpec, ram: snap.Status.RAM, ramUID: snap.UID}
+	src := &restoreSource{what: fmt.Sprintf("VirtualMachineSnapshot %q", snapName), spec: snap.Status.VirtualMachineSpec, ram: snap.Status.RAM, ramUID: snap.UID, vmUID: snap.Status.VirtualMachineUID}
 	for _, sn := range snap.Status.VirtualDiskSnapshotNames {
 		var ds v1alpha1.VirtualDiskSnapshot
 		if err := c.c.Get(ctx, "virtualdisksnapshots", ns, sn, &ds); err != nil {
@@ -298,9 +326,16 @@ func (c *Controller) snapshotRestoreSource(ctx context.Context, vm *v1alpha1.Vir
 			return nil, "", "", err
 		}
 		from := storage.SnapshotPath(c.cfg.DataDir, c.classOf(ds.Status.StorageClassName), ds.UID)
+		taken, _ := ds.Status.Size.Value()
 		src.items = append(src.items, restoreItem{name: ds.Spec.VirtualDiskName, disk: d, skip: skip,
-			write: func(ctx context.Context, dst string, _ int64) error {
-				return storage.Convert(ctx, from, "qcow2", dst, "qcow2")
+			write: func(ctx context.Context, dst string, size int64) error {
+				// A disk grown since keeps its size (the space after the snapshot's data
+				// reads as zeros), as its status says.
+				resizeTo := int64(0)
+				if size > taken && taken > 0 {
+					resizeTo = size
+				}
+				return storage.ConvertResize(ctx, from, "qcow2", dst, "qcow2", resizeTo)
 			}})
 	}
 	return src, "", "", nil
@@ -382,7 +417,10 @@ func (c *Controller) backupRunning(ctx context.Context, vm *v1alpha1.VirtualMach
 
 // ramReachable says why the RAM state of src cannot be left to resume from here ("" when it
 // can): the control plane leaves it in the VM's run directory on its own node.
-func (c *Controller) ramReachable(src *restoreSource) string {
+func (c *Controller) ramReachable(src *restoreSource, vm *v1alpha1.VirtualMachine) string {
+	if src.vmUID != vm.UID {
+		return fmt.Sprintf("the RAM state of %s is of an earlier VirtualMachine named %q (uid %s), not of this one", src.what, vm.Name, src.vmUID)
+	}
 	if src.ram.NodeName != c.cfg.NodeName {
 		return fmt.Sprintf("the RAM state of %s is kept on node %s, and a restore with RAM runs only on the node that keeps it (this control plane runs on %s)", src.what, src.ram.NodeName, c.cfg.NodeName)
 	}
@@ -437,3 +475,71 @@ func (c *Controller) installRAM(ctx context.Context, vm *v1alpha1.VirtualMachine
 // ReasonSnapshotRestored is the reason of the Hibernated condition of a VM restored from a
 // snapshot with its RAM state.
 const ReasonSnapshotRestored = "SnapshotRestored"
+
+// restoreHolder is the holder of the disk leases a restore takes (not a node's name: no
+// agent takes them meanwhile, and the restore's operation uid is the instance).
+const restoreHolder = "rakhsh-restore"
+
+// holdDiskLeases takes the leases of the disks items writes for the restore op. busy names a
+// disk in use (its lease held by a VM's node); release gives back what was taken.
+func (c *Controller) holdDiskLeases(ctx context.Context, op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, items []restoreItem) (release func(), busy string, err error) {
+	var held []string
+	release = func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for _, n := range held {
+			if _, err := runtime.ReleaseDiskLease(rctx, c.c, op.Namespace, n, restoreHolder, op.UID, "the restore "+op.Name+" ended"); err != nil {
+				c.log.Warn("giving back a disk lease after a restore", "disk", op.Namespace+"/"+n, "err", err)
+			}
+		}
+	}
+	for _, it := range items {
+		if it.disk == nil {
+			continue
+		}
+		_, err := runtime.AcquireDiskLease(ctx, c.c, op.Namespace, it.disk.Name, restoreHolder, vm.Name, op.UID, time.Now(), nil)
+		if errors.Is(err, runtime.ErrDiskLeaseHeld) {
+			return release, fmt.Sprintf("VirtualDisk %q is in use (%v)", it.disk.Name, err), nil
+		}
+		if err != nil {
+			release()
+			return func() {}, "", err
+		}
+		held = append(held, it.disk.Name)
+	}
+	return release, "", nil
+}
+
+// vmNow says why the VM of a restore is no longer fit for it ("" when it still is: the same
+// VM, Stopped, on no node), read afresh once the disks' leases are held.
+func (c *Controller) vmNow(ctx context.Context, vm *v1alpha1.VirtualMachine) (string, error) {
+	var cur v1alpha1.VirtualMachine
+	if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &cur); err != nil {
+		if client.IsNotFound(err) {
+			return fmt.Sprintf("virtual machine %q is gone", vm.Name), nil
+		}
+		return "", err
+	}
+	if cur.UID != vm.UID || cur.Status.Phase != v1alpha1.VMPhaseStopped || cur.Status.NodeName != "" {
+		return fmt.Sprintf("virtual machine %q started meanwhile (it is %s)", vm.Name, orPending(string(cur.Status.Phase))), nil
+	}
+	return "", nil
+}
+
+// restoredWithRAM completes a restore with RAM whose every step was done by an earlier run
+// that ended before it wrote the outcome: the VM is hibernated from this snapshot.
+func (c *Controller) restoredWithRAM(ctx context.Context, op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, src *restoreSource) (bool, error) {
+	if op.Status.Phase != v1alpha1.VMOPPhaseInProgress || src.ram == nil {
+		return false, nil
+	}
+	cond := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionHibernated)
+	if cond == nil || cond.Status != v1alpha1.ConditionTrue || cond.Reason != ReasonSnapshotRestored {
+		return false, nil
+	}
+	b, err := os.ReadFile(storage.ResumeFromSnapshotPath(c.cfg.DataDir, vm.UID))
+	if err != nil || strings.TrimSpace(string(b)) != src.ramUID {
+		return false, nil
+	}
+	return true, c.writeOp(ctx, op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
+		fmt.Sprintf("restored %q from %s with its RAM state: the VM is hibernated, and its next start resumes the guest", vm.Name, src.what), nil)
+}

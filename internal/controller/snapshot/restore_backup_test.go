@@ -22,7 +22,8 @@ import (
 // TestRestoreFromBackup: a Restore operation naming a VirtualMachineBackup writes the backed-up
 // data into the VM's disk (grown to the disk's current size) and gives the VM the spec the
 // backup recorded; a backup of another VM, one that is not Completed, or a disk made again
-// since the backup (mode Strict) fail with a message that names the problem, leaving the disk.
+// since the backup (mode Strict) fail with a message that names the problem, leaving the disk;
+// so does a disk whose lease a node holds, and a restore gives back the leases it took.
 func TestRestoreFromBackup(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		t.Skip("qemu-img is not installed (install qemu-utils)")
@@ -154,7 +155,7 @@ func TestRestoreFromBackup(t *testing.T) {
 		{"of-other", "other-vm", `VirtualMachineBackup "other-vm" is of VirtualMachine "vm2", not "vm"`},
 		{"not-done", "running", `VirtualMachineBackup "running" is not Completed (it is Failed)`},
 		{"missing", "tuesday", `VirtualMachineBackup "tuesday" not found`},
-		{"old", "old-disk", `VirtualDisk "root" was deleted and made again since (mode Strict`},
+		{"old", "old-disk", `VirtualDisk "root" was deleted and made again since it was taken (mode Strict`},
 	} {
 		if op := restore(tc.op, tc.from); op.Status.Phase != v1alpha1.VMOPPhaseFailed || !strings.Contains(message(op), tc.want) {
 			t.Errorf("restore %s from %s: %s %q, want it Failed with %q", tc.op, tc.from, op.Status.Phase, message(op), tc.want)
@@ -164,8 +165,28 @@ func TestRestoreFromBackup(t *testing.T) {
 		t.Fatalf("a failed restore changed the disk file (%v)", err)
 	}
 
+	// A disk whose lease a node holds (a start of the VM under way) is not written.
+	lease := &v1alpha1.VirtualDiskLease{ObjectMeta: v1alpha1.ObjectMeta{Name: "root", Namespace: "p1"},
+		Spec: v1alpha1.VirtualDiskLeaseSpec{HolderNode: "n1", VirtualMachineName: "vm", VirtualMachineUID: gotVM.UID}}
+	if err := fc.Add(lease); err != nil {
+		t.Fatal(err)
+	}
+	if op := restore("leased", "monday"); op.Status.Phase != v1alpha1.VMOPPhaseFailed || !strings.Contains(message(op), `VirtualDisk "root" is in use`) {
+		t.Errorf("restore of a leased disk: %s %q", op.Status.Phase, message(op))
+	}
+	if after, err := os.ReadFile(diskFile); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("a restore of a leased disk changed the disk file (%v)", err)
+	}
+	if _, err := runtime.ReleaseDiskLease(ctx, fc, "p1", "root", "n1", gotVM.UID, "test"); err != nil {
+		t.Fatal(err)
+	}
+
 	if op := restore("back", "monday"); op.Status.Phase != v1alpha1.VMOPPhaseCompleted {
 		t.Fatalf("restore: %s %q", op.Status.Phase, message(op))
+	}
+	var l v1alpha1.VirtualDiskLease
+	if err := fc.Get(ctx, runtime.DiskLeaseResource, "p1", "root", &l); err != nil || !l.Free() {
+		t.Errorf("the restore did not give the disk's lease back: %+v %v", l.Spec, err)
 	}
 	info, err := storage.Info(ctx, diskFile, "qcow2")
 	if err != nil || info.VirtualSize != 2<<20 {
