@@ -23,13 +23,7 @@ import (
 // RAM state.
 func TestVMSnapshotKeepRAM(t *testing.T) {
 	sideBySide(t)
-	vmGuestDir(t)
-	s := vmServe(t)
-	vmSetupGuest(t, s, "root")
-	s.MustCLI(vmWithDataDisk("64Mi"), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
-	s.MustCLI("", "vm", "start", "vm1", "--wait")
-	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
+	s := snapServeVM(t, "64Mi")
 	uid := vmGet(t, s, "vm1").UID
 
 	snapWriteMarker(t, s, "vm1", uid, "MARK-A", 0)

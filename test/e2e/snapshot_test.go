@@ -40,6 +40,20 @@ spec:
 `
 }
 
+// snapServeVM runs a serve of its own with vm1 of vmWithDataDisk (a data disk of size) over
+// the test guest's root disk, started and booted.
+func snapServeVM(t *testing.T, size string) *Serve {
+	t.Helper()
+	vmGuestDir(t)
+	s := vmServe(t)
+	vmSetupGuest(t, s, "root")
+	s.MustCLI(vmWithDataDisk(size), "apply", "-f", "-")
+	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
+	s.MustCLI("", "vm", "start", "vm1", "--wait")
+	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
+	return s
+}
+
 // snapVDS reads a disk snapshot.
 func snapVDS(t *testing.T, s *Serve, name string) *v1alpha1.VirtualDiskSnapshot {
 	t.Helper()
@@ -105,13 +119,7 @@ func snapSector(t *testing.T, path string, n int) []byte {
 // marked as a template refuses to start, and a clone of it boots with its own MAC and IP.
 func TestDiskSnapshotLive(t *testing.T) {
 	sideBySide(t)
-	vmGuestDir(t)
-	s := vmServe(t)
-	vmSetupGuest(t, s, "root")
-	s.MustCLI(vmWithDataDisk("64Mi"), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
-	s.MustCLI("", "vm", "start", "vm1", "--wait")
-	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
+	s := snapServeVM(t, "64Mi")
 	v := vmWait(t, s, "vm1", vmBootTimeout, "AgentReady=True", func(v *v1alpha1.VirtualMachine) bool {
 		c := agentReadyCond(v)
 		return c != nil && c.Status == v1alpha1.ConditionTrue
@@ -155,7 +163,7 @@ spec: {virtualDiskName: data}
 		t.Errorf("the snapshot holds a write made after it")
 	}
 
-	// A new disk from the snapshot: a copy of the snapshot, not of the disk as it is now.
+	// A new disk from the snapshot: a linked clone of the snapshot, not of the disk as it is now.
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualDisk
 metadata: {name: fromsnap}
@@ -180,8 +188,18 @@ spec:
 		t.Errorf("the disk made from the snapshot holds a write made after the snapshot")
 	}
 
-	// Deleting the snapshot removes its file; the VM runs on.
+	// Deleting the snapshot keeps it while the disk made from it is a linked clone of it; once
+	// that disk is deleted, the snapshot and its file go. The VM runs on.
 	s.MustCLI("", "delete", "vdsnapshot", "snap1")
+	kept := snapWaitVDS(t, s, "snap1", time.Minute, "kept for its linked clone", func(v *v1alpha1.VirtualDiskSnapshot) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VDSnapshotConditionReady)
+		return v.DeletionTimestamp != nil && c != nil && strings.Contains(c.Message, "fromsnap")
+	})
+	if _, err := os.Stat(file); err != nil {
+		t.Fatalf("the file of the snapshot a linked clone is made over: %v", err)
+	}
+	t.Logf("deleted snapshot: %s", v1alpha1.FindCondition(kept.Status.Conditions, v1alpha1.VDSnapshotConditionReady).Message)
+	s.MustCLI("", "delete", "vd", "fromsnap")
 	deadline := time.Now().Add(time.Minute)
 	for {
 		if _, err := os.Stat(file); os.IsNotExist(err) {

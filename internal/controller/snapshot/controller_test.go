@@ -19,6 +19,26 @@ type tlog struct{ t *testing.T }
 
 func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
 
+// startOnFake runs a snapshot controller of node n1 over a fake client and a data dir of its
+// own until the test ends. The controller makes files with qemu-img: without it the test is
+// skipped.
+func startOnFake(t *testing.T) (*Controller, *fake.Client, string, context.Context) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img is not installed (install qemu-utils)")
+	}
+	dataDir := t.TempDir()
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	f := runtime.NewFactory(fc, log)
+	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	f.Start(ctx)
+	go func() { _ = c.Run(ctx) }()
+	return c, fc, dataDir, ctx
+}
+
 func readyDisk(t *testing.T, fc *fake.Client, dataDir, name string) *v1alpha1.VirtualDisk {
 	t.Helper()
 	d := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"}}
@@ -41,18 +61,7 @@ func readyDisk(t *testing.T, fc *fake.Client, dataDir, name string) *v1alpha1.Vi
 // one of a disk a running VM has open waits for the VM's guest agent when consistency is
 // required, and is handed to the VM's node otherwise; deleting a snapshot removes its file.
 func TestDiskSnapshots(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img is not installed (install qemu-utils)")
-	}
-	dataDir := t.TempDir()
-	fc := fake.New()
-	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	c, fc, dataDir, ctx := startOnFake(t)
 
 	readyDisk(t, fc, dataDir, "idle")
 	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s-idle", Namespace: "p1"},
@@ -144,18 +153,7 @@ func TestDiskSnapshots(t *testing.T) {
 // snapshot of each disk; a restore refuses a running VM, and on the stopped VM gives back the
 // disk files and the spec; a dry run changes nothing.
 func TestVMSnapshotAndRestore(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img is not installed (install qemu-utils)")
-	}
-	dataDir := t.TempDir()
-	fc := fake.New()
-	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	_, fc, dataDir, ctx := startOnFake(t)
 
 	disk := readyDisk(t, fc, dataDir, "root")
 	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
@@ -283,15 +281,7 @@ func TestClone(t *testing.T) {
 	}
 	defer func(d time.Duration) { linkedRetry = d }(linkedRetry)
 	linkedRetry = 50 * time.Millisecond
-	dataDir := t.TempDir()
-	fc := fake.New()
-	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	_, fc, dataDir, ctx := startOnFake(t)
 
 	readyDisk(t, fc, dataDir, "root")
 	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "tpl", Namespace: "p1",

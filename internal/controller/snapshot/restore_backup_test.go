@@ -2,11 +2,8 @@ package snapshot
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,7 +12,6 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/backup"
 	"github.com/rakhsh/rakhsh/internal/runtime"
-	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
@@ -25,18 +21,8 @@ import (
 // since the backup (mode Strict) fail with a message that names the problem, leaving the disk;
 // so does a disk whose lease a node holds, and a restore gives back the leases it took.
 func TestRestoreFromBackup(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img is not installed (install qemu-utils)")
-	}
-	dataDir, targetDir := t.TempDir(), t.TempDir()
-	fc := fake.New()
-	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	_, fc, dataDir, ctx := startOnFake(t)
+	targetDir := t.TempDir()
 
 	disk := readyDisk(t, fc, dataDir, "root")
 	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
