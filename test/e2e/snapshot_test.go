@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
@@ -332,9 +333,25 @@ spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMa
 	if b := backingOf("vm2-root"); !strings.Contains(b, "/snapshots/") {
 		t.Errorf("vm2-root is not a linked clone of a snapshot: backing file %q", b)
 	}
-	linked := s.MustCLI("", "get", "vdsnapshot")
-	if !strings.Contains(linked, "vm2-root") && !strings.Contains(s.MustCLI("", "describe", "vdsnapshot"), "linked clones") {
-		t.Errorf("the clone's disk snapshots are not kept for its linked clones:\n%s", linked)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		l, err := s.Client().List(context.Background(), "virtualdisksnapshots", "default", client.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept := false
+		for _, raw := range l.Items {
+			var ds v1alpha1.VirtualDiskSnapshot
+			if json.Unmarshal(raw, &ds) == nil && ds.DeletionTimestamp != nil {
+				c := v1alpha1.FindCondition(ds.Status.Conditions, v1alpha1.VDSnapshotConditionReady)
+				kept = kept || (c != nil && strings.Contains(c.Message, "vm2-root"))
+			}
+		}
+		if kept {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the clone's disk snapshots are not kept for its linked clones:\n%s", s.MustCLI("", "get", "vdsnapshot"))
+		}
 	}
 	s.MustCLI("", "vm", "clone", "vm1", "vm3", "--full", "--wait", "--timeout", "3m")
 	if b := backingOf("vm3-root"); b != "" {

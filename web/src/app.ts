@@ -1214,7 +1214,7 @@ function vmPage(name: string) {
     button("vm-migrate", "Migrate", () => act("Migrate", () => operation(name, "Evict"), ["The running VM moves to another node chosen by the scheduler, without stopping.", "Migrate"])),
     button("vm-snapshot", "Snapshot", () => act("Snapshot", () => snapshotVM(name))),
     button("vm-clone", "Clone", async () => {
-      const to = await askName("clone", `Clone ${name}`, "A new virtual machine with copies of this one's disks, a new MAC and a new IP address.", "Clone");
+      const to = await askName("clone", `Clone ${name}`, "A new virtual machine whose disks are linked clones of a snapshot of this one's (made at once), with a new MAC and a new IP address.", "Clone");
       if (to) await act("Clone", () => cloneVM(name, to));
     }),
     button("vm-restart", "Restart", () => act("Restart", () => operation(name, "Restart"), ["The guest is rebooted; unsaved work in it may be lost.", "Restart"])),
