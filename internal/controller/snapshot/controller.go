@@ -126,6 +126,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- c.vmctl.Run(ctx) }()
 	go func() { errc <- c.opctl.Run(ctx) }()
+	go c.sweepRestoreLeases(ctx)
 	err := c.ctl.Run(ctx)
 	for range 2 {
 		if err2 := <-errc; err == nil {

@@ -543,3 +543,41 @@ func (c *Controller) restoredWithRAM(ctx context.Context, op *v1alpha1.VirtualMa
 	return true, c.writeOp(ctx, op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
 		fmt.Sprintf("restored %q from %s with its RAM state: the VM is hibernated, and its next start resumes the guest", vm.Name, src.what), nil)
 }
+
+// restoreLeaseSweep is how often the leases of restores that are gone are looked for.
+var restoreLeaseSweep = time.Minute
+
+// sweepRestoreLeases gives back, now and then, the disk leases a restore took and could not
+// give back itself: its operation was deleted while it ran (or the process ended and the
+// operation went before it ran again). A lease left so would keep the VM from starting.
+func (c *Controller) sweepRestoreLeases(ctx context.Context) {
+	t := time.NewTicker(restoreLeaseSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		list, err := c.c.List(ctx, runtime.DiskLeaseResource, "", client.ListOptions{})
+		if err != nil {
+			continue
+		}
+		running := map[string]bool{}
+		for _, op := range c.ops.List() {
+			if op.Spec.Type == v1alpha1.VMOPTypeRestore && op.DeletionTimestamp == nil &&
+				(op.Status.Phase == "" || op.Status.Phase == v1alpha1.VMOPPhasePending || op.Status.Phase == v1alpha1.VMOPPhaseInProgress) {
+				running[op.UID] = true
+			}
+		}
+		for _, raw := range list.Items {
+			var l v1alpha1.VirtualDiskLease
+			if json.Unmarshal(raw, &l) != nil || l.Spec.HolderNode != restoreHolder || running[l.Spec.VirtualMachineUID] {
+				continue
+			}
+			if ok, err := runtime.ReleaseDiskLease(ctx, c.c, l.Namespace, l.Name, restoreHolder, l.Spec.VirtualMachineUID, "its restore is gone"); err == nil && ok {
+				c.log.Info("gave back the disk lease of a restore that is gone", "disk", l.Namespace+"/"+l.Name)
+			}
+		}
+	}
+}

@@ -19,8 +19,11 @@ import (
 // data into the VM's disk (grown to the disk's current size) and gives the VM the spec the
 // backup recorded; a backup of another VM, one that is not Completed, or a disk made again
 // since the backup (mode Strict) fail with a message that names the problem, leaving the disk;
-// so does a disk whose lease a node holds, and a restore gives back the leases it took.
+// so does a disk whose lease a node holds, and a restore gives back the leases it took (the
+// sweep gives back those of a restore that is gone).
 func TestRestoreFromBackup(t *testing.T) {
+	defer func(d time.Duration) { restoreLeaseSweep = d }(restoreLeaseSweep)
+	restoreLeaseSweep = 50 * time.Millisecond
 	_, fc, dataDir, ctx := startOnFake(t)
 	targetDir := t.TempDir()
 
@@ -195,4 +198,13 @@ func TestRestoreFromBackup(t *testing.T) {
 	if gotVM.Spec.Memory.Size != "64Mi" {
 		t.Errorf("the VM's spec was not set to the backup's: memory %s", gotVM.Spec.Memory.Size)
 	}
+
+	// A lease a restore took and could not give back (its operation was deleted meanwhile)
+	// is given back by the sweep.
+	if err := fc.Add(&v1alpha1.VirtualDiskLease{ObjectMeta: v1alpha1.ObjectMeta{Name: "left", Namespace: "p1"},
+		Spec: v1alpha1.VirtualDiskLeaseSpec{HolderNode: restoreHolder, VirtualMachineName: "vm", VirtualMachineUID: "0d6f7a4e-7a0c-4c1e-9a57-2f0f6f0d9b11"}}); err != nil {
+		t.Fatal(err)
+	}
+	var left v1alpha1.VirtualDiskLease
+	fc.WaitFor(t, 10*time.Second, runtime.DiskLeaseResource, "p1", "left", &left, func() bool { return left.Free() })
 }
