@@ -96,8 +96,9 @@ func (a *Agent) prepareRAMSave(ctx context.Context, mon snapshotMonitor, uid str
 		return nil, fmt.Errorf("not enough free space on node %s for the RAM state: %d MiB free in %s, up to %d MiB needed", a.cfg.NodeName, free>>20, a.cfg.DataDir, need>>20)
 	}
 	r := &ramSave{mon: mon, dir: dir, id: ramJobID(uid), set: -1}
-	a.dropSnapshotLeftovers(ctx, mon, r.id)
 	part := filepath.Join(dir, ramStatePart)
+	a.dropSnapshotLeftovers(ctx, mon, r.id)
+	dropFDSets(ctx, mon, "ram:"+part)
 	// The state goes after the (tiny) virtual disk of the file: its size does not bound it.
 	if err := storage.CreateBlank(ctx, part, 1<<20); err != nil {
 		_ = os.RemoveAll(dir)
@@ -337,6 +338,24 @@ func (a *Agent) pruneRAMStates(ctx context.Context) {
 		if !live[e.Name()] && storage.CheckUID(e.Name()) == nil {
 			a.log.Info("removing the RAM state of a deleted VM snapshot", "uid", e.Name())
 			_ = os.RemoveAll(filepath.Join(root, e.Name()))
+		}
+	}
+}
+
+// dropFDSets removes the fd sets of a running QEMU that hold a descriptor named opaque: an
+// earlier run of the agent added it and ended before it took it out again, and QEMU would
+// keep the file open until it exits.
+func dropFDSets(ctx context.Context, mon snapshotMonitor, opaque string) {
+	var sets []fdSet
+	if err := mon.Execute(ctx, "query-fdsets", nil, &sets); err != nil {
+		return
+	}
+	for _, s := range sets {
+		for _, fd := range s.FDs {
+			if fd.Opaque == opaque {
+				_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": s.ID}, nil)
+				break
+			}
 		}
 	}
 }

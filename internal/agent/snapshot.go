@@ -406,6 +406,7 @@ func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Resu
 	}
 	for _, d := range disks {
 		a.dropSnapshotLeftovers(ctx, mon, d.id)
+		dropFDSets(ctx, mon, "snapshot:"+d.target)
 	}
 	if ramUID := ramSnapshotOf(group); ramUID != "" {
 		return a.snapshotWithRAM(ctx, ns, group, sp, mon, ramUID)
