@@ -38,12 +38,9 @@ func (c *clock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 
 func start(t *testing.T, fc *fake.Client, now func() time.Time) {
 	t.Helper()
-	f := runtime.NewFactory(fc, nil)
-	c := New(Config{Client: fc, Informers: f, Now: now})
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	fake.Start(t, fc, nil, func(f *runtime.Factory) (*Controller, error) {
+		return New(Config{Client: fc, Informers: f, Now: now}), nil
+	})
 }
 
 // TestHandOver: a backup of a running VM goes to the VM's node; one of a stopped VM to the

@@ -74,13 +74,9 @@ func TestRunsAgainstFake(t *testing.T) {
 func runFakeController(t *testing.T, fc *fake.Client, dataDir string) context.Context {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	f.Start(ctx)
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*disk.Controller, error) {
+		return disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}}), nil
+	})
 	return ctx
 }
 

@@ -1,7 +1,6 @@
 package migration
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"strings"
@@ -29,15 +28,9 @@ func TestMigrationWaitsForBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	f := runtime.NewFactory(fc, log)
-	c, err := New(Config{Client: fc, Informers: f, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
+		return New(Config{Client: fc, Informers: f, Log: log})
+	})
 	var got v1alpha1.VirtualMachineOperation
 	fc.WaitFor(t, 10*time.Second, "virtualmachineoperations", "p1", "vm1-migrate", &got, func() bool {
 		return got.Status.Phase == v1alpha1.VMOPPhasePending && strings.Contains(conditionMessage(&got), `backup "nightly-1"`)

@@ -102,15 +102,9 @@ func TestMaintenanceEvicts(t *testing.T) {
 	}
 	finishOp(t, fc, "d-by-hand", v1alpha1.VMOPPhaseInProgress, "", "")
 
-	f := runtime.NewFactory(fc, nil)
-	m, err := NewMaintenance(MaintenanceConfig{Client: fc, Informers: f, Resync: 20 * time.Millisecond, RetryAfter: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = m.Run(ctx) }()
+	_, ctx := fake.Start(t, fc, nil, func(f *runtime.Factory) (*Maintenance, error) {
+		return NewMaintenance(MaintenanceConfig{Client: fc, Informers: f, Resync: 20 * time.Millisecond, RetryAfter: 50 * time.Millisecond})
+	})
 
 	var n v1alpha1.Node
 	cond := func() *v1alpha1.Condition {

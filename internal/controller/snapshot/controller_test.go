@@ -30,12 +30,9 @@ func startOnFake(t *testing.T) (*Controller, *fake.Client, string, context.Conte
 	dataDir := t.TempDir()
 	fc := fake.New()
 	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
-	f := runtime.NewFactory(fc, log)
-	c := New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	c, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
+		return New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log}), nil
+	})
 	return c, fc, dataDir, ctx
 }
 

@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"context"
 	"log/slog"
 	"strings"
 	"testing"
@@ -22,15 +21,9 @@ func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p)
 func TestRunsAgainstFake(t *testing.T) {
 	fc := fake.New()
 	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
-	f := runtime.NewFactory(fc, log)
-	c, err := New(Config{Client: fc, Informers: f, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
+		return New(Config{Client: fc, Informers: f, Log: log})
+	})
 
 	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: "web", Namespace: "p1"}}

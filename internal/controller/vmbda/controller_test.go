@@ -1,7 +1,6 @@
 package vmbda
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -44,15 +43,9 @@ func TestLifecycle(t *testing.T) {
 	if err := fc.Add(vm, other, legacy, disk("data"), disk("used"), attachment("a1", "vm1", v1alpha1.BlockDeviceKindVirtualDisk, "data")); err != nil {
 		t.Fatal(err)
 	}
-	f := runtime.NewFactory(fc, nil)
-	c, err := New(Config{Client: fc, Informers: f})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	_, ctx := fake.Start(t, fc, nil, func(f *runtime.Factory) (*Controller, error) {
+		return New(Config{Client: fc, Informers: f})
+	})
 	var b v1alpha1.VirtualMachineBlockDeviceAttachment
 	wait := func(name, _ string, cond func() bool) {
 		t.Helper()

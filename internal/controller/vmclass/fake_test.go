@@ -1,7 +1,6 @@
 package vmclass
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -24,15 +23,9 @@ func TestRunsAgainstFake(t *testing.T) {
 	if err := fc.Add(&n, p, vm); err != nil {
 		t.Fatal(err)
 	}
-	f := runtime.NewFactory(fc, nil)
-	c, err := New(Config{Client: fc, Informers: f, Resync: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	f.Start(ctx)
-	go func() { _ = c.Run(ctx) }()
+	fake.Start(t, fc, nil, func(f *runtime.Factory) (*Controller, error) {
+		return New(Config{Client: fc, Informers: f, Resync: 20 * time.Millisecond})
+	})
 	var cl v1alpha1.VirtualMachineClass
 	fc.WaitFor(t, 10*time.Second, "virtualmachineclasses", "", GenericClass, &cl, func() bool {
 		return cl.Status.Phase == v1alpha1.VMClassPhaseReady
