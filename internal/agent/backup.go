@@ -135,49 +135,17 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		a.log.Info("backup found stored by an earlier run", "backup", b.Namespace+"/"+b.Name)
 		return runtime.Result{}, a.backupDone(ctx, b, m, rel, nil, liveResult{}, time.Time{})
 	}
-	var vm *v1alpha1.VirtualMachine
-	var mon snapshotMonitor
-	var in *instance
-	closeDaemon := func() {}
-	if b.Status.Stopped {
-		// A stopped VM is in no node's cache: read it.
-		var v v1alpha1.VirtualMachine
-		if err := a.c.Get(ctx, "virtualmachines", b.Namespace, b.Spec.VirtualMachineName, &v); err != nil || string(v.UID) != b.Status.VirtualMachineUID {
-			return fail("the VirtualMachine %q is gone", b.Spec.VirtualMachineName)
-		}
-		if v.Status.NodeName != "" {
-			return fail("the VirtualMachine %q started (on node %q) before its stopped disks were backed up", v.Name, v.Status.NodeName)
-		}
-		vm = &v
-		qsd, err := a.startStorageDaemon(ctx, b, vm)
-		if err != nil {
-			if ctx.Err() != nil {
-				return runtime.Result{}, ctx.Err()
-			}
-			return fail("opening the stopped VM's disks: %v", err)
-		}
-		// Closed before the status says Completed: the disks' bitmaps are written to them when
-		// the daemon closes them, and the VM may start right after.
-		closeDaemon = sync.OnceFunc(qsd.stop)
-		defer closeDaemon()
-		mon = qsd.mon
-	} else {
-		for _, v := range a.vms.List() {
-			if v.UID == b.Status.VirtualMachineUID {
-				vm = v
-			}
-		}
-		if vm != nil {
-			in = a.inst(vm.UID)
-		}
-		if vm == nil || in == nil || in.isExited() {
-			return fail("the VirtualMachine %q does not run on node %s any more", b.Spec.VirtualMachineName, a.cfg.NodeName)
-		}
-		var ok bool
-		if mon, ok = in.monitor().(snapshotMonitor); !ok {
-			return runtime.Result{RequeueAfter: time.Second}, nil // QMP not connected (yet)
-		}
+	sub, why, err := a.openBackupSubject(ctx, b)
+	switch {
+	case err != nil:
+		return runtime.Result{}, err
+	case why != "":
+		return fail("%s", why)
+	case sub == nil:
+		return runtime.Result{RequeueAfter: time.Second}, nil // QMP not connected (yet)
 	}
+	defer sub.close()
+	vm, mon := sub.vm, sub.mon
 
 	// The target's lock, shared, from before the previous backup is read until the manifest
 	// is written: the garbage collection cannot remove a chunk this backup builds on.
@@ -198,17 +166,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		return fail("%v", err)
 	}
 	started := time.Now()
-	var fz freezer
-	switch {
-	case b.Status.Stopped:
-		// Nothing runs: the disks hold still.
-	case b.Spec.Mode == v1alpha1.BackupModeSuspend:
-		fz = vcpuPauser{mon: mon, paused: new(bool), held: new(bool), in: in}
-	default:
-		if c := v1alpha1.FindCondition(vm.Status.Conditions, v1alpha1.VMConditionAgentReady); c != nil && c.Status == v1alpha1.ConditionTrue {
-			fz = guestFreezer{a: a, uid: vm.UID}
-		}
-	}
+	fz := a.backupFreezer(b, sub)
 	a.log.Info("taking a backup", "backup", b.Namespace+"/"+b.Name, "vm", vm.Name, "disks", len(disks), "mode", b.Spec.Mode)
 	var speed int64
 	if q := b.Spec.BandwidthLimit; q != "" {
@@ -221,45 +179,126 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		}
 		return fail("taking the backup of the VirtualMachine %q: %v", vm.Name, err)
 	}
-	consistent := res.frozen || b.Status.Stopped
 	m := &backup.Manifest{Version: backup.ManifestVersion, Backup: backup.Ref{Namespace: b.Namespace, Name: b.Name, UID: string(b.UID)},
 		VM: backup.Ref{Namespace: vm.Namespace, Name: vm.Name, UID: vm.UID}, Target: b.Spec.BackupTargetName, CreatedAt: started.UTC(),
-		ChunkSize: backup.ChunkSize, Consistent: consistent}
+		ChunkSize: backup.ChunkSize, Consistent: res.frozen || b.Status.Stopped}
 	if spec, err := json.Marshal(vm.Spec); err == nil {
 		m.VMSpec = spec
 	}
+	rel, stats, why, err := a.storeBackup(ctx, store, b, sub, disks, newBitmap, m)
+	switch {
+	case err != nil:
+		return runtime.Result{}, err
+	case why != "":
+		return fail("%s", why)
+	}
+	sub.close()
+	unlock()
+	return runtime.Result{}, a.backupDone(ctx, b, m, rel, stats, res, started)
+}
+
+// bkSubject is what a backup reads: the VM, and the monitor of the QEMU that has its disks
+// open (the VM's own, or, for a stopped VM, a storage daemon's).
+type bkSubject struct {
+	vm  *v1alpha1.VirtualMachine
+	mon snapshotMonitor
+	in  *instance // the running VM's QEMU; nil for a stopped VM
+	// close closes the storage daemon of a stopped VM (at most once): before the status
+	// says Completed, since the disks' bitmaps are written to them when the daemon closes
+	// them and the VM may start right after.
+	close func()
+}
+
+// openBackupSubject finds what backup b reads. It returns why the backup fails instead, or
+// neither (a nil subject) when it is to be tried again shortly.
+func (a *Agent) openBackupSubject(ctx context.Context, b *v1alpha1.VirtualMachineBackup) (*bkSubject, string, error) {
+	if b.Status.Stopped {
+		// A stopped VM is in no node's cache: read it.
+		var v v1alpha1.VirtualMachine
+		if err := a.c.Get(ctx, "virtualmachines", b.Namespace, b.Spec.VirtualMachineName, &v); err != nil || string(v.UID) != b.Status.VirtualMachineUID {
+			return nil, fmt.Sprintf("the VirtualMachine %q is gone", b.Spec.VirtualMachineName), nil
+		}
+		if v.Status.NodeName != "" {
+			return nil, fmt.Sprintf("the VirtualMachine %q started (on node %q) before its stopped disks were backed up", v.Name, v.Status.NodeName), nil
+		}
+		qsd, err := a.startStorageDaemon(ctx, b, &v)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, "", ctx.Err()
+			}
+			return nil, "opening the stopped VM's disks: " + err.Error(), nil
+		}
+		return &bkSubject{vm: &v, mon: qsd.mon, close: sync.OnceFunc(qsd.stop)}, "", nil
+	}
+	var vm *v1alpha1.VirtualMachine
+	for _, v := range a.vms.List() {
+		if v.UID == b.Status.VirtualMachineUID {
+			vm = v
+		}
+	}
+	var in *instance
+	if vm != nil {
+		in = a.inst(vm.UID)
+	}
+	if vm == nil || in == nil || in.isExited() {
+		return nil, fmt.Sprintf("the VirtualMachine %q does not run on node %s any more", b.Spec.VirtualMachineName, a.cfg.NodeName), nil
+	}
+	mon, ok := in.monitor().(snapshotMonitor)
+	if !ok {
+		return nil, "", nil
+	}
+	return &bkSubject{vm: vm, mon: mon, in: in, close: func() {}}, "", nil
+}
+
+// backupFreezer is how the backup's instant holds the guest still: nothing for a stopped VM,
+// its vCPUs paused in mode suspend, else its filesystems frozen when its guest agent answers.
+func (a *Agent) backupFreezer(b *v1alpha1.VirtualMachineBackup, sub *bkSubject) freezer {
+	switch {
+	case b.Status.Stopped:
+		return nil
+	case b.Spec.Mode == v1alpha1.BackupModeSuspend:
+		return vcpuPauser{mon: sub.mon, paused: new(bool), held: new(bool), in: sub.in}
+	}
+	if c := v1alpha1.FindCondition(sub.vm.Status.Conditions, v1alpha1.VMConditionAgentReady); c != nil && c.Status == v1alpha1.ConditionTrue {
+		return guestFreezer{a: a, uid: sub.vm.UID}
+	}
+	return nil
+}
+
+// storeBackup chunks the copied disks into the store and writes the manifest m; then the new
+// bitmaps are the ones the next backup reads, and the older ones of the target go. On a
+// failure (why) the new bitmaps go instead: no backup builds on one that is not stored.
+func (a *Agent) storeBackup(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, sub *bkSubject, disks []bkDisk, newBitmap string, m *backup.Manifest) (string, []v1alpha1.BackupDisk, string, error) {
+	dropNew := func() { a.dropBitmaps(ctx, sub.mon, disks, func(n string) bool { return n == newBitmap }) }
 	stats, err := a.chunkDisks(ctx, store, b, disks, m)
 	for _, d := range disks {
 		os.Remove(d.target)
 	}
 	if err != nil {
-		a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
+		dropNew()
 		if ctx.Err() != nil {
-			return runtime.Result{}, ctx.Err()
+			return "", nil, "", ctx.Err()
 		}
-		return fail("storing the backup: %v", err)
+		return "", nil, "storing the backup: " + err.Error(), nil
 	}
 	if b.Status.Stopped {
 		// The image lock keeps the VM's QEMU from opening the disks while the daemon has
 		// them; a VM that started anyway (a lock not seen across hosts) makes the copy
 		// worthless.
 		var now v1alpha1.VirtualMachine
-		if err := a.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &now); err != nil || now.UID != vm.UID || now.Status.NodeName != "" {
-			a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
-			return fail("the VirtualMachine %q started while its stopped disks were backed up", vm.Name)
+		if err := a.c.Get(ctx, "virtualmachines", sub.vm.Namespace, sub.vm.Name, &now); err != nil || now.UID != sub.vm.UID || now.Status.NodeName != "" {
+			dropNew()
+			return "", nil, fmt.Sprintf("the VirtualMachine %q started while its stopped disks were backed up", sub.vm.Name), nil
 		}
 	}
 	rel, err := store.WriteManifest(m)
 	if err != nil {
-		a.dropBitmaps(ctx, mon, disks, func(n string) bool { return n == newBitmap })
-		return fail("%v", err)
+		dropNew()
+		return "", nil, err.Error(), nil
 	}
-	// From here on the new bitmaps are the ones the next backup reads.
 	prefix := bitmapPrefix(b.Spec.BackupTargetName)
-	a.dropBitmaps(ctx, mon, disks, func(n string) bool { return strings.HasPrefix(n, prefix) && n != newBitmap })
-	closeDaemon()
-	unlock()
-	return runtime.Result{}, a.backupDone(ctx, b, m, rel, stats, res, started)
+	a.dropBitmaps(ctx, sub.mon, disks, func(n string) bool { return strings.HasPrefix(n, prefix) && n != newBitmap })
+	return rel, stats, "", nil
 }
 
 // previousBackup is the manifest of the VM's latest Completed backup in the same target, or
@@ -476,11 +515,6 @@ func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks [
 			os.Remove(d.target)
 		}
 	}()
-	for _, d := range disks {
-		if err := os.MkdirAll(filepath.Dir(d.target), 0o700); err != nil {
-			return res, err
-		}
-	}
 	if err := addBackupTargets(ctx, mon, disks, &done, byPath); err != nil {
 		return res, err
 	}
@@ -492,22 +526,7 @@ func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks [
 			res.frozen, frozenAt = true, time.Now()
 		}
 	}
-	var actions []map[string]any
-	for _, d := range disks {
-		actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{
-			"node": d.src, "name": newBitmap, "persistent": true}})
-		job := map[string]any{"job-id": d.id, "device": d.src, "target": d.id, "sync": "full", "auto-dismiss": false}
-		if d.prevBitmap != "" {
-			job["sync"], job["bitmap"], job["bitmap-mode"] = "bitmap", d.prevBitmap, "never"
-		}
-		if speed > 0 {
-			job["speed"] = speed
-		}
-		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": job})
-	}
-	// Not completion-mode grouped (block-dirty-bitmap-add refuses it): a job that fails fails
-	// the whole backup anyway, and the bitmaps it reads are left as they were.
-	terr := mon.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
+	terr := mon.Execute(ctx, "transaction", map[string]any{"actions": backupActions(disks, newBitmap, speed)}, nil)
 	if res.frozen {
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		_, thawErr := fz.thaw(tctx)
@@ -555,6 +574,9 @@ func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks [
 // rather than through a passed descriptor.
 func addBackupTargets(ctx context.Context, mon snapshotMonitor, disks []bkDisk, done *[]snapAdded, byPath bool) error {
 	for _, d := range disks {
+		if err := os.MkdirAll(filepath.Dir(d.target), 0o700); err != nil {
+			return err
+		}
 		os.Remove(d.target)
 		if err := storage.CreateBlank(ctx, d.target, d.size); err != nil {
 			return fmt.Errorf("creating the work file: %w", err)
@@ -649,6 +671,28 @@ func (a *Agent) dropBackupLeftovers(ctx context.Context, mon snapshotMonitor, ui
 			}
 		}
 	}
+}
+
+// backupActions is the transaction of a backup's instant: for each disk the new bitmap the
+// next backup reads, and the copy job of what this one reads (the whole disk, or the blocks
+// the previous backup's bitmap marks). Not completion-mode grouped (block-dirty-bitmap-add
+// refuses it): a job that fails fails the whole backup anyway, and the bitmaps it reads are
+// left as they were.
+func backupActions(disks []bkDisk, newBitmap string, speed int64) []map[string]any {
+	var actions []map[string]any
+	for _, d := range disks {
+		actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{
+			"node": d.src, "name": newBitmap, "persistent": true}})
+		job := map[string]any{"job-id": d.id, "device": d.src, "target": d.id, "sync": "full", "auto-dismiss": false}
+		if d.prevBitmap != "" {
+			job["sync"], job["bitmap"], job["bitmap-mode"] = "bitmap", d.prevBitmap, "never"
+		}
+		if speed > 0 {
+			job["speed"] = speed
+		}
+		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": job})
+	}
+	return actions
 }
 
 // undoSnapshotTargets cancels the jobs and removes the nodes and descriptors done records.

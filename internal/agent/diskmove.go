@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -65,6 +66,13 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 		}
 		return a.moveFromNode(ctx, &d, from, want, target)
 	}
+	return a.moveOnNode(ctx, &d, from, want, src, target, log)
+}
+
+// moveOnNode copies disk d from its file in class from (src) to class want (target), both on
+// this node, checks the copy, and makes the status name the new file; the old one goes once
+// no QEMU has it open.
+func (a *Agent) moveOnNode(ctx context.Context, d *v1alpha1.VirtualDisk, from, want string, src, target *v1alpha1.StorageClass, log *slog.Logger) error {
 	srcLocal := src == nil || src.Spec.Type == v1alpha1.StorageClassTypeLocal
 	fail := func(err error) error {
 		log.Warn("moving the disk failed", "err", err)
@@ -73,7 +81,7 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 			back = a.cfg.NodeName
 		}
 		msg := fmt.Sprintf("moving to storage class %q on node %s failed; the disk stays in %q: %v", want, a.cfg.NodeName, from, err)
-		return a.patchMoved(ctx, &d, from, back, v1alpha1.DiskReasonMoveFailed, msg)
+		return a.patchMoved(ctx, d, from, back, v1alpha1.DiskReasonMoveFailed, msg)
 	}
 	if target == nil {
 		return fail(fmt.Errorf("StorageClass %q does not exist", want))
@@ -81,7 +89,7 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	if target.Spec.Type != v1alpha1.StorageClassTypeLocal && target.Spec.Type != v1alpha1.StorageClassTypeShared {
 		return fail(fmt.Errorf("StorageClass %q has type %q, which this agent does not support", want, target.Spec.Type))
 	}
-	srcPath, _, err := diskHome(&d, src, a.cfg.DataDir, a.cfg.NodeName)
+	srcPath, _, err := diskHome(d, src, a.cfg.DataDir, a.cfg.NodeName)
 	if err != nil {
 		return fail(err)
 	}
@@ -104,8 +112,8 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	}
 	took := time.Since(started).Round(time.Millisecond)
 	msg := fmt.Sprintf("moved from storage class %q to %q by node %s's agent in %s", from, want, a.cfg.NodeName, took)
-	if err := a.patchMoved(ctx, &d, want, node, v1alpha1.DiskReasonMoved, msg); err != nil {
-		if landed, sure := a.moveLanded(ctx, &d, want, node); sure && !landed {
+	if err := a.patchMoved(ctx, d, want, node, v1alpha1.DiskReasonMoved, msg); err != nil {
+		if landed, sure := a.moveLanded(ctx, d, want, node); sure && !landed {
 			_ = os.Remove(dst) // the status still names the old file, which is whole
 		}
 		return err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -752,18 +753,9 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		a.endResumedOutgoing(ctx, vm, mon, m, log)
 		return
 	}
-	err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(v *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
-		mm.Phase = v1alpha1.MigrationPhaseTransferring
-		mm.Progress = &v1alpha1.MigrationProgress{}
-		setPhase(v, v1alpha1.VMPhaseMigrating, a.now())
-	})
-	if err != nil {
-		if !errors.Is(err, errMigrationOver) && !errors.Is(err, errGone) {
-			log.Warn("starting the transfer", "err", err)
-		}
+	if !a.beginTransfer(ctx, vm, m, log) {
 		return
 	}
-	a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Migrating", fmt.Sprintf("live migration from node %s to node %s started", m.Source.Node, m.Target.Node))
 	fdmon, ok := mon.(fdPasser)
 	if !ok {
 		fail(v1alpha1.MigrationReasonTransferFailed, "the monitor cannot pass descriptors to QEMU")
@@ -806,6 +798,24 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 	}
 	log.Info("migration stream started", "to", dialer.addr)
 	completed = a.followOutgoing(ctx, vm, mon, m, deadline, plan, fail, log)
+}
+
+// beginTransfer records that the migration m of vm transfers (phase Transferring, the VM
+// Migrating); false when the migration is over or the VM gone meanwhile, or the write failed.
+func (a *Agent) beginTransfer(ctx context.Context, vm *v1alpha1.VirtualMachine, m *v1alpha1.VirtualMachineMigrationState, log *slog.Logger) bool {
+	err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(v *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
+		mm.Phase = v1alpha1.MigrationPhaseTransferring
+		mm.Progress = &v1alpha1.MigrationProgress{}
+		setPhase(v, v1alpha1.VMPhaseMigrating, a.now())
+	})
+	if err != nil {
+		if !errors.Is(err, errMigrationOver) && !errors.Is(err, errGone) {
+			log.Warn("starting the transfer", "err", err)
+		}
+		return false
+	}
+	a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "Migrating", fmt.Sprintf("live migration from node %s to node %s started", m.Source.Node, m.Target.Node))
+	return true
 }
 
 // endResumedOutgoing handles a transfer an earlier agent process started, whose watch is

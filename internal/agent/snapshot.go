@@ -141,19 +141,7 @@ func takeLiveAt(ctx context.Context, mon snapshotMonitor, fz freezer, disks []sn
 		// Undo in reverse, on a context of its own: ctx may be what ended.
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		for i := len(done) - 1; i >= 0; i-- {
-			a := done[i]
-			if a.job {
-				_ = mon.Execute(uctx, "job-cancel", map[string]any{"id": a.node}, nil)
-				waitJobsGone(uctx, mon, []string{a.node})
-			}
-			if a.node != "" {
-				_ = mon.Execute(uctx, "blockdev-del", map[string]any{"node-name": a.node}, nil)
-			}
-			if a.set >= 0 {
-				_ = mon.Execute(uctx, "remove-fd", map[string]any{"fdset-id": a.set}, nil)
-			}
-		}
+		undoSnapshotTargets(uctx, mon, done)
 		for _, d := range disks {
 			os.Remove(d.target)
 		}
