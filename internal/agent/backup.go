@@ -146,6 +146,13 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	}
 	defer sub.close()
 	vm, mon := sub.vm, sub.mon
+	failed := fail
+	fail = func(format string, args ...any) (runtime.Result, error) {
+		// The disks are free before the status says Failed: the VM of a backup in mode stop
+		// is started right after, and must find the storage daemon's locks gone.
+		sub.close()
+		return failed(format, args...)
+	}
 
 	// The target's lock, shared, from before the previous backup is read until the manifest
 	// is written: the garbage collection cannot remove a chunk this backup builds on.

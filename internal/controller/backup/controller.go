@@ -177,6 +177,11 @@ func (c *Controller) handOver(ctx context.Context, b *v1alpha1.VirtualMachineBac
 	if !ok {
 		return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("VirtualMachine %q does not exist in project %q", b.Spec.VirtualMachineName, b.Namespace))
 	}
+	// A backup in mode stop that stopped the VM holds it (stopped) until it has started it
+	// again: no other backup of the VM is handed over meanwhile.
+	if o := c.vmHeldByBackup(b, vm); o != "" {
+		return c.wait(ctx, b, fmt.Sprintf("backup %q (mode stop) holds the VM stopped until it has ended and started it again", o))
+	}
 	node, stopped := vm.Status.NodeName, false
 	switch vm.Status.Phase {
 	case v1alpha1.VMPhaseRunning, v1alpha1.VMPhasePause, v1alpha1.VMPhaseStopping:

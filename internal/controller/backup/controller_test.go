@@ -339,3 +339,64 @@ func TestModeStop(t *testing.T) {
 		t.Errorf("backupOpName of a long name: %q", n)
 	}
 }
+
+// TestModeStopEdges: a Stop operation of the same name left by an earlier backup is deleted
+// and made again; another backup of the VM waits while one in mode stop holds it; a VM
+// started again before its stopped disks were backed up fails the backup, which then starts
+// nothing (the VM runs).
+func TestModeStopEdges(t *testing.T) {
+	fc := fake.New()
+	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
+		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
+	vm := newVM("vm1", v1alpha1.VMPhaseRunning, "n1")
+	vm.Spec.RunPolicy = v1alpha1.RunPolicyManual
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "d1"}}
+	d1 := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "d1", Namespace: "p1"}}
+	d1.Spec.PersistentVolumeClaim.Size = "1Gi"
+	d1.Status.Phase, d1.Status.NodeName = v1alpha1.DiskPhaseReady, "n1"
+	stale := &v1alpha1.VirtualMachineOperation{ObjectMeta: v1alpha1.ObjectMeta{Name: "b1-stop", Namespace: "p1",
+		Annotations: map[string]string{annotationBackupUID: "an-earlier-backup"}},
+		Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeStop, VirtualMachineName: "vm1"}}
+	stale.Status.Phase = v1alpha1.VMOPPhaseCompleted
+	b1 := newBackup("b1", "vm1")
+	b1.Spec.Mode = v1alpha1.BackupModeStop
+	if err := fc.Add(target, vm, d1, stale, b1); err != nil {
+		t.Fatal(err)
+	}
+	start(t, fc, nil)
+	ctx := context.Background()
+	var got v1alpha1.VirtualMachineBackup
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &got, func() bool { return got.Status.StoppedVM })
+	var op v1alpha1.VirtualMachineOperation
+	fc.WaitFor(t, 20*time.Second, "virtualmachineoperations", "p1", "b1-stop", &op, func() bool {
+		return op.Annotations[annotationBackupUID] == got.UID && op.Status.Phase == ""
+	})
+
+	// Another backup of the VM waits while b1 holds it.
+	if err := fc.Add(newBackup("b2", "vm1")); err != nil {
+		t.Fatal(err)
+	}
+	var b2 v1alpha1.VirtualMachineBackup
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b2", &b2, func() bool {
+		c := v1alpha1.FindCondition(b2.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return b2.Status.Phase == v1alpha1.BackupPhasePending && c != nil && strings.Contains(c.Message, `backup "b1" (mode stop) holds the VM`)
+	})
+
+	// The Stop completes, but the VM is started again before the backup begins: b1 fails and
+	// starts nothing; b2 may go then.
+	op.Status.Phase = v1alpha1.VMOPPhaseCompleted
+	if err := fc.UpdateStatus(ctx, "virtualmachineoperations", "p1", "b1-stop", &op, nil); err != nil {
+		t.Fatal(err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &got, func() bool {
+		c := v1alpha1.FindCondition(got.Status.Conditions, v1alpha1.BackupConditionCompleted)
+		return got.Status.Phase == v1alpha1.BackupPhaseFailed && got.Status.RestartedVM && c != nil
+	})
+	if c := v1alpha1.FindCondition(got.Status.Conditions, v1alpha1.BackupConditionCompleted); !strings.Contains(c.Message, "started again") {
+		t.Errorf("b1: %q", c.Message)
+	}
+	if err := fc.Get(ctx, "virtualmachineoperations", "p1", "b1-start", nil); !client.IsNotFound(err) {
+		t.Errorf("a Start of a VM that runs: %v", err)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b2", &b2, func() bool { return b2.Status.Phase == v1alpha1.BackupPhaseInProgress })
+}

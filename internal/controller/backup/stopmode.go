@@ -45,6 +45,10 @@ func (c *Controller) stopForBackup(ctx context.Context, b *v1alpha1.VirtualMachi
 		if vm.Spec.RunPolicy == v1alpha1.RunPolicyAlwaysOn {
 			return runtime.Result{}, c.fail(ctx, b, "mode stop shuts the VirtualMachine down for the backup, and its runPolicy AlwaysOn would start it again at once: use mode snapshot or suspend, or another run policy")
 		}
+		// What would fail the backup of the stopped VM fails it before the VM is stopped.
+		if node, why := c.stoppedVMNode(vm); node == "" {
+			return runtime.Result{}, c.fail(ctx, b, why)
+		}
 		for _, o := range c.backups.List() {
 			if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
 				o.Status.Phase == v1alpha1.BackupPhaseInProgress {
@@ -56,6 +60,7 @@ func (c *Controller) stopForBackup(ctx context.Context, b *v1alpha1.VirtualMachi
 		st.Phase = v1alpha1.BackupPhasePending
 		st.ObservedGeneration = b.Generation
 		st.StoppedVM = true
+		st.VirtualMachineUID = vm.UID // the VM to start again, whatever happens next
 		setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonWaiting,
 			fmt.Sprintf("stopping the VirtualMachine for the backup (mode stop; operation %q)", backupOpName(b.Name, "stop")))
 		return runtime.Result{}, c.write(ctx, b, st)
@@ -65,21 +70,33 @@ func (c *Controller) stopForBackup(ctx context.Context, b *v1alpha1.VirtualMachi
 	if err != nil {
 		return runtime.Result{}, err
 	}
-	if op.Status.Phase == v1alpha1.VMOPPhaseFailed {
+	switch {
+	case op.Status.Phase == v1alpha1.VMOPPhaseFailed:
 		msg := "the VirtualMachine could not be stopped for the backup"
 		if cond := v1alpha1.FindCondition(op.Status.Conditions, v1alpha1.VMOPConditionCompleted); cond != nil && cond.Message != "" {
 			msg += ": " + cond.Message
 		}
 		return runtime.Result{}, c.fail(ctx, b, msg)
+	case op.Status.Phase == v1alpha1.VMOPPhaseCompleted && vm.Status.Phase != v1alpha1.VMPhaseStopping:
+		// Stopped, and started again by someone before the backup could begin (or the Stop
+		// was superseded): the VM runs, and the backup does not stop it twice.
+		return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine was started again (it is %s) before the backup of its stopped disks began", phaseOr(vm.Status.Phase)))
 	}
 	return c.wait(ctx, b, fmt.Sprintf("waiting for the VirtualMachine to stop for the backup (mode stop; operation %q; it is %s)", name, phaseOr(vm.Status.Phase)))
 }
 
-// restartAfterBackup starts the VM a backup in mode stop stopped, once the backup has ended.
+// restartAfterBackup starts the VM a backup in mode stop stopped, once the backup has ended:
+// when it is stopped (a Stop that failed, or a VM started meanwhile by someone else, is left
+// as it is).
 func (c *Controller) restartAfterBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup) (runtime.Result, error) {
 	vm, ok := c.vms.Get(runtime.NewKey(b.Namespace, b.Spec.VirtualMachineName))
 	msg := "the VirtualMachine is gone: nothing to start again"
-	if ok && vm.UID == b.Status.VirtualMachineUID {
+	switch {
+	case ok && vm.UID == b.Status.VirtualMachineUID && vm.Status.Phase == v1alpha1.VMPhaseStopping:
+		return runtime.Result{RequeueAfter: waitRetry}, nil // the Stop is still under way
+	case ok && vm.UID == b.Status.VirtualMachineUID && vm.Status.Phase != v1alpha1.VMPhaseStopped && vm.Status.Phase != "":
+		msg = fmt.Sprintf("the VirtualMachine is %s: nothing to start again", vm.Status.Phase)
+	case ok && vm.UID == b.Status.VirtualMachineUID:
 		name := backupOpName(b.Name, "start")
 		if _, err := c.ensureOp(ctx, b, name, v1alpha1.VMOPTypeStart); err != nil {
 			return runtime.Result{}, err
@@ -94,21 +111,43 @@ func (c *Controller) restartAfterBackup(ctx context.Context, b *v1alpha1.Virtual
 	return runtime.Result{}, c.write(ctx, b, st)
 }
 
-// ensureOp makes the operation name of type typ on the backup's VM, or returns the one that
-// exists.
+// ensureOp makes the operation name of type typ on the backup's VM, or returns the one this
+// backup made (annotated with its uid). One of that name made by someone else, or by an
+// earlier backup of the same name, is deleted and made again.
 func (c *Controller) ensureOp(ctx context.Context, b *v1alpha1.VirtualMachineBackup, name string, typ v1alpha1.VMOPType) (*v1alpha1.VirtualMachineOperation, error) {
 	op := &v1alpha1.VirtualMachineOperation{
 		TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: b.Namespace,
-			Labels: map[string]string{v1alpha1.LabelBackupOf: b.Name}},
+			Labels:      map[string]string{v1alpha1.LabelBackupOf: b.Name},
+			Annotations: map[string]string{annotationBackupUID: b.UID}},
 		Spec: v1alpha1.VirtualMachineOperationSpec{Type: typ, VirtualMachineName: b.Spec.VirtualMachineName},
 	}
 	err := c.c.Create(ctx, "virtualmachineoperations", b.Namespace, op, op)
 	if client.IsAlreadyExists(err) {
-		err = c.c.Get(ctx, "virtualmachineoperations", b.Namespace, name, op)
+		if err = c.c.Get(ctx, "virtualmachineoperations", b.Namespace, name, op); err == nil && op.Annotations[annotationBackupUID] != b.UID {
+			if err := c.c.Delete(ctx, "virtualmachineoperations", b.Namespace, name); err != nil && !client.IsNotFound(err) {
+				return nil, fmt.Errorf("deleting the stale %s operation %s: %w", typ, name, err)
+			}
+			return nil, fmt.Errorf("%s operation %s was not this backup's: deleted, to be made again", typ, name)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s operation %s: %w", typ, name, err)
 	}
 	return op, nil
+}
+
+// annotationBackupUID, on the operations a backup in mode stop makes, is the backup's uid.
+const annotationBackupUID = "virtualization.rakhsh.io/backup-uid"
+
+// vmHeldByBackup names another backup of vm in mode stop that stopped it and has not started
+// it again yet ("" for none).
+func (c *Controller) vmHeldByBackup(b *v1alpha1.VirtualMachineBackup, vm *v1alpha1.VirtualMachine) string {
+	for _, o := range c.backups.List() {
+		if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
+			o.Status.StoppedVM && !o.Status.RestartedVM && o.Status.VirtualMachineUID == vm.UID && o.DeletionTimestamp == nil {
+			return o.Name
+		}
+	}
+	return ""
 }

@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -56,6 +57,9 @@ type Config struct {
 
 // Controller reconciles disk and VM snapshots.
 type Controller struct {
+	// restoring holds the uids of the restores of this process that hold disk leases (the
+	// sweep of leases of restores that are gone leaves them).
+	restoring  sync.Map
 	cfg        Config
 	c          client.Interface
 	log        *slog.Logger

@@ -276,7 +276,8 @@ func TestClone(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		t.Skip("qemu-img is not installed (install qemu-utils)")
 	}
-	defer func(d time.Duration) { linkedRetry = d }(linkedRetry)
+	saved := linkedRetry
+	t.Cleanup(func() { linkedRetry = saved }) // after the controller has stopped (cleanups run last first)
 	linkedRetry = 50 * time.Millisecond
 	_, fc, dataDir, ctx := startOnFake(t)
 

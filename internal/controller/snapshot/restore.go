@@ -184,12 +184,14 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 	}
 	defer release()
 	if busyDisk != "" {
+		release() // the leases go before the outcome is written: a start right after finds them free
 		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, busyDisk+": stop it and restore again", res)
 	}
 	if cur, err := c.vmNow(ctx, &vm); err != nil || cur != "" {
 		if err != nil {
 			return runtime.Result{}, err
 		}
+		release() // the leases go before the outcome is written: a start right after finds them free
 		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, cur, res)
 	}
 	for i, it := range items {
@@ -204,6 +206,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 				return runtime.Result{}, ctx.Err()
 			}
 			res[i].Status, res[i].Message = "Failed", err.Error()
+			release() // the leases go before the outcome is written: a start right after finds them free
 			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
 				fmt.Sprintf("restoring VirtualDisk %q: %v", it.disk.Name, err), res)
 		}
@@ -218,6 +221,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 				return runtime.Result{}, err
 			}
 			res[len(res)-1].Status, res[len(res)-1].Message = "Failed", err.Error()
+			release() // the leases go before the outcome is written: a start right after finds them free
 			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
 				"the disks are restored, but setting the VM's spec back failed: "+err.Error(), res)
 		}
@@ -237,6 +241,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 			if ctx.Err() != nil {
 				return runtime.Result{}, ctx.Err()
 			}
+			release() // the leases go before the outcome is written: a start right after finds them free
 			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
 				"the disks and the spec are restored, but the RAM state could not be left to resume ("+err.Error()+"): the VM boots from the restored disks when started", res)
 		}
@@ -246,6 +251,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 	if len(skipped) > 0 {
 		msg += "; skipped " + strings.Join(skipped, ", ")
 	}
+	release() // the leases go before the outcome is written: a start right after finds them free
 	return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted, msg, res)
 }
 
@@ -484,7 +490,9 @@ const restoreHolder = "rakhsh-restore"
 // disk in use (its lease held by a VM's node); release gives back what was taken.
 func (c *Controller) holdDiskLeases(ctx context.Context, op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, items []restoreItem) (release func(), busy string, err error) {
 	var held []string
+	c.restoring.Store(op.UID, true)
 	release = func() {
+		defer c.restoring.Delete(op.UID)
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		for _, n := range held {
@@ -492,6 +500,7 @@ func (c *Controller) holdDiskLeases(ctx context.Context, op *v1alpha1.VirtualMac
 				c.log.Warn("giving back a disk lease after a restore", "disk", op.Namespace+"/"+n, "err", err)
 			}
 		}
+		held = nil // given back once
 	}
 	for _, it := range items {
 		if it.disk == nil {
@@ -574,6 +583,9 @@ func (c *Controller) sweepRestoreLeases(ctx context.Context) {
 			var l v1alpha1.VirtualDiskLease
 			if json.Unmarshal(raw, &l) != nil || l.Spec.HolderNode != restoreHolder || running[l.Spec.VirtualMachineUID] {
 				continue
+			}
+			if _, ours := c.restoring.Load(l.Spec.VirtualMachineUID); ours {
+				continue // a restore of this process still writes (its operation may be gone)
 			}
 			if ok, err := runtime.ReleaseDiskLease(ctx, c.c, l.Namespace, l.Name, restoreHolder, l.Spec.VirtualMachineUID, "its restore is gone"); err == nil && ok {
 				c.log.Info("gave back the disk lease of a restore that is gone", "disk", l.Namespace+"/"+l.Name)

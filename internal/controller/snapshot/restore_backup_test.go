@@ -22,7 +22,8 @@ import (
 // so does a disk whose lease a node holds, and a restore gives back the leases it took (the
 // sweep gives back those of a restore that is gone).
 func TestRestoreFromBackup(t *testing.T) {
-	defer func(d time.Duration) { restoreLeaseSweep = d }(restoreLeaseSweep)
+	saved := restoreLeaseSweep
+	t.Cleanup(func() { restoreLeaseSweep = saved }) // after the controller has stopped (cleanups run last first)
 	restoreLeaseSweep = 50 * time.Millisecond
 	_, fc, dataDir, ctx := startOnFake(t)
 	targetDir := t.TempDir()
