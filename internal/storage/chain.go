@@ -251,3 +251,17 @@ func pinnedName(chain []Link) (string, error) {
 	}
 	return "json:" + string(b), nil
 }
+
+// BackingFile is the backing file the qcow2 file at path names ("" for none), made absolute
+// against path's directory; it reads only the header.
+func BackingFile(path string) (string, error) {
+	h, err := readQCOW2Header(path)
+	if err != nil {
+		return "", err
+	}
+	b := h.backing
+	if b != "" && !filepath.IsAbs(b) {
+		b = filepath.Join(filepath.Dir(path), b)
+	}
+	return filepath.Clean(b), nil
+}

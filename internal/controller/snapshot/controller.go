@@ -436,7 +436,8 @@ var linkedRetry = 5 * time.Second
 // Full copies, in the storage class directory of its file (the disk controller makes a
 // linked clone exactly then), and provisioned or provisioning.
 func (c *Controller) linkedDisks(s *v1alpha1.VirtualDiskSnapshot) []string {
-	dir := storage.ClassDir(c.cfg.DataDir, c.classOf(s.Status.StorageClassName))
+	sc := c.classOf(s.Status.StorageClassName)
+	dir, file := storage.ClassDir(c.cfg.DataDir, sc), storage.SnapshotPath(c.cfg.DataDir, sc, s.UID)
 	var out []string
 	for _, d := range c.disks.List() {
 		src := d.Spec.DataSource
@@ -448,12 +449,27 @@ func (c *Controller) linkedDisks(s *v1alpha1.VirtualDiskSnapshot) []string {
 		case "", v1alpha1.DiskPhasePending, v1alpha1.DiskPhaseFailed:
 			continue
 		}
-		if storage.ClassDir(c.cfg.DataDir, c.classOf(d.Status.StorageClassName)) == dir {
+		if storage.ClassDir(c.cfg.DataDir, c.classOf(d.Status.StorageClassName)) == dir && c.backsOnto(d, file) {
 			out = append(out, d.Name)
 		}
 	}
 	slices.Sort(out)
 	return out
+}
+
+// backsOnto says whether the file of disk d here names file as its backing file: a disk made
+// as a full copy (before linked clones, or in another way) or flattened since does not, nor
+// does one whose file is not on this host. A file that cannot be read counts as linked.
+func (c *Controller) backsOnto(d *v1alpha1.VirtualDisk, file string) bool {
+	path := storage.ClassDiskPath(c.cfg.DataDir, c.classOf(d.Status.StorageClassName), d.UID)
+	b, err := storage.BackingFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return false
+	case err != nil:
+		return true
+	}
+	return b == filepath.Clean(file)
 }
 
 func orPending(p string) string {

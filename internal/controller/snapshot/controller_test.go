@@ -303,11 +303,17 @@ func TestClone(t *testing.T) {
 	clone("c1", v1alpha1.VMOPCloneSpec{Mode: v1alpha1.SnapshotOperationModeStrict,
 		NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: "tpl"}, To: "web1"}},
 		Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: "web1-"}})
-	// The disk controller's part: the new disk becomes Ready.
+	// The disk controller's part: the new disk, a linked clone of the disk snapshot's file,
+	// becomes Ready.
 	var d v1alpha1.VirtualDisk
 	fc.WaitFor(t, 20*time.Second, "virtualdisks", "p1", "web1-root", &d, func() bool { return d.Name != "" })
 	if d.Spec.DataSource == nil || d.Spec.DataSource.ObjectRef == nil || d.Spec.DataSource.ObjectRef.Kind != v1alpha1.DataSourceKindVirtualDiskSnapshot {
 		t.Fatalf("new disk %+v", d.Spec)
+	}
+	var from v1alpha1.VirtualDiskSnapshot
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", d.Spec.DataSource.ObjectRef.Name, &from, func() bool { return from.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	if err := storage.CreateLinkedClone(ctx, storage.ClassDiskPath(dataDir, nil, d.UID), storage.SnapshotPath(dataDir, nil, from.UID), "qcow2", 1<<20); err != nil {
+		t.Fatal(err)
 	}
 	d.Status.Phase = v1alpha1.DiskPhaseReady
 	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "web1-root", &d, nil); err != nil {
@@ -370,5 +376,45 @@ func TestClone(t *testing.T) {
 	}
 	if fc.Get(ctx, "virtualmachinesnapshots", "p1", "c2-clone", nil) == nil {
 		t.Error("a refused clone took a snapshot")
+	}
+}
+
+// TestLinkedDisksByFile: a deleted snapshot is kept for a disk made from it only while the
+// disk's file backs onto the snapshot's file: a disk made as a full copy (as before linked
+// clones, with the same spec) does not hold it.
+func TestLinkedDisksByFile(t *testing.T) {
+	saved := linkedRetry
+	t.Cleanup(func() { linkedRetry = saved })
+	linkedRetry = 50 * time.Millisecond
+	_, fc, dataDir, ctx := startOnFake(t)
+	readyDisk(t, fc, dataDir, "src")
+	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s1", Namespace: "p1"},
+		Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "src"}}); err != nil {
+		t.Fatal(err)
+	}
+	var s1 v1alpha1.VirtualDiskSnapshot
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s1", &s1, func() bool { return s1.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	// A disk from the snapshot whose file is a standalone copy.
+	copied := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "copied", Namespace: "p1"}}
+	copied.Spec.DataSource = &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,
+		ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceKindVirtualDiskSnapshot, Name: "s1"}}
+	copied.Status.Phase, copied.Status.Capacity = v1alpha1.DiskPhaseReady, "1Mi"
+	if err := fc.Add(copied); err != nil {
+		t.Fatal(err)
+	}
+	var got v1alpha1.VirtualDisk
+	if err := fc.Get(ctx, "virtualdisks", "p1", "copied", &got); err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.Convert(ctx, storage.SnapshotPath(dataDir, nil, s1.UID), "qcow2", storage.ClassDiskPath(dataDir, nil, got.UID), "qcow2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.Delete(ctx, "virtualdisksnapshots", "p1", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); fc.Get(ctx, "virtualdisksnapshots", "p1", "s1", nil) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a disk that is a full copy of the snapshot kept it")
+		}
 	}
 }
