@@ -49,6 +49,9 @@ const (
 	replyErrorOffset   = 0x8002
 	maxOptReply        = 64 << 10
 	maxChunk           = 64 << 20
+	maxOptReplies      = 1024
+	maxRead            = 32 << 20
+	magicSimple        = 0x67446698
 )
 
 // Base allocation status bits (base:allocation) and the dirty bit of qemu:dirty-bitmap:NAME.
@@ -173,7 +176,10 @@ func (c *Conn) option(opt uint32, data []byte, each func(typ uint32, data []byte
 	if _, err := c.c.Write(b); err != nil {
 		return err
 	}
-	for {
+	for n := 0; ; n++ {
+		if n > maxOptReplies {
+			return fmt.Errorf("more than %d replies to option %d", maxOptReplies, opt)
+		}
 		var h struct {
 			Magic      uint64
 			Opt, Typ   uint32
@@ -237,6 +243,18 @@ func (c *Conn) request(cmd uint16, flags uint16, off, length int64, chunk func(t
 			c.broken = fmt.Errorf("nbd: connection broken: %w", err)
 			return c.broken
 		}
+		if h.Magic == magicSimple && h.Cookie == c.cookie && cmd != cmdRead {
+			// A simple reply (an error, or success without data): its fields are the error
+			// (what the structured header reads as flags and type) and the cookie.
+			if code := uint32(h.Flags)<<16 | uint32(h.Typ); code != 0 {
+				// Its length field is not sent: 4 bytes of the next reply were read; the
+				// connection cannot go on.
+				c.broken = fmt.Errorf("nbd: the server reported error %d", code)
+				return c.broken
+			}
+			c.broken = errors.New("nbd: a simple reply to a request that needs a structured one")
+			return c.broken
+		}
 		if h.Magic != magicStructured || h.Cookie != c.cookie || h.Length > maxChunk {
 			c.broken = fmt.Errorf("nbd: a reply chunk the client did not ask for (magic %#x, cookie %d, %d bytes)", h.Magic, h.Cookie, h.Length)
 			return c.broken
@@ -279,6 +297,9 @@ func chunkError(p []byte) error {
 func (c *Conn) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > c.size {
 		return 0, fmt.Errorf("nbd: read of %d bytes at %d beyond the export's %d", len(p), off, c.size)
+	}
+	if len(p) > maxRead {
+		return 0, fmt.Errorf("nbd: a read of %d bytes (at most %d per request)", len(p), maxRead)
 	}
 	clear(p)
 	got := int64(0)
@@ -323,6 +344,9 @@ func (c *Conn) BlockStatus(context string, off, length int64) ([]Extent, error) 
 	if !ok {
 		return nil, fmt.Errorf("nbd: metadata context %q was not asked for", context)
 	}
+	if off < 0 || off >= c.size || length <= 0 {
+		return nil, fmt.Errorf("nbd: block status of %d bytes at %d of an export of %d", length, off, c.size)
+	}
 	length = min(length, c.size-off, 1<<30)
 	var out []Extent
 	err := c.request(cmdBlockStatus, 0, off, length, func(typ uint16, b []byte) error {
@@ -359,7 +383,11 @@ func (c *Conn) Extents(context string) ([]Extent, error) {
 				return nil, fmt.Errorf("nbd: block status at %d gave the extent %+v", off, e)
 			}
 			e.Length = min(e.Length, c.size-off)
-			out = append(out, e)
+			if k := len(out) - 1; k >= 0 && out[k].Flags == e.Flags {
+				out[k].Length += e.Length // one extent per run of equal status
+			} else {
+				out = append(out, e)
+			}
 			off += e.Length
 			if off >= c.size {
 				break
@@ -369,9 +397,12 @@ func (c *Conn) Extents(context string) ([]Extent, error) {
 	return out, nil
 }
 
-// Close ends the connection politely (NBD_CMD_DISC, which has no reply).
+// Close ends the connection: politely (NBD_CMD_DISC, which has no reply) when no request is
+// under way, else at once (the request then fails).
 func (c *Conn) Close() error {
-	c.mu.Lock()
+	if !c.mu.TryLock() {
+		return c.c.Close()
+	}
 	defer c.mu.Unlock()
 	if c.broken == nil {
 		var b []byte
