@@ -235,15 +235,24 @@ spec:
 	// The row is drawn again at every watch event: wait for one that shows the node.
 	uiPoll(t, ctx, 30*time.Second, "the row shows the VM's node",
 		`(document.querySelector('tr[data-vm="web1"] td.node') || {}).textContent > ''`)
-	// The row may be redrawn between the poll and the read (a watch event): read it again
-	// until it shows a node, for a few seconds.
+	// The row is redrawn at every watch event, which may replace it between the query and
+	// the read ("No node with given id found") or show it half drawn: read it again, for a
+	// few seconds, until it shows a node.
 	var node string
 	var still bool
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		uiRun(t, ctx, 5*time.Second, "read the row",
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := chromedp.Run(rctx,
 			chromedp.Text(`tr[data-vm="web1"] td.node`, &node, chromedp.ByQuery),
 			chromedp.Evaluate(`window.__noReload === 1`, &still))
-		if node != "" || time.Now().After(deadline) {
+		cancel()
+		if err == nil && node != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				t.Fatalf("read the row: %v", err)
+			}
 			break
 		}
 	}
