@@ -124,10 +124,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	}
 	store, err := a.backupTarget(ctx, b.Spec.BackupTargetName)
 	if err != nil {
-		if client.IsNotFound(err) {
-			return fail("BackupTarget %q does not exist", b.Spec.BackupTargetName)
-		}
-		return fail("opening BackupTarget %q: %v", b.Spec.BackupTargetName, err)
+		return fail("%s", targetError(b.Spec.BackupTargetName, err))
 	}
 	// A manifest of this backup is there when an earlier run of the agent stored it and
 	// stopped before it wrote the status.
@@ -148,9 +145,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	vm, mon := sub.vm, sub.mon
 	failed := fail
 	fail = func(format string, args ...any) (runtime.Result, error) {
-		// The disks are free before the status says Failed: the VM of a backup in mode stop
-		// is started right after, and must find the storage daemon's locks gone.
-		sub.close()
+		sub.close() // the disks free before Failed is written: a mode-stop VM starts next
 		return failed(format, args...)
 	}
 
@@ -202,6 +197,14 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	sub.close()
 	unlock()
 	return runtime.Result{}, a.backupDone(ctx, b, m, rel, stats, res, started)
+}
+
+// targetError says why the BackupTarget name of a backup cannot be opened.
+func targetError(name string, err error) string {
+	if client.IsNotFound(err) {
+		return fmt.Sprintf("BackupTarget %q does not exist", name)
+	}
+	return fmt.Sprintf("opening BackupTarget %q: %v", name, err)
 }
 
 // bkSubject is what a backup reads: the VM, and the monitor of the QEMU that has its disks
