@@ -249,7 +249,8 @@ func loadSnapshotRAM(ctx context.Context, mon snapshotMonitor, dataDir, runDir, 
 	return nil
 }
 
-// copyFile copies src to a new file dst, leaving holes where src reads zeros in whole blocks.
+// copyFile copies src to a new file dst (qemu-img convert would drop the internal snapshot
+// that holds the state).
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -260,43 +261,11 @@ func copyFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		n, rerr := in.Read(buf)
-		if n > 0 {
-			if isZeros(buf[:n]) {
-				off += int64(n)
-			} else {
-				if _, err := out.WriteAt(buf[:n], off); err != nil {
-					out.Close()
-					return err
-				}
-				off += int64(n)
-			}
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			out.Close()
-			return rerr
-		}
-	}
-	if err := out.Truncate(off); err != nil {
+	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
 		return err
 	}
 	return out.Close()
-}
-
-func isZeros(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // ramSnapshotOf is the VM snapshot uid whose RAM a group of disk snapshots keeps ("" for none).

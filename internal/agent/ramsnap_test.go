@@ -89,7 +89,7 @@ func TestLoadRAMRecord(t *testing.T) {
 	}
 }
 
-// TestCopyFile: the copy reads the same and is sparse where the source has whole zero blocks.
+// TestCopyFile: the copy reads the same; a missing source is an error.
 func TestCopyFile(t *testing.T) {
 	dir := t.TempDir()
 	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")

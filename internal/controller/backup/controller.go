@@ -206,11 +206,8 @@ func (c *Controller) handOver(ctx context.Context, b *v1alpha1.VirtualMachineBac
 	default:
 		return c.wait(ctx, b, fmt.Sprintf("the VirtualMachine is %s; the backup starts once it runs or is stopped", vm.Status.Phase))
 	}
-	for _, o := range c.backups.List() {
-		if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
-			o.Status.Phase == v1alpha1.BackupPhaseInProgress {
-			return c.wait(ctx, b, fmt.Sprintf("backup %q of the VM runs; one backup of a VM runs at a time", o.Name))
-		}
+	if o := c.runningBackupOf(b); o != "" {
+		return c.wait(ctx, b, fmt.Sprintf("backup %q of the VM runs; one backup of a VM runs at a time", o))
 	}
 	st := b.Status
 	st.Conditions = slices.Clone(b.Status.Conditions)

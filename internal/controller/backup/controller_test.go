@@ -263,14 +263,7 @@ func TestRetain(t *testing.T) {
 // VM with runPolicy AlwaysOn is refused; a stopped VM is backed up and left stopped.
 func TestModeStop(t *testing.T) {
 	fc := fake.New()
-	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
-		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
-	vm := newVM("vm1", v1alpha1.VMPhaseRunning, "n1")
-	vm.Spec.RunPolicy = v1alpha1.RunPolicyManual
-	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "d1"}}
-	d1 := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "d1", Namespace: "p1"}}
-	d1.Spec.PersistentVolumeClaim.Size = "1Gi"
-	d1.Status.Phase, d1.Status.NodeName = v1alpha1.DiskPhaseReady, "n1"
+	target, vm, d1 := modeStopFixture()
 	always := newVM("always", v1alpha1.VMPhaseRunning, "n1")
 	always.Spec.RunPolicy = v1alpha1.RunPolicyAlwaysOn
 	off := newVM("off", v1alpha1.VMPhaseStopped, "")
@@ -346,14 +339,7 @@ func TestModeStop(t *testing.T) {
 // nothing (the VM runs).
 func TestModeStopEdges(t *testing.T) {
 	fc := fake.New()
-	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
-		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
-	vm := newVM("vm1", v1alpha1.VMPhaseRunning, "n1")
-	vm.Spec.RunPolicy = v1alpha1.RunPolicyManual
-	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "d1"}}
-	d1 := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "d1", Namespace: "p1"}}
-	d1.Spec.PersistentVolumeClaim.Size = "1Gi"
-	d1.Status.Phase, d1.Status.NodeName = v1alpha1.DiskPhaseReady, "n1"
+	target, vm, d1 := modeStopFixture()
 	stale := &v1alpha1.VirtualMachineOperation{ObjectMeta: v1alpha1.ObjectMeta{Name: "b1-stop", Namespace: "p1",
 		Annotations: map[string]string{annotationBackupUID: "an-earlier-backup"}},
 		Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeStop, VirtualMachineName: "vm1"}}
@@ -399,4 +385,17 @@ func TestModeStopEdges(t *testing.T) {
 		t.Errorf("a Start of a VM that runs: %v", err)
 	}
 	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b2", &b2, func() bool { return b2.Status.Phase == v1alpha1.BackupPhaseInProgress })
+}
+
+// modeStopFixture is a target and a running Manual VM vm1 on n1 with its Local disk d1.
+func modeStopFixture() (*v1alpha1.BackupTarget, *v1alpha1.VirtualMachine, *v1alpha1.VirtualDisk) {
+	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
+		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
+	vm := newVM("vm1", v1alpha1.VMPhaseRunning, "n1")
+	vm.Spec.RunPolicy = v1alpha1.RunPolicyManual
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "d1"}}
+	d1 := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "d1", Namespace: "p1"}}
+	d1.Spec.PersistentVolumeClaim.Size = "1Gi"
+	d1.Status.Phase, d1.Status.NodeName = v1alpha1.DiskPhaseReady, "n1"
+	return target, vm, d1
 }

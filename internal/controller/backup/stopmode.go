@@ -49,11 +49,8 @@ func (c *Controller) stopForBackup(ctx context.Context, b *v1alpha1.VirtualMachi
 		if node, why := c.stoppedVMNode(vm); node == "" {
 			return runtime.Result{}, c.fail(ctx, b, why)
 		}
-		for _, o := range c.backups.List() {
-			if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
-				o.Status.Phase == v1alpha1.BackupPhaseInProgress {
-				return c.wait(ctx, b, fmt.Sprintf("backup %q of the VM runs; one backup of a VM runs at a time", o.Name))
-			}
+		if o := c.runningBackupOf(b); o != "" {
+			return c.wait(ctx, b, fmt.Sprintf("backup %q of the VM runs; one backup of a VM runs at a time", o))
 		}
 		st := b.Status
 		st.Conditions = slices.Clone(b.Status.Conditions)
@@ -146,6 +143,17 @@ func (c *Controller) vmHeldByBackup(b *v1alpha1.VirtualMachineBackup, vm *v1alph
 	for _, o := range c.backups.List() {
 		if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
 			o.Status.StoppedVM && !o.Status.RestartedVM && o.Status.VirtualMachineUID == vm.UID && o.DeletionTimestamp == nil {
+			return o.Name
+		}
+	}
+	return ""
+}
+
+// runningBackupOf names another backup of b's VM that is being taken ("" for none).
+func (c *Controller) runningBackupOf(b *v1alpha1.VirtualMachineBackup) string {
+	for _, o := range c.backups.List() {
+		if o.Namespace == b.Namespace && o.Spec.VirtualMachineName == b.Spec.VirtualMachineName && o.Name != b.Name &&
+			o.Status.Phase == v1alpha1.BackupPhaseInProgress {
 			return o.Name
 		}
 	}
