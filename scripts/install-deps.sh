@@ -13,6 +13,7 @@ PKGS=(
   xz-utils gzip                                        # .xz image imports (xz --memlimit), test images
   docker-registry python3                              # OCI registry for containerdisk tests (python3: htpasswd)
   make git ca-certificates curl unzip
+  gcc libc6-dev                                        # cgo: the C zstd library of the backup chunk store
   chromium                                             # the web UI's browser tests (test/e2e/ui_test.go)
 )
 GO_VERSION=1.26.8   # installed into /usr/local/go when no Go >= 1.26 is on PATH

@@ -26,7 +26,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -106,20 +105,18 @@ func (s *Store) Missing(names []string) int {
 var ErrCorrupt = errors.New("chunk is corrupted")
 
 var (
-	encOnce sync.Once
-	enc     *zstd.Encoder
+	decOnce sync.Once
 	dec     *zstd.Decoder
 )
 
-func codecs() (*zstd.Encoder, *zstd.Decoder) {
-	encOnce.Do(func() {
-		// Both are safe for concurrent EncodeAll and DecodeAll; neither fails with these
-		// options.
-		// EncodeAll takes one of the encoder's instances: as many as BackupDisk's workers.
-		enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(goruntime.GOMAXPROCS(0)+1))
+// decoder is the chunks' decoder, safe for concurrent DecodeAll. The encoder is compress
+// (zstd_cgo.go, zstd_purego.go).
+func decoder() *zstd.Decoder {
+	decOnce.Do(func() {
+		// Fails with none of these options.
 		dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(2*ChunkSize))
 	})
-	return enc, dec
+	return dec
 }
 
 // Sum names data: its sha256 in hex, or "" for data that is all zeros.
@@ -172,8 +169,10 @@ func (s *Store) Put(data []byte) (sum string, added int64, err error) {
 	if _, err := os.Stat(p); err == nil {
 		return sum, 0, nil
 	}
-	e, _ := codecs()
-	z := e.EncodeAll(data, make([]byte, 0, len(data)/2))
+	z, err := compress(data)
+	if err != nil {
+		return "", 0, fmt.Errorf("compressing chunk %s: %w", sum, err)
+	}
 	f, err := storage.TempFile(p)
 	if err != nil {
 		return "", 0, err
@@ -226,8 +225,7 @@ func (s *Store) Get(sum string, size int) ([]byte, error) {
 		}
 		return nil, err
 	}
-	_, d := codecs()
-	data, err := d.DecodeAll(z, make([]byte, 0, size))
+	data, err := decoder().DecodeAll(z, make([]byte, 0, size))
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w: %v", sum, ErrCorrupt, err)
 	}
