@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,7 +18,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/backup"
-	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/nbd"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
@@ -30,22 +29,24 @@ import (
 //  1. finds the VM's last Completed backup in the same target and reads its manifest; a disk
 //     whose dirty bitmap from that backup is in QEMU and consistent is read incrementally,
 //     any other disk whole (the reason is in status.disks[].fullReason);
-//  2. opens, per disk, an empty qcow2 file in DATA-DIR/backup-work (over a backing that reads
-//     zeros, so that "allocated" in that file means "copied by the job");
+//  2. opens, per disk, an empty scratch qcow2 file in DATA-DIR/backup-work over the disk's own
+//     node (image fleecing, backup_fleece.go);
 //  3. freezes the guest's filesystems (mode snapshot, when the guest agent answers) or pauses
 //     its vCPUs (mode suspend);
 //  4. in one QMP transaction, per disk: adds a new persistent dirty bitmap named after this
-//     backup, and starts a blockdev-backup job, sync full, or sync bitmap over the previous
-//     backup's bitmap with bitmap-mode never (the old bitmap is left as it is);
-//  5. thaws or resumes the guest at once; QEMU's copy-before-write keeps the instant;
-//  6. once the jobs end, reads the copied ranges (qemu-img map of the work file), lays them
-//     over the previous backup's chunks, stores the chunks the target lacks, and writes the
-//     manifest, which names the new bitmaps;
+//     backup, a frozen copy of the previous backup's bitmap (incremental reads), and starts a
+//     copy-before-write job (blockdev-backup, sync none) into the scratch node;
+//  5. thaws or resumes the guest at once; the scratch node reads as the disk did at that
+//     instant, since QEMU copies a block there before the guest overwrites it;
+//  6. exports the scratch nodes over NBD, reads the present ranges (the whole disk, or the
+//     blocks the frozen bitmap marks; ranges that read as zeros are not read), lays them over
+//     the previous backup's chunks, stores the chunks the target lacks, takes the exports,
+//     jobs and scratch nodes out of QEMU, and writes the manifest, which names the new bitmaps;
 //  7. removes the previous backup's bitmaps. A backup that fails removes its own new bitmaps
 //     instead, so the previous ones still cover every write since the last good backup: a
 //     crash at any step costs at most a full read, never a wrong backup.
 
-// backupWorkDir is where the copies of QEMU's backup jobs are written before they are chunked.
+// backupWorkDir holds the scratch files of running backups and their NBD sockets.
 func (a *Agent) backupWorkDir() string { return filepath.Join(a.cfg.DataDir, "backup-work") }
 
 // bitmapPrefix is the prefix of the dirty bitmaps of backups into target.
@@ -161,7 +162,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	// What an earlier run of this backup left in QEMU (the agent stopped while it copied): its
 	// job still holds the previous backup's bitmap, which the plan must find free.
 	newBitmap := bitmapName(b.Spec.BackupTargetName, string(b.UID))
-	a.dropBackupLeftovers(ctx, mon, string(b.UID), newBitmap)
+	a.dropBackupLeftovers(ctx, mon, newBitmap)
 	prev, prevWhy := a.previousBackup(ctx, store, b, vm)
 	disks, err := a.backupDisks(ctx, mon, store, b, vm, prev, prevWhy)
 	if err != nil {
@@ -170,11 +171,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	started := time.Now()
 	fz := a.backupFreezer(b, sub)
 	a.log.Info("taking a backup", "backup", b.Namespace+"/"+b.Name, "vm", vm.Name, "disks", len(disks), "mode", b.Spec.Mode)
-	var speed int64
-	if q := b.Spec.BandwidthLimit; q != "" {
-		speed, _ = q.Value() // validated by the API: at least 1 MiB/s
-	}
-	res, err := copyForBackup(ctx, mon, fz, disks, newBitmap, speed, b.Status.Stopped)
+	fl, res, err := fleeceForBackup(ctx, mon, fz, disks, newBitmap, tmpBitmapName(string(b.UID)), a.nbdSocketPath(string(b.UID)), b.Status.Stopped)
 	if err != nil {
 		if ctx.Err() != nil {
 			return runtime.Result{}, ctx.Err()
@@ -187,7 +184,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	if spec, err := json.Marshal(vm.Spec); err == nil {
 		m.VMSpec = spec
 	}
-	rel, stats, why, err := a.storeBackup(ctx, store, b, sub, disks, newBitmap, m)
+	rel, stats, why, err := a.storeBackup(ctx, store, b, sub, fl, newBitmap, m)
 	switch {
 	case err != nil:
 		return runtime.Result{}, err
@@ -278,12 +275,11 @@ func (a *Agent) backupFreezer(b *v1alpha1.VirtualMachineBackup, sub *bkSubject) 
 // storeBackup chunks the copied disks into the store and writes the manifest m; then the new
 // bitmaps are the ones the next backup reads, and the older ones of the target go. On a
 // failure (why) the new bitmaps go instead: no backup builds on one that is not stored.
-func (a *Agent) storeBackup(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, sub *bkSubject, disks []bkDisk, newBitmap string, m *backup.Manifest) (string, []v1alpha1.BackupDisk, string, error) {
+func (a *Agent) storeBackup(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, sub *bkSubject, fl *fleece, newBitmap string, m *backup.Manifest) (string, []v1alpha1.BackupDisk, string, error) {
+	disks := fl.disks
 	dropNew := func() { a.dropBitmaps(ctx, sub.mon, disks, func(n string) bool { return n == newBitmap }) }
-	stats, err := a.chunkDisks(ctx, store, b, disks, m)
-	for _, d := range disks {
-		os.Remove(d.target)
-	}
+	stats, err := a.chunkDisks(ctx, store, b, fl, m)
+	fl.close(ctx)
 	if err != nil {
 		dropNew()
 		if ctx.Err() != nil {
@@ -498,153 +494,54 @@ func (p vcpuPauser) thaw(ctx context.Context) (int, error) {
 	return 0, err
 }
 
-// copyForBackup adds the work files to QEMU, holds the guest still (fz, when not nil), and
-// in one transaction adds the new bitmap to every disk and starts the copy jobs; it waits for
-// the jobs and takes the work files out of QEMU again. On failure it undoes what it added,
-// the new bitmaps too.
-func copyForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks []bkDisk, newBitmap string, speed int64, byPath bool) (res liveResult, err error) {
-	var done []snapAdded
-	bitmapsAdded := false
-	sds := make([]snapDisk, len(disks))
-	for i, d := range disks {
-		sds[i] = d.snapDisk
-	}
-	defer func() {
-		if err == nil {
-			return
-		}
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		undoSnapshotTargets(uctx, mon, done)
-		if bitmapsAdded {
-			for _, d := range disks {
-				_ = mon.Execute(uctx, "block-dirty-bitmap-remove", map[string]any{"node": d.src, "name": newBitmap}, nil)
-			}
-		}
-		for _, d := range disks {
-			os.Remove(d.target)
-		}
-	}()
-	if err := addBackupTargets(ctx, mon, disks, &done, byPath); err != nil {
-		return res, err
-	}
-	var frozenAt time.Time
-	if fz != nil {
-		if _, ferr := fz.freeze(ctx); ferr != nil {
-			res.freezeErr = ferr
-		} else {
-			res.frozen, frozenAt = true, time.Now()
-		}
-	}
-	terr := mon.Execute(ctx, "transaction", map[string]any{"actions": backupActions(disks, newBitmap, speed)}, nil)
-	if res.frozen {
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		_, thawErr := fz.thaw(tctx)
-		cancel()
-		res.frozenFor = time.Since(frozenAt)
-		if thawErr != nil && terr == nil {
-			bitmapsAdded = true
-			for i := range done {
-				done[i].job = true
-			}
-			return res, fmt.Errorf("thawing the guest: %w", thawErr)
-		}
-	}
-	if terr != nil {
-		return res, fmt.Errorf("starting the copy: %w", terr)
-	}
-	bitmapsAdded = true
-	started := time.Now()
-	for i := range done {
-		done[i].job = true
-	}
-	ids := make([]string, len(disks))
-	for i, d := range disks {
-		ids[i] = d.id
-	}
-	if err := waitJobs(ctx, mon, ids); err != nil {
-		var jf jobFailed
-		if errors.As(err, &jf) {
-			for i := range done {
-				done[i].job = false
-			}
-		}
-		return res, err
-	}
-	res.copyTook = time.Since(started)
-	for i := range done {
-		done[i].job = false
-	}
-	return res, removeSnapshotTargets(ctx, mon, sds, done)
-}
-
-// addBackupTargets creates each disk's work file and opens it in QEMU as block node d.id over
-// a backing that reads zeros: what the job copies is then exactly what is allocated in it.
-// byPath: the QEMU (a storage daemon of the agent's, as root) opens the file by its path
-// rather than through a passed descriptor.
-func addBackupTargets(ctx context.Context, mon snapshotMonitor, disks []bkDisk, done *[]snapAdded, byPath bool) error {
-	for _, d := range disks {
-		if err := os.MkdirAll(filepath.Dir(d.target), 0o700); err != nil {
-			return err
-		}
-		os.Remove(d.target)
-		if err := storage.CreateBlank(ctx, d.target, d.size); err != nil {
-			return fmt.Errorf("creating the work file: %w", err)
-		}
-		if byPath {
-			*done = append(*done, snapAdded{set: -1})
-			args := map[string]any{"driver": "qcow2", "node-name": d.id,
-				"file":    map[string]any{"driver": "file", "filename": d.target},
-				"backing": map[string]any{"driver": "null-co", "size": d.size, "read-zeroes": true}}
-			if err := mon.Execute(ctx, "blockdev-add", args, nil); err != nil {
-				return fmt.Errorf("blockdev-add %s: %w", d.id, err)
-			}
-			(*done)[len(*done)-1].node = d.id
-			continue
-		}
-		f, err := os.OpenFile(d.target, os.O_RDWR, 0)
-		if err != nil {
-			return err
-		}
-		info, err := mon.AddFD(ctx, f, -1, "backup:"+d.target)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("add-fd: %w", err)
-		}
-		*done = append(*done, snapAdded{set: info.FDSetID})
-		args := map[string]any{"driver": "qcow2", "node-name": d.id,
-			"file":    map[string]any{"driver": "file", "filename": qemu.FDSetPath(info.FDSetID)},
-			"backing": map[string]any{"driver": "null-co", "size": d.size, "read-zeroes": true}}
-		if err := mon.Execute(ctx, "blockdev-add", args, nil); err != nil {
-			return fmt.Errorf("blockdev-add %s: %w", d.id, err)
-		}
-		(*done)[len(*done)-1].node = d.id
-	}
-	return nil
-}
-
 // backupJobID names the copy job and work node of disk i of a backup (QEMU node names are at
 // most 31 characters, starting with a letter).
 func backupJobID(i int, uid string) string {
 	return fmt.Sprintf("bk%d-%s", i, strings.ReplaceAll(uid, "-", "")[:20])
 }
 
-// isBackupJobID says id is a job or node backupJobID made for the backup uid.
+// isBackupJobID says id is a job, node or export backupJobID made for the backup uid (for
+// any backup: uid "").
 func isBackupJobID(id, uid string) bool {
 	rest, ok := strings.CutPrefix(id, "bk")
 	i := strings.IndexByte(rest, '-')
-	return ok && i > 0 && strings.Trim(rest[:i], "0123456789") == "" && rest[i+1:] == strings.ReplaceAll(uid, "-", "")[:20]
+	if !ok || i <= 0 || strings.Trim(rest[:i], "0123456789") != "" {
+		return false
+	}
+	if uid == "" {
+		return len(rest[i+1:]) == 20
+	}
+	return rest[i+1:] == strings.ReplaceAll(uid, "-", "")[:20]
 }
 
-// dropBackupLeftovers removes from QEMU what an earlier run of the backup uid left: its copy
-// jobs (cancelled), work nodes, descriptor sets, and the new bitmap it added (its manifest
-// was never written, so no later backup reads that bitmap).
-func (a *Agent) dropBackupLeftovers(ctx context.Context, mon snapshotMonitor, uid, newBitmap string) {
+// dropBackupLeftovers removes from QEMU what an earlier run of a backup left (an agent runs
+// one backup at a time, so whatever a backup left is a leftover when the next one starts): the
+// NBD exports and server, the copy-before-write jobs (cancelled), scratch nodes, descriptor
+// sets and frozen bitmaps, and newBitmap, the bitmap an earlier run of this backup added (its
+// manifest was never written, so no later backup reads that bitmap).
+func (a *Agent) dropBackupLeftovers(ctx context.Context, mon snapshotMonitor, newBitmap string) {
+	var exports []struct {
+		ID string `json:"id"`
+	}
+	if err := mon.Execute(ctx, "query-block-exports", nil, &exports); err == nil {
+		left := len(exports)
+		for _, e := range exports {
+			if isBackupJobID(e.ID, "") {
+				_ = mon.Execute(ctx, "block-export-del", map[string]any{"id": e.ID, "mode": "hard"}, nil)
+				left--
+			}
+		}
+		if left == 0 {
+			// An earlier run's server (none runs otherwise while a VM is not a migration's
+			// target; the error when none runs is the usual case).
+			_ = mon.Execute(ctx, "nbd-server-stop", nil, nil)
+		}
+	}
 	var jobs []qmpJob
 	if err := mon.Execute(ctx, "query-jobs", nil, &jobs); err == nil {
 		var ids []string
 		for _, j := range jobs {
-			if isBackupJobID(j.ID, uid) {
+			if isBackupJobID(j.ID, "") {
 				_ = mon.Execute(ctx, "job-cancel", map[string]any{"id": j.ID}, nil)
 				ids = append(ids, j.ID)
 			}
@@ -659,11 +556,11 @@ func (a *Agent) dropBackupLeftovers(ctx context.Context, mon snapshotMonitor, ui
 	var nodes []bitmapNode
 	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err == nil {
 		for _, n := range nodes {
-			if isBackupJobID(n.NodeName, uid) {
+			if isBackupJobID(n.NodeName, "") {
 				_ = mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": n.NodeName}, nil)
 			}
 			for _, bm := range n.Bitmaps {
-				if bm.Name == newBitmap {
+				if bm.Name == newBitmap || strings.HasPrefix(bm.Name, "bkt-") {
 					_ = mon.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": n.NodeName, "name": bm.Name}, nil)
 				}
 			}
@@ -674,35 +571,13 @@ func (a *Agent) dropBackupLeftovers(ctx context.Context, mon snapshotMonitor, ui
 		for _, s := range sets {
 			for _, fd := range s.FDs {
 				name := strings.TrimSuffix(filepath.Base(strings.TrimPrefix(fd.Opaque, "backup:")), ".qcow2")
-				if strings.HasPrefix(fd.Opaque, "backup:") && isBackupJobID(name, uid) {
+				if strings.HasPrefix(fd.Opaque, "backup:") && isBackupJobID(name, "") {
 					_ = mon.Execute(ctx, "remove-fd", map[string]any{"fdset-id": s.ID}, nil)
 					break
 				}
 			}
 		}
 	}
-}
-
-// backupActions is the transaction of a backup's instant: for each disk the new bitmap the
-// next backup reads, and the copy job of what this one reads (the whole disk, or the blocks
-// the previous backup's bitmap marks). Not completion-mode grouped (block-dirty-bitmap-add
-// refuses it): a job that fails fails the whole backup anyway, and the bitmaps it reads are
-// left as they were.
-func backupActions(disks []bkDisk, newBitmap string, speed int64) []map[string]any {
-	var actions []map[string]any
-	for _, d := range disks {
-		actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{
-			"node": d.src, "name": newBitmap, "persistent": true}})
-		job := map[string]any{"job-id": d.id, "device": d.src, "target": d.id, "sync": "full", "auto-dismiss": false}
-		if d.prevBitmap != "" {
-			job["sync"], job["bitmap"], job["bitmap-mode"] = "bitmap", d.prevBitmap, "never"
-		}
-		if speed > 0 {
-			job["speed"] = speed
-		}
-		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": job})
-	}
-	return actions
 }
 
 // undoSnapshotTargets cancels the jobs and removes the nodes and descriptors done records.
@@ -745,25 +620,33 @@ func (a *Agent) dropBitmaps(ctx context.Context, mon snapshotMonitor, disks []bk
 	}
 }
 
-// chunkDisks stores the copied ranges of every disk's work file and fills m's disks.
-func (a *Agent) chunkDisks(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, disks []bkDisk, m *backup.Manifest) ([]v1alpha1.BackupDisk, error) {
-	type planned struct {
-		ex    []backup.Extent
-		bytes int64
+// chunkDisks stores the present extents of every disk's export and fills m's disks.
+func (a *Agent) chunkDisks(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, fl *fleece, m *backup.Manifest) ([]v1alpha1.BackupDisk, error) {
+	type opened struct {
+		c  *nbd.Conn
+		ex []backup.Extent
 	}
-	plans := make([]planned, len(disks))
+	disks := fl.disks
+	conns := make([]opened, len(disks))
+	defer func() {
+		for _, o := range conns {
+			if o.c != nil {
+				o.c.Close()
+			}
+		}
+	}()
 	var total int64
 	for i, d := range disks {
-		out, err := exec.CommandContext(ctx, "qemu-img", "map", "--output=json", "-f", "qcow2", d.target).Output()
+		c, ex, err := fl.open(d)
 		if err != nil {
-			return nil, fmt.Errorf("qemu-img map of the copy of disk %q: %w", d.name, err)
+			return nil, fmt.Errorf("reading the disk %q through QEMU's export: %w", d.name, err)
 		}
-		ex, err := backup.ParseMap(out, d.size)
-		if err != nil {
-			return nil, fmt.Errorf("disk %q: %w", d.name, err)
-		}
-		plans[i] = planned{ex, backup.PresentBytes(ex)}
-		total += plans[i].bytes
+		conns[i] = opened{c, ex}
+		total += backup.PresentBytes(ex)
+	}
+	var rate int64
+	if q := b.Spec.BandwidthLimit; q != "" {
+		rate, _ = q.Value() // validated by the API: at least 1 MiB/s
 	}
 	var doneBefore int64
 	var lastWrite time.Time // progress is called by one goroutine at a time
@@ -776,16 +659,12 @@ func (a *Agent) chunkDisks(ctx context.Context, store *backup.Store, b *v1alpha1
 	}
 	var out []v1alpha1.BackupDisk
 	for i, d := range disks {
-		f, err := os.Open(d.target)
-		if err != nil {
-			return nil, err
-		}
-		chunks, st, err := store.BackupDisk(ctx, f, d.size, plans[i].ex, d.prev, progress)
-		f.Close()
+		src := &throttled{r: conns[i].c, rate: rate, ctx: ctx}
+		chunks, st, err := store.BackupDisk(ctx, src, d.size, conns[i].ex, d.prev, progress)
 		if err != nil {
 			return nil, fmt.Errorf("disk %q: %w", d.name, err)
 		}
-		doneBefore += plans[i].bytes
+		doneBefore += backup.PresentBytes(conns[i].ex)
 		m.Disks = append(m.Disks, backup.Disk{Name: d.name, UID: d.uid, Size: d.size,
 			Bitmap: bitmapName(b.Spec.BackupTargetName, string(b.UID)), Chunks: chunks})
 		kind := v1alpha1.BackupKindIncremental
@@ -835,7 +714,7 @@ func (a *Agent) backupDone(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		took := time.Since(started)
 		st.Duration = took.Round(time.Millisecond).String()
 		st.ThroughputMiBps = fmt.Sprintf("%.1f", float64(sum.Read)/(1<<20)/max(took.Seconds(), 0.001))
-		msg = fmt.Sprintf("%s: read %s, stored %s (%d new chunks of %d) in %s (QEMU's copy %s)", msg, v1alpha1.HumanBytes(sum.Read), v1alpha1.HumanBytes(sum.Stored), sum.NewChunks, sum.Chunks, st.Duration, res.copyTook.Round(time.Millisecond))
+		msg = fmt.Sprintf("%s: read %s, stored %s (%d new chunks of %d) in %s", msg, v1alpha1.HumanBytes(sum.Read), v1alpha1.HumanBytes(sum.Stored), sum.NewChunks, sum.Chunks, st.Duration)
 		if b.Status.Stopped {
 			msg += "; the VirtualMachine was stopped"
 		} else if consistent {
