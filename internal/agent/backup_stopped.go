@@ -45,6 +45,7 @@ func (a *Agent) startStorageDaemon(ctx context.Context, b *v1alpha1.VirtualMachi
 	sock := filepath.Join(dir, "qmp.sock")
 	cmd := exec.Command(qsdBinary, "--chardev", "socket,path="+sock+",server=on,wait=off,id=m", "--monitor", "chardev=m")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.Env = append(os.Environ(), qemuMallocTunables)
 	out, err := os.Create(filepath.Join(dir, "qsd.log"))
 	if err != nil {
 		return nil, err

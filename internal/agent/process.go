@@ -457,7 +457,7 @@ func (a *Agent) launch(key runtime.Key, uid, runDir string, cfg qemu.Config) (*i
 	if cfg.PassFDs {
 		dir, cred = "/", a.qemuAs.credential()
 	}
-	proc, err := startDetachedEnv(cfg.Binary, cfg.Args, dir, []string{runDirEnv + "=" + runDir}, logf, cred, extra...)
+	proc, err := startDetachedEnv(cfg.Binary, cfg.Args, dir, []string{runDirEnv + "=" + runDir, qemuMallocTunables}, logf, cred, extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -489,6 +489,15 @@ func startDetached(binary string, args []string, dir string, out *os.File, cred 
 // a QEMU found in /proc without a pidfile is adopted only by the agent whose run directory it
 // names (another agent on the same host, with another data dir, may run the same VM uid).
 const runDirEnv = "RAKHSH_RUN_DIR"
+
+// qemuMallocTunables, in the environment of QEMU and its storage daemon, keeps glibc from
+// serving allocations under 32 MiB with a fresh mmap (and giving the memory back at each
+// free): QEMU allocates a bounce buffer per NBD request (a backup's reads of its export, the
+// disk copy of a migration), and with glibc's defaults every 4 MiB request faulted in 1,024
+// new pages, which made QEMU's NBD server serve 275 MiB/s from the page cache, CPU-bound;
+// with these 1.4 GiB/s (docs/benchmarks.md, "Backups"). The cost is heap that stays
+// allocated after a burst of such requests: the size of the requests in flight.
+const qemuMallocTunables = "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
 
 // startDetachedEnv is startDetached with env added to the child's environment.
 func startDetachedEnv(binary string, args []string, dir string, env []string, out *os.File, cred *syscall.Credential, extra ...*os.File) (*os.Process, error) {

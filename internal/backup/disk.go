@@ -131,6 +131,7 @@ func (s *Store) BackupDisk(ctx context.Context, src io.ReaderAt, size int64, ex 
 			defer wg.Done()
 			for j := range jobs {
 				sum, added, err := s.Put(j.data)
+				putChunkBuf(j.data)
 				results <- result{j.c, sum, added, j.done, err}
 			}
 		}()
@@ -149,7 +150,7 @@ func (s *Store) BackupDisk(ctx context.Context, src io.ReaderAt, size int64, ex 
 			csize := chunkSize(size, c)
 			var data []byte
 			if covered(touched[c], base, int64(csize)) {
-				data = make([]byte, csize) // every byte comes from the copy
+				data = chunkBuf(csize) // every byte comes from the copy
 			} else {
 				var err error
 				if data, err = s.Get(out[c], csize); err != nil {
@@ -214,6 +215,26 @@ func (s *Store) BackupDisk(ctx context.Context, src io.ReaderAt, size int64, ex 
 		}
 	}
 	return out, st, nil
+}
+
+// chunkBufs holds chunk-sized buffers for reuse: a fresh 4 MiB buffer per chunk cost a fifth
+// of a full backup's CPU time in zeroing and page faults.
+var chunkBufs sync.Pool
+
+// chunkBuf returns a buffer of n bytes (at most ChunkSize) whose contents are undefined.
+func chunkBuf(n int) []byte {
+	if b, ok := chunkBufs.Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, ChunkSize)
+}
+
+// putChunkBuf gives b back for reuse (one of ChunkSize capacity; others are dropped).
+func putChunkBuf(b []byte) {
+	if cap(b) == ChunkSize {
+		b = b[:0]
+		chunkBufs.Put(&b)
+	}
 }
 
 // covered says the extents (in order, not overlapping) cover [base, base+n) whole.

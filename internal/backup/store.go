@@ -169,10 +169,11 @@ func (s *Store) Put(data []byte) (sum string, added int64, err error) {
 	if _, err := os.Stat(p); err == nil {
 		return sum, 0, nil
 	}
-	z, err := compress(data)
+	z, release, err := compress(data)
 	if err != nil {
 		return "", 0, fmt.Errorf("compressing chunk %s: %w", sum, err)
 	}
+	defer release()
 	f, err := storage.TempFile(p)
 	if err != nil {
 		return "", 0, err

@@ -18,12 +18,13 @@ var (
 )
 
 // compress compresses a chunk into one zstd frame with the pure Go encoder, for binaries
-// built without cgo (about two thirds of the C library's speed).
-func compress(data []byte) ([]byte, error) {
+// built without cgo (about two thirds of the C library's speed). The result is valid until
+// release is called.
+func compress(data []byte) (z []byte, release func(), err error) {
 	encOnce.Do(func() {
 		// SpeedDefault is about zstd level 3. EncodeAll takes one of the encoder's
 		// instances: as many as BackupDisk's workers. Fails with none of these options.
 		enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(goruntime.GOMAXPROCS(0)+1))
 	})
-	return enc.EncodeAll(data, make([]byte, 0, len(data)/2)), nil
+	return enc.EncodeAll(data, make([]byte, 0, len(data)/2)), func() {}, nil
 }

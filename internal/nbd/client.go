@@ -3,9 +3,8 @@
 // replies, metadata contexts (base:allocation, qemu:dirty-bitmap:NAME), reads and block
 // status, one request at a time per connection.
 //
-// It is meant for backups that read a point-in-time view of a running VM's disk that QEMU
-// exports over NBD (image fleecing) instead of a full copy of the disk into a scratch file;
-// the backup path does not use it yet (docs/benchmarks.md, "Backups", says why that matters).
+// Backups read with it the point-in-time view of a VM's disks that QEMU exports over NBD
+// (image fleecing, internal/agent/backup_fleece.go).
 package nbd
 
 import (
@@ -76,6 +75,7 @@ type Conn struct {
 	contexts map[string]uint32
 	cookie   uint64
 	broken   error
+	buf      []byte // reply chunks are read into it (under mu)
 }
 
 // Dial connects to the NBD server at addr (network "unix" or "tcp"), opens export name with
@@ -259,7 +259,12 @@ func (c *Conn) request(cmd uint16, flags uint16, off, length int64, chunk func(t
 			c.broken = fmt.Errorf("nbd: a reply chunk the client did not ask for (magic %#x, cookie %d, %d bytes)", h.Magic, h.Cookie, h.Length)
 			return c.broken
 		}
-		p := make([]byte, h.Length)
+		// One buffer per connection, reused (the chunk funcs keep nothing of it): a 4 MiB read
+		// does not allocate.
+		if cap(c.buf) < int(h.Length) {
+			c.buf = make([]byte, h.Length)
+		}
+		p := c.buf[:h.Length]
 		if _, err := io.ReadFull(c.c, p); err != nil {
 			c.broken = fmt.Errorf("nbd: connection broken: %w", err)
 			return c.broken
@@ -293,7 +298,8 @@ func chunkError(p []byte) error {
 }
 
 // ReadAt reads len(p) bytes at off (at most 32 MiB per call, as QEMU's server allows). Holes
-// read as zeros.
+// read as zeros. The reply's chunks must cover p in order, without gaps or overlaps (as
+// QEMU's server sends them): p is not cleared first, so no byte of it is left from before.
 func (c *Conn) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > c.size {
 		return 0, fmt.Errorf("nbd: read of %d bytes at %d beyond the export's %d", len(p), off, c.size)
@@ -301,38 +307,40 @@ func (c *Conn) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) > maxRead {
 		return 0, fmt.Errorf("nbd: a read of %d bytes (at most %d per request)", len(p), maxRead)
 	}
-	clear(p)
-	got := int64(0)
+	next := int64(0) // where the next chunk starts, in p
 	err := c.request(cmdRead, 0, off, int64(len(p)), func(typ uint16, b []byte) error {
 		if len(b) < 8 {
 			return errors.New("nbd: a short read chunk")
 		}
 		at := int64(binary.BigEndian.Uint64(b)) - off
+		var n int64
 		switch typ {
 		case replyOffsetData:
-			data := b[8:]
-			if at < 0 || at+int64(len(data)) > int64(len(p)) {
-				return errors.New("nbd: a read chunk outside the request")
-			}
-			copy(p[at:], data)
-			got += int64(len(data))
+			n = int64(len(b) - 8)
 		case replyOffsetHole:
 			if len(b) < 12 {
 				return errors.New("nbd: a short hole chunk")
 			}
-			n := int64(binary.BigEndian.Uint32(b[8:]))
-			if at < 0 || at+n > int64(len(p)) {
-				return errors.New("nbd: a hole chunk outside the request")
-			}
-			got += n // zeros already
+			n = int64(binary.BigEndian.Uint32(b[8:]))
+		default:
+			return nil
 		}
+		if at != next || at+n > int64(len(p)) {
+			return fmt.Errorf("nbd: a read chunk of %d bytes at %d where %d was next (of %d)", n, at, next, len(p))
+		}
+		if typ == replyOffsetData {
+			copy(p[at:], b[8:])
+		} else {
+			clear(p[at : at+n])
+		}
+		next += n
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	if got != int64(len(p)) {
-		return 0, fmt.Errorf("nbd: the reply covered %d of %d bytes", got, len(p))
+	if next != int64(len(p)) {
+		return 0, fmt.Errorf("nbd: the reply covered %d of %d bytes", next, len(p))
 	}
 	return len(p), nil
 }

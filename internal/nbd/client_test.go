@@ -196,3 +196,80 @@ func FuzzHandshake(f *testing.F) {
 		}
 	})
 }
+
+// TestReadChunks: a read's reply chunks must cover the buffer in order; holes are cleared in
+// a buffer that held other data; a reply that breaks the rule fails the read and leaves the
+// connection usable.
+func TestReadChunks(t *testing.T) {
+	type chunk struct {
+		hole    bool
+		at, n   int
+		payload byte
+	}
+	data := func(at, n int, b byte) chunk { return chunk{at: at, n: n, payload: b} }
+	hole := func(at, n int) chunk { return chunk{hole: true, at: at, n: n} }
+	cases := []struct {
+		name   string
+		chunks []chunk
+		ok     bool
+	}{
+		{"data then hole", []chunk{data(0, 6, 0xaa), hole(6, 10)}, true},
+		{"a gap", []chunk{data(0, 6, 0xaa), hole(8, 8)}, false},
+		{"an overlap", []chunk{data(0, 8, 0xaa), data(6, 10, 0xbb)}, false},
+		{"out of order", []chunk{hole(6, 10), data(0, 6, 0xaa)}, false},
+		{"short", []chunk{data(0, 6, 0xaa)}, false},
+		{"beyond", []chunk{data(0, 6, 0xaa), hole(6, 12)}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			defer client.Close()
+			c := &Conn{c: client, size: 1 << 20, contexts: map[string]uint32{}}
+			go func() {
+				defer server.Close()
+				req := make([]byte, 28)
+				for {
+					if _, err := io.ReadFull(server, req); err != nil {
+						return
+					}
+					cookie, off := binary.BigEndian.Uint64(req[8:]), binary.BigEndian.Uint64(req[16:])
+					for i, ch := range tc.chunks {
+						typ, p := uint16(replyOffsetData), binary.BigEndian.AppendUint64(nil, off+uint64(ch.at))
+						if ch.hole {
+							typ, p = replyOffsetHole, binary.BigEndian.AppendUint32(p, uint32(ch.n))
+						} else {
+							p = append(p, bytes.Repeat([]byte{ch.payload}, ch.n)...)
+						}
+						var h []byte
+						h = binary.BigEndian.AppendUint32(h, magicStructured)
+						flags := uint16(0)
+						if i == len(tc.chunks)-1 {
+							flags = replyFlagDone
+						}
+						h = binary.BigEndian.AppendUint16(h, flags)
+						h = binary.BigEndian.AppendUint16(h, typ)
+						h = binary.BigEndian.AppendUint64(h, cookie)
+						h = binary.BigEndian.AppendUint32(h, uint32(len(p)))
+						if _, err := server.Write(append(h, p...)); err != nil {
+							return
+						}
+					}
+				}
+			}()
+			for round := range 2 { // the connection goes on after a failed read
+				p := bytes.Repeat([]byte{0xee}, 16)
+				_, err := c.ReadAt(p, 4096)
+				if tc.ok {
+					want := append(bytes.Repeat([]byte{0xaa}, 6), make([]byte, 10)...)
+					if err != nil || !bytes.Equal(p, want) {
+						t.Fatalf("round %d: %v, read %x", round, err, p)
+					}
+				} else if err == nil {
+					t.Fatalf("round %d: the read succeeded: %x", round, p)
+				} else if c.broken != nil {
+					t.Fatalf("round %d: the connection broke: %v", round, c.broken)
+				}
+			}
+		})
+	}
+}
