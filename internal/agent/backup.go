@@ -171,6 +171,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	started := time.Now()
 	fz := a.backupFreezer(b, sub)
 	a.log.Info("taking a backup", "backup", b.Namespace+"/"+b.Name, "vm", vm.Name, "disks", len(disks), "mode", b.Spec.Mode)
+	t0 := time.Now()
 	fl, res, err := fleeceForBackup(ctx, mon, fz, disks, newBitmap, tmpBitmapName(string(b.UID)), a.nbdSocketPath(string(b.UID)), b.Status.Stopped)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -178,6 +179,7 @@ func (a *Agent) takeBackup(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 		}
 		return fail("taking the backup of the VirtualMachine %q: %v", vm.Name, err)
 	}
+	a.log.Debug("backup instant taken, disks exported", "backup", b.Namespace+"/"+b.Name, "took", time.Since(t0))
 	m := &backup.Manifest{Version: backup.ManifestVersion, Backup: backup.Ref{Namespace: b.Namespace, Name: b.Name, UID: string(b.UID)},
 		VM: backup.Ref{Namespace: vm.Namespace, Name: vm.Name, UID: vm.UID}, Target: b.Spec.BackupTargetName, CreatedAt: started.UTC(),
 		ChunkSize: backup.ChunkSize, Consistent: res.frozen || b.Status.Stopped}
@@ -278,8 +280,11 @@ func (a *Agent) backupFreezer(b *v1alpha1.VirtualMachineBackup, sub *bkSubject) 
 func (a *Agent) storeBackup(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, sub *bkSubject, fl *fleece, newBitmap string, m *backup.Manifest) (string, []v1alpha1.BackupDisk, string, error) {
 	disks := fl.disks
 	dropNew := func() { a.dropBitmaps(ctx, sub.mon, disks, func(n string) bool { return n == newBitmap }) }
+	t0 := time.Now()
 	stats, err := a.chunkDisks(ctx, store, b, fl, m)
+	t1 := time.Now()
 	fl.close(ctx)
+	a.log.Debug("backup read and stored", "backup", b.Namespace+"/"+b.Name, "took", t1.Sub(t0), "close", time.Since(t1))
 	if err != nil {
 		dropNew()
 		if ctx.Err() != nil {
@@ -297,7 +302,9 @@ func (a *Agent) storeBackup(ctx context.Context, store *backup.Store, b *v1alpha
 			return "", nil, fmt.Sprintf("the VirtualMachine %q started while its stopped disks were backed up", sub.vm.Name), nil
 		}
 	}
+	t2 := time.Now()
 	rel, err := store.WriteManifest(m)
+	a.log.Debug("backup manifest written", "backup", b.Namespace+"/"+b.Name, "took", time.Since(t2))
 	if err != nil {
 		dropNew()
 		return "", nil, err.Error(), nil
