@@ -62,8 +62,8 @@ func medianDur(d []time.Duration) time.Duration {
 
 // TestBackupBenchmark measures, side by side in one run, on a 2 GiB disk of which three
 // quarters hold the files of /usr/lib: zstd -T0 (level 3) of the raw disk, a full backup of
-// it (the platform: QEMU's copy, chunking, hashing, compression), an unchanged incremental,
-// and a restore into a new disk. It runs only when RAKHSH_BENCH_BACKUP is set (to the
+// it (the platform: QEMU's NBD export of the disk, chunking, hashing, compression), an
+// unchanged incremental, and a restore into a new disk. It runs only when RAKHSH_BENCH_BACKUP is set (to the
 // number of rounds); see docs/benchmarks.md.
 func TestBackupBenchmark(t *testing.T) {
 	rounds, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_BACKUP"))
