@@ -73,7 +73,47 @@ func (a *Agent) runBackups(ctx context.Context) {
 		a.log.Warn("removing backup work files", "err", err)
 	}
 	go bs.Run(ctx)
-	q.Run(ctx, 1, a.reconcileBackup)
+	q.Add(sweepBackupsKey)
+	q.Run(ctx, 1, func(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+		if key == sweepBackupsKey {
+			a.sweepBackupLeftovers(ctx)
+			return runtime.Result{RequeueAfter: sweepBackupsEvery}, nil
+		}
+		return a.reconcileBackup(ctx, key)
+	})
+}
+
+// sweepBackupsKey is the backup queue's key of the sweep of leftovers (no backup has a name
+// with a slash in it), sweepBackupsEvery how often it runs.
+var (
+	sweepBackupsKey   = runtime.NewKey("", "sweep/backup-leftovers")
+	sweepBackupsEvery = 5 * time.Minute
+)
+
+// sweepBackupLeftovers removes what backups left in the running VMs' QEMUs: a backup's
+// copy-before-write job runs until it is cancelled, and one whose backup was never taken
+// again (failed or deleted while the agent was down) would copy the guest's overwritten
+// blocks into a deleted scratch file for as long as the VM runs. It runs in the backup queue,
+// which takes one item at a time, so no backup is under way meanwhile.
+func (a *Agent) sweepBackupLeftovers(ctx context.Context) {
+	for _, vm := range a.vms.List() {
+		in := a.inst(vm.UID)
+		if in == nil || in.isExited() {
+			continue
+		}
+		mon, ok := in.monitor().(snapshotMonitor)
+		if !ok {
+			continue
+		}
+		var jobs []qmpJob
+		if err := mon.Execute(ctx, "query-jobs", nil, &jobs); err != nil {
+			continue
+		}
+		if slices.ContainsFunc(jobs, func(j qmpJob) bool { return isBackupJobID(j.ID, "") }) {
+			a.log.Info("removing what an earlier backup left in a VM's QEMU", "vm", vm.Namespace+"/"+vm.Name)
+			a.dropBackupLeftovers(ctx, mon, "")
+		}
+	}
 }
 
 func (a *Agent) reconcileBackup(ctx context.Context, key runtime.Key) (runtime.Result, error) {
@@ -279,7 +319,12 @@ func (a *Agent) backupFreezer(b *v1alpha1.VirtualMachineBackup, sub *bkSubject) 
 // failure (why) the new bitmaps go instead: no backup builds on one that is not stored.
 func (a *Agent) storeBackup(ctx context.Context, store *backup.Store, b *v1alpha1.VirtualMachineBackup, sub *bkSubject, fl *fleece, newBitmap string, m *backup.Manifest) (string, []v1alpha1.BackupDisk, string, error) {
 	disks := fl.disks
-	dropNew := func() { a.dropBitmaps(ctx, sub.mon, disks, func(n string) bool { return n == newBitmap }) }
+	// Also when ctx has ended: a new bitmap left behind would be read by no backup.
+	dropNew := func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		a.dropBitmaps(uctx, sub.mon, disks, func(n string) bool { return n == newBitmap })
+	}
 	t0 := time.Now()
 	stats, err := a.chunkDisks(ctx, store, b, fl, m)
 	t1 := time.Now()
@@ -564,7 +609,7 @@ func (a *Agent) dropBackupLeftovers(ctx context.Context, mon snapshotMonitor, ne
 	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err == nil {
 		for _, n := range nodes {
 			if isBackupJobID(n.NodeName, "") {
-				_ = mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": n.NodeName}, nil)
+				delNode(ctx, mon, n.NodeName)
 			}
 			for _, bm := range n.Bitmaps {
 				if bm.Name == newBitmap || strings.HasPrefix(bm.Name, "bkt-") {
@@ -648,6 +693,9 @@ func (a *Agent) chunkDisks(ctx context.Context, store *backup.Store, b *v1alpha1
 		if err != nil {
 			return nil, fmt.Errorf("reading the disk %q through QEMU's export: %w", d.name, err)
 		}
+		// A read that hangs (the disk's storage does) ends with ctx: the connection closes.
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		defer stop()
 		conns[i] = opened{c, ex}
 		total += backup.PresentBytes(ex)
 	}

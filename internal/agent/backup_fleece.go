@@ -88,7 +88,11 @@ func fleeceForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks
 			res.frozen, frozenAt = true, time.Now()
 		}
 	}
-	terr := mon.Execute(ctx, "transaction", map[string]any{"actions": backupActions(disks, newBitmap, tmp)}, nil)
+	// Not cancelled halfway: QEMU may have carried out a transaction whose answer was not
+	// waited for, and then its jobs would not be known to be there to cancel.
+	tctx, tcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	terr := mon.Execute(tctx, "transaction", map[string]any{"actions": backupActions(disks, newBitmap, tmp)}, nil)
+	tcancel()
 	if terr == nil {
 		bitmapsAdded = true
 		for i := range f.added {
@@ -175,8 +179,6 @@ func (f *fleece) close(ctx context.Context) {
 		f.ln = nil
 	}
 	os.Remove(f.sock)
-	// An export being deleted still holds its node for a moment: blockdev-del is tried
-	// again briefly.
 	for i := len(f.added) - 1; i >= 0; i-- {
 		a := f.added[i]
 		if a.job {
@@ -184,13 +186,7 @@ func (f *fleece) close(ctx context.Context) {
 			waitJobsGone(uctx, f.mon, []string{a.node})
 		}
 		if a.node != "" {
-			for try := 0; ; try++ {
-				err := f.mon.Execute(uctx, "blockdev-del", map[string]any{"node-name": a.node}, nil)
-				if err == nil || try == 20 || uctx.Err() != nil {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			delNode(uctx, f.mon, a.node)
 		}
 		if a.set >= 0 {
 			_ = f.mon.Execute(uctx, "remove-fd", map[string]any{"fdset-id": a.set}, nil)
@@ -204,6 +200,18 @@ func (f *fleece) close(ctx context.Context) {
 	}
 	for _, d := range f.disks {
 		os.Remove(d.target)
+	}
+}
+
+// delNode removes a block node, trying again for about a second: an export being deleted
+// (block-export-del ends before the export has let go of its node) still holds it.
+func delNode(ctx context.Context, mon snapshotMonitor, node string) {
+	for try := 0; ; try++ {
+		err := mon.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+		if err == nil || try == 20 || ctx.Err() != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -352,13 +360,15 @@ func backupActions(disks []bkDisk, newBitmap, tmp string) []map[string]any {
 	for _, d := range disks {
 		actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{
 			"node": d.src, "name": newBitmap, "persistent": true}})
+		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": map[string]any{
+			"job-id": d.id, "device": d.src, "target": d.id, "sync": "none", "auto-dismiss": false}})
 		if d.prevBitmap != "" {
+			// After the job: a write landing between the two is then both in the copy and
+			// marked (read again, harmlessly), never in neither.
 			actions = append(actions,
 				map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": d.src, "name": tmp, "disabled": true}},
 				map[string]any{"type": "block-dirty-bitmap-merge", "data": map[string]any{"node": d.src, "target": tmp, "bitmaps": []string{d.prevBitmap}}})
 		}
-		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": map[string]any{
-			"job-id": d.id, "device": d.src, "target": d.id, "sync": "none", "auto-dismiss": false}})
 	}
 	return actions
 }
