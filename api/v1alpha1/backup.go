@@ -70,7 +70,7 @@ type VirtualMachineBackupSpec struct {
 	BackupTargetName string `json:"backupTargetName"`
 	// Mode (default snapshot) says how the guest is held still.
 	Mode BackupMode `json:"mode,omitempty"`
-	// BandwidthLimit bounds how fast the copy reads the disks, in bytes per second (a
+	// BandwidthLimit bounds how fast the backup reads the disks, in bytes per second (a
 	// quantity such as 50Mi; at least 1Mi; empty: no limit), so that a backup does not
 	// starve the VM's own disk traffic.
 	BandwidthLimit Quantity `json:"bandwidthLimit,omitempty"`

@@ -154,7 +154,7 @@ type bkDisk struct {
 	snapDisk
 	name, uid  string
 	prev       []string // the previous backup's chunks (nil: read whole)
-	prevBitmap string   // the bitmap the job reads (empty: sync full)
+	prevBitmap string   // the previous backup's bitmap, read through a frozen copy (empty: a full read)
 	fullReason string
 	src        string // the disk's block node in QEMU
 }

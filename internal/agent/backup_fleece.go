@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -284,9 +285,7 @@ func fleeceExtents(size int64, alloc, dirty []nbd.Extent) []backup.Extent {
 // throttled reads from r at most rate bytes per second on average (rate 0: no limit): the
 // backup's bandwidthLimit, on what it reads from the disks.
 type throttled struct {
-	r interface {
-		ReadAt([]byte, int64) (int, error)
-	}
+	r     io.ReaderAt
 	rate  int64
 	start time.Time
 	read  int64

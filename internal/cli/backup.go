@@ -132,7 +132,7 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 	f.StringVar(&name, "name", "", "the backup's name (default: VM-backup-XXXXX)")
 	f.StringVar(&target, "target", "", "the BackupTarget to store the backup in (required)")
 	f.StringVar(&mode, "mode", string(v1alpha1.BackupModeSnapshot), "how the guest is held still for the backup's instant: snapshot, suspend or stop")
-	f.StringVar(&bwlimit, "bandwidth-limit", "", "bytes per second the copy may read from the disks, e.g. 50Mi (default: no limit)")
+	f.StringVar(&bwlimit, "bandwidth-limit", "", "bytes per second the backup may read from the disks, e.g. 50Mi (default: no limit)")
 	f.BoolVar(&wait, "wait", false, "wait until the backup ends; fail if it fails")
 	f.DurationVar(&timeout, "timeout", time.Hour, "with --wait, how long to wait (0: no limit)")
 	return cmd

@@ -260,7 +260,10 @@ func BackingFile(path string) (string, error) {
 		return "", err
 	}
 	b := h.backing
-	if b != "" && !filepath.IsAbs(b) {
+	if b == "" {
+		return "", nil
+	}
+	if !filepath.IsAbs(b) {
 		b = filepath.Join(filepath.Dir(path), b)
 	}
 	return filepath.Clean(b), nil

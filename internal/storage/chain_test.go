@@ -217,3 +217,25 @@ func TestCheckChainClassDir(t *testing.T) {
 		t.Errorf("a disk over a file of another directory: %v, want ErrUnsafeChain", err)
 	}
 }
+
+// TestBackingFile: a file without backing names none; a relative backing is made absolute
+// against the file's directory; an absolute one is kept.
+func TestBackingFile(t *testing.T) {
+	need(t)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	if err := storage.CreateBlank(context.Background(), base, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	rel, abs := filepath.Join(dir, "sub", "rel.qcow2"), filepath.Join(dir, "abs.qcow2")
+	overlay(t, rel, "../base.qcow2", "qcow2")
+	overlay(t, abs, base, "qcow2")
+	for path, want := range map[string]string{base: "", rel: base, abs: base} {
+		if got, err := storage.BackingFile(path); err != nil || got != want {
+			t.Errorf("BackingFile(%s) = %q, %v; want %q", path, got, err, want)
+		}
+	}
+	if _, err := storage.BackingFile(filepath.Join(dir, "missing.qcow2")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing file: %v", err)
+	}
+}
