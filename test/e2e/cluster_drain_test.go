@@ -201,7 +201,9 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 		vmWait(t, s, "dr-manual", time.Minute, "Stopped and unbound (policy Never, runPolicy Manual)", func(v *v1alpha1.VirtualMachine) bool {
 			return v != nil && v.Status.Phase == v1alpha1.VMPhaseStopped && v.Status.NodeName == ""
 		})
-		ops := drainOps(t, ctx, cl)
+		// The drain ends when no running VM is bound to h2; an Evict operation is marked
+		// done by the migration controller a moment after its VM has left, so wait for that.
+		ops := drainOpsSettled(t, ctx, cl, "dr-live", "dr-never", "dr-manual")
 		for _, n := range []string{"dr-live", "dr-never", "dr-manual"} {
 			if len(ops[n]) != 1 || ops[n][0].Status.Phase != v1alpha1.VMOPPhaseCompleted {
 				t.Errorf("Evict operations of %s: %+v, want one, Completed", n, ops[n])
@@ -307,6 +309,30 @@ func drainOps(t *testing.T, ctx context.Context, cl *client.Client) map[string][
 		}
 	}
 	return out
+}
+
+// drainOpsSettled waits up to a minute until each named VM's Evict operations have all
+// reached a final phase, and returns them as drainOps does (unsettled ones after a minute).
+func drainOpsSettled(t *testing.T, ctx context.Context, cl *client.Client, vms ...string) map[string][]v1alpha1.VirtualMachineOperation {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ops := drainOps(t, ctx, cl)
+		settled := true
+		for _, vm := range vms {
+			for _, op := range ops[vm] {
+				switch op.Status.Phase {
+				case v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPPhaseSuperseded:
+				default:
+					settled = false
+				}
+			}
+		}
+		if settled || time.Now().After(deadline) {
+			return ops
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // waitNoMaintenance waits until h2 has no Maintenance condition; it reports whether it
