@@ -46,6 +46,42 @@ type options struct {
 	dir           string
 	keep          bool
 	jsonOut       string
+	// hosts, if set (-underlay), are two network namespaces and their
+	// addresses: the source and the target of each migration are in
+	// different ones, and the stream goes between the addresses.
+	hosts []underlayHost
+}
+
+// underlayHost is one side of -underlay.
+type underlayHost struct{ netns, ip string }
+
+// parseUnderlay reads -underlay's "NS1=IP1,NS2=IP2".
+func parseUnderlay(v string) ([]underlayHost, error) {
+	if v == "" {
+		return nil, nil
+	}
+	parts := strings.Split(v, ",")
+	if len(parts) != 2 {
+		return nil, fmt.Errorf("-underlay %q: want NS1=IP1,NS2=IP2", v)
+	}
+	var hs []underlayHost
+	for _, p := range parts {
+		ns, ip, ok := strings.Cut(p, "=")
+		if !ok || ns == "" || net.ParseIP(ip) == nil {
+			return nil, fmt.Errorf("-underlay %q: %q is not NETNS=IP", v, p)
+		}
+		hs = append(hs, underlayHost{ns, ip})
+	}
+	return hs, nil
+}
+
+// on returns the device model for a QEMU on -underlay's host side (none without -underlay).
+func (o options) on(side int) deviceModel {
+	dm := o.dm
+	if len(o.hosts) == 2 {
+		dm.netns = o.hosts[side].netns
+	}
+	return dm
 }
 
 // unlimited stands for "no bandwidth limit": QEMU's max-bandwidth has no
@@ -83,7 +119,14 @@ func main() {
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new one under /tmp)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (serial and QEMU logs)")
 	flag.StringVar(&o.jsonOut, "json", "", "also write every run's figures to this file as JSON")
+	underlay := flag.String("underlay", "", "NS1=IP1,NS2=IP2: run the source and the target in these two network namespaces "+
+		"(alternating along the chain) and migrate between the addresses, instead of both on 127.0.0.1")
 	flag.Parse()
+	var err error
+	if o.hosts, err = parseUnderlay(*underlay); err != nil {
+		fmt.Fprintln(os.Stderr, "migrate:", err)
+		os.Exit(2)
+	}
 	o.dm.extra = extra
 	if *modelFile != "" {
 		b, err := os.ReadFile(*modelFile)
@@ -249,9 +292,13 @@ func printSetup(o options) {
 		o.dm.args()...)
 	fmt.Printf("source: %s -S\n", shellJoin(src))
 	fmt.Printf("target: %s -incoming defer\n", shellJoin(src))
-	fmt.Printf("\nmigration: tcp:127.0.0.1:PORT, downtime-limit %d ms, capability events on; "+
+	link := "tcp:127.0.0.1:PORT"
+	if len(o.hosts) == 2 {
+		link = fmt.Sprintf("tcp between network namespaces %s (%s) and %s (%s), alternating", o.hosts[0].netns, o.hosts[0].ip, o.hosts[1].netns, o.hosts[1].ip)
+	}
+	fmt.Printf("\nmigration: %s, downtime-limit %d ms, capability events on; "+
 		"max-bandwidth %s (idle), %s (dirty cases); dirty working set %d MiB; %d runs per case; timeout %s\n\n",
-		o.downtimeMS, bwString(o.bandwidth), bwString(o.dirtyBW), o.dirtyMiB, o.runs, o.timeout)
+		link, o.downtimeMS, bwString(o.bandwidth), bwString(o.dirtyBW), o.dirtyMiB, o.runs, o.timeout)
 }
 
 func bwString(b int64) string {
@@ -344,7 +391,7 @@ func countBooted(lines []string) int {
 // each time to a new target QEMU.
 func runCase(ctx context.Context, o options, c caseSpec) ([]result, error) {
 	logf("case %s: booting the source", c.Name)
-	src, err := startVM(ctx, o.dm, filepath.Join(o.dir, c.Name, "0"), c.Name+"-0", false)
+	src, err := startVM(ctx, o.on(0), filepath.Join(o.dir, c.Name, "0"), c.Name+"-0", false)
 	if err != nil {
 		return nil, err
 	}
@@ -501,7 +548,14 @@ type eventTimes struct {
 func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, chain []*vm) (result, *vm, error) {
 	r := result{Case: c.Name, Run: run, Load1: strings.Fields(loadavg())[0]}
 	name := fmt.Sprintf("%s-%d", c.Name, run)
-	dst, err := startVM(ctx, o.dm, filepath.Join(o.dir, c.Name, strconv.Itoa(run)), name, true)
+	side := 0
+	if len(o.hosts) == 2 {
+		side = 1 - src.side
+	}
+	dst, err := startVM(ctx, o.on(side), filepath.Join(o.dir, c.Name, strconv.Itoa(run)), name, true)
+	if err == nil {
+		dst.side = side
+	}
 	if err != nil {
 		r.Status, r.Error = "failed", err.Error()
 		return r, nil, err
@@ -522,11 +576,17 @@ func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, c
 	if err := dst.exec(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
 		return fail(err)
 	}
-	port, err := freePort()
-	if err != nil {
-		return fail(err)
+	var uri string
+	if len(o.hosts) == 2 {
+		// The target's namespace is the benchmark's own: a port of its own per run is free.
+		uri = fmt.Sprintf("tcp:%s:%d", o.hosts[side].ip, 47000+run)
+	} else {
+		port, err := freePort()
+		if err != nil {
+			return fail(err)
+		}
+		uri = fmt.Sprintf("tcp:127.0.0.1:%d", port)
 	}
-	uri := fmt.Sprintf("tcp:127.0.0.1:%d", port)
 	if err := dst.exec(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
 		return fail(err)
 	}

@@ -52,3 +52,22 @@ func TestCleanStripsEscapes(t *testing.T) {
 		t.Errorf("clean = %q", got)
 	}
 }
+
+func TestParseUnderlay(t *testing.T) {
+	hs, err := parseUnderlay("rbm-a=10.238.0.1,rbm-b=10.238.0.2")
+	if err != nil || len(hs) != 2 || hs[0] != (underlayHost{"rbm-a", "10.238.0.1"}) || hs[1] != (underlayHost{"rbm-b", "10.238.0.2"}) {
+		t.Fatalf("parseUnderlay: %+v, %v", hs, err)
+	}
+	if hs, err := parseUnderlay(""); err != nil || hs != nil {
+		t.Errorf("an empty -underlay: %+v, %v; want none", hs, err)
+	}
+	for _, bad := range []string{"rbm-a=10.238.0.1", "rbm-a=10.238.0.1,rbm-b", "rbm-a=x,rbm-b=10.238.0.2", "=10.238.0.1,b=10.238.0.2", "a=1.1.1.1,b=2.2.2.2,c=3.3.3.3"} {
+		if _, err := parseUnderlay(bad); err == nil {
+			t.Errorf("parseUnderlay(%q) was taken", bad)
+		}
+	}
+	o := options{hosts: hs}
+	if o.on(0).netns != "rbm-a" || o.on(1).netns != "rbm-b" || (options{}).on(1).netns != "" {
+		t.Errorf("options.on: %q %q", o.on(0).netns, o.on(1).netns)
+	}
+}

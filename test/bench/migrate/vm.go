@@ -29,6 +29,9 @@ type deviceModel struct {
 	// replace, if set, is the whole device model instead of the built-in
 	// one (read with -model-file); extra is still appended.
 	replace []string
+	// netns, if set, is the network namespace (/run/netns/NAME) QEMU runs in
+	// (-underlay).
+	netns string
 }
 
 // args returns the device-model arguments.
@@ -65,6 +68,7 @@ func (d deviceModel) args() []string {
 
 // vm is one QEMU process with its QMP connection and serial console.
 type vm struct {
+	side int // 0 or 1: which -underlay host it runs on
 	name string
 	dir  string
 	cmd  *exec.Cmd
@@ -107,6 +111,10 @@ func startVM(ctx context.Context, dm deviceModel, dir, name string, incoming boo
 		return nil, err
 	}
 	cmd := exec.Command(dm.qemu, argv...)
+	if dm.netns != "" {
+		// nsenter execs QEMU in the namespace: the process started is QEMU itself.
+		cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + dm.netns, "--", dm.qemu}, argv...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
