@@ -2,17 +2,22 @@ package e2e
 
 import (
 	"context"
+	cryptorand "crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
@@ -197,9 +202,25 @@ spec:
 	// A marker on the window: if the page were reloaded it would be gone.
 	uiRun(t, ctx, 5*time.Second, "mark the page", chromedp.Evaluate(`window.__noReload = 1`, nil))
 
+	// The project has a quota: the list's overview and the wizard show usage against it.
+	if err := c.Patch(ctxT(t), "projects", "", "default", []byte(`{"spec":{"quota":{"cores":4,"memory":"2Gi","disk":"20Gi","virtualMachines":6}}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	uiA11y(t, ctx, "the VM list")
+	// Keyboard only: Tab reaches the Create VM button, Enter opens the wizard.
+	uiRun(t, ctx, 20*time.Second, "tab to Create VM", chromedp.WaitVisible(`main a[href="#/create"]`, chromedp.ByQuery))
+	reached := false
+	for i := 0; i < 40 && !reached; i++ {
+		uiRun(t, ctx, 5*time.Second, "press Tab",
+			chromedp.KeyEvent("\t"),
+			chromedp.Evaluate(`document.activeElement && document.activeElement.matches('main a[href="#/create"]')`, &reached))
+	}
+	if !reached {
+		t.Fatalf("40 Tab presses never reached the Create VM button")
+	}
 	// The wizard offers only what the class's sizing policy allows.
-	uiRun(t, ctx, 30*time.Second, "open the wizard",
-		chromedp.Click(`a[href="#/create"]`, chromedp.ByQuery),
+	uiRun(t, ctx, 30*time.Second, "open the wizard with Enter",
+		chromedp.KeyEvent("\r"),
 		chromedp.WaitVisible("#c-name", chromedp.ByID))
 	uiPoll(t, ctx, 20*time.Second, "the wizard lists the image and the class",
 		`document.querySelector('#c-image option[value="ClusterVirtualImage/guest"]') !== null && document.querySelector('#c-class option[value="small"]') !== null`)
@@ -215,8 +236,26 @@ spec:
 	uiRun(t, ctx, 30*time.Second, "fill in the wizard",
 		chromedp.SendKeys("#c-name", "web1", chromedp.ByID),
 		uiSetValue("#c-memory", "256"),
-		uiSetValue("#c-disk", "1"),
+		uiSetValue("#c-disk", "50"))
+	// 50 GiB is over the project's 20 GiB of disk: the wizard says so before the server would.
+	uiPoll(t, ctx, 10*time.Second, "the wizard shows the disk over the quota",
+		`document.querySelector('#c-quota-over') !== null && document.querySelector('#c-quota li[data-quota="disk"].over') !== null`)
+	uiRun(t, ctx, 10*time.Second, "a disk within the quota", uiSetValue("#c-disk", "1"))
+	uiPoll(t, ctx, 10*time.Second, "the wizard shows the VM within the quota",
+		`document.querySelector('#c-quota-over') === null && /Cores: 1 with this VM, of 4/.test(document.querySelector('#c-quota li[data-quota="cores"]')?.textContent || "")`)
+	// Windows: a sysprep answer file from a Secret instead of cloud-init, UEFI with Secure Boot.
+	uiRun(t, ctx, 10*time.Second, "choose Windows", uiSetValue("#c-os", "Windows"), chromedp.WaitVisible("#c-sysprep", chromedp.ByID),
+		chromedp.SendKeys("#c-sysprep", "win-unattend", chromedp.ByID))
+	var winYAML string
+	uiRun(t, ctx, 10*time.Second, "read the Windows manifest", chromedp.Text("#c-yaml", &winYAML, chromedp.ByID))
+	for _, want := range []string{`osType: "Windows"`, `bootloader: "EFIWithSecureBoot"`, `type: "SysprepRef"`, `name: "win-unattend"`} {
+		if !strings.Contains(winYAML, want) {
+			t.Errorf("the wizard's Windows manifest lacks %s:\n%s", want, winYAML)
+		}
+	}
+	uiRun(t, ctx, 10*time.Second, "back to Linux", uiSetValue("#c-os", "Linux"), chromedp.WaitVisible("#c-sshkey", chromedp.ByID),
 		chromedp.SendKeys("#c-sshkey", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUiTestKey ui@test", chromedp.ByID))
+	uiA11y(t, ctx, "the create wizard")
 	uiShot(t, ctx, shots, "create")
 	uiRun(t, ctx, 30*time.Second, "create the VM", chromedp.Click("#c-create", chromedp.ByID), chromedp.WaitVisible("#vm-name", chromedp.ByID))
 	var vm v1alpha1.VirtualMachine
@@ -224,7 +263,7 @@ spec:
 		t.Fatalf("the wizard's VM: %v", err)
 	}
 	if vm.Spec.VirtualMachineClassName != "small" || vm.Spec.CPU.Cores != 1 || vm.Spec.CPU.CoreFraction != "50%" || vm.Spec.Memory.Size != "256Mi" ||
-		vm.Spec.Provisioning == nil || !strings.Contains(vm.Spec.Provisioning.UserData, "ssh_authorized_keys") {
+		vm.Spec.Provisioning == nil || !strings.Contains(vm.Spec.Provisioning.UserData, "ssh_authorized_keys") || vm.Spec.OSType == "Windows" || (vm.Spec.Bootloader != "" && vm.Spec.Bootloader != "BIOS") {
 		t.Errorf("the wizard's VM spec: %+v", vm.Spec)
 	}
 
@@ -259,7 +298,25 @@ spec:
 	if node == "" || !still {
 		t.Errorf("list row: node %q, page kept (no reload): %v", node, still)
 	}
+	// The overview: VMs by phase, and the project's usage against its quota, live.
+	uiCheck(t, ctx, time.Minute, "the overview counts web1 Running and 1 of 6 VMs of the quota",
+		`(document.querySelector('#vm-phases li[data-phase="Running"] strong')?.textContent === "1") && /^1 of 6$/.test(document.querySelector('#quota tr[data-quota="virtualMachines"] td')?.textContent || "") && /^1 of 4$/.test(document.querySelector('#quota tr[data-quota="cores"] td')?.textContent || "")`)
 	uiShot(t, ctx, shots, "vms")
+	// A phone-width screen: nothing sticks out sideways, the VM is still there to tap.
+	uiRun(t, ctx, 10*time.Second, "a phone-width screen", chromedp.EmulateViewport(390, 844))
+	uiCheck(t, ctx, 10*time.Second, "the VM list fits a phone's width",
+		`document.documentElement.scrollWidth <= window.innerWidth + 1 && document.querySelector('tr[data-vm="web1"] a').getBoundingClientRect().right <= window.innerWidth`)
+	uiShot(t, ctx, shots, "vms-phone")
+	uiRun(t, ctx, 10*time.Second, "open the VM on the phone",
+		chromedp.Click(`tr[data-vm="web1"] a`, chromedp.ByQuery),
+		chromedp.WaitVisible("#vm-name", chromedp.ByID))
+	uiCheck(t, ctx, 10*time.Second, "the VM page fits a phone's width", `document.documentElement.scrollWidth <= window.innerWidth + 1`)
+	uiShot(t, ctx, shots, "vm-phone")
+	uiA11y(t, ctx, "the VM page")
+	uiRun(t, ctx, 10*time.Second, "back to 1280x800",
+		chromedp.EmulateViewport(1280, 800),
+		chromedp.Click(`header a[href="#/vms"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-vm="web1"]`, chromedp.ByQuery))
 
 	// The serial console shows the guest's boot marker (from the kept log and live).
 	uiRun(t, ctx, 30*time.Second, "open the console",
@@ -508,25 +565,63 @@ spec:
 		t.Errorf("the class after the edit: annotations %v, cpu %+v, %v", cls.Annotations, cls.Spec.CPU, err)
 	}
 
+	// A ClusterAdmin makes a new cluster object from the kind's example: unnamed, the server's
+	// refusal shows in the dialog (which stays open); named, it is created and the live table
+	// shows it.
+	create := func(js string) chromedp.Action {
+		return chromedp.Evaluate(`(() => { const t = document.querySelector('#create-json'); const v = JSON.parse(t.value); `+js+`; t.value = JSON.stringify(v, null, 2); })()`, nil)
+	}
+	var createErr string
+	uiRun(t, ctx, 30*time.Second, "create a class without a name",
+		chromedp.Click("#classes-new", chromedp.ByID),
+		chromedp.WaitVisible("#create-json", chromedp.ByID),
+		chromedp.Click("#create-save", chromedp.ByID),
+		chromedp.WaitVisible("#create-error .error", chromedp.ByQuery),
+		chromedp.Text("#create-error", &createErr, chromedp.ByQuery))
+	if !strings.Contains(createErr, "name") {
+		t.Errorf("the new-object dialog's error for a class without a name: %q, want the server's message", createErr)
+	}
+	uiRun(t, ctx, 30*time.Second, "create a class",
+		create(`v.metadata.name = 'ui-made'; v.metadata.labels = {made: 'ui'}; v.spec.cpu = {type: 'Model', model: 'Nehalem'}`),
+		chromedp.Click("#create-save", chromedp.ByID),
+		chromedp.WaitNotPresent("#create-dialog", chromedp.ByID),
+		chromedp.WaitVisible(`#classes-list tr[data-name="ui-made"]`, chromedp.ByQuery))
+	var made v1alpha1.VirtualMachineClass
+	if err := c.Get(ctxT(t), "virtualmachineclasses", "", "ui-made", &made); err != nil || made.Spec.CPU.Model != "Nehalem" || made.Labels["made"] != "ui" || len(made.Spec.SizingPolicies) != 1 {
+		t.Errorf("the class made in the UI: labels %v, spec %+v (%v)", made.Labels, made.Spec, err)
+	}
+	targetDir := t.TempDir()
+	uiRun(t, ctx, 30*time.Second, "create a backup target",
+		chromedp.Click(`header a[href="#/backuptargets"]`, chromedp.ByQuery),
+		chromedp.Click("#backuptargets-new", chromedp.ByID),
+		chromedp.WaitVisible("#create-json", chromedp.ByID),
+		create(`v.metadata.name = 'ui-target'; v.spec.directory.path = `+strconvQuote(targetDir)),
+		chromedp.Click("#create-save", chromedp.ByID),
+		chromedp.WaitNotPresent("#create-dialog", chromedp.ByID),
+		chromedp.WaitVisible(`#backuptargets-list tr[data-name="ui-target"]`, chromedp.ByQuery))
+	uiShot(t, ctx, shots, "backup-targets")
+	var bt v1alpha1.BackupTarget
+	if err := c.Get(ctxT(t), "backuptargets", "", "ui-target", &bt); err != nil || bt.Spec.Directory == nil || bt.Spec.Directory.Path != targetDir {
+		t.Errorf("the backup target made in the UI: %+v (%v)", bt.Spec, err)
+	}
+
 	// An image uploaded from the browser: the progress reaches 100 % and the image Ready.
 	upload := filepath.Join(t.TempDir(), "small.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", upload, "32M").CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v %s", err, out)
 	}
-	var pct string
-	uiRun(t, ctx, 90*time.Second, "upload an image from the browser",
+	uiRun(t, ctx, 30*time.Second, "open the images page",
 		chromedp.Click(`header a[href="#/project-images"]`, chromedp.ByQuery),
-		chromedp.WaitVisible("#img-file", chromedp.ByID),
-		chromedp.SendKeys("#img-name", "up-ui", chromedp.ByID),
-		chromedp.SetUploadFiles("#img-file", []string{upload}, chromedp.ByID),
-		chromedp.Click("#img-upload", chromedp.ByID),
-		chromedp.WaitVisible(`#image-result .notice`, chromedp.ByQuery),
-		chromedp.Text("#img-progress-text", &pct, chromedp.ByID),
-		chromedp.WaitVisible(`tr[data-image="up-ui"] [data-phase="Ready"]`, chromedp.ByQuery))
-	if pct != "100 %" {
+		chromedp.WaitVisible("#img-file", chromedp.ByID))
+	if pct := uiUpload(t, ctx, 90*time.Second, "up-ui", upload); pct != "100 %" {
 		t.Errorf("the upload's progress shows %q at the end", pct)
 	}
 	uiShot(t, ctx, shots, "images")
+
+	// An upload whose connection breaks resumes: a second tab reaches this serve through a
+	// proxy that cuts the connection carrying the upload after 3 MiB; the page asks the server
+	// how much arrived (HEAD) and sends the rest with a Content-Range.
+	uiUploadResume(t, ctx, c, addr, shots)
 
 	// An image imported from a URL: the server fetches it, the table follows it to Ready.
 	importURL := vmImageServer(t, vmGuestDir(t)) + "/guest.qcow2"
@@ -668,5 +763,223 @@ func uiUntil(t *testing.T, limit time.Duration, what string, cond func() bool) {
 			t.Fatalf("not within %s: %s", limit, what)
 		}
 		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// uiUpload uploads file as the project image name from the images page the browser shows,
+// waits for the page's notice and the image Ready, and returns the progress text shown.
+func uiUpload(t *testing.T, ctx context.Context, timeout time.Duration, name, file string) string {
+	t.Helper()
+	var pct string
+	uiRun(t, ctx, timeout, "upload "+name+" from the browser",
+		chromedp.SendKeys("#img-name", name, chromedp.ByID),
+		chromedp.SetUploadFiles("#img-file", []string{file}, chromedp.ByID),
+		chromedp.Click("#img-upload", chromedp.ByID),
+		chromedp.WaitVisible(`#image-result .notice`, chromedp.ByQuery),
+		chromedp.Text("#img-progress-text", &pct, chromedp.ByID),
+		chromedp.WaitVisible(`tr[data-image="`+name+`"] [data-phase="Ready"]`, chromedp.ByQuery))
+	return pct
+}
+
+// strconvQuote is a Go string as a JavaScript string literal.
+func strconvQuote(v string) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// uiUploadResume uploads 12 MiB from a second tab that reaches the serve at addr through a
+// cutProxy armed to cut after 3 MiB, and checks that the page resumed the upload (a PUT with a
+// Content-Range from a byte after 0) and that the image arrived whole.
+func uiUploadResume(t *testing.T, ctx context.Context, c *client.Client, addr, shots string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "resume.raw")
+	data := make([]byte, 12<<20)
+	if _, err := cryptorand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	px := startCutProxy(t, addr)
+	tab, cancel := chromedp.NewContext(ctx)
+	defer cancel()
+	// The tab's first Run opens it for good; under uiRun's deadline it would close with it.
+	if err := chromedp.Run(tab); err != nil {
+		t.Fatalf("opening a second tab: %v", err)
+	}
+	var mu sync.Mutex
+	var ranges []string
+	chromedp.ListenTarget(tab, func(ev any) {
+		e, ok := ev.(*network.EventRequestWillBeSent)
+		if !ok || e.Request.Method != http.MethodPut {
+			return
+		}
+		for k, v := range e.Request.Headers {
+			if strings.EqualFold(k, "Content-Range") {
+				mu.Lock()
+				ranges = append(ranges, fmt.Sprint(v))
+				mu.Unlock()
+			}
+		}
+	})
+	// The session cookie is the host's, so the tab on the proxy's port is logged in too.
+	uiRun(t, tab, 30*time.Second, "open the images page through the cutting proxy",
+		chromedp.Navigate("https://"+px.Addr()+"/ui/"),
+		chromedp.WaitVisible(`header a[href="#/project-images"]`, chromedp.ByQuery),
+		chromedp.Click(`header a[href="#/project-images"]`, chromedp.ByQuery),
+		chromedp.WaitVisible("#img-file", chromedp.ByID))
+	px.Arm(3 << 20)
+	pct := uiUpload(t, tab, 3*time.Minute, "up-resume-ui", file)
+	uiShot(t, tab, shots, "images-resumed")
+	if n := px.Cuts(); n != 1 {
+		t.Errorf("the proxy cut %d connections, want 1", n)
+	}
+	if pct != "100 %" {
+		t.Errorf("the resumed upload's progress shows %q at the end", pct)
+	}
+	mu.Lock()
+	got := append([]string(nil), ranges...)
+	mu.Unlock()
+	resumed := false
+	for _, r := range got {
+		var start, end, total int64
+		if _, err := fmt.Sscanf(r, "bytes %d-%d/%d", &start, &end, &total); err == nil && start > 0 && end == int64(len(data))-1 && total == int64(len(data)) {
+			resumed = true
+		}
+	}
+	if !resumed {
+		t.Errorf("no PUT of the page resumed the upload after the cut: Content-Range headers sent %q", got)
+	}
+	var img v1alpha1.VirtualImage
+	if err := c.Get(ctxT(t), "virtualimages", "default", "up-resume-ui", &img); err != nil || img.Status.Size == nil || img.Status.Size.UnpackedBytes != int64(len(data)) {
+		t.Errorf("the resumed image: %+v (%v), want %d bytes unpacked", img.Status, err, len(data))
+	}
+}
+
+// cutProxy forwards TCP connections from a loopback port to a target, bytes unchanged (TLS
+// passes through). Armed with n, it cuts the first connection whose client sends the n-th
+// byte counted from the arming, once: both sides are closed at once.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	left   int64 // bytes until the cut; 0: not armed
+	cuts   int
+	conns  []net.Conn
+}
+
+func startCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	go p.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	return p
+}
+
+func (p *cutProxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *cutProxy) Arm(n int64) {
+	p.mu.Lock()
+	p.left = n
+	p.mu.Unlock()
+}
+
+func (p *cutProxy) Cuts() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cuts
+}
+
+func (p *cutProxy) serve() {
+	for {
+		cc, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		sc, err := net.Dial("tcp", p.target)
+		if err != nil {
+			cc.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, cc, sc)
+		p.mu.Unlock()
+		go func() {
+			_, _ = io.Copy(cc, sc)
+			cc.Close()
+		}()
+		go p.upstream(cc, sc)
+	}
+}
+
+// upstream copies what the client sends, counting it against an armed cut.
+func (p *cutProxy) upstream(cc, sc net.Conn) {
+	defer sc.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := cc.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			cut := false
+			if p.left > 0 {
+				if int64(n) >= p.left {
+					n, cut = int(p.left), true
+					p.left = 0
+					p.cuts++
+				} else {
+					p.left -= int64(n)
+				}
+			}
+			p.mu.Unlock()
+			if _, werr := sc.Write(buf[:n]); werr != nil {
+				cc.Close()
+				return
+			}
+			if cut {
+				cc.Close()
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// uiA11y fails the test for each visible control of the page without an accessible name
+// (a label, aria-label or aria-labelledby, a title, or the text of a button or link), for
+// images without alt text, and for a document without a language.
+func uiA11y(t *testing.T, ctx context.Context, page string) {
+	t.Helper()
+	var bad []string
+	uiRun(t, ctx, 10*time.Second, "accessibility check of "+page, chromedp.Evaluate(`(() => {
+  const out = [];
+  if (!document.documentElement.lang) out.push('html without lang');
+  const describe = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + (el.className && typeof el.className === 'string' ? '.' + el.className.split(' ').join('.') : '');
+  for (const el of document.querySelectorAll('input, select, textarea, button, a[href], meter, progress, img, [role=button]')) {
+    if (el.type === 'hidden' || el.closest('[hidden], .xterm, .vnc') || el.getClientRects().length === 0) continue;
+    if (el.tagName === 'IMG') { if (!el.hasAttribute('alt')) out.push(describe(el) + ' without alt'); continue; }
+    if ((el.getAttribute('aria-label') || '').trim() || el.getAttribute('aria-labelledby') || (el.getAttribute('title') || '').trim()) continue;
+    if (el.labels && el.labels.length > 0 && [...el.labels].some((l) => l.textContent.trim())) continue;
+    if (['BUTTON', 'A'].includes(el.tagName) || el.getAttribute('role') === 'button') {
+      if (el.textContent.trim() || [...el.querySelectorAll('img[alt]')].some((i) => i.alt.trim())) continue;
+    }
+    out.push(describe(el));
+  }
+  return out;
+})()`, &bad))
+	if len(bad) > 0 {
+		t.Errorf("%s: controls without an accessible name: %q", page, bad)
 	}
 }

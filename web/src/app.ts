@@ -254,7 +254,7 @@ async function frame(active: string, content: HTMLElement): Promise<void> {
     .catch(() => {
       /* a user who may not list projects keeps the one typed */
     });
-  const link = (href: string, text: string, key: string) => h("a", { href, class: active === key ? "active" : "" }, text);
+  const link = (href: string, text: string, key: string) => h("a", { href, class: active === key ? "active" : "", "aria-current": active === key ? "page" : undefined }, text);
   const logout = h("button", { type: "button", id: "logout" }, "Log out");
   logout.addEventListener("click", async () => {
     try {
@@ -405,6 +405,9 @@ function phaseCell(v: any): HTMLElement {
 function vmListPage() {
   const body = h("tbody");
   const status = h("div");
+  const phases = h("ul", { class: "phase-counts", id: "vm-phases", "aria-label": "Virtual machines by phase" });
+  const quotaBox = h("div", { id: "quota" });
+  const overview = h("section", { class: "overview", "aria-label": "Overview" }, phases, quotaBox);
   const content = h(
     "div",
     {},
@@ -412,6 +415,7 @@ function vmListPage() {
     canWrite()
       ? h("div", { class: "actions" }, h("a", { href: "#/create", class: "button" }, "Create VM"))
       : h("div", { class: "hint", id: "read-only" }, `You have read access to project ${project}: creating VMs, actions and consoles need the User role.`),
+    overview,
     status,
     h(
       "table",
@@ -442,11 +446,84 @@ function vmListPage() {
       );
     }
   };
-  const w = new Watch(nsPath("virtualmachines"), "", render, (e) => {
-    clear(status);
-    status.append(errorBox(e));
-  });
+  const w = new Watch(
+    nsPath("virtualmachines"),
+    "",
+    (w) => {
+      render(w);
+      renderPhases(phases, [...w.items.values()]);
+    },
+    (e) => {
+      clear(status);
+      status.append(errorBox(e));
+    },
+  );
   onCleanup(() => w.stop());
+  // The project's quota and what it uses, live (the project controller keeps status.used).
+  const pw = new Watch(
+    `${GV}/projects`,
+    `fieldSelector=${encodeURIComponent("metadata.name=" + project)}`,
+    (pw) => renderQuota(quotaBox, pw.items.get(project)),
+    (e) => {
+      clear(quotaBox);
+      quotaBox.append(errorBox(e));
+    },
+  );
+  onCleanup(() => pw.stop());
+}
+
+// renderPhases shows how many of the VMs are in each phase (Running first).
+function renderPhases(ul: HTMLElement, vms: any[]) {
+  clear(ul);
+  const n = new Map<string, number>();
+  for (const v of vms) n.set(v.status?.phase || "Pending", (n.get(v.status?.phase || "Pending") || 0) + 1);
+  const order = ["Running", "Starting", "Migrating", "Pending", "Stopping", "Stopped", "Degraded", "Failed"];
+  const keys = [...n.keys()].sort((a, b) => (order.indexOf(a) + 1 || 99) - (order.indexOf(b) + 1 || 99) || a.localeCompare(b));
+  ul.append(h("li", { "data-phase": "all" }, h("strong", {}, String(vms.length)), " VMs"));
+  for (const k of keys) ul.append(h("li", { "data-phase": k }, h("strong", { class: `phase phase-${k}` }, String(n.get(k))), ` ${k}`));
+}
+
+// A quota line: what is used and the limit (undefined: no limit), in the unit of fmt.
+interface QuotaLine {
+  key: string;
+  label: string;
+  used: number;
+  limit?: number;
+  fmt: (n: number) => string;
+}
+
+const fmtCount = (n: number) => String(n);
+const fmtBytes = (n: number) => humanBytes(`${n}`);
+
+// quotaLines reads a Project's spec.quota and status.used (plus, when given, what a new VM
+// would add) as comparable numbers.
+function quotaLines(p: any, add?: { cores: number; memory: number; disk: number }): QuotaLine[] {
+  const q = p?.spec?.quota || {};
+  const u = p?.status?.used || {};
+  const lim = (v: any, bytes = false) => (v === undefined || v === null || v === "" ? undefined : bytes ? bytesOf(String(v)) : Number(v));
+  return [
+    { key: "cores", label: "Cores", used: Number(u.cores || 0) + (add?.cores || 0), limit: lim(q.cores), fmt: fmtCount },
+    { key: "memory", label: "Memory", used: bytesOf(u.memory) + (add?.memory || 0), limit: lim(q.memory, true), fmt: fmtBytes },
+    { key: "disk", label: "Disk", used: bytesOf(u.disk) + (add?.disk || 0), limit: lim(q.disk, true), fmt: fmtBytes },
+    { key: "virtualMachines", label: "Virtual machines", used: Number(u.virtualMachines || 0) + (add ? 1 : 0), limit: lim(q.virtualMachines), fmt: fmtCount },
+    ...(add ? [] : [{ key: "images", label: "Images", used: Number(u.images || 0), limit: lim(q.images), fmt: fmtCount }]),
+  ];
+}
+
+// renderQuota shows the project's usage against its quota: a meter per limited resource.
+function renderQuota(box: HTMLElement, p: any) {
+  clear(box);
+  if (!p) return;
+  const rows = quotaLines(p).map((l) =>
+    h(
+      "tr",
+      { "data-quota": l.key },
+      h("th", { scope: "row" }, l.label),
+      h("td", {}, l.limit === undefined ? `${l.fmt(l.used)} (no limit)` : `${l.fmt(l.used)} of ${l.fmt(l.limit)}`),
+      h("td", {}, l.limit === undefined ? "" : h("meter", { min: "0", max: String(l.limit || 1), value: String(Math.min(l.used, l.limit)), high: String(0.9 * l.limit), "aria-label": `${l.label}: ${l.fmt(l.used)} of ${l.fmt(l.limit)}` })),
+    ),
+  );
+  box.append(h("table", { class: "quota", "aria-label": `Usage of project ${p.metadata.name} against its quota` }, h("tbody", {}, ...rows)));
 }
 
 // ---- the project's images: list and upload from the browser --------------------------------
@@ -833,6 +910,9 @@ interface OperatorPage {
   title: string;
   resource?: string;
   columns?: [string, (o: any) => string][];
+  // kind and spec: what a ClusterAdmin's New button starts from (a working example to adapt).
+  kind?: string;
+  spec?: any;
 }
 
 const quota = (q: any) =>
@@ -850,6 +930,8 @@ const operatorPages: OperatorPage[] = [
       ["Sizing policies", (o) => (o.spec?.sizingPolicies || []).map(policyText).join("; ")],
       ["Nodes", (o) => (o.status?.availableNodes || []).join(", ")],
     ],
+    kind: "VirtualMachineClass",
+    spec: { cpu: { type: "Host" }, sizingPolicies: [{ cores: { min: 1, max: 4 }, memory: { min: "1Gi", max: "8Gi" }, coreFractions: [100] }] },
   },
   {
     key: "images",
@@ -861,6 +943,8 @@ const operatorPages: OperatorPage[] = [
       ["Format", (o) => o.status?.format || ""],
       ["Size", (o) => o.status?.size?.unpacked || o.status?.size?.stored || ""],
     ],
+    kind: "ClusterVirtualImage",
+    spec: { dataSource: { type: "HTTP", http: { url: "https://images.example.org/image.qcow2" } } },
   },
   {
     key: "networks",
@@ -872,6 +956,8 @@ const operatorPages: OperatorPage[] = [
       ["Subnet", (o) => o.spec?.subnet || o.spec?.bridge || ""],
       ["Addresses in use", (o) => String(o.status?.allocatedIPs ?? "")],
     ],
+    kind: "ClusterNetwork",
+    spec: { type: "NAT", subnet: "10.80.0.0/24" },
   },
   {
     key: "storageclasses",
@@ -882,6 +968,8 @@ const operatorPages: OperatorPage[] = [
       ["Path", (o) => o.spec?.local?.path || o.spec?.shared?.path || ""],
       ["Default", (o) => (o.metadata?.annotations?.["storageclass.kubernetes.io/is-default-class"] === "true" ? "yes" : "")],
     ],
+    kind: "StorageClass",
+    spec: { type: "Shared", shared: { path: "/srv/rakhsh-shared" } },
   },
   {
     key: "projects",
@@ -893,6 +981,19 @@ const operatorPages: OperatorPage[] = [
       ["Used", (o) => quota(o.status?.used)],
       ["Members", (o) => (o.spec?.members || []).map((m: any) => `${m.name} (${m.role})`).join(", ")],
     ],
+    kind: "Project",
+    spec: { quota: { cores: 16, memory: "64Gi", disk: "1Ti", virtualMachines: 10 }, members: [{ name: "user:someone", role: "User" }] },
+  },
+  {
+    key: "backuptargets",
+    title: "Backup targets",
+    resource: "backuptargets",
+    columns: [
+      ["Type", (o) => o.spec?.type || ""],
+      ["Path", (o) => o.spec?.directory?.path || ""],
+    ],
+    kind: "BackupTarget",
+    spec: { type: "Directory", directory: { path: "/srv/rakhsh-backups" } },
   },
 ];
 
@@ -907,6 +1008,9 @@ function clusterListPage(pg: OperatorPage) {
       "div",
       {},
       h("h1", {}, pg.title),
+      ...(clusterAdmin() && pg.kind
+        ? [h("div", { class: "actions" }, h("button", { type: "button", id: `${pg.key}-new`, class: "primary", onclick: () => void createObject(pg, out) }, `New ${pg.kind}`))]
+        : []),
       out,
       h("table", { class: "vms", id: `${pg.key}-list` }, h("thead", {}, h("tr", {}, ...["Name", ...cols.map((c) => c[0]), ...(clusterAdmin() ? ["Actions"] : [])].map((c) => h("th", { scope: "col" }, c)))), body),
     ),
@@ -945,19 +1049,10 @@ async function editObject(pg: OperatorPage, name: string, out: HTMLElement) {
   const m = obj.metadata || {};
   const editable = { metadata: { labels: m.labels || {}, annotations: m.annotations || {} }, spec: obj.spec };
   const saved = await modal<boolean>("edit-dialog", `Edit ${pg.resource}/${name}`, false, (done) => {
-    const text = h("textarea", { id: "edit-json", rows: "18", spellcheck: "false", "aria-label": "The object as JSON" }) as HTMLTextAreaElement;
-    text.value = JSON.stringify(editable, null, 2);
-    text.style.maxWidth = "none";
-    const err = h("div", { id: "edit-error", role: "alert" });
+    const { text, err, parse } = jsonEditor("edit", editable, "The object as JSON");
     const save = async () => {
-      clear(err);
-      let v: any;
-      try {
-        v = JSON.parse(text.value);
-      } catch (e) {
-        err.append(errorBox(new Error(`Not valid JSON: ${(e as Error).message}`)));
-        return;
-      }
+      const v = parse();
+      if (v === undefined) return;
       const url = `${GV}/${pg.resource}/${encodeURIComponent(name)}`;
       const put = (base: any) => api("PUT", url, { ...base, metadata: { ...base.metadata, labels: v.metadata?.labels, annotations: v.metadata?.annotations }, spec: v.spec });
       // What the editor started from: a conflict with a change of anything else (the status
@@ -990,6 +1085,62 @@ async function editObject(pg: OperatorPage, name: string, out: HTMLElement) {
   if (saved) {
     clear(out);
     out.append(h("div", { class: "notice", role: "status" }, `${name} saved.`));
+  }
+}
+
+// jsonEditor is a dialog's JSON text area (ID-json) holding value, and its error box
+// (ID-error); parse clears the box and returns the text as one JSON object, or shows why it
+// is not one and returns undefined.
+function jsonEditor(id: string, value: any, label: string) {
+  const text = h("textarea", { id: `${id}-json`, rows: "18", spellcheck: "false", "aria-label": label }) as HTMLTextAreaElement;
+  text.value = JSON.stringify(value, null, 2);
+  text.style.maxWidth = "none";
+  const err = h("div", { id: `${id}-error`, role: "alert" });
+  const parse = (): any => {
+    clear(err);
+    let v: any;
+    try {
+      v = JSON.parse(text.value);
+    } catch (e) {
+      err.append(errorBox(new Error(`Not valid JSON: ${(e as Error).message}`)));
+      return undefined;
+    }
+    if (v === null || typeof v !== "object" || Array.isArray(v)) {
+      err.append(errorBox(new Error("Not an object: the text must be one JSON object")));
+      return undefined;
+    }
+    return v;
+  };
+  return { text, err, parse };
+}
+
+// createObject lets a ClusterAdmin make a new cluster object from JSON, starting from a working
+// example of the kind. The server checks it as it checks rakhsh apply; its message is shown in
+// the dialog, which stays open to fix the text. The new object appears in the live table.
+async function createObject(pg: OperatorPage, out: HTMLElement) {
+  const example = { apiVersion: API_VERSION, kind: pg.kind, metadata: { name: "", labels: {}, annotations: {} }, spec: pg.spec };
+  const created = await modal<string>("create-dialog", `New ${pg.kind}`, "", (done) => {
+    const { text, err, parse } = jsonEditor("create", example, `The new ${pg.kind} as JSON`);
+    const create = async () => {
+      const v = parse();
+      if (v === undefined) return;
+      try {
+        const o = await api("POST", `${GV}/${pg.resource}`, { ...v, apiVersion: v.apiVersion ?? API_VERSION, kind: v.kind ?? pg.kind });
+        done(o?.metadata?.name || v.metadata?.name || "");
+      } catch (e) {
+        err.append(errorBox(e));
+      }
+    };
+    return [
+      h("p", { class: "hint" }, `An example to adapt: give it a name and change the spec (see the operator docs of ${pg.kind}). The server checks it as it checks rakhsh apply.`),
+      text,
+      err,
+      h("div", { class: "actions" }, h("button", { type: "button", id: "create-save", class: "primary", onclick: () => void create() }, "Create"), h("button", { type: "button", id: "create-cancel", onclick: () => done("") }, "Cancel")),
+    ];
+  });
+  if (created) {
+    clear(out);
+    out.append(h("div", { class: "notice", role: "status" }, `${pg.kind} ${created} created.`));
   }
 }
 
@@ -1605,8 +1756,16 @@ function createPage() {
   const memory = h("input", { id: "c-memory", type: "number", min: "64", step: "64", value: "512" }) as HTMLInputElement;
   const disk = h("input", { id: "c-disk", type: "number", min: "1", max: "4096", value: "10" }) as HTMLInputElement;
   const network = h("select", { id: "c-network" }) as HTMLSelectElement;
+  const os = h("select", { id: "c-os" }, h("option", { value: "Linux" }, "Linux or other (cloud-init)"), h("option", { value: "Windows" }, "Windows (sysprep answer file)")) as HTMLSelectElement;
+  const firmware = h("select", { id: "c-firmware" }, h("option", { value: "BIOS" }, "BIOS"), h("option", { value: "EFI" }, "UEFI"), h("option", { value: "EFIWithSecureBoot" }, "UEFI with Secure Boot (and a vTPM for Windows)")) as HTMLSelectElement;
   const userData = h("textarea", { id: "c-userdata", spellcheck: "false" }) as HTMLTextAreaElement;
   const sshKey = h("input", { id: "c-sshkey", autocomplete: "off", placeholder: "ssh-ed25519 AAAA… user@host" }) as HTMLInputElement;
+  const secrets = h("datalist", { id: "c-sysprep-list" });
+  const sysprep = h("input", { id: "c-sysprep", autocomplete: "off", list: "c-sysprep-list", pattern: "[a-z0-9]([-.a-z0-9]*[a-z0-9])?", placeholder: "win11-unattend" }) as HTMLInputElement;
+  const linuxFields = h("div", { id: "c-linux" });
+  const windowsFields = h("div", { id: "c-windows", hidden: "" });
+  const cost = h("div", { id: "c-quota", "aria-live": "polite" });
+  let proj: any = null;
   const yaml = h("pre", { class: "yaml", id: "c-yaml" });
   const out = h("div", { id: "create-result" });
   const submit = h("button", { type: "submit", class: "primary", id: "c-create" }, "Create");
@@ -1624,14 +1783,54 @@ function createPage() {
     field("c-memory", "Memory (MiB)", memory, " "),
     field("c-disk", "Disk size (GiB)", disk),
     field("c-network", "Network", network),
-    field("c-userdata", "Cloud-init user data", userData, "Optional, e.g. a #cloud-config document."),
-    field("c-sshkey", "SSH public key", sshKey, "Added to cloud-init's ssh_authorized_keys."),
+    field("c-os", "Operating system", os),
+    field("c-firmware", "Firmware", firmware),
+    linuxFields,
+    windowsFields,
+    h("h2", {}, "Against the project's quota"),
+    cost,
     h("h2", {}, "Equivalent manifest"),
     yaml,
     h("div", { class: "actions" }, submit, h("button", { type: "button", id: "c-copy", onclick: () => navigator.clipboard?.writeText(yaml.textContent || "") }, "Copy YAML")),
     out,
   );
+  linuxFields.append(
+    field("c-userdata", "Cloud-init user data", userData, "Optional, e.g. a #cloud-config document."),
+    field("c-sshkey", "SSH public key", sshKey, "Added to cloud-init's ssh_authorized_keys."),
+  );
+  windowsFields.append(
+    field("c-sysprep", "Sysprep answer file (a Secret of the project)", sysprep, "Optional: the name of a Secret holding unattend.xml and/or autounattend.xml, given to Windows on a removable drive at each start (see the Windows docs). Without one, Windows asks its setup questions on the console."),
+    secrets,
+  );
   frame("create", form);
+
+  const showOS = () => {
+    const win = os.value === "Windows";
+    linuxFields.hidden = win;
+    windowsFields.hidden = !win;
+    firmware.value = win ? "EFIWithSecureBoot" : "BIOS";
+    update();
+  };
+  // renderCost shows what the VM adds to the project's usage, against its quota, as the
+  // server will count it (cores, memory, the root disk's size, one VM).
+  const renderCost = () => {
+    clear(cost);
+    if (!proj) {
+      cost.append(h("div", { class: "hint" }, "The project's quota could not be read."));
+      return;
+    }
+    const add = { cores: parseInt(cores.value || "1", 10), memory: parseInt(memory.value || "0", 10) * 2 ** 20, disk: parseInt(disk.value || "0", 10) * 2 ** 30 };
+    const lines = quotaLines(proj, add);
+    const over = lines.filter((l) => l.limit !== undefined && l.used > l.limit);
+    cost.append(
+      h(
+        "ul",
+        { class: "quota-cost" },
+        ...lines.map((l) => h("li", { "data-quota": l.key, class: l.limit !== undefined && l.used > l.limit ? "over" : "" }, `${l.label}: ${l.fmt(l.used)} with this VM, ${l.limit === undefined ? "no limit" : "of " + l.fmt(l.limit)}`)),
+      ),
+    );
+    if (over.length) cost.append(h("div", { class: "error", id: "c-quota-over" }, `Over the project's quota (${over.map((l) => l.label.toLowerCase()).join(", ")}): the server will refuse this VM. Choose less, or ask an operator for more.`));
+  };
 
   const currentPolicy = () => {
     const c = classes.get(cls.value);
@@ -1706,17 +1905,37 @@ function createPage() {
     };
     if (cls.value) spec.virtualMachineClassName = cls.value;
     if (network.value) spec.networks = [{ type: "ClusterNetwork", name: network.value }];
-    const ud = cloudInit();
-    if (ud.trim()) spec.provisioning = { type: "UserData", userData: ud };
+    if (firmware.value !== "BIOS") spec.bootloader = firmware.value;
+    if (os.value === "Windows") {
+      spec.osType = "Windows";
+      if (sysprep.value.trim()) spec.provisioning = { type: "SysprepRef", sysprepRef: { kind: "Secret", name: sysprep.value.trim() } };
+    } else {
+      const ud = cloudInit();
+      if (ud.trim()) spec.provisioning = { type: "UserData", userData: ud };
+    }
     const vm = { apiVersion: API_VERSION, kind: "VirtualMachine", metadata: { name: n, namespace: project }, spec };
     return [diskObj, vm];
   };
   const update = () => {
     yaml.textContent = manifests().map((m) => toYAML(m)).join("\n---\n");
+    renderCost();
   };
   cls.addEventListener("change", fillSizing);
   cores.addEventListener("change", fillFraction);
-  for (const el of [name, image, fraction, memory, disk, network, userData, sshKey]) el.addEventListener("input", update);
+  os.addEventListener("change", showOS);
+  for (const el of [name, image, fraction, memory, disk, network, firmware, userData, sshKey, sysprep]) el.addEventListener("input", update);
+  // Secrets are listed only for a project's Admins: others type the name.
+  api("GET", nsPath("secrets"))
+    .then((l) => {
+      for (const sec of l.items || []) if (/sysprep|^Opaque$/.test(sec.type || "")) secrets.append(h("option", { value: sec.metadata.name }));
+    })
+    .catch(() => undefined);
+  api("GET", `${GV}/projects/${encodeURIComponent(project)}`)
+    .then((p) => {
+      proj = p;
+      update();
+    })
+    .catch(() => update());
 
   Promise.all([
     api("GET", `${GV}/clustervirtualimages`).catch(() => ({ items: [] })),
