@@ -204,8 +204,9 @@ metadata:
 		vmWaitSerial(t, s, n, "RAKHSH-GUEST: ready", 1)
 	}
 	// For comparison with the boot after the recovery: the first boot of the four VMs on h2.
-	t.Logf("first boot: apply -> every guest ready on h2 %s", time.Since(appliedAt).Round(10*time.Millisecond))
-	fmt.Printf("HA-RECOVERY first-boot=%.2f\n", time.Since(appliedAt).Seconds())
+	firstBoot := time.Since(appliedAt)
+	t.Logf("first boot: apply -> every guest ready on h2 %s", firstBoot.Round(10*time.Millisecond))
+	fmt.Printf("HA-RECOVERY first-boot=%.2f\n", firstBoot.Seconds())
 	// ha-a and ha-b may now move.
 	for _, n := range []string{"ha-a", "ha-b"} {
 		s.MustCLI("", "patch", "vm", n, "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
@@ -253,11 +254,14 @@ metadata:
 	got := map[string]*times{"ha-a": {}, "ha-b": {}}
 	var notReady, takenOver time.Duration
 	var order []string // the HA VMs in the order they were seen released
-	deadline := killedAt.Add(3 * time.Minute)
+	// A liveness bound, not a timing target (the times are reported): 3 minutes, or twice the
+	// first boot on a machine so loaded that booting the guests took longer than 90 s.
+	limit := max(3*time.Minute, 2*firstBoot)
+	deadline := killedAt.Add(limit)
 	since := func() time.Duration { return time.Since(killedAt) }
 	for {
 		if time.Now().After(deadline) {
-			t.Fatalf("the HA VMs did not boot elsewhere within 3 minutes: %+v %+v", *got["ha-a"], *got["ha-b"])
+			t.Fatalf("the HA VMs did not boot elsewhere within %s: %+v %+v", limit.Round(time.Second), *got["ha-a"], *got["ha-b"])
 		}
 		var n v1alpha1.Node
 		if notReady == 0 && cl.Get(ctx, "nodes", "", "h2", &n) == nil && n.Status.Phase != v1alpha1.NodePhaseReady {
