@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -719,4 +721,50 @@ func benchProxy(b *testing.B, plain bool) {
 	}
 	b.StopTimer()
 	c.Close()
+}
+
+// TestSocketPairBuffers: both ends of a migration's socket pair get migrationSocketBuffer
+// (the kernel reports double what was set, its bookkeeping included), or, for a process that
+// may not pass the system's cap, at least what the cap allows.
+func TestSocketPairBuffers(t *testing.T) {
+	qemuEnd, agentEnd, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qemuEnd.Close()
+	defer agentEnd.Close()
+	want := migrationSocketBuffer
+	if syscall.Geteuid() != 0 {
+		b, err := os.ReadFile("/proc/sys/net/core/wmem_max")
+		if err != nil {
+			t.Fatal(err)
+		}
+		capped, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = min(want, capped)
+	}
+	raw, err := agentEnd.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(name string, fd int) {
+		for _, opt := range []struct {
+			name string
+			o    int
+		}{{"SO_SNDBUF", syscall.SO_SNDBUF}, {"SO_RCVBUF", syscall.SO_RCVBUF}} {
+			got, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, opt.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got < want {
+				t.Errorf("%s end: %s is %d, want at least %d", name, opt.name, got, want)
+			}
+		}
+	}
+	if err := raw.Control(func(fd uintptr) { check("agent", int(fd)) }); err != nil {
+		t.Fatal(err)
+	}
+	check("qemu", int(qemuEnd.Fd()))
 }
