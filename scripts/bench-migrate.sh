@@ -30,29 +30,30 @@ if [ ! -f "$guest/guest.iso" ]; then
 fi
 bindir=$(mktemp -d)
 links="${BARE_LINKS:-loopback}"
+trap 'rm -rf "$bindir"' EXIT
+go build -o "$bindir/migbench" ./test/bench/migrate
+# underlay_down removes the underlay's namespaces (and with them their veths and bridge).
 underlay_down() {
   for ns in rbm-a rbm-b rbm-ul; do ip netns del "$ns" 2>/dev/null || true; done
 }
-trap 'rm -rf "$bindir"; [[ $links != *underlay* ]] || underlay_down' EXIT
-if [[ $links == *underlay* ]]; then
+# underlay_up makes them anew (under the lock: a run waiting for it touches nothing). Each
+# veth is made inside rbm-ul, so nothing is ever left in this namespace.
+underlay_up() {
   underlay_down
-  ip netns add rbm-ul
-  ip -n rbm-ul link add rbm-br type bridge
-  ip -n rbm-ul link set rbm-br up
-  i=1
+  ip netns add rbm-ul &&
+    ip -n rbm-ul link add rbm-br type bridge &&
+    ip -n rbm-ul link set rbm-br up || return
+  local i=1 h
   for h in a b; do
-    ip netns add "rbm-$h"
-    ip link add "rbm-${h}v" type veth peer name eth0 netns "rbm-$h"
-    ip link set "rbm-${h}v" netns rbm-ul
-    ip -n rbm-ul link set "rbm-${h}v" master rbm-br up
-    ip -n "rbm-$h" addr add "10.238.0.$i/24" dev eth0
-    ip -n "rbm-$h" link set eth0 up
-    ip -n "rbm-$h" link set lo up
+    ip netns add "rbm-$h" &&
+      ip -n rbm-ul link add "rbm-${h}v" type veth peer name eth0 netns "rbm-$h" &&
+      ip -n rbm-ul link set "rbm-${h}v" master rbm-br up &&
+      ip -n "rbm-$h" addr add "10.238.0.$i/24" dev eth0 &&
+      ip -n "rbm-$h" link set eth0 up &&
+      ip -n "rbm-$h" link set lo up || return
     i=$((i + 1))
   done
-fi
-go build -o "$bindir/migbench" ./test/bench/migrate
-echo "== waiting for $lock"
+}
 # bare runs the bare baseline over each of BARE_LINKS.
 bare() {
   local bindir=$1 guest=$2 links=$3 link
@@ -61,12 +62,17 @@ bare() {
     case $link in
       loopback) echo "== bare QEMU (loopback)"; "$bindir/migbench" -guest "$guest" "$@" || return ;;
       underlay) echo "== bare QEMU (underlay: rbm-a and rbm-b on a bridge)"
-        "$bindir/migbench" -guest "$guest" -underlay rbm-a=10.238.0.1,rbm-b=10.238.0.2 "$@" || return ;;
+        underlay_up || { underlay_down; return 1; }
+        local rc=0
+        "$bindir/migbench" -guest "$guest" -underlay rbm-a=10.238.0.1,rbm-b=10.238.0.2 "$@" || rc=$?
+        underlay_down
+        [ "$rc" -eq 0 ] || return "$rc" ;;
       *) echo "BARE_LINKS: unknown link $link (loopback, underlay)" >&2; return 2 ;;
     esac
   done
 }
-export -f bare
+export -f bare underlay_up underlay_down
+echo "== waiting for $lock"
 if [ -z "${PLATFORM:-}" ]; then
   flock "$lock" bash -c 'bare "$@"' bench "$bindir" "$guest" "$links" "$@" 2>&1 | tee "$out"
   exit "${PIPESTATUS[0]}"

@@ -613,6 +613,7 @@ spec:
 	uiRun(t, ctx, 30*time.Second, "open the images page",
 		chromedp.Click(`header a[href="#/project-images"]`, chromedp.ByQuery),
 		chromedp.WaitVisible("#img-file", chromedp.ByID))
+	uiA11y(t, ctx, "the images page")
 	if pct := uiUpload(t, ctx, 90*time.Second, "up-ui", upload); pct != "100 %" {
 		t.Errorf("the upload's progress shows %q at the end", pct)
 	}
@@ -866,6 +867,7 @@ type cutProxy struct {
 	left   int64 // bytes until the cut; 0: not armed
 	cuts   int
 	conns  []net.Conn
+	closed bool
 }
 
 func startCutProxy(t *testing.T, target string) *cutProxy {
@@ -879,6 +881,7 @@ func startCutProxy(t *testing.T, target string) *cutProxy {
 	t.Cleanup(func() {
 		ln.Close()
 		p.mu.Lock()
+		p.closed = true
 		for _, c := range p.conns {
 			c.Close()
 		}
@@ -913,6 +916,12 @@ func (p *cutProxy) serve() {
 			continue
 		}
 		p.mu.Lock()
+		if p.closed { // the test ended while this connection was dialled
+			p.mu.Unlock()
+			cc.Close()
+			sc.Close()
+			return
+		}
 		p.conns = append(p.conns, cc, sc)
 		p.mu.Unlock()
 		go func() {
@@ -967,10 +976,12 @@ func uiA11y(t *testing.T, ctx context.Context, page string) {
   const out = [];
   if (!document.documentElement.lang) out.push('html without lang');
   const describe = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + (el.className && typeof el.className === 'string' ? '.' + el.className.split(' ').join('.') : '');
+  const labelledBy = (el) => (el.getAttribute('aria-labelledby') || '').split(/\s+/).filter(Boolean).map((id) => (document.getElementById(id)?.textContent || '').trim()).join(' ').trim();
   for (const el of document.querySelectorAll('input, select, textarea, button, a[href], meter, progress, img, [role=button]')) {
-    if (el.type === 'hidden' || el.closest('[hidden], .xterm, .vnc') || el.getClientRects().length === 0) continue;
+    if (el.type === 'hidden' || el.closest('[hidden], [aria-hidden=true], [inert], .xterm, .vnc') || el.getClientRects().length === 0) continue;
     if (el.tagName === 'IMG') { if (!el.hasAttribute('alt')) out.push(describe(el) + ' without alt'); continue; }
-    if ((el.getAttribute('aria-label') || '').trim() || el.getAttribute('aria-labelledby') || (el.getAttribute('title') || '').trim()) continue;
+    if ((el.getAttribute('aria-label') || '').trim() || labelledBy(el) || (el.getAttribute('title') || '').trim()) continue;
+    if (el.tagName === 'INPUT' && ['submit', 'button', 'reset'].includes(el.type) && (el.value || '').trim()) continue;
     if (el.labels && el.labels.length > 0 && [...el.labels].some((l) => l.textContent.trim())) continue;
     if (['BUTTON', 'A'].includes(el.tagName) || el.getAttribute('role') === 'button') {
       if (el.textContent.trim() || [...el.querySelectorAll('img[alt]')].some((i) => i.alt.trim())) continue;

@@ -477,7 +477,7 @@ function renderPhases(ul: HTMLElement, vms: any[]) {
   clear(ul);
   const n = new Map<string, number>();
   for (const v of vms) n.set(v.status?.phase || "Pending", (n.get(v.status?.phase || "Pending") || 0) + 1);
-  const order = ["Running", "Starting", "Migrating", "Pending", "Stopping", "Stopped", "Degraded", "Failed"];
+  const order = ["Running", "Starting", "Migrating", "Pause", "Pending", "Stopping", "Stopped", "Degraded", "Terminating"];
   const keys = [...n.keys()].sort((a, b) => (order.indexOf(a) + 1 || 99) - (order.indexOf(b) + 1 || 99) || a.localeCompare(b));
   ul.append(h("li", { "data-phase": "all" }, h("strong", {}, String(vms.length)), " VMs"));
   for (const k of keys) ul.append(h("li", { "data-phase": k }, h("strong", { class: `phase phase-${k}` }, String(n.get(k))), ` ${k}`));
@@ -539,7 +539,7 @@ function imagesPage() {
   if (canWrite()) {
     const name = h("input", { id: "img-name", type: "text", required: true, pattern: "[a-z0-9]([-a-z0-9]*[a-z0-9])?", autocomplete: "off" }) as HTMLInputElement;
     const file = h("input", { id: "img-file", type: "file", required: true }) as HTMLInputElement;
-    const bar = h("progress", { id: "img-progress", max: "100", value: "0" }) as HTMLProgressElement;
+    const bar = h("progress", { id: "img-progress", max: "100", value: "0", "aria-label": "Upload progress" }) as HTMLProgressElement;
     const pct = h("span", { id: "img-progress-text", "aria-live": "polite" }, "");
     form = h(
       "form",
@@ -1696,7 +1696,7 @@ function vncPage(name: string) {
 
 // ---- the create wizard -----------------------------------------------------------------------
 
-const UNITS: Record<string, number> = { "": 1, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4, k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+const UNITS: Record<string, number> = { "": 1, m: 1e-3, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4, Pi: 1024 ** 5, Ei: 1024 ** 6, k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18 };
 
 // humanBytes shows a memory quantity in the largest binary unit that keeps it at least 1
 // ("24683756Ki" is "23.5 GiB").
@@ -1715,7 +1715,7 @@ function humanBytes(q: string | undefined): string {
 
 function bytesOf(q: string | undefined): number {
   if (!q) return 0;
-  const m = /^([0-9.]+)\s*([KMGT]i?|k)?$/.exec(q.trim());
+  const m = /^([0-9.]+)\s*([KMGTPE]i?|k|m)?$/.exec(q.trim());
   return m ? parseFloat(m[1]) * (UNITS[m[2] || ""] ?? 1) : 0;
 }
 
@@ -1765,7 +1765,8 @@ function createPage() {
   const linuxFields = h("div", { id: "c-linux" });
   const windowsFields = h("div", { id: "c-windows", hidden: "" });
   const cost = h("div", { id: "c-quota", "aria-live": "polite" });
-  let proj: any = null;
+  let proj: any = undefined; // the Project: undefined while it is read, null if it could not be
+  let firmwareChosen = false; // the user picked the firmware: a change of OS keeps it
   const yaml = h("pre", { class: "yaml", id: "c-yaml" });
   const out = h("div", { id: "create-result" });
   const submit = h("button", { type: "submit", class: "primary", id: "c-create" }, "Create");
@@ -1808,13 +1809,17 @@ function createPage() {
     const win = os.value === "Windows";
     linuxFields.hidden = win;
     windowsFields.hidden = !win;
-    firmware.value = win ? "EFIWithSecureBoot" : "BIOS";
+    if (!firmwareChosen) firmware.value = win ? "EFIWithSecureBoot" : "BIOS";
     update();
   };
   // renderCost shows what the VM adds to the project's usage, against its quota, as the
   // server will count it (cores, memory, the root disk's size, one VM).
   const renderCost = () => {
     clear(cost);
+    if (proj === undefined) {
+      cost.append(h("div", { class: "hint" }, "Reading the project's quota…"));
+      return;
+    }
     if (!proj) {
       cost.append(h("div", { class: "hint" }, "The project's quota could not be read."));
       return;
@@ -1923,19 +1928,29 @@ function createPage() {
   cls.addEventListener("change", fillSizing);
   cores.addEventListener("change", fillFraction);
   os.addEventListener("change", showOS);
+  firmware.addEventListener("change", () => (firmwareChosen = true));
   for (const el of [name, image, fraction, memory, disk, network, firmware, userData, sshKey, sysprep]) el.addEventListener("input", update);
-  // Secrets are listed only for a project's Admins: others type the name.
-  api("GET", nsPath("secrets"))
-    .then((l) => {
-      for (const sec of l.items || []) if (/sysprep|^Opaque$/.test(sec.type || "")) secrets.append(h("option", { value: sec.metadata.name }));
-    })
-    .catch(() => undefined);
+  // Only a project's Admins may list its Secrets: for them the names are offered (read
+  // once, when Windows is first chosen); others type the name.
+  let secretsRead = false;
+  os.addEventListener("change", () => {
+    if (os.value !== "Windows" || secretsRead || !(who?.admin || who?.clusterRole === "ClusterAdmin" || who?.projects?.[project] === "Admin")) return;
+    secretsRead = true;
+    api("GET", nsPath("secrets"))
+      .then((l) => {
+        for (const sec of l.items || []) if (/sysprep|^Opaque$/.test(sec.type || "")) secrets.append(h("option", { value: sec.metadata.name }));
+      })
+      .catch(() => undefined);
+  });
   api("GET", `${GV}/projects/${encodeURIComponent(project)}`)
     .then((p) => {
       proj = p;
       update();
     })
-    .catch(() => update());
+    .catch(() => {
+      proj = null;
+      update();
+    });
 
   Promise.all([
     api("GET", `${GV}/clustervirtualimages`).catch(() => ({ items: [] })),
