@@ -73,14 +73,7 @@ func (a *Agent) runBackups(ctx context.Context) {
 		a.log.Warn("removing backup work files", "err", err)
 	}
 	go bs.Run(ctx)
-	q.Add(sweepBackupsKey)
-	q.Run(ctx, 1, func(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-		if key == sweepBackupsKey {
-			a.sweepBackupLeftovers(ctx)
-			return runtime.Result{RequeueAfter: sweepBackupsEvery}, nil
-		}
-		return a.reconcileBackup(ctx, key)
-	})
+	q.Run(ctx, 1, q.Periodic(sweepBackupsKey, sweepBackupsEvery, a.sweepBackupLeftovers, a.reconcileBackup))
 }
 
 // sweepBackupsKey is the backup queue's key of the sweep of leftovers (no backup has a name

@@ -335,14 +335,7 @@ func (a *Agent) runSnapshotter(ctx context.Context) {
 	snaps.OnChange(q.Add)
 	go snaps.Run(ctx)
 	// RAM states of VM snapshots deleted while this node was away or since: now and then.
-	q.Add(pruneRAMKey)
-	q.Run(ctx, 1, func(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-		if key == pruneRAMKey {
-			a.pruneRAMStates(ctx)
-			return runtime.Result{RequeueAfter: pruneRAMEvery}, nil
-		}
-		return a.snapshotDisk(ctx, key)
-	})
+	q.Run(ctx, 1, q.Periodic(pruneRAMKey, pruneRAMEvery, a.pruneRAMStates, a.snapshotDisk))
 }
 
 // pruneRAMKey is the snapshotter queue's key of the pruning of RAM states (no snapshot has a

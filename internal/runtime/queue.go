@@ -124,6 +124,20 @@ func (q *Queue) backoff(k Key, failed bool) time.Duration {
 	return d
 }
 
+// Periodic adds key to the queue and returns a reconciler that runs chore for key, then
+// again every period, and r for every other key. Key must be one no object has (a name with
+// a slash, say). On a queue with one worker the chore never runs beside another key's work.
+func (q *Queue) Periodic(key Key, period time.Duration, chore func(context.Context), r Reconciler) Reconciler {
+	q.Add(key)
+	return func(ctx context.Context, k Key) (Result, error) {
+		if k == key {
+			chore(ctx)
+			return Result{RequeueAfter: period}, nil
+		}
+		return r(ctx, k)
+	}
+}
+
 // Run starts workers that call r for each key until ctx ends.
 func (q *Queue) Run(ctx context.Context, workers int, r Reconciler) {
 	go func() {

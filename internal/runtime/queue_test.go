@@ -66,3 +66,40 @@ func TestKeySplit(t *testing.T) {
 		t.Fatal(ns, n)
 	}
 }
+
+// TestQueuePeriodic: the chore runs at once and again after its period, under its own key;
+// other keys go to the reconciler, never to the chore.
+func TestQueuePeriodic(t *testing.T) {
+	q := NewQueue("test", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var chores atomic.Int32
+	others := make(chan Key, 4)
+	twice := make(chan struct{})
+	r := q.Periodic("sweep/x", 20*time.Millisecond, func(context.Context) {
+		if chores.Add(1) == 2 {
+			close(twice)
+		}
+	}, func(_ context.Context, k Key) (Result, error) {
+		others <- k
+		return Result{}, nil
+	})
+	go q.Run(ctx, 1, r)
+	q.Add("ns/vm")
+	select {
+	case k := <-others:
+		if k != "ns/vm" {
+			t.Fatalf("the reconciler got %q", k)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the other key never reached the reconciler")
+	}
+	select {
+	case <-twice:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the chore ran %d times in 10 s, want a second run after its period", chores.Load())
+	}
+	if len(others) != 0 {
+		t.Errorf("the chore's key reached the reconciler: %q", <-others)
+	}
+}
