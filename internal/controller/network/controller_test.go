@@ -396,7 +396,11 @@ func TestExplicitMACOutsideRangesNeedsAdminLease(t *testing.T) {
 func TestGuestAddressesSurviveRewrites(t *testing.T) {
 	e := newEnv(t, nil, testVM("web"))
 	var vm v1alpha1.VirtualMachine
-	e.wait("addresses in the VM status", "virtualmachines", "p1", "web", &vm, func() bool { return vm.Status.IPAddress != "" })
+	// Both addresses: the IP can come before the MAC (the MAC claim is made and then bound),
+	// and the node agent's fields belong to the entry of a MAC.
+	e.wait("addresses in the VM status", "virtualmachines", "p1", "web", &vm, func() bool {
+		return vm.Status.IPAddress != "" && len(vm.Status.Networks) == 1 && vm.Status.Networks[0].MACAddress != ""
+	})
 	vm.Status.Networks[0].InterfaceName = "eth0"
 	vm.Status.Networks[0].GuestIPAddresses = []string{"192.0.2.9/24"}
 	vm.Status.Networks[0].Slot = "hotplug1"

@@ -421,7 +421,12 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VMOPConditionCompleted, Status: v1alpha1.ConditionFalse, Reason: u.reason, Message: u.message})
 	}
 	if u.signal {
-		v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VMOPConditionSignalSent, Status: v1alpha1.ConditionTrue, Reason: "SignalSent", Message: u.message})
+		sc := v1alpha1.Condition{Type: v1alpha1.VMOPConditionSignalSent, Status: v1alpha1.ConditionTrue, Reason: "SignalSent", Message: u.message}
+		if !u.signalAt.IsZero() {
+			at := v1alpha1.NewTime(u.signalAt)
+			sc.LastTransitionTime = &at
+		}
+		v1alpha1.SetCondition(&st.Conditions, sc)
 	}
 	body, _ := json.Marshal(map[string]any{"status": map[string]any{"phase": st.Phase, "conditions": st.Conditions, "observedGeneration": st.ObservedGeneration}})
 	err := c.c.PatchStatus(ctx, "virtualmachineoperations", op.Namespace, op.Name, body, nil)

@@ -71,3 +71,47 @@ func TestEveryOperationTypeIsCarriedOut(t *testing.T) {
 		t.Error("a type nothing carries out is not failed")
 	}
 }
+
+// TestSignalTimeIsTheDecisionTime: an operation's SignalSent time is when the controller
+// decided on the power request, which it writes before the operation. A node agent that
+// fails the start at once (a check before QEMU runs) reports an exit no earlier than that
+// time; with the time of the operation's own write the exit could look older than the
+// signal, and the operation ended as "the power request was changed" instead of with the
+// agent's reason.
+func TestSignalTimeIsTheDecisionTime(t *testing.T) {
+	fc := fake.New()
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	decided := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
+		return New(Config{Client: fc, Informers: f, Log: log, Now: func() time.Time { return decided }})
+	})
+	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "web", Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = "1Gi"
+	vm.Spec.RunPolicy = v1alpha1.RunPolicyManual
+	if err := fc.Create(ctx, "virtualmachines", "p1", vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	op := &v1alpha1.VirtualMachineOperation{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "start", Namespace: "p1"}}
+	op.Spec.Type = v1alpha1.VMOPTypeStart
+	op.Spec.VirtualMachineName = "web"
+	if err := fc.Create(ctx, "virtualmachineoperations", "p1", op, nil); err != nil {
+		t.Fatal(err)
+	}
+	var got v1alpha1.VirtualMachineOperation
+	fc.WaitFor(t, 10*time.Second, "virtualmachineoperations", "p1", "start", &got, func() bool {
+		return v1alpha1.FindCondition(got.Status.Conditions, v1alpha1.VMOPConditionSignalSent) != nil
+	})
+	if c := v1alpha1.FindCondition(got.Status.Conditions, v1alpha1.VMOPConditionSignalSent); c.LastTransitionTime == nil || !c.LastTransitionTime.Equal(decided) {
+		t.Fatalf("SignalSent at %v, want the decision's time %v", c.LastTransitionTime, decided)
+	}
+	var v v1alpha1.VirtualMachine
+	if err := fc.Get(ctx, "virtualmachines", "p1", "web", &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Status.PowerRequest == nil || v.Status.PowerRequest.Operation != "start" {
+		t.Fatalf("power request %+v does not name the operation", v.Status.PowerRequest)
+	}
+}

@@ -29,7 +29,12 @@ type opUpdate struct {
 	phase   v1alpha1.VMOPPhase
 	reason  string // reason of the Completed condition
 	message string
-	signal  bool // set SignalSent=True
+	// signal sets SignalSent=True, with signalAt (the decision's time) as its transition
+	// time: the power request is written after the decision and before the operation, so
+	// an agent that fails the start at once reports an exit later than signalAt, never
+	// earlier (progress compares the two).
+	signal   bool
+	signalAt time.Time
 }
 
 // decision is what the policy wants written.
@@ -367,7 +372,7 @@ func (p policy) begin(vm *v1alpha1.VirtualMachine, rp v1alpha1.RunPolicy, op *v1
 			}
 		}
 	}
-	return opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseInProgress, signal: true,
+	return opUpdate{name: op.Name, phase: v1alpha1.VMOPPhaseInProgress, signal: true, signalAt: p.now,
 		message: fmt.Sprintf("asked the node agent to %s the virtual machine", opVerb(op.Spec.Type))}, p.apply(vm, op, pr)
 }
 
