@@ -174,13 +174,17 @@ func (a *Agent) runAsAsked(ctx context.Context, vm *v1alpha1.VirtualMachine, l *
 			return runtime.Result{}, fmt.Errorf("cont: %w", err)
 		}
 	}
+	var again time.Duration
 	if act.Phase == v1alpha1.VMPhaseRunning {
 		// CPU and memory changes of the spec that can be made while the guest runs (live.go).
-		a.applyLive(ctx, vm, in, l.mon)
+		again = a.applyLive(ctx, vm, in, l.mon)
 	}
 	_, err := a.markRunning(ctx, vm, in, act.Phase)
 	if err != nil {
 		return runtime.Result{}, ignoreGone(err)
 	}
-	return runtime.Result{RequeueAfter: a.syncHotplug(ctx, vm, in)}, nil // hotplug_disk.go
+	if h := a.syncHotplug(ctx, vm, in); h > 0 && (again == 0 || h < again) { // hotplug_disk.go
+		again = h
+	}
+	return runtime.Result{RequeueAfter: again}, nil
 }

@@ -35,6 +35,10 @@ const (
 	liveUnplugTimeout = 20 * time.Second
 	liveMemoryTimeout = 30 * time.Second
 	livePollInterval  = 100 * time.Millisecond
+	// A change the guest did not finish in time is looked at again every
+	// liveCatchUpInterval for liveCatchUpFor (catchUpLive).
+	liveCatchUpInterval = 2 * time.Second
+	liveCatchUpFor      = 10 * time.Minute
 )
 
 // liveState remembers the last live change that could not be made, so that a reconcile
@@ -48,7 +52,12 @@ type liveState struct {
 	// for.
 	refusedCores  int
 	refusedMemory int64
+	// failedAt is when the last change failed.
+	failedAt time.Time
 }
+
+// unfinished says a live change failed and may still be finished by the guest.
+func (st *liveState) unfinished() bool { return st.failedCores != 0 || st.failedMemory != 0 }
 
 // livePlan is what a running VM's spec asks of its CPUs and memory beyond what runs.
 type livePlan struct {
@@ -273,19 +282,61 @@ func setHotpluggedMemory(ctx context.Context, mon qmpExecutor, requested int64, 
 	}
 }
 
+// catchUpLive records in rs what QEMU runs after a live change that the guest did not
+// finish in time (in.live.failedCores, failedMemory): the guest may still finish it (Linux
+// ejects a vCPU it was asked to give back once it can; the virtio-mem driver keeps working
+// toward the requested size), and then status.resources shows it and nothing waits for a
+// restart. A change that is now complete is no longer failed. It says whether rs changed.
+func (a *Agent) catchUpLive(ctx context.Context, mon qmpExecutor, rs *runSpec, in *instance, key string) (changed bool) {
+	st := &in.live
+	if st.failedCores != 0 {
+		if slots, err := cpuSlots(ctx, mon); err == nil {
+			if have := presentCPUs(slots); have > 0 && have != rs.Spec.CPU.Cores {
+				if rs.BootCores == 0 {
+					rs.BootCores = rs.Spec.CPU.Cores
+				}
+				rs.Spec.CPU.Cores, changed = have, true
+				if have == st.failedCores {
+					st.failedCores = 0
+					a.log.Info("the guest finished a live change of its vCPUs late", "vm", key, "cores", have, "after", time.Since(st.failedAt).Round(time.Millisecond))
+				}
+			}
+		}
+	}
+	if st.failedMemory != 0 {
+		if plugged, err := memorySize(ctx, mon); err == nil {
+			boot := memoryBytes(rs.bootMemory())
+			if total := boot + plugged; total != memoryBytes(rs.Spec.Memory.Size) {
+				if rs.BootMemory == "" {
+					rs.BootMemory = rs.Spec.Memory.Size
+				}
+				rs.HotpluggedMemory = v1alpha1.BytesQuantity(plugged)
+				rs.Spec.Memory.Size, changed = v1alpha1.BytesQuantity(total), true
+				if total == st.failedMemory {
+					st.failedMemory = 0
+					a.log.Info("the guest finished a live change of its memory late", "vm", key, "size", rs.Spec.Memory.Size, "after", time.Since(st.failedAt).Round(time.Millisecond))
+				}
+			}
+		}
+	}
+	return changed
+}
+
 // applyLive makes the CPU and memory changes of vm's spec that can be made live on its
-// running QEMU, and records what runs in runspec.json.
-func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, m monitor) {
+// running QEMU, and records what runs in runspec.json. It returns when to look again: while
+// a change the guest did not finish in time may still be finished (catchUpLive), else 0.
+func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, m monitor) time.Duration {
 	mon, ok := m.(qmpExecutor)
 	if !ok || vm.Status.MigrationState.Active() {
 		// During a migration the target is (or is being) made with what runs now: the change
 		// waits for the migration's end, and is then made on whichever side runs the VM.
-		return
+		return 0
 	}
 	rs := loadRunSpec(in.runDir, vm)
-	p := planLive(rs, &vm.Spec, in.live)
 	key := vm.Namespace + "/" + vm.Name
-	changed := false
+	cores := rs.Spec.CPU.Cores
+	changed := in.live.unfinished() && a.catchUpLive(ctx, mon, rs, in, key)
+	p := planLive(rs, &vm.Spec, in.live)
 	var failed []string
 	if p.Cores > 0 {
 		c, failure := a.applyLiveCores(ctx, mon, rs, in, p.Cores, key)
@@ -305,12 +356,13 @@ func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 		if err := saveRunSpec(in.runDir, rs); err != nil {
 			a.log.Warn("recording a live change", "vm", key, "err", err)
 		}
-		if p.Cores > 0 {
+		if rs.Spec.CPU.Cores != cores {
 			a.refreshCPULimit(vm, rs, in)
 		}
 	}
 	if len(failed) > 0 {
-		msg := "a live change did not go through and waits for a restart: " + strings.Join(failed, "; ")
+		in.live.failedAt = time.Now()
+		msg := "a live change did not go through and waits for a restart (unless the guest still finishes it): " + strings.Join(failed, "; ")
 		a.log.Warn(msg, "vm", key)
 		a.rec.Event(ctx, "VirtualMachine", vm, "Warning", "LiveChangeFailed", msg)
 	}
@@ -322,6 +374,10 @@ func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 			a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "RestartRequired", "not changed live, applied at the next restart: "+strings.Join(p.Refused, "; "))
 		}
 	}
+	if in.live.unfinished() && time.Since(in.live.failedAt) < liveCatchUpFor {
+		return liveCatchUpInterval
+	}
+	return 0
 }
 
 // applyLiveCores sets the running vCPUs to cores and records in rs what runs (and the slots

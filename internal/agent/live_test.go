@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"strings"
 	"testing"
@@ -98,6 +99,7 @@ type fakeHotplugQEMU struct {
 	size     int64
 	calls    []string
 	deleting map[string]bool
+	hold     bool // the guest does not move from size (a slow guest)
 }
 
 func newFakeHotplugQEMU(slots, present int) *fakeHotplugQEMU {
@@ -144,7 +146,9 @@ func (f *fakeHotplugQEMU) Execute(_ context.Context, cmd string, args, result an
 		f.deleting[a["id"].(string)] = true
 	case "qom-set":
 		f.calls = append(f.calls, fmt.Sprintf("qom-set %v %v=%v", a["path"], a["property"], a["value"]))
-		f.size = min(a["value"].(int64), f.follow)
+		if !f.hold {
+			f.size = min(a["value"].(int64), f.follow)
+		}
 	case "qom-get":
 		b, _ := json.Marshal(f.size)
 		return json.Unmarshal(b, result)
@@ -307,5 +311,56 @@ func TestLimitsWithRoomToGrow(t *testing.T) {
 	}
 	if l.cpuQuotaUsec != 2*cfsPeriodUsec/2 {
 		t.Errorf("cpu quota %d, want %d", l.cpuQuotaUsec, 2*cfsPeriodUsec/2)
+	}
+}
+
+// TestCatchUpLive: a change the guest did not finish within the agent's wait is recorded
+// once the guest finishes it (vCPUs released late, memory unplugged late), and is then no
+// longer failed; nothing is recorded while QEMU still runs what was recorded.
+func TestCatchUpLive(t *testing.T) {
+	ctx := context.Background()
+	const mi = int64(1) << 20
+	a := &Agent{log: slog.New(slog.DiscardHandler)}
+	f := newFakeHotplugQEMU(4, 1)
+	in := &instance{}
+	rs := liveRunSpec(1, 4, "256Mi", "1Gi")
+	// 1 → 3 vCPUs and 256Mi → 768Mi go through.
+	if c, failure := a.applyLiveCores(ctx, f, rs, in, 3, "p/vm"); !c || failure != "" {
+		t.Fatalf("grow: changed %t, %s", c, failure)
+	}
+	if c, failure := a.applyLiveMemory(ctx, f, rs, in, 768*mi, "768Mi", "p/vm"); !c || failure != "" {
+		t.Fatalf("plug: changed %t, %s", c, failure)
+	}
+	// 3 → 2 and 768Mi → 512Mi: the guest is slow, the wait ends first.
+	f.release, f.hold = false, true
+	timeout := 200 * time.Millisecond
+	retired := map[int]bool{}
+	have, err := setCPUs(ctx, f, 2, timeout, retired)
+	if err == nil || have != 3 {
+		t.Fatalf("slow release: %d %v", have, err)
+	}
+	in.live.failedCores = 2
+	plugged, err := setHotpluggedMemory(ctx, f, 256*mi, timeout)
+	if err == nil || plugged != 512*mi {
+		t.Fatalf("slow unplug: %d %v", plugged, err)
+	}
+	in.live.failedMemory, in.live.failedAt = 512*mi, time.Now()
+	if a.catchUpLive(ctx, f, rs, in, "p/vm") || rs.Spec.CPU.Cores != 3 || rs.Spec.Memory.Size != "768Mi" {
+		t.Fatalf("recorded %d cores, %s while the guest has not moved", rs.Spec.CPU.Cores, rs.Spec.Memory.Size)
+	}
+	// The guest lets go of the vCPU and the memory.
+	f.release, f.size = true, 256*mi
+	if !a.catchUpLive(ctx, f, rs, in, "p/vm") {
+		t.Fatal("the late finish was not recorded")
+	}
+	if rs.Spec.CPU.Cores != 2 || memoryBytes(rs.Spec.Memory.Size) != 512*mi || rs.HotpluggedMemory != v1alpha1.BytesQuantity(256*mi) || rs.BootCores != 1 || rs.BootMemory != "256Mi" {
+		t.Errorf("run spec after the late finish: cores %d (boot %d), memory %s (boot %s, hot-plugged %s)",
+			rs.Spec.CPU.Cores, rs.BootCores, rs.Spec.Memory.Size, rs.BootMemory, rs.HotpluggedMemory)
+	}
+	if in.live.unfinished() {
+		t.Errorf("still failed after the guest finished: %+v", in.live)
+	}
+	if p := planLive(rs, liveWant(2, "512Mi"), in.live); p.Cores != 0 || p.Memory != 0 || len(p.Refused) != 0 {
+		t.Errorf("the spec is met, yet the plan is %+v", p)
 	}
 }
