@@ -21,7 +21,8 @@ import (
 
 // The guest agent watcher (docs/guest-agent.md): one goroutine per running QEMU with a
 // guest-agent channel. It pings the guest agent every guestPingEvery (each call bounded by
-// guestCallTimeout), reads the OS, host name and interfaces when it first answers and then
+// guestCallTimeout; a ready agent is taken as not responding after two pings in a row
+// without an answer in time, not one), reads the OS, host name and interfaces when it first answers and then
 // every guestInfoEvery, and writes the AgentReady condition, status.guestOSInfo and the
 // guest's addresses in status.networks when they change.
 var (
@@ -126,6 +127,7 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 	}
 	t := time.NewTimer(0)
 	defer t.Stop()
+	lateOnce := false // the last ping of a ready guest agent got no answer in time
 	for {
 		select {
 		case <-ctx.Done():
@@ -140,6 +142,16 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 		if ctx.Err() != nil {
 			return
 		}
+		// One late answer from a guest agent that answered before (a busy guest, a loaded
+		// host) is not a lost agent: the next ping decides, so that AgentReady does not flap.
+		late := errors.Is(err, context.DeadlineExceeded)
+		if late && !lateOnce && written != nil && written.ready {
+			lateOnce = true
+			a.log.Debug("the guest agent did not answer a ping in time; the next ping decides", "vm", string(in.key), "limit", guestCallTimeout)
+			t.Reset(guestPingEvery)
+			continue
+		}
+		lateOnce = late
 		refresh := false
 		view.ready = err == nil
 		view.reason, view.message = agentCondition(err)

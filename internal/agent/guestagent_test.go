@@ -23,7 +23,7 @@ import (
 // fakeGuestAgent serves a VM's qga.sock as a guest agent would; mode picks its behaviour.
 type fakeGuestAgent struct {
 	mu    sync.Mutex
-	mode  string // "honest", "silent", "huge", "junk"
+	mode  string // "honest", "silent", "huge", "junk", "late-once"
 	calls []string
 	pings atomic.Int64
 }
@@ -75,6 +75,9 @@ func (f *fakeGuestAgent) serve(conn net.Conn) {
 		f.mu.Lock()
 		mode := f.mode
 		f.calls = append(f.calls, req.Execute)
+		if mode == "late-once" && req.Execute == "guest-ping" {
+			f.mode = "honest" // this ping goes unanswered, the next ones are answered
+		}
 		f.mu.Unlock()
 		if req.Execute == "guest-ping" {
 			f.pings.Add(1)
@@ -82,6 +85,10 @@ func (f *fakeGuestAgent) serve(conn net.Conn) {
 		reply := func(v any) {
 			b, _ := json.Marshal(map[string]any{"return": v, "id": req.ID})
 			_, _ = conn.Write(append(b, '\n'))
+		}
+		if mode == "late-once" && req.Execute == "guest-ping" {
+			f.pings.Add(1)
+			continue
 		}
 		if req.Execute == "guest-sync-delimited" && mode != "silent" {
 			b, _ := json.Marshal(map[string]any{"return": req.Arguments["id"]})
@@ -199,6 +206,14 @@ func TestGuestAgentWatcher(t *testing.T) {
 	}
 	if now := e.getVM("ga"); now.ResourceVersion != rv {
 		t.Errorf("status written while nothing changed: resourceVersion %s → %s", rv, now.ResourceVersion)
+	}
+	// One ping without an answer in time, then answers again: AgentReady stays, nothing is
+	// written (a busy guest is not a lost agent).
+	fake.setMode("late-once")
+	for p := fake.pings.Load() + 3; fake.pings.Load() < p; time.Sleep(10 * time.Millisecond) {
+	}
+	if now := e.getVM("ga"); now.ResourceVersion != rv || agentReady(now).Status != v1alpha1.ConditionTrue {
+		t.Errorf("one late answer: AgentReady %+v, resourceVersion %s → %s", agentReady(now), rv, now.ResourceVersion)
 	}
 
 	for _, c := range []struct{ mode, reason string }{
