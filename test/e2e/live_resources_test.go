@@ -30,6 +30,27 @@ func liveGuestView(log string) (cpus int, memKiB int64, n int) {
 	return cpus, memKiB, len(all)
 }
 
+// liveBootReport waits for the guest's first report of its CPUs and MemTotal after its
+// boot-th boot marker and returns it: the guest prints it in the background, often just
+// after its ready marker.
+func liveBootReport(t *testing.T, s *Serve, name string, boot int) (cpus int, memKiB int64) {
+	t.Helper()
+	deadline := time.Now().Add(vmBootTimeout)
+	for {
+		log := vmLog(t, s, name)
+		parts := strings.SplitAfterN(log, "RAKHSH-GUEST: booted", boot+1)
+		if len(parts) == boot+1 {
+			if c, m, n := liveGuestView(parts[boot]); n > 0 {
+				return c, m
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no report of the CPUs and memory after boot %d of %s within %s; log:\n%s", boot, name, vmBootTimeout, log)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 // liveManifest is a VM of the test guest with 1 core and 256Mi and room to grow to
 // maxCores cores and 1Gi.
 func liveManifest(name, disk string, maxCores int) string {
@@ -97,7 +118,7 @@ func TestLiveResources(t *testing.T) {
 	s.MustCLI(liveManifest("vm1", "root", 4), "apply", "-f", "-")
 	s.MustCLI("", "vm", "start", "vm1", "--wait")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
-	cpus, base, _ := liveGuestView(vmLog(t, s, "vm1"))
+	cpus, base := liveBootReport(t, s, "vm1", 1)
 	if cpus != 1 || base == 0 {
 		t.Fatalf("the guest reports cpus=%d memtotal=%d at boot, want 1 CPU; log:\n%s", cpus, base, vmLog(t, s, "vm1"))
 	}
@@ -118,9 +139,9 @@ func TestLiveResources(t *testing.T) {
 		livePatch(t, s, "vm1", st.patch)
 		memBytes, _ := st.mem.Value()
 		delta := (memBytes - 256<<20) >> 10
-		c, m := liveWaitGuest(t, s, "vm1", st.cores, base, delta, 2*time.Minute)
+		c, m := liveWaitGuest(t, s, "vm1", st.cores, base, delta, vmBootTimeout)
 		t.Logf("%s: the guest reports cpus=%d memtotal=%d KiB (+%d) after %s", st.patch, c, m, m-base, time.Since(began).Round(10*time.Millisecond))
-		v := vmWait(t, s, "vm1", 30*time.Second, "showing the live resources", func(v *v1alpha1.VirtualMachine) bool {
+		v := vmWait(t, s, "vm1", time.Minute, "showing the live resources", func(v *v1alpha1.VirtualMachine) bool {
 			r := v.Status.Resources
 			return r != nil && r.CPU.Cores == st.cores && r.Memory.Size == v1alpha1.BytesQuantity(memBytes)
 		})
@@ -138,7 +159,7 @@ func TestLiveResources(t *testing.T) {
 
 	// Beyond the room to grow: waits for a restart, and says so.
 	livePatch(t, s, "vm1", `{"spec":{"cpu":{"cores":5,"maxCores":5}}}`)
-	v := vmWait(t, s, "vm1", 30*time.Second, "awaiting a restart for cores 5", func(v *v1alpha1.VirtualMachine) bool {
+	v := vmWait(t, s, "vm1", time.Minute, "awaiting a restart for cores 5", func(v *v1alpha1.VirtualMachine) bool {
 		c := awaitingRestart(v)
 		return c != nil && c.Status == v1alpha1.ConditionTrue && strings.Contains(c.Message, "spec.cpu.cores (runs with 2)") &&
 			strings.Contains(c.Message, "spec.cpu.maxCores (runs with 4)")
@@ -150,7 +171,7 @@ func TestLiveResources(t *testing.T) {
 	// Manual: nothing restarts by itself. (Back to 2 cores, a change that only a restart
 	// applies stays: maxCores.)
 	livePatch(t, s, "vm1", `{"spec":{"cpu":{"cores":2,"maxCores":3}}}`)
-	vmWait(t, s, "vm1", 30*time.Second, "awaiting a restart for maxCores only", func(v *v1alpha1.VirtualMachine) bool {
+	vmWait(t, s, "vm1", time.Minute, "awaiting a restart for maxCores only", func(v *v1alpha1.VirtualMachine) bool {
 		c := awaitingRestart(v)
 		return c != nil && c.Status == v1alpha1.ConditionTrue && c.Message == "changed since start, applied at the next restart: spec.cpu.maxCores (runs with 4)"
 	})
@@ -167,10 +188,10 @@ func TestLiveResources(t *testing.T) {
 	})
 	// After the restart the boot memory is the memory size (512Mi): 2 CPUs from the start.
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 2)
-	log := vmLog(t, s, "vm1")
-	if c, _, _ := liveGuestView(log); c != 2 {
+	if c, _ := liveBootReport(t, s, "vm1", 2); c != 2 {
 		t.Errorf("after the restart the guest reports %d CPUs, want 2", c)
 	}
+	log := vmLog(t, s, "vm1")
 	if r := v.Status.Resources; r.Memory.BootSize != "512Mi" || r.Memory.Size != "512Mi" || r.CPU.Cores != 2 {
 		t.Errorf("status.resources after the restart %+v", *r)
 	}

@@ -427,9 +427,31 @@ func runCLIWith(t *testing.T, prefix, env []string, stdin string, args ...string
 	return r
 }
 
+// cliLimit is how long a CLI call may run before the test ends it: 2 minutes, or a minute
+// more than the call's own --timeout, or 10 minutes for a --wait without one (the CLI's
+// waits have defaults of their own). A call that waits longer than the test allows is
+// stopped by its own --timeout, with its message, not killed by the test.
+func cliLimit(args []string) time.Duration {
+	limit, wait := 2*time.Minute, false
+	for i, a := range args {
+		v, ok := strings.CutPrefix(a, "--timeout=")
+		if a == "--timeout" && i+1 < len(args) {
+			v, ok = args[i+1], true
+		}
+		if d, err := time.ParseDuration(v); ok && err == nil {
+			return max(limit, d+time.Minute)
+		}
+		wait = wait || a == "--wait"
+	}
+	if wait {
+		return 10 * time.Minute
+	}
+	return limit
+}
+
 // execCLI runs the CLI binary bin (see runCLIWith); err is set only when it could not run.
 func execCLI(bin string, prefix, env []string, stdin string, args ...string) (CLIResult, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), cliLimit(args))
 	defer cancel()
 	argv := append(append(append([]string{}, prefix...), bin), args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
