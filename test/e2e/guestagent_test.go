@@ -50,6 +50,8 @@ func TestGuestAgent(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
 	v := gaBoot(t, s)
+	// The guest prints its DHCP address when the lease comes, which may be after ready.
+	vmWaitSerialMatch(t, s, "vm1", ipMarker, 1)
 	log := vmLog(t, s, "vm1")
 	m := kernelMarker.FindStringSubmatch(log)
 	ipm := ipMarker.FindStringSubmatch(log)

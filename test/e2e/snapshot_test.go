@@ -299,9 +299,7 @@ spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMa
 	})
 	// (This serve gives VMs user-mode networking, where every guest leases the same address;
 	// the platform's claims are what differ.)
-	if m := ipMarker.FindStringSubmatch(vmLog(t, s, "vm2")); m == nil {
-		t.Error("the clone's guest got no DHCP lease")
-	}
+	vmWaitSerialMatch(t, s, "vm2", ipMarker, 1) // the clone's guest got a DHCP lease
 	if v2.Status.IPAddress == ip1 || v2.Status.Networks[0].MACAddress == mac1 || v2.UID == v.UID || v1alpha1.IsTemplate(v2) {
 		t.Errorf("the clone shares the source's identity: ip %s/%s, mac %s/%s, template %v", v2.Status.IPAddress, ip1, v2.Status.Networks[0].MACAddress, mac1, v1alpha1.IsTemplate(v2))
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -163,6 +164,20 @@ func vmWaitSerial(t *testing.T, s *Serve, name, marker string, n int) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Fatalf("serial log of %s: %q not seen %d times within %s; log:\n%s", name, marker, n, vmBootTimeout, vmLog(t, s, name))
+}
+
+// vmWaitSerialMatch waits until re matches at least n times in the VM's serial log: for a
+// marker with values, which must be read whole (a line can arrive in pieces).
+func vmWaitSerialMatch(t *testing.T, s *Serve, name string, re *regexp.Regexp, n int) {
+	t.Helper()
+	deadline := time.Now().Add(vmBootTimeout)
+	for time.Now().Before(deadline) {
+		if len(re.FindAllString(vmLog(t, s, name), -1)) >= n {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("serial log of %s: %s not matched %d times within %s; log:\n%s", name, re, n, vmBootTimeout, vmLog(t, s, name))
 }
 
 // vmConsoleType types a line on the guest's serial console through the agent's console
