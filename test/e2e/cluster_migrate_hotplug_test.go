@@ -97,9 +97,10 @@ spec:
 	// The hot-plugged NIC came along: the same MAC in the guest, and its tap on the target's
 	// network carries the guest's traffic (the NAT gateway answers on eth1).
 	migrateConsoleType(t, c.Host(dst), v.UID, "echo RKPNIC $(cat /sys/class/net/eth1/address) $(ping -I eth1 -c 3 -W 2 $(ip route | awk '/default/ {print $3; exit}') | grep -o '[0-9]* packets received')")
-	vmWaitSerial(t, s, "rkp-vm", "RKPNIC "+strings.ToLower(nic.MACAddress)+" ", 1)
-	// The line is printed whole once ping ended.
-	if m := regexp.MustCompile(`RKPNIC \S+ (\d+) packets received`).FindStringSubmatch(vmLog(t, s, "rkp-vm")); m == nil || m[1] == "0" {
+	// The line is printed once ping ended; wait for all of it (it can arrive in pieces).
+	nicLine := regexp.MustCompile(`RKPNIC ` + regexp.QuoteMeta(strings.ToLower(nic.MACAddress)) + ` (\d+) packets received`)
+	vmWaitSerialMatch(t, s, "rkp-vm", nicLine, 1)
+	if m := nicLine.FindStringSubmatch(vmLog(t, s, "rkp-vm")); m == nil || m[1] == "0" {
 		t.Errorf("the hot-plugged NIC carries no traffic on the target:\n%s", tail(vmLog(t, s, "rkp-vm"), 1500))
 	}
 	after := vmWait(t, s, "rkp-vm", time.Minute, "the same hot-plugged devices in the target's status", func(v *v1alpha1.VirtualMachine) bool {

@@ -197,14 +197,14 @@ spec:
 	}
 
 	// Both guests got their leased addresses by DHCP.
-	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ip=", 1)
-	vmWaitSerial(t, s, "vm2", "RAKHSH-GUEST: ip=", 1)
+	vmWaitSerialMatch(t, s, "vm1", ipMarker, 1)
+	vmWaitSerialMatch(t, s, "vm2", ipMarker, 1)
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
 	vmWaitSerial(t, s, "vm2", "RAKHSH-GUEST: ready", 1)
 	if g := guestIPs(vmLog(t, s, "vm1")); len(g) != 1 || g[0] != ip1+"/eth0" {
 		t.Fatalf("vm1 guest addresses %v, want [%s/eth0]", g, ip1)
 	}
-	vmWaitSerial(t, s, "vm2", "RAKHSH-GUEST: ip=", 2)
+	vmWaitSerialMatch(t, s, "vm2", ipMarker, 2)
 	labIP := v2.Status.Networks[1].IPAddress
 	if len(v2.Status.Networks) != 2 || !strings.HasPrefix(labIP, "10.68.0.") || v2.Status.Networks[1].Name != "lab" {
 		t.Fatalf("vm2 networks %+v, want a second interface on lab with an address of 10.68.0.10-20", v2.Status.Networks)
