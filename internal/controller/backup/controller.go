@@ -24,6 +24,12 @@ import (
 // waitRetry is how often a waiting backup is looked at again.
 var waitRetry = 2 * time.Second
 
+// nodeDownAfter is how long the agent of the node of a backup in progress may be gone (the
+// node's Ready is Unknown, or False for a lost lease) before the backup fails here: its agent, the
+// backup's sole writer, cannot end it. A VM that runs there is moved by HA or not; a stopped
+// VM's disks are read by that node only.
+var nodeDownAfter = 2 * time.Minute
+
 // Config configures the controller.
 type Config struct {
 	Client client.Interface
@@ -50,6 +56,7 @@ type Controller struct {
 	backups    *runtime.TypedInformer[v1alpha1.VirtualMachineBackup]
 	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	nodes      *runtime.TypedInformer[v1alpha1.Node]
 	targets    *runtime.TypedInformer[v1alpha1.BackupTarget]
 	nodeName   string
 }
@@ -71,11 +78,12 @@ func New(cfg Config) *Controller {
 	}
 	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")
 	c.targets = runtime.For[v1alpha1.BackupTarget](f, "backuptargets")
-	c.vms, c.disks = f.VirtualMachines(), f.VirtualDisks()
+	c.vms, c.disks, c.nodes = f.VirtualMachines(), f.VirtualDisks(), f.Nodes()
 	c.ctl = runtime.NewController("virtualmachinebackups", log).
 		For(c.backups).
 		Watches(c.vms, c.backupsOfVM).
 		Watches(c.targets, c.backupsOfTarget).
+		Watches(c.nodes, c.backupsOfNode).
 		Reads(c.disks).
 		Workers(1).
 		Build(c.reconcile)
@@ -140,6 +148,45 @@ func (c *Controller) backupsOfTarget(k runtime.Key) []runtime.Key {
 	return out
 }
 
+// backupsOfNode: the backups in progress on a node are looked at when its readiness changes.
+func (c *Controller) backupsOfNode(k runtime.Key) []runtime.Key {
+	_, name := k.Split()
+	var out []runtime.Key
+	for _, b := range c.backups.List() {
+		if b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.NodeName == name {
+			out = append(out, runtime.NewKey(b.Namespace, b.Name))
+		}
+	}
+	return out
+}
+
+// nodeDown says why node's agent has been gone for nodeDownAfter ("" while it is not, or
+// the node is not known here), or how long until it will have been.
+func (c *Controller) nodeDown(node string) (why string, wait time.Duration) {
+	n, ok := c.nodes.Get(runtime.NewKey("", node))
+	if !ok {
+		return "", 0
+	}
+	// Only a node whose agent is gone: it stopped heartbeating (Unknown) or lost its lease.
+	// An agent that reports a problem of its own (QEMU unusable) still ends its backups.
+	r := v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionReady)
+	if r == nil || (r.Status != v1alpha1.ConditionUnknown && r.Reason != v1alpha1.ReasonNodeLeaseExpired) {
+		return "", 0
+	}
+	since := c.now()
+	if r.LastTransitionTime != nil {
+		since = r.LastTransitionTime.Time
+	}
+	if left := nodeDownAfter - c.now().Sub(since); left > 0 {
+		return "", left
+	}
+	msg := fmt.Sprintf("node %q has not been Ready since %s (%s", node, since.UTC().Format(time.RFC3339), r.Reason)
+	if r.Message != "" {
+		msg += ": " + r.Message
+	}
+	return msg + "): its agent cannot finish the backup", 0
+}
+
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	b, ok := c.backups.Get(key)
 	if !ok || b.DeletionTimestamp != nil {
@@ -163,6 +210,11 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 			return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine %q started (on node %q) during the backup of its stopped disks", vm.Name, vm.Status.NodeName))
 		case !b.Status.Stopped && vm.Status.NodeName != b.Status.NodeName:
 			return runtime.Result{}, c.fail(ctx, b, fmt.Sprintf("the VirtualMachine %q left node %q during the backup", b.Spec.VirtualMachineName, b.Status.NodeName))
+		}
+		if why, wait := c.nodeDown(b.Status.NodeName); why != "" {
+			return runtime.Result{}, c.fail(ctx, b, why)
+		} else if wait > 0 {
+			return runtime.Result{RequeueAfter: wait}, nil
 		}
 	}
 	return runtime.Result{}, nil

@@ -143,8 +143,12 @@ func TestSchedule(t *testing.T) {
 	ctx := context.Background()
 	var slots []time.Time
 	for h := 1; h <= 3; h++ {
+		// The next slot, once the schedule has moved past the last one (its status is
+		// written after the backup is made).
 		var cur v1alpha1.BackupSchedule
-		_ = fc.Get(ctx, "backupschedules", "p1", "hourly", &cur)
+		fc.WaitFor(t, 10*time.Second, "backupschedules", "p1", "hourly", &cur, func() bool {
+			return cur.Status.NextScheduleTime != nil && (len(slots) == 0 || cur.Status.NextScheduleTime.After(slots[len(slots)-1]))
+		})
 		slot := cur.Status.NextScheduleTime.Time
 		clk.set(slot.Add(time.Second))
 		// Nudge the schedule: its requeue waits on the real clock.
@@ -398,4 +402,61 @@ func modeStopFixture() (*v1alpha1.BackupTarget, *v1alpha1.VirtualMachine, *v1alp
 	d1.Spec.PersistentVolumeClaim.Size = "1Gi"
 	d1.Status.Phase, d1.Status.NodeName = v1alpha1.DiskPhaseReady, "n1"
 	return target, vm, d1
+}
+
+// TestNodeAgentGone: a backup in progress on a node whose agent is gone (Ready Unknown:
+// no heartbeat) fails once that has lasted nodeDownAfter, with the node's reason; one on a
+// node whose agent is there but reports a problem (QEMU unusable) goes on, as does one on a
+// node that is Ready again in time.
+func TestNodeAgentGone(t *testing.T) {
+	old := nodeDownAfter
+	nodeDownAfter = 2 * time.Second
+	t.Cleanup(func() { nodeDownAfter = old })
+	fc := fake.New()
+	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
+		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
+	objs := []v1alpha1.Object{target}
+	for i, n := range []string{"n1", "n2"} {
+		vm := newVM(fmt.Sprintf("vm%d", i+1), v1alpha1.VMPhaseRunning, n)
+		node := &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: n}}
+		node.Status.Phase = v1alpha1.NodePhaseReady
+		node.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.NodeConditionReady, Status: v1alpha1.ConditionTrue, Reason: "AgentReady"}}
+		objs = append(objs, vm, node, newBackup(fmt.Sprintf("b%d", i+1), vm.Name))
+	}
+	if err := fc.Add(objs...); err != nil {
+		t.Fatal(err)
+	}
+	start(t, fc, nil)
+	ctx := context.Background()
+	var b v1alpha1.VirtualMachineBackup
+	for _, name := range []string{"b1", "b2"} {
+		fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", name, &b, func() bool { return b.Status.Phase == v1alpha1.BackupPhaseInProgress })
+	}
+	setReady := func(node, status, reason string) {
+		t.Helper()
+		var n v1alpha1.Node
+		if err := fc.Get(ctx, "nodes", "", node, &n); err != nil {
+			t.Fatal(err)
+		}
+		now := v1alpha1.Now()
+		n.Status.Conditions = []v1alpha1.Condition{{Type: v1alpha1.NodeConditionReady, Status: status, Reason: reason, Message: "test", LastTransitionTime: &now}}
+		if err := fc.UpdateStatus(ctx, "nodes", "", node, &n, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setReady("n1", v1alpha1.ConditionUnknown, "HeartbeatMissed")
+	setReady("n2", v1alpha1.ConditionFalse, "QEMUUnusable")
+	began := time.Now()
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &b, func() bool { return b.Status.Phase == v1alpha1.BackupPhaseFailed })
+	if d := time.Since(began); d < nodeDownAfter-100*time.Millisecond {
+		t.Errorf("failed after %s, before the node had been gone for %s", d, nodeDownAfter)
+	}
+	if c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted); c == nil || !strings.Contains(c.Message, `node "n1" has not been Ready since`) || !strings.Contains(c.Message, "HeartbeatMissed") {
+		t.Errorf("b1's reason: %+v", c)
+	}
+	// n2's agent is there: its backup goes on (its node changed at the same time as n1).
+	time.Sleep(time.Second)
+	if err := fc.Get(ctx, "virtualmachinebackups", "p1", "b2", &b); err != nil || b.Status.Phase != v1alpha1.BackupPhaseInProgress {
+		t.Errorf("b2 on a node whose agent reports a problem: %s %v", b.Status.Phase, err)
+	}
 }
