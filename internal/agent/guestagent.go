@@ -21,7 +21,7 @@ import (
 
 // The guest agent watcher (docs/guest-agent.md): one goroutine per running QEMU with a
 // guest-agent channel. It pings the guest agent every guestPingEvery (each call bounded by
-// guestCallTimeout; a ready agent is taken as not responding after two pings in a row
+// guestCallTimeout; a ready agent is taken as not responding after two rounds in a row
 // without an answer in time, not one), reads the OS, host name and interfaces when it first answers and then
 // every guestInfoEvery, and writes the AgentReady condition, status.guestOSInfo and the
 // guest's addresses in status.networks when they change.
@@ -128,6 +128,7 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	lateOnce := false // the last ping of a ready guest agent got no answer in time
+	lateRead := false // the last read of its OS and interfaces got none
 	for {
 		select {
 		case <-ctx.Done():
@@ -158,11 +159,18 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 		// Read at every ping until the guest reports an address (a guest still waiting for
 		// DHCP), then every guestInfoEvery.
 		if err == nil && (written == nil || !written.ready || !hasGuestAddress(view.ifaces) || time.Since(lastInfo) >= guestInfoEvery) {
-			if info, ierr := a.readGuestInfo(ctx, g); ierr == nil {
+			info, ierr := a.readGuestInfo(ctx, g)
+			switch {
+			case ierr == nil:
 				view.os, view.ifaces = info.os, info.ifaces
 				lastInfo = time.Now()
-				refresh = true
-			} else {
+				refresh, lateRead = true, false
+			case errors.Is(ierr, context.DeadlineExceeded) && !lateRead && written != nil && written.ready:
+				// A late answer to a read, as to a ping: the next read decides.
+				lateRead = true
+				t.Reset(guestPingEvery)
+				continue
+			default:
 				view.ready = false
 				view.reason, view.message = agentCondition(ierr)
 			}

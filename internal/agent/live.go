@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -52,12 +53,26 @@ type liveState struct {
 	// for.
 	refusedCores  int
 	refusedMemory int64
-	// failedAt is when the last change failed.
+	// failedAt is when the last change failed; slow says it failed because the guest had
+	// not followed within the wait, so that it may still finish it.
 	failedAt time.Time
+	slow     bool
 }
 
 // unfinished says a live change failed and may still be finished by the guest.
-func (st *liveState) unfinished() bool { return st.failedCores != 0 || st.failedMemory != 0 }
+func (st *liveState) unfinished() bool {
+	return st.slow && (st.failedCores != 0 || st.failedMemory != 0)
+}
+
+// slowGuestError is a live change the guest had not followed when the wait ended.
+type slowGuestError struct{ msg string }
+
+func (e *slowGuestError) Error() string { return e.msg }
+
+func slowGuest(err error) bool {
+	var s *slowGuestError
+	return errors.As(err, &s)
+}
 
 // livePlan is what a running VM's spec asks of its CPUs and memory beyond what runs.
 type livePlan struct {
@@ -231,7 +246,7 @@ func setCPUs(ctx context.Context, mon qmpExecutor, want int, timeout time.Durati
 				return have, nil
 			}
 			if time.Now().After(deadline) {
-				return have, fmt.Errorf("the guest did not release the vCPUs within %s (it runs %d)", timeout, have)
+				return have, &slowGuestError{fmt.Sprintf("the guest did not release the vCPUs within %s (it runs %d)", timeout, have)}
 			}
 			select {
 			case <-ctx.Done():
@@ -272,7 +287,7 @@ func setHotpluggedMemory(ctx context.Context, mon qmpExecutor, requested int64, 
 			return size, nil
 		}
 		if time.Now().After(deadline) {
-			return size, fmt.Errorf("the guest has %s of the %s asked for after %s", v1alpha1.HumanBytes(size), v1alpha1.HumanBytes(requested), timeout)
+			return size, &slowGuestError{fmt.Sprintf("the guest has %s of the %s asked for after %s", v1alpha1.HumanBytes(size), v1alpha1.HumanBytes(requested), timeout)}
 		}
 		select {
 		case <-ctx.Done():
@@ -374,7 +389,10 @@ func (a *Agent) applyLive(ctx context.Context, vm *v1alpha1.VirtualMachine, in *
 			a.rec.Event(ctx, "VirtualMachine", vm, "Normal", "RestartRequired", "not changed live, applied at the next restart: "+strings.Join(p.Refused, "; "))
 		}
 	}
-	if in.live.unfinished() && time.Since(in.live.failedAt) < liveCatchUpFor {
+	// Looked at again while the guest may still finish a change the spec still asks for.
+	st := &in.live
+	if st.unfinished() && time.Since(st.failedAt) < liveCatchUpFor &&
+		((st.failedCores != 0 && vm.Spec.CPU.Cores == st.failedCores) || (st.failedMemory != 0 && memoryBytes(vm.Spec.Memory.Size) == st.failedMemory)) {
 		return liveCatchUpInterval
 	}
 	return 0
@@ -403,7 +421,7 @@ func (a *Agent) applyLiveCores(ctx context.Context, mon qmpExecutor, rs *runSpec
 		rs.Spec.CPU.Cores, changed = have, true
 	}
 	if err != nil {
-		in.live.failedCores = cores
+		in.live.failedCores, in.live.slow = cores, slowGuest(err)
 		return changed, fmt.Sprintf("spec.cpu.cores %d: %v", cores, err)
 	}
 	in.live.failedCores = 0
@@ -425,7 +443,7 @@ func (a *Agent) applyLiveMemory(ctx context.Context, mon qmpExecutor, rs *runSpe
 		changed = true
 	}
 	if err != nil {
-		in.live.failedMemory = memory
+		in.live.failedMemory, in.live.slow = memory, slowGuest(err)
 		return changed, fmt.Sprintf("spec.memory.size %s: %v", size, err)
 	}
 	in.live.failedMemory = 0

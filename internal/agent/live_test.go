@@ -344,7 +344,10 @@ func TestCatchUpLive(t *testing.T) {
 	if err == nil || plugged != 512*mi {
 		t.Fatalf("slow unplug: %d %v", plugged, err)
 	}
-	in.live.failedMemory, in.live.failedAt = 512*mi, time.Now()
+	in.live.failedMemory, in.live.failedAt, in.live.slow = 512*mi, time.Now(), slowGuest(err)
+	if !in.live.unfinished() {
+		t.Fatalf("a timed-out change is not taken as one the guest may finish: %v", err)
+	}
 	if a.catchUpLive(ctx, f, rs, in, "p/vm") || rs.Spec.CPU.Cores != 3 || rs.Spec.Memory.Size != "768Mi" {
 		t.Fatalf("recorded %d cores, %s while the guest has not moved", rs.Spec.CPU.Cores, rs.Spec.Memory.Size)
 	}

@@ -15,7 +15,9 @@ import (
 )
 
 // liveLine is what the test guest prints whenever its online CPUs or MemTotal change.
-var liveLine = regexp.MustCompile(`RAKHSH-GUEST: cpus=(\d+) memtotal=(\d+)`)
+// The line's end is part of it: a line read while it still arrives must not give a cut
+// number.
+var liveLine = regexp.MustCompile(`RAKHSH-GUEST: cpus=(\d+) memtotal=(\d+)[\r\n]`)
 
 // liveGuestView is the guest's last report of its online CPUs and MemTotal (KiB), and how
 // many reports there were.
@@ -236,7 +238,7 @@ func TestLiveResourcesBenchmark(t *testing.T) {
 	go func() {
 		sc := bufio.NewScanner(conn)
 		for sc.Scan() {
-			if m := liveLine.FindStringSubmatch(sc.Text()); m != nil {
+			if m := liveLine.FindStringSubmatch(sc.Text() + "\n"); m != nil {
 				c, _ := strconv.Atoi(m[1])
 				n, _ := strconv.ParseInt(m[2], 10, 64)
 				reports <- report{time.Now(), c, n}

@@ -139,6 +139,8 @@ spec: {type: NAT, subnet: 10.233.0.0/24}
 	t.Logf("rko-a on h2: %s %s; rko-b on h3: %s %s", macA, ipA, macB, ipB)
 
 	// Each guest got its central address by DHCP from its own node's dnsmasq.
+	vmWaitSerial(t, s, "rko-a", "RAKHSH-GUEST: ready", 1)
+	vmWaitSerial(t, s, "rko-b", "RAKHSH-GUEST: ready", 1)
 	vmWaitSerialMatch(t, s, "rko-a", ipMarker, 1)
 	vmWaitSerialMatch(t, s, "rko-b", ipMarker, 1)
 	if g := guestIPs(vmLog(t, s, "rko-a")); len(g) != 1 || g[0] != ipA+"/eth0" {

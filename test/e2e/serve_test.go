@@ -428,9 +428,10 @@ func runCLIWith(t *testing.T, prefix, env []string, stdin string, args ...string
 }
 
 // cliLimit is how long a CLI call may run before the test ends it: 2 minutes, or a minute
-// more than the call's own --timeout, or 10 minutes for a --wait without one (the CLI's
-// waits have defaults of their own). A call that waits longer than the test allows is
-// stopped by its own --timeout, with its message, not killed by the test.
+// more than the call's own positive --timeout, so that such a call is stopped by its own
+// timeout with its message rather than killed by the test; 10 minutes for a --wait without
+// one (or with a timeout of 0: none), a bound of the test's own, shorter than some of the
+// CLI's defaults.
 func cliLimit(args []string) time.Duration {
 	limit, wait := 2*time.Minute, false
 	for i, a := range args {
@@ -438,7 +439,7 @@ func cliLimit(args []string) time.Duration {
 		if a == "--timeout" && i+1 < len(args) {
 			v, ok = args[i+1], true
 		}
-		if d, err := time.ParseDuration(v); ok && err == nil {
+		if d, err := time.ParseDuration(v); ok && err == nil && d > 0 {
 			return max(limit, d+time.Minute)
 		}
 		wait = wait || a == "--wait"

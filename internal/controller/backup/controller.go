@@ -25,7 +25,7 @@ import (
 var waitRetry = 2 * time.Second
 
 // nodeDownAfter is how long the agent of the node of a backup in progress may be gone (the
-// node's Ready is Unknown, or False for a lost lease) before the backup fails here: its agent, the
+// node's Ready is Unknown: no heartbeat) before the backup fails here: its agent, the
 // backup's sole writer, cannot end it. A VM that runs there is moved by HA or not; a stopped
 // VM's disks are read by that node only.
 var nodeDownAfter = 2 * time.Minute
@@ -167,20 +167,27 @@ func (c *Controller) nodeDown(node string) (why string, wait time.Duration) {
 	if !ok {
 		return "", 0
 	}
-	// Only a node whose agent is gone: it stopped heartbeating (Unknown) or lost its lease.
-	// An agent that reports a problem of its own (QEMU unusable) still ends its backups.
+	// Only a node whose agent is gone: it stopped heartbeating (Unknown, written by the node
+	// lifecycle controller). An agent that reports a problem of its own (QEMU unusable) or is
+	// fenced (it lost its lease, and says so in its heartbeats) still ends its backups.
 	r := v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionReady)
-	if r == nil || (r.Status != v1alpha1.ConditionUnknown && r.Reason != v1alpha1.ReasonNodeLeaseExpired) {
+	if r == nil || r.Status != v1alpha1.ConditionUnknown {
 		return "", 0
 	}
-	since := c.now()
-	if r.LastTransitionTime != nil {
+	var since time.Time // since when the agent is gone; zero: not known, long enough
+	switch {
+	case r.LastTransitionTime != nil:
 		since = r.LastTransitionTime.Time
+	case n.Status.LastHeartbeatTime != nil:
+		since = n.Status.LastHeartbeatTime.Time
 	}
 	if left := nodeDownAfter - c.now().Sub(since); left > 0 {
 		return "", left
 	}
 	msg := fmt.Sprintf("node %q has not been Ready since %s (%s", node, since.UTC().Format(time.RFC3339), r.Reason)
+	if since.IsZero() {
+		msg = fmt.Sprintf("node %q is not Ready (%s", node, r.Reason)
+	}
 	if r.Message != "" {
 		msg += ": " + r.Message
 	}

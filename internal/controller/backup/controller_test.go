@@ -406,8 +406,8 @@ func modeStopFixture() (*v1alpha1.BackupTarget, *v1alpha1.VirtualMachine, *v1alp
 
 // TestNodeAgentGone: a backup in progress on a node whose agent is gone (Ready Unknown:
 // no heartbeat) fails once that has lasted nodeDownAfter, with the node's reason; one on a
-// node whose agent is there but reports a problem (QEMU unusable) goes on, as does one on a
-// node that is Ready again in time.
+// node whose agent is there but reports a problem (QEMU unusable) goes on, and so does one
+// on a node whose agent is fenced (False, NodeLeaseExpired: it heartbeats and says so).
 func TestNodeAgentGone(t *testing.T) {
 	old := nodeDownAfter
 	nodeDownAfter = 2 * time.Second
@@ -416,7 +416,7 @@ func TestNodeAgentGone(t *testing.T) {
 	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
 		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
 	objs := []v1alpha1.Object{target}
-	for i, n := range []string{"n1", "n2"} {
+	for i, n := range []string{"n1", "n2", "n3"} {
 		vm := newVM(fmt.Sprintf("vm%d", i+1), v1alpha1.VMPhaseRunning, n)
 		node := &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: n}}
 		node.Status.Phase = v1alpha1.NodePhaseReady
@@ -429,7 +429,7 @@ func TestNodeAgentGone(t *testing.T) {
 	start(t, fc, nil)
 	ctx := context.Background()
 	var b v1alpha1.VirtualMachineBackup
-	for _, name := range []string{"b1", "b2"} {
+	for _, name := range []string{"b1", "b2", "b3"} {
 		fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", name, &b, func() bool { return b.Status.Phase == v1alpha1.BackupPhaseInProgress })
 	}
 	setReady := func(node, status, reason string) {
@@ -446,6 +446,7 @@ func TestNodeAgentGone(t *testing.T) {
 	}
 	setReady("n1", v1alpha1.ConditionUnknown, "HeartbeatMissed")
 	setReady("n2", v1alpha1.ConditionFalse, "QEMUUnusable")
+	setReady("n3", v1alpha1.ConditionFalse, v1alpha1.ReasonNodeLeaseExpired)
 	began := time.Now()
 	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &b, func() bool { return b.Status.Phase == v1alpha1.BackupPhaseFailed })
 	if d := time.Since(began); d < nodeDownAfter-100*time.Millisecond {
@@ -454,9 +455,12 @@ func TestNodeAgentGone(t *testing.T) {
 	if c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted); c == nil || !strings.Contains(c.Message, `node "n1" has not been Ready since`) || !strings.Contains(c.Message, "HeartbeatMissed") {
 		t.Errorf("b1's reason: %+v", c)
 	}
-	// n2's agent is there: its backup goes on (its node changed at the same time as n1).
+	// The agents of n2 and n3 are there: their backups go on (their nodes changed at the
+	// same time as n1).
 	time.Sleep(time.Second)
-	if err := fc.Get(ctx, "virtualmachinebackups", "p1", "b2", &b); err != nil || b.Status.Phase != v1alpha1.BackupPhaseInProgress {
-		t.Errorf("b2 on a node whose agent reports a problem: %s %v", b.Status.Phase, err)
+	for _, name := range []string{"b2", "b3"} {
+		if err := fc.Get(ctx, "virtualmachinebackups", "p1", name, &b); err != nil || b.Status.Phase != v1alpha1.BackupPhaseInProgress {
+			t.Errorf("%s on a node whose agent is there: %s %v", name, b.Status.Phase, err)
+		}
 	}
 }

@@ -31,8 +31,8 @@ type opUpdate struct {
 	message string
 	// signal sets SignalSent=True, with signalAt (the decision's time) as its transition
 	// time: the power request is written after the decision and before the operation, so
-	// an agent that fails the start at once reports an exit later than signalAt, never
-	// earlier (progress compares the two).
+	// an agent that fails the start at once reports an exit later than signalAt (on one
+	// clock; progress compares the two), not between the two writes.
 	signal   bool
 	signalAt time.Time
 }
