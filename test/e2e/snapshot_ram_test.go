@@ -32,7 +32,12 @@ func TestVMSnapshotKeepRAM(t *testing.T) {
 
 	out := s.MustCLI("", "vm", "snapshot", "vm1", "--name", "with-ram", "--keep-ram", "--wait", "--timeout", "3m")
 	t.Logf("vm snapshot: %s", strings.TrimSpace(out))
-	atSnapshot := lastTick(vmLog(t, s, "vm1"))
+	// The tick the guest had printed when the snapshot was done: the last one before a marker
+	// the guest prints now. (The log read at once can lag the guest by seconds under load.)
+	vmConsoleType(t, s, uid, "echo SNAP$((1+1))DONE")
+	vmWaitSerial(t, s, "vm1", "SNAP2DONE", 1)
+	l := vmLog(t, s, "vm1")
+	atSnapshot := lastTick(l[:strings.Index(l, "SNAP2DONE")])
 	var vs v1alpha1.VirtualMachineSnapshot
 	if err := s.Client().Get(context.Background(), "virtualmachinesnapshots", "default", "with-ram", &vs); err != nil {
 		t.Fatal(err)
