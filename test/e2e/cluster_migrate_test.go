@@ -35,7 +35,7 @@ func migrateConsoleType(t *testing.T, h *ClusterHost, uid, line string) {
 	time.Sleep(300 * time.Millisecond)
 }
 
-var tickRe = regexp.MustCompile(`(?m)^RKTICK (\d+)\s*$`)
+var tickRe = regexp.MustCompile(`(?m)^RKTICK (\d+)[ \t\r]*\n`) // a whole line: one still arriving would give a cut number
 
 // lastTick is the highest tick counter in a serial log (0: none).
 func lastTick(log string) int {
