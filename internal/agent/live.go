@@ -31,11 +31,14 @@ import (
 // AwaitingRestartToApplyConfiguration). A change that cannot be live, or that the guest did
 // not follow, gets an event, once per value asked for.
 
-// Time the guest gets to follow a live change.
-const (
+// Time the guest gets to follow a live change (variables for tests).
+var (
 	liveUnplugTimeout = 20 * time.Second
 	liveMemoryTimeout = 30 * time.Second
-	livePollInterval  = 100 * time.Millisecond
+)
+
+const (
+	livePollInterval = 100 * time.Millisecond
 	// A change the guest did not finish in time is looked at again every
 	// liveCatchUpInterval for liveCatchUpFor (catchUpLive).
 	liveCatchUpInterval = 2 * time.Second

@@ -367,3 +367,65 @@ func TestCatchUpLive(t *testing.T) {
 		t.Errorf("the spec is met, yet the plan is %+v", p)
 	}
 }
+
+// liveMonitor is a monitor whose QMP commands the fake hot-plug QEMU answers (applyLive uses
+// nothing else).
+type liveMonitor struct {
+	monitor
+	*fakeHotplugQEMU
+}
+
+// TestApplyLiveLooksAgain: applyLive asks to be called again while a change the guest was
+// too slow for may still be finished and the spec still asks for it, records the guest's late
+// finish, and then asks no more; a spec that went back to what runs stops the looking too.
+func TestApplyLiveLooksAgain(t *testing.T) {
+	oldCPU, oldMem := liveUnplugTimeout, liveMemoryTimeout
+	liveUnplugTimeout, liveMemoryTimeout = 200*time.Millisecond, 200*time.Millisecond
+	t.Cleanup(func() { liveUnplugTimeout, liveMemoryTimeout = oldCPU, oldMem })
+	e := newInternalEnv(t)
+	vm := e.createVM("lv", func(v *v1alpha1.VirtualMachine) {
+		v.Spec.CPU = v1alpha1.VirtualMachineCPU{Cores: 1, MaxCores: 4}
+		v.Spec.Memory = v1alpha1.VirtualMachineMemory{Size: "256Mi", MaxSize: "1Gi"}
+	}, `{"status":{"phase":"Running","nodeName":"node1"}}`)
+	in := &instance{uid: vm.UID, runDir: t.TempDir()}
+	if err := saveRunSpec(in.runDir, liveRunSpec(1, 4, "256Mi", "1Gi")); err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeHotplugQEMU(4, 1)
+	mon := liveMonitor{fakeHotplugQEMU: f}
+	cores := func() int { return loadRunSpec(in.runDir, vm).Spec.CPU.Cores }
+
+	vm.Spec.CPU.Cores = 3
+	if again := e.a.applyLive(e.ctx, vm, in, mon); again != 0 || cores() != 3 {
+		t.Fatalf("grow to 3: again %s, runs %d", again, cores())
+	}
+	// 3 → 2 with a guest that does not let go in time: looked at again.
+	f.release = false
+	vm.Spec.CPU.Cores = 2
+	if again := e.a.applyLive(e.ctx, vm, in, mon); again != liveCatchUpInterval || cores() != 3 || !in.live.unfinished() {
+		t.Fatalf("slow guest: again %s, runs %d, state %+v", again, cores(), in.live)
+	}
+	// Still holding on: looked at again, nothing recorded.
+	if again := e.a.applyLive(e.ctx, vm, in, mon); again != liveCatchUpInterval || cores() != 3 {
+		t.Fatalf("still slow: again %s, runs %d", again, cores())
+	}
+	// The guest lets go: recorded, and no more looking.
+	f.release = true
+	if again := e.a.applyLive(e.ctx, vm, in, mon); again != 0 || cores() != 2 || in.live.unfinished() {
+		t.Fatalf("late finish: again %s, runs %d, state %+v", again, cores(), in.live)
+	}
+	// Memory the guest does not take in time, then the spec goes back to what runs: no
+	// more looking.
+	f.hold = true
+	vm.Spec.Memory.Size = "512Mi"
+	if again := e.a.applyLive(e.ctx, vm, in, mon); again != liveCatchUpInterval {
+		t.Fatalf("slow memory: again %s, state %+v", again, in.live)
+	}
+	vm.Spec.Memory.Size = "256Mi"
+	if again := e.a.applyLive(e.ctx, vm, in, mon); again != 0 {
+		t.Fatalf("spec back to what runs: again %s, state %+v", again, in.live)
+	}
+	if m := loadRunSpec(in.runDir, vm).Spec.Memory.Size; m != "256Mi" {
+		t.Errorf("memory recorded %s, want the 256Mi that runs", m)
+	}
+}
