@@ -119,16 +119,12 @@ func agentCondition(err error) (reason, msg string) {
 func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 	g := in.guest
 	defer g.close()
-	var written *guestView // what was last written (nil: nothing yet)
-	var lastInfo time.Time
-	var view guestView
 	if !waitGuestSocket(ctx, in, g.sock) {
 		return
 	}
 	t := time.NewTimer(0)
 	defer t.Stop()
-	lateOnce := false // the last ping of a ready guest agent got no answer in time
-	lateRead := false // the last read of its OS and interfaces got none
+	var w guestWatch
 	for {
 		select {
 		case <-ctx.Done():
@@ -137,70 +133,90 @@ func (a *Agent) watchGuestAgent(ctx context.Context, in *instance) {
 			return
 		case <-t.C:
 		}
-		cctx, cancel := context.WithTimeout(ctx, guestCallTimeout)
-		err := g.do(cctx, func(ctx context.Context, c *qga.Client) error { return c.Ping(ctx) })
-		cancel()
-		if ctx.Err() != nil {
+		if !a.guestRound(ctx, in, &w) {
 			return
-		}
-		// One late answer from a guest agent that answered before (a busy guest, a loaded
-		// host) is not a lost agent: the next ping decides, so that AgentReady does not flap.
-		late := errors.Is(err, context.DeadlineExceeded)
-		if late && !lateOnce && written != nil && written.ready {
-			lateOnce = true
-			a.log.Debug("the guest agent did not answer a ping in time; the next ping decides", "vm", string(in.key), "limit", guestCallTimeout)
-			t.Reset(guestPingEvery)
-			continue
-		}
-		lateOnce = late
-		refresh := false
-		view.ready = err == nil
-		view.reason, view.message = agentCondition(err)
-		// Read at every ping until the guest reports an address (a guest still waiting for
-		// DHCP), then every guestInfoEvery.
-		if err == nil && (written == nil || !written.ready || !hasGuestAddress(view.ifaces) || time.Since(lastInfo) >= guestInfoEvery) {
-			info, ierr := a.readGuestInfo(ctx, g)
-			switch {
-			case ierr == nil:
-				view.os, view.ifaces = info.os, info.ifaces
-				lastInfo = time.Now()
-				refresh, lateRead = true, false
-			case errors.Is(ierr, context.DeadlineExceeded) && !lateRead && written != nil && written.ready:
-				// A late answer to a read, as to a ping: the next read decides.
-				lateRead = true
-				t.Reset(guestPingEvery)
-				continue
-			default:
-				view.ready = false
-				view.reason, view.message = agentCondition(ierr)
-			}
-		}
-		// Between reads, what the last read found is compared with the cached status: a
-		// list of NICs written after it (the network controller's, at a VM's first start) or
-		// a write that dropped the guest's fields gets them at the next ping, not 30 s later.
-		if !refresh && view.ready && view.os != nil {
-			if cur, ok := a.vms.Get(in.key); ok && cur.UID == in.uid {
-				nets := slices.Clone(cur.Status.Networks)
-				if mergeGuestNetworks(nets, view.ifaces) {
-					refresh = true
-				}
-			}
-		}
-		// A refresh compares with the stored status (so that a write another component
-		// undid is repaired) and writes nothing when that matches.
-		if written == nil || view.ready != written.ready || view.reason != written.reason || view.message != written.message || refresh {
-			if werr := a.writeGuestView(ctx, in, view); werr == nil {
-				v := view
-				written = &v
-			} else if ctx.Err() == nil {
-				a.log.Warn("could not write the guest agent status", "vm", string(in.key), "err", werr)
-			}
-		}
-		if err != nil && !view.ready {
-			a.log.Debug("guest agent not ready", "vm", string(in.key), "reason", view.reason, "err", err)
 		}
 		t.Reset(guestPingEvery)
 	}
+}
+
+// guestWatch is what the watcher of one guest agent keeps from round to round.
+type guestWatch struct {
+	written  *guestView // what was last written (nil: nothing yet)
+	view     guestView
+	lastInfo time.Time
+	lateOnce bool // the last ping of a ready guest agent got no answer in time
+	lateRead bool // the last read of its OS and interfaces got none
+}
+
+func (w *guestWatch) wasReady() bool { return w.written != nil && w.written.ready }
+
+// guestRound pings the guest agent, reads its OS and interfaces when due, and writes what
+// changed. False: ctx ended.
+func (a *Agent) guestRound(ctx context.Context, in *instance, w *guestWatch) bool {
+	g := in.guest
+	cctx, cancel := context.WithTimeout(ctx, guestCallTimeout)
+	err := g.do(cctx, func(ctx context.Context, c *qga.Client) error { return c.Ping(ctx) })
+	cancel()
+	if ctx.Err() != nil {
+		return false
+	}
+	// One late answer from a guest agent that answered before (a busy guest, a loaded host)
+	// is not a lost agent: the next round decides, so that AgentReady does not flap.
+	late := errors.Is(err, context.DeadlineExceeded)
+	if late && !w.lateOnce && w.wasReady() {
+		w.lateOnce = true
+		a.log.Debug("the guest agent did not answer a ping in time; the next ping decides", "vm", string(in.key), "limit", guestCallTimeout)
+		return true
+	}
+	w.lateOnce = late
+	refresh := false
+	view := &w.view
+	view.ready = err == nil
+	view.reason, view.message = agentCondition(err)
+	// Read at every ping until the guest reports an address (a guest still waiting for
+	// DHCP), then every guestInfoEvery.
+	if err == nil && (!w.wasReady() || !hasGuestAddress(view.ifaces) || time.Since(w.lastInfo) >= guestInfoEvery) {
+		info, ierr := a.readGuestInfo(ctx, g)
+		switch {
+		case ierr == nil:
+			view.os, view.ifaces = info.os, info.ifaces
+			w.lastInfo = time.Now()
+			refresh, w.lateRead = true, false
+		case errors.Is(ierr, context.DeadlineExceeded) && !w.lateRead && w.wasReady():
+			// A late answer to a read, as to a ping: the next read decides.
+			w.lateRead = true
+			return true
+		default:
+			view.ready = false
+			view.reason, view.message = agentCondition(ierr)
+		}
+	}
+	// Between reads, what the last read found is compared with the cached status: a list of
+	// NICs written after it (the network controller's, at a VM's first start) or a write
+	// that dropped the guest's fields gets them at the next ping, not 30 s later.
+	if !refresh && view.ready && view.os != nil {
+		if cur, ok := a.vms.Get(in.key); ok && cur.UID == in.uid {
+			nets := slices.Clone(cur.Status.Networks)
+			if mergeGuestNetworks(nets, view.ifaces) {
+				refresh = true
+			}
+		}
+	}
+	// A refresh compares with the stored status (so that a write another component undid
+	// is repaired) and writes nothing when that matches.
+	if wr := w.written; wr == nil || view.ready != wr.ready || view.reason != wr.reason || view.message != wr.message || refresh {
+		if werr := a.writeGuestView(ctx, in, *view); werr == nil {
+			v := *view
+			w.written = &v
+		} else if ctx.Err() == nil {
+			a.log.Warn("could not write the guest agent status", "vm", string(in.key), "err", werr)
+		}
+	}
+	if err != nil && !view.ready {
+		a.log.Debug("guest agent not ready", "vm", string(in.key), "reason", view.reason, "err", err)
+	}
+	return true
 }
 
 // waitGuestSocket waits up to a minute for the guest agent's socket: QEMU creates it as it
