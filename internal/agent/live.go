@@ -130,6 +130,30 @@ func planLive(rs *runSpec, want *v1alpha1.VirtualMachineSpec, st liveState) live
 	return p
 }
 
+// recordCores records that have vCPUs run (keeping the count the VM started with); false
+// when that is what rs says already, or have is unknown (0).
+func (rs *runSpec) recordCores(have int) bool {
+	if have <= 0 || have == rs.Spec.CPU.Cores {
+		return false
+	}
+	if rs.BootCores == 0 {
+		rs.BootCores = rs.Spec.CPU.Cores
+	}
+	rs.Spec.CPU.Cores = have
+	return true
+}
+
+// recordMemory records that the guest has plugged bytes of the virtio-mem device on top of
+// its boot memory (keeping the boot memory).
+func (rs *runSpec) recordMemory(plugged int64) {
+	boot := memoryBytes(rs.bootMemory())
+	if rs.BootMemory == "" {
+		rs.BootMemory = rs.Spec.Memory.Size
+	}
+	rs.HotpluggedMemory = v1alpha1.BytesQuantity(plugged)
+	rs.Spec.Memory.Size = v1alpha1.BytesQuantity(boot + plugged)
+}
+
 // bootCores is the vCPU count the VM started with.
 func (rs *runSpec) bootCores() int {
 	if rs.BootCores > 0 {
@@ -309,11 +333,8 @@ func (a *Agent) catchUpLive(ctx context.Context, mon qmpExecutor, rs *runSpec, i
 	st := &in.live
 	if st.failedCores != 0 {
 		if slots, err := cpuSlots(ctx, mon); err == nil {
-			if have := presentCPUs(slots); have > 0 && have != rs.Spec.CPU.Cores {
-				if rs.BootCores == 0 {
-					rs.BootCores = rs.Spec.CPU.Cores
-				}
-				rs.Spec.CPU.Cores, changed = have, true
+			if have := presentCPUs(slots); rs.recordCores(have) {
+				changed = true
 				if have == st.failedCores {
 					st.failedCores = 0
 					a.log.Info("the guest finished a live change of its vCPUs late", "vm", key, "cores", have, "after", time.Since(st.failedAt).Round(time.Millisecond))
@@ -323,13 +344,9 @@ func (a *Agent) catchUpLive(ctx context.Context, mon qmpExecutor, rs *runSpec, i
 	}
 	if st.failedMemory != 0 {
 		if plugged, err := memorySize(ctx, mon); err == nil {
-			boot := memoryBytes(rs.bootMemory())
-			if total := boot + plugged; total != memoryBytes(rs.Spec.Memory.Size) {
-				if rs.BootMemory == "" {
-					rs.BootMemory = rs.Spec.Memory.Size
-				}
-				rs.HotpluggedMemory = v1alpha1.BytesQuantity(plugged)
-				rs.Spec.Memory.Size, changed = v1alpha1.BytesQuantity(total), true
+			if total := memoryBytes(rs.bootMemory()) + plugged; total != memoryBytes(rs.Spec.Memory.Size) {
+				rs.recordMemory(plugged)
+				changed = true
 				if total == st.failedMemory {
 					st.failedMemory = 0
 					a.log.Info("the guest finished a live change of its memory late", "vm", key, "size", rs.Spec.Memory.Size, "after", time.Since(st.failedAt).Round(time.Millisecond))
@@ -417,11 +434,8 @@ func (a *Agent) applyLiveCores(ctx context.Context, mon qmpExecutor, rs *runSpec
 		sort.Ints(rs.RetiredCPUSlots)
 		changed = true
 	}
-	if have > 0 && have != rs.Spec.CPU.Cores {
-		if rs.BootCores == 0 {
-			rs.BootCores = rs.Spec.CPU.Cores
-		}
-		rs.Spec.CPU.Cores, changed = have, true
+	if rs.recordCores(have) {
+		changed = true
 	}
 	if err != nil {
 		in.live.failedCores, in.live.slow = cores, slowGuest(err)
@@ -435,14 +449,9 @@ func (a *Agent) applyLiveCores(ctx context.Context, mon qmpExecutor, rs *runSpec
 // applyLiveMemory resizes the hot-plugged memory so that the guest has memory bytes (asked as
 // size) and records in rs what runs. It says whether rs changed, and why it failed.
 func (a *Agent) applyLiveMemory(ctx context.Context, mon qmpExecutor, rs *runSpec, in *instance, memory int64, size v1alpha1.Quantity, key string) (changed bool, failure string) {
-	boot := memoryBytes(rs.bootMemory())
-	plugged, err := setHotpluggedMemory(ctx, mon, memory-boot, liveMemoryTimeout)
+	plugged, err := setHotpluggedMemory(ctx, mon, memory-memoryBytes(rs.bootMemory()), liveMemoryTimeout)
 	if plugged >= 0 {
-		if rs.BootMemory == "" {
-			rs.BootMemory = rs.Spec.Memory.Size
-		}
-		rs.HotpluggedMemory = v1alpha1.BytesQuantity(plugged)
-		rs.Spec.Memory.Size = v1alpha1.BytesQuantity(boot + plugged)
+		rs.recordMemory(plugged)
 		changed = true
 	}
 	if err != nil {
