@@ -32,14 +32,23 @@ import (
 // migration fails, and the source QEMU goes on running the guest.
 //
 // With encryption off (plain), the handshake is the same (both agents are checked), and the
-// data then goes over the bare TCP connection: the copies stay, the encryption goes. For
-// underlays that are a trusted network of their own; the protocols carry plainSuffix.
+// data then goes over the bare TCP connection. For underlays that are a trusted network of
+// their own; the protocols carry plainSuffix. The disk mirrors' bytes are then spliced by the
+// kernel between the agents' sockets; the migration stream is not copied at all: each agent
+// hands the TCP connection itself to its QEMU (direct routes). So that the stream still ends
+// when either agent dies, the source also opens a watch connection (alpnWatch) that carries
+// nothing and lives as long as the migration: when it ends from the source's side before the
+// stream completed, the target ends its QEMU (and with it the stream, so the source QEMU goes
+// on running the guest); when it ends from the target's side, the source cancels its stream.
 
 const (
 	// alpnMigration is the ALPN protocol of a connection carrying QEMU's migration stream.
 	alpnMigration = "rakhsh-migration"
 	// alpnNBD is the ALPN protocol of a connection of a disk mirror to the target's exports.
 	alpnNBD = "rakhsh-nbd"
+	// alpnWatch is the ALPN protocol of a plain migration's watch connection: nothing is sent
+	// on it; its end tells each agent that the other one (or the link) is gone.
+	alpnWatch = "rakhsh-migration-watch"
 
 	// proxyHandshakeTimeout bounds a TLS handshake of the proxy.
 	proxyHandshakeTimeout = 15 * time.Second
@@ -291,26 +300,54 @@ type migrationProxy struct {
 	cancel context.CancelFunc
 	once   sync.Once
 	// streamBroke says the migration stream's connection ended from the source's side
-	// first (the source agent or the link went away, or the stream simply ended).
+	// first (the source agent or the link went away, or the stream simply ended), or, for a
+	// direct stream, that the watch connection did.
 	streamBroke atomic.Bool
 	// onClose runs once when the proxy is closed.
 	onClose func()
+	hooks   proxyHooks
+}
+
+// proxyHooks are the target's routes of a plain migration whose connection goes to QEMU
+// itself rather than through the agent.
+type proxyHooks struct {
+	// direct routes: each gets (a duplicate of) the bare TCP connection after the handshake
+	// and hands it on; the agent keeps no copy of it.
+	direct map[string]func(ctx context.Context, conn *os.File) error
+	// watchEnded, if set, serves alpnWatch: it is called once when the watch connection ends
+	// from the source's side (not when the proxy closes it).
+	watchEnded func()
 }
 
 // serveMigrationProxy serves ln with TLS configuration cfg (its NextProtos are set to the
 // routes', with plainSuffix when plain), routing each connection to the route of its ALPN
 // protocol; a connection whose protocol has no route is closed after the handshake.
 func serveMigrationProxy(ln net.Listener, cfg *tls.Config, routes map[string]func(ctx context.Context) (net.Conn, error), plain bool, log *slog.Logger) *migrationProxy {
+	return serveMigrationProxyHooks(ln, cfg, routes, plain, log, proxyHooks{})
+}
+
+// serveMigrationProxyHooks is serveMigrationProxy with the direct routes and the watch of
+// hooks too (plain only: a direct route's data is the bare connection's).
+func serveMigrationProxyHooks(ln net.Listener, cfg *tls.Config, routes map[string]func(ctx context.Context) (net.Conn, error), plain bool, log *slog.Logger, hooks proxyHooks) *migrationProxy {
 	cfg = cfg.Clone()
 	cfg.NextProtos = nil
 	for proto := range routes {
 		cfg.NextProtos = append(cfg.NextProtos, wireProto(proto, plain))
 	}
+	if !plain {
+		hooks = proxyHooks{}
+	}
+	for proto := range hooks.direct {
+		cfg.NextProtos = append(cfg.NextProtos, wireProto(proto, plain))
+	}
+	if hooks.watchEnded != nil {
+		cfg.NextProtos = append(cfg.NextProtos, wireProto(alpnWatch, plain))
+	}
 	// No session ticket may follow the handshake: with plain, the bare connection's first
 	// byte is plainReady.
 	cfg.SessionTicketsDisabled = true
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &migrationProxy{ln: ln, cfg: cfg, plain: plain, routes: routes, log: log, ctx: ctx, cancel: cancel}
+	p := &migrationProxy{ln: ln, cfg: cfg, plain: plain, routes: routes, log: log, ctx: ctx, cancel: cancel, hooks: hooks}
 	p.pipes.goroutine(p.accept)
 	return p
 }
@@ -347,7 +384,8 @@ func (p *migrationProxy) accept() {
 	}
 }
 
-// handle completes the handshake of c and pipes it to its route.
+// handle completes the handshake of c and pipes it to its route (or hands it to its direct
+// route, or holds it as the watch).
 func (p *migrationProxy) handle(c net.Conn) {
 	tc := tls.Server(c, p.cfg)
 	hctx, cancel := context.WithTimeout(p.ctx, proxyHandshakeTimeout)
@@ -361,15 +399,10 @@ func (p *migrationProxy) handle(c net.Conn) {
 	}
 	wire := tc.ConnectionState().NegotiatedProtocol
 	proto := strings.TrimSuffix(wire, plainSuffix)
-	route := p.routes[proto]
-	if route == nil || wire != wireProto(proto, p.plain) {
+	route, direct := p.routes[proto], p.hooks.direct[proto]
+	watch := proto == alpnWatch && p.hooks.watchEnded != nil
+	if (route == nil && direct == nil && !watch) || wire != wireProto(proto, p.plain) {
 		p.log.Warn("migration proxy: refused a connection without a known protocol", "from", c.RemoteAddr().String(), "protocol", wire)
-		tc.Close()
-		return
-	}
-	local, err := route(p.ctx)
-	if err != nil {
-		p.log.Warn("migration proxy: connecting to QEMU", "protocol", proto, "err", err)
 		tc.Close()
 		return
 	}
@@ -379,15 +412,64 @@ func (p *migrationProxy) handle(c net.Conn) {
 		if _, err := c.Write([]byte{plainReady}); err != nil {
 			p.log.Warn("migration proxy: starting a plain connection", "from", c.RemoteAddr().String(), "err", err)
 			c.Close()
-			local.Close()
 			return
 		}
 		remote = c
+	}
+	switch {
+	case watch:
+		p.holdWatch(remote)
+		return
+	case direct != nil:
+		if err := handOver(p.ctx, remote, direct); err != nil {
+			p.log.Warn("migration proxy: handing the connection to QEMU", "protocol", proto, "err", err)
+		}
+		return
+	}
+	local, err := route(p.ctx)
+	if err != nil {
+		p.log.Warn("migration proxy: connecting to QEMU", "protocol", proto, "err", err)
+		remote.Close()
+		return
 	}
 	p.pipes.pipe(remote, local, func(remoteFirst bool) {
 		// (Not when the proxy itself ends the connections.)
 		if proto == alpnMigration && remoteFirst && p.ctx.Err() == nil {
 			p.streamBroke.Store(true)
+		}
+	})
+}
+
+// handOver gives a duplicate of the bare TCP connection c to hand and closes the agent's
+// own descriptor whatever happens, so that the connection ends when its new holder ends it.
+func handOver(ctx context.Context, c net.Conn, hand func(context.Context, *os.File) error) error {
+	defer c.Close()
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return fmt.Errorf("a %T cannot be handed over", c)
+	}
+	f, err := tcp.File()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return hand(ctx, f)
+}
+
+// holdWatch keeps the watch connection c until it ends: from the source's side first, the
+// target's hook is told (the source agent or the link is gone); closing the proxy ends it
+// quietly.
+func (p *migrationProxy) holdWatch(c net.Conn) {
+	if !p.pipes.track(c) {
+		return
+	}
+	p.pipes.goroutine(func() {
+		_, _ = io.Copy(io.Discard, c)
+		c.Close()
+		p.pipes.untrack(c)
+		if p.ctx.Err() == nil {
+			p.streamBroke.Store(true)
+			p.hooks.watchEnded()
 		}
 	})
 }
@@ -432,9 +514,9 @@ func newMigrationDialer(addr string, cert tls.Certificate, targetFP string, plai
 	return &migrationDialer{addr: addr, cfg: cfg, plain: plain}, nil
 }
 
-// dial connects to the target for proto and returns QEMU's end of a socket pair whose other
-// end is piped to that connection. The caller passes the file to QEMU and closes it.
-func (d *migrationDialer) dial(ctx context.Context, proto string) (*os.File, error) {
+// connect connects to the target for proto and returns the connection its data goes over:
+// the TLS one, or with plain the bare TCP one once the target said so.
+func (d *migrationDialer) connect(ctx context.Context, proto string) (net.Conn, error) {
 	cfg := d.cfg.Clone()
 	wire := wireProto(proto, d.plain)
 	cfg.NextProtos = []string{wire}
@@ -453,20 +535,29 @@ func (d *migrationDialer) dial(ctx context.Context, proto string) (*os.File, err
 		tc.Close()
 		return nil, fmt.Errorf("the target's migration port %s does not speak %s (it chose %q)", d.addr, wire, got)
 	}
-	var remote net.Conn = tc
-	if d.plain {
-		// The target says when the bare connection is its own; nothing is sent before.
-		var b [1]byte
-		_ = raw.SetReadDeadline(time.Now().Add(proxyHandshakeTimeout))
-		if _, err := io.ReadFull(raw, b[:]); err != nil || b[0] != plainReady {
-			raw.Close()
-			if err == nil {
-				err = fmt.Errorf("it sent %#x", b[0])
-			}
-			return nil, fmt.Errorf("the target's migration port %s did not start the plain connection: %w", d.addr, err)
+	if !d.plain {
+		return tc, nil
+	}
+	// The target says when the bare connection is its own; nothing is sent before.
+	var b [1]byte
+	_ = raw.SetReadDeadline(time.Now().Add(proxyHandshakeTimeout))
+	if _, err := io.ReadFull(raw, b[:]); err != nil || b[0] != plainReady {
+		raw.Close()
+		if err == nil {
+			err = fmt.Errorf("it sent %#x", b[0])
 		}
-		_ = raw.SetReadDeadline(time.Time{})
-		remote = raw
+		return nil, fmt.Errorf("the target's migration port %s did not start the plain connection: %w", d.addr, err)
+	}
+	_ = raw.SetReadDeadline(time.Time{})
+	return raw, nil
+}
+
+// dial connects to the target for proto and returns QEMU's end of a socket pair whose other
+// end is piped to that connection. The caller passes the file to QEMU and closes it.
+func (d *migrationDialer) dial(ctx context.Context, proto string) (*os.File, error) {
+	remote, err := d.connect(ctx, proto)
+	if err != nil {
+		return nil, err
 	}
 	qemuEnd, agentEnd, err := socketPair()
 	if err != nil {
@@ -475,6 +566,51 @@ func (d *migrationDialer) dial(ctx context.Context, proto string) (*os.File, err
 	}
 	d.pipes.pipe(remote, agentEnd, nil)
 	return qemuEnd, nil
+}
+
+// dialDirect connects to the target for proto (plain only) and returns the bare TCP
+// connection itself as a file, for QEMU; the agent keeps no descriptor of it. The caller
+// passes the file to QEMU and closes it.
+func (d *migrationDialer) dialDirect(ctx context.Context, proto string) (*os.File, error) {
+	if !d.plain {
+		return nil, errors.New("only an unencrypted stream goes to QEMU directly")
+	}
+	remote, err := d.connect(ctx, proto)
+	if err != nil {
+		return nil, err
+	}
+	defer remote.Close()
+	tcp, ok := remote.(*net.TCPConn)
+	if !ok {
+		return nil, fmt.Errorf("a %T cannot be handed over", remote)
+	}
+	return tcp.File()
+}
+
+// watch opens the watch connection of a plain migration: the returned channel is closed
+// when it ends from the target's side (its agent or the link is gone), not when the dialer
+// closes it. Waiting for the dialer's pipes (pipes.wait) waits for the target to end it.
+func (d *migrationDialer) watch(ctx context.Context) (<-chan struct{}, error) {
+	c, err := d.connect(ctx, alpnWatch)
+	if err != nil {
+		return nil, err
+	}
+	lost := make(chan struct{})
+	if !d.pipes.track(c) {
+		return nil, errors.New("the migration's connections are closed")
+	}
+	d.pipes.goroutine(func() {
+		_, _ = io.Copy(io.Discard, c)
+		d.pipes.mu.Lock()
+		closing := d.pipes.closed
+		d.pipes.mu.Unlock()
+		c.Close()
+		d.pipes.untrack(c)
+		if !closing {
+			close(lost)
+		}
+	})
+	return lost, nil
 }
 
 // close ends every connection of the dialer.

@@ -782,3 +782,127 @@ func TestSocketPairBuffers(t *testing.T) {
 	}
 	check("qemu", int(qemuEnd.Fd()))
 }
+
+// TestMigrationDirectStream: with plain, the target's direct route gets the bare TCP
+// connection itself, the source's dialDirect the other end of it, and neither agent keeps a
+// descriptor of it: bytes go end to end, and when one holder (QEMU) closes its end the other
+// reads the end at once. The watch connection: ended by the source (its dialer closed, as
+// when its agent dies), the target's hook runs once and the stream is marked broken; ended
+// by the target (its proxy closed, after the switch-over), the source's channel is closed;
+// an agent that closes its own side is not told. A TLS proxy offers neither.
+func TestMigrationDirectStream(t *testing.T) {
+	dst, src := newProxyNode(t, "target"), newProxyNode(t, "source")
+	base := runtime.NumGoroutine()
+	handed := make(chan *os.File, 1)
+	var ended atomic.Int32
+	start := func(plain bool) (*migrationProxy, *migrationDialer) {
+		cfg, err := nodestream.PinnedClientServerTLSConfig(dst.cert, src.fp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hooks := proxyHooks{
+			direct: map[string]func(context.Context, *os.File) error{alpnMigration: func(_ context.Context, f *os.File) error {
+				dup, err := syscall.Dup(int(f.Fd())) // as QEMU's getfd keeps its own copy
+				if err != nil {
+					return err
+				}
+				handed <- os.NewFile(uintptr(dup), "qemu-in")
+				return nil
+			}},
+			watchEnded: func() { ended.Add(1) },
+		}
+		p := serveMigrationProxyHooks(ln, cfg, nil, plain, slog.New(slog.NewTextHandler(io.Discard, nil)), hooks)
+		d, err := newMigrationDialer(ln.Addr().String(), src.cert, dst.fp, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p, d
+	}
+
+	// The source dies: the target is told once; its closing later tells nobody again.
+	p, d := start(true)
+	lost, err := d.watch(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := d.dialDirect(context.Background(), alpnMigration)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := <-handed
+	msg := []byte("guest memory page")
+	if _, err := out.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(in, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("through the handed connection: %q, %v", got, err)
+	}
+	in.Close() // the target QEMU ends: the source QEMU's end sees it, no agent holds it open
+	_ = out.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := out.Read(got); err != io.EOF {
+		t.Errorf("after the target's holder closed: read %d, %v; want the end (an agent kept the connection)", n, err)
+	}
+	out.Close()
+	if ended.Load() != 0 || p.streamBroke.Load() {
+		t.Fatal("the watch ended while the source was there")
+	}
+	d.close() // as the source agent's death closes its sockets
+	waitFor2s(t, "the target told that the source is gone", func() bool { return ended.Load() == 1 })
+	if !p.streamBroke.Load() {
+		t.Error("the stream is not marked broken after the watch ended from the source")
+	}
+	select {
+	case <-lost:
+		t.Error("the source's channel closed when the source itself closed")
+	default:
+	}
+	p.close()
+	if ended.Load() != 1 {
+		t.Errorf("watch hook ran %d times", ended.Load())
+	}
+
+	// The target ends it (after its switch-over, or its agent died): the source is told.
+	p, d = start(true)
+	if lost, err = d.watch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p.close()
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the source was not told that the target ended the watch")
+	}
+	if ended.Load() != 1 {
+		t.Errorf("the target's own close ran its hook (%d)", ended.Load())
+	}
+	d.close()
+
+	// With TLS the stream is not handed over, and there is no watch.
+	p, d = start(false)
+	if _, err := d.watch(context.Background()); err == nil {
+		t.Error("a TLS proxy accepted a watch connection")
+	}
+	if _, err := d.dialDirect(context.Background(), alpnMigration); err == nil {
+		t.Error("a TLS dialer handed a connection over")
+	}
+	p.close()
+	d.close()
+	waitGoroutines(t, base)
+}
+
+// waitFor2s polls cond for up to 2 s.
+func waitFor2s(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}

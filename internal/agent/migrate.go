@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -254,13 +255,22 @@ func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
 		return err
 	}
 	in := r.in
-	routes[alpnMigration] = incomingStreamRoute(in)
+	log := a.log.With("vm", string(r.key), "migration", m.ID)
+	hand := incomingStream(in)
+	var hooks proxyHooks
+	if plainStream(m.Policy) {
+		// QEMU gets the TCP connection itself; the watch says when the source is gone.
+		hooks.direct = map[string]func(context.Context, *os.File) error{alpnMigration: hand}
+		hooks.watchEnded = func() { a.sourceGone(in, log) }
+	} else {
+		routes[alpnMigration] = pairedRoute(hand)
+	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
 	if err != nil {
 		closeNBD()
 		return failStart("the migration proxy cannot listen on the underlay address: " + err.Error())
 	}
-	p := serveMigrationProxy(ln, tcfg, routes, plainStream(m.Policy), a.log.With("vm", string(r.key), "migration", m.ID))
+	p := serveMigrationProxyHooks(ln, tcfg, routes, plainStream(m.Policy), log, hooks)
 	p.onClose = closeNBD
 	in.mu.Lock()
 	old := in.proxy
@@ -353,33 +363,63 @@ func exportIncomingDisks(ctx context.Context, mon fdPasser, r *startRun, disks [
 	return closeNBD, nil
 }
 
-// incomingStreamRoute is the migration proxy's route for the migration stream: the first
-// connection is handed to the target QEMU (migrate-incoming on a descriptor), later ones are
-// refused.
-func incomingStreamRoute(in *instance) func(ctx context.Context) (net.Conn, error) {
+// incomingStream hands the target QEMU its end of the migration stream (migrate-incoming on
+// a descriptor): the first one it is given; later ones are refused.
+func incomingStream(in *instance) func(ctx context.Context, f *os.File) error {
 	var streamTaken atomic.Bool
-	return func(ctx context.Context) (net.Conn, error) {
+	return func(ctx context.Context, f *os.File) error {
 		if !streamTaken.CompareAndSwap(false, true) {
-			return nil, errors.New("the migration stream is connected already")
+			return errors.New("the migration stream is connected already")
 		}
 		mon, ok := in.monitor().(fdPasser)
 		if !ok {
-			return nil, errors.New("the target QEMU's monitor is not connected")
+			return errors.New("the target QEMU's monitor is not connected")
 		}
+		if err := mon.GetFD(ctx, "mig-in", f); err != nil {
+			return fmt.Errorf("passing the stream to QEMU: %w", err)
+		}
+		if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:mig-in"}, nil); err != nil {
+			return fmt.Errorf("migrate-incoming: %w", err)
+		}
+		return nil
+	}
+}
+
+// pairedRoute is the migration proxy's route for an encrypted stream: QEMU gets one end of
+// a socket pair (through hand), the proxy copies between the other end and the connection.
+func pairedRoute(hand func(ctx context.Context, f *os.File) error) func(ctx context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
 		qemuEnd, agentEnd, err := socketPair()
 		if err != nil {
 			return nil, err
 		}
 		defer qemuEnd.Close()
-		if err := mon.GetFD(ctx, "mig-in", qemuEnd); err != nil {
+		if err := hand(ctx, qemuEnd); err != nil {
 			agentEnd.Close()
-			return nil, fmt.Errorf("passing the stream to QEMU: %w", err)
-		}
-		if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:mig-in"}, nil); err != nil {
-			agentEnd.Close()
-			return nil, fmt.Errorf("migrate-incoming: %w", err)
+			return nil, err
 		}
 		return agentEnd, nil
+	}
+}
+
+// sourceGone ends the target QEMU of a plain migration whose watch connection the source
+// ended (its agent died, or the link broke) before QEMU's stream completed, so that the
+// stream breaks and the source QEMU goes on running the guest. A stream that completed is
+// left to the switch-over. The reconcile then finds QEMU gone and fails the migration with
+// StreamBroken.
+func (a *Agent) sourceGone(in *instance, log *slog.Logger) {
+	if mon, ok := in.monitor().(qmpExecutor); ok {
+		var st migrateInfo
+		ctx, cancel := context.WithTimeout(a.runCtx, 5*time.Second)
+		err := mon.Execute(ctx, "query-migrate", nil, &st)
+		cancel()
+		if err == nil && st.Status == "completed" {
+			return
+		}
+	}
+	log.Warn("the source's watch connection ended before the stream completed: ending the target QEMU")
+	if in.pid > 0 {
+		_ = signalVM(in.pid, in.uid, syscall.SIGKILL)
 	}
 }
 
@@ -779,6 +819,14 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 	if m.Policy != nil && m.Policy.TimeoutSeconds > 0 {
 		deadline = time.Now().Add(time.Duration(m.Policy.TimeoutSeconds) * time.Second)
 	}
+	var lost <-chan struct{}
+	if dialer.plain {
+		// The stream will not pass through the agents: the watch ends it if either dies.
+		if lost, err = dialer.watch(ctx); err != nil {
+			fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
+			return
+		}
+	}
 	if err := a.startMirrors(ctx, vm, fdmon, dialer, m, deadline, log); err != nil {
 		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 		return
@@ -797,7 +845,7 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		return
 	}
 	log.Info("migration stream started", "to", dialer.addr)
-	completed = a.followOutgoing(ctx, vm, mon, m, deadline, plan, fail, log)
+	completed = a.followOutgoing(ctx, vm, mon, m, outgoingLimits{deadline, lost}, plan, fail, log)
 }
 
 // beginTransfer records that the migration m of vm transfers (phase Transferring, the VM
@@ -857,7 +905,11 @@ func startStream(ctx context.Context, mon fdPasser, dialer *migrationDialer, p *
 	if err := mon.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
 		return fmt.Errorf("migrate-set-parameters: %w", err)
 	}
-	stream, err := dialer.dial(ctx, alpnMigration)
+	dial := dialer.dial
+	if dialer.plain {
+		dial = dialer.dialDirect // QEMU gets the TCP connection itself
+	}
+	stream, err := dial(ctx, alpnMigration)
 	if err != nil {
 		return err
 	}
@@ -898,6 +950,13 @@ func (a *Agent) migrationDialer(ctx context.Context, m *v1alpha1.VirtualMachineM
 	return d, nil
 }
 
+// outgoingLimits are what ends a transfer besides QEMU: its deadline (zero: none) and, for a
+// plain stream, the watch connection's end (nil: none).
+type outgoingLimits struct {
+	deadline time.Time
+	lost     <-chan struct{}
+}
+
 // stallLimit is how long a transfer may go without any byte moving before it is ended.
 const stallLimit = 20 * time.Second
 
@@ -905,7 +964,8 @@ const stallLimit = 20 * time.Second
 // second; it cancels the stream on a timeout, a stall, or when the migration was failed
 // (cancelled) in the store. It says whether QEMU's stream completed.
 func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState,
-	deadline time.Time, plan downtimePlan, fail func(reason, msg string), log interface{ Info(string, ...any) }) bool {
+	lim outgoingLimits, plan downtimePlan, fail func(reason, msg string), log interface{ Info(string, ...any) }) bool {
+	deadline := lim.deadline
 	lastMoved, lastBytes := time.Now(), int64(-1)
 	lastWrite := time.Time{}
 	limit := plan.limitAfter(0)
@@ -932,6 +992,21 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 			}
 			fail(v1alpha1.MigrationReasonTransferFailed, msg)
 			return false
+		}
+		select {
+		case <-lim.lost:
+			// The target ends the watch once it took over: a stream whose last bytes it
+			// has already taken says completed in a moment.
+			a.waitMigrationEnd(ctx, mon, 2*time.Second)
+			var end migrateInfo
+			if mon.Execute(ctx, "query-migrate", nil, &end) == nil && end.Status == "completed" {
+				a.finishOutgoing(ctx, vm, mon, m, end, plan.paused, log)
+				return true
+			}
+			a.endOutgoing(ctx, vm, mon, m, v1alpha1.MigrationReasonTransferFailed,
+				fmt.Sprintf("the watch connection to node %s ended before the stream completed (its agent is gone, or the link broke)", m.Target.Node), log)
+			return false
+		default:
 		}
 		now := time.Now()
 		if st.RAM.Transferred != lastBytes {

@@ -451,6 +451,8 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 // new agent process records SourceAgentRestarted for the transfer it cannot follow). During
 // the retry the target's migration port is probed: it speaks only TLS, with
 // the target node's published certificate, and refuses clients without the source node's.
+// Then, unencrypted (QEMU holds the TCP connection itself), the target's QEMU killed and the
+// source's agent killed fail the same way, and a retry succeeds.
 func TestLiveMigrationFailures(t *testing.T) {
 	clusterLane(t)
 	c := newCluster(t, ClusterOptions{Name: "rkf", ServeArgs: []string{"--migration-bandwidth", "8"}})
@@ -543,6 +545,52 @@ func TestLiveMigrationFailures(t *testing.T) {
 	if log := vmLog(t, s, "rkf-vm"); strings.Contains(log, "RAKHSH-GUEST: booted") {
 		t.Errorf("the guest booted again on h3")
 	}
+	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
+
+	// Unencrypted (serve --migration-encryption=false), back from h3 to h2: each agent hands
+	// the TCP connection itself to its QEMU, so the stream no longer passes through them.
+	// The target's QEMU killed still breaks it; the source's agent killed and left dead ends
+	// it through the watch connection (the target ends its QEMU: StreamBroken); a retry
+	// then succeeds.
+	c.Host("h1").RestartWithArgs(t, "--migration-encryption=false")
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
+	if pid := vmQEMUPIDs(h2.DataDir)[v.UID]; pid == 0 {
+		t.Fatal("unencrypted: no target QEMU on h2 during the transfer")
+	} else {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h3", "h2", v.UID, tick)
+	if reason != v1alpha1.MigrationReasonTransferFailed && reason != v1alpha1.MigrationReasonTargetFailed {
+		t.Errorf("unencrypted, target killed: reason %s", reason)
+	}
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
+	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Policy == nil || !m.Policy.Unencrypted {
+		t.Fatalf("the migration is not unencrypted: %+v", m)
+	}
+	h3.Kill9(t)
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Reason != v1alpha1.MigrationReasonStreamBroken {
+		t.Errorf("unencrypted, source agent killed: migration %+v, want Failed with reason %s", m, v1alpha1.MigrationReasonStreamBroken)
+	} else {
+		t.Logf("unencrypted, source agent killed: %s: %s", m.Reason, m.Message)
+	}
+	waitFor(t, "unencrypted: nothing of the VM left on the target while the source agent is dead", func() bool {
+		_, err := os.Stat(storage.VMRunDir(h2.DataDir, v.UID))
+		return os.IsNotExist(err) && vmCountQEMU(v.UID) == 1
+	})
+	serialTick(t, h3, v.UID, tick)
+	h3.Restart(t)
+	vmWait(t, s, "rkf-vm", time.Minute, "Running on h3 after its agent came back", func(v *v1alpha1.VirtualMachine) bool {
+		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h3"
+	})
+	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
+	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Completed", "--timeout", "5m")
+	if v := vmGet(t, s, "rkf-vm"); v.Status.NodeName != "h2" {
+		t.Fatalf("unencrypted retry: the VM is on %q, want h2", v.Status.NodeName)
+	}
+	waitTick(t, s, "rkf-vm", tick, time.Minute)
 	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
 }
 

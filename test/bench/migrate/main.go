@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -50,6 +52,8 @@ type options struct {
 	// addresses: the source and the target of each migration are in
 	// different ones, and the stream goes between the addresses.
 	hosts []underlayHost
+	// tlsPSK (-tls-psk): the stream is encrypted by QEMU (tls-creds-psk).
+	tlsPSK bool
 }
 
 // underlayHost is one side of -underlay.
@@ -119,6 +123,7 @@ func main() {
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new one under /tmp)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (serial and QEMU logs)")
 	flag.StringVar(&o.jsonOut, "json", "", "also write every run's figures to this file as JSON")
+	tlsPSK := flag.Bool("tls-psk", false, "encrypt the stream with QEMU's own TLS (tls-creds-psk, a random key per benchmark run), as the platform does")
 	underlay := flag.String("underlay", "", "NS1=IP1,NS2=IP2: run the source and the target in these two network namespaces "+
 		"(alternating along the chain) and migrate between the addresses, instead of both on 127.0.0.1")
 	flag.Parse()
@@ -142,6 +147,7 @@ func main() {
 		}
 	}
 	o.cases = strings.Split(cases, ",")
+	o.tlsPSK = *tlsPSK
 	o.bandwidth = mib(bwMiB)
 	o.dirtyBW = mib(dirtyBWMiB)
 	if abs, err := filepath.Abs(o.dm.guestDir); err == nil {
@@ -227,6 +233,11 @@ func run(o options) error {
 			return err
 		}
 	}
+	if o.tlsPSK {
+		if o.dm.pskDir, err = writePSK(o.dir); err != nil {
+			return err
+		}
+	}
 	defer func() {
 		if !o.keep {
 			os.RemoveAll(o.dir)
@@ -263,6 +274,20 @@ func run(o options) error {
 		}
 	}
 	return ctx.Err()
+}
+
+// writePSK writes a random pre-shared key for user "qemu" into dir/psk/keys.psk, the
+// form QEMU's tls-creds-psk reads, and returns the directory.
+func writePSK(dir string) (string, error) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return "", err
+	}
+	d := filepath.Join(dir, "psk")
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return "", err
+	}
+	return d, os.WriteFile(filepath.Join(d, "keys.psk"), []byte("qemu:"+hex.EncodeToString(key)+"\n"), 0o600)
 }
 
 func countFailed(rs []result) int {
@@ -586,6 +611,13 @@ func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, c
 			return fail(err)
 		}
 		uri = fmt.Sprintf("tcp:127.0.0.1:%d", port)
+	}
+	if o.tlsPSK {
+		for v, creds := range map[*vm]string{dst: "migtls-s", src: "migtls-c"} {
+			if err := v.exec(ctx, "migrate-set-parameters", map[string]any{"tls-creds": creds}, nil); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	if err := dst.exec(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
 		return fail(err)

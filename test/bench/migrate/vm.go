@@ -32,6 +32,10 @@ type deviceModel struct {
 	// netns, if set, is the network namespace (/run/netns/NAME) QEMU runs in
 	// (-underlay).
 	netns string
+	// pskDir, if set (-tls-psk), is a directory with keys.psk: each QEMU gets two
+	// tls-creds-psk objects on it, "migtls-s" (server: used as a target) and
+	// "migtls-c" (client: used as a source, as a target becomes along the chain).
+	pskDir string
 }
 
 // args returns the device-model arguments.
@@ -100,6 +104,10 @@ func startVM(ctx context.Context, dm deviceModel, dir, name string, incoming boo
 		"-serial", "chardev:serial0",
 	}
 	argv = append(argv, dm.args()...)
+	if dm.pskDir != "" {
+		argv = append(argv, "-object", "tls-creds-psk,id=migtls-s,endpoint=server,dir="+dm.pskDir,
+			"-object", "tls-creds-psk,id=migtls-c,endpoint=client,dir="+dm.pskDir+",username=qemu")
+	}
 	if incoming {
 		// No -S: the target runs the guest as soon as the migration completes.
 		argv = append(argv, "-incoming", "defer")
