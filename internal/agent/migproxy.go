@@ -448,12 +448,20 @@ func handOver(ctx context.Context, c net.Conn, hand func(context.Context, *os.Fi
 	if !ok {
 		return fmt.Errorf("a %T cannot be handed over", c)
 	}
-	f, err := tcp.File()
+	f, err := qemuSocket(tcp)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	return hand(ctx, f)
+}
+
+// qemuSocket returns a duplicate of c for QEMU, with Nagle's algorithm back on as on the
+// sockets QEMU opens itself (Go turns it off): QEMU writes the stream in buffers of its own,
+// and lets the kernel fill whole segments.
+func qemuSocket(c *net.TCPConn) (*os.File, error) {
+	_ = c.SetNoDelay(false)
+	return c.File()
 }
 
 // holdWatch keeps the watch connection c until it ends: from the source's side first, the
@@ -584,7 +592,7 @@ func (d *migrationDialer) dialDirect(ctx context.Context, proto string) (*os.Fil
 	if !ok {
 		return nil, fmt.Errorf("a %T cannot be handed over", remote)
 	}
-	return tcp.File()
+	return qemuSocket(tcp)
 }
 
 // watch opens the watch connection of a plain migration: the returned channel is closed

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -141,7 +142,7 @@ func main() {
 		}
 		o.dm.replace = []string{}
 		for _, l := range strings.Split(string(b), "\n") {
-			if l = strings.TrimSpace(l); l != "" {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
 				o.dm.replace = append(o.dm.replace, l)
 			}
 		}
@@ -233,6 +234,9 @@ func run(o options) error {
 			return err
 		}
 	}
+	if err := expandModel(&o); err != nil {
+		return err
+	}
 	if o.tlsPSK {
 		if o.dm.pskDir, err = writePSK(o.dir); err != nil {
 			return err
@@ -274,6 +278,33 @@ func run(o options) error {
 		}
 	}
 	return ctx.Err()
+}
+
+// expandModel replaces ${GUEST_DIR} and ${WORK_DIR} in a -model-file's arguments, and
+// makes the blank 64 MiB qcow2 data disk ${WORK_DIR}/disk.qcow2 when the model names it
+// (test/bench/migrate/platform-model.txt does).
+func expandModel(o *options) error {
+	disk := false
+	for i, a := range o.dm.replace {
+		disk = disk || strings.Contains(a, "${WORK_DIR}/disk.qcow2")
+		o.dm.replace[i] = os.Expand(a, func(k string) string {
+			switch k {
+			case "GUEST_DIR":
+				return o.dm.guestDir
+			case "WORK_DIR":
+				return o.dir
+			}
+			return "${" + k + "}"
+		})
+	}
+	if !disk {
+		return nil
+	}
+	out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(o.dir, "disk.qcow2"), "64M").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("qemu-img create: %v: %s", err, out)
+	}
+	return nil
 }
 
 // writePSK writes a random pre-shared key for user "qemu" into dir/psk/keys.psk, the
