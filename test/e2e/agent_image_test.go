@@ -7,10 +7,8 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,15 +30,7 @@ func TestJoinedHostFetchesImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest-iso}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "cvi", "guest-iso", "--for", "phase=Ready", "--timeout", "2m")
+	applyGuestISO(t, s, base)
 	var img v1alpha1.ClusterVirtualImage
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -77,26 +67,8 @@ spec:
 	if err := os.WriteFile(filepath.Join(cache, sha+".part"), iso[:1<<20], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
-	cmd := exec.Command(rakhshBin(t), "agent", "--server", "https://"+addr, "--ca-file", filepath.Join(s.DataDir, "tls.crt"),
-		"--node-name", "joined-host", "--data-dir", agentDir, "--heartbeat-interval", "1s", "--vm-networking", "user",
-		"--stream-listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token)))
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		for uid, pid := range vmQEMUPIDs(agentDir) {
-			t.Errorf("QEMU of %s (pid %d) still runs at the end of the test: killing it", uid, pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", logs.String())
-		}
-	}()
+	startJoinedAgent(t, addr, filepath.Join(s.DataDir, "tls.crt"), agentDir,
+		append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token))), "--node-name", "joined-host")
 	waitNodePhase(t, s.Client(), "joined-host", v1alpha1.NodePhaseReady, time.Minute)
 
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,37 +49,11 @@ func joinedHostStreams(t *testing.T, base string, allInOne bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest-iso}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "cvi", "guest-iso", "--for", "phase=Ready", "--timeout", "2m")
+	applyGuestISO(t, s, base)
 
 	agentDir := t.TempDir()
-	logs := &lockedBuffer{}
-	cmd := exec.Command(rakhshBin(t), "agent", "--server", "https://"+addr, "--ca-file", filepath.Join(s.DataDir, "tls.crt"),
-		"--node-name", "joined-host", "--data-dir", agentDir, "--heartbeat-interval", "1s", "--vm-networking", "user",
-		"--stream-listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token)))
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		for uid, pid := range vmQEMUPIDs(agentDir) {
-			t.Errorf("QEMU of %s (pid %d) still runs at the end of the test: killing it", uid, pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", logs.String())
-		}
-	}()
+	agent := startJoinedAgent(t, addr, filepath.Join(s.DataDir, "tls.crt"), agentDir,
+		append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token))), "--node-name", "joined-host")
 	waitNodePhase(t, s.Client(), "joined-host", v1alpha1.NodePhaseReady, time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -235,7 +208,7 @@ spec:
 	if err := s.Client().Get(ctx, "nodes", "", "joined-host", &node); err != nil || node.Status.StreamEndpoint == nil || *node.Status.StreamEndpoint != ep {
 		t.Fatalf("the stream endpoint changed: %v %+v", err, node.Status.StreamEndpoint)
 	}
-	if !strings.Contains(logs.String(), "stream opened") {
+	if !strings.Contains(agent.logs.String(), "stream opened") {
 		t.Errorf("the agent logged no console stream")
 	}
 

@@ -25,21 +25,8 @@ func TestHotplugBenchmark(t *testing.T) {
 	dir := vmGuestDir(t)
 	s := vmServe(t)
 	base := vmImageServer(t, dir)
+	applyGuestISO(t, s, base, "bd=64Mi")
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest-iso}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: bd}
-spec:
-  persistentVolumeClaim: {size: 64Mi}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachine
 metadata: {name: hb}
 spec:
@@ -49,8 +36,6 @@ spec:
   blockDeviceRefs:
   - {kind: ClusterVirtualImage, name: guest-iso}
 `, "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "bd", "--for", "phase=Ready", "--timeout", "1m")
-	s.MustCLI("", "wait", "cvi", "guest-iso", "--for", "phase=Ready", "--timeout", "2m")
 	s.MustCLI("", "vm", "start", "hb")
 	vmWait(t, s, "hb", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	vmWaitSerial(t, s, "hb", "RAKHSH-GUEST: ready", 1)

@@ -22,33 +22,14 @@ func TestHotplugDisks(t *testing.T) {
 	dir := vmGuestDir(t)
 	s := vmServe(t)
 	base := vmImageServer(t, dir)
+	applyGuestISO(t, s, base, "hp1=64Mi", "hp2=48Mi")
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest-iso}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualImage
 metadata: {name: extra-iso}
 spec:
   dataSource:
     type: HTTP
     http: {url: "`+base+`/guest.iso"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: hp1}
-spec:
-  persistentVolumeClaim: {size: 64Mi}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: hp2}
-spec:
-  persistentVolumeClaim: {size: 48Mi}
 ---
 apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachine
@@ -61,8 +42,6 @@ spec:
   blockDeviceRefs:
   - {kind: ClusterVirtualImage, name: guest-iso}
 `, "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "hp1", "--for", "phase=Ready", "--timeout", "1m")
-	s.MustCLI("", "wait", "vd", "hp2", "--for", "phase=Ready", "--timeout", "1m")
 	s.MustCLI("", "wait", "vi", "extra-iso", "--for", "phase=Ready", "--timeout", "2m")
 	s.MustCLI("", "vm", "start", "hp")
 	vmWait(t, s, "hp", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))

@@ -19,29 +19,7 @@ func TestDiskResize(t *testing.T) {
 	dir := vmGuestDir(t)
 	s := vmServe(t)
 	base := vmImageServer(t, dir)
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest-iso}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: data}
-spec:
-  persistentVolumeClaim: {size: 64Mi}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: cold}
-spec:
-  persistentVolumeClaim: {size: 32Mi}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "cvi", "guest-iso", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
-	s.MustCLI("", "wait", "vd", "cold", "--for", "phase=Ready", "--timeout", "1m")
+	applyGuestISO(t, s, base, "data=64Mi", "cold=32Mi")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	patchSize := func(name, size string) error {

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,14 +39,7 @@ func TestNodeJoin(t *testing.T) {
 	addr := freeAddr(t)
 	s := StartServe(t, "--no-agent", "--listen", addr)
 	ca := filepath.Join(s.DataDir, "tls.crt")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest-iso}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
-`, "apply", "-f", "-")
+	applyGuestISO(t, s, base)
 
 	tok := strings.TrimSpace(s.MustCLI("", "node", "token", "create", "--ttl", "10m"))
 	if !strings.HasPrefix(tok, "rakhsh-join.") {
@@ -58,30 +50,8 @@ spec:
 		t.Fatal(err)
 	}
 	agentDir := t.TempDir()
-	logs := &lockedBuffer{}
-	agentArgs := []string{"agent", "--server", "https://" + addr, "--ca-file", ca, "--data-dir", agentDir,
-		"--heartbeat-interval", "1s", "--vm-networking", "user", "--stream-listen", "127.0.0.1:0"}
-	start := func(extra ...string) *exec.Cmd {
-		cmd := exec.Command(rakhshBin(t), append(append([]string{}, agentArgs...), extra...)...)
-		cmd.Env = agentEnv()
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
-	}
-	cmd := start("--node-name", "joined-host", "--join-token-file", tokFile)
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		for uid, pid := range vmQEMUPIDs(agentDir) {
-			t.Errorf("QEMU of %s (pid %d) still runs at the end of the test: killing it", uid, pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", logs.String())
-		}
-	}()
+	agent := startJoinedAgent(t, addr, ca, agentDir, agentEnv(), "--node-name", "joined-host", "--join-token-file", tokFile)
+	logs := agent.logs
 	waitNodePhase(t, s.Client(), "joined-host", v1alpha1.NodePhaseReady, time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -198,9 +168,7 @@ spec:
 	forbidden("making a join token", err, "only an admin")
 
 	// A restart needs no join token; cordon keeps new VMs off (and is the admin's).
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	_ = cmd.Wait()
-	cmd = start()
+	agent.restart()
 	restarted := time.Now()
 	for {
 		if err := s.Client().Get(ctx, "nodes", "", "joined-host", &node); err != nil {

@@ -48,22 +48,7 @@ func TestVMConsoleAndCDROM(t *testing.T) {
 	dir := vmGuestDir(t)
 	s := vmServe(t)
 	base := vmImageServer(t, dir)
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest-iso}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: blank}
-spec:
-  persistentVolumeClaim: {size: 1Gi}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "cvi", "guest-iso", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI("", "wait", "vd", "blank", "--for", "phase=Ready", "--timeout", "1m")
+	applyGuestISO(t, s, base, "blank=1Gi")
 	var img v1alpha1.ClusterVirtualImage
 	if err := s.Client().Get(context.Background(), "clustervirtualimages", "", "guest-iso", &img); err != nil {
 		t.Fatal(err)
