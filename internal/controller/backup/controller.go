@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -59,6 +60,11 @@ type Controller struct {
 	nodes      *runtime.TypedInformer[v1alpha1.Node]
 	targets    *runtime.TypedInformer[v1alpha1.BackupTarget]
 	nodeName   string
+
+	mu sync.Mutex
+	// nodeMissing holds when this controller first saw a backup's node absent (removed
+	// from the cluster), for the wait of nodeDownAfter.
+	nodeMissing map[string]time.Time
 }
 
 // New returns a controller; Run starts it.
@@ -160,12 +166,29 @@ func (c *Controller) backupsOfNode(k runtime.Key) []runtime.Key {
 	return out
 }
 
-// nodeDown says why node's agent has been gone for nodeDownAfter ("" while it is not, or
-// the node is not known here), or how long until it will have been.
+// nodeDown says why node's agent has been gone for nodeDownAfter ("" while it is not), or
+// how long until it will have been. A node that no longer exists (removed from the cluster,
+// its credential revoked) counts as gone from when this controller first found it missing.
 func (c *Controller) nodeDown(node string) (why string, wait time.Duration) {
 	n, ok := c.nodes.Get(runtime.NewKey("", node))
+	c.mu.Lock()
+	first, seen := c.nodeMissing[node]
+	switch {
+	case ok:
+		delete(c.nodeMissing, node)
+	case !seen:
+		if c.nodeMissing == nil {
+			c.nodeMissing = map[string]time.Time{}
+		}
+		first = c.now()
+		c.nodeMissing[node] = first
+	}
+	c.mu.Unlock()
 	if !ok {
-		return "", 0
+		if left := nodeDownAfter - c.now().Sub(first); left > 0 {
+			return "", left
+		}
+		return fmt.Sprintf("node %q no longer exists (it was removed from the cluster): its agent cannot finish the backup", node), 0
 	}
 	// Only a node whose agent is gone: it stopped heartbeating (Unknown, written by the node
 	// lifecycle controller). An agent that reports a problem of its own (QEMU unusable) or is

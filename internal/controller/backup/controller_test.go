@@ -407,7 +407,8 @@ func modeStopFixture() (*v1alpha1.BackupTarget, *v1alpha1.VirtualMachine, *v1alp
 // TestNodeAgentGone: a backup in progress on a node whose agent is gone (Ready Unknown:
 // no heartbeat) fails once that has lasted nodeDownAfter, with the node's reason; one on a
 // node whose agent is there but reports a problem (QEMU unusable) goes on, and so does one
-// on a node whose agent is fenced (False, NodeLeaseExpired: it heartbeats and says so).
+// on a node whose agent is fenced (False, NodeLeaseExpired: it heartbeats and says so). One
+// on a node removed from the cluster fails nodeDownAfter after the node went.
 func TestNodeAgentGone(t *testing.T) {
 	old := nodeDownAfter
 	nodeDownAfter = 2 * time.Second
@@ -416,7 +417,7 @@ func TestNodeAgentGone(t *testing.T) {
 	target := &v1alpha1.BackupTarget{ObjectMeta: v1alpha1.ObjectMeta{Name: "nightly"},
 		Spec: v1alpha1.BackupTargetSpec{Type: v1alpha1.BackupTargetTypeDirectory, Directory: &v1alpha1.BackupTargetDirectory{Path: "/srv/b"}}}
 	objs := []v1alpha1.Object{target}
-	for i, n := range []string{"n1", "n2", "n3"} {
+	for i, n := range []string{"n1", "n2", "n3", "n4"} {
 		vm := newVM(fmt.Sprintf("vm%d", i+1), v1alpha1.VMPhaseRunning, n)
 		node := &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: n}}
 		node.Status.Phase = v1alpha1.NodePhaseReady
@@ -429,7 +430,7 @@ func TestNodeAgentGone(t *testing.T) {
 	start(t, fc, nil)
 	ctx := context.Background()
 	var b v1alpha1.VirtualMachineBackup
-	for _, name := range []string{"b1", "b2", "b3"} {
+	for _, name := range []string{"b1", "b2", "b3", "b4"} {
 		fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", name, &b, func() bool { return b.Status.Phase == v1alpha1.BackupPhaseInProgress })
 	}
 	setReady := func(node, status, reason string) {
@@ -448,12 +449,22 @@ func TestNodeAgentGone(t *testing.T) {
 	setReady("n2", v1alpha1.ConditionFalse, "QEMUUnusable")
 	setReady("n3", v1alpha1.ConditionFalse, v1alpha1.ReasonNodeLeaseExpired)
 	began := time.Now()
+	if err := fc.Delete(ctx, "nodes", "", "n4"); err != nil { // removed from the cluster
+		t.Fatal(err)
+	}
 	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b1", &b, func() bool { return b.Status.Phase == v1alpha1.BackupPhaseFailed })
 	if d := time.Since(began); d < nodeDownAfter-100*time.Millisecond {
 		t.Errorf("failed after %s, before the node had been gone for %s", d, nodeDownAfter)
 	}
 	if c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted); c == nil || !strings.Contains(c.Message, `node "n1" has not been Ready since`) || !strings.Contains(c.Message, "HeartbeatMissed") {
 		t.Errorf("b1's reason: %+v", c)
+	}
+	fc.WaitFor(t, 10*time.Second, "virtualmachinebackups", "p1", "b4", &b, func() bool { return b.Status.Phase == v1alpha1.BackupPhaseFailed })
+	if d := time.Since(began); d < nodeDownAfter-100*time.Millisecond {
+		t.Errorf("b4 failed after %s, before its node had been missing for %s", d, nodeDownAfter)
+	}
+	if c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted); c == nil || !strings.Contains(c.Message, `node "n4" no longer exists`) {
+		t.Errorf("b4's reason: %+v", c)
 	}
 	// The agents of n2 and n3 are there: their backups go on (their nodes changed at the
 	// same time as n1).
