@@ -406,12 +406,32 @@ func (p *migrationProxy) handle(c net.Conn) {
 		tc.Close()
 		return
 	}
+	// What the connection goes to is ready before the source may send: QEMU's end (a route
+	// or a direct one) or the watch. With plain, plainReady then tells the source that the
+	// bare connection is its own; a failure before closes it without, and the source's
+	// connect fails at once.
+	var local net.Conn
+	switch {
+	case watch:
+	case direct != nil:
+		err = handOver(p.ctx, c, direct)
+	default:
+		local, err = route(p.ctx)
+	}
+	if err != nil {
+		p.log.Warn("migration proxy: connecting to QEMU", "protocol", proto, "err", err)
+		tc.Close()
+		return
+	}
 	var remote net.Conn = tc
 	if p.plain {
 		// Both agents are checked: the data goes over the bare connection.
 		if _, err := c.Write([]byte{plainReady}); err != nil {
 			p.log.Warn("migration proxy: starting a plain connection", "from", c.RemoteAddr().String(), "err", err)
 			c.Close()
+			if local != nil {
+				local.Close()
+			}
 			return
 		}
 		remote = c
@@ -421,15 +441,7 @@ func (p *migrationProxy) handle(c net.Conn) {
 		p.holdWatch(remote)
 		return
 	case direct != nil:
-		if err := handOver(p.ctx, remote, direct); err != nil {
-			p.log.Warn("migration proxy: handing the connection to QEMU", "protocol", proto, "err", err)
-		}
-		return
-	}
-	local, err := route(p.ctx)
-	if err != nil {
-		p.log.Warn("migration proxy: connecting to QEMU", "protocol", proto, "err", err)
-		remote.Close()
+		c.Close() // QEMU holds the connection now; the agent keeps no descriptor of it
 		return
 	}
 	p.pipes.pipe(remote, local, func(remoteFirst bool) {
@@ -440,10 +452,9 @@ func (p *migrationProxy) handle(c net.Conn) {
 	})
 }
 
-// handOver gives a duplicate of the bare TCP connection c to hand and closes the agent's
-// own descriptor whatever happens, so that the connection ends when its new holder ends it.
+// handOver gives a duplicate of the bare TCP connection c to hand. The caller closes c, so
+// that the connection ends when its new holder ends it.
 func handOver(ctx context.Context, c net.Conn, hand func(context.Context, *os.File) error) error {
-	defer c.Close()
 	tcp, ok := c.(*net.TCPConn)
 	if !ok {
 		return fmt.Errorf("a %T cannot be handed over", c)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -793,7 +794,7 @@ func TestSocketPairBuffers(t *testing.T) {
 func TestMigrationDirectStream(t *testing.T) {
 	dst, src := newProxyNode(t, "target"), newProxyNode(t, "source")
 	base := runtime.NumGoroutine()
-	handed := make(chan *os.File, 1)
+	handed := make(chan net.Conn, 1)
 	var ended atomic.Int32
 	start := func(plain bool) (*migrationProxy, *migrationDialer) {
 		cfg, err := nodestream.PinnedClientServerTLSConfig(dst.cert, src.fp)
@@ -806,11 +807,11 @@ func TestMigrationDirectStream(t *testing.T) {
 		}
 		hooks := proxyHooks{
 			direct: map[string]func(context.Context, *os.File) error{alpnMigration: func(_ context.Context, f *os.File) error {
-				dup, err := syscall.Dup(int(f.Fd())) // as QEMU's getfd keeps its own copy
+				c, err := net.FileConn(f) // a copy of its own, as QEMU's getfd keeps
 				if err != nil {
 					return err
 				}
-				handed <- os.NewFile(uintptr(dup), "qemu-in")
+				handed <- c
 				return nil
 			}},
 			watchEnded: func() { ended.Add(1) },
@@ -829,10 +830,21 @@ func TestMigrationDirectStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := d.dialDirect(context.Background(), alpnMigration)
-	if err != nil {
-		t.Fatal(err)
+	// The source QEMU's end: dialDirect's file as QEMU would hold it.
+	dialQEMU := func() net.Conn {
+		t.Helper()
+		f, err := d.dialDirect(context.Background(), alpnMigration)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
+	out := dialQEMU()
 	in := <-handed
 	msg := []byte("guest memory page")
 	if _, err := out.Write(msg); err != nil {
@@ -845,9 +857,18 @@ func TestMigrationDirectStream(t *testing.T) {
 	in.Close() // the target QEMU ends: the source QEMU's end sees it, no agent holds it open
 	_ = out.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := out.Read(got); err != io.EOF {
-		t.Errorf("after the target's holder closed: read %d, %v; want the end (an agent kept the connection)", n, err)
+		t.Errorf("after the target's holder closed: read %d, %v; want the end (the target's agent kept the connection)", n, err)
 	}
 	out.Close()
+	// And the other way: the source QEMU ends, the target QEMU's end sees it.
+	out = dialQEMU()
+	in = <-handed
+	out.Close()
+	_ = in.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := in.Read(got); err != io.EOF {
+		t.Errorf("after the source's holder closed: read %d, %v; want the end (the source's agent kept the connection)", n, err)
+	}
+	in.Close()
 	if ended.Load() != 0 || p.streamBroke.Load() {
 		t.Fatal("the watch ended while the source was there")
 	}
@@ -905,4 +926,63 @@ func waitFor2s(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s", what)
+}
+
+// migMonitor is a fake QEMU monitor whose query-migrate answers status.
+type migMonitor struct {
+	*fakeMonitor
+	status string
+}
+
+func (m *migMonitor) Execute(_ context.Context, cmd string, _, result any) error {
+	m.call(cmd)
+	if cmd == "query-migrate" {
+		return json.Unmarshal([]byte(`{"status":"`+m.status+`"}`), result)
+	}
+	return nil
+}
+
+// TestSourceGoneDecidesOnce: when a plain migration's watch ends from the source's side, the
+// target QEMU's fate is decided once. Still transferring: it is ended, and a completion
+// reported afterwards starts no switch-over. Completed: the switch-over is started (as QEMU's
+// event would), not the end. A switch-over already started is left alone.
+func TestSourceGoneDecidesOnce(t *testing.T) {
+	logs := &bytes.Buffer{}
+	a := &Agent{runCtx: context.Background()}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	newTarget := func(status string) (*instance, *atomic.Int32) {
+		in := &instance{mon: &migMonitor{newFakeMonitor("inmigrate"), status}}
+		var switchOvers atomic.Int32
+		in.setMigrationHook(func(s string) { // what watchIncoming's hook does
+			if s == "completed" && in.incomingFate.CompareAndSwap(0, fateSwitchOver) {
+				switchOvers.Add(1)
+			}
+		})
+		return in, &switchOvers
+	}
+
+	in, switchOvers := newTarget("active")
+	a.sourceGone(in, log)
+	in.migrationStatus("completed")
+	if f := in.incomingFate.Load(); f != fateEnded || switchOvers.Load() != 0 {
+		t.Errorf("transferring: fate %d, %d switch-overs; want ended, none", f, switchOvers.Load())
+	}
+	if !strings.Contains(logs.String(), "ending the target QEMU") {
+		t.Errorf("transferring: the target QEMU was not ended: %s", logs)
+	}
+
+	logs.Reset()
+	in, switchOvers = newTarget("completed")
+	a.sourceGone(in, log)
+	if f := in.incomingFate.Load(); f != fateSwitchOver || switchOvers.Load() != 1 || strings.Contains(logs.String(), "ending") {
+		t.Errorf("completed: fate %d, %d switch-overs, log %q; want the switch-over", f, switchOvers.Load(), logs)
+	}
+
+	logs.Reset()
+	in, _ = newTarget("active")
+	in.incomingFate.Store(fateSwitchOver)
+	a.sourceGone(in, log)
+	if f := in.incomingFate.Load(); f != fateSwitchOver || strings.Contains(logs.String(), "ending") {
+		t.Errorf("switching over: fate %d, log %q; want it left alone", f, logs)
+	}
 }

@@ -379,6 +379,7 @@ func incomingStream(in *instance) func(ctx context.Context, f *os.File) error {
 			return fmt.Errorf("passing the stream to QEMU: %w", err)
 		}
 		if err := mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:mig-in"}, nil); err != nil {
+			_ = mon.Execute(ctx, "closefd", map[string]any{"fdname": "mig-in"}, nil) // QEMU's copy
 			return fmt.Errorf("migrate-incoming: %w", err)
 		}
 		return nil
@@ -403,10 +404,12 @@ func pairedRoute(hand func(ctx context.Context, f *os.File) error) func(ctx cont
 }
 
 // sourceGone ends the target QEMU of a plain migration whose watch connection the source
-// ended (its agent died, or the link broke) before QEMU's stream completed, so that the
-// stream breaks and the source QEMU goes on running the guest. A stream that completed is
-// left to the switch-over. The reconcile then finds QEMU gone and fails the migration with
-// StreamBroken.
+// ended (its agent died, or the link broke), so that the stream breaks and the source QEMU
+// goes on running the guest; the reconcile then finds QEMU gone and fails the migration with
+// StreamBroken. A target whose switch-over started is left to it (the store decides), and
+// one whose stream just completed switches over; otherwise the QEMU's fate is decided as
+// ended before it is killed, so that no switch-over can start afterwards. (A source QEMU
+// that completed meanwhile is paused; its agent resumes it once the migration is failed.)
 func (a *Agent) sourceGone(in *instance, log *slog.Logger) {
 	if mon, ok := in.monitor().(qmpExecutor); ok {
 		var st migrateInfo
@@ -414,8 +417,12 @@ func (a *Agent) sourceGone(in *instance, log *slog.Logger) {
 		err := mon.Execute(ctx, "query-migrate", nil, &st)
 		cancel()
 		if err == nil && st.Status == "completed" {
+			in.migrationStatus("completed") // as QEMU's event would: the switch-over
 			return
 		}
+	}
+	if !in.incomingFate.CompareAndSwap(0, fateEnded) {
+		return // the switch-over started: the store decides
 	}
 	log.Warn("the source's watch connection ended before the stream completed: ending the target QEMU")
 	if in.pid > 0 {
@@ -528,6 +535,12 @@ func writeJSONFile(path string, v any) error {
 }
 
 // incomingWatch is the target's watch of one incoming QEMU.
+// The fates of a target QEMU (instance.incomingFate).
+const (
+	fateSwitchOver = 1 // its stream completed and the switch-over started
+	fateEnded      = 2 // its source went away first: it is killed, never switched over
+)
+
 type incomingWatch struct {
 	id   string
 	once sync.Once
@@ -547,7 +560,11 @@ func (a *Agent) watchIncoming(vm *v1alpha1.VirtualMachine, in *instance) {
 	in.mu.Unlock()
 	ns, name, uid, src := vm.Namespace, vm.Name, vm.UID, m.Source.Node
 	commit := func() {
-		w.once.Do(func() { go a.commitIncoming(ns, name, uid, src, w.id, in) })
+		w.once.Do(func() {
+			if in.incomingFate.CompareAndSwap(0, fateSwitchOver) {
+				go a.commitIncoming(ns, name, uid, src, w.id, in)
+			}
+		})
 	}
 	in.setMigrationHook(func(status string) {
 		if status == "completed" {
@@ -815,19 +832,15 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		}
 		dialer.close()
 	}()
-	deadline := time.Time{}
-	if m.Policy != nil && m.Policy.TimeoutSeconds > 0 {
-		deadline = time.Now().Add(time.Duration(m.Policy.TimeoutSeconds) * time.Second)
-	}
-	var lost <-chan struct{}
+	lim := outgoingLimits{deadline: transferDeadline(m.Policy)}
 	if dialer.plain {
 		// The stream will not pass through the agents: the watch ends it if either dies.
-		if lost, err = dialer.watch(ctx); err != nil {
+		if lim.lost, err = dialer.watch(ctx); err != nil {
 			fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 			return
 		}
 	}
-	if err := a.startMirrors(ctx, vm, fdmon, dialer, m, deadline, log); err != nil {
+	if err := a.startMirrors(ctx, vm, fdmon, dialer, m, lim.deadline, log); err != nil {
 		fail(v1alpha1.MigrationReasonTransferFailed, err.Error())
 		return
 	}
@@ -845,7 +858,15 @@ func (a *Agent) runOutgoing(vm *v1alpha1.VirtualMachine, in *instance, resume bo
 		return
 	}
 	log.Info("migration stream started", "to", dialer.addr)
-	completed = a.followOutgoing(ctx, vm, mon, m, outgoingLimits{deadline, lost}, plan, fail, log)
+	completed = a.followOutgoing(ctx, vm, mon, m, lim, plan, fail, log)
+}
+
+// transferDeadline is when a transfer that starts now times out (zero: never).
+func transferDeadline(p *v1alpha1.MigrationPolicySettings) time.Time {
+	if p == nil || p.TimeoutSeconds <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(time.Duration(p.TimeoutSeconds) * time.Second)
 }
 
 // beginTransfer records that the migration m of vm transfers (phase Transferring, the VM
@@ -919,6 +940,7 @@ func startStream(ctx context.Context, mon fdPasser, dialer *migrationDialer, p *
 		return fmt.Errorf("passing the stream to QEMU: %w", err)
 	}
 	if err := mon.Execute(ctx, "migrate", map[string]any{"uri": "fd:mig-out"}, nil); err != nil {
+		_ = mon.Execute(ctx, "closefd", map[string]any{"fdname": "mig-out"}, nil) // QEMU's copy
 		return fmt.Errorf("migrate: %w", err)
 	}
 	return nil
@@ -1183,9 +1205,29 @@ func (a *Agent) endOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mo
 	if err := a.failMigration(ctx, vm, m.ID, reason, msg); err != nil {
 		log.Info("recording the failed migration", "err", err)
 	}
+	if a.switchedOver(ctx, vm, m.ID) {
+		// The target took the VM over before the failure could be recorded: cancelling now
+		// could resume the guest here too (QEMU restarts a guest whose stream it cancels
+		// before it says completed). The stream ends by itself.
+		log.Info("the target switched over before the transfer could be ended: not cancelled", "reason", reason)
+		a.waitMigrationEnd(ctx, mon, 30*time.Second)
+		a.cleanupOutgoing(ctx, mon, m)
+		return
+	}
 	_ = mon.Execute(ctx, "migrate_cancel", nil, nil)
 	a.waitMigrationEnd(ctx, mon, 30*time.Second)
 	a.cleanupOutgoing(ctx, mon, m)
+}
+
+// switchedOver says whether the store holds migration id of vm as succeeded (read afresh;
+// false when it cannot be read).
+func (a *Agent) switchedOver(ctx context.Context, vm *v1alpha1.VirtualMachine, id string) bool {
+	var v v1alpha1.VirtualMachine
+	if err := a.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil || v.UID != vm.UID {
+		return false
+	}
+	m := v.Status.MigrationState
+	return m != nil && m.ID == id && m.Phase == v1alpha1.MigrationPhaseSucceeded
 }
 
 // progressOf turns query-migrate into the status' progress.
@@ -1438,11 +1480,16 @@ func (in *instance) onMigrationEvent(ev qmp.Event) {
 	if ev.DecodeData(&d) != nil {
 		return
 	}
+	in.migrationStatus(d.Status)
+}
+
+// migrationStatus tells the migration hook QEMU's migration status.
+func (in *instance) migrationStatus(status string) {
 	in.mu.Lock()
 	h := in.migHook
 	in.mu.Unlock()
 	if h != nil {
-		h(d.Status)
+		h(status)
 	}
 }
 

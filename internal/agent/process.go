@@ -75,8 +75,12 @@ type instance struct {
 	// Live migration (migrate.go): the target's watch of an incoming stream, the id of the
 	// migration whose source side runs, and the hook QMP MIGRATION events go to.
 	incoming *incomingWatch
-	outgoing string
-	migHook  func(status string)
+	// incomingFate is decided once for a target QEMU: switched over (fateSwitchOver) or
+	// ended because its source went away (fateEnded); whichever comes first excludes the
+	// other (migrate.go).
+	incomingFate atomic.Int32
+	outgoing     string
+	migHook      func(status string)
 	// proxy is the target's migration proxy of this QEMU (migproxy.go), closed when QEMU
 	// ends or the migration is over.
 	proxy *migrationProxy
