@@ -455,11 +455,7 @@ func (p *migrationProxy) handle(c net.Conn) {
 // handOver gives a duplicate of the bare TCP connection c to hand. The caller closes c, so
 // that the connection ends when its new holder ends it.
 func handOver(ctx context.Context, c net.Conn, hand func(context.Context, *os.File) error) error {
-	tcp, ok := c.(*net.TCPConn)
-	if !ok {
-		return fmt.Errorf("a %T cannot be handed over", c)
-	}
-	f, err := qemuSocket(tcp)
+	f, err := qemuSocket(c)
 	if err != nil {
 		return err
 	}
@@ -467,30 +463,49 @@ func handOver(ctx context.Context, c net.Conn, hand func(context.Context, *os.Fi
 	return hand(ctx, f)
 }
 
-// qemuSocket returns a duplicate of c for QEMU, with Nagle's algorithm back on as on the
-// sockets QEMU opens itself (Go turns it off): QEMU writes the stream in buffers of its own,
-// and lets the kernel fill whole segments.
-func qemuSocket(c *net.TCPConn) (*os.File, error) {
-	_ = c.SetNoDelay(false)
-	return c.File()
+// qemuSocket returns a duplicate of the bare TCP connection c for QEMU, with Nagle's
+// algorithm back on as on the sockets QEMU opens itself (Go turns it off): QEMU writes the
+// stream in buffers of its own, and lets the kernel fill whole segments.
+func qemuSocket(c net.Conn) (*os.File, error) {
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil, fmt.Errorf("a %T cannot be handed over", c)
+	}
+	_ = tcp.SetNoDelay(false)
+	return tcp.File()
 }
 
 // holdWatch keeps the watch connection c until it ends: from the source's side first, the
 // target's hook is told (the source agent or the link is gone); closing the proxy ends it
 // quietly.
 func (p *migrationProxy) holdWatch(c net.Conn) {
-	if !p.pipes.track(c) {
-		return
-	}
-	p.pipes.goroutine(func() {
-		_, _ = io.Copy(io.Discard, c)
-		c.Close()
-		p.pipes.untrack(c)
-		if p.ctx.Err() == nil {
+	p.pipes.hold(c, func() {
+		if p.ctx.Err() == nil { // (not while the proxy closes)
 			p.streamBroke.Store(true)
 			p.hooks.watchEnded()
 		}
 	})
+}
+
+// hold keeps c, on which nothing is sent (a watch connection), in the set until it ends;
+// ended runs then unless it was the set's close that ended it. False (c closed) when the set
+// is closed already.
+func (p *pipeSet) hold(c net.Conn, ended func()) bool {
+	if !p.track(c) {
+		return false
+	}
+	p.goroutine(func() {
+		_, _ = io.Copy(io.Discard, c)
+		p.mu.Lock()
+		closing := p.closed
+		p.mu.Unlock()
+		c.Close()
+		p.untrack(c)
+		if !closing {
+			ended()
+		}
+	})
+	return true
 }
 
 // close stops listening and ends every connection.
@@ -599,11 +614,7 @@ func (d *migrationDialer) dialDirect(ctx context.Context, proto string) (*os.Fil
 		return nil, err
 	}
 	defer remote.Close()
-	tcp, ok := remote.(*net.TCPConn)
-	if !ok {
-		return nil, fmt.Errorf("a %T cannot be handed over", remote)
-	}
-	return qemuSocket(tcp)
+	return qemuSocket(remote)
 }
 
 // watch opens the watch connection of a plain migration: the returned channel is closed
@@ -615,20 +626,9 @@ func (d *migrationDialer) watch(ctx context.Context) (<-chan struct{}, error) {
 		return nil, err
 	}
 	lost := make(chan struct{})
-	if !d.pipes.track(c) {
+	if !d.pipes.hold(c, func() { close(lost) }) {
 		return nil, errors.New("the migration's connections are closed")
 	}
-	d.pipes.goroutine(func() {
-		_, _ = io.Copy(io.Discard, c)
-		d.pipes.mu.Lock()
-		closing := d.pipes.closed
-		d.pipes.mu.Unlock()
-		c.Close()
-		d.pipes.untrack(c)
-		if !closing {
-			close(lost)
-		}
-	})
 	return lost, nil
 }
 

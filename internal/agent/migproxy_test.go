@@ -104,6 +104,12 @@ func startProxy(t *testing.T, target, source proxyNode, routes map[string]func(c
 // startProxyMode is startProxy, with the data unencrypted after the handshake when plain.
 func startProxyMode(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool) *migrationProxy {
 	t.Helper()
+	return startProxyHooks(t, target, source, routes, plain, proxyHooks{})
+}
+
+// startProxyHooks is startProxyMode with the direct routes and watch of hooks.
+func startProxyHooks(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool, hooks proxyHooks) *migrationProxy {
+	t.Helper()
 	cfg, err := nodestream.PinnedClientServerTLSConfig(target.cert, source.fp)
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +118,7 @@ func startProxyMode(t *testing.T, target, source proxyNode, routes map[string]fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := serveMigrationProxy(ln, cfg, routes, plain, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p := serveMigrationProxyHooks(ln, cfg, routes, plain, slog.New(slog.NewTextHandler(io.Discard, nil)), hooks)
 	t.Cleanup(p.close)
 	return p
 }
@@ -797,14 +803,6 @@ func TestMigrationDirectStream(t *testing.T) {
 	handed := make(chan net.Conn, 1)
 	var ended atomic.Int32
 	start := func(plain bool) (*migrationProxy, *migrationDialer) {
-		cfg, err := nodestream.PinnedClientServerTLSConfig(dst.cert, src.fp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
 		hooks := proxyHooks{
 			direct: map[string]func(context.Context, *os.File) error{alpnMigration: func(_ context.Context, f *os.File) error {
 				c, err := net.FileConn(f) // a copy of its own, as QEMU's getfd keeps
@@ -816,8 +814,8 @@ func TestMigrationDirectStream(t *testing.T) {
 			}},
 			watchEnded: func() { ended.Add(1) },
 		}
-		p := serveMigrationProxyHooks(ln, cfg, nil, plain, slog.New(slog.NewTextHandler(io.Discard, nil)), hooks)
-		d, err := newMigrationDialer(ln.Addr().String(), src.cert, dst.fp, plain)
+		p := startProxyHooks(t, dst, src, nil, plain, hooks)
+		d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp, plain)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -534,13 +534,13 @@ func writeJSONFile(path string, v any) error {
 	return os.WriteFile(path, b, 0o600)
 }
 
-// incomingWatch is the target's watch of one incoming QEMU.
 // The fates of a target QEMU (instance.incomingFate).
 const (
 	fateSwitchOver = 1 // its stream completed and the switch-over started
 	fateEnded      = 2 // its source went away first: it is killed, never switched over
 )
 
+// incomingWatch is the target's watch of one incoming QEMU.
 type incomingWatch struct {
 	id   string
 	once sync.Once
@@ -987,7 +987,6 @@ const stallLimit = 20 * time.Second
 // (cancelled) in the store. It says whether QEMU's stream completed.
 func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine, mon qmpExecutor, m *v1alpha1.VirtualMachineMigrationState,
 	lim outgoingLimits, plan downtimePlan, fail func(reason, msg string), log interface{ Info(string, ...any) }) bool {
-	deadline := lim.deadline
 	lastMoved, lastBytes := time.Now(), int64(-1)
 	lastWrite := time.Time{}
 	limit := plan.limitAfter(0)
@@ -1034,7 +1033,7 @@ func (a *Agent) followOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		if st.RAM.Transferred != lastBytes {
 			lastBytes, lastMoved = st.RAM.Transferred, now
 		}
-		if why, reason := a.outgoingCancel(vm, m, now, deadline, lastMoved); why != "" {
+		if why, reason := a.outgoingCancel(vm, m, now, lim.deadline, lastMoved); why != "" {
 			a.endOutgoing(ctx, vm, mon, m, reason, why, log)
 			return false
 		}

@@ -124,7 +124,7 @@ func main() {
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new one under /tmp)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (serial and QEMU logs)")
 	flag.StringVar(&o.jsonOut, "json", "", "also write every run's figures to this file as JSON")
-	tlsPSK := flag.Bool("tls-psk", false, "encrypt the stream with QEMU's own TLS (tls-creds-psk, a random key per benchmark run), as the platform does")
+	tlsPSK := flag.Bool("tls-psk", false, "encrypt the stream with QEMU's own TLS (tls-creds-psk, a random key per benchmark run); the platform encrypts in its agents instead: this is the baseline for an encrypted stream")
 	underlay := flag.String("underlay", "", "NS1=IP1,NS2=IP2: run the source and the target in these two network namespaces "+
 		"(alternating along the chain) and migrate between the addresses, instead of both on 127.0.0.1")
 	flag.Parse()
