@@ -17,9 +17,8 @@ type Quantity string
 
 // UnmarshalJSON accepts a string or a number.
 func (q *Quantity) UnmarshalJSON(b []byte) error {
-	if len(b) > 0 && b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
+	if s, isString, err := jsonString(b); isString {
+		if err != nil {
 			return err
 		}
 		*q = Quantity(s)
@@ -31,6 +30,16 @@ func (q *Quantity) UnmarshalJSON(b []byte) error {
 	}
 	*q = Quantity(n.String())
 	return nil
+}
+
+// jsonString decodes b when it holds a JSON string; isString is false, and nothing is
+// decoded, when b holds anything else (a number, say).
+func jsonString(b []byte) (s string, isString bool, err error) {
+	if len(b) == 0 || b[0] != '"' {
+		return "", false, nil
+	}
+	err = json.Unmarshal(b, &s)
+	return s, true, err
 }
 
 var quantitySuffixes = []struct {

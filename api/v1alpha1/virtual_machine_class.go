@@ -114,9 +114,8 @@ type CoreFractionValue int
 
 // UnmarshalJSON accepts 10 or "10%".
 func (c *CoreFractionValue) UnmarshalJSON(b []byte) error {
-	if len(b) > 0 && b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
+	if s, isString, err := jsonString(b); isString {
+		if err != nil {
 			return err
 		}
 		n, err := strconv.Atoi(strings.TrimSuffix(s, "%"))
