@@ -12,14 +12,10 @@ import (
 )
 
 func init() {
-	register("ClusterNetwork", Strategy{
-		New:     func() v1alpha1.Object { return &v1alpha1.ClusterNetwork{} },
-		Default: func(obj v1alpha1.Object) { defaultClusterNetwork(obj.(*v1alpha1.ClusterNetwork)) },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			return validateClusterNetwork(obj.(*v1alpha1.ClusterNetwork))
-		},
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			n, o := obj.(*v1alpha1.ClusterNetwork), old.(*v1alpha1.ClusterNetwork)
+	registerTyped("ClusterNetwork", typed[*v1alpha1.ClusterNetwork]{
+		Default:  defaultClusterNetwork,
+		Validate: validateClusterNetwork,
+		ValidateUpdate: func(n, o *v1alpha1.ClusterNetwork) errs.FieldErrors {
 			var fe errs.FieldErrors
 			if n.Spec.Type != o.Spec.Type {
 				fe.Forbidden("spec.type", "cannot be changed after creation")

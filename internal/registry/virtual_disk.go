@@ -9,13 +9,10 @@ import (
 )
 
 func init() {
-	register("VirtualDisk", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.VirtualDisk{} },
-		Default:  func(obj v1alpha1.Object) { defaultVirtualDisk(obj.(*v1alpha1.VirtualDisk)) },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors { return validateVirtualDisk(obj.(*v1alpha1.VirtualDisk)) },
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			return validateVirtualDiskUpdate(obj.(*v1alpha1.VirtualDisk), old.(*v1alpha1.VirtualDisk))
-		},
+	registerTyped("VirtualDisk", typed[*v1alpha1.VirtualDisk]{
+		Default:        defaultVirtualDisk,
+		Validate:       validateVirtualDisk,
+		ValidateUpdate: validateVirtualDiskUpdate,
 	})
 }
 
