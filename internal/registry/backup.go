@@ -23,9 +23,7 @@ func init() {
 		ValidateUpdate: func(n, o *v1alpha1.BackupTarget) errs.FieldErrors {
 			var fe errs.FieldErrors
 			chkImmutable(&fe, "spec.type", n.Spec.Type, o.Spec.Type, "BackupTarget")
-			if backupPath(n) != backupPath(o) {
-				fe.Forbidden("spec.directory.path", "cannot be changed after creation (the target's backups are in the old directory); make a new target")
-			}
+			chkUnchanged(&fe, "spec.directory.path", backupPath(n), backupPath(o), "(the target's backups are in the old directory); make a new target")
 			return fe
 		},
 	})

@@ -88,8 +88,6 @@ func validateEvent(e *v1alpha1.Event) errs.FieldErrors {
 
 func validateEventUpdate(n, o *v1alpha1.Event) errs.FieldErrors {
 	var fe errs.FieldErrors
-	if n.InvolvedObject != o.InvolvedObject {
-		fe.Forbidden("involvedObject", "cannot be changed after creation")
-	}
+	chkUnchanged(&fe, "involvedObject", n.InvolvedObject, o.InvolvedObject, "")
 	return fe
 }

@@ -173,9 +173,7 @@ func sameSecretData(a, b map[string][]byte) bool {
 
 func validateSecretUpdate(n, o *v1alpha1.Secret) errs.FieldErrors {
 	var fe errs.FieldErrors
-	if n.Type != o.Type {
-		fe.Forbidden("type", "cannot be changed after creation")
-	}
+	chkUnchanged(&fe, "type", n.Type, o.Type, "")
 	if o.Immutable != nil && *o.Immutable {
 		if n.Immutable == nil || !*n.Immutable {
 			fe.Forbidden("immutable", "cannot be unset once the Secret is immutable")

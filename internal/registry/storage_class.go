@@ -14,15 +14,9 @@ func init() {
 		Validate: validateStorageClass,
 		ValidateUpdate: func(n, o *v1alpha1.StorageClass) errs.FieldErrors {
 			var fe errs.FieldErrors
-			if n.Spec.Type != o.Spec.Type {
-				fe.Forbidden("spec.type", "cannot be changed after creation (the class's disks live where the type says)")
-			}
-			if localPath(n) != localPath(o) {
-				fe.Forbidden("spec.local.path", "cannot be changed after creation (the class's disks are in the old directory); make a new class and move the disks")
-			}
-			if sharedPath(n) != sharedPath(o) {
-				fe.Forbidden("spec.shared.path", "cannot be changed after creation (the class's disks are in the old directory); make a new class and move the disks")
-			}
+			chkUnchanged(&fe, "spec.type", n.Spec.Type, o.Spec.Type, "(the class's disks live where the type says)")
+			chkUnchanged(&fe, "spec.local.path", localPath(n), localPath(o), "(the class's disks are in the old directory); make a new class and move the disks")
+			chkUnchanged(&fe, "spec.shared.path", sharedPath(n), sharedPath(o), "(the class's disks are in the old directory); make a new class and move the disks")
 			return fe
 		},
 	})

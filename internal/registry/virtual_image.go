@@ -62,9 +62,7 @@ func init() {
 		},
 		ValidateUpdate: func(n, o *v1alpha1.VirtualImage) errs.FieldErrors {
 			var fe errs.FieldErrors
-			if n.Spec.Storage != o.Spec.Storage {
-				fe.Forbidden("spec.storage", "cannot be changed after creation")
-			}
+			chkUnchanged(&fe, "spec.storage", n.Spec.Storage, o.Spec.Storage, "")
 			immutableDataSource(&fe, &n.Spec.DataSource, &o.Spec.DataSource, "spec.dataSource")
 			return fe
 		},

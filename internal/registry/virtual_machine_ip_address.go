@@ -73,15 +73,9 @@ func checkVMAddress(s string) string {
 
 func validateVMIPUpdate(n, o *v1alpha1.VirtualMachineIPAddress) errs.FieldErrors {
 	var fe errs.FieldErrors
-	if n.Spec.Type != o.Spec.Type {
-		fe.Forbidden("spec.type", "cannot be changed after creation")
-	}
-	if n.Spec.StaticIP != o.Spec.StaticIP {
-		fe.Forbidden("spec.staticIP", "cannot be changed after creation")
-	}
-	if n.Spec.Network != o.Spec.Network {
-		fe.Forbidden("spec.network", "cannot be changed after creation")
-	}
+	chkUnchanged(&fe, "spec.type", n.Spec.Type, o.Spec.Type, "")
+	chkUnchanged(&fe, "spec.staticIP", n.Spec.StaticIP, o.Spec.StaticIP, "")
+	chkUnchanged(&fe, "spec.network", n.Spec.Network, o.Spec.Network, "")
 	return fe
 }
 

@@ -25,9 +25,7 @@ func init() {
 		},
 		ValidateUpdate: func(n, o *v1alpha1.VirtualMachineMACAddress) errs.FieldErrors {
 			var fe errs.FieldErrors
-			if n.Spec.Address != o.Spec.Address {
-				fe.Forbidden("spec.address", "cannot be changed after creation")
-			}
+			chkUnchanged(&fe, "spec.address", n.Spec.Address, o.Spec.Address, "")
 			return fe
 		},
 	})

@@ -33,6 +33,19 @@ func chkImmutable(fe *errs.FieldErrors, path string, n, old any, kind string) {
 	}
 }
 
+// chkUnchanged reports a Forbidden change of path when n and old differ: the field "cannot be
+// changed after creation", followed by why when it is not empty.
+func chkUnchanged[T comparable](fe *errs.FieldErrors, path string, n, old T, why string) {
+	if n == old {
+		return
+	}
+	msg := "cannot be changed after creation"
+	if why != "" {
+		msg += " " + why
+	}
+	fe.Forbidden(path, msg)
+}
+
 const maxCloneName = 59
 
 var (
