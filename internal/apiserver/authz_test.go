@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/registry"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 func TestAuthorizeTable(t *testing.T) {
@@ -133,11 +131,7 @@ func TestAuthorizeTable(t *testing.T) {
 // moves; it returns the server's URL, an admin client and the clock's setter.
 func remoteTestServer(t *testing.T) (string, *client.Client, func(time.Duration)) {
 	t.Helper()
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := tempBolt(t)
 	var mu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
@@ -332,11 +326,7 @@ func TestNodeJoinAndAuthorization(t *testing.T) {
 // TestNodeHostnameLabelOnStatusWrite: a Node stored without the hostname label (made before
 // it existed) gets it with its next status write.
 func TestNodeHostnameLabelOnStatusWrite(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := tempBolt(t)
 	ctx := context.Background()
 	if _, err := st.Create(ctx, "/nodes/old", []byte(`{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"Node","metadata":{"name":"old","uid":"u1","labels":{"rack":"a"}},"spec":{}}`)); err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/store"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 // termStore refuses writes fenced by any term but current, as a shared store does once a
@@ -53,11 +51,7 @@ func TestFenceHeader(t *testing.T) {
 	var mu sync.Mutex
 	var heard []store.Fence
 	dir := t.TempDir()
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := boltIn(t, dir)
 	s := New(Config{Store: termStore{Store: st, current: 7}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFenced: func(f store.Fence) { mu.Lock(); heard = append(heard, f); mu.Unlock() }})
 	t.Cleanup(s.Shutdown)
@@ -73,7 +67,7 @@ func TestFenceHeader(t *testing.T) {
 		t.Fatalf("a write under the current term: %v", err)
 	}
 	stale := cl.WithHeader(v1alpha1.HeaderLeaderFence, "6@/controlplane/election/2")
-	err = stale.Create(ctx, "virtualmachineclasses", "", vmc("b"), nil)
+	err := stale.Create(ctx, "virtualmachineclasses", "", vmc("b"), nil)
 	if !client.IsFenced(err) || client.Reason(err) != v1alpha1.ReasonLeaderFenced || !strings.Contains(err.Error(), "no longer the control-plane leader") {
 		t.Fatalf("a write under an ended term: %v, want 409 LeaderFenced", err)
 	}

@@ -31,11 +31,7 @@ const token = "0123456789abcdef0123456789abcdef"
 func peerStore(t *testing.T) (string, *bolt.Store, *slog.Logger) {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := boltIn(t, dir)
 	return dir, st, slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 

@@ -23,8 +23,7 @@ func quotaTestServer(t *testing.T, q v1alpha1.ProjectQuota) (context.Context, *S
 	st := tempBolt(t)
 	s := New(Config{Store: st})
 	t.Cleanup(s.Shutdown)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
+	ctx := testContext(t)
 	pst, _ := registry.ByKind("Project")
 	p := &v1alpha1.Project{ObjectMeta: v1alpha1.ObjectMeta{Name: "team"}, Spec: v1alpha1.ProjectSpec{Quota: &q}}
 	setTypeMeta(p, "Project")
