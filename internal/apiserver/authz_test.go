@@ -169,8 +169,7 @@ func wantReason(t *testing.T, what string, err error, reason string, msgPart str
 // may do, over the real handler chain.
 func TestNodeJoinAndAuthorization(t *testing.T) {
 	url, admin, advance := remoteTestServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 
 	jt, err := admin.CreateJoinToken(ctx, v1alpha1.JoinTokenRequest{TTL: "10m"})
 	if err != nil {

@@ -56,8 +56,7 @@ func TestFenceHeader(t *testing.T) {
 		OnFenced: func(f store.Fence) { mu.Lock(); heard = append(heard, f); mu.Unlock() }})
 	t.Cleanup(s.Shutdown)
 	cl := serveLocal(t, dir, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	vmc := func(name string) *v1alpha1.VirtualMachineClass {
 		return &v1alpha1.VirtualMachineClass{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineClass"},
 			ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: v1alpha1.VirtualMachineClassSpec{CPU: v1alpha1.VirtualMachineClassCPU{Type: "Host"}}}
@@ -98,8 +97,7 @@ func TestFenceHeader(t *testing.T) {
 // TestFenceHeaderNeedsAdmin: only admin may write under a leadership term.
 func TestFenceHeaderNeedsAdmin(t *testing.T) {
 	url, admin, _ := remoteTestServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	jt, err := admin.CreateJoinToken(ctx, v1alpha1.JoinTokenRequest{TTL: "10m"})
 	if err != nil {
 		t.Fatal(err)
@@ -119,8 +117,7 @@ func TestControlPlaneResource(t *testing.T) {
 	st := v1alpha1.ControlPlaneStatus{Store: "etcd", Leader: &v1alpha1.ControlPlaneLeader{Name: "cp-a", Term: 42, Since: since},
 		Members: []v1alpha1.ControlPlaneMember{{Name: "cp-a", APIAddress: "https://10.0.0.1:8443", Version: "v1", Since: since, Leader: true, Controllers: true}}}
 	c := localTestServer(t, t.TempDir(), Config{ControlPlane: func(context.Context) (v1alpha1.ControlPlaneStatus, error) { return st, nil }})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	var cp v1alpha1.ControlPlane
 	if err := c.Get(ctx, "controlplanes", "", "cluster", &cp); err != nil {
 		t.Fatal(err)

@@ -35,6 +35,16 @@ func peerStore(t *testing.T) (string, *bolt.Store, *slog.Logger) {
 	return dir, st, slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
+// peerLocal runs an API server of cfg until the test ends and serves its local handler on a
+// unix socket in sockDir (made if need be), returning a client of it.
+func peerLocal(t *testing.T, sockDir string, cfg Config) *client.Client {
+	t.Helper()
+	s := New(cfg)
+	t.Cleanup(s.Shutdown)
+	_ = os.MkdirAll(sockDir, 0o700)
+	return serveLocal(t, sockDir, s)
+}
+
 // peerServer serves an API server of cfg over TLS; its certificate, written to dir/ca.crt,
 // stands in for the cluster CA the other servers trust.
 func peerServer(t *testing.T, dir string, cfg Config) (*httptest.Server, string) {
@@ -63,13 +73,8 @@ func TestImageDataFromPeer(t *testing.T) {
 		return v1alpha1.ControlPlaneStatus{Store: "etcd", Members: []v1alpha1.ControlPlaneMember{
 			{Name: "b", APIAddress: "https://127.0.0.1:1"}, {Name: "a", APIAddress: srvA.URL}}}, nil
 	}
-	b := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
-	t.Cleanup(b.Shutdown)
-	bDir := filepath.Join(dir, "bs")
-	_ = os.MkdirAll(bDir, 0o700)
-	cl := serveLocal(t, bDir, b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	cl := peerLocal(t, filepath.Join(dir, "bs"), Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
+	ctx := testContext(t)
 
 	img := map[string]any{"apiVersion": v1alpha1.APIVersion, "kind": "ClusterVirtualImage", "metadata": map[string]any{"name": "img"},
 		"spec": map[string]any{"dataSource": map[string]any{"type": "HTTP", "http": map[string]any{"url": "https://example.com/x.iso"}}}}
@@ -116,11 +121,8 @@ func TestImageDataFromPeer(t *testing.T) {
 		t.Fatalf("a relayed request to b: %v, want 404", err)
 	}
 	// Without the cluster CA, no relaying.
-	c := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "c", ImageDataDir: filepath.Join(dir, "c"), ControlPlane: members})
-	t.Cleanup(c.Shutdown)
-	cDir := filepath.Join(dir, "cs")
-	_ = os.MkdirAll(cDir, 0o700)
-	_, err = serveLocal(t, cDir, c).Download(ctx, path, nil)
+	noCA := Config{Store: st, Log: log, AdminToken: token, NodeName: "c", ImageDataDir: filepath.Join(dir, "c"), ControlPlane: members}
+	_, err = peerLocal(t, filepath.Join(dir, "cs"), noCA).Download(ctx, path, nil)
 	if !client.IsNotFound(err) {
 		t.Fatalf("through a server without the cluster CA: %v, want 404 (file missing)", err)
 	}
@@ -144,13 +146,8 @@ func TestImageFetchThroughRelay(t *testing.T) {
 		}
 		return v1alpha1.ControlPlaneStatus{Store: "etcd", Members: ms}, nil
 	}
-	b := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
-	t.Cleanup(b.Shutdown)
-	bDir := filepath.Join(dir, "bs")
-	_ = os.MkdirAll(bDir, 0o700)
-	cl := serveLocal(t, bDir, b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	cl := peerLocal(t, filepath.Join(dir, "bs"), Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
+	ctx := testContext(t)
 
 	img := map[string]any{"apiVersion": v1alpha1.APIVersion, "kind": "ClusterVirtualImage",
 		"metadata": map[string]any{"name": "img", "annotations": map[string]string{images.AnnotationStoredOn: "a"}},

@@ -1,7 +1,6 @@
 package apiserver
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -42,8 +41,7 @@ func TestOIDCTokens(t *testing.T) {
 	s := New(Config{Store: st, AdminToken: "admin-secret", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OIDC: &OIDCConfig{Issuer: is.URL, ClientID: "rakhsh", CAFile: ca}})
 	defer s.Shutdown()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	for _, p := range []string{"research", "other"} {
 		if err := s.EnsureProject(ctx, p); err != nil {
 			t.Fatal(err)
