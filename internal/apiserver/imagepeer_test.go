@@ -244,13 +244,7 @@ func TestUploadForwardedToLeader(t *testing.T) {
 	}()
 	put := func(url string) (int, string) {
 		req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader("the uploaded file"))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
+		return roundTrip(t, req)
 	}
 	if code, body := put(srvB.URL + images.UploadPathPrefix + tok); code != http.StatusOK || !strings.Contains(body, "upload complete") {
 		t.Fatalf("upload through b: %d %s", code, body)

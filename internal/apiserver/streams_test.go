@@ -93,6 +93,19 @@ func serveLocal(t *testing.T, dir string, s *Server) *client.Client {
 	return c
 }
 
+// passLine writes line to from and checks that to (named who) reads it, within 5 seconds.
+func passLine(t *testing.T, from, to net.Conn, who, line string) {
+	t.Helper()
+	if _, err := from.Write([]byte(line)); err != nil {
+		t.Fatal(err)
+	}
+	_ = to.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := bufio.NewReader(to).ReadString('\n')
+	if err != nil || got != line {
+		t.Fatalf("%s read %q, %v", who, got, err)
+	}
+}
+
 // TestConsoleAndLogStreams serves a VM's console over a websocket and its kept log over
 // plain GET, from a run dir whose serial socket is faked.
 func TestConsoleAndLogStreams(t *testing.T) {
@@ -144,22 +157,8 @@ func TestConsoleAndLogStreams(t *testing.T) {
 	}
 	defer conn.Close()
 	time.Sleep(100 * time.Millisecond)
-	if _, err := g.Write([]byte("RAKHSH-GUEST: ready\n")); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil || line != "RAKHSH-GUEST: ready\n" {
-		t.Fatalf("console read %q, %v", line, err)
-	}
-	if _, err := conn.Write([]byte("echo hi\n")); err != nil {
-		t.Fatal(err)
-	}
-	_ = g.SetReadDeadline(time.Now().Add(5 * time.Second))
-	in, err := bufio.NewReader(g).ReadString('\n')
-	if err != nil || in != "echo hi\n" {
-		t.Fatalf("guest read %q, %v", in, err)
-	}
+	passLine(t, g, conn, "console", "RAKHSH-GUEST: ready\n")
+	passLine(t, conn, g, "guest", "echo hi\n")
 	var logData []byte
 	if err := c.Do(ctx, "GET", client.Path("virtualmachines", "default", "vm1", "log"), nil, "", nil, &logData); err != nil {
 		t.Fatal(err)
