@@ -21,12 +21,10 @@ func init() {
 		Default: func(img *v1alpha1.ClusterVirtualImage) { defaultDataSource(&img.Spec.DataSource) },
 		Validate: func(img *v1alpha1.ClusterVirtualImage) errs.FieldErrors {
 			var fe errs.FieldErrors
-			validateDataSource(&fe, &img.Spec.DataSource, "spec.dataSource", dataSourceContext{
-				allowedKinds: imageObjectRefKinds,
-				selfKind:     v1alpha1.DataSourceKindClusterVirtualImage,
-				selfName:     img.Name,
+			validateImage(&fe, &img.Spec.DataSource, &img.Status, dataSourceContext{
+				selfKind: v1alpha1.DataSourceKindClusterVirtualImage,
+				selfName: img.Name,
 			})
-			validateImageStatus(&fe, &img.Status)
 			return fe
 		},
 		ValidateUpdate: func(n, o *v1alpha1.ClusterVirtualImage) errs.FieldErrors {
@@ -50,14 +48,12 @@ func init() {
 				fe.NotSupported("spec.storage", string(img.Spec.Storage), []string{
 					string(v1alpha1.ImageStorageContainerRegistry), string(v1alpha1.ImageStoragePersistentVolumeClaim)})
 			}
-			validateDataSource(&fe, &img.Spec.DataSource, "spec.dataSource", dataSourceContext{
-				allowedKinds: imageObjectRefKinds,
-				namespaced:   true,
-				namespace:    img.Namespace,
-				selfKind:     v1alpha1.DataSourceKindVirtualImage,
-				selfName:     img.Name,
+			validateImage(&fe, &img.Spec.DataSource, &img.Status, dataSourceContext{
+				namespaced: true,
+				namespace:  img.Namespace,
+				selfKind:   v1alpha1.DataSourceKindVirtualImage,
+				selfName:   img.Name,
 			})
-			validateImageStatus(&fe, &img.Status)
 			return fe
 		},
 		ValidateUpdate: func(n, o *v1alpha1.VirtualImage) errs.FieldErrors {
@@ -67,6 +63,14 @@ func init() {
 			return fe
 		},
 	})
+}
+
+// validateImage checks the data source and the status, which both image kinds have; dc says
+// which image it is (allowedKinds are those of any image).
+func validateImage(fe *errs.FieldErrors, ds *v1alpha1.DataSource, st *v1alpha1.ImageStatus, dc dataSourceContext) {
+	dc.allowedKinds = imageObjectRefKinds
+	validateDataSource(fe, ds, "spec.dataSource", dc)
+	validateImageStatus(fe, st)
 }
 
 // imageObjectRefKinds are the kinds an image may be copied from.
