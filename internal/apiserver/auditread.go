@@ -159,8 +159,7 @@ func readAuditLine(br *bufio.Reader) ([]byte, error) {
 
 // serveAudit serves GET IdentityPath/audit to a ClusterAdmin.
 func (s *Server) serveAudit(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		s.methodNotAllowed(w, r, "GET")
+	if !s.allowOnly(w, r, http.MethodGet) {
 		return
 	}
 	id := identityOf(r.Context())

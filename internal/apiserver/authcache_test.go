@@ -13,9 +13,15 @@ import (
 func rawValue(b []byte) (any, error) { return string(b), nil }
 
 // tempBolt is a bolt store in the test's temporary directory, closed with the test.
-func tempBolt(t *testing.T) *bolt.Store {
+func tempBolt(t testing.TB) *bolt.Store {
 	t.Helper()
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
+	return boltIn(t, t.TempDir())
+}
+
+// boltIn is a bolt store in dir/db, closed with the test.
+func boltIn(t testing.TB, dir string) *bolt.Store {
+	t.Helper()
+	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

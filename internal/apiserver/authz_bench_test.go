@@ -121,11 +121,7 @@ func BenchmarkAuthenticateUser(b *testing.B) {
 }
 
 func benchAuthenticateUser(b *testing.B, cache bool) {
-	st, err := bolt.Open(filepath.Join(b.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
+	st := tempBolt(b)
 	s := New(Config{Store: st, AdminToken: "admin-secret", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	b.Cleanup(s.Shutdown)
 	hs := httptest.NewTLSServer(s.RemoteHandler())

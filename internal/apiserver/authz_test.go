@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/registry"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 func TestAuthorizeTable(t *testing.T) {
@@ -133,11 +131,7 @@ func TestAuthorizeTable(t *testing.T) {
 // moves; it returns the server's URL, an admin client and the clock's setter.
 func remoteTestServer(t *testing.T) (string, *client.Client, func(time.Duration)) {
 	t.Helper()
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := tempBolt(t)
 	var mu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
@@ -175,8 +169,7 @@ func wantReason(t *testing.T, what string, err error, reason string, msgPart str
 // may do, over the real handler chain.
 func TestNodeJoinAndAuthorization(t *testing.T) {
 	url, admin, advance := remoteTestServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 
 	jt, err := admin.CreateJoinToken(ctx, v1alpha1.JoinTokenRequest{TTL: "10m"})
 	if err != nil {
@@ -332,11 +325,7 @@ func TestNodeJoinAndAuthorization(t *testing.T) {
 // TestNodeHostnameLabelOnStatusWrite: a Node stored without the hostname label (made before
 // it existed) gets it with its next status write.
 func TestNodeHostnameLabelOnStatusWrite(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := tempBolt(t)
 	ctx := context.Background()
 	if _, err := st.Create(ctx, "/nodes/old", []byte(`{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"Node","metadata":{"name":"old","uid":"u1","labels":{"rack":"a"}},"spec":{}}`)); err != nil {
 		t.Fatal(err)
@@ -354,6 +343,30 @@ func TestNodeHostnameLabelOnStatusWrite(t *testing.T) {
 	}
 	if n.Labels[v1alpha1.NodeHostnameLabel] != "old" || n.Labels["rack"] != "a" || n.Status.Phase != v1alpha1.NodePhaseReady {
 		t.Fatalf("after a status write: labels %v, phase %s", n.Labels, n.Status.Phase)
+	}
+}
+
+// nodeWriteCase is a write of old to new by node, and whether authorizeNodeWrite allows it.
+type nodeWriteCase[P v1alpha1.Object] struct {
+	name     string
+	node     string
+	old, new P
+	ok       bool
+}
+
+// asNode is the context of a request of node's agent.
+func asNode(node string) context.Context {
+	return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
+}
+
+// checkNodeWrites checks authorizeNodeWrite on each case, of the status or not, to tg.
+func checkNodeWrites[P v1alpha1.Object](t *testing.T, tg target, status bool, cases []nodeWriteCase[P]) {
+	t.Helper()
+	for _, c := range cases {
+		err := authorizeNodeWrite(asNode(c.node), tg, c.old, c.new, status)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
+		}
 	}
 }
 
@@ -376,15 +389,7 @@ func TestNodeWriteDuringMigration(t *testing.T) {
 	succeeded.Phase = v1alpha1.MigrationPhaseSucceeded
 	succeededFigures := succeeded
 	succeededFigures.Progress = &v1alpha1.MigrationProgress{Percent: 100, DowntimeMs: 12}
-	as := func(node string) context.Context {
-		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
-	}
-	cases := []struct {
-		name     string
-		node     string
-		old, new *v1alpha1.VirtualMachine
-		ok       bool
-	}{
+	checkNodeWrites(t, tg, true, []nodeWriteCase[*v1alpha1.VirtualMachine]{
 		{"target writes the migration, keeps the source's binding", "n2", vm("n1", active), vm("n1", active), true},
 		{"target takes the binding at the switch-over", "n2", vm("n1", active), vm("n2", active), true},
 		{"target may not bind elsewhere", "n2", vm("n1", active), vm("n3", active), false},
@@ -395,13 +400,7 @@ func TestNodeWriteDuringMigration(t *testing.T) {
 		{"the source may not change anything else", "n1", vm("n2", &succeeded), vm("n1", &succeededFigures), false},
 		{"nor the migration's phase", "n1", vm("n2", &succeeded), vm("n2", &done), false},
 		{"another node may not record figures", "n3", vm("n2", &succeeded), vm("n2", &succeededFigures), false},
-	}
-	for _, c := range cases {
-		err := authorizeNodeWrite(as(c.node), tg, c.old, c.new, true)
-		if (err == nil) != c.ok {
-			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
-		}
-	}
+	})
 }
 
 // TestNodeWritesStateNode: a node releasing a VM names itself as the keeper of its host state
@@ -414,26 +413,15 @@ func TestNodeWritesStateNode(t *testing.T) {
 		v.Status.NodeName, v.Status.StateNodeName = node, state
 		return v
 	}
-	ctx := context.WithValue(context.Background(), identityKey, Identity{Name: "node:n1", Node: "n1"})
-	cases := []struct {
-		name     string
-		old, new *v1alpha1.VirtualMachine
-		ok       bool
-	}{
-		{"release naming itself", vm("n1", ""), vm("", "n1"), true},
-		{"release after a start elsewhere", vm("n1", "n2"), vm("", "n1"), true},
-		{"release keeping nothing", vm("n1", "n2"), vm("", ""), true},
-		{"a status write that keeps another node's name", vm("n1", "n2"), vm("n1", "n2"), true},
-		{"naming another node", vm("n1", ""), vm("", "n2"), false},
-		{"naming another node while bound", vm("n1", "n1"), vm("n1", "n3"), false},
-		{"a VM not bound to it", vm("n2", ""), vm("n2", "n1"), false},
-	}
-	for _, c := range cases {
-		err := authorizeNodeWrite(ctx, tg, c.old, c.new, true)
-		if (err == nil) != c.ok {
-			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
-		}
-	}
+	checkNodeWrites(t, tg, true, []nodeWriteCase[*v1alpha1.VirtualMachine]{
+		{"release naming itself", "n1", vm("n1", ""), vm("", "n1"), true},
+		{"release after a start elsewhere", "n1", vm("n1", "n2"), vm("", "n1"), true},
+		{"release keeping nothing", "n1", vm("n1", "n2"), vm("", ""), true},
+		{"a status write that keeps another node's name", "n1", vm("n1", "n2"), vm("n1", "n2"), true},
+		{"naming another node", "n1", vm("n1", ""), vm("", "n2"), false},
+		{"naming another node while bound", "n1", vm("n1", "n1"), vm("n1", "n3"), false},
+		{"a VM not bound to it", "n1", vm("n2", ""), vm("n2", "n1"), false},
+	})
 }
 
 // TestNodeDiskLeaseWrites: a node takes free disk leases and gives back its own; it never
@@ -452,32 +440,19 @@ func TestNodeDiskLeaseWrites(t *testing.T) {
 		}
 		return l
 	}
-	as := func(node string) context.Context {
-		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
-	}
-	writes := []struct {
-		name     string
-		old, new *v1alpha1.VirtualDiskLease
-		ok       bool
-	}{
-		{"take a free lease", lease(""), lease("n1"), true},
-		{"keep its own", lease("n1"), lease("n1"), true},
-		{"give back its own", lease("n1"), lease(""), true},
-		{"take another node's", lease("n2"), lease("n1"), false},
-		{"free another node's", lease("n2"), lease(""), false},
-		{"give a free one to another node", lease(""), lease("n2"), false},
-		{"give its own to another node", lease("n1"), lease("n2"), false},
-	}
-	for _, c := range writes {
-		err := authorizeNodeWrite(as("n1"), tg, c.old, c.new, false)
-		if (err == nil) != c.ok {
-			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
-		}
-	}
-	if err := authorizeNodeCreate(as("n1"), st, lease("n1")); err != nil {
+	checkNodeWrites(t, tg, false, []nodeWriteCase[*v1alpha1.VirtualDiskLease]{
+		{"take a free lease", "n1", lease(""), lease("n1"), true},
+		{"keep its own", "n1", lease("n1"), lease("n1"), true},
+		{"give back its own", "n1", lease("n1"), lease(""), true},
+		{"take another node's", "n1", lease("n2"), lease("n1"), false},
+		{"free another node's", "n1", lease("n2"), lease(""), false},
+		{"give a free one to another node", "n1", lease(""), lease("n2"), false},
+		{"give its own to another node", "n1", lease("n1"), lease("n2"), false},
+	})
+	if err := authorizeNodeCreate(asNode("n1"), st, lease("n1")); err != nil {
 		t.Errorf("creating its own lease: %v", err)
 	}
-	if err := authorizeNodeCreate(as("n1"), st, lease("n2")); err == nil {
+	if err := authorizeNodeCreate(asNode("n1"), st, lease("n2")); err == nil {
 		t.Error("a node created a lease held by another node")
 	}
 	n1 := Identity{Name: "node:n1", Node: "n1"}
@@ -501,27 +476,13 @@ func TestNodeWritesHandedSnapshots(t *testing.T) {
 		s.Status.NodeName = node
 		return s
 	}
-	as := func(node string) context.Context {
-		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
-	}
-	cases := []struct {
-		name     string
-		node     string
-		old, new *v1alpha1.VirtualDiskSnapshot
-		ok       bool
-	}{
+	checkNodeWrites(t, tg, true, []nodeWriteCase[*v1alpha1.VirtualDiskSnapshot]{
 		{"the node it is handed to reports", "n1", snap("n1"), snap("n1"), true},
 		{"and may give it back", "n1", snap("n1"), snap(""), true},
 		{"another node may not write it", "n2", snap("n1"), snap("n1"), false},
 		{"nor take one handed to nobody", "n2", snap(""), snap("n2"), false},
 		{"a node may not hand it elsewhere", "n1", snap("n1"), snap("n2"), false},
-	}
-	for _, c := range cases {
-		err := authorizeNodeWrite(as(c.node), tg, c.old, c.new, true)
-		if (err == nil) != c.ok {
-			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
-		}
-	}
+	})
 }
 
 // TestNodeWritesMovingDisks: the node that copies a disk from another node's Local storage
@@ -536,27 +497,13 @@ func TestNodeWritesMovingDisks(t *testing.T) {
 		d.Status.NodeName, d.Status.MoveSourceNodeName = node, source
 		return d
 	}
-	as := func(node string) context.Context {
-		return context.WithValue(context.Background(), identityKey, Identity{Name: "node:" + node, Node: node})
-	}
-	cases := []struct {
-		name     string
-		node     string
-		old, new *v1alpha1.VirtualDisk
-		ok       bool
-	}{
+	checkNodeWrites(t, tg, true, []nodeWriteCase[*v1alpha1.VirtualDisk]{
 		{"the copying node reports", "n2", disk("n2", "n1"), disk("n2", "n1"), true},
 		{"and clears the source when done", "n2", disk("n2", "n1"), disk("n2", ""), true},
 		{"but may not name another source", "n2", disk("n2", "n1"), disk("n2", "n3"), false},
 		{"nor name one on a disk bound to it", "n2", disk("n2", ""), disk("n2", "n3"), false},
 		{"the source node may not write it", "n1", disk("n2", "n1"), disk("n2", ""), false},
-	}
-	for _, c := range cases {
-		err := authorizeNodeWrite(as(c.node), tg, c.old, c.new, true)
-		if (err == nil) != c.ok {
-			t.Errorf("%s: err %v, want ok=%v", c.name, err, c.ok)
-		}
-	}
+	})
 	if err := authorize(Identity{Name: "node:n2", Node: "n2"}, attributes{Verb: "get", Resource: "virtualdisks", Namespace: "p", Name: "d1", Sub: SubData}); err != nil {
 		t.Errorf("a node reading a disk's data (path level): %v", err)
 	}

@@ -166,6 +166,16 @@ func summarize(lat []time.Duration) latStats {
 	return latStats{p50: ms(pct(0.50)), p99: ms(pct(0.99)), mean: ms(sum / time.Duration(len(s))), max: ms(s[len(s)-1])}
 }
 
+// timeCall runs call, adds how long it took to lat, and fails the benchmark on its error.
+func timeCall(b *testing.B, lat *[]time.Duration, call func() error) {
+	t0 := time.Now()
+	err := call()
+	*lat = append(*lat, time.Since(t0))
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
 func reportLat(b *testing.B, lat []time.Duration) latStats {
 	reportLoad(b)
 	st := summarize(lat)
@@ -466,59 +476,41 @@ func benchAPI(b *testing.B, kind string) {
 			b.ReportMetric(float64(procCPU(ab.etcdPID())-e0)/1e6/float64(calls), "etcdcpu-ms")
 		}
 	}
-	b.Run("List", func(b *testing.B) {
+	// timeLists times runs calls of list per iteration, with the CPU per call; after looks at
+	// what each call got, outside the timing.
+	timeLists := func(b *testing.B, list func() error, after func()) {
 		var lat []time.Duration
 		listCPU(b, b.N*runs, func() {
 			for range b.N {
 				for range runs {
-					t0 := time.Now()
-					l, err := ab.cli.List(ctx, benchResource, benchProject, client.ListOptions{})
-					lat = append(lat, time.Since(t0))
-					if err != nil {
-						b.Fatal(err)
-					}
-					listCheck(b, len(l.Items))
+					timeCall(b, &lat, list)
+					after()
 				}
 			}
 		})
 		reportLat(b, lat)
+	}
+	b.Run("List", func(b *testing.B) {
+		var l *v1alpha1.List
+		timeLists(b, func() (err error) {
+			l, err = ab.cli.List(ctx, benchResource, benchProject, client.ListOptions{})
+			return err
+		}, func() { listCheck(b, len(l.Items)) })
 	})
 	b.Run("ListRaw", func(b *testing.B) {
-		var lat []time.Duration
-		var size int
-		listCPU(b, b.N*runs, func() {
-			for range b.N {
-				for range runs {
-					var raw []byte
-					t0 := time.Now()
-					err := ab.cli.Do(ctx, http.MethodGet, client.Path(benchResource, benchProject, ""), nil, "", nil, &raw)
-					lat = append(lat, time.Since(t0))
-					if err != nil {
-						b.Fatal(err)
-					}
-					size = len(raw)
-				}
-			}
-		})
-		reportLat(b, lat)
-		b.ReportMetric(float64(size)/(1<<20), "MiB")
+		var raw []byte
+		timeLists(b, func() error {
+			raw = nil
+			return ab.cli.Do(ctx, http.MethodGet, client.Path(benchResource, benchProject, ""), nil, "", nil, &raw)
+		}, func() {})
+		b.ReportMetric(float64(len(raw))/(1<<20), "MiB")
 	})
 	b.Run("ListStore", func(b *testing.B) {
-		var lat []time.Duration
-		listCPU(b, b.N*runs, func() {
-			for range b.N {
-				for range runs {
-					t0 := time.Now()
-					res, err := ab.store.List(ctx, "/"+benchResource+"/"+benchProject+"/", store.ListOptions{})
-					lat = append(lat, time.Since(t0))
-					if err != nil {
-						b.Fatal(err)
-					}
-					listCheck(b, len(res.KVs))
-				}
-			}
-		})
-		reportLat(b, lat)
+		var res store.ListResult
+		timeLists(b, func() (err error) {
+			res, err = ab.store.List(ctx, "/"+benchResource+"/"+benchProject+"/", store.ListOptions{})
+			return err
+		}, func() { listCheck(b, len(res.KVs)) })
 	})
 
 	b.Run("Get", func(b *testing.B) {
@@ -527,12 +519,7 @@ func benchAPI(b *testing.B, kind string) {
 			for i := range ab.ops {
 				var vm v1alpha1.VirtualMachine
 				name := fmt.Sprintf("vm-%05d", (i*7919)%ab.objects)
-				t0 := time.Now()
-				err := ab.cli.Get(ctx, benchResource, benchProject, name, &vm)
-				lat = append(lat, time.Since(t0))
-				if err != nil {
-					b.Fatal(err)
-				}
+				timeCall(b, &lat, func() error { return ab.cli.Get(ctx, benchResource, benchProject, name, &vm) })
 			}
 		}
 		reportLat(b, lat)
@@ -551,12 +538,7 @@ func benchAPI(b *testing.B, kind string) {
 				}
 				changeSpec(&vm, int(updates.Add(1)))
 				var out v1alpha1.VirtualMachine
-				t0 := time.Now()
-				err := ab.cli.Update(ctx, benchResource, benchProject, name, &vm, &out)
-				lat = append(lat, time.Since(t0))
-				if err != nil {
-					b.Fatal(err)
-				}
+				timeCall(b, &lat, func() error { return ab.cli.Update(ctx, benchResource, benchProject, name, &vm, &out) })
 				if out.Generation <= vm.Generation {
 					b.Fatalf("update of %s did not change the spec: generation %d -> %d", name, vm.Generation, out.Generation)
 				}
@@ -576,12 +558,7 @@ func benchAPI(b *testing.B, kind string) {
 			for range ab.ops {
 				vm := benchVM(ab.objects + int(created.Add(1)))
 				vm.Name = fmt.Sprintf("new-%06d", created.Load())
-				t0 := time.Now()
-				err := ab.cli.Create(ctx, benchResource, benchProject, vm, nil)
-				lat = append(lat, time.Since(t0))
-				if err != nil {
-					b.Fatal(err)
-				}
+				timeCall(b, &lat, func() error { return ab.cli.Create(ctx, benchResource, benchProject, vm, nil) })
 			}
 		}
 		reportLat(b, lat)

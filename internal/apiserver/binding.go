@@ -21,8 +21,7 @@ const SubBinding = "binding"
 // binding never needs the VM's resourceVersion and meets a 409 only when a precondition
 // fails: writes of other status fields in between do not matter.
 func (s *Server) serveBinding(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodPost {
-		s.methodNotAllowed(w, r, "POST")
+	if !s.allowOnly(w, r, http.MethodPost) {
 		return
 	}
 	data, err := readBody(w, r)

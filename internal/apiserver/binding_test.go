@@ -1,11 +1,9 @@
 package apiserver
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -16,8 +14,7 @@ import (
 // elsewhere, or whose power request changed since the decision.
 func TestBinding(t *testing.T) {
 	c := localTestServer(t, t.TempDir(), Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	for _, n := range []string{"n1", "n2"} {
 		node := v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: n}}
 		if err := c.Create(ctx, "nodes", "", &node, nil); err != nil {
@@ -103,8 +100,7 @@ func TestBinding(t *testing.T) {
 // first finalizer without a resourceVersion and without losing one added meanwhile.
 func TestJSONPatchTestIsPrecondition(t *testing.T) {
 	c := localTestServer(t, t.TempDir(), Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	obj := &v1alpha1.Secret{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Secret"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: "s1"}}
 	if err := c.Create(ctx, "secrets", "default", obj, obj); err != nil {

@@ -41,8 +41,7 @@ func consoleTicketKey(ticket string) string { return hashedKey(consoleTicketPref
 
 // serveConsoleTickets is POST virtualmachines/NAME/consoletickets.
 func (s *Server) serveConsoleTickets(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodPost {
-		s.methodNotAllowed(w, r, "POST")
+	if !s.allowOnly(w, r, http.MethodPost) {
 		return
 	}
 	ctx := r.Context()

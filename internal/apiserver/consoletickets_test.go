@@ -1,7 +1,6 @@
 package apiserver
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"io"
@@ -21,8 +20,7 @@ import (
 // gets no ticket.
 func TestConsoleTickets(t *testing.T) {
 	url, admin, advance := remoteTestServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	for _, name := range []string{"vm1", "vm2"} {
 		if err := admin.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": name},
 			"spec": map[string]any{"runPolicy": "AlwaysOff", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, nil); err != nil {

@@ -23,8 +23,7 @@ func (s *Server) serveControlPlane(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if r.Method != http.MethodGet {
-		s.methodNotAllowed(w, r, "GET")
+	if !s.allowOnly(w, r, http.MethodGet) {
 		return
 	}
 	if q := r.URL.Query().Get("watch"); q == "true" || q == "1" {

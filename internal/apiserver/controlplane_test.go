@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/store"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 // termStore refuses writes fenced by any term but current, as a shared store does once a
@@ -53,17 +51,12 @@ func TestFenceHeader(t *testing.T) {
 	var mu sync.Mutex
 	var heard []store.Fence
 	dir := t.TempDir()
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := boltIn(t, dir)
 	s := New(Config{Store: termStore{Store: st, current: 7}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnFenced: func(f store.Fence) { mu.Lock(); heard = append(heard, f); mu.Unlock() }})
 	t.Cleanup(s.Shutdown)
 	cl := serveLocal(t, dir, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	vmc := func(name string) *v1alpha1.VirtualMachineClass {
 		return &v1alpha1.VirtualMachineClass{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineClass"},
 			ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: v1alpha1.VirtualMachineClassSpec{CPU: v1alpha1.VirtualMachineClassCPU{Type: "Host"}}}
@@ -73,7 +66,7 @@ func TestFenceHeader(t *testing.T) {
 		t.Fatalf("a write under the current term: %v", err)
 	}
 	stale := cl.WithHeader(v1alpha1.HeaderLeaderFence, "6@/controlplane/election/2")
-	err = stale.Create(ctx, "virtualmachineclasses", "", vmc("b"), nil)
+	err := stale.Create(ctx, "virtualmachineclasses", "", vmc("b"), nil)
 	if !client.IsFenced(err) || client.Reason(err) != v1alpha1.ReasonLeaderFenced || !strings.Contains(err.Error(), "no longer the control-plane leader") {
 		t.Fatalf("a write under an ended term: %v, want 409 LeaderFenced", err)
 	}
@@ -104,8 +97,7 @@ func TestFenceHeader(t *testing.T) {
 // TestFenceHeaderNeedsAdmin: only admin may write under a leadership term.
 func TestFenceHeaderNeedsAdmin(t *testing.T) {
 	url, admin, _ := remoteTestServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	jt, err := admin.CreateJoinToken(ctx, v1alpha1.JoinTokenRequest{TTL: "10m"})
 	if err != nil {
 		t.Fatal(err)
@@ -125,8 +117,7 @@ func TestControlPlaneResource(t *testing.T) {
 	st := v1alpha1.ControlPlaneStatus{Store: "etcd", Leader: &v1alpha1.ControlPlaneLeader{Name: "cp-a", Term: 42, Since: since},
 		Members: []v1alpha1.ControlPlaneMember{{Name: "cp-a", APIAddress: "https://10.0.0.1:8443", Version: "v1", Since: since, Leader: true, Controllers: true}}}
 	c := localTestServer(t, t.TempDir(), Config{ControlPlane: func(context.Context) (v1alpha1.ControlPlaneStatus, error) { return st, nil }})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	var cp v1alpha1.ControlPlane
 	if err := c.Get(ctx, "controlplanes", "", "cluster", &cp); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package apiserver
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 
@@ -20,21 +19,11 @@ import (
 // Only the admin and the copying node may read it (authorize and the check below); a disk
 // that is not moving between nodes has no data to serve.
 func (s *Server) serveDiskData(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		s.methodNotAllowed(w, r, "GET, HEAD")
-		return
-	}
-	kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
-	if err != nil {
-		s.writeError(w, r, s.notFound(err, t))
-		return
-	}
 	var d struct {
 		Metadata v1alpha1.ObjectMeta        `json:"metadata"`
 		Status   v1alpha1.VirtualDiskStatus `json:"status"`
 	}
-	if err := json.Unmarshal(kv.Value, &d); err != nil {
-		s.writeError(w, r, err)
+	if !s.readDataObject(w, r, t, &d) {
 		return
 	}
 	if err := storage.CheckUID(d.Metadata.UID); err != nil {

@@ -11,42 +11,45 @@ import (
 	"github.com/rakhsh/rakhsh/internal/store"
 )
 
+// errorStatuses maps the error classes to their HTTP code and Status reason, in the order
+// they are tested: an error that wraps several classes takes the first.
+var errorStatuses = []struct {
+	err    error
+	code   int
+	reason string
+}{
+	{errs.ErrNotFound, http.StatusNotFound, v1alpha1.ReasonNotFound},
+	{errs.ErrAlreadyExists, http.StatusConflict, v1alpha1.ReasonAlreadyExists},
+	{errs.ErrFenced, http.StatusConflict, v1alpha1.ReasonLeaderFenced},
+	{errs.ErrConflict, http.StatusConflict, v1alpha1.ReasonConflict},
+	{errs.ErrInvalid, http.StatusUnprocessableEntity, v1alpha1.ReasonInvalid},
+	{errs.ErrForbidden, http.StatusForbidden, v1alpha1.ReasonForbidden},
+	{errs.ErrUnauthorized, http.StatusUnauthorized, v1alpha1.ReasonUnauthorized},
+	{errs.ErrCompacted, http.StatusGone, v1alpha1.ReasonExpired},
+	{errs.ErrTooLarge, http.StatusRequestEntityTooLarge, v1alpha1.ReasonRequestTooLarge},
+	{errs.ErrBadRequest, http.StatusBadRequest, v1alpha1.ReasonBadRequest},
+	{errs.ErrUnavailable, http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable},
+}
+
 // statusFor maps an error class to the HTTP code and Status reason at the API edge.
 func statusFor(err error) v1alpha1.Status {
 	st := v1alpha1.Status{TypeMeta: v1alpha1.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure", Message: err.Error()}
 	var inv *errs.InvalidError
-	switch {
-	case errors.As(err, &inv):
+	if errors.As(err, &inv) {
 		st.Code, st.Reason = http.StatusUnprocessableEntity, v1alpha1.ReasonInvalid
 		st.Details = &v1alpha1.StatusDetails{Name: inv.Name, Kind: inv.Kind, Group: v1alpha1.Group}
 		for _, c := range inv.Causes {
 			st.Details.Causes = append(st.Details.Causes, v1alpha1.StatusCause{Type: c.Type, Message: c.Message, Field: c.Field})
 		}
-	case errors.Is(err, errs.ErrNotFound):
-		st.Code, st.Reason = http.StatusNotFound, v1alpha1.ReasonNotFound
-	case errors.Is(err, errs.ErrAlreadyExists):
-		st.Code, st.Reason = http.StatusConflict, v1alpha1.ReasonAlreadyExists
-	case errors.Is(err, errs.ErrFenced):
-		st.Code, st.Reason = http.StatusConflict, v1alpha1.ReasonLeaderFenced
-	case errors.Is(err, errs.ErrConflict):
-		st.Code, st.Reason = http.StatusConflict, v1alpha1.ReasonConflict
-	case errors.Is(err, errs.ErrInvalid):
-		st.Code, st.Reason = http.StatusUnprocessableEntity, v1alpha1.ReasonInvalid
-	case errors.Is(err, errs.ErrForbidden):
-		st.Code, st.Reason = http.StatusForbidden, v1alpha1.ReasonForbidden
-	case errors.Is(err, errs.ErrUnauthorized):
-		st.Code, st.Reason = http.StatusUnauthorized, v1alpha1.ReasonUnauthorized
-	case errors.Is(err, errs.ErrCompacted):
-		st.Code, st.Reason = http.StatusGone, v1alpha1.ReasonExpired
-	case errors.Is(err, errs.ErrTooLarge):
-		st.Code, st.Reason = http.StatusRequestEntityTooLarge, v1alpha1.ReasonRequestTooLarge
-	case errors.Is(err, errs.ErrBadRequest):
-		st.Code, st.Reason = http.StatusBadRequest, v1alpha1.ReasonBadRequest
-	case errors.Is(err, errs.ErrUnavailable):
-		st.Code, st.Reason = http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable
-	default:
-		st.Code, st.Reason = http.StatusInternalServerError, v1alpha1.ReasonInternalError
+		return st
 	}
+	for _, e := range errorStatuses {
+		if errors.Is(err, e.err) {
+			st.Code, st.Reason = e.code, e.reason
+			return st
+		}
+	}
+	st.Code, st.Reason = http.StatusInternalServerError, v1alpha1.ReasonInternalError
 	return st
 }
 

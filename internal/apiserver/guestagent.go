@@ -19,8 +19,7 @@ const SubGuestAgent = "guestagent"
 const guestAgentTimeout = time.Minute
 
 func (s *Server) serveGuestAgent(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodPost {
-		s.methodNotAllowed(w, r, "POST")
+	if !s.allowOnly(w, r, http.MethodPost) {
 		return
 	}
 	req, err := nodestream.DecodeGuestRequest(r.Body)

@@ -2,10 +2,8 @@ package apiserver
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -15,19 +13,10 @@ import (
 // TestGuestAgentSubresource: the guestagent subresource takes only POSTs of a valid request,
 // for a running VM, and passes it to the agent of the VM's node (here the one in-process).
 func TestGuestAgentSubresource(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "rk-guest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
+	dir := shortTempDir(t, "rk-guest")
 	c := localTestServer(t, dir, Config{LocalStreams: &nodestream.Service{DataDir: dir}, NodeName: "n1"})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var vm v1alpha1.VirtualMachine
-	if err := c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "vm1"},
-		"spec": map[string]any{"runPolicy": "AlwaysOff", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, &vm); err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t)
+	vm := createVM1(t, ctx, c)
 	path := client.Path("virtualmachines", "default", "vm1", SubGuestAgent)
 	post := func(body any) (nodestream.GuestResult, error) {
 		var res nodestream.GuestResult

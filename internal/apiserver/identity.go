@@ -305,8 +305,7 @@ var errBadLogin = errs.New(errs.ErrUnauthorized, "Unauthorized: wrong user name 
 
 // serveLogin serves POST IdentityPath/login: a user name and password for a login token.
 func (s *Server) serveLogin(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		s.methodNotAllowed(w, r, "POST")
+	if !s.allowOnly(w, r, http.MethodPost) {
 		return
 	}
 	var req v1alpha1.LoginRequest
@@ -530,8 +529,7 @@ func (s *Server) createUserToken(ctx context.Context, id Identity, req v1alpha1.
 func (s *Server) serveTokenID(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := identityOf(ctx)
-	if r.Method != http.MethodDelete {
-		s.methodNotAllowed(w, r, "DELETE")
+	if !s.allowOnly(w, r, http.MethodDelete) {
 		return
 	}
 	tid := r.PathValue("id")
@@ -581,14 +579,13 @@ func (s *Server) serveTokenID(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"kind": "Status", "apiVersion": "v1", "status": "Success"})
+	writeSuccess(w)
 }
 
 // serveSetPassword serves POST users/NAME/password (authorized before: the user themself or
 // a ClusterAdmin). The password is never logged nor audited.
 func (s *Server) serveSetPassword(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodPost {
-		s.methodNotAllowed(w, r, "POST")
+	if !s.allowOnly(w, r, http.MethodPost) {
 		return
 	}
 	ctx := r.Context()
@@ -634,14 +631,13 @@ func (s *Server) serveSetPassword(w http.ResponseWriter, r *http.Request, t targ
 		return
 	}
 	s.log.Info("password set", "user", t.name, "by", identityOf(ctx).Name)
-	writeJSON(w, http.StatusOK, map[string]string{"kind": "Status", "apiVersion": "v1", "status": "Success"})
+	writeSuccess(w)
 }
 
 // serveOIDCConfig serves GET IdentityPath/oidc: the issuer and client id a CLI logs in with
 // (rakhsh login --oidc). Public, as the issuer's own discovery document is.
 func (s *Server) serveOIDCConfig(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		s.methodNotAllowed(w, r, "GET")
+	if !s.allowOnly(w, r, http.MethodGet) {
 		return
 	}
 	if s.oidc == nil {
@@ -653,8 +649,7 @@ func (s *Server) serveOIDCConfig(w http.ResponseWriter, r *http.Request) {
 
 // serveWhoAmI serves GET IdentityPath/whoami.
 func (s *Server) serveWhoAmI(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		s.methodNotAllowed(w, r, "GET")
+	if !s.allowOnly(w, r, http.MethodGet) {
 		return
 	}
 	ctx := r.Context()

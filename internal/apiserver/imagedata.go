@@ -23,22 +23,32 @@ import (
 // download with If-Range never mixes two versions of a file.
 const SubData = "data"
 
-func (s *Server) serveImageData(w http.ResponseWriter, r *http.Request, t target) {
+// readDataObject does what the data subresources of images and disks begin with: it allows
+// only GET and HEAD and decodes the stored object of t into v. When it returns false, it has
+// written the error.
+func (s *Server) readDataObject(w http.ResponseWriter, r *http.Request, t target, v any) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		s.methodNotAllowed(w, r, "GET, HEAD")
-		return
+		return false
 	}
 	kv, err := s.store.Get(r.Context(), key(t.st.Info, t.namespace, t.name))
 	if err != nil {
 		s.writeError(w, r, s.notFound(err, t))
-		return
+		return false
 	}
+	if err := json.Unmarshal(kv.Value, v); err != nil {
+		s.writeError(w, r, err)
+		return false
+	}
+	return true
+}
+
+func (s *Server) serveImageData(w http.ResponseWriter, r *http.Request, t target) {
 	var img struct {
 		Metadata v1alpha1.ObjectMeta  `json:"metadata"`
 		Status   v1alpha1.ImageStatus `json:"status"`
 	}
-	if err := json.Unmarshal(kv.Value, &img); err != nil {
-		s.writeError(w, r, err)
+	if !s.readDataObject(w, r, t, &img) {
 		return
 	}
 	if img.Status.Phase != v1alpha1.ImagePhaseReady {

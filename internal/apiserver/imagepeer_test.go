@@ -31,12 +31,18 @@ const token = "0123456789abcdef0123456789abcdef"
 func peerStore(t *testing.T) (string, *bolt.Store, *slog.Logger) {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := boltIn(t, dir)
 	return dir, st, slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// peerLocal runs an API server of cfg until the test ends and serves its local handler on a
+// unix socket in sockDir (made if need be), returning a client of it.
+func peerLocal(t *testing.T, sockDir string, cfg Config) *client.Client {
+	t.Helper()
+	s := New(cfg)
+	t.Cleanup(s.Shutdown)
+	_ = os.MkdirAll(sockDir, 0o700)
+	return serveLocal(t, sockDir, s)
 }
 
 // peerServer serves an API server of cfg over TLS; its certificate, written to dir/ca.crt,
@@ -67,13 +73,8 @@ func TestImageDataFromPeer(t *testing.T) {
 		return v1alpha1.ControlPlaneStatus{Store: "etcd", Members: []v1alpha1.ControlPlaneMember{
 			{Name: "b", APIAddress: "https://127.0.0.1:1"}, {Name: "a", APIAddress: srvA.URL}}}, nil
 	}
-	b := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
-	t.Cleanup(b.Shutdown)
-	bDir := filepath.Join(dir, "bs")
-	_ = os.MkdirAll(bDir, 0o700)
-	cl := serveLocal(t, bDir, b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	cl := peerLocal(t, filepath.Join(dir, "bs"), Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
+	ctx := testContext(t)
 
 	img := map[string]any{"apiVersion": v1alpha1.APIVersion, "kind": "ClusterVirtualImage", "metadata": map[string]any{"name": "img"},
 		"spec": map[string]any{"dataSource": map[string]any{"type": "HTTP", "http": map[string]any{"url": "https://example.com/x.iso"}}}}
@@ -120,11 +121,8 @@ func TestImageDataFromPeer(t *testing.T) {
 		t.Fatalf("a relayed request to b: %v, want 404", err)
 	}
 	// Without the cluster CA, no relaying.
-	c := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "c", ImageDataDir: filepath.Join(dir, "c"), ControlPlane: members})
-	t.Cleanup(c.Shutdown)
-	cDir := filepath.Join(dir, "cs")
-	_ = os.MkdirAll(cDir, 0o700)
-	_, err = serveLocal(t, cDir, c).Download(ctx, path, nil)
+	noCA := Config{Store: st, Log: log, AdminToken: token, NodeName: "c", ImageDataDir: filepath.Join(dir, "c"), ControlPlane: members}
+	_, err = peerLocal(t, filepath.Join(dir, "cs"), noCA).Download(ctx, path, nil)
 	if !client.IsNotFound(err) {
 		t.Fatalf("through a server without the cluster CA: %v, want 404 (file missing)", err)
 	}
@@ -148,13 +146,8 @@ func TestImageFetchThroughRelay(t *testing.T) {
 		}
 		return v1alpha1.ControlPlaneStatus{Store: "etcd", Members: ms}, nil
 	}
-	b := New(Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
-	t.Cleanup(b.Shutdown)
-	bDir := filepath.Join(dir, "bs")
-	_ = os.MkdirAll(bDir, 0o700)
-	cl := serveLocal(t, bDir, b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	cl := peerLocal(t, filepath.Join(dir, "bs"), Config{Store: st, Log: log, AdminToken: token, NodeName: "b", ImageDataDir: dirB, PeerCAFile: caFile, ControlPlane: members})
+	ctx := testContext(t)
 
 	img := map[string]any{"apiVersion": v1alpha1.APIVersion, "kind": "ClusterVirtualImage",
 		"metadata": map[string]any{"name": "img", "annotations": map[string]string{images.AnnotationStoredOn: "a"}},
@@ -251,13 +244,7 @@ func TestUploadForwardedToLeader(t *testing.T) {
 	}()
 	put := func(url string) (int, string) {
 		req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader("the uploaded file"))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
+		return roundTrip(t, req)
 	}
 	if code, body := put(srvB.URL + images.UploadPathPrefix + tok); code != http.StatusOK || !strings.Contains(body, "upload complete") {
 		t.Fatalf("upload through b: %d %s", code, body)

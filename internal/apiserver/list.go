@@ -145,11 +145,18 @@ func parseSelector(r *http.Request) (selector, error) {
 	return out, nil
 }
 
-func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
+// requestSelector is the selector of a list or watch: the request's label and field selectors,
+// and what the caller may see of t.
+func (s *Server) requestSelector(r *http.Request, t target) (selector, error) {
 	sel, err := parseSelector(r)
 	if err == nil {
 		sel.visible, err = s.listFilter(r.Context(), t)
 	}
+	return sel, err
+}
+
+func (s *Server) serveList(w http.ResponseWriter, r *http.Request, t target) {
+	sel, err := s.requestSelector(r, t)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -265,10 +272,7 @@ func (s *Server) listItems(ctx context.Context, pfx string, opts store.ListOptio
 // ERROR event carrying a Status of reason Expired (code 410): list again and watch from the
 // list's resourceVersion.
 func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, t target) {
-	sel, err := parseSelector(r)
-	if err == nil {
-		sel.visible, err = s.listFilter(r.Context(), t)
-	}
+	sel, err := s.requestSelector(r, t)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

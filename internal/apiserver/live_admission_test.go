@@ -1,16 +1,12 @@
 package apiserver
 
 import (
-	"context"
 	"encoding/json"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/registry"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 // TestLiveGrowthAdmission: raising the cores or memory of an existing VM (a live change when
@@ -18,23 +14,8 @@ import (
 // and the refusal names the field or the quota and its limit; maxCores beyond the class's
 // policies is refused too.
 func TestLiveGrowthAdmission(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s := New(Config{Store: st})
-	defer s.Shutdown()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-
 	four := int64(4)
-	p := &v1alpha1.Project{ObjectMeta: v1alpha1.ObjectMeta{Name: "team"}, Spec: v1alpha1.ProjectSpec{Quota: &v1alpha1.ProjectQuota{Cores: &four, Memory: "2Gi"}}}
-	setTypeMeta(p, "Project")
-	pst, _ := registry.ByKind("Project")
-	if _, _, err := s.Create(ctx, pst, "", p); err != nil {
-		t.Fatal(err)
-	}
+	ctx, s, st := quotaTestServer(t, v1alpha1.ProjectQuota{Cores: &four, Memory: "2Gi"})
 	var class v1alpha1.VirtualMachineClass
 	if err := json.Unmarshal([]byte(`{"metadata":{"name":"small"},"spec":{"cpu":{"type":"Host"},"sizingPolicies":[
 		{"cores":{"min":1,"max":8},"memory":{"min":"128Mi","max":"4Gi"}}]}}`), &class); err != nil {

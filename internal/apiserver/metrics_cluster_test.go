@@ -6,29 +6,16 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 func metricsTestServer(t *testing.T, cfg Config) *Server {
 	t.Helper()
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cfg.Store = st
-	s := New(cfg)
-	t.Cleanup(s.Shutdown)
-	if err := s.EnsureProject(context.Background(), DefaultProject); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return projectServer(t, t.TempDir(), cfg)
 }
 
 func get(t *testing.T, url, token string) (int, string) {
@@ -37,6 +24,12 @@ func get(t *testing.T, url, token string) (int, string) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	return roundTrip(t, req)
+}
+
+// roundTrip sends req with the default client and returns the status code and the body.
+func roundTrip(t *testing.T, req *http.Request) (int, string) {
+	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
@@ -17,8 +16,7 @@ import (
 // calling component named in the User-Agent, and a stale write shows as a 409.
 func TestMetricsCountRequests(t *testing.T) {
 	c := localTestServer(t, t.TempDir(), Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	sc := c.WithUserAgent("rakhsh/test-writer")
 	s := &v1alpha1.Secret{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Secret"}, ObjectMeta: v1alpha1.ObjectMeta{Name: "s1"}}
 	if err := sc.Create(ctx, "secrets", "default", s, s); err != nil {

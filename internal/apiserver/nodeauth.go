@@ -323,8 +323,7 @@ func (s *Server) createJoinToken(ctx context.Context, req v1alpha1.JoinTokenRequ
 
 // serveJoinToken serves NodeAuthPath/jointokens/{id}: DELETE.
 func (s *Server) serveJoinToken(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodDelete {
-		s.methodNotAllowed(w, r, "DELETE")
+	if !s.allowOnly(w, r, http.MethodDelete) {
 		return
 	}
 	if err := requireAdmin(r, "delete join tokens"); err != nil {
@@ -343,15 +342,14 @@ func (s *Server) serveJoinToken(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"kind": "Status", "apiVersion": "v1", "status": "Success"})
+	writeSuccess(w)
 }
 
 // serveNodeCredential serves POST nodes/{name}/credential: a joining agent (bearer: a join
 // token, which this uses up) or an admin gets a new credential for the node. A node that
 // already has a credential must be removed first when a join token asks.
 func (s *Server) serveNodeCredential(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodPost {
-		s.methodNotAllowed(w, r, "POST")
+	if !s.allowOnly(w, r, http.MethodPost) {
 		return
 	}
 	ctx := r.Context()

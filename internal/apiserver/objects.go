@@ -26,13 +26,17 @@ import (
 // DefaultProject always exists and cannot be deleted.
 const DefaultProject = "default"
 
-func (s *Server) serveCreate(w http.ResponseWriter, r *http.Request, t target) {
+// readObject reads the request's body and decodes it as an object of t's kind.
+func readObject(w http.ResponseWriter, r *http.Request, t target) (v1alpha1.Object, error) {
 	data, err := readBody(w, r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return nil, err
 	}
-	obj, err := DecodeObject(data, t.st)
+	return DecodeObject(data, t.st)
+}
+
+func (s *Server) serveCreate(w http.ResponseWriter, r *http.Request, t target) {
+	obj, err := readObject(w, r, t)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -185,12 +189,7 @@ func specBytes(obj v1alpha1.Object) []byte {
 }
 
 func (s *Server) serveUpdate(w http.ResponseWriter, r *http.Request, t target, status bool) {
-	data, err := readBody(w, r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	obj, err := DecodeObject(data, t.st)
+	obj, err := readObject(w, r, t)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

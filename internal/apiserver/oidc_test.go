@@ -1,7 +1,6 @@
 package apiserver
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -14,7 +13,6 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/oidctest"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 // TestOIDCTokens: with an issuer configured, its ID tokens are credentials. A user known only
@@ -39,16 +37,11 @@ func TestOIDCTokens(t *testing.T) {
 	if err := CheckOIDCConfig(OIDCConfig{Issuer: is.URL}); err == nil {
 		t.Error("an issuer without a client id was accepted")
 	}
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := boltIn(t, dir)
 	s := New(Config{Store: st, AdminToken: "admin-secret", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OIDC: &OIDCConfig{Issuer: is.URL, ClientID: "rakhsh", CAFile: ca}})
 	defer s.Shutdown()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testContext(t)
 	for _, p := range []string{"research", "other"} {
 		if err := s.EnsureProject(ctx, p); err != nil {
 			t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,29 +16,32 @@ import (
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
+// quotaTestServer runs an API server on a fresh bolt store (both end with the test) with the
+// project "team" of quota q; the context of the test's calls lasts 30 seconds at the most.
+func quotaTestServer(t *testing.T, q v1alpha1.ProjectQuota) (context.Context, *Server, *bolt.Store) {
+	t.Helper()
+	st := tempBolt(t)
+	s := New(Config{Store: st})
+	t.Cleanup(s.Shutdown)
+	ctx := testContext(t)
+	pst, _ := registry.ByKind("Project")
+	p := &v1alpha1.Project{ObjectMeta: v1alpha1.ObjectMeta{Name: "team"}, Spec: v1alpha1.ProjectSpec{Quota: &q}}
+	setTypeMeta(p, "Project")
+	if _, _, err := s.Create(ctx, pst, "", p); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, s, st
+}
+
 // TestQuotaConcurrentCreates: 20 concurrent creates into a project with room for 5 VMs admit
 // exactly 5; the others are Forbidden with the quota named. The creates go through two API
 // servers that share the store (each with its own process-local ordering, as two serve
 // processes on one etcd have), so only the lock in the store keeps the count.
 func TestQuotaConcurrentCreates(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s := New(Config{Store: st})
-	defer s.Shutdown()
+	five := int64(5)
+	ctx, s, st := quotaTestServer(t, v1alpha1.ProjectQuota{VirtualMachines: &five})
 	other := New(Config{Store: st})
 	defer other.Shutdown()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pst, _ := registry.ByKind("Project")
-	five := int64(5)
-	p := &v1alpha1.Project{ObjectMeta: v1alpha1.ObjectMeta{Name: "team"}, Spec: v1alpha1.ProjectSpec{Quota: &v1alpha1.ProjectQuota{VirtualMachines: &five}}}
-	setTypeMeta(p, "Project")
-	if _, _, err := s.Create(ctx, pst, "", p); err != nil {
-		t.Fatal(err)
-	}
 	vst, _ := registry.ByKind("VirtualMachine")
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -111,21 +113,7 @@ func TestQuotaConcurrentCreates(t *testing.T) {
 // TestQuotaDiskFromSnapshot: a disk made from a disk snapshot without a size counts the
 // snapshot's size against the disk quota.
 func TestQuotaDiskFromSnapshot(t *testing.T) {
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s := New(Config{Store: st})
-	defer s.Shutdown()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pst, _ := registry.ByKind("Project")
-	p := &v1alpha1.Project{ObjectMeta: v1alpha1.ObjectMeta{Name: "team"}, Spec: v1alpha1.ProjectSpec{Quota: &v1alpha1.ProjectQuota{Disk: "1Gi"}}}
-	setTypeMeta(p, "Project")
-	if _, _, err := s.Create(ctx, pst, "", p); err != nil {
-		t.Fatal(err)
-	}
+	ctx, s, _ := quotaTestServer(t, v1alpha1.ProjectQuota{Disk: "1Gi"})
 	sst, _ := registry.ByKind("VirtualDiskSnapshot")
 	snap := &v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s1"}, Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "d"}}
 	setTypeMeta(snap, "VirtualDiskSnapshot")
@@ -141,7 +129,7 @@ func TestQuotaDiskFromSnapshot(t *testing.T) {
 	setTypeMeta(d, "VirtualDisk")
 	d.Spec.DataSource = &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,
 		ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceKindVirtualDiskSnapshot, Name: "s1"}}
-	_, _, err = s.Create(ctx, dst, "team", d)
+	_, _, err := s.Create(ctx, dst, "team", d)
 	if !errors.Is(err, errs.ErrForbidden) || !strings.Contains(err.Error(), "disk") {
 		t.Fatalf("a 2Gi disk from a snapshot in a 1Gi quota: %v", err)
 	}

@@ -487,15 +487,23 @@ func (s *Server) object(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	switch r.Method {
-	case http.MethodGet:
+	s.serveObject(w, r, t, false)
+}
+
+// serveObject serves GET, PUT and PATCH of an object, or of its status subresource; DELETE
+// only of the object.
+func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, t target, status bool) {
+	switch {
+	case r.Method == http.MethodGet:
 		s.serveGet(w, r, t)
-	case http.MethodPut:
-		s.serveUpdate(w, r, t, false)
-	case http.MethodPatch:
-		s.servePatch(w, r, t, false)
-	case http.MethodDelete:
+	case r.Method == http.MethodPut:
+		s.serveUpdate(w, r, t, status)
+	case r.Method == http.MethodPatch:
+		s.servePatch(w, r, t, status)
+	case r.Method == http.MethodDelete && !status:
 		s.serveDelete(w, r, t)
+	case status:
+		s.methodNotAllowed(w, r, "GET, PUT, PATCH")
 	default:
 		s.methodNotAllowed(w, r, "GET, PUT, PATCH, DELETE")
 	}
@@ -531,16 +539,21 @@ func (s *Server) subresource(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errs.New(errs.ErrNotFound, "%s has no subresource %q", t.st.Info.Resource, t.sub))
 		return
 	}
-	switch r.Method {
-	case http.MethodGet:
-		s.serveGet(w, r, t)
-	case http.MethodPut:
-		s.serveUpdate(w, r, t, true)
-	case http.MethodPatch:
-		s.servePatch(w, r, t, true)
-	default:
-		s.methodNotAllowed(w, r, "GET, PUT, PATCH")
+	s.serveObject(w, r, t, true)
+}
+
+// allowOnly returns whether the request's method is method; when not, it has answered 405.
+func (s *Server) allowOnly(w http.ResponseWriter, r *http.Request, method string) bool {
+	if r.Method == method {
+		return true
 	}
+	s.methodNotAllowed(w, r, method)
+	return false
+}
+
+// writeSuccess answers 200 with a Status of success.
+func writeSuccess(w http.ResponseWriter) {
+	writeJSON(w, http.StatusOK, map[string]string{"kind": "Status", "apiVersion": "v1", "status": "Success"})
 }
 
 func (s *Server) methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed string) {

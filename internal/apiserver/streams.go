@@ -253,8 +253,7 @@ func (s *Server) redeemTicket(ctx context.Context, node, ticket string) (nodestr
 // serveRedeem is POST nodes/{name}/streamtickets: the node's agent redeems a ticket that an
 // API server gave with a stream request.
 func (s *Server) serveRedeem(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodPost {
-		s.methodNotAllowed(w, r, "POST")
+	if !s.allowOnly(w, r, http.MethodPost) {
 		return
 	}
 	var req nodestream.RedeemRequest
@@ -272,8 +271,7 @@ func (s *Server) serveRedeem(w http.ResponseWriter, r *http.Request, t target) {
 }
 
 func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodGet {
-		s.methodNotAllowed(w, r, "GET")
+	if !s.allowOnly(w, r, http.MethodGet) {
 		return
 	}
 	ctx := r.Context()

@@ -21,7 +21,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 // localTestServer runs an API server with a bolt store in dir, on the unix socket dir/api.sock
@@ -29,18 +28,51 @@ import (
 // with the test.
 func localTestServer(t *testing.T, dir string, cfg Config) *client.Client {
 	t.Helper()
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cfg.Store = st
+	return serveLocal(t, dir, projectServer(t, dir, cfg))
+}
+
+// projectServer runs an API server of cfg with a bolt store in dir and the default project;
+// both end with the test.
+func projectServer(t *testing.T, dir string, cfg Config) *Server {
+	t.Helper()
+	cfg.Store = boltIn(t, dir)
 	s := New(cfg)
 	t.Cleanup(s.Shutdown)
 	if err := s.EnsureProject(context.Background(), DefaultProject); err != nil {
 		t.Fatal(err)
 	}
-	return serveLocal(t, dir, s)
+	return s
+}
+
+// shortTempDir makes a directory below /tmp, short enough for the unix socket of serveLocal;
+// it is removed when the test ends.
+func shortTempDir(t *testing.T, pattern string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// testContext lasts 30 seconds at the most and ends with the test.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// createVM1 creates the stopped VM vm1 (1 core, 128Mi) in the default project through c and
+// returns it as created.
+func createVM1(t *testing.T, ctx context.Context, c *client.Client) v1alpha1.VirtualMachine {
+	t.Helper()
+	var vm v1alpha1.VirtualMachine
+	if err := c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "vm1"},
+		"spec": map[string]any{"runPolicy": "AlwaysOff", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	return vm
 }
 
 // serveLocal serves s's local handler on a unix socket in dir and returns a client of it.
@@ -61,23 +93,26 @@ func serveLocal(t *testing.T, dir string, s *Server) *client.Client {
 	return c
 }
 
+// passLine writes line to from and checks that to (named who) reads it, within 5 seconds.
+func passLine(t *testing.T, from, to net.Conn, who, line string) {
+	t.Helper()
+	if _, err := from.Write([]byte(line)); err != nil {
+		t.Fatal(err)
+	}
+	_ = to.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := bufio.NewReader(to).ReadString('\n')
+	if err != nil || got != line {
+		t.Fatalf("%s read %q, %v", who, got, err)
+	}
+}
+
 // TestConsoleAndLogStreams serves a VM's console over a websocket and its kept log over
 // plain GET, from a run dir whose serial socket is faked.
 func TestConsoleAndLogStreams(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "rk-streams")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
+	dir := shortTempDir(t, "rk-streams")
 	c := localTestServer(t, dir, Config{LocalStreams: &nodestream.Service{DataDir: dir}, NodeName: "n1"})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var vm v1alpha1.VirtualMachine
-	err = c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "vm1"},
-		"spec": map[string]any{"runPolicy": "AlwaysOff", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, &vm)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t)
+	vm := createVM1(t, ctx, c)
 	// Not running yet: clear errors.
 	if _, err := c.DialStream(ctx, "virtualmachines", "default", "vm1", "console"); client.Reason(err) != v1alpha1.ReasonServiceUnavailable {
 		t.Fatalf("console of a stopped VM: %v", err)
@@ -122,22 +157,8 @@ func TestConsoleAndLogStreams(t *testing.T) {
 	}
 	defer conn.Close()
 	time.Sleep(100 * time.Millisecond)
-	if _, err := g.Write([]byte("RAKHSH-GUEST: ready\n")); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil || line != "RAKHSH-GUEST: ready\n" {
-		t.Fatalf("console read %q, %v", line, err)
-	}
-	if _, err := conn.Write([]byte("echo hi\n")); err != nil {
-		t.Fatal(err)
-	}
-	_ = g.SetReadDeadline(time.Now().Add(5 * time.Second))
-	in, err := bufio.NewReader(g).ReadString('\n')
-	if err != nil || in != "echo hi\n" {
-		t.Fatalf("guest read %q, %v", in, err)
-	}
+	passLine(t, g, conn, "console", "RAKHSH-GUEST: ready\n")
+	passLine(t, conn, g, "guest", "echo hi\n")
 	var logData []byte
 	if err := c.Do(ctx, "GET", client.Path("virtualmachines", "default", "vm1", "log"), nil, "", nil, &logData); err != nil {
 		t.Fatal(err)
@@ -180,33 +201,14 @@ func bindVM(t *testing.T, c *client.Client, vm, node string) {
 
 // TestStreamTicketsRedeemOnce: a ticket is redeemed once, by its node, before it expires.
 func TestStreamTicketsRedeemOnce(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "rk-tickets")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
+	dir := shortTempDir(t, "rk-tickets")
 	var mu sync.Mutex
 	now := time.Unix(1_800_000_000, 0)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := boltIn(t, dir)
 	s := New(Config{Store: st, Now: clock})
-	defer s.Shutdown()
-	sock := filepath.Join(dir, "api.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: s.LocalHandler()}
-	go func() { _ = hs.Serve(l) }()
-	defer hs.Close()
-	c, err := client.New(client.Config{Server: "unix://" + sock})
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(s.Shutdown)
+	c := serveLocal(t, dir, s)
 	ctx := context.Background()
 	uid := "0b5e6a42-6f0e-4c39-9d4e-7f3f0d3c1a11"
 	issue := func() string {
@@ -271,20 +273,10 @@ func TestStreamTicketsRedeemOnce(t *testing.T) {
 // console to the stream service its node publishes, which redeems the tickets through the API;
 // clear errors when the node publishes no endpoint or cannot be reached.
 func TestStreamsProxiedToNodeAgent(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "rk-proxy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
+	dir := shortTempDir(t, "rk-proxy")
 	c := localTestServer(t, dir, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var vm v1alpha1.VirtualMachine
-	err = c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "vm1"},
-		"spec": map[string]any{"runPolicy": "AlwaysOff", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, &vm)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t)
+	vm := createVM1(t, ctx, c)
 	if _, err := c.DialStream(ctx, "virtualmachines", "default", "vm1", "console"); client.Reason(err) != v1alpha1.ReasonServiceUnavailable || !strings.Contains(err.Error(), "bound to no node") {
 		t.Fatalf("console of an unbound VM: %v", err)
 	}
@@ -293,7 +285,7 @@ func TestStreamsProxiedToNodeAgent(t *testing.T) {
 	}
 	bindVM(t, c, "vm1", "far")
 	// The node publishes no endpoint.
-	err = c.Do(ctx, "GET", client.Path("virtualmachines", "default", "vm1", "log"), nil, "", nil, nil)
+	err := c.Do(ctx, "GET", client.Path("virtualmachines", "default", "vm1", "log"), nil, "", nil, nil)
 	if client.Reason(err) != v1alpha1.ReasonServiceUnavailable || !strings.Contains(err.Error(), `node "far"`) || !strings.Contains(err.Error(), "no stream endpoint") {
 		t.Fatalf("log on a node without a stream endpoint: %v", err)
 	}

@@ -84,8 +84,7 @@ func vmMetricsRange(r *http.Request) (time.Duration, error) {
 }
 
 func (s *Server) serveVMMetrics(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Method != http.MethodGet {
-		s.methodNotAllowed(w, r, "GET")
+	if !s.allowOnly(w, r, http.MethodGet) {
 		return
 	}
 	rng, err := vmMetricsRange(r)

@@ -1,7 +1,6 @@
 package apiserver
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -40,19 +39,11 @@ func TestVMMetricsSubresource(t *testing.T) {
 		_, _ = w.Write([]byte(`{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1000,"0.5"],[1030,"NaN"],[1060,"2"]]}]}}`))
 	}))
 	defer prom.Close()
-	dir, err := os.MkdirTemp("/tmp", "rk-vmmetrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
+	dir := shortTempDir(t, "rk-vmmetrics")
 	now := time.Unix(1_800_000_000, 0)
 	c := localTestServer(t, dir, Config{PrometheusURL: prom.URL, Now: func() time.Time { return now }})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "vm1"},
-		"spec": map[string]any{"runPolicy": "AlwaysOff", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, nil); err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t)
+	createVM1(t, ctx, c)
 	path := client.Path("virtualmachines", "default", "vm1", SubMetrics)
 	var got VMMetrics
 	if err := c.Do(ctx, "GET", path, url.Values{"range": {"2h"}}, "", nil, &got); err != nil {

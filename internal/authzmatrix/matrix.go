@@ -105,16 +105,21 @@ func Expect(class, role, verb, scope, sub string) bool {
 		return read && Expect(class, role, verb, scope, "")
 	}
 	switch class {
-	case ClassProject:
+	case ClassProject, ClassProjectObject:
 		switch {
 		case ca:
 			return true
 		case cv:
 			return read
 		case scope == ScopeAll:
-			return read // filtered
-		case own:
+			return read // the list is filtered to the member's projects
+		case own && class == ClassProject:
+			// Users and Admins of the project write its objects.
 			return (read && p1 >= 1) || p1 >= 2
+		case own:
+			// Admins update the members (nothing else, and not their own entries: checked
+			// against the stored object, beyond this table).
+			return (read && p1 >= 1) || (p1 >= 3 && (verb == "update" || verb == "patch"))
 		}
 		return false
 	case ClassSecret:
@@ -141,20 +146,6 @@ func Expect(class, role, verb, scope, sub string) bool {
 		return read || ca
 	case ClassClusterPrivate:
 		return ca || (cv && read)
-	case ClassProjectObject:
-		switch {
-		case ca:
-			return true
-		case cv:
-			return read
-		case scope == ScopeAll:
-			return read // the list is filtered to the member's projects
-		case own:
-			// Admins update the members (nothing else, and not their own entries: checked
-			// against the stored object, beyond this table).
-			return (read && p1 >= 1) || (p1 >= 3 && (verb == "update" || verb == "patch"))
-		}
-		return false
 	}
 	panic("unknown class " + class)
 }

@@ -13,41 +13,28 @@ import (
 )
 
 func init() {
-	register("BackupTarget", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.BackupTarget{} },
-		Default: func(obj v1alpha1.Object) {
-			if d := obj.(*v1alpha1.BackupTarget).Spec.Directory; d != nil && d.Path != "" && filepath.IsAbs(d.Path) {
+	registerTyped("BackupTarget", typed[*v1alpha1.BackupTarget]{
+		Default: func(t *v1alpha1.BackupTarget) {
+			if d := t.Spec.Directory; d != nil && d.Path != "" && filepath.IsAbs(d.Path) {
 				d.Path = filepath.Clean(d.Path)
 			}
 		},
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors { return validateBackupTarget(obj.(*v1alpha1.BackupTarget)) },
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			n, o := obj.(*v1alpha1.BackupTarget), old.(*v1alpha1.BackupTarget)
+		Validate: validateBackupTarget,
+		ValidateUpdate: func(n, o *v1alpha1.BackupTarget) errs.FieldErrors {
 			var fe errs.FieldErrors
 			chkImmutable(&fe, "spec.type", n.Spec.Type, o.Spec.Type, "BackupTarget")
-			if backupPath(n) != backupPath(o) {
-				fe.Forbidden("spec.directory.path", "cannot be changed after creation (the target's backups are in the old directory); make a new target")
-			}
+			chkUnchanged(&fe, "spec.directory.path", backupPath(n), backupPath(o), "(the target's backups are in the old directory); make a new target")
 			return fe
 		},
 	})
-	register("VirtualMachineBackup", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineBackup{} },
-		Default: func(obj v1alpha1.Object) {
-			if b := obj.(*v1alpha1.VirtualMachineBackup); b.Spec.Mode == "" {
-				b.Spec.Mode = v1alpha1.BackupModeSnapshot
-			}
-		},
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			b := obj.(*v1alpha1.VirtualMachineBackup)
+	registerTyped("VirtualMachineBackup", typed[*v1alpha1.VirtualMachineBackup]{
+		Default: func(b *v1alpha1.VirtualMachineBackup) { defaultBackupMode(&b.Spec.Mode) },
+		Validate: func(b *v1alpha1.VirtualMachineBackup) errs.FieldErrors {
 			var fe errs.FieldErrors
-			chkRefName(&fe, "spec.virtualMachineName", b.Spec.VirtualMachineName, true)
-			chkRefName(&fe, "spec.backupTargetName", b.Spec.BackupTargetName, true)
-			chkBackupModeAndLimit(&fe, b.Spec.Mode, b.Spec.BandwidthLimit)
+			chkBackupSpec(&fe, b.Spec.VirtualMachineName, b.Spec.BackupTargetName, b.Spec.Mode, b.Spec.BandwidthLimit)
 			return fe
 		},
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			n, o := obj.(*v1alpha1.VirtualMachineBackup), old.(*v1alpha1.VirtualMachineBackup)
+		ValidateUpdate: func(n, o *v1alpha1.VirtualMachineBackup) errs.FieldErrors {
 			var fe errs.FieldErrors
 			const kind = "VirtualMachineBackup"
 			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, o.Spec.VirtualMachineName, kind)
@@ -60,19 +47,11 @@ func init() {
 }
 
 func init() {
-	register("BackupSchedule", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.BackupSchedule{} },
-		Default: func(obj v1alpha1.Object) {
-			if s := obj.(*v1alpha1.BackupSchedule); s.Spec.Mode == "" {
-				s.Spec.Mode = v1alpha1.BackupModeSnapshot
-			}
-		},
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			s := obj.(*v1alpha1.BackupSchedule)
+	registerTyped("BackupSchedule", typed[*v1alpha1.BackupSchedule]{
+		Default: func(s *v1alpha1.BackupSchedule) { defaultBackupMode(&s.Spec.Mode) },
+		Validate: func(s *v1alpha1.BackupSchedule) errs.FieldErrors {
 			var fe errs.FieldErrors
-			chkRefName(&fe, "spec.virtualMachineName", s.Spec.VirtualMachineName, true)
-			chkRefName(&fe, "spec.backupTargetName", s.Spec.BackupTargetName, true)
-			chkBackupModeAndLimit(&fe, s.Spec.Mode, s.Spec.BandwidthLimit)
+			chkBackupSpec(&fe, s.Spec.VirtualMachineName, s.Spec.BackupTargetName, s.Spec.Mode, s.Spec.BandwidthLimit)
 			if s.Spec.Schedule == "" {
 				fe.Required("spec.schedule", "a cron expression of five fields (minute hour day-of-month month day-of-week, UTC) or a descriptor such as @daily")
 			} else if _, err := ParseBackupSchedule(s.Spec.Schedule); err != nil {
@@ -89,8 +68,7 @@ func init() {
 			}
 			return fe
 		},
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			n, o := obj.(*v1alpha1.BackupSchedule), old.(*v1alpha1.BackupSchedule)
+		ValidateUpdate: func(n, o *v1alpha1.BackupSchedule) errs.FieldErrors {
 			var fe errs.FieldErrors
 			// A schedule's backups are pruned by name: it stays the same VM's.
 			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, o.Spec.VirtualMachineName, "BackupSchedule")
@@ -115,8 +93,18 @@ func ParseBackupSchedule(spec string) (cron.Schedule, error) {
 	return sch, nil
 }
 
-// chkBackupModeAndLimit checks a backup's mode and bandwidth limit.
-func chkBackupModeAndLimit(fe *errs.FieldErrors, mode v1alpha1.BackupMode, limit v1alpha1.Quantity) {
+// defaultBackupMode makes an unset backup mode snapshot.
+func defaultBackupMode(mode *v1alpha1.BackupMode) {
+	if *mode == "" {
+		*mode = v1alpha1.BackupModeSnapshot
+	}
+}
+
+// chkBackupSpec checks what a backup and a backup schedule share: the VM and target they
+// name, the mode and the bandwidth limit.
+func chkBackupSpec(fe *errs.FieldErrors, vmName, targetName string, mode v1alpha1.BackupMode, limit v1alpha1.Quantity) {
+	chkRefName(fe, "spec.virtualMachineName", vmName, true)
+	chkRefName(fe, "spec.backupTargetName", targetName, true)
 	chkEnum(fe, "spec.mode", mode, false, v1alpha1.BackupModeSnapshot, v1alpha1.BackupModeSuspend, v1alpha1.BackupModeStop)
 	if limit != "" {
 		if n, err := limit.Value(); err != nil {

@@ -12,24 +12,14 @@ import (
 )
 
 func init() {
-	register("ClusterNetwork", Strategy{
-		New:     func() v1alpha1.Object { return &v1alpha1.ClusterNetwork{} },
-		Default: func(obj v1alpha1.Object) { defaultClusterNetwork(obj.(*v1alpha1.ClusterNetwork)) },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			return validateClusterNetwork(obj.(*v1alpha1.ClusterNetwork))
-		},
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			n, o := obj.(*v1alpha1.ClusterNetwork), old.(*v1alpha1.ClusterNetwork)
+	registerTyped("ClusterNetwork", typed[*v1alpha1.ClusterNetwork]{
+		Default:  defaultClusterNetwork,
+		Validate: validateClusterNetwork,
+		ValidateUpdate: func(n, o *v1alpha1.ClusterNetwork) errs.FieldErrors {
 			var fe errs.FieldErrors
-			if n.Spec.Type != o.Spec.Type {
-				fe.Forbidden("spec.type", "cannot be changed after creation")
-			}
-			if n.Spec.Subnet != o.Spec.Subnet {
-				fe.Forbidden("spec.subnet", "cannot be changed after creation")
-			}
-			if n.Spec.Bridge != o.Spec.Bridge {
-				fe.Forbidden("spec.bridge", "cannot be changed after creation (VMs' interfaces are attached to it)")
-			}
+			chkUnchanged(&fe, "spec.type", n.Spec.Type, o.Spec.Type, "")
+			chkUnchanged(&fe, "spec.subnet", n.Spec.Subnet, o.Spec.Subnet, "")
+			chkUnchanged(&fe, "spec.bridge", n.Spec.Bridge, o.Spec.Bridge, "(VMs' interfaces are attached to it)")
 			return fe
 		},
 	})

@@ -52,11 +52,7 @@ func TestClusterNetworkValidate(t *testing.T) {
 	dhcp := func(mode, start, end, lease string) *v1alpha1.ClusterNetworkDHCP {
 		return &v1alpha1.ClusterNetworkDHCP{Mode: v1alpha1.DHCPMode(mode), RangeStart: start, RangeEnd: end, LeaseTime: lease}
 	}
-	tests := []struct {
-		name string
-		obj  *v1alpha1.ClusterNetwork
-		want []tkCause
-	}{
+	tkRunCases(t, s, []tkCase[*v1alpha1.ClusterNetwork]{
 		{"nat minimal", nat(func(*v1alpha1.ClusterNetworkSpec) {}), nil},
 		{"nat full", nat(func(s *v1alpha1.ClusterNetworkSpec) {
 			s.Bridge, s.Gateway, s.MTU, s.Uplink = "virbr9", "10.66.0.254", 1400, "eno1"
@@ -126,13 +122,7 @@ func TestClusterNetworkValidate(t *testing.T) {
 			s.NAT = &v1alpha1.ClusterNetworkNAT{DenyDestinations: []string{"10.0.0.0/33", "fd00::/8", "10.1.2.3/16", "lan"}}
 		}), []tkCause{tkInvalid("spec.nat.denyDestinations[0]"), tkInvalid("spec.nat.denyDestinations[1]"),
 			tkInvalid("spec.nat.denyDestinations[2]"), tkInvalid("spec.nat.denyDestinations[3]")}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s.Default(tt.obj)
-			tkCheck(t, s.Validate(tt.obj), tt.want...)
-		})
-	}
+	})
 }
 
 func TestClusterNetworkUpdate(t *testing.T) {
@@ -147,14 +137,11 @@ func TestClusterNetworkUpdate(t *testing.T) {
 }
 
 func FuzzValidateClusterNetwork(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "ClusterNetwork",
 		`{"metadata":{"name":"main"},"spec":{"type":"NAT","subnet":"10.66.0.0/24"}}`,
 		`{"metadata":{"name":"lan"},"spec":{"type":"Bridge","bridge":"br0","subnet":"192.168.1.0/24","dhcp":{"mode":"dnsmasq","rangeStart":"192.168.1.100","rangeEnd":"192.168.1.200"}}}`,
 		`{"metadata":{"name":"x"},"spec":{"type":"NAT","subnet":"10.0.0.1/30","gateway":"10.0.0.2","dns":{"servers":["1.1.1.1"]},"mtu":9000,"uplink":"eth0"}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "ClusterNetwork", data) })
+	)
 }
 
 func tkJSON(t *testing.T, v any) string {

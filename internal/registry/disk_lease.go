@@ -6,10 +6,8 @@ import (
 )
 
 func init() {
-	register("VirtualDiskLease", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualDiskLease{} },
-		Validate: func(o v1alpha1.Object) errs.FieldErrors {
-			l := o.(*v1alpha1.VirtualDiskLease)
+	registerTyped("VirtualDiskLease", typed[*v1alpha1.VirtualDiskLease]{
+		Validate: func(l *v1alpha1.VirtualDiskLease) errs.FieldErrors {
 			var fe errs.FieldErrors
 			s := l.Spec
 			if s.HolderNode != "" {

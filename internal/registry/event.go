@@ -8,13 +8,10 @@ import (
 )
 
 func init() {
-	register("Event", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.Event{} },
-		Default:  func(obj v1alpha1.Object) { defaultEvent(obj.(*v1alpha1.Event)) },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors { return validateEvent(obj.(*v1alpha1.Event)) },
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			return validateEventUpdate(obj.(*v1alpha1.Event), old.(*v1alpha1.Event))
-		},
+	registerTyped("Event", typed[*v1alpha1.Event]{
+		Default:        defaultEvent,
+		Validate:       validateEvent,
+		ValidateUpdate: validateEventUpdate,
 	})
 }
 
@@ -91,8 +88,6 @@ func validateEvent(e *v1alpha1.Event) errs.FieldErrors {
 
 func validateEventUpdate(n, o *v1alpha1.Event) errs.FieldErrors {
 	var fe errs.FieldErrors
-	if n.InvolvedObject != o.InvolvedObject {
-		fe.Forbidden("involvedObject", "cannot be changed after creation")
-	}
+	chkUnchanged(&fe, "involvedObject", n.InvolvedObject, o.InvolvedObject, "")
 	return fe
 }

@@ -34,11 +34,7 @@ func TestEventValidate(t *testing.T) {
 		mod(e)
 		return e
 	}
-	tests := []struct {
-		name string
-		obj  *v1alpha1.Event
-		want []tkCause
-	}{
+	tkRunCases(t, s, []tkCase[*v1alpha1.Event]{
 		{"valid", mk(func(*v1alpha1.Event) {}), nil},
 		{"valid warning with times", mk(func(e *v1alpha1.Event) { e.Type, e.FirstTimestamp, e.LastTimestamp, e.Count = "Warning", &t0, &t1, 3 }), nil},
 		{"missing everything", mk(func(e *v1alpha1.Event) { *e = v1alpha1.Event{} }),
@@ -50,13 +46,7 @@ func TestEventValidate(t *testing.T) {
 		{"bad namespace", mk(func(e *v1alpha1.Event) { e.InvolvedObject.Namespace = "Proj" }), []tkCause{tkInvalid("involvedObject.namespace")}},
 		{"negative count", mk(func(e *v1alpha1.Event) { e.Count = -2 }), []tkCause{tkInvalid("count")}},
 		{"last before first", mk(func(e *v1alpha1.Event) { e.FirstTimestamp, e.LastTimestamp = &t1, &t0 }), []tkCause{tkInvalid("lastTimestamp")}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s.Default(tt.obj)
-			tkCheck(t, s.Validate(tt.obj), tt.want...)
-		})
-	}
+	})
 	old := mk(func(*v1alpha1.Event) {})
 	n := mk(func(e *v1alpha1.Event) { e.Count, e.Message = 2, "again" })
 	tkCheck(t, s.ValidateUpdate(n, old))
@@ -65,12 +55,9 @@ func TestEventValidate(t *testing.T) {
 }
 
 func FuzzValidateEvent(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "Event",
 		`{"involvedObject":{"kind":"VirtualMachine","name":"vm","namespace":"p"},"reason":"Started","message":"ok"}`,
 		`{"involvedObject":{"kind":"VirtualDisk"},"type":"Warning","count":3,"lastTimestamp":"2025-01-01T00:00:00Z"}`,
 		`{"reason":"X","firstTimestamp":"2025-01-02T00:00:00Z","lastTimestamp":"2025-01-01T00:00:00.5Z","count":-1}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "Event", data) })
+	)
 }

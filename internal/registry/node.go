@@ -13,10 +13,9 @@ import (
 )
 
 func init() {
-	register("Node", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.Node{} },
-		Default:  func(o v1alpha1.Object) { defaultNode(o.(*v1alpha1.Node)) },
-		Validate: func(o v1alpha1.Object) errs.FieldErrors { return validateNode(o.(*v1alpha1.Node)) },
+	registerTyped("Node", typed[*v1alpha1.Node]{
+		Default:  defaultNode,
+		Validate: validateNode,
 		// Nothing of a node's spec is immutable.
 	})
 }

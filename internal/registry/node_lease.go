@@ -6,10 +6,8 @@ import (
 )
 
 func init() {
-	register("NodeLease", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.NodeLease{} },
-		Validate: func(o v1alpha1.Object) errs.FieldErrors {
-			l := o.(*v1alpha1.NodeLease)
+	registerTyped("NodeLease", typed[*v1alpha1.NodeLease]{
+		Validate: func(l *v1alpha1.NodeLease) errs.FieldErrors {
 			var fe errs.FieldErrors
 			if d := l.Spec.LeaseDurationSeconds; d < 0 || d > 3600 {
 				fe.Invalid("spec.leaseDurationSeconds", d, "must be between 1 and 3600 seconds (0: not set)")

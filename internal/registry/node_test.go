@@ -61,10 +61,11 @@ func TestNodeKindColumns(t *testing.T) {
 }
 
 func FuzzValidateNode(f *testing.F) {
-	f.Add([]byte(vmtNodeBase))
-	f.Add([]byte(`{"spec":{"taints":[{"key":"k","effect":"NoSchedule"}],"allocationRatios":{"cpu":2},"address":"http://[::1]:80"}}`))
-	f.Add([]byte(`{"spec":{"address":"h:0","allocationRatios":{"memory":-1}}}`))
-	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "Node", data) })
+	tkFuzzSeeds(f, "Node",
+		vmtNodeBase,
+		`{"spec":{"taints":[{"key":"k","effect":"NoSchedule"}],"allocationRatios":{"cpu":2},"address":"http://[::1]:80"}}`,
+		`{"spec":{"address":"h:0","allocationRatios":{"memory":-1}}}`,
+	)
 }
 
 // TestNodeHostnameLabel: defaulting gives every Node kubernetes.io/hostname=NAME, over a

@@ -10,15 +10,14 @@ import (
 )
 
 func init() {
-	register("Project", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.Project{} },
+	registerTyped("Project", typed[*v1alpha1.Project]{
 		// A project is Active from its creation (it is deleted only once empty, at once).
-		Default: func(o v1alpha1.Object) {
-			if p := o.(*v1alpha1.Project); p.Status.Phase == "" {
+		Default: func(p *v1alpha1.Project) {
+			if p.Status.Phase == "" {
 				p.Status.Phase = v1alpha1.ProjectPhaseActive
 			}
 		},
-		Validate: func(o v1alpha1.Object) errs.FieldErrors { return validateProject(o.(*v1alpha1.Project)) },
+		Validate: validateProject,
 		// Nothing of a project's spec is immutable.
 	})
 }

@@ -26,7 +26,8 @@ func TestProjectValidate(t *testing.T) {
 }
 
 func FuzzValidateProject(f *testing.F) {
-	f.Add([]byte(vmtProjectBase))
-	f.Add([]byte(`{"spec":{"quota":{"cores":1,"memory":"1Gi"},"members":[{"name":"a","role":"Admin"}],"defaults":{}}}`))
-	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "Project", data) })
+	tkFuzzSeeds(f, "Project",
+		vmtProjectBase,
+		`{"spec":{"quota":{"cores":1,"memory":"1Gi"},"members":[{"name":"a","role":"Admin"}],"defaults":{}}}`,
+	)
 }

@@ -56,6 +56,34 @@ func register(kind string, s Strategy) {
 	byKind[kind] = &s
 }
 
+// typed is a kind's strategy written against its own type: registerTyped wraps its functions
+// into a Strategy (whose functions take a v1alpha1.Object), and its New makes an empty *T.
+// Each function may be nil, as in Strategy.
+type typed[P v1alpha1.Object] struct {
+	Finalizers     []string
+	Default        func(obj P)
+	Validate       func(obj P) errs.FieldErrors
+	ValidateUpdate func(obj, old P) errs.FieldErrors
+}
+
+// registerTyped registers the kind of P (a *T) with the functions of t.
+func registerTyped[T any, P interface {
+	*T
+	v1alpha1.Object
+}](kind string, t typed[P]) {
+	s := Strategy{New: func() v1alpha1.Object { return P(new(T)) }, Finalizers: t.Finalizers}
+	if t.Default != nil {
+		s.Default = func(obj v1alpha1.Object) { t.Default(obj.(P)) }
+	}
+	if t.Validate != nil {
+		s.Validate = func(obj v1alpha1.Object) errs.FieldErrors { return t.Validate(obj.(P)) }
+	}
+	if t.ValidateUpdate != nil {
+		s.ValidateUpdate = func(obj, old v1alpha1.Object) errs.FieldErrors { return t.ValidateUpdate(obj.(P), old.(P)) }
+	}
+	register(kind, s)
+}
+
 // ByResource returns the strategy of a REST resource name such as "virtualmachines".
 func ByResource(resource string) (*Strategy, bool) {
 	s, ok := byResource[resource]

@@ -15,13 +15,10 @@ import (
 )
 
 func init() {
-	register("Secret", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.Secret{} },
-		Default:  func(obj v1alpha1.Object) { defaultSecret(obj.(*v1alpha1.Secret)) },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors { return validateSecret(obj.(*v1alpha1.Secret)) },
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			return validateSecretUpdate(obj.(*v1alpha1.Secret), old.(*v1alpha1.Secret))
-		},
+	registerTyped("Secret", typed[*v1alpha1.Secret]{
+		Default:        defaultSecret,
+		Validate:       validateSecret,
+		ValidateUpdate: validateSecretUpdate,
 	})
 }
 
@@ -176,9 +173,7 @@ func sameSecretData(a, b map[string][]byte) bool {
 
 func validateSecretUpdate(n, o *v1alpha1.Secret) errs.FieldErrors {
 	var fe errs.FieldErrors
-	if n.Type != o.Type {
-		fe.Forbidden("type", "cannot be changed after creation")
-	}
+	chkUnchanged(&fe, "type", n.Type, o.Type, "")
 	if o.Immutable != nil && *o.Immutable {
 		if n.Immutable == nil || !*n.Immutable {
 			fe.Forbidden("immutable", "cannot be unset once the Secret is immutable")

@@ -95,13 +95,10 @@ func TestSecretUpdate(t *testing.T) {
 }
 
 func FuzzValidateSecret(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "Secret",
 		`{"type":"provisioning.virtualization.deckhouse.io/cloud-init","stringData":{"userData":"#cloud-config\n"}}`,
 		`{"type":"provisioning.virtualization.deckhouse.io/sysprep","data":{"autounattend.xml":"PGEvPg=="},"immutable":true}`,
 		`{"type":"kubernetes.io/dockerconfigjson","data":{".dockerconfigjson":"e30="},"stringData":{"x":"y"}}`,
 		`{"data":{"a/b":"AA=="}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "Secret", data) })
+	)
 }

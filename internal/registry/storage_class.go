@@ -9,22 +9,14 @@ import (
 )
 
 func init() {
-	register("StorageClass", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.StorageClass{} },
-		Default:  func(obj v1alpha1.Object) { defaultStorageClass(obj.(*v1alpha1.StorageClass)) },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors { return validateStorageClass(obj.(*v1alpha1.StorageClass)) },
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			n, o := obj.(*v1alpha1.StorageClass), old.(*v1alpha1.StorageClass)
+	registerTyped("StorageClass", typed[*v1alpha1.StorageClass]{
+		Default:  defaultStorageClass,
+		Validate: validateStorageClass,
+		ValidateUpdate: func(n, o *v1alpha1.StorageClass) errs.FieldErrors {
 			var fe errs.FieldErrors
-			if n.Spec.Type != o.Spec.Type {
-				fe.Forbidden("spec.type", "cannot be changed after creation (the class's disks live where the type says)")
-			}
-			if localPath(n) != localPath(o) {
-				fe.Forbidden("spec.local.path", "cannot be changed after creation (the class's disks are in the old directory); make a new class and move the disks")
-			}
-			if sharedPath(n) != sharedPath(o) {
-				fe.Forbidden("spec.shared.path", "cannot be changed after creation (the class's disks are in the old directory); make a new class and move the disks")
-			}
+			chkUnchanged(&fe, "spec.type", n.Spec.Type, o.Spec.Type, "(the class's disks live where the type says)")
+			chkUnchanged(&fe, "spec.local.path", localPath(n), localPath(o), "(the class's disks are in the old directory); make a new class and move the disks")
+			chkUnchanged(&fe, "spec.shared.path", sharedPath(n), sharedPath(o), "(the class's disks are in the old directory); make a new class and move the disks")
 			return fe
 		},
 	})

@@ -68,14 +68,11 @@ func TestStorageClassUpdate(t *testing.T) {
 }
 
 func FuzzValidateStorageClass(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "StorageClass",
 		`{"metadata":{"name":"local","annotations":{"storageclass.kubernetes.io/is-default-class":"true"}},"spec":{"type":"Local"}}`,
 		`{"metadata":{"name":"fast"},"spec":{"type":"Local","local":{"path":"/srv/fast/"}}}`,
 		`{"metadata":{"name":"nfs"},"spec":{"type":"Shared","shared":{"path":"/mnt/nfs"}}}`,
 		`{"metadata":{"name":"ceph"},"spec":{"type":"RBD"}}`,
 		`{"metadata":{"name":"x"},"spec":{"type":"Shared","shared":{"path":"../x"},"local":{}}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "StorageClass", data) })
+	)
 }

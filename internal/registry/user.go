@@ -17,10 +17,7 @@ const (
 )
 
 func init() {
-	register("User", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.User{} },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors { return validateUser(obj.(*v1alpha1.User)) },
-	})
+	registerTyped("User", typed[*v1alpha1.User]{Validate: validateUser})
 }
 
 func validateUser(u *v1alpha1.User) errs.FieldErrors {

@@ -2,20 +2,16 @@ package registry
 
 import (
 	"fmt"
-	"reflect"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
 )
 
 func init() {
-	register("VirtualDisk", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.VirtualDisk{} },
-		Default:  func(obj v1alpha1.Object) { defaultVirtualDisk(obj.(*v1alpha1.VirtualDisk)) },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors { return validateVirtualDisk(obj.(*v1alpha1.VirtualDisk)) },
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			return validateVirtualDiskUpdate(obj.(*v1alpha1.VirtualDisk), old.(*v1alpha1.VirtualDisk))
-		},
+	registerTyped("VirtualDisk", typed[*v1alpha1.VirtualDisk]{
+		Default:        defaultVirtualDisk,
+		Validate:       validateVirtualDisk,
+		ValidateUpdate: validateVirtualDiskUpdate,
 	})
 }
 
@@ -108,12 +104,8 @@ func validateVirtualDisk(d *v1alpha1.VirtualDisk) errs.FieldErrors {
 
 func validateVirtualDiskUpdate(n, o *v1alpha1.VirtualDisk) errs.FieldErrors {
 	var fe errs.FieldErrors
-	if !reflect.DeepEqual(n.Spec.DataSource, o.Spec.DataSource) {
-		fe.Forbidden("spec.dataSource", "cannot be changed after creation")
-	}
-	if n.Spec.CloneMode != o.Spec.CloneMode {
-		fe.Forbidden("spec.cloneMode", "cannot be changed after creation")
-	}
+	immutableDataSource(&fe, n.Spec.DataSource, o.Spec.DataSource, "spec.dataSource")
+	chkUnchanged(&fe, "spec.cloneMode", n.Spec.CloneMode, o.Spec.CloneMode, "")
 	// Naming another class moves the disk there (the disk controller copies it while no
 	// running VM uses it); clearing the name would say nothing about where it should be.
 	if nc, oc := n.Spec.PersistentVolumeClaim.StorageClassName, o.Spec.PersistentVolumeClaim.StorageClassName; nc != oc && nc == "" {

@@ -6,20 +6,14 @@ import (
 )
 
 func init() {
-	register("VirtualDiskSnapshot", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualDiskSnapshot{} },
-		Default: func(o v1alpha1.Object) {
-			s := o.(*v1alpha1.VirtualDiskSnapshot)
-			defaultTrue(&s.Spec.RequiredConsistency)
-		},
-		Validate: func(o v1alpha1.Object) errs.FieldErrors {
-			s := o.(*v1alpha1.VirtualDiskSnapshot)
+	registerTyped("VirtualDiskSnapshot", typed[*v1alpha1.VirtualDiskSnapshot]{
+		Default: func(s *v1alpha1.VirtualDiskSnapshot) { defaultTrue(&s.Spec.RequiredConsistency) },
+		Validate: func(s *v1alpha1.VirtualDiskSnapshot) errs.FieldErrors {
 			var fe errs.FieldErrors
 			chkRefName(&fe, "spec.virtualDiskName", s.Spec.VirtualDiskName, true)
 			return fe
 		},
-		ValidateUpdate: func(o, old v1alpha1.Object) errs.FieldErrors {
-			n, p := o.(*v1alpha1.VirtualDiskSnapshot), old.(*v1alpha1.VirtualDiskSnapshot)
+		ValidateUpdate: func(n, p *v1alpha1.VirtualDiskSnapshot) errs.FieldErrors {
 			var fe errs.FieldErrors
 			const kind = "VirtualDiskSnapshot"
 			chkImmutable(&fe, "spec.virtualDiskName", n.Spec.VirtualDiskName, p.Spec.VirtualDiskName, kind)

@@ -45,7 +45,8 @@ func TestVirtualDiskSnapshotImmutable(t *testing.T) {
 }
 
 func FuzzValidateVirtualDiskSnapshot(f *testing.F) {
-	f.Add([]byte(vmtVDSBase))
-	f.Add([]byte(`{"spec":{"virtualDiskName":"d","requiredConsistency":false}}`))
-	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "VirtualDiskSnapshot", data) })
+	tkFuzzSeeds(f, "VirtualDiskSnapshot",
+		vmtVDSBase,
+		`{"spec":{"virtualDiskName":"d","requiredConsistency":false}}`,
+	)
 }

@@ -51,11 +51,7 @@ func TestVirtualDiskValidate(t *testing.T) {
 				PersistentVolumeClaim: v1alpha1.VirtualDiskPersistentVolumeClaim{Size: v1alpha1.Quantity(size), StorageClassName: class}}}
 	}
 	upload := &v1alpha1.DataSource{Type: "Upload"}
-	tests := []struct {
-		name string
-		obj  *v1alpha1.VirtualDisk
-		want []tkCause
-	}{
+	tkRunCases(t, s, []tkCase[*v1alpha1.VirtualDisk]{
 		{"blank", disk(nil, "10Gi", "local", ""), nil},
 		{"blank needs size", disk(nil, "", "", ""), []tkCause{tkRequired("spec.persistentVolumeClaim.size")}},
 		{"from image without size", disk(tkDiskFrom("ClusterVirtualImage", "debian"), "", "", ""), nil},
@@ -78,13 +74,7 @@ func TestVirtualDiskValidate(t *testing.T) {
 		{"many problems at once", disk(&v1alpha1.DataSource{Type: "HTTP", HTTP: &v1alpha1.DataSourceHTTP{URL: "gopher://x"}}, "-1Gi", "UP", "Full"),
 			[]tkCause{tkInvalid("spec.dataSource.http.url"), tkInvalid("spec.persistentVolumeClaim.size"),
 				tkInvalid("spec.persistentVolumeClaim.storageClassName"), tkForbidden("spec.cloneMode")}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s.Default(tt.obj)
-			tkCheck(t, s.Validate(tt.obj), tt.want...)
-		})
-	}
+	})
 }
 
 func TestVirtualDiskUpdate(t *testing.T) {
@@ -120,15 +110,12 @@ func TestVirtualDiskUpdate(t *testing.T) {
 }
 
 func FuzzValidateVirtualDisk(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "VirtualDisk",
 		`{"metadata":{"name":"d","namespace":"p"},"spec":{"persistentVolumeClaim":{"size":"10Gi"}}}`,
 		`{"spec":{"dataSource":{"type":"ObjectRef","objectRef":{"kind":"ClusterVirtualImage","name":"debian"}},"persistentVolumeClaim":{"size":20}}}`,
 		`{"spec":{"dataSource":{"type":"HTTP","http":{"url":"http://h/x","checksum":{"sha256":"AA"}}},"cloneMode":"Linked"}}`,
 		`{"spec":{"dataSource":{"type":"ObjectRef","objectRef":{"kind":"VirtualDisk","name":"x"}},"persistentVolumeClaim":{"size":"1Mi","storageClassName":"local"}}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "VirtualDisk", data) })
+	)
 }
 
 // A manifest written for Deckhouse applies unchanged (but for apiVersion): no unknown

@@ -17,40 +17,30 @@ import (
 )
 
 func init() {
-	register("ClusterVirtualImage", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.ClusterVirtualImage{} },
-		Default: func(obj v1alpha1.Object) {
-			defaultDataSource(&obj.(*v1alpha1.ClusterVirtualImage).Spec.DataSource)
-		},
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			img := obj.(*v1alpha1.ClusterVirtualImage)
+	registerTyped("ClusterVirtualImage", typed[*v1alpha1.ClusterVirtualImage]{
+		Default: func(img *v1alpha1.ClusterVirtualImage) { defaultDataSource(&img.Spec.DataSource) },
+		Validate: func(img *v1alpha1.ClusterVirtualImage) errs.FieldErrors {
 			var fe errs.FieldErrors
-			validateDataSource(&fe, &img.Spec.DataSource, "spec.dataSource", dataSourceContext{
-				allowedKinds: imageObjectRefKinds,
-				selfKind:     v1alpha1.DataSourceKindClusterVirtualImage,
-				selfName:     img.Name,
+			validateImage(&fe, &img.Spec.DataSource, &img.Status, dataSourceContext{
+				selfKind: v1alpha1.DataSourceKindClusterVirtualImage,
+				selfName: img.Name,
 			})
-			validateImageStatus(&fe, &img.Status)
 			return fe
 		},
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
+		ValidateUpdate: func(n, o *v1alpha1.ClusterVirtualImage) errs.FieldErrors {
 			var fe errs.FieldErrors
-			immutableDataSource(&fe, &obj.(*v1alpha1.ClusterVirtualImage).Spec.DataSource,
-				&old.(*v1alpha1.ClusterVirtualImage).Spec.DataSource, "spec.dataSource")
+			immutableDataSource(&fe, &n.Spec.DataSource, &o.Spec.DataSource, "spec.dataSource")
 			return fe
 		},
 	})
-	register("VirtualImage", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualImage{} },
-		Default: func(obj v1alpha1.Object) {
-			img := obj.(*v1alpha1.VirtualImage)
+	registerTyped("VirtualImage", typed[*v1alpha1.VirtualImage]{
+		Default: func(img *v1alpha1.VirtualImage) {
 			if img.Spec.Storage == "" {
 				img.Spec.Storage = v1alpha1.ImageStorageContainerRegistry
 			}
 			defaultDataSource(&img.Spec.DataSource)
 		},
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			img := obj.(*v1alpha1.VirtualImage)
+		Validate: func(img *v1alpha1.VirtualImage) errs.FieldErrors {
 			var fe errs.FieldErrors
 			switch img.Spec.Storage {
 			case "", v1alpha1.ImageStorageContainerRegistry, v1alpha1.ImageStoragePersistentVolumeClaim:
@@ -58,26 +48,29 @@ func init() {
 				fe.NotSupported("spec.storage", string(img.Spec.Storage), []string{
 					string(v1alpha1.ImageStorageContainerRegistry), string(v1alpha1.ImageStoragePersistentVolumeClaim)})
 			}
-			validateDataSource(&fe, &img.Spec.DataSource, "spec.dataSource", dataSourceContext{
-				allowedKinds: imageObjectRefKinds,
-				namespaced:   true,
-				namespace:    img.Namespace,
-				selfKind:     v1alpha1.DataSourceKindVirtualImage,
-				selfName:     img.Name,
+			validateImage(&fe, &img.Spec.DataSource, &img.Status, dataSourceContext{
+				namespaced: true,
+				namespace:  img.Namespace,
+				selfKind:   v1alpha1.DataSourceKindVirtualImage,
+				selfName:   img.Name,
 			})
-			validateImageStatus(&fe, &img.Status)
 			return fe
 		},
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			n, o := obj.(*v1alpha1.VirtualImage), old.(*v1alpha1.VirtualImage)
+		ValidateUpdate: func(n, o *v1alpha1.VirtualImage) errs.FieldErrors {
 			var fe errs.FieldErrors
-			if n.Spec.Storage != o.Spec.Storage {
-				fe.Forbidden("spec.storage", "cannot be changed after creation")
-			}
+			chkUnchanged(&fe, "spec.storage", n.Spec.Storage, o.Spec.Storage, "")
 			immutableDataSource(&fe, &n.Spec.DataSource, &o.Spec.DataSource, "spec.dataSource")
 			return fe
 		},
 	})
+}
+
+// validateImage checks the data source and the status, which both image kinds have; dc says
+// which image it is (allowedKinds are those of any image).
+func validateImage(fe *errs.FieldErrors, ds *v1alpha1.DataSource, st *v1alpha1.ImageStatus, dc dataSourceContext) {
+	dc.allowedKinds = imageObjectRefKinds
+	validateDataSource(fe, ds, "spec.dataSource", dc)
+	validateImageStatus(fe, st)
 }
 
 // imageObjectRefKinds are the kinds an image may be copied from.

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -48,6 +49,24 @@ func tkCheck(t *testing.T, got errs.FieldErrors, want ...tkCause) {
 	}
 }
 
+// tkCase is an object of a kind and the causes its validation must give.
+type tkCase[P v1alpha1.Object] struct {
+	name string
+	obj  P
+	want []tkCause
+}
+
+// tkRunCases defaults and validates the object of each case with s, in a subtest.
+func tkRunCases[P v1alpha1.Object](t *testing.T, s *Strategy, cases []tkCase[P]) {
+	t.Helper()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			s.Default(tt.obj)
+			tkCheck(t, s.Validate(tt.obj), tt.want...)
+		})
+	}
+}
+
 // tkStrategy returns the registered strategy of kind.
 func tkStrategy(t testing.TB, kind string) *Strategy {
 	t.Helper()
@@ -58,11 +77,24 @@ func tkStrategy(t testing.TB, kind string) *Strategy {
 	return s
 }
 
+// tkFuzzSeeds fuzzes kind with tkFuzz, from the seed documents.
+func tkFuzzSeeds(f *testing.F, kind string, seeds ...string) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, kind, data) })
+}
+
 // tkFuzz decodes data into kind, defaults and validates it and checks the invariants every
-// strategy must keep: nothing panics, Default is idempotent, Validate is deterministic and
-// every cause names a field, and an object is a valid update of itself.
+// strategy must keep: nothing panics (CheckUnknownFields neither), Default is idempotent,
+// Validate is deterministic and every cause names a field, type and message, a round trip
+// through JSON decodes again, and an object is a valid update of itself.
 func tkFuzz(t *testing.T, kind string, data []byte) {
 	s := tkStrategy(t, kind)
+	var raw any
+	if json.Unmarshal(data, &raw) == nil {
+		_ = CheckUnknownFields(raw, reflect.TypeOf(s.New()))
+	}
 	obj := s.New()
 	if err := json.Unmarshal(data, obj); err != nil {
 		return
@@ -92,11 +124,11 @@ func tkFuzz(t *testing.T, kind string, data []byte) {
 			}
 		}
 	}
+	again := s.New()
+	if err := json.Unmarshal(b2, again); err != nil {
+		t.Fatalf("re-decode %s: %v", b2, err)
+	}
 	if s.ValidateUpdate != nil {
-		again := s.New()
-		if err := json.Unmarshal(b2, again); err != nil {
-			t.Fatalf("re-decode: %v", err)
-		}
 		if s.Default != nil {
 			s.Default(again)
 		}
@@ -234,11 +266,7 @@ func TestVirtualImageDefaultAndValidate(t *testing.T) {
 			Spec: v1alpha1.VirtualImageSpec{Storage: "PersistentVolumeClaim", DataSource: v1alpha1.DataSource{Type: "ObjectRef",
 				ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceObjectKind(kind), Name: name, Namespace: ns}}}}
 	}
-	tests := []struct {
-		name string
-		obj  *v1alpha1.VirtualImage
-		want []tkCause
-	}{
+	tkRunCases(t, s, []tkCase[*v1alpha1.VirtualImage]{
 		{"same project, namespace omitted", ref("VirtualDisk", "d", ""), nil},
 		{"same project, namespace given", ref("VirtualDiskSnapshot", "s", "proj"), nil},
 		{"cluster image", ref("ClusterVirtualImage", "c", ""), nil},
@@ -253,13 +281,7 @@ func TestVirtualImageDefaultAndValidate(t *testing.T) {
 		{"pull secret without namespace is fine in a project", &v1alpha1.VirtualImage{ObjectMeta: v1alpha1.ObjectMeta{Name: "img", Namespace: "proj"},
 			Spec: v1alpha1.VirtualImageSpec{DataSource: v1alpha1.DataSource{Type: "ContainerImage", ContainerImage: &v1alpha1.DataSourceContainerImage{
 				Image: "alpine", ImagePullSecret: &v1alpha1.ImagePullSecretRef{Name: "r"}}}}}, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s.Default(tt.obj)
-			tkCheck(t, s.Validate(tt.obj), tt.want...)
-		})
-	}
+	})
 }
 
 func TestImageDataSourceImmutable(t *testing.T) {
@@ -319,17 +341,11 @@ var tkImageSeeds = []string{
 }
 
 func FuzzValidateVirtualImage(f *testing.F) {
-	for _, s := range tkImageSeeds {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "VirtualImage", data) })
+	tkFuzzSeeds(f, "VirtualImage", tkImageSeeds...)
 }
 
 func FuzzValidateClusterVirtualImage(f *testing.F) {
-	for _, s := range tkImageSeeds {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "ClusterVirtualImage", data) })
+	tkFuzzSeeds(f, "ClusterVirtualImage", tkImageSeeds...)
 }
 
 func FuzzCheckOCIReference(f *testing.F) {

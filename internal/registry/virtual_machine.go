@@ -12,13 +12,12 @@ import (
 )
 
 func init() {
-	register("VirtualMachine", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachine{} },
+	registerTyped("VirtualMachine", typed[*v1alpha1.VirtualMachine]{
 		// The VM controller removes it once the VM's node has cleaned up (and puts it back on
 		// a VM that lacks it); here it is on before the scheduler can see the VM.
 		Finalizers: []string{v1alpha1.VMCleanupFinalizer},
-		Default:    func(o v1alpha1.Object) { defaultVirtualMachine(o.(*v1alpha1.VirtualMachine)) },
-		Validate:   func(o v1alpha1.Object) errs.FieldErrors { return validateVirtualMachine(o.(*v1alpha1.VirtualMachine)) },
+		Default:    defaultVirtualMachine,
+		Validate:   validateVirtualMachine,
 		// Nothing of a VM's spec is immutable (as in Deckhouse): changes that need a restart
 		// are reported in status.restartAwaitingChanges.
 	})

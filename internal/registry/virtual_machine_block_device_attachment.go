@@ -6,18 +6,15 @@ import (
 )
 
 func init() {
-	register("VirtualMachineBlockDeviceAttachment", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineBlockDeviceAttachment{} },
-		Validate: func(o v1alpha1.Object) errs.FieldErrors {
-			a := o.(*v1alpha1.VirtualMachineBlockDeviceAttachment)
+	registerTyped("VirtualMachineBlockDeviceAttachment", typed[*v1alpha1.VirtualMachineBlockDeviceAttachment]{
+		Validate: func(a *v1alpha1.VirtualMachineBlockDeviceAttachment) errs.FieldErrors {
 			var fe errs.FieldErrors
 			chkRefName(&fe, "spec.virtualMachineName", a.Spec.VirtualMachineName, true)
 			chkEnum(&fe, "spec.blockDeviceRef.kind", a.Spec.BlockDeviceRef.Kind, true, blockDeviceKinds...)
 			chkRefName(&fe, "spec.blockDeviceRef.name", a.Spec.BlockDeviceRef.Name, true)
 			return fe
 		},
-		ValidateUpdate: func(o, old v1alpha1.Object) errs.FieldErrors {
-			n, p := o.(*v1alpha1.VirtualMachineBlockDeviceAttachment), old.(*v1alpha1.VirtualMachineBlockDeviceAttachment)
+		ValidateUpdate: func(n, p *v1alpha1.VirtualMachineBlockDeviceAttachment) errs.FieldErrors {
 			var fe errs.FieldErrors
 			const kind = "VirtualMachineBlockDeviceAttachment"
 			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, kind)

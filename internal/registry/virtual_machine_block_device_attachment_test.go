@@ -35,7 +35,8 @@ func TestVirtualMachineBlockDeviceAttachmentImmutable(t *testing.T) {
 }
 
 func FuzzValidateVirtualMachineBlockDeviceAttachment(f *testing.F) {
-	f.Add([]byte(vmtVMBDABase))
-	f.Add([]byte(`{"spec":{"virtualMachineName":"","blockDeviceRef":{"kind":"ClusterVirtualImage","name":"x"}}}`))
-	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "VirtualMachineBlockDeviceAttachment", data) })
+	tkFuzzSeeds(f, "VirtualMachineBlockDeviceAttachment",
+		vmtVMBDABase,
+		`{"spec":{"virtualMachineName":"","blockDeviceRef":{"kind":"ClusterVirtualImage","name":"x"}}}`,
+	)
 }

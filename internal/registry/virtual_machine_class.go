@@ -10,12 +10,9 @@ import (
 )
 
 func init() {
-	register("VirtualMachineClass", Strategy{
-		New:      func() v1alpha1.Object { return &v1alpha1.VirtualMachineClass{} },
-		Validate: func(o v1alpha1.Object) errs.FieldErrors { return validateVMClass(o.(*v1alpha1.VirtualMachineClass)) },
-		ValidateUpdate: func(o, old v1alpha1.Object) errs.FieldErrors {
-			return validateVMClassUpdate(o.(*v1alpha1.VirtualMachineClass), old.(*v1alpha1.VirtualMachineClass))
-		},
+	registerTyped("VirtualMachineClass", typed[*v1alpha1.VirtualMachineClass]{
+		Validate:       validateVMClass,
+		ValidateUpdate: validateVMClassUpdate,
 	})
 }
 

@@ -123,8 +123,9 @@ func TestVirtualMachineClassDefaultAnnotations(t *testing.T) {
 }
 
 func FuzzValidateVirtualMachineClass(f *testing.F) {
-	f.Add([]byte(vmtGenericClass))
-	f.Add([]byte(`{"spec":{"cpu":{"type":"Model","model":"EPYC"},"sizingPolicies":[{"cores":{"min":1,"max":4},"coreFractions":["10%",100],"defaultCoreFraction":"10%"},{"cores":{"min":2,"max":3}}]}}`))
-	f.Add([]byte(`{"spec":{"cpu":{"type":"Features","features":["avx"],"discovery":{"nodeSelector":{"matchExpressions":[{"key":"a","operator":"In","values":["b"]}]}}}}}`))
-	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "VirtualMachineClass", data) })
+	tkFuzzSeeds(f, "VirtualMachineClass",
+		vmtGenericClass,
+		`{"spec":{"cpu":{"type":"Model","model":"EPYC"},"sizingPolicies":[{"cores":{"min":1,"max":4},"coreFractions":["10%",100],"defaultCoreFraction":"10%"},{"cores":{"min":2,"max":3}}]}}`,
+		`{"spec":{"cpu":{"type":"Features","features":["avx"],"discovery":{"nodeSelector":{"matchExpressions":[{"key":"a","operator":"In","values":["b"]}]}}}}}`,
+	)
 }

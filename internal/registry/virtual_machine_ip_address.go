@@ -8,22 +8,12 @@ import (
 )
 
 func init() {
-	register("VirtualMachineIPAddress", Strategy{
-		New:     func() v1alpha1.Object { return &v1alpha1.VirtualMachineIPAddress{} },
-		Default: func(obj v1alpha1.Object) { defaultVMIP(obj.(*v1alpha1.VirtualMachineIPAddress)) },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			return validateVMIP(obj.(*v1alpha1.VirtualMachineIPAddress))
-		},
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
-			return validateVMIPUpdate(obj.(*v1alpha1.VirtualMachineIPAddress), old.(*v1alpha1.VirtualMachineIPAddress))
-		},
+	registerTyped("VirtualMachineIPAddress", typed[*v1alpha1.VirtualMachineIPAddress]{
+		Default:        defaultVMIP,
+		Validate:       validateVMIP,
+		ValidateUpdate: validateVMIPUpdate,
 	})
-	register("VirtualMachineIPAddressLease", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineIPAddressLease{} },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			return validateVMIPLease(obj.(*v1alpha1.VirtualMachineIPAddressLease))
-		},
-	})
+	registerTyped("VirtualMachineIPAddressLease", typed[*v1alpha1.VirtualMachineIPAddressLease]{Validate: validateVMIPLease})
 }
 
 func defaultVMIP(ip *v1alpha1.VirtualMachineIPAddress) {
@@ -83,15 +73,9 @@ func checkVMAddress(s string) string {
 
 func validateVMIPUpdate(n, o *v1alpha1.VirtualMachineIPAddress) errs.FieldErrors {
 	var fe errs.FieldErrors
-	if n.Spec.Type != o.Spec.Type {
-		fe.Forbidden("spec.type", "cannot be changed after creation")
-	}
-	if n.Spec.StaticIP != o.Spec.StaticIP {
-		fe.Forbidden("spec.staticIP", "cannot be changed after creation")
-	}
-	if n.Spec.Network != o.Spec.Network {
-		fe.Forbidden("spec.network", "cannot be changed after creation")
-	}
+	chkUnchanged(&fe, "spec.type", n.Spec.Type, o.Spec.Type, "")
+	chkUnchanged(&fe, "spec.staticIP", n.Spec.StaticIP, o.Spec.StaticIP, "")
+	chkUnchanged(&fe, "spec.network", n.Spec.Network, o.Spec.Network, "")
 	return fe
 }
 

@@ -32,11 +32,7 @@ func TestVirtualMachineIPAddressValidate(t *testing.T) {
 		return &v1alpha1.VirtualMachineIPAddress{Spec: v1alpha1.VirtualMachineIPAddressSpec{
 			Type: v1alpha1.VirtualMachineIPAddressType(typ), StaticIP: ip, Network: network}}
 	}
-	tests := []struct {
-		name string
-		obj  *v1alpha1.VirtualMachineIPAddress
-		want []tkCause
-	}{
+	tkRunCases(t, s, []tkCase[*v1alpha1.VirtualMachineIPAddress]{
 		{"auto", mk("", "", ""), nil},
 		{"static v4", mk("Static", "10.66.10.7", "main"), nil},
 		{"static v6", mk("Static", "fd00::7", "lab"), nil},
@@ -52,13 +48,7 @@ func TestVirtualMachineIPAddressValidate(t *testing.T) {
 		{"broadcast", mk("Static", "255.255.255.255", ""), []tkCause{tkInvalid("spec.staticIP")}},
 		{"link-local", mk("Static", "169.254.1.1", ""), []tkCause{tkInvalid("spec.staticIP")}},
 		{"bad network", mk("Static", "10.0.0.300", "Main_Net"), []tkCause{tkInvalid("spec.staticIP"), tkInvalid("spec.network")}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s.Default(tt.obj)
-			tkCheck(t, s.Validate(tt.obj), tt.want...)
-		})
-	}
+	})
 }
 
 func TestVirtualMachineIPAddressUpdate(t *testing.T) {
@@ -87,22 +77,16 @@ func TestVirtualMachineIPAddressLeaseValidate(t *testing.T) {
 }
 
 func FuzzValidateVirtualMachineIPAddress(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "VirtualMachineIPAddress",
 		`{"spec":{"type":"Auto"}}`,
 		`{"spec":{"type":"Static","staticIP":"2001:DB8::1","network":"lab"}}`,
 		`{"spec":{"staticIP":"::ffff:10.1.2.3"},"status":{"address":"10.1.2.3","phase":"Bound"}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "VirtualMachineIPAddress", data) })
+	)
 }
 
 func FuzzValidateVirtualMachineIPAddressLease(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "VirtualMachineIPAddressLease",
 		`{"metadata":{"name":"ip-10-0-0-1"},"spec":{"virtualMachineIPAddressRef":{"name":"a","namespace":"b"}}}`,
 		`{"metadata":{"name":"ip-1-2-3"},"spec":{}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "VirtualMachineIPAddressLease", data) })
+	)
 }

@@ -8,16 +8,13 @@ import (
 )
 
 func init() {
-	register("VirtualMachineMACAddress", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineMACAddress{} },
-		Default: func(obj v1alpha1.Object) {
-			m := obj.(*v1alpha1.VirtualMachineMACAddress)
+	registerTyped("VirtualMachineMACAddress", typed[*v1alpha1.VirtualMachineMACAddress]{
+		Default: func(m *v1alpha1.VirtualMachineMACAddress) {
 			if n, err := v1alpha1.NormalizeMAC(m.Spec.Address); err == nil {
 				m.Spec.Address = n
 			}
 		},
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			m := obj.(*v1alpha1.VirtualMachineMACAddress)
+		Validate: func(m *v1alpha1.VirtualMachineMACAddress) errs.FieldErrors {
 			var fe errs.FieldErrors
 			if m.Spec.Address != "" {
 				if msg := checkVMMAC(m.Spec.Address); msg != "" {
@@ -26,18 +23,14 @@ func init() {
 			}
 			return fe
 		},
-		ValidateUpdate: func(obj, old v1alpha1.Object) errs.FieldErrors {
+		ValidateUpdate: func(n, o *v1alpha1.VirtualMachineMACAddress) errs.FieldErrors {
 			var fe errs.FieldErrors
-			if obj.(*v1alpha1.VirtualMachineMACAddress).Spec.Address != old.(*v1alpha1.VirtualMachineMACAddress).Spec.Address {
-				fe.Forbidden("spec.address", "cannot be changed after creation")
-			}
+			chkUnchanged(&fe, "spec.address", n.Spec.Address, o.Spec.Address, "")
 			return fe
 		},
 	})
-	register("VirtualMachineMACAddressLease", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineMACAddressLease{} },
-		Validate: func(obj v1alpha1.Object) errs.FieldErrors {
-			l := obj.(*v1alpha1.VirtualMachineMACAddressLease)
+	registerTyped("VirtualMachineMACAddressLease", typed[*v1alpha1.VirtualMachineMACAddressLease]{
+		Validate: func(l *v1alpha1.VirtualMachineMACAddressLease) errs.FieldErrors {
 			var fe errs.FieldErrors
 			if l.Name != "" {
 				if _, err := v1alpha1.ParseMACLeaseName(l.Name); err != nil {

@@ -59,22 +59,16 @@ func TestVirtualMachineMACAddressLease(t *testing.T) {
 }
 
 func FuzzValidateVirtualMachineMACAddress(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "VirtualMachineMACAddress",
 		`{"spec":{}}`,
 		`{"spec":{"address":"02-AB-CD-EF-00-01"}}`,
 		`{"spec":{"address":"01:00:5e:00:00:01"},"status":{"phase":"Bound","address":"01:00:5e:00:00:01"}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "VirtualMachineMACAddress", data) })
+	)
 }
 
 func FuzzValidateVirtualMachineMACAddressLease(f *testing.F) {
-	for _, s := range []string{
+	tkFuzzSeeds(f, "VirtualMachineMACAddressLease",
 		`{"metadata":{"name":"mac-02-00-00-00-00-01"},"spec":{"virtualMachineMACAddressRef":{"name":"a","namespace":"b"}}}`,
 		`{"metadata":{"name":"mac-02"},"spec":{"virtualMachineMACAddressRef":{}}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) { tkFuzz(t, "VirtualMachineMACAddressLease", data) })
+	)
 }

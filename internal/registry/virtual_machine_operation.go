@@ -9,21 +9,18 @@ import (
 )
 
 func init() {
-	register("VirtualMachineOperation", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineOperation{} },
-		Validate: func(o v1alpha1.Object) errs.FieldErrors {
-			return validateVMOP(o.(*v1alpha1.VirtualMachineOperation))
-		},
-		ValidateUpdate: func(o, old v1alpha1.Object) errs.FieldErrors {
-			n, p := o.(*v1alpha1.VirtualMachineOperation), old.(*v1alpha1.VirtualMachineOperation)
+	registerTyped("VirtualMachineOperation", typed[*v1alpha1.VirtualMachineOperation]{
+		Validate: validateVMOP,
+		ValidateUpdate: func(n, p *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
 			var fe errs.FieldErrors
-			chkImmutable(&fe, "spec.type", n.Spec.Type, p.Spec.Type, "VirtualMachineOperation")
-			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, "VirtualMachineOperation")
-			chkImmutable(&fe, "spec.force", n.Spec.Force, p.Spec.Force, "VirtualMachineOperation")
-			chkImmutable(&fe, "spec.restore", n.Spec.Restore, p.Spec.Restore, "VirtualMachineOperation")
-			chkImmutable(&fe, "spec.clone", n.Spec.Clone, p.Spec.Clone, "VirtualMachineOperation")
-			chkImmutable(&fe, "spec.migrate", n.Spec.Migrate, p.Spec.Migrate, "VirtualMachineOperation")
-			chkImmutable(&fe, "spec.evict", n.Spec.Evict, p.Spec.Evict, "VirtualMachineOperation")
+			const kind = "VirtualMachineOperation"
+			chkImmutable(&fe, "spec.type", n.Spec.Type, p.Spec.Type, kind)
+			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, kind)
+			chkImmutable(&fe, "spec.force", n.Spec.Force, p.Spec.Force, kind)
+			chkImmutable(&fe, "spec.restore", n.Spec.Restore, p.Spec.Restore, kind)
+			chkImmutable(&fe, "spec.clone", n.Spec.Clone, p.Spec.Clone, kind)
+			chkImmutable(&fe, "spec.migrate", n.Spec.Migrate, p.Spec.Migrate, kind)
+			chkImmutable(&fe, "spec.evict", n.Spec.Evict, p.Spec.Evict, kind)
 			return fe
 		},
 	})
@@ -34,6 +31,19 @@ func chkImmutable(fe *errs.FieldErrors, path string, n, old any, kind string) {
 	if !jsonEqual(n, old) {
 		fe.Forbidden(path, fmt.Sprintf("the field is immutable: %s cannot be changed once the %s is created", path, kind))
 	}
+}
+
+// chkUnchanged reports a Forbidden change of path when n and old differ: the field "cannot be
+// changed after creation", followed by why when it is not empty.
+func chkUnchanged[T comparable](fe *errs.FieldErrors, path string, n, old T, why string) {
+	if n == old {
+		return
+	}
+	msg := "cannot be changed after creation"
+	if why != "" {
+		msg += " " + why
+	}
+	fe.Forbidden(path, msg)
 }
 
 const maxCloneName = 59

@@ -72,8 +72,9 @@ func TestVirtualMachineOperationImmutable(t *testing.T) {
 }
 
 func FuzzValidateVirtualMachineOperation(f *testing.F) {
-	f.Add([]byte(vmtVMOPBase))
-	f.Add([]byte(`{"spec":{"type":"Clone","virtualMachineName":"a","clone":{"mode":"DryRun","nameReplacement":[{"from":{"name":"a"},"to":"b"}]}}}`))
-	f.Add([]byte(`{"spec":{"type":"Restore","virtualMachineName":"a","force":true,"restore":{"mode":"Strict","virtualMachineSnapshotName":"s"},"migrate":{"nodeSelector":{"k":"v"}}}}`))
-	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "VirtualMachineOperation", data) })
+	tkFuzzSeeds(f, "VirtualMachineOperation",
+		vmtVMOPBase,
+		`{"spec":{"type":"Clone","virtualMachineName":"a","clone":{"mode":"DryRun","nameReplacement":[{"from":{"name":"a"},"to":"b"}]}}}`,
+		`{"spec":{"type":"Restore","virtualMachineName":"a","force":true,"restore":{"mode":"Strict","virtualMachineSnapshotName":"s"},"migrate":{"nodeSelector":{"k":"v"}}}}`,
+	)
 }

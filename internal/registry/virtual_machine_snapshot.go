@@ -6,24 +6,20 @@ import (
 )
 
 func init() {
-	register("VirtualMachineSnapshot", Strategy{
-		New: func() v1alpha1.Object { return &v1alpha1.VirtualMachineSnapshot{} },
-		Default: func(o v1alpha1.Object) {
-			s := o.(*v1alpha1.VirtualMachineSnapshot)
+	registerTyped("VirtualMachineSnapshot", typed[*v1alpha1.VirtualMachineSnapshot]{
+		Default: func(s *v1alpha1.VirtualMachineSnapshot) {
 			defaultTrue(&s.Spec.RequiredConsistency)
 			if s.Spec.KeepIPAddress == "" {
 				s.Spec.KeepIPAddress = v1alpha1.KeepIPAddressAlways
 			}
 		},
-		Validate: func(o v1alpha1.Object) errs.FieldErrors {
-			s := o.(*v1alpha1.VirtualMachineSnapshot)
+		Validate: func(s *v1alpha1.VirtualMachineSnapshot) errs.FieldErrors {
 			var fe errs.FieldErrors
 			chkRefName(&fe, "spec.virtualMachineName", s.Spec.VirtualMachineName, true)
 			chkEnum(&fe, "spec.keepIPAddress", s.Spec.KeepIPAddress, false, v1alpha1.KeepIPAddressAlways, v1alpha1.KeepIPAddressNever)
 			return fe
 		},
-		ValidateUpdate: func(o, old v1alpha1.Object) errs.FieldErrors {
-			n, p := o.(*v1alpha1.VirtualMachineSnapshot), old.(*v1alpha1.VirtualMachineSnapshot)
+		ValidateUpdate: func(n, p *v1alpha1.VirtualMachineSnapshot) errs.FieldErrors {
 			var fe errs.FieldErrors
 			const kind = "VirtualMachineSnapshot"
 			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, kind)

@@ -42,7 +42,8 @@ func TestVirtualMachineSnapshotImmutable(t *testing.T) {
 }
 
 func FuzzValidateVirtualMachineSnapshot(f *testing.F) {
-	f.Add([]byte(vmtVMSBase))
-	f.Add([]byte(`{"spec":{"virtualMachineName":"v","keepIPAddress":"Never","requiredConsistency":true}}`))
-	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "VirtualMachineSnapshot", data) })
+	tkFuzzSeeds(f, "VirtualMachineSnapshot",
+		vmtVMSBase,
+		`{"spec":{"virtualMachineName":"v","keepIPAddress":"Never","requiredConsistency":true}}`,
+	)
 }

@@ -145,56 +145,6 @@ func vmtUpdate(t *testing.T, kind, base, oldPatch, newPatch string) []string {
 	return vmtCauses(s.ValidateUpdate(obj, old))
 }
 
-// vmtFuzz decodes data as an object of kind; when it decodes, Default must be idempotent and
-// Validate and ValidateUpdate must not panic; an object updated to itself must pass
-// ValidateUpdate.
-func vmtFuzz(t *testing.T, kind string, data []byte) {
-	s, ok := ByKind(kind)
-	if !ok {
-		t.Fatalf("kind %s is not registered", kind)
-	}
-	var raw any
-	if json.Unmarshal(data, &raw) == nil {
-		_ = CheckUnknownFields(raw, reflect.TypeOf(s.New()))
-	}
-	obj := s.New()
-	if err := json.Unmarshal(data, obj); err != nil {
-		return
-	}
-	if s.Default != nil {
-		s.Default(obj)
-	}
-	once, err := json.Marshal(obj)
-	if err != nil {
-		t.Fatalf("marshal after Default: %v", err)
-	}
-	if s.Default != nil {
-		s.Default(obj)
-	}
-	twice, _ := json.Marshal(obj)
-	if string(once) != string(twice) {
-		t.Fatalf("Default is not idempotent:\n%s\n%s", once, twice)
-	}
-	if s.Validate != nil {
-		for _, f := range s.Validate(obj) {
-			if f.Field == "" || f.Type == "" || f.Message == "" {
-				t.Fatalf("incomplete field error %+v", f)
-			}
-		}
-	}
-	// A round trip through JSON must keep the object as it is, and an update to an equal
-	// object must be allowed.
-	again := s.New()
-	if err := json.Unmarshal(once, again); err != nil {
-		t.Fatalf("re-decode %s: %v", once, err)
-	}
-	if s.ValidateUpdate != nil {
-		if fe := s.ValidateUpdate(again, obj); len(fe) > 0 {
-			t.Fatalf("update to an equal object rejected: %v", fe)
-		}
-	}
-}
-
 // --- VirtualMachine ---
 
 const vmtVMBase = `{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"VirtualMachine",
@@ -424,11 +374,12 @@ func TestVirtualMachineUpdateAllowed(t *testing.T) {
 }
 
 func FuzzValidateVirtualMachine(f *testing.F) {
-	f.Add([]byte(vmtVMBase))
-	f.Add([]byte(`{"spec":{"cpu":{"cores":1,"coreFraction":"5%"},"memory":{"size":"1Gi"},"networks":[{"type":"Main"}],"provisioning":{"type":"UserData","userData":"x"},"tolerations":[{"operator":"Exists"}]}}`))
-	f.Add([]byte(`{"spec":{"cpu":{"cores":2,"maxCores":4},"memory":{"size":"256Mi","maxSize":"1Gi"}}}`))
-	f.Add([]byte(`{"spec":{"virtualMachineClassName":"c","affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"k","operator":"Lt","values":["3"]}]}]}}},"disruptions":{}}}`))
-	f.Fuzz(func(t *testing.T, data []byte) { vmtFuzz(t, "VirtualMachine", data) })
+	tkFuzzSeeds(f, "VirtualMachine",
+		vmtVMBase,
+		`{"spec":{"cpu":{"cores":1,"coreFraction":"5%"},"memory":{"size":"1Gi"},"networks":[{"type":"Main"}],"provisioning":{"type":"UserData","userData":"x"},"tolerations":[{"operator":"Exists"}]}}`,
+		`{"spec":{"cpu":{"cores":2,"maxCores":4},"memory":{"size":"256Mi","maxSize":"1Gi"}}}`,
+		`{"spec":{"virtualMachineClassName":"c","affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"k","operator":"Lt","values":["3"]}]}]}}},"disruptions":{}}}`,
+	)
 }
 
 // TestUnknownFieldSuggests: a misspelt field names the field it was likely meant to be.
