@@ -30,27 +30,17 @@ func backupWait(ctx context.Context, cc *cliContext, name string, every time.Dur
 	if err != nil {
 		return err
 	}
-	for {
+	var phase v1alpha1.BackupPhase
+	return poll(ctx, every, func() (bool, error) {
 		var b v1alpha1.VirtualMachineBackup
 		if err := c.Get(ctx, "virtualmachinebackups", cc.Namespace(), name, &b); err != nil {
-			return err
+			return false, err
 		}
-		if ok, err := done(&b); ok || err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("backup %s: %w (it is %s)", name, ctx.Err(), b.Status.Phase)
-		case <-time.After(every):
-		}
-	}
-}
-
-func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	if d > 0 {
-		return context.WithTimeout(ctx, d)
-	}
-	return context.WithCancel(ctx)
+		phase = b.Status.Phase
+		return done(&b)
+	}, func(err error) error {
+		return fmt.Errorf("backup %s: %w (it is %s)", name, err, phase)
+	})
 }
 
 // newBackupCreateCommand returns `rakhsh backup create`.
@@ -78,13 +68,9 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 			if m != v1alpha1.BackupModeSnapshot && m != v1alpha1.BackupModeSuspend && m != v1alpha1.BackupModeStop {
 				return usageErrorf("--mode %q: want snapshot, suspend or stop", mode)
 			}
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
 			ns, vm := cc.Namespace(), args[0]
-			if err := c.Get(ctx, "virtualmachines", ns, vm, nil); err != nil {
+			c, err := clientForVM(cmd, cc, vm)
+			if err != nil {
 				return err
 			}
 			b := v1alpha1.VirtualMachineBackup{
@@ -96,22 +82,15 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 			if name == "" {
 				b.GenerateName = vm + "-backup-"
 			}
-			var out v1alpha1.VirtualMachineBackup
-			if err := c.Create(ctx, "virtualmachinebackups", ns, &b, &out); err != nil {
+			out, err := createAndPrint(cmd, c, "virtualmachinebackups", ns, &b)
+			if err != nil || !wait {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
-			}
-			ctx, cancel := withTimeout(ctx, timeout)
+			ctx, cancel := withTimeout(cmd.Context(), timeout)
 			defer cancel()
-			last := ""
+			show := lineChanges(cmd.ErrOrStderr())
 			return backupWait(ctx, cc, out.Name, 500*time.Millisecond, func(b *v1alpha1.VirtualMachineBackup) (bool, error) {
-				msg := ""
-				if c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted); c != nil {
-					msg = c.Message
-				}
+				msg := conditionMessage(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
 				switch b.Status.Phase {
 				case v1alpha1.BackupPhaseCompleted:
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s: Completed: %s\n", b.Name, msg)
@@ -119,10 +98,8 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 				case v1alpha1.BackupPhaseFailed:
 					return true, fmt.Errorf("backup %s failed: %s", b.Name, msg)
 				}
-				line := string(b.Status.Phase) + " " + b.Status.Progress + ": " + msg
-				if line != last && b.Status.Phase != "" {
-					last = line
-					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", b.Name, line)
+				if b.Status.Phase != "" {
+					show(b.Name + ": " + string(b.Status.Phase) + " " + b.Status.Progress + ": " + msg)
 				}
 				return false, nil
 			})

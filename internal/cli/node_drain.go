@@ -67,11 +67,8 @@ waiting. See docs/nodes.md.`,
 				return err
 			}
 			ctx := cmd.Context()
-			if o.timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, o.timeout)
-				defer cancel()
-			}
+			ctx, cancel := withTimeout(ctx, o.timeout)
+			defer cancel()
 			return drainNode(ctx, c, cmd.OutOrStdout(), args[0], o)
 		},
 	}

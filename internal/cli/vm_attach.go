@@ -187,27 +187,20 @@ func attachmentWhy(b *v1alpha1.VirtualMachineBlockDeviceAttachment) string {
 // pollAttachment reads the attachment until done says so (or fails), or the timeout.
 func pollAttachment(ctx context.Context, c *client.Client, ns, name string, timeout time.Duration,
 	done func(b *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error)) error {
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-	for {
+	ctx, cancel := withTimeout(ctx, timeout)
+	defer cancel()
+	var phase v1alpha1.VMBDAPhase
+	return poll(ctx, 200*time.Millisecond, func() (bool, error) {
 		var b v1alpha1.VirtualMachineBlockDeviceAttachment
 		err := c.Get(ctx, vmbdaResource, ns, name, &b)
 		if err != nil && !client.IsNotFound(err) {
-			return err
+			return false, err
 		}
-		ok, err := done(&b, client.IsNotFound(err))
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for attachment %s (phase %s): %w", name, orNoPhase(string(b.Status.Phase)), ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		phase = b.Status.Phase
+		return done(&b, client.IsNotFound(err))
+	}, func(err error) error {
+		return fmt.Errorf("waiting for attachment %s (phase %s): %w", name, orNoPhase(string(phase)), err)
+	})
 }
 
 func orNoPhase(s string) string {

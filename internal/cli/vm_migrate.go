@@ -64,24 +64,16 @@ progress and fails if the migration fails; the VM then goes on running where it 
 					return usageErrorf("--to %s: the virtual machine already runs there", to)
 				}
 			}
-			op := v1alpha1.VirtualMachineOperation{
-				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
-				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: name + "-migrate-", Namespace: ns},
-				Spec:       v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeMigrate, VirtualMachineName: name},
-			}
+			spec := v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeMigrate}
 			if to != "" {
-				op.Spec.Migrate = &v1alpha1.VMOPMigrateSpec{NodeSelector: map[string]string{v1alpha1.NodeHostnameLabel: to}}
+				spec.Migrate = &v1alpha1.VMOPMigrateSpec{NodeSelector: map[string]string{v1alpha1.NodeHostnameLabel: to}}
 			}
 			if cmd.Flags().Changed("force") {
-				op.Spec.Force = &force
+				spec.Force = &force
 			}
-			var out v1alpha1.VirtualMachineOperation
-			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+			out, err := createVMOperation(cmd, c, ns, name, "migrate", spec)
+			if err != nil || !wait {
 				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
 			}
 			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, migrationProgress(cmd.ErrOrStderr(), string(out.UID)))
 		},
@@ -97,7 +89,7 @@ progress and fails if the migration fails; the VM then goes on running where it 
 
 // migrationProgress prints a line when the migration id's phase or percentage changes.
 func migrationProgress(w io.Writer, id string) func(*v1alpha1.VirtualMachine) {
-	last := ""
+	show := lineChanges(w)
 	return func(vm *v1alpha1.VirtualMachine) {
 		m := vm.Status.MigrationState
 		if m == nil || m.ID != id {
@@ -113,9 +105,6 @@ func migrationProgress(w io.Writer, id string) func(*v1alpha1.VirtualMachine) {
 				line += fmt.Sprintf(", disks %s left", v1alpha1.BytesQuantity(p.DiskRemainingBytes))
 			}
 		}
-		if line != last {
-			last = line
-			fmt.Fprintln(w, line)
-		}
+		show(line)
 	}
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -29,13 +28,9 @@ waits until the snapshot is Ready and fails if it fails. See docs/snapshots.md.`
 		Args:    cobra.ExactArgs(1),
 		Example: "  rakhsh vm snapshot vm1 --name before-upgrade --wait\n  rakhsh vm restore vm1 before-upgrade --wait",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
 			ns, vm := cc.Namespace(), args[0]
-			if err := c.Get(ctx, "virtualmachines", ns, vm, nil); err != nil {
+			c, err := clientForVM(cmd, cc, vm)
+			if err != nil {
 				return err
 			}
 			s := v1alpha1.VirtualMachineSnapshot{
@@ -51,47 +46,33 @@ waits until the snapshot is Ready and fails if it fails. See docs/snapshots.md.`
 				s.Spec.RequiredConsistency = &f
 			}
 			s.Spec.KeepRAM = keepRAM
-			var out v1alpha1.VirtualMachineSnapshot
-			if err := c.Create(ctx, "virtualmachinesnapshots", ns, &s, &out); err != nil {
+			out, err := createAndPrint(cmd, c, "virtualmachinesnapshots", ns, &s)
+			if err != nil || !wait {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
-			}
-			if timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, timeout)
-				defer cancel()
-			}
-			last := ""
-			for {
-				if err := c.Get(ctx, "virtualmachinesnapshots", ns, out.Name, &out); err != nil {
-					return err
+			ctx, cancel := withTimeout(cmd.Context(), timeout)
+			defer cancel()
+			show := lineChanges(cmd.ErrOrStderr())
+			return poll(ctx, 300*time.Millisecond, func() (bool, error) {
+				if err := c.Get(ctx, "virtualmachinesnapshots", ns, out.Name, out); err != nil {
+					return false, err
 				}
-				cond := v1alpha1.FindCondition(out.Status.Conditions, v1alpha1.VMSnapshotConditionReady)
-				msg := ""
-				if cond != nil {
-					msg = cond.Message
-				}
+				msg := conditionMessage(out.Status.Conditions, v1alpha1.VMSnapshotConditionReady)
 				switch out.Status.Phase {
 				case v1alpha1.SnapshotPhaseReady:
 					consistent := out.Status.Consistent != nil && *out.Status.Consistent
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s: Ready (%d disks, consistent: %t)\n", out.Name, len(out.Status.VirtualDiskSnapshotNames), consistent)
-					return nil
+					return true, nil
 				case v1alpha1.SnapshotPhaseFailed:
-					return fmt.Errorf("snapshot %s failed: %s", out.Name, msg)
+					return true, fmt.Errorf("snapshot %s failed: %s", out.Name, msg)
 				}
-				if line := string(out.Status.Phase) + ": " + msg; line != last && out.Status.Phase != "" {
-					last = line
-					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", out.Name, line)
+				if out.Status.Phase != "" {
+					show(out.Name + ": " + string(out.Status.Phase) + ": " + msg)
 				}
-				select {
-				case <-ctx.Done():
-					return fmt.Errorf("snapshot %s: %w (it is %s)", out.Name, ctx.Err(), out.Status.Phase)
-				case <-time.After(300 * time.Millisecond):
-				}
-			}
+				return false, nil
+			}, func(err error) error {
+				return fmt.Errorf("snapshot %s: %w (it is %s)", out.Name, err, out.Status.Phase)
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -138,22 +119,12 @@ rest. With --wait it waits until the restore ends and fails if it fails.`,
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			ns, vm := cc.Namespace(), args[0]
-			op := v1alpha1.VirtualMachineOperation{
-				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
-				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: vm + "-restore-", Namespace: ns},
-				Spec:       v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, VirtualMachineName: vm, Restore: rs},
-			}
-			var out v1alpha1.VirtualMachineOperation
-			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+			ns := cc.Namespace()
+			out, err := createVMOperation(cmd, c, ns, args[0], "restore", v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, Restore: rs})
+			if err != nil || !wait {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
-			}
-			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
+			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -186,7 +157,6 @@ says. With --wait it waits until the disks are copied; --dry-run only checks the
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
 			ns, src, dst := cc.Namespace(), args[0], args[1]
 			if src == dst {
 				return usageErrorf("the clone needs a name other than %q", src)
@@ -199,23 +169,14 @@ says. With --wait it waits until the disks are copied; --dry-run only checks the
 			if dryRun {
 				mode = v1alpha1.SnapshotOperationModeDryRun
 			}
-			op := v1alpha1.VirtualMachineOperation{
-				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
-				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: src + "-clone-", Namespace: ns},
-				Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone, VirtualMachineName: src,
-					Clone: &v1alpha1.VMOPCloneSpec{Mode: mode, CloneMode: cloneMode,
-						NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: src}, To: dst}},
-						Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: dst + "-"}}},
-			}
-			var out v1alpha1.VirtualMachineOperation
-			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+			out, err := createVMOperation(cmd, c, ns, src, "clone", v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone,
+				Clone: &v1alpha1.VMOPCloneSpec{Mode: mode, CloneMode: cloneMode,
+					NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: src}, To: dst}},
+					Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: dst + "-"}}})
+			if err != nil || (!wait && !dryRun) {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait && !dryRun {
-				return nil
-			}
-			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
+			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
 		},
 	}
 	f := cmd.Flags()
