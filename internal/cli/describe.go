@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -216,12 +218,7 @@ func writeMap(w io.Writer, label string, v any) {
 		fmt.Fprintf(w, "%-13s %s\n", label+":", none)
 		return
 	}
-	keys := make([]string, 0, len(m))
-	for key := range m {
-		keys = append(keys, key)
-	}
-	sort.Strings(keys)
-	for i, key := range keys {
+	for i, key := range slices.Sorted(maps.Keys(m)) {
 		l := ""
 		if i == 0 {
 			l = label + ":"
@@ -262,13 +259,8 @@ func writeSecretData(w io.Writer, title string, v any, base64Encoded bool) {
 		fmt.Fprintf(w, "  %s\n", none)
 		return
 	}
-	keys := make([]string, 0, len(m))
-	for key := range m {
-		keys = append(keys, key)
-	}
-	sort.Strings(keys)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	for _, key := range keys {
+	for _, key := range slices.Sorted(maps.Keys(m)) {
 		s, _ := m[key].(string)
 		n := len(s)
 		if base64Encoded {

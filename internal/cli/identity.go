@@ -407,10 +407,7 @@ func readPasswordOnce(cmd *cobra.Command, fromStdin bool) (string, error) {
 		if !isFile || !term.IsTerminal(int(f.Fd())) {
 			return "", usageErrorf("standard input is not a terminal: pass the password with --password-stdin")
 		}
-		fmt.Fprint(cmd.ErrOrStderr(), "Password: ")
-		b, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(cmd.ErrOrStderr())
-		return string(b), err
+		return promptPassword(cmd, f, "Password: ")
 	}
 	line, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
 	if err != nil && err != io.EOF {
@@ -421,6 +418,34 @@ func readPasswordOnce(cmd *cobra.Command, fromStdin bool) (string, error) {
 		return "", usageErrorf("no password on standard input")
 	}
 	return line, nil
+}
+
+// readPassword reads the password from the terminal (twice, without echo) or, with
+// fromStdin, the first line of standard input.
+func readPassword(cmd *cobra.Command, fromStdin bool) (string, error) {
+	pw, err := readPasswordOnce(cmd, fromStdin)
+	if err != nil {
+		return "", err
+	}
+	if fromStdin {
+		return pw, nil
+	}
+	again, err := promptPassword(cmd, cmd.InOrStdin().(*os.File), "Again: ") // a terminal: readPasswordOnce read it
+	if err != nil {
+		return "", err
+	}
+	if pw != again {
+		return "", fmt.Errorf("the passwords differ")
+	}
+	return pw, nil
+}
+
+// promptPassword writes prompt and reads a line from the terminal f without echo.
+func promptPassword(cmd *cobra.Command, f *os.File, prompt string) (string, error) {
+	fmt.Fprint(cmd.ErrOrStderr(), prompt)
+	b, err := term.ReadPassword(int(f.Fd()))
+	fmt.Fprintln(cmd.ErrOrStderr())
+	return string(b), err
 }
 
 func newWhoAmICommand(cc *cliContext) *cobra.Command {

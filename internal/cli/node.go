@@ -90,25 +90,24 @@ func newNodeCordonCommand(cc *cliContext, cordon bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			failed := false
-			for _, name := range args {
-				if err := c.Patch(cmd.Context(), "nodes", "", name, []byte(patch), nil); err != nil {
-					printError(cmd.ErrOrStderr(), err)
-					failed = true
-					continue
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "node/%s %s\n", name, done)
-			}
-			if failed {
-				return errReported
-			}
-			return nil
+			return patchNodes(cmd, cc, args, patch, done)
 		},
 	}
+}
+
+// patchNodes sends patch to each node and says "node/NAME done" for each it changed.
+func patchNodes(cmd *cobra.Command, cc *cliContext, nodes []string, patch, done string) error {
+	c, err := cc.Client()
+	if err != nil {
+		return err
+	}
+	return eachReported(cmd.ErrOrStderr(), nodes, func(name string) error {
+		if err := c.Patch(cmd.Context(), "nodes", "", name, []byte(patch), nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "node/%s %s\n", name, done)
+		return nil
+	})
 }
 
 func newNodeRemoveCommand(cc *cliContext) *cobra.Command {
@@ -145,24 +144,16 @@ node-credential.json from the old one).`,
 					bound[node] = append(bound[node], fmt.Sprintf("%v/%v", md["namespace"], md["name"]))
 				}
 			}
-			failed := false
-			for _, name := range args {
+			return eachReported(cmd.ErrOrStderr(), args, func(name string) error {
 				if vms := bound[name]; len(vms) > 0 {
-					printError(cmd.ErrOrStderr(), fmt.Errorf("node %q still has %d VM(s) bound to it (%s): stop or move them first, or give --force", name, len(vms), strings.Join(vms, ", ")))
-					failed = true
-					continue
+					return fmt.Errorf("node %q still has %d VM(s) bound to it (%s): stop or move them first, or give --force", name, len(vms), strings.Join(vms, ", "))
 				}
 				if err := c.Delete(ctx, "nodes", "", name); err != nil {
-					printError(cmd.ErrOrStderr(), err)
-					failed = true
-					continue
+					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "node/%s removed; its credential is revoked\n", name)
-			}
-			if failed {
-				return errReported
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "remove nodes even when VMs are bound to them")
@@ -244,19 +235,13 @@ The token expires after --ttl and is used up after --uses joins.`,
 			if err != nil {
 				return err
 			}
-			failed := false
-			for _, id := range args {
+			return eachReported(cmd.ErrOrStderr(), args, func(id string) error {
 				if err := c.DeleteJoinToken(cmd.Context(), id); err != nil {
-					printError(cmd.ErrOrStderr(), err)
-					failed = true
-					continue
+					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "join token %s deleted\n", id)
-			}
-			if failed {
-				return errReported
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(create, list, del)

@@ -220,6 +220,22 @@ func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code
 // errReported says: something failed and was already printed; exit 1.
 var errReported error = &exitError{code: 1}
 
+// eachReported calls do for each item, printing its error on w and going on with the next;
+// it returns errReported when one failed.
+func eachReported[T any](w io.Writer, items []T, do func(T) error) error {
+	failed := false
+	for _, it := range items {
+		if err := do(it); err != nil {
+			printError(w, err)
+			failed = true
+		}
+	}
+	if failed {
+		return errReported
+	}
+	return nil
+}
+
 // Execute runs root with SIGINT/SIGTERM cancelling the command's context, prints any error to
 // root's stderr and returns the process exit code.
 func Execute(root *cobra.Command) int {
