@@ -273,14 +273,24 @@ func writeSecretData(w io.Writer, title string, v any, base64Encoded bool) {
 	tw.Flush()
 }
 
+// describeTable writes "Title:" and the header of a table indented by two spaces; without
+// rows it writes "Title: <none>" and returns nil.
+func describeTable(w io.Writer, title string, rows int, header string) *tabwriter.Writer {
+	if rows == 0 {
+		fmt.Fprintf(w, "%-13s %s\n", title+":", none)
+		return nil
+	}
+	fmt.Fprintf(w, "%s:\n", title)
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	return tw
+}
+
 func writeConditions(w io.Writer, conds []any, now time.Time) {
-	if len(conds) == 0 {
-		fmt.Fprintf(w, "%-13s %s\n", "Conditions:", none)
+	tw := describeTable(w, "Conditions", len(conds), "  TYPE\tSTATUS\tREASON\tMESSAGE\tAGE")
+	if tw == nil {
 		return
 	}
-	fmt.Fprintln(w, "Conditions:")
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "  TYPE\tSTATUS\tREASON\tMESSAGE\tAGE")
 	for _, c := range conds {
 		cm, ok := c.(map[string]any)
 		if !ok {
@@ -294,13 +304,10 @@ func writeConditions(w io.Writer, conds []any, now time.Time) {
 }
 
 func writeEvents(w io.Writer, events []object, now time.Time) {
-	if len(events) == 0 {
-		fmt.Fprintf(w, "%-13s %s\n", "Events:", none)
+	tw := describeTable(w, "Events", len(events), "  TYPE\tREASON\tAGE\tMESSAGE")
+	if tw == nil {
 		return
 	}
-	fmt.Fprintln(w, "Events:")
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "  TYPE\tREASON\tAGE\tMESSAGE")
 	for _, ev := range events {
 		last := eventTime(ev)
 		ageStr := "<unknown>"
