@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // newBackupCommand returns `rakhsh backup`.
@@ -75,12 +76,9 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 			}
 			b := v1alpha1.VirtualMachineBackup{
 				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineBackup"},
-				ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: ns},
+				ObjectMeta: vmObjectMeta(ns, vm, "backup", name),
 				Spec: v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: vm, BackupTargetName: target, Mode: m,
 					BandwidthLimit: v1alpha1.Quantity(bwlimit)},
-			}
-			if name == "" {
-				b.GenerateName = vm + "-backup-"
 			}
 			out, err := createAndPrint(cmd, c, "virtualmachinebackups", ns, &b)
 			if err != nil || !wait {
@@ -127,11 +125,7 @@ missing or corrupted. A corrupted chunk is put aside (renamed SUM.bad), so that 
 with the same data stores it again. The result stays in the backup's Verified condition.`,
 		Args:    cobra.ExactArgs(1),
 		Example: "  rakhsh backup verify vm1-backup-x7k2p",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ctx, cancel := withTimeout(cmd.Context(), timeout)
 			defer cancel()
 			ns, name := cc.Namespace(), args[0]
@@ -160,7 +154,7 @@ with the same data stores it again. The result stays in the backup's Verified co
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: verified: %s\n", name, msg)
 				return true, nil
 			})
-		},
+		}),
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Hour, "how long to wait for the result (0: no limit)")
 	return cmd

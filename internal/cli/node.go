@@ -121,11 +121,7 @@ can no longer reach the API. A node that still has VMs bound to it is refused un
 host back, make a new join token and start its agent on a fresh data dir (or delete
 node-credential.json from the old one).`,
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ctx := cmd.Context()
 			bound := map[string][]string{}
 			if !force {
@@ -154,7 +150,7 @@ node-credential.json from the old one).`,
 				fmt.Fprintf(cmd.OutOrStdout(), "node/%s removed; its credential is revoked\n", name)
 				return nil
 			})
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "remove nodes even when VMs are bound to them")
 	return cmd
@@ -205,11 +201,7 @@ The token expires after --ttl and is used up after --uses joins.`,
 		Aliases: []string{"ls"},
 		Short:   "List the join tokens that are still valid (without their secrets)",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			l, err := c.ListJoinTokens(cmd.Context())
 			if err != nil {
 				return err
@@ -224,17 +216,13 @@ The token expires after --ttl and is used up after --uses joins.`,
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", t.ID, t.Expires.Local().Format(time.RFC3339), t.UsesLeft, t.Description)
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	del := &cobra.Command{
 		Use:   "delete ID...",
 		Short: "Delete join tokens (nodes that joined with them keep their credentials)",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			return eachReported(cmd.ErrOrStderr(), args, func(id string) error {
 				if err := c.DeleteJoinToken(cmd.Context(), id); err != nil {
 					return err
@@ -242,7 +230,7 @@ The token expires after --ttl and is used up after --uses joins.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "join token %s deleted\n", id)
 				return nil
 			})
-		},
+		}),
 	}
 	cmd.AddCommand(create, list, del)
 	return cmd

@@ -144,6 +144,17 @@ func (cc *cliContext) Client() (*client.Client, error) {
 	return client.New(cfg)
 }
 
+// withClient makes a command's RunE that builds the client (Client) before it runs run.
+func (cc *cliContext) withClient(run func(cmd *cobra.Command, args []string, c *client.Client) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, err := cc.Client()
+		if err != nil {
+			return err
+		}
+		return run(cmd, args, c)
+	}
+}
+
 // parseDuration accepts Go durations ("30s", "2m") and bare seconds ("30").
 func parseDuration(s string) (time.Duration, error) {
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil {

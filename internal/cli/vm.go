@@ -106,9 +106,19 @@ func createVMOperation(cmd *cobra.Command, c *client.Client, ns, vm, verb string
 	spec.VirtualMachineName = vm
 	return createAndPrint(cmd, c, "virtualmachineoperations", ns, &v1alpha1.VirtualMachineOperation{
 		TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
-		ObjectMeta: v1alpha1.ObjectMeta{GenerateName: vm + "-" + verb + "-", Namespace: ns},
+		ObjectMeta: vmObjectMeta(ns, vm, verb, ""),
 		Spec:       spec,
 	})
+}
+
+// vmObjectMeta is the metadata of an object made for the virtual machine vm: named name, or
+// VM-WHAT-XXXXX by the server when name is "".
+func vmObjectMeta(ns, vm, what, name string) v1alpha1.ObjectMeta {
+	m := v1alpha1.ObjectMeta{Name: name, Namespace: ns}
+	if name == "" {
+		m.GenerateName = vm + "-" + what + "-"
+	}
+	return m
 }
 
 // waitOperationDone waits (up to timeout; 0: no limit) for the operation name to end, says
@@ -215,11 +225,7 @@ func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
 		Use:   use,
 		Short: short,
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ctx := cmd.Context()
 			ns, name := cc.Namespace(), args[0]
 			var val any
@@ -252,7 +258,7 @@ func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
 			}, func(err error) error {
 				return fmt.Errorf("waiting for %s to be %s (phase %s): %w", name, want, phase, err)
 			})
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the VM's phase is "+string(want))
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait, how long to wait (0: no limit)")

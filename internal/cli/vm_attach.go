@@ -91,14 +91,11 @@ func newVMDetachCommand(cc *cliContext) *cobra.Command {
 			"With --wait the command waits until it is gone.",
 		Example: "  rakhsh vm detach vm1 data1 --wait",
 		Args:    cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ns, vm, disk := cc.Namespace(), args[0], args[1]
 			var k v1alpha1.BlockDeviceKind
 			if kind != "" {
+				var err error
 				if k, err = parseBlockKind(kind); err != nil {
 					return err
 				}
@@ -140,7 +137,7 @@ func newVMDetachCommand(cc *cliContext) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s detached from virtual machine %s\n", disk, vm)
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&kind, "kind", "", "only the attachments of this kind of DISK (default: any)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the device is unplugged and the attachment gone")

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // newVMSnapshotCommand returns `rakhsh vm snapshot`.
@@ -35,11 +36,8 @@ waits until the snapshot is Ready and fails if it fails. See docs/snapshots.md.`
 			}
 			s := v1alpha1.VirtualMachineSnapshot{
 				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineSnapshot"},
-				ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: ns},
+				ObjectMeta: vmObjectMeta(ns, vm, "snapshot", name),
 				Spec:       v1alpha1.VirtualMachineSnapshotSpec{VirtualMachineName: vm},
-			}
-			if name == "" {
-				s.GenerateName = vm + "-snapshot-"
 			}
 			if crash {
 				f := false
@@ -152,11 +150,7 @@ a new IP address claim, and no template label. It creates a VirtualMachineOperat
 says. With --wait it waits until the disks are copied; --dry-run only checks the names.`,
 		Args:    cobra.ExactArgs(2),
 		Example: "  rakhsh vm clone ubuntu-template web1 --wait\n  rakhsh vm start web1",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ns, src, dst := cc.Namespace(), args[0], args[1]
 			if src == dst {
 				return usageErrorf("the clone needs a name other than %q", src)
@@ -177,7 +171,7 @@ says. With --wait it waits until the disks are copied; --dry-run only checks the
 				return err
 			}
 			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
-		},
+		}),
 	}
 	f := cmd.Flags()
 	f.BoolVar(&dryRun, "dry-run", false, "only check that the clone's names are free (mode DryRun)")
