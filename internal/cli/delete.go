@@ -94,11 +94,7 @@ func newDeleteCommand(cc *cliContext) *cobra.Command {
 					if err != nil {
 						return err
 					}
-					l, err := cl.ListAll(cmd.Context(), t.kind.Resource, ns, client.ListOptions{LabelSelector: o.selector})
-					if err != nil {
-						return err
-					}
-					items, err := decodeItems(l)
+					items, err := listObjects(cmd.Context(), cl, t.kind.Resource, ns, client.ListOptions{LabelSelector: o.selector})
 					if err != nil {
 						return err
 					}

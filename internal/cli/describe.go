@@ -79,11 +79,7 @@ func objectEvents(ctx context.Context, c *client.Client, k *v1alpha1.KindInfo, o
 	if !k.Namespaced {
 		ns = ""
 	}
-	l, err := c.ListAll(ctx, "events", ns, client.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	items, err := decodeItems(l)
+	items, err := listObjects(ctx, c, "events", ns, client.ListOptions{})
 	if err != nil {
 		return nil, err
 	}

@@ -46,10 +46,8 @@ func newNodeListCommand(cc *cliContext) *cobra.Command {
 		Short:   "List the nodes (as rakhsh get nodes)",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			switch o.output {
-			case "", "wide", "yaml", "json", "name":
-			default:
-				return usageErrorf("unknown output format %q: use wide, yaml, json or name", o.output)
+			if err := o.checkOutput(); err != nil {
+				return err
 			}
 			c, err := cc.Client()
 			if err != nil {
@@ -125,11 +123,7 @@ node-credential.json from the old one).`,
 			ctx := cmd.Context()
 			bound := map[string][]string{}
 			if !force {
-				l, err := c.ListAll(ctx, "virtualmachines", "", client.ListOptions{})
-				if err != nil {
-					return err
-				}
-				objs, err := decodeItems(l)
+				objs, err := listObjects(ctx, c, "virtualmachines", "", client.ListOptions{})
 				if err != nil {
 					return err
 				}
