@@ -47,8 +47,7 @@ func backupWait(ctx context.Context, cc *cliContext, name string, every time.Dur
 // newBackupCreateCommand returns `rakhsh backup create`.
 func newBackupCreateCommand(cc *cliContext) *cobra.Command {
 	var name, target, mode, bwlimit string
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "create VM --target TARGET",
 		Short: "Back up a virtual machine, running or stopped: all its disks at one instant",
@@ -81,10 +80,10 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 					BandwidthLimit: v1alpha1.Quantity(bwlimit)},
 			}
 			out, err := createAndPrint(cmd, c, "virtualmachinebackups", ns, &b)
-			if err != nil || !wait {
+			if err != nil || !wf.wait {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context(), timeout)
+			ctx, cancel := withTimeout(cmd.Context(), wf.timeout)
 			defer cancel()
 			show := lineChanges(cmd.ErrOrStderr())
 			return backupWait(ctx, cc, out.Name, 500*time.Millisecond, func(b *v1alpha1.VirtualMachineBackup) (bool, error) {
@@ -108,8 +107,7 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 	f.StringVar(&target, "target", "", "the BackupTarget to store the backup in (required)")
 	f.StringVar(&mode, "mode", string(v1alpha1.BackupModeSnapshot), "how the guest is held still for the backup's instant: snapshot, suspend or stop")
 	f.StringVar(&bwlimit, "bandwidth-limit", "", "bytes per second the backup may read from the disks, e.g. 50Mi (default: no limit)")
-	f.BoolVar(&wait, "wait", false, "wait until the backup ends; fail if it fails")
-	f.DurationVar(&timeout, "timeout", time.Hour, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the backup ends; fail if it fails", time.Hour)
 	return cmd
 }
 

@@ -20,6 +20,19 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 	return context.WithCancel(ctx)
 }
 
+// waitFlags are the --wait and --timeout flags of a command that can wait until what it
+// asked for is done.
+type waitFlags struct {
+	wait    bool
+	timeout time.Duration
+}
+
+// add defines the flags on cmd: --wait, whose help says what it waits for, and --timeout.
+func (w *waitFlags) add(cmd *cobra.Command, help string, timeout time.Duration) {
+	cmd.Flags().BoolVar(&w.wait, "wait", false, help)
+	cmd.Flags().DurationVar(&w.timeout, "timeout", timeout, "with --wait, how long to wait (0: no limit)")
+}
+
 // poll calls step every interval until it reports done or fails (its error is returned).
 // When ctx ends first, poll returns what expired makes of ctx's error.
 func poll(ctx context.Context, every time.Duration, step func() (bool, error), expired func(error) error) error {

@@ -42,8 +42,8 @@ func newVMCommand(cc *cliContext) *cobra.Command {
 }
 
 func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
-	var force, wait bool
-	var timeout time.Duration
+	var force bool
+	var wf waitFlags
 	verb := strings.ToLower(string(typ))
 	short := map[v1alpha1.VMOPType]string{
 		v1alpha1.VMOPTypeStart:     "Start a virtual machine (a hibernated one resumes; --force boots it from its disks instead)",
@@ -67,14 +67,14 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 				spec.Force = &force
 			}
 			out, err := createVMOperation(cmd, c, ns, name, verb, spec)
-			if err != nil || !wait {
+			if err != nil || !wf.wait {
 				return err
 			}
 			var progress func(*v1alpha1.VirtualMachine)
 			if (typ == v1alpha1.VMOPTypeStop || typ == v1alpha1.VMOPTypeRestart) && !force {
 				progress = graceCountdown(cmd.ErrOrStderr(), name, verb)
 			}
-			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, timeout, progress)
+			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, wf.timeout, progress)
 		},
 	}
 	switch typ {
@@ -83,8 +83,7 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 	case v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart:
 		cmd.Flags().BoolVar(&force, "force", false, "power off (stop) or reset (restart) at once instead of asking the guest")
 	}
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the operation completes; fail if it fails")
-	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the operation completes; fail if it fails", 5*time.Minute)
 	return cmd
 }
 
@@ -215,8 +214,7 @@ func orPending(s string) string {
 }
 
 func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	use, short, want := "resume NAME", "Resume a paused virtual machine", v1alpha1.VMPhaseRunning
 	if pause {
 		use, short, want = "pause NAME", "Pause a running virtual machine (its vCPUs stop; memory is kept)", v1alpha1.VMPhasePause
@@ -244,10 +242,10 @@ func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
 				verb = "paused"
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "virtualmachine/%s %s\n", name, verb)
-			if !wait {
+			if !wf.wait {
 				return nil
 			}
-			ctx, cancel := withTimeout(ctx, timeout)
+			ctx, cancel := withTimeout(ctx, wf.timeout)
 			defer cancel()
 			var phase v1alpha1.VirtualMachinePhase
 			return poll(ctx, 250*time.Millisecond, func() (bool, error) {
@@ -260,7 +258,6 @@ func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
 			})
 		}),
 	}
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the VM's phase is "+string(want))
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the VM's phase is "+string(want), 2*time.Minute)
 	return cmd
 }

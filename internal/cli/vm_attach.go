@@ -19,8 +19,7 @@ const vmbdaResource = "virtualmachineblockdeviceattachments"
 // VirtualMachineBlockDeviceAttachment (docs/hotplug.md).
 func newVMAttachCommand(cc *cliContext) *cobra.Command {
 	var kind, name string
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "attach VM DISK",
 		Short: "Hot-plug a disk or image into a virtual machine (creates a VirtualMachineBlockDeviceAttachment)",
@@ -53,10 +52,10 @@ func newVMAttachCommand(cc *cliContext) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "virtualmachineblockdeviceattachment/%s created\n", name)
-			if !wait {
+			if !wf.wait {
 				return nil
 			}
-			return pollAttachment(cmd.Context(), c, ns, name, timeout, func(b *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error) {
+			return pollAttachment(cmd.Context(), c, ns, name, wf.timeout, func(b *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error) {
 				switch {
 				case gone:
 					return false, fmt.Errorf("attachment %s was deleted", name)
@@ -72,8 +71,7 @@ func newVMAttachCommand(cc *cliContext) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&kind, "kind", "VirtualDisk", "the kind of DISK: VirtualDisk, VirtualImage or ClusterVirtualImage")
 	cmd.Flags().StringVar(&name, "name", "", "the attachment's name (default VM-DISK)")
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the device is attached; fail if the attachment fails")
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the device is attached; fail if the attachment fails", 2*time.Minute)
 	return cmd
 }
 
@@ -81,8 +79,7 @@ func newVMAttachCommand(cc *cliContext) *cobra.Command {
 // to VM.
 func newVMDetachCommand(cc *cliContext) *cobra.Command {
 	var kind string
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "detach VM DISK",
 		Short: "Unplug a hot-plugged disk or image from a virtual machine (deletes its VirtualMachineBlockDeviceAttachment)",
@@ -124,11 +121,11 @@ func newVMDetachCommand(cc *cliContext) *cobra.Command {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "virtualmachineblockdeviceattachment/%s deleted\n", n)
 			}
-			if !wait {
+			if !wf.wait {
 				return nil
 			}
 			for _, n := range names {
-				err := pollAttachment(cmd.Context(), c, ns, n, timeout, func(_ *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error) {
+				err := pollAttachment(cmd.Context(), c, ns, n, wf.timeout, func(_ *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error) {
 					return gone, nil
 				})
 				if err != nil {
@@ -140,8 +137,7 @@ func newVMDetachCommand(cc *cliContext) *cobra.Command {
 		}),
 	}
 	cmd.Flags().StringVar(&kind, "kind", "", "only the attachments of this kind of DISK (default: any)")
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the device is unplugged and the attachment gone")
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the device is unplugged and the attachment gone", 2*time.Minute)
 	return cmd
 }
 

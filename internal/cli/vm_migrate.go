@@ -14,8 +14,8 @@ import (
 // newVMMigrateCommand returns `rakhsh vm migrate`.
 func newVMMigrateCommand(cc *cliContext) *cobra.Command {
 	var to string
-	var force, cancel, wait bool
-	var timeout time.Duration
+	var force, cancel bool
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "migrate NAME",
 		Short: "Live-migrate a running virtual machine to another node (--cancel ends a migration under way)",
@@ -72,18 +72,17 @@ progress and fails if the migration fails; the VM then goes on running where it 
 				spec.Force = &force
 			}
 			out, err := createVMOperation(cmd, c, ns, name, "migrate", spec)
-			if err != nil || !wait {
+			if err != nil || !wf.wait {
 				return err
 			}
-			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, migrationProgress(cmd.ErrOrStderr(), string(out.UID)))
+			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, wf.timeout, migrationProgress(cmd.ErrOrStderr(), string(out.UID)))
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&to, "to", "", "the target node (default: the scheduler picks one)")
 	f.BoolVar(&force, "force", false, "allow throttling the guest's vCPUs so that the migration converges (PreferSafe and PreferForced policies follow it)")
 	f.BoolVar(&cancel, "cancel", false, "cancel the migration under way")
-	f.BoolVar(&wait, "wait", false, "wait until the migration ends, showing its progress; fail if it fails")
-	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the migration ends, showing its progress; fail if it fails", 30*time.Minute)
 	return cmd
 }
 

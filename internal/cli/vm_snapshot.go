@@ -13,8 +13,8 @@ import (
 // newVMSnapshotCommand returns `rakhsh vm snapshot`.
 func newVMSnapshotCommand(cc *cliContext) *cobra.Command {
 	var name string
-	var crash, keepRAM, wait bool
-	var timeout time.Duration
+	var crash, keepRAM bool
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "snapshot NAME",
 		Short: "Take a snapshot of a virtual machine: its spec and all its disks at one instant",
@@ -45,10 +45,10 @@ waits until the snapshot is Ready and fails if it fails. See docs/snapshots.md.`
 			}
 			s.Spec.KeepRAM = keepRAM
 			out, err := createAndPrint(cmd, c, "virtualmachinesnapshots", ns, &s)
-			if err != nil || !wait {
+			if err != nil || !wf.wait {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context(), timeout)
+			ctx, cancel := withTimeout(cmd.Context(), wf.timeout)
 			defer cancel()
 			show := lineChanges(cmd.ErrOrStderr())
 			return poll(ctx, 300*time.Millisecond, func() (bool, error) {
@@ -77,16 +77,14 @@ waits until the snapshot is Ready and fails if it fails. See docs/snapshots.md.`
 	f.StringVar(&name, "name", "", "the snapshot's name (default: NAME-snapshot-XXXXX)")
 	f.BoolVar(&crash, "crash-consistent", false, "do not wait for the guest agent of a running VM (spec.requiredConsistency: false)")
 	f.BoolVar(&keepRAM, "keep-ram", false, "also keep the running guest's RAM state (spec.keepRAM): a restore resumes the guest")
-	f.BoolVar(&wait, "wait", false, "wait until the snapshot is Ready; fail if it fails")
-	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the snapshot is Ready; fail if it fails", 30*time.Minute)
 	return cmd
 }
 
 // newVMRestoreCommand returns `rakhsh vm restore`.
 func newVMRestoreCommand(cc *cliContext) *cobra.Command {
 	var mode, fromBackup string
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "restore NAME (SNAPSHOT | --backup BACKUP)",
 		Short: "Return a stopped virtual machine to one of its VirtualMachineSnapshots or VirtualMachineBackups (disks and spec)",
@@ -119,24 +117,23 @@ rest. With --wait it waits until the restore ends and fails if it fails.`,
 			}
 			ns := cc.Namespace()
 			out, err := createVMOperation(cmd, c, ns, args[0], "restore", v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, Restore: rs})
-			if err != nil || !wait {
+			if err != nil || !wf.wait {
 				return err
 			}
-			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
+			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, wf.timeout, nil)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&mode, "mode", string(v1alpha1.SnapshotOperationModeStrict), "Strict, BestEffort or DryRun")
 	f.StringVar(&fromBackup, "backup", "", "restore from this VirtualMachineBackup of the VM instead of a snapshot")
-	f.BoolVar(&wait, "wait", false, "wait until the restore ends; fail if it fails")
-	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the restore ends; fail if it fails", 30*time.Minute)
 	return cmd
 }
 
 // newVMCloneCommand returns `rakhsh vm clone`.
 func newVMCloneCommand(cc *cliContext) *cobra.Command {
-	var dryRun, full, wait bool
-	var timeout time.Duration
+	var dryRun, full bool
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "clone SRC NEW",
 		Short: "Make a new virtual machine NEW from SRC (running, stopped or a template), with linked clones or copies of its disks",
@@ -167,16 +164,15 @@ says. With --wait it waits until the disks are copied; --dry-run only checks the
 				Clone: &v1alpha1.VMOPCloneSpec{Mode: mode, CloneMode: cloneMode,
 					NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: src}, To: dst}},
 					Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: dst + "-"}}})
-			if err != nil || (!wait && !dryRun) {
+			if err != nil || (!wf.wait && !dryRun) {
 				return err
 			}
-			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
+			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, wf.timeout, nil)
 		}),
 	}
 	f := cmd.Flags()
 	f.BoolVar(&dryRun, "dry-run", false, "only check that the clone's names are free (mode DryRun)")
 	f.BoolVar(&full, "full", false, "copy the disks whole instead of making linked clones of the snapshot")
-	f.BoolVar(&wait, "wait", false, "wait until the clone is made; fail if it fails")
-	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the clone is made; fail if it fails", 30*time.Minute)
 	return cmd
 }
