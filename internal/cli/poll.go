@@ -33,8 +33,9 @@ func (w *waitFlags) add(cmd *cobra.Command, help string, timeout time.Duration) 
 	cmd.Flags().DurationVar(&w.timeout, "timeout", timeout, "with --wait, how long to wait (0: no limit)")
 }
 
-// poll calls step every interval until it reports done or fails (its error is returned).
-// When ctx ends first, poll returns what expired makes of ctx's error.
+// poll calls step at once and then after each pause of every, until step reports done or
+// fails (poll returns its error). When ctx ends first, poll returns what expired makes of
+// ctx's error.
 func poll(ctx context.Context, every time.Duration, step func() (bool, error), expired func(error) error) error {
 	for {
 		if done, err := step(); done || err != nil {
