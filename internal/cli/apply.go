@@ -12,38 +12,37 @@ import (
 )
 
 func newApplyCommand(cc *cliContext) *cobra.Command {
-	var files []string
-	cmd := &cobra.Command{
+	return manifestsCommand(cc, &cobra.Command{
 		Use:   "apply -f FILE|DIR|-",
 		Short: "Create or update objects from YAML or JSON manifests",
 		Long: "Create objects that do not exist and update those that do. A file may hold several\n" +
 			"YAML documents separated by ---, a JSON object, a List, or a stream of JSON objects.\n" +
 			"Each object is applied on its own: one that fails does not stop the others.",
 		Example: "  rakhsh apply -f vm.yaml\n  cat disks.yaml | rakhsh apply -f -",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(files) == 0 {
-				return usageErrorf("apply needs -f FILE (or -f - for stdin)")
-			}
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			failed := false
-			for _, m := range readManifests(files, cmd.InOrStdin()) {
-				res, err := applyManifest(cmd.Context(), cc, c, &m)
-				if err != nil {
-					failed = true
-					printError(cmd.ErrOrStderr(), err)
-					continue
-				}
+	}, applyManifest)
+}
+
+// manifestsCommand makes cmd (its name and help given) act on each object of the manifests
+// named with -f: act returns the line to print for it; an object that fails is reported and
+// the others go on.
+func manifestsCommand(cc *cliContext, cmd *cobra.Command, act func(context.Context, *cliContext, *client.Client, *Manifest) (string, error)) *cobra.Command {
+	var files []string
+	cmd.Args = cobra.NoArgs
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if len(files) == 0 {
+			return usageErrorf("%s needs -f FILE (or -f - for stdin)", cmd.Name())
+		}
+		c, err := cc.Client()
+		if err != nil {
+			return err
+		}
+		return eachReported(cmd.ErrOrStderr(), readManifests(files, cmd.InOrStdin()), func(m Manifest) error {
+			res, err := act(cmd.Context(), cc, c, &m)
+			if err == nil {
 				fmt.Fprintln(cmd.OutOrStdout(), res)
 			}
-			if failed {
-				return errReported
-			}
-			return nil
-		},
+			return err
+		})
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file, directory, or - for stdin (repeatable)")
 	return cmd

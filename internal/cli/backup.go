@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // newBackupCommand returns `rakhsh backup`.
@@ -30,34 +31,23 @@ func backupWait(ctx context.Context, cc *cliContext, name string, every time.Dur
 	if err != nil {
 		return err
 	}
-	for {
+	var phase v1alpha1.BackupPhase
+	return poll(ctx, every, func() (bool, error) {
 		var b v1alpha1.VirtualMachineBackup
 		if err := c.Get(ctx, "virtualmachinebackups", cc.Namespace(), name, &b); err != nil {
-			return err
+			return false, err
 		}
-		if ok, err := done(&b); ok || err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("backup %s: %w (it is %s)", name, ctx.Err(), b.Status.Phase)
-		case <-time.After(every):
-		}
-	}
-}
-
-func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	if d > 0 {
-		return context.WithTimeout(ctx, d)
-	}
-	return context.WithCancel(ctx)
+		phase = b.Status.Phase
+		return done(&b)
+	}, func(err error) error {
+		return fmt.Errorf("backup %s: %w (it is %s)", name, err, phase)
+	})
 }
 
 // newBackupCreateCommand returns `rakhsh backup create`.
 func newBackupCreateCommand(cc *cliContext) *cobra.Command {
 	var name, target, mode, bwlimit string
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "create VM --target TARGET",
 		Short: "Back up a virtual machine, running or stopped: all its disks at one instant",
@@ -78,40 +68,26 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 			if m != v1alpha1.BackupModeSnapshot && m != v1alpha1.BackupModeSuspend && m != v1alpha1.BackupModeStop {
 				return usageErrorf("--mode %q: want snapshot, suspend or stop", mode)
 			}
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
 			ns, vm := cc.Namespace(), args[0]
-			if err := c.Get(ctx, "virtualmachines", ns, vm, nil); err != nil {
+			c, err := clientForVM(cmd, cc, vm)
+			if err != nil {
 				return err
 			}
 			b := v1alpha1.VirtualMachineBackup{
 				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineBackup"},
-				ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: ns},
+				ObjectMeta: vmObjectMeta(ns, vm, "backup", name),
 				Spec: v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: vm, BackupTargetName: target, Mode: m,
 					BandwidthLimit: v1alpha1.Quantity(bwlimit)},
 			}
-			if name == "" {
-				b.GenerateName = vm + "-backup-"
-			}
-			var out v1alpha1.VirtualMachineBackup
-			if err := c.Create(ctx, "virtualmachinebackups", ns, &b, &out); err != nil {
+			out, err := createAndPrint(cmd, c, "virtualmachinebackups", ns, &b)
+			if err != nil || !wf.wait {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
-			}
-			ctx, cancel := withTimeout(ctx, timeout)
+			ctx, cancel := withTimeout(cmd.Context(), wf.timeout)
 			defer cancel()
-			last := ""
+			show := lineChanges(cmd.ErrOrStderr())
 			return backupWait(ctx, cc, out.Name, 500*time.Millisecond, func(b *v1alpha1.VirtualMachineBackup) (bool, error) {
-				msg := ""
-				if c := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionCompleted); c != nil {
-					msg = c.Message
-				}
+				msg := conditionMessage(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
 				switch b.Status.Phase {
 				case v1alpha1.BackupPhaseCompleted:
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s: Completed: %s\n", b.Name, msg)
@@ -119,10 +95,8 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 				case v1alpha1.BackupPhaseFailed:
 					return true, fmt.Errorf("backup %s failed: %s", b.Name, msg)
 				}
-				line := string(b.Status.Phase) + " " + b.Status.Progress + ": " + msg
-				if line != last && b.Status.Phase != "" {
-					last = line
-					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", b.Name, line)
+				if b.Status.Phase != "" {
+					show(b.Name + ": " + string(b.Status.Phase) + " " + b.Status.Progress + ": " + msg)
 				}
 				return false, nil
 			})
@@ -133,8 +107,7 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 	f.StringVar(&target, "target", "", "the BackupTarget to store the backup in (required)")
 	f.StringVar(&mode, "mode", string(v1alpha1.BackupModeSnapshot), "how the guest is held still for the backup's instant: snapshot, suspend or stop")
 	f.StringVar(&bwlimit, "bandwidth-limit", "", "bytes per second the backup may read from the disks, e.g. 50Mi (default: no limit)")
-	f.BoolVar(&wait, "wait", false, "wait until the backup ends; fail if it fails")
-	f.DurationVar(&timeout, "timeout", time.Hour, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the backup ends; fail if it fails", time.Hour)
 	return cmd
 }
 
@@ -150,11 +123,7 @@ missing or corrupted. A corrupted chunk is put aside (renamed SUM.bad), so that 
 with the same data stores it again. The result stays in the backup's Verified condition.`,
 		Args:    cobra.ExactArgs(1),
 		Example: "  rakhsh backup verify vm1-backup-x7k2p",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ctx, cancel := withTimeout(cmd.Context(), timeout)
 			defer cancel()
 			ns, name := cc.Namespace(), args[0]
@@ -183,7 +152,7 @@ with the same data stores it again. The result stays in the backup's Verified co
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: verified: %s\n", name, msg)
 				return true, nil
 			})
-		},
+		}),
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Hour, "how long to wait for the result (0: no limit)")
 	return cmd

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 
@@ -13,8 +12,7 @@ import (
 // sends anything.
 func TestBackupCreateCommand(t *testing.T) {
 	f := newFakeServer(t)
-	f.put("virtualmachines", object{"apiVersion": v1alpha1.APIVersion, "kind": "VirtualMachine",
-		"metadata": map[string]any{"name": "vm1", "namespace": "default"}})
+	putVM(f, "vm1")
 	if _, errOut, code := f.run(t, "", "backup", "create", "vm1"); code == 0 || !strings.Contains(errOut, "--target") {
 		t.Fatalf("no target: code %d, %q", code, errOut)
 	}
@@ -25,11 +23,7 @@ func TestBackupCreateCommand(t *testing.T) {
 	if code != 0 || strings.TrimSpace(out) != "b1" {
 		t.Fatalf("backup create: code %d, out %q, err %q", code, out, errOut)
 	}
-	raw, _ := json.Marshal(f.get("virtualmachinebackups", "default", "b1"))
-	var b v1alpha1.VirtualMachineBackup
-	if err := json.Unmarshal(raw, &b); err != nil {
-		t.Fatal(err)
-	}
+	b := storedAs[v1alpha1.VirtualMachineBackup](t, f, "virtualmachinebackups", "b1")
 	if b.Spec.VirtualMachineName != "vm1" || b.Spec.BackupTargetName != "nightly" || b.Spec.Mode != v1alpha1.BackupModeSuspend {
 		t.Errorf("backup %+v", b.Spec)
 	}

@@ -40,11 +40,7 @@ movement pass; escape sequences that make a terminal do more than draw (window t
 clipboard writes with OSC 52, device reports, DCS/APC strings, other control characters)
 are dropped. --raw passes everything, for a guest you trust.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			conn, err := c.DialStream(cmd.Context(), "virtualmachines", cc.Namespace(), args[0], "console")
 			if err != nil {
 				return err
@@ -90,7 +86,7 @@ are dropped. --raw passes everything, for a guest you trust.`,
 			case <-cmd.Context().Done():
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&raw, "raw", false, "pass the guest's output to the terminal unfiltered, escape sequences included (only for a guest you trust)")
 	return cmd
@@ -102,11 +98,7 @@ func newVNCCommand(cc *cliContext) *cobra.Command {
 		Use:   "vnc NAME",
 		Short: "Open a local TCP port that any VNC viewer can connect to for a VM's display",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			// Say it now, not at the first connection: a VM that does not run has no display.
 			var vm v1alpha1.VirtualMachine
 			if err := c.Get(cmd.Context(), "virtualmachines", cc.Namespace(), args[0], &vm); err != nil {
@@ -146,7 +138,7 @@ func newVNCCommand(cc *cliContext) *cobra.Command {
 					_, _ = io.Copy(tcp, ws)
 				}()
 			}
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "local address to listen on, e.g. 127.0.0.1:5900")
 	return cmd

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -95,11 +94,7 @@ func newDeleteCommand(cc *cliContext) *cobra.Command {
 					if err != nil {
 						return err
 					}
-					l, err := cl.ListAll(cmd.Context(), t.kind.Resource, ns, client.ListOptions{LabelSelector: o.selector})
-					if err != nil {
-						return err
-					}
-					items, err := decodeItems(l)
+					items, err := listObjects(cmd.Context(), cl, t.kind.Resource, ns, client.ListOptions{LabelSelector: o.selector})
 					if err != nil {
 						return err
 					}
@@ -148,11 +143,8 @@ func newDeleteCommand(cc *cliContext) *cobra.Command {
 			}
 			if o.wait && len(deleted) > 0 {
 				ctx := cmd.Context()
-				if o.timeout > 0 {
-					var cancel context.CancelFunc
-					ctx, cancel = context.WithTimeout(ctx, o.timeout)
-					defer cancel()
-				}
+				ctx, cancel := withTimeout(ctx, o.timeout)
+				defer cancel()
 				for _, d := range deleted {
 					err := waitForObject(ctx, cl, d.kind, d.namespace, d.name, waitCond{what: "delete"}, false)
 					if errors.Is(err, errWaitTimeout) {

@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -77,11 +79,7 @@ func objectEvents(ctx context.Context, c *client.Client, k *v1alpha1.KindInfo, o
 	if !k.Namespaced {
 		ns = ""
 	}
-	l, err := c.ListAll(ctx, "events", ns, client.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	items, err := decodeItems(l)
+	items, err := listObjects(ctx, c, "events", ns, client.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -216,12 +214,7 @@ func writeMap(w io.Writer, label string, v any) {
 		fmt.Fprintf(w, "%-13s %s\n", label+":", none)
 		return
 	}
-	keys := make([]string, 0, len(m))
-	for key := range m {
-		keys = append(keys, key)
-	}
-	sort.Strings(keys)
-	for i, key := range keys {
+	for i, key := range slices.Sorted(maps.Keys(m)) {
 		l := ""
 		if i == 0 {
 			l = label + ":"
@@ -262,13 +255,8 @@ func writeSecretData(w io.Writer, title string, v any, base64Encoded bool) {
 		fmt.Fprintf(w, "  %s\n", none)
 		return
 	}
-	keys := make([]string, 0, len(m))
-	for key := range m {
-		keys = append(keys, key)
-	}
-	sort.Strings(keys)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	for _, key := range keys {
+	for _, key := range slices.Sorted(maps.Keys(m)) {
 		s, _ := m[key].(string)
 		n := len(s)
 		if base64Encoded {
@@ -281,14 +269,24 @@ func writeSecretData(w io.Writer, title string, v any, base64Encoded bool) {
 	tw.Flush()
 }
 
+// describeTable writes "Title:" and the header of a table indented by two spaces; without
+// rows it writes "Title: <none>" and returns nil.
+func describeTable(w io.Writer, title string, rows int, header string) *tabwriter.Writer {
+	if rows == 0 {
+		fmt.Fprintf(w, "%-13s %s\n", title+":", none)
+		return nil
+	}
+	fmt.Fprintf(w, "%s:\n", title)
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	return tw
+}
+
 func writeConditions(w io.Writer, conds []any, now time.Time) {
-	if len(conds) == 0 {
-		fmt.Fprintf(w, "%-13s %s\n", "Conditions:", none)
+	tw := describeTable(w, "Conditions", len(conds), "  TYPE\tSTATUS\tREASON\tMESSAGE\tAGE")
+	if tw == nil {
 		return
 	}
-	fmt.Fprintln(w, "Conditions:")
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "  TYPE\tSTATUS\tREASON\tMESSAGE\tAGE")
 	for _, c := range conds {
 		cm, ok := c.(map[string]any)
 		if !ok {
@@ -302,13 +300,10 @@ func writeConditions(w io.Writer, conds []any, now time.Time) {
 }
 
 func writeEvents(w io.Writer, events []object, now time.Time) {
-	if len(events) == 0 {
-		fmt.Fprintf(w, "%-13s %s\n", "Events:", none)
+	tw := describeTable(w, "Events", len(events), "  TYPE\tREASON\tAGE\tMESSAGE")
+	if tw == nil {
 		return
 	}
-	fmt.Fprintln(w, "Events:")
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "  TYPE\tREASON\tAGE\tMESSAGE")
 	for _, ev := range events {
 		last := eventTime(ev)
 		ageStr := "<unknown>"

@@ -143,38 +143,34 @@ off. See docs/storage.md.`,
 				return nil
 			}
 			deadline := time.Now().Add(timeout)
-			for {
+			return poll(ctx, 500*time.Millisecond, func() (bool, error) {
 				d = v1alpha1.VirtualDisk{} // omitted fields must not keep the last read's values
 				if err := c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
-					return err
+					return false, err
 				}
 				if cancelling && d.Status.Phase == v1alpha1.DiskPhaseReady && d.Annotations[v1alpha1.AnnotationMoveToNode] == "" {
 					if d.Status.StorageClassName == class && (origin == "" || d.Status.NodeName == origin) {
 						fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s: the move was called off; it stays in storage class %s\n", name, class)
-						return nil
+						return true, nil
 					}
 					// The move ended before the call-off reached it.
-					return fmt.Errorf("the move of VirtualDisk %q ended before it could be called off: it is in storage class %s%s",
+					return false, fmt.Errorf("the move of VirtualDisk %q ended before it could be called off: it is in storage class %s%s",
 						name, d.Status.StorageClassName, onNode(d.Status.NodeName))
 				}
 				if !cancelling && d.Status.StorageClassName == class && d.Status.Phase == v1alpha1.DiskPhaseReady && (node == "" || d.Status.NodeName == node) {
 					fmt.Fprintf(cmd.OutOrStdout(), "virtualdisk/%s moved from storage class %s to %s%s\n", name, from, class, onNode(d.Status.NodeName))
-					return nil
+					return true, nil
 				}
 				if cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); cond != nil && cond.Status == v1alpha1.ConditionFalse &&
 					moveStopReasons[cond.Reason] && cond.ObservedGeneration == out.Generation {
-					return errors.New(cond.Message)
+					return false, errors.New(cond.Message)
 				}
 				if time.Now().After(deadline) {
-					return fmt.Errorf("VirtualDisk %q did not reach storage class %s within %s (it is %s; the move goes on: rakhsh describe vd %s)",
+					return false, fmt.Errorf("VirtualDisk %q did not reach storage class %s within %s (it is %s; the move goes on: rakhsh describe vd %s)",
 						name, class, timeout, orPending(string(d.Status.Phase)), name)
 				}
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(500 * time.Millisecond):
-				}
-			}
+				return false, nil
+			}, sameError)
 		},
 	}
 	f := cmd.Flags()

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -18,43 +19,19 @@ import (
 )
 
 func newCreateCommand(cc *cliContext) *cobra.Command {
-	var files []string
-	cmd := &cobra.Command{
+	return manifestsCommand(cc, &cobra.Command{
 		Use:   "create -f FILE|DIR|-",
 		Short: "Create objects from YAML or JSON manifests (an object that exists is an error)",
 		Long: "Create the objects of manifests. Unlike apply, an object that already exists is not\n" +
 			"changed: it is reported as an error. Each object is created on its own.",
 		Example: "  rakhsh create -f vm.yaml",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(files) == 0 {
-				return usageErrorf("create needs -f FILE (or -f - for stdin)")
-			}
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			failed := false
-			for _, m := range readManifests(files, cmd.InOrStdin()) {
-				k, ns, _, err := manifestTarget(cc, &m)
-				if err == nil {
-					var res string
-					if res, err = createObject(cmd.Context(), c, k, ns, m.Object); err == nil {
-						fmt.Fprintln(cmd.OutOrStdout(), res)
-						continue
-					}
-				}
-				failed = true
-				printError(cmd.ErrOrStderr(), err)
-			}
-			if failed {
-				return errReported
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file, directory, or - for stdin (repeatable)")
-	return cmd
+	}, func(ctx context.Context, cc *cliContext, c *client.Client, m *Manifest) (string, error) {
+		k, ns, _, err := manifestTarget(cc, m)
+		if err != nil {
+			return "", err
+		}
+		return createObject(ctx, c, k, ns, m.Object)
+	})
 }
 
 func newPatchCommand(cc *cliContext) *cobra.Command {

@@ -218,14 +218,8 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, 200, o)
 	case r.Method == http.MethodPost && name == "":
-		body, _ := io.ReadAll(r.Body)
-		o, err := decodeObject(body)
-		if err != nil {
-			f.status(w, 400, v1alpha1.ReasonBadRequest, err.Error())
-			return
-		}
-		if st := f.rejected(r.Method, resource, o); st != nil {
-			f.status(w, st.Code, st.Reason, st.Message)
+		o, ok := f.decodeBody(w, r, resource)
+		if !ok {
 			return
 		}
 		md := meta(o)
@@ -251,21 +245,12 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		writeJSON(w, 201, stored)
 	case r.Method == http.MethodPut && name != "":
-		body, _ := io.ReadAll(r.Body)
-		o, err := decodeObject(body)
-		if err != nil {
-			f.status(w, 400, v1alpha1.ReasonBadRequest, err.Error())
+		o, ok := f.decodeBody(w, r, resource)
+		if !ok {
 			return
 		}
-		if st := f.rejected(r.Method, resource, o); st != nil {
-			f.status(w, st.Code, st.Reason, st.Message)
-			return
-		}
-		f.mu.Lock()
-		old, exists := f.objects[key]
-		if !exists {
-			f.mu.Unlock()
-			f.status(w, 404, v1alpha1.ReasonNotFound, fmt.Sprintf("%s %q not found", resource, name))
+		old, ok := f.lockStored(w, key, resource, name)
+		if !ok {
 			return
 		}
 		if str(o, "metadata.resourceVersion") != str(old, "metadata.resourceVersion") {
@@ -299,11 +284,8 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 			f.status(w, 400, v1alpha1.ReasonBadRequest, err.Error())
 			return
 		}
-		f.mu.Lock()
-		old, exists := f.objects[key]
-		if !exists {
-			f.mu.Unlock()
-			f.status(w, 404, v1alpha1.ReasonNotFound, fmt.Sprintf("%s %q not found", resource, name))
+		old, ok := f.lockStored(w, key, resource, name)
+		if !ok {
 			return
 		}
 		if rv := str(patch, "metadata.resourceVersion"); rv != "" && rv != str(old, "metadata.resourceVersion") {
@@ -317,11 +299,8 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		writeJSON(w, 200, stored)
 	case r.Method == http.MethodDelete && name != "":
-		f.mu.Lock()
-		o, exists := f.objects[key]
-		if !exists {
-			f.mu.Unlock()
-			f.status(w, 404, v1alpha1.ReasonNotFound, fmt.Sprintf("%s %q not found", resource, name))
+		o, ok := f.lockStored(w, key, resource, name)
+		if !ok {
 			return
 		}
 		if fz, _ := lookupPath(o, "metadata.finalizers"); fz != nil {
@@ -335,6 +314,35 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		f.status(w, 405, v1alpha1.ReasonMethodNotAllowed, "method not allowed")
 	}
+}
+
+// decodeBody reads the object a POST or PUT sends; false when it answered the request
+// already: the body is no object, or the test's reject hook refuses it.
+func (f *fakeServer) decodeBody(w http.ResponseWriter, r *http.Request, resource string) (object, bool) {
+	body, _ := io.ReadAll(r.Body)
+	o, err := decodeObject(body)
+	if err != nil {
+		f.status(w, 400, v1alpha1.ReasonBadRequest, err.Error())
+		return nil, false
+	}
+	if st := f.rejected(r.Method, resource, o); st != nil {
+		f.status(w, st.Code, st.Reason, st.Message)
+		return nil, false
+	}
+	return o, true
+}
+
+// lockStored locks f and returns the object stored under key. Without one it unlocks f,
+// answers 404 and returns false.
+func (f *fakeServer) lockStored(w http.ResponseWriter, key, resource, name string) (object, bool) {
+	f.mu.Lock()
+	o, exists := f.objects[key]
+	if !exists {
+		f.mu.Unlock()
+		f.status(w, 404, v1alpha1.ReasonNotFound, fmt.Sprintf("%s %q not found", resource, name))
+		return nil, false
+	}
+	return o, true
 }
 
 func (f *fakeServer) rejected(method, resource string, o object) *v1alpha1.Status {

@@ -33,10 +33,8 @@ func newGetCommand(cc *cliContext) *cobra.Command {
 		Example: "  rakhsh get vm\n  rakhsh get vm vm1 -o yaml\n  rakhsh get vd,vi -A\n  rakhsh get vm/vm1 vd/disk1\n" +
 			"  rakhsh get vm -l app=web -o wide\n  rakhsh get vm -w\n  rakhsh get events --for vm/vm1",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			switch o.output {
-			case "", "wide", "yaml", "json", "name":
-			default:
-				return usageErrorf("unknown output format %q: use wide, yaml, json or name", o.output)
+			if err := o.checkOutput(); err != nil {
+				return err
 			}
 			targets, err := resolveTargets(args)
 			if err != nil {
@@ -71,6 +69,15 @@ func newGetCommand(cc *cliContext) *cobra.Command {
 	f.BoolVar(&o.noHeaders, "no-headers", false, "do not print the table header")
 	f.StringVar(&o.forObject, "for", "", "with events: only those about this object, KIND/NAME (e.g. vm/vm1)")
 	return cmd
+}
+
+// checkOutput refuses an output format runGet does not know.
+func (o *getOptions) checkOutput() error {
+	switch o.output {
+	case "", "wide", "yaml", "json", "name":
+		return nil
+	}
+	return usageErrorf("unknown output format %q: use wide, yaml, json or name", o.output)
 }
 
 // listNS returns the namespace to list k in: "" for cluster-scoped kinds and with -A.

@@ -50,11 +50,7 @@ func newUserCreateCommand(cc *cliContext) *cobra.Command {
 		Use:   "create NAME",
 		Short: "Create a user",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			spec.ClusterRole = v1alpha1.ClusterRole(role)
 			u := v1alpha1.User{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "User"},
 				ObjectMeta: v1alpha1.ObjectMeta{Name: args[0]}, Spec: spec}
@@ -63,7 +59,7 @@ func newUserCreateCommand(cc *cliContext) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "user/%s created\n", args[0])
 			return nil
-		},
+		}),
 	}
 	f := cmd.Flags()
 	f.StringVar(&spec.DisplayName, "display-name", "", "the name shown to people")
@@ -80,14 +76,10 @@ func newUserListCommand(cc *cliContext) *cobra.Command {
 		Aliases: []string{"ls"},
 		Short:   "List the users (as rakhsh get users)",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			k, _ := v1alpha1.LookupKind("users")
 			return runGet(cmd.Context(), cc, c, cmd.OutOrStdout(), cmd.ErrOrStderr(), []target{{kind: k}}, &o)
-		},
+		}),
 	}
 	cmd.Flags().StringVarP(&o.output, "output", "o", "", "output format: wide, yaml, json or name")
 	return cmd
@@ -131,11 +123,7 @@ func newUserDisableCommand(cc *cliContext, disable bool) *cobra.Command {
 		Use:   use,
 		Short: short,
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			patch, _ := json.Marshal(map[string]any{"spec": map[string]any{"disabled": disable}})
 			if err := c.Patch(cmd.Context(), "users", "", args[0], patch, nil); err != nil {
 				return err
@@ -146,7 +134,7 @@ func newUserDisableCommand(cc *cliContext, disable bool) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "user/%s %s\n", args[0], word)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -166,11 +154,7 @@ there (--role); it never has more rights than its user. See docs/identity.md.`,
 		Use:   "create",
 		Short: "Make a token and print it (once)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			req.Role = v1alpha1.ProjectRole(role)
 			tok, err := c.CreateToken(cmd.Context(), req)
 			if err != nil {
@@ -179,7 +163,7 @@ there (--role); it never has more rights than its user. See docs/identity.md.`,
 			fmt.Fprintln(cmd.OutOrStdout(), tok.Token)
 			fmt.Fprintf(cmd.ErrOrStderr(), "token %s of user %s, valid until %s; it is not shown again\n", tok.ID, tok.User, tok.Expires.UTC().Format(time.RFC3339))
 			return nil
-		},
+		}),
 	}
 	f := create.Flags()
 	f.StringVar(&req.User, "user", "", "the user the token acts as (default: you; another user: ClusterAdmin only)")
@@ -192,11 +176,7 @@ there (--role); it never has more rights than its user. See docs/identity.md.`,
 		Aliases: []string{"ls"},
 		Short:   "List your tokens (a ClusterAdmin: everybody's), without their secrets",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			l, err := c.ListTokens(cmd.Context())
 			if err != nil {
 				return err
@@ -216,17 +196,13 @@ there (--role); it never has more rights than its user. See docs/identity.md.`,
 					t.Expires.UTC().Format(time.RFC3339), state, t.Description)
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	revoke := &cobra.Command{
 		Use:   "revoke ID...",
 		Short: "Revoke tokens: they are refused at once",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			for _, id := range args {
 				if err := c.RevokeToken(cmd.Context(), id); err != nil {
 					return err
@@ -234,7 +210,7 @@ there (--role); it never has more rights than its user. See docs/identity.md.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "token %s revoked\n", id)
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.AddCommand(create, list, revoke)
 	return cmd
@@ -407,10 +383,7 @@ func readPasswordOnce(cmd *cobra.Command, fromStdin bool) (string, error) {
 		if !isFile || !term.IsTerminal(int(f.Fd())) {
 			return "", usageErrorf("standard input is not a terminal: pass the password with --password-stdin")
 		}
-		fmt.Fprint(cmd.ErrOrStderr(), "Password: ")
-		b, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(cmd.ErrOrStderr())
-		return string(b), err
+		return promptPassword(cmd, f, "Password: ")
 	}
 	line, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
 	if err != nil && err != io.EOF {
@@ -423,16 +396,40 @@ func readPasswordOnce(cmd *cobra.Command, fromStdin bool) (string, error) {
 	return line, nil
 }
 
+// readPassword reads the password from the terminal (twice, without echo) or, with
+// fromStdin, the first line of standard input.
+func readPassword(cmd *cobra.Command, fromStdin bool) (string, error) {
+	pw, err := readPasswordOnce(cmd, fromStdin)
+	if err != nil {
+		return "", err
+	}
+	if fromStdin {
+		return pw, nil
+	}
+	again, err := promptPassword(cmd, cmd.InOrStdin().(*os.File), "Again: ") // a terminal: readPasswordOnce read it
+	if err != nil {
+		return "", err
+	}
+	if pw != again {
+		return "", fmt.Errorf("the passwords differ")
+	}
+	return pw, nil
+}
+
+// promptPassword writes prompt and reads a line from the terminal f without echo.
+func promptPassword(cmd *cobra.Command, f *os.File, prompt string) (string, error) {
+	fmt.Fprint(cmd.ErrOrStderr(), prompt)
+	b, err := term.ReadPassword(int(f.Fd()))
+	fmt.Fprintln(cmd.ErrOrStderr())
+	return string(b), err
+}
+
 func newWhoAmICommand(cc *cliContext) *cobra.Command {
 	return &cobra.Command{
 		Use:   "whoami",
 		Short: "Show who the server takes you for: user, groups, cluster role, project roles",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			w, err := c.WhoAmI(cmd.Context())
 			if err != nil {
 				return err
@@ -457,7 +454,7 @@ func newWhoAmICommand(cc *cliContext) *cobra.Command {
 				fmt.Fprintf(out, "projects:     %s\n", dash(strings.Join(ps, ",")))
 			}
 			return nil
-		},
+		}),
 	}
 }
 

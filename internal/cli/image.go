@@ -106,63 +106,57 @@ Examples:
 	return cmd
 }
 
+// uploadTarget is what an upload reads of the image or disk it goes to.
+type uploadTarget struct {
+	Status struct {
+		Phase           string `json:"phase"`
+		ImageUploadURLs *struct {
+			External  string `json:"external"`
+			InCluster string `json:"inCluster"`
+		} `json:"imageUploadURLs"`
+		Conditions []struct {
+			Type, Message string
+		} `json:"conditions"`
+	} `json:"status"`
+}
+
 // waitUploadStored waits until an object whose whole upload arrived is Ready (nil) or Failed
 // (its Ready condition's message).
 func waitUploadStored(ctx context.Context, c *client.Client, resource, ns, name string) error {
-	for {
-		var obj struct {
-			Status struct {
-				Phase      string `json:"phase"`
-				Conditions []struct {
-					Type, Message string
-				} `json:"conditions"`
-			} `json:"status"`
-		}
+	return poll(ctx, 500*time.Millisecond, func() (bool, error) {
+		var obj uploadTarget
 		if err := c.Get(ctx, resource, ns, name, &obj); err != nil {
-			return err
+			return false, err
 		}
 		switch obj.Status.Phase {
 		case "Ready":
-			return nil
+			return true, nil
 		case "Failed":
 			for _, cd := range obj.Status.Conditions {
 				if cd.Type == "Ready" {
-					return errors.New(cd.Message)
+					return true, errors.New(cd.Message)
 				}
 			}
-			return errors.New("the upload failed")
+			return true, errors.New("the upload failed")
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+		return false, nil
+	}, sameError)
 }
 
 // waitUploadPath waits until the object publishes an upload URL and returns its path.
 func waitUploadPath(ctx context.Context, c *client.Client, resource, ns, name, what string, timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
-	for {
-		var obj struct {
-			Status struct {
-				Phase           string `json:"phase"`
-				ImageUploadURLs *struct {
-					External  string `json:"external"`
-					InCluster string `json:"inCluster"`
-				} `json:"imageUploadURLs"`
-				Conditions []struct {
-					Type, Message string
-				} `json:"conditions"`
-			} `json:"status"`
-		}
+	var path string
+	err := poll(ctx, 300*time.Millisecond, func() (bool, error) {
+		var obj uploadTarget
 		if err := c.Get(ctx, resource, ns, name, &obj); err != nil {
-			return "", err
+			return false, err
 		}
 		st := obj.Status
 		if st.ImageUploadURLs != nil {
 			if tok := images.UploadToken(st.ImageUploadURLs.External); tok != "" {
-				return images.UploadPathPrefix + tok, nil
+				path = images.UploadPathPrefix + tok
+				return true, nil
 			}
 		}
 		switch st.Phase {
@@ -173,17 +167,14 @@ func waitUploadPath(ctx context.Context, c *client.Client, resource, ns, name, w
 					msg = ": " + cd.Message
 				}
 			}
-			return "", fmt.Errorf("%s is %s and takes no upload%s", what, st.Phase, msg)
+			return false, fmt.Errorf("%s is %s and takes no upload%s", what, st.Phase, msg)
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("%s published no upload URL within %s (phase %q); is its dataSource.type Upload?", what, timeout, st.Phase)
+			return false, fmt.Errorf("%s published no upload URL within %s (phase %q); is its dataSource.type Upload?", what, timeout, st.Phase)
 		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(300 * time.Millisecond):
-		}
-	}
+		return false, nil
+	}, sameError)
+	return path, err
 }
 
 // uploadAttempts is how often putFile sends a file whose connection broke: each time from the

@@ -46,10 +46,8 @@ func newNodeListCommand(cc *cliContext) *cobra.Command {
 		Short:   "List the nodes (as rakhsh get nodes)",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			switch o.output {
-			case "", "wide", "yaml", "json", "name":
-			default:
-				return usageErrorf("unknown output format %q: use wide, yaml, json or name", o.output)
+			if err := o.checkOutput(); err != nil {
+				return err
 			}
 			c, err := cc.Client()
 			if err != nil {
@@ -90,25 +88,24 @@ func newNodeCordonCommand(cc *cliContext, cordon bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			failed := false
-			for _, name := range args {
-				if err := c.Patch(cmd.Context(), "nodes", "", name, []byte(patch), nil); err != nil {
-					printError(cmd.ErrOrStderr(), err)
-					failed = true
-					continue
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "node/%s %s\n", name, done)
-			}
-			if failed {
-				return errReported
-			}
-			return nil
+			return patchNodes(cmd, cc, args, patch, done)
 		},
 	}
+}
+
+// patchNodes sends patch to each node and says "node/NAME done" for each it changed.
+func patchNodes(cmd *cobra.Command, cc *cliContext, nodes []string, patch, done string) error {
+	c, err := cc.Client()
+	if err != nil {
+		return err
+	}
+	return eachReported(cmd.ErrOrStderr(), nodes, func(name string) error {
+		if err := c.Patch(cmd.Context(), "nodes", "", name, []byte(patch), nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "node/%s %s\n", name, done)
+		return nil
+	})
 }
 
 func newNodeRemoveCommand(cc *cliContext) *cobra.Command {
@@ -122,19 +119,11 @@ can no longer reach the API. A node that still has VMs bound to it is refused un
 host back, make a new join token and start its agent on a fresh data dir (or delete
 node-credential.json from the old one).`,
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ctx := cmd.Context()
 			bound := map[string][]string{}
 			if !force {
-				l, err := c.ListAll(ctx, "virtualmachines", "", client.ListOptions{})
-				if err != nil {
-					return err
-				}
-				objs, err := decodeItems(l)
+				objs, err := listObjects(ctx, c, "virtualmachines", "", client.ListOptions{})
 				if err != nil {
 					return err
 				}
@@ -145,25 +134,17 @@ node-credential.json from the old one).`,
 					bound[node] = append(bound[node], fmt.Sprintf("%v/%v", md["namespace"], md["name"]))
 				}
 			}
-			failed := false
-			for _, name := range args {
+			return eachReported(cmd.ErrOrStderr(), args, func(name string) error {
 				if vms := bound[name]; len(vms) > 0 {
-					printError(cmd.ErrOrStderr(), fmt.Errorf("node %q still has %d VM(s) bound to it (%s): stop or move them first, or give --force", name, len(vms), strings.Join(vms, ", ")))
-					failed = true
-					continue
+					return fmt.Errorf("node %q still has %d VM(s) bound to it (%s): stop or move them first, or give --force", name, len(vms), strings.Join(vms, ", "))
 				}
 				if err := c.Delete(ctx, "nodes", "", name); err != nil {
-					printError(cmd.ErrOrStderr(), err)
-					failed = true
-					continue
+					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "node/%s removed; its credential is revoked\n", name)
-			}
-			if failed {
-				return errReported
-			}
-			return nil
-		},
+				return nil
+			})
+		}),
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "remove nodes even when VMs are bound to them")
 	return cmd
@@ -214,11 +195,7 @@ The token expires after --ttl and is used up after --uses joins.`,
 		Aliases: []string{"ls"},
 		Short:   "List the join tokens that are still valid (without their secrets)",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			l, err := c.ListJoinTokens(cmd.Context())
 			if err != nil {
 				return err
@@ -233,31 +210,21 @@ The token expires after --ttl and is used up after --uses joins.`,
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", t.ID, t.Expires.Local().Format(time.RFC3339), t.UsesLeft, t.Description)
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	del := &cobra.Command{
 		Use:   "delete ID...",
 		Short: "Delete join tokens (nodes that joined with them keep their credentials)",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			failed := false
-			for _, id := range args {
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
+			return eachReported(cmd.ErrOrStderr(), args, func(id string) error {
 				if err := c.DeleteJoinToken(cmd.Context(), id); err != nil {
-					printError(cmd.ErrOrStderr(), err)
-					failed = true
-					continue
+					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "join token %s deleted\n", id)
-			}
-			if failed {
-				return errReported
-			}
-			return nil
-		},
+				return nil
+			})
+		}),
 	}
 	cmd.AddCommand(create, list, del)
 	return cmd

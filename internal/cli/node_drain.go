@@ -67,11 +67,8 @@ waiting. See docs/nodes.md.`,
 				return err
 			}
 			ctx := cmd.Context()
-			if o.timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, o.timeout)
-				defer cancel()
-			}
+			ctx, cancel := withTimeout(ctx, o.timeout)
+			defer cancel()
 			return drainNode(ctx, c, cmd.OutOrStdout(), args[0], o)
 		},
 	}
@@ -411,27 +408,11 @@ spec. See docs/nodes.md.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
 			patch, done := `{"spec":{"maintenance":true}}`, "in maintenance: it takes no new VMs, and the control plane evicts its VMs"
 			if args[0] == "off" {
 				patch, done = `{"spec":{"maintenance":null}}`, "out of maintenance: it takes new VMs again (moved VMs stay where they are)"
 			}
-			failed := false
-			for _, name := range args[1:] {
-				if err := c.Patch(cmd.Context(), "nodes", "", name, []byte(patch), nil); err != nil {
-					printError(cmd.ErrOrStderr(), err)
-					failed = true
-					continue
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "node/%s %s\n", name, done)
-			}
-			if failed {
-				return errReported
-			}
-			return nil
+			return patchNodes(cmd, cc, args[1:], patch, done)
 		},
 	}
 }

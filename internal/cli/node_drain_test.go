@@ -108,6 +108,47 @@ func (m *migrationSide) round(ctx context.Context) {
 	}
 }
 
+// createVM makes a stopped VM of the default project with the given disks.
+func (e *apiEnv) createVM(name string, disks ...string) {
+	e.t.Helper()
+	spec := map[string]any{"runPolicy": "Manual", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}
+	var bd []any
+	for _, r := range disks {
+		bd = append(bd, map[string]any{"kind": "VirtualDisk", "name": r})
+	}
+	if bd != nil {
+		spec["blockDeviceRefs"] = bd
+	}
+	e.must(e.c.Create(e.ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": name}, "spec": spec}, nil))
+}
+
+// runningVM makes a VM that runs on node.
+func (e *apiEnv) runningVM(name, node string) {
+	e.t.Helper()
+	e.createVM(name)
+	e.must(e.c.Bind(e.ctx, "default", name, &v1alpha1.VirtualMachineBinding{NodeName: node}, nil))
+	e.patchStatus("virtualmachines", name, `{"phase":"Running"}`)
+}
+
+// evictedBefore makes an Evict operation named name of the VM vm on node h2.
+func (e *apiEnv) evictedBefore(vm, name, by string) {
+	e.t.Helper()
+	op := nodectl.NewEvictOp("default", vm, "h2", by)
+	op.GenerateName, op.Name = "", name
+	e.must(e.c.Create(e.ctx, "virtualmachineoperations", "default", op, nil))
+}
+
+// startMigrationSide plays the control plane's side of the Evicts (see migrationSide) until
+// the test ends.
+func (e *apiEnv) startMigrationSide(to string, fail map[string]string) *migrationSide {
+	side := &migrationSide{t: e.t, c: e.c, to: to, fail: fail}
+	sctx, scancel := context.WithCancel(e.ctx)
+	sideDone := make(chan struct{})
+	go func() { defer close(sideDone); side.run(sctx) }()
+	e.t.Cleanup(func() { scancel(); <-sideDone })
+	return side
+}
+
 // TestNodeDrain drives `rakhsh node drain` against a real API server with the migration side
 // played by the test: drain cordons the node, evicts its running VMs at most --parallel at a
 // time, one Evict per VM (none beside one an operator made), prints each VM's progress and
@@ -115,61 +156,20 @@ func (m *migrationSide) round(ctx context.Context) {
 // non-zero naming a VM that cannot leave with the reason; once that VM is stopped, drain ends
 // with the node drained.
 func TestNodeDrain(t *testing.T) {
-	server, c := apiServerSocket(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	run := func(args ...string) (string, string, int) { return runCLI(t, ctx, server, "", args...) }
-
-	for _, n := range []string{"h1", "h2"} {
-		if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: n}}, nil); err != nil {
-			t.Fatal(err)
-		}
+	e := newAPIEnv(t, 60*time.Second, "h1", "h2")
+	ctx, c, run := e.ctx, e.c, e.run
+	for _, name := range []string{"a", "b", "c", "d", "x"} {
+		e.runningVM(name, "h2")
 	}
-	mkVM := func(name string, refs ...string) {
-		t.Helper()
-		spec := map[string]any{"runPolicy": "Manual", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}
-		var bd []any
-		for _, r := range refs {
-			bd = append(bd, map[string]any{"kind": "VirtualDisk", "name": r})
-		}
-		if bd != nil {
-			spec["blockDeviceRefs"] = bd
-		}
-		if err := c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": name}, "spec": spec}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, name := range []string{"a", "b", "c", "d", "x", "elsewhere"} {
-		mkVM(name)
-		node := "h2"
-		if name == "elsewhere" {
-			node = "h1"
-		}
-		if err := c.Bind(ctx, "default", name, &v1alpha1.VirtualMachineBinding{NodeName: node}, nil); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.PatchStatus(ctx, "virtualmachines", "default", name, []byte(`{"status":{"phase":"Running"}}`), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.runningVM("elsewhere", "h1")
 	// A stopped VM whose Local disk is on h2.
-	if err := c.Create(ctx, "virtualdisks", "default", map[string]any{"kind": "VirtualDisk", "metadata": map[string]any{"name": "off-root"},
-		"spec": map[string]any{"persistentVolumeClaim": map[string]any{"size": "1Gi"}}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.PatchStatus(ctx, "virtualdisks", "default", "off-root", []byte(`{"status":{"nodeName":"h2","phase":"Ready"}}`), nil); err != nil {
-		t.Fatal(err)
-	}
-	mkVM("off", "off-root")
-	if err := c.PatchStatus(ctx, "virtualmachines", "default", "off", []byte(`{"status":{"phase":"Stopped"}}`), nil); err != nil {
-		t.Fatal(err)
-	}
+	e.must(c.Create(ctx, "virtualdisks", "default", map[string]any{"kind": "VirtualDisk", "metadata": map[string]any{"name": "off-root"},
+		"spec": map[string]any{"persistentVolumeClaim": map[string]any{"size": "1Gi"}}}, nil))
+	e.patchStatus("virtualdisks", "off-root", `{"nodeName":"h2","phase":"Ready"}`)
+	e.createVM("off", "off-root")
+	e.patchStatus("virtualmachines", "off", `{"phase":"Stopped"}`)
 	// An operator already evicts c.
-	byHand := nodectl.NewEvictOp("default", "c", "h2", "hand")
-	byHand.GenerateName, byHand.Name = "", "c-by-hand"
-	if err := c.Create(ctx, "virtualmachineoperations", "default", byHand, nil); err != nil {
-		t.Fatal(err)
-	}
+	e.evictedBefore("c", "c-by-hand", "hand")
 
 	// Bad input first.
 	if _, errOut, code := run("node", "drain", "nope"); code == 0 || !strings.Contains(errOut, "not found") {
@@ -179,11 +179,7 @@ func TestNodeDrain(t *testing.T) {
 		t.Fatalf("drain --parallel 0: %d %q", code, errOut)
 	}
 
-	side := &migrationSide{t: t, c: c, to: "h1", fail: map[string]string{"x": v1alpha1.VMOPReasonNotApplicableForLiveMigrationPolicy}}
-	sctx, scancel := context.WithCancel(ctx)
-	sideDone := make(chan struct{})
-	go func() { defer close(sideDone); side.run(sctx) }()
-	defer func() { scancel(); <-sideDone }()
+	side := e.startMigrationSide("h1", map[string]string{"x": v1alpha1.VMOPReasonNotApplicableForLiveMigrationPolicy})
 
 	out, errOut, code := run("node", "drain", "h2", "--parallel", "2", "--poll-interval", "10ms")
 	t.Logf("drain output:\n%s\nstderr: %s", out, errOut)
@@ -244,9 +240,7 @@ func TestNodeDrain(t *testing.T) {
 
 	// The operator stops x; drain now ends with the node empty, without a new Evict of x
 	// (its failure in the earlier run is not retried: it is not running).
-	if err := c.PatchStatus(ctx, "virtualmachines", "default", "x", []byte(`{"status":{"phase":"Stopped","nodeName":null}}`), nil); err != nil {
-		t.Fatal(err)
-	}
+	e.patchStatus("virtualmachines", "x", `{"phase":"Stopped","nodeName":null}`)
 	out, errOut, code = run("node", "drain", "h2", "--poll-interval", "10ms")
 	if code != 0 || !strings.Contains(out, "node/h2 already cordoned") || !strings.Contains(out, "node/h2 drained: no running VM is bound to it") {
 		t.Fatalf("second drain: %d %q %q", code, out, errOut)
@@ -257,32 +251,12 @@ func TestNodeDrain(t *testing.T) {
 // again by a new drain; a drain that cannot finish in --timeout says so and names what is
 // left.
 func TestNodeDrainRetryAndTimeout(t *testing.T) {
-	server, c := apiServerSocket(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	run := func(args ...string) (string, string, int) { return runCLI(t, ctx, server, "", args...) }
-	if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: "h2"}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "a"},
-		"spec": map[string]any{"runPolicy": "Manual", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Bind(ctx, "default", "a", &v1alpha1.VirtualMachineBinding{NodeName: "h2"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.PatchStatus(ctx, "virtualmachines", "default", "a", []byte(`{"status":{"phase":"Running"}}`), nil); err != nil {
-		t.Fatal(err)
-	}
+	e := newAPIEnv(t, 60*time.Second, "h2")
+	ctx, c, run := e.ctx, e.c, e.run
+	e.runningVM("a", "h2")
 	// An Evict of a that failed before this drain.
-	old := nodectl.NewEvictOp("default", "a", "h2", nodectl.EvictByDrain)
-	old.GenerateName, old.Name = "", "a-old"
-	if err := c.Create(ctx, "virtualmachineoperations", "default", old, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.PatchStatus(ctx, "virtualmachineoperations", "default", "a-old", []byte(`{"status":{"phase":"Failed","conditions":[{"type":"Completed","status":"True","reason":"NotImplemented","message":"not yet"}]}}`), nil); err != nil {
-		t.Fatal(err)
-	}
+	e.evictedBefore("a", "a-old", nodectl.EvictByDrain)
+	e.patchStatus("virtualmachineoperations", "a-old", `{"phase":"Failed","conditions":[{"type":"Completed","status":"True","reason":"NotImplemented","message":"not yet"}]}`)
 	// Nobody carries out the new Evict: the drain times out.
 	out, errOut, code := run("node", "drain", "h2", "--timeout", "300ms", "--poll-interval", "10ms")
 	if code == 0 || !strings.Contains(errOut, "draining node h2: timed out (--timeout)") || !strings.Contains(errOut, "default/a (evicting: operation a-evict-") {
@@ -305,13 +279,8 @@ func TestNodeDrainRetryAndTimeout(t *testing.T) {
 // TestNodeMaintenanceCommand: maintenance on sets spec.maintenance, off clears it; a wrong
 // mode or a missing node is an error that says so.
 func TestNodeMaintenanceCommand(t *testing.T) {
-	server, c := apiServerSocket(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	run := func(args ...string) (string, string, int) { return runCLI(t, ctx, server, "", args...) }
-	if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: "h2"}}, nil); err != nil {
-		t.Fatal(err)
-	}
+	e := newAPIEnv(t, 30*time.Second, "h2")
+	ctx, c, run := e.ctx, e.c, e.run
 	if out, errOut, code := run("node", "maintenance", "on", "h2"); code != 0 || !strings.Contains(out, "node/h2 in maintenance") {
 		t.Fatalf("maintenance on: %d %q %q", code, out, errOut)
 	}
@@ -346,25 +315,9 @@ func TestNodeMaintenanceCommand(t *testing.T) {
 // TestNodeDrainRidesOutUnavailable: while the API answers 503 (a control plane failing
 // over), drain says so once and goes on; it ends drained once the API is back.
 func TestNodeDrainRidesOutUnavailable(t *testing.T) {
-	server, c := apiServerSocket(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: "h2"}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: "h1"}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Create(ctx, "virtualmachines", "default", map[string]any{"kind": "VirtualMachine", "metadata": map[string]any{"name": "a"},
-		"spec": map[string]any{"runPolicy": "Manual", "cpu": map[string]any{"cores": 1}, "memory": map[string]any{"size": "128Mi"}}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Bind(ctx, "default", "a", &v1alpha1.VirtualMachineBinding{NodeName: "h2"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.PatchStatus(ctx, "virtualmachines", "default", "a", []byte(`{"status":{"phase":"Running"}}`), nil); err != nil {
-		t.Fatal(err)
-	}
+	e := newAPIEnv(t, 60*time.Second, "h2", "h1")
+	ctx, server := e.ctx, e.server
+	e.runningVM("a", "h2")
 	// A front that answers 503 to the first lists of operations.
 	sock := strings.TrimPrefix(server, "unix://")
 	back := &httputil.ReverseProxy{
@@ -392,11 +345,7 @@ func TestNodeDrainRidesOutUnavailable(t *testing.T) {
 	}))
 	defer front.Close()
 
-	side := &migrationSide{t: t, c: c, to: "h1"}
-	sctx, scancel := context.WithCancel(ctx)
-	sideDone := make(chan struct{})
-	go func() { defer close(sideDone); side.run(sctx) }()
-	defer func() { scancel(); <-sideDone }()
+	e.startMigrationSide("h1", nil)
 
 	out, errOut, code := runCLI(t, ctx, front.URL, "", "node", "drain", "h2", "--poll-interval", "10ms")
 	if code != 0 || !strings.Contains(out, "node/h2\treading the VMs and operations: the store has no leader; trying again") ||

@@ -52,13 +52,56 @@ func apiServerSocket(t *testing.T) (string, *client.Client) {
 	return "unix://" + sock, c
 }
 
+// apiEnv is a real API server (apiServerSocket) with its client and the context of a test.
+type apiEnv struct {
+	t      *testing.T
+	ctx    context.Context
+	server string
+	c      *client.Client
+}
+
+// newAPIEnv starts an API server that has the given nodes; the test's context ends after
+// timeout.
+func newAPIEnv(t *testing.T, timeout time.Duration, nodes ...string) *apiEnv {
+	server, c := apiServerSocket(t)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	e := &apiEnv{t: t, ctx: ctx, server: server, c: c}
+	e.createNodes(nodes...)
+	return e
+}
+
+// createNodes makes Nodes of the given names.
+func (e *apiEnv) createNodes(names ...string) {
+	e.t.Helper()
+	for _, n := range names {
+		e.must(e.c.Create(e.ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: n}}, nil))
+	}
+}
+
+func (e *apiEnv) must(err error) {
+	e.t.Helper()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// run runs the CLI against the server.
+func (e *apiEnv) run(args ...string) (string, string, int) {
+	return runCLI(e.t, e.ctx, e.server, "", args...)
+}
+
+// patchStatus sets the status of an object of the default project (a JSON status object).
+func (e *apiEnv) patchStatus(resource, name, status string) {
+	e.t.Helper()
+	e.must(e.c.PatchStatus(e.ctx, resource, "default", name, []byte(`{"status":`+status+`}`), nil))
+}
+
 // TestNodeCommands drives `rakhsh node` against a real API server: join tokens, list,
 // describe, cordon, uncordon and remove (refused while a VM is bound, unless --force).
 func TestNodeCommands(t *testing.T) {
-	server, c := apiServerSocket(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	run := func(args ...string) (string, string, int) { return runCLI(t, ctx, server, "", args...) }
+	e := newAPIEnv(t, 30*time.Second)
+	ctx, c, run := e.ctx, e.c, e.run
 
 	out, errOut, code := run("node", "token", "create", "--ttl", "30m", "--uses", "2", "--description", "rack a")
 	if code != 0 || !strings.HasPrefix(out, "rakhsh-join.") || !strings.Contains(errOut, "for 2 join(s)") {
@@ -79,11 +122,7 @@ func TestNodeCommands(t *testing.T) {
 		t.Fatalf("token delete twice: %d %q", code, errOut)
 	}
 
-	for _, n := range []string{"h1", "h2"} {
-		if err := c.Create(ctx, "nodes", "", &v1alpha1.Node{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "Node"}, ObjectMeta: v1alpha1.ObjectMeta{Name: n}}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.createNodes("h1", "h2")
 	out, _, code = run("node", "list")
 	if code != 0 || !strings.Contains(out, "h1") || !strings.Contains(out, "h2") {
 		t.Fatalf("node list: %d %q", code, out)

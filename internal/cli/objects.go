@@ -44,6 +44,15 @@ func getObject(ctx context.Context, c *client.Client, k *v1alpha1.KindInfo, ns, 
 	return o, nil
 }
 
+// listObjects lists all the objects of resource in ns (all projects: "") that opts selects.
+func listObjects(ctx context.Context, c *client.Client, resource, ns string, opts client.ListOptions) ([]object, error) {
+	l, err := c.ListAll(ctx, resource, ns, opts)
+	if err != nil {
+		return nil, err
+	}
+	return decodeItems(l)
+}
+
 // decodeItems decodes a list's items.
 func decodeItems(l *v1alpha1.List) ([]object, error) {
 	out := make([]object, 0, len(l.Items))

@@ -144,6 +144,17 @@ func (cc *cliContext) Client() (*client.Client, error) {
 	return client.New(cfg)
 }
 
+// withClient makes a command's RunE that builds the client (Client) before it runs run.
+func (cc *cliContext) withClient(run func(cmd *cobra.Command, args []string, c *client.Client) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, err := cc.Client()
+		if err != nil {
+			return err
+		}
+		return run(cmd, args, c)
+	}
+}
+
 // parseDuration accepts Go durations ("30s", "2m") and bare seconds ("30").
 func parseDuration(s string) (time.Duration, error) {
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
@@ -219,6 +230,22 @@ func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code
 
 // errReported says: something failed and was already printed; exit 1.
 var errReported error = &exitError{code: 1}
+
+// eachReported calls do for each item, printing its error on w and going on with the next;
+// it returns errReported when one failed.
+func eachReported[T any](w io.Writer, items []T, do func(T) error) error {
+	failed := false
+	for _, it := range items {
+		if err := do(it); err != nil {
+			printError(w, err)
+			failed = true
+		}
+	}
+	if failed {
+		return errReported
+	}
+	return nil
+}
 
 // Execute runs root with SIGINT/SIGTERM cancelling the command's context, prints any error to
 // root's stderr and returns the process exit code.

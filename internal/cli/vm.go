@@ -42,8 +42,8 @@ func newVMCommand(cc *cliContext) *cobra.Command {
 }
 
 func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
-	var force, wait bool
-	var timeout time.Duration
+	var force bool
+	var wf waitFlags
 	verb := strings.ToLower(string(typ))
 	short := map[v1alpha1.VMOPType]string{
 		v1alpha1.VMOPTypeStart:     "Start a virtual machine (a hibernated one resumes; --force boots it from its disks instead)",
@@ -57,36 +57,24 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 		Args:    cobra.ExactArgs(1),
 		Example: fmt.Sprintf("  rakhsh vm %s vm1 --wait", verb),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
+			ns, name := cc.Namespace(), args[0]
+			c, err := clientForVM(cmd, cc, name)
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			ns, name := cc.Namespace(), args[0]
-			if err := c.Get(ctx, "virtualmachines", ns, name, &struct{}{}); err != nil {
-				return err
-			}
-			op := v1alpha1.VirtualMachineOperation{
-				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
-				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: name + "-" + verb + "-", Namespace: ns},
-				Spec:       v1alpha1.VirtualMachineOperationSpec{Type: typ, VirtualMachineName: name},
-			}
+			spec := v1alpha1.VirtualMachineOperationSpec{Type: typ}
 			if force {
-				op.Spec.Force = &force
+				spec.Force = &force
 			}
-			var out v1alpha1.VirtualMachineOperation
-			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+			out, err := createVMOperation(cmd, c, ns, name, verb, spec)
+			if err != nil || !wf.wait {
 				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
 			}
 			var progress func(*v1alpha1.VirtualMachine)
 			if (typ == v1alpha1.VMOPTypeStop || typ == v1alpha1.VMOPTypeRestart) && !force {
 				progress = graceCountdown(cmd.ErrOrStderr(), name, verb)
 			}
-			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, progress)
+			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, wf.timeout, progress)
 		},
 	}
 	switch typ {
@@ -95,27 +83,53 @@ func newVMOpCommand(cc *cliContext, typ v1alpha1.VMOPType) *cobra.Command {
 	case v1alpha1.VMOPTypeStop, v1alpha1.VMOPTypeRestart:
 		cmd.Flags().BoolVar(&force, "force", false, "power off (stop) or reset (restart) at once instead of asking the guest")
 	}
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the operation completes; fail if it fails")
-	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the operation completes; fail if it fails", 5*time.Minute)
 	return cmd
+}
+
+// clientForVM returns the client once it found the virtual machine vm in the current project.
+func clientForVM(cmd *cobra.Command, cc *cliContext, vm string) (*client.Client, error) {
+	c, err := cc.Client()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Get(cmd.Context(), "virtualmachines", cc.Namespace(), vm, nil); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// createVMOperation creates the operation spec on the virtual machine vm, named
+// VM-VERB-XXXXX, and prints its name.
+func createVMOperation(cmd *cobra.Command, c *client.Client, ns, vm, verb string, spec v1alpha1.VirtualMachineOperationSpec) (*v1alpha1.VirtualMachineOperation, error) {
+	spec.VirtualMachineName = vm
+	return createAndPrint(cmd, c, "virtualmachineoperations", ns, &v1alpha1.VirtualMachineOperation{
+		TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
+		ObjectMeta: vmObjectMeta(ns, vm, verb, ""),
+		Spec:       spec,
+	})
+}
+
+// vmObjectMeta is the metadata of an object made for the virtual machine vm: named name, or
+// VM-WHAT-XXXXX by the server when name is "".
+func vmObjectMeta(ns, vm, what, name string) v1alpha1.ObjectMeta {
+	m := v1alpha1.ObjectMeta{Name: name, Namespace: ns}
+	if name == "" {
+		m.GenerateName = vm + "-" + what + "-"
+	}
+	return m
 }
 
 // waitOperationDone waits (up to timeout; 0: no limit) for the operation name to end, says
 // so on w, and fails unless it completed.
 func waitOperationDone(ctx context.Context, w io.Writer, c *client.Client, ns, name string, timeout time.Duration, progress func(*v1alpha1.VirtualMachine)) error {
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
+	ctx, cancel := withTimeout(ctx, timeout)
+	defer cancel()
 	final, err := waitOperation(ctx, c, ns, name, progress)
 	if err != nil {
 		return err
 	}
-	msg := ""
-	if cnd := v1alpha1.FindCondition(final.Status.Conditions, v1alpha1.VMOPConditionCompleted); cnd != nil {
-		msg = cnd.Message
-	}
+	msg := conditionMessage(final.Status.Conditions, v1alpha1.VMOPConditionCompleted)
 	if final.Status.Phase != v1alpha1.VMOPPhaseCompleted {
 		return fmt.Errorf("operation %s %s: %s", name, final.Status.Phase, msg)
 	}
@@ -126,14 +140,15 @@ func waitOperationDone(ctx context.Context, w io.Writer, c *client.Client, ns, n
 // waitOperation polls an operation until it reaches a final phase.
 // progress, when set, sees the VM at each poll.
 func waitOperation(ctx context.Context, c *client.Client, ns, name string, progress func(*v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachineOperation, error) {
-	for {
-		var op v1alpha1.VirtualMachineOperation
+	var op v1alpha1.VirtualMachineOperation
+	err := poll(ctx, 250*time.Millisecond, func() (bool, error) {
+		op = v1alpha1.VirtualMachineOperation{}
 		if err := c.Get(ctx, "virtualmachineoperations", ns, name, &op); err != nil {
-			return nil, err
+			return false, err
 		}
 		switch op.Status.Phase {
 		case v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPPhaseSuperseded:
-			return &op, nil
+			return true, nil
 		}
 		if progress != nil {
 			var vm v1alpha1.VirtualMachine
@@ -141,12 +156,14 @@ func waitOperation(ctx context.Context, c *client.Client, ns, name string, progr
 				progress(&vm)
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for operation %s (phase %s): %w", name, orPending(string(op.Status.Phase)), ctx.Err())
-		case <-time.After(250 * time.Millisecond):
-		}
+		return false, nil
+	}, func(err error) error {
+		return fmt.Errorf("waiting for operation %s (phase %s): %w", name, orPending(string(op.Status.Phase)), err)
+	})
+	if err != nil {
+		return nil, err
 	}
+	return &op, nil
 }
 
 // graceCountdown returns a progress function that, while the guest is asked to shut down
@@ -197,8 +214,7 @@ func orPending(s string) string {
 }
 
 func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	use, short, want := "resume NAME", "Resume a paused virtual machine", v1alpha1.VMPhaseRunning
 	if pause {
 		use, short, want = "pause NAME", "Pause a running virtual machine (its vCPUs stop; memory is kept)", v1alpha1.VMPhasePause
@@ -207,11 +223,7 @@ func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
 		Use:   use,
 		Short: short,
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ctx := cmd.Context()
 			ns, name := cc.Namespace(), args[0]
 			var val any
@@ -230,31 +242,22 @@ func newVMPauseCommand(cc *cliContext, pause bool) *cobra.Command {
 				verb = "paused"
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "virtualmachine/%s %s\n", name, verb)
-			if !wait {
+			if !wf.wait {
 				return nil
 			}
-			if timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, timeout)
-				defer cancel()
-			}
-			for {
+			ctx, cancel := withTimeout(ctx, wf.timeout)
+			defer cancel()
+			var phase v1alpha1.VirtualMachinePhase
+			return poll(ctx, 250*time.Millisecond, func() (bool, error) {
 				var vm v1alpha1.VirtualMachine
-				if err := c.Get(ctx, "virtualmachines", ns, name, &vm); err != nil {
-					return err
-				}
-				if vm.Status.Phase == want {
-					return nil
-				}
-				select {
-				case <-ctx.Done():
-					return fmt.Errorf("waiting for %s to be %s (phase %s): %w", name, want, vm.Status.Phase, ctx.Err())
-				case <-time.After(250 * time.Millisecond):
-				}
-			}
-		},
+				err := c.Get(ctx, "virtualmachines", ns, name, &vm)
+				phase = vm.Status.Phase
+				return err == nil && phase == want, err
+			}, func(err error) error {
+				return fmt.Errorf("waiting for %s to be %s (phase %s): %w", name, want, phase, err)
+			})
+		}),
 	}
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the VM's phase is "+string(want))
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the VM's phase is "+string(want), 2*time.Minute)
 	return cmd
 }

@@ -19,8 +19,7 @@ const vmbdaResource = "virtualmachineblockdeviceattachments"
 // VirtualMachineBlockDeviceAttachment (docs/hotplug.md).
 func newVMAttachCommand(cc *cliContext) *cobra.Command {
 	var kind, name string
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "attach VM DISK",
 		Short: "Hot-plug a disk or image into a virtual machine (creates a VirtualMachineBlockDeviceAttachment)",
@@ -53,10 +52,10 @@ func newVMAttachCommand(cc *cliContext) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "virtualmachineblockdeviceattachment/%s created\n", name)
-			if !wait {
+			if !wf.wait {
 				return nil
 			}
-			return pollAttachment(cmd.Context(), c, ns, name, timeout, func(b *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error) {
+			return pollAttachment(cmd.Context(), c, ns, name, wf.timeout, func(b *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error) {
 				switch {
 				case gone:
 					return false, fmt.Errorf("attachment %s was deleted", name)
@@ -72,8 +71,7 @@ func newVMAttachCommand(cc *cliContext) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&kind, "kind", "VirtualDisk", "the kind of DISK: VirtualDisk, VirtualImage or ClusterVirtualImage")
 	cmd.Flags().StringVar(&name, "name", "", "the attachment's name (default VM-DISK)")
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the device is attached; fail if the attachment fails")
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the device is attached; fail if the attachment fails", 2*time.Minute)
 	return cmd
 }
 
@@ -81,8 +79,7 @@ func newVMAttachCommand(cc *cliContext) *cobra.Command {
 // to VM.
 func newVMDetachCommand(cc *cliContext) *cobra.Command {
 	var kind string
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "detach VM DISK",
 		Short: "Unplug a hot-plugged disk or image from a virtual machine (deletes its VirtualMachineBlockDeviceAttachment)",
@@ -91,14 +88,11 @@ func newVMDetachCommand(cc *cliContext) *cobra.Command {
 			"With --wait the command waits until it is gone.",
 		Example: "  rakhsh vm detach vm1 data1 --wait",
 		Args:    cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ns, vm, disk := cc.Namespace(), args[0], args[1]
 			var k v1alpha1.BlockDeviceKind
 			if kind != "" {
+				var err error
 				if k, err = parseBlockKind(kind); err != nil {
 					return err
 				}
@@ -127,11 +121,11 @@ func newVMDetachCommand(cc *cliContext) *cobra.Command {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "virtualmachineblockdeviceattachment/%s deleted\n", n)
 			}
-			if !wait {
+			if !wf.wait {
 				return nil
 			}
 			for _, n := range names {
-				err := pollAttachment(cmd.Context(), c, ns, n, timeout, func(_ *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error) {
+				err := pollAttachment(cmd.Context(), c, ns, n, wf.timeout, func(_ *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error) {
 					return gone, nil
 				})
 				if err != nil {
@@ -140,11 +134,10 @@ func newVMDetachCommand(cc *cliContext) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s detached from virtual machine %s\n", disk, vm)
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&kind, "kind", "", "only the attachments of this kind of DISK (default: any)")
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the device is unplugged and the attachment gone")
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the device is unplugged and the attachment gone", 2*time.Minute)
 	return cmd
 }
 
@@ -187,27 +180,20 @@ func attachmentWhy(b *v1alpha1.VirtualMachineBlockDeviceAttachment) string {
 // pollAttachment reads the attachment until done says so (or fails), or the timeout.
 func pollAttachment(ctx context.Context, c *client.Client, ns, name string, timeout time.Duration,
 	done func(b *v1alpha1.VirtualMachineBlockDeviceAttachment, gone bool) (bool, error)) error {
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-	for {
+	ctx, cancel := withTimeout(ctx, timeout)
+	defer cancel()
+	var phase v1alpha1.VMBDAPhase
+	return poll(ctx, 200*time.Millisecond, func() (bool, error) {
 		var b v1alpha1.VirtualMachineBlockDeviceAttachment
 		err := c.Get(ctx, vmbdaResource, ns, name, &b)
 		if err != nil && !client.IsNotFound(err) {
-			return err
+			return false, err
 		}
-		ok, err := done(&b, client.IsNotFound(err))
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for attachment %s (phase %s): %w", name, orNoPhase(string(b.Status.Phase)), ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		phase = b.Status.Phase
+		return done(&b, client.IsNotFound(err))
+	}, func(err error) error {
+		return fmt.Errorf("waiting for attachment %s (phase %s): %w", name, orNoPhase(string(phase)), err)
+	})
 }
 
 func orNoPhase(s string) string {

@@ -1,14 +1,9 @@
 package cli
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
@@ -58,43 +53,6 @@ func newVMSetPasswordCommand(cc *cliContext) *cobra.Command {
 	cmd.Flags().StringVar(&user, "user", "", "the guest user whose password is set")
 	cmd.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
 	return cmd
-}
-
-// readPassword reads the password from the terminal (twice, without echo) or, with
-// fromStdin, the first line of standard input.
-func readPassword(cmd *cobra.Command, fromStdin bool) (string, error) {
-	in := cmd.InOrStdin()
-	f, isFile := in.(*os.File)
-	if !fromStdin {
-		if !isFile || !term.IsTerminal(int(f.Fd())) {
-			return "", usageErrorf("standard input is not a terminal: pass the password with --password-stdin")
-		}
-		fmt.Fprint(cmd.ErrOrStderr(), "Password: ")
-		a, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(cmd.ErrOrStderr())
-		if err != nil {
-			return "", err
-		}
-		fmt.Fprint(cmd.ErrOrStderr(), "Again: ")
-		b, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(cmd.ErrOrStderr())
-		if err != nil {
-			return "", err
-		}
-		if string(a) != string(b) {
-			return "", fmt.Errorf("the passwords differ")
-		}
-		return string(a), nil
-	}
-	line, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
-	if err != nil && err != io.EOF {
-		return "", err
-	}
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
-		return "", usageErrorf("no password on standard input")
-	}
-	return line, nil
 }
 
 // newVMFreezeCommand returns `rakhsh vm freeze NAME`, `unfreeze NAME` or `freeze-status NAME`.

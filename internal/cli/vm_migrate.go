@@ -14,8 +14,8 @@ import (
 // newVMMigrateCommand returns `rakhsh vm migrate`.
 func newVMMigrateCommand(cc *cliContext) *cobra.Command {
 	var to string
-	var force, cancel, wait bool
-	var timeout time.Duration
+	var force, cancel bool
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "migrate NAME",
 		Short: "Live-migrate a running virtual machine to another node (--cancel ends a migration under way)",
@@ -64,40 +64,31 @@ progress and fails if the migration fails; the VM then goes on running where it 
 					return usageErrorf("--to %s: the virtual machine already runs there", to)
 				}
 			}
-			op := v1alpha1.VirtualMachineOperation{
-				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
-				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: name + "-migrate-", Namespace: ns},
-				Spec:       v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeMigrate, VirtualMachineName: name},
-			}
+			spec := v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeMigrate}
 			if to != "" {
-				op.Spec.Migrate = &v1alpha1.VMOPMigrateSpec{NodeSelector: map[string]string{v1alpha1.NodeHostnameLabel: to}}
+				spec.Migrate = &v1alpha1.VMOPMigrateSpec{NodeSelector: map[string]string{v1alpha1.NodeHostnameLabel: to}}
 			}
 			if cmd.Flags().Changed("force") {
-				op.Spec.Force = &force
+				spec.Force = &force
 			}
-			var out v1alpha1.VirtualMachineOperation
-			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+			out, err := createVMOperation(cmd, c, ns, name, "migrate", spec)
+			if err != nil || !wf.wait {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
-			}
-			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, migrationProgress(cmd.ErrOrStderr(), string(out.UID)))
+			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, wf.timeout, migrationProgress(cmd.ErrOrStderr(), string(out.UID)))
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&to, "to", "", "the target node (default: the scheduler picks one)")
 	f.BoolVar(&force, "force", false, "allow throttling the guest's vCPUs so that the migration converges (PreferSafe and PreferForced policies follow it)")
 	f.BoolVar(&cancel, "cancel", false, "cancel the migration under way")
-	f.BoolVar(&wait, "wait", false, "wait until the migration ends, showing its progress; fail if it fails")
-	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the migration ends, showing its progress; fail if it fails", 30*time.Minute)
 	return cmd
 }
 
 // migrationProgress prints a line when the migration id's phase or percentage changes.
 func migrationProgress(w io.Writer, id string) func(*v1alpha1.VirtualMachine) {
-	last := ""
+	show := lineChanges(w)
 	return func(vm *v1alpha1.VirtualMachine) {
 		m := vm.Status.MigrationState
 		if m == nil || m.ID != id {
@@ -113,9 +104,6 @@ func migrationProgress(w io.Writer, id string) func(*v1alpha1.VirtualMachine) {
 				line += fmt.Sprintf(", disks %s left", v1alpha1.BytesQuantity(p.DiskRemainingBytes))
 			}
 		}
-		if line != last {
-			last = line
-			fmt.Fprintln(w, line)
-		}
+		show(line)
 	}
 }

@@ -1,20 +1,20 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // newVMSnapshotCommand returns `rakhsh vm snapshot`.
 func newVMSnapshotCommand(cc *cliContext) *cobra.Command {
 	var name string
-	var crash, keepRAM, wait bool
-	var timeout time.Duration
+	var crash, keepRAM bool
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "snapshot NAME",
 		Short: "Take a snapshot of a virtual machine: its spec and all its disks at one instant",
@@ -29,85 +29,62 @@ waits until the snapshot is Ready and fails if it fails. See docs/snapshots.md.`
 		Args:    cobra.ExactArgs(1),
 		Example: "  rakhsh vm snapshot vm1 --name before-upgrade --wait\n  rakhsh vm restore vm1 before-upgrade --wait",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
 			ns, vm := cc.Namespace(), args[0]
-			if err := c.Get(ctx, "virtualmachines", ns, vm, nil); err != nil {
+			c, err := clientForVM(cmd, cc, vm)
+			if err != nil {
 				return err
 			}
 			s := v1alpha1.VirtualMachineSnapshot{
 				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineSnapshot"},
-				ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: ns},
+				ObjectMeta: vmObjectMeta(ns, vm, "snapshot", name),
 				Spec:       v1alpha1.VirtualMachineSnapshotSpec{VirtualMachineName: vm},
-			}
-			if name == "" {
-				s.GenerateName = vm + "-snapshot-"
 			}
 			if crash {
 				f := false
 				s.Spec.RequiredConsistency = &f
 			}
 			s.Spec.KeepRAM = keepRAM
-			var out v1alpha1.VirtualMachineSnapshot
-			if err := c.Create(ctx, "virtualmachinesnapshots", ns, &s, &out); err != nil {
+			out, err := createAndPrint(cmd, c, "virtualmachinesnapshots", ns, &s)
+			if err != nil || !wf.wait {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
-			}
-			if timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, timeout)
-				defer cancel()
-			}
-			last := ""
-			for {
-				if err := c.Get(ctx, "virtualmachinesnapshots", ns, out.Name, &out); err != nil {
-					return err
+			ctx, cancel := withTimeout(cmd.Context(), wf.timeout)
+			defer cancel()
+			show := lineChanges(cmd.ErrOrStderr())
+			return poll(ctx, 300*time.Millisecond, func() (bool, error) {
+				if err := c.Get(ctx, "virtualmachinesnapshots", ns, out.Name, out); err != nil {
+					return false, err
 				}
-				cond := v1alpha1.FindCondition(out.Status.Conditions, v1alpha1.VMSnapshotConditionReady)
-				msg := ""
-				if cond != nil {
-					msg = cond.Message
-				}
+				msg := conditionMessage(out.Status.Conditions, v1alpha1.VMSnapshotConditionReady)
 				switch out.Status.Phase {
 				case v1alpha1.SnapshotPhaseReady:
 					consistent := out.Status.Consistent != nil && *out.Status.Consistent
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s: Ready (%d disks, consistent: %t)\n", out.Name, len(out.Status.VirtualDiskSnapshotNames), consistent)
-					return nil
+					return true, nil
 				case v1alpha1.SnapshotPhaseFailed:
-					return fmt.Errorf("snapshot %s failed: %s", out.Name, msg)
+					return true, fmt.Errorf("snapshot %s failed: %s", out.Name, msg)
 				}
-				if line := string(out.Status.Phase) + ": " + msg; line != last && out.Status.Phase != "" {
-					last = line
-					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", out.Name, line)
+				if out.Status.Phase != "" {
+					show(out.Name + ": " + string(out.Status.Phase) + ": " + msg)
 				}
-				select {
-				case <-ctx.Done():
-					return fmt.Errorf("snapshot %s: %w (it is %s)", out.Name, ctx.Err(), out.Status.Phase)
-				case <-time.After(300 * time.Millisecond):
-				}
-			}
+				return false, nil
+			}, func(err error) error {
+				return fmt.Errorf("snapshot %s: %w (it is %s)", out.Name, err, out.Status.Phase)
+			})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&name, "name", "", "the snapshot's name (default: NAME-snapshot-XXXXX)")
 	f.BoolVar(&crash, "crash-consistent", false, "do not wait for the guest agent of a running VM (spec.requiredConsistency: false)")
 	f.BoolVar(&keepRAM, "keep-ram", false, "also keep the running guest's RAM state (spec.keepRAM): a restore resumes the guest")
-	f.BoolVar(&wait, "wait", false, "wait until the snapshot is Ready; fail if it fails")
-	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the snapshot is Ready; fail if it fails", 30*time.Minute)
 	return cmd
 }
 
 // newVMRestoreCommand returns `rakhsh vm restore`.
 func newVMRestoreCommand(cc *cliContext) *cobra.Command {
 	var mode, fromBackup string
-	var wait bool
-	var timeout time.Duration
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "restore NAME (SNAPSHOT | --backup BACKUP)",
 		Short: "Return a stopped virtual machine to one of its VirtualMachineSnapshots or VirtualMachineBackups (disks and spec)",
@@ -138,36 +115,25 @@ rest. With --wait it waits until the restore ends and fails if it fails.`,
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			ns, vm := cc.Namespace(), args[0]
-			op := v1alpha1.VirtualMachineOperation{
-				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
-				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: vm + "-restore-", Namespace: ns},
-				Spec:       v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, VirtualMachineName: vm, Restore: rs},
-			}
-			var out v1alpha1.VirtualMachineOperation
-			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+			ns := cc.Namespace()
+			out, err := createVMOperation(cmd, c, ns, args[0], "restore", v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeRestore, Restore: rs})
+			if err != nil || !wf.wait {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait {
-				return nil
-			}
-			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
+			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, wf.timeout, nil)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&mode, "mode", string(v1alpha1.SnapshotOperationModeStrict), "Strict, BestEffort or DryRun")
 	f.StringVar(&fromBackup, "backup", "", "restore from this VirtualMachineBackup of the VM instead of a snapshot")
-	f.BoolVar(&wait, "wait", false, "wait until the restore ends; fail if it fails")
-	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the restore ends; fail if it fails", 30*time.Minute)
 	return cmd
 }
 
 // newVMCloneCommand returns `rakhsh vm clone`.
 func newVMCloneCommand(cc *cliContext) *cobra.Command {
-	var dryRun, full, wait bool
-	var timeout time.Duration
+	var dryRun, full bool
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "clone SRC NEW",
 		Short: "Make a new virtual machine NEW from SRC (running, stopped or a template), with linked clones or copies of its disks",
@@ -181,12 +147,7 @@ a new IP address claim, and no template label. It creates a VirtualMachineOperat
 says. With --wait it waits until the disks are copied; --dry-run only checks the names.`,
 		Args:    cobra.ExactArgs(2),
 		Example: "  rakhsh vm clone ubuntu-template web1 --wait\n  rakhsh vm start web1",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
+		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			ns, src, dst := cc.Namespace(), args[0], args[1]
 			if src == dst {
 				return usageErrorf("the clone needs a name other than %q", src)
@@ -199,29 +160,19 @@ says. With --wait it waits until the disks are copied; --dry-run only checks the
 			if dryRun {
 				mode = v1alpha1.SnapshotOperationModeDryRun
 			}
-			op := v1alpha1.VirtualMachineOperation{
-				TypeMeta:   v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineOperation"},
-				ObjectMeta: v1alpha1.ObjectMeta{GenerateName: src + "-clone-", Namespace: ns},
-				Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone, VirtualMachineName: src,
-					Clone: &v1alpha1.VMOPCloneSpec{Mode: mode, CloneMode: cloneMode,
-						NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: src}, To: dst}},
-						Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: dst + "-"}}},
-			}
-			var out v1alpha1.VirtualMachineOperation
-			if err := c.Create(ctx, "virtualmachineoperations", ns, &op, &out); err != nil {
+			out, err := createVMOperation(cmd, c, ns, src, "clone", v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.VMOPTypeClone,
+				Clone: &v1alpha1.VMOPCloneSpec{Mode: mode, CloneMode: cloneMode,
+					NameReplacement: []v1alpha1.NameReplacement{{From: v1alpha1.NameReplacementFrom{Kind: "VirtualMachine", Name: src}, To: dst}},
+					Customization:   &v1alpha1.VMOPCloneCustomization{NamePrefix: dst + "-"}}})
+			if err != nil || (!wf.wait && !dryRun) {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.Name)
-			if !wait && !dryRun {
-				return nil
-			}
-			return waitOperationDone(ctx, cmd.ErrOrStderr(), c, ns, out.Name, timeout, nil)
-		},
+			return waitOperationDone(cmd.Context(), cmd.ErrOrStderr(), c, ns, out.Name, wf.timeout, nil)
+		}),
 	}
 	f := cmd.Flags()
 	f.BoolVar(&dryRun, "dry-run", false, "only check that the clone's names are free (mode DryRun)")
 	f.BoolVar(&full, "full", false, "copy the disks whole instead of making linked clones of the snapshot")
-	f.BoolVar(&wait, "wait", false, "wait until the clone is made; fail if it fails")
-	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait (0: no limit)")
+	wf.add(cmd, "wait until the clone is made; fail if it fails", 30*time.Minute)
 	return cmd
 }

@@ -8,6 +8,23 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
+// storedAs decodes the object the fake server keeps under resource/default/name into a T.
+func storedAs[T any](t *testing.T, f *fakeServer, resource, name string) T {
+	t.Helper()
+	b, _ := json.Marshal(f.get(resource, "default", name))
+	var v T
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// putVM stores a bare VirtualMachine of the default project.
+func putVM(f *fakeServer, name string) {
+	f.put("virtualmachines", object{"apiVersion": v1alpha1.APIVersion, "kind": "VirtualMachine",
+		"metadata": map[string]any{"name": name, "namespace": "default"}})
+}
+
 // TestVMRestoreCommand: vm restore creates a Restore operation for the VM and the snapshot,
 // in the mode asked for, and refuses an unknown mode before it sends anything.
 func TestVMRestoreCommand(t *testing.T) {
@@ -23,11 +40,7 @@ func TestVMRestoreCommand(t *testing.T) {
 	if !strings.HasPrefix(name, "vm1-restore-") {
 		t.Fatalf("operation name %q", name)
 	}
-	b, _ := json.Marshal(f.get("virtualmachineoperations", "default", name))
-	var op v1alpha1.VirtualMachineOperation
-	if err := json.Unmarshal(b, &op); err != nil {
-		t.Fatal(err)
-	}
+	op := storedAs[v1alpha1.VirtualMachineOperation](t, f, "virtualmachineoperations", name)
 	if op.Spec.Type != v1alpha1.VMOPTypeRestore || op.Spec.VirtualMachineName != "vm1" || op.Spec.Restore == nil ||
 		op.Spec.Restore.VirtualMachineSnapshotName != "snap1" || op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeBestEffort {
 		t.Errorf("operation %+v", op.Spec)
@@ -38,17 +51,12 @@ func TestVMRestoreCommand(t *testing.T) {
 // and --crash-consistent turns off required consistency.
 func TestVMSnapshotCommand(t *testing.T) {
 	f := newFakeServer(t)
-	f.put("virtualmachines", object{"apiVersion": v1alpha1.APIVersion, "kind": "VirtualMachine",
-		"metadata": map[string]any{"name": "vm1", "namespace": "default"}})
+	putVM(f, "vm1")
 	out, errOut, code := f.run(t, "", "vm", "snapshot", "vm1", "--name", "s1", "--crash-consistent")
 	if code != 0 || strings.TrimSpace(out) != "s1" {
 		t.Fatalf("vm snapshot: code %d, out %q, err %q", code, out, errOut)
 	}
-	b, _ := json.Marshal(f.get("virtualmachinesnapshots", "default", "s1"))
-	var s v1alpha1.VirtualMachineSnapshot
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
+	s := storedAs[v1alpha1.VirtualMachineSnapshot](t, f, "virtualmachinesnapshots", "s1")
 	if s.Spec.VirtualMachineName != "vm1" || s.Spec.RequiredConsistency == nil || *s.Spec.RequiredConsistency {
 		t.Errorf("snapshot %+v", s.Spec)
 	}
@@ -67,11 +75,7 @@ func TestVMCloneCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("vm clone: %d %q", code, errOut)
 	}
-	b, _ := json.Marshal(f.get("virtualmachineoperations", "default", strings.TrimSpace(out)))
-	var op v1alpha1.VirtualMachineOperation
-	if err := json.Unmarshal(b, &op); err != nil {
-		t.Fatal(err)
-	}
+	op := storedAs[v1alpha1.VirtualMachineOperation](t, f, "virtualmachineoperations", strings.TrimSpace(out))
 	cl := op.Spec.Clone
 	if op.Spec.Type != v1alpha1.VMOPTypeClone || op.Spec.VirtualMachineName != "tpl" || cl == nil || cl.Mode != v1alpha1.SnapshotOperationModeStrict ||
 		len(cl.NameReplacement) != 1 || cl.NameReplacement[0].To != "web1" || cl.Customization == nil || cl.Customization.NamePrefix != "web1-" {

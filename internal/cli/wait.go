@@ -322,11 +322,8 @@ func newWaitCommand(cc *cliContext) *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			if timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, timeout)
-				defer cancel()
-			}
+			ctx, cancel := withTimeout(ctx, timeout)
+			defer cancel()
 			for _, t := range targets {
 				for _, name := range t.names {
 					err := waitForObject(ctx, c, t.kind, cc.Namespace(), name, cond, timeout == 0)
