@@ -69,10 +69,7 @@ func (c *Controller) reconcileOp(ctx context.Context, key runtime.Key) (runtime.
 func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	ns, name := key.Split()
 	var op v1alpha1.VirtualMachineOperation
-	if err := c.c.Get(ctx, "virtualmachineoperations", ns, name, &op); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if ok, err := runtime.Read(ctx, c.c, "virtualmachineoperations", key, &op); !ok {
 		return runtime.Result{}, err
 	}
 	if op.Spec.Type != v1alpha1.VMOPTypeClone || op.DeletionTimestamp != nil || op.Spec.Clone == nil {

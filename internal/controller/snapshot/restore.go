@@ -51,12 +51,7 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	if res != nil {
 		st.Resources = res
 	}
-	body, _ := json.Marshal(map[string]any{"status": st})
-	err := c.c.PatchStatus(ctx, "virtualmachineoperations", op.Namespace, op.Name, body, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
+	if ok, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, st); !ok {
 		return err
 	}
 	if phase != v1alpha1.VMOPPhaseInProgress {
@@ -71,12 +66,9 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 }
 
 func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	ns, name := key.Split()
+	ns, _ := key.Split()
 	var op v1alpha1.VirtualMachineOperation
-	if err := c.c.Get(ctx, "virtualmachineoperations", ns, name, &op); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if ok, err := runtime.Read(ctx, c.c, "virtualmachineoperations", key, &op); !ok {
 		return runtime.Result{}, err
 	}
 	if op.Spec.Type != v1alpha1.VMOPTypeRestore || op.DeletionTimestamp != nil || op.Spec.Restore == nil {

@@ -64,20 +64,15 @@ func diskSnapshotName(vmsnap, disk string) string {
 func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	ns, name := key.Split()
 	var s v1alpha1.VirtualMachineSnapshot
-	if err := c.c.Get(ctx, "virtualmachinesnapshots", ns, name, &s); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if ok, err := runtime.Read(ctx, c.c, "virtualmachinesnapshots", key, &s); !ok {
 		return runtime.Result{}, err
 	}
 	if s.DeletionTimestamp != nil {
 		return c.finalizeVM(ctx, &s)
 	}
 	if !slices.Contains(s.Finalizers, VMFinalizer) {
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-			"finalizers": append(slices.Clone(s.Finalizers), VMFinalizer), "resourceVersion": s.ResourceVersion}})
-		if err := c.c.Patch(ctx, "virtualmachinesnapshots", ns, name, patch, nil); err != nil {
-			return runtime.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		if err := runtime.AddFinalizer(ctx, c.c, "virtualmachinesnapshots", &s.ObjectMeta, VMFinalizer); err != nil {
+			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil
 	}
