@@ -583,11 +583,7 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	}
 	op.Status.Phase, op.Status.Conditions = phase, conds
 	if phase == v1alpha1.VMOPPhaseCompleted || phase == v1alpha1.VMOPPhaseFailed {
-		typ := "Normal"
-		if phase == v1alpha1.VMOPPhaseFailed {
-			typ = "Warning"
-		}
-		c.rec.Event(ctx, "VirtualMachineOperation", op, typ, string(phase), msg)
+		c.rec.OperationEvent(ctx, op, phase, msg)
 	}
 	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", phase, "message", msg)
 	return nil

@@ -415,12 +415,8 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	if ok, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, status); !ok {
 		return err
 	}
-	typ := "Normal"
-	if u.phase == v1alpha1.VMOPPhaseFailed {
-		typ = "Warning"
-	}
 	if u.phase != v1alpha1.VMOPPhaseInProgress {
-		c.rec.Event(ctx, "VirtualMachineOperation", op, typ, string(u.phase), u.message)
+		c.rec.OperationEvent(ctx, op, u.phase, u.message)
 	}
 	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", u.phase, "message", u.message)
 	return nil
