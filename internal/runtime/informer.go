@@ -43,6 +43,14 @@ func (k Key) Split() (namespace, name string) {
 	return "", string(k)
 }
 
+// WithPrefix puts prefix before each of keys (in place), for a queue of several kinds of work.
+func WithPrefix(prefix Key, keys []Key) []Key {
+	for i := range keys {
+		keys[i] = prefix + keys[i]
+	}
+	return keys
+}
+
 // KeyOf returns the key of an object.
 func KeyOf(obj v1alpha1.Object) Key {
 	m := obj.GetObjectMeta()

@@ -67,6 +67,9 @@ func TestFactorySharesTypedInformers(t *testing.T) {
 	if a2, _ := vms.Get("p1/a"); a2 != a {
 		t.Fatal("Get decoded the object again: the cache should hand out one decoded object")
 	}
+	if ks := vms.KeysWhere(func(vm *v1alpha1.VirtualMachine) bool { return vm.Status.NodeName == "n2" }); len(ks) != 1 || ks[0] != "p1/b" {
+		t.Errorf("KeysWhere(on n2) = %v, want [p1/b]", ks)
+	}
 	if l := vms.List(); len(l) != 2 || l[0].Name != "a" || l[1].Name != "b" {
 		t.Fatalf("List = %v", l)
 	}

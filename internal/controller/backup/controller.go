@@ -116,33 +116,22 @@ func waiting(b *v1alpha1.VirtualMachineBackup) bool {
 	return b.Status.Phase == "" || b.Status.Phase == v1alpha1.BackupPhasePending
 }
 
-// backupsWhere returns the keys of the cached backups that match.
-func (c *Controller) backupsWhere(match func(b *v1alpha1.VirtualMachineBackup) bool) []runtime.Key {
-	var out []runtime.Key
-	for _, b := range c.backups.List() {
-		if match(b) {
-			out = append(out, runtime.NewKey(b.Namespace, b.Name))
-		}
-	}
-	return out
-}
-
 func (c *Controller) backupsOfVM(k runtime.Key) []runtime.Key {
 	ns, name := k.Split()
-	return c.backupsWhere(func(b *v1alpha1.VirtualMachineBackup) bool {
+	return c.backups.KeysWhere(func(b *v1alpha1.VirtualMachineBackup) bool {
 		return b.Namespace == ns && b.Spec.VirtualMachineName == name && (waiting(b) || b.Status.Phase == v1alpha1.BackupPhaseInProgress)
 	})
 }
 
 func (c *Controller) backupsOfTarget(k runtime.Key) []runtime.Key {
 	_, name := k.Split()
-	return c.backupsWhere(func(b *v1alpha1.VirtualMachineBackup) bool { return b.Spec.BackupTargetName == name && waiting(b) })
+	return c.backups.KeysWhere(func(b *v1alpha1.VirtualMachineBackup) bool { return b.Spec.BackupTargetName == name && waiting(b) })
 }
 
 // backupsOfNode: the backups in progress on a node are looked at when its readiness changes.
 func (c *Controller) backupsOfNode(k runtime.Key) []runtime.Key {
 	_, name := k.Split()
-	return c.backupsWhere(func(b *v1alpha1.VirtualMachineBackup) bool {
+	return c.backups.KeysWhere(func(b *v1alpha1.VirtualMachineBackup) bool {
 		return b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.NodeName == name
 	})
 }

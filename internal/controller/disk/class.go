@@ -87,14 +87,10 @@ func (c *Controller) diskPath(sc *v1alpha1.StorageClass, uid string) string {
 func (c *Controller) disksUsingClass(key runtime.Key) []runtime.Key {
 	_, name := key.Split()
 	sc, _ := c.classes.Get(key)
-	var out []runtime.Key
-	for _, d := range c.disks.List() {
+	return c.disks.KeysWhere(func(d *v1alpha1.VirtualDisk) bool {
 		n := d.Spec.PersistentVolumeClaim.StorageClassName
-		if n == name || d.Status.StorageClassName == name || (n == "" && (sc == nil || v1alpha1.IsDefaultStorageClass(sc))) {
-			out = append(out, runtime.NewKey(d.Namespace, d.Name))
-		}
-	}
-	return out
+		return n == name || d.Status.StorageClassName == name || (n == "" && (sc == nil || v1alpha1.IsDefaultStorageClass(sc)))
+	})
 }
 
 // cloneOnShared makes the disk at path a linked clone over the Shared class's own copy of

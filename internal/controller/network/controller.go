@@ -222,13 +222,10 @@ func (c *Controller) claimOfIPLease(k runtime.Key) []runtime.Key {
 		return nil
 	}
 	_, name := k.Split()
-	var out []runtime.Key
-	for _, ip := range c.ips.List() {
-		if a, err := netip.ParseAddr(ip.Status.Address); err == nil && v1alpha1.IPLeaseName(a) == name {
-			out = append(out, kindIP+runtime.KeyOf(ip))
-		}
-	}
-	return out
+	return runtime.WithPrefix(kindIP, c.ips.KeysWhere(func(ip *v1alpha1.VirtualMachineIPAddress) bool {
+		a, err := netip.ParseAddr(ip.Status.Address)
+		return err == nil && v1alpha1.IPLeaseName(a) == name
+	}))
 }
 
 // claimOfMACLease is claimOfIPLease for MAC leases.
@@ -240,16 +237,13 @@ func (c *Controller) claimOfMACLease(k runtime.Key) []runtime.Key {
 		return nil
 	}
 	_, name := k.Split()
-	var out []runtime.Key
-	for _, m := range c.macs.List() {
+	return runtime.WithPrefix(kindMAC, c.macs.KeysWhere(func(m *v1alpha1.VirtualMachineMACAddress) bool {
 		if m.Status.Address == "" {
-			continue
+			return false
 		}
-		if n, _ := v1alpha1.MACLeaseName(m.Status.Address); n == name {
-			out = append(out, kindMAC+runtime.KeyOf(m))
-		}
-	}
-	return out
+		n, _ := v1alpha1.MACLeaseName(m.Status.Address)
+		return n == name
+	}))
 }
 
 // vmsOfClaim returns the claim itself and the VMs it is labelled with or attached to (or,

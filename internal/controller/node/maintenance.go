@@ -113,13 +113,9 @@ func (m *Maintenance) Run(ctx context.Context) error {
 // maintenanceNodes returns the keys of the nodes in maintenance or still carrying the
 // condition (to be removed).
 func (m *Maintenance) maintenanceNodes() []runtime.Key {
-	var out []runtime.Key
-	for _, n := range m.nodes.List() {
-		if n.Spec.Maintenance || v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionMaintenance) != nil {
-			out = append(out, runtime.KeyOf(n))
-		}
-	}
-	return out
+	return m.nodes.KeysWhere(func(n *v1alpha1.Node) bool {
+		return n.Spec.Maintenance || v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionMaintenance) != nil
+	})
 }
 
 func (m *Maintenance) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {

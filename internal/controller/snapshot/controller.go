@@ -122,13 +122,7 @@ func (c *Controller) Run(ctx context.Context) error {
 
 func (c *Controller) snapshotsOfDisk(k runtime.Key) []runtime.Key {
 	ns, name := k.Split()
-	var out []runtime.Key
-	for _, s := range c.snaps.List() {
-		if s.Namespace == ns && s.Spec.VirtualDiskName == name {
-			out = append(out, runtime.NewKey(s.Namespace, s.Name))
-		}
-	}
-	return out
+	return c.snaps.KeysWhere(func(s *v1alpha1.VirtualDiskSnapshot) bool { return s.Namespace == ns && s.Spec.VirtualDiskName == name })
 }
 
 // snapshotsOfVM: the snapshots of the VM's disks that are not done (the VM started,
@@ -139,16 +133,10 @@ func (c *Controller) snapshotsOfVM(k runtime.Key) []runtime.Key {
 	if !ok {
 		return nil
 	}
-	var out []runtime.Key
-	for _, s := range c.snaps.List() {
-		if s.Namespace != ns || s.Status.Phase == v1alpha1.SnapshotPhaseReady || s.Status.Phase == v1alpha1.SnapshotPhaseFailed {
-			continue
-		}
-		if usesDisk(vm, s.Spec.VirtualDiskName) {
-			out = append(out, runtime.NewKey(s.Namespace, s.Name))
-		}
-	}
-	return out
+	return c.snaps.KeysWhere(func(s *v1alpha1.VirtualDiskSnapshot) bool {
+		return s.Namespace == ns && s.Status.Phase != v1alpha1.SnapshotPhaseReady && s.Status.Phase != v1alpha1.SnapshotPhaseFailed &&
+			usesDisk(vm, s.Spec.VirtualDiskName)
+	})
 }
 
 func usesDisk(vm *v1alpha1.VirtualMachine, disk string) bool {

@@ -29,13 +29,9 @@ import (
 
 func (c *Controller) restoreOpsOfVM(k runtime.Key) []runtime.Key {
 	ns, name := k.Split()
-	var out []runtime.Key
-	for _, op := range c.ops.List() {
-		if op.Namespace == ns && op.Spec.VirtualMachineName == name && op.Spec.Type == v1alpha1.VMOPTypeRestore {
-			out = append(out, runtime.NewKey(op.Namespace, op.Name))
-		}
-	}
-	return out
+	return c.ops.KeysWhere(func(op *v1alpha1.VirtualMachineOperation) bool {
+		return op.Namespace == ns && op.Spec.VirtualMachineName == name && op.Spec.Type == v1alpha1.VMOPTypeRestore
+	})
 }
 
 func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOperation, phase v1alpha1.VMOPPhase, reason, msg string, res []v1alpha1.VMOPResourceStatus) error {

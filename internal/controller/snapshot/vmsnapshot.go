@@ -29,13 +29,9 @@ func (c *Controller) vmSnapshotOfDiskSnapshot(k runtime.Key) []runtime.Key {
 
 func (c *Controller) vmSnapshotsOfVM(k runtime.Key) []runtime.Key {
 	ns, name := k.Split()
-	var out []runtime.Key
-	for _, s := range c.vmsnaps.List() {
-		if s.Namespace == ns && s.Spec.VirtualMachineName == name && s.Status.Phase != v1alpha1.SnapshotPhaseReady && s.Status.Phase != v1alpha1.SnapshotPhaseFailed {
-			out = append(out, runtime.NewKey(s.Namespace, s.Name))
-		}
-	}
-	return out
+	return c.vmsnaps.KeysWhere(func(s *v1alpha1.VirtualMachineSnapshot) bool {
+		return s.Namespace == ns && s.Spec.VirtualMachineName == name && s.Status.Phase != v1alpha1.SnapshotPhaseReady && s.Status.Phase != v1alpha1.SnapshotPhaseFailed
+	})
 }
 
 func (c *Controller) writeVMStatus(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, st v1alpha1.VirtualMachineSnapshotStatus) error {

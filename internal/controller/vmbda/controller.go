@@ -84,13 +84,7 @@ func New(cfg Config) (*Controller, error) {
 	c.vms, c.disks, c.vis, c.cvis = f.VirtualMachines(), f.VirtualDisks(), f.VirtualImages(), f.ClusterVirtualImages()
 	inProject := func(k runtime.Key) []runtime.Key {
 		ns, _ := k.Split()
-		var out []runtime.Key
-		for _, b := range c.bdas.List() {
-			if b.Namespace == ns {
-				out = append(out, runtime.KeyOf(b))
-			}
-		}
-		return out
+		return c.bdas.KeysWhere(func(b *v1alpha1.VirtualMachineBlockDeviceAttachment) bool { return b.Namespace == ns })
 	}
 	c.ctl = runtime.NewController("vmbda", c.log).
 		For(c.bdas).

@@ -160,13 +160,7 @@ func GenericClassObject() *v1alpha1.VirtualMachineClass {
 
 // vmsOf returns the queue keys of the VMs of a class.
 func (c *Controller) vmsOf(class string) []runtime.Key {
-	var out []runtime.Key
-	for _, vm := range c.vms.List() {
-		if vm.Spec.VirtualMachineClassName == class {
-			out = append(out, pfxVM+runtime.KeyOf(vm))
-		}
-	}
-	return out
+	return runtime.WithPrefix(pfxVM, c.vms.KeysWhere(func(vm *v1alpha1.VirtualMachine) bool { return vm.Spec.VirtualMachineClassName == class }))
 }
 
 func (c *Controller) reconcile(ctx context.Context, k runtime.Key) (runtime.Result, error) {
