@@ -65,10 +65,7 @@ func (c *Controller) targetClass(d *v1alpha1.VirtualDisk) (*v1alpha1.StorageClas
 // file is in the host's default pool: a disk made before storage classes existed (status
 // "default" with no class of that name) or whose class is gone.
 func (c *Controller) homeClass(d *v1alpha1.VirtualDisk) *v1alpha1.StorageClass {
-	sc, ok := c.classes.Get(runtime.NewKey("", d.Status.StorageClassName))
-	if !ok {
-		return nil
-	}
+	sc, _ := c.classes.Get(runtime.NewKey("", d.Status.StorageClassName)) // nil when there is none
 	return sc
 }
 

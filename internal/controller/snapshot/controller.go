@@ -149,10 +149,7 @@ func usesDisk(vm *v1alpha1.VirtualMachine, disk string) bool {
 }
 
 func (c *Controller) classOf(name string) *v1alpha1.StorageClass {
-	sc, ok := c.classes.Get(runtime.NewKey("", name))
-	if !ok {
-		return nil
-	}
+	sc, _ := c.classes.Get(runtime.NewKey("", name)) // nil when there is none
 	return sc
 }
 
