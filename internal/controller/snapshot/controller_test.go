@@ -50,6 +50,15 @@ func readyDisk(t *testing.T, fc *fake.Client, dataDir, name string) *v1alpha1.Vi
 	return &got
 }
 
+// testVM is the VM p1/vm of one core and memory whose one disk is the VirtualDisk disk.
+func testVM(memory v1alpha1.Quantity, disk string) *v1alpha1.VirtualMachine {
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = memory
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: disk}}
+	return vm
+}
+
 // readySnapshot adds the snapshot p1/name of disk and waits until it is Ready.
 func readySnapshot(t *testing.T, fc *fake.Client, name, disk string) v1alpha1.VirtualDiskSnapshot {
 	t.Helper()
@@ -80,10 +89,7 @@ func TestDiskSnapshots(t *testing.T) {
 
 	// A disk of a running VM without a guest agent.
 	readyDisk(t, fc, dataDir, "busy")
-	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
-	vm.Spec.CPU.Cores = 1
-	vm.Spec.Memory.Size = "64Mi"
-	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "busy"}}
+	vm := testVM("64Mi", "busy")
 	vm.Status.NodeName, vm.Status.Phase = "n2", v1alpha1.VMPhaseRunning
 	if err := fc.Add(vm, &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}); err != nil {
 		t.Fatal(err)
@@ -156,10 +162,7 @@ func TestVMSnapshotAndRestore(t *testing.T) {
 	_, fc, dataDir, ctx := startOnFake(t)
 
 	disk := readyDisk(t, fc, dataDir, "root")
-	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
-	vm.Spec.CPU.Cores = 1
-	vm.Spec.Memory.Size = "64Mi"
-	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "root"}}
+	vm := testVM("64Mi", "root")
 	vm.Status.Phase = v1alpha1.VMPhaseStopped
 	if err := fc.Add(vm); err != nil {
 		t.Fatal(err)
