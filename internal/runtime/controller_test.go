@@ -9,17 +9,10 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/runtime"
-	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 )
 
 func TestBuilderWiresSourcesToOneQueue(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	fc := fake.New()
-	if err := fc.Add(vm("a", "n1")); err != nil {
-		t.Fatal(err)
-	}
-	f := runtime.NewFactory(fc, nil)
+	ctx, cancel, fc, f := fakeFactory(t, vm("a", "n1"))
 	vms, nodes := f.VirtualMachines(), f.Nodes()
 	var mu sync.Mutex
 	seen := map[runtime.Key]int{}

@@ -90,3 +90,13 @@ func eventName(objName string, parts ...string) string {
 	}
 	return prefix + "-" + hex.EncodeToString(h.Sum(nil))[:16]
 }
+
+// OperationEvent records the event of an operation that reached phase: Warning when it
+// failed, Normal otherwise.
+func (r *Recorder) OperationEvent(ctx context.Context, op *v1alpha1.VirtualMachineOperation, phase v1alpha1.VMOPPhase, msg string) {
+	typ := "Normal"
+	if phase == v1alpha1.VMOPPhaseFailed {
+		typ = "Warning"
+	}
+	r.Event(ctx, "VirtualMachineOperation", op, typ, string(phase), msg)
+}

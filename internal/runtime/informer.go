@@ -17,9 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -45,6 +43,14 @@ func (k Key) Split() (namespace, name string) {
 	return "", string(k)
 }
 
+// WithPrefix puts prefix before each of keys (in place), for a queue of several kinds of work.
+func WithPrefix(prefix Key, keys []Key) []Key {
+	for i := range keys {
+		keys[i] = prefix + keys[i]
+	}
+	return keys
+}
+
 // KeyOf returns the key of an object.
 func KeyOf(obj v1alpha1.Object) Key {
 	m := obj.GetObjectMeta()
@@ -55,70 +61,45 @@ func KeyOf(obj v1alpha1.Object) Key {
 // every object. It relists after a watch error or an Expired event. Handlers get the key of
 // every changed object (added, modified or deleted) and on every relist every key.
 type Informer struct {
-	c        client.Interface
-	resource string
-	log      *slog.Logger
-	selector string
-
-	mu       sync.RWMutex
-	items    map[Key]json.RawMessage
-	synced   bool
-	syncedCh chan struct{}
-	handlers []func(Key)
+	typed *TypedInformer[json.RawMessage]
 }
 
 // NewInformer returns an informer over resource (e.g. "virtualmachines"), optionally limited
 // by a label selector.
 func NewInformer(c client.Interface, resource, labelSelector string, log *slog.Logger) *Informer {
-	if log == nil {
-		log = slog.Default()
-	}
-	return &Informer{c: c, resource: resource, selector: labelSelector, log: log.With("informer", resource),
-		items: map[Key]json.RawMessage{}, syncedCh: make(chan struct{})}
+	return &Informer{typed: NewTypedInformer[json.RawMessage](c, resource, client.ListOptions{LabelSelector: labelSelector}, log)}
 }
 
 // OnChange registers a handler; call before Run.
-func (inf *Informer) OnChange(h func(Key)) { inf.handlers = append(inf.handlers, h) }
+func (inf *Informer) OnChange(h func(Key)) { inf.typed.OnChange(h) }
 
 // Synced is closed after the first full list.
-func (inf *Informer) Synced() <-chan struct{} { return inf.syncedCh }
+func (inf *Informer) Synced() <-chan struct{} { return inf.typed.Synced() }
 
 // Get decodes the cached object into out and reports whether it exists.
 func (inf *Informer) Get(k Key, out any) (bool, error) {
-	inf.mu.RLock()
-	raw, ok := inf.items[k]
-	inf.mu.RUnlock()
+	raw, ok := inf.typed.Get(k)
 	if !ok {
 		return false, nil
 	}
-	return true, json.Unmarshal(raw, out)
+	return true, json.Unmarshal(*raw, out)
 }
 
 // Keys returns every cached key, sorted.
-func (inf *Informer) Keys() []Key {
-	inf.mu.RLock()
-	out := make([]Key, 0, len(inf.items))
-	for k := range inf.items {
-		out = append(out, k)
-	}
-	inf.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
-}
+func (inf *Informer) Keys() []Key { return inf.typed.Keys() }
 
 // Raw returns the cached JSON of every object.
 func (inf *Informer) Raw() []json.RawMessage {
-	inf.mu.RLock()
-	defer inf.mu.RUnlock()
-	out := make([]json.RawMessage, 0, len(inf.items))
-	for _, v := range inf.items {
-		out = append(out, v)
+	l := inf.typed.List()
+	out := make([]json.RawMessage, 0, len(l))
+	for _, v := range l {
+		out = append(out, *v)
 	}
 	return out
 }
 
 // Run lists and watches until ctx ends.
-func (inf *Informer) Run(ctx context.Context) { listAndWatch(ctx, inf.log, inf.relist, inf.watch) }
+func (inf *Informer) Run(ctx context.Context) { inf.typed.Run(ctx) }
 
 // listAndWatch lists, then watches from the list's revision, and starts again after a
 // failure with a backoff from 200 ms up to about 5 s, until ctx ends: the loop of both
@@ -160,78 +141,4 @@ func keyOfRaw(raw []byte) (Key, error) {
 	return NewKey(m.Metadata.Namespace, m.Metadata.Name), nil
 }
 
-func (inf *Informer) relist(ctx context.Context) (string, error) {
-	l, err := inf.c.ListAll(ctx, inf.resource, "", client.ListOptions{LabelSelector: inf.selector})
-	if err != nil {
-		return "", err
-	}
-	fresh := make(map[Key]json.RawMessage, len(l.Items))
-	for _, it := range l.Items {
-		k, err := keyOfRaw(it)
-		if err != nil {
-			continue
-		}
-		fresh[k] = it
-	}
-	inf.mu.Lock()
-	changed := make([]Key, 0, len(fresh))
-	for k := range inf.items {
-		if _, ok := fresh[k]; !ok {
-			changed = append(changed, k)
-		}
-	}
-	for k := range fresh {
-		changed = append(changed, k)
-	}
-	inf.items = fresh
-	first := !inf.synced
-	inf.synced = true
-	inf.mu.Unlock()
-	if first {
-		close(inf.syncedCh)
-	}
-	for _, k := range changed {
-		inf.notify(k)
-	}
-	return l.Metadata.ResourceVersion, nil
-}
-
-func (inf *Informer) notify(k Key) {
-	for _, h := range inf.handlers {
-		h(k)
-	}
-}
-
 var errExpired = errors.New("watch expired")
-
-func (inf *Informer) watch(ctx context.Context, rv string) error {
-	w, err := inf.c.Watch(ctx, inf.resource, "", client.ListOptions{ResourceVersion: rv, LabelSelector: inf.selector})
-	if err != nil {
-		return err
-	}
-	defer w.Stop()
-	for ev := range w.Events() {
-		switch ev.Type {
-		case v1alpha1.WatchBookmark:
-			continue
-		case v1alpha1.WatchError:
-			return errExpired
-		}
-		k, err := keyOfRaw(ev.Object)
-		if err != nil {
-			continue
-		}
-		inf.mu.Lock()
-		if ev.Type == v1alpha1.WatchDeleted {
-			delete(inf.items, k)
-		} else {
-			inf.items[k] = ev.Object
-		}
-		inf.mu.Unlock()
-		inf.notify(k)
-	}
-	if err := w.Err(); err != nil {
-		return err
-	}
-	return errors.New("watch stream ended")
-}

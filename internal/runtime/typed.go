@@ -118,6 +118,29 @@ func (inf *TypedInformer[T]) Keys() []Key {
 	return out
 }
 
+// KeysWhere returns the keys of the cached objects that match, sorted. The objects match
+// sees are shared: it must not change them.
+func (inf *TypedInformer[T]) KeysWhere(match func(*T) bool) []Key {
+	type entry struct {
+		k Key
+		o *T
+	}
+	inf.mu.RLock()
+	all := make([]entry, 0, len(inf.items))
+	for k, o := range inf.items {
+		all = append(all, entry{k, o})
+	}
+	inf.mu.RUnlock()
+	sort.Slice(all, func(i, j int) bool { return all[i].k < all[j].k })
+	var out []Key
+	for _, e := range all {
+		if match(e.o) {
+			out = append(out, e.k)
+		}
+	}
+	return out
+}
+
 // Len returns the number of cached objects.
 func (inf *TypedInformer[T]) Len() int {
 	inf.mu.RLock()

@@ -11,6 +11,19 @@ import (
 	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 )
 
+// fakeFactory returns a factory over a fake client that holds objs, and a context that
+// ends with the test or when cancelled.
+func fakeFactory(t *testing.T, objs ...v1alpha1.Object) (context.Context, context.CancelFunc, *fake.Client, *runtime.Factory) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	fc := fake.New()
+	if err := fc.Add(objs...); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, cancel, fc, runtime.NewFactory(fc, nil)
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -31,13 +44,7 @@ func vm(name, node string) *v1alpha1.VirtualMachine {
 }
 
 func TestFactorySharesTypedInformers(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	fc := fake.New()
-	if err := fc.Add(vm("a", "n1"), vm("b", "n2")); err != nil {
-		t.Fatal(err)
-	}
-	f := runtime.NewFactory(fc, nil)
+	ctx, _, fc, f := fakeFactory(t, vm("a", "n1"), vm("b", "n2"))
 	vms := f.VirtualMachines()
 	if again := runtime.For[v1alpha1.VirtualMachine](f, "virtualmachines"); again != vms {
 		t.Fatal("a second request for the same kind made a second informer")
@@ -59,6 +66,9 @@ func TestFactorySharesTypedInformers(t *testing.T) {
 	}
 	if a2, _ := vms.Get("p1/a"); a2 != a {
 		t.Fatal("Get decoded the object again: the cache should hand out one decoded object")
+	}
+	if ks := vms.KeysWhere(func(vm *v1alpha1.VirtualMachine) bool { return vm.Status.NodeName == "n2" }); len(ks) != 1 || ks[0] != "p1/b" {
+		t.Errorf("KeysWhere(on n2) = %v, want [p1/b]", ks)
 	}
 	if l := vms.List(); len(l) != 2 || l[0].Name != "a" || l[1].Name != "b" {
 		t.Fatalf("List = %v", l)
@@ -120,13 +130,7 @@ func TestDeepCopy(t *testing.T) {
 // and what changed meanwhile reaches the cache; a field-selected informer drops an object that
 // leaves its selection.
 func TestInformerRelistsAfterBrokenWatch(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	fc := fake.New()
-	if err := fc.Add(vm("a", "n1")); err != nil {
-		t.Fatal(err)
-	}
-	f := runtime.NewFactory(fc, nil)
+	ctx, _, fc, f := fakeFactory(t, vm("a", "n1"))
 	onN1 := f.VirtualMachines(runtime.WithFieldSelector("status.nodeName=n1"))
 	f.Start(ctx)
 	if !f.WaitForSync(ctx) {

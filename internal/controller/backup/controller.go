@@ -46,20 +46,20 @@ type Config struct {
 
 // Controller hands backups to nodes.
 type Controller struct {
-	c          client.Interface
-	log        *slog.Logger
-	rec        *runtime.Recorder
-	ownFactory *runtime.Factory
-	ctl        *runtime.Controller
-	schedCtl   *runtime.Controller
-	now        func() time.Time
-	schedules  *runtime.TypedInformer[v1alpha1.BackupSchedule]
-	backups    *runtime.TypedInformer[v1alpha1.VirtualMachineBackup]
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	nodes      *runtime.TypedInformer[v1alpha1.Node]
-	targets    *runtime.TypedInformer[v1alpha1.BackupTarget]
-	nodeName   string
+	c         client.Interface
+	log       *slog.Logger
+	rec       *runtime.Recorder
+	base      runtime.Base
+	ctl       *runtime.Controller
+	schedCtl  *runtime.Controller
+	now       func() time.Time
+	schedules *runtime.TypedInformer[v1alpha1.BackupSchedule]
+	backups   *runtime.TypedInformer[v1alpha1.VirtualMachineBackup]
+	vms       *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	disks     *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	nodes     *runtime.TypedInformer[v1alpha1.Node]
+	targets   *runtime.TypedInformer[v1alpha1.BackupTarget]
+	nodeName  string
 
 	mu sync.Mutex
 	// nodeMissing holds when this controller first saw a backup's node absent (removed
@@ -69,23 +69,16 @@ type Controller struct {
 
 // New returns a controller; Run starts it.
 func New(cfg Config) *Controller {
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	log := cfg.Log.With("controller", "backup")
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Controller{c: cfg.Client, log: log, now: cfg.Now, nodeName: cfg.NodeName, rec: &runtime.Recorder{C: cfg.Client, Component: "backup-controller", Log: log}}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, log)
-		c.ownFactory = f
-	}
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "backup-controller", "controller", "backup")
+	c := &Controller{c: cfg.Client, log: b.Log, rec: b.Rec, base: b, now: cfg.Now, nodeName: cfg.NodeName}
+	f := b.Informers
 	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")
 	c.targets = runtime.For[v1alpha1.BackupTarget](f, "backuptargets")
 	c.vms, c.disks, c.nodes = f.VirtualMachines(), f.VirtualDisks(), f.Nodes()
-	c.ctl = runtime.NewController("virtualmachinebackups", log).
+	c.ctl = runtime.NewController("virtualmachinebackups", c.log).
 		For(c.backups).
 		Watches(c.vms, c.backupsOfVM).
 		Watches(c.targets, c.backupsOfTarget).
@@ -94,7 +87,7 @@ func New(cfg Config) *Controller {
 		Workers(1).
 		Build(c.reconcile)
 	c.schedules = runtime.For[v1alpha1.BackupSchedule](f, "backupschedules")
-	c.schedCtl = runtime.NewController("backupschedules", log).
+	c.schedCtl = runtime.NewController("backupschedules", c.log).
 		For(c.schedules).
 		Watches(c.backups, c.scheduleOfBackup).
 		Workers(1).
@@ -107,16 +100,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.c == nil {
 		return errors.New("backup controller: Client is required")
 	}
-	if c.ownFactory != nil {
-		c.ownFactory.Start(ctx)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- c.schedCtl.Run(ctx) }()
-	err := c.ctl.Run(ctx)
-	if err2 := <-errc; err == nil {
-		err = err2
-	}
-	return err
+	return c.base.Run(ctx, c.ctl, c.schedCtl)
 }
 
 // scheduleOfBackup: a backup's schedule prunes when the backup ends.
@@ -134,36 +118,22 @@ func waiting(b *v1alpha1.VirtualMachineBackup) bool {
 
 func (c *Controller) backupsOfVM(k runtime.Key) []runtime.Key {
 	ns, name := k.Split()
-	var out []runtime.Key
-	for _, b := range c.backups.List() {
-		if b.Namespace == ns && b.Spec.VirtualMachineName == name && (waiting(b) || b.Status.Phase == v1alpha1.BackupPhaseInProgress) {
-			out = append(out, runtime.NewKey(b.Namespace, b.Name))
-		}
-	}
-	return out
+	return c.backups.KeysWhere(func(b *v1alpha1.VirtualMachineBackup) bool {
+		return b.Namespace == ns && b.Spec.VirtualMachineName == name && (waiting(b) || b.Status.Phase == v1alpha1.BackupPhaseInProgress)
+	})
 }
 
 func (c *Controller) backupsOfTarget(k runtime.Key) []runtime.Key {
 	_, name := k.Split()
-	var out []runtime.Key
-	for _, b := range c.backups.List() {
-		if b.Spec.BackupTargetName == name && waiting(b) {
-			out = append(out, runtime.NewKey(b.Namespace, b.Name))
-		}
-	}
-	return out
+	return c.backups.KeysWhere(func(b *v1alpha1.VirtualMachineBackup) bool { return b.Spec.BackupTargetName == name && waiting(b) })
 }
 
 // backupsOfNode: the backups in progress on a node are looked at when its readiness changes.
 func (c *Controller) backupsOfNode(k runtime.Key) []runtime.Key {
 	_, name := k.Split()
-	var out []runtime.Key
-	for _, b := range c.backups.List() {
-		if b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.NodeName == name {
-			out = append(out, runtime.NewKey(b.Namespace, b.Name))
-		}
-	}
-	return out
+	return c.backups.KeysWhere(func(b *v1alpha1.VirtualMachineBackup) bool {
+		return b.Status.Phase == v1alpha1.BackupPhaseInProgress && b.Status.NodeName == name
+	})
 }
 
 // nodeDown says why node's agent has been gone for nodeDownAfter ("" while it is not), or

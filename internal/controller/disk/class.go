@@ -65,10 +65,7 @@ func (c *Controller) targetClass(d *v1alpha1.VirtualDisk) (*v1alpha1.StorageClas
 // file is in the host's default pool: a disk made before storage classes existed (status
 // "default" with no class of that name) or whose class is gone.
 func (c *Controller) homeClass(d *v1alpha1.VirtualDisk) *v1alpha1.StorageClass {
-	sc, ok := c.classes.Get(runtime.NewKey("", d.Status.StorageClassName))
-	if !ok {
-		return nil
-	}
+	sc, _ := c.classes.Get(runtime.NewKey("", d.Status.StorageClassName)) // nil when there is none
 	return sc
 }
 
@@ -87,14 +84,10 @@ func (c *Controller) diskPath(sc *v1alpha1.StorageClass, uid string) string {
 func (c *Controller) disksUsingClass(key runtime.Key) []runtime.Key {
 	_, name := key.Split()
 	sc, _ := c.classes.Get(key)
-	var out []runtime.Key
-	for _, d := range c.disks.List() {
+	return c.disks.KeysWhere(func(d *v1alpha1.VirtualDisk) bool {
 		n := d.Spec.PersistentVolumeClaim.StorageClassName
-		if n == name || d.Status.StorageClassName == name || (n == "" && (sc == nil || v1alpha1.IsDefaultStorageClass(sc))) {
-			out = append(out, runtime.NewKey(d.Namespace, d.Name))
-		}
-	}
-	return out
+		return n == name || d.Status.StorageClassName == name || (n == "" && (sc == nil || v1alpha1.IsDefaultStorageClass(sc)))
+	})
 }
 
 // cloneOnShared makes the disk at path a linked clone over the Shared class's own copy of

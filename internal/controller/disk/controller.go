@@ -115,20 +115,20 @@ type Config struct {
 
 // Controller reconciles VirtualDisks.
 type Controller struct {
-	cfg        Config
-	c          client.Interface
-	log        *slog.Logger
-	rec        *runtime.Recorder
-	ownFactory *runtime.Factory // when Config.Informers is nil
-	ctl        *runtime.Controller
-	q          *runtime.Queue
-	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	cvis       *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
-	vis        *runtime.TypedInformer[v1alpha1.VirtualImage]
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	classes    *runtime.TypedInformer[v1alpha1.StorageClass]
-	snaps      *runtime.TypedInformer[v1alpha1.VirtualDiskSnapshot]
-	jobs       *runtime.Jobs // background uploads, by disk uid
+	cfg     Config
+	c       client.Interface
+	log     *slog.Logger
+	rec     *runtime.Recorder
+	base    runtime.Base
+	ctl     *runtime.Controller
+	q       *runtime.Queue
+	disks   *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	cvis    *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
+	vis     *runtime.TypedInformer[v1alpha1.VirtualImage]
+	vms     *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	classes *runtime.TypedInformer[v1alpha1.StorageClass]
+	snaps   *runtime.TypedInformer[v1alpha1.VirtualDiskSnapshot]
+	jobs    *runtime.Jobs // background uploads, by disk uid
 
 	// sharedMu serialises linked clones over a Shared class's image copies with the removal
 	// of copies no disk is a clone of any more.
@@ -141,36 +141,23 @@ type Controller struct {
 
 // New returns a controller; Run starts it.
 func New(cfg Config) *Controller {
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 2
-	}
-	if cfg.UploadTimeout <= 0 {
-		cfg.UploadTimeout = images.DefaultUploadTimeout
-	}
-	if cfg.ProgressInterval <= 0 {
-		cfg.ProgressInterval = time.Second
-	}
+	cfg.Workers = runtime.OrDefault(cfg.Workers, 2)
+	cfg.UploadTimeout = runtime.OrDefault(cfg.UploadTimeout, images.DefaultUploadTimeout)
+	cfg.ProgressInterval = runtime.OrDefault(cfg.ProgressInterval, time.Second)
 	if cfg.Fetcher == nil {
 		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
 	}
-	log := cfg.Log.With("controller", "disk")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), noSpaceAt: map[string]time.Time{}, fetchAt: map[string]time.Time{},
-		rec: &runtime.Recorder{C: cfg.Client, Component: "disk-controller", Log: log}}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, log)
-		c.ownFactory = f
-	}
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "disk-controller", "controller", "disk")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b, jobs: runtime.NewJobs(),
+		noSpaceAt: map[string]time.Time{}, fetchAt: map[string]time.Time{}}
+	f := b.Informers
 	c.disks, c.cvis, c.vis, c.vms = f.VirtualDisks(), f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualMachines()
 	c.classes = f.StorageClasses()
 	c.snaps = f.VirtualDiskSnapshots()
 	usersOf := func(kind v1alpha1.DataSourceObjectKind) runtime.MapFunc {
 		return func(k runtime.Key) []runtime.Key { return c.usersOf(kind, k) }
 	}
-	c.ctl = runtime.NewController("virtualdisks", log).
+	c.ctl = runtime.NewController("virtualdisks", c.log).
 		For(c.disks).
 		Watches(c.disks, usersOf(v1alpha1.DataSourceKindVirtualDisk)). // disks copied from it
 		Watches(c.cvis, usersOf(v1alpha1.DataSourceKindClusterVirtualImage)).
@@ -196,10 +183,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := storage.CleanTemp(dir); err != nil {
 		c.log.Warn("removing leftover temporary files", "dir", dir, "err", err)
 	}
-	if c.ownFactory != nil {
-		c.ownFactory.Start(ctx)
-	}
-	err := c.ctl.Run(ctx)
+	err := c.base.Run(ctx, c.ctl)
 	c.jobs.CancelAll()
 	return err
 }
@@ -271,12 +255,8 @@ func setCond(st *v1alpha1.VirtualDiskStatus, d *v1alpha1.VirtualDisk, typ, statu
 }
 
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	ns, name := key.Split()
 	var d v1alpha1.VirtualDisk
-	if err := c.c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if ok, err := runtime.Read(ctx, c.c, "virtualdisks", key, &d); !ok {
 		return runtime.Result{}, err
 	}
 	if err := storage.CheckUID(d.UID); err != nil {
@@ -296,10 +276,8 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		return runtime.Result{}, err
 	}
 	if !slices.Contains(d.Finalizers, Finalizer) {
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-			"finalizers": append(slices.Clone(d.Finalizers), Finalizer), "resourceVersion": d.ResourceVersion}})
-		if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil {
-			return runtime.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		if err := runtime.AddFinalizer(ctx, c.c, "virtualdisks", &d.ObjectMeta, Finalizer); err != nil {
+			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil // the change requeues the disk
 	}

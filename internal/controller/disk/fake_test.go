@@ -73,7 +73,7 @@ func TestRunsAgainstFake(t *testing.T) {
 // ends, and returns the context it runs in.
 func runFakeController(t *testing.T, fc *fake.Client, dataDir string) context.Context {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
+	log := fake.Logger(t, slog.LevelInfo)
 	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*disk.Controller, error) {
 		return disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}}), nil
 	})
@@ -235,6 +235,18 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 	})
 	checkMarker(t, sharedPath)
 
+	// respec names class and the annotations ann in the disk's spec, and waits until done.
+	respec := func(class string, ann map[string]string, done func() bool) {
+		t.Helper()
+		_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
+		d.Spec.PersistentVolumeClaim.StorageClassName = class
+		d.Annotations = ann
+		if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
+			t.Fatal(err)
+		}
+		fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, done)
+	}
+	onNode := func(n string) map[string]string { return map[string]string{v1alpha1.AnnotationStorageNode: n} }
 	// Shared -> Local on another node: the controller cannot reach that node's storage and
 	// hands the move to its agent (status.nodeName names it, so that it may write the status).
 	if err := fc.Add(&v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n1"}}); err != nil {
@@ -243,13 +255,7 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 	if err := fc.Add(&v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}); err != nil {
 		t.Fatal(err)
 	}
-	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
-	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
-	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n2"}
-	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
-		t.Fatal(err)
-	}
-	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+	respec("local", onNode("n2"), func() bool {
 		c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating)
 		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && c != nil && c.Reason == disk.ReasonMovingOnNode
 	})
@@ -257,20 +263,10 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 		t.Errorf("handed to n2's agent: node %q class %q, shared file %v", d.Status.NodeName, d.Status.StorageClassName, fileThere(sharedPath))
 	}
 	// Naming the old class again calls the handed-over move off (n2 may be down).
-	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
-	d.Spec.PersistentVolumeClaim.StorageClassName = "nfs"
-	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
-		t.Fatal(err)
-	}
-	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+	respec("nfs", onNode("n2"), func() bool {
 		return d.Status.Phase == v1alpha1.DiskPhaseReady && d.Status.NodeName == "" && d.Status.StorageClassName == "nfs"
 	})
-	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
-	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
-	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
-		t.Fatal(err)
-	}
-	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+	respec("local", onNode("n2"), func() bool {
 		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n2"
 	})
 	// The agent's part, as n2's agent writes it; then a move from n2's local storage to n1's
@@ -282,13 +278,7 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	mkClass(t, fc, "fast", false, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal, Local: &v1alpha1.StorageClassLocal{Path: t.TempDir()}})
-	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
-	d.Spec.PersistentVolumeClaim.StorageClassName = "fast"
-	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n1"}
-	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
-		t.Fatal(err)
-	}
-	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+	respec("fast", onNode("n1"), func() bool {
 		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n1" && d.Status.MoveSourceNodeName == "n2"
 	})
 	if c := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionMigrating); c == nil || c.Reason != disk.ReasonMovingOnNode ||
@@ -297,24 +287,12 @@ func TestStorageClassesAgainstFake(t *testing.T) {
 	}
 	// Naming the old class again without the node (as rakhsh disk move does) calls it off
 	// and gives the disk back to n2.
-	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
-	d.Spec.PersistentVolumeClaim.StorageClassName = "local"
-	d.Annotations = nil
-	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
-		t.Fatal(err)
-	}
-	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+	respec("local", nil, func() bool {
 		return d.Status.Phase == v1alpha1.DiskPhaseReady && d.Status.NodeName == "n2" && d.Status.MoveSourceNodeName == ""
 	})
 	// Handed over again; n1's agent gives up, as it writes it (the condition only): the disk
 	// goes back to n2, Ready, and the failed move waits for a spec change.
-	_ = fc.Get(ctx, "virtualdisks", "p1", "mover", &d)
-	d.Spec.PersistentVolumeClaim.StorageClassName = "fast"
-	d.Annotations = map[string]string{v1alpha1.AnnotationStorageNode: "n1"}
-	if err := fc.Update(ctx, "virtualdisks", "p1", "mover", &d, nil); err != nil {
-		t.Fatal(err)
-	}
-	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "mover", &d, func() bool {
+	respec("fast", onNode("n1"), func() bool {
 		return d.Status.Phase == v1alpha1.DiskPhaseMigrating && d.Status.NodeName == "n1" && d.Status.MoveSourceNodeName == "n2"
 	})
 	v1alpha1.SetCondition(&d.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse,
@@ -387,17 +365,14 @@ func waitFileGone(t *testing.T, path string) {
 	}
 }
 
-// TestSharedImageCopies: disks made from an image on a Shared class are linked clones of one
-// copy of the image in the class (named by its content), which goes with the last of them.
-func TestSharedImageCopies(t *testing.T) {
-	imagetest.Need(t, "qemu-img", "prlimit")
-	fc := fake.New()
-	dataDir, sharedDir := t.TempDir(), t.TempDir()
-	ctx := runFakeController(t, fc, dataDir)
-	mkClass(t, fc, "nfs", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeShared, Shared: &v1alpha1.StorageClassShared{Path: sharedDir}})
-
+// readyImage creates the Ready ClusterVirtualImage "base" (an HTTP one, with annotations),
+// whose file, a blank 8 MiB qcow2, is in the image store of dataDir; it returns the image and
+// the path of its file.
+func readyImage(t *testing.T, fc *fake.Client, dataDir string, annotations map[string]string) (*v1alpha1.ClusterVirtualImage, string) {
+	t.Helper()
+	ctx := context.Background()
 	img := &v1alpha1.ClusterVirtualImage{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "ClusterVirtualImage"},
-		ObjectMeta: v1alpha1.ObjectMeta{Name: "base"},
+		ObjectMeta: v1alpha1.ObjectMeta{Name: "base", Annotations: annotations},
 		Spec:       v1alpha1.ClusterVirtualImageSpec{DataSource: v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeHTTP, HTTP: &v1alpha1.DataSourceHTTP{URL: "http://example.invalid/x"}}}}
 	if err := fc.Create(ctx, "clustervirtualimages", "", img, img); err != nil {
 		t.Fatal(err)
@@ -411,13 +386,25 @@ func TestSharedImageCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(b)
-	sha := hex.EncodeToString(sum[:])
-	img.Status = v1alpha1.ImageStatus{Phase: v1alpha1.ImagePhaseReady, Format: "qcow2", SHA256: sha,
+	img.Status = v1alpha1.ImageStatus{Phase: v1alpha1.ImagePhaseReady, Format: "qcow2", SHA256: hex.EncodeToString(sum[:]),
 		Size: &v1alpha1.ImageSize{UnpackedBytes: 8 << 20, StoredBytes: int64(len(b))}}
 	if err := fc.UpdateStatus(ctx, "clustervirtualimages", "", "base", img, nil); err != nil {
 		t.Fatal(err)
 	}
-	copyPath := storage.SharedImagePath(sharedDir, sha)
+	return img, file
+}
+
+// TestSharedImageCopies: disks made from an image on a Shared class are linked clones of one
+// copy of the image in the class (named by its content), which goes with the last of them.
+func TestSharedImageCopies(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "prlimit")
+	fc := fake.New()
+	dataDir, sharedDir := t.TempDir(), t.TempDir()
+	ctx := runFakeController(t, fc, dataDir)
+	mkClass(t, fc, "nfs", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeShared, Shared: &v1alpha1.StorageClassShared{Path: sharedDir}})
+
+	img, _ := readyImage(t, fc, dataDir, nil)
+	copyPath := storage.SharedImagePath(sharedDir, img.Status.SHA256)
 	var d v1alpha1.VirtualDisk
 	for _, name := range []string{"a", "b"} {
 		vd := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
@@ -456,9 +443,8 @@ func TestDiskFromBeforeClasses(t *testing.T) {
 	imagetest.Need(t, "qemu-img", "prlimit")
 	fc := fake.New()
 	dataDir := t.TempDir()
-	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	log := fake.Logger(t, slog.LevelInfo)
+	ctx := context.Background()
 	mkClass(t, fc, "local", true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
 	vd := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: "old", Namespace: "p1", Finalizers: []string{disk.Finalizer}},
@@ -474,12 +460,9 @@ func TestDiskFromBeforeClasses(t *testing.T) {
 	if err := fc.UpdateStatus(ctx, "virtualdisks", "p1", "old", vd, nil); err != nil {
 		t.Fatal(err)
 	}
-	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n3", Log: log})
-	done := make(chan struct{})
-	f.Start(ctx)
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	fake.Start(t, fc, log, func(f *runtime.Factory) (*disk.Controller, error) {
+		return disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n3", Log: log}), nil
+	})
 	var d v1alpha1.VirtualDisk
 	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "old", &d, func() bool { return d.Status.StorageClassName == "local" })
 	time.Sleep(200 * time.Millisecond)

@@ -2,8 +2,6 @@ package disk_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -55,34 +53,14 @@ func TestDiskFromImageFetched(t *testing.T) {
 	imagetest.Need(t, "qemu-img", "prlimit")
 	old := disk.FetchRetryDelay
 	disk.FetchRetryDelay = 500 * time.Millisecond
-	defer func() { disk.FetchRetryDelay = old }()
+	t.Cleanup(func() { disk.FetchRetryDelay = old })
 	fc := fake.New()
 	dataDir, otherDir := t.TempDir(), t.TempDir()
-	log := slog.New(slog.NewTextHandler(&tWriter{t: t, on: true}, nil))
-	ctx, cancel := context.WithCancel(context.Background())
+	log := fake.Logger(t, slog.LevelInfo)
 	mkClass(t, fc, v1alpha1.DefaultStorageClassName, true, v1alpha1.StorageClassSpec{Type: v1alpha1.StorageClassTypeLocal})
 
-	img := &v1alpha1.ClusterVirtualImage{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "ClusterVirtualImage"},
-		ObjectMeta: v1alpha1.ObjectMeta{Name: "base", Annotations: map[string]string{images.AnnotationStoredOn: "h1"}},
-		Spec:       v1alpha1.ClusterVirtualImageSpec{DataSource: v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeHTTP, HTTP: &v1alpha1.DataSourceHTTP{URL: "http://example.invalid/x"}}}}
-	if err := fc.Create(ctx, "clustervirtualimages", "", img, img); err != nil {
-		t.Fatal(err)
-	}
 	// The file is in h1's image store, not in this serve's.
-	file := storage.ImagePath(otherDir, img.UID)
-	if err := storage.CreateBlank(ctx, file, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	img.Status = v1alpha1.ImageStatus{Phase: v1alpha1.ImagePhaseReady, Format: "qcow2", SHA256: hex.EncodeToString(sum[:]),
-		Size: &v1alpha1.ImageSize{UnpackedBytes: 8 << 20, StoredBytes: int64(len(b))}}
-	if err := fc.UpdateStatus(ctx, "clustervirtualimages", "", "base", img, nil); err != nil {
-		t.Fatal(err)
-	}
+	img, file := readyImage(t, fc, otherDir, map[string]string{images.AnnotationStoredOn: "h1"})
 	var up atomic.Bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !up.Load() || r.URL.Path != client.Path("clustervirtualimages", "", "base", "data") {
@@ -92,16 +70,12 @@ func TestDiskFromImageFetched(t *testing.T) {
 		}
 		http.ServeFile(w, r, file)
 	}))
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	dl := &relayDownloader{srv: srv}
-
-	f := runtime.NewFactory(fc, log)
-	c := disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "h2", Log: log,
-		Fetcher: &images.Fetcher{Client: dl, DataDir: dataDir, Annotate: fc, NodeName: "h2"}})
-	done := make(chan struct{})
-	f.Start(ctx)
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*disk.Controller, error) {
+		return disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "h2", Log: log,
+			Fetcher: &images.Fetcher{Client: dl, DataDir: dataDir, Annotate: fc, NodeName: "h2"}}), nil
+	})
 
 	vd := &v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: "d", Namespace: "p1"},

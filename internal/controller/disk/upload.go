@@ -12,6 +12,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/controller/imports"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
@@ -38,10 +39,7 @@ func (c *Controller) startUpload(ctx context.Context, d *v1alpha1.VirtualDisk, s
 	}
 	token := images.TokenFor(st.Phase == v1alpha1.DiskPhaseWaitForUserUpload && st.ObservedGeneration == d.Generation,
 		st.ImageUploadURLs)
-	var cs *v1alpha1.Checksum
-	if d.Spec.DataSource.Upload != nil {
-		cs = d.Spec.DataSource.Upload.Checksum
-	}
+	cs := imports.UploadChecksum(d.Spec.DataSource.Upload)
 	var dcopy v1alpha1.VirtualDisk
 	raw, _ := json.Marshal(d)
 	if err := json.Unmarshal(raw, &dcopy); err != nil {
@@ -60,7 +58,7 @@ func (c *Controller) runUpload(ctx context.Context, d *v1alpha1.VirtualDisk, tok
 	st.ImageUploadURLs = images.UploadURLs(c.cfg.UploadBaseURLs, token)
 	st.Progress, st.DownloadSpeed = "", nil
 	st.ObservedGeneration = d.Generation
-	msg := fmt.Sprintf("waiting for the file: PUT it to status.imageUploadURLs (curl -T FILE URL, or rakhsh image upload) within %s", c.cfg.UploadTimeout)
+	msg := imports.WaitMessage(c.cfg.UploadTimeout)
 	setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, ReasonWaitForUserUpload, msg)
 	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonWaitForUserUpload, msg)
 	if err := c.writeStatus(ctx, d, st); err != nil {
@@ -110,22 +108,8 @@ func (c *Controller) importDisk(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	// pool, and then becomes the disk.
 	staged := filepath.Join(filepath.Dir(path), storage.TempPrefix+filepath.Base(path)+"-import")
 	defer os.Remove(staged)
-	var lastPatch time.Time
-	opts := images.Options{ProgressInterval: c.cfg.ProgressInterval, MaxUnpackedSize: c.cfg.MaxUnpackedSize, Progress: func(p images.Progress) {
-		if time.Since(lastPatch) < c.cfg.ProgressInterval/2 {
-			return
-		}
-		lastPatch = time.Now()
-		s := map[string]any{"downloadSpeed": v1alpha1.DownloadSpeed{Avg: images.HumanSpeed(p.AvgBPS), AvgBytes: p.AvgBPS,
-			Current: images.HumanSpeed(p.CurrentBPS), CurrentBytes: p.CurrentBPS}}
-		if pct := p.Percent(); pct != "" {
-			s["progress"] = pct
-		}
-		patch, _ := json.Marshal(map[string]any{"status": s})
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		_ = c.c.PatchStatus(pctx, "virtualdisks", d.Namespace, d.Name, patch, nil)
-	}}
+	opts := imports.Progress{Client: c.c, Resource: "virtualdisks", Object: &d.ObjectMeta, Interval: c.cfg.ProgressInterval}.
+		Options(ctx, c.cfg.MaxUnpackedSize)
 	res, err := run(ctx, staged, opts)
 	if ctx.Err() != nil {
 		return

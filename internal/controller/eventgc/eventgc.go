@@ -13,6 +13,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // Defaults of Config.
@@ -41,15 +42,9 @@ type GC struct{ cfg Config }
 
 // New fills cfg's defaults.
 func New(cfg Config) *GC {
-	if cfg.TTL <= 0 {
-		cfg.TTL = DefaultTTL
-	}
-	if cfg.MaxPerObject <= 0 {
-		cfg.MaxPerObject = DefaultMaxPerObject
-	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = DefaultInterval
-	}
+	cfg.TTL = runtime.OrDefault(cfg.TTL, DefaultTTL)
+	cfg.MaxPerObject = runtime.OrDefault(cfg.MaxPerObject, DefaultMaxPerObject)
+	cfg.Interval = runtime.OrDefault(cfg.Interval, DefaultInterval)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -61,20 +56,14 @@ func New(cfg Config) *GC {
 
 // Run sweeps at once and then every Interval until ctx ends.
 func (g *GC) Run(ctx context.Context) error {
-	t := time.NewTicker(g.cfg.Interval)
-	defer t.Stop()
-	for {
+	runtime.Every(ctx, g.cfg.Interval, func() {
 		if n, err := g.Sweep(ctx); err != nil && ctx.Err() == nil {
 			g.cfg.Log.Warn("event sweep failed", "err", err)
 		} else if n > 0 {
 			g.cfg.Log.Debug("expired events deleted", "count", n)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	})
+	return nil
 }
 
 // Sweep deletes the Events past their TTL or beyond the per-object bound, and returns how

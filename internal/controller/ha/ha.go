@@ -111,9 +111,7 @@ func New(cfg Config) *Controller {
 	if cfg.SafetyMargin < 0 {
 		cfg.SafetyMargin = 0
 	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = time.Second
-	}
+	cfg.Interval = runtime.OrDefault(cfg.Interval, time.Second)
 	if cfg.Identity == "" {
 		cfg.Identity = DefaultIdentity
 	}
@@ -133,18 +131,12 @@ func New(cfg Config) *Controller {
 
 // Run checks every interval until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	t := time.NewTicker(c.cfg.Interval)
-	defer t.Stop()
-	for {
+	runtime.Every(ctx, c.cfg.Interval, func() {
 		if err := c.Check(ctx); err != nil && ctx.Err() == nil {
 			c.log.Warn("high availability check", "err", err)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	})
+	return nil
 }
 
 // failedNode is a node whose VMs are to be recovered now.

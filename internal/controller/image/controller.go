@@ -25,6 +25,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/controller/imports"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
@@ -107,19 +108,19 @@ type imageView struct {
 
 // Controller reconciles images.
 type Controller struct {
-	cfg        Config
-	c          client.Interface
-	log        *slog.Logger
-	rec        *runtime.Recorder
-	ownFactory *runtime.Factory // when Config.Informers is nil
-	cvi        *kind
-	vi         *kind
-	cvis       *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
-	vis        *runtime.TypedInformer[v1alpha1.VirtualImage]
-	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	classes    *runtime.TypedInformer[v1alpha1.StorageClass]
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	jobs       *runtime.Jobs // imports and uploads, by image uid
+	cfg     Config
+	c       client.Interface
+	log     *slog.Logger
+	rec     *runtime.Recorder
+	base    runtime.Base
+	cvi     *kind
+	vi      *kind
+	cvis    *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
+	vis     *runtime.TypedInformer[v1alpha1.VirtualImage]
+	disks   *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	classes *runtime.TypedInformer[v1alpha1.StorageClass]
+	vms     *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	jobs    *runtime.Jobs // imports and uploads, by image uid
 
 	mu     sync.Mutex
 	failed map[string]time.Time // when an import last failed transiently, by image uid
@@ -141,35 +142,18 @@ func (c *Controller) failedAt(uid string) (time.Time, bool) {
 
 // New returns a controller; Run starts it.
 func New(cfg Config) *Controller {
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 2
-	}
-	if cfg.ProgressInterval <= 0 {
-		cfg.ProgressInterval = time.Second
-	}
-	if cfg.RetryDelay <= 0 {
-		cfg.RetryDelay = time.Minute
-	}
-	if cfg.FetchRetryDelay <= 0 {
-		cfg.FetchRetryDelay = 30 * time.Second
-	}
+	cfg.Workers = runtime.OrDefault(cfg.Workers, 2)
+	cfg.ProgressInterval = runtime.OrDefault(cfg.ProgressInterval, time.Second)
+	cfg.RetryDelay = runtime.OrDefault(cfg.RetryDelay, time.Minute)
+	cfg.FetchRetryDelay = runtime.OrDefault(cfg.FetchRetryDelay, 30*time.Second)
 	if cfg.Fetcher == nil {
 		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
 	}
-	if cfg.UploadTimeout <= 0 {
-		cfg.UploadTimeout = images.DefaultUploadTimeout
-	}
-	log := cfg.Log.With("controller", "image")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, jobs: runtime.NewJobs(), failed: map[string]time.Time{}, fetchFailed: map[string]fetchFailure{},
-		rec: &runtime.Recorder{C: cfg.Client, Component: "image-controller", Log: log}}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, log)
-		c.ownFactory = f
-	}
+	cfg.UploadTimeout = runtime.OrDefault(cfg.UploadTimeout, images.DefaultUploadTimeout)
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "image-controller", "controller", "image")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b, jobs: runtime.NewJobs(),
+		failed: map[string]time.Time{}, fetchFailed: map[string]fetchFailure{}}
+	f := b.Informers
 	c.cvis, c.vis, c.disks, c.vms = f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualDisks(), f.VirtualMachines()
 	c.classes = f.StorageClasses()
 	cviView := func(o *v1alpha1.ClusterVirtualImage) imageView {
@@ -189,7 +173,7 @@ func New(cfg Config) *Controller {
 	// disks (images copied from a disk; a disk that goes may free an image being deleted)
 	// and of VMs (a VM that goes may free an image being deleted).
 	for _, k := range []*kind{c.cvi, c.vi} {
-		k.ctl = runtime.NewController(k.resource, log).
+		k.ctl = runtime.NewController(k.resource, c.log).
 			For(k.src).
 			Watches(c.cvis, func(key runtime.Key) []runtime.Key { return c.dependents(k, c.cvi, key) }).
 			Watches(c.vis, func(key runtime.Key) []runtime.Key { return c.dependents(k, c.vi, key) }).
@@ -236,18 +220,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := storage.CleanTemp(c.imagesDir()); err != nil {
 		c.log.Warn("removing leftover temporary files", "dir", c.imagesDir(), "err", err)
 	}
-	if c.ownFactory != nil {
-		c.ownFactory.Start(ctx)
-	}
-	var wg sync.WaitGroup
-	for _, k := range []*kind{c.cvi, c.vi} {
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = k.ctl.Run(ctx) }()
-	}
-	<-ctx.Done()
+	err := c.base.Run(ctx, c.cvi.ctl, c.vi.ctl)
 	c.jobs.CancelAll()
-	wg.Wait()
-	return nil
+	return err
 }
 
 // dependents returns the images of kind in (its queue's keys) made from the object key of
@@ -344,10 +319,8 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 		return c.finalize(ctx, img)
 	}
 	if !slices.Contains(m.Finalizers, Finalizer) {
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-			"finalizers": append(slices.Clone(m.Finalizers), Finalizer), "resourceVersion": m.ResourceVersion}})
-		if err := c.c.Patch(ctx, k.resource, m.Namespace, m.Name, patch, nil); err != nil {
-			return runtime.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		if err := runtime.AddFinalizer(ctx, c.c, k.resource, m, Finalizer); err != nil {
+			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil // the change requeues the image
 	}
@@ -582,28 +555,14 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 	log.Info("import started", "source", string(img.ds.Type))
 	c.rec.Event(ctx, img.kind.name, img.obj, "Normal", "ImportStarted", "importing from a "+string(img.ds.Type)+" source")
 
-	var lastPatch time.Time
-	opts := images.Options{ProgressInterval: c.cfg.ProgressInterval, MaxUnpackedSize: c.cfg.MaxUnpackedSize, Progress: func(p images.Progress) {
-		if time.Since(lastPatch) < c.cfg.ProgressInterval/2 {
-			return
-		}
-		lastPatch = time.Now()
-		s := map[string]any{"phase": v1alpha1.ImagePhaseProvisioning, "downloadSpeed": v1alpha1.DownloadSpeed{
-			Avg: images.HumanSpeed(p.AvgBPS), AvgBytes: p.AvgBPS, Current: images.HumanSpeed(p.CurrentBPS), CurrentBytes: p.CurrentBPS}}
-		if pct := p.Percent(); pct != "" {
-			s["progress"] = pct
-		}
-		// During the import the sizes are what has arrived (stored) and what it unpacked to
-		// so far; the final sizes replace them when the image is stored.
-		s["size"] = v1alpha1.ImageSize{Stored: images.HumanBytes(p.Received), StoredBytes: p.Received,
-			Unpacked: images.HumanBytes(p.Unpacked), UnpackedBytes: p.Unpacked}
-		patch, _ := json.Marshal(map[string]any{"status": s})
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := c.c.PatchStatus(pctx, img.kind.resource, m.Namespace, m.Name, patch, nil); err != nil && ctx.Err() == nil {
-			log.Debug("writing progress", "err", err)
-		}
-	}}
+	opts := imports.Progress{Client: c.c, Resource: img.kind.resource, Object: m, Interval: c.cfg.ProgressInterval, Log: log,
+		Fields: func(p images.Progress, s map[string]any) {
+			s["phase"] = v1alpha1.ImagePhaseProvisioning
+			// During the import the sizes are what has arrived (stored) and what it unpacked
+			// to so far; the final sizes replace them when the image is stored.
+			s["size"] = v1alpha1.ImageSize{Stored: images.HumanBytes(p.Received), StoredBytes: p.Received,
+				Unpacked: images.HumanBytes(p.Unpacked), UnpackedBytes: p.Unpacked}
+		}}.Options(ctx, c.cfg.MaxUnpackedSize)
 	res, err := run(ctx, dst, opts)
 	if ctx.Err() != nil {
 		log.Info("import stopped", "err", err)

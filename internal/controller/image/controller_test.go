@@ -22,14 +22,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
-// tlog routes the controller's logs to the test.
-type tlog struct{ t *testing.T }
-
-func (w tlog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
 // env is the image controller running against the fake client, with a file server of test
 // images.
 type env struct {
@@ -48,23 +40,12 @@ func newEnv(t *testing.T, mod func(*Config)) *env {
 	e := &env{t: t, fc: fake.New(), dataDir: t.TempDir(), srcDir: t.TempDir()}
 	e.url = imagetest.Serve(t, e.srcDir)
 	cfg := Config{Client: e.fc, DataDir: e.dataDir, ProgressInterval: 20 * time.Millisecond, RetryDelay: time.Hour,
-		Log: slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+		Log: fake.Logger(t, slog.LevelDebug)}
 	if mod != nil {
 		mod(&cfg)
 	}
 	e.c = New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	e.ctx = ctx
-	done := make(chan struct{})
-	go func() { defer close(done); _ = e.c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("the controller did not stop")
-		}
-	})
+	e.ctx = fake.Run(t, e.c)
 	return e
 }
 
@@ -381,7 +362,7 @@ func TestClusterImageAndAdoption(t *testing.T) {
 	if err := os.WriteFile(storage.ImagePath(dataDir, cvi.UID), src, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := New(Config{Client: fc, DataDir: dataDir, Log: slog.New(slog.NewTextHandler(tlog{t}, nil))})
+	c := New(Config{Client: fc, DataDir: dataDir, Log: fake.Logger(t, slog.LevelInfo)})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()

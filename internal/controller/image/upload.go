@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/controller/imports"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
@@ -26,10 +27,7 @@ func (c *Controller) startUpload(ctx context.Context, img *image, st v1alpha1.Im
 	}
 	token := images.TokenFor(st.Phase == v1alpha1.ImagePhaseWaitForUserUpload && st.ObservedGeneration == img.meta.Generation,
 		st.ImageUploadURLs)
-	var cs *v1alpha1.Checksum
-	if img.ds.Upload != nil {
-		cs = img.ds.Upload.Checksum
-	}
+	cs := imports.UploadChecksum(img.ds.Upload)
 	c.launchJob(img, func(ctx context.Context) { c.runUpload(ctx, img, token, cs) })
 	return runtime.Result{}, nil
 }
@@ -44,7 +42,7 @@ func (c *Controller) runUpload(ctx context.Context, img *image, token string, cs
 	st.ImageUploadURLs = UploadURLs(c.cfg.UploadBaseURLs, token)
 	st.Progress, st.DownloadSpeed, st.Size = "", nil, nil
 	st.ObservedGeneration = m.Generation
-	msg := fmt.Sprintf("waiting for the file: PUT it to status.imageUploadURLs (curl -T FILE URL, or rakhsh image upload) within %s", c.cfg.UploadTimeout)
+	msg := imports.WaitMessage(c.cfg.UploadTimeout)
 	setCond(&st, m, v1alpha1.ImageConditionDatasourceReady, v1alpha1.ConditionFalse, ReasonWaitForUserUpload, msg)
 	setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, ReasonWaitForUserUpload, msg)
 	if !statusEqual(*img.status, st) {

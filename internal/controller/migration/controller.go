@@ -77,33 +77,20 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Client == nil || cfg.Informers == nil {
 		return nil, errors.New("migration controller: a client and informers are required")
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.MaxOutbound <= 0 {
-		cfg.MaxOutbound = DefaultMaxOutbound
-	}
-	if cfg.MaxDowntime <= 0 {
-		cfg.MaxDowntime = DefaultMaxDowntime
-	}
-	if cfg.TimeoutPerGiB <= 0 {
-		cfg.TimeoutPerGiB = DefaultTimeoutPerGiB
-	}
-	if cfg.MinTimeout <= 0 {
-		cfg.MinTimeout = DefaultMinTimeout
-	}
-	if cfg.PrepareTimeout <= 0 {
-		cfg.PrepareTimeout = DefaultPrepareTimeout
-	}
+	cfg.MaxOutbound = runtime.OrDefault(cfg.MaxOutbound, DefaultMaxOutbound)
+	cfg.MaxDowntime = runtime.OrDefault(cfg.MaxDowntime, DefaultMaxDowntime)
+	cfg.TimeoutPerGiB = runtime.OrDefault(cfg.TimeoutPerGiB, DefaultTimeoutPerGiB)
+	cfg.MinTimeout = runtime.OrDefault(cfg.MinTimeout, DefaultMinTimeout)
+	cfg.PrepareTimeout = runtime.OrDefault(cfg.PrepareTimeout, DefaultPrepareTimeout)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	log := cfg.Log.With("component", "migration-controller")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log, rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-migration-controller", Log: log}}
-	f := cfg.Informers
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-migration-controller", "component", "migration-controller")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec}
+	f := b.Informers
 	c.vms, c.ops, c.disks = f.VirtualMachines(), f.VirtualMachineOperations(), f.VirtualDisks()
 	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")
-	c.ctl = runtime.NewController("migration", log).
+	c.ctl = runtime.NewController("migration", c.log).
 		For(c.vms).
 		Watches(c.ops, func(k runtime.Key) []runtime.Key {
 			if op, ok := c.ops.Get(k); ok {
@@ -575,11 +562,7 @@ func conditionMessage(op *v1alpha1.VirtualMachineOperation) string {
 
 // writeProgress writes an operation's progress.
 func (c *Controller) writeProgress(ctx context.Context, op *v1alpha1.VirtualMachineOperation, p string) error {
-	body, _ := json.Marshal(map[string]any{"status": map[string]any{"progress": p}})
-	err := c.c.PatchStatus(ctx, "virtualmachineoperations", op.Namespace, op.Name, body, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
+	_, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, map[string]any{"progress": p})
 	return err
 }
 
@@ -595,21 +578,12 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	if phase == v1alpha1.VMOPPhaseCompleted {
 		status["progress"] = "100%"
 	}
-	body, _ := json.Marshal(map[string]any{"status": status})
-	err := c.c.PatchStatus(ctx, "virtualmachineoperations", op.Namespace, op.Name, body, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
+	if ok, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, status); !ok {
 		return err
 	}
 	op.Status.Phase, op.Status.Conditions = phase, conds
 	if phase == v1alpha1.VMOPPhaseCompleted || phase == v1alpha1.VMOPPhaseFailed {
-		typ := "Normal"
-		if phase == v1alpha1.VMOPPhaseFailed {
-			typ = "Warning"
-		}
-		c.rec.Event(ctx, "VirtualMachineOperation", op, typ, string(phase), msg)
+		c.rec.OperationEvent(ctx, op, phase, msg)
 	}
 	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", phase, "message", msg)
 	return nil

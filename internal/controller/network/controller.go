@@ -96,24 +96,21 @@ type Controller struct {
 	log *slog.Logger
 	rec *runtime.Recorder
 
-	ownFactory *runtime.Factory // when Config.Informers is nil
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	ips        *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddress]
-	ipls       *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddressLease]
-	macs       *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddress]
-	macls      *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddressLease]
-	cnets      *runtime.TypedInformer[v1alpha1.ClusterNetwork]
-	ctl        *runtime.Controller
-	queue      *runtime.Queue
+	base  runtime.Base
+	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	ips   *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddress]
+	ipls  *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddressLease]
+	macs  *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddress]
+	macls *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddressLease]
+	cnets *runtime.TypedInformer[v1alpha1.ClusterNetwork]
+	ctl   *runtime.Controller
+	queue *runtime.Queue
 }
 
 // New returns a controller; Run starts it.
 func New(cfg Config) (*Controller, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("network controller: a client is required")
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
 	}
 	if len(cfg.MACRanges) == 0 {
 		rs, err := network.ParseMACRanges(network.DefaultMACRange)
@@ -125,29 +122,18 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.DefaultSubnet == "" {
 		cfg.DefaultSubnet = DefaultSubnet
 	}
-	if cfg.MACReuseDelay <= 0 {
-		cfg.MACReuseDelay = DefaultMACReuseDelay
-	}
-	if cfg.IPReuseDelay <= 0 {
-		cfg.IPReuseDelay = DefaultIPReuseDelay
-	}
-	if cfg.SweepInterval <= 0 {
-		cfg.SweepInterval = 10 * time.Second
-	}
+	cfg.MACReuseDelay = runtime.OrDefault(cfg.MACReuseDelay, DefaultMACReuseDelay)
+	cfg.IPReuseDelay = runtime.OrDefault(cfg.IPReuseDelay, DefaultIPReuseDelay)
+	cfg.SweepInterval = runtime.OrDefault(cfg.SweepInterval, 10*time.Second)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	log := cfg.Log.With("component", "network-controller")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log,
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-network-controller", Log: log}}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, log)
-		c.ownFactory = f
-	}
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-network-controller", "component", "network-controller")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b}
+	f := b.Informers
 	c.vms, c.ips, c.ipls = f.VirtualMachines(), f.VirtualMachineIPAddresses(), f.VirtualMachineIPAddressLeases()
 	c.macs, c.macls, c.cnets = f.VirtualMachineMACAddresses(), f.VirtualMachineMACAddressLeases(), f.ClusterNetworks()
-	c.ctl = runtime.NewController("network", log).
+	c.ctl = runtime.NewController("network", c.log).
 		Watches(c.vms, func(k runtime.Key) []runtime.Key { return []runtime.Key{kindVM + k} }).
 		Watches(c.ips, func(k runtime.Key) []runtime.Key {
 			if ip, ok := c.ips.Get(k); ok {
@@ -191,9 +177,7 @@ const (
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.ownFactory != nil {
-		c.ownFactory.Start(ctx)
-	}
+	c.base.StartInformers(ctx)
 	go func() {
 		if !runtime.WaitForSync(ctx, c.vms, c.ips, c.ipls, c.macs, c.macls, c.cnets) {
 			return
@@ -238,13 +222,10 @@ func (c *Controller) claimOfIPLease(k runtime.Key) []runtime.Key {
 		return nil
 	}
 	_, name := k.Split()
-	var out []runtime.Key
-	for _, ip := range c.ips.List() {
-		if a, err := netip.ParseAddr(ip.Status.Address); err == nil && v1alpha1.IPLeaseName(a) == name {
-			out = append(out, kindIP+runtime.KeyOf(ip))
-		}
-	}
-	return out
+	return runtime.WithPrefix(kindIP, c.ips.KeysWhere(func(ip *v1alpha1.VirtualMachineIPAddress) bool {
+		a, err := netip.ParseAddr(ip.Status.Address)
+		return err == nil && v1alpha1.IPLeaseName(a) == name
+	}))
 }
 
 // claimOfMACLease is claimOfIPLease for MAC leases.
@@ -256,16 +237,13 @@ func (c *Controller) claimOfMACLease(k runtime.Key) []runtime.Key {
 		return nil
 	}
 	_, name := k.Split()
-	var out []runtime.Key
-	for _, m := range c.macs.List() {
+	return runtime.WithPrefix(kindMAC, c.macs.KeysWhere(func(m *v1alpha1.VirtualMachineMACAddress) bool {
 		if m.Status.Address == "" {
-			continue
+			return false
 		}
-		if n, _ := v1alpha1.MACLeaseName(m.Status.Address); n == name {
-			out = append(out, kindMAC+runtime.KeyOf(m))
-		}
-	}
-	return out
+		n, _ := v1alpha1.MACLeaseName(m.Status.Address)
+		return n == name
+	}))
 }
 
 // vmsOfClaim returns the claim itself and the VMs it is labelled with or attached to (or,

@@ -16,13 +16,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 )
 
-type tlog struct{ t *testing.T }
-
-func (w tlog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
 type env struct {
 	t   *testing.T
 	fc  *fake.Client
@@ -37,7 +30,7 @@ func newEnv(t *testing.T, mod func(*Config), objs ...v1alpha1.Object) *env {
 		t.Fatal(err)
 	}
 	cfg := Config{Client: e.fc, SweepInterval: 50 * time.Millisecond, IPReuseDelay: time.Hour, MACReuseDelay: time.Hour,
-		Log: slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+		Log: fake.Logger(t, slog.LevelDebug)}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -45,18 +38,7 @@ func newEnv(t *testing.T, mod func(*Config), objs ...v1alpha1.Object) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e.ctx = ctx
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("the controller did not stop")
-		}
-	})
+	e.ctx = fake.Run(t, c)
 	return e
 }
 

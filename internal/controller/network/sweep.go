@@ -23,44 +23,45 @@ type leaseView struct {
 	obj           any // the cached lease, to write it back released
 }
 
-func ipClaims(inf *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddress]) []claimView {
-	var out []claimView
+// views returns view of every cached object of inf.
+func views[T, V any](inf *runtime.TypedInformer[T], view func(*T) V) []V {
+	var out []V
 	for _, o := range inf.List() {
-		out = append(out, claimView{meta: &o.ObjectMeta, virtualMachineName: o.Status.VirtualMachineName})
+		out = append(out, view(o))
 	}
 	return out
+}
+
+func ipClaims(inf *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddress]) []claimView {
+	return views(inf, func(o *v1alpha1.VirtualMachineIPAddress) claimView {
+		return claimView{meta: &o.ObjectMeta, virtualMachineName: o.Status.VirtualMachineName}
+	})
 }
 
 func macClaims(inf *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddress]) []claimView {
-	var out []claimView
-	for _, o := range inf.List() {
-		out = append(out, claimView{meta: &o.ObjectMeta, virtualMachineName: o.Status.VirtualMachineName})
-	}
-	return out
+	return views(inf, func(o *v1alpha1.VirtualMachineMACAddress) claimView {
+		return claimView{meta: &o.ObjectMeta, virtualMachineName: o.Status.VirtualMachineName}
+	})
 }
 
 func ipLeases(inf *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddressLease]) []leaseView {
-	var out []leaseView
-	for _, o := range inf.List() {
+	return views(inf, func(o *v1alpha1.VirtualMachineIPAddressLease) leaseView {
 		v := leaseView{meta: &o.ObjectMeta, obj: o}
 		if r := o.Spec.VirtualMachineIPAddressRef; r != nil {
 			v.refNS, v.refRef = r.Namespace, r.Name
 		}
-		out = append(out, v)
-	}
-	return out
+		return v
+	})
 }
 
 func macLeases(inf *runtime.TypedInformer[v1alpha1.VirtualMachineMACAddressLease]) []leaseView {
-	var out []leaseView
-	for _, o := range inf.List() {
+	return views(inf, func(o *v1alpha1.VirtualMachineMACAddressLease) leaseView {
 		v := leaseView{meta: &o.ObjectMeta, obj: o}
 		if r := o.Spec.VirtualMachineMACAddressRef; r != nil {
 			v.refNS, v.refRef = r.Namespace, r.Name
 		}
-		out = append(out, v)
-	}
-	return out
+		return v
+	})
 }
 
 // sweep deletes the automatic claims of deleted VMs, detaches claims from deleted VMs,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // Defaults of Config.
@@ -47,15 +48,9 @@ type Controller struct {
 
 // New returns a controller; Run starts it.
 func New(cfg Config) *Controller {
-	if cfg.GracePeriod <= 0 {
-		cfg.GracePeriod = DefaultGracePeriod
-	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = min(cfg.GracePeriod/4, 10*time.Second)
-	}
-	if cfg.LeaseInterval <= 0 {
-		cfg.LeaseInterval = time.Second
-	}
+	cfg.GracePeriod = runtime.OrDefault(cfg.GracePeriod, DefaultGracePeriod)
+	cfg.Interval = runtime.OrDefault(cfg.Interval, min(cfg.GracePeriod/4, 10*time.Second))
+	cfg.LeaseInterval = runtime.OrDefault(cfg.LeaseInterval, time.Second)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -68,10 +63,8 @@ func New(cfg Config) *Controller {
 // Run checks the node leases each lease interval and every Node's heartbeat each interval
 // until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	t := time.NewTicker(c.cfg.LeaseInterval)
-	defer t.Stop()
 	var lastHeartbeats time.Time
-	for {
+	runtime.Every(ctx, c.cfg.LeaseInterval, func() {
 		heartbeats := c.cfg.Now().Sub(lastHeartbeats) >= c.cfg.Interval
 		if heartbeats {
 			lastHeartbeats = c.cfg.Now()
@@ -79,12 +72,8 @@ func (c *Controller) Run(ctx context.Context) error {
 		if err := c.check(ctx, heartbeats); err != nil && ctx.Err() == nil {
 			c.cfg.Log.Warn("checking nodes", "err", err)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	})
+	return nil
 }
 
 // Check marks every Node whose last heartbeat is older than the grace period Unknown, and

@@ -43,14 +43,14 @@ type MaintenanceConfig struct {
 // is cleared it removes the condition and starts nothing more; VMs that left stay where they
 // are.
 type Maintenance struct {
-	cfg        MaintenanceConfig
-	c          client.Interface
-	log        *slog.Logger
-	ownFactory *runtime.Factory
-	nodes      *runtime.TypedInformer[v1alpha1.Node]
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	ops        *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
-	ctl        *runtime.Controller
+	cfg   MaintenanceConfig
+	c     client.Interface
+	log   *slog.Logger
+	base  runtime.Base
+	nodes *runtime.TypedInformer[v1alpha1.Node]
+	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	ops   *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
+	ctl   *runtime.Controller
 
 	mu sync.Mutex
 	// created remembers the operations this controller created and the cache may not show
@@ -76,32 +76,21 @@ func NewMaintenance(cfg MaintenanceConfig) (*Maintenance, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Parallel <= 0 {
-		cfg.Parallel = DefaultEvictParallel
-	}
-	if cfg.RetryAfter <= 0 {
-		cfg.RetryAfter = DefaultEvictRetryAfter
-	}
-	if cfg.Attempts <= 0 {
-		cfg.Attempts = DefaultEvictAttempts
-	}
-	if cfg.Resync <= 0 {
-		cfg.Resync = 15 * time.Second
-	}
+	cfg.Parallel = runtime.OrDefault(cfg.Parallel, DefaultEvictParallel)
+	cfg.RetryAfter = runtime.OrDefault(cfg.RetryAfter, DefaultEvictRetryAfter)
+	cfg.Attempts = runtime.OrDefault(cfg.Attempts, DefaultEvictAttempts)
+	cfg.Resync = runtime.OrDefault(cfg.Resync, 15*time.Second)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	m := &Maintenance{cfg: cfg, c: cfg.Client, log: cfg.Log, created: map[string]createdOp{}}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, cfg.Log)
-		m.ownFactory = f
-	}
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "node-maintenance")
+	m := &Maintenance{cfg: cfg, c: cfg.Client, log: b.Log, base: b, created: map[string]createdOp{}}
+	f := b.Informers
 	m.nodes, m.vms, m.ops = f.Nodes(), f.VirtualMachines(), f.VirtualMachineOperations()
 	// A VM or operation change may concern any node in maintenance (a VM that left a node
 	// names its new one), and there are few such nodes: look at all of them.
 	all := func(runtime.Key) []runtime.Key { return m.maintenanceNodes() }
-	m.ctl = runtime.NewController("node-maintenance", cfg.Log).
+	m.ctl = runtime.NewController("node-maintenance", m.log).
 		Watches(m.nodes, func(k runtime.Key) []runtime.Key { return []runtime.Key{k} }).
 		Watches(m.vms, all).
 		Watches(m.ops, all).
@@ -118,22 +107,15 @@ func NewMaintenance(cfg MaintenanceConfig) (*Maintenance, error) {
 
 // Run works until ctx ends.
 func (m *Maintenance) Run(ctx context.Context) error {
-	if m.ownFactory != nil {
-		m.ownFactory.Start(ctx)
-	}
-	return m.ctl.Run(ctx)
+	return m.base.Run(ctx, m.ctl)
 }
 
 // maintenanceNodes returns the keys of the nodes in maintenance or still carrying the
 // condition (to be removed).
 func (m *Maintenance) maintenanceNodes() []runtime.Key {
-	var out []runtime.Key
-	for _, n := range m.nodes.List() {
-		if n.Spec.Maintenance || v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionMaintenance) != nil {
-			out = append(out, runtime.KeyOf(n))
-		}
-	}
-	return out
+	return m.nodes.KeysWhere(func(n *v1alpha1.Node) bool {
+		return n.Spec.Maintenance || v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionMaintenance) != nil
+	})
 }
 
 func (m *Maintenance) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {

@@ -61,14 +61,14 @@ type Scheduler struct {
 	log *slog.Logger
 	rec *runtime.Recorder
 
-	ownFactory *runtime.Factory // when Config.Informers is nil
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	nodes      *runtime.TypedInformer[v1alpha1.Node]
-	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	classes    *runtime.TypedInformer[v1alpha1.VirtualMachineClass]
-	cnets      *runtime.TypedInformer[v1alpha1.ClusterNetwork]
-	ctl        *runtime.Controller
-	queue      *runtime.Queue
+	base    runtime.Base
+	vms     *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	nodes   *runtime.TypedInformer[v1alpha1.Node]
+	disks   *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	classes *runtime.TypedInformer[v1alpha1.VirtualMachineClass]
+	cnets   *runtime.TypedInformer[v1alpha1.ClusterNetwork]
+	ctl     *runtime.Controller
+	queue   *runtime.Queue
 
 	mu      sync.Mutex
 	assumed map[runtime.Key]assumption // bindings written but not yet seen by the informer
@@ -100,32 +100,20 @@ func New(cfg Config) (*Scheduler, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("scheduler: a client is required")
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.NodeStaleAfter <= 0 {
-		cfg.NodeStaleAfter = 40 * time.Second
-	}
-	if cfg.RetryInterval <= 0 {
-		cfg.RetryInterval = 30 * time.Second
-	}
+	cfg.NodeStaleAfter = runtime.OrDefault(cfg.NodeStaleAfter, 40*time.Second)
+	cfg.RetryInterval = runtime.OrDefault(cfg.RetryInterval, 30*time.Second)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	log := cfg.Log.With("component", "scheduler")
-	s := &Scheduler{cfg: cfg, c: cfg.Client, log: log, assumed: map[runtime.Key]assumption{},
-		nodeCache: map[string]*nodeState{}, bound: map[runtime.Key]boundVM{}, usage: map[string]*usageSum{}, pending: map[runtime.Key]bool{},
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-scheduler", Log: log}}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, log)
-		s.ownFactory = f
-	}
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-scheduler", "component", "scheduler")
+	s := &Scheduler{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b, assumed: map[runtime.Key]assumption{},
+		nodeCache: map[string]*nodeState{}, bound: map[runtime.Key]boundVM{}, usage: map[string]*usageSum{}, pending: map[runtime.Key]bool{}}
+	f := b.Informers
 	s.vms, s.nodes, s.disks, s.classes = f.VirtualMachines(), f.Nodes(), f.VirtualDisks(), f.VirtualMachineClasses()
 	s.cnets = f.ClusterNetworks()
 	// One worker: decisions see each other's bindings. VMs are queued by their own changes
 	// (after the caches took them in) and, when nodes or classes change, every pending VM.
-	s.ctl = runtime.NewController("scheduler", log).
+	s.ctl = runtime.NewController("scheduler", s.log).
 		Watches(s.vms, func(k runtime.Key) []runtime.Key {
 			s.noteVM(k)
 			return []runtime.Key{k}
@@ -146,9 +134,7 @@ func New(cfg Config) (*Scheduler, error) {
 
 // Run schedules until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
-	if s.ownFactory != nil {
-		s.ownFactory.Start(ctx)
-	}
+	s.base.StartInformers(ctx)
 	go func() {
 		// Once synced, every VM waiting for a node is tried.
 		if runtime.WaitForSync(ctx, s.vms, s.nodes, s.disks, s.classes, s.cnets) {

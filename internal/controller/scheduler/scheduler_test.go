@@ -11,10 +11,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 )
 
-type tlog struct{ t *testing.T }
-
-func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
-
 func readyNode(name string, cpu int64) *v1alpha1.Node {
 	hb := v1alpha1.Now()
 	n := &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: name}}
@@ -95,15 +91,13 @@ func TestLocalDisksPinVMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	runScheduler(t, fc)
+	if n := waitBound(t, fc, "pinned"); n != "n1" {
+		t.Errorf("the VM with a disk on n1 was bound to %s", n)
+	}
+	if n := waitBound(t, fc, "shared"); n != "n2" {
+		t.Errorf("the VM with a Shared disk was bound to %s, want the roomiest node n2", n)
+	}
 	var vm v1alpha1.VirtualMachine
-	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "pinned", &vm, func() bool { return vm.Status.NodeName != "" })
-	if vm.Status.NodeName != "n1" {
-		t.Errorf("the VM with a disk on n1 was bound to %s", vm.Status.NodeName)
-	}
-	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "shared", &vm, func() bool { return vm.Status.NodeName != "" })
-	if vm.Status.NodeName != "n2" {
-		t.Errorf("the VM with a Shared disk was bound to %s, want the roomiest node n2", vm.Status.NodeName)
-	}
 	unschedulable := func(name string, want ...string) {
 		t.Helper()
 		fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", name, &vm, func() bool {
@@ -143,12 +137,11 @@ func TestHibernatedVMResumesWhereSaved(t *testing.T) {
 		t.Fatal(err)
 	}
 	runScheduler(t, fc)
-	var vm v1alpha1.VirtualMachine
-	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "resumes", &vm, func() bool { return vm.Status.NodeName != "" })
-	if vm.Status.NodeName != "n1" {
-		t.Errorf("the hibernated VM was bound to %s, not to n1 where its RAM is saved", vm.Status.NodeName)
+	if n := waitBound(t, fc, "resumes"); n != "n1" {
+		t.Errorf("the hibernated VM was bound to %s, not to n1 where its RAM is saved", n)
 	}
-	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", "forced", &vm, func() bool { return vm.Status.NodeName != "" })
+	waitBound(t, fc, "forced")
+	var vm v1alpha1.VirtualMachine
 	for name, want := range map[string]string{"stuck": "the saved RAM state of the hibernated VM is on node gone's local storage, so the VM runs only there, and node gone is not registered",
 		"split": "the saved RAM state of the hibernated VM on node n1"} {
 		fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", name, &vm, func() bool {
@@ -161,10 +154,18 @@ func TestHibernatedVMResumesWhereSaved(t *testing.T) {
 	}
 }
 
+// waitBound waits until the VM p1/name has a node, and returns the node.
+func waitBound(t *testing.T, fc *fake.Client, name string) string {
+	t.Helper()
+	var vm v1alpha1.VirtualMachine
+	fc.WaitFor(t, 10*time.Second, "virtualmachines", "p1", name, &vm, func() bool { return vm.Status.NodeName != "" })
+	return vm.Status.NodeName
+}
+
 // runScheduler runs a scheduler on fc until the test ends.
 func runScheduler(t *testing.T, fc *fake.Client) {
 	t.Helper()
-	s, err := New(Config{Client: fc, Log: slog.New(slog.NewTextHandler(tlog{t}, nil)), RetryInterval: time.Hour})
+	s, err := New(Config{Client: fc, Log: fake.Logger(t, slog.LevelInfo), RetryInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

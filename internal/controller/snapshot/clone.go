@@ -66,32 +66,38 @@ func (c *Controller) reconcileOp(ctx context.Context, key runtime.Key) (runtime.
 	return runtime.Result{}, nil
 }
 
-func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	ns, name := key.Split()
+// readActiveOp reads the operation of key. It says false, with no error, when there is
+// nothing to do: the operation is gone, being deleted, of another type than typ or finished.
+func (c *Controller) readActiveOp(ctx context.Context, key runtime.Key, typ v1alpha1.VMOPType) (*v1alpha1.VirtualMachineOperation, bool, error) {
 	var op v1alpha1.VirtualMachineOperation
-	if err := c.c.Get(ctx, "virtualmachineoperations", ns, name, &op); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
-		return runtime.Result{}, err
+	if ok, err := runtime.Read(ctx, c.c, "virtualmachineoperations", key, &op); !ok {
+		return nil, false, err
 	}
-	if op.Spec.Type != v1alpha1.VMOPTypeClone || op.DeletionTimestamp != nil || op.Spec.Clone == nil {
-		return runtime.Result{}, nil
+	if op.Spec.Type != typ || op.DeletionTimestamp != nil {
+		return nil, false, nil
 	}
 	switch op.Status.Phase {
 	case "", v1alpha1.VMOPPhasePending, v1alpha1.VMOPPhaseInProgress:
-	default:
-		return runtime.Result{}, nil
+		return &op, true, nil
+	}
+	return nil, false, nil
+}
+
+func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runtime.Result, error) {
+	ns, name := key.Split()
+	op, ok, err := c.readActiveOp(ctx, key, v1alpha1.VMOPTypeClone)
+	if !ok || op.Spec.Clone == nil {
+		return runtime.Result{}, err
 	}
 	spec := op.Spec.Clone
 	fail := func(msg string) (runtime.Result, error) {
-		c.deleteCloneSnapshot(ctx, &op)
-		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed, msg, nil)
+		c.deleteCloneSnapshot(ctx, op)
+		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed, msg, nil)
 	}
 	var src v1alpha1.VirtualMachine
 	if err := c.c.Get(ctx, "virtualmachines", ns, op.Spec.VirtualMachineName, &src); err != nil {
 		if client.IsNotFound(err) && op.Status.Phase != v1alpha1.VMOPPhaseInProgress {
-			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonVirtualMachineNotFound,
+			return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonVirtualMachineNotFound,
 				fmt.Sprintf("virtual machine %q not found", op.Spec.VirtualMachineName), nil)
 		}
 		if !client.IsNotFound(err) {
@@ -127,10 +133,10 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 			for i := range res {
 				res[i].Status = "Completed"
 			}
-			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
+			return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
 				fmt.Sprintf("dry run: %s would be cloned as %s", src.Name, newVM), res)
 		}
-		if err := c.writeOp(ctx, &op, v1alpha1.VMOPPhaseInProgress, "InProgress", "taking a snapshot of "+src.Name, res); err != nil {
+		if err := c.writeOp(ctx, op, v1alpha1.VMOPPhaseInProgress, "InProgress", "taking a snapshot of "+src.Name, res); err != nil {
 			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil
@@ -143,7 +149,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 	case client.IsNotFound(err):
 		if c.c.Get(ctx, "virtualmachines", ns, newVM, nil) == nil {
 			// The VM was made and its snapshot deleted: a finished clone whose status write was lost.
-			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
+			return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
 				fmt.Sprintf("cloned %s as %s", op.Spec.VirtualMachineName, newVM), nil)
 		}
 		snap = v1alpha1.VirtualMachineSnapshot{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineSnapshot"},
@@ -239,14 +245,14 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 		return fail(fmt.Sprintf("VirtualMachine %q exists and was not made by this clone", newVM))
 	}
 	if !allReady {
-		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseInProgress, "InProgress", "copying the disks of the clone", nil)
+		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseInProgress, "InProgress", "copying the disks of the clone", nil)
 	}
-	c.deleteCloneSnapshot(ctx, &op)
+	c.deleteCloneSnapshot(ctx, op)
 	res := op.Status.Resources
 	for i := range res {
 		res[i].Status = "Completed"
 	}
-	return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
+	return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
 		fmt.Sprintf("cloned %s as %s", op.Spec.VirtualMachineName, newVM), res)
 }
 

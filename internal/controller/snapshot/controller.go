@@ -59,56 +59,48 @@ type Config struct {
 type Controller struct {
 	// restoring holds the uids of the restores of this process that hold disk leases (the
 	// sweep of leases of restores that are gone leaves them).
-	restoring  sync.Map
-	cfg        Config
-	c          client.Interface
-	log        *slog.Logger
-	rec        *runtime.Recorder
-	ownFactory *runtime.Factory
-	ctl        *runtime.Controller
-	vmctl      *runtime.Controller
-	opctl      *runtime.Controller
-	ops        *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
-	snaps      *runtime.TypedInformer[v1alpha1.VirtualDiskSnapshot]
-	vmsnaps    *runtime.TypedInformer[v1alpha1.VirtualMachineSnapshot]
-	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	classes    *runtime.TypedInformer[v1alpha1.StorageClass]
+	restoring sync.Map
+	cfg       Config
+	c         client.Interface
+	log       *slog.Logger
+	rec       *runtime.Recorder
+	base      runtime.Base
+	ctl       *runtime.Controller
+	vmctl     *runtime.Controller
+	opctl     *runtime.Controller
+	ops       *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
+	snaps     *runtime.TypedInformer[v1alpha1.VirtualDiskSnapshot]
+	vmsnaps   *runtime.TypedInformer[v1alpha1.VirtualMachineSnapshot]
+	disks     *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	vms       *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	classes   *runtime.TypedInformer[v1alpha1.StorageClass]
 }
 
 // New returns a controller; Run starts it.
 func New(cfg Config) *Controller {
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	log := cfg.Log.With("controller", "snapshot")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log,
-		rec: &runtime.Recorder{C: cfg.Client, Component: "snapshot-controller", Log: log}}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, log)
-		c.ownFactory = f
-	}
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "snapshot-controller", "controller", "snapshot")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b}
+	f := b.Informers
 	c.snaps, c.vmsnaps = f.VirtualDiskSnapshots(), f.VirtualMachineSnapshots()
 	c.disks, c.vms, c.classes = f.VirtualDisks(), f.VirtualMachines(), f.StorageClasses()
 	c.ops = f.VirtualMachineOperations()
-	c.ctl = runtime.NewController("virtualdisksnapshots", log).
+	c.ctl = runtime.NewController("virtualdisksnapshots", c.log).
 		For(c.snaps).
 		Watches(c.disks, c.snapshotsOfDisk).
 		Watches(c.vms, c.snapshotsOfVM).
 		Reads(c.classes).
 		Workers(2).
 		Build(c.reconcile)
-	c.vmctl = runtime.NewController("virtualmachinesnapshots", log).
+	c.vmctl = runtime.NewController("virtualmachinesnapshots", c.log).
 		For(c.vmsnaps).
 		Watches(c.snaps, c.vmSnapshotOfDiskSnapshot).
 		Watches(c.vms, c.vmSnapshotsOfVM).
 		Workers(1).
 		Build(c.reconcileVM)
-	c.opctl = runtime.NewController("snapshot-operations", log).
+	c.opctl = runtime.NewController("snapshot-operations", c.log).
 		For(c.ops).
 		Watches(c.vms, c.restoreOpsOfVM).
 		Watches(c.vmsnaps, c.cloneOpsOfVMSnapshot).
@@ -124,31 +116,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.c == nil || c.cfg.DataDir == "" || c.cfg.NodeName == "" {
 		return errors.New("snapshot controller: Client, DataDir and NodeName are required")
 	}
-	if c.ownFactory != nil {
-		c.ownFactory.Start(ctx)
-	}
-	errc := make(chan error, 2)
-	go func() { errc <- c.vmctl.Run(ctx) }()
-	go func() { errc <- c.opctl.Run(ctx) }()
 	go c.sweepRestoreLeases(ctx)
-	err := c.ctl.Run(ctx)
-	for range 2 {
-		if err2 := <-errc; err == nil {
-			err = err2
-		}
-	}
-	return err
+	return c.base.Run(ctx, c.ctl, c.vmctl, c.opctl)
 }
 
 func (c *Controller) snapshotsOfDisk(k runtime.Key) []runtime.Key {
 	ns, name := k.Split()
-	var out []runtime.Key
-	for _, s := range c.snaps.List() {
-		if s.Namespace == ns && s.Spec.VirtualDiskName == name {
-			out = append(out, runtime.NewKey(s.Namespace, s.Name))
-		}
-	}
-	return out
+	return c.snaps.KeysWhere(func(s *v1alpha1.VirtualDiskSnapshot) bool { return s.Namespace == ns && s.Spec.VirtualDiskName == name })
 }
 
 // snapshotsOfVM: the snapshots of the VM's disks that are not done (the VM started,
@@ -159,16 +133,10 @@ func (c *Controller) snapshotsOfVM(k runtime.Key) []runtime.Key {
 	if !ok {
 		return nil
 	}
-	var out []runtime.Key
-	for _, s := range c.snaps.List() {
-		if s.Namespace != ns || s.Status.Phase == v1alpha1.SnapshotPhaseReady || s.Status.Phase == v1alpha1.SnapshotPhaseFailed {
-			continue
-		}
-		if usesDisk(vm, s.Spec.VirtualDiskName) {
-			out = append(out, runtime.NewKey(s.Namespace, s.Name))
-		}
-	}
-	return out
+	return c.snaps.KeysWhere(func(s *v1alpha1.VirtualDiskSnapshot) bool {
+		return s.Namespace == ns && s.Status.Phase != v1alpha1.SnapshotPhaseReady && s.Status.Phase != v1alpha1.SnapshotPhaseFailed &&
+			usesDisk(vm, s.Spec.VirtualDiskName)
+	})
 }
 
 func usesDisk(vm *v1alpha1.VirtualMachine, disk string) bool {
@@ -181,10 +149,7 @@ func usesDisk(vm *v1alpha1.VirtualMachine, disk string) bool {
 }
 
 func (c *Controller) classOf(name string) *v1alpha1.StorageClass {
-	sc, ok := c.classes.Get(runtime.NewKey("", name))
-	if !ok {
-		return nil
-	}
+	sc, _ := c.classes.Get(runtime.NewKey("", name)) // nil when there is none
 	return sc
 }
 
@@ -219,12 +184,9 @@ func pending(st *v1alpha1.VirtualDiskSnapshotStatus, s *v1alpha1.VirtualDiskSnap
 }
 
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	ns, name := key.Split()
+	ns, _ := key.Split()
 	var s v1alpha1.VirtualDiskSnapshot
-	if err := c.c.Get(ctx, "virtualdisksnapshots", ns, name, &s); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if ok, err := runtime.Read(ctx, c.c, "virtualdisksnapshots", key, &s); !ok {
 		return runtime.Result{}, err
 	}
 	if err := storage.CheckUID(s.UID); err != nil {
@@ -234,10 +196,8 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		return c.finalize(ctx, &s)
 	}
 	if !slices.Contains(s.Finalizers, Finalizer) {
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-			"finalizers": append(slices.Clone(s.Finalizers), Finalizer), "resourceVersion": s.ResourceVersion}})
-		if err := c.c.Patch(ctx, "virtualdisksnapshots", ns, name, patch, nil); err != nil {
-			return runtime.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		if err := runtime.AddFinalizer(ctx, c.c, "virtualdisksnapshots", &s.ObjectMeta, Finalizer); err != nil {
+			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil // the change requeues it
 	}

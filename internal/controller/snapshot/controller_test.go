@@ -15,10 +15,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
-type tlog struct{ t *testing.T }
-
-func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
-
 // startOnFake runs a snapshot controller of node n1 over a fake client and a data dir of its
 // own until the test ends. The controller makes files with qemu-img: without it the test is
 // skipped.
@@ -29,7 +25,7 @@ func startOnFake(t *testing.T) (*Controller, *fake.Client, string, context.Conte
 	}
 	dataDir := t.TempDir()
 	fc := fake.New()
-	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	log := fake.Logger(t, slog.LevelInfo)
 	c, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
 		return New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log}), nil
 	})
@@ -54,6 +50,27 @@ func readyDisk(t *testing.T, fc *fake.Client, dataDir, name string) *v1alpha1.Vi
 	return &got
 }
 
+// testVM is the VM p1/vm of one core and memory whose one disk is the VirtualDisk disk.
+func testVM(memory v1alpha1.Quantity, disk string) *v1alpha1.VirtualMachine {
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
+	vm.Spec.CPU.Cores = 1
+	vm.Spec.Memory.Size = memory
+	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: disk}}
+	return vm
+}
+
+// readySnapshot adds the snapshot p1/name of disk and waits until it is Ready.
+func readySnapshot(t *testing.T, fc *fake.Client, name, disk string) v1alpha1.VirtualDiskSnapshot {
+	t.Helper()
+	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: name, Namespace: "p1"},
+		Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: disk}}); err != nil {
+		t.Fatal(err)
+	}
+	var s v1alpha1.VirtualDiskSnapshot
+	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", name, &s, func() bool { return s.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	return s
+}
+
 // TestDiskSnapshots: a snapshot of a disk no VM runs is copied here and Ready (consistent);
 // one of a disk a running VM has open waits for the VM's guest agent when consistency is
 // required, and is handed to the VM's node otherwise; deleting a snapshot removes its file.
@@ -61,12 +78,7 @@ func TestDiskSnapshots(t *testing.T) {
 	c, fc, dataDir, ctx := startOnFake(t)
 
 	readyDisk(t, fc, dataDir, "idle")
-	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s-idle", Namespace: "p1"},
-		Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "idle"}}); err != nil {
-		t.Fatal(err)
-	}
-	var s v1alpha1.VirtualDiskSnapshot
-	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s-idle", &s, func() bool { return s.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	s := readySnapshot(t, fc, "s-idle", "idle")
 	if s.Status.Consistent == nil || !*s.Status.Consistent || s.Status.Size != "1Mi" || s.Status.NodeName != "" {
 		t.Errorf("status %+v", s.Status)
 	}
@@ -77,10 +89,7 @@ func TestDiskSnapshots(t *testing.T) {
 
 	// A disk of a running VM without a guest agent.
 	readyDisk(t, fc, dataDir, "busy")
-	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
-	vm.Spec.CPU.Cores = 1
-	vm.Spec.Memory.Size = "64Mi"
-	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "busy"}}
+	vm := testVM("64Mi", "busy")
 	vm.Status.NodeName, vm.Status.Phase = "n2", v1alpha1.VMPhaseRunning
 	if err := fc.Add(vm, &v1alpha1.Node{ObjectMeta: v1alpha1.ObjectMeta{Name: "n2"}}); err != nil {
 		t.Fatal(err)
@@ -153,10 +162,7 @@ func TestVMSnapshotAndRestore(t *testing.T) {
 	_, fc, dataDir, ctx := startOnFake(t)
 
 	disk := readyDisk(t, fc, dataDir, "root")
-	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
-	vm.Spec.CPU.Cores = 1
-	vm.Spec.Memory.Size = "64Mi"
-	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "root"}}
+	vm := testVM("64Mi", "root")
 	vm.Status.Phase = v1alpha1.VMPhaseStopped
 	if err := fc.Add(vm); err != nil {
 		t.Fatal(err)
@@ -388,12 +394,7 @@ func TestLinkedDisksByFile(t *testing.T) {
 	linkedRetry = 50 * time.Millisecond
 	_, fc, dataDir, ctx := startOnFake(t)
 	readyDisk(t, fc, dataDir, "src")
-	if err := fc.Add(&v1alpha1.VirtualDiskSnapshot{ObjectMeta: v1alpha1.ObjectMeta{Name: "s1", Namespace: "p1"},
-		Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: "src"}}); err != nil {
-		t.Fatal(err)
-	}
-	var s1 v1alpha1.VirtualDiskSnapshot
-	fc.WaitFor(t, 20*time.Second, "virtualdisksnapshots", "p1", "s1", &s1, func() bool { return s1.Status.Phase == v1alpha1.SnapshotPhaseReady })
+	s1 := readySnapshot(t, fc, "s1", "src")
 	// A disk from the snapshot whose file is a standalone copy.
 	copied := &v1alpha1.VirtualDisk{ObjectMeta: v1alpha1.ObjectMeta{Name: "copied", Namespace: "p1"}}
 	copied.Spec.DataSource = &v1alpha1.DataSource{Type: v1alpha1.DataSourceTypeObjectRef,

@@ -29,13 +29,9 @@ import (
 
 func (c *Controller) restoreOpsOfVM(k runtime.Key) []runtime.Key {
 	ns, name := k.Split()
-	var out []runtime.Key
-	for _, op := range c.ops.List() {
-		if op.Namespace == ns && op.Spec.VirtualMachineName == name && op.Spec.Type == v1alpha1.VMOPTypeRestore {
-			out = append(out, runtime.NewKey(op.Namespace, op.Name))
-		}
-	}
-	return out
+	return c.ops.KeysWhere(func(op *v1alpha1.VirtualMachineOperation) bool {
+		return op.Namespace == ns && op.Spec.VirtualMachineName == name && op.Spec.Type == v1alpha1.VMOPTypeRestore
+	})
 }
 
 func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOperation, phase v1alpha1.VMOPPhase, reason, msg string, res []v1alpha1.VMOPResourceStatus) error {
@@ -51,44 +47,24 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	if res != nil {
 		st.Resources = res
 	}
-	body, _ := json.Marshal(map[string]any{"status": st})
-	err := c.c.PatchStatus(ctx, "virtualmachineoperations", op.Namespace, op.Name, body, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
+	if ok, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, st); !ok {
 		return err
 	}
 	if phase != v1alpha1.VMOPPhaseInProgress {
-		typ := "Normal"
-		if phase == v1alpha1.VMOPPhaseFailed {
-			typ = "Warning"
-		}
-		c.rec.Event(ctx, "VirtualMachineOperation", op, typ, string(phase), msg)
+		c.rec.OperationEvent(ctx, op, phase, msg)
 	}
 	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", phase, "message", msg)
 	return nil
 }
 
 func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	ns, name := key.Split()
-	var op v1alpha1.VirtualMachineOperation
-	if err := c.c.Get(ctx, "virtualmachineoperations", ns, name, &op); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	ns, _ := key.Split()
+	op, ok, err := c.readActiveOp(ctx, key, v1alpha1.VMOPTypeRestore)
+	if !ok || op.Spec.Restore == nil {
 		return runtime.Result{}, err
 	}
-	if op.Spec.Type != v1alpha1.VMOPTypeRestore || op.DeletionTimestamp != nil || op.Spec.Restore == nil {
-		return runtime.Result{}, nil
-	}
-	switch op.Status.Phase {
-	case "", v1alpha1.VMOPPhasePending, v1alpha1.VMOPPhaseInProgress:
-	default:
-		return runtime.Result{}, nil
-	}
 	fail := func(reason, msg string) (runtime.Result, error) {
-		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, reason, msg, nil)
+		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, reason, msg, nil)
 	}
 	var vm v1alpha1.VirtualMachine
 	if err := c.c.Get(ctx, "virtualmachines", ns, op.Spec.VirtualMachineName, &vm); err != nil {
@@ -99,7 +75,6 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 	}
 	var src *restoreSource
 	var reason, msg string
-	var err error
 	if op.Spec.Restore.VirtualMachineBackupName != "" {
 		src, reason, msg, err = c.backupRestoreSource(ctx, &vm, op.Spec.Restore.VirtualMachineBackupName)
 	} else {
@@ -111,7 +86,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 	if src == nil {
 		return fail(reason, msg)
 	}
-	if done, err := c.restoredWithRAM(ctx, &op, &vm, src); done || err != nil {
+	if done, err := c.restoredWithRAM(ctx, op, &vm, src); done || err != nil {
 		return runtime.Result{}, err
 	}
 	if op.Spec.Restore.Mode != v1alpha1.SnapshotOperationModeDryRun {
@@ -169,30 +144,30 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		if src.ram != nil {
 			what = "disks, the spec and the RAM state"
 		}
-		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
+		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
 			fmt.Sprintf("dry run: %d %s of %q would be restored from %s%s", len(items), what, vm.Name, src.what, ramNote), res)
 	}
-	if err := c.writeOp(ctx, &op, v1alpha1.VMOPPhaseInProgress, "InProgress", "restoring the disks", res); err != nil {
+	if err := c.writeOp(ctx, op, v1alpha1.VMOPPhaseInProgress, "InProgress", "restoring the disks", res); err != nil {
 		return runtime.Result{}, err
 	}
 	// The disks' leases, held for the restore: a start of the VM (or of another VM with one
 	// of the disks) waits until the restore has ended instead of opening a file that is
 	// being replaced.
-	release, busyDisk, err := c.holdDiskLeases(ctx, &op, &vm, items)
+	release, busyDisk, err := c.holdDiskLeases(ctx, op, &vm, items)
 	if err != nil {
 		return runtime.Result{}, err
 	}
 	defer release()
 	if busyDisk != "" {
 		release() // the leases go before the outcome is written: a start right after finds them free
-		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, busyDisk+": stop it and restore again", res)
+		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, busyDisk+": stop it and restore again", res)
 	}
 	if cur, err := c.vmNow(ctx, &vm); err != nil || cur != "" {
 		if err != nil {
 			return runtime.Result{}, err
 		}
 		release() // the leases go before the outcome is written: a start right after finds them free
-		return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, cur, res)
+		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonNotApplicableForPhase, cur, res)
 	}
 	for i, it := range items {
 		if it.disk == nil {
@@ -207,7 +182,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 			}
 			res[i].Status, res[i].Message = "Failed", err.Error()
 			release() // the leases go before the outcome is written: a start right after finds them free
-			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
+			return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
 				fmt.Sprintf("restoring VirtualDisk %q: %v", it.disk.Name, err), res)
 		}
 		res[i].Status = "Completed"
@@ -222,7 +197,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 			}
 			res[len(res)-1].Status, res[len(res)-1].Message = "Failed", err.Error()
 			release() // the leases go before the outcome is written: a start right after finds them free
-			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
+			return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
 				"the disks are restored, but setting the VM's spec back failed: "+err.Error(), res)
 		}
 		res[len(res)-1].Status = "Completed"
@@ -242,7 +217,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 				return runtime.Result{}, ctx.Err()
 			}
 			release() // the leases go before the outcome is written: a start right after finds them free
-			return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
+			return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed,
 				"the disks and the spec are restored, but the RAM state could not be left to resume ("+err.Error()+"): the VM boots from the restored disks when started", res)
 		}
 		msg += " with its RAM state: the VM is hibernated, and its next start resumes the guest"
@@ -252,7 +227,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		msg += "; skipped " + strings.Join(skipped, ", ")
 	}
 	release() // the leases go before the outcome is written: a start right after finds them free
-	return runtime.Result{}, c.writeOp(ctx, &op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted, msg, res)
+	return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted, msg, res)
 }
 
 // restoreItem is one disk a restore writes: the VirtualDisk (nil when skipped, and why) and

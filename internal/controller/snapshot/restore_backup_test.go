@@ -29,10 +29,7 @@ func TestRestoreFromBackup(t *testing.T) {
 	targetDir := t.TempDir()
 
 	disk := readyDisk(t, fc, dataDir, "root")
-	vm := &v1alpha1.VirtualMachine{ObjectMeta: v1alpha1.ObjectMeta{Name: "vm", Namespace: "p1"}}
-	vm.Spec.CPU.Cores = 1
-	vm.Spec.Memory.Size = "128Mi"
-	vm.Spec.BlockDeviceRefs = []v1alpha1.BlockDeviceSpecRef{{Kind: v1alpha1.BlockDeviceKindVirtualDisk, Name: "root"}}
+	vm := testVM("128Mi", "root")
 	vm.Status.Phase = v1alpha1.VMPhaseStopped
 	if err := fc.Add(vm); err != nil {
 		t.Fatal(err)

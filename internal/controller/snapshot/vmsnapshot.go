@@ -29,13 +29,9 @@ func (c *Controller) vmSnapshotOfDiskSnapshot(k runtime.Key) []runtime.Key {
 
 func (c *Controller) vmSnapshotsOfVM(k runtime.Key) []runtime.Key {
 	ns, name := k.Split()
-	var out []runtime.Key
-	for _, s := range c.vmsnaps.List() {
-		if s.Namespace == ns && s.Spec.VirtualMachineName == name && s.Status.Phase != v1alpha1.SnapshotPhaseReady && s.Status.Phase != v1alpha1.SnapshotPhaseFailed {
-			out = append(out, runtime.NewKey(s.Namespace, s.Name))
-		}
-	}
-	return out
+	return c.vmsnaps.KeysWhere(func(s *v1alpha1.VirtualMachineSnapshot) bool {
+		return s.Namespace == ns && s.Spec.VirtualMachineName == name && s.Status.Phase != v1alpha1.SnapshotPhaseReady && s.Status.Phase != v1alpha1.SnapshotPhaseFailed
+	})
 }
 
 func (c *Controller) writeVMStatus(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, st v1alpha1.VirtualMachineSnapshotStatus) error {
@@ -64,20 +60,15 @@ func diskSnapshotName(vmsnap, disk string) string {
 func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	ns, name := key.Split()
 	var s v1alpha1.VirtualMachineSnapshot
-	if err := c.c.Get(ctx, "virtualmachinesnapshots", ns, name, &s); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if ok, err := runtime.Read(ctx, c.c, "virtualmachinesnapshots", key, &s); !ok {
 		return runtime.Result{}, err
 	}
 	if s.DeletionTimestamp != nil {
 		return c.finalizeVM(ctx, &s)
 	}
 	if !slices.Contains(s.Finalizers, VMFinalizer) {
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-			"finalizers": append(slices.Clone(s.Finalizers), VMFinalizer), "resourceVersion": s.ResourceVersion}})
-		if err := c.c.Patch(ctx, "virtualmachinesnapshots", ns, name, patch, nil); err != nil {
-			return runtime.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		if err := runtime.AddFinalizer(ctx, c.c, "virtualmachinesnapshots", &s.ObjectMeta, VMFinalizer); err != nil {
+			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil
 	}

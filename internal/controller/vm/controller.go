@@ -61,13 +61,13 @@ type Controller struct {
 	log *slog.Logger
 	rec *runtime.Recorder
 
-	ownFactory *runtime.Factory // when Config.Informers is nil
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	ops        *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
-	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	images     *runtime.TypedInformer[v1alpha1.VirtualImage]
-	cimages    *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
-	ctl        *runtime.Controller
+	base    runtime.Base
+	vms     *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	ops     *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
+	disks   *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	images  *runtime.TypedInformer[v1alpha1.VirtualImage]
+	cimages *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
+	ctl     *runtime.Controller
 }
 
 // New returns a controller; Run starts it.
@@ -75,35 +75,21 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("vm controller: a client is required")
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 4
-	}
-	if cfg.BaseBackoff <= 0 {
-		cfg.BaseBackoff = DefaultBaseBackoff
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = DefaultMaxBackoff
-	}
+	cfg.Workers = runtime.OrDefault(cfg.Workers, 4)
+	cfg.BaseBackoff = runtime.OrDefault(cfg.BaseBackoff, DefaultBaseBackoff)
+	cfg.MaxBackoff = runtime.OrDefault(cfg.MaxBackoff, DefaultMaxBackoff)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	if cfg.NewID == nil {
 		cfg.NewID = randomID
 	}
-	log := cfg.Log.With("component", "vm-controller")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: log,
-		rec: &runtime.Recorder{C: cfg.Client, Component: "rakhsh-vm-controller", Log: log}}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, log)
-		c.ownFactory = f
-	}
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-vm-controller", "component", "vm-controller")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b}
+	f := b.Informers
 	c.vms, c.ops, c.disks = f.VirtualMachines(), f.VirtualMachineOperations(), f.VirtualDisks()
 	c.images, c.cimages = f.VirtualImages(), f.ClusterVirtualImages()
-	c.ctl = runtime.NewController("vm", log).
+	c.ctl = runtime.NewController("vm", c.log).
 		For(c.vms).
 		Watches(c.ops, func(k runtime.Key) []runtime.Key {
 			if op, ok := c.ops.Get(k); ok {
@@ -128,10 +114,7 @@ func randomID() string {
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.ownFactory != nil {
-		c.ownFactory.Start(ctx)
-	}
-	return c.ctl.Run(ctx)
+	return c.base.Run(ctx, c.ctl)
 }
 
 // usersOf maps a changed disk or image to the VMs that reference it.
@@ -428,20 +411,12 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 		}
 		v1alpha1.SetCondition(&st.Conditions, sc)
 	}
-	body, _ := json.Marshal(map[string]any{"status": map[string]any{"phase": st.Phase, "conditions": st.Conditions, "observedGeneration": st.ObservedGeneration}})
-	err := c.c.PatchStatus(ctx, "virtualmachineoperations", op.Namespace, op.Name, body, nil)
-	if client.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
+	status := map[string]any{"phase": st.Phase, "conditions": st.Conditions, "observedGeneration": st.ObservedGeneration}
+	if ok, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, status); !ok {
 		return err
 	}
-	typ := "Normal"
-	if u.phase == v1alpha1.VMOPPhaseFailed {
-		typ = "Warning"
-	}
 	if u.phase != v1alpha1.VMOPPhaseInProgress {
-		c.rec.Event(ctx, "VirtualMachineOperation", op, typ, string(u.phase), u.message)
+		c.rec.OperationEvent(ctx, op, u.phase, u.message)
 	}
 	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", u.phase, "message", u.message)
 	return nil

@@ -11,16 +11,12 @@ import (
 	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 )
 
-type tlog struct{ t *testing.T }
-
-func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
-
 // TestRunsAgainstFake runs the controller on a shared factory and the fake client: a new
 // AlwaysOn VM gets its power request, its block devices checked and phase Pending; a disk it
 // waits for turns the condition when it becomes Ready.
 func TestRunsAgainstFake(t *testing.T) {
 	fc := fake.New()
-	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	log := fake.Logger(t, slog.LevelInfo)
 	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
 		return New(Config{Client: fc, Informers: f, Log: log})
 	})
@@ -80,7 +76,7 @@ func TestEveryOperationTypeIsCarriedOut(t *testing.T) {
 // agent's reason.
 func TestSignalTimeIsTheDecisionTime(t *testing.T) {
 	fc := fake.New()
-	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	log := fake.Logger(t, slog.LevelInfo)
 	decided := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
 	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
 		return New(Config{Client: fc, Informers: f, Log: log, Now: func() time.Time { return decided }})

@@ -61,15 +61,15 @@ type Config struct {
 
 // Controller is the attachment controller.
 type Controller struct {
-	c          client.Interface
-	log        *slog.Logger
-	ownFactory *runtime.Factory
-	bdas       *runtime.TypedInformer[v1alpha1.VirtualMachineBlockDeviceAttachment]
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	vis        *runtime.TypedInformer[v1alpha1.VirtualImage]
-	cvis       *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
-	ctl        *runtime.Controller
+	c     client.Interface
+	log   *slog.Logger
+	base  runtime.Base
+	bdas  *runtime.TypedInformer[v1alpha1.VirtualMachineBlockDeviceAttachment]
+	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	disks *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	vis   *runtime.TypedInformer[v1alpha1.VirtualImage]
+	cvis  *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
+	ctl   *runtime.Controller
 }
 
 // New returns a controller; Run starts it.
@@ -77,28 +77,16 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("vmbda: a client is required")
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	c := &Controller{c: cfg.Client, log: cfg.Log}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, cfg.Log)
-		c.ownFactory = f
-	}
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "vmbda-controller")
+	c := &Controller{c: cfg.Client, log: b.Log, base: b}
+	f := b.Informers
 	c.bdas = runtime.For[v1alpha1.VirtualMachineBlockDeviceAttachment](f, Resource)
 	c.vms, c.disks, c.vis, c.cvis = f.VirtualMachines(), f.VirtualDisks(), f.VirtualImages(), f.ClusterVirtualImages()
 	inProject := func(k runtime.Key) []runtime.Key {
 		ns, _ := k.Split()
-		var out []runtime.Key
-		for _, b := range c.bdas.List() {
-			if b.Namespace == ns {
-				out = append(out, runtime.KeyOf(b))
-			}
-		}
-		return out
+		return c.bdas.KeysWhere(func(b *v1alpha1.VirtualMachineBlockDeviceAttachment) bool { return b.Namespace == ns })
 	}
-	c.ctl = runtime.NewController("vmbda", cfg.Log).
+	c.ctl = runtime.NewController("vmbda", c.log).
 		For(c.bdas).
 		Watches(c.vms, inProject).
 		Watches(c.disks, inProject).
@@ -112,10 +100,7 @@ func New(cfg Config) (*Controller, error) {
 
 // Run works until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.ownFactory != nil {
-		c.ownFactory.Start(ctx)
-	}
-	return c.ctl.Run(ctx)
+	return c.base.Run(ctx, c.ctl)
 }
 
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {

@@ -65,14 +65,14 @@ type Controller struct {
 	c   client.Interface
 	log *slog.Logger
 
-	ownFactory *runtime.Factory // when Config.Informers is nil
-	classes    *runtime.TypedInformer[v1alpha1.VirtualMachineClass]
-	nodes      *runtime.TypedInformer[v1alpha1.Node]
-	vms        *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	disks      *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	images     *runtime.TypedInformer[v1alpha1.VirtualImage]
-	projects   *runtime.TypedInformer[v1alpha1.Project]
-	ctl        *runtime.Controller
+	base     runtime.Base
+	classes  *runtime.TypedInformer[v1alpha1.VirtualMachineClass]
+	nodes    *runtime.TypedInformer[v1alpha1.Node]
+	vms      *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	disks    *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	images   *runtime.TypedInformer[v1alpha1.VirtualImage]
+	projects *runtime.TypedInformer[v1alpha1.Project]
+	ctl      *runtime.Controller
 }
 
 // New returns a controller; Run starts it.
@@ -80,28 +80,18 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("vmclass: a client is required")
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.NodeStaleAfter <= 0 {
-		cfg.NodeStaleAfter = 40 * time.Second
-	}
-	if cfg.Resync <= 0 {
-		cfg.Resync = 15 * time.Second
-	}
-	c := &Controller{cfg: cfg, c: cfg.Client, log: cfg.Log}
-	f := cfg.Informers
-	if f == nil {
-		f = runtime.NewFactory(cfg.Client, cfg.Log)
-		c.ownFactory = f
-	}
+	cfg.NodeStaleAfter = runtime.OrDefault(cfg.NodeStaleAfter, 40*time.Second)
+	cfg.Resync = runtime.OrDefault(cfg.Resync, 15*time.Second)
+	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "vmclass-controller")
+	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, base: b}
+	f := b.Informers
 	c.classes, c.nodes, c.vms = f.VirtualMachineClasses(), f.Nodes(), f.VirtualMachines()
 	c.disks, c.images, c.projects = f.VirtualDisks(), f.VirtualImages(), f.Projects()
 	projectOf := func(k runtime.Key) []runtime.Key {
 		ns, _ := k.Split()
 		return []runtime.Key{pfxProject + runtime.Key(ns)}
 	}
-	c.ctl = runtime.NewController("vmclass", cfg.Log).
+	c.ctl = runtime.NewController("vmclass", c.log).
 		Watches(c.classes, func(k runtime.Key) []runtime.Key { return append(c.vmsOf(string(k)), pfxClass+k) }).
 		Reads(c.nodes). // classes follow nodes on the resync
 		Watches(c.vms, func(k runtime.Key) []runtime.Key { return append(projectOf(k), pfxVM+k) }).
@@ -128,9 +118,7 @@ const (
 
 // Run works until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.ownFactory != nil {
-		c.ownFactory.Start(ctx)
-	}
+	c.base.StartInformers(ctx)
 	go func() {
 		if runtime.WaitForSync(ctx, c.classes) {
 			c.ensureGeneric(ctx)
@@ -172,13 +160,7 @@ func GenericClassObject() *v1alpha1.VirtualMachineClass {
 
 // vmsOf returns the queue keys of the VMs of a class.
 func (c *Controller) vmsOf(class string) []runtime.Key {
-	var out []runtime.Key
-	for _, vm := range c.vms.List() {
-		if vm.Spec.VirtualMachineClassName == class {
-			out = append(out, pfxVM+runtime.KeyOf(vm))
-		}
-	}
-	return out
+	return runtime.WithPrefix(pfxVM, c.vms.KeysWhere(func(vm *v1alpha1.VirtualMachine) bool { return vm.Spec.VirtualMachineClassName == class }))
 }
 
 func (c *Controller) reconcile(ctx context.Context, k runtime.Key) (runtime.Result, error) {

@@ -166,6 +166,22 @@ func badRequest(format string, a ...any) error {
 	return apiError(http.StatusBadRequest, v1alpha1.ReasonBadRequest, format, a...)
 }
 
+// start records the call a and returns the strategy of its resource and its namespace (""
+// for a cluster-scoped resource).
+func (f *Client) start(a Action) (*registry.Strategy, string, error) {
+	if err := f.begin(a); err != nil {
+		return nil, "", err
+	}
+	st, err := strategy(a.Resource)
+	if err != nil {
+		return nil, "", err
+	}
+	if !st.Info.Namespaced {
+		return st, "", nil
+	}
+	return st, a.Namespace, nil
+}
+
 func strategy(resource string) (*registry.Strategy, error) {
 	st, ok := registry.ByResource(resource)
 	if !ok {
@@ -347,15 +363,9 @@ func (f *Client) store(resource, ns, k string, m map[string]any, typ string) []b
 
 // Get reads one object.
 func (f *Client) Get(ctx context.Context, resource, namespace, name string, out any) error {
-	if err := f.begin(Action{Verb: "get", Resource: resource, Namespace: namespace, Name: name}); err != nil {
-		return err
-	}
-	st, err := strategy(resource)
+	_, namespace, err := f.start(Action{Verb: "get", Resource: resource, Namespace: namespace, Name: name})
 	if err != nil {
 		return err
-	}
-	if !st.Info.Namespaced {
-		namespace = ""
 	}
 	f.mu.Lock()
 	e := f.objects[objKey(resource, namespace, name)]
@@ -664,15 +674,9 @@ func (f *Client) update(st *registry.Strategy, namespace, name string, obj map[s
 
 func (f *Client) write(verb, resource, namespace, name string, body []byte, status bool, out any,
 	apply func(current map[string]any) (map[string]any, error)) error {
-	if err := f.begin(Action{Verb: verb, Resource: resource, Namespace: namespace, Name: name, Body: body}); err != nil {
-		return err
-	}
-	st, err := strategy(resource)
+	st, namespace, err := f.start(Action{Verb: verb, Resource: resource, Namespace: namespace, Name: name, Body: body})
 	if err != nil {
 		return err
-	}
-	if !st.Info.Namespaced {
-		namespace = ""
 	}
 	f.mu.Lock()
 	cur := f.objects[objKey(resource, namespace, name)]
@@ -860,15 +864,9 @@ func (f *Client) DeleteWithGrace(ctx context.Context, resource, namespace, name 
 }
 
 func (f *Client) delete(resource, namespace, name string, grace *int64) error {
-	if err := f.begin(Action{Verb: "delete", Resource: resource, Namespace: namespace, Name: name}); err != nil {
-		return err
-	}
-	st, err := strategy(resource)
+	_, namespace, err := f.start(Action{Verb: "delete", Resource: resource, Namespace: namespace, Name: name})
 	if err != nil {
 		return err
-	}
-	if !st.Info.Namespaced {
-		namespace = ""
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -932,15 +930,9 @@ func (f *Client) BreakWatches() {
 // (or, before the last Compact, an ERROR event of reason Expired ends the stream). With a
 // selector, an object that leaves the selection is DELETED and one that enters it ADDED.
 func (f *Client) Watch(ctx context.Context, resource, namespace string, opts client.ListOptions) (*client.Watcher, error) {
-	if err := f.begin(Action{Verb: "watch", Resource: resource, Namespace: namespace}); err != nil {
-		return nil, err
-	}
-	st, err := strategy(resource)
+	_, namespace, err := f.start(Action{Verb: "watch", Resource: resource, Namespace: namespace})
 	if err != nil {
 		return nil, err
-	}
-	if !st.Info.Namespaced {
-		namespace = ""
 	}
 	sel, err := parseSelector(opts)
 	if err != nil {

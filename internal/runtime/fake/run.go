@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
@@ -29,4 +30,21 @@ func Start[R Runner](t testing.TB, c *Client, log *slog.Logger, newC func(f *run
 	go func() { defer close(done); _ = r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return r, ctx
+}
+
+// Run runs r until the test ends, and then fails the test when r's Run has not returned
+// within 10 s. It returns the context r runs in.
+func Run(t testing.TB, r Runner) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("the controller did not stop")
+		}
+	})
+	return ctx
 }
