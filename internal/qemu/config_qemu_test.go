@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,13 +9,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // The real-QEMU test starts qemu-system-x86_64 with the arguments of every golden case (with
@@ -28,78 +26,21 @@ import (
 //   - Cases with tap NICs run QEMU in a fresh network namespace (unshare --net), where QEMU
 //     creates the tap itself; they are skipped, with a message, without the privilege for that.
 
-// needTool returns the path of a program, skipping the test without it (failing if CI is set).
-func needTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not found (CI is set, so this is a failure): install %s", name, pkg)
-		}
-		t.Skipf("%s not found: install %s to run this test", name, pkg)
-	}
-	return p
-}
+var needTool = testutil.NeedTool
 
 func needFile(t *testing.T, path, pkg string) {
 	t.Helper()
 	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing (CI is set, so this is a failure): install %s", path, pkg)
-		}
-		t.Skipf("%s missing: install %s to run this case", path, pkg)
+		testutil.SkipOrFail(t, "%s missing: install %s to run this case", path, pkg)
 	}
 }
 
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// child is a process started by a test; stop kills it (by PID, only it) if still running.
-type child struct {
-	cmd    *exec.Cmd
-	out    *lockedBuf
-	exited chan struct{}
-	err    error
-}
+// child is a process started by a test; its cleanup kills it (by PID, only it) if still running.
+type child = testutil.Child
 
 func startChild(t *testing.T, name string, args ...string) *child {
 	t.Helper()
-	c := &child{cmd: exec.Command(name, args...), out: &lockedBuf{}, exited: make(chan struct{})}
-	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
-	if err := c.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	go func() { c.err = c.cmd.Wait(); close(c.exited) }()
-	t.Cleanup(func() { c.stop(t) })
-	return c
-}
-
-func (c *child) stop(t *testing.T) {
-	select {
-	case <-c.exited:
-		return
-	default:
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-c.exited:
-	case <-time.After(10 * time.Second):
-		t.Errorf("process %d did not exit after SIGKILL", c.cmd.Process.Pid)
-	}
+	return testutil.StartChild(t, exec.Command(name, args...))
 }
 
 // waitFile waits for path to exist, failing early if c exits.
@@ -111,12 +52,12 @@ func waitFile(t *testing.T, c *child, path string, d time.Duration) {
 			return
 		}
 		select {
-		case <-c.exited:
-			t.Fatalf("%s exited (%v) before creating %s; output:\n%s", c.cmd.Path, c.err, path, c.out.String())
+		case <-c.Exited:
+			t.Fatalf("%s exited (%v) before creating %s; output:\n%s", c.Cmd.Path, c.Err, path, c.Out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear within %v; output:\n%s", path, d, c.out.String())
+			t.Fatalf("%s did not appear within %v; output:\n%s", path, d, c.Out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -134,10 +75,10 @@ func dialQMP(ctx context.Context, t *testing.T, p *child, path string) *qmp.Conn
 			return conn
 		}
 		select {
-		case <-p.exited:
-			t.Fatalf("QEMU exited (%v); output:\n%s", p.err, p.out.String())
+		case <-p.Exited:
+			t.Fatalf("QEMU exited (%v); output:\n%s", p.Err, p.Out.String())
 		case <-ctx.Done():
-			t.Fatalf("qmp.Dial: %v; QEMU output:\n%s", err, p.out.String())
+			t.Fatalf("qmp.Dial: %v; QEMU output:\n%s", err, p.Out.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -294,8 +235,8 @@ func TestRealQEMU(t *testing.T) {
 				if err := conn.Quit(ctx); err != nil {
 					t.Fatalf("quit: %v", err)
 				}
-				<-p.exited
-				if out := p.out.String(); strings.Contains(out, "warning") {
+				<-p.Exited
+				if out := p.Out.String(); strings.Contains(out, "warning") {
 					t.Errorf("QEMU warned:\n%s", out)
 				}
 				return
@@ -323,15 +264,15 @@ func TestRealQEMU(t *testing.T) {
 				t.Fatalf("quit: %v", err)
 			}
 			select {
-			case <-p.exited:
-				if p.err != nil {
-					t.Errorf("QEMU exited with %v; output:\n%s", p.err, p.out.String())
+			case <-p.Exited:
+				if p.Err != nil {
+					t.Errorf("QEMU exited with %v; output:\n%s", p.Err, p.Out.String())
 				}
 			case <-time.After(15 * time.Second):
 				t.Fatalf("QEMU did not exit after quit")
 			}
 			// A warning means an option QEMU does not fully honour: fail on it.
-			if out := p.out.String(); strings.Contains(out, "warning") {
+			if out := p.Out.String(); strings.Contains(out, "warning") {
 				t.Errorf("QEMU warned:\n%s", out)
 			}
 		})
@@ -347,7 +288,7 @@ func namesFile(file, path string) bool {
 // checkRunning checks the files QEMU made, the command line it runs with and its block graph.
 func checkRunning(ctx context.Context, t *testing.T, conn *qmp.Conn, p *child, in Input, cfg Config) {
 	t.Helper()
-	pid := p.cmd.Process.Pid
+	pid := p.Cmd.Process.Pid
 	if !cfg.PassFDs {
 		b, err := os.ReadFile(cfg.PIDFile)
 		if err != nil {
@@ -497,5 +438,5 @@ func TestRealQEMUIgnoresHeaderBacking(t *testing.T) {
 	if err := conn.Quit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	<-p.exited
+	<-p.Exited
 }
