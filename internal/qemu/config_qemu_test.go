@@ -26,8 +26,6 @@ import (
 //   - Cases with tap NICs run QEMU in a fresh network namespace (unshare --net), where QEMU
 //     creates the tap itself; they are skipped, with a message, without the privilege for that.
 
-var needTool = testutil.NeedTool
-
 func needFile(t *testing.T, path, pkg string) {
 	t.Helper()
 	if _, err := os.Stat(path); err != nil {
@@ -46,21 +44,9 @@ func startChild(t *testing.T, name string, args ...string) *child {
 // waitFile waits for path to exist, failing early if c exits.
 func waitFile(t *testing.T, c *child, path string, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
-		select {
-		case <-c.Exited:
-			t.Fatalf("%s exited (%v) before creating %s; output:\n%s", c.Cmd.Path, c.Err, path, c.Out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear within %v; output:\n%s", path, d, c.Out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	c.Retry(ctx, t, "creating "+path, func() error { _, err := os.Stat(path); return err })
 }
 
 // dialQMP connects to QEMU's QMP socket. The socket file appears at bind(), a moment before
@@ -68,20 +54,10 @@ func waitFile(t *testing.T, c *child, path string, d time.Duration) {
 func dialQMP(ctx context.Context, t *testing.T, p *child, path string) *qmp.Conn {
 	t.Helper()
 	waitFile(t, p, path, 30*time.Second)
-	for {
-		conn, err := qmp.Dial(ctx, path)
-		if err == nil {
-			t.Cleanup(func() { conn.Close() })
-			return conn
-		}
-		select {
-		case <-p.Exited:
-			t.Fatalf("QEMU exited (%v); output:\n%s", p.Err, p.Out.String())
-		case <-ctx.Done():
-			t.Fatalf("qmp.Dial: %v; QEMU output:\n%s", err, p.Out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	var conn *qmp.Conn
+	p.Retry(ctx, t, "qmp.Dial", func() (err error) { conn, err = qmp.Dial(ctx, path); return err })
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func run(t *testing.T, name string, args ...string) {
@@ -98,7 +74,7 @@ func run(t *testing.T, name string, args ...string) {
 // copy, and a swtpm listening on the TPM socket.
 func materialize(t *testing.T, in Input, cfg Config) {
 	t.Helper()
-	img := needTool(t, "qemu-img", "qemu-utils")
+	img := testutil.NeedTool(t, "qemu-img", "qemu-utils")
 	for _, d := range in.Disks {
 		// Base first, each layer naming the next one down with an explicit format.
 		layers := append([]BackingFile{{Path: d.Path, Format: d.Format}}, d.Backing...)
@@ -121,7 +97,7 @@ func materialize(t *testing.T, in Input, cfg Config) {
 		}
 	}
 	if in.TPMSocket != "" {
-		swtpm := needTool(t, "swtpm", "swtpm")
+		swtpm := testutil.NeedTool(t, "swtpm", "swtpm")
 		// swtpm cannot escape ',' in its option values, so it listens in a directory of its
 		// own and the socket path QEMU gets is a symlink to that socket.
 		dir, err := os.MkdirTemp("", "rqtpm")
@@ -160,8 +136,8 @@ func TestRealQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts QEMU; not in -short mode")
 	}
-	bin := needTool(t, "qemu-system-x86_64", "qemu-system-x86")
-	needTool(t, "qemu-img", "qemu-utils")
+	bin := testutil.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	testutil.NeedTool(t, "qemu-img", "qemu-utils")
 	choice := accel.Prober{Binary: bin}.Choose(context.Background(), accel.ModeAuto)
 	t.Logf("accelerator on this host: KVM=%t (%s: %s)", choice.KVM, choice.Reason, choice.Message)
 	_, vhostErr := os.Stat("/dev/vhost-net")
@@ -393,8 +369,8 @@ func TestRealQEMUIgnoresHeaderBacking(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts QEMU; not in -short mode")
 	}
-	bin := needTool(t, "qemu-system-x86_64", "qemu-system-x86")
-	img := needTool(t, "qemu-img", "qemu-utils")
+	bin := testutil.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	img := testutil.NeedTool(t, "qemu-img", "qemu-utils")
 	tmp, err := os.MkdirTemp("", "rq")
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ package testutil
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
 	"os"
 	"os/exec"
 	"sync"
@@ -87,5 +89,39 @@ func (c *Child) Stop(t testing.TB) {
 	case <-c.Exited:
 	case <-time.After(10 * time.Second):
 		t.Errorf("process %d did not exit after SIGKILL", c.Cmd.Process.Pid)
+	}
+}
+
+// CertPool reads the PEM certificates in path into a pool, failing the test when the file
+// cannot be read or holds none.
+func CertPool(t testing.TB, path string) *x509.CertPool {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("%s holds no certificate", path)
+	}
+	return pool
+}
+
+// Retry calls try every 20 ms until it succeeds, such as a dial of a socket the process
+// opens. It fails the test when the process exits or ctx ends first; what names the attempt.
+func (c *Child) Retry(ctx context.Context, t testing.TB, what string, try func() error) {
+	t.Helper()
+	for {
+		err := try()
+		if err == nil {
+			return
+		}
+		select {
+		case <-c.Exited:
+			t.Fatalf("%s exited (%v) before %s succeeded (last error: %v); output:\n%s", c.Cmd.Path, c.Err, what, err, c.Out.String())
+		case <-ctx.Done():
+			t.Fatalf("%s: %v (last error: %v); output of %s:\n%s", what, ctx.Err(), err, c.Cmd.Path, c.Out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }

@@ -49,20 +49,10 @@ func startQEMU(t *testing.T) *qemuProc {
 // dial connects to QEMU's socket, retrying until it exists.
 func (p *qemuProc) dial(ctx context.Context, t *testing.T) *Conn {
 	t.Helper()
-	for {
-		c, err := Dial(ctx, p.sock)
-		if err == nil {
-			t.Cleanup(func() { c.Close() })
-			return c
-		}
-		select {
-		case <-p.Exited:
-			t.Fatalf("QEMU exited before QMP was up (%v):\n%s", p.Err, p.Out.String())
-		case <-ctx.Done():
-			t.Fatalf("connecting to QEMU: %v (last error %v)", ctx.Err(), err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	var c *Conn
+	p.Retry(ctx, t, "connecting to QEMU", func() (err error) { c, err = Dial(ctx, p.sock); return err })
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // waitEvent returns the next event called name, failing on a disconnect
