@@ -238,6 +238,17 @@ func (cfg *Config) setDefaults() error {
 }
 
 // newInformers makes the agent's VM caches, each holding only VMs of this node.
+// getKey reads the object of resource that key names into obj. found is false, with no error,
+// when the object does not exist (any more): a reconcile of it then has nothing to do.
+func (a *Agent) getKey(ctx context.Context, resource string, key runtime.Key, obj any) (found bool, err error) {
+	ns, name := key.Split()
+	err = a.c.Get(ctx, resource, ns, name, obj)
+	if client.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 func (a *Agent) newInformers() {
 	vmsWhere := func(field string) *runtime.TypedInformer[v1alpha1.VirtualMachine] {
 		return runtime.NewTypedInformer[v1alpha1.VirtualMachine](a.c, "virtualmachines",

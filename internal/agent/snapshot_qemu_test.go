@@ -7,13 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestTakeLiveRealQEMU runs the live snapshot sequence against a real QEMU (machine none:
@@ -108,37 +107,22 @@ func startBlockQEMU(tb testing.TB, ctx context.Context, dir string, disks ...str
 		args = append(args, "-blockdev", "driver=file,filename="+d+",node-name="+n+"-file",
 			"-blockdev", "driver=qcow2,file="+n+"-file,node-name="+n)
 	}
-	cmd := exec.Command(bin, args...)
-	out := &syncBuf{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	proc := testutil.StartChild(tb, exec.Command(bin, args...))
+	waitCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var mon *qmp.Conn
+	proc.Retry(waitCtx, tb, "QMP", func() (err error) {
+		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer dcancel()
+		mon, err = qmp.Dial(dctx, sock)
+		return err
+	})
+	// Running: QEMU frees removed fd sets only while it runs.
+	if err := mon.Cont(ctx); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
-		mon, err := qmp.Dial(dctx, sock)
-		dcancel()
-		if err == nil {
-			// Running: QEMU frees removed fd sets only while it runs.
-			if err := mon.Cont(ctx); err != nil {
-				tb.Fatal(err)
-			}
-			return mon, out
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("QMP: %v; QEMU said: %s", err, out.String())
-		}
-	}
+	return mon, proc.Out
 }
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // BenchmarkLiveSnapshot256MiB: a live snapshot (blockdev-backup sync=full through QMP, no
 // guest freeze) of a 256 MiB qcow2 disk full of data that a running QEMU has open, side by
