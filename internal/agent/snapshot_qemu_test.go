@@ -21,27 +21,12 @@ import (
 // the same disk works.
 func TestTakeLiveRealQEMU(t *testing.T) {
 	needQemuImg(t)
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		t.Skip("qemu-io is not installed (install qemu-utils)")
-	}
 	snapshotPoll = 20 * time.Millisecond
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := storage.CreateBlank(ctx, disk, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 4M 64k", disk).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
-	disk2 := filepath.Join(dir, "disk2.qcow2")
-	if err := storage.CreateBlank(ctx, disk2, 4<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x43 1M 1M", disk2).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	disk := writtenDisk(t, ctx, filepath.Join(dir, "disk.qcow2"), 8<<20, "write -P 0x41 0 1M", "write -P 0x42 4M 64k")
+	disk2 := writtenDisk(t, ctx, filepath.Join(dir, "disk2.qcow2"), 4<<20, "write -P 0x43 1M 1M")
 	mon, out := startBlockQEMU(t, ctx, dir, disk, disk2)
 	defer mon.Close()
 
@@ -91,6 +76,26 @@ func TestTakeLiveRealQEMU(t *testing.T) {
 	}
 }
 
+// writtenDisk creates a blank qcow2 disk of size at path and writes into it with qemu-io, one
+// qemu-io command (such as "write -P 0x41 0 1M") a write. Without qemu-io the test is skipped.
+func writtenDisk(tb testing.TB, ctx context.Context, path string, size int64, writes ...string) string {
+	tb.Helper()
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		tb.Skip("qemu-io is not installed (install qemu-utils)")
+	}
+	if err := storage.CreateBlank(ctx, path, size); err != nil {
+		tb.Fatal(err)
+	}
+	args := []string{"-f", "qcow2"}
+	for _, w := range writes {
+		args = append(args, "-c", w)
+	}
+	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
+		tb.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	return path
+}
+
 // startBlockQEMU starts a QEMU with machine none (nothing boots) that has the qcow2 disks
 // open as block nodes drive-0, drive-1, ..., running, and returns its QMP connection and its
 // output so far. It is killed at the end of the test.
@@ -129,19 +134,10 @@ func startBlockQEMU(tb testing.TB, ctx context.Context, dir string, disks ...str
 // side with qemu-img convert of the same file when no process has it open (what an offline
 // snapshot does).
 func BenchmarkLiveSnapshot256MiB(b *testing.B) {
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		b.Skip("qemu-io is not installed (install qemu-utils)")
-	}
 	snapshotPoll = 5 * time.Millisecond
 	dir := b.TempDir()
 	ctx := context.Background()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := storage.CreateBlank(ctx, disk, 256<<20); err != nil {
-		b.Fatal(err)
-	}
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 256M", disk).CombinedOutput(); err != nil {
-		b.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	disk := writtenDisk(b, ctx, filepath.Join(dir, "disk.qcow2"), 256<<20, "write -P 0x5a 0 256M")
 	b.Run("live-blockdev-backup", func(b *testing.B) {
 		mon, out := startBlockQEMU(b, ctx, dir, disk)
 		defer mon.Close()
