@@ -125,3 +125,16 @@ func (c *Child) Retry(ctx context.Context, t testing.TB, what string, try func()
 		}
 	}
 }
+
+// ShortTempDir makes a directory named by pattern under the system's temporary directory,
+// removed at the end of the test. Its path is short, unlike t.TempDir's, for unix sockets
+// (at most 107 bytes).
+func ShortTempDir(t testing.TB, pattern string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
