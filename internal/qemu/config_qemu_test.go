@@ -100,11 +100,7 @@ func materialize(t *testing.T, in Input, cfg Config) {
 		swtpm := testutil.NeedTool(t, "swtpm", "swtpm")
 		// swtpm cannot escape ',' in its option values, so it listens in a directory of its
 		// own and the socket path QEMU gets is a symlink to that socket.
-		dir, err := os.MkdirTemp("", "rqtpm")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir := testutil.ShortTempDir(t, "rqtpm")
 		ctrl := filepath.Join(dir, "ctrl.sock")
 		tp := startChild(t, swtpm, "socket", "--tpm2", "--tpmstate", "dir="+dir, "--ctrl", "type=unixio,path="+ctrl)
 		waitFile(t, tp, ctrl, 10*time.Second)
@@ -149,11 +145,7 @@ func TestRealQEMU(t *testing.T) {
 				t.Skip("running QEMU as another user with passed descriptors needs root")
 			}
 			// Short paths: unix socket paths are limited to 107 bytes.
-			tmp, err := os.MkdirTemp("", "rq")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(tmp) })
+			tmp := testutil.ShortTempDir(t, "rq")
 			e := caseEnv{run: filepath.Join(tmp, "run"), data: filepath.Join(tmp, "data")}
 			if c.weirdDirs {
 				e = caseEnv{run: filepath.Join(tmp, "r,u=n"), data: filepath.Join(tmp, "d,a=ta")}
@@ -371,11 +363,7 @@ func TestRealQEMUIgnoresHeaderBacking(t *testing.T) {
 	}
 	bin := testutil.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	img := testutil.NeedTool(t, "qemu-img", "qemu-utils")
-	tmp, err := os.MkdirTemp("", "rq")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(tmp) })
+	tmp := testutil.ShortTempDir(t, "rq")
 	secret := filepath.Join(tmp, "secret.raw")
 	disk := filepath.Join(tmp, "evil.qcow2")
 	run(t, img, "create", "-q", "-f", "raw", secret, "1M")

@@ -115,19 +115,7 @@ func TestBuildFDs(t *testing.T) {
 			}
 			got := strings.Join(cfg.Args, "\n") + "\n"
 			path := filepath.Join("testdata", "fds-"+c.name+".golden")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test ./internal/qemu/ -update to create it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("arguments differ from %s (run with -update to accept):\n%s", path, lineDiff(string(want), got))
-			}
+			checkGolden(t, path, got)
 		})
 	}
 }
