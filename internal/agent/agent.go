@@ -339,14 +339,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.runMemory(ctx)      // balloons and KSM: memory.go
 	a.startHotplug(ctx)      // hot-plugged devices: hotplug_disk.go
 	a.queueOrphans()
-	go a.loop(ctx, a.cfg.HeartbeatInterval, func() {
+	go loop(ctx, a.cfg.HeartbeatInterval, func() {
 		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat failed", "err", err)
 		}
 	})
-	go a.loop(ctx, a.cfg.GCInterval, a.queueOrphans)
-	go a.loop(ctx, a.cfg.GCInterval, func() { a.sweepDiskLeases(ctx) })
-	go a.loop(ctx, a.cfg.ImageCacheGCInterval, func() { a.gcImageCache(ctx) }) // imagecache_gc.go
+	go loop(ctx, a.cfg.GCInterval, a.queueOrphans)
+	go loop(ctx, a.cfg.GCInterval, func() { a.sweepDiskLeases(ctx) })
+	go loop(ctx, a.cfg.ImageCacheGCInterval, func() { a.gcImageCache(ctx) }) // imagecache_gc.go
 	for _, k := range a.vms.Keys() {
 		a.queue.Add(k)
 	}
@@ -362,7 +362,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) loop(ctx context.Context, every time.Duration, f func()) {
+// loop runs f at every tick of every until ctx ends.
+func loop(ctx context.Context, every time.Duration, f func()) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
