@@ -238,6 +238,17 @@ func (cfg *Config) setDefaults() error {
 }
 
 // newInformers makes the agent's VM caches, each holding only VMs of this node.
+// getKey reads the object of resource that key names into obj. found is false, with no error,
+// when the object does not exist (any more): a reconcile of it then has nothing to do.
+func (a *Agent) getKey(ctx context.Context, resource string, key runtime.Key, obj any) (found bool, err error) {
+	ns, name := key.Split()
+	err = a.c.Get(ctx, resource, ns, name, obj)
+	if client.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 func (a *Agent) newInformers() {
 	vmsWhere := func(field string) *runtime.TypedInformer[v1alpha1.VirtualMachine] {
 		return runtime.NewTypedInformer[v1alpha1.VirtualMachine](a.c, "virtualmachines",
@@ -328,14 +339,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.runMemory(ctx)      // balloons and KSM: memory.go
 	a.startHotplug(ctx)      // hot-plugged devices: hotplug_disk.go
 	a.queueOrphans()
-	go a.loop(ctx, a.cfg.HeartbeatInterval, func() {
+	go loop(ctx, a.cfg.HeartbeatInterval, func() {
 		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat failed", "err", err)
 		}
 	})
-	go a.loop(ctx, a.cfg.GCInterval, a.queueOrphans)
-	go a.loop(ctx, a.cfg.GCInterval, func() { a.sweepDiskLeases(ctx) })
-	go a.loop(ctx, a.cfg.ImageCacheGCInterval, func() { a.gcImageCache(ctx) }) // imagecache_gc.go
+	go loop(ctx, a.cfg.GCInterval, a.queueOrphans)
+	go loop(ctx, a.cfg.GCInterval, func() { a.sweepDiskLeases(ctx) })
+	go loop(ctx, a.cfg.ImageCacheGCInterval, func() { a.gcImageCache(ctx) }) // imagecache_gc.go
 	for _, k := range a.vms.Keys() {
 		a.queue.Add(k)
 	}
@@ -351,7 +362,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) loop(ctx context.Context, every time.Duration, f func()) {
+// loop runs f at every tick of every until ctx ends.
+func loop(ctx context.Context, every time.Duration, f func()) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

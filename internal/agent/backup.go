@@ -110,12 +110,8 @@ func (a *Agent) sweepBackupLeftovers(ctx context.Context) {
 }
 
 func (a *Agent) reconcileBackup(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	ns, name := key.Split()
 	var b v1alpha1.VirtualMachineBackup
-	if err := a.c.Get(ctx, "virtualmachinebackups", ns, name, &b); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if found, err := a.getKey(ctx, "virtualmachinebackups", key, &b); !found {
 		return runtime.Result{}, err
 	}
 	if b.Status.NodeName != a.cfg.NodeName || b.DeletionTimestamp != nil || storage.CheckUID(b.UID) != nil {

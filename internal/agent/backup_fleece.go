@@ -81,14 +81,7 @@ func fleeceForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks
 	if err := addBackupTargets(ctx, mon, disks, &f.added, byPath); err != nil {
 		return f, res, err
 	}
-	var frozenAt time.Time
-	if fz != nil {
-		if _, ferr := fz.freeze(ctx); ferr != nil {
-			res.freezeErr = ferr
-		} else {
-			res.frozen, frozenAt = true, time.Now()
-		}
-	}
+	frozenAt, _ := freezeForSnapshot(ctx, fz, false, &res) // fails only when the freeze is required
 	// Not cancelled halfway: QEMU may have carried out a transaction whose answer was not
 	// waited for, and then its jobs would not be known to be there to cancel.
 	tctx, tcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -101,11 +94,7 @@ func fleeceForBackup(ctx context.Context, mon snapshotMonitor, fz freezer, disks
 		}
 	}
 	if res.frozen {
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		_, thawErr := fz.thaw(tctx)
-		cancel()
-		res.frozenFor = time.Since(frozenAt)
-		if thawErr != nil && terr == nil {
+		if thawErr := thawAfterSnapshot(ctx, fz, frozenAt, &res); thawErr != nil && terr == nil {
 			return f, res, fmt.Errorf("thawing the guest: %w", thawErr)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/backup"
-	"github.com/rakhsh/rakhsh/internal/storage"
 )
 
 // TestFleeceRealQEMU runs a backup's read path against a real QEMU (machine none) that has a
@@ -23,20 +21,11 @@ import (
 // dropBackupLeftovers, which keeps the other bitmaps.
 func TestFleeceRealQEMU(t *testing.T) {
 	needQemuImg(t)
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		t.Skip("qemu-io is not installed (install qemu-utils)")
-	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	const size = 16 << 20
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := storage.CreateBlank(ctx, disk, size); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 2M", "-c", "write -P 0x42 8M 1M", disk).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	disk := writtenDisk(t, ctx, filepath.Join(dir, "disk.qcow2"), size, "write -P 0x41 0 2M", "write -P 0x42 8M 1M")
 	mon, qout := startBlockQEMU(t, ctx, dir, disk)
 	defer mon.Close()
 	a := &Agent{log: slog.New(slog.DiscardHandler)}

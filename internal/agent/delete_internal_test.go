@@ -1,56 +1,19 @@
 package agent
 
 import (
-	"context"
-	"io"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/runtime"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
 
 // A reconcile that finds the QEMU of a VM being deleted already exited must finish the
 // deletion itself (remove the run directory and release the VM, so that the VM controller
 // removes the finalizer): it writes no status, so no further event would come to do it.
 func TestExitedInstanceOfDeletingVMFinishesDelete(t *testing.T) {
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := bolt.Open(filepath.Join(dir, "rakhsh.db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	api := apiserver.New(apiserver.Config{Store: st, Log: log, DataDir: dir, NodeName: "node1"})
-	defer api.Shutdown()
-	if err := api.EnsureProject(ctx, apiserver.DefaultProject); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("unix", filepath.Join(dir, "rakhsh.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: api.LocalHandler()}
-	go func() { _ = srv.Serve(l) }()
-	defer srv.Close()
-	c, err := client.New(client.Config{Server: "unix://" + filepath.Join(dir, "rakhsh.sock")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(Config{Client: c, NodeName: "node1", DataDir: dir, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := newInternalEnv(t)
+	ctx, c, a := e.ctx, e.c, e.a
 
 	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: "gone", Namespace: "default", Finalizers: []string{v1alpha1.VMCleanupFinalizer}},

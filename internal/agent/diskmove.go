@@ -30,12 +30,8 @@ func (a *Agent) moveDisk(ctx context.Context, key runtime.Key) error {
 	if err := errors.Join(a.settleDiskExports(ctx), a.settleDiskFetches(ctx)); err != nil { // diskexport.go
 		a.log.Warn("cleaning up after disks that moved between nodes", "err", err)
 	}
-	ns, name := key.Split()
 	var d v1alpha1.VirtualDisk
-	if err := a.c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
-		if client.IsNotFound(err) {
-			return nil
-		}
+	if found, err := a.getKey(ctx, "virtualdisks", key, &d); !found {
 		return err
 	}
 	if d.DeletionTimestamp != nil {
@@ -149,17 +145,23 @@ func (a *Agent) getClass(ctx context.Context, name string, out **v1alpha1.Storag
 // Migrating=False for reason. The patch is guarded by the resourceVersion the move started
 // from.
 func (a *Agent) patchMoved(ctx context.Context, d *v1alpha1.VirtualDisk, class string, node any, reason, msg string) error {
+	return a.patchMigrating(ctx, d, map[string]any{"phase": v1alpha1.DiskPhaseReady, "progress": "100%", "storageClassName": class, "nodeName": node, "moveSourceNodeName": nil},
+		reason, msg, "the disk's status after the move")
+}
+
+// patchMigrating writes the fields in status and Migrating=False for reason (msg) into the
+// disk's status, guarded by the resourceVersion the move started from; what names the write
+// in an error.
+func (a *Agent) patchMigrating(ctx context.Context, d *v1alpha1.VirtualDisk, status map[string]any, reason, msg, what string) error {
 	cond := v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse, Reason: reason, Message: msg,
 		ObservedGeneration: d.Generation}
-	body, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"resourceVersion": d.ResourceVersion},
-		"status": map[string]any{"phase": v1alpha1.DiskPhaseReady, "progress": "100%", "storageClassName": class, "nodeName": node, "moveSourceNodeName": nil,
-			"conditions": runtime.ConditionsPatch(d.Status.Conditions, []v1alpha1.Condition{cond}, nil, v1alpha1.NewTime(time.Now()))}})
+	status["conditions"] = runtime.ConditionsPatch(d.Status.Conditions, []v1alpha1.Condition{cond}, nil, v1alpha1.NewTime(time.Now()))
+	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": d.ResourceVersion}, "status": status})
 	if err != nil {
 		return err
 	}
 	if err := a.c.PatchStatusStrategic(ctx, "virtualdisks", d.Namespace, d.Name, body, nil); err != nil {
-		return fmt.Errorf("writing the disk's status after the move: %w", err)
+		return fmt.Errorf("writing %s: %w", what, err)
 	}
 	return nil
 }
@@ -231,19 +233,7 @@ func (a *Agent) moveLanded(ctx context.Context, d *v1alpha1.VirtualDisk, class s
 // only, guarded by the disk's resourceVersion; the disk controller then gives the disk back
 // to its source node (a node writes no other node's name into a status).
 func (a *Agent) patchMoveFailed(ctx context.Context, d *v1alpha1.VirtualDisk, msg string) error {
-	cond := v1alpha1.Condition{Type: v1alpha1.DiskConditionMigrating, Status: v1alpha1.ConditionFalse, Reason: v1alpha1.DiskReasonMoveFailed,
-		Message: msg, ObservedGeneration: d.Generation}
-	body, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"resourceVersion": d.ResourceVersion},
-		"status": map[string]any{
-			"conditions": runtime.ConditionsPatch(d.Status.Conditions, []v1alpha1.Condition{cond}, nil, v1alpha1.NewTime(time.Now()))}})
-	if err != nil {
-		return err
-	}
-	if err := a.c.PatchStatusStrategic(ctx, "virtualdisks", d.Namespace, d.Name, body, nil); err != nil {
-		return fmt.Errorf("writing the failed move into the disk's status: %w", err)
-	}
-	return nil
+	return a.patchMigrating(ctx, d, map[string]any{}, v1alpha1.DiskReasonMoveFailed, msg, "the failed move into the disk's status")
 }
 
 // removeDiskFile removes the file of a deleted disk on this node's Local storage once the

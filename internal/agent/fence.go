@@ -167,28 +167,14 @@ func (f *fence) killAll() bool {
 	f.mu.Unlock()
 	any := false
 	for _, p := range ps {
-		ran, err := f.kill(p)
-		if err != nil {
-			f.log.Error("self-fencing: killing QEMU failed", "vm", p.key, "pid", p.pid, "err", err)
-			continue
-		}
-		if !ran {
-			continue
-		}
-		f.mu.Lock()
-		_, again := f.killed[p.uid]
-		f.killed[p.uid] = exitRecord{Reason: v1alpha1.ExitFenced, Message: "the node's agent killed QEMU to fence the VM: " + why}
-		f.mu.Unlock()
-		if !again {
+		ran, again := f.killFor(p, "self-fencing", why)
+		if ran && !again {
 			f.log.Error("self-fencing: QEMU killed", "vm", p.key, "pid", p.pid)
 		}
-		any = true
+		any = any || ran
 	}
 	if any {
-		select {
-		case f.notify <- struct{}{}:
-		default:
-		}
+		f.wake()
 	}
 	return any
 }
@@ -196,17 +182,31 @@ func (f *fence) killAll() bool {
 // killOne kills the QEMU p now, whatever the node lease says (its disk lease moved on), and
 // keeps why for its exit record.
 func (f *fence) killOne(p haProc, why string) {
+	if ran, _ := f.killFor(p, "fencing", why); ran {
+		f.wake()
+	}
+}
+
+// killFor kills the QEMU p and keeps why for its exit record; what names the fencing in the
+// log. ran says the process was running; again, that an earlier kill had recorded its exit.
+func (f *fence) killFor(p haProc, what, why string) (ran, again bool) {
 	ran, err := f.kill(p)
 	if err != nil {
-		f.log.Error("fencing: killing QEMU failed", "vm", p.key, "pid", p.pid, "err", err)
-		return
+		f.log.Error(what+": killing QEMU failed", "vm", p.key, "pid", p.pid, "err", err)
+		return false, false
 	}
 	if !ran {
-		return
+		return false, false
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, again = f.killed[p.uid]
 	f.killed[p.uid] = exitRecord{Reason: v1alpha1.ExitFenced, Message: "the node's agent killed QEMU to fence the VM: " + why}
-	f.mu.Unlock()
+	return true, again
+}
+
+// wake tells the agent (without waiting) that the fence killed QEMUs.
+func (f *fence) wake() {
 	select {
 	case f.notify <- struct{}{}:
 	default:

@@ -262,6 +262,15 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 }
 
+// runGuest makes the guest image img the disk root of VM vm1 (AlwaysOnUnlessStoppedManually)
+// and returns the VM once it runs.
+func (e *env) runGuest(img string) *v1alpha1.VirtualMachine {
+	e.t.Helper()
+	e.readyDisk("root", img)
+	e.createVM("vm1", v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually, "root")
+	return e.waitVM("vm1", 30*time.Second, "Running", phaseIs(v1alpha1.VMPhaseRunning))
+}
+
 func (e *env) createVM(name string, policy v1alpha1.RunPolicy, disks ...string) *v1alpha1.VirtualMachine {
 	e.t.Helper()
 	return e.createVMWith(name, policy, nil, disks...)

@@ -20,10 +20,7 @@ import (
 func TestHibernationSaveFails(t *testing.T) {
 	img := guestImage(t)
 	e := newEnv(t)
-	e.readyDisk("root", img)
-	vm := e.createVM("vm1", v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually, "root")
-	uid := vm.UID
-	e.waitVM("vm1", 30*time.Second, "Running", phaseIs(v1alpha1.VMPhaseRunning))
+	uid := e.runGuest(img).UID
 	e.waitSerial(uid, "RAKHSH-GUEST: ready", 1, bootTimeout)
 
 	restore := agent.SetHibernationFreeSpace(1 << 20)

@@ -150,15 +150,7 @@ func readHotplugState(runDir string, pid int) hotplugState {
 }
 
 func writeHotplugState(runDir string, s hotplugState) error {
-	b, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(runDir, hotplugFileName+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(runDir, hotplugFileName))
+	return writeJSONAtomic(runDir, hotplugFileName, s)
 }
 
 // startHotplug watches the VMBDAs: a change queues the VMs of its project that run here.

@@ -167,16 +167,8 @@ func (l *leaser) lose(why string) {
 
 // run renews every interval until ctx ends.
 func (l *leaser) run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		l.step(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	l.step(ctx)
+	loop(ctx, every, func() { l.step(ctx) })
 }
 
 func ptrTime(t time.Time) *v1alpha1.Time {
@@ -208,7 +200,7 @@ func (a *Agent) startLease(ctx context.Context) {
 	go a.fence.watch(ctx.Done(), fenceTick)
 	a.lease.step(ctx)
 	go a.lease.run(ctx, a.cfg.LeaseRenewInterval)
-	go a.loop(ctx, haSnapshotEvery, func() {
+	go loop(ctx, haSnapshotEvery, func() {
 		a.snapshotHA()
 		if a.guard != nil {
 			a.guard.ensure(false) // a guard that died is started again (one look a second)

@@ -54,31 +54,34 @@ func (s *fakeLeases) get(context.Context) (*v1alpha1.NodeLease, error) {
 }
 
 func (s *fakeLeases) create(_ context.Context, l *v1alpha1.NodeLease) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.note("create")
-	if s.down {
-		return errDown
-	}
-	if s.l != nil {
-		return errors.New("exists")
-	}
-	s.rv++
-	c := *l
-	c.ResourceVersion = strconv.Itoa(s.rv)
-	s.l = &c
-	return nil
+	return s.write("create", l, func() error {
+		if s.l != nil {
+			return errors.New("exists")
+		}
+		return nil
+	})
 }
 
 func (s *fakeLeases) update(_ context.Context, l *v1alpha1.NodeLease) error {
+	return s.write("update", l, func() error {
+		if s.l == nil || s.l.ResourceVersion != l.ResourceVersion {
+			return errors.New("conflict")
+		}
+		return nil
+	})
+}
+
+// write stores a copy of l with the next resourceVersion, as the call named call, when the
+// store is up and check (run under the lock) accepts it.
+func (s *fakeLeases) write(call string, l *v1alpha1.NodeLease, check func() error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.note("update")
+	s.note(call)
 	if s.down {
 		return errDown
 	}
-	if s.l == nil || s.l.ResourceVersion != l.ResourceVersion {
-		return errors.New("conflict")
+	if err := check(); err != nil {
+		return err
 	}
 	s.rv++
 	c := *l
@@ -131,6 +134,12 @@ func newLeaseRig(t *testing.T) *leaseRig {
 	return r
 }
 
+// stepAfter moves the clock on by d and runs one step of the leaser.
+func (r *leaseRig) stepAfter(d time.Duration) {
+	r.clock.add(d)
+	r.lease.step(context.Background())
+}
+
 func TestLeaseRenewAndExpiry(t *testing.T) {
 	r := newLeaseRig(t)
 	ctx := context.Background()
@@ -140,8 +149,7 @@ func TestLeaseRenewAndExpiry(t *testing.T) {
 	}
 	// Renewed every second for a minute: never fenced, renewTime follows the clock.
 	for range 60 {
-		r.clock.add(time.Second)
-		r.lease.step(ctx)
+		r.stepAfter(time.Second)
 		if r.fence.check() || !r.fence.mayRun() {
 			t.Fatalf("fenced at %s while renewing", r.clock.now())
 		}
@@ -160,8 +168,7 @@ func TestLeaseRenewAndExpiry(t *testing.T) {
 	// not before, and kills each HA QEMU once.
 	r.store.down = true
 	for i := 1; i <= 5; i++ {
-		r.clock.add(time.Second)
-		r.lease.step(ctx)
+		r.stepAfter(time.Second)
 		if r.fence.check() {
 			t.Fatalf("fenced %ds after the last renewal, before the fence timeout", i)
 		}
@@ -192,8 +199,7 @@ func TestLeaseRenewAndExpiry(t *testing.T) {
 	// The API is back: the agent acquires the lease anew (one more transition) and may run
 	// its HA VMs again.
 	r.store.down = false
-	r.clock.add(time.Second)
-	r.lease.step(ctx)
+	r.stepAfter(time.Second)
 	if !r.fence.mayRun() || r.store.l.Spec.LeaseTransitions != 1 || !r.store.l.Spec.AcquireTime.Time.Equal(r.clock.now()) {
 		t.Fatalf("after the API came back: mayRun %v, lease %+v", r.fence.mayRun(), r.store.l.Spec)
 	}
@@ -206,11 +212,9 @@ func TestLeaseLostOnWake(t *testing.T) {
 	r := newLeaseRig(t)
 	ctx := context.Background()
 	r.lease.step(ctx)
-	r.clock.add(time.Second)
-	r.lease.step(ctx)
+	r.stepAfter(time.Second)
 	r.calls = nil
-	r.clock.add(15 * time.Second) // stopped
-	r.lease.step(ctx)
+	r.stepAfter(15 * time.Second) // stopped
 	if len(r.calls) < 3 || r.calls[0] != "kill 101" || r.calls[1] != "kill 102" || r.calls[2] != "get" {
 		t.Fatalf("calls after waking: %v, want the kills first", r.calls)
 	}
@@ -231,13 +235,11 @@ func TestLeaseTakenOver(t *testing.T) {
 	if r.fence.mayRun() || len(r.killed) != 2 {
 		t.Fatalf("after the takeover: mayRun %v, killed %v", r.fence.mayRun(), r.killed)
 	}
-	r.clock.add(5 * time.Second)
-	r.lease.step(ctx)
+	r.stepAfter(5 * time.Second)
 	if r.fence.mayRun() || r.store.l.Spec.HolderIdentity != "rakhsh-ha" {
 		t.Fatalf("the agent took back a lease another holder renewed 5s ago: %+v", r.store.l.Spec)
 	}
-	r.clock.add(6 * time.Second)
-	r.lease.step(ctx)
+	r.stepAfter(6 * time.Second)
 	if !r.fence.mayRun() || r.store.l.Spec.HolderIdentity != "h2" || r.store.l.Spec.LeaseTransitions != 2 {
 		t.Fatalf("after the other holder's lease ended: mayRun %v, lease %+v", r.fence.mayRun(), r.store.l.Spec)
 	}

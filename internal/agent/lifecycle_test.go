@@ -19,11 +19,9 @@ const bootTimeout = 3 * time.Minute
 func TestLifecycle(t *testing.T) {
 	img := guestImage(t)
 	e := newEnv(t)
-	e.readyDisk("root", img)
-	vm := e.createVM("vm1", v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually, "root")
-	uid := vm.UID
+	v := e.runGuest(img)
+	uid := v.UID
 
-	v := e.waitVM("vm1", 30*time.Second, "Running", phaseIs(v1alpha1.VMPhaseRunning))
 	if v.Status.NodeName != "node1" {
 		t.Fatalf("nodeName = %q", v.Status.NodeName)
 	}

@@ -147,16 +147,8 @@ type memoryManager struct {
 
 // runMemory manages the node's memory until ctx ends.
 func (a *Agent) runMemory(ctx context.Context) {
-	t := time.NewTicker(memoryEvery)
-	defer t.Stop()
-	for {
-		a.memoryTick(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	a.memoryTick(ctx)
+	loop(ctx, memoryEvery, func() { a.memoryTick(ctx) })
 }
 
 func (a *Agent) memoryTick(ctx context.Context) {

@@ -123,19 +123,38 @@ func startProxyHooks(t *testing.T, target, source proxyNode, routes map[string]f
 	return p
 }
 
+// testDialer is newMigrationDialer from src to the proxy at addr of the node with the
+// certificate fingerprint fp.
+func testDialer(tb testing.TB, addr string, src proxyNode, fp string, plain bool) *migrationDialer {
+	tb.Helper()
+	d, err := newMigrationDialer(addr, src.cert, fp, plain)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return d
+}
+
+// dialFile dials proto through d and returns the connection as QEMU holds it (a file made a
+// net.Conn).
+func dialFile(tb testing.TB, d *migrationDialer, proto string) net.Conn {
+	tb.Helper()
+	f, err := d.dial(context.Background(), proto)
+	if err != nil {
+		tb.Fatalf("dial %s: %v", proto, err)
+	}
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
 // exchange sends msg through the dialer's connection for proto, closes its writing side and
 // returns all it reads back.
 func exchange(t *testing.T, d *migrationDialer, proto, msg string) string {
 	t.Helper()
-	f, err := d.dial(context.Background(), proto)
-	if err != nil {
-		t.Fatalf("dial %s: %v", proto, err)
-	}
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialFile(t, d, proto)
 	defer c.Close()
 	if _, err := c.Write([]byte(msg)); err != nil {
 		t.Fatal(err)
@@ -184,10 +203,7 @@ func testProxyRoutes(t *testing.T, plain bool) {
 	stream, nbd := newFakeQEMU(t, "stream:", false), newFakeQEMU(t, "nbd:", false)
 	p := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route, alpnNBD: nbd.route}, plain)
 	wire := &wireTap{target: p.ln.Addr().String()}
-	d, err := newMigrationDialer(wire.start(t), src.cert, dst.fp, plain)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := testDialer(t, wire.start(t), src, dst.fp, plain)
 	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB, more than one copy buffer
 	if got := exchange(t, d, alpnMigration, big); got != "stream:"+big {
 		t.Errorf("the stream's answer: %d bytes, want %d", len(got), len("stream:"+big))
@@ -287,10 +303,7 @@ func TestMigrationProxyPlainMismatch(t *testing.T) {
 	for _, plain := range []bool{false, true} {
 		stream := newFakeQEMU(t, "stream:", false)
 		p := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route}, plain)
-		d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp, !plain)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := testDialer(t, p.ln.Addr().String(), src, dst.fp, !plain)
 		if f, err := d.dial(context.Background(), alpnMigration); err == nil {
 			f.Close()
 			t.Errorf("target plain %v, source plain %v: connected", plain, !plain)
@@ -374,10 +387,7 @@ func TestMigrationProxyRefuses(t *testing.T) {
 		t.Errorf("a plain TCP client read %q", b)
 	}
 	// A source pinning another certificate refuses the target.
-	d, err := newMigrationDialer(addr, src.cert, stranger.fp, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := testDialer(t, addr, src, stranger.fp, false)
 	if _, err := d.dial(context.Background(), alpnMigration); !errors.Is(err, nodestream.ErrFingerprint) {
 		t.Errorf("a source pinning another certificate: %v, want %v", err, nodestream.ErrFingerprint)
 	}
@@ -386,10 +396,7 @@ func TestMigrationProxyRefuses(t *testing.T) {
 		t.Errorf("%d refused clients reached the backend", n)
 	}
 	// The right client still gets through.
-	d, err = newMigrationDialer(addr, src.cert, dst.fp, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d = testDialer(t, addr, src, dst.fp, false)
 	if got := exchange(t, d, alpnMigration, "ok"); got != "stream:ok" {
 		t.Errorf("the source's answer after the refusals: %q", got)
 	}
@@ -415,19 +422,8 @@ func testProxySourceGone(t *testing.T, plain bool) {
 	src, dst := newProxyNode(t, "src"), newProxyNode(t, "dst")
 	stream := newFakeQEMU(t, "", true)
 	p := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route}, plain)
-	d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp, plain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := d.dial(context.Background(), alpnMigration)
-	if err != nil {
-		t.Fatal(err)
-	}
-	qemu, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := testDialer(t, p.ln.Addr().String(), src, dst.fp, plain)
+	qemu := dialFile(t, d, alpnMigration)
 	if _, err := qemu.Write([]byte("part of a stream")); err != nil {
 		t.Fatal(err)
 	}
@@ -462,19 +458,8 @@ func testProxySourceGone(t *testing.T, plain bool) {
 	// The other way: the target's proxy closes during a stream.
 	stream2 := newFakeQEMU(t, "", true)
 	p2 := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream2.route}, plain)
-	d2, err := newMigrationDialer(p2.ln.Addr().String(), src.cert, dst.fp, plain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err = d2.dial(context.Background(), alpnMigration)
-	if err != nil {
-		t.Fatal(err)
-	}
-	qemu2, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	d2 := testDialer(t, p2.ln.Addr().String(), src, dst.fp, plain)
+	qemu2 := dialFile(t, d2, alpnMigration)
 	if _, err := qemu2.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -700,20 +685,9 @@ func benchProxy(b *testing.B, plain bool) {
 	}
 	p := serveMigrationProxy(ln, cfg, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, plain, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	defer p.close()
-	d, err := newMigrationDialer(ln.Addr().String(), src.cert, dst.fp, plain)
-	if err != nil {
-		b.Fatal(err)
-	}
+	d := testDialer(b, ln.Addr().String(), src, dst.fp, plain)
 	defer d.close()
-	f, err := d.dial(context.Background(), alpnMigration)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := dialFile(b, d, alpnMigration)
 	chunk := make([]byte, 1<<20)
 	b.SetBytes(int64(len(chunk)))
 	b.ResetTimer()
@@ -815,10 +789,7 @@ func TestMigrationDirectStream(t *testing.T) {
 			watchEnded: func() { ended.Add(1) },
 		}
 		p := startProxyHooks(t, dst, src, nil, plain, hooks)
-		d, err := newMigrationDialer(p.ln.Addr().String(), src.cert, dst.fp, plain)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := testDialer(t, p.ln.Addr().String(), src, dst.fp, plain)
 		return p, d
 	}
 

@@ -84,7 +84,7 @@ func (a *Agent) startNetworking(ctx context.Context) {
 		}()
 	}
 	a.resyncNetworks(ctx)
-	go a.loop(ctx, NetworkResyncInterval, func() { a.resyncNetworks(ctx) })
+	go loop(ctx, NetworkResyncInterval, func() { a.resyncNetworks(ctx) })
 }
 
 // plannedNIC is one NIC of a VM on this host.

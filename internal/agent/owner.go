@@ -25,15 +25,7 @@ type runOwner struct {
 }
 
 func writeRunOwner(runDir string, vm *v1alpha1.VirtualMachine) error {
-	b, err := json.Marshal(runOwner{Namespace: vm.Namespace, Name: vm.Name, UID: vm.UID})
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(runDir, runOwnerFileName+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(runDir, runOwnerFileName))
+	return writeJSONAtomic(runDir, runOwnerFileName, runOwner{Namespace: vm.Namespace, Name: vm.Name, UID: vm.UID})
 }
 
 func readRunOwner(runDir string) (runOwner, bool) {

@@ -170,10 +170,14 @@ func readExitRecord(runDir string) *exitRecord {
 
 // isVMProcess reports whether pid is a live (not zombie) QEMU process of the VM with uid:
 // its command line names a qemu binary and carries -uuid UID.
-func isVMProcess(pid int, uid string) bool {
-	return liveProcess(pid, func(argv []string) bool {
+func isVMProcess(pid int, uid string) bool { return liveProcess(pid, qemuMatch(uid)) }
+
+// qemuMatch accepts the command line of the QEMU of the VM with uid: it names a qemu binary
+// and carries -uuid UID.
+func qemuMatch(uid string) func(argv []string) bool {
+	return func(argv []string) bool {
 		return strings.Contains(filepath.Base(argv[0]), "qemu") && qemu.MatchesCmdline([]byte(strings.Join(argv, "\x00")), uid)
-	})
+	}
 }
 
 // accelOf returns the -accel of a running QEMU ("kvm" or "tcg"), read from its command line.
@@ -194,9 +198,7 @@ func accelOf(pid int) string {
 
 // findQEMU returns the pid of the running QEMU of the VM with uid, or 0.
 func findQEMU(runDir, uid string) int {
-	return livePID(filepath.Join(runDir, qemu.PIDFileName), func(argv []string) bool {
-		return strings.Contains(filepath.Base(argv[0]), "qemu") && qemu.MatchesCmdline([]byte(strings.Join(argv, "\x00")), uid)
-	})
+	return livePID(filepath.Join(runDir, qemu.PIDFileName), qemuMatch(uid))
 }
 
 // scanQEMUs maps the -uuid of every QEMU process in /proc to their pids (agents with other

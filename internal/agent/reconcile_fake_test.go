@@ -48,18 +48,14 @@ func (f *fakeMonitor) QueryStatus(context.Context) (qmp.StatusInfo, error) {
 	return qmp.StatusInfo{Status: f.status, Running: f.status == qmp.StatusRunning}, f.statusErr
 }
 
-func (f *fakeMonitor) Cont(context.Context) error {
-	f.call("cont")
-	f.mu.Lock()
-	f.status = qmp.StatusRunning
-	f.mu.Unlock()
-	return nil
-}
+func (f *fakeMonitor) Cont(context.Context) error { return f.setStatus("cont", qmp.StatusRunning) }
+func (f *fakeMonitor) Stop(context.Context) error { return f.setStatus("stop", qmp.StatusPaused) }
 
-func (f *fakeMonitor) Stop(context.Context) error {
-	f.call("stop")
+// setStatus records the command call that puts the VM in status.
+func (f *fakeMonitor) setStatus(call, status string) error {
+	f.call(call)
 	f.mu.Lock()
-	f.status = qmp.StatusPaused
+	f.status = status
 	f.mu.Unlock()
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
@@ -62,12 +61,8 @@ func (a *Agent) runDiskResizer(ctx context.Context) {
 }
 
 func (a *Agent) resizeDisk(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	ns, name := key.Split()
 	var d v1alpha1.VirtualDisk
-	if err := a.c.Get(ctx, "virtualdisks", ns, name, &d); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if found, err := a.getKey(ctx, "virtualdisks", key, &d); !found {
 		return runtime.Result{}, err
 	}
 	if d.Status.Phase != v1alpha1.DiskPhaseResizing || d.Spec.PersistentVolumeClaim.Size == "" || storage.CheckUID(d.UID) != nil {
@@ -83,7 +78,7 @@ func (a *Agent) resizeDisk(ctx context.Context, key runtime.Key) (runtime.Result
 		return runtime.Result{}, nil // not this node's disk
 	}
 	for _, vm := range a.vms.List() {
-		if vm.Namespace != ns || !usesDisk(vm, name) {
+		if vm.Namespace != d.Namespace || !usesDisk(vm, d.Name) {
 			continue
 		}
 		in := a.inst(vm.UID)

@@ -90,16 +90,21 @@ func newRunSpec(vm *v1alpha1.VirtualMachine) *runSpec {
 }
 
 func saveRunSpec(runDir string, rs *runSpec) error {
-	b, err := json.Marshal(rs)
+	return writeJSONAtomic(runDir, runSpecFileName, rs)
+}
+
+// writeJSONAtomic writes v as JSON to the file name in dir: whole, into name.tmp first and then
+// renamed, so a reader never sees half of it.
+func writeJSONAtomic(dir, name string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	// Written whole and renamed, so a reader never sees half of it.
-	tmp := filepath.Join(runDir, runSpecFileName+".tmp")
+	tmp := filepath.Join(dir, name+".tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(runDir, runSpecFileName))
+	return os.Rename(tmp, filepath.Join(dir, name))
 }
 
 // loadRunSpec returns what runs; a run directory without runspec.json (a QEMU started by

@@ -168,11 +168,7 @@ func takeLiveAt(ctx context.Context, mon snapshotMonitor, fz freezer, disks []sn
 	}
 	if res.frozen {
 		// Thawed whatever the transaction did: a guest must never stay frozen.
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		_, thawErr := fz.thaw(tctx)
-		cancel()
-		res.frozenFor = time.Since(frozenAt)
-		if thawErr != nil && terr == nil {
+		if thawErr := thawAfterSnapshot(ctx, fz, frozenAt, &res); thawErr != nil && terr == nil {
 			terr = fmt.Errorf("starting the copy: thawing the guest's filesystems: %w", thawErr)
 			for i := range disks {
 				done[i].job = true
@@ -203,6 +199,16 @@ func takeLiveAt(ctx context.Context, mon snapshotMonitor, fz freezer, disks []sn
 		done[i].job = false
 	}
 	return res, removeSnapshotTargets(ctx, mon, disks, done)
+}
+
+// thawAfterSnapshot thaws the guest that freezeForSnapshot froze at frozenAt, on a context of
+// its own (ctx may be what ended), and notes in res how long it was frozen.
+func thawAfterSnapshot(ctx context.Context, fz freezer, frozenAt time.Time, res *liveResult) error {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_, err := fz.thaw(tctx)
+	res.frozenFor = time.Since(frozenAt)
+	return err
 }
 
 // freezeForSnapshot freezes the guest's filesystems through fz (nil: no guest agent), noting
@@ -350,14 +356,11 @@ var (
 func snapshotJobID(uid string) string { return "snap-" + strings.ReplaceAll(uid, "-", "")[:20] }
 
 func (a *Agent) snapshotDisk(ctx context.Context, key runtime.Key) (runtime.Result, error) {
-	ns, name := key.Split()
 	var s v1alpha1.VirtualDiskSnapshot
-	if err := a.c.Get(ctx, "virtualdisksnapshots", ns, name, &s); err != nil {
-		if client.IsNotFound(err) {
-			return runtime.Result{}, nil
-		}
+	if found, err := a.getKey(ctx, "virtualdisksnapshots", key, &s); !found {
 		return runtime.Result{}, err
 	}
+	ns := s.Namespace
 	if !a.handedToMe(&s) {
 		return runtime.Result{}, nil
 	}

@@ -7,13 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestTakeLiveRealQEMU runs the live snapshot sequence against a real QEMU (machine none:
@@ -22,27 +21,12 @@ import (
 // the same disk works.
 func TestTakeLiveRealQEMU(t *testing.T) {
 	needQemuImg(t)
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		t.Skip("qemu-io is not installed (install qemu-utils)")
-	}
 	snapshotPoll = 20 * time.Millisecond
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := storage.CreateBlank(ctx, disk, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 4M 64k", disk).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
-	disk2 := filepath.Join(dir, "disk2.qcow2")
-	if err := storage.CreateBlank(ctx, disk2, 4<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x43 1M 1M", disk2).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	disk := writtenDisk(t, ctx, filepath.Join(dir, "disk.qcow2"), 8<<20, "write -P 0x41 0 1M", "write -P 0x42 4M 64k")
+	disk2 := writtenDisk(t, ctx, filepath.Join(dir, "disk2.qcow2"), 4<<20, "write -P 0x43 1M 1M")
 	mon, out := startBlockQEMU(t, ctx, dir, disk, disk2)
 	defer mon.Close()
 
@@ -92,6 +76,26 @@ func TestTakeLiveRealQEMU(t *testing.T) {
 	}
 }
 
+// writtenDisk creates a blank qcow2 disk of size at path and writes into it with qemu-io, one
+// qemu-io command (such as "write -P 0x41 0 1M") a write. Without qemu-io the test is skipped.
+func writtenDisk(tb testing.TB, ctx context.Context, path string, size int64, writes ...string) string {
+	tb.Helper()
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		tb.Skip("qemu-io is not installed (install qemu-utils)")
+	}
+	if err := storage.CreateBlank(ctx, path, size); err != nil {
+		tb.Fatal(err)
+	}
+	args := []string{"-f", "qcow2"}
+	for _, w := range writes {
+		args = append(args, "-c", w)
+	}
+	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
+		tb.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	return path
+}
+
 // startBlockQEMU starts a QEMU with machine none (nothing boots) that has the qcow2 disks
 // open as block nodes drive-0, drive-1, ..., running, and returns its QMP connection and its
 // output so far. It is killed at the end of the test.
@@ -108,56 +112,32 @@ func startBlockQEMU(tb testing.TB, ctx context.Context, dir string, disks ...str
 		args = append(args, "-blockdev", "driver=file,filename="+d+",node-name="+n+"-file",
 			"-blockdev", "driver=qcow2,file="+n+"-file,node-name="+n)
 	}
-	cmd := exec.Command(bin, args...)
-	out := &syncBuf{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	proc := testutil.StartChild(tb, exec.Command(bin, args...))
+	waitCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var mon *qmp.Conn
+	proc.Retry(waitCtx, tb, "QMP", func() (err error) {
+		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer dcancel()
+		mon, err = qmp.Dial(dctx, sock)
+		return err
+	})
+	// Running: QEMU frees removed fd sets only while it runs.
+	if err := mon.Cont(ctx); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
-		mon, err := qmp.Dial(dctx, sock)
-		dcancel()
-		if err == nil {
-			// Running: QEMU frees removed fd sets only while it runs.
-			if err := mon.Cont(ctx); err != nil {
-				tb.Fatal(err)
-			}
-			return mon, out
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("QMP: %v; QEMU said: %s", err, out.String())
-		}
-	}
+	return mon, proc.Out
 }
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // BenchmarkLiveSnapshot256MiB: a live snapshot (blockdev-backup sync=full through QMP, no
 // guest freeze) of a 256 MiB qcow2 disk full of data that a running QEMU has open, side by
 // side with qemu-img convert of the same file when no process has it open (what an offline
 // snapshot does).
 func BenchmarkLiveSnapshot256MiB(b *testing.B) {
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		b.Skip("qemu-io is not installed (install qemu-utils)")
-	}
 	snapshotPoll = 5 * time.Millisecond
 	dir := b.TempDir()
 	ctx := context.Background()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if err := storage.CreateBlank(ctx, disk, 256<<20); err != nil {
-		b.Fatal(err)
-	}
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 256M", disk).CombinedOutput(); err != nil {
-		b.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	disk := writtenDisk(b, ctx, filepath.Join(dir, "disk.qcow2"), 256<<20, "write -P 0x5a 0 256M")
 	b.Run("live-blockdev-backup", func(b *testing.B) {
 		mon, out := startBlockQEMU(b, ctx, dir, disk)
 		defer mon.Close()

@@ -141,15 +141,11 @@ func ImportHTTP(ctx context.Context, src HTTPSource, dst string, opts Options) (
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, permanent(ReasonInvalidSource, "the URL %q is not an http or https URL", src.URL)
 	}
-	tr := opts.Transport
-	if tr == nil {
-		t, err := newTransport(src.CABundle, opts.networkPolicy())
-		if err != nil {
-			return nil, err
-		}
-		defer t.CloseIdleConnections()
-		tr = t
+	tr, closeIdle, err := opts.transport(src.CABundle)
+	if err != nil {
+		return nil, err
 	}
+	defer closeIdle()
 	f, err := storage.TempFile(dst)
 	if err != nil {
 		return nil, transient(ReasonProcessingFailed, "creating a temporary file: %w", err)
@@ -183,6 +179,19 @@ func ImportStream(ctx context.Context, body io.Reader, total int64, cs *v1alpha1
 		return nil, err
 	}
 	return store(ctx, tmp, dst, in, opts.spaceGuard())
+}
+
+// transport is the HTTP transport of an import from a source with caBundle: o.Transport,
+// else a new one, whose idle connections closeIdle closes.
+func (o Options) transport(caBundle string) (tr http.RoundTripper, closeIdle func(), err error) {
+	if o.Transport != nil {
+		return o.Transport, func() {}, nil
+	}
+	t, err := newTransport(caBundle, o.networkPolicy())
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, t.CloseIdleConnections, nil
 }
 
 // newTransport is the HTTP transport of an import: it dials only what the policy allows.

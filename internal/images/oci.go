@@ -109,15 +109,11 @@ func ImportOCI(ctx context.Context, src OCISource, dst string, opts Options) (*R
 			return nil, permanent(ReasonInvalidSource, "imagePullSecret: %v", err)
 		}
 	}
-	var tr http.RoundTripper = opts.Transport
-	if tr == nil {
-		t, err := newTransport(src.CABundle, opts.networkPolicy())
-		if err != nil {
-			return nil, err
-		}
-		defer t.CloseIdleConnections()
-		tr = t
+	tr, closeIdle, err := opts.transport(src.CABundle)
+	if err != nil {
+		return nil, err
 	}
+	defer closeIdle()
 	what := "pulling " + ref.String()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

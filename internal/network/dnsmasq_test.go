@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 func TestDnsmasqConfigUser(t *testing.T) {
@@ -64,11 +66,7 @@ func TestHostsPathShared(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no user nobody: %v", err)
 	}
-	share, err := os.MkdirTemp("", "rakhsh-dnsmasq-share")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(share) })
+	share := testutil.ShortTempDir(t, "rakhsh-dnsmasq-share")
 	if err := os.Chmod(share, 0o755); err != nil {
 		t.Fatal(err)
 	}

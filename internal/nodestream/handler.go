@@ -177,21 +177,27 @@ func methodNotAllowed(w http.ResponseWriter, method, allowed string) {
 	writeStatus(w, http.StatusMethodNotAllowed, v1alpha1.ReasonMethodNotAllowed, "method "+method+" is not allowed here; allowed: "+allowed)
 }
 
+// errorStatuses are the HTTP code and Status reason of each error class (statusOf), and the
+// class of each code (errorFromStatus).
+var errorStatuses = []struct {
+	class  error
+	code   int
+	reason string
+}{
+	{errs.ErrNotFound, http.StatusNotFound, v1alpha1.ReasonNotFound},
+	{errs.ErrBadRequest, http.StatusBadRequest, v1alpha1.ReasonBadRequest},
+	{errs.ErrForbidden, http.StatusForbidden, v1alpha1.ReasonForbidden},
+	{errs.ErrUnauthorized, http.StatusUnauthorized, v1alpha1.ReasonUnauthorized},
+	{errs.ErrUnavailable, http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable},
+	{errs.ErrConflict, http.StatusConflict, v1alpha1.ReasonConflict},
+}
+
 // statusOf maps an error class to an HTTP code and Status reason.
 func statusOf(err error) (int, string) {
-	switch {
-	case errors.Is(err, errs.ErrNotFound):
-		return http.StatusNotFound, v1alpha1.ReasonNotFound
-	case errors.Is(err, errs.ErrBadRequest):
-		return http.StatusBadRequest, v1alpha1.ReasonBadRequest
-	case errors.Is(err, errs.ErrForbidden):
-		return http.StatusForbidden, v1alpha1.ReasonForbidden
-	case errors.Is(err, errs.ErrUnauthorized):
-		return http.StatusUnauthorized, v1alpha1.ReasonUnauthorized
-	case errors.Is(err, errs.ErrUnavailable):
-		return http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable
-	case errors.Is(err, errs.ErrConflict):
-		return http.StatusConflict, v1alpha1.ReasonConflict
+	for _, s := range errorStatuses {
+		if errors.Is(err, s.class) {
+			return s.code, s.reason
+		}
 	}
 	return http.StatusInternalServerError, v1alpha1.ReasonInternalError
 }
@@ -220,24 +226,12 @@ func errorFromStatus(code int, body []byte) error {
 	if msg == "" {
 		msg = http.StatusText(code)
 	}
-	var class error
-	switch code {
-	case http.StatusNotFound:
-		class = errs.ErrNotFound
-	case http.StatusBadRequest:
-		class = errs.ErrBadRequest
-	case http.StatusForbidden:
-		class = errs.ErrForbidden
-	case http.StatusUnauthorized:
-		class = errs.ErrUnauthorized
-	case http.StatusServiceUnavailable:
-		class = errs.ErrUnavailable
-	case http.StatusConflict:
-		class = errs.ErrConflict
-	default:
-		return fmt.Errorf("stream service answered %d: %s", code, msg)
+	for _, s := range errorStatuses {
+		if s.code == code {
+			return errs.New(s.class, "%s", msg)
+		}
 	}
-	return errs.New(class, "%s", msg)
+	return fmt.Errorf("stream service answered %d: %s", code, msg)
 }
 
 // ticketBytes is the random length of a ticket.

@@ -182,15 +182,23 @@ func TestServiceReadsLogsAndDialsSockets(t *testing.T) {
 	}
 	n.echoConsole(t)
 	c, err := svc.Dial(ctx, testUID, StreamConsole)
+	checkEcho(t, c, err, "hi\n", "HI\n")
+}
+
+// checkEcho checks that the console c (dialled with err) of the echoConsole answers send with
+// want, and closes it at the end of the test.
+func checkEcho(t *testing.T, c net.Conn, err error, send, want string) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if _, err := c.Write([]byte("hi\n")); err != nil {
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write([]byte(send)); err != nil {
 		t.Fatal(err)
 	}
-	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "HI\n" {
-		t.Fatalf("console echo %q %v", line, err)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != want {
+		t.Fatalf("console echo %q %v, want %q", line, err, want)
 	}
 }
 
@@ -211,17 +219,7 @@ func TestRemoteThroughTickets(t *testing.T) {
 		t.Fatalf("remote QEMU log that does not exist: %v, want NotFound", err)
 	}
 	c, err := r.Dial(ctx, testUID, StreamConsole)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte("echo remote\n")); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "ECHO REMOTE\n" {
-		t.Fatalf("remote console echo %q %v", line, err)
-	}
+	checkEcho(t, c, err, "echo remote\n", "ECHO REMOTE\n")
 	if _, err := r.Dial(ctx, testUID, StreamVNC); !errors.Is(err, errs.ErrUnavailable) || !strings.Contains(err.Error(), "no vnc now") {
 		t.Fatalf("VNC of a VM without a display: %v", err)
 	}

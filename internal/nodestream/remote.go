@@ -71,16 +71,26 @@ func (r *Remote) fromService(code int, body []byte) error {
 	return err
 }
 
+// ticketed returns the HTTP client for the node's stream service and a ticket for stream of
+// the VM uid.
+func (r *Remote) ticketed(ctx context.Context, uid, stream string) (*http.Client, string, error) {
+	hc, err := r.httpClient()
+	if err != nil {
+		return nil, "", err
+	}
+	ticket, err := r.Ticket(ctx, uid, stream)
+	if err != nil {
+		return nil, "", err
+	}
+	return hc, ticket, nil
+}
+
 // ReadLog implements Streams.
 func (r *Remote) ReadLog(ctx context.Context, uid, source string, limit int64) ([]byte, error) {
 	if _, _, err := CheckSource(source); err != nil {
 		return nil, err
 	}
-	hc, err := r.httpClient()
-	if err != nil {
-		return nil, err
-	}
-	ticket, err := r.Ticket(ctx, uid, StreamLog)
+	hc, ticket, err := r.ticketed(ctx, uid, StreamLog)
 	if err != nil {
 		return nil, err
 	}
@@ -121,11 +131,7 @@ func (r *Remote) Dial(ctx context.Context, uid, stream string) (net.Conn, error)
 	if stream != StreamConsole && stream != StreamVNC {
 		return nil, errs.New(errs.ErrBadRequest, "stream %q: want console or vnc", stream)
 	}
-	hc, err := r.httpClient()
-	if err != nil {
-		return nil, err
-	}
-	ticket, err := r.Ticket(ctx, uid, stream)
+	hc, ticket, err := r.ticketed(ctx, uid, stream)
 	if err != nil {
 		return nil, err
 	}

@@ -58,12 +58,9 @@ func Build(src Source) (*Medium, error) {
 		}
 		return cloudInit(src, []byte(p.UserData))
 	case v1alpha1.ProvisioningTypeUserDataRef:
-		s, err := secretFor(src, "userDataRef")
+		s, err := secretFor(src, "userDataRef", "user data", v1alpha1.SecretTypeCloudInit, v1alpha1.SecretType.IsCloudInit)
 		if err != nil {
 			return nil, err
-		}
-		if s.Type != "" && s.Type != v1alpha1.SecretTypeOpaque && !s.Type.IsCloudInit() {
-			return nil, fmt.Errorf("Secret %q has type %s; user data needs type %s (or Opaque)", s.Name, s.Type, v1alpha1.SecretTypeCloudInit)
 		}
 		for _, k := range []string{v1alpha1.SecretKeyUserData, v1alpha1.SecretKeyUserDataLower} {
 			if v, ok := s.Data[k]; ok {
@@ -75,12 +72,9 @@ func Build(src Source) (*Medium, error) {
 		}
 		return nil, fmt.Errorf("Secret %q has no key %s (or %s) with the user data", s.Name, v1alpha1.SecretKeyUserData, v1alpha1.SecretKeyUserDataLower)
 	case v1alpha1.ProvisioningTypeSysprepRef:
-		s, err := secretFor(src, "sysprepRef")
+		s, err := secretFor(src, "sysprepRef", "sysprep", v1alpha1.SecretTypeSysprep, v1alpha1.SecretType.IsSysprep)
 		if err != nil {
 			return nil, err
-		}
-		if s.Type != "" && s.Type != v1alpha1.SecretTypeOpaque && !s.Type.IsSysprep() {
-			return nil, fmt.Errorf("Secret %q has type %s; sysprep needs type %s (or Opaque)", s.Name, s.Type, v1alpha1.SecretTypeSysprep)
 		}
 		m := &Medium{Kind: "sysprep", Label: SysprepLabel}
 		var unknown []string
@@ -110,11 +104,17 @@ func Build(src Source) (*Medium, error) {
 	}
 }
 
-func secretFor(src Source, field string) (*v1alpha1.Secret, error) {
-	if src.Secret == nil {
+// secretFor returns the Secret that spec.provisioning.FIELD names, refusing one whose type is
+// neither Opaque nor one that is accepts (want names the type that use needs).
+func secretFor(src Source, field, use string, want v1alpha1.SecretType, is func(v1alpha1.SecretType) bool) (*v1alpha1.Secret, error) {
+	s := src.Secret
+	if s == nil {
 		return nil, fmt.Errorf("spec.provisioning.%s: no Secret", field)
 	}
-	return src.Secret, nil
+	if s.Type != "" && s.Type != v1alpha1.SecretTypeOpaque && !is(s.Type) {
+		return nil, fmt.Errorf("Secret %q has type %s; %s needs type %s (or Opaque)", s.Name, s.Type, use, want)
+	}
+	return s, nil
 }
 
 // cloudInit makes the NoCloud seed: meta-data (instance-id, local-hostname) and user-data.

@@ -926,14 +926,10 @@ func (b *build) nics() error {
 	macs := map[string]string{}
 	for i, n := range b.in.NICs {
 		who := fmt.Sprintf("NIC %d (%q)", i, n.ID)
-		id, err := sanitizeID(n.ID)
+		id, err := uniqueID(seen, n.ID, who, "NIC")
 		if err != nil {
-			return fmt.Errorf("%s: %w", who, err)
+			return err
 		}
-		if other, ok := seen[id]; ok {
-			return fmt.Errorf("%s: id collides with NIC %q", who, other)
-		}
-		seen[id] = n.ID
 		mac, err := normalizeMAC(n.MAC)
 		if err != nil {
 			return fmt.Errorf("%s: %w", who, err)

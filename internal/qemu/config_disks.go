@@ -70,14 +70,10 @@ func (b *build) disks() error {
 	seenShort := map[string]string{}
 	for i, d := range b.in.Disks {
 		who := fmt.Sprintf("disk %d (%q)", i, d.ID)
-		id, err := sanitizeID(d.ID)
+		id, err := uniqueID(seen, d.ID, who, "disk")
 		if err != nil {
-			return fmt.Errorf("%s: %w", who, err)
+			return err
 		}
-		if other, ok := seen[id]; ok {
-			return fmt.Errorf("%s: id collides with disk %q", who, other)
-		}
-		seen[id] = d.ID
 		short := shortID(id, d.ID)
 		if other, ok := seenShort[short]; ok {
 			return fmt.Errorf("%s: node name collides with disk %q", who, other)

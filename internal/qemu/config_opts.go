@@ -92,6 +92,20 @@ func checkPath(what, p string, abs bool) error {
 	return nil
 }
 
+// uniqueID is sanitizeID of orig, the ID of the device who (a what: disk, NIC), refusing an
+// ID that collides with one in seen, which maps the IDs given so far to their originals.
+func uniqueID(seen map[string]string, orig, who, what string) (string, error) {
+	id, err := sanitizeID(orig)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", who, err)
+	}
+	if other, ok := seen[id]; ok {
+		return "", fmt.Errorf("%s: id collides with %s %q", who, what, other)
+	}
+	seen[id] = orig
+	return id, nil
+}
+
 // sanitizeID turns an input ID into the id part of QEMU object ids: every character outside
 // [A-Za-z0-9_-] becomes '_'. IDs are limited to 63 bytes.
 func sanitizeID(id string) (string, error) {

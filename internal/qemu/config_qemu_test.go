@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,13 +9,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // The real-QEMU test starts qemu-system-x86_64 with the arguments of every golden case (with
@@ -28,98 +26,27 @@ import (
 //   - Cases with tap NICs run QEMU in a fresh network namespace (unshare --net), where QEMU
 //     creates the tap itself; they are skipped, with a message, without the privilege for that.
 
-// needTool returns the path of a program, skipping the test without it (failing if CI is set).
-func needTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not found (CI is set, so this is a failure): install %s", name, pkg)
-		}
-		t.Skipf("%s not found: install %s to run this test", name, pkg)
-	}
-	return p
-}
-
 func needFile(t *testing.T, path, pkg string) {
 	t.Helper()
 	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing (CI is set, so this is a failure): install %s", path, pkg)
-		}
-		t.Skipf("%s missing: install %s to run this case", path, pkg)
+		testutil.SkipOrFail(t, "%s missing: install %s to run this case", path, pkg)
 	}
 }
 
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// child is a process started by a test; stop kills it (by PID, only it) if still running.
-type child struct {
-	cmd    *exec.Cmd
-	out    *lockedBuf
-	exited chan struct{}
-	err    error
-}
+// child is a process started by a test; its cleanup kills it (by PID, only it) if still running.
+type child = testutil.Child
 
 func startChild(t *testing.T, name string, args ...string) *child {
 	t.Helper()
-	c := &child{cmd: exec.Command(name, args...), out: &lockedBuf{}, exited: make(chan struct{})}
-	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
-	if err := c.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	go func() { c.err = c.cmd.Wait(); close(c.exited) }()
-	t.Cleanup(func() { c.stop(t) })
-	return c
-}
-
-func (c *child) stop(t *testing.T) {
-	select {
-	case <-c.exited:
-		return
-	default:
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-c.exited:
-	case <-time.After(10 * time.Second):
-		t.Errorf("process %d did not exit after SIGKILL", c.cmd.Process.Pid)
-	}
+	return testutil.StartChild(t, exec.Command(name, args...))
 }
 
 // waitFile waits for path to exist, failing early if c exits.
 func waitFile(t *testing.T, c *child, path string, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
-		select {
-		case <-c.exited:
-			t.Fatalf("%s exited (%v) before creating %s; output:\n%s", c.cmd.Path, c.err, path, c.out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear within %v; output:\n%s", path, d, c.out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	c.Retry(ctx, t, "creating "+path, func() error { _, err := os.Stat(path); return err })
 }
 
 // dialQMP connects to QEMU's QMP socket. The socket file appears at bind(), a moment before
@@ -127,20 +54,10 @@ func waitFile(t *testing.T, c *child, path string, d time.Duration) {
 func dialQMP(ctx context.Context, t *testing.T, p *child, path string) *qmp.Conn {
 	t.Helper()
 	waitFile(t, p, path, 30*time.Second)
-	for {
-		conn, err := qmp.Dial(ctx, path)
-		if err == nil {
-			t.Cleanup(func() { conn.Close() })
-			return conn
-		}
-		select {
-		case <-p.exited:
-			t.Fatalf("QEMU exited (%v); output:\n%s", p.err, p.out.String())
-		case <-ctx.Done():
-			t.Fatalf("qmp.Dial: %v; QEMU output:\n%s", err, p.out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	var conn *qmp.Conn
+	p.Retry(ctx, t, "qmp.Dial", func() (err error) { conn, err = qmp.Dial(ctx, path); return err })
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func run(t *testing.T, name string, args ...string) {
@@ -157,7 +74,7 @@ func run(t *testing.T, name string, args ...string) {
 // copy, and a swtpm listening on the TPM socket.
 func materialize(t *testing.T, in Input, cfg Config) {
 	t.Helper()
-	img := needTool(t, "qemu-img", "qemu-utils")
+	img := testutil.NeedTool(t, "qemu-img", "qemu-utils")
 	for _, d := range in.Disks {
 		// Base first, each layer naming the next one down with an explicit format.
 		layers := append([]BackingFile{{Path: d.Path, Format: d.Format}}, d.Backing...)
@@ -180,14 +97,10 @@ func materialize(t *testing.T, in Input, cfg Config) {
 		}
 	}
 	if in.TPMSocket != "" {
-		swtpm := needTool(t, "swtpm", "swtpm")
+		swtpm := testutil.NeedTool(t, "swtpm", "swtpm")
 		// swtpm cannot escape ',' in its option values, so it listens in a directory of its
 		// own and the socket path QEMU gets is a symlink to that socket.
-		dir, err := os.MkdirTemp("", "rqtpm")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir := testutil.ShortTempDir(t, "rqtpm")
 		ctrl := filepath.Join(dir, "ctrl.sock")
 		tp := startChild(t, swtpm, "socket", "--tpm2", "--tpmstate", "dir="+dir, "--ctrl", "type=unixio,path="+ctrl)
 		waitFile(t, tp, ctrl, 10*time.Second)
@@ -219,8 +132,8 @@ func TestRealQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts QEMU; not in -short mode")
 	}
-	bin := needTool(t, "qemu-system-x86_64", "qemu-system-x86")
-	needTool(t, "qemu-img", "qemu-utils")
+	bin := testutil.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	testutil.NeedTool(t, "qemu-img", "qemu-utils")
 	choice := accel.Prober{Binary: bin}.Choose(context.Background(), accel.ModeAuto)
 	t.Logf("accelerator on this host: KVM=%t (%s: %s)", choice.KVM, choice.Reason, choice.Message)
 	_, vhostErr := os.Stat("/dev/vhost-net")
@@ -232,11 +145,7 @@ func TestRealQEMU(t *testing.T) {
 				t.Skip("running QEMU as another user with passed descriptors needs root")
 			}
 			// Short paths: unix socket paths are limited to 107 bytes.
-			tmp, err := os.MkdirTemp("", "rq")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(tmp) })
+			tmp := testutil.ShortTempDir(t, "rq")
 			e := caseEnv{run: filepath.Join(tmp, "run"), data: filepath.Join(tmp, "data")}
 			if c.weirdDirs {
 				e = caseEnv{run: filepath.Join(tmp, "r,u=n"), data: filepath.Join(tmp, "d,a=ta")}
@@ -294,8 +203,8 @@ func TestRealQEMU(t *testing.T) {
 				if err := conn.Quit(ctx); err != nil {
 					t.Fatalf("quit: %v", err)
 				}
-				<-p.exited
-				if out := p.out.String(); strings.Contains(out, "warning") {
+				<-p.Exited
+				if out := p.Out.String(); strings.Contains(out, "warning") {
 					t.Errorf("QEMU warned:\n%s", out)
 				}
 				return
@@ -323,15 +232,15 @@ func TestRealQEMU(t *testing.T) {
 				t.Fatalf("quit: %v", err)
 			}
 			select {
-			case <-p.exited:
-				if p.err != nil {
-					t.Errorf("QEMU exited with %v; output:\n%s", p.err, p.out.String())
+			case <-p.Exited:
+				if p.Err != nil {
+					t.Errorf("QEMU exited with %v; output:\n%s", p.Err, p.Out.String())
 				}
 			case <-time.After(15 * time.Second):
 				t.Fatalf("QEMU did not exit after quit")
 			}
 			// A warning means an option QEMU does not fully honour: fail on it.
-			if out := p.out.String(); strings.Contains(out, "warning") {
+			if out := p.Out.String(); strings.Contains(out, "warning") {
 				t.Errorf("QEMU warned:\n%s", out)
 			}
 		})
@@ -347,7 +256,7 @@ func namesFile(file, path string) bool {
 // checkRunning checks the files QEMU made, the command line it runs with and its block graph.
 func checkRunning(ctx context.Context, t *testing.T, conn *qmp.Conn, p *child, in Input, cfg Config) {
 	t.Helper()
-	pid := p.cmd.Process.Pid
+	pid := p.Cmd.Process.Pid
 	if !cfg.PassFDs {
 		b, err := os.ReadFile(cfg.PIDFile)
 		if err != nil {
@@ -452,13 +361,9 @@ func TestRealQEMUIgnoresHeaderBacking(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts QEMU; not in -short mode")
 	}
-	bin := needTool(t, "qemu-system-x86_64", "qemu-system-x86")
-	img := needTool(t, "qemu-img", "qemu-utils")
-	tmp, err := os.MkdirTemp("", "rq")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(tmp) })
+	bin := testutil.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	img := testutil.NeedTool(t, "qemu-img", "qemu-utils")
+	tmp := testutil.ShortTempDir(t, "rq")
 	secret := filepath.Join(tmp, "secret.raw")
 	disk := filepath.Join(tmp, "evil.qcow2")
 	run(t, img, "create", "-q", "-f", "raw", secret, "1M")
@@ -497,5 +402,5 @@ func TestRealQEMUIgnoresHeaderBacking(t *testing.T) {
 	if err := conn.Quit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	<-p.exited
+	<-p.Exited
 }

@@ -35,25 +35,34 @@ func TestBuildGolden(t *testing.T) {
 			checkInvariants(t, in, cfg)
 			got := strings.Join(cfg.Args, "\n") + "\n"
 			path := filepath.Join("testdata", c.name+".golden")
-			if *update {
-				if err := os.MkdirAll("testdata", 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
+			if checkGolden(t, path, got) {
 				writeSeed(t, c.name, in)
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test ./internal/qemu/ -update to create it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("arguments differ from %s (run with -update to accept):\n%s", path, lineDiff(string(want), got))
 			}
 		})
 	}
+}
+
+// checkGolden compares the arguments got with the golden file path; with -update it rewrites
+// the file instead, and says so.
+func checkGolden(t *testing.T, path, got string) (updated bool) {
+	t.Helper()
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return true
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./internal/qemu/ -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("arguments differ from %s (run with -update to accept):\n%s", path, lineDiff(string(want), got))
+	}
+	return false
 }
 
 // writeSeed stores in as a FuzzBuild seed (Go's corpus file format).

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rakhsh/rakhsh/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,30 +48,26 @@ func startUnprivileged(t *testing.T, cfg Config) *child {
 	if err != nil {
 		t.Fatalf("OpenPassed: %v", err)
 	}
-	c := &child{cmd: exec.Command(cfg.Binary, cfg.Args...), out: &lockedBuf{}, exited: make(chan struct{})}
-	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
-	c.cmd.Dir = "/"
-	c.cmd.ExtraFiles = files
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
-	err = c.cmd.Start()
-	for _, f := range files {
-		f.Close()
-	}
-	if err != nil {
-		t.Fatalf("starting %s: %v", cfg.Binary, err)
-	}
-	if err := WritePIDFile(cfg.PIDFile, c.cmd.Process.Pid); err != nil {
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	cmd := exec.Command(cfg.Binary, cfg.Args...)
+	cmd.Dir = "/"
+	cmd.ExtraFiles = files
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	c := testutil.StartChild(t, cmd)
+	if err := WritePIDFile(cfg.PIDFile, c.Cmd.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
-	go func() { c.err = c.cmd.Wait(); close(c.exited) }()
-	t.Cleanup(func() { c.stop(t) })
 	return c
 }
 
 // checkUnprivileged checks that QEMU runs as nobody and that VNC answers on its socket.
 func checkUnprivileged(t *testing.T, p *child, cfg Config) {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + itoa(p.cmd.Process.Pid) + "/status")
+	b, err := os.ReadFile("/proc/" + itoa(p.Cmd.Process.Pid) + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,19 +115,7 @@ func TestBuildFDs(t *testing.T) {
 			}
 			got := strings.Join(cfg.Args, "\n") + "\n"
 			path := filepath.Join("testdata", "fds-"+c.name+".golden")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test ./internal/qemu/ -update to create it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("arguments differ from %s (run with -update to accept):\n%s", path, lineDiff(string(want), got))
-			}
+			checkGolden(t, path, got)
 		})
 	}
 }

@@ -97,11 +97,10 @@ to the next when it cannot be reached or answers 503, watches included; the join
 exchanged with whichever answers.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := newLogger(cfg.LogLevel, cmd.ErrOrStderr())
+			log, err := startDaemon(cfg.LogLevel, cmd)
 			if err != nil {
 				return err
 			}
-			tuneGC()
 			cfg.Server = strings.Join(servers, ",")
 			if cfg.Server == "" {
 				cfg.Server = os.Getenv("RAKHSH_SERVER")

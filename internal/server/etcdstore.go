@@ -2,10 +2,8 @@ package server
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 )
 
@@ -67,13 +65,9 @@ func loopbackHost(h string) bool {
 func (c EtcdTLS) tlsConfig() (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if c.CA != "" {
-		pem, err := os.ReadFile(c.CA)
+		pool, err := readCertPool("--etcd-ca", c.CA)
 		if err != nil {
-			return nil, fmt.Errorf("--etcd-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--etcd-ca %s: no PEM certificate in it", c.CA)
+			return nil, err
 		}
 		cfg.RootCAs = pool
 	}

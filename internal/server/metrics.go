@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -124,13 +123,9 @@ func metricsClientCA(cfg Config, tc *tls.Config) error {
 	if cfg.MetricsClientCA == "" {
 		return nil
 	}
-	b, err := os.ReadFile(cfg.MetricsClientCA)
+	pool, err := readCertPool("--metrics-client-ca", cfg.MetricsClientCA)
 	if err != nil {
-		return fmt.Errorf("--metrics-client-ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return fmt.Errorf("--metrics-client-ca %s: no PEM certificate in it", cfg.MetricsClientCA)
+		return err
 	}
 	tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
 	return nil

@@ -201,26 +201,11 @@ func runMigrate(ctx context.Context, o migrateOptions, out io.Writer) error {
 	return nil
 }
 
-// writeFileSync writes path through a temporary file, synced and renamed into place, so a
-// crash leaves either no file or the whole one.
+// writeFileSync writes path through a temporary file, synced and renamed into place
+// (writeFileAtomic), and syncs its directory, so a crash leaves either no file or the whole
+// one.
 func writeFileSync(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := writeFileAtomic(path, data, 0o600); err != nil {
 		return err
 	}
 	if d, err := os.Open(filepath.Dir(path)); err == nil {

@@ -171,11 +171,10 @@ deposed leader are refused by the store. 'rakhsh get controlplane' shows them.
 SIGTERM or SIGINT shuts the server down gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := newLogger(cfg.LogLevel, cmd.ErrOrStderr())
+			log, err := startDaemon(cfg.LogLevel, cmd)
 			if err != nil {
 				return err
 			}
-			tuneGC()
 			// The command's context ends the server too: tests run the same command in-process.
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -240,6 +239,17 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", "", "file holding a read-only token on its first line that may read /metrics and /sd/prometheus only (for Prometheus)")
 	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
+}
+
+// startDaemon readies the process of a long-running command (serve, agent): its logger at
+// level, writing to the command's stderr, and its garbage collector (tuneGC).
+func startDaemon(level string, cmd *cobra.Command) (*slog.Logger, error) {
+	log, err := newLogger(level, cmd.ErrOrStderr())
+	if err != nil {
+		return nil, err
+	}
+	tuneGC()
+	return log, nil
 }
 
 func newLogger(level string, w interface{ Write([]byte) (int, error) }) (*slog.Logger, error) {

@@ -14,19 +14,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // verify checks cert against the CA in caFile as a client of addr's host would.
 func verify(t *testing.T, caFile string, cert *tls.Certificate, host string, at time.Time) error {
 	t.Helper()
-	data, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		t.Fatalf("%s holds no certificate", caFile)
-	}
+	pool := testutil.CertPool(t, caFile)
 	leaf, err := x509.ParseCertificate(cert.Certificate[0])
 	if err != nil {
 		t.Fatal(err)

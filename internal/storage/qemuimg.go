@@ -195,19 +195,7 @@ func Info(ctx context.Context, path, format string) (*ImageInfo, error) {
 	if err := checkSourceFormat(format); err != nil {
 		return nil, err
 	}
-	if !filepath.IsAbs(path) {
-		return nil, fmt.Errorf("image path %q must be absolute", path)
-	}
-	out, err := runQemuImg(ctx, InfoLimits, InfoTimeout, "info", "-f", format, "--output=json", path)
-	if err != nil {
-		return nil, err
-	}
-	var info ImageInfo
-	if err := json.Unmarshal(out, &info); err != nil {
-		return nil, fmt.Errorf("qemu-img info %s: decoding output: %w", path, err)
-	}
-	info.DataFile = info.FormatSpecific.Data.DataFile
-	return &info, nil
+	return qemuImgInfo(ctx, path, "-f", format)
 }
 
 // InfoShared is Info for an image another process (a running VM) may have open for
@@ -217,10 +205,16 @@ func InfoShared(ctx context.Context, path, format string) (*ImageInfo, error) {
 	if err := checkFormat(format); err != nil {
 		return nil, err
 	}
+	return qemuImgInfo(ctx, path, "-U", "-f", format)
+}
+
+// qemuImgInfo runs qemu-img info with opts on the absolute path and decodes its report.
+func qemuImgInfo(ctx context.Context, path string, opts ...string) (*ImageInfo, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("image path %q must be absolute", path)
 	}
-	out, err := runQemuImg(ctx, InfoLimits, InfoTimeout, "info", "-U", "-f", format, "--output=json", path)
+	args := append(append([]string{"info"}, opts...), "--output=json", path)
+	out, err := runQemuImg(ctx, InfoLimits, InfoTimeout, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -126,19 +126,27 @@ func TestOIDCLogin(t *testing.T) {
 
 	// A callback URL that leaks (history, logs) is of no use to another browser, and its use
 	// there ends the login for its own browser too.
-	b2 := browser()
-	var leaked string
-	b2.CheckRedirect = func(r *http.Request, via []*http.Request) error {
-		if r.URL.Path == "/ui/oidc/callback" {
-			leaked = r.URL.String()
-			return http.ErrUseLastResponse
+	// untilCallback starts a login in c and returns the callback URL the issuer sends it to,
+	// without following it (c stops there from now on).
+	untilCallback := func(c *http.Client, what string) string {
+		t.Helper()
+		var callback string
+		c.CheckRedirect = func(r *http.Request, via []*http.Request) error {
+			if r.URL.Path == "/ui/oidc/callback" {
+				callback = r.URL.String()
+				return http.ErrUseLastResponse
+			}
+			return nil
 		}
-		return nil
+		res, err := c.Get(srv.URL + "/ui/oidc/login")
+		if err != nil || callback == "" {
+			t.Fatalf("%s did not reach the callback: %v", what, err)
+		}
+		res.Body.Close()
+		return callback
 	}
-	if res, err = b2.Get(srv.URL + "/ui/oidc/login"); err != nil || leaked == "" {
-		t.Fatalf("a second login did not reach the callback: %v", err)
-	}
-	res.Body.Close()
+	b2 := browser()
+	leaked := untilCallback(b2, "a second login")
 	for _, try := range []struct {
 		name string
 		c    *http.Client
@@ -164,18 +172,7 @@ func TestOIDCLogin(t *testing.T) {
 	if oldID == "" || h.cfg.Sessions.Get(oldID) == nil {
 		t.Fatalf("no live session cookie %s in the browser", cookieTLS)
 	}
-	var again string
-	b.CheckRedirect = func(r *http.Request, via []*http.Request) error {
-		if r.URL.Path == "/ui/oidc/callback" {
-			again = r.URL.String()
-			return http.ErrUseLastResponse
-		}
-		return nil
-	}
-	if res, err = b.Get(srv.URL + "/ui/oidc/login"); err != nil || again == "" {
-		t.Fatalf("a second login of the same browser did not reach the callback: %v", err)
-	}
-	res.Body.Close()
+	again := untilCallback(b, "a second login of the same browser")
 	req, _ = http.NewRequest("GET", again, nil)
 	for _, c := range b.Jar.Cookies(u) {
 		if c.Name != cookieTLS {

@@ -213,15 +213,23 @@ func (fc *fakeConn) event(name string, data any, at time.Time) error {
 // next returns the next request (other than qmp_capabilities).
 func (fc *fakeConn) next(t *testing.T) fakeRequest {
 	t.Helper()
+	return recvWithin(t, fc.reqs, "fake server: connection closed while waiting for a request", "fake server: no request within 5s")
+}
+
+// recvWithin receives one value from ch, failing the test with closed when ch is closed, or
+// with none when nothing comes within 5 s.
+func recvWithin[T any](t *testing.T, ch <-chan T, closed, none string) T {
+	t.Helper()
 	select {
-	case r, ok := <-fc.reqs:
+	case v, ok := <-ch:
 		if !ok {
-			t.Fatal("fake server: connection closed while waiting for a request")
+			t.Fatal(closed)
 		}
-		return r
+		return v
 	case <-time.After(5 * time.Second):
-		t.Fatal("fake server: no request within 5s")
-		return fakeRequest{}
+		t.Fatal(none)
+		var zero T
+		return zero
 	}
 }
 
@@ -257,16 +265,7 @@ func testCtx(t *testing.T) context.Context {
 // recvEvent receives one event or fails the test.
 func recvEvent(t *testing.T, ch <-chan Event) Event {
 	t.Helper()
-	select {
-	case ev, ok := <-ch:
-		if !ok {
-			t.Fatal("event channel closed")
-		}
-		return ev
-	case <-time.After(5 * time.Second):
-		t.Fatal("no event within 5s")
-		return Event{}
-	}
+	return recvWithin(t, ch, "event channel closed", "no event within 5s")
 }
 
 // expectClosed checks that ch is closed (after any remaining events).

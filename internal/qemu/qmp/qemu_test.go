@@ -1,7 +1,6 @@
 package qmp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,32 +11,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // qemuProc is a QEMU started by a test.
 type qemuProc struct {
-	cmd    *exec.Cmd
-	sock   string
-	stderr *lockedBuffer
-	exited chan struct{}
-	err    error // Wait's result, valid after exited is closed
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	*testutil.Child
+	sock string
 }
 
 // startQEMU starts a paused (-S) TCG machine with a QMP socket and no
@@ -45,67 +26,33 @@ func (l *lockedBuffer) String() string {
 // CI environment variable is set.
 func startQEMU(t *testing.T) *qemuProc {
 	t.Helper()
-	bin, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("qemu-system-x86_64 not found (CI is set, so this is a failure): %v", err)
-		}
-		t.Skip("qemu-system-x86_64 not found; install qemu-system-x86 to run this test")
-	}
+	bin := testutil.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	sock := filepath.Join(t.TempDir(), "qmp.sock")
-	p := &qemuProc{
-		sock:   sock,
-		stderr: &lockedBuffer{},
-		exited: make(chan struct{}),
-	}
-	p.cmd = exec.Command(bin,
+	p := &qemuProc{sock: sock}
+	// registered before StartChild's cleanup, so it runs after QEMU is gone
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("QEMU (pid %d) output:\n%s", p.Cmd.Process.Pid, p.Out.String())
+		}
+	})
+	p.Child = testutil.StartChild(t, exec.Command(bin,
 		"-machine", "q35,accel=tcg",
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
 		"-S",
 		"-qmp", "unix:"+sock+",server=on,wait=off",
 		"-m", "64",
-	)
-	p.cmd.Stdout = p.stderr
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting QEMU: %v", err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			p.cmd.Process.Kill() // only the QEMU this test started, by PID
-			<-p.exited
-		}
-		if t.Failed() {
-			t.Logf("QEMU (pid %d) output:\n%s", p.cmd.Process.Pid, p.stderr.String())
-		}
-	})
+	))
 	return p
 }
 
 // dial connects to QEMU's socket, retrying until it exists.
 func (p *qemuProc) dial(ctx context.Context, t *testing.T) *Conn {
 	t.Helper()
-	for {
-		c, err := Dial(ctx, p.sock)
-		if err == nil {
-			t.Cleanup(func() { c.Close() })
-			return c
-		}
-		select {
-		case <-p.exited:
-			t.Fatalf("QEMU exited before QMP was up (%v):\n%s", p.err, p.stderr.String())
-		case <-ctx.Done():
-			t.Fatalf("connecting to QEMU: %v (last error %v)", ctx.Err(), err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	var c *Conn
+	p.Retry(ctx, t, "connecting to QEMU", func() (err error) { c, err = Dial(ctx, p.sock); return err })
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // waitEvent returns the next event called name, failing on a disconnect
@@ -169,7 +116,7 @@ func TestRealQEMU(t *testing.T) {
 	if err != nil || len(cpus) != 1 || cpus[0].ThreadID <= 0 || cpus[0].Target != "x86_64" {
 		t.Fatalf("query-cpus-fast = %+v, %v", cpus, err)
 	}
-	taskDir := fmt.Sprintf("/proc/%d/task/%d", p.cmd.Process.Pid, cpus[0].ThreadID)
+	taskDir := fmt.Sprintf("/proc/%d/task/%d", p.Cmd.Process.Pid, cpus[0].ThreadID)
 	if _, err := os.Stat(taskDir); err != nil {
 		t.Errorf("vCPU thread-id %d is not a QEMU thread: %v", cpus[0].ThreadID, err)
 	}
@@ -231,7 +178,7 @@ func TestRealQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	qemuHas := func() []string { return fdsPointingAt(t, p.cmd.Process.Pid, f.Name()) }
+	qemuHas := func() []string { return fdsPointingAt(t, p.Cmd.Process.Pid, f.Name()) }
 	if fds := qemuHas(); len(fds) != 0 {
 		t.Fatalf("QEMU already has the file open: %v", fds)
 	}
@@ -284,9 +231,9 @@ func TestRealQEMU(t *testing.T) {
 		t.Errorf("query-status after quit: %v", err)
 	}
 	select {
-	case <-p.exited:
-		if p.err != nil {
-			t.Errorf("QEMU exit: %v", p.err)
+	case <-p.Exited:
+		if p.Err != nil {
+			t.Errorf("QEMU exit: %v", p.Err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Error("QEMU still running 30s after quit")

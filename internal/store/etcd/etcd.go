@@ -407,25 +407,12 @@ func (s *Store) Create(ctx context.Context, key string, value []byte) (int64, er
 	if err := checkKey("create", key); err != nil {
 		return 0, err
 	}
-	cctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return 0, s.mapErr(ctx, "create", key, err)
-	}
-	defer cancel()
 	k := s.base + key
-	fc := s.fence(ctx)
-	resp, err := s.client.Txn(cctx).
-		If(fc.cmps(clientv3.Compare(clientv3.CreateRevision(k), "=", 0))...).
-		Then(clientv3.OpPut(k, string(value))).
-		Else(fc.reads()...).
-		Commit()
+	resp, err := s.fencedTxn(ctx, "create", key, clientv3.Compare(clientv3.CreateRevision(k), "=", 0), clientv3.OpPut(k, string(value)))
 	if err != nil {
-		return 0, s.mapErr(ctx, "create", key, err)
+		return 0, err
 	}
 	if !resp.Succeeded {
-		if err := fc.check("create", key, resp, 0); err != nil {
-			return 0, err
-		}
 		return 0, fmt.Errorf("create %q: %w", key, errs.ErrAlreadyExists)
 	}
 	return resp.Header.Revision, nil
@@ -443,25 +430,13 @@ func (s *Store) Update(ctx context.Context, key string, value []byte, expectRev 
 		}
 		return 0, fmt.Errorf("update %q: revision %d: %w", key, expectRev, errs.ErrConflict)
 	}
-	cctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return 0, s.mapErr(ctx, "update", key, err)
-	}
-	defer cancel()
 	k := s.base + key
-	fc := s.fence(ctx)
-	resp, err := s.client.Txn(cctx).
-		If(fc.cmps(clientv3.Compare(clientv3.ModRevision(k), "=", expectRev))...).
-		Then(clientv3.OpPut(k, string(value))).
-		Else(append([]clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())}, fc.reads()...)...).
-		Commit()
+	resp, err := s.fencedTxn(ctx, "update", key, clientv3.Compare(clientv3.ModRevision(k), "=", expectRev), clientv3.OpPut(k, string(value)),
+		clientv3.OpGet(k, clientv3.WithKeysOnly()))
 	if err != nil {
-		return 0, s.mapErr(ctx, "update", key, err)
+		return 0, err
 	}
 	if !resp.Succeeded {
-		if err := fc.check("update", key, resp, 1); err != nil {
-			return 0, err
-		}
 		return 0, casFailure("update", key, expectRev, resp)
 	}
 	return resp.Header.Revision, nil
@@ -472,29 +447,16 @@ func (s *Store) Delete(ctx context.Context, key string, expectRev int64) (int64,
 	if err := checkKey("delete", key); err != nil {
 		return 0, nil, err
 	}
-	cctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return 0, nil, s.mapErr(ctx, "delete", key, err)
-	}
-	defer cancel()
 	k := s.base + key
 	cmp := clientv3.Compare(clientv3.ModRevision(k), ">", 0)
 	if expectRev != 0 {
 		cmp = clientv3.Compare(clientv3.ModRevision(k), "=", expectRev)
 	}
-	fc := s.fence(ctx)
-	resp, err := s.client.Txn(cctx).
-		If(fc.cmps(cmp)...).
-		Then(clientv3.OpDelete(k, clientv3.WithPrevKV())).
-		Else(append([]clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())}, fc.reads()...)...).
-		Commit()
+	resp, err := s.fencedTxn(ctx, "delete", key, cmp, clientv3.OpDelete(k, clientv3.WithPrevKV()), clientv3.OpGet(k, clientv3.WithKeysOnly()))
 	if err != nil {
-		return 0, nil, s.mapErr(ctx, "delete", key, err)
+		return 0, nil, err
 	}
 	if !resp.Succeeded {
-		if err := fc.check("delete", key, resp, 1); err != nil {
-			return 0, nil, err
-		}
 		return 0, nil, casFailure("delete", key, expectRev, resp)
 	}
 	var prev []byte
@@ -502,6 +464,32 @@ func (s *Store) Delete(ctx context.Context, key string, expectRev int64) (int64,
 		prev = d.PrevKvs[0].Value
 	}
 	return resp.Header.Revision, prev, nil
+}
+
+// fencedTxn commits the write then of key when own holds, together with the fence of ctx
+// (store.Fence); otherwise it runs els (reads for the caller) and reads the fence key. A write
+// refused by its fence is ErrFenced; resp.Succeeded says whether own held.
+func (s *Store) fencedTxn(ctx context.Context, op, key string, own clientv3.Cmp, then clientv3.Op, els ...clientv3.Op) (*clientv3.TxnResponse, error) {
+	cctx, cancel, err := s.call(ctx)
+	if err != nil {
+		return nil, s.mapErr(ctx, op, key, err)
+	}
+	defer cancel()
+	fc := s.fence(ctx)
+	resp, err := s.client.Txn(cctx).
+		If(fc.cmps(own)...).
+		Then(then).
+		Else(append(els, fc.reads()...)...).
+		Commit()
+	if err != nil {
+		return nil, s.mapErr(ctx, op, key, err)
+	}
+	if !resp.Succeeded {
+		if err := fc.check(op, key, resp, len(els)); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
 }
 
 // ChecksFences says the store checks the fences of writes (store.FenceChecker): several

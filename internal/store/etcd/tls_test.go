@@ -3,10 +3,8 @@ package etcd
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,6 +14,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/store"
 	"github.com/rakhsh/rakhsh/internal/store/etcd/etcdtest"
 	"github.com/rakhsh/rakhsh/internal/store/storetest"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestConformanceTLS runs the store conformance suite against an etcd that serves clients
@@ -28,19 +27,6 @@ func TestConformanceTLS(t *testing.T) {
 	storetest.Run(t, func(t testing.TB) store.Store {
 		return open(t, Config{Endpoints: srv.Endpoints, Prefix: uniquePrefix(), TLS: srv.TLS})
 	})
-}
-
-func certPool(t *testing.T, path string) *x509.CertPool {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		t.Fatalf("%s: no certificate", path)
-	}
-	return pool
 }
 
 // TestTLSRefused checks that New fails at once, not after the dial timeout, and says why, when
@@ -56,7 +42,7 @@ func TestTLSRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := certPool(t, srv.Certs.CA)
+	pool := testutil.CertPool(t, srv.Certs.CA)
 	cases := []struct {
 		name      string
 		endpoints []string
@@ -73,7 +59,7 @@ func TestTLSRefused(t *testing.T) {
 		want: []string{srv.Endpoints[0], "etcd refused the TLS handshake", "did not accept the client certificate"},
 	}, {
 		name: "wrong CA", endpoints: srv.Endpoints,
-		tls:  &tls.Config{RootCAs: certPool(t, other.CA), Certificates: srv.TLS.Certificates},
+		tls:  &tls.Config{RootCAs: testutil.CertPool(t, other.CA), Certificates: srv.TLS.Certificates},
 		want: []string{srv.Endpoints[0], "server certificate did not verify", "x509: certificate signed by unknown authority"},
 	}, {
 		// The server certificate names only the IP 127.0.0.1.

@@ -66,17 +66,13 @@ func Bench(b *testing.B, newStore NewStore) {
 		key := itemKey(0)
 		rev := mustGet(b, s, key).ModRevision
 		val := BenchValue(1)
-		lat := make([]time.Duration, 0, 1024)
-		for b.Loop() {
-			t0 := time.Now()
+		timeEach(b, func() {
 			nrev, err := s.Update(ctx, key, val, rev)
 			if err != nil {
 				b.Fatal(err)
 			}
-			lat = append(lat, time.Since(t0))
 			rev = nrev
-		}
-		reportLatency(b, lat)
+		})
 	})
 
 	// 16 concurrent writers updating their own keys: ns/op is the inverse of throughput.
@@ -175,9 +171,7 @@ func benchFanout(b *testing.B, s store.Store) {
 		})
 	}
 	val := BenchValue(4)
-	lat := make([]time.Duration, 0, 1024)
-	for b.Loop() {
-		t0 := time.Now()
+	timeEach(b, func() {
 		nrev, err := s.Update(ctx, key, val, rev)
 		if err != nil {
 			b.Fatal(err)
@@ -192,10 +186,8 @@ func benchFanout(b *testing.B, s store.Store) {
 				b.Fatalf("watchers did not all get revision %d", nrev)
 			}
 		}
-		lat = append(lat, time.Since(t0))
 		rev = nrev
-	}
-	reportLatency(b, lat)
+	})
 }
 
 func itemKey(i int) string { return fmt.Sprintf("/bench/items/%06d", i) }
@@ -225,6 +217,18 @@ func preload(b *testing.B, s store.Store) {
 		b.FailNow()
 	}
 	b.Logf("preloaded %d objects of %d bytes in %v", BenchObjects, BenchValueSize, time.Since(t0).Round(time.Millisecond))
+}
+
+// timeEach runs op once per iteration of the benchmark, timing each run, and reports the
+// latencies (reportLatency).
+func timeEach(b *testing.B, op func()) {
+	lat := make([]time.Duration, 0, 1024)
+	for b.Loop() {
+		t0 := time.Now()
+		op()
+		lat = append(lat, time.Since(t0))
+	}
+	reportLatency(b, lat)
 }
 
 // reportLatency adds p50 and p99 (milliseconds) to the benchmark's results.

@@ -1,0 +1,140 @@
+// Package testutil holds helpers shared by the tests of the node packages (agent, QEMU,
+// QMP, storage): a buffer safe for concurrent writers, skipping a test whose tools are
+// missing (failing instead in CI), and a child process that a test starts and kills.
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// LockedBuffer is a bytes.Buffer that a process's output goroutines and a test may use at
+// the same time.
+type LockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// SkipOrFail skips a test whose tool or file is missing, except in CI (CI set), where
+// everything is installed and a missing piece is a failure.
+func SkipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// NeedTool returns the path of the program name, skipping the test without it (failing if CI
+// is set); pkg is what installs it.
+func NeedTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		SkipOrFail(t, "%s not found: install %s to run this test", name, pkg)
+	}
+	return p
+}
+
+// Child is a process started by a test, its output (stdout and stderr) kept in Out. The test's
+// cleanup kills it (by its PID, only it) if it still runs.
+type Child struct {
+	Cmd    *exec.Cmd
+	Out    *LockedBuffer
+	Exited chan struct{} // closed once Wait has returned
+	Err    error         // Wait's result, valid once Exited is closed
+}
+
+// StartChild starts cmd, failing the test if it cannot.
+func StartChild(t testing.TB, cmd *exec.Cmd) *Child {
+	t.Helper()
+	c := &Child{Cmd: cmd, Out: &LockedBuffer{}, Exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = c.Out, c.Out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", cmd.Path, err)
+	}
+	go func() { c.Err = cmd.Wait(); close(c.Exited) }()
+	t.Cleanup(func() { c.Stop(t) })
+	return c
+}
+
+// Stop kills the process if it still runs and waits for it to end.
+func (c *Child) Stop(t testing.TB) {
+	select {
+	case <-c.Exited:
+		return
+	default:
+	}
+	_ = c.Cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-c.Exited:
+	case <-time.After(10 * time.Second):
+		t.Errorf("process %d did not exit after SIGKILL", c.Cmd.Process.Pid)
+	}
+}
+
+// CertPool reads the PEM certificates in path into a pool, failing the test when the file
+// cannot be read or holds none.
+func CertPool(t testing.TB, path string) *x509.CertPool {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("%s holds no certificate", path)
+	}
+	return pool
+}
+
+// Retry calls try every 20 ms until it succeeds, such as a dial of a socket the process
+// opens. It fails the test when the process exits or ctx ends first; what names the attempt.
+func (c *Child) Retry(ctx context.Context, t testing.TB, what string, try func() error) {
+	t.Helper()
+	for {
+		err := try()
+		if err == nil {
+			return
+		}
+		select {
+		case <-c.Exited:
+			t.Fatalf("%s exited (%v) before %s succeeded (last error: %v); output:\n%s", c.Cmd.Path, c.Err, what, err, c.Out.String())
+		case <-ctx.Done():
+			t.Fatalf("%s: %v (last error: %v); output of %s:\n%s", what, ctx.Err(), err, c.Cmd.Path, c.Out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// ShortTempDir makes a directory named by pattern under the system's temporary directory,
+// removed at the end of the test. Its path is short, unlike t.TempDir's, for unix sockets
+// (at most 107 bytes).
+func ShortTempDir(t testing.TB, pattern string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
