@@ -44,20 +44,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	img := c.GuestImage(t)
 	const leaseDuration, fenceTimeout = 10 * time.Second, 6 * time.Second
 	for _, vm := range []struct{ name, policy string }{{"ha-vm", "AlwaysOn"}, {"manual-vm", "Manual"}} {
-		s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata:
-  name: `+vm.name+`
-  annotations: {virtualization.rakhsh.io/high-availability: enabled}
-spec:
-  runPolicy: `+vm.policy+`
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: h2}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: `+img+`}
-`, "apply", "-f", "-")
+		clusterApply(s, clusterVMManifest{Name: vm.name, RunPolicy: vm.policy, Annotations: []string{clusterHAAnnotation}, Host: "h2", Image: img}.YAML())
 	}
 	s.MustCLI("", "vm", "start", "manual-vm")
 	ha := vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2", vmPhase(v1alpha1.VMPhaseRunning))
@@ -261,9 +248,7 @@ spec:
 	if g := agent.GuardPID(h2.DataDir); g != guardPID {
 		t.Errorf("after the restart h2's fence guard is %d, want the live one %d reused", g, guardPID)
 	}
-	man = vmWait(t, s, "manual-vm", time.Minute, "Running on h2, adopted", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-	})
+	man = vmWait(t, s, "manual-vm", time.Minute, "Running on h2, adopted", clusterRunningOn("h2"))
 	if !vmProcessOf(manPID, man.UID) || pidOf(man.UID) != manPID {
 		t.Errorf("manual-vm's QEMU after the restart: pid %d, want %d adopted", pidOf(man.UID), manPID)
 	}

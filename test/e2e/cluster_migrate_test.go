@@ -117,30 +117,16 @@ func TestLiveMigration(t *testing.T) {
 		}
 		s.CLI("", "delete", "storageclass", "rkm-shared", "--ignore-not-found")
 	})
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkm-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
-		filepath.Join(c.Shared, "rkm-storage")), "apply", "-f", "-")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: rkm-sd}
-spec:
-  persistentVolumeClaim: {size: 64Mi, storageClassName: rkm-shared}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: rkm-ld}
-spec:
-  persistentVolumeClaim: {size: 64Mi}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "rkm-sd", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI("", "wait", "vd", "rkm-ld", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI(migrateVMYAML("rkm-shared", img, "rkm-sd", "")+"---\n"+migrateVMYAML("rkm-local", img, "rkm-ld", ""), "apply", "-f", "-")
+	clusterApply(s, clusterSharedClassYAML("rkm-shared", filepath.Join(c.Shared, "rkm-storage")))
+	clusterApply(s, clusterDiskManifest{Name: "rkm-sd", Size: "64Mi", StorageClass: "rkm-shared"}.YAML(), clusterDiskManifest{Name: "rkm-ld", Size: "64Mi"}.YAML())
+	clusterWaitDisks(s, "rkm-sd", "rkm-ld")
+	clusterApply(s, migrateVMYAML("rkm-shared", img, "rkm-sd", ""), migrateVMYAML("rkm-local", img, "rkm-ld", ""))
 
 	// (1) Shared storage.
 	t.Run("Shared", func(t *testing.T) {
-		v := vmWait(t, s, "rkm-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-		vmWaitSerial(t, s, "rkm-shared", "RAKHSH-GUEST: ready", 1)
+		v := clusterBoot(t, s, "rkm-shared", "")
 		src := v.Status.NodeName
-		migrateConsoleType(t, c.Host(src), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+		migrateConsoleType(t, c.Host(src), v.UID, clusterTickLoop)
 		before := waitTick(t, s, "rkm-shared", 2, time.Minute)
 		dst := migrateOther(c, src)
 		// A peer on the third node pings the VM across the migration.
@@ -150,20 +136,8 @@ spec:
 				third = h
 			}
 		}
-		s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rkm-peer}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: %s}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-`, third, img), "apply", "-f", "-")
-		peer := vmWait(t, s, "rkm-peer", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-		vmWaitSerial(t, s, "rkm-peer", "RAKHSH-GUEST: ready", 1)
+		clusterApply(s, clusterVMManifest{Name: "rkm-peer", Host: third, Image: img}.YAML())
+		peer := clusterBoot(t, s, "rkm-peer", "")
 		vmWaitSerial(t, s, "rkm-peer", "RAKHSH-GUEST: ip=", 1)
 		migrateConsoleType(t, c.Host(third), peer.UID, fmt.Sprintf("ping -c 2 %s >/dev/null; (ping -i 0.5 -w 20 %s | tail -2 | sed 's/^/RKPING /') &", v.Status.IPAddress, v.Status.IPAddress))
 		time.Sleep(3 * time.Second)
@@ -214,9 +188,7 @@ spec:
 			_, err := os.Stat(storage.VMRunDir(c.Host(src).DataDir, v.UID))
 			return os.IsNotExist(err)
 		})
-		vmWait(t, s, "rkm-shared", time.Minute, "Running on the target", func(v *v1alpha1.VirtualMachine) bool {
-			return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == dst
-		})
+		vmWait(t, s, "rkm-shared", time.Minute, "Running on the target", clusterRunningOn(dst))
 		if st := vmGet(t, s, "rkm-shared").Status.Stats; st == nil || len(st.PhasesTransitions) < 2 ||
 			st.PhasesTransitions[len(st.PhasesTransitions)-1].Phase != v1alpha1.VMPhaseRunning ||
 			st.PhasesTransitions[len(st.PhasesTransitions)-2].Phase != v1alpha1.VMPhaseMigrating {
@@ -230,8 +202,7 @@ spec:
 
 	// (2) Local storage.
 	t.Run("Local", func(t *testing.T) {
-		v := vmWait(t, s, "rkm-local", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-		vmWaitSerial(t, s, "rkm-local", "RAKHSH-GUEST: ready", 1)
+		v := clusterBoot(t, s, "rkm-local", "")
 		src := v.Status.NodeName
 		d := storageDisk(t, s, "rkm-ld")
 		if d.Status.NodeName != src {
@@ -286,7 +257,7 @@ spec:
 // returns that node and the VM after the move.
 func migrateTicking(t *testing.T, c *Cluster, s *Serve, name, uid, src string) (string, *v1alpha1.VirtualMachine) {
 	t.Helper()
-	migrateConsoleType(t, c.Host(src), uid, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+	migrateConsoleType(t, c.Host(src), uid, clusterTickLoop)
 	before := waitTick(t, s, name, 2, time.Minute)
 	dst := migrateOther(c, src)
 	r := s.CLI("", "vm", "migrate", name, "--to", dst, "--wait", "--timeout", "5m")
@@ -319,21 +290,8 @@ func TestLiveMigrationTPMAndEFI(t *testing.T) {
 	s := c.Serve(t)
 	img := c.GuestImage(t)
 	t.Cleanup(func() { s.CLI("", "delete", "vm", "rkm-efi", "--ignore-not-found", "--wait") })
-	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rkm-efi}
-spec:
-  runPolicy: AlwaysOn
-  osType: Windows
-  bootloader: EFI
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-`, img), "apply", "-f", "-")
-	v := vmWait(t, s, "rkm-efi", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "rkm-efi", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s, clusterVMManifest{Name: "rkm-efi", Image: img, Spec: []string{"osType: Windows", "bootloader: EFI"}}.YAML())
+	v := clusterBoot(t, s, "rkm-efi", "")
 	if !strings.Contains(vmLog(t, s, "rkm-efi"), "RAKHSH-GUEST: tpm=present") {
 		t.Fatal("the guest sees no TPM")
 	}
@@ -373,24 +331,9 @@ spec:
 	})
 }
 
-// migrateVM is a VM of the guest image and one disk.
+// migrateVMYAML is a VM of the guest image and one disk, pinned to host when host is not "".
 func migrateVMYAML(name, img, disk, host string) string {
-	m := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-  - {kind: VirtualDisk, name: %s}
-`, name, img, disk)
-	if host != "" {
-		m += "  nodeSelector: {kubernetes.io/hostname: " + host + "}\n"
-	}
-	return m
+	return clusterVMManifest{Name: name, Host: host, Image: img, Disks: []string{disk}}.YAML()
 }
 
 // migrateAwaitTransfer starts a migration of name to dst and waits until its transfer runs;
@@ -429,9 +372,7 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 		t.Fatalf("after the failed migration: node %q, migration %+v", v.Status.NodeName, m)
 	}
 	t.Logf("failed as expected: %s: %s", m.Reason, m.Message)
-	vmWait(t, s, name, time.Minute, "Running on the source", func(v *v1alpha1.VirtualMachine) bool {
-		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == src
-	})
+	vmWait(t, s, name, time.Minute, "Running on the source", clusterRunningOn(src))
 	waitFor(t, "nothing of the VM left on the target", func() bool {
 		_, err := os.Stat(storage.VMRunDir(c.Host(dst).DataDir, uid))
 		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
@@ -458,16 +399,12 @@ func TestLiveMigrationFailures(t *testing.T) {
 	c := newCluster(t, ClusterOptions{Name: "rkf", ServeArgs: []string{"--migration-bandwidth", "8"}})
 	s := c.Serve(t)
 	img := c.GuestImage(t)
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkf-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
-		filepath.Join(c.Shared, "rkf-storage")), "apply", "-f", "-")
-	s.MustCLI("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: rkf-d}\nspec:\n  persistentVolumeClaim: {size: 64Mi, storageClassName: rkf-shared}\n", "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "rkf-d", "--for", "phase=Ready", "--timeout", "2m")
+	clusterSharedDisk(s, "rkf-shared", filepath.Join(c.Shared, "rkf-storage"), "rkf-d")
 	// Started on h2 (an agent-only host), then free to move.
-	s.MustCLI(migrateVMYAML("rkf-vm", img, "rkf-d", "h2"), "apply", "-f", "-")
-	v := vmWait(t, s, "rkf-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "rkf-vm", "RAKHSH-GUEST: ready", 1)
-	s.MustCLI("", "patch", "vm", "rkf-vm", "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
-	migrateConsoleType(t, c.Host("h2"), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+	clusterApply(s, migrateVMYAML("rkf-vm", img, "rkf-d", "h2"))
+	v := clusterBoot(t, s, "rkf-vm", "")
+	clusterUnpin(s, "rkf-vm")
+	migrateConsoleType(t, c.Host("h2"), v.UID, clusterTickLoop)
 	tick := waitTick(t, s, "rkf-vm", 2, time.Minute)
 
 	// The target's QEMU is killed.
@@ -514,9 +451,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	}
 	serialTick(t, h2, v.UID, tick) // the guest ticks on, read from QEMU's serial socket
 	h2.Restart(t)
-	vmWait(t, s, "rkf-vm", time.Minute, "Running on h2 after its agent came back", func(v *v1alpha1.VirtualMachine) bool {
-		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-	})
+	vmWait(t, s, "rkf-vm", time.Minute, "Running on h2 after its agent came back", clusterRunningOn("h2"))
 	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
 
 	// The source's agent is killed while the target's agent hangs (SIGSTOP), and started
@@ -581,9 +516,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	})
 	serialTick(t, h3, v.UID, tick)
 	h3.Restart(t)
-	vmWait(t, s, "rkf-vm", time.Minute, "Running on h3 after its agent came back", func(v *v1alpha1.VirtualMachine) bool {
-		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h3"
-	})
+	vmWait(t, s, "rkf-vm", time.Minute, "Running on h3 after its agent came back", clusterRunningOn("h3"))
 	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Completed", "--timeout", "5m")

@@ -148,23 +148,8 @@ func TestClusterServeFailover(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h2.DataDir, "images", img.UID)); err != nil {
 		t.Errorf("the image imported after the takeover is not in h2's image store: %v", err)
 	}
-	s2.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rkm-vm}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: h3}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: rkm-guest}
-`, "apply", "-f", "-")
-	v := vmWait(t, s2, "rkm-vm", vmBootTimeout, "Running on h3", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "h3" {
-		t.Fatalf("the VM runs on %q, want h3", v.Status.NodeName)
-	}
-	vmWaitSerial(t, s2, "rkm-vm", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s2, clusterVMManifest{Name: "rkm-vm", Host: "h3", Image: "rkm-guest"}.YAML())
+	clusterBoot(t, s2, "rkm-vm", "h3")
 
 	// Its log and console through h2, from h3 whose CLI and client name h1 first.
 	if out := h3.MustCLI(t, "", "logs", "vm", "rkm-vm"); !strings.Contains(out, "RAKHSH-GUEST: ready") {
@@ -222,15 +207,7 @@ func readJSONField(t *testing.T, path, field string) string {
 // through s, waits until it is Ready and returns it.
 func importGuestISO(ctx context.Context, t *testing.T, s *Serve, base, name string) v1alpha1.ClusterVirtualImage {
 	t.Helper()
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: `+name+`}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "cvi", name, "--for", "phase=Ready", "--timeout", "3m")
+	clusterImportCVI(s, name, base)
 	var img v1alpha1.ClusterVirtualImage
 	if err := s.Client().Get(ctx, "clustervirtualimages", "", name, &img); err != nil {
 		t.Fatal(err)
