@@ -115,6 +115,33 @@ func TestClusterHALeaseFencing(t *testing.T) {
 		return string(b)
 	}
 
+	// fencedAfter waits until ha-vm's QEMU is killed, no sooner than the fence timeout after
+	// h2 was cut off at from (by what, e.g. "SIGSTOP"; while says how h2 is off), and until h2
+	// is NotReady, no sooner than that; manual-vm's QEMU must live on. It returns both times.
+	fencedAfter := func(what, while string, from time.Time) (toKilled, toNotReady time.Duration) {
+		t.Helper()
+		toKilled = waitUntil("ha-vm's QEMU killed "+while, from, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
+		if toKilled < fenceTimeout-2*time.Second {
+			t.Errorf("ha-vm's QEMU was killed %s after %s, before the fence timeout %s", toKilled, what, fenceTimeout)
+		}
+		toNotReady = waitUntil("h2 NotReady (NodeLeaseExpired) "+while, from, leaseDuration+15*time.Second, notReady)
+		if toNotReady < toKilled {
+			t.Errorf("h2 was NotReady (%s after %s) before it was fenced (%s): the lease must outlast the fence", toNotReady, what, toKilled)
+		}
+		if !vmProcessOf(manPID, man.UID) {
+			t.Fatalf("manual-vm's QEMU (not HA) was killed %s", while)
+		}
+		return toKilled, toNotReady
+	}
+	// runsAgain waits until h2 runs ha-vm again in a new QEMU.
+	runsAgain := func(what string) {
+		t.Helper()
+		ha = vmWait(t, s, "ha-vm", vmBootTimeout, what, func(v *v1alpha1.VirtualMachine) bool {
+			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && pidOf(v.UID) != 0 && pidOf(v.UID) != haPID
+		})
+		haPID = pidOf(ha.UID)
+	}
+
 	// (a) SIGSTOP, then SIGCONT.
 	stoppedAt := time.Now()
 	h2.Pause(t)
@@ -124,22 +151,15 @@ func TestClusterHALeaseFencing(t *testing.T) {
 			h2.Resume(t)
 		}
 	})
-	toKilled := waitUntil("ha-vm's QEMU killed while h2's agent is stopped", stoppedAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
-	if toKilled < fenceTimeout-2*time.Second {
-		t.Errorf("ha-vm's QEMU was killed %s after SIGSTOP, before the fence timeout %s", toKilled, fenceTimeout)
-	}
+	toKilled, toNotReady := fencedAfter("SIGSTOP", "while h2's agent is stopped", stoppedAt)
 	if !h2.Running() || !processStopped(h2.PID()) {
 		t.Fatalf("h2's agent is not stopped any more: the guard, not the agent, must have killed the QEMU")
 	}
 	if !strings.Contains(guardLog(), "vm-uid="+ha.UID) {
 		t.Errorf("the fence guard's log does not name ha-vm:\n%s", guardLog())
 	}
-	toNotReady := waitUntil("h2 NotReady (NodeLeaseExpired) after SIGSTOP", stoppedAt, leaseDuration+15*time.Second, notReady)
-	if toNotReady < leaseDuration-2*time.Second || toNotReady < toKilled {
-		t.Errorf("h2 was NotReady %s after SIGSTOP: sooner than its lease duration %s allows, or before its QEMU was killed (%s)", toNotReady, leaseDuration, toKilled)
-	}
-	if !vmProcessOf(manPID, man.UID) {
-		t.Fatalf("manual-vm's QEMU (not HA) ended while h2's agent was stopped")
+	if toNotReady < leaseDuration-2*time.Second {
+		t.Errorf("h2 was NotReady %s after SIGSTOP: sooner than its lease duration %s allows", toNotReady, leaseDuration)
 	}
 	resumedAt := time.Now()
 	h2.Resume(t)
@@ -165,10 +185,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 		toKilled.Round(10*time.Millisecond), toNotReady.Round(10*time.Millisecond), toReady.Round(10*time.Millisecond))
 
 	// With its lease back before the HA controller's margin, h2 starts ha-vm again (AlwaysOn).
-	ha = vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2 again", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && pidOf(v.UID) != 0 && pidOf(v.UID) != haPID
-	})
-	haPID = pidOf(ha.UID)
+	runsAgain("Running on h2 again")
 
 	// (b) Cut h2's link.
 	cutAt := time.Now()
@@ -179,17 +196,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 			h2.LinkUp(t)
 		}
 	})
-	cutToKilled := waitUntil("ha-vm's QEMU killed with h2's link down", cutAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
-	if cutToKilled < fenceTimeout-2*time.Second {
-		t.Errorf("ha-vm's QEMU was killed %s after the link cut, before the fence timeout %s", cutToKilled, fenceTimeout)
-	}
-	cutToNotReady := waitUntil("h2 NotReady with its link down", cutAt, leaseDuration+15*time.Second, notReady)
-	if cutToNotReady < cutToKilled {
-		t.Errorf("h2 was NotReady (%s after the cut) before its agent fenced (%s): the lease must outlast the fence", cutToNotReady, cutToKilled)
-	}
-	if !vmProcessOf(manPID, man.UID) {
-		t.Fatalf("manual-vm's QEMU (not HA) was killed with the link down")
-	}
+	cutToKilled, cutToNotReady := fencedAfter("the link cut", "with h2's link down", cutAt)
 	if h2.linkUp() {
 		t.Fatal("h2's link came up by itself")
 	}
@@ -211,10 +218,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 		cutToKilled.Round(10*time.Millisecond), cutToNotReady.Round(10*time.Millisecond), upToReady.Round(10*time.Millisecond))
 
 	// (c) kill -9 of h2's agent: its QEMUs and its guard live on.
-	ha = vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2 after the partition", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && pidOf(v.UID) != 0 && pidOf(v.UID) != haPID
-	})
-	haPID = pidOf(ha.UID)
+	runsAgain("Running on h2 after the partition")
 	vmWaitSerial(t, s, "ha-vm", "RAKHSH-GUEST: ready", 1)
 	if g := agent.GuardPID(h2.DataDir); g != guardPID {
 		t.Errorf("h2's fence guard is %d, was %d: the agent replaced a live guard of its own executable", g, guardPID)
@@ -227,17 +231,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 			h2.Restart(t)
 		}
 	})
-	kill9ToKilled := waitUntil("ha-vm's QEMU killed with h2's agent dead", killAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
-	if kill9ToKilled < fenceTimeout-2*time.Second {
-		t.Errorf("ha-vm's QEMU was killed %s after the agent's kill -9, before the fence timeout %s", kill9ToKilled, fenceTimeout)
-	}
-	kill9ToNotReady := waitUntil("h2 NotReady with its agent dead", killAt, leaseDuration+15*time.Second, notReady)
-	if kill9ToNotReady < kill9ToKilled {
-		t.Errorf("h2 was NotReady (%s after kill -9) before the guard fenced (%s)", kill9ToNotReady, kill9ToKilled)
-	}
-	if !vmProcessOf(manPID, man.UID) {
-		t.Fatalf("manual-vm's QEMU (not HA) was killed with h2's agent dead")
-	}
+	kill9ToKilled, kill9ToNotReady := fencedAfter("the agent's kill -9", "with h2's agent dead", killAt)
 	if h2.Running() {
 		t.Fatal("h2's agent runs again by itself")
 	}

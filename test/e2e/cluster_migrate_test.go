@@ -436,23 +436,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
 	h2 := c.Host("h2")
 	h2.Kill9(t)
-	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
-	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Phase != v1alpha1.MigrationPhaseFailed || m.Reason != v1alpha1.MigrationReasonStreamBroken {
-		t.Errorf("source agent killed: migration %+v, want Failed with reason %s", m, v1alpha1.MigrationReasonStreamBroken)
-	} else {
-		t.Logf("source agent killed: %s: %s", m.Reason, m.Message)
-	}
-	waitFor(t, "nothing of the VM left on the target while the source agent is dead", func() bool {
-		_, err := os.Stat(storage.VMRunDir(c.Host("h3").DataDir, v.UID))
-		return os.IsNotExist(err) && vmCountQEMU(v.UID) == 1
-	})
-	if pid := vmQEMUPIDs(h2.DataDir)[v.UID]; pid == 0 || syscall.Kill(pid, 0) != nil {
-		t.Fatalf("the source QEMU on h2 is gone after its agent was killed (pid %d)", pid)
-	}
-	serialTick(t, h2, v.UID, tick) // the guest ticks on, read from QEMU's serial socket
-	h2.Restart(t)
-	vmWait(t, s, "rkf-vm", time.Minute, "Running on h2 after its agent came back", clusterRunningOn("h2"))
-	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
+	tick = clusterSourceAgentDead(t, s, "rkf-vm", op, h2, c.Host("h3"), v.UID, tick, "")
 
 	// The source's agent is killed while the target's agent hangs (SIGSTOP), and started
 	// again before the target's comes back: the new source agent finds the transfer its
@@ -504,20 +488,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 		t.Fatalf("the migration is not unencrypted: %+v", m)
 	}
 	h3.Kill9(t)
-	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
-	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Reason != v1alpha1.MigrationReasonStreamBroken {
-		t.Errorf("unencrypted, source agent killed: migration %+v, want Failed with reason %s", m, v1alpha1.MigrationReasonStreamBroken)
-	} else {
-		t.Logf("unencrypted, source agent killed: %s: %s", m.Reason, m.Message)
-	}
-	waitFor(t, "unencrypted: nothing of the VM left on the target while the source agent is dead", func() bool {
-		_, err := os.Stat(storage.VMRunDir(h2.DataDir, v.UID))
-		return os.IsNotExist(err) && vmCountQEMU(v.UID) == 1
-	})
-	serialTick(t, h3, v.UID, tick)
-	h3.Restart(t)
-	vmWait(t, s, "rkf-vm", time.Minute, "Running on h3 after its agent came back", clusterRunningOn("h3"))
-	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
+	tick = clusterSourceAgentDead(t, s, "rkf-vm", op, h3, h2, v.UID, tick, "unencrypted, ")
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Completed", "--timeout", "5m")
 	if v := vmGet(t, s, "rkf-vm"); v.Status.NodeName != "h2" {
@@ -525,6 +496,32 @@ func TestLiveMigrationFailures(t *testing.T) {
 	}
 	waitTick(t, s, "rkf-vm", tick, time.Minute)
 	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+}
+
+// clusterSourceAgentDead follows the migration op of the VM name (uid) from src to dst whose
+// source agent was killed during the transfer and stays dead: the operation fails with
+// StreamBroken, nothing of the VM is left on dst, the source QEMU lives and its guest ticks on
+// above tick (read from its serial socket); then src's agent is started again, the VM is
+// Running on src and ticks on. It returns the last tick; what prefixes its messages.
+func clusterSourceAgentDead(t *testing.T, s *Serve, name, op string, src, dst *ClusterHost, uid string, tick int, what string) int {
+	t.Helper()
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	if m := vmGet(t, s, name).Status.MigrationState; m == nil || m.Phase != v1alpha1.MigrationPhaseFailed || m.Reason != v1alpha1.MigrationReasonStreamBroken {
+		t.Errorf("%ssource agent killed: migration %+v, want Failed with reason %s", what, m, v1alpha1.MigrationReasonStreamBroken)
+	} else {
+		t.Logf("%ssource agent killed: %s: %s", what, m.Reason, m.Message)
+	}
+	waitFor(t, what+"nothing of the VM left on the target while the source agent is dead", func() bool {
+		_, err := os.Stat(storage.VMRunDir(dst.DataDir, uid))
+		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
+	})
+	if pid := vmQEMUPIDs(src.DataDir)[uid]; pid == 0 || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("the source QEMU on %s is gone after its agent was killed (pid %d)", src.Name, pid)
+	}
+	serialTick(t, src, uid, tick) // the guest ticks on, read from QEMU's serial socket
+	src.Restart(t)
+	vmWait(t, s, name, time.Minute, "Running on "+src.Name+" after its agent came back", clusterRunningOn(src.Name))
+	return waitTick(t, s, name, tick, time.Minute)
 }
 
 // serialTick reads the serial socket of the VM uid's QEMU on h (its agent is not running, so
