@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"context"
+	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // The manifests the cluster tests apply, rendered from the few fields in which they differ.
@@ -156,4 +160,25 @@ func clusterRunningOn(node string) func(v *v1alpha1.VirtualMachine) bool {
 	return func(v *v1alpha1.VirtualMachine) bool {
 		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == node
 	}
+}
+
+// clusterConsoleEcho opens the serial console of the VM name through cl, types an empty line
+// and then cmd, and waits up to a minute for want in what the console prints (what names it).
+func clusterConsoleEcho(ctx context.Context, t *testing.T, cl *client.Client, name, cmd, want, what string) {
+	t.Helper()
+	conn, err := cl.DialStream(ctx, "virtualmachines", "default", name, "console")
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	defer conn.Close()
+	out := &lockedBuffer{}
+	go func() { _, _ = io.Copy(out, conn) }()
+	if _, err := conn.Write([]byte("\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := conn.Write([]byte(cmd + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	consoleWait(t, out, want, 60*time.Second, what)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -362,8 +363,9 @@ func migrateAwaitTransfer(t *testing.T, s *Serve, name, dst string) string {
 }
 
 // migrateExpectFailed waits for op to fail, and checks that the VM runs on src, that nothing
-// of it is left on dst, and that the guest still ticks.
-func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst string, uid string, tick int) (string, int) {
+// of it is left on dst, that the guest still ticks (above tick, the last it returns), and that
+// the failure's reason is one of reasons (what names the failure in the error).
+func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst string, uid string, tick int, what string, reasons ...string) int {
 	t.Helper()
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
 	v := vmGet(t, s, name)
@@ -377,7 +379,22 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 		_, err := os.Stat(storage.VMRunDir(c.Host(dst).DataDir, uid))
 		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
 	})
-	return m.Reason, waitTick(t, s, name, tick, time.Minute)
+	tick = waitTick(t, s, name, tick, time.Minute)
+	if !slices.Contains(reasons, m.Reason) {
+		t.Errorf("%s: reason %s", what, m.Reason)
+	}
+	return tick
+}
+
+// clusterKillTargetQEMU kills the QEMU of the VM uid on h, the target of a migration in its
+// transfer (what prefixes the error when there is none).
+func clusterKillTargetQEMU(t *testing.T, h *ClusterHost, uid, what string) {
+	t.Helper()
+	pid := vmQEMUPIDs(h.DataDir)[uid]
+	if pid == 0 {
+		t.Fatalf("%sno target QEMU on %s during the transfer", what, h.Name)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // TestLiveMigrationFailures, on a cluster of its own whose migrations are capped at 8 MiB/s
@@ -409,15 +426,9 @@ func TestLiveMigrationFailures(t *testing.T) {
 
 	// The target's QEMU is killed.
 	op := migrateAwaitTransfer(t, s, "rkf-vm", "h3")
-	pid := vmQEMUPIDs(c.Host("h3").DataDir)[v.UID]
-	if pid == 0 {
-		t.Fatal("no target QEMU on h3 during the transfer")
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	reason, tick := migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
-	if reason != v1alpha1.MigrationReasonTransferFailed && reason != v1alpha1.MigrationReasonTargetFailed {
-		t.Errorf("target killed: reason %s", reason)
-	}
+	clusterKillTargetQEMU(t, c.Host("h3"), v.UID, "")
+	tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick, "target killed",
+		v1alpha1.MigrationReasonTransferFailed, v1alpha1.MigrationReasonTargetFailed)
 
 	// The target's link is cut during the transfer; it comes back after the failure.
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
@@ -425,10 +436,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	h3.LinkDown(t)
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
 	h3.LinkUp(t)
-	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
-	if reason != v1alpha1.MigrationReasonTransferFailed {
-		t.Errorf("link cut: reason %s", reason)
-	}
+	tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick, "link cut", v1alpha1.MigrationReasonTransferFailed)
 
 	// The source's agent is killed during the transfer and stays dead: the stream goes
 	// through it, so the stream breaks, the target's QEMU ends and its agent fails the
@@ -447,10 +455,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	h2.Restart(t)
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
 	h3.Resume(t)
-	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
-	if reason != v1alpha1.MigrationReasonSourceRestarted {
-		t.Errorf("source agent restarted while the target hung: reason %s", reason)
-	}
+	tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick, "source agent restarted while the target hung", v1alpha1.MigrationReasonSourceRestarted)
 
 	// A retry succeeds. During its transfer, the target's migration port speaks only TLS
 	// with the node's published certificate, and refuses whoever is not the source node.
@@ -474,15 +479,9 @@ func TestLiveMigrationFailures(t *testing.T) {
 	// then succeeds.
 	c.Host("h1").RestartWithArgs(t, "--migration-encryption=false")
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
-	if pid := vmQEMUPIDs(h2.DataDir)[v.UID]; pid == 0 {
-		t.Fatal("unencrypted: no target QEMU on h2 during the transfer")
-	} else {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h3", "h2", v.UID, tick)
-	if reason != v1alpha1.MigrationReasonTransferFailed && reason != v1alpha1.MigrationReasonTargetFailed {
-		t.Errorf("unencrypted, target killed: reason %s", reason)
-	}
+	clusterKillTargetQEMU(t, h2, v.UID, "unencrypted: ")
+	tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h3", "h2", v.UID, tick, "unencrypted, target killed",
+		v1alpha1.MigrationReasonTransferFailed, v1alpha1.MigrationReasonTargetFailed)
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
 	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Policy == nil || !m.Policy.Unencrypted {
 		t.Fatalf("the migration is not unencrypted: %+v", m)

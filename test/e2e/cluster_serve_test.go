@@ -155,19 +155,7 @@ func TestClusterServeFailover(t *testing.T) {
 	if out := h3.MustCLI(t, "", "logs", "vm", "rkm-vm"); !strings.Contains(out, "RAKHSH-GUEST: ready") {
 		t.Fatalf("rakhsh logs on h3 (servers %s): no ready marker:\n%s", h3.APIServer(), out)
 	}
-	conn, err := h3.Client(t).DialStream(ctx, "virtualmachines", "default", "rkm-vm", "console")
-	if err != nil {
-		t.Fatalf("console from h3 with h1 down: %v", err)
-	}
-	out := &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	_, _ = conn.Write([]byte("\n"))
-	time.Sleep(300 * time.Millisecond)
-	if _, err := conn.Write([]byte("echo FAILOVER-$((6*7))\n")); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, out, "FAILOVER-42", 60*time.Second, "the console of the VM on h3 through h2, from h3")
-	conn.Close()
+	clusterConsoleEcho(ctx, t, h3.Client(t), "rkm-vm", "echo FAILOVER-$((6*7))", "FAILOVER-42", "the console of the VM on h3 through h2, from h3 with h1 down")
 
 	// h1 comes back as a follower.
 	h1.Restart(t)
