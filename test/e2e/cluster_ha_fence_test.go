@@ -70,12 +70,7 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 	}
 	stoppedAt := time.Now()
 	h2.Pause(t)
-	paused := true
-	t.Cleanup(func() {
-		if paused {
-			h2.Resume(t)
-		}
-	})
+	resume := clusterLiftLater(t, func() { h2.Resume(t) })
 	waitForIn(t, "hung-vm's QEMU on h2 killed while h2's agent is stopped", 2*time.Minute, func() bool { return !pidAlive(hungPID) })
 	killed := time.Since(stoppedAt)
 	moved := vmWait(t, s, "hung-vm", 3*time.Minute, "Running on another node", func(v *v1alpha1.VirtualMachine) bool {
@@ -95,8 +90,7 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 	if got := runDirLeaseToken(t, c.Host(moved.Status.NodeName), uid["hung-vm"], "hung-vm-data"); got != newTok {
 		t.Errorf("hung-vm's new QEMU runs under token %d, its lease has %d", got, newTok)
 	}
-	h2.Resume(t)
-	paused = false
+	resume()
 	// The serial log is the running node's: the new node's holds the one boot there.
 	vmWaitSerial(t, s, "hung-vm", "RAKHSH-GUEST: ready", 1)
 	waitForIn(t, "h2 Ready again", 2*time.Minute, func() bool {
@@ -135,12 +129,7 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 	partPID := vmQEMUPIDs(h2.DataDir)[pv.UID]
 	cutAt := time.Now()
 	h2.LinkDown(t)
-	linkDown := true
-	t.Cleanup(func() {
-		if linkDown {
-			h2.LinkUp(t)
-		}
-	})
+	linkUp := clusterLiftLater(t, func() { h2.LinkUp(t) })
 	waitForIn(t, "h2 NotReady", 2*time.Minute, func() bool {
 		var n v1alpha1.Node
 		return s.Client().Get(ctx, "nodes", "", "h2", &n) == nil && n.Status.Phase != v1alpha1.NodePhaseReady
@@ -164,8 +153,7 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 		t.Logf("leader now %s", cp.Status.Leader.Name)
 	}
 	vmWaitSerial(t, s, "part-vm", "RAKHSH-GUEST: ready", 1)
-	h2.LinkUp(t)
-	linkDown = false
+	linkUp()
 	waitForIn(t, "h2 Ready again", 2*time.Minute, func() bool {
 		var n v1alpha1.Node
 		return s.Client().Get(ctx, "nodes", "", "h2", &n) == nil && n.Status.Phase == v1alpha1.NodePhaseReady

@@ -221,12 +221,7 @@ func TestHARecovery(t *testing.T) {
 			t.Errorf("killing QEMU %d: %v", pid, err)
 		}
 	}
-	h2Down := true
-	t.Cleanup(func() {
-		if h2Down {
-			h2.Restart(t)
-		}
-	})
+	restart := clusterLiftLater(t, func() { h2.Restart(t) })
 
 	// Watch every 100 ms: the node, its lease, the VMs.
 	type times struct{ released, bound, running, booted, ready time.Duration }
@@ -352,8 +347,7 @@ func TestHARecovery(t *testing.T) {
 
 	// h2 comes back: it must not start ha-a and ha-b again; plain and ha-local run on h2.
 	restartAt := time.Now()
-	h2.Restart(t)
-	h2Down = false
+	restart()
 	for _, name := range []string{"plain", "ha-local"} {
 		vmWait(t, s, name, vmBootTimeout, "Running on h2 again", func(v *v1alpha1.VirtualMachine) bool {
 			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2" && vmQEMUPIDs(h2.DataDir)[v.UID] != 0

@@ -145,12 +145,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	// (a) SIGSTOP, then SIGCONT.
 	stoppedAt := time.Now()
 	h2.Pause(t)
-	resumed := false
-	t.Cleanup(func() {
-		if !resumed {
-			h2.Resume(t)
-		}
-	})
+	resume := clusterLiftLater(t, func() { h2.Resume(t) })
 	toKilled, toNotReady := fencedAfter("SIGSTOP", "while h2's agent is stopped", stoppedAt)
 	if !h2.Running() || !processStopped(h2.PID()) {
 		t.Fatalf("h2's agent is not stopped any more: the guard, not the agent, must have killed the QEMU")
@@ -162,8 +157,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 		t.Errorf("h2 was NotReady %s after SIGSTOP: sooner than its lease duration %s allows", toNotReady, leaseDuration)
 	}
 	resumedAt := time.Now()
-	h2.Resume(t)
-	resumed = true
+	resume()
 	toReady := waitUntil("h2 Ready again after SIGCONT", resumedAt, time.Minute, ready)
 	if !vmProcessOf(manPID, man.UID) {
 		t.Errorf("manual-vm's QEMU (not HA) was killed")
@@ -190,18 +184,12 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	// (b) Cut h2's link.
 	cutAt := time.Now()
 	h2.LinkDown(t)
-	linkUp := false
-	t.Cleanup(func() {
-		if !linkUp {
-			h2.LinkUp(t)
-		}
-	})
+	linkUp := clusterLiftLater(t, func() { h2.LinkUp(t) })
 	cutToKilled, cutToNotReady := fencedAfter("the link cut", "with h2's link down", cutAt)
 	if h2.linkUp() {
 		t.Fatal("h2's link came up by itself")
 	}
-	h2.LinkUp(t)
-	linkUp = true
+	linkUp()
 	upAt := time.Now()
 	upToReady := waitUntil("h2 Ready again after link up", upAt, time.Minute, ready)
 	if !vmProcessOf(manPID, man.UID) {
@@ -225,19 +213,13 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	}
 	killAt := time.Now()
 	h2.Kill9(t)
-	killed9 := true
-	t.Cleanup(func() {
-		if killed9 {
-			h2.Restart(t)
-		}
-	})
+	restart := clusterLiftLater(t, func() { h2.Restart(t) })
 	kill9ToKilled, kill9ToNotReady := fencedAfter("the agent's kill -9", "with h2's agent dead", killAt)
 	if h2.Running() {
 		t.Fatal("h2's agent runs again by itself")
 	}
 	restartAt := time.Now()
-	h2.Restart(t) // waits for h2 Ready with a heartbeat of the new agent
-	killed9 = false
+	restart() // waits for h2 Ready with a heartbeat of the new agent
 	restartToReady := time.Since(restartAt)
 	if g := agent.GuardPID(h2.DataDir); g != guardPID {
 		t.Errorf("after the restart h2's fence guard is %d, want the live one %d reused", g, guardPID)

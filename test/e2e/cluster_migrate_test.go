@@ -101,12 +101,7 @@ func migrateOther(c *Cluster, node string) string {
 // A third part migrates the Local-disk VM again with serve --migration-encryption=false.
 func TestLiveMigration(t *testing.T) {
 	clusterLane(t)
-	var c *Cluster
-	if os.Getenv("RKM_OWN") != "" {
-		c = newCluster(t, ClusterOptions{Name: "rkm"})
-	} else {
-		c = sharedCluster(t)
-	}
+	c := clusterForMigration(t)
 	s := c.Serve(t)
 	img := c.GuestImage(t)
 	t.Cleanup(func() {
@@ -253,6 +248,16 @@ func TestLiveMigration(t *testing.T) {
 	})
 }
 
+// clusterForMigration is the cluster of a migration test: the shared one, or with RKM_OWN
+// set, a cluster of its own (rkm).
+func clusterForMigration(t *testing.T) *Cluster {
+	t.Helper()
+	if os.Getenv("RKM_OWN") != "" {
+		return newCluster(t, ClusterOptions{Name: "rkm"})
+	}
+	return sharedCluster(t)
+}
+
 // migrateTicking has the guest of name (uid, on node src) print a tick every second, moves it
 // to another node, checks that the migration succeeded and that the ticks go on there, and
 // returns that node and the VM after the move.
@@ -282,12 +287,7 @@ func migrateTicking(t *testing.T, c *Cluster, s *Serve, name, uid, src string) (
 // (written back from the migrated flash), not a fresh template.
 func TestLiveMigrationTPMAndEFI(t *testing.T) {
 	clusterLane(t)
-	var c *Cluster
-	if os.Getenv("RKM_OWN") != "" {
-		c = newCluster(t, ClusterOptions{Name: "rkm"})
-	} else {
-		c = sharedCluster(t)
-	}
+	c := clusterForMigration(t)
 	s := c.Serve(t)
 	img := c.GuestImage(t)
 	t.Cleanup(func() { s.CLI("", "delete", "vm", "rkm-efi", "--ignore-not-found", "--wait") })

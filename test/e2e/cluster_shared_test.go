@@ -11,7 +11,8 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 )
 
-// The manifests the cluster tests apply, rendered from the few fields in which they differ.
+// What the cluster tests share: the manifests they apply, rendered from the few fields in
+// which they differ, and the waits and steps they repeat.
 
 // clusterHAAnnotation marks a VM highly available (an entry of clusterVMManifest.Annotations).
 const clusterHAAnnotation = "virtualization.rakhsh.io/high-availability: enabled"
@@ -181,4 +182,19 @@ func clusterConsoleEcho(ctx context.Context, t *testing.T, cl *client.Client, na
 		t.Fatal(err)
 	}
 	consoleWait(t, out, want, 60*time.Second, what)
+}
+
+// clusterLiftLater is for a fault a test puts on (a paused agent, a cut link) and lifts later:
+// it has lift run when the test ends, and returns a function that runs it at once instead.
+func clusterLiftLater(t *testing.T, lift func()) (liftNow func()) {
+	lifted := false
+	t.Cleanup(func() {
+		if !lifted {
+			lift()
+		}
+	})
+	return func() {
+		lift()
+		lifted = true
+	}
 }
