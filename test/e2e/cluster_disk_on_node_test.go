@@ -15,10 +15,7 @@ import (
 // made there and says how to get it; a VM of the h2 disk runs on h2 and boots from it; the
 // deleted disk's file goes from h2.
 func TestClusterDiskOnNode(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	t.Cleanup(func() {
 		s.CLI("", "delete", "vm", "rkd-vm", "--ignore-not-found", "--wait")
 		s.CLI("", "delete", "vd", "rkd-h2", "rkd-h3", "rkd-copy", "--ignore-not-found", "--wait")

@@ -36,13 +36,10 @@ const drainWait = 10 * time.Minute
 // leaves the next one its chance); h2 is put back (uncordoned, out of maintenance) and the
 // test's VMs deleted at the end.
 func TestNodeMaintenanceAndDrain(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	cl := s.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	img := c.GuestImage(t)
 
 	vms := []string{"dr-pinned", "dr-live", "dr-never", "dr-manual", "dr-maint"}
 	t.Cleanup(func() {

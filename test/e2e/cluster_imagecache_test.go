@@ -17,10 +17,7 @@ import (
 // (several passes), and removes it once the disk is deleted; the agent is given its own flags
 // back at the end.
 func TestClusterImageCacheGC(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	t.Cleanup(func() { s.CLI("", "delete", "vd", "rkc-h2", "--ignore-not-found", "--wait") })
 	// The VM some cluster tests share (clusterVM, made again when a test needs it) boots the
 	// cluster image on h2, which keeps it in h2's cache: it goes first, whichever of those

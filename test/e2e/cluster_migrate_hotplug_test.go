@@ -22,10 +22,7 @@ import (
 // sees the CD-ROM and reaches the gateway through the NIC with the same MAC; the attachments stay Attached, and the disk is
 // detached on the target (the guest loses it, the lease is given back).
 func TestLiveMigrationHotplugged(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	t.Cleanup(func() {
 		s.CLI("", "delete", "vm", "rkp-vm", "--ignore-not-found", "--wait")
 		s.CLI("", "delete", "vmbda", "rkp-vm-rkp-hd", "rkp-vm-"+img, "--ignore-not-found", "--wait")

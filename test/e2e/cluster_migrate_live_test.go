@@ -16,10 +16,7 @@ import (
 // then back to the boot vCPU and memory, which removes what h2 added (the vCPU h2 hot-added
 // is a device of its own on the target too).
 func TestLiveMigrationAfterLiveChange(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	const name = "rkm-live"
 	t.Cleanup(func() { s.CLI("", "delete", "vm", name, "--ignore-not-found", "--wait") })
 	clusterApply(s, clusterVMManifest{Name: name, Host: "h2", CPU: "{cores: 1, maxCores: 4}", Memory: "{size: 256Mi, maxSize: 1Gi}", Image: img}.YAML())

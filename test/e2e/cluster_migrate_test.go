@@ -100,10 +100,7 @@ func migrateOther(c *Cluster, node string) string {
 //
 // A third part migrates the Local-disk VM again with serve --migration-encryption=false.
 func TestLiveMigration(t *testing.T) {
-	clusterLane(t)
-	c := clusterForMigration(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, clusterForMigration)
 	t.Cleanup(func() {
 		for _, vm := range []string{"rkm-shared", "rkm-local", "rkm-peer"} {
 			s.CLI("", "delete", "vm", vm, "--ignore-not-found", "--wait")
@@ -286,10 +283,7 @@ func migrateTicking(t *testing.T, c *Cluster, s *Serve, name, uid, src string) (
 // reset), and the target's UEFI variable store ends up with the contents the source's had
 // (written back from the migrated flash), not a fresh template.
 func TestLiveMigrationTPMAndEFI(t *testing.T) {
-	clusterLane(t)
-	c := clusterForMigration(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, clusterForMigration)
 	t.Cleanup(func() { s.CLI("", "delete", "vm", "rkm-efi", "--ignore-not-found", "--wait") })
 	clusterApply(s, clusterVMManifest{Name: "rkm-efi", Image: img, Spec: []string{"osType: Windows", "bootloader: EFI"}}.YAML())
 	v := clusterBoot(t, s, "rkm-efi", "")

@@ -18,6 +18,24 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 )
 
+// clusterReadCert reads the first certificate of the PEM file path.
+func clusterReadCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil {
+		t.Fatalf("%s: no PEM block", path)
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
 // TestClusterServeFailover: serve runs on h1 and h2 (certificates from one cluster CA, one
 // admin token), the agent of h3 is given both. kill -9 of the leader serve on h1: h2's
 // controllers take over within 10 s, h3 keeps heartbeating through h2, a new image imported
@@ -34,25 +52,9 @@ func TestClusterServeFailover(t *testing.T) {
 
 	// Both serves' certificates come from the one CA and name their host; the shared admin
 	// token works with both; one client per server, from h3.
-	caPEM, err := os.ReadFile(c.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caBlock, _ := pem.Decode(caPEM)
-	ca, err := x509.ParseCertificate(caBlock.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := clusterReadCert(t, c.CAFile)
 	for _, h := range []*ClusterHost{h1, h2} {
-		data, err := os.ReadFile(filepath.Join(h.DataDir, "tls.crt"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := pem.Decode(data)
-		leaf, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
+		leaf := clusterReadCert(t, filepath.Join(h.DataDir, "tls.crt"))
 		if err := leaf.CheckSignatureFrom(ca); err != nil {
 			t.Errorf("%s's serving certificate is not signed by the cluster CA: %v", h.Name, err)
 		}

@@ -14,6 +14,15 @@ import (
 // What the cluster tests share: the manifests they apply, rendered from the few fields in
 // which they differ, and the waits and steps they repeat.
 
+// clusterStart starts a test in the cluster lane on the cluster pick returns (sharedCluster,
+// say), and returns it, its serve and its guest image.
+func clusterStart(t *testing.T, pick func(t *testing.T) *Cluster) (*Cluster, *Serve, string) {
+	t.Helper()
+	clusterLane(t)
+	c := pick(t)
+	return c, c.Serve(t), c.GuestImage(t)
+}
+
 // clusterHAAnnotation marks a VM highly available (an entry of clusterVMManifest.Annotations).
 const clusterHAAnnotation = "virtualization.rakhsh.io/high-availability: enabled"
 

@@ -39,10 +39,7 @@ func clusterScheduledFalse(t *testing.T, s *Serve, name string) string {
 // to h2 boots on h2 from it; the disk moves to h2's Local storage and back (by h2's agent),
 // and its VM, pinned by the disk, boots on h2 in between.
 func TestClusterStorage(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	h1, h2, h3 := c.Host("h1"), c.Host("h2"), c.Host("h3")
 	t.Cleanup(func() {
 		for _, vm := range []string{"rks-cl-local", "rks-cl-split", "rks-cl-elsewhere", "rks-cl-shared"} {
