@@ -172,6 +172,15 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	fenced := func(v *v1alpha1.VirtualMachine) bool {
 		return v != nil && v.Status.LastExit != nil && v.Status.LastExit.Reason == v1alpha1.ExitFenced
 	}
+	// fencedSince waits until ha-vm's lastExit says Fenced at a time after at (after what).
+	fencedSince := func(what string, at time.Time) *v1alpha1.VirtualMachine {
+		t.Helper()
+		v := vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced after "+what, func(v *v1alpha1.VirtualMachine) bool {
+			return fenced(v) && v.Status.LastExit.Time != nil && v.Status.LastExit.Time.After(at)
+		})
+		t.Logf("ha-vm's lastExit after %s: %s", what, v.Status.LastExit.Message)
+		return v
+	}
 	v := vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced", fenced)
 	t.Logf("ha-vm's lastExit after SIGCONT: %s: %s", v.Status.LastExit.Reason, v.Status.LastExit.Message)
 	waitFor(t, "an event Fenced on ha-vm", func() bool { return hasEvent(t, cl, "ha-vm", v1alpha1.ExitFenced) })
@@ -195,10 +204,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	if !vmProcessOf(manPID, man.UID) {
 		t.Errorf("manual-vm's QEMU ended")
 	}
-	v = vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced after the partition", func(v *v1alpha1.VirtualMachine) bool {
-		return fenced(v) && v.Status.LastExit.Time != nil && v.Status.LastExit.Time.After(cutAt)
-	})
-	t.Logf("ha-vm's lastExit after the partition: %s", v.Status.LastExit.Message)
+	fencedSince("the partition", cutAt)
 	if err := cl.Get(ctx, "nodeleases", "", "h2", &lease); err != nil || lease.Spec.LeaseTransitions <= transitions {
 		t.Errorf("after the partition h2's lease is %+v (%v): want it acquired anew", lease.Spec, err)
 	}
@@ -228,10 +234,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	if !vmProcessOf(manPID, man.UID) || pidOf(man.UID) != manPID {
 		t.Errorf("manual-vm's QEMU after the restart: pid %d, want %d adopted", pidOf(man.UID), manPID)
 	}
-	v = vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced after the agent's kill -9", func(v *v1alpha1.VirtualMachine) bool {
-		return fenced(v) && v.Status.LastExit.Time != nil && v.Status.LastExit.Time.After(killAt)
-	})
-	t.Logf("ha-vm's lastExit after the kill -9: %s", v.Status.LastExit.Message)
+	v = fencedSince("the agent's kill -9", killAt)
 	if !strings.Contains(v.Status.LastExit.Message, "fence guard") {
 		t.Errorf("ha-vm's lastExit after the kill -9 does not say the fence guard killed it: %s", v.Status.LastExit.Message)
 	}
