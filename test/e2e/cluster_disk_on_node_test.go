@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,20 +15,12 @@ import (
 // made there and says how to get it; a VM of the h2 disk runs on h2 and boots from it; the
 // deleted disk's file goes from h2.
 func TestClusterDiskOnNode(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	t.Cleanup(func() {
 		s.CLI("", "delete", "vm", "rkd-vm", "--ignore-not-found", "--wait")
 		s.CLI("", "delete", "vd", "rkd-h2", "rkd-h3", "rkd-copy", "--ignore-not-found", "--wait")
 	})
-	disk := func(name, node, extra string) string {
-		return fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata:\n  name: %s\n  annotations: {%s: %s}\nspec:\n%s",
-			name, v1alpha1.AnnotationStorageNode, node, extra)
-	}
-	s.MustCLI(disk("rkd-h2", "h2", "  dataSource:\n    type: ObjectRef\n    objectRef: {kind: ClusterVirtualImage, name: "+img+"}\n")+"---\n"+
-		disk("rkd-h3", "h3", "  persistentVolumeClaim: {size: 16Mi}\n"), "apply", "-f", "-")
+	clusterApply(s, clusterDiskManifest{Name: "rkd-h2", Node: "h2", Image: img}.YAML(), clusterDiskManifest{Name: "rkd-h3", Node: "h3", Size: "16Mi"}.YAML())
 	for name, node := range map[string]string{"rkd-h2": "h2", "rkd-h3": "h3"} {
 		s.MustCLI("", "wait", "vd", name, "--for", "phase=Ready", "--timeout", "2m")
 		d := storageDisk(t, s, name)
@@ -51,7 +42,7 @@ func TestClusterDiskOnNode(t *testing.T) {
 	}
 
 	// A copy of another disk needs the control plane's files: it waits and says so.
-	s.MustCLI(disk("rkd-copy", "h2", "  dataSource:\n    type: ObjectRef\n    objectRef: {kind: VirtualDisk, name: rkd-h3}\n"), "apply", "-f", "-")
+	clusterApply(s, clusterDiskManifest{Name: "rkd-copy", Node: "h2", FromDisk: "rkd-h3"}.YAML())
 	deadline := time.Now().Add(time.Minute)
 	for {
 		d := storageDisk(t, s, "rkd-copy")
@@ -66,12 +57,8 @@ func TestClusterDiskOnNode(t *testing.T) {
 	}
 
 	// Its VM runs on h2 and boots from it.
-	s.MustCLI(clusterStorageVM("rkd-vm", "", "rkd-h2"), "apply", "-f", "-")
-	v := vmWait(t, s, "rkd-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "h2" {
-		t.Errorf("the VM of a disk made on h2 runs on %q", v.Status.NodeName)
-	}
-	vmWaitSerial(t, s, "rkd-vm", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s, clusterStorageVM("rkd-vm", "", "rkd-h2"))
+	clusterBoot(t, s, "rkd-vm", "h2")
 	s.MustCLI("", "delete", "vm", "rkd-vm", "--wait")
 	d := storageDisk(t, s, "rkd-h2")
 	s.MustCLI("", "delete", "vd", "rkd-h2", "--wait", "--timeout", "1m")

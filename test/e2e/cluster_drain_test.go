@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -37,13 +36,10 @@ const drainWait = 10 * time.Minute
 // leaves the next one its chance); h2 is put back (uncordoned, out of maintenance) and the
 // test's VMs deleted at the end.
 func TestNodeMaintenanceAndDrain(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	cl := s.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	img := c.GuestImage(t)
 
 	vms := []string{"dr-pinned", "dr-live", "dr-never", "dr-manual", "dr-maint"}
 	t.Cleanup(func() {
@@ -135,9 +131,7 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 		if !waitNoMaintenance(t, ctx, cl) {
 			t.Fatalf("h2 keeps its Maintenance condition after maintenance off")
 		}
-		vmWait(t, s, "dr-pinned", vmBootTimeout, "Running on h2 once maintenance is off", func(v *v1alpha1.VirtualMachine) bool {
-			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-		})
+		vmWait(t, s, "dr-pinned", vmBootTimeout, "Running on h2 once maintenance is off", clusterRunningOn("h2"))
 	})
 
 	part("DrainThreeVMs", func(t *testing.T, s *Serve) {
@@ -151,9 +145,7 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 		s.MustCLI("", "vm", "start", "dr-manual") // runPolicy Manual: created Stopped
 		uids := map[string]string{}
 		for _, n := range []string{"dr-live", "dr-never", "dr-manual"} {
-			v := vmWait(t, s, n, vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
-				return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-			})
+			v := vmWait(t, s, n, vmBootTimeout, "Running on h2", clusterRunningOn("h2"))
 			uids[n] = v.UID
 		}
 		vmWaitSerial(t, s, "dr-live", "RAKHSH-GUEST: ready", 1)
@@ -216,9 +208,7 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 			s.MustCLI("", "node", "cordon", n)
 		}
 		drainVM(t, s, img, "dr-maint", "AlwaysOn", "PreferSafe", "")
-		vmWait(t, s, "dr-maint", vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
-			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-		})
+		vmWait(t, s, "dr-maint", vmBootTimeout, "Running on h2", clusterRunningOn("h2"))
 		for _, n := range []string{"h1", "h3"} {
 			s.MustCLI("", "node", "uncordon", n)
 		}
@@ -249,24 +239,14 @@ func TestNodeMaintenanceAndDrain(t *testing.T) {
 // lines.
 func drainVM(t *testing.T, s *Serve, img, name, runPolicy, migration, extra string) {
 	t.Helper()
-	y := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: %s
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-`, name, runPolicy, img)
+	m := clusterVMManifest{Name: name, RunPolicy: runPolicy, Image: img}
 	if migration != "" {
-		y += "  liveMigrationPolicy: " + migration + "\n"
+		m.Spec = append(m.Spec, "liveMigrationPolicy: "+migration)
 	}
 	if extra != "" {
-		y += "  " + extra + "\n"
+		m.Spec = append(m.Spec, extra)
 	}
-	s.MustCLI(y, "apply", "-f", "-")
+	clusterApply(s, m.YAML())
 }
 
 // drainCLI runs the CLI against s with room for a long drain (the common helper stops the

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -36,39 +35,16 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	t.Cleanup(cancel)
 
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rhf-shared}\nspec:\n  type: Shared\n  shared: {path: %s/rhf-storage}\n", c.Shared), "apply", "-f", "-")
-	vm := func(name string, ha bool) string {
-		ann := ""
-		if ha {
-			ann = "  annotations: {virtualization.rakhsh.io/high-availability: enabled}\n"
-		}
-		return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: %[1]s-data}
-spec:
-  persistentVolumeClaim: {size: 64Mi, storageClassName: rhf-shared}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata:
-  name: %[1]s
-%[2]sspec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: h2}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %[3]s}
-  - {kind: VirtualDisk, name: %[1]s-data}
-`, name, ann, img)
+	clusterApply(s, clusterSharedClassYAML("rhf-shared", c.Shared+"/rhf-storage"))
+	// Each VM with a disk of its own on the Shared class.
+	vm := func(name string, annotations ...string) string {
+		return clusterDiskManifest{Name: name + "-data", Size: "64Mi", StorageClass: "rhf-shared"}.YAML() + "---\n" +
+			clusterVMManifest{Name: name, Annotations: annotations, Host: "h2", Image: img, Disks: []string{name + "-data"}}.YAML()
 	}
-	s.MustCLI(vm("hung-vm", true)+"---\n"+vm("plain-vm", false), "apply", "-f", "-")
+	clusterApply(s, vm("hung-vm", clusterHAAnnotation), vm("plain-vm"))
 	uid := map[string]string{}
 	for _, n := range []string{"hung-vm", "plain-vm"} {
-		v := vmWait(t, s, n, vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
-			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-		})
+		v := vmWait(t, s, n, vmBootTimeout, "Running on h2", clusterRunningOn("h2"))
 		uid[n] = v.UID
 	}
 	vmWaitSerial(t, s, "hung-vm", "RAKHSH-GUEST: ready", 1)
@@ -94,12 +70,7 @@ metadata:
 	}
 	stoppedAt := time.Now()
 	h2.Pause(t)
-	paused := true
-	t.Cleanup(func() {
-		if paused {
-			h2.Resume(t)
-		}
-	})
+	resume := clusterLiftLater(t, func() { h2.Resume(t) })
 	waitForIn(t, "hung-vm's QEMU on h2 killed while h2's agent is stopped", 2*time.Minute, func() bool { return !pidAlive(hungPID) })
 	killed := time.Since(stoppedAt)
 	moved := vmWait(t, s, "hung-vm", 3*time.Minute, "Running on another node", func(v *v1alpha1.VirtualMachine) bool {
@@ -119,8 +90,7 @@ metadata:
 	if got := runDirLeaseToken(t, c.Host(moved.Status.NodeName), uid["hung-vm"], "hung-vm-data"); got != newTok {
 		t.Errorf("hung-vm's new QEMU runs under token %d, its lease has %d", got, newTok)
 	}
-	h2.Resume(t)
-	paused = false
+	resume()
 	// The serial log is the running node's: the new node's holds the one boot there.
 	vmWaitSerial(t, s, "hung-vm", "RAKHSH-GUEST: ready", 1)
 	waitForIn(t, "h2 Ready again", 2*time.Minute, func() bool {
@@ -138,10 +108,8 @@ metadata:
 	}
 
 	// 2. The partition, and the leader lost while the node is being recovered.
-	s.MustCLI(vm("part-vm", true), "apply", "-f", "-")
-	pv := vmWait(t, s, "part-vm", vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-	})
+	clusterApply(s, vm("part-vm", clusterHAAnnotation))
+	pv := vmWait(t, s, "part-vm", vmBootTimeout, "Running on h2", clusterRunningOn("h2"))
 	uid["part-vm"] = pv.UID
 	poller.add(pv.UID)
 	vmWaitSerial(t, s, "part-vm", "RAKHSH-GUEST: ready", 1)
@@ -161,12 +129,7 @@ metadata:
 	partPID := vmQEMUPIDs(h2.DataDir)[pv.UID]
 	cutAt := time.Now()
 	h2.LinkDown(t)
-	linkDown := true
-	t.Cleanup(func() {
-		if linkDown {
-			h2.LinkUp(t)
-		}
-	})
+	linkUp := clusterLiftLater(t, func() { h2.LinkUp(t) })
 	waitForIn(t, "h2 NotReady", 2*time.Minute, func() bool {
 		var n v1alpha1.Node
 		return s.Client().Get(ctx, "nodes", "", "h2", &n) == nil && n.Status.Phase != v1alpha1.NodePhaseReady
@@ -178,9 +141,7 @@ metadata:
 	leader.Kill9(t)
 	t.Logf("leader %s killed %s after the cut (h2 NotReady)", leader.Name, time.Since(cutAt).Round(10*time.Millisecond))
 	leader.Restart(t)
-	moved = vmWait(t, s, "part-vm", 3*time.Minute, "Running on "+other.Name, func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == other.Name
-	})
+	moved = vmWait(t, s, "part-vm", 3*time.Minute, "Running on "+other.Name, clusterRunningOn(other.Name))
 	t.Logf("HA-FENCE partition: cut -> NotReady %s, -> running on %s %s (with the leader lost)", notReady.Round(10*time.Millisecond), moved.Status.NodeName, time.Since(cutAt).Round(10*time.Millisecond))
 	if r := moved.Status.Recovered; len(r) != 1 || r[0].FromNode != "h2" {
 		t.Errorf("part-vm status.recovered %+v, want one recovery from h2", r)
@@ -192,8 +153,7 @@ metadata:
 		t.Logf("leader now %s", cp.Status.Leader.Name)
 	}
 	vmWaitSerial(t, s, "part-vm", "RAKHSH-GUEST: ready", 1)
-	h2.LinkUp(t)
-	linkDown = false
+	linkUp()
 	waitForIn(t, "h2 Ready again", 2*time.Minute, func() bool {
 		var n v1alpha1.Node
 		return s.Client().Get(ctx, "nodes", "", "h2", &n) == nil && n.Status.Phase == v1alpha1.NodePhaseReady

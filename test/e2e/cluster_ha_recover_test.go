@@ -153,51 +153,30 @@ func TestHARecovery(t *testing.T) {
 	t.Cleanup(cancel)
 	cl := s.Client()
 
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rha-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
-		filepath.Join(c.Shared, "rha-storage")), "apply", "-f", "-")
+	clusterApply(s, clusterSharedClassYAML("rha-shared", filepath.Join(c.Shared, "rha-storage")))
 	disk := func(name string) string {
-		return fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: %s}\nspec:\n  persistentVolumeClaim: {size: 64Mi, storageClassName: rha-shared}\n", name)
+		return clusterDiskManifest{Name: name, Size: "64Mi", StorageClass: "rha-shared"}.YAML()
 	}
-	s.MustCLI(disk("ha-a-data")+"---\n"+disk("ha-b-data")+"---\n"+disk("ha-local-data"), "apply", "-f", "-")
-	for _, d := range []string{"ha-a-data", "ha-b-data", "ha-local-data"} {
-		s.MustCLI("", "wait", "vd", d, "--for", "phase=Ready", "--timeout", "2m")
-	}
+	clusterApply(s, disk("ha-a-data"), disk("ha-b-data"), disk("ha-local-data"))
+	clusterWaitDisks(s, "ha-a-data", "ha-b-data", "ha-local-data")
 	// ha-local's disk goes to h2's Local storage (moved there by h2's agent).
 	s.MustCLI("", "disk", "move", "ha-local-data", "--storage-class", "local", "--node", "h2", "--timeout", "3m")
 	if d := storageDisk(t, s, "ha-local-data"); d.Status.StorageClassName != "local" || d.Status.NodeName != "h2" {
 		t.Fatalf("ha-local-data after the move: class %q node %q, want local on h2", d.Status.StorageClassName, d.Status.NodeName)
 	}
-	vm := func(name string, ha bool, prio int, data string) string {
-		ann := ""
+	vm := func(name string, ha bool, prio int, data ...string) string {
+		m := clusterVMManifest{Name: name, Host: "h2", Image: img, Disks: data}
 		if ha {
-			ann = fmt.Sprintf("  annotations: {virtualization.rakhsh.io/high-availability: enabled, virtualization.rakhsh.io/high-availability-priority: %q}\n", strconv.Itoa(prio))
+			m.Annotations = []string{clusterHAAnnotation, fmt.Sprintf("virtualization.rakhsh.io/high-availability-priority: %q", strconv.Itoa(prio))}
 		}
-		m := `apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata:
-  name: ` + name + "\n" + ann + `spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: h2}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: ` + img + `}
-`
-		if data != "" {
-			m += "  - {kind: VirtualDisk, name: " + data + "}\n"
-		}
-		return m
+		return m.YAML()
 	}
 	appliedAt := time.Now()
-	s.MustCLI(vm("ha-a", true, 10, "ha-a-data")+"---\n"+vm("ha-b", true, 0, "ha-b-data")+"---\n"+vm("plain", false, 0, "")+"---\n"+
-		vm("ha-local", true, 0, "ha-local-data"), "apply", "-f", "-")
+	clusterApply(s, vm("ha-a", true, 10, "ha-a-data"), vm("ha-b", true, 0, "ha-b-data"), vm("plain", false, 0), vm("ha-local", true, 0, "ha-local-data"))
 	names := []string{"ha-a", "ha-b", "plain", "ha-local"}
 	uid := map[string]string{}
 	for _, n := range names {
-		v := vmWait(t, s, n, vmBootTimeout, "Running on h2", func(v *v1alpha1.VirtualMachine) bool {
-			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-		})
+		v := vmWait(t, s, n, vmBootTimeout, "Running on h2", clusterRunningOn("h2"))
 		uid[n] = v.UID
 	}
 	for _, n := range names {
@@ -242,12 +221,7 @@ metadata:
 			t.Errorf("killing QEMU %d: %v", pid, err)
 		}
 	}
-	h2Down := true
-	t.Cleanup(func() {
-		if h2Down {
-			h2.Restart(t)
-		}
-	})
+	restart := clusterLiftLater(t, func() { h2.Restart(t) })
 
 	// Watch every 100 ms: the node, its lease, the VMs.
 	type times struct{ released, bound, running, booted, ready time.Duration }
@@ -373,8 +347,7 @@ metadata:
 
 	// h2 comes back: it must not start ha-a and ha-b again; plain and ha-local run on h2.
 	restartAt := time.Now()
-	h2.Restart(t)
-	h2Down = false
+	restart()
 	for _, name := range []string{"plain", "ha-local"} {
 		vmWait(t, s, name, vmBootTimeout, "Running on h2 again", func(v *v1alpha1.VirtualMachine) bool {
 			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2" && vmQEMUPIDs(h2.DataDir)[v.UID] != 0

@@ -44,20 +44,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	img := c.GuestImage(t)
 	const leaseDuration, fenceTimeout = 10 * time.Second, 6 * time.Second
 	for _, vm := range []struct{ name, policy string }{{"ha-vm", "AlwaysOn"}, {"manual-vm", "Manual"}} {
-		s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata:
-  name: `+vm.name+`
-  annotations: {virtualization.rakhsh.io/high-availability: enabled}
-spec:
-  runPolicy: `+vm.policy+`
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: h2}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: `+img+`}
-`, "apply", "-f", "-")
+		clusterApply(s, clusterVMManifest{Name: vm.name, RunPolicy: vm.policy, Annotations: []string{clusterHAAnnotation}, Host: "h2", Image: img}.YAML())
 	}
 	s.MustCLI("", "vm", "start", "manual-vm")
 	ha := vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2", vmPhase(v1alpha1.VMPhaseRunning))
@@ -128,35 +115,49 @@ spec:
 		return string(b)
 	}
 
+	// fencedAfter waits until ha-vm's QEMU is killed, no sooner than the fence timeout after
+	// h2 was cut off at from (by what, e.g. "SIGSTOP"; while says how h2 is off), and until h2
+	// is NotReady, no sooner than that; manual-vm's QEMU must live on. It returns both times.
+	fencedAfter := func(what, while string, from time.Time) (toKilled, toNotReady time.Duration) {
+		t.Helper()
+		toKilled = waitUntil("ha-vm's QEMU killed "+while, from, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
+		if toKilled < fenceTimeout-2*time.Second {
+			t.Errorf("ha-vm's QEMU was killed %s after %s, before the fence timeout %s", toKilled, what, fenceTimeout)
+		}
+		toNotReady = waitUntil("h2 NotReady (NodeLeaseExpired) "+while, from, leaseDuration+15*time.Second, notReady)
+		if toNotReady < toKilled {
+			t.Errorf("h2 was NotReady (%s after %s) before it was fenced (%s): the lease must outlast the fence", toNotReady, what, toKilled)
+		}
+		if !vmProcessOf(manPID, man.UID) {
+			t.Fatalf("manual-vm's QEMU (not HA) was killed %s", while)
+		}
+		return toKilled, toNotReady
+	}
+	// runsAgain waits until h2 runs ha-vm again in a new QEMU.
+	runsAgain := func(what string) {
+		t.Helper()
+		ha = vmWait(t, s, "ha-vm", vmBootTimeout, what, func(v *v1alpha1.VirtualMachine) bool {
+			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && pidOf(v.UID) != 0 && pidOf(v.UID) != haPID
+		})
+		haPID = pidOf(ha.UID)
+	}
+
 	// (a) SIGSTOP, then SIGCONT.
 	stoppedAt := time.Now()
 	h2.Pause(t)
-	resumed := false
-	t.Cleanup(func() {
-		if !resumed {
-			h2.Resume(t)
-		}
-	})
-	toKilled := waitUntil("ha-vm's QEMU killed while h2's agent is stopped", stoppedAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
-	if toKilled < fenceTimeout-2*time.Second {
-		t.Errorf("ha-vm's QEMU was killed %s after SIGSTOP, before the fence timeout %s", toKilled, fenceTimeout)
-	}
+	resume := clusterLiftLater(t, func() { h2.Resume(t) })
+	toKilled, toNotReady := fencedAfter("SIGSTOP", "while h2's agent is stopped", stoppedAt)
 	if !h2.Running() || !processStopped(h2.PID()) {
 		t.Fatalf("h2's agent is not stopped any more: the guard, not the agent, must have killed the QEMU")
 	}
 	if !strings.Contains(guardLog(), "vm-uid="+ha.UID) {
 		t.Errorf("the fence guard's log does not name ha-vm:\n%s", guardLog())
 	}
-	toNotReady := waitUntil("h2 NotReady (NodeLeaseExpired) after SIGSTOP", stoppedAt, leaseDuration+15*time.Second, notReady)
-	if toNotReady < leaseDuration-2*time.Second || toNotReady < toKilled {
-		t.Errorf("h2 was NotReady %s after SIGSTOP: sooner than its lease duration %s allows, or before its QEMU was killed (%s)", toNotReady, leaseDuration, toKilled)
-	}
-	if !vmProcessOf(manPID, man.UID) {
-		t.Fatalf("manual-vm's QEMU (not HA) ended while h2's agent was stopped")
+	if toNotReady < leaseDuration-2*time.Second {
+		t.Errorf("h2 was NotReady %s after SIGSTOP: sooner than its lease duration %s allows", toNotReady, leaseDuration)
 	}
 	resumedAt := time.Now()
-	h2.Resume(t)
-	resumed = true
+	resume()
 	toReady := waitUntil("h2 Ready again after SIGCONT", resumedAt, time.Minute, ready)
 	if !vmProcessOf(manPID, man.UID) {
 		t.Errorf("manual-vm's QEMU (not HA) was killed")
@@ -171,6 +172,15 @@ spec:
 	fenced := func(v *v1alpha1.VirtualMachine) bool {
 		return v != nil && v.Status.LastExit != nil && v.Status.LastExit.Reason == v1alpha1.ExitFenced
 	}
+	// fencedSince waits until ha-vm's lastExit says Fenced at a time after at (after what).
+	fencedSince := func(what string, at time.Time) *v1alpha1.VirtualMachine {
+		t.Helper()
+		v := vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced after "+what, func(v *v1alpha1.VirtualMachine) bool {
+			return fenced(v) && v.Status.LastExit.Time != nil && v.Status.LastExit.Time.After(at)
+		})
+		t.Logf("ha-vm's lastExit after %s: %s", what, v.Status.LastExit.Message)
+		return v
+	}
 	v := vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced", fenced)
 	t.Logf("ha-vm's lastExit after SIGCONT: %s: %s", v.Status.LastExit.Reason, v.Status.LastExit.Message)
 	waitFor(t, "an event Fenced on ha-vm", func() bool { return hasEvent(t, cl, "ha-vm", v1alpha1.ExitFenced) })
@@ -178,45 +188,23 @@ spec:
 		toKilled.Round(10*time.Millisecond), toNotReady.Round(10*time.Millisecond), toReady.Round(10*time.Millisecond))
 
 	// With its lease back before the HA controller's margin, h2 starts ha-vm again (AlwaysOn).
-	ha = vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2 again", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && pidOf(v.UID) != 0 && pidOf(v.UID) != haPID
-	})
-	haPID = pidOf(ha.UID)
+	runsAgain("Running on h2 again")
 
 	// (b) Cut h2's link.
 	cutAt := time.Now()
 	h2.LinkDown(t)
-	linkUp := false
-	t.Cleanup(func() {
-		if !linkUp {
-			h2.LinkUp(t)
-		}
-	})
-	cutToKilled := waitUntil("ha-vm's QEMU killed with h2's link down", cutAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
-	if cutToKilled < fenceTimeout-2*time.Second {
-		t.Errorf("ha-vm's QEMU was killed %s after the link cut, before the fence timeout %s", cutToKilled, fenceTimeout)
-	}
-	cutToNotReady := waitUntil("h2 NotReady with its link down", cutAt, leaseDuration+15*time.Second, notReady)
-	if cutToNotReady < cutToKilled {
-		t.Errorf("h2 was NotReady (%s after the cut) before its agent fenced (%s): the lease must outlast the fence", cutToNotReady, cutToKilled)
-	}
-	if !vmProcessOf(manPID, man.UID) {
-		t.Fatalf("manual-vm's QEMU (not HA) was killed with the link down")
-	}
+	linkUp := clusterLiftLater(t, func() { h2.LinkUp(t) })
+	cutToKilled, cutToNotReady := fencedAfter("the link cut", "with h2's link down", cutAt)
 	if h2.linkUp() {
 		t.Fatal("h2's link came up by itself")
 	}
-	h2.LinkUp(t)
-	linkUp = true
+	linkUp()
 	upAt := time.Now()
 	upToReady := waitUntil("h2 Ready again after link up", upAt, time.Minute, ready)
 	if !vmProcessOf(manPID, man.UID) {
 		t.Errorf("manual-vm's QEMU ended")
 	}
-	v = vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced after the partition", func(v *v1alpha1.VirtualMachine) bool {
-		return fenced(v) && v.Status.LastExit.Time != nil && v.Status.LastExit.Time.After(cutAt)
-	})
-	t.Logf("ha-vm's lastExit after the partition: %s", v.Status.LastExit.Message)
+	fencedSince("the partition", cutAt)
 	if err := cl.Get(ctx, "nodeleases", "", "h2", &lease); err != nil || lease.Spec.LeaseTransitions <= transitions {
 		t.Errorf("after the partition h2's lease is %+v (%v): want it acquired anew", lease.Spec, err)
 	}
@@ -224,53 +212,29 @@ spec:
 		cutToKilled.Round(10*time.Millisecond), cutToNotReady.Round(10*time.Millisecond), upToReady.Round(10*time.Millisecond))
 
 	// (c) kill -9 of h2's agent: its QEMUs and its guard live on.
-	ha = vmWait(t, s, "ha-vm", vmBootTimeout, "Running on h2 after the partition", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && pidOf(v.UID) != 0 && pidOf(v.UID) != haPID
-	})
-	haPID = pidOf(ha.UID)
+	runsAgain("Running on h2 after the partition")
 	vmWaitSerial(t, s, "ha-vm", "RAKHSH-GUEST: ready", 1)
 	if g := agent.GuardPID(h2.DataDir); g != guardPID {
 		t.Errorf("h2's fence guard is %d, was %d: the agent replaced a live guard of its own executable", g, guardPID)
 	}
 	killAt := time.Now()
 	h2.Kill9(t)
-	killed9 := true
-	t.Cleanup(func() {
-		if killed9 {
-			h2.Restart(t)
-		}
-	})
-	kill9ToKilled := waitUntil("ha-vm's QEMU killed with h2's agent dead", killAt, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
-	if kill9ToKilled < fenceTimeout-2*time.Second {
-		t.Errorf("ha-vm's QEMU was killed %s after the agent's kill -9, before the fence timeout %s", kill9ToKilled, fenceTimeout)
-	}
-	kill9ToNotReady := waitUntil("h2 NotReady with its agent dead", killAt, leaseDuration+15*time.Second, notReady)
-	if kill9ToNotReady < kill9ToKilled {
-		t.Errorf("h2 was NotReady (%s after kill -9) before the guard fenced (%s)", kill9ToNotReady, kill9ToKilled)
-	}
-	if !vmProcessOf(manPID, man.UID) {
-		t.Fatalf("manual-vm's QEMU (not HA) was killed with h2's agent dead")
-	}
+	restart := clusterLiftLater(t, func() { h2.Restart(t) })
+	kill9ToKilled, kill9ToNotReady := fencedAfter("the agent's kill -9", "with h2's agent dead", killAt)
 	if h2.Running() {
 		t.Fatal("h2's agent runs again by itself")
 	}
 	restartAt := time.Now()
-	h2.Restart(t) // waits for h2 Ready with a heartbeat of the new agent
-	killed9 = false
+	restart() // waits for h2 Ready with a heartbeat of the new agent
 	restartToReady := time.Since(restartAt)
 	if g := agent.GuardPID(h2.DataDir); g != guardPID {
 		t.Errorf("after the restart h2's fence guard is %d, want the live one %d reused", g, guardPID)
 	}
-	man = vmWait(t, s, "manual-vm", time.Minute, "Running on h2, adopted", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-	})
+	man = vmWait(t, s, "manual-vm", time.Minute, "Running on h2, adopted", clusterRunningOn("h2"))
 	if !vmProcessOf(manPID, man.UID) || pidOf(man.UID) != manPID {
 		t.Errorf("manual-vm's QEMU after the restart: pid %d, want %d adopted", pidOf(man.UID), manPID)
 	}
-	v = vmWait(t, s, "ha-vm", time.Minute, "lastExit Fenced after the agent's kill -9", func(v *v1alpha1.VirtualMachine) bool {
-		return fenced(v) && v.Status.LastExit.Time != nil && v.Status.LastExit.Time.After(killAt)
-	})
-	t.Logf("ha-vm's lastExit after the kill -9: %s", v.Status.LastExit.Message)
+	v = fencedSince("the agent's kill -9", killAt)
 	if !strings.Contains(v.Status.LastExit.Message, "fence guard") {
 		t.Errorf("ha-vm's lastExit after the kill -9 does not say the fence guard killed it: %s", v.Status.LastExit.Message)
 	}

@@ -1239,15 +1239,7 @@ func (c *Cluster) GuestImage(t *testing.T) string {
 		c.fileURL = "http://" + ln.Addr().String()
 	}
 	s := c.Serve(t)
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: `+name+`}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+c.fileURL+`/guest.iso"}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "cvi", name, "--for", "phase=Ready", "--timeout", "3m")
+	clusterImportCVI(s, name, c.fileURL)
 	c.guestDone = true
 	return name
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,10 +17,7 @@ import (
 // (several passes), and removes it once the disk is deleted; the agent is given its own flags
 // back at the end.
 func TestClusterImageCacheGC(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	t.Cleanup(func() { s.CLI("", "delete", "vd", "rkc-h2", "--ignore-not-found", "--wait") })
 	// The VM some cluster tests share (clusterVM, made again when a test needs it) boots the
 	// cluster image on h2, which keeps it in h2's cache: it goes first, whichever of those
@@ -33,9 +29,8 @@ func TestClusterImageCacheGC(t *testing.T) {
 	}
 	h2 := c.Host("h2")
 	cache := filepath.Join(h2.DataDir, "pools", "default", "cache")
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata:\n  name: rkc-h2\n  annotations: {%s: h2}\nspec:\n  dataSource:\n    type: ObjectRef\n    objectRef: {kind: ClusterVirtualImage, name: %s}\n",
-		v1alpha1.AnnotationStorageNode, img), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "rkc-h2", "--for", "phase=Ready", "--timeout", "2m")
+	clusterApply(s, clusterDiskManifest{Name: "rkc-h2", Node: "h2", Image: img}.YAML())
+	clusterWaitDisks(s, "rkc-h2")
 	used := filepath.Join(cache, cvi.Status.SHA256)
 	if !storageFileThere(used) {
 		t.Fatalf("the image is not in h2's cache: %s", used)

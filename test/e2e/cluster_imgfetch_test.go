@@ -63,15 +63,7 @@ func TestClusterImageFetch(t *testing.T) {
 	// Two disks from the image while the only serve holding its file is down: each waits,
 	// saying which image and which serve.
 	for _, name := range []string{"rif-disk", "rif-disk2"} {
-		s2.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: `+name+`}
-spec:
-  persistentVolumeClaim: {size: 1Gi}
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: ClusterVirtualImage, name: rif-guest}
-`, "apply", "-f", "-")
+		clusterApply(s2, clusterDiskManifest{Name: name, Size: "1Gi", Image: "rif-guest"}.YAML())
 	}
 	d := waitObj(t, s2, "virtualdisks", "default", "rif-disk", "waiting on the fetch of its image", func(d *v1alpha1.VirtualDisk) bool {
 		cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionReady)
@@ -199,22 +191,8 @@ spec:
 	}
 
 	// A VM on h2 boots from the disk made from the fetched file.
-	s2.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rif-vm}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: rif-disk}
-`, "apply", "-f", "-")
-	v := vmWait(t, s2, "rif-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "h2" {
-		t.Errorf("the VM runs on %q, want h2 (its disk's node)", v.Status.NodeName)
-	}
-	vmWaitSerial(t, s2, "rif-vm", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s2, clusterStorageVM("rif-vm", "", "rif-disk"))
+	clusterBoot(t, s2, "rif-vm", "h2") // its disk's node
 	s2.MustCLI("", "delete", "vm", "rif-vm")
 	s2.MustCLI("", "delete", "vd", "rif-disk2")
 }

@@ -106,19 +106,15 @@ func TestLiveMigrationBenchmark(t *testing.T) {
 				ServeArgs: append([]string{"--migration-bandwidth", cs.cap, "--migration-min-timeout", "60s", "--migration-timeout-per-gib", "1s"}, cs.args...)})
 			s := c.Serve(t)
 			img := c.GuestImage(t)
-			s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkb-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
-				filepath.Join(c.Shared, "rkb-storage")), "apply", "-f", "-")
-			s.MustCLI("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: rkb-d}\nspec:\n  persistentVolumeClaim: {size: 64Mi, storageClassName: rkb-shared}\n", "apply", "-f", "-")
-			s.MustCLI("", "wait", "vd", "rkb-d", "--for", "phase=Ready", "--timeout", "2m")
-			vm := migrateVMYAML("rkb-vm", img, "rkb-d", "h2")
+			clusterSharedDisk(s, "rkb-shared", filepath.Join(c.Shared, "rkb-storage"), "rkb-d")
+			vm := clusterVMManifest{Name: "rkb-vm", Host: "h2", Image: img, Disks: []string{"rkb-d"}}
 			if cs.policy != "" {
-				vm = strings.Replace(vm, "  runPolicy: AlwaysOn\n", "  runPolicy: AlwaysOn\n  liveMigrationPolicy: "+string(cs.policy)+"\n", 1)
+				vm.Spec = []string{"liveMigrationPolicy: " + string(cs.policy)}
 			}
-			s.MustCLI(vm, "apply", "-f", "-")
-			v := vmWait(t, s, "rkb-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-			vmWaitSerial(t, s, "rkb-vm", "RAKHSH-GUEST: ready", 1)
-			s.MustCLI("", "patch", "vm", "rkb-vm", "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
-			migrateConsoleType(t, c.Host("h2"), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+			clusterApply(s, vm.YAML())
+			v := clusterBoot(t, s, "rkb-vm", "")
+			clusterUnpin(s, "rkb-vm")
+			migrateConsoleType(t, c.Host("h2"), v.UID, clusterTickLoop)
 			if cs.dirty {
 				migrateConsoleType(t, c.Host("h2"), v.UID, "dd if=/dev/urandom of=/tmp/src bs=1M count=64 2>/dev/null; cp /tmp/src /tmp/dst; echo DIRTY-READY; "+
 					"while :; do dd if=/tmp/src of=/tmp/dst bs=1M conv=notrunc 2>/dev/null; done &")

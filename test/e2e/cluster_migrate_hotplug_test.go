@@ -22,39 +22,18 @@ import (
 // sees the CD-ROM and reaches the gateway through the NIC with the same MAC; the attachments stay Attached, and the disk is
 // detached on the target (the guest loses it, the lease is given back).
 func TestLiveMigrationHotplugged(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	t.Cleanup(func() {
 		s.CLI("", "delete", "vm", "rkp-vm", "--ignore-not-found", "--wait")
 		s.CLI("", "delete", "vmbda", "rkp-vm-rkp-hd", "rkp-vm-"+img, "--ignore-not-found", "--wait")
 		s.CLI("", "delete", "vd", "rkp-hd", "--ignore-not-found", "--wait")
 	})
-	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rkp-vm}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-`, img), "apply", "-f", "-")
-	v := vmWait(t, s, "rkp-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "rkp-vm", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s, clusterVMManifest{Name: "rkp-vm", Image: img}.YAML())
+	v := clusterBoot(t, s, "rkp-vm", "")
 	src := v.Status.NodeName
 	h := c.Host(src)
-	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata:
-  name: rkp-hd
-  annotations: {%s: %s}
-spec:
-  persistentVolumeClaim: {size: 64Mi}
-`, v1alpha1.AnnotationStorageNode, src), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "rkp-hd", "--for", "phase=Ready", "--timeout", "2m")
+	clusterApply(s, clusterDiskManifest{Name: "rkp-hd", Node: src, Size: "64Mi"}.YAML())
+	clusterWaitDisks(s, "rkp-hd")
 	if d := storageDisk(t, s, "rkp-hd"); d.Status.NodeName != src {
 		t.Fatalf("the Local disk is on %q, the VM on %q", d.Status.NodeName, src)
 	}

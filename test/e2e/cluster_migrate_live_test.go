@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -17,26 +16,11 @@ import (
 // then back to the boot vCPU and memory, which removes what h2 added (the vCPU h2 hot-added
 // is a device of its own on the target too).
 func TestLiveMigrationAfterLiveChange(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	const name = "rkm-live"
 	t.Cleanup(func() { s.CLI("", "delete", "vm", name, "--ignore-not-found", "--wait") })
-	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1, maxCores: 4}
-  memory: {size: 256Mi, maxSize: 1Gi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-  nodeSelector: {kubernetes.io/hostname: h2}
-`, name, img), "apply", "-f", "-")
-	v0 := vmWait(t, s, name, vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, name, "RAKHSH-GUEST: ready", 1)
+	clusterApply(s, clusterVMManifest{Name: name, Host: "h2", CPU: "{cores: 1, maxCores: 4}", Memory: "{size: 256Mi, maxSize: 1Gi}", Image: img}.YAML())
+	v0 := clusterBoot(t, s, name, "")
 	cpus, base := liveBootReport(t, s, name, 1)
 	if cpus != 1 || base == 0 {
 		t.Fatalf("the guest reports cpus=%d memtotal=%d at boot", cpus, base)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -99,15 +100,7 @@ func migrateOther(c *Cluster, node string) string {
 //
 // A third part migrates the Local-disk VM again with serve --migration-encryption=false.
 func TestLiveMigration(t *testing.T) {
-	clusterLane(t)
-	var c *Cluster
-	if os.Getenv("RKM_OWN") != "" {
-		c = newCluster(t, ClusterOptions{Name: "rkm"})
-	} else {
-		c = sharedCluster(t)
-	}
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, clusterForMigration)
 	t.Cleanup(func() {
 		for _, vm := range []string{"rkm-shared", "rkm-local", "rkm-peer"} {
 			s.CLI("", "delete", "vm", vm, "--ignore-not-found", "--wait")
@@ -117,30 +110,16 @@ func TestLiveMigration(t *testing.T) {
 		}
 		s.CLI("", "delete", "storageclass", "rkm-shared", "--ignore-not-found")
 	})
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkm-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
-		filepath.Join(c.Shared, "rkm-storage")), "apply", "-f", "-")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: rkm-sd}
-spec:
-  persistentVolumeClaim: {size: 64Mi, storageClassName: rkm-shared}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: rkm-ld}
-spec:
-  persistentVolumeClaim: {size: 64Mi}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "rkm-sd", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI("", "wait", "vd", "rkm-ld", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI(migrateVMYAML("rkm-shared", img, "rkm-sd", "")+"---\n"+migrateVMYAML("rkm-local", img, "rkm-ld", ""), "apply", "-f", "-")
+	clusterApply(s, clusterSharedClassYAML("rkm-shared", filepath.Join(c.Shared, "rkm-storage")))
+	clusterApply(s, clusterDiskManifest{Name: "rkm-sd", Size: "64Mi", StorageClass: "rkm-shared"}.YAML(), clusterDiskManifest{Name: "rkm-ld", Size: "64Mi"}.YAML())
+	clusterWaitDisks(s, "rkm-sd", "rkm-ld")
+	clusterApply(s, migrateVMYAML("rkm-shared", img, "rkm-sd", ""), migrateVMYAML("rkm-local", img, "rkm-ld", ""))
 
 	// (1) Shared storage.
 	t.Run("Shared", func(t *testing.T) {
-		v := vmWait(t, s, "rkm-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-		vmWaitSerial(t, s, "rkm-shared", "RAKHSH-GUEST: ready", 1)
+		v := clusterBoot(t, s, "rkm-shared", "")
 		src := v.Status.NodeName
-		migrateConsoleType(t, c.Host(src), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+		migrateConsoleType(t, c.Host(src), v.UID, clusterTickLoop)
 		before := waitTick(t, s, "rkm-shared", 2, time.Minute)
 		dst := migrateOther(c, src)
 		// A peer on the third node pings the VM across the migration.
@@ -150,20 +129,8 @@ spec:
 				third = h
 			}
 		}
-		s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rkm-peer}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: %s}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-`, third, img), "apply", "-f", "-")
-		peer := vmWait(t, s, "rkm-peer", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-		vmWaitSerial(t, s, "rkm-peer", "RAKHSH-GUEST: ready", 1)
+		clusterApply(s, clusterVMManifest{Name: "rkm-peer", Host: third, Image: img}.YAML())
+		peer := clusterBoot(t, s, "rkm-peer", "")
 		vmWaitSerial(t, s, "rkm-peer", "RAKHSH-GUEST: ip=", 1)
 		migrateConsoleType(t, c.Host(third), peer.UID, fmt.Sprintf("ping -c 2 %s >/dev/null; (ping -i 0.5 -w 20 %s | tail -2 | sed 's/^/RKPING /') &", v.Status.IPAddress, v.Status.IPAddress))
 		time.Sleep(3 * time.Second)
@@ -214,9 +181,7 @@ spec:
 			_, err := os.Stat(storage.VMRunDir(c.Host(src).DataDir, v.UID))
 			return os.IsNotExist(err)
 		})
-		vmWait(t, s, "rkm-shared", time.Minute, "Running on the target", func(v *v1alpha1.VirtualMachine) bool {
-			return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == dst
-		})
+		vmWait(t, s, "rkm-shared", time.Minute, "Running on the target", clusterRunningOn(dst))
 		if st := vmGet(t, s, "rkm-shared").Status.Stats; st == nil || len(st.PhasesTransitions) < 2 ||
 			st.PhasesTransitions[len(st.PhasesTransitions)-1].Phase != v1alpha1.VMPhaseRunning ||
 			st.PhasesTransitions[len(st.PhasesTransitions)-2].Phase != v1alpha1.VMPhaseMigrating {
@@ -230,8 +195,7 @@ spec:
 
 	// (2) Local storage.
 	t.Run("Local", func(t *testing.T) {
-		v := vmWait(t, s, "rkm-local", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-		vmWaitSerial(t, s, "rkm-local", "RAKHSH-GUEST: ready", 1)
+		v := clusterBoot(t, s, "rkm-local", "")
 		src := v.Status.NodeName
 		d := storageDisk(t, s, "rkm-ld")
 		if d.Status.NodeName != src {
@@ -281,12 +245,22 @@ spec:
 	})
 }
 
+// clusterForMigration is the cluster of a migration test: the shared one, or with RKM_OWN
+// set, a cluster of its own (rkm).
+func clusterForMigration(t *testing.T) *Cluster {
+	t.Helper()
+	if os.Getenv("RKM_OWN") != "" {
+		return newCluster(t, ClusterOptions{Name: "rkm"})
+	}
+	return sharedCluster(t)
+}
+
 // migrateTicking has the guest of name (uid, on node src) print a tick every second, moves it
 // to another node, checks that the migration succeeded and that the ticks go on there, and
 // returns that node and the VM after the move.
 func migrateTicking(t *testing.T, c *Cluster, s *Serve, name, uid, src string) (string, *v1alpha1.VirtualMachine) {
 	t.Helper()
-	migrateConsoleType(t, c.Host(src), uid, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+	migrateConsoleType(t, c.Host(src), uid, clusterTickLoop)
 	before := waitTick(t, s, name, 2, time.Minute)
 	dst := migrateOther(c, src)
 	r := s.CLI("", "vm", "migrate", name, "--to", dst, "--wait", "--timeout", "5m")
@@ -309,31 +283,10 @@ func migrateTicking(t *testing.T, c *Cluster, s *Serve, name, uid, src string) (
 // reset), and the target's UEFI variable store ends up with the contents the source's had
 // (written back from the migrated flash), not a fresh template.
 func TestLiveMigrationTPMAndEFI(t *testing.T) {
-	clusterLane(t)
-	var c *Cluster
-	if os.Getenv("RKM_OWN") != "" {
-		c = newCluster(t, ClusterOptions{Name: "rkm"})
-	} else {
-		c = sharedCluster(t)
-	}
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, clusterForMigration)
 	t.Cleanup(func() { s.CLI("", "delete", "vm", "rkm-efi", "--ignore-not-found", "--wait") })
-	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rkm-efi}
-spec:
-  runPolicy: AlwaysOn
-  osType: Windows
-  bootloader: EFI
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-`, img), "apply", "-f", "-")
-	v := vmWait(t, s, "rkm-efi", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "rkm-efi", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s, clusterVMManifest{Name: "rkm-efi", Image: img, Spec: []string{"osType: Windows", "bootloader: EFI"}}.YAML())
+	v := clusterBoot(t, s, "rkm-efi", "")
 	if !strings.Contains(vmLog(t, s, "rkm-efi"), "RAKHSH-GUEST: tpm=present") {
 		t.Fatal("the guest sees no TPM")
 	}
@@ -373,24 +326,9 @@ spec:
 	})
 }
 
-// migrateVM is a VM of the guest image and one disk.
+// migrateVMYAML is a VM of the guest image and one disk, pinned to host when host is not "".
 func migrateVMYAML(name, img, disk, host string) string {
-	m := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: %s}
-  - {kind: VirtualDisk, name: %s}
-`, name, img, disk)
-	if host != "" {
-		m += "  nodeSelector: {kubernetes.io/hostname: " + host + "}\n"
-	}
-	return m
+	return clusterVMManifest{Name: name, Host: host, Image: img, Disks: []string{disk}}.YAML()
 }
 
 // migrateAwaitTransfer starts a migration of name to dst and waits until its transfer runs;
@@ -419,8 +357,9 @@ func migrateAwaitTransfer(t *testing.T, s *Serve, name, dst string) string {
 }
 
 // migrateExpectFailed waits for op to fail, and checks that the VM runs on src, that nothing
-// of it is left on dst, and that the guest still ticks.
-func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst string, uid string, tick int) (string, int) {
+// of it is left on dst, that the guest still ticks (above tick, the last it returns), and that
+// the failure's reason is one of reasons (what names the failure in the error).
+func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst string, uid string, tick int, what string, reasons ...string) int {
 	t.Helper()
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
 	v := vmGet(t, s, name)
@@ -429,14 +368,27 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 		t.Fatalf("after the failed migration: node %q, migration %+v", v.Status.NodeName, m)
 	}
 	t.Logf("failed as expected: %s: %s", m.Reason, m.Message)
-	vmWait(t, s, name, time.Minute, "Running on the source", func(v *v1alpha1.VirtualMachine) bool {
-		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == src
-	})
+	vmWait(t, s, name, time.Minute, "Running on the source", clusterRunningOn(src))
 	waitFor(t, "nothing of the VM left on the target", func() bool {
 		_, err := os.Stat(storage.VMRunDir(c.Host(dst).DataDir, uid))
 		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
 	})
-	return m.Reason, waitTick(t, s, name, tick, time.Minute)
+	tick = waitTick(t, s, name, tick, time.Minute)
+	if !slices.Contains(reasons, m.Reason) {
+		t.Errorf("%s: reason %s", what, m.Reason)
+	}
+	return tick
+}
+
+// clusterKillTargetQEMU kills the QEMU of the VM uid on h, the target of a migration in its
+// transfer (what prefixes the error when there is none).
+func clusterKillTargetQEMU(t *testing.T, h *ClusterHost, uid, what string) {
+	t.Helper()
+	pid := vmQEMUPIDs(h.DataDir)[uid]
+	if pid == 0 {
+		t.Fatalf("%sno target QEMU on %s during the transfer", what, h.Name)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // TestLiveMigrationFailures, on a cluster of its own whose migrations are capped at 8 MiB/s
@@ -458,29 +410,19 @@ func TestLiveMigrationFailures(t *testing.T) {
 	c := newCluster(t, ClusterOptions{Name: "rkf", ServeArgs: []string{"--migration-bandwidth", "8"}})
 	s := c.Serve(t)
 	img := c.GuestImage(t)
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rkf-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
-		filepath.Join(c.Shared, "rkf-storage")), "apply", "-f", "-")
-	s.MustCLI("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: rkf-d}\nspec:\n  persistentVolumeClaim: {size: 64Mi, storageClassName: rkf-shared}\n", "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "rkf-d", "--for", "phase=Ready", "--timeout", "2m")
+	clusterSharedDisk(s, "rkf-shared", filepath.Join(c.Shared, "rkf-storage"), "rkf-d")
 	// Started on h2 (an agent-only host), then free to move.
-	s.MustCLI(migrateVMYAML("rkf-vm", img, "rkf-d", "h2"), "apply", "-f", "-")
-	v := vmWait(t, s, "rkf-vm", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "rkf-vm", "RAKHSH-GUEST: ready", 1)
-	s.MustCLI("", "patch", "vm", "rkf-vm", "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
-	migrateConsoleType(t, c.Host("h2"), v.UID, "(i=0; while true; do i=$((i+1)); echo RKTICK $i; sleep 1; done) &")
+	clusterApply(s, migrateVMYAML("rkf-vm", img, "rkf-d", "h2"))
+	v := clusterBoot(t, s, "rkf-vm", "")
+	clusterUnpin(s, "rkf-vm")
+	migrateConsoleType(t, c.Host("h2"), v.UID, clusterTickLoop)
 	tick := waitTick(t, s, "rkf-vm", 2, time.Minute)
 
 	// The target's QEMU is killed.
 	op := migrateAwaitTransfer(t, s, "rkf-vm", "h3")
-	pid := vmQEMUPIDs(c.Host("h3").DataDir)[v.UID]
-	if pid == 0 {
-		t.Fatal("no target QEMU on h3 during the transfer")
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	reason, tick := migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
-	if reason != v1alpha1.MigrationReasonTransferFailed && reason != v1alpha1.MigrationReasonTargetFailed {
-		t.Errorf("target killed: reason %s", reason)
-	}
+	clusterKillTargetQEMU(t, c.Host("h3"), v.UID, "")
+	tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick, "target killed",
+		v1alpha1.MigrationReasonTransferFailed, v1alpha1.MigrationReasonTargetFailed)
 
 	// The target's link is cut during the transfer; it comes back after the failure.
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
@@ -488,10 +430,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	h3.LinkDown(t)
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
 	h3.LinkUp(t)
-	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
-	if reason != v1alpha1.MigrationReasonTransferFailed {
-		t.Errorf("link cut: reason %s", reason)
-	}
+	tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick, "link cut", v1alpha1.MigrationReasonTransferFailed)
 
 	// The source's agent is killed during the transfer and stays dead: the stream goes
 	// through it, so the stream breaks, the target's QEMU ends and its agent fails the
@@ -499,25 +438,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h3")
 	h2 := c.Host("h2")
 	h2.Kill9(t)
-	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
-	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Phase != v1alpha1.MigrationPhaseFailed || m.Reason != v1alpha1.MigrationReasonStreamBroken {
-		t.Errorf("source agent killed: migration %+v, want Failed with reason %s", m, v1alpha1.MigrationReasonStreamBroken)
-	} else {
-		t.Logf("source agent killed: %s: %s", m.Reason, m.Message)
-	}
-	waitFor(t, "nothing of the VM left on the target while the source agent is dead", func() bool {
-		_, err := os.Stat(storage.VMRunDir(c.Host("h3").DataDir, v.UID))
-		return os.IsNotExist(err) && vmCountQEMU(v.UID) == 1
-	})
-	if pid := vmQEMUPIDs(h2.DataDir)[v.UID]; pid == 0 || syscall.Kill(pid, 0) != nil {
-		t.Fatalf("the source QEMU on h2 is gone after its agent was killed (pid %d)", pid)
-	}
-	serialTick(t, h2, v.UID, tick) // the guest ticks on, read from QEMU's serial socket
-	h2.Restart(t)
-	vmWait(t, s, "rkf-vm", time.Minute, "Running on h2 after its agent came back", func(v *v1alpha1.VirtualMachine) bool {
-		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2"
-	})
-	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
+	tick = clusterSourceAgentDead(t, s, "rkf-vm", op, h2, c.Host("h3"), v.UID, tick, "")
 
 	// The source's agent is killed while the target's agent hangs (SIGSTOP), and started
 	// again before the target's comes back: the new source agent finds the transfer its
@@ -528,10 +449,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	h2.Restart(t)
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
 	h3.Resume(t)
-	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick)
-	if reason != v1alpha1.MigrationReasonSourceRestarted {
-		t.Errorf("source agent restarted while the target hung: reason %s", reason)
-	}
+	tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h2", "h3", v.UID, tick, "source agent restarted while the target hung", v1alpha1.MigrationReasonSourceRestarted)
 
 	// A retry succeeds. During its transfer, the target's migration port speaks only TLS
 	// with the node's published certificate, and refuses whoever is not the source node.
@@ -555,36 +473,15 @@ func TestLiveMigrationFailures(t *testing.T) {
 	// then succeeds.
 	c.Host("h1").RestartWithArgs(t, "--migration-encryption=false")
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
-	if pid := vmQEMUPIDs(h2.DataDir)[v.UID]; pid == 0 {
-		t.Fatal("unencrypted: no target QEMU on h2 during the transfer")
-	} else {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	reason, tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h3", "h2", v.UID, tick)
-	if reason != v1alpha1.MigrationReasonTransferFailed && reason != v1alpha1.MigrationReasonTargetFailed {
-		t.Errorf("unencrypted, target killed: reason %s", reason)
-	}
+	clusterKillTargetQEMU(t, h2, v.UID, "unencrypted: ")
+	tick = migrateExpectFailed(t, c, s, "rkf-vm", op, "h3", "h2", v.UID, tick, "unencrypted, target killed",
+		v1alpha1.MigrationReasonTransferFailed, v1alpha1.MigrationReasonTargetFailed)
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
 	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Policy == nil || !m.Policy.Unencrypted {
 		t.Fatalf("the migration is not unencrypted: %+v", m)
 	}
 	h3.Kill9(t)
-	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
-	if m := vmGet(t, s, "rkf-vm").Status.MigrationState; m == nil || m.Reason != v1alpha1.MigrationReasonStreamBroken {
-		t.Errorf("unencrypted, source agent killed: migration %+v, want Failed with reason %s", m, v1alpha1.MigrationReasonStreamBroken)
-	} else {
-		t.Logf("unencrypted, source agent killed: %s: %s", m.Reason, m.Message)
-	}
-	waitFor(t, "unencrypted: nothing of the VM left on the target while the source agent is dead", func() bool {
-		_, err := os.Stat(storage.VMRunDir(h2.DataDir, v.UID))
-		return os.IsNotExist(err) && vmCountQEMU(v.UID) == 1
-	})
-	serialTick(t, h3, v.UID, tick)
-	h3.Restart(t)
-	vmWait(t, s, "rkf-vm", time.Minute, "Running on h3 after its agent came back", func(v *v1alpha1.VirtualMachine) bool {
-		return v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h3"
-	})
-	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
+	tick = clusterSourceAgentDead(t, s, "rkf-vm", op, h3, h2, v.UID, tick, "unencrypted, ")
 	op = migrateAwaitTransfer(t, s, "rkf-vm", "h2")
 	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Completed", "--timeout", "5m")
 	if v := vmGet(t, s, "rkf-vm"); v.Status.NodeName != "h2" {
@@ -592,6 +489,32 @@ func TestLiveMigrationFailures(t *testing.T) {
 	}
 	waitTick(t, s, "rkf-vm", tick, time.Minute)
 	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+}
+
+// clusterSourceAgentDead follows the migration op of the VM name (uid) from src to dst whose
+// source agent was killed during the transfer and stays dead: the operation fails with
+// StreamBroken, nothing of the VM is left on dst, the source QEMU lives and its guest ticks on
+// above tick (read from its serial socket); then src's agent is started again, the VM is
+// Running on src and ticks on. It returns the last tick; what prefixes its messages.
+func clusterSourceAgentDead(t *testing.T, s *Serve, name, op string, src, dst *ClusterHost, uid string, tick int, what string) int {
+	t.Helper()
+	s.MustCLI("", "wait", "vmop", op, "--for", "phase=Failed", "--timeout", "3m")
+	if m := vmGet(t, s, name).Status.MigrationState; m == nil || m.Phase != v1alpha1.MigrationPhaseFailed || m.Reason != v1alpha1.MigrationReasonStreamBroken {
+		t.Errorf("%ssource agent killed: migration %+v, want Failed with reason %s", what, m, v1alpha1.MigrationReasonStreamBroken)
+	} else {
+		t.Logf("%ssource agent killed: %s: %s", what, m.Reason, m.Message)
+	}
+	waitFor(t, what+"nothing of the VM left on the target while the source agent is dead", func() bool {
+		_, err := os.Stat(storage.VMRunDir(dst.DataDir, uid))
+		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
+	})
+	if pid := vmQEMUPIDs(src.DataDir)[uid]; pid == 0 || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("the source QEMU on %s is gone after its agent was killed (pid %d)", src.Name, pid)
+	}
+	serialTick(t, src, uid, tick) // the guest ticks on, read from QEMU's serial socket
+	src.Restart(t)
+	vmWait(t, s, name, time.Minute, "Running on "+src.Name+" after its agent came back", clusterRunningOn(src.Name))
+	return waitTick(t, s, name, tick, time.Minute)
 }
 
 // serialTick reads the serial socket of the VM uid's QEMU on h (its agent is not running, so

@@ -18,6 +18,24 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 )
 
+// clusterReadCert reads the first certificate of the PEM file path.
+func clusterReadCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil {
+		t.Fatalf("%s: no PEM block", path)
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
 // TestClusterServeFailover: serve runs on h1 and h2 (certificates from one cluster CA, one
 // admin token), the agent of h3 is given both. kill -9 of the leader serve on h1: h2's
 // controllers take over within 10 s, h3 keeps heartbeating through h2, a new image imported
@@ -34,25 +52,9 @@ func TestClusterServeFailover(t *testing.T) {
 
 	// Both serves' certificates come from the one CA and name their host; the shared admin
 	// token works with both; one client per server, from h3.
-	caPEM, err := os.ReadFile(c.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caBlock, _ := pem.Decode(caPEM)
-	ca, err := x509.ParseCertificate(caBlock.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := clusterReadCert(t, c.CAFile)
 	for _, h := range []*ClusterHost{h1, h2} {
-		data, err := os.ReadFile(filepath.Join(h.DataDir, "tls.crt"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := pem.Decode(data)
-		leaf, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
+		leaf := clusterReadCert(t, filepath.Join(h.DataDir, "tls.crt"))
 		if err := leaf.CheckSignatureFrom(ca); err != nil {
 			t.Errorf("%s's serving certificate is not signed by the cluster CA: %v", h.Name, err)
 		}
@@ -148,41 +150,14 @@ func TestClusterServeFailover(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h2.DataDir, "images", img.UID)); err != nil {
 		t.Errorf("the image imported after the takeover is not in h2's image store: %v", err)
 	}
-	s2.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rkm-vm}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: h3}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: rkm-guest}
-`, "apply", "-f", "-")
-	v := vmWait(t, s2, "rkm-vm", vmBootTimeout, "Running on h3", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "h3" {
-		t.Fatalf("the VM runs on %q, want h3", v.Status.NodeName)
-	}
-	vmWaitSerial(t, s2, "rkm-vm", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s2, clusterVMManifest{Name: "rkm-vm", Host: "h3", Image: "rkm-guest"}.YAML())
+	clusterBoot(t, s2, "rkm-vm", "h3")
 
 	// Its log and console through h2, from h3 whose CLI and client name h1 first.
 	if out := h3.MustCLI(t, "", "logs", "vm", "rkm-vm"); !strings.Contains(out, "RAKHSH-GUEST: ready") {
 		t.Fatalf("rakhsh logs on h3 (servers %s): no ready marker:\n%s", h3.APIServer(), out)
 	}
-	conn, err := h3.Client(t).DialStream(ctx, "virtualmachines", "default", "rkm-vm", "console")
-	if err != nil {
-		t.Fatalf("console from h3 with h1 down: %v", err)
-	}
-	out := &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	_, _ = conn.Write([]byte("\n"))
-	time.Sleep(300 * time.Millisecond)
-	if _, err := conn.Write([]byte("echo FAILOVER-$((6*7))\n")); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, out, "FAILOVER-42", 60*time.Second, "the console of the VM on h3 through h2, from h3")
-	conn.Close()
+	clusterConsoleEcho(ctx, t, h3.Client(t), "rkm-vm", "echo FAILOVER-$((6*7))", "FAILOVER-42", "the console of the VM on h3 through h2, from h3 with h1 down")
 
 	// h1 comes back as a follower.
 	h1.Restart(t)
@@ -222,15 +197,7 @@ func readJSONField(t *testing.T, path, field string) string {
 // through s, waits until it is Ready and returns it.
 func importGuestISO(ctx context.Context, t *testing.T, s *Serve, base, name string) v1alpha1.ClusterVirtualImage {
 	t.Helper()
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: `+name+`}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.iso"}
-`, "apply", "-f", "-")
-	s.MustCLI("", "wait", "cvi", name, "--for", "phase=Ready", "--timeout", "3m")
+	clusterImportCVI(s, name, base)
 	var img v1alpha1.ClusterVirtualImage
 	if err := s.Client().Get(ctx, "clustervirtualimages", "", name, &img); err != nil {
 		t.Fatal(err)

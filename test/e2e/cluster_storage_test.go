@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,23 +13,7 @@ import (
 
 // clusterStorageVM is a VM of one or two disks, AlwaysOn, optionally pinned by hostname.
 func clusterStorageVM(name, host string, disks ...string) string {
-	m := fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-`, name)
-	if host != "" {
-		m += "  nodeSelector: {kubernetes.io/hostname: " + host + "}\n"
-	}
-	m += "  blockDeviceRefs:\n"
-	for _, d := range disks {
-		m += "  - {kind: VirtualDisk, name: " + d + "}\n"
-	}
-	return m
+	return clusterVMManifest{Name: name, Host: host, Disks: disks}.YAML()
 }
 
 // clusterScheduledFalse waits for the VM's Scheduled condition to be False and returns its
@@ -56,10 +39,7 @@ func clusterScheduledFalse(t *testing.T, s *Serve, name string) string {
 // to h2 boots on h2 from it; the disk moves to h2's Local storage and back (by h2's agent),
 // and its VM, pinned by the disk, boots on h2 in between.
 func TestClusterStorage(t *testing.T) {
-	clusterLane(t)
-	c := sharedCluster(t)
-	s := c.Serve(t)
-	img := c.GuestImage(t)
+	c, s, img := clusterStart(t, sharedCluster)
 	h1, h2, h3 := c.Host("h1"), c.Host("h2"), c.Host("h3")
 	t.Cleanup(func() {
 		for _, vm := range []string{"rks-cl-local", "rks-cl-split", "rks-cl-elsewhere", "rks-cl-shared"} {
@@ -70,30 +50,17 @@ func TestClusterStorage(t *testing.T) {
 		}
 		s.CLI("", "delete", "storageclass", "rks-cl-shared", "--ignore-not-found")
 	})
-	disk := func(name, size, class string, fromImage bool) string {
-		m := fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: %s}\nspec:\n  persistentVolumeClaim: {size: %s", name, size)
-		if class != "" {
-			m += ", storageClassName: " + class
-		}
-		m += "}\n"
-		if fromImage {
-			m += "  dataSource:\n    type: ObjectRef\n    objectRef: {kind: ClusterVirtualImage, name: " + img + "}\n"
-		}
-		return m
-	}
-
 	// A Shared class over the directory every host sees.
-	s.MustCLI(fmt.Sprintf("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: StorageClass\nmetadata: {name: rks-cl-shared}\nspec:\n  type: Shared\n  shared: {path: %s}\n",
-		filepath.Join(c.Shared, "rks-storage")), "apply", "-f", "-")
+	clusterApply(s, clusterSharedClassYAML("rks-cl-shared", filepath.Join(c.Shared, "rks-storage")))
 
 	// A Local disk is on h1 and its VM is bound there.
-	s.MustCLI(disk("rks-cl-l1", "1Gi", "", true)+"---\n"+disk("rks-cl-l2", "64Mi", "rks-cl-shared", false), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "rks-cl-l1", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI("", "wait", "vd", "rks-cl-l2", "--for", "phase=Ready", "--timeout", "2m")
+	clusterApply(s, clusterDiskManifest{Name: "rks-cl-l1", Size: "1Gi", Image: img}.YAML(),
+		clusterDiskManifest{Name: "rks-cl-l2", Size: "64Mi", StorageClass: "rks-cl-shared"}.YAML())
+	clusterWaitDisks(s, "rks-cl-l1", "rks-cl-l2")
 	if d := storageDisk(t, s, "rks-cl-l1"); d.Status.StorageClassName != "local" || d.Status.NodeName != "h1" {
 		t.Fatalf("a Local disk: class %q node %q, want local on h1", d.Status.StorageClassName, d.Status.NodeName)
 	}
-	s.MustCLI(clusterStorageVM("rks-cl-local", "", "rks-cl-l1"), "apply", "-f", "-")
+	clusterApply(s, clusterStorageVM("rks-cl-local", "", "rks-cl-l1"))
 	v := vmWait(t, s, "rks-cl-local", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	if v.Status.NodeName != "h1" {
 		t.Errorf("the VM of a Local disk on h1 runs on %q", v.Status.NodeName)
@@ -101,7 +68,7 @@ func TestClusterStorage(t *testing.T) {
 	s.MustCLI("", "delete", "vm", "rks-cl-local", "--wait")
 
 	// The same disk with a nodeSelector for h2: unbound, and the condition says why.
-	s.MustCLI(clusterStorageVM("rks-cl-elsewhere", "h2", "rks-cl-l1"), "apply", "-f", "-")
+	clusterApply(s, clusterStorageVM("rks-cl-elsewhere", "h2", "rks-cl-l1"))
 	msg := clusterScheduledFalse(t, s, "rks-cl-elsewhere")
 	for _, want := range []string{`VirtualDisk "rks-cl-l1" (StorageClass "local") is on node h1's local storage`, "node h1 cannot take it (not matching nodeSelector)"} {
 		if !strings.Contains(msg, want) {
@@ -116,7 +83,7 @@ func TestClusterStorage(t *testing.T) {
 	if d := storageDisk(t, s, "rks-cl-l2"); d.Status.StorageClassName != "local" || d.Status.NodeName != "h2" {
 		t.Fatalf("the disk moved to h2: class %q node %q", d.Status.StorageClassName, d.Status.NodeName)
 	}
-	s.MustCLI(clusterStorageVM("rks-cl-split", "", "rks-cl-l1", "rks-cl-l2"), "apply", "-f", "-")
+	clusterApply(s, clusterStorageVM("rks-cl-split", "", "rks-cl-l1", "rks-cl-l2"))
 	msg = clusterScheduledFalse(t, s, "rks-cl-split")
 	for _, want := range []string{`VirtualDisk "rks-cl-l1" (StorageClass "local") on node h1`, `VirtualDisk "rks-cl-l2" (StorageClass "local") on node h2`, "different nodes"} {
 		if !strings.Contains(msg, want) {
@@ -171,8 +138,8 @@ func TestClusterStorage(t *testing.T) {
 	}
 
 	// A disk on the Shared class: the VM pinned to h2 boots from it.
-	s.MustCLI(disk("rks-cl-s1", "1Gi", "rks-cl-shared", true), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "rks-cl-s1", "--for", "phase=Ready", "--timeout", "2m")
+	clusterApply(s, clusterDiskManifest{Name: "rks-cl-s1", Size: "1Gi", StorageClass: "rks-cl-shared", Image: img}.YAML())
+	clusterWaitDisks(s, "rks-cl-s1")
 	sd := storageDisk(t, s, "rks-cl-s1")
 	file := filepath.Join(c.Shared, "rks-storage", "disks", sd.UID+".qcow2")
 	if sd.Status.NodeName != "" || !storageFileThere(file) {
@@ -181,12 +148,8 @@ func TestClusterStorage(t *testing.T) {
 	if b := storageBacking(t, file); !strings.HasPrefix(b, filepath.Join(c.Shared, "rks-storage", "images", "sha256-")) {
 		t.Errorf("the Shared disk's backing file is %q, want the class's image copy", b)
 	}
-	s.MustCLI(clusterStorageVM("rks-cl-shared", "h2", "rks-cl-s1"), "apply", "-f", "-")
-	v = vmWait(t, s, "rks-cl-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "h2" {
-		t.Fatalf("the Shared disk's VM pinned to h2 runs on %q", v.Status.NodeName)
-	}
-	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s, clusterStorageVM("rks-cl-shared", "h2", "rks-cl-s1"))
+	v = clusterBoot(t, s, "rks-cl-shared", "h2")
 	if _, err := os.Stat(filepath.Join(h2.DataDir, "run", "vms", v.UID, "qemu.pid")); err != nil {
 		t.Errorf("h2 runs no QEMU of the VM: %v", err)
 	}
@@ -207,12 +170,8 @@ func TestClusterStorage(t *testing.T) {
 	if sd.Status.StorageClassName != "local" || sd.Status.NodeName != "h2" || !storageFileThere(onH2) {
 		t.Fatalf("after the move to h2: class %q node %q, file on h2 %v", sd.Status.StorageClassName, sd.Status.NodeName, storageFileThere(onH2))
 	}
-	s.MustCLI(clusterStorageVM("rks-cl-shared", "", "rks-cl-s1"), "apply", "-f", "-")
-	v = vmWait(t, s, "rks-cl-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "h2" {
-		t.Fatalf("the VM of a disk on h2's local storage runs on %q", v.Status.NodeName)
-	}
-	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s, clusterStorageVM("rks-cl-shared", "", "rks-cl-s1"))
+	v = clusterBoot(t, s, "rks-cl-shared", "h2")
 	// The guest writes a marker on the disk, which must move with it.
 	migrateConsoleType(t, h2, v.UID, "echo RKMOVE-2718 > /dev/vda; sync; echo RK''WROTE")
 	vmWaitSerial(t, s, "rks-cl-shared", "RKWROTE", 1)
@@ -228,12 +187,8 @@ func TestClusterStorage(t *testing.T) {
 		t.Fatalf("after the move from h2 to h3: node %q, file on h3 %v", sd.Status.NodeName, storageFileThere(onH3))
 	}
 	waitFor(t, "h2's file to go after the move to h3", func() bool { return !storageFileThere(onH2) })
-	s.MustCLI(clusterStorageVM("rks-cl-shared", "", "rks-cl-s1"), "apply", "-f", "-")
-	v = vmWait(t, s, "rks-cl-shared", vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "h3" {
-		t.Fatalf("the VM of a disk moved to h3 runs on %q", v.Status.NodeName)
-	}
-	vmWaitSerial(t, s, "rks-cl-shared", "RAKHSH-GUEST: ready", 1)
+	clusterApply(s, clusterStorageVM("rks-cl-shared", "", "rks-cl-s1"))
+	v = clusterBoot(t, s, "rks-cl-shared", "h3")
 	migrateConsoleType(t, h3, v.UID, "echo RKREAD $(head -c 11 /dev/vda)")
 	vmWaitSerial(t, s, "rks-cl-shared", "RKREAD RKMOVE-2718", 1)
 	s.MustCLI("", "delete", "vm", "rks-cl-shared", "--wait")

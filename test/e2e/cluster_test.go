@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -72,29 +71,11 @@ func clusterVM(t *testing.T, c *Cluster) *v1alpha1.VirtualMachine {
 	t.Helper()
 	s := c.Serve(t)
 	if v := vmGet(t, s, clusterVMName); v == nil {
-		img := c.GuestImage(t)
-		s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata:
-  name: `+clusterVMName+`
-  # Not HA (no high-availability annotation): TestClusterEtcdQuorum keeps the store without a
-  # quorum for longer than the fence timeout, and checks that the VM's QEMU lives through it.
-spec:
-  runPolicy: AlwaysOn
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: h2}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: `+img+`}
-`, "apply", "-f", "-")
+		// Not HA (no high-availability annotation): TestClusterEtcdQuorum keeps the store without
+		// a quorum for longer than the fence timeout, and checks that the VM's QEMU lives through it.
+		clusterApply(s, clusterVMManifest{Name: clusterVMName, Host: "h2", Image: c.GuestImage(t)}.YAML())
 	}
-	v := vmWait(t, s, clusterVMName, vmBootTimeout, "Running on h2", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "h2" {
-		t.Fatalf("the VM runs on %q, want h2 (its node selector)", v.Status.NodeName)
-	}
-	vmWaitSerial(t, s, clusterVMName, "RAKHSH-GUEST: ready", 1)
-	return v
+	return clusterBoot(t, s, clusterVMName, "h2")
 }
 
 // TestClusterVMOnJoinedNode: a VM pinned to the joined host h2 boots from a
@@ -126,21 +107,7 @@ func TestClusterVMOnJoinedNode(t *testing.T) {
 	// The serial console through h1's API websocket, from h3.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conn, err := h3.Client(t).DialStream(ctx, "virtualmachines", "default", clusterVMName, "console")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	out := &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	if _, err := conn.Write([]byte("\n")); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if _, err := conn.Write([]byte("echo CLUSTER-$((6*7))\n")); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, out, "CLUSTER-42", 60*time.Second, "the console of the VM on h2 through h1, from h3")
+	clusterConsoleEcho(ctx, t, h3.Client(t), clusterVMName, "echo CLUSTER-$((6*7))", "CLUSTER-42", "the console of the VM on h2 through h1, from h3")
 	// The console went through h2's stream service, from h1's address on the underlay.
 	opened := 0
 	for _, line := range strings.Split(h2.Logs(t), "\n") {
@@ -153,7 +120,7 @@ func TestClusterVMOnJoinedNode(t *testing.T) {
 	}
 
 	// h3's credential against h2's VM.
-	err = h3.NodeClient(t).PatchStatus(ctx, "virtualmachines", "default", clusterVMName, []byte(`{"status":{"phase":"Stopped"}}`), nil)
+	err := h3.NodeClient(t).PatchStatus(ctx, "virtualmachines", "default", clusterVMName, []byte(`{"status":{"phase":"Stopped"}}`), nil)
 	if !client.IsForbidden(err) || !strings.Contains(err.Error(), "node h3") || !strings.Contains(err.Error(), `bound to node "h2"`) {
 		t.Fatalf("h3's node credential patching the status of h2's VM: %v, want 403 naming node h3 and the binding to h2", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
+	"github.com/rakhsh/rakhsh/test/bench/internal/benchhost"
 )
 
 // caseSpec is one benchmark case: a guest workload and the migration settings.
@@ -340,7 +341,7 @@ func printSetup(o options) {
 	fmt.Printf("cpu:    %d x %s\n", numCPU(), cpuModel())
 	fmt.Printf("kernel: %s\n", kernelRelease())
 	fmt.Printf("qemu:   %s\n", qemuVersion(o.dm.qemu))
-	fmt.Printf("load:   %s (1/5/15 min, before the run)\n", loadavg())
+	fmt.Printf("load:   %s (1/5/15 min, before the run)\n", benchhost.LoadAvg())
 	fmt.Printf("\n== QEMU command lines (sockets under %s)\n", o.dir)
 	src := append([]string{o.dm.qemu, "-name", "guest=NAME,debug-threads=on",
 		"-chardev", "socket,id=qmp,path=DIR/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control",
@@ -602,7 +603,7 @@ type eventTimes struct {
 }
 
 func migrateOnce(ctx context.Context, o options, c caseSpec, src *vm, run int, chain []*vm) (result, *vm, error) {
-	r := result{Case: c.Name, Run: run, Load1: strings.Fields(loadavg())[0]}
+	r := result{Case: c.Name, Run: run, Load1: strings.Fields(benchhost.LoadAvg())[0]}
 	name := fmt.Sprintf("%s-%d", c.Name, run)
 	side := 0
 	if len(o.hosts) == 2 {

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+
+	"github.com/rakhsh/rakhsh/test/bench/internal/benchhost"
 )
 
 // report prints, per case, median [min–max] over the completed runs.
@@ -66,7 +68,7 @@ func report(o options, cs []caseSpec, all []result) {
 			f(func(r result) float64 { return float64(r.Iterations) }, 0),
 			f(func(r result) float64 { return float64(r.MaxThrottle) }, 0))
 	}
-	fmt.Printf("\nload:   %s (1/5/15 min, after the run)\n", loadavg())
+	fmt.Printf("\nload:   %s (1/5/15 min, after the run)\n", benchhost.LoadAvg())
 }
 
 func spreadOf(rs []result, get func(result) float64, prec int) string {
@@ -111,15 +113,6 @@ func cpuModel() string {
 func kernelRelease() string {
 	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	return strings.TrimSpace(string(b))
-}
-
-func loadavg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 func qemuVersion(bin string) string {

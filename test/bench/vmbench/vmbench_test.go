@@ -28,6 +28,7 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/test/bench/internal/benchhost"
 )
 
 // readyMarker is what the test guest prints on its serial console when it is set up.
@@ -399,6 +400,21 @@ type template struct {
 	uid      string
 }
 
+// argvIn copies freshDisk into dir (an existing directory) and returns the template's
+// command line for another VM there: its disk, run directory and UID replaced.
+func (t *template) argvIn(b *testing.B, dir, freshDisk string) []string {
+	disk := filepath.Join(dir, "disk.qcow2")
+	must(b, copyFile(freshDisk, disk))
+	uid := uuid.NewString()
+	argv := make([]string, len(t.argv))
+	for i, a := range t.argv {
+		a = strings.ReplaceAll(a, t.diskPath, disk)
+		a = strings.ReplaceAll(a, t.runDir, dir)
+		argv[i] = strings.ReplaceAll(a, t.uid, uid)
+	}
+	return argv
+}
+
 // rakhshRun creates one VM through the API, times it to Running and to the ready marker,
 // then deletes it (untimed). It returns the QEMU command line the agent used.
 func rakhshRun(b *testing.B, s *serve, name, disk, mem string, diskUIDs map[string]string) (runResult, *template) {
@@ -498,15 +514,7 @@ func waitGone(c *client.Client, names []string, timeout time.Duration) []string 
 func bareRun(b *testing.B, t *template, dir, freshDisk string, servePID int) runResult {
 	must(b, os.MkdirAll(dir, 0o700))
 	defer os.RemoveAll(dir)
-	disk := filepath.Join(dir, "disk.qcow2")
-	must(b, copyFile(freshDisk, disk))
-	uid := uuid.NewString()
-	argv := make([]string, len(t.argv))
-	for i, a := range t.argv {
-		a = strings.ReplaceAll(a, t.diskPath, disk)
-		a = strings.ReplaceAll(a, t.runDir, dir)
-		argv[i] = strings.ReplaceAll(a, t.uid, uid)
-	}
+	argv := t.argvIn(b, dir, freshDisk)
 	logf, err := os.Create(filepath.Join(dir, "qemu.log"))
 	must(b, err)
 	defer logf.Close()
@@ -631,21 +639,12 @@ func sampleRSS(pid int) (rss, anon int64) {
 	return rs[2], as[2]
 }
 
-func loadavg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 func massRun(b *testing.B, s *serve, n int, mem string) *massResult {
 	m := &massResult{n: n}
 	pid := s.cmd.Process.Pid
 	time.Sleep(3 * time.Second)
 	m.rss0, m.anon0 = sampleRSS(pid)
-	m.loadBefore = loadavg()
+	m.loadBefore = benchhost.LoadAvg()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -701,7 +700,7 @@ func massRun(b *testing.B, s *serve, n int, mem string) *massResult {
 	for _, d := range running {
 		m.running = append(m.running, d)
 	}
-	m.loadRunning = loadavg()
+	m.loadRunning = benchhost.LoadAvg()
 	m.rssRun, m.anonRun = sampleRSS(pid)
 
 	// Ready markers: poll every serial.log.
@@ -882,15 +881,7 @@ func bareMass(b *testing.B, t *template, dir, freshDisk string, n int, mem int64
 	for i := range vms {
 		d := filepath.Join(dir, strconv.Itoa(i))
 		must(b, os.MkdirAll(d, 0o700))
-		disk := filepath.Join(d, "disk.qcow2")
-		must(b, copyFile(freshDisk, disk))
-		uid := uuid.NewString()
-		argv := make([]string, len(t.argv))
-		for j, a := range t.argv {
-			a = strings.ReplaceAll(a, t.diskPath, disk)
-			a = strings.ReplaceAll(a, t.runDir, d)
-			argv[j] = strings.ReplaceAll(a, t.uid, uid)
-		}
+		argv := t.argvIn(b, d, freshDisk)
 		for j := 0; j+1 < len(argv); j++ {
 			if argv[j] == "-m" {
 				argv[j+1] = strconv.FormatInt(mem>>20, 10) // MiB, as the agent writes it
