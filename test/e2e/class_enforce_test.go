@@ -114,18 +114,7 @@ func vcpuAffinity(t *testing.T, pid int) map[string]string {
 
 // classVMWithDisk is a VM of a class booting the test guest from disk.
 func classVMWithDisk(name, class, disk, cpu string) string {
-	return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  virtualMachineClassName: %s
-  runPolicy: AlwaysOn
-  cpu: %s
-  memory: {size: 128Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: %s}
-`, name, class, cpu, disk)
+	return vmDoc{Name: name, Class: class, Policy: "AlwaysOn", CPU: cpu, Memory: "128Mi", Grace: "5", Refs: []string{vdRef(disk)}}.String()
 }
 
 // TestClassCoreFractionLimit: a 1-core VM with coreFraction 20% running a busy loop gets at

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -99,20 +98,13 @@ spec:
 		}
 
 		// Remove it again.
-		conn, err := c.DialStream(ctx, "virtualmachines", "default", "nic1", "console")
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := &lockedBuffer{}
-		go func() { _, _ = io.Copy(out, conn) }()
-		_, _ = conn.Write([]byte("\n"))
-		time.Sleep(300 * time.Millisecond)
-		_, _ = conn.Write([]byte(fmt.Sprintf("while [ -e /sys/class/net/eth1 ]; do sleep 0.1; done; echo NIC-GONE-%d\n", run)))
+		con := openConsole(t, ctx, c, "nic1")
+		con.sh(fmt.Sprintf("while [ -e /sys/class/net/eth1 ]; do sleep 0.1; done; echo NIC-GONE-%d", run))
 		t0 = time.Now()
 		if err := c.Patch(ctx, "virtualmachines", "default", "nic1", []byte(`{"spec":{"networks":[{"type":"Main"}]}}`), nil); err != nil {
 			t.Fatal(err)
 		}
-		consoleWait(t, out, fmt.Sprintf("NIC-GONE-%d", run), 90*time.Second, "the guest loses the unplugged NIC")
+		con.wait(fmt.Sprintf("NIC-GONE-%d", run), 90*time.Second, "the guest loses the unplugged NIC")
 		delT = append(delT, time.Since(t0).Seconds())
 		t.Logf("NIC run %d: spec change to the guest losing eth1: %s", run+1, time.Since(t0))
 		deadline := time.Now().Add(time.Minute)
@@ -131,7 +123,7 @@ spec:
 			return len(v.Status.Networks) == 1 && c != nil && c.Status == v1alpha1.ConditionFalse &&
 				v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionMigratable) == nil
 		})
-		conn.Close()
+		con.Close()
 		if tap := network.TapName(v.UID, 1); nsLinkExists(lab.In, tap) {
 			t.Fatalf("the tap %s of the removed NIC stays", tap)
 		}

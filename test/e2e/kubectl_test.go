@@ -24,10 +24,7 @@ func TestKubectl(t *testing.T) {
 	vmGuestDir(t)
 	addr := freeAddr(t)
 	s := StartServe(t, "--listen", addr)
-	token, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := adminToken(t, s)
 	dir := t.TempDir()
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
@@ -42,7 +39,7 @@ contexts:
 - name: rakhsh
   context: {cluster: rakhsh, user: admin, namespace: default}
 current-context: rakhsh
-`, addr, filepath.Join(s.DataDir, "tls.crt"), strings.TrimSpace(string(token)))), 0o600); err != nil {
+`, addr, filepath.Join(s.DataDir, "tls.crt"), token)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	run := func(stdin string, env []string, args ...string) (string, error) {

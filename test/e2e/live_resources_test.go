@@ -56,17 +56,8 @@ func liveBootReport(t *testing.T, s *Serve, name string, boot int) (cpus int, me
 // liveManifest is a VM of the test guest with 1 core and 256Mi and room to grow to
 // maxCores cores and 1Gi.
 func liveManifest(name, disk string, maxCores int) string {
-	return `apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: ` + name + `}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1, maxCores: ` + strconv.Itoa(maxCores) + `}
-  memory: {size: 256Mi, maxSize: 1Gi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: ` + disk + `}
-`
+	return vmDoc{Name: name, Policy: "Manual", CPU: "{cores: 1, maxCores: " + strconv.Itoa(maxCores) + "}",
+		Memory: "{size: 256Mi, maxSize: 1Gi}", Grace: "30", Refs: []string{vdRef(disk)}}.String()
 }
 
 // livePatch writes a merge patch to the VM's spec through the API.

@@ -65,17 +65,7 @@ func guestIPs(log string) []string {
 }
 
 func netVMManifest(name, disk, extra string) string {
-	return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 192Mi}
-  terminationGracePeriodSeconds: 20
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: %s}
-%s`, name, disk, extra)
+	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Memory: "192Mi", Grace: "20", Refs: []string{vdRef(disk)}, Extra: extra}.String()
 }
 
 // TestNetworkNAT runs `rakhsh serve --vm-networking host` in a network namespace and shows

@@ -21,24 +21,12 @@ import (
 // vmWithDataDisk is the manifest of a blank disk "data" of size and a VM "vm1" (started by
 // hand) with the disks "root" and "data".
 func vmWithDataDisk(size string) string {
-	return `apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: data}
-spec:
-  persistentVolumeClaim: {size: ` + size + `}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm1}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: root}
-  - {kind: VirtualDisk, name: data}
-`
+	return blankDiskDoc("data", size) + "---\n" + snapVM1("256Mi")
+}
+
+// snapVM1 is the VM "vm1" (started by hand) of memory mem with the disks "root" and "data".
+func snapVM1(mem string) string {
+	return vmDoc{Name: "vm1", Policy: "Manual", Memory: mem, Grace: "30", Refs: []string{vdRef("root"), vdRef("data")}}.String()
 }
 
 // snapServeVM runs a serve of its own with vm1 of vmWithDataDisk (a data disk of size) over
@@ -240,18 +228,7 @@ spec: {virtualMachineName: vm1}
 	snapWriteMarker(t, s, "vm1", v.UID, "MARK-C", 2)
 	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
 	vmWait(t, s, "vm1", time.Minute, "Stopped", vmPhase(v1alpha1.VMPhaseStopped))
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm1}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 320Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: root}
-  - {kind: VirtualDisk, name: data}
-`, "apply", "-f", "-")
+	applyDocs(s, snapVM1("320Mi"))
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachineOperation
 metadata: {name: restore1}

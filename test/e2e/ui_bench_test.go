@@ -3,10 +3,8 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -58,16 +56,13 @@ func TestUIListBenchmark(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("creating the VMs: %v", err)
 	}
-	tok, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := adminToken(t, s)
 	base := "https://" + addr
 	ctx := uiBrowser(t)
 	uiRun(t, ctx, 60*time.Second, "log in",
 		chromedp.Navigate(base+"/ui/"),
 		chromedp.WaitVisible("#token", chromedp.ByID),
-		chromedp.SendKeys("#token", strings.TrimSpace(string(tok)), chromedp.ByID),
+		chromedp.SendKeys("#token", tok, chromedp.ByID),
 		chromedp.Click("#login", chromedp.ByID),
 		chromedp.WaitVisible("#vm-list", chromedp.ByID))
 	var ms []float64

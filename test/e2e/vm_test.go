@@ -197,17 +197,7 @@ func vmConsoleType(t *testing.T, s *Serve, uid, line string) {
 
 // vmManifest is a VM with one disk and the given run policy.
 func vmManifest(name, disk, policy, memory string) string {
-	return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: %s
-  cpu: {cores: 1}
-  memory: {size: %s}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: %s}
-`, name, policy, memory, disk)
+	return vmDoc{Name: name, Policy: policy, Memory: memory, Grace: "30", Refs: []string{vdRef(disk)}}.String()
 }
 
 func vmDiskManifest(name string) string {

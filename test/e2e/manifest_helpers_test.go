@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
+)
+
+// vmDoc is a VirtualMachine manifest made of the fields the tests vary; String renders it.
+type vmDoc struct {
+	Name   string
+	Class  string // virtualMachineClassName; left out when empty
+	Policy string // runPolicy
+	CPU    string // the cpu map; "{cores: 1}" when empty
+	Memory string // the memory map; a bare size such as "256Mi" stands for "{size: 256Mi}"
+	Grace  string // terminationGracePeriodSeconds; left out when empty
+	Node   string // nodeSelector map; left out when empty
+	Refs   []string
+	// Extra is more of the spec, as lines indented by two spaces and ending in a newline.
+	Extra string
+}
+
+func (d vmDoc) String() string {
+	var b strings.Builder
+	b.WriteString("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: " + d.Name + "}\nspec:\n")
+	if d.Class != "" {
+		b.WriteString("  virtualMachineClassName: " + d.Class + "\n")
+	}
+	b.WriteString("  runPolicy: " + d.Policy + "\n")
+	cpu := d.CPU
+	if cpu == "" {
+		cpu = "{cores: 1}"
+	}
+	b.WriteString("  cpu: " + cpu + "\n")
+	mem := d.Memory
+	if !strings.HasPrefix(mem, "{") {
+		mem = "{size: " + mem + "}"
+	}
+	b.WriteString("  memory: " + mem + "\n")
+	if d.Grace != "" {
+		b.WriteString("  terminationGracePeriodSeconds: " + d.Grace + "\n")
+	}
+	if d.Node != "" {
+		b.WriteString("  nodeSelector: " + d.Node + "\n")
+	}
+	if len(d.Refs) > 0 {
+		b.WriteString("  blockDeviceRefs:\n")
+		for _, r := range d.Refs {
+			b.WriteString("  - " + r + "\n")
+		}
+	}
+	b.WriteString(d.Extra)
+	return b.String()
+}
+
+// vdRef is a blockDeviceRefs entry of a VirtualDisk; bootOrder, if given, is added to it.
+func vdRef(name string, bootOrder ...string) string { return blockRef("VirtualDisk", name, bootOrder) }
+
+// cviRef is a blockDeviceRefs entry of a ClusterVirtualImage; bootOrder, if given, is added.
+func cviRef(name string, bootOrder ...string) string {
+	return blockRef("ClusterVirtualImage", name, bootOrder)
+}
+
+func blockRef(kind, name string, bootOrder []string) string {
+	if len(bootOrder) > 0 {
+		return "{kind: " + kind + ", name: " + name + ", bootOrder: " + bootOrder[0] + "}"
+	}
+	return "{kind: " + kind + ", name: " + name + "}"
+}
+
+// hostSelector is a nodeSelector map of one host name.
+func hostSelector(host string) string { return "{kubernetes.io/hostname: " + host + "}" }
+
+// applyDocs applies the manifests docs, as one multi-document YAML, with `rakhsh apply -f -`.
+func applyDocs(s *Serve, docs ...string) string {
+	s.t.Helper()
+	return s.MustCLI(strings.Join(docs, "---\n"), "apply", "-f", "-")
+}
+
+// blankDiskDoc is a blank VirtualDisk of size.
+func blankDiskDoc(name, size string) string {
+	return "apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: " + name + "}\nspec:\n  persistentVolumeClaim: {size: " + size + "}\n"
+}
+
+// indentLines puts prefix before every line of text and ends it in a newline.
+func indentLines(text, prefix string) string {
+	return prefix + strings.ReplaceAll(text, "\n", "\n"+prefix) + "\n"
+}
+
+// isoVM is a VM of 256Mi, started at once, that boots the test guest's ISO (the
+// ClusterVirtualImage guest-iso), on the hosts of the nodeSelector map node (any if empty).
+func isoVM(name, node string) string {
+	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Memory: "256Mi", Grace: "10", Node: node,
+		Refs: []string{cviRef("guest-iso")}}.String()
+}
+
+// vmRunningOn waits until the VM runs and checks that it runs on the node.
+func vmRunningOn(t *testing.T, s *Serve, name, node string, timeout time.Duration) *v1alpha1.VirtualMachine {
+	t.Helper()
+	v := vmWait(t, s, name, timeout, "Running on "+node, vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != node {
+		t.Fatalf("the VM runs on %q, want %s", v.Status.NodeName, node)
+	}
+	return v
+}
+
+// isoBootVM is a VM of 256Mi, started at once, with the disk disk that boots the test
+// guest's ISO (the ClusterVirtualImage guest-iso, first in the boot order).
+func isoBootVM(name, disk string) string {
+	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Memory: "256Mi", Grace: "30",
+		Refs: []string{vdRef(disk, "2"), cviRef("guest-iso", "1")}}.String()
+}
