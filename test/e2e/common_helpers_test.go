@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
 // adminToken is the admin token the serve wrote to its data dir.
@@ -27,4 +31,45 @@ func guestISOServe(t *testing.T, disks ...string) (s *Serve, base string) {
 	base = vmImageServer(t, dir)
 	applyGuestISO(t, s, base, disks...)
 	return s, base
+}
+
+// vmCondIs is a vmWait condition: the VM has the condition typ with the status status.
+func vmCondIs(typ, status string) func(v *v1alpha1.VirtualMachine) bool {
+	return func(v *v1alpha1.VirtualMachine) bool {
+		c := v1alpha1.FindCondition(v.Status.Conditions, typ)
+		return c != nil && c.Status == status
+	}
+}
+
+// waitCVI waits until the ClusterVirtualImage is in one of the phases.
+func waitCVI(t *testing.T, s *Serve, name string, phases ...v1alpha1.ImagePhase) *v1alpha1.ClusterVirtualImage {
+	t.Helper()
+	return waitObj(t, s, "clustervirtualimages", "", name, phaseList(phases), func(i *v1alpha1.ClusterVirtualImage) bool {
+		return slices.Contains(phases, i.Status.Phase)
+	})
+}
+
+// waitDisk waits until the VirtualDisk of the default project is in one of the phases.
+func waitDisk(t *testing.T, s *Serve, name string, phases ...v1alpha1.DiskPhase) *v1alpha1.VirtualDisk {
+	t.Helper()
+	return waitObj(t, s, "virtualdisks", "default", name, phaseList(phases), func(d *v1alpha1.VirtualDisk) bool {
+		return slices.Contains(phases, d.Status.Phase)
+	})
+}
+
+func phaseList[P ~string](phases []P) string {
+	s := make([]string, len(phases))
+	for i, p := range phases {
+		s[i] = string(p)
+	}
+	return strings.Join(s, " or ")
+}
+
+// serveGuestIn serves the test guest's files of dir over HTTP inside the network namespace
+// ns and returns the URL.
+func serveGuestIn(t *testing.T, ns, dir string) string {
+	t.Helper()
+	ln := listenIn(t, ns, "127.0.0.1:0")
+	go func() { _ = http.Serve(ln, http.FileServer(http.Dir(dir))) }()
+	return "http://" + ln.Addr().String()
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -25,21 +24,12 @@ func TestHotplugNIC(t *testing.T) {
 	sideBySide(t)
 	dir := vmGuestDir(t)
 	lab := newNetnsLab(t)
-	iln := listenIn(t, lab.In, "127.0.0.1:0")
-	go func() { _ = http.Serve(iln, http.FileServer(http.Dir(dir))) }()
+	base := serveGuestIn(t, lab.In, dir)
 	s := lab.startServeIn(t, "--vm-networking", "host", "--no-upstream-dns")
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	c := s.Client()
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "http://`+iln.Addr().String()+`/guest.qcow2"}
----
-`+vmDiskManifest("n1")+"---\n"+netVMManifest("nic1", "n1", `  networks:
+	s.MustCLI(cviDoc("guest", httpSource(base+"/guest.qcow2"))+"---\n"+vmDiskManifest("n1")+"---\n"+netVMManifest("nic1", "n1", `  networks:
   - type: Main
 `), "apply", "-f", "-")
 	v := vmWait(t, s, "nic1", 3*time.Minute, "Running with an address", func(v *v1alpha1.VirtualMachine) bool {

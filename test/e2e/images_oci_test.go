@@ -260,9 +260,7 @@ spec:
       caBundle: `+ca+`
 `, "apply", "-f", "-")
 
-	img := waitObj(t, s, "clustervirtualimages", "", "debian-oci", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady || i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	img := waitCVI(t, s, "debian-oci", v1alpha1.ImagePhaseReady, v1alpha1.ImagePhaseFailed)
 	if img.Status.Phase != v1alpha1.ImagePhaseReady || img.Status.Format != "qcow2" || img.Status.Size == nil || img.Status.Size.Unpacked != "64Mi" {
 		t.Fatalf("image from the registry: %+v", img.Status)
 	}
@@ -275,15 +273,11 @@ spec:
 	if vi.Status.Phase != v1alpha1.ImagePhaseReady || vi.Status.Size == nil || vi.Status.Size.UnpackedBytes != 8<<20 {
 		t.Fatalf("xz containerdisk: %+v", vi.Status)
 	}
-	d := waitObj(t, s, "virtualdisks", "default", "oci-disk", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady || d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	d := waitDisk(t, s, "oci-disk", v1alpha1.DiskPhaseReady, v1alpha1.DiskPhaseFailed)
 	if d.Status.Phase != v1alpha1.DiskPhaseReady || d.Status.Capacity != "64Mi" {
 		t.Fatalf("disk from the registry: %+v", d.Status)
 	}
-	bad := waitObj(t, s, "clustervirtualimages", "", "no-secret", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	bad := waitCVI(t, s, "no-secret", v1alpha1.ImagePhaseFailed)
 	if c := readyCond(bad.Status.Conditions); c == nil || c.Reason != "RegistryAuthFailed" {
 		t.Fatalf("pull without credentials: %+v", bad.Status.Conditions)
 	}

@@ -112,9 +112,7 @@ spec:
 	if out, err := curl(qcowGz, url); err != nil {
 		t.Fatalf("curl -T: %v\n%s", err, out)
 	}
-	img := waitObj(t, s, "clustervirtualimages", "", "up-curl", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
+	img := waitCVI(t, s, "up-curl", v1alpha1.ImagePhaseReady)
 	if img.Status.Format != "qcow2" || img.Status.Size == nil || img.Status.Size.Unpacked != "64Mi" || img.Status.ImageUploadURLs != nil {
 		t.Fatalf("uploaded image status: %+v", img.Status)
 	}
@@ -133,9 +131,7 @@ spec:
 	if err == nil || !strings.Contains(out, "ChecksumMismatch") {
 		t.Fatalf("checksum mismatch upload: %v\n%s", err, out)
 	}
-	bad := waitObj(t, s, "clustervirtualimages", "", "up-bad", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	bad := waitCVI(t, s, "up-bad", v1alpha1.ImagePhaseFailed)
 	if c := readyCond(bad.Status.Conditions); c == nil || c.Reason != "ChecksumMismatch" {
 		t.Fatalf("checksum mismatch: %+v", bad.Status.Conditions)
 	}
@@ -154,9 +150,7 @@ spec:
 	}
 	waitURL("virtualdisks", "default", "up-disk")
 	s.MustCLI("", "image", "upload", "vd/up-disk", rawXz)
-	d := waitObj(t, s, "virtualdisks", "default", "up-disk", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady
-	})
+	d := waitDisk(t, s, "up-disk", v1alpha1.DiskPhaseReady)
 	if d.Status.Capacity != "128Mi" {
 		t.Fatalf("uploaded disk: %+v", d.Status)
 	}
@@ -206,9 +200,7 @@ spec:
 	if !strings.Contains(rest, "upload complete") {
 		t.Fatalf("the resumed upload: %s", rest)
 	}
-	resumed := waitObj(t, s, "clustervirtualimages", "", "up-resume", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
+	resumed := waitCVI(t, s, "up-resume", v1alpha1.ImagePhaseReady)
 	if resumed.Status.Size == nil || resumed.Status.Size.UnpackedBytes != 8<<20 {
 		t.Fatalf("the resumed upload's image: %+v", resumed.Status)
 	}
@@ -302,15 +294,11 @@ metadata: {name: late-disk}
 spec:
   dataSource: {type: Upload}
 `, "apply", "-f", "-")
-	img := waitObj(t, s, "clustervirtualimages", "", "late", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	img := waitCVI(t, s, "late", v1alpha1.ImagePhaseFailed)
 	if c := readyCond(img.Status.Conditions); c == nil || c.Reason != "UploadTimeout" || !strings.Contains(c.Message, "2s") || img.Status.ImageUploadURLs != nil {
 		t.Fatalf("image after the upload timeout: %+v", img.Status)
 	}
-	d := waitObj(t, s, "virtualdisks", "default", "late-disk", "Failed", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	d := waitDisk(t, s, "late-disk", v1alpha1.DiskPhaseFailed)
 	if c := readyCond(d.Status.Conditions); c == nil || c.Reason != "UploadTimeout" {
 		t.Fatalf("disk after the upload timeout: %+v", d.Status)
 	}
@@ -387,9 +375,7 @@ spec:
       url: "`+base+"/"+filepath.Base(vmdkGz)+`"
       checksum: {md5: "`+strings.Repeat("0", 32)+`"}
 `, "apply", "-f", "-")
-	d := waitObj(t, s, "virtualdisks", "default", "web", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady || d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	d := waitDisk(t, s, "web", v1alpha1.DiskPhaseReady, v1alpha1.DiskPhaseFailed)
 	if d.Status.Phase != v1alpha1.DiskPhaseReady || d.Status.Capacity != "64Mi" {
 		t.Fatalf("disk from HTTP: %+v", d.Status)
 	}
@@ -397,9 +383,7 @@ spec:
 	if out, err := exec.Command("qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, p).CombinedOutput(); err != nil {
 		t.Fatalf("the disk does not hold the downloaded data: %v %s", err, out)
 	}
-	bad := waitObj(t, s, "virtualdisks", "default", "web-bad", "Failed", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	bad := waitDisk(t, s, "web-bad", v1alpha1.DiskPhaseFailed)
 	if c := readyCond(bad.Status.Conditions); c == nil || c.Reason != "ChecksumMismatch" {
 		t.Fatalf("checksum mismatch: %+v", bad.Status.Conditions)
 	}
@@ -415,9 +399,7 @@ spec:
     type: ObjectRef
     objectRef: {kind: VirtualDisk, name: web}
 `, "apply", "-f", "-")
-	cp := waitObj(t, s, "virtualdisks", "default", "web-copy", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady || d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	cp := waitDisk(t, s, "web-copy", v1alpha1.DiskPhaseReady, v1alpha1.DiskPhaseFailed)
 	cpPath := storage.DiskPath(s.DataDir, "default", cp.UID)
 	if info, err := storage.Info(context.Background(), cpPath, "qcow2"); cp.Status.Phase != v1alpha1.DiskPhaseReady || err != nil ||
 		info.BackingFile != "" || info.VirtualSize != 80<<20 {
@@ -436,9 +418,7 @@ spec:
     type: ObjectRef
     objectRef: {kind: VirtualDisk, name: web, namespace: default}
 `, "apply", "-f", "-")
-	img := waitObj(t, s, "clustervirtualimages", "", "from-disk", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady || i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	img := waitCVI(t, s, "from-disk", v1alpha1.ImagePhaseReady, v1alpha1.ImagePhaseFailed)
 	if img.Status.Phase != v1alpha1.ImagePhaseReady || img.Status.Size == nil || img.Status.Size.Unpacked != "64Mi" {
 		t.Fatalf("image from a disk: %+v", img.Status)
 	}

@@ -79,11 +79,6 @@ func applyDocs(s *Serve, docs ...string) string {
 	return s.MustCLI(strings.Join(docs, "---\n"), "apply", "-f", "-")
 }
 
-// blankDiskDoc is a blank VirtualDisk of size.
-func blankDiskDoc(name, size string) string {
-	return "apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: " + name + "}\nspec:\n  persistentVolumeClaim: {size: " + size + "}\n"
-}
-
 // indentLines puts prefix before every line of text and ends it in a newline.
 func indentLines(text, prefix string) string {
 	return prefix + strings.ReplaceAll(text, "\n", "\n"+prefix) + "\n"
@@ -112,3 +107,39 @@ func isoBootVM(name, disk string) string {
 	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Memory: "256Mi", Grace: "30",
 		Refs: []string{vdRef(disk, "2"), cviRef("guest-iso", "1")}}.String()
 }
+
+// classDoc is a VirtualMachineClass of the Deckhouse API with the CPU model model and the
+// sizing policies, each given as its YAML lines ("cores: {min: 1, max: 2}\ncoreFractions: [10]").
+func classDoc(name, model string, policies ...string) string {
+	m := "apiVersion: virtualization.deckhouse.io/v1alpha2\nkind: VirtualMachineClass\nmetadata: {name: " + name + "}\nspec:\n" +
+		"  cpu: {type: Model, model: " + model + "}\n  sizingPolicies:\n"
+	for _, p := range policies {
+		m += "  - " + strings.ReplaceAll(p, "\n", "\n    ") + "\n"
+	}
+	return m
+}
+
+// cviDoc is a ClusterVirtualImage whose spec.dataSource is the YAML lines of source.
+func cviDoc(name, source string) string {
+	return "apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: ClusterVirtualImage\nmetadata: {name: " + name + "}\nspec:\n" +
+		"  dataSource:\n" + indentLines(source, "    ")
+}
+
+// diskDoc is a VirtualDisk of size (none given if empty) whose spec.dataSource is the YAML
+// lines of source (a blank disk if empty).
+func diskDoc(name, size, source string) string {
+	m := "apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualDisk\nmetadata: {name: " + name + "}\nspec:\n"
+	if size != "" {
+		m += "  persistentVolumeClaim: {size: " + size + "}\n"
+	}
+	if source != "" {
+		m += "  dataSource:\n" + indentLines(source, "    ")
+	}
+	return m
+}
+
+// httpSource is a dataSource that downloads url.
+func httpSource(url string) string { return "type: HTTP\nhttp: {url: \"" + url + "\"}" }
+
+// objectRefSource is a dataSource that copies the object ref (a flow map: kind, name, ...).
+func objectRefSource(ref string) string { return "type: ObjectRef\nobjectRef: " + ref }

@@ -21,7 +21,7 @@ import (
 // vmWithDataDisk is the manifest of a blank disk "data" of size and a VM "vm1" (started by
 // hand) with the disks "root" and "data".
 func vmWithDataDisk(size string) string {
-	return blankDiskDoc("data", size) + "---\n" + snapVM1("256Mi")
+	return diskDoc("data", size, "") + "---\n" + snapVM1("256Mi")
 }
 
 // snapVM1 is the VM "vm1" (started by hand) of memory mem with the disks "root" and "data".
