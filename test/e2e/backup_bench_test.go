@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -77,19 +76,8 @@ func TestBackupBenchmark(t *testing.T) {
 
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
-	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: BackupTarget
-metadata: {name: nightly}
-spec:
-  type: Directory
-  directory: {path: %s}
----
-%s`, filepath.Join(work, "target"), vmWithDataDisk("2Gi")), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
-	var d v1alpha1.VirtualDisk
-	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data", &d); err != nil {
-		t.Fatal(err)
-	}
+	bkSetup(t, s, filepath.Join(work, "target"), "2Gi")
+	d := getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", "data")
 	if out, err := exec.Command("qemu-img", "convert", "-n", "-f", "raw", "-O", "qcow2", raw, storage.ClassDiskPath(s.DataDir, nil, d.UID)).CombinedOutput(); err != nil {
 		t.Fatalf("filling the disk: %v: %s", err, out)
 	}

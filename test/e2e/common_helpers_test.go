@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
@@ -72,4 +74,16 @@ func serveGuestIn(t *testing.T, ns, dir string) string {
 	ln := listenIn(t, ns, "127.0.0.1:0")
 	go func() { _ = http.Serve(ln, http.FileServer(http.Dir(dir))) }()
 	return "http://" + ln.Addr().String()
+}
+
+// getObj reads an object of the default project through the API; it must exist.
+func getObj[T any](t *testing.T, s *Serve, resource, name string) *T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var o T
+	if err := s.Client().Get(ctx, resource, "default", name, &o); err != nil {
+		t.Fatal(err)
+	}
+	return &o
 }

@@ -71,10 +71,7 @@ spec:
 	if err := s.Client().Get(ctx, "virtualdiskleases", "default", "hp1", &lease); err != nil || lease.Spec.VirtualMachineName != "hp" || lease.Spec.HolderNode == "" {
 		t.Fatalf("the lease of the hot-plugged disk: %+v %v", lease.Spec, err)
 	}
-	var b v1alpha1.VirtualMachineBlockDeviceAttachment
-	if err := s.Client().Get(ctx, "virtualmachineblockdeviceattachments", "default", "hp-hp1", &b); err != nil {
-		t.Fatal(err)
-	}
+	b := getObj[v1alpha1.VirtualMachineBlockDeviceAttachment](t, s, "virtualmachineblockdeviceattachments", "hp-hp1")
 	for _, typ := range []string{"VirtualMachineReady", "BlockDeviceReady", "Attached"} {
 		if c := v1alpha1.FindCondition(b.Status.Conditions, typ); c == nil || c.Status != v1alpha1.ConditionTrue {
 			t.Fatalf("attachment condition %s: %+v", typ, b.Status.Conditions)

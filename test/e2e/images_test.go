@@ -46,7 +46,7 @@ func TestImageImportAndDisks(t *testing.T) {
 	base := imagetest.Serve(t, src)
 
 	applyDocs(s, cviDoc("debian", httpSource(base+"/debian.qcow2")),
-		cviDoc("corrupt", "type: HTTP\nhttp:\n  url: \""+base+"/debian.qcow2\"\n  checksum: {sha256: \""+strings.Repeat("ab", 32)+"\"}"),
+		cviDoc("corrupt", httpChecksumSource(base+"/debian.qcow2", "sha256", strings.Repeat("ab", 32))),
 		diskDoc("root", "10Gi", objectRefSource("{kind: ClusterVirtualImage, name: debian}")))
 
 	img := waitCVI(t, s, "debian", v1alpha1.ImagePhaseReady)

@@ -13,6 +13,8 @@ type vmDoc struct {
 	Name   string
 	Class  string // virtualMachineClassName; left out when empty
 	Policy string // runPolicy
+	OSType string // osType; left out when empty
+	Boot   string // bootloader; left out when empty
 	CPU    string // the cpu map; "{cores: 1}" when empty
 	Memory string // the memory map; a bare size such as "256Mi" stands for "{size: 256Mi}"
 	Grace  string // terminationGracePeriodSeconds; left out when empty
@@ -29,6 +31,12 @@ func (d vmDoc) String() string {
 		b.WriteString("  virtualMachineClassName: " + d.Class + "\n")
 	}
 	b.WriteString("  runPolicy: " + d.Policy + "\n")
+	if d.OSType != "" {
+		b.WriteString("  osType: " + d.OSType + "\n")
+	}
+	if d.Boot != "" {
+		b.WriteString("  bootloader: " + d.Boot + "\n")
+	}
 	cpu := d.CPU
 	if cpu == "" {
 		cpu = "{cores: 1}"
@@ -143,3 +151,17 @@ func httpSource(url string) string { return "type: HTTP\nhttp: {url: \"" + url +
 
 // objectRefSource is a dataSource that copies the object ref (a flow map: kind, name, ...).
 func objectRefSource(ref string) string { return "type: ObjectRef\nobjectRef: " + ref }
+
+// httpChecksumSource is a dataSource that downloads url and checks it against the checksum
+// sum of the algorithm algo (sha256, md5).
+func httpChecksumSource(url, algo, sum string) string {
+	return "type: HTTP\nhttp:\n  url: \"" + url + "\"\n  checksum: {" + algo + ": \"" + sum + "\"}"
+}
+
+// uploadSource is a dataSource that takes an upload, checked against the sha256 sum if given.
+func uploadSource(sha256 string) string {
+	if sha256 == "" {
+		return "type: Upload"
+	}
+	return "type: Upload\nupload:\n  checksum: {sha256: \"" + sha256 + "\"}"
+}
