@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -65,10 +64,7 @@ func medianDur(d []time.Duration) time.Duration {
 // unchanged incremental, and a restore into a new disk. It runs only when RAKHSH_BENCH_BACKUP is set (to the
 // number of rounds); see docs/benchmarks.md.
 func TestBackupBenchmark(t *testing.T) {
-	rounds, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_BACKUP"))
-	if rounds <= 0 {
-		t.Skip("a benchmark: set RAKHSH_BENCH_BACKUP=N (rounds) to run it")
-	}
+	rounds := benchCount(t, "RAKHSH_BENCH_BACKUP", "rounds")
 	const size = 2 << 30
 	work := t.TempDir()
 	raw := filepath.Join(work, "disk.raw")

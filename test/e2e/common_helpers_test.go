@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -86,4 +87,23 @@ func getObj[T any](t *testing.T, s *Serve, resource, name string) *T {
 		t.Fatal(err)
 	}
 	return &o
+}
+
+// benchCount is the whole number in the environment variable env; a benchmark skips itself
+// when it is not set to more than 0, saying to set it to N of what (e.g. "runs").
+func benchCount(t *testing.T, env, what string) int {
+	t.Helper()
+	n, _ := strconv.Atoi(os.Getenv(env))
+	if n <= 0 {
+		t.Skipf("a benchmark: set %s=N (%s) to run it", env, what)
+	}
+	return n
+}
+
+// vmStartGuest starts the VM (without --wait) and waits until it runs and its guest is ready.
+func vmStartGuest(t *testing.T, s *Serve, name string) {
+	t.Helper()
+	s.MustCLI("", "vm", "start", name)
+	vmWait(t, s, name, 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
+	vmWaitSerial(t, s, name, "RAKHSH-GUEST: ready", 1)
 }

@@ -3,12 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
 	"testing"
 	"time"
-
-	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
 // TestHotplugBenchmark measures, on one running test guest, the time from the API call
@@ -17,15 +13,10 @@ import (
 // (SCSI CD-ROM), and prints every run and the medians. It runs only when
 // RAKHSH_BENCH_HOTPLUG is set to the number of runs (docs/benchmarks.md).
 func TestHotplugBenchmark(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_HOTPLUG"))
-	if runs <= 0 {
-		t.Skip("a benchmark: set RAKHSH_BENCH_HOTPLUG=N (runs) to run it")
-	}
+	runs := benchCount(t, "RAKHSH_BENCH_HOTPLUG", "runs")
 	s, _ := guestISOServe(t, "bd=64Mi")
 	applyDocs(s, vmDoc{Name: "hb", Policy: "Manual", Memory: "256Mi", Refs: []string{cviRef("guest-iso")}}.String())
-	s.MustCLI("", "vm", "start", "hb")
-	vmWait(t, s, "hb", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "hb", "RAKHSH-GUEST: ready", 1)
+	vmStartGuest(t, s, "hb")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	con := openConsole(t, ctx, s.Client(), "hb")

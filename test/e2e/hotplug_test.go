@@ -28,9 +28,7 @@ spec:
     http: {url: "`+base+`/guest.iso"}
 `, vmDoc{Name: "hp", Policy: "Manual", Memory: "256Mi", Grace: "30", Refs: []string{cviRef("guest-iso")}}.String())
 	s.MustCLI("", "wait", "vi", "extra-iso", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI("", "vm", "start", "hp")
-	vmWait(t, s, "hp", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "hp", "RAKHSH-GUEST: ready", 1)
+	vmStartGuest(t, s, "hp")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()

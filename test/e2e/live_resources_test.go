@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -200,10 +199,7 @@ func TestLiveResources(t *testing.T) {
 // at a time) and memory (256Mi → 512Mi and back, N times), for docs/benchmarks.md. It runs only when RAKHSH_BENCH_LIVE is set (to the number
 // of changes of each kind): its figures are what it is for, not pass or fail.
 func TestLiveResourcesBenchmark(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_LIVE"))
-	if runs <= 0 {
-		t.Skip("a benchmark: set RAKHSH_BENCH_LIVE=N (changes of each kind) to run it")
-	}
+	runs := benchCount(t, "RAKHSH_BENCH_LIVE", "changes of each kind")
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")

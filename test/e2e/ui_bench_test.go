@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"sort"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -19,10 +17,7 @@ import (
 // then: its watch is open and every row is a link), for docs/benchmarks.md. It runs only when
 // RAKHSH_BENCH_UI is set (to the number of page loads); its figures are what it is for.
 func TestUIListBenchmark(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_UI"))
-	if runs <= 0 {
-		t.Skip("a benchmark: set RAKHSH_BENCH_UI=N (page loads) to run it")
-	}
+	runs := benchCount(t, "RAKHSH_BENCH_UI", "page loads")
 	const n = 500
 	addr := freeAddr(t)
 	s := StartServe(t, "--listen", addr)
