@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -123,34 +122,7 @@ func joinedHostStreams(t *testing.T, base string, allInOne bool) {
 	}
 
 	// `rakhsh console`, detaching with Ctrl-].
-	cc := exec.Command(rakhshBin(t), "console", "remote")
-	cc.Env = append(os.Environ(), "RAKHSH_SERVER="+s.Server())
-	stdin, err := cc.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cliOut := &lockedBuffer{}
-	cc.Stdout, cc.Stderr = cliOut, cliOut
-	if err := cc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cc.Wait() }()
-	time.Sleep(500 * time.Millisecond)
-	if _, err := io.WriteString(stdin, "\necho CLI-$((5*5))\n"); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, cliOut, "CLI-25", 30*time.Second, "rakhsh console of a VM on a joined host")
-	_, _ = stdin.Write([]byte{0x1d})
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("rakhsh console after Ctrl-]: %v\n%s", err, cliOut.String())
-		}
-	case <-time.After(10 * time.Second):
-		_ = cc.Process.Kill()
-		t.Fatalf("rakhsh console did not end within 10s of Ctrl-]; output:\n%s", cliOut.String())
-	}
+	cliConsoleDetach(t, s, "remote", "rakhsh console of a VM on a joined host")
 
 	// The stream service itself: no ticket and a made-up ticket are refused.
 	tc, err := nodestream.PinnedTLSConfig(ep.CertificateSHA256)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -57,3 +59,46 @@ func (c *apiConsole) run(line, want string, timeout time.Duration, what string) 
 }
 
 func (c *apiConsole) Close() { c.conn.Close() }
+
+// cliConsoleDetach runs `rakhsh console VM` with standard input from a pipe, types a command
+// and waits for its output (what names the console in a failure), then detaches with Ctrl-]:
+// the CLI must end, without an error, within 10 s. It returns what the CLI printed.
+func cliConsoleDetach(t *testing.T, s *Serve, vm, what string) string {
+	t.Helper()
+	cmd := exec.Command(rakhshBin(t), "console", vm)
+	cmd.Env = append(os.Environ(), "RAKHSH_SERVER="+s.Server())
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+	time.Sleep(500 * time.Millisecond) // let it connect before typing
+	if _, err := io.WriteString(stdin, "\necho CLI-$((5*5))\n"); err != nil {
+		t.Fatal(err)
+	}
+	consoleWait(t, out, "CLI-25", 30*time.Second, what)
+	if _, err := stdin.Write([]byte{0x1d}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("rakhsh console after Ctrl-]: %v\n%s", err, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("rakhsh console did not end within 10s of Ctrl-]; output:\n%s", out.String())
+	}
+	return out.String()
+}

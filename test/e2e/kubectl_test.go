@@ -66,14 +66,7 @@ current-context: rakhsh
 		t.Logf("kubectl: %s", strings.TrimSpace(strings.SplitN(v, "\n", 2)[0]))
 	}
 	vm := func(apiVersion, name string) string {
-		return fmt.Sprintf(`apiVersion: %s
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 64Mi}
-`, apiVersion, name)
+		return vmDoc{API: apiVersion, Name: name, Policy: "Manual", Memory: "64Mi"}.String()
 	}
 	if out := must(vm("virtualization.rakhsh.io/v1alpha1", "k1"), nil, "apply", "-f", "-"); !strings.Contains(out, "k1 created") {
 		t.Errorf("apply: %s", out)

@@ -10,6 +10,7 @@ import (
 
 // vmDoc is a VirtualMachine manifest made of the fields the tests vary; String renders it.
 type vmDoc struct {
+	API    string // apiVersion; virtualization.rakhsh.io/v1alpha1 when empty
 	Name   string
 	Class  string // virtualMachineClassName; left out when empty
 	Policy string // runPolicy
@@ -26,7 +27,11 @@ type vmDoc struct {
 
 func (d vmDoc) String() string {
 	var b strings.Builder
-	b.WriteString("apiVersion: virtualization.rakhsh.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: " + d.Name + "}\nspec:\n")
+	api := d.API
+	if api == "" {
+		api = "virtualization.rakhsh.io/v1alpha1"
+	}
+	b.WriteString("apiVersion: " + api + "\nkind: VirtualMachine\nmetadata: {name: " + d.Name + "}\nspec:\n")
 	if d.Class != "" {
 		b.WriteString("  virtualMachineClassName: " + d.Class + "\n")
 	}
