@@ -107,3 +107,16 @@ func vmStartGuest(t *testing.T, s *Serve, name string) {
 	vmWait(t, s, name, 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	vmWaitSerial(t, s, name, "RAKHSH-GUEST: ready", 1)
 }
+
+// startOwnServe starts s, a Serve the test set up itself, and stops it at the end of the
+// test, printing its log when the test failed.
+func startOwnServe(s *Serve) {
+	s.t.Helper()
+	s.Start()
+	s.t.Cleanup(func() {
+		s.Stop()
+		if s.t.Failed() {
+			s.t.Logf("rakhsh serve log:\n%s", s.logs.String())
+		}
+	})
+}

@@ -41,13 +41,7 @@ func TestFullPool(t *testing.T) {
 	disksDir := filepath.Join(s.DataDir, "pools", "default", "disks")
 	mountTmpfs(t, imagesDir, "12m")
 	mountTmpfs(t, disksDir, "3m")
-	s.Start()
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("rakhsh serve log:\n%s", s.Logs())
-		}
-	})
+	startOwnServe(s)
 
 	src := t.TempDir()
 	imagetest.Raw(t, src, "big.raw", 32<<20) // 32 MiB sent over HTTP: more than the 12 MiB store

@@ -21,13 +21,7 @@ func TestDecompressionBombStopsAtReserve(t *testing.T) {
 	s := &Serve{t: t, DataDir: t.TempDir(), Args: []string{"--min-free-space", "16Mi"}}
 	imagesDir := filepath.Join(s.DataDir, "images")
 	mountTmpfs(t, imagesDir, "64m")
-	s.Start()
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("rakhsh serve log:\n%s", s.Logs())
-		}
-	})
+	startOwnServe(s)
 	var st syscall.Statfs_t
 	free := func() int64 {
 		if err := syscall.Statfs(imagesDir, &st); err != nil {

@@ -21,13 +21,7 @@ import (
 // image's data subresource.
 func TestImportSSRFRefused(t *testing.T) {
 	s := &Serve{t: t, DataDir: t.TempDir(), NoImportAllowList: true}
-	s.Start()
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("rakhsh serve log:\n%s", s.logs.String())
-		}
-	})
+	startOwnServe(s)
 
 	// An internal service of the host: what an attacker would like to read back. It is a
 	// valid raw disk, so an import that reached it would go Ready.
