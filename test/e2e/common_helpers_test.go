@@ -120,3 +120,13 @@ func startOwnServe(s *Serve) {
 		}
 	})
 }
+
+// vmRunningOn waits until the VM runs and checks that it runs on the node.
+func vmRunningOn(t *testing.T, s *Serve, name, node string, timeout time.Duration) *v1alpha1.VirtualMachine {
+	t.Helper()
+	v := vmWait(t, s, name, timeout, "Running on "+node, vmPhase(v1alpha1.VMPhaseRunning))
+	if v.Status.NodeName != node {
+		t.Fatalf("the VM runs on %q, want %s", v.Status.NodeName, node)
+	}
+	return v
+}

@@ -1,12 +1,6 @@
 package e2e
 
-import (
-	"strings"
-	"testing"
-	"time"
-
-	"github.com/rakhsh/rakhsh/api/v1alpha1"
-)
+import "strings"
 
 // vmDoc is a VirtualMachine manifest made of the fields the tests vary; String renders it.
 type vmDoc struct {
@@ -102,16 +96,6 @@ func indentLines(text, prefix string) string {
 func isoVM(name, node string) string {
 	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Memory: "256Mi", Grace: "10", Node: node,
 		Refs: []string{cviRef("guest-iso")}}.String()
-}
-
-// vmRunningOn waits until the VM runs and checks that it runs on the node.
-func vmRunningOn(t *testing.T, s *Serve, name, node string, timeout time.Duration) *v1alpha1.VirtualMachine {
-	t.Helper()
-	v := vmWait(t, s, name, timeout, "Running on "+node, vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != node {
-		t.Fatalf("the VM runs on %q, want %s", v.Status.NodeName, node)
-	}
-	return v
 }
 
 // isoBootVM is a VM of 256Mi, started at once, with the disk disk that boots the test
