@@ -26,10 +26,7 @@ func TestJoinedHostFetchesImage(t *testing.T) {
 	base := vmImageServer(t, dir)
 	addr := freeAddr(t)
 	s := StartServe(t, "--no-agent", "--listen", addr)
-	token, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := adminToken(t, s)
 	applyGuestISO(t, s, base)
 	var img v1alpha1.ClusterVirtualImage
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -68,26 +65,11 @@ func TestJoinedHostFetchesImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	startJoinedAgent(t, addr, filepath.Join(s.DataDir, "tls.crt"), agentDir,
-		append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token))), "--node-name", "joined-host")
+		append(os.Environ(), "RAKHSH_TOKEN="+token), "--node-name", "joined-host")
 	waitNodePhase(t, s.Client(), "joined-host", v1alpha1.NodePhaseReady, time.Minute)
 
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: remote}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 10
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: guest-iso}
-`, "apply", "-f", "-")
-	v := vmWait(t, s, "remote", 2*time.Minute, "Running on the joined host", func(v *v1alpha1.VirtualMachine) bool {
-		return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning
-	})
-	if v.Status.NodeName != "joined-host" {
-		t.Fatalf("the VM runs on %q, want joined-host", v.Status.NodeName)
-	}
+	applyDocs(s, isoVM("remote", ""))
+	v := vmRunningOn(t, s, "remote", "joined-host", 2*time.Minute)
 	// The guest booted from the fetched copy (its serial log is on the joined host).
 	serial := filepath.Join(agentDir, "run", "vms", v.UID, "serial.log")
 	for deadline := time.Now().Add(vmBootTimeout); ; time.Sleep(500 * time.Millisecond) {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,15 +44,12 @@ func joinedHostStreams(t *testing.T, base string, allInOne bool) {
 	} else {
 		s = StartServe(t, "--no-agent", "--listen", addr)
 	}
-	token, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := adminToken(t, s)
 	applyGuestISO(t, s, base)
 
 	agentDir := t.TempDir()
 	agent := startJoinedAgent(t, addr, filepath.Join(s.DataDir, "tls.crt"), agentDir,
-		append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token))), "--node-name", "joined-host")
+		append(os.Environ(), "RAKHSH_TOKEN="+token), "--node-name", "joined-host")
 	waitNodePhase(t, s.Client(), "joined-host", v1alpha1.NodePhaseReady, time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -74,22 +70,8 @@ func joinedHostStreams(t *testing.T, base string, allInOne bool) {
 	}
 	s.MustCLI("", "label", "node", "joined-host", "rakhsh.test/host=joined")
 
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: remote}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 10
-  nodeSelector: {rakhsh.test/host: joined}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: guest-iso}
-`, "apply", "-f", "-")
-	v := vmWait(t, s, "remote", 2*time.Minute, "Running on the joined host", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "joined-host" {
-		t.Fatalf("the VM runs on %q, want joined-host", v.Status.NodeName)
-	}
+	applyDocs(s, isoVM("remote", "{rakhsh.test/host: joined}"))
+	v := vmRunningOn(t, s, "remote", "joined-host", 2*time.Minute)
 	// `rakhsh logs` through the control plane, which has no copy of the file.
 	vmWaitSerial(t, s, "remote", "RAKHSH-GUEST: ready", 1)
 	if r := s.CLI("", "logs", "vm", "remote", "--qemu"); r.Code != 0 {
@@ -97,21 +79,9 @@ spec:
 	}
 
 	// The serial console through the API websocket.
-	conn, err := s.Client().DialStream(ctx, "virtualmachines", "default", "remote", "console")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	if _, err := conn.Write([]byte("\n")); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if _, err := conn.Write([]byte("echo REMOTE-$((6*7))\n")); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, out, "REMOTE-42", 30*time.Second, "the API console websocket of a VM on a joined host")
-	conn.Close()
+	con := openConsole(t, ctx, s.Client(), "remote")
+	con.run("echo REMOTE-$((6*7))", "REMOTE-42", 30*time.Second, "the API console websocket of a VM on a joined host")
+	con.Close()
 
 	// A browser's way in: a console ticket, then the websocket with ?ticket= and the page's
 	// Origin and no Authorization header; the ticket opens it once.
@@ -152,34 +122,7 @@ spec:
 	}
 
 	// `rakhsh console`, detaching with Ctrl-].
-	cc := exec.Command(rakhshBin(t), "console", "remote")
-	cc.Env = append(os.Environ(), "RAKHSH_SERVER="+s.Server())
-	stdin, err := cc.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cliOut := &lockedBuffer{}
-	cc.Stdout, cc.Stderr = cliOut, cliOut
-	if err := cc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cc.Wait() }()
-	time.Sleep(500 * time.Millisecond)
-	if _, err := io.WriteString(stdin, "\necho CLI-$((5*5))\n"); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, cliOut, "CLI-25", 30*time.Second, "rakhsh console of a VM on a joined host")
-	_, _ = stdin.Write([]byte{0x1d})
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("rakhsh console after Ctrl-]: %v\n%s", err, cliOut.String())
-		}
-	case <-time.After(10 * time.Second):
-		_ = cc.Process.Kill()
-		t.Fatalf("rakhsh console did not end within 10s of Ctrl-]; output:\n%s", cliOut.String())
-	}
+	cliConsoleDetach(t, s, "remote", "rakhsh console of a VM on a joined host")
 
 	// The stream service itself: no ticket and a made-up ticket are refused.
 	tc, err := nodestream.PinnedTLSConfig(ep.CertificateSHA256)

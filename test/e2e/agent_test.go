@@ -22,17 +22,14 @@ func TestSeparateAgentJoins(t *testing.T) {
 	sideBySide(t)
 	addr := freeAddr(t)
 	s := StartServe(t, "--no-agent", "--listen", addr, "--node-grace-period", "5s")
-	token, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := adminToken(t, s)
 	agentDir := t.TempDir()
 	logs := &lockedBuffer{}
 	startAgent := func() *exec.Cmd {
 		cmd := exec.Command(rakhshBin(t), "agent", "--server", "https://"+addr, "--ca-file", filepath.Join(s.DataDir, "tls.crt"),
 			"--node-name", "joined-host", "--data-dir", agentDir, "--heartbeat-interval", "1s", "--vm-networking", "user",
 			"--stream-listen", "127.0.0.1:0")
-		cmd.Env = append(os.Environ(), "RAKHSH_TOKEN="+strings.TrimSpace(string(token)))
+		cmd.Env = append(os.Environ(), "RAKHSH_TOKEN="+token)
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

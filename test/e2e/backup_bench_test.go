@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -66,10 +64,7 @@ func medianDur(d []time.Duration) time.Duration {
 // unchanged incremental, and a restore into a new disk. It runs only when RAKHSH_BENCH_BACKUP is set (to the
 // number of rounds); see docs/benchmarks.md.
 func TestBackupBenchmark(t *testing.T) {
-	rounds, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_BACKUP"))
-	if rounds <= 0 {
-		t.Skip("a benchmark: set RAKHSH_BENCH_BACKUP=N (rounds) to run it")
-	}
+	rounds := benchCount(t, "RAKHSH_BENCH_BACKUP", "rounds")
 	const size = 2 << 30
 	work := t.TempDir()
 	raw := filepath.Join(work, "disk.raw")
@@ -77,19 +72,8 @@ func TestBackupBenchmark(t *testing.T) {
 
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
-	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: BackupTarget
-metadata: {name: nightly}
-spec:
-  type: Directory
-  directory: {path: %s}
----
-%s`, filepath.Join(work, "target"), vmWithDataDisk("2Gi")), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
-	var d v1alpha1.VirtualDisk
-	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data", &d); err != nil {
-		t.Fatal(err)
-	}
+	bkSetup(t, s, filepath.Join(work, "target"), "2Gi")
+	d := getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", "data")
 	if out, err := exec.Command("qemu-img", "convert", "-n", "-f", "raw", "-O", "qcow2", raw, storage.ClassDiskPath(s.DataDir, nil, d.UID)).CombinedOutput(); err != nil {
 		t.Fatalf("filling the disk: %v: %s", err, out)
 	}

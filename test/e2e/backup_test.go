@@ -23,13 +23,21 @@ import (
 // bkGet reads a backup.
 func bkGet(t *testing.T, s *Serve, name string) *v1alpha1.VirtualMachineBackup {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var b v1alpha1.VirtualMachineBackup
-	if err := s.Client().Get(ctx, "virtualmachinebackups", "default", name, &b); err != nil {
-		t.Fatal(err)
-	}
-	return &b
+	return getObj[v1alpha1.VirtualMachineBackup](t, s, "virtualmachinebackups", name)
+}
+
+// bkSetup applies the Directory BackupTarget "nightly" at dir and vm1 of vmWithDataDisk with
+// a data disk of size, and waits until the data disk is Ready.
+func bkSetup(t *testing.T, s *Serve, dir, size string) {
+	t.Helper()
+	applyDocs(s, `apiVersion: virtualization.rakhsh.io/v1alpha1
+kind: BackupTarget
+metadata: {name: nightly}
+spec:
+  type: Directory
+  directory: {path: `+dir+`}
+`, vmWithDataDisk(size))
+	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
 }
 
 // bkRun creates a backup of vm1 into the target "nightly" and waits until it ends; it must
@@ -144,15 +152,7 @@ func TestVMBackup(t *testing.T) {
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
 	dir := filepath.Join(t.TempDir(), "backups")
-	s.MustCLI(fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: BackupTarget
-metadata: {name: nightly}
-spec:
-  type: Directory
-  directory: {path: %s}
----
-%s`, dir, vmWithDataDisk("96Mi")), "apply", "-f", "-")
-	s.MustCLI("", "wait", "vd", "data", "--for", "phase=Ready", "--timeout", "1m")
+	bkSetup(t, s, dir, "96Mi")
 
 	// A backup of the stopped VM: its disks are read through a storage daemon of the node's
 	// agent, whole (the first backup), and it is consistent (nothing runs).
@@ -234,42 +234,15 @@ spec:
 	}
 
 	// A new VM from the backup's disks boots, and its data disk holds what the backup holds.
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: root-r}
-spec:
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: VirtualMachineBackup, name: b3, diskName: root}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: data-r}
-spec:
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: VirtualMachineBackup, name: b3, diskName: data}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm2}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: root-r}
-  - {kind: VirtualDisk, name: data-r}
-`, "apply", "-f", "-")
+	applyDocs(s, diskDoc("root-r", "", objectRefSource("{kind: VirtualMachineBackup, name: b3, diskName: root}")),
+		diskDoc("data-r", "", objectRefSource("{kind: VirtualMachineBackup, name: b3, diskName: data}")),
+		vmDoc{Name: "vm2", Policy: "Manual", Memory: "256Mi", Refs: []string{vdRef("root-r"), vdRef("data-r")}}.String())
 	if r := s.CLI(`{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"VirtualDisk","metadata":{"name":"x"},"spec":{"dataSource":{"type":"ObjectRef","objectRef":{"kind":"VirtualDisk","name":"root","diskName":"root"}}}}`, "apply", "-f", "-"); r.Code == 0 || !strings.Contains(r.Stderr, "diskName") {
 		t.Errorf("diskName with another kind: code %d stderr %q", r.Code, r.Stderr)
 	}
 	s.MustCLI("", "wait", "vd", "data-r", "--for", "phase=Ready", "--timeout", "2m")
 	s.MustCLI("", "wait", "vd", "root-r", "--for", "phase=Ready", "--timeout", "2m")
-	var dr v1alpha1.VirtualDisk
-	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data-r", &dr); err != nil {
-		t.Fatal(err)
-	}
+	dr := getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", "data-r")
 	if b := snapSector(t, storage.ClassDiskPath(s.DataDir, nil, dr.UID), 0); !bytes.HasPrefix(b, []byte("MARK-A")) {
 		t.Errorf("sector 0 of the restored data disk: %q", b[:8])
 	}
@@ -452,10 +425,7 @@ spec:
 	}
 	s.MustCLI("", "vm", "stop", "vm1", "--wait")
 	s.MustCLI("", "vm", "restore", "vm1", "--backup", "b4", "--wait")
-	var dataDisk v1alpha1.VirtualDisk
-	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data", &dataDisk); err != nil {
-		t.Fatal(err)
-	}
+	dataDisk := getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", "data")
 	raw := filepath.Join(t.TempDir(), "data.raw")
 	if out, err := exec.Command("qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", storage.ClassDiskPath(s.DataDir, nil, dataDisk.UID), raw).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img convert: %v: %s", err, out)

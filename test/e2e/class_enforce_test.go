@@ -114,18 +114,7 @@ func vcpuAffinity(t *testing.T, pid int) map[string]string {
 
 // classVMWithDisk is a VM of a class booting the test guest from disk.
 func classVMWithDisk(name, class, disk, cpu string) string {
-	return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  virtualMachineClassName: %s
-  runPolicy: AlwaysOn
-  cpu: %s
-  memory: {size: 128Mi}
-  terminationGracePeriodSeconds: 5
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: %s}
-`, name, class, cpu, disk)
+	return vmDoc{Name: name, Class: class, Policy: "AlwaysOn", CPU: cpu, Memory: "128Mi", Grace: "5", Refs: []string{vdRef(disk)}}.String()
 }
 
 // TestClassCoreFractionLimit: a 1-core VM with coreFraction 20% running a busy loop gets at
@@ -135,17 +124,8 @@ func TestClassCoreFractionLimit(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")
-	s.MustCLI(`apiVersion: virtualization.deckhouse.io/v1alpha2
-kind: VirtualMachineClass
-metadata: {name: slow}
-spec:
-  cpu: {type: Model, model: Nehalem}
-  sizingPolicies:
-  - cores: {min: 1, max: 2}
-    coreFractions: [20, 100]
-    defaultCoreFraction: "100%"
-`, "apply", "-f", "-")
-	s.MustCLI(classVMWithDisk("busy", "slow", "root", `{cores: 1, coreFraction: "20%"}`), "apply", "-f", "-")
+	applyDocs(s, classDoc("slow", "Nehalem", "cores: {min: 1, max: 2}\ncoreFractions: [20, 100]\ndefaultCoreFraction: \"100%\""))
+	applyDocs(s, classVMWithDisk("busy", "slow", "root", `{cores: 1, coreFraction: "20%"}`))
 	v := vmWait(t, s, "busy", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	vmWaitSerial(t, s, "busy", "RAKHSH-GUEST: ready", 1)
 	pid := vmQEMUPIDs(s.DataDir)[v.UID]
@@ -183,20 +163,8 @@ spec:
 
 	// The operator drops 20% from the class: the running VM is out of policy, says so, and
 	// keeps running; an edit that keeps it out is refused, one that fixes it is taken.
-	s.MustCLI(`apiVersion: virtualization.deckhouse.io/v1alpha2
-kind: VirtualMachineClass
-metadata: {name: slow}
-spec:
-  cpu: {type: Model, model: Nehalem}
-  sizingPolicies:
-  - cores: {min: 1, max: 2}
-    coreFractions: [50, 100]
-    defaultCoreFraction: "100%"
-`, "apply", "-f", "-")
-	out := vmWait(t, s, "busy", time.Minute, "SizingPolicyMatched=False", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSizingPolicyMatched)
-		return c != nil && c.Status == v1alpha1.ConditionFalse
-	})
+	applyDocs(s, classDoc("slow", "Nehalem", "cores: {min: 1, max: 2}\ncoreFractions: [50, 100]\ndefaultCoreFraction: \"100%\""))
+	out := vmWait(t, s, "busy", time.Minute, "SizingPolicyMatched=False", vmCondIs(v1alpha1.VMConditionSizingPolicyMatched, v1alpha1.ConditionFalse))
 	if out.Status.Phase != v1alpha1.VMPhaseRunning || vmQEMUPIDs(s.DataDir)[v.UID] != pid {
 		t.Fatalf("a VM put out of policy by its class was disturbed: phase %s, QEMU pid %d (was %d)", out.Status.Phase, vmQEMUPIDs(s.DataDir)[v.UID], pid)
 	}
@@ -208,10 +176,7 @@ spec:
 	if err := s.Client().Patch(ctx, "virtualmachines", "default", "busy", []byte(`{"spec":{"cpu":{"coreFraction":"50%"}}}`), nil); err != nil {
 		t.Fatalf("an edit that brings the VM back into policy was refused: %v", err)
 	}
-	vmWait(t, s, "busy", time.Minute, "SizingPolicyMatched=True", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSizingPolicyMatched)
-		return c != nil && c.Status == v1alpha1.ConditionTrue
-	})
+	vmWait(t, s, "busy", time.Minute, "SizingPolicyMatched=True", vmCondIs(v1alpha1.VMConditionSizingPolicyMatched, v1alpha1.ConditionTrue))
 	s.MustCLI("", "delete", "vm", "busy", "--wait", "--timeout", "1m")
 }
 
@@ -222,17 +187,8 @@ func TestClassDedicatedCores(t *testing.T) {
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "r1", "r2", "r3")
-	s.MustCLI(`apiVersion: virtualization.deckhouse.io/v1alpha2
-kind: VirtualMachineClass
-metadata: {name: pinned}
-spec:
-  cpu: {type: Model, model: Nehalem}
-  sizingPolicies:
-  - cores: {min: 1, max: 1}
-    dedicatedCores: [true]
-    coreFractions: [100]
-`, "apply", "-f", "-")
-	s.MustCLI(classVMWithDisk("d1", "pinned", "r1", "{cores: 1}")+"---\n"+classVMWithDisk("d2", "pinned", "r2", "{cores: 1}"), "apply", "-f", "-")
+	applyDocs(s, classDoc("pinned", "Nehalem", "cores: {min: 1, max: 1}\ndedicatedCores: [true]\ncoreFractions: [100]"))
+	applyDocs(s, classVMWithDisk("d1", "pinned", "r1", "{cores: 1}"), classVMWithDisk("d2", "pinned", "r2", "{cores: 1}"))
 	v1 := vmWait(t, s, "d1", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	v2 := vmWait(t, s, "d2", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	if !v1.Spec.CPU.DedicatedCores {
@@ -266,10 +222,7 @@ spec:
 
 	// A third dedicated VM finds no free core.
 	s.MustCLI(classVMWithDisk("d3", "pinned", "r3", "{cores: 1}"), "apply", "-f", "-")
-	v3 := vmWait(t, s, "d3", time.Minute, "unschedulable", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, "Scheduled")
-		return c != nil && c.Status == v1alpha1.ConditionFalse
-	})
+	v3 := vmWait(t, s, "d3", time.Minute, "unschedulable", vmCondIs("Scheduled", v1alpha1.ConditionFalse))
 	c := v1alpha1.FindCondition(v3.Status.Conditions, "Scheduled")
 	if !strings.Contains(c.Message, "insufficient free cores for dedicated cores") || v3.Status.NodeName != "" {
 		t.Errorf("d3: node %q, Scheduled message %q", v3.Status.NodeName, c.Message)

@@ -95,25 +95,10 @@ func TestClassSizingAdmission(t *testing.T) {
 	}
 
 	// Class validation: overlapping core ranges; defaultCoreFraction not listed.
-	wantRejected(t, s, "overlapping policies", `apiVersion: virtualization.deckhouse.io/v1alpha2
-kind: VirtualMachineClass
-metadata: {name: overlap}
-spec:
-  cpu: {type: Model, model: Nehalem}
-  sizingPolicies:
-  - cores: {min: 1, max: 4}
-  - cores: {min: 4, max: 8}
-`, "spec.sizingPolicies[1].cores", "overlaps the range 1-4 of spec.sizingPolicies[0]")
-	wantRejected(t, s, "unlisted default fraction", `apiVersion: virtualization.deckhouse.io/v1alpha2
-kind: VirtualMachineClass
-metadata: {name: badfraction}
-spec:
-  cpu: {type: Model, model: Nehalem}
-  sizingPolicies:
-  - cores: {min: 1, max: 4}
-    coreFractions: [10, 50]
-    defaultCoreFraction: "20%"
-`, "spec.sizingPolicies[0].defaultCoreFraction", "must be one of the policy's coreFractions")
+	wantRejected(t, s, "overlapping policies", classDoc("overlap", "Nehalem", "cores: {min: 1, max: 4}", "cores: {min: 4, max: 8}"),
+		"spec.sizingPolicies[1].cores", "overlaps the range 1-4 of spec.sizingPolicies[0]")
+	wantRejected(t, s, "unlisted default fraction", classDoc("badfraction", "Nehalem", "cores: {min: 1, max: 4}\ncoreFractions: [10, 50]\ndefaultCoreFraction: \"20%\""),
+		"spec.sizingPolicies[0].defaultCoreFraction", "must be one of the policy's coreFractions")
 
 	// A VM within the discovery class's first policy is admitted.
 	s.MustCLI(classVM("ok1", "discovery", "2", "20%", "1536Mi", "AlwaysOff"), "apply", "-f", "-")
@@ -168,27 +153,18 @@ spec:
 	if v.Spec.VirtualMachineClassName != "small" || v.Spec.CPU.CoreFraction != "20%" {
 		t.Fatalf("VM without class: class %q coreFraction %q, want small and 20%%", v.Spec.VirtualMachineClassName, v.Spec.CPU.CoreFraction)
 	}
-	vmWait(t, s, "plain", time.Minute, "SizingPolicyMatched=True", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSizingPolicyMatched)
-		return c != nil && c.Status == v1alpha1.ConditionTrue
-	})
+	vmWait(t, s, "plain", time.Minute, "SizingPolicyMatched=True", vmCondIs(v1alpha1.VMConditionSizingPolicyMatched, v1alpha1.ConditionTrue))
 
 	// The class shrinks under the VM: it is marked, and spec edits must fix the mismatch.
 	s.MustCLI(strings.Replace(smallClass, "max: 2Gi", "max: 1Gi", 1), "apply", "-f", "-")
-	v = vmWait(t, s, "plain", time.Minute, "SizingPolicyMatched=False", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSizingPolicyMatched)
-		return c != nil && c.Status == v1alpha1.ConditionFalse
-	})
+	v = vmWait(t, s, "plain", time.Minute, "SizingPolicyMatched=False", vmCondIs(v1alpha1.VMConditionSizingPolicyMatched, v1alpha1.ConditionFalse))
 	c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSizingPolicyMatched)
 	if !strings.Contains(c.Message, "allows at most 1Gi of memory") {
 		t.Errorf("SizingPolicyMatched message: %q", c.Message)
 	}
 	wantRejected(t, s, "edit that keeps the mismatch", classVM("plain", "", "1", "", "2Gi", "Manual"), "spec.memory.size", "allows at most 1Gi of memory")
 	s.MustCLI(classVM("plain", "", "1", "", "1Gi", "Manual"), "apply", "-f", "-")
-	vmWait(t, s, "plain", time.Minute, "SizingPolicyMatched=True again", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionSizingPolicyMatched)
-		return c != nil && c.Status == v1alpha1.ConditionTrue
-	})
+	vmWait(t, s, "plain", time.Minute, "SizingPolicyMatched=True again", vmCondIs(v1alpha1.VMConditionSizingPolicyMatched, v1alpha1.ConditionTrue))
 }
 
 // TestClassPlacementAndDiscovery: a Discovery class publishes the CPU features of the nodes
@@ -234,10 +210,7 @@ func TestClassPlacementAndDiscovery(t *testing.T) {
 	}
 
 	s.MustCLI(classVM("w1", "discovery", "1", "10%", "1Gi", "AlwaysOn", "  terminationGracePeriodSeconds: 1"), "apply", "-f", "-")
-	v := vmWait(t, s, "w1", time.Minute, "unschedulable", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, "Scheduled")
-		return c != nil && c.Status == v1alpha1.ConditionFalse
-	})
+	v := vmWait(t, s, "w1", time.Minute, "unschedulable", vmCondIs("Scheduled", v1alpha1.ConditionFalse))
 	if msg := v1alpha1.FindCondition(v.Status.Conditions, "Scheduled").Message; !strings.Contains(msg, "1 not matching the class's nodeSelector") {
 		t.Errorf("Scheduled message %q", msg)
 	}
@@ -270,10 +243,7 @@ func TestClassPlacementAndDiscovery(t *testing.T) {
 		t.Errorf("class status: nodes %v, maxAllocatableResources %v", c.Status.AvailableNodes, c.Status.MaxAllocatableResources)
 	}
 	v = vmWait(t, s, "w1", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWait(t, s, "w1", time.Minute, "ClassReady=True", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionClassReady)
-		return c != nil && c.Status == v1alpha1.ConditionTrue
-	})
+	vmWait(t, s, "w1", time.Minute, "ClassReady=True", vmCondIs(v1alpha1.VMConditionClassReady, v1alpha1.ConditionTrue))
 	pid := vmQEMUPIDs(s.DataDir)[v.UID]
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if !strings.Contains(string(cmdline), "-cpu\x00qemu64,") || !strings.Contains(string(cmdline), c.Status.CPUFeatures.Enabled[0]+"=on") {
@@ -283,10 +253,7 @@ func TestClassPlacementAndDiscovery(t *testing.T) {
 
 	// Bigger than any node.
 	s.MustCLI(classVM("huge", "generic", "1", "", "4Ti", "AlwaysOn", "  terminationGracePeriodSeconds: 1"), "apply", "-f", "-")
-	v = vmWait(t, s, "huge", time.Minute, "unschedulable", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, "Scheduled")
-		return c != nil && c.Status == v1alpha1.ConditionFalse
-	})
+	v = vmWait(t, s, "huge", time.Minute, "unschedulable", vmCondIs("Scheduled", v1alpha1.ConditionFalse))
 	if msg := v1alpha1.FindCondition(v.Status.Conditions, "Scheduled").Message; !strings.Contains(msg, "1 insufficient memory") {
 		t.Errorf("Scheduled message %q", msg)
 	}

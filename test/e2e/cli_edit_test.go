@@ -37,15 +37,7 @@ func TestCLICreatePatchEditDelete(t *testing.T) {
 	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
-	manifest := `apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: c1}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 64Mi}
-  terminationGracePeriodSeconds: 12
-`
+	manifest := vmDoc{Name: "c1", Policy: "Manual", Memory: "64Mi", Grace: "12"}.String()
 	if out := s.MustCLI(manifest, "create", "-f", "-"); strings.TrimSpace(out) != "virtualmachine/c1 created" {
 		t.Errorf("create: %q", out)
 	}

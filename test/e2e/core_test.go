@@ -55,11 +55,7 @@ func TestSocketAndTCPAuth(t *testing.T) {
 		t.Errorf("socket mode = %o, want 600", fi.Mode().Perm())
 	}
 
-	tokenBytes, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatalf("admin token not written: %v", err)
-	}
-	token := strings.TrimSpace(string(tokenBytes))
+	token := adminToken(t, s)
 	ca := filepath.Join(s.DataDir, "tls.crt")
 
 	// No token: 401 with a Status.

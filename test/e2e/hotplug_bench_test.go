@@ -3,13 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"strconv"
 	"testing"
 	"time"
-
-	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
 // TestHotplugBenchmark measures, on one running test guest, the time from the API call
@@ -18,43 +13,13 @@ import (
 // (SCSI CD-ROM), and prints every run and the medians. It runs only when
 // RAKHSH_BENCH_HOTPLUG is set to the number of runs (docs/benchmarks.md).
 func TestHotplugBenchmark(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_HOTPLUG"))
-	if runs <= 0 {
-		t.Skip("a benchmark: set RAKHSH_BENCH_HOTPLUG=N (runs) to run it")
-	}
-	dir := vmGuestDir(t)
-	s := vmServe(t)
-	base := vmImageServer(t, dir)
-	applyGuestISO(t, s, base, "bd=64Mi")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: hb}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: guest-iso}
-`, "apply", "-f", "-")
-	s.MustCLI("", "vm", "start", "hb")
-	vmWait(t, s, "hb", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "hb", "RAKHSH-GUEST: ready", 1)
+	runs := benchCount(t, "RAKHSH_BENCH_HOTPLUG", "runs")
+	s, _ := guestISOServe(t, "bd=64Mi")
+	applyDocs(s, vmDoc{Name: "hb", Policy: "Manual", Memory: "256Mi", Refs: []string{cviRef("guest-iso")}}.String())
+	vmStartGuest(t, s, "hb")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	conn, err := s.Client().DialStream(ctx, "virtualmachines", "default", "hb", "console")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	out := &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	sh := func(cmd string) {
-		if _, err := conn.Write([]byte(cmd + "\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sh("")
-	time.Sleep(300 * time.Millisecond)
+	con := openConsole(t, ctx, s.Client(), "hb")
 	type devCase struct {
 		label, name, kind, present string
 	}
@@ -66,15 +31,15 @@ spec:
 		var in, outT []float64
 		for i := 0; i < runs; i++ {
 			// The guest polls every 20 ms; the marker line says when it saw the change.
-			sh(fmt.Sprintf(`while ! %s; do sleep 0.02; done; echo HPB-%s-IN-%d`, c.present, c.label, i))
+			con.sh(fmt.Sprintf(`while ! %s; do sleep 0.02; done; echo HPB-%s-IN-%d`, c.present, c.label, i))
 			t0 := time.Now()
 			s.MustCLI("", "vm", "attach", "hb", c.name, "--kind", c.kind)
-			consoleWait(t, out, fmt.Sprintf("HPB-%s-IN-%d", c.label, i), 2*time.Minute, c.label+" attach")
+			con.wait(fmt.Sprintf("HPB-%s-IN-%d", c.label, i), 2*time.Minute, c.label+" attach")
 			in = append(in, time.Since(t0).Seconds())
-			sh(fmt.Sprintf(`while %s; do sleep 0.02; done; echo HPB-%s-OUT-%d`, c.present, c.label, i))
+			con.sh(fmt.Sprintf(`while %s; do sleep 0.02; done; echo HPB-%s-OUT-%d`, c.present, c.label, i))
 			t0 = time.Now()
 			s.MustCLI("", "vm", "detach", "hb", c.name)
-			consoleWait(t, out, fmt.Sprintf("HPB-%s-OUT-%d", c.label, i), 2*time.Minute, c.label+" detach")
+			con.wait(fmt.Sprintf("HPB-%s-OUT-%d", c.label, i), 2*time.Minute, c.label+" detach")
 			outT = append(outT, time.Since(t0).Seconds())
 			waitObjGone(t, s, "virtualmachineblockdeviceattachments", "hb-"+c.name)
 			t.Logf("%s run %d: attach→guest sees it %.2f s, detach→guest lost it %.2f s", c.label, i+1, in[i], outT[i])
@@ -83,7 +48,7 @@ spec:
 		mo, loo, hio := median(outT)
 		t.Logf("%s: attach median %.2f s (%.2f–%.2f), detach median %.2f s (%.2f–%.2f), %d runs", c.label, mi, loi, hii, mo, loo, hio, runs)
 	}
-	conn.Close()
+	con.Close()
 	s.MustCLI("", "delete", "vm", "hb", "--wait", "--timeout", "2m")
 }
 

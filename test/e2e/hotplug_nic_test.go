@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -26,21 +24,12 @@ func TestHotplugNIC(t *testing.T) {
 	sideBySide(t)
 	dir := vmGuestDir(t)
 	lab := newNetnsLab(t)
-	iln := listenIn(t, lab.In, "127.0.0.1:0")
-	go func() { _ = http.Serve(iln, http.FileServer(http.Dir(dir))) }()
+	base := serveGuestIn(t, lab.In, dir)
 	s := lab.startServeIn(t, "--vm-networking", "host", "--no-upstream-dns")
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	c := s.Client()
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "http://`+iln.Addr().String()+`/guest.qcow2"}
----
-`+vmDiskManifest("n1")+"---\n"+netVMManifest("nic1", "n1", `  networks:
+	s.MustCLI(cviDoc("guest", httpSource(base+"/guest.qcow2"))+"---\n"+vmDiskManifest("n1")+"---\n"+netVMManifest("nic1", "n1", `  networks:
   - type: Main
 `), "apply", "-f", "-")
 	v := vmWait(t, s, "nic1", 3*time.Minute, "Running with an address", func(v *v1alpha1.VirtualMachine) bool {
@@ -99,20 +88,13 @@ spec:
 		}
 
 		// Remove it again.
-		conn, err := c.DialStream(ctx, "virtualmachines", "default", "nic1", "console")
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := &lockedBuffer{}
-		go func() { _, _ = io.Copy(out, conn) }()
-		_, _ = conn.Write([]byte("\n"))
-		time.Sleep(300 * time.Millisecond)
-		_, _ = conn.Write([]byte(fmt.Sprintf("while [ -e /sys/class/net/eth1 ]; do sleep 0.1; done; echo NIC-GONE-%d\n", run)))
+		con := openConsole(t, ctx, c, "nic1")
+		con.sh(fmt.Sprintf("while [ -e /sys/class/net/eth1 ]; do sleep 0.1; done; echo NIC-GONE-%d", run))
 		t0 = time.Now()
 		if err := c.Patch(ctx, "virtualmachines", "default", "nic1", []byte(`{"spec":{"networks":[{"type":"Main"}]}}`), nil); err != nil {
 			t.Fatal(err)
 		}
-		consoleWait(t, out, fmt.Sprintf("NIC-GONE-%d", run), 90*time.Second, "the guest loses the unplugged NIC")
+		con.wait(fmt.Sprintf("NIC-GONE-%d", run), 90*time.Second, "the guest loses the unplugged NIC")
 		delT = append(delT, time.Since(t0).Seconds())
 		t.Logf("NIC run %d: spec change to the guest losing eth1: %s", run+1, time.Since(t0))
 		deadline := time.Now().Add(time.Minute)
@@ -131,7 +113,7 @@ spec:
 			return len(v.Status.Networks) == 1 && c != nil && c.Status == v1alpha1.ConditionFalse &&
 				v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionMigratable) == nil
 		})
-		conn.Close()
+		con.Close()
 		if tap := network.TapName(v.UID, 1); nsLinkExists(lab.In, tap) {
 			t.Fatalf("the tap %s of the removed NIC stays", tap)
 		}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -19,62 +18,30 @@ import (
 // one made while it is stopped waits (Pending) and is plugged when the VM runs again.
 func TestHotplugDisks(t *testing.T) {
 	sideBySide(t)
-	dir := vmGuestDir(t)
-	s := vmServe(t)
-	base := vmImageServer(t, dir)
-	applyGuestISO(t, s, base, "hp1=64Mi", "hp2=48Mi")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
+	s, base := guestISOServe(t, "hp1=64Mi", "hp2=48Mi")
+	applyDocs(s, `apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualImage
 metadata: {name: extra-iso}
 spec:
   dataSource:
     type: HTTP
     http: {url: "`+base+`/guest.iso"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: hp}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: guest-iso}
-`, "apply", "-f", "-")
+`, vmDoc{Name: "hp", Policy: "Manual", Memory: "256Mi", Grace: "30", Refs: []string{cviRef("guest-iso")}}.String())
 	s.MustCLI("", "wait", "vi", "extra-iso", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI("", "vm", "start", "hp")
-	vmWait(t, s, "hp", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	vmWaitSerial(t, s, "hp", "RAKHSH-GUEST: ready", 1)
+	vmStartGuest(t, s, "hp")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	conn, err := s.Client().DialStream(ctx, "virtualmachines", "default", "hp", "console")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	out := &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	sh := func(cmd string) {
-		t.Helper()
-		if _, err := conn.Write([]byte(cmd + "\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sh("")
-	time.Sleep(300 * time.Millisecond)
+	con := openConsole(t, ctx, s.Client(), "hp")
 
 	// Attach a blank disk and an ISO to the running guest.
 	t0 := time.Now()
 	s.MustCLI("", "vm", "attach", "hp", "hp1", "--wait", "--timeout", "2m")
-	sh(`while ! [ -e /sys/block/vda ]; do sleep 0.1; done; echo HP-VDA-$(($(cat /sys/block/vda/size)*512))`)
-	consoleWait(t, out, "HP-VDA-67108864", 90*time.Second, "the guest sees the hot-plugged disk")
+	con.run(`while ! [ -e /sys/block/vda ]; do sleep 0.1; done; echo HP-VDA-$(($(cat /sys/block/vda/size)*512))`, "HP-VDA-67108864", 90*time.Second, "the guest sees the hot-plugged disk")
 	t.Logf("disk: attach to the guest seeing it: %s", time.Since(t0))
 	t0 = time.Now()
 	s.MustCLI("", "vm", "attach", "hp", "extra-iso", "--kind", "VirtualImage", "--wait", "--timeout", "2m")
-	sh(`while ! [ -e /sys/block/sr1 ]; do sleep 0.1; done; echo HP-SR1-$(cat /sys/block/sr1/device/type)-$(($(cat /sys/block/sr1/size)>0))`)
-	consoleWait(t, out, "HP-SR1-5-1", 90*time.Second, "the guest sees the hot-plugged CD-ROM (SCSI type 5) with its medium")
+	con.run(`while ! [ -e /sys/block/sr1 ]; do sleep 0.1; done; echo HP-SR1-$(cat /sys/block/sr1/device/type)-$(($(cat /sys/block/sr1/size)>0))`, "HP-SR1-5-1", 90*time.Second, "the guest sees the hot-plugged CD-ROM (SCSI type 5) with its medium")
 	t.Logf("CD-ROM: attach to the guest seeing it: %s", time.Since(t0))
 
 	vm := vmWait(t, s, "hp", 30*time.Second, "listing both hot-plugged devices", func(v *v1alpha1.VirtualMachine) bool {
@@ -102,10 +69,7 @@ spec:
 	if err := s.Client().Get(ctx, "virtualdiskleases", "default", "hp1", &lease); err != nil || lease.Spec.VirtualMachineName != "hp" || lease.Spec.HolderNode == "" {
 		t.Fatalf("the lease of the hot-plugged disk: %+v %v", lease.Spec, err)
 	}
-	var b v1alpha1.VirtualMachineBlockDeviceAttachment
-	if err := s.Client().Get(ctx, "virtualmachineblockdeviceattachments", "default", "hp-hp1", &b); err != nil {
-		t.Fatal(err)
-	}
+	b := getObj[v1alpha1.VirtualMachineBlockDeviceAttachment](t, s, "virtualmachineblockdeviceattachments", "hp-hp1")
 	for _, typ := range []string{"VirtualMachineReady", "BlockDeviceReady", "Attached"} {
 		if c := v1alpha1.FindCondition(b.Status.Conditions, typ); c == nil || c.Status != v1alpha1.ConditionTrue {
 			t.Fatalf("attachment condition %s: %+v", typ, b.Status.Conditions)
@@ -123,8 +87,7 @@ spec:
 	t0 = time.Now()
 	s.MustCLI("", "vm", "detach", "hp", "hp1", "--wait", "--timeout", "2m")
 	s.MustCLI("", "vm", "detach", "hp", "extra-iso", "--wait", "--timeout", "2m")
-	sh(`while [ -e /sys/block/vda ] || [ -e /sys/block/sr1 ]; do sleep 0.1; done; echo HP-GONE`)
-	consoleWait(t, out, "HP-GONE", 60*time.Second, "the guest no longer sees the unplugged devices")
+	con.run(`while [ -e /sys/block/vda ] || [ -e /sys/block/sr1 ]; do sleep 0.1; done; echo HP-GONE`, "HP-GONE", 60*time.Second, "the guest no longer sees the unplugged devices")
 	t.Logf("detach of both to the guest losing them: %s", time.Since(t0))
 	vmWait(t, s, "hp", 30*time.Second, "listing no hot-plugged device", func(v *v1alpha1.VirtualMachine) bool {
 		return len(v.Status.BlockDeviceRefs) == 1
@@ -133,7 +96,7 @@ spec:
 	if err := s.Client().Get(ctx, "virtualdiskleases", "default", "hp1", &lease); err != nil || lease.Spec.HolderNode != "" {
 		t.Fatalf("the lease of the unplugged disk is not given back: %+v %v", lease.Spec, err)
 	}
-	conn.Close()
+	con.Close()
 
 	// Stopped VM: one attachment is deleted while the VM is stopped, another waits for the
 	// next start.
@@ -157,18 +120,9 @@ spec:
 	waitObj(t, s, "virtualmachineblockdeviceattachments", "default", "hp-hp2", "Attached", func(b *v1alpha1.VirtualMachineBlockDeviceAttachment) bool {
 		return b.Status.Phase == v1alpha1.VMBDAPhaseAttached
 	})
-	conn, err = s.Client().DialStream(ctx, "virtualmachines", "default", "hp", "console")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	out = &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	sh("")
-	time.Sleep(300 * time.Millisecond)
-	sh(`while ! [ -e /sys/block/vda ]; do sleep 0.1; done; echo HP-VDA-$(($(cat /sys/block/vda/size)*512))`)
-	consoleWait(t, out, "HP-VDA-50331648", 90*time.Second, "the guest sees the disk attached while it was stopped")
-	conn.Close()
+	con = openConsole(t, ctx, s.Client(), "hp")
+	con.run(`while ! [ -e /sys/block/vda ]; do sleep 0.1; done; echo HP-VDA-$(($(cat /sys/block/vda/size)*512))`, "HP-VDA-50331648", 90*time.Second, "the guest sees the disk attached while it was stopped")
+	con.Close()
 	s.MustCLI("", "delete", "vm", "hp", "--wait", "--timeout", "2m")
 	// The attachment of a deleted VM goes when it is deleted (its VM no longer runs).
 	s.MustCLI("", "delete", "vmbda", "hp-hp2", "--wait", "--timeout", "1m")

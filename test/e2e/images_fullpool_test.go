@@ -41,13 +41,7 @@ func TestFullPool(t *testing.T) {
 	disksDir := filepath.Join(s.DataDir, "pools", "default", "disks")
 	mountTmpfs(t, imagesDir, "12m")
 	mountTmpfs(t, disksDir, "3m")
-	s.Start()
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("rakhsh serve log:\n%s", s.Logs())
-		}
-	})
+	startOwnServe(s)
 
 	src := t.TempDir()
 	imagetest.Raw(t, src, "big.raw", 32<<20) // 32 MiB sent over HTTP: more than the 12 MiB store
@@ -61,15 +55,7 @@ func TestFullPool(t *testing.T) {
 	}
 	imagetest.Convert(t, filepath.Join(src, "noise.raw"), src, "noise.qcow2", "qcow2") // stored as it is
 	base := imagetest.Serve(t, src)
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: noise}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/noise.qcow2"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
+	applyDocs(s, cviDoc("noise", httpSource(base+"/noise.qcow2")), `apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualDisk
 metadata: {name: copy}
 spec:
@@ -77,28 +63,15 @@ spec:
   dataSource:
     type: ObjectRef
     objectRef: {kind: ClusterVirtualImage, name: noise}
-`, "apply", "-f", "-")
+`)
 
-	waitObj(t, s, "clustervirtualimages", "", "noise", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
-	d := waitObj(t, s, "virtualdisks", "default", "copy", "Failed", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	waitCVI(t, s, "noise", v1alpha1.ImagePhaseReady)
+	d := waitDisk(t, s, "copy", v1alpha1.DiskPhaseFailed)
 	if c := readyCond(d.Status.Conditions); c == nil || c.Reason != "InsufficientStorage" || !strings.Contains(c.Message, `storage class "local" is full`) {
 		t.Fatalf("full copy into a full pool: %+v", d.Status.Conditions)
 	}
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: big}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/big.raw"}
-`, "apply", "-f", "-")
-	big := waitObj(t, s, "clustervirtualimages", "", "big", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	applyDocs(s, cviDoc("big", httpSource(base+"/big.raw")))
+	big := waitCVI(t, s, "big", v1alpha1.ImagePhaseFailed)
 	if c := readyCond(big.Status.Conditions); c == nil || c.Reason != "InsufficientStorage" || !strings.Contains(c.Message, "image store is full") {
 		t.Fatalf("import into a full store: %+v", big.Status.Conditions)
 	}

@@ -215,54 +215,23 @@ type: kubernetes.io/dockerconfigjson
 stringData:
   .dockerconfigjson: '{"auths": {"`+reg.Host+`": {"auth": "`+auth+`"}}}'
 ---
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: debian-oci}
-spec:
-  dataSource:
-    type: ContainerImage
-    containerImage:
-      image: `+ref1+`
-      imagePullSecret: {name: pull, namespace: default}
-      caBundle: `+ca+`
----
+`+cviDoc("debian-oci", ociSource(ref1, "{name: pull, namespace: default}", ca))+`---
 apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualImage
 metadata: {name: small-oci, namespace: default}
 spec:
   storage: ContainerRegistry
   dataSource:
-    type: ContainerImage
-    containerImage:
-      image: `+ref2+`
-      imagePullSecret: {name: pull}
-      caBundle: `+ca+`
----
+`+indentLines(ociSource(ref2, "{name: pull}", ca), "    ")+`---
 apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualDisk
 metadata: {name: oci-disk, namespace: default}
 spec:
   dataSource:
-    type: ContainerImage
-    containerImage:
-      image: `+ref1+`
-      imagePullSecret: {name: pull}
-      caBundle: `+ca+`
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: no-secret}
-spec:
-  dataSource:
-    type: ContainerImage
-    containerImage:
-      image: `+ref1+`
-      caBundle: `+ca+`
-`, "apply", "-f", "-")
+`+indentLines(ociSource(ref1, "{name: pull}", ca), "    ")+`---
+`+cviDoc("no-secret", ociSource(ref1, "", ca)), "apply", "-f", "-")
 
-	img := waitObj(t, s, "clustervirtualimages", "", "debian-oci", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady || i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	img := waitCVI(t, s, "debian-oci", v1alpha1.ImagePhaseReady, v1alpha1.ImagePhaseFailed)
 	if img.Status.Phase != v1alpha1.ImagePhaseReady || img.Status.Format != "qcow2" || img.Status.Size == nil || img.Status.Size.Unpacked != "64Mi" {
 		t.Fatalf("image from the registry: %+v", img.Status)
 	}
@@ -275,17 +244,23 @@ spec:
 	if vi.Status.Phase != v1alpha1.ImagePhaseReady || vi.Status.Size == nil || vi.Status.Size.UnpackedBytes != 8<<20 {
 		t.Fatalf("xz containerdisk: %+v", vi.Status)
 	}
-	d := waitObj(t, s, "virtualdisks", "default", "oci-disk", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady || d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	d := waitDisk(t, s, "oci-disk", v1alpha1.DiskPhaseReady, v1alpha1.DiskPhaseFailed)
 	if d.Status.Phase != v1alpha1.DiskPhaseReady || d.Status.Capacity != "64Mi" {
 		t.Fatalf("disk from the registry: %+v", d.Status)
 	}
-	bad := waitObj(t, s, "clustervirtualimages", "", "no-secret", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	bad := waitCVI(t, s, "no-secret", v1alpha1.ImagePhaseFailed)
 	if c := readyCond(bad.Status.Conditions); c == nil || c.Reason != "RegistryAuthFailed" {
 		t.Fatalf("pull without credentials: %+v", bad.Status.Conditions)
 	}
 	assertNoTempFiles(t, filepath.Dir(storage.ImagePath(s.DataDir, img.UID)))
+}
+
+// ociSource is a dataSource that pulls image from a registry with the CA bundle ca and the
+// imagePullSecret reference secret (none if empty).
+func ociSource(image, secret, ca string) string {
+	m := "type: ContainerImage\ncontainerImage:\n  image: " + image + "\n"
+	if secret != "" {
+		m += "  imagePullSecret: " + secret + "\n"
+	}
+	return m + "  caBundle: " + ca
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -16,10 +15,7 @@ import (
 // Shrinking is refused at admission.
 func TestDiskResize(t *testing.T) {
 	sideBySide(t)
-	dir := vmGuestDir(t)
-	s := vmServe(t)
-	base := vmImageServer(t, dir)
-	applyGuestISO(t, s, base, "data=64Mi", "cold=32Mi")
+	s, _ := guestISOServe(t, "data=64Mi", "cold=32Mi")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	patchSize := func(name, size string) error {
@@ -45,18 +41,7 @@ func TestDiskResize(t *testing.T) {
 		t.Fatalf("shrinking a disk: %v", err)
 	}
 
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: rs1}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: data, bootOrder: 2}
-  - {kind: ClusterVirtualImage, name: guest-iso, bootOrder: 1}
-`, "apply", "-f", "-")
+	applyDocs(s, isoBootVM("rs1", "data"))
 	vmWait(t, s, "rs1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	vmWaitSerial(t, s, "rs1", "RAKHSH-GUEST: ready", 1)
 	if log := vmLog(t, s, "rs1"); !hasLine(log, "RAKHSH-GUEST: disk vda 67108864") {
@@ -80,22 +65,9 @@ spec:
 		t.Fatal("the disk was not grown through the running VM")
 	}
 	// The guest sees the new size at once: ask it on its serial console.
-	conn, err := s.Client().DialStream(ctx, "virtualmachines", "default", "rs1", "console")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	out := &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	if _, err := conn.Write([]byte("\n")); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if _, err := conn.Write([]byte("echo VDA-SIZE-$(($(cat /sys/block/vda/size)*512))\n")); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, out, "VDA-SIZE-100663296", 60*time.Second, "the guest's size of vda after the resize")
-	conn.Close()
+	con := openConsole(t, ctx, s.Client(), "rs1")
+	con.run("echo VDA-SIZE-$(($(cat /sys/block/vda/size)*512))", "VDA-SIZE-100663296", 60*time.Second, "the guest's size of vda after the resize")
+	con.Close()
 
 	s.MustCLI("", "delete", "vm", "rs1", "--wait", "--timeout", "2m")
 	waitObj(t, s, "virtualdisks", "default", "data", "detached", func(d *v1alpha1.VirtualDisk) bool {

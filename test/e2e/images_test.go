@@ -45,37 +45,11 @@ func TestImageImportAndDisks(t *testing.T) {
 	imagetest.QCOW2(t, src, "debian.qcow2", "64M")
 	base := imagetest.Serve(t, src)
 
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: debian}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/debian.qcow2"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: corrupt}
-spec:
-  dataSource:
-    type: HTTP
-    http:
-      url: "`+base+`/debian.qcow2"
-      checksum: {sha256: "`+strings.Repeat("ab", 32)+`"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: root}
-spec:
-  persistentVolumeClaim: {size: 10Gi}
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: ClusterVirtualImage, name: debian}
-`, "apply", "-f", "-")
+	applyDocs(s, cviDoc("debian", httpSource(base+"/debian.qcow2")),
+		cviDoc("corrupt", httpChecksumSource(base+"/debian.qcow2", "sha256", strings.Repeat("ab", 32))),
+		diskDoc("root", "10Gi", objectRefSource("{kind: ClusterVirtualImage, name: debian}")))
 
-	img := waitObj(t, s, "clustervirtualimages", "", "debian", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
+	img := waitCVI(t, s, "debian", v1alpha1.ImagePhaseReady)
 	if img.Status.Format != "qcow2" || img.Status.Size == nil || img.Status.Size.Unpacked != "64Mi" {
 		t.Fatalf("image status: %+v", img.Status)
 	}
@@ -89,17 +63,8 @@ spec:
 	}
 	// The store is content-addressed: a second image of the same file shares its inode, and
 	// the content name goes with the last image that has it.
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: debian-again}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/debian.qcow2"}
-`, "apply", "-f", "-")
-	again := waitObj(t, s, "clustervirtualimages", "", "debian-again", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
+	applyDocs(s, cviDoc("debian-again", httpSource(base+"/debian.qcow2")))
+	again := waitCVI(t, s, "debian-again", v1alpha1.ImagePhaseReady)
 	contentPath := storage.ContentPath(s.DataDir, img.Status.SHA256)
 	st1, err1 := os.Stat(imgPath)
 	st2, err2 := os.Stat(storage.ImagePath(s.DataDir, again.UID))
@@ -112,16 +77,12 @@ spec:
 		t.Fatalf("the content name went while image debian still has it: %v", err)
 	}
 
-	bad := waitObj(t, s, "clustervirtualimages", "", "corrupt", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	bad := waitCVI(t, s, "corrupt", v1alpha1.ImagePhaseFailed)
 	if c := v1alpha1.FindCondition(bad.Status.Conditions, "Ready"); c == nil || c.Reason != "ChecksumMismatch" {
 		t.Fatalf("checksum mismatch: conditions %+v", bad.Status.Conditions)
 	}
 
-	d := waitObj(t, s, "virtualdisks", "default", "root", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady
-	})
+	d := waitDisk(t, s, "root", v1alpha1.DiskPhaseReady)
 	if d.Status.Capacity != "10Gi" || d.Status.Format != "qcow2" {
 		t.Fatalf("disk status: %+v", d.Status)
 	}
@@ -144,9 +105,7 @@ spec:
 	// A restart leaves the Ready image and disk alone.
 	s.Stop()
 	s.Start()
-	d2 := waitObj(t, s, "virtualdisks", "default", "root", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady
-	})
+	d2 := waitDisk(t, s, "root", v1alpha1.DiskPhaseReady)
 	if d2.UID != d.UID {
 		t.Fatal("the disk changed identity across a restart")
 	}

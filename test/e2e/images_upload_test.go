@@ -48,38 +48,14 @@ func TestImageUpload(t *testing.T) {
 	vmdk := imagetest.Convert(t, raw, src, "disk.vmdk", "vmdk", "subformat=streamOptimized")
 	rawXz := imagetest.Xz(t, raw)
 
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: up-curl}
-spec:
-  dataSource:
-    type: Upload
-    upload:
-      checksum: {sha256: "`+fileSHA256(t, qcowGz)+`"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: up-bad}
-spec:
-  dataSource:
-    type: Upload
-    upload:
-      checksum: {sha256: "`+strings.Repeat("cd", 32)+`"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
+	applyDocs(s, cviDoc("up-curl", uploadSource(fileSHA256(t, qcowGz))), cviDoc("up-bad", uploadSource(strings.Repeat("cd", 32))),
+		`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualImage
 metadata: {name: up-cli}
 spec:
   storage: ContainerRegistry
   dataSource: {type: Upload}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: up-disk}
-spec:
-  persistentVolumeClaim: {size: 128Mi}
-  dataSource: {type: Upload}
-`, "apply", "-f", "-")
+`, diskDoc("up-disk", "128Mi", uploadSource("")))
 
 	waitURL := func(resource, ns, name string) string {
 		t.Helper()
@@ -101,20 +77,14 @@ spec:
 		}
 		return url
 	}
-	curl := func(file, url string) (string, error) {
-		out, err := exec.Command("curl", "-sS", "--fail-with-body", "--cacert", filepath.Join(s.DataDir, "tls.crt"),
-			"-T", file, url).CombinedOutput()
-		return string(out), err
-	}
+	curl := func(file, url string) (string, error) { return curlTLS(s, "-T", file, url) }
 
 	// curl -T, with a checksum that matches.
 	url := waitURL("clustervirtualimages", "", "up-curl")
 	if out, err := curl(qcowGz, url); err != nil {
 		t.Fatalf("curl -T: %v\n%s", err, out)
 	}
-	img := waitObj(t, s, "clustervirtualimages", "", "up-curl", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
+	img := waitCVI(t, s, "up-curl", v1alpha1.ImagePhaseReady)
 	if img.Status.Format != "qcow2" || img.Status.Size == nil || img.Status.Size.Unpacked != "64Mi" || img.Status.ImageUploadURLs != nil {
 		t.Fatalf("uploaded image status: %+v", img.Status)
 	}
@@ -133,9 +103,7 @@ spec:
 	if err == nil || !strings.Contains(out, "ChecksumMismatch") {
 		t.Fatalf("checksum mismatch upload: %v\n%s", err, out)
 	}
-	bad := waitObj(t, s, "clustervirtualimages", "", "up-bad", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	bad := waitCVI(t, s, "up-bad", v1alpha1.ImagePhaseFailed)
 	if c := readyCond(bad.Status.Conditions); c == nil || c.Reason != "ChecksumMismatch" {
 		t.Fatalf("checksum mismatch: %+v", bad.Status.Conditions)
 	}
@@ -154,9 +122,7 @@ spec:
 	}
 	waitURL("virtualdisks", "default", "up-disk")
 	s.MustCLI("", "image", "upload", "vd/up-disk", rawXz)
-	d := waitObj(t, s, "virtualdisks", "default", "up-disk", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady
-	})
+	d := waitDisk(t, s, "up-disk", v1alpha1.DiskPhaseReady)
 	if d.Status.Capacity != "128Mi" {
 		t.Fatalf("uploaded disk: %+v", d.Status)
 	}
@@ -175,15 +141,7 @@ spec:
 
 	// An upload whose connection breaks goes on: HEAD says how much arrived (Upload-Offset),
 	// and `curl -C OFFSET -T` sends the rest; the checksum proves the bytes.
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: up-resume}
-spec:
-  dataSource:
-    type: Upload
-    upload:
-      checksum: {sha256: "`+fileSHA256(t, raw)+`"}
-`, "apply", "-f", "-")
+	applyDocs(s, cviDoc("up-resume", uploadSource(fileSHA256(t, raw))))
 	resumeURL := waitURL("clustervirtualimages", "", "up-resume")
 	uploadCut(t, filepath.Join(s.DataDir, "tls.crt"), resumeURL, raw, 2<<20)
 	off := uploadOffsetOf(t, filepath.Join(s.DataDir, "tls.crt"), resumeURL)
@@ -192,12 +150,11 @@ spec:
 	}
 	var rest string
 	for attempt := 0; ; attempt++ {
-		out, err := exec.Command("curl", "-sS", "--fail-with-body", "--cacert", filepath.Join(s.DataDir, "tls.crt"),
-			"-C", strconv.FormatInt(off, 10), "-T", raw, resumeURL).CombinedOutput()
-		rest = string(out)
+		var err error
+		rest, err = curlTLS(s, "-C", strconv.FormatInt(off, 10), "-T", raw, resumeURL)
 		if err == nil || !strings.Contains(rest, "another request") || attempt > 50 {
 			if err != nil {
-				t.Fatalf("curl -C %d -T: %v\n%s", off, err, out)
+				t.Fatalf("curl -C %d -T: %v\n%s", off, err, rest)
 			}
 			break
 		}
@@ -206,9 +163,7 @@ spec:
 	if !strings.Contains(rest, "upload complete") {
 		t.Fatalf("the resumed upload: %s", rest)
 	}
-	resumed := waitObj(t, s, "clustervirtualimages", "", "up-resume", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
+	resumed := waitCVI(t, s, "up-resume", v1alpha1.ImagePhaseReady)
 	if resumed.Status.Size == nil || resumed.Status.Size.UnpackedBytes != 8<<20 {
 		t.Fatalf("the resumed upload's image: %+v", resumed.Status)
 	}
@@ -262,6 +217,12 @@ func uploadOffsetOf(t *testing.T, caFile, url string) int64 {
 	return last
 }
 
+// curlTLS runs curl -sS --fail-with-body with the serve's CA and args; it returns curl's output.
+func curlTLS(s *Serve, args ...string) (string, error) {
+	out, err := exec.Command("curl", append([]string{"-sS", "--fail-with-body", "--cacert", filepath.Join(s.DataDir, "tls.crt")}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
 func tlsClient(t *testing.T, caFile string) *http.Client {
 	t.Helper()
 	pem, err := os.ReadFile(caFile)
@@ -290,27 +251,12 @@ func assertNoTempFiles(t *testing.T, dirs ...string) {
 func TestImageUploadTimeout(t *testing.T) {
 	imagetest.Need(t, "curl")
 	s := StartServe(t, "--listen", freeAddr(t), "--upload-timeout", "2s")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: late}
-spec:
-  dataSource: {type: Upload}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: late-disk}
-spec:
-  dataSource: {type: Upload}
-`, "apply", "-f", "-")
-	img := waitObj(t, s, "clustervirtualimages", "", "late", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	applyDocs(s, cviDoc("late", uploadSource("")), diskDoc("late-disk", "", uploadSource("")))
+	img := waitCVI(t, s, "late", v1alpha1.ImagePhaseFailed)
 	if c := readyCond(img.Status.Conditions); c == nil || c.Reason != "UploadTimeout" || !strings.Contains(c.Message, "2s") || img.Status.ImageUploadURLs != nil {
 		t.Fatalf("image after the upload timeout: %+v", img.Status)
 	}
-	d := waitObj(t, s, "virtualdisks", "default", "late-disk", "Failed", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	d := waitDisk(t, s, "late-disk", v1alpha1.DiskPhaseFailed)
 	if c := readyCond(d.Status.Conditions); c == nil || c.Reason != "UploadTimeout" {
 		t.Fatalf("disk after the upload timeout: %+v", d.Status)
 	}
@@ -325,12 +271,7 @@ func TestImageUploadRestart(t *testing.T) {
 	imagetest.Need(t, "qemu-img", "prlimit", "curl")
 	s := StartServe(t, "--listen", freeAddr(t))
 	qcow := imagetest.QCOW2(t, t.TempDir(), "disk.qcow2", "32M")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: later}
-spec:
-  dataSource: {type: Upload}
-`, "apply", "-f", "-")
+	applyDocs(s, cviDoc("later", uploadSource("")))
 	waiting := func() string {
 		i := waitObj(t, s, "clustervirtualimages", "", "later", "WaitForUserUpload", func(i *v1alpha1.ClusterVirtualImage) bool {
 			return i.Status.Phase == v1alpha1.ImagePhaseWaitForUserUpload && i.Status.ImageUploadURLs != nil
@@ -348,8 +289,7 @@ spec:
 	if after := waiting(); after != before {
 		t.Fatalf("the upload URL changed across a restart: %s -> %s", before, after)
 	}
-	out, err := exec.Command("curl", "-sS", "--fail-with-body", "--cacert", filepath.Join(s.DataDir, "tls.crt"), "-T", qcow, before).CombinedOutput()
-	if err != nil {
+	if out, err := curlTLS(s, "-T", qcow, before); err != nil {
 		t.Fatalf("upload after the restart: %v\n%s", err, out)
 	}
 	waitObj(t, s, "clustervirtualimages", "", "later", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
@@ -366,30 +306,10 @@ func TestDiskFromHTTP(t *testing.T) {
 	raw := imagetest.Raw(t, src, "disk.raw", 8<<20)
 	vmdkGz := imagetest.Gzip(t, imagetest.Convert(t, raw, src, "disk.vmdk", "vmdk"))
 	base := imagetest.Serve(t, src)
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: web}
-spec:
-  persistentVolumeClaim: {size: 64Mi}
-  dataSource:
-    type: HTTP
-    http:
-      url: "`+base+"/"+filepath.Base(vmdkGz)+`"
-      checksum: {sha256: "`+fileSHA256(t, vmdkGz)+`"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: web-bad}
-spec:
-  dataSource:
-    type: HTTP
-    http:
-      url: "`+base+"/"+filepath.Base(vmdkGz)+`"
-      checksum: {md5: "`+strings.Repeat("0", 32)+`"}
-`, "apply", "-f", "-")
-	d := waitObj(t, s, "virtualdisks", "default", "web", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady || d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	url := base + "/" + filepath.Base(vmdkGz)
+	applyDocs(s, diskDoc("web", "64Mi", httpChecksumSource(url, "sha256", fileSHA256(t, vmdkGz))),
+		diskDoc("web-bad", "", httpChecksumSource(url, "md5", strings.Repeat("0", 32))))
+	d := waitDisk(t, s, "web", v1alpha1.DiskPhaseReady, v1alpha1.DiskPhaseFailed)
 	if d.Status.Phase != v1alpha1.DiskPhaseReady || d.Status.Capacity != "64Mi" {
 		t.Fatalf("disk from HTTP: %+v", d.Status)
 	}
@@ -397,27 +317,15 @@ spec:
 	if out, err := exec.Command("qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, p).CombinedOutput(); err != nil {
 		t.Fatalf("the disk does not hold the downloaded data: %v %s", err, out)
 	}
-	bad := waitObj(t, s, "virtualdisks", "default", "web-bad", "Failed", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	bad := waitDisk(t, s, "web-bad", v1alpha1.DiskPhaseFailed)
 	if c := readyCond(bad.Status.Conditions); c == nil || c.Reason != "ChecksumMismatch" {
 		t.Fatalf("checksum mismatch: %+v", bad.Status.Conditions)
 	}
 	assertNoTempFiles(t, filepath.Dir(p))
 
 	// A disk copied from the disk is a full, flattened copy of it, grown to its own size.
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: web-copy}
-spec:
-  persistentVolumeClaim: {size: 80Mi}
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: VirtualDisk, name: web}
-`, "apply", "-f", "-")
-	cp := waitObj(t, s, "virtualdisks", "default", "web-copy", "Ready", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseReady || d.Status.Phase == v1alpha1.DiskPhaseFailed
-	})
+	applyDocs(s, diskDoc("web-copy", "80Mi", objectRefSource("{kind: VirtualDisk, name: web}")))
+	cp := waitDisk(t, s, "web-copy", v1alpha1.DiskPhaseReady, v1alpha1.DiskPhaseFailed)
 	cpPath := storage.DiskPath(s.DataDir, "default", cp.UID)
 	if info, err := storage.Info(context.Background(), cpPath, "qcow2"); cp.Status.Phase != v1alpha1.DiskPhaseReady || err != nil ||
 		info.BackingFile != "" || info.VirtualSize != 80<<20 {
@@ -428,17 +336,8 @@ spec:
 	}
 
 	// An image made from the disk is a flattened copy of it.
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: from-disk}
-spec:
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: VirtualDisk, name: web, namespace: default}
-`, "apply", "-f", "-")
-	img := waitObj(t, s, "clustervirtualimages", "", "from-disk", "Ready", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseReady || i.Status.Phase == v1alpha1.ImagePhaseFailed
-	})
+	applyDocs(s, cviDoc("from-disk", objectRefSource("{kind: VirtualDisk, name: web, namespace: default}")))
+	img := waitCVI(t, s, "from-disk", v1alpha1.ImagePhaseReady, v1alpha1.ImagePhaseFailed)
 	if img.Status.Phase != v1alpha1.ImagePhaseReady || img.Status.Size == nil || img.Status.Size.Unpacked != "64Mi" {
 		t.Fatalf("image from a disk: %+v", img.Status)
 	}

@@ -21,13 +21,7 @@ func TestDecompressionBombStopsAtReserve(t *testing.T) {
 	s := &Serve{t: t, DataDir: t.TempDir(), Args: []string{"--min-free-space", "16Mi"}}
 	imagesDir := filepath.Join(s.DataDir, "images")
 	mountTmpfs(t, imagesDir, "64m")
-	s.Start()
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("rakhsh serve log:\n%s", s.Logs())
-		}
-	})
+	startOwnServe(s)
 	var st syscall.Statfs_t
 	free := func() int64 {
 		if err := syscall.Statfs(imagesDir, &st); err != nil {
@@ -48,17 +42,8 @@ func TestDecompressionBombStopsAtReserve(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := imagetest.Serve(t, src)
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: bomb}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/bomb.raw.xz"}
-`, "apply", "-f", "-")
-	img := waitObj(t, s, "clustervirtualimages", "", "bomb", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed || i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
+	applyDocs(s, cviDoc("bomb", httpSource(base+"/bomb.raw.xz")))
+	img := waitCVI(t, s, "bomb", v1alpha1.ImagePhaseFailed, v1alpha1.ImagePhaseReady)
 	c := readyCond(img.Status.Conditions)
 	if img.Status.Phase != v1alpha1.ImagePhaseFailed || c == nil || c.Reason != "InsufficientStorage" ||
 		!strings.Contains(c.Message, "free-space reserve of 16Mi") || !strings.Contains(c.Message, "--min-free-space") {

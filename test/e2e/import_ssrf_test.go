@@ -21,13 +21,7 @@ import (
 // image's data subresource.
 func TestImportSSRFRefused(t *testing.T) {
 	s := &Serve{t: t, DataDir: t.TempDir(), NoImportAllowList: true}
-	s.Start()
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("rakhsh serve log:\n%s", s.logs.String())
-		}
-	})
+	startOwnServe(s)
 
 	// An internal service of the host: what an attacker would like to read back. It is a
 	// valid raw disk, so an import that reached it would go Ready.
@@ -41,35 +35,15 @@ func TestImportSSRFRefused(t *testing.T) {
 	defer internal.Close()
 	url := internal.URL + "/secret"
 
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: ssrf}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+url+`"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: ssrf}
-spec:
-  persistentVolumeClaim: {size: 1Gi}
-  dataSource:
-    type: HTTP
-    http: {url: "`+url+`"}
-`, "apply", "-f", "-")
+	applyDocs(s, cviDoc("ssrf", httpSource(url)), diskDoc("ssrf", "1Gi", httpSource(url)))
 
 	rule := "import from " + url + " refused: 127.0.0.1 is a loopback address; an operator may allow it with serve --allow-import-from"
-	img := waitObj(t, s, "clustervirtualimages", "", "ssrf", "Failed", func(i *v1alpha1.ClusterVirtualImage) bool {
-		return i.Status.Phase == v1alpha1.ImagePhaseFailed || i.Status.Phase == v1alpha1.ImagePhaseReady
-	})
+	img := waitCVI(t, s, "ssrf", v1alpha1.ImagePhaseFailed, v1alpha1.ImagePhaseReady)
 	c := v1alpha1.FindCondition(img.Status.Conditions, v1alpha1.ImageConditionReady)
 	if img.Status.Phase != v1alpha1.ImagePhaseFailed || c == nil || c.Reason != "ImportRefused" || c.Message != rule {
 		t.Fatalf("image status: phase %s, condition %+v; want Failed, ImportRefused, %q", img.Status.Phase, c, rule)
 	}
-	d := waitObj(t, s, "virtualdisks", "default", "ssrf", "Failed", func(d *v1alpha1.VirtualDisk) bool {
-		return d.Status.Phase == v1alpha1.DiskPhaseFailed || d.Status.Phase == v1alpha1.DiskPhaseReady
-	})
+	d := waitDisk(t, s, "ssrf", v1alpha1.DiskPhaseFailed, v1alpha1.DiskPhaseReady)
 	dc := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionReady)
 	if d.Status.Phase != v1alpha1.DiskPhaseFailed || dc == nil || dc.Reason != "ImportRefused" || !strings.Contains(dc.Message, rule) {
 		t.Fatalf("disk status: phase %s, condition %+v; want Failed, ImportRefused, %q", d.Status.Phase, dc, rule)

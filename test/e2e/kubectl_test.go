@@ -24,10 +24,7 @@ func TestKubectl(t *testing.T) {
 	vmGuestDir(t)
 	addr := freeAddr(t)
 	s := StartServe(t, "--listen", addr)
-	token, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := adminToken(t, s)
 	dir := t.TempDir()
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
@@ -42,7 +39,7 @@ contexts:
 - name: rakhsh
   context: {cluster: rakhsh, user: admin, namespace: default}
 current-context: rakhsh
-`, addr, filepath.Join(s.DataDir, "tls.crt"), strings.TrimSpace(string(token)))), 0o600); err != nil {
+`, addr, filepath.Join(s.DataDir, "tls.crt"), token)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	run := func(stdin string, env []string, args ...string) (string, error) {
@@ -69,14 +66,7 @@ current-context: rakhsh
 		t.Logf("kubectl: %s", strings.TrimSpace(strings.SplitN(v, "\n", 2)[0]))
 	}
 	vm := func(apiVersion, name string) string {
-		return fmt.Sprintf(`apiVersion: %s
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 64Mi}
-`, apiVersion, name)
+		return vmDoc{API: apiVersion, Name: name, Policy: "Manual", Memory: "64Mi"}.String()
 	}
 	if out := must(vm("virtualization.rakhsh.io/v1alpha1", "k1"), nil, "apply", "-f", "-"); !strings.Contains(out, "k1 created") {
 		t.Errorf("apply: %s", out)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -56,17 +55,8 @@ func liveBootReport(t *testing.T, s *Serve, name string, boot int) (cpus int, me
 // liveManifest is a VM of the test guest with 1 core and 256Mi and room to grow to
 // maxCores cores and 1Gi.
 func liveManifest(name, disk string, maxCores int) string {
-	return `apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: ` + name + `}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1, maxCores: ` + strconv.Itoa(maxCores) + `}
-  memory: {size: 256Mi, maxSize: 1Gi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: ` + disk + `}
-`
+	return vmDoc{Name: name, Policy: "Manual", CPU: "{cores: 1, maxCores: " + strconv.Itoa(maxCores) + "}",
+		Memory: "{size: 256Mi, maxSize: 1Gi}", Grace: "30", Refs: []string{vdRef(disk)}}.String()
 }
 
 // livePatch writes a merge patch to the VM's spec through the API.
@@ -209,10 +199,7 @@ func TestLiveResources(t *testing.T) {
 // at a time) and memory (256Mi → 512Mi and back, N times), for docs/benchmarks.md. It runs only when RAKHSH_BENCH_LIVE is set (to the number
 // of changes of each kind): its figures are what it is for, not pass or fail.
 func TestLiveResourcesBenchmark(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_LIVE"))
-	if runs <= 0 {
-		t.Skip("a benchmark: set RAKHSH_BENCH_LIVE=N (changes of each kind) to run it")
-	}
+	runs := benchCount(t, "RAKHSH_BENCH_LIVE", "changes of each kind")
 	vmGuestDir(t)
 	s := vmServe(t)
 	vmSetupGuest(t, s, "root")

@@ -61,15 +61,7 @@ func TestMemoryBalloonAndKSM(t *testing.T) {
 	ksmFiles(t)
 	s := vmServe(t, "--ksm", "off")
 	vmSetupGuest(t, s, "m1-disk", "m2-disk")
-	s.MustCLI(`apiVersion: virtualization.deckhouse.io/v1alpha2
-kind: VirtualMachineClass
-metadata: {name: balloon}
-spec:
-  cpu: {type: Model, model: qemu64}
-  sizingPolicies:
-  - cores: {min: 1, max: 4}
-    memory: {min: 128Mi, max: 1Gi}
-`, "apply", "-f", "-")
+	applyDocs(s, classDoc("balloon", "qemu64", "cores: {min: 1, max: 4}\nmemory: {min: 128Mi, max: 1Gi}"))
 	names := []string{"m1", "m2"}
 	uids := map[string]string{}
 	for _, n := range names {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,18 +25,10 @@ func TestNetworkBenchFirstLease(t *testing.T) {
 	}
 	dir := vmGuestDir(t)
 	lab := newNetnsLab(t)
-	iln := listenIn(t, lab.In, "127.0.0.1:0")
-	go func() { _ = http.Serve(iln, http.FileServer(http.Dir(dir))) }()
+	base := serveGuestIn(t, lab.In, dir)
 	s := lab.startServeIn(t, "--vm-networking", "host", "--no-upstream-dns")
 	const rounds = 3
-	m := `apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "http://` + iln.Addr().String() + `/guest.qcow2"}
-`
+	m := cviDoc("guest", httpSource(base+"/guest.qcow2"))
 	for i := 0; i < rounds; i++ {
 		m += "---\n" + vmDiskManifest(fmt.Sprintf("b%d", i))
 	}

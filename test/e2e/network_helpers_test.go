@@ -177,26 +177,7 @@ func (l *netnsLab) restartServe(s *Serve) {
 	s.cmd = cmd
 	s.done = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(s.done) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-s.done:
-			t.Fatalf("rakhsh serve exited early:\n%s", s.logs.String())
-		default:
-		}
-		if c, err := net.DialTimeout("unix", s.Socket(), 200*time.Millisecond); err == nil {
-			c.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			var out []byte
-			err := s.Client().Do(ctx, "GET", "/readyz", nil, "", nil, &out)
-			cancel()
-			if err == nil {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("rakhsh serve did not become ready in 30s:\n%s", s.logs.String())
+	s.waitReady()
 }
 
 // nsLinkExists says whether an interface exists in a namespace.

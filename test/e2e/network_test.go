@@ -65,17 +65,7 @@ func guestIPs(log string) []string {
 }
 
 func netVMManifest(name, disk, extra string) string {
-	return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 192Mi}
-  terminationGracePeriodSeconds: 20
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: %s}
-%s`, name, disk, extra)
+	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Memory: "192Mi", Grace: "20", Refs: []string{vdRef(disk)}, Extra: extra}.String()
 }
 
 // TestNetworkNAT runs `rakhsh serve --vm-networking host` in a network namespace and shows
@@ -92,8 +82,7 @@ func TestNetworkNAT(t *testing.T) {
 	oln := listenIn(t, lab.Out, lab.OutIP+":8080")
 	go func() { _ = http.Serve(oln, outside) }()
 	// The guest image, served inside the serve namespace.
-	iln := listenIn(t, lab.In, "127.0.0.1:0")
-	go func() { _ = http.Serve(iln, http.FileServer(http.Dir(dir))) }()
+	base := serveGuestIn(t, lab.In, dir)
 
 	// An operator's bridge (say, one holding a second NIC on the public network); the host
 	// has an address on it so a dnsmasq of Rakhsh can serve DHCP there.
@@ -105,16 +94,7 @@ func TestNetworkNAT(t *testing.T) {
 	ctx := context.Background()
 	c := s.Client()
 
-	base := "http://" + iln.Addr().String()
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest.qcow2"}
----
-`+vmDiskManifest("d1")+"---\n"+vmDiskManifest("d2")+`---
+	s.MustCLI(cviDoc("guest", httpSource(base+"/guest.qcow2"))+"---\n"+vmDiskManifest("d1")+"---\n"+vmDiskManifest("d2")+`---
 apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachineIPAddress
 metadata: {name: fixed}

@@ -100,22 +100,8 @@ func TestNodeJoin(t *testing.T) {
 
 	// A VM on the joined host, run with the node credential alone.
 	s.MustCLI("", "wait", "cvi", "guest-iso", "--for", "phase=Ready", "--timeout", "2m")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: joined}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 10
-  nodeSelector: {kubernetes.io/hostname: joined-host}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: guest-iso}
-`, "apply", "-f", "-")
-	v := vmWait(t, s, "joined", 3*time.Minute, "Running on the joined host", vmPhase(v1alpha1.VMPhaseRunning))
-	if v.Status.NodeName != "joined-host" {
-		t.Fatalf("the VM runs on %q, want joined-host", v.Status.NodeName)
-	}
+	applyDocs(s, isoVM("joined", hostSelector("joined-host")))
+	vmRunningOn(t, s, "joined", "joined-host", 3*time.Minute)
 	vmWaitSerial(t, s, "joined", "RAKHSH-GUEST: ready", 1)
 
 	// What the node credential may not do.
@@ -128,14 +114,7 @@ spec:
 		t.Fatal(err)
 	}
 	s.MustCLI("", "node", "cordon", "other-host")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: elsewhere}
-spec:
-  runPolicy: AlwaysOff
-  cpu: {cores: 1}
-  memory: {size: 128Mi}
-`, "apply", "-f", "-")
+	applyDocs(s, vmDoc{Name: "elsewhere", Policy: "AlwaysOff", Memory: "128Mi"}.String())
 	// Bound by hand (the node is cordoned, so the scheduler leaves it alone); the binding
 	// carries the power request it saw, which the VM controller may change in between.
 	for attempt := 0; ; attempt++ {

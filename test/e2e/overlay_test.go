@@ -57,20 +57,8 @@ func hostConsoleType(t *testing.T, h *ClusterHost, uid, line string) {
 }
 
 func overlayVM(name, node string) string {
-	return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 192Mi}
-  terminationGracePeriodSeconds: 5
-  nodeSelector: {kubernetes.io/hostname: %s}
-  blockDeviceRefs:
-  - {kind: ClusterVirtualImage, name: cluster-guest}
-  networks:
-  - {type: ClusterNetwork, name: rko}
-`, name, node)
+	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Memory: "192Mi", Grace: "5", Node: hostSelector(node),
+		Refs: []string{cviRef("cluster-guest")}, Extra: "  networks:\n  - {type: ClusterNetwork, name: rko}\n"}.String()
 }
 
 // TestOverlayAcrossHosts: one NAT network spans the cluster's hosts. A VM on h2 and a VM on

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,10 +37,7 @@ func TestVMSnapshotKeepRAM(t *testing.T) {
 	vmWaitSerial(t, s, "vm1", "SNAP2DONE", 1)
 	l := vmLog(t, s, "vm1")
 	atSnapshot := lastTick(l[:strings.Index(l, "SNAP2DONE")])
-	var vs v1alpha1.VirtualMachineSnapshot
-	if err := s.Client().Get(context.Background(), "virtualmachinesnapshots", "default", "with-ram", &vs); err != nil {
-		t.Fatal(err)
-	}
+	vs := getObj[v1alpha1.VirtualMachineSnapshot](t, s, "virtualmachinesnapshots", "with-ram")
 	if vs.Status.RAM == nil || vs.Status.RAM.NodeName == "" || vs.Status.Consistent == nil || !*vs.Status.Consistent {
 		t.Fatalf("snapshot with RAM: %+v", vs.Status)
 	}
@@ -65,10 +61,7 @@ func TestVMSnapshotKeepRAM(t *testing.T) {
 
 	// A keepRAM snapshot of the stopped VM: Ready, nothing to keep.
 	s.MustCLI("", "vm", "snapshot", "vm1", "--name", "stopped", "--keep-ram", "--wait")
-	var stopped v1alpha1.VirtualMachineSnapshot
-	if err := s.Client().Get(context.Background(), "virtualmachinesnapshots", "default", "stopped", &stopped); err != nil {
-		t.Fatal(err)
-	}
+	stopped := getObj[v1alpha1.VirtualMachineSnapshot](t, s, "virtualmachinesnapshots", "stopped")
 	if c := v1alpha1.FindCondition(stopped.Status.Conditions, v1alpha1.VMSnapshotConditionReady); stopped.Status.RAM != nil || c == nil || !strings.Contains(c.Message, "no RAM state to keep") {
 		t.Errorf("keepRAM snapshot of a stopped VM: ram %+v, condition %+v", stopped.Status.RAM, c)
 	}
@@ -79,10 +72,7 @@ func TestVMSnapshotKeepRAM(t *testing.T) {
 	if c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionHibernated); c == nil || c.Status != v1alpha1.ConditionTrue || v.Status.StateNodeName == "" {
 		t.Fatalf("after the restore: Hibernated %+v, stateNodeName %q", c, v.Status.StateNodeName)
 	}
-	var data v1alpha1.VirtualDisk
-	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data", &data); err != nil {
-		t.Fatal(err)
-	}
+	data := getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", "data")
 	dpath := storage.ClassDiskPath(s.DataDir, nil, data.UID)
 	if b := snapSector(t, dpath, 0); !bytes.HasPrefix(b, []byte("MARK-A")) {
 		t.Errorf("sector 0 of the restored data disk: %q", b[:16])

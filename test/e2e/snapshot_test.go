@@ -21,24 +21,12 @@ import (
 // vmWithDataDisk is the manifest of a blank disk "data" of size and a VM "vm1" (started by
 // hand) with the disks "root" and "data".
 func vmWithDataDisk(size string) string {
-	return `apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: data}
-spec:
-  persistentVolumeClaim: {size: ` + size + `}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm1}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: root}
-  - {kind: VirtualDisk, name: data}
-`
+	return diskDoc("data", size, "") + "---\n" + snapVM1("256Mi")
+}
+
+// snapVM1 is the VM "vm1" (started by hand) of memory mem with the disks "root" and "data".
+func snapVM1(mem string) string {
+	return vmDoc{Name: "vm1", Policy: "Manual", Memory: mem, Grace: "30", Refs: []string{vdRef("root"), vdRef("data")}}.String()
 }
 
 // snapServeVM runs a serve of its own with vm1 of vmWithDataDisk (a data disk of size) over
@@ -58,13 +46,7 @@ func snapServeVM(t *testing.T, size string) *Serve {
 // snapVDS reads a disk snapshot.
 func snapVDS(t *testing.T, s *Serve, name string) *v1alpha1.VirtualDiskSnapshot {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var v v1alpha1.VirtualDiskSnapshot
-	if err := s.Client().Get(ctx, "virtualdisksnapshots", "default", name, &v); err != nil {
-		t.Fatal(err)
-	}
-	return &v
+	return getObj[v1alpha1.VirtualDiskSnapshot](t, s, "virtualdisksnapshots", name)
 }
 
 // snapWaitVDS polls a disk snapshot until cond holds.
@@ -165,19 +147,9 @@ spec: {virtualDiskName: data}
 	}
 
 	// A new disk from the snapshot: a linked clone of the snapshot, not of the disk as it is now.
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: fromsnap}
-spec:
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: VirtualDiskSnapshot, name: snap1}
-`, "apply", "-f", "-")
+	applyDocs(s, diskDoc("fromsnap", "", objectRefSource("{kind: VirtualDiskSnapshot, name: snap1}")))
 	s.MustCLI("", "wait", "vd", "fromsnap", "--for", "phase=Ready", "--timeout", "2m")
-	var fromsnap v1alpha1.VirtualDisk
-	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "fromsnap", &fromsnap); err != nil {
-		t.Fatal(err)
-	}
+	fromsnap := getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", "fromsnap")
 	if fromsnap.Status.Capacity != string(v1alpha1.BytesQuantity(64<<20)) && fromsnap.Status.Capacity != "64Mi" {
 		t.Errorf("capacity of the disk from the snapshot: %s", fromsnap.Status.Capacity)
 	}
@@ -224,10 +196,7 @@ metadata: {name: vmsnap}
 spec: {virtualMachineName: vm1}
 `, "apply", "-f", "-")
 	s.MustCLI("", "wait", "vmsnapshot", "vmsnap", "--for", "phase=Ready", "--timeout", "3m")
-	var vs v1alpha1.VirtualMachineSnapshot
-	if err := s.Client().Get(context.Background(), "virtualmachinesnapshots", "default", "vmsnap", &vs); err != nil {
-		t.Fatal(err)
-	}
+	vs := getObj[v1alpha1.VirtualMachineSnapshot](t, s, "virtualmachinesnapshots", "vmsnap")
 	if vs.Status.Consistent == nil || !*vs.Status.Consistent || len(vs.Status.VirtualDiskSnapshotNames) != 2 || vs.Status.VirtualMachineSpec == nil {
 		b, _ := json.MarshalIndent(vs.Status, "", "  ")
 		t.Fatalf("VM snapshot:\n%s", b)
@@ -240,28 +209,14 @@ spec: {virtualMachineName: vm1}
 	snapWriteMarker(t, s, "vm1", v.UID, "MARK-C", 2)
 	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
 	vmWait(t, s, "vm1", time.Minute, "Stopped", vmPhase(v1alpha1.VMPhaseStopped))
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm1}
-spec:
-  runPolicy: Manual
-  cpu: {cores: 1}
-  memory: {size: 320Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: root}
-  - {kind: VirtualDisk, name: data}
-`, "apply", "-f", "-")
+	applyDocs(s, snapVM1("320Mi"))
 	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
 kind: VirtualMachineOperation
 metadata: {name: restore1}
 spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMachineSnapshotName: vmsnap}}
 `, "apply", "-f", "-")
 	s.MustCLI("", "wait", "vmop", "restore1", "--for", "phase=Completed", "--timeout", "3m")
-	var data v1alpha1.VirtualDisk
-	if err := s.Client().Get(context.Background(), "virtualdisks", "default", "data", &data); err != nil {
-		t.Fatal(err)
-	}
+	data := getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", "data")
 	dataFile := storage.ClassDiskPath(s.DataDir, nil, data.UID)
 	for i, want := range []string{"MARK-A", "MARK-B"} {
 		if b := snapSector(t, dataFile, i); !bytes.HasPrefix(b, []byte(want)) {
@@ -312,10 +267,7 @@ spec: {type: Restore, virtualMachineName: vm1, restore: {mode: Strict, virtualMa
 	// being deleted) while the disks exist; a --full clone's disks stand alone.
 	backingOf := func(disk string) string {
 		t.Helper()
-		var d v1alpha1.VirtualDisk
-		if err := s.Client().Get(context.Background(), "virtualdisks", "default", disk, &d); err != nil {
-			t.Fatal(err)
-		}
+		d := getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", disk)
 		out, err := exec.Command("qemu-img", "info", "-U", "--output=json", storage.ClassDiskPath(s.DataDir, nil, d.UID)).Output()
 		if err != nil {
 			t.Fatalf("qemu-img info of %s: %v", disk, err)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -18,13 +17,7 @@ import (
 // storageDisk reads a VirtualDisk of the default project.
 func storageDisk(t *testing.T, s *Serve, name string) *v1alpha1.VirtualDisk {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var d v1alpha1.VirtualDisk
-	if err := s.Client().Get(ctx, "virtualdisks", "default", name, &d); err != nil {
-		t.Fatal(err)
-	}
-	return &d
+	return getObj[v1alpha1.VirtualDisk](t, s, "virtualdisks", name)
 }
 
 func storageFileThere(p string) bool {

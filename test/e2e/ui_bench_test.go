@@ -2,11 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,10 +17,7 @@ import (
 // then: its watch is open and every row is a link), for docs/benchmarks.md. It runs only when
 // RAKHSH_BENCH_UI is set (to the number of page loads); its figures are what it is for.
 func TestUIListBenchmark(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("RAKHSH_BENCH_UI"))
-	if runs <= 0 {
-		t.Skip("a benchmark: set RAKHSH_BENCH_UI=N (page loads) to run it")
-	}
+	runs := benchCount(t, "RAKHSH_BENCH_UI", "page loads")
 	const n = 500
 	addr := freeAddr(t)
 	s := StartServe(t, "--listen", addr)
@@ -58,16 +51,13 @@ func TestUIListBenchmark(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("creating the VMs: %v", err)
 	}
-	tok, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := adminToken(t, s)
 	base := "https://" + addr
 	ctx := uiBrowser(t)
 	uiRun(t, ctx, 60*time.Second, "log in",
 		chromedp.Navigate(base+"/ui/"),
 		chromedp.WaitVisible("#token", chromedp.ByID),
-		chromedp.SendKeys("#token", strings.TrimSpace(string(tok)), chromedp.ByID),
+		chromedp.SendKeys("#token", tok, chromedp.ByID),
 		chromedp.Click("#login", chromedp.ByID),
 		chromedp.WaitVisible("#vm-list", chromedp.ByID))
 	var ms []float64

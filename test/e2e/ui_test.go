@@ -166,11 +166,7 @@ spec:
     defaultCoreFraction: "50%"
 `, "apply", "-f", "-")
 	s.MustCLI("", "wait", "cvi", "guest", "--for", "phase=Ready", "--timeout", "2m")
-	tok, err := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := strings.TrimSpace(string(tok))
+	token := adminToken(t, s)
 	base := "https://" + addr
 	shots := uiArtifactsDir(t)
 	ctx := uiBrowser(t)

@@ -45,10 +45,7 @@ func hasLine(s, want string) bool {
 // finally deletes it.
 func TestVMConsoleAndCDROM(t *testing.T) {
 	sideBySide(t)
-	dir := vmGuestDir(t)
-	s := vmServe(t)
-	base := vmImageServer(t, dir)
-	applyGuestISO(t, s, base, "blank=1Gi")
+	s, _ := guestISOServe(t, "blank=1Gi")
 	var img v1alpha1.ClusterVirtualImage
 	if err := s.Client().Get(context.Background(), "clustervirtualimages", "", "guest-iso", &img); err != nil {
 		t.Fatal(err)
@@ -57,18 +54,7 @@ func TestVMConsoleAndCDROM(t *testing.T) {
 		t.Fatalf("ISO image: cdrom=%v format=%q, want a CD-ROM in iso format", img.Status.CDROM, img.Status.Format)
 	}
 
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: cd1}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: blank, bootOrder: 2}
-  - {kind: ClusterVirtualImage, name: guest-iso, bootOrder: 1}
-`, "apply", "-f", "-")
+	applyDocs(s, isoBootVM("cd1", "blank"))
 	v := vmWait(t, s, "cd1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	uid := v.UID
 	// The blank disk holds no boot loader: reaching `ready` proves the VM booted the CD-ROM.
@@ -81,60 +67,13 @@ spec:
 	// The serial console through the API websocket.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conn, err := s.Client().DialStream(ctx, "virtualmachines", "default", "cd1", "console")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := &lockedBuffer{}
-	go func() { _, _ = io.Copy(out, conn) }()
-	if _, err := conn.Write([]byte("\n")); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if _, err := conn.Write([]byte("echo CONSOLE-$((6*7))\n")); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, out, "CONSOLE-42", 30*time.Second, "the API console websocket")
-	t.Logf("API console output: %q", out.String())
-	conn.Close()
+	con := openConsole(t, ctx, s.Client(), "cd1")
+	con.run("echo CONSOLE-$((6*7))", "CONSOLE-42", 30*time.Second, "the API console websocket")
+	t.Logf("API console output: %q", con.out.String())
+	con.Close()
 
 	// `rakhsh console` with standard input from a pipe; Ctrl-] detaches.
-	cmd := exec.Command(rakhshBin(t), "console", "cd1")
-	cmd.Env = append(os.Environ(), "RAKHSH_SERVER="+s.Server())
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cliOut := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = cliOut, cliOut
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-	}()
-	time.Sleep(500 * time.Millisecond) // let it connect before typing
-	if _, err := io.WriteString(stdin, "\necho CLI-$((5*5))\n"); err != nil {
-		t.Fatal(err)
-	}
-	consoleWait(t, cliOut, "CLI-25", 30*time.Second, "rakhsh console")
-	t.Logf("rakhsh console output: %q", cliOut.String())
-	if _, err := stdin.Write([]byte{0x1d}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("rakhsh console after Ctrl-]: %v\n%s", err, cliOut.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("rakhsh console did not end within 10s of Ctrl-]; output:\n%s", cliOut.String())
-	}
-	stdin.Close()
+	t.Logf("rakhsh console output: %q", cliConsoleDetach(t, s, "cd1", "rakhsh console"))
 	time.Sleep(time.Second)
 	if v := vmGet(t, s, "cd1"); v == nil || v.Status.Phase != v1alpha1.VMPhaseRunning || vmCountQEMU(uid) != 1 {
 		t.Fatalf("after detaching the console the VM is not running: %+v (%d QEMU)", v, vmCountQEMU(uid))

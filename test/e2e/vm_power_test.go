@@ -152,15 +152,7 @@ func TestOperationOrderBackToBack(t *testing.T) {
 	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: o}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 64Mi}
-  terminationGracePeriodSeconds: 0
-`, "apply", "-f", "-")
+	applyDocs(s, vmDoc{Name: "o", Policy: "AlwaysOnUnlessStoppedManually", Memory: "64Mi", Grace: "0"}.String())
 	v := vmWait(t, s, "o", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	uid := v.UID
 	settle := func(round int, pair string, want v1alpha1.VirtualMachinePhase, ops []string) {
@@ -264,15 +256,7 @@ func testPendingChangesShown(t *testing.T, mode ServeMode) {
 	vmGuestDir(t)
 	s := vmServeMode(t, mode)
 	manifest := func(mem string, cores int) string {
-		return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: p}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: %d}
-  memory: {size: %s}
-  terminationGracePeriodSeconds: 0
-`, cores, mem)
+		return vmDoc{Name: "p", Policy: "AlwaysOnUnlessStoppedManually", CPU: fmt.Sprintf("{cores: %d}", cores), Memory: mem, Grace: "0"}.String()
 	}
 	s.MustCLI(manifest("64Mi", 1), "apply", "-f", "-")
 	v := vmWait(t, s, "p", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
@@ -301,10 +285,7 @@ spec:
 		return ""
 	}
 	s.MustCLI(manifest("96Mi", 2), "apply", "-f", "-")
-	v = vmWait(t, s, "p", 30*time.Second, "AwaitingRestartToApplyConfiguration=True", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionAwaitingRestartToApplyConfiguration)
-		return c != nil && c.Status == v1alpha1.ConditionTrue
-	})
+	v = vmWait(t, s, "p", 30*time.Second, "AwaitingRestartToApplyConfiguration=True", vmCondIs(v1alpha1.VMConditionAwaitingRestartToApplyConfiguration, v1alpha1.ConditionTrue))
 	c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionAwaitingRestartToApplyConfiguration)
 	for _, w := range []string{"spec.memory.size (runs with 64Mi)", "spec.cpu.cores (runs with 1)"} {
 		if !strings.Contains(c.Message, w) {

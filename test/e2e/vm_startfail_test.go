@@ -15,22 +15,9 @@ func TestStartFailureBacksOff(t *testing.T) {
 	sideBySide(t)
 	vmGuestDir(t)
 	s := vmServe(t)
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: nosecret}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 64Mi}
-  terminationGracePeriodSeconds: 0
-  provisioning:
-    type: UserDataRef
-    userDataRef: {kind: Secret, name: later}
-`, "apply", "-f", "-")
-	v := vmWait(t, s, "nosecret", 30*time.Second, "RestartBackoff", func(v *v1alpha1.VirtualMachine) bool {
-		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionRestartBackoff)
-		return c != nil && c.Status == v1alpha1.ConditionTrue
-	})
+	applyDocs(s, vmDoc{Name: "nosecret", Policy: "AlwaysOnUnlessStoppedManually", Memory: "64Mi", Grace: "0",
+		Extra: "  provisioning:\n    type: UserDataRef\n    userDataRef: {kind: Secret, name: later}\n"}.String())
+	v := vmWait(t, s, "nosecret", 30*time.Second, "RestartBackoff", vmCondIs(v1alpha1.VMConditionRestartBackoff, v1alpha1.ConditionTrue))
 	if v.Status.LastExit == nil || v.Status.LastExit.Reason != v1alpha1.ExitStartFailed || !strings.Contains(v.Status.LastExit.Message, `Secret "later" not found`) {
 		t.Fatalf("lastExit: %+v", v.Status.LastExit)
 	}

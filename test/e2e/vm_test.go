@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"io/fs"
 	"net"
 	"net/http"
@@ -197,29 +196,11 @@ func vmConsoleType(t *testing.T, s *Serve, uid, line string) {
 
 // vmManifest is a VM with one disk and the given run policy.
 func vmManifest(name, disk, policy, memory string) string {
-	return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: %s}
-spec:
-  runPolicy: %s
-  cpu: {cores: 1}
-  memory: {size: %s}
-  terminationGracePeriodSeconds: 30
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: %s}
-`, name, policy, memory, disk)
+	return vmDoc{Name: name, Policy: policy, Memory: memory, Grace: "30", Refs: []string{vdRef(disk)}}.String()
 }
 
 func vmDiskManifest(name string) string {
-	return fmt.Sprintf(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: %s}
-spec:
-  persistentVolumeClaim: {size: 1Gi}
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: ClusterVirtualImage, name: guest}
-`, name)
+	return diskDoc(name, "1Gi", objectRefSource("{kind: ClusterVirtualImage, name: guest}"))
 }
 
 // vmSetupGuest imports the test guest as ClusterVirtualImage "guest" and clones the named
@@ -227,14 +208,7 @@ spec:
 func vmSetupGuest(t *testing.T, s *Serve, disks ...string) {
 	t.Helper()
 	base := vmImageServer(t, vmGuestDir(t))
-	m := `apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "` + base + `/guest.qcow2"}
-`
+	m := cviDoc("guest", httpSource(base+"/guest.qcow2"))
 	for _, d := range disks {
 		m += "---\n" + vmDiskManifest(d)
 	}

@@ -49,63 +49,10 @@ stringData:
   unattend.xml: |
     <unattend><ComputerName>pv-sysprep</ComputerName></unattend>
 ---
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: pv-inline}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 192Mi}
-  terminationGracePeriodSeconds: 0
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: pv-inline}
-  provisioning:
-    type: UserData
-    userData: |
-      #cloud-config
-      # RAKHSH-MARKER inline-7
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: pv-ref}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 192Mi}
-  terminationGracePeriodSeconds: 0
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: pv-ref}
-  provisioning:
-    type: UserDataRef
-    userDataRef: {kind: Secret, name: ci-script}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: pv-sysprep}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 192Mi}
-  terminationGracePeriodSeconds: 0
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: pv-sysprep}
-  provisioning:
-    type: SysprepRef
-    sysprepRef: {name: sysprep}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: pv-missing}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  cpu: {cores: 1}
-  memory: {size: 128Mi}
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: pv-inline}
-  provisioning:
-    type: UserDataRef
-    userDataRef: {name: no-such-secret}
-`, "apply", "-f", "-")
+`+pvVM("pv-inline", "192Mi", "0", "pv-inline", "type: UserData\nuserData: |\n  #cloud-config\n  # RAKHSH-MARKER inline-7")+`---
+`+pvVM("pv-ref", "192Mi", "0", "pv-ref", "type: UserDataRef\nuserDataRef: {kind: Secret, name: ci-script}")+`---
+`+pvVM("pv-sysprep", "192Mi", "0", "pv-sysprep", "type: SysprepRef\nsysprepRef: {name: sysprep}")+`---
+`+pvVM("pv-missing", "128Mi", "", "pv-inline", "type: UserDataRef\nuserDataRef: {name: no-such-secret}"), "apply", "-f", "-")
 
 	// The missing Secret: the start fails, naming it.
 	v := vmWait(t, s, "pv-missing", time.Minute, "failed to start", func(v *v1alpha1.VirtualMachine) bool {
@@ -178,4 +125,11 @@ spec:
 		}
 	}
 	s.MustCLI("", "delete", "vm", "pv-inline", "pv-ref", "pv-sysprep", "--wait", "--timeout", "90s")
+}
+
+// pvVM is a VM of the test guest booting from disk, of memory mem and the given grace period
+// (none if empty), whose spec.provisioning is the YAML lines of provisioning.
+func pvVM(name, mem, grace, disk, provisioning string) string {
+	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Memory: mem, Grace: grace, Refs: []string{vdRef(disk)},
+		Extra: "  provisioning:\n" + indentLines(provisioning, "    ")}.String()
 }

@@ -95,19 +95,8 @@ func TestWindowsTPMAndNVRAM(t *testing.T) {
 		}
 	})
 	vmSetupGuest(t, s, "win-root")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: win1}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  osType: Windows
-  bootloader: EFI
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 20
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: win-root}
-`, "apply", "-f", "-")
+	applyDocs(s, vmDoc{Name: "win1", Policy: "AlwaysOnUnlessStoppedManually", OSType: "Windows", Boot: "EFI", Memory: "256Mi", Grace: "20",
+		Refs: []string{vdRef("win-root")}}.String())
 	v := vmWait(t, s, "win1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	uid := v.UID
 	runDir := storage.VMRunDir(s.DataDir, uid)
@@ -234,6 +223,12 @@ func mustReadDir(dir string) []string {
 	return out
 }
 
+// secureBootVM is a VM of memory mem booting from disk with bootloader EFIWithSecureBoot.
+func secureBootVM(name, mem, disk string) string {
+	return vmDoc{Name: name, Policy: "AlwaysOnUnlessStoppedManually", Boot: "EFIWithSecureBoot", Memory: mem, Grace: "0",
+		Refs: []string{vdRef(disk)}}.String()
+}
+
 // TestWinSecureBoot boots the test guest (unsigned GRUB and kernel image) with bootloader
 // EFIWithSecureBoot: OVMF with SMM and the Microsoft keys enrolled refuses to load it ("Access
 // Denied" on the serial console), so the guest never gets to /init. (The same disk boots with
@@ -247,18 +242,7 @@ func TestWinSecureBoot(t *testing.T) {
 	}
 	s := vmServe(t)
 	vmSetupGuest(t, s, "sb-root")
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: sb1}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  bootloader: EFIWithSecureBoot
-  cpu: {cores: 1}
-  memory: {size: 256Mi}
-  terminationGracePeriodSeconds: 0
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: sb-root}
-`, "apply", "-f", "-")
+	applyDocs(s, secureBootVM("sb1", "256Mi", "sb-root"))
 	v := vmWait(t, s, "sb1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(vmQEMUPIDs(s.DataDir)[v.UID]) + "/cmdline")
 	for _, want := range []string{"smm=on", "OVMF_CODE_4M.secboot.fd", "property=secure,value=on"} {
@@ -281,36 +265,11 @@ spec:
 		t.Fatalf("%v: build it with test/guest/build-secureboot.sh %s", err, vmGuestDir(t))
 	}
 	base := vmImageServer(t, vmGuestDir(t))
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: ClusterVirtualImage
-metadata: {name: guest-signed}
-spec:
-  dataSource:
-    type: HTTP
-    http: {url: "`+base+`/guest-secureboot.img"}
----
-apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualDisk
-metadata: {name: sb-signed}
-spec:
-  dataSource:
-    type: ObjectRef
-    objectRef: {kind: ClusterVirtualImage, name: guest-signed}
-`, "apply", "-f", "-")
+	applyDocs(s, cviDoc("guest-signed", httpSource(base+"/guest-secureboot.img")),
+		diskDoc("sb-signed", "", objectRefSource("{kind: ClusterVirtualImage, name: guest-signed}")))
 	s.MustCLI("", "wait", "vd", "sb-signed", "--for", "phase=Ready", "--timeout", "2m")
 	// GRUB 2.06 cannot place the kernel with 256 MiB under OVMF; 320 MiB is enough.
-	s.MustCLI(`apiVersion: virtualization.rakhsh.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: sb2}
-spec:
-  runPolicy: AlwaysOnUnlessStoppedManually
-  bootloader: EFIWithSecureBoot
-  cpu: {cores: 1}
-  memory: {size: 320Mi}
-  terminationGracePeriodSeconds: 0
-  blockDeviceRefs:
-  - {kind: VirtualDisk, name: sb-signed}
-`, "apply", "-f", "-")
+	applyDocs(s, secureBootVM("sb2", "320Mi", "sb-signed"))
 	vmWait(t, s, "sb2", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	vmWaitSerial(t, s, "sb2", "RAKHSH-GUEST: ready", 1)
 	log = vmLog(t, s, "sb2")
