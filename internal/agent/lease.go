@@ -167,8 +167,7 @@ func (l *leaser) lose(why string) {
 
 // run renews every interval until ctx ends.
 func (l *leaser) run(ctx context.Context, every time.Duration) {
-	l.step(ctx)
-	loop(ctx, every, func() { l.step(ctx) })
+	loopNow(ctx, every, func() { l.step(ctx) })
 }
 
 func ptrTime(t time.Time) *v1alpha1.Time {

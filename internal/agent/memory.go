@@ -147,8 +147,7 @@ type memoryManager struct {
 
 // runMemory manages the node's memory until ctx ends.
 func (a *Agent) runMemory(ctx context.Context) {
-	a.memoryTick(ctx)
-	loop(ctx, memoryEvery, func() { a.memoryTick(ctx) })
+	loopNow(ctx, memoryEvery, func() { a.memoryTick(ctx) })
 }
 
 func (a *Agent) memoryTick(ctx context.Context) {

@@ -59,32 +59,39 @@ func (a *Agent) startNetworking(ctx context.Context) {
 	case <-ns.cnets.Synced():
 	}
 	ns.overlay = a.startOverlay(ctx)
-	ns.cnets.OnChange(func(runtime.Key) { go a.resyncNetworks(ctx) })
+	// A handler added now is called at once for every cached network; coalesced, that is
+	// one resync, not one a network.
+	ns.cnets.OnChange(coalesced(ctx, func() { a.resyncNetworks(ctx) }))
 	if ns.overlay != nil {
-		// Changes of nodes and VMs elsewhere, coalesced: one sync runs at a time and a
-		// burst of changes during it makes one more.
-		kick := make(chan struct{}, 1)
-		poke := func(runtime.Key) {
-			select {
-			case kick <- struct{}{}:
-			default:
-			}
-		}
+		// Changes of nodes and VMs elsewhere.
+		poke := coalesced(ctx, func() { a.syncOverlays(ctx) })
 		ns.overlay.nodes.OnChange(poke)
 		ns.overlay.allVMs.OnChange(poke)
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-kick:
-					a.syncOverlays(ctx)
-				}
-			}
-		}()
 	}
 	a.resyncNetworks(ctx)
 	go loop(ctx, NetworkResyncInterval, func() { a.resyncNetworks(ctx) })
+}
+
+// coalesced returns an informer handler that makes f run, on a goroutine of its own until ctx
+// ends: one run at a time, and a burst of changes during a run makes one more.
+func coalesced(ctx context.Context, f func()) func(runtime.Key) {
+	kick := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-kick:
+				f()
+			}
+		}
+	}()
+	return func(runtime.Key) {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // plannedNIC is one NIC of a VM on this host.

@@ -70,7 +70,8 @@ func NewInformer(c client.Interface, resource, labelSelector string, log *slog.L
 	return &Informer{typed: NewTypedInformer[json.RawMessage](c, resource, client.ListOptions{LabelSelector: labelSelector}, log)}
 }
 
-// OnChange registers a handler; call before Run.
+// OnChange registers a handler, as TypedInformer.OnChange does: one added after the first
+// list is called at once for every cached key.
 func (inf *Informer) OnChange(h func(Key)) { inf.typed.OnChange(h) }
 
 // Synced is closed after the first full list.
