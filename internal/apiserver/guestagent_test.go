@@ -8,12 +8,13 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestGuestAgentSubresource: the guestagent subresource takes only POSTs of a valid request,
 // for a running VM, and passes it to the agent of the VM's node (here the one in-process).
 func TestGuestAgentSubresource(t *testing.T) {
-	dir := shortTempDir(t, "rk-guest")
+	dir := testutil.ShortTempDir(t, "rk-guest")
 	c := localTestServer(t, dir, Config{LocalStreams: &nodestream.Service{DataDir: dir}, NodeName: "n1"})
 	ctx := testContext(t)
 	vm := createVM1(t, ctx, c)

@@ -21,6 +21,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // localTestServer runs an API server with a bolt store in dir, on the unix socket dir/api.sock
@@ -42,18 +43,6 @@ func projectServer(t *testing.T, dir string, cfg Config) *Server {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// shortTempDir makes a directory below /tmp, short enough for the unix socket of serveLocal;
-// it is removed when the test ends.
-func shortTempDir(t *testing.T, pattern string) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", pattern)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 // testContext lasts 30 seconds at the most and ends with the test.
@@ -109,7 +98,7 @@ func passLine(t *testing.T, from, to net.Conn, who, line string) {
 // TestConsoleAndLogStreams serves a VM's console over a websocket and its kept log over
 // plain GET, from a run dir whose serial socket is faked.
 func TestConsoleAndLogStreams(t *testing.T) {
-	dir := shortTempDir(t, "rk-streams")
+	dir := testutil.ShortTempDir(t, "rk-streams")
 	c := localTestServer(t, dir, Config{LocalStreams: &nodestream.Service{DataDir: dir}, NodeName: "n1"})
 	ctx := testContext(t)
 	vm := createVM1(t, ctx, c)
@@ -201,7 +190,7 @@ func bindVM(t *testing.T, c *client.Client, vm, node string) {
 
 // TestStreamTicketsRedeemOnce: a ticket is redeemed once, by its node, before it expires.
 func TestStreamTicketsRedeemOnce(t *testing.T) {
-	dir := shortTempDir(t, "rk-tickets")
+	dir := testutil.ShortTempDir(t, "rk-tickets")
 	var mu sync.Mutex
 	now := time.Unix(1_800_000_000, 0)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
@@ -273,7 +262,7 @@ func TestStreamTicketsRedeemOnce(t *testing.T) {
 // console to the stream service its node publishes, which redeems the tickets through the API;
 // clear errors when the node publishes no endpoint or cannot be reached.
 func TestStreamsProxiedToNodeAgent(t *testing.T) {
-	dir := shortTempDir(t, "rk-proxy")
+	dir := testutil.ShortTempDir(t, "rk-proxy")
 	c := localTestServer(t, dir, Config{})
 	ctx := testContext(t)
 	vm := createVM1(t, ctx, c)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestVMMetricsSubresource: the metrics subresource answers a VM's series from Prometheus
@@ -39,7 +40,7 @@ func TestVMMetricsSubresource(t *testing.T) {
 		_, _ = w.Write([]byte(`{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1000,"0.5"],[1030,"NaN"],[1060,"2"]]}]}}`))
 	}))
 	defer prom.Close()
-	dir := shortTempDir(t, "rk-vmmetrics")
+	dir := testutil.ShortTempDir(t, "rk-vmmetrics")
 	now := time.Unix(1_800_000_000, 0)
 	c := localTestServer(t, dir, Config{PrometheusURL: prom.URL, Now: func() time.Time { return now }})
 	ctx := testContext(t)

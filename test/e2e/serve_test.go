@@ -20,6 +20,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/server"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 var (
@@ -229,12 +230,7 @@ func (l *laneSlots) mayRun(turn int) bool {
 // sockets live under the data dir, and a unix socket path holds at most 107 bytes.
 func shortTempDir(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "rk-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	return dir
+	return testutil.ShortTempDir(t, "rk-e2e-")
 }
 
 func startServe(t *testing.T, mode ServeMode, extra ...string) *Serve {
