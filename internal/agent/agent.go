@@ -362,23 +362,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// loop runs f at every tick of every until ctx ends.
+// loop runs f at every tick of every until ctx ends (runtime.Every also runs it at once).
 func loop(ctx context.Context, every time.Duration, f func()) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	ticks(ctx, t, f)
-}
-
-// loopNow runs f at once and then at every tick of every until ctx ends; the ticks count
-// from before the first run, so a first run slower than every is followed by the next at once.
-func loopNow(ctx context.Context, every time.Duration, f func()) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	f()
-	ticks(ctx, t, f)
-}
-
-func ticks(ctx context.Context, t *time.Ticker, f func()) {
 	for {
 		select {
 		case <-ctx.Done():

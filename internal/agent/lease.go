@@ -8,6 +8,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // The node lease: the agent holds a NodeLease named after its node and renews it every
@@ -167,7 +168,7 @@ func (l *leaser) lose(why string) {
 
 // run renews every interval until ctx ends.
 func (l *leaser) run(ctx context.Context, every time.Duration) {
-	loopNow(ctx, every, func() { l.step(ctx) })
+	runtime.Every(ctx, every, func() { l.step(ctx) })
 }
 
 func ptrTime(t time.Time) *v1alpha1.Time {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/metrics"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // Node memory (docs/live-resources.md). Every memoryEvery the agent reads the host's
@@ -147,7 +148,7 @@ type memoryManager struct {
 
 // runMemory manages the node's memory until ctx ends.
 func (a *Agent) runMemory(ctx context.Context) {
-	loopNow(ctx, memoryEvery, func() { a.memoryTick(ctx) })
+	runtime.Every(ctx, memoryEvery, func() { a.memoryTick(ctx) })
 }
 
 func (a *Agent) memoryTick(ctx context.Context) {
