@@ -8,10 +8,11 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 )
 
-// Base is the set-up the controllers share: their logger, a recorder of their Events, and
-// the informer factory they read — the process's shared one or, when they were given none,
-// one of their own, which Run starts.
+// Base is the set-up the controllers share, embedded in each: the client they read and write
+// through, their logger, a recorder of their Events, and the informer factory they read — the
+// process's shared one or, when they were given none, one of their own, which Run starts.
 type Base struct {
+	C         client.Interface
 	Log       *slog.Logger
 	Rec       *Recorder
 	Informers *Factory
@@ -28,7 +29,7 @@ func NewBase(c client.Interface, shared *Factory, log *slog.Logger, component st
 	if len(attrs) > 0 {
 		log = log.With(attrs...)
 	}
-	b := Base{Log: log, Rec: &Recorder{C: c, Component: component, Log: log}, Informers: shared}
+	b := Base{C: c, Log: log, Rec: &Recorder{C: c, Component: component, Log: log}, Informers: shared}
 	if shared == nil {
 		b.Informers, b.own = NewFactory(c, log), true
 	}

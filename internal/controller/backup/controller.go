@@ -46,10 +46,7 @@ type Config struct {
 
 // Controller hands backups to nodes.
 type Controller struct {
-	c         client.Interface
-	log       *slog.Logger
-	rec       *runtime.Recorder
-	base      runtime.Base
+	runtime.Base
 	ctl       *runtime.Controller
 	schedCtl  *runtime.Controller
 	now       func() time.Time
@@ -73,12 +70,12 @@ func New(cfg Config) *Controller {
 		cfg.Now = time.Now
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "backup-controller", "controller", "backup")
-	c := &Controller{c: cfg.Client, log: b.Log, rec: b.Rec, base: b, now: cfg.Now, nodeName: cfg.NodeName}
+	c := &Controller{Base: b, now: cfg.Now, nodeName: cfg.NodeName}
 	f := b.Informers
 	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")
 	c.targets = runtime.For[v1alpha1.BackupTarget](f, "backuptargets")
 	c.vms, c.disks, c.nodes = f.VirtualMachines(), f.VirtualDisks(), f.Nodes()
-	c.ctl = runtime.NewController("virtualmachinebackups", c.log).
+	c.ctl = runtime.NewController("virtualmachinebackups", c.Log).
 		For(c.backups).
 		Watches(c.vms, c.backupsOfVM).
 		Watches(c.targets, c.backupsOfTarget).
@@ -87,7 +84,7 @@ func New(cfg Config) *Controller {
 		Workers(1).
 		Build(c.reconcile)
 	c.schedules = runtime.For[v1alpha1.BackupSchedule](f, "backupschedules")
-	c.schedCtl = runtime.NewController("backupschedules", c.log).
+	c.schedCtl = runtime.NewController("backupschedules", c.Log).
 		For(c.schedules).
 		Watches(c.backups, c.scheduleOfBackup).
 		Workers(1).
@@ -97,10 +94,10 @@ func New(cfg Config) *Controller {
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.c == nil {
+	if c.C == nil {
 		return errors.New("backup controller: Client is required")
 	}
-	return c.base.Run(ctx, c.ctl, c.schedCtl)
+	return c.Base.Run(ctx, c.ctl, c.schedCtl)
 }
 
 // scheduleOfBackup: a backup's schedule prunes when the backup ends.
@@ -275,7 +272,7 @@ func (c *Controller) handOver(ctx context.Context, b *v1alpha1.VirtualMachineBac
 		msg += " (the VirtualMachine is stopped: its disks are read there without it)"
 	}
 	setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonInProgress, msg)
-	c.log.Info("backup handed to node", "backup", b.Namespace+"/"+b.Name, "node", node, "stopped", stopped)
+	c.Log.Info("backup handed to node", "backup", b.Namespace+"/"+b.Name, "node", node, "stopped", stopped)
 	return runtime.Result{}, c.write(ctx, b, st)
 }
 
@@ -332,7 +329,7 @@ func (c *Controller) fail(ctx context.Context, b *v1alpha1.VirtualMachineBackup,
 	st.Phase = v1alpha1.BackupPhaseFailed
 	st.ObservedGeneration = b.Generation
 	setCond(&st, b, v1alpha1.ConditionFalse, v1alpha1.BackupReasonFailed, why)
-	c.rec.Event(ctx, "VirtualMachineBackup", b, "Warning", v1alpha1.BackupReasonFailed, why)
+	c.Rec.Event(ctx, "VirtualMachineBackup", b, "Warning", v1alpha1.BackupReasonFailed, why)
 	return c.write(ctx, b, st)
 }
 
@@ -344,7 +341,7 @@ func (c *Controller) write(ctx context.Context, b *v1alpha1.VirtualMachineBackup
 	}
 	n := *b
 	n.Status = st
-	err := c.c.UpdateStatus(ctx, "virtualmachinebackups", b.Namespace, b.Name, &n, nil)
+	err := c.C.UpdateStatus(ctx, "virtualmachinebackups", b.Namespace, b.Name, &n, nil)
 	if client.IsNotFound(err) {
 		return nil
 	}

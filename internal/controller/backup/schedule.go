@@ -82,12 +82,12 @@ func (c *Controller) reconcileSchedule(ctx context.Context, key runtime.Key) (ru
 			Spec: v1alpha1.VirtualMachineBackupSpec{VirtualMachineName: s.Spec.VirtualMachineName, BackupTargetName: s.Spec.BackupTargetName,
 				Mode: s.Spec.Mode, BandwidthLimit: s.Spec.BandwidthLimit},
 		}
-		if err := c.c.Create(ctx, "virtualmachinebackups", s.Namespace, &b, nil); err != nil && !client.IsAlreadyExists(err) {
+		if err := c.C.Create(ctx, "virtualmachinebackups", s.Namespace, &b, nil); err != nil && !client.IsAlreadyExists(err) {
 			cond(v1alpha1.ConditionFalse, ReasonScheduled, fmt.Sprintf("creating backup %q: %v", name, err))
 			_ = c.writeSchedule(ctx, s, st)
 			return runtime.Result{}, err
 		}
-		c.log.Info("scheduled backup created", "schedule", s.Namespace+"/"+s.Name, "backup", name)
+		c.Log.Info("scheduled backup created", "schedule", s.Namespace+"/"+s.Name, "backup", name)
 		t := v1alpha1.NewTime(slot)
 		st.LastScheduleTime, st.LastBackupName = &t, name
 		from = slot
@@ -157,13 +157,13 @@ func (c *Controller) prune(ctx context.Context, s *v1alpha1.BackupSchedule) (int
 	}
 	n := 0
 	for _, b := range drop {
-		err := c.c.Delete(ctx, "virtualmachinebackups", b.Namespace, b.Name)
+		err := c.C.Delete(ctx, "virtualmachinebackups", b.Namespace, b.Name)
 		if err != nil && !client.IsNotFound(err) {
 			return n, err
 		}
 		n++
-		c.log.Info("backup pruned", "schedule", s.Namespace+"/"+s.Name, "backup", b.Name, "phase", b.Status.Phase)
-		c.rec.Event(ctx, "BackupSchedule", s, "Normal", "Pruned", fmt.Sprintf("deleted backup %s (%s) by the retention policy", b.Name, b.Status.Phase))
+		c.Log.Info("backup pruned", "schedule", s.Namespace+"/"+s.Name, "backup", b.Name, "phase", b.Status.Phase)
+		c.Rec.Event(ctx, "BackupSchedule", s, "Normal", "Pruned", fmt.Sprintf("deleted backup %s (%s) by the retention policy", b.Name, b.Status.Phase))
 	}
 	return n, nil
 }
@@ -239,7 +239,7 @@ func (c *Controller) writeSchedule(ctx context.Context, s *v1alpha1.BackupSchedu
 	}
 	n := *s
 	n.Status = st
-	err := c.c.UpdateStatus(ctx, "backupschedules", s.Namespace, s.Name, &n, nil)
+	err := c.C.UpdateStatus(ctx, "backupschedules", s.Namespace, s.Name, &n, nil)
 	if client.IsNotFound(err) {
 		return nil
 	}

@@ -99,9 +99,9 @@ func (c *Controller) restartAfterBackup(ctx context.Context, b *v1alpha1.Virtual
 			return runtime.Result{}, err
 		}
 		msg = fmt.Sprintf("the backup ended: the VirtualMachine it stopped is started again (operation %q)", name)
-		c.rec.Event(ctx, "VirtualMachineBackup", b, "Normal", "VirtualMachineRestarted", msg)
+		c.Rec.Event(ctx, "VirtualMachineBackup", b, "Normal", "VirtualMachineRestarted", msg)
 	}
-	c.log.Info("backup in mode stop ended", "backup", b.Namespace+"/"+b.Name, "restart", msg)
+	c.Log.Info("backup in mode stop ended", "backup", b.Namespace+"/"+b.Name, "restart", msg)
 	st := b.Status
 	st.Conditions = slices.Clone(b.Status.Conditions)
 	st.RestartedVM = true
@@ -119,10 +119,10 @@ func (c *Controller) ensureOp(ctx context.Context, b *v1alpha1.VirtualMachineBac
 			Annotations: map[string]string{annotationBackupUID: b.UID}},
 		Spec: v1alpha1.VirtualMachineOperationSpec{Type: typ, VirtualMachineName: b.Spec.VirtualMachineName},
 	}
-	err := c.c.Create(ctx, "virtualmachineoperations", b.Namespace, op, op)
+	err := c.C.Create(ctx, "virtualmachineoperations", b.Namespace, op, op)
 	if client.IsAlreadyExists(err) {
-		if err = c.c.Get(ctx, "virtualmachineoperations", b.Namespace, name, op); err == nil && op.Annotations[annotationBackupUID] != b.UID {
-			if err := c.c.Delete(ctx, "virtualmachineoperations", b.Namespace, name); err != nil && !client.IsNotFound(err) {
+		if err = c.C.Get(ctx, "virtualmachineoperations", b.Namespace, name, op); err == nil && op.Annotations[annotationBackupUID] != b.UID {
+			if err := c.C.Delete(ctx, "virtualmachineoperations", b.Namespace, name); err != nil && !client.IsNotFound(err) {
 				return nil, fmt.Errorf("deleting the stale %s operation %s: %w", typ, name, err)
 			}
 			return nil, fmt.Errorf("%s operation %s was not this backup's: deleted, to be made again", typ, name)

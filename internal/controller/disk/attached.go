@@ -60,7 +60,7 @@ func (c *Controller) syncAttached(ctx context.Context, d *v1alpha1.VirtualDisk) 
 		val = nil // removes the field
 	}
 	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"attachedToVirtualMachines": val}})
-	if err := c.c.PatchStatus(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil {
+	if err := c.C.PatchStatus(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil {
 		return err
 	}
 	d.Status.AttachedToVirtualMachines = now

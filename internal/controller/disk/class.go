@@ -121,7 +121,7 @@ func (c *Controller) releaseSharedImage(dir, img string) {
 		}
 		chain, err := storage.CheckChain(filepath.Join(dir, "disks", name), "qcow2")
 		if err != nil {
-			c.log.Warn("reading a Shared disk's backing chain; its class's image copies are kept", "disk", name, "err", err)
+			c.Log.Warn("reading a Shared disk's backing chain; its class's image copies are kept", "disk", name, "err", err)
 			return
 		}
 		for _, l := range chain[1:] {
@@ -131,8 +131,8 @@ func (c *Controller) releaseSharedImage(dir, img string) {
 		}
 	}
 	if err := os.Remove(img); err != nil && !errors.Is(err, os.ErrNotExist) {
-		c.log.Warn("removing an unused image copy", "path", img, "err", err)
+		c.Log.Warn("removing an unused image copy", "path", img, "err", err)
 		return
 	}
-	c.log.Info("removed an image copy no disk uses", "path", img)
+	c.Log.Info("removed an image copy no disk uses", "path", img)
 }

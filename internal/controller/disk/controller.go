@@ -115,11 +115,8 @@ type Config struct {
 
 // Controller reconciles VirtualDisks.
 type Controller struct {
-	cfg     Config
-	c       client.Interface
-	log     *slog.Logger
-	rec     *runtime.Recorder
-	base    runtime.Base
+	cfg Config
+	runtime.Base
 	ctl     *runtime.Controller
 	q       *runtime.Queue
 	disks   *runtime.TypedInformer[v1alpha1.VirtualDisk]
@@ -148,7 +145,7 @@ func New(cfg Config) *Controller {
 		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "disk-controller", "controller", "disk")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b, jobs: runtime.NewJobs(),
+	c := &Controller{cfg: cfg, Base: b, jobs: runtime.NewJobs(),
 		noSpaceAt: map[string]time.Time{}, fetchAt: map[string]time.Time{}}
 	f := b.Informers
 	c.disks, c.cvis, c.vis, c.vms = f.VirtualDisks(), f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualMachines()
@@ -157,7 +154,7 @@ func New(cfg Config) *Controller {
 	usersOf := func(kind v1alpha1.DataSourceObjectKind) runtime.MapFunc {
 		return func(k runtime.Key) []runtime.Key { return c.usersOf(kind, k) }
 	}
-	c.ctl = runtime.NewController("virtualdisks", c.log).
+	c.ctl = runtime.NewController("virtualdisks", c.Log).
 		For(c.disks).
 		Watches(c.disks, usersOf(v1alpha1.DataSourceKindVirtualDisk)). // disks copied from it
 		Watches(c.cvis, usersOf(v1alpha1.DataSourceKindClusterVirtualImage)).
@@ -173,7 +170,7 @@ func New(cfg Config) *Controller {
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.c == nil || c.cfg.DataDir == "" || c.cfg.NodeName == "" {
+	if c.C == nil || c.cfg.DataDir == "" || c.cfg.NodeName == "" {
 		return errors.New("disk controller: Client, DataDir and NodeName are required")
 	}
 	dir := disksDir(c.cfg.DataDir)
@@ -181,9 +178,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("disk controller: %w", err)
 	}
 	if err := storage.CleanTemp(dir); err != nil {
-		c.log.Warn("removing leftover temporary files", "dir", dir, "err", err)
+		c.Log.Warn("removing leftover temporary files", "dir", dir, "err", err)
 	}
-	err := c.base.Run(ctx, c.ctl)
+	err := c.Base.Run(ctx, c.ctl)
 	c.jobs.CancelAll()
 	return err
 }
@@ -229,7 +226,7 @@ func fileExists(p string) bool {
 }
 
 func (c *Controller) writeStatus(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus) error {
-	return runtime.ReplaceStatus(ctx, c.c, "virtualdisks", d, d.Status, st, func() { d.Status = st })
+	return runtime.ReplaceStatus(ctx, c.C, "virtualdisks", d, d.Status, st, func() { d.Status = st })
 }
 
 // writeStatusGuarded writes st as the disk's status only if the disk is still as read (its
@@ -239,7 +236,7 @@ func (c *Controller) writeStatus(ctx context.Context, d *v1alpha1.VirtualDisk, s
 func (c *Controller) writeStatusGuarded(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus) error {
 	before := d.Status
 	d.Status = st
-	err := c.c.UpdateStatus(ctx, "virtualdisks", d.Namespace, d.Name, d, nil)
+	err := c.C.UpdateStatus(ctx, "virtualdisks", d.Namespace, d.Name, d, nil)
 	if err != nil {
 		d.Status = before
 	}
@@ -256,7 +253,7 @@ func setCond(st *v1alpha1.VirtualDiskStatus, d *v1alpha1.VirtualDisk, typ, statu
 
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	var d v1alpha1.VirtualDisk
-	if ok, err := runtime.Read(ctx, c.c, "virtualdisks", key, &d); !ok {
+	if ok, err := runtime.Read(ctx, c.C, "virtualdisks", key, &d); !ok {
 		return runtime.Result{}, err
 	}
 	if err := storage.CheckUID(d.UID); err != nil {
@@ -276,7 +273,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		return runtime.Result{}, err
 	}
 	if !slices.Contains(d.Finalizers, Finalizer) {
-		if err := runtime.AddFinalizer(ctx, c.c, "virtualdisks", &d.ObjectMeta, Finalizer); err != nil {
+		if err := runtime.AddFinalizer(ctx, c.C, "virtualdisks", &d.ObjectMeta, Finalizer); err != nil {
 			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil // the change requeues the disk
@@ -317,7 +314,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 			// The class it lives in is gone (deleted in a race with the disk's creation: a
 			// class in use cannot be deleted). Its file cannot be found: the disk is left as it
 			// is, never marked lost, until a class of that name exists again.
-			c.log.Warn("the disk's storage class does not exist", "disk", key, "class", st.StorageClassName)
+			c.Log.Warn("the disk's storage class does not exist", "disk", key, "class", st.StorageClassName)
 			return runtime.Result{RequeueAfter: time.Minute}, nil
 		}
 		if isLocal(sc) && st.NodeName == "" {
@@ -336,7 +333,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	}
 	if isLocal(sc) && st.NodeName != c.cfg.NodeName {
 		// Its file is on another node's pool, which this host cannot see.
-		c.log.Debug("the disk is on another node", "disk", key, "node", st.NodeName)
+		c.Log.Debug("the disk is on another node", "disk", key, "node", st.NodeName)
 		return runtime.Result{}, nil
 	}
 	path := c.diskPath(sc, d.UID)
@@ -348,7 +345,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		st.Phase = v1alpha1.DiskPhaseFailed
 		setCond(&st, &d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonDiskLost,
 			"the disk was Ready but its file "+path+" is gone")
-		c.rec.Event(ctx, "VirtualDisk", &d, "Warning", ReasonDiskLost, "the disk file is gone")
+		c.Rec.Event(ctx, "VirtualDisk", &d, "Warning", ReasonDiskLost, "the disk file is gone")
 		return runtime.Result{}, c.writeStatus(ctx, &d, st)
 	case st.Phase == v1alpha1.DiskPhaseFailed && st.ObservedGeneration == d.Generation:
 		if wait, retry := c.retryAfterNoSpace(d.UID, st); retry {
@@ -361,10 +358,10 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	case exists:
 		info, err := storage.Info(ctx, path, "qcow2")
 		if err == nil {
-			c.log.Info("adopting a disk file", "disk", key, "path", path)
+			c.Log.Info("adopting a disk file", "disk", key, "path", path)
 			return runtime.Result{}, c.writeStatus(ctx, &d, c.readyStatus(&d, st, info.VirtualSize))
 		}
-		c.log.Warn("a disk file does not check; creating it again", "disk", key, "err", err)
+		c.Log.Warn("a disk file does not check; creating it again", "disk", key, "err", err)
 		if err := os.Remove(path); err != nil {
 			return runtime.Result{}, err
 		}
@@ -526,7 +523,7 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 		if ctx.Err() != nil {
 			return runtime.Result{}, ctx.Err()
 		}
-		c.log.Warn("creating the disk file failed", "disk", d.Namespace+"/"+d.Name, "err", err)
+		c.Log.Warn("creating the disk file failed", "disk", d.Namespace+"/"+d.Name, "err", err)
 		if images.IsNoSpace(err) {
 			storage.CleanTempFor(path)
 			c.noteNoSpace(d.UID)
@@ -542,8 +539,8 @@ func (c *Controller) provision(ctx context.Context, d *v1alpha1.VirtualDisk, st 
 	if src != nil && !src.readySince.IsZero() && d.CreationTimestamp != nil && src.readySince.After(d.CreationTimestamp.Time) {
 		st.Stats.CreationDuration.WaitingForDependencies = src.readySince.Sub(d.CreationTimestamp.Time).Round(time.Second).String()
 	}
-	c.log.Info("disk ready", "disk", d.Namespace+"/"+d.Name, "mode", mode, "size", size, "took", took.Round(time.Millisecond))
-	c.rec.Event(ctx, "VirtualDisk", d, "Normal", ReasonReady, fmt.Sprintf("created a %s disk of %s in %s", mode, images.HumanBytes(size), took.Round(time.Millisecond)))
+	c.Log.Info("disk ready", "disk", d.Namespace+"/"+d.Name, "mode", mode, "size", size, "took", took.Round(time.Millisecond))
+	c.Rec.Event(ctx, "VirtualDisk", d, "Normal", ReasonReady, fmt.Sprintf("created a %s disk of %s in %s", mode, images.HumanBytes(size), took.Round(time.Millisecond)))
 	return runtime.Result{}, c.writeStatus(ctx, d, st)
 }
 
@@ -571,7 +568,7 @@ func (c *Controller) fail(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alp
 	st.ObservedGeneration = d.Generation
 	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, reason, msg)
 	if d.Status.Phase != v1alpha1.DiskPhaseFailed {
-		c.rec.Event(ctx, "VirtualDisk", d, "Warning", reason, msg)
+		c.Rec.Event(ctx, "VirtualDisk", d, "Warning", reason, msg)
 	}
 	return c.writeStatus(ctx, d, st)
 }
@@ -583,7 +580,7 @@ func (c *Controller) fail(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alp
 // FetchRetryDelay.
 func (c *Controller) fetchImage(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, src *source) (res runtime.Result, err error, ok bool) {
 	key := d.Namespace + "/" + d.Name
-	c.log.Info("the disk's image is not in this serve's image store: fetching it through the API", "disk", key, "image", src.image.What)
+	c.Log.Info("the disk's image is not in this serve's image store: fetching it through the API", "disk", key, "image", src.image.What)
 	started := time.Now()
 	_, fetched, err := c.cfg.Fetcher.Ensure(ctx, *src.image)
 	c.mu.Lock()
@@ -595,19 +592,19 @@ func (c *Controller) fetchImage(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	c.mu.Unlock()
 	if err == nil {
 		if fetched {
-			c.log.Info("fetched the image into this serve's image store", "image", src.image.What, "took", time.Since(started).Round(time.Millisecond))
+			c.Log.Info("fetched the image into this serve's image store", "image", src.image.What, "took", time.Since(started).Round(time.Millisecond))
 		}
 		return runtime.Result{}, nil, true
 	}
 	if ctx.Err() != nil {
 		return runtime.Result{}, ctx.Err(), false
 	}
-	c.log.Warn("fetching the disk's image failed", "disk", key, "image", src.image.What, "err", err)
+	c.Log.Warn("fetching the disk's image failed", "disk", key, "image", src.image.What, "err", err)
 	msg := fmt.Sprintf("%v (this serve is %s); tried again within %s", err, c.cfg.NodeName, FetchRetryDelay)
 	st.Phase = v1alpha1.DiskPhasePending
 	setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionFalse, ReasonImageFetchFailed, msg)
 	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, ReasonImageFetchFailed, msg)
-	c.rec.Event(ctx, "VirtualDisk", d, "Warning", ReasonImageFetchFailed, msg) // repeats merge into one event
+	c.Rec.Event(ctx, "VirtualDisk", d, "Warning", ReasonImageFetchFailed, msg) // repeats merge into one event
 	return runtime.Result{RequeueAfter: FetchRetryDelay}, c.writeStatus(ctx, d, st), false
 }
 
@@ -704,10 +701,10 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 		// cannot: the disk goes, and an event names the file left behind.
 		node := d.Status.NodeName
 		cond := v1alpha1.FindCondition(d.Status.Conditions, v1alpha1.DiskConditionTerminating)
-		switch err := c.c.Get(ctx, "nodes", "", node, nil); {
+		switch err := c.C.Get(ctx, "nodes", "", node, nil); {
 		case cond != nil && cond.Status == v1alpha1.ConditionTrue && cond.Reason == v1alpha1.DiskReasonFileRemoved:
 		case client.IsNotFound(err):
-			c.rec.Event(ctx, "VirtualDisk", d, "Warning", "FileLeftOnNode", fmt.Sprintf(
+			c.Rec.Event(ctx, "VirtualDisk", d, "Warning", "FileLeftOnNode", fmt.Sprintf(
 				"the disk's file is on node %s, which no longer exists; remove %s there if the host comes back", node, path))
 		case err != nil:
 			return runtime.Result{}, err
@@ -730,15 +727,15 @@ func (c *Controller) finalize(ctx context.Context, d *v1alpha1.VirtualDisk) (run
 	}
 	// The disk's lease goes with it (no VM lists the disk any more): a disk made again under
 	// the same name starts with a free lease.
-	if err := c.c.Delete(ctx, runtime.DiskLeaseResource, d.Namespace, d.Name); err != nil && !client.IsNotFound(err) {
+	if err := c.C.Delete(ctx, runtime.DiskLeaseResource, d.Namespace, d.Name); err != nil && !client.IsNotFound(err) {
 		return runtime.Result{}, fmt.Errorf("deleting the disk's lease: %w", err)
 	}
 	rest := slices.DeleteFunc(slices.Clone(d.Finalizers), func(f string) bool { return f == Finalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": d.ResourceVersion}})
-	if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {
+	if err := c.C.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {
 		return runtime.Result{}, fmt.Errorf("removing finalizer: %w", err)
 	}
-	c.log.Info("disk deleted", "disk", d.Namespace+"/"+d.Name, "path", path)
+	c.Log.Info("disk deleted", "disk", d.Namespace+"/"+d.Name, "path", path)
 	return runtime.Result{}, nil
 }
 

@@ -36,7 +36,7 @@ func (c *Controller) backupSource(ctx context.Context, d *v1alpha1.VirtualDisk) 
 	}
 	what := fmt.Sprintf("VirtualMachineBackup %q", r.Name)
 	var b v1alpha1.VirtualMachineBackup
-	if err := c.c.Get(ctx, "virtualmachinebackups", d.Namespace, r.Name, &b); err != nil {
+	if err := c.C.Get(ctx, "virtualmachinebackups", d.Namespace, r.Name, &b); err != nil {
 		if client.IsNotFound(err) {
 			return nil, ReasonBackupNotFound, fmt.Sprintf("waiting for %s: not found", what)
 		}
@@ -50,7 +50,7 @@ func (c *Controller) backupSource(ctx context.Context, d *v1alpha1.VirtualDisk) 
 		return nil, ReasonBackupNotReady, fmt.Sprintf("waiting for %s to complete (it is %s)", what, phaseOrPending(string(b.Status.Phase)))
 	}
 	var t v1alpha1.BackupTarget
-	if err := c.c.Get(ctx, "backuptargets", "", b.Spec.BackupTargetName, &t); err != nil || t.Spec.Directory == nil {
+	if err := c.C.Get(ctx, "backuptargets", "", b.Spec.BackupTargetName, &t); err != nil || t.Spec.Directory == nil {
 		return nil, ReasonBackupNotReady, fmt.Sprintf("the BackupTarget %q of %s cannot be read: %v", b.Spec.BackupTargetName, what, err)
 	}
 	if _, err := os.Stat(filepath.Join(t.Spec.Directory.Path, "manifests")); err != nil {

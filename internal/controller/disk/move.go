@@ -189,7 +189,7 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	if err := c.writeStatus(ctx, d, st); err != nil {
 		return true, runtime.Result{}, err
 	}
-	log := c.log.With("disk", d.Namespace+"/"+d.Name, "from", from, "to", want)
+	log := c.Log.With("disk", d.Namespace+"/"+d.Name, "from", from, "to", want)
 	err := c.copyVerified(ctx, src, dst)
 	if err != nil {
 		storage.CleanTempFor(dst)
@@ -201,7 +201,7 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 		st.Progress = "100%"
 		msg := fmt.Sprintf("moving to storage class %q failed; the disk stays in %q: %v", want, from, err)
 		setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, msg)
-		c.rec.Event(ctx, "VirtualDisk", d, "Warning", ReasonMoveFailed, msg)
+		c.Rec.Event(ctx, "VirtualDisk", d, "Warning", ReasonMoveFailed, msg)
 		return true, runtime.Result{}, c.writeStatus(ctx, d, st)
 	}
 	st.Phase = v1alpha1.DiskPhaseReady
@@ -216,7 +216,7 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 		// the status, read again, still names the old class (whose file is untouched); the
 		// next try makes it again. Otherwise both files stay, and the next pass decides.
 		var now v1alpha1.VirtualDisk
-		if gerr := c.c.Get(ctx, "virtualdisks", d.Namespace, d.Name, &now); gerr == nil && now.UID == d.UID && now.Status.StorageClassName == from {
+		if gerr := c.C.Get(ctx, "virtualdisks", d.Namespace, d.Name, &now); gerr == nil && now.UID == d.UID && now.Status.StorageClassName == from {
 			_ = os.Remove(dst)
 		}
 		return true, runtime.Result{}, err
@@ -226,13 +226,13 @@ func (c *Controller) reconcileMove(ctx context.Context, d *v1alpha1.VirtualDisk,
 	// removed from under the VM.
 	if _, err := storage.Info(ctx, src, "qcow2"); storage.IsLocked(err) {
 		log.Warn("the disk's old file is open in a QEMU: it is kept", "path", src)
-		c.rec.Event(ctx, "VirtualDisk", d, "Warning", "OldFileInUse", fmt.Sprintf(
+		c.Rec.Event(ctx, "VirtualDisk", d, "Warning", "OldFileInUse", fmt.Sprintf(
 			"the disk moved to storage class %q, but a QEMU still had its old file %s open: the old file is kept; stop that VM and remove the file", want, src))
 	} else if err := os.Remove(src); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("removing the disk's old file after the move", "path", src, "err", err)
 	}
 	log.Info("disk moved", "took", took)
-	c.rec.Event(ctx, "VirtualDisk", d, "Normal", ReasonMoved, msg)
+	c.Rec.Event(ctx, "VirtualDisk", d, "Normal", ReasonMoved, msg)
 	return true, runtime.Result{}, nil
 }
 
@@ -244,7 +244,7 @@ func (c *Controller) dropMoveToNode(ctx context.Context, d *v1alpha1.VirtualDisk
 	if err != nil {
 		return err
 	}
-	if err := c.c.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {
+	if err := c.C.Patch(ctx, "virtualdisks", d.Namespace, d.Name, patch, nil); err != nil && !client.IsNotFound(err) {
 		return fmt.Errorf("taking the annotation %s off: %w", v1alpha1.AnnotationMoveToNode, err)
 	}
 	return nil
@@ -270,7 +270,7 @@ func (c *Controller) copyVerified(ctx context.Context, src, dst string) error {
 // whose QEMU may have it open or is about to (bound to a node, or in a running phase), or
 // that is hibernated (its saved state needs the disk where it is); "" if none.
 func (c *Controller) runningUser(ctx context.Context, d *v1alpha1.VirtualDisk) (name string, hibernated bool, err error) {
-	l, err := c.c.List(ctx, "virtualmachines", d.Namespace, client.ListOptions{})
+	l, err := c.C.List(ctx, "virtualmachines", d.Namespace, client.ListOptions{})
 	if err != nil {
 		return "", false, fmt.Errorf("listing the VMs of project %s: %w", d.Namespace, err)
 	}
@@ -313,7 +313,7 @@ func (c *Controller) runningUser(ctx context.Context, d *v1alpha1.VirtualDisk) (
 // status.moveSourceNodeName names that node: node's agent fetches the file from it.
 func (c *Controller) delegateMove(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, from, want, node, source string) (bool, runtime.Result, error) {
 	var n v1alpha1.Node
-	if err := c.c.Get(ctx, "nodes", "", node, &n); err != nil {
+	if err := c.C.Get(ctx, "nodes", "", node, &n); err != nil {
 		if client.IsNotFound(err) {
 			st.Phase = v1alpha1.DiskPhaseReady
 			setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionFalse, ReasonMoveFailed, fmt.Sprintf("cannot move to storage class %q on node %s: there is no such node", want, node))
@@ -330,6 +330,6 @@ func (c *Controller) delegateMove(ctx context.Context, d *v1alpha1.VirtualDisk, 
 		msg = fmt.Sprintf("node %s's agent copies the disk from storage class %q on node %s to %q", node, from, source, want)
 	}
 	setCond(&st, d, v1alpha1.DiskConditionMigrating, v1alpha1.ConditionTrue, ReasonMovingOnNode, msg)
-	c.log.Info("a node's agent moves the disk", "disk", d.Namespace+"/"+d.Name, "node", node, "source", source, "from", from, "to", want)
+	c.Log.Info("a node's agent moves the disk", "disk", d.Namespace+"/"+d.Name, "node", node, "source", source, "from", from, "to", want)
 	return true, runtime.Result{}, c.writeStatusGuarded(ctx, d, st)
 }

@@ -40,7 +40,7 @@ func (c *Controller) provisionOnNode(ctx context.Context, d *v1alpha1.VirtualDis
 		setCond(&st, d, v1alpha1.DiskConditionDatasourceReady, v1alpha1.ConditionTrue, ReasonDataSourceReady, "")
 	}
 	var n v1alpha1.Node
-	if err := c.c.Get(ctx, "nodes", "", st.NodeName, &n); err != nil {
+	if err := c.C.Get(ctx, "nodes", "", st.NodeName, &n); err != nil {
 		if !client.IsNotFound(err) {
 			return runtime.Result{}, err
 		}

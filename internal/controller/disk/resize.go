@@ -65,7 +65,7 @@ func (c *Controller) reconcileSize(ctx context.Context, d *v1alpha1.VirtualDisk,
 			st.Phase = v1alpha1.DiskPhaseResizing
 			msg := fmt.Sprintf("a running VM uses the disk: its node agent grows it from %s to %s", images.HumanBytes(info.VirtualSize), images.HumanBytes(want))
 			setCond(&st, d, v1alpha1.DiskConditionResizing, v1alpha1.ConditionTrue, ReasonResizingInVM, msg)
-			c.log.Info("disk resize handed to the VM", "disk", d.Namespace+"/"+d.Name, "from", info.VirtualSize, "to", want)
+			c.Log.Info("disk resize handed to the VM", "disk", d.Namespace+"/"+d.Name, "from", info.VirtualSize, "to", want)
 			if err := c.writeStatus(ctx, d, st); err != nil {
 				return runtime.Result{}, err
 			}
@@ -90,7 +90,7 @@ func (c *Controller) resized(ctx context.Context, d *v1alpha1.VirtualDisk, st v1
 	st.Capacity = string(v1alpha1.BytesQuantity(size)) // exact: a later resize compares against it
 	st.ObservedGeneration = d.Generation
 	setCond(&st, d, v1alpha1.DiskConditionResizing, v1alpha1.ConditionFalse, ReasonResized, "the disk is "+st.Capacity)
-	c.log.Info("disk resized", "disk", d.Namespace+"/"+d.Name, "from", old, "to", st.Capacity)
-	c.rec.Event(ctx, "VirtualDisk", d, "Normal", ReasonResized, fmt.Sprintf("grown from %s to %s", old, st.Capacity))
+	c.Log.Info("disk resized", "disk", d.Namespace+"/"+d.Name, "from", old, "to", st.Capacity)
+	c.Rec.Event(ctx, "VirtualDisk", d, "Normal", ReasonResized, fmt.Sprintf("grown from %s to %s", old, st.Capacity))
 	return c.writeStatus(ctx, d, st)
 }

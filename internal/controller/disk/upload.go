@@ -50,7 +50,7 @@ func (c *Controller) startUpload(ctx context.Context, d *v1alpha1.VirtualDisk, s
 }
 
 func (c *Controller) runUpload(ctx context.Context, d *v1alpha1.VirtualDisk, token string, cs *v1alpha1.Checksum, path string, requested int64) {
-	log := c.log.With("disk", d.Namespace+"/"+d.Name, "uid", d.UID)
+	log := c.Log.With("disk", d.Namespace+"/"+d.Name, "uid", d.UID)
 	w := c.cfg.Uploads.Wait(token)
 	defer w.Close()
 	st := d.Status
@@ -91,7 +91,7 @@ func (c *Controller) runUpload(ctx context.Context, d *v1alpha1.VirtualDisk, tok
 // file of the pool and makes it the disk; run must leave the disk at path when it succeeds.
 func (c *Controller) importDisk(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, path string,
 	requested int64, what string, run func(ctx context.Context, staged string, opts images.Options) (*images.Result, error)) {
-	log := c.log.With("disk", d.Namespace+"/"+d.Name, "uid", d.UID)
+	log := c.Log.With("disk", d.Namespace+"/"+d.Name, "uid", d.UID)
 	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	started := time.Now()
@@ -108,13 +108,13 @@ func (c *Controller) importDisk(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	// pool, and then becomes the disk.
 	staged := filepath.Join(filepath.Dir(path), storage.TempPrefix+filepath.Base(path)+"-import")
 	defer os.Remove(staged)
-	opts := imports.Progress{Client: c.c, Resource: "virtualdisks", Object: &d.ObjectMeta, Interval: c.cfg.ProgressInterval}.
+	opts := imports.Progress{Client: c.C, Resource: "virtualdisks", Object: &d.ObjectMeta, Interval: c.cfg.ProgressInterval}.
 		Options(ctx, c.cfg.MaxUnpackedSize)
 	res, err := run(ctx, staged, opts)
 	if ctx.Err() != nil {
 		return
 	}
-	if fresh := (v1alpha1.VirtualDisk{}); c.c.Get(wctx, "virtualdisks", d.Namespace, d.Name, &fresh) == nil {
+	if fresh := (v1alpha1.VirtualDisk{}); c.C.Get(wctx, "virtualdisks", d.Namespace, d.Name, &fresh) == nil {
 		st.DownloadSpeed = fresh.Status.DownloadSpeed
 	}
 	if err != nil {
@@ -133,7 +133,7 @@ func (c *Controller) importDisk(ctx context.Context, d *v1alpha1.VirtualDisk, st
 	size := max(requested, res.VirtualSize)
 	st = c.readyStatus(d, st, size)
 	log.Info("disk ready from an import", "source", what, "format", res.SourceFormat, "size", size, "took", time.Since(started).Round(time.Millisecond))
-	c.rec.Event(wctx, "VirtualDisk", d, "Normal", ReasonReady, fmt.Sprintf("made from %s (%s, %s)", what, res.SourceFormat, images.HumanBytes(res.VirtualSize)))
+	c.Rec.Event(wctx, "VirtualDisk", d, "Normal", ReasonReady, fmt.Sprintf("made from %s (%s, %s)", what, res.SourceFormat, images.HumanBytes(res.VirtualSize)))
 	if err := c.writeStatus(wctx, d, st); err != nil {
 		log.Warn("writing status", "err", err)
 	}
@@ -160,7 +160,7 @@ func (c *Controller) startImport(ctx context.Context, d *v1alpha1.VirtualDisk, s
 					fmt.Sprintf("imagePullSecret: a disk may use only Secrets of its own project %q, not %q", d.Namespace, ps.Namespace))
 			}
 			var sec v1alpha1.Secret
-			if err := c.c.Get(ctx, "secrets", d.Namespace, ps.Name, &sec); err != nil {
+			if err := c.C.Get(ctx, "secrets", d.Namespace, ps.Name, &sec); err != nil {
 				if client.IsNotFound(err) {
 					st.Phase = v1alpha1.DiskPhasePending
 					st.ObservedGeneration = d.Generation
@@ -225,8 +225,8 @@ func (c *Controller) makeDiskFromUpload(ctx context.Context, res *images.Result,
 func (c *Controller) failUpload(ctx context.Context, d *v1alpha1.VirtualDisk, st v1alpha1.VirtualDiskStatus, reason, msg string) {
 	st.Phase = v1alpha1.DiskPhaseFailed
 	setCond(&st, d, v1alpha1.DiskConditionReady, v1alpha1.ConditionFalse, reason, msg)
-	c.rec.Event(ctx, "VirtualDisk", d, "Warning", reason, msg)
+	c.Rec.Event(ctx, "VirtualDisk", d, "Warning", reason, msg)
 	if err := c.writeStatus(ctx, d, st); err != nil && !client.IsNotFound(err) {
-		c.log.Warn("writing status", "disk", d.Namespace+"/"+d.Name, "err", err)
+		c.Log.Warn("writing status", "disk", d.Namespace+"/"+d.Name, "err", err)
 	}
 }

@@ -108,11 +108,8 @@ type imageView struct {
 
 // Controller reconciles images.
 type Controller struct {
-	cfg     Config
-	c       client.Interface
-	log     *slog.Logger
-	rec     *runtime.Recorder
-	base    runtime.Base
+	cfg Config
+	runtime.Base
 	cvi     *kind
 	vi      *kind
 	cvis    *runtime.TypedInformer[v1alpha1.ClusterVirtualImage]
@@ -151,7 +148,7 @@ func New(cfg Config) *Controller {
 	}
 	cfg.UploadTimeout = runtime.OrDefault(cfg.UploadTimeout, images.DefaultUploadTimeout)
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "image-controller", "controller", "image")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b, jobs: runtime.NewJobs(),
+	c := &Controller{cfg: cfg, Base: b, jobs: runtime.NewJobs(),
 		failed: map[string]time.Time{}, fetchFailed: map[string]fetchFailure{}}
 	f := b.Informers
 	c.cvis, c.vis, c.disks, c.vms = f.ClusterVirtualImages(), f.VirtualImages(), f.VirtualDisks(), f.VirtualMachines()
@@ -173,7 +170,7 @@ func New(cfg Config) *Controller {
 	// disks (images copied from a disk; a disk that goes may free an image being deleted)
 	// and of VMs (a VM that goes may free an image being deleted).
 	for _, k := range []*kind{c.cvi, c.vi} {
-		k.ctl = runtime.NewController(k.resource, c.log).
+		k.ctl = runtime.NewController(k.resource, c.Log).
 			For(k.src).
 			Watches(c.cvis, func(key runtime.Key) []runtime.Key { return c.dependents(k, c.cvi, key) }).
 			Watches(c.vis, func(key runtime.Key) []runtime.Key { return c.dependents(k, c.vi, key) }).
@@ -210,7 +207,7 @@ func (c *Controller) imagesDir() string { return filepath.Dir(storage.ImagePath(
 // Run reconciles until ctx ends, then stops the imports in flight (they restart on the next
 // start).
 func (c *Controller) Run(ctx context.Context) error {
-	if c.c == nil || c.cfg.DataDir == "" {
+	if c.C == nil || c.cfg.DataDir == "" {
 		return errors.New("image controller: Client and DataDir are required")
 	}
 	if err := os.MkdirAll(c.imagesDir(), 0o700); err != nil {
@@ -218,9 +215,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	// No import runs yet: whatever temporary file is there was left by a crash.
 	if err := storage.CleanTemp(c.imagesDir()); err != nil {
-		c.log.Warn("removing leftover temporary files", "dir", c.imagesDir(), "err", err)
+		c.Log.Warn("removing leftover temporary files", "dir", c.imagesDir(), "err", err)
 	}
-	err := c.base.Run(ctx, c.cvi.ctl, c.vi.ctl)
+	err := c.Base.Run(ctx, c.cvi.ctl, c.vi.ctl)
 	c.jobs.CancelAll()
 	return err
 }
@@ -271,13 +268,13 @@ func (c *Controller) get(ctx context.Context, k *kind, key runtime.Key) (*image,
 	img := &image{kind: k}
 	if k.namespaced {
 		var vi v1alpha1.VirtualImage
-		if err := c.c.Get(ctx, k.resource, ns, name, &vi); err != nil {
+		if err := c.C.Get(ctx, k.resource, ns, name, &vi); err != nil {
 			return nil, err
 		}
 		img.obj, img.meta, img.ds, img.status = &vi, &vi.ObjectMeta, &vi.Spec.DataSource, &vi.Status
 	} else {
 		var cvi v1alpha1.ClusterVirtualImage
-		if err := c.c.Get(ctx, k.resource, "", name, &cvi); err != nil {
+		if err := c.C.Get(ctx, k.resource, "", name, &cvi); err != nil {
 			return nil, err
 		}
 		img.obj, img.meta, img.ds, img.status = &cvi, &cvi.ObjectMeta, &cvi.Spec.DataSource, &cvi.Status
@@ -295,7 +292,7 @@ func (img *image) String() string {
 // writeStatus replaces the image's status with st (the controller owns the whole status);
 // an unchanged status is not written.
 func (c *Controller) writeStatus(ctx context.Context, img *image, st v1alpha1.ImageStatus) error {
-	return runtime.ReplaceStatus(ctx, c.c, img.kind.resource, img.obj, *img.status, st, func() { *img.status = st })
+	return runtime.ReplaceStatus(ctx, c.C, img.kind.resource, img.obj, *img.status, st, func() { *img.status = st })
 }
 
 func fileExists(p string) bool {
@@ -319,7 +316,7 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 		return c.finalize(ctx, img)
 	}
 	if !slices.Contains(m.Finalizers, Finalizer) {
-		if err := runtime.AddFinalizer(ctx, c.c, k.resource, m, Finalizer); err != nil {
+		if err := runtime.AddFinalizer(ctx, c.C, k.resource, m, Finalizer); err != nil {
 			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil // the change requeues the image
@@ -346,7 +343,7 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 			msg += " (" + f.err.Error() + ")"
 		}
 		setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, ReasonImageLost, msg)
-		c.rec.Event(ctx, k.name, img.obj, "Warning", ReasonImageLost, "the image file is gone")
+		c.Rec.Event(ctx, k.name, img.obj, "Warning", ReasonImageLost, "the image file is gone")
 		return runtime.Result{}, c.writeStatus(ctx, img, st)
 	case st.Phase == v1alpha1.ImagePhaseFailed && st.ObservedGeneration == m.Generation:
 		cond := v1alpha1.FindCondition(st.Conditions, v1alpha1.ImageConditionReady)
@@ -364,7 +361,7 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 		// The import finished but its status was not written: check and adopt the file.
 		res, err := images.Describe(ctx, path)
 		if err == nil {
-			c.log.Info("adopting a stored image file", "image", img.String(), "path", path)
+			c.Log.Info("adopting a stored image file", "image", img.String(), "path", path)
 			c.noteStoredOn(ctx, img)
 			return runtime.Result{}, c.writeStatus(ctx, img, readyStatus(st, m, res))
 		}
@@ -372,7 +369,7 @@ func (c *Controller) reconcile(ctx context.Context, k *kind, key runtime.Key) (r
 			// The controller is stopping: the check was cut short, the file is not bad.
 			return runtime.Result{}, ctx.Err()
 		}
-		c.log.Warn("a stored image file does not check; importing again", "image", img.String(), "err", err)
+		c.Log.Warn("a stored image file does not check; importing again", "image", img.String(), "err", err)
 		if err := os.Remove(path); err != nil {
 			return runtime.Result{}, err
 		}
@@ -528,7 +525,7 @@ func (c *Controller) launchJob(img *image, fn func(ctx context.Context)) {
 
 func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) {
 	m := img.meta
-	log := c.log.With("image", img.String(), "uid", m.UID)
+	log := c.Log.With("image", img.String(), "uid", m.UID)
 	dst := storage.ImagePath(c.cfg.DataDir, m.UID)
 	storage.CleanTempFor(dst)
 	start := time.Now()
@@ -553,9 +550,9 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 		return // requeued; the import starts again
 	}
 	log.Info("import started", "source", string(img.ds.Type))
-	c.rec.Event(ctx, img.kind.name, img.obj, "Normal", "ImportStarted", "importing from a "+string(img.ds.Type)+" source")
+	c.Rec.Event(ctx, img.kind.name, img.obj, "Normal", "ImportStarted", "importing from a "+string(img.ds.Type)+" source")
 
-	opts := imports.Progress{Client: c.c, Resource: img.kind.resource, Object: m, Interval: c.cfg.ProgressInterval, Log: log,
+	opts := imports.Progress{Client: c.C, Resource: img.kind.resource, Object: m, Interval: c.cfg.ProgressInterval, Log: log,
 		Fields: func(p images.Progress, s map[string]any) {
 			s["phase"] = v1alpha1.ImagePhaseProvisioning
 			// During the import the sizes are what has arrived (stored) and what it unpacked
@@ -591,7 +588,7 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 		c.mu.Lock()
 		c.failed[m.UID] = time.Now()
 		c.mu.Unlock()
-		c.rec.Event(wctx, img.kind.name, img.obj, "Warning", reason, msg)
+		c.Rec.Event(wctx, img.kind.name, img.obj, "Warning", reason, msg)
 		if err := c.writeStatus(wctx, img, st); err != nil {
 			log.Warn("writing status", "err", err)
 		}
@@ -608,7 +605,7 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 	st = readyStatus(st, m, res)
 	log.Info("image ready", "format", res.Format, "virtual-size", res.VirtualSize, "stored-size", res.StoredSize,
 		"took", time.Since(start).Round(time.Millisecond))
-	c.rec.Event(wctx, img.kind.name, img.obj, "Normal", "Ready",
+	c.Rec.Event(wctx, img.kind.name, img.obj, "Normal", "Ready",
 		fmt.Sprintf("imported in %s: %s, %s stored, %s virtual", time.Since(start).Round(time.Second), res.Format,
 			images.HumanBytes(res.StoredSize), images.HumanBytes(res.VirtualSize)))
 	// Noted before the status says Ready, so that whoever sees it Ready sees where it is.
@@ -622,8 +619,8 @@ func (c *Controller) runImport(ctx context.Context, img *image, run importFunc) 
 // file (the API's image data relay names the holders when none of them answers).
 func (c *Controller) noteStoredOn(ctx context.Context, img *image) {
 	m := img.meta
-	if err := images.AddStoredOn(ctx, c.c, img.kind.resource, m.Namespace, m.Name, m.UID, c.cfg.NodeName); err != nil {
-		c.log.Warn("noting that this serve stores the image", "image", img.String(), "err", err)
+	if err := images.AddStoredOn(ctx, c.C, img.kind.resource, m.Namespace, m.Name, m.UID, c.cfg.NodeName); err != nil {
+		c.Log.Warn("noting that this serve stores the image", "image", img.String(), "err", err)
 	}
 }
 
@@ -681,18 +678,18 @@ func (c *Controller) runFetch(ctx context.Context, img *image, st v1alpha1.Image
 		return
 	}
 	if err != nil {
-		c.log.Warn("fetching a Ready image's file into this serve's image store failed", "image", img.String(), "err", err)
+		c.Log.Warn("fetching a Ready image's file into this serve's image store failed", "image", img.String(), "err", err)
 		c.mu.Lock()
 		c.fetchFailed[m.UID] = fetchFailure{at: time.Now(), err: err}
 		c.mu.Unlock()
-		c.rec.Event(ctx, img.kind.name, img.obj, "Warning", "ImageFetchFailed", fmt.Sprintf("%v (this serve is %s)", err, c.cfg.NodeName))
+		c.Rec.Event(ctx, img.kind.name, img.obj, "Warning", "ImageFetchFailed", fmt.Sprintf("%v (this serve is %s)", err, c.cfg.NodeName))
 		return
 	}
 	c.mu.Lock()
 	delete(c.fetchFailed, m.UID)
 	c.mu.Unlock()
 	if fetched {
-		c.log.Info("fetched a Ready image's file into this serve's image store", "image", img.String(), "took", time.Since(started).Round(time.Millisecond))
+		c.Log.Info("fetched a Ready image's file into this serve's image store", "image", img.String(), "took", time.Since(started).Round(time.Millisecond))
 	}
 }
 
@@ -721,18 +718,18 @@ func (c *Controller) finalize(ctx context.Context, img *image) (runtime.Result, 
 	}
 	storage.CleanTempFor(path)
 	if err := storage.ReleaseContent(c.cfg.DataDir, img.status.SHA256); err != nil {
-		c.log.Warn("releasing the content-addressed name", "image", img.String(), "err", err)
+		c.Log.Warn("releasing the content-addressed name", "image", img.String(), "err", err)
 	}
 	rest := slices.DeleteFunc(slices.Clone(m.Finalizers), func(f string) bool { return f == Finalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": m.ResourceVersion}})
-	if err := c.c.Patch(ctx, img.kind.resource, m.Namespace, m.Name, patch, nil); err != nil && !client.IsNotFound(err) {
+	if err := c.C.Patch(ctx, img.kind.resource, m.Namespace, m.Name, patch, nil); err != nil && !client.IsNotFound(err) {
 		return runtime.Result{}, fmt.Errorf("removing finalizer: %w", err)
 	}
 	c.mu.Lock()
 	delete(c.failed, m.UID)
 	delete(c.fetchFailed, m.UID)
 	c.mu.Unlock()
-	c.log.Info("image deleted", "image", img.String(), "path", path)
+	c.Log.Info("image deleted", "image", img.String(), "path", path)
 	return runtime.Result{}, nil
 }
 

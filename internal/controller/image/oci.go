@@ -32,7 +32,7 @@ func (c *Controller) startOCI(ctx context.Context, img *image, st v1alpha1.Image
 				"imagePullSecret: a ClusterVirtualImage must name the Secret's project in imagePullSecret.namespace")
 		}
 		var sec v1alpha1.Secret
-		err := c.c.Get(ctx, "secrets", ns, ps.Name, &sec)
+		err := c.C.Get(ctx, "secrets", ns, ps.Name, &sec)
 		switch {
 		case client.IsNotFound(err):
 			return runtime.Result{RequeueAfter: c.cfg.RetryDelay / 4}, c.pending(ctx, img, st, ReasonWaitForSource,

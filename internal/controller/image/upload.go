@@ -34,7 +34,7 @@ func (c *Controller) startUpload(ctx context.Context, img *image, st v1alpha1.Im
 
 func (c *Controller) runUpload(ctx context.Context, img *image, token string, cs *v1alpha1.Checksum) {
 	m := img.meta
-	log := c.log.With("image", img.String(), "uid", m.UID)
+	log := c.Log.With("image", img.String(), "uid", m.UID)
 	w := c.cfg.Uploads.Wait(token)
 	defer w.Close()
 	st := *img.status
@@ -61,7 +61,7 @@ func (c *Controller) runUpload(ctx context.Context, img *image, token string, cs
 		st.ImageUploadURLs = nil
 		msg := fmt.Sprintf("nobody uploaded the file within %s; delete the image and create it again for a new upload URL", c.cfg.UploadTimeout)
 		setCond(&st, m, v1alpha1.ImageConditionReady, v1alpha1.ConditionFalse, images.ReasonUploadTimeout, msg)
-		c.rec.Event(ctx, img.kind.name, img.obj, "Warning", images.ReasonUploadTimeout, msg)
+		c.Rec.Event(ctx, img.kind.name, img.obj, "Warning", images.ReasonUploadTimeout, msg)
 		if err := c.writeStatus(ctx, img, st); err != nil {
 			log.Warn("writing status", "err", err)
 		}

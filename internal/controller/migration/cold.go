@@ -54,7 +54,7 @@ func (c *Controller) coldEvict(ctx context.Context, vm *v1alpha1.VirtualMachine,
 				vm.Status.NodeName, strings.Join(names, ", ")))
 		}
 		child := c.childOp(vm, op, stopName, v1alpha1.VMOPTypeStop)
-		if err := c.c.Create(ctx, "virtualmachineoperations", vm.Namespace, child, nil); err != nil && !client.IsConflict(err) && !client.IsAlreadyExists(err) {
+		if err := c.C.Create(ctx, "virtualmachineoperations", vm.Namespace, child, nil); err != nil && !client.IsConflict(err) && !client.IsAlreadyExists(err) {
 			return runtime.Result{}, err
 		}
 		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseInProgress, "InProgress", fmt.Sprintf(
@@ -73,7 +73,7 @@ func (c *Controller) coldEvict(ctx context.Context, vm *v1alpha1.VirtualMachine,
 			fmt.Sprintf("the virtual machine was stopped; its runPolicy %s leaves it stopped", rp))
 	case v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually:
 		if !hasStart {
-			if err := c.c.Create(ctx, "virtualmachineoperations", vm.Namespace, c.childOp(vm, op, startName, v1alpha1.VMOPTypeStart), nil); err != nil &&
+			if err := c.C.Create(ctx, "virtualmachineoperations", vm.Namespace, c.childOp(vm, op, startName, v1alpha1.VMOPTypeStart), nil); err != nil &&
 				!client.IsConflict(err) && !client.IsAlreadyExists(err) {
 				return runtime.Result{}, err
 			}

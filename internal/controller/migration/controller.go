@@ -59,10 +59,8 @@ type Config struct {
 
 // Controller is the migration controller.
 type Controller struct {
-	cfg   Config
-	c     client.Interface
-	log   *slog.Logger
-	rec   *runtime.Recorder
+	cfg Config
+	runtime.Base
 	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	ops   *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
 	disks *runtime.TypedInformer[v1alpha1.VirtualDisk]
@@ -86,11 +84,11 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Now = time.Now
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-migration-controller", "component", "migration-controller")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec}
+	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.vms, c.ops, c.disks = f.VirtualMachines(), f.VirtualMachineOperations(), f.VirtualDisks()
 	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")
-	c.ctl = runtime.NewController("migration", c.log).
+	c.ctl = runtime.NewController("migration", c.Log).
 		For(c.vms).
 		Watches(c.ops, func(k runtime.Key) []runtime.Key {
 			if op, ok := c.ops.Get(k); ok {
@@ -241,7 +239,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		// controller just wrote yet (the operation's cache can be ahead of the VM's): only a
 		// fresh read decides that it is gone (replaced by hand, or lost).
 		var fresh v1alpha1.VirtualMachine
-		if err := c.c.Get(ctx, "virtualmachines", ns, name, &fresh); client.IsNotFound(err) {
+		if err := c.C.Get(ctx, "virtualmachines", ns, name, &fresh); client.IsNotFound(err) {
 			return runtime.Result{}, nil // the VM is gone: its deletion brings the operation's end
 		} else if err != nil {
 			return runtime.Result{}, err
@@ -400,7 +398,7 @@ func (c *Controller) begin(ctx context.Context, vm *v1alpha1.VirtualMachine, op 
 	if err != nil {
 		return err
 	}
-	c.log.Info("live migration started", "vm", vm.Namespace+"/"+vm.Name, "op", op.Name, "from", vm.Status.NodeName, "localDisks", len(disks), "autoConverge", pol.AutoConverge)
+	c.Log.Info("live migration started", "vm", vm.Namespace+"/"+vm.Name, "op", op.Name, "from", vm.Status.NodeName, "localDisks", len(disks), "autoConverge", pol.AutoConverge)
 	return c.writeOp(ctx, op, v1alpha1.VMOPPhaseInProgress, "InProgress", "choosing a target node")
 }
 
@@ -488,8 +486,8 @@ func (c *Controller) fail(ctx context.Context, vm *v1alpha1.VirtualMachine, id, 
 		return nil
 	}
 	if err == nil {
-		c.log.Info("live migration ended", "vm", vm.Namespace+"/"+vm.Name, "reason", reason, "message", msg)
-		c.rec.Event(ctx, "VirtualMachine", vm, "Warning", "MigrationFailed", msg)
+		c.Log.Info("live migration ended", "vm", vm.Namespace+"/"+vm.Name, "reason", reason, "message", msg)
+		c.Rec.Event(ctx, "VirtualMachine", vm, "Warning", "MigrationFailed", msg)
 	}
 	return err
 }
@@ -497,7 +495,7 @@ func (c *Controller) fail(ctx context.Context, vm *v1alpha1.VirtualMachine, id, 
 // patchMigration writes status.migrationState as mutate sets it, guarded by the value read
 // and by status.nodeName.
 func (c *Controller) patchMigration(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine) error) error {
-	_, err := runtime.PatchVMStatus(ctx, c.c, vm, []string{"migrationState"}, []string{"nodeName"}, mutate)
+	_, err := runtime.PatchVMStatus(ctx, c.C, vm, []string{"migrationState"}, []string{"nodeName"}, mutate)
 	return err
 }
 
@@ -507,13 +505,13 @@ func (c *Controller) moveLocalDisks(ctx context.Context, vm *v1alpha1.VirtualMac
 	// The disk leases follow the VM: the target's QEMU writes its disks now.
 	if vm.Status.NodeName == m.Target.Node && m.Target.Node != "" {
 		for _, d := range runtime.WritableDisks(vm) {
-			moved, err := runtime.MoveDiskLease(ctx, c.c, vm.Namespace, d, m.Source.Node, m.Target.Node, vm.UID,
+			moved, err := runtime.MoveDiskLease(ctx, c.C, vm.Namespace, d, m.Source.Node, m.Target.Node, vm.UID,
 				fmt.Sprintf("the migration controller: VM %s migrated from node %s to node %s", vm.Name, m.Source.Node, m.Target.Node))
 			if err != nil {
 				return err
 			}
 			if moved {
-				c.log.Info("disk lease moved with its VM", "disk", vm.Namespace+"/"+d, "from", m.Source.Node, "to", m.Target.Node)
+				c.Log.Info("disk lease moved with its VM", "disk", vm.Namespace+"/"+d, "from", m.Source.Node, "to", m.Target.Node)
 			}
 		}
 	}
@@ -527,14 +525,14 @@ func (c *Controller) moveLocalDisks(ctx context.Context, vm *v1alpha1.VirtualMac
 			{"op": "test", "path": "/status/nodeName", "value": m.Source.Node},
 			{"op": "replace", "path": "/status/nodeName", "value": m.Target.Node},
 		})
-		err := c.c.JSONPatchStatus(ctx, "virtualdisks", vm.Namespace, d.Name, body, nil)
+		err := c.C.JSONPatchStatus(ctx, "virtualdisks", vm.Namespace, d.Name, body, nil)
 		if client.IsNotFound(err) || client.IsConflict(err) {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("moving VirtualDisk %s/%s to node %s: %w", vm.Namespace, d.Name, m.Target.Node, err)
 		}
-		c.log.Info("local disk moved with its VM", "disk", vm.Namespace+"/"+d.Name, "from", m.Source.Node, "to", m.Target.Node)
+		c.Log.Info("local disk moved with its VM", "disk", vm.Namespace+"/"+d.Name, "from", m.Source.Node, "to", m.Target.Node)
 	}
 	return nil
 }
@@ -562,7 +560,7 @@ func conditionMessage(op *v1alpha1.VirtualMachineOperation) string {
 
 // writeProgress writes an operation's progress.
 func (c *Controller) writeProgress(ctx context.Context, op *v1alpha1.VirtualMachineOperation, p string) error {
-	_, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, map[string]any{"progress": p})
+	_, err := runtime.MergeStatus(ctx, c.C, "virtualmachineoperations", &op.ObjectMeta, map[string]any{"progress": p})
 	return err
 }
 
@@ -578,13 +576,13 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	if phase == v1alpha1.VMOPPhaseCompleted {
 		status["progress"] = "100%"
 	}
-	if ok, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, status); !ok {
+	if ok, err := runtime.MergeStatus(ctx, c.C, "virtualmachineoperations", &op.ObjectMeta, status); !ok {
 		return err
 	}
 	op.Status.Phase, op.Status.Conditions = phase, conds
 	if phase == v1alpha1.VMOPPhaseCompleted || phase == v1alpha1.VMOPPhaseFailed {
-		c.rec.OperationEvent(ctx, op, phase, msg)
+		c.Rec.OperationEvent(ctx, op, phase, msg)
 	}
-	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", phase, "message", msg)
+	c.Log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", phase, "message", msg)
 	return nil
 }

@@ -44,7 +44,7 @@ func (c *Controller) reconcileIP(ctx context.Context, key runtime.Key) (runtime.
 		addr := parseIP(ip.Status.Address)
 		res = c.takeIPLease(ctx, addr, ref, true)
 		if res.reason == ReasonAddressInUse {
-			c.log.Warn("the lease of a bound address is held by another claim", "claim", string(key), "address", ip.Status.Address, "msg", res.message)
+			c.Log.Warn("the lease of a bound address is held by another claim", "claim", string(key), "address", ip.Status.Address, "msg", res.message)
 		}
 	} else {
 		res = c.allocateIP(ctx, &ip, ref)
@@ -109,7 +109,7 @@ func (c *Controller) takeIPLease(ctx context.Context, addr netip.Addr, ref *v1al
 	}
 	l := v1alpha1.VirtualMachineIPAddressLease{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineIPAddressLease"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: v1alpha1.VirtualMachineIPAddressLeaseSpec{VirtualMachineIPAddressRef: ref}}
-	err := c.c.Create(ctx, "virtualmachineipaddressleases", "", &l, &l)
+	err := c.C.Create(ctx, "virtualmachineipaddressleases", "", &l, &l)
 	if err == nil {
 		_ = c.patchStatus(ctx, "virtualmachineipaddressleases", "", name, "", v1alpha1.VirtualMachineIPAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
 		return bound
@@ -119,7 +119,7 @@ func (c *Controller) takeIPLease(ctx context.Context, addr netip.Addr, ref *v1al
 	}
 	// A fresh object: decoding into l would write through its spec's pointer into ref.
 	l = v1alpha1.VirtualMachineIPAddressLease{}
-	if err := c.c.Get(ctx, "virtualmachineipaddressleases", "", name, &l); err != nil {
+	if err := c.C.Get(ctx, "virtualmachineipaddressleases", "", name, &l); err != nil {
 		return claimResult{reason: "Error", message: err.Error()}
 	}
 	cur := l.Spec.VirtualMachineIPAddressRef
@@ -132,7 +132,7 @@ func (c *Controller) takeIPLease(ctx context.Context, addr netip.Addr, ref *v1al
 	case cur == nil && takeReleased:
 		l.Spec.VirtualMachineIPAddressRef = ref
 		delete(l.Annotations, AnnotationReleasedAt)
-		if err := c.c.Update(ctx, "virtualmachineipaddressleases", "", name, &l, &l); err != nil {
+		if err := c.C.Update(ctx, "virtualmachineipaddressleases", "", name, &l, &l); err != nil {
 			return claimResult{reason: "Error", message: err.Error()}
 		}
 		_ = c.patchStatus(ctx, "virtualmachineipaddressleases", "", name, "", v1alpha1.VirtualMachineIPAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
@@ -214,7 +214,7 @@ func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1
 	}
 	l := v1alpha1.VirtualMachineMACAddressLease{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineMACAddressLease"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: name}, Spec: v1alpha1.VirtualMachineMACAddressLeaseSpec{VirtualMachineMACAddressRef: ref}}
-	err = c.c.Create(ctx, "virtualmachinemacaddressleases", "", &l, &l)
+	err = c.C.Create(ctx, "virtualmachinemacaddressleases", "", &l, &l)
 	if err == nil {
 		_ = c.patchStatus(ctx, "virtualmachinemacaddressleases", "", name, "", v1alpha1.VirtualMachineMACAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
 		return bound
@@ -224,7 +224,7 @@ func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1
 	}
 	// A fresh object: decoding into l would write through its spec's pointer into ref.
 	l = v1alpha1.VirtualMachineMACAddressLease{}
-	if err := c.c.Get(ctx, "virtualmachinemacaddressleases", "", name, &l); err != nil {
+	if err := c.C.Get(ctx, "virtualmachinemacaddressleases", "", name, &l); err != nil {
 		return claimResult{reason: "Error", message: err.Error()}
 	}
 	cur := l.Spec.VirtualMachineMACAddressRef
@@ -237,7 +237,7 @@ func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1
 	case cur == nil && takeReleased:
 		l.Spec.VirtualMachineMACAddressRef = ref
 		delete(l.Annotations, AnnotationReleasedAt)
-		if err := c.c.Update(ctx, "virtualmachinemacaddressleases", "", name, &l, &l); err != nil {
+		if err := c.C.Update(ctx, "virtualmachinemacaddressleases", "", name, &l, &l); err != nil {
 			return claimResult{reason: "Error", message: err.Error()}
 		}
 		_ = c.patchStatus(ctx, "virtualmachinemacaddressleases", "", name, "", v1alpha1.VirtualMachineMACAddressLeaseStatus{Phase: v1alpha1.LeasePhaseBound})
@@ -252,7 +252,7 @@ func (c *Controller) takeMACLease(ctx context.Context, mac string, ref *v1alpha1
 // replaced (err says why when it is neither).
 func (c *Controller) freshClaim(ctx context.Context, resource string, md *v1alpha1.ObjectMeta, obj v1alpha1.Object) (bool, error) {
 	uid := md.UID
-	if err := c.c.Get(ctx, resource, md.Namespace, md.Name, obj); err != nil {
+	if err := c.C.Get(ctx, resource, md.Namespace, md.Name, obj); err != nil {
 		if client.IsNotFound(err) {
 			return false, nil
 		}
@@ -283,7 +283,7 @@ func (c *Controller) writeClaimStatus(ctx context.Context, kind, resource string
 		Metadata v1alpha1.ObjectMeta `json:"metadata"`
 		Status   claimStatus         `json:"status"`
 	}
-	if err := c.c.Get(ctx, resource, md.Namespace, md.Name, &fresh); err != nil {
+	if err := c.C.Get(ctx, resource, md.Namespace, md.Name, &fresh); err != nil {
 		if client.IsNotFound(err) {
 			return runtime.Result{}, nil
 		}
@@ -316,7 +316,7 @@ func (c *Controller) writeClaimStatus(ctx context.Context, kind, resource string
 		return runtime.Result{}, nil
 	}
 	if res.reason != ReasonBound && prevMsg != res.message {
-		c.rec.Event(ctx, kind, obj, "Warning", res.reason, res.message)
+		c.Rec.Event(ctx, kind, obj, "Warning", res.reason, res.message)
 	}
 	st.Phase = phase
 	st.ObservedGeneration = md.Generation
@@ -330,7 +330,7 @@ func (c *Controller) writeClaimStatus(ctx context.Context, kind, resource string
 	if err != nil {
 		return runtime.Result{}, err
 	}
-	if err := c.c.JSONPatchStatus(ctx, resource, md.Namespace, md.Name, body, nil); err != nil {
+	if err := c.C.JSONPatchStatus(ctx, resource, md.Namespace, md.Name, body, nil); err != nil {
 		if client.IsConflict(err) || client.IsNotFound(err) {
 			return runtime.Result{}, nil
 		}

@@ -92,11 +92,8 @@ type Config struct {
 // Controller is the address controller.
 type Controller struct {
 	cfg Config
-	c   client.Interface
-	log *slog.Logger
-	rec *runtime.Recorder
 
-	base  runtime.Base
+	runtime.Base
 	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	ips   *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddress]
 	ipls  *runtime.TypedInformer[v1alpha1.VirtualMachineIPAddressLease]
@@ -129,11 +126,11 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Now = time.Now
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-network-controller", "component", "network-controller")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b}
+	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.vms, c.ips, c.ipls = f.VirtualMachines(), f.VirtualMachineIPAddresses(), f.VirtualMachineIPAddressLeases()
 	c.macs, c.macls, c.cnets = f.VirtualMachineMACAddresses(), f.VirtualMachineMACAddressLeases(), f.ClusterNetworks()
-	c.ctl = runtime.NewController("network", c.log).
+	c.ctl = runtime.NewController("network", c.Log).
 		Watches(c.vms, func(k runtime.Key) []runtime.Key { return []runtime.Key{kindVM + k} }).
 		Watches(c.ips, func(k runtime.Key) []runtime.Key {
 			if ip, ok := c.ips.Get(k); ok {
@@ -177,13 +174,13 @@ const (
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.base.StartInformers(ctx)
+	c.Base.StartInformers(ctx)
 	go func() {
 		if !runtime.WaitForSync(ctx, c.vms, c.ips, c.ipls, c.macs, c.macls, c.cnets) {
 			return
 		}
 		if err := c.ensureMain(ctx); err != nil {
-			c.log.Error("creating the default network", "err", err)
+			c.Log.Error("creating the default network", "err", err)
 		}
 		c.queueAll()
 	}()
@@ -290,7 +287,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 // ensureMain creates the default NAT network "main" when it does not exist.
 func (c *Controller) ensureMain(ctx context.Context) error {
 	var n v1alpha1.ClusterNetwork
-	err := c.c.Get(ctx, "clusternetworks", "", v1alpha1.DefaultClusterNetworkName, &n)
+	err := c.C.Get(ctx, "clusternetworks", "", v1alpha1.DefaultClusterNetworkName, &n)
 	if err == nil {
 		return nil
 	}
@@ -300,12 +297,12 @@ func (c *Controller) ensureMain(ctx context.Context) error {
 	n = v1alpha1.ClusterNetwork{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "ClusterNetwork"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: v1alpha1.DefaultClusterNetworkName},
 		Spec:       v1alpha1.ClusterNetworkSpec{Type: v1alpha1.ClusterNetworkTypeNAT, Subnet: c.cfg.DefaultSubnet}}
-	err = c.c.Create(ctx, "clusternetworks", "", &n, nil)
+	err = c.C.Create(ctx, "clusternetworks", "", &n, nil)
 	if client.IsAlreadyExists(err) {
 		return nil
 	}
 	if err == nil {
-		c.log.Info("created the default network", "name", n.Name, "subnet", c.cfg.DefaultSubnet)
+		c.Log.Info("created the default network", "name", n.Name, "subnet", c.cfg.DefaultSubnet)
 	}
 	return err
 }
@@ -335,7 +332,7 @@ func (c *Controller) patchStatus(ctx context.Context, resource, ns, name, rv str
 	if err != nil {
 		return err
 	}
-	return c.c.PatchStatus(ctx, resource, ns, name, b, nil)
+	return c.C.PatchStatus(ctx, resource, ns, name, b, nil)
 }
 
 func cond(typ string, ok bool, reason, msg string, gen int64) v1alpha1.Condition {

@@ -29,11 +29,11 @@ func (c *Controller) dropRemovedClaims(ctx context.Context, vm *v1alpha1.Virtual
 			if md.Namespace != vm.Namespace || md.Annotations[AnnotationAutoFor] != vm.UID || used[md.Name] || md.DeletionTimestamp != nil {
 				continue
 			}
-			if err := c.c.Delete(ctx, kind.resource, md.Namespace, md.Name); err != nil && !client.IsNotFound(err) {
+			if err := c.C.Delete(ctx, kind.resource, md.Namespace, md.Name); err != nil && !client.IsNotFound(err) {
 				return err
 			}
 			dropped = true
-			c.log.Info("deleted the automatic address claim of a removed interface", "resource", kind.resource, "claim", md.Namespace+"/"+md.Name, "vm", vm.Name)
+			c.Log.Info("deleted the automatic address claim of a removed interface", "resource", kind.resource, "claim", md.Namespace+"/"+md.Name, "vm", vm.Name)
 		}
 	}
 	if dropped {

@@ -83,10 +83,10 @@ func (c *Controller) sweep(ctx context.Context) error {
 		for _, m := range kind.claims {
 			md := m.meta
 			if uid, auto := md.Annotations[AnnotationAutoFor]; auto && !uids[uid] && !names[runtime.NewKey(md.Namespace, md.Labels[LabelVM])] {
-				if err := c.c.Delete(ctx, kind.resource, md.Namespace, md.Name); err != nil && !client.IsNotFound(err) {
+				if err := c.C.Delete(ctx, kind.resource, md.Namespace, md.Name); err != nil && !client.IsNotFound(err) {
 					return err
 				}
-				c.log.Info("deleted the automatic address claim of a deleted VM", "resource", kind.resource, "claim", md.Namespace+"/"+md.Name)
+				c.Log.Info("deleted the automatic address claim of a deleted VM", "resource", kind.resource, "claim", md.Namespace+"/"+md.Name)
 				continue
 			}
 			if vm := m.virtualMachineName; vm != "" && !names[runtime.NewKey(md.Namespace, vm)] {
@@ -135,22 +135,22 @@ func (c *Controller) sweepLeases(ctx context.Context, leases []leaseView, claimE
 			ann[AnnotationReleasedAt] = now.UTC().Format(time.RFC3339)
 			meta["annotations"] = ann
 			obj["spec"] = map[string]any{}
-			if err := c.c.Update(ctx, resource, "", md.Name, obj, nil); err != nil {
+			if err := c.C.Update(ctx, resource, "", md.Name, obj, nil); err != nil {
 				if client.IsConflict(err) || client.IsNotFound(err) {
 					continue
 				}
 				return err
 			}
 			_ = c.patchStatus(ctx, resource, "", md.Name, "", map[string]any{"phase": v1alpha1.LeasePhaseReleased})
-			c.log.Info("released a lease", "lease", md.Name, "claim", ns+"/"+name)
+			c.Log.Info("released a lease", "lease", md.Name, "claim", ns+"/"+name)
 			continue
 		}
 		at, err := time.Parse(time.RFC3339, md.Annotations[AnnotationReleasedAt])
 		if err != nil || now.Sub(at) >= delay {
-			if err := c.c.Delete(ctx, resource, "", md.Name); err != nil && !client.IsNotFound(err) {
+			if err := c.C.Delete(ctx, resource, "", md.Name); err != nil && !client.IsNotFound(err) {
 				return err
 			}
-			c.log.Info("deleted a released lease: its address may be reused", "lease", md.Name)
+			c.Log.Info("deleted a released lease: its address may be reused", "lease", md.Name)
 		}
 	}
 	return nil
@@ -190,16 +190,16 @@ func (c *Controller) networkStatus(ctx context.Context) error {
 			continue
 		}
 		if st.VNI != 0 && st.VNI != vni {
-			c.log.Warn("a NAT network's VXLAN identifier is held by an older network: it gets another", "network", n.Name, "vni", st.VNI, "new", vni)
+			c.Log.Warn("a NAT network's VXLAN identifier is held by an older network: it gets another", "network", n.Name, "vni", st.VNI, "new", vni)
 		} else if st.VNI == 0 && vni != 0 {
-			c.log.Info("gave a NAT network its VXLAN identifier", "network", n.Name, "vni", vni)
+			c.Log.Info("gave a NAT network its VXLAN identifier", "network", n.Name, "vni", vni)
 		}
 		st.Phase, st.AllocatedIPs, st.ObservedGeneration, st.VNI = v1alpha1.ClusterNetworkPhaseReady, count, n.Generation, vni
 		body, err := runtime.StatusPatch(n.UID, &n.Status, st, []string{"phase", "allocatedIPs", "conditions", "observedGeneration", "vni"}, nil)
 		if err != nil {
 			return err
 		}
-		if err := c.c.JSONPatchStatus(ctx, "clusternetworks", "", n.Name, body, nil); err != nil && !client.IsConflict(err) && !client.IsNotFound(err) {
+		if err := c.C.JSONPatchStatus(ctx, "clusternetworks", "", n.Name, body, nil); err != nil && !client.IsConflict(err) && !client.IsNotFound(err) {
 			return err
 		}
 	}

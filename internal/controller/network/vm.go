@@ -165,7 +165,7 @@ func (c *Controller) useMAC(ctx context.Context, vm *v1alpha1.VirtualMachine, f 
 		}
 		m = v1alpha1.VirtualMachineMACAddress{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineMACAddress"},
 			ObjectMeta: autoMeta(vm, f.MACClaim)}
-		if err := c.c.Create(ctx, "virtualmachinemacaddresses", vm.Namespace, &m, nil); err != nil && !client.IsAlreadyExists(err) {
+		if err := c.C.Create(ctx, "virtualmachinemacaddresses", vm.Namespace, &m, nil); err != nil && !client.IsAlreadyExists(err) {
 			return "", "", "", err
 		}
 		return "", ReasonClaimPending, fmt.Sprintf("VirtualMachineMACAddress %q was created and waits for an address", f.MACClaim), nil
@@ -203,7 +203,7 @@ func (c *Controller) attachClaim(ctx context.Context, resource string, md *v1alp
 	if err != nil || body == nil {
 		return err
 	}
-	if err := c.c.JSONPatchStatus(ctx, resource, md.Namespace, md.Name, body, nil); err != nil && !client.IsConflict(err) {
+	if err := c.C.JSONPatchStatus(ctx, resource, md.Namespace, md.Name, body, nil); err != nil && !client.IsConflict(err) {
 		return err
 	}
 	return nil
@@ -219,7 +219,7 @@ func (c *Controller) useIP(ctx context.Context, vm *v1alpha1.VirtualMachine, f I
 		ip = v1alpha1.VirtualMachineIPAddress{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineIPAddress"},
 			ObjectMeta: autoMeta(vm, f.IPClaim),
 			Spec:       v1alpha1.VirtualMachineIPAddressSpec{Type: v1alpha1.VirtualMachineIPAddressTypeAuto, Network: f.Network}}
-		if err := c.c.Create(ctx, "virtualmachineipaddresses", vm.Namespace, &ip, nil); err != nil && !client.IsAlreadyExists(err) {
+		if err := c.C.Create(ctx, "virtualmachineipaddresses", vm.Namespace, &ip, nil); err != nil && !client.IsAlreadyExists(err) {
 			return "", "", "", err
 		}
 		return "", ReasonClaimPending, fmt.Sprintf("VirtualMachineIPAddress %q was created and waits for an address", f.IPClaim), nil
@@ -268,7 +268,7 @@ func (c *Controller) adopt(ctx context.Context, resource string, vm *v1alpha1.Vi
 		return nil
 	}
 	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{AnnotationAutoFor: vm.UID}}})
-	if err := c.c.Patch(ctx, resource, vm.Namespace, meta.Name, body, nil); err != nil && !client.IsNotFound(err) {
+	if err := c.C.Patch(ctx, resource, vm.Namespace, meta.Name, body, nil); err != nil && !client.IsNotFound(err) {
 		return err
 	}
 	return nil
@@ -295,5 +295,5 @@ func keepAgentFields(statuses, stored []v1alpha1.NetworkStatus) []v1alpha1.Netwo
 // patchVM writes this controller's status fields of a VM as read fresh, each guarded by the
 // value read (the node agent writes networks too), retrying on a conflict.
 func (c *Controller) patchVM(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachine, error) {
-	return runtime.PatchVMStatus(ctx, c.c, vm, vmStatusFields, nil, func(v *v1alpha1.VirtualMachine) error { mutate(v); return nil })
+	return runtime.PatchVMStatus(ctx, c.C, vm, vmStatusFields, nil, func(v *v1alpha1.VirtualMachine) error { mutate(v); return nil })
 }

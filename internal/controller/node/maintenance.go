@@ -43,10 +43,8 @@ type MaintenanceConfig struct {
 // is cleared it removes the condition and starts nothing more; VMs that left stay where they
 // are.
 type Maintenance struct {
-	cfg   MaintenanceConfig
-	c     client.Interface
-	log   *slog.Logger
-	base  runtime.Base
+	cfg MaintenanceConfig
+	runtime.Base
 	nodes *runtime.TypedInformer[v1alpha1.Node]
 	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	ops   *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
@@ -84,13 +82,13 @@ func NewMaintenance(cfg MaintenanceConfig) (*Maintenance, error) {
 		cfg.Now = time.Now
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "node-maintenance")
-	m := &Maintenance{cfg: cfg, c: cfg.Client, log: b.Log, base: b, created: map[string]createdOp{}}
+	m := &Maintenance{cfg: cfg, Base: b, created: map[string]createdOp{}}
 	f := b.Informers
 	m.nodes, m.vms, m.ops = f.Nodes(), f.VirtualMachines(), f.VirtualMachineOperations()
 	// A VM or operation change may concern any node in maintenance (a VM that left a node
 	// names its new one), and there are few such nodes: look at all of them.
 	all := func(runtime.Key) []runtime.Key { return m.maintenanceNodes() }
-	m.ctl = runtime.NewController("node-maintenance", m.log).
+	m.ctl = runtime.NewController("node-maintenance", m.Log).
 		Watches(m.nodes, func(k runtime.Key) []runtime.Key { return []runtime.Key{k} }).
 		Watches(m.vms, all).
 		Watches(m.ops, all).
@@ -107,7 +105,7 @@ func NewMaintenance(cfg MaintenanceConfig) (*Maintenance, error) {
 
 // Run works until ctx ends.
 func (m *Maintenance) Run(ctx context.Context) error {
-	return m.base.Run(ctx, m.ctl)
+	return m.Base.Run(ctx, m.ctl)
 }
 
 // maintenanceNodes returns the keys of the nodes in maintenance or still carrying the
@@ -152,7 +150,7 @@ func (m *Maintenance) reconcile(ctx context.Context, key runtime.Key) (runtime.R
 		}
 		op := NewEvictOp(e.Namespace, e.Name, n.Name, EvictByMaintenance)
 		var out v1alpha1.VirtualMachineOperation
-		if err := m.c.Create(ctx, "virtualmachineoperations", e.Namespace, op, &out); err != nil {
+		if err := m.C.Create(ctx, "virtualmachineoperations", e.Namespace, op, &out); err != nil {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("evicting VM %s from node %s: %w", e.Key(), n.Name, err)
 			}
@@ -163,7 +161,7 @@ func (m *Maintenance) reconcile(ctx context.Context, key runtime.Key) (runtime.R
 		m.mu.Unlock()
 		e.Action, e.Op = EvictInFlight, &out
 		plan.InFlight++
-		m.log.Info("evicting VM from node in maintenance", "node", n.Name, "vm", e.Key(), "operation", out.Name)
+		m.Log.Info("evicting VM from node in maintenance", "node", n.Name, "vm", e.Key(), "operation", out.Name)
 	}
 
 	want := &v1alpha1.Condition{Type: v1alpha1.NodeConditionMaintenance, Status: v1alpha1.ConditionTrue,
@@ -246,7 +244,7 @@ func (m *Maintenance) writeCondition(ctx context.Context, n *v1alpha1.Node, want
 	if err != nil {
 		return err
 	}
-	if err := m.c.PatchStatusStrategic(ctx, "nodes", "", n.Name, body, nil); err != nil {
+	if err := m.C.PatchStatusStrategic(ctx, "nodes", "", n.Name, body, nil); err != nil {
 		if client.IsNotFound(err) {
 			return nil
 		}
@@ -254,7 +252,7 @@ func (m *Maintenance) writeCondition(ctx context.Context, n *v1alpha1.Node, want
 	}
 	if want != nil && want.Reason == v1alpha1.NodeReasonDrained {
 		if old := v1alpha1.FindCondition(n.Status.Conditions, v1alpha1.NodeConditionMaintenance); old == nil || old.Reason != v1alpha1.NodeReasonDrained {
-			m.log.Info("node in maintenance is drained", "node", n.Name)
+			m.Log.Info("node in maintenance is drained", "node", n.Name)
 		}
 	}
 	return nil

@@ -59,7 +59,7 @@ func (s *Scheduler) scheduleMigration(ctx context.Context, vm *v1alpha1.VirtualM
 			}
 		}
 	}
-	_, err := runtime.PatchVMStatus(ctx, s.c, vm, []string{"migrationState"}, []string{"nodeName"}, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.PatchVMStatus(ctx, s.C, vm, []string{"migrationState"}, []string{"nodeName"}, func(v *v1alpha1.VirtualMachine) error {
 		cur := v.Status.MigrationState
 		if !cur.Active() || cur.ID != m.ID || cur.Phase != v1alpha1.MigrationPhaseScheduling {
 			return errMigrationMoved
@@ -83,10 +83,10 @@ func (s *Scheduler) scheduleMigration(ctx context.Context, vm *v1alpha1.VirtualM
 		return runtime.Result{}, err
 	}
 	if target == "" {
-		s.log.Info("no target for a live migration", "vm", vm.Namespace+"/"+vm.Name, "why", why)
-		s.rec.Event(ctx, "VirtualMachine", vm, "Warning", "MigrationNotScheduled", why)
+		s.Log.Info("no target for a live migration", "vm", vm.Namespace+"/"+vm.Name, "why", why)
+		s.Rec.Event(ctx, "VirtualMachine", vm, "Warning", "MigrationNotScheduled", why)
 	} else {
-		s.log.Info("live migration target chosen", "vm", vm.Namespace+"/"+vm.Name, "from", m.Source.Node, "to", target)
+		s.Log.Info("live migration target chosen", "vm", vm.Namespace+"/"+vm.Name, "from", m.Source.Node, "to", target)
 	}
 	return runtime.Result{}, nil
 }

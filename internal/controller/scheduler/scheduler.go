@@ -57,11 +57,8 @@ type Config struct {
 // Scheduler is the VM scheduler.
 type Scheduler struct {
 	cfg Config
-	c   client.Interface
-	log *slog.Logger
-	rec *runtime.Recorder
 
-	base    runtime.Base
+	runtime.Base
 	vms     *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	nodes   *runtime.TypedInformer[v1alpha1.Node]
 	disks   *runtime.TypedInformer[v1alpha1.VirtualDisk]
@@ -106,14 +103,14 @@ func New(cfg Config) (*Scheduler, error) {
 		cfg.Now = time.Now
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-scheduler", "component", "scheduler")
-	s := &Scheduler{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b, assumed: map[runtime.Key]assumption{},
+	s := &Scheduler{cfg: cfg, Base: b, assumed: map[runtime.Key]assumption{},
 		nodeCache: map[string]*nodeState{}, bound: map[runtime.Key]boundVM{}, usage: map[string]*usageSum{}, pending: map[runtime.Key]bool{}}
 	f := b.Informers
 	s.vms, s.nodes, s.disks, s.classes = f.VirtualMachines(), f.Nodes(), f.VirtualDisks(), f.VirtualMachineClasses()
 	s.cnets = f.ClusterNetworks()
 	// One worker: decisions see each other's bindings. VMs are queued by their own changes
 	// (after the caches took them in) and, when nodes or classes change, every pending VM.
-	s.ctl = runtime.NewController("scheduler", s.log).
+	s.ctl = runtime.NewController("scheduler", s.Log).
 		Watches(s.vms, func(k runtime.Key) []runtime.Key {
 			s.noteVM(k)
 			return []runtime.Key{k}
@@ -134,7 +131,7 @@ func New(cfg Config) (*Scheduler, error) {
 
 // Run schedules until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
-	s.base.StartInformers(ctx)
+	s.Base.StartInformers(ctx)
 	go func() {
 		// Once synced, every VM waiting for a node is tried.
 		if runtime.WaitForSync(ctx, s.vms, s.nodes, s.disks, s.classes, s.cnets) {
@@ -300,21 +297,21 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 			if err != nil {
 				return runtime.Result{}, err
 			}
-			if err := s.c.PatchStatusStrategic(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil); err != nil {
+			if err := s.C.PatchStatusStrategic(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil); err != nil {
 				if client.IsNotFound(err) {
 					return runtime.Result{}, nil
 				}
 				return runtime.Result{}, err
 			}
-			s.log.Info("VM is unschedulable", "vm", string(key), "why", why)
-			s.rec.Event(ctx, "VirtualMachine", &vm, "Warning", "FailedScheduling", why)
+			s.Log.Info("VM is unschedulable", "vm", string(key), "why", why)
+			s.Rec.Event(ctx, "VirtualMachine", &vm, "Warning", "FailedScheduling", why)
 		}
 		return runtime.Result{RequeueAfter: s.cfg.RetryInterval}, nil
 	}
 	b := v1alpha1.VirtualMachineBinding{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineBinding"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: vm.Name, Namespace: vm.Namespace, UID: vm.UID},
 		NodeName:   node, PowerRequest: vm.Status.PowerRequest, Message: fmt.Sprintf("bound to node %s", node)}
-	if err := s.c.Bind(ctx, vm.Namespace, vm.Name, &b, nil); err != nil {
+	if err := s.C.Bind(ctx, vm.Namespace, vm.Name, &b, nil); err != nil {
 		if client.IsNotFound(err) {
 			// The VM or the node went in between: look again.
 			return runtime.Result{RequeueAfter: s.cfg.RetryInterval}, nil
@@ -329,7 +326,7 @@ func (s *Scheduler) reconcile(ctx context.Context, key runtime.Key) (runtime.Res
 	s.mu.Lock()
 	s.assumed[key] = assumption{uid: vm.UID, node: node, req: requestOf(&vm), at: time.Now()}
 	s.mu.Unlock()
-	s.log.Info("VM scheduled", "vm", string(key), "node", node)
+	s.Log.Info("VM scheduled", "vm", string(key), "node", node)
 	return runtime.Result{}, nil
 }
 

@@ -70,7 +70,7 @@ func (c *Controller) reconcileOp(ctx context.Context, key runtime.Key) (runtime.
 // nothing to do: the operation is gone, being deleted, of another type than typ or finished.
 func (c *Controller) readActiveOp(ctx context.Context, key runtime.Key, typ v1alpha1.VMOPType) (*v1alpha1.VirtualMachineOperation, bool, error) {
 	var op v1alpha1.VirtualMachineOperation
-	if ok, err := runtime.Read(ctx, c.c, "virtualmachineoperations", key, &op); !ok {
+	if ok, err := runtime.Read(ctx, c.C, "virtualmachineoperations", key, &op); !ok {
 		return nil, false, err
 	}
 	if op.Spec.Type != typ || op.DeletionTimestamp != nil {
@@ -95,7 +95,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonOperationFailed, msg, nil)
 	}
 	var src v1alpha1.VirtualMachine
-	if err := c.c.Get(ctx, "virtualmachines", ns, op.Spec.VirtualMachineName, &src); err != nil {
+	if err := c.C.Get(ctx, "virtualmachines", ns, op.Spec.VirtualMachineName, &src); err != nil {
 		if client.IsNotFound(err) && op.Status.Phase != v1alpha1.VMOPPhaseInProgress {
 			return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, v1alpha1.VMOPReasonVirtualMachineNotFound,
 				fmt.Sprintf("virtual machine %q not found", op.Spec.VirtualMachineName), nil)
@@ -115,7 +115,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 			switch {
 			case n == old:
 				taken = append(taken, fmt.Sprintf("%s %q would keep its name", kind, old))
-			case c.c.Get(ctx, resource, ns, n, nil) == nil:
+			case c.C.Get(ctx, resource, ns, n, nil) == nil:
 				taken = append(taken, fmt.Sprintf("%s %q exists", kind, n))
 			}
 			res = append(res, r)
@@ -145,9 +145,9 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 	// The snapshot the clone works from.
 	snapName := diskSnapshotName(name, "clone")
 	var snap v1alpha1.VirtualMachineSnapshot
-	switch err := c.c.Get(ctx, "virtualmachinesnapshots", ns, snapName, &snap); {
+	switch err := c.C.Get(ctx, "virtualmachinesnapshots", ns, snapName, &snap); {
 	case client.IsNotFound(err):
-		if c.c.Get(ctx, "virtualmachines", ns, newVM, nil) == nil {
+		if c.C.Get(ctx, "virtualmachines", ns, newVM, nil) == nil {
 			// The VM was made and its snapshot deleted: a finished clone whose status write was lost.
 			return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseCompleted, v1alpha1.VMOPReasonOperationCompleted,
 				fmt.Sprintf("cloned %s as %s", op.Spec.VirtualMachineName, newVM), nil)
@@ -155,7 +155,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 		snap = v1alpha1.VirtualMachineSnapshot{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachineSnapshot"},
 			ObjectMeta: v1alpha1.ObjectMeta{Name: snapName, Namespace: ns, Labels: map[string]string{LabelCloneOf: name}},
 			Spec:       v1alpha1.VirtualMachineSnapshotSpec{VirtualMachineName: op.Spec.VirtualMachineName}}
-		if err := c.c.Create(ctx, "virtualmachinesnapshots", ns, &snap, nil); err != nil && !client.IsAlreadyExists(err) {
+		if err := c.C.Create(ctx, "virtualmachinesnapshots", ns, &snap, nil); err != nil && !client.IsAlreadyExists(err) {
 			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil
@@ -178,14 +178,14 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 	allReady := true
 	for _, sn := range snap.Status.VirtualDiskSnapshotNames {
 		var ds v1alpha1.VirtualDiskSnapshot
-		if err := c.c.Get(ctx, "virtualdisksnapshots", ns, sn, &ds); err != nil {
+		if err := c.C.Get(ctx, "virtualdisksnapshots", ns, sn, &ds); err != nil {
 			return runtime.Result{}, err
 		}
 		old := ds.Spec.VirtualDiskName
 		nd := cloneName(spec, "VirtualDisk", old)
 		renamed[old] = nd
 		var d v1alpha1.VirtualDisk
-		err := c.c.Get(ctx, "virtualdisks", ns, nd, &d)
+		err := c.C.Get(ctx, "virtualdisks", ns, nd, &d)
 		switch {
 		case client.IsNotFound(err):
 			d = v1alpha1.VirtualDisk{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualDisk"},
@@ -194,7 +194,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 				ObjectRef: &v1alpha1.DataSourceObjectRef{Kind: v1alpha1.DataSourceKindVirtualDiskSnapshot, Name: sn}}
 			d.Spec.PersistentVolumeClaim.StorageClassName = ds.Status.StorageClassName
 			d.Spec.CloneMode = spec.CloneMode // "": Linked, the default of a disk from a snapshot
-			if err := c.c.Create(ctx, "virtualdisks", ns, &d, nil); err != nil && !client.IsAlreadyExists(err) {
+			if err := c.C.Create(ctx, "virtualdisks", ns, &d, nil); err != nil && !client.IsAlreadyExists(err) {
 				return fail(fmt.Sprintf("creating VirtualDisk %q: %v", nd, err))
 			}
 			allReady = false
@@ -215,7 +215,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 
 	// The new VM, with the snapshot's spec under the new names and new address claims.
 	var vm v1alpha1.VirtualMachine
-	switch err := c.c.Get(ctx, "virtualmachines", ns, newVM, &vm); {
+	switch err := c.C.Get(ctx, "virtualmachines", ns, newVM, &vm); {
 	case client.IsNotFound(err):
 		vm = v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
 			ObjectMeta: v1alpha1.ObjectMeta{Name: newVM, Namespace: ns, Labels: maps.Clone(src.Labels), Annotations: map[string]string{LabelCloneOf: name}}}
@@ -236,7 +236,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 		for i := range vm.Spec.Networks {
 			vm.Spec.Networks[i].VirtualMachineMACAddressName = ""
 		}
-		if err := c.c.Create(ctx, "virtualmachines", ns, &vm, nil); err != nil && !client.IsAlreadyExists(err) {
+		if err := c.C.Create(ctx, "virtualmachines", ns, &vm, nil); err != nil && !client.IsAlreadyExists(err) {
 			return fail(fmt.Sprintf("creating VirtualMachine %q: %v", newVM, err))
 		}
 	case err != nil:
@@ -261,7 +261,7 @@ func (c *Controller) reconcileClone(ctx context.Context, key runtime.Key) (runti
 func (c *Controller) deleteCloneSnapshot(ctx context.Context, op *v1alpha1.VirtualMachineOperation) {
 	n := diskSnapshotName(op.Name, "clone")
 	var s v1alpha1.VirtualMachineSnapshot
-	if err := c.c.Get(ctx, "virtualmachinesnapshots", op.Namespace, n, &s); err == nil && s.Labels[LabelCloneOf] == op.Name {
-		_ = c.c.Delete(ctx, "virtualmachinesnapshots", op.Namespace, n)
+	if err := c.C.Get(ctx, "virtualmachinesnapshots", op.Namespace, n, &s); err == nil && s.Labels[LabelCloneOf] == op.Name {
+		_ = c.C.Delete(ctx, "virtualmachinesnapshots", op.Namespace, n)
 	}
 }

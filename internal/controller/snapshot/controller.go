@@ -61,19 +61,16 @@ type Controller struct {
 	// sweep of leases of restores that are gone leaves them).
 	restoring sync.Map
 	cfg       Config
-	c         client.Interface
-	log       *slog.Logger
-	rec       *runtime.Recorder
-	base      runtime.Base
-	ctl       *runtime.Controller
-	vmctl     *runtime.Controller
-	opctl     *runtime.Controller
-	ops       *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
-	snaps     *runtime.TypedInformer[v1alpha1.VirtualDiskSnapshot]
-	vmsnaps   *runtime.TypedInformer[v1alpha1.VirtualMachineSnapshot]
-	disks     *runtime.TypedInformer[v1alpha1.VirtualDisk]
-	vms       *runtime.TypedInformer[v1alpha1.VirtualMachine]
-	classes   *runtime.TypedInformer[v1alpha1.StorageClass]
+	runtime.Base
+	ctl     *runtime.Controller
+	vmctl   *runtime.Controller
+	opctl   *runtime.Controller
+	ops     *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
+	snaps   *runtime.TypedInformer[v1alpha1.VirtualDiskSnapshot]
+	vmsnaps *runtime.TypedInformer[v1alpha1.VirtualMachineSnapshot]
+	disks   *runtime.TypedInformer[v1alpha1.VirtualDisk]
+	vms     *runtime.TypedInformer[v1alpha1.VirtualMachine]
+	classes *runtime.TypedInformer[v1alpha1.StorageClass]
 }
 
 // New returns a controller; Run starts it.
@@ -82,25 +79,25 @@ func New(cfg Config) *Controller {
 		cfg.Now = time.Now
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "snapshot-controller", "controller", "snapshot")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b}
+	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.snaps, c.vmsnaps = f.VirtualDiskSnapshots(), f.VirtualMachineSnapshots()
 	c.disks, c.vms, c.classes = f.VirtualDisks(), f.VirtualMachines(), f.StorageClasses()
 	c.ops = f.VirtualMachineOperations()
-	c.ctl = runtime.NewController("virtualdisksnapshots", c.log).
+	c.ctl = runtime.NewController("virtualdisksnapshots", c.Log).
 		For(c.snaps).
 		Watches(c.disks, c.snapshotsOfDisk).
 		Watches(c.vms, c.snapshotsOfVM).
 		Reads(c.classes).
 		Workers(2).
 		Build(c.reconcile)
-	c.vmctl = runtime.NewController("virtualmachinesnapshots", c.log).
+	c.vmctl = runtime.NewController("virtualmachinesnapshots", c.Log).
 		For(c.vmsnaps).
 		Watches(c.snaps, c.vmSnapshotOfDiskSnapshot).
 		Watches(c.vms, c.vmSnapshotsOfVM).
 		Workers(1).
 		Build(c.reconcileVM)
-	c.opctl = runtime.NewController("snapshot-operations", c.log).
+	c.opctl = runtime.NewController("snapshot-operations", c.Log).
 		For(c.ops).
 		Watches(c.vms, c.restoreOpsOfVM).
 		Watches(c.vmsnaps, c.cloneOpsOfVMSnapshot).
@@ -113,11 +110,11 @@ func New(cfg Config) *Controller {
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.c == nil || c.cfg.DataDir == "" || c.cfg.NodeName == "" {
+	if c.C == nil || c.cfg.DataDir == "" || c.cfg.NodeName == "" {
 		return errors.New("snapshot controller: Client, DataDir and NodeName are required")
 	}
 	go c.sweepRestoreLeases(ctx)
-	return c.base.Run(ctx, c.ctl, c.vmctl, c.opctl)
+	return c.Base.Run(ctx, c.ctl, c.vmctl, c.opctl)
 }
 
 func (c *Controller) snapshotsOfDisk(k runtime.Key) []runtime.Key {
@@ -163,7 +160,7 @@ func (c *Controller) reachable(sc *v1alpha1.StorageClass, node string) bool {
 }
 
 func (c *Controller) writeStatus(ctx context.Context, s *v1alpha1.VirtualDiskSnapshot, st v1alpha1.VirtualDiskSnapshotStatus) error {
-	return runtime.ReplaceStatus(ctx, c.c, "virtualdisksnapshots", s, s.Status, st, func() { s.Status = st })
+	return runtime.ReplaceStatus(ctx, c.C, "virtualdisksnapshots", s, s.Status, st, func() { s.Status = st })
 }
 
 func setCond(st *v1alpha1.VirtualDiskSnapshotStatus, s *v1alpha1.VirtualDiskSnapshot, typ, status, reason, msg string) {
@@ -186,7 +183,7 @@ func pending(st *v1alpha1.VirtualDiskSnapshotStatus, s *v1alpha1.VirtualDiskSnap
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	ns, _ := key.Split()
 	var s v1alpha1.VirtualDiskSnapshot
-	if ok, err := runtime.Read(ctx, c.c, "virtualdisksnapshots", key, &s); !ok {
+	if ok, err := runtime.Read(ctx, c.C, "virtualdisksnapshots", key, &s); !ok {
 		return runtime.Result{}, err
 	}
 	if err := storage.CheckUID(s.UID); err != nil {
@@ -196,7 +193,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		return c.finalize(ctx, &s)
 	}
 	if !slices.Contains(s.Finalizers, Finalizer) {
-		if err := runtime.AddFinalizer(ctx, c.c, "virtualdisksnapshots", &s.ObjectMeta, Finalizer); err != nil {
+		if err := runtime.AddFinalizer(ctx, c.C, "virtualdisksnapshots", &s.ObjectMeta, Finalizer); err != nil {
 			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil // the change requeues it
@@ -300,7 +297,7 @@ func (c *Controller) copyOffline(ctx context.Context, s *v1alpha1.VirtualDiskSna
 			pending(&st, s, true, v1alpha1.VDSnapshotReasonWaitingForDisk, "the disk was opened by a VM while it was copied; trying again")
 			return runtime.Result{RequeueAfter: waitRetry}, c.writeStatus(ctx, s, st)
 		}
-		c.log.Warn("copying a disk for a snapshot failed", "snapshot", s.Namespace+"/"+s.Name, "err", err)
+		c.Log.Warn("copying a disk for a snapshot failed", "snapshot", s.Namespace+"/"+s.Name, "err", err)
 		return runtime.Result{}, c.fail(ctx, s, st, fmt.Sprintf("copying VirtualDisk %q: %v", d.Name, err))
 	}
 	took := c.cfg.Now().Sub(started)
@@ -309,7 +306,7 @@ func (c *Controller) copyOffline(ctx context.Context, s *v1alpha1.VirtualDiskSna
 	st.NodeName = node
 	st.Stats = &v1alpha1.VirtualDiskSnapshotStats{Copy: took.Round(time.Millisecond).String()}
 	ready(&st, s, "the disk was not in use: copied with qemu-img")
-	c.rec.Event(ctx, "VirtualDiskSnapshot", s, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("copied VirtualDisk %q (not in use) in %s", d.Name, took.Round(time.Millisecond)))
+	c.Rec.Event(ctx, "VirtualDiskSnapshot", s, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("copied VirtualDisk %q (not in use) in %s", d.Name, took.Round(time.Millisecond)))
 	return runtime.Result{}, c.writeStatus(ctx, s, st)
 }
 
@@ -323,14 +320,14 @@ func (c *Controller) fail(ctx context.Context, s *v1alpha1.VirtualDiskSnapshot, 
 	st.Phase = v1alpha1.SnapshotPhaseFailed
 	st.ObservedGeneration = s.Generation
 	setCond(&st, s, v1alpha1.VDSnapshotConditionReady, v1alpha1.ConditionFalse, v1alpha1.VDSnapshotReasonFailed, msg)
-	c.rec.Event(ctx, "VirtualDiskSnapshot", s, "Warning", v1alpha1.VDSnapshotReasonFailed, msg)
+	c.Rec.Event(ctx, "VirtualDiskSnapshot", s, "Warning", v1alpha1.VDSnapshotReasonFailed, msg)
 	return c.writeStatus(ctx, s, st)
 }
 
 // watchHandOver follows a snapshot handed to a node's agent: when the node is gone, the
 // snapshot fails (its VM is restarted elsewhere or not at all; a new snapshot is needed).
 func (c *Controller) watchHandOver(ctx context.Context, s *v1alpha1.VirtualDiskSnapshot) (runtime.Result, error) {
-	err := c.c.Get(ctx, "nodes", "", s.Status.NodeName, nil)
+	err := c.C.Get(ctx, "nodes", "", s.Status.NodeName, nil)
 	if client.IsNotFound(err) {
 		st := s.Status
 		st.Conditions = slices.Clone(s.Status.Conditions)
@@ -361,10 +358,10 @@ func (c *Controller) finalize(ctx context.Context, s *v1alpha1.VirtualDiskSnapsh
 	if s.Status.Phase == v1alpha1.SnapshotPhaseInProgress && s.Status.NodeName != "" {
 		// The node's agent is copying: it stops the copy when the snapshot goes (it checks
 		// before it reports) and removes what it wrote; its file is removed below if reachable.
-		c.log.Info("deleting a snapshot while a node's agent takes it", "snapshot", s.Namespace+"/"+s.Name, "node", s.Status.NodeName)
+		c.Log.Info("deleting a snapshot while a node's agent takes it", "snapshot", s.Namespace+"/"+s.Name, "node", s.Status.NodeName)
 	}
 	if s.Status.StorageClassName != "" && !c.reachable(sc, s.Status.NodeName) {
-		c.rec.Event(ctx, "VirtualDiskSnapshot", s, "Warning", "FileLeftOnNode", fmt.Sprintf(
+		c.Rec.Event(ctx, "VirtualDiskSnapshot", s, "Warning", "FileLeftOnNode", fmt.Sprintf(
 			"the snapshot's file is on node %s's local storage; remove %s there", s.Status.NodeName, storage.SnapshotPath("DATA-DIR", sc, s.UID)))
 	} else {
 		p := storage.SnapshotPath(c.cfg.DataDir, sc, s.UID)
@@ -377,10 +374,10 @@ func (c *Controller) finalize(ctx context.Context, s *v1alpha1.VirtualDiskSnapsh
 	}
 	rest := slices.DeleteFunc(slices.Clone(s.Finalizers), func(f string) bool { return f == Finalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": s.ResourceVersion}})
-	if err := c.c.Patch(ctx, "virtualdisksnapshots", s.Namespace, s.Name, patch, nil); err != nil && !client.IsNotFound(err) {
+	if err := c.C.Patch(ctx, "virtualdisksnapshots", s.Namespace, s.Name, patch, nil); err != nil && !client.IsNotFound(err) {
 		return runtime.Result{}, fmt.Errorf("removing finalizer: %w", err)
 	}
-	c.log.Info("snapshot deleted", "snapshot", s.Namespace+"/"+s.Name)
+	c.Log.Info("snapshot deleted", "snapshot", s.Namespace+"/"+s.Name)
 	return runtime.Result{}, nil
 }
 

@@ -47,13 +47,13 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	if res != nil {
 		st.Resources = res
 	}
-	if ok, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, st); !ok {
+	if ok, err := runtime.MergeStatus(ctx, c.C, "virtualmachineoperations", &op.ObjectMeta, st); !ok {
 		return err
 	}
 	if phase != v1alpha1.VMOPPhaseInProgress {
-		c.rec.OperationEvent(ctx, op, phase, msg)
+		c.Rec.OperationEvent(ctx, op, phase, msg)
 	}
-	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", phase, "message", msg)
+	c.Log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", phase, "message", msg)
 	return nil
 }
 
@@ -67,7 +67,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 		return runtime.Result{}, c.writeOp(ctx, op, v1alpha1.VMOPPhaseFailed, reason, msg, nil)
 	}
 	var vm v1alpha1.VirtualMachine
-	if err := c.c.Get(ctx, "virtualmachines", ns, op.Spec.VirtualMachineName, &vm); err != nil {
+	if err := c.C.Get(ctx, "virtualmachines", ns, op.Spec.VirtualMachineName, &vm); err != nil {
 		if client.IsNotFound(err) {
 			return fail(v1alpha1.VMOPReasonVirtualMachineNotFound, fmt.Sprintf("virtual machine %q not found", op.Spec.VirtualMachineName))
 		}
@@ -191,7 +191,7 @@ func (c *Controller) reconcileRestore(ctx context.Context, key runtime.Key) (run
 	// makes this fail with a conflict and the operation is tried again).
 	if src.spec != nil {
 		vm.Spec = *src.spec
-		if err := c.c.Update(ctx, "virtualmachines", ns, vm.Name, &vm, nil); err != nil {
+		if err := c.C.Update(ctx, "virtualmachines", ns, vm.Name, &vm, nil); err != nil {
 			if client.IsConflict(err) {
 				return runtime.Result{}, err
 			}
@@ -257,7 +257,7 @@ type restoreSource struct {
 // returns the disk or why it is skipped.
 func (c *Controller) restoreTarget(ctx context.Context, ns, name, uid string) (*v1alpha1.VirtualDisk, string, error) {
 	var d v1alpha1.VirtualDisk
-	switch err := c.c.Get(ctx, "virtualdisks", ns, name, &d); {
+	switch err := c.C.Get(ctx, "virtualdisks", ns, name, &d); {
 	case client.IsNotFound(err):
 		return nil, fmt.Sprintf("VirtualDisk %q no longer exists", name), nil
 	case err != nil:
@@ -278,7 +278,7 @@ func (c *Controller) restoreTarget(ctx context.Context, ns, name, uid string) (*
 func (c *Controller) snapshotRestoreSource(ctx context.Context, vm *v1alpha1.VirtualMachine, snapName string) (*restoreSource, string, string, error) {
 	ns := vm.Namespace
 	var snap v1alpha1.VirtualMachineSnapshot
-	if err := c.c.Get(ctx, "virtualmachinesnapshots", ns, snapName, &snap); err != nil {
+	if err := c.C.Get(ctx, "virtualmachinesnapshots", ns, snapName, &snap); err != nil {
 		if client.IsNotFound(err) {
 			return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualMachineSnapshot %q not found", snapName), nil
 		}
@@ -293,7 +293,7 @@ func (c *Controller) snapshotRestoreSource(ctx context.Context, vm *v1alpha1.Vir
 	src := &restoreSource{what: fmt.Sprintf("VirtualMachineSnapshot %q", snapName), spec: snap.Status.VirtualMachineSpec, ram: snap.Status.RAM, ramUID: snap.UID, vmUID: snap.Status.VirtualMachineUID}
 	for _, sn := range snap.Status.VirtualDiskSnapshotNames {
 		var ds v1alpha1.VirtualDiskSnapshot
-		if err := c.c.Get(ctx, "virtualdisksnapshots", ns, sn, &ds); err != nil {
+		if err := c.C.Get(ctx, "virtualdisksnapshots", ns, sn, &ds); err != nil {
 			if client.IsNotFound(err) {
 				return nil, v1alpha1.VMOPReasonOperationFailed, fmt.Sprintf("VirtualDiskSnapshot %q of the snapshot is gone", sn), nil
 			}
@@ -330,7 +330,7 @@ func (c *Controller) backupRestoreSource(ctx context.Context, vm *v1alpha1.Virtu
 	what := fmt.Sprintf("VirtualMachineBackup %q", name)
 	failed := v1alpha1.VMOPReasonOperationFailed
 	var b v1alpha1.VirtualMachineBackup
-	if err := c.c.Get(ctx, "virtualmachinebackups", ns, name, &b); err != nil {
+	if err := c.C.Get(ctx, "virtualmachinebackups", ns, name, &b); err != nil {
 		if client.IsNotFound(err) {
 			return nil, failed, what + " not found", nil
 		}
@@ -343,7 +343,7 @@ func (c *Controller) backupRestoreSource(ctx context.Context, vm *v1alpha1.Virtu
 		return nil, failed, fmt.Sprintf("%s is not Completed (it is %s)", what, orPending(string(b.Status.Phase))), nil
 	}
 	var t v1alpha1.BackupTarget
-	if err := c.c.Get(ctx, "backuptargets", "", b.Spec.BackupTargetName, &t); err != nil || t.Spec.Directory == nil {
+	if err := c.C.Get(ctx, "backuptargets", "", b.Spec.BackupTargetName, &t); err != nil || t.Spec.Directory == nil {
 		if err != nil && !client.IsNotFound(err) {
 			return nil, "", "", err
 		}
@@ -380,7 +380,7 @@ func (c *Controller) backupRestoreSource(ctx context.Context, vm *v1alpha1.Virtu
 
 // backupRunning names a backup of vm that is being taken, or "".
 func (c *Controller) backupRunning(ctx context.Context, vm *v1alpha1.VirtualMachine) (string, error) {
-	list, err := c.c.List(ctx, "virtualmachinebackups", vm.Namespace, client.ListOptions{})
+	list, err := c.C.List(ctx, "virtualmachinebackups", vm.Namespace, client.ListOptions{})
 	if err != nil {
 		return "", err
 	}
@@ -430,7 +430,7 @@ func (c *Controller) installRAM(ctx context.Context, vm *v1alpha1.VirtualMachine
 	}
 	for try := 0; ; try++ {
 		var cur v1alpha1.VirtualMachine
-		if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &cur); err != nil {
+		if err := c.C.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &cur); err != nil {
 			return err
 		}
 		if cur.UID != vm.UID || cur.Status.Phase != v1alpha1.VMPhaseStopped || cur.Status.NodeName != "" {
@@ -446,7 +446,7 @@ func (c *Controller) installRAM(ctx context.Context, vm *v1alpha1.VirtualMachine
 		if err != nil || body == nil {
 			return err
 		}
-		err = c.c.JSONPatchStatus(ctx, "virtualmachines", cur.Namespace, cur.Name, body, nil)
+		err = c.C.JSONPatchStatus(ctx, "virtualmachines", cur.Namespace, cur.Name, body, nil)
 		if err == nil || !client.IsConflict(err) || try >= 4 {
 			return err
 		}
@@ -471,8 +471,8 @@ func (c *Controller) holdDiskLeases(ctx context.Context, op *v1alpha1.VirtualMac
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		for _, n := range held {
-			if _, err := runtime.ReleaseDiskLease(rctx, c.c, op.Namespace, n, restoreHolder, op.UID, "the restore "+op.Name+" ended"); err != nil {
-				c.log.Warn("giving back a disk lease after a restore", "disk", op.Namespace+"/"+n, "err", err)
+			if _, err := runtime.ReleaseDiskLease(rctx, c.C, op.Namespace, n, restoreHolder, op.UID, "the restore "+op.Name+" ended"); err != nil {
+				c.Log.Warn("giving back a disk lease after a restore", "disk", op.Namespace+"/"+n, "err", err)
 			}
 		}
 		held = nil // given back once
@@ -481,7 +481,7 @@ func (c *Controller) holdDiskLeases(ctx context.Context, op *v1alpha1.VirtualMac
 		if it.disk == nil {
 			continue
 		}
-		_, err := runtime.AcquireDiskLease(ctx, c.c, op.Namespace, it.disk.Name, restoreHolder, vm.Name, op.UID, time.Now(), nil)
+		_, err := runtime.AcquireDiskLease(ctx, c.C, op.Namespace, it.disk.Name, restoreHolder, vm.Name, op.UID, time.Now(), nil)
 		if errors.Is(err, runtime.ErrDiskLeaseHeld) {
 			return release, fmt.Sprintf("VirtualDisk %q is in use (%v)", it.disk.Name, err), nil
 		}
@@ -498,7 +498,7 @@ func (c *Controller) holdDiskLeases(ctx context.Context, op *v1alpha1.VirtualMac
 // VM, Stopped, on no node), read afresh once the disks' leases are held.
 func (c *Controller) vmNow(ctx context.Context, vm *v1alpha1.VirtualMachine) (string, error) {
 	var cur v1alpha1.VirtualMachine
-	if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &cur); err != nil {
+	if err := c.C.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &cur); err != nil {
 		if client.IsNotFound(err) {
 			return fmt.Sprintf("virtual machine %q is gone", vm.Name), nil
 		}
@@ -543,7 +543,7 @@ func (c *Controller) sweepRestoreLeases(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		list, err := c.c.List(ctx, runtime.DiskLeaseResource, "", client.ListOptions{})
+		list, err := c.C.List(ctx, runtime.DiskLeaseResource, "", client.ListOptions{})
 		if err != nil {
 			continue
 		}
@@ -562,8 +562,8 @@ func (c *Controller) sweepRestoreLeases(ctx context.Context) {
 			if _, ours := c.restoring.Load(l.Spec.VirtualMachineUID); ours {
 				continue // a restore of this process still writes (its operation may be gone)
 			}
-			if ok, err := runtime.ReleaseDiskLease(ctx, c.c, l.Namespace, l.Name, restoreHolder, l.Spec.VirtualMachineUID, "its restore is gone"); err == nil && ok {
-				c.log.Info("gave back the disk lease of a restore that is gone", "disk", l.Namespace+"/"+l.Name)
+			if ok, err := runtime.ReleaseDiskLease(ctx, c.C, l.Namespace, l.Name, restoreHolder, l.Spec.VirtualMachineUID, "its restore is gone"); err == nil && ok {
+				c.Log.Info("gave back the disk lease of a restore that is gone", "disk", l.Namespace+"/"+l.Name)
 			}
 		}
 	}

@@ -35,7 +35,7 @@ func (c *Controller) vmSnapshotsOfVM(k runtime.Key) []runtime.Key {
 }
 
 func (c *Controller) writeVMStatus(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, st v1alpha1.VirtualMachineSnapshotStatus) error {
-	return runtime.ReplaceStatus(ctx, c.c, "virtualmachinesnapshots", s, s.Status, st, func() { s.Status = st })
+	return runtime.ReplaceStatus(ctx, c.C, "virtualmachinesnapshots", s, s.Status, st, func() { s.Status = st })
 }
 
 // VMFinalizer keeps a VM snapshot until its disk snapshots are deleted.
@@ -60,14 +60,14 @@ func diskSnapshotName(vmsnap, disk string) string {
 func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.Result, error) {
 	ns, name := key.Split()
 	var s v1alpha1.VirtualMachineSnapshot
-	if ok, err := runtime.Read(ctx, c.c, "virtualmachinesnapshots", key, &s); !ok {
+	if ok, err := runtime.Read(ctx, c.C, "virtualmachinesnapshots", key, &s); !ok {
 		return runtime.Result{}, err
 	}
 	if s.DeletionTimestamp != nil {
 		return c.finalizeVM(ctx, &s)
 	}
 	if !slices.Contains(s.Finalizers, VMFinalizer) {
-		if err := runtime.AddFinalizer(ctx, c.c, "virtualmachinesnapshots", &s.ObjectMeta, VMFinalizer); err != nil {
+		if err := runtime.AddFinalizer(ctx, c.C, "virtualmachinesnapshots", &s.ObjectMeta, VMFinalizer); err != nil {
 			return runtime.Result{}, err
 		}
 		return runtime.Result{}, nil
@@ -84,7 +84,7 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 	if st.VirtualMachineSpec == nil {
 		// First pass: capture the spec and create the disk snapshots.
 		var vm v1alpha1.VirtualMachine
-		if err := c.c.Get(ctx, "virtualmachines", ns, s.Spec.VirtualMachineName, &vm); err != nil {
+		if err := c.C.Get(ctx, "virtualmachines", ns, s.Spec.VirtualMachineName, &vm); err != nil {
 			if !client.IsNotFound(err) {
 				return runtime.Result{}, err
 			}
@@ -133,7 +133,7 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 	var ram *v1alpha1.SnapshotRAM
 	for i, sn := range st.VirtualDiskSnapshotNames {
 		var ds v1alpha1.VirtualDiskSnapshot
-		err := c.c.Get(ctx, "virtualdisksnapshots", ns, sn, &ds)
+		err := c.C.Get(ctx, "virtualdisksnapshots", ns, sn, &ds)
 		if client.IsNotFound(err) && i < len(disks) {
 			req := s.Spec.RequiredConsistency
 			ann := map[string]string{v1alpha1.AnnotationVMSnapshotDisks: strconv.Itoa(len(st.VirtualDiskSnapshotNames))}
@@ -145,7 +145,7 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 					Labels:      map[string]string{v1alpha1.LabelVMSnapshot: name},
 					Annotations: ann},
 				Spec: v1alpha1.VirtualDiskSnapshotSpec{VirtualDiskName: disks[i], RequiredConsistency: req}}
-			if err := c.c.Create(ctx, "virtualdisksnapshots", ns, &ds, nil); err != nil && !client.IsAlreadyExists(err) {
+			if err := c.C.Create(ctx, "virtualdisksnapshots", ns, &ds, nil); err != nil && !client.IsAlreadyExists(err) {
 				return runtime.Result{}, fmt.Errorf("creating disk snapshot %s: %w", sn, err)
 			}
 			continue
@@ -168,7 +168,7 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 			st.Phase = v1alpha1.SnapshotPhaseFailed
 			cond(v1alpha1.VMSnapshotConditionBlockDevicesReady, v1alpha1.ConditionFalse, v1alpha1.VDSnapshotReasonFailed, msg)
 			cond(v1alpha1.VMSnapshotConditionReady, v1alpha1.ConditionFalse, v1alpha1.VDSnapshotReasonFailed, msg)
-			c.rec.Event(ctx, "VirtualMachineSnapshot", &s, "Warning", v1alpha1.VDSnapshotReasonFailed, msg)
+			c.Rec.Event(ctx, "VirtualMachineSnapshot", &s, "Warning", v1alpha1.VDSnapshotReasonFailed, msg)
 			return runtime.Result{}, c.writeVMStatus(ctx, &s, st)
 		case v1alpha1.SnapshotPhaseReady:
 			ready++
@@ -195,7 +195,7 @@ func (c *Controller) reconcileVM(ctx context.Context, key runtime.Key) (runtime.
 	}
 	cond(v1alpha1.VMSnapshotConditionBlockDevicesReady, v1alpha1.ConditionTrue, v1alpha1.VDSnapshotReasonReady, "")
 	cond(v1alpha1.VMSnapshotConditionReady, v1alpha1.ConditionTrue, v1alpha1.VDSnapshotReasonReady, msg)
-	c.rec.Event(ctx, "VirtualMachineSnapshot", &s, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("took %d disk snapshots", ready))
+	c.Rec.Event(ctx, "VirtualMachineSnapshot", &s, "Normal", v1alpha1.VDSnapshotReasonReady, fmt.Sprintf("took %d disk snapshots", ready))
 	return runtime.Result{}, c.writeVMStatus(ctx, &s, st)
 }
 
@@ -206,7 +206,7 @@ func (c *Controller) finalizeVM(ctx context.Context, s *v1alpha1.VirtualMachineS
 	}
 	for _, sn := range s.Status.VirtualDiskSnapshotNames {
 		var ds v1alpha1.VirtualDiskSnapshot
-		err := c.c.Get(ctx, "virtualdisksnapshots", s.Namespace, sn, &ds)
+		err := c.C.Get(ctx, "virtualdisksnapshots", s.Namespace, sn, &ds)
 		if client.IsNotFound(err) {
 			continue
 		}
@@ -216,7 +216,7 @@ func (c *Controller) finalizeVM(ctx context.Context, s *v1alpha1.VirtualMachineS
 		if ds.Labels[v1alpha1.LabelVMSnapshot] != s.Name {
 			continue
 		}
-		if err := c.c.Delete(ctx, "virtualdisksnapshots", s.Namespace, sn); err != nil && !client.IsNotFound(err) {
+		if err := c.C.Delete(ctx, "virtualdisksnapshots", s.Namespace, sn); err != nil && !client.IsNotFound(err) {
 			return runtime.Result{}, err
 		}
 	}
@@ -228,7 +228,7 @@ func (c *Controller) finalizeVM(ctx context.Context, s *v1alpha1.VirtualMachineS
 	}
 	rest := slices.DeleteFunc(slices.Clone(s.Finalizers), func(f string) bool { return f == VMFinalizer })
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": rest, "resourceVersion": s.ResourceVersion}})
-	if err := c.c.Patch(ctx, "virtualmachinesnapshots", s.Namespace, s.Name, patch, nil); err != nil && !client.IsNotFound(err) {
+	if err := c.C.Patch(ctx, "virtualmachinesnapshots", s.Namespace, s.Name, patch, nil); err != nil && !client.IsNotFound(err) {
 		return runtime.Result{}, fmt.Errorf("removing finalizer: %w", err)
 	}
 	return runtime.Result{}, nil

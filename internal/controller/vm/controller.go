@@ -57,11 +57,8 @@ type Config struct {
 // Controller is the VM controller.
 type Controller struct {
 	cfg Config
-	c   client.Interface
-	log *slog.Logger
-	rec *runtime.Recorder
 
-	base    runtime.Base
+	runtime.Base
 	vms     *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	ops     *runtime.TypedInformer[v1alpha1.VirtualMachineOperation]
 	disks   *runtime.TypedInformer[v1alpha1.VirtualDisk]
@@ -85,11 +82,11 @@ func New(cfg Config) (*Controller, error) {
 		cfg.NewID = randomID
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-vm-controller", "component", "vm-controller")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, rec: b.Rec, base: b}
+	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.vms, c.ops, c.disks = f.VirtualMachines(), f.VirtualMachineOperations(), f.VirtualDisks()
 	c.images, c.cimages = f.VirtualImages(), f.ClusterVirtualImages()
-	c.ctl = runtime.NewController("vm", c.log).
+	c.ctl = runtime.NewController("vm", c.Log).
 		For(c.vms).
 		Watches(c.ops, func(k runtime.Key) []runtime.Key {
 			if op, ok := c.ops.Get(k); ok {
@@ -114,7 +111,7 @@ func randomID() string {
 
 // Run reconciles until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	return c.base.Run(ctx, c.ctl)
+	return c.Base.Run(ctx, c.ctl)
 }
 
 // usersOf maps a changed disk or image to the VMs that reference it.
@@ -221,7 +218,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 		}
 	}
 	if written != nil && bdCond.Status == v1alpha1.ConditionFalse {
-		c.log.Debug("block devices not ready", "vm", string(key), "why", bdCond.Message)
+		c.Log.Debug("block devices not ready", "vm", string(key), "why", bdCond.Message)
 	}
 	return runtime.Result{RequeueAfter: d.requeue}, nil
 }
@@ -299,7 +296,7 @@ var controllerGuards = []string{"nodeName"}
 // each guarded by the value it read (and nodeName); it retries conflicts. It returns nil
 // when nothing changed.
 func (c *Controller) patchStatus(ctx context.Context, vm *v1alpha1.VirtualMachine, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
-	return runtime.PatchVMStatus(ctx, c.c, vm, controllerFields, controllerGuards, mutate)
+	return runtime.PatchVMStatus(ctx, c.C, vm, controllerFields, controllerGuards, mutate)
 }
 
 func hasFinalizer(vm *v1alpha1.VirtualMachine) bool {
@@ -325,7 +322,7 @@ func (c *Controller) addFinalizer(ctx context.Context, vm *v1alpha1.VirtualMachi
 		{"op": "test", "path": "/metadata/finalizers", "value": seen},
 		{"op": "add", "path": "/metadata/finalizers", "value": fins},
 	})
-	err := c.c.JSONPatch(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
+	err := c.C.JSONPatch(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
 	if client.IsConflict(err) || client.IsNotFound(err) {
 		return nil // a newer version is on its way through the informer
 	}
@@ -360,7 +357,7 @@ func (c *Controller) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachi
 	// Remove the finalizer only while no node holds the VM: the patch is guarded by the
 	// resourceVersion of a read that saw no node, so a concurrent binding makes it fail.
 	var v v1alpha1.VirtualMachine
-	if err := c.c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
+	if err := c.C.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
 		if client.IsNotFound(err) {
 			return nil
 		}
@@ -379,7 +376,7 @@ func (c *Controller) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachi
 		fins = []string{}
 	}
 	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"resourceVersion": v.ResourceVersion, "finalizers": fins}})
-	err := c.c.Patch(ctx, "virtualmachines", v.Namespace, v.Name, body, nil)
+	err := c.C.Patch(ctx, "virtualmachines", v.Namespace, v.Name, body, nil)
 	if client.IsNotFound(err) {
 		return nil
 	}
@@ -412,13 +409,13 @@ func (c *Controller) writeOp(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 		v1alpha1.SetCondition(&st.Conditions, sc)
 	}
 	status := map[string]any{"phase": st.Phase, "conditions": st.Conditions, "observedGeneration": st.ObservedGeneration}
-	if ok, err := runtime.MergeStatus(ctx, c.c, "virtualmachineoperations", &op.ObjectMeta, status); !ok {
+	if ok, err := runtime.MergeStatus(ctx, c.C, "virtualmachineoperations", &op.ObjectMeta, status); !ok {
 		return err
 	}
 	if u.phase != v1alpha1.VMOPPhaseInProgress {
-		c.rec.OperationEvent(ctx, op, u.phase, u.message)
+		c.Rec.OperationEvent(ctx, op, u.phase, u.message)
 	}
-	c.log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", u.phase, "message", u.message)
+	c.Log.Info("operation", "op", op.Namespace+"/"+op.Name, "type", op.Spec.Type, "vm", op.Spec.VirtualMachineName, "phase", u.phase, "message", u.message)
 	return nil
 }
 

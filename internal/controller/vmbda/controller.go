@@ -61,9 +61,7 @@ type Config struct {
 
 // Controller is the attachment controller.
 type Controller struct {
-	c     client.Interface
-	log   *slog.Logger
-	base  runtime.Base
+	runtime.Base
 	bdas  *runtime.TypedInformer[v1alpha1.VirtualMachineBlockDeviceAttachment]
 	vms   *runtime.TypedInformer[v1alpha1.VirtualMachine]
 	disks *runtime.TypedInformer[v1alpha1.VirtualDisk]
@@ -78,7 +76,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, errors.New("vmbda: a client is required")
 	}
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "vmbda-controller")
-	c := &Controller{c: cfg.Client, log: b.Log, base: b}
+	c := &Controller{Base: b}
 	f := b.Informers
 	c.bdas = runtime.For[v1alpha1.VirtualMachineBlockDeviceAttachment](f, Resource)
 	c.vms, c.disks, c.vis, c.cvis = f.VirtualMachines(), f.VirtualDisks(), f.VirtualImages(), f.ClusterVirtualImages()
@@ -86,7 +84,7 @@ func New(cfg Config) (*Controller, error) {
 		ns, _ := k.Split()
 		return c.bdas.KeysWhere(func(b *v1alpha1.VirtualMachineBlockDeviceAttachment) bool { return b.Namespace == ns })
 	}
-	c.ctl = runtime.NewController("vmbda", c.log).
+	c.ctl = runtime.NewController("vmbda", c.Log).
 		For(c.bdas).
 		Watches(c.vms, inProject).
 		Watches(c.disks, inProject).
@@ -100,7 +98,7 @@ func New(cfg Config) (*Controller, error) {
 
 // Run works until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	return c.base.Run(ctx, c.ctl)
+	return c.Base.Run(ctx, c.ctl)
 }
 
 func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Result, error) {
@@ -116,7 +114,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 	if !slices.Contains(b.Finalizers, Finalizer) {
 		b.Finalizers = append(b.Finalizers, Finalizer)
 		var out v1alpha1.VirtualMachineBlockDeviceAttachment
-		if err := c.c.Update(ctx, Resource, b.Namespace, b.Name, b, &out); err != nil {
+		if err := c.C.Update(ctx, Resource, b.Namespace, b.Name, b, &out); err != nil {
 			if client.IsNotFound(err) {
 				return runtime.Result{}, nil
 			}
@@ -163,7 +161,7 @@ func (c *Controller) finish(ctx context.Context, b *v1alpha1.VirtualMachineBlock
 		return nil
 	}
 	b.Finalizers = slices.DeleteFunc(b.Finalizers, func(f string) bool { return f == Finalizer })
-	err := c.c.Update(ctx, Resource, b.Namespace, b.Name, b, nil)
+	err := c.C.Update(ctx, Resource, b.Namespace, b.Name, b, nil)
 	if client.IsNotFound(err) {
 		return nil
 	}
@@ -320,7 +318,7 @@ func (c *Controller) writeStatus(ctx context.Context, b *v1alpha1.VirtualMachine
 		return nil
 	}
 	b.Status = st
-	err := c.c.UpdateStatus(ctx, Resource, b.Namespace, b.Name, b, nil)
+	err := c.C.UpdateStatus(ctx, Resource, b.Namespace, b.Name, b, nil)
 	if client.IsNotFound(err) || client.IsConflict(err) {
 		// Gone, or changed meanwhile: the change brings another reconcile.
 		return nil

@@ -62,10 +62,8 @@ type Config struct {
 // Controller is the class and usage controller.
 type Controller struct {
 	cfg Config
-	c   client.Interface
-	log *slog.Logger
 
-	base     runtime.Base
+	runtime.Base
 	classes  *runtime.TypedInformer[v1alpha1.VirtualMachineClass]
 	nodes    *runtime.TypedInformer[v1alpha1.Node]
 	vms      *runtime.TypedInformer[v1alpha1.VirtualMachine]
@@ -83,7 +81,7 @@ func New(cfg Config) (*Controller, error) {
 	cfg.NodeStaleAfter = runtime.OrDefault(cfg.NodeStaleAfter, 40*time.Second)
 	cfg.Resync = runtime.OrDefault(cfg.Resync, 15*time.Second)
 	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "vmclass-controller")
-	c := &Controller{cfg: cfg, c: cfg.Client, log: b.Log, base: b}
+	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.classes, c.nodes, c.vms = f.VirtualMachineClasses(), f.Nodes(), f.VirtualMachines()
 	c.disks, c.images, c.projects = f.VirtualDisks(), f.VirtualImages(), f.Projects()
@@ -91,7 +89,7 @@ func New(cfg Config) (*Controller, error) {
 		ns, _ := k.Split()
 		return []runtime.Key{pfxProject + runtime.Key(ns)}
 	}
-	c.ctl = runtime.NewController("vmclass", c.log).
+	c.ctl = runtime.NewController("vmclass", c.Log).
 		Watches(c.classes, func(k runtime.Key) []runtime.Key { return append(c.vmsOf(string(k)), pfxClass+k) }).
 		Reads(c.nodes). // classes follow nodes on the resync
 		Watches(c.vms, func(k runtime.Key) []runtime.Key { return append(projectOf(k), pfxVM+k) }).
@@ -118,7 +116,7 @@ const (
 
 // Run works until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.base.StartInformers(ctx)
+	c.Base.StartInformers(ctx)
 	go func() {
 		if runtime.WaitForSync(ctx, c.classes) {
 			c.ensureGeneric(ctx)
@@ -130,15 +128,15 @@ func (c *Controller) Run(ctx context.Context) error {
 // ensureGeneric creates the generic class when it does not exist, retrying until it is there.
 func (c *Controller) ensureGeneric(ctx context.Context) {
 	for {
-		err := c.c.Create(ctx, "virtualmachineclasses", "", GenericClassObject(), nil)
+		err := c.C.Create(ctx, "virtualmachineclasses", "", GenericClassObject(), nil)
 		if err == nil {
-			c.log.Info("created the generic VM class", "model", GenericCPUModel)
+			c.Log.Info("created the generic VM class", "model", GenericCPUModel)
 			return
 		}
 		if client.IsAlreadyExists(err) {
 			return
 		}
-		c.log.Warn("creating the generic VM class", "err", err)
+		c.Log.Warn("creating the generic VM class", "err", err)
 		select {
 		case <-ctx.Done():
 			return
@@ -358,7 +356,7 @@ func (c *Controller) syncClass(ctx context.Context, k runtime.Key) error {
 	if err != nil {
 		return err
 	}
-	err = c.c.PatchStatus(ctx, "virtualmachineclasses", "", cl.Name, body, nil)
+	err = c.C.PatchStatus(ctx, "virtualmachineclasses", "", cl.Name, body, nil)
 	if client.IsNotFound(err) || client.IsConflict(err) {
 		return nil // the newer object is on its way and queues the class again
 	}
@@ -414,7 +412,7 @@ func (c *Controller) syncVM(ctx context.Context, k runtime.Key) error {
 	if err != nil {
 		return err
 	}
-	err = c.c.PatchStatusStrategic(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
+	err = c.C.PatchStatusStrategic(ctx, "virtualmachines", vm.Namespace, vm.Name, body, nil)
 	if client.IsNotFound(err) {
 		return nil
 	}
@@ -470,7 +468,7 @@ func (c *Controller) syncProject(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	err = c.c.PatchStatusStrategic(ctx, "projects", "", name, body, nil)
+	err = c.C.PatchStatusStrategic(ctx, "projects", "", name, body, nil)
 	if client.IsNotFound(err) {
 		return nil
 	}
