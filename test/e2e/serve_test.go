@@ -109,8 +109,11 @@ const (
 )
 
 // eachServeMode runs body once against a serve process and once against the serve command
-// run in the test process.
+// run in the test process, as two side-by-side tests. The parent is parallel too: were it
+// sequential, its two subtests would run while the sequential tests wait, and once the shorter
+// one ended a slot would stand idle until the longer one did.
 func eachServeMode(t *testing.T, body func(t *testing.T, mode ServeMode)) {
+	t.Parallel()
 	for _, m := range []ServeMode{ServeProcess, ServeInProcess} {
 		t.Run(string(m), func(t *testing.T) {
 			sideBySide(t)
