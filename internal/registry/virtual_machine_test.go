@@ -88,6 +88,17 @@ func vmtValidate(t testing.TB, kind, doc string) (v1alpha1.Object, errs.FieldErr
 	return obj, fe
 }
 
+// vmtValid is vmtValidate of a document that must be valid: it fails the test on any field
+// error and returns the defaulted object as a T.
+func vmtValid[T v1alpha1.Object](t testing.TB, kind, doc string) T {
+	t.Helper()
+	obj, fe := vmtValidate(t, kind, doc)
+	if len(fe) > 0 {
+		t.Fatalf("%s rejected: %v", kind, fe)
+	}
+	return obj.(T)
+}
+
 // vmtCauses renders field errors as sorted "field Type" strings.
 func vmtCauses(fe errs.FieldErrors) []string {
 	out := make([]string, 0, len(fe))
@@ -153,11 +164,7 @@ const vmtVMBase = `{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"Vir
   "blockDeviceRefs":[{"kind":"VirtualDisk","name":"root"},{"kind":"ClusterVirtualImage","name":"debian-12"}]}}`
 
 func TestVirtualMachineDefaults(t *testing.T) {
-	obj, fe := vmtValidate(t, "VirtualMachine", vmtVMBase)
-	if len(fe) > 0 {
-		t.Fatalf("base VM invalid: %v", fe)
-	}
-	vm := obj.(*v1alpha1.VirtualMachine)
+	vm := vmtValid[*v1alpha1.VirtualMachine](t, "VirtualMachine", vmtVMBase)
 	s := vm.Spec
 	if s.RunPolicy != v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually || s.OSType != v1alpha1.OSTypeGeneric ||
 		s.Bootloader != v1alpha1.BootloaderBIOS || s.LiveMigrationPolicy != v1alpha1.LiveMigrationPolicyPreferSafe {
@@ -177,7 +184,7 @@ func TestVirtualMachineDefaults(t *testing.T) {
 	}
 
 	// With a class the core fraction is left to the class; explicit values are kept.
-	obj, _ = vmtValidate(t, "VirtualMachine", vmtMerge(t, vmtVMBase, `{"spec":{"virtualMachineClassName":"generic",
+	obj, _ := vmtValidate(t, "VirtualMachine", vmtMerge(t, vmtVMBase, `{"spec":{"virtualMachineClassName":"generic",
 		"enableParavirtualization":false,"terminationGracePeriodSeconds":0,"runPolicy":"Manual",
 		"provisioning":{"type":"UserDataRef","userDataRef":{"name":"ci"}}}}`))
 	s = obj.(*v1alpha1.VirtualMachine).Spec
