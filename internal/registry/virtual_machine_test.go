@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/apiserver/mergepatch"
 	"github.com/rakhsh/rakhsh/internal/errs"
 )
 
@@ -25,32 +26,13 @@ func vmtMerge(t testing.TB, base, patch string) string {
 		if err := json.Unmarshal([]byte(patch), &p); err != nil {
 			t.Fatalf("patch %s: %v", patch, err)
 		}
-		b = vmtMergeValue(b, p)
+		b = mergepatch.Apply(b, p)
 	}
 	out, err := json.Marshal(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return string(out)
-}
-
-func vmtMergeValue(b, p any) any {
-	pm, ok := p.(map[string]any)
-	if !ok {
-		return p
-	}
-	bm, ok := b.(map[string]any)
-	if !ok {
-		bm = map[string]any{}
-	}
-	for k, v := range pm {
-		if v == nil {
-			delete(bm, k)
-			continue
-		}
-		bm[k] = vmtMergeValue(bm[k], v)
-	}
-	return bm
 }
 
 // vmtDecode decodes doc into a new object of kind, rejecting unknown fields as the API does.
