@@ -11,17 +11,10 @@ import (
 func init() {
 	registerTyped("VirtualMachineOperation", typed[*v1alpha1.VirtualMachineOperation]{
 		Validate: validateVMOP,
-		ValidateUpdate: func(n, p *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
-			var fe errs.FieldErrors
-			const kind = "VirtualMachineOperation"
-			chkImmutable(&fe, "spec.type", n.Spec.Type, p.Spec.Type, kind)
-			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, kind)
-			chkImmutable(&fe, "spec.force", n.Spec.Force, p.Spec.Force, kind)
-			chkImmutable(&fe, "spec.restore", n.Spec.Restore, p.Spec.Restore, kind)
-			chkImmutable(&fe, "spec.clone", n.Spec.Clone, p.Spec.Clone, kind)
-			chkImmutable(&fe, "spec.migrate", n.Spec.Migrate, p.Spec.Migrate, kind)
-			chkImmutable(&fe, "spec.evict", n.Spec.Evict, p.Spec.Evict, kind)
-			return fe
+		Immutable: func(op *v1alpha1.VirtualMachineOperation) []immutableField {
+			s := &op.Spec
+			return []immutableField{{"spec.type", s.Type}, {"spec.virtualMachineName", s.VirtualMachineName}, {"spec.force", s.Force},
+				{"spec.restore", s.Restore}, {"spec.clone", s.Clone}, {"spec.migrate", s.Migrate}, {"spec.evict", s.Evict}}
 		},
 	})
 }
