@@ -400,6 +400,16 @@ func IsForbidden(err error) bool     { return Reason(err) == v1alpha1.ReasonForb
 // has ended (reason LeaderFenced): their process is no longer the control-plane leader.
 func IsFenced(err error) bool { return Reason(err) == v1alpha1.ReasonLeaderFenced }
 
+// doJSON sends one request with body (nil or a value to encode as JSON) and returns its JSON
+// answer decoded into a new T.
+func doJSON[T any](ctx context.Context, c *Client, method, path string, body any) (*T, error) {
+	var out T
+	if err := c.Do(ctx, method, path, nil, "", body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Do sends one request. body may be nil, []byte, or a value to encode as JSON; out, when
 // non-nil, receives the decoded JSON answer (or, for *[]byte, the raw body).
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, contentType string, body, out any) error {

@@ -10,38 +10,22 @@ import (
 
 // Login exchanges a user name and password for a login token. It needs no token.
 func (c *Client) Login(ctx context.Context, req v1alpha1.LoginRequest) (*v1alpha1.Token, error) {
-	var out v1alpha1.Token
-	if err := c.Do(ctx, http.MethodPost, v1alpha1.IdentityPath+"/login", nil, "", req, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return doJSON[v1alpha1.Token](ctx, c, http.MethodPost, v1alpha1.IdentityPath+"/login", req)
 }
 
 // WhoAmI says who the server takes the client for.
 func (c *Client) WhoAmI(ctx context.Context) (*v1alpha1.WhoAmI, error) {
-	var out v1alpha1.WhoAmI
-	if err := c.Do(ctx, http.MethodGet, v1alpha1.IdentityPath+"/whoami", nil, "", nil, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return doJSON[v1alpha1.WhoAmI](ctx, c, http.MethodGet, v1alpha1.IdentityPath+"/whoami", nil)
 }
 
 // CreateToken makes an API token; the answer holds its secret, which is not shown again.
 func (c *Client) CreateToken(ctx context.Context, req v1alpha1.TokenRequest) (*v1alpha1.Token, error) {
-	var out v1alpha1.Token
-	if err := c.Do(ctx, http.MethodPost, v1alpha1.IdentityPath+"/tokens", nil, "", req, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return doJSON[v1alpha1.Token](ctx, c, http.MethodPost, v1alpha1.IdentityPath+"/tokens", req)
 }
 
 // ListTokens lists the caller's tokens (a ClusterAdmin's: everybody's), without secrets.
 func (c *Client) ListTokens(ctx context.Context) (*v1alpha1.TokenList, error) {
-	var out v1alpha1.TokenList
-	if err := c.Do(ctx, http.MethodGet, v1alpha1.IdentityPath+"/tokens", nil, "", nil, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return doJSON[v1alpha1.TokenList](ctx, c, http.MethodGet, v1alpha1.IdentityPath+"/tokens", nil)
 }
 
 // RevokeToken revokes the token with the given id.
@@ -57,9 +41,5 @@ func (c *Client) SetPassword(ctx context.Context, user, password string) error {
 // OIDCLoginConfig asks the server which OpenID Connect issuer and client id it logs users in
 // with (no credentials needed).
 func (c *Client) OIDCLoginConfig(ctx context.Context) (*v1alpha1.OIDCLoginConfig, error) {
-	var out v1alpha1.OIDCLoginConfig
-	if err := c.Do(ctx, http.MethodGet, v1alpha1.IdentityPath+"/oidc", nil, "", nil, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return doJSON[v1alpha1.OIDCLoginConfig](ctx, c, http.MethodGet, v1alpha1.IdentityPath+"/oidc", nil)
 }

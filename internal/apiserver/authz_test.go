@@ -155,6 +155,16 @@ func tokenClient(t *testing.T, url, token string) *client.Client {
 	return c
 }
 
+// joinToken makes a join token through admin, failing the test when it cannot.
+func joinToken(t *testing.T, ctx context.Context, admin *client.Client, req v1alpha1.JoinTokenRequest) *v1alpha1.JoinToken {
+	t.Helper()
+	jt, err := admin.CreateJoinToken(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jt
+}
+
 func wantReason(t *testing.T, what string, err error, reason string, msgPart string) {
 	t.Helper()
 	if client.Reason(err) != reason {
@@ -171,10 +181,7 @@ func TestNodeJoinAndAuthorization(t *testing.T) {
 	url, admin, advance := remoteTestServer(t)
 	ctx := testContext(t)
 
-	jt, err := admin.CreateJoinToken(ctx, v1alpha1.JoinTokenRequest{TTL: "10m"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	jt := joinToken(t, ctx, admin, v1alpha1.JoinTokenRequest{TTL: "10m"})
 	if !strings.HasPrefix(jt.Token, joinTokenPrefix+jt.ID+".") || jt.UsesLeft != 1 {
 		t.Fatalf("join token %+v", jt)
 	}
@@ -289,10 +296,7 @@ func TestNodeJoinAndAuthorization(t *testing.T) {
 		t.Fatalf("node n1 making a join token: %v", err)
 	}
 	// A second join under an existing name is refused; expired tokens are refused and swept.
-	jt2, err := admin.CreateJoinToken(ctx, v1alpha1.JoinTokenRequest{TTL: "1m", Uses: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	jt2 := joinToken(t, ctx, admin, v1alpha1.JoinTokenRequest{TTL: "1m", Uses: 2})
 	if _, err := tokenClient(t, url, jt2.Token).NodeCredential(ctx, "n1"); !client.IsAlreadyExists(err) {
 		t.Fatalf("joining as an existing node: %v", err)
 	}
@@ -303,10 +307,7 @@ func TestNodeJoinAndAuthorization(t *testing.T) {
 		t.Fatalf("expired token not swept: %+v %v", list, err)
 	}
 	// A wrong secret with a valid id is refused.
-	jt3, err := admin.CreateJoinToken(ctx, v1alpha1.JoinTokenRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	jt3 := joinToken(t, ctx, admin, v1alpha1.JoinTokenRequest{})
 	_, err = tokenClient(t, url, joinTokenPrefix+jt3.ID+".wrong").NodeCredential(ctx, "n3")
 	wantReason(t, "a forged join token", err, v1alpha1.ReasonUnauthorized, "not valid")
 	if err := admin.DeleteJoinToken(ctx, jt3.ID); err != nil {

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/apiserver/mergepatch"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/registry"
 	"github.com/rakhsh/rakhsh/internal/yamlcheck"
@@ -385,21 +386,4 @@ func mergeConditions(current any, patch []any, path string) ([]any, error) {
 }
 
 // MergePatch applies an RFC 7386 JSON merge patch to target and returns the result.
-func MergePatch(target, patch any) any {
-	pm, ok := patch.(map[string]any)
-	if !ok {
-		return patch
-	}
-	tm, ok := target.(map[string]any)
-	if !ok {
-		tm = map[string]any{}
-	}
-	for k, v := range pm {
-		if v == nil {
-			delete(tm, k)
-			continue
-		}
-		tm[k] = MergePatch(tm[k], v)
-	}
-	return tm
-}
+func MergePatch(target, patch any) any { return mergepatch.Apply(target, patch) }

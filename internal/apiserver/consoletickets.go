@@ -56,13 +56,9 @@ func (s *Server) serveConsoleTickets(w http.ResponseWriter, r *http.Request, t t
 		s.writeError(w, r, err)
 		return
 	}
-	if len(strings.TrimSpace(string(body))) > 0 {
-		dec := json.NewDecoder(strings.NewReader(string(body)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			s.writeError(w, r, errs.New(errs.ErrBadRequest, "malformed ConsoleTicketRequest: %v", err))
-			return
-		}
+	if err := decodeStrictBody(body, "ConsoleTicketRequest", &req); err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	switch req.Stream {
 	case "":

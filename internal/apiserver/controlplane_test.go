@@ -98,12 +98,9 @@ func TestFenceHeader(t *testing.T) {
 func TestFenceHeaderNeedsAdmin(t *testing.T) {
 	url, admin, _ := remoteTestServer(t)
 	ctx := testContext(t)
-	jt, err := admin.CreateJoinToken(ctx, v1alpha1.JoinTokenRequest{TTL: "10m"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	jt := joinToken(t, ctx, admin, v1alpha1.JoinTokenRequest{TTL: "10m"})
 	c := tokenClient(t, url, jt.Token).WithHeader(v1alpha1.HeaderLeaderFence, "7@/controlplane/election/1")
-	err = c.Get(ctx, "nodes", "", "n1", nil)
+	err := c.Get(ctx, "nodes", "", "n1", nil)
 	wantReason(t, "a join token sending a fence", err, v1alpha1.ReasonForbidden, v1alpha1.HeaderLeaderFence)
 	if err := admin.WithHeader(v1alpha1.HeaderLeaderFence, "7@/controlplane/election/1").Get(ctx, "projects", "", DefaultProject, nil); err != nil {
 		t.Errorf("admin over TCP sending a fence: %v", err)

@@ -286,6 +286,11 @@ func decodeStrict(w http.ResponseWriter, r *http.Request, what string, v any) er
 	if err != nil {
 		return err
 	}
+	return decodeStrictBody(data, what, v)
+}
+
+// decodeStrictBody is decodeStrict of a body already read.
+func decodeStrictBody(data []byte, what string, v any) error {
 	if len(strings.TrimSpace(string(data))) == 0 {
 		return nil
 	}

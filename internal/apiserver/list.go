@@ -87,21 +87,7 @@ func (s selector) Matches(data []byte) bool {
 		return false
 	}
 	for _, f := range s.fields {
-		var cur any = obj
-		for _, seg := range f.path {
-			m, _ := cur.(map[string]any)
-			cur = m[seg]
-		}
-		got := ""
-		switch v := cur.(type) {
-		case string:
-			got = v
-		case nil:
-		default:
-			b, _ := json.Marshal(v)
-			got = string(b)
-		}
-		if (got == f.value) == f.not {
+		if (labels.FieldValue(obj, f.path) == f.value) == f.not {
 			return false
 		}
 	}

@@ -253,19 +253,10 @@ func (s *Server) serveJoinTokens(w http.ResponseWriter, r *http.Request) {
 			s.writeError(w, r, err)
 			return
 		}
-		data, err := readBody(w, r)
-		if err != nil {
+		var req v1alpha1.JoinTokenRequest
+		if err := decodeStrict(w, r, "JoinTokenRequest", &req); err != nil {
 			s.writeError(w, r, err)
 			return
-		}
-		var req v1alpha1.JoinTokenRequest
-		if len(strings.TrimSpace(string(data))) > 0 {
-			dec := json.NewDecoder(strings.NewReader(string(data)))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&req); err != nil {
-				s.writeError(w, r, errs.New(errs.ErrBadRequest, "malformed JoinTokenRequest: %v", err))
-				return
-			}
 		}
 		tok, err := s.createJoinToken(ctx, req)
 		if err != nil {

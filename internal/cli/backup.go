@@ -25,23 +25,11 @@ dataSource is an objectRef of kind VirtualMachineBackup. See docs/backups.md.`,
 	return cmd
 }
 
-// backupWait polls a backup until done says it is done (or ctx ends).
-func backupWait(ctx context.Context, cc *cliContext, name string, every time.Duration, done func(b *v1alpha1.VirtualMachineBackup) (bool, error)) error {
-	c, err := cc.Client()
-	if err != nil {
-		return err
-	}
-	var phase v1alpha1.BackupPhase
-	return poll(ctx, every, func() (bool, error) {
-		var b v1alpha1.VirtualMachineBackup
-		if err := c.Get(ctx, "virtualmachinebackups", cc.Namespace(), name, &b); err != nil {
-			return false, err
-		}
-		phase = b.Status.Phase
-		return done(&b)
-	}, func(err error) error {
-		return fmt.Errorf("backup %s: %w (it is %s)", name, err, phase)
-	})
+// backupWait polls the backup name in the current project until done says it is done (or
+// ctx ends).
+func backupWait(ctx context.Context, cc *cliContext, c *client.Client, name string, every time.Duration, done func(b *v1alpha1.VirtualMachineBackup) (bool, error)) error {
+	return pollPhase(ctx, c, "virtualmachinebackups", "backup", cc.Namespace(), name, every,
+		func(b *v1alpha1.VirtualMachineBackup) string { return string(b.Status.Phase) }, done)
 }
 
 // newBackupCreateCommand returns `rakhsh backup create`.
@@ -86,7 +74,7 @@ stop shuts a running VM down for the backup and starts it again when the backup 
 			ctx, cancel := withTimeout(cmd.Context(), wf.timeout)
 			defer cancel()
 			show := lineChanges(cmd.ErrOrStderr())
-			return backupWait(ctx, cc, out.Name, 500*time.Millisecond, func(b *v1alpha1.VirtualMachineBackup) (bool, error) {
+			return backupWait(ctx, cc, c, out.Name, 500*time.Millisecond, func(b *v1alpha1.VirtualMachineBackup) (bool, error) {
 				msg := conditionMessage(b.Status.Conditions, v1alpha1.BackupConditionCompleted)
 				switch b.Status.Phase {
 				case v1alpha1.BackupPhaseCompleted:
@@ -140,7 +128,7 @@ with the same data stores it again. The result stays in the backup's Verified co
 				return err
 			}
 			tag := "(request " + req + ")"
-			return backupWait(ctx, cc, name, 300*time.Millisecond, func(b *v1alpha1.VirtualMachineBackup) (bool, error) {
+			return backupWait(ctx, cc, c, name, 300*time.Millisecond, func(b *v1alpha1.VirtualMachineBackup) (bool, error) {
 				cond := v1alpha1.FindCondition(b.Status.Conditions, v1alpha1.BackupConditionVerified)
 				if cond == nil || len(cond.Message) < len(tag) || cond.Message[len(cond.Message)-len(tag):] != tag {
 					return false, nil

@@ -326,10 +326,7 @@ func TestDescribe(t *testing.T) {
 	if code != 1 || !strings.HasPrefix(errOut, "Error from server (NotFound):") {
 		t.Errorf("missing: code %d err %q", code, errOut)
 	}
-	_, _, code = f.run(t, "", "describe", "vm")
-	if code != 1 {
-		t.Errorf("describe without a name must fail")
-	}
+	f.wantFailure(t, "describe", "vm")
 }
 
 func TestDelete(t *testing.T) {
@@ -353,10 +350,7 @@ func TestDelete(t *testing.T) {
 	if code != 0 || out != "virtualmachine/vm1 deleted\n" || f.get("virtualmachines", "default", "vm2") == nil {
 		t.Errorf("delete -l: code %d out %q", code, out)
 	}
-	_, _, code = f.run(t, "", "delete", "vm")
-	if code != 1 {
-		t.Errorf("delete vm without names must fail")
-	}
+	f.wantFailure(t, "delete", "vm")
 }
 
 func TestDeleteWaitWithFinalizer(t *testing.T) {

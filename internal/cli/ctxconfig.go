@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -175,14 +176,8 @@ func (cc *cliContext) applyContext(cfg *client.Config) error {
 	if x == nil {
 		return usageErrorf("no context %q in %s (see rakhsh config get-contexts)", name, p)
 	}
-	if cfg.Server == "" {
-		cfg.Server = x.Server
-	}
-	if cfg.Token == "" {
-		cfg.Token = x.Token
-	}
-	if cfg.CAFile == "" {
-		cfg.CAFile = x.CAFile
-	}
+	cfg.Server = cmp.Or(cfg.Server, x.Server)
+	cfg.Token = cmp.Or(cfg.Token, x.Token)
+	cfg.CAFile = cmp.Or(cfg.CAFile, x.CAFile)
 	return nil
 }

@@ -75,12 +75,7 @@ func newPatchCommand(cc *cliContext) *cobra.Command {
 			default:
 				return usageErrorf("--type %q: use merge or json", typ)
 			}
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			ns := scopeNS(k, cc.Namespace())
-			before, err := getObject(cmd.Context(), c, k, ns, name)
+			c, ns, before, err := cc.readObject(cmd.Context(), k, name)
 			if err != nil {
 				return err
 			}
@@ -105,6 +100,22 @@ func newPatchCommand(cc *cliContext) *cobra.Command {
 	return cmd
 }
 
+// readObject connects to the server and reads the object name of kind k in the current project
+// (or the cluster, for a cluster-scoped kind). It returns the client, the namespace the object
+// is in ("" when cluster-scoped) and the object.
+func (cc *cliContext) readObject(ctx context.Context, k *v1alpha1.KindInfo, name string) (*client.Client, string, object, error) {
+	c, err := cc.Client()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	ns := scopeNS(k, cc.Namespace())
+	obj, err := getObject(ctx, c, k, ns, name)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return c, ns, obj, nil
+}
+
 func newEditCommand(cc *cliContext) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "edit KIND NAME | KIND/NAME",
@@ -120,12 +131,7 @@ func newEditCommand(cc *cliContext) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			ns := scopeNS(k, cc.Namespace())
-			obj, err := getObject(cmd.Context(), c, k, ns, name)
+			c, ns, obj, err := cc.readObject(cmd.Context(), k, name)
 			if err != nil {
 				return err
 			}

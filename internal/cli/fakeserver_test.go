@@ -409,6 +409,14 @@ func (f *fakeServer) run(t *testing.T, stdin string, args ...string) (string, st
 	return runCLI(t, context.Background(), f.URL(), stdin, args...)
 }
 
+// wantFailure runs the CLI with args and fails the test unless it exits with code 1.
+func (f *fakeServer) wantFailure(t *testing.T, args ...string) {
+	t.Helper()
+	if _, _, code := f.run(t, "", args...); code != 1 {
+		t.Errorf("rakhsh %s: exit code %d, want 1", strings.Join(args, " "), code)
+	}
+}
+
 var testNow = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 
 func runCLI(t *testing.T, ctx context.Context, server, stdin string, args ...string) (string, string, int) {

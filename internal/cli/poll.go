@@ -89,3 +89,23 @@ func createAndPrint[T any, P interface {
 	fmt.Fprintln(cmd.OutOrStdout(), out.GetObjectMeta().Name)
 	return out, nil
 }
+
+// pollPhase gets the object name of resource in the project ns at once and then after each
+// pause of every, until done says it is done or fails. When ctx ends first, the error names
+// the object as "what NAME" and says the phase it was last seen in.
+func pollPhase[T any, P interface {
+	*T
+	metaObject
+}](ctx context.Context, c *client.Client, resource, what, ns, name string, every time.Duration, phase func(P) string, done func(P) (bool, error)) error {
+	var last string
+	return poll(ctx, every, func() (bool, error) {
+		obj := P(new(T))
+		if err := c.Get(ctx, resource, ns, name, obj); err != nil {
+			return false, err
+		}
+		last = phase(obj)
+		return done(obj)
+	}, func(err error) error {
+		return fmt.Errorf("%s %s: %w (it is %s)", what, name, err, last)
+	})
+}

@@ -51,26 +51,23 @@ waits until the snapshot is Ready and fails if it fails. See docs/snapshots.md.`
 			ctx, cancel := withTimeout(cmd.Context(), wf.timeout)
 			defer cancel()
 			show := lineChanges(cmd.ErrOrStderr())
-			return poll(ctx, 300*time.Millisecond, func() (bool, error) {
-				if err := c.Get(ctx, "virtualmachinesnapshots", ns, out.Name, out); err != nil {
-					return false, err
-				}
-				msg := conditionMessage(out.Status.Conditions, v1alpha1.VMSnapshotConditionReady)
-				switch out.Status.Phase {
-				case v1alpha1.SnapshotPhaseReady:
-					consistent := out.Status.Consistent != nil && *out.Status.Consistent
-					fmt.Fprintf(cmd.ErrOrStderr(), "%s: Ready (%d disks, consistent: %t)\n", out.Name, len(out.Status.VirtualDiskSnapshotNames), consistent)
-					return true, nil
-				case v1alpha1.SnapshotPhaseFailed:
-					return true, fmt.Errorf("snapshot %s failed: %s", out.Name, msg)
-				}
-				if out.Status.Phase != "" {
-					show(out.Name + ": " + string(out.Status.Phase) + ": " + msg)
-				}
-				return false, nil
-			}, func(err error) error {
-				return fmt.Errorf("snapshot %s: %w (it is %s)", out.Name, err, out.Status.Phase)
-			})
+			return pollPhase(ctx, c, "virtualmachinesnapshots", "snapshot", ns, out.Name, 300*time.Millisecond,
+				func(s *v1alpha1.VirtualMachineSnapshot) string { return string(s.Status.Phase) },
+				func(s *v1alpha1.VirtualMachineSnapshot) (bool, error) {
+					msg := conditionMessage(s.Status.Conditions, v1alpha1.VMSnapshotConditionReady)
+					switch s.Status.Phase {
+					case v1alpha1.SnapshotPhaseReady:
+						consistent := s.Status.Consistent != nil && *s.Status.Consistent
+						fmt.Fprintf(cmd.ErrOrStderr(), "%s: Ready (%d disks, consistent: %t)\n", s.Name, len(s.Status.VirtualDiskSnapshotNames), consistent)
+						return true, nil
+					case v1alpha1.SnapshotPhaseFailed:
+						return true, fmt.Errorf("snapshot %s failed: %s", s.Name, msg)
+					}
+					if s.Status.Phase != "" {
+						show(s.Name + ": " + string(s.Status.Phase) + ": " + msg)
+					}
+					return false, nil
+				})
 		},
 	}
 	f := cmd.Flags()

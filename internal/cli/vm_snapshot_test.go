@@ -1,11 +1,15 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/client"
 )
 
 // storedAs decodes the object the fake server keeps under resource/default/name into a T.
@@ -80,5 +84,38 @@ func TestVMCloneCommand(t *testing.T) {
 	if op.Spec.Type != v1alpha1.VMOPTypeClone || op.Spec.VirtualMachineName != "tpl" || cl == nil || cl.Mode != v1alpha1.SnapshotOperationModeStrict ||
 		len(cl.NameReplacement) != 1 || cl.NameReplacement[0].To != "web1" || cl.Customization == nil || cl.Customization.NamePrefix != "web1-" {
 		t.Errorf("operation %+v", op.Spec)
+	}
+}
+
+// TestPollPhase: pollPhase reads the object until done says it is done, and when the time runs
+// out first, says what it waited for and the phase it last saw.
+func TestPollPhase(t *testing.T) {
+	f := newFakeServer(t)
+	f.put("virtualmachinesnapshots", object{"apiVersion": v1alpha1.APIVersion, "kind": "VirtualMachineSnapshot",
+		"metadata": map[string]any{"name": "s1", "namespace": "default"}, "status": map[string]any{"phase": "InProgress"}})
+	c, err := client.New(client.Config{Server: f.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	phase := func(s *v1alpha1.VirtualMachineSnapshot) string { return string(s.Status.Phase) }
+	calls := 0
+	err = pollPhase(context.Background(), c, "virtualmachinesnapshots", "snapshot", "default", "s1", time.Millisecond, phase,
+		func(s *v1alpha1.VirtualMachineSnapshot) (bool, error) {
+			calls++
+			return calls == 3, nil
+		})
+	if err != nil || calls != 3 {
+		t.Fatalf("done on the third read: err %v, %d reads", err, calls)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = pollPhase(ctx, c, "virtualmachinesnapshots", "snapshot", "default", "s1", 5*time.Millisecond, phase,
+		func(*v1alpha1.VirtualMachineSnapshot) (bool, error) { return false, nil })
+	if err == nil || err.Error() != "snapshot s1: context deadline exceeded (it is InProgress)" || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("expired: %v", err)
+	}
+	if err := pollPhase(context.Background(), c, "virtualmachinesnapshots", "snapshot", "default", "nosuch", time.Millisecond, phase,
+		func(*v1alpha1.VirtualMachineSnapshot) (bool, error) { return true, nil }); err == nil {
+		t.Errorf("a missing object must fail")
 	}
 }

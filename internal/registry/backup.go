@@ -34,14 +34,9 @@ func init() {
 			chkBackupSpec(&fe, b.Spec.VirtualMachineName, b.Spec.BackupTargetName, b.Spec.Mode, b.Spec.BandwidthLimit)
 			return fe
 		},
-		ValidateUpdate: func(n, o *v1alpha1.VirtualMachineBackup) errs.FieldErrors {
-			var fe errs.FieldErrors
-			const kind = "VirtualMachineBackup"
-			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, o.Spec.VirtualMachineName, kind)
-			chkImmutable(&fe, "spec.backupTargetName", n.Spec.BackupTargetName, o.Spec.BackupTargetName, kind)
-			chkImmutable(&fe, "spec.mode", n.Spec.Mode, o.Spec.Mode, kind)
-			chkImmutable(&fe, "spec.bandwidthLimit", n.Spec.BandwidthLimit, o.Spec.BandwidthLimit, kind)
-			return fe
+		Immutable: func(b *v1alpha1.VirtualMachineBackup) []immutableField {
+			return []immutableField{{"spec.virtualMachineName", b.Spec.VirtualMachineName}, {"spec.backupTargetName", b.Spec.BackupTargetName},
+				{"spec.mode", b.Spec.Mode}, {"spec.bandwidthLimit", b.Spec.BandwidthLimit}}
 		},
 	})
 }
@@ -68,11 +63,9 @@ func init() {
 			}
 			return fe
 		},
-		ValidateUpdate: func(n, o *v1alpha1.BackupSchedule) errs.FieldErrors {
-			var fe errs.FieldErrors
+		Immutable: func(s *v1alpha1.BackupSchedule) []immutableField {
 			// A schedule's backups are pruned by name: it stays the same VM's.
-			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, o.Spec.VirtualMachineName, "BackupSchedule")
-			return fe
+			return []immutableField{{"spec.virtualMachineName", s.Spec.VirtualMachineName}}
 		},
 	})
 }

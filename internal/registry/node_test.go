@@ -9,15 +9,11 @@ import (
 const vmtNodeBase = `{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"Node","metadata":{"name":"host-1"},"spec":{}}`
 
 func TestNodeDefaults(t *testing.T) {
-	obj, fe := vmtValidate(t, "Node", vmtNodeBase)
-	if len(fe) > 0 {
-		t.Fatal(fe)
-	}
-	r := obj.(*v1alpha1.Node).Spec.AllocationRatios
+	r := vmtValid[*v1alpha1.Node](t, "Node", vmtNodeBase).Spec.AllocationRatios
 	if r.CPU != 4 || r.Memory != 1 {
 		t.Fatalf("ratios %+v", r)
 	}
-	obj, _ = vmtValidate(t, "Node", vmtMerge(t, vmtNodeBase, `{"spec":{"allocationRatios":{"cpu":1.5,"memory":1.2}}}`))
+	obj, _ := vmtValidate(t, "Node", vmtMerge(t, vmtNodeBase, `{"spec":{"allocationRatios":{"cpu":1.5,"memory":1.2}}}`))
 	if r := obj.(*v1alpha1.Node).Spec.AllocationRatios; r.CPU != 1.5 || r.Memory != 1.2 {
 		t.Fatalf("explicit ratios overwritten: %+v", r)
 	}
@@ -71,14 +67,10 @@ func FuzzValidateNode(f *testing.F) {
 // TestNodeHostnameLabel: defaulting gives every Node kubernetes.io/hostname=NAME, over a
 // different value, keeping the other labels.
 func TestNodeHostnameLabel(t *testing.T) {
-	obj, fe := vmtValidate(t, "Node", vmtNodeBase)
-	if len(fe) > 0 {
-		t.Fatal(fe)
-	}
-	if l := obj.(*v1alpha1.Node).Labels; l[v1alpha1.NodeHostnameLabel] != "host-1" {
+	if l := vmtValid[*v1alpha1.Node](t, "Node", vmtNodeBase).Labels; l[v1alpha1.NodeHostnameLabel] != "host-1" {
 		t.Fatalf("labels %v", l)
 	}
-	obj, _ = vmtValidate(t, "Node", vmtMerge(t, vmtNodeBase, `{"metadata":{"labels":{"kubernetes.io/hostname":"other","rack":"a"}}}`))
+	obj, _ := vmtValidate(t, "Node", vmtMerge(t, vmtNodeBase, `{"metadata":{"labels":{"kubernetes.io/hostname":"other","rack":"a"}}}`))
 	if l := obj.(*v1alpha1.Node).Labels; l[v1alpha1.NodeHostnameLabel] != "host-1" || l["rack"] != "a" {
 		t.Fatalf("labels %v", l)
 	}

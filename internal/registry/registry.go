@@ -58,12 +58,34 @@ func register(kind string, s Strategy) {
 
 // typed is a kind's strategy written against its own type: registerTyped wraps its functions
 // into a Strategy (whose functions take a v1alpha1.Object), and its New makes an empty *T.
-// Each function may be nil, as in Strategy.
+// Each function may be nil, as in Strategy. Immutable, for a kind whose update check is only
+// that some fields never change, stands for ValidateUpdate: it lists those fields of an object.
 type typed[P v1alpha1.Object] struct {
 	Finalizers     []string
 	Default        func(obj P)
 	Validate       func(obj P) errs.FieldErrors
 	ValidateUpdate func(obj, old P) errs.FieldErrors
+	Immutable      func(obj P) []immutableField
+}
+
+// immutableField is a field that cannot change once its object is created: its path and its
+// value in one object (with the default a missing value stands for, where there is one).
+type immutableField struct {
+	path  string
+	value any
+}
+
+// immutableUpdate is the ValidateUpdate of a kind whose fields (read from the new and from
+// the old object) may not change: each change is reported by chkImmutable, in fields' order.
+func immutableUpdate[P any](kind string, fields func(obj P) []immutableField) func(obj, old P) errs.FieldErrors {
+	return func(obj, old P) errs.FieldErrors {
+		var fe errs.FieldErrors
+		was := fields(old)
+		for i, f := range fields(obj) {
+			chkImmutable(&fe, f.path, f.value, was[i].value, kind)
+		}
+		return fe
+	}
 }
 
 // registerTyped registers the kind of P (a *T) with the functions of t.
@@ -72,6 +94,12 @@ func registerTyped[T any, P interface {
 	v1alpha1.Object
 }](kind string, t typed[P]) {
 	s := Strategy{New: func() v1alpha1.Object { return P(new(T)) }, Finalizers: t.Finalizers}
+	if t.Immutable != nil {
+		if t.ValidateUpdate != nil {
+			panic("registry: " + kind + " has both Immutable and ValidateUpdate")
+		}
+		t.ValidateUpdate = immutableUpdate(kind, t.Immutable)
+	}
 	if t.Default != nil {
 		s.Default = func(obj v1alpha1.Object) { t.Default(obj.(P)) }
 	}

@@ -13,12 +13,8 @@ func init() {
 			chkRefName(&fe, "spec.virtualDiskName", s.Spec.VirtualDiskName, true)
 			return fe
 		},
-		ValidateUpdate: func(n, p *v1alpha1.VirtualDiskSnapshot) errs.FieldErrors {
-			var fe errs.FieldErrors
-			const kind = "VirtualDiskSnapshot"
-			chkImmutable(&fe, "spec.virtualDiskName", n.Spec.VirtualDiskName, p.Spec.VirtualDiskName, kind)
-			chkImmutable(&fe, "spec.requiredConsistency", boolOr(n.Spec.RequiredConsistency, true), boolOr(p.Spec.RequiredConsistency, true), kind)
-			return fe
+		Immutable: func(s *v1alpha1.VirtualDiskSnapshot) []immutableField {
+			return []immutableField{{"spec.virtualDiskName", s.Spec.VirtualDiskName}, {"spec.requiredConsistency", boolOr(s.Spec.RequiredConsistency, true)}}
 		},
 	})
 }

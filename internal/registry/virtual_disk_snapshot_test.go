@@ -11,14 +11,10 @@ const vmtVDSBase = `{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"Vi
  "metadata":{"name":"s1","namespace":"p1"},"spec":{"virtualDiskName":"root"}}`
 
 func TestVirtualDiskSnapshotDefaults(t *testing.T) {
-	obj, fe := vmtValidate(t, "VirtualDiskSnapshot", vmtVDSBase)
-	if len(fe) > 0 {
-		t.Fatal(fe)
-	}
-	if rc := obj.(*v1alpha1.VirtualDiskSnapshot).Spec.RequiredConsistency; rc == nil || !*rc {
+	if rc := vmtValid[*v1alpha1.VirtualDiskSnapshot](t, "VirtualDiskSnapshot", vmtVDSBase).Spec.RequiredConsistency; rc == nil || !*rc {
 		t.Fatal("requiredConsistency not defaulted to true")
 	}
-	obj, _ = vmtValidate(t, "VirtualDiskSnapshot", vmtMerge(t, vmtVDSBase, `{"spec":{"requiredConsistency":false}}`))
+	obj, _ := vmtValidate(t, "VirtualDiskSnapshot", vmtMerge(t, vmtVDSBase, `{"spec":{"requiredConsistency":false}}`))
 	if rc := obj.(*v1alpha1.VirtualDiskSnapshot).Spec.RequiredConsistency; rc == nil || *rc {
 		t.Fatal("explicit requiredConsistency=false overwritten")
 	}

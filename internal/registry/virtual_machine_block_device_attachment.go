@@ -14,12 +14,8 @@ func init() {
 			chkRefName(&fe, "spec.blockDeviceRef.name", a.Spec.BlockDeviceRef.Name, true)
 			return fe
 		},
-		ValidateUpdate: func(n, p *v1alpha1.VirtualMachineBlockDeviceAttachment) errs.FieldErrors {
-			var fe errs.FieldErrors
-			const kind = "VirtualMachineBlockDeviceAttachment"
-			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, kind)
-			chkImmutable(&fe, "spec.blockDeviceRef", n.Spec.BlockDeviceRef, p.Spec.BlockDeviceRef, kind)
-			return fe
+		Immutable: func(a *v1alpha1.VirtualMachineBlockDeviceAttachment) []immutableField {
+			return []immutableField{{"spec.virtualMachineName", a.Spec.VirtualMachineName}, {"spec.blockDeviceRef", a.Spec.BlockDeviceRef}}
 		},
 	})
 }

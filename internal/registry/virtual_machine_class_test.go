@@ -20,11 +20,7 @@ const vmtGenericClass = `{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind
   ]}}`
 
 func TestVirtualMachineClassGenericManifest(t *testing.T) {
-	obj, fe := vmtValidate(t, "VirtualMachineClass", vmtGenericClass)
-	if len(fe) > 0 {
-		t.Fatalf("generic class rejected: %v", fe)
-	}
-	c := obj.(*v1alpha1.VirtualMachineClass)
+	c := vmtValid[*v1alpha1.VirtualMachineClass](t, "VirtualMachineClass", vmtGenericClass)
 	if len(c.Spec.SizingPolicies) != 4 || c.Spec.SizingPolicies[3].Memory.PerCore.Max != "2Gi" ||
 		c.Spec.SizingPolicies[0].CoreFractions[0] != 5 {
 		t.Fatalf("decoded wrongly: %+v", c.Spec.SizingPolicies)

@@ -11,17 +11,10 @@ import (
 func init() {
 	registerTyped("VirtualMachineOperation", typed[*v1alpha1.VirtualMachineOperation]{
 		Validate: validateVMOP,
-		ValidateUpdate: func(n, p *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
-			var fe errs.FieldErrors
-			const kind = "VirtualMachineOperation"
-			chkImmutable(&fe, "spec.type", n.Spec.Type, p.Spec.Type, kind)
-			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, kind)
-			chkImmutable(&fe, "spec.force", n.Spec.Force, p.Spec.Force, kind)
-			chkImmutable(&fe, "spec.restore", n.Spec.Restore, p.Spec.Restore, kind)
-			chkImmutable(&fe, "spec.clone", n.Spec.Clone, p.Spec.Clone, kind)
-			chkImmutable(&fe, "spec.migrate", n.Spec.Migrate, p.Spec.Migrate, kind)
-			chkImmutable(&fe, "spec.evict", n.Spec.Evict, p.Spec.Evict, kind)
-			return fe
+		Immutable: func(op *v1alpha1.VirtualMachineOperation) []immutableField {
+			s := &op.Spec
+			return []immutableField{{"spec.type", s.Type}, {"spec.virtualMachineName", s.VirtualMachineName}, {"spec.force", s.Force},
+				{"spec.restore", s.Restore}, {"spec.clone", s.Clone}, {"spec.migrate", s.Migrate}, {"spec.evict", s.Evict}}
 		},
 	})
 }
@@ -58,6 +51,18 @@ var snapshotOperationModes = []v1alpha1.SnapshotOperationMode{
 	v1alpha1.SnapshotOperationModeDryRun, v1alpha1.SnapshotOperationModeStrict, v1alpha1.SnapshotOperationModeBestEffort,
 }
 
+// chkTypeSection checks the section at path of an operation of type typ that belongs to
+// operations of type owner: such an operation needs it (required says what it holds), any
+// other may not have it.
+func chkTypeSection(fe *errs.FieldErrors, path string, typ, owner v1alpha1.VMOPType, set bool, required string) {
+	switch {
+	case typ == owner && !set:
+		fe.Required(path, required)
+	case typ != owner && set:
+		fe.Forbidden(path, "only allowed with type "+string(owner))
+	}
+}
+
 func validateVMOP(op *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
 	var fe errs.FieldErrors
 	s := &op.Spec
@@ -69,12 +74,8 @@ func validateVMOP(op *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
 	}
 
 	// restore
-	switch {
-	case s.Type == v1alpha1.VMOPTypeRestore && s.Restore == nil:
-		fe.Required("spec.restore", "a Restore operation needs restore {mode, virtualMachineSnapshotName or virtualMachineBackupName}")
-	case s.Type != v1alpha1.VMOPTypeRestore && s.Restore != nil:
-		fe.Forbidden("spec.restore", "only allowed with type Restore")
-	}
+	chkTypeSection(&fe, "spec.restore", s.Type, v1alpha1.VMOPTypeRestore, s.Restore != nil,
+		"a Restore operation needs restore {mode, virtualMachineSnapshotName or virtualMachineBackupName}")
 	if r := s.Restore; r != nil {
 		chkEnum(&fe, "spec.restore.mode", r.Mode, true, snapshotOperationModes...)
 		switch {
@@ -88,12 +89,8 @@ func validateVMOP(op *v1alpha1.VirtualMachineOperation) errs.FieldErrors {
 	}
 
 	// clone
-	switch {
-	case s.Type == v1alpha1.VMOPTypeClone && s.Clone == nil:
-		fe.Required("spec.clone", "a Clone operation needs clone {mode, customization or nameReplacement}")
-	case s.Type != v1alpha1.VMOPTypeClone && s.Clone != nil:
-		fe.Forbidden("spec.clone", "only allowed with type Clone")
-	}
+	chkTypeSection(&fe, "spec.clone", s.Type, v1alpha1.VMOPTypeClone, s.Clone != nil,
+		"a Clone operation needs clone {mode, customization or nameReplacement}")
 	if c := s.Clone; c != nil {
 		validateVMOPClone(&fe, c)
 	}

@@ -19,19 +19,13 @@ func init() {
 			chkEnum(&fe, "spec.keepIPAddress", s.Spec.KeepIPAddress, false, v1alpha1.KeepIPAddressAlways, v1alpha1.KeepIPAddressNever)
 			return fe
 		},
-		ValidateUpdate: func(n, p *v1alpha1.VirtualMachineSnapshot) errs.FieldErrors {
-			var fe errs.FieldErrors
-			const kind = "VirtualMachineSnapshot"
-			chkImmutable(&fe, "spec.virtualMachineName", n.Spec.VirtualMachineName, p.Spec.VirtualMachineName, kind)
-			chkImmutable(&fe, "spec.requiredConsistency", boolOr(n.Spec.RequiredConsistency, true), boolOr(p.Spec.RequiredConsistency, true), kind)
-			keep := func(k v1alpha1.KeepIPAddress) v1alpha1.KeepIPAddress {
-				if k == "" {
-					return v1alpha1.KeepIPAddressAlways
-				}
-				return k
+		Immutable: func(s *v1alpha1.VirtualMachineSnapshot) []immutableField {
+			keep := s.Spec.KeepIPAddress
+			if keep == "" {
+				keep = v1alpha1.KeepIPAddressAlways
 			}
-			chkImmutable(&fe, "spec.keepIPAddress", keep(n.Spec.KeepIPAddress), keep(p.Spec.KeepIPAddress), kind)
-			return fe
+			return []immutableField{{"spec.virtualMachineName", s.Spec.VirtualMachineName},
+				{"spec.requiredConsistency", boolOr(s.Spec.RequiredConsistency, true)}, {"spec.keepIPAddress", keep}}
 		},
 	})
 }

@@ -11,11 +11,7 @@ const vmtVMSBase = `{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"Vi
  "metadata":{"name":"s1","namespace":"p1"},"spec":{"virtualMachineName":"vm1"}}`
 
 func TestVirtualMachineSnapshotDefaults(t *testing.T) {
-	obj, fe := vmtValidate(t, "VirtualMachineSnapshot", vmtVMSBase)
-	if len(fe) > 0 {
-		t.Fatal(fe)
-	}
-	s := obj.(*v1alpha1.VirtualMachineSnapshot).Spec
+	s := vmtValid[*v1alpha1.VirtualMachineSnapshot](t, "VirtualMachineSnapshot", vmtVMSBase).Spec
 	if s.RequiredConsistency == nil || !*s.RequiredConsistency || s.KeepIPAddress != v1alpha1.KeepIPAddressAlways {
 		t.Fatalf("defaults: %+v", s)
 	}

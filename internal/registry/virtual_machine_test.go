@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/apiserver/mergepatch"
 	"github.com/rakhsh/rakhsh/internal/errs"
 )
 
@@ -25,32 +26,13 @@ func vmtMerge(t testing.TB, base, patch string) string {
 		if err := json.Unmarshal([]byte(patch), &p); err != nil {
 			t.Fatalf("patch %s: %v", patch, err)
 		}
-		b = vmtMergeValue(b, p)
+		b = mergepatch.Apply(b, p)
 	}
 	out, err := json.Marshal(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return string(out)
-}
-
-func vmtMergeValue(b, p any) any {
-	pm, ok := p.(map[string]any)
-	if !ok {
-		return p
-	}
-	bm, ok := b.(map[string]any)
-	if !ok {
-		bm = map[string]any{}
-	}
-	for k, v := range pm {
-		if v == nil {
-			delete(bm, k)
-			continue
-		}
-		bm[k] = vmtMergeValue(bm[k], v)
-	}
-	return bm
 }
 
 // vmtDecode decodes doc into a new object of kind, rejecting unknown fields as the API does.
@@ -86,6 +68,17 @@ func vmtValidate(t testing.TB, kind, doc string) (v1alpha1.Object, errs.FieldErr
 		fe = s.Validate(obj)
 	}
 	return obj, fe
+}
+
+// vmtValid is vmtValidate of a document that must be valid: it fails the test on any field
+// error and returns the defaulted object as a T.
+func vmtValid[T v1alpha1.Object](t testing.TB, kind, doc string) T {
+	t.Helper()
+	obj, fe := vmtValidate(t, kind, doc)
+	if len(fe) > 0 {
+		t.Fatalf("%s rejected: %v", kind, fe)
+	}
+	return obj.(T)
 }
 
 // vmtCauses renders field errors as sorted "field Type" strings.
@@ -153,11 +146,7 @@ const vmtVMBase = `{"apiVersion":"virtualization.rakhsh.io/v1alpha1","kind":"Vir
   "blockDeviceRefs":[{"kind":"VirtualDisk","name":"root"},{"kind":"ClusterVirtualImage","name":"debian-12"}]}}`
 
 func TestVirtualMachineDefaults(t *testing.T) {
-	obj, fe := vmtValidate(t, "VirtualMachine", vmtVMBase)
-	if len(fe) > 0 {
-		t.Fatalf("base VM invalid: %v", fe)
-	}
-	vm := obj.(*v1alpha1.VirtualMachine)
+	vm := vmtValid[*v1alpha1.VirtualMachine](t, "VirtualMachine", vmtVMBase)
 	s := vm.Spec
 	if s.RunPolicy != v1alpha1.RunPolicyAlwaysOnUnlessStoppedManually || s.OSType != v1alpha1.OSTypeGeneric ||
 		s.Bootloader != v1alpha1.BootloaderBIOS || s.LiveMigrationPolicy != v1alpha1.LiveMigrationPolicyPreferSafe {
@@ -177,7 +166,7 @@ func TestVirtualMachineDefaults(t *testing.T) {
 	}
 
 	// With a class the core fraction is left to the class; explicit values are kept.
-	obj, _ = vmtValidate(t, "VirtualMachine", vmtMerge(t, vmtVMBase, `{"spec":{"virtualMachineClassName":"generic",
+	obj, _ := vmtValidate(t, "VirtualMachine", vmtMerge(t, vmtVMBase, `{"spec":{"virtualMachineClassName":"generic",
 		"enableParavirtualization":false,"terminationGracePeriodSeconds":0,"runPolicy":"Manual",
 		"provisioning":{"type":"UserDataRef","userDataRef":{"name":"ci"}}}}`))
 	s = obj.(*v1alpha1.VirtualMachine).Spec

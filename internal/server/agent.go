@@ -17,7 +17,6 @@ import (
 
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
-	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 )
 
@@ -46,12 +45,9 @@ type AgentConfig struct {
 	// Memory is --ksm and --memory-reserve.
 	Memory memoryFlags
 	// VMNetworking is "host" or "user", as for serve.
-	VMNetworking  string
-	NoUpstreamDNS bool
-	// Accelerator is auto, kvm or tcg, as for serve.
-	Accelerator string
-	// QEMUUser and DnsmasqUser are the users QEMU and dnsmasq run as, as for serve.
-	QEMUUser, DnsmasqUser string
+	VMNetworking string
+	// VMRuntime is --no-upstream-dns, --accelerator, --qemu-user and --dnsmasq-user, as for serve.
+	VMRuntime
 	// StreamListen is the TCP address of the stream service (consoles, VNC, logs of this
 	// host's VMs, for the API servers); empty: none. StreamAdvertise is the host[:port]
 	// published in the Node's status for it; empty: derived.
@@ -252,9 +248,7 @@ exchanged with whichever answers.`,
 	addLeaseFlags(cmd, &cfg.LeaseDuration, &cfg.FenceTimeout, "")
 	addMemoryFlags(cmd, &cfg.Memory, "")
 	f.StringVar(&cfg.VMNetworking, "vm-networking", "host", "how VM NICs are connected: host (bridges, taps, nftables, dnsmasq per ClusterNetwork) or user (QEMU user-mode, isolated); use the control plane's setting")
-	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
-	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.DefaultQEMUUser, "user QEMU runs as; created (useradd --system, group kvm) when missing. QEMU then gets its disks, sockets and taps as descriptors and cannot open the data directory; root runs QEMU as root (not recommended)")
-	f.StringVar(&cfg.DnsmasqUser, "dnsmasq-user", network.DefaultDnsmasqUser, "user the networks' dnsmasq drops to after binding; created when missing; root keeps it root")
+	addVMRuntimeFlags(f, &cfg.VMRuntime)
 	f.StringVar(&cfg.StreamListen, "stream-listen", DefaultStreamListen, "TCP address of the stream service that serves this host's VM consoles, VNC and logs to the API servers (TLS, ticket per request); empty: none")
 	f.StringVar(&cfg.StreamAdvertise, "stream-advertise", "", "host[:port] published in the Node's status.streamEndpoint for the stream service (default: the listen address, or when it is all addresses the local IP this host reaches --server from)")
 	f.StringVar(&cfg.UnderlayAddress, "underlay-address", "", "IPv4 address of this host that the other nodes reach it on: the VXLAN of NAT networks across hosts is sent from and to it, and it is published as the Node's InternalIP (default: the source address of the route toward --server; none for a unix socket)")
@@ -262,6 +256,5 @@ exchanged with whichever answers.`,
 	f.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", "", "file holding the read-only metrics token on its first line (the same as the control plane's --metrics-token-file)")
 	f.DurationVar(&cfg.ImageCacheExpiry, "image-cache-expiry", agent.DefaultImageCacheExpiry, "how long an image fetched into this host's cache is kept once no disk of the host is a linked clone of it and no VM here has it open (it is fetched again when needed)")
 	f.DurationVar(&cfg.ImageCacheGCInterval, "image-cache-gc-interval", agent.DefaultImageCacheGCInterval, "how often the host's image cache is looked at for images unused for --image-cache-expiry")
-	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }

@@ -155,7 +155,7 @@ func TestClusterCAFlags(t *testing.T) {
 			t.Errorf("%+v: %v, want %q", tc.cfg, err, tc.want)
 		}
 	}
-	ok := Config{DataDir: t.TempDir(), Accelerator: "auto", Listen: ":8443", CACert: "ca.crt", CAKey: "ca.key", TLSSANs: []string{"10.0.0.1", "fd00::1", "api.example"}}
+	ok := Config{DataDir: t.TempDir(), VMRuntime: VMRuntime{Accelerator: "auto"}, Listen: ":8443", CACert: "ca.crt", CAKey: "ca.key", TLSSANs: []string{"10.0.0.1", "fd00::1", "api.example"}}
 	if err := ok.validate(); err != nil {
 		t.Errorf("a valid cluster CA configuration: %v", err)
 	}

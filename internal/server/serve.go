@@ -25,7 +25,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/controller/eventgc"
 	livemigration "github.com/rakhsh/rakhsh/internal/controller/migration"
@@ -33,7 +32,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/leader"
-	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/qemu/accel"
 	"github.com/rakhsh/rakhsh/internal/runtime"
@@ -92,16 +90,13 @@ type Config struct {
 	portForwardRange string
 	// DefaultSubnet is the subnet of the "main" network made on first start.
 	DefaultSubnet string
-	// NoUpstreamDNS keeps the networks' dnsmasq from forwarding to the host's resolvers.
-	NoUpstreamDNS bool
-	// Accelerator is how the in-process agent's VMs run guest code: auto, kvm or tcg.
-	Accelerator string
+	// VMRuntime is how the in-process agent runs VMs (--no-upstream-dns, --accelerator,
+	// --qemu-user, --dnsmasq-user).
+	VMRuntime
 	// EventTTL is how long an Event is kept after its last occurrence.
 	EventTTL time.Duration
 	// KVMDevice is the KVM device the accelerator probe checks (hidden flag, for tests).
 	KVMDevice string
-	// QEMUUser and DnsmasqUser are the users the in-process agent runs QEMU and dnsmasq as.
-	QEMUUser, DnsmasqUser string
 	// LeaderLeaseTTL is the lease of this process's control-plane registration and election
 	// on an etcd store: a dead, paused or cut-off leader is replaced about this long after
 	// its last renewal (default leader.DefaultLeaseTTL, 5 s).
@@ -217,10 +212,8 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.portForwardRange, "port-forward-range", apiserver.DefaultPortForwardRange.String(), "host ports VM port forwards may take, FIRST-LAST (a forward on a lower port could capture a host service such as sshd or the API)")
 	f.StringVar(&cfg.MACRanges, "mac-ranges", "", "the cluster's MAC address pool, first-last[,first-last...] (default 02:72:6b:00:00:00-02:72:6b:ff:ff:ff)")
 	f.StringVar(&cfg.DefaultSubnet, "default-subnet", "", "subnet of the default NAT network main when it is created on first start (default 10.66.0.0/24)")
-	f.BoolVar(&cfg.NoUpstreamDNS, "no-upstream-dns", false, "the NAT networks' DNS answers only the names of their VMs and forwards nothing to the host's resolvers")
 	f.StringVar(&cfg.KVMDevice, "kvm-device", "/dev/kvm", "the KVM device the accelerator probe checks")
-	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.DefaultQEMUUser, "user QEMU runs as; created (useradd --system, group kvm) when missing. QEMU then gets its disks, sockets and taps as descriptors and cannot open the data directory; root runs QEMU as root (not recommended)")
-	f.StringVar(&cfg.DnsmasqUser, "dnsmasq-user", network.DefaultDnsmasqUser, "user the networks' dnsmasq drops to after binding; created when missing; root keeps it root")
+	addVMRuntimeFlags(f, &cfg.VMRuntime)
 	addIdentityFlags(f, &cfg.Identity)
 	_ = f.MarkHidden("kvm-device")
 	f.DurationVar(&cfg.EventTTL, "event-ttl", eventgc.DefaultTTL, "how long an Event is kept after it last happened (at most 50 Events are kept per object)")
@@ -237,7 +230,6 @@ SIGTERM or SIGINT shuts the server down gracefully.`,
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "also serve /metrics and /sd/prometheus (alone, plain HTTP, the metrics or admin token required) on this TCP address, e.g. 127.0.0.1:9464; its URL is published as the node's and the control plane's metrics URL")
 	f.StringVar(&cfg.MetricsClientCA, "metrics-client-ca", "", "CA certificates (PEM) whose client certificates may read /metrics and /sd/prometheus on --listen, and nothing else (Prometheus' tls_config cert_file/key_file)")
 	f.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", "", "file holding a read-only token on its first line that may read /metrics and /sd/prometheus only (for Prometheus)")
-	f.StringVar(&cfg.Accelerator, "accelerator", "auto", "how VMs run guest code: auto (KVM when QEMU boots real guest code under it at start, else TCG; a KVM failure of a VM switches the node to TCG), kvm (always, even where it fails) or tcg (software emulation)")
 	return cmd
 }
 

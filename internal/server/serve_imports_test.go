@@ -55,7 +55,7 @@ func TestServeImportFlags(t *testing.T) {
 func configOf(t *testing.T, cmd *cobra.Command) *Config {
 	t.Helper()
 	f := cmd.Flags()
-	c := &Config{Accelerator: "auto"}
+	c := &Config{VMRuntime: VMRuntime{Accelerator: "auto"}}
 	var err error
 	if c.DataDir, err = f.GetString("data-dir"); err != nil {
 		t.Fatal(err)

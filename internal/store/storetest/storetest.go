@@ -637,6 +637,17 @@ func testWatchCancel(t *testing.T, s store.Store) {
 	collect(t, ch, 1)
 	cancel()
 	mustCreate(t, s, "/c/2", "v") // may or may not be delivered before the close
+	waitClosed(t, ch, "watch channel not closed after cancel", func(r store.WatchResult) {
+		if r.Err != nil && !errors.Is(r.Err, context.Canceled) {
+			t.Fatalf("unexpected error after cancel: %v", r.Err)
+		}
+	})
+}
+
+// waitClosed reads ch until it is closed, passing what it reads to check when check is not
+// nil; the test fails with msg when ch is still open after waitTime.
+func waitClosed(t *testing.T, ch <-chan store.WatchResult, msg string, check func(store.WatchResult)) {
+	t.Helper()
 	deadline := time.After(waitTime)
 	for {
 		select {
@@ -644,11 +655,11 @@ func testWatchCancel(t *testing.T, s store.Store) {
 			if !ok {
 				return
 			}
-			if r.Err != nil && !errors.Is(r.Err, context.Canceled) {
-				t.Fatalf("unexpected error after cancel: %v", r.Err)
+			if check != nil {
+				check(r)
 			}
 		case <-deadline:
-			t.Fatalf("watch channel not closed after cancel")
+			t.Fatal(msg)
 		}
 	}
 }
@@ -861,17 +872,7 @@ func testClosed(t *testing.T, s store.Store) {
 		t.Errorf("List after Close: err = %v, want ErrUnavailable", err)
 	}
 	// An open watch ends (with or without an error) when the store closes.
-	deadline := time.After(waitTime)
-	for {
-		select {
-		case _, ok := <-ch:
-			if !ok {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("watch not ended by Close")
-		}
-	}
+	waitClosed(t, ch, "watch not ended by Close", nil)
 }
 
 // testFence checks writes under a store.Fence. Stores that check fences make a write only
