@@ -197,7 +197,7 @@ func (a *Agent) startLease(ctx context.Context) {
 	}
 	a.snapshotHA()
 	a.fence.publish()
-	go a.fence.watch(ctx.Done(), fenceTick)
+	go a.fence.watch(ctx, fenceTick)
 	a.lease.step(ctx)
 	go a.lease.run(ctx, a.cfg.LeaseRenewInterval)
 	go loop(ctx, haSnapshotEvery, func() {
