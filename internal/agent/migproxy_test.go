@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/nodestream"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // proxyNode is a node's certificate and fingerprint in the proxy tests.
@@ -231,7 +232,7 @@ func testProxyRoutes(t *testing.T, plain bool) {
 	if got := exchange(t, d, alpnMigration, big); got != "stream:"+big {
 		t.Errorf("the stream's answer: %d bytes, want %d", len(got), len("stream:"+big))
 	}
-	if clear := strings.Contains(wire.sent(), big[:4096]); clear != plain {
+	if clear := strings.Contains(wire.sent.String(), big[:4096]); clear != plain {
 		t.Errorf("plain %v: the stream's data in the clear on the wire: %v", plain, clear)
 	}
 	if got := exchange(t, d, alpnNBD, "disk0"); got != "nbd:disk0" {
@@ -261,8 +262,7 @@ func testProxyRoutes(t *testing.T, plain bool) {
 type wireTap struct {
 	target string
 	ln     net.Listener
-	mu     sync.Mutex
-	buf    bytes.Buffer
+	sent   testutil.LockedBuffer
 	wg     sync.WaitGroup
 }
 
@@ -277,25 +277,13 @@ func (w *wireTap) start(t *testing.T) string {
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
-			_, _ = io.Copy(io.MultiWriter(u, w), c)
+			_, _ = io.Copy(io.MultiWriter(u, &w.sent), c)
 			_ = u.(*net.TCPConn).CloseWrite()
 		}()
 		_, _ = io.Copy(c, u)
 		_ = c.(*net.TCPConn).CloseWrite()
 	})
 	return w.ln.Addr().String()
-}
-
-func (w *wireTap) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(b)
-}
-
-func (w *wireTap) sent() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }
 
 func (w *wireTap) close() {
