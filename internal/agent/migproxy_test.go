@@ -29,7 +29,7 @@ type proxyNode struct {
 	fp   string
 }
 
-func newProxyNode(t *testing.T, name string) proxyNode {
+func newProxyNode(t testing.TB, name string) proxyNode {
 	t.Helper()
 	c, fp, err := nodestream.SelfSignedCertificate(name)
 	if err != nil {
@@ -113,13 +113,13 @@ func startProxy(t *testing.T, target, source proxyNode, routes map[string]func(c
 }
 
 // startProxyMode is startProxy, with the data unencrypted after the handshake when plain.
-func startProxyMode(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool) *migrationProxy {
+func startProxyMode(t testing.TB, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool) *migrationProxy {
 	t.Helper()
 	return startProxyHooks(t, target, source, routes, plain, proxyHooks{})
 }
 
 // startProxyHooks is startProxyMode with the direct routes and watch of hooks.
-func startProxyHooks(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool, hooks proxyHooks) *migrationProxy {
+func startProxyHooks(t testing.TB, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool, hooks proxyHooks) *migrationProxy {
 	t.Helper()
 	cfg, err := nodestream.PinnedClientServerTLSConfig(target.cert, source.fp)
 	if err != nil {
@@ -636,14 +636,7 @@ func BenchmarkMigrationProxy(b *testing.B) {
 }
 
 func benchProxy(b *testing.B, plain bool) {
-	mk := func(name string) proxyNode {
-		c, fp, err := nodestream.SelfSignedCertificate(name)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return proxyNode{c, fp}
-	}
-	src, dst := mk("src"), mk("dst")
+	src, dst := newProxyNode(b, "src"), newProxyNode(b, "dst")
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -659,21 +652,12 @@ func benchProxy(b *testing.B, plain bool) {
 		c.Close()
 		got <- n
 	}()
-	cfg, err := nodestream.PinnedClientServerTLSConfig(dst.cert, src.fp)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
 	route := func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", sink.Addr().String())
 	}
-	p := serveMigrationProxy(ln, cfg, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, plain, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	defer p.close()
-	d := testDialer(b, ln.Addr().String(), src, dst.fp, plain)
+	p := startProxyMode(b, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, plain)
+	d := testDialer(b, p.ln.Addr().String(), src, dst.fp, plain)
 	defer d.close()
 	c := dialFile(b, d, alpnMigration)
 	chunk := make([]byte, 1<<20)
