@@ -816,13 +816,24 @@ func (a *Agent) collectBackupGarbage(ctx context.Context, target string) {
 func (a *Agent) backupFailed(ctx context.Context, b *v1alpha1.VirtualMachineBackup, msg string) error {
 	a.log.Warn("backup failed", "backup", b.Namespace+"/"+b.Name, "why", msg)
 	st := b.Status
-	st.Conditions = slices.Clone(b.Status.Conditions)
 	st.Phase = v1alpha1.BackupPhaseFailed
 	st.ObservedGeneration = b.Generation
-	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.BackupConditionCompleted, Status: v1alpha1.ConditionFalse,
-		Reason: v1alpha1.BackupReasonFailed, Message: msg, ObservedGeneration: b.Generation})
-	a.rec.Event(ctx, "VirtualMachineBackup", b, "Warning", v1alpha1.BackupReasonFailed, msg)
+	st.Conditions = a.conditionEvent(ctx, "VirtualMachineBackup", b, b.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.BackupConditionCompleted,
+		Status: v1alpha1.ConditionFalse, Reason: v1alpha1.BackupReasonFailed, Message: msg, ObservedGeneration: b.Generation})
 	return a.writeBackupStatus(ctx, b, st)
+}
+
+// conditionEvent returns a copy of conds with cond set, and records cond as an event of obj
+// (of kind): Normal when the condition is True, a Warning otherwise.
+func (a *Agent) conditionEvent(ctx context.Context, kind string, obj v1alpha1.Object, conds []v1alpha1.Condition, cond v1alpha1.Condition) []v1alpha1.Condition {
+	conds = slices.Clone(conds)
+	v1alpha1.SetCondition(&conds, cond)
+	typ := "Normal"
+	if cond.Status != v1alpha1.ConditionTrue {
+		typ = "Warning"
+	}
+	a.rec.Event(ctx, kind, obj, typ, cond.Reason, cond.Message)
+	return conds
 }
 
 // writeBackupStatus writes st as the status of backup b, guarded: only while the stored
@@ -909,12 +920,6 @@ func (a *Agent) verifyBackup(ctx context.Context, b *v1alpha1.VirtualMachineBack
 	}
 	cond.Message += " " + tag
 	st := b.Status
-	st.Conditions = slices.Clone(b.Status.Conditions)
-	v1alpha1.SetCondition(&st.Conditions, cond)
-	typ := "Normal"
-	if cond.Status != v1alpha1.ConditionTrue {
-		typ = "Warning"
-	}
-	a.rec.Event(ctx, "VirtualMachineBackup", b, typ, cond.Reason, cond.Message)
+	st.Conditions = a.conditionEvent(ctx, "VirtualMachineBackup", b, b.Status.Conditions, cond)
 	return a.writeBackupStatus(ctx, b, st)
 }

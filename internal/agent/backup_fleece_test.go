@@ -105,18 +105,21 @@ func dataBytes(ex []backup.Extent) int64 {
 	return n
 }
 
+// checkNoneLeft fails unless QEMU answers the query command with an empty list.
+func checkNoneLeft(t *testing.T, ctx context.Context, mon snapshotMonitor, query, what string) {
+	t.Helper()
+	var left []any
+	if err := mon.Execute(ctx, query, nil, &left); err != nil || len(left) != 0 {
+		t.Errorf("%s left: %+v %v", what, left, err)
+	}
+}
+
 // checkClean fails unless QEMU has no job, export or backup node left, and exactly the
 // bitmaps named on its disk.
 func checkClean(t *testing.T, ctx context.Context, mon snapshotMonitor, bitmaps []string) {
 	t.Helper()
-	var jobs []qmpJob
-	if err := mon.Execute(ctx, "query-jobs", nil, &jobs); err != nil || len(jobs) != 0 {
-		t.Errorf("jobs left: %+v %v", jobs, err)
-	}
-	var exports []any
-	if err := mon.Execute(ctx, "query-block-exports", nil, &exports); err != nil || len(exports) != 0 {
-		t.Errorf("exports left: %+v %v", exports, err)
-	}
+	checkNoneLeft(t, ctx, mon, "query-jobs", "jobs")
+	checkNoneLeft(t, ctx, mon, "query-block-exports", "exports")
 	var nodes []bitmapNode
 	if err := mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		t.Fatal(err)

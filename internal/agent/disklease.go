@@ -121,12 +121,7 @@ func readDiskLeases(runDir string) map[string]string {
 // agent acquires its node lease (at its start and after it lost the lease), before VMs are
 // reconciled again.
 func (a *Agent) verifyDiskLeases(ctx context.Context) {
-	a.mu.Lock()
-	ins := make([]*instance, 0, len(a.insts))
-	for _, in := range a.insts {
-		ins = append(ins, in)
-	}
-	a.mu.Unlock()
+	ins := a.instances()
 	sort.Slice(ins, func(i, j int) bool { return ins[i].key < ins[j].key })
 	for _, in := range ins {
 		if in.pid <= 0 || in.isExited() || in.incoming != nil {

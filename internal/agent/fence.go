@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -225,16 +226,7 @@ func (f *fence) exitOf(uid string) *exitRecord {
 	return &r
 }
 
-// watch runs the watchdog until stop is closed: a check every tick.
-func (f *fence) watch(stop <-chan struct{}, tick time.Duration) {
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			f.check()
-		}
-	}
+// watch runs the watchdog until ctx ends: a check every tick.
+func (f *fence) watch(ctx context.Context, tick time.Duration) {
+	loop(ctx, tick, func() { f.check() })
 }

@@ -54,14 +54,7 @@ func startSleeper(t *testing.T, uid string) *sleeper {
 	return s
 }
 
-func (s *sleeper) alive() bool {
-	select {
-	case <-s.done:
-		return false
-	default:
-		return true
-	}
-}
+func (s *sleeper) alive() bool { return !isClosed(s.done) }
 
 func (s *sleeper) entry(t *testing.T) guardQEMU {
 	t.Helper()

@@ -86,28 +86,41 @@ func hibernationDir(runDir string) string { return filepath.Join(runDir, hiberna
 // error when one is there but cannot be resumed.
 func loadHibernation(runDir string) (*hibernationRecord, error) {
 	dir := hibernationDir(runDir)
-	b, err := os.ReadFile(filepath.Join(dir, hibernationMeta))
-	if errors.Is(err, os.ErrNotExist) {
+	var rec hibernationRecord
+	size, found, err := readStateRecord(dir, hibernationMeta, hibernationState, &rec)
+	switch {
+	case err != nil:
+		return nil, err
+	case !found:
 		if _, serr := os.Stat(dir); serr == nil {
 			return nil, errors.New("the saved state is incomplete (no " + hibernationMeta + ")")
 		}
 		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var rec hibernationRecord
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return nil, fmt.Errorf("%s: %w", hibernationMeta, err)
-	}
-	fi, err := os.Stat(filepath.Join(dir, hibernationState))
-	if err != nil {
-		return nil, err
-	}
-	if fi.Size() != rec.Size || rec.Size == 0 {
-		return nil, fmt.Errorf("the saved state has %d bytes, its record says %d", fi.Size(), rec.Size)
+	case size != rec.Size || rec.Size == 0:
+		return nil, fmt.Errorf("the saved state has %d bytes, its record says %d", size, rec.Size)
 	}
 	return &rec, nil
+}
+
+// readStateRecord reads the JSON record meta of a saved state in dir into rec and returns
+// the size of the state file it describes; found is false (and err nil) when there is no
+// record.
+func readStateRecord(dir, meta, state string, rec any) (size int64, found bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, meta))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if err := json.Unmarshal(b, rec); err != nil {
+		return 0, true, fmt.Errorf("%s: %w", meta, err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, state))
+	if err != nil {
+		return 0, true, err
+	}
+	return fi.Size(), true, nil
 }
 
 // removeHibernation removes runDir's saved state, reporting whether there was one.

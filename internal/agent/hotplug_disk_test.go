@@ -44,6 +44,17 @@ func (f *fakeHotplugMon) AddFD(context.Context, *os.File, int, string) (qmp.AddF
 
 func (f *fakeHotplugMon) Subscribe(int) (<-chan qmp.Event, func()) { return f.events, func() {} }
 
+// notFoundOn is a reply of fakeHotplugMon: QEMU's DeviceNotFound error with desc to the
+// command failing, success to every other.
+func notFoundOn(failing, desc string) func(string, map[string]any) error {
+	return func(cmd string, _ map[string]any) error {
+		if cmd == failing {
+			return &qmp.CommandError{Command: cmd, Class: qmp.ClassDeviceNotFound, Desc: desc}
+		}
+		return nil
+	}
+}
+
 func (f *fakeHotplugMon) names() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -80,12 +91,7 @@ func TestUnplugDiskSequence(t *testing.T) {
 // TestUnplugDiskGone: a device QEMU no longer has is not waited for; its nodes still go.
 func TestUnplugDiskGone(t *testing.T) {
 	f := &fakeHotplugMon{events: make(chan qmp.Event)}
-	f.reply = func(cmd string, _ map[string]any) error {
-		if cmd == "device_del" {
-			return &qmp.CommandError{Command: cmd, Class: qmp.ClassDeviceNotFound, Desc: "Device 'hpdisk-1' not found"}
-		}
-		return nil
-	}
+	f.reply = notFoundOn("device_del", "Device 'hpdisk-1' not found")
 	if err := unplugDisk(context.Background(), f, pluggedDisk{Device: "hpdisk-1", Nodes: []string{"hp-1"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -98,12 +104,7 @@ func TestUnplugDiskGone(t *testing.T) {
 // absence in QOM ends the wait; a device that stays ends it with a timeout naming it.
 func TestWaitDeviceDeletedPolls(t *testing.T) {
 	f := &fakeHotplugMon{events: make(chan qmp.Event)}
-	f.reply = func(cmd string, _ map[string]any) error {
-		if cmd == "qom-get" {
-			return &qmp.CommandError{Command: cmd, Class: qmp.ClassDeviceNotFound, Desc: "Device '/machine/peripheral/x' not found"}
-		}
-		return nil
-	}
+	f.reply = notFoundOn("qom-get", "Device '/machine/peripheral/x' not found")
 	if err := waitDeviceDeleted(context.Background(), f, f.events, "x", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -197,7 +197,7 @@ func (a *Agent) startLease(ctx context.Context) {
 	}
 	a.snapshotHA()
 	a.fence.publish()
-	go a.fence.watch(ctx.Done(), fenceTick)
+	go a.fence.watch(ctx, fenceTick)
 	a.lease.step(ctx)
 	go a.lease.run(ctx, a.cfg.LeaseRenewInterval)
 	go loop(ctx, haSnapshotEvery, func() {
@@ -212,12 +212,7 @@ func (a *Agent) startLease(ctx context.Context) {
 // whose VM the agent does not cache (not bound here any more) counts as HA: fencing must not
 // miss it.
 func (a *Agent) snapshotHA() {
-	a.mu.Lock()
-	ins := make([]*instance, 0, len(a.insts))
-	for _, in := range a.insts {
-		ins = append(ins, in)
-	}
-	a.mu.Unlock()
+	ins := a.instances()
 	var ps []haProc
 	for _, in := range ins {
 		if in.pid <= 0 || in.isExited() {

@@ -298,10 +298,10 @@ func TestFenceKillsByPID(t *testing.T) {
 	f := newFence(300*time.Millisecond, time.Now, slog.New(slog.DiscardHandler))
 	f.setProcs([]haProc{{uid: "u-fence", key: "default/vm", pid: pid}, {uid: "u-other", key: "default/other", pid: os.Getpid()}})
 	f.renewed(time.Now())
-	stop := make(chan struct{})
-	defer close(stop)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
 	start := time.Now()
-	go f.watch(stop, 10*time.Millisecond)
+	go f.watch(ctx, 10*time.Millisecond)
 	select {
 	case err := <-done:
 		var ee *exec.ExitError

@@ -319,15 +319,11 @@ type proxyHooks struct {
 	watchEnded func()
 }
 
-// serveMigrationProxy serves ln with TLS configuration cfg (its NextProtos are set to the
-// routes', with plainSuffix when plain), routing each connection to the route of its ALPN
-// protocol; a connection whose protocol has no route is closed after the handshake.
-func serveMigrationProxy(ln net.Listener, cfg *tls.Config, routes map[string]func(ctx context.Context) (net.Conn, error), plain bool, log *slog.Logger) *migrationProxy {
-	return serveMigrationProxyHooks(ln, cfg, routes, plain, log, proxyHooks{})
-}
-
-// serveMigrationProxyHooks is serveMigrationProxy with the direct routes and the watch of
-// hooks too (plain only: a direct route's data is the bare connection's).
+// serveMigrationProxyHooks serves ln with TLS configuration cfg (its NextProtos are set to
+// the routes', with plainSuffix when plain), routing each connection to the route of its ALPN
+// protocol, and to the direct routes and the watch of hooks too (plain only: a direct route's
+// data is the bare connection's); a connection whose protocol has no route is closed after
+// the handshake.
 func serveMigrationProxyHooks(ln net.Listener, cfg *tls.Config, routes map[string]func(ctx context.Context) (net.Conn, error), plain bool, log *slog.Logger, hooks proxyHooks) *migrationProxy {
 	cfg = cfg.Clone()
 	cfg.NextProtos = nil

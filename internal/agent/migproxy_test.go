@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/internal/nodestream"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // proxyNode is a node's certificate and fingerprint in the proxy tests.
@@ -28,7 +29,7 @@ type proxyNode struct {
 	fp   string
 }
 
-func newProxyNode(t *testing.T, name string) proxyNode {
+func newProxyNode(t testing.TB, name string) proxyNode {
 	t.Helper()
 	c, fp, err := nodestream.SelfSignedCertificate(name)
 	if err != nil {
@@ -54,41 +55,51 @@ type fakeQEMU struct {
 
 func newFakeQEMU(t *testing.T, prefix string, hold bool) *fakeQEMU {
 	t.Helper()
+	f := &fakeQEMU{prefix: prefix, hold: hold, gone: make(chan error, 8)}
+	f.ln = serveLoopback(t, &f.wg, func(c net.Conn) {
+		f.conns.Add(1)
+		defer c.Close()
+		b, err := io.ReadAll(c)
+		f.mu.Lock()
+		f.got = append(f.got, string(b))
+		f.mu.Unlock()
+		if f.hold {
+			f.gone <- err
+			return
+		}
+		_, _ = c.Write([]byte(f.prefix + string(b)))
+	})
+	t.Cleanup(func() {
+		f.ln.Close()
+		f.wg.Wait()
+	})
+	return f
+}
+
+// serveLoopback listens on loopback and serves each connection with serve, in a goroutine
+// counted in wg, until the listener is closed.
+func serveLoopback(t *testing.T, wg *sync.WaitGroup, serve func(net.Conn)) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeQEMU{ln: ln, prefix: prefix, hold: hold, gone: make(chan error, 8)}
-	f.wg.Add(1)
+	wg.Add(1)
 	go func() {
-		defer f.wg.Done()
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			f.conns.Add(1)
-			f.wg.Add(1)
+			wg.Add(1)
 			go func() {
-				defer f.wg.Done()
-				defer c.Close()
-				b, err := io.ReadAll(c)
-				f.mu.Lock()
-				f.got = append(f.got, string(b))
-				f.mu.Unlock()
-				if f.hold {
-					f.gone <- err
-					return
-				}
-				_, _ = c.Write([]byte(f.prefix + string(b)))
+				defer wg.Done()
+				serve(c)
 			}()
 		}
 	}()
-	t.Cleanup(func() {
-		ln.Close()
-		f.wg.Wait()
-	})
-	return f
+	return ln
 }
 
 func (f *fakeQEMU) route(ctx context.Context) (net.Conn, error) {
@@ -102,13 +113,13 @@ func startProxy(t *testing.T, target, source proxyNode, routes map[string]func(c
 }
 
 // startProxyMode is startProxy, with the data unencrypted after the handshake when plain.
-func startProxyMode(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool) *migrationProxy {
+func startProxyMode(t testing.TB, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool) *migrationProxy {
 	t.Helper()
 	return startProxyHooks(t, target, source, routes, plain, proxyHooks{})
 }
 
 // startProxyHooks is startProxyMode with the direct routes and watch of hooks.
-func startProxyHooks(t *testing.T, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool, hooks proxyHooks) *migrationProxy {
+func startProxyHooks(t testing.TB, target, source proxyNode, routes map[string]func(context.Context) (net.Conn, error), plain bool, hooks proxyHooks) *migrationProxy {
 	t.Helper()
 	cfg, err := nodestream.PinnedClientServerTLSConfig(target.cert, source.fp)
 	if err != nil {
@@ -121,6 +132,14 @@ func startProxyHooks(t *testing.T, target, source proxyNode, routes map[string]f
 	p := serveMigrationProxyHooks(ln, cfg, routes, plain, slog.New(slog.NewTextHandler(io.Discard, nil)), hooks)
 	t.Cleanup(p.close)
 	return p
+}
+
+// streamProxy starts a target proxy (plain or not) that routes the migration stream to
+// stream, and a source dialer to it (dialPlain or not).
+func streamProxy(t *testing.T, target, source proxyNode, stream *fakeQEMU, plain, dialPlain bool) (*migrationProxy, *migrationDialer) {
+	t.Helper()
+	p := startProxyMode(t, target, source, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route}, plain)
+	return p, testDialer(t, p.ln.Addr().String(), source, target.fp, dialPlain)
 }
 
 // testDialer is newMigrationDialer from src to the proxy at addr of the node with the
@@ -192,8 +211,13 @@ func waitGoroutines(t *testing.T, base int) {
 // wire in the clear after the handshake, where with TLS it does not (a relay in between
 // records what the source sends).
 func TestMigrationProxyRoutesByALPN(t *testing.T) {
+	inBothModes(t, testProxyRoutes)
+}
+
+// inBothModes runs test as two subtests (or sub-benchmarks): "tls", then "plain".
+func inBothModes[T interface{ Run(string, func(T)) bool }](t T, test func(T, bool)) {
 	for _, plain := range []bool{false, true} {
-		t.Run(map[bool]string{false: "tls", true: "plain"}[plain], func(t *testing.T) { testProxyRoutes(t, plain) })
+		t.Run(map[bool]string{false: "tls", true: "plain"}[plain], func(t T) { test(t, plain) })
 	}
 }
 
@@ -208,7 +232,7 @@ func testProxyRoutes(t *testing.T, plain bool) {
 	if got := exchange(t, d, alpnMigration, big); got != "stream:"+big {
 		t.Errorf("the stream's answer: %d bytes, want %d", len(got), len("stream:"+big))
 	}
-	if clear := strings.Contains(wire.sent(), big[:4096]); clear != plain {
+	if clear := strings.Contains(wire.sent.String(), big[:4096]); clear != plain {
 		t.Errorf("plain %v: the stream's data in the clear on the wire: %v", plain, clear)
 	}
 	if got := exchange(t, d, alpnNBD, "disk0"); got != "nbd:disk0" {
@@ -238,57 +262,28 @@ func testProxyRoutes(t *testing.T, plain bool) {
 type wireTap struct {
 	target string
 	ln     net.Listener
-	mu     sync.Mutex
-	buf    bytes.Buffer
+	sent   testutil.LockedBuffer
 	wg     sync.WaitGroup
 }
 
 // start listens on loopback and returns the address to dial.
 func (w *wireTap) start(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.ln = ln
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", w.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			w.wg.Add(2)
-			go func() {
-				defer w.wg.Done()
-				_, _ = io.Copy(io.MultiWriter(u, w), c)
-				_ = u.(*net.TCPConn).CloseWrite()
-			}()
-			go func() {
-				defer w.wg.Done()
-				_, _ = io.Copy(c, u)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
+	w.ln = serveLoopback(t, &w.wg, func(c net.Conn) {
+		u, err := net.Dial("tcp", w.target)
+		if err != nil {
+			c.Close()
+			return
 		}
-	}()
-	return ln.Addr().String()
-}
-
-func (w *wireTap) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(b)
-}
-
-func (w *wireTap) sent() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			_, _ = io.Copy(io.MultiWriter(u, &w.sent), c)
+			_ = u.(*net.TCPConn).CloseWrite()
+		}()
+		_, _ = io.Copy(c, u)
+		_ = c.(*net.TCPConn).CloseWrite()
+	})
+	return w.ln.Addr().String()
 }
 
 func (w *wireTap) close() {
@@ -302,8 +297,7 @@ func TestMigrationProxyPlainMismatch(t *testing.T) {
 	src, dst := newProxyNode(t, "src"), newProxyNode(t, "dst")
 	for _, plain := range []bool{false, true} {
 		stream := newFakeQEMU(t, "stream:", false)
-		p := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route}, plain)
-		d := testDialer(t, p.ln.Addr().String(), src, dst.fp, !plain)
+		p, d := streamProxy(t, dst, src, stream, plain, !plain)
 		if f, err := d.dial(context.Background(), alpnMigration); err == nil {
 			f.Close()
 			t.Errorf("target plain %v, source plain %v: connected", plain, !plain)
@@ -412,17 +406,14 @@ func TestMigrationProxyRefuses(t *testing.T) {
 // and the proxy records that the stream broke from the source's side; when the target's side
 // ends (the proxy closes), the source QEMU's end sees the end. No goroutine is left.
 func TestMigrationProxySourceGone(t *testing.T) {
-	for _, plain := range []bool{false, true} {
-		t.Run(map[bool]string{false: "tls", true: "plain"}[plain], func(t *testing.T) { testProxySourceGone(t, plain) })
-	}
+	inBothModes(t, testProxySourceGone)
 }
 
 func testProxySourceGone(t *testing.T, plain bool) {
 	base := runtime.NumGoroutine()
 	src, dst := newProxyNode(t, "src"), newProxyNode(t, "dst")
 	stream := newFakeQEMU(t, "", true)
-	p := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream.route}, plain)
-	d := testDialer(t, p.ln.Addr().String(), src, dst.fp, plain)
+	p, d := streamProxy(t, dst, src, stream, plain, plain)
 	qemu := dialFile(t, d, alpnMigration)
 	if _, err := qemu.Write([]byte("part of a stream")); err != nil {
 		t.Fatal(err)
@@ -457,8 +448,7 @@ func testProxySourceGone(t *testing.T, plain bool) {
 
 	// The other way: the target's proxy closes during a stream.
 	stream2 := newFakeQEMU(t, "", true)
-	p2 := startProxyMode(t, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: stream2.route}, plain)
-	d2 := testDialer(t, p2.ln.Addr().String(), src, dst.fp, plain)
+	p2, d2 := streamProxy(t, dst, src, stream2, plain, plain)
 	qemu2 := dialFile(t, d2, alpnMigration)
 	if _, err := qemu2.Write([]byte("x")); err != nil {
 		t.Fatal(err)
@@ -642,20 +632,11 @@ func testPipeLocalGone(t *testing.T, remotePair func(*testing.T) (net.Conn, net.
 // and a target proxy on loopback (mutual TLS, two socket pairs, the agents' copies), as a
 // migration stream goes: `go test -run '^$' -bench MigrationProxy ./internal/agent/`.
 func BenchmarkMigrationProxy(b *testing.B) {
-	for _, plain := range []bool{false, true} {
-		b.Run(map[bool]string{false: "tls", true: "plain"}[plain], func(b *testing.B) { benchProxy(b, plain) })
-	}
+	inBothModes(b, benchProxy)
 }
 
 func benchProxy(b *testing.B, plain bool) {
-	mk := func(name string) proxyNode {
-		c, fp, err := nodestream.SelfSignedCertificate(name)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return proxyNode{c, fp}
-	}
-	src, dst := mk("src"), mk("dst")
+	src, dst := newProxyNode(b, "src"), newProxyNode(b, "dst")
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -671,21 +652,12 @@ func benchProxy(b *testing.B, plain bool) {
 		c.Close()
 		got <- n
 	}()
-	cfg, err := nodestream.PinnedClientServerTLSConfig(dst.cert, src.fp)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
 	route := func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", sink.Addr().String())
 	}
-	p := serveMigrationProxy(ln, cfg, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, plain, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	defer p.close()
-	d := testDialer(b, ln.Addr().String(), src, dst.fp, plain)
+	p := startProxyMode(b, dst, src, map[string]func(context.Context) (net.Conn, error){alpnMigration: route}, plain)
+	d := testDialer(b, p.ln.Addr().String(), src, dst.fp, plain)
 	defer d.close()
 	c := dialFile(b, d, alpnMigration)
 	chunk := make([]byte, 1<<20)

@@ -117,9 +117,12 @@ type instance struct {
 
 func (in *instance) markExited() { in.exitOnce.Do(func() { close(in.exited) }) }
 
-func (in *instance) isExited() bool {
+func (in *instance) isExited() bool { return isClosed(in.exited) }
+
+// isClosed says whether ch is closed (or has a value ready), without waiting.
+func isClosed(ch <-chan struct{}) bool {
 	select {
-	case <-in.exited:
+	case <-ch:
 		return true
 	default:
 		return false

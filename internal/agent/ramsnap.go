@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -185,23 +184,15 @@ func loadRAMRecord(dataDir, uid, vmUID string) (*ramRecord, error) {
 		return nil, fmt.Errorf("the snapshot uid %q: %w", uid, err)
 	}
 	dir := storage.SnapshotRAMDir(dataDir, uid)
-	b, err := os.ReadFile(filepath.Join(dir, ramMetaFile))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("the RAM state of VirtualMachineSnapshot uid %s is not on this node", uid)
-		}
-		return nil, err
-	}
 	var rec ramRecord
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return nil, fmt.Errorf("%s: %w", ramMetaFile, err)
-	}
-	fi, err := os.Stat(filepath.Join(dir, ramStateFile))
-	if err != nil {
+	size, found, err := readStateRecord(dir, ramMetaFile, ramStateFile, &rec)
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	if fi.Size() != rec.Size || rec.SnapshotUID != uid {
-		return nil, fmt.Errorf("the RAM state of VirtualMachineSnapshot uid %s has %d bytes, its record says %d (of snapshot %s)", uid, fi.Size(), rec.Size, rec.SnapshotUID)
+	case !found:
+		return nil, fmt.Errorf("the RAM state of VirtualMachineSnapshot uid %s is not on this node", uid)
+	case size != rec.Size || rec.SnapshotUID != uid:
+		return nil, fmt.Errorf("the RAM state of VirtualMachineSnapshot uid %s has %d bytes, its record says %d (of snapshot %s)", uid, size, rec.Size, rec.SnapshotUID)
 	}
 	if rec.VMUID != vmUID {
 		return nil, fmt.Errorf("the RAM state of VirtualMachineSnapshot uid %s is of VM uid %s, not of this one (%s)", uid, rec.VMUID, vmUID)

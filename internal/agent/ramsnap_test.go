@@ -10,30 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
-
-// fdSetMon answers query-fdsets with its sets and records remove-fd.
-type fdSetMon struct {
-	sets    []fdSet
-	removed []int
-}
-
-func (f *fdSetMon) Execute(_ context.Context, cmd string, args, result any) error {
-	switch cmd {
-	case "query-fdsets":
-		b, _ := json.Marshal(f.sets)
-		return json.Unmarshal(b, result)
-	case "remove-fd":
-		f.removed = append(f.removed, args.(map[string]any)["fdset-id"].(int))
-	}
-	return nil
-}
-
-func (f *fdSetMon) AddFD(context.Context, *os.File, int, string) (qmp.AddFDInfo, error) {
-	return qmp.AddFDInfo{}, nil
-}
 
 // TestDropFDSets: only the fd set that holds the named descriptor is removed.
 func TestDropFDSets(t *testing.T) {
@@ -44,10 +22,10 @@ func TestDropFDSets(t *testing.T) {
 		}{opaque})
 		return s
 	}
-	m := &fdSetMon{sets: []fdSet{mk(1, "snapshot:/d/a.qcow2.part"), mk(2, "ram:/d/ram/state.qcow2.part"), mk(3, "disk:/d/b.qcow2")}}
+	m := &queryMon{query: "query-fdsets", record: "remove-fd", answer: []fdSet{mk(1, "snapshot:/d/a.qcow2.part"), mk(2, "ram:/d/ram/state.qcow2.part"), mk(3, "disk:/d/b.qcow2")}}
 	dropFDSets(context.Background(), m, "ram:/d/ram/state.qcow2.part")
-	if len(m.removed) != 1 || m.removed[0] != 2 {
-		t.Errorf("removed fd sets %v, want [2]", m.removed)
+	if len(m.calls) != 1 || m.calls[0]["fdset-id"] != 2 {
+		t.Errorf("removed fd sets %v, want [2]", m.calls)
 	}
 }
 

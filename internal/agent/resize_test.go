@@ -3,23 +3,34 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"testing"
+
+	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 )
 
-type fakeQMP struct {
-	nodes []blockNode
-	calls []map[string]any
+// queryMon is a fake QEMU monitor: it answers the command query with answer (through JSON,
+// as QEMU's reply would be decoded) and records the arguments of each call of the command
+// record.
+type queryMon struct {
+	query, record string
+	answer        any
+	calls         []map[string]any
 }
 
-func (f *fakeQMP) Execute(_ context.Context, cmd string, args, result any) error {
+func (f *queryMon) Execute(_ context.Context, cmd string, args, result any) error {
 	switch cmd {
-	case "query-named-block-nodes":
-		b, _ := json.Marshal(f.nodes)
+	case f.query:
+		b, _ := json.Marshal(f.answer)
 		return json.Unmarshal(b, result)
-	case "block_resize":
+	case f.record:
 		f.calls = append(f.calls, args.(map[string]any))
 	}
 	return nil
+}
+
+func (f *queryMon) AddFD(context.Context, *os.File, int, string) (qmp.AddFDInfo, error) {
+	return qmp.AddFDInfo{}, nil
 }
 
 // TestGrowInVM: block_resize goes to the writable qcow2 node of the disk file (also when QEMU
@@ -32,7 +43,7 @@ func TestGrowInVM(t *testing.T) {
 		n.Image.VirtualSize = size
 		return n
 	}
-	f := &fakeQMP{nodes: []blockNode{
+	f := &queryMon{query: "query-named-block-nodes", record: "block_resize", answer: []blockNode{
 		node("fmt-other", "/data/pools/default/disks/other.qcow2", "qcow2", false, 1<<20),
 		node("file-vd", path, "file", false, 1<<20),
 		node("fmt-vd.b1", "/data/images/img", "qcow2", true, 1<<20),

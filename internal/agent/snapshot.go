@@ -664,12 +664,10 @@ func (a *Agent) dropSnapshotLeftovers(ctx context.Context, mon snapshotMonitor, 
 func (a *Agent) snapshotFailed(ctx context.Context, s *v1alpha1.VirtualDiskSnapshot, msg string) error {
 	a.log.Warn("disk snapshot failed", "snapshot", s.Namespace+"/"+s.Name, "why", msg)
 	st := s.Status
-	st.Conditions = slices.Clone(s.Status.Conditions)
 	st.Phase = v1alpha1.SnapshotPhaseFailed
 	st.ObservedGeneration = s.Generation
-	v1alpha1.SetCondition(&st.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady, Status: v1alpha1.ConditionFalse,
-		Reason: v1alpha1.VDSnapshotReasonFailed, Message: msg, ObservedGeneration: s.Generation})
-	a.rec.Event(ctx, "VirtualDiskSnapshot", s, "Warning", v1alpha1.VDSnapshotReasonFailed, msg)
+	st.Conditions = a.conditionEvent(ctx, "VirtualDiskSnapshot", s, s.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VDSnapshotConditionReady,
+		Status: v1alpha1.ConditionFalse, Reason: v1alpha1.VDSnapshotReasonFailed, Message: msg, ObservedGeneration: s.Generation})
 	return a.writeSnapshotStatus(ctx, s, st)
 }
 

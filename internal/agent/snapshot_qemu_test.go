@@ -51,14 +51,8 @@ func TestTakeLiveRealQEMU(t *testing.T) {
 				t.Errorf("the target node %s is still in QEMU", id)
 			}
 		}
-		var jobs []qmpJob
-		if err := mon.Execute(ctx, "query-jobs", nil, &jobs); err != nil || len(jobs) != 0 {
-			t.Errorf("jobs left: %+v %v", jobs, err)
-		}
-		var sets []any
-		if err := mon.Execute(ctx, "query-fdsets", nil, &sets); err != nil || len(sets) != 0 {
-			t.Errorf("fd sets left: %+v %v", sets, err)
-		}
+		checkNoneLeft(t, ctx, mon, "query-jobs", "jobs")
+		checkNoneLeft(t, ctx, mon, "query-fdsets", "fd sets")
 	}
 	// Two disks at one instant, in one transaction.
 	t1, t2 := filepath.Join(dir, "g1.qcow2.part"), filepath.Join(dir, "g2.qcow2.part")

@@ -41,30 +41,37 @@ const HeaderSize = 64 << 10
 // other standard identifiers (e.g. BEA01 of UDF bridge discs).
 var isoOffsets = []int{0x8001, 0x8801, 0x9001}
 
+// magics are the signatures DetectFormat looks for, in order: a format's marker and where in
+// the file it starts.
+var magics = []struct {
+	off    int
+	sig    string
+	format Format
+}{
+	{0, "QFI\xfb", FormatQCOW2},
+	{0, "KDMV", FormatVMDK},
+	{0, "COWD", FormatVMDK},
+	{0, "# Disk DescriptorFile", FormatVMDK},
+	{0x40, "\x7f\x10\xda\xbe", FormatVDI},
+	{0, "vhdxfile", FormatVHDX},
+	{0, "conectix", FormatVHD},
+	{0, "\x1f\x8b", FormatGzip},
+	{0, "\xfd7zXZ\x00", FormatXz},
+	{0, "\x28\xb5\x2f\xfd", FormatZstd},
+}
+
 // DetectFormat returns the format of a file from its first bytes (up to HeaderSize; fewer if
 // the file is shorter). Anything not recognised is raw.
 func DetectFormat(h []byte) Format {
 	has := func(off int, sig string) bool {
 		return len(h) >= off+len(sig) && string(h[off:off+len(sig)]) == sig
 	}
-	switch {
-	case has(0, "QFI\xfb"):
-		return FormatQCOW2
-	case has(0, "KDMV"), has(0, "COWD"), has(0, "# Disk DescriptorFile"):
-		return FormatVMDK
-	case has(0x40, "\x7f\x10\xda\xbe"):
-		return FormatVDI
-	case has(0, "vhdxfile"):
-		return FormatVHDX
-	case has(0, "conectix"):
-		return FormatVHD
-	case has(0, "\x1f\x8b"):
-		return FormatGzip
-	case has(0, "\xfd7zXZ\x00"):
-		return FormatXz
-	case has(0, "\x28\xb5\x2f\xfd"):
-		return FormatZstd
-	case has(0, "BZh") && len(h) > 3 && h[3] >= '1' && h[3] <= '9':
+	for _, m := range magics {
+		if has(m.off, m.sig) {
+			return m.format
+		}
+	}
+	if has(0, "BZh") && len(h) > 3 && h[3] >= '1' && h[3] <= '9' {
 		return FormatBzip2
 	}
 	for _, off := range isoOffsets {

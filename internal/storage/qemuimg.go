@@ -252,14 +252,8 @@ func CreateBlank(ctx context.Context, path string, sizeBytes int64) error {
 // the backing image (and of the overlay). The backing path is stored in the overlay, so it must be absolute and
 // must not move.
 func CreateLinkedClone(ctx context.Context, path, backingPath, backingFormat string, sizeBytes int64) error {
-	if err := checkFormat(backingFormat); err != nil {
+	if err := checkSizedImage("backing", backingPath, backingFormat, sizeBytes); err != nil {
 		return err
-	}
-	if !filepath.IsAbs(backingPath) {
-		return fmt.Errorf("backing path %q must be absolute", backingPath)
-	}
-	if sizeBytes <= 0 {
-		return fmt.Errorf("disk size %d must be positive", sizeBytes)
 	}
 	if fi, err := os.Stat(backingPath); err != nil {
 		return fmt.Errorf("backing file: %w", err)
@@ -272,6 +266,21 @@ func CreateLinkedClone(ctx context.Context, path, backingPath, backingFormat str
 	return writeAtomically(path, func(tmp string) error {
 		return writeQCOW2Overlay(tmp, backingPath, backingFormat, RoundSize(sizeBytes))
 	})
+}
+
+// checkSizedImage checks the arguments of an operation on an image of a size: format is
+// one checkFormat accepts, path (named as the what path) is absolute and sizeBytes is positive.
+func checkSizedImage(what, path, format string, sizeBytes int64) error {
+	if err := checkFormat(format); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("%s path %q must be absolute", what, path)
+	}
+	if sizeBytes <= 0 {
+		return fmt.Errorf("disk size %d must be positive", sizeBytes)
+	}
+	return nil
 }
 
 // Convert copies src (of srcFmt) into a new image dst of dstFmt.
@@ -318,14 +327,8 @@ func ConvertResize(ctx context.Context, src, srcFmt, dst, dstFmt string, sizeByt
 // Resize grows the image at path (of format qcow2 or raw), which no process has open, to
 // sizeBytes. It never shrinks: qemu-img refuses a smaller size without --shrink.
 func Resize(ctx context.Context, path, format string, sizeBytes int64) error {
-	if err := checkFormat(format); err != nil {
+	if err := checkSizedImage("image", path, format, sizeBytes); err != nil {
 		return err
-	}
-	if !filepath.IsAbs(path) {
-		return fmt.Errorf("image path %q must be absolute", path)
-	}
-	if sizeBytes <= 0 {
-		return fmt.Errorf("disk size %d must be positive", sizeBytes)
 	}
 	name, err := pinned(path, format)
 	if err != nil {

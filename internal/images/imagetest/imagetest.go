@@ -90,27 +90,32 @@ func ISO(t testing.TB, dir, name string) string {
 func WithBacking(t testing.TB, dir, name string) string {
 	t.Helper()
 	base := QCOW2(t, dir, name+".base", "16M")
-	p := filepath.Join(dir, name)
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, p, "16M")
+	return create(t, filepath.Join(dir, name), "16M", "-f", "qcow2", "-F", "qcow2", "-b", base)
+}
+
+// create makes the image p with qemu-img create -q, the options opts and the size (none
+// when ""), and returns p.
+func create(t testing.TB, p, size string, opts ...string) string {
+	t.Helper()
+	Need(t, "qemu-img")
+	args := append(append([]string{"create", "-q"}, opts...), p)
+	if size != "" {
+		args = append(args, size)
+	}
+	run(t, "qemu-img", args...)
 	return p
 }
 
 // WithDataFile makes a qcow2 with an external data file (OSSA-2024-001).
 func WithDataFile(t testing.TB, dir, name string) string {
 	t.Helper()
-	Need(t, "qemu-img")
-	p := filepath.Join(dir, name)
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, name+".data"), p, "16M")
-	return p
+	return create(t, filepath.Join(dir, name), "16M", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, name+".data"))
 }
 
 // VMDK makes a VMDK image.
 func VMDK(t testing.TB, dir, name string) string {
 	t.Helper()
-	Need(t, "qemu-img")
-	p := filepath.Join(dir, name)
-	run(t, "qemu-img", "create", "-q", "-f", "vmdk", p, "16M")
-	return p
+	return create(t, filepath.Join(dir, name), "16M", "-f", "vmdk")
 }
 
 // AllowLoopback is the network policy of imports from test servers: loopback addresses are
@@ -177,20 +182,13 @@ func VMDKDescriptor(t testing.TB, dir, name, target string) string {
 // VMDKWithParent makes a sparse VMDK whose embedded descriptor names a parent file.
 func VMDKWithParent(t testing.TB, dir, name string) string {
 	t.Helper()
-	Need(t, "qemu-img")
-	base := filepath.Join(dir, name+".parent.vmdk")
-	run(t, "qemu-img", "create", "-q", "-f", "vmdk", base, "16M")
-	p := filepath.Join(dir, name)
-	run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-F", "vmdk", "-b", base, p)
-	return p
+	base := create(t, filepath.Join(dir, name+".parent.vmdk"), "16M", "-f", "vmdk")
+	return create(t, filepath.Join(dir, name), "", "-f", "vmdk", "-F", "vmdk", "-b", base)
 }
 
 // JSONBacking makes a qcow2 whose backing file is a json: name that opens a host file.
 func JSONBacking(t testing.TB, dir, name, target string) string {
 	t.Helper()
-	Need(t, "qemu-img")
-	p := filepath.Join(dir, name)
-	run(t, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-F", "raw",
-		"-b", `json:{"driver":"raw","file":{"driver":"file","filename":"`+target+`"}}`, p, "16M")
-	return p
+	return create(t, filepath.Join(dir, name), "16M", "-u", "-f", "qcow2", "-F", "raw",
+		"-b", `json:{"driver":"raw","file":{"driver":"file","filename":"`+target+`"}}`)
 }

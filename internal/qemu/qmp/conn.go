@@ -286,13 +286,7 @@ func (c *Conn) execute(ctx context.Context, command string, args, result any, fi
 	}
 	c.pending[id] = ch
 	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		if c.pending != nil {
-			delete(c.pending, id)
-		}
-		c.mu.Unlock()
-	}()
+	defer deleteLocked(&c.mu, &c.pending, id)
 
 	if err := c.write(ctx, req, files); err != nil {
 		return callErr(command, err)
@@ -582,13 +576,17 @@ func (c *Conn) Subscribe(buffer int) (events <-chan Event, cancel func()) {
 	c.mu.Unlock()
 	go s.pump()
 	return s.ch, func() {
-		c.mu.Lock()
-		if c.subs != nil {
-			delete(c.subs, s)
-		}
-		c.mu.Unlock()
+		deleteLocked(&c.mu, &c.subs, s)
 		s.cancel()
 	}
+}
+
+// deleteLocked deletes k from the map *m (one of the connection's, nil once it has ended)
+// while holding mu.
+func deleteLocked[K comparable, V any](mu *sync.Mutex, m *map[K]V, k K) {
+	mu.Lock()
+	defer mu.Unlock()
+	delete(*m, k)
 }
 
 // OnEvent calls handle with every event the server sends from now on, in order, on the
@@ -610,11 +608,7 @@ func (c *Conn) OnEvent(handle func(Event)) (cancel func()) {
 	c.hooks[h] = struct{}{}
 	c.mu.Unlock()
 	return func() {
-		c.mu.Lock()
-		if c.hooks != nil {
-			delete(c.hooks, h)
-		}
-		c.mu.Unlock()
+		deleteLocked(&c.mu, &c.hooks, h)
 		h.stop()
 	}
 }
