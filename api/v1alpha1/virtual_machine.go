@@ -602,6 +602,26 @@ type GuestOSInfo struct {
 	Hostname      string `json:"hostname,omitempty"`
 }
 
+// MaxPhaseTransitions bounds status.stats.phasesTransitions: the oldest entries go first.
+const MaxPhaseTransitions = 10
+
+// SetPhase sets the VM's phase and, when it changes, records the transition at now in
+// status.stats.phasesTransitions, of which the last MaxPhaseTransitions are kept.
+func (vm *VirtualMachine) SetPhase(p VirtualMachinePhase, now Time) {
+	if vm.Status.Phase == p {
+		return
+	}
+	vm.Status.Phase = p
+	if vm.Status.Stats == nil {
+		vm.Status.Stats = &VirtualMachineStats{}
+	}
+	tr := append(vm.Status.Stats.PhasesTransitions, VirtualMachinePhaseTransition{Phase: p, Timestamp: now})
+	if len(tr) > MaxPhaseTransitions {
+		tr = tr[len(tr)-MaxPhaseTransitions:]
+	}
+	vm.Status.Stats.PhasesTransitions = tr
+}
+
 // VirtualMachineStats are the phase history and launch timings of a VM.
 type VirtualMachineStats struct {
 	PhasesTransitions  []VirtualMachinePhaseTransition   `json:"phasesTransitions,omitempty"`

@@ -93,7 +93,7 @@ func (a *Agent) failMigration(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 		now := a.now()
 		m.Phase, m.Result, m.Reason, m.Message, m.EndTimestamp = v1alpha1.MigrationPhaseFailed, v1alpha1.MigrationResultFailed, reason, msg, &now
 		if v.Status.Phase == v1alpha1.VMPhaseMigrating && v.Status.NodeName == a.cfg.NodeName {
-			setPhase(v, v1alpha1.VMPhaseRunning, now)
+			v.SetPhase(v1alpha1.VMPhaseRunning, now)
 		}
 	})
 	if errors.Is(err, errMigrationOver) || errors.Is(err, errGone) {
@@ -652,7 +652,7 @@ func (a *Agent) slowCommit(ctx context.Context, ns, name, uid, source, id string
 			m.Reason, m.Message = "", fmt.Sprintf("migrated from node %s to node %s", source, a.cfg.NodeName)
 			v.Status.MigrationState = m
 			v.Status.NodeName = a.cfg.NodeName
-			setPhase(v, v1alpha1.VMPhaseRunning, now)
+			v.SetPhase(v1alpha1.VMPhaseRunning, now)
 			return nil
 		})
 		if err == nil || errors.Is(err, errMigrationOver) || errors.Is(err, errGone) || ctx.Err() != nil {
@@ -716,11 +716,11 @@ func (a *Agent) fastCommit(ctx context.Context, ns, name, uid, source, id string
 		{"op": "add", "path": "/status/migrationState/message", "value": fmt.Sprintf("migrated from node %s to node %s", source, a.cfg.NodeName)},
 		{"op": "add", "path": "/status/phase", "value": v1alpha1.VMPhaseRunning},
 	}
-	// The phase history gets its Running entry in the same request (bounded as setPhase
+	// The phase history gets its Running entry in the same request (bounded as SetPhase
 	// bounds it). Should the stored history differ from the cached one so that the operations
 	// do not apply, the request is refused as a whole and the read-and-write path does it.
 	if st := cached.Status.Stats; st != nil && len(st.PhasesTransitions) > 0 {
-		if len(st.PhasesTransitions) >= maxTransitions {
+		if len(st.PhasesTransitions) >= v1alpha1.MaxPhaseTransitions {
 			ops = append(ops, map[string]any{"op": "remove", "path": "/status/stats/phasesTransitions/0"})
 		}
 		ops = append(ops, map[string]any{"op": "add", "path": "/status/stats/phasesTransitions/-",
@@ -875,7 +875,7 @@ func (a *Agent) beginTransfer(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 	err := a.patchMigration(ctx, vm.Namespace, vm.Name, vm.UID, m.ID, func(v *v1alpha1.VirtualMachine, mm *v1alpha1.VirtualMachineMigrationState) {
 		mm.Phase = v1alpha1.MigrationPhaseTransferring
 		mm.Progress = &v1alpha1.MigrationProgress{}
-		setPhase(v, v1alpha1.VMPhaseMigrating, a.now())
+		v.SetPhase(v1alpha1.VMPhaseMigrating, a.now())
 	})
 	if err != nil {
 		if !errors.Is(err, errMigrationOver) && !errors.Is(err, errGone) {

@@ -74,25 +74,6 @@ func patchVMStatus(ctx context.Context, c *client.Client, ns, name, uid string, 
 	return nil, fmt.Errorf("updating status of %s/%s: %w", ns, name, lastErr)
 }
 
-// addTransition appends a phase transition to stats (bounded), when the phase changes.
-func setPhase(vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, now v1alpha1.Time) {
-	if vm.Status.Phase == p {
-		return
-	}
-	vm.Status.Phase = p
-	if vm.Status.Stats == nil {
-		vm.Status.Stats = &v1alpha1.VirtualMachineStats{}
-	}
-	tr := append(vm.Status.Stats.PhasesTransitions, v1alpha1.VirtualMachinePhaseTransition{Phase: p, Timestamp: now})
-	if len(tr) > maxTransitions {
-		tr = tr[len(tr)-maxTransitions:]
-	}
-	vm.Status.Stats.PhasesTransitions = tr
-}
-
-// maxTransitions bounds stats.phasesTransitions.
-const maxTransitions = 10
-
 // lastTransition returns when the VM last entered phase p, or the zero time.
 func lastTransition(vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase) v1alpha1.Time {
 	if vm.Status.Stats == nil {

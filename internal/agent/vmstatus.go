@@ -22,7 +22,7 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 			return errNoChange
 		}
 		now := a.now()
-		setPhase(v, v1alpha1.VMPhaseStopped, now)
+		v.SetPhase(v1alpha1.VMPhaseStopped, now)
 		v.Status.NodeName = ""
 		v.Status.StateNodeName = a.hostStateNode(v.UID)
 		setRunningCond(v, v1alpha1.ConditionFalse, "Stopped", "the VM is stopped")
@@ -64,7 +64,7 @@ func (a *Agent) writePhase(ctx context.Context, vm *v1alpha1.VirtualMachine, p v
 		if v.Status.NodeName != a.cfg.NodeName {
 			return errNoChange
 		}
-		setPhase(v, p, a.now())
+		v.SetPhase(p, a.now())
 		if more != nil {
 			more(v)
 		}
@@ -84,7 +84,7 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 		}
 		now := a.now()
 		was := v.Status.Phase
-		setPhase(v, phase, now)
+		v.SetPhase(phase, now)
 		if was == v1alpha1.VMPhaseStarting && phase == v1alpha1.VMPhaseRunning {
 			st := v.Status.Stats
 			start := lastTransition(v, v1alpha1.VMPhaseStarting)
@@ -166,7 +166,7 @@ func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec
 			// Starting write: the next try waits for the controller's backoff and new request.
 			v.Status.ObservedRestartID = vm.Status.PowerRequest.RestartID
 		}
-		setPhase(v, v1alpha1.VMPhaseStopped, now)
+		v.SetPhase(v1alpha1.VMPhaseStopped, now)
 		clearBlockDeviceRefs(v) // hotplug_disk.go
 		msg := rec.Message
 		if msg == "" {

@@ -201,7 +201,7 @@ func (c *Controller) reconcile(ctx context.Context, key runtime.Key) (runtime.Re
 			if wantsRunning(d.power) {
 				p = v1alpha1.VMPhasePending
 			}
-			setPhase(v, p, v1alpha1.NewTime(c.cfg.Now()))
+			v.SetPhase(p, v1alpha1.NewTime(c.cfg.Now()))
 		}
 		return nil
 	})
@@ -269,21 +269,6 @@ func (c *Controller) blockDevicesCondition(vm *v1alpha1.VirtualMachine) v1alpha1
 		Reason: ReasonBlockDevicesReady, Message: fmt.Sprintf("all %d block devices are ready", len(vm.Spec.BlockDeviceRefs)), ObservedGeneration: vm.Generation}
 }
 
-func setPhase(vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, now v1alpha1.Time) {
-	if vm.Status.Phase == p {
-		return
-	}
-	vm.Status.Phase = p
-	if vm.Status.Stats == nil {
-		vm.Status.Stats = &v1alpha1.VirtualMachineStats{}
-	}
-	tr := append(vm.Status.Stats.PhasesTransitions, v1alpha1.VirtualMachinePhaseTransition{Phase: p, Timestamp: now})
-	if len(tr) > 10 {
-		tr = tr[len(tr)-10:]
-	}
-	vm.Status.Stats.PhasesTransitions = tr
-}
-
 // controllerFields are the status fields this controller writes (phase and stats only for
 // VMs without a node; the mutate function leaves them alone otherwise).
 var controllerFields = []string{"powerRequest", "conditions", "phase", "stats"}
@@ -346,7 +331,7 @@ func (c *Controller) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachi
 	if vm.Status.Phase != v1alpha1.VMPhaseTerminating {
 		_, err := c.patchStatus(ctx, vm, func(v *v1alpha1.VirtualMachine) error {
 			if v.Status.NodeName == "" {
-				setPhase(v, v1alpha1.VMPhaseTerminating, v1alpha1.NewTime(c.cfg.Now()))
+				v.SetPhase(v1alpha1.VMPhaseTerminating, v1alpha1.NewTime(c.cfg.Now()))
 			}
 			return nil
 		})
