@@ -427,21 +427,7 @@ func (s selector) matches(data []byte) bool {
 		}
 	}
 	for _, fr := range s.fields {
-		var cur any = m
-		for _, seg := range strings.Split(fr[0], ".") {
-			mm, _ := cur.(map[string]any)
-			cur = mm[seg]
-		}
-		got := ""
-		switch v := cur.(type) {
-		case string:
-			got = v
-		case nil:
-		default:
-			b, _ := json.Marshal(v)
-			got = string(b)
-		}
-		if (got == fr[2]) != (fr[1] == "=") {
+		if (labels.FieldValue(m, strings.Split(fr[0], ".")) == fr[2]) != (fr[1] == "=") {
 			return false
 		}
 	}
