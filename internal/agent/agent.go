@@ -339,14 +339,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.runMemory(ctx)      // balloons and KSM: memory.go
 	a.startHotplug(ctx)      // hot-plugged devices: hotplug_disk.go
 	a.queueOrphans()
-	go loop(ctx, a.cfg.HeartbeatInterval, func() {
+	go runtime.Ticks(ctx, a.cfg.HeartbeatInterval, func() {
 		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat failed", "err", err)
 		}
 	})
-	go loop(ctx, a.cfg.GCInterval, a.queueOrphans)
-	go loop(ctx, a.cfg.GCInterval, func() { a.sweepDiskLeases(ctx) })
-	go loop(ctx, a.cfg.ImageCacheGCInterval, func() { a.gcImageCache(ctx) }) // imagecache_gc.go
+	go runtime.Ticks(ctx, a.cfg.GCInterval, a.queueOrphans)
+	go runtime.Ticks(ctx, a.cfg.GCInterval, func() { a.sweepDiskLeases(ctx) })
+	go runtime.Ticks(ctx, a.cfg.ImageCacheGCInterval, func() { a.gcImageCache(ctx) }) // imagecache_gc.go
 	for _, k := range a.vms.Keys() {
 		a.queue.Add(k)
 	}
@@ -360,20 +360,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	a.stopGuard()
 	return nil
-}
-
-// loop runs f at every tick of every until ctx ends (runtime.Every also runs it at once).
-func loop(ctx context.Context, every time.Duration, f func()) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			f()
-		}
-	}
 }
 
 func (a *Agent) now() v1alpha1.Time { return v1alpha1.NewTime(a.cfg.Now()) }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // Self-fencing. The agent holds its node's lease (lease.go). An agent that has not renewed it
@@ -228,5 +229,5 @@ func (f *fence) exitOf(uid string) *exitRecord {
 
 // watch runs the watchdog until ctx ends: a check every tick.
 func (f *fence) watch(ctx context.Context, tick time.Duration) {
-	loop(ctx, tick, func() { f.check() })
+	runtime.Ticks(ctx, tick, func() { f.check() })
 }

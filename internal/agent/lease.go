@@ -200,7 +200,7 @@ func (a *Agent) startLease(ctx context.Context) {
 	go a.fence.watch(ctx, fenceTick)
 	a.lease.step(ctx)
 	go a.lease.run(ctx, a.cfg.LeaseRenewInterval)
-	go loop(ctx, haSnapshotEvery, func() {
+	go runtime.Ticks(ctx, haSnapshotEvery, func() {
 		a.snapshotHA()
 		if a.guard != nil {
 			a.guard.ensure(false) // a guard that died is started again (one look a second)

@@ -69,7 +69,7 @@ func (a *Agent) startNetworking(ctx context.Context) {
 		ns.overlay.allVMs.OnChange(poke)
 	}
 	a.resyncNetworks(ctx)
-	go loop(ctx, NetworkResyncInterval, func() { a.resyncNetworks(ctx) })
+	go runtime.Ticks(ctx, NetworkResyncInterval, func() { a.resyncNetworks(ctx) })
 }
 
 // coalesced returns an informer handler that makes f run, on a goroutine of its own until ctx

@@ -88,3 +88,18 @@ func Every(ctx context.Context, d time.Duration, fn func()) {
 		}
 	}
 }
+
+// Ticks calls fn every d, the first time d from now (Every also calls it at once), until ctx
+// ends.
+func Ticks(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
+	}
+}

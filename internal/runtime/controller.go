@@ -148,16 +148,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := time.NewTicker(p.every)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					p.fn(ctx, c.queue)
-				}
-			}
+			Ticks(ctx, p.every, func() { p.fn(ctx, c.queue) })
 		}()
 	}
 	c.queue.Run(ctx, c.workers, c.reconcile)

@@ -535,36 +535,31 @@ var restoreLeaseSweep = time.Minute
 // give back itself: its operation was deleted while it ran (or the process ended and the
 // operation went before it ran again). A lease left so would keep the VM from starting.
 func (c *Controller) sweepRestoreLeases(ctx context.Context) {
-	t := time.NewTicker(restoreLeaseSweep)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	runtime.Ticks(ctx, restoreLeaseSweep, func() { c.sweepRestoreLeasesOnce(ctx) })
+}
+
+func (c *Controller) sweepRestoreLeasesOnce(ctx context.Context) {
+	list, err := c.C.List(ctx, runtime.DiskLeaseResource, "", client.ListOptions{})
+	if err != nil {
+		return
+	}
+	running := map[string]bool{}
+	for _, op := range c.ops.List() {
+		if op.Spec.Type == v1alpha1.VMOPTypeRestore && op.DeletionTimestamp == nil &&
+			(op.Status.Phase == "" || op.Status.Phase == v1alpha1.VMOPPhasePending || op.Status.Phase == v1alpha1.VMOPPhaseInProgress) {
+			running[op.UID] = true
 		}
-		list, err := c.C.List(ctx, runtime.DiskLeaseResource, "", client.ListOptions{})
-		if err != nil {
+	}
+	for _, raw := range list.Items {
+		var l v1alpha1.VirtualDiskLease
+		if json.Unmarshal(raw, &l) != nil || l.Spec.HolderNode != restoreHolder || running[l.Spec.VirtualMachineUID] {
 			continue
 		}
-		running := map[string]bool{}
-		for _, op := range c.ops.List() {
-			if op.Spec.Type == v1alpha1.VMOPTypeRestore && op.DeletionTimestamp == nil &&
-				(op.Status.Phase == "" || op.Status.Phase == v1alpha1.VMOPPhasePending || op.Status.Phase == v1alpha1.VMOPPhaseInProgress) {
-				running[op.UID] = true
-			}
+		if _, ours := c.restoring.Load(l.Spec.VirtualMachineUID); ours {
+			continue // a restore of this process still writes (its operation may be gone)
 		}
-		for _, raw := range list.Items {
-			var l v1alpha1.VirtualDiskLease
-			if json.Unmarshal(raw, &l) != nil || l.Spec.HolderNode != restoreHolder || running[l.Spec.VirtualMachineUID] {
-				continue
-			}
-			if _, ours := c.restoring.Load(l.Spec.VirtualMachineUID); ours {
-				continue // a restore of this process still writes (its operation may be gone)
-			}
-			if ok, err := runtime.ReleaseDiskLease(ctx, c.C, l.Namespace, l.Name, restoreHolder, l.Spec.VirtualMachineUID, "its restore is gone"); err == nil && ok {
-				c.Log.Info("gave back the disk lease of a restore that is gone", "disk", l.Namespace+"/"+l.Name)
-			}
+		if ok, err := runtime.ReleaseDiskLease(ctx, c.C, l.Namespace, l.Name, restoreHolder, l.Spec.VirtualMachineUID, "its restore is gone"); err == nil && ok {
+			c.Log.Info("gave back the disk lease of a restore that is gone", "disk", l.Namespace+"/"+l.Name)
 		}
 	}
 }
