@@ -22,6 +22,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store"
 	"github.com/rakhsh/rakhsh/internal/testutil"
+	"github.com/rakhsh/rakhsh/internal/testutil/apitest"
 )
 
 // localTestServer runs an API server with a bolt store in dir, on the unix socket dir/api.sock
@@ -67,19 +68,7 @@ func createVM1(t *testing.T, ctx context.Context, c *client.Client) v1alpha1.Vir
 // serveLocal serves s's local handler on a unix socket in dir and returns a client of it.
 func serveLocal(t *testing.T, dir string, s *Server) *client.Client {
 	t.Helper()
-	sock := filepath.Join(dir, "api.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: s.LocalHandler()}
-	go func() { _ = hs.Serve(l) }()
-	t.Cleanup(func() { hs.Close() })
-	c, err := client.New(client.Config{Server: "unix://" + sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return apitest.ServeUnix(t, filepath.Join(dir, "api.sock"), s.LocalHandler())
 }
 
 // passLine writes line to from and checks that to (named who) reads it, within 5 seconds.
