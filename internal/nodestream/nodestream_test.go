@@ -18,6 +18,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/console"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 const testUID = "0b5e6a42-6f0e-4c39-9d4e-7f3f0d3c1a11"
@@ -233,16 +234,7 @@ func (n *testNode) get(t *testing.T, ticket, path string) int {
 		t.Fatal(err)
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 10 * time.Second}
-	req, _ := http.NewRequest("GET", "https://"+n.addr+path, nil)
-	if ticket != "" {
-		req.Header.Set("Authorization", "Bearer "+ticket)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	return testutil.GetStatus(context.Background(), t, hc, "https://"+n.addr+path, ticket)
 }
 
 // TestTicketsAreSingleUseAndShortLived: no ticket, a replayed ticket, an expired ticket and a

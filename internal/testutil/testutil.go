@@ -7,9 +7,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -167,4 +171,58 @@ func InNetns(t testing.TB, ns string, f func()) {
 		}
 	}()
 	f()
+}
+
+// QEMUPIDs maps the uid of every VM run directory of dataDir (run/vms/UID, with its qemu.pid)
+// whose QEMU is alive to that QEMU's pid.
+func QEMUPIDs(dataDir string) map[string]int {
+	out := map[string]int{}
+	root := filepath.Join(dataDir, "run", "vms")
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(root, e.Name(), "qemu.pid"))
+		if err != nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid > 1 && IsQEMUOf(pid, e.Name()) {
+			out[e.Name()] = pid
+		}
+	}
+	return out
+}
+
+// IsQEMUOf says whether the process pid is a QEMU of the VM uid (its command line has
+// -uuid uid).
+func IsQEMUOf(pid int, uid string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return err == nil && strings.Contains(string(b), "qemu") && strings.Contains(string(b), "-uuid\x00"+uid+"\x00")
+}
+
+// CountQEMU counts every live process on the host that is a QEMU of the VM uid.
+func CountQEMU(uid string) int {
+	n := 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && IsQEMUOf(pid, uid) {
+			n++
+		}
+	}
+	return n
+}
+
+// GetStatus sends hc a GET of url, with the bearer token when it is not empty, and returns
+// the status code of the answer.
+func GetStatus(ctx context.Context, t testing.TB, hc *http.Client, url, bearer string) int {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
