@@ -83,11 +83,8 @@ func (f *fakeGuestAgent) answer(conn net.Conn, req fakeqga.Request) bool {
 		reply(map[string]any{"host-name": "vm1"})
 	case "guest-network-get-interfaces":
 		reply([]any{
-			map[string]any{"name": "lo", "hardware-address": "00:00:00:00:00:00", "ip-addresses": []any{
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}}},
-			map[string]any{"name": "eth0", "hardware-address": "52:54:00:AA:BB:CC", "ip-addresses": []any{
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "192.0.2.7", "prefix": 24},
-				map[string]any{"ip-address-type": "ipv6", "ip-address": "fe80::1", "prefix": 64}}},
+			fakeqga.Interface("lo", "00:00:00:00:00:00", fakeqga.Address("ipv4", "127.0.0.1", 8)),
+			fakeqga.Interface("eth0", "52:54:00:AA:BB:CC", fakeqga.Address("ipv4", "192.0.2.7", 24), fakeqga.Address("ipv6", "fe80::1", 64)),
 		})
 	case "guest-fsfreeze-freeze", "guest-fsfreeze-thaw":
 		reply(1)

@@ -53,13 +53,12 @@ func honest(w net.Conn, req fakeqga.Request) {
 		reply(map[string]any{"host-name": "vm1"})
 	case "guest-network-get-interfaces":
 		reply([]any{
-			map[string]any{"name": "lo", "hardware-address": "00:00:00:00:00:00", "ip-addresses": []any{
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}}},
-			map[string]any{"name": "eth0", "hardware-address": "52:54:00:12:34:56", "ip-addresses": []any{
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24},
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "not-an-ip", "prefix": 24},
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "10.0.2.16", "prefix": 99},
-				map[string]any{"ip-address-type": "ipv6", "ip-address": "fe80::1", "prefix": 64}}},
+			fakeqga.Interface("lo", "00:00:00:00:00:00", fakeqga.Address("ipv4", "127.0.0.1", 8)),
+			fakeqga.Interface("eth0", "52:54:00:12:34:56",
+				fakeqga.Address("ipv4", "10.0.2.15", 24),
+				fakeqga.Address("ipv4", "not-an-ip", 24),
+				fakeqga.Address("ipv4", "10.0.2.16", 99),
+				fakeqga.Address("ipv6", "fe80::1", 64)),
 		})
 	case "guest-fsfreeze-freeze":
 		reply(2)

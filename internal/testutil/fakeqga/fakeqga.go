@@ -85,3 +85,14 @@ func WriteHugeLine(w io.Writer) (int64, error) {
 	}
 	return sent, nil
 }
+
+// Interface is an entry of the answer to guest-network-get-interfaces: the interface name,
+// its hardware address and its addresses (made by Address).
+func Interface(name, mac string, addrs ...any) map[string]any {
+	return map[string]any{"name": name, "hardware-address": mac, "ip-addresses": addrs}
+}
+
+// Address is an address of an Interface; typ is "ipv4" or "ipv6".
+func Address(typ, ip string, prefix int) map[string]any {
+	return map[string]any{"ip-address-type": typ, "ip-address": ip, "prefix": prefix}
+}
