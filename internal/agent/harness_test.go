@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -206,31 +205,13 @@ func (e *env) readyDisk(name, image string) *v1alpha1.VirtualDisk {
 		e.t.Fatal(err)
 	}
 	if image != "" {
-		copyFile(e.t, image, path)
+		testutil.CopyFile(e.t, image, path, 0o666)
 	}
 	body, _ := json.Marshal(map[string]any{"status": map[string]any{"phase": "Ready", "capacity": "1Gi", "format": "qcow2"}})
 	if err := e.c.PatchStatus(e.ctx(), "virtualdisks", "default", name, body, nil); err != nil {
 		e.t.Fatal(err)
 	}
 	return &out
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // runGuest makes the guest image img the disk root of VM vm1 (AlwaysOnUnlessStoppedManually)

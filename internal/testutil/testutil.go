@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -225,4 +226,26 @@ func GetStatus(ctx context.Context, t testing.TB, hc *http.Client, url, bearer s
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// CopyFile copies the file src to dst, made (or truncated) with the permissions perm, failing
+// the test if it cannot.
+func CopyFile(t testing.TB, src, dst string, perm os.FileMode) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
