@@ -15,6 +15,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 	"github.com/rakhsh/rakhsh/internal/testutil/fakeqga"
 )
 
@@ -37,7 +38,7 @@ func (f *fakeGuestAgent) commands() []string {
 func serveFakeGuestAgent(t *testing.T, runDir string) *fakeGuestAgent {
 	t.Helper()
 	f := &fakeGuestAgent{mode: "honest"}
-	fakeqga.Listen(t, filepath.Join(runDir, qemu.GuestAgentSocketName), func(conn net.Conn) {
+	testutil.ListenUnix(t, filepath.Join(runDir, qemu.GuestAgentSocketName), func(conn net.Conn) {
 		fakeqga.ReadRequests(conn, func(req fakeqga.Request) bool { return f.answer(conn, req) })
 	})
 	return f

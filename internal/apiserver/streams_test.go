@@ -277,26 +277,13 @@ func TestStreamsProxiedToNodeAgent(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(run, console.LogFile), []byte("RAKHSH-GUEST: ready\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cl, err := net.Listen("unix", filepath.Join(run, console.ConsoleSocket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	go func() {
-		for {
-			g, err := cl.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer g.Close()
-				line, err := bufio.NewReader(g).ReadString('\n')
-				if err == nil {
-					_, _ = g.Write([]byte("guest got " + line))
-				}
-			}()
+	testutil.ListenUnix(t, filepath.Join(run, console.ConsoleSocket), func(g net.Conn) {
+		defer g.Close()
+		line, err := bufio.NewReader(g).ReadString('\n')
+		if err == nil {
+			_, _ = g.Write([]byte("guest got " + line))
 		}
-	}()
+	})
 	cert, fp, err := nodestream.SelfSignedCertificate("far")
 	if err != nil {
 		t.Fatal(err)

@@ -97,32 +97,19 @@ func newTestNode(t *testing.T) *testNode {
 // echoConsole listens on the VM's console socket and echoes each line back in upper case.
 func (n *testNode) echoConsole(t *testing.T) {
 	t.Helper()
-	l, err := net.Listen("unix", filepath.Join(n.runDir, console.ConsoleSocket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	testutil.ListenUnix(t, filepath.Join(n.runDir, console.ConsoleSocket), func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write([]byte(strings.ToUpper(line))); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := c.Write([]byte(strings.ToUpper(line))); err != nil {
+				return
+			}
 		}
-	}()
+	})
 }
 
 // remote returns a Remote for n whose tickets are issued by n's fake for grant g (g's UID and

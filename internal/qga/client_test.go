@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rakhsh/rakhsh/internal/testutil"
 	"github.com/rakhsh/rakhsh/internal/testutil/fakeqga"
 )
 
@@ -25,7 +26,7 @@ type fakeGuest struct {
 func newFakeGuest(t *testing.T, answer func(w net.Conn, req fakeqga.Request)) *fakeGuest {
 	t.Helper()
 	g := &fakeGuest{path: filepath.Join(t.TempDir(), "qga.sock"), reqs: make(chan fakeqga.Request, 100)}
-	fakeqga.Listen(t, g.path, func(conn net.Conn) {
+	testutil.ListenUnix(t, g.path, func(conn net.Conn) {
 		fakeqga.ReadRequests(conn, func(req fakeqga.Request) bool {
 			select {
 			case g.reqs <- req:

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/x509"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -248,4 +249,24 @@ func CopyFile(t testing.TB, src, dst string, perm os.FileMode) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ListenUnix listens on the unix socket path until the end of the test and calls serve, in a
+// goroutine of its own, with each connection.
+func ListenUnix(t testing.TB, path string, serve func(conn net.Conn)) {
+	t.Helper()
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(conn)
+		}
+	}()
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 	"github.com/rakhsh/rakhsh/internal/testutil/fakeqga"
 )
 
@@ -190,7 +191,7 @@ func TestGuestAgentHostile(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &hostileAgent{mode: "huge"}
-	fakeqga.Listen(t, sock, h.serve)
+	testutil.ListenUnix(t, sock, h.serve)
 	vmConsoleType(t, s, v.UID, "kill $(cat /run/qemu-ga.pid)")
 
 	for _, c := range []struct{ mode, reason, msg string }{

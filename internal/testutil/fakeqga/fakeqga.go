@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"io"
 	"net"
-	"testing"
 )
 
 // Request is one command as the guest agent reads it.
@@ -16,26 +15,6 @@ type Request struct {
 	Execute   string         `json:"execute"`
 	Arguments map[string]any `json:"arguments"`
 	ID        any            `json:"id"`
-}
-
-// Listen listens on the unix socket path until the end of the test and calls serve, in a
-// goroutine of its own, with each connection.
-func Listen(t testing.TB, path string, serve func(conn net.Conn)) {
-	t.Helper()
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serve(conn)
-		}
-	}()
 }
 
 // ReadRequests reads conn's requests, one a line (the 0xFF delimiter of a sync dropped, lines
