@@ -1,6 +1,8 @@
-// Package testutil holds helpers shared by the tests of the node packages (agent, QEMU,
-// QMP, storage): a buffer safe for concurrent writers, skipping a test whose tools are
-// missing (failing instead in CI), and a child process that a test starts and kills.
+// Package testutil holds helpers shared by the tests of several packages (the node agent,
+// QEMU, QMP, storage, network, streams, e2e): a buffer safe for concurrent writers, skipping a
+// test whose tools are missing (failing instead in CI), a child process that a test starts and
+// kills, short temporary directories, unix-socket servers, network namespaces, finding a VM's
+// QEMU, and copying files. Only tests import it (and its sub-packages), never product code.
 package testutil
 
 import (
