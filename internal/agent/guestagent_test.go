@@ -1,10 +1,7 @@
 package agent
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,6 +15,8 @@ import (
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/runtime"
+	"github.com/rakhsh/rakhsh/internal/testutil"
+	"github.com/rakhsh/rakhsh/internal/testutil/fakeqga"
 )
 
 // fakeGuestAgent serves a VM's qga.sock as a guest agent would; mode picks its behaviour.
@@ -39,97 +38,60 @@ func (f *fakeGuestAgent) commands() []string {
 func serveFakeGuestAgent(t *testing.T, runDir string) *fakeGuestAgent {
 	t.Helper()
 	f := &fakeGuestAgent{mode: "honest"}
-	ln, err := net.Listen("unix", filepath.Join(runDir, qemu.GuestAgentSocketName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go f.serve(conn)
-		}
-	}()
+	testutil.ListenUnix(t, filepath.Join(runDir, qemu.GuestAgentSocketName), func(conn net.Conn) {
+		fakeqga.ReadRequests(conn, func(req fakeqga.Request) bool { return f.answer(conn, req) })
+	})
 	return f
 }
 
-func (f *fakeGuestAgent) serve(conn net.Conn) {
-	defer conn.Close()
-	r := bufio.NewReader(conn)
-	for {
-		line, err := r.ReadBytes('\n')
-		if err != nil {
-			return
-		}
-		var req struct {
-			Execute   string         `json:"execute"`
-			Arguments map[string]any `json:"arguments"`
-			ID        any            `json:"id"`
-		}
-		if json.Unmarshal(bytes.TrimLeft(line, "\xff"), &req) != nil {
-			continue
-		}
-		f.mu.Lock()
-		mode := f.mode
-		f.calls = append(f.calls, req.Execute)
-		if mode == "late-once" && req.Execute == "guest-ping" {
-			f.mode = "honest" // this ping goes unanswered, the next ones are answered
-		}
-		f.mu.Unlock()
-		if req.Execute == "guest-ping" {
-			f.pings.Add(1)
-		}
-		reply := func(v any) {
-			b, _ := json.Marshal(map[string]any{"return": v, "id": req.ID})
-			_, _ = conn.Write(append(b, '\n'))
-		}
-		if mode == "late-once" && req.Execute == "guest-ping" {
-			f.pings.Add(1)
-			continue
-		}
-		if req.Execute == "guest-sync-delimited" && mode != "silent" {
-			b, _ := json.Marshal(map[string]any{"return": req.Arguments["id"]})
-			_, _ = conn.Write(append([]byte{0xFF}, append(b, '\n')...))
-			continue
-		}
-		switch mode {
-		case "silent":
-			continue
-		case "huge":
-			chunk := bytes.Repeat([]byte("x"), 1<<20)
-			for i := 0; i < 100; i++ {
-				if _, err := conn.Write(chunk); err != nil {
-					return
-				}
-			}
-			continue
-		case "junk":
-			_, _ = conn.Write([]byte("{\"return\": {\"name\": [}\n"))
-			continue
-		}
-		switch req.Execute {
-		case "guest-ping", "guest-set-user-password":
-			reply(map[string]any{})
-		case "guest-get-osinfo":
-			reply(map[string]any{"name": "Rakhsh test guest", "kernel-release": "6.1.0-57-amd64", "version-id": "1", "id": "rakhsh-guest"})
-		case "guest-get-host-name":
-			reply(map[string]any{"host-name": "vm1"})
-		case "guest-network-get-interfaces":
-			reply([]any{
-				map[string]any{"name": "lo", "hardware-address": "00:00:00:00:00:00", "ip-addresses": []any{
-					map[string]any{"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}}},
-				map[string]any{"name": "eth0", "hardware-address": "52:54:00:AA:BB:CC", "ip-addresses": []any{
-					map[string]any{"ip-address-type": "ipv4", "ip-address": "192.0.2.7", "prefix": 24},
-					map[string]any{"ip-address-type": "ipv6", "ip-address": "fe80::1", "prefix": 64}}},
-			})
-		case "guest-fsfreeze-freeze", "guest-fsfreeze-thaw":
-			reply(1)
-		case "guest-shutdown":
-		}
+// answer answers one request as the mode says; false hangs up.
+func (f *fakeGuestAgent) answer(conn net.Conn, req fakeqga.Request) bool {
+	f.mu.Lock()
+	mode := f.mode
+	f.calls = append(f.calls, req.Execute)
+	if mode == "late-once" && req.Execute == "guest-ping" {
+		f.mode = "honest" // this ping goes unanswered, the next ones are answered
 	}
+	f.mu.Unlock()
+	if req.Execute == "guest-ping" {
+		f.pings.Add(1)
+	}
+	reply := func(v any) { fakeqga.Reply(conn, req, v) }
+	if mode == "late-once" && req.Execute == "guest-ping" {
+		f.pings.Add(1)
+		return true
+	}
+	if req.Execute == "guest-sync-delimited" && mode != "silent" {
+		fakeqga.AnswerSync(conn, req)
+		return true
+	}
+	switch mode {
+	case "silent":
+		return true
+	case "huge":
+		_, err := fakeqga.WriteHugeLine(conn)
+		return err == nil
+	case "junk":
+		_, _ = conn.Write([]byte("{\"return\": {\"name\": [}\n"))
+		return true
+	}
+	switch req.Execute {
+	case "guest-ping", "guest-set-user-password":
+		reply(map[string]any{})
+	case "guest-get-osinfo":
+		reply(map[string]any{"name": "Rakhsh test guest", "kernel-release": "6.1.0-57-amd64", "version-id": "1", "id": "rakhsh-guest"})
+	case "guest-get-host-name":
+		reply(map[string]any{"host-name": "vm1"})
+	case "guest-network-get-interfaces":
+		reply([]any{
+			fakeqga.Interface("lo", "00:00:00:00:00:00", fakeqga.Address("ipv4", "127.0.0.1", 8)),
+			fakeqga.Interface("eth0", "52:54:00:AA:BB:CC", fakeqga.Address("ipv4", "192.0.2.7", 24), fakeqga.Address("ipv6", "fe80::1", 64)),
+		})
+	case "guest-fsfreeze-freeze", "guest-fsfreeze-thaw":
+		reply(1)
+	case "guest-shutdown":
+	}
+	return true
 }
 
 func setGuestTimings(t *testing.T) {

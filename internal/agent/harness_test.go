@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +24,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // env is an in-process control plane (API server on a unix socket over a bolt store) with
@@ -178,40 +177,11 @@ func killAll(t *testing.T, dir string) {
 	}
 }
 
-// qemuPIDs lists the live QEMU processes started from dir's run directories.
-func qemuPIDs(dir string) map[string]int {
-	out := map[string]int{}
-	root := filepath.Join(dir, "run", "vms")
-	entries, _ := os.ReadDir(root)
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(root, e.Name(), "qemu.pid"))
-		if err != nil {
-			continue
-		}
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		cmd, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-		if err == nil && strings.Contains(string(cmd), e.Name()) {
-			out[e.Name()] = pid
-		}
-	}
-	return out
-}
+// qemuPIDs lists the live QEMU processes started from dir's run directories, by VM uid.
+var qemuPIDs = testutil.QEMUPIDs
 
-// countQEMU counts every live QEMU process whose command line names uid.
-func countQEMU(uid string) int {
-	n := 0
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(b), "qemu") && strings.Contains(string(b), "-uuid\x00"+uid) {
-			n++
-		}
-	}
-	return n
-}
+// countQEMU counts every live QEMU process of the VM uid.
+var countQEMU = testutil.CountQEMU
 
 func (e *env) ctx() context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -235,31 +205,13 @@ func (e *env) readyDisk(name, image string) *v1alpha1.VirtualDisk {
 		e.t.Fatal(err)
 	}
 	if image != "" {
-		copyFile(e.t, image, path)
+		testutil.CopyFile(e.t, image, path, 0o666)
 	}
 	body, _ := json.Marshal(map[string]any{"status": map[string]any{"phase": "Ready", "capacity": "1Gi", "format": "qcow2"}})
 	if err := e.c.PatchStatus(e.ctx(), "virtualdisks", "default", name, body, nil); err != nil {
 		e.t.Fatal(err)
 	}
 	return &out
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // runGuest makes the guest image img the disk root of VM vm1 (AlwaysOnUnlessStoppedManually)

@@ -22,6 +22,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store"
 	"github.com/rakhsh/rakhsh/internal/testutil"
+	"github.com/rakhsh/rakhsh/internal/testutil/apitest"
 )
 
 // localTestServer runs an API server with a bolt store in dir, on the unix socket dir/api.sock
@@ -67,19 +68,7 @@ func createVM1(t *testing.T, ctx context.Context, c *client.Client) v1alpha1.Vir
 // serveLocal serves s's local handler on a unix socket in dir and returns a client of it.
 func serveLocal(t *testing.T, dir string, s *Server) *client.Client {
 	t.Helper()
-	sock := filepath.Join(dir, "api.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: s.LocalHandler()}
-	go func() { _ = hs.Serve(l) }()
-	t.Cleanup(func() { hs.Close() })
-	c, err := client.New(client.Config{Server: "unix://" + sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return apitest.ServeUnix(t, filepath.Join(dir, "api.sock"), s.LocalHandler())
 }
 
 // passLine writes line to from and checks that to (named who) reads it, within 5 seconds.
@@ -288,26 +277,13 @@ func TestStreamsProxiedToNodeAgent(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(run, console.LogFile), []byte("RAKHSH-GUEST: ready\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cl, err := net.Listen("unix", filepath.Join(run, console.ConsoleSocket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	go func() {
-		for {
-			g, err := cl.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer g.Close()
-				line, err := bufio.NewReader(g).ReadString('\n')
-				if err == nil {
-					_, _ = g.Write([]byte("guest got " + line))
-				}
-			}()
+	testutil.ListenUnix(t, filepath.Join(run, console.ConsoleSocket), func(g net.Conn) {
+		defer g.Close()
+		line, err := bufio.NewReader(g).ReadString('\n')
+		if err == nil {
+			_, _ = g.Write([]byte("guest got " + line))
 		}
-	}()
+	})
 	cert, fp, err := nodestream.SelfSignedCertificate("far")
 	if err != nil {
 		t.Fatal(err)

@@ -2,12 +2,6 @@ package cli
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,41 +9,18 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/apiserver"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
+	"github.com/rakhsh/rakhsh/internal/testutil/apiservertest"
 )
 
 // apiServerSocket runs a real API server (bolt store) on a unix socket and returns its
 // address and an admin client.
 func apiServerSocket(t *testing.T) (string, *client.Client) {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "rk-cli")
-	if err != nil {
+	l := apiservertest.Start(t, "rk-cli")
+	if err := l.Server.EnsureProject(context.Background(), apiserver.DefaultProject); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	s := apiserver.New(apiserver.Config{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	t.Cleanup(s.Shutdown)
-	if err := s.EnsureProject(context.Background(), apiserver.DefaultProject); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "api.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: s.LocalHandler()}
-	go func() { _ = hs.Serve(l) }()
-	t.Cleanup(func() { hs.Close() })
-	c, err := client.New(client.Config{Server: "unix://" + sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return "unix://" + sock, c
+	return "unix://" + l.Sock, l.Client
 }
 
 // apiEnv is a real API server (apiServerSocket) with its client and the context of a test.

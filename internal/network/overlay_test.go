@@ -8,15 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 func TestFDBEntries(t *testing.T) {
@@ -147,33 +145,6 @@ func newUnderlayLab(t *testing.T) *underlayLab {
 	return l
 }
 
-// in runs f on a thread switched into the namespace ns (netlink calls and programs f starts
-// act there).
-func in(t *testing.T, ns string, f func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic("cannot return to the original network namespace: " + err.Error())
-		}
-	}()
-	f()
-}
-
 func (l *underlayLab) desired(i int, remote bool) Desired {
 	other := 1 - i
 	spec := v1alpha1.ClusterNetworkSpec{Type: v1alpha1.ClusterNetworkTypeNAT, Bridge: "rko-br", Subnet: "10.77.0.0/24", Gateway: "10.77.0.1", MTU: 1450}
@@ -195,7 +166,7 @@ func pingFrom(t *testing.T, ns, src, addr string) error {
 	t.Helper()
 	var c net.PacketConn
 	var err error
-	in(t, ns, func() { c, err = net.ListenPacket("ip4:icmp", src) })
+	testutil.InNetns(t, ns, func() { c, err = net.ListenPacket("ip4:icmp", src) })
 	if err != nil {
 		return err
 	}
@@ -254,7 +225,7 @@ func TestOverlayTwoNodes(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		ms[i] = NewManager(Config{DataDir: t.TempDir(), NoUpstreamDNS: true})
 		i := i
-		in(t, l.node[i], func() {
+		testutil.InNetns(t, l.node[i], func() {
 			if _, err := ms[i].Ensure(ctx, l.desired(i, true)); err != nil {
 				t.Fatalf("node %d: %v", i+1, err)
 			}
@@ -262,7 +233,7 @@ func TestOverlayTwoNodes(t *testing.T) {
 	}
 	// Idempotent: the same state again changes nothing (the device is not replaced, no entry
 	// is rewritten, the rules stay).
-	in(t, l.node[0], func() {
+	testutil.InNetns(t, l.node[0], func() {
 		changed, err := ms[0].Ensure(ctx, l.desired(0, true))
 		if err != nil || len(changed) != 0 {
 			t.Fatalf("a second Ensure changed %v (err %v)", changed, err)
@@ -328,7 +299,7 @@ func TestOverlayTwoNodes(t *testing.T) {
 	}
 
 	// The forwarding table follows: without the entries of the other node nothing crosses.
-	in(t, l.node[0], func() {
+	testutil.InNetns(t, l.node[0], func() {
 		if _, err := ms[0].SyncOverlay(l.desired(0, false).Overlay); err != nil {
 			t.Fatal(err)
 		}
@@ -340,7 +311,7 @@ func TestOverlayTwoNodes(t *testing.T) {
 	if err := ping(t, l.vm[0], l.vmIP[1]); err == nil {
 		t.Fatal("a VM reached the other node with no forwarding entries: the frames did not go over the VXLAN table")
 	}
-	in(t, l.node[0], func() {
+	testutil.InNetns(t, l.node[0], func() {
 		if _, err := ms[0].Ensure(ctx, l.desired(0, true)); err != nil {
 			t.Fatal(err)
 		}
@@ -350,7 +321,7 @@ func TestOverlayTwoNodes(t *testing.T) {
 	}
 
 	// Back on one host: no VXLAN device, no overlay rules.
-	in(t, l.node[0], func() {
+	testutil.InNetns(t, l.node[0], func() {
 		d := l.desired(0, true)
 		d.Overlay = nil
 		if _, err := ms[0].Ensure(ctx, d); err != nil {
@@ -364,7 +335,7 @@ func TestOverlayTwoNodes(t *testing.T) {
 		t.Errorf("overlay rules left:\n%s", r)
 	}
 	// Remove takes the VXLAN device down with the bridge.
-	in(t, l.node[1], func() {
+	testutil.InNetns(t, l.node[1], func() {
 		if err := ms[1].Remove(ctx, "rko"); err != nil {
 			t.Fatal(err)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/console"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 const testUID = "0b5e6a42-6f0e-4c39-9d4e-7f3f0d3c1a11"
@@ -96,32 +97,19 @@ func newTestNode(t *testing.T) *testNode {
 // echoConsole listens on the VM's console socket and echoes each line back in upper case.
 func (n *testNode) echoConsole(t *testing.T) {
 	t.Helper()
-	l, err := net.Listen("unix", filepath.Join(n.runDir, console.ConsoleSocket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	testutil.ListenUnix(t, filepath.Join(n.runDir, console.ConsoleSocket), func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
 		for {
-			c, err := l.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write([]byte(strings.ToUpper(line))); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := c.Write([]byte(strings.ToUpper(line))); err != nil {
+				return
+			}
 		}
-	}()
+	})
 }
 
 // remote returns a Remote for n whose tickets are issued by n's fake for grant g (g's UID and
@@ -233,16 +221,7 @@ func (n *testNode) get(t *testing.T, ticket, path string) int {
 		t.Fatal(err)
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 10 * time.Second}
-	req, _ := http.NewRequest("GET", "https://"+n.addr+path, nil)
-	if ticket != "" {
-		req.Header.Set("Authorization", "Bearer "+ticket)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	return testutil.GetStatus(context.Background(), t, hc, "https://"+n.addr+path, ticket)
 }
 
 // TestTicketsAreSingleUseAndShortLived: no ticket, a replayed ticket, an expired ticket and a

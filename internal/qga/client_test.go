@@ -1,7 +1,6 @@
 package qga
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -12,75 +11,40 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rakhsh/rakhsh/internal/testutil"
+	"github.com/rakhsh/rakhsh/internal/testutil/fakeqga"
 )
 
 // fakeGuest plays the guest side of the socket: it reads requests line by line and lets
 // answer write whatever it likes.
 type fakeGuest struct {
-	t      *testing.T
-	path   string
-	ln     net.Listener
-	answer func(w net.Conn, req map[string]any, raw []byte)
-	reqs   chan map[string]any
+	path string
+	reqs chan fakeqga.Request
 }
 
-func newFakeGuest(t *testing.T, answer func(w net.Conn, req map[string]any, raw []byte)) *fakeGuest {
+func newFakeGuest(t *testing.T, answer func(w net.Conn, req fakeqga.Request)) *fakeGuest {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "qga.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &fakeGuest{t: t, path: path, ln: ln, answer: answer, reqs: make(chan map[string]any, 100)}
-	t.Cleanup(func() { _ = ln.Close() })
-	go g.serve()
+	g := &fakeGuest{path: filepath.Join(t.TempDir(), "qga.sock"), reqs: make(chan fakeqga.Request, 100)}
+	testutil.ListenUnix(t, g.path, func(conn net.Conn) {
+		fakeqga.ReadRequests(conn, func(req fakeqga.Request) bool {
+			select {
+			case g.reqs <- req:
+			default:
+			}
+			answer(conn, req)
+			return true
+		})
+	})
 	return g
 }
 
-func (g *fakeGuest) serve() {
-	for {
-		conn, err := g.ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer conn.Close()
-			r := bufio.NewReader(conn)
-			for {
-				line, err := r.ReadBytes('\n')
-				if err != nil {
-					return
-				}
-				line = bytes.TrimLeft(line, "\xff")
-				var req map[string]any
-				if json.Unmarshal(line, &req) != nil {
-					continue
-				}
-				select {
-				case g.reqs <- req:
-				default:
-				}
-				g.answer(conn, req, line)
-			}
-		}()
-	}
-}
-
 // honest answers like qemu-ga.
-func honest(w net.Conn, req map[string]any, _ []byte) {
-	reply := func(v any) {
-		m := map[string]any{"return": v}
-		if id, ok := req["id"]; ok {
-			m["id"] = id
-		}
-		b, _ := json.Marshal(m)
-		_, _ = w.Write(append(b, '\n'))
-	}
-	switch req["execute"] {
+func honest(w net.Conn, req fakeqga.Request) {
+	reply := func(v any) { fakeqga.Reply(w, req, v) }
+	switch req.Execute {
 	case "guest-sync-delimited":
-		args := req["arguments"].(map[string]any)
-		b, _ := json.Marshal(map[string]any{"return": args["id"]})
-		_, _ = w.Write(append([]byte{0xFF}, append(b, '\n')...))
+		fakeqga.AnswerSync(w, req)
 	case "guest-ping":
 		reply(map[string]any{})
 	case "guest-get-osinfo":
@@ -90,13 +54,12 @@ func honest(w net.Conn, req map[string]any, _ []byte) {
 		reply(map[string]any{"host-name": "vm1"})
 	case "guest-network-get-interfaces":
 		reply([]any{
-			map[string]any{"name": "lo", "hardware-address": "00:00:00:00:00:00", "ip-addresses": []any{
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}}},
-			map[string]any{"name": "eth0", "hardware-address": "52:54:00:12:34:56", "ip-addresses": []any{
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24},
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "not-an-ip", "prefix": 24},
-				map[string]any{"ip-address-type": "ipv4", "ip-address": "10.0.2.16", "prefix": 99},
-				map[string]any{"ip-address-type": "ipv6", "ip-address": "fe80::1", "prefix": 64}}},
+			fakeqga.Interface("lo", "00:00:00:00:00:00", fakeqga.Address("ipv4", "127.0.0.1", 8)),
+			fakeqga.Interface("eth0", "52:54:00:12:34:56",
+				fakeqga.Address("ipv4", "10.0.2.15", 24),
+				fakeqga.Address("ipv4", "not-an-ip", 24),
+				fakeqga.Address("ipv4", "10.0.2.16", 99),
+				fakeqga.Address("ipv6", "fe80::1", 64)),
 		})
 	case "guest-fsfreeze-freeze":
 		reply(2)
@@ -164,15 +127,15 @@ func TestCommands(t *testing.T) {
 		t.Fatalf("set password: %v", err)
 	}
 	req := <-g.reqs
-	args := req["arguments"].(map[string]any)
+	args := req.Arguments
 	pw, _ := base64.StdEncoding.DecodeString(args["password"].(string))
-	if req["execute"] != "guest-set-user-password" || args["username"] != "root" || string(pw) != "s3cret pw" || args["crypted"] != false {
+	if req.Execute != "guest-set-user-password" || args["username"] != "root" || string(pw) != "s3cret pw" || args["crypted"] != false {
 		t.Fatalf("set-password request %v", req)
 	}
 	if err := c.Shutdown(ctx); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
-	if req := <-g.reqs; req["execute"] != "guest-shutdown" || req["arguments"].(map[string]any)["mode"] != "powerdown" {
+	if req := <-g.reqs; req.Execute != "guest-shutdown" || req.Arguments["mode"] != "powerdown" {
 		t.Fatalf("shutdown request %v", req)
 	}
 	if !c.Broken() {
@@ -226,18 +189,18 @@ func TestBadInputRefusedBeforeSending(t *testing.T) {
 
 // TestStaleAnswers: answers to earlier requests (a wrong id, an old sync) are skipped.
 func TestStaleAnswers(t *testing.T) {
-	g := newFakeGuest(t, func(w net.Conn, req map[string]any, raw []byte) {
-		switch req["execute"] {
+	g := newFakeGuest(t, func(w net.Conn, req fakeqga.Request) {
+		switch req.Execute {
 		case "guest-sync-delimited":
 			// junk, a stale delimiter and sync answer, then the right one
 			_, _ = w.Write([]byte("garbage{\"return\":"))
 			_, _ = w.Write([]byte("\xff{\"return\": 12345}\n"))
-			honest(w, req, raw)
+			honest(w, req)
 		case "guest-ping":
 			_, _ = w.Write([]byte("{\"return\": {}, \"id\": 1}\n"))
-			honest(w, req, raw)
+			honest(w, req)
 		default:
-			honest(w, req, raw)
+			honest(w, req)
 		}
 	})
 	c := dial(t, g)
@@ -257,14 +220,7 @@ func TestHostileGuest(t *testing.T) {
 		reply func(w net.Conn)
 		want  func(error) bool
 	}{
-		{"100MB line", func(w net.Conn) {
-			chunk := bytes.Repeat([]byte("A"), 1<<20)
-			for i := 0; i < 100; i++ {
-				if _, err := w.Write(chunk); err != nil {
-					return // the client hung up, as it should
-				}
-			}
-		}, func(err error) bool { return errors.Is(err, ErrTooLarge) }},
+		{"100MB line", func(w net.Conn) { _, _ = fakeqga.WriteHugeLine(w) }, func(err error) bool { return errors.Is(err, ErrTooLarge) }},
 		{"junk JSON", func(w net.Conn) { _, _ = w.Write([]byte("{\"return\": [1, 2,,}\n")) },
 			func(err error) bool { return err != nil && strings.Contains(err.Error(), "malformed") }},
 		{"not an object", func(w net.Conn) { _, _ = w.Write([]byte("[]\n")) },
@@ -283,9 +239,9 @@ func TestHostileGuest(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			g := newFakeGuest(t, func(w net.Conn, req map[string]any, raw []byte) {
-				if req["execute"] == "guest-sync-delimited" {
-					honest(w, req, raw)
+			g := newFakeGuest(t, func(w net.Conn, req fakeqga.Request) {
+				if req.Execute == "guest-sync-delimited" {
+					honest(w, req)
 					return
 				}
 				tc.reply(w)
@@ -309,7 +265,7 @@ func TestHostileGuest(t *testing.T) {
 
 // TestSyncRefusesEndlessJunk: a guest that sends junk without a delimiter fails Dial.
 func TestSyncRefusesEndlessJunk(t *testing.T) {
-	g := newFakeGuest(t, func(w net.Conn, req map[string]any, raw []byte) {
+	g := newFakeGuest(t, func(w net.Conn, req fakeqga.Request) {
 		chunk := bytes.Repeat([]byte("{"), 1<<20)
 		for i := 0; i < 10; i++ {
 			if _, err := w.Write(chunk); err != nil {

@@ -4,50 +4,23 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
-	"github.com/rakhsh/rakhsh/internal/store/bolt"
+	"github.com/rakhsh/rakhsh/internal/testutil/apiservertest"
 )
 
 // TestStreamServicePublishesAndRefusesWithoutTicket: the agent's stream service publishes its
 // address and certificate in the Node's status once the Node exists, serves that certificate,
 // and answers nothing without a ticket.
 func TestStreamServicePublishesAndRefusesWithoutTicket(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "rk-svc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	st, err := bolt.Open(filepath.Join(dir, "db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	l := apiservertest.Start(t, "rk-svc")
+	dir, sock, c := l.Dir, l.Sock, l.Client
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	api := apiserver.New(apiserver.Config{Store: st, Log: log})
-	defer api.Shutdown()
-	sock := filepath.Join(dir, "api.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: api.LocalHandler()}
-	go func() { _ = hs.Serve(l) }()
-	defer hs.Close()
-	c, err := client.New(client.Config{Server: "unix://" + sock})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	svcCtx, stop := context.WithCancel(ctx)

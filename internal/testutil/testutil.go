@@ -1,18 +1,29 @@
-// Package testutil holds helpers shared by the tests of the node packages (agent, QEMU,
-// QMP, storage): a buffer safe for concurrent writers, skipping a test whose tools are
-// missing (failing instead in CI), and a child process that a test starts and kills.
+// Package testutil holds helpers shared by the tests of several packages (the node agent,
+// QEMU, QMP, storage, network, streams, e2e): a buffer safe for concurrent writers, skipping a
+// test whose tools are missing (failing instead in CI), a child process that a test starts and
+// kills, short temporary directories, unix-socket servers, network namespaces, finding a VM's
+// QEMU, and copying files. Only tests import it (and its sub-packages), never product code.
 package testutil
 
 import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // LockedBuffer is a bytes.Buffer that a process's output goroutines and a test may use at
@@ -137,4 +148,127 @@ func ShortTempDir(t testing.TB, pattern string) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// InNetns runs f on a thread switched into the network namespace named ns: sockets f opens,
+// netlink calls it makes and programs it starts belong there.
+func InNetns(t testing.TB, ns string, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := netns.Set(h); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic("cannot return to the original network namespace: " + err.Error())
+		}
+	}()
+	f()
+}
+
+// QEMUPIDs maps the uid of every VM run directory of dataDir (run/vms/UID, with its qemu.pid)
+// whose QEMU is alive to that QEMU's pid.
+func QEMUPIDs(dataDir string) map[string]int {
+	out := map[string]int{}
+	root := filepath.Join(dataDir, "run", "vms")
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(root, e.Name(), "qemu.pid"))
+		if err != nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid > 1 && IsQEMUOf(pid, e.Name()) {
+			out[e.Name()] = pid
+		}
+	}
+	return out
+}
+
+// IsQEMUOf says whether the process pid is a QEMU of the VM uid (its command line has
+// -uuid uid).
+func IsQEMUOf(pid int, uid string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return err == nil && strings.Contains(string(b), "qemu") && strings.Contains(string(b), "-uuid\x00"+uid+"\x00")
+}
+
+// CountQEMU counts every live process on the host that is a QEMU of the VM uid.
+func CountQEMU(uid string) int {
+	n := 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && IsQEMUOf(pid, uid) {
+			n++
+		}
+	}
+	return n
+}
+
+// GetStatus sends hc a GET of url, with the bearer token when it is not empty, and returns
+// the status code of the answer.
+func GetStatus(ctx context.Context, t testing.TB, hc *http.Client, url, bearer string) int {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// CopyFile copies the file src to dst, made (or truncated) with the permissions perm, failing
+// the test if it cannot.
+func CopyFile(t testing.TB, src, dst string, perm os.FileMode) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ListenUnix listens on the unix socket path until the end of the test and calls serve, in a
+// goroutine of its own, with each connection.
+func ListenUnix(t testing.TB, path string, serve func(conn net.Conn)) {
+	t.Helper()
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(conn)
+		}
+	}()
 }

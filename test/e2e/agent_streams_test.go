@@ -17,6 +17,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestJoinedHostStreams: a VM runs on a host that joined with `rakhsh agent` (its own
@@ -131,16 +132,7 @@ func joinedHostStreams(t *testing.T, base string, allInOne bool) {
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 10 * time.Second}
 	get := func(ticket string) int {
-		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+ep.Address+nodestream.StreamPath(v.UID, "log"), nil)
-		if ticket != "" {
-			req.Header.Set("Authorization", "Bearer "+ticket)
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		return testutil.GetStatus(ctx, t, hc, "https://"+ep.Address+nodestream.StreamPath(v.UID, "log"), ticket)
 	}
 	if code := get(""); code != http.StatusUnauthorized {
 		t.Fatalf("stream service without a ticket: %d, want 401", code)

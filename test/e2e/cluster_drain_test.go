@@ -12,6 +12,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/testutil/apitest"
 )
 
 // drainWait is how long the evictions of the drain test may take: three guests under TCG,
@@ -278,17 +279,7 @@ func drainOps(t *testing.T, ctx context.Context, cl *client.Client) map[string][
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string][]v1alpha1.VirtualMachineOperation{}
-	for _, raw := range l.Items {
-		var op v1alpha1.VirtualMachineOperation
-		if err := json.Unmarshal(raw, &op); err != nil {
-			t.Fatal(err)
-		}
-		if op.Spec.Type == v1alpha1.VMOPTypeEvict {
-			out[op.Spec.VirtualMachineName] = append(out[op.Spec.VirtualMachineName], op)
-		}
-	}
-	return out
+	return apitest.EvictOps(t, l)
 }
 
 // drainOpsSettled waits up to a minute until each named VM's Evict operations have all

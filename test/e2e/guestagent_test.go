@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +13,8 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
+	"github.com/rakhsh/rakhsh/internal/testutil/fakeqga"
 )
 
 func agentReadyCond(v *v1alpha1.VirtualMachine) *v1alpha1.Condition {
@@ -148,45 +147,29 @@ type hostileAgent struct {
 func (h *hostileAgent) setMode(m string) { h.mu.Lock(); h.mode = m; h.mu.Unlock() }
 
 func (h *hostileAgent) serve(conn net.Conn) {
-	defer conn.Close()
-	r := bufio.NewReader(conn)
-	for {
-		line, err := r.ReadBytes('\n')
-		if err != nil {
-			return
-		}
-		var req struct {
-			Execute   string         `json:"execute"`
-			Arguments map[string]any `json:"arguments"`
-		}
-		if json.Unmarshal(bytes.TrimLeft(line, "\xff"), &req) != nil {
-			continue
-		}
+	fakeqga.ReadRequests(conn, func(req fakeqga.Request) bool {
 		h.mu.Lock()
 		mode := h.mode
 		h.mu.Unlock()
 		if req.Execute == "guest-sync-delimited" && mode != "silent" {
-			b, _ := json.Marshal(map[string]any{"return": req.Arguments["id"]})
-			_, _ = conn.Write(append([]byte{0xFF}, append(b, '\n')...))
-			continue
+			fakeqga.AnswerSync(conn, req)
+			return true
 		}
 		switch mode {
 		case "huge":
-			chunk := bytes.Repeat([]byte("A"), 1<<20)
-			for i := 0; i < 100; i++ {
-				n, err := conn.Write(chunk)
-				h.mu.Lock()
-				h.sent += int64(n)
-				h.mu.Unlock()
-				if err != nil {
-					return
-				}
+			n, err := fakeqga.WriteHugeLine(conn)
+			h.mu.Lock()
+			h.sent += n
+			h.mu.Unlock()
+			if err != nil {
+				return false
 			}
 			_, _ = conn.Write([]byte("\n"))
 		case "junk":
 			_, _ = conn.Write([]byte("{\"return\": {\"name\": \"x\", ]]]\x00\xff garbage\n"))
 		}
-	}
+		return true
+	})
 }
 
 // TestGuestAgentHostile: the socket the node agent reaches the guest agent through is taken
@@ -207,21 +190,8 @@ func TestGuestAgentHostile(t *testing.T) {
 	if err := os.Remove(sock); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	h := &hostileAgent{mode: "huge"}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go h.serve(c)
-		}
-	}()
+	testutil.ListenUnix(t, sock, h.serve)
 	vmConsoleType(t, s, v.UID, "kill $(cat /run/qemu-ga.pid)")
 
 	for _, c := range []struct{ mode, reason, msg string }{

@@ -6,16 +6,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/rakhsh/rakhsh/internal/network"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // netnsLab is a pair of network namespaces made for one test: "in", where `rakhsh serve`
@@ -77,30 +75,7 @@ func newNetnsLab(t *testing.T) *netnsLab {
 var netnsLabs atomic.Int64
 
 // inNS runs f on a thread switched into the named namespace: sockets f opens belong there.
-func inNS(t *testing.T, name string, f func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic("cannot return to the original network namespace: " + err.Error())
-		}
-	}()
-	f()
-}
+var inNS = testutil.InNetns
 
 // listenIn opens a TCP listener inside a namespace.
 func listenIn(t *testing.T, ns, addr string) net.Listener {

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // vmBootTimeout bounds QEMU start to the guest's ready marker under TCG. A liveness bound:
@@ -69,39 +69,13 @@ func vmServeMode(t *testing.T, mode ServeMode, extra ...string) *Serve {
 }
 
 // vmQEMUPIDs maps the uid of every run directory of dataDir with a live QEMU to its pid.
-func vmQEMUPIDs(dataDir string) map[string]int {
-	out := map[string]int{}
-	root := filepath.Join(dataDir, "run", "vms")
-	entries, _ := os.ReadDir(root)
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(root, e.Name(), "qemu.pid"))
-		if err != nil {
-			continue
-		}
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		if pid > 1 && vmProcessOf(pid, e.Name()) {
-			out[e.Name()] = pid
-		}
-	}
-	return out
-}
+var vmQEMUPIDs = testutil.QEMUPIDs
 
-func vmProcessOf(pid int, uid string) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	return err == nil && strings.Contains(string(b), "qemu") && strings.Contains(string(b), "-uuid\x00"+uid+"\x00")
-}
+// vmProcessOf says whether the process pid is a QEMU of the VM uid.
+var vmProcessOf = testutil.IsQEMUOf
 
 // vmCountQEMU counts every live process on the host that is a QEMU of the VM uid.
-func vmCountQEMU(uid string) int {
-	n := 0
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		if pid, err := strconv.Atoi(e.Name()); err == nil && vmProcessOf(pid, uid) {
-			n++
-		}
-	}
-	return n
-}
+var vmCountQEMU = testutil.CountQEMU
 
 // vmImageServer serves the test guest over HTTP on 127.0.0.1.
 func vmImageServer(t *testing.T, dir string) string {

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/runtime/fake"
+	"github.com/rakhsh/rakhsh/internal/testutil/apitest"
 )
 
 func testVM(name, node string, phase v1alpha1.VirtualMachinePhase) *v1alpha1.VirtualMachine {
@@ -36,17 +36,7 @@ func evictOps(t *testing.T, fc *fake.Client) map[string][]v1alpha1.VirtualMachin
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string][]v1alpha1.VirtualMachineOperation{}
-	for _, raw := range l.Items {
-		var op v1alpha1.VirtualMachineOperation
-		if err := json.Unmarshal(raw, &op); err != nil {
-			t.Fatal(err)
-		}
-		if op.Spec.Type == v1alpha1.VMOPTypeEvict {
-			out[op.Spec.VirtualMachineName] = append(out[op.Spec.VirtualMachineName], op)
-		}
-	}
-	return out
+	return apitest.EvictOps(t, l)
 }
 
 func activeCount(ops map[string][]v1alpha1.VirtualMachineOperation) int {

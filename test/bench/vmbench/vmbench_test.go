@@ -28,6 +28,7 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/qemu/qmp"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 	"github.com/rakhsh/rakhsh/test/bench/internal/benchhost"
 )
 
@@ -404,7 +405,7 @@ type template struct {
 // command line for another VM there: its disk, run directory and UID replaced.
 func (t *template) argvIn(b *testing.B, dir, freshDisk string) []string {
 	disk := filepath.Join(dir, "disk.qcow2")
-	must(b, copyFile(freshDisk, disk))
+	testutil.CopyFile(b, freshDisk, disk, 0o600)
 	uid := uuid.NewString()
 	argv := make([]string, len(t.argv))
 	for i, a := range t.argv {
@@ -592,23 +593,6 @@ func bareRun(b *testing.B, t *template, dir, freshDisk string, servePID int) run
 	}
 	_ = mon.Quit(ctx)
 	return r
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // massResult is the 20-VMs-at-once run.
