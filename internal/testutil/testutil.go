@@ -272,3 +272,17 @@ func ListenUnix(t testing.TB, path string, serve func(conn net.Conn)) {
 		}
 	}()
 }
+
+// TailFile returns the last n lines of the file at path (or why it cannot be read), for the
+// report of a failed test.
+func TailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

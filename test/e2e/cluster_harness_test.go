@@ -97,6 +97,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/agent"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/store/etcd/etcdtest"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // Addresses and ports of a cluster (each cluster has its own underlay namespace, so two
@@ -571,17 +572,7 @@ func (p *clusterProc) stop(kill bool) error {
 	return err
 }
 
-func (p *clusterProc) tail(n int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (p *clusterProc) tail(n int) string { return testutil.TailFile(p.logPath, n) }
 
 func nsenter(ns string, argv ...string) []string {
 	return append([]string{"nsenter", "--net=/run/netns/" + ns}, argv...)

@@ -24,6 +24,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // startTimeout bounds the wait for a new server to report healthy.
@@ -111,7 +113,7 @@ func startT(t testing.TB, useTLS bool) *Server {
 			t.Cleanup(func() {
 				s.Stop()
 				if t.Failed() {
-					t.Logf("etcd log (%s):\n%s", s.logPath, tail(s.logPath, 40))
+					t.Logf("etcd log (%s):\n%s", s.logPath, testutil.TailFile(s.logPath, 40))
 				}
 			})
 			return s
@@ -186,7 +188,7 @@ func start(bin, dir string, certs Certs, clientTLS *tls.Config) (*Server, error)
 	}()
 	if err := s.waitHealthy(); err != nil {
 		s.Stop()
-		return nil, fmt.Errorf("%w\n%s", err, tail(logPath, 20))
+		return nil, fmt.Errorf("%w\n%s", err, testutil.TailFile(logPath, 20))
 	}
 	return s, nil
 }
@@ -254,17 +256,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// tail returns the last n lines of a file, for failure reports.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
