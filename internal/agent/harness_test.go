@@ -22,6 +22,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/controller/scheduler"
 	"github.com/rakhsh/rakhsh/internal/controller/vm"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 	"github.com/rakhsh/rakhsh/internal/testutil"
@@ -107,14 +108,14 @@ func newEnvOpts(t *testing.T, withAgent bool, schedulers int) *env {
 	}
 	var wg sync.WaitGroup
 	for range schedulers {
-		sch, err := scheduler.New(scheduler.Config{Client: e.c, Log: log})
+		sch, err := scheduler.New(scheduler.Config{Deps: runtime.Deps{Client: e.c, Log: log}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = sch.Run(ctx) }()
 	}
-	ctl, err := vm.New(vm.Config{Client: e.c, Log: log})
+	ctl, err := vm.New(vm.Config{Deps: runtime.Deps{Client: e.c, Log: log}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,19 +19,29 @@ type Base struct {
 	own       bool
 }
 
-// NewBase returns the base of a controller that reads and writes through c: log
-// (slog.Default() when nil) with the attributes attrs, a recorder of Events from component,
-// and the factory shared or, when nil, a factory of its own.
-func NewBase(c client.Interface, shared *Factory, log *slog.Logger, component string, attrs ...any) Base {
+// Deps are what every controller is given, embedded in its Config: the client it reads and
+// writes through, the process's shared informer factory (nil: the controller makes its own and
+// runs it), and its logger (nil: slog.Default()).
+type Deps struct {
+	Client    client.Interface
+	Informers *Factory
+	Log       *slog.Logger
+}
+
+// NewBase returns the base of a controller given d: its logger with the attributes attrs, a
+// recorder of Events from component, and the shared factory or, when there is none, a
+// factory of its own.
+func NewBase(d Deps, component string, attrs ...any) Base {
+	log := d.Log
 	if log == nil {
 		log = slog.Default()
 	}
 	if len(attrs) > 0 {
 		log = log.With(attrs...)
 	}
-	b := Base{C: c, Log: log, Rec: &Recorder{C: c, Component: component, Log: log}, Informers: shared}
-	if shared == nil {
-		b.Informers, b.own = NewFactory(c, log), true
+	b := Base{C: d.Client, Log: log, Rec: &Recorder{C: d.Client, Component: component, Log: log}, Informers: d.Informers}
+	if d.Informers == nil {
+		b.Informers, b.own = NewFactory(d.Client, log), true
 	}
 	return b
 }

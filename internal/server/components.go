@@ -53,35 +53,38 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	// One informer per kind for all controllers: each kind is listed, watched and decoded
 	// once in this process, however many controllers read it.
 	inf := runtime.NewFactory(as("informers"), log.With("component", "informers"))
+	deps := func(name string) runtime.Deps {
+		return runtime.Deps{Client: as(name), Informers: inf, Log: log.With("component", name)}
+	}
 	// One fetcher of image files missing from this serve's image store (imported while another
 	// serve led), shared by the image and disk controllers: one download per image.
 	fetcher := images.NewFetcher(as("image-fetch"), cfg.DataDir, cfg.NodeName)
-	ic := image.New(image.Config{Client: as("image-controller"), Informers: inf, DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "image-controller"),
+	ic := image.New(image.Config{Deps: deps("image-controller"), DataDir: cfg.DataDir, NodeName: cfg.NodeName,
 		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 		MaxUnpackedSize: cfg.MaxImageSize, Fetcher: fetcher})
-	dc := disk.New(disk.Config{Client: as("disk-controller"), Informers: inf, DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "disk-controller"),
+	dc := disk.New(disk.Config{Deps: deps("disk-controller"), DataDir: cfg.DataDir, NodeName: cfg.NodeName,
 		Uploads: cfg.uploads, UploadBaseURLs: cfg.uploadBases, UploadTimeout: cfg.UploadTimeout,
 		MaxUnpackedSize: cfg.MaxImageSize, Fetcher: fetcher})
-	sch, err := scheduler.New(scheduler.Config{Client: as("scheduler"), Informers: inf, Log: log.With("component", "scheduler"),
+	sch, err := scheduler.New(scheduler.Config{Deps: deps("scheduler"),
 		MaxInboundMigrations: cfg.MigrationMaxInbound})
 	if err != nil {
 		return nil, err
 	}
-	mig, err := livemigration.New(livemigration.Config{Client: as("migration-controller"), Informers: inf, Log: log.With("component", "migration-controller"),
+	mig, err := livemigration.New(livemigration.Config{Deps: deps("migration-controller"),
 		MaxOutbound: cfg.MigrationMaxOutbound, MaxDowntime: cfg.MigrationMaxDowntime, BandwidthMiBps: cfg.MigrationBandwidthMiBps,
 		TimeoutPerGiB: cfg.MigrationTimeoutPerGiB, MinTimeout: cfg.MigrationMinTimeout, Unencrypted: cfg.MigrationUnencrypted})
 	if err != nil {
 		return nil, err
 	}
-	vmc, err := vm.New(vm.Config{Client: as("vm-controller"), Informers: inf, Log: log.With("component", "vm-controller")})
+	vmc, err := vm.New(vm.Config{Deps: deps("vm-controller")})
 	if err != nil {
 		return nil, err
 	}
-	vcc, err := vmclass.New(vmclass.Config{Client: as("vmclass-controller"), Informers: inf, Log: log.With("component", "vmclass-controller")})
+	vcc, err := vmclass.New(vmclass.Config{Deps: deps("vmclass-controller")})
 	if err != nil {
 		return nil, err
 	}
-	nm, err := node.NewMaintenance(node.MaintenanceConfig{Client: as("node-maintenance"), Informers: inf, Log: log.With("component", "node-maintenance")})
+	nm, err := node.NewMaintenance(node.MaintenanceConfig{Deps: deps("node-maintenance")})
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +94,7 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 			return nil, fmt.Errorf("--mac-ranges: %w", err)
 		}
 	}
-	nc, err := netctl.New(netctl.Config{Client: as("network-controller"), Informers: inf, Log: log.With("component", "network-controller"),
+	nc, err := netctl.New(netctl.Config{Deps: deps("network-controller"),
 		MACRanges: macRanges, DefaultSubnet: cfg.DefaultSubnet})
 	if err != nil {
 		return nil, err
@@ -100,7 +103,7 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 	if margin == 0 {
 		margin = -1 // --ha-safety-margin 0: none (ha.Config takes zero for its default)
 	}
-	bdac, err := vmbda.New(vmbda.Config{Client: as("vmbda-controller"), Informers: inf, Log: log.With("component", "vmbda-controller")})
+	bdac, err := vmbda.New(vmbda.Config{Deps: deps("vmbda-controller")})
 	if err != nil {
 		return nil, err
 	}
@@ -121,10 +124,10 @@ func controllers(cfg Config, cl *client.Client, log *slog.Logger) ([]component, 
 			Log: log.With("component", "ha-controller")}).Run},
 		{name: "event-gc", run: eventgc.New(eventgc.Config{Client: as("event-gc"), TTL: cfg.EventTTL,
 			Log: log.With("component", "event-gc")}).Run},
-		{name: "snapshot-controller", run: snapshot.New(snapshot.Config{Client: as("snapshot-controller"), Informers: inf,
-			DataDir: cfg.DataDir, NodeName: cfg.NodeName, Log: log.With("component", "snapshot-controller")}).Run},
-		{name: "backup-controller", run: backup.New(backup.Config{Client: as("backup-controller"), Informers: inf,
-			NodeName: ownAgentNode(cfg), Log: log.With("component", "backup-controller")}).Run},
+		{name: "snapshot-controller", run: snapshot.New(snapshot.Config{Deps: deps("snapshot-controller"),
+			DataDir: cfg.DataDir, NodeName: cfg.NodeName}).Run},
+		{name: "backup-controller", run: backup.New(backup.Config{Deps: deps("backup-controller"),
+			NodeName: ownAgentNode(cfg)}).Run},
 	}, nil
 }
 

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -33,10 +32,7 @@ var nodeDownAfter = 2 * time.Minute
 
 // Config configures the controller.
 type Config struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the controller makes its own.
-	Informers *runtime.Factory
-	Log       *slog.Logger
+	runtime.Deps
 	// NodeName is the control plane's own node: backups of stopped VMs whose disks are all on
 	// Shared storage are taken there.
 	NodeName string
@@ -69,7 +65,7 @@ func New(cfg Config) *Controller {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "backup-controller", "controller", "backup")
+	b := runtime.NewBase(cfg.Deps, "backup-controller", "controller", "backup")
 	c := &Controller{Base: b, now: cfg.Now, nodeName: cfg.NodeName}
 	f := b.Informers
 	c.backups = runtime.For[v1alpha1.VirtualMachineBackup](f, "virtualmachinebackups")

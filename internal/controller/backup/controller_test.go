@@ -39,7 +39,7 @@ func (c *clock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 func start(t *testing.T, fc *fake.Client, now func() time.Time) {
 	t.Helper()
 	fake.Start(t, fc, nil, func(f *runtime.Factory) (*Controller, error) {
-		return New(Config{Client: fc, Informers: f, Now: now}), nil
+		return New(Config{Deps: runtime.Deps{Client: fc, Informers: f}, Now: now}), nil
 	})
 }
 

@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -86,15 +85,11 @@ func (c *Controller) noteNoSpace(uid string) {
 
 // Config configures the controller.
 type Config struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the controller makes and
-	// runs its own.
-	Informers *runtime.Factory
-	DataDir   string
+	runtime.Deps
+	DataDir string
 	// NodeName is this host's Node: the node of the disks this controller makes in a Local
 	// class (status.nodeName).
 	NodeName string
-	Log      *slog.Logger
 	// Workers is how many disks are provisioned at once; default 2.
 	Workers int
 	// Uploads, UploadBaseURLs and UploadTimeout serve disks with an Upload data source, as
@@ -144,7 +139,7 @@ func New(cfg Config) *Controller {
 	if cfg.Fetcher == nil {
 		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "disk-controller", "controller", "disk")
+	b := runtime.NewBase(cfg.Deps, "disk-controller", "controller", "disk")
 	c := &Controller{cfg: cfg, Base: b, jobs: runtime.NewJobs(),
 		noSpaceAt: map[string]time.Time{}, fetchAt: map[string]time.Time{}}
 	f := b.Informers

@@ -75,7 +75,7 @@ func runFakeController(t *testing.T, fc *fake.Client, dataDir string) context.Co
 	t.Helper()
 	log := fake.Logger(t, slog.LevelInfo)
 	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*disk.Controller, error) {
-		return disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log, Uploads: &images.Uploads{}}), nil
+		return disk.New(disk.Config{Deps: runtime.Deps{Client: fc, Informers: f, Log: log}, DataDir: dataDir, NodeName: "n1", Uploads: &images.Uploads{}}), nil
 	})
 	return ctx
 }
@@ -461,7 +461,7 @@ func TestDiskFromBeforeClasses(t *testing.T) {
 		t.Fatal(err)
 	}
 	fake.Start(t, fc, log, func(f *runtime.Factory) (*disk.Controller, error) {
-		return disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n3", Log: log}), nil
+		return disk.New(disk.Config{Deps: runtime.Deps{Client: fc, Informers: f, Log: log}, DataDir: dataDir, NodeName: "n3"}), nil
 	})
 	var d v1alpha1.VirtualDisk
 	fc.WaitFor(t, 10*time.Second, "virtualdisks", "p1", "old", &d, func() bool { return d.Status.StorageClassName == "local" })

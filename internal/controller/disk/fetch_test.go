@@ -73,7 +73,7 @@ func TestDiskFromImageFetched(t *testing.T) {
 	t.Cleanup(srv.Close)
 	dl := &relayDownloader{srv: srv}
 	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*disk.Controller, error) {
-		return disk.New(disk.Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "h2", Log: log,
+		return disk.New(disk.Config{Deps: runtime.Deps{Client: fc, Informers: f, Log: log}, DataDir: dataDir, NodeName: "h2",
 			Fetcher: &images.Fetcher{Client: dl, DataDir: dataDir, Annotate: fc, NodeName: "h2"}}), nil
 	})
 

@@ -22,6 +22,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/controller/disk"
 	"github.com/rakhsh/rakhsh/internal/controller/image"
 	"github.com/rakhsh/rakhsh/internal/images/imagetest"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/storage"
 	"github.com/rakhsh/rakhsh/internal/store/bolt"
 )
@@ -96,8 +97,8 @@ func newEnv(t *testing.T) *env {
 func (e *env) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	ic := image.New(image.Config{Client: e.c, DataDir: e.dataDir, NodeName: "n1", Log: e.log, Workers: 2, ProgressInterval: 50 * time.Millisecond})
-	dc := disk.New(disk.Config{Client: e.c, DataDir: e.dataDir, NodeName: "n1", Log: e.log, Workers: 2})
+	ic := image.New(image.Config{Deps: runtime.Deps{Client: e.c, Log: e.log}, DataDir: e.dataDir, NodeName: "n1", Workers: 2, ProgressInterval: 50 * time.Millisecond})
+	dc := disk.New(disk.Config{Deps: runtime.Deps{Client: e.c, Log: e.log}, DataDir: e.dataDir, NodeName: "n1", Workers: 2})
 	for _, run := range []func(context.Context) error{ic.Run, dc.Run} {
 		wg.Add(1)
 		go func() {

@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -48,14 +47,10 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the controller makes and
-	// runs its own.
-	Informers *runtime.Factory
-	DataDir   string
+	runtime.Deps
+	DataDir string
 	// NodeName is this host's Node: disks on other nodes' Local storage cannot be read here.
 	NodeName string
-	Log      *slog.Logger
 	// Workers is how many images are reconciled at once (imports run in the background and
 	// do not hold a worker); default 2.
 	Workers int
@@ -147,7 +142,7 @@ func New(cfg Config) *Controller {
 		cfg.Fetcher = images.NewFetcher(cfg.Client, cfg.DataDir, cfg.NodeName)
 	}
 	cfg.UploadTimeout = runtime.OrDefault(cfg.UploadTimeout, images.DefaultUploadTimeout)
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "image-controller", "controller", "image")
+	b := runtime.NewBase(cfg.Deps, "image-controller", "controller", "image")
 	c := &Controller{cfg: cfg, Base: b, jobs: runtime.NewJobs(),
 		failed: map[string]time.Time{}, fetchFailed: map[string]fetchFailure{}}
 	f := b.Informers

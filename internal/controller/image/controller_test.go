@@ -18,6 +18,7 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/images"
 	"github.com/rakhsh/rakhsh/internal/images/imagetest"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 	"github.com/rakhsh/rakhsh/internal/storage"
 )
@@ -39,8 +40,7 @@ func newEnv(t *testing.T, mod func(*Config)) *env {
 	imagetest.Need(t, "qemu-img", "prlimit")
 	e := &env{t: t, fc: fake.New(), dataDir: t.TempDir(), srcDir: t.TempDir()}
 	e.url = imagetest.Serve(t, e.srcDir)
-	cfg := Config{Client: e.fc, DataDir: e.dataDir, ProgressInterval: 20 * time.Millisecond, RetryDelay: time.Hour,
-		Log: fake.Logger(t, slog.LevelDebug)}
+	cfg := Config{Deps: runtime.Deps{Client: e.fc, Log: fake.Logger(t, slog.LevelDebug)}, DataDir: e.dataDir, ProgressInterval: 20 * time.Millisecond, RetryDelay: time.Hour}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -362,7 +362,7 @@ func TestClusterImageAndAdoption(t *testing.T) {
 	if err := os.WriteFile(storage.ImagePath(dataDir, cvi.UID), src, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := New(Config{Client: fc, DataDir: dataDir, Log: fake.Logger(t, slog.LevelInfo)})
+	c := New(Config{Deps: runtime.Deps{Client: fc, Log: fake.Logger(t, slog.LevelInfo)}, DataDir: dataDir})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()

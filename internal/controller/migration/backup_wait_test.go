@@ -29,7 +29,7 @@ func TestMigrationWaitsForBackup(t *testing.T) {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
-		return New(Config{Client: fc, Informers: f, Log: log})
+		return New(Config{Deps: runtime.Deps{Client: fc, Informers: f, Log: log}})
 	})
 	var got v1alpha1.VirtualMachineOperation
 	fc.WaitFor(t, 10*time.Second, "virtualmachineoperations", "p1", "vm1-migrate", &got, func() bool {

@@ -40,7 +40,7 @@ func TestOperationKeptWhileTheVMCacheLags(t *testing.T) {
 		}
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
 		f := runtime.NewFactory(stale, log)
-		c, err := New(Config{Client: fresh, Informers: f, Log: log})
+		c, err := New(Config{Deps: runtime.Deps{Client: fresh, Informers: f, Log: log}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"sort"
 	"time"
@@ -36,9 +35,7 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client    client.Interface
-	Informers *runtime.Factory
-	Log       *slog.Logger
+	runtime.Deps
 	// MaxOutbound is the number of migrations a node sends at once; default 2.
 	MaxOutbound int
 	// MaxDowntime is the longest pause QEMU may make at the switch-over; default 300 ms.
@@ -83,7 +80,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-migration-controller", "component", "migration-controller")
+	b := runtime.NewBase(cfg.Deps, "rakhsh-migration-controller", "component", "migration-controller")
 	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.vms, c.ops, c.disks = f.VirtualMachines(), f.VirtualMachineOperations(), f.VirtualDisks()

@@ -24,7 +24,6 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/fnv"
-	"log/slog"
 	"net/netip"
 	"time"
 
@@ -71,11 +70,7 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the controller makes and
-	// runs its own.
-	Informers *runtime.Factory
-	Log       *slog.Logger
+	runtime.Deps
 	// MACRanges is the cluster's MAC pool; default network.DefaultMACRange.
 	MACRanges []network.MACRange
 	// DefaultSubnet is the subnet of the "main" network when this controller creates it.
@@ -125,7 +120,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-network-controller", "component", "network-controller")
+	b := runtime.NewBase(cfg.Deps, "rakhsh-network-controller", "component", "network-controller")
 	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.vms, c.ips, c.ipls = f.VirtualMachines(), f.VirtualMachineIPAddresses(), f.VirtualMachineIPAddressLeases()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 )
 
@@ -29,8 +30,7 @@ func newEnv(t *testing.T, mod func(*Config), objs ...v1alpha1.Object) *env {
 	if err := e.fc.Add(objs...); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Client: e.fc, SweepInterval: 50 * time.Millisecond, IPReuseDelay: time.Hour, MACReuseDelay: time.Hour,
-		Log: fake.Logger(t, slog.LevelDebug)}
+	cfg := Config{Deps: runtime.Deps{Client: e.fc, Log: fake.Logger(t, slog.LevelDebug)}, SweepInterval: 50 * time.Millisecond, IPReuseDelay: time.Hour, MACReuseDelay: time.Hour}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -16,11 +16,7 @@ import (
 
 // MaintenanceConfig configures the node maintenance controller.
 type MaintenanceConfig struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the controller makes and runs
-	// its own.
-	Informers *runtime.Factory
-	Log       *slog.Logger
+	runtime.Deps
 	// Parallel is how many Evict operations of one node run at a time; default
 	// DefaultEvictParallel.
 	Parallel int
@@ -81,7 +77,7 @@ func NewMaintenance(cfg MaintenanceConfig) (*Maintenance, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "node-maintenance")
+	b := runtime.NewBase(cfg.Deps, "node-maintenance")
 	m := &Maintenance{cfg: cfg, Base: b, created: map[string]createdOp{}}
 	f := b.Informers
 	m.nodes, m.vms, m.ops = f.Nodes(), f.VirtualMachines(), f.VirtualMachineOperations()

@@ -93,7 +93,7 @@ func TestMaintenanceEvicts(t *testing.T) {
 	finishOp(t, fc, "d-by-hand", v1alpha1.VMOPPhaseInProgress, "", "")
 
 	_, ctx := fake.Start(t, fc, nil, func(f *runtime.Factory) (*Maintenance, error) {
-		return NewMaintenance(MaintenanceConfig{Client: fc, Informers: f, Resync: 20 * time.Millisecond, RetryAfter: 50 * time.Millisecond})
+		return NewMaintenance(MaintenanceConfig{Deps: runtime.Deps{Client: fc, Informers: f}, Resync: 20 * time.Millisecond, RetryAfter: 50 * time.Millisecond})
 	})
 
 	var n v1alpha1.Node
@@ -186,7 +186,7 @@ func TestMaintenanceRetriesTransient(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := runtime.NewFactory(fc, nil)
-	m, err := NewMaintenance(MaintenanceConfig{Client: fc, Informers: f, Resync: 20 * time.Millisecond, RetryAfter: 50 * time.Millisecond, Attempts: 2})
+	m, err := NewMaintenance(MaintenanceConfig{Deps: runtime.Deps{Client: fc, Informers: f}, Resync: 20 * time.Millisecond, RetryAfter: 50 * time.Millisecond, Attempts: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -39,11 +38,7 @@ const (
 
 // Config configures the scheduler.
 type Config struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the scheduler makes and runs
-	// its own.
-	Informers *runtime.Factory
-	Log       *slog.Logger
+	runtime.Deps
 	// NodeStaleAfter is how old a node's heartbeat may be for it to take new VMs; default 40 s.
 	NodeStaleAfter time.Duration
 	// RetryInterval is how often unschedulable VMs are tried again (besides on node changes);
@@ -102,7 +97,7 @@ func New(cfg Config) (*Scheduler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-scheduler", "component", "scheduler")
+	b := runtime.NewBase(cfg.Deps, "rakhsh-scheduler", "component", "scheduler")
 	s := &Scheduler{cfg: cfg, Base: b, assumed: map[runtime.Key]assumption{},
 		nodeCache: map[string]*nodeState{}, bound: map[runtime.Key]boundVM{}, usage: map[string]*usageSum{}, pending: map[runtime.Key]bool{}}
 	f := b.Informers

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 	"github.com/rakhsh/rakhsh/internal/runtime/fake"
 )
 
@@ -165,7 +166,7 @@ func waitBound(t *testing.T, fc *fake.Client, name string) string {
 // runScheduler runs a scheduler on fc until the test ends.
 func runScheduler(t *testing.T, fc *fake.Client) {
 	t.Helper()
-	s, err := New(Config{Client: fc, Log: fake.Logger(t, slog.LevelInfo), RetryInterval: time.Hour})
+	s, err := New(Config{Deps: runtime.Deps{Client: fc, Log: fake.Logger(t, slog.LevelInfo)}, RetryInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

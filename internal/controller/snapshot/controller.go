@@ -21,7 +21,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -44,14 +43,11 @@ var waitRetry = 2 * time.Second
 
 // Config configures the controller.
 type Config struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the controller makes its own.
-	Informers *runtime.Factory
-	DataDir   string
+	runtime.Deps
+	DataDir string
 	// NodeName is this host: the controller copies files it can reach (a Local class's files
 	// on this node, a Shared class's files).
 	NodeName string
-	Log      *slog.Logger
 	Now      func() time.Time
 }
 
@@ -78,7 +74,7 @@ func New(cfg Config) *Controller {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "snapshot-controller", "controller", "snapshot")
+	b := runtime.NewBase(cfg.Deps, "snapshot-controller", "controller", "snapshot")
 	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.snaps, c.vmsnaps = f.VirtualDiskSnapshots(), f.VirtualMachineSnapshots()

@@ -27,7 +27,7 @@ func startOnFake(t *testing.T) (*Controller, *fake.Client, string, context.Conte
 	fc := fake.New()
 	log := fake.Logger(t, slog.LevelInfo)
 	c, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
-		return New(Config{Client: fc, Informers: f, DataDir: dataDir, NodeName: "n1", Log: log}), nil
+		return New(Config{Deps: runtime.Deps{Client: fc, Informers: f, Log: log}, DataDir: dataDir, NodeName: "n1"}), nil
 	})
 	return c, fc, dataDir, ctx
 }

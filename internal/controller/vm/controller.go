@@ -18,7 +18,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sort"
 	"strings"
 	"time"
@@ -40,11 +39,7 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the controller makes and
-	// runs its own.
-	Informers *runtime.Factory
-	Log       *slog.Logger
+	runtime.Deps
 	// Workers is the number of VMs reconciled at once; default 4.
 	Workers int
 	// BaseBackoff and MaxBackoff bound the delay of restarts after crashes; defaults 1 s, 5 min.
@@ -81,7 +76,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.NewID == nil {
 		cfg.NewID = randomID
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "rakhsh-vm-controller", "component", "vm-controller")
+	b := runtime.NewBase(cfg.Deps, "rakhsh-vm-controller", "component", "vm-controller")
 	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.vms, c.ops, c.disks = f.VirtualMachines(), f.VirtualMachineOperations(), f.VirtualDisks()

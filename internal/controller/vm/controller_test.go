@@ -18,7 +18,7 @@ func TestRunsAgainstFake(t *testing.T) {
 	fc := fake.New()
 	log := fake.Logger(t, slog.LevelInfo)
 	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
-		return New(Config{Client: fc, Informers: f, Log: log})
+		return New(Config{Deps: runtime.Deps{Client: fc, Informers: f, Log: log}})
 	})
 
 	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
@@ -79,7 +79,7 @@ func TestSignalTimeIsTheDecisionTime(t *testing.T) {
 	log := fake.Logger(t, slog.LevelInfo)
 	decided := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
 	_, ctx := fake.Start(t, fc, log, func(f *runtime.Factory) (*Controller, error) {
-		return New(Config{Client: fc, Informers: f, Log: log, Now: func() time.Time { return decided }})
+		return New(Config{Deps: runtime.Deps{Client: fc, Informers: f, Log: log}, Now: func() time.Time { return decided }})
 	})
 	vm := &v1alpha1.VirtualMachine{TypeMeta: v1alpha1.TypeMeta{APIVersion: v1alpha1.APIVersion, Kind: "VirtualMachine"},
 		ObjectMeta: v1alpha1.ObjectMeta{Name: "web", Namespace: "p1"}}

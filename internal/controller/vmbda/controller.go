@@ -20,7 +20,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"time"
 
@@ -54,9 +53,7 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client    client.Interface
-	Informers *runtime.Factory // nil: its own
-	Log       *slog.Logger
+	runtime.Deps
 }
 
 // Controller is the attachment controller.
@@ -75,7 +72,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("vmbda: a client is required")
 	}
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "vmbda-controller")
+	b := runtime.NewBase(cfg.Deps, "vmbda-controller")
 	c := &Controller{Base: b}
 	f := b.Informers
 	c.bdas = runtime.For[v1alpha1.VirtualMachineBlockDeviceAttachment](f, Resource)

@@ -44,7 +44,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, ctx := fake.Start(t, fc, nil, func(f *runtime.Factory) (*Controller, error) {
-		return New(Config{Client: fc, Informers: f})
+		return New(Config{Deps: runtime.Deps{Client: fc, Informers: f}})
 	})
 	var b v1alpha1.VirtualMachineBlockDeviceAttachment
 	wait := func(name, _ string, cond func() bool) {

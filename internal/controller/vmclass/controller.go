@@ -21,7 +21,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sort"
 	"strings"
 	"time"
@@ -46,11 +45,7 @@ const (
 
 // Config configures the controller.
 type Config struct {
-	Client client.Interface
-	// Informers is the process's shared informer factory; nil: the controller makes and
-	// runs its own.
-	Informers *runtime.Factory
-	Log       *slog.Logger
+	runtime.Deps
 	// NodeStaleAfter is how old a node's heartbeat may be for it to count as available;
 	// default 40 s.
 	NodeStaleAfter time.Duration
@@ -80,7 +75,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	cfg.NodeStaleAfter = runtime.OrDefault(cfg.NodeStaleAfter, 40*time.Second)
 	cfg.Resync = runtime.OrDefault(cfg.Resync, 15*time.Second)
-	b := runtime.NewBase(cfg.Client, cfg.Informers, cfg.Log, "vmclass-controller")
+	b := runtime.NewBase(cfg.Deps, "vmclass-controller")
 	c := &Controller{cfg: cfg, Base: b}
 	f := b.Informers
 	c.classes, c.nodes, c.vms = f.VirtualMachineClasses(), f.Nodes(), f.VirtualMachines()

@@ -24,7 +24,7 @@ func TestRunsAgainstFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	fake.Start(t, fc, nil, func(f *runtime.Factory) (*Controller, error) {
-		return New(Config{Client: fc, Informers: f, Resync: 20 * time.Millisecond})
+		return New(Config{Deps: runtime.Deps{Client: fc, Informers: f}, Resync: 20 * time.Millisecond})
 	})
 	var cl v1alpha1.VirtualMachineClass
 	fc.WaitFor(t, 10*time.Second, "virtualmachineclasses", "", GenericClass, &cl, func() bool {
