@@ -69,7 +69,7 @@ func (f *fakeGuestAgent) answer(conn net.Conn, req fakeqga.Request) bool {
 	case "silent":
 		return true
 	case "huge":
-		_, err := fakeqga.WriteHugeLine(conn)
+		err := fakeqga.WriteHugeLine(conn, nil)
 		return err == nil
 	case "junk":
 		_, _ = conn.Write([]byte("{\"return\": {\"name\": [}\n"))

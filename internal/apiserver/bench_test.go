@@ -529,7 +529,8 @@ func benchAPI(b *testing.B, kind string) {
 	b.Run("Get", func(b *testing.B) {
 		eachOp(b, func(i int, lat *[]time.Duration) {
 			var vm v1alpha1.VirtualMachine
-			timeCall(b, lat, func() error { return ab.cli.Get(ctx, benchResource, benchProject, preloaded(i), &vm) })
+			name := preloaded(i)
+			timeCall(b, lat, func() error { return ab.cli.Get(ctx, benchResource, benchProject, name, &vm) })
 		})
 	})
 

@@ -220,7 +220,7 @@ func TestHostileGuest(t *testing.T) {
 		reply func(w net.Conn)
 		want  func(error) bool
 	}{
-		{"100MB line", func(w net.Conn) { _, _ = fakeqga.WriteHugeLine(w) }, func(err error) bool { return errors.Is(err, ErrTooLarge) }},
+		{"100MB line", func(w net.Conn) { _ = fakeqga.WriteHugeLine(w, nil) }, func(err error) bool { return errors.Is(err, ErrTooLarge) }},
 		{"junk JSON", func(w net.Conn) { _, _ = w.Write([]byte("{\"return\": [1, 2,,}\n")) },
 			func(err error) bool { return err != nil && strings.Contains(err.Error(), "malformed") }},
 		{"not an object", func(w net.Conn) { _, _ = w.Write([]byte("[]\n")) },

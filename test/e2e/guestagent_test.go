@@ -157,10 +157,11 @@ func (h *hostileAgent) serve(conn net.Conn) {
 		}
 		switch mode {
 		case "huge":
-			n, err := fakeqga.WriteHugeLine(conn)
-			h.mu.Lock()
-			h.sent += n
-			h.mu.Unlock()
+			err := fakeqga.WriteHugeLine(conn, func(n int) {
+				h.mu.Lock()
+				h.sent += int64(n)
+				h.mu.Unlock()
+			})
 			if err != nil {
 				return false
 			}

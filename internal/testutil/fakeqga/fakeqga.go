@@ -51,18 +51,21 @@ func AnswerSync(w io.Writer, req Request) {
 }
 
 // WriteHugeLine writes 100 MiB without a newline, 1 MiB at a time, as a hostile guest would,
-// stopping at the first failed write (the reader hung up). It returns how much was written.
-func WriteHugeLine(w io.Writer) (int64, error) {
+// stopping at the first failed write (the reader hung up). wrote, when not nil, is told after
+// each write how much it took, so that a reader that stops reading without hanging up is seen
+// to have taken what it took.
+func WriteHugeLine(w io.Writer, wrote func(n int)) error {
 	chunk := bytes.Repeat([]byte("A"), 1<<20)
-	var sent int64
 	for i := 0; i < 100; i++ {
 		n, err := w.Write(chunk)
-		sent += int64(n)
+		if wrote != nil {
+			wrote(n)
+		}
 		if err != nil {
-			return sent, err
+			return err
 		}
 	}
-	return sent, nil
+	return nil
 }
 
 // Interface is an entry of the answer to guest-network-get-interfaces: the interface name,
