@@ -14,7 +14,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/apiserver/mergepatch"
 	"github.com/rakhsh/rakhsh/internal/errs"
 	"github.com/rakhsh/rakhsh/internal/registry"
 	"github.com/rakhsh/rakhsh/internal/yamlcheck"
@@ -293,97 +292,3 @@ func decodeStored(st *registry.Strategy, data []byte, rev, created int64) (v1alp
 	}
 	return obj, nil
 }
-
-// StrategicMergePatch applies a merge patch in which every list named "conditions" is merged
-// by the conditions' "type", as Kubernetes merges list-map keys: each condition of the patch
-// replaces the one of its type or is added; {"type": T, "$patch": "delete"} removes type T;
-// conditions of other types stay. So a writer sends only the conditions it owns, and writers
-// of different conditions of one object do not overwrite each other. Everything else merges
-// as in MergePatch.
-func StrategicMergePatch(target, patch any) (any, error) {
-	return strategicMerge(target, patch, "")
-}
-
-func strategicMerge(target, patch any, path string) (any, error) {
-	pm, ok := patch.(map[string]any)
-	if !ok {
-		return patch, nil
-	}
-	tm, ok := target.(map[string]any)
-	if !ok {
-		tm = map[string]any{}
-	}
-	for k, v := range pm {
-		p := k
-		if path != "" {
-			p = path + "." + k
-		}
-		if strings.HasPrefix(k, "$") {
-			return nil, errs.New(errs.ErrBadRequest, "strategic merge patch: the directive %q at %s is not supported (only {\"$patch\": \"delete\"} in a conditions list)", k, p)
-		}
-		if v == nil {
-			delete(tm, k)
-			continue
-		}
-		if l, isList := v.([]any); isList && k == "conditions" {
-			merged, err := mergeConditions(tm[k], l, p)
-			if err != nil {
-				return nil, err
-			}
-			tm[k] = merged
-			continue
-		}
-		merged, err := strategicMerge(tm[k], v, p)
-		if err != nil {
-			return nil, err
-		}
-		tm[k] = merged
-	}
-	return tm, nil
-}
-
-// mergeConditions merges the patch's conditions into the current list by type, keeping the
-// current order and appending new types.
-func mergeConditions(current any, patch []any, path string) ([]any, error) {
-	cur, _ := current.([]any)
-	out := append([]any{}, cur...)
-	typeOf := func(c any) string {
-		m, _ := c.(map[string]any)
-		t, _ := m["type"].(string)
-		return t
-	}
-	for i, c := range patch {
-		m, ok := c.(map[string]any)
-		t := typeOf(c)
-		if !ok || t == "" {
-			return nil, errs.New(errs.ErrBadRequest, "strategic merge patch: %s[%d] is not a condition with a type", path, i)
-		}
-		del := false
-		if d, has := m["$patch"]; has {
-			if d != "delete" {
-				return nil, errs.New(errs.ErrBadRequest, "strategic merge patch: %s[%d]: $patch %v is not supported (only \"delete\")", path, i, d)
-			}
-			del = true
-		}
-		at := -1
-		for j, x := range out {
-			if typeOf(x) == t {
-				at = j
-				break
-			}
-		}
-		switch {
-		case del && at >= 0:
-			out = append(out[:at], out[at+1:]...)
-		case del:
-		case at >= 0:
-			out[at] = m
-		default:
-			out = append(out, m)
-		}
-	}
-	return out, nil
-}
-
-// MergePatch applies an RFC 7386 JSON merge patch to target and returns the result.
-func MergePatch(target, patch any) any { return mergepatch.Apply(target, patch) }

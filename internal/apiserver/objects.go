@@ -20,6 +20,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/objpatch"
 	"github.com/rakhsh/rakhsh/internal/registry"
 )
 
@@ -371,46 +372,14 @@ func (s *Server) servePatch(w http.ResponseWriter, r *http.Request, t target, st
 			return nil, err
 		}
 		if strings.TrimSpace(ct) == "application/strategic-merge-patch+json" {
-			merged, err := StrategicMergePatch(cur, deepCopyJSON(patch))
+			merged, err := objpatch.Strategic(cur, deepCopyJSON(patch))
 			if err != nil {
 				return nil, err
 			}
 			return json.Marshal(merged)
 		}
-		return json.Marshal(MergePatch(cur, deepCopyJSON(patch)))
+		return json.Marshal(objpatch.Merge(cur, deepCopyJSON(patch)))
 	})
-}
-
-// WithStatusLists returns the object with an empty status and an empty status.conditions
-// where they are missing, which the stored form leaves out. A JSON patch of a status
-// subresource applies to this form, so a writer appends its first condition with
-// "add /status/conditions/-" without testing that no other writer made the list first.
-func WithStatusLists(obj []byte) ([]byte, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(obj, &m); err != nil {
-		return nil, fmt.Errorf("the stored object is not a JSON object: %w", err)
-	}
-	var st map[string]json.RawMessage
-	if raw, ok := m["status"]; ok && string(raw) != "null" {
-		if err := json.Unmarshal(raw, &st); err != nil {
-			return nil, fmt.Errorf("the stored status is not a JSON object: %w", err)
-		}
-	}
-	if st == nil {
-		st = map[string]json.RawMessage{}
-	}
-	if c, ok := st["conditions"]; ok && string(c) != "null" {
-		if _, had := m["status"]; had {
-			return obj, nil
-		}
-	}
-	st["conditions"] = json.RawMessage("[]")
-	raw, err := json.Marshal(st)
-	if err != nil {
-		return nil, err
-	}
-	m["status"] = raw
-	return json.Marshal(m)
 }
 
 // serveJSONPatch applies an RFC 6902 JSON patch (a list of add, remove, replace, move, copy
@@ -431,7 +400,7 @@ func (s *Server) serveJSONPatch(w http.ResponseWriter, r *http.Request, t target
 	s.applyPatch(w, r, t, status, pinned, func(current []byte) ([]byte, error) {
 		if status {
 			var err error
-			if current, err = WithStatusLists(current); err != nil {
+			if current, err = objpatch.WithStatusLists(current); err != nil {
 				return nil, err
 			}
 		}

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/apiserver"
+	"github.com/rakhsh/rakhsh/internal/objpatch"
 )
 
 // fakeServer is a tiny in-memory API server: enough of the Rakhsh API (CRUD, lists with
@@ -293,7 +293,7 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 			f.status(w, 409, v1alpha1.ReasonConflict, "the object has been modified")
 			return
 		}
-		o, _ := apiserver.MergePatch(deepCopy(old), patch).(map[string]any)
+		o, _ := objpatch.Merge(deepCopy(old), patch).(map[string]any)
 		o["status"] = old["status"]
 		stored := f.storeLocked(v1alpha1.WatchModified, resource, ns, key, o)
 		f.mu.Unlock()

@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/apiserver/mergepatch"
 	"github.com/rakhsh/rakhsh/internal/errs"
+	"github.com/rakhsh/rakhsh/internal/objpatch"
 )
 
 // --- test helpers shared by the tests of the VM, class, operation, attachment, snapshot,
@@ -26,7 +26,7 @@ func vmtMerge(t testing.TB, base, patch string) string {
 		if err := json.Unmarshal([]byte(patch), &p); err != nil {
 			t.Fatalf("patch %s: %v", patch, err)
 		}
-		b = mergepatch.Apply(b, p)
+		b = objpatch.Merge(b, p)
 	}
 	out, err := json.Marshal(b)
 	if err != nil {

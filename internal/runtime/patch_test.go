@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
-	"github.com/rakhsh/rakhsh/internal/apiserver"
+	"github.com/rakhsh/rakhsh/internal/objpatch"
 	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
@@ -40,7 +40,7 @@ func TestOwnedPatchDropsRemovedFields(t *testing.T) {
 		var p any
 		pb, _ := json.Marshal(patch)
 		_ = json.Unmarshal(pb, &p)
-		merged, _ := json.Marshal(apiserver.MergePatch(target, p))
+		merged, _ := json.Marshal(objpatch.Merge(target, p))
 		var got v1alpha1.VirtualMachineStatus
 		if err := json.Unmarshal(merged, &got); err != nil {
 			t.Fatal(err)
@@ -93,7 +93,7 @@ func TestConditionsPatch(t *testing.T) {
 	var target, patch any
 	_ = json.Unmarshal([]byte(`{"conditions":`+enc(cur)+`}`), &target)
 	_ = json.Unmarshal([]byte(`{"conditions":`+enc(p)+`}`), &patch)
-	got, err := apiserver.StrategicMergePatch(target, patch)
+	got, err := objpatch.Strategic(target, patch)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,14 +30,14 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
-	"github.com/rakhsh/rakhsh/internal/apiserver"
 	"github.com/rakhsh/rakhsh/internal/labels"
+	"github.com/rakhsh/rakhsh/internal/objpatch"
 	"github.com/rakhsh/rakhsh/internal/registry"
 )
 
 // Action is one call the fake served, for tests that check what a controller wrote.
 type Action struct {
-	Verb      string // get, list, watch, create, update, updatestatus, patch, jsonpatch, patchstatus, bind, delete
+	Verb      string // get, list, watch, create, update, updatestatus, patch, jsonpatch, patchstatus, jsonpatchstatus, bind, delete
 	Resource  string
 	Namespace string
 	Name      string
@@ -709,11 +709,11 @@ func (f *Client) mergePatch(verb, resource, namespace, name string, patch []byte
 		}
 		var merged any
 		if strategic {
-			if merged, err = apiserver.StrategicMergePatch(map[string]any(cur), p); err != nil {
+			if merged, err = objpatch.Strategic(map[string]any(cur), p); err != nil {
 				return nil, badRequest("%v", err)
 			}
 		} else {
-			merged = apiserver.MergePatch(map[string]any(cur), p)
+			merged = objpatch.Merge(map[string]any(cur), p)
 		}
 		m, _ := merged.(map[string]any)
 		if m == nil {
@@ -761,7 +761,7 @@ func (f *Client) jsonPatch(verb, resource, namespace, name string, patch []byte,
 		}
 		data, _ := json.Marshal(cur)
 		if status {
-			if data, err = apiserver.WithStatusLists(data); err != nil {
+			if data, err = objpatch.WithStatusLists(data); err != nil {
 				return nil, err
 			}
 		}
