@@ -110,9 +110,9 @@ func (a *Agent) actRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, l *
 // claim binds an unbound VM whose QEMU runs here to this node again (guarded, so a
 // concurrent binding wins).
 func (a *Agent) claim(ctx context.Context, vm *v1alpha1.VirtualMachine) error {
-	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != "" {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		v.Status.NodeName = a.cfg.NodeName
 		return nil

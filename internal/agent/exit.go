@@ -46,7 +46,7 @@ func (a *Agent) handleExit(ctx context.Context, vm *v1alpha1.VirtualMachine, in 
 		return true, nil
 	}
 	if !deleting {
-		if err := a.recordExit(ctx, vm, *rec); err != nil && !errors.Is(err, errGone) {
+		if err := a.recordExit(ctx, vm, *rec); err != nil && !errors.Is(err, runtime.ErrVMGone) {
 			return false, err
 		}
 		if rec.Reason == v1alpha1.ExitFenced {
@@ -70,9 +70,9 @@ func (a *Agent) finishDelete(ctx context.Context, vm *v1alpha1.VirtualMachine) e
 		return err
 	}
 	a.releaseDiskLeases(vm, "the VM was deleted")
-	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		v.Status.NodeName = ""
 		return nil

@@ -17,6 +17,7 @@ import (
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/qemu"
 	"github.com/rakhsh/rakhsh/internal/qga"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // The guest agent watcher (docs/guest-agent.md): one goroutine per running QEMU with a
@@ -341,9 +342,9 @@ func (a *Agent) writeGuestView(ctx context.Context, in *instance, view guestView
 		return nil
 	}
 	ns, name := in.key.Split()
-	_, err := patchVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName || in.isExited() {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		old := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionAgentReady)
 		wasReady := old != nil && old.Status == v1alpha1.ConditionTrue
@@ -365,7 +366,7 @@ func (a *Agent) writeGuestView(ctx context.Context, in *instance, view guestView
 			changed = true
 		}
 		if !changed {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		return nil
 	})

@@ -127,7 +127,7 @@ func TestGuestAgentWatcher(t *testing.T) {
 	e := newInternalEnv(t)
 	start := v1alpha1.NewTime(time.Now().Add(-10 * time.Second))
 	vm := e.createVM("ga", nil, `{"status":{"nodeName":"node1","phase":"Running","networks":[{"type":"Main","macAddress":"52:54:00:aa:bb:cc","ipAddress":"10.0.0.5"}]}}`)
-	if _, err := patchVMStatus(e.ctx, e.c, "default", "ga", vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	if _, err := runtime.UpdateVMStatus(e.ctx, e.c, "default", "ga", vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		v.Status.Stats = &v1alpha1.VirtualMachineStats{LastStartTime: &start}
 		return nil
 	}); err != nil {

@@ -600,9 +600,9 @@ func (a *Agent) writeBlockDeviceRefs(ctx context.Context, vm *v1alpha1.VirtualMa
 	if same(vm) {
 		return nil
 	}
-	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, hotplugStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, hotplugStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName || same(v) {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		v.Status.BlockDeviceRefs = refs
 		v.Status.BlockDevicesCount = len(refs)

@@ -248,9 +248,9 @@ func (a *Agent) writeBalloonStatus(ctx context.Context, in *instance, actual int
 	}
 	ns, name := in.key.Split()
 	want := &v1alpha1.VirtualMachineBalloonStatus{Actual: v1alpha1.BytesQuantity(actual), Floor: floor, FreePageReporting: reporting}
-	_, err := patchVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName || v.Status.Resources == nil || reflect.DeepEqual(v.Status.Resources.Memory.Balloon, want) {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		v.Status.Resources.Memory.Balloon = want
 		return nil

@@ -74,7 +74,7 @@ func migrationOf(v *v1alpha1.VirtualMachine, id string) (*v1alpha1.VirtualMachin
 // patchMigration changes the VM's active migration id with change (and, for the source,
 // may set the phase). It returns errMigrationOver when the migration ended meanwhile.
 func (a *Agent) patchMigration(ctx context.Context, ns, name, uid, id string, change func(v *v1alpha1.VirtualMachine, m *v1alpha1.VirtualMachineMigrationState)) error {
-	_, err := patchVMStatus(ctx, a.c, ns, name, uid, migrationFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, ns, name, uid, migrationFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		m, err := migrationOf(v, id)
 		if err != nil {
 			return err
@@ -96,7 +96,7 @@ func (a *Agent) failMigration(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 			v.SetPhase(v1alpha1.VMPhaseRunning, now)
 		}
 	})
-	if errors.Is(err, errMigrationOver) || errors.Is(err, errGone) {
+	if errors.Is(err, errMigrationOver) || errors.Is(err, runtime.ErrVMGone) {
 		return nil
 	}
 	if err == nil {
@@ -299,7 +299,7 @@ func (a *Agent) stepListen(ctx context.Context, r *startRun) error {
 	if err != nil {
 		p.close()
 	}
-	if errors.Is(err, errMigrationOver) || errors.Is(err, errGone) {
+	if errors.Is(err, errMigrationOver) || errors.Is(err, runtime.ErrVMGone) {
 		return errEndStart // the undo stops this QEMU
 	}
 	return err
@@ -639,7 +639,7 @@ func (a *Agent) commitIncoming(ns, name, uid, source, id string, in *instance) {
 // the store answers (or the controller fails the migration, which the next write sees).
 func (a *Agent) slowCommit(ctx context.Context, ns, name, uid, source, id string) (*v1alpha1.VirtualMachine, error) {
 	for attempt := 0; ; attempt++ {
-		v, err := patchVMStatus(ctx, a.c, ns, name, uid, commitFields, func(v *v1alpha1.VirtualMachine) error {
+		v, err := runtime.UpdateVMStatus(ctx, a.c, ns, name, uid, commitFields, nil, func(v *v1alpha1.VirtualMachine) error {
 			m, err := migrationOf(v, id)
 			if err != nil {
 				return err
@@ -655,7 +655,7 @@ func (a *Agent) slowCommit(ctx context.Context, ns, name, uid, source, id string
 			v.SetPhase(v1alpha1.VMPhaseRunning, now)
 			return nil
 		})
-		if err == nil || errors.Is(err, errMigrationOver) || errors.Is(err, errGone) || ctx.Err() != nil {
+		if err == nil || errors.Is(err, errMigrationOver) || errors.Is(err, runtime.ErrVMGone) || ctx.Err() != nil {
 			return v, err
 		}
 		a.log.Warn("switch-over write failed; retrying", "vm", ns+"/"+name, "attempt", attempt+1, "err", err)
@@ -670,10 +670,10 @@ func (a *Agent) slowCommit(ctx context.Context, ns, name, uid, source, id string
 // state: next to the source's pause time (whichever comes first keeps the other's), they are
 // the guest's pause as it saw it.
 func (a *Agent) recordResume(ctx context.Context, ns, name, uid, id string, resumedAt time.Time, switchover time.Duration) {
-	_, err := patchVMStatus(ctx, a.c, ns, name, uid, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, ns, name, uid, []string{"migrationState"}, nil, func(v *v1alpha1.VirtualMachine) error {
 		cur := v.Status.MigrationState
 		if cur == nil || cur.ID != id || v.Status.NodeName != a.cfg.NodeName {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		mm := *cur
 		p := v1alpha1.MigrationProgress{Percent: 100}
@@ -685,7 +685,7 @@ func (a *Agent) recordResume(ctx context.Context, ns, name, uid, id string, resu
 		v.Status.MigrationState = &mm
 		return nil
 	})
-	if err != nil && !errors.Is(err, errGone) {
+	if err != nil && !errors.Is(err, runtime.ErrVMGone) {
 		a.log.Info("recording the resume time of a migration", "vm", ns+"/"+name, "err", err)
 	}
 }
@@ -878,7 +878,7 @@ func (a *Agent) beginTransfer(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 		v.SetPhase(v1alpha1.VMPhaseMigrating, a.now())
 	})
 	if err != nil {
-		if !errors.Is(err, errMigrationOver) && !errors.Is(err, errGone) {
+		if !errors.Is(err, errMigrationOver) && !errors.Is(err, runtime.ErrVMGone) {
 			log.Warn("starting the transfer", "err", err)
 		}
 		return false
@@ -1084,10 +1084,10 @@ func (a *Agent) finishOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 	}
 	// The target may have switched over already: the figures go into the migration
 	// of this id whatever its phase (the one write a source may make afterwards).
-	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, []string{"migrationState"}, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, []string{"migrationState"}, nil, func(v *v1alpha1.VirtualMachine) error {
 		cur := v.Status.MigrationState
 		if cur == nil || cur.ID != m.ID || (cur.Phase != v1alpha1.MigrationPhaseSucceeded && !cur.Active()) {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		mm := *cur
 		if cur.Progress != nil { // the target's, if it came first
@@ -1097,7 +1097,7 @@ func (a *Agent) finishOutgoing(ctx context.Context, vm *v1alpha1.VirtualMachine,
 		v.Status.MigrationState = &mm
 		return nil
 	})
-	if err != nil && !errors.Is(err, errGone) {
+	if err != nil && !errors.Is(err, runtime.ErrVMGone) {
 		log.Info("recording the migration's figures", "err", err)
 	}
 	a.cleanupOutgoing(ctx, mon, m)

@@ -94,7 +94,7 @@ func (a *Agent) reconcile(ctx context.Context, key runtime.Key) (runtime.Result,
 }
 
 func ignoreGone(err error) error {
-	if errors.Is(err, errGone) {
+	if errors.Is(err, runtime.ErrVMGone) {
 		return nil
 	}
 	return err

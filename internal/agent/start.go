@@ -412,7 +412,7 @@ func (a *Agent) stepStarting(ctx context.Context, r *startRun) error {
 		}
 	})
 	if err != nil {
-		if errors.Is(err, errGone) {
+		if errors.Is(err, runtime.ErrVMGone) {
 			return errEndStart
 		}
 		return err

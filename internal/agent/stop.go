@@ -20,7 +20,7 @@ func (a *Agent) stopVM(ctx context.Context, vm *v1alpha1.VirtualMachine, in *ins
 		return runtime.Result{}, err
 	}
 	if pressed && vm.Status.Phase != v1alpha1.VMPhaseTerminating {
-		if _, err := a.writePhase(ctx, vm, v1alpha1.VMPhaseStopping, nil); err != nil && !errors.Is(err, errGone) {
+		if _, err := a.writePhase(ctx, vm, v1alpha1.VMPhaseStopping, nil); err != nil && !errors.Is(err, runtime.ErrVMGone) {
 			return runtime.Result{}, err
 		}
 	}
@@ -69,7 +69,7 @@ func (a *Agent) quitWith(ctx context.Context, in *instance, rec exitRecord) (run
 // restart carries out a new RestartID on a running VM: a hard reset with force, else a
 // graceful stop followed by a start.
 func (a *Agent) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, pr *v1alpha1.VMPowerRequest, st qmp.StatusInfo) (runtime.Result, error) {
-	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.PowerRequest == nil || v.Status.PowerRequest.RestartID != pr.RestartID {
 			return errors.New("the power request changed")
 		}
@@ -85,9 +85,9 @@ func (a *Agent) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, in *in
 		if err := m.Reset(ctx, mon); err != nil {
 			return runtime.Result{}, err
 		}
-		if _, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+		if _, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 			if m.GuestSpoke() {
-				return errNoChange // the guest has spoken again already
+				return runtime.ErrNoChange // the guest has spoken again already
 			}
 			v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(false))
 			return nil

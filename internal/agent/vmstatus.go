@@ -8,6 +8,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/runtime"
 )
 
 // release writes a stopped VM's phase and gives its node binding back, so the scheduler
@@ -17,9 +18,9 @@ func (a *Agent) release(ctx context.Context, vm *v1alpha1.VirtualMachine) error 
 		// The disk leases go first, so that a node the VM is placed on next finds them free.
 		a.releaseDiskLeases(vm, "the VM stopped")
 	}
-	_, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName || wantsRunning(v.Status.PowerRequest) || v.DeletionTimestamp != nil {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		now := a.now()
 		v.SetPhase(v1alpha1.VMPhaseStopped, now)
@@ -60,9 +61,9 @@ func setRunningCond(vm *v1alpha1.VirtualMachine, status, reason, msg string) {
 }
 
 func (a *Agent) writePhase(ctx context.Context, vm *v1alpha1.VirtualMachine, p v1alpha1.VirtualMachinePhase, more func(v *v1alpha1.VirtualMachine)) (*v1alpha1.VirtualMachine, error) {
-	return patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	return runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		v.SetPhase(p, a.now())
 		if more != nil {
@@ -77,10 +78,10 @@ func (a *Agent) writePhase(ctx context.Context, vm *v1alpha1.VirtualMachine, p v
 func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in *instance, phase v1alpha1.VirtualMachinePhase) (*v1alpha1.VirtualMachine, error) {
 	kvm := in.accel == "kvm"
 	var startToRunning, createToRunning time.Duration // for the start histograms (metrics.go)
-	out, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	out, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		startToRunning, createToRunning = 0, 0
 		if v.Status.NodeName != a.cfg.NodeName {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		now := a.now()
 		was := v.Status.Phase
@@ -147,9 +148,9 @@ func (a *Agent) markRunning(ctx context.Context, vm *v1alpha1.VirtualMachine, in
 // stopped also gives its node binding back.
 func (a *Agent) recordExit(ctx context.Context, vm *v1alpha1.VirtualMachine, rec exitRecord) error {
 	now := a.now()
-	v, err := patchVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	v, err := runtime.UpdateVMStatus(ctx, a.c, vm.Namespace, vm.Name, vm.UID, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		count := 0
 		if unplanned(rec.Reason) {
@@ -246,9 +247,9 @@ func (a *Agent) noteGuestOutput(ctx context.Context, in *instance) {
 		return
 	}
 	ns, name := in.key.Split()
-	_, err := patchVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, func(v *v1alpha1.VirtualMachine) error {
+	_, err := runtime.UpdateVMStatus(ctx, a.c, ns, name, in.uid, agentStatusFields, nil, func(v *v1alpha1.VirtualMachine) error {
 		if v.Status.NodeName != a.cfg.NodeName || !in.guestOutput.Load() {
-			return errNoChange
+			return runtime.ErrNoChange
 		}
 		v1alpha1.SetCondition(&v.Status.Conditions, guestReadyCondition(true))
 		return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 
@@ -94,44 +95,84 @@ func readVM(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine
 	return &v, nil
 }
 
-// PatchVMStatus reads the VM fresh, applies mutate, and writes the owned status fields it
-// changed as a JSON patch whose preconditions are the values it read of those fields and of
-// guards (see StatusPatch), retrying a few times when another writer changed one of them. It
-// returns the written VM, or nil (and no error) when nothing changed, the VM is gone, or a
-// VM of another uid now has its name.
+// ErrVMGone says the VM object went away or was replaced by another with the same name.
+var ErrVMGone = errors.New("virtual machine is gone")
+
+// ErrNoChange, returned by a mutate function of UpdateVMStatus or PatchVMStatus, skips the
+// write.
+var ErrNoChange = errors.New("no change")
+
+// UpdateVMStatus reads the VM ns/name, lets mutate change it, and writes the changed owned
+// status fields as a JSON patch whose preconditions are the values it read of those fields
+// and of guards (see StatusPatch): writes of other fields by other components never conflict
+// with it. It retries a few times when another writer changed one of them. uid, when set,
+// must match. It returns the VM as written, or as read when nothing changed, and ErrVMGone
+// when the VM is gone or a VM of another uid now has its name.
+func UpdateVMStatus(ctx context.Context, c client.Interface, ns, name, uid string, owned, guards []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+	v, _, err := updateVMStatus(ctx, c, ns, name, uid, owned, guards, mutate)
+	return v, err
+}
+
+// PatchVMStatus is UpdateVMStatus for a VM the caller holds: it returns the written VM, or
+// nil (and no error) when nothing changed, the VM is gone, or a VM of another uid now has
+// its name.
 func PatchVMStatus(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine, owned, guards []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
+	v, written, err := updateVMStatus(ctx, c, vm.Namespace, vm.Name, vm.UID, owned, guards, mutate)
+	switch {
+	case errors.Is(err, ErrVMGone):
+		return nil, nil
+	case err != nil || !written:
+		return nil, err
+	}
+	return v, nil
+}
+
+// updateVMStatus is UpdateVMStatus; written says whether it wrote.
+func updateVMStatus(ctx context.Context, c client.Interface, ns, name, uid string, owned, guards []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, bool, error) {
 	var last error
 	for attempt := 0; attempt < 8; attempt++ {
-		v, err := readVM(ctx, c, vm)
-		if v == nil {
-			return nil, err
+		var v v1alpha1.VirtualMachine
+		if err := c.Get(ctx, "virtualmachines", ns, name, &v); err != nil {
+			if client.IsNotFound(err) {
+				return nil, false, ErrVMGone
+			}
+			return nil, false, err
+		}
+		if uid != "" && v.UID != uid {
+			return nil, false, ErrVMGone
 		}
 		// A copy as JSON: mutate may change what the status points to.
 		before, err := json.Marshal(v.Status)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		if err := mutate(v); err != nil {
-			return nil, err
+		if err := mutate(&v); err != nil {
+			if errors.Is(err, ErrNoChange) {
+				return &v, false, nil
+			}
+			return nil, false, err
 		}
 		body, err := StatusPatch(v.UID, json.RawMessage(before), v.Status, owned, guards)
-		if err != nil || body == nil {
-			return nil, err
+		if err != nil {
+			return nil, false, err
+		}
+		if body == nil {
+			return &v, false, nil
 		}
 		var out v1alpha1.VirtualMachine
-		err = c.JSONPatchStatus(ctx, "virtualmachines", v.Namespace, v.Name, body, &out)
+		err = c.JSONPatchStatus(ctx, "virtualmachines", ns, name, body, &out)
 		if err == nil {
-			return &out, nil
+			return &out, true, nil
 		}
 		if client.IsNotFound(err) {
-			return nil, nil
+			return nil, false, ErrVMGone
 		}
 		if !client.IsConflict(err) {
-			return nil, err
+			return nil, false, err
 		}
 		last = err
 	}
-	return nil, fmt.Errorf("status of %s/%s: %w", vm.Namespace, vm.Name, last)
+	return nil, false, fmt.Errorf("updating status of %s/%s: %w", ns, name, last)
 }
 
 // PatchVMStatusSoleOwner writes status fields and condition types that no other component

@@ -3,6 +3,8 @@ package runtime_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
@@ -116,5 +118,86 @@ func TestStatusPatchNothingChanged(t *testing.T) {
 	body, err := runtime.StatusPatch("u", st, st, []string{"phase", "conditions"}, []string{"nodeName"})
 	if err != nil || body != nil {
 		t.Fatalf("no change: got %s, %v", body, err)
+	}
+}
+
+// TestUpdateVMStatus: the one status writer of the agent and the controllers returns the VM
+// as written, or as read when nothing changed, says when the VM is gone, and retries a write
+// another writer raced; PatchVMStatus, on top of it, answers nil for "nothing written".
+func TestUpdateVMStatus(t *testing.T) {
+	ctx := context.Background()
+	fc := newStatusFake(t)
+	vm := statusVM(t, fc)
+	running := func(v *v1alpha1.VirtualMachine) error { v.Status.Phase = v1alpha1.VMPhaseRunning; return nil }
+	countWrites := func() int {
+		n := 0
+		for _, a := range fc.Actions() {
+			if a.Verb != "get" && a.Verb != "list" && a.Verb != "watch" {
+				n++
+			}
+		}
+		return n
+	}
+
+	out, err := runtime.UpdateVMStatus(ctx, fc, "default", "vm1", vm.UID, []string{"phase"}, nil, running)
+	if err != nil || out == nil || out.Status.Phase != v1alpha1.VMPhaseRunning || statusVM(t, fc).Status.Phase != v1alpha1.VMPhaseRunning {
+		t.Fatalf("a change of an owned field: got %+v, %v", out, err)
+	}
+
+	// Nothing to write: mutate says so, changes nothing, or changes only fields it does not own.
+	fc.ClearActions()
+	for name, mutate := range map[string]func(v *v1alpha1.VirtualMachine) error{
+		"ErrNoChange":     func(*v1alpha1.VirtualMachine) error { return runtime.ErrNoChange },
+		"same value":      running,
+		"not owned field": func(v *v1alpha1.VirtualMachine) error { v.Status.NodeName = "n9"; return nil },
+	} {
+		out, err := runtime.UpdateVMStatus(ctx, fc, "default", "vm1", vm.UID, []string{"phase"}, nil, mutate)
+		if err != nil || out == nil || out.Status.Phase != v1alpha1.VMPhaseRunning || out.UID != vm.UID {
+			t.Errorf("%s: UpdateVMStatus should return the VM as read: got %+v, %v", name, out, err)
+		}
+		if out, err := runtime.PatchVMStatus(ctx, fc, vm, []string{"phase"}, nil, mutate); out != nil || err != nil {
+			t.Errorf("%s: PatchVMStatus should return nil, nil: got %+v, %v", name, out, err)
+		}
+	}
+	if n := countWrites(); n != 0 {
+		t.Fatalf("%d writes made with nothing to write", n)
+	}
+
+	// A VM of another uid with the name, and no VM at all: ErrVMGone, and nil from PatchVMStatus.
+	other := *vm
+	other.UID = "another-uid"
+	if _, err := runtime.UpdateVMStatus(ctx, fc, "default", "vm1", other.UID, []string{"phase"}, nil, running); !errors.Is(err, runtime.ErrVMGone) {
+		t.Errorf("another uid: got %v, want ErrVMGone", err)
+	}
+	if out, err := runtime.PatchVMStatus(ctx, fc, &other, []string{"phase"}, nil, running); out != nil || err != nil {
+		t.Errorf("another uid: PatchVMStatus got %+v, %v", out, err)
+	}
+	if _, err := runtime.UpdateVMStatus(ctx, fc, "default", "nosuchvm", "", []string{"phase"}, nil, running); !errors.Is(err, runtime.ErrVMGone) {
+		t.Errorf("no such VM: got %v, want ErrVMGone", err)
+	}
+
+	// A mutate error comes back as it is, and nothing is written.
+	boom := errors.New("boom")
+	if _, err := runtime.UpdateVMStatus(ctx, fc, "default", "vm1", "", []string{"phase"}, nil, func(*v1alpha1.VirtualMachine) error { return boom }); err != boom {
+		t.Errorf("mutate error: got %v", err)
+	}
+
+	// A conflict is retried with a fresh read; conflicts without end are given up, named.
+	conflicts := 1
+	fc.SetHook(func(a fake.Action) error {
+		if a.Verb == "jsonpatchstatus" && conflicts > 0 {
+			conflicts--
+			return fake.Conflict("virtualmachines", "vm1")
+		}
+		return nil
+	})
+	stopped := func(v *v1alpha1.VirtualMachine) error { v.Status.Phase = v1alpha1.VMPhaseStopped; return nil }
+	if out, err := runtime.PatchVMStatus(ctx, fc, vm, []string{"phase"}, nil, stopped); err != nil || out == nil || out.Status.Phase != v1alpha1.VMPhaseStopped {
+		t.Fatalf("after one conflict: got %+v, %v", out, err)
+	}
+	conflicts = 1000
+	_, err = runtime.UpdateVMStatus(ctx, fc, "default", "vm1", "", []string{"phase"}, nil, running)
+	if !client.IsConflict(err) || !strings.Contains(err.Error(), "updating status of default/vm1") {
+		t.Fatalf("endless conflicts: got %v, want a named conflict", err)
 	}
 }
