@@ -71,6 +71,35 @@ func newGetCommand(cc *cliContext) *cobra.Command {
 	return cmd
 }
 
+// newListCommand is the "list" subcommand of a command named after a cluster-scoped kind
+// ('rakhsh node list', 'rakhsh user list'): it lists the kind's objects as 'rakhsh get
+// RESOURCE' does, with the same -o, -l and --no-headers.
+func newListCommand(cc *cliContext, resource, short, selectorExample string) *cobra.Command {
+	var o getOptions
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   short,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.checkOutput(); err != nil {
+				return err
+			}
+			c, err := cc.Client()
+			if err != nil {
+				return err
+			}
+			k, _ := v1alpha1.LookupKind(resource)
+			return runGet(cmd.Context(), cc, c, cmd.OutOrStdout(), cmd.ErrOrStderr(), []target{{kind: k}}, &o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.output, "output", "o", "", "output format: wide, yaml, json or name")
+	f.StringVarP(&o.selector, "selector", "l", "", "label selector, e.g. "+selectorExample)
+	f.BoolVar(&o.noHeaders, "no-headers", false, "do not print the table header")
+	return cmd
+}
+
 // checkOutput refuses an output format runGet does not know.
 func (o *getOptions) checkOutput() error {
 	switch o.output {

@@ -38,7 +38,7 @@ project's spec.members (user:NAME or group:NAME, role Admin, User or Viewer); sp
 (ClusterAdmin, ClusterViewer) gives rights across the cluster. See docs/identity.md.`,
 		Run: func(cmd *cobra.Command, _ []string) { _ = cmd.Help() },
 	}
-	cmd.AddCommand(newUserCreateCommand(cc), newUserListCommand(cc), newUserSetPasswordCommand(cc),
+	cmd.AddCommand(newUserCreateCommand(cc), newListCommand(cc, "users", "List the users (as rakhsh get users)", "team=physics"), newUserSetPasswordCommand(cc),
 		newUserDisableCommand(cc, true), newUserDisableCommand(cc, false))
 	return cmd
 }
@@ -66,22 +66,6 @@ func newUserCreateCommand(cc *cliContext) *cobra.Command {
 	f.StringVar(&spec.Email, "email", "", "the user's e-mail address")
 	f.StringVar(&role, "cluster-role", "", "ClusterAdmin or ClusterViewer (default: none, project roles only)")
 	f.StringSliceVar(&spec.Groups, "group", nil, "a group of the user (repeatable); project members group:NAME apply")
-	return cmd
-}
-
-func newUserListCommand(cc *cliContext) *cobra.Command {
-	var o getOptions
-	cmd := &cobra.Command{
-		Use:     "list",
-		Aliases: []string{"ls"},
-		Short:   "List the users (as rakhsh get users)",
-		Args:    cobra.NoArgs,
-		RunE: cc.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
-			k, _ := v1alpha1.LookupKind("users")
-			return runGet(cmd.Context(), cc, c, cmd.OutOrStdout(), cmd.ErrOrStderr(), []target{{kind: k}}, &o)
-		}),
-	}
-	cmd.Flags().StringVarP(&o.output, "output", "o", "", "output format: wide, yaml, json or name")
 	return cmd
 }
 
@@ -203,13 +187,13 @@ there (--role); it never has more rights than its user. See docs/identity.md.`,
 		Short: "Revoke tokens: they are refused at once",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: cc.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
-			for _, id := range args {
+			return eachReported(cmd.ErrOrStderr(), args, func(id string) error {
 				if err := c.RevokeToken(cmd.Context(), id); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "token %s revoked\n", id)
-			}
-			return nil
+				return nil
+			})
 		}),
 	}
 	cmd.AddCommand(create, list, revoke)

@@ -28,7 +28,7 @@ and revokes that credential. 'rakhsh node drain' moves the VMs off a host; 'rakh
 maintenance on' does the same on the control plane and keeps new VMs away. See docs/nodes.md.`,
 		Run: func(cmd *cobra.Command, _ []string) { _ = cmd.Help() },
 	}
-	cmd.AddCommand(newNodeListCommand(cc), newNodeDescribeCommand(cc), newNodeCordonCommand(cc, true), newNodeCordonCommand(cc, false),
+	cmd.AddCommand(newListCommand(cc, "nodes", "List the nodes (as rakhsh get nodes)", "kubernetes.io/hostname=host1"), newNodeDescribeCommand(cc), newNodeCordonCommand(cc, true), newNodeCordonCommand(cc, false),
 		newNodeRemoveCommand(cc), newNodeTokenCommand(cc), newNodeDrainCommand(cc), newNodeMaintenanceCommand(cc))
 	return cmd
 }
@@ -36,31 +36,6 @@ maintenance on' does the same on the control plane and keeps new VMs away. See d
 func nodeKind() *v1alpha1.KindInfo {
 	k, _ := v1alpha1.LookupKind("nodes")
 	return k
-}
-
-func newNodeListCommand(cc *cliContext) *cobra.Command {
-	var o getOptions
-	cmd := &cobra.Command{
-		Use:     "list",
-		Aliases: []string{"ls"},
-		Short:   "List the nodes (as rakhsh get nodes)",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkOutput(); err != nil {
-				return err
-			}
-			c, err := cc.Client()
-			if err != nil {
-				return err
-			}
-			return runGet(cmd.Context(), cc, c, cmd.OutOrStdout(), cmd.ErrOrStderr(), []target{{kind: nodeKind()}}, &o)
-		},
-	}
-	f := cmd.Flags()
-	f.StringVarP(&o.output, "output", "o", "", "output format: wide, yaml, json or name")
-	f.StringVarP(&o.selector, "selector", "l", "", "label selector, e.g. kubernetes.io/hostname=host1")
-	f.BoolVar(&o.noHeaders, "no-headers", false, "do not print the table header")
-	return cmd
 }
 
 func newNodeDescribeCommand(cc *cliContext) *cobra.Command {

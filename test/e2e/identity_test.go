@@ -307,7 +307,10 @@ func TestIdentity(t *testing.T) {
 		t.Fatalf("a fresh token: %v", err)
 	}
 	id := strings.Split(revTok, ".")[1]
-	s.MustCLI("", "token", "revoke", id)
+	// Several IDs, one unknown: it is reported, and the others are still revoked.
+	if r := s.CLI("", "token", "revoke", "000000000000", id); r.Code != 1 || !strings.Contains(r.Stderr, "token 000000000000 not found") || r.Stdout != "token "+id+" revoked\n" {
+		t.Errorf("token revoke of an unknown and a known ID: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
+	}
 	unauthorized("a revoked token", rev, "was revoked")
 	if out := s.MustCLI("", "token", "list"); !strings.Contains(out, id) || !strings.Contains(out, "revoked") || strings.Contains(out, strings.Split(revTok, ".")[2]) {
 		t.Errorf("token list:\n%s", out)
@@ -333,6 +336,13 @@ func TestIdentity(t *testing.T) {
 	}
 	if err := carol.Patch(ctx, "projects", "", "p2", members(`[{"name":"user:bob","role":"Viewer"}]`), nil); !client.IsForbidden(err) || !strings.Contains(err.Error(), "name them") {
 		t.Errorf("carol removes her own entry: %v, want Forbidden", err)
+	}
+	// user list takes get's -o, -l and --no-headers, and refuses an unknown -o before it asks.
+	if r := s.CLI("", "user", "list", "-o", "name", "--no-headers"); r.Code != 0 || !strings.Contains(r.Stdout, "carol") || strings.Contains(r.Stdout, "NAME") {
+		t.Errorf("user list -o name: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := s.CLI("", "user", "list", "-o", "xml"); r.Code != 1 || !strings.Contains(r.Stderr, `unknown output format "xml"`) {
+		t.Errorf("user list -o xml: code %d, stderr %q", r.Code, r.Stderr)
 	}
 	s.MustCLI("", "user", "disable", "carol")
 	unauthorized("a disabled user's token", carol, "is disabled")
