@@ -172,17 +172,11 @@ func (e *env) stopAgent() {
 
 // killAll kills, by pid, every QEMU still running from a run dir of dir.
 func killAll(t *testing.T, dir string) {
-	for _, pid := range qemuPIDs(dir) {
+	for _, pid := range testutil.QEMUPIDs(dir) {
 		t.Logf("killing left-over QEMU %d", pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
-
-// qemuPIDs lists the live QEMU processes started from dir's run directories, by VM uid.
-var qemuPIDs = testutil.QEMUPIDs
-
-// countQEMU counts every live QEMU process of the VM uid.
-var countQEMU = testutil.CountQEMU
 
 func (e *env) ctx() context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 const bootTimeout = 3 * time.Minute
@@ -42,7 +43,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("SoftwareEmulation condition = %+v, want %s on a node with accelerator %s (%s)", c, wantEmu, node.Status.Accelerator, kvmCond.Message)
 	}
 	e.waitSerial(uid, "RAKHSH-GUEST: ready", 1, bootTimeout)
-	pid1 := qemuPIDs(e.dir)[uid]
+	pid1 := testutil.QEMUPIDs(e.dir)[uid]
 	requireQEMUUser(t, pid1) // it booted as the unprivileged user, with passed descriptors
 
 	// Stop: the guest powers off on the ACPI button; the VM is released from its node.
@@ -57,7 +58,7 @@ func TestLifecycle(t *testing.T) {
 	if !strings.Contains(e.serialLog(uid), "RAKHSH-GUEST: powerdown") {
 		t.Errorf("the guest did not see the power button")
 	}
-	if n := countQEMU(uid); n != 0 {
+	if n := testutil.CountQEMU(uid); n != 0 {
 		t.Fatalf("%d QEMU processes after stop", n)
 	}
 
@@ -67,7 +68,7 @@ func TestLifecycle(t *testing.T) {
 	e.waitSerial(uid, "RAKHSH-GUEST: ready", 2, bootTimeout)
 
 	// Graceful restart: a new QEMU process boots again.
-	pid2 := qemuPIDs(e.dir)[uid]
+	pid2 := testutil.QEMUPIDs(e.dir)[uid]
 	if pid2 == pid1 || pid2 == 0 {
 		t.Fatalf("pid after start = %d (before stop %d)", pid2, pid1)
 	}
@@ -82,7 +83,7 @@ func TestLifecycle(t *testing.T) {
 	e.waitVM("vm1", 30*time.Second, "Running", phaseIs(v1alpha1.VMPhaseRunning))
 
 	// The agent goes away and comes back: the same QEMU is adopted.
-	pid3 := qemuPIDs(e.dir)[uid]
+	pid3 := testutil.QEMUPIDs(e.dir)[uid]
 	e.stopAgent()
 	// The unprivileged QEMU writes no pidfile: the agent does, right after starting it. An
 	// agent killed in between finds the QEMU by its -uuid (and writes the pidfile then).
@@ -93,8 +94,8 @@ func TestLifecycle(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	e.startAgent()
 	time.Sleep(2 * time.Second)
-	if got := qemuPIDs(e.dir)[uid]; got != pid3 || countQEMU(uid) != 1 {
-		t.Fatalf("after the agent restart: pid %d (was %d), %d processes", got, pid3, countQEMU(uid))
+	if got := testutil.QEMUPIDs(e.dir)[uid]; got != pid3 || testutil.CountQEMU(uid) != 1 {
+		t.Fatalf("after the agent restart: pid %d (was %d), %d processes", got, pid3, testutil.CountQEMU(uid))
 	}
 	e.waitVM("vm1", 5*time.Second, "Running", phaseIs(v1alpha1.VMPhaseRunning))
 
@@ -118,7 +119,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitVM("vm1", time.Minute, "deleted", func(v *v1alpha1.VirtualMachine) bool { return v == nil })
-	if n := countQEMU(uid); n != 0 {
+	if n := testutil.CountQEMU(uid); n != 0 {
 		t.Fatalf("%d QEMU processes after delete", n)
 	}
 	if _, err := os.Stat(storage.VMRunDir(e.dir, uid)); !isGone(err) {

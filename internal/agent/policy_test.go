@@ -11,6 +11,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestCrashRestart kills QEMU from outside: AlwaysOnUnlessStoppedManually restarts the VM
@@ -26,7 +27,7 @@ func TestCrashRestart(t *testing.T) {
 	e.waitOp(e.op("manual", v1alpha1.VMOPTypeStart, false), v1alpha1.VMOPPhaseCompleted, 30*time.Second)
 
 	for _, uid := range []string{v1.UID, v2.UID} {
-		pid := qemuPIDs(e.dir)[uid]
+		pid := testutil.QEMUPIDs(e.dir)[uid]
 		if pid == 0 {
 			t.Fatalf("no QEMU for %s", uid)
 		}
@@ -40,8 +41,8 @@ func TestCrashRestart(t *testing.T) {
 	if ex := v.Status.LastExit; ex.Reason != v1alpha1.ExitCrashed || ex.Count != 1 {
 		t.Errorf("lastExit after a crash: %+v", ex)
 	}
-	if countQEMU(v1.UID) != 1 {
-		t.Errorf("%d QEMU processes after the restart", countQEMU(v1.UID))
+	if testutil.CountQEMU(v1.UID) != 1 {
+		t.Errorf("%d QEMU processes after the restart", testutil.CountQEMU(v1.UID))
 	}
 	v = e.waitVM("manual", 30*time.Second, "stopped after the crash", func(v *v1alpha1.VirtualMachine) bool {
 		return v.Status.Phase == v1alpha1.VMPhaseStopped && v.Status.NodeName == ""
@@ -50,7 +51,7 @@ func TestCrashRestart(t *testing.T) {
 		t.Errorf("Manual after a crash: %+v", v.Status)
 	}
 	time.Sleep(2 * time.Second)
-	if countQEMU(v2.UID) != 0 {
+	if testutil.CountQEMU(v2.UID) != 0 {
 		t.Errorf("Manual VM restarted after a crash")
 	}
 }

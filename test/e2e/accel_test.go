@@ -12,6 +12,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // accelNode waits until the serve's Node reports its KVM condition with a reason in want.
@@ -249,7 +250,7 @@ func TestAcceleratorRuntimeFallback(t *testing.T) {
 		if t.Failed() {
 			t.Logf("rakhsh serve log:\n%s", s.Logs())
 		}
-		for uid, pid := range vmQEMUPIDs(s.DataDir) {
+		for uid, pid := range testutil.QEMUPIDs(s.DataDir) {
 			t.Errorf("QEMU of %s (pid %d) still runs at the end of the test", uid, pid)
 		}
 	})

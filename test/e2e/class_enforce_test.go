@@ -12,6 +12,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // qemuCgroup returns the cgroup path of pid in the hierarchy that has controller ("" for
@@ -128,7 +129,7 @@ func TestClassCoreFractionLimit(t *testing.T) {
 	applyDocs(s, classVMWithDisk("busy", "slow", "root", `{cores: 1, coreFraction: "20%"}`))
 	v := vmWait(t, s, "busy", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	vmWaitSerial(t, s, "busy", "RAKHSH-GUEST: ready", 1)
-	pid := vmQEMUPIDs(s.DataDir)[v.UID]
+	pid := testutil.QEMUPIDs(s.DataDir)[v.UID]
 	if pid == 0 {
 		t.Fatal("no QEMU found for the VM")
 	}
@@ -165,8 +166,8 @@ func TestClassCoreFractionLimit(t *testing.T) {
 	// keeps running; an edit that keeps it out is refused, one that fixes it is taken.
 	applyDocs(s, classDoc("slow", "Nehalem", "cores: {min: 1, max: 2}\ncoreFractions: [50, 100]\ndefaultCoreFraction: \"100%\""))
 	out := vmWait(t, s, "busy", time.Minute, "SizingPolicyMatched=False", vmCondIs(v1alpha1.VMConditionSizingPolicyMatched, v1alpha1.ConditionFalse))
-	if out.Status.Phase != v1alpha1.VMPhaseRunning || vmQEMUPIDs(s.DataDir)[v.UID] != pid {
-		t.Fatalf("a VM put out of policy by its class was disturbed: phase %s, QEMU pid %d (was %d)", out.Status.Phase, vmQEMUPIDs(s.DataDir)[v.UID], pid)
+	if out.Status.Phase != v1alpha1.VMPhaseRunning || testutil.QEMUPIDs(s.DataDir)[v.UID] != pid {
+		t.Fatalf("a VM put out of policy by its class was disturbed: phase %s, QEMU pid %d (was %d)", out.Status.Phase, testutil.QEMUPIDs(s.DataDir)[v.UID], pid)
 	}
 	ctx := context.Background()
 	err := s.Client().Patch(ctx, "virtualmachines", "default", "busy", []byte(`{"spec":{"terminationGracePeriodSeconds":6}}`), nil)
@@ -195,7 +196,7 @@ func TestClassDedicatedCores(t *testing.T) {
 		t.Fatal("d1 did not get dedicatedCores from its class's policy")
 	}
 	affinity := func() (string, string) {
-		pids := vmQEMUPIDs(s.DataDir)
+		pids := testutil.QEMUPIDs(s.DataDir)
 		a1, a2 := vcpuAffinity(t, pids[v1.UID]), vcpuAffinity(t, pids[v2.UID])
 		t.Logf("vCPU affinity: d1 %v, d2 %v", a1, a2)
 		if len(a1) != 1 || len(a2) != 1 {
@@ -242,7 +243,7 @@ func TestClassDedicatedCores(t *testing.T) {
 	// Freeing a core lets the third VM in, on d1's core.
 	s.MustCLI("", "delete", "vm", "d1", "--wait", "--timeout", "1m")
 	v3 = vmWait(t, s, "d3", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	a3 := vcpuAffinity(t, vmQEMUPIDs(s.DataDir)[v3.UID])
+	a3 := vcpuAffinity(t, testutil.QEMUPIDs(s.DataDir)[v3.UID])
 	for _, c := range a3 {
 		if c != c1 {
 			t.Errorf("d3 pinned to %s, want the freed core %s", c, c1)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // classGet reads a class.
@@ -244,7 +245,7 @@ func TestClassPlacementAndDiscovery(t *testing.T) {
 	}
 	v = vmWait(t, s, "w1", 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 	vmWait(t, s, "w1", time.Minute, "ClassReady=True", vmCondIs(v1alpha1.VMConditionClassReady, v1alpha1.ConditionTrue))
-	pid := vmQEMUPIDs(s.DataDir)[v.UID]
+	pid := testutil.QEMUPIDs(s.DataDir)[v.UID]
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if !strings.Contains(string(cmdline), "-cpu\x00qemu64,") || !strings.Contains(string(cmdline), c.Status.CPUFeatures.Enabled[0]+"=on") {
 		t.Errorf("QEMU -cpu does not carry the discovered features: %q", cmdline)

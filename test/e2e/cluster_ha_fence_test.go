@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestHAHungHostPartitionLeaderLoss, on a cluster of its own (rhf) whose control plane runs on
@@ -63,8 +64,8 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 	})
 
 	// 1. The hung host.
-	hungPID := vmQEMUPIDs(h2.DataDir)[uid["hung-vm"]]
-	plainPID := vmQEMUPIDs(h2.DataDir)[uid["plain-vm"]]
+	hungPID := testutil.QEMUPIDs(h2.DataDir)[uid["hung-vm"]]
+	plainPID := testutil.QEMUPIDs(h2.DataDir)[uid["plain-vm"]]
 	if hungPID == 0 || plainPID == 0 {
 		t.Fatalf("QEMUs on h2: hung-vm %d, plain-vm %d", hungPID, plainPID)
 	}
@@ -97,7 +98,7 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 		var n v1alpha1.Node
 		return s.Client().Get(ctx, "nodes", "", "h2", &n) == nil && n.Status.Phase == v1alpha1.NodePhaseReady
 	})
-	if pid := vmQEMUPIDs(h2.DataDir)[uid["hung-vm"]]; pid != 0 {
+	if pid := testutil.QEMUPIDs(h2.DataDir)[uid["hung-vm"]]; pid != 0 {
 		t.Errorf("h2 runs hung-vm again (pid %d) after SIGCONT", pid)
 	}
 	if !pidAlive(plainPID) || leaseToken(t, diskLease(t, s, "plain-vm-data")) != plainTok {
@@ -126,7 +127,7 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 	t.Logf("leader %s; part-vm may go to %s only", leader.Name, other.Name)
 	s = c.ServeOf(t, other) // the view that outlives the leader
 	s.MustCLI("", "patch", "vm", "part-vm", "--type", "merge", "-p", `{"spec":{"nodeSelector":{"kubernetes.io/hostname":"`+other.Name+`"}}}`)
-	partPID := vmQEMUPIDs(h2.DataDir)[pv.UID]
+	partPID := testutil.QEMUPIDs(h2.DataDir)[pv.UID]
 	cutAt := time.Now()
 	h2.LinkDown(t)
 	linkUp := clusterLiftLater(t, func() { h2.LinkUp(t) })
@@ -159,7 +160,7 @@ func TestHAHungHostPartitionLeaderLoss(t *testing.T) {
 		return s.Client().Get(ctx, "nodes", "", "h2", &n) == nil && n.Status.Phase == v1alpha1.NodePhaseReady
 	})
 	time.Sleep(3 * time.Second)
-	if pid := vmQEMUPIDs(h2.DataDir)[pv.UID]; pid != 0 {
+	if pid := testutil.QEMUPIDs(h2.DataDir)[pv.UID]; pid != 0 {
 		t.Errorf("h2 runs part-vm again (pid %d) after its link came back", pid)
 	}
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // diskLease reads the VirtualDiskLease of disk name in the default project.
@@ -190,7 +191,7 @@ func TestHARecovery(t *testing.T) {
 	for _, n := range []string{"ha-a", "ha-b"} {
 		s.MustCLI("", "patch", "vm", n, "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
 	}
-	pids := vmQEMUPIDs(h2.DataDir)
+	pids := testutil.QEMUPIDs(h2.DataDir)
 	for _, n := range names {
 		if pids[uid[n]] == 0 {
 			t.Fatalf("no QEMU of %s under h2's data dir: %v", n, pids)
@@ -350,7 +351,7 @@ func TestHARecovery(t *testing.T) {
 	restart()
 	for _, name := range []string{"plain", "ha-local"} {
 		vmWait(t, s, name, vmBootTimeout, "Running on h2 again", func(v *v1alpha1.VirtualMachine) bool {
-			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2" && vmQEMUPIDs(h2.DataDir)[v.UID] != 0
+			return v != nil && v.Status.Phase == v1alpha1.VMPhaseRunning && v.Status.NodeName == "h2" && testutil.QEMUPIDs(h2.DataDir)[v.UID] != 0
 		})
 		t.Logf("%s runs on h2 again %s after h2's restart", name, time.Since(restartAt).Round(10*time.Millisecond))
 	}
@@ -364,7 +365,7 @@ func TestHARecovery(t *testing.T) {
 	// A few seconds more on the poller with h2 up and holding its lease.
 	time.Sleep(3 * time.Second)
 	counts := haQEMUCounts([]string{uid["ha-a"], uid["ha-b"]})
-	on2 := vmQEMUPIDs(h2.DataDir)
+	on2 := testutil.QEMUPIDs(h2.DataDir)
 	for _, name := range []string{"ha-a", "ha-b"} {
 		if counts[uid[name]] != 1 || on2[uid[name]] != 0 {
 			t.Errorf("%s after h2's restart: %d QEMUs (one on h2: %v), want exactly 1, not on h2", name, counts[uid[name]], on2[uid[name]] != 0)

@@ -14,6 +14,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/agent"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // The node lease and self-fencing (docs/ha.md) on a cluster of its own (rhl), since the test
@@ -54,7 +55,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	}
 	vmWaitSerial(t, s, "ha-vm", "RAKHSH-GUEST: ready", 1)
 	vmWaitSerial(t, s, "manual-vm", "RAKHSH-GUEST: ready", 1)
-	pidOf := func(uid string) int { return vmQEMUPIDs(h2.DataDir)[uid] }
+	pidOf := func(uid string) int { return testutil.QEMUPIDs(h2.DataDir)[uid] }
 	haPID, manPID := pidOf(ha.UID), pidOf(man.UID)
 	if haPID == 0 || manPID == 0 {
 		t.Fatalf("QEMU pids on h2: ha-vm %d, manual-vm %d", haPID, manPID)
@@ -120,7 +121,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	// is NotReady, no sooner than that; manual-vm's QEMU must live on. It returns both times.
 	fencedAfter := func(what, while string, from time.Time) (toKilled, toNotReady time.Duration) {
 		t.Helper()
-		toKilled = waitUntil("ha-vm's QEMU killed "+while, from, leaseDuration+10*time.Second, func() bool { return !vmProcessOf(haPID, ha.UID) })
+		toKilled = waitUntil("ha-vm's QEMU killed "+while, from, leaseDuration+10*time.Second, func() bool { return !testutil.IsQEMUOf(haPID, ha.UID) })
 		if toKilled < fenceTimeout-2*time.Second {
 			t.Errorf("ha-vm's QEMU was killed %s after %s, before the fence timeout %s", toKilled, what, fenceTimeout)
 		}
@@ -128,7 +129,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 		if toNotReady < toKilled {
 			t.Errorf("h2 was NotReady (%s after %s) before it was fenced (%s): the lease must outlast the fence", toNotReady, what, toKilled)
 		}
-		if !vmProcessOf(manPID, man.UID) {
+		if !testutil.IsQEMUOf(manPID, man.UID) {
 			t.Fatalf("manual-vm's QEMU (not HA) was killed %s", while)
 		}
 		return toKilled, toNotReady
@@ -159,7 +160,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	resumedAt := time.Now()
 	resume()
 	toReady := waitUntil("h2 Ready again after SIGCONT", resumedAt, time.Minute, ready)
-	if !vmProcessOf(manPID, man.UID) {
+	if !testutil.IsQEMUOf(manPID, man.UID) {
 		t.Errorf("manual-vm's QEMU (not HA) was killed")
 	}
 	if err := cl.Get(ctx, "nodeleases", "", "h2", &lease); err != nil || lease.Spec.LeaseTransitions <= transitions || lease.Spec.HolderIdentity != "h2" {
@@ -201,7 +202,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 	linkUp()
 	upAt := time.Now()
 	upToReady := waitUntil("h2 Ready again after link up", upAt, time.Minute, ready)
-	if !vmProcessOf(manPID, man.UID) {
+	if !testutil.IsQEMUOf(manPID, man.UID) {
 		t.Errorf("manual-vm's QEMU ended")
 	}
 	fencedSince("the partition", cutAt)
@@ -231,7 +232,7 @@ func TestClusterHALeaseFencing(t *testing.T) {
 		t.Errorf("after the restart h2's fence guard is %d, want the live one %d reused", g, guardPID)
 	}
 	man = vmWait(t, s, "manual-vm", time.Minute, "Running on h2, adopted", clusterRunningOn("h2"))
-	if !vmProcessOf(manPID, man.UID) || pidOf(man.UID) != manPID {
+	if !testutil.IsQEMUOf(manPID, man.UID) || pidOf(man.UID) != manPID {
 		t.Errorf("manual-vm's QEMU after the restart: pid %d, want %d adopted", pidOf(man.UID), manPID)
 	}
 	v = fencedSince("the agent's kill -9", killAt)

@@ -396,7 +396,7 @@ func (c *Cluster) killHostChildren() {
 		// The fence guard outlives the agent by design (found by its pid file, checked by
 		// its command line).
 		killFenceGuard(h.DataDir)
-		for _, pid := range vmQEMUPIDs(h.DataDir) {
+		for _, pid := range testutil.QEMUPIDs(h.DataDir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
 				time.Sleep(50 * time.Millisecond)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestLiveMigrationHotplugged, on the three-host cluster: a running VM gets a blank disk on
@@ -110,7 +111,7 @@ func TestLiveMigrationHotplugged(t *testing.T) {
 		_, err := os.Stat(storage.ClassDiskPath(h.DataDir, nil, d.UID))
 		return os.IsNotExist(err)
 	})
-	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+	waitFor(t, "one QEMU of the VM", func() bool { return testutil.CountQEMU(v.UID) == 1 })
 
 	// Detached on the target: the guest loses the disk, the lease is given back.
 	s.MustCLI("", "vm", "detach", "rkp-vm", "rkp-hd", "--wait", "--timeout", "2m")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestLiveMigrationAfterLiveChange: a VM whose vCPUs and memory were changed while it ran
@@ -35,7 +36,7 @@ func TestLiveMigrationAfterLiveChange(t *testing.T) {
 	// Under TCG with QEMU before 9.0 a guest with plugged memory is paused for the whole
 	// transfer (docs/migration.md); let it finish with the memory just plugged (onlining it)
 	// before it moves.
-	waitQEMUQuiet(t, vmQEMUPIDs(c.Host("h2").DataDir)[v0.UID], 30*time.Second)
+	waitQEMUQuiet(t, testutil.QEMUPIDs(c.Host("h2").DataDir)[v0.UID], 30*time.Second)
 	s.MustCLI("", "patch", "vm", name, "--type", "json", "-p", `[{"op":"remove","path":"/spec/nodeSelector"}]`)
 	began := time.Now()
 	s.MustCLI("", "vm", "migrate", name, "--to", "h3", "--wait")

@@ -20,6 +20,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/nodestream"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // migrateConsoleType types a line on the serial console of a VM running on host h.
@@ -176,7 +177,7 @@ func TestLiveMigration(t *testing.T) {
 			t.Errorf("the guest booted again on %s:\n%s", dst, tail(log, 2000))
 		}
 		t.Logf("ticks: %d before, %d on the target", before, n)
-		waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+		waitFor(t, "one QEMU of the VM", func() bool { return testutil.CountQEMU(v.UID) == 1 })
 		waitFor(t, "the source's run directory removed", func() bool {
 			_, err := os.Stat(storage.VMRunDir(c.Host(src).DataDir, v.UID))
 			return os.IsNotExist(err)
@@ -218,7 +219,7 @@ func TestLiveMigration(t *testing.T) {
 		if _, err := os.Stat(storage.ClassDiskPath(c.Host(dst).DataDir, nil, d.UID)); err != nil {
 			t.Errorf("the disk file on the target: %v", err)
 		}
-		waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+		waitFor(t, "one QEMU of the VM", func() bool { return testutil.CountQEMU(v.UID) == 1 })
 		waitFor(t, "the disk lease handed to the target", func() bool {
 			l := diskLease(t, s, "rkm-ld")
 			return l.Spec.HolderNode == dst && l.Spec.VirtualMachineUID == v.UID
@@ -241,7 +242,7 @@ func TestLiveMigration(t *testing.T) {
 		migrateConsoleType(t, c.Host(dst), v.UID, "echo 3 > /proc/sys/vm/drop_caches; echo RKPREAD $(head -c 12 /dev/vda)")
 		vmWaitSerial(t, s, "rkm-local", "RKPREAD RKPLAIN-0815", 1)
 		waitFor(t, "the disk on the target node", func() bool { return storageDisk(t, s, "rkm-ld").Status.NodeName == dst })
-		waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+		waitFor(t, "one QEMU of the VM", func() bool { return testutil.CountQEMU(v.UID) == 1 })
 	})
 }
 
@@ -371,7 +372,7 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 	vmWait(t, s, name, time.Minute, "Running on the source", clusterRunningOn(src))
 	waitFor(t, "nothing of the VM left on the target", func() bool {
 		_, err := os.Stat(storage.VMRunDir(c.Host(dst).DataDir, uid))
-		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
+		return os.IsNotExist(err) && testutil.CountQEMU(uid) == 1
 	})
 	tick = waitTick(t, s, name, tick, time.Minute)
 	if !slices.Contains(reasons, m.Reason) {
@@ -384,7 +385,7 @@ func migrateExpectFailed(t *testing.T, c *Cluster, s *Serve, name, op, src, dst 
 // transfer (what prefixes the error when there is none).
 func clusterKillTargetQEMU(t *testing.T, h *ClusterHost, uid, what string) {
 	t.Helper()
-	pid := vmQEMUPIDs(h.DataDir)[uid]
+	pid := testutil.QEMUPIDs(h.DataDir)[uid]
 	if pid == 0 {
 		t.Fatalf("%sno target QEMU on %s during the transfer", what, h.Name)
 	}
@@ -463,7 +464,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 	if log := vmLog(t, s, "rkf-vm"); strings.Contains(log, "RAKHSH-GUEST: booted") {
 		t.Errorf("the guest booted again on h3")
 	}
-	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+	waitFor(t, "one QEMU of the VM", func() bool { return testutil.CountQEMU(v.UID) == 1 })
 	tick = waitTick(t, s, "rkf-vm", tick, time.Minute)
 
 	// Unencrypted (serve --migration-encryption=false), back from h3 to h2: each agent hands
@@ -488,7 +489,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 		t.Fatalf("unencrypted retry: the VM is on %q, want h2", v.Status.NodeName)
 	}
 	waitTick(t, s, "rkf-vm", tick, time.Minute)
-	waitFor(t, "one QEMU of the VM", func() bool { return vmCountQEMU(v.UID) == 1 })
+	waitFor(t, "one QEMU of the VM", func() bool { return testutil.CountQEMU(v.UID) == 1 })
 }
 
 // clusterSourceAgentDead follows the migration op of the VM name (uid) from src to dst whose
@@ -506,9 +507,9 @@ func clusterSourceAgentDead(t *testing.T, s *Serve, name, op string, src, dst *C
 	}
 	waitFor(t, what+"nothing of the VM left on the target while the source agent is dead", func() bool {
 		_, err := os.Stat(storage.VMRunDir(dst.DataDir, uid))
-		return os.IsNotExist(err) && vmCountQEMU(uid) == 1
+		return os.IsNotExist(err) && testutil.CountQEMU(uid) == 1
 	})
-	if pid := vmQEMUPIDs(src.DataDir)[uid]; pid == 0 || syscall.Kill(pid, 0) != nil {
+	if pid := testutil.QEMUPIDs(src.DataDir)[uid]; pid == 0 || syscall.Kill(pid, 0) != nil {
 		t.Fatalf("the source QEMU on %s is gone after its agent was killed (pid %d)", src.Name, pid)
 	}
 	serialTick(t, src, uid, tick) // the guest ticks on, read from QEMU's serial socket

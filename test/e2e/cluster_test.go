@@ -15,6 +15,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestClusterNodesReady: in the three-host cluster (serve with its own agent on h1, joined
@@ -203,7 +204,7 @@ func TestClusterEtcdQuorum(t *testing.T) {
 	v := clusterVM(t, c)
 	h1, h2 := c.Host("h1"), c.Host("h2")
 	servePID := h1.PID()
-	qemuPID := vmQEMUPIDs(h2.DataDir)[v.UID]
+	qemuPID := testutil.QEMUPIDs(h2.DataDir)[v.UID]
 	if qemuPID == 0 {
 		t.Fatalf("no QEMU of the VM on h2")
 	}
@@ -241,7 +242,7 @@ func TestClusterEtcdQuorum(t *testing.T) {
 	if r := h2.CLI(t, "", "get", "vm", clusterVMName); r.Code == 0 || !strings.Contains(r.Stderr, "etcd") {
 		t.Errorf("rakhsh get vm without an etcd quorum: exit %d, stderr %q: want a failure naming etcd", r.Code, r.Stderr)
 	}
-	if !vmProcessOf(qemuPID, v.UID) {
+	if !testutil.IsQEMUOf(qemuPID, v.UID) {
 		t.Fatalf("the VM's QEMU (pid %d) ended while etcd had no quorum", qemuPID)
 	}
 
@@ -255,14 +256,14 @@ func TestClusterEtcdQuorum(t *testing.T) {
 	if h1.PID() != servePID || !h1.Running() {
 		t.Fatalf("serve on h1 was restarted (pid %d, was %d)", h1.PID(), servePID)
 	}
-	if !vmProcessOf(qemuPID, v.UID) {
+	if !testutil.IsQEMUOf(qemuPID, v.UID) {
 		t.Fatalf("the VM's QEMU (pid %d) ended", qemuPID)
 	}
 	if err := h2.waitNode(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if got := vmGet(t, c.Serve(t), clusterVMName); got == nil || got.Status.Phase != v1alpha1.VMPhaseRunning || vmQEMUPIDs(h2.DataDir)[v.UID] != qemuPID {
-		t.Fatalf("after etcd came back the VM is %+v (QEMU %d, was %d)", got, vmQEMUPIDs(h2.DataDir)[v.UID], qemuPID)
+	if got := vmGet(t, c.Serve(t), clusterVMName); got == nil || got.Status.Phase != v1alpha1.VMPhaseRunning || testutil.QEMUPIDs(h2.DataDir)[v.UID] != qemuPID {
+		t.Fatalf("after etcd came back the VM is %+v (QEMU %d, was %d)", got, testutil.QEMUPIDs(h2.DataDir)[v.UID], qemuPID)
 	}
 }
 

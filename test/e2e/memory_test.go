@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // qemuRSS is the resident memory of a process in bytes (VmRSS).
@@ -71,7 +72,7 @@ func TestMemoryBalloonAndKSM(t *testing.T) {
 		uids[n] = vmWait(t, s, n, 2*time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning)).UID
 		vmWaitSerial(t, s, n, "RAKHSH-GUEST: ready", 1)
 	}
-	pids := vmQEMUPIDs(s.DataDir)
+	pids := testutil.QEMUPIDs(s.DataDir)
 
 	// 1. Free page reporting (where the node gives it: KVM, or QEMU 9.0+).
 	peak := map[string]int64{}

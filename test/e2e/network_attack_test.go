@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // guestAttacks runs inside TestNetworkNAT, on its running VMs: vm1 (unfiltered, on main) is
@@ -123,7 +124,7 @@ func dhcpDiscover(t *testing.T, ns string, wait time.Duration) []dhcpOffer {
 	var conn *net.UDPConn
 	var mac net.HardwareAddr
 	var err error
-	inNS(t, ns, func() {
+	testutil.InNetns(t, ns, func() {
 		var ifc *net.Interface
 		if ifc, err = net.InterfaceByName("nb0"); err != nil {
 			return
@@ -190,7 +191,7 @@ func udpProbeFrom53(t *testing.T, ns, ip string) error {
 	t.Helper()
 	var conn *net.UDPConn
 	var err error
-	inNS(t, ns, func() {
+	testutil.InNetns(t, ns, func() {
 		conn, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.66.0.250"), Port: 53}, &net.UDPAddr{IP: net.ParseIP(ip), Port: 9})
 	})
 	if err != nil {

@@ -74,15 +74,12 @@ func newNetnsLab(t *testing.T) *netnsLab {
 // netnsLabs counts the labs made by this test process.
 var netnsLabs atomic.Int64
 
-// inNS runs f on a thread switched into the named namespace: sockets f opens belong there.
-var inNS = testutil.InNetns
-
 // listenIn opens a TCP listener inside a namespace.
 func listenIn(t *testing.T, ns, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	var err error
-	inNS(t, ns, func() { ln, err = net.Listen("tcp", addr) })
+	testutil.InNetns(t, ns, func() { ln, err = net.Listen("tcp", addr) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +92,7 @@ func dialIn(t *testing.T, ns, addr string, timeout time.Duration) (net.Conn, err
 	t.Helper()
 	var c net.Conn
 	var err error
-	inNS(t, ns, func() {
+	testutil.InNetns(t, ns, func() {
 		d := net.Dialer{Timeout: timeout}
 		c, err = d.DialContext(context.Background(), "tcp", addr)
 	})
@@ -111,7 +108,7 @@ func (l *netnsLab) startServeIn(t *testing.T, extra ...string) *Serve {
 	l.restartServe(s)
 	t.Cleanup(func() {
 		s.Stop()
-		for uid, pid := range vmQEMUPIDs(s.DataDir) {
+		for uid, pid := range testutil.QEMUPIDs(s.DataDir) {
 			_ = uid
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {

@@ -18,6 +18,7 @@ import (
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/network"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // outsideServer is an HTTP server in the "out" namespace that records the requests it gets.
@@ -389,7 +390,7 @@ spec: {network: tiny}
 	// Least privilege: the leases, DNS and traffic above came from a dnsmasq and QEMUs that
 	// run as unprivileged users.
 	requireRunsAs(t, "dnsmasq of main", dnsPID, dnsmasqUser)
-	qpids := vmQEMUPIDs(s.DataDir)
+	qpids := testutil.QEMUPIDs(s.DataDir)
 	if len(qpids) < 2 {
 		t.Fatalf("QEMU processes %v, want those of vm1 and vm2", qpids)
 	}
@@ -524,7 +525,7 @@ func contains(list []string, s string) bool {
 // vmQEMUArgs is the command line of the VM's QEMU.
 func vmQEMUArgs(t *testing.T, dataDir, uid string) string {
 	t.Helper()
-	pid := vmQEMUPIDs(dataDir)[uid]
+	pid := testutil.QEMUPIDs(dataDir)[uid]
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		t.Fatalf("QEMU of %s: %v", uid, err)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // applyGuestISO applies the ClusterVirtualImage guest-iso, the test guest's ISO served from
@@ -53,7 +55,7 @@ func startJoinedAgent(t *testing.T, addr, ca, dir string, env []string, args ...
 	a.start(args...)
 	t.Cleanup(func() {
 		a.stop()
-		for uid, pid := range vmQEMUPIDs(dir) {
+		for uid, pid := range testutil.QEMUPIDs(dir) {
 			t.Errorf("QEMU of %s (pid %d) still runs at the end of the test: killing it", uid, pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}

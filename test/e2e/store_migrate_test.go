@@ -13,6 +13,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/store/etcd/etcdtest"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // migrateObject is what TestStoreMigrate remembers of an object across the store switch.
@@ -125,7 +126,7 @@ spec:
 		v := vmWait(t, s, name, vmBootTimeout, "Running", vmPhase(v1alpha1.VMPhaseRunning))
 		uids[name] = v.UID
 	}
-	pids := vmQEMUPIDs(s.DataDir)
+	pids := testutil.QEMUPIDs(s.DataDir)
 	for name, uid := range uids {
 		if pids[uid] == 0 {
 			t.Fatalf("VM %s (%s) is Running but has no live QEMU in its run directory", name, uid)
@@ -145,7 +146,7 @@ spec:
 	before := migrateSnapshot(t, s)
 	s.Stop()
 	for uid, pid := range pids {
-		if !vmProcessOf(pid, uid) {
+		if !testutil.IsQEMUOf(pid, uid) {
 			t.Fatalf("QEMU %d of %s ended with the server", pid, uid)
 		}
 	}
@@ -212,12 +213,12 @@ spec:
 	}
 	// VMs: adopted, not restarted.
 	time.Sleep(2 * time.Second) // let the agent finish its first pass
-	now := vmQEMUPIDs(s.DataDir)
+	now := testutil.QEMUPIDs(s.DataDir)
 	for name, uid := range uids {
 		if now[uid] != pids[uid] {
 			t.Errorf("VM %s: QEMU pid %d before the switch, %d after", name, pids[uid], now[uid])
 		}
-		if n := vmCountQEMU(uid); n != 1 {
+		if n := testutil.CountQEMU(uid); n != 1 {
 			t.Errorf("VM %s: %d QEMU processes after the switch", name, n)
 		}
 		if v := vmGet(t, s, name); v.Status.Phase != v1alpha1.VMPhaseRunning {
@@ -228,7 +229,7 @@ spec:
 	for _, name := range vms {
 		s.MustCLI("", "vm", "stop", name, "--wait")
 		vmWait(t, s, name, time.Minute, "Stopped", vmPhase(v1alpha1.VMPhaseStopped))
-		if n := vmCountQEMU(uids[name]); n != 0 {
+		if n := testutil.CountQEMU(uids[name]); n != 0 {
 			t.Errorf("VM %s: %d QEMU processes after the stop", name, n)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // ansiEscape matches the terminal control sequences a shell prompt emits (e.g. ESC[6n).
@@ -75,8 +76,8 @@ func TestVMConsoleAndCDROM(t *testing.T) {
 	// `rakhsh console` with standard input from a pipe; Ctrl-] detaches.
 	t.Logf("rakhsh console output: %q", cliConsoleDetach(t, s, "cd1", "rakhsh console"))
 	time.Sleep(time.Second)
-	if v := vmGet(t, s, "cd1"); v == nil || v.Status.Phase != v1alpha1.VMPhaseRunning || vmCountQEMU(uid) != 1 {
-		t.Fatalf("after detaching the console the VM is not running: %+v (%d QEMU)", v, vmCountQEMU(uid))
+	if v := vmGet(t, s, "cd1"); v == nil || v.Status.Phase != v1alpha1.VMPhaseRunning || testutil.CountQEMU(uid) != 1 {
+		t.Fatalf("after detaching the console the VM is not running: %+v (%d QEMU)", v, testutil.CountQEMU(uid))
 	}
 
 	// `rakhsh vnc`: a local TCP port that speaks RFB.
@@ -145,10 +146,10 @@ func TestVMConsoleAndCDROM(t *testing.T) {
 
 	// Deletion stops QEMU.
 	s.MustCLI("", "delete", "vm", "cd1", "--wait", "--timeout", "90s")
-	if n := vmCountQEMU(uid); n != 0 {
+	if n := testutil.CountQEMU(uid); n != 0 {
 		t.Fatalf("%d QEMU processes of the deleted VM", n)
 	}
-	if pids := vmQEMUPIDs(s.DataDir); len(pids) != 0 {
+	if pids := testutil.QEMUPIDs(s.DataDir); len(pids) != 0 {
 		t.Fatalf("QEMU left: %v", pids)
 	}
 }

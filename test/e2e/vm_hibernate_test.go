@@ -10,6 +10,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestHibernate: `rakhsh vm hibernate` saves a running guest's RAM on its node and stops
@@ -41,7 +42,7 @@ func TestHibernate(t *testing.T) {
 	if v.Status.Phase != v1alpha1.VMPhaseStopped || c == nil || c.Status != v1alpha1.ConditionTrue || v.Status.StateNodeName == "" || v.Status.NodeName != "" {
 		t.Fatalf("after the hibernation: phase %s, Hibernated %+v, stateNodeName %q, nodeName %q", v.Status.Phase, c, v.Status.StateNodeName, v.Status.NodeName)
 	}
-	if n := vmCountQEMU(uid); n != 0 {
+	if n := testutil.CountQEMU(uid); n != 0 {
 		t.Fatalf("%d QEMU processes of the hibernated VM run", n)
 	}
 	fi, err := os.Stat(filepath.Join(stateDir, "state"))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestRandomKillLifecycle creates, stops, starts and deletes VMs at random while `rakhsh
@@ -121,10 +122,10 @@ func TestRandomKillLifecycle(t *testing.T) {
 				}
 			case err != nil:
 				problems = append(problems, fmt.Sprintf("%s: %v", name, err))
-			case want == running && (vm.Status.Phase != v1alpha1.VMPhaseRunning || vmCountQEMU(vm.UID) != 1):
-				problems = append(problems, fmt.Sprintf("%s: phase %s with %d QEMU, want Running with one", name, vm.Status.Phase, vmCountQEMU(vm.UID)))
-			case want == stopped && (vm.Status.Phase != v1alpha1.VMPhaseStopped || vmCountQEMU(vm.UID) != 0):
-				problems = append(problems, fmt.Sprintf("%s: phase %s with %d QEMU, want Stopped with none", name, vm.Status.Phase, vmCountQEMU(vm.UID)))
+			case want == running && (vm.Status.Phase != v1alpha1.VMPhaseRunning || testutil.CountQEMU(vm.UID) != 1):
+				problems = append(problems, fmt.Sprintf("%s: phase %s with %d QEMU, want Running with one", name, vm.Status.Phase, testutil.CountQEMU(vm.UID)))
+			case want == stopped && (vm.Status.Phase != v1alpha1.VMPhaseStopped || testutil.CountQEMU(vm.UID) != 0):
+				problems = append(problems, fmt.Sprintf("%s: phase %s with %d QEMU, want Stopped with none", name, vm.Status.Phase, testutil.CountQEMU(vm.UID)))
 			}
 		}
 		// No QEMU of a VM object that is gone.
@@ -133,7 +134,7 @@ func TestRandomKillLifecycle(t *testing.T) {
 			if err := s.Client().Get(ctx, "virtualmachines", "default", name, &vm); err == nil && vm.UID == uid {
 				continue
 			}
-			if n := vmCountQEMU(uid); n != 0 {
+			if n := testutil.CountQEMU(uid); n != 0 {
 				problems = append(problems, fmt.Sprintf("%d QEMU left of a deleted %s (uid %s)", n, name, uid))
 			}
 		}
@@ -162,7 +163,7 @@ func TestRandomKillLifecycle(t *testing.T) {
 		vmWait(t, s, name, time.Minute, "deleted", func(v *v1alpha1.VirtualMachine) bool { return v == nil })
 	}
 	for uid := range uids {
-		if n := vmCountQEMU(uid); n != 0 {
+		if n := testutil.CountQEMU(uid); n != 0 {
 			t.Errorf("%d QEMU of %s after deleting every VM", n, uid)
 		}
 	}

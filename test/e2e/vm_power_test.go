@@ -14,6 +14,7 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/client"
 	"github.com/rakhsh/rakhsh/internal/qemu"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // powerIgnoreACPI stops the guest's acpid through its serial console, so the ACPI power
@@ -99,18 +100,18 @@ func TestPowerGracefulStaysGraceful(t *testing.T) {
 	s.MustCLI("", "vm", "start", "vm1", "--wait")
 	boots++
 	up()
-	pid := vmQEMUPIDs(s.DataDir)[uid]
+	pid := testutil.QEMUPIDs(s.DataDir)[uid]
 	if d := timedCLI(t, s, "vm", "restart", "vm1", "--wait"); d < grace-time.Second {
 		t.Errorf("graceful restart of a guest that ignores ACPI completed after %s, before its grace period %s ended", d, grace)
 	}
-	if p := vmQEMUPIDs(s.DataDir)[uid]; p == pid || p == 0 {
+	if p := testutil.QEMUPIDs(s.DataDir)[uid]; p == pid || p == 0 {
 		t.Errorf("graceful restart completed with QEMU pid %d (before: %d): no new run", p, pid)
 	}
 	boots++
 	up()
 
 	// A forced restart during a pending graceful one takes over at once.
-	pid = vmQEMUPIDs(s.DataDir)[uid]
+	pid = testutil.QEMUPIDs(s.DataDir)[uid]
 	s.MustCLI("", "vm", "restart", "vm1")
 	time.Sleep(500 * time.Millisecond) // the graceful restart has pressed the button
 	if d := timedCLI(t, s, "vm", "restart", "vm1", "--force", "--wait"); d >= grace {
@@ -118,7 +119,7 @@ func TestPowerGracefulStaysGraceful(t *testing.T) {
 	}
 	boots++
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", boots)
-	if p := vmQEMUPIDs(s.DataDir)[uid]; p == 0 {
+	if p := testutil.QEMUPIDs(s.DataDir)[uid]; p == 0 {
 		t.Errorf("no QEMU after the forced restart (before: %d)", pid)
 	}
 	s.MustCLI("", "vm", "stop", "vm1", "--force", "--wait")
@@ -178,7 +179,7 @@ func TestOperationOrderBackToBack(t *testing.T) {
 				if a, b := all[0].CreationRevision, all[1].CreationRevision; a == "" || b == "" || !all[0].CreatedBefore(&all[1].ObjectMeta) {
 					t.Fatalf("round %d %s: creation revisions %q and %q do not order the operations", round, pair, a, b)
 				}
-				n := vmCountQEMU(uid)
+				n := testutil.CountQEMU(uid)
 				if (want == v1alpha1.VMPhaseRunning) != (n == 1) || n > 1 {
 					t.Fatalf("round %d %s: %d QEMU processes with the VM %s", round, pair, n, want)
 				}
@@ -265,7 +266,7 @@ func testPendingChangesShown(t *testing.T, mode ServeMode) {
 	// (qemu.MemoryPadKiB), which status.resources.memory.padding must then show.
 	cmdlineMem := func() string {
 		t.Helper()
-		pid := vmQEMUPIDs(s.DataDir)[uid]
+		pid := testutil.QEMUPIDs(s.DataDir)[uid]
 		args := strings.Split(readCmdline(t, pid), "\x00")
 		for i := range args {
 			if args[i] == "-m" && i+1 < len(args) {

@@ -60,22 +60,13 @@ func vmServeMode(t *testing.T, mode ServeMode, extra ...string) *Serve {
 	s := startServe(t, mode, extra...)
 	t.Cleanup(func() {
 		s.Stop()
-		for uid, pid := range vmQEMUPIDs(s.DataDir) {
+		for uid, pid := range testutil.QEMUPIDs(s.DataDir) {
 			t.Errorf("QEMU of %s (pid %d) still runs at the end of the test: killing it", uid, pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
 	return s
 }
-
-// vmQEMUPIDs maps the uid of every run directory of dataDir with a live QEMU to its pid.
-var vmQEMUPIDs = testutil.QEMUPIDs
-
-// vmProcessOf says whether the process pid is a QEMU of the VM uid.
-var vmProcessOf = testutil.IsQEMUOf
-
-// vmCountQEMU counts every live process on the host that is a QEMU of the VM uid.
-var vmCountQEMU = testutil.CountQEMU
 
 // vmImageServer serves the test guest over HTTP on 127.0.0.1.
 func vmImageServer(t *testing.T, dir string) string {
@@ -218,7 +209,7 @@ func testVMLifecycle(t *testing.T, mode ServeMode) {
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 1)
 	// Least privilege: the guest boots under a QEMU that runs as an unprivileged user and
 	// got its disk and sockets as descriptors: that user cannot open the disk files by path.
-	requireRunsAs(t, "QEMU", vmQEMUPIDs(s.DataDir)[uid], qemuUser)
+	requireRunsAs(t, "QEMU", testutil.QEMUPIDs(s.DataDir)[uid], qemuUser)
 	var disks []string
 	_ = filepath.WalkDir(filepath.Join(s.DataDir, "pools"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
@@ -249,17 +240,17 @@ func testVMLifecycle(t *testing.T, mode ServeMode) {
 	if !strings.Contains(vmLog(t, s, "vm1"), "RAKHSH-GUEST: powerdown") {
 		t.Errorf("the guest did not see the power button; log:\n%s", vmLog(t, s, "vm1"))
 	}
-	if n := vmCountQEMU(uid); n != 0 {
+	if n := testutil.CountQEMU(uid); n != 0 {
 		t.Fatalf("%d QEMU processes after stop", n)
 	}
 
 	// Start, restart (a new boot), pause, resume.
 	s.MustCLI("", "vm", "start", "vm1", "--wait")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 2)
-	pid := vmQEMUPIDs(s.DataDir)[uid]
+	pid := testutil.QEMUPIDs(s.DataDir)[uid]
 	s.MustCLI("", "vm", "restart", "vm1", "--wait")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 3)
-	if p := vmQEMUPIDs(s.DataDir)[uid]; p == pid || p == 0 {
+	if p := testutil.QEMUPIDs(s.DataDir)[uid]; p == pid || p == 0 {
 		t.Errorf("graceful restart kept pid %d (now %d)", pid, p)
 	}
 	s.MustCLI("", "vm", "pause", "vm1", "--wait")
@@ -267,7 +258,7 @@ func testVMLifecycle(t *testing.T, mode ServeMode) {
 
 	// A forced restart resets the machine in place; GuestReady goes False at the reset and
 	// True again when the guest writes anew.
-	pid = vmQEMUPIDs(s.DataDir)[uid]
+	pid = testutil.QEMUPIDs(s.DataDir)[uid]
 	resetAt := time.Now()
 	s.MustCLI("", "vm", "restart", "vm1", "--force", "--wait")
 	vmWaitSerial(t, s, "vm1", "RAKHSH-GUEST: ready", 4)
@@ -275,7 +266,7 @@ func testVMLifecycle(t *testing.T, mode ServeMode) {
 		c := v1alpha1.FindCondition(v.Status.Conditions, v1alpha1.VMConditionGuestReady)
 		return c != nil && c.Status == v1alpha1.ConditionTrue && c.LastTransitionTime != nil && !c.LastTransitionTime.Before(resetAt)
 	})
-	if p := vmQEMUPIDs(s.DataDir)[uid]; p != pid {
+	if p := testutil.QEMUPIDs(s.DataDir)[uid]; p != pid {
 		t.Errorf("forced restart changed the pid %d -> %d", pid, p)
 	}
 
@@ -286,7 +277,7 @@ func testVMLifecycle(t *testing.T, mode ServeMode) {
 	if n := strings.Count(vmLog(t, s, "vm1"), "RAKHSH-GUEST: powerdown"); n != before {
 		t.Errorf("a forced stop went through the guest (%d -> %d powerdown markers)", before, n)
 	}
-	if n := vmCountQEMU(uid); n != 0 {
+	if n := testutil.CountQEMU(uid); n != 0 {
 		t.Fatalf("%d QEMU processes after force stop", n)
 	}
 
@@ -300,7 +291,7 @@ func testVMLifecycle(t *testing.T, mode ServeMode) {
 		t.Fatalf("lastExit after guest power-off: %+v", v.Status.LastExit)
 	}
 	time.Sleep(3 * time.Second)
-	if v = vmGet(t, s, "vm1"); v.Status.Phase != v1alpha1.VMPhaseStopped || vmCountQEMU(uid) != 0 {
+	if v = vmGet(t, s, "vm1"); v.Status.Phase != v1alpha1.VMPhaseStopped || testutil.CountQEMU(uid) != 0 {
 		t.Fatalf("AlwaysOnUnlessStoppedManually restarted a VM the guest powered off: %+v", v.Status)
 	}
 
@@ -324,7 +315,7 @@ func testVMLifecycle(t *testing.T, mode ServeMode) {
 	// Deletion stops QEMU and removes the run directory; the disks stay.
 	s.MustCLI("", "delete", "vm", "vm1", "vm2", "--wait", "--timeout", "90s")
 	for _, u := range []string{uid, v2.UID} {
-		if n := vmCountQEMU(u); n != 0 {
+		if n := testutil.CountQEMU(u); n != 0 {
 			t.Errorf("%d QEMU processes of %s after delete", n, u)
 		}
 		// vm2 ran: its agent removes the directory before the object goes. vm1 was stopped
@@ -365,14 +356,14 @@ func TestVMKill9(t *testing.T) {
 	for _, n := range names {
 		uids[n] = vmWait(t, s, n, time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning)).UID
 	}
-	pids := vmQEMUPIDs(s.DataDir)
+	pids := testutil.QEMUPIDs(s.DataDir)
 	if len(pids) != 3 {
 		t.Fatalf("QEMU pids: %v", pids)
 	}
 	for cycle := 1; cycle <= 10; cycle++ {
 		s.Kill9()
 		for uid, pid := range pids {
-			if !vmProcessOf(pid, uid) {
+			if !testutil.IsQEMUOf(pid, uid) {
 				t.Fatalf("cycle %d: QEMU %d of %s died with serve", cycle, pid, uid)
 			}
 		}
@@ -384,10 +375,10 @@ func TestVMKill9(t *testing.T) {
 		time.Sleep(time.Second)
 		for _, n := range names {
 			uid := uids[n]
-			if got := vmQEMUPIDs(s.DataDir)[uid]; got != pids[uid] {
+			if got := testutil.QEMUPIDs(s.DataDir)[uid]; got != pids[uid] {
 				t.Fatalf("cycle %d: %s runs as pid %d, was %d", cycle, n, got, pids[uid])
 			}
-			if c := vmCountQEMU(uid); c != 1 {
+			if c := testutil.CountQEMU(uid); c != 1 {
 				t.Fatalf("cycle %d: %d QEMU processes for %s", cycle, c, n)
 			}
 			if v := vmGet(t, s, n); v.Status.Phase != v1alpha1.VMPhaseRunning {
@@ -405,7 +396,7 @@ func TestVMKill9(t *testing.T) {
 	}
 	s.MustCLI("", "delete", "vm", "k1", "k2", "k3", "--wait", "--timeout", "90s")
 	for n, uid := range uids {
-		if c := vmCountQEMU(uid); c != 0 {
+		if c := testutil.CountQEMU(uid); c != 0 {
 			t.Errorf("%d QEMU processes of %s after delete", c, n)
 		}
 	}
@@ -522,7 +513,7 @@ spec:
 		t.Errorf("lastExit after a stop of a crash-looping VM: %+v", ex)
 	}
 	s.MustCLI("", "delete", "vm", "nodisk", "huge", "bad", "--wait", "--timeout", "90s")
-	if pids := vmQEMUPIDs(s.DataDir); len(pids) != 0 {
+	if pids := testutil.QEMUPIDs(s.DataDir); len(pids) != 0 {
 		t.Fatalf("QEMU left: %v", pids)
 	}
 }

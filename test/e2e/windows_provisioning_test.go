@@ -12,6 +12,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // TestProvisioning gives three VMs of the test guest their provisioning medium: inline
@@ -86,7 +87,7 @@ stringData:
 	// The sysprep medium is attached as a CD-ROM and holds both answer files.
 	vmWaitSerial(t, s, "pv-sysprep", "RAKHSH-GUEST: ready", 1)
 	iso := filepath.Join(storage.VMRunDir(s.DataDir, sp.UID), "provisioning.iso")
-	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(vmQEMUPIDs(s.DataDir)[sp.UID]) + "/cmdline")
+	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(testutil.QEMUPIDs(s.DataDir)[sp.UID]) + "/cmdline")
 	if !strings.Contains(string(cmdline), iso) || !strings.Contains(string(cmdline), "ide-cd,id=disk-provisioning") {
 		t.Errorf("the sysprep ISO is not a CD-ROM of the VM: %q", strings.ReplaceAll(string(cmdline), "\x00", " "))
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 	"github.com/rakhsh/rakhsh/internal/storage"
+	"github.com/rakhsh/rakhsh/internal/testutil"
 )
 
 // winNeed fails the test with an install hint when a program is missing.
@@ -108,7 +109,7 @@ func TestWindowsTPMAndNVRAM(t *testing.T) {
 	if tpmPID == 0 {
 		t.Fatal("no swtpm runs for the VM")
 	}
-	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(vmQEMUPIDs(s.DataDir)[uid]) + "/cmdline")
+	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(testutil.QEMUPIDs(s.DataDir)[uid]) + "/cmdline")
 	for _, want := range []string{"base=localtime", "tpm-crb", "OVMF_CODE_4M.fd"} {
 		if !strings.Contains(string(cmdline), want) {
 			t.Errorf("QEMU command line lacks %q", want)
@@ -244,7 +245,7 @@ func TestWinSecureBoot(t *testing.T) {
 	vmSetupGuest(t, s, "sb-root")
 	applyDocs(s, secureBootVM("sb1", "256Mi", "sb-root"))
 	v := vmWait(t, s, "sb1", time.Minute, "Running", vmPhase(v1alpha1.VMPhaseRunning))
-	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(vmQEMUPIDs(s.DataDir)[v.UID]) + "/cmdline")
+	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(testutil.QEMUPIDs(s.DataDir)[v.UID]) + "/cmdline")
 	for _, want := range []string{"smm=on", "OVMF_CODE_4M.secboot.fd", "property=secure,value=on"} {
 		if !strings.Contains(string(cmdline), want) {
 			t.Errorf("QEMU command line lacks %q", want)
