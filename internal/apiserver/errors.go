@@ -11,26 +11,6 @@ import (
 	"github.com/rakhsh/rakhsh/internal/store"
 )
 
-// errorStatuses maps the error classes to their HTTP code and Status reason, in the order
-// they are tested: an error that wraps several classes takes the first.
-var errorStatuses = []struct {
-	err    error
-	code   int
-	reason string
-}{
-	{errs.ErrNotFound, http.StatusNotFound, v1alpha1.ReasonNotFound},
-	{errs.ErrAlreadyExists, http.StatusConflict, v1alpha1.ReasonAlreadyExists},
-	{errs.ErrFenced, http.StatusConflict, v1alpha1.ReasonLeaderFenced},
-	{errs.ErrConflict, http.StatusConflict, v1alpha1.ReasonConflict},
-	{errs.ErrInvalid, http.StatusUnprocessableEntity, v1alpha1.ReasonInvalid},
-	{errs.ErrForbidden, http.StatusForbidden, v1alpha1.ReasonForbidden},
-	{errs.ErrUnauthorized, http.StatusUnauthorized, v1alpha1.ReasonUnauthorized},
-	{errs.ErrCompacted, http.StatusGone, v1alpha1.ReasonExpired},
-	{errs.ErrTooLarge, http.StatusRequestEntityTooLarge, v1alpha1.ReasonRequestTooLarge},
-	{errs.ErrBadRequest, http.StatusBadRequest, v1alpha1.ReasonBadRequest},
-	{errs.ErrUnavailable, http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable},
-}
-
 // statusFor maps an error class to the HTTP code and Status reason at the API edge.
 func statusFor(err error) v1alpha1.Status {
 	st := v1alpha1.Status{TypeMeta: v1alpha1.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure", Message: err.Error()}
@@ -43,13 +23,7 @@ func statusFor(err error) v1alpha1.Status {
 		}
 		return st
 	}
-	for _, e := range errorStatuses {
-		if errors.Is(err, e.err) {
-			st.Code, st.Reason = e.code, e.reason
-			return st
-		}
-	}
-	st.Code, st.Reason = http.StatusInternalServerError, v1alpha1.ReasonInternalError
+	st.Code, st.Reason = errs.HTTPStatus(err)
 	return st
 }
 

@@ -1,8 +1,9 @@
 // Package errs holds the small set of error classes every Rakhsh component uses.
 //
 // Errors are wrapped with %w where they happen and classified with errors.Is against the
-// sentinels below; only the API edge maps a class to an HTTP status and a Kubernetes Status
-// reason. Nothing matches on error strings.
+// sentinels below; only the API edges (the API server, the node stream service) map a class
+// to an HTTP status and a Kubernetes Status reason, with HTTPStatus, and back, with ClassOf.
+// Nothing matches on error strings.
 package errs
 
 import (

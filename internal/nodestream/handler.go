@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -177,33 +176,8 @@ func methodNotAllowed(w http.ResponseWriter, method, allowed string) {
 	writeStatus(w, http.StatusMethodNotAllowed, v1alpha1.ReasonMethodNotAllowed, "method "+method+" is not allowed here; allowed: "+allowed)
 }
 
-// errorStatuses are the HTTP code and Status reason of each error class (statusOf), and the
-// class of each code (errorFromStatus).
-var errorStatuses = []struct {
-	class  error
-	code   int
-	reason string
-}{
-	{errs.ErrNotFound, http.StatusNotFound, v1alpha1.ReasonNotFound},
-	{errs.ErrBadRequest, http.StatusBadRequest, v1alpha1.ReasonBadRequest},
-	{errs.ErrForbidden, http.StatusForbidden, v1alpha1.ReasonForbidden},
-	{errs.ErrUnauthorized, http.StatusUnauthorized, v1alpha1.ReasonUnauthorized},
-	{errs.ErrUnavailable, http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable},
-	{errs.ErrConflict, http.StatusConflict, v1alpha1.ReasonConflict},
-}
-
-// statusOf maps an error class to an HTTP code and Status reason.
-func statusOf(err error) (int, string) {
-	for _, s := range errorStatuses {
-		if errors.Is(err, s.class) {
-			return s.code, s.reason
-		}
-	}
-	return http.StatusInternalServerError, v1alpha1.ReasonInternalError
-}
-
 func writeError(w http.ResponseWriter, err error) {
-	code, reason := statusOf(err)
+	code, reason := errs.HTTPStatus(err)
 	writeStatus(w, code, reason, err.Error())
 }
 
@@ -226,10 +200,8 @@ func errorFromStatus(code int, body []byte) error {
 	if msg == "" {
 		msg = http.StatusText(code)
 	}
-	for _, s := range errorStatuses {
-		if s.code == code {
-			return errs.New(s.class, "%s", msg)
-		}
+	if class := errs.ClassOf(code, st.Reason); class != nil {
+		return errs.New(class, "%s", msg)
 	}
 	return fmt.Errorf("stream service answered %d: %s", code, msg)
 }
