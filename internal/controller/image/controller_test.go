@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -181,7 +182,11 @@ func TestTransientFailureIsRetried(t *testing.T) {
 	if ev := e.eventReasons(); !ev[images.ReasonHTTPError] {
 		t.Errorf("events %v lack the failure", ev)
 	}
-	imagetest.QCOW2(t, e.srcDir, "late.qcow2", "16M")
+	// The file appears whole (made under another name, then renamed): a retry that read it
+	// half-written would fail for good and the test with it.
+	if err := os.Rename(imagetest.QCOW2(t, e.srcDir, "late.qcow2.part", "16M"), filepath.Join(e.srcDir, "late.qcow2")); err != nil {
+		t.Fatal(err)
+	}
 	e.waitVI("late", "Ready after the retry", phaseIs(v1alpha1.ImagePhaseReady))
 }
 
