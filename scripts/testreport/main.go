@@ -1,6 +1,8 @@
 // Command testreport reads `go test -json` on its standard input and prints what a plain
 // `go test` prints (the output of failed tests and each package's result line), followed by
-// the slowest tests, so that a CI log shows where the suite's time goes. It exits 1 when a
+// the slowest tests, so that a CI log shows where the suite's time goes. A test that logs
+// "lane: slot taken after waiting D" (the end-to-end tests' lanes) is ranked by its time
+// without that wait, which is shown beside it. It exits 1 when a
 // test or package failed, or when the input had no result at all.
 //
 //	go test -json ./... | go run ./scripts/testreport [-slowest 30]
@@ -13,8 +15,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // event is one line of `go test -json` (cmd/test2json).
@@ -28,8 +32,24 @@ type event struct {
 
 type result struct {
 	name    string
-	elapsed float64
+	elapsed float64 // without waited
+	waited  float64 // seconds spent waiting for a lane slot
 	action  string
+}
+
+// laneWait is the line an end-to-end test logs when it gets its lane slot.
+var laneWait = regexp.MustCompile(`lane: slot taken after waiting (\S+)`)
+
+// waitedIn returns the lane wait a test's output reports, in seconds, or 0.
+func waitedIn(lines []string) float64 {
+	for _, l := range lines {
+		if m := laneWait.FindStringSubmatch(l); m != nil {
+			if d, err := time.ParseDuration(m[1]); err == nil {
+				return d.Seconds()
+			}
+		}
+	}
+	return 0
 }
 
 func main() {
@@ -80,7 +100,8 @@ func report(in io.Reader, out io.Writer, slowest int) (int, error) {
 				fmt.Fprint(out, strings.Join(buf[key], ""))
 			}
 			if !strings.Contains(e.Test, "/") {
-				results = append(results, result{name: e.Package + " " + e.Test, elapsed: e.Elapsed, action: e.Action})
+				w := min(waitedIn(buf[key]), e.Elapsed)
+				results = append(results, result{name: e.Package + " " + e.Test, elapsed: e.Elapsed - w, waited: w, action: e.Action})
 			}
 			delete(buf, key)
 		}
@@ -104,7 +125,11 @@ func report(in io.Reader, out io.Writer, slowest int) (int, error) {
 	}
 	fmt.Fprintf(out, "== the %d slowest tests\n", len(results))
 	for _, r := range results {
-		fmt.Fprintf(out, "%8.1fs  %-4s  %s\n", r.elapsed, r.action, r.name)
+		fmt.Fprintf(out, "%8.1fs  %-4s  %s", r.elapsed, r.action, r.name)
+		if r.waited > 0 {
+			fmt.Fprintf(out, "  (and %.0fs waiting for a lane slot)", r.waited)
+		}
+		fmt.Fprintln(out)
 	}
 	if failed || !sawResult {
 		return 1, nil

@@ -39,6 +39,21 @@ func TestReport(t *testing.T) {
 		t.Errorf("slowest list not ordered by time:\n%s", got)
 	}
 
+	// An end-to-end test is ranked by its time in its lane slot, not by its wait for it.
+	out.Reset()
+	in = strings.Join([]string{
+		`{"Action":"output","Package":"e","Test":"TestWaited","Output":"    serve_test.go:210: lane: slot taken after waiting 1m30s\n"}`,
+		`{"Action":"pass","Package":"e","Test":"TestWaited","Elapsed":100}`,
+		`{"Action":"pass","Package":"e","Test":"TestLong","Elapsed":50}`,
+		`{"Action":"pass","Package":"e","Elapsed":150}`,
+	}, "\n") + "\n"
+	if code, _ := report(strings.NewReader(in), &out, 10); code != 0 {
+		t.Errorf("code %d", code)
+	}
+	if got := out.String(); !strings.Contains(got, "    50.0s  pass  e TestLong\n    10.0s  pass  e TestWaited  (and 90s waiting for a lane slot)\n") {
+		t.Errorf("lane waits:\n%s", got)
+	}
+
 	out.Reset()
 	code, _ = report(strings.NewReader(`{"Action":"pass","Package":"p","Elapsed":1}`+"\n"), &out, 10)
 	if code != 0 {

@@ -194,6 +194,7 @@ func (l *laneSlots) queue() int {
 // gives it back when the test ends.
 func (l *laneSlots) take(t *testing.T, turn int) {
 	cluster := turn > 0
+	asked := time.Now()
 	l.mu.Lock()
 	for !l.mayRun(turn) {
 		l.cond.Wait()
@@ -204,7 +205,11 @@ func (l *laneSlots) take(t *testing.T, turn int) {
 		l.clusterRunning = true
 	}
 	l.mu.Unlock()
+	got := time.Now()
+	// The test's own time, apart from its wait: what to look at when the lanes run long.
+	t.Logf("lane: slot taken after waiting %s", got.Sub(asked).Round(time.Second))
 	t.Cleanup(func() {
+		t.Logf("lane: slot held %s", time.Since(got).Round(time.Second))
 		l.mu.Lock()
 		l.free++
 		if cluster {
