@@ -428,29 +428,21 @@ func (c *Controller) installRAM(ctx context.Context, vm *v1alpha1.VirtualMachine
 	if err := storage.Commit(tmp, path); err != nil {
 		return err
 	}
-	for try := 0; ; try++ {
-		var cur v1alpha1.VirtualMachine
-		if err := c.C.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &cur); err != nil {
-			return err
-		}
-		if cur.UID != vm.UID || cur.Status.Phase != v1alpha1.VMPhaseStopped || cur.Status.NodeName != "" {
-			_ = os.RemoveAll(filepath.Dir(path))
+	moved := false
+	_, err := runtime.UpdateVMStatus(ctx, c.C, vm.Namespace, vm.Name, vm.UID, []string{"stateNodeName", "conditions"}, []string{"phase", "nodeName"}, func(cur *v1alpha1.VirtualMachine) error {
+		if cur.Status.Phase != v1alpha1.VMPhaseStopped || cur.Status.NodeName != "" {
+			moved = true
 			return fmt.Errorf("the VM is no longer stopped (%s)", orPending(string(cur.Status.Phase)))
 		}
-		after := cur.Status
-		after.Conditions = slices.Clone(cur.Status.Conditions)
-		after.StateNodeName = c.cfg.NodeName
-		v1alpha1.SetCondition(&after.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionTrue,
+		cur.Status.StateNodeName = c.cfg.NodeName
+		v1alpha1.SetCondition(&cur.Status.Conditions, v1alpha1.Condition{Type: v1alpha1.VMConditionHibernated, Status: v1alpha1.ConditionTrue,
 			Reason: ReasonSnapshotRestored, Message: fmt.Sprintf("restored from %s with its RAM state (%s), kept on node %s: the next start resumes the guest; start it with --force to boot from the disks instead", src.what, src.ram.Size, c.cfg.NodeName)})
-		body, err := runtime.StatusPatch(cur.UID, &cur.Status, &after, []string{"stateNodeName", "conditions"}, []string{"phase", "nodeName"})
-		if err != nil || body == nil {
-			return err
-		}
-		err = c.C.JSONPatchStatus(ctx, "virtualmachines", cur.Namespace, cur.Name, body, nil)
-		if err == nil || !client.IsConflict(err) || try >= 4 {
-			return err
-		}
+		return nil
+	})
+	if moved || errors.Is(err, runtime.ErrVMGone) {
+		_ = os.RemoveAll(filepath.Dir(path))
 	}
+	return err
 }
 
 // ReasonSnapshotRestored is the reason of the Hibernated condition of a VM restored from a
