@@ -327,13 +327,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, t target) {
 
 // vmStreamError names the VM and its node in an error of the node's stream service.
 func vmStreamError(err error, t target, node string) error {
-	var class error
-	for _, c := range []error{errs.ErrNotFound, errs.ErrBadRequest, errs.ErrUnavailable, errs.ErrForbidden, errs.ErrUnauthorized} {
-		if errors.Is(err, c) {
-			class = c
-			break
-		}
-	}
+	class := errs.Class(err)
 	if class == nil {
 		return err
 	}

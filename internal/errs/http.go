@@ -28,8 +28,18 @@ var httpStatuses = []struct {
 	{ErrUnavailable, http.StatusServiceUnavailable, v1alpha1.ReasonServiceUnavailable},
 }
 
-// HTTPStatus returns the HTTP code and Status reason of err's class: the first class of
-// httpStatuses that err wraps, or 500 InternalError for an error of no class.
+// Class returns err's class: the first class of httpStatuses that err wraps, or nil.
+func Class(err error) error {
+	for _, s := range httpStatuses {
+		if errors.Is(err, s.class) {
+			return s.class
+		}
+	}
+	return nil
+}
+
+// HTTPStatus returns the HTTP code and Status reason of err's class (Class), or 500
+// InternalError for an error of no class.
 func HTTPStatus(err error) (code int, reason string) {
 	for _, s := range httpStatuses {
 		if errors.Is(err, s.class) {

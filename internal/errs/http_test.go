@@ -18,9 +18,15 @@ func TestHTTPStatusRoundTrip(t *testing.T) {
 		if code != s.code || reason != s.reason {
 			t.Errorf("%v: got %d %s, want %d %s", s.class, code, reason, s.code, s.reason)
 		}
+		if c := Class(fmt.Errorf("wrapped: %w", err)); c != s.class {
+			t.Errorf("%v: Class = %v", s.class, c)
+		}
 		if back := ClassOf(code, reason); back != s.class {
 			t.Errorf("%v: ClassOf(%d, %s) = %v", s.class, code, reason, back)
 		}
+	}
+	if c := Class(errors.New("boom")); c != nil {
+		t.Errorf("an error of no class has class %v", c)
 	}
 	if code, reason := HTTPStatus(errors.New("boom")); code != http.StatusInternalServerError || reason != v1alpha1.ReasonInternalError {
 		t.Errorf("an error of no class: %d %s", code, reason)
