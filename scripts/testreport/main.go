@@ -40,16 +40,16 @@ type result struct {
 // laneWait is the line an end-to-end test logs when it gets its lane slot.
 var laneWait = regexp.MustCompile(`lane: slot taken after waiting (\S+)`)
 
-// waitedIn returns the lane wait a test's output reports, in seconds, or 0.
-func waitedIn(lines []string) float64 {
+// waitedIn returns the lane wait a test's output reports, in seconds, and whether it
+// reports one.
+func waitedIn(lines []string) (float64, bool) {
 	for _, l := range lines {
 		if m := laneWait.FindStringSubmatch(l); m != nil {
-			if d, err := time.ParseDuration(m[1]); err == nil {
-				return d.Seconds()
-			}
+			d, err := time.ParseDuration(m[1])
+			return max(d.Seconds(), 0), err == nil
 		}
 	}
-	return 0
+	return 0, false
 }
 
 func main() {
@@ -99,8 +99,10 @@ func report(in io.Reader, out io.Writer, slowest int) (int, error) {
 				failed = true
 				fmt.Fprint(out, strings.Join(buf[key], ""))
 			}
-			if !strings.Contains(e.Test, "/") {
-				w := min(waitedIn(buf[key]), e.Elapsed)
+			// Top-level tests, and subtests that held a lane slot of their own (the serve
+			// modes of one end-to-end test body: their parent's time stops while they run).
+			if w, inLane := waitedIn(buf[key]); !strings.Contains(e.Test, "/") || inLane {
+				w = min(w, e.Elapsed)
 				results = append(results, result{name: e.Package + " " + e.Test, elapsed: e.Elapsed - w, waited: w, action: e.Action})
 			}
 			delete(buf, key)

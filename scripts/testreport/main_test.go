@@ -45,12 +45,17 @@ func TestReport(t *testing.T) {
 		`{"Action":"output","Package":"e","Test":"TestWaited","Output":"    serve_test.go:210: lane: slot taken after waiting 1m30s\n"}`,
 		`{"Action":"pass","Package":"e","Test":"TestWaited","Elapsed":100}`,
 		`{"Action":"pass","Package":"e","Test":"TestLong","Elapsed":50}`,
+		`{"Action":"output","Package":"e","Test":"TestModes/process","Output":"    serve_test.go:210: lane: slot taken after waiting 0s\n"}`,
+		`{"Action":"pass","Package":"e","Test":"TestModes/process","Elapsed":30}`,
+		`{"Action":"pass","Package":"e","Test":"TestModes/sub","Elapsed":40}`,
+		`{"Action":"pass","Package":"e","Test":"TestModes","Elapsed":0.1}`,
 		`{"Action":"pass","Package":"e","Elapsed":150}`,
 	}, "\n") + "\n"
 	if code, _ := report(strings.NewReader(in), &out, 10); code != 0 {
 		t.Errorf("code %d", code)
 	}
-	if got := out.String(); !strings.Contains(got, "    50.0s  pass  e TestLong\n    10.0s  pass  e TestWaited  (and 90s waiting for a lane slot)\n") {
+	if got := out.String(); !strings.Contains(got, "    50.0s  pass  e TestLong\n    30.0s  pass  e TestModes/process\n    10.0s  pass  e TestWaited  (and 90s waiting for a lane slot)\n") ||
+		strings.Contains(got, "TestModes/sub") {
 		t.Errorf("lane waits:\n%s", got)
 	}
 

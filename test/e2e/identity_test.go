@@ -338,8 +338,9 @@ func TestIdentity(t *testing.T) {
 		t.Errorf("carol removes her own entry: %v, want Forbidden", err)
 	}
 	// user list takes get's -o, -l and --no-headers, and refuses an unknown -o before it asks.
-	if r := s.CLI("", "user", "list", "-o", "name", "--no-headers"); r.Code != 0 || !strings.Contains(r.Stdout, "carol") || strings.Contains(r.Stdout, "NAME") {
-		t.Errorf("user list -o name: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
+	s.MustCLI("", "label", "user", "carol", "team=physics")
+	if r := s.CLI("", "user", "list", "--no-headers", "-l", "team=physics"); r.Code != 0 || !strings.HasPrefix(r.Stdout, "carol ") || strings.Count(r.Stdout, "\n") != 1 {
+		t.Errorf("user list --no-headers -l team=physics: code %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
 	if r := s.CLI("", "user", "list", "-o", "xml"); r.Code != 1 || !strings.Contains(r.Stderr, `unknown output format "xml"`) {
 		t.Errorf("user list -o xml: code %d, stderr %q", r.Code, r.Stderr)
