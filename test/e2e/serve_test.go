@@ -162,8 +162,9 @@ func clusterLane(t *testing.T) {
 }
 
 // lanes hands out the two running slots. The first waiting cluster test has the next free
-// slot while no cluster test runs, so that the cluster lane (the longest) never waits behind
-// a queue of side-by-side tests; side by side, tests take any slot left.
+// slot while no cluster test runs, so that the cluster lane (whose tests must run one after
+// another) never waits behind a queue of side-by-side tests; side by side, tests take any
+// slot left.
 var lanes = newLaneSlots(2)
 
 type laneSlots struct {
