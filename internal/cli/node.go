@@ -33,11 +33,6 @@ maintenance on' does the same on the control plane and keeps new VMs away. See d
 	return cmd
 }
 
-func nodeKind() *v1alpha1.KindInfo {
-	k, _ := v1alpha1.LookupKind("nodes")
-	return k
-}
-
 func newNodeDescribeCommand(cc *cliContext) *cobra.Command {
 	return &cobra.Command{
 		Use:   "describe NAME...",

@@ -7,14 +7,16 @@ import (
 	"github.com/rakhsh/rakhsh/api/v1alpha1"
 )
 
-// httpStatuses maps the error classes to their HTTP code and Status reason at an API edge
-// (the API server, the node stream service), in the order they are tested: an error that
-// wraps several classes takes the first.
-var httpStatuses = []struct {
+type httpStatus struct {
 	class  error
 	code   int
 	reason string
-}{
+}
+
+// httpStatuses maps the error classes to their HTTP code and Status reason at an API edge
+// (the API server, the node stream service), in the order they are tested: an error that
+// wraps several classes takes the first.
+var httpStatuses = []httpStatus{
 	{ErrNotFound, http.StatusNotFound, v1alpha1.ReasonNotFound},
 	{ErrAlreadyExists, http.StatusConflict, v1alpha1.ReasonAlreadyExists},
 	{ErrFenced, http.StatusConflict, v1alpha1.ReasonLeaderFenced},
@@ -30,10 +32,8 @@ var httpStatuses = []struct {
 
 // Class returns err's class: the first class of httpStatuses that err wraps, or nil.
 func Class(err error) error {
-	for _, s := range httpStatuses {
-		if errors.Is(err, s.class) {
-			return s.class
-		}
+	if s := statusOf(err); s != nil {
+		return s.class
 	}
 	return nil
 }
@@ -41,12 +41,20 @@ func Class(err error) error {
 // HTTPStatus returns the HTTP code and Status reason of err's class (Class), or 500
 // InternalError for an error of no class.
 func HTTPStatus(err error) (code int, reason string) {
-	for _, s := range httpStatuses {
-		if errors.Is(err, s.class) {
-			return s.code, s.reason
-		}
+	if s := statusOf(err); s != nil {
+		return s.code, s.reason
 	}
 	return http.StatusInternalServerError, v1alpha1.ReasonInternalError
+}
+
+// statusOf returns the entry of httpStatuses of err's class, or nil.
+func statusOf(err error) *httpStatus {
+	for i := range httpStatuses {
+		if errors.Is(err, httpStatuses[i].class) {
+			return &httpStatuses[i]
+		}
+	}
+	return nil
 }
 
 // ClassOf returns the class of an error answer with this HTTP code and Status reason: the

@@ -79,18 +79,18 @@ func mergeDiff(before, after json.RawMessage) (any, error) {
 	return out, nil
 }
 
-// readVM reads the stored VM of vm's name: nil without an error when it is gone or a VM of
-// another uid now has its name.
-func readVM(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine) (*v1alpha1.VirtualMachine, error) {
+// getVM reads the VM ns/name: ErrVMGone when it is gone or, uid set, a VM of another uid now
+// has its name.
+func getVM(ctx context.Context, c client.Interface, ns, name, uid string) (*v1alpha1.VirtualMachine, error) {
 	var v v1alpha1.VirtualMachine
-	if err := c.Get(ctx, "virtualmachines", vm.Namespace, vm.Name, &v); err != nil {
+	if err := c.Get(ctx, "virtualmachines", ns, name, &v); err != nil {
 		if client.IsNotFound(err) {
-			return nil, nil
+			return nil, ErrVMGone
 		}
 		return nil, err
 	}
-	if v.UID != vm.UID {
-		return nil, nil
+	if uid != "" && v.UID != uid {
+		return nil, ErrVMGone
 	}
 	return &v, nil
 }
@@ -131,24 +131,18 @@ func PatchVMStatus(ctx context.Context, c client.Interface, vm *v1alpha1.Virtual
 func updateVMStatus(ctx context.Context, c client.Interface, ns, name, uid string, owned, guards []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, bool, error) {
 	var last error
 	for attempt := 0; attempt < 8; attempt++ {
-		var v v1alpha1.VirtualMachine
-		if err := c.Get(ctx, "virtualmachines", ns, name, &v); err != nil {
-			if client.IsNotFound(err) {
-				return nil, false, ErrVMGone
-			}
+		v, err := getVM(ctx, c, ns, name, uid)
+		if err != nil {
 			return nil, false, err
-		}
-		if uid != "" && v.UID != uid {
-			return nil, false, ErrVMGone
 		}
 		// A copy as JSON: mutate may change what the status points to.
 		before, err := json.Marshal(v.Status)
 		if err != nil {
 			return nil, false, err
 		}
-		if err := mutate(&v); err != nil {
+		if err := mutate(v); err != nil {
 			if errors.Is(err, ErrNoChange) {
-				return &v, false, nil
+				return v, false, nil
 			}
 			return nil, false, err
 		}
@@ -157,7 +151,7 @@ func updateVMStatus(ctx context.Context, c client.Interface, ns, name, uid strin
 			return nil, false, err
 		}
 		if body == nil {
-			return &v, false, nil
+			return v, false, nil
 		}
 		var out v1alpha1.VirtualMachine
 		err = c.JSONPatchStatus(ctx, "virtualmachines", ns, name, body, &out)
@@ -182,8 +176,11 @@ func updateVMStatus(ctx context.Context, c client.Interface, ns, name, uid strin
 // the write never meets a 409, whatever the other writers of the VM do at the same moment.
 // It returns the VM as written, or nil when it is gone or nothing changed.
 func PatchVMStatusSoleOwner(ctx context.Context, c client.Interface, vm *v1alpha1.VirtualMachine, fields, conditions []string, mutate func(v *v1alpha1.VirtualMachine) error) (*v1alpha1.VirtualMachine, error) {
-	v, err := readVM(ctx, c, vm)
-	if v == nil {
+	v, err := getVM(ctx, c, vm.Namespace, vm.Name, vm.UID)
+	if errors.Is(err, ErrVMGone) {
+		return nil, nil
+	}
+	if err != nil {
 		return nil, err
 	}
 	beforeConds := append([]v1alpha1.Condition(nil), v.Status.Conditions...)
