@@ -2,8 +2,8 @@
 // `go test` prints (the output of failed tests and each package's result line), followed by
 // the slowest tests, so that a CI log shows where the suite's time goes. A test that logs
 // "lane: slot taken after waiting D" (the end-to-end tests' lanes) is ranked by its time
-// without that wait, which is shown beside it. It exits 1 when a
-// test or package failed, or when the input had no result at all.
+// without that wait, which is shown beside it. It exits 1 when a test or package failed, or
+// when the input had no result at all.
 //
 //	go test -json ./... | go run ./scripts/testreport [-slowest 30]
 package main
